@@ -1,0 +1,149 @@
+"""The design file: the one artefact that flows between dse, generate, sim and build.
+
+A design is a typed, validated, versioned object (pydantic). Everything downstream is a pure
+function of it, so the same design file always yields byte-identical Verilog. Files are JSON
+or TOML; errors name the offending field and its allowed values in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArrayConfig",
+    "NonlinearConfig",
+    "LayerConfig",
+    "Design",
+    "DesignError",
+    "load_design",
+    "save_design",
+]
+
+
+class DesignError(ValueError):
+    """A design file is malformed; the message is one line naming the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArrayConfig(_Strict):
+    """Group-vector systolic array shape (see docs/gvsa.md)."""
+
+    groups: int = Field(1, ge=1, le=64, description="independent PE groups")
+    rows: int = Field(4, ge=1, le=64, description="PE rows per group (output tokens in flight)")
+    cols: int = Field(4, ge=1, le=64, description="PE columns per group (output channels in flight)")
+    vector: int = Field(8, ge=1, le=64, description="MACs per PE per cycle (reduction lanes)")
+    w4_share: float = Field(0.0, ge=0.0, le=1.0, description="share of PE columns that are W4 (LUT) lanes")
+    w4_kind: Literal["int4", "pot4"] = "int4"
+    acc_bits: int = Field(32, ge=16, le=48)
+    in_bits: int = Field(8, ge=4, le=8)
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.groups * self.rows * self.cols * self.vector
+
+
+class NonlinearConfig(_Strict):
+    """Lanes (elements per cycle) of the nonlinear units and their row/channel limits."""
+
+    softmax_lanes: int = Field(4, ge=1, le=64)
+    layernorm_lanes: int = Field(4, ge=1, le=64)
+    gelu_lanes: int = Field(4, ge=1, le=64)
+    max_tokens: int = Field(256, ge=1, le=4096)
+    max_channels: int = Field(1024, ge=1, le=8192)
+    softmax_output: Literal["uint8", "log2"] = "uint8"
+
+
+class LayerConfig(_Strict):
+    """Per-layer knobs chosen by the explorer."""
+
+    w4_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    tile_tokens: int | None = Field(None, ge=1)
+    tile_out: int | None = Field(None, ge=1)
+
+
+class Design(_Strict):
+    """A complete accelerator design for one model on one board."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = "vitaccel"
+    model: str = "digits-vit"
+    board: Literal["zcu102", "zcu104", "kv260"] = "zcu102"
+    clock_mhz: float = Field(200.0, gt=0, le=800)
+    array: ArrayConfig = ArrayConfig()
+    nonlinear: NonlinearConfig = NonlinearConfig()
+    default_w4_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    layers: dict[str, LayerConfig] = Field(default_factory=dict)
+    input_buffer_kib: int = Field(64, ge=1, le=32768)
+    weight_buffer_kib: int = Field(64, ge=1, le=32768)
+    output_buffer_kib: int = Field(64, ge=1, le=32768)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.array.w4_share == 0.0 and (
+            self.default_w4_ratio > 0 or any(layer.w4_ratio > 0 for layer in self.layers.values())
+        ):
+            raise ValueError("w4_ratio > 0 needs array.w4_share > 0 (W4 lanes to run on)")
+        return self
+
+    def w4_ratio(self, layer: str) -> float:
+        cfg = self.layers.get(layer)
+        return cfg.w4_ratio if cfg is not None else self.default_w4_ratio
+
+    def canonical_json(self) -> str:
+        """Deterministic serialisation (sorted keys): the input of design hashes."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "design"
+    msg = first["msg"]
+    ctx = first.get("ctx") or {}
+    if "expected" in ctx:
+        msg = f"{msg}"
+    return f"design field '{loc}': {msg} (got {first.get('input')!r})"
+
+
+def parse_design(data: dict) -> Design:
+    try:
+        return Design.model_validate(data)
+    except ValidationError as err:
+        raise DesignError(_one_line(err)) from None
+
+
+def load_design(path: str | Path) -> Design:
+    """Read a design from JSON or TOML; raise DesignError with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise DesignError(f"design file '{path}' does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise DesignError(f"design file '{path}': extension must be .json or .toml")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise DesignError(f"design file '{path}' is not valid {path.suffix[1:].upper()}: {err}") from None
+    if not isinstance(data, dict):
+        raise DesignError(f"design file '{path}' must hold an object at the top level")
+    return parse_design(data)
+
+
+def save_design(design: Design, path: str | Path) -> Path:
+    """Write the design as canonical JSON, atomically (temp file then rename)."""
+    from vitaccel.util import atomic_write_text
+
+    return atomic_write_text(Path(path), design.canonical_json())

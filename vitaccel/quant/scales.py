@@ -1,0 +1,170 @@
+"""Compile-time quantisers: float tensors and scales -> the integers the hardware uses.
+
+These run once per model (calibration, weight packing, constant folding), never in the
+datapath, so float64 arithmetic is fine here; what they produce is integers, and from then on
+only :mod:`vitaccel.quant.ref` defines the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "WEIGHT_KINDS",
+    "dyadic",
+    "quantize_activation",
+    "act_scale",
+    "QuantWeight",
+    "quantize_weight",
+    "ptf_alpha",
+]
+
+# Per-row weight formats: W8 on DSP48E2, W4 (uniform int4 or power-of-two) in LUT fabric.
+WEIGHT_KINDS = ("w8", "int4", "pot4")
+_W_MAX = {"w8": 127, "int4": 7}
+# power-of-two 4-bit: sign + 3-bit exponent e in 0..6 (value +-2**-e of the row max), code 7 = 0.
+# Stored as the int8 value +-2**(6-e), so W8 hardware could run it too; W4 lanes shift.
+POT_EXPONENTS = 7
+POT_UNIT = 2 ** (POT_EXPONENTS - 1)
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def dyadic(real, mult_bits: int = 16, max_shift: int = 62) -> tuple[np.ndarray, np.ndarray]:
+    """Write each positive real as ``mult * 2**-shift``, mult < 2**mult_bits (unsigned).
+
+    The multiplier is normalised into [2**(mult_bits-1), 2**mult_bits) for the most
+    precision; a real too small for max_shift gives a smaller mult (0 for 0).
+    """
+    real = np.asarray(real, dtype=np.float64)
+    if np.any(real < 0) or not np.all(np.isfinite(real)):
+        raise ValueError("dyadic(): scale ratios must be finite and >= 0")
+    mult = np.zeros(real.shape, dtype=np.int64)
+    shift = np.zeros(real.shape, dtype=np.int64)
+    for idx, r in np.ndenumerate(real):
+        if r == 0:
+            continue
+        _, exp = math.frexp(r)  # r = f * 2**exp, f in [0.5, 1)
+        s = min(max_shift, max(0, mult_bits - exp))
+        m = int(math.floor(r * 2.0**s + 0.5))
+        while m >= 2**mult_bits and s > 0:
+            s -= 1
+            m = int(math.floor(r * 2.0**s + 0.5))
+        if m >= 2**mult_bits:
+            raise ValueError(f"dyadic(): {r!r} does not fit {mult_bits} multiplier bits")
+        mult[idx], shift[idx] = m, s
+    return mult, shift
+
+
+def act_scale(absmax: float, bits: int = 8) -> float:
+    """Symmetric per-tensor scale that maps absmax to the largest code (no zero point)."""
+    qmax = 2 ** (bits - 1) - 1
+    return max(float(absmax), 1e-8) / qmax
+
+
+def quantize_activation(x, scale: float, bits: int = 8) -> np.ndarray:
+    """Float -> signed int with round-half-away-from-zero and saturation (host side)."""
+    qmax = 2 ** (bits - 1) - 1
+    q = _round_half_away(np.asarray(x, dtype=np.float64) / scale)
+    return np.clip(q, -qmax - 1, qmax).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """A weight matrix (N out x K in) quantised per output channel (row).
+
+    Attributes
+    ----------
+    q : int64 (N, K)
+        Integer weights; every row fits its kind (W8: [-127, 127], int4: [-7, 7],
+        pot4: {0, +-1, +-2, ..., +-64}).
+    scale : float64 (N,)
+        Real value of one integer step per row.
+    kind : int64 (N,)
+        Index into WEIGHT_KINDS per row.
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    kind: np.ndarray
+
+    @property
+    def w4_ratio(self) -> float:
+        return float(np.mean(self.kind != 0)) if self.kind.size else 0.0
+
+    def dequantize(self) -> np.ndarray:
+        return self.q * self.scale[:, None]
+
+
+def _quantize_rows(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    absmax = np.maximum(np.abs(w).max(axis=1), 1e-12)
+    if kind in _W_MAX:
+        qmax = _W_MAX[kind]
+        scale = absmax / qmax
+        q = np.clip(_round_half_away(w / scale[:, None]), -qmax, qmax)
+        return q.astype(np.int64), scale
+    if kind == "pot4":
+        scale = absmax / POT_UNIT
+        r = np.abs(w) / absmax[:, None]  # in [0, 1]
+        levels = np.array([2.0**-e for e in range(POT_EXPONENTS)] + [0.0])
+        idx = np.abs(r[..., None] - levels).argmin(axis=-1)
+        mag = np.where(idx < POT_EXPONENTS, np.left_shift(1, POT_EXPONENTS - 1 - np.minimum(idx, POT_EXPONENTS - 1)), 0)
+        return (np.sign(w) * mag).astype(np.int64), scale
+    raise ValueError(f"weight kind must be one of {WEIGHT_KINDS}, not {kind!r}")
+
+
+def quantize_weight(
+    w,
+    w4_ratio: float = 0.0,
+    w4_kind: str = "int4",
+    input_sq_mean=None,
+) -> QuantWeight:
+    """Quantise a float weight matrix per row; a fraction ``w4_ratio`` of rows becomes W4.
+
+    The W4 rows are those whose W4 quantisation costs least: error
+    ``sum_k input_sq_mean[k] * (w - w_hat)**2`` (input-weighted when calibration statistics
+    are given, plain squared error otherwise). ``round(w4_ratio * N)`` rows are chosen; ties
+    break toward the lower row index, so the choice is deterministic.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {w.shape}")
+    if not 0.0 <= w4_ratio <= 1.0:
+        raise ValueError(f"w4_ratio must be in [0, 1], not {w4_ratio!r}")
+    if w4_kind not in ("int4", "pot4"):
+        raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {w4_kind!r}")
+    q8, s8 = _quantize_rows(w, "w8")
+    n_w4 = int(round(w4_ratio * w.shape[0]))
+    kind = np.zeros(w.shape[0], dtype=np.int64)
+    if n_w4 == 0:
+        return QuantWeight(q8, s8, kind)
+    q4, s4 = _quantize_rows(w, w4_kind)
+    weight = np.ones(w.shape[1]) if input_sq_mean is None else np.asarray(input_sq_mean, dtype=np.float64)
+    err4 = ((w - q4 * s4[:, None]) ** 2 * weight).sum(axis=1)
+    err8 = ((w - q8 * s8[:, None]) ** 2 * weight).sum(axis=1)
+    order = np.argsort(err4 - err8, kind="stable")
+    chosen = np.sort(order[:n_w4])
+    kind[chosen] = WEIGHT_KINDS.index(w4_kind)
+    q = q8.copy()
+    scale = s8.copy()
+    q[chosen] = q4[chosen]
+    scale[chosen] = s4[chosen]
+    return QuantWeight(q, scale, kind)
+
+
+def ptf_alpha(channel_absmax, max_alpha: int = 3, bits: int = 8) -> tuple[float, np.ndarray]:
+    """Power-of-two factors (FQ-ViT PTF) for a per-channel range.
+
+    Base scale ``s = max_c(r_c) / (qmax * 2**max_alpha)``; ``alpha_c`` is the smallest
+    value with ``r_c <= qmax * s * 2**alpha_c``, so calibration data never clips.
+    """
+    r = np.maximum(np.asarray(channel_absmax, dtype=np.float64), 1e-8)
+    qmax = 2 ** (bits - 1) - 1
+    base = r.max() / (qmax * 2**max_alpha)
+    alpha = np.ceil(np.log2(np.maximum(r / (qmax * base), 1.0)) - 1e-9).astype(np.int64)
+    return float(base), np.clip(alpha, 0, max_alpha)
