@@ -41,9 +41,13 @@ class ArrayConfig(_Strict):
 
     groups: int = Field(1, ge=1, le=64, description="independent PE groups")
     rows: int = Field(4, ge=1, le=64, description="PE rows per group (output tokens in flight)")
-    cols: int = Field(4, ge=1, le=64, description="PE columns per group (output channels in flight)")
+    cols: int = Field(
+        4, ge=1, le=64, description="PE columns per group (output channels in flight)"
+    )
     vector: int = Field(8, ge=1, le=64, description="MACs per PE per cycle (reduction lanes)")
-    w4_share: float = Field(0.0, ge=0.0, le=1.0, description="share of PE columns that are W4 (LUT) lanes")
+    w4_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of PE columns that are W4 (LUT) lanes"
+    )
     w4_kind: Literal["int4", "pot4"] = "int4"
     acc_bits: int = Field(32, ge=16, le=48)
     in_bits: int = Field(8, ge=4, le=8)
@@ -136,7 +140,9 @@ def load_design(path: str | Path) -> Design:
         else:
             raise DesignError(f"design file '{path}': extension must be .json or .toml")
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise DesignError(f"design file '{path}' is not valid {path.suffix[1:].upper()}: {err}") from None
+        raise DesignError(
+            f"design file '{path}' is not valid {path.suffix[1:].upper()}: {err}"
+        ) from None
     if not isinstance(data, dict):
         raise DesignError(f"design file '{path}' must hold an object at the top level")
     return parse_design(data)

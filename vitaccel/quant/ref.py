@@ -250,7 +250,14 @@ def e2softmax(x, params: SoftmaxParams = SoftmaxParams(), output: str = "uint8")
     _, s_sum, dq = e2softmax_k(x, params)
     f = params.frac_bits
     lead = _leading_one(np.maximum(s_sum, 1))
-    mant = np.where(lead >= 4, np.right_shift(s_sum, np.maximum(lead - 4, 0)), np.left_shift(s_sum, np.maximum(4 - lead, 0))) & 15
+    mant = (
+        np.where(
+            lead >= 4,
+            np.right_shift(s_sum, np.maximum(lead - 4, 0)),
+            np.left_shift(s_sum, np.maximum(4 - lead, 0)),
+        )
+        & 15
+    )
     l_s = (lead - f) * 16 + np.asarray(LOG2_MANT16, dtype=np.int64)[mant]
     e = np.maximum(0, dq * 4 + l_s[..., None])
     if output == "log2":
@@ -379,7 +386,9 @@ def ailayernorm(x, params: LayerNormParams) -> np.ndarray:
     lut = np.asarray(INV_SQRT_LUT, dtype=np.int64)
     isq = lut[p & 1, mant]
     d = aligned - mean[..., None]
-    z = rshift_round(d * isq[..., None], (INV_SQRT_BITS + np.right_shift(p, 1) - NORM_FRAC)[..., None])
+    z = rshift_round(
+        d * isq[..., None], (INV_SQRT_BITS + np.right_shift(p, 1) - NORM_FRAC)[..., None]
+    )
     y = rshift_round(z * _i64(params.gain) + _i64(params.bias), params.out_shift)
     return np.clip(y, INT8_MIN, INT8_MAX)
 
@@ -389,7 +398,9 @@ def ailayernorm(x, params: LayerNormParams) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def gelu_lut(in_scale: float, out_scale: float, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+def gelu_lut(
+    in_scale: float, out_scale: float, lo: int = INT8_MIN, hi: int = INT8_MAX
+) -> np.ndarray:
     """The 256-entry GELU table: ``table[x + 128] = clamp(round(gelu(x * s_in) / s_out))``.
 
     Computed once, in float64 with the exact erf GELU and round-half-away-from-zero, at
@@ -398,7 +409,9 @@ def gelu_lut(in_scale: float, out_scale: float, lo: int = INT8_MIN, hi: int = IN
     from math import erf, sqrt
 
     if not (in_scale > 0 and out_scale > 0):
-        raise ValueError(f"scales must be positive, got in_scale={in_scale!r}, out_scale={out_scale!r}")
+        raise ValueError(
+            f"scales must be positive, got in_scale={in_scale!r}, out_scale={out_scale!r}"
+        )
     table = []
     for q in range(INT8_MIN, INT8_MAX + 1):
         v = q * in_scale

