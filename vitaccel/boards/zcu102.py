@@ -1,0 +1,74 @@
+"""AMD/Xilinx ZCU102 evaluation board (Zynq UltraScale+ ZU9EG), written the amaranth-boards way.
+
+Pins are the board's PL-side user I/O (UG1182 and the board's master XDC):
+the 125 MHz CLK_125 oscillator, the USER_SI570 (300 MHz at power-up), the
+CPU_RESET button, eight GPIO LEDs, five push buttons, eight DIP switches and the
+two PMOD headers. The accelerator itself is not built with ``build()``: it runs
+on the PS clock inside the block design made by :mod:`vitaccel.boards.vivado`.
+The platform is there for bring-up designs and so that the part, pins and
+budget of a board live in one file.
+"""
+
+from __future__ import annotations
+
+from amaranth.build import Attrs, Clock, Connector, DiffPairs, Pins, Resource
+from amaranth.vendor import XilinxPlatform
+from amaranth_boards.resources import ButtonResources, LEDResources, SwitchResources
+
+from .base import BoardBudget, pl_ddr_gbps, register_board
+
+__all__ = ["ZCU102Platform"]
+
+
+@register_board
+class ZCU102Platform(XilinxPlatform):
+    device = "xczu9eg"
+    package = "ffvb1156"
+    speed = "2-e"
+    default_clk = "clk125"
+    default_rst = "rst"
+
+    budget = BoardBudget(
+        name="zcu102",
+        part="xczu9eg-ffvb1156-2-e",
+        dsp48e2=2520,
+        lut=274080,
+        ff=548160,
+        bram36=912,
+        uram=0,
+        # PS DDR4: 64-bit SODIMM, run by the board preset at DDR4-2133
+        # (PSU__DDRC__SPEED_BIN DDR4_2133P): 17.06 GB/s peak, 13.65 usable.
+        ddr_mts=2133,
+        ddr_bits=64,
+        ddr_gbps=pl_ddr_gbps(ddr_mts=2133, ddr_bits=64),
+        vivado_board_part="xilinx.com:zcu102:part0:3.4",
+        pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
+        default_clock_mhz=200.0,
+        sources=(
+            "DS891 Zynq UltraScale+ MPSoC overview, ZU9EG column",
+            "UG1182 ZCU102 board user guide (PS DDR4, GPIO pin table)",
+            "Vivado ZCU102 board preset (PSU__DDRC__SPEED_BIN DDR4_2133P)",
+        ),
+    )
+
+    # Pin tables stay one resource per line, as in amaranth-boards.
+    # fmt: off
+    resources = [
+        # CLK_125 from the SI5341B clock generator, fixed 125 MHz, in an HD bank
+        # (hence LVDS_25, as in the board's XDC).
+        Resource("clk125", 0, DiffPairs("G21", "F21", dir="i"), Clock(125e6), Attrs(IOSTANDARD="LVDS_25")),
+        # USER_SI570, 300 MHz at power-up (reprogrammable over I2C).
+        Resource("clk300", 0, DiffPairs("AL8", "AL7", dir="i"), Clock(300e6), Attrs(IOSTANDARD="DIFF_SSTL12")),
+        # CPU_RESET push button, active high.
+        Resource("rst", 0, Pins("AM13", dir="i"), Attrs(IOSTANDARD="LVCMOS33")),
+        *LEDResources(pins="AG14 AF13 AE13 AJ14 AJ15 AH13 AH14 AL12", attrs=Attrs(IOSTANDARD="LVCMOS33")),
+        # GPIO_SW_N, _E, _W, _S, _C
+        *ButtonResources(pins="AG15 AE14 AF15 AE15 AG13", attrs=Attrs(IOSTANDARD="LVCMOS33")),
+        *SwitchResources(pins="AN14 AP14 AM14 AN13 AN12 AP12 AL13 AK13", attrs=Attrs(IOSTANDARD="LVCMOS33")),
+    ]
+    connectors = [
+        # J55 and J87, 3.3 V. Header pins 1/3/5/7 are PMOD pins 1-4, 2/4/6/8 are 7-10.
+        Connector("pmod", 0, "A20 B20 A22 A21 - - B21 C21 C22 D21 - -"),
+        Connector("pmod", 1, "D20 E20 D22 E22 - - F20 G20 J20 J19 - -"),
+    ]
+    # fmt: on
