@@ -37,8 +37,9 @@ __all__ = [
     "compress_magnitude",
     "SQUARE_LUT16",
     "EXP2_FRAC4",
-    "LOG2_MANT16",
-    "EXP2_FRAC16",
+    "E2_FRAC",
+    "LOG2_MANT32",
+    "EXP2_FRAC32",
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -124,10 +125,14 @@ def log2_code_weights(codes, code_bits: int = 4) -> np.ndarray:
 # 2**(-f/4) for f = 0..3 as a fraction of 2**15 (the pass-1 term table).
 EXP2_FRAC4_BITS = 15
 EXP2_FRAC4 = tuple(int(round(2**EXP2_FRAC4_BITS * 2 ** (-f / 4))) for f in range(4))
-# log2(1 + (m + 0.5)/16) in units of 1/16, m = top 4 mantissa bits below the leading one.
-LOG2_MANT16 = tuple(int(round(16 * np.log2(1 + (m + 0.5) / 16))) for m in range(16))
-# 2**(8 - f/16) for f = 0..15: the uint8 probability before the integer shift (9 bits).
-EXP2_FRAC16 = tuple(int(round(2 ** (8 - f / 16))) for f in range(16))
+# Pass 2 works in the log domain with E2_FRAC fraction bits (units of 1/32 log2).
+E2_FRAC = 5
+# log2(1 + (m + 0.5)/32) in units of 1/32, m = the 5 mantissa bits below S's leading one.
+LOG2_MANT32 = tuple(
+    int(round(2**E2_FRAC * np.log2(1 + (m + 0.5) / 2**E2_FRAC))) for m in range(2**E2_FRAC)
+)
+# 2**(8 - f/32) for f = 0..31: the uint8 probability before the integer shift (9 bits).
+EXP2_FRAC32 = tuple(int(round(2 ** (8 - f / 2**E2_FRAC))) for f in range(2**E2_FRAC))
 
 
 @dataclass(frozen=True)
@@ -235,35 +240,31 @@ def e2softmax(x, params: SoftmaxParams = SoftmaxParams(), output: str = "uint8")
     """E2Softmax over the last axis of int8 logits.
 
     Pass 2 (per element, after pass 1 of :func:`e2softmax_k`): with L the leading-one
-    position of S and m4 the 4 bits below it, ``log2(S / 2**F) ~ lS / 16`` where
-    ``lS = (L - F) * 16 + LOG2_MANT16[m4]``. The element's exponent in 1/16 log2 units is
-    ``e = max(0, dq * 4 + lS)``.
+    position of S and m5 the 5 bits below it, ``log2(S / 2**F) ~ lS / 32`` where
+    ``lS = (L - F) * 32 + LOG2_MANT32[m5]``. The element's exponent in 1/32 log2 units is
+    ``e = max(0, dq * 8 + lS)`` (dq is in quarter units).
 
     Outputs
     -------
     ``output="uint8"``: probability with scale 2**-8,
-    ``min(255, rshift_round(EXP2_FRAC16[e & 15], e >> 4))`` (0 once e >> 4 exceeds 9).
-    ``output="log2"``: the code ``q = min(2**code_bits - 1, (e + 8) >> 4)``, p ~ 2**-q.
+    ``min(255, rshift_round(EXP2_FRAC32[e & 31], e >> 5))`` (0 once e >> 5 exceeds 9).
+    ``output="log2"``: the code ``q = min(2**code_bits - 1, (e + 16) >> 5)``, p ~ 2**-q.
     """
     if output not in ("uint8", "log2"):
         raise ValueError(f"output must be 'uint8' or 'log2', not {output!r}")
     _, s_sum, dq = e2softmax_k(x, params)
     f = params.frac_bits
     lead = _leading_one(np.maximum(s_sum, 1))
-    mant = (
-        np.where(
-            lead >= 4,
-            np.right_shift(s_sum, np.maximum(lead - 4, 0)),
-            np.left_shift(s_sum, np.maximum(4 - lead, 0)),
-        )
-        & 15
-    )
-    l_s = (lead - f) * 16 + np.asarray(LOG2_MANT16, dtype=np.int64)[mant]
-    e = np.maximum(0, dq * 4 + l_s[..., None])
+    # S >= 2**(F-1) always (the max element's term), so the mantissa is a plain right shift.
+    mant = np.right_shift(s_sum, np.maximum(lead - E2_FRAC, 0)) & (2**E2_FRAC - 1)
+    l_s = (lead - f) * 2**E2_FRAC + np.asarray(LOG2_MANT32, dtype=np.int64)[mant]
+    e = np.maximum(0, dq * 2 ** (E2_FRAC - 2) + l_s[..., None])
     if output == "log2":
-        return np.minimum((1 << params.code_bits) - 1, np.right_shift(e + 8, 4))
-    whole = np.right_shift(e, 4)
-    table = np.asarray(EXP2_FRAC16, dtype=np.int64)[e & 15]
+        return np.minimum(
+            (1 << params.code_bits) - 1, np.right_shift(e + 2 ** (E2_FRAC - 1), E2_FRAC)
+        )
+    whole = np.right_shift(e, E2_FRAC)
+    table = np.asarray(EXP2_FRAC32, dtype=np.int64)[e & (2**E2_FRAC - 1)]
     prob = np.where(whole > 9, 0, rshift_round(table, np.minimum(whole, 9)))
     return np.minimum(255, prob)
 

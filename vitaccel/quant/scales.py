@@ -20,6 +20,7 @@ __all__ = [
     "QuantWeight",
     "quantize_weight",
     "ptf_alpha",
+    "dyadic_common",
 ]
 
 # Per-row weight formats: W8 on DSP48E2, W4 (uniform int4 or power-of-two) in LUT fabric.
@@ -176,3 +177,23 @@ def ptf_alpha(channel_absmax, max_alpha: int = 3, bits: int = 8) -> tuple[float,
     base = r.max() / (qmax * 2**max_alpha)
     alpha = np.ceil(np.log2(np.maximum(r / (qmax * base), 1.0)) - 1e-9).astype(np.int64)
     return float(base), np.clip(alpha, 0, max_alpha)
+
+
+def dyadic_common(reals, mult_bits: int = 16, max_shift: int = 62) -> tuple[np.ndarray, int]:
+    """Several positive reals with ONE shared shift: ``mult_i * 2**-shift`` (mult < 2**mult_bits).
+
+    The shift is set by the largest real, so it gets ``mult_bits`` of precision; smaller
+    ones get fewer. Used where one adder sums several products before one shift (the
+    residual add).
+    """
+    reals = np.asarray(reals, dtype=np.float64)
+    top = float(reals.max(initial=0.0))
+    if top <= 0:
+        return np.zeros(reals.shape, dtype=np.int64), 0
+    _, shift = dyadic(top, mult_bits=mult_bits, max_shift=max_shift)
+    shift = int(shift)
+    mult = np.floor(reals * 2.0**shift + 0.5).astype(np.int64)
+    while mult.max() >= 2**mult_bits and shift > 0:
+        shift -= 1
+        mult = np.floor(reals * 2.0**shift + 0.5).astype(np.int64)
+    return mult, shift
