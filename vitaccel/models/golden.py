@@ -1,0 +1,570 @@
+"""The integer-only golden model: a float ViT turned into the exact program the accelerator runs.
+
+``quantize_model`` calibrates a float :class:`~vitaccel.models.vit.VisionTransformer` on a few
+images, folds every scale into integer constants and returns an :class:`IntViT`, whose
+``forward`` computes logits with integer arithmetic only, every operator through
+:mod:`vitaccel.quant.ref`. The RTL is judged against ``IntViT.forward`` bit for bit; the float
+model only measures what the integer approximations cost.
+
+Dataflow of one encoder block (pre-LN), each arrow an integer operator::
+
+    x (int8, PTF scales) -> AILayerNorm -> QKV linear -> per head: QK^T -> requant
+      -> E2Softmax -> P x V -> requant -> proj linear -> residual add -> x'
+    x' -> AILayerNorm -> FC1 linear -> GELU table -> FC2 linear -> residual add -> x''
+
+The residual stream is int8 with per-channel power-of-two factors (FQ-ViT PTF) so the
+LayerNorm sees every channel on one scale; every other activation is int8 per-tensor.
+Logits come out of the classifier head as int16 on one common scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vitaccel.quant import ref, scales
+from vitaccel.quant.ref import LayerNormParams, SoftmaxParams
+from vitaccel.quant.scales import QuantWeight
+
+__all__ = [
+    "SCHEMES",
+    "QuantConfig",
+    "IntLinear",
+    "IntResidual",
+    "IntBlock",
+    "IntViT",
+    "quantize_model",
+    "float_trace",
+    "linear_layer_names",
+]
+
+SCHEMES = ("w8a8", "w4a8", "mixed")
+LOGIT_MIN, LOGIT_MAX = -32768, 32767
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantise a model.
+
+    Parameters
+    ----------
+    scheme : {"w8a8", "w4a8", "mixed"}
+        W8 everywhere; W4 (``w4_kind``) in every encoder linear layer; or a fraction
+        ``w4_ratio`` of each encoder linear layer's output channels in W4. The patch
+        embedding and the classifier head always stay W8 (they are tiny and sensitive).
+    w4_ratio : float
+        For ``mixed``: the default per-layer ratio; ``layer_w4_ratio`` overrides per layer.
+    softmax_lanes : int
+        The E2Softmax unit's lanes: its online normalisation runs over groups of this many
+        elements, which is part of the numeric definition (see ``ref.e2softmax_k``).
+    softmax_output : {"uint8", "log2"}
+        Probability format feeding P x V.
+    """
+
+    scheme: str = "w8a8"
+    w4_ratio: float = 0.5
+    w4_kind: str = "int4"
+    layer_w4_ratio: tuple[tuple[str, float], ...] = ()
+    softmax_lanes: int = 1
+    softmax_output: str = "uint8"
+    softmax_frac_bits: int = 15
+    mult_bits: int = 16
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, not {self.scheme!r}")
+        if not 0.0 <= self.w4_ratio <= 1.0:
+            raise ValueError(f"w4_ratio must be in [0, 1], not {self.w4_ratio!r}")
+        if self.w4_kind not in ("int4", "pot4"):
+            raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
+        if self.softmax_output not in ("uint8", "log2"):
+            raise ValueError(
+                f"softmax_output must be 'uint8' or 'log2', not {self.softmax_output!r}"
+            )
+
+    def ratio_for(self, layer: str) -> float:
+        if layer == "patch_embed" or layer == "head":
+            return 0.0
+        if self.scheme == "w8a8":
+            return 0.0
+        if self.scheme == "w4a8":
+            return 1.0
+        return dict(self.layer_w4_ratio).get(layer, self.w4_ratio)
+
+
+@dataclass
+class IntLinear:
+    """``y = requantize(x @ q.T + bias, mult, shift, lo, hi)`` with per-row constants."""
+
+    name: str
+    weight: QuantWeight
+    bias: np.ndarray  # int64 (N,), in accumulator units
+    mult: np.ndarray  # int64 (N,)
+    shift: np.ndarray  # int64 (N,)
+    lo: int = ref.INT8_MIN
+    hi: int = ref.INT8_MAX
+
+    def accumulate(self, x: np.ndarray) -> np.ndarray:
+        return ref.matmul_int(x, self.weight.q, self.bias)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return ref.requantize(self.accumulate(x), self.mult, self.shift, self.lo, self.hi)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.q.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.q.shape[1])
+
+
+@dataclass
+class IntResidual:
+    """``x' = residual_add(x, mult_a, branch, mult_b, shift)`` with per-channel multipliers."""
+
+    mult_a: np.ndarray
+    mult_b: np.ndarray
+    shift: int
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return ref.residual_add(a, self.mult_a, b, self.mult_b, self.shift)
+
+
+@dataclass
+class IntBlock:
+    norm1: LayerNormParams
+    qkv: IntLinear
+    qk_mult: int
+    qk_shift: int
+    softmax: SoftmaxParams
+    av_mult: int
+    av_shift: int
+    proj: IntLinear
+    add1: IntResidual
+    norm2: LayerNormParams
+    fc1: IntLinear
+    gelu_table: np.ndarray
+    fc2: IntLinear
+    add2: IntResidual
+
+
+@dataclass
+class IntViT:
+    """The integer-only ViT. ``forward`` is the bit-exact definition the RTL must meet."""
+
+    spec: object
+    config: QuantConfig
+    input_scale: float
+    patch_embed: IntLinear
+    cls_row: np.ndarray  # int8 (D,): class token + pos[0] on the first residual scale
+    pos_add: IntResidual
+    pos_q: np.ndarray  # int8 (patches, D): pos[1:] on its own scale
+    blocks: list[IntBlock]
+    norm: LayerNormParams
+    head: IntLinear
+    logit_scale: float
+    scales: dict[str, float] = field(default_factory=dict)
+
+    # ---- host-side input preparation -------------------------------------------------
+    def quantize_images(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Normalised float images (B, C, H, W) -> int8 patches (B, patches, patch_dim).
+
+        Patch p covers rows/cols ``(p // grid, p % grid)``; within a patch the order is
+        (channel, row, col), matching the patch-embedding Conv2d weight flattening.
+        """
+        img = np.asarray(images, dtype=np.float64)
+        q = scales.quantize_activation(img, self.input_scale)
+        return patchify(q, self.spec.patch_size)
+
+    # ---- the integer forward -----------------------------------------------------------
+    def forward_patches(self, patches: np.ndarray, capture: dict | None = None) -> np.ndarray:
+        """int8 patches (B, patches, patch_dim) -> int16 logits (B, classes)."""
+        spec = self.spec
+        cap = capture if capture is not None else {}
+        heads, hd = spec.heads, spec.head_dim
+        pe = self.patch_embed(patches)
+        cap["patch_embed"] = pe
+        body = self.pos_add(pe, self.pos_q)
+        batch = patches.shape[0]
+        x = np.concatenate(
+            [np.broadcast_to(self.cls_row, (batch, 1, spec.embed_dim)), body], axis=1
+        )
+        cap["embed"] = x
+        for i, blk in enumerate(self.blocks):
+            p = f"blocks.{i}"
+            h = ref.ailayernorm(x, blk.norm1)
+            cap[f"{p}.norm1"] = h
+            qkv = blk.qkv(h)
+            tokens = qkv.shape[1]
+            qkv = qkv.reshape(batch, tokens, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, T, hd)
+            scores = np.einsum("bhtd,bhsd->bhts", q.astype(np.int64), k.astype(np.int64))
+            logits = ref.requantize(scores, blk.qk_mult, blk.qk_shift)
+            cap[f"{p}.attn.logits"] = logits
+            probs = ref.e2softmax(logits, blk.softmax, output=self.config.softmax_output)
+            cap[f"{p}.attn.probs"] = probs
+            pw = (
+                probs
+                if self.config.softmax_output == "uint8"
+                else ref.log2_code_weights(probs, blk.softmax.code_bits)
+            )
+            ctx = np.einsum("bhts,bhsd->bhtd", pw.astype(np.int64), v.astype(np.int64))
+            ctx = ref.requantize(ctx, blk.av_mult, blk.av_shift)
+            ctx = ctx.transpose(0, 2, 1, 3).reshape(batch, tokens, spec.embed_dim)
+            cap[f"{p}.attn.context"] = ctx
+            x = blk.add1(x, blk.proj(ctx))
+            cap[f"{p}.add1"] = x
+            h = ref.ailayernorm(x, blk.norm2)
+            cap[f"{p}.norm2"] = h
+            f1 = blk.fc1(h)
+            g = ref.lut_lookup(f1, blk.gelu_table)
+            cap[f"{p}.mlp.gelu"] = g
+            x = blk.add2(x, blk.fc2(g))
+            cap[f"{p}.add2"] = x
+        cls = ref.ailayernorm(x[:, 0], self.norm)
+        cap["norm"] = cls
+        logits = self.head(cls)
+        cap["logits"] = logits
+        return logits
+
+    def forward(self, images, capture: dict | None = None) -> np.ndarray:
+        return self.forward_patches(self.quantize_images(images), capture)
+
+    def dequantize_logits(self, logits: np.ndarray) -> np.ndarray:
+        return np.asarray(logits, dtype=np.float64) * self.logit_scale
+
+    def linear_layers(self) -> dict[str, IntLinear]:
+        out = {"patch_embed": self.patch_embed}
+        for b in self.blocks:
+            for name in ("qkv", "proj", "fc1", "fc2"):
+                layer = getattr(b, name)
+                out[layer.name] = layer
+        out["head"] = self.head
+        return out
+
+
+def patchify(images: np.ndarray, patch: int) -> np.ndarray:
+    b, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = images.reshape(b, c, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, gh * gw, c * patch * patch)
+
+
+def linear_layer_names(depth: int) -> list[str]:
+    names = ["patch_embed"]
+    for i in range(depth):
+        names += [
+            f"blocks.{i}.attn.qkv",
+            f"blocks.{i}.attn.proj",
+            f"blocks.{i}.mlp.fc1",
+            f"blocks.{i}.mlp.fc2",
+        ]
+    return names + ["head"]
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration: the float forward, op by op, recording what the quantisers need.
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def float_trace(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run the float model op by op (same order as IntViT.forward) and keep every tensor."""
+    spec = model.spec
+    t: dict[str, torch.Tensor] = {}
+    images = images.to(torch.float64)
+    m = model.double()
+    t["input"] = images
+    patches = torch.from_numpy(patchify(images.numpy(), spec.patch_size))
+    t["patches"] = patches
+    pe = patches @ m.patch_embed.proj.weight.reshape(spec.embed_dim, -1).T + m.patch_embed.proj.bias
+    t["patch_embed"] = pe
+    batch = images.shape[0]
+    x = torch.cat([m.cls_token.expand(batch, -1, -1), pe], dim=1) + m.pos_embed
+    t["embed"] = x
+    for i, blk in enumerate(m.blocks):
+        p = f"blocks.{i}"
+        h = blk.norm1(x)
+        t[f"{p}.norm1.in"], t[f"{p}.norm1"] = x, h
+        qkv = blk.attn.qkv(h)
+        t[f"{p}.attn.qkv"] = qkv
+        tokens = qkv.shape[1]
+        q, k, v = qkv.reshape(batch, tokens, 3, spec.heads, spec.head_dim).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) * spec.head_dim**-0.5
+        t[f"{p}.attn.logits"] = scores
+        probs = scores.softmax(-1)
+        t[f"{p}.attn.probs"] = probs
+        ctx = (probs @ v).transpose(1, 2).reshape(batch, tokens, spec.embed_dim)
+        t[f"{p}.attn.context"] = ctx
+        a = blk.attn.proj(ctx)
+        t[f"{p}.attn.proj"] = a
+        x = x + a
+        t[f"{p}.add1"] = x
+        h = blk.norm2(x)
+        t[f"{p}.norm2"] = h
+        f1 = blk.mlp.fc1(h)
+        t[f"{p}.mlp.fc1"] = f1
+        g = torch.nn.functional.gelu(f1)
+        t[f"{p}.mlp.gelu"] = g
+        f2 = blk.mlp.fc2(g)
+        t[f"{p}.mlp.fc2"] = f2
+        x = x + f2
+        t[f"{p}.add2"] = x
+    cls = m.norm(x[:, 0])
+    t["norm"] = cls
+    t["logits"] = m.head(cls)
+    model.float()
+    return t
+
+
+def _absmax(t: torch.Tensor) -> float:
+    return max(float(t.abs().max()), 1e-6)
+
+
+def _channel_absmax(t: torch.Tensor) -> np.ndarray:
+    return t.abs().reshape(-1, t.shape[-1]).max(dim=0).values.numpy()
+
+
+def _sq_mean(t: torch.Tensor) -> np.ndarray:
+    return (t.reshape(-1, t.shape[-1]) ** 2).mean(dim=0).numpy()
+
+
+def _linear(
+    name: str,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_scale: float,
+    out_scale: np.ndarray | float,
+    cfg: QuantConfig,
+    input_sq_mean: np.ndarray | None,
+    lo: int = ref.INT8_MIN,
+    hi: int = ref.INT8_MAX,
+) -> IntLinear:
+    w = weight.detach().double().reshape(weight.shape[0], -1).numpy()
+    qw = scales.quantize_weight(w, cfg.ratio_for(name), cfg.w4_kind, input_sq_mean)
+    acc_scale = in_scale * qw.scale
+    b = np.zeros(w.shape[0]) if bias is None else bias.detach().double().numpy()
+    bias_q = np.clip(np.floor(b / acc_scale + 0.5), -(2**31), 2**31 - 1).astype(np.int64)
+    mult, shift = scales.dyadic(
+        acc_scale / np.broadcast_to(out_scale, acc_scale.shape), cfg.mult_bits
+    )
+    return IntLinear(name, qw, bias_q, mult, shift, lo, hi)
+
+
+def _layernorm(
+    ln: torch.nn.LayerNorm, in_base: float, alpha: np.ndarray, out_scale: float
+) -> LayerNormParams:
+    channels = ln.weight.shape[0]
+    recip_mult, recip_shift = scales.dyadic(1.0 / channels, 16)
+    gamma = ln.weight.detach().double().numpy() / out_scale
+    beta = ln.bias.detach().double().numpy() / out_scale
+    # gain carries out_shift - NORM_FRAC fraction bits and must fit 16 bits signed.
+    top = max(float(np.abs(gamma).max()), 1e-9)
+    frac = int(math.floor(math.log2((2**15 - 1) / top)))
+    out_shift = int(np.clip(frac + ref.NORM_FRAC, ref.NORM_FRAC, 40))
+    gain = np.floor(gamma * 2.0 ** (out_shift - ref.NORM_FRAC) + 0.5).astype(np.int64)
+    bias = np.floor(beta * 2.0**out_shift + 0.5).astype(np.int64)
+    eps_q = max(1, int(round(ln.eps / in_base**2)))
+    return LayerNormParams(
+        alpha=alpha.astype(np.int64),
+        recip_mult=int(recip_mult),
+        recip_shift=int(recip_shift),
+        gain=gain,
+        bias=bias,
+        out_shift=out_shift,
+        eps_q=eps_q,
+    )
+
+
+def _residual(
+    a_scale: np.ndarray, b_scale: np.ndarray | float, out_scale: np.ndarray, mult_bits: int
+) -> IntResidual:
+    ra = np.broadcast_to(a_scale / out_scale, out_scale.shape)
+    rb = np.broadcast_to(b_scale / out_scale, out_scale.shape)
+    mult, shift = scales.dyadic_common(np.concatenate([ra, rb]), mult_bits)
+    n = out_scale.shape[0]
+    return IntResidual(mult[:n], mult[n:], shift)
+
+
+def _ptf(t: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
+    base, alpha = scales.ptf_alpha(_channel_absmax(t))
+    return base, alpha, base * 2.0**alpha
+
+
+def _softmax_shift(logit_absmax: float) -> int:
+    # s = ln2 * 2**-T must cover the calibrated logits: 127 * s >= absmax.
+    t = int(math.floor(math.log2(127 * math.log(2) / logit_absmax)))
+    return int(np.clip(t, 0, 12))
+
+
+def quantize_model(
+    model, calib_images: torch.Tensor, config: QuantConfig = QuantConfig()
+) -> IntViT:
+    """Calibrate ``model`` on ``calib_images`` and fold it into an :class:`IntViT`.
+
+    Per-tensor activation scales come from the calibration maximum (no clipping); the
+    residual stream gets per-channel power-of-two factors chosen so calibration data never
+    clips; weights are quantised per output channel (and per the config's W4 ratios, rows
+    chosen by input-weighted error).
+    """
+    spec = model.spec
+    model.eval()
+    tr = float_trace(model, calib_images)
+    cfg = config or QuantConfig()
+    sc: dict[str, float] = {}
+
+    s_in = scales.act_scale(_absmax(tr["input"]))
+    sc["input"] = s_in
+    s_pe = scales.act_scale(_absmax(tr["patch_embed"]))
+    sc["patch_embed"] = s_pe
+    patch_embed = _linear(
+        "patch_embed",
+        model.patch_embed.proj.weight,
+        model.patch_embed.proj.bias,
+        s_in,
+        s_pe,
+        cfg,
+        _sq_mean(tr["patches"]),
+    )
+    # First residual scale (PTF) over the embedded tokens.
+    base, alpha, x_scale = _ptf(tr["embed"])
+    pos = model.pos_embed.detach().double()[0].numpy()
+    cls = model.cls_token.detach().double()[0, 0].numpy()
+    cls_row = scales.quantize_activation((cls + pos[0]) / x_scale, 1.0)
+    s_pos = scales.act_scale(float(np.abs(pos[1:]).max()))
+    pos_q = scales.quantize_activation(pos[1:], s_pos)
+    pos_add = _residual(np.full(spec.embed_dim, s_pe), s_pos, x_scale, cfg.mult_bits)
+
+    blocks: list[IntBlock] = []
+    for i, blk in enumerate(model.blocks):
+        p = f"blocks.{i}"
+        s_n1 = scales.act_scale(_absmax(tr[f"{p}.norm1"]))
+        norm1 = _layernorm(blk.norm1, base, alpha, s_n1)
+        # q, k and v get their own output scales (one requant per output channel anyway).
+        qkv_t = tr[f"{p}.attn.qkv"]
+        d = spec.embed_dim
+        s_q, s_k, s_v = (
+            scales.act_scale(_absmax(qkv_t[..., j * d : (j + 1) * d])) for j in range(3)
+        )
+        qkv_out = np.repeat([s_q, s_k, s_v], d)
+        qkv = _linear(
+            f"{p}.attn.qkv",
+            blk.attn.qkv.weight,
+            blk.attn.qkv.bias,
+            s_n1,
+            qkv_out,
+            cfg,
+            _sq_mean(tr[f"{p}.norm1"]),
+        )
+        t_sm = _softmax_shift(_absmax(tr[f"{p}.attn.logits"]))
+        s_logit = math.log(2) * 2.0**-t_sm
+        qk_mult, qk_shift = scales.dyadic(s_q * s_k * spec.head_dim**-0.5 / s_logit, cfg.mult_bits)
+        sm = SoftmaxParams(in_shift=t_sm, frac_bits=cfg.softmax_frac_bits, lanes=cfg.softmax_lanes)
+        s_ctx = scales.act_scale(_absmax(tr[f"{p}.attn.context"]))
+        p_scale = 2.0**-8 if cfg.softmax_output == "uint8" else 2.0 ** -((1 << sm.code_bits) - 1)
+        av_mult, av_shift = scales.dyadic(p_scale * s_v / s_ctx, cfg.mult_bits)
+        s_proj = scales.act_scale(_absmax(tr[f"{p}.attn.proj"]))
+        proj = _linear(
+            f"{p}.attn.proj",
+            blk.attn.proj.weight,
+            blk.attn.proj.bias,
+            s_ctx,
+            s_proj,
+            cfg,
+            _sq_mean(tr[f"{p}.attn.context"]),
+        )
+        base1, alpha1, x1_scale = _ptf(tr[f"{p}.add1"])
+        add1 = _residual(x_scale, s_proj, x1_scale, cfg.mult_bits)
+        s_n2 = scales.act_scale(_absmax(tr[f"{p}.norm2"]))
+        norm2 = _layernorm(blk.norm2, base1, alpha1, s_n2)
+        s_f1 = scales.act_scale(_absmax(tr[f"{p}.mlp.fc1"]))
+        fc1 = _linear(
+            f"{p}.mlp.fc1",
+            blk.mlp.fc1.weight,
+            blk.mlp.fc1.bias,
+            s_n2,
+            s_f1,
+            cfg,
+            _sq_mean(tr[f"{p}.norm2"]),
+        )
+        s_g = scales.act_scale(_absmax(tr[f"{p}.mlp.gelu"]))
+        table = ref.gelu_lut(s_f1, s_g)
+        s_f2 = scales.act_scale(_absmax(tr[f"{p}.mlp.fc2"]))
+        fc2 = _linear(
+            f"{p}.mlp.fc2",
+            blk.mlp.fc2.weight,
+            blk.mlp.fc2.bias,
+            s_g,
+            s_f2,
+            cfg,
+            _sq_mean(tr[f"{p}.mlp.gelu"]),
+        )
+        base2, alpha2, x2_scale = _ptf(tr[f"{p}.add2"])
+        add2 = _residual(x1_scale, s_f2, x2_scale, cfg.mult_bits)
+        blocks.append(
+            IntBlock(
+                norm1,
+                qkv,
+                int(qk_mult),
+                int(qk_shift),
+                sm,
+                int(av_mult),
+                int(av_shift),
+                proj,
+                add1,
+                norm2,
+                fc1,
+                table,
+                fc2,
+                add2,
+            )
+        )
+        sc.update(
+            {
+                f"{p}.norm1": s_n1,
+                f"{p}.q": s_q,
+                f"{p}.k": s_k,
+                f"{p}.v": s_v,
+                f"{p}.logits": s_logit,
+                f"{p}.context": s_ctx,
+                f"{p}.proj": s_proj,
+                f"{p}.norm2": s_n2,
+                f"{p}.fc1": s_f1,
+                f"{p}.gelu": s_g,
+                f"{p}.fc2": s_f2,
+            }
+        )
+        base, alpha, x_scale = base2, alpha2, x2_scale
+    s_norm = scales.act_scale(_absmax(tr["norm"]))
+    norm = _layernorm(model.norm, base, alpha, s_norm)
+    s_logits = _absmax(tr["logits"]) * 2 / LOGIT_MAX  # 2x headroom for unseen images
+    head = _linear(
+        "head",
+        model.head.weight,
+        model.head.bias,
+        s_norm,
+        s_logits,
+        cfg,
+        _sq_mean(tr["norm"]),
+        LOGIT_MIN,
+        LOGIT_MAX,
+    )
+    sc["norm"], sc["logits"] = s_norm, s_logits
+    return IntViT(
+        spec=spec,
+        config=cfg,
+        input_scale=s_in,
+        patch_embed=patch_embed,
+        cls_row=cls_row,
+        pos_add=pos_add,
+        pos_q=pos_q,
+        blocks=blocks,
+        norm=norm,
+        head=head,
+        logit_scale=s_logits,
+        scales=sc,
+    )
