@@ -60,6 +60,15 @@ class Instr:
     flags: int = 0
     fields: tuple[int, ...] = field(default_factory=tuple)  # f1 .. f15
 
+    def __post_init__(self):
+        # Canonical form: trailing zero fields dropped, so decode(encode(i)) == i.
+        fields = tuple(int(v) for v in self.fields)
+        while fields and fields[-1] == 0:
+            fields = fields[:-1]
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "op", Op(self.op))
+        object.__setattr__(self, "flags", int(self.flags))
+
     def f(self, i: int) -> int:
         """Field f_i (1..15); 0 when not given."""
         return self.fields[i - 1] if i - 1 < len(self.fields) else 0
@@ -100,10 +109,7 @@ def decode(raw: bytes) -> Instr:
         op = Op(op)
     except ValueError:
         raise ValueError(f"unknown opcode {op}") from None
-    fields = tuple(f[1:])
-    while fields and fields[-1] == 0:
-        fields = fields[:-1]
-    return Instr(op, f[0] >> 8, fields)
+    return Instr(op, f[0] >> 8, tuple(f[1:]))
 
 
 def encode_program(program: list[Instr]) -> bytes:
