@@ -1,0 +1,238 @@
+"""Building blocks shared by the nonlinear units (E2Softmax, AILayerNorm, GELU).
+
+* Row framing: every unit streams rows as beats of ``lanes`` elements, with a ``count`` of
+  valid lanes (always ``lanes`` except on the last beat of a row) and a ``last`` flag.
+* Constructor validation helpers that raise ``TypeError``/``ValueError`` naming the value.
+* Arithmetic the units must build from LUT fabric: a tree leading-one detector, a
+  shift-add multiplier (partial products summed by an adder tree, so Yosys never sees a
+  ``$mul`` and can map nothing to a DSP48E2), a rounding right shift and small delay lines.
+
+The arithmetic itself (what is rounded where) is defined by :mod:`vitaccel.quant.ref`; these
+helpers only provide the hardware shapes the units compose.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Value
+from amaranth.lib import data, stream
+from amaranth.utils import bits_for, ceil_log2
+
+__all__ = [
+    "row_layout",
+    "row_signature",
+    "count_bits",
+    "check_int",
+    "check_choice",
+    "silence_unused",
+    "leading_one",
+    "shift_add_mul",
+    "rshift_round",
+    "delay",
+    "tree_reduce",
+]
+
+
+# ---- row framing -----------------------------------------------------------------------
+
+
+def count_bits(lanes: int) -> int:
+    """Width of the ``count`` field: enough for the value ``lanes``."""
+    return bits_for(lanes)
+
+
+def row_layout(elem_shape, lanes: int) -> data.StructLayout:
+    """Payload of one beat: ``data`` (``lanes`` elements, element 0 first, i.e. in the low
+    bits of the flat Verilog vector), ``count`` (valid lanes, 1..lanes; only the last beat
+    of a row may carry fewer than ``lanes``), ``last`` (this beat ends the row)."""
+    return data.StructLayout(
+        {
+            "data": data.ArrayLayout(elem_shape, lanes),
+            "count": unsigned(count_bits(lanes)),
+            "last": unsigned(1),
+        }
+    )
+
+
+def row_signature(elem_shape, lanes: int) -> stream.Signature:
+    return stream.Signature(row_layout(elem_shape, lanes))
+
+
+# ---- constructor validation --------------------------------------------------------------
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """``value`` must be an int (not bool) in ``lo..hi``; errors name the parameter and value."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be in {bound}, not {value!r}")
+    return value
+
+
+def silence_unused(component) -> None:
+    """Mark a component whose constructor rejected its arguments as deliberately unused.
+
+    Amaranth warns (UnusedElaboratable) when an elaboratable is garbage-collected without
+    being elaborated; a constructor that raised must not add that noise to the error.
+    """
+    component._MustUse__silence = True
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, not {value!r}")
+    return value
+
+
+# ---- arithmetic in fabric --------------------------------------------------------------
+
+
+def _lod(v: Value) -> tuple[Value, Value]:
+    """(any bit set, index of the highest set bit) for a power-of-two wide ``v``."""
+    w = len(v)
+    if w == 1:
+        return v[0], Const(0, 0)
+    half = w // 2
+    any_hi, pos_hi = _lod(v[half:])
+    any_lo, pos_lo = _lod(v[:half])
+    pos = Mux(any_hi, Cat(pos_hi, Const(1, 1)), Cat(pos_lo, Const(0, 1)))
+    return any_hi | any_lo, pos
+
+
+def leading_one(value: Value) -> Value:
+    """Index of the most significant set bit of unsigned ``value`` (0 when value == 0).
+
+    A balanced tree (log2 width levels of one OR and one 2:1 mux), not a priority chain.
+    """
+    width = len(value)
+    if width == 1:
+        return Const(0, 1)
+    padded = Cat(value, Const(0, (1 << ceil_log2(width)) - width))
+    _, pos = _lod(padded)
+    return pos
+
+
+def _register(m: Module, value: Value, en, name: str) -> Signal:
+    sig = Signal(value.shape(), name=name)
+    if en is None:
+        m.d.sync += sig.eq(value)
+    else:
+        with m.If(en):
+            m.d.sync += sig.eq(value)
+    return sig
+
+
+def tree_reduce(m: Module, items, combine, *, en=None, levels_per_stage=0, name="tree"):
+    """Reduce ``items`` pairwise in a balanced tree; returns ``(result, latency)``.
+
+    With ``levels_per_stage > 0`` a register (enabled by ``en``; always when ``en`` is None)
+    follows every that many levels and the root.
+    """
+    level = list(items)
+    depth = 0
+    latency = 0
+    while len(level) > 1:
+        nxt = []
+        for j in range(0, len(level) - 1, 2):
+            nxt.append(combine(level[j], level[j + 1]))
+        if len(level) % 2:
+            nxt.append(level[-1])
+        depth += 1
+        if levels_per_stage and depth % levels_per_stage == 0:
+            nxt = [_register(m, v, en, f"{name}_l{depth}_{k}") for k, v in enumerate(nxt)]
+            latency += 1
+        level = nxt
+    if levels_per_stage and (depth == 0 or depth % levels_per_stage):
+        level = [_register(m, level[0], en, f"{name}_out")]
+        latency += 1
+    return level[0], latency
+
+
+def _extend(v: Value, width: int) -> Value:
+    """``v`` sign- or zero-extended to ``width`` bits (keeps its signedness)."""
+    pad = width - len(v)
+    if pad <= 0:
+        return v
+    if v.shape().signed:
+        return Cat(v, *([v[-1]] * pad)).as_signed()
+    return Cat(v, Const(0, pad))
+
+
+def _add_offset(a, b):
+    """Add two (value, bit offset) terms; bits below the larger offset pass through."""
+    (va, oa), (vb, ob) = sorted([a, b], key=lambda t: t[1])
+    k = ob - oa
+    if k == 0:
+        return va + vb, oa
+    va = _extend(va, k + 1)
+    high = va.shift_right(k) + vb
+    total = Cat(va[:k], high)
+    return (total.as_signed() if high.shape().signed else total), oa
+
+
+def shift_add_mul(
+    m: Module, a: Value, b: Value, *, en=None, levels_per_stage: int = 2, name: str = "mul"
+) -> tuple[Value, int]:
+    """``a * b`` as a sum of shifted partial products selected by the bits of ``b``.
+
+    No ``*`` operator is used, so synthesis infers no multiplier and maps nothing to a
+    DSP48E2; the cost is one adder per bit of ``b`` in LUT/CARRY8 fabric (pass the narrower
+    operand as ``b``). Signed operands are two's complement (the top bit of a signed ``b``
+    weighs ``-2**(n-1)``). Returns ``(product, latency)``; the product is exact
+    (``len(a) + len(b)`` bits, signed if either operand is) and registers are inserted every
+    ``levels_per_stage`` adder levels (0: purely combinational), enabled by ``en``.
+    """
+    nb = len(b)
+    signed_b = b.shape().signed
+    terms = []
+    for i in range(nb):
+        pp = Mux(b[i], a, 0)
+        if signed_b and i == nb - 1:
+            pp = -pp
+        terms.append((pp, i))
+    out_signed = a.shape().signed or signed_b
+    width = len(a) + nb
+
+    level = terms
+    depth = 0
+    latency = 0
+    while len(level) > 1:
+        nxt = [_add_offset(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        depth += 1
+        if levels_per_stage and depth % levels_per_stage == 0 and len(nxt) > 1:
+            nxt = [
+                (_register(m, v, en, f"{name}_l{depth}_{k}"), off) for k, (v, off) in enumerate(nxt)
+            ]
+            latency += 1
+        level = nxt
+    value, offset = level[0]
+    full = Cat(Const(0, offset), value) if offset else value
+    product = Signal(signed(width) if out_signed else unsigned(width), name=f"{name}_p")
+    if levels_per_stage:
+        with m.If(en if en is not None else 1):
+            m.d.sync += product.eq(full.as_signed() if value.shape().signed else full)
+        latency += 1
+    else:
+        m.d.comb += product.eq(full.as_signed() if value.shape().signed else full)
+    return product, latency
+
+
+def rshift_round(value: Value, shift: Value) -> Value:
+    """``(value + 2**(shift-1)) >> shift`` (round half up), ``value`` when shift == 0.
+
+    The hardware form of :func:`vitaccel.quant.ref.rshift_round` for a run-time shift.
+    """
+    half = (Const(1, 1) << shift)[1:]
+    total = value + half
+    return total >> shift
+
+
+def delay(m: Module, value: Value, cycles: int, *, en=None, name: str = "dly") -> Value:
+    """``value`` delayed by ``cycles`` registers (enabled by ``en``)."""
+    for k in range(cycles):
+        value = _register(m, value, en, f"{name}_{k}")
+    return value
