@@ -93,7 +93,9 @@ def _split32(v: int) -> tuple[int, int]:
 
 
 def encode(instr: Instr) -> bytes:
-    fields = [int(instr.op) | int(instr.flags) << 8] + [_u16(f"f{i + 1}", v) for i, v in enumerate(instr.fields)]
+    fields = [int(instr.op) | int(instr.flags) << 8] + [
+        _u16(f"f{i + 1}", v) for i, v in enumerate(instr.fields)
+    ]
     if len(fields) > 16:
         raise ValueError(f"{instr.op.name}: at most 15 operand fields, got {len(fields) - 1}")
     fields += [0] * (16 - len(fields))
@@ -165,7 +167,9 @@ def matmul(
 ) -> Instr:
     """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention)."""
     if (w_ddr is None) == (w_spm is None):
-        raise ValueError("matmul needs exactly one of w_ddr (packed weights) or w_spm (activation rows)")
+        raise ValueError(
+            "matmul needs exactly one of w_ddr (packed weights) or w_spm (activation rows)"
+        )
     flags = MatmulFlags(0)
     if x_unsigned:
         flags |= MatmulFlags.X_UNSIGNED
@@ -185,11 +189,27 @@ def matmul(
     return Instr(
         Op.MATMUL,
         int(flags),
-        (x, x_stride, tokens, k, n, y, y_stride, *f89, *f1011, max(heads, 1), head_x_step, head_w_step, head_y_step),
+        (
+            x,
+            x_stride,
+            tokens,
+            k,
+            n,
+            y,
+            y_stride,
+            *f89,
+            *f1011,
+            max(heads, 1),
+            head_x_step,
+            head_w_step,
+            head_y_step,
+        ),
     )
 
 
-def softmax(*, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, in_shift: int) -> Instr:
+def softmax(
+    *, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, in_shift: int
+) -> Instr:
     return Instr(Op.SOFTMAX, 0, (src, src_stride, rows, cols, dst, dst_stride, in_shift))
 
 
@@ -210,15 +230,41 @@ def layernorm(
     return Instr(
         Op.LAYERNORM,
         0,
-        (src, src_stride, rows, cols, dst, dst_stride, params, recip_mult, recip_shift, out_shift, eps_q),
+        (
+            src,
+            src_stride,
+            rows,
+            cols,
+            dst,
+            dst_stride,
+            params,
+            recip_mult,
+            recip_shift,
+            out_shift,
+            eps_q,
+        ),
     )
 
 
-def gelu(*, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, table: int) -> Instr:
+def gelu(
+    *, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, table: int
+) -> Instr:
     return Instr(Op.GELU, 0, (src, src_stride, rows, cols, dst, dst_stride, table))
 
 
 def resadd(
-    *, a: int, a_stride: int, rows: int, cols: int, dst: int, dst_stride: int, b: int, b_stride: int, params: int, shift: int
+    *,
+    a: int,
+    a_stride: int,
+    rows: int,
+    cols: int,
+    dst: int,
+    dst_stride: int,
+    b: int,
+    b_stride: int,
+    params: int,
+    shift: int,
 ) -> Instr:
-    return Instr(Op.RESADD, 0, (a, a_stride, rows, cols, dst, dst_stride, b, b_stride, params, shift))
+    return Instr(
+        Op.RESADD, 0, (a, a_stride, rows, cols, dst, dst_stride, b, b_stride, params, shift)
+    )

@@ -1,0 +1,500 @@
+"""Compile an IntViT (the golden model) for a Design into a program and one DDR memory image.
+
+The layout of the image (all offsets relative to the DATA_BASE register, 4 KiB aligned
+sections)::
+
+    program      32-byte instructions, END last
+    constants    everything the SPM needs before the first layer: LayerNorm parameter
+                 blocks, residual-add multipliers, GELU tables, the positional table, the
+                 class-token row (one LOAD brings it all in)
+    weights      one packed W stream per linear layer (docs/gvsa.md), read by MATMUL
+    input        the image's int8 patches in SPM row layout (written by the host per image)
+    output       the int16 logits (read by the host)
+
+Scratchpad plan: a bump allocator over 16-byte words; every 2-D tensor is row-major with
+rows padded to whole words (docs/isa.md). The residual stream ping-pongs between two
+buffers so no instruction reads and writes the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vitaccel.compile import isa
+from vitaccel.compile.isa import WORD_BYTES, Instr
+from vitaccel.models.golden import IntLinear, IntViT
+from vitaccel.quant.ref import LayerNormParams
+
+__all__ = ["Tensor", "Compiled", "compile_model", "CompileError", "words_for", "spm_rows", "WCodec"]
+
+SECTION_ALIGN = 4096
+
+
+class CompileError(ValueError):
+    pass
+
+
+def words_for(cols: int, elem_bytes: int = 1) -> int:
+    return max(1, math.ceil(cols * elem_bytes / WORD_BYTES))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A 2-D tensor in the scratchpad: ``rows x cols`` elements, ``stride`` words per row."""
+
+    name: str
+    base: int
+    rows: int
+    cols: int
+    stride: int
+    elem_bytes: int = 1
+
+    @property
+    def words(self) -> int:
+        return self.rows * self.stride
+
+    def row(self, r: int) -> int:
+        return self.base + r * self.stride
+
+
+def spm_rows(values: np.ndarray, stride: int, elem_bytes: int = 1) -> bytes:
+    """Lay a 2-D integer array out as SPM rows (little-endian elements, zero padding)."""
+    values = np.asarray(values)
+    rows, cols = values.shape
+    dtype = {1: "<i1", 2: "<i2", 4: "<i4"}[elem_bytes]
+    buf = np.zeros((rows, stride * WORD_BYTES), dtype=np.uint8)
+    buf[:, : cols * elem_bytes] = (
+        np.ascontiguousarray(values.astype(dtype)).view(np.uint8).reshape(rows, -1)
+    )
+    return buf.tobytes()
+
+
+class WCodec:
+    """Packs a linear layer into the array's W stream (and back, for the interpreter).
+
+    The concrete format belongs to the matmul engine (docs/gvsa.md); this base class is the
+    interface the compiler and interpreter use.
+    """
+
+    def pack(
+        self, q: np.ndarray, kind: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray
+    ) -> bytes:
+        raise NotImplementedError
+
+    def unpack(
+        self, raw: bytes, n: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def stream_bytes(self, n: int, k: int) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class Compiled:
+    """The program, the memory image and where the host puts and finds data."""
+
+    program: list[Instr]
+    image: bytearray
+    input_offset: int
+    input_bytes: int
+    output_offset: int
+    output_bytes: int
+    spm_words: int
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    patches: int = 0
+    patch_dim: int = 0
+    classes: int = 0
+
+    def image_with_input(self, patches: np.ndarray) -> bytearray:
+        """The memory image with one image's int8 patches (patches x patch_dim) filled in."""
+        t = self.tensors["patches"]
+        raw = spm_rows(np.asarray(patches).reshape(t.rows, t.cols), t.stride)
+        img = bytearray(self.image)
+        img[self.input_offset : self.input_offset + len(raw)] = raw
+        return img
+
+    def read_logits(self, image: bytes | bytearray) -> np.ndarray:
+        raw = bytes(image[self.output_offset : self.output_offset + 2 * self.classes])
+        return np.frombuffer(raw, dtype="<i2").astype(np.int64)
+
+
+class _Alloc:
+    def __init__(self, limit: int):
+        self.next = 0
+        self.limit = limit
+        self.tensors: dict[str, Tensor] = {}
+
+    def tensor(self, name: str, rows: int, cols: int, elem_bytes: int = 1) -> Tensor:
+        t = Tensor(name, self.next, rows, cols, words_for(cols, elem_bytes), elem_bytes)
+        self.next += t.words
+        if self.next > self.limit:
+            raise CompileError(
+                f"scratchpad too small: '{name}' needs words up to {self.next}, the design has {self.limit} "
+                f"(raise spm_kib or use a smaller model)"
+            )
+        self.tensors[name] = t
+        return t
+
+    def block(self, name: str, nbytes: int) -> Tensor:
+        return self.tensor(name, 1, nbytes)
+
+
+def _ln_block(p: LayerNormParams) -> np.ndarray:
+    c = p.channels
+    if np.abs(p.bias).max(initial=0) >= 2**31 or np.abs(p.gain).max(initial=0) >= 2**15:
+        raise CompileError("LayerNorm gain/bias do not fit int16/int32; lower out_shift")
+    raw = np.zeros((c, 8), dtype=np.uint8)
+    raw[:, 0] = np.asarray(p.alpha, dtype=np.uint8)
+    raw[:, 2:4] = np.asarray(p.gain, dtype="<i2").view(np.uint8).reshape(c, 2)
+    raw[:, 4:8] = np.asarray(p.bias, dtype="<i4").view(np.uint8).reshape(c, 4)
+    return raw.reshape(-1)
+
+
+def _resadd_block(mult_a: np.ndarray, mult_b: np.ndarray, channels: int) -> np.ndarray:
+    ma = np.broadcast_to(np.asarray(mult_a), (channels,)).astype("<u2")
+    mb = np.broadcast_to(np.asarray(mult_b), (channels,)).astype("<u2")
+    return np.stack(
+        [ma.view(np.uint8).reshape(-1, 2), mb.view(np.uint8).reshape(-1, 2)], axis=1
+    ).reshape(-1)
+
+
+def _check_fits(name: str, value: int, bits: int) -> int:
+    value = int(value)
+    if not 0 <= value < 1 << bits:
+        raise CompileError(f"{name} = {value} does not fit {bits} bits unsigned")
+    return value
+
+
+def compile_model(
+    model: IntViT, *, groups: int, codec: WCodec, spm_words: int = 1 << 16
+) -> Compiled:
+    """Compile ``model`` into a program + memory image for an array with ``groups`` groups."""
+    spec = model.spec
+    if model.config.softmax_output != "uint8":
+        raise CompileError(
+            "the accelerator runs uint8 softmax probabilities; quantise with softmax_output='uint8'"
+        )
+    if spec.head_dim % WORD_BYTES:
+        raise CompileError(f"head_dim must be a multiple of {WORD_BYTES} (got {spec.head_dim})")
+    spm_words = min(spm_words, 1 << 16)
+    T, D, H, dh, M = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
+    P, classes = spec.patches, spec.num_classes
+    al = _Alloc(spm_words)
+
+    # ---- constants (one LOAD) -----------------------------------------------------------
+    const_parts: list[tuple[Tensor, bytes]] = []
+
+    def const(
+        name: str, data: bytes | np.ndarray, rows: int = 1, cols: int | None = None
+    ) -> Tensor:
+        raw = (
+            bytes(np.asarray(data, dtype=np.uint8).reshape(-1))
+            if not isinstance(data, bytes)
+            else data
+        )
+        if cols is None:
+            t = al.block(name, len(raw))
+            raw = raw + bytes(t.words * WORD_BYTES - len(raw))
+        else:
+            t = al.tensor(name, rows, cols)
+        const_parts.append((t, raw))
+        return t
+
+    const_start = al.next
+    pos_q = const("pos_q", spm_rows(model.pos_q, words_for(D)), rows=P, cols=D)
+    pos_params = const(
+        "pos_add.params", _resadd_block(model.pos_add.mult_a, model.pos_add.mult_b, D)
+    )
+    cls_row = const("cls_row", spm_rows(model.cls_row[None, :], words_for(D)), rows=1, cols=D)
+    blk_consts = []
+    for i, b in enumerate(model.blocks):
+        blk_consts.append(
+            dict(
+                ln1=const(f"blocks.{i}.norm1.params", _ln_block(b.norm1)),
+                add1=const(
+                    f"blocks.{i}.add1.params", _resadd_block(b.add1.mult_a, b.add1.mult_b, D)
+                ),
+                ln2=const(f"blocks.{i}.norm2.params", _ln_block(b.norm2)),
+                gelu=const(
+                    f"blocks.{i}.gelu.table", np.asarray(b.gelu_table, dtype=np.int8).view(np.uint8)
+                ),
+                add2=const(
+                    f"blocks.{i}.add2.params", _resadd_block(b.add2.mult_a, b.add2.mult_b, D)
+                ),
+            )
+        )
+    lnf = const("norm.params", _ln_block(model.norm))
+    const_words = al.next - const_start
+
+    # ---- activations ------------------------------------------------------------------------
+    patches = al.tensor("patches", P, spec.patch_dim)
+    pe = al.tensor("patch_embed", P, D)
+    xs = [al.tensor("x0", T, D), al.tensor("x1", T, D)]
+    h = al.tensor("ln", T, D)
+    qk = al.tensor("qk", T, 2 * D)
+    vt = al.tensor("vT", D, T)
+    att_stride = words_for(T)
+    logits = al.tensor("attn.logits", H * T, T)
+    probs = al.tensor("attn.probs", H * T, T)
+    ctx = al.tensor("attn.context", T, D)
+    br = al.tensor("branch", T, D)
+    f1 = al.tensor("mlp.fc1", T, M)
+    g = al.tensor("mlp.gelu", T, M)
+    hn = al.tensor("norm", 1, D)
+    out = al.tensor("logits", 1, classes, elem_bytes=2)
+
+    # ---- DDR image sections -------------------------------------------------------------
+    weights: list[tuple[str, bytes]] = []
+    w_offsets: dict[str, int] = {}
+
+    def w_stream(layer: IntLinear, rows: slice | None = None, name: str | None = None) -> str:
+        key = name or layer.name
+        sel = rows or slice(None)
+        raw = codec.pack(
+            layer.weight.q[sel],
+            layer.weight.kind[sel],
+            layer.bias[sel],
+            layer.mult[sel],
+            layer.shift[sel],
+        )
+        weights.append((key, raw))
+        return key
+
+    prog: list[Instr] = []
+    prog.append(isa.load(spm=const_start, words=const_words, ddr=0))  # offset patched below
+    prog.append(isa.load(spm=patches.base, words=patches.words, ddr=0))  # input, patched below
+    # The class-token row is a constant; copy it over row 0 of the first residual buffer.
+    prog.append(isa.load(spm=xs[0].base, words=cls_row.words, ddr=0))  # patched below
+
+    def mm(
+        x: Tensor,
+        layer: IntLinear,
+        y: Tensor,
+        *,
+        key: str,
+        n: int,
+        out_t: bool = False,
+        tokens: int | None = None,
+    ):
+        prog.append(
+            isa.matmul(
+                x=x.base,
+                x_stride=x.stride,
+                tokens=tokens if tokens is not None else x.rows,
+                k=layer.in_features,
+                n=n,
+                y=y.base,
+                y_stride=y.stride,
+                w_ddr=0,
+                out_int16=y.elem_bytes == 2,
+                out_transposed=out_t,
+            )
+        )
+        pending_w.append((len(prog) - 1, key))
+
+    pending_w: list[tuple[int, str]] = []
+    mm(patches, model.patch_embed, pe, key=w_stream(model.patch_embed), n=D)
+    # x0 rows 1.. = patch_embed + pos (per-channel multipliers)
+    prog.append(
+        isa.resadd(
+            a=pe.base,
+            a_stride=pe.stride,
+            rows=P,
+            cols=D,
+            dst=xs[0].row(1),
+            dst_stride=xs[0].stride,
+            b=pos_q.base,
+            b_stride=pos_q.stride,
+            params=pos_params.base,
+            shift=model.pos_add.shift,
+        )
+    )
+    cur = 0
+    heads_per_job = max(1, min(groups, H))
+    for i, b in enumerate(model.blocks):
+        c = blk_consts[i]
+        x, x_next = xs[cur], xs[1 - cur]
+        prog.append(_ln(x, h, c["ln1"], b.norm1))
+        mm(h, b.qkv, qk, key=w_stream(b.qkv, slice(0, 2 * D), f"{b.qkv.name}.qk"), n=2 * D)
+        mm(
+            h,
+            b.qkv,
+            vt,
+            key=w_stream(b.qkv, slice(2 * D, 3 * D), f"{b.qkv.name}.v"),
+            n=D,
+            out_t=True,
+        )
+        for h0 in range(0, H, heads_per_job):
+            nh = min(heads_per_job, H - h0)
+            prog.append(
+                isa.matmul(
+                    x=qk.base + h0 * dh // WORD_BYTES,
+                    x_stride=qk.stride,
+                    tokens=T,
+                    k=dh,
+                    n=T,
+                    y=logits.base + h0 * T * att_stride,
+                    y_stride=att_stride,
+                    w_spm=qk.base + (D + h0 * dh) // WORD_BYTES,
+                    w_stride=qk.stride,
+                    mult=_check_fits("qk_mult", b.qk_mult, 16),
+                    shift=b.qk_shift,
+                    heads=nh if groups > 1 else 0,
+                    head_x_step=dh // WORD_BYTES,
+                    head_w_step=dh // WORD_BYTES,
+                    head_y_step=T * att_stride,
+                )
+            )
+        prog.append(
+            isa.softmax(
+                src=logits.base,
+                src_stride=att_stride,
+                rows=H * T,
+                cols=T,
+                dst=probs.base,
+                dst_stride=att_stride,
+                in_shift=b.softmax.in_shift,
+            )
+        )
+        for h0 in range(0, H, heads_per_job):
+            nh = min(heads_per_job, H - h0)
+            prog.append(
+                isa.matmul(
+                    x=probs.base + h0 * T * att_stride,
+                    x_stride=att_stride,
+                    tokens=T,
+                    k=T,
+                    n=dh,
+                    y=ctx.base + h0 * dh // WORD_BYTES,
+                    y_stride=ctx.stride,
+                    w_spm=vt.base + h0 * dh * vt.stride,
+                    w_stride=vt.stride,
+                    mult=_check_fits("av_mult", b.av_mult, 16),
+                    shift=b.av_shift,
+                    x_unsigned=True,
+                    heads=nh if groups > 1 else 0,
+                    head_x_step=T * att_stride,
+                    head_w_step=dh * vt.stride,
+                    head_y_step=dh // WORD_BYTES,
+                )
+            )
+        mm(ctx, b.proj, br, key=w_stream(b.proj), n=D)
+        prog.append(
+            isa.resadd(
+                a=x.base,
+                a_stride=x.stride,
+                rows=T,
+                cols=D,
+                dst=x_next.base,
+                dst_stride=x_next.stride,
+                b=br.base,
+                b_stride=br.stride,
+                params=c["add1"].base,
+                shift=b.add1.shift,
+            )
+        )
+        x, x_next = x_next, x
+        prog.append(_ln(x, h, c["ln2"], b.norm2))
+        mm(h, b.fc1, f1, key=w_stream(b.fc1), n=M)
+        prog.append(
+            isa.gelu(
+                src=f1.base,
+                src_stride=f1.stride,
+                rows=T,
+                cols=M,
+                dst=g.base,
+                dst_stride=g.stride,
+                table=c["gelu"].base,
+            )
+        )
+        mm(g, b.fc2, br, key=w_stream(b.fc2), n=D)
+        prog.append(
+            isa.resadd(
+                a=x.base,
+                a_stride=x.stride,
+                rows=T,
+                cols=D,
+                dst=x_next.base,
+                dst_stride=x_next.stride,
+                b=br.base,
+                b_stride=br.stride,
+                params=c["add2"].base,
+                shift=b.add2.shift,
+            )
+        )
+        cur = xs.index(x_next)
+    x = xs[cur]
+    prog.append(_ln(x, hn, lnf, model.norm, rows=1))
+    mm(hn, model.head, out, key=w_stream(model.head), n=classes)
+    prog.append(isa.store(spm=out.base, words=out.words, ddr=0))  # patched below
+    prog.append(isa.end())
+
+    # ---- lay out DDR and patch offsets ---------------------------------------------------
+    def align(v: int) -> int:
+        return (v + SECTION_ALIGN - 1) // SECTION_ALIGN * SECTION_ALIGN
+
+    prog_bytes = len(prog) * isa.INSTR_BYTES
+    const_off = align(prog_bytes)
+    const_raw = bytearray(const_words * WORD_BYTES)
+    for t, raw in const_parts:
+        at = (t.base - const_start) * WORD_BYTES
+        const_raw[at : at + len(raw)] = raw
+    w_off = align(const_off + len(const_raw))
+    at = w_off
+    for key, raw in weights:
+        w_offsets[key] = at
+        at += align(len(raw))
+    in_off = align(at)
+    out_off = align(in_off + patches.words * WORD_BYTES)
+    total = align(out_off + out.words * WORD_BYTES)
+
+    prog[0] = isa.load(spm=const_start, words=const_words, ddr=const_off)
+    prog[1] = isa.load(spm=patches.base, words=patches.words, ddr=in_off)
+    cls_at = const_off + (cls_row.base - const_start) * WORD_BYTES
+    prog[2] = isa.load(spm=xs[0].base, words=cls_row.words, ddr=cls_at)
+    prog[-2] = isa.store(spm=out.base, words=out.words, ddr=out_off)
+    for idx, key in pending_w:
+        fields = list(prog[idx].fields)
+        fields += [0] * (15 - len(fields))
+        lo, hi = w_offsets[key] & 0xFFFF, w_offsets[key] >> 16
+        fields[7], fields[8] = lo, hi
+        prog[idx] = Instr(prog[idx].op, prog[idx].flags, tuple(fields))
+
+    image = bytearray(total)
+    image[:prog_bytes] = isa.encode_program(prog)
+    image[const_off : const_off + len(const_raw)] = const_raw
+    for key, raw in weights:
+        image[w_offsets[key] : w_offsets[key] + len(raw)] = raw
+    return Compiled(
+        program=prog,
+        image=image,
+        input_offset=in_off,
+        input_bytes=patches.words * WORD_BYTES,
+        output_offset=out_off,
+        output_bytes=out.words * WORD_BYTES,
+        spm_words=al.next,
+        tensors=dict(al.tensors),
+        patches=P,
+        patch_dim=spec.patch_dim,
+        classes=classes,
+    )
+
+
+def _ln(x: Tensor, y: Tensor, params: Tensor, p: LayerNormParams, rows: int | None = None) -> Instr:
+    return isa.layernorm(
+        src=x.base,
+        src_stride=x.stride,
+        rows=rows if rows is not None else x.rows,
+        cols=x.cols,
+        dst=y.base,
+        dst_stride=y.stride,
+        params=params.base,
+        recip_mult=_check_fits("recip_mult", p.recip_mult, 16),
+        recip_shift=p.recip_shift,
+        out_shift=p.out_shift,
+        eps_q=_check_fits("eps_q", p.eps_q, 16),
+    )
