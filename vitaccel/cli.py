@@ -145,6 +145,290 @@ def quantize(model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, ima
 
 
 # ---------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------
+
+NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
+
+
+@main_group.command()
+@click.option(
+    "--design",
+    "design_path",
+    type=click.Path(path_type=Path),
+    help="design file (.json/.toml): whole accelerator",
+)
+@click.option(
+    "--unit", type=click.Choice([*NONLINEAR_UNITS, "gvsa"]), help="generate one unit instead"
+)
+@click.option(
+    "--lanes", type=click.IntRange(1, 64), default=1, show_default=True, help="nonlinear unit lanes"
+)
+@click.option(
+    "--in-bits",
+    type=click.IntRange(2, 12),
+    default=8,
+    show_default=True,
+    help="nonlinear unit input width",
+)
+@click.option(
+    "--softmax-output", type=click.Choice(["uint8", "log2"]), default="uint8", show_default=True
+)
+@click.option(
+    "--max-len", type=click.IntRange(1, 4096), default=None, help="max row length / channels"
+)
+@click.option("--groups", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--rows", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--cols", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--vector", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--w4-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
+@click.option(
+    "--resources", is_flag=True, help="also synthesise with Yosys (xcup) and report counts"
+)
+@click.option(
+    "-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True
+)
+@click.option("--json", "as_json", is_flag=True)
+def generate(
+    design_path,
+    unit,
+    lanes,
+    in_bits,
+    softmax_output,
+    max_len,
+    groups,
+    rows,
+    cols,
+    vector,
+    w4_share,
+    resources,
+    out_dir,
+    as_json,
+):
+    """Write Verilog (byte-identical on repeat): a whole accelerator from a design file, or one unit."""
+    if (design_path is None) == (unit is None):
+        raise CliError("give exactly one of --design FILE or --unit {softmax,layernorm,gelu,gvsa}")
+    if design_path is not None:
+        from vitaccel.design import load_design
+        from vitaccel.flow.generate import generate_design
+
+        design = load_design(design_path)
+        result = generate_design(design, out_dir, resources=resources, progress=_progress(True))
+    elif unit == "gvsa":
+        from vitaccel.flow.unit_gvsa import generate_gvsa
+
+        result = generate_gvsa(
+            out_dir,
+            groups=groups,
+            rows=rows,
+            cols=cols,
+            vector=vector,
+            w4_share=w4_share,
+            resources=resources,
+        )
+    else:
+        from vitaccel.flow.unit_nonlinear import generate_unit
+
+        opts = {}
+        if unit == "softmax":
+            opts["output"] = softmax_output
+        if max_len is not None:
+            opts["max_len"] = max_len
+        result = generate_unit(unit, out_dir, lanes=lanes, in_bits=in_bits, **opts)
+    _emit(result, as_json)
+
+
+# ---------------------------------------------------------------------------------------
+# sim
+# ---------------------------------------------------------------------------------------
+
+
+@main_group.command()
+@click.option("--unit", type=click.Choice([*NONLINEAR_UNITS, "matmul"]), required=True)
+@click.option("--lanes", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--vectors",
+    type=click.IntRange(1, 10_000_000),
+    default=20000,
+    show_default=True,
+    help="elements to compare",
+)
+@click.option(
+    "--stall",
+    type=click.FloatRange(0.0, 0.9),
+    default=0.0,
+    show_default=True,
+    help="random stall probability on every stream",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--model",
+    "model_name",
+    default="digits-vit",
+    show_default=True,
+    help="matmul: model whose layer to run",
+)
+@click.option("--layer", default=None, help="matmul: layer name (see --list-layers)")
+@click.option(
+    "--tokens",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="matmul: tokens (default: the model's)",
+)
+@click.option("--list-layers", is_flag=True, help="matmul: list the model's linear layers")
+@click.option("--json", "as_json", is_flag=True)
+def sim(unit, lanes, vectors, stall, seed, model_name, layer, tokens, list_layers, as_json):
+    """Co-simulate a unit (or one golden-model layer on the GVSA) on Verilator; exit 1 on any mismatch."""
+    if unit == "matmul":
+        from vitaccel.flow.layer_sim import list_layers as _list
+        from vitaccel.flow.layer_sim import simulate_layer
+
+        if list_layers:
+            names = _list(model_name)
+            if as_json:
+                click.echo(json.dumps(names))
+            else:
+                click.echo("\n".join(names))
+            return
+        if layer is None:
+            raise CliError(f"--layer is required; choose one of: {', '.join(_list(model_name))}")
+        result = simulate_layer(
+            model_name, layer, tokens=tokens, stall=stall, seed=seed, progress=_progress(True)
+        )
+    else:
+        from vitaccel.flow.unit_nonlinear import simulate_unit
+
+        result = simulate_unit(unit, lanes=lanes, vectors=vectors, seed=seed, stall=stall)
+    _emit(result, as_json)
+    if result.get("mismatches", 0):
+        raise click.exceptions.Exit(EXIT_MISMATCH)
+
+
+# ---------------------------------------------------------------------------------------
+# dse and reports
+# ---------------------------------------------------------------------------------------
+
+
+@main_group.command()
+@click.option("--model", "model_name", required=True)
+@click.option("--board", default="zcu102", show_default=True)
+@click.option("--fps", type=float, required=True, help="target frames per second")
+@click.option(
+    "--max-util",
+    type=click.FloatRange(0.05, 1.0),
+    default=0.85,
+    show_default=True,
+    help="max fraction of each resource",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("vitaccel-dse"),
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True)
+def dse(model_name, board, fps, max_util, out_dir, as_json):
+    """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
+    from vitaccel.dse.search import InfeasibleError, explore
+
+    if not fps > 0:
+        raise CliError(f"--fps must be > 0, got {fps}")
+    try:
+        result = explore(model_name, board, fps, max_util=max_util, out_dir=out_dir)
+    except InfeasibleError as err:
+        raise CliError(str(err).splitlines()[0], code=EXIT_INFEASIBLE) from None
+    _emit(result, as_json)
+
+
+@main_group.group()
+def report():
+    """Roofline and design reports."""
+
+
+@report.command("roofline")
+@click.option("--model", "model_name", required=True)
+@click.option("--board", default=None)
+@click.option("--device", default=None, help="a GPU for the FP16 view (see docs/dse.md)")
+@click.option(
+    "-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None
+)
+@click.option("--json", "as_json", is_flag=True)
+def report_roofline(model_name, board, device, out_dir, as_json):
+    """Per-operation FLOPs, bytes and arithmetic intensity of one encoder block."""
+    from vitaccel.dse.roofline import roofline
+
+    if board is not None and device is not None:
+        raise CliError("give at most one of --board or --device")
+    rows = roofline(model_name, board=board, device=device, out_dir=out_dir)
+    if as_json:
+        click.echo(json.dumps(rows, default=_json_default))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*rows[0].keys()) if rows else Table()
+        for r in rows:
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
+        Console().print(table)
+
+
+@report.command("design")
+@click.argument("design_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def report_design(design_file, as_json):
+    """Utilisation per resource, predicted FPS, per-layer cycles and bounds of a design."""
+    from vitaccel.dse.report import design_report
+
+    _emit(design_report(design_file), as_json)
+
+
+# ---------------------------------------------------------------------------------------
+# build
+# ---------------------------------------------------------------------------------------
+
+
+@main_group.command()
+@click.option("--model", "model_name", default="digits-vit", show_default=True)
+@click.option("--board", default="zcu102", show_default=True)
+@click.option(
+    "--fps",
+    type=float,
+    default=None,
+    help="FPS target for the DSE (default: the documented default design)",
+)
+@click.option("--images", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("vitaccel-build"),
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True)
+def build(model_name, board, fps, images, weights, out_dir, as_json):
+    """Quantize, design, compile, generate, synthesise and co-simulate one model on one board."""
+    from vitaccel.boards import get_board
+    from vitaccel.flow.build import BuildOptions
+    from vitaccel.flow.build import build as run_build
+    from vitaccel.models.zoo import get_spec
+
+    get_spec(model_name)
+    get_board(board)
+    if fps is not None and not fps > 0:
+        raise CliError(f"--fps must be > 0, got {fps}")
+    if weights is not None and not weights.is_file():
+        raise CliError(f"--weights: file '{weights}' does not exist")
+    opts = BuildOptions(
+        model=model_name, board=board, fps=fps, images=images, out_dir=out_dir, weights=weights
+    )
+    _emit(run_build(opts, progress=_progress(True)), as_json)
+
+
+# ---------------------------------------------------------------------------------------
 # entry point with one-line errors
 # ---------------------------------------------------------------------------------------
 
@@ -155,6 +439,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from vitaccel.models.zoo import ModelError, WeightsError
 
     errs += [DesignError, ModelError, WeightsError]
+    from vitaccel.compile.compiler import CompileError
+
+    errs.append(CompileError)
     try:
         from vitaccel.boards import BoardError
 

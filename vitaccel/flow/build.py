@@ -1,0 +1,146 @@
+"""``vitaccel build``: the main job, one model on one board, end to end.
+
+Steps (each shown as progress on stderr): quantize (golden model + accuracy against float),
+design (the DSE for the FPS target when one is given, else the documented default design),
+compile (program + DDR image) and check it on the ISA interpreter, generate (Verilog +
+Vivado project + host driver), Yosys resources, and the RTL co-simulation of N images
+against the golden model. Everything is written into a temporary folder that replaces the
+output folder only when all steps succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitaccel.design import Design
+from vitaccel.util import atomic_output_dir
+
+__all__ = ["BuildOptions", "build", "default_design"]
+
+
+@dataclass
+class BuildOptions:
+    model: str = "digits-vit"
+    board: str = "zcu102"
+    fps: float | None = None
+    images: int = 20
+    out_dir: Path = Path("vitaccel-build")
+    weights: Path | None = None
+    rtl: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def default_design(model: str, board: str) -> Design:
+    """The documented default when no FPS target is given: a small array that fits every
+    board and simulates quickly (1 group of 4 x 4 PEs, vector 8, 200 MHz)."""
+    from vitaccel.design import ArrayConfig, NonlinearConfig
+
+    return Design(
+        name=f"{model}-{board}-default",
+        model=model,
+        board=board,
+        clock_mhz=200.0,
+        array=ArrayConfig(groups=1, rows=4, cols=4, vector=8),
+        nonlinear=NonlinearConfig(softmax_lanes=4, layernorm_lanes=4, gelu_lanes=4),
+    )
+
+
+def _step(progress, name: str):
+    class _T:
+        def __enter__(self):
+            self.t = time.monotonic()
+            progress(f"{name} ...")
+            return self
+
+        def __exit__(self, *exc):
+            if exc[0] is None:
+                progress(f"{name}: done in {time.monotonic() - self.t:.1f} s")
+
+    return _T()
+
+
+def build(opts: BuildOptions, progress=print) -> dict:
+    from vitaccel.compile import interp
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.models.evaluate import evaluate, prepare
+    from vitaccel.models.golden import QuantConfig
+
+    summary: dict = {"model": opts.model, "board": opts.board}
+    with atomic_output_dir(opts.out_dir) as out:
+        # 1. design
+        with _step(progress, "design"):
+            if opts.fps is not None:
+                from vitaccel.dse.search import explore
+
+                res = explore(opts.model, opts.board, opts.fps, out_dir=out / "dse")
+                from vitaccel.design import load_design
+
+                design = load_design(res["design"])
+                summary["dse"] = {k: res[k] for k in ("fps", "target_fps", "binding") if k in res}
+            else:
+                design = default_design(opts.model, opts.board)
+            from vitaccel.design import save_design
+
+            save_design(design, out / "design.json")
+        cfg = QuantConfig(
+            scheme="mixed" if design.array.w4_share > 0 else "w8a8",
+            w4_ratio=design.default_w4_ratio,
+            w4_kind=design.array.w4_kind,
+            layer_w4_ratio=tuple(sorted((k, v.w4_ratio) for k, v in design.layers.items())),
+            softmax_lanes=design.nonlinear.softmax_lanes,
+        )
+        # 2. quantize and evaluate
+        with _step(progress, "quantize"):
+            ev = evaluate(opts.model, weights=opts.weights, config=cfg)
+            summary.update(
+                float_top1=ev.float_top1,
+                golden_top1=ev.int_top1,
+                agreement=ev.agreement,
+                cosine=ev.cosine,
+            )
+        spec, model, golden, x, y = prepare(
+            opts.model, weights=opts.weights, config=cfg, images=opts.images
+        )
+        patches = golden.quantize_images(x)
+        golden_logits = golden.forward_patches(patches)
+        # 3. compile and check the program on the interpreter
+        with _step(progress, "compile"):
+            from vitaccel.flow.codec import codec_for
+
+            codec = codec_for(design)
+            compiled = compile_model(golden, groups=design.array.groups, codec=codec)
+            (out / "program").mkdir()
+            (out / "program" / "image.bin").write_bytes(bytes(compiled.image))
+            (out / "program" / "layout.json").write_text(
+                json.dumps(
+                    {
+                        "input_offset": compiled.input_offset,
+                        "output_offset": compiled.output_offset,
+                        "spm_words": compiled.spm_words,
+                        "instructions": len(compiled.program),
+                    },
+                    indent=2,
+                )
+            )
+        with _step(progress, f"interpret program on {len(patches)} images"):
+            same = 0
+            for j in range(len(patches)):
+                m = interp.run(
+                    compiled.image_with_input(patches[j]),
+                    codec,
+                    spm_words=compiled.spm_words,
+                    softmax_lanes=design.nonlinear.softmax_lanes,
+                )
+                same += int(np.array_equal(compiled.read_logits(m.ddr), golden_logits[j]))
+            summary["program_bit_exact"] = same
+        summary["images"] = int(len(patches))
+        if y is not None:
+            summary["golden_top1_subset"] = float((golden_logits.argmax(1) == y.numpy()).mean())
+        summary["output_dir"] = str(opts.out_dir.resolve())
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
