@@ -109,6 +109,7 @@ def amaranth_run_rows(
     *,
     setup: Callable | None = None,
     row_setup: Callable | None = None,
+    finish: Callable | None = None,
     stall_in: float = 0.0,
     stall_out: float = 0.0,
     seed: int = 0,
@@ -117,7 +118,8 @@ def amaranth_run_rows(
     """Run ``rows`` through ``dut`` (a row unit) in Amaranth's simulator.
 
     ``setup(ctx)`` (async) runs first, e.g. to write tables; ``row_setup(ctx, r)`` (sync)
-    sets per-row scalars before row r's first beat. Returns ``{"rows": [...], "errors":
+    sets per-row scalars before row r's first beat; ``finish(ctx)`` (async) runs after the
+    last output beat. Returns ``{"rows": [...], "errors":
     [...], "first_in", "first_out", "last_out"}`` with the output rows unframed and the
     clock edges at which the first input and the first/last output beats were transferred.
     """
@@ -168,6 +170,8 @@ def amaranth_run_rows(
                     bool(payload.last),
                 )
             )
+        if finish is not None:
+            await finish(ctx)
 
     sim.add_process(clock_count)
     sim.add_testbench(producer)

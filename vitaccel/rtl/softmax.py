@@ -1,0 +1,454 @@
+"""E2Softmax unit (SOLE): base-2 exponent, online normalisation, log-domain division.
+
+Bit-exact hardware form of :func:`vitaccel.quant.ref.e2softmax` (pass 1 is
+:func:`vitaccel.quant.ref.e2softmax_k`) with ``SoftmaxParams(in_shift, frac_bits, lanes,
+code_bits)``; the docstrings there are the definition. No multiplier and no table larger than
+32 entries: the log2(e) factor is folded into the preceding requantisation (``in_shift``),
+exponentials are a 4-entry table plus a shift, the division is a leading-one detector, a
+32-entry log2 table and a subtraction (pass 2 works in 1/32 log2 units, ``E2_FRAC``).
+
+Structure (docs/nonlinear.md has the diagram)::
+
+    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 8-stage pipeline)
+      │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
+      └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
+
+Pass 1 of row r+1 streams in while pass 2 of row r streams out; the ring is elastic (a
+circular buffer sized ``max_beats + max(max_beats, pass-1 latency + 4)``), so rows of any
+length follow each other without a bubble.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
+from vitaccel.rtl.common import (
+    check_choice,
+    check_int,
+    count_bits,
+    leading_one,
+    row_layout,
+    row_signature,
+    silence_unused,
+)
+
+__all__ = ["E2Softmax", "OUTPUT_FORMATS"]
+
+OUTPUT_FORMATS = ("uint8", "log2")
+# Cycles from a row's last input beat to its descriptor being readable by pass 2.
+PASS1_LATENCY = 9
+
+
+class E2Softmax(wiring.Component):
+    """E2Softmax over rows of signed logits, ``lanes`` elements per cycle.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat and per cycle (1..32). Equals ``SoftmaxParams.lanes``: the running
+        max is updated once per beat, which is part of the reference definition.
+    in_bits : int
+        Signed input width (2..12; the reference and the model use 8).
+    max_row : int
+        Longest supported row (tokens), 1..65536. Sizes the ring buffer and the sum S.
+        Longer rows are not supported (the unit would wait for buffer space forever).
+    frac_bits : int
+        F, fraction bits of S (8..20), ``SoftmaxParams.frac_bits``.
+    output : str
+        ``"uint8"`` (probability, scale 2**-8) or ``"log2"`` (``code_bits``-bit code q,
+        p ~ 2**-q), as ``e2softmax(..., output=...)``.
+    code_bits : int
+        Width of the log2 code (2..6), ``SoftmaxParams.code_bits``.
+    row_queue : int
+        Rows that may be in flight between the end of pass 1 and the start of pass 2
+        (descriptor FIFO depth, 2..64); 16 keeps rows as short as one beat bubble-free.
+
+    Members
+    -------
+    i : ``In(stream.Signature(row_layout(signed(in_bits), lanes)))``
+        Logit beats: ``data`` (element 0 in lane 0), ``count`` valid lanes (``lanes`` on all
+        but the last beat of a row), ``last`` on the row's final beat.
+    o : ``Out(stream.Signature(row_layout(unsigned(out_bits), lanes)))``
+        Same framing; ``out_bits`` is 8 (uint8) or ``code_bits`` (log2). Lanes beyond
+        ``count`` carry don't-care values.
+    in_shift : ``In(unsigned(4))``
+        T of ``SoftmaxParams.in_shift`` (0..12), sampled with each row's first beat and
+        carried with the row, so it may change from one row (layer) to the next.
+    busy : ``Out(1)``
+        A row is partly received or not yet fully sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        lanes: int = 1,
+        in_bits: int = 8,
+        max_row: int = 256,
+        frac_bits: int = 15,
+        output: str = "uint8",
+        code_bits: int = 4,
+        row_queue: int = 16,
+    ):
+        try:
+            self.lanes = check_int("lanes", lanes, 1, 32)
+            self.in_bits = check_int("in_bits", in_bits, 2, 12)
+            self.max_row = check_int("max_row", max_row, 1, 65536)
+            self.frac_bits = check_int("frac_bits", frac_bits, 8, 20)
+            self.output = check_choice("output", output, OUTPUT_FORMATS)
+            self.code_bits = check_int("code_bits", code_bits, 2, 6)
+            self.row_queue = check_int("row_queue", row_queue, 2, 64)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.out_bits = 8 if output == "uint8" else code_bits
+        self.max_beats = -(-max_row // lanes)
+        self.ring_depth = self.max_beats + max(self.max_beats, PASS1_LATENCY + 4)
+        super().__init__(
+            {
+                "i": In(row_signature(signed(in_bits), lanes)),
+                "o": Out(row_signature(unsigned(self.out_bits), lanes)),
+                "in_shift": In(unsigned(4)),
+                "busy": Out(1),
+            }
+        )
+
+    # -- widths ------------------------------------------------------------------------------
+
+    @property
+    def sum_bits(self) -> int:
+        """S <= max_row * 2**F (each term is at most 2**F)."""
+        return self.frac_bits + bits_for(self.max_row)
+
+    @property
+    def dq_bits(self) -> int:
+        """dq = distance below the max in quarter-log2 steps, < 2**(in_bits + 2) + 8."""
+        return self.in_bits + 4
+
+    def _term_table(self) -> list[int]:
+        # The pass-1 table EXP2_FRAC4 expressed with F fraction bits (a constant shift).
+        scale = self.frac_bits - EXP2_FRAC4_BITS
+        return [t << scale if scale >= 0 else t >> -scale for t in EXP2_FRAC4]
+
+    # -- shared arithmetic ---------------------------------------------------------------------
+
+    def _dq(self, m_int, x, t):
+        """``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) without shifting m:
+        since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)`` with
+        ``h = 2**(T-1)`` for T >= 3 and 0 otherwise."""
+        h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
+        r = (h - (x << 2)) >> t
+        return (m_int << 2) + r
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, F = self.lanes, self.frac_bits
+        xb = self.in_bits
+        mb = xb + 1  # running max in whole log2 units, signed
+        sb = self.sum_bits
+        layout = row_layout(signed(xb), lanes)
+
+        m.submodules.ring = ring = Memory(shape=layout, depth=self.ring_depth, init=[])
+        ring_w = ring.write_port()
+        ring_r = ring.read_port()
+        aw = ceil_log2(self.ring_depth) or 1
+
+        desc_layout = data.StructLayout(
+            {
+                "m": signed(mb),
+                "log2s": signed(bits_for(sb << E2_FRAC) + 1),
+                "t": unsigned(4),
+                "beats": unsigned(bits_for(self.max_beats)),
+            }
+        )
+        m.submodules.queue = queue = SyncFIFO(width=desc_layout.size, depth=self.row_queue)
+        q_in = data.View(desc_layout, queue.w_data)
+        q_out = data.View(desc_layout, queue.r_data)
+
+        def wrap_inc(ptr):
+            return Mux(ptr == self.ring_depth - 1, 0, ptr + 1)
+
+        # ---------------- input side: acceptance, ring write, row bookkeeping -------------
+        used = Signal(range(self.ring_depth + 1))  # ring words written and not yet read
+        in_flight = Signal(range(self.row_queue + 1))  # rows ended in pass 1, not popped
+        in_row = Signal()
+        t_row = Signal(4)
+        beats_in = Signal(range(self.max_beats + 1))
+        wr_ptr = Signal(aw)
+
+        accept = Signal()
+        m.d.comb += [
+            self.i.ready.eq((used < self.ring_depth) & (in_flight < self.row_queue)),
+            accept.eq(self.i.valid & self.i.ready),
+        ]
+        first = ~in_row
+        t_cur = Mux(first, self.in_shift, t_row)
+        m.d.comb += [
+            ring_w.addr.eq(wr_ptr),
+            ring_w.data.eq(self.i.payload),
+            ring_w.en.eq(accept),
+        ]
+        with m.If(accept):
+            m.d.sync += [
+                wr_ptr.eq(wrap_inc(wr_ptr)),
+                in_row.eq(~self.i.payload.last),
+                t_row.eq(t_cur),
+                beats_in.eq(Mux(first, 1, beats_in + 1)),
+            ]
+
+        # ---------------- pass 1 (never stalls: the ring and queue were checked at accept) --
+        # A: registered input beat.
+        a_v = Signal()
+        a_x = Signal(data.ArrayLayout(signed(xb), lanes))
+        a_cnt = Signal(count_bits(lanes))
+        a_first, a_last, a_t = Signal(), Signal(), Signal(4)
+        a_beats = Signal.like(beats_in)
+        m.d.sync += [
+            a_v.eq(accept),
+            a_x.eq(self.i.payload.data),
+            a_cnt.eq(self.i.payload.count),
+            a_first.eq(first),
+            a_last.eq(self.i.payload.last),
+            a_t.eq(t_cur),
+            a_beats.eq(Mux(first, 1, beats_in + 1)),
+        ]
+
+        # B: whole-log2 ceiling of each element and the group maximum.
+        b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
+        b_x = Signal.like(a_x)
+        b_cnt = Signal.like(a_cnt)
+        b_beats = Signal.like(a_beats)
+        b_g = Signal(signed(mb))
+        # Lanes beyond count take lane 0's value, which leaves the maximum unchanged.
+        group = []
+        for lane in range(lanes):
+            v = -((-a_x[lane]) >> a_t)  # ceil(x / 2**T)
+            group.append(Mux(a_cnt > lane, v, group[0]) if lane else v)
+        while len(group) > 1:
+            pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
+            group = [Mux(p[1] > p[0], p[1], p[0]) if len(p) == 2 else p[0] for p in pairs]
+        m.d.sync += [
+            b_v.eq(a_v),
+            b_x.eq(a_x),
+            b_cnt.eq(a_cnt),
+            b_first.eq(a_first),
+            b_last.eq(a_last),
+            b_t.eq(a_t),
+            b_beats.eq(a_beats),
+            b_g.eq(group[0]),
+        ]
+
+        # C: running maximum (the only recurrence on m) and the rescale distance.
+        run_max = Signal(signed(mb))
+        m_new = Mux(b_first | (b_g > run_max), b_g, run_max)
+        c_v, c_first, c_last, c_t = Signal(), Signal(), Signal(), Signal(4)
+        c_x = Signal.like(b_x)
+        c_cnt = Signal.like(b_cnt)
+        c_beats = Signal.like(b_beats)
+        c_m = Signal(signed(mb))
+        c_delta = Signal(range(sb + 1))  # S >> delta; anything >= sb clears S
+        delta = m_new - run_max
+        with m.If(b_v):
+            m.d.sync += run_max.eq(m_new)
+        m.d.sync += [
+            c_v.eq(b_v),
+            c_x.eq(b_x),
+            c_cnt.eq(b_cnt),
+            c_first.eq(b_first),
+            c_last.eq(b_last),
+            c_t.eq(b_t),
+            c_beats.eq(b_beats),
+            c_m.eq(m_new),
+            c_delta.eq(Mux(b_first, 0, Mux(delta >= sb, sb, delta))),
+        ]
+
+        # D: each element's term EXP2_FRAC4[dq & 3] >> (dq >> 2) with F fraction bits.
+        term_table = Array(Const(v, F + 1) for v in self._term_table())
+        d_terms = [Signal(F + 1, name=f"d_term{lane}") for lane in range(lanes)]
+        d_v, d_first, d_last, d_t = Signal(), Signal(), Signal(), Signal(4)
+        d_m = Signal.like(c_m)
+        d_delta = Signal.like(c_delta)
+        d_beats = Signal.like(c_beats)
+        for lane in range(lanes):
+            dq = Signal(self.dq_bits, name=f"c_dq{lane}")
+            m.d.comb += dq.eq(self._dq(c_m, c_x[lane], c_t))
+            sh = dq[2:]
+            sh_c = Mux(sh > F, F + 1, sh)[: bits_for(F + 1)]
+            term = term_table[dq[:2]] >> sh_c
+            m.d.sync += d_terms[lane].eq(Mux(c_cnt > lane, term, 0) if lane else term)
+        m.d.sync += [
+            d_v.eq(c_v),
+            d_first.eq(c_first),
+            d_last.eq(c_last),
+            d_t.eq(c_t),
+            d_m.eq(c_m),
+            d_delta.eq(c_delta),
+            d_beats.eq(c_beats),
+        ]
+
+        # E: sum of the beat's terms.
+        e_sum = Signal(F + 1 + ceil_log2(lanes) + 1)
+        e_v, e_first, e_last, e_t = Signal(), Signal(), Signal(), Signal(4)
+        e_m = Signal.like(d_m)
+        e_delta = Signal.like(d_delta)
+        e_beats = Signal.like(d_beats)
+        total = d_terms[0]
+        for t in d_terms[1:]:
+            total = total + t
+        m.d.sync += [
+            e_sum.eq(total),
+            e_v.eq(d_v),
+            e_first.eq(d_first),
+            e_last.eq(d_last),
+            e_t.eq(d_t),
+            e_m.eq(d_m),
+            e_delta.eq(d_delta),
+            e_beats.eq(d_beats),
+        ]
+
+        # F: S = (S >> delta) + terms; the row's final S goes on to the descriptor stages.
+        s_acc = Signal(sb)
+        s_next = Mux(e_first, 0, s_acc >> e_delta) + e_sum
+        f_v = Signal()
+        f_s = Signal(sb)
+        f_m = Signal.like(e_m)
+        f_t = Signal(4)
+        f_beats = Signal.like(e_beats)
+        with m.If(e_v):
+            m.d.sync += s_acc.eq(s_next)
+        m.d.sync += [
+            f_v.eq(e_v & e_last),
+            f_s.eq(s_next),
+            f_m.eq(e_m),
+            f_t.eq(e_t),
+            f_beats.eq(e_beats),
+        ]
+
+        # G: leading one of S and the E2_FRAC mantissa bits below it.
+        g_v = Signal()
+        g_lead = Signal(range(sb))
+        g_mant = Signal(E2_FRAC)
+        g_m = Signal.like(f_m)
+        g_t = Signal(4)
+        g_beats = Signal.like(f_beats)
+        lead = leading_one(f_s)
+        # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
+        mant_shift = Mux(lead > E2_FRAC, lead - E2_FRAC, 0)[: len(lead)]
+        norm = f_s >> mant_shift
+        m.d.sync += [
+            g_v.eq(f_v),
+            g_lead.eq(lead),
+            g_mant.eq(norm[:E2_FRAC]),
+            g_m.eq(f_m),
+            g_t.eq(f_t),
+            g_beats.eq(f_beats),
+        ]
+
+        # H: log2(S / 2**F) in 1/32 units -> descriptor queue.
+        log2_mant = Array(Const(v, E2_FRAC + 1) for v in LOG2_MANT32)
+        m.d.comb += [
+            q_in.m.eq(g_m),
+            q_in.log2s.eq(((g_lead - F) << E2_FRAC) + log2_mant[g_mant]),
+            q_in.t.eq(g_t),
+            q_in.beats.eq(g_beats),
+            queue.w_en.eq(g_v),
+        ]
+
+        # ---------------- pass 2 (stalls as a whole when the output is not taken) -----------
+        advance = Signal()
+        out_valid = Signal()
+        m.d.comb += advance.eq(~out_valid | self.o.ready)
+
+        cur_active = Signal()
+        cur_left = Signal.like(beats_in)
+        cur = Signal(desc_layout)
+        rd_ptr = Signal(aw)
+        issue = Signal()
+        pop = Signal()
+        m.d.comb += [
+            pop.eq(advance & ~cur_active & queue.r_rdy),
+            issue.eq(advance & (cur_active | queue.r_rdy)),
+            queue.r_en.eq(pop),
+            ring_r.addr.eq(rd_ptr),
+            ring_r.en.eq(advance),
+        ]
+        sel = Signal(desc_layout)
+        m.d.comb += sel.eq(Mux(cur_active, cur, q_out))
+        with m.If(issue):
+            m.d.sync += rd_ptr.eq(wrap_inc(rd_ptr))
+            with m.If(cur_active):
+                m.d.sync += [cur_left.eq(cur_left - 1), cur_active.eq(cur_left != 1)]
+            with m.Else():
+                m.d.sync += [
+                    cur.eq(q_out),
+                    cur_left.eq(q_out.beats - 1),
+                    cur_active.eq(q_out.beats != 1),
+                ]
+
+        # Ring occupancy and row credits.
+        m.d.sync += used.eq(used + accept - issue)
+        m.d.sync += in_flight.eq(in_flight + (accept & self.i.payload.last) - pop)
+
+        # R1: ring word arrives (data, count, last); the row's descriptor rides along.
+        r1_v = Signal()
+        r1_d = Signal(desc_layout)
+        # R2: dq per lane.  R3: exponent e in 1/32 log2 units.  R4: output register.
+        r2_v, r2_last = Signal(), Signal()
+        r2_cnt = Signal(count_bits(lanes))
+        r2_log2s = Signal.like(q_in.log2s)
+        r2_dq = [Signal(self.dq_bits, name=f"r2_dq{lane}") for lane in range(lanes)]
+        eb = self.dq_bits + E2_FRAC + 2
+        r3_v, r3_last = Signal(), Signal()
+        r3_cnt = Signal.like(r2_cnt)
+        r3_e = [Signal(eb, name=f"r3_e{lane}") for lane in range(lanes)]
+        o_data = Signal(data.ArrayLayout(unsigned(self.out_bits), lanes))
+        o_cnt = Signal.like(r2_cnt)
+        o_last = Signal()
+        word = ring_r.data
+        with m.If(advance):
+            m.d.sync += [r1_v.eq(issue), r1_d.eq(sel)]
+            m.d.sync += [
+                r2_v.eq(r1_v),
+                r2_last.eq(word.last),
+                r2_cnt.eq(word.count),
+                r2_log2s.eq(r1_d.log2s),
+            ]
+            for lane in range(lanes):
+                m.d.sync += r2_dq[lane].eq(self._dq(r1_d.m, word.data[lane], r1_d.t))
+            m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_cnt.eq(r2_cnt)]
+            for lane in range(lanes):
+                e = (r2_dq[lane] << (E2_FRAC - 2)) + r2_log2s
+                m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, e))
+            m.d.sync += [out_valid.eq(r3_v), o_last.eq(r3_last), o_cnt.eq(r3_cnt)]
+            for lane in range(lanes):
+                m.d.sync += o_data[lane].eq(self._output(r3_e[lane]))
+        m.d.comb += [
+            self.o.valid.eq(out_valid),
+            self.o.payload.data.eq(o_data),
+            self.o.payload.count.eq(o_cnt),
+            self.o.payload.last.eq(o_last),
+        ]
+
+        pipe_busy = a_v | b_v | c_v | d_v | e_v | f_v | g_v | r1_v | r2_v | r3_v | out_valid
+        m.d.comb += self.busy.eq(in_row | (in_flight != 0) | cur_active | pipe_busy)
+        return m
+
+    def _output(self, e):
+        """Pass 2 output from e (1/32 log2 units): log2 code, or uint8 probability."""
+        if self.output == "log2":
+            q_max = (1 << self.code_bits) - 1
+            q = (e + (1 << (E2_FRAC - 1))) >> E2_FRAC
+            return Mux(q > q_max, q_max, q)
+        whole = e >> E2_FRAC
+        table = Array(Const(v, 9) for v in EXP2_FRAC32)
+        v = table[e[:E2_FRAC]]
+        w = whole[:4]
+        half = (Const(1, 1) << w)[1:]
+        prob = (v + half) >> w
+        prob = Mux(whole > 9, 0, prob)
+        return Mux(prob > 255, 255, prob)
