@@ -210,9 +210,10 @@ def generate(
         raise CliError("give exactly one of --design FILE or --unit {softmax,layernorm,gelu,gvsa}")
     if design_path is not None:
         from vitaccel.design import load_design
-        from vitaccel.flow.generate import generate_design
 
         design = load_design(design_path)
+        from vitaccel.flow.generate import generate_design
+
         result = generate_design(design, out_dir, resources=resources, progress=_progress(True))
     elif unit == "gvsa":
         from vitaccel.flow.unit_gvsa import generate_gvsa

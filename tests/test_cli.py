@@ -1,0 +1,75 @@
+"""The command line: one-line errors with exit code 2, JSON output, nothing written on error."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VITACCEL = [sys.executable, "-m", "vitaccel.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*VITACCEL, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["quantize", "--model", "resnet"], "choose one of: deit-base, deit-small, deit-tiny, digits-vit, vit-base"),
+        (["quantize", "--scheme", "w2a2"], "'w8a8', 'w4a8', 'mixed'"),
+        (["quantize", "--w4-ratio", "1.5"], "--w4-ratio must be in [0, 1]"),
+        (["quantize", "--weights", "/nonexistent/w.safetensors"], "does not exist"),
+        (["build", "--board", "zcu999"], "choose one of: kv260, zcu102, zcu104"),
+        (["generate", "--unit", "fft", "-o", "x"], "'softmax', 'layernorm', 'gelu', 'gvsa'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_weights_file(tmp_path):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    r = run("quantize", "--weights", str(bad))
+    assert r.returncode == 2
+    assert str(bad) in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_design_file_names_the_field(tmp_path):
+    d = tmp_path / "d.json"
+    d.write_text(json.dumps({"schema_version": 1, "array": {"rows": 0}}))
+    r = run("generate", "--design", str(d), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "array.rows" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_json_digits():
+    r = run("quantize", "--json", "--images", "40")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    for key in ("float_top1", "int_top1", "agreement", "cosine", "scheme", "w4_ratio"):
+        assert key in obj
+    assert 0 <= obj["agreement"] <= 1 and obj["scheme"] == "w8a8"
+
+
+def test_help_lists_every_command():
+    r = run("--help")
+    for cmd in ("quantize", "dse", "generate", "sim", "report", "build"):
+        assert cmd in r.stdout
+
+
+def test_readme_commands_match_ci():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    ci = (root / ".ci" / "run").read_text()
+    assert "scripts/install.sh && .venv/bin/pytest" in readme
+    assert "scripts/install.sh && .venv/bin/pytest" in ci
