@@ -2,8 +2,8 @@
 
 import pytest
 
-from vitaccel.compile import isa
-from vitaccel.compile.isa import MatmulFlags, Op
+from vitaccel import isa
+from vitaccel.isa import MatmulFlags, Op
 
 
 def test_every_constructor_round_trips():

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vitaccel.compile import isa
-from vitaccel.compile.isa import WORD_BYTES, Instr
+from vitaccel import isa
+from vitaccel.isa import WORD_BYTES, Instr
 from vitaccel.models.golden import IntLinear, IntViT
 from vitaccel.quant.ref import LayerNormParams
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitaccel.compile import isa
-from vitaccel.compile.isa import WORD_BYTES, MatmulFlags, Op
+from vitaccel import isa
+from vitaccel.isa import WORD_BYTES, MatmulFlags, Op
 from vitaccel.quant import ref
 from vitaccel.quant.ref import LayerNormParams, SoftmaxParams
 

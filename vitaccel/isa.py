@@ -1,0 +1,299 @@
+"""Instruction encoding and register map of the accelerator (docs/isa.md is the specification).
+
+An instruction is 32 bytes: sixteen little-endian 16-bit fields ``f0 .. f15``, with
+``f0 = opcode | flags << 8``. This module is the only encoder/decoder and the only register map; it
+sits at the bottom of the package (like the design schema) because the compiler, the
+interpreter, the RTL decoder and the host driver all read it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Op",
+    "MatmulFlags",
+    "Instr",
+    "INSTR_BYTES",
+    "WORD_BYTES",
+    "encode",
+    "decode",
+    "encode_program",
+    "decode_program",
+    "load",
+    "store",
+    "matmul",
+    "softmax",
+    "layernorm",
+    "gelu",
+    "resadd",
+    "end",
+    "Reg",
+    "ACCEL_ID",
+]
+
+INSTR_BYTES = 32
+WORD_BYTES = 16  # scratchpad word = AXI data beat
+
+
+class Op(enum.IntEnum):
+    END = 0
+    LOAD = 1
+    STORE = 2
+    MATMUL = 3
+    SOFTMAX = 4
+    LAYERNORM = 5
+    GELU = 6
+    RESADD = 7
+
+
+class MatmulFlags(enum.IntFlag):
+    X_UNSIGNED = 1
+    W_SPM = 2
+    OUT_INT16 = 4
+    HEADS = 8
+    OUT_T = 16
+
+
+@dataclass(frozen=True)
+class Instr:
+    op: Op
+    flags: int = 0
+    fields: tuple[int, ...] = field(default_factory=tuple)  # f1 .. f15
+
+    def __post_init__(self):
+        # Canonical form: trailing zero fields dropped, so decode(encode(i)) == i.
+        fields = tuple(int(v) for v in self.fields)
+        while fields and fields[-1] == 0:
+            fields = fields[:-1]
+        object.__setattr__(self, "fields", fields)
+        object.__setattr__(self, "op", Op(self.op))
+        object.__setattr__(self, "flags", int(self.flags))
+
+    def f(self, i: int) -> int:
+        """Field f_i (1..15); 0 when not given."""
+        return self.fields[i - 1] if i - 1 < len(self.fields) else 0
+
+    def u32(self, i: int) -> int:
+        """The 32-bit value in fields f_i (low half) and f_{i+1}."""
+        return self.f(i) | self.f(i + 1) << 16
+
+
+def _u16(name: str, v: int) -> int:
+    v = int(v)
+    if not 0 <= v < 1 << 16:
+        raise ValueError(f"instruction field {name} must fit 16 bits unsigned, got {v}")
+    return v
+
+
+def _split32(v: int) -> tuple[int, int]:
+    v = int(v)
+    if not 0 <= v < 1 << 32:
+        raise ValueError(f"DDR offset must fit 32 bits, got {v}")
+    return v & 0xFFFF, v >> 16
+
+
+def encode(instr: Instr) -> bytes:
+    fields = [int(instr.op) | int(instr.flags) << 8] + [
+        _u16(f"f{i + 1}", v) for i, v in enumerate(instr.fields)
+    ]
+    if len(fields) > 16:
+        raise ValueError(f"{instr.op.name}: at most 15 operand fields, got {len(fields) - 1}")
+    fields += [0] * (16 - len(fields))
+    return struct.pack("<16H", *fields)
+
+
+def decode(raw: bytes) -> Instr:
+    if len(raw) != INSTR_BYTES:
+        raise ValueError(f"an instruction is {INSTR_BYTES} bytes, got {len(raw)}")
+    f = struct.unpack("<16H", raw)
+    op = f[0] & 0xFF
+    try:
+        op = Op(op)
+    except ValueError:
+        raise ValueError(f"unknown opcode {op}") from None
+    return Instr(op, f[0] >> 8, tuple(f[1:]))
+
+
+def encode_program(program: list[Instr]) -> bytes:
+    return b"".join(encode(i) for i in program)
+
+
+def decode_program(raw: bytes) -> list[Instr]:
+    out = []
+    for at in range(0, len(raw), INSTR_BYTES):
+        instr = decode(raw[at : at + INSTR_BYTES])
+        out.append(instr)
+        if instr.op is Op.END:
+            break
+    return out
+
+
+# ---- constructors with named operands -----------------------------------------------------
+
+
+def end() -> Instr:
+    return Instr(Op.END)
+
+
+def load(*, spm: int, words: int, ddr: int) -> Instr:
+    return Instr(Op.LOAD, 0, (spm, words, *_split32(ddr)))
+
+
+def store(*, spm: int, words: int, ddr: int) -> Instr:
+    return Instr(Op.STORE, 0, (spm, words, *_split32(ddr)))
+
+
+def matmul(
+    *,
+    x: int,
+    x_stride: int,
+    tokens: int,
+    k: int,
+    n: int,
+    y: int,
+    y_stride: int,
+    w_ddr: int | None = None,
+    w_spm: int | None = None,
+    w_stride: int = 0,
+    mult: int = 0,
+    shift: int = 0,
+    heads: int = 0,
+    head_x_step: int = 0,
+    head_w_step: int = 0,
+    head_y_step: int = 0,
+    x_unsigned: bool = False,
+    out_int16: bool = False,
+    out_transposed: bool = False,
+) -> Instr:
+    """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention)."""
+    if (w_ddr is None) == (w_spm is None):
+        raise ValueError(
+            "matmul needs exactly one of w_ddr (packed weights) or w_spm (activation rows)"
+        )
+    flags = MatmulFlags(0)
+    if x_unsigned:
+        flags |= MatmulFlags.X_UNSIGNED
+    if out_int16:
+        flags |= MatmulFlags.OUT_INT16
+    if out_transposed:
+        flags |= MatmulFlags.OUT_T
+    if heads:
+        flags |= MatmulFlags.HEADS
+    if w_spm is not None:
+        flags |= MatmulFlags.W_SPM
+        f89 = (mult, shift)
+        f1011 = (w_spm, w_stride)
+    else:
+        f89 = _split32(w_ddr)
+        f1011 = (0, 0)
+    return Instr(
+        Op.MATMUL,
+        int(flags),
+        (
+            x,
+            x_stride,
+            tokens,
+            k,
+            n,
+            y,
+            y_stride,
+            *f89,
+            *f1011,
+            max(heads, 1),
+            head_x_step,
+            head_w_step,
+            head_y_step,
+        ),
+    )
+
+
+def softmax(
+    *, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, in_shift: int
+) -> Instr:
+    return Instr(Op.SOFTMAX, 0, (src, src_stride, rows, cols, dst, dst_stride, in_shift))
+
+
+def layernorm(
+    *,
+    src: int,
+    src_stride: int,
+    rows: int,
+    cols: int,
+    dst: int,
+    dst_stride: int,
+    params: int,
+    recip_mult: int,
+    recip_shift: int,
+    out_shift: int,
+    eps_q: int,
+) -> Instr:
+    return Instr(
+        Op.LAYERNORM,
+        0,
+        (
+            src,
+            src_stride,
+            rows,
+            cols,
+            dst,
+            dst_stride,
+            params,
+            recip_mult,
+            recip_shift,
+            out_shift,
+            eps_q,
+        ),
+    )
+
+
+def gelu(
+    *, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, table: int
+) -> Instr:
+    return Instr(Op.GELU, 0, (src, src_stride, rows, cols, dst, dst_stride, table))
+
+
+def resadd(
+    *,
+    a: int,
+    a_stride: int,
+    rows: int,
+    cols: int,
+    dst: int,
+    dst_stride: int,
+    b: int,
+    b_stride: int,
+    params: int,
+    shift: int,
+) -> Instr:
+    return Instr(
+        Op.RESADD, 0, (a, a_stride, rows, cols, dst, dst_stride, b, b_stride, params, shift)
+    )
+
+
+# ---- host-visible registers (AXI4-Lite byte offsets, docs/isa.md) ------------------------
+
+
+class Reg(enum.IntEnum):
+    CTRL = 0x00
+    STATUS = 0x04
+    PROG_ADDR_LO = 0x08
+    PROG_ADDR_HI = 0x0C
+    DATA_BASE_LO = 0x10
+    DATA_BASE_HI = 0x14
+    CYCLES_LO = 0x18
+    CYCLES_HI = 0x1C
+    PC = 0x20
+    ID = 0x24
+    CONFIG = 0x28
+
+
+CTRL_START = 1
+CTRL_IRQ_ENABLE = 2
+CTRL_IRQ_CLEAR = 4
+STATUS_BUSY = 1
+STATUS_DONE = 2
+STATUS_ERROR = 4
+ACCEL_ID = 0x56544143  # "VTAC"
