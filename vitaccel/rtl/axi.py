@@ -1,0 +1,622 @@
+"""AXI side of the accelerator: host register file (AXI4-Lite slave) and the DDR DMA (AXI4 master).
+
+* :class:`AXI4LiteSignature`, :class:`AXI4Signature` (and its read/write halves) describe the
+  two buses from the master's side, with the standard AMBA signal names; the top flips the
+  lite one (it is a slave there) and renames the ports ``s_axil_*`` / ``m_axi_*``.
+* :class:`RegisterFile`: the registers of docs/isa.md (CTRL, STATUS, PROG_ADDR, DATA_BASE,
+  CYCLES, PC, ID, CONFIG) and ``irq``.
+* :class:`DMAReader`: (byte address, words) commands -> a stream of 128-bit words, INCR bursts
+  of up to 16 beats that never cross a 4 KiB boundary; a credit counter lets a burst out only
+  when its beats fit the output FIFO, so ``rready`` never stalls the interconnect.
+* :class:`DMAWriter`: (byte address, words) commands + a stream of words -> write bursts;
+  burst lengths travel from the AW side to the W side through a small FIFO.
+* :class:`DMA`: both engines on one :class:`AXI4Signature` master.
+
+Addresses given to the engines must be 16-byte aligned (the low 4 bits are ignored).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from vitaccel.rtl.common import check_int, silence_unused
+
+__all__ = [
+    "AXI4LiteSignature",
+    "AXI4ReadSignature",
+    "AXI4WriteSignature",
+    "AXI4Signature",
+    "RegisterFile",
+    "DMAReader",
+    "DMAWriter",
+    "DMA",
+    "REG",
+    "ID_VALUE",
+    "WORD_BYTES",
+    "MAX_BURST",
+    "dma_cmd_layout",
+    "read_word_layout",
+    "connect_subset",
+    "prefixed_members",
+    "connect_prefixed",
+]
+
+WORD_BYTES = 16  # AXI data beat = scratchpad word
+MAX_BURST = 16  # beats per burst (256 bytes); AXI4 allows 256, 16 keeps the interconnect fair
+ID_VALUE = 0x56544143  # "VTAC"
+
+# Register byte offsets (docs/isa.md).
+REG = {
+    "CTRL": 0x00,
+    "STATUS": 0x04,
+    "PROG_ADDR_LO": 0x08,
+    "PROG_ADDR_HI": 0x0C,
+    "DATA_BASE_LO": 0x10,
+    "DATA_BASE_HI": 0x14,
+    "CYCLES_LO": 0x18,
+    "CYCLES_HI": 0x1C,
+    "PC": 0x20,
+    "ID": 0x24,
+    "CONFIG": 0x28,
+}
+
+OKAY, SLVERR = 0b00, 0b10
+BURST_INCR = 0b01
+# Normal non-cacheable bufferable: what Xilinx masters use towards the HP ports.
+AXCACHE = 0b0011
+
+
+# ---- bus signatures --------------------------------------------------------------------------
+
+
+class AXI4LiteSignature(wiring.Signature):
+    """AXI4-Lite from the master's side (32-bit data); flip it for a slave.
+
+    Members are the AMBA names without prefix: ``awaddr awvalid awready wdata wstrb wvalid
+    wready bresp bvalid bready araddr arvalid arready rdata rresp rvalid rready``.
+    """
+
+    def __init__(self, *, addr_width: int = 16, data_width: int = 32):
+        self.addr_width = check_int("addr_width", addr_width, 1, 64)
+        if data_width not in (32, 64):
+            raise ValueError(f"AXI4-Lite data_width must be 32 or 64, not {data_width!r}")
+        self.data_width = data_width
+        super().__init__(
+            {
+                "awaddr": Out(addr_width), "awvalid": Out(1), "awready": In(1),
+                "wdata": Out(data_width), "wstrb": Out(data_width // 8),
+                "wvalid": Out(1), "wready": In(1),
+                "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+                "araddr": Out(addr_width), "arvalid": Out(1), "arready": In(1),
+                "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+            }
+        )  # fmt: skip
+
+    def __eq__(self, other):
+        return (
+            type(other) is type(self)
+            and other.addr_width == self.addr_width
+            and other.data_width == self.data_width
+        )
+
+    def __repr__(self):
+        return f"AXI4LiteSignature(addr_width={self.addr_width}, data_width={self.data_width})"
+
+
+def _read_members(addr_width: int, data_width: int) -> dict:
+    return {
+        "araddr": Out(addr_width), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
+        "arcache": Out(4), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+        "rdata": In(data_width), "rresp": In(2), "rlast": In(1), "rvalid": In(1), "rready": Out(1),
+    }  # fmt: skip
+
+
+def _write_members(addr_width: int, data_width: int) -> dict:
+    return {
+        "awaddr": Out(addr_width), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
+        "awcache": Out(4), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+        "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
+        "wvalid": Out(1), "wready": In(1),
+        "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+    }  # fmt: skip
+
+
+class _AXI4Base(wiring.Signature):
+    _members = None
+
+    def __init__(self, *, addr_width: int = 40, data_width: int = 128):
+        self.addr_width = check_int("addr_width", addr_width, 12, 64)
+        if data_width not in (32, 64, 128, 256, 512, 1024):
+            raise ValueError(f"AXI4 data_width must be a power of two 32..1024, not {data_width!r}")
+        self.data_width = data_width
+        super().__init__(self._members(addr_width, data_width))
+
+    def __eq__(self, other):
+        return (
+            type(other) is type(self)
+            and other.addr_width == self.addr_width
+            and other.data_width == self.data_width
+        )
+
+    def __repr__(self):
+        return f"{type(self).__name__}(addr_width={self.addr_width}, data_width={self.data_width})"
+
+
+class AXI4ReadSignature(_AXI4Base):
+    """The AR and R channels of an AXI4 master (no IDs: one ID, in-order responses)."""
+
+    _members = staticmethod(_read_members)
+
+
+class AXI4WriteSignature(_AXI4Base):
+    """The AW, W and B channels of an AXI4 master (no IDs)."""
+
+    _members = staticmethod(_write_members)
+
+
+class AXI4Signature(_AXI4Base):
+    """A full AXI4 master without ID signals: ``aw* w* b* ar* r*`` with AMBA names.
+
+    Besides the required signals it has ``awcache awprot arcache arprot`` (constant).
+    """
+
+    _members = staticmethod(lambda a, d: {**_write_members(a, d), **_read_members(a, d)})
+
+
+def connect_subset(m: Module, full, part) -> None:
+    """Join the members of ``part`` (a read or write half, master side) to ``full`` (master side
+    of the whole bus): outputs of ``part`` drive ``full``, inputs of ``full`` drive ``part``."""
+    for name, member in part.signature.members.items():
+        if member.flow == Out:
+            m.d.comb += getattr(full, name).eq(getattr(part, name))
+        else:
+            m.d.comb += getattr(part, name).eq(getattr(full, name))
+
+
+# ---- register file ---------------------------------------------------------------------------
+
+
+class RegisterFile(wiring.Component):
+    """Host-visible registers (docs/isa.md) behind an AXI4-Lite slave.
+
+    One write is taken when both AW and W are valid (the slave may wait for both); reads
+    answer one cycle after AR. Unmapped offsets read 0 and ignore writes (OKAY response).
+
+    Clarifications of docs/isa.md implemented here (docs/top.md lists them):
+
+    * CTRL bit1 IRQ_ENABLE holds the value of the last CTRL write (write CTRL = 0b011 to start
+      with interrupts); bit2 IRQ_CLEAR clears DONE (and so ``irq``).
+    * Reading CYCLES_LO latches CYCLES_HI, so LO-then-HI gives a consistent 64-bit value.
+    * STATUS.ERROR is set by ``error_set`` (bad opcode or an AXI error response); an error ends
+      the run with DONE set too, so a host waiting for DONE/irq never hangs.
+
+    Parameters
+    ----------
+    addr_width : int
+        Byte address width of the AXI4-Lite port (12..16).
+    config : int
+        The value of the CONFIG register.
+
+    Members
+    -------
+    s_axil : ``In(AXI4LiteSignature(addr_width=addr_width))``
+    start : ``Out(1)``
+        One-cycle pulse: CTRL written with START while not busy.
+    prog_addr, data_base : ``Out(64)``
+    busy : ``In(1)``
+        The controller is running (STATUS.BUSY).
+    done_set, error_set : ``In(1)``
+        Pulses from the controller: END reached / run ended with an error.
+    cycles : ``In(64)``
+    pc : ``In(32)``
+    irq : ``Out(1)``
+    """
+
+    def __init__(self, *, addr_width: int = 16, config: int = 0):
+        try:
+            check_int("addr_width", addr_width, 12, 16)
+            check_int("config", config, 0, (1 << 32) - 1)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.addr_width = addr_width
+        self.config = config
+        super().__init__(
+            {
+                "s_axil": In(AXI4LiteSignature(addr_width=addr_width)),
+                "start": Out(1),
+                "prog_addr": Out(64),
+                "data_base": Out(64),
+                "busy": In(1),
+                "done_set": In(1),
+                "error_set": In(1),
+                "cycles": In(64),
+                "pc": In(32),
+                "irq": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.s_axil
+        irq_enable = Signal()
+        done = Signal()
+        error = Signal()
+        cycles_hi_latch = Signal(32)
+
+        # -- write channel: take AW and W together, answer on B --
+        take_w = bus.awvalid & bus.wvalid & ~bus.bvalid
+        m.d.comb += [bus.awready.eq(take_w), bus.wready.eq(take_w), bus.bresp.eq(OKAY)]
+        with m.If(bus.bvalid & bus.bready):
+            m.d.sync += bus.bvalid.eq(0)
+        with m.If(take_w):
+            m.d.sync += bus.bvalid.eq(1)
+
+        start_req = Signal()
+        irq_clear = Signal()
+        with m.If(take_w):
+            with m.Switch(bus.awaddr[2 : self.addr_width]):
+                with m.Case(REG["CTRL"] >> 2):
+                    with m.If(bus.wstrb[0]):
+                        m.d.comb += [start_req.eq(bus.wdata[0]), irq_clear.eq(bus.wdata[2])]
+                        m.d.sync += irq_enable.eq(bus.wdata[1])
+                for name, reg, base in (
+                    ("PROG_ADDR_LO", self.prog_addr, 0),
+                    ("PROG_ADDR_HI", self.prog_addr, 32),
+                    ("DATA_BASE_LO", self.data_base, 0),
+                    ("DATA_BASE_HI", self.data_base, 32),
+                ):
+                    with m.Case(REG[name] >> 2):
+                        for b in range(4):
+                            with m.If(bus.wstrb[b]):
+                                m.d.sync += reg[base + 8 * b : base + 8 * b + 8].eq(
+                                    bus.wdata[8 * b : 8 * b + 8]
+                                )
+
+        # START while busy is ignored: the run in progress would lose its state.
+        m.d.comb += self.start.eq(start_req & ~self.busy)
+        with m.If(self.start):
+            m.d.sync += [done.eq(0), error.eq(0)]
+        with m.If(irq_clear):
+            m.d.sync += done.eq(0)
+        with m.If(self.done_set):
+            m.d.sync += done.eq(1)
+        with m.If(self.error_set):
+            m.d.sync += [done.eq(1), error.eq(1)]
+        m.d.comb += self.irq.eq(done & irq_enable)
+
+        # -- read channel --
+        m.d.comb += [bus.arready.eq(~bus.rvalid), bus.rresp.eq(OKAY)]
+        with m.If(bus.rvalid & bus.rready):
+            m.d.sync += bus.rvalid.eq(0)
+        with m.If(bus.arvalid & ~bus.rvalid):
+            m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0)]
+            with m.Switch(bus.araddr[2 : self.addr_width]):
+                with m.Case(REG["STATUS"] >> 2):
+                    m.d.sync += bus.rdata.eq(Cat(self.busy, done, error))
+                with m.Case(REG["PROG_ADDR_LO"] >> 2):
+                    m.d.sync += bus.rdata.eq(self.prog_addr[:32])
+                with m.Case(REG["PROG_ADDR_HI"] >> 2):
+                    m.d.sync += bus.rdata.eq(self.prog_addr[32:])
+                with m.Case(REG["DATA_BASE_LO"] >> 2):
+                    m.d.sync += bus.rdata.eq(self.data_base[:32])
+                with m.Case(REG["DATA_BASE_HI"] >> 2):
+                    m.d.sync += bus.rdata.eq(self.data_base[32:])
+                with m.Case(REG["CYCLES_LO"] >> 2):
+                    m.d.sync += [
+                        bus.rdata.eq(self.cycles[:32]),
+                        cycles_hi_latch.eq(self.cycles[32:]),
+                    ]
+                with m.Case(REG["CYCLES_HI"] >> 2):
+                    m.d.sync += bus.rdata.eq(cycles_hi_latch)
+                with m.Case(REG["PC"] >> 2):
+                    m.d.sync += bus.rdata.eq(self.pc)
+                with m.Case(REG["ID"] >> 2):
+                    m.d.sync += bus.rdata.eq(ID_VALUE)
+                with m.Case(REG["CONFIG"] >> 2):
+                    m.d.sync += bus.rdata.eq(self.config)
+        return m
+
+
+# ---- DMA engines -----------------------------------------------------------------------------
+
+
+def dma_cmd_layout(addr_width: int, words_bits: int) -> data.StructLayout:
+    """A DMA command: byte ``addr`` (16-byte aligned) and ``words`` (>= 1) 16-byte words."""
+    return data.StructLayout({"addr": unsigned(addr_width), "words": unsigned(words_bits)})
+
+
+def read_word_layout(data_width: int = 128) -> data.StructLayout:
+    """A word from the read engine; ``last`` marks the final word of a command."""
+    return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1)})
+
+
+def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str) -> Signal:
+    """Beats of the next burst: min(MAX_BURST, remaining, words to the next 4 KiB boundary)."""
+    to_4k = Signal(range(4096 // WORD_BYTES + 1), name=f"{name}_to_4k")
+    m.d.comb += to_4k.eq(4096 // WORD_BYTES - addr[4:12])
+    beats = Signal(range(MAX_BURST + 1), name=f"{name}_beats")
+    limit = Mux(to_4k < MAX_BURST, to_4k, MAX_BURST)
+    m.d.comb += beats.eq(Mux(remaining < limit, remaining, limit))
+    return beats
+
+
+def _check_dma_args(self, addr_width, data_width, words_bits):
+    self.addr_width = check_int("addr_width", addr_width, 12, 64)
+    if data_width != 8 * WORD_BYTES:
+        raise ValueError(
+            f"data_width must be {8 * WORD_BYTES} (the scratchpad word), not {data_width!r}"
+        )
+    self.data_width = data_width
+    self.words_bits = check_int("words_bits", words_bits, 1, 32)
+
+
+class DMAReader(wiring.Component):
+    """AXI4 read engine: commands in, 128-bit words out, with back-pressure.
+
+    A command ``{addr, words}`` (``words`` >= 1; the low 4 address bits are ignored) is cut
+    into INCR bursts of ``min(16, remaining, words to the next 4 KiB boundary)`` beats. A
+    burst is requested only when the output FIFO has room for all its beats (credits), so the
+    R channel is never back-pressured and up to ``fifo_depth / 16`` bursts are in flight.
+    The next command is taken once every beat of the previous one has arrived.
+
+    Parameters
+    ----------
+    addr_width, data_width : int
+        AXI address width (12..64) and data width (128 only).
+    words_bits : int
+        Width of the command's word count.
+    fifo_depth : int
+        Output FIFO depth in words (>= 16).
+
+    Members
+    -------
+    bus : ``Out(AXI4ReadSignature(...))``
+    cmd : ``In(stream.Signature(dma_cmd_layout(addr_width, words_bits)))``
+    o : ``Out(stream.Signature(read_word_layout()))``
+    idle : ``Out(1)``
+        No command in progress and every word delivered.
+    error : ``Out(1)``
+        One-cycle pulse on a read response other than OKAY/EXOKAY.
+    """
+
+    def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
+                 fifo_depth: int = 64):  # fmt: skip
+        try:
+            _check_dma_args(self, addr_width, data_width, words_bits)
+            self.fifo_depth = check_int("fifo_depth", fifo_depth, MAX_BURST, 4096)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        super().__init__(
+            {
+                "bus": Out(AXI4ReadSignature(addr_width=addr_width, data_width=data_width)),
+                "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
+                "o": Out(stream.Signature(read_word_layout(data_width))),
+                "idle": Out(1),
+                "error": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+        m.submodules.fifo = fifo = SyncFIFOBuffered(
+            width=self.data_width + 1, depth=self.fifo_depth
+        )
+
+        addr = Signal(self.addr_width)
+        remaining = Signal(self.words_bits)  # words not yet requested
+        rx_left = Signal(self.words_bits)  # words not yet received
+        reserved = Signal(range(self.fifo_depth + 1))  # requested and not yet taken from the FIFO
+        beats = _burst_len(m, addr, remaining, "rd")
+
+        m.d.comb += self.cmd.ready.eq((remaining == 0) & (rx_left == 0))
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [
+                addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
+                remaining.eq(self.cmd.payload.words),
+                rx_left.eq(self.cmd.payload.words),
+            ]
+
+        # Stable while valid: remaining/addr change only on the handshake, reserved only falls.
+        m.d.comb += [
+            bus.arvalid.eq((remaining != 0) & (reserved + beats <= self.fifo_depth)),
+            bus.araddr.eq(addr),
+            bus.arlen.eq(beats - 1),
+            bus.arsize.eq(4),  # 16 bytes per beat
+            bus.arburst.eq(BURST_INCR),
+            bus.arcache.eq(AXCACHE),
+            bus.arprot.eq(0),
+        ]
+        ar_fire = bus.arvalid & bus.arready
+        with m.If(ar_fire):
+            m.d.sync += [addr.eq(addr + (beats << 4)), remaining.eq(remaining - beats)]
+
+        r_fire = bus.rvalid & bus.rready
+        m.d.comb += [
+            bus.rready.eq(fifo.w_rdy),
+            fifo.w_en.eq(bus.rvalid),
+            fifo.w_data.eq(Cat(bus.rdata, rx_left == 1)),
+            self.error.eq(r_fire & bus.rresp[1]),
+        ]
+        with m.If(r_fire):
+            m.d.sync += rx_left.eq(rx_left - 1)
+
+        o_fire = self.o.valid & self.o.ready
+        m.d.comb += [
+            self.o.valid.eq(fifo.r_rdy),
+            self.o.payload.data.eq(fifo.r_data[: self.data_width]),
+            self.o.payload.last.eq(fifo.r_data[self.data_width]),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        m.d.sync += reserved.eq(reserved + Mux(ar_fire, beats, 0) - o_fire)
+        m.d.comb += self.idle.eq((remaining == 0) & (rx_left == 0) & ~fifo.r_rdy)
+        return m
+
+
+class DMAWriter(wiring.Component):
+    """AXI4 write engine: commands + a stream of 128-bit words -> INCR write bursts.
+
+    Bursts are cut as in :class:`DMAReader`. Each burst's length goes from the AW side to the
+    W side through a 4-entry FIFO, so addresses run at most 4 bursts ahead of the data; W beats
+    are forwarded from ``i`` as they come (``wvalid`` follows ``i.valid``). All byte strobes
+    are set. ``idle`` rises when every burst has its write response, i.e. the data is in DDR's
+    ordering domain.
+
+    Members
+    -------
+    bus : ``Out(AXI4WriteSignature(...))``
+    cmd : ``In(stream.Signature(dma_cmd_layout(addr_width, words_bits)))``
+    i : ``In(stream.Signature(unsigned(128)))``
+    idle : ``Out(1)``
+    error : ``Out(1)``
+        One-cycle pulse on a write response other than OKAY/EXOKAY.
+    """
+
+    def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
+                 max_outstanding: int = 16):  # fmt: skip
+        try:
+            _check_dma_args(self, addr_width, data_width, words_bits)
+            self.max_outstanding = check_int("max_outstanding", max_outstanding, 1, 256)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        super().__init__(
+            {
+                "bus": Out(AXI4WriteSignature(addr_width=addr_width, data_width=data_width)),
+                "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
+                "i": In(stream.Signature(unsigned(data_width))),
+                "idle": Out(1),
+                "error": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+        m.submodules.lens = lens = SyncFIFOBuffered(width=bits_for(MAX_BURST - 1), depth=4)
+
+        addr = Signal(self.addr_width)
+        remaining = Signal(self.words_bits)
+        outstanding = Signal(range(self.max_outstanding + 1))  # bursts without a B response
+        beats = _burst_len(m, addr, remaining, "wr")
+
+        m.d.comb += self.cmd.ready.eq(remaining == 0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [
+                addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
+                remaining.eq(self.cmd.payload.words),
+            ]
+
+        m.d.comb += [
+            bus.awvalid.eq((remaining != 0) & lens.w_rdy & (outstanding < self.max_outstanding)),
+            bus.awaddr.eq(addr),
+            bus.awlen.eq(beats - 1),
+            bus.awsize.eq(4),
+            bus.awburst.eq(BURST_INCR),
+            bus.awcache.eq(AXCACHE),
+            bus.awprot.eq(0),
+            lens.w_data.eq(beats - 1),
+        ]
+        aw_fire = bus.awvalid & bus.awready
+        m.d.comb += lens.w_en.eq(aw_fire)
+        with m.If(aw_fire):
+            m.d.sync += [addr.eq(addr + (beats << 4)), remaining.eq(remaining - beats)]
+
+        beat = Signal(range(MAX_BURST))
+        wlast = beat == lens.r_data
+        m.d.comb += [
+            bus.wvalid.eq(self.i.valid & lens.r_rdy),
+            bus.wdata.eq(self.i.payload),
+            bus.wstrb.eq(Const(-1, self.data_width // 8)),
+            bus.wlast.eq(wlast),
+            self.i.ready.eq(bus.wready & lens.r_rdy),
+        ]
+        w_fire = bus.wvalid & bus.wready
+        with m.If(w_fire):
+            m.d.sync += beat.eq(Mux(wlast, 0, beat + 1))
+        m.d.comb += lens.r_en.eq(w_fire & wlast)
+
+        b_fire = bus.bvalid & bus.bready
+        m.d.comb += [bus.bready.eq(1), self.error.eq(b_fire & bus.bresp[1])]
+        m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
+        m.d.comb += self.idle.eq((remaining == 0) & ~lens.r_rdy & (outstanding == 0))
+        return m
+
+
+class DMA(wiring.Component):
+    """Both engines on one AXI4 master: ``bus`` carries the reader's AR/R and the writer's AW/W/B.
+
+    Members
+    -------
+    bus : ``Out(AXI4Signature(addr_width, data_width))``
+    rd_cmd, rd : the :class:`DMAReader`'s ``cmd`` and ``o``
+    wr_cmd, wr : the :class:`DMAWriter`'s ``cmd`` and ``i``
+    rd_idle, wr_idle : ``Out(1)``
+    error : ``Out(1)``
+        Pulse on an error response on either side.
+    """
+
+    def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
+                 fifo_depth: int = 64):  # fmt: skip
+        self.reader = DMAReader(addr_width=addr_width, data_width=data_width,
+                                words_bits=words_bits, fifo_depth=fifo_depth)  # fmt: skip
+        self.writer = DMAWriter(addr_width=addr_width, data_width=data_width, words_bits=words_bits)
+        super().__init__(
+            {
+                "bus": Out(AXI4Signature(addr_width=addr_width, data_width=data_width)),
+                "rd_cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
+                "rd": Out(stream.Signature(read_word_layout(data_width))),
+                "wr_cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
+                "wr": In(stream.Signature(unsigned(data_width))),
+                "rd_idle": Out(1),
+                "wr_idle": Out(1),
+                "error": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = rd = self.reader
+        m.submodules.writer = wr = self.writer
+        connect_subset(m, self.bus, rd.bus)
+        connect_subset(m, self.bus, wr.bus)
+        wiring.connect(m, wiring.flipped(self.rd_cmd), rd.cmd)
+        wiring.connect(m, rd.o, wiring.flipped(self.rd))
+        wiring.connect(m, wiring.flipped(self.wr_cmd), wr.cmd)
+        wiring.connect(m, wiring.flipped(self.wr), wr.i)
+        m.d.comb += [
+            self.rd_idle.eq(rd.idle),
+            self.wr_idle.eq(wr.idle),
+            self.error.eq(rd.error | wr.error),
+        ]
+        return m
+
+
+# ---- top-level port naming ------------------------------------------------------------------
+
+
+def prefixed_members(signature: wiring.Signature, prefix: str) -> dict:
+    """The members of a flat bus signature as plain ports ``prefix + name``, same flows.
+
+    Amaranth names a member interface's ports ``bus__awaddr``; the Vivado convention wants
+    ``m_axi_awaddr``, so the top declares these plain members and joins them to the bus with
+    :func:`connect_prefixed`. Pass the signature as the sub-component sees it (a slave's
+    flipped signature gives ``In`` address ports).
+    """
+    return {prefix + name: member.flow(member.shape) for name, member in signature.members.items()}
+
+
+def connect_prefixed(m: Module, top, prefix: str, iface) -> None:
+    """Join ``top.<prefix><name>`` (declared by :func:`prefixed_members`) to ``iface.<name>``."""
+    for name, member in iface.signature.members.items():
+        port = getattr(top, prefix + name)
+        if member.flow == Out:
+            m.d.comb += port.eq(getattr(iface, name))
+        else:
+            m.d.comb += getattr(iface, name).eq(port)
