@@ -14,10 +14,9 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from vitaccel.boards.vivado import check_top_ports
+from vitaccel.isa import ACCEL_ID, Reg
 from vitaccel.rtl.axi import (
     DMA,
-    ID_VALUE,
-    REG,
     AXI4Signature,
     DMAReader,
     DMAWriter,
@@ -197,47 +196,47 @@ def test_register_file_map_start_done_irq():
             seen["start"] += start
 
     async def tb(ctx):
-        assert await host.read(ctx, REG["ID"]) == ID_VALUE
-        assert await host.read(ctx, REG["CONFIG"]) == 0x1234_0481
-        await host.write(ctx, REG["PROG_ADDR_LO"], 0x8000_0040)
-        await host.write(ctx, REG["PROG_ADDR_HI"], 0x12)
-        await host.write(ctx, REG["DATA_BASE_LO"], 0xFFFF_FFFF)
-        await host.write(ctx, REG["DATA_BASE_LO"], 0x0000_AB00, strb=0b0010)  # one byte lane
+        assert await host.read(ctx, Reg.ID) == ACCEL_ID
+        assert await host.read(ctx, Reg.CONFIG) == 0x1234_0481
+        await host.write(ctx, Reg.PROG_ADDR_LO, 0x8000_0040)
+        await host.write(ctx, Reg.PROG_ADDR_HI, 0x12)
+        await host.write(ctx, Reg.DATA_BASE_LO, 0xFFFF_FFFF)
+        await host.write(ctx, Reg.DATA_BASE_LO, 0x0000_AB00, strb=0b0010)  # one byte lane
         assert ctx.get(dut.prog_addr) == 0x12_8000_0040
         assert ctx.get(dut.data_base) == 0xFFFF_ABFF
-        assert await host.read(ctx, REG["PROG_ADDR_HI"]) == 0x12
+        assert await host.read(ctx, Reg.PROG_ADDR_HI) == 0x12
         assert await host.read(ctx, 0x3C) == 0  # unmapped
         # START with IRQ_ENABLE
-        await host.write(ctx, REG["CTRL"], 0b011)
+        await host.write(ctx, Reg.CTRL, 0b011)
         assert seen["start"] == 1
         ctx.set(dut.busy, 1)
-        await host.write(ctx, REG["CTRL"], 0b011)  # ignored while busy
+        await host.write(ctx, Reg.CTRL, 0b011)  # ignored while busy
         assert seen["start"] == 1
         ctx.set(dut.cycles, 0x5_0000_0007)
         ctx.set(dut.pc, 9)
-        assert await host.read(ctx, REG["STATUS"]) == 0b001
-        assert await host.read(ctx, REG["PC"]) == 9
-        assert await host.read(ctx, REG["CYCLES_LO"]) == 7
+        assert await host.read(ctx, Reg.STATUS) == 0b001
+        assert await host.read(ctx, Reg.PC) == 9
+        assert await host.read(ctx, Reg.CYCLES_LO) == 7
         ctx.set(dut.cycles, 0x6_0000_0000)  # HI was latched with LO
-        assert await host.read(ctx, REG["CYCLES_HI"]) == 5
+        assert await host.read(ctx, Reg.CYCLES_HI) == 5
         assert not ctx.get(dut.irq)
         ctx.set(dut.done_set, 1)
         ctx.set(dut.busy, 0)
         await ctx.tick()
         ctx.set(dut.done_set, 0)
         assert ctx.get(dut.irq)
-        assert await host.read(ctx, REG["STATUS"]) == 0b010
-        await host.write(ctx, REG["CTRL"], 0b110)  # IRQ_CLEAR (keeps IRQ_ENABLE)
+        assert await host.read(ctx, Reg.STATUS) == 0b010
+        await host.write(ctx, Reg.CTRL, 0b110)  # IRQ_CLEAR (keeps IRQ_ENABLE)
         assert not ctx.get(dut.irq)
-        assert await host.read(ctx, REG["STATUS"]) == 0b000
+        assert await host.read(ctx, Reg.STATUS) == 0b000
         ctx.set(dut.error_set, 1)
         await ctx.tick()
         ctx.set(dut.error_set, 0)
-        assert await host.read(ctx, REG["STATUS"]) == 0b110
+        assert await host.read(ctx, Reg.STATUS) == 0b110
         assert ctx.get(dut.irq)
-        await host.write(ctx, REG["CTRL"], 0b001)  # START without IRQ_ENABLE clears DONE/ERROR
+        await host.write(ctx, Reg.CTRL, 0b001)  # START without IRQ_ENABLE clears DONE/ERROR
         assert seen["start"] == 2
-        assert await host.read(ctx, REG["STATUS"]) == 0b000
+        assert await host.read(ctx, Reg.STATUS) == 0b000
         ctx.set(dut.done_set, 1)
         await ctx.tick()
         assert not ctx.get(dut.irq)

@@ -23,6 +23,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from vitaccel.isa import ACCEL_ID, Reg
 from vitaccel.rtl.common import check_int, silence_unused
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "DMAReader",
     "DMAWriter",
     "DMA",
-    "REG",
-    "ID_VALUE",
     "WORD_BYTES",
     "MAX_BURST",
     "dma_cmd_layout",
@@ -47,23 +46,6 @@ __all__ = [
 
 WORD_BYTES = 16  # AXI data beat = scratchpad word
 MAX_BURST = 16  # beats per burst (256 bytes); AXI4 allows 256, 16 keeps the interconnect fair
-ID_VALUE = 0x56544143  # "VTAC"
-
-# Register byte offsets (docs/isa.md).
-REG = {
-    "CTRL": 0x00,
-    "STATUS": 0x04,
-    "PROG_ADDR_LO": 0x08,
-    "PROG_ADDR_HI": 0x0C,
-    "DATA_BASE_LO": 0x10,
-    "DATA_BASE_HI": 0x14,
-    "CYCLES_LO": 0x18,
-    "CYCLES_HI": 0x1C,
-    "PC": 0x20,
-    "ID": 0x24,
-    "CONFIG": 0x28,
-}
-
 OKAY, SLVERR = 0b00, 0b10
 BURST_INCR = 0b01
 # Normal non-cacheable bufferable: what Xilinx masters use towards the HP ports.
@@ -260,7 +242,7 @@ class RegisterFile(wiring.Component):
         irq_clear = Signal()
         with m.If(take_w):
             with m.Switch(bus.awaddr[2 : self.addr_width]):
-                with m.Case(REG["CTRL"] >> 2):
+                with m.Case(Reg.CTRL >> 2):
                     with m.If(bus.wstrb[0]):
                         m.d.comb += [start_req.eq(bus.wdata[0]), irq_clear.eq(bus.wdata[2])]
                         m.d.sync += irq_enable.eq(bus.wdata[1])
@@ -270,7 +252,7 @@ class RegisterFile(wiring.Component):
                     ("DATA_BASE_LO", self.data_base, 0),
                     ("DATA_BASE_HI", self.data_base, 32),
                 ):
-                    with m.Case(REG[name] >> 2):
+                    with m.Case(Reg[name] >> 2):
                         for b in range(4):
                             with m.If(bus.wstrb[b]):
                                 m.d.sync += reg[base + 8 * b : base + 8 * b + 8].eq(
@@ -296,28 +278,28 @@ class RegisterFile(wiring.Component):
         with m.If(bus.arvalid & ~bus.rvalid):
             m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0)]
             with m.Switch(bus.araddr[2 : self.addr_width]):
-                with m.Case(REG["STATUS"] >> 2):
+                with m.Case(Reg.STATUS >> 2):
                     m.d.sync += bus.rdata.eq(Cat(self.busy, done, error))
-                with m.Case(REG["PROG_ADDR_LO"] >> 2):
+                with m.Case(Reg.PROG_ADDR_LO >> 2):
                     m.d.sync += bus.rdata.eq(self.prog_addr[:32])
-                with m.Case(REG["PROG_ADDR_HI"] >> 2):
+                with m.Case(Reg.PROG_ADDR_HI >> 2):
                     m.d.sync += bus.rdata.eq(self.prog_addr[32:])
-                with m.Case(REG["DATA_BASE_LO"] >> 2):
+                with m.Case(Reg.DATA_BASE_LO >> 2):
                     m.d.sync += bus.rdata.eq(self.data_base[:32])
-                with m.Case(REG["DATA_BASE_HI"] >> 2):
+                with m.Case(Reg.DATA_BASE_HI >> 2):
                     m.d.sync += bus.rdata.eq(self.data_base[32:])
-                with m.Case(REG["CYCLES_LO"] >> 2):
+                with m.Case(Reg.CYCLES_LO >> 2):
                     m.d.sync += [
                         bus.rdata.eq(self.cycles[:32]),
                         cycles_hi_latch.eq(self.cycles[32:]),
                     ]
-                with m.Case(REG["CYCLES_HI"] >> 2):
+                with m.Case(Reg.CYCLES_HI >> 2):
                     m.d.sync += bus.rdata.eq(cycles_hi_latch)
-                with m.Case(REG["PC"] >> 2):
+                with m.Case(Reg.PC >> 2):
                     m.d.sync += bus.rdata.eq(self.pc)
-                with m.Case(REG["ID"] >> 2):
-                    m.d.sync += bus.rdata.eq(ID_VALUE)
-                with m.Case(REG["CONFIG"] >> 2):
+                with m.Case(Reg.ID >> 2):
+                    m.d.sync += bus.rdata.eq(ACCEL_ID)
+                with m.Case(Reg.CONFIG >> 2):
                     m.d.sync += bus.rdata.eq(self.config)
         return m
 
