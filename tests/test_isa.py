@@ -26,8 +26,8 @@ def test_every_constructor_round_trips():
 def test_field_layout_is_little_endian_and_documented():
     raw = isa.encode(isa.load(spm=0x0102, words=0x0304, ddr=0x0708_0506))
     assert raw[:10] == bytes([1, 0, 0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07])
-    i = isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, out_int16=True, out_transposed=True)
-    assert i.op is Op.MATMUL and i.flags == MatmulFlags.W_SPM | MatmulFlags.OUT_INT16 | MatmulFlags.OUT_T
+    i = isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, out_transposed=True)
+    assert i.op is Op.MATMUL and i.flags == MatmulFlags.W_SPM | MatmulFlags.OUT_T
     assert i.u32(8) == 0
 
 

@@ -52,7 +52,7 @@ class Op(enum.IntEnum):
 class MatmulFlags(enum.IntFlag):
     X_UNSIGNED = 1
     W_SPM = 2
-    OUT_INT16 = 4
+    # bit 2 (value 4) is reserved
     HEADS = 8
     OUT_T = 16
 
@@ -165,7 +165,6 @@ def matmul(
     head_w_step: int = 0,
     head_y_step: int = 0,
     x_unsigned: bool = False,
-    out_int16: bool = False,
     out_transposed: bool = False,
 ) -> Instr:
     """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention)."""
@@ -176,8 +175,6 @@ def matmul(
     flags = MatmulFlags(0)
     if x_unsigned:
         flags |= MatmulFlags.X_UNSIGNED
-    if out_int16:
-        flags |= MatmulFlags.OUT_INT16
     if out_transposed:
         flags |= MatmulFlags.OUT_T
     if heads:

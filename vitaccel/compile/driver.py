@@ -10,7 +10,7 @@ package works in simulation.
 
     drv = Driver(SimBackend(design))          # or Driver(PynqBackend("vitaccel.bit"))
     drv.load(compiled)
-    result = drv.infer(patches)               # logits (int16 codes) and cycles
+    result = drv.infer(patches)               # logits (int8 codes) and cycles
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def inference_steps(
         Step("read_reg", Reg.CYCLES_LO),
         Step("read_reg", Reg.CYCLES_HI),
         Step("read_reg", Reg.STATUS),
-        Step("read_mem", compiled.output_offset, 2 * compiled.classes),
+        Step("read_mem", compiled.output_offset, compiled.classes),
     ]
     return steps
 
@@ -78,7 +78,7 @@ class Backend(Protocol):
 
 def _parse(compiled: Compiled, reads: list) -> InferResult:
     lo, hi, status, out = reads[-4:]
-    logits = np.frombuffer(bytes(out), dtype="<i2").astype(np.int64)
+    logits = np.frombuffer(bytes(out), dtype=np.int8).astype(np.int64)
     return InferResult(logits, int(lo) | int(hi) << 32, int(status))
 
 

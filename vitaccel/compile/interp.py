@@ -105,11 +105,10 @@ def _matmul(m: Machine, i: isa.Instr, codec) -> None:
             off = i.u32(8)
             raw = bytes(m.ddr[off : off + codec.stream_bytes(n, k)])
             w, bias, mult, shift = codec.unpack(raw, n, k)
-        lo, hi = (-32768, 32767) if fl & MatmulFlags.OUT_INT16 else (ref.INT8_MIN, ref.INT8_MAX)
-        y = ref.requantize(ref.matmul_int(x, w, bias), mult, shift, lo, hi)
+        y = ref.requantize(ref.matmul_int(x, w, bias), mult, shift)
         if fl & MatmulFlags.OUT_T:
             y = y.T
-        m.write(i.f(6) + h * i.f(15), y, i.f(7), elem_bytes=2 if fl & MatmulFlags.OUT_INT16 else 1)
+        m.write(i.f(6) + h * i.f(15), y, i.f(7))
 
 
 def step(m: Machine, i: isa.Instr, codec) -> bool:

@@ -14,7 +14,7 @@ Dataflow of one encoder block (pre-LN), each arrow an integer operator::
 
 The residual stream is int8 with per-channel power-of-two factors (FQ-ViT PTF) so the
 LayerNorm sees every channel on one scale; every other activation is int8 per-tensor.
-Logits come out of the classifier head as int16 on one common scale.
+Logits come out of the classifier head as int8 on one common scale.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ __all__ = [
 ]
 
 SCHEMES = ("w8a8", "w4a8", "mixed")
-LOGIT_MIN, LOGIT_MAX = -32768, 32767
+# Logits are int8 like every other matmul output (the engine has one output path); the
+# classifier scale keeps 25 % headroom over calibration. On digits this loses nothing against
+# int16 logits (same top-1 and agreement on the 360 test images).
+LOGIT_MIN, LOGIT_MAX = ref.INT8_MIN, ref.INT8_MAX
+LOGIT_HEADROOM = 1.25
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,7 @@ class IntViT:
 
     # ---- the integer forward -----------------------------------------------------------
     def forward_patches(self, patches: np.ndarray, capture: dict | None = None) -> np.ndarray:
-        """int8 patches (B, patches, patch_dim) -> int16 logits (B, classes)."""
+        """int8 patches (B, patches, patch_dim) -> int8 logits (B, classes)."""
         spec = self.spec
         cap = capture if capture is not None else {}
         heads, hd = spec.heads, spec.head_dim
@@ -541,7 +545,7 @@ def quantize_model(
         base, alpha, x_scale = base2, alpha2, x2_scale
     s_norm = scales.act_scale(_absmax(tr["norm"]))
     norm = _layernorm(model.norm, base, alpha, s_norm)
-    s_logits = _absmax(tr["logits"]) * 2 / LOGIT_MAX  # 2x headroom for unseen images
+    s_logits = _absmax(tr["logits"]) * LOGIT_HEADROOM / LOGIT_MAX
     head = _linear(
         "head",
         model.head.weight,
