@@ -1,0 +1,82 @@
+"""Compiler + ISA interpreter: the compiled program reproduces the golden model bit for bit."""
+
+import numpy as np
+import pytest
+
+from vitaccel.compile import interp
+from vitaccel.compile.compiler import CompileError, compile_model
+from vitaccel.compile.driver import Driver, InterpBackend
+from vitaccel.design import ArrayConfig, Design
+from vitaccel.flow.build import default_design
+from vitaccel.flow.codec import GVSACodec, codec_for
+from vitaccel.models.evaluate import prepare
+from vitaccel.models.golden import QuantConfig
+from vitaccel.rtl.matmul import EngineParams
+
+
+@pytest.fixture(scope="module")
+def digits():
+    spec, model, golden, x, y = prepare("digits-vit", images=12)
+    return golden, golden.quantize_images(x)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_program_equals_golden_on_real_images(digits, groups):
+    golden, patches = digits
+    design = Design(array=ArrayConfig(groups=groups, rows=4, cols=4, vector=8))
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=groups, codec=codec)
+    expect = golden.forward_patches(patches)
+    for j in range(len(patches)):
+        m = interp.run(compiled.image_with_input(patches[j]), codec, spm_words=compiled.spm_words)
+        got = compiled.read_logits(m.ddr)
+        assert np.array_equal(got, expect[j]), (
+            f"image {j}: first mismatch at class {np.flatnonzero(got != expect[j])[0]}"
+        )
+
+
+def test_packed_w_stream_decodes_to_the_layer(digits):
+    golden, _ = digits
+    codec = GVSACodec(EngineParams(groups=2, rows=4, cols=4, vector=8))
+    for name, layer in golden.linear_layers().items():
+        raw = codec.pack(layer.weight.q, layer.weight.kind, layer.bias, layer.mult, layer.shift)
+        q, bias, mult, shift = codec.unpack(raw, layer.out_features, layer.in_features)
+        assert np.array_equal(q, layer.weight.q), name
+        assert (
+            np.array_equal(bias, layer.bias)
+            and np.array_equal(mult, layer.mult)
+            and np.array_equal(shift, layer.shift)
+        ), name
+
+
+def test_image_is_deterministic(digits):
+    golden, _ = digits
+    codec = codec_for(default_design("digits-vit", "zcu102"))
+    a = compile_model(golden, groups=1, codec=codec).image
+    b = compile_model(golden, groups=1, codec=codec).image
+    assert a == b
+
+
+def test_driver_on_the_interpreter(digits):
+    golden, patches = digits
+    codec = codec_for(default_design("digits-vit", "zcu102"))
+    compiled = compile_model(golden, groups=1, codec=codec)
+    drv = Driver(InterpBackend(codec, spm_words=compiled.spm_words))
+    drv.load(compiled)
+    results = drv.infer_batch(list(patches[:3]))
+    assert [r.logits.tolist() for r in results] == golden.forward_patches(patches[:3]).tolist()
+
+
+def test_unsupported_configurations_are_clear_errors():
+    spec, model, golden, x, y = prepare(
+        "digits-vit", config=QuantConfig(softmax_output="log2"), images=1
+    )
+    with pytest.raises(CompileError, match="uint8"):
+        compile_model(golden, groups=1, codec=codec_for(default_design("digits-vit", "zcu102")))
+    with pytest.raises(CompileError, match="W8"):
+        GVSACodec(EngineParams(cols=4, w4_share=0.5))
+    _, _, golden, _, _ = prepare("digits-vit", images=1)
+    with pytest.raises(CompileError, match="scratchpad too small"):
+        compile_model(
+            golden, groups=1, codec=codec_for(default_design("digits-vit", "zcu102")), spm_words=100
+        )

@@ -1,0 +1,98 @@
+"""The packed W stream of a linear layer in DDR, in the GVSA engine's own format.
+
+Packing is the engine's (:func:`vitaccel.rtl.matmul.pack_job`); this module only lays the
+engine's ``w`` stream words into 16-byte DDR slots (one slot per stream word, so the DMA
+feeds the stream one beat per word) and decodes them again for the ISA interpreter. The
+decoder reads the parameter word and weight bytes at the positions the engine's packer
+wrote them, so an interpreter run on a compiled image checks the packing too.
+
+Whole-model programs need the identity column plan (every column W8): channel n of a step
+is column ``n - s * groups * cols``, so the output writer stores words as they come.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vitaccel.compile.compiler import CompileError, WCodec
+from vitaccel.isa import WORD_BYTES
+
+__all__ = ["GVSACodec", "codec_for"]
+
+
+class GVSACodec(WCodec):
+    def __init__(self, params):
+        from vitaccel.rtl.matmul import MULT_BITS
+
+        if params.cols_w4:
+            raise CompileError(
+                "whole-model programs need an all-W8 array (w4_share = 0): mixed W4/W8 columns "
+                "permute output channels, which the output writer does not map yet"
+            )
+        self.params = params
+        self.mult_bits = MULT_BITS
+        wbytes = -(-params.w_word_bits // 8)
+        self.slot = -(-wbytes // WORD_BYTES) * WORD_BYTES
+        self.wbytes = wbytes
+
+    def _ks(self, k: int) -> int:
+        return -(-k // self.params.vector)
+
+    def _nsteps(self, n: int) -> int:
+        p = self.params
+        return max(1, -(-n // (p.groups * p.cols)))
+
+    def stream_bytes(self, n: int, k: int) -> int:
+        p = self.params
+        return self._nsteps(n) * p.groups * p.cols * (self._ks(k) + 1) * self.slot
+
+    def pack(self, q, kind, bias, mult, shift) -> bytes:
+        from vitaccel.rtl.matmul import pack_job
+
+        q = np.asarray(q, dtype=np.int64)
+        job = pack_job(
+            np.zeros((1, q.shape[1]), dtype=np.int64),
+            q,
+            np.zeros(len(q), dtype=np.int64),
+            bias,
+            mult,
+            shift,
+            self.params,
+        )
+        words = job.w_words
+        slots = np.zeros((len(words), self.slot), dtype=np.uint8)
+        slots[:, : words.shape[1]] = words
+        raw = slots.tobytes()
+        assert len(raw) == self.stream_bytes(*q.shape)
+        return raw
+
+    def unpack(self, raw: bytes, n: int, k: int):
+        p = self.params
+        ks = self._ks(k)
+        a = np.frombuffer(raw, dtype=np.uint8).reshape(-1, self.slot)[:, : self.wbytes]
+        q = np.zeros((n, k), dtype=np.int64)
+        bias = np.zeros(n, dtype=np.int64)
+        mult = np.zeros(n, dtype=np.int64)
+        shift = np.zeros(n, dtype=np.int64)
+        at = 0
+        acc_mask = (1 << p.acc_bits) - 1
+        for s in range(self._nsteps(n)):
+            for g in range(p.groups):
+                for c in range(p.cols):
+                    ch = (s * p.groups + g) * p.cols + c
+                    pw = int.from_bytes(a[at].tobytes(), "little")
+                    if ch < n:
+                        b = pw & acc_mask
+                        bias[ch] = b - (1 << p.acc_bits) if b >> (p.acc_bits - 1) else b
+                        mult[ch] = (pw >> p.acc_bits) & ((1 << self.mult_bits) - 1)
+                        shift[ch] = pw >> (p.acc_bits + self.mult_bits) & 0x3F
+                        w = a[at + 1 : at + 1 + ks, : p.vector].reshape(-1)[:k]
+                        q[ch] = w.view(np.int8).astype(np.int64)
+                    at += 1 + ks
+        return q, bias, mult, shift
+
+
+def codec_for(design) -> GVSACodec:
+    from vitaccel.rtl.matmul import EngineParams
+
+    return GVSACodec(EngineParams.from_array(design.array))
