@@ -1,0 +1,147 @@
+"""AILayerNorm in Amaranth's simulator: bit-exact against ref.ailayernorm, framing, throughput."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from vitaccel.flow.unit_nonlinear import layernorm_inputs, layernorm_params
+from vitaccel.quant.ref import ailayernorm
+from vitaccel.rtl.layernorm import AILayerNorm
+from vitaccel.sim.tb_nonlinear import amaranth_run_rows
+
+
+def _restrict(params, channels):
+    """The same layer's constants for the first ``channels`` channels (1/C recomputed)."""
+    small = layernorm_params(params.alpha[:channels])
+    return dataclasses.replace(
+        params,
+        alpha=params.alpha[:channels],
+        gain=params.gain[:channels],
+        bias=params.bias[:channels],
+        recip_mult=small.recip_mult,
+        recip_shift=small.recip_shift,
+    )
+
+
+def _run(dut, params, rows, row_params=None, **kwargs):
+    """Load params' per-channel constants, then stream rows with per-row scalars."""
+    row_params = row_params or [params] * len(rows)
+
+    async def setup(ctx):
+        for c in range(params.channels):
+            ctx.set(dut.const_addr, c)
+            ctx.set(dut.const_alpha, int(params.alpha[c]))
+            ctx.set(dut.const_gain, int(params.gain[c]))
+            ctx.set(dut.const_bias, int(params.bias[c]))
+            ctx.set(dut.const_we, 1)
+            await ctx.tick()
+        ctx.set(dut.const_we, 0)
+
+    def row_setup(ctx, r):
+        p = row_params[r]
+        ctx.set(dut.recip_mult, p.recip_mult)
+        ctx.set(dut.recip_shift, p.recip_shift)
+        ctx.set(dut.out_shift, p.out_shift)
+        ctx.set(dut.eps_q, p.eps_q)
+
+    return amaranth_run_rows(dut, rows, setup=setup, row_setup=row_setup, **kwargs)
+
+
+def _check(rows, row_params, res):
+    assert not res["errors"], res["errors"]
+    for r, (row, p, got) in enumerate(zip(rows, row_params, res["rows"], strict=True)):
+        exp = ailayernorm(row, p)
+        bad = np.flatnonzero(exp != got)
+        assert bad.size == 0, f"row {r} index {bad[0]}: expected {exp[bad[0]]}, got {got[bad[0]]}"
+
+
+def _case(rng, channels, n_model=4):
+    x, base, alpha, _ = layernorm_inputs(rng, n_model, channels)
+    params = layernorm_params(alpha, rng=rng, in_scale=base)
+    rows = list(x) + [
+        rng.integers(-128, 128, channels),
+        np.full(channels, 127),  # all equal (variance 0: eps only)
+        np.full(channels, -128),
+        np.where(np.arange(channels) == channels // 2, 127, -128),  # one huge
+        np.where(np.arange(channels) % 2 == 0, 127, -128),  # saturation both ways
+    ]
+    return params, rows
+
+
+@pytest.mark.parametrize("lanes, channels", [(1, 24), (3, 20), (4, 22), (4, 1), (2, 5)])
+def test_ailayernorm_matches_reference_with_stalls(lanes, channels):
+    rng = np.random.default_rng(lanes * 100 + channels)
+    params, rows = _case(rng, channels)
+    dut = AILayerNorm(lanes=lanes, max_channels=32)
+    res = _run(dut, params, rows, stall_in=0.3, stall_out=0.4, seed=lanes)
+    _check(rows, [params] * len(rows), res)
+
+
+def test_ailayernorm_per_row_scalars_and_row_lengths():
+    """Rows of two layers (C = 20 and C = 12 sharing constants) interleaved: the scalars are
+    sampled with each row's first beat and travel with the row."""
+    rng = np.random.default_rng(5)
+    params, rows20 = _case(rng, 20, n_model=3)
+    p12 = dataclasses.replace(_restrict(params, 12), out_shift=params.out_shift - 1, eps_q=7)
+    rows, row_params = [], []
+    for row in rows20:
+        rows += [row, row[:12]]
+        row_params += [params, p12]
+    dut = AILayerNorm(lanes=4, max_channels=20)
+    res = _run(dut, params, rows, row_params, stall_out=0.2)
+    _check(rows, row_params, res)
+
+
+def test_ailayernorm_other_widths():
+    rng = np.random.default_rng(9)
+    params, rows = _case(rng, 10, n_model=2)
+    params = layernorm_params(params.alpha, rng=rng, gain_bits=12, bias_bits=18, in_scale=0.02)
+    dut = AILayerNorm(lanes=2, max_channels=10, gain_bits=12, bias_bits=18)
+    _check(rows, [params] * len(rows), _run(dut, params, rows))
+
+
+@pytest.mark.parametrize("lanes, channels", [(1, 16), (4, 16), (4, 3), (2, 33)])
+def test_ailayernorm_rows_back_to_back(lanes, channels):
+    """Once full, one beat per cycle out, no bubble between rows (three rows overlap)."""
+    rng = np.random.default_rng(channels)
+    x, base, alpha, _ = layernorm_inputs(rng, 20, channels)
+    params = layernorm_params(alpha, rng=rng, in_scale=base)
+    rows = list(x)
+    dut = AILayerNorm(lanes=lanes, max_channels=40)
+    res = _run(dut, params, rows)
+    _check(rows, [params] * len(rows), res)
+    beats = len(rows) * -(-channels // lanes)
+    assert res["last_out"] - res["first_out"] + 1 == beats
+
+
+def test_ailayernorm_busy_flag():
+    rng = np.random.default_rng(1)
+    params, rows = _case(rng, 6, n_model=1)
+    dut = AILayerNorm(lanes=2, max_channels=8)
+    seen = []
+
+    async def finish(ctx):
+        seen.append(ctx.get(dut.busy))
+
+    res = _run(dut, params, rows[:2], finish=finish)
+    _check(rows[:2], [params] * 2, res)
+    assert seen == [0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"lanes": 33}, ValueError),
+        ({"lanes": None}, TypeError),
+        ({"in_bits": 13}, ValueError),
+        ({"max_channels": 0}, ValueError),
+        ({"gain_bits": 1}, ValueError),
+        ({"bias_bits": 41}, ValueError),
+        ({"mult_bits": 0}, ValueError),
+        ({"row_queue": 2}, ValueError),
+    ],
+)
+def test_ailayernorm_rejects_bad_parameters(kwargs, exc):
+    with pytest.raises(exc, match=next(iter(kwargs))):
+        AILayerNorm(**kwargs)

@@ -1,0 +1,611 @@
+"""AILayerNorm unit (SOLE): PTF alignment, compressed statistics, folded affine, int8 out.
+
+Bit-exact hardware form of :func:`vitaccel.quant.ref.ailayernorm` (statistics as
+:func:`vitaccel.quant.ref.ailayernorm_stats`); those docstrings are the definition. The
+centred variance needs the mean first, so each row passes three stages, each streaming one
+beat of ``lanes`` channels per cycle over a shared ring of row buffers::
+
+    i ─► stage 1: align x << alpha_c, write ring, sum ─► mean = sum*recip (shift-add)
+                                                                │ row queue 1
+          stage 2: read ring, d = x' - mean, 4-bit compressed   ▼
+                   squares (16-entry table + shifts), sum ─► var, 1/sqrt (64-entry table)
+                                                                │ row queue 2
+          stage 3: read ring, z = d*isq >> s, y = (z*gain_c + bias_c) >> out_shift ─► o
+
+Rows of any length follow each other without bubbles: stage 1 of row r+2 overlaps stage 2
+of row r+1 and stage 3 of row r. Every multiplier is a shift-add tree in LUT fabric
+(:func:`vitaccel.rtl.common.shift_add_mul`), so the unit uses no DSP48E2.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from vitaccel.quant.ref import (
+    INT8_MAX,
+    INT8_MIN,
+    INV_SQRT_BITS,
+    INV_SQRT_LUT,
+    INV_SQRT_MANT,
+    NORM_FRAC,
+    SQUARE_LUT16,
+)
+from vitaccel.rtl.common import (
+    check_int,
+    count_bits,
+    delay,
+    leading_one,
+    row_signature,
+    rshift_round,
+    shift_add_mul,
+    silence_unused,
+)
+
+__all__ = ["AILayerNorm"]
+
+MAX_ALPHA = 3  # PTF factors are 0..3 (LayerNormParams.alpha)
+# Ring slack beyond two rows: covers the pipeline latency of all three stages (~35 cycles).
+RING_SLACK = 48
+
+
+class AILayerNorm(wiring.Component):
+    """AILayerNorm over rows of C channels (C <= ``max_channels``), ``lanes`` per cycle.
+
+    Parameters
+    ----------
+    lanes : int
+        Channels per beat and per cycle, 1..32.
+    in_bits : int
+        Signed input width, 2..12 (8 in the model). The output is int8, as the reference
+        clamps to [-128, 127].
+    max_channels : int
+        Largest C, 1..8192: sizes the constant memories and the ring (two rows plus slack).
+    gain_bits, bias_bits : int
+        Signed widths of the per-channel folded constants (``LayerNormParams.gain/bias``).
+    mult_bits : int
+        Width of ``recip_mult`` (``dyadic(1/C)`` gives 16 bits).
+    row_queue : int
+        Rows that may be in flight after their last input beat (queue depth, 4..64).
+
+    Members
+    -------
+    i : ``In(stream.Signature(row_layout(signed(in_bits), lanes)))``
+        One row (token) of C channels, channel 0 in lane 0 of the first beat; ``count`` valid
+        lanes (``lanes`` except on the last beat), ``last`` on the row's final beat.
+    o : ``Out(stream.Signature(row_layout(signed(8), lanes)))``
+        The normalised row, same framing.
+    recip_mult, recip_shift, out_shift, eps_q : ``In``
+        Per-layer scalars of ``LayerNormParams`` (``recip_shift``/``out_shift`` 0..63,
+        ``eps_q`` 16 bits), sampled with each row's first beat and carried with the row.
+        Exactness needs ``recip_mult * C <= 2 * 2**recip_shift`` (a reciprocal of C, as
+        ``dyadic(1/C)`` gives), so the mean fits ``in_bits + 5`` bits.
+    const_addr, const_alpha, const_gain, const_bias, const_we : ``In``
+        Write port of the per-channel constants: on a cycle with ``const_we`` high, channel
+        ``const_addr`` gets ``alpha`` (0..3), ``gain`` and ``bias``. Load them while the unit
+        is not busy (between layers); they persist across reset.
+    busy : ``Out(1)``
+        Some row is partly received or not yet fully sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        lanes: int = 1,
+        in_bits: int = 8,
+        max_channels: int = 768,
+        gain_bits: int = 16,
+        bias_bits: int = 24,
+        mult_bits: int = 16,
+        row_queue: int = 32,
+    ):
+        try:
+            self.lanes = check_int("lanes", lanes, 1, 32)
+            self.in_bits = check_int("in_bits", in_bits, 2, 12)
+            self.max_channels = check_int("max_channels", max_channels, 1, 8192)
+            self.gain_bits = check_int("gain_bits", gain_bits, 2, 24)
+            self.bias_bits = check_int("bias_bits", bias_bits, 2, 40)
+            self.mult_bits = check_int("mult_bits", mult_bits, 1, 24)
+            self.row_queue = check_int("row_queue", row_queue, 4, 64)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.out_bits = 8
+        self.max_beats = -(-max_channels // lanes)
+        self.ring_depth = 2 * self.max_beats + RING_SLACK
+        super().__init__(
+            {
+                "i": In(row_signature(signed(in_bits), lanes)),
+                "o": Out(row_signature(signed(8), lanes)),
+                "recip_mult": In(unsigned(mult_bits)),
+                "recip_shift": In(unsigned(6)),
+                "out_shift": In(unsigned(6)),
+                "eps_q": In(unsigned(16)),
+                "const_addr": In(unsigned(bits_for(max_channels - 1))),
+                "const_alpha": In(unsigned(2)),
+                "const_gain": In(signed(gain_bits)),
+                "const_bias": In(signed(bias_bits)),
+                "const_we": In(1),
+                "busy": Out(1),
+            }
+        )
+
+    # -- widths (see the module docstring of vitaccel.quant.ref for the arithmetic) ---------
+
+    @property
+    def aligned_bits(self) -> int:
+        return self.in_bits + MAX_ALPHA
+
+    @property
+    def mean_bits(self) -> int:
+        return self.in_bits + 5
+
+    @property
+    def d_bits(self) -> int:
+        return self.in_bits + 6
+
+    @property
+    def square_bits(self) -> int:
+        # e <= d_bits - 5, so sq < 2**10 << (2e - 2)
+        return 10 + 2 * (self.d_bits - 5) - 2 + 1
+
+    @property
+    def z_bits(self) -> int:
+        # |d * isq| < 2**(d_bits - 1 + INV_SQRT_BITS), shifted right by >= 6
+        return self.d_bits + INV_SQRT_BITS - (INV_SQRT_BITS - NORM_FRAC) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = self.lanes
+        cb = count_bits(lanes)
+        ab, mw, dw = self.aligned_bits, self.mean_bits, self.d_bits
+        cw = bits_for(self.max_channels)
+        sum_w = ab + cw
+        sq_w = self.square_bits
+        vsum_w = sq_w + cw
+        var_w = vsum_w + self.mult_bits + 1
+        beats_shape = unsigned(bits_for(self.max_beats))
+
+        scalars = data.StructLayout(
+            {
+                "recip_mult": unsigned(self.mult_bits),
+                "recip_shift": unsigned(6),
+                "out_shift": unsigned(6),
+                "eps_q": unsigned(16),
+            }
+        )
+        ring_layout = data.StructLayout(
+            {
+                "data": data.ArrayLayout(signed(ab), lanes),
+                "count": unsigned(cb),
+                "last": unsigned(1),
+            }
+        )
+        m.submodules.ring = ring = Memory(shape=ring_layout, depth=self.ring_depth, init=[])
+        ring_w = ring.write_port()
+        ring_r2 = ring.read_port()
+        ring_r3 = ring.read_port()
+        aw = ceil_log2(self.ring_depth)
+
+        def wrap_inc(ptr):
+            return Mux(ptr == self.ring_depth - 1, 0, ptr + 1)
+
+        # ---------------- per-channel constants: lane l holds channels c = k*lanes + l -----
+        if lanes & (lanes - 1) == 0:
+            lane_sel = self.const_addr[: ceil_log2(lanes)] if lanes > 1 else Const(0, 1)
+            word_sel = self.const_addr >> ceil_log2(lanes)
+        else:
+            lane_sel = self.const_addr % lanes
+            word_sel = self.const_addr // lanes
+        gb_layout = data.StructLayout(
+            {"gain": signed(self.gain_bits), "bias": signed(self.bias_bits)}
+        )
+        alpha_rd, gb_rd = [], []
+        for lane in range(lanes):
+            alpha_mem = Memory(shape=unsigned(2), depth=self.max_beats, init=[])
+            gb_mem = Memory(shape=gb_layout, depth=self.max_beats, init=[])
+            m.submodules[f"alpha{lane}"] = alpha_mem
+            m.submodules[f"gainbias{lane}"] = gb_mem
+            we = self.const_we & (lane_sel == lane)
+            aw_port = alpha_mem.write_port()
+            gw_port = gb_mem.write_port()
+            m.d.comb += [
+                aw_port.addr.eq(word_sel),
+                aw_port.data.eq(self.const_alpha),
+                aw_port.en.eq(we),
+                gw_port.addr.eq(word_sel),
+                gw_port.data.gain.eq(self.const_gain),
+                gw_port.data.bias.eq(self.const_bias),
+                gw_port.en.eq(we),
+            ]
+            alpha_rd.append(alpha_mem.read_port())
+            gb_rd.append(gb_mem.read_port())
+
+        # ---------------- stage 1: accept, align, store, sum, mean -------------------------
+        used = Signal(range(self.ring_depth + 1))
+        in_flight = Signal(range(self.row_queue + 1))
+        in_row = Signal()
+        bcnt = Signal(range(self.max_beats + 1))
+        sc_row = Signal(scalars)
+        accept = Signal()
+        m.d.comb += [
+            self.i.ready.eq((used < self.ring_depth) & (in_flight < self.row_queue)),
+            accept.eq(self.i.valid & self.i.ready),
+        ]
+        first = ~in_row
+        sc_in = Signal(scalars)
+        m.d.comb += [
+            sc_in.recip_mult.eq(self.recip_mult),
+            sc_in.recip_shift.eq(self.recip_shift),
+            sc_in.out_shift.eq(self.out_shift),
+            sc_in.eps_q.eq(self.eps_q),
+        ]
+        sc_cur = Mux(first, sc_in, sc_row)
+        bidx = Mux(first, 0, bcnt)
+        for rp in alpha_rd:
+            m.d.comb += [rp.addr.eq(bidx), rp.en.eq(1)]
+        with m.If(accept):
+            m.d.sync += [
+                in_row.eq(~self.i.payload.last),
+                sc_row.eq(sc_cur),
+                bcnt.eq(bidx + 1),
+            ]
+
+        a_v, a_first, a_last = Signal(), Signal(), Signal()
+        a_x = Signal(data.ArrayLayout(signed(self.in_bits), lanes))
+        a_cnt = Signal(cb)
+        a_sc = Signal(scalars)
+        a_beats = Signal(beats_shape)
+        m.d.sync += [
+            a_v.eq(accept),
+            a_first.eq(first),
+            a_last.eq(self.i.payload.last),
+            a_x.eq(self.i.payload.data),
+            a_cnt.eq(self.i.payload.count),
+            a_sc.eq(sc_cur),
+            a_beats.eq(bidx + 1),
+        ]
+        # A: x' = x << alpha (alpha read with the accept), into the ring; masked lane sum.
+        wptr = Signal(aw)
+        aligned = [a_x[lane] << alpha_rd[lane].data for lane in range(lanes)]
+        m.d.comb += [ring_w.addr.eq(wptr), ring_w.en.eq(a_v)]
+        for lane in range(lanes):
+            m.d.comb += ring_w.data.data[lane].eq(aligned[lane])
+        m.d.comb += [ring_w.data.count.eq(a_cnt), ring_w.data.last.eq(a_last)]
+        with m.If(a_v):
+            m.d.sync += wptr.eq(wrap_inc(wptr))
+        group = aligned[0]
+        for lane in range(1, lanes):
+            group = group + Mux(a_cnt > lane, aligned[lane], 0)
+
+        b_v, b_first, b_last = Signal(), Signal(), Signal()
+        b_sum = Signal(signed(ab + ceil_log2(lanes) + 1))
+        b_sc = Signal(scalars)
+        b_beats = Signal(beats_shape)
+        m.d.sync += [
+            b_v.eq(a_v),
+            b_first.eq(a_first),
+            b_last.eq(a_last),
+            b_sum.eq(group),
+            b_sc.eq(a_sc),
+            b_beats.eq(a_beats),
+        ]
+        # B: row sum (exact, order-free).
+        acc1 = Signal(signed(sum_w))
+        acc1_next = Mux(b_first, 0, acc1) + b_sum
+        c_v = Signal()
+        c_sum = Signal(signed(sum_w))
+        c_sc = Signal(scalars)
+        c_beats = Signal(beats_shape)
+        with m.If(b_v):
+            m.d.sync += acc1.eq(acc1_next)
+        m.d.sync += [
+            c_v.eq(b_v & b_last),
+            c_sum.eq(acc1_next),
+            c_sc.eq(b_sc),
+            c_beats.eq(b_beats),
+        ]
+        # C..: mean = rshift_round(sum * recip_mult, recip_shift).
+        prod1, lat1 = shift_add_mul(m, c_sum, c_sc.recip_mult, name="mean_mul")
+        m1_v = delay(m, c_v, lat1, name="mean_v")
+        m1_sc = delay(m, c_sc, lat1, name="mean_sc")
+        m1_beats = delay(m, c_beats, lat1, name="mean_beats")
+        desc1 = data.StructLayout({"mean": signed(mw), "sc": scalars, "beats": beats_shape})
+        m.submodules.queue1 = queue1 = SyncFIFO(width=desc1.size, depth=self.row_queue)
+        q1_in = data.View(desc1, queue1.w_data)
+        q1_out = data.View(desc1, queue1.r_data)
+        mean_reg = Signal(signed(mw))
+        d1_v = Signal()
+        d1_sc = Signal(scalars)
+        d1_beats = Signal(beats_shape)
+        m.d.sync += [
+            mean_reg.eq(rshift_round(prod1, m1_sc.recip_shift)),
+            d1_v.eq(m1_v),
+            d1_sc.eq(m1_sc),
+            d1_beats.eq(m1_beats),
+        ]
+        m.d.comb += [
+            q1_in.mean.eq(mean_reg),
+            q1_in.sc.eq(d1_sc),
+            q1_in.beats.eq(d1_beats),
+            queue1.w_en.eq(d1_v),
+        ]
+
+        # ---------------- stage 2: centred compressed squares, variance, 1/sqrt ------------
+        cur2_active = Signal()
+        cur2_left = Signal(beats_shape)
+        cur2 = Signal(desc1)
+        rd2 = Signal(aw)
+        pop1 = Signal()
+        issue2 = Signal()
+        m.d.comb += [
+            pop1.eq(~cur2_active & queue1.r_rdy),
+            issue2.eq(cur2_active | queue1.r_rdy),
+            queue1.r_en.eq(pop1),
+            ring_r2.addr.eq(rd2),
+            ring_r2.en.eq(1),
+        ]
+        sel2 = Signal(desc1)
+        m.d.comb += sel2.eq(Mux(cur2_active, cur2, q1_out))
+        with m.If(issue2):
+            m.d.sync += rd2.eq(wrap_inc(rd2))
+            with m.If(cur2_active):
+                m.d.sync += [cur2_left.eq(cur2_left - 1), cur2_active.eq(cur2_left != 1)]
+            with m.Else():
+                m.d.sync += [
+                    cur2.eq(q1_out),
+                    cur2_left.eq(q1_out.beats - 1),
+                    cur2_active.eq(q1_out.beats != 1),
+                ]
+        # S1: ring word arrives.
+        s1_v, s1_first = Signal(), Signal()
+        s1_d = Signal(desc1)
+        m.d.sync += [s1_v.eq(issue2), s1_first.eq(pop1), s1_d.eq(sel2)]
+        word2 = ring_r2.data
+        # S2: |d| per lane (lanes beyond count contribute 0).
+        s2_v, s2_first, s2_last = Signal(), Signal(), Signal()
+        s2_d = Signal(desc1)
+        s2_mag = [Signal(dw, name=f"s2_mag{lane}") for lane in range(lanes)]
+        m.d.sync += [s2_v.eq(s1_v), s2_first.eq(s1_first), s2_last.eq(word2.last), s2_d.eq(s1_d)]
+        for lane in range(lanes):
+            d = word2.data[lane] - s1_d.mean
+            mag = Mux(d < 0, -d, d)
+            m.d.sync += s2_mag[lane].eq(Mux(word2.count > lane, mag, 0) if lane else mag)
+        # S3: compress_magnitude: e = max(0, bitlength - 4), m = |d| >> e.
+        e_w = bits_for(dw)
+        s3_v, s3_first, s3_last = Signal(), Signal(), Signal()
+        s3_d = Signal(desc1)
+        s3_m = [Signal(4, name=f"s3_m{lane}") for lane in range(lanes)]
+        s3_e = [Signal(e_w, name=f"s3_e{lane}") for lane in range(lanes)]
+        m.d.sync += [s3_v.eq(s2_v), s3_first.eq(s2_first), s3_last.eq(s2_last), s3_d.eq(s2_d)]
+        for lane in range(lanes):
+            mag = s2_mag[lane]
+            lead = leading_one(mag)
+            e = Signal(e_w, name=f"s2_e{lane}")
+            m.d.comb += e.eq(Mux(lead >= 4, lead - 3, 0))  # bitlength - 4 = lead - 3
+            m.d.sync += [s3_e[lane].eq(e), s3_m[lane].eq(mag >> e)]
+        # S4: sq = m*m (e == 0) or (m*m + m) << 2e + 1 << (2e - 2), i.e. (4(m*m+m)+1) << (2e-2).
+        sq_exact = Array(Const(v, 8) for v in SQUARE_LUT16)
+        sq_mid = Array(Const(4 * (v + k) + 1, 10) for k, v in enumerate(SQUARE_LUT16))
+        s4_v, s4_first, s4_last = Signal(), Signal(), Signal()
+        s4_d = Signal(desc1)
+        s4_sq = [Signal(sq_w, name=f"s4_sq{lane}") for lane in range(lanes)]
+        m.d.sync += [s4_v.eq(s3_v), s4_first.eq(s3_first), s4_last.eq(s3_last), s4_d.eq(s3_d)]
+        for lane in range(lanes):
+            mm, e = s3_m[lane], s3_e[lane]
+            shifted = sq_mid[mm] << ((e << 1) - 2)[: bits_for(2 * (dw - 5))]
+            m.d.sync += s4_sq[lane].eq(Mux(e == 0, sq_exact[mm], shifted))
+        # S5: lane sum.  S6: row sum.
+        s5_v, s5_first, s5_last = Signal(), Signal(), Signal()
+        s5_d = Signal(desc1)
+        s5_sum = Signal(sq_w + ceil_log2(lanes) + 1)
+        total = s4_sq[0]
+        for lane in range(1, lanes):
+            total = total + s4_sq[lane]
+        m.d.sync += [
+            s5_v.eq(s4_v),
+            s5_first.eq(s4_first),
+            s5_last.eq(s4_last),
+            s5_d.eq(s4_d),
+            s5_sum.eq(total),
+        ]
+        acc2 = Signal(vsum_w)
+        acc2_next = Mux(s5_first, 0, acc2) + s5_sum
+        v_v = Signal()
+        v_sum = Signal(vsum_w)
+        v_d = Signal(desc1)
+        with m.If(s5_v):
+            m.d.sync += acc2.eq(acc2_next)
+        m.d.sync += [v_v.eq(s5_v & s5_last), v_sum.eq(acc2_next), v_d.eq(s5_d)]
+        # var = rshift_round(var_sum * recip_mult, recip_shift) + eps_q.
+        prod2, lat2 = shift_add_mul(m, v_sum, v_d.sc.recip_mult, name="var_mul")
+        w_v = delay(m, v_v, lat2, name="var_v")
+        w_d = delay(m, v_d, lat2, name="var_d")
+        # Two stages (rounding shift, then + eps) keep the carry chains short.
+        rounded = Signal(var_w)
+        r_v = Signal()
+        r_d = Signal(desc1)
+        m.d.sync += [rounded.eq(rshift_round(prod2, w_d.sc.recip_shift)), r_v.eq(w_v), r_d.eq(w_d)]
+        var = Signal(var_w)
+        x_v = Signal()
+        x_d = Signal(desc1)
+        m.d.sync += [var.eq(rounded + r_d.sc.eps_q), x_v.eq(r_v), x_d.eq(r_d)]
+        # p = leading one of var, m5 = the INV_SQRT_MANT bits below it (zero-padded).
+        y_v = Signal()
+        y_d = Signal(desc1)
+        y_p = Signal(range(var_w))
+        y_mant = Signal(INV_SQRT_MANT)
+        p = leading_one(var)
+        norm = (var << INV_SQRT_MANT) >> p
+        m.d.sync += [y_v.eq(x_v), y_d.eq(x_d), y_p.eq(p), y_mant.eq(norm[:INV_SQRT_MANT])]
+        # isq = INV_SQRT_LUT[p & 1][m5]; z shift = INV_SQRT_BITS + (p >> 1) - NORM_FRAC.
+        inv_sqrt = Array(Const(v, INV_SQRT_BITS) for row in INV_SQRT_LUT for v in row)
+        desc2 = data.StructLayout(
+            {
+                "mean": signed(mw),
+                "isq": unsigned(INV_SQRT_BITS),
+                "zshift": unsigned(bits_for(INV_SQRT_BITS - NORM_FRAC + var_w // 2)),
+                "out_shift": unsigned(6),
+                "beats": beats_shape,
+            }
+        )
+        m.submodules.queue2 = queue2 = SyncFIFO(width=desc2.size, depth=self.row_queue)
+        q2_in = data.View(desc2, queue2.w_data)
+        q2_out = data.View(desc2, queue2.r_data)
+        m.d.comb += [
+            q2_in.mean.eq(y_d.mean),
+            q2_in.isq.eq(inv_sqrt[(y_p[0] << INV_SQRT_MANT) | y_mant]),
+            q2_in.zshift.eq((y_p >> 1) + (INV_SQRT_BITS - NORM_FRAC)),
+            q2_in.out_shift.eq(y_d.sc.out_shift),
+            q2_in.beats.eq(y_d.beats),
+            queue2.w_en.eq(y_v),
+        ]
+
+        # ---------------- stage 3: normalise and affine (stalls as a whole) ----------------
+        advance = Signal()
+        out_valid = Signal()
+        m.d.comb += advance.eq(~out_valid | self.o.ready)
+        cur3_active = Signal()
+        cur3_left = Signal(beats_shape)
+        cur3 = Signal(desc2)
+        bidx3 = Signal(beats_shape)
+        rd3 = Signal(aw)
+        pop2 = Signal()
+        issue3 = Signal()
+        m.d.comb += [
+            pop2.eq(advance & ~cur3_active & queue2.r_rdy),
+            issue3.eq(advance & (cur3_active | queue2.r_rdy)),
+            queue2.r_en.eq(pop2),
+            ring_r3.addr.eq(rd3),
+            ring_r3.en.eq(advance),
+        ]
+        sel3 = Signal(desc2)
+        m.d.comb += sel3.eq(Mux(cur3_active, cur3, q2_out))
+        beat3 = Mux(cur3_active, bidx3, 0)
+        for rp in gb_rd:
+            m.d.comb += [rp.addr.eq(beat3), rp.en.eq(advance)]
+        with m.If(issue3):
+            m.d.sync += [rd3.eq(wrap_inc(rd3)), bidx3.eq(beat3 + 1)]
+            with m.If(cur3_active):
+                m.d.sync += [cur3_left.eq(cur3_left - 1), cur3_active.eq(cur3_left != 1)]
+            with m.Else():
+                m.d.sync += [
+                    cur3.eq(q2_out),
+                    cur3_left.eq(q2_out.beats - 1),
+                    cur3_active.eq(q2_out.beats != 1),
+                ]
+        m.d.sync += [
+            used.eq(used + accept - issue3),
+            in_flight.eq(in_flight + (accept & self.i.payload.last) - pop2),
+        ]
+
+        # T1: ring word and gain/bias arrive.  T2: d = x' - mean.
+        t1_v = Signal()
+        t1_d = Signal(desc2)
+        word3 = ring_r3.data
+        t2_v, t2_last = Signal(), Signal()
+        t2_cnt = Signal(cb)
+        t2_d = Signal(desc2)
+        t2_x = [Signal(signed(dw), name=f"t2_d{lane}") for lane in range(lanes)]
+        t2_gb = [Signal(gb_layout, name=f"t2_gb{lane}") for lane in range(lanes)]
+        with m.If(advance):
+            m.d.sync += [t1_v.eq(issue3), t1_d.eq(sel3)]
+            m.d.sync += [
+                t2_v.eq(t1_v),
+                t2_last.eq(word3.last),
+                t2_cnt.eq(word3.count),
+                t2_d.eq(t1_d),
+            ]
+            for lane in range(lanes):
+                m.d.sync += [
+                    t2_x[lane].eq(word3.data[lane] - t1_d.mean),
+                    t2_gb[lane].eq(gb_rd[lane].data),
+                ]
+        # d * isq (shift-add), then z = rshift_round(., zshift).
+        z_regs = []
+        lat_a = 0
+        for lane in range(lanes):
+            prod, lat_a = shift_add_mul(m, t2_x[lane], t2_d.isq, en=advance, name=f"z_mul{lane}")
+            z_regs.append(prod)
+        ta_v = delay(m, t2_v, lat_a, en=advance, name="ta_v")
+        ta_last = delay(m, t2_last, lat_a, en=advance, name="ta_last")
+        ta_cnt = delay(m, t2_cnt, lat_a, en=advance, name="ta_cnt")
+        ta_d = delay(m, t2_d, lat_a, en=advance, name="ta_d")
+        ta_gb = [
+            delay(m, t2_gb[lane], lat_a, en=advance, name=f"ta_gb{lane}") for lane in range(lanes)
+        ]
+        t3_v, t3_last = Signal(), Signal()
+        t3_cnt = Signal(cb)
+        t3_out_shift = Signal(6)
+        t3_z = [Signal(signed(self.z_bits), name=f"t3_z{lane}") for lane in range(lanes)]
+        t3_gb = [Signal(gb_layout, name=f"t3_gb{lane}") for lane in range(lanes)]
+        with m.If(advance):
+            m.d.sync += [
+                t3_v.eq(ta_v),
+                t3_last.eq(ta_last),
+                t3_cnt.eq(ta_cnt),
+                t3_out_shift.eq(ta_d.out_shift),
+            ]
+            for lane in range(lanes):
+                m.d.sync += [
+                    t3_z[lane].eq(rshift_round(z_regs[lane], ta_d.zshift)),
+                    t3_gb[lane].eq(ta_gb[lane]),
+                ]
+        # z * gain (shift-add), then y = clamp(rshift_round(. + bias, out_shift)).
+        y_prods = []
+        lat_b = 0
+        for lane in range(lanes):
+            prod, lat_b = shift_add_mul(
+                m, t3_z[lane], t3_gb[lane].gain, en=advance, name=f"y_mul{lane}"
+            )
+            y_prods.append(prod)
+        tb_v = delay(m, t3_v, lat_b, en=advance, name="tb_v")
+        tb_last = delay(m, t3_last, lat_b, en=advance, name="tb_last")
+        tb_cnt = delay(m, t3_cnt, lat_b, en=advance, name="tb_cnt")
+        tb_shift = delay(m, t3_out_shift, lat_b, en=advance, name="tb_shift")
+        tb_bias = [
+            delay(m, t3_gb[lane].bias, lat_b, en=advance, name=f"tb_bias{lane}")
+            for lane in range(lanes)
+        ]
+        # T4: z * gain + bias + rounding half.  T5: >> out_shift, clamp to int8.
+        t4_v, t4_last = Signal(), Signal()
+        t4_cnt = Signal(cb)
+        t4_shift = Signal(6)
+        sum_bits = max(self.z_bits + self.gain_bits, self.bias_bits) + 2
+        t4_sum = [Signal(signed(sum_bits), name=f"t4_sum{lane}") for lane in range(lanes)]
+        half = (Const(1, 1) << tb_shift)[1:]
+        with m.If(advance):
+            m.d.sync += [
+                t4_v.eq(tb_v),
+                t4_last.eq(tb_last),
+                t4_cnt.eq(tb_cnt),
+                t4_shift.eq(tb_shift),
+            ]
+            for lane in range(lanes):
+                m.d.sync += t4_sum[lane].eq(y_prods[lane] + tb_bias[lane] + half)
+        o_data = Signal(data.ArrayLayout(signed(8), lanes))
+        o_cnt = Signal(cb)
+        o_last = Signal()
+        with m.If(advance):
+            m.d.sync += [out_valid.eq(t4_v), o_last.eq(t4_last), o_cnt.eq(t4_cnt)]
+            for lane in range(lanes):
+                # A shift >= sum_bits - 1 rounds every representable sum to 0 (the half
+                # added in T4 was truncated then, so the sum is not used).
+                y = Mux(t4_shift >= sum_bits - 1, 0, t4_sum[lane] >> t4_shift)
+                clamped = Mux(y > INT8_MAX, INT8_MAX, Mux(y < INT8_MIN, INT8_MIN, y))
+                m.d.sync += o_data[lane].eq(clamped)
+        m.d.comb += [
+            self.o.valid.eq(out_valid),
+            self.o.payload.data.eq(o_data),
+            self.o.payload.count.eq(o_cnt),
+            self.o.payload.last.eq(o_last),
+        ]
+        # Beats issued by stage 3 and not yet taken from the output (for busy).
+        pending = Signal(range(64))
+        m.d.sync += pending.eq(pending + issue3 - (out_valid & self.o.ready))
+        m.d.comb += self.busy.eq(in_row | (in_flight != 0) | (pending != 0))
+        return m
