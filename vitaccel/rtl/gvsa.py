@@ -1,0 +1,434 @@
+"""The group-vector systolic array (GVSA): vector PEs in groups, W8 lanes on DSP48E2, W4 in LUTs.
+
+The array is output-stationary and systolic (docs/gvsa.md has the diagram): activations
+enter each PE row from the left and move one unit right per cycle, weights enter each column
+from the top and move one row down per cycle, and the inputs arrive pre-skewed (row r by r
+cycles, unit u by u cycles) from the controller in :mod:`vitaccel.rtl.matmul`.
+
+Two kinds of PE unit:
+
+* :class:`W8PairPE` covers two W8 output channels. Each of its ``vector`` lanes is one
+  DSP48E2 product ``x * {hi', sext18(w_lo)}`` that yields both int8 products (the packing
+  of Xilinx WP486, with the borrow of the low product corrected), so a W8 MAC costs half a
+  slice.
+* :class:`W4PE` covers one W4 output channel with shift-add products in LUT fabric, either
+  uniform int4 (two's complement nibble) or power-of-two (``pot4``: sign + 3-bit shift).
+
+Every PE adds its ``vector`` products in a balanced adder tree, accumulates over k-steps
+(``acc = first ? sum : acc + sum``) and captures the tile's result on ``last``; the array
+drains each column's captures through a parallel-load shift chain, one value per cycle.
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "FLAGS",
+    "W8_LANE",
+    "POT4_ZERO",
+    "column_split",
+    "W8PairPE",
+    "W4PE",
+    "GVSArray",
+    "pot4_code",
+]
+
+# Control that travels with the activations along a PE row.
+FLAGS = data.StructLayout(
+    {
+        "active": 1,  # this cycle carries a k-step
+        "first": 1,  # first k-step of a tile: restart the accumulator
+        "last": 1,  # last k-step of a tile: capture the result
+        "parity": 1,  # output-channel step parity (selects the requant parameter half)
+        "row_valid": 1,  # the row's token exists (t < T); invalid rows are not emitted
+    }
+)
+
+# One lane of a W8 pair as it travels down a column: the high weight already corrected for
+# the borrow of the low one (hi' = w_hi - (w_lo < 0)), so the 27-bit DSP operand is the
+# plain concatenation {hi', sext18(w_lo)} = w_hi * 2**18 + w_lo.
+W8_LANE = data.StructLayout({"lo": signed(8), "hi": signed(9)})
+
+# pot4 code: bit 3 = sign, bits 2:0 = left shift 0..6 (weight +-2**shift); 0b0111 is zero.
+POT4_ZERO = 0b0111
+
+
+def pot4_code(q):
+    """Host-side encoding of pot4 weights (0, +-1, +-2, ..., +-64) as 4-bit lane codes."""
+    import numpy as np
+
+    q = np.asarray(q, dtype=np.int64)
+    mag = np.abs(q)
+    if np.any((mag != 0) & ((mag & (mag - 1)) != 0)) or np.any(mag > 64):
+        raise ValueError("pot4 weights must be 0 or +-2**s with s in 0..6")
+    shift = np.where(mag > 0, np.log2(np.maximum(mag, 1)).astype(np.int64), 7)
+    return np.where(mag > 0, ((q < 0).astype(np.int64) << 3) | shift, POT4_ZERO)
+
+
+def column_split(cols: int, w4_share: float) -> tuple[int, int]:
+    """(W8 columns, W4 columns) of a group; W8 columns come in DSP-sharing pairs."""
+    if not isinstance(cols, int) or cols < 1:
+        raise ValueError(f"cols must be a positive integer, not {cols!r}")
+    if not 0.0 <= w4_share <= 1.0:
+        raise ValueError(f"w4_share must be in [0, 1], not {w4_share!r}")
+    cols_w4 = int(math.floor(w4_share * cols + 0.5))
+    cols_w8 = cols - cols_w4
+    if cols_w8 % 2:
+        raise ValueError(
+            f"w4_share={w4_share!r} leaves {cols_w8} W8 columns of cols={cols}; W8 columns "
+            "share DSP48E2 slices in pairs, so their count must be even"
+        )
+    return cols_w8, cols_w4
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
+
+
+def adder_tree(values: list):
+    """Balanced sum of ``values`` (Amaranth does a left-leaning chain for ``sum()``)."""
+    level = list(values)
+    while len(level) > 1:
+        nxt = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def _popcount(bits: list):
+    return adder_tree([b.as_unsigned() for b in bits])
+
+
+class _PEBase(wiring.Component):
+    """Systolic forwarding, flag pipeline, accumulators and capture shared by both PE kinds.
+
+    Pipeline (cycles after the inputs are registered): 1 products, 2 adder tree,
+    3 accumulator/capture. ``cap_stb`` pulses the cycle after a capture.
+    """
+
+    def __init__(self, *, vector: int, in_bits: int, acc_bits: int, w_shape, outputs: int):
+        _check_int("vector", vector, 1, 256)
+        _check_int("in_bits", in_bits, 2, 8)
+        _check_int("acc_bits", acc_bits, 16, 64)
+        self.vector = vector
+        self.in_bits = in_bits
+        self.acc_bits = acc_bits
+        self.outputs = outputs
+        x_shape = data.ArrayLayout(signed(in_bits + 1), vector)
+        w_layout = data.ArrayLayout(w_shape, vector)
+        super().__init__(
+            {
+                "x_i": In(x_shape),
+                "f_i": In(FLAGS),
+                "w_i": In(w_layout),
+                "x_o": Out(x_shape),
+                "f_o": Out(FLAGS),
+                "w_o": Out(w_layout),
+                "cap": Out(data.ArrayLayout(signed(acc_bits), outputs)),
+                "cap_valid": Out(1),
+                "cap_parity": Out(1),
+                "cap_stb": Out(1),
+            }
+        )
+
+    def _sums(self, m: Module) -> list:
+        """Registered per-output sums of the ``vector`` products (stage 2). Subclasses."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        # stage 0: the systolic registers (x and flags forwarded right, w forwarded down)
+        m.d.sync += [self.x_o.eq(self.x_i), self.f_o.eq(self.f_i), self.w_o.eq(self.w_i)]
+        f1 = Signal(FLAGS)
+        f2 = Signal(FLAGS)
+        m.d.sync += [f1.eq(self.f_o), f2.eq(f1)]
+        sums = self._sums(m)  # registered at stage 2, aligned with f2
+        accs = [Signal(signed(self.acc_bits), name=f"acc{j}") for j in range(self.outputs)]
+        m.d.sync += self.cap_stb.eq(0)
+        with m.If(f2.active):
+            for j in range(self.outputs):
+                total = Mux(f2.first, 0, accs[j]) + sums[j]
+                m.d.sync += accs[j].eq(total)
+                with m.If(f2.last):
+                    m.d.sync += self.cap[j].eq(total)
+            with m.If(f2.last):
+                m.d.sync += [
+                    self.cap_stb.eq(1),
+                    self.cap_valid.eq(f2.row_valid),
+                    self.cap_parity.eq(f2.parity),
+                ]
+        return m
+
+
+class W8PairPE(_PEBase):
+    """PE for two W8 output channels sharing one DSP48E2 per lane.
+
+    Parameters
+    ----------
+    vector : int
+        Lanes (products per channel per cycle).
+    in_bits : int
+        Activation width; activations arrive as ``in_bits + 1``-bit signed values (int8 or
+        uint8 extended to 9 bits).
+    acc_bits : int
+        Accumulator width.
+
+    Members
+    -------
+    x_i, f_i, w_i : In
+        Activations, flags and weight lanes (:data:`W8_LANE`) from the left / top neighbour.
+    x_o, f_o, w_o : Out
+        The same, registered, to the right / bottom neighbour.
+    cap : Out
+        Captured results: ``cap[0]`` for the high weight's channel, ``cap[1]`` the low one.
+    cap_valid, cap_parity, cap_stb : Out
+        Row validity and step parity of the capture; ``cap_stb`` pulses after a capture.
+    """
+
+    def __init__(self, *, vector: int, in_bits: int = 8, acc_bits: int = 32):
+        super().__init__(
+            vector=vector, in_bits=in_bits, acc_bits=acc_bits, w_shape=W8_LANE, outputs=2
+        )
+
+    def _sums(self, m: Module) -> list:
+        pw = 27 + self.in_bits + 1
+        prods = []
+        for v in range(self.vector):
+            lane = self.w_o[v]
+            lo = lane.lo
+            # {hi', sext18(lo)}: one 27-bit operand, the other port gets the activation.
+            packed = Cat(lo, lo[-1].replicate(10), lane.hi).as_signed()
+            p = Signal(signed(pw), name=f"dsp{v}")
+            m.d.sync += p.eq(packed * self.x_o[v])
+            prods.append(p)
+        # Low product: the sign-extended low 18 bits. High product: bits 35:18 plus the
+        # borrow bit 17 of each lane; the borrows are summed once, as a popcount.
+        lo_terms = [p[0:18].as_signed() for p in prods]
+        hi_terms = [p[18:36].as_signed() for p in prods]
+        borrow = _popcount([p[17] for p in prods])
+        width = 18 + max(1, math.ceil(math.log2(self.vector + 1))) + 1
+        hi_sum = Signal(signed(width), name="hi_sum")
+        lo_sum = Signal(signed(width), name="lo_sum")
+        m.d.sync += [
+            hi_sum.eq(adder_tree(hi_terms + [borrow])),
+            lo_sum.eq(adder_tree(lo_terms)),
+        ]
+        return [hi_sum, lo_sum]
+
+
+def _int4_product(x, code):
+    """x * w for a 4-bit two's complement w, as shifted partial products (no $mul cell)."""
+    pp = [Mux(code[i], x << i, 0) for i in range(3)]
+    return (pp[0] + pp[1]) + (pp[2] - Mux(code[3], x << 3, 0))
+
+
+def _pot4_product(x, code):
+    """x * (+-2**shift) for a pot4 code (bit 3 sign, bits 2:0 shift, 7 = zero)."""
+    shift = code[0:3]
+    mag = Mux(shift == 7, 0, x << shift)
+    return Mux(code[3], -mag, mag)
+
+
+class W4PE(_PEBase):
+    """PE for one W4 output channel: ``vector`` shift-add products in LUT fabric.
+
+    Parameters
+    ----------
+    vector, in_bits, acc_bits :
+        As :class:`W8PairPE`.
+    kind : str
+        ``"int4"`` (two's complement nibble, -8..7) or ``"pot4"`` (bit 3 sign, bits 2:0
+        shift 0..6, code 7 = 0; see :func:`pot4_code`).
+
+    Members
+    -------
+    As :class:`W8PairPE`, with 4-bit weight codes and one ``cap``.
+    """
+
+    def __init__(self, *, vector: int, kind: str, in_bits: int = 8, acc_bits: int = 32):
+        if kind not in ("int4", "pot4"):
+            raise ValueError(f"W4 kind must be 'int4' or 'pot4', not {kind!r}")
+        self.kind = kind
+        super().__init__(
+            vector=vector, in_bits=in_bits, acc_bits=acc_bits, w_shape=unsigned(4), outputs=1
+        )
+
+    def _sums(self, m: Module) -> list:
+        product = _int4_product if self.kind == "int4" else _pot4_product
+        pbits = self.in_bits + 1 + (4 if self.kind == "int4" else 7)
+        prods = []
+        for v in range(self.vector):
+            p = Signal(signed(pbits), name=f"prod{v}")
+            m.d.sync += p.eq(product(self.x_o[v], self.w_o[v]))
+            prods.append(p)
+        width = pbits + max(1, math.ceil(math.log2(self.vector)))
+        total = Signal(signed(width), name="sum")
+        m.d.sync += total.eq(adder_tree(prods))
+        return [total]
+
+
+# Result of one column as it leaves the array (one value per cycle).
+def column_out_layout(acc_bits: int) -> data.StructLayout:
+    return data.StructLayout({"value": signed(acc_bits), "valid": 1, "parity": 1})
+
+
+class GVSArray(wiring.Component):
+    """``groups`` x ``rows`` x ``cols`` vector PEs (W8 pairs then W4 columns per group).
+
+    Inputs arrive pre-skewed: the activation/flag vector of row r at cycle issue + r, the
+    weights of unit u at cycle issue + u (units: W8 pairs first, then W4 columns). Outputs
+    leave per logical column: after the bottom PE of a unit captures, its column results
+    (rows 0..R-1) appear on ``col_o`` on R consecutive cycles, row 0 first.
+
+    Parameters
+    ----------
+    groups, rows, cols, vector : int
+        Array shape; ``vector`` lanes per PE.
+    w4_share : float
+        Share of the columns of every group that are W4 (see :func:`column_split`).
+    w4_kind : str
+        ``"int4"`` or ``"pot4"``.
+    in_bits, acc_bits : int
+        Activation and accumulator widths.
+
+    Members
+    -------
+    x : In, ArrayLayout over groups*rows (index g*rows + r) of ``vector`` activations
+    f : In, FLAGS per group row
+    w8 : In, ArrayLayout over groups*cols_w8 (index g*cols_w8 + c) of ``vector`` int8 weights
+    w4 : In, ArrayLayout over groups*cols_w4 of ``vector`` 4-bit codes
+    col_o : Out, per logical column (index g*cols + c): {value, valid, parity}
+    """
+
+    def __init__(
+        self,
+        *,
+        groups: int,
+        rows: int,
+        cols: int,
+        vector: int,
+        w4_share: float = 0.0,
+        w4_kind: str = "int4",
+        in_bits: int = 8,
+        acc_bits: int = 32,
+    ):
+        _check_int("groups", groups, 1, 64)
+        _check_int("rows", rows, 1, 256)
+        _check_int("cols", cols, 1, 256)
+        _check_int("vector", vector, 1, 256)
+        if w4_kind not in ("int4", "pot4"):
+            raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {w4_kind!r}")
+        self.groups, self.rows, self.cols, self.vector = groups, rows, cols, vector
+        self.cols_w8, self.cols_w4 = column_split(cols, w4_share)
+        self.units = self.cols_w8 // 2 + self.cols_w4
+        self.w4_share, self.w4_kind = w4_share, w4_kind
+        self.in_bits, self.acc_bits = in_bits, acc_bits
+        x_vec = data.ArrayLayout(signed(in_bits + 1), vector)
+        sig = {
+            "x": In(data.ArrayLayout(x_vec, groups * rows)),
+            "f": In(data.ArrayLayout(FLAGS, groups * rows)),
+            "col_o": Out(data.ArrayLayout(column_out_layout(acc_bits), groups * cols)),
+        }
+        if self.cols_w8:
+            sig["w8"] = In(
+                data.ArrayLayout(data.ArrayLayout(signed(8), vector), groups * self.cols_w8)
+            )
+        if self.cols_w4:
+            sig["w4"] = In(
+                data.ArrayLayout(data.ArrayLayout(unsigned(4), vector), groups * self.cols_w4)
+            )
+        super().__init__(sig)
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.groups * self.rows * self.cols * self.vector
+
+    @property
+    def w8_macs_per_cycle(self) -> int:
+        return self.groups * self.rows * self.cols_w8 * self.vector
+
+    def unit_of_column(self, c: int) -> int:
+        """Systolic unit (skew position) of logical column c within a group."""
+        return c // 2 if c < self.cols_w8 else self.cols_w8 // 2 + (c - self.cols_w8)
+
+    def elaborate(self, platform):
+        m = Module()
+        R, V = self.rows, self.vector
+        for g in range(self.groups):
+            pes = []
+            for r in range(R):
+                row = []
+                for u in range(self.units):
+                    if u < self.cols_w8 // 2:
+                        pe = W8PairPE(vector=V, in_bits=self.in_bits, acc_bits=self.acc_bits)
+                    else:
+                        pe = W4PE(
+                            vector=V,
+                            kind=self.w4_kind,
+                            in_bits=self.in_bits,
+                            acc_bits=self.acc_bits,
+                        )
+                    m.submodules[f"pe_g{g}_r{r}_u{u}"] = pe
+                    row.append(pe)
+                pes.append(row)
+            # activations and flags: left edge, then right along the row
+            for r in range(R):
+                for u in range(self.units):
+                    pe = pes[r][u]
+                    if u == 0:
+                        m.d.comb += [pe.x_i.eq(self.x[g * R + r]), pe.f_i.eq(self.f[g * R + r])]
+                    else:
+                        m.d.comb += [pe.x_i.eq(pes[r][u - 1].x_o), pe.f_i.eq(pes[r][u - 1].f_o)]
+            # weights: top edge (W8 pairs get the borrow-corrected high weight), then down
+            for u in range(self.units):
+                top = pes[0][u]
+                if u < self.cols_w8 // 2:
+                    w_hi = self.w8[g * self.cols_w8 + 2 * u]
+                    w_lo = self.w8[g * self.cols_w8 + 2 * u + 1]
+                    for v in range(V):
+                        lo = w_lo[v]
+                        m.d.comb += [
+                            top.w_i[v].lo.eq(lo),
+                            top.w_i[v].hi.eq(w_hi[v] - lo[-1]),
+                        ]
+                else:
+                    m.d.comb += top.w_i.eq(self.w4[g * self.cols_w4 + u - self.cols_w8 // 2])
+                for r in range(1, R):
+                    m.d.comb += pes[r][u].w_i.eq(pes[r - 1][u].w_o)
+            # output chains: parallel load when the bottom PE captured, then shift up
+            for u in range(self.units):
+                cols = (
+                    [2 * u, 2 * u + 1]
+                    if u < self.cols_w8 // 2
+                    else [self.cols_w8 + u - self.cols_w8 // 2]
+                )
+                load = pes[R - 1][u].cap_stb
+                valid = [Signal(name=f"chain_valid_g{g}_u{u}_r{r}") for r in range(R)]
+                parity = Signal(name=f"chain_parity_g{g}_u{u}")
+                with m.If(load):
+                    m.d.sync += parity.eq(pes[R - 1][u].cap_parity)
+                for r in range(R):
+                    nxt_valid = valid[r + 1] if r + 1 < R else Const(0)
+                    m.d.sync += valid[r].eq(Mux(load, pes[r][u].cap_valid, nxt_valid))
+                for j, c in enumerate(cols):
+                    chain = [
+                        Signal(signed(self.acc_bits), name=f"chain_g{g}_c{c}_r{r}")
+                        for r in range(R)
+                    ]
+                    for r in range(R):
+                        nxt = chain[r + 1] if r + 1 < R else Const(0, signed(self.acc_bits))
+                        m.d.sync += chain[r].eq(Mux(load, pes[r][u].cap[j], nxt))
+                    out = self.col_o[g * self.cols + c]
+                    m.d.comb += [
+                        out.value.eq(chain[0]),
+                        out.valid.eq(valid[0]),
+                        out.parity.eq(parity),
+                    ]
+        return m

@@ -1,0 +1,894 @@
+"""Tiled matmul engine around the GVSA: on-chip buffers, loaders, issue, requant, output FIFO.
+
+One job computes ``Y = requantize(matmul_int(X, W, bias), mult, shift, lo, hi)`` for any
+T x K activations and N x K weights (docs/gvsa.md: dataflow, loop order, cycle model). The
+hardware side is :class:`MatmulEngine`; the host side of the same contract (how words are
+packed into the streams, which output channel each column computes, how many cycles a job
+takes) lives here too, so the testbench, the CLI and the design-space explorer share one
+definition:
+
+* :class:`EngineParams` - every size and width of an engine instance.
+* :func:`plan_columns` - which weight row each (step, group, column) computes.
+* :func:`pack_job` / :func:`unpack_outputs` - stream words in, int8 matrix out.
+* :func:`cycle_model` - cycles of a job, the recursion of docs/gvsa.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.quant.scales import WEIGHT_KINDS
+from vitaccel.rtl.gvsa import FLAGS, GVSArray, column_split, pot4_code
+
+__all__ = [
+    "EngineParams",
+    "MatmulEngine",
+    "CMD_LAYOUT",
+    "ColumnPlan",
+    "plan_columns",
+    "Job",
+    "pack_job",
+    "unpack_outputs",
+    "cycle_model",
+    "cmd_word",
+    "engine_verilog",
+]
+
+MULT_BITS = 16
+SHIFT_BITS = 6
+# PE pipeline: input register, product, adder tree, accumulator/capture.
+PE_STAGES = 4
+# Requantiser: bias add, 2 multiply stages, shift, round, clamp.
+REQUANT_STAGES = 6
+
+CMD_LAYOUT = data.StructLayout(
+    {
+        "tokens": unsigned(16),  # T (per head in heads mode)
+        "ksteps": unsigned(16),  # ceil(K / vector)
+        "nsteps": unsigned(16),  # output-channel steps (see plan_columns)
+        "heads": 1,  # 1: group g has its own X (heads mode); 0: X broadcast (shared)
+        "x_unsigned": 1,  # activations are uint8 (softmax probabilities)
+        "lo": signed(8),  # clamp bounds of the requantised output
+        "hi": signed(8),
+    }
+)
+
+
+def _bits(n: int) -> int:
+    """Bits to hold 0..n."""
+    return max(1, int(n).bit_length())
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Sizes and widths of one matmul engine (array + buffers).
+
+    Parameters
+    ----------
+    groups, rows, cols, vector, w4_share, w4_kind, in_bits, acc_bits :
+        The array (:class:`vitaccel.rtl.gvsa.GVSArray`; ``ArrayConfig`` in the design file).
+    x_words : int
+        Depth of each X bank (one bank per group and PE row; a word is one k-step of one
+        token). A job fits when ``ceil(T / rows) * ksteps <= x_words``.
+    max_ksteps : int
+        Largest ceil(K / vector); each W bank holds two halves of this many words (rounded
+        up to a power of two).
+    out_depth : int
+        Output FIFO depth in words (one word = one token of one step: groups*cols int8).
+    """
+
+    groups: int = 1
+    rows: int = 4
+    cols: int = 4
+    vector: int = 8
+    w4_share: float = 0.0
+    w4_kind: str = "int4"
+    in_bits: int = 8
+    acc_bits: int = 32
+    x_words: int = 4096
+    max_ksteps: int = 128
+    out_depth: int = 32
+
+    def __post_init__(self):
+        for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps", "out_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.w4_kind not in ("int4", "pot4"):
+            raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
+        if self.in_bits != 8:
+            raise ValueError(f"in_bits must be 8 (int8/uint8 activations), not {self.in_bits!r}")
+        if not 16 <= self.acc_bits <= 48:
+            raise ValueError(f"acc_bits must be in 16..48, not {self.acc_bits!r}")
+        if self.out_depth < self.rows:
+            raise ValueError(f"out_depth must be >= rows ({self.rows}), not {self.out_depth!r}")
+        column_split(self.cols, self.w4_share)
+
+    @classmethod
+    def from_array(cls, array, **buffers) -> EngineParams:
+        """From a design file's ``ArrayConfig`` plus buffer sizes."""
+        return cls(
+            groups=array.groups,
+            rows=array.rows,
+            cols=array.cols,
+            vector=array.vector,
+            w4_share=array.w4_share,
+            w4_kind=array.w4_kind,
+            in_bits=array.in_bits,
+            acc_bits=array.acc_bits,
+            **buffers,
+        )
+
+    @property
+    def cols_w8(self) -> int:
+        return column_split(self.cols, self.w4_share)[0]
+
+    @property
+    def cols_w4(self) -> int:
+        return column_split(self.cols, self.w4_share)[1]
+
+    @property
+    def units(self) -> int:
+        return self.cols_w8 // 2 + self.cols_w4
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.groups * self.rows * self.cols * self.vector
+
+    @property
+    def kstep_bits(self) -> int:
+        return _bits(self.max_ksteps - 1)
+
+    @property
+    def x_word_bits(self) -> int:
+        return 8 * self.vector
+
+    @property
+    def param_bits(self) -> int:
+        return self.acc_bits + MULT_BITS + SHIFT_BITS
+
+    @property
+    def w_word_bits(self) -> int:
+        return max(8 * self.vector, self.param_bits)
+
+    @property
+    def o_word_bits(self) -> int:
+        return 8 * self.groups * self.cols
+
+    def unit_of_column(self, c: int) -> int:
+        return c // 2 if c < self.cols_w8 else self.cols_w8 // 2 + (c - self.cols_w8)
+
+    def latencies(self) -> dict[str, int]:
+        """Fixed pipeline latencies in cycles (see docs/gvsa.md, "Cycle model").
+
+        ``first_out``: issue of a tile's last k-step -> its first output word in the FIFO;
+        ``release``: issue of a step's last k-step -> its W half is free again.
+        """
+        R, U = self.rows, self.units
+        # issue reg -> delay line (R-1 for the bottom row) -> memory read (1) -> PE stages
+        # -> chain load (1) of unit u at +u; row 0 leaves the chain at once.
+        chain = 1 + (R - 1) + 1 + PE_STAGES + 1
+        first_out = chain + (U - 1) + REQUANT_STAGES + 1  # +deskew to the last unit, FIFO
+        # The last unit's chain emits row R-1 at chain + (U-1) + (R-1); the requantiser
+        # latches its parameters on that cycle; one cycle of margin.
+        release = chain + (U - 1) + (R - 1) + 2
+        return {"first_out": first_out, "release": release}
+
+
+class MatmulEngine(wiring.Component):
+    """Tiled ``Y = requant(X W^T + b)`` on a GVSA with on-chip X/W buffers.
+
+    Parameters
+    ----------
+    params : EngineParams
+
+    Members
+    -------
+    cmd : In(stream of CMD_LAYOUT)
+        One command per job.
+    x : In(stream of ``8*vector`` bits)
+        X words (``vector`` activation bytes of one token, one k-step, zero padded past K),
+        token-major; in heads mode all tokens of group 0, then group 1, ...
+    w : In(stream of ``w_word_bits``)
+        Per step, group and column: one parameter word ``bias | mult << acc_bits | shift <<
+        (acc_bits + 16)``, then ``ksteps`` weight words (``vector`` bytes; W4 columns use the
+        low nibble: int4 two's complement or the pot4 code).
+    o : Out(stream of ``8*groups*cols`` bits)
+        One word per valid token per step: byte ``g*cols + c`` is the output of column c of
+        group g (see :func:`plan_columns` for its channel).
+    busy : Out(1)
+        A job is in progress (accepted and not yet drained from the array).
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"params must be an EngineParams, not {params!r}")
+        self.params = params
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(CMD_LAYOUT)),
+                "x": In(stream.Signature(unsigned(params.x_word_bits))),
+                "w": In(stream.Signature(unsigned(params.w_word_bits))),
+                "o": Out(stream.Signature(unsigned(params.o_word_bits))),
+                "busy": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):  # noqa: C901 - one controller, read top to bottom
+        p = self.params
+        G, R, C, V = p.groups, p.rows, p.cols, p.vector
+        U = p.units
+        m = Module()
+        m.submodules.array = arr = GVSArray(
+            groups=G,
+            rows=R,
+            cols=C,
+            vector=V,
+            w4_share=p.w4_share,
+            w4_kind=p.w4_kind,
+            in_bits=p.in_bits,
+            acc_bits=p.acc_bits,
+        )
+        xa_bits = _bits(p.x_words - 1)
+        kb = p.kstep_bits
+        kmax = 1 << kb
+
+        # ---- job registers ---------------------------------------------------------------
+        job = Signal(CMD_LAYOUT)
+        active = Signal()
+        m.d.comb += [self.cmd.ready.eq(~active), self.busy.eq(active)]
+        start = Signal()
+        m.d.comb += start.eq(self.cmd.valid & self.cmd.ready)
+        with m.If(start):
+            m.d.sync += [job.eq(self.cmd.payload), active.eq(1)]
+        ks_last = Signal(16)
+        m.d.comb += ks_last.eq(job.ksteps - 1)
+
+        # ---- X buffer: G x R banks -----------------------------------------------------
+        x_banks = []
+        for g in range(G):
+            row = []
+            for r in range(R):
+                mem = Memory(shape=unsigned(8 * V), depth=p.x_words, init=[])
+                m.submodules[f"xbank_g{g}_r{r}"] = mem
+                row.append((mem.write_port(), mem.read_port()))
+            x_banks.append(row)
+
+        # ---- X loader --------------------------------------------------------------------
+        xl_busy = Signal()
+        x_done = Signal()
+        xg = Signal(_bits(G - 1))
+        xr = Signal(_bits(R - 1))
+        xk = Signal(16)
+        xt = Signal(16)
+        xbase = Signal(xa_bits + 1)
+        xaddr = Signal(xa_bits + 1)
+        with m.If(start):
+            m.d.sync += [
+                xl_busy.eq(1),
+                x_done.eq(0),
+                xg.eq(0),
+                xr.eq(0),
+                xk.eq(0),
+                xt.eq(0),
+                xbase.eq(0),
+                xaddr.eq(0),
+            ]
+        m.d.comb += self.x.ready.eq(xl_busy)
+        x_take = Signal()
+        m.d.comb += x_take.eq(self.x.valid & self.x.ready)
+        for g in range(G):
+            for r in range(R):
+                wp = x_banks[g][r][0]
+                m.d.comb += [
+                    wp.addr.eq(xaddr),
+                    wp.data.eq(self.x.payload),
+                    wp.en.eq(x_take & (xr == r) & (~job.heads | (xg == g))),
+                ]
+        with m.If(x_take):
+            with m.If(xk == ks_last):
+                m.d.sync += [xk.eq(0), xt.eq(xt + 1)]
+                with m.If(xr == R - 1):
+                    m.d.sync += [
+                        xr.eq(0),
+                        xbase.eq(xbase + job.ksteps),
+                        xaddr.eq(xbase + job.ksteps),
+                    ]
+                with m.Else():
+                    m.d.sync += [xr.eq(xr + 1), xaddr.eq(xbase)]
+                with m.If(xt == job.tokens - 1):
+                    with m.If(job.heads & (xg != G - 1)):
+                        m.d.sync += [
+                            xg.eq(xg + 1),
+                            xt.eq(0),
+                            xr.eq(0),
+                            xbase.eq(0),
+                            xaddr.eq(0),
+                        ]
+                    with m.Else():
+                        m.d.sync += [xl_busy.eq(0), x_done.eq(1)]
+            with m.Else():
+                m.d.sync += [xk.eq(xk + 1), xaddr.eq(xaddr + 1)]
+
+        # ---- W buffer: one bank per (group, logical column), two halves -----------------
+        w_banks = []
+        for g in range(G):
+            row = []
+            for c in range(C):
+                width = 8 * V if c < p.cols_w8 else 4 * V
+                mem = Memory(shape=unsigned(width), depth=2 * kmax, init=[])
+                m.submodules[f"wbank_g{g}_c{c}"] = mem
+                row.append((mem.write_port(), mem.read_port()))
+            w_banks.append(row)
+        par_layout = data.StructLayout(
+            {"bias": signed(p.acc_bits), "mult": unsigned(MULT_BITS), "shift": unsigned(6)}
+        )
+        params = [
+            [[Signal(par_layout, name=f"par_g{g}_c{c}_h{h}") for h in range(2)] for c in range(C)]
+            for g in range(G)
+        ]
+        # Per half: w_full = loaded and not yet released, w_taken = its step has started.
+        # The issue may start step s only on a full, untaken half: a half still full from
+        # step s-2 (not yet drained) must not be mistaken for step s's weights.
+        w_full = Signal(2)
+        w_taken = Signal(2)
+        release = Signal(2)
+
+        # ---- W loader --------------------------------------------------------------------
+        wl_busy = Signal()
+        ws = Signal(16)
+        wg = Signal(_bits(G - 1))
+        wc = Signal(_bits(C - 1))
+        wk = Signal(16)
+        w_param = Signal()
+        half = ws[0]
+        with m.If(start):
+            m.d.sync += [
+                wl_busy.eq(1),
+                ws.eq(0),
+                wg.eq(0),
+                wc.eq(0),
+                wk.eq(0),
+                w_param.eq(1),
+            ]
+        m.d.comb += self.w.ready.eq(wl_busy & ~w_full.bit_select(half, 1))
+        w_take = Signal()
+        m.d.comb += w_take.eq(self.w.valid & self.w.ready)
+        word = self.w.payload
+        for g in range(G):
+            for c in range(C):
+                wp = w_banks[g][c][0]
+                here = (wg == g) & (wc == c)
+                if c < p.cols_w8:
+                    wdata = word[: 8 * V]
+                else:
+                    wdata = Cat(*[word[8 * v : 8 * v + 4] for v in range(V)])
+                m.d.comb += [
+                    wp.addr.eq(Cat(wk[:kb], half)),
+                    wp.data.eq(wdata),
+                    wp.en.eq(w_take & ~w_param & here),
+                ]
+                with m.If(w_take & w_param & here):
+                    for h in range(2):
+                        with m.If(half == h):
+                            m.d.sync += params[g][c][h].eq(word[: p.param_bits])
+        w_step_loaded = Signal()
+        with m.If(w_take):
+            with m.If(w_param):
+                m.d.sync += [w_param.eq(0), wk.eq(0)]
+            with m.Elif(wk == ks_last):
+                m.d.sync += w_param.eq(1)
+                with m.If(wc == C - 1):
+                    m.d.sync += wc.eq(0)
+                    with m.If(wg == G - 1):
+                        m.d.sync += wg.eq(0)
+                        m.d.comb += w_step_loaded.eq(1)
+                        m.d.sync += ws.eq(ws + 1)
+                        with m.If(ws == job.nsteps - 1):
+                            m.d.sync += wl_busy.eq(0)
+                    with m.Else():
+                        m.d.sync += wg.eq(wg + 1)
+                with m.Else():
+                    m.d.sync += wc.eq(wc + 1)
+            with m.Else():
+                m.d.sync += wk.eq(wk + 1)
+        take_half = Signal(2)  # set by the issue when a step starts on a half
+        for h in range(2):
+            with m.If(w_step_loaded & (half == h)):
+                m.d.sync += w_full[h].eq(1)
+            with m.Elif(release[h]):
+                m.d.sync += [w_full[h].eq(0), w_taken[h].eq(0)]
+            with m.If(take_half[h]):
+                m.d.sync += w_taken[h].eq(1)
+
+        # ---- issue: steps x tiles x k-steps ----------------------------------------------
+        credit_bits = _bits(p.out_depth)
+        credits = Signal(credit_bits, init=p.out_depth)
+        iss_tile = Signal()  # a tile is being issued
+        iss_done = Signal()
+        ik = Signal(16)
+        iss_s = Signal(16)
+        tbase = Signal(16)
+        ibase = Signal(xa_bits + 1)
+        gap = Signal(_bits(R))
+        pad = Signal(_bits(R))  # idle cycles after a tile: max(0, R - ksteps)
+        with m.If(start):
+            m.d.sync += [iss_done.eq(0), iss_s.eq(0), tbase.eq(0), ibase.eq(0), gap.eq(0)]
+            m.d.sync += pad.eq(Mux(self.cmd.payload.ksteps < R, R - self.cmd.payload.ksteps, 0))
+        remaining = Signal(17)
+        m.d.comb += remaining.eq(job.tokens - tbase)
+        vrows = Signal(_bits(R))
+        m.d.comb += vrows.eq(Mux(remaining < R, remaining, R))
+        row_valid = Signal(R)
+        m.d.comb += row_valid.eq(Cat(*[remaining > r for r in range(R)]))
+        parity = iss_s[0]
+        # iss_step_open: the current step has started (its half is taken)
+        iss_step_open = Signal()
+        with m.If(start):
+            m.d.sync += iss_step_open.eq(0)
+        can_start = Signal()
+        m.d.comb += can_start.eq(
+            active
+            & x_done
+            & ~iss_done
+            & ~iss_tile
+            & (gap == 0)
+            & w_full.bit_select(parity, 1)
+            & (iss_step_open | ~w_taken.bit_select(parity, 1))
+            & (credits >= vrows)
+        )
+        with m.If(can_start & ~iss_step_open):
+            m.d.comb += take_half.eq(Mux(parity, 0b10, 0b01))
+            m.d.sync += iss_step_open.eq(1)
+        fire = Signal()
+        m.d.comb += fire.eq(iss_tile | can_start)
+        kk = Signal(16)
+        m.d.comb += kk.eq(Mux(iss_tile, ik, 0))
+        with m.If(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        step_end = Signal()
+        with m.If(fire):
+            with m.If(kk == ks_last):
+                m.d.sync += [iss_tile.eq(0), gap.eq(pad)]
+                with m.If(tbase + R >= job.tokens):
+                    m.d.comb += step_end.eq(1)
+                    m.d.sync += [
+                        tbase.eq(0),
+                        ibase.eq(0),
+                        iss_s.eq(iss_s + 1),
+                        iss_step_open.eq(0),
+                    ]
+                    with m.If(iss_s == job.nsteps - 1):
+                        m.d.sync += iss_done.eq(1)
+                with m.Else():
+                    m.d.sync += [tbase.eq(tbase + R), ibase.eq(ibase + job.ksteps)]
+            with m.Else():
+                m.d.sync += [iss_tile.eq(1), ik.eq(kk + 1)]
+        o_pop = Signal()
+        m.d.sync += credits.eq(credits - Mux(can_start, vrows, 0) + o_pop)
+
+        # Shared delay line: stage j is the issue j cycles later. Row r reads its X bank with
+        # the address of stage r and gets its flags from stage r + 1 (memory latency);
+        # unit u reads its W banks with the address of stage u.
+        line_layout = data.StructLayout(
+            {
+                "xaddr": unsigned(xa_bits + 1),
+                "waddr": unsigned(kb + 1),
+                "flags": FLAGS,
+                "row_valid": unsigned(R),
+            }
+        )
+        depth = max(R + 1, U)
+        line = [Signal(line_layout, name=f"line{j}") for j in range(depth)]
+        m.d.sync += [
+            line[0].xaddr.eq(ibase + kk),
+            line[0].waddr.eq(Cat(kk[:kb], parity)),
+            line[0].flags.active.eq(fire),
+            line[0].flags.first.eq(kk == 0),
+            line[0].flags.last.eq(kk == ks_last),
+            line[0].flags.parity.eq(parity),
+            line[0].row_valid.eq(row_valid),
+        ]
+        for j in range(1, depth):
+            m.d.sync += line[j].eq(line[j - 1])
+
+        x_uns = job.x_unsigned
+        for g in range(G):
+            for r in range(R):
+                rp = x_banks[g][r][1]
+                m.d.comb += rp.addr.eq(line[r].xaddr)
+                lanes = []
+                for v in range(V):
+                    byte = rp.data[8 * v : 8 * v + 8]
+                    lanes.append(Cat(byte, byte[7] & ~x_uns))
+                flags = line[r + 1].flags
+                m.d.comb += [
+                    arr.x[g * R + r].eq(Cat(*lanes)),
+                    arr.f[g * R + r].active.eq(flags.active),
+                    arr.f[g * R + r].first.eq(flags.first),
+                    arr.f[g * R + r].last.eq(flags.last),
+                    arr.f[g * R + r].parity.eq(flags.parity),
+                    arr.f[g * R + r].row_valid.eq(line[r + 1].row_valid[r]),
+                ]
+            for c in range(C):
+                rp = w_banks[g][c][1]
+                m.d.comb += rp.addr.eq(line[p.unit_of_column(c)].waddr)
+                if c < p.cols_w8:
+                    m.d.comb += arr.w8[g * p.cols_w8 + c].as_value().eq(rp.data)
+                else:
+                    m.d.comb += arr.w4[g * p.cols_w4 + c - p.cols_w8].as_value().eq(rp.data)
+
+        # Release a W half once its step has left the array and latched its parameters.
+        lat = p.latencies()
+        rel_line = [Signal(2, name=f"rel{j}") for j in range(lat["release"])]
+        m.d.sync += rel_line[0].eq(Mux(step_end, Mux(parity, 0b10, 0b01), 0))
+        for j in range(1, len(rel_line)):
+            m.d.sync += rel_line[j].eq(rel_line[j - 1])
+        m.d.comb += release.eq(rel_line[-1])
+        # The job ends when every step is issued and every half released (the tail of the
+        # last step still drains through requant and the FIFO while the next job loads).
+        pending = Cat(*rel_line).any()
+        with m.If(active & iss_done & (w_full == 0) & ~pending):
+            m.d.sync += active.eq(0)
+
+        # ---- requantisation per logical column, then deskew to one word per token -------
+        lo_q, hi_q = job.lo, job.hi
+        out_bytes = []
+        out_valid = None
+        for g in range(G):
+            for c in range(C):
+                col = arr.col_o[g * C + c]
+                u = p.unit_of_column(c)
+                sel = Signal(par_layout, name=f"sel_g{g}_c{c}")
+                m.d.comb += sel.eq(Mux(col.parity, params[g][c][1], params[g][c][0]))
+                # stage 1: bias
+                s1 = Signal(signed(p.acc_bits + 1), name=f"rq_sum_g{g}_c{c}")
+                m1 = Signal(unsigned(MULT_BITS), name=f"rq_mult_g{g}_c{c}")
+                v = [Signal(name=f"rq_valid{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
+                sh = [Signal(6, name=f"rq_shift{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
+                m.d.sync += [
+                    s1.eq(col.value + sel.bias),
+                    m1.eq(sel.mult),
+                    sh[0].eq(sel.shift),
+                    v[0].eq(col.valid),
+                ]
+                for j in range(1, REQUANT_STAGES):
+                    m.d.sync += [v[j].eq(v[j - 1]), sh[j].eq(sh[j - 1])]
+                # stages 2, 3: the multiply (two registers, the DSP's M and P registers)
+                pw = p.acc_bits + 1 + MULT_BITS + 1
+                prod_a = Signal(signed(pw), name=f"rq_prod_a_g{g}_c{c}")
+                prod_b = Signal(signed(pw), name=f"rq_prod_b_g{g}_c{c}")
+                m.d.sync += [prod_a.eq(s1 * m1), prod_b.eq(prod_a)]
+                # stage 4: arithmetic shift by (shift - 1); shift == 0 passes the product
+                t4 = Signal(signed(pw), name=f"rq_shr_g{g}_c{c}")
+                amount = Mux(sh[2] == 0, 0, (sh[2] - 1)[:SHIFT_BITS])
+                m.d.sync += t4.eq(prod_b >> amount)
+                # stage 5: round half up: ((p >> (s-1)) + 1) >> 1
+                t5 = Signal(signed(pw), name=f"rq_round_g{g}_c{c}")
+                m.d.sync += t5.eq(Mux(sh[3] == 0, t4, (t4 + 1) >> 1))
+                # stage 6: clamp to [lo, hi]
+                y = Signal(signed(8), name=f"rq_out_g{g}_c{c}")
+                m.d.sync += y.eq(Mux(t5 < lo_q, lo_q, Mux(t5 > hi_q, hi_q, t5)))
+                # deskew: unit u is u cycles behind unit 0
+                delay = U - 1 - u
+                cur, cur_valid = y, v[REQUANT_STAGES - 1]
+                for j in range(delay):
+                    nxt = Signal(signed(8), name=f"dsk{j}_g{g}_c{c}")
+                    nxt_valid = Signal(name=f"dsk_valid{j}_g{g}_c{c}")
+                    m.d.sync += [nxt.eq(cur), nxt_valid.eq(cur_valid)]
+                    cur, cur_valid = nxt, nxt_valid
+                out_bytes.append(cur)
+                if out_valid is None:
+                    out_valid = cur_valid
+
+        m.submodules.ofifo = fifo = SyncFIFOBuffered(width=p.o_word_bits, depth=p.out_depth)
+        m.d.comb += [
+            fifo.w_data.eq(Cat(*[b.as_unsigned() for b in out_bytes])),
+            fifo.w_en.eq(out_valid),
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+            o_pop.eq(self.o.valid & self.o.ready),
+        ]
+        return m
+
+
+# --------------------------------------------------------------------------------------
+# Host side: column plan, stream packing, output unpacking, cycle model
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Which weight row every (step, group, column) computes; -1 = idle column.
+
+    ``channel[s, g, c]`` indexes the rows of the layer's weight matrix (shared mode) or the
+    rows of head g's matrix (heads mode).
+    """
+
+    channel: np.ndarray  # (nsteps, groups, cols) int64
+
+    @property
+    def nsteps(self) -> int:
+        return int(self.channel.shape[0])
+
+
+def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
+    """Assign weight rows to columns: W4-eligible rows to W4 columns, the rest to W8 ones.
+
+    A row may use a W4 column when its kind is the array's ``w4_kind``; every row may use a
+    W8 column. ``nsteps = max(ceil(N8 / (G*C8)), ceil(N / (G*C)))`` with N8 the rows that
+    must go to W8 columns (heads mode: G = 1 per head). W4-eligible rows that do not fit the
+    W4 slots overflow into the free W8 slots (the last ones in row order). Slots are filled
+    in row order: step-major, then group, then column.
+    """
+    kind = np.asarray(kind, dtype=np.int64)
+    n = kind.shape[-1]
+    G = 1 if heads else params.groups
+    c8, c4 = params.cols_w8, params.cols_w4
+    eligible = kind == WEIGHT_KINDS.index(params.w4_kind) if c4 else np.zeros(n, dtype=bool)
+    rows4 = np.flatnonzero(eligible)
+    rows8 = np.flatnonzero(~eligible)
+    if c8 == 0 and rows8.size:
+        raise ValueError(
+            f"{rows8.size} weight rows are not {params.w4_kind} and the array has no W8 columns"
+        )
+    nsteps = max(
+        -(-rows8.size // (G * c8)) if c8 else 0,
+        -(-n // (G * params.cols)),
+        1,
+    )
+    spill = max(0, rows4.size - nsteps * G * c4)
+    if spill:
+        rows8 = np.sort(np.concatenate([rows8, rows4[rows4.size - spill :]]))
+        rows4 = rows4[: rows4.size - spill]
+    channel = np.full((nsteps, G, params.cols), -1, dtype=np.int64)
+    slots8 = channel[:, :, :c8].reshape(-1)
+    slots8[: rows8.size] = rows8
+    slots4 = channel[:, :, c8:].reshape(-1)
+    slots4[: rows4.size] = rows4
+    channel[:, :, :c8] = slots8.reshape(nsteps, G, c8)
+    channel[:, :, c8:] = slots4.reshape(nsteps, G, c4)
+    if heads:
+        channel = np.repeat(channel, params.groups, axis=1)
+    return ColumnPlan(channel)
+
+
+@dataclass
+class Job:
+    """One packed job: the command and the stream contents, as the testbench sends them."""
+
+    cmd: dict
+    x_bytes: np.ndarray  # (words, vector) uint8
+    w_words: np.ndarray  # (words, w_word_bytes) uint8, little-endian words
+    plan: ColumnPlan
+    tokens: int
+    channels: int
+    heads: bool
+    macs: int
+    out_words: int = field(init=False)
+
+    def __post_init__(self):
+        self.out_words = self.plan.nsteps * self.tokens
+
+
+def _le_bytes(values: list[int], nbytes: int) -> np.ndarray:
+    return np.frombuffer(
+        b"".join(int(v).to_bytes(nbytes, "little") for v in values), dtype=np.uint8
+    ).reshape(len(values), nbytes)
+
+
+def pack_job(
+    x,
+    q,
+    kind,
+    bias,
+    mult,
+    shift,
+    params: EngineParams,
+    *,
+    lo: int = -128,
+    hi: int = 127,
+    heads: bool = False,
+    x_unsigned: bool = False,
+) -> Job:
+    """Pack one matmul into the engine's streams.
+
+    Shared mode: x (T, K), q (N, K), kind/bias/mult/shift (N,). Heads mode: a leading head
+    axis of size <= groups on every array (missing heads are computed on zeros).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    q = np.asarray(q, dtype=np.int64)
+    G, V = params.groups, params.vector
+    if heads:
+        heads_n = x.shape[0]
+        if not 1 <= heads_n <= G:
+            raise ValueError(f"heads mode needs 1..{G} heads, got {heads_n}")
+        if q.ndim != 3 or q.shape[0] != heads_n:
+            raise ValueError("heads mode: q must be (heads, N, K) like x (heads, T, K)")
+    else:
+        if x.ndim != 2 or q.ndim != 2:
+            raise ValueError("shared mode: x must be (T, K) and q (N, K)")
+        x, q = x[None], q[None]
+        heads_n = 1
+    kind = np.broadcast_to(np.asarray(kind, dtype=np.int64), q.shape[:2])
+    bias = np.broadcast_to(np.asarray(bias, dtype=np.int64), q.shape[:2])
+    mult = np.broadcast_to(np.asarray(mult, dtype=np.int64), q.shape[:2])
+    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64), q.shape[:2])
+    _, T, K = x.shape
+    N = q.shape[1]
+    if q.shape[2] != K:
+        raise ValueError(f"x has K={K} but the weights have K={q.shape[2]}")
+    if T < 1 or N < 1 or K < 1:
+        raise ValueError(f"empty matmul: T={T}, N={N}, K={K}")
+    lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
+    if x.min() < lo_x or x.max() > hi_x:
+        raise ValueError(f"activations must be in [{lo_x}, {hi_x}]")
+    if np.abs(q).max() > 128 or q.min() < -128:
+        raise ValueError("weights must be int8")
+    if np.any(mult < 0) or np.any(mult >= 1 << MULT_BITS):
+        raise ValueError("mult must be in [0, 2**16)")
+    if np.any(shift < 0) or np.any(shift > 62):
+        raise ValueError("shift must be in 0..62")
+    if not -128 <= lo <= hi <= 127:
+        raise ValueError(f"clamp bounds must satisfy -128 <= lo <= hi <= 127, not {lo}, {hi}")
+    ks = -(-K // V)
+    if ks > params.max_ksteps:
+        raise ValueError(f"K={K} needs {ks} k-steps; this engine holds {params.max_ksteps}")
+    if -(-T // params.rows) * ks > params.x_words:
+        raise ValueError(
+            f"X of {T} tokens x {ks} k-steps does not fit the X banks ({params.x_words} words)"
+        )
+    acc_lim = 1 << (params.acc_bits - 1)
+    worst = int(np.abs(x).max()) * int(np.abs(q).max()) * K
+    if worst >= acc_lim:
+        raise ValueError(f"sum of products may reach {worst}: exceeds acc_bits={params.acc_bits}")
+    if heads:
+        plans = [plan_columns(kind[h], params, heads=True) for h in range(heads_n)]
+        nsteps = max(pl.nsteps for pl in plans)
+        channel = np.full((nsteps, G, params.cols), -1, dtype=np.int64)
+        for h, pl in enumerate(plans):
+            channel[: pl.nsteps, h] = pl.channel[:, h]
+        plan = ColumnPlan(channel)
+    else:
+        plan = plan_columns(kind[0], params)
+    # X: token-major words of V bytes (zero padded); heads mode: group after group.
+    xg = np.zeros((G if heads else 1, T, ks * V), dtype=np.int64)
+    xg[:heads_n, :, :K] = x
+    x_bytes = (xg.reshape(-1, V) & 0xFF).astype(np.uint8)
+    # W: per step, group, column: parameter word, then ks words of V bytes.
+    wbytes = params.w_word_bits // 8 + (params.w_word_bits % 8 > 0)
+    words: list[int] = []
+    acc_mask = (1 << params.acc_bits) - 1
+    for s in range(plan.nsteps):
+        for g in range(G):
+            h = g if heads else 0
+            for c in range(params.cols):
+                n = plan.channel[s, g, c]
+                if n < 0 or h >= heads_n:
+                    words.append(0)
+                    words.extend([0] * ks)
+                    continue
+                words.append(
+                    (int(bias[h, n]) & acc_mask)
+                    | int(mult[h, n]) << params.acc_bits
+                    | int(shift[h, n]) << (params.acc_bits + MULT_BITS)
+                )
+                row = np.zeros(ks * V, dtype=np.int64)
+                row[:K] = q[h, n]
+                if c >= params.cols_w8:
+                    row = pot4_code(row) if params.w4_kind == "pot4" else row & 0xF
+                row = (row & 0xFF).astype(np.uint8).reshape(ks, V)
+                words.extend(int.from_bytes(r.tobytes(), "little") for r in row)
+    cmd = {
+        "tokens": T,
+        "ksteps": ks,
+        "nsteps": plan.nsteps,
+        "heads": int(heads),
+        "x_unsigned": int(x_unsigned),
+        "lo": lo,
+        "hi": hi,
+    }
+    return Job(
+        cmd=cmd,
+        x_bytes=x_bytes,
+        w_words=_le_bytes(words, wbytes),
+        plan=plan,
+        tokens=T,
+        channels=N,
+        heads=heads,
+        macs=heads_n * T * N * K,
+    )
+
+
+def cmd_word(cmd: dict) -> int:
+    """The cmd stream payload for a job's command dict (CMD_LAYOUT, LSB first)."""
+    word, pos = 0, 0
+    for name, fld in CMD_LAYOUT:
+        width = fld.width
+        word |= (int(cmd[name]) & ((1 << width) - 1)) << pos
+        pos += width
+    return word
+
+
+def unpack_outputs(o_bytes: np.ndarray, job: Job, params: EngineParams) -> np.ndarray:
+    """Output words (rows of ``groups*cols`` int8 bytes) -> Y (T, N), or (heads, T, N)."""
+    G, C = params.groups, params.cols
+    o = np.asarray(o_bytes, dtype=np.uint8).astype(np.int8).astype(np.int64)
+    o = o.reshape(job.plan.nsteps, job.tokens, G, C)
+    heads_n = G if job.heads else 1
+    y = np.zeros((heads_n, job.tokens, job.channels), dtype=np.int64)
+    for s in range(job.plan.nsteps):
+        for g in range(G):
+            h = g if job.heads else 0
+            for c in range(C):
+                n = job.plan.channel[s, g, c]
+                if n >= 0 and h < heads_n:
+                    y[h, :, n] = o[s, :, g, c]
+    return y if job.heads else y[0]
+
+
+def cycle_model(
+    tokens: int,
+    k: int,
+    nsteps: int,
+    params: EngineParams,
+    *,
+    heads: bool = False,
+) -> int:
+    """Cycles of one job, command handshake to last output word, when no stream stalls.
+
+    Exact for the RTL (tests compare it with Verilator). Edges are counted from the command
+    handshake; the X and W streams deliver one word per cycle from edge 1:
+
+    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = WL``, ``Lend_1 = 2 WL``,
+      ``Lend_s = max(Lend_{s-1}, E_{s-2} + release) + WL`` (a half is reloaded once the
+      step that used it two steps earlier has drained),
+    * step s issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
+      (``S_0 = max(XL, WL) + 1``) and its last at ``E_s = S_s + (tiles-1) P + KS - 1``,
+    * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
+    """
+    V, R, G, C = params.vector, params.rows, params.groups, params.cols
+    ks = -(-k // V)
+    tiles = -(-tokens // R)
+    pad = max(0, R - ks)
+    period = ks + pad
+    lat = params.latencies()
+    x_load = (G if heads else 1) * tokens * ks
+    w_load = G * C * (ks + 1)
+    loaded: list[int] = []
+    ends: list[int] = []
+    for s in range(nsteps):
+        if s == 0:
+            loaded.append(w_load)
+            first = max(x_load, w_load) + 1
+        else:
+            free = ends[s - 2] + lat["release"] if s >= 2 else 0
+            loaded.append(max(loaded[s - 1], free) + w_load)
+            first = max(ends[s - 1] + pad + 1, loaded[s] + 1)
+        ends.append(first + (tiles - 1) * period + ks - 1)
+    return ends[-1] + lat["first_out"] + 1 + (tokens - 1) % R
+
+
+# Amaranth writes one `initial` assignment per word of every memory, even when all are zero
+# (1.9 MB of Verilog for 32k buffer words). Buffers need no initial contents (every word is
+# written before it is read, and zero is the power-up value of BRAM and of Verilator), so the
+# all-zero memory initialisers are dropped: a deterministic text transform.
+_ZERO_MEM_INIT = re.compile(r"  initial begin\n(?:    [\w$\\]+\[\d+\] = \d+'(?:h0+|d0);\n)+  end\n")
+
+
+@functools.lru_cache(maxsize=8)
+def engine_verilog(params: EngineParams, name: str = "gvsa_matmul") -> str:
+    """Verilog of a :class:`MatmulEngine` (deterministic; zero memory initialisers removed)."""
+    from vitaccel.rtl.verilog import to_verilog
+
+    return _ZERO_MEM_INIT.sub("", to_verilog(MatmulEngine(params), name))
