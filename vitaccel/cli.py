@@ -126,15 +126,16 @@ def _model_choice():
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def quantize(model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, images, as_json):
     """Quantise a float model to the integer golden model and compare it with float."""
-    from vitaccel.models.evaluate import evaluate
-    from vitaccel.models.golden import QuantConfig
-    from vitaccel.models.zoo import get_spec
+    from vitaccel.models.specs import get_spec
 
     get_spec(model_name)
     if not 0.0 <= w4_ratio <= 1.0:
         raise CliError(f"--w4-ratio must be in [0, 1], got {w4_ratio}")
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
+    from vitaccel.models.evaluate import evaluate
+    from vitaccel.models.golden import QuantConfig
+
     cfg = QuantConfig(
         scheme=scheme, w4_ratio=w4_ratio, w4_kind=w4_kind, softmax_output=softmax_output
     )
@@ -413,9 +414,7 @@ def report_design(design_file, as_json):
 def build(model_name, board, fps, images, weights, out_dir, as_json):
     """Quantize, design, compile, generate, synthesise and co-simulate one model on one board."""
     from vitaccel.boards import get_board
-    from vitaccel.flow.build import BuildOptions
-    from vitaccel.flow.build import build as run_build
-    from vitaccel.models.zoo import get_spec
+    from vitaccel.models.specs import get_spec
 
     get_spec(model_name)
     get_board(board)
@@ -423,6 +422,9 @@ def build(model_name, board, fps, images, weights, out_dir, as_json):
         raise CliError(f"--fps must be > 0, got {fps}")
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
+    from vitaccel.flow.build import BuildOptions
+    from vitaccel.flow.build import build as run_build
+
     opts = BuildOptions(
         model=model_name, board=board, fps=fps, images=images, out_dir=out_dir, weights=weights
     )
@@ -437,7 +439,7 @@ def build(model_name, board, fps, images, weights, out_dir, as_json):
 def _known_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [CliError]
     from vitaccel.design import DesignError
-    from vitaccel.models.zoo import ModelError, WeightsError
+    from vitaccel.models.specs import ModelError, WeightsError
 
     errs += [DesignError, ModelError, WeightsError]
     from vitaccel.compile.compiler import CompileError

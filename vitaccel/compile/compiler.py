@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vitaccel import isa
 from vitaccel.isa import WORD_BYTES, Instr
-from vitaccel.models.golden import IntLinear, IntViT
 from vitaccel.quant.ref import LayerNormParams
+
+if TYPE_CHECKING:
+    from vitaccel.models.golden import IntLinear, IntViT
 
 __all__ = ["Tensor", "Compiled", "compile_model", "CompileError", "words_for", "spm_rows", "WCodec"]
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ModelError", "ModelSpec", "ZOO", "get_spec"]
+__all__ = ["ModelError", "WeightsError", "ModelSpec", "ZOO", "get_spec"]
 
 _INT_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "heads")
 
 
 class ModelError(ValueError):
     """An unknown model name or an inconsistent model shape."""
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable or does not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -147,5 +151,3 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(
             f"unknown model {name!r}; choose one of: {', '.join(sorted(ZOO))}"
         ) from None
-
-

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitaccel.models.specs import ZOO, ModelError, ModelSpec, get_spec
+from vitaccel.models.specs import ZOO, ModelError, ModelSpec, WeightsError, get_spec
 from vitaccel.models.vit import VisionTransformer
 
 __all__ = [
@@ -39,9 +39,6 @@ _SHIPPED_WEIGHTS = {"digits-vit": "digits_vit.safetensors"}
 # How many key names an error message lists before "...": enough to recognise a
 # naming scheme (e.g. a "module." prefix), short enough to stay on one line.
 _KEYS_SHOWN = 3
-
-class WeightsError(ValueError):
-    """A weights file that is missing, unreadable or does not fit the model."""
 
 
 def _resolve(name_or_spec: str | ModelSpec) -> ModelSpec:
