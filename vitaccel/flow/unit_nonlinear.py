@@ -48,6 +48,9 @@ __all__ = [
     "gelu_table",
     "gelu_case",
     "default_case",
+    "concat_cases",
+    "golden_capture",
+    "golden_case",
     "simulate_case",
     "simulate_unit",
     "compare_rows",
@@ -157,10 +160,41 @@ class UnitCase:
     cfg_strobe: str | None = None
     row_scalars: dict[str, np.ndarray] = field(default_factory=dict)
     out_signed: bool = True
+    write_row: np.ndarray | None = None  # row before which each write happens (default 0)
 
     @property
     def elements(self) -> int:
         return int(sum(len(r) for r in self.rows))
+
+
+def concat_cases(cases: list[UnitCase]) -> UnitCase:
+    """One stream of several cases (e.g. layers); each case's constants are written before
+    its first row, once the unit has gone idle (the testbench waits for ``busy`` low)."""
+    first = cases[0]
+    rows, expected, write_row = [], [], []
+    cfg = {k: [] for k in first.cfg}
+    scalars = {k: [] for k in first.row_scalars}
+    for case in cases:
+        if set(case.cfg) != set(cfg) or set(case.row_scalars) != set(scalars):
+            raise ValueError("cases to concatenate must drive the same ports")
+        n_writes = len(next(iter(case.cfg.values()))) if case.cfg else 0
+        own = np.zeros(n_writes, dtype=np.int64) if case.write_row is None else case.write_row
+        write_row.append(own + len(rows))
+        for k, v in case.cfg.items():
+            cfg[k].append(np.asarray(v, dtype=np.int64))
+        for k, v in case.row_scalars.items():
+            scalars[k].append(np.asarray(v, dtype=np.int64))
+        rows += case.rows
+        expected += case.expected
+    return UnitCase(
+        rows=rows,
+        expected=expected,
+        cfg={k: np.concatenate(v) for k, v in cfg.items()},
+        cfg_strobe=first.cfg_strobe,
+        row_scalars={k: np.concatenate(v) for k, v in scalars.items()},
+        out_signed=first.out_signed,
+        write_row=np.concatenate(write_row) if cfg else None,
+    )
 
 
 def _group_apply(rows, keys, fn) -> list[np.ndarray]:
@@ -368,6 +402,58 @@ def default_case(unit: str, *, vectors: int, seed: int = 0, lanes: int = 1, **op
     return gelu_case(rows, table)
 
 
+# ---- rows captured from the golden model --------------------------------------------------
+
+
+def golden_capture(images: int = 2, *, model: str = "digits-vit"):
+    """Run the integer golden model on ``images`` test images: ``(golden, capture)``."""
+    from vitaccel.models.evaluate import prepare
+
+    _, _, golden, x, _ = prepare(model, images=images)
+    capture: dict = {}
+    golden.forward(x[:images], capture)
+    return golden, capture
+
+
+def golden_case(unit: str, golden, capture, *, lanes: int = 1, output: str = "uint8") -> UnitCase:
+    """The unit's input rows as the golden model produced them (every layer), with the
+    expected rows from the reference at the hardware's ``lanes``.
+
+    Softmax: every head's attention logits (per-block in_shift). LayerNorm: every norm1,
+    norm2 and the final norm, each layer's constants loaded before its rows. GELU: every
+    FC1 output with its block's table.
+    """
+    _check_unit(unit)
+    blocks = golden.blocks
+    if unit == "softmax":
+        rows, shifts = [], []
+        for b, blk in enumerate(blocks):
+            logits = capture[f"blocks.{b}.attn.logits"]
+            flat = logits.reshape(-1, logits.shape[-1])
+            rows += list(flat)
+            shifts += [blk.softmax.in_shift] * len(flat)
+        sm = blocks[0].softmax
+        return softmax_case(
+            rows, shifts, lanes=lanes, frac_bits=sm.frac_bits, output=output, code_bits=sm.code_bits
+        )
+    if unit == "layernorm":
+        layers = []
+        x_in = capture["embed"]
+        for b, blk in enumerate(blocks):
+            layers.append((x_in, blk.norm1))
+            layers.append((capture[f"blocks.{b}.add1"], blk.norm2))
+            x_in = capture[f"blocks.{b}.add2"]
+        layers.append((x_in[:, 0], golden.norm))
+        return concat_cases(
+            [layernorm_case(list(x.reshape(-1, x.shape[-1])), p) for x, p in layers]
+        )
+    cases = []
+    for b, blk in enumerate(blocks):
+        f1 = blk.fc1(capture[f"blocks.{b}.norm2"])
+        cases.append(gelu_case(list(f1.reshape(-1, f1.shape[-1])), blk.gelu_table))
+    return concat_cases(cases)
+
+
 # ---- simulation ---------------------------------------------------------------------------
 
 
@@ -435,6 +521,8 @@ def simulate_case(
         **{f"cfg_{k}": np.asarray(v, dtype=np.int64) for k, v in case.cfg.items()},
         **{f"row_{k}": np.asarray(v, dtype=np.int64) for k, v in case.row_scalars.items()},
     }
+    if case.write_row is not None:
+        arrays["write_row"] = np.asarray(case.write_row, dtype=np.int64)
     checked_rows = list(range(len(case.rows)))
     if reset is not None:
         args.update(

@@ -45,7 +45,9 @@ class GELU(wiring.Component):
     table_data : ``In(signed(out_bits))``
     table_we : ``In(1)``
         Write ``table_data`` at ``table_addr`` (all lane copies) on this cycle. Load the table
-        while no beats are in flight.
+        while the unit is not busy.
+    busy : ``Out(1)``
+        A beat is in the pipeline register (same meaning as on the row units).
     """
 
     def __init__(self, *, lanes: int = 1, in_bits: int = 8, out_bits: int = 8, init=None):
@@ -61,6 +63,7 @@ class GELU(wiring.Component):
                 "table_addr": In(unsigned(in_bits)),
                 "table_data": In(signed(out_bits)),
                 "table_we": In(1),
+                "busy": Out(1),
             }
         )
 
@@ -115,5 +118,6 @@ class GELU(wiring.Component):
             self.o.valid.eq(valid),
             self.o.payload.count.eq(count),
             self.o.payload.last.eq(last),
+            self.busy.eq(valid),
         ]
         return m

@@ -203,8 +203,10 @@ class RowBench:
     Arguments (``args.json``): ``lanes``, ``in_bits``, ``stall_in``, ``stall_out``, ``seed``,
     ``cfg_strobe`` (write-enable port name or null), ``mode`` (``"rows"`` or ``"reset"``).
     Arrays (``args.npz``): ``x`` (all elements, rows concatenated), ``lengths`` (row
-    lengths), ``cfg_<port>`` (one value per write, all of equal length), ``row_<port>`` (one
-    value per row, set with that row's first beat).
+    lengths), ``cfg_<port>`` (one value per write, all of equal length), ``write_row`` (the
+    row before which each write happens, writes for a later row wait until ``busy`` is low:
+    a new layer's constants), ``row_<port>`` (one value per row, set with that row's first
+    beat).
     """
 
     def __init__(self, dut, args: dict, arrays: dict):
@@ -226,6 +228,8 @@ class RowBench:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         self.rows = [x[offsets[r] : offsets[r + 1]] for r in range(len(lengths))]
         self.cfg = {k[4:]: v for k, v in arrays.items() if k.startswith("cfg_")}
+        n_writes = len(next(iter(self.cfg.values()))) if self.cfg else 0
+        self.write_row = arrays.get("write_row", np.zeros(n_writes, dtype=np.int64))
         self.row_scalars = {k[4:]: v for k, v in arrays.items() if k.startswith("row_")}
         self.first_out_ns = None
         self.last_out_ns = None
@@ -246,15 +250,25 @@ class RowBench:
             await RisingEdge(self.dut.clk)
         self.dut.rst.value = 0
 
-    async def load_constants(self):
-        from cocotb.triggers import RisingEdge
+    async def load_constants(self, row: int = 0):
+        """Write the constants scheduled before ``row`` (waiting for the unit to go idle)."""
+        from cocotb.triggers import ReadOnly, RisingEdge
 
         strobe = self.args.get("cfg_strobe")
         if not strobe or not self.cfg:
             return
-        count = len(next(iter(self.cfg.values())))
+        writes = np.flatnonzero(self.write_row == row)
+        if writes.size == 0:
+            return
+        if row > 0:
+            while True:
+                await ReadOnly()
+                idle = not int(self.dut.busy.value)
+                await RisingEdge(self.dut.clk)
+                if idle:
+                    break
         we = getattr(self.dut, strobe)
-        for k in range(count):
+        for k in writes:
             for port, values in self.cfg.items():
                 getattr(self.dut, port).value = int(values[k])
             we.value = 1
@@ -264,6 +278,8 @@ class RowBench:
     async def send_rows(self, first: int, stop: int, partial_beats: int | None = None):
         """Send rows first..stop-1; with ``partial_beats`` only that many beats of the last."""
         for r in range(first, stop):
+            if r > 0:
+                await self.load_constants(r)
             for port, values in self.row_scalars.items():
                 getattr(self.dut, port).value = int(values[r])
             words = self.words(self.rows[r])
