@@ -1,0 +1,376 @@
+"""Scratchpad and its address generators in Amaranth's simulator.
+
+Expected SPM contents come from the ISA interpreter's byte-exact scratchpad model
+(:class:`vitaccel.compile.interp.Machine`), the matmul streams from the engine's own packer
+(:func:`vitaccel.rtl.matmul.pack_job`), so the RTL is checked against the same definitions
+the compiler and the engine use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth import Elaboratable, Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from vitaccel.compile.interp import Machine
+from vitaccel.rtl.matmul import EngineParams, pack_job
+from vitaccel.rtl.spm import (
+    ByteRunWriter,
+    MatmulOutWriter,
+    RowReader,
+    RowWriter,
+    Scratchpad,
+    WStreamBuilder,
+    XStreamBuilder,
+)
+from vitaccel.sim.streams import random_pauses
+
+WORDS = 512
+
+
+def _image(rng, words=WORDS):
+    return rng.integers(0, 256, size=(words, 16), dtype=np.uint8)
+
+
+def _ints(image):
+    return [int.from_bytes(row.tobytes(), "little") for row in image]
+
+
+class Rig(Elaboratable):
+    """A scratchpad with read clients, write clients and extra stream connections."""
+
+    def __init__(self, spm, subs, readers=(), writers=(), links=()):
+        self.spm, self.subs = spm, subs
+        self.readers, self.writers, self.links = readers, writers, links
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.spm = self.spm
+        for i, sub in enumerate(self.subs):
+            m.submodules[f"sub{i}"] = sub
+        for i, client in enumerate(self.readers):
+            wiring.connect(m, client, self.spm.rd[i])
+        for i, client in enumerate(self.writers):
+            wiring.connect(m, client, self.spm.wr[i])
+        for src, dst in self.links:
+            wiring.connect(m, src, dst)
+        return m
+
+
+async def _put(ctx, stream, payload, pauses=None):
+    if pauses is not None:
+        while next(pauses):
+            await ctx.tick()
+    ctx.set(stream.payload, payload)
+    ctx.set(stream.valid, 1)
+    await ctx.tick().until(stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+async def _get(ctx, stream, pauses=None):
+    if pauses is not None:
+        while next(pauses):
+            await ctx.tick()
+    ctx.set(stream.ready, 1)
+    (payload,) = await ctx.tick().sample(stream.payload).until(stream.valid)
+    ctx.set(stream.ready, 0)
+    return payload
+
+
+def _run(rig, *benches, background=(), limit=100_000):
+    sim = Simulator(rig)
+    sim.add_clock(1e-8)
+    for bench in background:
+        sim.add_testbench(bench, background=True)
+    for bench in benches:
+        sim.add_testbench(bench)
+
+    async def watchdog(ctx):
+        for _ in range(limit):
+            await ctx.tick()
+        raise AssertionError(f"testbench did not finish in {limit} cycles")
+
+    sim.add_testbench(watchdog, background=True)
+    sim.run()
+
+
+def _spm_dump(ctx, spm):
+    raw = [ctx.get(spm.mem.data[i]) for i in range(spm.words)]
+    return np.array([list(int(v).to_bytes(16, "little")) for v in raw], dtype=np.uint8)
+
+
+def _machine(image):
+    return Machine(ddr=bytearray(), spm=image.copy())
+
+
+def _reader_cmd(base, stride, rows, cols, base2=0, stride2=0, dual=0):
+    return dict(base=base, stride=stride, rows=rows, cols=cols, base2=base2, stride2=stride2,
+                dual=dual)  # fmt: skip
+
+
+def _expected_beats(image, cmd, lanes):
+    mach = _machine(image)
+    srcs = [(cmd["base"], cmd["stride"])]
+    if cmd["dual"]:
+        srcs.append((cmd["base2"], cmd["stride2"]))
+    beats = []
+    for r in range(cmd["rows"]):
+        for base, stride in srcs:
+            row = mach.read(base + r * stride, 1, cmd["cols"], stride, signed=False)[0]
+            nb = -(-cmd["cols"] // lanes)
+            padded = np.zeros(nb * lanes, dtype=np.int64)
+            padded[: cmd["cols"]] = row
+            for b in range(nb):
+                count = min(lanes, cmd["cols"] - b * lanes)
+                beats.append((list(padded[b * lanes : (b + 1) * lanes]), count, b == nb - 1))
+    return beats
+
+
+# ---- row reader -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 16, 32])
+def test_row_reader_framing_masking_and_dual(lanes):
+    rng = np.random.default_rng(lanes)
+    image = _image(rng)
+    cmds = [
+        _reader_cmd(3, 2, 5, 20),
+        _reader_cmd(100, 1, 3, 16),
+        _reader_cmd(7, 0, 0, 5),  # empty: nothing
+        _reader_cmd(40, 4, 4, 53, base2=200, stride2=5, dual=1),
+        _reader_cmd(300, 3, 2, 1),
+    ]
+    spm = Scratchpad(words=WORDS, init=_ints(image))
+    rd = RowReader(lanes=lanes)
+    rig = Rig(spm, [rd], readers=[rd.mem])
+    got = []
+    want = [b for c in cmds for b in _expected_beats(image, c, lanes)]
+
+    async def feed(ctx):
+        for c in cmds:
+            await _put(ctx, rd.cmd, c)
+
+    async def drain(ctx):
+        pauses = random_pauses(0.3, lanes)
+        for _ in want:
+            p = await _get(ctx, rd.o, pauses)
+            got.append(([int(x) for x in p.data], int(p.count), bool(p.last)))
+        await ctx.tick().until(rd.idle)
+
+    _run(rig, drain, background=[feed])
+    assert got == want
+
+
+def test_two_readers_share_the_port_and_a_stalled_one_does_not_block():
+    rng = np.random.default_rng(9)
+    image = _image(rng)
+    spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image))
+    fast, slow = RowReader(lanes=16), RowReader(lanes=16)
+    rig = Rig(spm, [fast, slow], readers=[fast.mem, slow.mem])
+    cf, cs = _reader_cmd(0, 1, 64, 16), _reader_cmd(100, 1, 8, 16)
+    times = {}
+
+    async def run_fast(ctx):
+        await _put(ctx, fast.cmd, cf)
+        got = []
+        ctx.set(fast.o.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(fast.o.valid, fast.o.payload):
+            if valid:
+                got.append([int(x) for x in payload.data])
+            if len(got) == 64:
+                break
+        times["fast"] = got
+
+    async def run_slow(ctx):
+        await _put(ctx, slow.cmd, cs)
+        await ctx.tick().repeat(300)  # nobody takes its words meanwhile
+        got = []
+        for _ in range(8):
+            p = await _get(ctx, slow.o)
+            got.append([int(x) for x in p.data])
+        times["slow"] = got
+
+    _run(rig, run_fast, run_slow)
+    assert times["fast"] == [list(image[r]) for r in range(64)]
+    assert times["slow"] == [list(image[100 + r]) for r in range(8)]
+
+
+# ---- writers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lanes", [1, 4, 16, 32])
+def test_row_writer_writes_only_cols(lanes):
+    rng = np.random.default_rng(20 + lanes)
+    image = _image(rng)
+    jobs = [
+        (5, 3, 4, 37),
+        (60, 1, 2, 16),
+        (80, 2, 3, 1),
+        (120, 5, 2, 70),
+    ]  # base, stride, rows, cols
+    spm = Scratchpad(words=WORDS, init=_ints(image))
+    wr, brw = RowWriter(lanes=lanes), ByteRunWriter()
+    rig = Rig(spm, [wr, brw], writers=[brw.mem], links=[(wr.o, brw.i)])
+    mach = _machine(image)
+    tensors = []
+    for base, stride, rows, cols in jobs:
+        values = rng.integers(-128, 128, size=(rows, cols))
+        tensors.append(values)
+        mach.write(base, values, stride)
+
+    async def bench(ctx):
+        pauses = random_pauses(0.3, lanes)
+        for (base, stride, rows, cols), values in zip(jobs, tensors, strict=True):
+            await _put(ctx, wr.cmd, dict(base=base, stride=stride, rows=rows, cols=cols))
+            for r in range(rows):
+                nb = -(-cols // lanes)
+                for b in range(nb):
+                    chunk = [int(v) & 0xFF for v in values[r, b * lanes : (b + 1) * lanes]]
+                    chunk += [0x5A] * (lanes - len(chunk))  # garbage past cols: never written
+                    beat = dict(data=chunk, count=min(lanes, cols - b * lanes), last=b == nb - 1)
+                    await _put(ctx, wr.i, beat, pauses)
+            await ctx.tick().until(wr.idle & brw.idle)
+        np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
+
+    _run(rig, bench)
+
+
+@pytest.mark.parametrize(
+    "groups, cols, heads, nheads, transposed, n",
+    [
+        (1, 4, 0, 1, 0, 10),
+        (2, 4, 0, 1, 0, 21),
+        (2, 8, 0, 1, 0, 40),  # runs of 16 across two groups
+        (2, 4, 1, 2, 0, 6),
+        (4, 4, 1, 3, 0, 9),  # group 3 is not a head
+        (2, 4, 0, 1, 1, 11),
+        (2, 4, 1, 2, 1, 7),
+        (1, 24, 0, 1, 0, 30),  # more than 16 lanes in a group
+    ],
+)
+def test_matmul_out_writer(groups, cols, heads, nheads, transposed, n):
+    rng = np.random.default_rng(groups * 100 + cols + n)
+    image = _image(rng)
+    T = 19
+    base, stride, head_step = 10, 3 if not transposed else 2, 90
+    cm = cols if heads else groups * cols
+    nsteps = -(-n // cm)
+    heads_n = nheads if heads else 1
+    y = rng.integers(-128, 128, size=(heads_n, T, n))
+    # o words: per step, token; byte g*C + c
+    words = []
+    for s in range(nsteps):
+        for t in range(T):
+            lanes = [int(rng.integers(0, 256)) for _ in range(groups * cols)]  # idle garbage
+            for g in range(groups):
+                for c in range(cols):
+                    h, ch = (g, s * cols + c) if heads else (0, s * groups * cols + g * cols + c)
+                    if h < heads_n and ch < n:
+                        lanes[g * cols + c] = int(y[h, t, ch]) & 0xFF
+            words.append(int.from_bytes(bytes(lanes), "little"))
+    mach = _machine(image)
+    for h in range(heads_n):
+        out = y[h].T if transposed else y[h]
+        mach.write(base + h * head_step, out, stride)
+    spm = Scratchpad(words=WORDS, init=_ints(image))
+    ow, brw = MatmulOutWriter(groups=groups, cols=cols), ByteRunWriter()
+    rig = Rig(spm, [ow, brw], writers=[brw.mem], links=[(ow.o, brw.i)])
+    cmd = dict(base=base, stride=stride, tokens=T, n=n, heads=heads, nheads=nheads,
+               head_step=head_step, transposed=transposed)  # fmt: skip
+
+    async def bench(ctx):
+        await _put(ctx, ow.cmd, cmd)
+        pauses = random_pauses(0.3, 5)
+        for word in words:
+            await _put(ctx, ow.i, word, pauses)
+        await ctx.tick().until(ow.idle & brw.idle)
+        np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
+
+    _run(rig, bench)
+
+
+# ---- matmul input streams ---------------------------------------------------------------------
+
+
+def _spm_with(rng, tensors):
+    """An SPM image holding each (base, stride, int array) tensor."""
+    image = _image(rng)
+    mach = _machine(image)
+    for base, stride, values in tensors:
+        mach.write(base, values, stride)
+    return mach.spm
+
+
+@pytest.mark.parametrize(
+    "groups, cols, vector, heads, nheads, T, K, N",
+    [
+        (1, 4, 8, 0, 1, 5, 20, 10),
+        (2, 4, 8, 0, 1, 6, 16, 19),
+        (2, 2, 4, 1, 2, 7, 9, 5),
+        (4, 4, 16, 1, 3, 3, 40, 9),
+    ],
+)
+def test_x_and_w_streams_match_the_engine_packer(groups, cols, vector, heads, nheads, T, K, N):
+    rng = np.random.default_rng(T * K + N)
+    params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector)
+    hn = nheads if heads else 1
+    x = rng.integers(-128, 128, size=(hn, T, K))
+    w = rng.integers(-128, 128, size=(hn, N, K))
+    xs, xstep, ws, wstep = 2, 40, 200, 100  # disjoint tensors
+    stride_x, stride_w = -(-K // 16), -(-K // 16) + 1
+    tensors = [(xs + h * xstep, stride_x, x[h]) for h in range(hn)]
+    tensors += [(ws + h * wstep, stride_w, w[h]) for h in range(hn)]
+    image = _spm_with(rng, tensors)
+    mult, shift = 300, 9
+    kind = np.zeros(N, dtype=np.int64)  # w8 rows
+    if heads:
+        job = pack_job(x, w, kind, 0, mult, shift, params, heads=True)
+    else:
+        job = pack_job(x[0], w[0], kind, 0, mult, shift, params)
+    want_x = [int.from_bytes(r.tobytes(), "little") for r in job.x_bytes]
+    want_w = [int.from_bytes(r.tobytes(), "little") for r in job.w_words]
+
+    spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image))
+    xb = XStreamBuilder(groups=groups, vector=vector)
+    wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits)
+    rig = Rig(spm, [xb, wb], readers=[xb.mem, wb.mem])
+    got = {"x": [], "w": []}
+
+    async def feed(ctx):
+        await _put(ctx, xb.cmd, dict(base=xs, stride=stride_x, tokens=T, k=K, heads=heads,
+                                     nheads=nheads, head_step=xstep))  # fmt: skip
+        await _put(ctx, wb.cmd, dict(base=ws, stride=stride_w, n=N, k=K, heads=heads,
+                                     nheads=nheads, head_step=wstep, mult=mult, shift=shift))  # fmt: skip
+
+    async def take_x(ctx):
+        pauses = random_pauses(0.2, 1)
+        for _ in want_x:
+            got["x"].append(int(await _get(ctx, xb.o, pauses)))
+        await ctx.tick().until(xb.idle)
+
+    async def take_w(ctx):
+        pauses = random_pauses(0.2, 2)
+        for _ in want_w:
+            got["w"].append(int(await _get(ctx, wb.o, pauses)))
+        await ctx.tick().until(wb.idle)
+
+    _run(rig, take_x, take_w, background=[feed])
+    assert [hex(v) for v in got["x"]] == [hex(v) for v in want_x]
+    assert got["w"] == want_w
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, exc",
+    [
+        (RowReader, {"lanes": 3}, ValueError),
+        (RowWriter, {"lanes": 128}, ValueError),
+        (Scratchpad, {"words": 8}, ValueError),
+        (MatmulOutWriter, {"groups": 0, "cols": 4}, ValueError),
+        (XStreamBuilder, {"vector": 12, "groups": 1}, ValueError),
+    ],
+)
+def test_rejects_bad_parameters(cls, kwargs, exc):
+    with pytest.raises(exc, match=next(iter(kwargs))):
+        cls(**kwargs)

@@ -1,0 +1,1004 @@
+"""Scratchpad (SPM) and the address generators every instruction uses.
+
+The SPM is one memory of 16-byte words (docs/isa.md, "Scratchpad") with one read port and
+one byte-enabled write port, so it maps to simple-dual-port block RAM. Around it:
+
+* :class:`Scratchpad`: the memory, a round-robin arbiter for several read clients (each a
+  :func:`read_client_signature`: request/grant, data one cycle after the grant) and a
+  priority mux for the write clients (at most one writes at a time by construction).
+* :class:`RowReader`: (base, stride, rows, cols) -> a stream of beats of ``lanes`` bytes
+  with row framing (``count``/``last``, :func:`vitaccel.rtl.common.row_layout`); bytes past
+  ``cols`` read as 0. A *dual* command interleaves the rows of two tensors (A row 0, B row 0,
+  A row 1, ...) for the residual add. A credit counter keeps the reader from requesting
+  more words than its FIFO holds, so a stalled consumer never blocks the read port.
+* :class:`ByteRunWriter`: runs of up to 16 bytes at any byte offset -> one or two word writes
+  with byte enables. Every writer below produces runs.
+* :class:`RowWriter`: a row stream of ``lanes`` bytes -> runs at (base, stride, rows, cols);
+  bytes past ``cols`` are never written.
+* :class:`MatmulOutWriter`: the matmul engine's output words (one token x G*C channels per
+  step) -> runs, in shared or heads mode, row-major or transposed (OUT_T).
+* :class:`WStreamBuilder`: the engine's ``w`` stream from SPM rows (MATMUL with W_SPM):
+  per step, group and column a parameter word, then the row's ``ceil(K/V)`` words.
+
+``lanes`` must be a power of two (1..64): beats then never straddle a word boundary except
+as whole words, which keeps the byte selection a plain mux.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from vitaccel.rtl.common import check_int, count_bits, row_layout, row_signature, silence_unused
+
+__all__ = [
+    "WORD_BYTES",
+    "ADDR_BITS",
+    "read_client_signature",
+    "write_client_signature",
+    "Scratchpad",
+    "reader_cmd_layout",
+    "RowReader",
+    "run_layout",
+    "ByteRunWriter",
+    "writer_cmd_layout",
+    "RowWriter",
+    "matmul_out_cmd_layout",
+    "MatmulOutWriter",
+    "xbuild_cmd_layout",
+    "XStreamBuilder",
+    "wbuild_cmd_layout",
+    "WStreamBuilder",
+]
+
+WORD_BYTES = 16
+# Instruction fields are 16 bits: every SPM word address is computed in 16 bits and the
+# memory uses the low ceil(log2(words)) of them.
+ADDR_BITS = 16
+
+
+def read_client_signature(addr_bits: int = ADDR_BITS) -> wiring.Signature:
+    """A read client of the SPM (client side): ``req``/``addr`` out, ``grant`` in (the request
+    is taken on this cycle), ``rvalid``/``rdata`` in one cycle after the grant."""
+    return wiring.Signature(
+        {
+            "req": Out(1),
+            "addr": Out(addr_bits),
+            "grant": In(1),
+            "rvalid": In(1),
+            "rdata": In(8 * WORD_BYTES),
+        }
+    )
+
+
+def write_client_signature(addr_bits: int = ADDR_BITS) -> wiring.Signature:
+    """A write client of the SPM (client side): ``en``, ``addr``, ``data``, byte enables ``be``."""
+    return wiring.Signature(
+        {
+            "en": Out(1),
+            "addr": Out(addr_bits),
+            "data": Out(8 * WORD_BYTES),
+            "be": Out(WORD_BYTES),
+        }
+    )
+
+
+def _check_lanes(lanes, name: str = "lanes") -> int:
+    check_int(name, lanes, 1, 64)
+    if lanes & (lanes - 1):
+        raise ValueError(f"{name} must be a power of two, not {lanes!r}")
+    return lanes
+
+
+class Scratchpad(wiring.Component):
+    """The SPM: ``words`` x 16 bytes, one read port shared round-robin, one write port.
+
+    Parameters
+    ----------
+    words : int
+        Depth in 16-byte words (16..65536).
+    read_clients, write_clients : int
+        Number of read clients (round-robin, one grant per cycle) and write clients (lower
+        index wins; the controller lets one write at a time).
+    init : sequence of int, optional
+        Power-up contents (128-bit words), for tests; zeros otherwise.
+
+    Members
+    -------
+    rd : ``In(read_client_signature()).array(read_clients)``
+    wr : ``In(write_client_signature()).array(write_clients)``
+    """
+
+    def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None):
+        try:
+            check_int("words", words, 16, 1 << ADDR_BITS)
+            check_int("read_clients", read_clients, 1, 16)
+            check_int("write_clients", write_clients, 1, 16)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.words = words
+        # Built here (not in elaborate) so testbenches can read ``mem.data``.
+        self.mem = Memory(shape=unsigned(8 * WORD_BYTES), depth=words, init=init or [])
+        self.read_clients = read_clients
+        self.write_clients = write_clients
+        super().__init__(
+            {
+                "rd": In(read_client_signature()).array(read_clients),
+                "wr": In(write_client_signature()).array(write_clients),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = self.mem
+        abits = ceil_log2(self.words)
+        wp = mem.write_port(granularity=8)
+        rp = mem.read_port()
+
+        # Writes: priority mux (the last assignment wins, so client 0 has priority).
+        for w in reversed(list(self.wr)):
+            with m.If(w.en):
+                m.d.comb += [wp.addr.eq(w.addr[:abits]), wp.data.eq(w.data)]
+                m.d.comb += wp.en.eq(w.be)
+
+        # Reads: round-robin after the last granted client.
+        n = self.read_clients
+        last = Signal(range(n))
+        reqs = Cat(*[r.req for r in self.rd])
+        grant = Signal(n)
+        # Candidates in priority order last+1, last+2, ..., last (rotation by a constant each).
+        for start in range(n):
+            with m.If(last == start):
+                order = [(start + 1 + j) % n for j in range(n)]
+                for idx in reversed(order):  # the last assignment wins: order[0] first
+                    with m.If(reqs[idx]):
+                        m.d.comb += grant.eq(1 << idx)
+        for i, r in enumerate(self.rd):
+            m.d.comb += r.grant.eq(grant[i])
+            with m.If(grant[i]):
+                m.d.comb += rp.addr.eq(r.addr[:abits])
+                m.d.sync += last.eq(i)
+        m.d.comb += rp.en.eq(grant.any())
+        granted = Signal(n)
+        m.d.sync += granted.eq(grant)
+        for i, r in enumerate(self.rd):
+            m.d.comb += [r.rvalid.eq(granted[i]), r.rdata.eq(rp.data)]
+        return m
+
+
+# ---- row reader ------------------------------------------------------------------------------
+
+
+def reader_cmd_layout() -> data.StructLayout:
+    """A :class:`RowReader` command. ``dual``: rows alternate between (base, stride) and
+    (base2, stride2), ``rows`` counts row pairs."""
+    return data.StructLayout(
+        {
+            "base": unsigned(ADDR_BITS),
+            "stride": unsigned(16),
+            "rows": unsigned(16),
+            "cols": unsigned(16),
+            "base2": unsigned(ADDR_BITS),
+            "stride2": unsigned(16),
+            "dual": unsigned(1),
+        }
+    )
+
+
+class RowReader(wiring.Component):
+    """Row-major int8 tensor in the SPM -> beats of ``lanes`` bytes with row framing.
+
+    Row r of a command is read from words ``base + r*stride .. + ceil(cols/16) - 1``; it
+    becomes ``ceil(cols/lanes)`` beats, the last with ``count = cols - lanes*(beats-1)`` and
+    ``last``; lanes past ``cols`` are 0 (the padding the matmul's X stream needs). A command
+    with rows or cols equal to 0 is accepted and produces nothing. The next command is taken
+    as soon as the previous one's addresses are issued (its beats may still be draining).
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(reader_cmd_layout()))``
+    o : ``Out(row_signature(unsigned(8), lanes))``
+    mem : ``Out(read_client_signature())``
+    idle : ``Out(1)``
+        Every beat of every accepted command has been delivered.
+    """
+
+    def __init__(self, *, lanes: int, fifo_depth: int = 4):
+        try:
+            _check_lanes(lanes)
+            check_int("fifo_depth", fifo_depth, 2, 64)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.lanes = lanes
+        self.fifo_depth = fifo_depth
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(reader_cmd_layout())),
+                "o": Out(row_signature(unsigned(8), lanes)),
+                "mem": Out(read_client_signature()),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        cmdp = self.cmd.payload
+
+        # -- framing queue: what the beat former needs of each command --
+        info_layout = data.StructLayout({"rows": unsigned(17), "cols": unsigned(16)})
+        m.submodules.info = info = SyncFIFO(width=info_layout.size, depth=2)
+        m.submodules.words = words = SyncFIFO(width=8 * WORD_BYTES, depth=self.fifo_depth)
+
+        # -- address generator --
+        active = Signal()
+        rows_left = Signal(16)
+        wpr = Signal(13)  # words per row, ceil(cols / 16)
+        w = Signal(13)
+        second = Signal()  # dual: on the B row of the pair
+        dual = Signal()
+        addr = Signal(ADDR_BITS)
+        row_a = Signal(ADDR_BITS)
+        row_b = Signal(ADDR_BITS)
+        stride_a = Signal(16)
+        stride_b = Signal(16)
+
+        empty_cmd = (cmdp.rows == 0) | (cmdp.cols == 0)
+        m.d.comb += self.cmd.ready.eq(~active & info.w_rdy)
+        take = self.cmd.valid & self.cmd.ready
+        info_in = Signal(info_layout)
+        m.d.comb += [
+            info_in.rows.eq(Mux(cmdp.dual, cmdp.rows << 1, cmdp.rows)),
+            info_in.cols.eq(cmdp.cols),
+            info.w_data.eq(info_in),
+            info.w_en.eq(take & ~empty_cmd),
+        ]
+        with m.If(take & ~empty_cmd):
+            m.d.sync += [
+                active.eq(1),
+                rows_left.eq(cmdp.rows),
+                wpr.eq((cmdp.cols + 15) >> 4),
+                w.eq(0),
+                second.eq(0),
+                dual.eq(cmdp.dual),
+                addr.eq(cmdp.base),
+                row_a.eq(cmdp.base),
+                row_b.eq(cmdp.base2),
+                stride_a.eq(cmdp.stride),
+                stride_b.eq(cmdp.stride2),
+            ]
+
+        outstanding = Signal(range(self.fifo_depth + 1))  # granted, not yet popped
+        pop = Signal()
+        m.d.comb += [
+            self.mem.req.eq(active & (outstanding < self.fifo_depth)),
+            self.mem.addr.eq(addr),
+        ]
+        grant = self.mem.grant
+        m.d.sync += outstanding.eq(outstanding + grant - pop)
+        with m.If(grant):
+            with m.If(w + 1 != wpr):
+                m.d.sync += [w.eq(w + 1), addr.eq(addr + 1)]
+            with m.Elif(dual & ~second):
+                m.d.sync += [w.eq(0), second.eq(1), addr.eq(row_b)]
+            with m.Else():
+                m.d.sync += [
+                    w.eq(0),
+                    second.eq(0),
+                    rows_left.eq(rows_left - 1),
+                    row_a.eq(row_a + stride_a),
+                    row_b.eq(row_b + stride_b),
+                    addr.eq(row_a + stride_a),
+                ]
+                with m.If(rows_left == 1):
+                    m.d.sync += active.eq(0)
+        m.d.comb += [words.w_en.eq(self.mem.rvalid), words.w_data.eq(self.mem.rdata)]
+
+        # -- beat former --
+        head = Signal(info_layout)
+        m.d.comb += head.eq(info.r_data)
+        col = Signal(16)
+        brow = Signal(17)  # rows of the head command already emitted
+        remaining = Signal(17)
+        m.d.comb += remaining.eq(head.cols - col)
+        is_last = Signal()
+        m.d.comb += is_last.eq(remaining <= L)
+        count = Signal(count_bits(L))
+        m.d.comb += count.eq(Mux(is_last, remaining, L))
+        beat = Signal(row_layout(unsigned(8), L))
+        fire = self.o.valid & self.o.ready
+        word_done = Signal()  # this beat uses the last bytes taken from the head word
+
+        if L <= WORD_BYTES:
+            per_word = WORD_BYTES // L
+            sub = col[exact_log2(L) : 4] if per_word > 1 else Const(0, 1)
+            slices = Array([words.r_data[8 * L * j : 8 * L * (j + 1)] for j in range(per_word)])
+            raw = Signal(8 * L)
+            m.d.comb += raw.eq(slices[sub])
+            m.d.comb += [
+                self.o.valid.eq(info.r_rdy & words.r_rdy),
+                word_done.eq(is_last | (sub == per_word - 1)),
+                pop.eq(fire & word_done),
+            ]
+        else:
+            k = L // WORD_BYTES
+            gather = [Signal(8 * WORD_BYTES, name=f"gather{j}") for j in range(k)]
+            gj = Signal(range(k))
+            full = Signal()
+            wi = Signal(13)  # word index within the row
+            last_word = (wi + 1) << 4 >= head.cols
+            take_word = info.r_rdy & words.r_rdy & ~full
+            m.d.comb += pop.eq(take_word)
+            with m.If(take_word):
+                for j in range(k):
+                    with m.If(gj == j):
+                        m.d.sync += gather[j].eq(words.r_data)
+                with m.If((gj == k - 1) | last_word):
+                    m.d.sync += [full.eq(1), gj.eq(0)]
+                with m.Else():
+                    m.d.sync += gj.eq(gj + 1)
+                m.d.sync += wi.eq(Mux(last_word, 0, wi + 1))
+            with m.If(fire):
+                m.d.sync += full.eq(0)
+            raw = Cat(*gather)
+            m.d.comb += self.o.valid.eq(full)
+
+        for i in range(L):
+            m.d.comb += beat.data[i].eq(Mux(i < count, raw[8 * i : 8 * i + 8], 0))
+        m.d.comb += [beat.count.eq(count), beat.last.eq(is_last), self.o.payload.eq(beat)]
+
+        m.d.comb += info.r_en.eq(0)
+        with m.If(fire):
+            with m.If(is_last):
+                m.d.sync += col.eq(0)
+                with m.If(brow + 1 == head.rows):
+                    m.d.sync += brow.eq(0)
+                    m.d.comb += info.r_en.eq(1)
+                with m.Else():
+                    m.d.sync += brow.eq(brow + 1)
+            with m.Else():
+                m.d.sync += col.eq(col + L)
+
+        m.d.comb += words.r_en.eq(pop)
+        m.d.comb += self.idle.eq(~active & ~info.r_rdy)
+        return m
+
+
+# ---- writers ---------------------------------------------------------------------------------
+
+
+def run_layout() -> data.StructLayout:
+    """A write run: ``count`` (1..16) bytes of ``data`` (byte 0 first) go to SPM bytes
+    ``off .. off + count - 1`` counted from word ``addr`` (spilling into ``addr + 1``)."""
+    return data.StructLayout(
+        {
+            "addr": unsigned(ADDR_BITS),
+            "off": unsigned(4),
+            "count": unsigned(5),
+            "data": data.ArrayLayout(unsigned(8), WORD_BYTES),
+        }
+    )
+
+
+class ByteRunWriter(wiring.Component):
+    """Runs -> SPM word writes with byte enables: one write per cycle, two for a run that
+    crosses a word boundary. Latency one cycle; a run that fits one word is taken every cycle.
+
+    Members
+    -------
+    i : ``In(stream.Signature(run_layout()))``
+    mem : ``Out(write_client_signature())``
+    idle : ``Out(1)``
+    """
+
+    def __init__(self):
+        super().__init__(
+            {
+                "i": In(stream.Signature(run_layout())),
+                "mem": Out(write_client_signature()),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        run = self.i.payload
+        busy = Signal()
+        phase = Signal()
+        two = Signal()
+        addr = Signal(ADDR_BITS)
+        window = Signal(16 * 16)
+        be = Signal(32)
+        finishing = busy & (phase | ~two)
+        m.d.comb += self.i.ready.eq(~busy | finishing)
+        take = self.i.valid & self.i.ready
+        mask = Signal(16)
+        m.d.comb += mask.eq(((Const(1, 17) << run.count) - 1)[:16])
+        with m.If(take):
+            m.d.sync += [
+                busy.eq(run.count != 0),
+                phase.eq(0),
+                two.eq(run.off + run.count > WORD_BYTES),
+                addr.eq(run.addr),
+                window.eq(run.data.as_value() << (run.off * 8)),
+                be.eq(mask << run.off),
+            ]
+        with m.Elif(finishing):
+            m.d.sync += busy.eq(0)
+        with m.If(busy & ~phase & two):
+            m.d.sync += phase.eq(1)
+        m.d.comb += [
+            self.mem.en.eq(busy),
+            self.mem.addr.eq(addr + phase),
+            self.mem.data.eq(Mux(phase, window[128:], window[:128])),
+            self.mem.be.eq(Mux(phase, be[16:], be[:16])),
+            self.idle.eq(~busy),
+        ]
+        return m
+
+
+def writer_cmd_layout() -> data.StructLayout:
+    return data.StructLayout(
+        {
+            "base": unsigned(ADDR_BITS),
+            "stride": unsigned(16),
+            "rows": unsigned(16),
+            "cols": unsigned(16),
+        }
+    )
+
+
+class RowWriter(wiring.Component):
+    """A row stream of ``lanes`` bytes -> runs into rows (base, stride, rows, cols).
+
+    The writer counts columns itself (``ceil(cols/lanes)`` beats a row); the stream's
+    framing is not used. A beat of more than 16 lanes becomes one run per 16 bytes.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(writer_cmd_layout()))``
+    i : ``In(row_signature(unsigned(8), lanes))``
+    o : ``Out(stream.Signature(run_layout()))``
+    idle : ``Out(1)``
+        No command in progress (every beat of the last command has left as a run).
+    """
+
+    def __init__(self, *, lanes: int):
+        try:
+            _check_lanes(lanes)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.lanes = lanes
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(writer_cmd_layout())),
+                "i": In(row_signature(unsigned(8), lanes)),
+                "o": Out(stream.Signature(run_layout())),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        k = max(1, L // WORD_BYTES)
+        active = Signal()
+        rows_left = Signal(16)
+        cols = Signal(16)
+        stride = Signal(16)
+        row = Signal(ADDR_BITS)
+        col = Signal(16)
+        piece = Signal(range(k))
+        m.d.comb += self.cmd.ready.eq(~active)
+        with m.If(self.cmd.valid & ~active):
+            m.d.sync += [
+                active.eq((self.cmd.payload.rows != 0) & (self.cmd.payload.cols != 0)),
+                rows_left.eq(self.cmd.payload.rows),
+                cols.eq(self.cmd.payload.cols),
+                stride.eq(self.cmd.payload.stride),
+                row.eq(self.cmd.payload.base),
+                col.eq(0),
+                piece.eq(0),
+            ]
+        pos = Signal(16)  # column of this piece
+        m.d.comb += pos.eq(col + (piece << 4) if k > 1 else col)
+        left = Signal(17)
+        m.d.comb += left.eq(cols - pos)
+        plen = min(L, WORD_BYTES)
+        run = self.o.payload
+        m.d.comb += [
+            run.addr.eq(row + (pos >> 4)),
+            run.off.eq(pos[:4]),
+            run.count.eq(Mux(left < plen, left, plen)),
+        ]
+        if k > 1:
+            src = Array([self.i.payload.data[16 * j : 16 * j + 16] for j in range(k)])[piece]
+            for b in range(WORD_BYTES):
+                m.d.comb += run.data[b].eq(src[b])
+        else:
+            for b in range(L):
+                m.d.comb += run.data[b].eq(self.i.payload.data[b])
+        beat_done = Signal()
+        m.d.comb += beat_done.eq((left <= plen) | (piece == k - 1))
+        m.d.comb += [
+            self.o.valid.eq(active & self.i.valid),
+            self.i.ready.eq(active & self.o.ready & beat_done),
+        ]
+        row_done = col + L >= cols
+        with m.If(self.o.valid & self.o.ready):
+            with m.If(~beat_done):
+                m.d.sync += piece.eq(piece + 1)
+            with m.Else():
+                m.d.sync += piece.eq(0)
+                with m.If(row_done):
+                    m.d.sync += [col.eq(0), row.eq(row + stride), rows_left.eq(rows_left - 1)]
+                    with m.If(rows_left == 1):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += col.eq(col + L)
+        m.d.comb += self.idle.eq(~active)
+        return m
+
+
+# ---- matmul streams --------------------------------------------------------------------------
+
+
+def matmul_out_cmd_layout() -> data.StructLayout:
+    """A :class:`MatmulOutWriter` job: Y base/stride, T, N, mode and heads."""
+    return data.StructLayout(
+        {
+            "base": unsigned(ADDR_BITS),
+            "stride": unsigned(16),
+            "tokens": unsigned(16),
+            "n": unsigned(16),
+            "heads": unsigned(1),  # heads mode: group g writes head g (base + g*head_step)
+            "nheads": unsigned(8),  # heads in this job (1..groups); 1 in shared mode
+            "head_step": unsigned(16),
+            "transposed": unsigned(1),  # OUT_T: element (t, n) to row n, column t
+        }
+    )
+
+
+def _mode_consts(groups: int, cols: int):
+    """Per mode (shared, heads): channels per step Cm and the row-major segment width."""
+    shared = (groups * cols, min(WORD_BYTES, groups * cols))
+    heads = (cols, min(WORD_BYTES, cols))
+    return shared, heads
+
+
+class MatmulOutWriter(wiring.Component):
+    """The matmul engine's ``o`` words -> SPM runs.
+
+    Word order (docs/gvsa.md): per output step s, per token t < T, one word of ``groups*cols``
+    bytes, byte ``g*cols + c``. In shared mode the step covers channels ``s*G*C ..`` (byte j is
+    channel ``s*G*C + j``); in heads mode group g (< nheads) writes channel ``s*C + c`` of head
+    g's Y at ``base + g*head_step``. Channels >= N are dropped. Row-major output writes each
+    word as runs of up to 16 consecutive channels; OUT_T writes one byte per element (row n,
+    column t), i.e. one run per channel.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(matmul_out_cmd_layout()))``
+    i : ``In(stream.Signature(unsigned(8 * groups * cols)))``
+    o : ``Out(stream.Signature(run_layout()))``
+    idle : ``Out(1)``
+    """
+
+    def __init__(self, *, groups: int, cols: int):
+        try:
+            check_int("groups", groups, 1, 64)
+            check_int("cols", cols, 1, 64)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.groups = groups
+        self.cols = cols
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(matmul_out_cmd_layout())),
+                "i": In(stream.Signature(unsigned(8 * groups * cols))),
+                "o": Out(stream.Signature(run_layout())),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        G, C = self.groups, self.cols
+        (cm_sh, sw_sh), (cm_hd, sw_hd) = _mode_consts(G, C)
+        job = Signal(matmul_out_cmd_layout())
+        active = Signal()
+        cm = Signal(16)  # channels per step in this mode
+        sw = Signal(5)  # lanes per run in this mode
+        cm_stride = Signal(32)  # cm * stride (rows of one step, OUT_T)
+
+        g = Signal(8)
+        c = Signal(16)
+        t = Signal(16)
+        step_n = Signal(17)  # s * cm
+        grp_base = Signal(ADDR_BITS)  # base + g * head_step
+        row_off = Signal(32)  # t * stride (row-major)
+        step_nrow = Signal(32)  # s * cm * stride (OUT_T)
+        nrow = Signal(32)  # n * stride (OUT_T)
+
+        m.d.comb += self.cmd.ready.eq(~active)
+        cmdp = self.cmd.payload
+        with m.If(self.cmd.valid & ~active):
+            m.d.sync += [
+                job.eq(cmdp),
+                active.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
+                cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
+                sw.eq(Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))),
+                cm_stride.eq(cmdp.stride * Mux(cmdp.heads, cm_hd, cm_sh)),
+                g.eq(0),
+                c.eq(0),
+                t.eq(0),
+                step_n.eq(0),
+                grp_base.eq(cmdp.base),
+                row_off.eq(0),
+                step_nrow.eq(0),
+                nrow.eq(0),
+            ]
+
+        n = Signal(17)
+        m.d.comb += n.eq(step_n + c)
+        left_n = Signal(17)
+        left_c = Signal(17)
+        m.d.comb += [left_n.eq(job.n - n), left_c.eq(cm - c)]
+        count0 = Signal(17)
+        m.d.comb += count0.eq(Mux(left_n < sw, left_n, sw))
+        count = Signal(17)
+        m.d.comb += count.eq(Mux(left_c < count0, left_c, count0))
+        group_last = Signal()
+        m.d.comb += group_last.eq((c + sw >= cm) | (n + sw >= job.n))
+        gact = Mux(job.heads, job.nheads, 1)
+        word_last = Signal()
+        m.d.comb += word_last.eq(group_last & (g + 1 >= gact))
+
+        lane0 = Signal(range(G * C + 1))
+        m.d.comb += lane0.eq(g * C + c)
+        word = self.i.payload
+        run = self.o.payload
+        with m.If(job.transposed):
+            m.d.comb += [
+                run.addr.eq(grp_base + nrow + (t >> 4)),
+                run.off.eq(t[:4]),
+                run.count.eq(1),
+                run.data[0].eq(Array([word[8 * j : 8 * j + 8] for j in range(G * C)])[lane0]),
+            ]
+        with m.Else():
+            m.d.comb += [
+                run.addr.eq(grp_base + row_off + (n >> 4)),
+                run.off.eq(n[:4]),
+                run.count.eq(count),
+            ]
+            positions = sorted(
+                set(range(0, G * C, sw_sh))
+                | {g_ * C + j for g_ in range(G) for j in range(0, C, sw_hd)}
+            )
+            for p in positions:
+                with m.If(lane0 == p):
+                    for b in range(WORD_BYTES):
+                        if p + b < G * C:
+                            m.d.comb += run.data[b].eq(word[8 * (p + b) : 8 * (p + b) + 8])
+
+        fire = self.o.valid & self.o.ready
+        m.d.comb += [
+            self.o.valid.eq(active & self.i.valid),
+            self.i.ready.eq(active & self.o.ready & word_last),
+        ]
+        with m.If(fire):
+            with m.If(word_last):
+                m.d.sync += [g.eq(0), c.eq(0), grp_base.eq(job.base)]
+                with m.If(t + 1 == job.tokens):
+                    m.d.sync += [
+                        t.eq(0),
+                        row_off.eq(0),
+                        step_n.eq(step_n + cm),
+                        step_nrow.eq(step_nrow + cm_stride),
+                        nrow.eq(step_nrow + cm_stride),
+                    ]
+                    with m.If(step_n + cm >= job.n):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += [t.eq(t + 1), row_off.eq(row_off + job.stride), nrow.eq(step_nrow)]
+            with m.Elif(group_last):
+                m.d.sync += [
+                    g.eq(g + 1),
+                    c.eq(0),
+                    grp_base.eq(grp_base + job.head_step),
+                    nrow.eq(step_nrow),
+                ]
+            with m.Else():
+                m.d.sync += [c.eq(c + sw), nrow.eq(nrow + job.stride)]
+        m.d.comb += self.idle.eq(~active)
+        return m
+
+
+def xbuild_cmd_layout() -> data.StructLayout:
+    return data.StructLayout(
+        {
+            "base": unsigned(ADDR_BITS),
+            "stride": unsigned(16),
+            "tokens": unsigned(16),
+            "k": unsigned(16),
+            "heads": unsigned(1),
+            "nheads": unsigned(8),
+            "head_step": unsigned(16),
+        }
+    )
+
+
+class XStreamBuilder(wiring.Component):
+    """The matmul engine's ``x`` stream from SPM rows: T tokens x ceil(K/V) words of V bytes,
+    zero padded past K. Heads mode: groups 0..G-1 in turn, head g from ``base + g*head_step``;
+    groups >= nheads get zero words (the engine loads X for every group).
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(xbuild_cmd_layout()))``
+    o : ``Out(stream.Signature(unsigned(8 * vector)))``
+    mem : ``Out(read_client_signature())``
+    idle : ``Out(1)``
+    """
+
+    def __init__(self, *, groups: int, vector: int):
+        try:
+            check_int("groups", groups, 1, 64)
+            _check_lanes(vector, "vector")
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.groups = groups
+        self.vector = vector
+        self.reader = RowReader(lanes=vector)
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(xbuild_cmd_layout())),
+                "o": Out(stream.Signature(unsigned(8 * vector))),
+                "mem": Out(read_client_signature()),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = rd = self.reader
+        wiring.connect(m, rd.mem, wiring.flipped(self.mem))
+        V = self.vector
+        job = Signal(xbuild_cmd_layout())
+        active = Signal()
+        g = Signal(8)
+        base = Signal(ADDR_BITS)
+        issued = Signal()  # the reader command of group g is out
+        zeros_left = Signal(32)  # zero words still to send for group g
+        m.d.comb += self.cmd.ready.eq(~active)
+        with m.If(self.cmd.valid & ~active):
+            m.d.sync += [
+                job.eq(self.cmd.payload),
+                active.eq((self.cmd.payload.tokens != 0) & (self.cmd.payload.k != 0)),
+                g.eq(0),
+                base.eq(self.cmd.payload.base),
+                issued.eq(0),
+            ]
+        ks = (job.k + V - 1) >> exact_log2(V)
+        real = ~job.heads | (g < job.nheads)
+        gcount = Mux(job.heads, self.groups, 1)
+        m.d.comb += [
+            rd.cmd.payload.base.eq(base),
+            rd.cmd.payload.stride.eq(job.stride),
+            rd.cmd.payload.rows.eq(job.tokens),
+            rd.cmd.payload.cols.eq(job.k),
+            rd.cmd.valid.eq(active & ~issued & real),
+        ]
+        with m.If(rd.cmd.valid & rd.cmd.ready):
+            m.d.sync += issued.eq(1)
+        with m.If(active & ~issued & ~real):
+            m.d.sync += [issued.eq(1), zeros_left.eq(job.tokens * ks)]
+
+        # Output: the reader's beats for a real group, zeros otherwise.
+        last_of_group = Signal()
+        with m.If(real):
+            m.d.comb += [
+                self.o.valid.eq(active & issued & rd.o.valid),
+                self.o.payload.eq(rd.o.payload.data.as_value()),
+                rd.o.ready.eq(active & issued & self.o.ready),
+            ]
+            # the group ends with the last beat of its last row; count rows
+        with m.Else():
+            m.d.comb += [self.o.valid.eq(active & issued & (zeros_left != 0)), self.o.payload.eq(0)]
+        rows_done = Signal(16)
+        fire = self.o.valid & self.o.ready
+        with m.If(fire):
+            with m.If(real):
+                with m.If(rd.o.payload.last):
+                    m.d.sync += rows_done.eq(rows_done + 1)
+                    with m.If(rows_done + 1 == job.tokens):
+                        m.d.comb += last_of_group.eq(1)
+            with m.Else():
+                m.d.sync += zeros_left.eq(zeros_left - 1)
+                with m.If(zeros_left == 1):
+                    m.d.comb += last_of_group.eq(1)
+        with m.If(last_of_group):
+            m.d.sync += [
+                rows_done.eq(0),
+                issued.eq(0),
+                g.eq(g + 1),
+                base.eq(base + job.head_step),
+            ]
+            with m.If(g + 1 == gcount):
+                m.d.sync += active.eq(0)
+        m.d.comb += self.idle.eq(~active)
+        return m
+
+
+def wbuild_cmd_layout() -> data.StructLayout:
+    return data.StructLayout(
+        {
+            "base": unsigned(ADDR_BITS),
+            "stride": unsigned(16),
+            "n": unsigned(16),
+            "k": unsigned(16),
+            "heads": unsigned(1),
+            "nheads": unsigned(8),
+            "head_step": unsigned(16),
+            "mult": unsigned(16),
+            "shift": unsigned(6),
+        }
+    )
+
+
+class WStreamBuilder(wiring.Component):
+    """The matmul engine's ``w`` stream from SPM rows (MATMUL with W_SPM, identity plan).
+
+    Per output step s and block (shared: one block of G*C columns; heads: one block of C
+    columns per group g, from ``base + g*head_step``), per column: a parameter word (bias 0,
+    ``mult``, ``shift``), then ``ceil(K/V)`` words of row n (shared ``n = s*G*C + g*C + c``,
+    heads ``n = s*C + c``); rows n >= N and groups >= nheads send zero words (parameter word
+    included). Steps continue
+    until they cover N. A block's rows are one :class:`RowReader` command (issued ahead while
+    the previous block is still streaming).
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(wbuild_cmd_layout()))``
+    o : ``Out(stream.Signature(unsigned(w_bits)))``
+    mem : ``Out(read_client_signature())``
+    idle : ``Out(1)``
+    """
+
+    def __init__(self, *, groups: int, cols: int, vector: int, acc_bits: int = 32,
+                 w_bits: int | None = None):  # fmt: skip
+        try:
+            check_int("groups", groups, 1, 64)
+            check_int("cols", cols, 1, 64)
+            _check_lanes(vector, "vector")
+            check_int("acc_bits", acc_bits, 16, 48)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.groups, self.cols, self.vector, self.acc_bits = groups, cols, vector, acc_bits
+        self.w_bits = w_bits or max(8 * vector, acc_bits + 16 + 6)
+        self.reader = RowReader(lanes=vector)
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(wbuild_cmd_layout())),
+                "o": Out(stream.Signature(unsigned(self.w_bits))),
+                "mem": Out(read_client_signature()),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = rd = self.reader
+        wiring.connect(m, rd.mem, wiring.flipped(self.mem))
+        G, C, V = self.groups, self.cols, self.vector
+        (cm_sh, _), (cm_hd, _) = _mode_consts(G, C)
+        job = Signal(wbuild_cmd_layout())
+        cm = Signal(16)
+        cm_stride = Signal(32)
+        m_active = Signal()  # emitter busy
+        m.d.comb += self.cmd.ready.eq(~m_active)
+        cmdp = self.cmd.payload
+        start = self.cmd.valid & ~m_active & (cmdp.n != 0) & (cmdp.k != 0)
+
+        # Block b = (s, g): first row n0 = s*cm; rows min(cm, N - n0) if group is real.
+        def block_rows(step_n, g):
+            left = Signal(17)
+            m.d.comb += left.eq(job.n - step_n)
+            real = ~job.heads | (g < job.nheads)
+            return Mux(real, Mux(left < cm, left, cm), 0)
+
+        blocks_per_step = Mux(job.heads, G, 1)
+
+        # -- reader command issue --
+        r_active = Signal()
+        r_g = Signal(8)
+        r_step_n = Signal(17)
+        r_step_row = Signal(ADDR_BITS)  # base + s*cm*stride
+        r_base = Signal(ADDR_BITS)  # + g*head_step
+        m.d.comb += [
+            rd.cmd.payload.base.eq(r_base),
+            rd.cmd.payload.stride.eq(job.stride),
+            rd.cmd.payload.rows.eq(block_rows(r_step_n, r_g)),
+            rd.cmd.payload.cols.eq(job.k),
+            rd.cmd.valid.eq(r_active),
+        ]
+        with m.If(rd.cmd.valid & rd.cmd.ready):
+            with m.If(r_g + 1 == blocks_per_step):
+                m.d.sync += [
+                    r_g.eq(0),
+                    r_step_n.eq(r_step_n + cm),
+                    r_step_row.eq(r_step_row + cm_stride),
+                    r_base.eq(r_step_row + cm_stride),
+                ]
+                with m.If(r_step_n + cm >= job.n):
+                    m.d.sync += r_active.eq(0)
+            with m.Else():
+                m.d.sync += [r_g.eq(r_g + 1), r_base.eq(r_base + job.head_step)]
+
+        # -- emitter --
+        e_g = Signal(8)
+        e_step_n = Signal(17)
+        c = Signal(16)
+        k = Signal(16)  # 0: parameter word, 1..ks: weight words
+        ks = (job.k + V - 1) >> exact_log2(V)
+        rows = Signal(17)
+        m.d.comb += rows.eq(block_rows(e_step_n, e_g))
+        from_reader = (k != 0) & (c < rows)
+        param = Signal(self.w_bits)
+        m.d.comb += param.eq(Cat(Const(0, self.acc_bits), job.mult, job.shift))
+        with m.If(k == 0):
+            # idle columns get an all-zero parameter word, as the engine's packer gives them
+            m.d.comb += [self.o.valid.eq(m_active), self.o.payload.eq(Mux(c < rows, param, 0))]
+        with m.Elif(from_reader):
+            m.d.comb += [
+                self.o.valid.eq(m_active & rd.o.valid),
+                self.o.payload.eq(rd.o.payload.data.as_value()),
+                rd.o.ready.eq(m_active & self.o.ready),
+            ]
+        with m.Else():
+            m.d.comb += [self.o.valid.eq(m_active), self.o.payload.eq(0)]
+        fire = self.o.valid & self.o.ready
+        with m.If(fire):
+            with m.If(k != ks):
+                m.d.sync += k.eq(k + 1)
+            with m.Else():
+                m.d.sync += k.eq(0)
+                with m.If(c + 1 != cm):
+                    m.d.sync += c.eq(c + 1)
+                with m.Else():
+                    m.d.sync += c.eq(0)
+                    with m.If(e_g + 1 != blocks_per_step):
+                        m.d.sync += e_g.eq(e_g + 1)
+                    with m.Else():
+                        m.d.sync += [e_g.eq(0), e_step_n.eq(e_step_n + cm)]
+                        with m.If(e_step_n + cm >= job.n):
+                            m.d.sync += m_active.eq(0)
+
+        with m.If(start):
+            m.d.sync += [
+                job.eq(cmdp),
+                cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
+                cm_stride.eq(cmdp.stride * Mux(cmdp.heads, cm_hd, cm_sh)),
+                m_active.eq(1),
+                r_active.eq(1),
+                r_g.eq(0),
+                r_step_n.eq(0),
+                r_step_row.eq(cmdp.base),
+                r_base.eq(cmdp.base),
+                e_g.eq(0),
+                e_step_n.eq(0),
+                c.eq(0),
+                k.eq(0),
+            ]
+        m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle)
+        return m
