@@ -1,0 +1,189 @@
+"""Residual-add unit: ``y = clamp((a*MA_c + b*MB_c + 2**(S-1)) >> S, -128, 127)``.
+
+The definition is :func:`vitaccel.quant.ref.residual_add` (per-channel uint16 multipliers
+``MA_c``/``MB_c``, one shift S). The unit works on whole SPM words (16 channels a beat) and
+takes its two operands from **one** stream: row r of A, then row r of B (a
+:class:`vitaccel.rtl.spm.RowReader` dual command), so it needs one SPM read port. A rows go
+into a row buffer; each B beat reads the matching A beat and the 16 channels' multipliers
+back and flows through the pipeline::
+
+    i (A row) ──► row buffer[j]
+    i (B row) ──► read row buffer[j], params[j] ─► a*MA, b*MB (shift-add, LUTs) ─► sum,
+                  round, >> S, clamp ─► o
+
+Multipliers are shift-add trees in fabric (:func:`vitaccel.rtl.common.shift_add_mul`): the
+DSP48E2 slices stay with the matmul array. The whole pipeline stalls together when ``o`` is
+not ready; B beats flow at one per cycle, A beats at one per cycle into the buffer, so a row
+pair of W words takes 2W cycles (the SPM read port gives one word per cycle anyway).
+
+Per-channel multipliers are loaded through ``param_*`` (one 16-byte SPM word of the
+parameter block, 4 channels, per write) while the unit is idle.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from vitaccel.rtl.common import (
+    check_int,
+    count_bits,
+    row_signature,
+    rshift_round,
+    shift_add_mul,
+    silence_unused,
+)
+
+__all__ = ["ResAdd", "LANES"]
+
+LANES = 16  # one SPM word of int8 channels per beat
+PARAM_BYTES = 4  # per channel: mult_a (uint16), mult_b (uint16), little-endian
+
+
+class ResAdd(wiring.Component):
+    """Residual add of two int8 row streams (A row, then B row, alternating).
+
+    Parameters
+    ----------
+    max_channels : int
+        Longest row (16..8192, a multiple of 16): sizes the row buffer and the parameter
+        memory (``max_channels / 16`` words each).
+
+    Members
+    -------
+    i : ``In(row_signature(unsigned(8), 16))``
+        Row r of A, then row r of B, and so on; ``count``/``last`` frame each row (both rows
+        of a pair have the same length).
+    o : ``Out(row_signature(signed(8), 16))``
+        One output row per pair, the framing of the B row.
+    shift : ``In(unsigned(6))``
+        S; hold it constant while rows flow.
+    param_addr : ``In(range(max_channels // 4))``
+        Index of the parameter word (channels ``4*param_addr .. + 3``).
+    param_data : ``In(128)``
+        The 16 bytes of that word of the SPM parameter block.
+    param_we : ``In(1)``
+    busy : ``Out(1)``
+        A row is partly received or results are still in the pipeline.
+    """
+
+    def __init__(self, *, max_channels: int = 1024):
+        try:
+            check_int("max_channels", max_channels, 16, 8192)
+            if max_channels % LANES:
+                raise ValueError(f"max_channels must be a multiple of 16, not {max_channels!r}")
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.max_channels = max_channels
+        self.beats = max_channels // LANES
+        super().__init__(
+            {
+                "i": In(row_signature(unsigned(8), LANES)),
+                "o": Out(row_signature(signed(8), LANES)),
+                "shift": In(unsigned(6)),
+                "param_addr": In(range(max_channels // 4)),
+                "param_data": In(128),
+                "param_we": In(1),
+                "busy": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = self.beats
+        abits = max(1, ceil_log2(depth))
+
+        # -- memories: the A row and four banks of parameter words (word p in bank p % 4) --
+        m.submodules.rowbuf = rowbuf = Memory(shape=unsigned(128), depth=depth, init=[])
+        row_w = rowbuf.write_port()
+        row_r = rowbuf.read_port()
+        banks = []
+        for q in range(4):
+            bank = Memory(shape=unsigned(128), depth=depth, init=[])
+            m.submodules[f"params{q}"] = bank
+            wp = bank.write_port()
+            m.d.comb += [
+                wp.addr.eq(self.param_addr[2:]),
+                wp.data.eq(self.param_data),
+                wp.en.eq(self.param_we & (self.param_addr[:2] == q)),
+            ]
+            banks.append(bank.read_port())
+
+        # -- input: A rows to the buffer, B beats into the pipeline --
+        advance = Signal()  # the whole pipeline moves
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        on_b = Signal()  # the current row is a B row
+        beat = Signal(abits + 1)
+        a_take = self.i.valid & ~on_b
+        b_take = self.i.valid & on_b & advance
+        m.d.comb += self.i.ready.eq(~on_b | advance)
+        with m.If((a_take | b_take) & self.i.payload.last):
+            m.d.sync += [beat.eq(0), on_b.eq(~on_b)]
+        with m.Elif(a_take | b_take):
+            m.d.sync += beat.eq(beat + 1)
+        m.d.comb += [
+            row_w.addr.eq(beat),
+            row_w.data.eq(self.i.payload.data.as_value()),
+            row_w.en.eq(a_take),
+            row_r.addr.eq(beat),
+            row_r.en.eq(advance),
+        ]
+        for rp in banks:
+            m.d.comb += [rp.addr.eq(beat), rp.en.eq(advance)]
+
+        # stage 1: memory outputs valid, B registered
+        v1 = Signal()
+        b1 = Signal(128)
+        count1 = Signal(count_bits(LANES))
+        last1 = Signal()
+        with m.If(advance):
+            m.d.sync += [
+                v1.eq(b_take),
+                b1.eq(self.i.payload.data.as_value()),
+                count1.eq(self.i.payload.count),
+                last1.eq(self.i.payload.last),
+            ]
+        params = Cat(*[rp.data for rp in banks])  # 16 channels x (mult_a, mult_b)
+
+        # stage 2..: products (shift-add trees), then sum/round/shift/clamp
+        sums = []
+        latency = 0
+        for lane in range(LANES):
+            a = row_r.data[8 * lane : 8 * lane + 8].as_signed()
+            b = b1[8 * lane : 8 * lane + 8].as_signed()
+            mult_a = params[32 * lane : 32 * lane + 16]
+            mult_b = params[32 * lane + 16 : 32 * lane + 32]
+            pa, lat = shift_add_mul(m, mult_a, a, en=advance, name=f"pa{lane}")
+            pb, _ = shift_add_mul(m, mult_b, b, en=advance, name=f"pb{lane}")
+            latency = lat
+            total = Signal(signed(len(pa) + 1), name=f"sum{lane}")
+            m.d.comb += total.eq(pa + pb)
+            sums.append(total)
+        shift = self.shift
+        out = Signal(128)
+        for lane, total in enumerate(sums):
+            rounded = Signal(signed(len(total) + 1), name=f"rnd{lane}")
+            m.d.comb += rounded.eq(rshift_round(total, shift))
+            clamped = Mux(rounded < -128, -128, Mux(rounded > 127, 127, rounded))
+            with m.If(advance):
+                m.d.sync += out[8 * lane : 8 * lane + 8].eq(clamped[:8])
+        # framing travels beside the data: one register per pipeline stage
+        stages = [Cat(v1, count1, last1)]
+        for k in range(latency + 1):
+            reg = Signal(len(stages[0]), name=f"frame{k}")
+            with m.If(advance):
+                m.d.sync += reg.eq(stages[-1])
+            stages.append(reg)
+        framed = stages[-1]
+        m.d.comb += [
+            self.o.valid.eq(framed[0]),
+            self.o.payload.data.as_value().eq(out),
+            self.o.payload.count.eq(framed[1 : 1 + len(count1)]),
+            self.o.payload.last.eq(framed[-1]),
+        ]
+        m.d.comb += self.busy.eq((beat != 0) | on_b | Cat(*[st[0] for st in stages]).any())
+        return m
