@@ -25,7 +25,18 @@ from vitaccel.rtl.matmul import (
     unpack_outputs,
 )
 
-__all__ = ["generate_gvsa", "simulate_matmul", "simulate_jobs", "engine_params", "MatmulCase"]
+__all__ = [
+    "generate_gvsa",
+    "simulate_matmul",
+    "simulate_jobs",
+    "engine_params",
+    "MatmulCase",
+    "LayerShape",
+    "vit_matmuls",
+    "random_case",
+    "benchmark_layers",
+    "format_benchmark",
+]
 
 TOP = "gvsa_matmul"
 ARRAY_TOP = "gvsa_array"
@@ -303,3 +314,180 @@ def simulate_matmul(
         x, q, kind, bias, mult, shift, lo=lo, hi=hi, heads=heads, x_unsigned=x_unsigned
     )
     return simulate_jobs([case], params, stall=stall, seed=seed)[0]
+
+
+# --------------------------------------------------------------------------------------
+# ViT layer shapes and a benchmark over them
+# --------------------------------------------------------------------------------------
+
+
+class LayerShape:
+    """One matmul of a ViT encoder as the engine runs it (one job)."""
+
+    def __init__(self, name, tokens, k, n, *, heads=0, x_unsigned=False):
+        self.name = name
+        self.tokens, self.k, self.n = tokens, k, n
+        self.heads = heads  # >0: heads mode, this many heads in the model
+        self.x_unsigned = x_unsigned
+
+    def __repr__(self):
+        mode = f", heads={self.heads}" if self.heads else ""
+        return f"{self.name}: {self.tokens} x {self.k} -> {self.n}{mode}"
+
+
+def vit_matmuls(model: str, tokens: int | None = None) -> list[LayerShape]:
+    """Every matmul shape of one encoder block of ``model`` plus patch embedding and head.
+
+    ``tokens`` overrides the sequence length (default: the model's patches + class token).
+    Attention matmuls are per head (heads mode; ``ceil(heads / groups)`` jobs per block).
+    """
+    from vitaccel.models.specs import get_spec
+
+    spec = get_spec(model)
+    t = spec.tokens if tokens is None else tokens
+    d, dh, h = spec.embed_dim, spec.head_dim, spec.heads
+    return [
+        LayerShape("patch_embed", max(1, t - 1), spec.patch_dim, d),
+        LayerShape("qkv", t, d, 3 * d),
+        LayerShape("qk^T", t, dh, t, heads=h),
+        LayerShape("attn_v", t, t, dh, heads=h, x_unsigned=True),
+        LayerShape("proj", t, d, d),
+        LayerShape("fc1", t, d, spec.mlp_dim),
+        LayerShape("fc2", t, spec.mlp_dim, d),
+        LayerShape("head", 1, d, spec.num_classes),
+    ]
+
+
+def random_case(
+    rng: np.random.Generator,
+    tokens: int,
+    k: int,
+    n: int,
+    *,
+    w4_ratio: float = 0.0,
+    w4_kind: str = "int4",
+    heads: int = 0,
+    x_unsigned: bool = False,
+    lo: int = -128,
+    hi: int = 127,
+    name: str = "",
+) -> MatmulCase:
+    """Random operands of one matmul, scaled so that most outputs do not saturate.
+
+    Weights come from :func:`vitaccel.quant.scales.quantize_weight` (so every W4 scheme is
+    the real one); the requant shift is chosen from the accumulator spread. Heads mode
+    (``heads`` > 0) gives ``heads`` independent heads whose "weights" are int8 activations.
+    """
+    from vitaccel.quant.scales import quantize_weight
+
+    count = max(1, heads)
+    xs, qs, kinds, biases, mults, shifts = [], [], [], [], [], []
+    for _ in range(count):
+        lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
+        x = rng.integers(lo_x, hi_x + 1, (tokens, k))
+        if heads:
+            q = rng.integers(-128, 128, (n, k))
+            kind = np.zeros(n, dtype=np.int64)
+        else:
+            wq = quantize_weight(rng.standard_normal((n, k)), w4_ratio, w4_kind)
+            q, kind = wq.q, wq.kind
+        bias = rng.integers(-(2**14), 2**14, n)
+        mult = rng.integers(2**15, 2**16, n)
+        spread = np.maximum(matmul_int(x, q, bias).std(axis=0), 1.0) * mult
+        shift = np.clip(np.ceil(np.log2(spread / 40.0)), 0, 62).astype(np.int64)
+        xs.append(x)
+        qs.append(q)
+        kinds.append(kind)
+        biases.append(bias)
+        mults.append(mult)
+        shifts.append(shift)
+    if not heads:
+        return MatmulCase(
+            xs[0],
+            qs[0],
+            kinds[0],
+            biases[0],
+            mults[0],
+            shifts[0],
+            lo=lo,
+            hi=hi,
+            x_unsigned=x_unsigned,
+            name=name,
+        )
+    return MatmulCase(
+        np.stack(xs),
+        np.stack(qs),
+        np.stack(kinds),
+        np.stack(biases),
+        np.stack(mults),
+        np.stack(shifts),
+        lo=lo,
+        hi=hi,
+        heads=True,
+        x_unsigned=x_unsigned,
+        name=name,
+    )
+
+
+def benchmark_layers(
+    model: str,
+    params: EngineParams,
+    *,
+    tokens: int | None = None,
+    w4_ratio: float = 0.0,
+    stall: float = 0.0,
+    seed: int = 0,
+    layers: list[str] | None = None,
+) -> list[dict]:
+    """Simulate every matmul shape of ``model`` on Verilator; cycles, utilisation, exactness.
+
+    One job per shape (attention: the first ``groups`` heads at once). Utilisation counts
+    useful MACs only: ``macs / (cycles * groups*rows*cols*vector)``.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = [s for s in vit_matmuls(model, tokens) if layers is None or s.name in layers]
+    cases = []
+    for s in shapes:
+        cases.append(
+            random_case(
+                rng,
+                s.tokens,
+                s.k,
+                s.n,
+                w4_ratio=0.0 if s.heads else w4_ratio,
+                w4_kind=params.w4_kind,
+                heads=min(s.heads, params.groups) if s.heads else 0,
+                x_unsigned=s.x_unsigned,
+                name=s.name,
+            )
+        )
+    results = simulate_jobs(cases, params, stall=stall, seed=seed)
+    rows = []
+    for s, r in zip(shapes, results, strict=True):
+        rows.append(
+            {
+                "layer": s.name,
+                "shape": f"{s.tokens}x{s.k}->{s.n}",
+                "jobs_per_block": -(-s.heads // params.groups) if s.heads else 1,
+                **{k: r[k] for k in ("mismatches", "first_mismatch", "cycles", "model_cycles")},
+                "macs": r["macs"],
+                "utilization": r["utilization"],
+            }
+        )
+    return rows
+
+
+def format_benchmark(rows: list[dict], title: str = "") -> str:
+    """The benchmark as a fixed-width table."""
+    lines = [title] if title else []
+    lines.append(
+        f"{'layer':<12} {'shape':>16} {'jobs':>4} {'cycles':>9} {'model':>9} "
+        f"{'MACs':>11} {'util':>6} {'exact':>6}"
+    )
+    for r in rows:
+        lines.append(
+            f"{r['layer']:<12} {r['shape']:>16} {r['jobs_per_block']:>4} {r['cycles']:>9} "
+            f"{r['model_cycles']:>9} {r['macs']:>11} {r['utilization']:>6.3f} "
+            f"{'yes' if r['mismatches'] == 0 else 'NO':>6}"
+        )
+    return "\n".join(lines)
