@@ -91,9 +91,7 @@ class Design(_Strict):
     input_buffer_kib: int = Field(64, ge=1, le=32768)
     weight_buffer_kib: int = Field(64, ge=1, le=32768)
     output_buffer_kib: int = Field(64, ge=1, le=32768)
-    spm_kib: int = Field(
-        256, ge=1, le=1024, description="scratchpad size (16-byte words; <= 1 MiB: 16-bit addresses)"
-    )
+    spm_kib: int = Field(256, ge=1, le=1024, description="scratchpad KiB (16-bit word addresses)")
 
     @model_validator(mode="after")
     def _check(self):
