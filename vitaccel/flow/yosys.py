@@ -108,7 +108,19 @@ def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True) -> Resources:
         )
         if lut_depth:
             script += "tee -o ltp.txt ltp -noff w:* t:LUT* t:CARRY* t:MUXF*\n"
-        _run_yosys(script, work)
+        try:
+            _run_yosys(script, work)
+        except YosysError as err:
+            # Yosys bug (YosysHQ/yosys#4349, #4451): ABC reintegration can clash on a wire
+            # name of Amaranth's netlists. The maintainers' workaround is splitting nets
+            # first; it is applied only when the bug fires, so other counts do not move.
+            if "count_id(" not in str(err):
+                raise
+            script = script.replace(
+                "read_verilog -sv design.v\n",
+                f"read_verilog -sv design.v\nhierarchy -top {top}\nproc\nsplitnets\n",
+            )
+            _run_yosys(script, work)
         counts = _parse_stat((work / "stat.txt").read_text())
         depth = None
         if lut_depth and (work / "ltp.txt").exists():
