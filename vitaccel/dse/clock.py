@@ -1,0 +1,60 @@
+"""The clock rule: which PL clocks a design may use, from the logic depth Yosys measures.
+
+Without Vivado there is no timing report, so the explorer bounds the clock by the longest
+register-to-register path of the synthesised units (``ltp`` after ``synth_xilinx -family
+xcup``), converted to *effective logic levels*:
+
+    levels = LUT + MUXF cells on the path + CARRY cells / 4
+
+A LUT level on UltraScale+ (-2 speed grade) costs about 0.4 ns with its routing (~0.1 ns
+of LUT, ~0.3 ns of typical local net); a CARRY4/CARRY8 cell adds only its carry propagation
+(~0.1 ns), so four of them count as one level. ``ltp`` reports the path with the most cells, which for an adder is a long carry run;
+a pure-LUT path can be longer in time, so the rule takes the larger of the two paths
+(``path`` and ``path_lut_only`` in the calibration runs).
+
+The period must hold the levels plus ~0.6 ns of clock-to-out, setup, skew and jitter margin:
+
+    f_max = 1 / (0.6 ns + 0.4 ns * levels)
+
+which gives the allowed levels per board clock in :data:`MAX_LEVELS`. A design runs at the
+fastest board clock (``BoardBudget.pl_clocks_mhz``) whose limit every unit meets. The rule is
+a planning rule, not timing closure: Vivado's report decides (docs/boards.md).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LEVEL_NS",
+    "OVERHEAD_NS",
+    "MAX_LEVELS",
+    "effective_levels",
+    "max_levels",
+    "allowed_clocks",
+]
+
+LEVEL_NS = 0.4
+OVERHEAD_NS = 0.6
+
+
+def max_levels(clock_mhz: float) -> float:
+    """Effective logic levels a path may have at ``clock_mhz``."""
+    return (1e3 / clock_mhz - OVERHEAD_NS) / LEVEL_NS
+
+
+MAX_LEVELS = {f: round(max_levels(f), 2) for f in (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)}
+
+
+def effective_levels(run: dict) -> float:
+    """Effective levels of one calibration run (see the module docstring)."""
+
+    def of(path: dict | None) -> float:
+        if not path:
+            return 0.0
+        return path.get("lut", 0) + path.get("muxf", 0) + path.get("carry", 0) / 4
+
+    return max(of(run.get("path")), of(run.get("path_lut_only")))
+
+
+def allowed_clocks(board_clocks, levels: float) -> list[float]:
+    """Board clocks whose limit ``levels`` meets, fastest first."""
+    return sorted((f for f in board_clocks if levels <= max_levels(f)), reverse=True)

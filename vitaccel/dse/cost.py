@@ -1,0 +1,400 @@
+"""Cycle model: cycles per instruction of the compiled program, from the controller's own tiling.
+
+Pure Python (no amaranth, no torch): the explorer calls it thousands of times per query.
+
+What it models (docs/gvsa.md, docs/isa.md):
+
+* **MATMUL** on the GVSA: the recursion of docs/gvsa.md ("Cycle model"), step by step:
+  ``KS = ceil(K/V)`` k-steps, ``tiles = ceil(T/R)`` token tiles of period
+  ``P = max(KS, R)``, X load ``Tx*KS`` words (``Tx = T`` shared, ``G*T`` heads), W load
+  ``G*C*(KS+1)`` words per output step, double-buffered so step ``s+1`` loads while step
+  ``s`` computes, ``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))`` (``N8`` rows that must
+  run on W8 lanes; every activation-as-weight row in heads mode). W words of a linear
+  layer come from DDR, each in its own 16-byte slot, through one 128-bit HP port: the word
+  rate is ``min(1, port bytes per cycle / 16)`` (the DDR roofline per board).
+* **SOFTMAX / LAYERNORM / GELU / RESADD**: rows stream through the unit at ``lanes`` elements
+  per cycle, back to back; plus a fixed latency per instruction.
+* **LOAD / STORE**: 16-byte words through the HP port.
+* Instructions run one after another (docs/isa.md "Execution"): no overlap between
+  instructions; inside a MATMUL the W stream overlaps compute.
+
+The fixed latencies (``L_rel``, ``L_out``, ``c0``, unit latencies, instruction overhead) are
+constants in :data:`LATENCIES`, taken from the RTL (``matmul.latencies()``) and checked by
+``vitaccel.dse.validate`` against Verilator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from vitaccel.design import Design
+
+__all__ = [
+    "LATENCIES",
+    "SLOT_BYTES",
+    "ArrayGeometry",
+    "LayerCost",
+    "Estimate",
+    "geometry",
+    "matmul_cycles",
+    "program",
+    "instr_cycles",
+    "job_nsteps",
+    "latencies",
+    "nonlinear_cycles",
+    "estimate",
+]
+
+# DDR slot of one W stream word and the width of an SPM word / LOAD-STORE beat.
+SLOT_BYTES = 16
+
+# Pipeline depths of vitaccel.rtl.matmul (PE_STAGES, REQUANT_STAGES).
+PE_STAGES = 4
+REQUANT_STAGES = 6
+
+LATENCIES = {
+    "instr": 8,  # fetch + decode of one 32-byte instruction, per instruction
+    "softmax": 20,  # per-instruction pipeline fill/drain of the units
+    "layernorm": 20,
+    "gelu": 6,
+    "residual": 6,
+    "load": 30,  # DDR read latency of a LOAD burst train
+}
+
+
+class CostError(ValueError):
+    """A design the cycle model cannot evaluate (e.g. odd W8 columns)."""
+
+
+@dataclass(frozen=True)
+class ArrayGeometry:
+    groups: int
+    rows: int
+    cols: int
+    vector: int
+    cols_w8: int
+    cols_w4: int
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.groups * self.rows * self.cols * self.vector
+
+    @property
+    def w8_lanes(self) -> int:
+        return self.groups * self.rows * self.cols_w8 * self.vector
+
+    @property
+    def w4_lanes(self) -> int:
+        return self.groups * self.rows * self.cols_w4 * self.vector
+
+
+def column_split(cols: int, w4_share: float) -> tuple[int, int]:
+    """(W8 columns, W4 columns), the rule of ``vitaccel.rtl.gvsa.column_split``."""
+    cols_w4 = int(math.floor(w4_share * cols + 0.5))
+    cols_w8 = cols - cols_w4
+    if cols_w8 % 2 or cols_w8 < 2:
+        raise CostError(
+            f"w4_share={w4_share!r} leaves {cols_w8} W8 columns of cols={cols}; "
+            "W8 columns come in DSP-sharing pairs and at least one pair is needed"
+        )
+    return cols_w8, cols_w4
+
+
+def geometry(design: Design) -> ArrayGeometry:
+    a = design.array
+    c8, c4 = column_split(a.cols, a.w4_share)
+    return ArrayGeometry(a.groups, a.rows, a.cols, a.vector, c8, c4)
+
+
+def w4_rows(n: int, ratio: float) -> int:
+    """W4 rows of an ``n``-row weight at ``ratio`` (the golden quantiser's rounding)."""
+    return int(round(ratio * n))
+
+
+def latencies(rows: int, units: int) -> dict[str, int]:
+    """``first_out`` and ``release`` of ``vitaccel.rtl.matmul.EngineParams.latencies``."""
+    chain = 1 + (rows - 1) + 1 + PE_STAGES + 1
+    return {
+        "first_out": chain + (units - 1) + REQUANT_STAGES + 1,
+        "release": chain + (units - 1) + (rows - 1) + 2,
+    }
+
+
+def job_nsteps(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool) -> int:
+    """Output steps of a job: ``plan_columns``' rule (heads mode plans one head per group)."""
+    g = 1 if heads else groups
+    return max(-(-n8 // (g * cols_w8)), -(-n // (g * cols)), 1)
+
+
+@lru_cache(maxsize=65536)
+def matmul_cycles(
+    tokens: int,
+    k: int,
+    nsteps: int,
+    groups: int,
+    rows: int,
+    cols: int,
+    vector: int,
+    units: int,
+    *,
+    heads: bool = False,
+    w_word_cycles: float = 1.0,
+) -> int:
+    """Cycles of one MATMUL job, command handshake to last output word (docs/gvsa.md).
+
+    The recursion of ``vitaccel.rtl.matmul.cycle_model`` (exact for the RTL): X and W of step
+    0 load in parallel, each step issues ``(tiles-1)*P + KS`` cycles, W of step ``s`` loads
+    into the half that step ``s-2`` released, and the last output word leaves
+    ``first_out + 1 + (T-1) mod R`` cycles after the last issue. ``w_word_cycles`` > 1 stretches
+    every W load when the DDR port delivers less than one stream word per cycle.
+    """
+    ks = -(-k // vector)
+    tiles = -(-tokens // rows)
+    pad = max(0, rows - ks)
+    period = ks + pad
+    lat = latencies(rows, units)
+    x_load = (groups if heads else 1) * tokens * ks
+    w_load = groups * cols * (ks + 1) * w_word_cycles
+    loaded: list[float] = []
+    ends: list[float] = []
+    for s in range(nsteps):
+        if s == 0:
+            loaded.append(w_load)
+            first = max(x_load, w_load) + 1
+        else:
+            free = ends[s - 2] + lat["release"] if s >= 2 else 0
+            loaded.append(max(loaded[s - 1], free) + w_load)
+            first = max(ends[s - 1] + pad + 1, loaded[s] + 1)
+        ends.append(first + (tiles - 1) * period + ks - 1)
+    return int(math.ceil(ends[-1] + lat["first_out"] + 1 + (tokens - 1) % rows))
+
+
+def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
+    """Rows streamed back to back, ``ceil(width / lanes)`` beats each, plus the unit latency.
+
+    A unit reads at most one SPM word (16 elements) per cycle, so lanes above 16 do not help.
+    """
+    per_cycle = min(lanes, SLOT_BYTES)
+    return rows * -(-width // per_cycle) + LATENCIES[kind]
+
+
+@dataclass
+class LayerCost:
+    """Cycles of one op of the model (summed over its instructions) and what bounds it."""
+
+    name: str
+    kind: str
+    cycles: int
+    macs: int = 0
+    bound: str = "compute"  # compute | weights | bandwidth | nonlinear | memory
+    utilisation: float = 0.0  # useful MACs / (cycles * MACs per cycle)
+    instructions: int = 1
+    tiles: dict | None = None
+
+
+@dataclass
+class Estimate:
+    """Predicted cycles of one image and the breakdown per op."""
+
+    design_name: str
+    clock_mhz: float
+    cycles: int
+    macs_per_cycle: int
+    layers: list[LayerCost] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.clock_mhz * 1e6 / self.cycles
+
+    @property
+    def latency_ms(self) -> float:
+        return self.cycles / (self.clock_mhz * 1e3)
+
+    def by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lc in self.layers:
+            out[lc.kind] = out.get(lc.kind, 0) + lc.cycles
+        return out
+
+    def by_bound(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lc in self.layers:
+            out[lc.bound] = out.get(lc.bound, 0) + lc.cycles
+        return out
+
+    def linear_utilisation(self) -> float:
+        """Useful MACs / (cycles x MACs per cycle) over the encoder's weight layers."""
+        lin = [lc for lc in self.layers if lc.kind in ("qkv", "proj", "fc1", "fc2")]
+        macs = sum(lc.macs for lc in lin)
+        cycles = sum(lc.cycles for lc in lin)
+        return macs / (cycles * self.macs_per_cycle) if cycles else 0.0
+
+
+def port_bytes_per_cycle(clock_mhz: float, budget) -> float:
+    """Bytes per design-clock cycle the one 128-bit HP port delivers (capped by the DDR)."""
+    return budget.axi_gbps(clock_mhz) * 1e9 / (clock_mhz * 1e6)
+
+
+def w_slot_bytes(vector: int, acc_bits: int = 32) -> int:
+    """DDR bytes of one W stream word: ``max(8V, acc+16+6)`` bits in whole 16-byte slots."""
+    wbytes = -(-max(8 * vector, acc_bits + 16 + 6) // 8)
+    return -(-wbytes // SLOT_BYTES) * SLOT_BYTES
+
+
+def _words(cols: int, elem_bytes: int = 1) -> int:
+    return max(1, -(-cols * elem_bytes // SLOT_BYTES))
+
+
+def const_words(spec) -> int:
+    """Words of the one constant LOAD (``compile_model``'s constants section)."""
+    d = spec.embed_dim
+    total = spec.patches * _words(d) + _words(4 * d) + _words(d)
+    total += spec.depth * (2 * _words(8 * d) + 2 * _words(4 * d) + _words(256))
+    return total + _words(8 * d)
+
+
+@dataclass(frozen=True)
+class Instr:
+    """One instruction of the program model (what ``compile_model`` emits)."""
+
+    op: str  # load | store | matmul | heads | softmax | layernorm | gelu | residual
+    name: str  # the shapes.Op it belongs to
+    kind: str  # the shapes.Op kind
+    tokens: int = 0  # matmul: T; nonlinear: rows; load/store: words
+    k: int = 0  # matmul K; nonlinear: row width
+    n: int = 0
+    heads: int = 0  # heads-mode job: heads in this job
+    weight_layer: str | None = None
+    row_share: float = 1.0  # share of the weight layer's rows (QKV is split into QK | V)
+
+
+@lru_cache(maxsize=256)
+def program(spec, groups: int) -> tuple[Instr, ...]:
+    """The instruction sequence ``compile_model`` emits for ``spec`` on ``groups`` groups."""
+    t, d, h, dh, m = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
+    p = spec.patches
+    out: list[Instr] = [
+        Instr("load", "constants", "load", tokens=const_words(spec)),
+        Instr("load", "input", "load", tokens=p * _words(spec.patch_dim)),
+        Instr("load", "cls_row", "load", tokens=_words(d)),
+        Instr("matmul", "patch_embed", "patch_embed", p, spec.patch_dim, d, weight_layer="patch_embed"),
+        Instr("residual", "pos_add", "residual", p, d),
+    ]  # fmt: skip
+    per_job = max(1, min(groups, h))
+    heads_mode = groups > 1
+    for i in range(spec.depth):
+        b = f"blocks.{i}"
+        qkv = f"{b}.attn.qkv"
+        out += [
+            Instr("layernorm", f"{b}.norm1", "layernorm", t, d),
+            Instr("matmul", qkv, "qkv", t, d, 2 * d, weight_layer=qkv, row_share=2 / 3),
+            Instr("matmul", qkv, "qkv", t, d, d, weight_layer=qkv, row_share=1 / 3),
+        ]
+        for h0 in range(0, h, per_job):
+            nh = min(per_job, h - h0)
+            out.append(
+                Instr("heads", f"{b}.attn.qk", "qk", t, dh, t, heads=nh if heads_mode else 0)
+            )
+        out.append(Instr("softmax", f"{b}.attn.softmax", "softmax", h * t, t))
+        for h0 in range(0, h, per_job):
+            nh = min(per_job, h - h0)
+            out.append(
+                Instr("heads", f"{b}.attn.sv", "sv", t, t, dh, heads=nh if heads_mode else 0)
+            )
+        out += [
+            Instr("matmul", f"{b}.attn.proj", "proj", t, d, d, weight_layer=f"{b}.attn.proj"),
+            Instr("residual", f"{b}.add1", "residual", t, d),
+            Instr("layernorm", f"{b}.norm2", "layernorm", t, d),
+            Instr("matmul", f"{b}.mlp.fc1", "fc1", t, d, m, weight_layer=f"{b}.mlp.fc1"),
+            Instr("gelu", f"{b}.mlp.gelu", "gelu", t, m),
+            Instr("matmul", f"{b}.mlp.fc2", "fc2", t, m, d, weight_layer=f"{b}.mlp.fc2"),
+            Instr("residual", f"{b}.add2", "residual", t, d),
+        ]
+    out += [
+        Instr("layernorm", "norm", "layernorm", 1, d),
+        Instr("matmul", "head", "head", 1, d, spec.num_classes, weight_layer="head"),
+        Instr("store", "logits", "store", tokens=_words(spec.num_classes, 2)),
+    ]
+    return tuple(out)
+
+
+def _lanes(design: Design, kind: str) -> int:
+    nl = design.nonlinear
+    return {
+        "softmax": nl.softmax_lanes,
+        "layernorm": nl.layernorm_lanes,
+        "gelu": nl.gelu_lanes,
+    }.get(kind, SLOT_BYTES)  # RESADD: one SPM word (16 elements) per cycle
+
+
+def instr_cycles(
+    ins: Instr, design: Design, geom: ArrayGeometry, port: float
+) -> tuple[int, str, int]:
+    """(cycles, bound, useful MACs) of one instruction."""
+    a = design.array
+    units = geom.cols_w8 // 2 + geom.cols_w4
+    if ins.op in ("load", "store"):
+        return int(math.ceil(ins.tokens * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
+    if ins.op == "matmul":
+        n8 = ins.n
+        if geom.cols_w4 and ins.weight_layer not in (None, "patch_embed", "head"):
+            ratio = design.w4_ratio(ins.weight_layer)
+            n8 = ins.n - w4_rows(ins.n, ratio)
+        nsteps = job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=False)
+        word_cycles = max(1.0, w_slot_bytes(a.vector, a.acc_bits) / port)
+        cycles = matmul_cycles(
+            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
+            w_word_cycles=word_cycles,
+        )  # fmt: skip
+        ks = -(-ins.k // geom.vector)
+        compute = -(-ins.tokens // geom.rows) * max(ks, geom.rows)
+        w_load = geom.groups * geom.cols * (ks + 1) * word_cycles
+        if w_load > compute:
+            bound = "bandwidth" if word_cycles > 1 else "weights"
+        else:
+            bound = "compute"
+        return cycles, bound, ins.tokens * ins.k * ins.n
+    if ins.op == "heads":
+        heads = ins.heads > 0
+        nsteps = job_nsteps(ins.n, ins.n, geom.groups, geom.cols, geom.cols_w8, heads=heads)
+        cycles = matmul_cycles(
+            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
+            heads=heads,
+        )  # fmt: skip
+        nh = max(1, ins.heads)
+        return cycles, "compute", nh * ins.tokens * ins.k * ins.n
+    return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
+
+
+def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
+    """Cycles of one image through the compiled program of ``design``, per model op."""
+    if budget is None:
+        from vitaccel.boards import get_budget
+
+        budget = get_budget(design.board)
+    from vitaccel.dse.shapes import spec_of
+
+    spec = spec_of(spec if spec is not None else design.model)
+    geom = geometry(design)
+    port = port_bytes_per_cycle(design.clock_mhz, budget)
+    by_name: dict[str, LayerCost] = {}
+    for ins in program(spec, geom.groups):
+        cycles, bound, macs = instr_cycles(ins, design, geom, port)
+        cycles += LATENCIES["instr"]
+        lc = by_name.get(ins.name)
+        if lc is None:
+            by_name[ins.name] = LayerCost(ins.name, ins.kind, cycles, macs, bound, 0.0, 1)
+        else:
+            if cycles > lc.cycles:
+                lc.bound = bound
+            lc.cycles += cycles
+            lc.macs += macs
+            lc.instructions += 1
+    layers = list(by_name.values())
+    for lc in layers:
+        lc.utilisation = lc.macs / (lc.cycles * geom.macs_per_cycle) if lc.macs else 0.0
+    end = LATENCIES["instr"]  # END
+    total = sum(lc.cycles for lc in layers) + end
+    return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers)
