@@ -15,6 +15,7 @@ from vitaccel.flow.unit_nonlinear import (
     concat_cases,
     gelu_case,
     gelu_table,
+    generate_unit,
     golden_capture,
     golden_case,
     layernorm_case,
@@ -149,8 +150,29 @@ def test_sustained_throughput(unit, lanes):
     """Back-to-back rows, no stalls: >= 0.95 x lanes elements per cycle, first input to last
     output (DeiT shapes: 197-token softmax rows, 192 channels, 768-wide GELU rows)."""
     res = simulate_unit(unit, lanes=lanes, vectors=12_000)
+    assert {"unit", "vectors", "mismatches", "cycles", "elements_per_cycle"} <= set(res)
+    json.dumps(res)  # the CLI prints it as one JSON object
     assert_exact(res)
     assert res["elements_per_cycle"] >= 0.95 * lanes, res
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_generate_unit_is_byte_identical_on_repeat(unit, tmp_path):
+    first = generate_unit(unit, tmp_path / "a", lanes=4, max_len=64)
+    second = generate_unit(unit, tmp_path / "b", lanes=4, max_len=64)
+    text = open(first["verilog"]).read()
+    assert text == open(second["verilog"]).read()
+    assert first["verilog"].endswith(f"{unit}.v")
+    assert f"module {first['top']}(" in text
+
+
+def test_unit_flow_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unit"):
+        generate_unit("relu", tmp_path)
+    with pytest.raises(TypeError, match="max_row"):
+        generate_unit("gelu", tmp_path, max_row=4)
+    with pytest.raises(ValueError, match="lanes"):
+        generate_unit("softmax", tmp_path, lanes=0)
 
 
 @pytest.mark.slow

@@ -76,8 +76,18 @@ def _check_unit(unit: str) -> str:
     return unit
 
 
+# ``max_len`` is the unit-neutral name of the row-length bound (the CLI's --max-len).
+MAX_LEN_OPTION = {"softmax": "max_row", "layernorm": "max_channels", "gelu": None}
+
+
 def _options(unit: str, options: dict) -> dict:
     known = UNIT_OPTIONS[_check_unit(unit)]
+    options = dict(options)
+    if "max_len" in options:
+        max_len = options.pop("max_len")
+        target = MAX_LEN_OPTION[unit]
+        if target is not None and max_len is not None:  # GELU is pointwise: no row buffer
+            options[target] = max_len
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {unknown} for unit {unit!r}; known: {sorted(known)}")
