@@ -145,3 +145,15 @@ def test_ailayernorm_busy_flag():
 def test_ailayernorm_rejects_bad_parameters(kwargs, exc):
     with pytest.raises(exc, match=next(iter(kwargs))):
         AILayerNorm(**kwargs)
+
+
+@pytest.mark.parametrize("in_bits", [5, 12])
+def test_ailayernorm_other_input_widths(in_bits):
+    rng = np.random.default_rng(in_bits)
+    lo, hi = -(1 << (in_bits - 1)), 1 << (in_bits - 1)
+    channels = 12
+    params = layernorm_params(rng.integers(0, 4, channels), rng=rng, in_scale=0.01)
+    rows = [rng.integers(lo, hi, size=channels) for _ in range(4)]
+    rows += [np.full(channels, hi - 1), np.where(np.arange(channels) == 3, hi - 1, lo)]
+    dut = AILayerNorm(lanes=4, max_channels=16, in_bits=in_bits)
+    _check(rows, [params] * len(rows), _run(dut, params, rows, stall_in=0.2))

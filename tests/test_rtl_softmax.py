@@ -109,3 +109,14 @@ def test_e2softmax_busy_flag():
 def test_e2softmax_rejects_bad_parameters(kwargs, exc):
     with pytest.raises(exc, match=next(iter(kwargs))):
         E2Softmax(**kwargs)
+
+
+@pytest.mark.parametrize("in_bits", [5, 12])
+def test_e2softmax_other_input_widths(in_bits):
+    rng = np.random.default_rng(in_bits)
+    lo, hi = -(1 << (in_bits - 1)), 1 << (in_bits - 1)
+    rows = [rng.integers(lo, hi, size=n) for n in (1, 3, 9, 16)]
+    rows += [np.full(5, hi - 1), np.array([lo] * 4 + [hi - 1])]
+    shifts = [0, 2, 4, 7, 12, 3]
+    dut = E2Softmax(lanes=2, max_row=16, in_bits=in_bits)
+    _check(dut, rows, shifts, _run(dut, rows, shifts, stall_out=0.3))
