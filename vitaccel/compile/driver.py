@@ -23,7 +23,16 @@ import numpy as np
 from vitaccel.compile.compiler import Compiled
 from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, STATUS_DONE, Reg
 
-__all__ = ["Step", "inference_steps", "InferResult", "Backend", "Driver", "PynqBackend"]
+__all__ = [
+    "Step",
+    "protocol_steps",
+    "inference_steps",
+    "parse_reads",
+    "InferResult",
+    "Backend",
+    "Driver",
+    "PynqBackend",
+]
 
 
 @dataclass(frozen=True)
@@ -36,17 +45,19 @@ class Step:
     b: int | bytes = 0
 
 
-def inference_steps(
-    compiled: Compiled, patches: np.ndarray, base: int, *, reset_first: bool = False
+def protocol_steps(
+    *,
+    input_offset: int,
+    input_bytes: bytes,
+    output_offset: int,
+    output_bytes: int,
+    base: int,
+    reset_first: bool = False,
 ) -> list[Step]:
     """The register/memory protocol of one inference, relative to DDR address ``base``."""
-    t = compiled.tensors["patches"]
-    from vitaccel.compile.compiler import spm_rows
-
-    raw = spm_rows(np.asarray(patches).reshape(t.rows, t.cols), t.stride)
     steps = [Step("reset")] if reset_first else []
     steps += [
-        Step("write_mem", compiled.input_offset, raw),
+        Step("write_mem", input_offset, bytes(input_bytes)),
         Step("write_reg", Reg.PROG_ADDR_LO, base & 0xFFFFFFFF),
         Step("write_reg", Reg.PROG_ADDR_HI, base >> 32),
         Step("write_reg", Reg.DATA_BASE_LO, base & 0xFFFFFFFF),
@@ -56,9 +67,34 @@ def inference_steps(
         Step("read_reg", Reg.CYCLES_LO),
         Step("read_reg", Reg.CYCLES_HI),
         Step("read_reg", Reg.STATUS),
-        Step("read_mem", compiled.output_offset, compiled.classes),
+        Step("read_mem", output_offset, output_bytes),
     ]
     return steps
+
+
+def inference_steps(
+    compiled: Compiled, patches: np.ndarray, base: int, *, reset_first: bool = False
+) -> list[Step]:
+    """:func:`protocol_steps` for one image's int8 patches."""
+    from vitaccel.compile.compiler import spm_rows
+
+    t = compiled.tensors["patches"]
+    raw = spm_rows(np.asarray(patches).reshape(t.rows, t.cols), t.stride)
+    return protocol_steps(
+        input_offset=compiled.input_offset,
+        input_bytes=raw,
+        output_offset=compiled.output_offset,
+        output_bytes=compiled.classes,
+        base=base,
+        reset_first=reset_first,
+    )
+
+
+def parse_reads(reads: list) -> InferResult:
+    """The four reads of one inference (CYCLES_LO, CYCLES_HI, STATUS, logits)."""
+    lo, hi, status, out = reads[-4:]
+    logits = np.frombuffer(bytes(out), dtype=np.int8).astype(np.int64)
+    return InferResult(logits, int(lo) | int(hi) << 32, int(status))
 
 
 @dataclass
@@ -74,12 +110,6 @@ class Backend(Protocol):
 
     def run(self, steps: list[Step]) -> list[int | bytes]:
         """Play the steps; return what each read step read, in order."""
-
-
-def _parse(compiled: Compiled, reads: list) -> InferResult:
-    lo, hi, status, out = reads[-4:]
-    logits = np.frombuffer(bytes(out), dtype=np.int8).astype(np.int64)
-    return InferResult(logits, int(lo) | int(hi) << 32, int(status))
 
 
 class Driver:
@@ -107,7 +137,7 @@ class Driver:
             )
         reads = self.backend.run(steps)
         per = 4  # read steps per inference
-        return [_parse(self.compiled, reads[i * per : (i + 1) * per]) for i in range(len(batch))]
+        return [parse_reads(reads[i * per : (i + 1) * per]) for i in range(len(batch))]
 
 
 class PynqBackend:

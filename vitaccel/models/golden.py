@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from vitaccel.models.specs import patchify
 from vitaccel.quant import ref, scales
 from vitaccel.quant.ref import LayerNormParams, SoftmaxParams
 from vitaccel.quant.scales import QuantWeight
@@ -249,13 +250,6 @@ class IntViT:
                 out[layer.name] = layer
         out["head"] = self.head
         return out
-
-
-def patchify(images: np.ndarray, patch: int) -> np.ndarray:
-    b, c, h, w = images.shape
-    gh, gw = h // patch, w // patch
-    x = images.reshape(b, c, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, gh * gw, c * patch * patch)
 
 
 def linear_layer_names(depth: int) -> list[str]:

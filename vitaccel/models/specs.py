@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ModelError", "WeightsError", "ModelSpec", "ZOO", "get_spec"]
+__all__ = ["ModelError", "WeightsError", "ModelSpec", "ZOO", "get_spec", "patchify"]
 
 _INT_FIELDS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "heads")
 
@@ -151,3 +151,15 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(
             f"unknown model {name!r}; choose one of: {', '.join(sorted(ZOO))}"
         ) from None
+
+
+def patchify(images, patch: int):
+    """(B, C, H, W) -> (B, patches, C * patch * patch): row-major patches, each flattened in
+    (channel, row, col) order, the order of the patch-embedding Conv2d weight (numpy only)."""
+    import numpy as np
+
+    images = np.asarray(images)
+    b, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = images.reshape(b, c, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, gh * gw, c * patch * patch)

@@ -1,0 +1,161 @@
+"""The simulation back end of the host driver: the driver's steps played on Verilator.
+
+:class:`SimBackend` implements :class:`vitaccel.compile.driver.Backend`. ``run(steps)``
+starts one cocotb session on the accelerator top (cached Verilator build), in which
+cocotbext-axi's ``AxiRam`` is the DDR (the memory image loaded at ``base``) and its
+``AxiLiteMaster`` is the host that plays the steps: the same list of register and memory
+actions the PYNQ back end plays on a board. Random pauses on every AXI channel and a reset
+between two inferences are options.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vitaccel.compile.driver import Step
+
+__all__ = ["SimBackend"]
+
+TB_MODULE = "vitaccel.sim.host"
+
+
+class SimBackend:
+    """Play driver steps on the RTL of ``design`` in Verilator.
+
+    Parameters
+    ----------
+    design : Design
+    pause : float
+        Probability of a pause per cycle on every AXI channel of the DDR model.
+    timeout_cycles : int
+        Per ``wait_done`` step.
+    """
+
+    def __init__(
+        self,
+        design,
+        *,
+        base: int = 0x1000_0000,
+        pause: float = 0.0,
+        seed: int = 0,
+        timeout_cycles: int = 20_000_000,
+    ):
+        self.design = design
+        self.base = base
+        self.pause = pause
+        self.seed = seed
+        self.timeout_cycles = timeout_cycles
+        self.image = b""
+        self.last: dict = {}
+
+    def load_image(self, image: bytes) -> int:
+        self.image = bytes(image)
+        return self.base
+
+    def run(self, steps: list[Step]) -> list[int | bytes]:
+        from vitaccel.sim.runner import SimError, run_cocotb
+        from vitaccel.sim.tb_top import TB_TOPLEVEL, sim_verilog
+
+        enc = []
+        for s in steps:
+            b = s.b.hex() if isinstance(s.b, bytes | bytearray) else int(s.b)
+            enc.append([s.kind, int(s.a), b])
+        size = 1 << max(20, (self.base + len(self.image) - 1).bit_length())
+        result = run_cocotb(
+            verilog=sim_verilog(self.design),
+            toplevel=TB_TOPLEVEL,
+            test_module=TB_MODULE,
+            args={
+                "steps": enc,
+                "base": self.base,
+                "mem_size": size,
+                "pause": self.pause,
+                "seed": self.seed,
+                "timeout_cycles": self.timeout_cycles,
+            },
+            arrays={"image": np.frombuffer(self.image, dtype=np.uint8)},
+        )
+        self.last = result
+        if result.get("errors"):
+            raise SimError("; ".join(result["errors"]))
+        if result.get("timeout"):
+            raise SimError(
+                f"the accelerator did not finish within {self.timeout_cycles} cycles (PC {result.get('pc')})"
+            )
+        return [bytes.fromhex(r) if isinstance(r, str) else r for r in result["reads"]]
+
+
+# ---- the cocotb side ----------------------------------------------------------------------
+
+try:
+    import cocotb
+except ImportError:  # pragma: no cover
+    cocotb = None
+
+if cocotb is not None:
+
+    @cocotb.test()
+    async def play_steps(dut):
+        from cocotb.clock import Clock
+        from cocotb.triggers import ClockCycles, RisingEdge
+        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
+        from vitaccel.isa import Reg
+        from vitaccel.sim.runner import load_args, save_result
+        from vitaccel.sim.streams import random_pauses
+
+        args, arrays = load_args()
+        base = args["base"]
+        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+        dut.rst.value = 1
+        dut.m_axi_bid.value = 0
+        dut.m_axi_rid.value = 0
+        ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=args["mem_size"])
+        host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
+        for log in (ram.write_if.log, ram.read_if.log, host.write_if.log, host.read_if.log):
+            log.setLevel("WARNING")
+        if args["pause"]:
+            chans = [
+                ram.write_if.aw_channel,
+                ram.write_if.w_channel,
+                ram.write_if.b_channel,
+                ram.read_if.ar_channel,
+                ram.read_if.r_channel,
+            ]
+            for k, ch in enumerate(chans):
+                ch.set_pause_generator(random_pauses(args["pause"], args["seed"] * 10 + k))
+
+        async def reset():
+            dut.rst.value = 1
+            await ClockCycles(dut.clk, 4)
+            dut.rst.value = 0
+            await ClockCycles(dut.clk, 2)
+
+        await reset()
+        ram.write(base, arrays["image"].tobytes())
+        reads, waits, timeout = [], [], False
+        for kind, a, b in args["steps"]:
+            if kind == "write_mem":
+                ram.write(base + a, bytes.fromhex(b))
+            elif kind == "write_reg":
+                await host.write_dword(a, b)
+            elif kind == "wait_done":
+                cycles = 0
+                while not int(dut.irq.value):
+                    await ClockCycles(dut.clk, 64)
+                    cycles += 64
+                    if cycles > args["timeout_cycles"]:
+                        timeout = True
+                        break
+                waits.append(cycles)
+                if timeout:
+                    break
+                await RisingEdge(dut.clk)
+            elif kind == "read_reg":
+                reads.append(await host.read_dword(a))
+            elif kind == "read_mem":
+                reads.append(ram.read(base + a, b).hex())
+            elif kind == "reset":
+                await reset()
+        pc = await host.read_dword(Reg.PC) if not timeout else -1
+        save_result({"reads": reads, "timeout": timeout, "pc": pc, "wait_cycles": waits})
