@@ -36,6 +36,8 @@ __all__ = [
     "W4PE",
     "GVSArray",
     "pot4_code",
+    "tree_stages",
+    "pe_stages",
 ]
 
 # Control that travels with the activations along a PE row.
@@ -106,11 +108,49 @@ def _popcount(bits: list):
     return adder_tree([b.as_unsigned() for b in bits])
 
 
+def tree_stages(vector: int) -> int:
+    """Registered reduction levels of a PE: groups of 4 per level until <= 2 partials remain.
+
+    The last (<= 2) partial sums are added by the accumulator itself (a 3-operand add), so
+    a PE has ``3 + tree_stages(vector)`` pipeline stages: 4 for vector <= 8.
+    """
+    n, stages = vector, 0
+    while n > 2:
+        n = -(-n // 4)
+        stages += 1
+    return max(1, stages)
+
+
+def pe_stages(vector: int) -> int:
+    """Pipeline stages of a PE: input register, product, reduction levels, accumulator."""
+    return 3 + tree_stages(vector)
+
+
+def _reduce(m: Module, terms: list, stages: int, name: str) -> list:
+    """``stages`` registered levels, each summing groups of up to 4; returns the partials."""
+    level = list(terms)
+    for st in range(stages):
+        groups = (
+            [level[i : i + 4] for i in range(0, len(level), 4)]
+            if len(level) > 2
+            else [[t] for t in level]
+        )
+        nxt = []
+        for j, grp in enumerate(groups):
+            total = adder_tree(grp)
+            reg = Signal(signed(len(total.as_signed())), name=f"{name}_l{st}_{j}")
+            m.d.sync += reg.eq(total)
+            nxt.append(reg)
+        level = nxt
+    return level
+
+
 class _PEBase(wiring.Component):
     """Systolic forwarding, flag pipeline, accumulators and capture shared by both PE kinds.
 
-    Pipeline (cycles after the inputs are registered): 1 products, 2 adder tree,
-    3 accumulator/capture. ``cap_stb`` pulses the cycle after a capture.
+    Pipeline (cycles after the inputs are registered): 1 products, then
+    :func:`tree_stages` registered levels of 4-input partial sums, then the accumulator
+    (``acc + p0 + p1``) and capture. ``cap_stb`` pulses the cycle after a capture.
     """
 
     def __init__(self, *, vector: int, in_bits: int, acc_bits: int, w_shape, outputs: int):
@@ -138,31 +178,34 @@ class _PEBase(wiring.Component):
             }
         )
 
-    def _sums(self, m: Module) -> list:
-        """Registered per-output sums of the ``vector`` products (stage 2). Subclasses."""
+    def _terms(self, m: Module) -> list[list]:
+        """Per output, the registered product terms to sum (stage 1). Subclasses."""
         raise NotImplementedError
 
     def elaborate(self, platform):
         m = Module()
         # stage 0: the systolic registers (x and flags forwarded right, w forwarded down)
         m.d.sync += [self.x_o.eq(self.x_i), self.f_o.eq(self.f_i), self.w_o.eq(self.w_i)]
-        f1 = Signal(FLAGS)
-        f2 = Signal(FLAGS)
-        m.d.sync += [f1.eq(self.f_o), f2.eq(f1)]
-        sums = self._sums(m)  # registered at stage 2, aligned with f2
+        stages = tree_stages(self.vector)
+        flags = self.f_o
+        for j in range(1 + stages):  # product stage + reduction levels
+            nxt = Signal(FLAGS, name=f"f{j + 1}")
+            m.d.sync += nxt.eq(flags)
+            flags = nxt
+        partials = [_reduce(m, terms, stages, f"sum{k}") for k, terms in enumerate(self._terms(m))]
         accs = [Signal(signed(self.acc_bits), name=f"acc{j}") for j in range(self.outputs)]
         m.d.sync += self.cap_stb.eq(0)
-        with m.If(f2.active):
+        with m.If(flags.active):
             for j in range(self.outputs):
-                total = Mux(f2.first, 0, accs[j]) + sums[j]
+                total = adder_tree([Mux(flags.first, 0, accs[j])] + partials[j])
                 m.d.sync += accs[j].eq(total)
-                with m.If(f2.last):
+                with m.If(flags.last):
                     m.d.sync += self.cap[j].eq(total)
-            with m.If(f2.last):
+            with m.If(flags.last):
                 m.d.sync += [
                     self.cap_stb.eq(1),
-                    self.cap_valid.eq(f2.row_valid),
-                    self.cap_parity.eq(f2.parity),
+                    self.cap_valid.eq(flags.row_valid),
+                    self.cap_parity.eq(flags.parity),
                 ]
         return m
 
@@ -197,7 +240,7 @@ class W8PairPE(_PEBase):
             vector=vector, in_bits=in_bits, acc_bits=acc_bits, w_shape=W8_LANE, outputs=2
         )
 
-    def _sums(self, m: Module) -> list:
+    def _terms(self, m: Module) -> list[list]:
         pw = 27 + self.in_bits + 1
         prods = []
         for v in range(self.vector):
@@ -213,14 +256,8 @@ class W8PairPE(_PEBase):
         lo_terms = [p[0:18].as_signed() for p in prods]
         hi_terms = [p[18:36].as_signed() for p in prods]
         borrow = _popcount([p[17] for p in prods])
-        width = 18 + max(1, math.ceil(math.log2(self.vector + 1))) + 1
-        hi_sum = Signal(signed(width), name="hi_sum")
-        lo_sum = Signal(signed(width), name="lo_sum")
-        m.d.sync += [
-            hi_sum.eq(adder_tree(hi_terms + [borrow])),
-            lo_sum.eq(adder_tree(lo_terms)),
-        ]
-        return [hi_sum, lo_sum]
+        hi_terms[0] = hi_terms[0] + borrow
+        return [hi_terms, lo_terms]
 
 
 def _int4_product(x, code):
@@ -260,7 +297,7 @@ class W4PE(_PEBase):
             vector=vector, in_bits=in_bits, acc_bits=acc_bits, w_shape=unsigned(4), outputs=1
         )
 
-    def _sums(self, m: Module) -> list:
+    def _terms(self, m: Module) -> list[list]:
         product = _int4_product if self.kind == "int4" else _pot4_product
         pbits = self.in_bits + 1 + (4 if self.kind == "int4" else 7)
         prods = []
@@ -268,10 +305,7 @@ class W4PE(_PEBase):
             p = Signal(signed(pbits), name=f"prod{v}")
             m.d.sync += p.eq(product(self.x_o[v], self.w_o[v]))
             prods.append(p)
-        width = pbits + max(1, math.ceil(math.log2(self.vector)))
-        total = Signal(signed(width), name="sum")
-        m.d.sync += total.eq(adder_tree(prods))
-        return [total]
+        return [prods]
 
 
 # Result of one column as it leaves the array (one value per cycle).
