@@ -315,7 +315,7 @@ def program(spec, groups: int) -> tuple[Instr, ...]:
     out += [
         Instr("layernorm", "norm", "layernorm", 1, d),
         Instr("matmul", "head", "head", 1, d, spec.num_classes, weight_layer="head"),
-        Instr("store", "logits", "store", tokens=_words(spec.num_classes, 2)),
+        Instr("store", "logits", "store", tokens=_words(spec.num_classes)),
     ]
     return tuple(out)
 

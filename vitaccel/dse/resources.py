@@ -1,0 +1,296 @@
+"""Resource model: DSP48E2, LUT, FF and BRAM36 of a design, as functions of its parameters.
+
+Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.dse.calibrate` from Yosys
+``synth_xilinx -family xcup`` runs of generated engines and units). What each figure means:
+
+* **Matmul engine** (array + X/W buffers + requantisers + output FIFO, ``MatmulEngine``):
+  DSP48E2 counted from the structure (one slice per W8-pair lane, ``G*R*(C8/2)*V``, plus the
+  fitted slices per requantised column); LUT and FF are a non-negative least-squares fit on
+  structural features (lanes, PE outputs, columns, rows, W4 lanes); BRAM from the memory
+  geometry (each X bank, W bank and the output FIFO mapped to RAMB18/RAMB36 shapes the way
+  Yosys maps them, small memories to LUTRAM).
+* **Nonlinear units** (E2Softmax, AILayerNorm, GELU): per unit and resource a line
+  ``a + b * lanes`` fitted on the unit synthesised at several lane counts.
+* **Scratchpad** (SPM, 16-byte words): BRAM from its geometry; its size is what the compiler
+  allocates for the model (:func:`spm_words` mirrors ``compile_model``'s bump allocator).
+* **Shell** (controller, instruction fetch, AXI master, residual adder, AXI-Lite registers):
+  the RTL top level is calibrated when ``calibration.json`` holds it; otherwise a documented
+  fixed estimate (``SHELL_ESTIMATE``) is used and reported as such.
+
+Yosys puts no accumulator or pipeline register into the DSP48E2 for xcup, so LUT/FF include
+accumulators that Vivado would absorb: the LUT/FF figures are upper bounds of a Vivado run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from vitaccel.design import Design
+from vitaccel.dse.cost import column_split
+from vitaccel.dse.shapes import model_ops, spec_of
+
+__all__ = [
+    "CALIBRATION_PATH",
+    "KINDS",
+    "SHELL_ESTIMATE",
+    "Usage",
+    "engine_buffers",
+    "engine_features",
+    "engine_resources",
+    "memory_bram36",
+    "nonlinear_resources",
+    "spm_words",
+    "design_resources",
+    "calibration",
+]
+
+CALIBRATION_PATH = Path(__file__).parent / "data" / "calibration.json"
+KINDS = ("dsp48e2", "lut", "ff", "bram36")
+WORD_BYTES = 16
+
+# Controller + instruction fetch + AXI4 master + AXI-Lite registers + residual adder, until
+# the top level is synthesised: the AXI master/FIFOs of vitaccel.rtl.axi at 128 bits and a
+# 16-byte-wide residual adder (16 x two 16x8 multiplies in fabric) are about this size.
+SHELL_ESTIMATE = {"dsp48e2": 0, "lut": 6000, "ff": 7000, "bram36": 2.0}
+
+
+@dataclass(frozen=True)
+class Usage:
+    dsp48e2: float = 0.0
+    lut: float = 0.0
+    ff: float = 0.0
+    bram36: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(getattr(self, k) + getattr(other, k) for k in KINDS))
+
+    def as_dict(self) -> dict:
+        return {k: round(getattr(self, k), 1) for k in KINDS}
+
+
+@cache
+def calibration(path: Path = CALIBRATION_PATH) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------
+# Memories
+# ---------------------------------------------------------------------------------------
+
+# Simple-dual-port shapes (depth, width) of one RAMB18E2 and one RAMB36E2.
+_RAMB18 = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+_RAMB36 = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
+# Yosys maps memories this shallow (or this small) to LUT RAM instead of block RAM.
+LUTRAM_MAX_DEPTH = 64
+
+
+@cache
+def memory_bram36(depth: int, width: int, *, lutram_max_depth: int | None = None) -> float:
+    """BRAM36 equivalents of one ``depth x width`` memory (0 when it goes to LUT RAM)."""
+    limit = LUTRAM_MAX_DEPTH if lutram_max_depth is None else lutram_max_depth
+    if depth <= limit:
+        return 0.0
+    best = math.inf
+    for shapes, size in ((_RAMB18, 0.5), (_RAMB36, 1.0)):
+        for d, w in shapes:
+            best = min(best, math.ceil(depth / d) * math.ceil(width / w) * size)
+    return best
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------------------
+# Matmul engine
+# ---------------------------------------------------------------------------------------
+
+
+def buffer_needs(spec, rows: int, vector: int) -> tuple[int, int]:
+    """(X words per bank, k-steps) the model's largest job needs on ``rows`` x ``vector``.
+
+    One X bank holds every R-th token of a job's X: ``ceil(T/R) * ceil(K/V)`` words.
+    """
+    ks_max, x_words = 1, 1
+    for op in model_ops(spec):
+        if op.is_matmul:
+            ks = -(-op.k // vector)
+            ks_max = max(ks_max, ks)
+            x_words = max(x_words, -(-op.m // rows) * ks)
+    return x_words, ks_max
+
+
+def buffer_kib(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str, int]:
+    """The design-file buffer sizes (KiB) that give the engine the buffers the model needs."""
+    x_need, ks_need = buffer_needs(spec, rows, vector)
+    kib = lambda nbytes: max(1, -(-nbytes // 1024))  # noqa: E731
+    return {
+        "input_buffer_kib": kib(groups * rows * vector * x_need),
+        "weight_buffer_kib": kib(groups * cols * 2 * vector * ks_need),
+        "output_buffer_kib": kib(max(32, 2 * rows) * groups * cols),
+    }
+
+
+def engine_buffers_from_kib(groups, rows, cols, vector, input_kib, weight_kib) -> dict:
+    """EngineParams buffer sizes as ``vitaccel.rtl.top.TopParams`` derives them."""
+    return {
+        "x_words": max(16, input_kib * 1024 // (groups * rows * vector)),
+        "max_ksteps": max(2, weight_kib * 1024 // (groups * cols * 2 * vector)),
+        "out_depth": max(32, 2 * rows),
+    }
+
+
+def engine_buffers(design: Design, spec=None) -> dict:
+    """X/W/output buffer sizes of ``design``'s engine (``TopParams``' derivation)."""
+    a = design.array
+    return engine_buffers_from_kib(
+        a.groups, a.rows, a.cols, a.vector, design.input_buffer_kib, design.weight_buffer_kib
+    )
+
+
+def spm_kib_for(spec) -> int:
+    """Scratchpad KiB the compiled program needs (uncapped; the ISA addresses 1024)."""
+    return -(-spm_words(spec) * WORD_BYTES // 1024)
+
+
+def engine_features(
+    groups: int, rows: int, cols: int, vector: int, cols_w4: int, w4_kind: str
+) -> dict[str, float]:
+    """The structural quantities LUT and FF are fitted on."""
+    g, r, c, v = groups, rows, cols, vector
+    w4 = g * r * cols_w4 * v
+    return {
+        "const": 1.0,
+        "lanes": float(g * r * c * v),  # product registers, adder-tree inputs
+        "outputs": float(g * r * c),  # accumulators, captures, output chains
+        "columns": float(g * c),  # requantisers, W bank ports, parameter registers
+        "rows": float(g * r),  # X bank ports, skew delay lines
+        "w4_int4": float(w4 if w4_kind == "int4" else 0),
+        "w4_pot4": float(w4 if w4_kind == "pot4" else 0),
+    }
+
+
+_DEFAULT_ENGINE_FIT = {
+    # Used only before calibration.json exists; roughly the 1x2x2x4 engine's counts.
+    "lut": {"const": 600, "lanes": 40, "outputs": 80, "columns": 60, "rows": 20,
+            "w4_int4": 30, "w4_pot4": 20},
+    "ff": {"const": 700, "lanes": 45, "outputs": 110, "columns": 90, "rows": 20,
+           "w4_int4": 10, "w4_pot4": 10},
+    "dsp_per_column": 2.0,
+}  # fmt: skip
+
+
+def engine_bram36(groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth) -> float:
+    x = groups * rows * memory_bram36(x_words, 8 * vector)
+    kmax = _pow2(max_ksteps)
+    w8 = groups * cols_w8 * memory_bram36(2 * kmax, 8 * vector)
+    w4 = groups * (cols - cols_w8) * memory_bram36(2 * kmax, 4 * vector)
+    out = memory_bram36(out_depth, 8 * groups * cols)
+    return x + w8 + w4 + out
+
+
+def engine_resources(
+    groups: int,
+    rows: int,
+    cols: int,
+    vector: int,
+    w4_share: float,
+    w4_kind: str,
+    x_words: int,
+    max_ksteps: int,
+    out_depth: int,
+) -> Usage:
+    c8, c4 = column_split(cols, w4_share)
+    fit = calibration().get("engine_fit", _DEFAULT_ENGINE_FIT)
+    feats = engine_features(groups, rows, cols, vector, c4, w4_kind)
+    lut = sum(fit["lut"].get(k, 0.0) * v for k, v in feats.items())
+    ff = sum(fit["ff"].get(k, 0.0) * v for k, v in feats.items())
+    dsp = groups * rows * (c8 // 2) * vector + fit["dsp_per_column"] * groups * cols
+    bram = engine_bram36(groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth)
+    return Usage(dsp, lut, ff, bram)
+
+
+# ---------------------------------------------------------------------------------------
+# Nonlinear units, scratchpad, shell
+# ---------------------------------------------------------------------------------------
+
+_DEFAULT_UNIT_FIT = {
+    "softmax": {"lut": (600, 250), "ff": (700, 200), "dsp48e2": (0, 0), "bram36": (1, 0)},
+    "layernorm": {"lut": (900, 300), "ff": (900, 250), "dsp48e2": (2, 0), "bram36": (1, 0)},
+    "gelu": {"lut": (60, 30), "ff": (40, 20), "dsp48e2": (0, 0), "bram36": (0, 0)},
+}
+
+
+def nonlinear_resources(unit: str, lanes: int) -> Usage:
+    fit = calibration().get("unit_fit", {}).get(unit) or _DEFAULT_UNIT_FIT[unit]
+    return Usage(*(max(0.0, fit[k][0] + fit[k][1] * lanes) for k in KINDS))
+
+
+def spm_words(model) -> int:
+    """Scratchpad words ``compile_model`` allocates for ``model`` (its bump allocator, mirrored).
+
+    Constants (positional table, LayerNorm/residual/GELU parameter blocks), then patches,
+    patch embedding, two residual buffers, LN output, Q|K, V^T, attention logits and
+    probabilities (all heads), context, branch, FC1 and GELU outputs, final norm, logits.
+    """
+    spec = spec_of(model)
+    t, d, h, m = spec.tokens, spec.embed_dim, spec.heads, spec.mlp_dim
+    p = spec.patches
+
+    def words(cols: int, elem_bytes: int = 1) -> int:
+        return max(1, -(-cols * elem_bytes // WORD_BYTES))
+
+    def block(nbytes: int) -> int:
+        return words(nbytes)
+
+    total = p * words(d) + block(4 * d) + words(d)  # pos_q, pos_add params, cls row
+    per_block = block(8 * d) + block(4 * d) + block(8 * d) + block(256) + block(4 * d)
+    total += spec.depth * per_block + block(8 * d)  # + final norm params
+    total += p * words(spec.patch_dim) + p * words(d)  # patches, patch_embed
+    total += 2 * t * words(d) + t * words(d)  # x0, x1, ln
+    total += t * words(2 * d) + d * words(t)  # qk, vT
+    total += 2 * h * t * words(t)  # logits, probs
+    total += 2 * t * words(d)  # context, branch
+    total += 2 * t * words(m)  # fc1, gelu
+    total += words(d) + words(spec.num_classes)  # norm, int8 logits
+    return total
+
+
+def spm_bram36(words: int) -> float:
+    return memory_bram36(words, 8 * WORD_BYTES, lutram_max_depth=0)
+
+
+def shell_resources() -> tuple[Usage, str]:
+    cal = calibration().get("shell")
+    if cal:
+        return Usage(*(cal[k] for k in KINDS)), "calibrated"
+    return Usage(*(SHELL_ESTIMATE[k] for k in KINDS)), "estimate"
+
+
+def design_resources(design: Design, *, spec=None) -> dict:
+    """Per part and total usage of ``design``: {"parts": {...}, "total": Usage, "notes": ...}."""
+    spec = spec_of(spec if spec is not None else design.model)
+    a, nl = design.array, design.nonlinear
+    buffers = engine_buffers(design, spec)
+    parts = {
+        "engine": engine_resources(
+            a.groups, a.rows, a.cols, a.vector, a.w4_share, a.w4_kind, **buffers
+        ),
+        "softmax": nonlinear_resources("softmax", nl.softmax_lanes),
+        "layernorm": nonlinear_resources("layernorm", nl.layernorm_lanes),
+        "gelu": nonlinear_resources("gelu", nl.gelu_lanes),
+        "spm": Usage(bram36=spm_bram36(design.spm_kib * 1024 // WORD_BYTES)),
+    }
+    shell, shell_kind = shell_resources()
+    parts["shell"] = shell
+    total = Usage()
+    for u in parts.values():
+        total = total + u
+    return {"parts": parts, "total": total, "buffers": buffers, "shell": shell_kind}

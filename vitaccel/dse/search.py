@@ -1,0 +1,918 @@
+"""The explorer: the cheapest design that reaches a target FPS on a board, and the Pareto front.
+
+``explore(model, board, fps)`` enumerates array shapes (groups, rows, cols, vector, W4
+columns and kind), nonlinear lanes and per-layer W4 ratios, predicts each candidate's cycles
+(:mod:`vitaccel.dse.cost`, the controller's own tiling) and resources
+(:mod:`vitaccel.dse.resources`, calibrated on Yosys), bounds the W4 ratios by the measured or
+proxy sensitivity (:mod:`vitaccel.dse.sensitivity`) and the clock by the LUT-depth rule
+(:mod:`vitaccel.dse.clock`), and keeps:
+
+* the **chosen design**: among the candidates within ``max_util`` of every resource that
+  reach the target, the one whose tightest resource is least used (then the best fidelity,
+  then the highest FPS);
+* the **Pareto front** of FPS against DSP48E2, LUT and predicted fidelity;
+* **what binds**: the constraint whose relaxation (doubling one resource limit, or the DDR
+  bandwidth) raises the best reachable FPS the most, measured on the same candidate pool.
+
+W4 ratios: for every weight layer the useful ratios are those that cut an output step
+(``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``); they are granted greedily, most cycles
+saved per unit of predicted error first, until the error budget ``max_error`` is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitaccel.design import ArrayConfig, Design, LayerConfig, NonlinearConfig, save_design
+from vitaccel.dse import clock as clock_rule
+from vitaccel.dse import resources as res
+from vitaccel.dse import sensitivity as sens
+from vitaccel.dse.cost import (
+    LATENCIES,
+    SLOT_BYTES,
+    column_split,
+    job_nsteps,
+    latencies,
+    nonlinear_cycles,
+    port_bytes_per_cycle,
+    program,
+    w_slot_bytes,
+)
+from vitaccel.dse.shapes import spec_of
+
+__all__ = ["InfeasibleError", "SearchSpace", "explore", "search", "DEFAULT_MAX_ERROR"]
+
+# Added relative squared logit error a design may cost over W8A8 (sensitivity.py's metric).
+# digits-vit measured: uniform 50 % int4 costs 8.6e-4, 75 % 1.9e-3, with no top-1 change.
+DEFAULT_MAX_ERROR = 1e-3
+RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
+# The ISA's 16-bit scratchpad word addresses: at most 1 MiB (Design.spm_kib <= 1024).
+SPM_KIB_MAX = 1024
+
+
+class InfeasibleError(Exception):
+    """No design reaches the target: ``message`` is one line; best FPS and the binding limit."""
+
+    def __init__(self, message: str, best_fps: float, binding: str):
+        super().__init__(message)
+        self.message = message
+        self.best_fps = best_fps
+        self.binding = binding
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    groups: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)
+    rows: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28)
+    cols: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 20, 24)
+    # The top level takes a power-of-two vector of at most 16 (one W word per 16-byte slot).
+    vector: tuple[int, ...] = (4, 8, 16)
+    w4_shares: tuple[float, ...] = (0.0, 0.25, 1 / 3, 0.5)
+    w4_kinds: tuple[str, ...] = ("int4", "pot4")
+    lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class Candidate:
+    groups: int
+    rows: int
+    cols: int
+    vector: int
+    w4_share: float
+    w4_kind: str
+    lanes: tuple[int, int, int]  # softmax, layernorm, gelu
+    ratios: dict[str, float]
+    cycles: int
+    usage: dict[str, float]
+    error: float
+    fps: float = 0.0
+    clock_mhz: float = 0.0
+    bound_cycles: dict[str, int] = field(default_factory=dict)
+
+    def util(self, limits: dict[str, float]) -> dict[str, float]:
+        return {k: self.usage[k] / limits[k] for k in RESOURCE_KINDS}
+
+
+# ---------------------------------------------------------------------------------------
+# Fast evaluation
+# ---------------------------------------------------------------------------------------
+
+
+def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word_cycles):
+    """Cycles of the job for every step count 1..nsteps (the cost.matmul_cycles recursion).
+
+    The recursion settles into a periodic steady state after a few steps; once the state
+    (differences between the last end, the one before and the last load) repeats, the rest
+    is extrapolated exactly instead of iterated.
+    """
+    ks = -(-k // vector)
+    tiles = -(-tokens // rows)
+    pad = max(0, rows - ks)
+    period = ks + pad
+    lat = latencies(rows, units)
+    release = lat["release"]
+    x_load = (groups if heads else 1) * tokens * ks
+    w_load = groups * cols * (ks + 1) * word_cycles
+    tail = lat["first_out"] + 1 + (tokens - 1) % rows
+    span = (tiles - 1) * period + ks - 1
+    ends: list[float] = []
+    loaded_prev = 0.0
+    seen: dict = {}
+    s = 0
+    periodic = None
+    while s < nsteps:
+        if s == 0:
+            loaded = w_load
+            first = max(x_load, w_load) + 1
+        else:
+            free = ends[s - 2] + release if s >= 2 else 0
+            loaded = max(loaded_prev, free) + w_load
+            first = max(ends[s - 1] + pad + 1, loaded + 1)
+        ends.append(first + span)
+        loaded_prev = loaded
+        if s >= 2:
+            state = (ends[s] - ends[s - 1], ends[s - 1] - ends[s - 2], loaded - ends[s])
+            if state in seen:
+                p0 = seen[state]
+                incs = [ends[i] - ends[i - 1] for i in range(p0 + 1, s + 1)]
+                periodic = (s, incs, sum(incs))
+                break
+            seen[state] = s
+        s += 1
+    return _Ends(ends, periodic, tail, nsteps), (
+        "compute" if tiles * period >= w_load else "bandwidth"
+    )
+
+
+class _Ends:
+    """Job cycles for any step count 1..n: the computed prefix, then the periodic extension."""
+
+    __slots__ = ("ends", "periodic", "tail", "n")
+
+    def __init__(self, ends, periodic, tail, n):
+        self.ends, self.periodic, self.tail, self.n = ends, periodic, tail, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def at(self, nsteps: int) -> int:
+        i = nsteps - 1
+        if i < len(self.ends):
+            e = self.ends[i]
+        else:
+            s, incs, full = self.periodic
+            extra = i - s
+            q, rem = divmod(extra, len(incs))
+            e = self.ends[s] + q * full + sum(incs[:rem])
+        return int(math.ceil(e + self.tail))
+
+    @property
+    def last(self) -> int:
+        return self.at(self.n)
+
+
+class _Model:
+    """Per (model, board, clock) data shared by all candidates."""
+
+    def __init__(self, model: str, board, clock_mhz: float, max_error: float):
+        self.spec = spec_of(model)
+        self.board = board
+        self.clock = clock_mhz
+        self.port = port_bytes_per_cycle(clock_mhz, board)
+        self.max_error = max_error
+        self.instr = LATENCIES["instr"]
+        self.spm_kib_needed = res.spm_kib_for(self.spec)
+        self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
+        self.spm_bram = res.spm_bram36(self.spm_kib * 1024 // SLOT_BYTES)
+        try:
+            self.sens = {k: sens.model_entry(self.spec.name, k) for k in ("int4", "pot4")}
+        except sens.SensitivityError:
+            self.sens = {}
+        depth = res.calibration().get("depth_runs", {})
+        self.depth = depth
+        self.engine_levels = depth.get("engine", 0.0)
+        self.levels = None
+        shell, self.shell_kind = res.shell_resources()
+        self.shell = shell
+        self._nl_cache: dict = {}
+
+    def unit_levels(self, unit: str, lanes: int) -> float:
+        """Calibrated logic levels of ``unit`` at ``lanes`` (the next calibrated lane count up)."""
+        runs = self.depth.get(unit, {})
+        if not runs:
+            return 0.0
+        known = sorted(int(n) for n in runs)
+        above = [n for n in known if n >= lanes]
+        return runs[str(above[0] if above else known[-1])]
+
+    def design_levels(self, lanes: tuple[int, int, int]) -> float | None:
+        if not self.depth:
+            return None
+        return max(
+            [self.engine_levels]
+            + [
+                self.unit_levels(u, n)
+                for u, n in zip(("softmax", "layernorm", "gelu"), lanes, strict=True)
+            ]
+        )
+
+    def clock_for(self, lanes: tuple[int, int, int]) -> float:
+        """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
+        levels = self.design_levels(lanes)
+        if levels is None:
+            return self.board.default_clock_mhz
+        allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
+        return allowed[0] if allowed else min(self.board.pl_clocks_mhz)
+
+    def plan(self, groups: int) -> dict:
+        """The program's matmuls grouped: identical jobs counted once (per group count)."""
+        key = ("plan", groups)
+        if key not in self._nl_cache:
+            fixed: dict = {}
+            every: dict = {}
+            kinds: dict[str, list] = {}
+            layers: dict[str, str] = {}
+            for ins in program(self.spec, groups):
+                if ins.op not in ("matmul", "heads"):
+                    continue
+                sig = (ins.op, ins.tokens, ins.k, ins.n, ins.heads > 0)
+                every[sig] = every.get(sig, 0) + 1
+                if ins.op == "matmul" and ins.weight_layer not in ("patch_embed", "head"):
+                    parts = kinds.setdefault(ins.kind, [])
+                    if (ins.tokens, ins.k, ins.n) not in parts:
+                        parts.append((ins.tokens, ins.k, ins.n))
+                    layers[ins.weight_layer] = ins.kind
+                else:
+                    fixed[sig] = fixed.get(sig, 0) + 1
+            self._nl_cache[key] = {"fixed": fixed, "all": every, "kinds": kinds, "layers": layers}
+        return self._nl_cache[key]
+
+    # nonlinear cycles per unit for the whole program, for each lane count
+    def nonlinear(self, groups: int) -> dict[str, dict[int, int]]:
+        key = min(groups, self.spec.heads) if groups > 1 else 1
+        if key not in self._nl_cache:
+            out: dict[str, dict[int, int]] = {"softmax": {}, "layernorm": {}, "gelu": {}}
+            fixed = 0
+            prog = program(self.spec, groups)
+            for lanes in SearchSpace.lanes:
+                for unit in out:
+                    out[unit][lanes] = sum(
+                        nonlinear_cycles(i.op, i.tokens, i.k, lanes) + self.instr
+                        for i in prog
+                        if i.op == unit
+                    )
+            for i in prog:
+                if i.op == "residual":
+                    fixed += nonlinear_cycles("residual", i.tokens, i.k, SLOT_BYTES) + self.instr
+                elif i.op in ("load", "store"):
+                    fixed += (
+                        int(math.ceil(i.tokens * SLOT_BYTES / self.port))
+                        + LATENCIES["load"]
+                        + self.instr
+                    )
+            out["fixed"] = {0: fixed + self.instr}  # + END
+            self._nl_cache[key] = out
+        return self._nl_cache[key]
+
+
+# How far towards the fewest steps a layer's W4 rows may go: fractions of the way.
+_CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
+    """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound."""
+    c8, c4 = column_split(c, share)
+    units = c8 // 2 + c4
+    word_cycles = max(1.0, w_slot_bytes(v) / m.port)
+    plan = m.plan(g)
+    cache: dict = {}
+    mm_total = 0
+    bound = {"compute": 0, "bandwidth": 0}
+    instr = m.instr
+    w4_kinds = plan["kinds"] if c4 else {}
+    w4_layers = plan["layers"] if c4 else {}
+    sigs = plan["fixed"] if c4 else plan["all"]
+    for (op, tokens, k, n, heads), count in sigs.items():
+        if op == "matmul":
+            ns = job_nsteps(n, n, g, c, c8, heads=False)
+            ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, False, word_cycles)
+        else:
+            ns = job_nsteps(n, n, g, c, c8, heads=heads)
+            ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0)
+        cyc = (ends.last + instr) * count
+        mm_total += cyc
+        bound[b] += cyc
+    for parts in w4_kinds.values():
+        for key in parts:
+            tokens, k, n = key
+            ns0 = job_nsteps(n, n, g, c, c8, heads=False)
+            cache[key] = _step_ends(tokens, k, ns0, g, r, c, v, units, False, word_cycles)
+    ratios: dict[str, float] = {}
+    error = 0.0
+    if w4_layers:
+        entry = m.sens.get(kind)
+        # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
+        kind_opts: dict[str, list] = {}
+        kind_bound: dict[str, str] = {}
+        for lk, parts in w4_kinds.items():
+            n_total = sum(n for _, _, n in parts)
+            opts = []
+            for cut in _CUTS:
+                cyc, need = 0, 0
+                for key in parts:
+                    ends, b = cache[key]
+                    kind_bound[lk] = b
+                    n = key[2]
+                    ns0 = len(ends)
+                    ns_min = job_nsteps(n, 0, g, c, c8, heads=False)
+                    ns = ns0 - int(round(cut * (ns0 - ns_min)))
+                    cyc += ends.at(ns) + instr
+                    need += max(0, n - ns * g * c8)
+                ratio = need / n_total
+                if opts and ratio <= opts[-1][1]:
+                    continue
+                opts.append((cyc, ratio))
+            kind_opts[lk] = opts
+        # Greedy over (layer, option): most cycles saved per unit of predicted error.
+        import heapq
+
+        choice = {layer: 0 for layer in w4_layers}
+        errs: dict[str, list[float]] = {}
+        heap = []
+        for layer, lk in w4_layers.items():
+            opts = kind_opts[lk]
+            if entry is None or len(opts) < 2:
+                errs[layer] = [0.0]
+                continue
+            errs[layer] = [sens.layer_drop(entry, layer, ratio) for _, ratio in opts]
+            saved = opts[0][0] - opts[1][0]
+            cost = errs[layer][1]
+            heapq.heappush(heap, (-saved / max(cost, 1e-12), layer, 1))
+        budget = max_error
+        while heap:
+            _, layer, j = heapq.heappop(heap)
+            cost = errs[layer][j] - errs[layer][j - 1]
+            if cost > budget + 1e-15:
+                continue
+            budget -= max(cost, 0.0)
+            choice[layer] = j
+            opts = kind_opts[w4_layers[layer]]
+            if j + 1 < len(opts):
+                saved = opts[j][0] - opts[j + 1][0]
+                c2 = errs[layer][j + 1] - errs[layer][j]
+                heapq.heappush(heap, (-saved / max(c2, 1e-12), layer, j + 1))
+        for layer, lk in w4_layers.items():
+            j = choice[layer]
+            cyc, ratio = kind_opts[lk][j]
+            mm_total += cyc
+            bound[kind_bound[lk]] += cyc
+            if ratio > 0:
+                ratios[layer] = round(ratio, 6)
+                error += errs[layer][j]
+    return mm_total, ratios, error, bound
+
+
+def _engine_usage(g, r, c, v, share, kind, buffers) -> dict[str, float]:
+    u = res.engine_resources(g, r, c, v, share, kind, **buffers)
+    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36}
+
+
+def _buffers(spec, g, r, c, v) -> dict:
+    kib = res.buffer_kib(spec, g, r, c, v)
+    return res.engine_buffers_from_kib(
+        g, r, c, v, kib["input_buffer_kib"], kib["weight_buffer_kib"]
+    )
+
+
+def search(
+    model: str,
+    board: str,
+    *,
+    max_util: float = 0.85,
+    max_error: float = DEFAULT_MAX_ERROR,
+    space: SearchSpace = SearchSpace(),
+    clock_mhz: float | None = None,
+    relax: float = 2.0,
+) -> dict:
+    """Evaluate the design space; return the candidate pool and its context.
+
+    The pool holds every candidate within ``relax`` times the ``max_util`` limits (the
+    binding analysis needs the ones just outside). Phase 1 evaluates every all-W8 array;
+    phase 2 adds W4 columns (each share and kind) to the arrays on the phase-1 Pareto front
+    (FPS against DSP and LUT): a W4 variant keeps its base array's W8 columns and DSPs.
+    """
+    from vitaccel.boards import get_budget
+
+    budget = get_budget(board)
+    if clock_mhz is not None:
+        budget.check_clock(clock_mhz)
+    port_clock = clock_mhz or max(budget.pl_clocks_mhz)
+    m = _Model(model, budget, port_clock, max_error)
+    limits = {
+        "dsp48e2": budget.dsp48e2 * max_util,
+        "lut": budget.lut * max_util,
+        "ff": budget.ff * max_util,
+        "bram36": budget.bram36 * max_util,
+    }
+    fixed_usage = {
+        "dsp48e2": m.shell.dsp48e2,
+        "lut": m.shell.lut,
+        "ff": m.shell.ff,
+        "bram36": m.shell.bram36 + m.spm_bram,
+    }
+    lane_opts = _lane_options(m, budget, space.lanes, clock_mhz)
+    spec = m.spec
+    pool: list[Candidate] = []
+    evaluated = 0
+
+    def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
+        nonlocal evaluated
+        eng = _engine_usage(g, r, c, v, share, kind, _buffers(spec, g, r, c, v))
+        base = [eng[k] + fixed_usage[k] for k in RESOURCE_KINDS]
+        if any(base[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
+            return []
+        evaluated += 1
+        mm, ratios, error, bound = _evaluate_array(m, g, r, c, v, share, kind, max_error)
+        nl = m.nonlinear(g)
+        fixed = nl["fixed"][0]
+        out = []
+        for lanes, nl_cycles, lane_usage, clock in lane_opts[_nl_key(m, g)]:
+            cyc = mm + fixed + nl_cycles
+            usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
+            out.append(
+                Candidate(
+                    g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
+                    fps=clock * 1e6 / cyc, clock_mhz=clock,
+                    bound_cycles={**bound, "nonlinear": fixed + nl_cycles},
+                )
+            )  # fmt: skip
+        return out
+
+    by_base: dict[tuple, list[Candidate]] = {}
+    for v in space.vector:
+        for r in space.rows:
+            if r > spec.tokens:
+                continue
+            for g in space.groups:
+                for c in space.cols:
+                    cands = evaluate(g, r, c, v, 0.0, "int4")
+                    if cands:
+                        by_base[(g, r, c, v)] = cands
+                        pool.extend(cands)
+    if space.w4_shares and any(space.w4_shares) and m.sens:
+        front = pareto_front(pool)
+        bases = {(c.groups, c.rows, c.cols, c.vector) for c in front}
+        done = set()
+        for g, r, c8, v in sorted(bases):
+            for share in space.w4_shares:
+                if not share:
+                    continue
+                # W4 columns added to the base's c8 W8 columns: cols = c8 / (1 - share).
+                cols = c8 / (1 - share)
+                if abs(cols - round(cols)) > 1e-9:
+                    continue
+                cols = int(round(cols))
+                try:
+                    if column_split(cols, share)[0] != c8:
+                        continue
+                except ValueError:
+                    continue
+                for kind in space.w4_kinds:
+                    key = (g, r, cols, v, round(share, 6), kind)
+                    if key in done:
+                        continue
+                    done.add(key)
+                    pool.extend(evaluate(g, r, cols, v, share, kind))
+    return {
+        "pool": pool,
+        "limits": limits,
+        "clock_mhz": max((c.clock_mhz for c in pool), default=port_clock),
+        "levels": m.levels,
+        "model": m,
+        "budget": budget,
+        "evaluated": evaluated,
+        "max_util": max_util,
+        "max_error": max_error,
+    }
+
+
+def _nl_key(m: _Model, g: int) -> int:
+    return min(g, m.spec.heads) if g > 1 else 1
+
+
+def _lane_options(m: _Model, budget, lanes_all, clock_mhz):
+    """Per group count: (lanes, cycles, usage, clock) of the useful lane triples.
+
+    Every triple (softmax, layernorm, gelu lanes) gets its cycles, its usage and the fastest
+    clock the LUT-depth rule allows for it (with the engine's depth); triples beaten on all of
+    cycles, LUT, FF, BRAM, DSP and clock by another are dropped.
+    """
+    import itertools
+
+    units = ("softmax", "layernorm", "gelu")
+    usage = {u: {n: res.nonlinear_resources(u, n) for n in lanes_all} for u in units}
+    out: dict[int, list] = {}
+    for g in sorted({_nl_key(m, g) for g in SearchSpace.groups} | {1}):
+        nl = m.nonlinear(g)
+        opts = []
+        for lanes in itertools.product(lanes_all, repeat=3):
+            cyc = sum(nl[u][n] for u, n in zip(units, lanes, strict=True))
+            use = [
+                sum(getattr(usage[u][n], k) for u, n in zip(units, lanes, strict=True))
+                for k in RESOURCE_KINDS
+            ]
+            if clock_mhz is not None:
+                clock = clock_mhz
+            else:
+                clock = m.clock_for(lanes)
+            opts.append((lanes, cyc, use, clock))
+        # Keep a triple unless another is no slower, no larger in LUT and no slower-clocked.
+        lut = RESOURCE_KINDS.index("lut")
+        keep = []
+        for o in opts:
+            dominated = any(
+                p is not o
+                and p[1] <= o[1]
+                and p[3] >= o[3]
+                and p[2][lut] <= o[2][lut]
+                and (p[1] < o[1] or p[3] > o[3] or p[2][lut] < o[2][lut])
+                for p in opts
+            )
+            if not dominated:
+                keep.append(o)
+        out[g] = keep
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Selection, Pareto, binding
+# ---------------------------------------------------------------------------------------
+
+
+def _fits(c: Candidate, limits: dict[str, float], scale: dict[str, float] | None = None) -> bool:
+    scale = scale or {}
+    return all(c.usage[k] <= limits[k] * scale.get(k, 1.0) for k in RESOURCE_KINDS)
+
+
+def _fit_mask(result: dict, scale: dict[str, float] | None = None):
+    """Boolean mask over the pool: within the limits (one limit scaled by ``scale``)."""
+    arrays = _arrays(result)
+    limits = result["limits"]
+    scale = scale or {}
+    lim = np.array([limits[k] * scale.get(k, 1.0) for k in RESOURCE_KINDS])
+    return (arrays["use"] <= lim).all(axis=1)
+
+
+def _arrays(result: dict) -> dict:
+    if "arrays" not in result:
+        pool = result["pool"]
+        result["arrays"] = {
+            "fps": np.array([c.fps for c in pool], dtype=float),
+            "use": np.array(
+                [[c.usage[k] for k in RESOURCE_KINDS] for c in pool], dtype=float
+            ).reshape(len(pool), len(RESOURCE_KINDS)),
+            "err": np.array([c.error for c in pool], dtype=float),
+        }
+    return result["arrays"]
+
+
+def _cost(c: Candidate, limits) -> tuple:
+    u = c.util(limits)
+    return (round(max(u.values()), 3), round(sum(u.values()), 3), c.error, -c.fps)
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Non-dominated candidates: maximise FPS, minimise DSP, LUT and predicted error.
+
+    Candidates in FPS order; an error-free candidate is checked against the error-free front
+    with a Fenwick tree (DSP rank -> least LUT), one with error against the whole front.
+    """
+    n = len(cands)
+    if n == 0:
+        return []
+    fps = np.array([c.fps for c in cands])
+    dsp = np.array([c.usage["dsp48e2"] for c in cands])
+    lut = np.array([c.usage["lut"] for c in cands])
+    err = np.array([c.error for c in cands])
+    order = np.lexsort((err, lut, dsp, -fps))
+    ranks = {v: i + 1 for i, v in enumerate(np.unique(dsp))}
+    size = len(ranks)
+    tree = [math.inf] * (size + 1)
+
+    def query(i: int) -> float:
+        best = math.inf
+        while i > 0:
+            best = min(best, tree[i])
+            i -= i & -i
+        return best
+
+    def update(i: int, v: float) -> None:
+        while i <= size:
+            if v < tree[i]:
+                tree[i] = v
+            i += i & -i
+
+    front: list[int] = []
+    f_dsp = np.empty(n)
+    f_lut = np.empty(n)
+    f_err = np.empty(n)
+    k = 0
+    for i in order:
+        rank = ranks[dsp[i]]
+        if query(rank) <= lut[i]:
+            continue
+        if err[i] > 0 and k:
+            dominated = (
+                (f_dsp[:k] <= dsp[i]) & (f_lut[:k] <= lut[i]) & (f_err[:k] <= err[i] + 1e-15)
+            )
+            if dominated.any():
+                continue
+        front.append(int(i))
+        f_dsp[k], f_lut[k], f_err[k] = dsp[i], lut[i], err[i]
+        k += 1
+        if err[i] == 0:
+            update(rank, lut[i])
+    return [cands[i] for i in front]
+
+
+def binding_of(result: dict, select=None) -> tuple[str, float]:
+    """The limit whose relaxation raises the best reachable FPS most, and that best FPS.
+
+    ``select`` (a boolean mask over the pool) restricts the candidates considered.
+    """
+    arrays = _arrays(result)
+    fps = arrays["fps"]
+    if select is None:
+        select = np.ones(len(fps), dtype=bool)
+    feasible = _fit_mask(result) & select
+    best_fps = float(fps[feasible].max()) if feasible.any() else 0.0
+    best = result["pool"][int(np.argmax(np.where(feasible, fps, -1.0)))] if feasible.any() else None
+    gains = {}
+    names = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
+    for k in RESOURCE_KINDS:
+        mask = _fit_mask(result, {k: 2.0}) & select
+        gains[names[k]] = (float(fps[mask].max()) if mask.any() else 0.0) - best_fps
+    top = max(gains, key=gains.get)
+    if gains[top] > 0.02 * max(best_fps, 1e-9):
+        return top, best_fps
+    if best is None:
+        return top, 0.0
+    # No single resource: what the best design's cycles are spent on.
+    b = best.bound_cycles
+    if b.get("bandwidth", 0) >= max(b.get("compute", 0), b.get("nonlinear", 0)):
+        return "bandwidth", best_fps
+    if b.get("nonlinear", 0) > b.get("compute", 0):
+        return "nonlinear units", best_fps
+    return "array shape (search space)", best_fps
+
+
+def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> Design:
+    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back)."""
+    layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
+    return Design(
+        name=f"{model}-{board}-dse",
+        model=model,
+        board=board,
+        clock_mhz=clock_mhz,
+        array=ArrayConfig(
+            groups=c.groups,
+            rows=c.rows,
+            cols=c.cols,
+            vector=c.vector,
+            w4_share=c.w4_share,
+            w4_kind=c.w4_kind,
+        ),  # fmt: skip
+        nonlinear=NonlinearConfig(
+            softmax_lanes=c.lanes[0],
+            layernorm_lanes=c.lanes[1],
+            gelu_lanes=c.lanes[2],
+            max_tokens=spec.tokens,
+            max_channels=spec.embed_dim,
+        ),  # fmt: skip
+        layers=layers,
+        spm_kib=min(res.spm_kib_for(spec), SPM_KIB_MAX),
+        **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
+    )
+
+
+def _fidelity(model: str, c: Candidate) -> dict:
+    base = {"metric": "added relative squared logit error vs W8A8 (sensitivity.py)"}
+    base["predicted_error"] = round(c.error, 8)
+    try:
+        pred = sens.predict(model, c.ratios, c.w4_kind) if c.ratios else None
+    except sens.SensitivityError:
+        pred = None
+    if pred:
+        base.update(pred)
+    base["w4_layers"] = len(c.ratios)
+    return base
+
+
+def explore(
+    model: str,
+    board: str,
+    fps: float,
+    *,
+    max_util: float = 0.85,
+    out_dir: Path | None = None,
+    max_error: float = DEFAULT_MAX_ERROR,
+    allow_w4: bool = False,
+) -> dict:
+    """Choose the cheapest design reaching ``fps``; write design.json, pareto.json, pareto.png.
+
+    ``allow_w4``: the accelerator top (``vitaccel.rtl.top.TopParams``) builds only all-W8
+    arrays today, so by default the chosen design has ``w4_share = 0``; mixed W4/W8
+    candidates are still evaluated, appear on the Pareto front (flagged) and are reported
+    when they would do better. ``allow_w4=True`` lets the explorer choose them.
+
+    Raises :class:`InfeasibleError` (one-line message with the best reachable FPS and the
+    binding limit) when no design within ``max_util`` of every resource reaches ``fps``.
+    """
+    t0 = time.monotonic()
+    if not fps > 0:
+        raise ValueError(f"target FPS must be positive, not {fps!r}")
+    if not 0 < max_util <= 1:
+        raise ValueError(f"max_util must be in (0, 1], not {max_util!r}")
+    result = search(model, board, max_util=max_util, max_error=max_error)
+    pool, limits = result["pool"], result["limits"]
+    spec, budget = result["model"].spec, result["budget"]
+    mask = _fit_mask(result)
+    select = np.array([allow_w4 or c.w4_share == 0 for c in pool], dtype=bool)
+    feasible = [c for c, ok in zip(pool, mask, strict=True) if ok]
+    meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
+    binding, best_fps = binding_of(result, select)
+    if not meeting:
+        raise InfeasibleError(
+            f"infeasible: {model} on {board} reaches at most {best_fps:.1f} FPS "
+            f"(target {fps:g}) within {max_util:.0%} of the board; binding: {binding}",
+            best_fps,
+            binding,
+        )
+    chosen = min(meeting, key=lambda c: _cost(c, limits))
+    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec)
+    front = pareto_front(feasible)
+    summary = _summary(chosen, design, result, fps, binding, best_fps)
+    summary["pareto_points"] = len(front)
+    summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, allow_w4)
+    summary["evaluated"] = result["evaluated"]
+    summary["candidates"] = len(pool)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        summary.update(_write_outputs(out_dir, design, front, chosen, summary, budget))
+    summary["query_seconds"] = round(time.monotonic() - t0, 3)
+    return summary
+
+
+def _summary(c: Candidate, design: Design, result: dict, target: float, binding, best_fps) -> dict:
+    budget = result["budget"]
+    avail = {"dsp48e2": budget.dsp48e2, "lut": budget.lut, "ff": budget.ff, "bram36": budget.bram36}
+    from vitaccel.dse.cost import estimate
+
+    est = estimate(design, budget=budget)
+    per_layer = {
+        name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))
+    }
+    return {
+        "model": design.model,
+        "board": design.board,
+        "fps": round(est.fps, 2),
+        "target_fps": target,
+        "clock_mhz": design.clock_mhz,
+        "cycles": est.cycles,
+        "latency_ms": round(est.latency_ms, 3),
+        "design": None,
+        "array": design.array.model_dump(),
+        "nonlinear_lanes": list(c.lanes),
+        "resources": {
+            k: {
+                "used": round(c.usage[k], 1),
+                "available": avail[k],
+                "util": round(c.usage[k] / avail[k], 4),
+            }
+            for k in RESOURCE_KINDS
+        },
+        "binding": binding,
+        "best_reachable_fps": round(best_fps, 2),
+        "design_bound": max(c.bound_cycles, key=c.bound_cycles.get),
+        "cycles_by_bound": c.bound_cycles,
+        "linear_utilisation": round(est.linear_utilisation(), 4),
+        "w4_ratio": per_layer,
+        "fidelity": _fidelity(design.model, c),
+        "max_util": result["max_util"],
+        "clock_rule": {
+            "levels": result["model"].design_levels(c.lanes),
+            "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
+        },
+        "shell_resources": result["model"].shell_kind,
+    }
+
+
+def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
+    m = result["model"]
+    out = []
+    if m.spm_kib_needed > SPM_KIB_MAX:
+        out.append(
+            f"the compiled program needs {m.spm_kib_needed} KiB of scratchpad; the ISA addresses "
+            f"{SPM_KIB_MAX} KiB (spm_kib is capped): compile_model will stop until buffers are reused"
+        )
+    if not allow_w4:
+        w4 = [c for c in feasible if c.w4_share > 0 and c.fps >= target]
+        if w4:
+            best = min(w4, key=lambda c: _cost(c, limits))
+            if _cost(best, limits) < _cost(chosen, limits):
+                out.append(
+                    f"a mixed W4/W8 array (w4_share {best.w4_share:.2f}, {best.w4_kind}) would reach "
+                    f"the target with {max(best.util(limits).values()):.0%} of its tightest limit "
+                    f"vs {max(chosen.util(limits).values()):.0%}; the top level builds all-W8 arrays only"
+                )
+    if m.shell_kind != "calibrated":
+        out.append("top-level controller/DMA/SPM logic is a fixed estimate, not synthesised")
+    return out
+
+
+def _weight_layers(spec) -> list[str]:
+    return [
+        f"blocks.{i}.{n}"
+        for i in range(spec.depth)
+        for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    ]
+
+
+def _candidate_json(c: Candidate, chosen: Candidate) -> dict:
+    return {
+        "fps": round(c.fps, 2),
+        "dsp48e2": round(c.usage["dsp48e2"]),
+        "lut": round(c.usage["lut"]),
+        "ff": round(c.usage["ff"]),
+        "bram36": round(c.usage["bram36"], 1),
+        "predicted_error": round(c.error, 8),
+        "array": {"groups": c.groups, "rows": c.rows, "cols": c.cols, "vector": c.vector,
+                  "w4_share": round(c.w4_share, 4), "w4_kind": c.w4_kind},
+        "lanes": list(c.lanes),
+        "w4_layers": len(c.ratios),
+        "chosen": c is chosen,
+    }  # fmt: skip
+
+
+def _write_outputs(out_dir: Path, design, front, chosen, summary, budget) -> dict:
+    from vitaccel.util import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    design_path = save_design(design, out_dir / "design.json")
+    pts = [_candidate_json(c, chosen) for c in front]
+    if chosen not in front:
+        pts.append(_candidate_json(chosen, chosen))
+    pareto = {
+        "model": design.model,
+        "board": design.board,
+        "clock_mhz": design.clock_mhz,
+        "axes": ["fps (max)", "dsp48e2 (min)", "lut (min)", "predicted_error (min)"],
+        "points": pts,
+    }
+    pareto_path = atomic_write_text(out_dir / "pareto.json", json.dumps(pareto, indent=1) + "\n")
+    plot_path = plot_pareto(pts, out_dir / "pareto.png", summary, budget)
+    summary["design"] = str(design_path)
+    return {"design": str(design_path), "pareto": str(pareto_path), "plot": str(plot_path)}
+
+
+def plot_pareto(points: list[dict], path: Path, summary: dict, budget) -> Path:
+    """FPS against DSP, LUT and predicted error; the chosen design and the target marked."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from vitaccel.util import atomic_write_bytes
+
+    fig = Figure(figsize=(12, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax, key, label, avail in (
+        (axes[0], "dsp48e2", "DSP48E2", budget.dsp48e2),
+        (axes[1], "lut", "LUT", budget.lut),
+        (axes[2], "predicted_error", "predicted added logit error", None),
+    ):
+        xs = [p[key] for p in points]
+        ys = [p["fps"] for p in points]
+        ax.scatter(xs, ys, s=10, c=["tab:red" if p["chosen"] else "tab:blue" for p in points])
+        ax.axhline(summary["target_fps"], color="k", ls="--", lw=1, label="target")
+        if avail:
+            ax.axvline(avail * summary["max_util"], color="gray", ls=":", lw=1, label="max util")
+        ax.set_xlabel(label)
+        ax.set_ylabel("FPS")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"{summary['model']} on {summary['board']} at {summary['clock_mhz']:g} MHz: "
+        f"Pareto front (red = chosen, {summary['fps']:.1f} FPS)"
+    )
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return atomic_write_bytes(Path(path), buf.getvalue())
