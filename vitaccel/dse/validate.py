@@ -1,0 +1,299 @@
+"""Validation of the DSE models against the RTL (Verilator) and real synthesis (Yosys).
+
+    python -m vitaccel.dse.validate            # quick: stored Yosys runs + small RTL runs
+    python -m vitaccel.dse.validate --full     # every RTL run; rewrites data/validation.json
+    python -m vitaccel.dse.validate --full --docs docs/dse.md   # and the table in the doc
+
+Cycle model (``vitaccel.dse.cost``) against Verilator:
+
+* ``engine``: single MATMUL jobs on the GVSA engine (``vitaccel.flow.unit_gvsa``), shapes of
+  real layers (digits-vit, DeiT-Tiny) in shared and heads mode, W8 and mixed W4/W8;
+* ``units``: the nonlinear units streaming whole rows (``vitaccel.flow.unit_nonlinear``);
+* ``top``: the whole compiled program of digits-vit on the accelerator top
+  (``vitaccel.sim.host``): the cycle counter after one image.
+
+Resource model (``vitaccel.dse.resources``) against Yosys ``synth_xilinx -family xcup``:
+engines and units of shapes that were **not** used for fitting (``calibrate.ENGINE_VALIDATE``,
+``calibrate.UNIT_VALIDATE``), from the runs stored in ``data/calibration.json`` (the full run
+re-synthesises them).
+
+Bounds: cycles within 5 %, each resource within 10 % (DSP, LUT, FF; BRAM36 equivalents with a
+one-block allowance for small memories).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+__all__ = ["CYCLE_BOUND", "RESOURCE_BOUND", "ENGINE_CASES", "TOP_CASES", "validate", "markdown"]
+
+CYCLE_BOUND = 0.05
+RESOURCE_BOUND = 0.10
+DATA_PATH = Path(__file__).parent / "data" / "validation.json"
+
+# (name, groups, rows, cols, vector, w4_share, tokens, K, N, heads, w4 rows share)
+ENGINE_CASES = (
+    ("digits fc1", 1, 4, 4, 8, 0.0, 17, 64, 128, False, 0.0),
+    ("digits qk (heads)", 2, 4, 4, 8, 0.0, 17, 16, 17, True, 0.0),
+    ("deit-tiny qkv.v", 1, 4, 4, 8, 0.0, 197, 192, 192, False, 0.0),
+    ("deit-tiny fc2", 2, 4, 4, 16, 0.0, 197, 768, 64, False, 0.0),
+    ("deit-tiny sv (heads)", 2, 8, 4, 8, 0.0, 197, 197, 64, True, 0.0),
+    ("deit-tiny proj W4/W8", 1, 4, 8, 8, 0.5, 197, 192, 96, False, 0.5),
+)
+QUICK_ENGINE = ("digits fc1", "digits qk (heads)")
+# (groups, rows, cols, vector, lanes): whole digits-vit programs on the top level
+TOP_CASES = ((1, 4, 4, 8, 4), (2, 4, 4, 8, 8), (1, 8, 8, 16, 16), (2, 2, 4, 4, 1), (3, 4, 2, 8, 2))
+UNIT_CASES = (("softmax", 4), ("layernorm", 4), ("gelu", 4), ("softmax", 16), ("gelu", 16))
+
+
+def _err(model: float, real: float) -> float:
+    return (model - real) / real if real else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# cycles
+# ---------------------------------------------------------------------------------------
+
+
+def _engine_case(case, seed: int = 0) -> dict:
+    import numpy as np
+
+    from vitaccel.dse.cost import column_split, job_nsteps, matmul_cycles
+    from vitaccel.flow.unit_gvsa import MatmulCase, engine_params, simulate_jobs
+
+    name, g, r, c, v, share, t, k, n, heads, w4 = case
+    rng = np.random.default_rng(seed)
+    params = engine_params(groups=g, rows=r, cols=c, vector=v, w4_share=share,
+                           x_words=max(64, -(-t // r) * -(-k // v)), max_ksteps=max(2, -(-k // v)))  # fmt: skip
+    c8, c4 = column_split(c, share)
+    lead = (g,) if heads else ()
+    x = rng.integers(-128, 128, size=(*lead, t, k))
+    q = rng.integers(-127, 128, size=(*lead, n, k))
+    kind = np.zeros((*lead, n), dtype=np.int64)
+    n4 = int(round(w4 * n))
+    if n4:
+        kind[..., rng.choice(n, n4, replace=False)] = 1  # int4 rows
+        q = np.where(kind[..., :, None] == 1, np.clip(q, -7, 7), q)
+    bias = rng.integers(-1000, 1000, size=(*lead, n))
+    mult = np.full((*lead, n), 1 << 14)
+    shift = np.full((*lead, n), 24)
+    res = simulate_jobs([MatmulCase(x, q, kind, bias, mult, shift, heads=heads, name=name)], params)[0]
+    if res["mismatches"]:
+        raise RuntimeError(f"{name}: RTL output mismatches ({res['first_mismatch']})")
+    nsteps = job_nsteps(n, n - n4, g, c, c8, heads=heads)
+    model = matmul_cycles(t, k, nsteps, g, r, c, v, c8 // 2 + c4, heads=heads)
+    return {
+        "kind": "engine",
+        "case": name,
+        "design": f"{g}x{r}x{c}x{v}" + (f" w4 {share:g}" if share else ""),
+        "shape": f"T={t} K={k} N={n}" + (f" x{g} heads" if heads else ""),
+        "rtl": int(res["cycles"]),
+        "model": int(model),
+        "error": _err(model, res["cycles"]),
+    }
+
+
+def _unit_case(unit: str, lanes: int, vectors: int) -> dict:
+    from vitaccel.dse.cost import LATENCIES
+    from vitaccel.flow.unit_nonlinear import default_case, simulate_case
+
+    case = default_case(unit, vectors=vectors, lanes=lanes)
+    res = simulate_case(unit, case, lanes=lanes)
+    if res["mismatches"]:
+        raise RuntimeError(f"{unit}: RTL output mismatches ({res['first_mismatch']})")
+    beats = sum(-(-len(row) // min(lanes, 16)) for row in case.rows)
+    model = beats + LATENCIES[unit]
+    return {
+        "kind": "unit",
+        "case": f"{unit} x{lanes}",
+        "design": f"lanes {lanes}",
+        "shape": f"{len(case.rows)} rows of {len(case.rows[0])}",
+        "rtl": int(res["cycles"]),
+        "model": int(model),
+        "error": _err(model, res["cycles"]),
+    }
+
+
+def _top_case(g: int, r: int, c: int, v: int, lanes: int) -> dict:
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.compile.driver import Driver
+    from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+    from vitaccel.dse.cost import estimate
+    from vitaccel.flow.codec import codec_for
+    from vitaccel.models.evaluate import prepare
+    from vitaccel.sim.host import SimBackend
+
+    _, _, golden, x, _ = prepare("digits-vit", images=1)
+    design = Design(
+        model="digits-vit",
+        array=ArrayConfig(groups=g, rows=r, cols=c, vector=v),
+        nonlinear=NonlinearConfig(softmax_lanes=lanes, layernorm_lanes=lanes, gelu_lanes=lanes),
+        spm_kib=64,
+    )
+    compiled = compile_model(golden, groups=g, codec=codec_for(design))
+    drv = Driver(SimBackend(design))
+    drv.load(compiled)
+    res = drv.infer(golden.quantize_images(x)[0])
+    expect = golden.forward_patches(golden.quantize_images(x))[0]
+    if not (res.logits == expect).all():
+        raise RuntimeError(f"top {g}x{r}x{c}x{v}: logits differ from the golden model")
+    model = estimate(design).cycles
+    return {
+        "kind": "top",
+        "case": "digits-vit program",
+        "design": f"{g}x{r}x{c}x{v} lanes {lanes}",
+        "shape": "whole model, 1 image",
+        "rtl": int(res.cycles),
+        "model": int(model),
+        "error": _err(model, res.cycles),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# resources
+# ---------------------------------------------------------------------------------------
+
+
+def _resource_rows(resynth: bool) -> list[dict]:
+    from vitaccel.dse import calibrate
+    from vitaccel.dse import resources as res
+    from vitaccel.dse.cost import column_split
+
+    data = res.calibration()
+    runs = dict(data.get("runs", {}))
+    rows = []
+    for cfg in calibrate.ENGINE_VALIDATE:
+        key = calibrate._engine_key(cfg)
+        if resynth or key not in runs:
+            runs[key] = calibrate.run_engine(cfg)
+        run = runs[key]
+        g, r, c, v, share, kind, xw, ks = cfg
+        u = res.engine_resources(g, r, c, v, share, kind, xw, ks, 32)
+        c8, _ = column_split(c, share)
+        rows.append(_res_row(f"engine {g}x{r}x{c}x{v}" + (f" w4 {share:.2g} {kind}" if share else ""), u, run))
+    for unit, lanes_list in calibrate.UNIT_VALIDATE.items():
+        for lanes in lanes_list:
+            key = f"unit {unit} lanes{lanes}"
+            if resynth or key not in runs:
+                runs[key] = calibrate.run_unit(unit, lanes)
+            rows.append(_res_row(f"{unit} x{lanes}", res.nonlinear_resources(unit, lanes), runs[key]))
+    return rows
+
+
+def _res_row(name: str, model, run: dict) -> dict:
+    real = {
+        "dsp48e2": run["dsp48e2"],
+        "lut": run["lut"],
+        "ff": run["ff"],
+        "bram36": run["ramb36"] + run["ramb18"] / 2,
+    }
+    pred = {"dsp48e2": model.dsp48e2, "lut": model.lut, "ff": model.ff, "bram36": model.bram36}
+    errors = {}
+    for k in real:
+        if k == "bram36":
+            # BRAM: count blocks; small memories may land in LUT RAM or one block either way.
+            errors[k] = 0.0 if abs(pred[k] - real[k]) <= 1 else _err(pred[k], real[k])
+        else:
+            errors[k] = _err(pred[k], real[k]) if real[k] else (0.0 if pred[k] < 1 else 1.0)
+    return {"design": name, "yosys": real, "model": {k: round(v, 1) for k, v in pred.items()},
+            "error": errors}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------
+
+
+def validate(*, quick: bool = True) -> dict:
+    """Compare the cycle and resource models with the RTL and Yosys; return the tables.
+
+    ``quick``: two small engine jobs and one unit on Verilator, resources from the stored
+    Yosys runs (a few minutes with warm Verilator caches). The full run adds DeiT-Tiny-sized
+    jobs, every unit case, whole programs on the accelerator top, and re-synthesises.
+    """
+    t0 = time.monotonic()
+    cycles = []
+    for case in ENGINE_CASES:
+        if quick and case[0] not in QUICK_ENGINE:
+            continue
+        cycles.append(_engine_case(case))
+    for unit, lanes in UNIT_CASES[: 1 if quick else None]:
+        cycles.append(_unit_case(unit, lanes, 2000 if quick else 20000))
+    if not quick:
+        for case in TOP_CASES:
+            cycles.append(_top_case(*case))
+    resources = _resource_rows(resynth=not quick)
+    out = {
+        "cycles": cycles,
+        "resources": resources,
+        "cycle_bound": CYCLE_BOUND,
+        "resource_bound": RESOURCE_BOUND,
+        "cycles_ok": all(abs(r["error"]) <= CYCLE_BOUND for r in cycles),
+        "resources_ok": all(
+            abs(e) <= RESOURCE_BOUND for r in resources for e in r["error"].values()
+        ),
+        "quick": quick,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The two validation tables as markdown."""
+    lines = [
+        "| kind | case | design | shape | RTL cycles | model cycles | error |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in result["cycles"]:
+        lines.append(
+            f"| {r['kind']} | {r['case']} | {r['design']} | {r['shape']} | {r['rtl']} | "
+            f"{r['model']} | {r['error']:+.2%} |"
+        )
+    lines += [
+        "",
+        "| design | DSP48E2 Yosys / model | LUT Yosys / model | FF Yosys / model | BRAM36 Yosys / model | worst error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["resources"]:
+        y, m, e = r["yosys"], r["model"], r["error"]
+        worst = max(e.values(), key=abs)
+        lines.append(
+            f"| {r['design']} | {y['dsp48e2']} / {m['dsp48e2']:g} | {y['lut']} / {m['lut']:g} | "
+            f"{y['ff']} / {m['ff']:g} | {y['bram36']:g} / {m['bram36']:g} | {worst:+.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- validation:begin -->"
+END = "<!-- validation:end -->"
+
+
+def main(argv=None) -> int:
+    from vitaccel.util import atomic_write_text
+
+    ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.validate")
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--docs", default=None, help="rewrite the table between the markers here")
+    args = ap.parse_args(argv)
+    result = validate(quick=not args.full)
+    table = markdown(result)
+    print(table)
+    print(f"cycles within {CYCLE_BOUND:.0%}: {result['cycles_ok']}; "
+          f"resources within {RESOURCE_BOUND:.0%}: {result['resources_ok']}")  # fmt: skip
+    if args.full:
+        atomic_write_text(DATA_PATH, json.dumps(result, indent=1) + "\n")
+    if args.docs:
+        doc = Path(args.docs)
+        text = doc.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            atomic_write_text(doc, f"{head}{BEGIN}\n{table}{END}{tail}")
+    return 0 if result["cycles_ok"] and result["resources_ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
