@@ -310,11 +310,19 @@ def _run_dma(cmds_rd, cmds_wr, wr_words, *, stall, seed, mem_init=b"", size=1 <<
         done["wr"] = True
 
     async def watchdog(ctx):
+        # also: the reader must not look idle while a word it received is still inside
+        pending = 0
+        bus = dut.bus
         for cycle in range(200_000):
             if done["rd"] and done["wr"]:
                 done["cycles"] = cycle
                 return
-            await ctx.tick()
+            _, _, rv, rr, ov, orr, idle = await ctx.tick().sample(
+                bus.rvalid, bus.rready, dut.rd.valid, dut.rd.ready, dut.rd_idle
+            )
+            if idle and pending:
+                raise AssertionError(f"rd_idle with {pending} words inside at cycle {cycle}")
+            pending += (rv and rr) - (ov and orr)
         raise AssertionError("DMA did not finish")
 
     sim = Simulator(dut)

@@ -241,23 +241,22 @@ class RegisterFile(wiring.Component):
         start_req = Signal()
         irq_clear = Signal()
         with m.If(take_w):
-            with m.Switch(bus.awaddr[2 : self.addr_width]):
-                with m.Case(Reg.CTRL >> 2):
-                    with m.If(bus.wstrb[0]):
-                        m.d.comb += [start_req.eq(bus.wdata[0]), irq_clear.eq(bus.wdata[2])]
-                        m.d.sync += irq_enable.eq(bus.wdata[1])
-                for name, reg, base in (
-                    ("PROG_ADDR_LO", self.prog_addr, 0),
-                    ("PROG_ADDR_HI", self.prog_addr, 32),
-                    ("DATA_BASE_LO", self.data_base, 0),
-                    ("DATA_BASE_HI", self.data_base, 32),
-                ):
-                    with m.Case(Reg[name] >> 2):
-                        for b in range(4):
-                            with m.If(bus.wstrb[b]):
-                                m.d.sync += reg[base + 8 * b : base + 8 * b + 8].eq(
-                                    bus.wdata[8 * b : 8 * b + 8]
-                                )
+            with m.If((bus.awaddr[2 : self.addr_width]) == (Reg.CTRL >> 2)):
+                with m.If(bus.wstrb[0]):
+                    m.d.comb += [start_req.eq(bus.wdata[0]), irq_clear.eq(bus.wdata[2])]
+                    m.d.sync += irq_enable.eq(bus.wdata[1])
+            for name, reg, base in (
+                ("PROG_ADDR_LO", self.prog_addr, 0),
+                ("PROG_ADDR_HI", self.prog_addr, 32),
+                ("DATA_BASE_LO", self.data_base, 0),
+                ("DATA_BASE_HI", self.data_base, 32),
+            ):
+                with m.If(bus.awaddr[2 : self.addr_width] == (Reg[name] >> 2)):
+                    for b in range(4):
+                        with m.If(bus.wstrb[b]):
+                            m.d.sync += reg[base + 8 * b : base + 8 * b + 8].eq(
+                                bus.wdata[8 * b : 8 * b + 8]
+                            )
 
         # START while busy is ignored: the run in progress would lose its state.
         m.d.comb += self.start.eq(start_req & ~self.busy)
@@ -277,30 +276,29 @@ class RegisterFile(wiring.Component):
             m.d.sync += bus.rvalid.eq(0)
         with m.If(bus.arvalid & ~bus.rvalid):
             m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0)]
-            with m.Switch(bus.araddr[2 : self.addr_width]):
-                with m.Case(Reg.STATUS >> 2):
-                    m.d.sync += bus.rdata.eq(Cat(self.busy, done, error))
-                with m.Case(Reg.PROG_ADDR_LO >> 2):
-                    m.d.sync += bus.rdata.eq(self.prog_addr[:32])
-                with m.Case(Reg.PROG_ADDR_HI >> 2):
-                    m.d.sync += bus.rdata.eq(self.prog_addr[32:])
-                with m.Case(Reg.DATA_BASE_LO >> 2):
-                    m.d.sync += bus.rdata.eq(self.data_base[:32])
-                with m.Case(Reg.DATA_BASE_HI >> 2):
-                    m.d.sync += bus.rdata.eq(self.data_base[32:])
-                with m.Case(Reg.CYCLES_LO >> 2):
-                    m.d.sync += [
-                        bus.rdata.eq(self.cycles[:32]),
-                        cycles_hi_latch.eq(self.cycles[32:]),
-                    ]
-                with m.Case(Reg.CYCLES_HI >> 2):
-                    m.d.sync += bus.rdata.eq(cycles_hi_latch)
-                with m.Case(Reg.PC >> 2):
-                    m.d.sync += bus.rdata.eq(self.pc)
-                with m.Case(Reg.ID >> 2):
-                    m.d.sync += bus.rdata.eq(ACCEL_ID)
-                with m.Case(Reg.CONFIG >> 2):
-                    m.d.sync += bus.rdata.eq(self.config)
+            with m.If((bus.araddr[2 : self.addr_width]) == (Reg.STATUS >> 2)):
+                m.d.sync += bus.rdata.eq(Cat(self.busy, done, error))
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PROG_ADDR_LO >> 2)):
+                m.d.sync += bus.rdata.eq(self.prog_addr[:32])
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PROG_ADDR_HI >> 2)):
+                m.d.sync += bus.rdata.eq(self.prog_addr[32:])
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.DATA_BASE_LO >> 2)):
+                m.d.sync += bus.rdata.eq(self.data_base[:32])
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.DATA_BASE_HI >> 2)):
+                m.d.sync += bus.rdata.eq(self.data_base[32:])
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CYCLES_LO >> 2)):
+                m.d.sync += [
+                    bus.rdata.eq(self.cycles[:32]),
+                    cycles_hi_latch.eq(self.cycles[32:]),
+                ]
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CYCLES_HI >> 2)):
+                m.d.sync += bus.rdata.eq(cycles_hi_latch)
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PC >> 2)):
+                m.d.sync += bus.rdata.eq(self.pc)
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.ID >> 2)):
+                m.d.sync += bus.rdata.eq(ACCEL_ID)
+            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CONFIG >> 2)):
+                m.d.sync += bus.rdata.eq(self.config)
         return m
 
 
@@ -437,7 +435,8 @@ class DMAReader(wiring.Component):
             fifo.r_en.eq(self.o.ready),
         ]
         m.d.sync += reserved.eq(reserved + Mux(ar_fire, beats, 0) - o_fire)
-        m.d.comb += self.idle.eq((remaining == 0) & (rx_left == 0) & ~fifo.r_rdy)
+        # level, not r_rdy: a word just written is not readable for a cycle
+        m.d.comb += self.idle.eq((remaining == 0) & (rx_left == 0) & (fifo.level == 0))
         return m
 
 
@@ -527,7 +526,7 @@ class DMAWriter(wiring.Component):
         b_fire = bus.bvalid & bus.bready
         m.d.comb += [bus.bready.eq(1), self.error.eq(b_fire & bus.bresp[1])]
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
-        m.d.comb += self.idle.eq((remaining == 0) & ~lens.r_rdy & (outstanding == 0))
+        m.d.comb += self.idle.eq((remaining == 0) & (lens.level == 0) & (outstanding == 0))
         return m
 
 

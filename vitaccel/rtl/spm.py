@@ -366,7 +366,7 @@ class RowReader(wiring.Component):
                 m.d.sync += col.eq(col + L)
 
         m.d.comb += words.r_en.eq(pop)
-        m.d.comb += self.idle.eq(~active & ~info.r_rdy)
+        m.d.comb += self.idle.eq(~active & (info.level == 0))
         return m
 
 
@@ -495,7 +495,7 @@ class RowWriter(wiring.Component):
         stride = Signal(16)
         row = Signal(ADDR_BITS)
         col = Signal(16)
-        piece = Signal(range(k))
+        piece = Signal(range(max(k, 2)))  # (never zero-width: Verilog has no [-1:0])
         m.d.comb += self.cmd.ready.eq(~active)
         with m.If(self.cmd.valid & ~active):
             m.d.sync += [
@@ -671,7 +671,7 @@ class MatmulOutWriter(wiring.Component):
                 run.addr.eq(grp_base + nrow + (t >> 4)),
                 run.off.eq(t[:4]),
                 run.count.eq(1),
-                run.data[0].eq(Array([word[8 * j : 8 * j + 8] for j in range(G * C)])[lane0]),
+                run.data[0].eq(word.word_select(lane0, 8)),
             ]
         with m.Else():
             m.d.comb += [
@@ -686,8 +686,9 @@ class MatmulOutWriter(wiring.Component):
             for p in positions:
                 with m.If(lane0 == p):
                     for b in range(WORD_BYTES):
-                        if p + b < G * C:
-                            m.d.comb += run.data[b].eq(word[8 * (p + b) : 8 * (p + b) + 8])
+                        # bytes past the word are never written (count); any byte will do
+                        q = (p + b) % (G * C)
+                        m.d.comb += run.data[b].eq(word[8 * q : 8 * q + 8])
 
         fire = self.o.valid & self.o.ready
         m.d.comb += [

@@ -1,0 +1,127 @@
+"""The accelerator top in Amaranth's simulator (a short program through the bus models of
+test_rtl_axi.py), its parameters and its Vivado-facing Verilog. The full set of programs runs
+in Verilator: tests/test_sim_top.py."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from test_rtl_axi import AxiLiteHost, AxiRamModel
+
+from vitaccel import isa
+from vitaccel.boards.vivado import check_top_ports
+from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, STATUS_DONE, STATUS_ERROR, Reg
+from vitaccel.rtl.top import Accelerator, TopParams, top_verilog
+
+SMALL = Design(
+    array=ArrayConfig(groups=1, rows=2, cols=2, vector=4),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=2, softmax_lanes=2, layernorm_lanes=2, max_tokens=16, max_channels=32
+    ),
+    spm_kib=1,
+    input_buffer_kib=1,
+    weight_buffer_kib=1,
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _verilog():
+    return top_verilog(SMALL, "vitaccel_top")
+
+
+def test_top_follows_the_vivado_port_convention():
+    text = _verilog()
+    assert check_top_ports(text, "vitaccel_top") == []
+    assert "/work" not in text  # no absolute source paths
+
+
+def test_params_from_design():
+    p = TopParams(Design())
+    assert p.spm_words == 256 * 1024 // 16
+    assert p.config_word >> 16 == 0xFFFF or p.config_word >> 16 == p.spm_words
+    assert p.engine.groups == Design().array.groups
+    q = TopParams(SMALL)
+    assert q.spm_words == 64
+    assert q.config_word == 64 << 16 | 1 << 10 | 2 << 5 | 2
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"array": ArrayConfig(w4_share=0.5)}, "w4_share"),
+        ({"array": ArrayConfig(vector=32)}, "vector"),
+        ({"array": ArrayConfig(vector=6)}, "vector"),
+        ({"nonlinear": NonlinearConfig(gelu_lanes=3)}, "gelu_lanes"),
+        ({"nonlinear": NonlinearConfig(softmax_output="log2")}, "softmax_output"),
+    ],
+)
+def test_rejects_designs_it_cannot_build(change, match):
+    design = Design(**change)
+    with pytest.raises(ValueError, match=match):
+        Accelerator(design)
+    with pytest.raises(TypeError):
+        Accelerator({"array": {}})
+
+
+def _simulate(image: bytes, base: int, *, cycles: int = 5000):
+    dut = Accelerator(SMALL)
+    ram = AxiRamModel(dut.m_axi, 1 << 16, stall=0.2, seed=3)
+    ram.mem[base : base + len(image)] = image
+    host = AxiLiteHost(dut.s_axil)
+    out = {}
+
+    async def bench(ctx):
+        for reg, value in ((Reg.PROG_ADDR_LO, base), (Reg.DATA_BASE_LO, base)):
+            await host.write(ctx, reg, value)
+        await host.write(ctx, Reg.CTRL, CTRL_START | CTRL_IRQ_ENABLE)
+        for _ in range(cycles):
+            if ctx.get(dut.irq):
+                break
+            await ctx.tick()
+        out["irq"] = ctx.get(dut.irq)
+        out["status"] = await host.read(ctx, Reg.STATUS)
+        out["pc"] = await host.read(ctx, Reg.PC)
+        out["cycles"] = await host.read(ctx, Reg.CYCLES_LO)
+        await host.write(ctx, Reg.CTRL, isa.CTRL_IRQ_CLEAR | CTRL_IRQ_ENABLE)
+        out["irq_after_clear"] = ctx.get(dut.irq)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(ram.run, background=True)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not ram.errors, ram.errors[:3]
+    return ram, out
+
+
+def test_load_store_program_in_amaranth_sim():
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 5 * 16, dtype=np.uint8).tobytes()
+    prog = isa.encode_program(
+        [isa.load(spm=7, words=5, ddr=0x100), isa.store(spm=7, words=5, ddr=0x200), isa.end()]
+    )
+    image = bytearray(0x300)
+    image[: len(prog)] = prog
+    image[0x100 : 0x100 + len(data)] = data
+    base = 0x1000
+    ram, out = _simulate(bytes(image), base)
+    assert out["irq"] and not out["irq_after_clear"]
+    assert out["status"] == STATUS_DONE
+    assert out["pc"] == 2
+    assert 0 < out["cycles"] < 200
+    assert bytes(ram.mem[base + 0x200 : base + 0x200 + len(data)]) == data
+
+
+def test_bad_opcode_and_oversized_jobs_end_with_error():
+    too_long = isa.softmax(src=0, src_stride=2, rows=1, cols=17, dst=0, dst_stride=2, in_shift=0)
+    for instr in (isa.Instr(isa.Op.END), too_long):
+        raw = bytearray(isa.encode(instr))
+        if instr.op is isa.Op.END:
+            raw[0] = 0x0F  # no such opcode
+        ram, out = _simulate(bytes(raw), 0x2000, cycles=400)
+        assert out["status"] == STATUS_DONE | STATUS_ERROR
+        assert out["pc"] == 0

@@ -1,0 +1,355 @@
+"""The whole accelerator in Verilator (cocotb): hand-written programs, one per operation.
+
+Each test builds a DDR memory image (program at offset 0, data after it), runs it on the RTL
+through the generic testbench (vitaccel/sim/tb_top.py: AxiRam as DDR with random pauses,
+AxiLiteMaster as the host) and compares the bytes the program stores with what the ISA
+interpreter (vitaccel.compile.interp, every unit through vitaccel.quant.ref) gives for the
+same image. All tests share one Verilator build of one small design.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vitaccel import isa
+from vitaccel.compile.compiler import WCodec, spm_rows
+from vitaccel.compile.interp import run as interp_run
+from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+from vitaccel.isa import STATUS_DONE, STATUS_ERROR
+from vitaccel.quant.ref import gelu_lut
+from vitaccel.quant.scales import dyadic
+from vitaccel.rtl.matmul import pack_job
+from vitaccel.rtl.top import TopParams
+from vitaccel.sim.tb_top import default_regs, run_top
+
+# Small but complete: 2 groups (heads mode), 2x4 PEs of 8 lanes, 4-lane nonlinear units.
+DESIGN = Design(
+    array=ArrayConfig(groups=2, rows=2, cols=4, vector=8),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=64
+    ),
+    spm_kib=16,
+    input_buffer_kib=4,
+    weight_buffer_kib=2,
+)
+PARAMS = TopParams(DESIGN)
+SPM_WORDS = PARAMS.spm_words
+BASE = 0x0004_0000  # DDR byte address of the image (PROG_ADDR = DATA_BASE)
+G, C, V = DESIGN.array.groups, DESIGN.array.cols, DESIGN.array.vector
+
+
+class Image:
+    """A DDR image under construction: program at 0, 16-byte aligned data blobs after it."""
+
+    def __init__(self, data_at: int = 0x1000):
+        self.buf = bytearray(data_at)
+        self.outputs: list[tuple[int, int]] = []
+
+    def add(self, raw: bytes) -> int:
+        off = len(self.buf)
+        self.buf += raw + bytes(-len(raw) % 16)
+        return off
+
+    def reserve(self, nbytes: int) -> int:
+        off = self.add(bytes(nbytes))
+        self.outputs.append((off, nbytes))
+        return off
+
+    def program(self, instrs: list) -> bytes:
+        code = isa.encode_program(instrs)
+        assert len(code) <= 0x1000
+        self.buf[: len(code)] = code
+        return bytes(self.buf)
+
+
+def _run(img: Image, instrs: list, *, pause: float = 0.2, seed: int = 1, codec=None):
+    image = img.program(instrs)
+    res = run_top(
+        DESIGN,
+        image,
+        base=BASE,
+        regs=default_regs(BASE, BASE),
+        outputs=[(BASE + off, size) for off, size in img.outputs],
+        pause=pause,
+        seed=seed,
+    )
+    assert not res.get("errors"), res.get("errors")
+    assert not res["timeout"], res
+    want = interp_run(bytearray(image), codec, spm_words=SPM_WORDS, softmax_lanes=4)
+    expected = [bytes(want.ddr[off : off + size]) for off, size in img.outputs]
+    return res, expected
+
+
+def _check(res, expected, instrs):
+    assert res["status"] == STATUS_DONE, res
+    assert res["pc"] == len(instrs) - 1
+    for k, (got, want) in enumerate(zip(res["outputs"], expected, strict=True)):
+        assert got == want, f"output {k}: first difference at byte " + str(
+            next(i for i in range(len(got)) if got[i] != want[i])
+        )
+
+
+def _tensor(img: Image, values, stride=None):
+    values = np.asarray(values)
+    stride = stride or -(-values.shape[1] // 16)
+    return img.add(spm_rows(values, stride)), stride
+
+
+# ---- LOAD / STORE ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.3])
+def test_load_store_roundtrip(pause):
+    rng = np.random.default_rng(0)
+    img = Image()
+    data = rng.integers(0, 256, 300 * 16, dtype=np.uint8).tobytes()
+    src = img.add(data)
+    dst = img.reserve(len(data))
+    dst2 = img.reserve(16 * 7)
+    prog = [
+        isa.load(spm=3, words=300, ddr=src),
+        isa.store(spm=3, words=300, ddr=dst),
+        isa.store(spm=100, words=7, ddr=dst2),  # a slice of it
+        isa.end(),
+    ]
+    res, expected = _run(img, prog, pause=pause)
+    _check(res, expected, prog)
+    assert res["outputs"][0] == data
+    if pause == 0.0:
+        print(f"LOAD+STORE of 300 words: {res['cycles']} cycles")
+        assert res["cycles"] < 2 * 300 + 300  # ~1 word/cycle each way plus fetches
+
+
+# ---- nonlinear units and residual add ------------------------------------------------------
+
+
+def test_gelu():
+    rng = np.random.default_rng(1)
+    img = Image()
+    x = rng.integers(-128, 128, size=(9, 37))
+    src, stride = _tensor(img, x)
+    table = gelu_lut(0.05, 0.04).astype(np.int8).tobytes()
+    tab = img.add(table)
+    out = img.reserve(9 * stride * 16)
+    prog = [
+        isa.load(spm=0, words=9 * stride, ddr=src),
+        isa.load(spm=200, words=16, ddr=tab),
+        isa.gelu(src=0, src_stride=stride, rows=9, cols=37, dst=300, dst_stride=stride, table=200),
+        isa.store(spm=300, words=9 * stride, ddr=out),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog)
+    _check(res, expected, prog)
+
+
+def test_softmax():
+    rng = np.random.default_rng(2)
+    img = Image()
+    x = rng.integers(-128, 128, size=(6, 45))
+    src, stride = _tensor(img, x, stride=4)
+    out = img.reserve(6 * 4 * 16)
+    prog = [
+        isa.load(spm=10, words=24, ddr=src),
+        isa.softmax(src=10, src_stride=4, rows=6, cols=45, dst=50, dst_stride=4, in_shift=4),
+        isa.store(spm=50, words=24, ddr=out),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog)
+    _check(res, expected, prog)
+
+
+def test_layernorm():
+    rng = np.random.default_rng(3)
+    img = Image()
+    rows, ch = 5, 40
+    x = rng.integers(-128, 128, size=(rows, ch))
+    src, stride = _tensor(img, x)
+    block = np.zeros((ch, 8), dtype=np.uint8)
+    block[:, 0] = rng.integers(0, 4, ch)
+    block[:, 2:4] = rng.integers(-3000, 3000, ch).astype("<i2").view(np.uint8).reshape(ch, 2)
+    block[:, 4:8] = rng.integers(-20000, 20000, ch).astype("<i4").view(np.uint8).reshape(ch, 4)
+    par = img.add(block.tobytes())
+    mult, shift = (int(v) for v in dyadic(1.0 / ch))
+    out = img.reserve(rows * stride * 16)
+    prog = [
+        isa.load(spm=0, words=rows * stride, ddr=src),
+        isa.load(spm=400, words=ch * 8 // 16, ddr=par),
+        isa.layernorm(
+            src=0,
+            src_stride=stride,
+            rows=rows,
+            cols=ch,
+            dst=100,
+            dst_stride=stride,
+            params=400,
+            recip_mult=mult,
+            recip_shift=shift,
+            out_shift=10,
+            eps_q=1,
+        ),  # fmt: skip
+        isa.store(spm=100, words=rows * stride, ddr=out),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog)
+    _check(res, expected, prog)
+
+
+def test_resadd_in_place():
+    rng = np.random.default_rng(4)
+    img = Image()
+    rows, ch = 7, 50
+    a = rng.integers(-128, 128, size=(rows, ch))
+    b = rng.integers(-128, 128, size=(rows, ch))
+    sa, stride = _tensor(img, a)
+    sb, _ = _tensor(img, b, stride=stride + 1)
+    mults = np.stack([rng.integers(0, 1 << 16, ch), rng.integers(0, 1 << 16, ch)], axis=1)
+    par = img.add(mults.astype("<u2").tobytes())
+    out = img.reserve(rows * stride * 16)
+    prog = [
+        isa.load(spm=0, words=rows * stride, ddr=sa),
+        isa.load(spm=100, words=rows * (stride + 1), ddr=sb),
+        isa.load(spm=300, words=-(-ch * 4 // 16), ddr=par),
+        isa.resadd(
+            a=0,
+            a_stride=stride,
+            rows=rows,
+            cols=ch,
+            dst=0,
+            dst_stride=stride,
+            b=100,
+            b_stride=stride + 1,
+            params=300,
+            shift=17,
+        ),  # fmt: skip
+        isa.store(spm=0, words=rows * stride, ddr=out),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog)
+    _check(res, expected, prog)
+
+
+# ---- MATMUL ------------------------------------------------------------------------------------
+
+
+class PackedW(WCodec):
+    """The engine's own packer (pack_job, identity column plan) in 16-byte DDR slots; the
+    interpreter's unpack hands back the arrays that were packed (the test keeps them)."""
+
+    def __init__(self):
+        self.params = PARAMS.engine
+        self.packed: dict[bytes, tuple] = {}
+
+    def pack(self, q, kind, bias, mult, shift) -> bytes:
+        n, k = q.shape
+        job = pack_job(np.zeros((1, k), dtype=np.int64), q, kind, bias, mult, shift, self.params)
+        slots = np.zeros((len(job.w_words), 16), dtype=np.uint8)
+        slots[:, : job.w_words.shape[1]] = job.w_words
+        raw = slots.tobytes()
+        self.packed[raw] = (np.asarray(q), np.asarray(bias), np.asarray(mult), np.asarray(shift))
+        return raw
+
+    def stream_bytes(self, n: int, k: int) -> int:
+        steps = -(-n // (G * C))
+        return steps * G * C * (1 + -(-k // V)) * 16
+
+    def unpack(self, raw: bytes, n: int, k: int):
+        return self.packed[bytes(raw)]
+
+
+@pytest.mark.parametrize("tokens, k, n", [(5, 20, 19), (9, 64, 8), (3, 7, 33)])
+def test_matmul_shared_weights_from_ddr(tokens, k, n):
+    rng = np.random.default_rng(tokens * k + n)
+    img = Image()
+    x = rng.integers(-128, 128, size=(tokens, k))
+    q = rng.integers(-128, 128, size=(n, k))
+    bias = rng.integers(-5000, 5000, n)
+    mult = rng.integers(1, 1 << 15, n)
+    shift = rng.integers(12, 20, n)
+    codec = PackedW()
+    wraw = codec.pack(q, np.zeros(n, dtype=np.int64), bias, mult, shift)
+    src, sx = _tensor(img, x)
+    woff = img.add(wraw)
+    sy = -(-n // 16)
+    out = img.reserve(tokens * sy * 16)
+    prog = [
+        isa.load(spm=0, words=tokens * sx, ddr=src),
+        isa.matmul(x=0, x_stride=sx, tokens=tokens, k=k, n=n, y=200, y_stride=sy, w_ddr=woff),
+        isa.store(spm=200, words=tokens * sy, ddr=out),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog, codec=codec)
+    _check(res, expected, prog)
+
+
+@pytest.mark.parametrize("heads, transposed, x_unsigned", [(2, False, False), (1, True, False),
+                                                           (2, True, True)])  # fmt: skip
+def test_matmul_heads_from_spm(heads, transposed, x_unsigned):
+    """Attention-style jobs: per head X_h (T x dh) times W_h^T with W_h rows in the SPM."""
+    rng = np.random.default_rng(10 * heads + transposed)
+    img = Image()
+    tokens, dh, n = 6, 12, 10
+    lo = 0 if x_unsigned else -128
+    hx = rng.integers(lo, lo + 256, size=(heads, tokens, dh))
+    hw = rng.integers(-128, 128, size=(heads, n, dh))
+    xstep, wstep, ystep = 8, 16, 20
+    offs = []
+    for h in range(heads):
+        offs.append(img.add(spm_rows(hx[h], 1)))
+    for h in range(heads):
+        offs.append(img.add(spm_rows(hw[h], 1)))
+    out_rows, out_cols = (n, tokens) if transposed else (tokens, n)
+    out = img.reserve(heads * ystep * 16)
+    prog = []
+    for h in range(heads):
+        prog.append(isa.load(spm=h * xstep, words=tokens, ddr=offs[h]))
+        prog.append(isa.load(spm=100 + h * wstep, words=n, ddr=offs[heads + h]))
+    prog += [
+        isa.matmul(
+            x=0,
+            x_stride=1,
+            tokens=tokens,
+            k=dh,
+            n=n,
+            y=300,
+            y_stride=1,
+            w_spm=100,
+            w_stride=1,
+            mult=411,
+            shift=13,
+            heads=heads,
+            head_x_step=xstep,
+            head_w_step=wstep,
+            head_y_step=ystep,
+            x_unsigned=x_unsigned,
+            out_transposed=transposed,
+        ),  # fmt: skip
+        isa.store(spm=300, words=heads * ystep, ddr=out),
+        isa.end(),
+    ]
+    assert out_rows <= ystep and out_cols <= 16
+    res, expected = _run(img, prog)
+    _check(res, expected, prog)
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+def test_bad_opcode_sets_error_and_done():
+    img = Image()
+    bad = isa.Instr(isa.Op.END)
+    prog = [isa.load(spm=0, words=1, ddr=0x1000), bad, isa.end()]
+    image = bytearray(img.program(prog))
+    image[32] = 0x0B  # opcode 11 in the second instruction
+    res = run_top(DESIGN, bytes(image), base=BASE, regs=default_regs(BASE, BASE), outputs=[])
+    assert res["status"] == STATUS_DONE | STATUS_ERROR
+    assert res["pc"] == 1
+
+
+def test_polling_without_irq():
+    img = Image()
+    prog = [isa.end()]
+    res = run_top(DESIGN, img.program(prog), base=BASE, regs=default_regs(BASE, BASE),
+                  outputs=[], ctrl=isa.CTRL_START)  # fmt: skip
+    assert res["status"] == STATUS_DONE and not res["timeout"]
+    assert res["cycles"] < 100

@@ -1,0 +1,730 @@
+"""The accelerator top level: register file, instruction fetch, decoder, per-op sequencing.
+
+:class:`Accelerator` runs a program of docs/isa.md from DDR: it fetches each 32-byte
+instruction (two AXI beats), decodes it and drives the scratchpad's address generators, the
+DMA and the compute units until the instruction is finished, then fetches the next one, until
+END. :class:`AcceleratorTop` is the same design with the Vivado port names (``clk``, ``rst``,
+``irq``, ``s_axil_*``, ``m_axi_*``; see :mod:`vitaccel.boards.vivado`). docs/top.md has the
+block diagram, the state machine, what overlaps and the known performance limits.
+
+Blocks (all in one clock domain)::
+
+    s_axil ─► RegisterFile ─► start, PROG_ADDR, DATA_BASE          irq ◄─ DONE & IRQ_ENABLE
+    m_axi ◄─► DMA: reader (fetch, LOAD, packed W) / writer (STORE)
+    SPM (1 read port: round-robin over word reader, unit readers, X/W builders;
+         1 write port: LOAD, byte-run writer)
+    word reader (16 lanes) ─► STORE data, parameter loaders, RESADD (A/B rows)
+    unit readers ─► GELU / E2Softmax / AILayerNorm ─► row writers ─┐
+    RESADD ─► row writer (16 lanes) ───────────────────────────────┼─► byte-run writer ─► SPM
+    X builder ─► MatmulEngine.x   W builder or DMA ─► .w   .o ─► matmul out writer ─┘
+
+The controller is one state machine (FETCH -> DECODE -> PARAMS -> ISSUE -> WAIT -> NEXT);
+within an instruction every block it started streams concurrently.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from vitaccel.design import Design
+from vitaccel.isa import Op
+from vitaccel.rtl.axi import (
+    DMA,
+    WORD_BYTES,
+    AXI4LiteSignature,
+    AXI4Signature,
+    RegisterFile,
+    connect_prefixed,
+    prefixed_members,
+)
+from vitaccel.rtl.common import silence_unused
+from vitaccel.rtl.gelu import GELU
+from vitaccel.rtl.layernorm import AILayerNorm
+from vitaccel.rtl.matmul import EngineParams, MatmulEngine
+from vitaccel.rtl.resadd import ResAdd
+from vitaccel.rtl.softmax import E2Softmax
+from vitaccel.rtl.spm import (
+    ByteRunWriter,
+    MatmulOutWriter,
+    RowReader,
+    RowWriter,
+    Scratchpad,
+    WStreamBuilder,
+    XStreamBuilder,
+)
+
+__all__ = ["Accelerator", "AcceleratorTop", "TopParams", "top_verilog", "MAX_VECTOR"]
+
+MAX_VECTOR = 16  # a packed-W stream word sits in one 16-byte DDR slot: V <= 16
+
+# instruction flags of MATMUL (docs/isa.md)
+FLAG_X_UNSIGNED = 1 << 0
+FLAG_W_SPM = 1 << 1
+FLAG_HEADS = 1 << 3
+FLAG_OUT_T = 1 << 4
+
+
+def _pow2(name, value):
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two for the scratchpad readers, not {value!r}")
+    return value
+
+
+class TopParams:
+    """Every size of an :class:`Accelerator`, derived from a :class:`~vitaccel.design.Design`.
+
+    * SPM: ``spm_kib * 64`` words of 16 bytes.
+    * Matmul engine (:class:`vitaccel.rtl.matmul.EngineParams`): X banks of ``x_words`` words
+      (``input_buffer_kib`` over the ``groups*rows`` banks of ``vector`` bytes), W banks of
+      ``max_ksteps`` words per half (``weight_buffer_kib`` over ``groups*cols*2`` banks),
+      unless given explicitly.
+    * Nonlinear units: lanes from ``design.nonlinear``; E2Softmax rows up to ``max_tokens``,
+      AILayerNorm and RESADD rows up to ``max_channels`` (RESADD rounded up to 16).
+    """
+
+    def __init__(self, design: Design, *, x_words=None, max_ksteps=None, out_depth=None,
+                 dma_fifo_depth: int = 64):  # fmt: skip
+        if not isinstance(design, Design):
+            raise TypeError(f"design must be a vitaccel.design.Design, not {design!r}")
+        a, nl = design.array, design.nonlinear
+        if a.w4_share != 0.0:
+            raise ValueError(
+                "array.w4_share must be 0 for the accelerator top: programs use the identity "
+                f"column plan (docs/isa.md), not {a.w4_share!r}"
+            )
+        _pow2("array.vector", a.vector)
+        if a.vector > MAX_VECTOR:
+            raise ValueError(
+                f"array.vector must be <= {MAX_VECTOR} (16-byte W slots), not {a.vector}"
+            )
+        for name in ("gelu_lanes", "softmax_lanes", "layernorm_lanes"):
+            _pow2(f"nonlinear.{name}", getattr(nl, name))
+        if nl.softmax_output != "uint8":
+            raise ValueError("nonlinear.softmax_output must be 'uint8' (docs/isa.md SOFTMAX)")
+        self.design = design
+        self.spm_words = min(design.spm_kib * 1024 // WORD_BYTES, 1 << 16)
+        g, r, c, v = a.groups, a.rows, a.cols, a.vector
+        if x_words is None:
+            x_words = max(16, design.input_buffer_kib * 1024 // (g * r * v))
+        if max_ksteps is None:
+            max_ksteps = max(2, design.weight_buffer_kib * 1024 // (g * c * 2 * v))
+        if out_depth is None:
+            out_depth = max(32, 2 * r)
+        self.engine = EngineParams.from_array(
+            a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth
+        )
+        self.max_tokens = nl.max_tokens
+        self.max_channels = nl.max_channels
+        self.resadd_channels = -(-nl.max_channels // 16) * 16
+        self.gelu_lanes = nl.gelu_lanes
+        self.softmax_lanes = nl.softmax_lanes
+        self.layernorm_lanes = nl.layernorm_lanes
+        self.dma_fifo_depth = dma_fifo_depth
+
+    @property
+    def config_word(self) -> int:
+        """CONFIG register: SPM words (31:16, saturating), groups/rows/cols (15:10, 9:5, 4:0)."""
+        a = self.design.array
+        words = min(self.spm_words, 0xFFFF)
+        return words << 16 | (a.groups & 0x3F) << 10 | (a.rows & 0x1F) << 5 | (a.cols & 0x1F)
+
+
+# controller states
+_S = {
+    name: i
+    for i, name in enumerate(
+        [
+            "IDLE",
+            "FETCH",
+            "FETCH_WAIT",
+            "DECODE",
+            "PARAMS",
+            "PARAMS_WAIT",
+            "MM_SETUP",
+            "ISSUE",
+            "WAIT",
+            "NEXT",
+        ]  # fmt: skip
+    )
+}
+
+# command streams the ISSUE/PARAMS states present (bit positions in `todo`)
+_CMD = {
+    name: i
+    for i, name in enumerate(
+        ["dma_rd", "dma_wr", "words", "unit_rd", "unit_wr", "engine", "xb", "wb", "ow"]
+    )
+}
+
+
+class Accelerator(wiring.Component):
+    """The whole accelerator: runs a docs/isa.md program from DDR.
+
+    Parameters
+    ----------
+    design : Design
+        Array shape, nonlinear lanes and limits, scratchpad size (see :class:`TopParams`).
+    **kwargs :
+        Passed to :class:`TopParams` (buffer sizes of the matmul engine, DMA FIFO depth).
+
+    Members
+    -------
+    s_axil : ``In(AXI4LiteSignature(addr_width=16))``
+    m_axi : ``Out(AXI4Signature(addr_width=40, data_width=128))``
+    irq : ``Out(1)``
+    """
+
+    def __init__(self, design: Design, **kwargs):
+        try:
+            self.params = TopParams(design, **kwargs)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        super().__init__(
+            {
+                "s_axil": In(AXI4LiteSignature(addr_width=16)),
+                "m_axi": Out(AXI4Signature(addr_width=40, data_width=128)),
+                "irq": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):  # noqa: C901 - one controller, read top to bottom
+        P = self.params
+        E = P.engine
+        G, R, C, V = E.groups, E.rows, E.cols, E.vector
+        m = Module()
+
+        # ---- blocks --------------------------------------------------------------------------
+        m.submodules.regs = regs = RegisterFile(addr_width=16, config=P.config_word)
+        m.submodules.dma = dma = DMA(addr_width=40, fifo_depth=P.dma_fifo_depth)
+        wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
+        wiring.connect(m, dma.bus, wiring.flipped(self.m_axi))
+        m.d.comb += self.irq.eq(regs.irq)
+
+        m.submodules.words = words = RowReader(lanes=16)
+        unit_lanes = sorted({P.gelu_lanes, P.softmax_lanes, P.layernorm_lanes})
+        unit_rd = {}
+        unit_wr = {}
+        for lanes in unit_lanes:
+            unit_rd[lanes] = RowReader(lanes=lanes)
+            unit_wr[lanes] = RowWriter(lanes=lanes)
+            m.submodules[f"unit_rd{lanes}"] = unit_rd[lanes]
+            m.submodules[f"unit_wr{lanes}"] = unit_wr[lanes]
+        m.submodules.res_wr = res_wr = RowWriter(lanes=16)
+        m.submodules.xb = xb = XStreamBuilder(groups=G, vector=V)
+        m.submodules.wb = wb = WStreamBuilder(
+            groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits
+        )
+        m.submodules.ow = ow = MatmulOutWriter(groups=G, cols=C)
+        m.submodules.brw = brw = ByteRunWriter()
+        readers = [words.mem] + [unit_rd[lanes].mem for lanes in unit_lanes] + [xb.mem, wb.mem]
+        m.submodules.spm = spm = Scratchpad(
+            words=P.spm_words, read_clients=len(readers), write_clients=2
+        )
+        for i, client in enumerate(readers):
+            wiring.connect(m, client, spm.rd[i])
+        load_wr = spm.wr[0]  # LOAD: DMA words -> SPM
+        wiring.connect(m, brw.mem, spm.wr[1])
+
+        m.submodules.gelu = gelu = GELU(lanes=P.gelu_lanes)
+        m.submodules.softmax = softmax = E2Softmax(lanes=P.softmax_lanes, max_row=P.max_tokens)
+        m.submodules.layernorm = ln = AILayerNorm(
+            lanes=P.layernorm_lanes, max_channels=P.max_channels, bias_bits=32
+        )
+        m.submodules.resadd = resadd = ResAdd(max_channels=P.resadd_channels)
+        m.submodules.engine = engine = MatmulEngine(E)
+
+        # ---- instruction register and fields -------------------------------------------------
+        instr = Signal(256)
+        f = [instr[16 * i : 16 * i + 16] for i in range(16)]
+        op = Signal(8)
+        flags = Signal(8)
+        m.d.comb += [op.eq(f[0][:8]), flags.eq(f[0][8:])]
+
+        def u32(i):
+            return Cat(f[i], f[i + 1])
+
+        # ---- controller state ----------------------------------------------------------------
+        state = Signal(range(len(_S)))
+        pc = Signal(32)
+        busy = Signal()
+        cycles = Signal(64)
+        todo = Signal(len(_CMD))
+        fetch_beat = Signal()
+        done_set = Signal()
+        error_set = Signal()
+        m.d.comb += [
+            regs.busy.eq(busy),
+            regs.done_set.eq(done_set),
+            regs.error_set.eq(error_set),
+            regs.cycles.eq(cycles),
+            regs.pc.eq(pc),
+        ]
+        with m.If(busy):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        def cmd_valid(name):
+            return todo[_CMD[name]] & ((state == _S["ISSUE"]) | (state == _S["PARAMS"]))
+
+        fired = Signal(len(_CMD))  # command handshakes this cycle
+
+        # MATMUL derived values (MM_SETUP)
+        is_heads = flags[3]
+        w_spm = flags[1]
+        ks = Signal(16)
+        nsteps = Signal(16)
+        tiles = Signal(16)
+        acc_n = Signal(17)
+        acc_t = Signal(17)
+        cm = Mux(is_heads, C, G * C)
+
+        # parameter loaders
+        param_words = Signal(16)  # words the current PARAMS phase reads
+        param_taken = Signal(16)
+
+        op_is = {o.name: op == int(o) for o in Op}
+        data_base = regs.data_base[:40]
+
+        # ---- DMA reader: fetch / LOAD / packed W ----------------------------------------------
+        m.d.comb += dma.rd_cmd.valid.eq(cmd_valid("dma_rd") | (state == _S["FETCH"]))
+        with m.If(state == _S["FETCH"]):
+            m.d.comb += [
+                dma.rd_cmd.payload.addr.eq(regs.prog_addr[:40] + (pc << 5)),
+                dma.rd_cmd.payload.words.eq(2),
+            ]
+        with m.Elif(op_is["LOAD"]):
+            m.d.comb += [
+                dma.rd_cmd.payload.addr.eq(data_base + u32(3)),
+                dma.rd_cmd.payload.words.eq(f[2]),
+            ]
+        with m.Else():  # MATMUL, packed W from DDR: nsteps * G*C * (1 + ks) slots
+            m.d.comb += [
+                dma.rd_cmd.payload.addr.eq(data_base + u32(8)),
+                dma.rd_cmd.payload.words.eq(nsteps * (ks + 1) * (G * C)),
+            ]
+        with m.If(state == _S["FETCH_WAIT"]):
+            m.d.comb += dma.rd.ready.eq(1)
+            with m.If(dma.rd.valid):
+                with m.If(~fetch_beat):
+                    m.d.sync += [instr[:128].eq(dma.rd.payload.data), fetch_beat.eq(1)]
+                with m.Else():
+                    m.d.sync += [
+                        instr[128:].eq(dma.rd.payload.data),
+                        fetch_beat.eq(0),
+                        state.eq(_S["DECODE"]),
+                    ]
+        load_addr = Signal(16)
+        with m.If((state == _S["WAIT"]) & op_is["LOAD"]):
+            m.d.comb += [
+                dma.rd.ready.eq(1),
+                load_wr.en.eq(dma.rd.valid),
+                load_wr.addr.eq(load_addr),
+                load_wr.data.eq(dma.rd.payload.data),
+                load_wr.be.eq(0xFFFF),
+            ]
+            with m.If(dma.rd.valid):
+                m.d.sync += load_addr.eq(load_addr + 1)
+        with m.If((state == _S["WAIT"]) & op_is["MATMUL"] & ~w_spm):
+            m.d.comb += [
+                engine.w.valid.eq(dma.rd.valid),
+                engine.w.payload.eq(dma.rd.payload.data[: E.w_word_bits]),
+                dma.rd.ready.eq(engine.w.ready),
+            ]
+
+        # ---- DMA writer: STORE ---------------------------------------------------------------
+        m.d.comb += [
+            dma.wr_cmd.valid.eq(cmd_valid("dma_wr")),
+            dma.wr_cmd.payload.addr.eq(data_base + u32(3)),
+            dma.wr_cmd.payload.words.eq(f[2]),
+        ]
+
+        # ---- word reader: STORE / parameter blocks / RESADD rows ------------------------------
+        wcmd = words.cmd.payload
+        m.d.comb += words.cmd.valid.eq(cmd_valid("words"))
+        with m.If(state == _S["PARAMS"]):
+            base = Mux(op_is["RESADD"], f[9], f[7])
+            m.d.comb += [
+                wcmd.base.eq(base),
+                wcmd.stride.eq(1),
+                wcmd.rows.eq(param_words),
+                wcmd.cols.eq(16),
+            ]
+        with m.Elif(op_is["STORE"]):
+            m.d.comb += [
+                wcmd.base.eq(f[1]),
+                wcmd.stride.eq(1),
+                wcmd.rows.eq(f[2]),
+                wcmd.cols.eq(16),
+            ]
+        with m.Else():  # RESADD: A row r, then B row r
+            m.d.comb += [
+                wcmd.base.eq(f[1]),
+                wcmd.stride.eq(f[2]),
+                wcmd.rows.eq(f[3]),
+                wcmd.cols.eq(f[4]),
+                wcmd.base2.eq(f[7]),
+                wcmd.stride2.eq(f[8]),
+                wcmd.dual.eq(1),
+            ]
+        word_data = words.o.payload.data.as_value()
+        with m.If((state == _S["WAIT"]) & op_is["STORE"]):
+            m.d.comb += [
+                dma.wr.valid.eq(words.o.valid),
+                dma.wr.payload.eq(word_data),
+                words.o.ready.eq(dma.wr.ready),
+            ]
+        with m.If((state == _S["WAIT"]) & op_is["RESADD"]):
+            m.d.comb += [
+                resadd.i.valid.eq(words.o.valid),
+                resadd.i.payload.as_value().eq(words.o.payload.as_value()),
+                words.o.ready.eq(resadd.i.ready),
+            ]
+
+        # parameter loaders (PARAMS_WAIT): one SPM word at a time
+        sub = Signal(4)  # entry within the word
+        word_take = Signal()
+        with m.If(state == _S["PARAMS_WAIT"]):
+            with m.If(op_is["GELU"]):  # 16 table entries a word
+                idx = Cat(sub, param_taken[:4])
+                m.d.comb += [
+                    gelu.table_addr.eq(idx),
+                    gelu.table_data.eq(word_data.word_select(sub, 8)),
+                    gelu.table_we.eq(words.o.valid),
+                    word_take.eq(words.o.valid & (sub == 15)),
+                ]
+                with m.If(words.o.valid):
+                    m.d.sync += sub.eq(sub + 1)
+            with m.Elif(op_is["LAYERNORM"]):  # 2 channels a word, 8 bytes each
+                entry = word_data.word_select(sub[0], 64)
+                chan = Cat(sub[0], param_taken)
+                m.d.comb += [
+                    ln.const_addr.eq(chan),
+                    ln.const_alpha.eq(entry[0:2]),
+                    ln.const_gain.eq(entry[16:32]),
+                    ln.const_bias.eq(entry[32:64]),
+                    ln.const_we.eq(words.o.valid & (chan < f[4])),
+                    word_take.eq(words.o.valid & (sub[0] == 1)),
+                ]
+                with m.If(words.o.valid):
+                    m.d.sync += sub.eq(Mux(sub[0], 0, 1))
+            with m.Else():  # RESADD: 4 channels a word, straight into the parameter banks
+                m.d.comb += [
+                    resadd.param_addr.eq(param_taken),
+                    resadd.param_data.eq(word_data),
+                    resadd.param_we.eq(words.o.valid),
+                    word_take.eq(words.o.valid),
+                ]
+            m.d.comb += words.o.ready.eq(word_take)
+            with m.If(word_take):
+                m.d.sync += param_taken.eq(param_taken + 1)
+
+        # unit scalars come straight from the instruction fields (constant while it runs)
+        m.d.comb += [
+            softmax.in_shift.eq(f[7]),
+            ln.recip_mult.eq(f[8]),
+            ln.recip_shift.eq(f[9]),
+            ln.out_shift.eq(f[10]),
+            ln.eps_q.eq(f[11]),
+            resadd.shift.eq(Mux(f[10] > 63, 63, f[10])),
+        ]
+
+        # ---- unit readers / writers: GELU, SOFTMAX, LAYERNORM ---------------------------------
+        units = [("GELU", gelu, P.gelu_lanes), ("SOFTMAX", softmax, P.softmax_lanes),
+                 ("LAYERNORM", ln, P.layernorm_lanes)]  # fmt: skip
+        for lanes in unit_lanes:
+            rd, wr = unit_rd[lanes], unit_wr[lanes]
+            mine = Cat(*[op_is[name] for name, _, ln_ in units if ln_ == lanes]).any()
+            m.d.comb += [
+                rd.cmd.valid.eq(cmd_valid("unit_rd") & mine),
+                rd.cmd.payload.base.eq(f[1]),
+                rd.cmd.payload.stride.eq(f[2]),
+                rd.cmd.payload.rows.eq(f[3]),
+                rd.cmd.payload.cols.eq(f[4]),
+                wr.cmd.valid.eq(cmd_valid("unit_wr") & mine),
+                wr.cmd.payload.base.eq(f[5]),
+                wr.cmd.payload.stride.eq(f[6]),
+                wr.cmd.payload.rows.eq(f[3]),
+                wr.cmd.payload.cols.eq(f[4]),
+            ]
+            for name, unit, ln_ in units:
+                if ln_ != lanes:
+                    continue
+                with m.If((state == _S["WAIT"]) & op_is[name]):
+                    m.d.comb += [
+                        unit.i.valid.eq(rd.o.valid),
+                        unit.i.payload.as_value().eq(rd.o.payload.as_value()),
+                        rd.o.ready.eq(unit.i.ready),
+                        wr.i.valid.eq(unit.o.valid),
+                        wr.i.payload.as_value().eq(unit.o.payload.as_value()),
+                        unit.o.ready.eq(wr.i.ready),
+                    ]
+        # RESADD output
+        m.d.comb += [
+            res_wr.cmd.valid.eq(cmd_valid("unit_wr") & op_is["RESADD"]),
+            res_wr.cmd.payload.base.eq(f[5]),
+            res_wr.cmd.payload.stride.eq(f[6]),
+            res_wr.cmd.payload.rows.eq(f[3]),
+            res_wr.cmd.payload.cols.eq(f[4]),
+        ]
+        with m.If((state == _S["WAIT"]) & op_is["RESADD"]):
+            m.d.comb += [
+                res_wr.i.valid.eq(resadd.o.valid),
+                res_wr.i.payload.as_value().eq(resadd.o.payload.as_value()),
+                resadd.o.ready.eq(res_wr.i.ready),
+            ]
+
+        # ---- byte-run writer input: the active op's writer ------------------------------------
+        sources = [(op_is["RESADD"], res_wr.o), (op_is["MATMUL"], ow.o)]
+        for name, _, lanes in units:
+            sources.append((op_is[name], unit_wr[lanes].o))
+        with m.If(state == _S["WAIT"]):
+            for sel, src in sources:
+                with m.If(sel):
+                    m.d.comb += [
+                        brw.i.valid.eq(src.valid),
+                        brw.i.payload.eq(src.payload),
+                        src.ready.eq(brw.i.ready),
+                    ]
+
+        # ---- matmul ----------------------------------------------------------------------------
+        m.d.comb += [
+            engine.cmd.valid.eq(cmd_valid("engine")),
+            engine.cmd.payload.tokens.eq(f[3]),
+            engine.cmd.payload.ksteps.eq(ks),
+            engine.cmd.payload.nsteps.eq(nsteps),
+            engine.cmd.payload.heads.eq(is_heads),
+            engine.cmd.payload.x_unsigned.eq(flags[0]),
+            engine.cmd.payload.lo.eq(-128),
+            engine.cmd.payload.hi.eq(127),
+            xb.cmd.valid.eq(cmd_valid("xb")),
+            xb.cmd.payload.base.eq(f[1]),
+            xb.cmd.payload.stride.eq(f[2]),
+            xb.cmd.payload.tokens.eq(f[3]),
+            xb.cmd.payload.k.eq(f[4]),
+            xb.cmd.payload.heads.eq(is_heads),
+            xb.cmd.payload.nheads.eq(Mux(is_heads, f[12], 1)),
+            xb.cmd.payload.head_step.eq(f[13]),
+            wb.cmd.valid.eq(cmd_valid("wb")),
+            wb.cmd.payload.base.eq(f[10]),
+            wb.cmd.payload.stride.eq(f[11]),
+            wb.cmd.payload.n.eq(f[5]),
+            wb.cmd.payload.k.eq(f[4]),
+            wb.cmd.payload.heads.eq(is_heads),
+            wb.cmd.payload.nheads.eq(Mux(is_heads, f[12], 1)),
+            wb.cmd.payload.head_step.eq(f[14]),
+            wb.cmd.payload.mult.eq(f[8]),
+            wb.cmd.payload.shift.eq(f[9]),
+            ow.cmd.valid.eq(cmd_valid("ow")),
+            ow.cmd.payload.base.eq(f[6]),
+            ow.cmd.payload.stride.eq(f[7]),
+            ow.cmd.payload.tokens.eq(f[3]),
+            ow.cmd.payload.n.eq(f[5]),
+            ow.cmd.payload.heads.eq(is_heads),
+            ow.cmd.payload.nheads.eq(Mux(is_heads, f[12], 1)),
+            ow.cmd.payload.head_step.eq(f[15]),
+            ow.cmd.payload.transposed.eq(flags[4]),
+        ]
+        wiring.connect(m, xb.o, engine.x)
+        wiring.connect(m, engine.o, ow.i)
+        with m.If(w_spm):
+            m.d.comb += [
+                engine.w.valid.eq(wb.o.valid),
+                engine.w.payload.eq(wb.o.payload),
+                wb.o.ready.eq(engine.w.ready),
+            ]
+
+        # ---- command bookkeeping ---------------------------------------------------------------
+        streams = {
+            "dma_rd": dma.rd_cmd,
+            "dma_wr": dma.wr_cmd,
+            "words": words.cmd,
+            "engine": engine.cmd,
+            "xb": xb.cmd,
+            "wb": wb.cmd,
+            "ow": ow.cmd,
+        }
+        for name, s in streams.items():
+            m.d.comb += fired[_CMD[name]].eq(s.valid & s.ready & (state != _S["FETCH"]))
+        unit_rd_fire = Cat(*[r.cmd.valid & r.cmd.ready for r in unit_rd.values()]).any()
+        unit_wr_fire = Cat(
+            *[w.cmd.valid & w.cmd.ready for w in unit_wr.values()],
+            res_wr.cmd.valid & res_wr.cmd.ready,
+        ).any()
+        m.d.comb += [
+            fired[_CMD["unit_rd"]].eq(unit_rd_fire),
+            fired[_CMD["unit_wr"]].eq(unit_wr_fire),
+        ]
+
+        def bits(*names):
+            return sum(1 << _CMD[n] for n in names)
+
+        # ---- completion conditions ------------------------------------------------------------
+        units_idle = (
+            Cat(*[r.idle for r in unit_rd.values()]).all()
+            & Cat(*[w.idle for w in unit_wr.values()]).all()
+            & res_wr.idle
+            & brw.idle
+            & ~gelu.busy
+            & ~softmax.busy
+            & ~ln.busy
+            & ~resadd.busy
+        )
+        all_idle = Signal()
+        m.d.comb += all_idle.eq(
+            units_idle
+            & words.idle
+            & dma.rd_idle
+            & dma.wr_idle
+            & xb.idle
+            & wb.idle
+            & ow.idle
+            & ~engine.busy
+        )
+
+        # ---- MATMUL checks (an instruction the engine cannot hold ends the run with ERROR) ----
+        x_fits = Signal()
+        m.d.comb += x_fits.eq((tiles * ks <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
+        heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
+
+        # ---- the state machine -----------------------------------------------------------------
+        m.d.sync += todo.eq(todo & ~fired)
+        with m.If((state) == (_S["IDLE"])):
+            with m.If(regs.start):
+                m.d.sync += [busy.eq(1), pc.eq(0), cycles.eq(0), state.eq(_S["FETCH"])]
+        with m.Elif((state) == (_S["FETCH"])):
+            with m.If(dma.rd_cmd.ready):
+                m.d.sync += [fetch_beat.eq(0), state.eq(_S["FETCH_WAIT"])]
+        with m.Elif((state) == (_S["DECODE"])):
+            m.d.sync += [load_addr.eq(f[1]), param_taken.eq(0), sub.eq(0)]
+            with m.If((op) == (Op.END)):
+                m.d.comb += done_set.eq(1)
+                m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
+            with m.Elif((op) == (Op.LOAD)):
+                m.d.sync += [todo.eq(bits("dma_rd")), state.eq(_S["ISSUE"])]
+                with m.If(f[2] == 0):
+                    m.d.sync += state.eq(_S["NEXT"])
+            with m.Elif((op) == (Op.STORE)):
+                m.d.sync += [todo.eq(bits("dma_wr", "words")), state.eq(_S["ISSUE"])]
+                with m.If(f[2] == 0):
+                    m.d.sync += state.eq(_S["NEXT"])
+            with m.Elif((op) == (Op.GELU)):
+                m.d.sync += [param_words.eq(16), todo.eq(bits("words")),
+                             state.eq(_S["PARAMS"])]  # fmt: skip
+            with m.Elif((op) == (Op.LAYERNORM)):
+                m.d.sync += [
+                    param_words.eq((f[4] + 1) >> 1),
+                    todo.eq(bits("words")),
+                    state.eq(_S["PARAMS"]),
+                ]
+                with m.If(f[4] > P.max_channels):
+                    m.d.sync += state.eq(_S["IDLE"])
+                    m.d.comb += error_set.eq(1)
+                    m.d.sync += busy.eq(0)
+            with m.Elif((op) == (Op.RESADD)):
+                m.d.sync += [
+                    param_words.eq((f[4] + 3) >> 2),
+                    todo.eq(bits("words")),
+                    state.eq(_S["PARAMS"]),
+                ]
+                with m.If(f[4] > P.resadd_channels):
+                    m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
+                    m.d.comb += error_set.eq(1)
+            with m.Elif((op) == (Op.SOFTMAX)):
+                m.d.sync += [todo.eq(bits("unit_rd", "unit_wr")), state.eq(_S["ISSUE"])]
+                with m.If(f[4] > P.max_tokens):
+                    m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
+                    m.d.comb += error_set.eq(1)
+            with m.Elif((op) == (Op.MATMUL)):
+                m.d.sync += [
+                    ks.eq((f[4] + V - 1) >> exact_log2(V)),
+                    nsteps.eq(0),
+                    tiles.eq(0),
+                    acc_n.eq(0),
+                    acc_t.eq(0),
+                    state.eq(_S["MM_SETUP"]),
+                ]
+            with m.Else():  # bad opcode
+                m.d.comb += error_set.eq(1)
+                m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
+        with m.Elif((state) == (_S["PARAMS"])):
+            with m.If((todo & ~fired) == 0):
+                m.d.sync += state.eq(_S["PARAMS_WAIT"])
+        with m.Elif((state) == (_S["PARAMS_WAIT"])):
+            with m.If((param_taken == param_words) & words.idle):
+                m.d.sync += state.eq(_S["ISSUE"])
+                with m.If(op_is["RESADD"]):
+                    m.d.sync += todo.eq(bits("words", "unit_wr"))
+                with m.Else():
+                    m.d.sync += todo.eq(bits("unit_rd", "unit_wr"))
+        with m.Elif((state) == (_S["MM_SETUP"])):
+            # nsteps = ceil(N / cm) and tiles = ceil(T / R) by repeated addition
+            n_more = acc_n < f[5]
+            t_more = acc_t < f[3]
+            with m.If(n_more):
+                m.d.sync += [acc_n.eq(acc_n + cm), nsteps.eq(nsteps + 1)]
+            with m.If(t_more):
+                m.d.sync += [acc_t.eq(acc_t + R), tiles.eq(tiles + 1)]
+            with m.If(~n_more & ~t_more):
+                with m.If(x_fits & heads_ok & (nsteps != 0) & (tiles != 0)):
+                    m.d.sync += [
+                        state.eq(_S["ISSUE"]),
+                        todo.eq(
+                            Mux(
+                                w_spm,
+                                bits("engine", "xb", "wb", "ow"),
+                                bits("engine", "xb", "dma_rd", "ow"),
+                            )
+                        ),
+                    ]
+                with m.Else():
+                    m.d.comb += error_set.eq(1)
+                    m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
+        with m.Elif((state) == (_S["ISSUE"])):
+            with m.If((todo & ~fired) == 0):
+                m.d.sync += state.eq(_S["WAIT"])
+        with m.Elif((state) == (_S["WAIT"])):
+            with m.If(all_idle):
+                m.d.sync += state.eq(_S["NEXT"])
+        with m.Elif((state) == (_S["NEXT"])):
+            m.d.sync += [pc.eq(pc + 1), state.eq(_S["FETCH"])]
+
+        # LOAD: WAIT ends when the words are in (the reader is idle once all were delivered)
+        with m.If(dma.error):
+            m.d.comb += error_set.eq(1)
+            m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
+        self._debug = {"state": state, "pc": pc, "instr": instr}
+        return m
+
+
+class AcceleratorTop(wiring.Component):
+    """:class:`Accelerator` with the Vivado port names: ``irq``, ``s_axil_*``, ``m_axi_*``
+    (``clk``/``rst`` are the sync domain's, which Amaranth names so in the Verilog)."""
+
+    def __init__(self, design: Design, **kwargs):
+        self.core = Accelerator(design, **kwargs)
+        super().__init__(
+            {
+                "irq": Out(1),
+                **prefixed_members(self.core.s_axil.signature, "s_axil_"),
+                **prefixed_members(self.core.m_axi.signature, "m_axi_"),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        connect_prefixed(m, self, "s_axil_", core.s_axil)
+        connect_prefixed(m, self, "m_axi_", core.m_axi)
+        m.d.comb += self.irq.eq(core.irq)
+        return m
+
+
+def top_verilog(design: Design, name: str = "vitaccel_top", **kwargs) -> str:
+    """Verilog of :class:`AcceleratorTop` (deterministic; all-zero memory initialisers dropped)."""
+    from vitaccel.rtl.matmul import _ZERO_MEM_INIT
+    from vitaccel.rtl.verilog import to_verilog
+
+    return _ZERO_MEM_INIT.sub("", to_verilog(AcceleratorTop(design, **kwargs), name))
