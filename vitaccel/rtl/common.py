@@ -172,26 +172,67 @@ def _add_offset(a, b):
     return (total.as_signed() if high.shape().signed else total), oa
 
 
+def _radix2_terms(a: Value, b: Value) -> list:
+    nb = len(b)
+    terms = []
+    for i in range(nb):
+        pp = Mux(b[i], a, 0)
+        if b.shape().signed and i == nb - 1:
+            pp = -pp  # the top bit of a signed b weighs -2**(n-1)
+        terms.append((pp, i))
+    return terms
+
+
+def _booth_terms(a: Value, b: Value) -> list:
+    """Radix-4 Booth digits of ``b`` (-2..2), each selecting 0, +-a or +-2a.
+
+    A negative digit takes the one's complement of the magnitude; the missing +1s are
+    gathered into one extra term, so no partial product needs its own adder.
+    """
+    bits = [b[i] for i in range(len(b))]
+    if not b.shape().signed:
+        bits.append(Const(0, 1))  # as a signed number with a zero sign bit
+    if len(bits) % 2:
+        bits.append(bits[-1])  # sign-extend to whole digits
+    width = len(a) + 2
+    terms, negs = [], []
+    prev = Const(0, 1)
+    for k in range(len(bits) // 2):
+        lo, hi = bits[2 * k], bits[2 * k + 1]
+        one = lo ^ prev
+        two = (hi & ~lo & ~prev) | (~hi & lo & prev)
+        mag = Mux(one, a, Mux(two, a << 1, 0))
+        mask = Mux(hi, Const(-1, signed(width)), Const(0, signed(width)))
+        terms.append((_extend(mag ^ mask, width), 2 * k))
+        negs += [hi, Const(0, 1)]
+        prev = hi
+    terms.append((Cat(*negs), 0))
+    return terms
+
+
 def shift_add_mul(
-    m: Module, a: Value, b: Value, *, en=None, levels_per_stage: int = 2, name: str = "mul"
+    m: Module,
+    a: Value,
+    b: Value,
+    *,
+    en=None,
+    levels_per_stage: int = 2,
+    booth: bool = True,
+    name: str = "mul",
 ) -> tuple[Value, int]:
     """``a * b`` as a sum of shifted partial products selected by the bits of ``b``.
 
     No ``*`` operator is used, so synthesis infers no multiplier and maps nothing to a
-    DSP48E2; the cost is one adder per bit of ``b`` in LUT/CARRY8 fabric (pass the narrower
-    operand as ``b``). Signed operands are two's complement (the top bit of a signed ``b``
-    weighs ``-2**(n-1)``). Returns ``(product, latency)``; the product is exact
-    (``len(a) + len(b)`` bits, signed if either operand is) and registers are inserted every
-    ``levels_per_stage`` adder levels (0: purely combinational), enabled by ``en``.
+    DSP48E2; the partial products are summed by an adder tree in LUT/CARRY8 fabric (pass
+    the narrower operand as ``b``). With ``booth`` (default) ``b`` is recoded in radix-4
+    Booth digits, halving the partial products; otherwise there is one per bit of ``b``.
+    Signed operands are two's complement. Returns ``(product, latency)``; the product is
+    exact (``len(a) + len(b)`` bits, signed if either operand is) and registers are inserted
+    every ``levels_per_stage`` adder levels (0: purely combinational), enabled by ``en``.
     """
     nb = len(b)
     signed_b = b.shape().signed
-    terms = []
-    for i in range(nb):
-        pp = Mux(b[i], a, 0)
-        if signed_b and i == nb - 1:
-            pp = -pp
-        terms.append((pp, i))
+    terms = _booth_terms(a, b) if booth and nb > 2 else _radix2_terms(a, b)
     out_signed = a.shape().signed or signed_b
     width = len(a) + nb
 
