@@ -28,6 +28,7 @@ __all__ = [
     "leading_one",
     "shift_add_mul",
     "rshift_round",
+    "rshift_round_staged",
     "delay",
     "tree_reduce",
 ]
@@ -270,6 +271,17 @@ def rshift_round(value: Value, shift: Value) -> Value:
     half = (Const(1, 1) << shift)[1:]
     total = value + half
     return total >> shift
+
+
+def rshift_round_staged(
+    m: Module, value: Value, shift: Value, *, en=None, name: str = "rsr"
+) -> tuple[Value, int]:
+    """:func:`rshift_round` over two register stages (add the half, then shift), so the
+    long carry chain and the barrel shifter do not share a cycle. Returns (result, 2)."""
+    half = (Const(1, 1) << shift)[1:]
+    total = _register(m, value + half, en, f"{name}_sum")
+    amount = _register(m, shift, en, f"{name}_shift")
+    return _register(m, total >> amount, en, f"{name}_out"), 2
 
 
 def delay(m: Module, value: Value, cycles: int, *, en=None, name: str = "dly") -> Value:

@@ -42,6 +42,7 @@ from vitaccel.rtl.common import (
     leading_one,
     row_signature,
     rshift_round,
+    rshift_round_staged,
     shift_add_mul,
     silence_unused,
 )
@@ -311,23 +312,17 @@ class AILayerNorm(wiring.Component):
         ]
         # C..: mean = rshift_round(sum * recip_mult, recip_shift).
         prod1, lat1 = shift_add_mul(m, c_sum, c_sc.recip_mult, name="mean_mul")
-        m1_v = delay(m, c_v, lat1, name="mean_v")
         m1_sc = delay(m, c_sc, lat1, name="mean_sc")
-        m1_beats = delay(m, c_beats, lat1, name="mean_beats")
+        mean_full, lat_r1 = rshift_round_staged(m, prod1, m1_sc.recip_shift, name="mean_rnd")
+        mean_reg = Signal(signed(mw))
+        m.d.comb += mean_reg.eq(mean_full)
+        d1_v = delay(m, c_v, lat1 + lat_r1, name="mean_v")
+        d1_sc = delay(m, m1_sc, lat_r1, name="mean_sc_r")
+        d1_beats = delay(m, c_beats, lat1 + lat_r1, name="mean_beats")
         desc1 = data.StructLayout({"mean": signed(mw), "sc": scalars, "beats": beats_shape})
         m.submodules.queue1 = queue1 = SyncFIFO(width=desc1.size, depth=self.row_queue)
         q1_in = data.View(desc1, queue1.w_data)
         q1_out = data.View(desc1, queue1.r_data)
-        mean_reg = Signal(signed(mw))
-        d1_v = Signal()
-        d1_sc = Signal(scalars)
-        d1_beats = Signal(beats_shape)
-        m.d.sync += [
-            mean_reg.eq(rshift_round(prod1, m1_sc.recip_shift)),
-            d1_v.eq(m1_v),
-            d1_sc.eq(m1_sc),
-            d1_beats.eq(m1_beats),
-        ]
         m.d.comb += [
             q1_in.mean.eq(mean_reg),
             q1_in.sc.eq(d1_sc),
@@ -425,11 +420,10 @@ class AILayerNorm(wiring.Component):
         prod2, lat2 = shift_add_mul(m, v_sum, v_d.sc.recip_mult, name="var_mul")
         w_v = delay(m, v_v, lat2, name="var_v")
         w_d = delay(m, v_d, lat2, name="var_d")
-        # Two stages (rounding shift, then + eps) keep the carry chains short.
-        rounded = Signal(var_w)
-        r_v = Signal()
-        r_d = Signal(desc1)
-        m.d.sync += [rounded.eq(rshift_round(prod2, w_d.sc.recip_shift)), r_v.eq(w_v), r_d.eq(w_d)]
+        # Rounding shift over two stages, then + eps: short carry chains.
+        rounded, lat_r2 = rshift_round_staged(m, prod2, w_d.sc.recip_shift, name="var_rnd")
+        r_v = delay(m, w_v, lat_r2, name="var_rv")
+        r_d = delay(m, w_d, lat_r2, name="var_rd")
         var = Signal(var_w)
         x_v = Signal()
         x_d = Signal(desc1)

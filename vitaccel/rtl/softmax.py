@@ -202,12 +202,16 @@ class E2Softmax(wiring.Component):
             ]
 
         # ---------------- pass 1 (never stalls: the ring and queue were checked at accept) --
-        # A: registered input beat.
+        # A: registered input beat (and each element's ceiling, see below).
         a_v = Signal()
         a_x = Signal(data.ArrayLayout(signed(xb), lanes))
         a_cnt = Signal(count_bits(lanes))
         a_first, a_last, a_t = Signal(), Signal(), Signal(4)
         a_beats = Signal.like(beats_in)
+        # The whole-log2 ceiling ceil(x / 2**T) of each element is registered with the beat.
+        a_ceil = [Signal(signed(mb), name=f"a_ceil{lane}") for lane in range(lanes)]
+        for lane in range(lanes):
+            m.d.sync += a_ceil[lane].eq(-((-self.i.payload.data[lane]) >> t_cur))
         m.d.sync += [
             a_v.eq(accept),
             a_x.eq(self.i.payload.data),
@@ -218,7 +222,7 @@ class E2Softmax(wiring.Component):
             a_beats.eq(Mux(first, 1, beats_in + 1)),
         ]
 
-        # B: whole-log2 ceiling of each element and the group maximum.
+        # B: the group maximum of the whole-log2 ceilings.
         b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
         b_x = Signal.like(a_x)
         b_cnt = Signal.like(a_cnt)
@@ -227,7 +231,7 @@ class E2Softmax(wiring.Component):
         # Lanes beyond count take lane 0's value, which leaves the maximum unchanged.
         group = []
         for lane in range(lanes):
-            v = -((-a_x[lane]) >> a_t)  # ceil(x / 2**T)
+            v = a_ceil[lane]
             group.append(Mux(a_cnt > lane, v, group[0]) if lane else v)
         while len(group) > 1:
             pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
