@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from vitaccel.dse.search import _arrays, _fit_mask, binding_of, search, to_design
 
@@ -63,11 +64,20 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
         "binding": binding,
         "clock_mhz": design.clock_mhz,
         "array": f"{design.array.groups}x{design.array.rows}x{design.array.cols}x{design.array.vector}"
-        + (f" w4 {design.array.w4_share:.2f} {design.array.w4_kind}" if design.array.w4_share else ""),
-        "lanes": [design.nonlinear.softmax_lanes, design.nonlinear.layernorm_lanes,
-                  design.nonlinear.gelu_lanes],  # fmt: skip
-        "util": {k: round(best.usage[k] / lim * result["max_util"], 3)
-                 for k, lim in result["limits"].items()},  # fmt: skip
+        + (
+            f" w4 {design.array.w4_share:.2f} {design.array.w4_kind}"
+            if design.array.w4_share
+            else ""
+        ),
+        "lanes": [
+            design.nonlinear.softmax_lanes,
+            design.nonlinear.layernorm_lanes,
+            design.nonlinear.gelu_lanes,
+        ],  # fmt: skip
+        "util": {
+            k: round(best.usage[k] / lim * result["max_util"], 3)
+            for k, lim in result["limits"].items()
+        },  # fmt: skip
         "cycles": total,
         "cycle_share": {k: round(v / total, 3) for k, v in sorted(by_bound.items())},
         "linear_dsp_efficiency": round(est.linear_utilisation(), 3),
@@ -82,11 +92,15 @@ def benchmark(board: str = "zcu102") -> list[dict]:
 
 
 def _line(r: dict) -> str:
-    head = f"{r['model']:<10} {r['precision']:<5} goal {r['goal_fps']:>5.0f} FPS: {r['fps']:>6.1f} FPS"
+    head = (
+        f"{r['model']:<10} {r['precision']:<5} goal {r['goal_fps']:>5.0f} FPS: {r['fps']:>6.1f} FPS"
+    )
     if r["reached"]:
         verdict = "reached"
     else:
-        verdict = f"MISSED by {r['goal_fps'] - r['fps']:.1f} FPS (x{r['gap']}), binding: {r['binding']}"
+        verdict = (
+            f"MISSED by {r['goal_fps'] - r['fps']:.1f} FPS (x{r['gap']}), binding: {r['binding']}"
+        )
     detail = (
         f"  [{r.get('array')} @ {r.get('clock_mhz')} MHz, lanes {r.get('lanes')}, "
         f"cycles {r.get('cycle_share')}, linear layers at {r.get('linear_dsp_efficiency', 0):.0%} "
@@ -95,12 +109,50 @@ def _line(r: dict) -> str:
     return f"{head}  {verdict}\n{detail}"
 
 
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| goal | best design (G x R x C x V @ clock, lanes) | FPS | verdict | binding | "
+        "cycles: compute / weight stream / nonlinear / loads | linear layers vs DSP peak |",
+        "|---|---|---:|---|---|---|---:|",
+    ]
+    for r in rows:
+        share = r.get("cycle_share", {})
+        stream = share.get("weights", 0) + share.get("bandwidth", 0)
+        verdict = (
+            "reached" if r["reached"] else f"missed by {r['goal_fps'] - r['fps']:.1f} (x{r['gap']})"
+        )
+        lines.append(
+            f"| {r['model']} {r['precision']} >= {r['goal_fps']:g} | {r.get('array')} @ "
+            f"{r.get('clock_mhz'):g} MHz, lanes {r.get('lanes')} | {r['fps']} | {verdict} | "
+            f"{r['binding']} | {share.get('compute', 0):.0%} / {stream:.0%} / "
+            f"{share.get('nonlinear', 0):.0%} / {share.get('memory', 0):.0%} | "
+            f"{r.get('linear_dsp_efficiency', 0):.0%} |"
+        )
+    for name, fps in REFERENCES.items():
+        lines.append(f"| reference: {name} | | {fps} | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_docs(doc: Path, rows: list[dict]) -> None:
+    from vitaccel.util import atomic_write_text
+
+    begin, end = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
+    text = doc.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        atomic_write_text(doc, f"{head}{begin}\n{markdown(rows)}{end}{tail}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.benchmark")
     ap.add_argument("--board", default="zcu102")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--docs", default=None, help="rewrite the goal table between the markers")
     args = ap.parse_args(argv)
     rows = benchmark(args.board)
+    if args.docs:
+        _write_docs(Path(args.docs), rows)
     if args.json:
         print(json.dumps({"goals": rows, "references": REFERENCES}, indent=1))
         return 0

@@ -50,17 +50,24 @@ __all__ = [
 # DDR slot of one W stream word and the width of an SPM word / LOAD-STORE beat.
 SLOT_BYTES = 16
 
-# Pipeline depths of vitaccel.rtl.matmul (PE_STAGES, REQUANT_STAGES).
-PE_STAGES = 4
+# Requantiser pipeline depth of vitaccel.rtl.matmul (REQUANT_STAGES).
 REQUANT_STAGES = 6
 
+# Fixed overheads in cycles, measured on the accelerator top in Verilator (one-instruction
+# micro-programs, `vitaccel.dse.validate.micro_cycles`; cocotbext-axi AxiRam as the DDR, which
+# answers a read in a few cycles; a board's DDR adds its latency to every DMA request).
 LATENCIES = {
-    "instr": 8,  # fetch + decode of one 32-byte instruction, per instruction
-    "softmax": 20,  # per-instruction pipeline fill/drain of the units
-    "layernorm": 20,
-    "gelu": 6,
-    "residual": 6,
-    "load": 30,  # DDR read latency of a LOAD burst train
+    "instr": 10,  # fetch (2 AXI beats) + decode + next, per instruction
+    # Unit pipeline drain after the last input beat (docs/nonlinear.md "Throughput and
+    # latency"): E2Softmax one row's beats + 11, AILayerNorm two rows' beats + 26, GELU 1.
+    "softmax": 7,  # 11 in the unit, less what its reader/writer overlap (measured)
+    "layernorm": 26,
+    "gelu": 1,
+    "residual": 4,
+    "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
+    "load": 5,  # DMA request to first LOAD/STORE word
+    "matmul_ddr": 38,  # MATMUL with W from DDR: setup, DMA request, output writer drain
+    "matmul_spm": 11,  # MATMUL with W built from the scratchpad
 }
 
 
@@ -113,9 +120,19 @@ def w4_rows(n: int, ratio: float) -> int:
     return int(round(ratio * n))
 
 
-def latencies(rows: int, units: int) -> dict[str, int]:
+def pe_stages(vector: int) -> int:
+    """PE pipeline stages (``vitaccel.rtl.gvsa.pe_stages``): input, product, registered
+    reduction levels of up to 4 until <= 2 partials remain, accumulator."""
+    n, levels = vector, 0
+    while n > 2:
+        n = -(-n // 4)
+        levels += 1
+    return 3 + max(1, levels)
+
+
+def latencies(rows: int, units: int, vector: int = 8) -> dict[str, int]:
     """``first_out`` and ``release`` of ``vitaccel.rtl.matmul.EngineParams.latencies``."""
-    chain = 1 + (rows - 1) + 1 + PE_STAGES + 1
+    chain = 1 + (rows - 1) + 1 + pe_stages(vector) + 1
     return {
         "first_out": chain + (units - 1) + REQUANT_STAGES + 1,
         "release": chain + (units - 1) + (rows - 1) + 2,
@@ -154,7 +171,7 @@ def matmul_cycles(
     tiles = -(-tokens // rows)
     pad = max(0, rows - ks)
     period = ks + pad
-    lat = latencies(rows, units)
+    lat = latencies(rows, units, vector)
     x_load = (groups if heads else 1) * tokens * ks
     w_load = groups * cols * (ks + 1) * w_word_cycles
     loaded: list[float] = []
@@ -172,12 +189,28 @@ def matmul_cycles(
 
 
 def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
-    """Rows streamed back to back, ``ceil(width / lanes)`` beats each, plus the unit latency.
+    """Cycles of one SOFTMAX / LAYERNORM / GELU / RESADD instruction over ``rows x width``.
 
-    A unit reads at most one SPM word (16 elements) per cycle, so lanes above 16 do not help.
+    Rows stream back to back at ``ceil(width / lanes)`` beats each (a unit reads at most one
+    16-byte SPM word per cycle, so lanes above 16 do not help), then the unit drains (one
+    row for E2Softmax, two for AILayerNorm). Per-instruction constants are loaded first by
+    the top's parameter loader (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel per cycle,
+    RESADD one word (4 channels) per cycle, the GELU table one entry (of 256) per cycle.
+    RESADD reads row r of A then row r of B through one port: two words per output word.
     """
-    per_cycle = min(lanes, SLOT_BYTES)
-    return rows * -(-width // per_cycle) + LATENCIES[kind]
+    beats = -(-width // min(lanes, SLOT_BYTES))
+    io = LATENCIES["unit_io"]
+    if kind == "softmax":
+        return rows * beats + beats + LATENCIES["softmax"] + io
+    if kind == "layernorm":
+        return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + io
+    if kind == "gelu":
+        return 256 + rows * beats + LATENCIES["gelu"] + io
+    if kind == "residual":
+        words = -(-width // SLOT_BYTES)
+        params = -(-4 * width // SLOT_BYTES)
+        return params + 2 * rows * words + LATENCIES["residual"] + io
+    raise ValueError(f"unknown nonlinear op {kind!r}")
 
 
 @dataclass
@@ -355,7 +388,7 @@ def instr_cycles(
             bound = "bandwidth" if word_cycles > 1 else "weights"
         else:
             bound = "compute"
-        return cycles, bound, ins.tokens * ins.k * ins.n
+        return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
     if ins.op == "heads":
         heads = ins.heads > 0
         nsteps = job_nsteps(ins.n, ins.n, geom.groups, geom.cols, geom.cols_w8, heads=heads)
@@ -364,7 +397,7 @@ def instr_cycles(
             heads=heads,
         )  # fmt: skip
         nh = max(1, ins.heads)
-        return cycles, "compute", nh * ins.tokens * ins.k * ins.n
+        return cycles + LATENCIES["matmul_spm"], "compute", nh * ins.tokens * ins.k * ins.n
     return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
 
 
@@ -395,6 +428,6 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     layers = list(by_name.values())
     for lc in layers:
         lc.utilisation = lc.macs / (lc.cycles * geom.macs_per_cycle) if lc.macs else 0.0
-    end = LATENCIES["instr"]  # END
+    end = 0  # the cycle counter stops at END
     total = sum(lc.cycles for lc in layers) + end
     return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers)

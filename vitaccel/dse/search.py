@@ -115,7 +115,7 @@ def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word
     tiles = -(-tokens // rows)
     pad = max(0, rows - ks)
     period = ks + pad
-    lat = latencies(rows, units)
+    lat = latencies(rows, units, vector)
     release = lat["release"]
     x_load = (groups if heads else 1) * tokens * ks
     w_load = groups * cols * (ks + 1) * word_cycles
@@ -276,7 +276,7 @@ class _Model:
                         + LATENCIES["load"]
                         + self.instr
                     )
-            out["fixed"] = {0: fixed + self.instr}  # + END
+            out["fixed"] = {0: fixed}
             self._nl_cache[key] = out
         return self._nl_cache[key]
 
@@ -294,7 +294,8 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
     cache: dict = {}
     mm_total = 0
     bound = {"compute": 0, "bandwidth": 0}
-    instr = m.instr
+    instr_ddr = m.instr + LATENCIES["matmul_ddr"]
+    instr_spm = m.instr + LATENCIES["matmul_spm"]
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
@@ -305,7 +306,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
             ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0)
-        cyc = (ends.last + instr) * count
+        cyc = (ends.last + (instr_ddr if op == "matmul" else instr_spm)) * count
         mm_total += cyc
         bound[b] += cyc
     for parts in w4_kinds.values():
@@ -321,22 +322,25 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
         kind_opts: dict[str, list] = {}
         kind_bound: dict[str, str] = {}
         for lk, parts in w4_kinds.items():
-            n_total = sum(n for _, _, n in parts)
+            # The ratio is one per layer; the largest part (QKV: the Q|K job) sets it, and
+            # every part then gets round(ratio * n) W4 rows, as the cycle model reads it.
+            n_big = max(n for _, _, n in parts)
+            ends_big = cache[next(key for key in parts if key[2] == n_big)][0]
+            ns0_big = len(ends_big)
+            ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
             opts = []
             for cut in _CUTS:
-                cyc, need = 0, 0
+                ns_big = ns0_big - int(round(cut * (ns0_big - ns_min_big)))
+                ratio = round(max(0, n_big - ns_big * g * c8) / n_big, 6)
+                if opts and ratio <= opts[-1][1]:
+                    continue
+                cyc = 0
                 for key in parts:
                     ends, b = cache[key]
                     kind_bound[lk] = b
                     n = key[2]
-                    ns0 = len(ends)
-                    ns_min = job_nsteps(n, 0, g, c, c8, heads=False)
-                    ns = ns0 - int(round(cut * (ns0 - ns_min)))
-                    cyc += ends.at(ns) + instr
-                    need += max(0, n - ns * g * c8)
-                ratio = need / n_total
-                if opts and ratio <= opts[-1][1]:
-                    continue
+                    n8 = n - int(round(ratio * n))
+                    cyc += ends.at(job_nsteps(n, n8, g, c, c8, heads=False)) + instr_ddr
                 opts.append((cyc, ratio))
             kind_opts[lk] = opts
         # Greedy over (layer, option): most cycles saved per unit of predicted error.
@@ -373,7 +377,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
             mm_total += cyc
             bound[kind_bound[lk]] += cyc
             if ratio > 0:
-                ratios[layer] = round(ratio, 6)
+                ratios[layer] = ratio
                 error += errs[layer][j]
     return mm_total, ratios, error, bound
 
@@ -900,7 +904,23 @@ def plot_pareto(points: list[dict], path: Path, summary: dict, budget) -> Path:
     ):
         xs = [p[key] for p in points]
         ys = [p["fps"] for p in points]
-        ax.scatter(xs, ys, s=10, c=["tab:red" if p["chosen"] else "tab:blue" for p in points])
+        w4 = [p["array"]["w4_share"] > 0 for p in points]
+        ax.scatter(
+            [x for x, m in zip(xs, w4, strict=True) if not m],
+            [y for y, m in zip(ys, w4, strict=True) if not m],
+            s=8,
+            c="tab:blue",
+            label="all W8",
+        )
+        ax.scatter(
+            [x for x, m in zip(xs, w4, strict=True) if m],
+            [y for y, m in zip(ys, w4, strict=True) if m],
+            s=8,
+            c="tab:green",
+            label="W4/W8",
+        )
+        ax.scatter([p[key] for p in points if p["chosen"]], [p["fps"] for p in points if p["chosen"]],
+                   s=80, marker="*", c="tab:red", zorder=5, label="chosen")  # fmt: skip
         ax.axhline(summary["target_fps"], color="k", ls="--", lw=1, label="target")
         if avail:
             ax.axvline(avail * summary["max_util"], color="gray", ls=":", lw=1, label="max util")

@@ -85,28 +85,39 @@ def layer_drop(entry: dict, layer: str, r: float) -> float:
 
 
 def predict(model: str, ratios: dict[str, float], w4_kind: str = "int4") -> dict:
-    """Predicted fidelity of a per-layer W4 ratio assignment.
+    """Predicted fidelity of a per-layer W4 ratio assignment (additive over layers).
 
-    Returns ``{"cosine": ..., "cosine_drop": ..., "method": "measured"|"proxy",
-    "baseline_cosine": ..., "top1": ...}``; ``top1`` (digits only) is the W8A8 top-1 minus
-    the measured top-1 sensitivity, summed the same way.
+    ``added_error``: predicted added relative squared logit error over W8A8;
+    ``cosine_to_w8a8``: ``1 - added_error / 2`` (small-error approximation). For a measured
+    model also ``error`` (W8A8's own error plus the added one), ``cosine_to_float``,
+    ``w8a8_top1`` and the measured top-1 of the uniform-ratio run nearest above the design's
+    mean ratio (``top1_uniform``).
     """
     entry = model_entry(model, w4_kind)
-    drop = sum(layer_drop(entry, layer, r) for layer, r in ratios.items())
+    added = sum(layer_drop(entry, layer, r) for layer, r in ratios.items())
     out = {
         "method": entry["method"],
-        "metric": "logit cosine similarity to float",
-        "baseline_cosine": entry["baseline"]["cosine"],
-        "cosine_drop": round(drop, 6),
-        "cosine": round(entry["baseline"]["cosine"] - drop, 6),
+        "metric": "added relative squared logit error vs W8A8",
+        "added_error": round(added, 8),
+        "cosine_to_w8a8": round(1 - added / 2, 6),
     }
-    if entry.get("top1_layers"):
-        top1_drop = 0.0
-        for layer, r in ratios.items():
-            curve = entry["top1_layers"].get(layer)
-            if curve is not None:
-                top1_drop += _interp(curve, r)
-        out["top1"] = round(entry["baseline"]["top1"] - top1_drop, 4)
+    base = entry.get("baseline") or {}
+    if "error" in base:
+        total = base["error"] + added
+        out.update(
+            error=round(total, 8),
+            cosine_to_float=round(1 - total / 2, 6),
+            w8a8_top1=base.get("top1"),
+        )
+        n_layers = len(entry["layers"])
+        mean = sum(ratios.values()) / n_layers if n_layers else 0.0
+        for check in entry.get("uniform_check", []):
+            if check["w4_ratio"] >= mean - 1e-9 and mean > 0:
+                out["top1_uniform"] = {
+                    "w4_ratio": check["w4_ratio"],
+                    "top1": check["measured_top1"],
+                }
+                break
     return out
 
 

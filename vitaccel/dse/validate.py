@@ -80,7 +80,9 @@ def _engine_case(case, seed: int = 0) -> dict:
     bias = rng.integers(-1000, 1000, size=(*lead, n))
     mult = np.full((*lead, n), 1 << 14)
     shift = np.full((*lead, n), 24)
-    res = simulate_jobs([MatmulCase(x, q, kind, bias, mult, shift, heads=heads, name=name)], params)[0]
+    res = simulate_jobs(
+        [MatmulCase(x, q, kind, bias, mult, shift, heads=heads, name=name)], params
+    )[0]
     if res["mismatches"]:
         raise RuntimeError(f"{name}: RTL output mismatches ({res['first_mismatch']})")
     nsteps = job_nsteps(n, n - n4, g, c, c8, heads=heads)
@@ -104,8 +106,11 @@ def _unit_case(unit: str, lanes: int, vectors: int) -> dict:
     res = simulate_case(unit, case, lanes=lanes)
     if res["mismatches"]:
         raise RuntimeError(f"{unit}: RTL output mismatches ({res['first_mismatch']})")
-    beats = sum(-(-len(row) // min(lanes, 16)) for row in case.rows)
-    model = beats + LATENCIES[unit]
+    # The unit alone (first input beat to last output beat): the streaming part of
+    # cost.nonlinear_cycles without the scratchpad I/O and constant loads of an instruction.
+    row_beats = [-(-len(row) // min(lanes, 16)) for row in case.rows]
+    drain = {"softmax": row_beats[-1], "layernorm": 2 * row_beats[-1], "gelu": 0}[unit]
+    model = sum(row_beats) + drain + LATENCIES[unit]
     return {
         "kind": "unit",
         "case": f"{unit} x{lanes}",
@@ -173,13 +178,28 @@ def _resource_rows(resynth: bool) -> list[dict]:
         g, r, c, v, share, kind, xw, ks = cfg
         u = res.engine_resources(g, r, c, v, share, kind, xw, ks, 32)
         c8, _ = column_split(c, share)
-        rows.append(_res_row(f"engine {g}x{r}x{c}x{v}" + (f" w4 {share:.2g} {kind}" if share else ""), u, run))
+        rows.append(
+            _res_row(
+                f"engine {g}x{r}x{c}x{v}" + (f" w4 {share:.2g} {kind}" if share else ""), u, run
+            )
+        )
+    for cfg in calibrate.TOP_VALIDATE:
+        key = calibrate._top_key(cfg)
+        if key not in runs and not resynth:
+            continue  # the whole top is synthesised only by the full run
+        if resynth or key not in runs:
+            runs[key] = calibrate.run_top(cfg)
+        total = res.design_resources(calibrate.top_design(cfg))["total"]
+        g, r, c, v, lanes, spm, model = cfg
+        rows.append(_res_row(f"top {g}x{r}x{c}x{v} lanes {lanes} spm {spm} KiB", total, runs[key]))
     for unit, lanes_list in calibrate.UNIT_VALIDATE.items():
         for lanes in lanes_list:
             key = f"unit {unit} lanes{lanes}"
             if resynth or key not in runs:
                 runs[key] = calibrate.run_unit(unit, lanes)
-            rows.append(_res_row(f"{unit} x{lanes}", res.nonlinear_resources(unit, lanes), runs[key]))
+            rows.append(
+                _res_row(f"{unit} x{lanes}", res.nonlinear_resources(unit, lanes), runs[key])
+            )
     return rows
 
 
@@ -297,3 +317,170 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------------------
+# per-instruction overheads of the top (micro-programs, one instruction each)
+# ---------------------------------------------------------------------------------------
+
+MICRO_DESIGN = (1, 4, 4, 8, 4)  # groups, rows, cols, vector, lanes (spm 64 KiB)
+
+
+def micro_design(g=1, r=4, c=4, v=8, lanes=4):
+    from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+
+    return Design(
+        model="digits-vit",
+        array=ArrayConfig(groups=g, rows=r, cols=c, vector=v),
+        nonlinear=NonlinearConfig(softmax_lanes=lanes, layernorm_lanes=lanes, gelu_lanes=lanes),
+        spm_kib=64,
+    )
+
+
+def micro_programs(design) -> dict:
+    """name -> (program without END, model cycles of the instruction, DDR bytes needed)."""
+    from vitaccel import isa
+    from vitaccel.boards import get_budget
+    from vitaccel.dse.cost import (
+        Instr,
+        geometry,
+        instr_cycles,
+        port_bytes_per_cycle,
+        w_slot_bytes,
+    )
+
+    geom = geometry(design)
+    port = port_bytes_per_cycle(design.clock_mhz, get_budget(design.board))
+    g, c, v = geom.groups, geom.cols, geom.vector
+    data = 0x1000  # DDR offset of the data after the program
+
+    def model(ins: Instr) -> int:
+        return instr_cycles(ins, design, geom, port)[0]
+
+    t, k, n = 17, 64, 128
+    ks = -(-k // v)
+    nsteps = -(-n // (g * c))
+    w_bytes = nsteps * g * c * (ks + 1) * w_slot_bytes(v)
+    progs = {
+        "load 8 x 1 word": (
+            [isa.load(spm=0, words=1, ddr=data) for _ in range(8)],
+            8 * model(Instr("load", "x", "load", tokens=1)),
+        ),
+        "load 2048 words": (
+            [isa.load(spm=0, words=2048, ddr=data)],
+            model(Instr("load", "x", "load", tokens=2048)),
+        ),  # fmt: skip
+        "matmul T17 K64 N128 (DDR W)": (
+            [
+                isa.matmul(
+                    x=0,
+                    x_stride=ks * v // 16 or 1,
+                    tokens=t,
+                    k=k,
+                    n=n,
+                    y=1024,
+                    y_stride=n // 16,
+                    w_ddr=data,
+                )
+            ],  # fmt: skip
+            model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x")),
+        ),
+        "matmul heads T17 K16 N17": (
+            [
+                isa.matmul(
+                    x=0,
+                    x_stride=4,
+                    tokens=t,
+                    k=16,
+                    n=t,
+                    y=1024,
+                    y_stride=2,
+                    w_spm=256,
+                    w_stride=4,
+                    mult=1,
+                    shift=8,
+                    heads=g if g > 1 else 0,
+                    head_x_step=1,
+                    head_w_step=1,
+                    head_y_step=64,
+                )
+            ],  # fmt: skip
+            model(Instr("heads", "x", "qk", t, 16, t, heads=g if g > 1 else 0)),
+        ),
+        "softmax 68 x 17": (
+            [
+                isa.softmax(
+                    src=0, src_stride=2, rows=68, cols=17, dst=1024, dst_stride=2, in_shift=4
+                )
+            ],
+            model(Instr("softmax", "x", "softmax", 68, 17)),
+        ),
+        "layernorm 17 x 64": (
+            [
+                isa.layernorm(
+                    src=0,
+                    src_stride=4,
+                    rows=17,
+                    cols=64,
+                    dst=1024,
+                    dst_stride=4,
+                    params=2048,
+                    recip_mult=1 << 15,
+                    recip_shift=21,
+                    out_shift=8,
+                    eps_q=1,
+                )
+            ],  # fmt: skip
+            model(Instr("layernorm", "x", "layernorm", 17, 64)),
+        ),
+        "gelu 17 x 128": (
+            [isa.gelu(src=0, src_stride=8, rows=17, cols=128, dst=1024, dst_stride=8, table=2048)],
+            model(Instr("gelu", "x", "gelu", 17, 128)),
+        ),
+        "resadd 17 x 64": (
+            [
+                isa.resadd(
+                    a=0,
+                    a_stride=4,
+                    rows=17,
+                    cols=64,
+                    dst=1024,
+                    dst_stride=4,
+                    b=512,
+                    b_stride=4,
+                    params=2048,
+                    shift=8,
+                )
+            ],  # fmt: skip
+            model(Instr("residual", "x", "residual", 17, 64)),
+        ),
+    }
+    return {
+        name: (prog, cyc, data + max(w_bytes, 2048 * 16)) for name, (prog, cyc) in progs.items()
+    }
+
+
+def micro_cycles(design=None) -> list[dict]:
+    """Run each micro-program (plus an END-only one) on the top; cycles per instruction."""
+    from vitaccel import isa
+    from vitaccel.sim.tb_top import default_regs, run_top
+
+    design = design or micro_design()
+    base_addr = 0x0004_0000
+
+    def run(prog, nbytes) -> int:
+        image = bytearray(max(nbytes, 0x1000))
+        code = isa.encode_program([*prog, isa.end()])
+        image[: len(code)] = code
+        res = run_top(design, bytes(image), base=base_addr,
+                      regs=default_regs(base_addr, base_addr), outputs=[])  # fmt: skip
+        if res.get("timeout"):
+            raise RuntimeError(f"micro-program timed out: {prog[:1]}")
+        return int(res["cycles"])
+
+    empty = run([], 0x1000)
+    rows = [{"case": "END only", "rtl": empty, "model": 0}]
+    for name, (prog, model, nbytes) in micro_programs(design).items():
+        rtl = run(prog, nbytes) - empty
+        rows.append({"case": name, "rtl": rtl, "model": model, "instructions": len(prog)})
+    return rows
