@@ -2,16 +2,33 @@
 
 import numpy as np
 import pytest
+from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from vitaccel.flow.unit_gvsa import MatmulCase
 from vitaccel.rtl.matmul import (
     EngineParams,
     MatmulEngine,
+    cycle_model,
     pack_job,
+    plan_columns,
     unpack_outputs,
 )
-from vitaccel.sim.streams import amaranth_get, amaranth_put, random_pauses
+from vitaccel.sim.streams import amaranth_put, random_pauses
+
+
+async def collect(ctx, dut, count, stall, seed):
+    """Take ``count`` output words, ready every cycle unless the pause pattern stalls."""
+    pauses = random_pauses(stall, seed) if stall else None
+    got = []
+    while len(got) < count:
+        ready = not (pauses is not None and next(pauses))
+        ctx.set(dut.o.ready, ready)
+        _, _, payload, valid = await ctx.tick().sample(dut.o.payload, dut.o.valid)
+        if ready and valid:
+            got.append(payload)
+    ctx.set(dut.o.ready, 0)
+    return got
 
 
 def simulate(params: EngineParams, cases, stall=0.0, seed=0):
@@ -52,10 +69,7 @@ def simulate(params: EngineParams, cases, stall=0.0, seed=0):
             state["x"] = words(job.x_bytes)
             state["w"] = words(job.w_words)
             state["go"] = j + 1
-            got = []
-            pauses = random_pauses(stall, seed * 8 + 3) if stall else None
-            for _ in range(job.out_words):
-                got.append(await amaranth_get(ctx, dut.o, pauses=pauses))
+            got = await collect(ctx, dut, job.out_words, stall, seed * 8 + 3)
             results.append((got, state["cycle"] - t0))
         state["done"] = True
 
@@ -115,9 +129,7 @@ def random_case(rng, T, K, N, *, kind=None, x_unsigned=False, name="", q=None):
     return MatmulCase(x, q, kind, bias, mult, shift, x_unsigned=x_unsigned, name=name)
 
 
-SMALL = EngineParams(
-    groups=1, rows=4, cols=4, vector=8, w4_share=0.5, x_words=64, max_ksteps=8, out_depth=8
-)
+SMALL = EngineParams(groups=1, rows=4, cols=4, vector=8, w4_share=0.5, x_words=64, max_ksteps=8)
 
 
 def test_engine_random_shapes_back_to_back():
@@ -130,3 +142,182 @@ def test_engine_random_shapes_back_to_back():
     ]
     for case, (got, _, _) in zip(cases, simulate(SMALL, cases), strict=True):
         assert_exact(case, got)
+
+
+def _check_all(params, cases, stall=0.0, seed=0, model=True):
+    for case, (got, cycles, job) in zip(cases, simulate(params, cases, stall, seed), strict=True):
+        assert_exact(case, got)
+        if model and not stall:
+            want = cycle_model(
+                case.x.shape[-2], case.x.shape[-1], job.plan.nsteps, params, heads=case.heads
+            )
+            assert cycles == want, (case.name, cycles, want)
+
+
+def test_cycle_model_exact_across_shapes():
+    rng = np.random.default_rng(2)
+    shapes = [(9, 20, 10), (17, 64, 24), (3, 4, 30), (8, 40, 5), (1, 8, 3), (13, 100, 7)]
+    for params in (
+        EngineParams(rows=4, cols=4, vector=8, w4_share=0.5, x_words=256, max_ksteps=16),
+        EngineParams(groups=2, rows=3, cols=2, vector=4, x_words=256, max_ksteps=32),
+        EngineParams(
+            rows=2, cols=6, vector=16, w4_share=1 / 3, w4_kind="pot4", x_words=256, max_ksteps=8
+        ),
+    ):
+        cases = [random_case(rng, t, k, n, name=f"{t}x{k}x{n}") for t, k, n in shapes]
+        _check_all(params, cases)
+
+
+def test_heads_mode_two_groups_with_stalls():
+    """Groups on different heads: per-group X (Q_h or uint8 P_h) and per-group "weights"."""
+    rng = np.random.default_rng(3)
+    params = EngineParams(groups=2, rows=2, cols=2, vector=4, x_words=128, max_ksteps=8)
+    cases = []
+    for heads, t, k, n, uns in ((2, 7, 9, 7, False), (1, 5, 5, 3, True), (2, 3, 12, 5, True)):
+        x = rng.integers(0 if uns else -128, 256 if uns else 128, (heads, t, k))
+        q = rng.integers(-128, 128, (heads, n, k))  # activations: -128 allowed on W8 lanes
+        cases.append(
+            MatmulCase(
+                x,
+                q,
+                np.zeros((heads, n), dtype=np.int64),
+                rng.integers(-999, 999, (heads, n)),
+                rng.integers(1, 2**16, (heads, n)),
+                rng.integers(10, 22, (heads, n)),
+                heads=True,
+                x_unsigned=uns,
+                name=f"{heads} heads {t}x{k}x{n}",
+            )
+        )
+    _check_all(params, cases)
+    _check_all(params, cases, stall=0.4, seed=9)
+
+
+def test_stalls_on_every_stream():
+    rng = np.random.default_rng(4)
+    cases = [
+        random_case(rng, 9, 20, 10, name="9x20x10"),
+        random_case(rng, 6, 33, 13, kind=[1, 2, 0] * 4 + [1], name="mixed"),
+        random_case(rng, 2, 1, 9, name="K=1"),
+    ]
+    _check_all(SMALL, cases, stall=0.5, seed=5)
+
+
+def test_requant_extremes():
+    """Shifts 0 and 62, mult 0 and 2**16-1, saturation both ways, clamp to a narrow range."""
+    rng = np.random.default_rng(6)
+    t, k, n = 5, 12, 8
+    x = rng.integers(-128, 128, (t, k))
+    x[0] = 127
+    x[1] = -128
+    q = rng.integers(-127, 128, (n, k))
+    bias = np.array([0, 1, -1, 2**20, -(2**20), 12345, -7, 3])
+    mult = np.array([0, 1, 2**16 - 1, 2**16 - 1, 40000, 1, 2**15, 7])
+    shift = np.array([0, 62, 1, 30, 0, 2, 61, 5])
+    cases = [
+        MatmulCase(x, q, np.zeros(n, dtype=np.int64), bias, mult, shift, name="extremes"),
+        MatmulCase(
+            x, q, np.zeros(n, dtype=np.int64), bias, mult, shift, lo=-3, hi=4, name="narrow clamp"
+        ),
+    ]
+    _check_all(SMALL, cases)
+
+
+def test_reset_in_the_middle_of_a_job():
+    """A reset mid-job (streams half sent, outputs pending) leaves the engine idle and ready;
+    the same job then runs exactly."""
+    rng = np.random.default_rng(7)
+    case = random_case(rng, 9, 20, 10, name="after reset")
+    dut = MatmulEngine(SMALL)
+    job = pack_job(case.x, case.q, case.kind, case.bias, case.mult, case.shift, SMALL)
+    words_x = [int.from_bytes(r.tobytes(), "little") for r in job.x_bytes]
+    words_w = [int.from_bytes(r.tobytes(), "little") for r in job.w_words]
+    # An explicit sync domain, so that the testbench can drive its reset.
+    top = Module()
+    top.submodules.dut = dut
+    top.domains.sync = cd = ClockDomain("sync")
+    got = []
+
+    async def pump(ctx, n_out):
+        """Drive x and w and drain o every cycle until ``n_out`` words came out."""
+        xi = wi = 0
+        out = []
+        while len(out) < n_out:
+            for stream, words, i in ((dut.x, words_x, xi), (dut.w, words_w, wi)):
+                ctx.set(stream.valid, i < len(words))
+                if i < len(words):
+                    ctx.set(stream.payload, words[i])
+            ctx.set(dut.o.ready, 1)
+            _, _, x_rdy, w_rdy, o_vld, o_data = await ctx.tick().sample(
+                dut.x.ready, dut.w.ready, dut.o.valid, dut.o.payload
+            )
+            xi += int(xi < len(words_x) and x_rdy)
+            wi += int(wi < len(words_w) and w_rdy)
+            if o_vld:
+                out.append(o_data)
+        for stream in (dut.x, dut.w):
+            ctx.set(stream.valid, 0)
+        ctx.set(dut.o.ready, 0)
+        return out
+
+    async def bench(ctx):
+        await amaranth_put(ctx, dut.cmd, job.cmd)
+        await pump(ctx, 5)  # part of the job
+        ctx.set(cd.rst, 1)
+        await ctx.tick()
+        ctx.set(cd.rst, 0)
+        await ctx.tick()
+        assert not ctx.get(dut.busy) and ctx.get(dut.cmd.ready) and not ctx.get(dut.o.valid)
+        await amaranth_put(ctx, dut.cmd, job.cmd)
+        got.extend(await pump(ctx, job.out_words))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8, domain="sync")
+    sim.add_testbench(bench)
+    sim.run()
+    nbytes = SMALL.groups * SMALL.cols
+    o = np.frombuffer(b"".join(int(w).to_bytes(nbytes, "little") for w in got), dtype=np.uint8)
+    assert_exact(case, unpack_outputs(o.reshape(-1, nbytes), job, SMALL))
+
+
+def test_plan_columns_rules():
+    p = EngineParams(cols=4, w4_share=0.5)  # 2 W8 + 2 W4 columns
+    kind = np.array([1, 0, 1, 0, 1, 1, 1, 1])  # 6 int4, 2 w8
+    plan = plan_columns(kind, p)
+    assert plan.nsteps == 2
+    ch = plan.channel
+    assert sorted(ch[ch >= 0].tolist()) == list(range(8))
+    assert set(ch[:, 0, 2:].ravel()) <= set(np.flatnonzero(kind == 1))  # W4 columns: int4 only
+    # pot4 rows cannot use int4 lanes: they go to W8 columns
+    plan = plan_columns(np.array([2, 2, 2, 2]), p)
+    assert plan.nsteps == 2 and (plan.channel[:, 0, 2:] == -1).all()
+    with pytest.raises(ValueError, match="no W8 columns"):
+        plan_columns(np.array([0, 1]), EngineParams(cols=2, w4_share=1.0))
+
+
+def test_pack_job_rejects_what_does_not_fit():
+    rng = np.random.default_rng(8)
+    c = random_case(rng, 4, 70, 4)
+    with pytest.raises(ValueError, match="k-steps"):
+        pack_job(c.x, c.q, c.kind, c.bias, c.mult, c.shift, SMALL)  # 9 k-steps > 8
+    c = random_case(rng, 100, 20, 4)  # 25 tiles x 3 k-steps > 64 words
+    with pytest.raises(ValueError, match="X banks"):
+        pack_job(c.x, c.q, c.kind, c.bias, c.mult, c.shift, SMALL)
+    c = random_case(rng, 4, 8, 4)
+    with pytest.raises(ValueError, match="shift"):
+        pack_job(c.x, c.q, c.kind, c.bias, c.mult, c.shift + 63, SMALL)
+
+
+def test_small_output_fifo_throttles_but_stays_exact():
+    """With a FIFO of one tile, credits throttle issue: slower than the model, still exact."""
+    rng = np.random.default_rng(9)
+    params = EngineParams(
+        rows=4, cols=4, vector=8, w4_share=0.5, x_words=64, max_ksteps=8, out_depth=4
+    )
+    cases = [random_case(rng, 40, 8, 4, name="short tiles"), random_case(rng, 9, 20, 10)]
+    results = simulate(params, cases)
+    for case, result in zip(cases, results, strict=True):
+        assert_exact(case, result[0])
+    _, cycles, job = results[0]
+    assert cycles > cycle_model(40, 8, job.plan.nsteps, params)
+    assert EngineParams(rows=4, cols=4, vector=8, w4_share=0.5).out_depth == 32

@@ -53,7 +53,7 @@ def engine_params(
     acc_bits: int = 32,
     x_words: int = 2048,
     max_ksteps: int = 128,
-    out_depth: int = 32,
+    out_depth: int | None = None,
 ) -> EngineParams:
     return EngineParams(
         groups=groups,

@@ -27,7 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.quant.scales import WEIGHT_KINDS
-from vitaccel.rtl.gvsa import FLAGS, GVSArray, column_split, pot4_code
+from vitaccel.rtl.gvsa import FLAGS, GVSArray, column_split, pe_stages, pot4_code
 
 __all__ = [
     "EngineParams",
@@ -45,7 +45,8 @@ __all__ = [
 
 MULT_BITS = 16
 SHIFT_BITS = 6
-# PE pipeline: input register, product, adder tree, accumulator/capture.
+# PE pipeline: input register, product, reduction levels, accumulator/capture; 4 stages for
+# vector <= 8, 3 + tree_stages(vector) in general (vitaccel.rtl.gvsa.pe_stages).
 PE_STAGES = 4
 # Requantiser: bias add, 2 multiply stages, shift, round, clamp.
 REQUANT_STAGES = 6
@@ -82,8 +83,10 @@ class EngineParams:
     max_ksteps : int
         Largest ceil(K / vector); each W bank holds two halves of this many words (rounded
         up to a power of two).
-    out_depth : int
+    out_depth : int or None
         Output FIFO depth in words (one word = one token of one step: groups*cols int8).
+        None: :attr:`full_rate_out_depth`, the depth at which back-pressure from the FIFO
+        never throttles issue and :func:`cycle_model` is exact.
     """
 
     groups: int = 1
@@ -96,10 +99,10 @@ class EngineParams:
     acc_bits: int = 32
     x_words: int = 4096
     max_ksteps: int = 128
-    out_depth: int = 32
+    out_depth: int | None = None
 
     def __post_init__(self):
-        for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps", "out_depth"):
+        for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -109,9 +112,17 @@ class EngineParams:
             raise ValueError(f"in_bits must be 8 (int8/uint8 activations), not {self.in_bits!r}")
         if not 16 <= self.acc_bits <= 48:
             raise ValueError(f"acc_bits must be in 16..48, not {self.acc_bits!r}")
-        if self.out_depth < self.rows:
-            raise ValueError(f"out_depth must be >= rows ({self.rows}), not {self.out_depth!r}")
         column_split(self.cols, self.w4_share)
+        if self.out_depth is None:
+            object.__setattr__(self, "out_depth", self.full_rate_out_depth)
+        if (
+            not isinstance(self.out_depth, int)
+            or isinstance(self.out_depth, bool)
+            or self.out_depth < self.rows
+        ):
+            raise ValueError(
+                f"out_depth must be an integer >= rows ({self.rows}), not {self.out_depth!r}"
+            )
 
     @classmethod
     def from_array(cls, array, **buffers) -> EngineParams:
@@ -167,6 +178,17 @@ class EngineParams:
     def unit_of_column(self, c: int) -> int:
         return c // 2 if c < self.cols_w8 else self.cols_w8 // 2 + (c - self.cols_w8)
 
+    @property
+    def full_rate_out_depth(self) -> int:
+        """Output FIFO depth at which output credits never throttle issue (sink at 1/cycle).
+
+        A tile reserves ``rows`` words when it issues and gets them back as they leave, at
+        most ``first_out + 2*rows`` cycles later; tiles issue every P >= rows cycles.
+        :func:`cycle_model` is exact when ``out_depth`` is at least this.
+        """
+        R = self.rows
+        return R * ((self.latencies()["first_out"] + 2 * R) // R + 2)
+
     def latencies(self) -> dict[str, int]:
         """Fixed pipeline latencies in cycles (see docs/gvsa.md, "Cycle model").
 
@@ -176,7 +198,7 @@ class EngineParams:
         R, U = self.rows, self.units
         # issue reg -> delay line (R-1 for the bottom row) -> memory read (1) -> PE stages
         # -> chain load (1) of unit u at +u; row 0 leaves the chain at once.
-        chain = 1 + (R - 1) + 1 + PE_STAGES + 1
+        chain = 1 + (R - 1) + 1 + pe_stages(self.vector) + 1
         first_out = chain + (U - 1) + REQUANT_STAGES + 1  # +deskew to the last unit, FIFO
         # The last unit's chain emits row R-1 at chain + (U-1) + (R-1); the requantiser
         # latches its parameters on that cycle; one cycle of margin.
@@ -675,6 +697,7 @@ class Job:
     channels: int
     heads: bool
     macs: int
+    heads_n: int = 1
     out_words: int = field(init=False)
 
     def __post_init__(self):
@@ -807,6 +830,7 @@ def pack_job(
         channels=N,
         heads=heads,
         macs=heads_n * T * N * K,
+        heads_n=heads_n,
     )
 
 
@@ -825,7 +849,7 @@ def unpack_outputs(o_bytes: np.ndarray, job: Job, params: EngineParams) -> np.nd
     G, C = params.groups, params.cols
     o = np.asarray(o_bytes, dtype=np.uint8).astype(np.int8).astype(np.int64)
     o = o.reshape(job.plan.nsteps, job.tokens, G, C)
-    heads_n = G if job.heads else 1
+    heads_n = job.heads_n
     y = np.zeros((heads_n, job.tokens, job.channels), dtype=np.int64)
     for s in range(job.plan.nsteps):
         for g in range(G):
