@@ -21,6 +21,7 @@ __all__ = [
     "ArrayConfig",
     "NonlinearConfig",
     "LayerConfig",
+    "Prediction",
     "Design",
     "DesignError",
     "load_design",
@@ -76,6 +77,19 @@ class LayerConfig(_Strict):
     tile_out: int | None = Field(None, ge=1)
 
 
+class Prediction(_Strict):
+    """What the design-space explorer predicted for this design (informative only: nothing
+    downstream reads it, and the generated Verilog does not depend on it)."""
+
+    fps: float | None = None
+    target_fps: float | None = None
+    cycles: int | None = None
+    binding: str | None = None
+    fidelity_metric: str | None = None
+    predicted_error: float | None = Field(None, ge=0)
+    expected_cosine: float | None = None
+
+
 class Design(_Strict):
     """A complete accelerator design for one model on one board."""
 
@@ -92,6 +106,7 @@ class Design(_Strict):
     weight_buffer_kib: int = Field(64, ge=1, le=32768)
     output_buffer_kib: int = Field(64, ge=1, le=32768)
     spm_kib: int = Field(256, ge=1, le=1024, description="scratchpad KiB (16-bit word addresses)")
+    prediction: Prediction | None = None
 
     @model_validator(mode="after")
     def _check(self):

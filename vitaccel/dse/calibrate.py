@@ -63,6 +63,10 @@ ENGINE_VALIDATE = (
     (1, 8, 4, 8, 0.0, "int4", 512, 96),
     (2, 4, 2, 16, 0.0, "int4", 1024, 48),
 )
+# Whole accelerator tops (groups, rows, cols, vector, lanes, spm_kib, model): the first
+# calibrates the shell (controller, DMA, SPM address generators, RESADD), the rest validate.
+TOP_FIT = ((1, 4, 4, 8, 4, 64, "digits-vit"),)
+TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit"),)
 UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu": (1, 4, 8, 16)}
 UNIT_VALIDATE = {"softmax": (12,), "layernorm": (12,), "gelu": (12,)}
 
@@ -162,6 +166,44 @@ def run_unit(unit: str, lanes: int) -> dict:
     return res
 
 
+def _top_key(cfg) -> str:
+    g, r, c, v, lanes, spm, model = cfg
+    return f"top g{g} r{r} c{c} v{v} lanes{lanes} spm{spm} {model}"
+
+
+def top_design(cfg):
+    from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+    from vitaccel.dse.resources import buffer_kib
+    from vitaccel.dse.shapes import spec_of
+
+    g, r, c, v, lanes, spm, model = cfg
+    spec = spec_of(model)
+    return Design(
+        model=model,
+        array=ArrayConfig(groups=g, rows=r, cols=c, vector=v),
+        nonlinear=NonlinearConfig(
+            softmax_lanes=lanes,
+            layernorm_lanes=lanes,
+            gelu_lanes=lanes,
+            max_tokens=spec.tokens,
+            max_channels=spec.embed_dim,
+        ),  # fmt: skip
+        spm_kib=spm,
+        **buffer_kib(spec, g, r, c, v),
+    )
+
+
+def run_top(cfg) -> dict:
+    from vitaccel.rtl.top import top_verilog
+
+    design = top_design(cfg)
+    t0 = time.monotonic()
+    res = synth(top_verilog(design, "vitaccel_top"), "vitaccel_top")
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["params"] = {"design": design.model_dump(mode="json")}
+    return res
+
+
 def _nnls(rows: list[list[float]], ys: list[float]) -> list[float]:
     """Non-negative least squares (numpy only: active-set on the normal equations)."""
     import numpy as np
@@ -181,6 +223,25 @@ def _nnls(rows: list[list[float]], ys: list[float]) -> list[float]:
             return list(coef / scale)
         worst = min(neg, key=lambda i: coef[i])
         active.remove(worst)
+
+
+def _parts_without_shell(design, cal: dict) -> dict:
+    """Modelled engine + units + scratchpad of ``design`` under calibration ``cal``."""
+    from vitaccel.dse import resources as res
+
+    old = res.calibration
+    res.calibration = lambda path=None: cal  # type: ignore[assignment]
+    try:
+        usage = res.design_resources(design)
+    finally:
+        res.calibration = old
+    total = {k: 0.0 for k in res.KINDS}
+    for name, u in usage["parts"].items():
+        if name == "shell":
+            continue
+        for k in res.KINDS:
+            total[k] += getattr(u, k)
+    return total
 
 
 def fit(data: dict) -> dict:
@@ -246,11 +307,27 @@ def fit(data: dict) -> dict:
         out["unit_fit"] = unit_fit
     from vitaccel.dse.clock import effective_levels
 
+    # Shell: what the whole top has beyond the modelled engine, units and scratchpad.
+    shell_runs = [data["runs"][_top_key(cfg)] for cfg in TOP_FIT if _top_key(cfg) in data["runs"]]
+    if shell_runs:
+        from vitaccel.dse import resources as res
+
+        res.calibration.cache_clear()
+        saved = {k: v for k, v in data.items() if k != "shell"}
+        shells = []
+        for cfg, run in zip(TOP_FIT, shell_runs, strict=False):
+            parts = _parts_without_shell(top_design(cfg), {**saved, **out})
+            measured = {"dsp48e2": run["dsp48e2"], "lut": run["lut"], "ff": run["ff"],
+                        "bram36": run["ramb36"] + run["ramb18"] / 2}  # fmt: skip
+            shells.append({k: max(0.0, measured[k] - parts[k]) for k in measured})
+        out["shell"] = {k: sum(s[k] for s in shells) / len(shells) for k in shells[0]}
     # Logic levels: the engine's worst run; each unit per calibrated lane count.
     depth: dict = {}
     for key, run in data["runs"].items():
         levels = effective_levels(run)
-        if key.startswith("engine"):
+        if key.startswith("top"):
+            depth["top"] = max(depth.get("top", 0.0), levels)
+        elif key.startswith("engine"):
             depth["engine"] = max(depth.get("engine", 0.0), levels)
         else:
             unit = key.split()[1]
@@ -265,7 +342,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.calibrate")
     ap.add_argument("--refit", action="store_true", help="only refit from the stored runs")
     ap.add_argument("--force", action="store_true", help="redo every synthesis run")
-    ap.add_argument("--only", choices=("engine", "units"), default=None)
+    ap.add_argument("--only", choices=("engine", "units", "top"), default=None)
+    ap.add_argument("--redo", default=None, help="resynthesise the stored runs whose key starts so")
+    ap.add_argument("--merge", default=None, help="copy the runs of another calibration file in")
     ap.add_argument("--path", default=str(CALIBRATION_PATH))
     args = ap.parse_args(argv)
     path = Path(args.path)
@@ -273,6 +352,10 @@ def main(argv=None) -> int:
     data.setdefault("runs", {})
     if args.force:
         data["runs"] = {}
+    if args.redo:
+        data["runs"] = {k: v for k, v in data["runs"].items() if not k.startswith(args.redo)}
+    if args.merge:
+        data["runs"].update(json.loads(Path(args.merge).read_text()).get("runs", {}))
 
     def save():
         data.update(fit(data))
@@ -284,6 +367,8 @@ def main(argv=None) -> int:
         jobs = []
         if args.only in (None, "engine"):
             jobs += [(_engine_key(c), run_engine, (c,)) for c in ENGINE_FIT + ENGINE_VALIDATE]
+        if args.only in (None, "top"):
+            jobs += [(_top_key(c), run_top, (c,)) for c in TOP_FIT + TOP_VALIDATE]
         if args.only in (None, "units"):
             for unit, lanes_list in UNIT_LANES.items():
                 for n in lanes_list + UNIT_VALIDATE[unit]:

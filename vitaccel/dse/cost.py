@@ -401,6 +401,26 @@ def instr_cycles(
     return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
 
 
+def tiling(ins: Instr, design: Design, geom: ArrayGeometry) -> dict:
+    """How the controller tiles one MATMUL job of ``ins`` (docs/gvsa.md loop order)."""
+    heads = ins.op == "heads" and ins.heads > 0
+    if ins.op == "matmul":
+        n8 = ins.n
+        if geom.cols_w4 and ins.weight_layer not in (None, "patch_embed", "head"):
+            n8 = ins.n - w4_rows(ins.n, design.w4_ratio(ins.weight_layer))
+    else:
+        n8 = ins.n
+    return {
+        "mode": "heads" if heads else "shared",
+        "token_tile": geom.rows,
+        "channels_per_step": geom.cols if heads else geom.groups * geom.cols,
+        "k_slice": geom.vector,
+        "token_tiles": -(-ins.tokens // geom.rows),
+        "ksteps": -(-ins.k // geom.vector),
+        "steps": job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=heads),
+    }
+
+
 def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     """Cycles of one image through the compiled program of ``design``, per model op."""
     if budget is None:
@@ -418,7 +438,9 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
         cycles += LATENCIES["instr"]
         lc = by_name.get(ins.name)
         if lc is None:
-            by_name[ins.name] = LayerCost(ins.name, ins.kind, cycles, macs, bound, 0.0, 1)
+            lc = by_name[ins.name] = LayerCost(ins.name, ins.kind, cycles, macs, bound, 0.0, 1)
+            if ins.op in ("matmul", "heads"):
+                lc.tiles = tiling(ins, design, geom)
         else:
             if cycles > lc.cycles:
                 lc.bound = bound

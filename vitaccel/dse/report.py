@@ -45,6 +45,7 @@ def design_report(design_path: str | Path) -> dict:
             "bound": lc.bound,
             "array_utilisation": round(lc.utilisation, 4) if lc.macs else None,
             "instructions": lc.instructions,
+            "tiling": lc.tiles,
             "w4_ratio": design.w4_ratio(lc.name)
             if lc.kind in ("qkv", "proj", "fc1", "fc2")
             else None,

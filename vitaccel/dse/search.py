@@ -29,7 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.design import ArrayConfig, Design, LayerConfig, NonlinearConfig, save_design
+from vitaccel.design import (
+    ArrayConfig,
+    Design,
+    LayerConfig,
+    NonlinearConfig,
+    Prediction,
+    save_design,
+)
 from vitaccel.dse import clock as clock_rule
 from vitaccel.dse import resources as res
 from vitaccel.dse import sensitivity as sens
@@ -709,7 +716,7 @@ def _fidelity(model: str, c: Candidate) -> dict:
     base = {"metric": "added relative squared logit error vs W8A8 (sensitivity.py)"}
     base["predicted_error"] = round(c.error, 8)
     try:
-        pred = sens.predict(model, c.ratios, c.w4_kind) if c.ratios else None
+        pred = sens.predict(model, c.ratios, c.w4_kind)
     except sens.SensitivityError:
         pred = None
     if pred:
@@ -766,6 +773,20 @@ def explore(
     summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, allow_w4)
     summary["evaluated"] = result["evaluated"]
     summary["candidates"] = len(pool)
+    fid = summary["fidelity"]
+    design = design.model_copy(
+        update={
+            "prediction": Prediction(
+                fps=summary["fps"],
+                target_fps=float(fps),
+                cycles=summary["cycles"],
+                binding=binding,
+                fidelity_metric=fid["metric"],
+                predicted_error=fid["predicted_error"],
+                expected_cosine=fid.get("cosine_to_float", fid.get("cosine_to_w8a8", 1.0)),
+            )
+        }
+    )
     if out_dir is not None:
         out_dir = Path(out_dir)
         summary.update(_write_outputs(out_dir, design, front, chosen, summary, budget))
