@@ -4,7 +4,8 @@ Each test builds a DDR memory image (program at offset 0, data after it), runs i
 through the generic testbench (vitaccel/sim/tb_top.py: AxiRam as DDR with random pauses,
 AxiLiteMaster as the host) and compares the bytes the program stores with what the ISA
 interpreter (vitaccel.compile.interp, every unit through vitaccel.quant.ref) gives for the
-same image. All tests share one Verilator build of one small design.
+same image (packed weights by the project's codec, vitaccel.flow.codec). All tests share one
+Verilator build of one small design.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 
 from vitaccel import isa
-from vitaccel.compile.compiler import WCodec, spm_rows
+from vitaccel.compile.compiler import spm_rows
 from vitaccel.compile.interp import run as interp_run
 from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+from vitaccel.flow.codec import codec_for
 from vitaccel.isa import STATUS_DONE, STATUS_ERROR
 from vitaccel.quant.ref import gelu_lut
 from vitaccel.quant.scales import dyadic
-from vitaccel.rtl.matmul import pack_job
 from vitaccel.rtl.top import TopParams
 from vitaccel.sim.tb_top import default_regs, run_top
 
@@ -29,8 +30,8 @@ DESIGN = Design(
     nonlinear=NonlinearConfig(
         gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=64
     ),
-    spm_kib=16,
-    input_buffer_kib=4,
+    spm_kib=32,
+    input_buffer_kib=8,  # X banks of 256 words: digits-vit (17 tokens, K <= 128) fits
     weight_buffer_kib=2,
 )
 PARAMS = TopParams(DESIGN)
@@ -232,31 +233,6 @@ def test_resadd_in_place():
 # ---- MATMUL ------------------------------------------------------------------------------------
 
 
-class PackedW(WCodec):
-    """The engine's own packer (pack_job, identity column plan) in 16-byte DDR slots; the
-    interpreter's unpack hands back the arrays that were packed (the test keeps them)."""
-
-    def __init__(self):
-        self.params = PARAMS.engine
-        self.packed: dict[bytes, tuple] = {}
-
-    def pack(self, q, kind, bias, mult, shift) -> bytes:
-        n, k = q.shape
-        job = pack_job(np.zeros((1, k), dtype=np.int64), q, kind, bias, mult, shift, self.params)
-        slots = np.zeros((len(job.w_words), 16), dtype=np.uint8)
-        slots[:, : job.w_words.shape[1]] = job.w_words
-        raw = slots.tobytes()
-        self.packed[raw] = (np.asarray(q), np.asarray(bias), np.asarray(mult), np.asarray(shift))
-        return raw
-
-    def stream_bytes(self, n: int, k: int) -> int:
-        steps = -(-n // (G * C))
-        return steps * G * C * (1 + -(-k // V)) * 16
-
-    def unpack(self, raw: bytes, n: int, k: int):
-        return self.packed[bytes(raw)]
-
-
 @pytest.mark.parametrize("tokens, k, n", [(5, 20, 19), (9, 64, 8), (3, 7, 33)])
 def test_matmul_shared_weights_from_ddr(tokens, k, n):
     rng = np.random.default_rng(tokens * k + n)
@@ -266,7 +242,7 @@ def test_matmul_shared_weights_from_ddr(tokens, k, n):
     bias = rng.integers(-5000, 5000, n)
     mult = rng.integers(1, 1 << 15, n)
     shift = rng.integers(12, 20, n)
-    codec = PackedW()
+    codec = codec_for(DESIGN)
     wraw = codec.pack(q, np.zeros(n, dtype=np.int64), bias, mult, shift)
     src, sx = _tensor(img, x)
     woff = img.add(wraw)
