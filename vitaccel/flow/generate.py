@@ -28,8 +28,11 @@ __all__ = ["generate_design", "lint_verilog", "LINT_SUPPRESSED", "fits_board"]
 TOP_NAME = "vitaccel_top"
 
 # Warnings Amaranth's Verilog raises by construction (not design bugs), suppressed in lint:
-# width changes are explicit in Amaranth; unused bits of wide buses and memory initial
-# values are expected; DECLFILENAME because the file holds several generated modules.
+# width changes are explicit in Amaranth; unused bits of wide buses are expected;
+# DECLFILENAME because the file holds several generated modules; PROCASSINIT because every
+# register is declared with its reset value (`reg x = 0;`, honoured by FPGA configuration)
+# and also assigned in its process; CASEINCOMPLETE because Amaranth assigns a default before
+# every case statement (ROM lookups), so an uncovered value cannot infer a latch.
 LINT_SUPPRESSED = (
     "WIDTHEXPAND",
     "WIDTHTRUNC",
@@ -40,6 +43,8 @@ LINT_SUPPRESSED = (
     "UNDRIVEN",
     "SYNCASYNCNET",
     "VARHIDDEN",
+    "PROCASSINIT",
+    "CASEINCOMPLETE",
 )
 
 
@@ -52,7 +57,7 @@ def lint_verilog(verilog_path: Path, top: str) -> tuple[int, str]:
         "verilator",
         "--lint-only",
         "-Wall",
-        f"--top-module={top}",
+        "--top-module", top,
         *(f"-Wno-{w}" for w in LINT_SUPPRESSED),
         str(verilog_path),
     ]
