@@ -260,17 +260,27 @@ class W8PairPE(_PEBase):
         return [hi_terms, lo_terms]
 
 
-def _int4_product(x, code):
-    """x * w for a 4-bit two's complement w, as shifted partial products (no $mul cell)."""
-    pp = [Mux(code[i], x << i, 0) for i in range(3)]
-    return (pp[0] + pp[1]) + (pp[2] - Mux(code[3], x << 3, 0))
+def _int4_digits(x, code):
+    """x * w for a 4-bit two's complement w as two radix-4 Booth digits.
+
+    w = 4*d1 + d0 with d0 = -2 w1 + w0 and d1 = -2 w3 + w2 + w1, each in -2..2: every digit
+    selects a multiple {0, x, 2x} and a sign. Returns [(multiple, negative)] for d0, d1.
+    The sign is XORed into the multiple (it merges into the adder LUTs) and the +1 of each
+    inversion is summed once per PE, so no lane needs a negator.
+    """
+    w0, w1, w2, w3 = code[0], code[1], code[2], code[3]
+    digits = (
+        (w0, w1 & ~w0, w1),  # d0: one, two, negative
+        (w2 ^ w1, (w3 & ~w2 & ~w1) | (~w3 & w2 & w1), w3 & ~(w2 & w1)),  # d1
+    )
+    return [(Mux(one, x, Mux(two, x << 1, 0)), neg) for one, two, neg in digits]
 
 
-def _pot4_product(x, code):
-    """x * (+-2**shift) for a pot4 code (bit 3 sign, bits 2:0 shift, 7 = zero)."""
+def _pot4_parts(x, code):
+    """x * (+-2**shift) for a pot4 code (bit 3 sign, bits 2:0 shift, 7 = zero), as
+    (magnitude, negative); the sign is folded like :func:`_int4_digits`'."""
     shift = code[0:3]
-    mag = Mux(shift == 7, 0, x << shift)
-    return Mux(code[3], -mag, mag)
+    return Mux(shift == 7, 0, x << shift), code[3]
 
 
 class W4PE(_PEBase):
@@ -298,13 +308,32 @@ class W4PE(_PEBase):
         )
 
     def _terms(self, m: Module) -> list[list]:
-        product = _int4_product if self.kind == "int4" else _pot4_product
-        pbits = self.in_bits + 1 + (4 if self.kind == "int4" else 7)
-        prods = []
+        xb = self.in_bits + 1
+        prods, corr = [], []
         for v in range(self.vector):
-            p = Signal(signed(pbits), name=f"prod{v}")
-            m.d.sync += p.eq(product(self.x_o[v], self.w_o[v]))
+            x, code = self.x_o[v], self.w_o[v]
+            if self.kind == "int4":
+                width = xb + 4
+                term = 0
+                for j, (mag, neg) in enumerate(_int4_digits(x, code)):
+                    sel = Signal(signed(xb + 1), name=f"booth{v}_{j}")
+                    m.d.comb += sel.eq(mag)
+                    term = term + ((sel ^ neg.replicate(xb + 1).as_signed()) << (2 * j))
+                    corr.append(Cat(Const(0, 2 * j), neg) if j else neg)
+            else:
+                width = xb + 7
+                mag, neg = _pot4_parts(x, code)
+                sel = Signal(signed(width), name=f"pot{v}")
+                m.d.comb += sel.eq(mag)
+                term = sel ^ neg.replicate(width).as_signed()
+                corr.append(neg)
+            p = Signal(signed(width), name=f"prod{v}")
+            m.d.sync += p.eq(term)
             prods.append(p)
+        # The +1 of every inverted (negative) partial product, summed once per PE.
+        fix = Signal(range(5 * self.vector + 1), name="neg_fix")
+        m.d.sync += fix.eq(adder_tree([c.as_unsigned() for c in corr]))
+        prods[0] = prods[0] + fix
         return [prods]
 
 
