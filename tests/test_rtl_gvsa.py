@@ -173,3 +173,14 @@ def test_pe_parameters_are_validated():
         W4PE(vector=4, kind="int3")
     with pytest.raises(ValueError, match="w4_kind"):
         GVSArray(groups=1, rows=2, cols=2, vector=2, w4_kind="fp4")
+
+
+def test_yosys_dsp48e2_count_is_half_the_w8_macs():
+    """The packing claim, by synthesis: two int8 MACs per DSP48E2, W4 lanes use none."""
+    from vitaccel.flow.yosys import synth_xcup
+    from vitaccel.rtl.verilog import to_verilog
+
+    arr = GVSArray(groups=1, rows=2, cols=4, vector=4, w4_share=0.5)  # W8 pair + 2 W4
+    res = synth_xcup(to_verilog(arr, "gvsa_array"), "gvsa_array")
+    assert res.dsp48e2 * 2 == arr.w8_macs_per_cycle
+    assert res.lut_depth is not None and res.lut_depth > 0
