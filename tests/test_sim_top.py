@@ -111,7 +111,9 @@ def test_load_store_roundtrip(pause):
     prog = [
         isa.load(spm=3, words=300, ddr=src),
         isa.store(spm=3, words=300, ddr=dst),
+        isa.load(spm=0, words=0, ddr=src),  # no-ops
         isa.store(spm=100, words=7, ddr=dst2),  # a slice of it
+        isa.store(spm=0, words=0, ddr=dst2),
         isa.end(),
     ]
     res, expected = _run(img, prog, pause=pause)

@@ -289,10 +289,35 @@ class Accelerator(wiring.Component):
         data_base = regs.data_base[:40]
 
         # ---- DMA reader: fetch / LOAD / packed W ----------------------------------------------
-        m.d.comb += dma.rd_cmd.valid.eq(cmd_valid("dma_rd") | (state == _S["FETCH"]))
+        # Prefetch: while an instruction runs, the next one is read into `next_instr` (after
+        # the instruction's own DMA read command, if it has one; the reader keeps commands in
+        # order and `last` tells where the instruction's words end).
+        op_uses_rd = (op_is["LOAD"] & (f[2] != 0)) | (op_is["MATMUL"] & ~w_spm)
+        pf_want = Signal()  # prefetch PC + 1 for this instruction
+        pf_issued = Signal()
+        op_rd_cmd_done = Signal()  # the instruction's own DMA read command has been taken
+        op_rd_done = Signal()  # ... and its last word consumed
+        next_instr = Signal(256)
+        next_beat = Signal()
+        next_valid = Signal()
+        running = Cat(
+            *[
+                state == _S[n]
+                for n in ("PARAMS", "PARAMS_WAIT", "MM_SETUP", "ISSUE", "WAIT", "NEXT")
+            ]
+        ).any()
+        pf_valid = Signal()
+        m.d.comb += pf_valid.eq(running & pf_want & ~pf_issued & (~op_uses_rd | op_rd_cmd_done))
+        fetch_go = (state == _S["FETCH"]) & dma.rd_idle  # never behind stale words
+        m.d.comb += dma.rd_cmd.valid.eq(cmd_valid("dma_rd") | fetch_go | pf_valid)
         with m.If(state == _S["FETCH"]):
             m.d.comb += [
                 dma.rd_cmd.payload.addr.eq(regs.prog_addr[:40] + (pc << 5)),
+                dma.rd_cmd.payload.words.eq(2),
+            ]
+        with m.Elif(pf_valid):
+            m.d.comb += [
+                dma.rd_cmd.payload.addr.eq(regs.prog_addr[:40] + ((pc + 1) << 5)),
                 dma.rd_cmd.payload.words.eq(2),
             ]
         with m.Elif(op_is["LOAD"]):
@@ -305,6 +330,25 @@ class Accelerator(wiring.Component):
                 dma.rd_cmd.payload.addr.eq(data_base + u32(8)),
                 dma.rd_cmd.payload.words.eq(nsteps * (ks + 1) * (G * C)),
             ]
+        with m.If(pf_valid & dma.rd_cmd.ready):
+            m.d.sync += pf_issued.eq(1)
+        with m.If(cmd_valid("dma_rd") & dma.rd_cmd.ready):
+            m.d.sync += op_rd_cmd_done.eq(1)
+        # stale words (a run stopped by an error) are drained while idle
+        with m.If((state == _S["IDLE"]) | (state == _S["FETCH"])):
+            m.d.comb += dma.rd.ready.eq(1)
+        # the prefetched instruction
+        with m.If(running & op_rd_done & pf_issued & ~next_valid):
+            m.d.comb += dma.rd.ready.eq(1)
+            with m.If(dma.rd.valid):
+                with m.If(~next_beat):
+                    m.d.sync += [next_instr[:128].eq(dma.rd.payload.data), next_beat.eq(1)]
+                with m.Else():
+                    m.d.sync += [
+                        next_instr[128:].eq(dma.rd.payload.data),
+                        next_beat.eq(0),
+                        next_valid.eq(1),
+                    ]
         with m.If(state == _S["FETCH_WAIT"]):
             m.d.comb += dma.rd.ready.eq(1)
             with m.If(dma.rd.valid):
@@ -317,7 +361,10 @@ class Accelerator(wiring.Component):
                         state.eq(_S["DECODE"]),
                     ]
         load_addr = Signal(16)
-        with m.If((state == _S["WAIT"]) & op_is["LOAD"]):
+        rd_last_taken = dma.rd.valid & dma.rd.ready & dma.rd.payload.last
+        with m.If((state == _S["WAIT"]) & op_is["LOAD"] & ~op_rd_done):
+            with m.If(rd_last_taken):
+                m.d.sync += op_rd_done.eq(1)
             m.d.comb += [
                 dma.rd.ready.eq(1),
                 load_wr.en.eq(dma.rd.valid),
@@ -327,7 +374,9 @@ class Accelerator(wiring.Component):
             ]
             with m.If(dma.rd.valid):
                 m.d.sync += load_addr.eq(load_addr + 1)
-        with m.If((state == _S["WAIT"]) & op_is["MATMUL"] & ~w_spm):
+        with m.If((state == _S["WAIT"]) & op_is["MATMUL"] & ~w_spm & ~op_rd_done):
+            with m.If(rd_last_taken):
+                m.d.sync += op_rd_done.eq(1)
             m.d.comb += [
                 engine.w.valid.eq(dma.rd.valid),
                 engine.w.payload.eq(dma.rd.payload.data[: E.w_word_bits]),
@@ -546,8 +595,8 @@ class Accelerator(wiring.Component):
             "wb": wb.cmd,
             "ow": ow.cmd,
         }
-        for name, s in streams.items():
-            m.d.comb += fired[_CMD[name]].eq(s.valid & s.ready & (state != _S["FETCH"]))
+        for name, st in streams.items():
+            m.d.comb += fired[_CMD[name]].eq(cmd_valid(name) & st.ready)
         unit_rd_fire = Cat(*[r.cmd.valid & r.cmd.ready for r in unit_rd.values()]).any()
         unit_wr_fire = Cat(
             *[w.cmd.valid & w.cmd.ready for w in unit_wr.values()],
@@ -595,10 +644,20 @@ class Accelerator(wiring.Component):
             with m.If(regs.start):
                 m.d.sync += [busy.eq(1), pc.eq(0), cycles.eq(0), state.eq(_S["FETCH"])]
         with m.Elif((state) == (_S["FETCH"])):
-            with m.If(dma.rd_cmd.ready):
+            with m.If(fetch_go & dma.rd_cmd.ready):
                 m.d.sync += [fetch_beat.eq(0), state.eq(_S["FETCH_WAIT"])]
         with m.Elif((state) == (_S["DECODE"])):
-            m.d.sync += [load_addr.eq(f[1]), param_taken.eq(0), sub.eq(0)]
+            m.d.sync += [
+                load_addr.eq(f[1]),
+                param_taken.eq(0),
+                sub.eq(0),
+                pf_want.eq(~op_is["END"]),
+                pf_issued.eq(0),
+                op_rd_cmd_done.eq(0),
+                op_rd_done.eq(~op_uses_rd),
+                next_valid.eq(0),
+                next_beat.eq(0),
+            ]
             with m.If((op) == (Op.END)):
                 m.d.comb += done_set.eq(1)
                 m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
@@ -689,9 +748,11 @@ class Accelerator(wiring.Component):
             with m.If(all_idle):
                 m.d.sync += state.eq(_S["NEXT"])
         with m.Elif((state) == (_S["NEXT"])):
-            m.d.sync += [pc.eq(pc + 1), state.eq(_S["FETCH"])]
+            with m.If(~pf_want):
+                m.d.sync += [pc.eq(pc + 1), state.eq(_S["FETCH"])]
+            with m.Elif(next_valid):  # prefetched: decode it right away
+                m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), state.eq(_S["DECODE"])]
 
-        # LOAD: WAIT ends when the words are in (the reader is idle once all were delivered)
         with m.If(dma.error):
             m.d.comb += error_set.eq(1)
             m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
