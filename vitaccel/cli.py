@@ -410,8 +410,14 @@ def report_design(design_file, as_json):
     default=Path("vitaccel-build"),
     show_default=True,
 )
+@click.option(
+    "--synth/--no-synth",
+    default=True,
+    show_default=True,
+    help="count resources by Yosys synthesis (minutes, cached) or by the DSE resource model",
+)
 @click.option("--json", "as_json", is_flag=True)
-def build(model_name, board, fps, images, weights, out_dir, as_json):
+def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
     """Quantize, design, compile, generate, synthesise and co-simulate one model on one board."""
     from vitaccel.boards import get_board
     from vitaccel.models.specs import get_spec
@@ -426,7 +432,13 @@ def build(model_name, board, fps, images, weights, out_dir, as_json):
     from vitaccel.flow.build import build as run_build
 
     opts = BuildOptions(
-        model=model_name, board=board, fps=fps, images=images, out_dir=out_dir, weights=weights
+        model=model_name,
+        board=board,
+        fps=fps,
+        images=images,
+        out_dir=out_dir,
+        weights=weights,
+        synth=synth,
     )
     _emit(run_build(opts, progress=_progress(True)), as_json)
 

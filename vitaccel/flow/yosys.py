@@ -92,12 +92,46 @@ def _run_yosys(script: str, workdir: Path) -> str:
     return text
 
 
-def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True) -> Resources:
+def _cache_path(verilog: str, top: str, lut_depth: bool) -> Path:
+    import os
+
+    from vitaccel.util import content_hash
+
+    root = os.environ.get("VITACCEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitaccel"
+    )
+    return (
+        Path(root)
+        / "yosys"
+        / f"{top}-{content_hash(verilog, top, str(lut_depth), _SCRIPT_VERSION)}.json"
+    )
+
+
+_SCRIPT_VERSION = "xcup-1"
+
+
+def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True, cache: bool = True) -> Resources:
     """Synthesise ``verilog`` for UltraScale+ and count LUT/FF/CARRY/DSP48E2/RAMB cells.
 
     ``lut_depth`` adds the longest LUT/CARRY/MUXF path between registers (``ltp -noff``),
-    the number the clock claims are checked against.
+    the number the clock claims are checked against. Results are cached by a hash of the
+    Verilog text (synthesis of a whole accelerator takes minutes; the same text always gives
+    the same counts).
     """
+    import json
+
+    path = _cache_path(verilog, top, lut_depth)
+    if cache and path.is_file():
+        return Resources(**json.loads(path.read_text()))
+    res = _synth_xcup(verilog, top, lut_depth=lut_depth)
+    if cache:
+        from vitaccel.util import atomic_write_text
+
+        atomic_write_text(path, json.dumps(asdict(res)))
+    return res
+
+
+def _synth_xcup(verilog: str, top: str, *, lut_depth: bool) -> Resources:
     with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
         work = Path(tmp)
         (work / "design.v").write_text(verilog)

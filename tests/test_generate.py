@@ -1,0 +1,72 @@
+"""`vitaccel generate --design` and `vitaccel build`: what goes to Vivado and the board."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vitaccel.design import save_design
+from vitaccel.flow.build import default_design
+from vitaccel.flow.generate import generate_design
+
+
+def test_generate_is_byte_identical_and_complete(tmp_path):
+    design = default_design("digits-vit", "zcu102")
+    a = generate_design(design, tmp_path / "a")
+    b = generate_design(design, tmp_path / "b")
+    assert a["files"] == b["files"]
+    for rel in a["files"]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    for rel in ("rtl/vitaccel_top.v", "vivado/project.tcl", "vivado/constraints.xdc", "vivado/build.sh",
+                "driver/run_on_board.py", "program/image.bin", "program/layout.json", "design.json"):
+        assert rel in a["files"], rel
+    assert a["lint_warnings"] == 0, (tmp_path / "a" / "lint.txt").read_text()[:2000]
+    tcl = (tmp_path / "a" / "vivado" / "project.tcl").read_text()
+    assert "xczu9eg-ffvb1156-2-e" in tcl and "zynq_ultra_ps_e" in tcl and "vitaccel_top" in tcl
+    v = (tmp_path / "a" / "rtl" / "vitaccel_top.v").read_text()
+    for port in ("s_axil_awaddr", "m_axi_araddr", "irq"):
+        assert port in v
+
+
+def _build(tmp_path, *extra):
+    out = tmp_path / "build"
+    r = subprocess.run([sys.executable, "-m", "vitaccel.cli", "build", "--images", "3", "--json", "-o", str(out), *extra],
+                       capture_output=True, text=True, timeout=5400)
+    return out, r
+
+
+def test_build_end_to_end_json(tmp_path):
+    # Resources from the calibrated model here; the Yosys run of the whole top (minutes) is
+    # test_build_with_yosys below, in the slow suite.
+    out, r = _build(tmp_path, "--no-synth")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["images"] == 3 and s["bit_exact"] == 3 and s["program_bit_exact"] == 3
+    assert s["rtl_top1"] == s["golden_top1"]
+    assert s["float_top1"] is not None and s["cycles_per_image"] > 0 and s["clock_mhz"] == 200.0
+    assert s["fps"] == pytest.approx(200e6 / s["cycles_per_image"])
+    for kind in ("lut", "ff", "dsp48e2", "bram36"):
+        used, avail = s["resources"][kind]["used"], s["resources"][kind]["available"]
+        assert 0 <= used <= avail, kind
+    assert s["resources"]["dsp48e2"]["used"] > 0 and s["fits"]
+    for rel in ("hw/rtl/vitaccel_top.v", "hw/vivado/project.tcl", "hw/vivado/constraints.xdc", "hw/driver/run_on_board.py", "summary.json"):
+        assert (out / rel).is_file(), rel
+
+
+def test_interrupted_build_leaves_nothing(tmp_path):
+    out = tmp_path / "never"
+    r = subprocess.run([sys.executable, "-m", "vitaccel.cli", "build", "--model", "deit-base", "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "scratchpad too small" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_build_with_yosys(tmp_path):
+    out, r = _build(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["resources_source"].startswith("yosys") and s["fits"]
+    assert s["resources"]["dsp48e2"]["used"] > 0
