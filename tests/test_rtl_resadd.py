@@ -76,7 +76,15 @@ def _run(cols, rows, shift, *, stall, seed, max_channels=128):
 
 @pytest.mark.parametrize(
     "cols, rows, shift, stall",
-    [(16, 3, 16, 0.0), (37, 4, 17, 0.3), (1, 3, 0, 0.3), (128, 2, 24, 0.2), (50, 3, 30, 0.0)],
+    [
+        (16, 3, 16, 0.0),
+        (37, 4, 17, 0.3),
+        (1, 3, 0, 0.3),
+        (128, 2, 24, 0.2),
+        (50, 3, 30, 0.0),
+        (20, 2, 26, 0.0),
+        (20, 2, 45, 0.1),
+    ],  # fmt: skip
 )
 def test_resadd_matches_reference(cols, rows, shift, stall):
     got, want = _run(cols, rows, shift, stall=stall, seed=cols + rows)

@@ -8,8 +8,8 @@ into a row buffer; each B beat reads the matching A beat and the 16 channels' mu
 back and flows through the pipeline::
 
     i (A row) ──► row buffer[j]
-    i (B row) ──► read row buffer[j], params[j] ─► a*MA, b*MB (shift-add, LUTs) ─► sum,
-                  round, >> S, clamp ─► o
+    i (B row) ──► read row buffer[j], params[j] ─► a*MA, b*MB (Booth shift-add, LUTs,
+                  2 stages) ─► sum ─► + 2**(S-1) ─► >> S ─► clamp ─► o   (8 cycles)
 
 Multipliers are shift-add trees in fabric (:func:`vitaccel.rtl.common.shift_add_mul`): the
 DSP48E2 slices stay with the matmul array. The whole pipeline stalls together when ``o`` is
@@ -32,7 +32,7 @@ from vitaccel.rtl.common import (
     check_int,
     count_bits,
     row_signature,
-    rshift_round,
+    rshift_round_staged,
     shift_add_mul,
     silence_unused,
 )
@@ -60,7 +60,8 @@ class ResAdd(wiring.Component):
     o : ``Out(row_signature(signed(8), 16))``
         One output row per pair, the framing of the B row.
     shift : ``In(unsigned(6))``
-        S; hold it constant while rows flow.
+        S; hold it constant while rows flow (values above 31 act as 31, which gives the
+        same result: the sum is below 2**25).
     param_addr : ``In(range(max_channels // 4))``
         Index of the parameter word (channels ``4*param_addr .. + 3``).
     param_data : ``In(128)``
@@ -149,8 +150,13 @@ class ResAdd(wiring.Component):
             ]
         params = Cat(*[rp.data for rp in banks])  # 16 channels x (mult_a, mult_b)
 
-        # stage 2..: products (shift-add trees), then sum/round/shift/clamp
-        sums = []
+        # stage 2..: products (Booth shift-add trees), then the sum, the rounding shift over
+        # two stages (add half, shift) and the clamp, each in its own cycle
+        # |a*MA + b*MB| < 2**25, so every shift >= 27 gives 0, as 31 does: a 5-bit shifter
+        # is exact for any shift.
+        shift = Signal(5)
+        m.d.comb += shift.eq(Mux(self.shift > 31, 31, self.shift))
+        out = Signal(128)
         latency = 0
         for lane in range(LANES):
             a = row_r.data[8 * lane : 8 * lane + 8].as_signed()
@@ -159,18 +165,14 @@ class ResAdd(wiring.Component):
             mult_b = params[32 * lane + 16 : 32 * lane + 32]
             pa, lat = shift_add_mul(m, mult_a, a, en=advance, name=f"pa{lane}")
             pb, _ = shift_add_mul(m, mult_b, b, en=advance, name=f"pb{lane}")
-            latency = lat
             total = Signal(signed(len(pa) + 1), name=f"sum{lane}")
-            m.d.comb += total.eq(pa + pb)
-            sums.append(total)
-        shift = self.shift
-        out = Signal(128)
-        for lane, total in enumerate(sums):
-            rounded = Signal(signed(len(total) + 1), name=f"rnd{lane}")
-            m.d.comb += rounded.eq(rshift_round(total, shift))
+            with m.If(advance):
+                m.d.sync += total.eq(pa + pb)
+            rounded, rlat = rshift_round_staged(m, total, shift, en=advance, name=f"rnd{lane}")
             clamped = Mux(rounded < -128, -128, Mux(rounded > 127, 127, rounded))
             with m.If(advance):
                 m.d.sync += out[8 * lane : 8 * lane + 8].eq(clamped[:8])
+            latency = lat + 1 + rlat  # products, sum, rounding (+ the output register)
         # framing travels beside the data: one register per pipeline stage
         stages = [Cat(v1, count1, last1)]
         for k in range(latency + 1):

@@ -388,7 +388,10 @@ def run_layout() -> data.StructLayout:
 
 class ByteRunWriter(wiring.Component):
     """Runs -> SPM word writes with byte enables: one write per cycle, two for a run that
-    crosses a word boundary. Latency one cycle; a run that fits one word is taken every cycle.
+    crosses a word boundary. A run is registered as it comes in (so the address generators'
+    logic and the byte shifter are in different cycles), shifted into a two-word window in
+    the next stage and written from there: latency two cycles; runs that fit one word go
+    through at one per cycle.
 
     Members
     -------
@@ -408,7 +411,10 @@ class ByteRunWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        run = self.i.payload
+        # stage 1: the run as it came
+        s1_valid = Signal()
+        run = Signal(run_layout())
+        # stage 2: shifted window, written one or two words
         busy = Signal()
         phase = Signal()
         two = Signal()
@@ -416,11 +422,16 @@ class ByteRunWriter(wiring.Component):
         window = Signal(16 * 16)
         be = Signal(32)
         finishing = busy & (phase | ~two)
-        m.d.comb += self.i.ready.eq(~busy | finishing)
-        take = self.i.valid & self.i.ready
+        s2_take = s1_valid & (~busy | finishing)
+        m.d.comb += self.i.ready.eq(~s1_valid | s2_take)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [s1_valid.eq(1), run.eq(self.i.payload)]
+        with m.Elif(s2_take):
+            m.d.sync += s1_valid.eq(0)
+
         mask = Signal(16)
         m.d.comb += mask.eq(((Const(1, 17) << run.count) - 1)[:16])
-        with m.If(take):
+        with m.If(s2_take):
             m.d.sync += [
                 busy.eq(run.count != 0),
                 phase.eq(0),
@@ -438,7 +449,7 @@ class ByteRunWriter(wiring.Component):
             self.mem.addr.eq(addr + phase),
             self.mem.data.eq(Mux(phase, window[128:], window[:128])),
             self.mem.be.eq(Mux(phase, be[16:], be[:16])),
-            self.idle.eq(~busy),
+            self.idle.eq(~busy & ~s1_valid),
         ]
         return m
 

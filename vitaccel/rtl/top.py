@@ -276,6 +276,8 @@ class Accelerator(wiring.Component):
         w_spm = flags[1]
         ks = Signal(16)
         nsteps = Signal(16)
+        w_slots = Signal(24)  # packed W words in DDR: nsteps * G*C * (1 + ks)
+        settled = Signal()  # MM_SETUP: the loop is done, x_need/w_slots follow next cycle
         tiles = Signal(16)
         acc_n = Signal(17)
         acc_t = Signal(17)
@@ -328,7 +330,7 @@ class Accelerator(wiring.Component):
         with m.Else():  # MATMUL, packed W from DDR: nsteps * G*C * (1 + ks) slots
             m.d.comb += [
                 dma.rd_cmd.payload.addr.eq(data_base + u32(8)),
-                dma.rd_cmd.payload.words.eq(nsteps * (ks + 1) * (G * C)),
+                dma.rd_cmd.payload.words.eq(w_slots),
             ]
         with m.If(pf_valid & dma.rd_cmd.ready):
             m.d.sync += pf_issued.eq(1)
@@ -634,8 +636,12 @@ class Accelerator(wiring.Component):
         )
 
         # ---- MATMUL checks (an instruction the engine cannot hold ends the run with ERROR) ----
+        # products registered (one cycle after the loop settles): no multiplier in a path to
+        # the state register or the DMA command
+        x_need = Signal(32)
+        m.d.sync += [x_need.eq(tiles * ks), w_slots.eq(nsteps * (ks + 1) * (G * C))]
         x_fits = Signal()
-        m.d.comb += x_fits.eq((tiles * ks <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
+        m.d.comb += x_fits.eq((x_need <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
         heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
 
         # ---- the state machine -----------------------------------------------------------------
@@ -703,6 +709,7 @@ class Accelerator(wiring.Component):
                     tiles.eq(0),
                     acc_n.eq(0),
                     acc_t.eq(0),
+                    settled.eq(0),
                     state.eq(_S["MM_SETUP"]),
                 ]
             with m.Else():  # bad opcode
@@ -726,7 +733,10 @@ class Accelerator(wiring.Component):
                 m.d.sync += [acc_n.eq(acc_n + cm), nsteps.eq(nsteps + 1)]
             with m.If(t_more):
                 m.d.sync += [acc_t.eq(acc_t + R), tiles.eq(tiles + 1)]
-            with m.If(~n_more & ~t_more):
+            with m.If(~n_more & ~t_more & ~settled):
+                m.d.sync += settled.eq(1)
+            with m.If(settled):
+                m.d.sync += settled.eq(0)
                 with m.If(x_fits & heads_ok & (nsteps != 0) & (tiles != 0)):
                     m.d.sync += [
                         state.eq(_S["ISSUE"]),
