@@ -19,7 +19,8 @@ Blocks (all in one clock domain)::
     X builder ─► MatmulEngine.x   W builder or DMA ─► .w   .o ─► matmul out writer ─┘
 
 The controller is one state machine (FETCH -> DECODE -> PARAMS -> ISSUE -> WAIT -> NEXT);
-within an instruction every block it started streams concurrently.
+within an instruction every block it started streams concurrently, and the next instruction
+is prefetched meanwhile (so FETCH runs only for the first one).
 """
 
 from __future__ import annotations
@@ -766,7 +767,6 @@ class Accelerator(wiring.Component):
         with m.If(dma.error):
             m.d.comb += error_set.eq(1)
             m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
-        self._debug = {"state": state, "pc": pc, "instr": instr}
         return m
 
 
