@@ -188,6 +188,41 @@ def matmul_cycles(
     return int(math.ceil(ends[-1] + lat["first_out"] + 1 + (tokens - 1) % rows))
 
 
+@lru_cache(maxsize=65536)
+def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: bool) -> int:
+    """SPM write cycles of a MATMUL's outputs (``vitaccel.rtl.spm.MatmulOutWriter``).
+
+    Per output step (``cm`` channels: ``G*C`` shared, ``C`` per head) and token, each active
+    group writes its channels as runs of up to ``min(16, cm)`` consecutive bytes; a run costs
+    one write, two when it crosses a 16-byte word. OUT_T writes one byte per element.
+    """
+    if transposed:
+        return tokens * n * groups_active
+    sw = min(SLOT_BYTES, cm)
+    per_token = 0
+    for start in range(0, n, cm):
+        c = 0
+        while c < cm and start + c < n:
+            nn = start + c
+            count = min(sw, n - nn, cm - c)
+            per_token += 1 if (nn % SLOT_BYTES) + count <= SLOT_BYTES else 2
+            c += sw
+    return tokens * per_token * groups_active
+
+
+def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
+                 w_word_cycles=1.0) -> float:  # fmt: skip
+    """Cycles a job needs when the output writer is its bottleneck: the first output word
+    appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
+    (the output FIFO with credits throttles the engine to the writer's pace)."""
+    ks = -(-k // vector)
+    x_load = (groups if heads else 1) * tokens * ks
+    w_load = groups * cols * (ks + 1) * w_word_cycles
+    first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
+    cm = cols if heads else groups * cols
+    return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
+
+
 def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
     """Cycles of one SOFTMAX / LAYERNORM / GELU / RESADD instruction over ``rows x width``.
 
@@ -301,6 +336,7 @@ class Instr:
     heads: int = 0  # heads-mode job: heads in this job
     weight_layer: str | None = None
     row_share: float = 1.0  # share of the weight layer's rows (QKV is split into QK | V)
+    transposed: bool = False  # OUT_T: V is written transposed (one byte per SPM write)
 
 
 @lru_cache(maxsize=256)
@@ -323,7 +359,9 @@ def program(spec, groups: int) -> tuple[Instr, ...]:
         out += [
             Instr("layernorm", f"{b}.norm1", "layernorm", t, d),
             Instr("matmul", qkv, "qkv", t, d, 2 * d, weight_layer=qkv, row_share=2 / 3),
-            Instr("matmul", qkv, "qkv", t, d, d, weight_layer=qkv, row_share=1 / 3),
+            Instr(
+                "matmul", qkv, "qkv", t, d, d, weight_layer=qkv, row_share=1 / 3, transposed=True
+            ),
         ]
         for h0 in range(0, h, per_job):
             nh = min(per_job, h - h0)
@@ -388,6 +426,12 @@ def instr_cycles(
             bound = "bandwidth" if word_cycles > 1 else "weights"
         else:
             bound = "compute"
+        wb = writer_bound(
+            ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
+            heads=False, nheads=1, transposed=ins.transposed, w_word_cycles=word_cycles,
+        )  # fmt: skip
+        if wb > cycles:
+            cycles, bound = int(math.ceil(wb)), "writer"
         return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
     if ins.op == "heads":
         heads = ins.heads > 0
@@ -397,7 +441,14 @@ def instr_cycles(
             heads=heads,
         )  # fmt: skip
         nh = max(1, ins.heads)
-        return cycles + LATENCIES["matmul_spm"], "compute", nh * ins.tokens * ins.k * ins.n
+        bound = "compute"
+        wb = writer_bound(
+            ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
+            heads=heads, nheads=nh, transposed=False,
+        )  # fmt: skip
+        if wb > cycles:
+            cycles, bound = int(math.ceil(wb)), "writer"
+        return cycles + LATENCIES["matmul_spm"], bound, nh * ins.tokens * ins.k * ins.n
     return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
 
 

@@ -50,6 +50,7 @@ from vitaccel.dse.cost import (
     port_bytes_per_cycle,
     program,
     w_slot_bytes,
+    writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
 
@@ -248,12 +249,12 @@ class _Model:
             for ins in program(self.spec, groups):
                 if ins.op not in ("matmul", "heads"):
                     continue
-                sig = (ins.op, ins.tokens, ins.k, ins.n, ins.heads > 0)
+                sig = (ins.op, ins.tokens, ins.k, ins.n, ins.heads, ins.transposed)
                 every[sig] = every.get(sig, 0) + 1
                 if ins.op == "matmul" and ins.weight_layer not in ("patch_embed", "head"):
                     parts = kinds.setdefault(ins.kind, [])
-                    if (ins.tokens, ins.k, ins.n) not in parts:
-                        parts.append((ins.tokens, ins.k, ins.n))
+                    if (ins.tokens, ins.k, ins.n, ins.transposed) not in parts:
+                        parts.append((ins.tokens, ins.k, ins.n, ins.transposed))
                     layers[ins.weight_layer] = ins.kind
                 else:
                     fixed[sig] = fixed.get(sig, 0) + 1
@@ -300,26 +301,37 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
     plan = m.plan(g)
     cache: dict = {}
     mm_total = 0
-    bound = {"compute": 0, "bandwidth": 0}
+    bound = {"compute": 0, "bandwidth": 0, "writer": 0}
     instr_ddr = m.instr + LATENCIES["matmul_ddr"]
     instr_spm = m.instr + LATENCIES["matmul_spm"]
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
-    for (op, tokens, k, n, heads), count in sigs.items():
+    for (op, tokens, k, n, nheads, transposed), count in sigs.items():
+        heads = nheads > 0
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
             ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, False, word_cycles)
+            wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
             ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0)
-        cyc = (ends.last + (instr_ddr if op == "matmul" else instr_spm)) * count
+            wc = 1.0
+        wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
+                          transposed=transposed, w_word_cycles=wc)  # fmt: skip
+        job = ends.last
+        if wb > job:
+            job, b = int(math.ceil(wb)), "writer"
+        cyc = (job + (instr_ddr if op == "matmul" else instr_spm)) * count
         mm_total += cyc
-        bound[b] += cyc
+        bound[b] = bound.get(b, 0) + cyc
+    writer: dict = {}
     for parts in w4_kinds.values():
         for key in parts:
-            tokens, k, n = key
+            tokens, k, n, transposed = key
             ns0 = job_nsteps(n, n, g, c, c8, heads=False)
+            writer[key] = writer_bound(tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
+                                       transposed=transposed, w_word_cycles=word_cycles)  # fmt: skip
             cache[key] = _step_ends(tokens, k, ns0, g, r, c, v, units, False, word_cycles)
     ratios: dict[str, float] = {}
     error = 0.0
@@ -331,7 +343,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
         for lk, parts in w4_kinds.items():
             # The ratio is one per layer; the largest part (QKV: the Q|K job) sets it, and
             # every part then gets round(ratio * n) W4 rows, as the cycle model reads it.
-            n_big = max(n for _, _, n in parts)
+            n_big = max(key[2] for key in parts)
             ends_big = cache[next(key for key in parts if key[2] == n_big)][0]
             ns0_big = len(ends_big)
             ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
@@ -347,7 +359,10 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
                     kind_bound[lk] = b
                     n = key[2]
                     n8 = n - int(round(ratio * n))
-                    cyc += ends.at(job_nsteps(n, n8, g, c, c8, heads=False)) + instr_ddr
+                    job = ends.at(job_nsteps(n, n8, g, c, c8, heads=False))
+                    if writer[key] > job:
+                        job = int(math.ceil(writer[key]))
+                    cyc += job + instr_ddr
                 opts.append((cyc, ratio))
             kind_opts[lk] = opts
         # Greedy over (layer, option): most cycles saved per unit of predicted error.
@@ -675,12 +690,15 @@ def binding_of(result: dict, select=None) -> tuple[str, float]:
     if best is None:
         return top, 0.0
     # No single resource: what the best design's cycles are spent on.
+    names = {
+        "bandwidth": "bandwidth",
+        "writer": "output writes (one SPM write port)",
+        "nonlinear": "nonlinear units",
+        "compute": "array shape (search space)",
+    }
     b = best.bound_cycles
-    if b.get("bandwidth", 0) >= max(b.get("compute", 0), b.get("nonlinear", 0)):
-        return "bandwidth", best_fps
-    if b.get("nonlinear", 0) > b.get("compute", 0):
-        return "nonlinear units", best_fps
-    return "array shape (search space)", best_fps
+    top = max(names, key=lambda k: b.get(k, 0))
+    return names[top], best_fps
 
 
 def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> Design:
