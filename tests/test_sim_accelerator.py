@@ -2,7 +2,6 @@
 logits out, equal to the golden model for every image (cocotbext-axi DDR and host)."""
 
 import numpy as np
-import pytest
 import torch
 
 from vitaccel.compile.compiler import compile_model
@@ -23,7 +22,12 @@ def _first_mismatch(got, want):
 
 
 def _run(design, golden, patches, **backend):
-    compiled = compile_model(golden, groups=design.array.groups, codec=codec_for(design), spm_words=design.spm_kib * 1024 // 16)
+    compiled = compile_model(
+        golden,
+        groups=design.array.groups,
+        codec=codec_for(design),
+        spm_words=design.spm_kib * 1024 // 16,
+    )
     drv = Driver(SimBackend(design, **backend))
     drv.load(compiled)
     return drv.infer_batch(list(patches), reset_between=True)
@@ -37,7 +41,9 @@ def test_digits_20_images_bit_exact_with_axi_pauses():
     want = golden.forward_patches(patches)
     results = _run(design, golden, patches, pause=0.2, seed=3)
     for j, r in enumerate(results):
-        assert _first_mismatch(r.logits, want[j]) is None, f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
+        assert _first_mismatch(r.logits, want[j]) is None, (
+            f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
+        )
         assert r.status & 2  # DONE
     # AXI pauses stretch the run a little, differently per image (~45.5k cycles unpaused).
     assert all(40_000 < r.cycles < 60_000 for r in results), [r.cycles for r in results]
@@ -47,7 +53,17 @@ def test_digits_20_images_bit_exact_with_axi_pauses():
 
 def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
     # DeiT-Tiny's width, heads, MLP and 16x16x3 patches; 2 blocks and 17 tokens (64x64 input).
-    spec = ModelSpec(name="deit-tiny-mini", img_size=64, patch_size=16, in_chans=3, num_classes=10, embed_dim=192, depth=2, heads=3, mlp_ratio=4.0)
+    spec = ModelSpec(
+        name="deit-tiny-mini",
+        img_size=64,
+        patch_size=16,
+        in_chans=3,
+        num_classes=10,
+        embed_dim=192,
+        depth=2,
+        heads=3,
+        mlp_ratio=4.0,
+    )
     model = build_float_model(spec, seed=1).eval()
     design = Design(
         model="digits-vit",
@@ -60,4 +76,6 @@ def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
     patches = golden.quantize_images(torch.randn(2, 3, 64, 64, generator=gen))
     want = golden.forward_patches(patches)
     for j, r in enumerate(_run(design, golden, patches)):
-        assert _first_mismatch(r.logits, want[j]) is None, f"image {j}: {_first_mismatch(r.logits, want[j])}"
+        assert _first_mismatch(r.logits, want[j]) is None, (
+            f"image {j}: {_first_mismatch(r.logits, want[j])}"
+        )
