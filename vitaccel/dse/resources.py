@@ -113,6 +113,7 @@ def _pow2(n: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+@cache
 def buffer_needs(spec, rows: int, vector: int) -> tuple[int, int]:
     """(X words per bank, k-steps) the model's largest job needs on ``rows`` x ``vector``.
 
