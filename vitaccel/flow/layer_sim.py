@@ -56,10 +56,11 @@ def simulate_layer(
     from vitaccel.flow.build import default_design
     from vitaccel.flow.unit_gvsa import simulate_matmul
     from vitaccel.models.evaluate import prepare
+    from vitaccel.models.specs import ModelError
 
     names = list_layers(model)
     if layer not in names:
-        raise ValueError(f"unknown layer '{layer}' of {model}; choose one of: {', '.join(names)}")
+        raise ModelError(f"unknown layer '{layer}' of {model}; choose one of: {', '.join(names)}")
     design = design or default_design(model, "zcu102")
     if progress:
         progress(f"quantizing {model}")
@@ -81,7 +82,13 @@ def simulate_layer(
         shift=lin.shift,
         lo=lin.lo,
         hi=lin.hi,
-        array=design.array,
+        groups=design.array.groups,
+        rows=design.array.rows,
+        cols=design.array.cols,
+        vector=design.array.vector,
+        w4_share=design.array.w4_share,
+        w4_kind=design.array.w4_kind,
+        acc_bits=design.array.acc_bits,
         stall=stall,
         seed=seed,
     )
