@@ -315,14 +315,22 @@ def read_word_layout(data_width: int = 128) -> data.StructLayout:
     return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1)})
 
 
-def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str) -> Signal:
-    """Beats of the next burst: min(MAX_BURST, remaining, words to the next 4 KiB boundary)."""
+def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str):
+    """Beats of the next burst, min(MAX_BURST, remaining, words to the next 4 KiB boundary),
+    as a register (the compare/mux chain stays out of the VALID and address paths).
+
+    Returns ``(beats, stale)``: ``beats`` lags ``addr``/``remaining`` by one cycle, so the
+    caller marks ``stale`` (a Signal to drive from sync logic) on every change of them and
+    holds VALID low while it is set.
+    """
     to_4k = Signal(range(4096 // WORD_BYTES + 1), name=f"{name}_to_4k")
     m.d.comb += to_4k.eq(4096 // WORD_BYTES - addr[4:12])
-    beats = Signal(range(MAX_BURST + 1), name=f"{name}_beats")
     limit = Mux(to_4k < MAX_BURST, to_4k, MAX_BURST)
-    m.d.comb += beats.eq(Mux(remaining < limit, remaining, limit))
-    return beats
+    beats = Signal(range(MAX_BURST + 1), name=f"{name}_beats")
+    m.d.sync += beats.eq(Mux(remaining < limit, remaining, limit))
+    stale = Signal(name=f"{name}_stale")
+    m.d.sync += stale.eq(0)
+    return beats, stale
 
 
 def _check_dma_args(self, addr_width, data_width, words_bits):
@@ -393,7 +401,7 @@ class DMAReader(wiring.Component):
         remaining = Signal(self.words_bits)  # words not yet requested
         rx_left = Signal(self.words_bits)  # words not yet received
         reserved = Signal(range(self.fifo_depth + 1))  # requested and not yet taken from the FIFO
-        beats = _burst_len(m, addr, remaining, "rd")
+        beats, stale = _burst_len(m, addr, remaining, "rd")
 
         m.d.comb += self.cmd.ready.eq((remaining == 0) & (rx_left == 0))
         with m.If(self.cmd.valid & self.cmd.ready):
@@ -401,11 +409,12 @@ class DMAReader(wiring.Component):
                 addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
                 remaining.eq(self.cmd.payload.words),
                 rx_left.eq(self.cmd.payload.words),
+                stale.eq(1),
             ]
 
         # Stable while valid: remaining/addr change only on the handshake, reserved only falls.
         m.d.comb += [
-            bus.arvalid.eq((remaining != 0) & (reserved + beats <= self.fifo_depth)),
+            bus.arvalid.eq((remaining != 0) & ~stale & (reserved + beats <= self.fifo_depth)),
             bus.araddr.eq(addr),
             bus.arlen.eq(beats - 1),
             bus.arsize.eq(4),  # 16 bytes per beat
@@ -415,7 +424,11 @@ class DMAReader(wiring.Component):
         ]
         ar_fire = bus.arvalid & bus.arready
         with m.If(ar_fire):
-            m.d.sync += [addr.eq(addr + (beats << 4)), remaining.eq(remaining - beats)]
+            m.d.sync += [
+                addr.eq(addr + (beats << 4)),
+                remaining.eq(remaining - beats),
+                stale.eq(1),
+            ]
 
         r_fire = bus.rvalid & bus.rready
         m.d.comb += [
@@ -485,17 +498,20 @@ class DMAWriter(wiring.Component):
         addr = Signal(self.addr_width)
         remaining = Signal(self.words_bits)
         outstanding = Signal(range(self.max_outstanding + 1))  # bursts without a B response
-        beats = _burst_len(m, addr, remaining, "wr")
+        beats, stale = _burst_len(m, addr, remaining, "wr")
 
         m.d.comb += self.cmd.ready.eq(remaining == 0)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
                 remaining.eq(self.cmd.payload.words),
+                stale.eq(1),
             ]
 
         m.d.comb += [
-            bus.awvalid.eq((remaining != 0) & lens.w_rdy & (outstanding < self.max_outstanding)),
+            bus.awvalid.eq(
+                (remaining != 0) & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)
+            ),
             bus.awaddr.eq(addr),
             bus.awlen.eq(beats - 1),
             bus.awsize.eq(4),
@@ -507,7 +523,11 @@ class DMAWriter(wiring.Component):
         aw_fire = bus.awvalid & bus.awready
         m.d.comb += lens.w_en.eq(aw_fire)
         with m.If(aw_fire):
-            m.d.sync += [addr.eq(addr + (beats << 4)), remaining.eq(remaining - beats)]
+            m.d.sync += [
+                addr.eq(addr + (beats << 4)),
+                remaining.eq(remaining - beats),
+                stale.eq(1),
+            ]
 
         beat = Signal(range(MAX_BURST))
         wlast = beat == lens.r_data

@@ -624,69 +624,82 @@ class MatmulOutWriter(wiring.Component):
         m = Module()
         G, C = self.groups, self.cols
         (cm_sh, sw_sh), (cm_hd, sw_hd) = _mode_consts(G, C)
+        # Every address and bound is a register updated incrementally with two-operand adds,
+        # so the run (address, count) comes from short logic (the byte-run writer registers
+        # it next).
         job = Signal(matmul_out_cmd_layout())
         active = Signal()
         cm = Signal(16)  # channels per step in this mode
         sw = Signal(5)  # lanes per run in this mode
-        cm_stride = Signal(32)  # cm * stride (rows of one step, OUT_T)
+        cm_stride = Signal(ADDR_BITS)  # cm * stride (rows of one step, OUT_T)
 
-        g = Signal(8)
-        c = Signal(16)
+        g_last = Signal()  # on the last group of the word
+        g_left = Signal(9)  # groups left in the word, this one included
+        t_last = Signal()
+        t_left = Signal(17)
         t = Signal(16)
+        left_c = Signal(17)  # lanes of this group from c on
+        lane0 = Signal(range(G * C + 1))  # first byte of the run in the word
+        grp_lane = Signal(range(G * C + 1))  # first byte of this group
+        n = Signal(17)  # channel of the run
+        left_n = Signal(17)  # N - n
         step_n = Signal(17)  # s * cm
-        grp_base = Signal(ADDR_BITS)  # base + g * head_step
-        row_off = Signal(32)  # t * stride (row-major)
-        step_nrow = Signal(32)  # s * cm * stride (OUT_T)
-        nrow = Signal(32)  # n * stride (OUT_T)
+        step_left = Signal(17)  # N - s * cm
+        tok_base = Signal(ADDR_BITS)  # base + t * stride
+        rowaddr = Signal(ADDR_BITS)  # tok_base + g * head_step (row-major)
+        step_row_base = Signal(ADDR_BITS)  # base + s * cm * stride (OUT_T)
+        grp_nrow = Signal(ADDR_BITS)  # step_row_base + g * head_step
+        lane_row = Signal(ADDR_BITS)  # grp_nrow + (n - s*cm) * stride
 
         m.d.comb += self.cmd.ready.eq(~active)
         cmdp = self.cmd.payload
         with m.If(self.cmd.valid & ~active):
+            gact = Mux(cmdp.heads, cmdp.nheads, 1)
             m.d.sync += [
                 job.eq(cmdp),
                 active.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
                 cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
                 sw.eq(Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))),
                 cm_stride.eq(cmdp.stride * Mux(cmdp.heads, cm_hd, cm_sh)),
-                g.eq(0),
-                c.eq(0),
+                g_left.eq(gact),
+                g_last.eq(gact <= 1),
                 t.eq(0),
+                t_left.eq(cmdp.tokens),
+                t_last.eq(cmdp.tokens == 1),
+                left_c.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
+                lane0.eq(0),
+                grp_lane.eq(0),
+                n.eq(0),
+                left_n.eq(cmdp.n),
                 step_n.eq(0),
-                grp_base.eq(cmdp.base),
-                row_off.eq(0),
-                step_nrow.eq(0),
-                nrow.eq(0),
+                step_left.eq(cmdp.n),
+                tok_base.eq(cmdp.base),
+                rowaddr.eq(cmdp.base),
+                step_row_base.eq(cmdp.base),
+                grp_nrow.eq(cmdp.base),
+                lane_row.eq(cmdp.base),
             ]
 
-        n = Signal(17)
-        m.d.comb += n.eq(step_n + c)
-        left_n = Signal(17)
-        left_c = Signal(17)
-        m.d.comb += [left_n.eq(job.n - n), left_c.eq(cm - c)]
-        count0 = Signal(17)
-        m.d.comb += count0.eq(Mux(left_n < sw, left_n, sw))
-        count = Signal(17)
+        count0 = Mux(left_n < sw, left_n, sw)
+        count = Signal(5)
         m.d.comb += count.eq(Mux(left_c < count0, left_c, count0))
         group_last = Signal()
-        m.d.comb += group_last.eq((c + sw >= cm) | (n + sw >= job.n))
-        gact = Mux(job.heads, job.nheads, 1)
+        m.d.comb += group_last.eq((left_c <= sw) | (left_n <= sw))
         word_last = Signal()
-        m.d.comb += word_last.eq(group_last & (g + 1 >= gact))
+        m.d.comb += word_last.eq(group_last & g_last)
 
-        lane0 = Signal(range(G * C + 1))
-        m.d.comb += lane0.eq(g * C + c)
         word = self.i.payload
         run = self.o.payload
         with m.If(job.transposed):
             m.d.comb += [
-                run.addr.eq(grp_base + nrow + (t >> 4)),
+                run.addr.eq(lane_row + (t >> 4)),
                 run.off.eq(t[:4]),
                 run.count.eq(1),
                 run.data[0].eq(word.word_select(lane0, 8)),
             ]
         with m.Else():
             m.d.comb += [
-                run.addr.eq(grp_base + row_off + (n >> 4)),
+                run.addr.eq(rowaddr + (n >> 4)),
                 run.off.eq(n[:4]),
                 run.count.eq(count),
             ]
@@ -706,30 +719,66 @@ class MatmulOutWriter(wiring.Component):
             self.o.valid.eq(active & self.i.valid),
             self.i.ready.eq(active & self.o.ready & word_last),
         ]
+        gact = Mux(job.heads, job.nheads, 1)
         with m.If(fire):
             with m.If(word_last):
-                m.d.sync += [g.eq(0), c.eq(0), grp_base.eq(job.base)]
-                with m.If(t + 1 == job.tokens):
+                m.d.sync += [
+                    g_left.eq(gact),
+                    g_last.eq(gact <= 1),
+                    left_c.eq(cm),
+                    lane0.eq(0),
+                    grp_lane.eq(0),
+                ]
+                with m.If(t_last):  # the step ends
                     m.d.sync += [
                         t.eq(0),
-                        row_off.eq(0),
+                        t_left.eq(job.tokens),
+                        t_last.eq(job.tokens == 1),
                         step_n.eq(step_n + cm),
-                        step_nrow.eq(step_nrow + cm_stride),
-                        nrow.eq(step_nrow + cm_stride),
+                        step_left.eq(step_left - cm),
+                        n.eq(step_n + cm),
+                        left_n.eq(step_left - cm),
+                        tok_base.eq(job.base),
+                        rowaddr.eq(job.base),
+                        step_row_base.eq(step_row_base + cm_stride),
+                        grp_nrow.eq(step_row_base + cm_stride),
+                        lane_row.eq(step_row_base + cm_stride),
                     ]
-                    with m.If(step_n + cm >= job.n):
+                    with m.If(step_left <= cm):
                         m.d.sync += active.eq(0)
                 with m.Else():
-                    m.d.sync += [t.eq(t + 1), row_off.eq(row_off + job.stride), nrow.eq(step_nrow)]
+                    m.d.sync += [
+                        t.eq(t + 1),
+                        t_left.eq(t_left - 1),
+                        t_last.eq(t_left == 2),
+                        n.eq(step_n),
+                        left_n.eq(step_left),
+                        tok_base.eq(tok_base + job.stride),
+                        rowaddr.eq(tok_base + job.stride),
+                        grp_nrow.eq(step_row_base),
+                        lane_row.eq(step_row_base),
+                    ]
             with m.Elif(group_last):
                 m.d.sync += [
-                    g.eq(g + 1),
-                    c.eq(0),
-                    grp_base.eq(grp_base + job.head_step),
-                    nrow.eq(step_nrow),
+                    g_left.eq(g_left - 1),
+                    g_last.eq(g_left == 2),
+                    left_c.eq(cm),
+                    grp_lane.eq(grp_lane + C),
+                    lane0.eq(grp_lane + C),
+                    n.eq(step_n),
+                    left_n.eq(step_left),
+                    rowaddr.eq(rowaddr + job.head_step),
+                    grp_nrow.eq(grp_nrow + job.head_step),
+                    lane_row.eq(grp_nrow + job.head_step),
                 ]
             with m.Else():
-                m.d.sync += [c.eq(c + sw), nrow.eq(nrow + job.stride)]
+                m.d.sync += [
+                    left_c.eq(left_c - sw),
+                    lane0.eq(lane0 + sw),
+                    n.eq(n + sw),
+                    left_n.eq(left_n - sw),
+                    lane_row.eq(lane_row + job.stride),
+                ]
         m.d.comb += self.idle.eq(~active)
         return m
 
