@@ -2,6 +2,7 @@
 logits out, equal to the golden model for every image (cocotbext-axi DDR and host)."""
 
 import numpy as np
+import pytest
 import torch
 
 from vitaccel.compile.compiler import compile_model
@@ -79,3 +80,23 @@ def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
         assert _first_mismatch(r.logits, want[j]) is None, (
             f"image {j}: {_first_mismatch(r.logits, want[j])}"
         )
+
+
+@pytest.mark.slow
+def test_benchmark_200_digits_images():
+    """RTL accuracy on 200 test images (must equal the golden accuracy), cycles and FPS."""
+    design = default_design("digits-vit", "zcu102")
+    cfg = QuantConfig(softmax_lanes=design.nonlinear.softmax_lanes)
+    _, _, golden, x, y = prepare("digits-vit", config=cfg, images=200)
+    patches = golden.quantize_images(x)
+    want = golden.forward_patches(patches)
+    results = _run(design, golden, patches)
+    rtl = np.stack([r.logits for r in results])
+    labels = y.numpy()
+    cycles = np.mean([r.cycles for r in results])
+    print(
+        f"\n200 digits images on the RTL: bit-exact {sum(np.array_equal(a, b) for a, b in zip(rtl, want, strict=True))}/200, "
+        f"RTL top-1 {np.mean(rtl.argmax(1) == labels):.4f}, golden top-1 {np.mean(want.argmax(1) == labels):.4f}, "
+        f"{cycles:.0f} cycles/image, {design.clock_mhz * 1e6 / cycles:.0f} FPS at {design.clock_mhz:.0f} MHz"
+    )
+    assert np.array_equal(rtl, want)
