@@ -17,7 +17,10 @@ def run(*args, cwd=None):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["quantize", "--model", "resnet"], "choose one of: deit-base, deit-small, deit-tiny, digits-vit, vit-base"),
+        (
+            ["quantize", "--model", "resnet"],
+            "choose one of: deit-base, deit-small, deit-tiny, digits-vit, vit-base",
+        ),
         (["quantize", "--scheme", "w2a2"], "'w8a8', 'w4a8', 'mixed'"),
         (["quantize", "--w4-ratio", "1.5"], "--w4-ratio must be in [0, 1]"),
         (["quantize", "--weights", "/nonexistent/w.safetensors"], "does not exist"),

@@ -11,11 +11,51 @@ def test_every_constructor_round_trips():
         isa.load(spm=3, words=10, ddr=0x1234_5678),
         isa.store(spm=65535, words=1, ddr=4096),
         isa.matmul(x=1, x_stride=4, tokens=17, k=64, n=192, y=100, y_stride=12, w_ddr=0xABCDE0),
-        isa.matmul(x=1, x_stride=4, tokens=17, k=16, n=17, y=9, y_stride=2, w_spm=50, w_stride=8, mult=40000, shift=20, heads=2, head_x_step=1, head_w_step=1, head_y_step=34, x_unsigned=True),
+        isa.matmul(
+            x=1,
+            x_stride=4,
+            tokens=17,
+            k=16,
+            n=17,
+            y=9,
+            y_stride=2,
+            w_spm=50,
+            w_stride=8,
+            mult=40000,
+            shift=20,
+            heads=2,
+            head_x_step=1,
+            head_w_step=1,
+            head_y_step=34,
+            x_unsigned=True,
+        ),
         isa.softmax(src=1, src_stride=2, rows=68, cols=17, dst=300, dst_stride=2, in_shift=3),
-        isa.layernorm(src=1, src_stride=4, rows=17, cols=64, dst=2, dst_stride=4, params=7, recip_mult=32768, recip_shift=21, out_shift=20, eps_q=1),
+        isa.layernorm(
+            src=1,
+            src_stride=4,
+            rows=17,
+            cols=64,
+            dst=2,
+            dst_stride=4,
+            params=7,
+            recip_mult=32768,
+            recip_shift=21,
+            out_shift=20,
+            eps_q=1,
+        ),
         isa.gelu(src=1, src_stride=8, rows=17, cols=128, dst=2, dst_stride=8, table=99),
-        isa.resadd(a=1, a_stride=4, rows=17, cols=64, dst=2, dst_stride=4, b=3, b_stride=4, params=5, shift=17),
+        isa.resadd(
+            a=1,
+            a_stride=4,
+            rows=17,
+            cols=64,
+            dst=2,
+            dst_stride=4,
+            b=3,
+            b_stride=4,
+            params=5,
+            shift=17,
+        ),
         isa.end(),
     ]
     raw = isa.encode_program(program)
@@ -26,7 +66,9 @@ def test_every_constructor_round_trips():
 def test_field_layout_is_little_endian_and_documented():
     raw = isa.encode(isa.load(spm=0x0102, words=0x0304, ddr=0x0708_0506))
     assert raw[:10] == bytes([1, 0, 0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07])
-    i = isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, out_transposed=True)
+    i = isa.matmul(
+        x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, out_transposed=True
+    )
     assert i.op is Op.MATMUL and i.flags == MatmulFlags.W_SPM | MatmulFlags.OUT_T
     assert i.u32(8) == 0
 
