@@ -126,22 +126,27 @@ def pe_stages(vector: int) -> int:
     return 3 + tree_stages(vector)
 
 
-def _reduce(m: Module, terms: list, stages: int, name: str) -> list:
-    """``stages`` registered levels, each summing groups of up to 4; returns the partials."""
-    level = list(terms)
+def _reduce(m: Module, lanes: list, stages: int, name: str) -> list:
+    """``stages`` registered levels, each summing groups of up to 4; returns the partials.
+
+    ``lanes`` holds one list of terms per lane (its product plus narrow corrections). The
+    first level sums all terms of 4 lanes at once, so one-bit corrections join Yosys'
+    compressor tree instead of costing an adder of their own.
+    """
+
+    def groups(items):
+        size = 4 if len(items) > 2 else 1
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    level = [sum(grp, []) for grp in groups(lanes)]  # lists of terms
     for st in range(stages):
-        groups = (
-            [level[i : i + 4] for i in range(0, len(level), 4)]
-            if len(level) > 2
-            else [[t] for t in level]
-        )
-        nxt = []
-        for j, grp in enumerate(groups):
-            total = adder_tree(grp)
+        partials = []
+        for j, terms in enumerate(level):
+            total = adder_tree(terms)
             reg = Signal(signed(len(total.as_signed())), name=f"{name}_l{st}_{j}")
             m.d.sync += reg.eq(total)
-            nxt.append(reg)
-        level = nxt
+            partials.append(reg)
+        level = groups(partials) if st + 1 < stages else partials
     return level
 
 
@@ -179,7 +184,7 @@ class _PEBase(wiring.Component):
         )
 
     def _terms(self, m: Module) -> list[list]:
-        """Per output, the registered product terms to sum (stage 1). Subclasses."""
+        """Per output, per lane, the terms to sum (registered at stage 1). Subclasses."""
         raise NotImplementedError
 
     def elaborate(self, platform):
@@ -252,12 +257,10 @@ class W8PairPE(_PEBase):
             m.d.sync += p.eq(packed * self.x_o[v])
             prods.append(p)
         # Low product: the sign-extended low 18 bits. High product: bits 35:18 plus the
-        # borrow bit 17 of each lane; the borrows are summed once, as a popcount.
-        lo_terms = [p[0:18].as_signed() for p in prods]
-        hi_terms = [p[18:36].as_signed() for p in prods]
-        borrow = _popcount([p[17] for p in prods])
-        hi_terms[0] = hi_terms[0] + borrow
-        return [hi_terms, lo_terms]
+        # borrow bit 17 of the lane, a one-bit term of the same sum (no incrementer).
+        lo_lanes = [[p[0:18].as_signed()] for p in prods]
+        hi_lanes = [[p[18:36].as_signed(), p[17].as_unsigned()] for p in prods]
+        return [hi_lanes, lo_lanes]
 
 
 def _int4_digits(x, code):
@@ -329,11 +332,11 @@ class W4PE(_PEBase):
                 corr.append(neg)
             p = Signal(signed(width), name=f"prod{v}")
             m.d.sync += p.eq(term)
-            prods.append(p)
+            prods.append([p])
         # The +1 of every inverted (negative) partial product, summed once per PE.
         fix = Signal(range(5 * self.vector + 1), name="neg_fix")
         m.d.sync += fix.eq(adder_tree([c.as_unsigned() for c in corr]))
-        prods[0] = prods[0] + fix
+        prods[0].append(fix)
         return [prods]
 
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -48,7 +48,7 @@ SHIFT_BITS = 6
 # PE pipeline: input register, product, reduction levels, accumulator/capture; 4 stages for
 # vector <= 8, 3 + tree_stages(vector) in general (vitaccel.rtl.gvsa.pe_stages).
 PE_STAGES = 4
-# Requantiser: bias add, 2 multiply stages, shift, round, clamp.
+# Requantiser: bias add, 2 multiply stages, coarse shift, fine shift + round, clamp.
 REQUANT_STAGES = 6
 
 CMD_LAYOUT = data.StructLayout(
@@ -272,8 +272,24 @@ class MatmulEngine(wiring.Component):
         m.d.comb += start.eq(self.cmd.valid & self.cmd.ready)
         with m.If(start):
             m.d.sync += [job.eq(self.cmd.payload), active.eq(1)]
-        ks_last = Signal(16)
-        m.d.comb += ks_last.eq(job.ksteps - 1)
+        # Job constants minus one, registered at the handshake: comparing counters with
+        # ``field - 1`` combinationally made a 16-bit LUT ripple (11 levels) in the loaders.
+        kw = kb + 1  # k-step counters: ksteps <= max_ksteps < 2**kw
+        ks_last = Signal(kw)
+        ks_before_last = Signal(kw + 1)
+        tokens_last = Signal(16)
+        tokens_before_last = Signal(17)
+        nsteps_last = Signal(16)
+        nsteps_before_last = Signal(17)
+        with m.If(start):
+            m.d.sync += [
+                ks_last.eq(self.cmd.payload.ksteps - 1),
+                ks_before_last.eq(self.cmd.payload.ksteps - 2),
+                tokens_last.eq(self.cmd.payload.tokens - 1),
+                tokens_before_last.eq(self.cmd.payload.tokens - 2),
+                nsteps_last.eq(self.cmd.payload.nsteps - 1),
+                nsteps_before_last.eq(self.cmd.payload.nsteps - 2),
+            ]
 
         # ---- X buffer: G x R banks -----------------------------------------------------
         x_banks = []
@@ -290,10 +306,19 @@ class MatmulEngine(wiring.Component):
         x_done = Signal()
         xg = Signal(_bits(G - 1))
         xr = Signal(_bits(R - 1))
-        xk = Signal(16)
+        xk = Signal(kw)
         xt = Signal(16)
         xbase = Signal(xa_bits + 1)
         xaddr = Signal(xa_bits + 1)
+        # "the current k-step / token is the last": registered one word ahead, so that a
+        # handshake only ANDs flags (the loader's address updates hang off these).
+        xk_last = Signal()
+        xt_last = Signal()
+        with m.If(start):
+            m.d.sync += [
+                xk_last.eq(self.cmd.payload.ksteps == 1),
+                xt_last.eq(self.cmd.payload.tokens == 1),
+            ]
         with m.If(start):
             m.d.sync += [
                 xl_busy.eq(1),
@@ -317,8 +342,13 @@ class MatmulEngine(wiring.Component):
                     wp.en.eq(x_take & (xr == r) & (~job.heads | (xg == g))),
                 ]
         with m.If(x_take):
-            with m.If(xk == ks_last):
-                m.d.sync += [xk.eq(0), xt.eq(xt + 1)]
+            with m.If(xk_last):
+                m.d.sync += [
+                    xk.eq(0),
+                    xt.eq(xt + 1),
+                    xk_last.eq(ks_last == 0),
+                    xt_last.eq(xt == tokens_before_last),
+                ]
                 with m.If(xr == R - 1):
                     m.d.sync += [
                         xr.eq(0),
@@ -327,11 +357,12 @@ class MatmulEngine(wiring.Component):
                     ]
                 with m.Else():
                     m.d.sync += [xr.eq(xr + 1), xaddr.eq(xbase)]
-                with m.If(xt == job.tokens - 1):
+                with m.If(xt_last):
                     with m.If(job.heads & (xg != G - 1)):
                         m.d.sync += [
                             xg.eq(xg + 1),
                             xt.eq(0),
+                            xt_last.eq(tokens_last == 0),
                             xr.eq(0),
                             xbase.eq(0),
                             xaddr.eq(0),
@@ -339,7 +370,11 @@ class MatmulEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += [xl_busy.eq(0), x_done.eq(1)]
             with m.Else():
-                m.d.sync += [xk.eq(xk + 1), xaddr.eq(xaddr + 1)]
+                m.d.sync += [
+                    xk.eq(xk + 1),
+                    xaddr.eq(xaddr + 1),
+                    xk_last.eq(xk == ks_before_last),
+                ]
 
         # ---- W buffer: one bank per (group, logical column), two halves -----------------
         w_banks = []
@@ -366,30 +401,38 @@ class MatmulEngine(wiring.Component):
         release = Signal(2)
 
         # ---- W loader --------------------------------------------------------------------
+        # The (group, column) being loaded is a one-hot register, so a handshake enables
+        # its bank and parameter register through one AND (no counter decode).
         wl_busy = Signal()
         ws = Signal(16)
-        wg = Signal(_bits(G - 1))
-        wc = Signal(_bits(C - 1))
-        wk = Signal(16)
+        ws_inc = Signal(16)  # ws + 1, a cycle ahead (a step spans >= 2 words)
+        m.d.sync += ws_inc.eq(ws + 1)
+        w_col = Signal(G * C)  # one-hot: g * C + c
+        w_step_end = Signal()  # ws == nsteps - 1
+        wk = Signal(kw)
+        wk_last = Signal()  # wk is the column's last k-step (registered one word ahead)
         w_param = Signal()
         half = ws[0]
         with m.If(start):
             m.d.sync += [
                 wl_busy.eq(1),
                 ws.eq(0),
-                wg.eq(0),
-                wc.eq(0),
+                w_col.eq(1),
                 wk.eq(0),
                 w_param.eq(1),
+                w_step_end.eq(self.cmd.payload.nsteps == 1),
             ]
         m.d.comb += self.w.ready.eq(wl_busy & ~w_full.bit_select(half, 1))
         w_take = Signal()
         m.d.comb += w_take.eq(self.w.valid & self.w.ready)
+        take_param = Signal()
+        take_weight = Signal()
+        m.d.comb += [take_param.eq(w_take & w_param), take_weight.eq(w_take & ~w_param)]
         word = self.w.payload
         for g in range(G):
             for c in range(C):
                 wp = w_banks[g][c][0]
-                here = (wg == g) & (wc == c)
+                here = w_col[g * C + c]
                 if c < p.cols_w8:
                     wdata = word[: 8 * V]
                 else:
@@ -397,32 +440,24 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += [
                     wp.addr.eq(Cat(wk[:kb], half)),
                     wp.data.eq(wdata),
-                    wp.en.eq(w_take & ~w_param & here),
+                    wp.en.eq(take_weight & here),
                 ]
-                with m.If(w_take & w_param & here):
-                    for h in range(2):
-                        with m.If(half == h):
-                            m.d.sync += params[g][c][h].eq(word[: p.param_bits])
+                for h in range(2):
+                    with m.If(take_param & here & (half == h)):
+                        m.d.sync += params[g][c][h].eq(word[: p.param_bits])
         w_step_loaded = Signal()
         with m.If(w_take):
             with m.If(w_param):
-                m.d.sync += [w_param.eq(0), wk.eq(0)]
-            with m.Elif(wk == ks_last):
-                m.d.sync += w_param.eq(1)
-                with m.If(wc == C - 1):
-                    m.d.sync += wc.eq(0)
-                    with m.If(wg == G - 1):
-                        m.d.sync += wg.eq(0)
-                        m.d.comb += w_step_loaded.eq(1)
-                        m.d.sync += ws.eq(ws + 1)
-                        with m.If(ws == job.nsteps - 1):
-                            m.d.sync += wl_busy.eq(0)
-                    with m.Else():
-                        m.d.sync += wg.eq(wg + 1)
-                with m.Else():
-                    m.d.sync += wc.eq(wc + 1)
+                m.d.sync += [w_param.eq(0), wk.eq(0), wk_last.eq(ks_last == 0)]
+            with m.Elif(wk_last):
+                m.d.sync += [w_param.eq(1), w_col.eq(Cat(w_col[-1], w_col[:-1]))]
+                with m.If(w_col[-1]):
+                    m.d.comb += w_step_loaded.eq(1)
+                    m.d.sync += [ws.eq(ws_inc), w_step_end.eq(ws == nsteps_before_last)]
+                    with m.If(w_step_end):
+                        m.d.sync += wl_busy.eq(0)
             with m.Else():
-                m.d.sync += wk.eq(wk + 1)
+                m.d.sync += [wk.eq(wk + 1), wk_last.eq(wk == ks_before_last)]
         take_half = Signal(2)  # set by the issue when a step starts on a half
         for h in range(2):
             with m.If(w_step_loaded & (half == h)):
@@ -437,26 +472,74 @@ class MatmulEngine(wiring.Component):
         credits = Signal(credit_bits, init=p.out_depth)
         iss_tile = Signal()  # a tile is being issued
         iss_done = Signal()
-        ik = Signal(16)
+        ik = Signal(kw)
         iss_s = Signal(16)
-        tbase = Signal(16)
+        remaining = Signal(17)  # tokens from the current tile on: T - tile * R
         ibase = Signal(xa_bits + 1)
         gap = Signal(_bits(R))
         pad = Signal(_bits(R))  # idle cycles after a tile: max(0, R - ksteps)
-        with m.If(start):
-            m.d.sync += [iss_done.eq(0), iss_s.eq(0), tbase.eq(0), ibase.eq(0), gap.eq(0)]
-            m.d.sync += pad.eq(Mux(self.cmd.payload.ksteps < R, R - self.cmd.payload.ksteps, 0))
-        remaining = Signal(17)
-        m.d.comb += remaining.eq(job.tokens - tbase)
-        vrows = Signal(_bits(R))
-        m.d.comb += vrows.eq(Mux(remaining < R, remaining, R))
+        # Per-tile quantities are registered whenever ``remaining`` changes, so the issue
+        # decision only compares small registers (it sets the controller's logic depth).
+        vrows = Signal(_bits(R))  # valid rows of the current tile: min(R, remaining)
         row_valid = Signal(R)
-        m.d.comb += row_valid.eq(Cat(*[remaining > r for r in range(R)]))
+        tile_last = Signal()  # the current tile is the step's last
+        s_last = Signal()  # the current step is the job's last
+        k_last_next = Signal()  # ik (the next k-step of the tile) is its last
+        ks_one = Signal()  # ksteps == 1: a tile's first k-step is also its last
+
+        def tile_values(value):
+            return [
+                value,
+                Mux(value < R, value, R),
+                Cat(*[value > r for r in range(R)]),
+                value <= R,
+            ]
+
+        tile_regs = [remaining, vrows, row_valid, tile_last]
+
+        def set_remaining(values):
+            return [reg.eq(val) for reg, val in zip(tile_regs, values, strict=True)]
+
+        # The first tile of a step (T tokens left) and the tile after the current one
+        # (remaining - R): registered ahead, so that advancing a tile copies registers. With
+        # rows >= 2 two tile ends are >= 2 cycles apart, so "next" is always up to date.
+        first_regs = [Signal.like(r, name=f"first_{r.name}") for r in tile_regs]
+        if R >= 2:
+            next_regs = [Signal.like(r, name=f"next_{r.name}") for r in tile_regs]
+            m.d.sync += [
+                reg.eq(val) for reg, val in zip(next_regs, tile_values(remaining - R), strict=True)
+            ]
+        else:
+            next_regs = tile_values(remaining - R)
+
+        with m.If(start):
+            cmd = self.cmd.payload
+            m.d.sync += [
+                iss_done.eq(0),
+                iss_s.eq(0),
+                ibase.eq(0),
+                gap.eq(0),
+                pad.eq(Mux(cmd.ksteps < R, R - cmd.ksteps, 0)),
+                s_last.eq(cmd.nsteps == 1),
+                ks_one.eq(cmd.ksteps == 1),
+                *set_remaining(tile_values(cmd.tokens)),
+                *[
+                    reg.eq(val)
+                    for reg, val in zip(first_regs, tile_values(cmd.tokens), strict=True)
+                ],
+            ]
         parity = iss_s[0]
         # iss_step_open: the current step has started (its half is taken)
         iss_step_open = Signal()
         with m.If(start):
             m.d.sync += iss_step_open.eq(0)
+        # A tile starts when the FIFO has room for a full tile (a constant compare: this is
+        # on the start decision's path) and takes its valid rows; the credits after taking
+        # are computed from registers in parallel, the decision only selects.
+        o_pop = Signal()
+        cred_take = Signal(signed(credit_bits + 2))
+        m.d.comb += cred_take.eq(credits - vrows)
+        enough_credits = credits >= R
         can_start = Signal()
         m.d.comb += can_start.eq(
             active
@@ -466,37 +549,43 @@ class MatmulEngine(wiring.Component):
             & (gap == 0)
             & w_full.bit_select(parity, 1)
             & (iss_step_open | ~w_taken.bit_select(parity, 1))
-            & (credits >= vrows)
+            & enough_credits
         )
         with m.If(can_start & ~iss_step_open):
             m.d.comb += take_half.eq(Mux(parity, 0b10, 0b01))
             m.d.sync += iss_step_open.eq(1)
         fire = Signal()
         m.d.comb += fire.eq(iss_tile | can_start)
-        kk = Signal(16)
+        kk = Signal(kw)
         m.d.comb += kk.eq(Mux(iss_tile, ik, 0))
+        k_last = Signal()
+        m.d.comb += k_last.eq(Mux(iss_tile, k_last_next, ks_one))
         with m.If(gap != 0):
             m.d.sync += gap.eq(gap - 1)
         step_end = Signal()
         with m.If(fire):
-            with m.If(kk == ks_last):
+            with m.If(k_last):
                 m.d.sync += [iss_tile.eq(0), gap.eq(pad)]
-                with m.If(tbase + R >= job.tokens):
+                with m.If(tile_last):
                     m.d.comb += step_end.eq(1)
                     m.d.sync += [
-                        tbase.eq(0),
+                        *set_remaining(first_regs),
                         ibase.eq(0),
                         iss_s.eq(iss_s + 1),
+                        s_last.eq(iss_s == nsteps_before_last),
                         iss_step_open.eq(0),
                     ]
-                    with m.If(iss_s == job.nsteps - 1):
+                    with m.If(s_last):
                         m.d.sync += iss_done.eq(1)
                 with m.Else():
-                    m.d.sync += [tbase.eq(tbase + R), ibase.eq(ibase + job.ksteps)]
+                    m.d.sync += [*set_remaining(next_regs), ibase.eq(ibase + job.ksteps)]
             with m.Else():
-                m.d.sync += [iss_tile.eq(1), ik.eq(kk + 1)]
-        o_pop = Signal()
-        m.d.sync += credits.eq(credits - Mux(can_start, vrows, 0) + o_pop)
+                m.d.sync += [
+                    iss_tile.eq(1),
+                    ik.eq(kk + 1),
+                    k_last_next.eq(kk == ks_before_last),
+                ]
+        m.d.sync += credits.eq(Mux(can_start, cred_take + o_pop, credits + o_pop))
 
         # Shared delay line: stage j is the issue j cycles later. Row r reads its X bank with
         # the address of stage r and gets its flags from stage r + 1 (memory latency);
@@ -515,8 +604,8 @@ class MatmulEngine(wiring.Component):
             line[0].xaddr.eq(ibase + kk),
             line[0].waddr.eq(Cat(kk[:kb], parity)),
             line[0].flags.active.eq(fire),
-            line[0].flags.first.eq(kk == 0),
-            line[0].flags.last.eq(kk == ks_last),
+            line[0].flags.first.eq(~iss_tile),
+            line[0].flags.last.eq(k_last),
             line[0].flags.parity.eq(parity),
             line[0].row_valid.eq(row_valid),
         ]
@@ -572,31 +661,38 @@ class MatmulEngine(wiring.Component):
                 u = p.unit_of_column(c)
                 sel = Signal(par_layout, name=f"sel_g{g}_c{c}")
                 m.d.comb += sel.eq(Mux(col.parity, params[g][c][1], params[g][c][0]))
-                # stage 1: bias
+                # stage 1: bias; the right-shift amount max(shift - 1, 0) and shift == 0
                 s1 = Signal(signed(p.acc_bits + 1), name=f"rq_sum_g{g}_c{c}")
                 m1 = Signal(unsigned(MULT_BITS), name=f"rq_mult_g{g}_c{c}")
                 v = [Signal(name=f"rq_valid{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
-                sh = [Signal(6, name=f"rq_shift{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
+                amt = [Signal(SHIFT_BITS, name=f"rq_amt{j}_g{g}_c{c}") for j in range(4)]
+                raw = [Signal(name=f"rq_noshift{j}_g{g}_c{c}") for j in range(5)]
                 m.d.sync += [
                     s1.eq(col.value + sel.bias),
                     m1.eq(sel.mult),
-                    sh[0].eq(sel.shift),
+                    amt[0].eq(Mux(sel.shift == 0, 0, (sel.shift - 1)[:SHIFT_BITS])),
+                    raw[0].eq(sel.shift == 0),
                     v[0].eq(col.valid),
                 ]
                 for j in range(1, REQUANT_STAGES):
-                    m.d.sync += [v[j].eq(v[j - 1]), sh[j].eq(sh[j - 1])]
+                    m.d.sync += v[j].eq(v[j - 1])
+                for j in range(1, 4):
+                    m.d.sync += amt[j].eq(amt[j - 1])
+                for j in range(1, 5):
+                    m.d.sync += raw[j].eq(raw[j - 1])
                 # stages 2, 3: the multiply (two registers, the DSP's M and P registers)
                 pw = p.acc_bits + 1 + MULT_BITS + 1
                 prod_a = Signal(signed(pw), name=f"rq_prod_a_g{g}_c{c}")
                 prod_b = Signal(signed(pw), name=f"rq_prod_b_g{g}_c{c}")
                 m.d.sync += [prod_a.eq(s1 * m1), prod_b.eq(prod_a)]
-                # stage 4: arithmetic shift by (shift - 1); shift == 0 passes the product
-                t4 = Signal(signed(pw), name=f"rq_shr_g{g}_c{c}")
-                amount = Mux(sh[2] == 0, 0, (sh[2] - 1)[:SHIFT_BITS])
-                m.d.sync += t4.eq(prod_b >> amount)
-                # stage 5: round half up: ((p >> (s-1)) + 1) >> 1
+                # stage 4: coarse arithmetic shift by the multiple of 8 in (shift - 1)
+                t4 = Signal(signed(pw), name=f"rq_shr8_g{g}_c{c}")
+                m.d.sync += t4.eq(prod_b >> Cat(Const(0, 3), amt[2][3:]))
+                # stage 5: fine shift by the rest, then round half up:
+                # (p + 2**(s-1)) >> s == ((p >> (s-1)) + 1) >> 1 for s >= 1
+                fine = t4 >> amt[3][:3]
                 t5 = Signal(signed(pw), name=f"rq_round_g{g}_c{c}")
-                m.d.sync += t5.eq(Mux(sh[3] == 0, t4, (t4 + 1) >> 1))
+                m.d.sync += t5.eq(Mux(raw[3], t4, (fine + 1) >> 1))
                 # stage 6: clamp to [lo, hi]
                 y = Signal(signed(8), name=f"rq_out_g{g}_c{c}")
                 m.d.sync += y.eq(Mux(t5 < lo_q, lo_q, Mux(t5 > hi_q, hi_q, t5)))
