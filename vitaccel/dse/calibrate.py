@@ -305,6 +305,17 @@ def fit(data: dict) -> dict:
             unit_fit[unit][kind] = coef
     if unit_fit:
         out["unit_fit"] = unit_fit
+    # The calibrated points themselves (the top takes power-of-two lanes: exactly these).
+    points: dict = {}
+    for unit, lanes_list in UNIT_LANES.items():
+        for n in lanes_list:
+            run = data["runs"].get(f"unit {unit} lanes{n}")
+            if run:
+                points.setdefault(unit, {})[str(n)] = {
+                    "lut": run["lut"], "ff": run["ff"], "dsp48e2": run["dsp48e2"],
+                    "bram36": run["ramb36"] + run["ramb18"] / 2,
+                }  # fmt: skip
+    out["unit_points"] = points
     from vitaccel.dse.clock import effective_levels
 
     # Shell: what the whole top has beyond the modelled engine, units and scratchpad.

@@ -230,7 +230,19 @@ _DEFAULT_UNIT_FIT = {
 
 
 def nonlinear_resources(unit: str, lanes: int) -> Usage:
-    fit = calibration().get("unit_fit", {}).get(unit) or _DEFAULT_UNIT_FIT[unit]
+    """Usage of one unit: the Yosys run at ``lanes`` when calibrated, linear interpolation
+    between the calibrated lane counts around it, the fitted line ``a + b*lanes`` outside."""
+    cal = calibration()
+    points = {int(n): v for n, v in cal.get("unit_points", {}).get(unit, {}).items()}
+    if lanes in points:
+        return Usage(*(float(points[lanes][k]) for k in KINDS))
+    below = [n for n in points if n < lanes]
+    above = [n for n in points if n > lanes]
+    if below and above:
+        lo, hi = max(below), min(above)
+        f = (lanes - lo) / (hi - lo)
+        return Usage(*((1 - f) * points[lo][k] + f * points[hi][k] for k in KINDS))
+    fit = cal.get("unit_fit", {}).get(unit) or _DEFAULT_UNIT_FIT[unit]
     return Usage(*(max(0.0, fit[k][0] + fit[k][1] * lanes) for k in KINDS))
 
 
