@@ -437,6 +437,9 @@ def quantize_model(
     pos_q = scales.quantize_activation(pos[1:], s_pos)
     pos_add = _residual(np.full(spec.embed_dim, s_pe), s_pos, x_scale, cfg.mult_bits)
 
+    def lin(name: str, module, s_in: float, s_out, input_key: str) -> IntLinear:
+        return _linear(name, module.weight, module.bias, s_in, s_out, cfg, _sq_mean(tr[input_key]))
+
     blocks: list[IntBlock] = []
     for i, blk in enumerate(model.blocks):
         p = f"blocks.{i}"
@@ -449,15 +452,7 @@ def quantize_model(
             scales.act_scale(_absmax(qkv_t[..., j * d : (j + 1) * d])) for j in range(3)
         )
         qkv_out = np.repeat([s_q, s_k, s_v], d)
-        qkv = _linear(
-            f"{p}.attn.qkv",
-            blk.attn.qkv.weight,
-            blk.attn.qkv.bias,
-            s_n1,
-            qkv_out,
-            cfg,
-            _sq_mean(tr[f"{p}.norm1"]),
-        )
+        qkv = lin(f"{p}.attn.qkv", blk.attn.qkv, s_n1, qkv_out, f"{p}.norm1")
         t_sm = _softmax_shift(_absmax(tr[f"{p}.attn.logits"]))
         s_logit = math.log(2) * 2.0**-t_sm
         qk_mult, qk_shift = scales.dyadic(s_q * s_k * spec.head_dim**-0.5 / s_logit, cfg.mult_bits)
@@ -466,41 +461,17 @@ def quantize_model(
         p_scale = 2.0**-8 if cfg.softmax_output == "uint8" else 2.0 ** -((1 << sm.code_bits) - 1)
         av_mult, av_shift = scales.dyadic(p_scale * s_v / s_ctx, cfg.mult_bits)
         s_proj = scales.act_scale(_absmax(tr[f"{p}.attn.proj"]))
-        proj = _linear(
-            f"{p}.attn.proj",
-            blk.attn.proj.weight,
-            blk.attn.proj.bias,
-            s_ctx,
-            s_proj,
-            cfg,
-            _sq_mean(tr[f"{p}.attn.context"]),
-        )
+        proj = lin(f"{p}.attn.proj", blk.attn.proj, s_ctx, s_proj, f"{p}.attn.context")
         base1, alpha1, x1_scale = _ptf(tr[f"{p}.add1"])
         add1 = _residual(x_scale, s_proj, x1_scale, cfg.mult_bits)
         s_n2 = scales.act_scale(_absmax(tr[f"{p}.norm2"]))
         norm2 = _layernorm(blk.norm2, base1, alpha1, s_n2)
         s_f1 = scales.act_scale(_absmax(tr[f"{p}.mlp.fc1"]))
-        fc1 = _linear(
-            f"{p}.mlp.fc1",
-            blk.mlp.fc1.weight,
-            blk.mlp.fc1.bias,
-            s_n2,
-            s_f1,
-            cfg,
-            _sq_mean(tr[f"{p}.norm2"]),
-        )
+        fc1 = lin(f"{p}.mlp.fc1", blk.mlp.fc1, s_n2, s_f1, f"{p}.norm2")
         s_g = scales.act_scale(_absmax(tr[f"{p}.mlp.gelu"]))
         table = ref.gelu_lut(s_f1, s_g)
         s_f2 = scales.act_scale(_absmax(tr[f"{p}.mlp.fc2"]))
-        fc2 = _linear(
-            f"{p}.mlp.fc2",
-            blk.mlp.fc2.weight,
-            blk.mlp.fc2.bias,
-            s_g,
-            s_f2,
-            cfg,
-            _sq_mean(tr[f"{p}.mlp.gelu"]),
-        )
+        fc2 = lin(f"{p}.mlp.fc2", blk.mlp.fc2, s_g, s_f2, f"{p}.mlp.gelu")
         base2, alpha2, x2_scale = _ptf(tr[f"{p}.add2"])
         add2 = _residual(x1_scale, s_f2, x2_scale, cfg.mult_bits)
         blocks.append(
