@@ -184,8 +184,24 @@ class _PEBase(wiring.Component):
         )
 
     def _terms(self, m: Module) -> list[list]:
-        """Per output, per lane, the terms to sum (registered at stage 1). Subclasses."""
+        """Per output, per lane, the terms to sum (registered at stage 1). Subclasses.
+
+        A subclass may also append narrow terms computed from the stage-1 registers to
+        ``self._late[output]``; they are registered beside the partial sums and added by
+        the accumulator.
+        """
         raise NotImplementedError
+
+    @staticmethod
+    def _delayed(m: Module, values: list, stages: int) -> list:
+        out = []
+        for i, value in enumerate(values):
+            for st in range(stages):
+                reg = Signal(len(value.as_unsigned()), name=f"late{i}_l{st}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            out.append(value.as_unsigned())
+        return out
 
     def elaborate(self, platform):
         m = Module()
@@ -197,7 +213,10 @@ class _PEBase(wiring.Component):
             nxt = Signal(FLAGS, name=f"f{j + 1}")
             m.d.sync += nxt.eq(flags)
             flags = nxt
+        self._late = [[] for _ in range(self.outputs)]  # terms the accumulator adds
         partials = [_reduce(m, terms, stages, f"sum{k}") for k, terms in enumerate(self._terms(m))]
+        for j in range(self.outputs):
+            partials[j] = partials[j] + self._delayed(m, self._late[j], stages)
         accs = [Signal(signed(self.acc_bits), name=f"acc{j}") for j in range(self.outputs)]
         m.d.sync += self.cap_stb.eq(0)
         with m.If(flags.active):
@@ -257,9 +276,11 @@ class W8PairPE(_PEBase):
             m.d.sync += p.eq(packed * self.x_o[v])
             prods.append(p)
         # Low product: the sign-extended low 18 bits. High product: bits 35:18 plus the
-        # borrow bit 17 of the lane, a one-bit term of the same sum (no incrementer).
+        # borrow bit 17 of each lane; the borrows are counted beside the partial sums and
+        # the count is added by the accumulator (no incrementer per lane).
         lo_lanes = [[p[0:18].as_signed()] for p in prods]
-        hi_lanes = [[p[18:36].as_signed(), p[17].as_unsigned()] for p in prods]
+        hi_lanes = [[p[18:36].as_signed()] for p in prods]
+        self._late[0].append(_popcount([p[17] for p in prods]))
         return [hi_lanes, lo_lanes]
 
 
@@ -333,10 +354,11 @@ class W4PE(_PEBase):
             p = Signal(signed(width), name=f"prod{v}")
             m.d.sync += p.eq(term)
             prods.append([p])
-        # The +1 of every inverted (negative) partial product, summed once per PE.
+        # The +1 of every inverted (negative) partial product, counted once per PE (stage 1,
+        # beside the products) and added by the accumulator.
         fix = Signal(range(5 * self.vector + 1), name="neg_fix")
         m.d.sync += fix.eq(adder_tree([c.as_unsigned() for c in corr]))
-        prods[0].append(fix)
+        self._late[0].append(fix)
         return [prods]
 
 
