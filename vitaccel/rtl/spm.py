@@ -591,8 +591,9 @@ class MatmulOutWriter(wiring.Component):
     bytes, byte ``g*cols + c``. In shared mode the step covers channels ``s*G*C ..`` (byte j is
     channel ``s*G*C + j``); in heads mode group g (< nheads) writes channel ``s*C + c`` of head
     g's Y at ``base + g*head_step``. Channels >= N are dropped. Row-major output writes each
-    word as runs of up to 16 consecutive channels; OUT_T writes one byte per element (row n,
-    column t), i.e. one run per channel.
+    word as runs of up to 16 consecutive channels. OUT_T (element (t, n) to row n, column t)
+    gathers 16 tokens of every lane in a ``16 x groups*cols``-byte register buffer (input
+    stalls while it is flushed), then writes one 16-byte run per channel.
 
     Members
     -------
@@ -690,12 +691,16 @@ class MatmulOutWriter(wiring.Component):
 
         word = self.i.payload
         run = self.o.payload
+        # OUT_T: up to 16 tokens of every lane are gathered (buf[lane] byte t % 16), then
+        # flushed as one run per channel: row n, columns t0 .. t0 + 15.
+        buf = [Signal(8 * WORD_BYTES, name=f"tbuf{lane}") for lane in range(G * C)]
+        flushing = Signal()
         with m.If(job.transposed):
             m.d.comb += [
                 run.addr.eq(lane_row + (t >> 4)),
-                run.off.eq(t[:4]),
-                run.count.eq(1),
-                run.data[0].eq(word.word_select(lane0, 8)),
+                run.off.eq(0),
+                run.count.eq(t[:4] + 1),
+                run.data.as_value().eq(Cat(*buf).word_select(lane0, 8 * WORD_BYTES)),
             ]
         with m.Else():
             m.d.comb += [
@@ -715,13 +720,31 @@ class MatmulOutWriter(wiring.Component):
                         m.d.comb += run.data[b].eq(word[8 * q : 8 * q + 8])
 
         fire = self.o.valid & self.o.ready
-        m.d.comb += [
-            self.o.valid.eq(active & self.i.valid),
-            self.i.ready.eq(active & self.o.ready & word_last),
-        ]
+        with m.If(job.transposed):
+            m.d.comb += [
+                self.o.valid.eq(active & flushing),
+                self.i.ready.eq(active & ~flushing),
+            ]
+            with m.If(self.i.valid & self.i.ready):
+                for lane in range(G * C):
+                    for j in range(WORD_BYTES):
+                        with m.If(t[:4] == j):
+                            m.d.sync += buf[lane][8 * j : 8 * j + 8].eq(
+                                word[8 * lane : 8 * lane + 8]
+                            )
+                with m.If((t[:4] == WORD_BYTES - 1) | t_last):
+                    m.d.sync += flushing.eq(1)
+                with m.Else():  # next token of the chunk
+                    m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1), t_last.eq(t_left == 2)]
+        with m.Else():
+            m.d.comb += [
+                self.o.valid.eq(active & self.i.valid),
+                self.i.ready.eq(active & self.o.ready & word_last),
+            ]
         gact = Mux(job.heads, job.nheads, 1)
         with m.If(fire):
             with m.If(word_last):
+                m.d.sync += flushing.eq(0)
                 m.d.sync += [
                     g_left.eq(gact),
                     g_last.eq(gact <= 1),
