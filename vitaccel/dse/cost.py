@@ -256,7 +256,7 @@ class LayerCost:
     kind: str
     cycles: int
     macs: int = 0
-    bound: str = "compute"  # compute | weights | bandwidth | nonlinear | memory
+    bound: str = "compute"  # compute | bandwidth | writer | nonlinear | memory
     utilisation: float = 0.0  # useful MACs / (cycles * MACs per cycle)
     instructions: int = 1
     tiles: dict | None = None
@@ -271,6 +271,7 @@ class Estimate:
     cycles: int
     macs_per_cycle: int
     layers: list[LayerCost] = field(default_factory=list)
+    bound_cycles: dict[str, int] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -287,10 +288,8 @@ class Estimate:
         return out
 
     def by_bound(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for lc in self.layers:
-            out[lc.bound] = out.get(lc.bound, 0) + lc.cycles
-        return out
+        """Cycles per bound, instruction by instruction (compute, bandwidth, writer, ...)."""
+        return dict(self.bound_cycles)
 
     def linear_utilisation(self) -> float:
         """Useful MACs / (cycles x MACs per cycle) over the encoder's weight layers."""
@@ -423,7 +422,7 @@ def instr_cycles(
         compute = -(-ins.tokens // geom.rows) * max(ks, geom.rows)
         w_load = geom.groups * geom.cols * (ks + 1) * word_cycles
         if w_load > compute:
-            bound = "bandwidth" if word_cycles > 1 else "weights"
+            bound = "bandwidth"  # the W stream: one word per cycle at most, port-limited
         else:
             bound = "compute"
         wb = writer_bound(
@@ -484,9 +483,11 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     geom = geometry(design)
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     by_name: dict[str, LayerCost] = {}
+    bounds: dict[str, int] = {}
     for ins in program(spec, geom.groups):
         cycles, bound, macs = instr_cycles(ins, design, geom, port)
         cycles += LATENCIES["instr"]
+        bounds[bound] = bounds.get(bound, 0) + cycles
         lc = by_name.get(ins.name)
         if lc is None:
             lc = by_name[ins.name] = LayerCost(ins.name, ins.kind, cycles, macs, bound, 0.0, 1)
@@ -503,4 +504,4 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
         lc.utilisation = lc.macs / (lc.cycles * geom.macs_per_cycle) if lc.macs else 0.0
     end = 0  # the cycle counter stops at END
     total = sum(lc.cycles for lc in layers) + end
-    return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers)
+    return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers, bounds)

@@ -75,7 +75,7 @@ def design_report(design_path: str | Path) -> dict:
             above = [n for n in known if n >= lanes] or known[-1:]
             if above:
                 unit_levels.append(runs[str(above[0])])
-        levels = max([depth.get("engine", 0.0), *unit_levels])
+        levels = max([depth.get("engine", 0.0), depth.get("top", 0.0), *unit_levels])
     allowed = (
         clock_rule.allowed_clocks(budget.pl_clocks_mhz, levels) if levels is not None else None
     )

@@ -204,7 +204,8 @@ class _Model:
             self.sens = {}
         depth = res.calibration().get("depth_runs", {})
         self.depth = depth
-        self.engine_levels = depth.get("engine", 0.0)
+        # The engine's worst calibrated path, and the whole top's (controller, DMA, SPM).
+        self.engine_levels = max(depth.get("engine", 0.0), depth.get("top", 0.0))
         self.levels = None
         shell, self.shell_kind = res.shell_resources()
         self.shell = shell
@@ -315,8 +316,8 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
             wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0)
-            wc = 1.0
+            ends, _ = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0)
+            b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc)  # fmt: skip
         job = ends.last
@@ -339,7 +340,6 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
         entry = m.sens.get(kind)
         # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
         kind_opts: dict[str, list] = {}
-        kind_bound: dict[str, str] = {}
         for lk, parts in w4_kinds.items():
             # The ratio is one per layer; the largest part (QKV: the Q|K job) sets it, and
             # every part then gets round(ratio * n) W4 rows, as the cycle model reads it.
@@ -354,16 +354,17 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
                 if opts and ratio <= opts[-1][1]:
                     continue
                 cyc = 0
+                split: dict[str, int] = {}
                 for key in parts:
                     ends, b = cache[key]
-                    kind_bound[lk] = b
                     n = key[2]
                     n8 = n - int(round(ratio * n))
                     job = ends.at(job_nsteps(n, n8, g, c, c8, heads=False))
                     if writer[key] > job:
-                        job = int(math.ceil(writer[key]))
+                        job, b = int(math.ceil(writer[key])), "writer"
                     cyc += job + instr_ddr
-                opts.append((cyc, ratio))
+                    split[b] = split.get(b, 0) + job + instr_ddr
+                opts.append((cyc, ratio, split))
             kind_opts[lk] = opts
         # Greedy over (layer, option): most cycles saved per unit of predicted error.
         import heapq
@@ -376,7 +377,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
             if entry is None or len(opts) < 2:
                 errs[layer] = [0.0]
                 continue
-            errs[layer] = [sens.layer_drop(entry, layer, ratio) for _, ratio in opts]
+            errs[layer] = [sens.layer_drop(entry, layer, ratio) for _, ratio, _ in opts]
             saved = opts[0][0] - opts[1][0]
             cost = errs[layer][1]
             heapq.heappush(heap, (-saved / max(cost, 1e-12), layer, 1))
@@ -395,9 +396,10 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
                 heapq.heappush(heap, (-saved / max(c2, 1e-12), layer, j + 1))
         for layer, lk in w4_layers.items():
             j = choice[layer]
-            cyc, ratio = kind_opts[lk][j]
+            cyc, ratio, split = kind_opts[lk][j]
             mm_total += cyc
-            bound[kind_bound[lk]] += cyc
+            for b, part in split.items():
+                bound[b] = bound.get(b, 0) + part
             if ratio > 0:
                 ratios[layer] = ratio
                 error += errs[layer][j]
