@@ -422,7 +422,10 @@ class MatmulEngine(wiring.Component):
                 w_param.eq(1),
                 w_step_end.eq(self.cmd.payload.nsteps == 1),
             ]
-        m.d.comb += self.w.ready.eq(wl_busy & ~w_full.bit_select(half, 1))
+        # ready == wl_busy & ~w_full[half], kept in a register computed from the next state
+        # (below), so the handshake that fans out to the banks starts at a flip-flop.
+        w_ready = Signal()
+        m.d.comb += self.w.ready.eq(w_ready)
         w_take = Signal()
         m.d.comb += w_take.eq(self.w.valid & self.w.ready)
         take_param = Signal()
@@ -458,6 +461,12 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += wl_busy.eq(0)
             with m.Else():
                 m.d.sync += [wk.eq(wk + 1), wk_last.eq(wk == ks_before_last)]
+        # Both outcomes from registers; the handshake (step loaded or not) only selects.
+        # Loading a step needs wl_busy, so it never coincides with ``start``.
+        full_kept = Cat(*[w_full[h] & ~release[h] for h in range(2)])  # no step loaded
+        ready_if_loaded = ~w_step_end & ~full_kept.bit_select(~half, 1)
+        ready_if_not = Mux(start, ~full_kept[0], wl_busy & ~full_kept.bit_select(half, 1))
+        m.d.sync += w_ready.eq(Mux(w_step_loaded, ready_if_loaded, ready_if_not))
         take_half = Signal(2)  # set by the issue when a step starts on a half
         for h in range(2):
             with m.If(w_step_loaded & (half == h)):
@@ -688,14 +697,31 @@ class MatmulEngine(wiring.Component):
                 # stage 4: coarse arithmetic shift by the multiple of 8 in (shift - 1)
                 t4 = Signal(signed(pw), name=f"rq_shr8_g{g}_c{c}")
                 m.d.sync += t4.eq(prod_b >> Cat(Const(0, 3), amt[2][3:]))
-                # stage 5: fine shift by the rest, then round half up:
-                # (p + 2**(s-1)) >> s == ((p >> (s-1)) + 1) >> 1 for s >= 1
-                fine = t4 >> amt[3][:3]
-                t5 = Signal(signed(pw), name=f"rq_round_g{g}_c{c}")
-                m.d.sync += t5.eq(Mux(raw[3], t4, (fine + 1) >> 1))
-                # stage 6: clamp to [lo, hi]
+                # stage 5: fine shift by the rest, saturated to 10 bits: any value outside
+                # [-512, 511] clamps to lo or hi in the end (lo, hi are int8), so the
+                # rounding add of stage 6 is 10 bits wide instead of 50.
+                fine = Signal(signed(pw), name=f"rq_fine_g{g}_c{c}")
+                m.d.comb += fine.eq(t4 >> amt[3][:3])
+                upper = fine[9:]
+                f10 = Signal(signed(10), name=f"rq_f10_g{g}_c{c}")
+                big = Signal(name=f"rq_big_g{g}_c{c}")
+                small = Signal(name=f"rq_small_g{g}_c{c}")
+                m.d.sync += [
+                    f10.eq(fine[:10]),
+                    big.eq(~fine[-1] & upper.any()),
+                    small.eq(fine[-1] & ~upper.all()),
+                ]
+                # stage 6: round half up, ((p >> (s-1)) + 1) >> 1 == (p + 2**(s-1)) >> s
+                # for s >= 1 (s == 0 passes p), then clamp to [lo, hi]
+                t6 = Mux(raw[4], f10, (f10 + 1) >> 1)
                 y = Signal(signed(8), name=f"rq_out_g{g}_c{c}")
-                m.d.sync += y.eq(Mux(t5 < lo_q, lo_q, Mux(t5 > hi_q, hi_q, t5)))
+                m.d.sync += y.eq(
+                    Mux(
+                        big,
+                        hi_q,
+                        Mux(small, lo_q, Mux(t6 < lo_q, lo_q, Mux(t6 > hi_q, hi_q, t6))),
+                    )
+                )
                 # deskew: unit u is u cycles behind unit 0
                 delay = U - 1 - u
                 cur, cur_valid = y, v[REQUANT_STAGES - 1]
