@@ -194,10 +194,15 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
 
     Per output step (``cm`` channels: ``G*C`` shared, ``C`` per head) and token, each active
     group writes its channels as runs of up to ``min(16, cm)`` consecutive bytes; a run costs
-    one write, two when it crosses a 16-byte word. OUT_T writes one byte per element.
+    one write, two when it crosses a 16-byte word (the word is taken with its last run).
+    OUT_T gathers 16 tokens, then writes one run per channel.
     """
     if transposed:
-        return tokens * n * groups_active
+        # OUT_T gathers up to 16 tokens of every lane (input stalls while it flushes), then
+        # writes one aligned 16-byte run per channel: per step T intake cycles, per chunk
+        # of 16 tokens one write per valid channel.
+        steps = -(-n // cm)
+        return (steps * tokens + -(-tokens // SLOT_BYTES) * n) * groups_active
     sw = min(SLOT_BYTES, cm)
     per_token = 0
     for start in range(0, n, cm):
@@ -221,6 +226,21 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
+
+
+def top_matmul_extra(
+    tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool, heads: bool
+) -> int:
+    """What the top adds to a MATMUL job: MM_SETUP computes ``nsteps`` and ``tiles`` by
+    repeated addition (``max(nsteps, tiles)`` cycles); with W built from the scratchpad the X
+    and W builders share its one read port, so X and W of step 0 load one after the other."""
+    ks = -(-k // vector)
+    extra = max(nsteps, -(-tokens // rows))
+    if w_spm:
+        x_load = (groups if heads else 1) * tokens * ks
+        w_load = groups * cols * (ks + 1)
+        extra += min(x_load, w_load)
+    return extra
 
 
 def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
@@ -431,6 +451,10 @@ def instr_cycles(
         )  # fmt: skip
         if wb > cycles:
             cycles, bound = int(math.ceil(wb)), "writer"
+        cycles += top_matmul_extra(
+            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
+            w_spm=False, heads=False,
+        )  # fmt: skip
         return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
     if ins.op == "heads":
         heads = ins.heads > 0
@@ -447,6 +471,10 @@ def instr_cycles(
         )  # fmt: skip
         if wb > cycles:
             cycles, bound = int(math.ceil(wb)), "writer"
+        cycles += top_matmul_extra(
+            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
+            w_spm=True, heads=heads,
+        )  # fmt: skip
         return cycles + LATENCIES["matmul_spm"], bound, nh * ins.tokens * ins.k * ins.n
     return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
 

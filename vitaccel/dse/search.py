@@ -49,6 +49,7 @@ from vitaccel.dse.cost import (
     nonlinear_cycles,
     port_bytes_per_cycle,
     program,
+    top_matmul_extra,
     w_slot_bytes,
     writer_bound,
 )
@@ -323,6 +324,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
+        job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads)
         cyc = (job + (instr_ddr if op == "matmul" else instr_spm)) * count
         mm_total += cyc
         bound[b] = bound.get(b, 0) + cyc
@@ -359,9 +361,13 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
                     ends, b = cache[key]
                     n = key[2]
                     n8 = n - int(round(ratio * n))
-                    job = ends.at(job_nsteps(n, n8, g, c, c8, heads=False))
+                    ns = job_nsteps(n, n8, g, c, c8, heads=False)
+                    job = ends.at(ns)
                     if writer[key] > job:
                         job, b = int(math.ceil(writer[key])), "writer"
+                    job += top_matmul_extra(
+                        key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False
+                    )
                     cyc += job + instr_ddr
                     split[b] = split.get(b, 0) + job + instr_ddr
                 opts.append((cyc, ratio, split))
