@@ -19,7 +19,8 @@ What it models (docs/gvsa.md, docs/isa.md):
   instructions; inside a MATMUL the W stream overlaps compute.
 
 The fixed latencies (``L_rel``, ``L_out``, ``c0``, unit latencies, instruction overhead) are
-constants in :data:`LATENCIES`, taken from the RTL (``matmul.latencies()``) and checked by
+constants: the engine's from :mod:`vitaccel.engine_timing` (shared with the RTL), the
+instruction overheads in :data:`LATENCIES`, measured on the top and checked by
 ``vitaccel.dse.validate`` against Verilator.
 """
 
@@ -29,7 +30,9 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from vitaccel import engine_timing
 from vitaccel.design import Design
+from vitaccel.engine_timing import latencies, matmul_cycles
 
 __all__ = [
     "LATENCIES",
@@ -49,9 +52,6 @@ __all__ = [
 
 # DDR slot of one W stream word and the width of an SPM word / LOAD-STORE beat.
 SLOT_BYTES = 16
-
-# Requantiser pipeline depth of vitaccel.rtl.matmul (REQUANT_STAGES).
-REQUANT_STAGES = 6
 
 # Fixed overheads in cycles, measured on the accelerator top in Verilator (one-instruction
 # micro-programs, `vitaccel.dse.validate.micro_cycles`; cocotbext-axi AxiRam as the DDR, which
@@ -98,13 +98,16 @@ class ArrayGeometry:
 
 
 def column_split(cols: int, w4_share: float) -> tuple[int, int]:
-    """(W8 columns, W4 columns), the rule of ``vitaccel.rtl.gvsa.column_split``."""
-    cols_w4 = int(math.floor(w4_share * cols + 0.5))
-    cols_w8 = cols - cols_w4
-    if cols_w8 % 2 or cols_w8 < 2:
+    """(W8 columns, W4 columns) by the engine's rule; the explorer also needs one W8 pair
+    (whole-model programs run their activation x activation products on W8 columns)."""
+    try:
+        cols_w8, cols_w4 = engine_timing.column_split(cols, w4_share)
+    except ValueError as e:
+        raise CostError(str(e)) from None
+    if cols_w8 < 2:
         raise CostError(
             f"w4_share={w4_share!r} leaves {cols_w8} W8 columns of cols={cols}; "
-            "W8 columns come in DSP-sharing pairs and at least one pair is needed"
+            "at least one DSP-sharing W8 pair is needed"
         )
     return cols_w8, cols_w4
 
@@ -120,72 +123,10 @@ def w4_rows(n: int, ratio: float) -> int:
     return int(round(ratio * n))
 
 
-def pe_stages(vector: int) -> int:
-    """PE pipeline stages (``vitaccel.rtl.gvsa.pe_stages``): input, product, registered
-    reduction levels of up to 4 until <= 2 partials remain, accumulator."""
-    n, levels = vector, 0
-    while n > 2:
-        n = -(-n // 4)
-        levels += 1
-    return 3 + max(1, levels)
-
-
-def latencies(rows: int, units: int, vector: int = 8) -> dict[str, int]:
-    """``first_out`` and ``release`` of ``vitaccel.rtl.matmul.EngineParams.latencies``."""
-    chain = 1 + (rows - 1) + 1 + pe_stages(vector) + 1
-    return {
-        "first_out": chain + (units - 1) + REQUANT_STAGES + 1,
-        "release": chain + (units - 1) + (rows - 1) + 2,
-    }
-
-
 def job_nsteps(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool) -> int:
     """Output steps of a job: ``plan_columns``' rule (heads mode plans one head per group)."""
     g = 1 if heads else groups
     return max(-(-n8 // (g * cols_w8)), -(-n // (g * cols)), 1)
-
-
-@lru_cache(maxsize=65536)
-def matmul_cycles(
-    tokens: int,
-    k: int,
-    nsteps: int,
-    groups: int,
-    rows: int,
-    cols: int,
-    vector: int,
-    units: int,
-    *,
-    heads: bool = False,
-    w_word_cycles: float = 1.0,
-) -> int:
-    """Cycles of one MATMUL job, command handshake to last output word (docs/gvsa.md).
-
-    The recursion of ``vitaccel.rtl.matmul.cycle_model`` (exact for the RTL): X and W of step
-    0 load in parallel, each step issues ``(tiles-1)*P + KS`` cycles, W of step ``s`` loads
-    into the half that step ``s-2`` released, and the last output word leaves
-    ``first_out + 1 + (T-1) mod R`` cycles after the last issue. ``w_word_cycles`` > 1 stretches
-    every W load when the DDR port delivers less than one stream word per cycle.
-    """
-    ks = -(-k // vector)
-    tiles = -(-tokens // rows)
-    pad = max(0, rows - ks)
-    period = ks + pad
-    lat = latencies(rows, units, vector)
-    x_load = (groups if heads else 1) * tokens * ks
-    w_load = groups * cols * (ks + 1) * w_word_cycles
-    loaded: list[float] = []
-    ends: list[float] = []
-    for s in range(nsteps):
-        if s == 0:
-            loaded.append(w_load)
-            first = max(x_load, w_load) + 1
-        else:
-            free = ends[s - 2] + lat["release"] if s >= 2 else 0
-            loaded.append(max(loaded[s - 1], free) + w_load)
-            first = max(ends[s - 1] + pad + 1, loaded[s] + 1)
-        ends.append(first + (tiles - 1) * period + ks - 1)
-    return int(math.ceil(ends[-1] + lat["first_out"] + 1 + (tokens - 1) % rows))
 
 
 @lru_cache(maxsize=65536)

@@ -21,11 +21,11 @@ drains each column's captures through a parallel-load shift chain, one value per
 
 from __future__ import annotations
 
-import math
-
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
+from vitaccel.engine_timing import column_split, pe_stages, tree_stages
 
 __all__ = [
     "FLAGS",
@@ -72,22 +72,6 @@ def pot4_code(q):
     return np.where(mag > 0, ((q < 0).astype(np.int64) << 3) | shift, POT4_ZERO)
 
 
-def column_split(cols: int, w4_share: float) -> tuple[int, int]:
-    """(W8 columns, W4 columns) of a group; W8 columns come in DSP-sharing pairs."""
-    if not isinstance(cols, int) or cols < 1:
-        raise ValueError(f"cols must be a positive integer, not {cols!r}")
-    if not 0.0 <= w4_share <= 1.0:
-        raise ValueError(f"w4_share must be in [0, 1], not {w4_share!r}")
-    cols_w4 = int(math.floor(w4_share * cols + 0.5))
-    cols_w8 = cols - cols_w4
-    if cols_w8 % 2:
-        raise ValueError(
-            f"w4_share={w4_share!r} leaves {cols_w8} W8 columns of cols={cols}; W8 columns "
-            "share DSP48E2 slices in pairs, so their count must be even"
-        )
-    return cols_w8, cols_w4
-
-
 def _check_int(name: str, value, lo: int, hi: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
@@ -106,24 +90,6 @@ def adder_tree(values: list):
 
 def _popcount(bits: list):
     return adder_tree([b.as_unsigned() for b in bits])
-
-
-def tree_stages(vector: int) -> int:
-    """Registered reduction levels of a PE: groups of 4 per level until <= 2 partials remain.
-
-    The last (<= 2) partial sums are added by the accumulator itself (a 3-operand add), so
-    a PE has ``3 + tree_stages(vector)`` pipeline stages: 4 for vector <= 8.
-    """
-    n, stages = vector, 0
-    while n > 2:
-        n = -(-n // 4)
-        stages += 1
-    return max(1, stages)
-
-
-def pe_stages(vector: int) -> int:
-    """Pipeline stages of a PE: input register, product, reduction levels, accumulator."""
-    return 3 + tree_stages(vector)
 
 
 def _reduce(m: Module, lanes: list, stages: int, name: str) -> list:

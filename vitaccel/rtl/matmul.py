@@ -26,8 +26,9 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from vitaccel.engine_timing import REQUANT_STAGES, column_split, latencies, matmul_cycles
 from vitaccel.quant.scales import WEIGHT_KINDS
-from vitaccel.rtl.gvsa import FLAGS, GVSArray, column_split, pe_stages, pot4_code
+from vitaccel.rtl.gvsa import FLAGS, GVSArray, pot4_code
 
 __all__ = [
     "EngineParams",
@@ -45,11 +46,6 @@ __all__ = [
 
 MULT_BITS = 16
 SHIFT_BITS = 6
-# PE pipeline: input register, product, reduction levels, accumulator/capture; 4 stages for
-# vector <= 8, 3 + tree_stages(vector) in general (vitaccel.rtl.gvsa.pe_stages).
-PE_STAGES = 4
-# Requantiser: bias add, 2 multiply stages, coarse shift, fine shift + round, clamp.
-REQUANT_STAGES = 6
 
 CMD_LAYOUT = data.StructLayout(
     {
@@ -195,15 +191,7 @@ class EngineParams:
         ``first_out``: issue of a tile's last k-step -> its first output word in the FIFO;
         ``release``: issue of a step's last k-step -> its W half is free again.
         """
-        R, U = self.rows, self.units
-        # issue reg -> delay line (R-1 for the bottom row) -> memory read (1) -> PE stages
-        # -> chain load (1) of unit u at +u; row 0 leaves the chain at once.
-        chain = 1 + (R - 1) + 1 + pe_stages(self.vector) + 1
-        first_out = chain + (U - 1) + REQUANT_STAGES + 1  # +deskew to the last unit, FIFO
-        # The last unit's chain emits row R-1 at chain + (U-1) + (R-1); the requantiser
-        # latches its parameters on that cycle; one cycle of margin.
-        release = chain + (U - 1) + (R - 1) + 2
-        return {"first_out": first_out, "release": release}
+        return latencies(self.rows, self.units, self.vector)
 
 
 class MatmulEngine(wiring.Component):
@@ -993,36 +981,13 @@ def cycle_model(
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
-    Exact for the RTL (tests compare it with Verilator). Edges are counted from the command
-    handshake; the X and W streams deliver one word per cycle from edge 1:
-
-    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = WL``, ``Lend_1 = 2 WL``,
-      ``Lend_s = max(Lend_{s-1}, E_{s-2} + release) + WL`` (a half is reloaded once the
-      step that used it two steps earlier has drained),
-    * step s issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
-      (``S_0 = max(XL, WL) + 1``) and its last at ``E_s = S_s + (tiles-1) P + KS - 1``,
-    * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
+    Exact for the RTL (tests compare it with Verilator); the recursion is
+    :func:`vitaccel.engine_timing.matmul_cycles`.
     """
-    V, R, G, C = params.vector, params.rows, params.groups, params.cols
-    ks = -(-k // V)
-    tiles = -(-tokens // R)
-    pad = max(0, R - ks)
-    period = ks + pad
-    lat = params.latencies()
-    x_load = (G if heads else 1) * tokens * ks
-    w_load = G * C * (ks + 1)
-    loaded: list[int] = []
-    ends: list[int] = []
-    for s in range(nsteps):
-        if s == 0:
-            loaded.append(w_load)
-            first = max(x_load, w_load) + 1
-        else:
-            free = ends[s - 2] + lat["release"] if s >= 2 else 0
-            loaded.append(max(loaded[s - 1], free) + w_load)
-            first = max(ends[s - 1] + pad + 1, loaded[s] + 1)
-        ends.append(first + (tiles - 1) * period + ks - 1)
-    return ends[-1] + lat["first_out"] + 1 + (tokens - 1) % R
+    p = params
+    return matmul_cycles(
+        tokens, k, nsteps, p.groups, p.rows, p.cols, p.vector, p.units, heads=heads
+    )
 
 
 # Amaranth writes one `initial` assignment per word of every memory, even when all are zero

@@ -1,0 +1,126 @@
+"""The GVSA matmul engine's timing: pipeline depths and the exact cycle model of one job.
+
+Pure Python (no amaranth, no torch), so the RTL (:mod:`vitaccel.rtl.gvsa`,
+:mod:`vitaccel.rtl.matmul`) and the explorer (:mod:`vitaccel.dse.cost`, called thousands of
+times per query) share one definition. docs/gvsa.md ("Cycle model") derives it; the tests
+compare it with Verilator on every engine shape they simulate.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+__all__ = [
+    "REQUANT_STAGES",
+    "column_split",
+    "tree_stages",
+    "pe_stages",
+    "latencies",
+    "matmul_cycles",
+]
+
+# Requantiser: bias add, 2 multiply stages, coarse shift, fine shift + round, clamp.
+REQUANT_STAGES = 6
+
+
+def column_split(cols: int, w4_share: float) -> tuple[int, int]:
+    """(W8 columns, W4 columns) of a group; W8 columns come in DSP-sharing pairs."""
+    if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
+        raise ValueError(f"cols must be a positive integer, not {cols!r}")
+    if not 0.0 <= w4_share <= 1.0:
+        raise ValueError(f"w4_share must be in [0, 1], not {w4_share!r}")
+    cols_w4 = int(math.floor(w4_share * cols + 0.5))
+    cols_w8 = cols - cols_w4
+    if cols_w8 % 2:
+        raise ValueError(
+            f"w4_share={w4_share!r} leaves {cols_w8} W8 columns of cols={cols}; W8 columns "
+            "share DSP48E2 slices in pairs, so their count must be even"
+        )
+    return cols_w8, cols_w4
+
+
+def tree_stages(vector: int) -> int:
+    """Registered reduction levels of a PE: groups of 4 per level until <= 2 partials remain.
+
+    The last (<= 2) partial sums are added by the accumulator itself (a 3-operand add), so
+    a PE has ``3 + tree_stages(vector)`` pipeline stages: 4 for vector <= 8.
+    """
+    n, stages = vector, 0
+    while n > 2:
+        n = -(-n // 4)
+        stages += 1
+    return max(1, stages)
+
+
+def pe_stages(vector: int) -> int:
+    """Pipeline stages of a PE: input register, product, reduction levels, accumulator."""
+    return 3 + tree_stages(vector)
+
+
+def latencies(rows: int, units: int, vector: int) -> dict[str, int]:
+    """Fixed pipeline latencies of the engine in cycles (docs/gvsa.md, "Cycle model").
+
+    ``first_out``: issue of a tile's last k-step -> its first output word in the FIFO;
+    ``release``: issue of a step's last k-step -> its W half is free again. ``units`` is the
+    number of systolic column units (W8 pairs + W4 columns).
+    """
+    # issue reg -> delay line (R-1 for the bottom row) -> memory read (1) -> PE stages
+    # -> chain load (1) of unit u at +u; row 0 leaves the chain at once.
+    chain = 1 + (rows - 1) + 1 + pe_stages(vector) + 1
+    # +deskew to the last unit, requantiser, FIFO
+    first_out = chain + (units - 1) + REQUANT_STAGES + 1
+    # The last unit's chain emits row R-1 at chain + (U-1) + (R-1); the requantiser latches
+    # its parameters on that cycle; one cycle of margin.
+    release = chain + (units - 1) + (rows - 1) + 2
+    return {"first_out": first_out, "release": release}
+
+
+@lru_cache(maxsize=65536)
+def matmul_cycles(
+    tokens: int,
+    k: int,
+    nsteps: int,
+    groups: int,
+    rows: int,
+    cols: int,
+    vector: int,
+    units: int,
+    *,
+    heads: bool = False,
+    w_word_cycles: float = 1.0,
+) -> int:
+    """Cycles of one job, command handshake to last output word, when no stream stalls.
+
+    Exact for the RTL. Edges are counted from the command handshake; the X and W streams
+    deliver one word per cycle from edge 1 (``w_word_cycles`` > 1 stretches every W load, as
+    when the DDR port delivers less than one stream word per cycle):
+
+    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = WL``, ``Lend_1 = 2 WL``,
+      ``Lend_s = max(Lend_{s-1}, E_{s-2} + release) + WL`` (a half is reloaded once the
+      step that used it two steps earlier has drained),
+    * step s issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
+      (``S_0 = max(XL, WL) + 1``) and its last at ``E_s = S_s + (tiles-1) P + KS - 1``,
+      with ``KS = ceil(K/V)``, ``tiles = ceil(T/R)``, ``P = max(KS, R)``, ``pad = P - KS``,
+      ``XL = Tx*KS`` (``Tx = T`` shared, ``G*T`` heads) and ``WL = G*C*(KS+1)``,
+    * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
+    """
+    ks = -(-k // vector)
+    tiles = -(-tokens // rows)
+    pad = max(0, rows - ks)
+    period = ks + pad
+    lat = latencies(rows, units, vector)
+    x_load = (groups if heads else 1) * tokens * ks
+    w_load = groups * cols * (ks + 1) * w_word_cycles
+    loaded: list[float] = []
+    ends: list[float] = []
+    for s in range(nsteps):
+        if s == 0:
+            loaded.append(w_load)
+            first = max(x_load, w_load) + 1
+        else:
+            free = ends[s - 2] + lat["release"] if s >= 2 else 0
+            loaded.append(max(loaded[s - 1], free) + w_load)
+            first = max(ends[s - 1] + pad + 1, loaded[s] + 1)
+        ends.append(first + (tiles - 1) * period + ks - 1)
+    return int(math.ceil(ends[-1] + lat["first_out"] + 1 + (tokens - 1) % rows))
