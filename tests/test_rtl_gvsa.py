@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from vitaccel.quant.ref import matmul_int
+from vitaccel.quant.ref import log2_code_weights, matmul_int
 from vitaccel.rtl.gvsa import W4PE, GVSArray, W8PairPE, column_split, pot4_code
 from vitaccel.sim.streams import pack_lanes, unpack_lanes
 
@@ -19,8 +19,9 @@ def _w4_codes(q, kind):
 def run_array(arr: GVSArray, tiles):
     """Drive ``arr`` with back-to-back tiles; return per-column lists of results.
 
-    ``tiles``: list of (x, w) per group: x (G, R, K) activations, w (G, C, K) integer weights
-    (column c's kind is the array's: W8 for c < cols_w8, else W4 of arr.w4_kind).
+    ``tiles``: list of (x, w) or (x, w, log2) per group: x (G, R, K) activations (log2: 4-bit
+    codes q, sent as 2**((15-q) mod 8) plus the lane's shift-by-8 bit), w (G, C, K) integer
+    weights (column c's kind is the array's: W8 for c < cols_w8, else W4 of arr.w4_kind).
     Tiles are issued as densely as the array allows: a tile starts right after the previous
     one, but its ``last`` k-step comes at least ``rows`` cycles after the previous ``last``
     (the output chains need R cycles). Row r sees an issue r cycles later, unit u u later.
@@ -29,7 +30,8 @@ def run_array(arr: GVSArray, tiles):
     xb = arr.in_bits + 1
     schedule = {}  # cycle -> (x word, f word, w8 word, w4 word) contributions
     prev_last = -(10**9)
-    for i, (x, w) in enumerate(tiles):
+    for i, (x, w, *mode) in enumerate(tiles):
+        log2 = bool(mode and mode[0])
         K = x.shape[-1]
         ks = -(-K // V)
         start = 0 if i == 0 else max(prev_last + 1, prev_last + R - ks + 1)
@@ -48,6 +50,10 @@ def run_array(arr: GVSArray, tiles):
                     flags |= FLAG_LAST if j == ks - 1 else 0
                     lanes = xpad[g, r, j * V : (j + 1) * V]
                     s = schedule.setdefault(t0 + r, {})
+                    if log2:
+                        amount = 15 - lanes
+                        s.setdefault("xh", {})[idx] = pack_lanes(amount >> 3, 1)
+                        lanes = 1 << (amount & 7)
                     s.setdefault("x", {})[idx] = pack_lanes(lanes, xb)
                     s.setdefault("f", {})[idx] = flags
                 for c in range(C):
@@ -68,7 +74,13 @@ def run_array(arr: GVSArray, tiles):
     async def bench(ctx):
         for t in range(end):
             s = schedule.get(t, {})
-            for name, lane_bits in (("x", xb * V), ("f", 5), ("w8", 8 * V), ("w4", 4 * V)):
+            for name, lane_bits in (
+                ("x", xb * V),
+                ("xh", V),
+                ("f", 5),
+                ("w8", 8 * V),
+                ("w4", 4 * V),
+            ):
                 if not hasattr(arr, name) or (name == "w8" and not arr.cols_w8):
                     continue
                 if name == "w4" and not arr.cols_w4:
@@ -100,7 +112,13 @@ def check_array(arr, tiles):
     for g in range(G):
         for c in range(C):
             got = outputs[g * C + c]
-            want = [int(v) for x, w in tiles for v in matmul_int(x[g], w[g])[:, c]]
+            want = [
+                int(v)
+                for x, w, *mode in tiles
+                for v in matmul_int(log2_code_weights(x[g]) if mode and mode[0] else x[g], w[g])[
+                    :, c
+                ]
+            ]
             assert len(got) == len(want), (g, c, len(got), len(want))
             for idx, (a, b) in enumerate(zip(want, got, strict=True)):
                 if a != b:
@@ -153,6 +171,31 @@ def test_w8_pair_extremes():
             w = np.stack([np.full(4, w1), np.array(vals_w[:4])])[None]
             tiles.append((x, w))
     check_array(arr, tiles)
+
+
+def test_log2_mode_shift_add_on_the_w8_pairs():
+    """Log2-code activations (p ~ 2**-q): every product is w << (15 - q), across all 16 codes
+    and the weight extremes, back to back with ordinary int8/uint8 tiles on the same array."""
+    rng = np.random.default_rng(21)
+    arr = GVSArray(groups=2, rows=2, cols=4, vector=4, log2=True)
+    tiles = []
+    for K in (16, 3, 9, 8):
+        codes = rng.integers(0, 16, size=(arr.groups, arr.rows, K))
+        if K == 16:
+            codes[..., :] = np.arange(16)  # every code in every lane position
+        w = rng.integers(-128, 128, size=(arr.groups, arr.cols, K))
+        w[:, 0] = -128
+        w[:, 1] = 127
+        tiles.append((codes, w, True))
+        x = rng.integers(-128, 256, size=(arr.groups, arr.rows, K))
+        tiles.append((x, rng.integers(-128, 128, size=(arr.groups, arr.cols, K))))
+    check_array(arr, tiles)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_log2_mode_needs_w8_columns():
+    with pytest.raises(ValueError, match="W8 columns"):
+        GVSArray(groups=1, rows=2, cols=2, vector=4, w4_share=1.0, log2=True)
 
 
 def test_column_split_rules():

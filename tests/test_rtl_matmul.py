@@ -47,6 +47,7 @@ def simulate(params: EngineParams, cases, stall=0.0, seed=0):
             hi=c.hi,
             heads=c.heads,
             x_unsigned=c.x_unsigned,
+            x_log2=c.x_log2,
         )
         for c in cases
     ]
@@ -191,6 +192,42 @@ def test_heads_mode_two_groups_with_stalls():
         )
     _check_all(params, cases)
     _check_all(params, cases, stall=0.4, seed=9)
+
+
+def test_log2_jobs_shift_add_exact_beside_ordinary_jobs():
+    """Attention x V on log2 codes (PackQViT eq. 3) in shared and heads mode, back to back with
+    int8 and uint8 jobs on one log2-capable engine, with stalls; the cycle count is the
+    ordinary job's (the mode changes the products, not the timing)."""
+    from vitaccel.flow.unit_gvsa import random_case as layer_case
+
+    rng = np.random.default_rng(12)
+    params = EngineParams(groups=2, rows=3, cols=4, vector=4, x_words=128, max_ksteps=8, log2=True)
+    cases = [
+        layer_case(rng, 7, 13, 9, x_log2=True, name="log2 shared 7x13x9"),
+        random_case(rng, 5, 9, 6, name="int8 after log2"),
+        layer_case(rng, 8, 17, 4, heads=2, x_log2=True, name="log2 2 heads 8x17x4"),
+        random_case(rng, 4, 6, 5, x_unsigned=True, name="uint8 after log2"),
+        layer_case(rng, 3, 16, 5, heads=1, x_log2=True, name="log2 1 head 3x16x5"),
+    ]
+    codes = np.arange(16)
+    cases[0].x[0, :13] = codes[:13]  # every code appears
+    cases[0].x[1, :3] = codes[13:]
+    _check_all(params, cases)
+    _check_all(params, cases[:3], stall=0.4, seed=2)
+
+
+def test_log2_jobs_are_validated():
+    rng = np.random.default_rng(0)
+    case = random_case(rng, 3, 4, 2)
+    plain = EngineParams(rows=2, cols=2, vector=4, x_words=16, max_ksteps=4)
+    with pytest.raises(ValueError, match="log2=True"):
+        pack_job(case.x & 15, case.q, case.kind, case.bias, case.mult, case.shift, plain,
+                 x_log2=True)  # fmt: skip
+    p2 = EngineParams(rows=2, cols=2, vector=4, x_words=16, max_ksteps=4, log2=True)
+    with pytest.raises(ValueError, match=r"log2 codes must be in \[0, 15\]"):
+        pack_job(case.x, case.q, case.kind, case.bias, case.mult, case.shift, p2, x_log2=True)
+    with pytest.raises(ValueError, match="log2=True needs W8 columns"):
+        EngineParams(rows=2, cols=2, vector=4, w4_share=1.0, log2=True)
 
 
 def test_stalls_on_every_stream():

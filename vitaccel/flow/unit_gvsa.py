@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.quant.ref import matmul_int, requantize
+from vitaccel.quant.ref import log2_code_weights, matmul_int, requantize
 from vitaccel.rtl.matmul import (
     EngineParams,
     cmd_word,
@@ -54,6 +54,7 @@ def engine_params(
     x_words: int = 2048,
     max_ksteps: int = 128,
     out_depth: int | None = None,
+    log2: bool = False,
 ) -> EngineParams:
     return EngineParams(
         groups=groups,
@@ -66,6 +67,7 @@ def engine_params(
         x_words=x_words,
         max_ksteps=max_ksteps,
         out_depth=out_depth,
+        log2=log2,
     )
 
 
@@ -157,6 +159,7 @@ class MatmulCase:
         hi: int = 127,
         heads: bool = False,
         x_unsigned: bool = False,
+        x_log2: bool = False,
         name: str = "",
     ):
         self.x = np.asarray(x, dtype=np.int64)
@@ -166,16 +169,21 @@ class MatmulCase:
         self.mult = np.asarray(mult, dtype=np.int64)
         self.shift = np.asarray(shift, dtype=np.int64)
         self.lo, self.hi = lo, hi
-        self.heads, self.x_unsigned = heads, x_unsigned
+        self.heads, self.x_unsigned, self.x_log2 = heads, x_unsigned, x_log2
         self.name = name
+
+    def x_operand(self) -> np.ndarray:
+        """The integer left operand: x, or for log2 codes their weights 2**(15 - q)."""
+        return log2_code_weights(self.x) if self.x_log2 else self.x
 
     def expected(self) -> np.ndarray:
         """The one definition: requantize(matmul_int(x, w, bias), mult, shift, lo, hi)."""
+        x = self.x_operand()
         if self.heads:
             return np.stack(
                 [
                     requantize(
-                        matmul_int(self.x[h], self.q[h], self.bias[h]),
+                        matmul_int(x[h], self.q[h], self.bias[h]),
                         self.mult[h],
                         self.shift[h],
                         self.lo,
@@ -184,7 +192,7 @@ class MatmulCase:
                     for h in range(self.x.shape[0])
                 ]
             )
-        acc = matmul_int(self.x, self.q, self.bias)
+        acc = matmul_int(x, self.q, self.bias)
         return requantize(acc, self.mult, self.shift, self.lo, self.hi)
 
 
@@ -220,6 +228,7 @@ def simulate_jobs(
             hi=case.hi,
             heads=case.heads,
             x_unsigned=case.x_unsigned,
+            x_log2=case.x_log2,
         )
         packed.append(job)
         arrays[f"x{j}"] = job.x_bytes
@@ -280,6 +289,7 @@ def simulate_matmul(
     hi: int = 127,
     heads: bool = False,
     x_unsigned: bool = False,
+    x_log2: bool = False,
     groups: int = 1,
     rows: int = 4,
     cols: int = 4,
@@ -295,7 +305,7 @@ def simulate_matmul(
     """Simulate ``requantize(matmul_int(x, wq.q, bias), mult, shift, lo, hi)`` on Verilator.
 
     ``wq`` is QuantWeight-like: it has ``q`` (N, K) and ``kind`` (N,) (or a ``(q, kind)``
-    pair). Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
+    pair). ``x_log2``: x holds log2 codes and the engine is built with its log2 mode. Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
     ``model_cycles``, ``utilization``, ``macs``, ``outputs`` and ``expected``.
     """
     q, kind = (wq.q, wq.kind) if hasattr(wq, "q") else wq
@@ -309,9 +319,20 @@ def simulate_matmul(
         acc_bits=acc_bits,
         x_words=x_words,
         max_ksteps=max_ksteps,
+        log2=x_log2,
     )
     case = MatmulCase(
-        x, q, kind, bias, mult, shift, lo=lo, hi=hi, heads=heads, x_unsigned=x_unsigned
+        x,
+        q,
+        kind,
+        bias,
+        mult,
+        shift,
+        lo=lo,
+        hi=hi,
+        heads=heads,
+        x_unsigned=x_unsigned,
+        x_log2=x_log2,
     )
     return simulate_jobs([case], params, stall=stall, seed=seed)[0]
 
@@ -368,6 +389,7 @@ def random_case(
     w4_kind: str = "int4",
     heads: int = 0,
     x_unsigned: bool = False,
+    x_log2: bool = False,
     lo: int = -128,
     hi: int = 127,
     name: str = "",
@@ -377,14 +399,20 @@ def random_case(
     Weights come from :func:`vitaccel.quant.scales.quantize_weight` (so every W4 scheme is
     the real one); the requant shift is chosen from the accumulator spread. Heads mode
     (``heads`` > 0) gives ``heads`` independent heads whose "weights" are int8 activations.
+    ``x_log2``: x are log2 codes 0..15, drawn like a softmax row's (small codes are rare).
     """
     from vitaccel.quant.scales import quantize_weight
 
     count = max(1, heads)
     xs, qs, kinds, biases, mults, shifts = [], [], [], [], [], []
     for _ in range(count):
-        lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
-        x = rng.integers(lo_x, hi_x + 1, (tokens, k))
+        if x_log2:
+            # p ~ 2**-q: a row's codes are mostly large (small probabilities), a few small.
+            x = np.minimum(15, rng.geometric(0.25, (tokens, k)) + rng.integers(0, 8, (tokens, k)))
+            x = np.where(rng.random((tokens, k)) < 0.02, rng.integers(0, 4, (tokens, k)), x)
+        else:
+            lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
+            x = rng.integers(lo_x, hi_x + 1, (tokens, k))
         if heads:
             q = rng.integers(-128, 128, (n, k))
             kind = np.zeros(n, dtype=np.int64)
@@ -393,7 +421,8 @@ def random_case(
             q, kind = wq.q, wq.kind
         bias = rng.integers(-(2**14), 2**14, n)
         mult = rng.integers(2**15, 2**16, n)
-        spread = np.maximum(matmul_int(x, q, bias).std(axis=0), 1.0) * mult
+        xo = log2_code_weights(x) if x_log2 else x
+        spread = np.maximum(matmul_int(xo, q, bias).std(axis=0), 1.0) * mult
         shift = np.clip(np.ceil(np.log2(spread / 40.0)), 0, 62).astype(np.int64)
         xs.append(x)
         qs.append(q)
@@ -412,6 +441,7 @@ def random_case(
             lo=lo,
             hi=hi,
             x_unsigned=x_unsigned,
+            x_log2=x_log2,
             name=name,
         )
     return MatmulCase(
@@ -425,6 +455,7 @@ def random_case(
         hi=hi,
         heads=True,
         x_unsigned=x_unsigned,
+        x_log2=x_log2,
         name=name,
     )
 

@@ -14,6 +14,12 @@ Two kinds of PE unit:
 * :class:`W4PE` covers one W4 output channel with shift-add products in LUT fabric, either
   uniform int4 (two's complement nibble) or power-of-two (``pot4``: sign + 3-bit shift).
 
+Arrays built with ``log2=True`` also run attention x V on log2-code probabilities in the
+shift-add form of PackQViT (eq. 3): each product is ``v << s`` with ``s = 15 - q``. The
+activation of such a job arrives split as ``s = 8 h + l``: the one-hot ``2**l`` on the
+activation port (so the W8 pair's DSP shifts both weights by ``l`` within the packing's
+18-bit fields) and ``h`` on a separate lane bit that shifts both products by 8 in LUTs.
+
 Every PE adds its ``vector`` products in a balanced adder tree, accumulates over k-steps
 (``acc = first ? sum : acc + sum``) and captures the tile's result on ``last``; the array
 drains each column's captures through a parallel-load shift chain, one value per cycle.
@@ -124,7 +130,16 @@ class _PEBase(wiring.Component):
     (``acc + p0 + p1``) and capture. ``cap_stb`` pulses the cycle after a capture.
     """
 
-    def __init__(self, *, vector: int, in_bits: int, acc_bits: int, w_shape, outputs: int):
+    def __init__(
+        self,
+        *,
+        vector: int,
+        in_bits: int,
+        acc_bits: int,
+        w_shape,
+        outputs: int,
+        log2: bool = False,
+    ):
         _check_int("vector", vector, 1, 256)
         _check_int("in_bits", in_bits, 2, 8)
         _check_int("acc_bits", acc_bits, 16, 64)
@@ -132,10 +147,13 @@ class _PEBase(wiring.Component):
         self.in_bits = in_bits
         self.acc_bits = acc_bits
         self.outputs = outputs
+        self.log2 = log2
         x_shape = data.ArrayLayout(signed(in_bits + 1), vector)
         w_layout = data.ArrayLayout(w_shape, vector)
+        xh = {"xh_i": In(vector), "xh_o": Out(vector)} if log2 else {}
         super().__init__(
             {
+                **xh,
                 "x_i": In(x_shape),
                 "f_i": In(FLAGS),
                 "w_i": In(w_layout),
@@ -173,6 +191,8 @@ class _PEBase(wiring.Component):
         m = Module()
         # stage 0: the systolic registers (x and flags forwarded right, w forwarded down)
         m.d.sync += [self.x_o.eq(self.x_i), self.f_o.eq(self.f_i), self.w_o.eq(self.w_i)]
+        if self.log2:
+            m.d.sync += self.xh_o.eq(self.xh_i)
         stages = tree_stages(self.vector)
         flags = self.f_o
         for j in range(1 + stages):  # product stage + reduction levels
@@ -212,11 +232,16 @@ class W8PairPE(_PEBase):
         uint8 extended to 9 bits).
     acc_bits : int
         Accumulator width.
+    log2 : bool
+        Add the log2-code mode: ``xh_i`` / ``xh_o`` carry one bit per lane that shifts both
+        products of the lane left by 8 (the activation port carries ``2**l``).
 
     Members
     -------
     x_i, f_i, w_i : In
         Activations, flags and weight lanes (:data:`W8_LANE`) from the left / top neighbour.
+    xh_i, xh_o : In, Out (``log2`` only)
+        The lanes' shift-by-8 bits, forwarded with the activations.
     x_o, f_o, w_o : Out
         The same, registered, to the right / bottom neighbour.
     cap : Out
@@ -225,9 +250,14 @@ class W8PairPE(_PEBase):
         Row validity and step parity of the capture; ``cap_stb`` pulses after a capture.
     """
 
-    def __init__(self, *, vector: int, in_bits: int = 8, acc_bits: int = 32):
+    def __init__(self, *, vector: int, in_bits: int = 8, acc_bits: int = 32, log2: bool = False):
         super().__init__(
-            vector=vector, in_bits=in_bits, acc_bits=acc_bits, w_shape=W8_LANE, outputs=2
+            vector=vector,
+            in_bits=in_bits,
+            acc_bits=acc_bits,
+            w_shape=W8_LANE,
+            outputs=2,
+            log2=log2,
         )
 
     def _terms(self, m: Module) -> list[list]:
@@ -246,7 +276,17 @@ class W8PairPE(_PEBase):
         # the count is added by the accumulator (no incrementer per lane).
         lo_lanes = [[p[0:18].as_signed()] for p in prods]
         hi_lanes = [[p[18:36].as_signed()] for p in prods]
-        self._late[0].append(_popcount([p[17] for p in prods]))
+        if not self.log2:
+            self._late[0].append(_popcount([p[17] for p in prods]))
+            return [hi_lanes, lo_lanes]
+        # log2 mode: a lane whose h bit is set shifts both products (and its borrow) by 8.
+        h = Signal(self.vector, name="xh_p")
+        m.d.sync += h.eq(self.xh_o)
+        lo_lanes = [[Mux(h[v], t << 8, t) for t in terms] for v, terms in enumerate(lo_lanes)]
+        hi_lanes = [[Mux(h[v], t << 8, t) for t in terms] for v, terms in enumerate(hi_lanes)]
+        borrow = [p[17] for p in prods]
+        self._late[0].append(_popcount([b & ~h[v] for v, b in enumerate(borrow)]))
+        self._late[0].append(Cat(Const(0, 8), _popcount([b & h[v] for v, b in enumerate(borrow)])))
         return [hi_lanes, lo_lanes]
 
 
@@ -351,10 +391,13 @@ class GVSArray(wiring.Component):
         ``"int4"`` or ``"pot4"``.
     in_bits, acc_bits : int
         Activation and accumulator widths.
+    log2 : bool
+        Build the W8 pairs with the log2-code mode (see :class:`W8PairPE`).
 
     Members
     -------
     x : In, ArrayLayout over groups*rows (index g*rows + r) of ``vector`` activations
+    xh : In (``log2`` only), per group row ``vector`` shift-by-8 bits travelling with ``x``
     f : In, FLAGS per group row
     w8 : In, ArrayLayout over groups*cols_w8 (index g*cols_w8 + c) of ``vector`` int8 weights
     w4 : In, ArrayLayout over groups*cols_w4 of ``vector`` 4-bit codes
@@ -372,6 +415,7 @@ class GVSArray(wiring.Component):
         w4_kind: str = "int4",
         in_bits: int = 8,
         acc_bits: int = 32,
+        log2: bool = False,
     ):
         _check_int("groups", groups, 1, 64)
         _check_int("rows", rows, 1, 256)
@@ -384,12 +428,17 @@ class GVSArray(wiring.Component):
         self.units = self.cols_w8 // 2 + self.cols_w4
         self.w4_share, self.w4_kind = w4_share, w4_kind
         self.in_bits, self.acc_bits = in_bits, acc_bits
+        if log2 and not self.cols_w8:
+            raise ValueError("log2=True needs W8 columns (the log2 mode runs on the W8 pairs)")
+        self.log2 = log2
         x_vec = data.ArrayLayout(signed(in_bits + 1), vector)
         sig = {
             "x": In(data.ArrayLayout(x_vec, groups * rows)),
             "f": In(data.ArrayLayout(FLAGS, groups * rows)),
             "col_o": Out(data.ArrayLayout(column_out_layout(acc_bits), groups * cols)),
         }
+        if log2:
+            sig["xh"] = In(data.ArrayLayout(unsigned(vector), groups * rows))
         if self.cols_w8:
             sig["w8"] = In(
                 data.ArrayLayout(data.ArrayLayout(signed(8), vector), groups * self.cols_w8)
@@ -421,7 +470,9 @@ class GVSArray(wiring.Component):
                 row = []
                 for u in range(self.units):
                     if u < self.cols_w8 // 2:
-                        pe = W8PairPE(vector=V, in_bits=self.in_bits, acc_bits=self.acc_bits)
+                        pe = W8PairPE(
+                            vector=V, in_bits=self.in_bits, acc_bits=self.acc_bits, log2=self.log2
+                        )
                     else:
                         pe = W4PE(
                             vector=V,
@@ -440,6 +491,9 @@ class GVSArray(wiring.Component):
                         m.d.comb += [pe.x_i.eq(self.x[g * R + r]), pe.f_i.eq(self.f[g * R + r])]
                     else:
                         m.d.comb += [pe.x_i.eq(pes[r][u - 1].x_o), pe.f_i.eq(pes[r][u - 1].f_o)]
+                    if self.log2 and u < self.cols_w8 // 2:
+                        src = self.xh[g * R + r] if u == 0 else pes[r][u - 1].xh_o
+                        m.d.comb += pe.xh_i.eq(src)
             # weights: top edge (W8 pairs get the borrow-corrected high weight), then down
             for u in range(self.units):
                 top = pes[0][u]

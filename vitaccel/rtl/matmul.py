@@ -34,6 +34,7 @@ __all__ = [
     "EngineParams",
     "MatmulEngine",
     "CMD_LAYOUT",
+    "cmd_layout",
     "ColumnPlan",
     "plan_columns",
     "Job",
@@ -47,17 +48,26 @@ __all__ = [
 MULT_BITS = 16
 SHIFT_BITS = 6
 
-CMD_LAYOUT = data.StructLayout(
-    {
-        "tokens": unsigned(16),  # T (per head in heads mode)
-        "ksteps": unsigned(16),  # ceil(K / vector)
-        "nsteps": unsigned(16),  # output-channel steps (see plan_columns)
-        "heads": 1,  # 1: group g has its own X (heads mode); 0: X broadcast (shared)
-        "x_unsigned": 1,  # activations are uint8 (softmax probabilities)
-        "lo": signed(8),  # clamp bounds of the requantised output
-        "hi": signed(8),
-    }
-)
+_CMD_FIELDS = {
+    "tokens": unsigned(16),  # T (per head in heads mode)
+    "ksteps": unsigned(16),  # ceil(K / vector)
+    "nsteps": unsigned(16),  # output-channel steps (see plan_columns)
+    "heads": 1,  # 1: group g has its own X (heads mode); 0: X broadcast (shared)
+    "x_unsigned": 1,  # activations are uint8 (softmax probabilities)
+    "lo": signed(8),  # clamp bounds of the requantised output
+    "hi": signed(8),
+}
+
+
+def cmd_layout(log2: bool = False) -> data.StructLayout:
+    """The command of an engine; ``log2`` engines have one more bit, ``x_log2``: the
+    activation bytes are 4-bit log2 codes q and each product is ``w << (15 - q)``."""
+    return data.StructLayout({**_CMD_FIELDS, **({"x_log2": 1} if log2 else {})})
+
+
+CMD_LAYOUT = cmd_layout()
+# Log2 codes are 4 bits: p ~ 2**-q, product w * 2**(LOG2_Q - q) (ref.log2_code_weights).
+LOG2_CODE_BITS = 4
 
 
 def _bits(n: int) -> int:
@@ -83,6 +93,10 @@ class EngineParams:
         Output FIFO depth in words (one word = one token of one step: groups*cols int8).
         None: :attr:`full_rate_out_depth`, the depth at which back-pressure from the FIFO
         never throttles issue and :func:`cycle_model` is exact.
+    log2 : bool
+        Also run attention x V on 4-bit log2-code probabilities in shift-add form (jobs with
+        ``x_log2``; see :mod:`vitaccel.rtl.gvsa`). Off by default: it adds a shift mux per
+        W8 lane and the command bit.
     """
 
     groups: int = 1
@@ -96,6 +110,7 @@ class EngineParams:
     x_words: int = 4096
     max_ksteps: int = 128
     out_depth: int | None = None
+    log2: bool = False
 
     def __post_init__(self):
         for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps"):
@@ -108,7 +123,11 @@ class EngineParams:
             raise ValueError(f"in_bits must be 8 (int8/uint8 activations), not {self.in_bits!r}")
         if not 16 <= self.acc_bits <= 48:
             raise ValueError(f"acc_bits must be in 16..48, not {self.acc_bits!r}")
-        column_split(self.cols, self.w4_share)
+        c8, _ = column_split(self.cols, self.w4_share)
+        if not isinstance(self.log2, bool):
+            raise ValueError(f"log2 must be true or false, not {self.log2!r}")
+        if self.log2 and not c8:
+            raise ValueError("log2=True needs W8 columns (w4_share < 1)")
         if self.out_depth is None:
             object.__setattr__(self, "out_depth", self.full_rate_out_depth)
         if (
@@ -225,7 +244,7 @@ class MatmulEngine(wiring.Component):
         self.params = params
         super().__init__(
             {
-                "cmd": In(stream.Signature(CMD_LAYOUT)),
+                "cmd": In(stream.Signature(cmd_layout(params.log2))),
                 "x": In(stream.Signature(unsigned(params.x_word_bits))),
                 "w": In(stream.Signature(unsigned(params.w_word_bits))),
                 "o": Out(stream.Signature(unsigned(params.o_word_bits))),
@@ -247,13 +266,14 @@ class MatmulEngine(wiring.Component):
             w4_kind=p.w4_kind,
             in_bits=p.in_bits,
             acc_bits=p.acc_bits,
+            log2=p.log2,
         )
         xa_bits = _bits(p.x_words - 1)
         kb = p.kstep_bits
         kmax = 1 << kb
 
         # ---- job registers ---------------------------------------------------------------
-        job = Signal(CMD_LAYOUT)
+        job = Signal(cmd_layout(p.log2))
         active = Signal()
         m.d.comb += [self.cmd.ready.eq(~active), self.busy.eq(active)]
         start = Signal()
@@ -614,10 +634,20 @@ class MatmulEngine(wiring.Component):
             for r in range(R):
                 rp = x_banks[g][r][1]
                 m.d.comb += rp.addr.eq(line[r].xaddr)
-                lanes = []
+                lanes, hbits = [], []
                 for v in range(V):
                     byte = rp.data[8 * v : 8 * v + 8]
-                    lanes.append(Cat(byte, byte[7] & ~x_uns))
+                    lane = Cat(byte, byte[7] & ~x_uns)
+                    if p.log2:
+                        # log2 code q -> shift s = 15 - q = ~q: 2**(s mod 8) on the
+                        # activation port, s >= 8 on the lane's shift-by-8 bit.
+                        s_amt = ~byte[:LOG2_CODE_BITS]
+                        one_hot = (Const(1, 9) << s_amt[:3])[:9]
+                        lane = Mux(job.x_log2, one_hot, lane)
+                        hbits.append(job.x_log2 & s_amt[3])
+                    lanes.append(lane)
+                if p.log2:
+                    m.d.comb += arr.xh[g * R + r].eq(Cat(*hbits))
                 flags = line[r + 1].flags
                 m.d.comb += [
                     arr.x[g * R + r].eq(Cat(*lanes)),
@@ -833,11 +863,14 @@ def pack_job(
     hi: int = 127,
     heads: bool = False,
     x_unsigned: bool = False,
+    x_log2: bool = False,
 ) -> Job:
     """Pack one matmul into the engine's streams.
 
     Shared mode: x (T, K), q (N, K), kind/bias/mult/shift (N,). Heads mode: a leading head
     axis of size <= groups on every array (missing heads are computed on zeros).
+    ``x_log2``: x holds 4-bit log2 codes (0..15) and the job computes
+    ``requant(log2_code_weights(x) @ q.T + bias)`` (engines built with ``log2``).
     """
     x = np.asarray(x, dtype=np.int64)
     q = np.asarray(q, dtype=np.int64)
@@ -863,9 +896,17 @@ def pack_job(
         raise ValueError(f"x has K={K} but the weights have K={q.shape[2]}")
     if T < 1 or N < 1 or K < 1:
         raise ValueError(f"empty matmul: T={T}, N={N}, K={K}")
-    lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
+    if x_log2 and not params.log2:
+        raise ValueError("x_log2 jobs need an engine built with log2=True")
+    if x_log2 and x_unsigned:
+        raise ValueError("x_log2 and x_unsigned are exclusive")
+    if x_log2:
+        lo_x, hi_x = 0, (1 << LOG2_CODE_BITS) - 1
+    else:
+        lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
     if x.min() < lo_x or x.max() > hi_x:
-        raise ValueError(f"activations must be in [{lo_x}, {hi_x}]")
+        what = "log2 codes" if x_log2 else "activations"
+        raise ValueError(f"{what} must be in [{lo_x}, {hi_x}]")
     if np.abs(q).max() > 128 or q.min() < -128:
         raise ValueError("weights must be int8")
     if np.any(mult < 0) or np.any(mult >= 1 << MULT_BITS):
@@ -882,9 +923,12 @@ def pack_job(
             f"X of {T} tokens x {ks} k-steps does not fit the X banks ({params.x_words} words)"
         )
     acc_lim = 1 << (params.acc_bits - 1)
-    worst = int(np.abs(x).max()) * int(np.abs(q).max()) * K
+    x_mag = 1 << (hi_x - int(x.min())) if x_log2 else int(np.abs(x).max())
+    worst = x_mag * int(np.abs(q).max()) * K
     if worst >= acc_lim:
         raise ValueError(f"sum of products may reach {worst}: exceeds acc_bits={params.acc_bits}")
+    if x_log2 and np.any(kind != WEIGHT_KINDS.index("w8")):
+        raise ValueError("x_log2 jobs run on the W8 pairs: every weight row must be w8")
     if heads:
         plans = [plan_columns(kind[h], params, heads=True) for h in range(heads_n)]
         nsteps = max(pl.nsteps for pl in plans)
@@ -930,6 +974,7 @@ def pack_job(
         "x_unsigned": int(x_unsigned),
         "lo": lo,
         "hi": hi,
+        **({"x_log2": int(x_log2)} if params.log2 else {}),
     }
     return Job(
         cmd=cmd,
@@ -947,7 +992,7 @@ def pack_job(
 def cmd_word(cmd: dict) -> int:
     """The cmd stream payload for a job's command dict (CMD_LAYOUT, LSB first)."""
     word, pos = 0, 0
-    for name, fld in CMD_LAYOUT:
+    for name, fld in cmd_layout("x_log2" in cmd):
         width = fld.width
         word |= (int(cmd[name]) & ((1 << width) - 1)) << pos
         pos += width
