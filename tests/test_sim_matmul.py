@@ -22,6 +22,10 @@ from vitaccel.flow.unit_gvsa import (
 # The shared CI engine: X banks deep enough for every DeiT-Tiny shape at 197 tokens.
 CI = engine_params(rows=4, cols=4, vector=8, w4_share=0.5, w4_kind="int4", x_words=8192)
 POT = engine_params(rows=2, cols=4, vector=4, w4_share=0.5, w4_kind="pot4", x_words=512)
+# A log2-capable engine: 2 groups (heads side by side), half the columns int4.
+LOG2 = engine_params(
+    groups=2, rows=4, cols=4, vector=8, w4_share=0.5, w4_kind="int4", x_words=4096, log2=True
+)
 
 
 def check(results):
@@ -78,6 +82,43 @@ def test_pot4_lanes_with_stalls():
     check(simulate_jobs(scheme_cases(rng, schemes), POT, stall=0.25, seed=4))
 
 
+def log2_cases(rng):
+    """Log2-code x V jobs (shared and heads mode, odd shapes) between ordinary jobs."""
+    cases = []
+    for t, k, n in ((1, 1, 1), (5, 13, 7), (9, 20, 10), (17, 17, 16), (23, 70, 19)):
+        cases.append(random_case(rng, t, k, n, x_log2=True, name=f"log2 {t}x{k}x{n}"))
+    cases.append(random_case(rng, 17, 17, 16, heads=2, x_log2=True, name="log2 2 heads"))
+    cases.append(random_case(rng, 9, 33, 8, heads=1, x_log2=True, name="log2 1 head"))
+    cases.append(random_case(rng, 11, 30, 9, w4_ratio=0.5, name="int8/int4 between"))
+    cases.append(random_case(rng, 12, 17, 16, heads=2, x_unsigned=True, name="uint8 heads"))
+    cases.append(random_case(rng, 6, 40, 5, x_log2=True, name="log2 after uint8"))
+    return cases
+
+
+def test_log2_mode_with_stalls():
+    rng = np.random.default_rng(15)
+    check(simulate_jobs(log2_cases(rng), LOG2, stall=0.3, seed=6))
+
+
+def test_log2_mode_cycles_match_the_model():
+    rng = np.random.default_rng(16)
+    results = simulate_jobs(log2_cases(rng), LOG2)
+    check(results)
+    for r in results:
+        assert r["cycles"] == r["model_cycles"], (r["name"], r["cycles"], r["model_cycles"])
+
+
+def test_deit_tiny_attention_log2_reduced_tokens(capsys):
+    rows = benchmark_layers(
+        "deit-tiny", LOG2, tokens=33, layers=["qk^T", "attn_v"], log2=True, seed=8
+    )
+    with capsys.disabled():
+        print("\n" + format_benchmark(rows, "deit-tiny attention (33 tokens, log2 P) on 2x4x4x8"))
+    for r in rows:
+        assert r["mismatches"] == 0, (r["layer"], r["first_mismatch"])
+        assert r["cycles"] == r["model_cycles"], r
+
+
 def test_simulate_matmul_api():
     rng = np.random.default_rng(14)
     case = random_case(rng, 6, 24, 8, w4_ratio=0.5)
@@ -128,6 +169,16 @@ def test_deit_tiny_benchmark_197_tokens(capsys):
         assert r["cycles"] == r["model_cycles"], r
     fc1 = next(r for r in rows if r["layer"] == "fc1")
     assert fc1["utilization"] >= 0.85, fc1
+
+
+@pytest.mark.slow
+def test_deit_tiny_attention_log2_197_tokens(capsys):
+    rows = benchmark_layers("deit-tiny", LOG2, layers=["qk^T", "attn_v"], log2=True, seed=9)
+    with capsys.disabled():
+        print("\n" + format_benchmark(rows, "deit-tiny attention (197 tokens, log2 P) on 2x4x4x8"))
+    for r in rows:
+        assert r["mismatches"] == 0, (r["layer"], r["first_mismatch"])
+        assert r["cycles"] == r["model_cycles"], r
 
 
 def test_generate_gvsa_is_deterministic(tmp_path):

@@ -277,9 +277,21 @@ def generate(
     default=None,
     help="matmul: tokens (default: the model's)",
 )
-@click.option("--list-layers", is_flag=True, help="matmul: list the model's linear layers")
+@click.option(
+    "--softmax",
+    type=click.Choice(["uint8", "log2"]),
+    default="uint8",
+    show_default=True,
+    help="matmul: softmax output of the golden model; log2 runs blocks.N.attn.sv in the "
+    "engine's shift-add mode",
+)
+@click.option(
+    "--list-layers", is_flag=True, help="matmul: list the model's matmuls (linear and attention)"
+)
 @click.option("--json", "as_json", is_flag=True)
-def sim(unit, lanes, vectors, stall, seed, model_name, layer, tokens, list_layers, as_json):
+def sim(
+    unit, lanes, vectors, stall, seed, model_name, layer, tokens, softmax, list_layers, as_json
+):
     """Co-simulate a unit (or one golden-model layer on the GVSA) on Verilator; exit 1 on any mismatch."""
     if unit == "matmul":
         from vitaccel.flow.layer_sim import list_layers as _list
@@ -295,7 +307,13 @@ def sim(unit, lanes, vectors, stall, seed, model_name, layer, tokens, list_layer
         if layer is None:
             raise CliError(f"--layer is required; choose one of: {', '.join(_list(model_name))}")
         result = simulate_layer(
-            model_name, layer, tokens=tokens, stall=stall, seed=seed, progress=_progress(True)
+            model_name,
+            layer,
+            tokens=tokens,
+            stall=stall,
+            seed=seed,
+            softmax=softmax,
+            progress=_progress(True),
         )
     else:
         from vitaccel.flow.unit_nonlinear import simulate_unit

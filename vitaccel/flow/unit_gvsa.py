@@ -345,11 +345,12 @@ def simulate_matmul(
 class LayerShape:
     """One matmul of a ViT encoder as the engine runs it (one job)."""
 
-    def __init__(self, name, tokens, k, n, *, heads=0, x_unsigned=False):
+    def __init__(self, name, tokens, k, n, *, heads=0, x_unsigned=False, x_log2=False):
         self.name = name
         self.tokens, self.k, self.n = tokens, k, n
         self.heads = heads  # >0: heads mode, this many heads in the model
         self.x_unsigned = x_unsigned
+        self.x_log2 = x_log2
 
     def __repr__(self):
         mode = f", heads={self.heads}" if self.heads else ""
@@ -469,14 +470,20 @@ def benchmark_layers(
     stall: float = 0.0,
     seed: int = 0,
     layers: list[str] | None = None,
+    log2: bool = False,
 ) -> list[dict]:
     """Simulate every matmul shape of ``model`` on Verilator; cycles, utilisation, exactness.
 
     One job per shape (attention: the first ``groups`` heads at once). Utilisation counts
-    useful MACs only: ``macs / (cycles * groups*rows*cols*vector)``.
+    useful MACs only: ``macs / (cycles * groups*rows*cols*vector)``. ``log2``: attention x V
+    takes log2-code probabilities (the engine's shift-add mode; needs ``params.log2``).
     """
     rng = np.random.default_rng(seed)
     shapes = [s for s in vit_matmuls(model, tokens) if layers is None or s.name in layers]
+    if log2:
+        for s in shapes:
+            if s.x_unsigned:
+                s.x_unsigned, s.x_log2 = False, True
     cases = []
     for s in shapes:
         cases.append(
@@ -489,6 +496,7 @@ def benchmark_layers(
                 w4_kind=params.w4_kind,
                 heads=min(s.heads, params.groups) if s.heads else 0,
                 x_unsigned=s.x_unsigned,
+                x_log2=s.x_log2,
                 name=s.name,
             )
         )

@@ -207,6 +207,7 @@ class IntViT:
             tokens = qkv.shape[1]
             qkv = qkv.reshape(batch, tokens, 3, heads, hd).transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, T, hd)
+            cap[f"{p}.attn.q"], cap[f"{p}.attn.k"], cap[f"{p}.attn.v"] = q, k, v
             scores = np.einsum("bhtd,bhsd->bhts", q.astype(np.int64), k.astype(np.int64))
             logits = ref.requantize(scores, blk.qk_mult, blk.qk_shift)
             cap[f"{p}.attn.logits"] = logits
