@@ -115,7 +115,11 @@ def _model_choice():
 )
 @click.option("--w4-kind", type=click.Choice(["int4", "pot4"]), default="int4", show_default=True)
 @click.option(
-    "--softmax-output", type=click.Choice(["uint8", "log2"]), default="uint8", show_default=True
+    "--softmax-output",
+    type=click.Choice(["uint8", "log2"]),
+    default="uint8",
+    show_default=True,
+    help="softmax: its output; gvsa: log2 adds the shift-add mode for log2-code attention x V",
 )
 @click.option(
     "--images",
@@ -173,7 +177,11 @@ NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
     help="nonlinear unit input width",
 )
 @click.option(
-    "--softmax-output", type=click.Choice(["uint8", "log2"]), default="uint8", show_default=True
+    "--softmax-output",
+    type=click.Choice(["uint8", "log2"]),
+    default="uint8",
+    show_default=True,
+    help="softmax: its output; gvsa: log2 adds the shift-add mode for log2-code attention x V",
 )
 @click.option(
     "--max-len", type=click.IntRange(1, 4096), default=None, help="max row length / channels"
@@ -183,6 +191,13 @@ NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
 @click.option("--cols", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--vector", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--w4-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
+@click.option(
+    "--w4-kind",
+    type=click.Choice(["int4", "pot4"]),
+    default="int4",
+    show_default=True,
+    help="gvsa: W4 lanes (int4 or power-of-two)",
+)
 @click.option(
     "--resources", is_flag=True, help="also synthesise with Yosys (xcup) and report counts"
 )
@@ -202,6 +217,7 @@ def generate(
     cols,
     vector,
     w4_share,
+    w4_kind,
     resources,
     out_dir,
     as_json,
@@ -219,15 +235,20 @@ def generate(
     elif unit == "gvsa":
         from vitaccel.flow.unit_gvsa import generate_gvsa
 
-        result = generate_gvsa(
-            out_dir,
-            groups=groups,
-            rows=rows,
-            cols=cols,
-            vector=vector,
-            w4_share=w4_share,
-            resources=resources,
-        )
+        try:
+            result = generate_gvsa(
+                out_dir,
+                groups=groups,
+                rows=rows,
+                cols=cols,
+                vector=vector,
+                w4_share=w4_share,
+                w4_kind=w4_kind,
+                log2=softmax_output == "log2",
+                resources=resources,
+            )
+        except ValueError as err:  # array parameters (e.g. an odd number of W8 columns)
+            raise CliError(f"--unit gvsa: {err}") from None
     else:
         from vitaccel.flow.unit_nonlinear import generate_unit
 

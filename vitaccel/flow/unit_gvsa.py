@@ -83,9 +83,12 @@ def generate_gvsa(
     acc_bits: int = 32,
     x_words: int = 2048,
     max_ksteps: int = 128,
+    log2: bool = False,
     resources: bool = False,
 ) -> dict:
     """Write ``gvsa_array.v`` and ``gvsa_matmul.v`` (and ``resources.json``) to ``out_dir``.
+
+    ``log2`` adds the shift-add mode for log2-code attention x V (see :mod:`vitaccel.rtl.gvsa`).
 
     Returns a dict with the file paths, the array's MACs per cycle and, with ``resources``,
     the Yosys counts of the array alone (``array``) and of the whole engine (``engine``).
@@ -104,6 +107,7 @@ def generate_gvsa(
         acc_bits=acc_bits,
         x_words=x_words,
         max_ksteps=max_ksteps,
+        log2=log2,
     )
     array = GVSArray(
         groups=groups,
@@ -113,6 +117,7 @@ def generate_gvsa(
         w4_share=w4_share,
         w4_kind=w4_kind,
         acc_bits=acc_bits,
+        log2=log2,
     )
     out = Path(out_dir)
     array_v = to_verilog(array, ARRAY_TOP)
@@ -128,6 +133,7 @@ def generate_gvsa(
         "w4_macs_per_cycle": params.macs_per_cycle - array.w8_macs_per_cycle,
         "cols_w8": params.cols_w8,
         "cols_w4": params.cols_w4,
+        "log2": log2,
     }
     if resources:
         from vitaccel.flow.yosys import synth_xcup

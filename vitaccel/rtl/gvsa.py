@@ -32,6 +32,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.engine_timing import column_split, pe_stages, tree_stages
+from vitaccel.rtl.common import silence_unused
 
 __all__ = [
     "FLAGS",
@@ -429,6 +430,7 @@ class GVSArray(wiring.Component):
         self.w4_share, self.w4_kind = w4_share, w4_kind
         self.in_bits, self.acc_bits = in_bits, acc_bits
         if log2 and not self.cols_w8:
+            silence_unused(self)
             raise ValueError("log2=True needs W8 columns (the log2 mode runs on the W8 pairs)")
         self.log2 = log2
         x_vec = data.ArrayLayout(signed(in_bits + 1), vector)
