@@ -56,7 +56,6 @@ def test_params_from_design():
         ({"array": ArrayConfig(vector=32)}, "vector"),
         ({"array": ArrayConfig(vector=6)}, "vector"),
         ({"nonlinear": NonlinearConfig(gelu_lanes=3)}, "gelu_lanes"),
-        ({"nonlinear": NonlinearConfig(softmax_output="log2")}, "softmax_output"),
     ],
 )
 def test_rejects_designs_it_cannot_build(change, match):

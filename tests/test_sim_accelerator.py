@@ -52,6 +52,25 @@ def test_digits_20_images_bit_exact_with_axi_pauses():
     assert rtl_top1 == np.mean(want.argmax(1) == y.numpy())
 
 
+def test_digits_log2_softmax_bit_exact():
+    """A log2 build: E2Softmax writes 4-bit codes and P x V runs in the engine's shift-add
+    mode (SOFTMAX LOG2 / MATMUL X_LOG2); logits equal the log2 golden model's."""
+    from vitaccel.models.golden import quant_config_for
+
+    base = default_design("digits-vit", "zcu102")
+    design = base.model_copy(
+        update={"nonlinear": base.nonlinear.model_copy(update={"softmax_output": "log2"})}
+    )
+    _, _, golden, x, _ = prepare("digits-vit", config=quant_config_for(design), images=3)
+    assert golden.config.softmax_output == "log2"
+    patches = golden.quantize_images(x)
+    want = golden.forward_patches(patches)
+    for j, r in enumerate(_run(design, golden, patches, pause=0.2, seed=4)):
+        assert _first_mismatch(r.logits, want[j]) is None, (
+            f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
+        )
+
+
 def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
     # DeiT-Tiny's width, heads, MLP and 16x16x3 patches; 2 blocks and 17 tokens (64x64 input).
     spec = ModelSpec(

@@ -324,6 +324,22 @@ def test_bad_opcode_sets_error_and_done():
     assert res["pc"] == 1
 
 
+@pytest.mark.parametrize("which", ["softmax", "matmul"])
+def test_log2_instructions_on_a_uint8_build_set_error(which):
+    """A program compiled for a log2 build must not run silently wrong on a uint8 build."""
+    img = Image()
+    if which == "softmax":
+        bad = isa.softmax(src=0, src_stride=2, rows=2, cols=17, dst=64, dst_stride=2,
+                          in_shift=4, log2=True)  # fmt: skip
+    else:
+        bad = isa.matmul(x=0, x_stride=1, tokens=4, k=16, n=4, y=64, y_stride=1, w_spm=32,
+                         w_stride=1, mult=1, shift=8, x_log2=True)  # fmt: skip
+    prog = [isa.load(spm=0, words=1, ddr=0x1000), bad, isa.end()]
+    res = run_top(DESIGN, img.program(prog), base=BASE, regs=default_regs(BASE, BASE), outputs=[])
+    assert res["status"] == STATUS_DONE | STATUS_ERROR
+    assert res["pc"] == 1
+
+
 def test_polling_without_irq():
     img = Image()
     prog = [isa.end()]

@@ -59,7 +59,11 @@ class ArrayConfig(_Strict):
 
 
 class NonlinearConfig(_Strict):
-    """Lanes (elements per cycle) of the nonlinear units and their row/channel limits."""
+    """Lanes (elements per cycle) of the nonlinear units and their row/channel limits.
+
+    ``softmax_output``: ``uint8`` probabilities (default), or ``log2``: 4-bit log2 codes, with
+    attention x V in the GVSA's shift-add mode (docs/gvsa.md; costs LUTs, saves no DSP).
+    """
 
     softmax_lanes: int = Field(4, ge=1, le=64)
     layernorm_lanes: int = Field(4, ge=1, le=64)

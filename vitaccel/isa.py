@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "Op",
     "MatmulFlags",
+    "SoftmaxFlags",
     "Instr",
     "INSTR_BYTES",
     "WORD_BYTES",
@@ -52,9 +53,13 @@ class Op(enum.IntEnum):
 class MatmulFlags(enum.IntFlag):
     X_UNSIGNED = 1
     W_SPM = 2
-    # bit 2 (value 4) is reserved
+    X_LOG2 = 4  # X holds 4-bit log2 codes q: products w << (15 - q) (log2 builds only)
     HEADS = 8
     OUT_T = 16
+
+
+class SoftmaxFlags(enum.IntFlag):
+    LOG2 = 1  # output 4-bit log2 codes instead of uint8 probabilities (log2 builds only)
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ def matmul(
     head_w_step: int = 0,
     head_y_step: int = 0,
     x_unsigned: bool = False,
+    x_log2: bool = False,
     out_transposed: bool = False,
 ) -> Instr:
     """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention)."""
@@ -172,9 +178,13 @@ def matmul(
         raise ValueError(
             "matmul needs exactly one of w_ddr (packed weights) or w_spm (activation rows)"
         )
+    if x_unsigned and x_log2:
+        raise ValueError("matmul: x_unsigned and x_log2 are exclusive")
     flags = MatmulFlags(0)
     if x_unsigned:
         flags |= MatmulFlags.X_UNSIGNED
+    if x_log2:
+        flags |= MatmulFlags.X_LOG2
     if out_transposed:
         flags |= MatmulFlags.OUT_T
     if heads:
@@ -208,9 +218,19 @@ def matmul(
 
 
 def softmax(
-    *, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, in_shift: int
+    *,
+    src: int,
+    src_stride: int,
+    rows: int,
+    cols: int,
+    dst: int,
+    dst_stride: int,
+    in_shift: int,
+    log2: bool = False,
 ) -> Instr:
-    return Instr(Op.SOFTMAX, 0, (src, src_stride, rows, cols, dst, dst_stride, in_shift))
+    """Row-wise E2Softmax: uint8 probabilities, or with ``log2`` one 4-bit code per byte."""
+    flags = SoftmaxFlags.LOG2 if log2 else SoftmaxFlags(0)
+    return Instr(Op.SOFTMAX, int(flags), (src, src_stride, rows, cols, dst, dst_stride, in_shift))
 
 
 def layernorm(

@@ -31,7 +31,16 @@ from vitaccel.quant.ref import LayerNormParams
 if TYPE_CHECKING:
     from vitaccel.models.golden import IntLinear, IntViT
 
-__all__ = ["Tensor", "Compiled", "compile_model", "CompileError", "words_for", "spm_rows", "WCodec"]
+__all__ = [
+    "spm_layout",
+    "Tensor",
+    "Compiled",
+    "compile_model",
+    "CompileError",
+    "words_for",
+    "spm_rows",
+    "WCodec",
+]
 
 SECTION_ALIGN = 4096
 
@@ -172,47 +181,92 @@ def _check_fits(name: str, value: int, bits: int) -> int:
     return value
 
 
+# Constant blocks in the SPM, in load order: name -> bytes (or (rows, cols) for tensors).
+def _const_sizes(spec) -> list[tuple[str, int | tuple[int, int]]]:
+    D = spec.embed_dim
+    sizes: list[tuple[str, int | tuple[int, int]]] = [
+        ("pos_q", (spec.patches, D)),
+        ("pos_add.params", 4 * D),
+        ("cls_row", (1, D)),
+    ]
+    for i in range(spec.depth):
+        sizes += [
+            (f"blocks.{i}.norm1.params", 8 * D),
+            (f"blocks.{i}.add1.params", 4 * D),
+            (f"blocks.{i}.norm2.params", 8 * D),
+            (f"blocks.{i}.gelu.table", 256),
+            (f"blocks.{i}.add2.params", 4 * D),
+        ]
+    return sizes + [("norm.params", 8 * D)]
+
+
+def spm_layout(spec, spm_words: int = 1 << 16) -> _Alloc:
+    """Where everything lives in the scratchpad: the constants (loaded once, first), then the
+    activations. Needs only the model's shape, so a build can refuse a model that does not
+    fit before it spends minutes quantising it; :class:`CompileError` when it does not fit."""
+    if spec.head_dim % WORD_BYTES:
+        raise CompileError(f"head_dim must be a multiple of {WORD_BYTES} (got {spec.head_dim})")
+    al = _Alloc(min(spm_words, 1 << 16))
+    for name, size in _const_sizes(spec):
+        if isinstance(size, tuple):
+            al.tensor(name, *size)
+        else:
+            al.block(name, size)
+    T, D, H, M = spec.tokens, spec.embed_dim, spec.heads, spec.mlp_dim
+    for name, rows, cols in (
+        ("patches", spec.patches, spec.patch_dim),
+        ("patch_embed", spec.patches, D),
+        ("x0", T, D),
+        ("x1", T, D),
+        ("ln", T, D),
+        ("qk", T, 2 * D),
+        ("vT", D, T),
+        ("attn.logits", H * T, T),
+        ("attn.probs", H * T, T),
+        ("attn.context", T, D),
+        ("branch", T, D),
+        ("mlp.fc1", T, M),
+        ("mlp.gelu", T, M),
+        ("norm", 1, D),
+        ("logits", 1, spec.num_classes),
+    ):
+        al.tensor(name, rows, cols)
+    return al
+
+
 def compile_model(
     model: IntViT, *, groups: int, codec: WCodec, spm_words: int = 1 << 16
 ) -> Compiled:
     """Compile ``model`` into a program + memory image for an array with ``groups`` groups."""
     spec = model.spec
-    if model.config.softmax_output != "uint8":
-        raise CompileError(
-            "the accelerator runs uint8 softmax probabilities; quantise with softmax_output='uint8'"
-        )
-    if spec.head_dim % WORD_BYTES:
-        raise CompileError(f"head_dim must be a multiple of {WORD_BYTES} (got {spec.head_dim})")
-    spm_words = min(spm_words, 1 << 16)
+    log2 = model.config.softmax_output == "log2"
     T, D, H, dh, M = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
     P, classes = spec.patches, spec.num_classes
-    al = _Alloc(spm_words)
+    al = spm_layout(spec, spm_words)
+    at = al.tensors
 
     # ---- constants (one LOAD) -----------------------------------------------------------
     const_parts: list[tuple[Tensor, bytes]] = []
 
-    def const(
-        name: str, data: bytes | np.ndarray, rows: int = 1, cols: int | None = None
-    ) -> Tensor:
+    def const(name: str, data: bytes | np.ndarray) -> Tensor:
         raw = (
             bytes(np.asarray(data, dtype=np.uint8).reshape(-1))
             if not isinstance(data, bytes)
             else data
         )
-        if cols is None:
-            t = al.block(name, len(raw))
-            raw = raw + bytes(t.words * WORD_BYTES - len(raw))
-        else:
-            t = al.tensor(name, rows, cols)
-        const_parts.append((t, raw))
+        t = at[name]
+        if len(raw) > t.words * WORD_BYTES:  # pragma: no cover - _const_sizes is the layout
+            raise CompileError(f"constant '{name}' is larger than its SPM block")
+        const_parts.append((t, raw + bytes(t.words * WORD_BYTES - len(raw))))
         return t
 
-    const_start = al.next
-    pos_q = const("pos_q", spm_rows(model.pos_q, words_for(D)), rows=P, cols=D)
+    const_names = [name for name, _ in _const_sizes(spec)]
+    const_start = at[const_names[0]].base
+    pos_q = const("pos_q", spm_rows(model.pos_q, words_for(D)))
     pos_params = const(
         "pos_add.params", _resadd_block(model.pos_add.mult_a, model.pos_add.mult_b, D)
     )
-    cls_row = const("cls_row", spm_rows(model.cls_row[None, :], words_for(D)), rows=1, cols=D)
+    cls_row = const("cls_row", spm_rows(model.cls_row[None, :], words_for(D)))
     blk_consts = []
     for i, b in enumerate(model.blocks):
         blk_consts.append(
@@ -231,24 +285,16 @@ def compile_model(
             )
         )
     lnf = const("norm.params", _ln_block(model.norm))
-    const_words = al.next - const_start
+    last = at[const_names[-1]]
+    const_words = last.base + last.words - const_start
 
     # ---- activations ------------------------------------------------------------------------
-    patches = al.tensor("patches", P, spec.patch_dim)
-    pe = al.tensor("patch_embed", P, D)
-    xs = [al.tensor("x0", T, D), al.tensor("x1", T, D)]
-    h = al.tensor("ln", T, D)
-    qk = al.tensor("qk", T, 2 * D)
-    vt = al.tensor("vT", D, T)
+    patches, pe = at["patches"], at["patch_embed"]
+    xs = [at["x0"], at["x1"]]
+    h, qk, vt = at["ln"], at["qk"], at["vT"]
     att_stride = words_for(T)
-    logits = al.tensor("attn.logits", H * T, T)
-    probs = al.tensor("attn.probs", H * T, T)
-    ctx = al.tensor("attn.context", T, D)
-    br = al.tensor("branch", T, D)
-    f1 = al.tensor("mlp.fc1", T, M)
-    g = al.tensor("mlp.gelu", T, M)
-    hn = al.tensor("norm", 1, D)
-    out = al.tensor("logits", 1, classes)
+    logits, probs, ctx, br = at["attn.logits"], at["attn.probs"], at["attn.context"], at["branch"]
+    f1, g, hn, out = at["mlp.fc1"], at["mlp.gelu"], at["norm"], at["logits"]
 
     # ---- DDR image sections -------------------------------------------------------------
     weights: list[tuple[str, bytes]] = []
@@ -360,6 +406,7 @@ def compile_model(
                 dst=probs.base,
                 dst_stride=att_stride,
                 in_shift=b.softmax.in_shift,
+                log2=log2,
             )
         )
         for h0 in range(0, H, heads_per_job):
@@ -377,7 +424,8 @@ def compile_model(
                     w_stride=vt.stride,
                     mult=_check_fits("av_mult", b.av_mult, 16),
                     shift=b.av_shift,
-                    x_unsigned=True,
+                    x_unsigned=not log2,
+                    x_log2=log2,
                     heads=nh if groups > 1 else 0,
                     head_x_step=T * att_stride,
                     head_w_step=dh * vt.stride,

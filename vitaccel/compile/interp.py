@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitaccel import isa
-from vitaccel.isa import WORD_BYTES, MatmulFlags, Op
+from vitaccel.isa import WORD_BYTES, MatmulFlags, Op, SoftmaxFlags
 from vitaccel.quant import ref
 from vitaccel.quant.ref import LayerNormParams, SoftmaxParams
 
@@ -95,7 +95,10 @@ def _matmul(m: Machine, i: isa.Instr, codec) -> None:
     tokens, k, n = i.f(3), i.f(4), i.f(5)
     heads = i.f(12) if fl & MatmulFlags.HEADS else 1
     for h in range(heads):
-        x = m.read(i.f(1) + h * i.f(13), tokens, k, i.f(2), signed=not fl & MatmulFlags.X_UNSIGNED)
+        unsigned = fl & (MatmulFlags.X_UNSIGNED | MatmulFlags.X_LOG2)
+        x = m.read(i.f(1) + h * i.f(13), tokens, k, i.f(2), signed=not unsigned)
+        if fl & MatmulFlags.X_LOG2:
+            x = ref.log2_code_weights(x)
         if fl & MatmulFlags.W_SPM:
             w = m.read(i.f(10) + h * i.f(14), n, k, i.f(11))
             bias = np.zeros(n, dtype=np.int64)
@@ -129,7 +132,8 @@ def step(m: Machine, i: isa.Instr, codec) -> bool:
         _matmul(m, i, codec)
     elif op is Op.SOFTMAX:
         x = m.read(i.f(1), i.f(3), i.f(4), i.f(2))
-        p = ref.e2softmax(x, SoftmaxParams(in_shift=i.f(7), lanes=m.softmax_lanes))
+        out = "log2" if SoftmaxFlags(i.flags) & SoftmaxFlags.LOG2 else "uint8"
+        p = ref.e2softmax(x, SoftmaxParams(in_shift=i.f(7), lanes=m.softmax_lanes), output=out)
         m.write(i.f(5), _as_u8(p), i.f(6))
     elif op is Op.LAYERNORM:
         x = m.read(i.f(1), i.f(3), i.f(4), i.f(2))

@@ -69,13 +69,14 @@ def build(opts: BuildOptions, progress=print) -> dict:
     import torch
 
     from vitaccel.compile import interp
-    from vitaccel.compile.compiler import compile_model
+    from vitaccel.compile.compiler import compile_model, spm_layout
     from vitaccel.compile.driver import Driver
     from vitaccel.design import load_design, save_design
     from vitaccel.flow.codec import codec_for
     from vitaccel.flow.generate import generate_design
     from vitaccel.models.evaluate import evaluate, prepare
-    from vitaccel.models.golden import QuantConfig
+    from vitaccel.models.golden import quant_config_for
+    from vitaccel.models.specs import get_spec
 
     summary: dict = {"model": opts.model, "board": opts.board}
     with atomic_output_dir(opts.out_dir) as out:
@@ -90,13 +91,10 @@ def build(opts: BuildOptions, progress=print) -> dict:
             else:
                 design = default_design(opts.model, opts.board)
             save_design(design, out / "design.json")
-        cfg = QuantConfig(
-            scheme="mixed" if design.array.w4_share > 0 else "w8a8",
-            w4_ratio=design.default_w4_ratio,
-            w4_kind=design.array.w4_kind,
-            layer_w4_ratio=tuple(sorted((k, v.w4_ratio) for k, v in design.layers.items())),
-            softmax_lanes=design.nonlinear.softmax_lanes,
-        )
+            # The scratchpad layout needs only the model's shape: refuse a model that does
+            # not fit now, not after minutes of quantisation.
+            spm_layout(get_spec(opts.model), design.spm_kib * 1024 // 16)
+        cfg = quant_config_for(design)
         # 2. quantize: the golden model and its accuracy against float (whole test split)
         with _step(progress, "quantize"):
             ev = evaluate(opts.model, weights=opts.weights, config=cfg)

@@ -135,10 +135,9 @@ def _write_program(design: Design, out: Path) -> None:
     from vitaccel.compile.compiler import compile_model
     from vitaccel.flow.codec import codec_for
     from vitaccel.models.evaluate import prepare
-    from vitaccel.models.golden import QuantConfig
+    from vitaccel.models.golden import quant_config_for
 
-    cfg = QuantConfig(softmax_lanes=design.nonlinear.softmax_lanes)
-    _, _, golden, _, _ = prepare(design.model, config=cfg, images=1)
+    _, _, golden, _, _ = prepare(design.model, config=quant_config_for(design), images=1)
     compiled = compile_model(
         golden,
         groups=design.array.groups,

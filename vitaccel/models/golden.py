@@ -40,6 +40,7 @@ __all__ = [
     "quantize_model",
     "float_trace",
     "linear_layer_names",
+    "quant_config_for",
 ]
 
 SCHEMES = ("w8a8", "w4a8", "mixed")
@@ -398,6 +399,20 @@ def _softmax_shift(logit_absmax: float) -> int:
     # s = ln2 * 2**-T must cover the calibrated logits: 127 * s >= absmax.
     t = int(math.floor(math.log2(127 * math.log(2) / logit_absmax)))
     return int(np.clip(t, 0, 12))
+
+
+def quant_config_for(design) -> QuantConfig:
+    """The golden model's quantisation for a design file (the one rule for build, generate
+    and simulation): W8A8, or mixed with the design's per-layer W4 ratios and W4 kind; the
+    softmax lanes and output format of its E2Softmax unit."""
+    return QuantConfig(
+        scheme="mixed" if design.array.w4_share > 0 else "w8a8",
+        w4_ratio=design.default_w4_ratio,
+        w4_kind=design.array.w4_kind,
+        layer_w4_ratio=tuple(sorted((k, v.w4_ratio) for k, v in design.layers.items())),
+        softmax_lanes=design.nonlinear.softmax_lanes,
+        softmax_output=design.nonlinear.softmax_output,
+    )
 
 
 def quantize_model(

@@ -25,7 +25,7 @@ is prefetched meanwhile (so FETCH runs only for the first one).
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -103,8 +103,6 @@ class TopParams:
             )
         for name in ("gelu_lanes", "softmax_lanes", "layernorm_lanes"):
             _pow2(f"nonlinear.{name}", getattr(nl, name))
-        if nl.softmax_output != "uint8":
-            raise ValueError("nonlinear.softmax_output must be 'uint8' (docs/isa.md SOFTMAX)")
         self.design = design
         self.spm_words = min(design.spm_kib * 1024 // WORD_BYTES, 1 << 16)
         g, r, c, v = a.groups, a.rows, a.cols, a.vector
@@ -114,8 +112,10 @@ class TopParams:
             max_ksteps = max(2, design.weight_buffer_kib * 1024 // (g * c * 2 * v))
         if out_depth is None:
             out_depth = max(32, 2 * r)
+        # log2 softmax: the unit emits 4-bit codes and P x V runs in the engine's shift-add mode
+        self.softmax_log2 = nl.softmax_output == "log2"
         self.engine = EngineParams.from_array(
-            a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth
+            a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2
         )
         self.max_tokens = nl.max_tokens
         self.max_channels = nl.max_channels
@@ -231,7 +231,11 @@ class Accelerator(wiring.Component):
         wiring.connect(m, brw.mem, spm.wr[1])
 
         m.submodules.gelu = gelu = GELU(lanes=P.gelu_lanes)
-        m.submodules.softmax = softmax = E2Softmax(lanes=P.softmax_lanes, max_row=P.max_tokens)
+        m.submodules.softmax = softmax = E2Softmax(
+            lanes=P.softmax_lanes,
+            max_row=P.max_tokens,
+            output="log2" if P.softmax_log2 else "uint8",
+        )
         m.submodules.layernorm = ln = AILayerNorm(
             lanes=P.layernorm_lanes, max_channels=P.max_channels, bias_bits=32
         )
@@ -510,9 +514,13 @@ class Accelerator(wiring.Component):
                         unit.i.payload.as_value().eq(rd.o.payload.as_value()),
                         rd.o.ready.eq(unit.i.ready),
                         wr.i.valid.eq(unit.o.valid),
-                        wr.i.payload.as_value().eq(unit.o.payload.as_value()),
+                        wr.i.payload.count.eq(unit.o.payload.count),
+                        wr.i.payload.last.eq(unit.o.payload.last),
                         unit.o.ready.eq(wr.i.ready),
                     ]
+                    # one byte per element (log2 codes are zero-extended)
+                    for lane in range(lanes):
+                        m.d.comb += wr.i.payload.data[lane].eq(unit.o.payload.data[lane])
         # RESADD output
         m.d.comb += [
             res_wr.cmd.valid.eq(cmd_valid("unit_wr") & op_is["RESADD"]),
@@ -549,6 +557,7 @@ class Accelerator(wiring.Component):
             engine.cmd.payload.nsteps.eq(nsteps),
             engine.cmd.payload.heads.eq(is_heads),
             engine.cmd.payload.x_unsigned.eq(flags[0]),
+            *([engine.cmd.payload.x_log2.eq(flags[2])] if P.softmax_log2 else []),
             engine.cmd.payload.lo.eq(-128),
             engine.cmd.payload.hi.eq(127),
             xb.cmd.valid.eq(cmd_valid("xb")),
@@ -644,6 +653,8 @@ class Accelerator(wiring.Component):
         x_fits = Signal()
         m.d.comb += x_fits.eq((x_need <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
         heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
+        # X_LOG2 needs the engine's log2 mode (built with the log2 softmax)
+        flags_ok = Const(1) if P.softmax_log2 else ~flags[2]
 
         # ---- the state machine -----------------------------------------------------------------
         m.d.sync += todo.eq(todo & ~fired)
@@ -700,7 +711,8 @@ class Accelerator(wiring.Component):
                     m.d.comb += error_set.eq(1)
             with m.Elif((op) == (Op.SOFTMAX)):
                 m.d.sync += [todo.eq(bits("unit_rd", "unit_wr")), state.eq(_S["ISSUE"])]
-                with m.If(f[4] > P.max_tokens):
+                # the output format is the build's: a program for the other one is an error
+                with m.If((f[4] > P.max_tokens) | (flags[0] != int(P.softmax_log2))):
                     m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
                     m.d.comb += error_set.eq(1)
             with m.Elif((op) == (Op.MATMUL)):
@@ -738,7 +750,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += settled.eq(1)
             with m.If(settled):
                 m.d.sync += settled.eq(0)
-                with m.If(x_fits & heads_ok & (nsteps != 0) & (tiles != 0)):
+                with m.If(x_fits & heads_ok & flags_ok & (nsteps != 0) & (tiles != 0)):
                     m.d.sync += [
                         state.eq(_S["ISSUE"]),
                         todo.eq(
