@@ -371,3 +371,25 @@ def test_search_evaluation_equals_the_cycle_model():
     for cand in rng.sample(w8, 15) + rng.sample(w4, min(15, len(w4))):
         design = to_design(cand, spec.name, "zcu102", cand.clock_mhz, spec)
         assert estimate(design, budget=result["budget"]).cycles == cand.cycles, cand
+
+
+def test_validation_store_keeps_each_measurement_and_reuses_it(tmp_path):
+    from vitaccel.dse.validate import MeasureStore, _measured
+
+    path = tmp_path / "validation.json"
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"cycles": 123}
+
+    store = MeasureStore(path)
+    assert _measured(store, "engine a", measure) == {"cycles": 123}
+    # Saved at once (an interrupted run keeps it), and kept beside other keys of the file.
+    assert json.loads(path.read_text())["measured"] == {"engine a": {"cycles": 123}}
+    reused = MeasureStore(path, reuse=True)
+    assert _measured(reused, "engine a", measure) == {"cycles": 123}
+    assert len(calls) == 1
+    # Without reuse every case is measured again.
+    assert _measured(MeasureStore(path), "engine a", measure) == {"cycles": 123}
+    assert len(calls) == 2

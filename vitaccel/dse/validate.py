@@ -28,7 +28,15 @@ import json
 import time
 from pathlib import Path
 
-__all__ = ["CYCLE_BOUND", "RESOURCE_BOUND", "ENGINE_CASES", "TOP_CASES", "validate", "markdown"]
+__all__ = [
+    "CYCLE_BOUND",
+    "RESOURCE_BOUND",
+    "ENGINE_CASES",
+    "TOP_CASES",
+    "MeasureStore",
+    "validate",
+    "markdown",
+]
 
 CYCLE_BOUND = 0.05
 RESOURCE_BOUND = 0.10
@@ -53,12 +61,53 @@ def _err(model: float, real: float) -> float:
     return (model - real) / real if real else 0.0
 
 
+class MeasureStore(dict):
+    """The measured side (RTL cycles, Yosys counts) by case key, saved after every run.
+
+    A Verilator or Yosys run takes seconds to half an hour; the models take microseconds.
+    Each measurement is written to ``path`` (``data/validation.json``, key ``measured``) as
+    soon as it exists, so an interrupted run loses nothing, and ``reuse=True`` re-evaluates
+    the models against the stored measurements (remeasuring only what is missing). The keys
+    carry every parameter of a case, not a hash of the RTL: after an RTL change, run without
+    ``reuse``.
+    """
+
+    def __init__(self, path: Path | None = None, *, reuse: bool = False):
+        stored = {}
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text()).get("measured", {})
+        super().__init__(stored if reuse else {})
+        self.path = path
+        self._stored = stored
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from vitaccel.util import atomic_write_text
+
+        doc = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        doc["measured"] = {**self._stored, **self}
+        atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
+
+
+def _measured(store: MeasureStore | None, key: str, measure) -> dict:
+    if store is not None and key in store:
+        return store[key]
+    t0 = time.monotonic()
+    value = measure()
+    print(f"measured {key} in {time.monotonic() - t0:.0f} s", flush=True)
+    if store is not None:
+        store[key] = value
+        store.save()
+    return value
+
+
 # ---------------------------------------------------------------------------------------
 # cycles
 # ---------------------------------------------------------------------------------------
 
 
-def _engine_case(case, seed: int = 0) -> dict:
+def _engine_case(case, seed: int = 0, store: dict | None = None) -> dict:
     import numpy as np
 
     from vitaccel.dse.cost import column_split, job_nsteps, matmul_cycles
@@ -80,11 +129,16 @@ def _engine_case(case, seed: int = 0) -> dict:
     bias = rng.integers(-1000, 1000, size=(*lead, n))
     mult = np.full((*lead, n), 1 << 14)
     shift = np.full((*lead, n), 24)
-    res = simulate_jobs(
-        [MatmulCase(x, q, kind, bias, mult, shift, heads=heads, name=name)], params
-    )[0]
-    if res["mismatches"]:
-        raise RuntimeError(f"{name}: RTL output mismatches ({res['first_mismatch']})")
+
+    def measure() -> dict:
+        res = simulate_jobs(
+            [MatmulCase(x, q, kind, bias, mult, shift, heads=heads, name=name)], params
+        )[0]
+        if res["mismatches"]:
+            raise RuntimeError(f"{name}: RTL output mismatches ({res['first_mismatch']})")
+        return {"cycles": int(res["cycles"])}
+
+    res = _measured(store, f"engine {case} seed{seed}", measure)
     nsteps = job_nsteps(n, n - n4, g, c, c8, heads=heads)
     model = matmul_cycles(t, k, nsteps, g, r, c, v, c8 // 2 + c4, heads=heads)
     return {
@@ -92,20 +146,25 @@ def _engine_case(case, seed: int = 0) -> dict:
         "case": name,
         "design": f"{g}x{r}x{c}x{v}" + (f" w4 {share:g}" if share else ""),
         "shape": f"T={t} K={k} N={n}" + (f" x{g} heads" if heads else ""),
-        "rtl": int(res["cycles"]),
+        "rtl": res["cycles"],
         "model": int(model),
         "error": _err(model, res["cycles"]),
     }
 
 
-def _unit_case(unit: str, lanes: int, vectors: int) -> dict:
+def _unit_case(unit: str, lanes: int, vectors: int, store: dict | None = None) -> dict:
     from vitaccel.dse.cost import LATENCIES
     from vitaccel.flow.unit_nonlinear import default_case, simulate_case
 
     case = default_case(unit, vectors=vectors, lanes=lanes)
-    res = simulate_case(unit, case, lanes=lanes)
-    if res["mismatches"]:
-        raise RuntimeError(f"{unit}: RTL output mismatches ({res['first_mismatch']})")
+
+    def measure() -> dict:
+        res = simulate_case(unit, case, lanes=lanes)
+        if res["mismatches"]:
+            raise RuntimeError(f"{unit}: RTL output mismatches ({res['first_mismatch']})")
+        return {"cycles": int(res["cycles"])}
+
+    res = _measured(store, f"unit {unit} lanes{lanes} vectors{vectors}", measure)
     # The unit alone (first input beat to last output beat): the streaming part of
     # cost.nonlinear_cycles without the scratchpad I/O and constant loads of an instruction.
     row_beats = [-(-len(row) // min(lanes, 16)) for row in case.rows]
@@ -116,13 +175,13 @@ def _unit_case(unit: str, lanes: int, vectors: int) -> dict:
         "case": f"{unit} x{lanes}",
         "design": f"lanes {lanes}",
         "shape": f"{len(case.rows)} rows of {len(case.rows[0])}",
-        "rtl": int(res["cycles"]),
+        "rtl": res["cycles"],
         "model": int(model),
         "error": _err(model, res["cycles"]),
     }
 
 
-def _top_case(g: int, r: int, c: int, v: int, lanes: int) -> dict:
+def _top_case(g: int, r: int, c: int, v: int, lanes: int, store: dict | None = None) -> dict:
     from vitaccel.compile.compiler import compile_model
     from vitaccel.compile.driver import Driver
     from vitaccel.design import ArrayConfig, Design, NonlinearConfig
@@ -138,22 +197,27 @@ def _top_case(g: int, r: int, c: int, v: int, lanes: int) -> dict:
         nonlinear=NonlinearConfig(softmax_lanes=lanes, layernorm_lanes=lanes, gelu_lanes=lanes),
         spm_kib=64,
     )
-    compiled = compile_model(golden, groups=g, codec=codec_for(design))
-    drv = Driver(SimBackend(design))
-    drv.load(compiled)
-    res = drv.infer(golden.quantize_images(x)[0])
-    expect = golden.forward_patches(golden.quantize_images(x))[0]
-    if not (res.logits == expect).all():
-        raise RuntimeError(f"top {g}x{r}x{c}x{v}: logits differ from the golden model")
+
+    def measure() -> dict:
+        compiled = compile_model(golden, groups=g, codec=codec_for(design))
+        drv = Driver(SimBackend(design))
+        drv.load(compiled)
+        res = drv.infer(golden.quantize_images(x)[0])
+        expect = golden.forward_patches(golden.quantize_images(x))[0]
+        if not (res.logits == expect).all():
+            raise RuntimeError(f"top {g}x{r}x{c}x{v}: logits differ from the golden model")
+        return {"cycles": int(res.cycles)}
+
+    res = _measured(store, f"top g{g} r{r} c{c} v{v} lanes{lanes} digits-vit", measure)
     model = estimate(design).cycles
     return {
         "kind": "top",
         "case": "digits-vit program",
         "design": f"{g}x{r}x{c}x{v} lanes {lanes}",
         "shape": "whole model, 1 image",
-        "rtl": int(res.cycles),
+        "rtl": res["cycles"],
         "model": int(model),
-        "error": _err(model, res.cycles),
+        "error": _err(model, res["cycles"]),
     }
 
 
@@ -162,44 +226,46 @@ def _top_case(g: int, r: int, c: int, v: int, lanes: int) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def _resource_rows(resynth: bool) -> list[dict]:
+def _resource_rows(resynth: bool, store: MeasureStore | None = None) -> list[dict]:
+    """Held-out Yosys runs against the resource model.
+
+    ``resynth``: synthesise every validation shape again (measurements already in ``store``
+    are kept); otherwise the runs stored in ``data/calibration.json`` serve where present.
+    """
     from vitaccel.dse import calibrate
     from vitaccel.dse import resources as res
-    from vitaccel.dse.cost import column_split
 
-    data = res.calibration()
-    runs = dict(data.get("runs", {}))
+    runs = dict(res.calibration().get("runs", {}))
+
+    def run_of(key: str, synthesise, *, optional: bool = False) -> dict | None:
+        if store is not None and f"yosys {key}" in store:
+            return store[f"yosys {key}"]
+        if not resynth and key in runs:
+            return runs[key]
+        if optional and not resynth:
+            return None  # the whole top is synthesised only by the full run
+        return _measured(store, f"yosys {key}", synthesise)
+
     rows = []
     for cfg in calibrate.ENGINE_VALIDATE:
-        key = calibrate._engine_key(cfg)
-        if resynth or key not in runs:
-            runs[key] = calibrate.run_engine(cfg)
-        run = runs[key]
+        run = run_of(calibrate._engine_key(cfg), lambda cfg=cfg: calibrate.run_engine(cfg))
         g, r, c, v, share, kind, xw, ks = cfg
         u = res.engine_resources(g, r, c, v, share, kind, xw, ks, 32)
-        c8, _ = column_split(c, share)
-        rows.append(
-            _res_row(
-                f"engine {g}x{r}x{c}x{v}" + (f" w4 {share:.2g} {kind}" if share else ""), u, run
-            )
-        )
-    for cfg in calibrate.TOP_VALIDATE:
-        key = calibrate._top_key(cfg)
-        if key not in runs and not resynth:
-            continue  # the whole top is synthesised only by the full run
-        if resynth or key not in runs:
-            runs[key] = calibrate.run_top(cfg)
-        total = res.design_resources(calibrate.top_design(cfg))["total"]
-        g, r, c, v, lanes, spm, model = cfg
-        rows.append(_res_row(f"top {g}x{r}x{c}x{v} lanes {lanes} spm {spm} KiB", total, runs[key]))
+        name = f"engine {g}x{r}x{c}x{v}" + (f" w4 {share:.2g} {kind}" if share else "")
+        rows.append(_res_row(name, u, run))
     for unit, lanes_list in calibrate.UNIT_VALIDATE.items():
         for lanes in lanes_list:
             key = f"unit {unit} lanes{lanes}"
-            if resynth or key not in runs:
-                runs[key] = calibrate.run_unit(unit, lanes)
-            rows.append(
-                _res_row(f"{unit} x{lanes}", res.nonlinear_resources(unit, lanes), runs[key])
-            )
+            run = run_of(key, lambda unit=unit, lanes=lanes: calibrate.run_unit(unit, lanes))
+            rows.append(_res_row(f"{unit} x{lanes}", res.nonlinear_resources(unit, lanes), run))
+    for cfg in calibrate.TOP_VALIDATE:
+        key = calibrate._top_key(cfg)
+        run = run_of(key, lambda cfg=cfg: calibrate.run_top(cfg), optional=True)
+        if run is None:
+            continue
+        total = res.design_resources(calibrate.top_design(cfg))["total"]
+        g, r, c, v, lanes, spm, model = cfg
+        rows.append(_res_row(f"top {g}x{r}x{c}x{v} lanes {lanes} spm {spm} KiB", total, run))
     return rows
 
 
@@ -227,25 +293,26 @@ def _res_row(name: str, model, run: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def validate(*, quick: bool = True) -> dict:
+def validate(*, quick: bool = True, store: MeasureStore | None = None) -> dict:
     """Compare the cycle and resource models with the RTL and Yosys; return the tables.
 
     ``quick``: two small engine jobs and one unit on Verilator, resources from the stored
     Yosys runs (a few minutes with warm Verilator caches). The full run adds DeiT-Tiny-sized
     jobs, every unit case, whole programs on the accelerator top, and re-synthesises.
+    ``store`` keeps (and, built with ``reuse``, supplies) the measurements.
     """
     t0 = time.monotonic()
     cycles = []
     for case in ENGINE_CASES:
         if quick and case[0] not in QUICK_ENGINE:
             continue
-        cycles.append(_engine_case(case))
+        cycles.append(_engine_case(case, store=store))
     for unit, lanes in UNIT_CASES[: 1 if quick else None]:
-        cycles.append(_unit_case(unit, lanes, 2000 if quick else 20000))
+        cycles.append(_unit_case(unit, lanes, 2000 if quick else 20000, store=store))
     if not quick:
         for case in TOP_CASES:
-            cycles.append(_top_case(*case))
-    resources = _resource_rows(resynth=not quick)
+            cycles.append(_top_case(*case, store=store))
+    resources = _resource_rows(resynth=not quick, store=store)
     out = {
         "cycles": cycles,
         "resources": resources,
@@ -297,14 +364,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.validate")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--docs", default=None, help="rewrite the table between the markers here")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the RTL cycles and Yosys counts stored in data/validation.json "
+        "(measure only what is missing) and re-evaluate the models",
+    )
     args = ap.parse_args(argv)
-    result = validate(quick=not args.full)
+    store = MeasureStore(DATA_PATH, reuse=args.reuse) if args.full else None
+    result = validate(quick=not args.full, store=store)
     table = markdown(result)
     print(table)
     print(f"cycles within {CYCLE_BOUND:.0%}: {result['cycles_ok']}; "
           f"resources within {RESOURCE_BOUND:.0%}: {result['resources_ok']}")  # fmt: skip
     if args.full:
-        atomic_write_text(DATA_PATH, json.dumps(result, indent=1) + "\n")
+        measured = {**store._stored, **store}
+        atomic_write_text(DATA_PATH, json.dumps({**result, "measured": measured}, indent=1) + "\n")
     if args.docs:
         doc = Path(args.docs)
         text = doc.read_text()
