@@ -66,8 +66,12 @@ LATENCIES = {
     "residual": 4,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
     "load": 5,  # DMA request to first LOAD/STORE word
-    "matmul_ddr": 38,  # MATMUL with W from DDR: setup, DMA request, output writer drain
-    "matmul_spm": 11,  # MATMUL with W built from the scratchpad
+    # A MATMUL beyond `instr`, MM_SETUP's loop (`top_matmul_extra`) and the job itself
+    # (`matmul_cycles`, the writer bound): one cycle, W from DDR or from the scratchpad alike.
+    # (Re-measured after MM_SETUP and the shared SPM read port moved into
+    # `top_matmul_extra`: the earlier 38 / 11 had them inside and counted them twice.)
+    "matmul_ddr": 1,
+    "matmul_spm": 1,
 }
 
 
@@ -174,13 +178,18 @@ def top_matmul_extra(
 ) -> int:
     """What the top adds to a MATMUL job: MM_SETUP computes ``nsteps`` and ``tiles`` by
     repeated addition (``max(nsteps, tiles)`` cycles); with W built from the scratchpad the X
-    and W builders share its one read port, so X and W of step 0 load one after the other."""
+    and W builders share its one read port (round-robin, one 16-byte word a cycle): each
+    builder's row reader turns a word into ``16/V`` beats of ``V`` bytes, so X and W of step
+    0 together need ``(XL + WL) * V / 16`` port cycles. For ``V <= 8`` that is within
+    ``max(XL, WL)`` on the shapes of a ViT (both load in parallel, as the engine's recursion
+    assumes); at ``V = 16`` every beat is a word and the two loads serialise."""
     ks = -(-k // vector)
     extra = max(nsteps, -(-tokens // rows))
     if w_spm:
         x_load = (groups if heads else 1) * tokens * ks
         w_load = groups * cols * (ks + 1)
-        extra += min(x_load, w_load)
+        port = -(-(x_load + w_load) * min(vector, SLOT_BYTES) // SLOT_BYTES)
+        extra += max(0, port - max(x_load, w_load))
     return extra
 
 
