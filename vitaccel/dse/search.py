@@ -63,6 +63,8 @@ DEFAULT_MAX_ERROR = 1e-3
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 # The ISA's 16-bit scratchpad word addresses: at most 1 MiB (Design.spm_kib <= 1024).
 SPM_KIB_MAX = 1024
+# binding_of: the FPS gain (share) that doubling a resource limit must buy to be named.
+BINDING_GAIN = 0.10
 
 
 class InfeasibleError(Exception):
@@ -693,7 +695,9 @@ def binding_of(result: dict, select=None) -> tuple[str, float]:
         mask = _fit_mask(result, {k: 2.0}) & select
         gains[names[k]] = (float(fps[mask].max()) if mask.any() else 0.0) - best_fps
     top = max(gains, key=gains.get)
-    if gains[top] > 0.02 * max(best_fps, 1e-9):
+    # A resource binds when twice as much of it buys a real gain; a few percent (one more
+    # array row on a bandwidth-bound design) says more about the search grid than the limit.
+    if gains[top] > BINDING_GAIN * max(best_fps, 1e-9):
         return top, best_fps
     if best is None:
         return top, 0.0
