@@ -393,3 +393,15 @@ def test_validation_store_keeps_each_measurement_and_reuses_it(tmp_path):
     # Without reuse every case is measured again.
     assert _measured(MeasureStore(path), "engine a", measure) == {"cycles": 123}
     assert len(calls) == 2
+
+
+def test_benchmark_markdown_states_every_verdict():
+    from vitaccel.dse.benchmark import GOALS, LINEAR_DSP_GOAL, benchmark, markdown
+
+    rows = benchmark()
+    text = markdown(rows)
+    for r in rows:
+        assert r["reached"] or (r["gap"] and r["binding"])
+        assert r["linear_dsp_reached"] == (r["linear_dsp_efficiency"] >= LINEAR_DSP_GOAL)
+        assert f"{r['model']} {r['precision']} >= {r['goal_fps']:g} FPS" in text
+    assert text.count("reached**") + text.count("missed**") == 2 * len(GOALS)
