@@ -96,34 +96,17 @@ if cocotb is not None:
 
     @cocotb.test()
     async def play_steps(dut):
-        from cocotb.clock import Clock
         from cocotb.triggers import ClockCycles, RisingEdge
-        from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
         from vitaccel.isa import Reg
         from vitaccel.sim.runner import load_args, save_result
-        from vitaccel.sim.streams import random_pauses
+        from vitaccel.sim.tb_top import attach_axi
 
         args, arrays = load_args()
         base = args["base"]
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-        dut.rst.value = 1
-        dut.m_axi_bid.value = 0
-        dut.m_axi_rid.value = 0
-        ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=args["mem_size"])
-        host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
-        for log in (ram.write_if.log, ram.read_if.log, host.write_if.log, host.read_if.log):
-            log.setLevel("WARNING")
-        if args["pause"]:
-            chans = [
-                ram.write_if.aw_channel,
-                ram.write_if.w_channel,
-                ram.write_if.b_channel,
-                ram.read_if.ar_channel,
-                ram.read_if.r_channel,
-            ]
-            for k, ch in enumerate(chans):
-                ch.set_pause_generator(random_pauses(args["pause"], args["seed"] * 10 + k))
+        ram, host = await attach_axi(
+            dut, mem_size=args["mem_size"], pause=args["pause"], seed=args["seed"]
+        )
 
         async def reset():
             dut.rst.value = 1

@@ -30,9 +30,8 @@ to 0 around the unchanged top.
 from __future__ import annotations
 
 import functools
-import random
 
-__all__ = ["sim_verilog", "run_top", "play", "TB_TOPLEVEL", "default_regs"]
+__all__ = ["sim_verilog", "run_top", "play", "attach_axi", "TB_TOPLEVEL", "default_regs"]
 
 TB_TOPLEVEL = "vitaccel_tb"
 CORE_NAME = "vitaccel_top"
@@ -147,35 +146,41 @@ def run_top(
 # ---- the cocotb side ----------------------------------------------------------------------
 
 
-def _pauses(probability: float, seed: int):
-    rng = random.Random(seed)
-    while True:
-        yield rng.random() < probability
-
-
-async def play(dut, args: dict, arrays: dict) -> dict:
-    """The testbench body (reusable from other cocotb tests): DDR model, host, one run."""
+async def attach_axi(dut, *, mem_size: int, pause: float = 0.0, seed: int = 0):
+    """Clock, DDR (cocotbext-axi AxiRam on ``m_axi``) and host (AxiLiteMaster on
+    ``s_axil``) around the accelerator top, with random pauses on every DDR channel; leaves
+    the design in reset. Returns ``(ram, host)``."""
     import cocotb
     from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles, RisingEdge
     from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-    from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, STATUS_DONE, Reg
+    from vitaccel.sim.streams import random_pauses
 
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
     dut.m_axi_bid.value = 0
     dut.m_axi_rid.value = 0
-    ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=args["mem_size"])
+    ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=mem_size)
     host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
     for log in (ram.write_if.log, ram.read_if.log, host.write_if.log, host.read_if.log):
         log.setLevel("WARNING")
-    if args.get("pause", 0):
-        p, seed = args["pause"], args.get("seed", 0)
+    if pause:
         chans = [ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
                  ram.read_if.ar_channel, ram.read_if.r_channel]  # fmt: skip
         for k, ch in enumerate(chans):
-            ch.set_pause_generator(_pauses(p, seed * 10 + k))
+            ch.set_pause_generator(random_pauses(pause, seed * 10 + k))
+    return ram, host
+
+
+async def play(dut, args: dict, arrays: dict) -> dict:
+    """The testbench body (reusable from other cocotb tests): DDR model, host, one run."""
+    from cocotb.triggers import ClockCycles, RisingEdge
+
+    from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, STATUS_DONE, Reg
+
+    ram, host = await attach_axi(
+        dut, mem_size=args["mem_size"], pause=args.get("pause", 0), seed=args.get("seed", 0)
+    )
     await ClockCycles(dut.clk, 4)
     dut.rst.value = 0
     await ClockCycles(dut.clk, 2)
