@@ -93,7 +93,6 @@ def generate_gvsa(
     Returns a dict with the file paths, the array's MACs per cycle and, with ``resources``,
     the Yosys counts of the array alone (``array``) and of the whole engine (``engine``).
     """
-    from vitaccel.rtl.gvsa import GVSArray
     from vitaccel.rtl.verilog import to_verilog
     from vitaccel.util import atomic_write_text
 
@@ -109,16 +108,7 @@ def generate_gvsa(
         max_ksteps=max_ksteps,
         log2=log2,
     )
-    array = GVSArray(
-        groups=groups,
-        rows=rows,
-        cols=cols,
-        vector=vector,
-        w4_share=w4_share,
-        w4_kind=w4_kind,
-        acc_bits=acc_bits,
-        log2=log2,
-    )
+    array = params.make_array()
     out = Path(out_dir)
     array_v = to_verilog(array, ARRAY_TOP)
     engine_v = engine_verilog(params, TOP)
@@ -311,7 +301,8 @@ def simulate_matmul(
     """Simulate ``requantize(matmul_int(x, wq.q, bias), mult, shift, lo, hi)`` on Verilator.
 
     ``wq`` is QuantWeight-like: it has ``q`` (N, K) and ``kind`` (N,) (or a ``(q, kind)``
-    pair). ``x_log2``: x holds log2 codes and the engine is built with its log2 mode. Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
+    pair). ``x_log2``: x holds log2 codes and the engine is built with its log2 mode.
+    Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
     ``model_cycles``, ``utilization``, ``macs``, ``outputs`` and ``expected``.
     """
     q, kind = (wq.q, wq.kind) if hasattr(wq, "q") else wq

@@ -204,6 +204,20 @@ class EngineParams:
         R = self.rows
         return R * ((self.latencies()["first_out"] + 2 * R) // R + 2)
 
+    def make_array(self) -> GVSArray:
+        """The engine's array (also synthesised alone by ``generate --unit gvsa``)."""
+        return GVSArray(
+            groups=self.groups,
+            rows=self.rows,
+            cols=self.cols,
+            vector=self.vector,
+            w4_share=self.w4_share,
+            w4_kind=self.w4_kind,
+            in_bits=self.in_bits,
+            acc_bits=self.acc_bits,
+            log2=self.log2,
+        )
+
     def latencies(self) -> dict[str, int]:
         """Fixed pipeline latencies in cycles (see docs/gvsa.md, "Cycle model").
 
@@ -257,17 +271,7 @@ class MatmulEngine(wiring.Component):
         G, R, C, V = p.groups, p.rows, p.cols, p.vector
         U = p.units
         m = Module()
-        m.submodules.array = arr = GVSArray(
-            groups=G,
-            rows=R,
-            cols=C,
-            vector=V,
-            w4_share=p.w4_share,
-            w4_kind=p.w4_kind,
-            in_bits=p.in_bits,
-            acc_bits=p.acc_bits,
-            log2=p.log2,
-        )
+        m.submodules.array = arr = p.make_array()
         xa_bits = _bits(p.x_words - 1)
         kb = p.kstep_bits
         kmax = 1 << kb
