@@ -90,6 +90,37 @@ def test_log2_softmax_program_equals_golden(groups):
         )
 
 
+def test_spm_layout_fits_deit_tiny_and_small_in_1_mib():
+    """Phase overlays (embedding / attention / MLP) and in-place SOFTMAX and GELU."""
+    from vitaccel.compile.compiler import spm_layout
+    from vitaccel.models.specs import get_spec
+
+    need = {m: spm_layout(get_spec(m)).next for m in ("digits-vit", "deit-tiny", "deit-small")}
+    assert need["deit-tiny"] * 16 <= 512 * 1024 and need["deit-small"] * 16 <= 1024 * 1024
+    with pytest.raises(CompileError, match="scratchpad too small"):
+        spm_layout(get_spec("deit-base"))
+    al = spm_layout(get_spec("deit-tiny"))
+    t = al.tensors
+    assert t["attn.probs"].base == t["attn.logits"].base
+    assert t["mlp.gelu"].base == t["mlp.fc1"].base
+    # the attention and MLP phases share one region; the residual buffers are outside it
+    assert t["mlp.fc1"].base < t["attn.logits"].base + t["attn.logits"].words
+    for x in ("x0", "x1"):
+        assert t[x].base + t[x].words <= t["patches"].base
+
+
+def test_deit_tiny_program_equals_golden_on_the_interpreter():
+    """The whole 197-token, 12-block DeiT-Tiny program (random init, one image)."""
+    _, _, golden, x, _ = prepare("deit-tiny", images=1)
+    design = Design(model="deit-tiny", array=ArrayConfig(groups=3, rows=4, cols=4, vector=8))
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=3, codec=codec, spm_words=1 << 16)
+    patches = golden.quantize_images(x)
+    m = interp.run(compiled.image_with_input(patches[0]), codec, spm_words=compiled.spm_words)
+    got, want = compiled.read_logits(m.ddr), golden.forward_patches(patches)[0]
+    assert np.array_equal(got, want), f"first mismatch at class {np.flatnonzero(got != want)[0]}"
+
+
 def test_unsupported_configurations_are_clear_errors():
     with pytest.raises(CompileError, match="W8"):
         GVSACodec(EngineParams(cols=4, w4_share=0.5))

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from vitaccel.models.golden import IntLinear, IntViT
 
 __all__ = [
+    "MAX_SPM_WORDS",
     "spm_layout",
+    "spm_words_needed",
     "Tensor",
     "Compiled",
     "compile_model",
@@ -154,6 +156,17 @@ class _Alloc:
     def block(self, name: str, nbytes: int) -> Tensor:
         return self.tensor(name, 1, nbytes)
 
+    def alias(self, name: str, of: str, rows: int | None = None, cols: int | None = None) -> Tensor:
+        """A tensor at the base of ``of`` (whose lifetime has ended, or an in-place result),
+        of the same shape unless given; it must fit in ``of``'s words."""
+        o = self.tensors[of]
+        rows, cols = (o.rows, o.cols) if rows is None else (rows, cols)
+        t = Tensor(name, o.base, rows, cols, words_for(cols, o.elem_bytes), o.elem_bytes)
+        if t.words > o.words:  # pragma: no cover - the layout below guarantees it
+            raise CompileError(f"SPM alias '{name}' does not fit in '{of}'")
+        self.tensors[name] = t
+        return t
+
 
 def _ln_block(p: LayerNormParams) -> np.ndarray:
     c = p.channels
@@ -200,13 +213,41 @@ def _const_sizes(spec) -> list[tuple[str, int | tuple[int, int]]]:
     return sizes + [("norm.params", 8 * D)]
 
 
-def spm_layout(spec, spm_words: int = 1 << 16) -> _Alloc:
-    """Where everything lives in the scratchpad: the constants (loaded once, first), then the
-    activations. Needs only the model's shape, so a build can refuse a model that does not
-    fit before it spends minutes quantising it; :class:`CompileError` when it does not fit."""
+# The ISA's 16-bit scratchpad word addresses: at most 1 MiB.
+MAX_SPM_WORDS = 1 << 16
+
+
+def spm_layout(spec, spm_words: int = MAX_SPM_WORDS) -> _Alloc:
+    """Where everything lives in the scratchpad. Needs only the model's shape, so a build can
+    refuse a model that does not fit before it spends minutes quantising it
+    (:class:`CompileError` when it does not fit).
+
+    Constants (loaded once, first), the two residual buffers and the final LayerNorm/logits
+    rows are fixed; the rest shares one region whose contents change by phase, as lifetimes
+    allow (the program's instruction order, docs/isa.md "The compiled program"):
+
+    * embedding: ``patches``, ``patch_embed``;
+    * attention: ``ln`` (LN1 out; ``attn.context`` takes its place once Q/K/V exist),
+      ``qk`` (Q | K), ``vT`` (V transposed; ``branch`` takes its place after the last
+      P x V), ``attn.logits`` (``attn.probs`` in place: SOFTMAX runs in place);
+    * MLP: ``ln`` (LN2 out; ``mlp.branch`` takes its place after FC1), ``mlp.fc1``
+      (``mlp.gelu`` in place).
+
+    No MATMUL's output overlaps its own input, so the layout does not lean on in-place
+    MATMULs; SOFTMAX and GELU do run in place (src == dst, docs/isa.md).
+    """
+    return _layout(spec, min(spm_words, MAX_SPM_WORDS))
+
+
+def spm_words_needed(spec) -> int:
+    """Scratchpad words the program of ``spec`` needs, even beyond what the ISA addresses."""
+    return _layout(spec, math.inf).next
+
+
+def _layout(spec, limit) -> _Alloc:
     if spec.head_dim % WORD_BYTES:
         raise CompileError(f"head_dim must be a multiple of {WORD_BYTES} (got {spec.head_dim})")
-    al = _Alloc(min(spm_words, 1 << 16))
+    al = _Alloc(limit)
     for name, size in _const_sizes(spec):
         if isinstance(size, tuple):
             al.tensor(name, *size)
@@ -214,23 +255,32 @@ def spm_layout(spec, spm_words: int = 1 << 16) -> _Alloc:
             al.block(name, size)
     T, D, H, M = spec.tokens, spec.embed_dim, spec.heads, spec.mlp_dim
     for name, rows, cols in (
-        ("patches", spec.patches, spec.patch_dim),
-        ("patch_embed", spec.patches, D),
         ("x0", T, D),
         ("x1", T, D),
-        ("ln", T, D),
-        ("qk", T, 2 * D),
-        ("vT", D, T),
-        ("attn.logits", H * T, T),
-        ("attn.probs", H * T, T),
-        ("attn.context", T, D),
-        ("branch", T, D),
-        ("mlp.fc1", T, M),
-        ("mlp.gelu", T, M),
         ("norm", 1, D),
         ("logits", 1, spec.num_classes),
     ):
         al.tensor(name, rows, cols)
+    region, high = al.next, al.next
+    phases = (
+        (("patches", spec.patches, spec.patch_dim), ("patch_embed", spec.patches, D)),
+        (("ln", T, D), ("qk", T, 2 * D), ("vT", D, T), ("attn.logits", H * T, T)),
+        (("ln", T, D), ("mlp.fc1", T, M)),
+    )
+    for phase in phases:
+        al.next = region
+        for name, rows, cols in phase:
+            if name in al.tensors:  # the same tensor in two phases (at the same place)
+                al.next = al.tensors[name].base + al.tensors[name].words
+            else:
+                al.tensor(name, rows, cols)
+        high = max(high, al.next)
+    al.next = high
+    al.alias("attn.context", "ln")
+    al.alias("attn.probs", "attn.logits")
+    al.alias("branch", "vT", T, D)  # D rows of ceil(T/16) words >= T rows of D/16
+    al.alias("mlp.gelu", "mlp.fc1")
+    al.alias("mlp.branch", "ln")
     return al
 
 
@@ -243,7 +293,7 @@ def compile_model(
     T, D, H, dh, M = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
     P, classes = spec.patches, spec.num_classes
     al = spm_layout(spec, spm_words)
-    at = al.tensors
+    spm = al.tensors
 
     # ---- constants (one LOAD) -----------------------------------------------------------
     const_parts: list[tuple[Tensor, bytes]] = []
@@ -254,14 +304,14 @@ def compile_model(
             if not isinstance(data, bytes)
             else data
         )
-        t = at[name]
+        t = spm[name]
         if len(raw) > t.words * WORD_BYTES:  # pragma: no cover - _const_sizes is the layout
             raise CompileError(f"constant '{name}' is larger than its SPM block")
         const_parts.append((t, raw + bytes(t.words * WORD_BYTES - len(raw))))
         return t
 
     const_names = [name for name, _ in _const_sizes(spec)]
-    const_start = at[const_names[0]].base
+    const_start = spm[const_names[0]].base
     pos_q = const("pos_q", spm_rows(model.pos_q, words_for(D)))
     pos_params = const(
         "pos_add.params", _resadd_block(model.pos_add.mult_a, model.pos_add.mult_b, D)
@@ -285,16 +335,17 @@ def compile_model(
             )
         )
     lnf = const("norm.params", _ln_block(model.norm))
-    last = at[const_names[-1]]
+    last = spm[const_names[-1]]
     const_words = last.base + last.words - const_start
 
     # ---- activations ------------------------------------------------------------------------
-    patches, pe = at["patches"], at["patch_embed"]
-    xs = [at["x0"], at["x1"]]
-    h, qk, vt = at["ln"], at["qk"], at["vT"]
+    patches, pe = spm["patches"], spm["patch_embed"]
+    xs = [spm["x0"], spm["x1"]]
+    h, qk, vt = spm["ln"], spm["qk"], spm["vT"]
     att_stride = words_for(T)
-    logits, probs, ctx, br = at["attn.logits"], at["attn.probs"], at["attn.context"], at["branch"]
-    f1, g, hn, out = at["mlp.fc1"], at["mlp.gelu"], at["norm"], at["logits"]
+    logits, probs, ctx = spm["attn.logits"], spm["attn.probs"], spm["attn.context"]
+    br, f1, g, br_mlp = spm["branch"], spm["mlp.fc1"], spm["mlp.gelu"], spm["mlp.branch"]
+    hn, out = spm["norm"], spm["logits"]
 
     # ---- DDR image sections -------------------------------------------------------------
     weights: list[tuple[str, bytes]] = []
@@ -461,7 +512,7 @@ def compile_model(
                 table=c["gelu"].base,
             )
         )
-        mm(g, b.fc2, br, key=w_stream(b.fc2), n=D)
+        mm(g, b.fc2, br_mlp, key=w_stream(b.fc2), n=D)
         prog.append(
             isa.resadd(
                 a=x.base,
@@ -470,8 +521,8 @@ def compile_model(
                 cols=D,
                 dst=x_next.base,
                 dst_stride=x_next.stride,
-                b=br.base,
-                b_stride=br.stride,
+                b=br_mlp.base,
+                b_stride=br_mlp.stride,
                 params=c["add2"].base,
                 shift=b.add2.shift,
             )

@@ -247,33 +247,11 @@ def nonlinear_resources(unit: str, lanes: int) -> Usage:
 
 
 def spm_words(model) -> int:
-    """Scratchpad words ``compile_model`` allocates for ``model`` (its bump allocator, mirrored).
+    """Scratchpad words the compiled program of ``model`` needs: the compiler's own layout
+    (``vitaccel.compile.compiler.spm_layout``, from the model's shape), uncapped."""
+    from vitaccel.compile.compiler import spm_words_needed
 
-    Constants (positional table, LayerNorm/residual/GELU parameter blocks), then patches,
-    patch embedding, two residual buffers, LN output, Q|K, V^T, attention logits and
-    probabilities (all heads), context, branch, FC1 and GELU outputs, final norm, logits.
-    """
-    spec = spec_of(model)
-    t, d, h, m = spec.tokens, spec.embed_dim, spec.heads, spec.mlp_dim
-    p = spec.patches
-
-    def words(cols: int, elem_bytes: int = 1) -> int:
-        return max(1, -(-cols * elem_bytes // WORD_BYTES))
-
-    def block(nbytes: int) -> int:
-        return words(nbytes)
-
-    total = p * words(d) + block(4 * d) + words(d)  # pos_q, pos_add params, cls row
-    per_block = block(8 * d) + block(4 * d) + block(8 * d) + block(256) + block(4 * d)
-    total += spec.depth * per_block + block(8 * d)  # + final norm params
-    total += p * words(spec.patch_dim) + p * words(d)  # patches, patch_embed
-    total += 2 * t * words(d) + t * words(d)  # x0, x1, ln
-    total += t * words(2 * d) + d * words(t)  # qk, vT
-    total += 2 * h * t * words(t)  # logits, probs
-    total += 2 * t * words(d)  # context, branch
-    total += 2 * t * words(m)  # fc1, gelu
-    total += words(d) + words(spec.num_classes)  # norm, int8 logits
-    return total
+    return spm_words_needed(spec_of(model))
 
 
 def spm_bram36(words: int) -> float:
