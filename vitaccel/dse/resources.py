@@ -197,6 +197,12 @@ def engine_bram36(groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_
     return x + w8 + w4 + out
 
 
+# Log2-code mode of the engine (EngineParams.log2): 9086 - 5458 LUT and 8530 - 8145 FF over
+# the 64 DSP lanes of the 1x4x4x8 engine (docs/gvsa.md "Resources").
+LOG2_LUT_PER_DSP_LANE = (9086 - 5458) / 64
+LOG2_FF_PER_DSP_LANE = (8530 - 8145) / 64
+
+
 def engine_resources(
     groups: int,
     rows: int,
@@ -279,6 +285,13 @@ def design_resources(design: Design, *, spec=None) -> dict:
         "gelu": nonlinear_resources("gelu", nl.gelu_lanes),
         "spm": Usage(bram36=spm_bram36(design.spm_kib * 1024 // WORD_BYTES)),
     }
+    if nl.softmax_output == "log2":
+        # the engine's shift-add mode for log2-code P x V: measured on the 1x4x4x8 engine
+        # (docs/gvsa.md, Yosys xcup), per W8 DSP lane
+        lanes = a.groups * a.rows * (column_split(a.cols, a.w4_share)[0] // 2) * a.vector
+        parts["log2_mode"] = Usage(
+            lut=LOG2_LUT_PER_DSP_LANE * lanes, ff=LOG2_FF_PER_DSP_LANE * lanes
+        )
     shell, shell_kind = shell_resources()
     parts["shell"] = shell
     total = Usage()
