@@ -340,9 +340,9 @@ def test_cycle_model_matches_the_accelerator_top():
 
 @pytest.mark.slow
 def test_resource_model_matches_yosys_on_held_out_designs():
-    from vitaccel.dse.validate import RESOURCE_BOUND, _resource_rows
+    from vitaccel.dse.validate import DATA_PATH, RESOURCE_BOUND, MeasureStore, _resource_rows
 
-    rows = _resource_rows(resynth=False)
+    rows = _resource_rows(resynth=False, store=MeasureStore(DATA_PATH, reuse=True))
     assert len(rows) >= 5
     for row in rows:
         for kind, err in row["error"].items():
@@ -405,3 +405,27 @@ def test_benchmark_markdown_states_every_verdict():
         assert r["linear_dsp_reached"] == (r["linear_dsp_efficiency"] >= LINEAR_DSP_GOAL)
         assert f"{r['model']} {r['precision']} >= {r['goal_fps']:g} FPS" in text
     assert text.count("reached**") + text.count("missed**") == 2 * len(GOALS)
+
+
+def test_models_meet_the_bounds_on_the_stored_validation_measurements():
+    """The cycle and resource models against the RTL cycles and Yosys counts stored by the
+    last ``validate --full`` (no simulation here): a model change that breaks the validation
+    table fails fast, not only in the hour-long full run."""
+    from vitaccel.dse.validate import (
+        CYCLE_BOUND,
+        DATA_PATH,
+        RESOURCE_BOUND,
+        TOP_CASES,
+        MeasureStore,
+        validate,
+    )
+
+    result = validate(quick=False, store=MeasureStore(DATA_PATH, reuse=True, offline=True))
+    assert len({r["design"] for r in result["cycles"]}) >= 5
+    assert sum(r["kind"] == "top" for r in result["cycles"]) == len(TOP_CASES)
+    assert len(result["resources"]) >= 5
+    for row in result["cycles"]:
+        assert abs(row["error"]) <= CYCLE_BOUND, row
+    for row in result["resources"]:
+        for kind, err in row["error"].items():
+            assert abs(err) <= RESOURCE_BOUND, (row["design"], kind, row)
