@@ -429,3 +429,17 @@ def test_models_meet_the_bounds_on_the_stored_validation_measurements():
     for row in result["resources"]:
         for kind, err in row["error"].items():
             assert abs(err) <= RESOURCE_BOUND, (row["design"], kind, row)
+
+
+def test_log2_softmax_design_pays_the_shift_add_mode():
+    from vitaccel.dse.resources import LOG2_LUT_PER_DSP_LANE, design_resources
+    from vitaccel.flow.build import default_design
+
+    d = default_design("digits-vit", "zcu102")
+    log2 = d.model_copy(
+        update={"nonlinear": d.nonlinear.model_copy(update={"softmax_output": "log2"})}
+    )
+    a, b = design_resources(d)["total"], design_resources(log2)["total"]
+    lanes = d.array.groups * d.array.rows * (d.array.cols // 2) * d.array.vector
+    assert b.lut - a.lut == pytest.approx(LOG2_LUT_PER_DSP_LANE * lanes)
+    assert b.dsp48e2 == a.dsp48e2 and b.bram36 == a.bram36
