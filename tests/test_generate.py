@@ -104,3 +104,13 @@ def test_build_with_yosys(tmp_path):
     s = json.loads(r.stdout)
     assert s["resources_source"].startswith("yosys") and s["fits"]
     assert s["resources"]["dsp48e2"]["used"] > 0
+
+
+def test_generate_refuses_a_model_that_does_not_fit_before_any_work(tmp_path):
+    from vitaccel.compile.compiler import CompileError
+
+    design = default_design("deit-base", "zcu102").model_copy(update={"spm_kib": 1024})
+    out = tmp_path / "never"
+    with pytest.raises(CompileError, match="at most 1024 KiB"):
+        generate_design(design, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []

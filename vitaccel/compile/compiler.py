@@ -146,9 +146,15 @@ class _Alloc:
         t = Tensor(name, self.next, rows, cols, words_for(cols, elem_bytes), elem_bytes)
         self.next += t.words
         if self.next > self.limit:
+            hint = (
+                "raise spm_kib or use a smaller model"
+                if self.limit < MAX_SPM_WORDS
+                else "the ISA addresses at most 1024 KiB; models of DeiT-Base size need "
+                "per-head SOFTMAX and DDR spilling, not implemented"
+            )
             raise CompileError(
-                f"scratchpad too small: '{name}' needs words up to {self.next}, the design has {self.limit} "
-                f"(raise spm_kib or use a smaller model)"
+                f"scratchpad too small: '{name}' needs words up to {self.next}, the design has "
+                f"{self.limit} ({hint})"
             )
         self.tensors[name] = t
         return t

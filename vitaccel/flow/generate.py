@@ -102,6 +102,13 @@ def generate_design(
 
     say = progress or (lambda msg: None)
     out_dir = Path(out_dir)
+    if compile_model:
+        # the program's scratchpad layout needs only the model's shape: refuse before minutes
+        # of Verilog generation and lint
+        from vitaccel.compile.compiler import spm_layout
+        from vitaccel.models.specs import get_spec
+
+        spm_layout(get_spec(design.model), design.spm_kib * 1024 // 16)
     summary: dict = {"design": design.name, "board": design.board, "clock_mhz": design.clock_mhz}
     with atomic_output_dir(out_dir) as tmp:
         (tmp / "design.json").write_text(design.canonical_json())
