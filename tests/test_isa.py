@@ -71,6 +71,12 @@ def test_field_layout_is_little_endian_and_documented():
     )
     assert i.op is Op.MATMUL and i.flags == MatmulFlags.W_SPM | MatmulFlags.OUT_T
     assert i.u32(8) == 0
+    # log2 builds: X_LOG2 is bit 2 of a MATMUL, LOG2 bit 0 of a SOFTMAX (docs/isa.md)
+    i = isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, x_log2=True)
+    assert isa.encode(i)[1] == MatmulFlags.W_SPM | MatmulFlags.X_LOG2 == 0b110
+    s = isa.softmax(src=0, src_stride=1, rows=1, cols=1, dst=0, dst_stride=1, in_shift=0, log2=True)
+    assert isa.encode(s)[:2] == bytes([Op.SOFTMAX, 1])
+    assert isa.decode_program(isa.encode_program([i, s, isa.end()]))[:2] == [i, s]
 
 
 def test_bad_fields_are_rejected():
@@ -80,6 +86,9 @@ def test_bad_fields_are_rejected():
         isa.load(spm=0, words=1, ddr=1 << 32)
     with pytest.raises(ValueError, match="exactly one"):
         isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1)
+    with pytest.raises(ValueError, match="exclusive"):
+        isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0,
+                   x_unsigned=True, x_log2=True)  # fmt: skip
     with pytest.raises(ValueError, match="opcode"):
         isa.decode(bytes([200]) + bytes(31))
     with pytest.raises(ValueError, match="32 bytes"):

@@ -9,6 +9,12 @@ import pytest
 from vitaccel.flow.layer_sim import list_layers, simulate_layer
 
 
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "vitaccel.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
 def test_list_layers():
     names = list_layers("digits-vit")
     assert names[0] == "patch_embed" and names[-1] == "head" and len(names) == 2 + 4 * 6
@@ -19,21 +25,7 @@ def test_list_layers():
         "blocks.0.attn.proj",
         "blocks.0.mlp.fc1",
     ]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitaccel.cli",
-            "sim",
-            "--unit",
-            "matmul",
-            "--list-layers",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _cli("sim", "--unit", "matmul", "--list-layers", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == names
 
 
@@ -59,21 +51,7 @@ def test_digits_attention_bit_exact(layer, softmax):
 
 
 def test_unknown_layer_is_a_clear_error():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitaccel.cli",
-            "sim",
-            "--unit",
-            "matmul",
-            "--layer",
-            "blocks.9.mlp.fc1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _cli("sim", "--unit", "matmul", "--layer", "blocks.9.mlp.fc1")
     assert (
         r.returncode == 2
         and "choose one of: patch_embed" in r.stderr

@@ -11,7 +11,7 @@ from vitaccel.design import ArrayConfig, Design, NonlinearConfig
 from vitaccel.flow.build import default_design
 from vitaccel.flow.codec import codec_for
 from vitaccel.models.evaluate import prepare
-from vitaccel.models.golden import QuantConfig, quantize_model
+from vitaccel.models.golden import QuantConfig, quant_config_for, quantize_model
 from vitaccel.models.specs import ModelSpec
 from vitaccel.models.zoo import build_float_model
 from vitaccel.sim.host import SimBackend
@@ -34,12 +34,16 @@ def _run(design, golden, patches, **backend):
     return drv.infer_batch(list(patches), reset_between=True)
 
 
+def _digits(design, images: int):
+    """The golden model quantised as ``design`` says, ``images`` test images, their logits."""
+    _, _, golden, x, y = prepare("digits-vit", config=quant_config_for(design), images=images)
+    patches = golden.quantize_images(x)
+    return golden, patches, golden.forward_patches(patches), y
+
+
 def test_digits_20_images_bit_exact_with_axi_pauses():
     design = default_design("digits-vit", "zcu102")
-    cfg = QuantConfig(softmax_lanes=design.nonlinear.softmax_lanes)
-    _, _, golden, x, y = prepare("digits-vit", config=cfg, images=20)
-    patches = golden.quantize_images(x)
-    want = golden.forward_patches(patches)
+    golden, patches, want, y = _digits(design, 20)
     results = _run(design, golden, patches, pause=0.2, seed=3)
     for j, r in enumerate(results):
         assert _first_mismatch(r.logits, want[j]) is None, (
@@ -55,16 +59,12 @@ def test_digits_20_images_bit_exact_with_axi_pauses():
 def test_digits_log2_softmax_bit_exact():
     """A log2 build: E2Softmax writes 4-bit codes and P x V runs in the engine's shift-add
     mode (SOFTMAX LOG2 / MATMUL X_LOG2); logits equal the log2 golden model's."""
-    from vitaccel.models.golden import quant_config_for
-
     base = default_design("digits-vit", "zcu102")
     design = base.model_copy(
         update={"nonlinear": base.nonlinear.model_copy(update={"softmax_output": "log2"})}
     )
-    _, _, golden, x, _ = prepare("digits-vit", config=quant_config_for(design), images=3)
+    golden, patches, want, _ = _digits(design, 3)
     assert golden.config.softmax_output == "log2"
-    patches = golden.quantize_images(x)
-    want = golden.forward_patches(patches)
     for j, r in enumerate(_run(design, golden, patches, pause=0.2, seed=4)):
         assert _first_mismatch(r.logits, want[j]) is None, (
             f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
@@ -105,10 +105,7 @@ def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
 def test_benchmark_200_digits_images():
     """RTL accuracy on 200 test images (must equal the golden accuracy), cycles and FPS."""
     design = default_design("digits-vit", "zcu102")
-    cfg = QuantConfig(softmax_lanes=design.nonlinear.softmax_lanes)
-    _, _, golden, x, y = prepare("digits-vit", config=cfg, images=200)
-    patches = golden.quantize_images(x)
-    want = golden.forward_patches(patches)
+    golden, patches, want, y = _digits(design, 200)
     results = _run(design, golden, patches)
     rtl = np.stack([r.logits for r in results])
     labels = y.numpy()

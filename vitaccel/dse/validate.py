@@ -192,6 +192,7 @@ def _top_case(g: int, r: int, c: int, v: int, lanes: int, store: dict | None = N
     from vitaccel.dse.cost import estimate
     from vitaccel.flow.codec import codec_for
     from vitaccel.models.evaluate import prepare
+    from vitaccel.models.golden import quant_config_for
     from vitaccel.sim.host import SimBackend
 
     design = Design(
@@ -202,7 +203,7 @@ def _top_case(g: int, r: int, c: int, v: int, lanes: int, store: dict | None = N
     )
 
     def measure() -> dict:
-        _, _, golden, x, _ = prepare("digits-vit", images=1)
+        _, _, golden, x, _ = prepare("digits-vit", config=quant_config_for(design), images=1)
         compiled = compile_model(golden, groups=g, codec=codec_for(design))
         drv = Driver(SimBackend(design))
         drv.load(compiled)

@@ -128,10 +128,11 @@ def simulate_layer(
     default design); one dict with ``mismatches``, ``first_mismatch``, ``cycles``,
     ``model_cycles``, ``utilization``, ``macs`` and the shape."""
     from vitaccel.flow.build import default_design
-    from vitaccel.flow.unit_gvsa import engine_params, simulate_jobs, simulate_matmul
+    from vitaccel.flow.unit_gvsa import simulate_jobs, simulate_matmul
     from vitaccel.models.evaluate import prepare
     from vitaccel.models.golden import QuantConfig
     from vitaccel.models.specs import ModelError
+    from vitaccel.rtl.matmul import EngineParams
 
     names = list_layers(model)
     if layer not in names:
@@ -156,12 +157,12 @@ def simulate_layer(
                 f"simulating {layer}: {want.shape[0]} heads x {t} x {k} -> {n} "
                 f"({len(cases)} jobs) on Verilator"
             )
-        params = engine_params(
-            groups=a.groups, rows=a.rows, cols=a.cols, vector=a.vector,
-            w4_share=a.w4_share, w4_kind=a.w4_kind, acc_bits=a.acc_bits,
+        params = EngineParams.from_array(
+            a,
             x_words=max(2048, a.groups * -(-t // a.rows) * -(-k // a.vector)),
+            max_ksteps=128,
             log2=softmax == "log2",
-        )  # fmt: skip
+        )
         results = simulate_jobs(cases, params, stall=stall, seed=seed)
         cycles = sum(r["cycles"] for r in results)
         macs = sum(r["macs"] for r in results)

@@ -27,6 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.engine_timing import REQUANT_STAGES, column_split, latencies, matmul_cycles
+from vitaccel.quant.ref import log2_code_weights
 from vitaccel.quant.scales import WEIGHT_KINDS
 from vitaccel.rtl.gvsa import FLAGS, GVSArray, pot4_code
 
@@ -927,7 +928,7 @@ def pack_job(
             f"X of {T} tokens x {ks} k-steps does not fit the X banks ({params.x_words} words)"
         )
     acc_lim = 1 << (params.acc_bits - 1)
-    x_mag = 1 << (hi_x - int(x.min())) if x_log2 else int(np.abs(x).max())
+    x_mag = int((log2_code_weights(x) if x_log2 else np.abs(x)).max())
     worst = x_mag * int(np.abs(q).max()) * K
     if worst >= acc_lim:
         raise ValueError(f"sum of products may reach {worst}: exceeds acc_bits={params.acc_bits}")
