@@ -9,7 +9,7 @@ exponentials are a 4-entry table plus a shift, the division is a leading-one det
 
 Structure (docs/nonlinear.md has the diagram)::
 
-    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 8-stage pipeline)
+    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 10-stage pipeline)
       │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
       └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
 
@@ -36,13 +36,14 @@ from vitaccel.rtl.common import (
     row_layout,
     row_signature,
     silence_unused,
+    tree_reduce,
 )
 
 __all__ = ["E2Softmax", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("uint8", "log2")
 # Cycles from a row's last input beat to its descriptor being readable by pass 2.
-PASS1_LATENCY = 9
+PASS1_LATENCY = 11
 
 
 class E2Softmax(wiring.Component):
@@ -141,9 +142,13 @@ class E2Softmax(wiring.Component):
         """``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) without shifting m:
         since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)`` with
         ``h = 2**(T-1)`` for T >= 3 and 0 otherwise."""
+        return (m_int << 2) + self._dq_rest(x, t)
+
+    @staticmethod
+    def _dq_rest(x, t):
+        """The part of :meth:`_dq` that does not depend on m: ``(h - 4x) >> T``."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
-        r = (h - (x << 2)) >> t
-        return (m_int << 2) + r
+        return (h - (x << 2)) >> t
 
     def elaborate(self, platform):
         m = Module()
@@ -202,16 +207,18 @@ class E2Softmax(wiring.Component):
             ]
 
         # ---------------- pass 1 (never stalls: the ring and queue were checked at accept) --
-        # A: registered input beat (and each element's ceiling, see below).
+        # A: registered input beat, and each element's whole-log2 ceiling ceil(x / 2**T);
+        # lanes beyond count take lane 0's ceiling, which leaves the group maximum unchanged.
         a_v = Signal()
         a_x = Signal(data.ArrayLayout(signed(xb), lanes))
         a_cnt = Signal(count_bits(lanes))
         a_first, a_last, a_t = Signal(), Signal(), Signal(4)
         a_beats = Signal.like(beats_in)
-        # The whole-log2 ceiling ceil(x / 2**T) of each element is registered with the beat.
         a_ceil = [Signal(signed(mb), name=f"a_ceil{lane}") for lane in range(lanes)]
+        ceil = [-((-self.i.payload.data[lane]) >> t_cur) for lane in range(lanes)]
         for lane in range(lanes):
-            m.d.sync += a_ceil[lane].eq(-((-self.i.payload.data[lane]) >> t_cur))
+            v = Mux(self.i.payload.count > lane, ceil[lane], ceil[0]) if lane else ceil[0]
+            m.d.sync += a_ceil[lane].eq(v)
         m.d.sync += [
             a_v.eq(accept),
             a_x.eq(self.i.payload.data),
@@ -222,28 +229,47 @@ class E2Softmax(wiring.Component):
             a_beats.eq(Mux(first, 1, beats_in + 1)),
         ]
 
-        # B: the group maximum of the whole-log2 ceilings.
-        b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
-        b_x = Signal.like(a_x)
-        b_cnt = Signal.like(a_cnt)
-        b_beats = Signal.like(a_beats)
-        b_g = Signal(signed(mb))
-        # Lanes beyond count take lane 0's value, which leaves the maximum unchanged.
-        group = []
-        for lane in range(lanes):
-            v = a_ceil[lane]
-            group.append(Mux(a_cnt > lane, v, group[0]) if lane else v)
-        while len(group) > 1:
+        # P, B: the group maximum of the ceilings, a max tree split over two stages (P
+        # reduces to at most 4 candidates, B to one): each compare-and-select level is a
+        # carry chain and a mux, so 16 lanes in one stage would hold 4 of them.
+        def max_level(group):
             pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
-            group = [Mux(p[1] > p[0], p[1], p[0]) if len(p) == 2 else p[0] for p in pairs]
+            return [Mux(p[1] > p[0], p[1], p[0]) if len(p) == 2 else p[0] for p in pairs]
+
+        group = list(a_ceil)
+        while len(group) > 4:
+            group = max_level(group)
+        p_group = [Signal(signed(mb), name=f"p_max{j}") for j in range(len(group))]
+        p_v, p_first, p_last, p_t = Signal(), Signal(), Signal(), Signal(4)
+        p_x = Signal.like(a_x)
+        p_cnt = Signal.like(a_cnt)
+        p_beats = Signal.like(a_beats)
         m.d.sync += [
-            b_v.eq(a_v),
-            b_x.eq(a_x),
-            b_cnt.eq(a_cnt),
-            b_first.eq(a_first),
-            b_last.eq(a_last),
-            b_t.eq(a_t),
-            b_beats.eq(a_beats),
+            *[p.eq(g) for p, g in zip(p_group, group)],
+            p_v.eq(a_v),
+            p_x.eq(a_x),
+            p_cnt.eq(a_cnt),
+            p_first.eq(a_first),
+            p_last.eq(a_last),
+            p_t.eq(a_t),
+            p_beats.eq(a_beats),
+        ]
+        group = list(p_group)
+        while len(group) > 1:
+            group = max_level(group)
+        b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
+        b_x = Signal.like(p_x)
+        b_cnt = Signal.like(p_cnt)
+        b_beats = Signal.like(p_beats)
+        b_g = Signal(signed(mb))
+        m.d.sync += [
+            b_v.eq(p_v),
+            b_x.eq(p_x),
+            b_cnt.eq(p_cnt),
+            b_first.eq(p_first),
+            b_last.eq(p_last),
+            b_t.eq(p_t),
+            b_beats.eq(p_beats),
             b_g.eq(group[0]),
         ]
 
@@ -257,6 +283,13 @@ class E2Softmax(wiring.Component):
         c_m = Signal(signed(mb))
         c_delta = Signal(range(sb + 1))  # S >> delta; anything >= sb clears S
         delta = m_new - run_max
+        # The m-free part of each element's dq (pass 1 stage D adds 4m): computed here, a
+        # stage early, so D holds one add, the 4-entry table and the shift.
+        c_r = []
+        for lane in range(lanes):
+            r = self._dq_rest(b_x[lane], b_t)
+            c_r.append(Signal(r.shape(), name=f"c_r{lane}"))
+            m.d.sync += c_r[lane].eq(r)
         with m.If(b_v):
             m.d.sync += run_max.eq(m_new)
         m.d.sync += [
@@ -280,7 +313,7 @@ class E2Softmax(wiring.Component):
         d_beats = Signal.like(c_beats)
         for lane in range(lanes):
             dq = Signal(self.dq_bits, name=f"c_dq{lane}")
-            m.d.comb += dq.eq(self._dq(c_m, c_x[lane], c_t))
+            m.d.comb += dq.eq((c_m << 2) + c_r[lane])
             sh = dq[2:]
             sh_c = Mux(sh > F, F + 1, sh)[: bits_for(F + 1)]
             term = term_table[dq[:2]] >> sh_c
@@ -301,9 +334,7 @@ class E2Softmax(wiring.Component):
         e_m = Signal.like(d_m)
         e_delta = Signal.like(d_delta)
         e_beats = Signal.like(d_beats)
-        total = d_terms[0]
-        for t in d_terms[1:]:
-            total = total + t
+        total, _ = tree_reduce(m, d_terms, lambda a, b: a + b)
         m.d.sync += [
             e_sum.eq(total),
             e_v.eq(d_v),
@@ -333,24 +364,42 @@ class E2Softmax(wiring.Component):
             f_beats.eq(e_beats),
         ]
 
-        # G: leading one of S and the E2_FRAC mantissa bits below it.
+        # L: leading one of S (registered with S and its shift, so the shifter below starts
+        # at flip-flops: one stage held 12 LUT levels).
+        l_v = Signal()
+        l_s = Signal(sb)
+        l_lead = Signal(range(sb))
+        l_shift = Signal(range(sb))
+        l_m = Signal.like(f_m)
+        l_t = Signal(4)
+        l_beats = Signal.like(f_beats)
+        lead = leading_one(f_s)
+        m.d.sync += [
+            l_v.eq(f_v),
+            l_s.eq(f_s),
+            l_lead.eq(lead),
+            # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
+            l_shift.eq(Mux(lead > E2_FRAC, lead - E2_FRAC, 0)[: len(lead)]),
+            l_m.eq(f_m),
+            l_t.eq(f_t),
+            l_beats.eq(f_beats),
+        ]
+
+        # G: the E2_FRAC mantissa bits below the leading one.
         g_v = Signal()
         g_lead = Signal(range(sb))
         g_mant = Signal(E2_FRAC)
         g_m = Signal.like(f_m)
         g_t = Signal(4)
         g_beats = Signal.like(f_beats)
-        lead = leading_one(f_s)
-        # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
-        mant_shift = Mux(lead > E2_FRAC, lead - E2_FRAC, 0)[: len(lead)]
-        norm = f_s >> mant_shift
+        norm = l_s >> l_shift
         m.d.sync += [
-            g_v.eq(f_v),
-            g_lead.eq(lead),
+            g_v.eq(l_v),
+            g_lead.eq(l_lead),
             g_mant.eq(norm[:E2_FRAC]),
-            g_m.eq(f_m),
-            g_t.eq(f_t),
-            g_beats.eq(f_beats),
+            g_m.eq(l_m),
+            g_t.eq(l_t),
+            g_beats.eq(l_beats),
         ]
 
         # H: log2(S / 2**F) in 1/32 units -> descriptor queue.
