@@ -13,7 +13,7 @@ helpers only provide the hardware shapes the units compose.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.hdl import Value
 from amaranth.lib import data, stream
 from amaranth.utils import bits_for, ceil_log2
@@ -113,6 +113,34 @@ def leading_one(value: Value) -> Value:
     padded = Cat(value, Const(0, (1 << ceil_log2(width)) - width))
     _, pos = _lod(padded)
     return pos
+
+
+def leading_one_registered(m: Module, value: Value, *, chunk: int = 8, name: str = "lod") -> Value:
+    """:func:`leading_one` split by a register: one cycle later, from flip-flops.
+
+    Registers each ``chunk``-bit slice's (any bit set, local index); the returned value
+    (combinational from those registers) picks the highest non-zero slice and its index.
+    For a 40-bit value that is about 4 LUT levels on each side of the register instead of
+    9 in one piece. The caller delays everything that travels with ``value`` by one cycle.
+    """
+    if chunk & (chunk - 1) or chunk < 2:
+        raise ValueError(f"chunk must be a power of two >= 2, not {chunk!r}")
+    width = len(value)
+    if width <= chunk:
+        reg = Signal(len(leading_one(value)), name=f"{name}_pos")
+        m.d.sync += reg.eq(leading_one(value))
+        return reg
+    n = -(-width // chunk)
+    padded = Cat(value, Const(0, n * chunk - width))
+    anys = Signal(n, name=f"{name}_any")
+    locs = [Signal(ceil_log2(chunk), name=f"{name}_loc{i}") for i in range(n)]
+    for i in range(n):
+        any_i, loc_i = _lod(padded[i * chunk : (i + 1) * chunk])
+        m.d.sync += [anys[i].eq(any_i), locs[i].eq(loc_i)]
+    if n == 1:
+        return locs[0]
+    _, ci = _lod(Cat(anys, Const(0, (1 << ceil_log2(n)) - n)))
+    return Cat(Array(locs)[ci], ci)
 
 
 def _register(m: Module, value: Value, en, name: str) -> Signal:

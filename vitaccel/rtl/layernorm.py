@@ -40,11 +40,13 @@ from vitaccel.rtl.common import (
     count_bits,
     delay,
     leading_one,
+    leading_one_registered,
     row_signature,
     rshift_round,
     rshift_round_staged,
     shift_add_mul,
     silence_unused,
+    tree_reduce,
 )
 
 __all__ = ["AILayerNorm"]
@@ -279,21 +281,34 @@ class AILayerNorm(wiring.Component):
         m.d.comb += [ring_w.data.count.eq(a_cnt), ring_w.data.last.eq(a_last)]
         with m.If(a_v):
             m.d.sync += wptr.eq(wrap_inc(wptr))
-        group = aligned[0]
-        for lane in range(1, lanes):
-            group = group + Mux(a_cnt > lane, aligned[lane], 0)
+        # AS: the masked aligned lanes registered, then their sum as a balanced adder tree
+        # (shift, mask and a 16-lane sum in one stage were 11 LUT levels).
+        as_v, as_first, as_last = Signal(), Signal(), Signal()
+        as_x = [Signal(signed(ab), name=f"as_x{lane}") for lane in range(lanes)]
+        as_sc = Signal(scalars)
+        as_beats = Signal(beats_shape)
+        m.d.sync += [
+            as_v.eq(a_v),
+            as_first.eq(a_first),
+            as_last.eq(a_last),
+            as_sc.eq(a_sc),
+            as_beats.eq(a_beats),
+        ]
+        for lane in range(lanes):
+            m.d.sync += as_x[lane].eq(Mux(a_cnt > lane, aligned[lane], 0) if lane else aligned[0])
+        group, _ = tree_reduce(m, as_x, lambda a, b: a + b)
 
         b_v, b_first, b_last = Signal(), Signal(), Signal()
         b_sum = Signal(signed(ab + ceil_log2(lanes) + 1))
         b_sc = Signal(scalars)
         b_beats = Signal(beats_shape)
         m.d.sync += [
-            b_v.eq(a_v),
-            b_first.eq(a_first),
-            b_last.eq(a_last),
+            b_v.eq(as_v),
+            b_first.eq(as_first),
+            b_last.eq(as_last),
             b_sum.eq(group),
-            b_sc.eq(a_sc),
-            b_beats.eq(a_beats),
+            b_sc.eq(as_sc),
+            b_beats.eq(as_beats),
         ]
         # B: row sum (exact, order-free).
         acc1 = Signal(signed(sum_w))
@@ -398,9 +413,7 @@ class AILayerNorm(wiring.Component):
         s5_v, s5_first, s5_last = Signal(), Signal(), Signal()
         s5_d = Signal(desc1)
         s5_sum = Signal(sq_w + ceil_log2(lanes) + 1)
-        total = s4_sq[0]
-        for lane in range(1, lanes):
-            total = total + s4_sq[lane]
+        total, _ = tree_reduce(m, s4_sq, lambda a, b: a + b)
         m.d.sync += [
             s5_v.eq(s4_v),
             s5_first.eq(s4_first),
@@ -428,14 +441,22 @@ class AILayerNorm(wiring.Component):
         x_v = Signal()
         x_d = Signal(desc1)
         m.d.sync += [var.eq(rounded + r_d.sc.eps_q), x_v.eq(r_v), x_d.eq(r_d)]
-        # p = leading one of var, m5 = the INV_SQRT_MANT bits below it (zero-padded).
+        # p = leading one of var over two stages (detector split by a register, then the
+        # index registered), m5 = the INV_SQRT_MANT bits below it (zero-padded) in a third:
+        # in one stage the detector and the shifter were 12 LUT levels.
+        lv_v, lp_v = Signal(), Signal()
+        lv_d, lp_d = Signal(desc1), Signal(desc1)
+        lv_var, lp_var = Signal(var_w), Signal(var_w)
+        lp_p = Signal(range(var_w))
+        pos = leading_one_registered(m, var, name="var_lod")
+        m.d.sync += [lv_v.eq(x_v), lv_d.eq(x_d), lv_var.eq(var)]
+        m.d.sync += [lp_v.eq(lv_v), lp_d.eq(lv_d), lp_var.eq(lv_var), lp_p.eq(pos)]
         y_v = Signal()
         y_d = Signal(desc1)
         y_p = Signal(range(var_w))
         y_mant = Signal(INV_SQRT_MANT)
-        p = leading_one(var)
-        norm = (var << INV_SQRT_MANT) >> p
-        m.d.sync += [y_v.eq(x_v), y_d.eq(x_d), y_p.eq(p), y_mant.eq(norm[:INV_SQRT_MANT])]
+        norm = (lp_var << INV_SQRT_MANT) >> lp_p
+        m.d.sync += [y_v.eq(lp_v), y_d.eq(lp_d), y_p.eq(lp_p), y_mant.eq(norm[:INV_SQRT_MANT])]
         # isq = INV_SQRT_LUT[p & 1][m5]; z shift = INV_SQRT_BITS + (p >> 1) - NORM_FRAC.
         inv_sqrt = Array(Const(v, INV_SQRT_BITS) for row in INV_SQRT_LUT for v in row)
         desc2 = data.StructLayout(
