@@ -403,18 +403,37 @@ class DMAReader(wiring.Component):
         reserved = Signal(range(self.fifo_depth + 1))  # requested and not yet taken from the FIFO
         beats, stale = _burst_len(m, addr, remaining, "rd")
 
-        m.d.comb += self.cmd.ready.eq((remaining == 0) & (rx_left == 0))
+        # remaining == 0, rx_left == 0 and rx_left == 1 kept in registers: the zero tests of
+        # the 24-bit counters were the head of a 10-LUT path through the controller's FSM
+        # (set from the counters in the cycle after a command is taken, `fresh`, in which
+        # `stale` holds ARVALID low anyway and nothing can arrive: the command's payload
+        # comes from the controller's muxes and must not feed the compares directly).
+        req_done = Signal(init=1)
+        rx_done = Signal(init=1)
+        rx_one = Signal()
+        fresh = Signal()
+        m.d.comb += self.cmd.ready.eq(req_done & rx_done & ~fresh)
+        m.d.sync += fresh.eq(0)
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
                 remaining.eq(self.cmd.payload.words),
                 rx_left.eq(self.cmd.payload.words),
+                req_done.eq(0),
+                rx_done.eq(0),
+                fresh.eq(1),
                 stale.eq(1),
+            ]
+        with m.If(fresh):
+            m.d.sync += [
+                req_done.eq(remaining == 0),
+                rx_done.eq(rx_left == 0),
+                rx_one.eq(rx_left == 1),
             ]
 
         # Stable while valid: remaining/addr change only on the handshake, reserved only falls.
         m.d.comb += [
-            bus.arvalid.eq((remaining != 0) & ~stale & (reserved + beats <= self.fifo_depth)),
+            bus.arvalid.eq(~req_done & ~stale & (reserved + beats <= self.fifo_depth)),
             bus.araddr.eq(addr),
             bus.arlen.eq(beats - 1),
             bus.arsize.eq(4),  # 16 bytes per beat
@@ -427,6 +446,7 @@ class DMAReader(wiring.Component):
             m.d.sync += [
                 addr.eq(addr + (beats << 4)),
                 remaining.eq(remaining - beats),
+                req_done.eq(remaining == beats),
                 stale.eq(1),
             ]
 
@@ -434,11 +454,11 @@ class DMAReader(wiring.Component):
         m.d.comb += [
             bus.rready.eq(fifo.w_rdy),
             fifo.w_en.eq(bus.rvalid),
-            fifo.w_data.eq(Cat(bus.rdata, rx_left == 1)),
+            fifo.w_data.eq(Cat(bus.rdata, rx_one)),
             self.error.eq(r_fire & bus.rresp[1]),
         ]
         with m.If(r_fire):
-            m.d.sync += rx_left.eq(rx_left - 1)
+            m.d.sync += [rx_left.eq(rx_left - 1), rx_done.eq(rx_one), rx_one.eq(rx_left == 2)]
 
         o_fire = self.o.valid & self.o.ready
         m.d.comb += [
@@ -449,7 +469,7 @@ class DMAReader(wiring.Component):
         ]
         m.d.sync += reserved.eq(reserved + Mux(ar_fire, beats, 0) - o_fire)
         # level, not r_rdy: a word just written is not readable for a cycle
-        m.d.comb += self.idle.eq((remaining == 0) & (rx_left == 0) & (fifo.level == 0))
+        m.d.comb += self.idle.eq(req_done & rx_done & ~fresh & (fifo.level == 0))
         return m
 
 

@@ -232,15 +232,19 @@ class RowReader(wiring.Component):
         cmdp = self.cmd.payload
 
         # -- framing queue: what the beat former needs of each command --
-        info_layout = data.StructLayout({"rows": unsigned(17), "cols": unsigned(16)})
+        # rows_m1 = rows - 1: the beat former's end-of-command test is then an equality
+        # against a register (``brow + 1 == rows`` was a 10-LUT path into the FIFO level)
+        info_layout = data.StructLayout({"rows_m1": unsigned(17), "cols": unsigned(16)})
         m.submodules.info = info = SyncFIFO(width=info_layout.size, depth=2)
         m.submodules.words = words = SyncFIFO(width=8 * WORD_BYTES, depth=self.fifo_depth)
 
         # -- address generator --
         active = Signal()
         rows_left = Signal(16)
-        wpr = Signal(13)  # words per row, ceil(cols / 16)
-        w = Signal(13)
+        # words of the row still to request after this one, counting down from
+        # ceil(cols / 16) - 1 (a zero test, not ``w + 1 != wpr``: that was a 11-LUT path)
+        wpr_m1 = Signal(13)
+        w_left = Signal(13)
         second = Signal()  # dual: on the B row of the pair
         dual = Signal()
         addr = Signal(ADDR_BITS)
@@ -254,7 +258,7 @@ class RowReader(wiring.Component):
         take = self.cmd.valid & self.cmd.ready
         info_in = Signal(info_layout)
         m.d.comb += [
-            info_in.rows.eq(Mux(cmdp.dual, cmdp.rows << 1, cmdp.rows)),
+            info_in.rows_m1.eq(Mux(cmdp.dual, (cmdp.rows << 1) - 1, cmdp.rows - 1)),
             info_in.cols.eq(cmdp.cols),
             info.w_data.eq(info_in),
             info.w_en.eq(take & ~empty_cmd),
@@ -263,8 +267,8 @@ class RowReader(wiring.Component):
             m.d.sync += [
                 active.eq(1),
                 rows_left.eq(cmdp.rows),
-                wpr.eq((cmdp.cols + 15) >> 4),
-                w.eq(0),
+                wpr_m1.eq(((cmdp.cols + 15) >> 4) - 1),
+                w_left.eq(((cmdp.cols + 15) >> 4) - 1),
                 second.eq(0),
                 dual.eq(cmdp.dual),
                 addr.eq(cmdp.base),
@@ -283,13 +287,13 @@ class RowReader(wiring.Component):
         grant = self.mem.grant
         m.d.sync += outstanding.eq(outstanding + grant - pop)
         with m.If(grant):
-            with m.If(w + 1 != wpr):
-                m.d.sync += [w.eq(w + 1), addr.eq(addr + 1)]
+            with m.If(w_left != 0):
+                m.d.sync += [w_left.eq(w_left - 1), addr.eq(addr + 1)]
             with m.Elif(dual & ~second):
-                m.d.sync += [w.eq(0), second.eq(1), addr.eq(row_b)]
+                m.d.sync += [w_left.eq(wpr_m1), second.eq(1), addr.eq(row_b)]
             with m.Else():
                 m.d.sync += [
-                    w.eq(0),
+                    w_left.eq(wpr_m1),
                     second.eq(0),
                     rows_left.eq(rows_left - 1),
                     row_a.eq(row_a + stride_a),
@@ -357,7 +361,7 @@ class RowReader(wiring.Component):
         with m.If(fire):
             with m.If(is_last):
                 m.d.sync += col.eq(0)
-                with m.If(brow + 1 == head.rows):
+                with m.If(brow == head.rows_m1):
                     m.d.sync += brow.eq(0)
                     m.d.comb += info.r_en.eq(1)
                 with m.Else():
@@ -1034,13 +1038,13 @@ class WStreamBuilder(wiring.Component):
         e_step_n = Signal(17)
         c = Signal(16)
         k = Signal(16)  # 0: parameter word, 1..ks: weight words
-        ks = (job.k + V - 1) >> exact_log2(V)
+        k_zero = Signal()  # k == 0, in a register
         rows = Signal(17)
         m.d.comb += rows.eq(block_rows(e_step_n, e_g))
-        from_reader = (k != 0) & (c < rows)
+        from_reader = ~k_zero & (c < rows)
         param = Signal(self.w_bits)
         m.d.comb += param.eq(Cat(Const(0, self.acc_bits), job.mult, job.shift))
-        with m.If(k == 0):
+        with m.If(k_zero):
             # idle columns get an all-zero parameter word, as the engine's packer gives them
             m.d.comb += [self.o.valid.eq(m_active), self.o.payload.eq(Mux(c < rows, param, 0))]
         with m.Elif(from_reader):
@@ -1052,21 +1056,37 @@ class WStreamBuilder(wiring.Component):
         with m.Else():
             m.d.comb += [self.o.valid.eq(m_active), self.o.payload.eq(0)]
         fire = self.o.valid & self.o.ready
+        # End-of-loop flags in registers, so the handshake only selects (the nested compares
+        # were a 12-LUT path into m_active). k_last is exact (k moves every word); the others
+        # follow c, e_g, e_step_n a cycle late, which is safe because each of those holds for
+        # ks + 1 >= 2 words before it is tested again.
+        k_last = Signal()  # k == ks
+        ks_m1 = Signal(16)  # ks - 1, set with the job
+        c_last = Signal()  # c + 1 == cm
+        g_last = Signal()  # e_g + 1 == blocks_per_step
+        n_last = Signal()  # e_step_n + cm >= N
+        m.d.sync += [
+            c_last.eq(c + 1 == cm),
+            g_last.eq(e_g + 1 == blocks_per_step),
+            n_last.eq(e_step_n + cm >= job.n),
+        ]
+        col_end = k_last
+        blk_end = k_last & c_last
+        step_end = blk_end & g_last
         with m.If(fire):
-            with m.If(k != ks):
-                m.d.sync += k.eq(k + 1)
-            with m.Else():
-                m.d.sync += k.eq(0)
-                with m.If(c + 1 != cm):
-                    m.d.sync += c.eq(c + 1)
-                with m.Else():
-                    m.d.sync += c.eq(0)
-                    with m.If(e_g + 1 != blocks_per_step):
-                        m.d.sync += e_g.eq(e_g + 1)
-                    with m.Else():
-                        m.d.sync += [e_g.eq(0), e_step_n.eq(e_step_n + cm)]
-                        with m.If(e_step_n + cm >= job.n):
-                            m.d.sync += m_active.eq(0)
+            m.d.sync += [
+                k_last.eq(~k_last & (k == ks_m1)),
+                k_zero.eq(k_last),
+                k.eq(Mux(k_last, 0, k + 1)),
+            ]
+            with m.If(col_end):
+                m.d.sync += c.eq(Mux(c_last, 0, c + 1))
+            with m.If(blk_end):
+                m.d.sync += e_g.eq(Mux(g_last, 0, e_g + 1))
+            with m.If(step_end):
+                m.d.sync += e_step_n.eq(e_step_n + cm)
+            with m.If(step_end & n_last):
+                m.d.sync += m_active.eq(0)
 
         with m.If(start):
             m.d.sync += [
@@ -1083,6 +1103,9 @@ class WStreamBuilder(wiring.Component):
                 e_step_n.eq(0),
                 c.eq(0),
                 k.eq(0),
+                k_last.eq(0),
+                k_zero.eq(1),
+                ks_m1.eq(((cmdp.k + V - 1) >> exact_log2(V)) - 1),
             ]
         m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle)
         return m

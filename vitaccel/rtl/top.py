@@ -261,10 +261,17 @@ class Accelerator(wiring.Component):
         fetch_beat = Signal()
         done_set = Signal()
         error_set = Signal()
+        # DONE/ERROR reach the register file a cycle late (registered: the opcode decode
+        # and the checks behind them were a 10-LUT path into its status bits), and BUSY
+        # with them, so a host never sees BUSY low before DONE or ERROR.
+        busy_q = Signal()
+        done_q = Signal()
+        error_q = Signal()
+        m.d.sync += [busy_q.eq(busy), done_q.eq(done_set), error_q.eq(error_set)]
         m.d.comb += [
-            regs.busy.eq(busy),
-            regs.done_set.eq(done_set),
-            regs.error_set.eq(error_set),
+            regs.busy.eq(busy_q),
+            regs.done_set.eq(done_q),
+            regs.error_set.eq(error_q),
             regs.cycles.eq(cycles),
             regs.pc.eq(pc),
         ]
@@ -283,6 +290,7 @@ class Accelerator(wiring.Component):
         nsteps = Signal(16)
         w_slots = Signal(24)  # packed W words in DDR: nsteps * G*C * (1 + ks)
         settled = Signal()  # MM_SETUP: the loop is done, x_need/w_slots follow next cycle
+        checked = Signal()  # MM_SETUP: x_need/w_slots are valid, mm_ok follows next cycle
         tiles = Signal(16)
         acc_n = Signal(17)
         acc_t = Signal(17)
@@ -291,15 +299,26 @@ class Accelerator(wiring.Component):
         # parameter loaders
         param_words = Signal(16)  # words the current PARAMS phase reads
         param_taken = Signal(16)
+        # all read and the word reader idle, a cycle late (PARAMS lasts >= 1 cycle, so the
+        # flag is fresh in PARAMS_WAIT; the compare in the FSM's path was 10 LUT levels)
+        params_done = Signal()
 
-        op_is = {o.name: op == int(o) for o in Op}
+        # The opcode decoded in DECODE (combinational, from the fresh instruction) and, from
+        # the next cycle on, from registers: every stream mux and command of the instruction
+        # selects on `op_is`, and decoding the opcode in front of them was an 11-LUT path.
+        op_dec = {o.name: op == int(o) for o in Op}
+        op_is = {o.name: Signal(name=f"op_is_{o.name.lower()}") for o in Op}
+        m.d.sync += [op_is[name].eq(op_dec[name]) for name in op_is]
         data_base = regs.data_base[:40]
 
         # ---- DMA reader: fetch / LOAD / packed W ----------------------------------------------
         # Prefetch: while an instruction runs, the next one is read into `next_instr` (after
         # the instruction's own DMA read command, if it has one; the reader keeps commands in
         # order and `last` tells where the instruction's words end).
-        op_uses_rd = (op_is["LOAD"] & (f[2] != 0)) | (op_is["MATMUL"] & ~w_spm)
+        def uses_rd(dec):
+            return (dec["LOAD"] & (f[2] != 0)) | (dec["MATMUL"] & ~w_spm)
+
+        op_uses_rd = uses_rd(op_is)
         pf_want = Signal()  # prefetch PC + 1 for this instruction
         pf_issued = Signal()
         op_rd_cmd_done = Signal()  # the instruction's own DMA read command has been taken
@@ -655,6 +674,12 @@ class Accelerator(wiring.Component):
         heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
         # X_LOG2 needs the engine's log2 mode (built with the log2 softmax)
         flags_ok = Const(1) if P.softmax_log2 else ~flags[2]
+        # the verdict registered too (a cycle after `settled`, read when `checked`): the
+        # compares were a 10-LUT path through the error flag into the register file
+        mm_ok = Signal()
+        m.d.sync += mm_ok.eq(x_fits & heads_ok & flags_ok & (nsteps != 0) & (tiles != 0))
+
+        m.d.sync += params_done.eq((param_taken == param_words) & words.idle)
 
         # ---- the state machine -----------------------------------------------------------------
         m.d.sync += todo.eq(todo & ~fired)
@@ -669,10 +694,10 @@ class Accelerator(wiring.Component):
                 load_addr.eq(f[1]),
                 param_taken.eq(0),
                 sub.eq(0),
-                pf_want.eq(~op_is["END"]),
+                pf_want.eq(~op_dec["END"]),
                 pf_issued.eq(0),
                 op_rd_cmd_done.eq(0),
-                op_rd_done.eq(~op_uses_rd),
+                op_rd_done.eq(~uses_rd(op_dec)),
                 next_valid.eq(0),
                 next_beat.eq(0),
             ]
@@ -723,16 +748,19 @@ class Accelerator(wiring.Component):
                     acc_n.eq(0),
                     acc_t.eq(0),
                     settled.eq(0),
+                    checked.eq(0),
                     state.eq(_S["MM_SETUP"]),
                 ]
             with m.Else():  # bad opcode
                 m.d.comb += error_set.eq(1)
                 m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
         with m.Elif((state) == (_S["PARAMS"])):
-            with m.If((todo & ~fired) == 0):
+            # on the registered `todo` (cleared by the handshakes a cycle earlier): the
+            # handshakes themselves are too deep a path into the state register
+            with m.If(todo == 0):
                 m.d.sync += state.eq(_S["PARAMS_WAIT"])
         with m.Elif((state) == (_S["PARAMS_WAIT"])):
-            with m.If((param_taken == param_words) & words.idle):
+            with m.If(params_done):
                 m.d.sync += state.eq(_S["ISSUE"])
                 with m.If(op_is["RESADD"]):
                     m.d.sync += todo.eq(bits("words", "unit_wr"))
@@ -746,11 +774,13 @@ class Accelerator(wiring.Component):
                 m.d.sync += [acc_n.eq(acc_n + cm), nsteps.eq(nsteps + 1)]
             with m.If(t_more):
                 m.d.sync += [acc_t.eq(acc_t + R), tiles.eq(tiles + 1)]
-            with m.If(~n_more & ~t_more & ~settled):
+            with m.If(~n_more & ~t_more & ~settled & ~checked):
                 m.d.sync += settled.eq(1)
             with m.If(settled):
-                m.d.sync += settled.eq(0)
-                with m.If(x_fits & heads_ok & flags_ok & (nsteps != 0) & (tiles != 0)):
+                m.d.sync += [settled.eq(0), checked.eq(1)]
+            with m.If(checked):
+                m.d.sync += checked.eq(0)
+                with m.If(mm_ok):
                     m.d.sync += [
                         state.eq(_S["ISSUE"]),
                         todo.eq(
@@ -765,7 +795,7 @@ class Accelerator(wiring.Component):
                     m.d.comb += error_set.eq(1)
                     m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
         with m.Elif((state) == (_S["ISSUE"])):
-            with m.If((todo & ~fired) == 0):
+            with m.If(todo == 0):
                 m.d.sync += state.eq(_S["WAIT"])
         with m.Elif((state) == (_S["WAIT"])):
             with m.If(all_idle):
