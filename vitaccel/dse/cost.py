@@ -59,19 +59,22 @@ SLOT_BYTES = 16
 LATENCIES = {
     "instr": 10,  # fetch (2 AXI beats) + decode + next, per instruction
     # Unit pipeline drain after the last input beat (docs/nonlinear.md "Throughput and
-    # latency"): E2Softmax one row's beats + 11, AILayerNorm two rows' beats + 26, GELU 1.
-    "softmax": 7,  # 11 in the unit, less what its reader/writer overlap (measured)
-    "layernorm": 26,
-    "gelu": 1,
-    "residual": 4,
+    # latency"): E2Softmax one row's beats + 13, AILayerNorm two rows' beats + 31, GELU 1.
+    # Re-measured after the units and the controller were re-pipelined for the clock rule
+    # (E2Softmax pass 1 +2 stages, AILayerNorm +3, MM_SETUP's registered verdict +1, the
+    # parameter phase's registered completion): softmax +2, layernorm +4, GELU, RESADD and
+    # MATMUL +1 each against the earlier 7 / 26 / 1 / 4 / 1.
+    "softmax": 9,  # 13 in the unit, less what its reader/writer overlap (measured)
+    "layernorm": 30,
+    "gelu": 2,
+    "residual": 5,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
     "load": 5,  # DMA request to first LOAD/STORE word
     # A MATMUL beyond `instr`, MM_SETUP's loop (`top_matmul_extra`) and the job itself
-    # (`matmul_cycles`, the writer bound): one cycle, W from DDR or from the scratchpad alike.
-    # (Re-measured after MM_SETUP and the shared SPM read port moved into
-    # `top_matmul_extra`: the earlier 38 / 11 had them inside and counted them twice.)
-    "matmul_ddr": 1,
-    "matmul_spm": 1,
+    # (`matmul_cycles`, the writer bound): two cycles (MM_SETUP's registered verdict), W
+    # from DDR or from the scratchpad alike.
+    "matmul_ddr": 2,
+    "matmul_spm": 2,
 }
 
 
