@@ -245,7 +245,7 @@ class E2Softmax(wiring.Component):
         p_cnt = Signal.like(a_cnt)
         p_beats = Signal.like(a_beats)
         m.d.sync += [
-            *[p.eq(g) for p, g in zip(p_group, group)],
+            *[p.eq(g) for p, g in zip(p_group, group, strict=True)],
             p_v.eq(a_v),
             p_x.eq(a_x),
             p_cnt.eq(a_cnt),
