@@ -4,10 +4,11 @@
     python -m vitaccel.dse.calibrate --refit    # refit from the stored runs only
 
 Every run synthesises the generated Verilog with ``synth_xilinx -family xcup -flatten`` and
-records LUT, FF, CARRY, DSP48E2, RAMB36/18, LUT RAM and the longest register-to-register
-path: its length in cells as ``ltp`` counts it and its composition (LUT, CARRY, MUXF cells),
-from which :func:`vitaccel.dse.clock.effective_levels` derives the logic levels the clock
-rule uses. Runs are cached in the JSON by their parameters: a rerun only synthesises what
+records LUT, FF, CARRY, DSP48E2, RAMB36/18, LUT RAM and the worst register-to-register
+path by the clock rule's weights (:mod:`vitaccel.flow.paths`: LUT/MUXF 1, CARRY 1/4, from the
+JSON netlist), whose levels :func:`vitaccel.dse.clock.effective_levels` reads. (Until
+2026-12 this was ``ltp``'s longest path in cells, which missed mixed LUT/carry paths: the
+whole top measured 10 levels that way and 12.5 by the weights.) Runs are cached in the JSON by their parameters: a rerun only synthesises what
 is missing (``--force`` redoes all).
 
 The fits (:mod:`vitaccel.dse.resources` reads them):
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,78 +72,16 @@ UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu"
 UNIT_VALIDATE = {"softmax": (12,), "layernorm": (12,), "gelu": (2,)}
 
 
-def _yosys(script: str, work: Path) -> str:
-    from vitaccel.flow.yosys import _run_yosys
-
-    return _run_yosys(script, work)
-
-
 def synth(verilog: str, top: str) -> dict:
-    """Yosys xcup counts plus the longest path's cell composition."""
-    from vitaccel.flow.yosys import _parse_stat
+    """Yosys xcup counts plus the worst path by the clock rule's weights."""
+    from vitaccel.flow.yosys import _resources, synth_counts
 
-    with tempfile.TemporaryDirectory(prefix="vitaccel-cal-") as tmp:
-        work = Path(tmp)
-        (work / "design.v").write_text(verilog)
-        script = (
-            "read_verilog -sv design.v\n"
-            f"synth_xilinx -family xcup -top {top} -flatten -noiopad\n"
-            "tee -o stat.txt stat -tech xilinx\n"
-            "tee -o ltp.txt ltp -noff w:* t:LUT* t:CARRY* t:MUXF*\n"
-            "tee -o ltp_lut.txt ltp -noff w:* t:LUT* t:MUXF*\n"
-        )
-        try:
-            _yosys(script, work)
-        except Exception as err:
-            # The ABC reintegration name clash (YosysHQ/yosys#4349): split nets first, as
-            # vitaccel.flow.yosys does, only when it fires.
-            if "count_id(" not in str(err):
-                raise
-            _yosys(
-                script.replace(
-                    "read_verilog -sv design.v\n",
-                    f"read_verilog -sv design.v\nhierarchy -top {top}\nproc\nsplitnets\n",
-                ),
-                work,
-            )
-        counts = _parse_stat((work / "stat.txt").read_text())
-        path = _path_cells((work / "ltp.txt").read_text())
-        lut_only = _path_cells((work / "ltp_lut.txt").read_text())
-
-    def total(prefix: str) -> int:
-        return sum(v for k, v in counts.items() if k.startswith(prefix))
-
-    return {
-        "lut": sum(v for k, v in counts.items() if re.fullmatch(r"LUT[1-6]", k)),
-        "ff": total("FD"),
-        "carry": total("CARRY"),
-        "dsp48e2": total("DSP48E2"),
-        "ramb36": total("RAMB36"),
-        "ramb18": total("RAMB18"),
-        "lutram": sum(
-            v for k, v in counts.items() if k.startswith("RAM") and not k.startswith("RAMB")
-        ),
-        "muxf": total("MUXF"),
-        "path": path,
-        "path_lut_only": lut_only,
-    }
-
-
-def _path_cells(text: str) -> dict:
-    m = re.search(r"\(length=(-?\d+)\)", text)
-    cells = {"length": int(m.group(1)) if m else 0, "lut": 0, "carry": 0, "muxf": 0}
-    for line in text.splitlines():
-        v = re.search(r"\(via (.*)\)\s*$", line)
-        if not v:
-            continue
-        name = v.group(1).lower()
-        if "carry" in name:
-            cells["carry"] += 1
-        elif "muxf" in name:
-            cells["muxf"] += 1
-        else:
-            cells["lut"] += 1
-    return cells
+    counts, worst = synth_counts(verilog, top, paths=True)
+    res = _resources(counts, None).as_dict()
+    for key in ("lut_depth", "bram36"):
+        res.pop(key)
+    res["path"] = worst.as_dict() if worst else {"levels": 0.0, "lut": 0, "muxf": 0, "carry": 0}
+    return res
 
 
 def _engine_key(cfg) -> str:

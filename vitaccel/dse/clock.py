@@ -1,16 +1,16 @@
 """The clock rule: which PL clocks a design may use, from the logic depth Yosys measures.
 
-Without Vivado there is no timing report, so the explorer bounds the clock by the longest
-register-to-register path of the synthesised units (``ltp`` after ``synth_xilinx -family
-xcup``), converted to *effective logic levels*:
+Without Vivado there is no timing report, so the explorer bounds the clock by the worst
+register-to-register path of the synthesised units (``synth_xilinx -family xcup``), counted
+in *effective logic levels*:
 
-    levels = LUT + MUXF cells on the path + CARRY cells / 4
+    levels = LUT + MUXF cells on the path + CARRY cells / 4   (+ 1 per LUT RAM read)
 
 A LUT level on UltraScale+ (-2 speed grade) costs about 0.4 ns with its routing (~0.1 ns
 of LUT, ~0.3 ns of typical local net); a CARRY4/CARRY8 cell adds only its carry propagation
-(~0.1 ns), so four of them count as one level. ``ltp`` reports the path with the most cells, which for an adder is a long carry run;
-a pure-LUT path can be longer in time, so the rule takes the larger of the two paths
-(``path`` and ``path_lut_only`` in the calibration runs).
+(~0.1 ns), so four of them count as one level. The path is the one with the most levels,
+found by :mod:`vitaccel.flow.paths` on the JSON netlist (Yosys' ``ltp`` finds the path with
+the most *cells*, a long carry run, and missed the mixed LUT/carry paths that set the clock).
 
 The period must hold the levels plus ~0.6 ns of clock-to-out, setup, skew and jitter margin:
 
@@ -45,14 +45,12 @@ MAX_LEVELS = {f: round(max_levels(f), 2) for f in (100.0, 125.0, 150.0, 200.0, 2
 
 
 def effective_levels(run: dict) -> float:
-    """Effective levels of one calibration run (see the module docstring)."""
-
-    def of(path: dict | None) -> float:
-        if not path:
-            return 0.0
-        return path.get("lut", 0) + path.get("muxf", 0) + path.get("carry", 0) / 4
-
-    return max(of(run.get("path")), of(run.get("path_lut_only")))
+    """Effective levels of one calibration run: its worst path as
+    :func:`vitaccel.flow.paths.worst_paths` weighs it (see the module docstring)."""
+    path = run.get("path") or {}
+    if "levels" in path:
+        return float(path["levels"])
+    return path.get("lut", 0) + path.get("muxf", 0) + path.get("carry", 0) / 4
 
 
 def allowed_clocks(board_clocks, levels: float) -> list[float]:

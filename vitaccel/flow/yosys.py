@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Resources", "synth_xcup", "YosysError"]
+__all__ = ["Resources", "synth_xcup", "synth_counts", "YosysError"]
 
 
 class YosysError(RuntimeError):
@@ -37,7 +37,7 @@ class Resources:
     ramb18: int
     lutram: int
     muxf: int
-    lut_depth: int | None = None
+    lut_depth: float | None = None  # worst path in effective levels (flow.paths)
 
     @property
     def bram36(self) -> float:
@@ -107,23 +107,24 @@ def _cache_path(verilog: str, top: str, lut_depth: bool) -> Path:
     )
 
 
-_SCRIPT_VERSION = "xcup-1"
+_SCRIPT_VERSION = "xcup-2"  # 2: lut_depth is the weighted worst path (flow.paths)
 
 
 def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True, cache: bool = True) -> Resources:
     """Synthesise ``verilog`` for UltraScale+ and count LUT/FF/CARRY/DSP48E2/RAMB cells.
 
-    ``lut_depth`` adds the longest LUT/CARRY/MUXF path between registers (``ltp -noff``),
-    the number the clock claims are checked against. Results are cached by a hash of the
-    Verilog text (synthesis of a whole accelerator takes minutes; the same text always gives
-    the same counts).
+    ``lut_depth`` adds the worst register-to-register path in effective logic levels
+    (LUT/MUXF 1, CARRY 1/4: :mod:`vitaccel.flow.paths`), the number the clock rule checks.
+    Results are cached by a hash of the Verilog text (synthesis of a whole accelerator takes
+    minutes; the same text always gives the same counts).
     """
     import json
 
     path = _cache_path(verilog, top, lut_depth)
     if cache and path.is_file():
         return Resources(**json.loads(path.read_text()))
-    res = _synth_xcup(verilog, top, lut_depth=lut_depth)
+    counts, worst = synth_counts(verilog, top, paths=lut_depth)
+    res = _resources(counts, worst.levels if worst else (0.0 if lut_depth else None))
     if cache:
         from vitaccel.util import atomic_write_text
 
@@ -131,7 +132,11 @@ def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True, cache: bool = 
     return res
 
 
-def _synth_xcup(verilog: str, top: str, *, lut_depth: bool) -> Resources:
+def synth_counts(verilog: str, top: str, *, paths: bool = True):
+    """Run ``synth_xilinx -family xcup`` on ``verilog``: (cell counts of ``stat -tech
+    xilinx``, the worst weighted path as a :class:`vitaccel.flow.paths.PathReport` or None)."""
+    from vitaccel.flow.paths import worst_paths, yosys_json_commands
+
     with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
         work = Path(tmp)
         (work / "design.v").write_text(verilog)
@@ -140,8 +145,8 @@ def _synth_xcup(verilog: str, top: str, *, lut_depth: bool) -> Resources:
             f"synth_xilinx -family xcup -top {top} -flatten -noiopad\n"
             "tee -o stat.txt stat -tech xilinx\n"
         )
-        if lut_depth:
-            script += "tee -o ltp.txt ltp -noff w:* t:LUT* t:CARRY* t:MUXF*\n"
+        if paths:
+            script += yosys_json_commands("netlist.json")
         try:
             _run_yosys(script, work)
         except YosysError as err:
@@ -156,13 +161,14 @@ def _synth_xcup(verilog: str, top: str, *, lut_depth: bool) -> Resources:
             )
             _run_yosys(script, work)
         counts = _parse_stat((work / "stat.txt").read_text())
-        depth = None
-        if lut_depth and (work / "ltp.txt").exists():
-            m = re.search(
-                r"Longest topological path.*?\(length=(-?\d+)\)", (work / "ltp.txt").read_text()
-            )
-            depth = int(m.group(1)) if m else 0
+        worst = None
+        if paths:
+            found = worst_paths(work / "netlist.json", top=top, count=1)
+            worst = found[0] if found else None
+    return counts, worst
 
+
+def _resources(counts: dict[str, int], depth) -> Resources:
     def total(prefix: str) -> int:
         return sum(v for k, v in counts.items() if k.startswith(prefix))
 
