@@ -31,13 +31,45 @@ def assert_program_equals_golden(compiled, codec, golden, patches):
         )
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_program_equals_golden_on_real_images(digits, groups):
+@pytest.mark.parametrize("groups, cols", [(1, 4), (2, 4), (2, 8), (1, 16)])
+def test_program_equals_golden_on_real_images(digits, groups, cols):
+    """GELU is always fused into FC1; the residual adds are fused into the projection and
+    FC2 where an output step covers whole SPM words (2x8, 1x16), RESADD otherwise."""
+    from vitaccel import isa
+
     golden, patches = digits
-    design = Design(array=ArrayConfig(groups=groups, rows=4, cols=4, vector=8))
+    design = Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8))
     codec = codec_for(design)
     compiled = compile_model(golden, groups=groups, codec=codec)
+    ops = [(i.op, i.flags) for i in compiled.program]
+    depth = golden.spec.depth
+    fused = groups * cols % 16 == 0
+    mm_flags = [fl for op, fl in ops if op is isa.Op.MATMUL]
+    assert sum(bool(fl & isa.MatmulFlags.GELU) for fl in mm_flags) == depth
+    assert sum(bool(fl & isa.MatmulFlags.RESADD) for fl in mm_flags) == (2 * depth if fused else 0)
+    assert sum(bool(fl & isa.MatmulFlags.X_KEEP) for fl in mm_flags) == depth
+    assert sum(op is isa.Op.GELU for op, _ in ops) == 0
+    # the positional add stays an instruction; the two per block only without fusion
+    assert sum(op is isa.Op.RESADD for op, _ in ops) == 1 + (0 if fused else 2 * depth)
     assert_program_equals_golden(compiled, codec, golden, patches)
+
+
+def test_interpreter_refuses_x_keep_without_a_matching_x(digits):
+    from vitaccel import isa
+    from vitaccel.compile.interp import InterpError, Machine, step
+
+    m = Machine(ddr=bytearray(1 << 12), spm=np.zeros((256, 16), dtype=np.uint8))
+    codec = GVSACodec(EngineParams(groups=1, rows=4, cols=4, vector=8))
+    keep = isa.matmul(x=0, x_stride=1, tokens=4, k=16, n=4, y=64, y_stride=1, w_ddr=0,
+                      x_keep=True)  # fmt: skip
+    with pytest.raises(InterpError, match="X_KEEP"):
+        step(m, keep, codec)
+    step(m, isa.matmul(x=0, x_stride=1, tokens=4, k=16, n=4, y=64, y_stride=1, w_ddr=0), codec)
+    step(m, keep, codec)  # same shape: fine
+    other = isa.matmul(x=0, x_stride=1, tokens=5, k=16, n=4, y=64, y_stride=1, w_ddr=0,
+                       x_keep=True)  # fmt: skip
+    with pytest.raises(InterpError, match="X_KEEP"):
+        step(m, other, codec)
 
 
 def test_packed_w_stream_decodes_to_the_layer(digits):

@@ -111,11 +111,13 @@ def test_program_mirrors_the_compiler():
 
     _, _, golden, _, _ = prepare("digits-vit", images=1)
     spec = get_spec("digits-vit")
-    for groups in (1, 2, 3):
-        design = Design(array=ArrayConfig(groups=groups, rows=4, cols=4, vector=8))
+    from vitaccel.isa import MatmulFlags, residual_fusable
+
+    for groups, cols in ((1, 4), (2, 4), (3, 4), (2, 8)):
+        design = Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8))
         compiled = compile_model(golden, groups=groups, codec=codec_for(design))
         real = [i for i in compiled.program if i.op != Op.END]
-        mine = program(spec, groups)
+        mine = program(spec, groups, residual_fusable(groups, cols))
         assert len(real) == len(mine)
         for ins, m in zip(real, mine, strict=True):
             f = ins.fields + (0,) * (15 - len(ins.fields))
@@ -124,6 +126,9 @@ def test_program_mirrors_the_compiler():
                 assert (f[2], f[3], f[4]) == (m.tokens, m.k, m.n)
                 assert f[11] == (m.heads or 1)  # heads in the job, 1 outside heads mode
                 assert bool(ins.flags & 0b1000) == (m.heads > 0)
+                assert bool(ins.flags & MatmulFlags.X_KEEP) == m.x_keep
+                assert bool(ins.flags & MatmulFlags.GELU) == (m.fused == "gelu")
+                assert bool(ins.flags & MatmulFlags.RESADD) == (m.fused == "residual")
             elif ins.op in (Op.LOAD, Op.STORE):
                 assert m.op == ins.op.name.lower() and f[1] == m.tokens
             else:

@@ -79,6 +79,26 @@ def test_field_layout_is_little_endian_and_documented():
     assert isa.decode_program(isa.encode_program([i, s, isa.end()]))[:2] == [i, s]
 
 
+def test_fused_matmul_fields():
+    """GELU: f10 table; RESADD: f10 A base, f11 parameter block, f13 shift; X_KEEP bit 7."""
+    mm = dict(x=1, x_stride=2, tokens=3, k=4, n=5, y=6, y_stride=7, w_ddr=0x0009_0008)
+    g = isa.matmul(**mm, gelu_table=99)
+    assert g.flags == MatmulFlags.GELU and g.f(10) == 99 and g.u32(8) == 0x0009_0008
+    r = isa.matmul(**mm, residual=40, residual_params=41, residual_shift=13, x_keep=True)
+    assert r.flags == MatmulFlags.RESADD | MatmulFlags.X_KEEP == 0b1100_0000
+    assert (r.f(10), r.f(11), r.f(12), r.f(13)) == (40, 41, 1, 13)
+    assert isa.decode_program(isa.encode_program([g, r, isa.end()]))[:2] == [g, r]
+    assert isa.residual_fusable(2, 8) and isa.residual_fusable(3, 16)
+    assert not isa.residual_fusable(3, 4) and not isa.residual_fusable(1, 10)
+    spm = dict(mm, w_ddr=None, w_spm=0)
+    with pytest.raises(ValueError, match="W from DDR"):
+        isa.matmul(**spm, gelu_table=1)
+    with pytest.raises(ValueError, match="exclusive"):
+        isa.matmul(**mm, gelu_table=1, residual=2)
+    with pytest.raises(ValueError, match="shared mode"):
+        isa.matmul(**mm, residual=2, out_transposed=True)
+
+
 def test_bad_fields_are_rejected():
     with pytest.raises(ValueError, match="16 bits"):
         isa.encode(isa.load(spm=1 << 16, words=1, ddr=0))

@@ -45,6 +45,26 @@ def test_gelu_full_throughput_and_latency():
     assert res["last_out"] - res["first_in"] == 256  # 1024 elements, 4 per cycle, no bubble
 
 
+@pytest.mark.parametrize("bypass", [0, 1])
+def test_gelu_bypass_passes_beats_through_at_the_same_latency(bypass):
+    """The matmul output stage: a table lookup for MATMUL GELU, the same register otherwise."""
+    table = gelu_lut(0.05, 0.04)
+    dut = GELU(lanes=8, init=table, bypass=True)
+    rng = np.random.default_rng(bypass)
+    rows = [rng.integers(-128, 128, size=n) for n in (8, 40, 3)]
+
+    async def setup(ctx):
+        ctx.set(dut.bypass, bypass)
+
+    res = amaranth_run_rows(dut, rows, setup=setup, stall_in=0.2, stall_out=0.2, seed=5)
+    assert not res["errors"], res["errors"]
+    for r, (row, got) in enumerate(zip(rows, res["rows"], strict=True)):
+        want = row if bypass else lut_lookup(row, table)
+        np.testing.assert_array_equal(got, want, err_msg=f"row {r}")
+    with pytest.raises(ValueError, match="out_bits"):
+        GELU(lanes=2, out_bits=10, bypass=True)
+
+
 @pytest.mark.parametrize(
     "kwargs, exc",
     [

@@ -12,6 +12,7 @@ from vitaccel.rtl.matmul import (
     cycle_model,
     pack_job,
     plan_columns,
+    split_w_stream,
     unpack_outputs,
 )
 from vitaccel.sim.streams import amaranth_put, random_pauses
@@ -31,8 +32,9 @@ async def collect(ctx, dut, count, stall, seed):
     return got
 
 
-def simulate(params: EngineParams, cases, stall=0.0, seed=0):
-    """Run cases back to back on the engine; return [(outputs, cycles)] per case."""
+def simulate(params: EngineParams, cases, stall=0.0, seed=0, keep=()):
+    """Run cases back to back on the engine; return [(outputs, cycles)] per case. Jobs whose
+    index is in ``keep`` run with ``x_keep`` (no X words: the previous job's X)."""
     dut = MatmulEngine(params)
     jobs = [
         pack_job(
@@ -51,6 +53,8 @@ def simulate(params: EngineParams, cases, stall=0.0, seed=0):
         )
         for c in cases
     ]
+    for j in keep:
+        jobs[j].cmd["x_keep"] = 1
     results = []
     state = {"cycle": 0}
 
@@ -67,8 +71,10 @@ def simulate(params: EngineParams, cases, stall=0.0, seed=0):
                 await ctx.tick()
             await amaranth_put(ctx, dut.cmd, job.cmd)
             t0 = state["cycle"]
-            state["x"] = words(job.x_bytes)
-            state["w"] = words(job.w_words)
+            state["x"] = [] if j in keep else words(job.x_bytes)
+            parts = split_w_stream(job.w_words, params, job.plan.nsteps)
+            for q, part in enumerate(parts):
+                state["w" if q == 0 else f"w{q}"] = words(part)
             state["go"] = j + 1
             got = await collect(ctx, dut, job.out_words, stall, seed * 8 + 3)
             results.append((got, state["cycle"] - t0))
@@ -92,7 +98,8 @@ def simulate(params: EngineParams, cases, stall=0.0, seed=0):
     sim.add_process(clock_counter)
     sim.add_testbench(bench)
     sim.add_testbench(feeder("x", 1), background=True)
-    sim.add_testbench(feeder("w", 2), background=True)
+    for q in range(params.w_ports):
+        sim.add_testbench(feeder("w" if q == 0 else f"w{q}", 2 + 2 * q), background=True)
     sim.run()
     out = []
     nbytes = params.groups * params.cols
@@ -153,6 +160,37 @@ def _check_all(params, cases, stall=0.0, seed=0, model=True):
                 case.x.shape[-2], case.x.shape[-1], job.plan.nsteps, params, heads=case.heads
             )
             assert cycles == want, (case.name, cycles, want)
+
+
+def test_x_keep_reuses_the_previous_jobs_x():
+    """QKV's V part reuses the X of the Q|K part: no X words, the cycle model without XL."""
+    rng = np.random.default_rng(11)
+    first = random_case(rng, 9, 20, 10, name="loads X")
+    second = random_case(rng, 9, 20, 6, name="keeps X")
+    second.x = first.x
+    third = random_case(rng, 5, 20, 3, name="loads again")
+    cases = [first, second, third]
+    for j, (case, (got, cycles, job)) in enumerate(
+        zip(cases, simulate(SMALL, cases, keep={1}), strict=True)
+    ):
+        assert_exact(case, got)
+        T, K = case.x.shape
+        assert cycles == cycle_model(T, K, job.plan.nsteps, SMALL, x_keep=j == 1), case.name
+
+
+@pytest.mark.parametrize("groups, cols, ports", [(1, 4, 2), (2, 4, 4), (3, 2, 2)])
+def test_parallel_w_ports_load_a_step_in_a_fraction_of_the_time(groups, cols, ports):
+    """Each W stream loads its own columns; the cycle model's W load is divided by ports."""
+    params = EngineParams(groups=groups, rows=4, cols=cols, vector=4, x_words=64, max_ksteps=16,
+                          w_ports=ports)  # fmt: skip
+    rng = np.random.default_rng(groups * 10 + ports)
+    cases = [random_case(rng, 6, 30, 21, name="W-bound"), random_case(rng, 13, 8, 9, name="x")]
+    _check_all(params, cases)
+    _check_all(params, cases, stall=0.3, seed=4, model=False)
+    one = EngineParams(groups=groups, rows=4, cols=cols, vector=4, x_words=64, max_ksteps=16)
+    T, K = cases[0].x.shape
+    ns = plan_columns(cases[0].kind, one).nsteps
+    assert cycle_model(T, K, ns, params) < cycle_model(T, K, ns, one)
 
 
 def test_cycle_model_exact_across_shapes():

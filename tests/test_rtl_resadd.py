@@ -102,3 +102,67 @@ def test_resadd_saturates_and_rounds_half_up():
 def test_resadd_rejects_bad_parameters(kwargs):
     with pytest.raises(ValueError, match="max_channels"):
         ResAdd(**kwargs)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_resadd_pair_mode_takes_a_b_and_the_channel_index_per_beat(stall):
+    """The fused front end: each beat brings A, B and which 16 channels they are, in any
+    order (a MATMUL's output steps), one beat per cycle without stalls."""
+    rng = np.random.default_rng(7)
+    cols, beats, shift = 64, 24, 19
+    mult_a = rng.integers(0, 1 << 16, size=cols)
+    mult_b = rng.integers(0, 1 << 16, size=cols)
+    index = rng.integers(0, cols // LANES, size=beats)
+    a = rng.integers(-128, 128, size=(beats, LANES))
+    b = rng.integers(-128, 128, size=(beats, LANES))
+    dut = ResAdd(max_channels=cols)
+    got, cycles = [], {}
+
+    def word(v):
+        return int.from_bytes(bytes(int(x) & 0xFF for x in v), "little")
+
+    async def feed(ctx):
+        for addr, w in enumerate(_param_words(mult_a, mult_b)):
+            ctx.set(dut.param_addr, addr)
+            ctx.set(dut.param_data, w)
+            ctx.set(dut.param_we, 1)
+            await ctx.tick()
+        ctx.set(dut.param_we, 0)
+        ctx.set(dut.shift, shift)
+        ctx.set(dut.use_pair, 1)
+        pauses = random_pauses(stall, 3)
+        for j in range(beats):
+            beat = {"a": word(a[j]), "b": word(b[j]), "index": int(index[j]),
+                    "count": LANES, "last": 1}  # fmt: skip
+            await amaranth_put(ctx, dut.pair, beat, pauses=pauses)
+
+    async def drain(ctx):
+        pauses = random_pauses(stall, 4)
+        for j in range(beats):
+            p = await amaranth_get(ctx, dut.o, pauses=pauses)
+            got.append([int(x) for x in p.data])
+            cycles.setdefault("first", ctx.get(tick))
+        cycles["last"] = ctx.get(tick)
+        await ctx.tick().until(~dut.busy)
+
+    from amaranth import Signal
+
+    tick = Signal(32)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    async def count(ctx):
+        while True:
+            await ctx.tick()
+            ctx.set(tick, ctx.get(tick) + 1)
+
+    sim.add_testbench(count, background=True)
+    sim.add_testbench(feed, background=True)
+    sim.add_testbench(drain)
+    sim.run()
+    for j in range(beats):
+        ch = slice(LANES * index[j], LANES * index[j] + LANES)
+        want = residual_add(a[j], mult_a[ch], b[j], mult_b[ch], shift)
+        np.testing.assert_array_equal(got[j], want, err_msg=f"beat {j} (channels {ch})")
+    if not stall:
+        assert cycles["last"] - cycles["first"] == beats - 1  # one beat per cycle

@@ -124,3 +124,23 @@ def test_bad_opcode_and_oversized_jobs_end_with_error():
         ram, out = _simulate(bytes(raw), 0x2000, cycles=400)
         assert out["status"] == STATUS_DONE | STATUS_ERROR
         assert out["pc"] == 0
+
+
+@pytest.mark.parametrize("bad", ["resadd on 1x2 columns", "x_keep first", "gelu with w_spm"])
+def test_matmuls_the_design_cannot_run_end_with_error(bad):
+    """A fused residual add needs output steps of whole SPM words (SMALL has 2 channels a
+    step); X_KEEP needs an X in the engine; fused outputs need W from DDR."""
+    mm = dict(x=0, x_stride=1, tokens=2, k=4, n=2, y=8, y_stride=1)
+    if bad == "resadd on 1x2 columns":
+        instr = isa.matmul(**mm, w_ddr=0x100, residual=16, residual_params=20, residual_shift=8)
+    elif bad == "x_keep first":
+        instr = isa.matmul(**mm, w_ddr=0x100, x_keep=True)
+    else:
+        ok = isa.matmul(**mm, w_spm=24, w_stride=1, mult=1, shift=4)
+        instr = isa.Instr(ok.op, ok.flags | isa.MatmulFlags.GELU, ok.fields)
+    image = bytearray(0x200)
+    raw = isa.encode_program([instr, isa.end()])
+    image[: len(raw)] = raw
+    ram, out = _simulate(bytes(image), 0x2000, cycles=600)
+    assert out["status"] == STATUS_DONE | STATUS_ERROR
+    assert out["pc"] == 0

@@ -24,9 +24,10 @@ from vitaccel.quant.scales import dyadic
 from vitaccel.rtl.top import TopParams
 from vitaccel.sim.tb_top import default_regs, run_top
 
-# Small but complete: 2 groups (heads mode), 2x4 PEs of 8 lanes, 4-lane nonlinear units.
+# Small but complete: 2 groups (heads mode), 2x8 PEs of 8 lanes (an output step of 16
+# channels: whole SPM words, so the residual add can be fused), 4-lane nonlinear units.
 DESIGN = Design(
-    array=ArrayConfig(groups=2, rows=2, cols=4, vector=8),
+    array=ArrayConfig(groups=2, rows=2, cols=8, vector=8),
     nonlinear=NonlinearConfig(
         gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=64
     ),
@@ -257,6 +258,76 @@ def test_matmul_shared_weights_from_ddr(tokens, k, n):
         isa.end(),
     ]
     res, expected = _run(img, prog, codec=codec)
+    _check(res, expected, prog)
+
+
+def _layer(rng, n, k):
+    q = rng.integers(-128, 128, size=(n, k))
+    return q, rng.integers(-5000, 5000, n), rng.integers(1, 1 << 15, n), rng.integers(12, 20, n)
+
+
+def test_matmul_fused_gelu_then_x_keep():
+    """FC1 with its GELU fused (every output byte through the table), then a MATMUL that
+    reuses the X the first one loaded (X_KEEP, as QKV's V part does)."""
+    rng = np.random.default_rng(21)
+    img = Image()
+    tokens, k, n1, n2 = 7, 40, 24, 9
+    codec = codec_for(DESIGN)
+    x = rng.integers(-128, 128, size=(tokens, k))
+    src, sx = _tensor(img, x)
+    w1 = img.add(codec.pack(*_with_kind(_layer(rng, n1, k))))
+    w2 = img.add(codec.pack(*_with_kind(_layer(rng, n2, k))))
+    tab = img.add(gelu_lut(0.05, 0.04).astype(np.int8).tobytes())
+    sy1, sy2 = -(-n1 // 16), -(-n2 // 16)
+    out1 = img.reserve(tokens * sy1 * 16)
+    out2 = img.reserve(tokens * sy2 * 16)
+    mm = dict(x=0, x_stride=sx, tokens=tokens, k=k)
+    prog = [
+        isa.load(spm=0, words=tokens * sx, ddr=src),
+        isa.load(spm=400, words=16, ddr=tab),
+        isa.matmul(**mm, n=n1, y=200, y_stride=sy1, w_ddr=w1, gelu_table=400),
+        isa.load(spm=0, words=tokens * sx, ddr=tab),  # X in the SPM changes: X_KEEP ignores it
+        isa.matmul(**mm, n=n2, y=300, y_stride=sy2, w_ddr=w2, x_keep=True),
+        isa.store(spm=200, words=tokens * sy1, ddr=out1),
+        isa.store(spm=300, words=tokens * sy2, ddr=out2),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog, codec=codec)
+    _check(res, expected, prog)
+
+
+def _with_kind(layer):
+    q, bias, mult, shift = layer
+    return q, np.zeros(len(q), dtype=np.int64), bias, mult, shift
+
+
+@pytest.mark.parametrize("in_place, pause", [(False, 0.2), (True, 0.0)])
+def test_matmul_fused_residual_add(in_place, pause):
+    """The projection / FC2 with the residual add fused: Y = residual_add(A, Y) per channel,
+    40 channels (an output step of 16 and a partial one), A beside Y or Y = A."""
+    rng = np.random.default_rng(22 + in_place)
+    img = Image()
+    tokens, k, n = 6, 24, 40
+    codec = codec_for(DESIGN)
+    x = rng.integers(-128, 128, size=(tokens, k))
+    a = rng.integers(-128, 128, size=(tokens, n))
+    src, sx = _tensor(img, x)
+    sa_off, sa = _tensor(img, a)
+    w = img.add(codec.pack(*_with_kind(_layer(rng, n, k))))
+    mults = np.stack([rng.integers(0, 1 << 16, n), rng.integers(0, 1 << 16, n)], axis=1)
+    par = img.add(mults.astype("<u2").tobytes())
+    y = 100 if in_place else 200
+    out = img.reserve(tokens * sa * 16)
+    prog = [
+        isa.load(spm=0, words=tokens * sx, ddr=src),
+        isa.load(spm=100, words=tokens * sa, ddr=sa_off),
+        isa.load(spm=300, words=-(-n * 4 // 16), ddr=par),
+        isa.matmul(x=0, x_stride=sx, tokens=tokens, k=k, n=n, y=y, y_stride=sa, w_ddr=w,
+                   residual=100, residual_params=300, residual_shift=17),  # fmt: skip
+        isa.store(spm=y, words=tokens * sa, ddr=out),
+        isa.end(),
+    ]
+    res, expected = _run(img, prog, codec=codec, pause=pause)
     _check(res, expected, prog)
 
 

@@ -89,6 +89,7 @@ def matmul_cycles(
     *,
     heads: bool = False,
     w_word_cycles: float = 1.0,
+    x_keep: bool = False,
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
@@ -102,7 +103,8 @@ def matmul_cycles(
     * step s issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
       (``S_0 = max(XL, WL) + 1``) and its last at ``E_s = S_s + (tiles-1) P + KS - 1``,
       with ``KS = ceil(K/V)``, ``tiles = ceil(T/R)``, ``P = max(KS, R)``, ``pad = P - KS``,
-      ``XL = Tx*KS`` (``Tx = T`` shared, ``G*T`` heads) and ``WL = G*C*(KS+1)``,
+      ``XL = Tx*KS`` (``Tx = T`` shared, ``G*T`` heads; 0 with ``x_keep``: the X of the
+      previous job stays in the banks) and ``WL = G*C*(KS+1)``,
     * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
     """
     ks = -(-k // vector)
@@ -110,7 +112,7 @@ def matmul_cycles(
     pad = max(0, rows - ks)
     period = ks + pad
     lat = latencies(rows, units, vector)
-    x_load = (groups if heads else 1) * tokens * ks
+    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
     w_load = groups * cols * (ks + 1) * w_word_cycles
     loaded: list[float] = []
     ends: list[float] = []

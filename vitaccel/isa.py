@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "Op",
     "MatmulFlags",
+    "FUSED_FLAGS",
+    "residual_fusable",
     "SoftmaxFlags",
     "Instr",
     "INSTR_BYTES",
@@ -56,6 +58,20 @@ class MatmulFlags(enum.IntFlag):
     X_LOG2 = 4  # X holds 4-bit log2 codes q: products w << (15 - q) (log2 builds only)
     HEADS = 8
     OUT_T = 16
+    GELU = 32  # Y = GELU table (f10) applied to every output byte (fused GELU)
+    RESADD = 64  # Y = residual_add(A (f10, Y's stride), params f11, Y, shift f13) (fused)
+    X_KEEP = 128  # X is the previous MATMUL's X, still in the engine (no X load)
+
+
+# Flags that need W from DDR (they use f10..f13, which W_SPM jobs use for the W rows).
+FUSED_FLAGS = MatmulFlags.GELU | MatmulFlags.RESADD
+
+
+def residual_fusable(groups: int, cols: int) -> bool:
+    """Whether an array can fuse RESADD into a MATMUL's output: each output step must cover
+    whole 16-byte scratchpad words (``groups * cols`` a multiple of 16), so every output run
+    reads exactly one word of A."""
+    return (groups * cols) % WORD_BYTES == 0
 
 
 class SoftmaxFlags(enum.IntFlag):
@@ -172,14 +188,35 @@ def matmul(
     x_unsigned: bool = False,
     x_log2: bool = False,
     out_transposed: bool = False,
+    gelu_table: int | None = None,
+    residual: int | None = None,
+    residual_params: int = 0,
+    residual_shift: int = 0,
+    x_keep: bool = False,
 ) -> Instr:
-    """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention)."""
+    """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention).
+
+    Fused outputs (W from DDR only): ``gelu_table`` (SPM base of a 256-byte table) maps every
+    output byte through it; ``residual`` (SPM base of A, rows with Y's stride) writes
+    ``residual_add(A, ma, Y, mb, residual_shift)`` with the per-channel multipliers at
+    ``residual_params`` (the RESADD parameter block). ``x_keep`` reuses the X the previous
+    MATMUL loaded (same tokens and K, shared mode) instead of loading it again.
+    """
     if (w_ddr is None) == (w_spm is None):
         raise ValueError(
             "matmul needs exactly one of w_ddr (packed weights) or w_spm (activation rows)"
         )
     if x_unsigned and x_log2:
         raise ValueError("matmul: x_unsigned and x_log2 are exclusive")
+    fused = gelu_table is not None or residual is not None
+    if gelu_table is not None and residual is not None:
+        raise ValueError("matmul: gelu_table and residual are exclusive")
+    if fused and w_spm is not None:
+        raise ValueError("matmul: a fused GELU or residual add needs W from DDR (w_ddr)")
+    if residual is not None and (heads or out_transposed):
+        raise ValueError("matmul: a fused residual add needs shared mode, row-major output")
+    if x_keep and heads:
+        raise ValueError("matmul: x_keep needs shared mode")
     flags = MatmulFlags(0)
     if x_unsigned:
         flags |= MatmulFlags.X_UNSIGNED
@@ -189,6 +226,9 @@ def matmul(
         flags |= MatmulFlags.OUT_T
     if heads:
         flags |= MatmulFlags.HEADS
+    if x_keep:
+        flags |= MatmulFlags.X_KEEP
+    f13 = head_x_step
     if w_spm is not None:
         flags |= MatmulFlags.W_SPM
         f89 = (mult, shift)
@@ -196,6 +236,13 @@ def matmul(
     else:
         f89 = _split32(w_ddr)
         f1011 = (0, 0)
+        if gelu_table is not None:
+            flags |= MatmulFlags.GELU
+            f1011 = (gelu_table, 0)
+        elif residual is not None:
+            flags |= MatmulFlags.RESADD
+            f1011 = (residual, residual_params)
+            f13 = residual_shift
     return Instr(
         Op.MATMUL,
         int(flags),
@@ -210,7 +257,7 @@ def matmul(
             *f89,
             *f1011,
             max(heads, 1),
-            head_x_step,
+            f13,
             head_w_step,
             head_y_step,
         ),

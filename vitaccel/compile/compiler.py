@@ -291,9 +291,24 @@ def _layout(spec, limit) -> _Alloc:
 
 
 def compile_model(
-    model: IntViT, *, groups: int, codec: WCodec, spm_words: int = 1 << 16
+    model: IntViT,
+    *,
+    groups: int,
+    codec: WCodec,
+    spm_words: int = 1 << 16,
+    fuse_residual: bool | None = None,
 ) -> Compiled:
-    """Compile ``model`` into a program + memory image for an array with ``groups`` groups."""
+    """Compile ``model`` into a program + memory image for an array with ``groups`` groups.
+
+    GELU always runs fused into FC1's output (MATMUL GELU); the residual adds after the
+    projection and FC2 run fused into their MATMULs (RESADD) when ``fuse_residual``
+    (default: when the codec's array allows it, :func:`vitaccel.isa.residual_fusable`), and
+    as RESADD instructions otherwise. The V part of QKV reuses the X of the Q|K part
+    (X_KEEP).
+    """
+    if fuse_residual is None:
+        p = getattr(codec, "params", None)
+        fuse_residual = p is not None and isa.residual_fusable(p.groups, p.cols)
     spec = model.spec
     log2 = model.config.softmax_output == "log2"
     T, D, H, dh, M = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
@@ -350,7 +365,7 @@ def compile_model(
     h, qk, vt = spm["ln"], spm["qk"], spm["vT"]
     att_stride = words_for(T)
     logits, probs, ctx = spm["attn.logits"], spm["attn.probs"], spm["attn.context"]
-    br, f1, g, br_mlp = spm["branch"], spm["mlp.fc1"], spm["mlp.gelu"], spm["mlp.branch"]
+    br, g, br_mlp = spm["branch"], spm["mlp.gelu"], spm["mlp.branch"]
     hn, out = spm["norm"], spm["logits"]
 
     # ---- DDR image sections -------------------------------------------------------------
@@ -385,7 +400,18 @@ def compile_model(
         n: int,
         out_t: bool = False,
         tokens: int | None = None,
+        x_keep: bool = False,
+        gelu: Tensor | None = None,
+        residual: tuple[Tensor, Tensor, int] | None = None,
     ):
+        fused = {}
+        if gelu is not None:
+            fused = dict(gelu_table=gelu.base)
+        elif residual is not None:
+            a, params, shift = residual
+            if a.stride != y.stride:  # pragma: no cover - the residual buffers share a shape
+                raise CompileError("a fused residual add needs A with Y's stride")
+            fused = dict(residual=a.base, residual_params=params.base, residual_shift=shift)
         prog.append(
             isa.matmul(
                 x=x.base,
@@ -397,9 +423,27 @@ def compile_model(
                 y_stride=y.stride,
                 w_ddr=0,
                 out_transposed=out_t,
+                x_keep=x_keep,
+                **fused,
             )
         )
         pending_w.append((len(prog) - 1, key))
+
+    def resadd(x: Tensor, b: Tensor, dst: Tensor, params: Tensor, shift: int) -> None:
+        prog.append(
+            isa.resadd(
+                a=x.base,
+                a_stride=x.stride,
+                rows=x.rows,
+                cols=x.cols,
+                dst=dst.base,
+                dst_stride=dst.stride,
+                b=b.base,
+                b_stride=b.stride,
+                params=params.base,
+                shift=shift,
+            )
+        )
 
     pending_w: list[tuple[int, str]] = []
     mm(patches, model.patch_embed, pe, key=w_stream(model.patch_embed), n=D)
@@ -432,6 +476,7 @@ def compile_model(
             key=w_stream(b.qkv, slice(2 * D, 3 * D), f"{b.qkv.name}.v"),
             n=D,
             out_t=True,
+            x_keep=True,
         )
         for h0 in range(0, H, heads_per_job):
             nh = min(heads_per_job, H - h0)
@@ -489,50 +534,21 @@ def compile_model(
                     head_y_step=dh // WORD_BYTES,
                 )
             )
-        mm(ctx, b.proj, br, key=w_stream(b.proj), n=D)
-        prog.append(
-            isa.resadd(
-                a=x.base,
-                a_stride=x.stride,
-                rows=T,
-                cols=D,
-                dst=x_next.base,
-                dst_stride=x_next.stride,
-                b=br.base,
-                b_stride=br.stride,
-                params=c["add1"].base,
-                shift=b.add1.shift,
-            )
-        )
+        if fuse_residual:
+            add1 = (x, c["add1"], b.add1.shift)
+            mm(ctx, b.proj, x_next, key=w_stream(b.proj), n=D, residual=add1)
+        else:
+            mm(ctx, b.proj, br, key=w_stream(b.proj), n=D)
+            resadd(x, br, x_next, c["add1"], b.add1.shift)
         x, x_next = x_next, x
         prog.append(_ln(x, h, c["ln2"], b.norm2))
-        mm(h, b.fc1, f1, key=w_stream(b.fc1), n=M)
-        prog.append(
-            isa.gelu(
-                src=f1.base,
-                src_stride=f1.stride,
-                rows=T,
-                cols=M,
-                dst=g.base,
-                dst_stride=g.stride,
-                table=c["gelu"].base,
-            )
-        )
-        mm(g, b.fc2, br_mlp, key=w_stream(b.fc2), n=D)
-        prog.append(
-            isa.resadd(
-                a=x.base,
-                a_stride=x.stride,
-                rows=T,
-                cols=D,
-                dst=x_next.base,
-                dst_stride=x_next.stride,
-                b=br_mlp.base,
-                b_stride=br_mlp.stride,
-                params=c["add2"].base,
-                shift=b.add2.shift,
-            )
-        )
+        mm(h, b.fc1, g, key=w_stream(b.fc1), n=M, gelu=c["gelu"])
+        if fuse_residual:
+            add2 = (x, c["add2"], b.add2.shift)
+            mm(g, b.fc2, x_next, key=w_stream(b.fc2), n=D, residual=add2)
+        else:
+            mm(g, b.fc2, br_mlp, key=w_stream(b.fc2), n=D)
+            resadd(x, br_mlp, x_next, c["add2"], b.add2.shift)
         cur = xs.index(x_next)
     x = xs[cur]
     prog.append(_ln(x, hn, lnf, model.norm, rows=1))

@@ -30,6 +30,8 @@ class Machine:
     spm: np.ndarray  # (words, 16) uint8
     softmax_lanes: int = 1
     executed: int = 0
+    # The X of the last MATMUL, as the engine holds it (tokens, K, values): X_KEEP reuses it.
+    last_x: tuple[int, int, np.ndarray] | None = None
 
     # ---- scratchpad access in SPM row layout -------------------------------------------
     def read(
@@ -94,9 +96,26 @@ def _matmul(m: Machine, i: isa.Instr, codec) -> None:
     fl = MatmulFlags(i.flags)
     tokens, k, n = i.f(3), i.f(4), i.f(5)
     heads = i.f(12) if fl & MatmulFlags.HEADS else 1
+    if fl & isa.FUSED_FLAGS and fl & MatmulFlags.W_SPM:
+        raise InterpError("MATMUL: GELU/RESADD need W from DDR")
+    if fl & MatmulFlags.GELU and fl & MatmulFlags.RESADD:
+        raise InterpError("MATMUL: GELU and RESADD are exclusive")
+    if fl & MatmulFlags.RESADD and fl & (MatmulFlags.HEADS | MatmulFlags.OUT_T):
+        raise InterpError("MATMUL: RESADD needs shared mode, row-major output")
+    if fl & MatmulFlags.X_KEEP:
+        # the engine still holds the previous MATMUL's X: only that X, at the same shape
+        if fl & MatmulFlags.HEADS or m.last_x is None or m.last_x[:2] != (tokens, k):
+            raise InterpError("MATMUL X_KEEP: the previous MATMUL loaded no X of this shape")
     for h in range(heads):
+        # the engine holds X as bytes; the job's flags say how they are read
+        if fl & MatmulFlags.X_KEEP:
+            raw = m.last_x[2]
+        else:
+            raw = m.read(i.f(1) + h * i.f(13), tokens, k, i.f(2), signed=False)
+            # heads mode leaves per-group X in the engine: nothing X_KEEP may reuse
+            m.last_x = None if fl & MatmulFlags.HEADS else (tokens, k, raw)
         unsigned = fl & (MatmulFlags.X_UNSIGNED | MatmulFlags.X_LOG2)
-        x = m.read(i.f(1) + h * i.f(13), tokens, k, i.f(2), signed=not unsigned)
+        x = raw if unsigned else np.where(raw > 127, raw - 256, raw)
         if fl & MatmulFlags.X_LOG2:
             x = ref.log2_code_weights(x)
         if fl & MatmulFlags.W_SPM:
@@ -109,9 +128,27 @@ def _matmul(m: Machine, i: isa.Instr, codec) -> None:
             raw = bytes(m.ddr[off : off + codec.stream_bytes(n, k)])
             w, bias, mult, shift = codec.unpack(raw, n, k)
         y = ref.requantize(ref.matmul_int(x, w, bias), mult, shift)
+        if fl & MatmulFlags.GELU:
+            y = ref.lut_lookup(y, _gelu_table(m, i.f(10)))
+        elif fl & MatmulFlags.RESADD:
+            a = m.read(i.f(10), tokens, n, i.f(7))
+            ma, mb = _resadd_mults(m, i.f(11), n)
+            y = ref.residual_add(a, ma, y, mb, i.f(13))
         if fl & MatmulFlags.OUT_T:
             y = y.T
         m.write(i.f(6) + h * i.f(15), y, i.f(7))
+
+
+def _gelu_table(m: Machine, base: int) -> np.ndarray:
+    return m.block(base, 256).view(np.int8).astype(np.int64)
+
+
+def _resadd_mults(m: Machine, base: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mult_a, mult_b) of a RESADD parameter block: 4 bytes a channel."""
+    raw = m.block(base, 4 * cols).reshape(cols, 4)
+    ma = np.ascontiguousarray(raw[:, 0:2]).view("<u2").reshape(cols).astype(np.int64)
+    mb = np.ascontiguousarray(raw[:, 2:4]).view("<u2").reshape(cols).astype(np.int64)
+    return ma, mb
 
 
 def step(m: Machine, i: isa.Instr, codec) -> bool:
@@ -140,15 +177,12 @@ def step(m: Machine, i: isa.Instr, codec) -> bool:
         m.write(i.f(5), ref.ailayernorm(x, _ln_params(m, i)), i.f(6))
     elif op is Op.GELU:
         x = m.read(i.f(1), i.f(3), i.f(4), i.f(2))
-        table = m.block(i.f(7), 256).view(np.int8).astype(np.int64)
-        m.write(i.f(5), ref.lut_lookup(x, table), i.f(6))
+        m.write(i.f(5), ref.lut_lookup(x, _gelu_table(m, i.f(7))), i.f(6))
     elif op is Op.RESADD:
         rows, cols = i.f(3), i.f(4)
         a = m.read(i.f(1), rows, cols, i.f(2))
         b = m.read(i.f(7), rows, cols, i.f(8))
-        raw = m.block(i.f(9), 4 * cols).reshape(cols, 4)
-        ma = np.ascontiguousarray(raw[:, 0:2]).view("<u2").reshape(cols).astype(np.int64)
-        mb = np.ascontiguousarray(raw[:, 2:4]).view("<u2").reshape(cols).astype(np.int64)
+        ma, mb = _resadd_mults(m, i.f(9), cols)
         m.write(i.f(5), ref.residual_add(a, ma, b, mb, i.f(10)), i.f(6))
     else:  # pragma: no cover - decode() rejects unknown opcodes
         raise InterpError(f"unknown opcode {op}")

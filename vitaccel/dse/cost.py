@@ -33,6 +33,7 @@ from functools import lru_cache
 from vitaccel import engine_timing
 from vitaccel.design import Design
 from vitaccel.engine_timing import latencies, matmul_cycles
+from vitaccel.isa import residual_fusable
 
 __all__ = [
     "LATENCIES",
@@ -47,6 +48,7 @@ __all__ = [
     "job_nsteps",
     "latencies",
     "nonlinear_cycles",
+    "fused_cycles",
     "estimate",
 ]
 
@@ -70,6 +72,12 @@ LATENCIES = {
     "residual": 5,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
     "load": 5,  # DMA request to first LOAD/STORE word
+    # A MATMUL with a fused output, beyond its table / multiplier load (PARAMS, one GELU
+    # entry or one word of 4 channels' multipliers a cycle) and the plain MATMUL: the
+    # parameter phase's own states and, for the residual add, the A read and the residual
+    # pipeline behind the last output run.
+    "fused_gelu": 4,
+    "fused_residual": 16,
     # A MATMUL beyond `instr`, MM_SETUP's loop (`top_matmul_extra`) and the job itself
     # (`matmul_cycles`, the writer bound): two cycles (MM_SETUP's registered verdict), W
     # from DDR or from the scratchpad alike.
@@ -164,12 +172,12 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
 
 
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
-                 w_word_cycles=1.0) -> float:  # fmt: skip
+                 w_word_cycles=1.0, x_keep=False) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace)."""
     ks = -(-k // vector)
-    x_load = (groups if heads else 1) * tokens * ks
+    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
     w_load = groups * cols * (ks + 1) * w_word_cycles
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
     cm = cols if heads else groups * cols
@@ -194,6 +202,19 @@ def top_matmul_extra(
         port = -(-(x_load + w_load) * min(vector, SLOT_BYTES) // SLOT_BYTES)
         extra += max(0, port - max(x_load, w_load))
     return extra
+
+
+def fused_cycles(fused: str, n: int) -> int:
+    """What a fused output adds to a MATMUL of ``n`` output channels: the GELU table (256
+    entries, one a cycle) or the residual add's multipliers (one word of 4 channels a cycle)
+    loaded before the job, and the fixed latencies of :data:`LATENCIES`."""
+    if not fused:
+        return 0
+    if fused == "gelu":
+        return 256 + LATENCIES["fused_gelu"]
+    if fused == "residual":
+        return -(-4 * n // SLOT_BYTES) + LATENCIES["fused_residual"]
+    raise ValueError(f"unknown fused output {fused!r}")
 
 
 def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
@@ -309,11 +330,15 @@ class Instr:
     weight_layer: str | None = None
     row_share: float = 1.0  # share of the weight layer's rows (QKV is split into QK | V)
     transposed: bool = False  # OUT_T: V is written transposed (one byte per SPM write)
+    x_keep: bool = False  # MATMUL X_KEEP: the previous job's X (no X load)
+    fused: str = ""  # MATMUL GELU ("gelu") or RESADD ("residual") fused into the output
 
 
 @lru_cache(maxsize=256)
-def program(spec, groups: int) -> tuple[Instr, ...]:
-    """The instruction sequence ``compile_model`` emits for ``spec`` on ``groups`` groups."""
+def program(spec, groups: int, fuse_residual: bool = False) -> tuple[Instr, ...]:
+    """The instruction sequence ``compile_model`` emits for ``spec`` on ``groups`` groups
+    (``fuse_residual``: the array allows the residual adds in the MATMULs,
+    :func:`vitaccel.isa.residual_fusable`)."""
     t, d, h, dh, m = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
     p = spec.patches
     out: list[Instr] = [
@@ -332,9 +357,10 @@ def program(spec, groups: int) -> tuple[Instr, ...]:
             Instr("layernorm", f"{b}.norm1", "layernorm", t, d),
             Instr("matmul", qkv, "qkv", t, d, 2 * d, weight_layer=qkv, row_share=2 / 3),
             Instr(
-                "matmul", qkv, "qkv", t, d, d, weight_layer=qkv, row_share=1 / 3, transposed=True
+                "matmul", qkv, "qkv", t, d, d, weight_layer=qkv, row_share=1 / 3, transposed=True,
+                x_keep=True,
             ),
-        ]
+        ]  # fmt: skip
         for h0 in range(0, h, per_job):
             nh = min(per_job, h - h0)
             out.append(
@@ -346,15 +372,18 @@ def program(spec, groups: int) -> tuple[Instr, ...]:
             out.append(
                 Instr("heads", f"{b}.attn.sv", "sv", t, t, dh, heads=nh if heads_mode else 0)
             )
+        res = "residual" if fuse_residual else ""
+        proj, fc1, fc2 = f"{b}.attn.proj", f"{b}.mlp.fc1", f"{b}.mlp.fc2"
+        out.append(Instr("matmul", proj, "proj", t, d, d, weight_layer=proj, fused=res))
+        if not fuse_residual:
+            out.append(Instr("residual", f"{b}.add1", "residual", t, d))
         out += [
-            Instr("matmul", f"{b}.attn.proj", "proj", t, d, d, weight_layer=f"{b}.attn.proj"),
-            Instr("residual", f"{b}.add1", "residual", t, d),
             Instr("layernorm", f"{b}.norm2", "layernorm", t, d),
-            Instr("matmul", f"{b}.mlp.fc1", "fc1", t, d, m, weight_layer=f"{b}.mlp.fc1"),
-            Instr("gelu", f"{b}.mlp.gelu", "gelu", t, m),
-            Instr("matmul", f"{b}.mlp.fc2", "fc2", t, m, d, weight_layer=f"{b}.mlp.fc2"),
-            Instr("residual", f"{b}.add2", "residual", t, d),
+            Instr("matmul", fc1, "fc1", t, d, m, weight_layer=fc1, fused="gelu"),
+            Instr("matmul", fc2, "fc2", t, m, d, weight_layer=fc2, fused=res),
         ]
+        if not fuse_residual:
+            out.append(Instr("residual", f"{b}.add2", "residual", t, d))
     out += [
         Instr("layernorm", "norm", "layernorm", 1, d),
         Instr("matmul", "head", "head", 1, d, spec.num_classes, weight_layer="head"),
@@ -389,7 +418,7 @@ def instr_cycles(
         word_cycles = max(1.0, w_slot_bytes(a.vector, a.acc_bits) / port)
         cycles = matmul_cycles(
             ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
-            w_word_cycles=word_cycles,
+            w_word_cycles=word_cycles, x_keep=ins.x_keep,
         )  # fmt: skip
         ks = -(-ins.k // geom.vector)
         compute = -(-ins.tokens // geom.rows) * max(ks, geom.rows)
@@ -401,6 +430,7 @@ def instr_cycles(
         wb = writer_bound(
             ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
             heads=False, nheads=1, transposed=ins.transposed, w_word_cycles=word_cycles,
+            x_keep=ins.x_keep,
         )  # fmt: skip
         if wb > cycles:
             cycles, bound = int(math.ceil(wb)), "writer"
@@ -408,6 +438,7 @@ def instr_cycles(
             ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
             w_spm=False, heads=False,
         )  # fmt: skip
+        cycles += fused_cycles(ins.fused, ins.n)
         return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
     if ins.op == "heads":
         heads = ins.heads > 0
@@ -465,7 +496,7 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     by_name: dict[str, LayerCost] = {}
     bounds: dict[str, int] = {}
-    for ins in program(spec, geom.groups):
+    for ins in program(spec, geom.groups, residual_fusable(geom.groups, geom.cols)):
         cycles, bound, macs = instr_cycles(ins, design, geom, port)
         cycles += LATENCIES["instr"]
         bounds[bound] = bounds.get(bound, 0) + cycles

@@ -21,6 +21,7 @@ saved per unit of predicted error first, until the error budget ``max_error`` is
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -44,6 +45,7 @@ from vitaccel.dse.cost import (
     LATENCIES,
     SLOT_BYTES,
     column_split,
+    fused_cycles,
     job_nsteps,
     latencies,
     nonlinear_cycles,
@@ -54,6 +56,7 @@ from vitaccel.dse.cost import (
     writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
+from vitaccel.isa import residual_fusable
 
 __all__ = ["InfeasibleError", "SearchSpace", "explore", "search", "DEFAULT_MAX_ERROR"]
 
@@ -115,7 +118,8 @@ class Candidate:
 # ---------------------------------------------------------------------------------------
 
 
-def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word_cycles):
+def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word_cycles,
+               x_keep=False):  # fmt: skip
     """Cycles of the job for every step count 1..nsteps (the cost.matmul_cycles recursion).
 
     The recursion settles into a periodic steady state after a few steps; once the state
@@ -128,7 +132,7 @@ def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word
     period = ks + pad
     lat = latencies(rows, units, vector)
     release = lat["release"]
-    x_load = (groups if heads else 1) * tokens * ks
+    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
     w_load = groups * cols * (ks + 1) * word_cycles
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
     span = (tiles - 1) * period + ks - 1
@@ -242,23 +246,25 @@ class _Model:
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
         return allowed[0] if allowed else min(self.board.pl_clocks_mhz)
 
-    def plan(self, groups: int) -> dict:
-        """The program's matmuls grouped: identical jobs counted once (per group count)."""
-        key = ("plan", groups)
+    def plan(self, groups: int, fuse: bool) -> dict:
+        """The program's matmuls grouped: identical jobs counted once (per group count and
+        residual fusion)."""
+        key = ("plan", groups, fuse)
         if key not in self._nl_cache:
             fixed: dict = {}
             every: dict = {}
             kinds: dict[str, list] = {}
             layers: dict[str, str] = {}
-            for ins in program(self.spec, groups):
+            for ins in program(self.spec, groups, fuse):
                 if ins.op not in ("matmul", "heads"):
                     continue
-                sig = (ins.op, ins.tokens, ins.k, ins.n, ins.heads, ins.transposed)
+                job = (ins.tokens, ins.k, ins.n, ins.transposed, ins.x_keep, ins.fused)
+                sig = (ins.op, ins.heads, *job)
                 every[sig] = every.get(sig, 0) + 1
                 if ins.op == "matmul" and ins.weight_layer not in ("patch_embed", "head"):
                     parts = kinds.setdefault(ins.kind, [])
-                    if (ins.tokens, ins.k, ins.n, ins.transposed) not in parts:
-                        parts.append((ins.tokens, ins.k, ins.n, ins.transposed))
+                    if job not in parts:
+                        parts.append(job)
                     layers[ins.weight_layer] = ins.kind
                 else:
                     fixed[sig] = fixed.get(sig, 0) + 1
@@ -266,12 +272,12 @@ class _Model:
         return self._nl_cache[key]
 
     # nonlinear cycles per unit for the whole program, for each lane count
-    def nonlinear(self, groups: int) -> dict[str, dict[int, int]]:
-        key = min(groups, self.spec.heads) if groups > 1 else 1
+    def nonlinear(self, groups: int, fuse: bool) -> dict[str, dict[int, int]]:
+        key = (_nl_key(self, groups), fuse)
         if key not in self._nl_cache:
             out: dict[str, dict[int, int]] = {"softmax": {}, "layernorm": {}, "gelu": {}}
             fixed = 0
-            prog = program(self.spec, groups)
+            prog = program(self.spec, groups, fuse)
             for lanes in SearchSpace.lanes:
                 for unit in out:
                     out[unit][lanes] = sum(
@@ -302,7 +308,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
     c8, c4 = column_split(c, share)
     units = c8 // 2 + c4
     word_cycles = max(1.0, w_slot_bytes(v) / m.port)
-    plan = m.plan(g)
+    plan = m.plan(g, residual_fusable(g, c))
     cache: dict = {}
     mm_total = 0
     bound = {"compute": 0, "bandwidth": 0, "writer": 0}
@@ -311,33 +317,35 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
-    for (op, tokens, k, n, nheads, transposed), count in sigs.items():
+    for (op, nheads, tokens, k, n, transposed, keep, fused), count in sigs.items():
         heads = nheads > 0
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
-            ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, False, word_cycles)
+            ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep)
             wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0)
+            ends, _ = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep)
             b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
-                          transposed=transposed, w_word_cycles=wc)  # fmt: skip
+                          transposed=transposed, w_word_cycles=wc, x_keep=keep)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads)
+        job += fused_cycles(fused, n)
         cyc = (job + (instr_ddr if op == "matmul" else instr_spm)) * count
         mm_total += cyc
         bound[b] = bound.get(b, 0) + cyc
     writer: dict = {}
     for parts in w4_kinds.values():
         for key in parts:
-            tokens, k, n, transposed = key
+            tokens, k, n, transposed, keep, fused = key
             ns0 = job_nsteps(n, n, g, c, c8, heads=False)
             writer[key] = writer_bound(tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
-                                       transposed=transposed, w_word_cycles=word_cycles)  # fmt: skip
-            cache[key] = _step_ends(tokens, k, ns0, g, r, c, v, units, False, word_cycles)
+                                       transposed=transposed, w_word_cycles=word_cycles,
+                                       x_keep=keep)  # fmt: skip
+            cache[key] = _step_ends(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep)
     ratios: dict[str, float] = {}
     error = 0.0
     if w4_layers:
@@ -370,6 +378,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
                     job += top_matmul_extra(
                         key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False
                     )
+                    job += fused_cycles(key[5], n)
                     cyc += job + instr_ddr
                     split[b] = split.get(b, 0) + job + instr_ddr
                 opts.append((cyc, ratio, split))
@@ -475,10 +484,11 @@ def search(
             return []
         evaluated += 1
         mm, ratios, error, bound = _evaluate_array(m, g, r, c, v, share, kind, max_error)
-        nl = m.nonlinear(g)
+        fuse = residual_fusable(g, c)
+        nl = m.nonlinear(g, fuse)
         fixed = nl["fixed"][0]
         out = []
-        for lanes, nl_cycles, lane_usage, clock in lane_opts[_nl_key(m, g)]:
+        for lanes, nl_cycles, lane_usage, clock in lane_opts[(_nl_key(m, g), fuse)]:
             cyc = mm + fixed + nl_cycles
             usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
             out.append(
@@ -549,13 +559,14 @@ def _lane_options(m: _Model, budget, lanes_all, clock_mhz):
     clock the LUT-depth rule allows for it (with the engine's depth); triples beaten on all of
     cycles, LUT, FF, BRAM, DSP and clock by another are dropped.
     """
-    import itertools
 
     units = ("softmax", "layernorm", "gelu")
     usage = {u: {n: res.nonlinear_resources(u, n) for n in lanes_all} for u in units}
-    out: dict[int, list] = {}
-    for g in sorted({_nl_key(m, g) for g in SearchSpace.groups} | {1}):
-        nl = m.nonlinear(g)
+    out: dict[tuple, list] = {}
+    for g, fuse in itertools.product(
+        sorted({_nl_key(m, g) for g in SearchSpace.groups} | {1}), (False, True)
+    ):
+        nl = m.nonlinear(g, fuse)
         opts = []
         for lanes in itertools.product(lanes_all, repeat=3):
             cyc = sum(nl[u][n] for u, n in zip(units, lanes, strict=True))
@@ -582,7 +593,7 @@ def _lane_options(m: _Model, budget, lanes_all, clock_mhz):
             )
             if not dominated:
                 keep.append(o)
-        out[g] = keep
+        out[(g, fuse)] = keep
     return out
 
 

@@ -3,13 +3,19 @@
 The table is :func:`vitaccel.quant.ref.gelu_lut` (the definition the golden model uses,
 ``y = table[x + 2**(in_bits-1)]``, see :func:`vitaccel.quant.ref.lut_lookup`); it is run-time
 data written through a port, because one unit serves every layer (each with its own scales).
-With ``lanes > 1`` the table has one read port per lane (Yosys replicates it per lane, in
-LUTRAM for 256 entries). One pipeline register: latency 1 cycle, one beat per cycle.
+Every lane has its own copy of the table (one write port shared by all copies, one read
+port each: 256 entries map to LUT RAM; one memory with a read port per lane made Yosys 0.70's
+memory mapping crash at 16 lanes). One pipeline register: latency 1 cycle, one beat per
+cycle.
+
+The accelerator also puts one on the matmul engine's output words (``lanes = groups*cols``,
+``bypass=True``): MATMUL with the GELU flag maps every output byte through the table (FC1's
+GELU fused into the layer), every other MATMUL passes through the same register.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -32,6 +38,9 @@ class GELU(wiring.Component):
         Signed output width, 2..16.
     init : sequence of int, optional
         Power-up contents of the table (index ``x + 2**(in_bits-1)``); zeros if omitted.
+    bypass : bool
+        Add the ``bypass`` input: when high, beats pass through unchanged (same latency).
+        Needs ``out_bits == in_bits``.
 
     Members
     -------
@@ -48,14 +57,21 @@ class GELU(wiring.Component):
         while the unit is not busy.
     busy : ``Out(1)``
         A beat is in the pipeline register (same meaning as on the row units).
+    bypass : ``In(1)``, with ``bypass=True`` only
+        Pass beats through instead of looking them up; hold it while beats flow.
     """
 
-    def __init__(self, *, lanes: int = 1, in_bits: int = 8, out_bits: int = 8, init=None):
+    def __init__(
+        self, *, lanes: int = 1, in_bits: int = 8, out_bits: int = 8, init=None, bypass=False
+    ):
         try:
             self._validate(lanes, in_bits, out_bits, init)
+            if bypass and out_bits != in_bits:
+                raise ValueError(f"bypass needs out_bits == in_bits ({in_bits}), not {out_bits}")
         except (TypeError, ValueError):
             silence_unused(self)
             raise
+        self.has_bypass = bool(bypass)
         super().__init__(
             {
                 "i": In(row_signature(signed(in_bits), lanes)),
@@ -64,11 +80,12 @@ class GELU(wiring.Component):
                 "table_data": In(signed(out_bits)),
                 "table_we": In(1),
                 "busy": Out(1),
+                **({"bypass": In(1)} if bypass else {}),
             }
         )
 
     def _validate(self, lanes, in_bits, out_bits, init):
-        self.lanes = check_int("lanes", lanes, 1, 64)
+        self.lanes = check_int("lanes", lanes, 1, 512)
         self.in_bits = check_int("in_bits", in_bits, 2, 12)
         self.out_bits = check_int("out_bits", out_bits, 2, 16)
         size = 1 << in_bits
@@ -84,16 +101,6 @@ class GELU(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.table = table = Memory(
-            shape=signed(self.out_bits), depth=1 << self.in_bits, init=self.init or []
-        )
-        wp = table.write_port()
-        m.d.comb += [
-            wp.addr.eq(self.table_addr),
-            wp.data.eq(self.table_data),
-            wp.en.eq(self.table_we),
-        ]
-
         # Whole-pipeline stall: the one stage advances when its output slot is free.
         advance = ~self.o.valid | self.o.ready
         valid = Signal()
@@ -106,14 +113,33 @@ class GELU(wiring.Component):
                 count.eq(self.i.payload.count),
                 last.eq(self.i.payload.last),
             ]
+        if self.has_bypass:
+            passed = Signal(len(self.i.payload.data.as_value()))
+            bypassed = Signal()
+            with m.If(advance):
+                m.d.sync += [passed.eq(self.i.payload.data.as_value()), bypassed.eq(self.bypass)]
         sign = 1 << (self.in_bits - 1)
         for lane in range(self.lanes):
+            table = Memory(
+                shape=signed(self.out_bits), depth=1 << self.in_bits, init=self.init or []
+            )
+            m.submodules[f"table{lane}"] = table
+            wp = table.write_port()
             rp = table.read_port()
             m.d.comb += [
+                wp.addr.eq(self.table_addr),
+                wp.data.eq(self.table_data),
+                wp.en.eq(self.table_we),
                 rp.addr.eq(self.i.payload.data[lane].as_unsigned() ^ sign),
                 rp.en.eq(advance),
-                self.o.payload.data[lane].eq(rp.data),
             ]
+            if self.has_bypass:
+                w = self.in_bits
+                m.d.comb += self.o.payload.data[lane].eq(
+                    Mux(bypassed, passed[w * lane : w * lane + w], rp.data)
+                )
+            else:
+                m.d.comb += self.o.payload.data[lane].eq(rp.data)
         m.d.comb += [
             self.o.valid.eq(valid),
             self.o.payload.count.eq(count),

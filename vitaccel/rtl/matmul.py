@@ -41,6 +41,7 @@ __all__ = [
     "Job",
     "pack_job",
     "unpack_outputs",
+    "split_w_stream",
     "cycle_model",
     "cmd_word",
     "engine_verilog",
@@ -55,6 +56,7 @@ _CMD_FIELDS = {
     "nsteps": unsigned(16),  # output-channel steps (see plan_columns)
     "heads": 1,  # 1: group g has its own X (heads mode); 0: X broadcast (shared)
     "x_unsigned": 1,  # activations are uint8 (softmax probabilities)
+    "x_keep": 1,  # X is the previous job's, still in the banks: no X load
     "lo": signed(8),  # clamp bounds of the requantised output
     "hi": signed(8),
 }
@@ -98,6 +100,11 @@ class EngineParams:
         Also run attention x V on 4-bit log2-code probabilities in shift-add form (jobs with
         ``x_log2``; see :mod:`vitaccel.rtl.gvsa`). Off by default: it adds a shift mux per
         W8 lane and the command bit.
+    w_ports : int
+        W streams loaded in parallel (1..4; one AXI read port each in the accelerator):
+        stream p carries the columns ``p*G*C/P .. (p+1)*G*C/P - 1`` of every step (see
+        :func:`split_w_stream`), so a step loads in ``G*C*(KS+1)/P`` cycles. ``G*C`` must
+        be a multiple of it.
     """
 
     groups: int = 1
@@ -112,6 +119,7 @@ class EngineParams:
     max_ksteps: int = 128
     out_depth: int | None = None
     log2: bool = False
+    w_ports: int = 1
 
     def __post_init__(self):
         for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps"):
@@ -129,6 +137,16 @@ class EngineParams:
             raise ValueError(f"log2 must be true or false, not {self.log2!r}")
         if self.log2 and not c8:
             raise ValueError("log2=True needs W8 columns (w4_share < 1)")
+        if (
+            not isinstance(self.w_ports, int)
+            or isinstance(self.w_ports, bool)
+            or not 1 <= self.w_ports <= 4
+            or (self.groups * self.cols) % self.w_ports
+        ):
+            raise ValueError(
+                f"w_ports must be 1..4 and divide groups*cols ({self.groups * self.cols}), "
+                f"not {self.w_ports!r}"
+            )
         if self.out_depth is None:
             object.__setattr__(self, "out_depth", self.full_rate_out_depth)
         if (
@@ -245,7 +263,8 @@ class MatmulEngine(wiring.Component):
     w : In(stream of ``w_word_bits``)
         Per step, group and column: one parameter word ``bias | mult << acc_bits | shift <<
         (acc_bits + 16)``, then ``ksteps`` weight words (``vector`` bytes; W4 columns use the
-        low nibble: int4 two's complement or the pot4 code).
+        low nibble: int4 two's complement or the pot4 code). With ``w_ports`` > 1 it carries
+        the first ``G*C/w_ports`` columns of each step, ``w1``, ``w2``, ``w3`` the next ones.
     o : Out(stream of ``8*groups*cols`` bits)
         One word per valid token per step: byte ``g*cols + c`` is the output of column c of
         group g (see :func:`plan_columns` for its channel).
@@ -262,6 +281,10 @@ class MatmulEngine(wiring.Component):
                 "cmd": In(stream.Signature(cmd_layout(params.log2))),
                 "x": In(stream.Signature(unsigned(params.x_word_bits))),
                 "w": In(stream.Signature(unsigned(params.w_word_bits))),
+                **{
+                    f"w{q}": In(stream.Signature(unsigned(params.w_word_bits)))
+                    for q in range(1, params.w_ports)
+                },
                 "o": Out(stream.Signature(unsigned(params.o_word_bits))),
                 "busy": Out(1),
             }
@@ -334,8 +357,8 @@ class MatmulEngine(wiring.Component):
             ]
         with m.If(start):
             m.d.sync += [
-                xl_busy.eq(1),
-                x_done.eq(0),
+                xl_busy.eq(~self.cmd.payload.x_keep),
+                x_done.eq(self.cmd.payload.x_keep),
                 xg.eq(0),
                 xr.eq(0),
                 xk.eq(0),
@@ -413,42 +436,51 @@ class MatmulEngine(wiring.Component):
         w_taken = Signal(2)
         release = Signal(2)
 
-        # ---- W loader --------------------------------------------------------------------
+        # ---- W loaders: one per W stream, each owning a contiguous range of columns -------
         # The (group, column) being loaded is a one-hot register, so a handshake enables
-        # its bank and parameter register through one AND (no counter decode).
-        wl_busy = Signal()
-        ws = Signal(16)
-        ws_inc = Signal(16)  # ws + 1, a cycle ahead (a step spans >= 2 words)
-        m.d.sync += ws_inc.eq(ws + 1)
-        w_col = Signal(G * C)  # one-hot: g * C + c
-        w_step_end = Signal()  # ws == nsteps - 1
-        wk = Signal(kw)
-        wk_last = Signal()  # wk is the column's last k-step (registered one word ahead)
-        w_param = Signal()
-        half = ws[0]
-        with m.If(start):
-            m.d.sync += [
-                wl_busy.eq(1),
-                ws.eq(0),
-                w_col.eq(1),
-                wk.eq(0),
-                w_param.eq(1),
-                w_step_end.eq(self.cmd.payload.nsteps == 1),
-            ]
-        # ready == wl_busy & ~w_full[half], kept in a register computed from the next state
-        # (below), so the handshake that fans out to the banks starts at a flip-flop.
-        w_ready = Signal()
-        m.d.comb += self.w.ready.eq(w_ready)
-        w_take = Signal()
-        m.d.comb += w_take.eq(self.w.valid & self.w.ready)
-        take_param = Signal()
-        take_weight = Signal()
-        m.d.comb += [take_param.eq(w_take & w_param), take_weight.eq(w_take & ~w_param)]
-        word = self.w.payload
-        for g in range(G):
-            for c in range(C):
+        # its bank and parameter register through one AND (no counter decode). A half is
+        # full once every loader has loaded its columns of the step into it.
+        P = p.w_ports
+        M = G * C // P  # columns per loader
+        streams = [self.w] + [getattr(self, f"w{q}") for q in range(1, P)]
+        done = [Signal(2, name=f"w_done{q}") for q in range(P)]  # loader q's part of half h
+        m.d.comb += w_full.eq(Cat(*[Cat(*[d[h] for d in done]).all() for h in range(2)]))
+        take_half = Signal(2)  # set by the issue when a step starts on a half
+        for q, w in enumerate(streams):
+            sfx = "" if q == 0 else str(q)
+            wl_busy = Signal(name=f"wl_busy{sfx}")
+            ws = Signal(16, name=f"ws{sfx}")
+            ws_inc = Signal(16, name=f"ws_inc{sfx}")  # ws + 1, a cycle ahead (a step spans
+            m.d.sync += ws_inc.eq(ws + 1)  # >= 2 words)
+            w_col = Signal(M, name=f"w_col{sfx}")  # one-hot: g * C + c - q * M
+            w_step_end = Signal(name=f"w_step_end{sfx}")  # ws == nsteps - 1
+            wk = Signal(kw, name=f"wk{sfx}")
+            wk_last = Signal(name=f"wk_last{sfx}")  # wk is the column's last k-step
+            w_param = Signal(name=f"w_param{sfx}")
+            half = ws[0]
+            with m.If(start):
+                m.d.sync += [
+                    wl_busy.eq(1),
+                    ws.eq(0),
+                    w_col.eq(1),
+                    wk.eq(0),
+                    w_param.eq(1),
+                    w_step_end.eq(self.cmd.payload.nsteps == 1),
+                ]
+            # ready == wl_busy & ~done[half], kept in a register computed from the next
+            # state (below), so the handshake that fans out to the banks starts at a flip-flop.
+            w_ready = Signal(name=f"w_ready{sfx}")
+            m.d.comb += w.ready.eq(w_ready)
+            w_take = Signal(name=f"w_take{sfx}")
+            m.d.comb += w_take.eq(w.valid & w.ready)
+            take_param = Signal(name=f"take_param{sfx}")
+            take_weight = Signal(name=f"take_weight{sfx}")
+            m.d.comb += [take_param.eq(w_take & w_param), take_weight.eq(w_take & ~w_param)]
+            word = w.payload
+            for j in range(q * M, (q + 1) * M):
+                g, c = divmod(j, C)
                 wp = w_banks[g][c][0]
-                here = w_col[g * C + c]
+                here = w_col[j - q * M]
                 if c < p.cols_w8:
                     wdata = word[: 8 * V]
                 else:
@@ -461,31 +493,33 @@ class MatmulEngine(wiring.Component):
                 for h in range(2):
                     with m.If(take_param & here & (half == h)):
                         m.d.sync += params[g][c][h].eq(word[: p.param_bits])
-        w_step_loaded = Signal()
-        with m.If(w_take):
-            with m.If(w_param):
-                m.d.sync += [w_param.eq(0), wk.eq(0), wk_last.eq(ks_last == 0)]
-            with m.Elif(wk_last):
-                m.d.sync += [w_param.eq(1), w_col.eq(Cat(w_col[-1], w_col[:-1]))]
-                with m.If(w_col[-1]):
-                    m.d.comb += w_step_loaded.eq(1)
-                    m.d.sync += [ws.eq(ws_inc), w_step_end.eq(ws == nsteps_before_last)]
-                    with m.If(w_step_end):
-                        m.d.sync += wl_busy.eq(0)
-            with m.Else():
-                m.d.sync += [wk.eq(wk + 1), wk_last.eq(wk == ks_before_last)]
-        # Both outcomes from registers; the handshake (step loaded or not) only selects.
-        # Loading a step needs wl_busy, so it never coincides with ``start``.
-        full_kept = Cat(*[w_full[h] & ~release[h] for h in range(2)])  # no step loaded
-        ready_if_loaded = ~w_step_end & ~full_kept.bit_select(~half, 1)
-        ready_if_not = Mux(start, ~full_kept[0], wl_busy & ~full_kept.bit_select(half, 1))
-        m.d.sync += w_ready.eq(Mux(w_step_loaded, ready_if_loaded, ready_if_not))
-        take_half = Signal(2)  # set by the issue when a step starts on a half
+            w_step_loaded = Signal(name=f"w_step_loaded{sfx}")
+            with m.If(w_take):
+                with m.If(w_param):
+                    m.d.sync += [w_param.eq(0), wk.eq(0), wk_last.eq(ks_last == 0)]
+                with m.Elif(wk_last):
+                    m.d.sync += [w_param.eq(1), w_col.eq(Cat(w_col[-1], w_col[:-1]))]
+                    with m.If(w_col[-1]):
+                        m.d.comb += w_step_loaded.eq(1)
+                        m.d.sync += [ws.eq(ws_inc), w_step_end.eq(ws == nsteps_before_last)]
+                        with m.If(w_step_end):
+                            m.d.sync += wl_busy.eq(0)
+                with m.Else():
+                    m.d.sync += [wk.eq(wk + 1), wk_last.eq(wk == ks_before_last)]
+            # Both outcomes from registers; the handshake (step loaded or not) only selects.
+            # Loading a step needs wl_busy, so it never coincides with ``start``.
+            kept = Cat(*[done[q][h] & ~release[h] for h in range(2)])  # no step loaded
+            ready_if_loaded = ~w_step_end & ~kept.bit_select(~half, 1)
+            ready_if_not = Mux(start, ~kept[0], wl_busy & ~kept.bit_select(half, 1))
+            m.d.sync += w_ready.eq(Mux(w_step_loaded, ready_if_loaded, ready_if_not))
+            for h in range(2):
+                with m.If(w_step_loaded & (half == h)):
+                    m.d.sync += done[q][h].eq(1)
+                with m.Elif(release[h]):
+                    m.d.sync += done[q][h].eq(0)
         for h in range(2):
-            with m.If(w_step_loaded & (half == h)):
-                m.d.sync += w_full[h].eq(1)
-            with m.Elif(release[h]):
-                m.d.sync += [w_full[h].eq(0), w_taken[h].eq(0)]
+            with m.If(release[h]):
+                m.d.sync += w_taken[h].eq(0)
             with m.If(take_half[h]):
                 m.d.sync += w_taken[h].eq(1)
 
@@ -680,7 +714,7 @@ class MatmulEngine(wiring.Component):
         # The job ends when every step is issued and every half released (the tail of the
         # last step still drains through requant and the FIFO while the next job loads).
         pending = Cat(*rel_line).any()
-        with m.If(active & iss_done & (w_full == 0) & ~pending):
+        with m.If(active & iss_done & (Cat(*done) == 0) & ~pending):
             m.d.sync += active.eq(0)
 
         # ---- requantisation per logical column, then deskew to one word per token -------
@@ -977,6 +1011,7 @@ def pack_job(
         "nsteps": plan.nsteps,
         "heads": int(heads),
         "x_unsigned": int(x_unsigned),
+        "x_keep": 0,
         "lo": lo,
         "hi": hi,
         **({"x_log2": int(x_log2)} if params.log2 else {}),
@@ -994,12 +1029,24 @@ def pack_job(
     )
 
 
+def split_w_stream(w_words: np.ndarray, params: EngineParams, nsteps: int) -> list[np.ndarray]:
+    """A job's ``w`` stream words cut into the engine's ``w_ports`` streams: stream q takes,
+    of every step, the words (parameter word + k-step words) of columns ``q*M .. (q+1)*M - 1``
+    (``M = G*C / w_ports``; column ``g*C + c``), in stream order."""
+    P = params.w_ports
+    words = np.asarray(w_words)
+    gc = params.groups * params.cols
+    per_step = words.reshape(nsteps, gc, -1, *words.shape[1:])
+    m = gc // P
+    return [per_step[:, q * m : (q + 1) * m].reshape(-1, *words.shape[1:]) for q in range(P)]
+
+
 def cmd_word(cmd: dict) -> int:
     """The cmd stream payload for a job's command dict (CMD_LAYOUT, LSB first)."""
     word, pos = 0, 0
     for name, fld in cmd_layout("x_log2" in cmd):
         width = fld.width
-        word |= (int(cmd[name]) & ((1 << width) - 1)) << pos
+        word |= (int(cmd.get(name, 0)) & ((1 << width) - 1)) << pos
         pos += width
     return word
 
@@ -1028,6 +1075,7 @@ def cycle_model(
     params: EngineParams,
     *,
     heads: bool = False,
+    x_keep: bool = False,
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
@@ -1036,8 +1084,9 @@ def cycle_model(
     """
     p = params
     return matmul_cycles(
-        tokens, k, nsteps, p.groups, p.rows, p.cols, p.vector, p.units, heads=heads
-    )
+        tokens, k, nsteps, p.groups, p.rows, p.cols, p.vector, p.units, heads=heads,
+        x_keep=x_keep, w_word_cycles=1 / p.w_ports,
+    )  # fmt: skip
 
 
 # Amaranth writes one `initial` assignment per word of every memory, even when all are zero

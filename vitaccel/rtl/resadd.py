@@ -18,12 +18,17 @@ pair of W words takes 2W cycles (the SPM read port gives one word per cycle anyw
 
 Per-channel multipliers are loaded through ``param_*`` (one 16-byte SPM word of the
 parameter block, 4 channels, per write) while the unit is idle.
+
+A second front end, ``pair``, serves the residual add fused into a MATMUL's output
+(:class:`vitaccel.rtl.spm.ResidualRuns`): each beat brings its A word, its B word and the
+index of its 16 channels, so no row buffer is needed and one beat flows per cycle. ``use_pair``
+selects the front end; the pipeline behind it is the same.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -37,10 +42,24 @@ from vitaccel.rtl.common import (
     silence_unused,
 )
 
-__all__ = ["ResAdd", "LANES"]
+__all__ = ["ResAdd", "LANES", "pair_layout"]
 
 LANES = 16  # one SPM word of int8 channels per beat
 PARAM_BYTES = 4  # per channel: mult_a (uint16), mult_b (uint16), little-endian
+
+
+def pair_layout(max_channels: int) -> data.StructLayout:
+    """A ``pair`` beat: A and B words of 16 channels, the channels' index (channel // 16) and
+    the framing that travels to ``o`` unchanged."""
+    return data.StructLayout(
+        {
+            "a": unsigned(8 * LANES),
+            "b": unsigned(8 * LANES),
+            "index": unsigned(max(1, ceil_log2(max_channels // LANES))),
+            "count": unsigned(count_bits(LANES)),
+            "last": unsigned(1),
+        }
+    )
 
 
 class ResAdd(wiring.Component):
@@ -67,6 +86,10 @@ class ResAdd(wiring.Component):
     param_data : ``In(128)``
         The 16 bytes of that word of the SPM parameter block.
     param_we : ``In(1)``
+    pair : ``In(stream.Signature(pair_layout(max_channels)))``
+        Fused mode: one (A, B) beat of 16 channels per transfer.
+    use_pair : ``In(1)``
+        Take beats from ``pair`` instead of ``i``; hold it while the unit runs.
     busy : ``Out(1)``
         A row is partly received or results are still in the pipeline.
     """
@@ -89,6 +112,8 @@ class ResAdd(wiring.Component):
                 "param_addr": In(range(max_channels // 4)),
                 "param_data": In(128),
                 "param_we": In(1),
+                "pair": In(stream.Signature(pair_layout(max_channels))),
+                "use_pair": In(1),
                 "busy": Out(1),
             }
         )
@@ -121,7 +146,15 @@ class ResAdd(wiring.Component):
         beat = Signal(abits + 1)
         a_take = self.i.valid & ~on_b
         b_take = self.i.valid & on_b & advance
-        m.d.comb += self.i.ready.eq(~on_b | advance)
+        pair = self.pair.payload
+        use_pair = self.use_pair
+        p_take = self.pair.valid & advance & use_pair
+        m.d.comb += [
+            self.i.ready.eq((~on_b | advance) & ~use_pair),
+            self.pair.ready.eq(advance & use_pair),
+        ]
+        a_take = a_take & ~use_pair
+        b_take = b_take & ~use_pair
         with m.If((a_take | b_take) & self.i.payload.last):
             m.d.sync += [beat.eq(0), on_b.eq(~on_b)]
         with m.Elif(a_take | b_take):
@@ -133,21 +166,27 @@ class ResAdd(wiring.Component):
             row_r.addr.eq(beat),
             row_r.en.eq(advance),
         ]
+        param_index = Mux(use_pair, pair.index, beat)
         for rp in banks:
-            m.d.comb += [rp.addr.eq(beat), rp.en.eq(advance)]
+            m.d.comb += [rp.addr.eq(param_index), rp.en.eq(advance)]
 
-        # stage 1: memory outputs valid, B registered
+        # stage 1: memory outputs valid, B (and in pair mode A) registered
         v1 = Signal()
         b1 = Signal(128)
+        a1 = Signal(128)  # pair mode's A (the row buffer's read data otherwise)
+        pair1 = Signal()
         count1 = Signal(count_bits(LANES))
         last1 = Signal()
         with m.If(advance):
             m.d.sync += [
-                v1.eq(b_take),
-                b1.eq(self.i.payload.data.as_value()),
-                count1.eq(self.i.payload.count),
-                last1.eq(self.i.payload.last),
+                v1.eq(b_take | p_take),
+                b1.eq(Mux(use_pair, pair.b, self.i.payload.data.as_value())),
+                a1.eq(pair.a),
+                pair1.eq(use_pair),
+                count1.eq(Mux(use_pair, pair.count, self.i.payload.count)),
+                last1.eq(Mux(use_pair, pair.last, self.i.payload.last)),
             ]
+        a_word = Mux(pair1, a1, row_r.data)
         params = Cat(*[rp.data for rp in banks])  # 16 channels x (mult_a, mult_b)
 
         # stage 2..: products (Booth shift-add trees), then the sum, the rounding shift over
@@ -159,7 +198,7 @@ class ResAdd(wiring.Component):
         out = Signal(128)
         latency = 0
         for lane in range(LANES):
-            a = row_r.data[8 * lane : 8 * lane + 8].as_signed()
+            a = a_word[8 * lane : 8 * lane + 8].as_signed()
             b = b1[8 * lane : 8 * lane + 8].as_signed()
             mult_a = params[32 * lane : 32 * lane + 16]
             mult_b = params[32 * lane + 16 : 32 * lane + 32]

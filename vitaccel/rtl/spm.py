@@ -26,9 +26,9 @@ as whole words, which keeps the byte selection a plain mux.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -49,6 +49,7 @@ __all__ = [
     "RowWriter",
     "matmul_out_cmd_layout",
     "MatmulOutWriter",
+    "ResidualRuns",
     "xbuild_cmd_layout",
     "XStreamBuilder",
     "wbuild_cmd_layout",
@@ -604,6 +605,9 @@ class MatmulOutWriter(wiring.Component):
     cmd : ``In(stream.Signature(matmul_out_cmd_layout()))``
     i : ``In(stream.Signature(unsigned(8 * groups * cols)))``
     o : ``Out(stream.Signature(run_layout()))``
+    chan : ``Out(16)``
+        The channel (within the head, in heads mode) of the run on ``o``: a fused residual
+        add (:class:`ResidualRuns`) reads its per-channel multipliers with it.
     idle : ``Out(1)``
     """
 
@@ -621,6 +625,7 @@ class MatmulOutWriter(wiring.Component):
                 "cmd": In(stream.Signature(matmul_out_cmd_layout())),
                 "i": In(stream.Signature(unsigned(8 * groups * cols))),
                 "o": Out(stream.Signature(run_layout())),
+                "chan": Out(16),
                 "idle": Out(1),
             }
         )
@@ -723,6 +728,7 @@ class MatmulOutWriter(wiring.Component):
                         q = (p + b) % (G * C)
                         m.d.comb += run.data[b].eq(word[8 * q : 8 * q + 8])
 
+        m.d.comb += self.chan.eq(n)
         fire = self.o.valid & self.o.ready
         with m.If(job.transposed):
             m.d.comb += [
@@ -807,6 +813,146 @@ class MatmulOutWriter(wiring.Component):
                     lane_row.eq(lane_row + job.stride),
                 ]
         m.d.comb += self.idle.eq(~active)
+        return m
+
+
+class ResidualRuns(wiring.Component):
+    """A residual add fused into a MATMUL's output: each output run (one token, 16 channels
+    of a step: the engine's B) reads the matching word of A from the SPM, goes through the
+    residual-add unit's pipeline (:class:`vitaccel.rtl.resadd.ResAdd`, ``pair`` mode) and
+    leaves as the same run with ``residual_add(A, ma, B, mb, shift)`` in place of B.
+
+    A has Y's stride, so A's word is the run's own address plus ``delta`` (A base - Y base,
+    modulo 2**16). Runs must be word-aligned and within one word (``off == 0``), which holds
+    in shared mode when an output step covers whole words (:func:`vitaccel.isa.residual_fusable`).
+    A run's word of A is read before the run (or any later one) is written, so Y may equal A.
+    Reads are requested only while the queues have room for their answers (credits), so a
+    stalled writer never blocks the SPM read port; one run per cycle when the port is free.
+
+    Members
+    -------
+    i : ``In(stream.Signature(run_layout()))``
+    chan : ``In(16)``
+        The channel of the run on ``i`` (:attr:`MatmulOutWriter.chan`).
+    delta : ``In(ADDR_BITS)``
+        A base - Y base; hold it while runs flow.
+    mem : ``Out(read_client_signature())``
+    pair : ``Out(stream.Signature(pair_layout(max_channels)))``
+        To the residual-add unit.
+    res : ``In(row_signature(signed(8), 16))``
+        From the residual-add unit (its ``o``), in order.
+    o : ``Out(stream.Signature(run_layout()))``
+    idle : ``Out(1)``
+        No run is queued or in the residual-add unit.
+    """
+
+    def __init__(self, *, max_channels: int, depth: int = 6, out_depth: int = 16):
+        from vitaccel.rtl.resadd import pair_layout
+
+        try:
+            check_int("max_channels", max_channels, 16, 8192)
+            check_int("depth", depth, 2, 64)
+            check_int("out_depth", out_depth, 2, 64)
+        except (TypeError, ValueError):
+            silence_unused(self)
+            raise
+        self.max_channels = max_channels
+        self.depth = depth
+        self.out_depth = out_depth
+        self._pair_layout = pair_layout(max_channels)
+        super().__init__(
+            {
+                "i": In(stream.Signature(run_layout())),
+                "chan": In(16),
+                "delta": In(ADDR_BITS),
+                "mem": Out(read_client_signature()),
+                "pair": Out(stream.Signature(self._pair_layout)),
+                "res": In(row_signature(signed(8), WORD_BYTES)),
+                "o": Out(stream.Signature(run_layout())),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        D = self.depth
+        index_bits = self._pair_layout["index"].shape.width
+        head_layout = data.StructLayout(
+            {
+                "addr": unsigned(ADDR_BITS),
+                "off": unsigned(4),
+                "count": unsigned(5),
+                "index": unsigned(index_bits),
+                "b": unsigned(8 * WORD_BYTES),
+            }
+        )
+        out_layout = data.StructLayout(
+            {"addr": unsigned(ADDR_BITS), "off": unsigned(4), "count": unsigned(5)}
+        )
+        # runs waiting for their A word, the A words (one cycle after the grant), and the
+        # addresses of runs inside the residual-add pipeline (it keeps order)
+        m.submodules.heads = heads = SyncFIFOBuffered(width=head_layout.size, depth=D)
+        m.submodules.awords = awords = SyncFIFOBuffered(width=8 * WORD_BYTES, depth=D)
+        m.submodules.outq = outq = SyncFIFO(width=out_layout.size, depth=self.out_depth)
+
+        inflight = Signal(range(D + 1))  # granted reads whose pair has not been formed
+        formed = Signal()
+        m.d.comb += [
+            self.mem.req.eq(self.i.valid & (inflight < D)),
+            self.mem.addr.eq(self.i.payload.addr + self.delta),
+            self.i.ready.eq(self.mem.grant),
+        ]
+        m.d.sync += inflight.eq(inflight + self.mem.grant - formed)
+        head_in = Signal(head_layout)
+        run = self.i.payload
+        m.d.comb += [
+            head_in.addr.eq(run.addr),
+            head_in.off.eq(run.off),
+            head_in.count.eq(run.count),
+            head_in.index.eq(self.chan >> 4),
+            head_in.b.eq(run.data.as_value()),
+            heads.w_data.eq(head_in),
+            heads.w_en.eq(self.mem.grant),
+            awords.w_data.eq(self.mem.rdata),
+            awords.w_en.eq(self.mem.rvalid),
+        ]
+
+        head = Signal(head_layout)
+        m.d.comb += head.eq(heads.r_data)
+        m.d.comb += [
+            self.pair.valid.eq(heads.r_rdy & awords.r_rdy & outq.w_rdy),
+            self.pair.payload.a.eq(awords.r_data),
+            self.pair.payload.b.eq(head.b),
+            self.pair.payload.index.eq(head.index),
+            self.pair.payload.count.eq(WORD_BYTES),
+            self.pair.payload.last.eq(1),
+            formed.eq(self.pair.valid & self.pair.ready),
+            heads.r_en.eq(formed),
+            awords.r_en.eq(formed),
+        ]
+        out_in = Signal(out_layout)
+        m.d.comb += [
+            out_in.addr.eq(head.addr),
+            out_in.off.eq(head.off),
+            out_in.count.eq(head.count),
+            outq.w_data.eq(out_in),
+            outq.w_en.eq(formed),
+        ]
+
+        top = Signal(out_layout)
+        m.d.comb += top.eq(outq.r_data)
+        o = self.o.payload
+        m.d.comb += [
+            self.o.valid.eq(self.res.valid & outq.r_rdy),
+            o.addr.eq(top.addr),
+            o.off.eq(top.off),
+            o.count.eq(top.count),
+            self.res.ready.eq(self.o.ready & outq.r_rdy),
+            outq.r_en.eq(self.o.valid & self.o.ready),
+        ]
+        for b in range(WORD_BYTES):
+            m.d.comb += o.data[b].eq(self.res.payload.data[b])
+        m.d.comb += self.idle.eq((inflight == 0) & (outq.level == 0) & ~heads.r_rdy)
         return m
 
 

@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from vitaccel.design import Design
-from vitaccel.isa import Op
+from vitaccel.isa import Op, residual_fusable
 from vitaccel.rtl.axi import (
     DMA,
     WORD_BYTES,
@@ -50,6 +50,7 @@ from vitaccel.rtl.softmax import E2Softmax
 from vitaccel.rtl.spm import (
     ByteRunWriter,
     MatmulOutWriter,
+    ResidualRuns,
     RowReader,
     RowWriter,
     Scratchpad,
@@ -66,6 +67,9 @@ FLAG_X_UNSIGNED = 1 << 0
 FLAG_W_SPM = 1 << 1
 FLAG_HEADS = 1 << 3
 FLAG_OUT_T = 1 << 4
+FLAG_GELU = 1 << 5
+FLAG_RESADD = 1 << 6
+FLAG_X_KEEP = 1 << 7
 
 
 def _pow2(name, value):
@@ -221,7 +225,10 @@ class Accelerator(wiring.Component):
         )
         m.submodules.ow = ow = MatmulOutWriter(groups=G, cols=C)
         m.submodules.brw = brw = ByteRunWriter()
+        # the residual add fused into a MATMUL's output runs (reads A through its own port)
+        m.submodules.rr = rr = ResidualRuns(max_channels=P.resadd_channels)
         readers = [words.mem] + [unit_rd[lanes].mem for lanes in unit_lanes] + [xb.mem, wb.mem]
+        readers.append(rr.mem)
         m.submodules.spm = spm = Scratchpad(
             words=P.spm_words, read_clients=len(readers), write_clients=2
         )
@@ -241,6 +248,9 @@ class Accelerator(wiring.Component):
         )
         m.submodules.resadd = resadd = ResAdd(max_channels=P.resadd_channels)
         m.submodules.engine = engine = MatmulEngine(E)
+        # The engine's output words pass one register with a GELU table per byte: MATMUL
+        # GELU looks every byte up (FC1's GELU fused), other MATMULs pass through it.
+        m.submodules.mm_gelu = mm_gelu = GELU(lanes=G * C, bypass=True)
 
         # ---- instruction register and fields -------------------------------------------------
         instr = Signal(256)
@@ -309,6 +319,14 @@ class Accelerator(wiring.Component):
         op_dec = {o.name: op == int(o) for o in Op}
         op_is = {o.name: Signal(name=f"op_is_{o.name.lower()}") for o in Op}
         m.d.sync += [op_is[name].eq(op_dec[name]) for name in op_is]
+        # MATMUL's fused outputs and X reuse, registered like the opcode
+        mm_gelu_on = Signal()
+        mm_res_on = Signal()
+        m.d.sync += [
+            mm_gelu_on.eq(op_dec["MATMUL"] & flags[5]),
+            mm_res_on.eq(op_dec["MATMUL"] & flags[6]),
+        ]
+        x_keep = flags[7]
         data_base = regs.data_base[:40]
 
         # ---- DMA reader: fetch / LOAD / packed W ----------------------------------------------
@@ -420,7 +438,10 @@ class Accelerator(wiring.Component):
         wcmd = words.cmd.payload
         m.d.comb += words.cmd.valid.eq(cmd_valid("words"))
         with m.If(state == _S["PARAMS"]):
-            base = Mux(op_is["RESADD"], f[9], f[7])
+            # RESADD f9, MATMUL GELU f10 / RESADD f11, GELU and LAYERNORM f7
+            base = Mux(
+                op_is["RESADD"], f[9], Mux(op_is["MATMUL"], Mux(flags[5], f[10], f[11]), f[7])
+            )
             m.d.comb += [
                 wcmd.base.eq(base),
                 wcmd.stride.eq(1),
@@ -462,7 +483,7 @@ class Accelerator(wiring.Component):
         sub = Signal(4)  # entry within the word
         word_take = Signal()
         with m.If(state == _S["PARAMS_WAIT"]):
-            with m.If(op_is["GELU"]):  # 16 table entries a word
+            with m.If(op_is["GELU"] | mm_gelu_on):  # 16 table entries a word
                 idx = Cat(sub, param_taken[:4])
                 m.d.comb += [
                     gelu.table_addr.eq(idx),
@@ -496,14 +517,25 @@ class Accelerator(wiring.Component):
             with m.If(word_take):
                 m.d.sync += param_taken.eq(param_taken + 1)
 
-        # unit scalars come straight from the instruction fields (constant while it runs)
+        # the fused GELU table is written with the GELU unit's (both hold the last table)
+        m.d.comb += [
+            mm_gelu.table_addr.eq(gelu.table_addr),
+            mm_gelu.table_data.eq(gelu.table_data),
+            mm_gelu.table_we.eq(gelu.table_we),
+        ]
+
+        # unit scalars come straight from the instruction fields (constant while it runs);
+        # the residual add's shift (RESADD f10, MATMUL RESADD f13) through a register
+        res_shift = Signal(6)
+        shift_field = Mux(op_is["MATMUL"], f[13], f[10])
+        m.d.sync += res_shift.eq(Mux(shift_field > 63, 63, shift_field))
         m.d.comb += [
             softmax.in_shift.eq(f[7]),
             ln.recip_mult.eq(f[8]),
             ln.recip_shift.eq(f[9]),
             ln.out_shift.eq(f[10]),
             ln.eps_q.eq(f[11]),
-            resadd.shift.eq(Mux(f[10] > 63, 63, f[10])),
+            resadd.shift.eq(res_shift),
         ]
 
         # ---- unit readers / writers: GELU, SOFTMAX, LAYERNORM ---------------------------------
@@ -554,9 +586,32 @@ class Accelerator(wiring.Component):
                 res_wr.i.payload.as_value().eq(resadd.o.payload.as_value()),
                 resadd.o.ready.eq(res_wr.i.ready),
             ]
+        # MATMUL RESADD: runs -> ResidualRuns (reads A) -> the unit's pair input -> runs
+        rr_delta = Signal(16)
+        m.d.sync += rr_delta.eq(f[10] - f[6])  # A base - Y base (A has Y's stride)
+        wiring.connect(m, rr.pair, resadd.pair)
+        m.d.comb += [
+            resadd.use_pair.eq(op_is["MATMUL"]),
+            rr.delta.eq(rr_delta),
+            rr.chan.eq(ow.chan),
+            rr.res.valid.eq(resadd.o.valid & op_is["MATMUL"]),
+            rr.res.payload.eq(resadd.o.payload),
+        ]
+        with m.If(op_is["MATMUL"]):
+            m.d.comb += resadd.o.ready.eq(rr.res.ready)
+        with m.If(mm_res_on):
+            m.d.comb += [
+                rr.i.valid.eq(ow.o.valid),
+                rr.i.payload.eq(ow.o.payload),
+                ow.o.ready.eq(rr.i.ready),
+            ]
 
         # ---- byte-run writer input: the active op's writer ------------------------------------
-        sources = [(op_is["RESADD"], res_wr.o), (op_is["MATMUL"], ow.o)]
+        sources = [
+            (op_is["RESADD"], res_wr.o),
+            (op_is["MATMUL"] & ~mm_res_on, ow.o),
+            (op_is["MATMUL"] & mm_res_on, rr.o),
+        ]
         for name, _, lanes in units:
             sources.append((op_is[name], unit_wr[lanes].o))
         with m.If(state == _S["WAIT"]):
@@ -576,6 +631,7 @@ class Accelerator(wiring.Component):
             engine.cmd.payload.nsteps.eq(nsteps),
             engine.cmd.payload.heads.eq(is_heads),
             engine.cmd.payload.x_unsigned.eq(flags[0]),
+            engine.cmd.payload.x_keep.eq(x_keep),
             *([engine.cmd.payload.x_log2.eq(flags[2])] if P.softmax_log2 else []),
             engine.cmd.payload.lo.eq(-128),
             engine.cmd.payload.hi.eq(127),
@@ -608,7 +664,15 @@ class Accelerator(wiring.Component):
             ow.cmd.payload.transposed.eq(flags[4]),
         ]
         wiring.connect(m, xb.o, engine.x)
-        wiring.connect(m, engine.o, ow.i)
+        m.d.comb += [
+            mm_gelu.i.valid.eq(engine.o.valid),
+            mm_gelu.i.payload.data.as_value().eq(engine.o.payload),
+            engine.o.ready.eq(mm_gelu.i.ready),
+            mm_gelu.bypass.eq(~mm_gelu_on),
+            ow.i.valid.eq(mm_gelu.o.valid),
+            ow.i.payload.eq(mm_gelu.o.payload.data.as_value()),
+            mm_gelu.o.ready.eq(ow.i.ready),
+        ]
         with m.If(w_spm):
             m.d.comb += [
                 engine.w.valid.eq(wb.o.valid),
@@ -651,6 +715,8 @@ class Accelerator(wiring.Component):
             & ~softmax.busy
             & ~ln.busy
             & ~resadd.busy
+            & ~mm_gelu.busy
+            & rr.idle
         )
         all_idle = Signal()
         m.d.comb += all_idle.eq(
@@ -674,10 +740,23 @@ class Accelerator(wiring.Component):
         heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
         # X_LOG2 needs the engine's log2 mode (built with the log2 softmax)
         flags_ok = Const(1) if P.softmax_log2 else ~flags[2]
+        # fused outputs need W from DDR; the residual add also shared, row-major output on
+        # an array whose output steps cover whole SPM words; X_KEEP the previous job's X
+        fused_ok = ~(flags[5] | flags[6]) | ~w_spm
+        res_ok = ~flags[6] | (~is_heads & ~flags[4] & ~flags[5])
+        if not residual_fusable(G, C):
+            res_ok = ~flags[6]
+        xk_valid = Signal()  # the engine holds the X of a shared-mode job of this shape:
+        xk_tokens = Signal(16)
+        xk_ks = Signal(16)
+        keep_ok = ~x_keep | (~is_heads & xk_valid & (xk_tokens == f[3]) & (xk_ks == ks))
         # the verdict registered too (a cycle after `settled`, read when `checked`): the
         # compares were a 10-LUT path through the error flag into the register file
         mm_ok = Signal()
-        m.d.sync += mm_ok.eq(x_fits & heads_ok & flags_ok & (nsteps != 0) & (tiles != 0))
+        m.d.sync += mm_ok.eq(
+            x_fits & heads_ok & flags_ok & fused_ok & res_ok & keep_ok
+            & (nsteps != 0) & (tiles != 0)
+        )  # fmt: skip
 
         m.d.sync += params_done.eq((param_taken == param_words) & words.idle)
 
@@ -686,6 +765,7 @@ class Accelerator(wiring.Component):
         with m.If((state) == (_S["IDLE"])):
             with m.If(regs.start):
                 m.d.sync += [busy.eq(1), pc.eq(0), cycles.eq(0), state.eq(_S["FETCH"])]
+                m.d.sync += xk_valid.eq(0)  # a run never reuses the X of the one before
         with m.Elif((state) == (_S["FETCH"])):
             with m.If(fetch_go & dma.rd_cmd.ready):
                 m.d.sync += [fetch_beat.eq(0), state.eq(_S["FETCH_WAIT"])]
@@ -751,6 +831,13 @@ class Accelerator(wiring.Component):
                     checked.eq(0),
                     state.eq(_S["MM_SETUP"]),
                 ]
+                # a fused GELU loads its table, a fused residual add its multipliers first
+                with m.If(flags[5]):
+                    m.d.sync += [param_words.eq(16), todo.eq(bits("words")),
+                                 state.eq(_S["PARAMS"])]  # fmt: skip
+                with m.Elif(flags[6]):
+                    m.d.sync += [param_words.eq((f[5] + 3) >> 2), todo.eq(bits("words")),
+                                 state.eq(_S["PARAMS"])]  # fmt: skip
             with m.Else():  # bad opcode
                 m.d.comb += error_set.eq(1)
                 m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
@@ -762,7 +849,9 @@ class Accelerator(wiring.Component):
         with m.Elif((state) == (_S["PARAMS_WAIT"])):
             with m.If(params_done):
                 m.d.sync += state.eq(_S["ISSUE"])
-                with m.If(op_is["RESADD"]):
+                with m.If(op_is["MATMUL"]):
+                    m.d.sync += state.eq(_S["MM_SETUP"])
+                with m.Elif(op_is["RESADD"]):
                     m.d.sync += todo.eq(bits("words", "unit_wr"))
                 with m.Else():
                     m.d.sync += todo.eq(bits("unit_rd", "unit_wr"))
@@ -781,16 +870,20 @@ class Accelerator(wiring.Component):
             with m.If(checked):
                 m.d.sync += checked.eq(0)
                 with m.If(mm_ok):
+                    x_bit = Mux(x_keep, 0, bits("xb"))  # X_KEEP: no X load
                     m.d.sync += [
                         state.eq(_S["ISSUE"]),
                         todo.eq(
                             Mux(
                                 w_spm,
-                                bits("engine", "xb", "wb", "ow"),
-                                bits("engine", "xb", "dma_rd", "ow"),
+                                bits("engine", "wb", "ow"),
+                                bits("engine", "dma_rd", "ow"),
                             )
+                            | x_bit
                         ),
                     ]
+                    with m.If(~x_keep):  # what the engine's X banks hold from now on
+                        m.d.sync += [xk_valid.eq(~is_heads), xk_tokens.eq(f[3]), xk_ks.eq(ks)]
                 with m.Else():
                     m.d.comb += error_set.eq(1)
                     m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
