@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import re
 import stat
 
 import pytest
@@ -25,11 +28,14 @@ from vitaccel.boards import (
 from vitaccel.boards.vivado import (
     AcceleratorInterface,
     build_sh,
+    check_hp_ports,
     check_top_ports,
     constraints_xdc,
     project_tcl,
     write_project,
 )
+from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+from vitaccel.rtl.top import top_verilog
 
 BOARD_NAMES = sorted(BOARDS)
 
@@ -201,6 +207,143 @@ def test_project_tcl_follows_interface_widths():
     assert "PL0_REF_CTRL__FREQMHZ {200}" in tcl  # board default clock
 
 
+# SHA-256 of project_tcl(board, "vit_accel", ["../rtl/vit_accel.v"], 200) and of
+# constraints_xdc(board, 200) as generated before weight ports existed: a one-port design
+# must still get exactly these texts. Change them only with an intended change to the
+# one-port block design.
+ONE_PORT_DIGESTS = {
+    "kv260": (
+        "aaabce08e498dacc97824264c76d6ede3065302aa8751c286706b55b34a7088f",
+        "6307d77a7e4c0b7f242d6278f8873a719ccaecc8ee980820ae86ed6d53d35ab0",
+    ),
+    "zcu102": (
+        "bfba303e2193dff592067a64a25c6690cd1135ffcf26c6b287efcb45e15f8928",
+        "c13b9e5db512f007d7fa4389563d02ae424c0e0917b730804cb06325cb7c12ae",
+    ),
+    "zcu104": (
+        "bd9a44fd5d7ba4f28d76d6354311c18c3560e27013783a648473a963088fbd78",
+        "67097718dc3c7a241b70251866bfddafa72c20c4b832d5e15691a661daa99b95",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_PORT_DIGESTS))
+def test_one_weight_port_keeps_the_tcl_unchanged(name):
+    one = AcceleratorInterface(weight_ports=1)
+    tcl = project_tcl(name, "vit_accel", ["../rtl/vit_accel.v"], 200, interface=one)
+    xdc = constraints_xdc(name, 200, interface=one)
+    assert tcl == project_tcl(name, "vit_accel", ["../rtl/vit_accel.v"], 200)
+    digests = tuple(hashlib.sha256(t.encode()).hexdigest() for t in (tcl, xdc))
+    assert digests == ONE_PORT_DIGESTS[name]
+    assert "m_axi_w" not in tcl and "smartconnect_w" not in tcl and "S_AXI_GP3" not in tcl
+    assert "clk CONFIG.ASSOCIATED_BUSIF s_axil:m_axi\n" in tcl
+
+
+@pytest.mark.parametrize("name", BOARD_NAMES)
+@pytest.mark.parametrize("ports", [2, 4])
+def test_project_tcl_weight_ports(name, ports):
+    interface = AcceleratorInterface(weight_ports=ports)
+    tcl = project_tcl(name, "vit_accel", ["../rtl/vit_accel.v"], 200, interface=interface)
+    ps = "zynq_ultra_ps_e_0"
+    extra = range(1, ports)  # m_axi_w<q> -> HP<q> = PS8 slave S_AXI_GP<q+2>
+    # PS: one more HP port per weight master, at the master's width; HP0 as before.
+    assert (
+        "CONFIG.PSU__USE__S_AXI_GP2 {1}" in tcl and "CONFIG.PSU__SAXIGP2__DATA_WIDTH {128}" in tcl
+    )
+    ps_config = tcl[tcl.index("set_property -dict [list \\\n    CONFIG.PSU__USE__M_AXI_GP0") :]
+    ps_config = ps_config[: ps_config.index("] $ps")]
+    for gp in range(3, 6):
+        used = gp - 2 < ports
+        assert (f"CONFIG.PSU__USE__S_AXI_GP{gp} {{1}} \\\n" in ps_config) is used, gp
+        assert (f"CONFIG.PSU__SAXIGP{gp}__DATA_WIDTH {{128}} \\\n" in ps_config) is used, gp
+    # One SmartConnect per weight master, wired master -> SmartConnect -> its own HP port.
+    assert tcl.count("create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect ") == 2 + len(extra)
+    for q in extra:
+        assert tcl.count(f"xilinx.com:ip:smartconnect smartconnect_w{q}]") == 1
+        assert tcl.count(f"CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] $smc_w{q}\n") == 1
+        assert tcl.count(f"[get_bd_intf_pins accel_0/m_axi_w{q}]") == 1  # the connection
+        assert (
+            f"connect_bd_intf_net [get_bd_intf_pins accel_0/m_axi_w{q}] "
+            f"[get_bd_intf_pins smartconnect_w{q}/S00_AXI]\n"
+        ) in tcl
+        assert tcl.count(f"[get_bd_intf_pins {ps}/S_AXI_HP{q}_FPD]") == 1
+        assert (
+            f"connect_bd_intf_net [get_bd_intf_pins smartconnect_w{q}/M00_AXI] "
+            f"[get_bd_intf_pins {ps}/S_AXI_HP{q}_FPD]\n"
+        ) in tcl
+        # Same clock and interconnect reset as everything else.
+        assert tcl.count(f"[get_bd_pins {ps}/saxihp{q}_fpd_aclk]") == 1
+        assert tcl.count(f"[get_bd_pins smartconnect_w{q}/aclk]") == 1
+        assert tcl.count(f"[get_bd_pins smartconnect_w{q}/aresetn]") == 1
+        # Its DDR windows through its own HP port.
+        assert f"m_axi_w{q} smartconnect_w{q} SAXIGP{q + 2} HP{q}" in tcl
+    assert f"S_AXI_HP{ports}_FPD" not in tcl and f"smartconnect_w{ports}" not in tcl
+    # Inference check names every weight master and the read-only port convention.
+    names = " ".join(f"m_axi_w{q}" for q in extra)
+    assert f"foreach intf {{{names}}} {{\n" in tcl
+    check = tcl[tcl.index(f"foreach intf {{{names}}}") :]
+    check = check[: check.index("\n}\n")]
+    assert "error \"vitaccel: Vivado inferred no '$intf' interface on $top; a weight port" in check
+    assert "${intf}_<name>" in check
+    assert "araddr arlen arsize arburst arvalid arready rdata rresp rlast rvalid rready" in check
+    assert "clk CONFIG.ASSOCIATED_BUSIF s_axil:m_axi:" + names.replace(" ", ":") + "\n" in tcl
+    # Address segments: per-port DDR windows before the catch-all assign_bd_address.
+    assert "foreach window {DDR_LOW DDR_HIGH} {" in tcl
+    assert f"get_bd_addr_segs -quiet {ps}/$saxi/${{hp}}_$window" in tcl
+    assert "assign_bd_address -target_address_space $space $seg -force" in tcl
+    assert (
+        tcl.index("accel_0/s_axil]] -force")
+        < tcl.index("foreach {intf smc saxi hp}")
+        < tcl.index("\nassign_bd_address\n")
+        < tcl.index("validate_bd_design")
+    )
+    # The ports are created, configured and connected in that order.
+    assert (
+        tcl.index("PSU__USE__S_AXI_GP3")
+        < tcl.index("foreach intf {m_axi_w1")
+        < tcl.index("smartconnect smartconnect_w1]")
+        < tcl.index("accel_0/m_axi_w1] [get_bd_intf_pins smartconnect_w1/S00_AXI]")
+    )
+    assert tcl.count("{") == tcl.count("}")
+    assert tcl == project_tcl(name, "vit_accel", ["../rtl/vit_accel.v"], 200, interface=interface)
+    hp = "HP0_FPD..HP1_FPD" if ports == 2 else "HP0_FPD..HP3_FPD"
+    assert f"(HPM0_FPD, {hp}," in constraints_xdc(name, 200, interface=interface)
+
+
+def test_weight_ports_follow_the_interface_widths():
+    interface = AcceleratorInterface(m_axi_data_width=64, weight_ports=3)
+    tcl = project_tcl("zcu104", "top", ["top.v"], interface=interface)
+    for gp in (2, 3, 4):
+        assert f"CONFIG.PSU__SAXIGP{gp}__DATA_WIDTH {{64}}" in tcl
+    assert "S_AXI_GP5" not in tcl
+
+
+def test_weight_ports_beyond_the_board_are_refused(tmp_path):
+    for bad in (0, 5, 2.0, True, "2"):
+        with pytest.raises(ValueError, match=r"^weight_ports must be 1, 2, 3 or 4, not "):
+            AcceleratorInterface(weight_ports=bad)
+    two_hp = BoardBudget(**{**get_budget("zcu102").__dict__, "hp_ports": 2})
+    interface = AcceleratorInterface(weight_ports=3)
+    message = (
+        "weight_ports 3 needs 3 HP ports, but board 'zcu102' has 2; choose weight_ports 1 to 2"
+    )
+    for call in (
+        lambda: project_tcl(two_hp, "top", ["top.v"], interface=interface),
+        lambda: constraints_xdc(two_hp, interface=interface),
+        lambda: check_hp_ports(two_hp, interface),
+    ):
+        with pytest.raises(BoardError) as info:
+            call()
+        assert str(info.value) == message
+        assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    assert check_hp_ports(two_hp, AcceleratorInterface(weight_ports=2)) is two_hp
+    with pytest.raises(BoardError, match="weight_ports 3 needs 3 HP ports"):
+        write_project(
+            two_hp, tmp_path / "out", "vit_accel", _stub_verilog(interface), interface=interface
+        )
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_generated_texts_are_deterministic():
     for name in BOARD_NAMES:
         first = (
@@ -280,6 +423,68 @@ def test_check_top_ports_reads_amaranth_verilog():
     assert check_top_ports("module other; endmodule", "vit_accel") == [
         "no module named 'vit_accel' in the Verilog"
     ]
+
+
+WEIGHT_PORT_DESIGN = Design(
+    array=ArrayConfig(groups=1, rows=2, cols=2, vector=4),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=2, softmax_lanes=2, layernorm_lanes=2, max_tokens=16, max_channels=32
+    ),
+    spm_kib=1,
+    input_buffer_kib=1,
+    weight_buffer_kib=1,
+    weight_ports=2,
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _weight_port_top():
+    return top_verilog(WEIGHT_PORT_DESIGN, "vitaccel_top")
+
+
+def test_check_top_ports_reads_the_weight_ports_of_the_real_top(tmp_path):
+    text = _weight_port_top()
+    two = AcceleratorInterface(weight_ports=WEIGHT_PORT_DESIGN.weight_ports)
+    assert check_top_ports(text, "vitaccel_top", two) == []
+    assert check_top_ports(text, "vitaccel_top") == []  # extra ports are not the check's business
+    without_rdata = re.sub(r"\bm_axi_w1_rdata\b", "m_axi_w1_data", text)
+    assert check_top_ports(without_rdata, "vitaccel_top", two) == [
+        "missing port m_axi_w1_rdata (in, 128 bit)"
+    ]
+    problems = check_top_ports(text, "vitaccel_top", AcceleratorInterface(weight_ports=3))
+    assert problems and all(p.startswith("missing port m_axi_w2_") for p in problems)
+    assert len(problems) == 11  # every port of the read-only master
+    # write_project checks them too, before it writes anything.
+    with pytest.raises(ValueError, match="missing port m_axi_w1_rdata"):
+        write_project("zcu102", tmp_path / "out", "vitaccel_top", without_rdata, interface=two)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_weight_port_ports_and_stub_top(tmp_path):
+    interface = AcceleratorInterface(weight_ports=4)
+    ports = {name: (d, w) for name, d, w in interface.ports()}
+    for q in (1, 2, 3):
+        assert ports[f"m_axi_w{q}_araddr"] == ("out", 40)
+        assert ports[f"m_axi_w{q}_rdata"] == ("in", 128)
+        assert ports[f"m_axi_w{q}_rready"] == ("out", 1)
+        assert f"m_axi_w{q}_awaddr" not in ports and f"m_axi_w{q}_arid" not in ports
+    assert "m_axi_w4_araddr" not in ports
+    assert interface.weight_hp_ports() == (
+        ("m_axi_w1", 1, 3),
+        ("m_axi_w2", 2, 4),
+        ("m_axi_w3", 3, 5),
+    )
+    problems = check_top_ports(
+        _stub_verilog(interface, drop=("m_axi_w3_rlast",)), "vit_accel", interface
+    )
+    assert problems == ["missing port m_axi_w3_rlast (in, 1 bit)"]
+    written = write_project(
+        "zcu104", tmp_path / "out", "vit_accel", _stub_verilog(interface), interface=interface
+    )
+    assert written["tcl"].read_text() == project_tcl(
+        "zcu104", "vit_accel", ["../rtl/vit_accel.v"], interface=interface
+    )
+    assert written["xdc"].read_text() == constraints_xdc("zcu104", interface=interface)
 
 
 def test_write_project(tmp_path):

@@ -138,7 +138,7 @@ def test_resadd_pair_mode_takes_a_b_and_the_channel_index_per_beat(stall):
 
     async def drain(ctx):
         pauses = random_pauses(stall, 4)
-        for j in range(beats):
+        for _ in range(beats):
             p = await amaranth_get(ctx, dut.o, pauses=pauses)
             got.append([int(x) for x in p.data])
             cycles.setdefault("first", ctx.get(tick))

@@ -25,8 +25,10 @@ from vitaccel.rtl.top import TopParams
 from vitaccel.sim.tb_top import default_regs, run_top
 
 # Small but complete: 2 groups (heads mode), 2x8 PEs of 8 lanes (an output step of 16
-# channels: whole SPM words, so the residual add can be fused), 4-lane nonlinear units.
+# channels: whole SPM words, so the residual add can be fused), 4-lane nonlinear units, the
+# weights over two AXI ports (tests/test_sim_accelerator.py runs whole models on one).
 DESIGN = Design(
+    weight_ports=2,
     array=ArrayConfig(groups=2, rows=2, cols=8, vector=8),
     nonlinear=NonlinearConfig(
         gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=64

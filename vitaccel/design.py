@@ -110,10 +110,23 @@ class Design(_Strict):
     weight_buffer_kib: int = Field(64, ge=1, le=32768)
     output_buffer_kib: int = Field(64, ge=1, le=32768)
     spm_kib: int = Field(256, ge=1, le=1024, description="scratchpad KiB (16-bit word addresses)")
+    weight_ports: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="AXI4 read ports (the Zynq's HP0..HP3) that stream the packed weights in "
+        "parallel, each a share of every step's columns",
+    )
     prediction: Prediction | None = None
 
     @model_validator(mode="after")
     def _check(self):
+        cols = self.array.groups * self.array.cols
+        if cols % self.weight_ports:
+            raise ValueError(
+                f"weight_ports ({self.weight_ports}) must divide array.groups * array.cols "
+                f"({cols}): every port streams the same number of columns"
+            )
         if self.array.w4_share == 0.0 and (
             self.default_w4_ratio > 0 or any(layer.w4_ratio > 0 for layer in self.layers.values())
         ):

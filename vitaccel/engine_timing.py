@@ -113,7 +113,7 @@ def matmul_cycles(
     period = ks + pad
     lat = latencies(rows, units, vector)
     x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
-    w_load = groups * cols * (ks + 1) * w_word_cycles
+    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     loaded: list[float] = []
     ends: list[float] = []
     for s in range(nsteps):

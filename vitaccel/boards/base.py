@@ -7,8 +7,8 @@ programmable logic can reach, and what the Vivado block design needs (the PS IP,
 the board part that holds the PS preset, the PL clocks we allow).
 
 The figures are the device's, not what is left after the shell: the block
-design adds two SmartConnects and a reset block (roughly a few thousand LUTs,
-no DSP), which the DSE has to leave room for.
+design adds two SmartConnects (one more per extra weight port) and a reset block
+(roughly a few thousand LUTs, no DSP), which the DSE has to leave room for.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ The block design is what users build by hand in IP integrator::
     zynq_ultra_ps_e_0 (board preset)
       M_AXI_HPM0_FPD --> smartconnect_ctrl --> accel_0/s_axil   (registers, 0xA000_0000)
       S_AXI_HP0_FPD  <-- smartconnect_mem  <-- accel_0/m_axi    (DDR)
+      S_AXI_HP1_FPD  <-- smartconnect_w1   <-- accel_0/m_axi_w1 (DDR, weights; weight_ports >= 2)
+      S_AXI_HP2_FPD  <-- smartconnect_w2   <-- accel_0/m_axi_w2 (weight_ports >= 3)
+      S_AXI_HP3_FPD  <-- smartconnect_w3   <-- accel_0/m_axi_w3 (weight_ports = 4)
       pl_clk0 (design clock) --> every clk / aclk
       pl_resetn0 --> proc_sys_reset_0 --> accel_0/rst (active high), interconnect resets
       pl_ps_irq0 <-- accel_0/irq
@@ -33,13 +36,19 @@ parameters:
   wready bresp bvalid bready araddr arlen arsize arburst arvalid arready rdata
   rresp rlast rvalid rready``; optional ``awid/bid/arid/rid`` (when
   ``id_width`` > 0) and ``awcache awprot arcache arprot``.
+- With ``weight_ports`` = P > 1: P-1 read-only AXI4 masters, prefixes
+  ``m_axi_w1_`` .. ``m_axi_w3_``, with m_axi's address and data widths and no
+  ID ports: ``araddr arlen arsize arburst arvalid arready rdata rresp rlast
+  rvalid rready``; optional ``arcache arprot``. ``m_axi_w<q>`` goes to
+  S_AXI_HP<q>_FPD (PS8 slave S_AXI_GP<q+2>), so the weight streams and m_axi
+  each have a port of their own; all of them share the PS DDR.
 
-The names carry no ``X_INTERFACE_INFO`` attributes: Vivado infers the two AXI
-interfaces from the ``s_axil_``/``m_axi_`` prefixes and the standard signal
-names (UG994, "Inferring AXI interfaces"), the clock from ``clk`` and the reset
-from ``rst``. The Tcl checks that the inference happened (and stops with a
-message naming the port convention if not), then states the clock association
-and reset polarity explicitly. Amaranth flattens a ``wiring`` signature as
+The names carry no ``X_INTERFACE_INFO`` attributes: Vivado infers the AXI
+interfaces from the ``s_axil_``/``m_axi_``/``m_axi_w<q>_`` prefixes and the
+standard signal names (UG994, "Inferring AXI interfaces"), the clock from ``clk``
+and the reset from ``rst``. The Tcl checks that the inference happened (and stops
+with a message naming the port convention if not), then states the clock
+association and reset polarity explicitly. Amaranth flattens a ``wiring`` signature as
 ``s_axil__awaddr`` (two underscores), so the top must name its ports itself.
 """
 
@@ -52,11 +61,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..util import atomic_write_text
-from .base import BoardBudget, get_budget
+from .base import BoardBudget, BoardError, get_budget
 
 __all__ = [
     "AcceleratorInterface",
     "build_sh",
+    "check_hp_ports",
     "check_top_ports",
     "constraints_xdc",
     "project_tcl",
@@ -88,12 +98,17 @@ class AcceleratorInterface:
         same width, so nothing converts widths on the data path).
     m_axi_id_width : int
         Width of ``m_axi_awid/bid/arid/rid``; 0 means the top has no ID ports.
+    weight_ports : int
+        AXI masters that stream weights, 1 to 4 (``Design.weight_ports``): m_axi
+        plus ``weight_ports - 1`` read-only masters ``m_axi_w1`` .. ``m_axi_w3``
+        with m_axi's address and data widths and no ID ports, one HP port each.
     """
 
     s_axil_addr_width: int = 16
     m_axi_addr_width: int = 40
     m_axi_data_width: int = 128
     m_axi_id_width: int = 0
+    weight_ports: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.s_axil_addr_width, int) or not 12 <= self.s_axil_addr_width <= 16:
@@ -110,6 +125,13 @@ class AcceleratorInterface:
             )
         if not isinstance(self.m_axi_id_width, int) or not 0 <= self.m_axi_id_width <= 6:
             raise ValueError(f"m_axi_id_width must be 0 to 6 bits, not {self.m_axi_id_width!r}")
+        # Four: the PS8 has four HP ports (HP0..HP3) and each master gets one of its own.
+        if (
+            not isinstance(self.weight_ports, int)
+            or isinstance(self.weight_ports, bool)
+            or not 1 <= self.weight_ports <= 4
+        ):
+            raise ValueError(f"weight_ports must be 1, 2, 3 or 4, not {self.weight_ports!r}")
 
     @property
     def ctrl_range(self) -> int:
@@ -145,7 +167,23 @@ class AcceleratorInterface:
             i = self.m_axi_id_width
             ports += [("m_axi_awid", "out", i), ("m_axi_bid", "in", i),
                       ("m_axi_arid", "out", i), ("m_axi_rid", "in", i)]  # fmt: skip
+        for q in range(1, self.weight_ports):
+            w = f"m_axi_w{q}_"
+            ports += [
+                (w + "araddr", "out", am), (w + "arlen", "out", 8), (w + "arsize", "out", 3),
+                (w + "arburst", "out", 2), (w + "arvalid", "out", 1), (w + "arready", "in", 1),
+                (w + "rdata", "in", dm), (w + "rresp", "in", 2), (w + "rlast", "in", 1),
+                (w + "rvalid", "in", 1), (w + "rready", "out", 1),
+            ]  # fmt: skip
         return tuple(ports)
+
+    def weight_hp_ports(self) -> tuple[tuple[str, int, int], ...]:
+        """The extra weight masters and their PS8 ports, as (interface, HP index, S_AXI_GP index).
+
+        m_axi has HP0 (S_AXI_GP2); ``m_axi_w<q>`` takes HP<q>, which the PS8
+        calls S_AXI_GP<q+2> in its CONFIG keys (GP0/GP1 are HPC0/HPC1).
+        """
+        return tuple((f"m_axi_w{q}", q, q + 2) for q in range(1, self.weight_ports))
 
 
 _PORT_DECL = re.compile(
@@ -200,6 +238,118 @@ def _clock(budget: BoardBudget, clock_mhz: float | None) -> float:
     return budget.check_clock(budget.default_clock_mhz if clock_mhz is None else clock_mhz)
 
 
+def check_hp_ports(board: object, interface: AcceleratorInterface) -> BoardBudget:
+    """The board's budget if it has an HP port for each of ``interface``'s weight masters.
+
+    Raises :class:`~vitaccel.boards.base.BoardError` (a ``ValueError``) naming
+    ``weight_ports`` and the board's HP port count otherwise.
+    """
+    budget = get_budget(board)
+    # Every weight master has an HP port of its own (m_axi on HP0): more masters than
+    # ports would need an interconnect merging them, which is what the ports avoid.
+    if interface.weight_ports > budget.hp_ports:
+        raise BoardError(
+            f"weight_ports {interface.weight_ports} needs {interface.weight_ports} HP ports, "
+            f"but board {budget.name!r} has {budget.hp_ports}; choose weight_ports 1 to "
+            f"{budget.hp_ports}"
+        )
+    return budget
+
+
+def _weight_port_tcl(ps: str, interface: AcceleratorInterface) -> dict[str, str]:
+    """Block-design fragments for the weight masters ``m_axi_w1..``, keyed by where they go.
+
+    All of them are empty when ``weight_ports`` is 1, which keeps the Tcl of a one-port
+    design byte-identical to the Tcl from before weight ports existed.
+    """
+    ports = interface.weight_hp_ports()
+    names = [intf for intf, _, _ in ports]
+    last = ports[-1][1] if ports else 0
+    hp_span = "HP1_FPD" if last == 1 else f"HP1_FPD..HP{last}_FPD"
+    gp_span = "S_AXI_GP3" if last == 1 else f"S_AXI_GP3..GP{last + 2}"
+    w_span = " ".join(names[:1]) if len(names) <= 1 else f"{names[0]}..{names[-1]}"
+    signals = "araddr arlen arsize arburst arvalid arready rdata rresp rlast rvalid rready"
+    address_rows = " ".join(
+        f"{intf} smartconnect_w{hp} SAXIGP{gp} HP{hp}" for intf, hp, gp in ports
+    )
+    fragments = {
+        "ps_comment": (
+            f"# Weight ports: {w_span} on {hp_span} ({gp_span}), an HP port per master so\n"
+            "# the weight streams do not queue behind m_axi; all HP ports share the PS DDR.\n"
+        ),
+        "ps_config": "".join(
+            f"    CONFIG.PSU__USE__S_AXI_GP{gp} {{1}} \\\n"
+            f"    CONFIG.PSU__SAXIGP{gp}__DATA_WIDTH {{{interface.m_axi_data_width}}} \\\n"
+            for _, _, gp in ports
+        ),
+        "infer_comment": f"# Vivado infers the read-only weight masters ({w_span}) the same way.\n",
+        "infer_check": (
+            f"foreach intf {{{' '.join(names)}}} {{\n"
+            "    if {[llength [get_bd_intf_pins -quiet accel_0/$intf]] == 0} {\n"
+            "        error \"vitaccel: Vivado inferred no '$intf' interface on $top; a weight port "
+            f"is a read-only AXI4 master whose ports are ${{intf}}_<name> for <name> in: {signals} "
+            '(docs/boards.md)"\n'
+            "    }\n"
+            "}\n"
+        ),
+        # Appended to "s_axil:m_axi" in the clock's ASSOCIATED_BUSIF.
+        "busif": "".join(f":{intf}" for intf in names),
+        "smartconnects": "".join(
+            f"set smc_w{hp} [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect "
+            f"smartconnect_w{hp}]\n"
+            f"set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] $smc_w{hp}\n"
+            for _, hp, _ in ports
+        ),
+        "connections": (
+            "# Weights: each read-only master -> its own SmartConnect -> its own HP port (DDR).\n"
+            + "".join(
+                f"connect_bd_intf_net [get_bd_intf_pins accel_0/{intf}] "
+                f"[get_bd_intf_pins smartconnect_w{hp}/S00_AXI]\n"
+                f"connect_bd_intf_net [get_bd_intf_pins smartconnect_w{hp}/M00_AXI] "
+                f"[get_bd_intf_pins {ps}/S_AXI_HP{hp}_FPD]\n"
+                for intf, hp, _ in ports
+            )
+        ),
+        "clocks_ps": "".join(
+            f"    [get_bd_pins {ps}/saxihp{hp}_fpd_aclk] \\\n" for _, hp, _ in ports
+        ),
+        "clocks_smc": "".join(
+            f"    [get_bd_pins smartconnect_w{hp}/aclk] \\\n" for _, hp, _ in ports
+        ),
+        # Continues the interconnect_aresetn net after smartconnect_mem/aresetn.
+        "resets": "".join(
+            f" \\\n    [get_bd_pins smartconnect_w{hp}/aresetn]" for _, hp, _ in ports
+        ),
+        "addresses": (
+            "# Each weight master sees DDR at the same physical addresses as m_axi, through\n"
+            "# its own HP port. Its DDR windows are mapped by name (DDR_HIGH only if the PS\n"
+            "# offers it) so that a port reaching no DDR stops the build here, not at the\n"
+            "# first weight fetch on the board; assign_bd_address below maps the rest as for HP0.\n"
+            f"foreach {{intf smc saxi hp}} {{{address_rows}}} {{\n"
+            "    set space [get_bd_addr_spaces -quiet -of_objects [get_bd_intf_pins accel_0/$intf]]\n"
+            "    if {[llength $space] == 0} {\n"
+            '        error "vitaccel: Vivado made no address space for accel_0/$intf; it must be an '
+            'AXI4 master (ports ${intf}_araddr ... ${intf}_rready, docs/boards.md)"\n'
+            "    }\n"
+            "    set ddr [list]\n"
+            "    foreach window {DDR_LOW DDR_HIGH} {\n"
+            f"        lappend ddr {{*}}[get_bd_addr_segs -quiet {ps}/$saxi/${{hp}}_$window]\n"
+            "    }\n"
+            "    if {[llength $ddr] == 0} {\n"
+            f'        error "vitaccel: {ps} has no segment $saxi/${{hp}}_DDR_LOW for accel_0/$intf '
+            'through $smc: S_AXI_${hp}_FPD is not enabled on the PS"\n'
+            "    }\n"
+            "    foreach seg $ddr {\n"
+            "        assign_bd_address -target_address_space $space $seg -force\n"
+            "    }\n"
+            "}\n"
+        ),
+    }
+    if not ports:
+        return dict.fromkeys(fragments, "")
+    return fragments
+
+
 def project_tcl(
     board: object,
     top_name: str,
@@ -225,7 +375,9 @@ def project_tcl(
         PL clock (pl_clk0) and so the accelerator clock; one of the board's
         ``pl_clocks_mhz``; default the board's ``default_clock_mhz``.
     interface : AcceleratorInterface
-        Port widths of the top; set the HP port width and the register range.
+        Port widths of the top; set the HP port width and the register range,
+        and ``weight_ports`` adds HP1.. for ``m_axi_w1..`` (refused with a
+        ``BoardError`` if the board has fewer HP ports).
     project_name : str, optional
         Vivado project name and basename of the products; default ``top_name``.
     xdc_files : sequence of str
@@ -253,6 +405,7 @@ def project_tcl(
     xdcs = [_tcl_word(str(f), "XDC file path") for f in xdc_files]
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, not {jobs!r}")
+    check_hp_ports(budget, interface)
 
     board_part = budget.vivado_board_part
     board_pattern = board_part.rsplit(":", 1)[0] + ":*"
@@ -260,6 +413,7 @@ def project_tcl(
     ctrl_range = _range(interface.ctrl_range)
     source_list = " ".join(f"[file join $script_dir {f}]" for f in sources)
     xdc_list = " ".join(f"[file join $script_dir {f}]" for f in xdcs)
+    w = _weight_port_tcl(ps, interface)
 
     lines = f"""\
 # vitaccel: Vivado project for the accelerator `{top_name}` on {budget.name} ({budget.part}).
@@ -304,7 +458,7 @@ create_bd_design $bd_name
 # Processing system with the board preset, then only the ports the accelerator
 # uses: HPM0_FPD (M_AXI_GP0) for registers, HP0_FPD (S_AXI_GP2) to DDR,
 # pl_clk0 at the design clock, pl_ps_irq0.
-set ps [create_bd_cell -type ip -vlnv xilinx.com:ip:{budget.ps} {ps}]
+{w["ps_comment"]}set ps [create_bd_cell -type ip -vlnv xilinx.com:ip:{budget.ps} {ps}]
 apply_bd_automation -rule xilinx.com:bd_rule:{budget.ps} -config {{apply_board_preset "1"}} $ps
 set_property -dict [list \\
     CONFIG.PSU__USE__M_AXI_GP0 {{1}} \\
@@ -313,7 +467,7 @@ set_property -dict [list \\
     CONFIG.PSU__USE__M_AXI_GP2 {{0}} \\
     CONFIG.PSU__USE__S_AXI_GP2 {{1}} \\
     CONFIG.PSU__SAXIGP2__DATA_WIDTH {{{interface.m_axi_data_width}}} \\
-    CONFIG.PSU__USE__IRQ0 {{1}} \\
+{w["ps_config"]}    CONFIG.PSU__USE__IRQ0 {{1}} \\
     CONFIG.PSU__FPGA_PL0_ENABLE {{1}} \\
     CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ {{{clock:g}}} \\
 ] $ps
@@ -321,15 +475,15 @@ puts "vitaccel: pl_clk0 requested {clock:g} MHz, PS PLLs give [get_property CONF
 
 # The accelerator, as a module reference: Vivado infers s_axil and m_axi from
 # the port names (no X_INTERFACE_INFO in the RTL).
-set accel [create_bd_cell -type module -reference $top accel_0]
+{w["infer_comment"]}set accel [create_bd_cell -type module -reference $top accel_0]
 foreach intf {{s_axil m_axi}} {{
     if {{[llength [get_bd_intf_pins -quiet accel_0/$intf]] == 0}} {{
         error "vitaccel: Vivado inferred no '$intf' interface on $top; its ports must follow the convention in docs/boards.md (s_axil_*, m_axi_*, clk, rst, irq)"
     }}
 }}
-# Say what inference may leave unsaid; where Vivado owns the value already, keep its.
+{w["infer_check"]}# Say what inference may leave unsaid; where Vivado owns the value already, keep its.
 foreach {{pin property value}} {{
-    clk CONFIG.ASSOCIATED_BUSIF s_axil:m_axi
+    clk CONFIG.ASSOCIATED_BUSIF s_axil:m_axi{w["busif"]}
     clk CONFIG.ASSOCIATED_RESET rst
     rst CONFIG.POLARITY ACTIVE_HIGH
     irq CONFIG.SENSITIVITY LEVEL_HIGH
@@ -343,7 +497,7 @@ set smc_ctrl [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect smartconn
 set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] $smc_ctrl
 set smc_mem [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect smartconnect_mem]
 set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] $smc_mem
-set rst_ps [create_bd_cell -type ip -vlnv xilinx.com:ip:proc_sys_reset proc_sys_reset_0]
+{w["smartconnects"]}set rst_ps [create_bd_cell -type ip -vlnv xilinx.com:ip:proc_sys_reset proc_sys_reset_0]
 
 # Registers: PS master M_AXI_HPM0_FPD -> SmartConnect (AXI4 -> AXI4-Lite) -> accelerator.
 connect_bd_intf_net [get_bd_intf_pins {ps}/M_AXI_HPM0_FPD] [get_bd_intf_pins smartconnect_ctrl/S00_AXI]
@@ -351,19 +505,19 @@ connect_bd_intf_net [get_bd_intf_pins smartconnect_ctrl/M00_AXI] [get_bd_intf_pi
 # Data: accelerator AXI4 master -> SmartConnect -> PS slave S_AXI_HP0_FPD (DDR).
 connect_bd_intf_net [get_bd_intf_pins accel_0/m_axi] [get_bd_intf_pins smartconnect_mem/S00_AXI]
 connect_bd_intf_net [get_bd_intf_pins smartconnect_mem/M00_AXI] [get_bd_intf_pins {ps}/S_AXI_HP0_FPD]
-
+{w["connections"]}
 # One clock domain: pl_clk0.
 connect_bd_net [get_bd_pins {ps}/pl_clk0] \\
     [get_bd_pins {ps}/maxihpm0_fpd_aclk] \\
     [get_bd_pins {ps}/saxihp0_fpd_aclk] \\
-    [get_bd_pins smartconnect_ctrl/aclk] \\
+{w["clocks_ps"]}    [get_bd_pins smartconnect_ctrl/aclk] \\
     [get_bd_pins smartconnect_mem/aclk] \\
-    [get_bd_pins proc_sys_reset_0/slowest_sync_clk] \\
+{w["clocks_smc"]}    [get_bd_pins proc_sys_reset_0/slowest_sync_clk] \\
     [get_bd_pins accel_0/clk]
 connect_bd_net [get_bd_pins {ps}/pl_resetn0] [get_bd_pins proc_sys_reset_0/ext_reset_in]
 connect_bd_net [get_bd_pins proc_sys_reset_0/interconnect_aresetn] \\
     [get_bd_pins smartconnect_ctrl/aresetn] \\
-    [get_bd_pins smartconnect_mem/aresetn]
+    [get_bd_pins smartconnect_mem/aresetn]{w["resets"]}
 connect_bd_net [get_bd_pins proc_sys_reset_0/peripheral_reset] [get_bd_pins accel_0/rst]
 connect_bd_net [get_bd_pins accel_0/irq] [get_bd_pins {ps}/pl_ps_irq0]
 
@@ -371,7 +525,7 @@ connect_bd_net [get_bd_pins accel_0/irq] [get_bd_pins {ps}/pl_ps_irq0]
 assign_bd_address -offset 0x{CTRL_BASE:08X} -range {ctrl_range} \\
     -target_address_space [get_bd_addr_spaces {ps}/Data] \\
     [get_bd_addr_segs -of_objects [get_bd_intf_pins accel_0/s_axil]] -force
-assign_bd_address
+{w["addresses"]}assign_bd_address
 
 validate_bd_design
 save_bd_design
@@ -420,15 +574,24 @@ puts "vitaccel: done, [file join $build_dir $proj_name.xsa] (WNS $wns ns)"
     return lines
 
 
-def constraints_xdc(board: object, clock_mhz: float | None = None) -> str:
+def constraints_xdc(
+    board: object,
+    clock_mhz: float | None = None,
+    *,
+    interface: AcceleratorInterface = AcceleratorInterface(),
+) -> str:
     """XDC for the block-design build: timing notes and bitstream options, no pins.
 
     The accelerator's only clock is pl_clk0, and the ``zynq_ultra_ps_e`` IP
     constrains it itself from the frequency the PS PLLs really give, so a
     ``create_clock`` here would only fight it. The design uses no PL pins.
+    ``interface`` only changes the comment that lists the PS ports used.
     """
     budget = get_budget(board)
     clock = _clock(budget, clock_mhz)
+    check_hp_ports(budget, interface)
+    last_hp = interface.weight_ports - 1
+    hp = "HP0_FPD" if last_hp == 0 else f"HP0_FPD..HP{last_hp}_FPD"
     return f"""\
 # vitaccel: constraints for {budget.name} ({budget.part}), PL clock {clock:g} MHz.
 # Generated from the design file; regenerate rather than edit.
@@ -440,7 +603,7 @@ def constraints_xdc(board: object, clock_mhz: float | None = None) -> str:
 # override the IP's. The registers, the AXI master and the interrupt all run
 # on pl_clk0, so there are no clock crossings to constrain.
 #
-# Pins: none. The accelerator talks to the PS only (HPM0_FPD, HP0_FPD,
+# Pins: none. The accelerator talks to the PS only (HPM0_FPD, {hp},
 # pl_ps_irq0); the board's PL pins are left unused.
 
 set_property BITSTREAM.GENERAL.COMPRESS TRUE [current_design]
@@ -499,7 +662,10 @@ def write_project(
             Path("vivado") / "project.tcl",
             project_tcl(board, top_name, [f"../rtl/{top_name}.v"], clock_mhz, interface=interface),
         ),
-        "xdc": (Path("vivado") / "constraints.xdc", constraints_xdc(board, clock_mhz)),
+        "xdc": (
+            Path("vivado") / "constraints.xdc",
+            constraints_xdc(board, clock_mhz, interface=interface),
+        ),
         "build_sh": (Path("vivado") / "build.sh", build_sh(board, top_name, top_name)),
     }
     out = Path(out_dir)

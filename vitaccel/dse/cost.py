@@ -49,6 +49,8 @@ __all__ = [
     "latencies",
     "nonlinear_cycles",
     "fused_cycles",
+    "port_bytes_per_cycle",
+    "weight_word_cycles",
     "estimate",
 ]
 
@@ -178,7 +180,7 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     (the output FIFO with credits throttles the engine to the writer's pace)."""
     ks = -(-k // vector)
     x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
-    w_load = groups * cols * (ks + 1) * w_word_cycles
+    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
@@ -293,9 +295,19 @@ class Estimate:
         return macs / (cycles * self.macs_per_cycle) if cycles else 0.0
 
 
-def port_bytes_per_cycle(clock_mhz: float, budget) -> float:
-    """Bytes per design-clock cycle the one 128-bit HP port delivers (capped by the DDR)."""
-    return budget.axi_gbps(clock_mhz) * 1e9 / (clock_mhz * 1e6)
+def port_bytes_per_cycle(clock_mhz: float, budget, ports: int = 1) -> float:
+    """Bytes per design-clock cycle each of ``ports`` 128-bit HP ports delivers when all of
+    them stream at once (their sum capped by the DDR)."""
+    return budget.axi_gbps(clock_mhz, ports=ports) * 1e9 / (clock_mhz * 1e6) / ports
+
+
+def weight_word_cycles(vector: int, clock_mhz: float, budget, ports: int = 1,
+                       acc_bits: int = 32) -> float:  # fmt: skip
+    """Cycles per W stream word as the engine sees them: each word takes one 16-byte DDR
+    slot, every port streams its share of each step's columns at once (the engine loads
+    ``ports`` words a cycle), so a step's W load is ``G*C*(KS+1)`` times this."""
+    per_port = port_bytes_per_cycle(clock_mhz, budget, ports)
+    return max(1.0, w_slot_bytes(vector, acc_bits) / per_port) / ports
 
 
 def w_slot_bytes(vector: int, acc_bits: int = 32) -> int:
@@ -402,9 +414,10 @@ def _lanes(design: Design, kind: str) -> int:
 
 
 def instr_cycles(
-    ins: Instr, design: Design, geom: ArrayGeometry, port: float
+    ins: Instr, design: Design, geom: ArrayGeometry, port: float, budget
 ) -> tuple[int, str, int]:
-    """(cycles, bound, useful MACs) of one instruction."""
+    """(cycles, bound, useful MACs) of one instruction (``port``: bytes per cycle of the
+    main HP port, for LOAD/STORE)."""
     a = design.array
     units = geom.cols_w8 // 2 + geom.cols_w4
     if ins.op in ("load", "store"):
@@ -415,14 +428,16 @@ def instr_cycles(
             ratio = design.w4_ratio(ins.weight_layer)
             n8 = ins.n - w4_rows(ins.n, ratio)
         nsteps = job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=False)
-        word_cycles = max(1.0, w_slot_bytes(a.vector, a.acc_bits) / port)
+        word_cycles = weight_word_cycles(
+            a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
+        )
         cycles = matmul_cycles(
             ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
             w_word_cycles=word_cycles, x_keep=ins.x_keep,
         )  # fmt: skip
         ks = -(-ins.k // geom.vector)
         compute = -(-ins.tokens // geom.rows) * max(ks, geom.rows)
-        w_load = geom.groups * geom.cols * (ks + 1) * word_cycles
+        w_load = round(geom.groups * geom.cols * (ks + 1) * word_cycles, 9)
         if w_load > compute:
             bound = "bandwidth"  # the W stream: one word per cycle at most, port-limited
         else:
@@ -497,7 +512,7 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     by_name: dict[str, LayerCost] = {}
     bounds: dict[str, int] = {}
     for ins in program(spec, geom.groups, residual_fusable(geom.groups, geom.cols)):
-        cycles, bound, macs = instr_cycles(ins, design, geom, port)
+        cycles, bound, macs = instr_cycles(ins, design, geom, port, budget)
         cycles += LATENCIES["instr"]
         bounds[bound] = bounds.get(bound, 0) + cycles
         lc = by_name.get(ins.name)

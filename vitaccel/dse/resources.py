@@ -37,6 +37,8 @@ __all__ = [
     "CALIBRATION_PATH",
     "KINDS",
     "SHELL_ESTIMATE",
+    "WEIGHT_PORT_ESTIMATE",
+    "weight_ports_resources",
     "Usage",
     "engine_buffers",
     "engine_features",
@@ -264,6 +266,17 @@ def spm_bram36(words: int) -> float:
     return memory_bram36(words, 8 * WORD_BYTES, lutram_max_depth=0)
 
 
+# One more weight port: a DMAReader (AXI4 read master, 64-word output FIFO) and a W loader
+# in the engine. A planning estimate until calibration.json has "weight_port".
+WEIGHT_PORT_ESTIMATE = {"dsp48e2": 0, "lut": 450, "ff": 650, "bram36": 1.0}
+
+
+def weight_ports_resources(ports: int) -> Usage:
+    """What ``ports`` weight ports cost beyond the first (which is the shell's DMA)."""
+    per = calibration().get("weight_port") or WEIGHT_PORT_ESTIMATE
+    return Usage(*(per[k] * (ports - 1) for k in KINDS))
+
+
 def shell_resources() -> tuple[Usage, str]:
     cal = calibration().get("shell")
     if cal:
@@ -292,6 +305,8 @@ def design_resources(design: Design, *, spec=None) -> dict:
         parts["log2_mode"] = Usage(
             lut=LOG2_LUT_PER_DSP_LANE * lanes, ff=LOG2_FF_PER_DSP_LANE * lanes
         )
+    if design.weight_ports > 1:
+        parts["weight_ports"] = weight_ports_resources(design.weight_ports)
     shell, shell_kind = shell_resources()
     parts["shell"] = shell
     total = Usage()

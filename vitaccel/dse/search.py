@@ -52,7 +52,7 @@ from vitaccel.dse.cost import (
     port_bytes_per_cycle,
     program,
     top_matmul_extra,
-    w_slot_bytes,
+    weight_word_cycles,
     writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
@@ -90,6 +90,8 @@ class SearchSpace:
     w4_shares: tuple[float, ...] = (0.0, 0.25, 1 / 3, 0.5)
     w4_kinds: tuple[str, ...] = ("int4", "pot4")
     lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    # HP ports streaming the weights (the board's hp_ports caps it)
+    weight_ports: tuple[int, ...] = (1, 2, 3, 4)
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Candidate:
     fps: float = 0.0
     clock_mhz: float = 0.0
     bound_cycles: dict[str, int] = field(default_factory=dict)
+    weight_ports: int = 1
 
     def util(self, limits: dict[str, float]) -> dict[str, float]:
         return {k: self.usage[k] / limits[k] for k in RESOURCE_KINDS}
@@ -133,7 +136,7 @@ def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word
     lat = latencies(rows, units, vector)
     release = lat["release"]
     x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
-    w_load = groups * cols * (ks + 1) * word_cycles
+    w_load = round(groups * cols * (ks + 1) * word_cycles, 9)
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
     span = (tiles - 1) * period + ks - 1
     ends: list[float] = []
@@ -299,15 +302,19 @@ class _Model:
         return self._nl_cache[key]
 
 
+# Weight ports are added while the W stream bounds more than this share of an array's
+# matmul cycles (beyond it another port buys next to nothing and costs a DMA).
+PORT_STOP = 0.02
+
 # How far towards the fewest steps a layer's W4 rows may go: fractions of the way.
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error):
-    """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound."""
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
+    """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
+    ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`)."""
     c8, c4 = column_split(c, share)
     units = c8 // 2 + c4
-    word_cycles = max(1.0, w_slot_bytes(v) / m.port)
     plan = m.plan(g, residual_fusable(g, c))
     cache: dict = {}
     mm_total = 0
@@ -476,28 +483,44 @@ def search(
     pool: list[Candidate] = []
     evaluated = 0
 
+    port_choices = [q for q in space.weight_ports if q <= budget.hp_ports]
+
     def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
         nonlocal evaluated
         eng = _engine_usage(g, r, c, v, share, kind, _buffers(spec, g, r, c, v))
-        base = [eng[k] + fixed_usage[k] for k in RESOURCE_KINDS]
-        if any(base[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
+        base0 = [eng[k] + fixed_usage[k] for k in RESOURCE_KINDS]
+        if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1
-        mm, ratios, error, bound = _evaluate_array(m, g, r, c, v, share, kind, max_error)
         fuse = residual_fusable(g, c)
         nl = m.nonlinear(g, fuse)
         fixed = nl["fixed"][0]
+        opts = lane_opts[(_nl_key(m, g), fuse)]
         out = []
-        for lanes, nl_cycles, lane_usage, clock in lane_opts[(_nl_key(m, g), fuse)]:
-            cyc = mm + fixed + nl_cycles
-            usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
-            out.append(
-                Candidate(
-                    g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
-                    fps=clock * 1e6 / cyc, clock_mhz=clock,
-                    bound_cycles={**bound, "nonlinear": fixed + nl_cycles},
-                )
-            )  # fmt: skip
+        for ports in port_choices:
+            if (g * c) % ports:
+                continue
+            extra = res.weight_ports_resources(ports)
+            base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
+            evals: dict[float, tuple] = {}  # by cycles per W word (clock and DDR ceiling)
+            for lanes, nl_cycles, lane_usage, clock in opts:
+                wc = weight_word_cycles(v, clock, budget, ports)
+                if wc not in evals:
+                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, max_error, wc)
+                mm, ratios, error, bound = evals[wc]
+                cyc = mm + fixed + nl_cycles
+                usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
+                out.append(
+                    Candidate(
+                        g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
+                        fps=clock * 1e6 / cyc, clock_mhz=clock,
+                        bound_cycles={**bound, "nonlinear": fixed + nl_cycles},
+                        weight_ports=ports,
+                    )
+                )  # fmt: skip
+            # another port only helps an array whose matmuls wait for their weights
+            if all(e[3].get("bandwidth", 0) <= PORT_STOP * e[0] for e in evals.values()):
+                break
         return out
 
     by_base: dict[tuple, list[Candidate]] = {}
@@ -749,6 +772,7 @@ def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> D
         ),  # fmt: skip
         layers=layers,
         spm_kib=min(res.spm_kib_for(spec), SPM_KIB_MAX),
+        weight_ports=c.weight_ports,
         **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
     )
 

@@ -430,12 +430,13 @@ def micro_programs(design) -> dict:
     )
 
     geom = geometry(design)
-    port = port_bytes_per_cycle(design.clock_mhz, get_budget(design.board))
+    budget = get_budget(design.board)
+    port = port_bytes_per_cycle(design.clock_mhz, budget)
     g, c, v = geom.groups, geom.cols, geom.vector
     data = 0x1000  # DDR offset of the data after the program
 
     def model(ins: Instr) -> int:
-        return instr_cycles(ins, design, geom, port)[0]
+        return instr_cycles(ins, design, geom, port, budget)[0]
 
     t, k, n = 17, 64, 128
     ks = -(-k // v)

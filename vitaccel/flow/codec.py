@@ -8,6 +8,11 @@ wrote them, so an interpreter run on a compiled image checks the packing too.
 
 Whole-model programs need the identity column plan (every column W8): channel n of a step
 is column ``n - s * groups * cols``, so the output writer stores words as they come.
+
+With ``w_ports`` > 1 the engine takes W over several streams, one AXI port each, stream q
+carrying columns ``q*M .. (q+1)*M - 1`` of every step (:func:`vitaccel.rtl.matmul.split_w_stream`);
+the layer's slots then hold the streams one after the other, each contiguous, so each port
+reads one burst sequence starting at ``q * stream_bytes / w_ports``.
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ class GVSACodec(WCodec):
             shift,
             self.params,
         )
-        words = job.w_words
+        from vitaccel.rtl.matmul import split_w_stream
+
+        words = np.concatenate(split_w_stream(job.w_words, self.params, job.plan.nsteps))
         slots = np.zeros((len(words), self.slot), dtype=np.uint8)
         slots[:, : words.shape[1]] = words
         raw = slots.tobytes()
@@ -70,6 +77,9 @@ class GVSACodec(WCodec):
         p = self.params
         ks = self._ks(k)
         a = np.frombuffer(raw, dtype=np.uint8).reshape(-1, self.slot)[:, : self.wbytes]
+        # the port streams back into stream order: per step, every port's columns in turn
+        P, nsteps = p.w_ports, self._nsteps(n)
+        a = a.reshape(P, nsteps, -1, a.shape[1]).transpose(1, 0, 2, 3).reshape(a.shape)
         q = np.zeros((n, k), dtype=np.int64)
         bias = np.zeros(n, dtype=np.int64)
         mult = np.zeros(n, dtype=np.int64)
@@ -95,4 +105,4 @@ class GVSACodec(WCodec):
 def codec_for(design) -> GVSACodec:
     from vitaccel.rtl.matmul import EngineParams
 
-    return GVSACodec(EngineParams.from_array(design.array))
+    return GVSACodec(EngineParams.from_array(design.array, w_ports=design.weight_ports))

@@ -5,7 +5,8 @@ Output folder (written to a temporary folder and moved into place)::
     design.json              the design, canonical form
     rtl/vitaccel_top.v       the accelerator (Amaranth -> Verilog, byte-identical on repeat)
     vivado/project.tcl       project + Zynq UltraScale+ block design (PS8, HPM0 -> AXI-Lite,
-    vivado/constraints.xdc   HP0 <- AXI4 master, pl_clk0, reset, irq), synth, impl, bitstream
+    vivado/constraints.xdc   HP0 <- AXI4 master, HP1..HP3 <- weight masters, pl_clk0, reset,
+                             irq), synth, impl, bitstream
     vivado/build.sh
     program/image.bin        the compiled model: program + constants + packed weights
     program/layout.json      where the host writes the input and reads the logits
@@ -97,7 +98,7 @@ def generate_design(
     compile_model: bool = True,
     progress=None,
 ) -> dict:
-    from vitaccel.boards.vivado import write_project
+    from vitaccel.boards.vivado import AcceleratorInterface, check_hp_ports, write_project
     from vitaccel.rtl.top import top_verilog
 
     say = progress or (lambda msg: None)
@@ -109,12 +110,18 @@ def generate_design(
         from vitaccel.models.specs import get_spec
 
         spm_layout(get_spec(design.model), design.spm_kib * 1024 // 16)
+    # The interface says which weight masters (m_axi_w<q>) the block design wires to HP
+    # ports; a board without enough of them is refused before the Verilog is generated.
+    interface = AcceleratorInterface(weight_ports=design.weight_ports)
+    check_hp_ports(design.board, interface)
     summary: dict = {"design": design.name, "board": design.board, "clock_mhz": design.clock_mhz}
     with atomic_output_dir(out_dir) as tmp:
         (tmp / "design.json").write_text(design.canonical_json())
         say("generating Verilog")
         verilog = top_verilog(design, TOP_NAME)
-        paths = write_project(design.board, tmp, TOP_NAME, verilog, design.clock_mhz)
+        paths = write_project(
+            design.board, tmp, TOP_NAME, verilog, design.clock_mhz, interface=interface
+        )
         vpath = tmp / "rtl" / f"{TOP_NAME}.v"
         say("linting with Verilator")
         warnings, text = lint_verilog(vpath, TOP_NAME)

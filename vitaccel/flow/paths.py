@@ -57,6 +57,7 @@ class PathReport:
     carries: int
     start: str  # the net the path starts from (a register output or an input port)
     end: str  # the register (or port, or cell type) it ends at
+    via: tuple[str, ...] = ()  # public net names along the path, start to end
 
     def as_dict(self) -> dict:
         return {
@@ -210,7 +211,13 @@ def worst_paths(netlist: dict | str | Path, *, top: str | None = None, count: in
             continue
         seen.add(key)
         carries = sum(1 for x in chain if cells[x]["type"].startswith("CARRY"))
-        out.append(PathReport(levels, len(chain) - carries, carries, start, stop))
+        via = []
+        for x in reversed(chain):
+            o = first_out.get(x)
+            name = names.get(o) if o is not None else None
+            if name and not name.startswith("$") and (not via or via[-1] != name):
+                via.append(name)
+        out.append(PathReport(levels, len(chain) - carries, carries, start, stop, tuple(via)))
     return out
 
 
@@ -226,9 +233,12 @@ def main(argv=None) -> int:
     ap.add_argument("--top", default=None)
     ap.add_argument("--count", type=int, default=30)
     ap.add_argument("--limit", type=float, default=0.0, help="only paths above this many levels")
+    ap.add_argument("--via", action="store_true", help="also the named nets along each path")
     args = ap.parse_args(argv)
     for p in worst_paths(args.netlist, top=args.top, count=args.count, limit=args.limit):
         print(f"{p.levels:6.2f}  {p.luts:2d} LUT + {p.carries:2d} CARRY   {p.start}  ->  {p.end}")
+        if args.via and p.via:
+            print("        via " + " > ".join(p.via))
     return 0
 
 

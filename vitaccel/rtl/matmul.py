@@ -160,7 +160,7 @@ class EngineParams:
 
     @classmethod
     def from_array(cls, array, **buffers) -> EngineParams:
-        """From a design file's ``ArrayConfig`` plus buffer sizes."""
+        """From a design file's ``ArrayConfig`` plus buffer sizes (and ``w_ports``)."""
         return cls(
             groups=array.groups,
             rows=array.rows,

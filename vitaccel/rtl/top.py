@@ -36,7 +36,9 @@ from vitaccel.rtl.axi import (
     DMA,
     WORD_BYTES,
     AXI4LiteSignature,
+    AXI4ReadSignature,
     AXI4Signature,
+    DMAReader,
     RegisterFile,
     connect_prefixed,
     prefixed_members,
@@ -118,9 +120,11 @@ class TopParams:
             out_depth = max(32, 2 * r)
         # log2 softmax: the unit emits 4-bit codes and P x V runs in the engine's shift-add mode
         self.softmax_log2 = nl.softmax_output == "log2"
+        self.weight_ports = design.weight_ports
         self.engine = EngineParams.from_array(
-            a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2
-        )
+            a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2,
+            w_ports=design.weight_ports,
+        )  # fmt: skip
         self.max_tokens = nl.max_tokens
         self.max_channels = nl.max_channels
         self.resadd_channels = -(-nl.max_channels // 16) * 16
@@ -161,6 +165,7 @@ _CMD = {
     name: i
     for i, name in enumerate(
         ["dma_rd", "dma_wr", "words", "unit_rd", "unit_wr", "engine", "xb", "wb", "ow"]
+        + ["dma_w1", "dma_w2", "dma_w3"]  # the extra weight ports' readers
     )
 }
 
@@ -179,6 +184,9 @@ class Accelerator(wiring.Component):
     -------
     s_axil : ``In(AXI4LiteSignature(addr_width=16))``
     m_axi : ``Out(AXI4Signature(addr_width=40, data_width=128))``
+        Instruction fetch, LOAD/STORE, and the first weight stream.
+    m_axi_w1, m_axi_w2, m_axi_w3 : ``Out(AXI4ReadSignature(addr_width=40, data_width=128))``
+        With ``design.weight_ports`` > 1: the other weight streams (read only).
     irq : ``Out(1)``
     """
 
@@ -192,6 +200,10 @@ class Accelerator(wiring.Component):
             {
                 "s_axil": In(AXI4LiteSignature(addr_width=16)),
                 "m_axi": Out(AXI4Signature(addr_width=40, data_width=128)),
+                **{
+                    f"m_axi_w{q}": Out(AXI4ReadSignature(addr_width=40, data_width=128))
+                    for q in range(1, self.params.weight_ports)
+                },
                 "irq": Out(1),
             }
         )
@@ -207,6 +219,13 @@ class Accelerator(wiring.Component):
         m.submodules.dma = dma = DMA(addr_width=40, fifo_depth=P.dma_fifo_depth)
         wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
         wiring.connect(m, dma.bus, wiring.flipped(self.m_axi))
+        # the other weight ports: a read-only DMA each, straight into the engine's w streams
+        wdma = []
+        for q in range(1, P.weight_ports):
+            rd = DMAReader(addr_width=40, fifo_depth=P.dma_fifo_depth)
+            m.submodules[f"wdma{q}"] = rd
+            wiring.connect(m, rd.bus, wiring.flipped(getattr(self, f"m_axi_w{q}")))
+            wdma.append(rd)
         m.d.comb += self.irq.eq(regs.irq)
 
         m.submodules.words = words = RowReader(lanes=16)
@@ -298,7 +317,11 @@ class Accelerator(wiring.Component):
         w_spm = flags[1]
         ks = Signal(16)
         nsteps = Signal(16)
-        w_slots = Signal(24)  # packed W words in DDR: nsteps * G*C * (1 + ks)
+        # packed W words in DDR per weight port: nsteps * (G*C / ports) * (1 + ks); port q's
+        # stream starts q * w_slots words after the layer's (codec: the streams in turn)
+        w_slots = Signal(24)
+        w_offs = [Signal(32, name=f"w_off{q}") for q in range(1, P.weight_ports)]
+        m.d.sync += [off.eq((w_slots * (q + 1)) << 4) for q, off in enumerate(w_offs)]
         settled = Signal()  # MM_SETUP: the loop is done, x_need/w_slots follow next cycle
         checked = Signal()  # MM_SETUP: x_need/w_slots are valid, mm_ok follows next cycle
         tiles = Signal(16)
@@ -425,6 +448,16 @@ class Accelerator(wiring.Component):
                 engine.w.valid.eq(dma.rd.valid),
                 engine.w.payload.eq(dma.rd.payload.data[: E.w_word_bits]),
                 dma.rd.ready.eq(engine.w.ready),
+            ]
+        for q, rd in enumerate(wdma, start=1):
+            ew = getattr(engine, f"w{q}")
+            m.d.comb += [
+                rd.cmd.valid.eq(cmd_valid(f"dma_w{q}")),
+                rd.cmd.payload.addr.eq(data_base + u32(8) + w_offs[q - 1]),
+                rd.cmd.payload.words.eq(w_slots),
+                ew.valid.eq(rd.o.valid),
+                ew.payload.eq(rd.o.payload.data[: E.w_word_bits]),
+                rd.o.ready.eq(ew.ready),
             ]
 
         # ---- DMA writer: STORE ---------------------------------------------------------------
@@ -673,12 +706,48 @@ class Accelerator(wiring.Component):
             ow.i.payload.eq(mm_gelu.o.payload.data.as_value()),
             mm_gelu.o.ready.eq(ow.i.ready),
         ]
-        with m.If(w_spm):
-            m.d.comb += [
-                engine.w.valid.eq(wb.o.valid),
-                engine.w.payload.eq(wb.o.payload),
-                wb.o.ready.eq(engine.w.ready),
-            ]
+        # W built from the SPM comes as one stream; with several weight ports the engine
+        # takes each port's columns on its own input: a demux by column (the stream order is
+        # per step, per column, 1 + ks words a column; port q has columns q*M .. q*M + M-1)
+        e_ws = [engine.w] + [getattr(engine, f"w{q}") for q in range(1, P.weight_ports)]
+        n_ports = len(e_ws)
+        if n_ports == 1:
+            with m.If(w_spm):
+                m.d.comb += [
+                    engine.w.valid.eq(wb.o.valid),
+                    engine.w.payload.eq(wb.o.payload),
+                    wb.o.ready.eq(engine.w.ready),
+                ]
+        else:
+            per_port = G * C // n_ports
+            wsel = Signal(range(n_ports))  # the port of the next word
+            wsel_col = Signal(range(per_port))  # its column within the port's range
+            wsel_left = Signal(16)  # words of the column after this one
+            wsel_last = Signal()  # wsel_left == 0
+            # reset before the W builder's command (ISSUE), count every word from then on
+            with m.If(state == _S["MM_SETUP"]):
+                m.d.sync += [wsel.eq(0), wsel_col.eq(0), wsel_left.eq(ks), wsel_last.eq(0)]
+            wb_fire = wb.o.valid & wb.o.ready
+            with m.If(wb_fire):
+                with m.If(wsel_last):
+                    m.d.sync += [wsel_left.eq(ks), wsel_last.eq(0)]
+                    with m.If(wsel_col == per_port - 1):
+                        m.d.sync += [
+                            wsel_col.eq(0),
+                            wsel.eq(Mux(wsel == n_ports - 1, 0, wsel + 1)),
+                        ]
+                    with m.Else():
+                        m.d.sync += wsel_col.eq(wsel_col + 1)
+                with m.Else():
+                    m.d.sync += [wsel_left.eq(wsel_left - 1), wsel_last.eq(wsel_left == 1)]
+            with m.If(w_spm):
+                for q, ew in enumerate(e_ws):
+                    with m.If(wsel == q):
+                        m.d.comb += [
+                            ew.valid.eq(wb.o.valid),
+                            ew.payload.eq(wb.o.payload),
+                            wb.o.ready.eq(ew.ready),
+                        ]
 
         # ---- command bookkeeping ---------------------------------------------------------------
         streams = {
@@ -690,6 +759,8 @@ class Accelerator(wiring.Component):
             "wb": wb.cmd,
             "ow": ow.cmd,
         }
+        for q, rd in enumerate(wdma, start=1):
+            streams[f"dma_w{q}"] = rd.cmd
         for name, st in streams.items():
             m.d.comb += fired[_CMD[name]].eq(cmd_valid(name) & st.ready)
         unit_rd_fire = Cat(*[r.cmd.valid & r.cmd.ready for r in unit_rd.values()]).any()
@@ -704,6 +775,8 @@ class Accelerator(wiring.Component):
 
         def bits(*names):
             return sum(1 << _CMD[n] for n in names)
+
+        w_cmds = [f"dma_w{q}" for q in range(1, P.weight_ports)]
 
         # ---- completion conditions ------------------------------------------------------------
         units_idle = (
@@ -728,13 +801,17 @@ class Accelerator(wiring.Component):
             & wb.idle
             & ow.idle
             & ~engine.busy
+            & Cat(*[rd.idle for rd in wdma], Const(1)).all()
         )
 
         # ---- MATMUL checks (an instruction the engine cannot hold ends the run with ERROR) ----
         # products registered (one cycle after the loop settles): no multiplier in a path to
         # the state register or the DMA command
         x_need = Signal(32)
-        m.d.sync += [x_need.eq(tiles * ks), w_slots.eq(nsteps * (ks + 1) * (G * C))]
+        m.d.sync += [
+            x_need.eq(tiles * ks),
+            w_slots.eq(nsteps * (ks + 1) * (G * C // P.weight_ports)),
+        ]
         x_fits = Signal()
         m.d.comb += x_fits.eq((x_need <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
         heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
@@ -877,7 +954,7 @@ class Accelerator(wiring.Component):
                             Mux(
                                 w_spm,
                                 bits("engine", "wb", "ow"),
-                                bits("engine", "dma_rd", "ow"),
+                                bits("engine", "dma_rd", "ow", *w_cmds),
                             )
                             | x_bit
                         ),
@@ -899,7 +976,7 @@ class Accelerator(wiring.Component):
             with m.Elif(next_valid):  # prefetched: decode it right away
                 m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), state.eq(_S["DECODE"])]
 
-        with m.If(dma.error):
+        with m.If(Cat(dma.error, *[rd.error for rd in wdma]).any()):
             m.d.comb += error_set.eq(1)
             m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
         return m
@@ -916,6 +993,13 @@ class AcceleratorTop(wiring.Component):
                 "irq": Out(1),
                 **prefixed_members(self.core.s_axil.signature, "s_axil_"),
                 **prefixed_members(self.core.m_axi.signature, "m_axi_"),
+                **{
+                    k: v
+                    for q in range(1, self.core.params.weight_ports)
+                    for k, v in prefixed_members(
+                        getattr(self.core, f"m_axi_w{q}").signature, f"m_axi_w{q}_"
+                    ).items()
+                },
             }
         )
 
@@ -924,6 +1008,8 @@ class AcceleratorTop(wiring.Component):
         m.submodules.core = core = self.core
         connect_prefixed(m, self, "s_axil_", core.s_axil)
         connect_prefixed(m, self, "m_axi_", core.m_axi)
+        for q in range(1, core.params.weight_ports):
+            connect_prefixed(m, self, f"m_axi_w{q}_", getattr(core, f"m_axi_w{q}"))
         m.d.comb += self.irq.eq(core.irq)
         return m
 

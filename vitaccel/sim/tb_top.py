@@ -24,7 +24,9 @@ Result (``save_result``)::
 
 The accelerator top has no AXI ID ports (one ID, in-order); cocotbext-axi wants them, so the
 simulated toplevel is a thin Verilog wrapper (:func:`sim_verilog`) that ties ``awid``/``arid``
-to 0 around the unchanged top.
+to 0 around the unchanged top. A design with several weight ports has read-only masters
+``m_axi_w1``.. beside ``m_axi``; each gets an ``AxiRamRead`` on the same memory (the DDR the
+PS's HP ports share on the board).
 """
 
 from __future__ import annotations
@@ -55,13 +57,23 @@ def _wrapper(top, core_name: str, name: str) -> str:
         "input wire m_axi_bid",
         "input wire m_axi_rid",
     ]
+    ties = ["m_axi_awid", "m_axi_arid"]
+    for bus in _weight_buses(top):
+        ports += [f"output wire {bus}_arid", f"input wire {bus}_rid"]
+        ties.append(f"{bus}_arid")
     body = ",\n    ".join(ports)
     inst = ",\n    ".join(conns)
+    assigns = "".join(f"  assign {t} = 1'b0;\n" for t in ties)
     return (
-        f"\nmodule {name} (\n    {body}\n);\n"
-        "  assign m_axi_awid = 1'b0;\n  assign m_axi_arid = 1'b0;\n"
+        f"\nmodule {name} (\n    {body}\n);\n{assigns}"
         f"  {core_name} core (\n    {inst}\n  );\nendmodule\n"
     )
+
+
+def _weight_buses(top) -> list[str]:
+    """The extra weight ports' bus prefixes of a top (``m_axi_w1``, ...)."""
+    names = {n.rsplit("_", 1)[0] for n in top.signature.members if n.startswith("m_axi_w")}
+    return sorted(n for n in names if n[len("m_axi_w") :].isdigit())
 
 
 @functools.lru_cache(maxsize=4)
@@ -152,7 +164,7 @@ async def attach_axi(dut, *, mem_size: int, pause: float = 0.0, seed: int = 0):
     the design in reset. Returns ``(ram, host)``."""
     import cocotb
     from cocotb.clock import Clock
-    from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+    from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiRamRead, AxiReadBus
 
     from vitaccel.sim.streams import random_pauses
 
@@ -162,11 +174,21 @@ async def attach_axi(dut, *, mem_size: int, pause: float = 0.0, seed: int = 0):
     dut.m_axi_rid.value = 0
     ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=mem_size)
     host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
-    for log in (ram.write_if.log, ram.read_if.log, host.write_if.log, host.read_if.log):
+    readers = []
+    for q in range(1, 4):  # the extra weight ports, reading the same memory
+        if not hasattr(dut, f"m_axi_w{q}_araddr"):
+            break
+        getattr(dut, f"m_axi_w{q}_rid").value = 0
+        bus = AxiReadBus.from_prefix(dut, f"m_axi_w{q}")
+        readers.append(AxiRamRead(bus, dut.clk, dut.rst, size=mem_size, mem=ram.mem))
+    logs = [ram.write_if.log, ram.read_if.log, host.write_if.log, host.read_if.log]
+    for log in logs + [r.log for r in readers]:
         log.setLevel("WARNING")
     if pause:
         chans = [ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
                  ram.read_if.ar_channel, ram.read_if.r_channel]  # fmt: skip
+        for r in readers:
+            chans += [r.ar_channel, r.r_channel]
         for k, ch in enumerate(chans):
             ch.set_pause_generator(random_pauses(pause, seed * 10 + k))
     return ram, host
