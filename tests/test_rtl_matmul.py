@@ -395,4 +395,5 @@ def test_small_output_fifo_throttles_but_stays_exact():
         assert_exact(case, result[0])
     _, cycles, job = results[0]
     assert cycles > cycle_model(40, 8, job.plan.nsteps, params)
-    assert EngineParams(rows=4, cols=4, vector=8, w4_share=0.5).out_depth == 32
+    # full rate: R * ((first_out + 2R) // R + 2), first_out = 20 with 3 units at R = 4
+    assert EngineParams(rows=4, cols=4, vector=8, w4_share=0.5).out_depth == 36

@@ -17,11 +17,14 @@ __all__ = [
     "tree_stages",
     "pe_stages",
     "latencies",
+    "full_rate_out_depth",
+    "top_out_depth",
     "matmul_cycles",
 ]
 
-# Requantiser: bias add, 2 multiply stages, coarse shift, fine shift + round, clamp.
-REQUANT_STAGES = 6
+# Requantiser: bias add, 2 multiply stages, coarse shift, fine shift, saturation test,
+# round + clamp.
+REQUANT_STAGES = 7
 
 
 def column_split(cols: int, w4_share: float) -> tuple[int, int]:
@@ -74,6 +77,20 @@ def latencies(rows: int, units: int, vector: int) -> dict[str, int]:
     # its parameters on that cycle; one cycle of margin.
     release = chain + (units - 1) + (rows - 1) + 2
     return {"first_out": first_out, "release": release}
+
+
+def full_rate_out_depth(rows: int, units: int, vector: int) -> int:
+    """Output FIFO depth at which output credits never throttle issue (sink at 1/cycle).
+
+    A tile reserves ``rows`` words when it issues and gets them back as they leave, at most
+    ``first_out + 2*rows`` cycles later; tiles issue every P >= rows cycles.
+    """
+    return rows * ((latencies(rows, units, vector)["first_out"] + 2 * rows) // rows + 2)
+
+
+def top_out_depth(rows: int, cols: int, vector: int) -> int:
+    """The accelerator top's output FIFO: full rate for its all-W8 array, at least 32."""
+    return max(32, full_rate_out_depth(rows, cols // 2, vector))
 
 
 @lru_cache(maxsize=65536)

@@ -32,6 +32,7 @@ from pathlib import Path
 from vitaccel.design import Design
 from vitaccel.dse.cost import column_split
 from vitaccel.dse.shapes import model_ops, spec_of
+from vitaccel.engine_timing import top_out_depth
 
 __all__ = [
     "CALIBRATION_PATH",
@@ -137,7 +138,7 @@ def buffer_kib(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str
     return {
         "input_buffer_kib": kib(groups * rows * vector * x_need),
         "weight_buffer_kib": kib(groups * cols * 2 * vector * ks_need),
-        "output_buffer_kib": kib(max(32, 2 * rows) * groups * cols),
+        "output_buffer_kib": kib(top_out_depth(rows, cols, vector) * groups * cols),
     }
 
 
@@ -146,7 +147,7 @@ def engine_buffers_from_kib(groups, rows, cols, vector, input_kib, weight_kib) -
     return {
         "x_words": max(16, input_kib * 1024 // (groups * rows * vector)),
         "max_ksteps": max(2, weight_kib * 1024 // (groups * cols * 2 * vector)),
-        "out_depth": max(32, 2 * rows),
+        "out_depth": top_out_depth(rows, cols, vector),
     }
 
 

@@ -25,6 +25,7 @@ from amaranth.utils import bits_for
 
 from vitaccel.isa import ACCEL_ID, Reg
 from vitaccel.rtl.common import check_int, silence_unused
+from vitaccel.rtl.skid import SkidBuffer
 
 __all__ = [
     "AXI4LiteSignature",
@@ -393,6 +394,11 @@ class DMAReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
+        # commands come in through a skid buffer: the controller's address arithmetic and
+        # this engine's command registers are in different cycles
+        m.submodules.cmdq = cmdq = SkidBuffer(self.cmd.payload.shape())
+        wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
+        cmd = cmdq.o
         m.submodules.fifo = fifo = SyncFIFOBuffered(
             width=self.data_width + 1, depth=self.fifo_depth
         )
@@ -412,13 +418,13 @@ class DMAReader(wiring.Component):
         rx_done = Signal(init=1)
         rx_one = Signal()
         fresh = Signal()
-        m.d.comb += self.cmd.ready.eq(req_done & rx_done & ~fresh)
+        m.d.comb += cmd.ready.eq(req_done & rx_done & ~fresh)
         m.d.sync += fresh.eq(0)
-        with m.If(self.cmd.valid & self.cmd.ready):
+        with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
-                addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
-                remaining.eq(self.cmd.payload.words),
-                rx_left.eq(self.cmd.payload.words),
+                addr.eq(Cat(Const(0, 4), cmd.payload.addr[4:])),
+                remaining.eq(cmd.payload.words),
+                rx_left.eq(cmd.payload.words),
                 req_done.eq(0),
                 rx_done.eq(0),
                 fresh.eq(1),
@@ -469,7 +475,7 @@ class DMAReader(wiring.Component):
         ]
         m.d.sync += reserved.eq(reserved + Mux(ar_fire, beats, 0) - o_fire)
         # level, not r_rdy: a word just written is not readable for a cycle
-        m.d.comb += self.idle.eq(req_done & rx_done & ~fresh & (fifo.level == 0))
+        m.d.comb += self.idle.eq(req_done & rx_done & ~fresh & (fifo.level == 0) & ~cmdq.busy)
         return m
 
 
@@ -512,6 +518,10 @@ class DMAWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # commands through a skid buffer, as in DMAReader
+        m.submodules.cmdq = cmdq = SkidBuffer(self.cmd.payload.shape())
+        wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
+        cmd = cmdq.o
         bus = self.bus
         m.submodules.lens = lens = SyncFIFOBuffered(width=bits_for(MAX_BURST - 1), depth=4)
 
@@ -520,11 +530,11 @@ class DMAWriter(wiring.Component):
         outstanding = Signal(range(self.max_outstanding + 1))  # bursts without a B response
         beats, stale = _burst_len(m, addr, remaining, "wr")
 
-        m.d.comb += self.cmd.ready.eq(remaining == 0)
-        with m.If(self.cmd.valid & self.cmd.ready):
+        m.d.comb += cmd.ready.eq(remaining == 0)
+        with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
-                addr.eq(Cat(Const(0, 4), self.cmd.payload.addr[4:])),
-                remaining.eq(self.cmd.payload.words),
+                addr.eq(Cat(Const(0, 4), cmd.payload.addr[4:])),
+                remaining.eq(cmd.payload.words),
                 stale.eq(1),
             ]
 
@@ -566,7 +576,9 @@ class DMAWriter(wiring.Component):
         b_fire = bus.bvalid & bus.bready
         m.d.comb += [bus.bready.eq(1), self.error.eq(b_fire & bus.bresp[1])]
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
-        m.d.comb += self.idle.eq((remaining == 0) & (lens.level == 0) & (outstanding == 0))
+        m.d.comb += self.idle.eq(
+            (remaining == 0) & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy
+        )
         return m
 
 

@@ -26,7 +26,13 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from vitaccel.engine_timing import REQUANT_STAGES, column_split, latencies, matmul_cycles
+from vitaccel.engine_timing import (
+    REQUANT_STAGES,
+    column_split,
+    full_rate_out_depth,
+    latencies,
+    matmul_cycles,
+)
 from vitaccel.quant.ref import log2_code_weights
 from vitaccel.quant.scales import WEIGHT_KINDS
 from vitaccel.rtl.gvsa import FLAGS, GVSArray, pot4_code
@@ -220,8 +226,7 @@ class EngineParams:
         most ``first_out + 2*rows`` cycles later; tiles issue every P >= rows cycles.
         :func:`cycle_model` is exact when ``out_depth`` is at least this.
         """
-        R = self.rows
-        return R * ((self.latencies()["first_out"] + 2 * R) // R + 2)
+        return full_rate_out_depth(self.rows, self.units, self.vector)
 
     def make_array(self) -> GVSArray:
         """The engine's array (also synthesised alone by ``generate --unit gvsa``)."""
@@ -732,7 +737,7 @@ class MatmulEngine(wiring.Component):
                 m1 = Signal(unsigned(MULT_BITS), name=f"rq_mult_g{g}_c{c}")
                 v = [Signal(name=f"rq_valid{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
                 amt = [Signal(SHIFT_BITS, name=f"rq_amt{j}_g{g}_c{c}") for j in range(4)]
-                raw = [Signal(name=f"rq_noshift{j}_g{g}_c{c}") for j in range(5)]
+                raw = [Signal(name=f"rq_noshift{j}_g{g}_c{c}") for j in range(6)]
                 m.d.sync += [
                     s1.eq(col.value + sel.bias),
                     m1.eq(sel.mult),
@@ -744,7 +749,7 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += v[j].eq(v[j - 1])
                 for j in range(1, 4):
                     m.d.sync += amt[j].eq(amt[j - 1])
-                for j in range(1, 5):
+                for j in range(1, 6):
                     m.d.sync += raw[j].eq(raw[j - 1])
                 # stages 2, 3: the multiply (two registers, the DSP's M and P registers)
                 pw = p.acc_bits + 1 + MULT_BITS + 1
@@ -757,8 +762,10 @@ class MatmulEngine(wiring.Component):
                 # stage 5: fine shift by the rest, saturated to 10 bits: any value outside
                 # [-512, 511] clamps to lo or hi in the end (lo, hi are int8), so the
                 # rounding add of stage 6 is 10 bits wide instead of 50.
+                # (registered: the 8-way shift and the wide saturation test behind it were a
+                # 9-level path; stage 5 is the shift, stage 6 the test)
                 fine = Signal(signed(pw), name=f"rq_fine_g{g}_c{c}")
-                m.d.comb += fine.eq(t4 >> amt[3][:3])
+                m.d.sync += fine.eq(t4 >> amt[3][:3])
                 upper = fine[9:]
                 f10 = Signal(signed(10), name=f"rq_f10_g{g}_c{c}")
                 big = Signal(name=f"rq_big_g{g}_c{c}")
@@ -770,7 +777,7 @@ class MatmulEngine(wiring.Component):
                 ]
                 # stage 6: round half up, ((p >> (s-1)) + 1) >> 1 == (p + 2**(s-1)) >> s
                 # for s >= 1 (s == 0 passes p), then clamp to [lo, hi]
-                t6 = Mux(raw[4], f10, (f10 + 1) >> 1)
+                t6 = Mux(raw[5], f10, (f10 + 1) >> 1)
                 y = Signal(signed(8), name=f"rq_out_g{g}_c{c}")
                 m.d.sync += y.eq(
                     Mux(

@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from vitaccel.rtl.common import check_int, count_bits, row_layout, row_signature, silence_unused
+from vitaccel.rtl.skid import SkidBuffer
 
 __all__ = [
     "WORD_BYTES",
@@ -231,12 +232,18 @@ class RowReader(wiring.Component):
         m = Module()
         L = self.lanes
         cmdp = self.cmd.payload
+        # beats leave through a skid buffer: the consumer's ready and the beat former's
+        # FIFO pops are in different cycles (the chain was 12-13 levels through RESADD)
+        m.submodules.out = out = SkidBuffer(row_layout(unsigned(8), L))
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        src = out.i
 
         # -- framing queue: what the beat former needs of each command --
         # rows_m1 = rows - 1: the beat former's end-of-command test is then an equality
         # against a register (``brow + 1 == rows`` was a 10-LUT path into the FIFO level)
         info_layout = data.StructLayout({"rows_m1": unsigned(17), "cols": unsigned(16)})
-        m.submodules.info = info = SyncFIFO(width=info_layout.size, depth=2)
+        # (buffered: the head command comes from a register, not through LUT RAM)
+        m.submodules.info = info = SyncFIFOBuffered(width=info_layout.size, depth=3)
         m.submodules.words = words = SyncFIFO(width=8 * WORD_BYTES, depth=self.fifo_depth)
 
         # -- address generator --
@@ -264,8 +271,17 @@ class RowReader(wiring.Component):
             info.w_data.eq(info_in),
             info.w_en.eq(take & ~empty_cmd),
         ]
+        # "no word left in the row" and "on the last row" as registers beside the counters:
+        # the grant (through the SPM arbiter) only selects between register values
+        w_zero = Signal()  # w_left == 0
+        one_word = Signal()  # wpr_m1 == 0
+        last_row = Signal()  # rows_left == 1
         with m.If(take & ~empty_cmd):
+            words_m1 = ((cmdp.cols + 15) >> 4) - 1
             m.d.sync += [
+                w_zero.eq(words_m1 == 0),
+                one_word.eq(words_m1 == 0),
+                last_row.eq(cmdp.rows == 1),
                 active.eq(1),
                 rows_left.eq(cmdp.rows),
                 wpr_m1.eq(((cmdp.cols + 15) >> 4) - 1),
@@ -280,28 +296,34 @@ class RowReader(wiring.Component):
             ]
 
         outstanding = Signal(range(self.fifo_depth + 1))  # granted, not yet popped
+        # outstanding < fifo_depth, kept in a register from the next value: the request
+        # (and the SPM arbiter and address mux behind it) starts at a flip-flop
+        room = Signal(init=1)
         pop = Signal()
         m.d.comb += [
-            self.mem.req.eq(active & (outstanding < self.fifo_depth)),
+            self.mem.req.eq(active & room),
             self.mem.addr.eq(addr),
         ]
         grant = self.mem.grant
-        m.d.sync += outstanding.eq(outstanding + grant - pop)
+        outstanding_next = outstanding + grant - pop
+        m.d.sync += [outstanding.eq(outstanding_next), room.eq(outstanding_next < self.fifo_depth)]
         with m.If(grant):
-            with m.If(w_left != 0):
-                m.d.sync += [w_left.eq(w_left - 1), addr.eq(addr + 1)]
+            with m.If(~w_zero):
+                m.d.sync += [w_left.eq(w_left - 1), w_zero.eq(w_left == 1), addr.eq(addr + 1)]
             with m.Elif(dual & ~second):
-                m.d.sync += [w_left.eq(wpr_m1), second.eq(1), addr.eq(row_b)]
+                m.d.sync += [w_left.eq(wpr_m1), w_zero.eq(one_word), second.eq(1), addr.eq(row_b)]
             with m.Else():
                 m.d.sync += [
                     w_left.eq(wpr_m1),
+                    w_zero.eq(one_word),
                     second.eq(0),
                     rows_left.eq(rows_left - 1),
+                    last_row.eq(rows_left == 2),
                     row_a.eq(row_a + stride_a),
                     row_b.eq(row_b + stride_b),
                     addr.eq(row_a + stride_a),
                 ]
-                with m.If(rows_left == 1):
+                with m.If(last_row):
                     m.d.sync += active.eq(0)
         m.d.comb += [words.w_en.eq(self.mem.rvalid), words.w_data.eq(self.mem.rdata)]
 
@@ -310,14 +332,28 @@ class RowReader(wiring.Component):
         m.d.comb += head.eq(info.r_data)
         col = Signal(16)
         brow = Signal(17)  # rows of the head command already emitted
+        # The beat's bounds are registers, set for the next beat as this one leaves (the
+        # subtract and compares of the fresh head command were most of a 10-level path):
+        # columns left in the row, "this beat ends the row", and the lanes inside the row.
         remaining = Signal(17)
-        m.d.comb += remaining.eq(head.cols - col)
         is_last = Signal()
-        m.d.comb += is_last.eq(remaining <= L)
+        lane_mask = Signal(L)
+        loaded = Signal()  # the bounds hold the head command's (one cycle after it arrives)
+
+        def row_start(cols):
+            return [
+                remaining.eq(cols),
+                is_last.eq(cols <= L),
+                lane_mask.eq(Cat(*[cols > i for i in range(L)])),
+            ]
+
+        brow_last = Signal()  # brow == head.rows_m1, as a register
+        with m.If(info.r_rdy & ~loaded):
+            m.d.sync += [*row_start(head.cols), loaded.eq(1), brow_last.eq(head.rows_m1 == 0)]
         count = Signal(count_bits(L))
         m.d.comb += count.eq(Mux(is_last, remaining, L))
         beat = Signal(row_layout(unsigned(8), L))
-        fire = self.o.valid & self.o.ready
+        fire = src.valid & src.ready
         word_done = Signal()  # this beat uses the last bytes taken from the head word
 
         if L <= WORD_BYTES:
@@ -327,7 +363,7 @@ class RowReader(wiring.Component):
             raw = Signal(8 * L)
             m.d.comb += raw.eq(slices[sub])
             m.d.comb += [
-                self.o.valid.eq(info.r_rdy & words.r_rdy),
+                src.valid.eq(loaded & words.r_rdy),
                 word_done.eq(is_last | (sub == per_word - 1)),
                 pop.eq(fire & word_done),
             ]
@@ -338,7 +374,7 @@ class RowReader(wiring.Component):
             full = Signal()
             wi = Signal(13)  # word index within the row
             last_word = (wi + 1) << 4 >= head.cols
-            take_word = info.r_rdy & words.r_rdy & ~full
+            take_word = loaded & words.r_rdy & ~full
             m.d.comb += pop.eq(take_word)
             with m.If(take_word):
                 for j in range(k):
@@ -352,26 +388,35 @@ class RowReader(wiring.Component):
             with m.If(fire):
                 m.d.sync += full.eq(0)
             raw = Cat(*gather)
-            m.d.comb += self.o.valid.eq(full)
+            m.d.comb += src.valid.eq(full)
 
         for i in range(L):
-            m.d.comb += beat.data[i].eq(Mux(i < count, raw[8 * i : 8 * i + 8], 0))
-        m.d.comb += [beat.count.eq(count), beat.last.eq(is_last), self.o.payload.eq(beat)]
+            m.d.comb += beat.data[i].eq(Mux(lane_mask[i], raw[8 * i : 8 * i + 8], 0))
+        m.d.comb += [beat.count.eq(count), beat.last.eq(is_last), src.payload.eq(beat)]
 
         m.d.comb += info.r_en.eq(0)
         with m.If(fire):
             with m.If(is_last):
                 m.d.sync += col.eq(0)
-                with m.If(brow == head.rows_m1):
-                    m.d.sync += brow.eq(0)
+                with m.If(brow_last):
+                    m.d.sync += [brow.eq(0), loaded.eq(0)]
                     m.d.comb += info.r_en.eq(1)
                 with m.Else():
-                    m.d.sync += brow.eq(brow + 1)
+                    m.d.sync += [
+                        brow.eq(brow + 1),
+                        brow_last.eq(brow + 1 == head.rows_m1),
+                        *row_start(head.cols),
+                    ]
             with m.Else():
-                m.d.sync += col.eq(col + L)
+                m.d.sync += [
+                    col.eq(col + L),
+                    remaining.eq(remaining - L),
+                    is_last.eq(remaining <= 2 * L),
+                    lane_mask.eq(Cat(*[remaining > L + i for i in range(L)])),
+                ]
 
         m.d.comb += words.r_en.eq(pop)
-        m.d.comb += self.idle.eq(~active & (info.level == 0))
+        m.d.comb += self.idle.eq(~active & (info.level == 0) & ~out.busy)
         return m
 
 
@@ -416,6 +461,11 @@ class ByteRunWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # runs come in through a skid buffer: the writers that feed it see a registered
+        # ready (this writer's two-word logic was at the head of 10-level paths)
+        m.submodules.inb = inb = SkidBuffer(run_layout())
+        wiring.connect(m, wiring.flipped(self.i), inb.i)
+        sink = inb.o
         # stage 1: the run as it came
         s1_valid = Signal()
         run = Signal(run_layout())
@@ -428,9 +478,9 @@ class ByteRunWriter(wiring.Component):
         be = Signal(32)
         finishing = busy & (phase | ~two)
         s2_take = s1_valid & (~busy | finishing)
-        m.d.comb += self.i.ready.eq(~s1_valid | s2_take)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [s1_valid.eq(1), run.eq(self.i.payload)]
+        m.d.comb += sink.ready.eq(~s1_valid | s2_take)
+        with m.If(sink.valid & sink.ready):
+            m.d.sync += [s1_valid.eq(1), run.eq(sink.payload)]
         with m.Elif(s2_take):
             m.d.sync += s1_valid.eq(0)
 
@@ -454,7 +504,7 @@ class ByteRunWriter(wiring.Component):
             self.mem.addr.eq(addr + phase),
             self.mem.data.eq(Mux(phase, window[128:], window[:128])),
             self.mem.be.eq(Mux(phase, be[16:], be[:16])),
-            self.idle.eq(~busy & ~s1_valid),
+            self.idle.eq(~busy & ~s1_valid & ~inb.busy),
         ]
         return m
 
@@ -505,6 +555,11 @@ class RowWriter(wiring.Component):
         m = Module()
         L = self.lanes
         k = max(1, L // WORD_BYTES)
+        # beats come in through a skid buffer: the producer never sees the column compares
+        # below in its ready (a unit's output queue behind them was a 10-level path)
+        m.submodules.inb = inb = SkidBuffer(row_layout(unsigned(8), L))
+        wiring.connect(m, wiring.flipped(self.i), inb.i)
+        sink = inb.o
         active = Signal()
         rows_left = Signal(16)
         cols = Signal(16)
@@ -535,17 +590,17 @@ class RowWriter(wiring.Component):
             run.count.eq(Mux(left < plen, left, plen)),
         ]
         if k > 1:
-            src = Array([self.i.payload.data[16 * j : 16 * j + 16] for j in range(k)])[piece]
+            src = Array([sink.payload.data[16 * j : 16 * j + 16] for j in range(k)])[piece]
             for b in range(WORD_BYTES):
                 m.d.comb += run.data[b].eq(src[b])
         else:
             for b in range(L):
-                m.d.comb += run.data[b].eq(self.i.payload.data[b])
+                m.d.comb += run.data[b].eq(sink.payload.data[b])
         beat_done = Signal()
         m.d.comb += beat_done.eq((left <= plen) | (piece == k - 1))
         m.d.comb += [
-            self.o.valid.eq(active & self.i.valid),
-            self.i.ready.eq(active & self.o.ready & beat_done),
+            self.o.valid.eq(active & sink.valid),
+            sink.ready.eq(active & self.o.ready & beat_done),
         ]
         row_done = col + L >= cols
         with m.If(self.o.valid & self.o.ready):
@@ -559,7 +614,7 @@ class RowWriter(wiring.Component):
                         m.d.sync += active.eq(0)
                 with m.Else():
                     m.d.sync += col.eq(col + L)
-        m.d.comb += self.idle.eq(~active)
+        m.d.comb += self.idle.eq(~active & ~inb.busy)
         return m
 
 
@@ -587,6 +642,12 @@ def _mode_consts(groups: int, cols: int):
     shared = (groups * cols, min(WORD_BYTES, groups * cols))
     heads = (cols, min(WORD_BYTES, cols))
     return shared, heads
+
+
+def _min3(a, b, c):
+    """min(a, b, c) of unsigned values (a run's byte count, at most 16)."""
+    ab = Mux(a < b, a, b)
+    return Mux(ab < c, ab, c)
 
 
 class MatmulOutWriter(wiring.Component):
@@ -633,6 +694,11 @@ class MatmulOutWriter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         G, C = self.groups, self.cols
+        # output words come in through a skid buffer: the engine's FIFO pop and credits
+        # never wait for this writer's run logic in the same cycle
+        m.submodules.inb = inb = SkidBuffer(unsigned(8 * G * C))
+        wiring.connect(m, wiring.flipped(self.i), inb.i)
+        sink = inb.o
         (cm_sh, sw_sh), (cm_hd, sw_hd) = _mode_consts(G, C)
         # Every address and bound is a register updated incrementally with two-operand adds,
         # so the run (address, count) comes from short logic (the byte-run writer registers
@@ -661,11 +727,22 @@ class MatmulOutWriter(wiring.Component):
         grp_nrow = Signal(ADDR_BITS)  # step_row_base + g * head_step
         lane_row = Signal(ADDR_BITS)  # grp_nrow + (n - s*cm) * stride
 
+        count = Signal(5)  # bytes of this run: min(left_c, left_n, sw), kept like grp_last
+        # "this run ends its group" is a register, set with the bounds it is computed from:
+        # every way the bounds can change has its own compare on registers (the compare of
+        # the fresh bounds sat between the writer's ready and every address register)
+        grp_last = Signal()
+        cm_le_sw = Signal()  # a whole step's group fits one run
         m.d.comb += self.cmd.ready.eq(~active)
         cmdp = self.cmd.payload
         with m.If(self.cmd.valid & ~active):
             gact = Mux(cmdp.heads, cmdp.nheads, 1)
+            cm0 = Mux(cmdp.heads, cm_hd, cm_sh)
+            sw0 = Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))
             m.d.sync += [
+                count.eq(_min3(cm0, cmdp.n, sw0)),
+                grp_last.eq((cm0 <= sw0) | (cmdp.n <= sw0)),
+                cm_le_sw.eq(cm0 <= sw0),
                 job.eq(cmdp),
                 active.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
                 cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
@@ -690,15 +767,15 @@ class MatmulOutWriter(wiring.Component):
                 lane_row.eq(cmdp.base),
             ]
 
-        count0 = Mux(left_n < sw, left_n, sw)
-        count = Signal(5)
-        m.d.comb += count.eq(Mux(left_c < count0, left_c, count0))
-        group_last = Signal()
-        m.d.comb += group_last.eq((left_c <= sw) | (left_n <= sw))
+        group_last = grp_last
         word_last = Signal()
         m.d.comb += word_last.eq(group_last & g_last)
+        # grp_last after each kind of update (left_c, left_n as they will be)
+        gl_step = cm_le_sw | (step_left - cm <= sw)  # next step: cm, step_left - cm
+        gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
+        gl_run = (left_c <= (sw << 1)) | (left_n <= (sw << 1))  # next run: both - sw
 
-        word = self.i.payload
+        word = sink.payload
         run = self.o.payload
         # OUT_T: up to 16 tokens of every lane are gathered (buf[lane] byte t % 16), then
         # flushed as one run per channel: row n, columns t0 .. t0 + 15.
@@ -733,9 +810,9 @@ class MatmulOutWriter(wiring.Component):
         with m.If(job.transposed):
             m.d.comb += [
                 self.o.valid.eq(active & flushing),
-                self.i.ready.eq(active & ~flushing),
+                sink.ready.eq(active & ~flushing),
             ]
-            with m.If(self.i.valid & self.i.ready):
+            with m.If(sink.valid & sink.ready):
                 for lane in range(G * C):
                     for j in range(WORD_BYTES):
                         with m.If(t[:4] == j):
@@ -748,8 +825,8 @@ class MatmulOutWriter(wiring.Component):
                     m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1), t_last.eq(t_left == 2)]
         with m.Else():
             m.d.comb += [
-                self.o.valid.eq(active & self.i.valid),
-                self.i.ready.eq(active & self.o.ready & word_last),
+                self.o.valid.eq(active & sink.valid),
+                sink.ready.eq(active & self.o.ready & word_last),
             ]
         gact = Mux(job.heads, job.nheads, 1)
         with m.If(fire):
@@ -764,6 +841,8 @@ class MatmulOutWriter(wiring.Component):
                 ]
                 with m.If(t_last):  # the step ends
                     m.d.sync += [
+                        grp_last.eq(gl_step),
+                        count.eq(_min3(cm, step_left - cm, sw)),
                         t.eq(0),
                         t_left.eq(job.tokens),
                         t_last.eq(job.tokens == 1),
@@ -781,6 +860,8 @@ class MatmulOutWriter(wiring.Component):
                         m.d.sync += active.eq(0)
                 with m.Else():
                     m.d.sync += [
+                        grp_last.eq(gl_group),
+                        count.eq(_min3(cm, step_left, sw)),
                         t.eq(t + 1),
                         t_left.eq(t_left - 1),
                         t_last.eq(t_left == 2),
@@ -793,6 +874,8 @@ class MatmulOutWriter(wiring.Component):
                     ]
             with m.Elif(group_last):
                 m.d.sync += [
+                    grp_last.eq(gl_group),
+                    count.eq(_min3(cm, step_left, sw)),
                     g_left.eq(g_left - 1),
                     g_last.eq(g_left == 2),
                     left_c.eq(cm),
@@ -806,13 +889,15 @@ class MatmulOutWriter(wiring.Component):
                 ]
             with m.Else():
                 m.d.sync += [
+                    grp_last.eq(gl_run),
+                    count.eq(_min3(left_c - sw, left_n - sw, sw)),
                     left_c.eq(left_c - sw),
                     lane0.eq(lane0 + sw),
                     n.eq(n + sw),
                     left_n.eq(left_n - sw),
                     lane_row.eq(lane_row + job.stride),
                 ]
-        m.d.comb += self.idle.eq(~active)
+        m.d.comb += self.idle.eq(~active & ~inb.busy)
         return m
 
 
@@ -895,21 +980,33 @@ class ResidualRuns(wiring.Component):
         m.submodules.awords = awords = SyncFIFOBuffered(width=8 * WORD_BYTES, depth=D)
         m.submodules.outq = outq = SyncFIFO(width=out_layout.size, depth=self.out_depth)
 
+        # runs come in through a skid buffer (with their channel): the SPM arbiter's grant,
+        # which takes them, must not reach back into the output writer's logic
+        tagged = data.StructLayout({"run": run_layout(), "chan": unsigned(16)})
+        m.submodules.inb = inb = SkidBuffer(tagged)
+        m.d.comb += [
+            inb.i.valid.eq(self.i.valid),
+            inb.i.payload.run.eq(self.i.payload),
+            inb.i.payload.chan.eq(self.chan),
+            self.i.ready.eq(inb.i.ready),
+        ]
         inflight = Signal(range(D + 1))  # granted reads whose pair has not been formed
+        room = Signal(init=1)  # inflight < D, from the next value (as RowReader's credits)
         formed = Signal()
         m.d.comb += [
-            self.mem.req.eq(self.i.valid & (inflight < D)),
-            self.mem.addr.eq(self.i.payload.addr + self.delta),
-            self.i.ready.eq(self.mem.grant),
+            self.mem.req.eq(inb.o.valid & room),
+            self.mem.addr.eq(inb.o.payload.run.addr + self.delta),
+            inb.o.ready.eq(self.mem.grant),
         ]
-        m.d.sync += inflight.eq(inflight + self.mem.grant - formed)
+        inflight_next = inflight + self.mem.grant - formed
+        m.d.sync += [inflight.eq(inflight_next), room.eq(inflight_next < D)]
         head_in = Signal(head_layout)
-        run = self.i.payload
+        run = inb.o.payload.run
         m.d.comb += [
             head_in.addr.eq(run.addr),
             head_in.off.eq(run.off),
             head_in.count.eq(run.count),
-            head_in.index.eq(self.chan >> 4),
+            head_in.index.eq(inb.o.payload.chan >> 4),
             head_in.b.eq(run.data.as_value()),
             heads.w_data.eq(head_in),
             heads.w_en.eq(self.mem.grant),
@@ -952,7 +1049,7 @@ class ResidualRuns(wiring.Component):
         ]
         for b in range(WORD_BYTES):
             m.d.comb += o.data[b].eq(self.res.payload.data[b])
-        m.d.comb += self.idle.eq((inflight == 0) & (outq.level == 0) & ~heads.r_rdy)
+        m.d.comb += self.idle.eq((inflight == 0) & (outq.level == 0) & ~inb.busy)
         return m
 
 
@@ -1005,6 +1102,11 @@ class XStreamBuilder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.reader = rd = self.reader
+        # words leave through a skid buffer: the engine's loader logic behind its ready is
+        # not in the same cycle as this builder's counters
+        m.submodules.out = out = SkidBuffer(self.o.payload.shape())
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        src = out.i
         wiring.connect(m, rd.mem, wiring.flipped(self.mem))
         V = self.vector
         job = Signal(xbuild_cmd_layout())
@@ -1013,6 +1115,9 @@ class XStreamBuilder(wiring.Component):
         base = Signal(ADDR_BITS)
         issued = Signal()  # the reader command of group g is out
         zeros_left = Signal(32)  # zero words still to send for group g
+        zeros_on = Signal()  # zeros_left != 0
+        rows_done = Signal(16)
+        row_is_last = Signal()  # rows_done + 1 == tokens, kept as a register
         m.d.comb += self.cmd.ready.eq(~active)
         with m.If(self.cmd.valid & ~active):
             m.d.sync += [
@@ -1021,6 +1126,8 @@ class XStreamBuilder(wiring.Component):
                 g.eq(0),
                 base.eq(self.cmd.payload.base),
                 issued.eq(0),
+                rows_done.eq(0),
+                row_is_last.eq(self.cmd.payload.tokens == 1),
             ]
         ks = (job.k + V - 1) >> exact_log2(V)
         real = ~job.heads | (g < job.nheads)
@@ -1034,42 +1141,54 @@ class XStreamBuilder(wiring.Component):
         ]
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += issued.eq(1)
+        # a group of zero words counts down; "one left" is a register (a 32-bit compare
+        # of the counter sat in the handshake)
+        zero_one = Signal()
         with m.If(active & ~issued & ~real):
-            m.d.sync += [issued.eq(1), zeros_left.eq(job.tokens * ks)]
+            m.d.sync += [
+                issued.eq(1),
+                zeros_left.eq(job.tokens * ks),
+                zeros_on.eq(1),  # tokens, ks >= 1 in an active job
+                zero_one.eq(job.tokens * ks == 1),
+            ]
 
         # Output: the reader's beats for a real group, zeros otherwise.
         last_of_group = Signal()
         with m.If(real):
             m.d.comb += [
-                self.o.valid.eq(active & issued & rd.o.valid),
-                self.o.payload.eq(rd.o.payload.data.as_value()),
-                rd.o.ready.eq(active & issued & self.o.ready),
+                src.valid.eq(active & issued & rd.o.valid),
+                src.payload.eq(rd.o.payload.data.as_value()),
+                rd.o.ready.eq(active & issued & src.ready),
             ]
             # the group ends with the last beat of its last row; count rows
         with m.Else():
-            m.d.comb += [self.o.valid.eq(active & issued & (zeros_left != 0)), self.o.payload.eq(0)]
-        rows_done = Signal(16)
-        fire = self.o.valid & self.o.ready
+            m.d.comb += [src.valid.eq(active & issued & zeros_on), src.payload.eq(0)]
+        fire = src.valid & src.ready
         with m.If(fire):
             with m.If(real):
                 with m.If(rd.o.payload.last):
-                    m.d.sync += rows_done.eq(rows_done + 1)
-                    with m.If(rows_done + 1 == job.tokens):
+                    m.d.sync += [
+                        rows_done.eq(rows_done + 1),
+                        row_is_last.eq(rows_done + 2 == job.tokens),
+                    ]
+                    with m.If(row_is_last):
                         m.d.comb += last_of_group.eq(1)
             with m.Else():
-                m.d.sync += zeros_left.eq(zeros_left - 1)
-                with m.If(zeros_left == 1):
+                m.d.sync += [zeros_left.eq(zeros_left - 1), zero_one.eq(zeros_left == 2)]
+                with m.If(zero_one):
                     m.d.comb += last_of_group.eq(1)
+                    m.d.sync += zeros_on.eq(0)
         with m.If(last_of_group):
             m.d.sync += [
                 rows_done.eq(0),
+                row_is_last.eq(job.tokens == 1),
                 issued.eq(0),
                 g.eq(g + 1),
                 base.eq(base + job.head_step),
             ]
             with m.If(g + 1 == gcount):
                 m.d.sync += active.eq(0)
-        m.d.comb += self.idle.eq(~active)
+        m.d.comb += self.idle.eq(~active & ~out.busy)
         return m
 
 
@@ -1133,6 +1252,11 @@ class WStreamBuilder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.reader = rd = self.reader
+        # words leave through a skid buffer: the engine's loader logic behind its ready is
+        # not in the same cycle as this builder's counters
+        m.submodules.out = out = SkidBuffer(self.o.payload.shape())
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        src = out.i
         wiring.connect(m, rd.mem, wiring.flipped(self.mem))
         G, C, V = self.groups, self.cols, self.vector
         (cm_sh, _), (cm_hd, _) = _mode_consts(G, C)
@@ -1192,16 +1316,16 @@ class WStreamBuilder(wiring.Component):
         m.d.comb += param.eq(Cat(Const(0, self.acc_bits), job.mult, job.shift))
         with m.If(k_zero):
             # idle columns get an all-zero parameter word, as the engine's packer gives them
-            m.d.comb += [self.o.valid.eq(m_active), self.o.payload.eq(Mux(c < rows, param, 0))]
+            m.d.comb += [src.valid.eq(m_active), src.payload.eq(Mux(c < rows, param, 0))]
         with m.Elif(from_reader):
             m.d.comb += [
-                self.o.valid.eq(m_active & rd.o.valid),
-                self.o.payload.eq(rd.o.payload.data.as_value()),
-                rd.o.ready.eq(m_active & self.o.ready),
+                src.valid.eq(m_active & rd.o.valid),
+                src.payload.eq(rd.o.payload.data.as_value()),
+                rd.o.ready.eq(m_active & src.ready),
             ]
         with m.Else():
-            m.d.comb += [self.o.valid.eq(m_active), self.o.payload.eq(0)]
-        fire = self.o.valid & self.o.ready
+            m.d.comb += [src.valid.eq(m_active), src.payload.eq(0)]
+        fire = src.valid & src.ready
         # End-of-loop flags in registers, so the handshake only selects (the nested compares
         # were a 12-LUT path into m_active). k_last is exact (k moves every word); the others
         # follow c, e_g, e_step_n a cycle late, which is safe because each of those holds for
@@ -1253,5 +1377,5 @@ class WStreamBuilder(wiring.Component):
                 k_zero.eq(1),
                 ks_m1.eq(((cmdp.k + V - 1) >> exact_log2(V)) - 1),
             ]
-        m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle)
+        m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle & ~out.busy)
         return m

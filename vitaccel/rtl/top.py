@@ -25,12 +25,13 @@ is prefetched meanwhile (so FETCH runs only for the first one).
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from vitaccel.design import Design
+from vitaccel.engine_timing import top_out_depth
 from vitaccel.isa import Op, residual_fusable
 from vitaccel.rtl.axi import (
     DMA,
@@ -48,6 +49,7 @@ from vitaccel.rtl.gelu import GELU
 from vitaccel.rtl.layernorm import AILayerNorm
 from vitaccel.rtl.matmul import EngineParams, MatmulEngine
 from vitaccel.rtl.resadd import ResAdd
+from vitaccel.rtl.skid import SkidBuffer
 from vitaccel.rtl.softmax import E2Softmax
 from vitaccel.rtl.spm import (
     ByteRunWriter,
@@ -117,7 +119,8 @@ class TopParams:
         if max_ksteps is None:
             max_ksteps = max(2, design.weight_buffer_kib * 1024 // (g * c * 2 * v))
         if out_depth is None:
-            out_depth = max(32, 2 * r)
+            # full rate, so the engine's cycle model holds inside the top
+            out_depth = top_out_depth(r, c, v)
         # log2 softmax: the unit emits 4-bit codes and P x V runs in the engine's shift-add mode
         self.softmax_log2 = nl.softmax_output == "log2"
         self.weight_ports = design.weight_ports
@@ -149,6 +152,7 @@ _S = {
             "IDLE",
             "FETCH",
             "FETCH_WAIT",
+            "PREDECODE",
             "DECODE",
             "PARAMS",
             "PARAMS_WAIT",
@@ -342,6 +346,27 @@ class Accelerator(wiring.Component):
         op_dec = {o.name: op == int(o) for o in Op}
         op_is = {o.name: Signal(name=f"op_is_{o.name.lower()}") for o in Op}
         m.d.sync += [op_is[name].eq(op_dec[name]) for name in op_is]
+        # DECODE's checks and sizes, registered like the opcode: a new instruction spends a
+        # cycle in PREDECODE, so DECODE reads only registers (the compares against the fresh
+        # instruction register were a 10-level path into `todo`)
+        f2_zero = Signal()
+        ln_too_wide = Signal()
+        res_too_wide = Signal()
+        softmax_bad = Signal()
+        ks_dec = Signal(16)
+        ln_words = Signal(16)
+        res_words = Signal(16)
+        mm_res_words = Signal(16)
+        m.d.sync += [
+            f2_zero.eq(f[2] == 0),
+            ln_too_wide.eq(f[4] > P.max_channels),
+            res_too_wide.eq(f[4] > P.resadd_channels),
+            softmax_bad.eq((f[4] > P.max_tokens) | (flags[0] != int(P.softmax_log2))),
+            ks_dec.eq((f[4] + V - 1) >> exact_log2(V)),
+            ln_words.eq((f[4] + 1) >> 1),
+            res_words.eq((f[4] + 3) >> 2),
+            mm_res_words.eq((f[5] + 3) >> 2),
+        ]
         # MATMUL's fused outputs and X reuse, registered like the opcode
         mm_gelu_on = Signal()
         mm_res_on = Signal()
@@ -425,7 +450,7 @@ class Accelerator(wiring.Component):
                     m.d.sync += [
                         instr[128:].eq(dma.rd.payload.data),
                         fetch_beat.eq(0),
-                        state.eq(_S["DECODE"]),
+                        state.eq(_S["PREDECODE"]),
                     ]
         load_addr = Signal(16)
         rd_last_taken = dma.rd.valid & dma.rd.ready & dma.rd.payload.last
@@ -441,13 +466,17 @@ class Accelerator(wiring.Component):
             ]
             with m.If(dma.rd.valid):
                 m.d.sync += load_addr.eq(load_addr + 1)
+        # packed W from DDR (port 0) into the engine through a skid buffer: the gate below
+        # (state, opcode, end of the instruction's words) and the engine's loader logic are
+        # then in different cycles
+        m.submodules.w_skid = w_skid = SkidBuffer(unsigned(E.w_word_bits))
         with m.If((state == _S["WAIT"]) & op_is["MATMUL"] & ~w_spm & ~op_rd_done):
             with m.If(rd_last_taken):
                 m.d.sync += op_rd_done.eq(1)
             m.d.comb += [
-                engine.w.valid.eq(dma.rd.valid),
-                engine.w.payload.eq(dma.rd.payload.data[: E.w_word_bits]),
-                dma.rd.ready.eq(engine.w.ready),
+                w_skid.i.valid.eq(dma.rd.valid),
+                w_skid.i.payload.eq(dma.rd.payload.data[: E.w_word_bits]),
+                dma.rd.ready.eq(w_skid.i.ready),
             ]
         for q, rd in enumerate(wdma, start=1):
             ew = getattr(engine, f"w{q}")
@@ -592,7 +621,9 @@ class Accelerator(wiring.Component):
             for name, unit, ln_ in units:
                 if ln_ != lanes:
                     continue
-                with m.If((state == _S["WAIT"]) & op_is[name]):
+                # routed by the (registered) opcode alone: a unit's reader and writer carry
+                # beats only while its instruction runs
+                with m.If(op_is[name]):
                     m.d.comb += [
                         unit.i.valid.eq(rd.o.valid),
                         unit.i.payload.as_value().eq(rd.o.payload.as_value()),
@@ -613,11 +644,16 @@ class Accelerator(wiring.Component):
             res_wr.cmd.payload.rows.eq(f[3]),
             res_wr.cmd.payload.cols.eq(f[4]),
         ]
-        with m.If((state == _S["WAIT"]) & op_is["RESADD"]):
+        # the residual unit's results through a skid buffer: its whole-pipeline stall then
+        # starts at a register, not at the writers behind it
+        m.submodules.res_skid = res_skid = SkidBuffer(resadd.o.payload.shape())
+        wiring.connect(m, resadd.o, res_skid.i)
+        res_out = res_skid.o
+        with m.If(op_is["RESADD"]):
             m.d.comb += [
-                res_wr.i.valid.eq(resadd.o.valid),
-                res_wr.i.payload.as_value().eq(resadd.o.payload.as_value()),
-                resadd.o.ready.eq(res_wr.i.ready),
+                res_wr.i.valid.eq(res_out.valid),
+                res_wr.i.payload.as_value().eq(res_out.payload.as_value()),
+                res_out.ready.eq(res_wr.i.ready),
             ]
         # MATMUL RESADD: runs -> ResidualRuns (reads A) -> the unit's pair input -> runs
         rr_delta = Signal(16)
@@ -627,11 +663,11 @@ class Accelerator(wiring.Component):
             resadd.use_pair.eq(op_is["MATMUL"]),
             rr.delta.eq(rr_delta),
             rr.chan.eq(ow.chan),
-            rr.res.valid.eq(resadd.o.valid & op_is["MATMUL"]),
-            rr.res.payload.eq(resadd.o.payload),
+            rr.res.valid.eq(res_out.valid & op_is["MATMUL"]),
+            rr.res.payload.eq(res_out.payload),
         ]
         with m.If(op_is["MATMUL"]):
-            m.d.comb += resadd.o.ready.eq(rr.res.ready)
+            m.d.comb += res_out.ready.eq(rr.res.ready)
         with m.If(mm_res_on):
             m.d.comb += [
                 rr.i.valid.eq(ow.o.valid),
@@ -647,14 +683,14 @@ class Accelerator(wiring.Component):
         ]
         for name, _, lanes in units:
             sources.append((op_is[name], unit_wr[lanes].o))
-        with m.If(state == _S["WAIT"]):
-            for sel, src in sources:
-                with m.If(sel):
-                    m.d.comb += [
-                        brw.i.valid.eq(src.valid),
-                        brw.i.payload.eq(src.payload),
-                        src.ready.eq(brw.i.ready),
-                    ]
+        # by the registered opcode alone: a writer has runs only while its instruction runs
+        for sel, src in sources:
+            with m.If(sel):
+                m.d.comb += [
+                    brw.i.valid.eq(src.valid),
+                    brw.i.payload.eq(src.payload),
+                    src.ready.eq(brw.i.ready),
+                ]
 
         # ---- matmul ----------------------------------------------------------------------------
         m.d.comb += [
@@ -711,6 +747,12 @@ class Accelerator(wiring.Component):
         # per step, per column, 1 + ks words a column; port q has columns q*M .. q*M + M-1)
         e_ws = [engine.w] + [getattr(engine, f"w{q}") for q in range(1, P.weight_ports)]
         n_ports = len(e_ws)
+        with m.If(~w_spm):
+            m.d.comb += [
+                engine.w.valid.eq(w_skid.o.valid),
+                engine.w.payload.eq(w_skid.o.payload),
+                w_skid.o.ready.eq(engine.w.ready),
+            ]
         if n_ports == 1:
             with m.If(w_spm):
                 m.d.comb += [
@@ -788,10 +830,15 @@ class Accelerator(wiring.Component):
             & ~softmax.busy
             & ~ln.busy
             & ~resadd.busy
+            & ~res_skid.busy
             & ~mm_gelu.busy
+            & ~w_skid.busy
             & rr.idle
         )
         all_idle = Signal()
+        all_idle_q = Signal()
+        wait_armed = Signal()
+        m.d.sync += all_idle_q.eq(all_idle)
         m.d.comb += all_idle.eq(
             units_idle
             & words.idle
@@ -846,60 +893,62 @@ class Accelerator(wiring.Component):
         with m.Elif((state) == (_S["FETCH"])):
             with m.If(fetch_go & dma.rd_cmd.ready):
                 m.d.sync += [fetch_beat.eq(0), state.eq(_S["FETCH_WAIT"])]
+        with m.Elif((state) == (_S["PREDECODE"])):
+            m.d.sync += state.eq(_S["DECODE"])
         with m.Elif((state) == (_S["DECODE"])):
             m.d.sync += [
                 load_addr.eq(f[1]),
                 param_taken.eq(0),
                 sub.eq(0),
-                pf_want.eq(~op_dec["END"]),
+                pf_want.eq(~op_is["END"]),
                 pf_issued.eq(0),
                 op_rd_cmd_done.eq(0),
-                op_rd_done.eq(~uses_rd(op_dec)),
+                op_rd_done.eq(~uses_rd(op_is)),
                 next_valid.eq(0),
                 next_beat.eq(0),
             ]
-            with m.If((op) == (Op.END)):
+            with m.If(op_is["END"]):
                 m.d.comb += done_set.eq(1)
                 m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
-            with m.Elif((op) == (Op.LOAD)):
+            with m.Elif(op_is["LOAD"]):
                 m.d.sync += [todo.eq(bits("dma_rd")), state.eq(_S["ISSUE"])]
-                with m.If(f[2] == 0):
+                with m.If(f2_zero):
                     m.d.sync += state.eq(_S["NEXT"])
-            with m.Elif((op) == (Op.STORE)):
+            with m.Elif(op_is["STORE"]):
                 m.d.sync += [todo.eq(bits("dma_wr", "words")), state.eq(_S["ISSUE"])]
-                with m.If(f[2] == 0):
+                with m.If(f2_zero):
                     m.d.sync += state.eq(_S["NEXT"])
-            with m.Elif((op) == (Op.GELU)):
+            with m.Elif(op_is["GELU"]):
                 m.d.sync += [param_words.eq(16), todo.eq(bits("words")),
                              state.eq(_S["PARAMS"])]  # fmt: skip
-            with m.Elif((op) == (Op.LAYERNORM)):
+            with m.Elif(op_is["LAYERNORM"]):
                 m.d.sync += [
-                    param_words.eq((f[4] + 1) >> 1),
+                    param_words.eq(ln_words),
                     todo.eq(bits("words")),
                     state.eq(_S["PARAMS"]),
                 ]
-                with m.If(f[4] > P.max_channels):
+                with m.If(ln_too_wide):
                     m.d.sync += state.eq(_S["IDLE"])
                     m.d.comb += error_set.eq(1)
                     m.d.sync += busy.eq(0)
-            with m.Elif((op) == (Op.RESADD)):
+            with m.Elif(op_is["RESADD"]):
                 m.d.sync += [
-                    param_words.eq((f[4] + 3) >> 2),
+                    param_words.eq(res_words),
                     todo.eq(bits("words")),
                     state.eq(_S["PARAMS"]),
                 ]
-                with m.If(f[4] > P.resadd_channels):
+                with m.If(res_too_wide):
                     m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
                     m.d.comb += error_set.eq(1)
-            with m.Elif((op) == (Op.SOFTMAX)):
+            with m.Elif(op_is["SOFTMAX"]):
                 m.d.sync += [todo.eq(bits("unit_rd", "unit_wr")), state.eq(_S["ISSUE"])]
                 # the output format is the build's: a program for the other one is an error
-                with m.If((f[4] > P.max_tokens) | (flags[0] != int(P.softmax_log2))):
+                with m.If(softmax_bad):
                     m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
                     m.d.comb += error_set.eq(1)
-            with m.Elif((op) == (Op.MATMUL)):
+            with m.Elif(op_is["MATMUL"]):
                 m.d.sync += [
-                    ks.eq((f[4] + V - 1) >> exact_log2(V)),
+                    ks.eq(ks_dec),
                     nsteps.eq(0),
                     tiles.eq(0),
                     acc_n.eq(0),
@@ -913,7 +962,7 @@ class Accelerator(wiring.Component):
                     m.d.sync += [param_words.eq(16), todo.eq(bits("words")),
                                  state.eq(_S["PARAMS"])]  # fmt: skip
                 with m.Elif(flags[6]):
-                    m.d.sync += [param_words.eq((f[5] + 3) >> 2), todo.eq(bits("words")),
+                    m.d.sync += [param_words.eq(mm_res_words), todo.eq(bits("words")),
                                  state.eq(_S["PARAMS"])]  # fmt: skip
             with m.Else():  # bad opcode
                 m.d.comb += error_set.eq(1)
@@ -966,15 +1015,19 @@ class Accelerator(wiring.Component):
                     m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
         with m.Elif((state) == (_S["ISSUE"])):
             with m.If(todo == 0):
-                m.d.sync += state.eq(_S["WAIT"])
+                m.d.sync += [state.eq(_S["WAIT"]), wait_armed.eq(0)]
         with m.Elif((state) == (_S["WAIT"])):
-            with m.If(all_idle):
+            # all_idle through a register (the AND of every block's idle was the tail of an
+            # 11-level path into the state); it reflects this instruction's blocks from the
+            # second WAIT cycle on, when every command has been taken for a cycle
+            m.d.sync += wait_armed.eq(1)
+            with m.If(wait_armed & all_idle_q):
                 m.d.sync += state.eq(_S["NEXT"])
         with m.Elif((state) == (_S["NEXT"])):
             with m.If(~pf_want):
                 m.d.sync += [pc.eq(pc + 1), state.eq(_S["FETCH"])]
             with m.Elif(next_valid):  # prefetched: decode it right away
-                m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), state.eq(_S["DECODE"])]
+                m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), state.eq(_S["PREDECODE"])]
 
         with m.If(Cat(dma.error, *[rd.error for rd in wdma]).any()):
             m.d.comb += error_set.eq(1)
