@@ -157,3 +157,14 @@ def test_ailayernorm_other_input_widths(in_bits):
     rows += [np.full(channels, hi - 1), np.where(np.arange(channels) == 3, hi - 1, lo)]
     dut = AILayerNorm(lanes=4, max_channels=16, in_bits=in_bits)
     _check(rows, [params] * len(rows), _run(dut, params, rows, stall_in=0.2))
+
+
+def test_ailayernorm_twelve_lanes_wide_rows():
+    """12 lanes (not a power of two: channel c is lane c % 12, word c // 12, decoded from
+    the 10-bit constant address in slices) with rows of 300 channels, back to back."""
+    rng = np.random.default_rng(12)
+    params, rows = _case(rng, 300, n_model=3)
+    dut = AILayerNorm(lanes=12, max_channels=768)
+    res = _run(dut, params, rows)
+    _check(rows, [params] * len(rows), res)
+    assert res["last_out"] - res["first_out"] + 1 == len(rows) * 25

@@ -19,7 +19,7 @@ of row r+1 and stage 3 of row r. Every multiplier is a shift-add tree in LUT fab
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -42,7 +42,6 @@ from vitaccel.rtl.common import (
     leading_one,
     leading_one_registered,
     row_signature,
-    rshift_round,
     rshift_round_staged,
     shift_add_mul,
     silence_unused,
@@ -52,8 +51,30 @@ from vitaccel.rtl.common import (
 __all__ = ["AILayerNorm"]
 
 MAX_ALPHA = 3  # PTF factors are 0..3 (LayerNormParams.alpha)
-# Ring slack beyond two rows: covers the pipeline latency of all three stages (~35 cycles).
+# Ring slack beyond two rows: covers the pipeline latency of all three stages (a row's
+# first output comes 2 * beats + 33 cycles after its first input, + 35 at 8-32 lanes).
 RING_SLACK = 48
+
+
+def _divmod_const(value, divisor: int, chunk: int = 6):
+    """``(value // divisor, value % divisor)`` for an unsigned ``value`` and a constant
+    ``divisor``, shallow: each ``chunk``-bit slice of ``value`` looks up its own quotient and
+    remainder (one LUT level), the remainders are summed and looked up once more, and the
+    quotients are added. A generic divider by 12 of a 10-bit address was 9.75 levels."""
+    parts = []
+    for lo in range(0, len(value), chunk):
+        part = value[lo : lo + chunk]
+        vals = [v << lo for v in range(1 << len(part))]
+        q = Array(Const(v // divisor, bits_for(max(vals) // divisor)) for v in vals)[part]
+        r = Array(Const(v % divisor, bits_for(divisor - 1)) for v in vals)[part]
+        parts.append((q, r))
+    if len(parts) == 1:
+        return parts[0]
+    rsum = sum((r for _, r in parts[1:]), parts[0][1])
+    rmax = len(parts) * (divisor - 1)
+    qc = Array(Const(v // divisor, bits_for(rmax // divisor)) for v in range(rmax + 1))[rsum]
+    rr = Array(Const(v % divisor, bits_for(divisor - 1)) for v in range(rmax + 1))[rsum]
+    return sum((q for q, _ in parts[1:]), parts[0][0]) + qc, rr
 
 
 class AILayerNorm(wiring.Component):
@@ -202,8 +223,7 @@ class AILayerNorm(wiring.Component):
             lane_sel = self.const_addr[: ceil_log2(lanes)] if lanes > 1 else Const(0, 1)
             word_sel = self.const_addr >> ceil_log2(lanes)
         else:
-            lane_sel = self.const_addr % lanes
-            word_sel = self.const_addr // lanes
+            word_sel, lane_sel = _divmod_const(self.const_addr, lanes)
         gb_layout = data.StructLayout(
             {"gain": signed(self.gain_bits), "bias": signed(self.bias_bits)}
         )
@@ -296,20 +316,16 @@ class AILayerNorm(wiring.Component):
         ]
         for lane in range(lanes):
             m.d.sync += as_x[lane].eq(Mux(a_cnt > lane, aligned[lane], 0) if lane else aligned[0])
-        group, _ = tree_reduce(m, as_x, lambda a, b: a + b)
-
-        b_v, b_first, b_last = Signal(), Signal(), Signal()
-        b_sum = Signal(signed(ab + ceil_log2(lanes) + 1))
-        b_sc = Signal(scalars)
-        b_beats = Signal(beats_shape)
-        m.d.sync += [
-            b_v.eq(as_v),
-            b_first.eq(as_first),
-            b_last.eq(as_last),
-            b_sum.eq(group),
-            b_sc.eq(as_sc),
-            b_beats.eq(as_beats),
-        ]
+        # The tree has a register every two adder levels (one stage up to 4 lanes, two up
+        # to 16: four levels in one stage were 8 LUT levels at 16 lanes).
+        b_sum, lat_b1 = tree_reduce(
+            m, as_x, lambda a, b: a + b, levels_per_stage=2, name="lane_tree"
+        )
+        b_v = delay(m, as_v, lat_b1, name="b_v")
+        b_first = delay(m, as_first, lat_b1, name="b_first")
+        b_last = delay(m, as_last, lat_b1, name="b_last")
+        b_sc = delay(m, as_sc, lat_b1, name="b_sc")
+        b_beats = delay(m, as_beats, lat_b1, name="b_beats")
         # B: row sum (exact, order-free).
         acc1 = Signal(signed(sum_w))
         acc1_next = Mux(b_first, 0, acc1) + b_sum
@@ -385,19 +401,33 @@ class AILayerNorm(wiring.Component):
             d = word2.data[lane] - s1_d.mean
             mag = Mux(d < 0, -d, d)
             m.d.sync += s2_mag[lane].eq(Mux(word2.count > lane, mag, 0) if lane else mag)
-        # S3: compress_magnitude: e = max(0, bitlength - 4), m = |d| >> e.
+        # S3E, S3: compress_magnitude: e = max(0, bitlength - 4), then m = |d| >> e a stage
+        # later (the leading-one detector, e and the shifter in one stage were 8 LUT levels).
         e_w = bits_for(dw)
+        s3e_v, s3e_first, s3e_last = Signal(), Signal(), Signal()
+        s3e_d = Signal(desc1)
+        s3e_mag = [Signal(dw, name=f"s3e_mag{lane}") for lane in range(lanes)]
+        s3e_e = [Signal(e_w, name=f"s3e_e{lane}") for lane in range(lanes)]
+        m.d.sync += [
+            s3e_v.eq(s2_v),
+            s3e_first.eq(s2_first),
+            s3e_last.eq(s2_last),
+            s3e_d.eq(s2_d),
+        ]
+        for lane in range(lanes):
+            lead = leading_one(s2_mag[lane])
+            # bitlength - 4 = lead - 3
+            m.d.sync += [
+                s3e_mag[lane].eq(s2_mag[lane]),
+                s3e_e[lane].eq(Mux(lead >= 4, lead - 3, 0)),
+            ]
         s3_v, s3_first, s3_last = Signal(), Signal(), Signal()
         s3_d = Signal(desc1)
         s3_m = [Signal(4, name=f"s3_m{lane}") for lane in range(lanes)]
         s3_e = [Signal(e_w, name=f"s3_e{lane}") for lane in range(lanes)]
-        m.d.sync += [s3_v.eq(s2_v), s3_first.eq(s2_first), s3_last.eq(s2_last), s3_d.eq(s2_d)]
+        m.d.sync += [s3_v.eq(s3e_v), s3_first.eq(s3e_first), s3_last.eq(s3e_last), s3_d.eq(s3e_d)]
         for lane in range(lanes):
-            mag = s2_mag[lane]
-            lead = leading_one(mag)
-            e = Signal(e_w, name=f"s2_e{lane}")
-            m.d.comb += e.eq(Mux(lead >= 4, lead - 3, 0))  # bitlength - 4 = lead - 3
-            m.d.sync += [s3_e[lane].eq(e), s3_m[lane].eq(mag >> e)]
+            m.d.sync += [s3_e[lane].eq(s3e_e[lane]), s3_m[lane].eq(s3e_mag[lane] >> s3e_e[lane])]
         # S4: sq = m*m (e == 0) or (m*m + m) << 2e + 1 << (2e - 2), i.e. (4(m*m+m)+1) << (2e-2).
         sq_exact = Array(Const(v, 8) for v in SQUARE_LUT16)
         sq_mid = Array(Const(4 * (v + k) + 1, 10) for k, v in enumerate(SQUARE_LUT16))
@@ -409,18 +439,16 @@ class AILayerNorm(wiring.Component):
             mm, e = s3_m[lane], s3_e[lane]
             shifted = sq_mid[mm] << ((e << 1) - 2)[: bits_for(2 * (dw - 5))]
             m.d.sync += s4_sq[lane].eq(Mux(e == 0, sq_exact[mm], shifted))
-        # S5: lane sum.  S6: row sum.
-        s5_v, s5_first, s5_last = Signal(), Signal(), Signal()
-        s5_d = Signal(desc1)
-        s5_sum = Signal(sq_w + ceil_log2(lanes) + 1)
-        total, _ = tree_reduce(m, s4_sq, lambda a, b: a + b)
-        m.d.sync += [
-            s5_v.eq(s4_v),
-            s5_first.eq(s4_first),
-            s5_last.eq(s4_last),
-            s5_d.eq(s4_d),
-            s5_sum.eq(total),
-        ]
+        # S5: lane sum, a balanced tree with a register every two adder levels (four 27-bit
+        # levels at 12-16 lanes in one stage were 9 levels): one stage up to 4 lanes, two
+        # up to 16.  S6: row sum.
+        s5_sum, lat_s5 = tree_reduce(
+            m, s4_sq, lambda a, b: a + b, levels_per_stage=2, name="sq_tree"
+        )
+        s5_v = delay(m, s4_v, lat_s5, name="s5_v")
+        s5_first = delay(m, s4_first, lat_s5, name="s5_first")
+        s5_last = delay(m, s4_last, lat_s5, name="s5_last")
+        s5_d = delay(m, s4_d, lat_s5, name="s5_d")
         acc2 = Signal(vsum_w)
         acc2_next = Mux(s5_first, 0, acc2) + s5_sum
         v_v = Signal()
@@ -455,15 +483,24 @@ class AILayerNorm(wiring.Component):
         y_d = Signal(desc1)
         y_p = Signal(range(var_w))
         y_mant = Signal(INV_SQRT_MANT)
-        norm = (lp_var << INV_SQRT_MANT) >> lp_p
-        m.d.sync += [y_v.eq(lp_v), y_d.eq(lp_d), y_p.eq(lp_p), y_mant.eq(norm[:INV_SQRT_MANT])]
-        # isq = INV_SQRT_LUT[p & 1][m5]; z shift = INV_SQRT_BITS + (p >> 1) - NORM_FRAC.
+        # m5 = bits p-5..p-1 of var (zeros below bit 0): the low bits of
+        # (var << INV_SQRT_MANT) >> p, as two explicit mux levels (by 8s, then by 1s); the
+        # generic shifter of all var_w bits mapped to 8 LUT levels.
+        ext = Cat(Const(0, INV_SQRT_MANT), lp_var, Const(0, 8 + INV_SQRT_MANT))
+        coarse = Array(ext[8 * k : 8 * k + 8 + INV_SQRT_MANT] for k in range(-(-var_w // 8)))[
+            lp_p[3:]
+        ]
+        norm = Array(coarse[j : j + INV_SQRT_MANT] for j in range(8))[lp_p[:3]]
+        m.d.sync += [y_v.eq(lp_v), y_d.eq(lp_d), y_p.eq(lp_p), y_mant.eq(norm)]
+        # isq = INV_SQRT_LUT[p & 1][m5]; z shift s = INV_SQRT_BITS + (p >> 1) - NORM_FRAC,
+        # queued as s - 1 (>= 0: stage 3 rounds as ((v >> (s - 1)) + 1) >> 1).
+        assert INV_SQRT_BITS - NORM_FRAC >= 1
         inv_sqrt = Array(Const(v, INV_SQRT_BITS) for row in INV_SQRT_LUT for v in row)
         desc2 = data.StructLayout(
             {
                 "mean": signed(mw),
                 "isq": unsigned(INV_SQRT_BITS),
-                "zshift": unsigned(bits_for(INV_SQRT_BITS - NORM_FRAC + var_w // 2)),
+                "zshift1": unsigned(bits_for(INV_SQRT_BITS - NORM_FRAC - 1 + (var_w - 1) // 2)),
                 "out_shift": unsigned(6),
                 "beats": beats_shape,
             }
@@ -474,7 +511,7 @@ class AILayerNorm(wiring.Component):
         m.d.comb += [
             q2_in.mean.eq(y_d.mean),
             q2_in.isq.eq(inv_sqrt[(y_p[0] << INV_SQRT_MANT) | y_mant]),
-            q2_in.zshift.eq((y_p >> 1) + (INV_SQRT_BITS - NORM_FRAC)),
+            q2_in.zshift1.eq((y_p >> 1) + (INV_SQRT_BITS - NORM_FRAC - 1)),
             q2_in.out_shift.eq(y_d.sc.out_shift),
             q2_in.beats.eq(y_d.beats),
             queue2.w_en.eq(y_v),
@@ -540,7 +577,10 @@ class AILayerNorm(wiring.Component):
                     t2_x[lane].eq(word3.data[lane] - t1_d.mean),
                     t2_gb[lane].eq(gb_rd[lane].data),
                 ]
-        # d * isq (shift-add), then z = rshift_round(., zshift).
+        # d * isq (shift-add), then z = rshift_round(., s) as ((. >> (s - 1)) + 1) >> 1, the
+        # same floor((v + 2**(s-1)) / 2**s): the barrel shifter starts at flip-flops and only
+        # a short increment follows (the half's decode, a full-width add and the shifter in
+        # one stage were 9.75 levels).
         z_regs = []
         lat_a = 0
         for lane in range(lanes):
@@ -567,7 +607,7 @@ class AILayerNorm(wiring.Component):
             ]
             for lane in range(lanes):
                 m.d.sync += [
-                    t3_z[lane].eq(rshift_round(z_regs[lane], ta_d.zshift)),
+                    t3_z[lane].eq(((z_regs[lane] >> ta_d.zshift1) + 1) >> 1),
                     t3_gb[lane].eq(ta_gb[lane]),
                 ]
         # z * gain (shift-add), then y = clamp(rshift_round(. + bias, out_shift)).
@@ -581,38 +621,79 @@ class AILayerNorm(wiring.Component):
         tb_v = delay(m, t3_v, lat_b, en=advance, name="tb_v")
         tb_last = delay(m, t3_last, lat_b, en=advance, name="tb_last")
         tb_cnt = delay(m, t3_cnt, lat_b, en=advance, name="tb_cnt")
-        tb_shift = delay(m, t3_out_shift, lat_b, en=advance, name="tb_shift")
+        # The rounding half of out_shift is a row constant: decoded in the last delay stage,
+        # so that T4 starts its three-operand add at flip-flops (the decode and a 40-bit add
+        # in one stage were 7.5 levels).
+        sum_bits = max(self.z_bits + self.gain_bits, self.bias_bits) + 2
+        assert lat_b >= 1  # the product is registered at least once
+        tb_pre = delay(m, t3_out_shift, lat_b - 1, en=advance, name="tb_shift")
+        tb_shift = Signal(6)
+        tb_half = Signal(sum_bits)
+        with m.If(advance):
+            m.d.sync += [tb_shift.eq(tb_pre), tb_half.eq((Const(1, 1) << tb_pre)[1:])]
         tb_bias = [
             delay(m, t3_gb[lane].bias, lat_b, en=advance, name=f"tb_bias{lane}")
             for lane in range(lanes)
         ]
-        # T4: z * gain + bias + rounding half.  T5: >> out_shift, clamp to int8.
+        # T4: z * gain + bias + rounding half.  T5: clamp decision and shift by 8s.
+        # T6: shift by 1s, select, int8 out. (The shift, two wide compares and the select
+        # in one stage were 8.5 levels; with the clamp decided beside the shifter still 7-9,
+        # depending on how ABC mapped the shifter: split, each half is ~3.)
+        # The clamp is decided on the unshifted sum, beside the shifter: y = sum >> s lies
+        # outside [-128, 127] exactly when a bit of sum at position s + 7 or above (below
+        # the sign) differs from the sign. Its mask and the "s >= sum_bits - 1" case (every
+        # representable sum rounds to 0: the half added in T4 was truncated then) are row
+        # constants, registered in T4 from the shift.
         t4_v, t4_last = Signal(), Signal()
         t4_cnt = Signal(cb)
         t4_shift = Signal(6)
-        sum_bits = max(self.z_bits + self.gain_bits, self.bias_bits) + 2
         t4_sum = [Signal(signed(sum_bits), name=f"t4_sum{lane}") for lane in range(lanes)]
-        half = (Const(1, 1) << tb_shift)[1:]
+        t4_zero = Signal()
+        t4_mask = Signal(sum_bits - 1)
         with m.If(advance):
             m.d.sync += [
                 t4_v.eq(tb_v),
                 t4_last.eq(tb_last),
                 t4_cnt.eq(tb_cnt),
                 t4_shift.eq(tb_shift),
+                t4_zero.eq(tb_shift >= sum_bits - 1),
+                t4_mask.eq(Cat(*(tb_shift + 7 <= k for k in range(sum_bits - 1)))),
             ]
             for lane in range(lanes):
-                m.d.sync += t4_sum[lane].eq(y_prods[lane] + tb_bias[lane] + half)
+                m.d.sync += t4_sum[lane].eq(y_prods[lane] + tb_bias[lane] + tb_half)
+        t5_v, t5_last, t5_zero = Signal(), Signal(), Signal()
+        t5_cnt = Signal(cb)
+        t5_fine = Signal(3)
+        t5_win = [Signal(15, name=f"t5_win{lane}") for lane in range(lanes)]
+        t5_out = [Signal(name=f"t5_outside{lane}") for lane in range(lanes)]
+        t5_sign = [Signal(name=f"t5_sign{lane}") for lane in range(lanes)]
+        with m.If(advance):
+            m.d.sync += [
+                t5_v.eq(t4_v),
+                t5_last.eq(t4_last),
+                t5_cnt.eq(t4_cnt),
+                t5_zero.eq(t4_zero),
+                t5_fine.eq(t4_shift[:3]),
+            ]
+            for lane in range(lanes):
+                total = t4_sum[lane]
+                sign = total[-1]
+                ext = Cat(total, sign.replicate(64 + 15 - sum_bits))
+                m.d.sync += [
+                    t5_out[lane].eq(((total[:-1] ^ sign.replicate(sum_bits - 1)) & t4_mask).any()),
+                    t5_sign[lane].eq(sign),
+                    # bits s & ~7 .. (s & ~7) + 14 of the sign-extended sum
+                    t5_win[lane].eq(Array(ext[8 * k : 8 * k + 15] for k in range(8))[t4_shift[3:]]),
+                ]
         o_data = Signal(data.ArrayLayout(signed(8), lanes))
         o_cnt = Signal(cb)
         o_last = Signal()
         with m.If(advance):
-            m.d.sync += [out_valid.eq(t4_v), o_last.eq(t4_last), o_cnt.eq(t4_cnt)]
+            m.d.sync += [out_valid.eq(t5_v), o_last.eq(t5_last), o_cnt.eq(t5_cnt)]
             for lane in range(lanes):
-                # A shift >= sum_bits - 1 rounds every representable sum to 0 (the half
-                # added in T4 was truncated then, so the sum is not used).
-                y = Mux(t4_shift >= sum_bits - 1, 0, t4_sum[lane] >> t4_shift)
-                clamped = Mux(y > INT8_MAX, INT8_MAX, Mux(y < INT8_MIN, INT8_MIN, y))
-                m.d.sync += o_data[lane].eq(clamped)
+                fine = Array(t5_win[lane][k : k + 8] for k in range(8))[t5_fine]
+                y = Mux(t5_out[lane], Mux(t5_sign[lane], INT8_MIN, INT8_MAX), fine)
+                m.d.sync += o_data[lane].eq(Mux(t5_zero, 0, y))
         m.d.comb += [
             self.o.valid.eq(out_valid),
             self.o.payload.data.eq(o_data),
