@@ -324,8 +324,19 @@ def test_matmul_fused_residual_add(in_place, pause):
         isa.load(spm=0, words=tokens * sx, ddr=src),
         isa.load(spm=100, words=tokens * sa, ddr=sa_off),
         isa.load(spm=300, words=-(-n * 4 // 16), ddr=par),
-        isa.matmul(x=0, x_stride=sx, tokens=tokens, k=k, n=n, y=y, y_stride=sa, w_ddr=w,
-                   residual=100, residual_params=300, residual_shift=17),  # fmt: skip
+        isa.matmul(
+            x=0,
+            x_stride=sx,
+            tokens=tokens,
+            k=k,
+            n=n,
+            y=y,
+            y_stride=sa,
+            w_ddr=w,
+            residual=100,
+            residual_params=300,
+            residual_shift=17,
+        ),  # fmt: skip
         isa.store(spm=y, words=tokens * sa, ddr=out),
         isa.end(),
     ]

@@ -62,13 +62,16 @@ ENGINE_VALIDATE = (
     (1, 8, 4, 8, 0.0, "int4", 512, 96),
     (2, 4, 2, 16, 0.0, "int4", 1024, 48),
 )
-# Whole accelerator tops (groups, rows, cols, vector, lanes, spm_kib, model): the first
-# calibrates the shell (controller, DMA, SPM address generators, RESADD), the rest validate.
-TOP_FIT = ((1, 4, 4, 8, 4, 64, "digits-vit"),)
-TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit"),)
-# GELU at 16 lanes (16 read ports on its 256-entry table) crashes Yosys 0.70's memory_libmap
-# ("thrown Wasm exception"); its usage there comes from the line fitted on 1, 4 and 8 lanes.
-UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu": (1, 4, 8)}
+# Whole accelerator tops (groups, rows, cols, vector, lanes, spm_kib, model, weight ports):
+# the fitting ones calibrate the shell (controller, DMA, SPM address generators, RESADD and
+# the fused residual path: a constant; the matmul output path: the fused GELU tables, the
+# OUT_T gather buffer and the writer's input register, per output column), the rest
+# validate. The second fitting top is also the depth run at 16 lanes and two weight ports.
+TOP_FIT = ((1, 4, 4, 8, 4, 64, "digits-vit", 1), (2, 2, 16, 8, 16, 64, "digits-vit", 2))
+TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit", 1),)
+# One more weight port: its DMAReader alone, and an engine with two W loaders against one.
+PORT_ENGINE = (1, 2, 4, 4, 0.0, "int4", 256, 32)
+UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu": (1, 4, 8, 16)}
 UNIT_VALIDATE = {"softmax": (12,), "layernorm": (12,), "gelu": (2,)}
 
 
@@ -119,8 +122,10 @@ def run_unit(unit: str, lanes: int) -> dict:
 
 
 def _top_key(cfg) -> str:
-    g, r, c, v, lanes, spm, model = cfg
-    return f"top g{g} r{r} c{c} v{v} lanes{lanes} spm{spm} {model}"
+    g, r, c, v, lanes, spm, model, ports = cfg
+    return f"top g{g} r{r} c{c} v{v} lanes{lanes} spm{spm} {model}" + (
+        f" ports{ports}" if ports > 1 else ""
+    )
 
 
 def top_design(cfg):
@@ -128,9 +133,10 @@ def top_design(cfg):
     from vitaccel.dse.resources import buffer_kib
     from vitaccel.dse.shapes import spec_of
 
-    g, r, c, v, lanes, spm, model = cfg
+    g, r, c, v, lanes, spm, model, ports = cfg
     spec = spec_of(model)
     return Design(
+        weight_ports=ports,
         model=model,
         array=ArrayConfig(groups=g, rows=r, cols=c, vector=v),
         nonlinear=NonlinearConfig(
@@ -153,6 +159,36 @@ def run_top(cfg) -> dict:
     res = synth(top_verilog(design, "vitaccel_top"), "vitaccel_top")
     res["seconds"] = round(time.monotonic() - t0, 1)
     res["params"] = {"design": design.model_dump(mode="json")}
+    return res
+
+
+def _port_engine_key(ports: int) -> str:
+    return _engine_key(PORT_ENGINE) + f" ports{ports}"
+
+
+def run_port_engine(ports: int) -> dict:
+    """The PORT_ENGINE engine with ``ports`` W loaders (the W loader a port adds)."""
+    from vitaccel.rtl.matmul import EngineParams, engine_verilog
+
+    g, r, c, v, share, kind, xw, ks = PORT_ENGINE
+    params = EngineParams(groups=g, rows=r, cols=c, vector=v, w4_share=share, w4_kind=kind,
+                          x_words=xw, max_ksteps=ks, out_depth=32, w_ports=ports)  # fmt: skip
+    t0 = time.monotonic()
+    res = synth(engine_verilog(params, "vitaccel_matmul"), "vitaccel_matmul")
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["params"] = {"engine": list(PORT_ENGINE), "w_ports": ports}
+    return res
+
+
+def run_dma_reader() -> dict:
+    """A weight port's DMAReader (the top's FIFO depth), synthesised alone."""
+    from vitaccel.rtl.axi import DMAReader
+    from vitaccel.rtl.verilog import to_verilog
+
+    t0 = time.monotonic()
+    res = synth(to_verilog(DMAReader(addr_width=40, fifo_depth=64), "dma_reader"), "dma_reader")
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["params"] = {"fifo_depth": 64}
     return res
 
 
@@ -270,25 +306,51 @@ def fit(data: dict) -> dict:
     out["unit_points"] = points
     from vitaccel.dse.clock import effective_levels
 
-    # Shell: what the whole top has beyond the modelled engine, units and scratchpad.
-    shell_runs = [data["runs"][_top_key(cfg)] for cfg in TOP_FIT if _top_key(cfg) in data["runs"]]
+    # A weight port beyond the first: its DMAReader plus the W loader it adds to the engine.
+    runs_all = data["runs"]
+    port_keys = ("port dma_reader", _port_engine_key(1), _port_engine_key(2))
+    if all(k in runs_all for k in port_keys):
+        dma, one, two = (runs_all[k] for k in port_keys)
+
+        def amount(run, kind):
+            return run["ramb36"] + run["ramb18"] / 2 if kind == "bram36" else run[kind]
+
+        out["weight_port"] = {
+            k: max(0.0, amount(dma, k) + amount(two, k) - amount(one, k))
+            for k in ("dsp48e2", "lut", "ff", "bram36")
+        }
+    # Shell: what the whole top has beyond the modelled engine, units, scratchpad and weight
+    # ports, fitted as a constant plus a share per output column (groups * cols).
+    shell_runs = [(cfg, runs_all[_top_key(cfg)]) for cfg in TOP_FIT if _top_key(cfg) in runs_all]
     if shell_runs:
         from vitaccel.dse import resources as res
 
         res.calibration.cache_clear()
         saved = {k: v for k, v in data.items() if k != "shell"}
-        shells = []
-        for cfg, run in zip(TOP_FIT, shell_runs, strict=False):
-            parts = _parts_without_shell(top_design(cfg), {**saved, **out})
+        points = []
+        for cfg, run in shell_runs:
+            parts = _parts_without_shell(top_design(cfg), {**saved, **out, "shell": None})
             measured = {"dsp48e2": run["dsp48e2"], "lut": run["lut"], "ff": run["ff"],
                         "bram36": run["ramb36"] + run["ramb18"] / 2}  # fmt: skip
-            shells.append({k: max(0.0, measured[k] - parts[k]) for k in measured})
-        out["shell"] = {k: sum(s[k] for s in shells) / len(shells) for k in shells[0]}
+            points.append((cfg[0] * cfg[2], {k: measured[k] - parts[k] for k in measured}))
+        const, per_col = {}, {}
+        for k in points[0][1]:
+            if len(points) >= 2 and points[-1][0] != points[0][0]:
+                (x0, y0), (x1, y1) = (
+                    (points[0][0], points[0][1][k]),
+                    (points[-1][0], points[-1][1][k]),
+                )
+                slope = max(0.0, (y1 - y0) / (x1 - x0))
+            else:
+                slope = 0.0
+            per_col[k] = slope
+            const[k] = max(0.0, sum(y[k] - slope * x for x, y in points) / len(points))
+        out["shell"] = {"const": const, "per_column": per_col}
     # Logic levels: the engine's worst run; each unit per calibrated lane count.
     depth: dict = {}
     for key, run in data["runs"].items():
         levels = effective_levels(run)
-        if key.startswith("top"):
+        if key.startswith(("top", "port")):
             depth["top"] = max(depth.get("top", 0.0), levels)
         elif key.startswith("engine"):
             depth["engine"] = max(depth.get("engine", 0.0), levels)
@@ -332,6 +394,8 @@ def main(argv=None) -> int:
             jobs += [(_engine_key(c), run_engine, (c,)) for c in ENGINE_FIT + ENGINE_VALIDATE]
         if args.only in (None, "top"):
             jobs += [(_top_key(c), run_top, (c,)) for c in TOP_FIT + TOP_VALIDATE]
+            jobs += [("port dma_reader", run_dma_reader, ())]
+            jobs += [(_port_engine_key(q), run_port_engine, (q,)) for q in (1, 2)]
         if args.only in (None, "units"):
             for unit, lanes_list in UNIT_LANES.items():
                 for n in lanes_list + UNIT_VALIDATE[unit]:

@@ -158,9 +158,11 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
     if transposed:
         # OUT_T gathers up to 16 tokens of every lane (input stalls while it flushes), then
         # writes one aligned 16-byte run per channel: per step T intake cycles, per chunk
-        # of 16 tokens one write per valid channel.
+        # of 16 tokens one write per valid channel, and one cycle that selects the first
+        # lane's bytes into the flush register.
         steps = -(-n // cm)
-        return (steps * tokens + -(-tokens // SLOT_BYTES) * n) * groups_active
+        chunks = -(-tokens // SLOT_BYTES)
+        return (steps * tokens + chunks * n) * groups_active + steps * chunks
     sw = min(SLOT_BYTES, cm)
     per_token = 0
     for start in range(0, n, cm):

@@ -71,6 +71,9 @@ class Usage:
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(getattr(self, k) + getattr(other, k) for k in KINDS))
 
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(*(getattr(self, k) - getattr(other, k) for k in KINDS))
+
     def as_dict(self) -> dict:
         return {k: round(getattr(self, k), 1) for k in KINDS}
 
@@ -278,10 +281,16 @@ def weight_ports_resources(ports: int) -> Usage:
     return Usage(*(per[k] * (ports - 1) for k in KINDS))
 
 
-def shell_resources() -> tuple[Usage, str]:
+def shell_resources(columns: int = 0) -> tuple[Usage, str]:
+    """The top beyond the modelled parts: a constant (controller, DMA, SPM address
+    generators, RESADD, fused residual path) plus a share per output column (``groups *
+    cols``: the fused GELU tables, the OUT_T gather buffer, the output writer's register)."""
     cal = calibration().get("shell")
-    if cal:
-        return Usage(*(cal[k] for k in KINDS)), "calibrated"
+    if cal and "const" in cal:
+        return (
+            Usage(*(cal["const"][k] + cal["per_column"][k] * columns for k in KINDS)),
+            "calibrated",
+        )
     return Usage(*(SHELL_ESTIMATE[k] for k in KINDS)), "estimate"
 
 
@@ -308,7 +317,7 @@ def design_resources(design: Design, *, spec=None) -> dict:
         )
     if design.weight_ports > 1:
         parts["weight_ports"] = weight_ports_resources(design.weight_ports)
-    shell, shell_kind = shell_resources()
+    shell, shell_kind = shell_resources(a.groups * a.cols)
     parts["shell"] = shell
     total = Usage()
     for u in parts.values():

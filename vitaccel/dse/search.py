@@ -478,6 +478,11 @@ def search(
         "ff": m.shell.ff,
         "bram36": m.shell.bram36 + m.spm_bram,
     }
+
+    def shell_per_column(cols: int):
+        """The shell's share that grows with the output columns (m.shell is the rest)."""
+        return res.shell_resources(cols)[0] - m.shell
+
     lane_opts = _lane_options(m, budget, space.lanes, clock_mhz)
     spec = m.spec
     pool: list[Candidate] = []
@@ -488,7 +493,8 @@ def search(
     def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
         nonlocal evaluated
         eng = _engine_usage(g, r, c, v, share, kind, _buffers(spec, g, r, c, v))
-        base0 = [eng[k] + fixed_usage[k] for k in RESOURCE_KINDS]
+        per_col = shell_per_column(g * c)
+        base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1

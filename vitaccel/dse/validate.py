@@ -52,8 +52,18 @@ ENGINE_CASES = (
     ("deit-tiny proj W4/W8", 1, 4, 8, 8, 0.5, 197, 192, 96, False, 0.5),
 )
 QUICK_ENGINE = ("digits fc1", "digits qk (heads)")
-# (groups, rows, cols, vector, lanes): whole digits-vit programs on the top level
-TOP_CASES = ((1, 4, 4, 8, 4), (2, 4, 4, 8, 8), (1, 8, 8, 16, 16), (2, 2, 4, 4, 1), (3, 4, 2, 8, 2))
+# (groups, rows, cols, vector, lanes, weight ports): whole digits-vit programs on the top
+# level; the last two have output steps of whole SPM words, so their residual adds run
+# fused into the MATMULs, one of them with the weights over two ports
+TOP_CASES = (
+    (1, 4, 4, 8, 4, 1),
+    (2, 4, 4, 8, 8, 1),
+    (1, 8, 8, 16, 16, 1),
+    (2, 2, 4, 4, 1, 1),
+    (3, 4, 2, 8, 2, 1),
+    (1, 4, 16, 16, 16, 1),
+    (2, 4, 8, 8, 8, 2),
+)
 UNIT_CASES = (("softmax", 4), ("layernorm", 4), ("gelu", 4), ("softmax", 16), ("gelu", 16))
 
 
@@ -185,7 +195,9 @@ def _unit_case(unit: str, lanes: int, vectors: int, store: dict | None = None) -
     }
 
 
-def _top_case(g: int, r: int, c: int, v: int, lanes: int, store: dict | None = None) -> dict:
+def _top_case(
+    g: int, r: int, c: int, v: int, lanes: int, ports: int = 1, store: dict | None = None
+) -> dict:
     from vitaccel.compile.compiler import compile_model
     from vitaccel.compile.driver import Driver
     from vitaccel.design import ArrayConfig, Design, NonlinearConfig
@@ -200,6 +212,7 @@ def _top_case(g: int, r: int, c: int, v: int, lanes: int, store: dict | None = N
         array=ArrayConfig(groups=g, rows=r, cols=c, vector=v),
         nonlinear=NonlinearConfig(softmax_lanes=lanes, layernorm_lanes=lanes, gelu_lanes=lanes),
         spm_kib=64,
+        weight_ports=ports,
     )
 
     def measure() -> dict:
@@ -213,12 +226,14 @@ def _top_case(g: int, r: int, c: int, v: int, lanes: int, store: dict | None = N
             raise RuntimeError(f"top {g}x{r}x{c}x{v}: logits differ from the golden model")
         return {"cycles": int(res.cycles)}
 
-    res = _measured(store, f"top g{g} r{r} c{c} v{v} lanes{lanes} digits-vit", measure)
+    port_key = f" ports{ports}" if ports > 1 else ""
+    res = _measured(store, f"top g{g} r{r} c{c} v{v} lanes{lanes}{port_key} digits-vit", measure)
     model = estimate(design).cycles
     return {
         "kind": "top",
         "case": "digits-vit program",
-        "design": f"{g}x{r}x{c}x{v} lanes {lanes}",
+        "design": f"{g}x{r}x{c}x{v} lanes {lanes}"
+        + (f", {ports} weight ports" if ports > 1 else ""),
         "shape": "whole model, 1 image",
         "rtl": res["cycles"],
         "model": int(model),
@@ -466,6 +481,49 @@ def micro_programs(design) -> dict:
             ],  # fmt: skip
             model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x")),
         ),
+        "matmul T17 K64 N128 GELU (DDR W)": (
+            [
+                isa.matmul(
+                    x=0,
+                    x_stride=ks * v // 16 or 1,
+                    tokens=t,
+                    k=k,
+                    n=n,
+                    y=1024,
+                    y_stride=n // 16,
+                    w_ddr=data,
+                    gelu_table=2048,
+                )
+            ],  # fmt: skip
+            model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x", fused="gelu")),
+        ),
+        "matmul T17 K64 N128, then X_KEEP": (
+            [
+                isa.matmul(
+                    x=0,
+                    x_stride=ks * v // 16 or 1,
+                    tokens=t,
+                    k=k,
+                    n=n,
+                    y=1024,
+                    y_stride=n // 16,
+                    w_ddr=data,
+                ),
+                isa.matmul(
+                    x=0,
+                    x_stride=ks * v // 16 or 1,
+                    tokens=t,
+                    k=k,
+                    n=n,
+                    y=1024,
+                    y_stride=n // 16,
+                    w_ddr=data,
+                    x_keep=True,
+                ),
+            ],  # fmt: skip
+            model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x"))
+            + model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x", x_keep=True)),
+        ),
         "matmul heads T17 K16 N17": (
             [
                 isa.matmul(
@@ -536,6 +594,25 @@ def micro_programs(design) -> dict:
             model(Instr("residual", "x", "residual", 17, 64)),
         ),
     }
+    if isa.residual_fusable(g, c):
+        progs["matmul T17 K64 N128 RESADD (DDR W)"] = (
+            [
+                isa.matmul(
+                    x=0,
+                    x_stride=ks * v // 16 or 1,
+                    tokens=t,
+                    k=k,
+                    n=n,
+                    y=1024,
+                    y_stride=n // 16,
+                    w_ddr=data,
+                    residual=512,
+                    residual_params=2048,
+                    residual_shift=8,
+                )
+            ],  # fmt: skip
+            model(Instr("matmul", "x", "proj", t, k, n, weight_layer="x", fused="residual")),
+        )
     return {
         name: (prog, cyc, data + max(w_bytes, 2048 * 16)) for name, (prog, cyc) in progs.items()
     }

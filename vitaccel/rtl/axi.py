@@ -466,16 +466,22 @@ class DMAReader(wiring.Component):
         with m.If(r_fire):
             m.d.sync += [rx_left.eq(rx_left - 1), rx_done.eq(rx_one), rx_one.eq(rx_left == 2)]
 
-        o_fire = self.o.valid & self.o.ready
+        # words leave through a skid buffer: the consumers' ready (a mux over the
+        # controller's states) never reaches the FIFO and credit logic in the same cycle
+        m.submodules.outq = outq = SkidBuffer(read_word_layout(self.data_width))
+        wiring.connect(m, outq.o, wiring.flipped(self.o))
+        o_fire = outq.i.valid & outq.i.ready
         m.d.comb += [
-            self.o.valid.eq(fifo.r_rdy),
-            self.o.payload.data.eq(fifo.r_data[: self.data_width]),
-            self.o.payload.last.eq(fifo.r_data[self.data_width]),
-            fifo.r_en.eq(self.o.ready),
+            outq.i.valid.eq(fifo.r_rdy),
+            outq.i.payload.data.eq(fifo.r_data[: self.data_width]),
+            outq.i.payload.last.eq(fifo.r_data[self.data_width]),
+            fifo.r_en.eq(outq.i.ready),
         ]
         m.d.sync += reserved.eq(reserved + Mux(ar_fire, beats, 0) - o_fire)
         # level, not r_rdy: a word just written is not readable for a cycle
-        m.d.comb += self.idle.eq(req_done & rx_done & ~fresh & (fifo.level == 0) & ~cmdq.busy)
+        m.d.comb += self.idle.eq(
+            req_done & rx_done & ~fresh & (fifo.level == 0) & ~cmdq.busy & ~outq.busy
+        )
         return m
 
 
@@ -518,10 +524,13 @@ class DMAWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # commands through a skid buffer, as in DMAReader
+        # commands and data through skid buffers, as in DMAReader
         m.submodules.cmdq = cmdq = SkidBuffer(self.cmd.payload.shape())
         wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
         cmd = cmdq.o
+        m.submodules.inq = inq = SkidBuffer(self.i.payload.shape())
+        wiring.connect(m, wiring.flipped(self.i), inq.i)
+        src = inq.o
         bus = self.bus
         m.submodules.lens = lens = SyncFIFOBuffered(width=bits_for(MAX_BURST - 1), depth=4)
 
@@ -562,11 +571,11 @@ class DMAWriter(wiring.Component):
         beat = Signal(range(MAX_BURST))
         wlast = beat == lens.r_data
         m.d.comb += [
-            bus.wvalid.eq(self.i.valid & lens.r_rdy),
-            bus.wdata.eq(self.i.payload),
+            bus.wvalid.eq(src.valid & lens.r_rdy),
+            bus.wdata.eq(src.payload),
             bus.wstrb.eq(Const(-1, self.data_width // 8)),
             bus.wlast.eq(wlast),
-            self.i.ready.eq(bus.wready & lens.r_rdy),
+            src.ready.eq(bus.wready & lens.r_rdy),
         ]
         w_fire = bus.wvalid & bus.wready
         with m.If(w_fire):
@@ -577,7 +586,7 @@ class DMAWriter(wiring.Component):
         m.d.comb += [bus.bready.eq(1), self.error.eq(b_fire & bus.bresp[1])]
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
         m.d.comb += self.idle.eq(
-            (remaining == 0) & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy
+            (remaining == 0) & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy & ~inq.busy
         )
         return m
 

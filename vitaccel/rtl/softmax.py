@@ -138,15 +138,12 @@ class E2Softmax(wiring.Component):
 
     # -- shared arithmetic ---------------------------------------------------------------------
 
-    def _dq(self, m_int, x, t):
-        """``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) without shifting m:
-        since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)`` with
-        ``h = 2**(T-1)`` for T >= 3 and 0 otherwise."""
-        return (m_int << 2) + self._dq_rest(x, t)
-
     @staticmethod
     def _dq_rest(x, t):
-        """The part of :meth:`_dq` that does not depend on m: ``(h - 4x) >> T``."""
+        """dq = ``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) is computed without
+        shifting m: since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)``
+        with ``h = 2**(T-1)`` for T >= 3 and 0 otherwise. This is the part that does not
+        depend on m, ``(h - 4x) >> T``; the pipelines add ``4m`` a stage later."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
         return (h - (x << 2)) >> t
 
@@ -448,8 +445,16 @@ class E2Softmax(wiring.Component):
         m.d.sync += in_flight.eq(in_flight + (accept & self.i.payload.last) - pop)
 
         # R1: ring word arrives (data, count, last); the row's descriptor rides along.
+        # R1b: the m-free part of dq per lane (its shift and subtract were 9 levels together
+        # with the add of 4m).
         r1_v = Signal()
         r1_d = Signal(desc_layout)
+        r1b_v, r1b_last = Signal(), Signal()
+        r1b_cnt = Signal(count_bits(lanes))
+        r1b_log2s = Signal.like(q_in.log2s)
+        r1b_m = Signal.like(r1_d.m)
+        rest0 = self._dq_rest(ring_r.data.data[0], r1_d.t)
+        r1b_rest = [Signal(rest0.shape(), name=f"r1b_rest{lane}") for lane in range(lanes)]
         # R2: dq per lane.  R3: exponent e in 1/32 log2 units.  R4: output register.
         r2_v, r2_last = Signal(), Signal()
         r2_cnt = Signal(count_bits(lanes))
@@ -466,13 +471,22 @@ class E2Softmax(wiring.Component):
         with m.If(advance):
             m.d.sync += [r1_v.eq(issue), r1_d.eq(sel)]
             m.d.sync += [
-                r2_v.eq(r1_v),
-                r2_last.eq(word.last),
-                r2_cnt.eq(word.count),
-                r2_log2s.eq(r1_d.log2s),
+                r1b_v.eq(r1_v),
+                r1b_last.eq(word.last),
+                r1b_cnt.eq(word.count),
+                r1b_log2s.eq(r1_d.log2s),
+                r1b_m.eq(r1_d.m),
             ]
             for lane in range(lanes):
-                m.d.sync += r2_dq[lane].eq(self._dq(r1_d.m, word.data[lane], r1_d.t))
+                m.d.sync += r1b_rest[lane].eq(self._dq_rest(word.data[lane], r1_d.t))
+            m.d.sync += [
+                r2_v.eq(r1b_v),
+                r2_last.eq(r1b_last),
+                r2_cnt.eq(r1b_cnt),
+                r2_log2s.eq(r1b_log2s),
+            ]
+            for lane in range(lanes):
+                m.d.sync += r2_dq[lane].eq((r1b_m << 2) + r1b_rest[lane])
             m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_cnt.eq(r2_cnt)]
             for lane in range(lanes):
                 e = (r2_dq[lane] << (E2_FRAC - 2)) + r2_log2s
@@ -487,7 +501,7 @@ class E2Softmax(wiring.Component):
             self.o.payload.last.eq(o_last),
         ]
 
-        pipe_busy = a_v | b_v | c_v | d_v | e_v | f_v | g_v | r1_v | r2_v | r3_v | out_valid
+        pipe_busy = a_v | b_v | c_v | d_v | e_v | f_v | g_v | r1_v | r1b_v | r2_v | r3_v | out_valid
         m.d.comb += self.busy.eq(in_row | (in_flight != 0) | cur_active | pipe_busy)
         return m
 

@@ -148,24 +148,31 @@ class Scratchpad(wiring.Component):
                 m.d.comb += [wp.addr.eq(w.addr[:abits]), wp.data.eq(w.data)]
                 m.d.comb += wp.en.eq(w.be)
 
-        # Reads: round-robin after the last granted client.
+        # Reads: round-robin after the last granted client (priority last+1, last+2, ...,
+        # wrapping), as two lowest-set-bit picks: among the clients above the last granted
+        # one (``above``, a register), else among all. ``x & -x`` is a carry chain, so the
+        # grant is a few levels from the requests; the address is an AND-OR of the one-hot
+        # grant (a chain of muxes was most of a 9-level path into the block RAM).
         n = self.read_clients
-        last = Signal(range(n))
         reqs = Cat(*[r.req for r in self.rd])
+        above = Signal(n, init=((1 << n) - 1) & ~1)  # clients after the last granted one
+
+        def lowest(x):
+            return x & (~x + 1)[:n]
+
+        masked = Signal(n)
         grant = Signal(n)
-        # Candidates in priority order last+1, last+2, ..., last (rotation by a constant each).
-        for start in range(n):
-            with m.If(last == start):
-                order = [(start + 1 + j) % n for j in range(n)]
-                for idx in reversed(order):  # the last assignment wins: order[0] first
-                    with m.If(reqs[idx]):
-                        m.d.comb += grant.eq(1 << idx)
+        m.d.comb += [
+            masked.eq(reqs & above),
+            grant.eq(Mux(masked.any(), lowest(masked), lowest(reqs))),
+        ]
+        with m.If(grant.any()):
+            m.d.sync += above.eq(~(grant | (grant - 1)[:n]))
+        addr = 0
         for i, r in enumerate(self.rd):
             m.d.comb += r.grant.eq(grant[i])
-            with m.If(grant[i]):
-                m.d.comb += rp.addr.eq(r.addr[:abits])
-                m.d.sync += last.eq(i)
-        m.d.comb += rp.en.eq(grant.any())
+            addr = addr | Mux(grant[i], r.addr[:abits], 0)
+        m.d.comb += [rp.addr.eq(addr), rp.en.eq(grant.any())]
         granted = Signal(n)
         m.d.sync += granted.eq(grant)
         for i, r in enumerate(self.rd):
@@ -174,6 +181,12 @@ class Scratchpad(wiring.Component):
 
 
 # ---- row reader ------------------------------------------------------------------------------
+
+
+def _room_next(count, grant, pop, depth: int):
+    """``count + grant - pop < depth`` with the compares on ``count`` alone (in parallel with
+    the SPM arbiter that decides ``grant``): only the final select waits for the grant."""
+    return Mux(grant & ~pop, count + 1 < depth, Mux(~grant & pop, 1, count < depth))
 
 
 def reader_cmd_layout() -> data.StructLayout:
@@ -231,12 +244,17 @@ class RowReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
-        cmdp = self.cmd.payload
         # beats leave through a skid buffer: the consumer's ready and the beat former's
         # FIFO pops are in different cycles (the chain was 12-13 levels through RESADD)
         m.submodules.out = out = SkidBuffer(row_layout(unsigned(8), L))
         wiring.connect(m, out.o, wiring.flipped(self.o))
         src = out.i
+        # commands through a skid buffer too: the controller's payload muxes and this
+        # reader's address registers are in different cycles
+        m.submodules.cmdq = cmdq = SkidBuffer(reader_cmd_layout())
+        wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
+        cmd = cmdq.o
+        cmdp = cmd.payload
 
         # -- framing queue: what the beat former needs of each command --
         # rows_m1 = rows - 1: the beat former's end-of-command test is then an equality
@@ -262,8 +280,8 @@ class RowReader(wiring.Component):
         stride_b = Signal(16)
 
         empty_cmd = (cmdp.rows == 0) | (cmdp.cols == 0)
-        m.d.comb += self.cmd.ready.eq(~active & info.w_rdy)
-        take = self.cmd.valid & self.cmd.ready
+        m.d.comb += cmd.ready.eq(~active & info.w_rdy)
+        take = cmd.valid & cmd.ready
         info_in = Signal(info_layout)
         m.d.comb += [
             info_in.rows_m1.eq(Mux(cmdp.dual, (cmdp.rows << 1) - 1, cmdp.rows - 1)),
@@ -305,8 +323,10 @@ class RowReader(wiring.Component):
             self.mem.addr.eq(addr),
         ]
         grant = self.mem.grant
-        outstanding_next = outstanding + grant - pop
-        m.d.sync += [outstanding.eq(outstanding_next), room.eq(outstanding_next < self.fifo_depth)]
+        m.d.sync += [
+            outstanding.eq(outstanding + grant - pop),
+            room.eq(_room_next(outstanding, grant, pop, self.fifo_depth)),
+        ]
         with m.If(grant):
             with m.If(~w_zero):
                 m.d.sync += [w_left.eq(w_left - 1), w_zero.eq(w_left == 1), addr.eq(addr + 1)]
@@ -331,7 +351,6 @@ class RowReader(wiring.Component):
         head = Signal(info_layout)
         m.d.comb += head.eq(info.r_data)
         col = Signal(16)
-        brow = Signal(17)  # rows of the head command already emitted
         # The beat's bounds are registers, set for the next beat as this one leaves (the
         # subtract and compares of the fresh head command were most of a 10-level path):
         # columns left in the row, "this beat ends the row", and the lanes inside the row.
@@ -347,9 +366,19 @@ class RowReader(wiring.Component):
                 lane_mask.eq(Cat(*[cols > i for i in range(L)])),
             ]
 
-        brow_last = Signal()  # brow == head.rows_m1, as a register
+        # rows of the head command still to come after this one, counting down, with the
+        # "this is the last row" / "the next is" flags as registers
+        rows_to_go = Signal(17)
+        brow_last = Signal()
+        brow_next_last = Signal()
         with m.If(info.r_rdy & ~loaded):
-            m.d.sync += [*row_start(head.cols), loaded.eq(1), brow_last.eq(head.rows_m1 == 0)]
+            m.d.sync += [
+                *row_start(head.cols),
+                loaded.eq(1),
+                rows_to_go.eq(head.rows_m1),
+                brow_last.eq(head.rows_m1 == 0),
+                brow_next_last.eq(head.rows_m1 == 1),
+            ]
         count = Signal(count_bits(L))
         m.d.comb += count.eq(Mux(is_last, remaining, L))
         beat = Signal(row_layout(unsigned(8), L))
@@ -399,12 +428,13 @@ class RowReader(wiring.Component):
             with m.If(is_last):
                 m.d.sync += col.eq(0)
                 with m.If(brow_last):
-                    m.d.sync += [brow.eq(0), loaded.eq(0)]
+                    m.d.sync += loaded.eq(0)
                     m.d.comb += info.r_en.eq(1)
                 with m.Else():
                     m.d.sync += [
-                        brow.eq(brow + 1),
-                        brow_last.eq(brow + 1 == head.rows_m1),
+                        rows_to_go.eq(rows_to_go - 1),
+                        brow_last.eq(brow_next_last),
+                        brow_next_last.eq(rows_to_go == 2),
                         *row_start(head.cols),
                     ]
             with m.Else():
@@ -416,7 +446,7 @@ class RowReader(wiring.Component):
                 ]
 
         m.d.comb += words.r_en.eq(pop)
-        m.d.comb += self.idle.eq(~active & (info.level == 0) & ~out.busy)
+        m.d.comb += self.idle.eq(~active & (info.level == 0) & ~out.busy & ~cmdq.busy)
         return m
 
 
@@ -567,27 +597,43 @@ class RowWriter(wiring.Component):
         row = Signal(ADDR_BITS)
         col = Signal(16)
         piece = Signal(range(max(k, 2)))  # (never zero-width: Verilog has no [-1:0])
+        plen = min(L, WORD_BYTES)
+        # Bounds as registers, each with the flag the handshake needs, set for the next
+        # piece as this one leaves (the subtract-and-compare of the column counters was
+        # most of a 9.5-level path into the byte-run writer):
+        left = Signal(17)  # cols - (col + 16 * piece): bytes of the row from this piece on
+        left_fits = Signal()  # left <= plen: this piece ends the row
+        beat_left = Signal(17)  # cols - col
+        row_end = Signal()  # beat_left <= L: this beat ends the row
+        last_row = Signal()  # rows_left == 1
+        cols_fits = Signal()  # cols <= plen
+        cols_row = Signal()  # cols <= L
         m.d.comb += self.cmd.ready.eq(~active)
+        cp = self.cmd.payload
         with m.If(self.cmd.valid & ~active):
             m.d.sync += [
-                active.eq((self.cmd.payload.rows != 0) & (self.cmd.payload.cols != 0)),
-                rows_left.eq(self.cmd.payload.rows),
-                cols.eq(self.cmd.payload.cols),
-                stride.eq(self.cmd.payload.stride),
-                row.eq(self.cmd.payload.base),
+                active.eq((cp.rows != 0) & (cp.cols != 0)),
+                rows_left.eq(cp.rows),
+                cols.eq(cp.cols),
+                stride.eq(cp.stride),
+                row.eq(cp.base),
                 col.eq(0),
                 piece.eq(0),
+                left.eq(cp.cols),
+                left_fits.eq(cp.cols <= plen),
+                beat_left.eq(cp.cols),
+                row_end.eq(cp.cols <= L),
+                last_row.eq(cp.rows == 1),
+                cols_fits.eq(cp.cols <= plen),
+                cols_row.eq(cp.cols <= L),
             ]
         pos = Signal(16)  # column of this piece
         m.d.comb += pos.eq(col + (piece << 4) if k > 1 else col)
-        left = Signal(17)
-        m.d.comb += left.eq(cols - pos)
-        plen = min(L, WORD_BYTES)
         run = self.o.payload
         m.d.comb += [
             run.addr.eq(row + (pos >> 4)),
             run.off.eq(pos[:4]),
-            run.count.eq(Mux(left < plen, left, plen)),
+            run.count.eq(Mux(left_fits, left, plen)),
         ]
         if k > 1:
             src = Array([sink.payload.data[16 * j : 16 * j + 16] for j in range(k)])[piece]
@@ -597,23 +643,41 @@ class RowWriter(wiring.Component):
             for b in range(L):
                 m.d.comb += run.data[b].eq(sink.payload.data[b])
         beat_done = Signal()
-        m.d.comb += beat_done.eq((left <= plen) | (piece == k - 1))
+        m.d.comb += beat_done.eq(left_fits | (piece == k - 1))
         m.d.comb += [
             self.o.valid.eq(active & sink.valid),
             sink.ready.eq(active & self.o.ready & beat_done),
         ]
-        row_done = col + L >= cols
         with m.If(self.o.valid & self.o.ready):
             with m.If(~beat_done):
-                m.d.sync += piece.eq(piece + 1)
+                m.d.sync += [
+                    piece.eq(piece + 1),
+                    left.eq(left - WORD_BYTES),
+                    left_fits.eq(left <= WORD_BYTES + plen),
+                ]
             with m.Else():
                 m.d.sync += piece.eq(0)
-                with m.If(row_done):
-                    m.d.sync += [col.eq(0), row.eq(row + stride), rows_left.eq(rows_left - 1)]
-                    with m.If(rows_left == 1):
+                with m.If(row_end):
+                    m.d.sync += [
+                        col.eq(0),
+                        row.eq(row + stride),
+                        rows_left.eq(rows_left - 1),
+                        last_row.eq(rows_left == 2),
+                        left.eq(cols),
+                        left_fits.eq(cols_fits),
+                        beat_left.eq(cols),
+                        row_end.eq(cols_row),
+                    ]
+                    with m.If(last_row):
                         m.d.sync += active.eq(0)
                 with m.Else():
-                    m.d.sync += col.eq(col + L)
+                    m.d.sync += [
+                        col.eq(col + L),
+                        left.eq(beat_left - L),
+                        left_fits.eq(beat_left <= L + plen),
+                        beat_left.eq(beat_left - L),
+                        row_end.eq(beat_left <= 2 * L),
+                    ]
         m.d.comb += self.idle.eq(~active & ~inb.busy)
         return m
 
@@ -642,12 +706,6 @@ def _mode_consts(groups: int, cols: int):
     shared = (groups * cols, min(WORD_BYTES, groups * cols))
     heads = (cols, min(WORD_BYTES, cols))
     return shared, heads
-
-
-def _min3(a, b, c):
-    """min(a, b, c) of unsigned values (a run's byte count, at most 16)."""
-    ab = Mux(a < b, a, b)
-    return Mux(ab < c, ab, c)
 
 
 class MatmulOutWriter(wiring.Component):
@@ -727,7 +785,6 @@ class MatmulOutWriter(wiring.Component):
         grp_nrow = Signal(ADDR_BITS)  # step_row_base + g * head_step
         lane_row = Signal(ADDR_BITS)  # grp_nrow + (n - s*cm) * stride
 
-        count = Signal(5)  # bytes of this run: min(left_c, left_n, sw), kept like grp_last
         # "this run ends its group" is a register, set with the bounds it is computed from:
         # every way the bounds can change has its own compare on registers (the compare of
         # the fresh bounds sat between the writer's ready and every address register)
@@ -740,7 +797,6 @@ class MatmulOutWriter(wiring.Component):
             cm0 = Mux(cmdp.heads, cm_hd, cm_sh)
             sw0 = Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))
             m.d.sync += [
-                count.eq(_min3(cm0, cmdp.n, sw0)),
                 grp_last.eq((cm0 <= sw0) | (cmdp.n <= sw0)),
                 cm_le_sw.eq(cm0 <= sw0),
                 job.eq(cmdp),
@@ -768,6 +824,10 @@ class MatmulOutWriter(wiring.Component):
             ]
 
         group_last = grp_last
+        # bytes of this run, min(left_c, left_n, sw): sw unless the run ends its group (then
+        # both bounds are known to be <= sw only one of which needs the compare)
+        count = Signal(5)
+        m.d.comb += count.eq(Mux(grp_last, Mux(left_c < left_n, left_c, left_n), sw))
         word_last = Signal()
         m.d.comb += word_last.eq(group_last & g_last)
         # grp_last after each kind of update (left_c, left_n as they will be)
@@ -781,12 +841,17 @@ class MatmulOutWriter(wiring.Component):
         # flushed as one run per channel: row n, columns t0 .. t0 + 15.
         buf = [Signal(8 * WORD_BYTES, name=f"tbuf{lane}") for lane in range(G * C)]
         flushing = Signal()
+        # The flushed lane's bytes come from a register, selected a run ahead (the G*C-way
+        # select was most of a 9-level path into the byte-run writer); a flush starts with
+        # one cycle that selects lane 0 once its last byte is in.
+        tdata = Signal(8 * WORD_BYTES)
+        tprimed = Signal()
         with m.If(job.transposed):
             m.d.comb += [
                 run.addr.eq(lane_row + (t >> 4)),
                 run.off.eq(0),
                 run.count.eq(t[:4] + 1),
-                run.data.as_value().eq(Cat(*buf).word_select(lane0, 8 * WORD_BYTES)),
+                run.data.as_value().eq(tdata),
             ]
         with m.Else():
             m.d.comb += [
@@ -809,9 +874,19 @@ class MatmulOutWriter(wiring.Component):
         fire = self.o.valid & self.o.ready
         with m.If(job.transposed):
             m.d.comb += [
-                self.o.valid.eq(active & flushing),
+                self.o.valid.eq(active & flushing & tprimed),
                 sink.ready.eq(active & ~flushing),
             ]
+            with m.If(flushing & ~tprimed):
+                m.d.sync += [
+                    tdata.eq(Cat(*buf).word_select(lane0, 8 * WORD_BYTES)),
+                    tprimed.eq(1),
+                ]
+            with m.If(fire):
+                lane_next = Mux(group_last, grp_lane + C, lane0 + sw)
+                m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
+                with m.If(word_last):
+                    m.d.sync += tprimed.eq(0)
             with m.If(sink.valid & sink.ready):
                 for lane in range(G * C):
                     for j in range(WORD_BYTES):
@@ -842,7 +917,6 @@ class MatmulOutWriter(wiring.Component):
                 with m.If(t_last):  # the step ends
                     m.d.sync += [
                         grp_last.eq(gl_step),
-                        count.eq(_min3(cm, step_left - cm, sw)),
                         t.eq(0),
                         t_left.eq(job.tokens),
                         t_last.eq(job.tokens == 1),
@@ -861,7 +935,6 @@ class MatmulOutWriter(wiring.Component):
                 with m.Else():
                     m.d.sync += [
                         grp_last.eq(gl_group),
-                        count.eq(_min3(cm, step_left, sw)),
                         t.eq(t + 1),
                         t_left.eq(t_left - 1),
                         t_last.eq(t_left == 2),
@@ -875,7 +948,6 @@ class MatmulOutWriter(wiring.Component):
             with m.Elif(group_last):
                 m.d.sync += [
                     grp_last.eq(gl_group),
-                    count.eq(_min3(cm, step_left, sw)),
                     g_left.eq(g_left - 1),
                     g_last.eq(g_left == 2),
                     left_c.eq(cm),
@@ -890,7 +962,6 @@ class MatmulOutWriter(wiring.Component):
             with m.Else():
                 m.d.sync += [
                     grp_last.eq(gl_run),
-                    count.eq(_min3(left_c - sw, left_n - sw, sw)),
                     left_c.eq(left_c - sw),
                     lane0.eq(lane0 + sw),
                     n.eq(n + sw),
@@ -998,8 +1069,10 @@ class ResidualRuns(wiring.Component):
             self.mem.addr.eq(inb.o.payload.run.addr + self.delta),
             inb.o.ready.eq(self.mem.grant),
         ]
-        inflight_next = inflight + self.mem.grant - formed
-        m.d.sync += [inflight.eq(inflight_next), room.eq(inflight_next < D)]
+        m.d.sync += [
+            inflight.eq(inflight + self.mem.grant - formed),
+            room.eq(_room_next(inflight, self.mem.grant, formed, D)),
+        ]
         head_in = Signal(head_layout)
         run = inb.o.payload.run
         m.d.comb += [
@@ -1116,8 +1189,9 @@ class XStreamBuilder(wiring.Component):
         issued = Signal()  # the reader command of group g is out
         zeros_left = Signal(32)  # zero words still to send for group g
         zeros_on = Signal()  # zeros_left != 0
-        rows_done = Signal(16)
-        row_is_last = Signal()  # rows_done + 1 == tokens, kept as a register
+        rows_to_go = Signal(16)  # rows of the group after the current one
+        row_is_last = Signal()  # rows_to_go == 0
+        row_next_last = Signal()  # rows_to_go == 1
         m.d.comb += self.cmd.ready.eq(~active)
         with m.If(self.cmd.valid & ~active):
             m.d.sync += [
@@ -1126,8 +1200,9 @@ class XStreamBuilder(wiring.Component):
                 g.eq(0),
                 base.eq(self.cmd.payload.base),
                 issued.eq(0),
-                rows_done.eq(0),
+                rows_to_go.eq(self.cmd.payload.tokens - 1),
                 row_is_last.eq(self.cmd.payload.tokens == 1),
+                row_next_last.eq(self.cmd.payload.tokens == 2),
             ]
         ks = (job.k + V - 1) >> exact_log2(V)
         real = ~job.heads | (g < job.nheads)
@@ -1168,8 +1243,9 @@ class XStreamBuilder(wiring.Component):
             with m.If(real):
                 with m.If(rd.o.payload.last):
                     m.d.sync += [
-                        rows_done.eq(rows_done + 1),
-                        row_is_last.eq(rows_done + 2 == job.tokens),
+                        rows_to_go.eq(rows_to_go - 1),
+                        row_is_last.eq(row_next_last),
+                        row_next_last.eq(rows_to_go == 2),
                     ]
                     with m.If(row_is_last):
                         m.d.comb += last_of_group.eq(1)
@@ -1180,8 +1256,9 @@ class XStreamBuilder(wiring.Component):
                     m.d.sync += zeros_on.eq(0)
         with m.If(last_of_group):
             m.d.sync += [
-                rows_done.eq(0),
+                rows_to_go.eq(job.tokens - 1),
                 row_is_last.eq(job.tokens == 1),
+                row_next_last.eq(job.tokens == 2),
                 issued.eq(0),
                 g.eq(g + 1),
                 base.eq(base + job.head_step),

@@ -287,6 +287,13 @@ class Accelerator(wiring.Component):
 
         # ---- controller state ----------------------------------------------------------------
         state = Signal(range(len(_S)))
+
+        def at(name):
+            return state == _S[name]
+
+        def goto(name):
+            return state.eq(_S[name])
+
         pc = Signal(32)
         busy = Signal()
         cycles = Signal(64)
@@ -312,7 +319,7 @@ class Accelerator(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         def cmd_valid(name):
-            return todo[_CMD[name]] & ((state == _S["ISSUE"]) | (state == _S["PARAMS"]))
+            return todo[_CMD[name]] & ((at("ISSUE")) | (at("PARAMS")))
 
         fired = Signal(len(_CMD))  # command handshakes this cycle
 
@@ -325,7 +332,6 @@ class Accelerator(wiring.Component):
         # stream starts q * w_slots words after the layer's (codec: the streams in turn)
         w_slots = Signal(24)
         w_offs = [Signal(32, name=f"w_off{q}") for q in range(1, P.weight_ports)]
-        m.d.sync += [off.eq((w_slots * (q + 1)) << 4) for q, off in enumerate(w_offs)]
         settled = Signal()  # MM_SETUP: the loop is done, x_need/w_slots follow next cycle
         checked = Signal()  # MM_SETUP: x_need/w_slots are valid, mm_ok follows next cycle
         tiles = Signal(16)
@@ -346,26 +352,13 @@ class Accelerator(wiring.Component):
         op_dec = {o.name: op == int(o) for o in Op}
         op_is = {o.name: Signal(name=f"op_is_{o.name.lower()}") for o in Op}
         m.d.sync += [op_is[name].eq(op_dec[name]) for name in op_is]
-        # DECODE's checks and sizes, registered like the opcode: a new instruction spends a
-        # cycle in PREDECODE, so DECODE reads only registers (the compares against the fresh
-        # instruction register were a 10-level path into `todo`)
+        # fields the instruction's commands read, registered like the opcode (DECODE itself
+        # applies what PREDECODE worked out: see "what DECODE does" below)
         f2_zero = Signal()
-        ln_too_wide = Signal()
-        res_too_wide = Signal()
-        softmax_bad = Signal()
         ks_dec = Signal(16)
-        ln_words = Signal(16)
-        res_words = Signal(16)
-        mm_res_words = Signal(16)
         m.d.sync += [
             f2_zero.eq(f[2] == 0),
-            ln_too_wide.eq(f[4] > P.max_channels),
-            res_too_wide.eq(f[4] > P.resadd_channels),
-            softmax_bad.eq((f[4] > P.max_tokens) | (flags[0] != int(P.softmax_log2))),
             ks_dec.eq((f[4] + V - 1) >> exact_log2(V)),
-            ln_words.eq((f[4] + 1) >> 1),
-            res_words.eq((f[4] + 3) >> 2),
-            mm_res_words.eq((f[5] + 3) >> 2),
         ]
         # MATMUL's fused outputs and X reuse, registered like the opcode
         mm_gelu_on = Signal()
@@ -384,7 +377,8 @@ class Accelerator(wiring.Component):
         def uses_rd(dec):
             return (dec["LOAD"] & (f[2] != 0)) | (dec["MATMUL"] & ~w_spm)
 
-        op_uses_rd = uses_rd(op_is)
+        # (registered pieces only: the prefetch request is a short path into the DMA command)
+        op_uses_rd = (op_is["LOAD"] & ~f2_zero) | (op_is["MATMUL"] & ~w_spm)
         pf_want = Signal()  # prefetch PC + 1 for this instruction
         pf_issued = Signal()
         op_rd_cmd_done = Signal()  # the instruction's own DMA read command has been taken
@@ -392,34 +386,53 @@ class Accelerator(wiring.Component):
         next_instr = Signal(256)
         next_beat = Signal()
         next_valid = Signal()
-        running = Cat(
-            *[
-                state == _S[n]
-                for n in ("PARAMS", "PARAMS_WAIT", "MM_SETUP", "ISSUE", "WAIT", "NEXT")
-            ]
-        ).any()
+        # the states an instruction runs in, a cycle late (registered): the prefetch waits at
+        # least that long after DECODE anyway, and leaves NEXT with it issued or not wanted
+        running = Signal()
+        m.d.sync += running.eq(
+            Cat(
+                *[at(n) for n in ("PARAMS", "PARAMS_WAIT", "MM_SETUP", "ISSUE", "WAIT", "NEXT")]
+            ).any()
+        )
         pf_valid = Signal()
         m.d.comb += pf_valid.eq(running & pf_want & ~pf_issued & (~op_uses_rd | op_rd_cmd_done))
-        fetch_go = (state == _S["FETCH"]) & dma.rd_idle  # never behind stale words
+        # DDR addresses computed a cycle ahead, in registers (pc, the instruction and the
+        # base registers are stable by the time a command uses them; FETCH waits a cycle for
+        # its address): the 40-bit adds stay out of the command paths
+        a_fetch = Signal(40)
+        a_next = Signal(40)
+        a_f3 = Signal(40)
+        a_f8 = Signal(40)
+        a_w = [Signal(40, name=f"a_w{q + 1}") for q in range(len(w_offs))]
+        m.d.sync += [
+            a_fetch.eq(regs.prog_addr[:40] + (pc << 5)),
+            a_next.eq(regs.prog_addr[:40] + ((pc + 1) << 5)),
+            a_f3.eq(data_base + u32(3)),
+            a_f8.eq(data_base + u32(8)),
+            *[a.eq(data_base + u32(8) + off) for a, off in zip(a_w, w_offs, strict=True)],
+        ]
+        fetch_armed = Signal()  # FETCH's second cycle on: a_fetch holds this pc's address
+        m.d.sync += fetch_armed.eq(at("FETCH"))
+        fetch_go = (at("FETCH")) & fetch_armed & dma.rd_idle  # never behind stale words
         m.d.comb += dma.rd_cmd.valid.eq(cmd_valid("dma_rd") | fetch_go | pf_valid)
-        with m.If(state == _S["FETCH"]):
+        with m.If(at("FETCH")):
             m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(regs.prog_addr[:40] + (pc << 5)),
+                dma.rd_cmd.payload.addr.eq(a_fetch),
                 dma.rd_cmd.payload.words.eq(2),
             ]
         with m.Elif(pf_valid):
             m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(regs.prog_addr[:40] + ((pc + 1) << 5)),
+                dma.rd_cmd.payload.addr.eq(a_next),
                 dma.rd_cmd.payload.words.eq(2),
             ]
         with m.Elif(op_is["LOAD"]):
             m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(data_base + u32(3)),
+                dma.rd_cmd.payload.addr.eq(a_f3),
                 dma.rd_cmd.payload.words.eq(f[2]),
             ]
         with m.Else():  # MATMUL, packed W from DDR: nsteps * G*C * (1 + ks) slots
             m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(data_base + u32(8)),
+                dma.rd_cmd.payload.addr.eq(a_f8),
                 dma.rd_cmd.payload.words.eq(w_slots),
             ]
         with m.If(pf_valid & dma.rd_cmd.ready):
@@ -427,7 +440,7 @@ class Accelerator(wiring.Component):
         with m.If(cmd_valid("dma_rd") & dma.rd_cmd.ready):
             m.d.sync += op_rd_cmd_done.eq(1)
         # stale words (a run stopped by an error) are drained while idle
-        with m.If((state == _S["IDLE"]) | (state == _S["FETCH"])):
+        with m.If((at("IDLE")) | (at("FETCH"))):
             m.d.comb += dma.rd.ready.eq(1)
         # the prefetched instruction
         with m.If(running & op_rd_done & pf_issued & ~next_valid):
@@ -441,7 +454,7 @@ class Accelerator(wiring.Component):
                         next_beat.eq(0),
                         next_valid.eq(1),
                     ]
-        with m.If(state == _S["FETCH_WAIT"]):
+        with m.If(at("FETCH_WAIT")):
             m.d.comb += dma.rd.ready.eq(1)
             with m.If(dma.rd.valid):
                 with m.If(~fetch_beat):
@@ -450,11 +463,11 @@ class Accelerator(wiring.Component):
                     m.d.sync += [
                         instr[128:].eq(dma.rd.payload.data),
                         fetch_beat.eq(0),
-                        state.eq(_S["PREDECODE"]),
+                        goto("PREDECODE"),
                     ]
         load_addr = Signal(16)
         rd_last_taken = dma.rd.valid & dma.rd.ready & dma.rd.payload.last
-        with m.If((state == _S["WAIT"]) & op_is["LOAD"] & ~op_rd_done):
+        with m.If((at("WAIT")) & op_is["LOAD"] & ~op_rd_done):
             with m.If(rd_last_taken):
                 m.d.sync += op_rd_done.eq(1)
             m.d.comb += [
@@ -470,7 +483,7 @@ class Accelerator(wiring.Component):
         # (state, opcode, end of the instruction's words) and the engine's loader logic are
         # then in different cycles
         m.submodules.w_skid = w_skid = SkidBuffer(unsigned(E.w_word_bits))
-        with m.If((state == _S["WAIT"]) & op_is["MATMUL"] & ~w_spm & ~op_rd_done):
+        with m.If((at("WAIT")) & op_is["MATMUL"] & ~w_spm & ~op_rd_done):
             with m.If(rd_last_taken):
                 m.d.sync += op_rd_done.eq(1)
             m.d.comb += [
@@ -482,7 +495,7 @@ class Accelerator(wiring.Component):
             ew = getattr(engine, f"w{q}")
             m.d.comb += [
                 rd.cmd.valid.eq(cmd_valid(f"dma_w{q}")),
-                rd.cmd.payload.addr.eq(data_base + u32(8) + w_offs[q - 1]),
+                rd.cmd.payload.addr.eq(a_w[q - 1]),
                 rd.cmd.payload.words.eq(w_slots),
                 ew.valid.eq(rd.o.valid),
                 ew.payload.eq(rd.o.payload.data[: E.w_word_bits]),
@@ -492,14 +505,14 @@ class Accelerator(wiring.Component):
         # ---- DMA writer: STORE ---------------------------------------------------------------
         m.d.comb += [
             dma.wr_cmd.valid.eq(cmd_valid("dma_wr")),
-            dma.wr_cmd.payload.addr.eq(data_base + u32(3)),
+            dma.wr_cmd.payload.addr.eq(a_f3),
             dma.wr_cmd.payload.words.eq(f[2]),
         ]
 
         # ---- word reader: STORE / parameter blocks / RESADD rows ------------------------------
         wcmd = words.cmd.payload
         m.d.comb += words.cmd.valid.eq(cmd_valid("words"))
-        with m.If(state == _S["PARAMS"]):
+        with m.If(at("PARAMS")):
             # RESADD f9, MATMUL GELU f10 / RESADD f11, GELU and LAYERNORM f7
             base = Mux(
                 op_is["RESADD"], f[9], Mux(op_is["MATMUL"], Mux(flags[5], f[10], f[11]), f[7])
@@ -528,13 +541,13 @@ class Accelerator(wiring.Component):
                 wcmd.dual.eq(1),
             ]
         word_data = words.o.payload.data.as_value()
-        with m.If((state == _S["WAIT"]) & op_is["STORE"]):
+        with m.If(op_is["STORE"]):  # (the word reader carries only STORE data then)
             m.d.comb += [
                 dma.wr.valid.eq(words.o.valid),
                 dma.wr.payload.eq(word_data),
                 words.o.ready.eq(dma.wr.ready),
             ]
-        with m.If((state == _S["WAIT"]) & op_is["RESADD"]):
+        with m.If((at("WAIT")) & op_is["RESADD"]):
             m.d.comb += [
                 resadd.i.valid.eq(words.o.valid),
                 resadd.i.payload.as_value().eq(words.o.payload.as_value()),
@@ -544,7 +557,7 @@ class Accelerator(wiring.Component):
         # parameter loaders (PARAMS_WAIT): one SPM word at a time
         sub = Signal(4)  # entry within the word
         word_take = Signal()
-        with m.If(state == _S["PARAMS_WAIT"]):
+        with m.If(at("PARAMS_WAIT")):
             with m.If(op_is["GELU"] | mm_gelu_on):  # 16 table entries a word
                 idx = Cat(sub, param_taken[:4])
                 m.d.comb += [
@@ -767,7 +780,7 @@ class Accelerator(wiring.Component):
             wsel_left = Signal(16)  # words of the column after this one
             wsel_last = Signal()  # wsel_left == 0
             # reset before the W builder's command (ISSUE), count every word from then on
-            with m.If(state == _S["MM_SETUP"]):
+            with m.If(at("MM_SETUP")):
                 m.d.sync += [wsel.eq(0), wsel_col.eq(0), wsel_left.eq(ks), wsel_last.eq(0)]
             wb_fire = wb.o.valid & wb.o.ready
             with m.If(wb_fire):
@@ -855,9 +868,11 @@ class Accelerator(wiring.Component):
         # products registered (one cycle after the loop settles): no multiplier in a path to
         # the state register or the DMA command
         x_need = Signal(32)
+        slots = nsteps * (ks + 1) * (G * C // P.weight_ports)
         m.d.sync += [
             x_need.eq(tiles * ks),
-            w_slots.eq(nsteps * (ks + 1) * (G * C // P.weight_ports)),
+            w_slots.eq(slots),
+            *[off.eq((slots * (q + 1)) << 4) for q, off in enumerate(w_offs)],
         ]
         x_fits = Signal()
         m.d.comb += x_fits.eq((x_need <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
@@ -884,18 +899,82 @@ class Accelerator(wiring.Component):
 
         m.d.sync += params_done.eq((param_taken == param_words) & words.idle)
 
+        # ---- what DECODE does, worked out from the instruction in PREDECODE ---------------------
+        # (registered into dec_*: DECODE's todo/state/parameter-count updates were the end of a
+        # 9-level path through the opcode priority and the field checks)
+        o_todo = Signal(len(_CMD))
+        o_state = Signal.like(state)
+        o_words = Signal(16)
+        o_err = Signal()
+        dec_todo = Signal(len(_CMD))
+        dec_state = Signal.like(state)
+        dec_words = Signal(16)
+        dec_err = Signal()
+        dec_end = Signal()
+        f4_words = lambda round_to: (f[4] + round_to - 1) >> exact_log2(round_to)  # noqa: E731
+
+        def to(name):
+            return o_state.eq(_S[name])
+
+        with m.If(op_dec["END"]):
+            m.d.comb += to("IDLE")
+        with m.Elif(op_dec["LOAD"]):
+            m.d.comb += [o_todo.eq(bits("dma_rd")), to("ISSUE")]
+            with m.If(f[2] == 0):
+                m.d.comb += to("NEXT")
+        with m.Elif(op_dec["STORE"]):
+            m.d.comb += [o_todo.eq(bits("dma_wr", "words")), to("ISSUE")]
+            with m.If(f[2] == 0):
+                m.d.comb += to("NEXT")
+        with m.Elif(op_dec["GELU"]):
+            m.d.comb += [o_words.eq(16), o_todo.eq(bits("words")), to("PARAMS")]
+        with m.Elif(op_dec["LAYERNORM"]):
+            m.d.comb += [o_words.eq(f4_words(2)), o_todo.eq(bits("words")), to("PARAMS")]
+            with m.If(f[4] > P.max_channels):
+                m.d.comb += [to("IDLE"), o_err.eq(1)]
+        with m.Elif(op_dec["RESADD"]):
+            m.d.comb += [o_words.eq(f4_words(4)), o_todo.eq(bits("words")), to("PARAMS")]
+            with m.If(f[4] > P.resadd_channels):
+                m.d.comb += [to("IDLE"), o_err.eq(1)]
+        with m.Elif(op_dec["SOFTMAX"]):
+            m.d.comb += [o_todo.eq(bits("unit_rd", "unit_wr")), to("ISSUE")]
+            # the output format is the build's: a program for the other one is an error
+            with m.If((f[4] > P.max_tokens) | (flags[0] != int(P.softmax_log2))):
+                m.d.comb += [to("IDLE"), o_err.eq(1)]
+        with m.Elif(op_dec["MATMUL"]):
+            m.d.comb += to("MM_SETUP")
+            # a fused GELU loads its table, a fused residual add its multipliers first
+            with m.If(flags[5]):
+                m.d.comb += [o_words.eq(16), o_todo.eq(bits("words")), to("PARAMS")]
+            with m.Elif(flags[6]):
+                m.d.comb += [
+                    o_words.eq((f[5] + 3) >> 2),
+                    o_todo.eq(bits("words")),
+                    to("PARAMS"),
+                ]
+        with m.Else():  # bad opcode
+            m.d.comb += [to("IDLE"), o_err.eq(1)]
+
         # ---- the state machine -----------------------------------------------------------------
         m.d.sync += todo.eq(todo & ~fired)
-        with m.If((state) == (_S["IDLE"])):
+        with m.If(at("IDLE")):
             with m.If(regs.start):
-                m.d.sync += [busy.eq(1), pc.eq(0), cycles.eq(0), state.eq(_S["FETCH"])]
+                m.d.sync += [busy.eq(1), pc.eq(0), cycles.eq(0), goto("FETCH")]
                 m.d.sync += xk_valid.eq(0)  # a run never reuses the X of the one before
-        with m.Elif((state) == (_S["FETCH"])):
+        with m.If(at("FETCH")):
             with m.If(fetch_go & dma.rd_cmd.ready):
-                m.d.sync += [fetch_beat.eq(0), state.eq(_S["FETCH_WAIT"])]
-        with m.Elif((state) == (_S["PREDECODE"])):
-            m.d.sync += state.eq(_S["DECODE"])
-        with m.Elif((state) == (_S["DECODE"])):
+                m.d.sync += [fetch_beat.eq(0), goto("FETCH_WAIT")]
+        with m.If(at("PREDECODE")):
+            m.d.sync += [
+                goto("DECODE"),
+                dec_todo.eq(o_todo),
+                dec_state.eq(o_state),
+                dec_words.eq(o_words),
+                dec_err.eq(o_err),
+                dec_end.eq(op_dec["END"]),
+            ]
+        with m.If(at("DECODE")):
+            # the outcome was decided in PREDECODE (registered): DECODE only applies it
             m.d.sync += [
                 load_addr.eq(f[1]),
                 param_taken.eq(0),
@@ -906,82 +985,39 @@ class Accelerator(wiring.Component):
                 op_rd_done.eq(~uses_rd(op_is)),
                 next_valid.eq(0),
                 next_beat.eq(0),
+                # MM_SETUP's loop starts from these (unused by the other instructions)
+                ks.eq(ks_dec),
+                nsteps.eq(0),
+                tiles.eq(0),
+                acc_n.eq(0),
+                acc_t.eq(0),
+                settled.eq(0),
+                checked.eq(0),
+                todo.eq(dec_todo),
+                param_words.eq(dec_words),
+                state.eq(dec_state),
             ]
-            with m.If(op_is["END"]):
+            with m.If(dec_end):
                 m.d.comb += done_set.eq(1)
-                m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
-            with m.Elif(op_is["LOAD"]):
-                m.d.sync += [todo.eq(bits("dma_rd")), state.eq(_S["ISSUE"])]
-                with m.If(f2_zero):
-                    m.d.sync += state.eq(_S["NEXT"])
-            with m.Elif(op_is["STORE"]):
-                m.d.sync += [todo.eq(bits("dma_wr", "words")), state.eq(_S["ISSUE"])]
-                with m.If(f2_zero):
-                    m.d.sync += state.eq(_S["NEXT"])
-            with m.Elif(op_is["GELU"]):
-                m.d.sync += [param_words.eq(16), todo.eq(bits("words")),
-                             state.eq(_S["PARAMS"])]  # fmt: skip
-            with m.Elif(op_is["LAYERNORM"]):
-                m.d.sync += [
-                    param_words.eq(ln_words),
-                    todo.eq(bits("words")),
-                    state.eq(_S["PARAMS"]),
-                ]
-                with m.If(ln_too_wide):
-                    m.d.sync += state.eq(_S["IDLE"])
-                    m.d.comb += error_set.eq(1)
-                    m.d.sync += busy.eq(0)
-            with m.Elif(op_is["RESADD"]):
-                m.d.sync += [
-                    param_words.eq(res_words),
-                    todo.eq(bits("words")),
-                    state.eq(_S["PARAMS"]),
-                ]
-                with m.If(res_too_wide):
-                    m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
-                    m.d.comb += error_set.eq(1)
-            with m.Elif(op_is["SOFTMAX"]):
-                m.d.sync += [todo.eq(bits("unit_rd", "unit_wr")), state.eq(_S["ISSUE"])]
-                # the output format is the build's: a program for the other one is an error
-                with m.If(softmax_bad):
-                    m.d.sync += [state.eq(_S["IDLE"]), busy.eq(0)]
-                    m.d.comb += error_set.eq(1)
-            with m.Elif(op_is["MATMUL"]):
-                m.d.sync += [
-                    ks.eq(ks_dec),
-                    nsteps.eq(0),
-                    tiles.eq(0),
-                    acc_n.eq(0),
-                    acc_t.eq(0),
-                    settled.eq(0),
-                    checked.eq(0),
-                    state.eq(_S["MM_SETUP"]),
-                ]
-                # a fused GELU loads its table, a fused residual add its multipliers first
-                with m.If(flags[5]):
-                    m.d.sync += [param_words.eq(16), todo.eq(bits("words")),
-                                 state.eq(_S["PARAMS"])]  # fmt: skip
-                with m.Elif(flags[6]):
-                    m.d.sync += [param_words.eq(mm_res_words), todo.eq(bits("words")),
-                                 state.eq(_S["PARAMS"])]  # fmt: skip
-            with m.Else():  # bad opcode
+                m.d.sync += busy.eq(0)
+            with m.If(dec_err):
                 m.d.comb += error_set.eq(1)
-                m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
-        with m.Elif((state) == (_S["PARAMS"])):
+                m.d.sync += busy.eq(0)
+        with m.If(at("PARAMS")):
             # on the registered `todo` (cleared by the handshakes a cycle earlier): the
             # handshakes themselves are too deep a path into the state register
             with m.If(todo == 0):
-                m.d.sync += state.eq(_S["PARAMS_WAIT"])
-        with m.Elif((state) == (_S["PARAMS_WAIT"])):
+                m.d.sync += goto("PARAMS_WAIT")
+        with m.If(at("PARAMS_WAIT")):
             with m.If(params_done):
-                m.d.sync += state.eq(_S["ISSUE"])
+                m.d.sync += goto("ISSUE")
                 with m.If(op_is["MATMUL"]):
-                    m.d.sync += state.eq(_S["MM_SETUP"])
+                    m.d.sync += goto("MM_SETUP")
                 with m.Elif(op_is["RESADD"]):
                     m.d.sync += todo.eq(bits("words", "unit_wr"))
                 with m.Else():
                     m.d.sync += todo.eq(bits("unit_rd", "unit_wr"))
-        with m.Elif((state) == (_S["MM_SETUP"])):
+        with m.If(at("MM_SETUP")):
             # nsteps = ceil(N / cm) and tiles = ceil(T / R) by repeated addition
             n_more = acc_n < f[5]
             t_more = acc_t < f[3]
@@ -998,7 +1034,7 @@ class Accelerator(wiring.Component):
                 with m.If(mm_ok):
                     x_bit = Mux(x_keep, 0, bits("xb"))  # X_KEEP: no X load
                     m.d.sync += [
-                        state.eq(_S["ISSUE"]),
+                        goto("ISSUE"),
                         todo.eq(
                             Mux(
                                 w_spm,
@@ -1012,26 +1048,26 @@ class Accelerator(wiring.Component):
                         m.d.sync += [xk_valid.eq(~is_heads), xk_tokens.eq(f[3]), xk_ks.eq(ks)]
                 with m.Else():
                     m.d.comb += error_set.eq(1)
-                    m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
-        with m.Elif((state) == (_S["ISSUE"])):
+                    m.d.sync += [busy.eq(0), goto("IDLE")]
+        with m.If(at("ISSUE")):
             with m.If(todo == 0):
-                m.d.sync += [state.eq(_S["WAIT"]), wait_armed.eq(0)]
-        with m.Elif((state) == (_S["WAIT"])):
+                m.d.sync += [goto("WAIT"), wait_armed.eq(0)]
+        with m.If(at("WAIT")):
             # all_idle through a register (the AND of every block's idle was the tail of an
             # 11-level path into the state); it reflects this instruction's blocks from the
             # second WAIT cycle on, when every command has been taken for a cycle
             m.d.sync += wait_armed.eq(1)
             with m.If(wait_armed & all_idle_q):
-                m.d.sync += state.eq(_S["NEXT"])
-        with m.Elif((state) == (_S["NEXT"])):
+                m.d.sync += goto("NEXT")
+        with m.If(at("NEXT")):
             with m.If(~pf_want):
-                m.d.sync += [pc.eq(pc + 1), state.eq(_S["FETCH"])]
+                m.d.sync += [pc.eq(pc + 1), goto("FETCH")]
             with m.Elif(next_valid):  # prefetched: decode it right away
-                m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), state.eq(_S["PREDECODE"])]
+                m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), goto("PREDECODE")]
 
         with m.If(Cat(dma.error, *[rd.error for rd in wdma]).any()):
             m.d.comb += error_set.eq(1)
-            m.d.sync += [busy.eq(0), state.eq(_S["IDLE"])]
+            m.d.sync += [busy.eq(0), goto("IDLE")]
         return m
 
 
