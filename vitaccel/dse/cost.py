@@ -61,30 +61,34 @@ SLOT_BYTES = 16
 # micro-programs, `vitaccel.dse.validate.micro_cycles`; cocotbext-axi AxiRam as the DDR, which
 # answers a read in a few cycles; a board's DDR adds its latency to every DMA request).
 LATENCIES = {
-    "instr": 10,  # fetch (2 AXI beats) + decode + next, per instruction
-    # Unit pipeline drain after the last input beat (docs/nonlinear.md "Throughput and
-    # latency"): E2Softmax one row's beats + 13, AILayerNorm two rows' beats + 31, GELU 1.
-    # Re-measured after the units and the controller were re-pipelined for the clock rule
-    # (E2Softmax pass 1 +2 stages, AILayerNorm +3, MM_SETUP's registered verdict +1, the
-    # parameter phase's registered completion): softmax +2, layernorm +4, GELU, RESADD and
-    # MATMUL +1 each against the earlier 7 / 26 / 1 / 4 / 1.
-    "softmax": 9,  # 13 in the unit, less what its reader/writer overlap (measured)
-    "layernorm": 30,
-    "gelu": 2,
-    "residual": 5,
+    # Re-measured (validate.micro_cycles, three designs incl. 2 groups x 2 weight ports) after
+    # the 250 MHz re-pipelining: PREDECODE, the registered WAIT exit and the skid buffers on
+    # the command and data streams made the per-instruction overhead 14 (was 10).
+    "instr": 14,  # fetch (2 AXI beats) + predecode + decode + the idle check + next
+    # Unit pipeline drain after the last input beat, less what the reader/writer overlap
+    # (docs/nonlinear.md "Throughput and latency"): E2Softmax one row's beats + 14 in the
+    # unit, AILayerNorm two rows' beats + 33 (+2 more at 8-16 lanes), GELU 1.
+    "softmax": 6,
+    "layernorm": 32,
+    "layernorm_wide": 2,  # AILayerNorm at 8 lanes and more: two more pipeline stages
+    "gelu": 0,
+    "residual": 7,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
     "load": 5,  # DMA request to first LOAD/STORE word
     # A MATMUL with a fused output, beyond its table / multiplier load (PARAMS, one GELU
     # entry or one word of 4 channels' multipliers a cycle) and the plain MATMUL: the
     # parameter phase's own states and, for the residual add, the A read and the residual
     # pipeline behind the last output run.
-    "fused_gelu": 4,
-    "fused_residual": 16,
+    "fused_gelu": 7,
+    "fused_residual": 19,
     # A MATMUL beyond `instr`, MM_SETUP's loop (`top_matmul_extra`) and the job itself
-    # (`matmul_cycles`, the writer bound): two cycles (MM_SETUP's registered verdict), W
-    # from DDR or from the scratchpad alike.
-    "matmul_ddr": 2,
-    "matmul_spm": 2,
+    # (`matmul_cycles`, the writer bound): MM_SETUP's registered verdict, the skid buffers
+    # on the X, W and output streams; heads-mode jobs also the X and W builders' command
+    # turnarounds per group (measured 19-27 at T = 64-128 on 2 groups: 12 fits).
+    "matmul_ddr": 6,
+    "matmul_spm": 6,
+    "matmul_heads": 12,
+    "x_keep": 2,  # an X_KEEP job: the engine's X handshake without X words
 }
 
 
@@ -236,7 +240,8 @@ def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
     if kind == "softmax":
         return rows * beats + beats + LATENCIES["softmax"] + io
     if kind == "layernorm":
-        return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + io
+        wide = LATENCIES["layernorm_wide"] if lanes >= 8 else 0
+        return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + wide + io
     if kind == "gelu":
         return 256 + rows * beats + LATENCIES["gelu"] + io
     if kind == "residual":
@@ -455,7 +460,7 @@ def instr_cycles(
             ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
             w_spm=False, heads=False,
         )  # fmt: skip
-        cycles += fused_cycles(ins.fused, ins.n)
+        cycles += fused_cycles(ins.fused, ins.n) + (LATENCIES["x_keep"] if ins.x_keep else 0)
         return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
     if ins.op == "heads":
         heads = ins.heads > 0
@@ -476,7 +481,8 @@ def instr_cycles(
             ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
             w_spm=True, heads=heads,
         )  # fmt: skip
-        return cycles + LATENCIES["matmul_spm"], bound, nh * ins.tokens * ins.k * ins.n
+        fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
+        return cycles + fixed, bound, nh * ins.tokens * ins.k * ins.n
     return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
 
 

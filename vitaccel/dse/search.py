@@ -321,6 +321,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
     bound = {"compute": 0, "bandwidth": 0, "writer": 0}
     instr_ddr = m.instr + LATENCIES["matmul_ddr"]
     instr_spm = m.instr + LATENCIES["matmul_spm"]
+    instr_heads = m.instr + LATENCIES["matmul_heads"]
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
@@ -340,8 +341,9 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads)
-        job += fused_cycles(fused, n)
-        cyc = (job + (instr_ddr if op == "matmul" else instr_spm)) * count
+        job += fused_cycles(fused, n) + (LATENCIES["x_keep"] if keep else 0)
+        fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
+        cyc = (job + fixed) * count
         mm_total += cyc
         bound[b] = bound.get(b, 0) + cyc
     writer: dict = {}
@@ -385,7 +387,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
                     job += top_matmul_extra(
                         key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False
                     )
-                    job += fused_cycles(key[5], n)
+                    job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
                     cyc += job + instr_ddr
                     split[b] = split.get(b, 0) + job + instr_ddr
                 opts.append((cyc, ratio, split))
