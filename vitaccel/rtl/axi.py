@@ -259,8 +259,13 @@ class RegisterFile(wiring.Component):
                                 bus.wdata[8 * b : 8 * b + 8]
                             )
 
-        # START while busy is ignored: the run in progress would lose its state.
-        m.d.comb += self.start.eq(start_req & ~self.busy)
+        # START while busy is ignored: the run in progress would lose its state. The request
+        # is registered first: the write decode (valid, address compare, strobe, data) and
+        # the controller's next-state logic behind it made a 9-level path, over 250 MHz's
+        # 8.5 (docs/dse.md "The clock"); START takes effect one cycle after the write.
+        start_q = Signal()
+        m.d.sync += start_q.eq(start_req)
+        m.d.comb += self.start.eq(start_q & ~self.busy)
         with m.If(self.start):
             m.d.sync += [done.eq(0), error.eq(0)]
         with m.If(irq_clear):
