@@ -284,8 +284,9 @@ def _resource_rows(resynth: bool, store: MeasureStore | None = None) -> list[dic
         if run is None:
             continue
         total = res.design_resources(calibrate.top_design(cfg))["total"]
-        g, r, c, v, lanes, spm, model = cfg
-        rows.append(_res_row(f"top {g}x{r}x{c}x{v} lanes {lanes} spm {spm} KiB", total, run))
+        g, r, c, v, lanes, spm, model, ports = cfg
+        name = f"top {g}x{r}x{c}x{v} lanes {lanes} spm {spm} KiB"
+        rows.append(_res_row(name + (f", {ports} weight ports" if ports > 1 else ""), total, run))
     return rows
 
 
