@@ -156,7 +156,9 @@ class AxiLiteHost:
     def __init__(self, bus):
         self.bus = bus
 
-    async def write(self, ctx, addr: int, value: int, strb: int = 0xF):
+    async def write(self, ctx, addr: int, value: int, strb: int = 0xF, *, at_response=None):
+        """Write and return BRESP; with ``at_response`` (a signal), (BRESP, that signal's
+        value in the cycle the response is taken), what a host sees with the response."""
         b = self.bus
         ctx.set(b.awaddr, addr)
         ctx.set(b.wdata, value)
@@ -167,9 +169,12 @@ class AxiLiteHost:
         ctx.set(b.awvalid, 0)
         ctx.set(b.wvalid, 0)
         ctx.set(b.bready, 1)
-        (resp,) = await ctx.tick().sample(b.bresp).until(b.bvalid)
+        if at_response is None:
+            (resp,) = await ctx.tick().sample(b.bresp).until(b.bvalid)
+        else:
+            resp, seen = await ctx.tick().sample(b.bresp, at_response).until(b.bvalid)
         ctx.set(b.bready, 0)
-        return resp
+        return resp if at_response is None else (resp, seen)
 
     async def read(self, ctx, addr: int) -> int:
         b = self.bus
@@ -239,7 +244,16 @@ def test_register_file_map_start_done_irq():
         assert await host.read(ctx, Reg.STATUS) == 0b000
         ctx.set(dut.done_set, 1)
         await ctx.tick()
+        ctx.set(dut.done_set, 0)
         assert not ctx.get(dut.irq)
+        # a new START clears the last run's DONE with the write: once its response is back,
+        # neither the IRQ nor STATUS shows DONE (the host's wait loop checks at once)
+        await host.write(ctx, Reg.CTRL, 0b010)  # IRQ_ENABLE: the old DONE raises the IRQ
+        assert ctx.get(dut.irq)
+        _, irq_at_response = await host.write(ctx, Reg.CTRL, 0b011, at_response=dut.irq)
+        assert not irq_at_response
+        assert await host.read(ctx, Reg.STATUS) & 0b010 == 0
+        assert seen["start"] == 3
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

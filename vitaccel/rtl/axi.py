@@ -259,14 +259,18 @@ class RegisterFile(wiring.Component):
                                 bus.wdata[8 * b : 8 * b + 8]
                             )
 
-        # START while busy is ignored: the run in progress would lose its state. The request
-        # is registered first: the write decode (valid, address compare, strobe, data) and
-        # the controller's next-state logic behind it made a 9-level path, over 250 MHz's
-        # 8.5 (docs/dse.md "The clock"); START takes effect one cycle after the write.
+        # START while busy is ignored: the run in progress would lose its state. DONE and
+        # ERROR clear with the write itself, so a host that sees the write's response and
+        # then polls DONE (or waits for the IRQ) never sees the last run's. The controller
+        # takes START one cycle later, from a register: the write decode (valid, address
+        # compare, strobe, data) and its next-state logic together made a 9-level path, over
+        # 250 MHz's 8.5 (docs/dse.md "The clock").
+        accept = Signal()
         start_q = Signal()
-        m.d.sync += start_q.eq(start_req)
-        m.d.comb += self.start.eq(start_q & ~self.busy)
-        with m.If(self.start):
+        m.d.comb += accept.eq(start_req & ~self.busy)
+        m.d.sync += start_q.eq(accept)
+        m.d.comb += self.start.eq(start_q)
+        with m.If(accept):
             m.d.sync += [done.eq(0), error.eq(0)]
         with m.If(irq_clear):
             m.d.sync += done.eq(0)
