@@ -82,6 +82,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
             if design.array.w4_share
             else ""
         ),
+        "weight_ports": design.weight_ports,
         "lanes": [
             design.nonlinear.softmax_lanes,
             design.nonlinear.layernorm_lanes,
@@ -126,7 +127,8 @@ def _line(r: dict) -> str:
         + f"; their cycles by bound {r.get('linear_cycle_share')}"
     )
     detail = (
-        f"  [{r.get('array')} @ {r.get('clock_mhz')} MHz, lanes {r.get('lanes')}, "
+        f"  [{r.get('array')}, {r.get('weight_ports', 1)} weight port(s) @ {r.get('clock_mhz')} "
+        f"MHz, lanes {r.get('lanes')}, "
         f"util {r.get('util')}, cycles by bound {r.get('cycle_share')}, "
         f"FPS with one limit doubled {r.get('relaxed_fps')}]\n  {linear}"
     )
@@ -135,7 +137,7 @@ def _line(r: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| goal | best design (G x R x C x V @ clock, lanes) | FPS | verdict | binding | "
+        "| goal | best design (G x R x C x V, weight ports @ clock, lanes) | FPS | verdict | binding | "
         "FPS with DSP / LUT / BRAM doubled | cycles: compute / weight stream / output writes "
         "/ nonlinear / loads |",
         "|---|---|---:|---|---|---|---|",
@@ -150,7 +152,8 @@ def markdown(rows: list[dict]) -> str:
         )
         rel = r.get("relaxed_fps", {})
         lines.append(
-            f"| {r['model']} {r['precision']} >= {r['goal_fps']:g} FPS | {r.get('array')} @ "
+            f"| {r['model']} {r['precision']} >= {r['goal_fps']:g} FPS | {r.get('array')}, "
+            f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''} @ "
             f"{r.get('clock_mhz'):g} MHz, lanes {r.get('lanes')} | {r['fps']} | {verdict} | "
             f"{r['binding']} | {rel.get('DSP', 0)} / {rel.get('LUT', 0)} / {rel.get('BRAM', 0)} | "
             f"{share.get('compute', 0):.0%} / {stream:.0%} / {share.get('writer', 0):.0%} / "
