@@ -304,6 +304,35 @@ def test_explore_writes_a_design_the_generator_accepts(small_run):
     assert {row["name"] for row in rep["layers"]} >= {"blocks.0.attn.qkv", "blocks.11.mlp.fc2"}
 
 
+def test_human_output_shows_the_answer_and_every_layer(small_run):
+    from rich.console import Console
+
+    from vitaccel.dse.render import print_design_report, print_dse
+    from vitaccel.dse.report import design_report
+
+    result, out, _ = small_run
+    con = Console(record=True, width=100)
+    print_dse(result, con)
+    text = con.export_text()
+    assert f"{result['fps']:.1f} FPS" in text and f"binding: {result['binding']}" in text
+    for needle in ("DSP48E2", "LUT", "FF", "BRAM36", str(out / "design.json"), "pareto.png"):
+        assert needle in text, needle
+    # the summary's cycles by bound are the cycle model's (the report's), summing to the total
+    rep = design_report(result["design"])
+    assert result["cycles_by_bound"] == rep["cycles_by_bound"]
+    assert sum(result["cycles_by_bound"].values()) == result["cycles"]
+    con = Console(record=True, width=80)
+    print_design_report(rep, con)
+    text = con.export_text()
+    lines = text.splitlines()
+    for row in rep["layers"]:  # one unwrapped line per layer, with its cycles and bound
+        assert any(
+            line.split()[:2] == [row["name"], f"{row['cycles']:,}"] and row["bound"] in line
+            for line in lines
+        ), row["name"]
+    assert "NOT allowed" not in text and "total" in text
+
+
 def test_infeasible_target_names_best_fps_and_binding():
     with pytest.raises(InfeasibleError) as err:
         explore("deit-base", "zcu102", 100000)

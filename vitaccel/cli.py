@@ -380,7 +380,9 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
         result = explore(model_name, board, fps, max_util=max_util, out_dir=out_dir)
     except InfeasibleError as err:
         raise CliError(str(err).splitlines()[0], code=EXIT_INFEASIBLE) from None
-    _emit(result, as_json)
+    from vitaccel.dse.render import print_dse
+
+    _emit(result, as_json, human=print_dse)
 
 
 @main_group.group()
@@ -420,9 +422,10 @@ def report_roofline(model_name, board, device, out_dir, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def report_design(design_file, as_json):
     """Utilisation per resource, predicted FPS, per-layer cycles and bounds of a design."""
+    from vitaccel.dse.render import print_design_report
     from vitaccel.dse.report import design_report
 
-    _emit(design_report(design_file), as_json)
+    _emit(design_report(design_file), as_json, human=print_design_report)
 
 
 # ---------------------------------------------------------------------------------------

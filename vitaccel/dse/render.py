@@ -1,0 +1,201 @@
+"""Human-readable output of ``vitaccel dse`` and ``vitaccel report design`` (rich tables).
+
+The JSON objects of :func:`vitaccel.dse.search.explore` and
+:func:`vitaccel.dse.report.design_report` stay the machine interface (``--json``); these
+functions lay the same numbers out for a person: a headline, the resources against the
+board, where the cycles go, and (for the report) one row per layer.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_dse", "print_design_report", "resources_table", "parts_table", "w4_summary"]
+
+_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}
+_LINEAR_KINDS = ("qkv", "proj", "fc1", "fc2")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _bar(x: float, width: int = 20) -> str:
+    full = max(0, min(width, round(x * width)))
+    return "#" * full + "." * (width - full)
+
+
+def _array_text(array: dict) -> str:
+    text = (
+        f"{array['groups']} group(s) x {array['rows']}x{array['cols']} PEs x "
+        f"{array['vector']} lanes"
+    )
+    if array.get("w4_share"):
+        text += f", W4 share {array['w4_share']:g} ({array['w4_kind']})"
+    return text
+
+
+def resources_table(resources: dict, title: str = "resources") -> Table:
+    """Used / available / utilisation per kind, with a bar."""
+    table = Table(title=title, title_justify="left")
+    for col, right in (("resource", False), ("used", True), ("available", True),
+                       ("util", True), ("", False)):  # fmt: skip
+        table.add_column(col, justify="right" if right else "left")
+    for kind, row in resources.items():
+        table.add_row(
+            _KIND_NAMES.get(kind, kind),
+            f"{row['used']:,.0f}",
+            f"{row['available']:,}",
+            _pct(row["util"]),
+            _bar(row["util"]),
+        )
+    return table
+
+
+def parts_table(resources: dict, parts: dict, title: str = "resources per block") -> Table:
+    """One row per block, one column per kind, then the total, the board and the share."""
+    kinds = list(resources)
+    table = Table(title=title, title_justify="left")
+    table.add_column("block")
+    for kind in kinds:
+        table.add_column(_KIND_NAMES.get(kind, kind), justify="right")
+    for name, usage in parts.items():
+        table.add_row(name, *(f"{usage.get(k, 0.0):,.0f}" for k in kinds))
+    table.add_section()
+    table.add_row("total", *(f"{resources[k]['used']:,.0f}" for k in kinds))
+    table.add_row("available", *(f"{resources[k]['available']:,}" for k in kinds))
+    table.add_row("util", *(_pct(resources[k]["util"]) for k in kinds), style="bold")
+    return table
+
+
+def _shares_table(cycles: dict[str, int], title: str, label: str) -> Table:
+    total = sum(cycles.values()) or 1
+    table = Table(title=title, title_justify="left")
+    table.add_column(label)
+    table.add_column("cycles", justify="right")
+    table.add_column("share", justify="right")
+    for name, n in sorted(cycles.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, f"{n:,}", _pct(n / total))
+    return table
+
+
+def w4_summary(ratios: dict[str, float]) -> str:
+    """One line for the per-layer W4 ratios: their range per layer kind."""
+    if not ratios:
+        return "no weight layers"
+    if not any(ratios.values()):
+        return f"0 on all {len(ratios)} weight layers (all W8)"
+    parts = []
+    for kind in _LINEAR_KINDS:
+        vals = [v for name, v in ratios.items() if name.rsplit(".", 1)[-1] == kind]
+        if vals:
+            lo, hi = min(vals), max(vals)
+            parts.append(f"{kind} {lo:g}" if lo == hi else f"{kind} {lo:g}-{hi:g}")
+    return ", ".join(parts) or f"{len(ratios)} layers"
+
+
+def _fidelity_text(fid: dict) -> str:
+    if "error" in fid:
+        return fid["error"]
+    parts = [f"method {fid.get('method', '?')}"]
+    if "cosine_to_w8a8" in fid:
+        parts.append(f"logit cosine to W8A8 {fid['cosine_to_w8a8']:.4f}")
+    if "added_error" in fid:
+        parts.append(f"added error {fid['added_error']:.3g}")
+    return ", ".join(parts)
+
+
+def _performance(d: dict) -> str:
+    return (
+        f"[bold green]{d['fps']:.1f} FPS[/] predicted, {d['latency_ms']:.3f} ms/frame, "
+        f"{d['cycles']:,} cycles at {d['clock_mhz']:g} MHz"
+    )
+
+
+def print_dse(s: dict, console: Console | None = None) -> None:
+    """The explorer's answer: chosen design, resources, bounds, files written."""
+    console = console or Console()
+    console.print(
+        f"[bold]{s['model']} on {s['board']}[/] (target {s['target_fps']:g} FPS): "
+        + _performance(s)
+    )
+    lanes = s["nonlinear_lanes"]
+    ports = s.get("weight_ports")
+    console.print(
+        f"array: {_array_text(s['array'])}; units: softmax {lanes[0]}, layernorm {lanes[1]}, "
+        f"gelu {lanes[2]} lanes" + (f"; {ports} weight port(s)" if ports else "")
+    )
+    console.print(resources_table(s["resources"], title=f"resources (limit {_pct(s['max_util'])})"))
+    console.print(
+        f"binding: [bold]{s['binding']}[/] (best reachable {s['best_reachable_fps']:.1f} FPS); "
+        f"linear layers at {_pct(s['linear_utilisation'])} of the DSP peak"
+    )
+    console.print(_shares_table(s["cycles_by_bound"], "cycles by bound", "bound"))
+    console.print(f"W4 ratio: {w4_summary(s['w4_ratio'])}")
+    console.print(f"fidelity: {_fidelity_text(s['fidelity'])}")
+    rule = s["clock_rule"]
+    if rule.get("levels") is not None:
+        console.print(
+            f"clock: {rule['levels']:g} effective LUT levels "
+            f"(limit at {s['clock_mhz']:g} MHz: {rule.get('max_levels_at_clock')})"
+        )
+    console.print(
+        f"search: {s['candidates']:,} candidates, {s['evaluated']:,} evaluated, "
+        f"{s['pareto_points']:,} on the Pareto front, {s['query_seconds']:.1f} s"
+    )
+    for key in ("design", "pareto", "plot"):
+        console.print(f"{key:>7}: {s[key]}")
+    for w in s.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def _tiling_text(t: dict | None) -> str:
+    """``steps x token tiles x k-steps`` of a MATMUL, with ``h`` for heads mode."""
+    if not t:
+        return ""
+    mode = "h " if t["mode"] == "heads" else ""
+    return f"{mode}{t['steps']}x{t['token_tiles']}x{t['ksteps']}"
+
+
+def print_design_report(r: dict, console: Console | None = None) -> None:
+    """``vitaccel report design``: headline, resources per block, cycles per kind and layer."""
+    console = console or Console()
+    console.print(f"[bold]{r['design']}[/]: {r['model']} on {r['board']}, " + _performance(r))
+    rule = r["clock_rule"]
+    if rule.get("levels") is not None:
+        ok = "allowed" if rule["design_clock_allowed"] else "[red]NOT allowed[/]"
+        console.print(
+            f"clock: {rule['levels']:g} effective LUT levels, {r['clock_mhz']:g} MHz is {ok} "
+            f"(allowed: {', '.join(f'{c:g}' for c in rule['allowed_clocks_mhz'])} MHz)"
+        )
+    title = f"resources per block (shell: {r['shell_resources']})"
+    console.print(parts_table(r["utilisation"], r["parts"], title=title))
+    console.print(
+        f"linear layers at {_pct(r['linear_utilisation'])} of the DSP peak; "
+        f"fidelity: {_fidelity_text(r['fidelity'])}"
+    )
+    console.print(_shares_table(r["cycles_by_kind"], "cycles by kind", "kind"))
+    console.print(_shares_table(r["cycles_by_bound"], "cycles by bound", "bound"))
+    table = Table(title="layers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, right in (
+        ("layer", False), ("cycles", True), ("share", True), ("bound", False),
+        ("util", True), ("W4", True), ("tiling", False),
+    ):  # fmt: skip
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    for row in r["layers"]:
+        table.add_row(
+            row["name"],
+            f"{row['cycles']:,}",
+            _pct(row["share"]),
+            row["bound"],
+            _pct(row["array_utilisation"]),
+            "" if row["w4_ratio"] is None else f"{row['w4_ratio']:g}",
+            _tiling_text(row["tiling"]),
+        )
+    console.print(table)
+    console.print(
+        "util: MACs over the array's peak; tiling: output steps x token tiles x k-steps "
+        "per job (h: one job per head)"
+    )
