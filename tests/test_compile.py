@@ -129,8 +129,9 @@ def test_spm_layout_fits_deit_tiny_and_small_in_1_mib():
     need = {m: spm_layout(get_spec(m)).next for m in ("digits-vit", "deit-tiny", "deit-small")}
     assert need["deit-tiny"] * 16 <= 512 * 1024 and need["deit-small"] * 16 <= 1024 * 1024
     with pytest.raises(CompileError, match="scratchpad too small"):
-        spm_layout(get_spec("deit-base"))
+        spm_layout(get_spec("deit-base"), compact=False)
     al = spm_layout(get_spec("deit-tiny"))
+    assert not al.compact and al.att_heads == 3
     t = al.tensors
     assert t["attn.probs"].base == t["attn.logits"].base
     assert t["mlp.gelu"].base == t["mlp.fc1"].base
@@ -138,6 +139,58 @@ def test_spm_layout_fits_deit_tiny_and_small_in_1_mib():
     assert t["mlp.fc1"].base < t["attn.logits"].base + t["attn.logits"].words
     for x in ("x0", "x1"):
         assert t[x].base + t[x].words <= t["patches"].base
+
+
+def test_compact_layout_fits_deit_base_in_1_mib():
+    """DeiT-Base: the standard layout needs 1,752 KiB; the compact one (one block's
+    constants, one residual buffer, the positional table in the embedding phase, attention
+    logits of 6 of the 12 heads at a time) fits the ISA's 1 MiB."""
+    from vitaccel.compile.compiler import spm_layout, spm_words_needed
+    from vitaccel.models.specs import get_spec
+
+    spec = get_spec("deit-base")
+    al = spm_layout(spec)
+    assert al.compact and al.att_heads == 6 and al.next <= 1 << 16
+    assert spm_words_needed(spec) == al.next
+    t = al.tensors
+    assert t["x1"] == t["x0"]
+    assert len({t[f"blocks.{i}.norm1.params"].base for i in range(spec.depth)}) == 1
+    assert t["attn.logits"].rows == 6 * spec.tokens
+    # everything the compact layout keeps for the whole run sits below the phase region
+    region = t["patches"].base
+    for name in ("pos_add.params", "norm.params", "block.add2.params", "x0", "norm", "logits"):
+        assert t[name].base + t[name].words <= region, name
+    assert t["pos_q"].base >= t["patch_embed"].base + t["patch_embed"].words
+    # a too-small scratchpad still names what does not fit
+    from vitaccel.models.specs import ModelSpec
+
+    large = ModelSpec(name="vit-large-like", img_size=224, patch_size=16, in_chans=3,
+                      num_classes=1000, embed_dim=1024, depth=24, heads=16, mlp_ratio=4.0)  # fmt: skip
+    with pytest.raises(CompileError, match="even with the compact layout"):
+        spm_layout(large, 1 << 17)  # capped at the ISA's 1 MiB; standard and compact tried
+    with pytest.raises(CompileError, match="raise spm_kib"):
+        spm_layout(spec, 40_000)
+
+
+@pytest.mark.parametrize(
+    "groups, cols, spm_words, att_heads",
+    [(1, 4, 599, 1), (2, 8, 640, 2), (2, 4, 1 << 16, 4), (3, 4, 633, 2)],
+)
+def test_compact_program_equals_golden(digits, groups, cols, spm_words, att_heads):
+    """The compact layout on the interpreter: per-block constant LOADs, the residual adds in
+    place (fused with 2x8, RESADD instructions otherwise), attention in chunks of heads."""
+    from vitaccel import isa
+
+    golden, patches = digits
+    design = Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8))
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=groups, codec=codec, spm_words=spm_words, compact=True)
+    assert compiled.compact and compiled.att_heads == att_heads
+    depth, heads = golden.spec.depth, golden.spec.heads
+    ops = [i.op for i in compiled.program]
+    assert ops.count(isa.Op.SOFTMAX) == depth * heads // att_heads
+    assert ops.count(isa.Op.LOAD) == 5 + depth  # globals, input, class row, norm, pos_q
+    assert_program_equals_golden(compiled, codec, golden, patches)
 
 
 def test_deit_tiny_program_equals_golden_on_the_interpreter():

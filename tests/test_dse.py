@@ -103,39 +103,72 @@ def test_job_steps_equal_the_column_plan():
             assert job_nsteps(n, n8, p.groups, p.cols, p.cols_w8, heads=heads) == want
 
 
+def _assert_program_mirrors(compiled, mine):
+    from vitaccel.isa import MatmulFlags, Op
+
+    real = [i for i in compiled.program if i.op != Op.END]
+    assert len(real) == len(mine)
+    for ins, m in zip(real, mine, strict=True):
+        f = ins.fields + (0,) * (15 - len(ins.fields))
+        if ins.op == Op.MATMUL:
+            assert m.op in ("matmul", "heads")
+            assert (f[2], f[3], f[4]) == (m.tokens, m.k, m.n)
+            assert f[11] == (m.heads or 1)  # heads in the job, 1 outside heads mode
+            assert bool(ins.flags & 0b1000) == (m.heads > 0)
+            assert bool(ins.flags & MatmulFlags.X_KEEP) == m.x_keep
+            assert bool(ins.flags & MatmulFlags.GELU) == (m.fused == "gelu")
+            assert bool(ins.flags & MatmulFlags.RESADD) == (m.fused == "residual")
+        elif ins.op in (Op.LOAD, Op.STORE):
+            assert m.op == ins.op.name.lower() and f[1] == m.tokens, (m.name, f[1], m.tokens)
+        else:
+            name = {Op.SOFTMAX: "softmax", Op.LAYERNORM: "layernorm", Op.GELU: "gelu",
+                    Op.RESADD: "residual"}[ins.op]  # fmt: skip
+            assert m.op == name and (f[2], f[3]) == (m.tokens, m.k)
+
+
 def test_program_mirrors_the_compiler():
     from vitaccel.compile.compiler import compile_model
     from vitaccel.flow.codec import codec_for
-    from vitaccel.isa import Op
+    from vitaccel.isa import residual_fusable
     from vitaccel.models.evaluate import prepare
 
     _, _, golden, _, _ = prepare("digits-vit", images=1)
     spec = get_spec("digits-vit")
-    from vitaccel.isa import MatmulFlags, residual_fusable
-
     for groups, cols in ((1, 4), (2, 4), (3, 4), (2, 8)):
         design = Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8))
         compiled = compile_model(golden, groups=groups, codec=codec_for(design))
-        real = [i for i in compiled.program if i.op != Op.END]
-        mine = program(spec, groups, residual_fusable(groups, cols))
-        assert len(real) == len(mine)
-        for ins, m in zip(real, mine, strict=True):
-            f = ins.fields + (0,) * (15 - len(ins.fields))
-            if ins.op == Op.MATMUL:
-                assert m.op in ("matmul", "heads")
-                assert (f[2], f[3], f[4]) == (m.tokens, m.k, m.n)
-                assert f[11] == (m.heads or 1)  # heads in the job, 1 outside heads mode
-                assert bool(ins.flags & 0b1000) == (m.heads > 0)
-                assert bool(ins.flags & MatmulFlags.X_KEEP) == m.x_keep
-                assert bool(ins.flags & MatmulFlags.GELU) == (m.fused == "gelu")
-                assert bool(ins.flags & MatmulFlags.RESADD) == (m.fused == "residual")
-            elif ins.op in (Op.LOAD, Op.STORE):
-                assert m.op == ins.op.name.lower() and f[1] == m.tokens
-            else:
-                name = {Op.SOFTMAX: "softmax", Op.LAYERNORM: "layernorm", Op.GELU: "gelu",
-                        Op.RESADD: "residual"}[ins.op]  # fmt: skip
-                assert m.op == name and (f[2], f[3]) == (m.tokens, m.k)
+        _assert_program_mirrors(compiled, program(spec, groups, residual_fusable(groups, cols)))
         assert res.spm_words(spec) == compiled.spm_words
+
+
+def test_deit_base_design_compiles_and_its_program_equals_golden(tmp_path):
+    """The explorer's DeiT-Base design compiles (the compact layout: 1,016 KiB of the ISA's
+    1 MiB), the cycle model's program mirrors it, and on the ISA interpreter it gives the
+    golden model's logits (random init, one image)."""
+    import numpy as np
+
+    from vitaccel.compile import interp
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.flow.codec import codec_for
+    from vitaccel.isa import residual_fusable
+    from vitaccel.models.evaluate import prepare
+
+    result = explore("deit-base", "zcu102", 30, out_dir=tmp_path)
+    assert not any("cannot be compiled" in w for w in result["warnings"]), result["warnings"]
+    design = load_design(result["design"])
+    a = design.array
+    _, _, golden, x, _ = prepare("deit-base", images=1)
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=a.groups, codec=codec, spm_words=design.spm_kib * 64)
+    assert compiled.compact and compiled.spm_words <= design.spm_kib * 64 <= 1 << 16
+    spec = get_spec("deit-base")
+    assert res.spm_words(spec) == compiled.spm_words
+    mine = program(spec, a.groups, residual_fusable(a.groups, a.cols))
+    _assert_program_mirrors(compiled, mine)
+    patches = golden.quantize_images(x)
+    m = interp.run(compiled.image_with_input(patches[0]), codec, spm_words=compiled.spm_words)
+    got, want = compiled.read_logits(m.ddr), golden.forward_patches(patches)[0]
+    assert np.array_equal(got, want), f"first mismatch at class {np.flatnonzero(got != want)[0]}"
 
 
 def test_estimate_is_a_sum_of_instructions():

@@ -22,13 +22,15 @@ def _first_mismatch(got, want):
     return None if diff.size == 0 else (int(diff[0]), int(got[diff[0]]), int(want[diff[0]]))
 
 
-def _run(design, golden, patches, **backend):
+def _run(design, golden, patches, compact=None, **backend):
     compiled = compile_model(
         golden,
         groups=design.array.groups,
         codec=codec_for(design),
         spm_words=design.spm_kib * 1024 // 16,
     )
+    if compact is not None:
+        assert compiled.compact == compact
     drv = Driver(SimBackend(design, **backend))
     drv.load(compiled)
     return drv.infer_batch(list(patches), reset_between=True)
@@ -66,6 +68,22 @@ def test_digits_log2_softmax_bit_exact():
     golden, patches, want, _ = _digits(design, 3)
     assert golden.config.softmax_output == "log2"
     for j, r in enumerate(_run(design, golden, patches, pause=0.2, seed=4)):
+        assert _first_mismatch(r.logits, want[j]) is None, (
+            f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
+        )
+
+
+def test_digits_compact_layout_bit_exact():
+    """The compact scratchpad layout (the one DeiT-Base needs in 1 MiB) on the RTL: a 10 KiB
+    SPM, too small for the standard layout, so the compiler loads each block's constants
+    before the block, keeps one residual buffer (fused residual adds with Y == A, in place)
+    and runs QK^T / SOFTMAX / P x V per chunk of 2 heads; 2 groups, so heads mode."""
+    base = default_design("digits-vit", "zcu102")
+    design = base.model_copy(
+        update={"array": ArrayConfig(groups=2, rows=2, cols=8, vector=8), "spm_kib": 10}
+    )
+    golden, patches, want, _ = _digits(design, 3)
+    for j, r in enumerate(_run(design, golden, patches, compact=True, pause=0.1, seed=6)):
         assert _first_mismatch(r.logits, want[j]) is None, (
             f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
         )

@@ -12,8 +12,11 @@ sections)::
     output       the int8 logits (read by the host)
 
 Scratchpad plan: a bump allocator over 16-byte words; every 2-D tensor is row-major with
-rows padded to whole words (docs/isa.md). The residual stream ping-pongs between two
-buffers so no instruction reads and writes the same rows.
+rows padded to whole words (docs/isa.md). In the standard layout the residual stream
+ping-pongs between two buffers so no MATMUL reads and writes the same rows; the compact
+layout (models that need more than the ISA's 1 MiB otherwise, e.g. DeiT-Base) trades that
+and the resident per-block constants for one LOAD per block, in-place residual adds and
+attention in chunks of heads (``spm_layout``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
     from vitaccel.models.golden import IntLinear, IntViT
 
 __all__ = [
+    "BLOCK_CONSTS",
     "MAX_SPM_WORDS",
+    "const_ddr",
     "spm_layout",
     "spm_words_needed",
     "Tensor",
@@ -119,6 +124,8 @@ class Compiled:
     output_bytes: int
     spm_words: int
     tensors: dict[str, Tensor] = field(default_factory=dict)
+    compact: bool = False  # the compact scratchpad layout (spm_layout)
+    att_heads: int = 0  # heads per QK^T / SOFTMAX / P x V chunk
     patches: int = 0
     patch_dim: int = 0
     classes: int = 0
@@ -141,17 +148,19 @@ class _Alloc:
         self.next = 0
         self.limit = limit
         self.tensors: dict[str, Tensor] = {}
+        self.compact = False  # the compact layout (spm_layout)
+        self.att_heads = 0  # heads whose attention logits are in the SPM at once
 
     def tensor(self, name: str, rows: int, cols: int, elem_bytes: int = 1) -> Tensor:
         t = Tensor(name, self.next, rows, cols, words_for(cols, elem_bytes), elem_bytes)
         self.next += t.words
         if self.next > self.limit:
-            hint = (
-                "raise spm_kib or use a smaller model"
-                if self.limit < MAX_SPM_WORDS
-                else "the ISA addresses at most 1024 KiB; models of DeiT-Base size need "
-                "per-head SOFTMAX and DDR spilling, not implemented"
-            )
+            if self.limit < MAX_SPM_WORDS:
+                hint = "raise spm_kib or use a smaller model"
+            elif self.compact:
+                hint = "the ISA addresses at most 1024 KiB, even with the compact layout"
+            else:
+                hint = "the ISA addresses at most 1024 KiB"
             raise CompileError(
                 f"scratchpad too small: '{name}' needs words up to {self.next}, the design has "
                 f"{self.limit} ({hint})"
@@ -223,14 +232,30 @@ def _const_sizes(spec) -> list[tuple[str, int | tuple[int, int]]]:
 MAX_SPM_WORDS = 1 << 16
 
 
-def spm_layout(spec, spm_words: int = MAX_SPM_WORDS) -> _Alloc:
+def const_ddr(spec) -> dict[str, tuple[int, int]]:
+    """The constants section in DDR: name -> (word offset in the section, words), in
+    ``_const_sizes`` order (the standard layout's SPM constant region, byte for byte)."""
+    out, at = {}, 0
+    for name, size in _const_sizes(spec):
+        words = size[0] * words_for(size[1]) if isinstance(size, tuple) else words_for(size)
+        out[name] = (at, words)
+        at += words
+    return out
+
+
+# A block's constants, consecutive in DDR (the compact layout LOADs them before the block).
+BLOCK_CONSTS = ("norm1.params", "add1.params", "norm2.params", "gelu.table", "add2.params")
+
+
+def spm_layout(spec, spm_words: int = MAX_SPM_WORDS, compact: bool | None = None) -> _Alloc:
     """Where everything lives in the scratchpad. Needs only the model's shape, so a build can
     refuse a model that does not fit before it spends minutes quantising it
     (:class:`CompileError` when it does not fit).
 
-    Constants (loaded once, first), the two residual buffers and the final LayerNorm/logits
-    rows are fixed; the rest shares one region whose contents change by phase, as lifetimes
-    allow (the program's instruction order, docs/isa.md "The compiled program"):
+    The **standard** layout: constants (loaded once, first), the two residual buffers and the
+    final LayerNorm/logits rows are fixed; the rest shares one region whose contents change
+    by phase, as lifetimes allow (the program's instruction order, docs/isa.md "The compiled
+    program"):
 
     * embedding: ``patches``, ``patch_embed``;
     * attention: ``ln`` (LN1 out; ``attn.context`` takes its place once Q/K/V exist),
@@ -241,36 +266,83 @@ def spm_layout(spec, spm_words: int = MAX_SPM_WORDS) -> _Alloc:
 
     No MATMUL's output overlaps its own input, so the layout does not lean on in-place
     MATMULs; SOFTMAX and GELU do run in place (src == dst, docs/isa.md).
+
+    The **compact** layout (``compact=None``: used when the standard one does not fit, as
+    for DeiT-Base in the ISA's 1 MiB) keeps only one block's constants (a LOAD from DDR
+    before each block), the positional table in the embedding phase, one residual buffer
+    (the residual adds run in place, Y == A) and the attention logits of ``att_heads``
+    heads at a time (QK^T, SOFTMAX and P x V per chunk of heads; the largest divisor of the
+    head count that fits).
     """
-    return _layout(spec, min(spm_words, MAX_SPM_WORDS))
+    limit = min(spm_words, MAX_SPM_WORDS)
+    if compact is None:
+        try:
+            return _layout(spec, limit)
+        except CompileError:
+            pass
+        compact = True
+    if not compact:
+        return _layout(spec, limit)
+    err = None
+    for ch in sorted((d for d in range(1, spec.heads + 1) if spec.heads % d == 0), reverse=True):
+        try:
+            return _layout(spec, limit, att_heads=ch)
+        except CompileError as e:
+            err = err or e
+    raise err
 
 
 def spm_words_needed(spec) -> int:
-    """Scratchpad words the program of ``spec`` needs, even beyond what the ISA addresses."""
-    return _layout(spec, math.inf).next
+    """Scratchpad words the program of ``spec`` needs: the standard layout's (even beyond
+    what the ISA addresses) unless only the compact one fits the ISA's 1 MiB."""
+    standard = _layout(spec, math.inf)
+    if standard.next <= MAX_SPM_WORDS:
+        return standard.next
+    try:
+        return spm_layout(spec, compact=True).next
+    except CompileError:
+        return standard.next
 
 
-def _layout(spec, limit) -> _Alloc:
+def _layout(spec, limit, att_heads: int = 0) -> _Alloc:
+    """The standard layout, or with ``att_heads`` > 0 the compact one (see spm_layout)."""
     if spec.head_dim % WORD_BYTES:
         raise CompileError(f"head_dim must be a multiple of {WORD_BYTES} (got {spec.head_dim})")
     al = _Alloc(limit)
-    for name, size in _const_sizes(spec):
-        if isinstance(size, tuple):
-            al.tensor(name, *size)
-        else:
-            al.block(name, size)
     T, D, H, M = spec.tokens, spec.embed_dim, spec.heads, spec.mlp_dim
+    compact = att_heads > 0
+    al.compact, al.att_heads = compact, (att_heads if compact else H)
+    if not compact:
+        for name, size in _const_sizes(spec):
+            if isinstance(size, tuple):
+                al.tensor(name, *size)
+            else:
+                al.block(name, size)
+        residual = (("x0", T, D), ("x1", T, D))
+    else:
+        sizes = dict(_const_sizes(spec))
+        for name in ("pos_add.params", "norm.params"):
+            al.block(name, sizes[name])
+        for part in BLOCK_CONSTS:  # one slot, every block's constants in turn
+            slot = al.block(f"block.{part}", sizes[f"blocks.0.{part}"])
+            for i in range(spec.depth):
+                al.tensors[f"blocks.{i}.{part}"] = slot
+        residual = (("x0", T, D),)
     for name, rows, cols in (
-        ("x0", T, D),
-        ("x1", T, D),
+        *residual,
         ("norm", 1, D),
         ("logits", 1, spec.num_classes),
     ):
         al.tensor(name, rows, cols)
+    if compact:
+        al.tensors["x1"] = al.tensors["x0"]
     region, high = al.next, al.next
+    embedding = (("patches", spec.patches, spec.patch_dim), ("patch_embed", spec.patches, D))
+    if compact:
+        embedding += (("pos_q", spec.patches, D),)
     phases = (
-        (("patches", spec.patches, spec.patch_dim), ("patch_embed", spec.patches, D)),
-        (("ln", T, D), ("qk", T, 2 * D), ("vT", D, T), ("attn.logits", H * T, T)),
+        embedding,
+        (("ln", T, D), ("qk", T, 2 * D), ("vT", D, T), ("attn.logits", al.att_heads * T, T)),
         (("ln", T, D), ("mlp.fc1", T, M)),
     )
     for phase in phases:
@@ -297,6 +369,7 @@ def compile_model(
     codec: WCodec,
     spm_words: int = 1 << 16,
     fuse_residual: bool | None = None,
+    compact: bool | None = None,
 ) -> Compiled:
     """Compile ``model`` into a program + memory image for an array with ``groups`` groups.
 
@@ -304,7 +377,8 @@ def compile_model(
     projection and FC2 run fused into their MATMULs (RESADD) when ``fuse_residual``
     (default: when the codec's array allows it, :func:`vitaccel.isa.residual_fusable`), and
     as RESADD instructions otherwise. The V part of QKV reuses the X of the Q|K part
-    (X_KEEP).
+    (X_KEEP). ``compact``: the scratchpad layout (:func:`spm_layout`; None: the standard one
+    when it fits ``spm_words``, else the compact one).
     """
     if fuse_residual is None:
         p = getattr(codec, "params", None)
@@ -313,11 +387,12 @@ def compile_model(
     log2 = model.config.softmax_output == "log2"
     T, D, H, dh, M = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
     P, classes = spec.patches, spec.num_classes
-    al = spm_layout(spec, spm_words)
+    al = spm_layout(spec, spm_words, compact)
     spm = al.tensors
 
-    # ---- constants (one LOAD) -----------------------------------------------------------
-    const_parts: list[tuple[Tensor, bytes]] = []
+    # ---- constants: the DDR section (const_ddr), loaded into the SPM by LOADs -----------
+    ddr_consts = const_ddr(spec)
+    const_data: dict[str, bytes] = {}
 
     def const(name: str, data: bytes | np.ndarray) -> Tensor:
         raw = (
@@ -325,19 +400,17 @@ def compile_model(
             if not isinstance(data, bytes)
             else data
         )
-        t = spm[name]
-        if len(raw) > t.words * WORD_BYTES:  # pragma: no cover - _const_sizes is the layout
+        words = ddr_consts[name][1]
+        if len(raw) > words * WORD_BYTES:  # pragma: no cover - _const_sizes is the layout
             raise CompileError(f"constant '{name}' is larger than its SPM block")
-        const_parts.append((t, raw + bytes(t.words * WORD_BYTES - len(raw))))
-        return t
+        const_data[name] = raw + bytes(words * WORD_BYTES - len(raw))
+        return spm.get(name)
 
-    const_names = [name for name, _ in _const_sizes(spec)]
-    const_start = spm[const_names[0]].base
     pos_q = const("pos_q", spm_rows(model.pos_q, words_for(D)))
     pos_params = const(
         "pos_add.params", _resadd_block(model.pos_add.mult_a, model.pos_add.mult_b, D)
     )
-    cls_row = const("cls_row", spm_rows(model.cls_row[None, :], words_for(D)))
+    const("cls_row", spm_rows(model.cls_row[None, :], words_for(D)))
     blk_consts = []
     for i, b in enumerate(model.blocks):
         blk_consts.append(
@@ -356,8 +429,6 @@ def compile_model(
             )
         )
     lnf = const("norm.params", _ln_block(model.norm))
-    last = spm[const_names[-1]]
-    const_words = last.base + last.words - const_start
 
     # ---- activations ------------------------------------------------------------------------
     patches, pe = spm["patches"], spm["patch_embed"]
@@ -386,10 +457,25 @@ def compile_model(
         return key
 
     prog: list[Instr] = []
-    prog.append(isa.load(spm=const_start, words=const_words, ddr=0))  # offset patched below
+    pending_c: list[tuple[int, int]] = []  # (instruction, word offset in the constants)
+
+    def const_load(spm_base: int, first: str, last: str | None = None) -> None:
+        """LOAD the constants ``first`` .. ``last`` (consecutive in DDR) to ``spm_base``."""
+        at, _ = ddr_consts[first]
+        end = sum(ddr_consts[last or first])
+        pending_c.append((len(prog), at))
+        prog.append(isa.load(spm=spm_base, words=end - at, ddr=0))  # offset patched below
+
+    names = list(ddr_consts)
+    if al.compact:  # the globals the SPM keeps, then one block's constants at a time
+        const_load(pos_params.base, "pos_add.params")
+    else:  # the whole section, once
+        const_load(spm[names[0]].base, names[0], names[-1])
     prog.append(isa.load(spm=patches.base, words=patches.words, ddr=0))  # input, patched below
     # The class-token row is a constant; copy it over row 0 of the first residual buffer.
-    prog.append(isa.load(spm=xs[0].base, words=cls_row.words, ddr=0))  # patched below
+    const_load(xs[0].base, "cls_row")
+    if al.compact:
+        const_load(lnf.base, "norm.params")
 
     def mm(
         x: Tensor,
@@ -447,6 +533,8 @@ def compile_model(
 
     pending_w: list[tuple[int, str]] = []
     mm(patches, model.patch_embed, pe, key=w_stream(model.patch_embed), n=D)
+    if al.compact:  # the positional table lives in the embedding phase only
+        const_load(pos_q.base, "pos_q")
     # x0 rows 1.. = patch_embed + pos (per-channel multipliers)
     prog.append(
         isa.resadd(
@@ -467,6 +555,8 @@ def compile_model(
     for i, b in enumerate(model.blocks):
         c = blk_consts[i]
         x, x_next = xs[cur], xs[1 - cur]
+        if al.compact:  # this block's constants into the one slot
+            const_load(c["ln1"].base, f"blocks.{i}.norm1.params", f"blocks.{i}.add2.params")
         prog.append(_ln(x, h, c["ln1"], b.norm1))
         mm(h, b.qkv, qk, key=w_stream(b.qkv, slice(0, 2 * D), f"{b.qkv.name}.qk"), n=2 * D)
         mm(
@@ -478,62 +568,64 @@ def compile_model(
             out_t=True,
             x_keep=True,
         )
-        for h0 in range(0, H, heads_per_job):
-            nh = min(heads_per_job, H - h0)
+        for c0 in range(0, H, al.att_heads):  # chunks of heads whose logits fit the SPM
+            c1 = min(H, c0 + al.att_heads)
+            for h0 in range(c0, c1, heads_per_job):
+                nh = min(heads_per_job, c1 - h0)
+                prog.append(
+                    isa.matmul(
+                        x=qk.base + h0 * dh // WORD_BYTES,
+                        x_stride=qk.stride,
+                        tokens=T,
+                        k=dh,
+                        n=T,
+                        y=logits.base + (h0 - c0) * T * att_stride,
+                        y_stride=att_stride,
+                        w_spm=qk.base + (D + h0 * dh) // WORD_BYTES,
+                        w_stride=qk.stride,
+                        mult=_check_fits("qk_mult", b.qk_mult, 16),
+                        shift=b.qk_shift,
+                        heads=nh if groups > 1 else 0,
+                        head_x_step=dh // WORD_BYTES,
+                        head_w_step=dh // WORD_BYTES,
+                        head_y_step=T * att_stride,
+                    )
+                )
             prog.append(
-                isa.matmul(
-                    x=qk.base + h0 * dh // WORD_BYTES,
-                    x_stride=qk.stride,
-                    tokens=T,
-                    k=dh,
-                    n=T,
-                    y=logits.base + h0 * T * att_stride,
-                    y_stride=att_stride,
-                    w_spm=qk.base + (D + h0 * dh) // WORD_BYTES,
-                    w_stride=qk.stride,
-                    mult=_check_fits("qk_mult", b.qk_mult, 16),
-                    shift=b.qk_shift,
-                    heads=nh if groups > 1 else 0,
-                    head_x_step=dh // WORD_BYTES,
-                    head_w_step=dh // WORD_BYTES,
-                    head_y_step=T * att_stride,
+                isa.softmax(
+                    src=logits.base,
+                    src_stride=att_stride,
+                    rows=(c1 - c0) * T,
+                    cols=T,
+                    dst=probs.base,
+                    dst_stride=att_stride,
+                    in_shift=b.softmax.in_shift,
+                    log2=log2,
                 )
             )
-        prog.append(
-            isa.softmax(
-                src=logits.base,
-                src_stride=att_stride,
-                rows=H * T,
-                cols=T,
-                dst=probs.base,
-                dst_stride=att_stride,
-                in_shift=b.softmax.in_shift,
-                log2=log2,
-            )
-        )
-        for h0 in range(0, H, heads_per_job):
-            nh = min(heads_per_job, H - h0)
-            prog.append(
-                isa.matmul(
-                    x=probs.base + h0 * T * att_stride,
-                    x_stride=att_stride,
-                    tokens=T,
-                    k=T,
-                    n=dh,
-                    y=ctx.base + h0 * dh // WORD_BYTES,
-                    y_stride=ctx.stride,
-                    w_spm=vt.base + h0 * dh * vt.stride,
-                    w_stride=vt.stride,
-                    mult=_check_fits("av_mult", b.av_mult, 16),
-                    shift=b.av_shift,
-                    x_unsigned=not log2,
-                    x_log2=log2,
-                    heads=nh if groups > 1 else 0,
-                    head_x_step=T * att_stride,
-                    head_w_step=dh * vt.stride,
-                    head_y_step=dh // WORD_BYTES,
+            for h0 in range(c0, c1, heads_per_job):
+                nh = min(heads_per_job, c1 - h0)
+                prog.append(
+                    isa.matmul(
+                        x=probs.base + (h0 - c0) * T * att_stride,
+                        x_stride=att_stride,
+                        tokens=T,
+                        k=T,
+                        n=dh,
+                        y=ctx.base + h0 * dh // WORD_BYTES,
+                        y_stride=ctx.stride,
+                        w_spm=vt.base + h0 * dh * vt.stride,
+                        w_stride=vt.stride,
+                        mult=_check_fits("av_mult", b.av_mult, 16),
+                        shift=b.av_shift,
+                        x_unsigned=not log2,
+                        x_log2=log2,
+                        heads=nh if groups > 1 else 0,
+                        head_x_step=T * att_stride,
+                        head_w_step=dh * vt.stride,
+                        head_y_step=dh // WORD_BYTES,
+                    )
                 )
-            )
         if fuse_residual:
             add1 = (x, c["add1"], b.add1.shift)
             mm(ctx, b.proj, x_next, key=w_stream(b.proj), n=D, residual=add1)
@@ -562,10 +654,7 @@ def compile_model(
 
     prog_bytes = len(prog) * isa.INSTR_BYTES
     const_off = align(prog_bytes)
-    const_raw = bytearray(const_words * WORD_BYTES)
-    for t, raw in const_parts:
-        at = (t.base - const_start) * WORD_BYTES
-        const_raw[at : at + len(raw)] = raw
+    const_raw = b"".join(const_data[name] for name in ddr_consts)
     w_off = align(const_off + len(const_raw))
     at = w_off
     for key, raw in weights:
@@ -575,10 +664,10 @@ def compile_model(
     out_off = align(in_off + patches.words * WORD_BYTES)
     total = align(out_off + out.words * WORD_BYTES)
 
-    prog[0] = isa.load(spm=const_start, words=const_words, ddr=const_off)
+    for idx, word in pending_c:
+        spm_base, words = prog[idx].fields[:2]
+        prog[idx] = isa.load(spm=spm_base, words=words, ddr=const_off + word * WORD_BYTES)
     prog[1] = isa.load(spm=patches.base, words=patches.words, ddr=in_off)
-    cls_at = const_off + (cls_row.base - const_start) * WORD_BYTES
-    prog[2] = isa.load(spm=xs[0].base, words=cls_row.words, ddr=cls_at)
     prog[-2] = isa.store(spm=out.base, words=out.words, ddr=out_off)
     for idx, key in pending_w:
         fields = list(prog[idx].fields)
@@ -601,6 +690,8 @@ def compile_model(
         output_bytes=out.words * WORD_BYTES,
         spm_words=al.next,
         tensors=dict(al.tensors),
+        compact=al.compact,
+        att_heads=al.att_heads,
         patches=P,
         patch_dim=spec.patch_dim,
         classes=classes,

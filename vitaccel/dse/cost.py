@@ -327,12 +327,26 @@ def _words(cols: int, elem_bytes: int = 1) -> int:
     return max(1, -(-cols * elem_bytes // SLOT_BYTES))
 
 
+@lru_cache(maxsize=64)
+def _layout_plan(spec) -> tuple[bool, int, dict[str, int]]:
+    """(compact, heads per attention chunk, constant words by name; ``block`` for one
+    block's constants) of the scratchpad layout ``compile_model`` uses for ``spec`` in the
+    ISA's 1 MiB (``vitaccel.compile.compiler.spm_layout``)."""
+    from vitaccel.compile.compiler import BLOCK_CONSTS, CompileError, const_ddr, spm_layout
+
+    words = {name: w for name, (_, w) in const_ddr(spec).items()}
+    words["block"] = sum(words[f"blocks.0.{part}"] for part in BLOCK_CONSTS)
+    try:
+        al = spm_layout(spec)
+    except CompileError:  # fits in neither layout: plan the standard one (spm_kib is capped)
+        return False, spec.heads, words
+    return al.compact, al.att_heads, words
+
+
 def const_words(spec) -> int:
-    """Words of the one constant LOAD (``compile_model``'s constants section)."""
-    d = spec.embed_dim
-    total = spec.patches * _words(d) + _words(4 * d) + _words(d)
-    total += spec.depth * (2 * _words(8 * d) + 2 * _words(4 * d) + _words(256))
-    return total + _words(8 * d)
+    """Words of the standard layout's one constant LOAD (``compile_model``'s constants)."""
+    words = _layout_plan(spec)[2]
+    return sum(w for name, w in words.items() if name != "block")
 
 
 @dataclass(frozen=True)
@@ -360,18 +374,28 @@ def program(spec, groups: int, fuse_residual: bool = False) -> tuple[Instr, ...]
     :func:`vitaccel.isa.residual_fusable`)."""
     t, d, h, dh, m = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
     p = spec.patches
+    compact, chunk, cw = _layout_plan(spec)
     out: list[Instr] = [
-        Instr("load", "constants", "load", tokens=const_words(spec)),
+        Instr("load", "constants", "load",
+              tokens=cw["pos_add.params"] if compact else const_words(spec)),
         Instr("load", "input", "load", tokens=p * _words(spec.patch_dim)),
-        Instr("load", "cls_row", "load", tokens=_words(d)),
-        Instr("matmul", "patch_embed", "patch_embed", p, spec.patch_dim, d, weight_layer="patch_embed"),
-        Instr("residual", "pos_add", "residual", p, d),
+        Instr("load", "cls_row", "load", tokens=cw["cls_row"]),
     ]  # fmt: skip
+    if compact:
+        out.append(Instr("load", "norm.params", "load", tokens=cw["norm.params"]))
+    out.append(
+        Instr("matmul", "patch_embed", "patch_embed", p, spec.patch_dim, d, weight_layer="patch_embed")
+    )  # fmt: skip
+    if compact:
+        out.append(Instr("load", "pos_q", "load", tokens=cw["pos_q"]))
+    out.append(Instr("residual", "pos_add", "residual", p, d))
     per_job = max(1, min(groups, h))
     heads_mode = groups > 1
     for i in range(spec.depth):
         b = f"blocks.{i}"
         qkv = f"{b}.attn.qkv"
+        if compact:
+            out.append(Instr("load", f"{b}.constants", "load", tokens=cw["block"]))
         out += [
             Instr("layernorm", f"{b}.norm1", "layernorm", t, d),
             Instr("matmul", qkv, "qkv", t, d, 2 * d, weight_layer=qkv, row_share=2 / 3),
@@ -380,17 +404,19 @@ def program(spec, groups: int, fuse_residual: bool = False) -> tuple[Instr, ...]
                 x_keep=True,
             ),
         ]  # fmt: skip
-        for h0 in range(0, h, per_job):
-            nh = min(per_job, h - h0)
-            out.append(
-                Instr("heads", f"{b}.attn.qk", "qk", t, dh, t, heads=nh if heads_mode else 0)
-            )
-        out.append(Instr("softmax", f"{b}.attn.softmax", "softmax", h * t, t))
-        for h0 in range(0, h, per_job):
-            nh = min(per_job, h - h0)
-            out.append(
-                Instr("heads", f"{b}.attn.sv", "sv", t, t, dh, heads=nh if heads_mode else 0)
-            )
+        for c0 in range(0, h, chunk):  # the compiler's chunks of heads (compact layout)
+            c1 = min(h, c0 + chunk)
+            for h0 in range(c0, c1, per_job):
+                nh = min(per_job, c1 - h0)
+                out.append(
+                    Instr("heads", f"{b}.attn.qk", "qk", t, dh, t, heads=nh if heads_mode else 0)
+                )
+            out.append(Instr("softmax", f"{b}.attn.softmax", "softmax", (c1 - c0) * t, t))
+            for h0 in range(c0, c1, per_job):
+                nh = min(per_job, c1 - h0)
+                out.append(
+                    Instr("heads", f"{b}.attn.sv", "sv", t, t, dh, heads=nh if heads_mode else 0)
+                )
         res = "residual" if fuse_residual else ""
         proj, fc1, fc2 = f"{b}.attn.proj", f"{b}.mlp.fc1", f"{b}.mlp.fc2"
         out.append(Instr("matmul", proj, "proj", t, d, d, weight_layer=proj, fused=res))

@@ -921,8 +921,8 @@ def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
     if m.spm_kib_needed > SPM_KIB_MAX:
         out.append(
             f"the compiled program needs {m.spm_kib_needed} KiB of scratchpad; the ISA addresses "
-            f"{SPM_KIB_MAX} KiB (spm_kib is capped), so this model cannot be compiled yet "
-            "(needs per-head SOFTMAX and DDR spilling)"
+            f"{SPM_KIB_MAX} KiB (spm_kib is capped) and even the compact layout does not fit, so "
+            "this model cannot be compiled yet (it needs activations spilled to DDR)"
         )
     if not allow_w4:
         w4 = [c for c in feasible if c.w4_share > 0 and c.fps >= target]

@@ -103,6 +103,8 @@ class GVSACodec(WCodec):
 
 
 def codec_for(design) -> GVSACodec:
-    from vitaccel.rtl.matmul import EngineParams
+    """The codec of ``design``'s engine, with the buffer sizes the top gives it (so a layer
+    the engine cannot hold is refused when the program is compiled, not when it runs)."""
+    from vitaccel.rtl.top import TopParams
 
-    return GVSACodec(EngineParams.from_array(design.array, w_ports=design.weight_ports))
+    return GVSACodec(TopParams(design).engine)
