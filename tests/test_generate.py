@@ -114,3 +114,24 @@ def test_generate_refuses_a_model_that_does_not_fit_before_any_work(tmp_path):
     with pytest.raises(CompileError, match="at most 1024 KiB"):
         generate_design(design, out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_lint_runs_on_a_relative_path_and_fails_loudly(tmp_path, monkeypatch):
+    # `vitaccel generate -o out` passes a relative path: Verilator runs in the file's folder,
+    # so a path relative to the caller's folder used to be "not found" (and counted as
+    # 2 warnings, the generate step still "succeeding").
+    from vitaccel.flow.generate import LintError, lint_verilog
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "rtl").mkdir(parents=True)
+    good = tmp_path / "out" / "rtl" / "top.v"
+    good.write_text(
+        "module top(input wire clk, input wire a, output reg q);\n"
+        "  always @(posedge clk) q <= a;\nendmodule\n"
+    )
+    warnings, text = lint_verilog(good.relative_to(tmp_path), "top")
+    assert warnings == 0, text
+    bad = tmp_path / "out" / "rtl" / "bad.v"
+    bad.write_text("module bad(input wire clk;\nendmodule\n")
+    with pytest.raises(LintError, match=r"bad\.v failed: %Error"):
+        lint_verilog(bad.relative_to(tmp_path), "bad")

@@ -499,6 +499,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from vitaccel.compile.compiler import CompileError
 
     errs.append(CompileError)
+    from vitaccel.flow.generate import LintError
+
+    errs.append(LintError)
     try:
         from vitaccel.boards import BoardError
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from vitaccel.design import Design
 from vitaccel.util import atomic_output_dir
 
-__all__ = ["generate_design", "lint_verilog", "LINT_SUPPRESSED", "fits_board"]
+__all__ = ["generate_design", "lint_verilog", "LintError", "LINT_SUPPRESSED", "fits_board"]
 
 TOP_NAME = "vitaccel_top"
 
@@ -49,8 +49,14 @@ LINT_SUPPRESSED = (
 )
 
 
+class LintError(RuntimeError):
+    """Verilator could not lint the Verilog (a missing file or a syntax error): not a count
+    of warnings, a failed step."""
+
+
 def lint_verilog(verilog_path: Path, top: str) -> tuple[int, str]:
-    """Run Verilator --lint-only -Wall; returns (number of warnings, output text)."""
+    """Run Verilator --lint-only -Wall; returns (number of warnings, output text).
+    :class:`LintError` when Verilator reports an error other than its warning tally."""
     from vitaccel.sim.runner import verilator_env
 
     env = verilator_env()
@@ -61,7 +67,7 @@ def lint_verilog(verilog_path: Path, top: str) -> tuple[int, str]:
         "--top-module",
         top,
         *(f"-Wno-{w}" for w in LINT_SUPPRESSED),
-        str(verilog_path),
+        verilog_path.name,  # Verilator runs in the file's folder (its obj_dir lands there)
     ]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=verilog_path.parent)
     # Drop Verilator's run report ("- V e r i l a t i o n   R e p o r t", wall time, memory):
@@ -71,9 +77,11 @@ def lint_verilog(verilog_path: Path, top: str) -> tuple[int, str]:
         for line in (proc.stdout + proc.stderr).splitlines(keepends=True)
         if not line.startswith("- ")
     )
-    count = sum(1 for line in text.splitlines() if line.startswith("%Warning"))
-    errors = sum(1 for line in text.splitlines() if line.startswith("%Error"))
-    return count + errors, text
+    lines = text.splitlines()
+    errors = [ln for ln in lines if ln.startswith("%Error") and "Exiting due to" not in ln]
+    if errors:
+        raise LintError(f"Verilator lint of {verilog_path.name} failed: {errors[0]}")
+    return sum(1 for ln in lines if ln.startswith("%Warning")), text
 
 
 def fits_board(resources: dict, board: str) -> dict:
