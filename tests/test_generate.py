@@ -109,9 +109,11 @@ def test_build_with_yosys(tmp_path):
 def test_generate_refuses_a_model_that_does_not_fit_before_any_work(tmp_path):
     from vitaccel.compile.compiler import CompileError
 
-    design = default_design("deit-base", "zcu102").model_copy(update={"spm_kib": 1024})
+    # DeiT-Base needs 1,016 KiB even in the compact layout (the ISA's 1 MiB limit itself is
+    # tested in test_compile with a larger model than the zoo has).
+    design = default_design("deit-base", "zcu102").model_copy(update={"spm_kib": 512})
     out = tmp_path / "never"
-    with pytest.raises(CompileError, match="at most 1024 KiB"):
+    with pytest.raises(CompileError, match=r"scratchpad too small.*raise spm_kib"):
         generate_design(design, out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
