@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from vitaccel.compile import interp
 from vitaccel.compile.compiler import CompileError, compile_model
 from vitaccel.compile.driver import Driver, InterpBackend
 from vitaccel.design import ArrayConfig, Design
@@ -20,19 +19,8 @@ def digits():
     return golden, golden.quantize_images(x)
 
 
-def assert_program_equals_golden(compiled, codec, golden, patches):
-    """The program on the ISA interpreter gives the golden model's logits for every image."""
-    expect = golden.forward_patches(patches)
-    for j in range(len(patches)):
-        m = interp.run(compiled.image_with_input(patches[j]), codec, spm_words=compiled.spm_words)
-        got = compiled.read_logits(m.ddr)
-        assert np.array_equal(got, expect[j]), (
-            f"image {j}: first mismatch at class {np.flatnonzero(got != expect[j])[0]}"
-        )
-
-
 @pytest.mark.parametrize("groups, cols", [(1, 4), (2, 4), (2, 8), (1, 16)])
-def test_program_equals_golden_on_real_images(digits, groups, cols):
+def test_program_equals_golden_on_real_images(digits, groups, cols, assert_program_equals_golden):
     """GELU is always fused into FC1; the residual adds are fused into the projection and
     FC2 where an output step covers whole SPM words (2x8, 1x16), RESADD otherwise."""
     from vitaccel import isa
@@ -105,7 +93,7 @@ def test_driver_on_the_interpreter(digits):
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-def test_log2_softmax_program_equals_golden(groups):
+def test_log2_softmax_program_equals_golden(groups, assert_program_equals_golden):
     """Log2-code softmax: SOFTMAX with LOG2 writes 4-bit codes, P x V runs with X_LOG2."""
     from vitaccel import isa
 
@@ -176,7 +164,9 @@ def test_compact_layout_fits_deit_base_in_1_mib():
     "groups, cols, spm_words, att_heads",
     [(1, 4, 599, 1), (2, 8, 640, 2), (2, 4, 1 << 16, 4), (3, 4, 633, 2)],
 )
-def test_compact_program_equals_golden(digits, groups, cols, spm_words, att_heads):
+def test_compact_program_equals_golden(
+    digits, groups, cols, spm_words, att_heads, assert_program_equals_golden
+):
     """The compact layout on the interpreter: per-block constant LOADs, the residual adds in
     place (fused with 2x8, RESADD instructions otherwise), attention in chunks of heads."""
     from vitaccel import isa
@@ -193,16 +183,13 @@ def test_compact_program_equals_golden(digits, groups, cols, spm_words, att_head
     assert_program_equals_golden(compiled, codec, golden, patches)
 
 
-def test_deit_tiny_program_equals_golden_on_the_interpreter():
+def test_deit_tiny_program_equals_golden_on_the_interpreter(assert_program_equals_golden):
     """The whole 197-token, 12-block DeiT-Tiny program (random init, one image)."""
     _, _, golden, x, _ = prepare("deit-tiny", images=1)
     design = Design(model="deit-tiny", array=ArrayConfig(groups=3, rows=4, cols=4, vector=8))
     codec = codec_for(design)
     compiled = compile_model(golden, groups=3, codec=codec, spm_words=1 << 16)
-    patches = golden.quantize_images(x)
-    m = interp.run(compiled.image_with_input(patches[0]), codec, spm_words=compiled.spm_words)
-    got, want = compiled.read_logits(m.ddr), golden.forward_patches(patches)[0]
-    assert np.array_equal(got, want), f"first mismatch at class {np.flatnonzero(got != want)[0]}"
+    assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
 
 
 def test_unsupported_configurations_are_clear_errors():

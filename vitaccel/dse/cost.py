@@ -328,16 +328,16 @@ def _words(cols: int, elem_bytes: int = 1) -> int:
 
 
 @lru_cache(maxsize=64)
-def _layout_plan(spec) -> tuple[bool, int, dict[str, int]]:
+def _layout_plan(spec, spm_words: int | None = None) -> tuple[bool, int, dict[str, int]]:
     """(compact, heads per attention chunk, constant words by name; ``block`` for one
-    block's constants) of the scratchpad layout ``compile_model`` uses for ``spec`` in the
-    ISA's 1 MiB (``vitaccel.compile.compiler.spm_layout``)."""
+    block's constants) of the scratchpad layout ``compile_model`` uses for ``spec`` in
+    ``spm_words`` (None: all the ISA addresses; ``vitaccel.compile.compiler.spm_layout``)."""
     from vitaccel.compile.compiler import BLOCK_CONSTS, CompileError, const_ddr, spm_layout
 
     words = {name: w for name, (_, w) in const_ddr(spec).items()}
     words["block"] = sum(words[f"blocks.0.{part}"] for part in BLOCK_CONSTS)
     try:
-        al = spm_layout(spec)
+        al = spm_layout(spec) if spm_words is None else spm_layout(spec, spm_words)
     except CompileError:  # fits in neither layout: plan the standard one (spm_kib is capped)
         return False, spec.heads, words
     return al.compact, al.att_heads, words
@@ -368,13 +368,16 @@ class Instr:
 
 
 @lru_cache(maxsize=256)
-def program(spec, groups: int, fuse_residual: bool = False) -> tuple[Instr, ...]:
+def program(
+    spec, groups: int, fuse_residual: bool = False, spm_words: int | None = None
+) -> tuple[Instr, ...]:
     """The instruction sequence ``compile_model`` emits for ``spec`` on ``groups`` groups
     (``fuse_residual``: the array allows the residual adds in the MATMULs,
-    :func:`vitaccel.isa.residual_fusable`)."""
+    :func:`vitaccel.isa.residual_fusable`) in a scratchpad of ``spm_words`` (the compact
+    layout when the standard one does not fit)."""
     t, d, h, dh, m = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
     p = spec.patches
-    compact, chunk, cw = _layout_plan(spec)
+    compact, chunk, cw = _layout_plan(spec, spm_words)
     out: list[Instr] = [
         Instr("load", "constants", "load",
               tokens=cw["pos_add.params"] if compact else const_words(spec)),
@@ -545,7 +548,8 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     by_name: dict[str, LayerCost] = {}
     bounds: dict[str, int] = {}
-    for ins in program(spec, geom.groups, residual_fusable(geom.groups, geom.cols)):
+    fuse = residual_fusable(geom.groups, geom.cols)
+    for ins in program(spec, geom.groups, fuse, design.spm_kib * 1024 // SLOT_BYTES):
         cycles, bound, macs = instr_cycles(ins, design, geom, port, budget)
         cycles += LATENCIES["instr"]
         bounds[bound] = bounds.get(bound, 0) + cycles
