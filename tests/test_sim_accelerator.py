@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitaccel.compile.compiler import compile_model
+from vitaccel.compile.compiler import compile_model, spm_layout
 from vitaccel.compile.driver import Driver
 from vitaccel.design import ArrayConfig, Design, NonlinearConfig
 from vitaccel.flow.build import default_design
@@ -85,6 +85,7 @@ def test_digits_compact_layout_bit_exact():
         update={"array": ArrayConfig(groups=2, rows=2, cols=8, vector=8), "spm_kib": 10}
     )
     golden, patches, want, _ = _digits(design, 2)
+    assert spm_layout(golden.spec, design.spm_kib * 64).att_heads == 2 < golden.spec.heads
     for j, r in enumerate(_run(design, golden, patches, compact=True, pause=0.1, seed=6)):
         assert _first_mismatch(r.logits, want[j]) is None, (
             f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
