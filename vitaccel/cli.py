@@ -43,15 +43,46 @@ def _emit(obj, as_json: bool, human=None) -> None:
         human(obj)
     else:
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(show_header=False)
-        for k, v in obj.items():
-            table.add_row(
-                str(k),
-                json.dumps(v, default=_json_default) if isinstance(v, dict | list) else str(v),
-            )
-        Console().print(table)
+        Console().print(_table_of(obj))
+
+
+def _cell(v):
+    """A value for a person: nested dicts as tables, lists as lines, numbers with commas."""
+    from rich.table import Table
+
+    if isinstance(v, dict):
+        return _table_of(v, nested=True)
+    if isinstance(v, list | tuple):
+        if v and all(isinstance(x, dict) for x in v):
+            table = Table(*v[0].keys(), box=None, pad_edge=False, header_style="dim")
+            for x in v:
+                table.add_row(*(_text(x.get(k)) for k in v[0]))
+            return table
+        return ", ".join(_text(x) for x in v) if len(v) <= 8 else "\n".join(_text(x) for x in v)
+    return _text(v)
+
+
+def _text(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "no", None: "-"}[v]
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table_of(obj: dict, nested: bool = False):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None if nested else box.SIMPLE, pad_edge=False)
+    table.add_column(style="dim" if nested else "bold", no_wrap=True)
+    table.add_column()
+    for k, v in obj.items():
+        table.add_row(str(k), _cell(v))
+    return table
 
 
 def _json_default(o):
@@ -419,13 +450,46 @@ def report_roofline(model_name, board, device, out_dir, as_json):
 
 @report.command("design")
 @click.argument("design_file", type=click.Path(path_type=Path))
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also write the self-contained HTML report there (model figures only)",
+)
 @click.option("--json", "as_json", is_flag=True)
-def report_design(design_file, as_json):
+def report_design(design_file, html_path, as_json):
     """Utilisation per resource, predicted FPS, per-layer cycles and bounds of a design."""
     from vitaccel.dse.render import print_design_report
     from vitaccel.dse.report import design_report
 
-    _emit(design_report(design_file), as_json, human=print_design_report)
+    if html_path is not None:
+        _check_writable(html_path, "--html")
+    report = design_report(design_file)
+    if html_path is not None:
+        from vitaccel.report import write_design_report
+
+        try:
+            write_design_report(design_file, html_path)
+        except OSError as err:
+            raise CliError(f"--html: cannot write '{html_path}': {err.strerror or err}") from None
+        report["html"] = str(html_path.resolve())
+    _emit(report, as_json, human=print_design_report)
+    if html_path is not None and not as_json:
+        click.echo(f"report: {report['html']}")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work."""
+    import os
+
+    if path.is_dir():
+        raise CliError(f"{option}: '{path}' is a folder; give a file name (e.g. report.html)")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CliError(f"{option}: folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"{option}: cannot write '{path}' (permission denied)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -482,7 +546,19 @@ def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
         weights=weights,
         synth=synth,
     )
-    _emit(run_build(opts, progress=_progress(True)), as_json)
+    from vitaccel.flow.progress import BuildProgress
+
+    say = _progress(True)
+    steps = BuildProgress(say=say, live=sys.stderr.isatty())
+    summary = run_build(opts, progress=say, steps=steps)
+    if as_json:
+        _emit(summary, as_json)
+    else:
+        from vitaccel.design import load_design
+        from vitaccel.report.terminal import print_build_summary
+
+        design = load_design(Path(summary["output_dir"]) / "design.json")
+        print_build_summary(summary, design)
 
 
 # ---------------------------------------------------------------------------------------

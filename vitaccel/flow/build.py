@@ -51,21 +51,10 @@ def default_design(model: str, board: str) -> Design:
     )
 
 
-def _step(progress, name: str):
-    class _T:
-        def __enter__(self):
-            self.t = time.monotonic()
-            progress(f"{name} ...")
-            return self
-
-        def __exit__(self, *exc):
-            if exc[0] is None:
-                progress(f"{name}: done in {time.monotonic() - self.t:.1f} s")
-
-    return _T()
-
-
-def build(opts: BuildOptions, progress=print) -> dict:
+def build(opts: BuildOptions, progress=print, steps=None) -> dict:
+    """Run the build of ``opts``; return its summary (also written to summary.json, and laid
+    out in report.html). ``steps``: a :class:`vitaccel.flow.progress.BuildProgress` (rich
+    bars on a terminal); without it each step prints a line through ``progress``."""
     import torch
 
     from vitaccel.compile import interp
@@ -74,14 +63,17 @@ def build(opts: BuildOptions, progress=print) -> dict:
     from vitaccel.design import load_design, save_design
     from vitaccel.flow.codec import codec_for
     from vitaccel.flow.generate import generate_design
+    from vitaccel.flow.progress import BuildProgress
     from vitaccel.models.evaluate import evaluate, prepare
     from vitaccel.models.golden import quant_config_for
     from vitaccel.models.specs import get_spec
 
     summary: dict = {"model": opts.model, "board": opts.board}
-    with atomic_output_dir(opts.out_dir) as out:
+    steps = steps or BuildProgress(say=progress)
+    key = f"{opts.model}|{opts.board}|{opts.fps}"  # names the steps in the ETA history
+    with atomic_output_dir(opts.out_dir) as out, steps:
         # 1. design: from the DSE for an FPS target, else the documented default
-        with _step(progress, "design"):
+        with steps.step("design (explore)" if opts.fps else "design", key=f"design|{key}"):
             if opts.fps is not None:
                 from vitaccel.dse.search import explore
 
@@ -96,7 +88,7 @@ def build(opts: BuildOptions, progress=print) -> dict:
             spm_layout(get_spec(opts.model), design.spm_kib * 1024 // 16)
         cfg = quant_config_for(design)
         # 2. quantize: the golden model and its accuracy against float (whole test split)
-        with _step(progress, "quantize"):
+        with steps.step("quantize", key=f"quantize|{key}"):
             ev = evaluate(opts.model, weights=opts.weights, config=cfg)
             summary["quantize"] = ev.as_dict()
         spec, model, golden, x, y = prepare(
@@ -107,7 +99,7 @@ def build(opts: BuildOptions, progress=print) -> dict:
         with torch.no_grad():
             float_logits = model(x).double().numpy()
         # 3. compile, and check the program on the ISA interpreter
-        with _step(progress, "compile"):
+        with steps.step("compile"):
             codec = codec_for(design)
             compiled = compile_model(
                 golden,
@@ -115,7 +107,7 @@ def build(opts: BuildOptions, progress=print) -> dict:
                 codec=codec,
                 spm_words=design.spm_kib * 1024 // 16,
             )
-        with _step(progress, f"check the program on the ISA interpreter ({len(patches)} images)"):
+        with steps.step("check the program on the ISA interpreter", total=len(patches)) as st:
             same = 0
             for j in range(len(patches)):
                 m = interp.run(
@@ -125,11 +117,12 @@ def build(opts: BuildOptions, progress=print) -> dict:
                     softmax_lanes=design.nonlinear.softmax_lanes,
                 )
                 same += int(np.array_equal(compiled.read_logits(m.ddr), golden_logits[j]))
+                st.advance()
             summary["program_bit_exact"] = same
         # 4. generate: Verilog, Vivado project, program, driver, lint, Yosys resources
         label = "generate + Yosys synthesis (xcup; minutes, cached)" if opts.synth else "generate"
-        with _step(progress, label):
-            gen = generate_design(design, out / "hw", resources=opts.synth, progress=progress)
+        with steps.step(label, key=f"generate|{opts.synth}|{key}") as st:
+            gen = generate_design(design, out / "hw", resources=opts.synth, progress=st.note)
             summary["lint_warnings"] = gen["lint_warnings"]
             if opts.synth:
                 res = gen["resources"]
@@ -153,17 +146,30 @@ def build(opts: BuildOptions, progress=print) -> dict:
             summary["fits"] = res["fits"]
         # 5. co-simulate on Verilator through the host driver
         if opts.rtl:
-            with _step(progress, f"co-simulate {len(patches)} images on Verilator"):
-                from vitaccel.sim.host import SimBackend
+            from vitaccel.sim.host import SimBackend
 
-                drv = Driver(SimBackend(design))
-                drv.load(compiled)
-                results = drv.infer_batch(list(patches))
+            drv = Driver(SimBackend(design))
+            drv.load(compiled)
+            with steps.step("Verilator build (cached)", key=f"verilator|{key}"):
+                drv.backend.run([])  # an empty session: builds (or finds) the simulator
+            # On a terminal the images run a few at a time so the bar moves; off it, in one
+            # session (each session restarts the simulator).
+            chunk = max(1, -(-len(patches) // 10)) if steps.live else len(patches)
+            results = []
+            t0 = time.monotonic()
+            with steps.step(f"co-simulate {len(patches)} images on Verilator",
+                            total=len(patches)) as st:  # fmt: skip
+                for i in range(0, len(patches), chunk):
+                    results += drv.infer_batch(list(patches[i : i + chunk]))
+                    st.advance(len(patches[i : i + chunk]))
+            summary["rtl_seconds"] = round(time.monotonic() - t0, 2)
+            summary["simulator"] = "Verilator (cocotb, cocotbext-axi DDR and host)"
             rtl_logits = np.stack([r.logits for r in results])
             cycles = [r.cycles for r in results]
             summary["bit_exact"] = int(
                 sum(np.array_equal(a, b) for a, b in zip(rtl_logits, golden_logits, strict=True))
             )
+            summary["first_mismatch"] = _first_mismatch(rtl_logits, golden_logits)
             summary["cycles_per_image"] = float(np.mean(cycles))
             summary["fps"] = design.clock_mhz * 1e6 / summary["cycles_per_image"]
             if y is not None:
@@ -179,5 +185,20 @@ def build(opts: BuildOptions, progress=print) -> dict:
             if "bit_exact" in summary:
                 summary["rtl_top1"] = None
         summary["output_dir"] = str(opts.out_dir.resolve())
+        summary["report_html"] = str(opts.out_dir.resolve() / "report.html")
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        with steps.step("report.html", key=f"report|{key}"):
+            from vitaccel.report import write_build_report
+
+            write_build_report(out, summary)
     return summary
+
+
+def _first_mismatch(rtl: np.ndarray, golden: np.ndarray) -> dict | None:
+    """The first image whose logits differ, with the first differing logit."""
+    for i, (a, b) in enumerate(zip(rtl, golden, strict=True)):
+        diff = np.flatnonzero(a != b)
+        if diff.size:
+            j = int(diff[0])
+            return {"image": i, "index": j, "rtl": int(a[j]), "golden": int(b[j])}
+    return None

@@ -1,0 +1,416 @@
+"""The build report: cycle causes, the HTML page (opened in headless Chromium), the terminal
+summary, and `vitaccel report design --html`'s handling of bad input.
+
+The full `vitaccel build` is not run here (minutes): tests/test_generate.py's end-to-end
+build checks its report.html; here the page is made from a design file and from a build
+summary put together in the test (a failing build, which a real run cannot give cheaply).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vitaccel.cli import main
+from vitaccel.design import save_design
+from vitaccel.dse.cost import estimate
+from vitaccel.flow.build import default_design
+from vitaccel.report.cycles import CAUSES, layer_causes
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def design_file(tmp_path_factory):
+    return save_design(
+        default_design("digits-vit", "zcu102"), tmp_path_factory.mktemp("d") / "design.json"
+    )
+
+
+@pytest.fixture(scope="module")
+def design_html(design_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("html") / "report.html"
+    rc = main(["report", "design", str(design_file), "--html", str(out)])
+    assert rc == 0 and out.is_file()
+    return out
+
+
+def _build_summary(design_file: Path) -> dict:
+    """A build's summary as `vitaccel build` returns it, for a build whose third image
+    failed on the RTL (figures typed in: this tests the page, not the build)."""
+    return {
+        "model": "digits-vit",
+        "board": "zcu102",
+        "quantize": {
+            "model": "digits-vit",
+            "scheme": "w8a8",
+            "w4_ratio": 0.5,
+            "images": 360,
+            "float_top1": 0.9889,
+            "int_top1": 0.9861,
+            "agreement": 0.9972,
+            "cosine": 0.9995,
+        },  # fmt: skip
+        "program_bit_exact": 3,
+        "lint_warnings": 0,
+        "resources_source": "yosys synth_xilinx -family xcup",
+        "resources": {
+            "lut": {"used": 27700, "available": 274080},
+            "ff": {"used": 27000, "available": 548160},
+            "dsp48e2": {"used": 75, "available": 2520},
+            "bram36": {"used": 20, "available": 912},
+        },
+        "fits": True,
+        "rtl_seconds": 30.0,
+        "simulator": "Verilator (cocotb, cocotbext-axi DDR and host)",
+        "bit_exact": 2,
+        "first_mismatch": {"image": 2, "index": 7, "rtl": 13, "golden": 12},
+        "cycles_per_image": 41929.0,
+        "fps": 200e6 / 41929.0,
+        "rtl_top1": 1.0,
+        "images": 3,
+        "clock_mhz": 200.0,
+        "float_top1": 1.0,
+        "golden_top1": 1.0,
+        "per_layer": [
+            {"layer": "blocks.0.attn.qkv", "rel_error": 0.011, "cosine": 0.9991},
+            {"layer": "blocks.0.mlp.fc1", "rel_error": 0.023, "cosine": 0.9975},
+        ],
+        "output_dir": str(design_file.parent),
+        "report_html": str(design_file.parent / "report.html"),
+    }
+
+
+@pytest.fixture(scope="module")
+def build_html(design_file, design_html):
+    """The page of a (typed-in) build; written after design_html so the explorer's front is
+    computed once per session (it is cached)."""
+    from vitaccel.report.data import collect
+    from vitaccel.report.html import write_html
+
+    summary = _build_summary(design_file)
+    files = [(str(design_file), "the design file")]
+    return write_html(
+        design_file.parent / "report.html", collect(design_file, summary=summary, files=files)
+    )
+
+
+# ---- the cycle model split by cause ------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["digits-vit", "deit-tiny"])
+def test_causes_add_up_to_the_cycle_model(model):
+    design = default_design(model, "zcu102")
+    est = {lc.name: lc for lc in estimate(design).layers}
+    rows = layer_causes(design)
+    assert [r["name"] for r in rows] == list(est)
+    for r in rows:
+        assert r["cycles"] == est[r["name"]].cycles, r["name"]
+        parts = r["causes"]
+        assert set(parts) == set(CAUSES)
+        assert min(parts.values()) >= 0, (r["name"], parts)
+        assert sum(parts.values()) == pytest.approx(r["cycles"], abs=1e-6), r["name"]
+        if est[r["name"]].macs:
+            assert parts["MAC"] > 0, r["name"]
+        else:
+            assert parts["MAC"] == 0, r["name"]
+    kinds = {r["kind"]: r["causes"] for r in rows}
+    assert kinds["load"]["DDR"] > 0 and kinds["softmax"]["nonlinear"] > 0
+    # the first matmul of a job sequence loads its X operand; QKV's V half keeps it (X_KEEP)
+    assert kinds["patch_embed"]["X load"] > 0
+
+
+# ---- the page -----------------------------------------------------------------------------
+
+
+def _assert_self_contained(text: str) -> None:
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), "a URL in the page"
+    assert not re.search(r"<(script|link|iframe|img|object|embed)\b", text, re.I)
+    assert not re.search(r"\bsrc\s*=|@import|url\((?!#)", text, re.I)
+
+
+def test_design_report_page(design_html):
+    text = design_html.read_text()
+    size = len(text.encode())
+    print(f"\ndesign report.html: {size / 1e6:.2f} MB, {text.count('<svg')} plots")
+    assert size < 5e6
+    _assert_self_contained(text)
+    assert text.count("<svg") >= 4
+    for section in ("Design", "Resources", "Performance", "Design space", "Accuracy",
+                    "Verification"):  # fmt: skip
+        assert f"<h2>{section}" in text, section
+    # model-only figures are labelled so; the page says the RTL was not run
+    assert "design report (model figures only)" in text and "cycle model" in text
+    assert "Not run" in text and "RTL run" not in text.split("<footer>")[0]
+    assert "8.25 effective LUT levels" in text or "effective LUT levels" in text
+    # ids are unique across the inline SVGs (glyphs and clip paths of different plots)
+    ids = re.findall(r'id="([^"]+)"', text)
+    assert len(ids) == len(set(ids))
+
+
+def test_build_report_page(build_html):
+    text = build_html.read_text()
+    _assert_self_contained(text)
+    assert text.count("<svg") >= 5  # + the per-layer error plot
+    assert "build report" in text and "RTL run" in text and "Yosys" in text
+    assert '<span class="fail">2 / 3 bit-exact</span>' in text
+    assert "image 2, logit 7: RTL 13 vs golden 12" in text
+    assert "rel_error" in text and "blocks.0.mlp.fc1" in text  # the per-layer error section
+    assert "98.61 %" in text and "(-0.28 points)" in text
+    # the RTL FPS and its share of the board's peak (2 MACs x 2520 DSP48E2 x 200 MHz)
+    assert f"{200e6 / 41929:,.1f}" in text
+
+
+def test_same_design_same_page(design_file, design_html, tmp_path):
+    from vitaccel.report import write_design_report
+
+    again = write_design_report(design_file, tmp_path / "again.html").read_bytes()
+    assert again == design_html.read_bytes()
+
+
+# ---- headless Chromium ----------------------------------------------------------------------
+
+
+class _Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): no
+    network port, no extra package."""
+
+    def __init__(self, width: int = 1200, height: int = 900):
+        self.profile = tempfile.mkdtemp(prefix="vitaccel-chromium-")
+        to_chrome_r, self._w = os.pipe()
+        self._r, from_chrome_w = os.pipe()
+
+        def child_fds():
+            # move both ends above 4 first, so placing them at 3 and 4 cannot clobber either
+            a, b = os.dup(to_chrome_r), os.dup(from_chrome_w)
+            while a < 5 or b < 5:
+                a, b = (os.dup(a) if a < 5 else a), (os.dup(b) if b < 5 else b)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
+             "--hide-scrollbars", f"--window-size={width},{height}", "about:blank"],
+            preexec_fn=child_fds, close_fds=False, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict] = []
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            self.send(f"{domain}.enable", session=True)
+
+    def send(self, method: str, params: dict | None = None, *, session: bool = False) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = self.session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        reply = self.wait(lambda m: m.get("id") == self._id)
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    def wait(self, match, timeout: float = 60.0) -> dict:
+        end = time.monotonic() + timeout
+        while True:
+            while b"\0" not in self._buf:
+                ready, _, _ = select.select([self._r], [], [], max(0.0, end - time.monotonic()))
+                assert ready, "Chromium did not answer"
+                chunk = os.read(self._r, 1 << 20)
+                assert chunk, "Chromium closed the pipe"
+                self._buf += chunk
+            raw, self._buf = self._buf.split(b"\0", 1)
+            msg = json.loads(raw)
+            if match(msg):
+                return msg
+            self.events.append(msg)
+
+    def open(self, path: Path) -> float:
+        """Load ``path``; return the seconds to its load event."""
+        self.events.clear()
+        t0 = time.monotonic()
+        self.send("Page.navigate", {"url": path.resolve().as_uri()}, session=True)
+        self.wait(lambda m: m.get("method") == "Page.loadEventFired")
+        return time.monotonic() - t0
+
+    def evaluate(self, expression: str):
+        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                        session=True)  # fmt: skip
+        return res["result"]["value"]
+
+    def problems(self) -> list[str]:
+        """Console errors, exceptions, error log entries and requests other than the page."""
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
+                out.append(f"console.{p['type']}: {p['args']}")
+            elif m == "Runtime.exceptionThrown":
+                out.append(f"exception: {p['exceptionDetails'].get('text')}")
+            elif m == "Log.entryAdded" and p["entry"]["level"] == "error":
+                out.append(f"log: {p['entry']['text']}")
+            elif m == "Network.requestWillBeSent":
+                url = p["request"]["url"]
+                if not url.startswith(("file://", "data:", "about:")):
+                    out.append(f"request: {url}")
+        return out
+
+    def screenshot(self) -> bytes:
+        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
+                         session=True)["data"]  # fmt: skip
+        return base64.b64decode(data)
+
+    def close(self) -> None:
+        try:
+            self._id += 1
+            os.write(
+                self._w, json.dumps({"id": self._id, "method": "Browser.close"}).encode() + b"\0"
+            )
+            self.proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self._w)
+            os.close(self._r)
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/install.sh installs the Debian package)")
+    browser = _Chromium()
+    yield browser
+    browser.close()
+
+
+def test_browser_sees_problems(chromium, tmp_path):
+    # the checks below can fail: a page with a console error and an external image
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<p>x</p><script>console.error("boom")</script><img src="http://0.invalid/a.png">'
+    )
+    chromium.open(bad)
+    time.sleep(0.2)
+    chromium.evaluate("1")  # let the pending events arrive
+    problems = chromium.problems()
+    assert any("boom" in p for p in problems) and any("0.invalid" in p for p in problems)
+
+
+@pytest.mark.parametrize("which", ["design_html", "build_html"])
+def test_report_renders_in_chromium(chromium, which, request):
+    page = request.getfixturevalue(which)
+    seconds = chromium.open(page)
+    print(f"\n{which}: load event after {seconds:.2f} s in headless Chromium")
+    plots = chromium.evaluate(
+        "Array.from(document.querySelectorAll('figure svg')).filter("
+        "s => s.getBoundingClientRect().width > 300 && s.getBoundingClientRect().height > 100"
+        ").length"
+    )
+    assert plots >= 4, plots
+    assert chromium.evaluate("document.querySelectorAll('h2').length") >= 6
+    assert chromium.problems() == []
+    import matplotlib.image
+    import numpy as np
+
+    pixels = matplotlib.image.imread(io.BytesIO(chromium.screenshot()), format="png")[..., :3]
+    background = pixels[-1, 0]  # the page background at the bottom edge
+    share = float(np.any(pixels != background, axis=-1).mean())
+    height, width = pixels.shape[:2]
+    print(f"{which}: screenshot {width}x{height}, {share:.0%} non-background pixels")
+    assert height > 2000 and share > 0.05
+
+
+# ---- terminal -------------------------------------------------------------------------------
+
+
+def test_build_summary_fits_one_terminal(design_file):
+    from rich.console import Console
+
+    from vitaccel.design import load_design
+    from vitaccel.report.terminal import build_summary
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, height=40, color_system=None, legacy_windows=False)
+    console.print(build_summary(_build_summary(design_file), load_design(design_file)))
+    lines = buf.getvalue().rstrip("\n").splitlines()
+    print("\n" + "\n".join(lines))
+    assert len(lines) <= 40 and max(len(line) for line in lines) <= 100
+    text = buf.getvalue()
+    assert "{" not in text and "'" not in text  # no JSON, no Python reprs
+    assert "2/3 images bit-exact" in text and "first mismatch: image 2" in text
+    assert "RTL run" in text and "cycle model" in text and "µs" in text
+    assert "report: " in text
+
+
+def test_generic_output_has_no_json():
+    from rich.console import Console
+
+    from vitaccel.cli import _table_of
+
+    buf = io.StringIO()
+    Console(file=buf, width=100, color_system=None).print(
+        _table_of({"a": {"b": 1.23456, "c": [1, 2]}, "rows": [{"x": 1, "y": None}], "n": 12345})
+    )
+    text = buf.getvalue()
+    assert "{" not in text and "[" not in text and "12,345" in text and "1.235" in text
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+
+def _run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of the `vitaccel` entry point, in this process."""
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as err:
+        code = err.code
+    return code, capsys.readouterr().err
+
+
+def test_html_to_an_unwritable_path(design_file, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for target, words in (
+        (blocker / "report.html", "does not exist"),  # its folder is a file
+        (tmp_path / "missing" / "report.html", "does not exist"),
+        (tmp_path, "is a folder"),
+    ):
+        code, err = _run_cli(["report", "design", str(design_file), "--html", str(target)], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert lines[0].startswith("vitaccel: error: --html:") and words in lines[0], lines[0]
+        assert str(target) in lines[0] or str(target.parent) in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_html_of_an_invalid_design(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 1, "array": {"rows": 0}}))
+    out = tmp_path / "report.html"
+    code, err = _run_cli(["report", "design", str(bad), "--html", str(out)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "array.rows" in lines[0] and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".report.html*"))
