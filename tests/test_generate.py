@@ -1,6 +1,7 @@
 """`vitaccel generate --design` and `vitaccel build`: what goes to Vivado and the board."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,8 +79,16 @@ def test_build_end_to_end_json(tmp_path):
         "hw/vivado/constraints.xdc",
         "hw/driver/run_on_board.py",
         "summary.json",
+        "report.html",
     ):
         assert (out / rel).is_file(), rel
+    # the report of this very build: self-contained, its plots, the RTL figures it measured
+    # (tests/test_report_html.py opens such pages in Chromium)
+    html = (out / "report.html").read_text()
+    assert s["report_html"] == str((out / "report.html").resolve())
+    assert len(html.encode()) < 5e6 and html.count("<svg") >= 4
+    assert not re.search(r"https?://|<script|<link|<img|\bsrc=", html)
+    assert "RTL run" in html and '<span class="ok">3 / 3 bit-exact</span>' in html
 
 
 def test_failed_build_leaves_nothing(tmp_path):

@@ -19,14 +19,14 @@ from vitaccel.report.data import performance
 
 __all__ = ["build_summary", "print_build_summary"]
 
-_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}
+_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}  # in order
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f} %"
 
 
-def _bar(x: float, width: int = 12) -> Text:
+def _bar(x: float, width: int = 10) -> Text:
     full = max(0, min(width, round(x * width)))
     style = "red" if x > 0.85 else "green"
     return Text("█" * full, style=style) + Text("░" * (width - full), style="grey50")
@@ -66,7 +66,7 @@ def build_summary(s: dict, design: Design) -> Group:
             label, f"{p['fps']:,.0f}", f"{p['latency_ms'] * 1e3:,.1f} µs", _pct(p["peak_share"], 2)
         )
     if perf["rtl"]:
-        pt.caption = f"model {perf['rtl']['model_error']:+.1%} vs RTL"
+        pt.caption = f"cycle model {100 * perf['rtl']['model_error']:+.1f} % vs the RTL run"
         pt.caption_justify = "left"
 
     src = s.get("resources_source", "")
@@ -76,7 +76,9 @@ def build_summary(s: dict, design: Design) -> Group:
     )  # fmt: skip
     for col, right in (("", False), ("used", True), ("of", True), ("util", True), ("", False)):
         rt.add_column(col, justify="right" if right else "left", no_wrap=True)
-    for kind, row in (s.get("resources") or {}).items():
+    resources = s.get("resources") or {}
+    for kind in sorted(resources, key=lambda k: list(_KIND_NAMES).index(k)):
+        row = resources[kind]
         util = row["used"] / row["available"]
         rt.add_row(
             _KIND_NAMES.get(kind, kind), f"{row['used']:,.0f}", f"{row['available']:,}",
@@ -85,7 +87,7 @@ def build_summary(s: dict, design: Design) -> Group:
     rt.caption = "fits the board" if s.get("fits") else "DOES NOT FIT the board"
     rt.caption_justify = "left"
 
-    top = Table.grid(padding=(0, 4))
+    top = Table.grid(padding=(0, 3))
     top.add_row(pt, rt)
 
     vt = Table(title="verification and accuracy", title_justify="left", box=box.SIMPLE_HEAD,
