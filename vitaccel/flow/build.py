@@ -120,7 +120,7 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
                 st.advance()
             summary["program_bit_exact"] = same
         # 4. generate: Verilog, Vivado project, program, driver, lint, Yosys resources
-        label = "generate + Yosys synthesis (xcup; minutes, cached)" if opts.synth else "generate"
+        label = "generate + Yosys (minutes, cached)" if opts.synth else "generate"
         with steps.step(label, key=f"generate|{opts.synth}|{key}") as st:
             gen = generate_design(design, out / "hw", resources=opts.synth, progress=st.note)
             summary["lint_warnings"] = gen["lint_warnings"]

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.progress import BarColumn, ProgressBar, ProgressColumn
+from rich.table import Column
 from rich.text import Text
 
 __all__ = ["BuildProgress", "Step"]
@@ -26,7 +27,7 @@ __all__ = ["BuildProgress", "Step"]
 def _history_path() -> Path:
     from vitaccel.sim.runner import sim_cache_dir
 
-    return sim_cache_dir() / "step-seconds.json"
+    return sim_cache_dir().parent / "step-seconds.json"  # beside the sim and yosys caches
 
 
 class Step:
@@ -43,7 +44,8 @@ class Step:
 
     def note(self, message: str) -> None:
         if self._task is not None:
-            self._owner._progress.update(self._task, description=f"{self.name}: {message}")
+            short = message.split(" (")[0]  # the bar keeps its room; details are in the log
+            self._owner._progress.update(self._task, description=f"{self.name}: {short}")
         else:
             self._owner.say(message)
 
@@ -73,7 +75,10 @@ class BuildProgress:
 
             self._progress = Progress(
                 SpinnerColumn(finished_text="[green]✓[/]"),
-                TextColumn("{task.description}"),
+                TextColumn(
+                    "{task.description}",
+                    table_column=Column(no_wrap=True, overflow="ellipsis", max_width=56),
+                ),
                 _Bar(bar_width=28),
                 _Count(),
                 TimeElapsedColumn(),
@@ -124,7 +129,9 @@ class BuildProgress:
             self.say(f"{name}: done in {time.monotonic() - t0:.1f} s")
             return
         expected = self._expected(key) if total is None else None
-        task = self._progress.add_task(name, total=total, expected=expected)
+        task = self._progress.add_task(
+            name, total=total, expected=expected, counted=total is not None
+        )
         step = Step(self, name, task)
         ok = False
         try:
@@ -147,7 +154,9 @@ class _Count(ProgressColumn):
     """``done/total`` of a counted step."""
 
     def render(self, task):
-        return Text(f"{int(task.completed)}/{int(task.total)}" if task.total else "")
+        if not task.fields.get("counted"):
+            return Text("")
+        return Text(f"{int(task.completed)}/{int(task.total)}")
 
 
 class _Bar(BarColumn):
