@@ -93,17 +93,17 @@ def _build_summary(design_file: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def build_html(design_file, design_html):
-    """The page of a (typed-in) build; written after design_html so the explorer's front is
-    computed once per session (it is cached)."""
-    from vitaccel.report.data import collect
-    from vitaccel.report.html import write_html
+def build_html(design_file, design_html, tmp_path_factory):
+    """The page of a (typed-in) build, written into its temporary folder as `build` does;
+    after design_html so the explorer's front is computed once (it is cached)."""
+    from vitaccel.report import write_build_report
 
+    out = tmp_path_factory.mktemp("build-tmp")
+    shutil.copy(design_file, out / "design.json")
+    (out / "summary.json").write_text("{}")
     summary = _build_summary(design_file)
-    files = [(str(design_file), "the design file")]
-    return write_html(
-        design_file.parent / "report.html", collect(design_file, summary=summary, files=files)
-    )
+    summary["output_dir"] = "/home/engineer/vitaccel-build"
+    return write_build_report(out, summary)
 
 
 # ---- the cycle model split by cause ------------------------------------------------------
@@ -168,6 +168,9 @@ def test_build_report_page(build_html):
     assert "image 2, logit 7: RTL 13 vs golden 12" in text
     assert "rel_error" in text and "blocks.0.mlp.fc1" in text  # the per-layer error section
     assert "98.61 %" in text and "(-0.28 points)" in text
+    # files are named where the build moves them, not in its temporary folder
+    assert "/home/engineer/vitaccel-build/design.json" in text and "build-tmp" not in text
+    assert "<code>summary.json</code>" in text and "<code>hw/rtl/vitaccel_top.v</code>" not in text
     # the RTL FPS and its share of the board's peak (2 MACs x 2520 DSP48E2 x 200 MHz)
     assert f"{200e6 / 41929:,.1f}" in text
 

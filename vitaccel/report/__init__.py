@@ -18,7 +18,7 @@ __all__ = ["BUILD_FILES", "write_build_report", "write_design_report"]
 # What a build writes that a person looks for, in the order the report lists them.
 BUILD_FILES = (
     ("report.html", "this report"),
-    ("summary.json", "the build's figures (also `vitaccel build --json`)"),
+    ("summary.json", "the build's figures (what vitaccel build --json prints)"),
     ("design.json", "the design file"),
     ("dse/pareto.json", "the explorer's Pareto front"),
     ("hw/rtl/vitaccel_top.v", "Verilog of the accelerator"),
@@ -40,11 +40,16 @@ def write_build_report(out: Path, summary: dict) -> Path:
 
     out = Path(out)
     final = Path(summary.get("output_dir") or out)
-    files = [(str(final / rel), what) for rel, what in BUILD_FILES if rel == "report.html"
+    files = [(rel, what) for rel, what in BUILD_FILES if rel == "report.html"
              or (out / rel).is_file()]  # fmt: skip
     data = collect(
         out / "design.json", summary=summary, pareto_path=out / "dse" / "pareto.json", files=files
     )
+    # the page names the files where they will be, not in the build's temporary folder
+    data["design_path"] = str(final / "design.json")
+    data["files_root"] = str(final)
+    if data["pareto"]["source"] != "explorer":
+        data["pareto"]["source"] = str(final / "dse" / "pareto.json")
     return write_html(out / "report.html", data)
 
 

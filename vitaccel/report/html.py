@@ -434,7 +434,9 @@ def _files_section(d: dict) -> str:
     if not files:
         return ""
     body = [[f"<code>{_e(p)}</code>", _e(what)] for p, what in files]
-    return "<h2>Files written</h2>" + _table(["path", "what"], body)
+    root = d.get("files_root")
+    head = f'<p class="sub">in <code>{_e(root)}</code></p>' if root else ""
+    return "<h2>Files written</h2>" + head + _table(["path", "what"], body)
 
 
 def render_html(d: dict) -> str:

@@ -89,7 +89,7 @@ def resources_svg(resources: dict[str, dict], *, limit: float = 0.85, title: str
     (e.g. ``{"Yosys": ..., "model": ...}``).
     """
     with matplotlib.rc_context(_RC):
-        fig = _figure(8.5, 2.3, left=0.8, right=1.9, top=0.15, bottom=0.45)
+        fig = _figure(10.0, 2.3, left=0.8, right=2.0, top=0.15, bottom=0.45)
         ax = fig.add_subplot()
         kinds = [k for k in _KIND_NAMES if any(k in r for r in resources.values())]
         sources = list(resources)
