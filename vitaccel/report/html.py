@@ -336,7 +336,7 @@ def _accuracy_section(d: dict) -> str:
             )  # fmt: skip
         out.append(_kv(rows))
     fid = dr.get("fidelity") or {}
-    if "error" not in fid or "method" in fid:
+    if fid:  # the accuracy model (sensitivity.py); its figures are predictions
         bits = []
         if fid.get("cosine_to_float") is not None:
             bits.append(f"logit cosine to float {fid['cosine_to_float']:.4f}")
