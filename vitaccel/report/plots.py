@@ -119,7 +119,7 @@ def resources_svg(resources: dict[str, dict], *, limit: float = 0.85, title: str
         ax.set_xlim(0, 105)
         ax.set_xlabel("% of the board")
         if len(sources) > 1:
-            ax.legend(loc="lower right", fontsize=8, frameon=False)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         if title:
             ax.set_title(title)
         return svg_of(fig, "resources")
@@ -130,7 +130,7 @@ def cycles_svg(rows: list[dict], *, title: str = "", grouped: bool = False) -> s
     :func:`vitaccel.report.cycles.layer_causes`)."""
     with matplotlib.rc_context(_RC):
         n = len(rows)
-        fig = _figure(max(8.5, min(10.8, 0.18 * n + 2)), 4.2, left=0.8, bottom=1.55, top=0.15)
+        fig = _figure(max(8.5, min(10.8, 0.18 * n + 2)), 3.9, left=0.8, bottom=1.2, top=0.15)
         ax = fig.add_subplot()
         xs = range(n)
         bottom = [0.0] * n

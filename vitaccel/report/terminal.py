@@ -42,13 +42,13 @@ def build_summary(s: dict, design: Design) -> Group:
     a, nl = design.array, design.nonlinear
     ok = s.get("fits", True) and s.get("bit_exact", s.get("images")) == s.get("images")
     head = Text.assemble(
-        (f"{s['model']} on {s['board'].upper()}", "bold"),
+        (f"{s['model']} on {s['board'].upper()} at {design.clock_mhz:g} MHz", "bold"),
         "  ",
         ("build OK", "bold green") if ok else ("build finished with problems", "bold red"),
         "\n",
         f"array {a.groups} group x {a.rows}x{a.cols} PEs x {a.vector} lanes "
         f"({a.macs_per_cycle} MACs/cycle), units softmax/layernorm/gelu "
-        f"{nl.softmax_lanes}/{nl.layernorm_lanes}/{nl.gelu_lanes} lanes, {design.clock_mhz:g} MHz",
+        f"{nl.softmax_lanes}/{nl.layernorm_lanes}/{nl.gelu_lanes} lanes",
     )
     if s.get("dse"):
         d = s["dse"]
@@ -122,7 +122,7 @@ def build_summary(s: dict, design: Design) -> Group:
         vt.add_row(
             "top-1",
             f"float {_pct(q['float_top1'], 2)}, integer {_pct(q['int_top1'], 2)} "
-            f"({q['images']} test images); RTL {_pct(s.get('rtl_top1'), 2)} on {n}",
+            f"({q['images']} test images); RTL run {_pct(s.get('rtl_top1'), 2)} on its {n}",
         )
     if q:
         vt.add_row(
