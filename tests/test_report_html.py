@@ -417,3 +417,28 @@ def test_html_of_an_invalid_design(tmp_path, capsys):
     assert code == 2 and len(lines) == 1, err
     assert "array.rows" in lines[0] and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".report.html*"))
+
+
+def test_pareto_of_a_build_with_an_fps_target(design_file, tmp_path):
+    # a build with --fps keeps the explorer's dse/pareto.json (search._write_outputs): the
+    # page plots that front and marks the explorer's choice, without running it again
+    from vitaccel.design import load_design
+    from vitaccel.report.data import _pareto, performance
+    from vitaccel.report.plots import pareto_svg
+
+    def point(fps, dsp, lut, chosen=False):
+        return {"fps": fps, "dsp48e2": dsp, "lut": lut, "ff": 1, "bram36": 1.0,
+                "predicted_error": 0.0, "array": {"w4_share": 0.0}, "chosen": chosen}  # fmt: skip
+
+    path = tmp_path / "pareto.json"
+    path.write_text(json.dumps({"points": [point(900, 40, 30000), point(2000, 80, 41000, True),
+                                           point(5000, 300, 90000)]}))  # fmt: skip
+    design = load_design(design_file)
+    util = {"dsp48e2": {"used": 75}, "lut": {"used": 27697}}
+    p = _pareto(design, util, performance(design), path)
+    assert p["source"] == str(path) and len(p["points"]) == 3
+    assert p["chosen"] == {"fps": 2000, "dsp48e2": 80, "lut": 41000,
+                           "label": "chosen by the explorer"}  # fmt: skip
+    svg = pareto_svg(p["points"], p["chosen"], budget={"dsp48e2": 2520, "lut": 274080},
+                     target_fps=1800)  # fmt: skip
+    assert svg.startswith("<svg") and "http" not in svg
