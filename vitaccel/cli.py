@@ -524,7 +524,8 @@ def _check_writable(path: Path, option: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
-    """Quantize, design, compile, generate, synthesise and co-simulate one model on one board."""
+    """Quantize, design, compile, generate, synthesise and co-simulate one model on one board;
+    write DIR/report.html (docs/report.md)."""
     from vitaccel.boards import get_board
     from vitaccel.models.specs import get_spec
 
