@@ -58,7 +58,7 @@ __all__ = [
 TASK_VERSION = "1"
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
-CONNECT_TIMEOUT_S = 8.0  # the issue: an unreachable scheduler is reported within 10 s
+CONNECT_TIMEOUT_S = 5.0  # the issue: an unreachable scheduler is reported within 10 s
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 FPS_SOURCE = "cycle-model prediction (vitaccel.dse.cost), not an RTL run"
 
@@ -587,11 +587,17 @@ def connect(scheduler: str | None, workers: int):
     if scheduler:
         try:
             with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT_S}s"}):
-                client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError, ValueError) as err:
+                client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except ValueError as err:  # malformed: distributed parses the address first
+            raise SweepError(
+                f"--scheduler: {scheduler!r} is not a scheduler address ({err}); "
+                "give tcp://host:8786"
+            ) from None
+        except Exception as err:  # refused, timed out, or not a Dask scheduler at all
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise SweepError(
-                f"--scheduler: cannot reach {scheduler!r} within {CONNECT_TIMEOUT_S:g} s ({reason})"
+                f"--scheduler: cannot reach a Dask scheduler at {scheduler!r} within "
+                f"{CONNECT_TIMEOUT_S:g} s ({type(err).__name__}: {reason[:120]})"
             ) from None
         return client, None
     cluster = LocalCluster(
@@ -601,7 +607,7 @@ def connect(scheduler: str | None, workers: int):
         dashboard_address=None,
         silence_logs=logging.ERROR,
     )
-    return Client(cluster), cluster
+    return Client(cluster, set_as_default=False), cluster
 
 
 class _Progress:
@@ -843,19 +849,21 @@ class _Sweep:
     # --- the loop ---
 
     def run(self) -> None:
-        from distributed import wait
-
+        # Poll the futures' local state (no scheduler round trip) rather than
+        # distributed.wait, which works on the process's default client only.
+        last = 0.0
         with self.progress:
             self.start()
             while self.futures:
-                try:
-                    done, _ = wait(list(self.futures.values()), timeout=0.5,
-                                   return_when="FIRST_COMPLETED")  # fmt: skip
-                except TimeoutError:
-                    done = set()
-                for fut in done:
-                    self._finish(fut.key, fut)
-                self.progress.update(running=self._running())
+                done = [(k, f) for k, f in self.futures.items() if f.done()]
+                for key, fut in done:
+                    self._finish(key, fut)
+                if not done:
+                    time.sleep(0.2)
+                if time.monotonic() - last > 1.0:
+                    last = time.monotonic()
+                    self.progress.update(running=self._running())
+            self.progress.update(running=0)
 
     def _running(self) -> int:
         if not self.futures:
