@@ -132,6 +132,13 @@ def test_a_failing_task_is_reported_and_the_others_go_on(cluster, tmp_path, monk
     assert res["figures"]["tasks_failed"] == 1
     # a failure is not cached: only the good query's task is
     assert len(list((out / "cache").glob("explore-*.json"))) == 1
+    # the same sweep again (the failure fixed): the good query from the cache, the other run
+    monkeypatch.undo()
+    again = sw.run_sweep(spec, out, scheduler=cluster.scheduler_address, progress=False)
+    assert [r["status"] for r in again["rows"]] == ["ok", "ok"]
+    assert again["figures"]["tasks_from_cache"] == 1
+    assert again["figures"]["tasks_computed"] == 1
+    assert _row(again, "digits-vit", "kv260") == good
 
 
 @pytest.mark.parametrize(

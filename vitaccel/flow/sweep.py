@@ -604,7 +604,7 @@ def connect(scheduler: str | None, workers: int):
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: 8787 may belong to another cluster
         silence_logs=logging.ERROR,
     )
     return Client(cluster, set_as_default=False), cluster
@@ -866,14 +866,17 @@ class _Sweep:
             self.progress.update(running=0)
 
     def _running(self) -> int:
+        """Tasks of this sweep executing now (a worker may also hold queued ones)."""
         if not self.futures:
             return 0
         try:
             busy = self.client.processing()
+            threads = sum(self.client.nthreads().values())
         except Exception:  # a status line must not end the sweep (e.g. a restarting worker)
             return 0
         mine = set(self.futures)
-        return sum(1 for keys in busy.values() for k in keys if k in mine)
+        held = sum(1 for keys in busy.values() for k in keys if k in mine)
+        return min(held, threads)
 
 
 def run_sweep(
