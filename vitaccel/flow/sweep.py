@@ -605,7 +605,7 @@ def connect(scheduler: str | None, workers: int):
         threads_per_worker=1,
         processes=True,
         dashboard_address=":0",  # any free port: 8787 may belong to another cluster
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     )
     return Client(cluster, set_as_default=False), cluster
 
