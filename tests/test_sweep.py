@@ -255,7 +255,8 @@ def test_rerank_by_yosys_resources_and_lut_depth():
     # all within limits and shallow: the lowest tightest share by Yosys wins, here B
     synth = [_synth(24000, 5.0), _synth(20000, 5.0), _synth(24000, 5.0)]
     out = sw.rerank(fins, synth, board="kv260", target_fps=1100, limits=limits)
-    assert out["pick"] == 1 and "tightest resource" in out["note"]
+    assert out["pick"] == 1 and "the tightest resource decides" in out["note"]
+    assert "finalist #2 20.1% of the lut limit" in out["note"]
     # nothing qualifies, or a failed synthesis: the explorer's pick stays
     out = sw.rerank(fins, [None, None, _synth(over, 5.0)], board="kv260", target_fps=1100,
                     limits=limits)  # fmt: skip

@@ -501,14 +501,22 @@ def rerank(
             )
         else:
             why = (
-                f"by Yosys its tightest resource is {first['cost_by_yosys'][0]:.1%} of the limit, "
-                f"against {costs[pick][0]:.1%}"
+                f"by Yosys the explorer's pick uses {_tightest(first, limits)} and "
+                f"finalist #{pick + 1} {_tightest(rows[pick], limits)} (the tightest resource "
+                "decides first)"
             )
         note = (
             f"synthesis changed the pick: finalist #{pick + 1} ({rows[pick]['array']}) instead "
             f"of the explorer's #1 ({first['array']}): {why}"
         )
     return {"pick": pick, "changed": pick != 0, "note": note, "finalists": rows}
+
+
+def _tightest(row: dict, limits: dict[str, float]) -> str:
+    """'20.3 % of the lut limit': a finalist's most used resource by Yosys."""
+    share = {k: row["yosys"][k] / limits[k] for k in RESOURCE_KINDS}
+    k = max(share, key=share.get)
+    return f"{share[k]:.1%} of the {k} limit"
 
 
 # ---------------------------------------------------------------------------------------
