@@ -110,6 +110,7 @@ def main_group():
     generate  design file (or one unit) -> Verilog, Vivado project, resources
     sim       RTL co-simulation on Verilator, bit-exact against the golden model
     report    roofline and design reports
+    sweep     many models x boards x FPS targets on Dask (explore, synthesise, simulate)
     build     all of the above for one model/board/FPS (default: digits-vit on ZCU102)
     """
 
@@ -414,6 +415,62 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
     from vitaccel.dse.render import print_dse
 
     _emit(result, as_json, human=print_dse)
+
+
+@main_group.command()
+@click.option("--models", required=True, help="comma-separated zoo models")
+@click.option("--boards", required=True, help="comma-separated boards")
+@click.option("--fps", "fps_list", required=True, help="comma-separated FPS targets")
+@click.option(
+    "--synth-top",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="synthesise the K best candidates of each query with Yosys and re-rank them",
+)
+@click.option(
+    "--images",
+    type=click.IntRange(0, 10000),
+    default=0,
+    show_default=True,
+    help="simulate each chosen design on the RTL for N images against the golden model",
+)
+@click.option("--max-util", type=click.FloatRange(0.05, 1.0), default=0.85, show_default=True)
+@click.option("--scheduler", default=None, help="an existing Dask scheduler, tcp://host:8786")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=2,
+    show_default=True,
+    help="worker processes of the local cluster (without --scheduler)",
+)
+@click.option(
+    "-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True
+)
+@click.option("--resume", is_flag=True, help="reuse a folder that holds another sweep's results")
+@click.option("--json", "as_json", is_flag=True)
+def sweep(
+    models, boards, fps_list, synth_top, images, max_util, scheduler, workers, out_dir, resume,
+    as_json,
+):  # fmt: skip
+    """Explore (and synthesise, simulate) every model x board x FPS on Dask; exit 1 on a failure."""
+    from vitaccel.flow.sweep import SweepError, parse_spec, print_sweep, run_sweep
+
+    try:
+        spec = parse_spec(
+            models=models,
+            boards=boards,
+            fps=fps_list,
+            synth_top=synth_top,
+            images=images,
+            max_util=max_util,
+        )
+        results = run_sweep(spec, out_dir, scheduler=scheduler, workers=workers, resume=resume)
+    except SweepError as err:
+        raise CliError(str(err)) from None
+    _emit(results, as_json, human=print_sweep)
+    if any(r["status"] in ("failed", "mismatch") for r in results["rows"]):
+        raise click.exceptions.Exit(EXIT_MISMATCH)
 
 
 @main_group.group()
