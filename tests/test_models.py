@@ -249,8 +249,41 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     with pytest.raises(WeightsError) as error:
         load_weights(build_float_model("digits-vit"), path)
     assert_one_line(
-        error, str(path), "missing 1 key(s): 'head.weight'", "unexpected key(s): 'dist_token'"
+        error,
+        str(path),
+        "missing tensor 'head.weight' (expected shape (10, 64))",
+        "1 missing, 1 unexpected",
+        "unexpected: 'dist_token'",
     )
+
+
+def test_unexpected_tensor_is_named_first_when_nothing_is_missing(tmp_path):
+    state = build_float_model("digits-vit").state_dict()
+    state["blocks.4.norm1.weight"] = torch.ones(64)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError) as error:
+        load_weights(build_float_model("digits-vit"), path)
+    assert_one_line(
+        error, str(path), "unexpected tensor 'blocks.4.norm1.weight' of shape (64,)", "0 missing"
+    )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    state = build_float_model("digits-vit").state_dict()
+    state["blocks.1.mlp.fc1.weight"][3, 5] = bad
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    model = build_float_model("digits-vit")
+    before = model.state_dict()["blocks.1.mlp.fc1.weight"].clone()
+    with pytest.raises(WeightsError) as error:
+        load_weights(model, path)
+    assert_one_line(
+        error, str(path), "'blocks.1.mlp.fc1.weight' (shape (128, 64)) holds 1 NaN/Inf value(s)"
+    )
+    # Refused before anything was copied into the model.
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc1.weight"], before)
 
 
 def test_not_a_state_dict(tmp_path):
