@@ -1,9 +1,6 @@
 """The per-layer error report: every quantised tensor, ranked, against the float model."""
 
-import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -115,35 +112,3 @@ def test_exact_tensor_reports_finite_sqnr():
     from vitaccel.models.error_report import _error
 
     assert _error(np.ones(4), np.ones(4)) == (SQNR_EXACT_DB, 0.0)
-
-
-def test_cli_per_layer_json():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vitaccel.cli",
-            "quantize",
-            "--images",
-            "20",
-            "--per-layer",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
-    obj = json.loads(r.stdout)
-    rows = obj["per_layer"]
-    assert obj["calibration_images"] > 0
-    assert {row["name"] for row in rows} == _names(4)
-    assert [row["local_sqnr_db"] for row in rows] == sorted(row["local_sqnr_db"] for row in rows)
-    assert set(rows[0]) == {
-        "name",
-        "kind",
-        "sqnr_db",
-        "rel_error",
-        "local_sqnr_db",
-        "local_rel_error",
-    }

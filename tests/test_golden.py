@@ -144,3 +144,47 @@ def test_weightless_zoo_model_quantizes(tmp_path):
     golden = quantize_model(model, calib)
     logits = golden.forward(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
+
+
+# ---- calibration options: constants only -----------------------------------------------
+
+ALL_OPTIONS = QuantConfig(
+    act_calibration="mse", bias_correction=True, gelu_zero_point=True, ln_channel_scales=True
+)
+
+
+def test_calibration_options_change_constants_only(assert_program_equals_golden):
+    """Every calibration option only chooses other constants: the compiler accepts them
+    (mult/shift/bias fields) and the program on the ISA interpreter still equals the golden
+    model bit for bit, so the RTL (bit-exact with the interpreter) runs them unchanged."""
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.design import ArrayConfig, Design
+    from vitaccel.flow.codec import codec_for
+
+    _, _, golden, x, _ = prepare("digits-vit", config=ALL_OPTIONS, images=3)
+    assert any(b.gelu_zero != 0 for b in golden.blocks)
+    assert "blocks.0.norm1" in golden.channel_scales
+    design = Design(array=ArrayConfig(groups=1, rows=4, cols=4, vector=8))
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=1, codec=codec)
+    assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
+
+
+def test_calibration_options_are_validated():
+    with pytest.raises(ValueError, match="act_calibration must be one of max, mse"):
+        QuantConfig(act_calibration="percentile")
+
+
+def test_gelu_zero_point_is_folded_exactly(digits):
+    """With a GELU zero point, FC2 on the shifted codes equals FC2 on the symmetric codes of
+    the same real values: the bias absorbs zero * sum_k q[n, k] exactly (integers)."""
+    _, model, _, x, _ = digits
+    from vitaccel.models.data import calibration_images
+
+    g = quantize_model(model, calibration_images(64), QuantConfig(gelu_zero_point=True))
+    blk = g.blocks[0]
+    assert blk.gelu_zero > ref.INT8_MIN  # GELU's negative lobe needs only a few codes
+    codes = np.random.default_rng(0).integers(-128, 128, size=(5, blk.fc2.in_features))
+    bias_before_folding = blk.fc2.bias + blk.gelu_zero * blk.fc2.weight.q.sum(axis=1)
+    expect = ref.matmul_int(codes - blk.gelu_zero, blk.fc2.weight.q, bias_before_folding)
+    assert np.array_equal(blk.fc2.accumulate(codes), expect)
