@@ -1,6 +1,7 @@
 """The integer golden model: accuracy against float, locked in, and per-operator error on
 tensors captured from the trained digits ViT running real images."""
 
+import functools
 import math
 
 import numpy as np
@@ -188,3 +189,60 @@ def test_gelu_zero_point_is_folded_exactly(digits):
     bias_before_folding = blk.fc2.bias + blk.gelu_zero * blk.fc2.weight.q.sum(axis=1)
     expect = ref.matmul_int(codes - blk.gelu_zero, blk.fc2.weight.q, bias_before_folding)
     assert np.array_equal(blk.fc2.accumulate(codes), expect)
+
+
+# ---- checkpoints we did not train (issue 24 fixtures) ----------------------------------
+
+# Locked-in floors measured on the 360-image test split (one image = 0.0028): a regression
+# in quantisation fails here on checkpoints trained unlike the shipped one. Per recipe and
+# scheme: (min agreement, min logit cosine, max top-1 drop). Measured (docs/numerics.md):
+# sgd 98.61 % / 0.9991 / 0.0 and mixed 98.89 % / 0.9990; adam 98.89 % / 0.9989 / 0.56 pt and
+# mixed 98.89 % / 0.9986; strong-aug 96.67 % / 0.9962 / -0.28 pt and mixed 96.94 % / 0.9954.
+EXTRA_FLOORS = {
+    ("sgd", "w8a8"): (0.980, 0.998, 0.010),
+    ("sgd", "mixed"): (0.980, 0.998, 0.010),
+    ("adam", "w8a8"): (0.980, 0.998, 0.015),
+    ("adam", "mixed"): (0.980, 0.997, 0.015),
+    ("strong-aug", "w8a8"): (0.960, 0.995, 0.010),
+    ("strong-aug", "mixed"): (0.960, 0.994, 0.020),
+}
+
+
+@functools.cache
+def _extra(recipe: str, scheme: str):
+    from vitaccel.models.train_digits import EXTRA_RECIPES
+    from vitaccel.models.zoo import WEIGHTS_DIR
+
+    weights = WEIGHTS_DIR / f"{EXTRA_RECIPES[recipe].stem}.safetensors"
+    return evaluate("digits-vit", weights=weights, config=QuantConfig(scheme=scheme, w4_ratio=0.5))
+
+
+def test_every_extra_recipe_has_floors():
+    from vitaccel.models.train_digits import EXTRA_RECIPES
+
+    assert {r for r, _ in EXTRA_FLOORS} == set(EXTRA_RECIPES)
+
+
+@pytest.mark.parametrize(
+    "recipe, scheme", sorted(EXTRA_FLOORS), ids=[f"{r}-{s}" for r, s in sorted(EXTRA_FLOORS)]
+)
+def test_fidelity_on_checkpoints_we_did_not_train(recipe, scheme):
+    min_agree, min_cos, max_drop = EXTRA_FLOORS[recipe, scheme]
+    r = _extra(recipe, scheme)
+    assert r.agreement >= min_agree, r
+    assert r.cosine >= min_cos, r
+    assert r.float_top1 - r.int_top1 <= max_drop, r
+
+
+# Issue 24's targets for these checkpoints (W8A8 agreement >= 99.5 %, cosine >= 0.999, top-1
+# drop <= 0.5 pt; mixed 50 % agreement >= 99.0 %) are NOT met: near-tie test images flip
+# under the int8 activation grid (docs/numerics.md, "Checkpoints we did not train"). Strict
+# xfail: the day a change meets them, this fails and the marker must go.
+@pytest.mark.xfail(strict=True, reason="issue 24 targets not met; see docs/numerics.md")
+@pytest.mark.parametrize("recipe", sorted({r for r, _ in EXTRA_FLOORS}))
+def test_issue_24_targets_on_checkpoints_we_did_not_train(recipe):
+    w8 = _extra(recipe, "w8a8")
+    mixed = _extra(recipe, "mixed")
+    assert w8.agreement >= 0.995 and w8.cosine >= 0.999
+    assert w8.float_top1 - w8.int_top1 <= 0.005
+    assert mixed.agreement >= 0.990
