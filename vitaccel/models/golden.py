@@ -75,8 +75,9 @@ class QuantConfig:
         maximum. The residual stream (PTF), the softmax input and the logits always use the
         maximum (their outliers carry the signal: clipping them changes the arg-max).
     bias_correction : bool
-        After folding, shift every linear layer's integer bias by the mean error of its
-        output on the calibration images (integer model vs float, per output channel).
+        After folding, take off every linear layer's integer bias the mean error (per output
+        channel) of its accumulator against the float layer on the calibration images, the
+        layer fed the float input on its int8 grid (so only its own error is corrected).
     gelu_zero_point : bool
         The GELU table's output uses the whole int8 range for [min GELU, clip] with a zero
         point that FC2's bias absorbs (GELU is nearly non-negative, so a symmetric grid
@@ -464,19 +465,21 @@ def quantize_model(
 ) -> IntViT:
     """Calibrate ``model`` on ``calib_images`` and fold it into an :class:`IntViT`.
 
-    Per-tensor activation scales come from the calibration maximum (no clipping); the
-    residual stream gets per-channel power-of-two factors chosen so calibration data never
-    clips; weights are quantised per output channel (and per the config's W4 ratios, rows
-    chosen by input-weighted error).
+    Per-tensor activation scales come from the calibration maximum (no clipping; or the
+    least-squared-error clip with ``act_calibration="mse"``); the residual stream gets
+    per-channel power-of-two factors chosen so calibration data never clips; weights are
+    quantised per output channel (and per the config's W4 ratios, rows chosen by
+    input-weighted error). The config's calibration options (bias correction, GELU zero
+    point, per-channel LayerNorm output scales) only change constants.
     """
     spec = model.spec
     model.eval()
     tr = float_trace(model, calib_images)
     cfg = config or QuantConfig()
     sc: dict[str, float] = {}
-    # name -> (layer, float input, its int8 scale and zero code, float output): what bias
-    # correction needs.
-    linears: dict[str, tuple[IntLinear, torch.Tensor, float, int, torch.Tensor]] = {}
+    # name -> (layer, float input, its int8 grid scale(s), zero code, float output, the
+    # accumulator's input scale): what bias correction needs.
+    linears: dict[str, tuple] = {}
 
     def act(t: torch.Tensor) -> float:
         if cfg.act_calibration == "max":
