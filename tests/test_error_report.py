@@ -77,10 +77,11 @@ def test_every_quantised_tensor_is_reported_and_ranked(digits, config):
         assert r.rel_error == pytest.approx(10 ** (-r.sqnr_db / 20), rel=1e-3)
         # An int8 model is neither exact nor garbage: a wrong scale anywhere (a tensor
         # dequantised with the wrong scale or zero point) shows up as SQNR near 0 dB.
-        # 4-bit log2-code probabilities (p ~ 2**-q) are coarse by design: ~11-14 dB.
-        low = 8 if (r.kind == "softmax" and config.softmax_output == "log2") else 12
-        assert low < r.local_sqnr_db < 60, r
-        assert low < r.sqnr_db < 60, r
+        # 4-bit log2-code probabilities (p ~ 2**-q) are coarse by design (~11-14 dB), and
+        # everything downstream of them inherits it (~12 dB total on the last blocks).
+        log2 = config.softmax_output == "log2"
+        assert (8 if log2 and r.kind == "softmax" else 12) < r.local_sqnr_db < 60, r
+        assert (8 if log2 else 12) < r.sqnr_db < 60, r
     # The first operator sees exactly the golden model's input: local == accumulated.
     pe = next(r for r in rows if r.name == "patch_embed")
     assert pe.sqnr_db == pe.local_sqnr_db
