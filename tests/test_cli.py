@@ -46,6 +46,52 @@ def test_corrupt_weights_file(tmp_path):
     assert str(bad) in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cli_per_layer_json():
+    r = run("quantize", "--images", "20", "--per-layer", "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    rows = obj["per_layer"]
+    names = {"patch_embed", "embed", "norm", "logits"} | {
+        f"blocks.{i}.{n}"
+        for i in range(4)
+        for n in ("norm1", "attn.q", "attn.k", "attn.v", "attn.logits", "attn.probs",
+                  "attn.context", "attn.proj", "add1", "norm2", "mlp.fc1", "mlp.gelu",
+                  "mlp.fc2", "add2")
+    }  # fmt: skip
+    assert obj["calibration_images"] > 0
+    assert {row["name"] for row in rows} == names
+    assert [row["local_sqnr_db"] for row in rows] == sorted(row["local_sqnr_db"] for row in rows)
+    assert set(rows[0]) == {
+        "name",
+        "kind",
+        "sqnr_db",
+        "rel_error",
+        "local_sqnr_db",
+        "local_rel_error",
+    }
+
+
+def test_quantize_refuses_non_finite_weights(tmp_path):
+    """One CLI round trip; the other ways a checkpoint can miss the model (missing,
+    unexpected, misshapen tensors) are the loader's, tested in test_models.py."""
+    from safetensors.torch import save_file
+
+    from vitaccel.models.zoo import build_float_model
+
+    state = build_float_model("digits-vit").state_dict()
+    state["blocks.2.attn.proj.weight"][0, 0] = float("nan")
+    needle = "'blocks.2.attn.proj.weight' (shape (64, 64)) holds 1 NaN/Inf"
+    weights = tmp_path / "w.safetensors"
+    save_file(state, str(weights))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("quantize", "--weights", str(weights), "--per-layer", "--json", cwd=out)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert r.stdout == "" and list(out.iterdir()) == []
+
+
 def test_bad_design_file_names_the_field(tmp_path):
     d = tmp_path / "d.json"
     d.write_text(json.dumps({"schema_version": 1, "array": {"rows": 0}}))

@@ -1,6 +1,7 @@
 """The integer golden model: accuracy against float, locked in, and per-operator error on
 tensors captured from the trained digits ViT running real images."""
 
+import functools
 import math
 
 import numpy as np
@@ -144,3 +145,104 @@ def test_weightless_zoo_model_quantizes(tmp_path):
     golden = quantize_model(model, calib)
     logits = golden.forward(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
+
+
+# ---- calibration options: constants only -----------------------------------------------
+
+ALL_OPTIONS = QuantConfig(
+    act_calibration="mse", bias_correction=True, gelu_zero_point=True, ln_channel_scales=True
+)
+
+
+def test_calibration_options_change_constants_only(assert_program_equals_golden):
+    """Every calibration option only chooses other constants: the compiler accepts them
+    (mult/shift/bias fields) and the program on the ISA interpreter still equals the golden
+    model bit for bit, so the RTL (bit-exact with the interpreter) runs them unchanged."""
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.design import ArrayConfig, Design
+    from vitaccel.flow.codec import codec_for
+
+    _, _, golden, x, _ = prepare("digits-vit", config=ALL_OPTIONS, images=3)
+    assert any(b.gelu_zero != 0 for b in golden.blocks)
+    assert "blocks.0.norm1" in golden.channel_scales
+    design = Design(array=ArrayConfig(groups=1, rows=4, cols=4, vector=8))
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=1, codec=codec)
+    assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
+
+
+def test_calibration_options_are_validated():
+    with pytest.raises(ValueError, match="act_calibration must be one of max, mse"):
+        QuantConfig(act_calibration="percentile")
+
+
+def test_gelu_zero_point_is_folded_exactly(digits):
+    """With a GELU zero point, FC2 on the shifted codes equals FC2 on the symmetric codes of
+    the same real values: the bias absorbs zero * sum_k q[n, k] exactly (integers)."""
+    _, model, _, x, _ = digits
+    from vitaccel.models.data import calibration_images
+
+    g = quantize_model(model, calibration_images(64), QuantConfig(gelu_zero_point=True))
+    blk = g.blocks[0]
+    assert blk.gelu_zero > ref.INT8_MIN  # GELU's negative lobe needs only a few codes
+    codes = np.random.default_rng(0).integers(-128, 128, size=(5, blk.fc2.in_features))
+    bias_before_folding = blk.fc2.bias + blk.gelu_zero * blk.fc2.weight.q.sum(axis=1)
+    expect = ref.matmul_int(codes - blk.gelu_zero, blk.fc2.weight.q, bias_before_folding)
+    assert np.array_equal(blk.fc2.accumulate(codes), expect)
+
+
+# ---- checkpoints we did not train (issue 24 fixtures) ----------------------------------
+
+# Locked-in floors measured on the 360-image test split (one image = 0.0028): a regression
+# in quantisation fails here on checkpoints trained unlike the shipped one. Per recipe and
+# scheme: (min agreement, min logit cosine, max top-1 drop). Measured (docs/numerics.md):
+# sgd 98.61 % / 0.9991 / 0.0 and mixed 98.89 % / 0.9990; adam 98.89 % / 0.9989 / 0.56 pt and
+# mixed 98.89 % / 0.9986; strong-aug 96.67 % / 0.9962 / -0.28 pt and mixed 96.94 % / 0.9954.
+EXTRA_FLOORS = {
+    ("sgd", "w8a8"): (0.980, 0.998, 0.010),
+    ("sgd", "mixed"): (0.980, 0.998, 0.010),
+    ("adam", "w8a8"): (0.980, 0.998, 0.015),
+    ("adam", "mixed"): (0.980, 0.997, 0.015),
+    ("strong-aug", "w8a8"): (0.960, 0.995, 0.010),
+    ("strong-aug", "mixed"): (0.960, 0.994, 0.020),
+}
+
+
+@functools.cache
+def _extra(recipe: str, scheme: str):
+    from vitaccel.models.train_digits import EXTRA_RECIPES
+    from vitaccel.models.zoo import WEIGHTS_DIR
+
+    weights = WEIGHTS_DIR / f"{EXTRA_RECIPES[recipe].stem}.safetensors"
+    return evaluate("digits-vit", weights=weights, config=QuantConfig(scheme=scheme, w4_ratio=0.5))
+
+
+def test_every_extra_recipe_has_floors():
+    from vitaccel.models.train_digits import EXTRA_RECIPES
+
+    assert {r for r, _ in EXTRA_FLOORS} == set(EXTRA_RECIPES)
+
+
+@pytest.mark.parametrize(
+    "recipe, scheme", sorted(EXTRA_FLOORS), ids=[f"{r}-{s}" for r, s in sorted(EXTRA_FLOORS)]
+)
+def test_fidelity_on_checkpoints_we_did_not_train(recipe, scheme):
+    min_agree, min_cos, max_drop = EXTRA_FLOORS[recipe, scheme]
+    r = _extra(recipe, scheme)
+    assert r.agreement >= min_agree, r
+    assert r.cosine >= min_cos, r
+    assert r.float_top1 - r.int_top1 <= max_drop, r
+
+
+# Issue 24's targets for these checkpoints (W8A8 agreement >= 99.5 %, cosine >= 0.999, top-1
+# drop <= 0.5 pt; mixed 50 % agreement >= 99.0 %) are NOT met: near-tie test images flip
+# under the int8 activation grid (docs/numerics.md, "Checkpoints we did not train"). Strict
+# xfail: the day a change meets them, this fails and the marker must go.
+@pytest.mark.xfail(strict=True, reason="issue 24 targets not met; see docs/numerics.md")
+@pytest.mark.parametrize("recipe", sorted({r for r, _ in EXTRA_FLOORS}))
+def test_issue_24_targets_on_checkpoints_we_did_not_train(recipe):
+    w8 = _extra(recipe, "w8a8")
+    mixed = _extra(recipe, "mixed")
+    assert w8.agreement >= 0.995 and w8.cosine >= 0.999
+    assert w8.float_top1 - w8.int_top1 <= 0.005
+    assert mixed.agreement >= 0.990

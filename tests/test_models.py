@@ -249,8 +249,41 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     with pytest.raises(WeightsError) as error:
         load_weights(build_float_model("digits-vit"), path)
     assert_one_line(
-        error, str(path), "missing 1 key(s): 'head.weight'", "unexpected key(s): 'dist_token'"
+        error,
+        str(path),
+        "missing tensor 'head.weight' (expected shape (10, 64))",
+        "1 missing, 1 unexpected",
+        "unexpected: 'dist_token'",
     )
+
+
+def test_unexpected_tensor_is_named_first_when_nothing_is_missing(tmp_path):
+    state = build_float_model("digits-vit").state_dict()
+    state["blocks.4.norm1.weight"] = torch.ones(64)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError) as error:
+        load_weights(build_float_model("digits-vit"), path)
+    assert_one_line(
+        error, str(path), "unexpected tensor 'blocks.4.norm1.weight' of shape (64,)", "0 missing"
+    )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    state = build_float_model("digits-vit").state_dict()
+    state["blocks.1.mlp.fc1.weight"][3, 5] = bad
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    model = build_float_model("digits-vit")
+    before = model.state_dict()["blocks.1.mlp.fc1.weight"].clone()
+    with pytest.raises(WeightsError) as error:
+        load_weights(model, path)
+    assert_one_line(
+        error, str(path), "'blocks.1.mlp.fc1.weight' (shape (128, 64)) holds 1 NaN/Inf value(s)"
+    )
+    # Refused before anything was copied into the model.
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc1.weight"], before)
 
 
 def test_not_a_state_dict(tmp_path):
@@ -305,3 +338,50 @@ def test_random_shift_moves_by_at_most_one_pixel():
     for i in range(len(images)):
         candidates = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
         assert any(torch.equal(shifted[i], c) for c in candidates)
+
+
+def test_extra_checkpoints_ship_with_their_recipe():
+    """The fidelity fixtures (checkpoints trained unlike the shipped one) are in the package,
+    load as digits-vit, and their metadata names the recipe that made them and the exact
+    bytes (``python -m vitaccel.models.train_digits --recipe all-extra`` rebuilds them)."""
+    import hashlib
+    import json
+
+    from vitaccel.models.train_digits import EXTRA_RECIPES, SHIPPED
+    from vitaccel.models.zoo import WEIGHTS_DIR
+
+    assert len(EXTRA_RECIPES) >= 3
+    fields = ("optimizer", "augmentation", "label_smoothing", "seed", "schedule")
+    for recipe in EXTRA_RECIPES.values():
+        # Each differs from the shipped recipe in several ways, not just the seed.
+        assert sum(getattr(recipe, f) != getattr(SHIPPED, f) for f in fields) >= 3, recipe
+        weights = WEIGHTS_DIR / f"{recipe.stem}.safetensors"
+        meta = json.loads((WEIGHTS_DIR / f"{recipe.stem}.json").read_text())
+        assert meta["recipe"]["name"] == recipe.name
+        assert meta["recipe"]["optimizer"] == recipe.optimizer
+        assert meta["epochs"] == recipe.epochs and meta["seed"] == recipe.seed
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["weights_sha256"]
+        assert weights.stat().st_size < 600_000
+        _, model = get_model("digits-vit", weights=weights)
+        assert not model.training
+
+
+def test_recipe_fields_are_validated():
+    from vitaccel.models.train_digits import Recipe
+
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, adam, sgd, rmsprop"):
+        Recipe(name="x", stem="x", optimizer="lion")
+
+
+def test_random_shift_by_two_pixels_stays_within_two():
+    images = digits_splits().train_x[:16]
+    shifted = random_shift(images, generator=torch.Generator().manual_seed(0), max_shift=2)
+    assert shifted.shape == images.shape
+    # Every shifted image is some -2..2 shift of the original (background filled in).
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), value=-1.0)
+    for i in range(len(images)):
+        assert any(
+            torch.equal(shifted[i, 0], padded[i, 0, dy : dy + 8, dx : dx + 8])
+            for dy in range(5)
+            for dx in range(5)
+        )

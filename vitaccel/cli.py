@@ -159,8 +159,15 @@ def _model_choice():
     default=None,
     help="images to evaluate (default: digits test split / 8)",
 )
+@click.option(
+    "--per-layer",
+    is_flag=True,
+    help="also rank every quantised tensor by its SQNR against float (calibration images)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def quantize(model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, images, as_json):
+def quantize(
+    model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, images, per_layer, as_json
+):
     """Quantise a float model to the integer golden model and compare it with float."""
     from vitaccel.models.specs import get_spec
 
@@ -176,9 +183,53 @@ def quantize(model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, ima
         scheme=scheme, w4_ratio=w4_ratio, w4_kind=w4_kind, softmax_output=softmax_output
     )
     result = evaluate(
-        model_name, weights=weights, config=cfg, images=images, progress=_progress(True)
+        model_name,
+        weights=weights,
+        config=cfg,
+        images=images,
+        progress=_progress(True),
+        per_layer=per_layer,
     )
-    _emit(result.as_dict(), as_json)
+    _emit(result.as_dict(), as_json, human=_print_quantize if per_layer else None)
+
+
+def _print_quantize(obj: dict) -> None:
+    """The summary, then the per-layer table (worst operator first)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = Table(show_header=False)
+    for k, v in obj.items():
+        if k != "per_layer":
+            summary.add_row(str(k), str(v))
+    rows = obj["per_layer"]
+    ranked = Table(
+        "#",
+        "tensor",
+        "kind",
+        "local dB",
+        "local err",
+        "total dB",
+        "total err",
+        title=f"per-layer error vs float on {obj['calibration_images']} calibration images, "
+        "worst operator first",
+        caption="SQNR (dB) and relative error. local: the operator alone, fed the float "
+        "model's inputs on their int8 grids; total: the integer model end to end.",
+    )
+    for i, r in enumerate(rows, 1):
+        ranked.add_row(
+            str(i),
+            r["name"],
+            r["kind"],
+            f"{r['local_sqnr_db']:.1f}",
+            f"{r['local_rel_error']:.4f}",
+            f"{r['sqnr_db']:.1f}",
+            f"{r['rel_error']:.4f}",
+        )
+    # Wide enough for the tensor names when stdout is not a terminal (rich assumes 80).
+    console = Console(width=max(Console().width, 100))
+    console.print(summary)
+    console.print(ranked)
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,9 +28,15 @@ class EvalResult:
     int_top1: float | None
     agreement: float
     cosine: float
+    calibration_images: int | None = None
+    # Ranked per-tensor errors (error_report.TensorError.as_dict()), when asked for.
+    per_layer: list[dict] | None = None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out["per_layer"] is None:
+            del out["per_layer"]
+        return out
 
 
 def _data(name: str, spec, images: int | None, seed: int = 0):
@@ -40,7 +46,7 @@ def _data(name: str, spec, images: int | None, seed: int = 0):
 
         splits = digits_splits()
         n = len(splits.test_x) if images is None else min(images, len(splits.test_x))
-        return calibration_images(64), splits.test_x[:n], splits.test_y[:n]
+        return calibration_images(), splits.test_x[:n], splits.test_y[:n]
     from vitaccel.models.data import random_images
 
     n = 8 if images is None else images
@@ -74,11 +80,19 @@ def evaluate(
     images: int | None = None,
     batch: int = 64,
     progress=None,
+    per_layer: bool = False,
 ) -> EvalResult:
+    """Quantise ``name`` and measure the integer model against float on evaluation images.
+
+    With ``per_layer`` the result also carries the per-tensor error report
+    (:func:`vitaccel.models.error_report.per_layer_error`) on the calibration images.
+    """
     config = config or QuantConfig()
-    spec, model, golden, x, y = prepare(
-        name, weights=weights, config=config, images=images, progress=progress
-    )
+    spec, model = get_model(name, weights=weights)
+    calib, x, y = _data(name, spec, images)
+    if progress:
+        progress(f"calibrating on {len(calib)} images")
+    golden = quantize_model(model, calib, config)
     f_logits, i_logits = [], []
     for start in range(0, len(x), batch):
         chunk = x[start : start + batch]
@@ -100,4 +114,22 @@ def evaluate(
         f_top1 = float((lf.argmax(1) == labels).mean())
         i_top1 = float((li.argmax(1) == labels).mean())
     ratio = {"w8a8": 0.0, "w4a8": 1.0}.get(config.scheme, config.w4_ratio)
-    return EvalResult(name, config.scheme, ratio, len(x), f_top1, i_top1, agree, float(cos.mean()))
+    report = None
+    if per_layer:
+        from vitaccel.models.error_report import per_layer_error
+
+        if progress:
+            progress(f"per-layer error on the {len(calib)} calibration images")
+        report = [r.as_dict() for r in per_layer_error(model, golden, calib)]
+    return EvalResult(
+        name,
+        config.scheme,
+        ratio,
+        len(x),
+        f_top1,
+        i_top1,
+        agree,
+        float(cos.mean()),
+        len(calib),
+        report,
+    )

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 SCHEMES = ("w8a8", "w4a8", "mixed")
+ACT_CALIBRATIONS = ("max", "mse")
 # Logits are int8 like every other matmul output (the engine has one output path); the
 # classifier scale keeps 25 % headroom over calibration. On digits this loses nothing against
 # int16 logits (same top-1 and agreement on the 360 test images).
@@ -68,6 +69,25 @@ class QuantConfig:
         elements, which is part of the numeric definition (see ``ref.e2softmax_k``).
     softmax_output : {"uint8", "log2"}
         Probability format feeding P x V.
+    act_calibration : {"max", "mse"}
+        How per-tensor activation ranges are chosen from the calibration images: the clip
+        with the least squared quantisation error (``scales.mse_clip``), or the plain
+        maximum. The residual stream (PTF), the softmax input and the logits always use the
+        maximum (their outliers carry the signal: clipping them changes the arg-max).
+    bias_correction : bool
+        After folding, take off every linear layer's integer bias the mean error (per output
+        channel) of its accumulator against the float layer on the calibration images, the
+        layer fed the float input on its int8 grid (so only its own error is corrected).
+    gelu_zero_point : bool
+        The GELU table's output uses the whole int8 range for [min GELU, clip] with a zero
+        point that FC2's bias absorbs (GELU is nearly non-negative, so a symmetric grid
+        wastes half its codes).
+    ln_channel_scales : bool
+        Each LayerNorm output channel gets its own int8 scale (its calibration range): the
+        LayerNorm's per-channel gain absorbs it, and the next linear layer's weight columns
+        are multiplied by it before their per-row quantisation, so the integer arithmetic
+        is unchanged. LayerNorm outputs have a few large channels (large gamma) that would
+        otherwise set the step for all.
     """
 
     scheme: str = "w8a8"
@@ -78,6 +98,13 @@ class QuantConfig:
     softmax_output: str = "uint8"
     softmax_frac_bits: int = 15
     mult_bits: int = 16
+    # Calibration options, each measured on the shipped and the extra checkpoints
+    # (docs/numerics.md, "Calibration options"): none wins consistently, so the defaults
+    # keep the plain-maximum calibration the RTL tests and the DSE sensitivity data use.
+    act_calibration: str = "max"
+    bias_correction: bool = False
+    gelu_zero_point: bool = False
+    ln_channel_scales: bool = False
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -86,6 +113,11 @@ class QuantConfig:
             raise ValueError(f"w4_ratio must be in [0, 1], not {self.w4_ratio!r}")
         if self.w4_kind not in ("int4", "pot4"):
             raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
+        if self.act_calibration not in ACT_CALIBRATIONS:
+            raise ValueError(
+                f"act_calibration must be one of {', '.join(ACT_CALIBRATIONS)}, "
+                f"not {self.act_calibration!r}"
+            )
         if self.softmax_output not in ("uint8", "log2"):
             raise ValueError(
                 f"softmax_output must be 'uint8' or 'log2', not {self.softmax_output!r}"
@@ -156,6 +188,8 @@ class IntBlock:
     gelu_table: np.ndarray
     fc2: IntLinear
     add2: IntResidual
+    # Integer code of real 0 in the GELU table's output (FC2's bias absorbs it).
+    gelu_zero: int = 0
 
 
 @dataclass
@@ -174,6 +208,11 @@ class IntViT:
     head: IntLinear
     logit_scale: float
     scales: dict[str, float] = field(default_factory=dict)
+    # Per-channel real scales of the tensors quantised per channel: the residual stream
+    # (PTF: base * 2**alpha_c; "embed", "blocks.i.add1", "blocks.i.add2") and, with
+    # ``ln_channel_scales``, the LayerNorm outputs ("blocks.i.norm1", ..., "norm"; ``scales``
+    # then holds their largest channel scale). For error reports; the integers need none.
+    channel_scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ---- host-side input preparation -------------------------------------------------
     def quantize_images(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -205,6 +244,7 @@ class IntViT:
             h = ref.ailayernorm(x, blk.norm1)
             cap[f"{p}.norm1"] = h
             qkv = blk.qkv(h)
+            cap[f"{p}.attn.qkv"] = qkv
             tokens = qkv.shape[1]
             qkv = qkv.reshape(batch, tokens, 3, heads, hd).transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, T, hd)
@@ -223,14 +263,19 @@ class IntViT:
             ctx = ref.requantize(ctx, blk.av_mult, blk.av_shift)
             ctx = ctx.transpose(0, 2, 1, 3).reshape(batch, tokens, spec.embed_dim)
             cap[f"{p}.attn.context"] = ctx
-            x = blk.add1(x, blk.proj(ctx))
+            a = blk.proj(ctx)
+            cap[f"{p}.attn.proj"] = a
+            x = blk.add1(x, a)
             cap[f"{p}.add1"] = x
             h = ref.ailayernorm(x, blk.norm2)
             cap[f"{p}.norm2"] = h
             f1 = blk.fc1(h)
+            cap[f"{p}.mlp.fc1"] = f1
             g = ref.lut_lookup(f1, blk.gelu_table)
             cap[f"{p}.mlp.gelu"] = g
-            x = blk.add2(x, blk.fc2(g))
+            f2 = blk.fc2(g)
+            cap[f"{p}.mlp.fc2"] = f2
+            x = blk.add2(x, f2)
             cap[f"{p}.add2"] = x
         cls = ref.ailayernorm(x[:, 0], self.norm)
         cap["norm"] = cls
@@ -420,29 +465,51 @@ def quantize_model(
 ) -> IntViT:
     """Calibrate ``model`` on ``calib_images`` and fold it into an :class:`IntViT`.
 
-    Per-tensor activation scales come from the calibration maximum (no clipping); the
-    residual stream gets per-channel power-of-two factors chosen so calibration data never
-    clips; weights are quantised per output channel (and per the config's W4 ratios, rows
-    chosen by input-weighted error).
+    Per-tensor activation scales come from the calibration maximum (no clipping; or the
+    least-squared-error clip with ``act_calibration="mse"``); the residual stream gets
+    per-channel power-of-two factors chosen so calibration data never clips; weights are
+    quantised per output channel (and per the config's W4 ratios, rows chosen by
+    input-weighted error). The config's calibration options (bias correction, GELU zero
+    point, per-channel LayerNorm output scales) only change constants.
     """
     spec = model.spec
     model.eval()
     tr = float_trace(model, calib_images)
     cfg = config or QuantConfig()
     sc: dict[str, float] = {}
+    # name -> (layer, float input, its int8 grid scale(s), zero code, float output, the
+    # accumulator's input scale): what bias correction needs.
+    linears: dict[str, tuple] = {}
+
+    def act(t: torch.Tensor) -> float:
+        if cfg.act_calibration == "max":
+            return scales.act_scale(_absmax(t))
+        return scales.act_scale(max(scales.mse_clip(t.abs().numpy()), 1e-6))
+
+    def track(
+        layer: IntLinear, x_key: str, s_x, y_key: str, zero: int = 0, acc_in: float | None = None
+    ) -> IntLinear:
+        acc_in = s_x if acc_in is None else acc_in
+        linears[layer.name] = (layer, tr[x_key], s_x, zero, tr[y_key], acc_in)
+        return layer
 
     s_in = scales.act_scale(_absmax(tr["input"]))
     sc["input"] = s_in
-    s_pe = scales.act_scale(_absmax(tr["patch_embed"]))
+    s_pe = act(tr["patch_embed"])
     sc["patch_embed"] = s_pe
-    patch_embed = _linear(
-        "patch_embed",
-        model.patch_embed.proj.weight,
-        model.patch_embed.proj.bias,
+    patch_embed = track(
+        _linear(
+            "patch_embed",
+            model.patch_embed.proj.weight,
+            model.patch_embed.proj.bias,
+            s_in,
+            s_pe,
+            cfg,
+            _sq_mean(tr["patches"]),
+        ),
+        "patches",
         s_in,
-        s_pe,
-        cfg,
-        _sq_mean(tr["patches"]),
+        "patch_embed",
     )
     # First residual scale (PTF) over the embedded tokens.
     base, alpha, x_scale = _ptf(tr["embed"])
@@ -452,42 +519,53 @@ def quantize_model(
     s_pos = scales.act_scale(float(np.abs(pos[1:]).max()))
     pos_q = scales.quantize_activation(pos[1:], s_pos)
     pos_add = _residual(np.full(spec.embed_dim, s_pe), s_pos, x_scale, cfg.mult_bits)
+    ch_scales = {"embed": x_scale}
 
-    def lin(name: str, module, s_in: float, s_out, input_key: str) -> IntLinear:
-        return _linear(name, module.weight, module.bias, s_in, s_out, cfg, _sq_mean(tr[input_key]))
+    def lin(name: str, module, s_in, s_out, input_key: str) -> IntLinear:
+        weight, acc_in, sq = _fold_input_scale(module.weight, s_in, tr[input_key])
+        layer = _linear(name, weight, module.bias, acc_in, s_out, cfg, sq)
+        return track(layer, input_key, s_in, name, acc_in=acc_in)
+
+    def ln_scale(key: str):
+        if not cfg.ln_channel_scales:
+            return act(tr[key])
+        s = np.maximum(_channel_absmax(tr[key]), 1e-6) / ref.INT8_MAX
+        ch_scales[key] = s
+        return s
 
     blocks: list[IntBlock] = []
     for i, blk in enumerate(model.blocks):
         p = f"blocks.{i}"
-        s_n1 = scales.act_scale(_absmax(tr[f"{p}.norm1"]))
+        s_n1 = ln_scale(f"{p}.norm1")
         norm1 = _layernorm(blk.norm1, base, alpha, s_n1)
         # q, k and v get their own output scales (one requant per output channel anyway).
         qkv_t = tr[f"{p}.attn.qkv"]
         d = spec.embed_dim
-        s_q, s_k, s_v = (
-            scales.act_scale(_absmax(qkv_t[..., j * d : (j + 1) * d])) for j in range(3)
-        )
+        s_q, s_k, s_v = (act(qkv_t[..., j * d : (j + 1) * d]) for j in range(3))
         qkv_out = np.repeat([s_q, s_k, s_v], d)
         qkv = lin(f"{p}.attn.qkv", blk.attn.qkv, s_n1, qkv_out, f"{p}.norm1")
         t_sm = _softmax_shift(_absmax(tr[f"{p}.attn.logits"]))
         s_logit = math.log(2) * 2.0**-t_sm
         qk_mult, qk_shift = scales.dyadic(s_q * s_k * spec.head_dim**-0.5 / s_logit, cfg.mult_bits)
         sm = SoftmaxParams(in_shift=t_sm, frac_bits=cfg.softmax_frac_bits, lanes=cfg.softmax_lanes)
-        s_ctx = scales.act_scale(_absmax(tr[f"{p}.attn.context"]))
+        s_ctx = act(tr[f"{p}.attn.context"])
         p_scale = 2.0**-8 if cfg.softmax_output == "uint8" else 2.0 ** -((1 << sm.code_bits) - 1)
         av_mult, av_shift = scales.dyadic(p_scale * s_v / s_ctx, cfg.mult_bits)
-        s_proj = scales.act_scale(_absmax(tr[f"{p}.attn.proj"]))
+        s_proj = act(tr[f"{p}.attn.proj"])
         proj = lin(f"{p}.attn.proj", blk.attn.proj, s_ctx, s_proj, f"{p}.attn.context")
         base1, alpha1, x1_scale = _ptf(tr[f"{p}.add1"])
         add1 = _residual(x_scale, s_proj, x1_scale, cfg.mult_bits)
-        s_n2 = scales.act_scale(_absmax(tr[f"{p}.norm2"]))
+        s_n2 = ln_scale(f"{p}.norm2")
         norm2 = _layernorm(blk.norm2, base1, alpha1, s_n2)
-        s_f1 = scales.act_scale(_absmax(tr[f"{p}.mlp.fc1"]))
+        s_f1 = act(tr[f"{p}.mlp.fc1"])
         fc1 = lin(f"{p}.mlp.fc1", blk.mlp.fc1, s_n2, s_f1, f"{p}.norm2")
-        s_g = scales.act_scale(_absmax(tr[f"{p}.mlp.gelu"]))
-        table = ref.gelu_lut(s_f1, s_g)
-        s_f2 = scales.act_scale(_absmax(tr[f"{p}.mlp.fc2"]))
+        s_g, g_zero = _gelu_scale(tr[f"{p}.mlp.gelu"], cfg)
+        table = ref.gelu_lut(s_f1, s_g, ref.INT8_MIN - g_zero, ref.INT8_MAX - g_zero) + g_zero
+        s_f2 = act(tr[f"{p}.mlp.fc2"])
         fc2 = lin(f"{p}.mlp.fc2", blk.mlp.fc2, s_g, s_f2, f"{p}.mlp.gelu")
+        # Real GELU = s_g * (code - g_zero): FC2 subtracts g_zero * sum_k q[n, k] via its bias.
+        fc2.bias = _clamp_bias(fc2.bias - g_zero * fc2.weight.q.sum(axis=1))
+        linears[fc2.name] = (*linears[fc2.name][:3], g_zero, *linears[fc2.name][4:])
         base2, alpha2, x2_scale = _ptf(tr[f"{p}.add2"])
         add2 = _residual(x1_scale, s_f2, x2_scale, cfg.mult_bits)
         blocks.append(
@@ -506,40 +584,49 @@ def quantize_model(
                 table,
                 fc2,
                 add2,
+                g_zero,
             )
         )
         sc.update(
             {
-                f"{p}.norm1": s_n1,
+                f"{p}.norm1": float(np.max(s_n1)),
                 f"{p}.q": s_q,
                 f"{p}.k": s_k,
                 f"{p}.v": s_v,
                 f"{p}.logits": s_logit,
                 f"{p}.context": s_ctx,
                 f"{p}.proj": s_proj,
-                f"{p}.norm2": s_n2,
+                f"{p}.norm2": float(np.max(s_n2)),
                 f"{p}.fc1": s_f1,
                 f"{p}.gelu": s_g,
                 f"{p}.fc2": s_f2,
             }
         )
+        ch_scales[f"{p}.add1"], ch_scales[f"{p}.add2"] = x1_scale, x2_scale
         base, alpha, x_scale = base2, alpha2, x2_scale
-    s_norm = scales.act_scale(_absmax(tr["norm"]))
+    s_norm = ln_scale("norm")
     norm = _layernorm(model.norm, base, alpha, s_norm)
     s_logits = _absmax(tr["logits"]) * LOGIT_HEADROOM / LOGIT_MAX
-    head = _linear(
-        "head",
-        model.head.weight,
-        model.head.bias,
+    head_w, head_in, head_sq = _fold_input_scale(model.head.weight, s_norm, tr["norm"])
+    head = track(
+        _linear(
+            "head",
+            head_w,
+            model.head.bias,
+            head_in,
+            s_logits,
+            cfg,
+            head_sq,
+            LOGIT_MIN,
+            LOGIT_MAX,
+        ),
+        "norm",
         s_norm,
-        s_logits,
-        cfg,
-        _sq_mean(tr["norm"]),
-        LOGIT_MIN,
-        LOGIT_MAX,
+        "logits",
+        acc_in=head_in,
     )
-    sc["norm"], sc["logits"] = s_norm, s_logits
-    return IntViT(
+    sc["norm"], sc["logits"] = float(np.max(s_norm)), s_logits
+    golden = IntViT(
         spec=spec,
         config=cfg,
         input_scale=s_in,
@@ -552,4 +639,67 @@ def quantize_model(
         head=head,
         logit_scale=s_logits,
         scales=sc,
+        channel_scales=ch_scales,
     )
+    if cfg.bias_correction:
+        for layer, x, s_x, zero, y, acc_in in linears.values():
+            _correct_bias(layer, x, s_x, zero, y, acc_in)
+    return golden
+
+
+def _fold_input_scale(
+    weight: torch.Tensor, s_in, x: torch.Tensor
+) -> tuple[torch.Tensor, float, np.ndarray]:
+    """A linear layer's weight, accumulator input scale and input mean square, with a
+    per-channel input scale folded into the weight columns.
+
+    ``x_real[k] = s_in[k] * x_int[k]``, so ``sum_k x_real[k] W[n, k] = sum_k x_int[k] (W[n, k]
+    s_in[k])``: the layer sees integer inputs of scale 1 and weights ``W * s_in``, quantised
+    per row as usual. A per-tensor ``s_in`` is returned unchanged.
+    """
+    if np.ndim(s_in) == 0:
+        return weight, float(s_in), _sq_mean(x)
+    s = torch.from_numpy(np.asarray(s_in, dtype=np.float64))
+    return weight.detach().double() * s[None, :], 1.0, _sq_mean(x / s)
+
+
+def _clamp_bias(bias: np.ndarray) -> np.ndarray:
+    return np.clip(bias, -(2**31), 2**31 - 1).astype(np.int64)
+
+
+def _gelu_scale(g: torch.Tensor, cfg: QuantConfig) -> tuple[float, int]:
+    """Scale and zero code of the GELU table's output.
+
+    With ``gelu_zero_point`` the 256 codes cover [min, clip] of the calibration GELU output
+    (min is about -0.17: GELU is nearly non-negative), real 0 at code ``zero``; otherwise
+    the symmetric grid of every other activation (``zero`` = 0).
+    """
+    if not cfg.gelu_zero_point:
+        if cfg.act_calibration == "max":
+            return scales.act_scale(_absmax(g)), 0
+        return scales.act_scale(max(scales.mse_clip(g.abs().numpy()), 1e-6)), 0
+    low = min(float(g.min()), 0.0)
+    shifted = (g - low).numpy()
+    top = float(shifted.max()) if cfg.act_calibration == "max" else scales.mse_clip(shifted, 255)
+    s_g = max(top, 1e-6) / 255
+    return s_g, int(ref.INT8_MIN - math.floor(low / s_g + 0.5))
+
+
+def _correct_bias(
+    layer: IntLinear, x: torch.Tensor, s_x, zero: int, y: torch.Tensor, acc_in: float
+) -> None:
+    """Bias correction (Nagel et al. 2019, sec. 4.2, with calibration data instead of BN
+    statistics): take the mean error of the layer's accumulator against the float layer's
+    output off its integer bias, per output channel.
+
+    The layer is fed the float model's own input on its int8 grid, so the correction
+    measures this layer's error (the systematic part of the weight rounding, ``E[(W_q - W)
+    x]``) and not errors inherited from upstream, which their own layers correct. Only the
+    bias constant changes.
+    """
+    xq = scales.quantize_activation(x.numpy(), s_x, bits=32) + zero
+    xq = np.clip(xq, ref.INT8_MIN, ref.INT8_MAX).reshape(-1, layer.in_features)
+    acc_scale = acc_in * layer.weight.scale
+    got = layer.accumulate(xq) * acc_scale
+    err = (got - y.numpy().reshape(-1, layer.out_features)).mean(axis=0)
+    layer.bias = _clamp_bias(layer.bias - np.floor(err / acc_scale + 0.5))

@@ -165,7 +165,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     ------
     WeightsError
         One line naming the file and the first problem: missing file, unreadable
-        file, missing or unexpected keys, or a shape mismatch.
+        file, the first missing or unexpected tensor (with the expected shape), the first
+        misshapen tensor, or the first tensor holding NaN/Inf.
     """
     path = Path(path)
     state = _read_state_dict(path)
@@ -173,15 +174,26 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     spec = getattr(model, "spec", None)
     target = f" for {spec.name}" if spec is not None else ""
 
+    # One line naming the FIRST offending tensor (in the model's own order) and what was
+    # expected of it, plus a count of the others, so the user can fix the checkpoint.
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {_key_list(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_key_list(unexpected)}")
-    if problems:
-        raise WeightsError(f"weights file {path} does not fit{target}: {'; '.join(problems)}")
+    if missing or unexpected:
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected tensor(s)"
+        if missing:
+            key = missing[0]
+            what = f"missing tensor {key!r} (expected shape {tuple(expected[key].shape)})"
+        else:
+            key = unexpected[0]
+            what = (
+                f"unexpected tensor {key!r} of shape {tuple(state[key].shape)} "
+                f"(expected only the model's {len(expected)} tensors)"
+            )
+        more = f": {_key_list(missing)}" if len(missing) > 1 else ""
+        raise WeightsError(
+            f"weights file {path} does not fit{target}: {what}; {counts}{more}"
+            + (f"; unexpected: {_key_list(unexpected)}" if missing and unexpected else "")
+        )
 
     mismatched = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
     if mismatched:
@@ -191,6 +203,15 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"weights file {path} does not fit{target}: {key!r} has shape {tuple(state[key].shape)}, "
             f"expected {tuple(expected[key].shape)}{more}"
         )
+    for key in expected:
+        value = state[key]
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise WeightsError(
+                    f"weights file {path} does not fit{target}: {key!r} (shape "
+                    f"{tuple(value.shape)}) holds {bad} NaN/Inf value(s); expected finite values"
+                )
     model.load_state_dict(state, strict=True)
     return model
 

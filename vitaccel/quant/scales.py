@@ -17,6 +17,7 @@ __all__ = [
     "dyadic",
     "quantize_activation",
     "act_scale",
+    "mse_clip",
     "QuantWeight",
     "quantize_weight",
     "ptf_alpha",
@@ -66,6 +67,39 @@ def act_scale(absmax: float, bits: int = 8) -> float:
     """Symmetric per-tensor scale that maps absmax to the largest code (no zero point)."""
     qmax = 2 ** (bits - 1) - 1
     return max(float(absmax), 1e-8) / qmax
+
+
+# Histogram resolution of the MSE range search: 4096 bins over [0, absmax] keep the bin
+# width at most 1/16 of a quantisation step for any clip the search tries (>= 1/4 of absmax).
+MSE_BINS = 4096
+# Clip candidates as fractions of the calibration absmax: 1/4 .. 1 in steps of 1/128.
+MSE_FRACTIONS = np.arange(32, 129) / 128
+
+
+def mse_clip(magnitudes, levels: int = 127) -> float:
+    """The clip ``c`` (<= max) minimising the squared error of a uniform grid over [0, c].
+
+    ``magnitudes`` are non-negative values (``|x|`` for a symmetric grid, ``x - min`` for a
+    shifted one); the grid has ``levels`` steps of ``c / levels`` and saturates above ``c``.
+    The error of each candidate is summed over a histogram of the values (``MSE_BINS``
+    bins), so the search costs one pass over the data however many candidates it tries.
+    Candidates: ``MSE_FRACTIONS`` of the maximum; ties go to the larger clip.
+    """
+    a = np.asarray(magnitudes, dtype=np.float64).ravel()
+    if a.size == 0 or np.any(a < 0) or not np.all(np.isfinite(a)):
+        raise ValueError("mse_clip(): magnitudes must be a non-empty array of finite values >= 0")
+    top = float(a.max())
+    if top <= 0:
+        return 0.0
+    hist, edges = np.histogram(a, bins=MSE_BINS, range=(0.0, top))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    clips = top * MSE_FRACTIONS
+    step = clips[:, None] / levels
+    deq = np.minimum(np.floor(centres[None, :] / step + 0.5), levels) * step
+    err = (hist[None, :] * (deq - centres[None, :]) ** 2).sum(axis=1)
+    # Reverse so argmin's first-minimum rule prefers the larger clip on ties.
+    best = len(clips) - 1 - int(np.argmin(err[::-1]))
+    return float(clips[best])
 
 
 def quantize_activation(x, scale: float, bits: int = 8) -> np.ndarray:
