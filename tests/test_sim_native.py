@@ -31,15 +31,12 @@ from vitaccel.sim.native import (
     encode_steps,
 )
 
-IMAGES = 200
 
-
-@pytest.fixture(scope="module")
-def digits():
-    """Default design, the golden model quantised for it, 200 test images and their logits,
-    the compiled program, and the native build (cached in ~/.cache/vitaccel)."""
+def _digits(images: int) -> dict:
+    """Default design, the golden model quantised for it, ``images`` test images and their
+    logits, the compiled program, and the native build (cached in ~/.cache/vitaccel)."""
     design = default_design("digits-vit", "zcu102")
-    _, _, golden, x, y = prepare("digits-vit", config=quant_config_for(design), images=IMAGES)
+    _, _, golden, x, y = prepare("digits-vit", config=quant_config_for(design), images=images)
     patches = golden.quantize_images(x)
     compiled = compile_model(
         golden,
@@ -61,6 +58,11 @@ def digits():
         "labels": y.numpy(),
         "compiled": compiled,
     }
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return _digits(8)
 
 
 def _infer(d, backend, images, **kw):
@@ -114,25 +116,27 @@ def test_bit_exact_with_axi_pauses_and_resets(digits):
     assert len({r.cycles for r in results}) > 1  # each image sees other pauses
 
 
-def test_200_digits_images_in_one_process(digits):
-    """200 test images bit-exact in one harness process; prints the figures."""
-    backend = NativeBackend(digits["design"])
+@pytest.mark.slow
+def test_200_digits_images_in_one_process():
+    """200 test images bit-exact in one harness process; prints the figures (~55 CPU seconds
+    of simulation on the default design: over the default suite's budget)."""
+    d = _digits(200)
+    backend = NativeBackend(d["design"])
     t0 = time.monotonic()
-    results = _infer(digits, backend, IMAGES)
+    results = _infer(d, backend, 200)
     wall = time.monotonic() - t0
-    _assert_golden(results, digits["want"])
+    _assert_golden(results, d["want"])
     rtl = np.stack([r.logits for r in results])
     last = backend.last
     print(
-        f"\n{IMAGES} digits images on the RTL (native): {wall:.1f} s wall, "
-        f"{last['wall_s']:.1f} s in the harness, {last['sim_cycles'] / last['wall_s']:,.0f} "
-        f"simulated cycles/s ({last['sim_cycles'] / last['cpu_s']:,.0f} per CPU second), "
+        f"\n200 digits images on the RTL (native): {wall:.1f} s wall, "
+        f"{last['wall_s']:.1f} s in the harness ({last['cpu_s']:.1f} CPU s), "
+        f"{last['sim_cycles'] / last['wall_s']:,.0f} simulated cycles/s "
+        f"({last['sim_cycles'] / last['cpu_s']:,.0f} per CPU second), "
         f"{np.mean([r.cycles for r in results]):.0f} cycles/image, "
-        f"RTL top-1 {np.mean(rtl.argmax(1) == digits['labels']):.4f}"
+        f"RTL top-1 {np.mean(rtl.argmax(1) == d['labels']):.4f}"
     )
-    assert np.mean(rtl.argmax(1) == digits["labels"]) == np.mean(
-        digits["want"].argmax(1) == digits["labels"]
-    )
+    assert np.mean(rtl.argmax(1) == d["labels"]) == np.mean(d["want"].argmax(1) == d["labels"])
 
 
 def test_sim_model_json_keys_and_cycle_model(digits, capsys):
