@@ -350,7 +350,12 @@ def generate(
 
 
 @main_group.command()
-@click.option("--unit", type=click.Choice([*NONLINEAR_UNITS, "matmul"]), required=True)
+@click.option(
+    "--unit",
+    type=click.Choice([*NONLINEAR_UNITS, "matmul"]),
+    default=None,
+    help="one unit or one matmul (default: the whole model, see --model)",
+)
 @click.option("--lanes", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option(
     "--vectors",
@@ -364,15 +369,15 @@ def generate(
     type=click.FloatRange(0.0, 0.9),
     default=0.0,
     show_default=True,
-    help="random stall probability on every stream",
+    help="random stall probability on every stream (whole model: on every DDR channel)",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--model",
     "model_name",
-    default="digits-vit",
-    show_default=True,
-    help="matmul: model whose layer to run",
+    default=None,
+    help="model to run whole (or, with --unit matmul, whose layer); default: the design's, "
+    "else digits-vit",
 )
 @click.option("--layer", default=None, help="matmul: layer name (see --list-layers)")
 @click.option(
@@ -392,15 +397,60 @@ def generate(
 @click.option(
     "--list-layers", is_flag=True, help="matmul: list the model's matmuls (linear and attention)"
 )
+@click.option(
+    "--design",
+    "design_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="whole model: design file (default: the documented default design)",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="whole model: checkpoint of the float model",
+)
+@click.option(
+    "--images",
+    type=click.IntRange(1, 100_000),
+    default=20,
+    show_default=True,
+    help="whole model: test images to run",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["native", "cocotb"]),
+    default="native",
+    show_default=True,
+    help="whole model: compiled Verilator harness, or cocotb (Python AXI models, slow)",
+)
 @click.option("--json", "as_json", is_flag=True)
 def sim(
-    unit, lanes, vectors, stall, seed, model_name, layer, tokens, softmax, list_layers, as_json
+    unit,
+    lanes,
+    vectors,
+    stall,
+    seed,
+    model_name,
+    layer,
+    tokens,
+    softmax,
+    list_layers,
+    design_path,
+    weights,
+    images,
+    engine,
+    as_json,
 ):
-    """Co-simulate a unit (or one golden-model layer on the GVSA) on Verilator; exit 1 on any mismatch."""
-    if unit == "matmul":
+    """Co-simulate the whole model (or a unit, or one golden-model layer on the GVSA) on
+    Verilator, bit-exact against the golden model; exit 1 on any mismatch."""
+    if unit is None:
+        result = _sim_model(model_name, design_path, weights, images, engine, stall, seed)
+    elif unit == "matmul":
         from vitaccel.flow.layer_sim import list_layers as _list
         from vitaccel.flow.layer_sim import simulate_layer
 
+        model_name = model_name or "digits-vit"
         if list_layers:
             names = _list(model_name)
             if as_json:
@@ -426,6 +476,38 @@ def sim(
     _emit(result, as_json)
     if result.get("mismatches", 0):
         raise click.exceptions.Exit(EXIT_MISMATCH)
+
+
+def _sim_model(model_name, design_path, weights, images, engine, stall, seed) -> dict:
+    """``sim --model``: validate everything (design against the model included) before any
+    quantisation or Verilator build, then run the images."""
+    from vitaccel.design import load_design
+    from vitaccel.models.specs import get_spec
+
+    design = load_design(design_path) if design_path is not None else None
+    model_name = model_name or (design.model if design is not None else "digits-vit")
+    spec = get_spec(model_name)
+    if weights is not None and not weights.is_file():
+        raise CliError(f"--weights: file '{weights}' does not exist")
+    from vitaccel.flow.model_sim import check_design_fits, simulate_model
+
+    if design is not None:
+        check_design_fits(design, spec)
+    from vitaccel.sim.native import NativeRunError
+
+    try:
+        return simulate_model(
+            model_name,
+            design=design,
+            weights=weights,
+            images=images,
+            engine=engine,
+            pause=stall,
+            seed=seed,
+            progress=_progress(True),
+        )
+    except NativeRunError as err:  # a cycle limit or STATUS.ERROR: the run stopped
+        raise CliError(f"RTL run stopped: {err}", code=EXIT_MISMATCH) from None
 
 
 # ---------------------------------------------------------------------------------------

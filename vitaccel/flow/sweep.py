@@ -352,47 +352,27 @@ def synth_task(design_json: str) -> dict:
 def simulate_images(design, images: int) -> dict:
     """Run ``images`` images of the design's model on its RTL; compare with the golden model.
 
-    The one place the sweep runs a whole model on the RTL: today the cocotb host driver on
-    Verilator (:class:`vitaccel.sim.host.SimBackend`), the same path as ``vitaccel build``.
+    The one place the sweep runs a whole model on the RTL: the native Verilator harness
+    through :func:`vitaccel.flow.model_sim.simulate_model`, the same path as ``vitaccel sim
+    --model`` and ``vitaccel build``.
 
     Returns ``{"images", "bit_exact", "first_mismatch", "cycles_per_image", "source"}``;
-    ``first_mismatch`` is ``None`` or ``{"image", "logit", "rtl", "golden"}``.
+    ``bit_exact`` counts the images equal to golden; ``first_mismatch`` is ``None`` or
+    ``{"image", "logit", "rtl", "golden"}``.
     """
-    import numpy as np
+    from vitaccel.flow.model_sim import simulate_model
 
-    from vitaccel.compile.compiler import compile_model
-    from vitaccel.compile.driver import Driver
-    from vitaccel.flow.codec import codec_for
-    from vitaccel.models.evaluate import prepare
-    from vitaccel.models.golden import quant_config_for
-    from vitaccel.sim.host import SimBackend
-
-    _, _, golden, x, _ = prepare(design.model, config=quant_config_for(design), images=images)
-    patches = golden.quantize_images(x)
-    expect = golden.forward_patches(patches)
-    compiled = compile_model(
-        golden,
-        groups=design.array.groups,
-        codec=codec_for(design),
-        spm_words=design.spm_kib * 1024 // 16,
-    )
-    drv = Driver(SimBackend(design))
-    drv.load(compiled)
-    results = drv.infer_batch(list(patches))
-    same, first = 0, None
-    for i, (r, e) in enumerate(zip(results, expect, strict=True)):
-        diff = np.flatnonzero(np.asarray(r.logits) != np.asarray(e))
-        if diff.size == 0:
-            same += 1
-        elif first is None:
-            j = int(diff[0])
-            first = {"image": i, "logit": j, "rtl": int(r.logits[j]), "golden": int(e[j])}
+    run = simulate_model(design.model, design=design, images=images, engine="native")
+    first = run["first_mismatch"]
+    if first is not None:
+        logit, rtl, golden = first["class_rtl_golden"]
+        first = {"image": first["image"], "logit": logit, "rtl": rtl, "golden": golden}
     return {
-        "images": len(results),
-        "bit_exact": same,
+        "images": run["images"],
+        "bit_exact": run["images"] - run["mismatches"],
         "first_mismatch": first,
-        "cycles_per_image": float(np.mean([r.cycles for r in results])),
-        "source": "RTL run (Verilator, cocotb host driver)",
+        "cycles_per_image": run["cycles_per_image"],
+        "source": "RTL run (Verilator, native harness)",
     }
 
 
