@@ -109,7 +109,7 @@ def _assert_program_mirrors(compiled, mine):
     real = [i for i in compiled.program if i.op != Op.END]
     assert len(real) == len(mine)
     for ins, m in zip(real, mine, strict=True):
-        f = ins.fields + (0,) * (15 - len(ins.fields))
+        f = ins.operands  # f[i] = word f_{i+1}
         if ins.op == Op.MATMUL:
             assert m.op in ("matmul", "heads")
             assert (f[2], f[3], f[4]) == (m.tokens, m.k, m.n)

@@ -665,16 +665,11 @@ def compile_model(
     total = align(out_off + out.words * WORD_BYTES)
 
     for idx, word in pending_c:
-        spm_base, words = prog[idx].fields[:2]
-        prog[idx] = isa.load(spm=spm_base, words=words, ddr=const_off + word * WORD_BYTES)
+        prog[idx] = prog[idx].replace(ddr=const_off + word * WORD_BYTES)
     prog[1] = isa.load(spm=patches.base, words=patches.words, ddr=in_off)
     prog[-2] = isa.store(spm=out.base, words=out.words, ddr=out_off)
     for idx, key in pending_w:
-        fields = list(prog[idx].fields)
-        fields += [0] * (15 - len(fields))
-        lo, hi = w_offsets[key] & 0xFFFF, w_offsets[key] >> 16
-        fields[7], fields[8] = lo, hi
-        prog[idx] = Instr(prog[idx].op, prog[idx].flags, tuple(fields))
+        prog[idx] = prog[idx].replace(w_ddr=w_offsets[key])
 
     image = bytearray(total)
     image[:prog_bytes] = isa.encode_program(prog)
