@@ -59,7 +59,7 @@ def test_explorer_geometry_matches_the_engine():
     geometry it feeds it: W8/W4 columns and systolic units of every array shape."""
     from vitaccel.design import ArrayConfig, Design
     from vitaccel.dse.cost import geometry
-    from vitaccel.rtl.matmul import EngineParams
+    from vitaccel.engine_host import EngineParams
 
     checked = 0
     for g, r, c, v, share in itertools.product(
@@ -85,7 +85,7 @@ def test_explorer_geometry_matches_the_engine():
 def test_job_steps_equal_the_column_plan():
     import numpy as np
 
-    from vitaccel.rtl.matmul import EngineParams, plan_columns
+    from vitaccel.engine_host import EngineParams, plan_columns
 
     rng = random.Random(3)
     for _ in range(100):

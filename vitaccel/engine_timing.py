@@ -1,7 +1,7 @@
 """The GVSA matmul engine's timing: pipeline depths and the exact cycle model of one job.
 
 Pure Python (no amaranth, no torch), so the RTL (:mod:`vitaccel.rtl.gvsa`,
-:mod:`vitaccel.rtl.matmul`) and the explorer (:mod:`vitaccel.dse.cost`, called thousands of
+:mod:`vitaccel.rtl.matmul`, :mod:`vitaccel.engine_host`) and the explorer (:mod:`vitaccel.dse.cost`, called thousands of
 times per query) share one definition. docs/gvsa.md ("Cycle model") derives it; the tests
 compare it with Verilator on every engine shape they simulate.
 """

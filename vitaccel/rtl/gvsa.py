@@ -31,6 +31,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from vitaccel.engine_host import POT4_ZERO
 from vitaccel.engine_timing import column_split, pe_stages, tree_stages
 from vitaccel.rtl.common import silence_unused
 
@@ -42,7 +43,6 @@ __all__ = [
     "W8PairPE",
     "W4PE",
     "GVSArray",
-    "pot4_code",
     "tree_stages",
     "pe_stages",
 ]
@@ -62,21 +62,6 @@ FLAGS = data.StructLayout(
 # the borrow of the low one (hi' = w_hi - (w_lo < 0)), so the 27-bit DSP operand is the
 # plain concatenation {hi', sext18(w_lo)} = w_hi * 2**18 + w_lo.
 W8_LANE = data.StructLayout({"lo": signed(8), "hi": signed(9)})
-
-# pot4 code: bit 3 = sign, bits 2:0 = left shift 0..6 (weight +-2**shift); 0b0111 is zero.
-POT4_ZERO = 0b0111
-
-
-def pot4_code(q):
-    """Host-side encoding of pot4 weights (0, +-1, +-2, ..., +-64) as 4-bit lane codes."""
-    import numpy as np
-
-    q = np.asarray(q, dtype=np.int64)
-    mag = np.abs(q)
-    if np.any((mag != 0) & ((mag & (mag - 1)) != 0)) or np.any(mag > 64):
-        raise ValueError("pot4 weights must be 0 or +-2**s with s in 0..6")
-    shift = np.where(mag > 0, np.log2(np.maximum(mag, 1)).astype(np.int64), 7)
-    return np.where(mag > 0, ((q < 0).astype(np.int64) << 3) | shift, POT4_ZERO)
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> None:
@@ -323,7 +308,7 @@ class W4PE(_PEBase):
         As :class:`W8PairPE`.
     kind : str
         ``"int4"`` (two's complement nibble, -8..7) or ``"pot4"`` (bit 3 sign, bits 2:0
-        shift 0..6, code 7 = 0; see :func:`pot4_code`).
+        shift 0..6, code 7 = 0; see :func:`vitaccel.engine_host.pot4_code`).
 
     Members
     -------

@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from vitaccel.design import Design
+from vitaccel.engine_host import EngineParams
 from vitaccel.engine_timing import top_out_depth
 from vitaccel.isa import Op, residual_fusable
 from vitaccel.rtl.axi import (
@@ -47,7 +48,7 @@ from vitaccel.rtl.axi import (
 from vitaccel.rtl.common import silence_unused
 from vitaccel.rtl.gelu import GELU
 from vitaccel.rtl.layernorm import AILayerNorm
-from vitaccel.rtl.matmul import EngineParams, MatmulEngine
+from vitaccel.rtl.matmul import MatmulEngine
 from vitaccel.rtl.resadd import ResAdd
 from vitaccel.rtl.skid import SkidBuffer
 from vitaccel.rtl.softmax import E2Softmax
@@ -86,7 +87,7 @@ class TopParams:
     """Every size of an :class:`Accelerator`, derived from a :class:`~vitaccel.design.Design`.
 
     * SPM: ``spm_kib * 64`` words of 16 bytes.
-    * Matmul engine (:class:`vitaccel.rtl.matmul.EngineParams`): X banks of ``x_words`` words
+    * Matmul engine (:class:`vitaccel.engine_host.EngineParams`): X banks of ``x_words`` words
       (``input_buffer_kib`` over the ``groups*rows`` banks of ``vector`` bytes), W banks of
       ``max_ksteps`` words per half (``weight_buffer_kib`` over ``groups*cols*2`` banks),
       unless given explicitly.

@@ -93,7 +93,8 @@ def _engine_key(cfg) -> str:
 
 
 def run_engine(cfg) -> dict:
-    from vitaccel.rtl.matmul import EngineParams, engine_verilog
+    from vitaccel.engine_host import EngineParams
+    from vitaccel.rtl.matmul import engine_verilog
 
     g, r, c, v, share, kind, xw, ks = cfg
     params = EngineParams(
@@ -168,7 +169,8 @@ def _port_engine_key(ports: int) -> str:
 
 def run_port_engine(ports: int) -> dict:
     """The PORT_ENGINE engine with ``ports`` W loaders (the W loader a port adds)."""
-    from vitaccel.rtl.matmul import EngineParams, engine_verilog
+    from vitaccel.engine_host import EngineParams
+    from vitaccel.rtl.matmul import engine_verilog
 
     g, r, c, v, share, kind, xw, ks = PORT_ENGINE
     params = EngineParams(groups=g, rows=r, cols=c, vector=v, w4_share=share, w4_kind=kind,
