@@ -137,3 +137,9 @@ def test_field_table_drives_encoder_decoder_and_rtl_positions():
         i["tokens"]
     with pytest.raises(ValueError, match=r"LOAD.spm \(f1\) must fit 16 bits"):
         isa.Instr(Op.LOAD, spm=-1)
+
+
+def test_table_generated_constructors_name_missing_fields():
+    with pytest.raises(TypeError, match="gelu\\(\\) needs the fields dst, dst_stride, table"):
+        isa.gelu(src=1, src_stride=1, rows=1, cols=1)
+    assert isa.resadd.__name__ == "resadd" and "b_stride" in isa.resadd.__doc__
