@@ -441,34 +441,16 @@ gelu = _constructor(Op.GELU)
 resadd = _constructor(Op.RESADD)
 
 
+# fmt: off
 def matmul(
-    *,
-    x: int,
-    x_stride: int,
-    tokens: int,
-    k: int,
-    n: int,
-    y: int,
-    y_stride: int,
-    w_ddr: int | None = None,
-    w_spm: int | None = None,
-    w_stride: int = 0,
-    mult: int = 0,
-    shift: int = 0,
-    heads: int = 0,
-    head_x_step: int = 0,
-    head_w_step: int = 0,
-    head_y_step: int = 0,
-    x_unsigned: bool = False,
-    x_log2: bool = False,
-    out_transposed: bool = False,
-    gelu_table: int | None = None,
-    residual: int | None = None,
-    residual_params: int = 0,
-    residual_shift: int = 0,
-    x_keep: bool = False,
-    label: str = "",
+    *, x: int, x_stride: int, tokens: int, k: int, n: int, y: int, y_stride: int,
+    w_ddr: int | None = None, w_spm: int | None = None, w_stride: int = 0, mult: int = 0,
+    shift: int = 0, heads: int = 0, head_x_step: int = 0, head_w_step: int = 0,
+    head_y_step: int = 0, x_unsigned: bool = False, x_log2: bool = False,
+    out_transposed: bool = False, gelu_table: int | None = None, residual: int | None = None,
+    residual_params: int = 0, residual_shift: int = 0, x_keep: bool = False, label: str = "",
 ) -> Instr:
+    # fmt: on
     """``Y = requant(X W^T + b)``; W from DDR (packed stream) or from the SPM (attention).
 
     Fused outputs (W from DDR only): ``gelu_table`` (SPM base of a 256-byte table) maps every

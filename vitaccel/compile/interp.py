@@ -34,16 +34,10 @@ class Machine:
     last_x: tuple[int, int, np.ndarray] | None = None
 
     # ---- scratchpad access in SPM row layout -------------------------------------------
-    def read(
-        self,
-        base: int,
-        rows: int,
-        cols: int,
-        stride: int,
-        *,
-        signed: bool = True,
-        elem_bytes: int = 1,
-    ) -> np.ndarray:
+    # fmt: off
+    def read(self, base: int, rows: int, cols: int, stride: int, *, signed: bool = True,
+             elem_bytes: int = 1) -> np.ndarray:
+        # fmt: on
         if base + (rows - 1) * stride + (cols * elem_bytes - 1) // WORD_BYTES >= len(self.spm):
             raise InterpError(f"SPM read past the end (base {base}, rows {rows}, stride {stride})")
         idx = base + np.arange(rows)[:, None] * stride + np.arange(stride)[None, :]

@@ -454,32 +454,18 @@ def micro_programs(design) -> dict:
     ddr_w = dict(x=0, x_stride=ks * v // 16 or 1, tokens=t, k=k, n=n, y=1024, y_stride=n // 16,
                  w_ddr=data, label="micro.fc1")  # fmt: skip
     rows = dict(rows=17, cols=64, dst=1024, dst_stride=4)
+    # fmt: off
+    heads_job = isa.matmul(x=0, x_stride=4, tokens=t, k=16, n=t, y=1024, y_stride=2, w_spm=256,
+                           w_stride=4, mult=1, shift=8, heads=g if g > 1 else 0, head_x_step=1,
+                           head_w_step=1, head_y_step=64, label="micro.qk")
+    # fmt: on
     progs = {
         "load 8 x 1 word": [isa.load(spm=0, words=1, ddr=data)] * 8,
         "load 2048 words": [isa.load(spm=0, words=2048, ddr=data)],
         "matmul T17 K64 N128 (DDR W)": [isa.matmul(**ddr_w)],
         "matmul T17 K64 N128 GELU (DDR W)": [isa.matmul(**ddr_w, gelu_table=2048)],
         "matmul T17 K64 N128, then X_KEEP": [isa.matmul(**ddr_w), isa.matmul(**ddr_w, x_keep=True)],
-        "matmul heads T17 K16 N17": [
-            isa.matmul(
-                x=0,
-                x_stride=4,
-                tokens=t,
-                k=16,
-                n=t,
-                y=1024,
-                y_stride=2,
-                w_spm=256,
-                w_stride=4,
-                mult=1,
-                shift=8,
-                heads=g if g > 1 else 0,
-                head_x_step=1,
-                head_w_step=1,
-                head_y_step=64,
-                label="micro.qk",
-            )  # fmt: skip
-        ],
+        "matmul heads T17 K16 N17": [heads_job],
         "softmax 68 x 17": [
             isa.softmax(src=0, src_stride=2, rows=68, cols=17, dst=1024, dst_stride=2, in_shift=4)
         ],
