@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -75,7 +76,7 @@ class ArrayConfig(_Strict):
     acc_bits: int = Field(32, ge=ACC_BITS[0], le=ACC_BITS[1])
     in_bits: int = Field(8, ge=4, le=8)
 
-    @property
+    @cached_property
     def column_split(self) -> tuple[int, int]:
         """(W8 columns, W4 columns) of a group (:func:`vitaccel.engine_timing.column_split`;
         ValueError when the W8 columns are odd)."""

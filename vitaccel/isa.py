@@ -343,17 +343,35 @@ class Instr:
     def format(self) -> Format:
         return FORMATS[self.op]
 
+    def _decoded(self) -> dict[str, int]:
+        # every field's value, decoded once (the cost model and the interpreter read fields
+        # by name in their inner loops)
+        values = self.__dict__.get("_values")
+        if values is None:
+            ops = self.operands
+            values = {
+                f.name: ops[f.word - 1] if f.width == 16 else ops[f.word - 1] | ops[f.word] << 16
+                for f in FORMATS[self.op].fields
+            }
+            object.__setattr__(self, "_values", values)
+        return values
+
     def __getitem__(self, name: str) -> int:
-        f = self.format.field(name)
-        return sum(self.operands[w - 1] << (16 * i) for i, w in enumerate(f.words))
+        values = self._decoded()
+        if name not in values:
+            self.format.field(name)  # raises KeyError naming the opcode's fields
+        return values[name]
 
     def __getattr__(self, name: str) -> int:
         if name.startswith("_"):
             raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(e.args[0]) from None
+        value = self._decoded().get(name)
+        if value is None:
+            try:
+                self.format.field(name)
+            except KeyError as e:
+                raise AttributeError(e.args[0]) from None
+        return value
 
     def get(self, name: str, default: int | None = None) -> int | None:
         """Field ``name``, or ``default`` when this opcode has no such field."""

@@ -314,16 +314,15 @@ def _lanes(design: Design, kind: str) -> int:
 
 def _matmul_job(ins: Instr, design: Design, geom: ArrayConfig) -> tuple[bool, int, int]:
     """(heads mode, heads in the job, output steps) of a scheduled MATMUL."""
-    heads = MatmulFlags.HEADS in ins.flags
-    n8 = ins.n
-    if MatmulFlags.W_SPM in ins.flags:  # activation rows: every row on W8 lanes
+    fl, n = ins.flags, ins.n
+    heads = MatmulFlags.HEADS in fl
+    n8, nh = n, 1
+    if MatmulFlags.W_SPM in fl:  # activation rows: every row on W8 lanes
         nh = ins.heads if heads else 1
-    else:
-        nh = 1
-        if geom.cols_w4 and ins.label not in ("patch_embed", "head"):
-            n8 = ins.n - w4_rows(ins.n, design.w4_ratio(ins.label))
-    nsteps = job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=heads)
-    return heads, nh, nsteps
+    elif geom.cols_w4 and ins.label not in ("patch_embed", "head"):
+        n8 = n - w4_rows(n, design.w4_ratio(ins.label))
+    c8 = geom.cols_w8
+    return heads, nh, job_nsteps(n, n8, geom.groups, geom.cols, c8, heads=heads)
 
 
 def instr_cycles(
@@ -331,44 +330,34 @@ def instr_cycles(
 ) -> tuple[int, str, int]:
     """(cycles, bound, useful MACs) of one scheduled instruction (``port``: bytes per cycle
     of the main HP port, for LOAD/STORE), not counting the per-instruction overhead."""
-    a = design.array
-    units = geom.units
     if ins.op in (Op.LOAD, Op.STORE):
         return int(math.ceil(ins.words * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
     if ins.op is not Op.MATMUL:
         kind = kind_of(ins)
         return nonlinear_cycles(kind, ins.rows, ins.cols, _lanes(design, kind)), "nonlinear", 0
+    a = design.array
+    g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
+    t, k, n, fl = ins.tokens, ins.k, ins.n, ins.flags
     heads, nh, nsteps = _matmul_job(ins, design, geom)
-    w_spm = MatmulFlags.W_SPM in ins.flags
-    x_keep = MatmulFlags.X_KEEP in ins.flags
+    w_spm, x_keep = MatmulFlags.W_SPM in fl, MatmulFlags.X_KEEP in fl
     # scratchpad-built W arrives a word a cycle; a DDR stream at the port's rate
     word_cycles = 1.0 if w_spm else weight_word_cycles(
         a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
     )  # fmt: skip
-    cycles = matmul_cycles(
-        ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
-        heads=heads, w_word_cycles=word_cycles, x_keep=x_keep,
-    )  # fmt: skip
-    bound = "compute"
-    if not w_spm:
-        bound = stream_bound(ins.tokens, ins.k, geom.groups, geom.rows, geom.cols, geom.vector,
-                             word_cycles)  # fmt: skip
-    wb = writer_bound(
-        ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
-        heads=heads, nheads=nh, transposed=MatmulFlags.OUT_T in ins.flags,
-        w_word_cycles=word_cycles, x_keep=x_keep,
-    )  # fmt: skip
+    cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
+                           w_word_cycles=word_cycles, x_keep=x_keep)  # fmt: skip
+    bound = "compute" if w_spm else stream_bound(t, k, g, r, c, v, word_cycles)
+    wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
+                      transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
+                      x_keep=x_keep)  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
-    cycles += top_matmul_extra(
-        ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
-        w_spm=w_spm, heads=heads,
-    )  # fmt: skip
+    cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads)
     if w_spm:
         fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
-        return cycles + fixed, bound, nh * ins.tokens * ins.k * ins.n
-    cycles += fused_cycles(fused_of(ins), ins.n) + (LATENCIES["x_keep"] if x_keep else 0)
-    return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
+        return cycles + fixed, bound, nh * t * k * n
+    cycles += fused_cycles(fused_of(ins), n) + (LATENCIES["x_keep"] if x_keep else 0)
+    return cycles + LATENCIES["matmul_ddr"], bound, t * k * n
 
 
 def stream_bound(tokens, k, groups, rows, cols, vector, w_word_cycles) -> str:
