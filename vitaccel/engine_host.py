@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vitaccel.design import ACC_BITS, column_units, w_word_bits
 from vitaccel.engine_timing import column_split, full_rate_out_depth, latencies, matmul_cycles
 from vitaccel.quant.ref import log2_code_weights
 from vitaccel.quant.scales import WEIGHT_KINDS
@@ -114,8 +115,9 @@ class EngineParams:
             raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
         if self.in_bits != 8:
             raise ValueError(f"in_bits must be 8 (int8/uint8 activations), not {self.in_bits!r}")
-        if not 16 <= self.acc_bits <= 48:
-            raise ValueError(f"acc_bits must be in 16..48, not {self.acc_bits!r}")
+        lo, hi = ACC_BITS
+        if not lo <= self.acc_bits <= hi:
+            raise ValueError(f"acc_bits must be in {lo}..{hi}, not {self.acc_bits!r}")
         c8, _ = column_split(self.cols, self.w4_share)
         if not isinstance(self.log2, bool):
             raise ValueError(f"log2 must be true or false, not {self.log2!r}")
@@ -167,7 +169,7 @@ class EngineParams:
 
     @property
     def units(self) -> int:
-        return self.cols_w8 // 2 + self.cols_w4
+        return column_units(self.cols_w8, self.cols_w4)
 
     @property
     def macs_per_cycle(self) -> int:
@@ -187,7 +189,7 @@ class EngineParams:
 
     @property
     def w_word_bits(self) -> int:
-        return max(8 * self.vector, self.param_bits)
+        return w_word_bits(self.vector, self.acc_bits)
 
     @property
     def o_word_bits(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from types import SimpleNamespace
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -21,6 +22,7 @@ from amaranth.utils import bits_for
 
 from vitaccel.engine_host import LOG2_CODE_BITS, MULT_BITS, SHIFT_BITS, EngineParams
 from vitaccel.engine_timing import REQUANT_STAGES
+from vitaccel.rtl.common import delay
 from vitaccel.rtl.gvsa import FLAGS, GVSArray
 
 __all__ = [
@@ -107,11 +109,21 @@ class MatmulEngine(wiring.Component):
             }
         )
 
-    def elaborate(self, platform):  # noqa: C901 - one controller, read top to bottom
+    def elaborate(self, platform):
+        m = Module()
+        s = SimpleNamespace()  # what the parts share
+        self._job(m, s)
+        self._x_side(m, s)
+        self._w_side(m, s)
+        self._issue(m, s)
+        self._requant(m, s)
+        return m
+
+    def _job(self, m: Module, s: SimpleNamespace) -> None:
+        """The array and the job registers."""
         p = self.params
         G, R, C, V = p.groups, p.rows, p.cols, p.vector
         U = p.units
-        m = Module()
         m.submodules.array = arr = engine_array(p)
         xa_bits = bits_for(p.x_words - 1)
         kb = p.kstep_bits
@@ -144,6 +156,77 @@ class MatmulEngine(wiring.Component):
                 nsteps_before_last.eq(self.cmd.payload.nsteps - 2),
             ]
 
+        (
+            s.C,
+            s.G,
+            s.R,
+            s.U,
+            s.V,
+            s.active,
+            s.arr,
+            s.job,
+            s.kb,
+            s.kmax,
+            s.ks_before_last,
+            s.ks_last,
+            s.kw,
+            s.nsteps_before_last,
+            s.p,
+            s.start,
+            s.tokens_before_last,
+            s.tokens_last,
+            s.xa_bits,
+        ) = (
+            C,
+            G,
+            R,
+            U,
+            V,
+            active,
+            arr,
+            job,
+            kb,
+            kmax,
+            ks_before_last,
+            ks_last,
+            kw,
+            nsteps_before_last,
+            p,
+            start,
+            tokens_before_last,
+            tokens_last,
+            xa_bits,
+        )
+
+    def _x_side(self, m: Module, s: SimpleNamespace) -> None:
+        """X buffer (G x R banks) and X loader."""
+        (
+            G,
+            R,
+            V,
+            job,
+            ks_before_last,
+            ks_last,
+            kw,
+            p,
+            start,
+            tokens_before_last,
+            tokens_last,
+            xa_bits,
+        ) = (
+            s.G,
+            s.R,
+            s.V,
+            s.job,
+            s.ks_before_last,
+            s.ks_last,
+            s.kw,
+            s.p,
+            s.start,
+            s.tokens_before_last,
+            s.tokens_last,
+            s.xa_bits,
+        )
         # ---- X buffer: G x R banks -----------------------------------------------------
         x_banks = []
         for g in range(G):
@@ -229,6 +312,23 @@ class MatmulEngine(wiring.Component):
                     xk_last.eq(xk == ks_before_last),
                 ]
 
+        s.g, s.mem, s.r, s.row, s.wp, s.x_banks, s.x_done = g, mem, r, row, wp, x_banks, x_done
+
+    def _w_side(self, m: Module, s: SimpleNamespace) -> None:
+        """W buffer (one bank per group and logical column, two halves) and the W loaders (one per W stream, each owning a contiguous range of columns)."""
+        C, G, V, kb, kmax, ks_before_last, ks_last, kw, nsteps_before_last, p, start = (
+            s.C,
+            s.G,
+            s.V,
+            s.kb,
+            s.kmax,
+            s.ks_before_last,
+            s.ks_last,
+            s.kw,
+            s.nsteps_before_last,
+            s.p,
+            s.start,
+        )
         # ---- W buffer: one bank per (group, logical column), two halves -----------------
         w_banks = []
         for g in range(G):
@@ -340,6 +440,75 @@ class MatmulEngine(wiring.Component):
             with m.If(take_half[h]):
                 m.d.sync += w_taken[h].eq(1)
 
+        (
+            s.c,
+            s.done,
+            s.g,
+            s.j,
+            s.par_layout,
+            s.params,
+            s.release,
+            s.take_half,
+            s.w_banks,
+            s.w_full,
+            s.w_taken,
+        ) = c, done, g, j, par_layout, params, release, take_half, w_banks, w_full, w_taken
+
+    def _issue(self, m: Module, s: SimpleNamespace) -> None:
+        """Issue: steps x tiles x k-steps, and the shared delay line to the array."""
+        (
+            C,
+            G,
+            R,
+            U,
+            V,
+            active,
+            arr,
+            done,
+            j,
+            job,
+            kb,
+            ks_before_last,
+            kw,
+            nsteps_before_last,
+            p,
+            r,
+            release,
+            start,
+            take_half,
+            w_banks,
+            w_full,
+            w_taken,
+            x_banks,
+            x_done,
+            xa_bits,
+        ) = (
+            s.C,
+            s.G,
+            s.R,
+            s.U,
+            s.V,
+            s.active,
+            s.arr,
+            s.done,
+            s.j,
+            s.job,
+            s.kb,
+            s.ks_before_last,
+            s.kw,
+            s.nsteps_before_last,
+            s.p,
+            s.r,
+            s.release,
+            s.start,
+            s.take_half,
+            s.w_banks,
+            s.w_full,
+            s.w_taken,
+            s.x_banks,
+            s.x_done,
+            s.xa_bits,
+        )
         # ---- issue: steps x tiles x k-steps ----------------------------------------------
         credit_bits = bits_for(p.out_depth)
         credits = Signal(credit_bits, init=p.out_depth)
@@ -534,6 +703,21 @@ class MatmulEngine(wiring.Component):
         with m.If(active & iss_done & (Cat(*done) == 0) & ~pending):
             m.d.sync += active.eq(0)
 
+        s.c, s.g, s.o_pop = c, g, o_pop
+
+    def _requant(self, m: Module, s: SimpleNamespace) -> None:
+        """Requantisation per logical column, then deskew to one word per token; the output FIFO."""
+        C, G, U, arr, job, o_pop, p, par_layout, params = (
+            s.C,
+            s.G,
+            s.U,
+            s.arr,
+            s.job,
+            s.o_pop,
+            s.p,
+            s.par_layout,
+            s.params,
+        )
         # ---- requantisation per logical column, then deskew to one word per token -------
         lo_q, hi_q = job.lo, job.hi
         out_bytes = []
@@ -545,24 +729,16 @@ class MatmulEngine(wiring.Component):
                 sel = Signal(par_layout, name=f"sel_g{g}_c{c}")
                 m.d.comb += sel.eq(Mux(col.parity, params[g][c][1], params[g][c][0]))
                 # stage 1: bias; the right-shift amount max(shift - 1, 0) and shift == 0
+                # (the shift amount and the shift == 0 bit travel in delay lines to the
+                # stages that use them, the valid bit to the output)
                 s1 = Signal(signed(p.acc_bits + 1), name=f"rq_sum_g{g}_c{c}")
                 m1 = Signal(unsigned(MULT_BITS), name=f"rq_mult_g{g}_c{c}")
-                v = [Signal(name=f"rq_valid{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
-                amt = [Signal(SHIFT_BITS, name=f"rq_amt{j}_g{g}_c{c}") for j in range(4)]
-                raw = [Signal(name=f"rq_noshift{j}_g{g}_c{c}") for j in range(6)]
-                m.d.sync += [
-                    s1.eq(col.value + sel.bias),
-                    m1.eq(sel.mult),
-                    amt[0].eq(Mux(sel.shift == 0, 0, (sel.shift - 1)[:SHIFT_BITS])),
-                    raw[0].eq(sel.shift == 0),
-                    v[0].eq(col.valid),
-                ]
-                for j in range(1, REQUANT_STAGES):
-                    m.d.sync += v[j].eq(v[j - 1])
-                for j in range(1, 4):
-                    m.d.sync += amt[j].eq(amt[j - 1])
-                for j in range(1, 6):
-                    m.d.sync += raw[j].eq(raw[j - 1])
+                m.d.sync += [s1.eq(col.value + sel.bias), m1.eq(sel.mult)]
+                amt_now = Mux(sel.shift == 0, 0, (sel.shift - 1)[:SHIFT_BITS])
+                amt3 = delay(m, amt_now, 3, name=f"rq_amt_g{g}_c{c}")  # at stage 4
+                amt4 = delay(m, amt3, 1, name=f"rq_amt3_g{g}_c{c}")  # at stage 5
+                raw6 = delay(m, sel.shift == 0, 6, name=f"rq_noshift_g{g}_c{c}")  # stage 7
+                valid = delay(m, col.valid, REQUANT_STAGES, name=f"rq_valid_g{g}_c{c}")
                 # stages 2, 3: the multiply (two registers, the DSP's M and P registers)
                 pw = p.acc_bits + 1 + MULT_BITS + 1
                 prod_a = Signal(signed(pw), name=f"rq_prod_a_g{g}_c{c}")
@@ -570,14 +746,14 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [prod_a.eq(s1 * m1), prod_b.eq(prod_a)]
                 # stage 4: coarse arithmetic shift by the multiple of 8 in (shift - 1)
                 t4 = Signal(signed(pw), name=f"rq_shr8_g{g}_c{c}")
-                m.d.sync += t4.eq(prod_b >> Cat(Const(0, 3), amt[2][3:]))
+                m.d.sync += t4.eq(prod_b >> Cat(Const(0, 3), amt3[3:]))
                 # stage 5: fine shift by the rest, saturated to 10 bits: any value outside
                 # [-512, 511] clamps to lo or hi in the end (lo, hi are int8), so the
                 # rounding add of stage 6 is 10 bits wide instead of 50.
                 # (registered: the 8-way shift and the wide saturation test behind it were a
                 # 9-level path; stage 5 is the shift, stage 6 the test)
                 fine = Signal(signed(pw), name=f"rq_fine_g{g}_c{c}")
-                m.d.sync += fine.eq(t4 >> amt[3][:3])
+                m.d.sync += fine.eq(t4 >> amt4[:3])
                 upper = fine[9:]
                 f10 = Signal(signed(10), name=f"rq_f10_g{g}_c{c}")
                 big = Signal(name=f"rq_big_g{g}_c{c}")
@@ -589,7 +765,7 @@ class MatmulEngine(wiring.Component):
                 ]
                 # stage 6: round half up, ((p >> (s-1)) + 1) >> 1 == (p + 2**(s-1)) >> s
                 # for s >= 1 (s == 0 passes p), then clamp to [lo, hi]
-                t6 = Mux(raw[5], f10, (f10 + 1) >> 1)
+                t6 = Mux(raw6, f10, (f10 + 1) >> 1)
                 y = Signal(signed(8), name=f"rq_out_g{g}_c{c}")
                 m.d.sync += y.eq(
                     Mux(
@@ -599,13 +775,8 @@ class MatmulEngine(wiring.Component):
                     )
                 )
                 # deskew: unit u is u cycles behind unit 0
-                delay = U - 1 - u
-                cur, cur_valid = y, v[REQUANT_STAGES - 1]
-                for j in range(delay):
-                    nxt = Signal(signed(8), name=f"dsk{j}_g{g}_c{c}")
-                    nxt_valid = Signal(name=f"dsk_valid{j}_g{g}_c{c}")
-                    m.d.sync += [nxt.eq(cur), nxt_valid.eq(cur_valid)]
-                    cur, cur_valid = nxt, nxt_valid
+                cur = delay(m, y, U - 1 - u, name=f"dsk_g{g}_c{c}")
+                cur_valid = delay(m, valid, U - 1 - u, name=f"dsk_valid_g{g}_c{c}")
                 out_bytes.append(cur)
                 if out_valid is None:
                     out_valid = cur_valid
@@ -619,7 +790,6 @@ class MatmulEngine(wiring.Component):
             fifo.r_en.eq(self.o.ready),
             o_pop.eq(self.o.valid & self.o.ready),
         ]
-        return m
 
 
 def cmd_word(cmd: dict) -> int:
