@@ -385,10 +385,9 @@ def test_cli_free_import_path_stays_torch_free():
     assert out.stdout.strip() == "False"
 
 
-def test_dse_names_and_loads_nothing_from_rtl_sim_flow_or_torch():
-    """vitaccel/dse is the explorer only: no module of it imports rtl, sim or flow (not even
-    inside a function; calibration and validation are vitaccel.verify), and pricing a design
-    loads neither them nor torch."""
+def test_dse_names_nothing_from_rtl_sim_or_flow():
+    """vitaccel/dse is the explorer only: no module of it imports rtl, sim or flow, not even
+    inside a function (calibration and validation are vitaccel.verify)."""
     import re
     from pathlib import Path
 
@@ -398,15 +397,6 @@ def test_dse_names_and_loads_nothing_from_rtl_sim_flow_or_torch():
     for path in Path(vitaccel.dse.__file__).parent.glob("*.py"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.name}:{n}: {line.strip()}"
-    code = (
-        "import sys; from vitaccel.design import Design; from vitaccel.dse.cost import estimate;"
-        " import vitaccel.dse.search, vitaccel.dse.benchmark, vitaccel.dse.roofline;"
-        " estimate(Design(model='deit-tiny'));"
-        " print(sorted(m for m in sys.modules if m == 'torch'"
-        " or m.startswith(('vitaccel.rtl', 'vitaccel.sim', 'vitaccel.flow'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------
