@@ -12,7 +12,7 @@ Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.verify.cal
 * **Nonlinear units** (E2Softmax, AILayerNorm, GELU): per unit and resource a line
   ``a + b * lanes`` fitted on the unit synthesised at several lane counts.
 * **Scratchpad** (SPM, 16-byte words): BRAM from its geometry; its size is what the compiler
-  allocates for the model (:func:`spm_words` mirrors ``compile_model``'s bump allocator).
+  allocates for the model (:func:`spm_words` calls the scheduler's own layout).
 * **Shell** (controller, instruction fetch, AXI master, residual adder, AXI-Lite registers):
   the RTL top level is calibrated when ``calibration.json`` holds it; otherwise a documented
   fixed estimate (``SHELL_ESTIMATE``) is used and reported as such.
