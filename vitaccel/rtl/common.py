@@ -29,6 +29,7 @@ __all__ = [
     "check_int",
     "check_choice",
     "CheckedComponent",
+    "elaborate_parts",
     "leading_one",
     "shift_add_mul",
     "rshift_round",
@@ -102,6 +103,17 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
         bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be in {bound}, not {value!r}")
     return value
+
+
+def elaborate_parts(*parts) -> Module:
+    """A module built by ``parts`` in turn, each called as ``part(m, s)`` with the module
+    and a namespace ``s`` holding what the parts share (a long ``elaborate`` cut at its
+    stage boundaries)."""
+    m = Module()
+    s = SimpleNamespace()
+    for part in parts:
+        part(m, s)
+    return m
 
 
 class CheckedComponent(wiring.Component):

@@ -42,6 +42,7 @@ from vitaccel.rtl.common import (
     check_int,
     count_bits,
     delay,
+    elaborate_parts,
     leading_one,
     leading_one_registered,
     replay_rows,
@@ -188,14 +189,9 @@ class AILayerNorm(CheckedComponent):
         return self.d_bits + INV_SQRT_BITS - (INV_SQRT_BITS - NORM_FRAC) + 1
 
     def elaborate(self, platform):
-        m = Module()
-        s = SimpleNamespace()  # what the parts share
-        self._setup(m, s)
-        self._constants(m, s)
-        self._stage1(m, s)
-        self._stage2(m, s)
-        self._stage3(m, s)
-        return m
+        return elaborate_parts(
+            self._setup, self._constants, self._stage1, self._stage2, self._stage3
+        )
 
     def _setup(self, m: Module, s: SimpleNamespace) -> None:
         """Ring and queue memories, widths and the ring pointer helper."""
@@ -234,40 +230,12 @@ class AILayerNorm(CheckedComponent):
             return Mux(ptr == self.ring_depth - 1, 0, ptr + 1)
 
         (
-            s.ab,
-            s.aw,
-            s.beats_shape,
-            s.cb,
-            s.dw,
-            s.lanes,
-            s.mw,
-            s.ring_r2,
-            s.ring_r3,
-            s.ring_w,
-            s.scalars,
-            s.sq_w,
-            s.sum_w,
-            s.var_w,
-            s.vsum_w,
-            s.wrap_inc,
+            s.ab, s.aw, s.beats_shape, s.cb, s.dw, s.lanes, s.mw, s.ring_r2, s.ring_r3,
+            s.ring_w, s.scalars, s.sq_w, s.sum_w, s.var_w, s.vsum_w, s.wrap_inc
         ) = (
-            ab,
-            aw,
-            beats_shape,
-            cb,
-            dw,
-            lanes,
-            mw,
-            ring_r2,
-            ring_r3,
-            ring_w,
-            scalars,
-            sq_w,
-            sum_w,
-            var_w,
-            vsum_w,
-            wrap_inc,
-        )
+            ab, aw, beats_shape, cb, dw, lanes, mw, ring_r2, ring_r3, ring_w, scalars, sq_w,
+            sum_w, var_w, vsum_w, wrap_inc
+        )  # fmt: skip
 
     def _constants(self, m: Module, s: SimpleNamespace) -> None:
         """Per-channel constants: lane l holds channels c = k*lanes + l."""
@@ -306,20 +274,13 @@ class AILayerNorm(CheckedComponent):
 
     def _stage1(self, m: Module, s: SimpleNamespace) -> None:
         """Stage 1: accept, align, store, sum, mean."""
-        ab, alpha_rd, aw, beats_shape, cb, lane, lanes, mw, ring_w, scalars, sum_w, wrap_inc = (
-            s.ab,
-            s.alpha_rd,
-            s.aw,
-            s.beats_shape,
-            s.cb,
-            s.lane,
-            s.lanes,
-            s.mw,
-            s.ring_w,
-            s.scalars,
-            s.sum_w,
-            s.wrap_inc,
-        )
+        (
+            ab, alpha_rd, aw, beats_shape, cb, lane, lanes, mw, ring_w, scalars, sum_w,
+            wrap_inc
+        ) = (
+            s.ab, s.alpha_rd, s.aw, s.beats_shape, s.cb, s.lane, s.lanes, s.mw, s.ring_w,
+            s.scalars, s.sum_w, s.wrap_inc
+        )  # fmt: skip
         # ---------------- stage 1: accept, align, store, sum, mean -------------------------
         used = Signal(range(self.ring_depth + 1))
         in_flight = Signal(range(self.row_queue + 1))
@@ -433,51 +394,21 @@ class AILayerNorm(CheckedComponent):
             queue1.w_en.eq(d1_v),
         ]
 
-        s.accept, s.desc1, s.in_flight, s.in_row, s.lane, s.q1_out, s.queue1, s.rp, s.used = (
-            accept,
-            desc1,
-            in_flight,
-            in_row,
-            lane,
-            q1_out,
-            queue1,
-            rp,
-            used,
-        )
+        (
+            s.accept, s.desc1, s.in_flight, s.in_row, s.lane, s.q1_out, s.queue1, s.rp, s.used
+        ) = (
+            accept, desc1, in_flight, in_row, lane, q1_out, queue1, rp, used
+        )  # fmt: skip
 
     def _stage2(self, m: Module, s: SimpleNamespace) -> None:
         """Stage 2: centred compressed squares, variance, 1/sqrt."""
         (
-            aw,
-            beats_shape,
-            desc1,
-            dw,
-            lane,
-            lanes,
-            mw,
-            q1_out,
-            queue1,
-            ring_r2,
-            sq_w,
-            var_w,
-            vsum_w,
-            wrap_inc,
+            aw, beats_shape, desc1, dw, lane, lanes, mw, q1_out, queue1, ring_r2, sq_w, var_w,
+            vsum_w, wrap_inc
         ) = (
-            s.aw,
-            s.beats_shape,
-            s.desc1,
-            s.dw,
-            s.lane,
-            s.lanes,
-            s.mw,
-            s.q1_out,
-            s.queue1,
-            s.ring_r2,
-            s.sq_w,
-            s.var_w,
-            s.vsum_w,
-            s.wrap_inc,
-        )
+            s.aw, s.beats_shape, s.desc1, s.dw, s.lane, s.lanes, s.mw, s.q1_out, s.queue1,
+            s.ring_r2, s.sq_w, s.var_w, s.vsum_w, s.wrap_inc
+        )  # fmt: skip
         # ---------------- stage 2: centred compressed squares, variance, 1/sqrt ------------
         cur2_active = Signal()
         cur2_left = Signal(beats_shape)
@@ -639,42 +570,13 @@ class AILayerNorm(CheckedComponent):
     def _stage3(self, m: Module, s: SimpleNamespace) -> None:
         """Stage 3: normalise and affine (stalls as a whole)."""
         (
-            accept,
-            aw,
-            beats_shape,
-            cb,
-            desc2,
-            dw,
-            gb_layout,
-            gb_rd,
-            in_flight,
-            in_row,
-            lane,
-            lanes,
-            q2_out,
-            queue2,
-            ring_r3,
-            used,
-            wrap_inc,
+            accept, aw, beats_shape, cb, desc2, dw, gb_layout, gb_rd, in_flight, in_row, lane,
+            lanes, q2_out, queue2, ring_r3, used, wrap_inc
         ) = (
-            s.accept,
-            s.aw,
-            s.beats_shape,
-            s.cb,
-            s.desc2,
-            s.dw,
-            s.gb_layout,
-            s.gb_rd,
-            s.in_flight,
-            s.in_row,
-            s.lane,
-            s.lanes,
-            s.q2_out,
-            s.queue2,
-            s.ring_r3,
-            s.used,
-            s.wrap_inc,
-        )
+            s.accept, s.aw, s.beats_shape, s.cb, s.desc2, s.dw, s.gb_layout, s.gb_rd,
+            s.in_flight, s.in_row, s.lane, s.lanes, s.q2_out, s.queue2, s.ring_r3, s.used,
+            s.wrap_inc
+        )  # fmt: skip
         # ---------------- stage 3: normalise and affine (stalls as a whole) ----------------
         advance = Signal()
         out_valid = Signal()

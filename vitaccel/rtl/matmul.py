@@ -22,7 +22,7 @@ from amaranth.utils import bits_for
 
 from vitaccel.engine_host import LOG2_CODE_BITS, MULT_BITS, SHIFT_BITS, EngineParams
 from vitaccel.engine_timing import REQUANT_STAGES
-from vitaccel.rtl.common import delay
+from vitaccel.rtl.common import delay, elaborate_parts
 from vitaccel.rtl.gvsa import FLAGS, GVSArray
 
 __all__ = [
@@ -110,14 +110,7 @@ class MatmulEngine(wiring.Component):
         )
 
     def elaborate(self, platform):
-        m = Module()
-        s = SimpleNamespace()  # what the parts share
-        self._job(m, s)
-        self._x_side(m, s)
-        self._w_side(m, s)
-        self._issue(m, s)
-        self._requant(m, s)
-        return m
+        return elaborate_parts(self._job, self._x_side, self._w_side, self._issue, self._requant)
 
     def _job(self, m: Module, s: SimpleNamespace) -> None:
         """The array and the job registers."""
@@ -157,76 +150,23 @@ class MatmulEngine(wiring.Component):
             ]
 
         (
-            s.C,
-            s.G,
-            s.R,
-            s.U,
-            s.V,
-            s.active,
-            s.arr,
-            s.job,
-            s.kb,
-            s.kmax,
-            s.ks_before_last,
-            s.ks_last,
-            s.kw,
-            s.nsteps_before_last,
-            s.p,
-            s.start,
-            s.tokens_before_last,
-            s.tokens_last,
-            s.xa_bits,
+            s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.job, s.kb, s.kmax, s.ks_before_last,
+            s.ks_last, s.kw, s.nsteps_before_last, s.p, s.start, s.tokens_before_last,
+            s.tokens_last, s.xa_bits
         ) = (
-            C,
-            G,
-            R,
-            U,
-            V,
-            active,
-            arr,
-            job,
-            kb,
-            kmax,
-            ks_before_last,
-            ks_last,
-            kw,
-            nsteps_before_last,
-            p,
-            start,
-            tokens_before_last,
-            tokens_last,
-            xa_bits,
-        )
+            C, G, R, U, V, active, arr, job, kb, kmax, ks_before_last, ks_last, kw,
+            nsteps_before_last, p, start, tokens_before_last, tokens_last, xa_bits
+        )  # fmt: skip
 
     def _x_side(self, m: Module, s: SimpleNamespace) -> None:
         """X buffer (G x R banks) and X loader."""
         (
-            G,
-            R,
-            V,
-            job,
-            ks_before_last,
-            ks_last,
-            kw,
-            p,
-            start,
-            tokens_before_last,
-            tokens_last,
-            xa_bits,
+            G, R, V, job, ks_before_last, ks_last, kw, p, start, tokens_before_last,
+            tokens_last, xa_bits
         ) = (
-            s.G,
-            s.R,
-            s.V,
-            s.job,
-            s.ks_before_last,
-            s.ks_last,
-            s.kw,
-            s.p,
-            s.start,
-            s.tokens_before_last,
-            s.tokens_last,
-            s.xa_bits,
-        )
+            s.G, s.R, s.V, s.job, s.ks_before_last, s.ks_last, s.kw, s.p, s.start,
+            s.tokens_before_last, s.tokens_last, s.xa_bits
+        )  # fmt: skip
         # ---- X buffer: G x R banks -----------------------------------------------------
         x_banks = []
         for g in range(G):
@@ -316,19 +256,12 @@ class MatmulEngine(wiring.Component):
 
     def _w_side(self, m: Module, s: SimpleNamespace) -> None:
         """W buffer (one bank per group and logical column, two halves) and the W loaders (one per W stream, each owning a contiguous range of columns)."""
-        C, G, V, kb, kmax, ks_before_last, ks_last, kw, nsteps_before_last, p, start = (
-            s.C,
-            s.G,
-            s.V,
-            s.kb,
-            s.kmax,
-            s.ks_before_last,
-            s.ks_last,
-            s.kw,
-            s.nsteps_before_last,
-            s.p,
-            s.start,
-        )
+        (
+            C, G, V, kb, kmax, ks_before_last, ks_last, kw, nsteps_before_last, p, start
+        ) = (
+            s.C, s.G, s.V, s.kb, s.kmax, s.ks_before_last, s.ks_last, s.kw,
+            s.nsteps_before_last, s.p, s.start
+        )  # fmt: skip
         # ---- W buffer: one bank per (group, logical column), two halves -----------------
         w_banks = []
         for g in range(G):
@@ -441,74 +374,23 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += w_taken[h].eq(1)
 
         (
-            s.c,
-            s.done,
-            s.g,
-            s.j,
-            s.par_layout,
-            s.params,
-            s.release,
-            s.take_half,
-            s.w_banks,
-            s.w_full,
-            s.w_taken,
-        ) = c, done, g, j, par_layout, params, release, take_half, w_banks, w_full, w_taken
+            s.c, s.done, s.g, s.j, s.par_layout, s.params, s.release, s.take_half, s.w_banks,
+            s.w_full, s.w_taken
+        ) = (
+            c, done, g, j, par_layout, params, release, take_half, w_banks, w_full, w_taken
+        )  # fmt: skip
 
     def _issue(self, m: Module, s: SimpleNamespace) -> None:
         """Issue: steps x tiles x k-steps, and the shared delay line to the array."""
         (
-            C,
-            G,
-            R,
-            U,
-            V,
-            active,
-            arr,
-            done,
-            j,
-            job,
-            kb,
-            ks_before_last,
-            kw,
-            nsteps_before_last,
-            p,
-            r,
-            release,
-            start,
-            take_half,
-            w_banks,
-            w_full,
-            w_taken,
-            x_banks,
-            x_done,
-            xa_bits,
+            C, G, R, U, V, active, arr, done, j, job, kb, ks_before_last, kw,
+            nsteps_before_last, p, r, release, start, take_half, w_banks, w_full, w_taken,
+            x_banks, x_done, xa_bits
         ) = (
-            s.C,
-            s.G,
-            s.R,
-            s.U,
-            s.V,
-            s.active,
-            s.arr,
-            s.done,
-            s.j,
-            s.job,
-            s.kb,
-            s.ks_before_last,
-            s.kw,
-            s.nsteps_before_last,
-            s.p,
-            s.r,
-            s.release,
-            s.start,
-            s.take_half,
-            s.w_banks,
-            s.w_full,
-            s.w_taken,
-            s.x_banks,
-            s.x_done,
-            s.xa_bits,
-        )
+            s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.done, s.j, s.job, s.kb,
+            s.ks_before_last, s.kw, s.nsteps_before_last, s.p, s.r, s.release, s.start,
+            s.take_half, s.w_banks, s.w_full, s.w_taken, s.x_banks, s.x_done, s.xa_bits
+        )  # fmt: skip
         # ---- issue: steps x tiles x k-steps ----------------------------------------------
         credit_bits = bits_for(p.out_depth)
         credits = Signal(credit_bits, init=p.out_depth)
@@ -707,17 +589,11 @@ class MatmulEngine(wiring.Component):
 
     def _requant(self, m: Module, s: SimpleNamespace) -> None:
         """Requantisation per logical column, then deskew to one word per token; the output FIFO."""
-        C, G, U, arr, job, o_pop, p, par_layout, params = (
-            s.C,
-            s.G,
-            s.U,
-            s.arr,
-            s.job,
-            s.o_pop,
-            s.p,
-            s.par_layout,
-            s.params,
-        )
+        (
+            C, G, U, arr, job, o_pop, p, par_layout, params
+        ) = (
+            s.C, s.G, s.U, s.arr, s.job, s.o_pop, s.p, s.par_layout, s.params
+        )  # fmt: skip
         # ---- requantisation per logical column, then deskew to one word per token -------
         lo_q, hi_q = job.lo, job.hi
         out_bytes = []

@@ -35,6 +35,7 @@ from vitaccel.rtl.common import (
     check_choice,
     check_int,
     count_bits,
+    elaborate_parts,
     leading_one,
     replay_rows,
     row_layout,
@@ -153,12 +154,7 @@ class E2Softmax(CheckedComponent):
         return (h - (x << 2)) >> t
 
     def elaborate(self, platform):
-        m = Module()
-        s = SimpleNamespace()  # what the parts share
-        self._input_side(m, s)
-        self._pass1(m, s)
-        self._pass2(m, s)
-        return m
+        return elaborate_parts(self._input_side, self._pass1, self._pass2)
 
     def _input_side(self, m: Module, s: SimpleNamespace) -> None:
         """Memories, widths; the input side: acceptance, ring write, row bookkeeping."""
@@ -217,62 +213,22 @@ class E2Softmax(CheckedComponent):
             ]
 
         (
-            s.F,
-            s.accept,
-            s.aw,
-            s.beats_in,
-            s.desc_layout,
-            s.first,
-            s.in_flight,
-            s.in_row,
-            s.lanes,
-            s.mb,
-            s.q_in,
-            s.q_out,
-            s.queue,
-            s.ring_r,
-            s.sb,
-            s.t_cur,
-            s.used,
-            s.wrap_inc,
-            s.xb,
+            s.F, s.accept, s.aw, s.beats_in, s.desc_layout, s.first, s.in_flight, s.in_row,
+            s.lanes, s.mb, s.q_in, s.q_out, s.queue, s.ring_r, s.sb, s.t_cur, s.used,
+            s.wrap_inc, s.xb
         ) = (
-            F,
-            accept,
-            aw,
-            beats_in,
-            desc_layout,
-            first,
-            in_flight,
-            in_row,
-            lanes,
-            mb,
-            q_in,
-            q_out,
-            queue,
-            ring_r,
-            sb,
-            t_cur,
-            used,
-            wrap_inc,
-            xb,
-        )
+            F, accept, aw, beats_in, desc_layout, first, in_flight, in_row, lanes, mb, q_in,
+            q_out, queue, ring_r, sb, t_cur, used, wrap_inc, xb
+        )  # fmt: skip
 
     def _pass1(self, m: Module, s: SimpleNamespace) -> None:
         """Pass 1 (never stalls: the ring and queue were checked at accept)."""
-        F, accept, beats_in, first, lanes, mb, q_in, queue, sb, t_cur, xb = (
-            s.F,
-            s.accept,
-            s.beats_in,
-            s.first,
-            s.lanes,
-            s.mb,
-            s.q_in,
-            s.queue,
-            s.sb,
-            s.t_cur,
-            s.xb,
-        )
+        (
+            F, accept, beats_in, first, lanes, mb, q_in, queue, sb, t_cur, xb
+        ) = (
+            s.F, s.accept, s.beats_in, s.first, s.lanes, s.mb, s.q_in, s.queue, s.sb, s.t_cur,
+            s.xb
+        )  # fmt: skip
         # ---------------- pass 1 (never stalls: the ring and queue were checked at accept) --
         # A: registered input beat, and each element's whole-log2 ceiling ceil(x / 2**T);
         # lanes beyond count take lane 0's ceiling, which leaves the group maximum unchanged.
@@ -479,64 +435,22 @@ class E2Softmax(CheckedComponent):
             queue.w_en.eq(g_v),
         ]
 
-        s.a_v, s.b_v, s.c_v, s.d_v, s.e_v, s.f_v, s.g_v, s.lane = (
-            a_v,
-            b_v,
-            c_v,
-            d_v,
-            e_v,
-            f_v,
-            g_v,
-            lane,
-        )
+        (
+            s.a_v, s.b_v, s.c_v, s.d_v, s.e_v, s.f_v, s.g_v, s.lane
+        ) = (
+            a_v, b_v, c_v, d_v, e_v, f_v, g_v, lane
+        )  # fmt: skip
 
     def _pass2(self, m: Module, s: SimpleNamespace) -> None:
         """Pass 2 (stalls as a whole when the output is not taken)."""
         (
-            a_v,
-            accept,
-            aw,
-            b_v,
-            beats_in,
-            c_v,
-            d_v,
-            desc_layout,
-            e_v,
-            f_v,
-            g_v,
-            in_flight,
-            in_row,
-            lane,
-            lanes,
-            q_in,
-            q_out,
-            queue,
-            ring_r,
-            used,
-            wrap_inc,
+            a_v, accept, aw, b_v, beats_in, c_v, d_v, desc_layout, e_v, f_v, g_v, in_flight,
+            in_row, lane, lanes, q_in, q_out, queue, ring_r, used, wrap_inc
         ) = (
-            s.a_v,
-            s.accept,
-            s.aw,
-            s.b_v,
-            s.beats_in,
-            s.c_v,
-            s.d_v,
-            s.desc_layout,
-            s.e_v,
-            s.f_v,
-            s.g_v,
-            s.in_flight,
-            s.in_row,
-            s.lane,
-            s.lanes,
-            s.q_in,
-            s.q_out,
-            s.queue,
-            s.ring_r,
-            s.used,
-            s.wrap_inc,
-        )
+            s.a_v, s.accept, s.aw, s.b_v, s.beats_in, s.c_v, s.d_v, s.desc_layout, s.e_v,
+            s.f_v, s.g_v, s.in_flight, s.in_row, s.lane, s.lanes, s.q_in, s.q_out, s.queue,
+            s.ring_r, s.used, s.wrap_inc
+        )  # fmt: skip
         # ---------------- pass 2 (stalls as a whole when the output is not taken) -----------
         advance = Signal()
         out_valid = Signal()

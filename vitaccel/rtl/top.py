@@ -45,7 +45,7 @@ from vitaccel.rtl.axi import (
     connect_prefixed,
     prefixed_members,
 )
-from vitaccel.rtl.common import CheckedComponent
+from vitaccel.rtl.common import CheckedComponent, elaborate_parts
 from vitaccel.rtl.control import (
     CMD,
     Decoder,
@@ -201,17 +201,11 @@ class Accelerator(CheckedComponent):
         )
 
     def elaborate(self, platform):
-        m = Module()
-        n = SimpleNamespace()  # the blocks and the controller's signals, shared by the parts
-        self._blocks(m, n)
-        self._controller(m, n)
-        self._dma_reads(m, n)
-        self._word_reader(m, n)
-        self._units(m, n)
-        self._matmul(m, n)
-        self._completion(m, n)
-        self._state_machine(m, n)
-        return m
+        # the parts share the blocks and the controller's signals through a namespace
+        return elaborate_parts(
+            self._blocks, self._controller, self._dma_reads, self._word_reader, self._units,
+            self._matmul, self._completion, self._state_machine,
+        )  # fmt: skip
 
     def _blocks(self, m: Module, n: SimpleNamespace) -> None:
         """The datapath blocks and their fixed connections (docstring of the module)."""
