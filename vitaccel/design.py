@@ -103,14 +103,6 @@ class ArrayConfig(_Strict):
     def macs_per_cycle(self) -> int:
         return self.groups * self.rows * self.cols * self.vector
 
-    @property
-    def w8_lanes(self) -> int:
-        return self.groups * self.rows * self.cols_w8 * self.vector
-
-    @property
-    def w4_lanes(self) -> int:
-        return self.groups * self.rows * self.cols_w4 * self.vector
-
 
 class NonlinearConfig(_Strict):
     """Lanes (elements per cycle) of the nonlinear units and their row/channel limits.
