@@ -143,3 +143,17 @@ def test_table_generated_constructors_name_missing_fields():
     with pytest.raises(TypeError, match="gelu\\(\\) needs the fields dst, dst_stride, table"):
         isa.gelu(src=1, src_stride=1, rows=1, cols=1)
     assert isa.resadd.__name__ == "resadd" and "b_stride" in isa.resadd.__doc__
+
+
+def test_docs_name_every_field_where_the_table_puts_it():
+    """docs/isa.md's opcode table lists each field by its table name at its word."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "isa.md").read_text()
+    for op, fmt in isa.FORMATS.items():
+        if op is Op.MATMUL:  # its own table, with the flag-selected aliases
+            continue
+        row = re.search(rf"^\| {int(op)} \| {op.name} \| (.*) \|$", doc, re.M).group(1)
+        documented = [(int(w), name) for w, name in re.findall(r"f(\d+)(?::f\d+)? `(\w+)`", row)]
+        assert documented == [(f.word, f.name) for f in fmt.fields], op.name
