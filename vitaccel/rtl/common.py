@@ -27,6 +27,7 @@ __all__ = [
     "replay_rows",
     "count_bits",
     "check_int",
+    "check_limits",
     "check_choice",
     "CheckedComponent",
     "elaborate_parts",
@@ -138,6 +139,12 @@ class CheckedComponent(wiring.Component):
                 arguments.update(arguments.pop(name))
         cls.check(**arguments)
         return super().__new__(cls, src_loc_at=src_loc_at + 1)
+
+
+def check_limits(arguments: dict, limits: dict) -> None:
+    """Every ``name: (lo, hi)`` of ``limits``: ``arguments[name]`` must be an int in range."""
+    for name, (lo, hi) in limits.items():
+        check_int(name, arguments[name], lo, hi)
 
 
 def check_choice(name: str, value, choices) -> str:

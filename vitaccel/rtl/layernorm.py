@@ -39,7 +39,7 @@ from vitaccel.quant.ref import (
 )
 from vitaccel.rtl.common import (
     CheckedComponent,
-    check_int,
+    check_limits,
     count_bits,
     delay,
     elaborate_parts,
@@ -120,15 +120,12 @@ class AILayerNorm(CheckedComponent):
         Some row is partly received or not yet fully sent.
     """
 
+    LIMITS = dict(lanes=(1, 32), in_bits=(2, 12), max_channels=(1, 8192), gain_bits=(2, 24),
+                  bias_bits=(2, 40), mult_bits=(1, 24), row_queue=(4, 64))  # fmt: skip
+
     @classmethod
-    def check(cls, *, lanes, in_bits, max_channels, gain_bits, bias_bits, mult_bits, row_queue):
-        check_int("lanes", lanes, 1, 32)
-        check_int("in_bits", in_bits, 2, 12)
-        check_int("max_channels", max_channels, 1, 8192)
-        check_int("gain_bits", gain_bits, 2, 24)
-        check_int("bias_bits", bias_bits, 2, 40)
-        check_int("mult_bits", mult_bits, 1, 24)
-        check_int("row_queue", row_queue, 4, 64)
+    def check(cls, **arguments):
+        check_limits(arguments, cls.LIMITS)
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32
 from vitaccel.rtl.common import (
     CheckedComponent,
     check_choice,
-    check_int,
+    check_limits,
     count_bits,
     elaborate_parts,
     leading_one,
@@ -89,15 +89,13 @@ class E2Softmax(CheckedComponent):
         A row is partly received or not yet fully sent.
     """
 
+    LIMITS = dict(lanes=(1, 32), in_bits=(2, 12), max_row=(1, 65536), frac_bits=(8, 20),
+                  code_bits=(2, 6), row_queue=(2, 64))  # fmt: skip
+
     @classmethod
-    def check(cls, *, lanes, in_bits, max_row, frac_bits, output, code_bits, row_queue):
-        check_int("lanes", lanes, 1, 32)
-        check_int("in_bits", in_bits, 2, 12)
-        check_int("max_row", max_row, 1, 65536)
-        check_int("frac_bits", frac_bits, 8, 20)
+    def check(cls, *, output, **arguments):
+        check_limits(arguments, cls.LIMITS)
         check_choice("output", output, OUTPUT_FORMATS)
-        check_int("code_bits", code_bits, 2, 6)
-        check_int("row_queue", row_queue, 2, 64)
 
     def __init__(
         self,
