@@ -1,9 +1,11 @@
 """The GVSA matmul engine's timing: pipeline depths and the exact cycle model of one job.
 
 Pure Python (no amaranth, no torch), so the RTL (:mod:`vitaccel.rtl.gvsa`,
-:mod:`vitaccel.rtl.matmul`, :mod:`vitaccel.engine_host`) and the explorer (:mod:`vitaccel.dse.cost`, called thousands of
-times per query) share one definition. docs/gvsa.md ("Cycle model") derives it; the tests
-compare it with Verilator on every engine shape they simulate.
+:mod:`vitaccel.rtl.matmul`, :mod:`vitaccel.engine_host`) and the explorer
+(:mod:`vitaccel.dse.cost` and :mod:`vitaccel.dse.search`, thousands of calls per query)
+share one definition: the recursion :func:`matmul_cycles` and its per-step-count form
+:class:`StepCycles` run the same step generator. docs/gvsa.md ("Cycle model") derives it;
+the tests compare it with Verilator on every engine shape they simulate.
 """
 
 from __future__ import annotations
