@@ -177,16 +177,10 @@ def compile_model(
     log2 = model.config.softmax_output == "log2"
     D = spec.embed_dim
     al = spm_layout(spec, spm_words, compact)
-    prog = list(
-        program_for(
-            spec,
-            groups=groups,
-            spm_words=spm_words,
-            fuse_residual=fuse_residual,
-            compact=al.compact,
-            log2=log2,
-        )  # fmt: skip
-    )
+    # the program the cost model prices: shapes, addresses and flags; packed below
+    scheduled = program_for(spec, groups=groups, spm_words=spm_words, compact=al.compact,
+                            fuse_residual=fuse_residual, log2=log2)  # fmt: skip
+    prog = list(scheduled)
 
     # ---- constants: the DDR section (const_ddr), loaded into the SPM by LOADs -----------
     ddr_consts = const_ddr(spec)
