@@ -449,6 +449,10 @@ class GVSArray(CheckedComponent):
     def w8_macs_per_cycle(self) -> int:
         return self.groups * self.rows * self.cols_w8 * self.vector
 
+    def unit_of_column(self, c: int) -> int:
+        """Systolic unit (skew position) of logical column c within a group."""
+        return c // 2 if c < self.cols_w8 else self.cols_w8 // 2 + (c - self.cols_w8)
+
     def elaborate(self, platform):
         m = Module()
         R, V = self.rows, self.vector
