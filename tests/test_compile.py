@@ -6,11 +6,11 @@ import pytest
 from vitaccel.compile.compiler import CompileError, compile_model
 from vitaccel.compile.driver import Driver, InterpBackend
 from vitaccel.design import ArrayConfig, Design
+from vitaccel.engine_host import EngineParams
 from vitaccel.flow.build import default_design
 from vitaccel.flow.codec import GVSACodec, codec_for
 from vitaccel.models.evaluate import prepare
 from vitaccel.models.golden import QuantConfig
-from vitaccel.rtl.matmul import EngineParams
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Design-space exploration: the models against the code they mirror, the search, the outputs.
 
 Fast tests only check the models in pure Python (and against the controller's own formulas);
-the Yosys and Verilator comparisons are ``vitaccel.dse.validate`` (slow tests at the end).
+the Yosys and Verilator comparisons are ``vitaccel.verify.validate`` (tests/test_verify.py).
 """
 
 import itertools
@@ -21,7 +21,6 @@ from vitaccel.dse.cost import (
     estimate,
     job_nsteps,
     nonlinear_cycles,
-    program,
 )
 from vitaccel.dse.search import InfeasibleError, explore, pareto_front
 from vitaccel.dse.shapes import block_ops, linear_layer_names, model_ops
@@ -60,7 +59,7 @@ def test_explorer_geometry_matches_the_engine():
     geometry it feeds it: W8/W4 columns and systolic units of every array shape."""
     from vitaccel.design import ArrayConfig, Design
     from vitaccel.dse.cost import geometry
-    from vitaccel.rtl.matmul import EngineParams
+    from vitaccel.engine_host import EngineParams
 
     checked = 0
     for g, r, c, v, share in itertools.product(
@@ -86,7 +85,7 @@ def test_explorer_geometry_matches_the_engine():
 def test_job_steps_equal_the_column_plan():
     import numpy as np
 
-    from vitaccel.rtl.matmul import EngineParams, plan_columns
+    from vitaccel.engine_host import EngineParams, plan_columns
 
     rng = random.Random(3)
     for _ in range(100):
@@ -103,31 +102,24 @@ def test_job_steps_equal_the_column_plan():
             assert job_nsteps(n, n8, p.groups, p.cols, p.cols_w8, heads=heads) == want
 
 
-def _assert_program_mirrors(compiled, mine):
-    from vitaccel.isa import MatmulFlags, Op
-
-    real = [i for i in compiled.program if i.op != Op.END]
-    assert len(real) == len(mine)
-    for ins, m in zip(real, mine, strict=True):
-        f = ins.fields + (0,) * (15 - len(ins.fields))
-        if ins.op == Op.MATMUL:
-            assert m.op in ("matmul", "heads")
-            assert (f[2], f[3], f[4]) == (m.tokens, m.k, m.n)
-            assert f[11] == (m.heads or 1)  # heads in the job, 1 outside heads mode
-            assert bool(ins.flags & 0b1000) == (m.heads > 0)
-            assert bool(ins.flags & MatmulFlags.X_KEEP) == m.x_keep
-            assert bool(ins.flags & MatmulFlags.GELU) == (m.fused == "gelu")
-            assert bool(ins.flags & MatmulFlags.RESADD) == (m.fused == "residual")
-        elif ins.op in (Op.LOAD, Op.STORE):
-            assert m.op == ins.op.name.lower() and f[1] == m.tokens, (m.name, f[1], m.tokens)
-        else:
-            name = {Op.SOFTMAX: "softmax", Op.LAYERNORM: "layernorm", Op.GELU: "gelu",
-                    Op.RESADD: "residual"}[ins.op]  # fmt: skip
-            assert m.op == name and (f[2], f[3]) == (m.tokens, m.k)
+# What the compiler fills in when it packs the model into the DDR image (schedule.py).
+_PACKED = {"ddr", "w_ddr", "recip_mult", "recip_shift", "out_shift", "eps_q", "in_shift", "mult",
+           "shift", "residual_shift"}  # fmt: skip
 
 
-def test_program_mirrors_the_compiler():
+def _assert_compiled_from_schedule(compiled, scheduled):
+    """The compiled program is the scheduler's list (the one the cost model prices), with
+    only the DDR offsets and the model's quantisation scalars filled in."""
+    assert len(compiled.program) == len(scheduled)
+    for got, want in zip(compiled.program, scheduled, strict=True):
+        assert (got.op, got.flags, got.label) == (want.op, want.flags, want.label), want
+        shape = {k: v for k, v in got.fields().items() if k not in _PACKED}
+        assert shape == {k: v for k, v in want.fields().items() if k not in _PACKED}, want
+
+
+def test_compiled_program_is_the_priced_schedule():
     from vitaccel.compile.compiler import compile_model
+    from vitaccel.compile.schedule import program_for, schedule
     from vitaccel.flow.codec import codec_for
     from vitaccel.isa import residual_fusable
     from vitaccel.models.evaluate import prepare
@@ -137,7 +129,7 @@ def test_program_mirrors_the_compiler():
     for groups, cols in ((1, 4), (2, 4), (3, 4), (2, 8)):
         design = Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8))
         compiled = compile_model(golden, groups=groups, codec=codec_for(design))
-        _assert_program_mirrors(compiled, program(spec, groups, residual_fusable(groups, cols)))
+        _assert_compiled_from_schedule(compiled, schedule(spec, design))
         assert res.spm_words(spec) == compiled.spm_words
     # a scratchpad too small for the standard layout: the compiler and the model go compact
     for groups, cols, spm_words in ((1, 4, 599), (2, 8, 640)):
@@ -147,18 +139,19 @@ def test_program_mirrors_the_compiler():
         )
         assert compiled.compact
         fuse = residual_fusable(groups, cols)
-        _assert_program_mirrors(compiled, program(spec, groups, fuse, spm_words))
+        scheduled = program_for(spec, groups=groups, spm_words=spm_words, fuse_residual=fuse)
+        _assert_compiled_from_schedule(compiled, scheduled)
 
 
 def test_deit_base_design_compiles_and_its_program_equals_golden(
     tmp_path, assert_program_equals_golden
 ):
     """The explorer's DeiT-Base design compiles (the compact layout: 1,016 KiB of the ISA's
-    1 MiB), the cycle model's program mirrors it, and on the ISA interpreter it gives the
+    1 MiB), its program is the schedule the cycle model prices, and on the ISA interpreter it gives the
     golden model's logits (random init, one image)."""
     from vitaccel.compile.compiler import compile_model
+    from vitaccel.compile.schedule import schedule
     from vitaccel.flow.codec import codec_for
-    from vitaccel.isa import residual_fusable
     from vitaccel.models.evaluate import prepare
 
     result = explore("deit-base", "zcu102", 30, out_dir=tmp_path)
@@ -171,8 +164,7 @@ def test_deit_base_design_compiles_and_its_program_equals_golden(
     assert compiled.compact and compiled.spm_words <= design.spm_kib * 64 <= 1 << 16
     spec = get_spec("deit-base")
     assert res.spm_words(spec) == compiled.spm_words
-    mine = program(spec, a.groups, residual_fusable(a.groups, a.cols))
-    _assert_program_mirrors(compiled, mine)
+    _assert_compiled_from_schedule(compiled, schedule(spec, design))
     assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
 
 
@@ -393,38 +385,23 @@ def test_cli_free_import_path_stays_torch_free():
     assert out.stdout.strip() == "False"
 
 
+def test_dse_names_nothing_from_rtl_sim_or_flow():
+    """vitaccel/dse is the explorer only: no module of it imports rtl, sim or flow, not even
+    inside a function (calibration and validation are vitaccel.verify)."""
+    import re
+    from pathlib import Path
+
+    import vitaccel.dse
+
+    pattern = re.compile(r"vitaccel\.(rtl|sim|flow)|from vitaccel import (rtl|sim|flow)")
+    for path in Path(vitaccel.dse.__file__).parent.glob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.name}:{n}: {line.strip()}"
+
+
 # ---------------------------------------------------------------------------------------
 # against the RTL and Yosys (slow: Verilator builds, Yosys runs)
 # ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_cycle_model_matches_verilator_on_engine_jobs():
-    from vitaccel.dse.validate import CYCLE_BOUND, ENGINE_CASES, _engine_case
-
-    for case in ENGINE_CASES:
-        row = _engine_case(case)
-        assert abs(row["error"]) <= CYCLE_BOUND, row
-
-
-@pytest.mark.slow
-def test_cycle_model_matches_the_accelerator_top():
-    from vitaccel.dse.validate import CYCLE_BOUND, TOP_CASES, _top_case
-
-    for case in TOP_CASES:
-        row = _top_case(*case)
-        assert abs(row["error"]) <= CYCLE_BOUND, row
-
-
-@pytest.mark.slow
-def test_resource_model_matches_yosys_on_held_out_designs():
-    from vitaccel.dse.validate import DATA_PATH, RESOURCE_BOUND, MeasureStore, _resource_rows
-
-    rows = _resource_rows(resynth=False, store=MeasureStore(DATA_PATH, reuse=True))
-    assert len(rows) >= 5
-    for row in rows:
-        for kind, err in row["error"].items():
-            assert abs(err) <= RESOURCE_BOUND, (row["design"], kind, row)
 
 
 @pytest.mark.slow
@@ -451,28 +428,6 @@ def test_search_evaluation_equals_the_cycle_model():
         assert estimate(design, budget=result["budget"]).cycles == cand.cycles, cand
 
 
-def test_validation_store_keeps_each_measurement_and_reuses_it(tmp_path):
-    from vitaccel.dse.validate import MeasureStore, _measured
-
-    path = tmp_path / "validation.json"
-    calls = []
-
-    def measure():
-        calls.append(1)
-        return {"cycles": 123}
-
-    store = MeasureStore(path)
-    assert _measured(store, "engine a", measure) == {"cycles": 123}
-    # Saved at once (an interrupted run keeps it), and kept beside other keys of the file.
-    assert json.loads(path.read_text())["measured"] == {"engine a": {"cycles": 123}}
-    reused = MeasureStore(path, reuse=True)
-    assert _measured(reused, "engine a", measure) == {"cycles": 123}
-    assert len(calls) == 1
-    # Without reuse every case is measured again.
-    assert _measured(MeasureStore(path), "engine a", measure) == {"cycles": 123}
-    assert len(calls) == 2
-
-
 def test_benchmark_markdown_states_every_verdict():
     from vitaccel.dse.benchmark import GOALS, LINEAR_DSP_GOAL, benchmark, markdown
 
@@ -483,30 +438,6 @@ def test_benchmark_markdown_states_every_verdict():
         assert r["linear_dsp_reached"] == (r["linear_dsp_efficiency"] >= LINEAR_DSP_GOAL)
         assert f"{r['model']} {r['precision']} >= {r['goal_fps']:g} FPS" in text
     assert text.count("reached**") + text.count("missed**") == 2 * len(GOALS)
-
-
-def test_models_meet_the_bounds_on_the_stored_validation_measurements():
-    """The cycle and resource models against the RTL cycles and Yosys counts stored by the
-    last ``validate --full`` (no simulation here): a model change that breaks the validation
-    table fails fast, not only in the hour-long full run."""
-    from vitaccel.dse.validate import (
-        CYCLE_BOUND,
-        DATA_PATH,
-        RESOURCE_BOUND,
-        TOP_CASES,
-        MeasureStore,
-        validate,
-    )
-
-    result = validate(quick=False, store=MeasureStore(DATA_PATH, reuse=True, offline=True))
-    assert len({r["design"] for r in result["cycles"]}) >= 5
-    assert sum(r["kind"] == "top" for r in result["cycles"]) == len(TOP_CASES)
-    assert len(result["resources"]) >= 5
-    for row in result["cycles"]:
-        assert abs(row["error"]) <= CYCLE_BOUND, row
-    for row in result["resources"]:
-        for kind, err in row["error"].items():
-            assert abs(err) <= RESOURCE_BOUND, (row["design"], kind, row)
 
 
 def test_log2_softmax_design_pays_the_shift_add_mode():

@@ -70,7 +70,7 @@ def test_field_layout_is_little_endian_and_documented():
         x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, out_transposed=True
     )
     assert i.op is Op.MATMUL and i.flags == MatmulFlags.W_SPM | MatmulFlags.OUT_T
-    assert i.u32(8) == 0
+    assert i["mult"] == i["shift"] == 0
     # log2 builds: X_LOG2 is bit 2 of a MATMUL, LOG2 bit 0 of a SOFTMAX (docs/isa.md)
     i = isa.matmul(x=0, x_stride=1, tokens=1, k=1, n=1, y=0, y_stride=1, w_spm=0, x_log2=True)
     assert isa.encode(i)[1] == MatmulFlags.W_SPM | MatmulFlags.X_LOG2 == 0b110
@@ -83,10 +83,10 @@ def test_fused_matmul_fields():
     """GELU: f10 table; RESADD: f10 A base, f11 parameter block, f13 shift; X_KEEP bit 7."""
     mm = dict(x=1, x_stride=2, tokens=3, k=4, n=5, y=6, y_stride=7, w_ddr=0x0009_0008)
     g = isa.matmul(**mm, gelu_table=99)
-    assert g.flags == MatmulFlags.GELU and g.f(10) == 99 and g.u32(8) == 0x0009_0008
+    assert g.flags == MatmulFlags.GELU and g["gelu_table"] == 99 and g["w_ddr"] == 0x0009_0008
     r = isa.matmul(**mm, residual=40, residual_params=41, residual_shift=13, x_keep=True)
     assert r.flags == MatmulFlags.RESADD | MatmulFlags.X_KEEP == 0b1100_0000
-    assert (r.f(10), r.f(11), r.f(12), r.f(13)) == (40, 41, 1, 13)
+    assert (r.residual, r.residual_params, r.heads, r.residual_shift) == (40, 41, 1, 13)
     assert isa.decode_program(isa.encode_program([g, r, isa.end()]))[:2] == [g, r]
     assert isa.residual_fusable(2, 8) and isa.residual_fusable(3, 16)
     assert not isa.residual_fusable(3, 4) and not isa.residual_fusable(1, 10)
@@ -113,3 +113,47 @@ def test_bad_fields_are_rejected():
         isa.decode(bytes([200]) + bytes(31))
     with pytest.raises(ValueError, match="32 bytes"):
         isa.decode(bytes(16))
+
+
+def test_field_table_drives_encoder_decoder_and_rtl_positions():
+    """The table is the one layout: names, positions for the RTL decoder, aliases, flags."""
+    bits = isa.field_bits("MATMUL")
+    assert bits["tokens"] == (48, 16) and bits["w_ddr"] == (128, 32)
+    assert bits["mult"] == (128, 16) and bits["residual_shift"] == bits["head_x_step"]
+    assert isa.field_bits(Op.LOAD) == {"spm": (16, 16), "words": (32, 16), "ddr": (48, 32)}
+    assert isa.flag_bits("MATMUL")["HEADS"] == 8 + 3 and isa.flag_bits("SOFTMAX") == {"LOG2": 8}
+    assert isa.flag_bits("GELU") == {}
+    i = isa.Instr(Op.LOAD, spm=3, words=10, ddr=0x1234_5678)
+    assert i == isa.load(spm=3, words=10, ddr=0x1234_5678)
+    assert (i["spm"], i.words, i.get("ddr"), i.get("tokens")) == (3, 10, 0x1234_5678, None)
+    assert i.operands[:4] == (3, 10, 0x5678, 0x1234)
+    assert i.replace(ddr=16).ddr == 16 and i.replace(ddr=16).spm == 3
+    mm = isa.matmul(x=1, x_stride=2, tokens=3, k=4, n=5, y=6, y_stride=7, w_ddr=8, gelu_table=9)
+    assert list(mm.fields()) == ["x", "x_stride", "tokens", "k", "n", "y", "y_stride", "w_ddr",
+                                 "gelu_table", "heads"]  # fmt: skip
+    with pytest.raises(ValueError, match="share word f10"):
+        isa.Instr(Op.MATMUL, w_spm=1, gelu_table=2)
+    with pytest.raises(KeyError, match="LOAD has no field 'tokens'"):
+        i["tokens"]
+    with pytest.raises(ValueError, match=r"LOAD.spm \(f1\) must fit 16 bits"):
+        isa.Instr(Op.LOAD, spm=-1)
+
+
+def test_table_generated_constructors_name_missing_fields():
+    with pytest.raises(TypeError, match="gelu\\(\\) needs the fields dst, dst_stride, table"):
+        isa.gelu(src=1, src_stride=1, rows=1, cols=1)
+    assert isa.resadd.__name__ == "resadd" and "b_stride" in isa.resadd.__doc__
+
+
+def test_docs_name_every_field_where_the_table_puts_it():
+    """docs/isa.md's opcode table lists each field by its table name at its word."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "isa.md").read_text()
+    for op, fmt in isa.FORMATS.items():
+        if op is Op.MATMUL:  # its own table, with the flag-selected aliases
+            continue
+        row = re.search(rf"^\| {int(op)} \| {op.name} \| (.*) \|$", doc, re.M).group(1)
+        documented = [(int(w), name) for w, name in re.findall(r"f(\d+)(?::f\d+)? `(\w+)`", row)]
+        assert documented == [(f.word, f.name) for f in fmt.fields], op.name

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from vitaccel.engine_host import pot4_code
 from vitaccel.quant.ref import log2_code_weights, matmul_int
-from vitaccel.rtl.gvsa import W4PE, GVSArray, W8PairPE, column_split, pot4_code
+from vitaccel.rtl.gvsa import W4PE, GVSArray, W8PairPE, column_split
 from vitaccel.sim.streams import pack_lanes, unpack_lanes
 
 FLAG_ACTIVE, FLAG_FIRST, FLAG_LAST, FLAG_PARITY, FLAG_ROW_VALID = 1, 2, 4, 8, 16

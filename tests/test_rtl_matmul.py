@@ -5,16 +5,16 @@ import pytest
 from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from vitaccel.flow.unit_gvsa import MatmulCase
-from vitaccel.rtl.matmul import (
+from vitaccel.engine_host import (
     EngineParams,
-    MatmulEngine,
     cycle_model,
     pack_job,
     plan_columns,
     split_w_stream,
     unpack_outputs,
 )
+from vitaccel.flow.unit_gvsa import MatmulCase
+from vitaccel.rtl.matmul import MatmulEngine
 from vitaccel.sim.streams import amaranth_put, random_pauses
 
 

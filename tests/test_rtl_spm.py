@@ -2,7 +2,7 @@
 
 Expected SPM contents come from the ISA interpreter's byte-exact scratchpad model
 (:class:`vitaccel.compile.interp.Machine`), the matmul streams from the engine's own packer
-(:func:`vitaccel.rtl.matmul.pack_job`), so the RTL is checked against the same definitions
+(:func:`vitaccel.engine_host.pack_job`), so the RTL is checked against the same definitions
 the compiler and the engine use.
 """
 
@@ -15,7 +15,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from vitaccel.compile.interp import Machine
-from vitaccel.rtl.matmul import EngineParams, pack_job
+from vitaccel.engine_host import EngineParams, pack_job
 from vitaccel.rtl.spm import (
     ByteRunWriter,
     MatmulOutWriter,

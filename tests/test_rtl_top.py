@@ -137,7 +137,7 @@ def test_matmuls_the_design_cannot_run_end_with_error(bad):
         instr = isa.matmul(**mm, w_ddr=0x100, x_keep=True)
     else:
         ok = isa.matmul(**mm, w_spm=24, w_stride=1, mult=1, shift=4)
-        instr = isa.Instr(ok.op, ok.flags | isa.MatmulFlags.GELU, ok.fields)
+        instr = ok.replace(flags=ok.flags | isa.MatmulFlags.GELU)
     image = bytearray(0x200)
     raw = isa.encode_program([instr, isa.end()])
     image[: len(raw)] = raw

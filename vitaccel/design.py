@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import tomllib
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vitaccel.engine_timing import column_split as _column_split
+
 SCHEMA_VERSION = 1
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ACC_BITS",
+    "w_word_bits",
+    "column_units",
     "ArrayConfig",
     "NonlinearConfig",
     "LayerConfig",
@@ -37,8 +43,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Accumulator width the engine supports (the W stream's parameter word holds acc + 16 + 6 bits).
+ACC_BITS = (16, 48)
+
+
+def w_word_bits(vector: int, acc_bits: int) -> int:
+    """Bits of one W stream word: ``vector`` weight bytes, or a column's parameter word
+    (bias ``acc_bits``, multiplier 16, shift 6), whichever is wider (docs/gvsa.md)."""
+    return max(8 * vector, acc_bits + 16 + 6)
+
+
+def column_units(cols_w8: int, cols_w4: int) -> int:
+    """Systolic column units of a group: one per DSP-sharing W8 pair, one per W4 column."""
+    return cols_w8 // 2 + cols_w4
+
+
 class ArrayConfig(_Strict):
-    """Group-vector systolic array shape (see docs/gvsa.md)."""
+    """Group-vector systolic array shape (see docs/gvsa.md) and the geometry derived from it
+    (W8/W4 columns, systolic units, W word width): the one definition the engine, the GVSA
+    and the cost model read."""
 
     groups: int = Field(1, ge=1, le=64, description="independent PE groups")
     rows: int = Field(4, ge=1, le=64, description="PE rows per group (output tokens in flight)")
@@ -50,8 +73,31 @@ class ArrayConfig(_Strict):
         0.0, ge=0.0, le=1.0, description="share of PE columns that are W4 (LUT) lanes"
     )
     w4_kind: Literal["int4", "pot4"] = "int4"
-    acc_bits: int = Field(32, ge=16, le=48)
+    acc_bits: int = Field(32, ge=ACC_BITS[0], le=ACC_BITS[1])
     in_bits: int = Field(8, ge=4, le=8)
+
+    @cached_property
+    def column_split(self) -> tuple[int, int]:
+        """(W8 columns, W4 columns) of a group (:func:`vitaccel.engine_timing.column_split`;
+        ValueError when the W8 columns are odd)."""
+        return _column_split(self.cols, self.w4_share)
+
+    @property
+    def cols_w8(self) -> int:
+        return self.column_split[0]
+
+    @property
+    def cols_w4(self) -> int:
+        return self.column_split[1]
+
+    @property
+    def units(self) -> int:
+        """Systolic column units of a group (:func:`column_units`)."""
+        return column_units(*self.column_split)
+
+    @property
+    def w_word_bits(self) -> int:
+        return w_word_bits(self.vector, self.acc_bits)
 
     @property
     def macs_per_cycle(self) -> int:

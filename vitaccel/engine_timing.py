@@ -1,9 +1,11 @@
 """The GVSA matmul engine's timing: pipeline depths and the exact cycle model of one job.
 
 Pure Python (no amaranth, no torch), so the RTL (:mod:`vitaccel.rtl.gvsa`,
-:mod:`vitaccel.rtl.matmul`) and the explorer (:mod:`vitaccel.dse.cost`, called thousands of
-times per query) share one definition. docs/gvsa.md ("Cycle model") derives it; the tests
-compare it with Verilator on every engine shape they simulate.
+:mod:`vitaccel.rtl.matmul`, :mod:`vitaccel.engine_host`) and the explorer
+(:mod:`vitaccel.dse.cost` and :mod:`vitaccel.dse.search`, thousands of calls per query)
+share one definition: the recursion :func:`matmul_cycles` and its per-step-count form
+:class:`StepCycles` run the same step generator. docs/gvsa.md ("Cycle model") derives it;
+the tests compare it with Verilator on every engine shape they simulate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = [
     "full_rate_out_depth",
     "top_out_depth",
     "matmul_cycles",
+    "StepCycles",
 ]
 
 # Requantiser: bias add, 2 multiply stages, coarse shift, fine shift, saturation test,
@@ -93,6 +96,34 @@ def top_out_depth(rows: int, cols: int, vector: int) -> int:
     return max(32, full_rate_out_depth(rows, cols // 2, vector))
 
 
+def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep):
+    """The constants of one job's recursion (see :func:`matmul_cycles`)."""
+    ks = -(-k // vector)
+    tiles = -(-tokens // rows)
+    pad = max(0, rows - ks)
+    period = ks + pad
+    lat = latencies(rows, units, vector)
+    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
+    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
+    span = (tiles - 1) * period + ks - 1
+    tail = lat["first_out"] + 1 + (tokens - 1) % rows
+    return x_load, w_load, pad, span, lat["release"], tail
+
+
+def _steps(x_load, w_load, pad, span, release):
+    """The recursion of :func:`matmul_cycles`: yields ``(E_s, Lend_s)`` for s = 0, 1, ..."""
+    loaded = w_load
+    ends = [max(x_load, w_load) + 1 + span]
+    yield ends[0], loaded
+    s = 1
+    while True:
+        free = ends[s - 2] + release if s >= 2 else 0
+        loaded = max(loaded, free) + w_load
+        ends.append(max(ends[s - 1] + pad + 1, loaded + 1) + span)
+        yield ends[s], loaded
+        s += 1
+
+
 @lru_cache(maxsize=65536)
 def matmul_cycles(
     tokens: int,
@@ -124,22 +155,58 @@ def matmul_cycles(
       previous job stays in the banks) and ``WL = G*C*(KS+1)``,
     * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
     """
-    ks = -(-k // vector)
-    tiles = -(-tokens // rows)
-    pad = max(0, rows - ks)
-    period = ks + pad
-    lat = latencies(rows, units, vector)
-    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
-    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
-    loaded: list[float] = []
-    ends: list[float] = []
-    for s in range(nsteps):
-        if s == 0:
-            loaded.append(w_load)
-            first = max(x_load, w_load) + 1
+    x_load, w_load, pad, span, release, tail = _job(
+        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep
+    )
+    for s, (end, _) in enumerate(_steps(x_load, w_load, pad, span, release)):
+        if s == nsteps - 1:
+            return int(math.ceil(end + tail))
+    raise AssertionError("unreachable")  # pragma: no cover - _steps never ends
+
+
+class StepCycles:
+    """:func:`matmul_cycles` of one job shape for every step count 1..n (``at(nsteps)``).
+
+    The recursion settles into a periodic steady state after a few steps; once the state
+    (the differences between the last end, the one before and the last load) repeats, the
+    rest is extrapolated exactly instead of iterated. The explorer prices every W4 ratio of
+    a layer (each a step count) from one of these.
+    """
+
+    __slots__ = ("ends", "periodic", "tail", "n")
+
+    def __init__(self, tokens, k, nsteps, groups, rows, cols, vector, units, *,
+                 heads=False, w_word_cycles=1.0, x_keep=False):  # fmt: skip
+        x_load, w_load, pad, span, release, self.tail = _job(
+            tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep
+        )
+        self.n, self.ends, self.periodic = nsteps, [], None
+        ends, seen = self.ends, {}
+        for s, (end, loaded) in enumerate(_steps(x_load, w_load, pad, span, release)):
+            if s >= nsteps:
+                break
+            ends.append(end)
+            if s >= 2:
+                state = (ends[s] - ends[s - 1], ends[s - 1] - ends[s - 2], loaded - ends[s])
+                if state in seen:
+                    incs = [ends[i] - ends[i - 1] for i in range(seen[state] + 1, s + 1)]
+                    self.periodic = (s, incs, sum(incs))
+                    break
+                seen[state] = s
+
+    def __len__(self) -> int:
+        return self.n
+
+    def at(self, nsteps: int) -> int:
+        i = nsteps - 1
+        if i < len(self.ends):
+            e = self.ends[i]
         else:
-            free = ends[s - 2] + lat["release"] if s >= 2 else 0
-            loaded.append(max(loaded[s - 1], free) + w_load)
-            first = max(ends[s - 1] + pad + 1, loaded[s] + 1)
-        ends.append(first + (tiles - 1) * period + ks - 1)
-    return int(math.ceil(ends[-1] + lat["first_out"] + 1 + (tokens - 1) % rows))
+            s, incs, full = self.periodic
+            q, rem = divmod(i - s, len(incs))
+            e = self.ends[s] + q * full + sum(incs[:rem])
+        return int(math.ceil(e + self.tail))
+
+    @property
+    def last(self) -> int:
+        return self.at(self.n)

@@ -1,1 +1,3 @@
-"""Compiler from the golden model to the accelerator program and memory image (docs/isa.md)."""
+"""The accelerator program (docs/isa.md): ``schedule`` (shape only, no torch: what the cost
+model prices), ``compiler`` (packs a golden model into the DDR image), ``interp`` (the
+executable specification), ``driver`` (the host side)."""

@@ -34,16 +34,10 @@ class Machine:
     last_x: tuple[int, int, np.ndarray] | None = None
 
     # ---- scratchpad access in SPM row layout -------------------------------------------
-    def read(
-        self,
-        base: int,
-        rows: int,
-        cols: int,
-        stride: int,
-        *,
-        signed: bool = True,
-        elem_bytes: int = 1,
-    ) -> np.ndarray:
+    # fmt: off
+    def read(self, base: int, rows: int, cols: int, stride: int, *, signed: bool = True,
+             elem_bytes: int = 1) -> np.ndarray:
+        # fmt: on
         if base + (rows - 1) * stride + (cols * elem_bytes - 1) // WORD_BYTES >= len(self.spm):
             raise InterpError(f"SPM read past the end (base {base}, rows {rows}, stride {stride})")
         idx = base + np.arange(rows)[:, None] * stride + np.arange(stride)[None, :]
@@ -79,64 +73,64 @@ class Machine:
 
 
 def _ln_params(m: Machine, i: isa.Instr) -> LayerNormParams:
-    c = i.f(4)
-    raw = m.block(i.f(7), 8 * c).reshape(c, 8)
+    c = i.cols
+    raw = m.block(i.params, 8 * c).reshape(c, 8)
     return LayerNormParams(
         alpha=raw[:, 0].astype(np.int64),
-        recip_mult=i.f(8),
-        recip_shift=i.f(9),
+        recip_mult=i.recip_mult,
+        recip_shift=i.recip_shift,
         gain=np.ascontiguousarray(raw[:, 2:4]).view("<i2").reshape(c).astype(np.int64),
         bias=np.ascontiguousarray(raw[:, 4:8]).view("<i4").reshape(c).astype(np.int64),
-        out_shift=i.f(10),
-        eps_q=i.f(11),
+        out_shift=i.out_shift,
+        eps_q=i.eps_q,
     )
 
 
 def _matmul(m: Machine, i: isa.Instr, codec) -> None:
-    fl = MatmulFlags(i.flags)
-    tokens, k, n = i.f(3), i.f(4), i.f(5)
-    heads = i.f(12) if fl & MatmulFlags.HEADS else 1
-    if fl & isa.FUSED_FLAGS and fl & MatmulFlags.W_SPM:
+    fl = i.flags
+    tokens, k, n = i.tokens, i.k, i.n
+    heads = i.heads if MatmulFlags.HEADS in fl else 1
+    if fl & isa.FUSED_FLAGS and MatmulFlags.W_SPM in fl:
         raise InterpError("MATMUL: GELU/RESADD need W from DDR")
-    if fl & MatmulFlags.GELU and fl & MatmulFlags.RESADD:
+    if MatmulFlags.GELU in fl and MatmulFlags.RESADD in fl:
         raise InterpError("MATMUL: GELU and RESADD are exclusive")
-    if fl & MatmulFlags.RESADD and fl & (MatmulFlags.HEADS | MatmulFlags.OUT_T):
+    if MatmulFlags.RESADD in fl and fl & (MatmulFlags.HEADS | MatmulFlags.OUT_T):
         raise InterpError("MATMUL: RESADD needs shared mode, row-major output")
-    if fl & MatmulFlags.X_KEEP:
+    if MatmulFlags.X_KEEP in fl:
         # the engine still holds the previous MATMUL's X: only that X, at the same shape
-        if fl & MatmulFlags.HEADS or m.last_x is None or m.last_x[:2] != (tokens, k):
+        if MatmulFlags.HEADS in fl or m.last_x is None or m.last_x[:2] != (tokens, k):
             raise InterpError("MATMUL X_KEEP: the previous MATMUL loaded no X of this shape")
     for h in range(heads):
         # the engine holds X as bytes; the job's flags say how they are read
-        if fl & MatmulFlags.X_KEEP:
+        if MatmulFlags.X_KEEP in fl:
             raw = m.last_x[2]
         else:
-            raw = m.read(i.f(1) + h * i.f(13), tokens, k, i.f(2), signed=False)
+            raw = m.read(i.x + h * i.head_x_step, tokens, k, i.x_stride, signed=False)
             # heads mode leaves per-group X in the engine: nothing X_KEEP may reuse
-            m.last_x = None if fl & MatmulFlags.HEADS else (tokens, k, raw)
+            m.last_x = None if MatmulFlags.HEADS in fl else (tokens, k, raw)
         unsigned = fl & (MatmulFlags.X_UNSIGNED | MatmulFlags.X_LOG2)
         x = raw if unsigned else np.where(raw > 127, raw - 256, raw)
-        if fl & MatmulFlags.X_LOG2:
+        if MatmulFlags.X_LOG2 in fl:
             x = ref.log2_code_weights(x)
-        if fl & MatmulFlags.W_SPM:
-            w = m.read(i.f(10) + h * i.f(14), n, k, i.f(11))
+        if MatmulFlags.W_SPM in fl:
+            w = m.read(i.w_spm + h * i.head_w_step, n, k, i.w_stride)
             bias = np.zeros(n, dtype=np.int64)
-            mult = np.full(n, i.f(8), dtype=np.int64)
-            shift = np.full(n, i.f(9), dtype=np.int64)
+            mult = np.full(n, i.mult, dtype=np.int64)
+            shift = np.full(n, i.shift, dtype=np.int64)
         else:
-            off = i.u32(8)
+            off = i.w_ddr
             raw = bytes(m.ddr[off : off + codec.stream_bytes(n, k)])
             w, bias, mult, shift = codec.unpack(raw, n, k)
         y = ref.requantize(ref.matmul_int(x, w, bias), mult, shift)
-        if fl & MatmulFlags.GELU:
-            y = ref.lut_lookup(y, _gelu_table(m, i.f(10)))
-        elif fl & MatmulFlags.RESADD:
-            a = m.read(i.f(10), tokens, n, i.f(7))
-            ma, mb = _resadd_mults(m, i.f(11), n)
-            y = ref.residual_add(a, ma, y, mb, i.f(13))
-        if fl & MatmulFlags.OUT_T:
+        if MatmulFlags.GELU in fl:
+            y = ref.lut_lookup(y, _gelu_table(m, i.gelu_table))
+        elif MatmulFlags.RESADD in fl:
+            a = m.read(i.residual, tokens, n, i.y_stride)
+            ma, mb = _resadd_mults(m, i.residual_params, n)
+            y = ref.residual_add(a, ma, y, mb, i.residual_shift)
+        if MatmulFlags.OUT_T in fl:
             y = y.T
-        m.write(i.f(6) + h * i.f(15), y, i.f(7))
+        m.write(i.y + h * i.head_y_step, y, i.y_stride)
 
 
 def _gelu_table(m: Machine, base: int) -> np.ndarray:
@@ -157,33 +151,32 @@ def step(m: Machine, i: isa.Instr, codec) -> bool:
     if op is Op.END:
         return False
     if op is Op.LOAD:
-        spm, words, off = i.f(1), i.f(2), i.u32(3)
+        spm, words, off = i.spm, i.words, i.ddr
         raw = np.frombuffer(bytes(m.ddr[off : off + words * WORD_BYTES]), dtype=np.uint8)
         if raw.size != words * WORD_BYTES or spm + words > len(m.spm):
             raise InterpError(f"LOAD out of range (spm {spm}, words {words}, ddr {off})")
         m.spm[spm : spm + words] = raw.reshape(words, WORD_BYTES)
     elif op is Op.STORE:
-        spm, words, off = i.f(1), i.f(2), i.u32(3)
+        spm, words, off = i.spm, i.words, i.ddr
         m.ddr[off : off + words * WORD_BYTES] = m.spm[spm : spm + words].tobytes()
     elif op is Op.MATMUL:
         _matmul(m, i, codec)
     elif op is Op.SOFTMAX:
-        x = m.read(i.f(1), i.f(3), i.f(4), i.f(2))
-        out = "log2" if SoftmaxFlags(i.flags) & SoftmaxFlags.LOG2 else "uint8"
-        p = ref.e2softmax(x, SoftmaxParams(in_shift=i.f(7), lanes=m.softmax_lanes), output=out)
-        m.write(i.f(5), _as_u8(p), i.f(6))
+        x = m.read(i.src, i.rows, i.cols, i.src_stride)
+        out = "log2" if SoftmaxFlags.LOG2 in i.flags else "uint8"
+        p = ref.e2softmax(x, SoftmaxParams(in_shift=i.in_shift, lanes=m.softmax_lanes), output=out)
+        m.write(i.dst, _as_u8(p), i.dst_stride)
     elif op is Op.LAYERNORM:
-        x = m.read(i.f(1), i.f(3), i.f(4), i.f(2))
-        m.write(i.f(5), ref.ailayernorm(x, _ln_params(m, i)), i.f(6))
+        x = m.read(i.src, i.rows, i.cols, i.src_stride)
+        m.write(i.dst, ref.ailayernorm(x, _ln_params(m, i)), i.dst_stride)
     elif op is Op.GELU:
-        x = m.read(i.f(1), i.f(3), i.f(4), i.f(2))
-        m.write(i.f(5), ref.lut_lookup(x, _gelu_table(m, i.f(7))), i.f(6))
+        x = m.read(i.src, i.rows, i.cols, i.src_stride)
+        m.write(i.dst, ref.lut_lookup(x, _gelu_table(m, i.table)), i.dst_stride)
     elif op is Op.RESADD:
-        rows, cols = i.f(3), i.f(4)
-        a = m.read(i.f(1), rows, cols, i.f(2))
-        b = m.read(i.f(7), rows, cols, i.f(8))
-        ma, mb = _resadd_mults(m, i.f(9), cols)
-        m.write(i.f(5), ref.residual_add(a, ma, b, mb, i.f(10)), i.f(6))
+        a = m.read(i.a, i.rows, i.cols, i.a_stride)
+        b = m.read(i.b, i.rows, i.cols, i.b_stride)
+        ma, mb = _resadd_mults(m, i.params, i.cols)
+        m.write(i.dst, ref.residual_add(a, ma, b, mb, i.shift), i.dst_stride)
     else:  # pragma: no cover - decode() rejects unknown opcodes
         raise InterpError(f"unknown opcode {op}")
     m.executed += 1

@@ -135,6 +135,10 @@ def _line(r: dict) -> str:
     return f"{head}  {verdict}\n{detail}"
 
 
+def _verdict(reached: bool, gap: str) -> str:
+    return "**reached**" if reached else f"**missed** by {gap}"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| goal | best design (G x R x C x V, weight ports @ clock, lanes) | FPS | verdict | binding | "
@@ -145,11 +149,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         share = r.get("cycle_share", {})
         stream = share.get("weights", 0) + share.get("bandwidth", 0)
-        verdict = (
-            "**reached**"
-            if r["reached"]
-            else f"**missed** by {r['goal_fps'] - r['fps']:.1f} FPS (x{r['gap']})"
-        )
+        verdict = _verdict(r["reached"], f"{r['goal_fps'] - r['fps']:.1f} FPS (x{r['gap']})")
         rel = r.get("relaxed_fps", {})
         lines.append(
             f"| {r['model']} {r['precision']} >= {r['goal_fps']:g} FPS | {r.get('array')}, "
@@ -168,10 +168,8 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         eff = r.get("linear_dsp_efficiency", 0)
-        verdict = (
-            "**reached**"
-            if r.get("linear_dsp_reached")
-            else f"**missed** by {(LINEAR_DSP_GOAL - eff) * 100:.0f} points"
+        verdict = _verdict(
+            r.get("linear_dsp_reached"), f"{(LINEAR_DSP_GOAL - eff) * 100:.0f} points"
         )
         ls = r.get("linear_cycle_share", {})
         lines.append(

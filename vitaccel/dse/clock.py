@@ -9,7 +9,7 @@ in *effective logic levels*:
 A LUT level on UltraScale+ (-2 speed grade) costs about 0.4 ns with its routing (~0.1 ns
 of LUT, ~0.3 ns of typical local net); a CARRY4/CARRY8 cell adds only its carry propagation
 (~0.1 ns), so four of them count as one level. The path is the one with the most levels,
-found by :mod:`vitaccel.flow.paths` on the JSON netlist (Yosys' ``ltp`` finds the path with
+found by flow/paths.py on the JSON netlist (Yosys' ``ltp`` finds the path with
 the most *cells*, a long carry run, and missed the mixed LUT/carry paths that set the clock).
 
 The period must hold the levels plus ~0.6 ns of clock-to-out, setup, skew and jitter margin:
@@ -46,7 +46,7 @@ MAX_LEVELS = {f: round(max_levels(f), 2) for f in (100.0, 125.0, 150.0, 200.0, 2
 
 def effective_levels(run: dict) -> float:
     """Effective levels of one calibration run: its worst path as
-    :func:`vitaccel.flow.paths.worst_paths` weighs it (see the module docstring)."""
+    ``worst_paths`` (flow/paths.py) weighs it (see the module docstring)."""
     path = run.get("path") or {}
     if "levels" in path:
         return float(path["levels"])

@@ -21,7 +21,7 @@ What it models (docs/gvsa.md, docs/isa.md):
 The fixed latencies (``L_rel``, ``L_out``, ``c0``, unit latencies, instruction overhead) are
 constants: the engine's from :mod:`vitaccel.engine_timing` (shared with the RTL), the
 instruction overheads in :data:`LATENCIES`, measured on the top and checked by
-``vitaccel.dse.validate`` against Verilator.
+``vitaccel.verify.validate`` against Verilator.
 """
 
 from __future__ import annotations
@@ -31,20 +31,21 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from vitaccel import engine_timing
-from vitaccel.design import Design
+from vitaccel.compile.schedule import kind_of, schedule
+from vitaccel.design import ArrayConfig, Design, w_word_bits
 from vitaccel.engine_timing import latencies, matmul_cycles
-from vitaccel.isa import residual_fusable
+from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
 
 __all__ = [
     "LATENCIES",
     "SLOT_BYTES",
-    "ArrayGeometry",
     "LayerCost",
     "Estimate",
     "geometry",
     "matmul_cycles",
-    "program",
     "instr_cycles",
+    "fused_of",
+    "stream_bound",
     "job_nsteps",
     "latencies",
     "nonlinear_cycles",
@@ -54,11 +55,11 @@ __all__ = [
     "estimate",
 ]
 
-# DDR slot of one W stream word and the width of an SPM word / LOAD-STORE beat.
-SLOT_BYTES = 16
+# DDR slot of one W stream word: an SPM word / LOAD-STORE beat.
+SLOT_BYTES = WORD_BYTES
 
 # Fixed overheads in cycles, measured on the accelerator top in Verilator (one-instruction
-# micro-programs, `vitaccel.dse.validate.micro_cycles`; cocotbext-axi AxiRam as the DDR, which
+# micro-programs, `vitaccel.verify.validate.micro_cycles`; cocotbext-axi AxiRam as the DDR, which
 # answers a read in a few cycles; a board's DDR adds its latency to every DMA request).
 LATENCIES = {
     # Re-measured (validate.micro_cycles, three designs incl. 2 groups x 2 weight ports) after
@@ -96,28 +97,6 @@ class CostError(ValueError):
     """A design the cycle model cannot evaluate (e.g. odd W8 columns)."""
 
 
-@dataclass(frozen=True)
-class ArrayGeometry:
-    groups: int
-    rows: int
-    cols: int
-    vector: int
-    cols_w8: int
-    cols_w4: int
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.groups * self.rows * self.cols * self.vector
-
-    @property
-    def w8_lanes(self) -> int:
-        return self.groups * self.rows * self.cols_w8 * self.vector
-
-    @property
-    def w4_lanes(self) -> int:
-        return self.groups * self.rows * self.cols_w4 * self.vector
-
-
 def column_split(cols: int, w4_share: float) -> tuple[int, int]:
     """(W8 columns, W4 columns) by the engine's rule; the explorer also needs one W8 pair
     (whole-model programs run their activation x activation products on W8 columns)."""
@@ -133,10 +112,11 @@ def column_split(cols: int, w4_share: float) -> tuple[int, int]:
     return cols_w8, cols_w4
 
 
-def geometry(design: Design) -> ArrayGeometry:
+def geometry(design: Design) -> ArrayConfig:
+    """The design's array, once :func:`column_split` accepts it (:class:`CostError` if not)."""
     a = design.array
-    c8, c4 = column_split(a.cols, a.w4_share)
-    return ArrayGeometry(a.groups, a.rows, a.cols, a.vector, c8, c4)
+    column_split(a.cols, a.w4_share)
+    return a
 
 
 def w4_rows(n: int, ratio: float) -> int:
@@ -152,7 +132,7 @@ def job_nsteps(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: 
 
 @lru_cache(maxsize=65536)
 def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: bool) -> int:
-    """SPM write cycles of a MATMUL's outputs (``vitaccel.rtl.spm.MatmulOutWriter``).
+    """SPM write cycles of a MATMUL's outputs (the scratchpad's ``MatmulOutWriter``, rtl/spm).
 
     Per output step (``cm`` channels: ``G*C`` shared, ``C`` per head) and token, each active
     group writes its channels as runs of up to ``min(16, cm)`` consecutive bytes; a run costs
@@ -319,125 +299,8 @@ def weight_word_cycles(vector: int, clock_mhz: float, budget, ports: int = 1,
 
 def w_slot_bytes(vector: int, acc_bits: int = 32) -> int:
     """DDR bytes of one W stream word: ``max(8V, acc+16+6)`` bits in whole 16-byte slots."""
-    wbytes = -(-max(8 * vector, acc_bits + 16 + 6) // 8)
+    wbytes = -(-w_word_bits(vector, acc_bits) // 8)
     return -(-wbytes // SLOT_BYTES) * SLOT_BYTES
-
-
-def _words(cols: int, elem_bytes: int = 1) -> int:
-    return max(1, -(-cols * elem_bytes // SLOT_BYTES))
-
-
-@lru_cache(maxsize=64)
-def _layout_plan(spec, spm_words: int | None = None) -> tuple[bool, int, dict[str, int]]:
-    """(compact, heads per attention chunk, constant words by name; ``block`` for one
-    block's constants) of the scratchpad layout ``compile_model`` uses for ``spec`` in
-    ``spm_words`` (None: all the ISA addresses; ``vitaccel.compile.compiler.spm_layout``)."""
-    from vitaccel.compile.compiler import BLOCK_CONSTS, CompileError, const_ddr, spm_layout
-
-    words = {name: w for name, (_, w) in const_ddr(spec).items()}
-    words["block"] = sum(words[f"blocks.0.{part}"] for part in BLOCK_CONSTS)
-    try:
-        al = spm_layout(spec) if spm_words is None else spm_layout(spec, spm_words)
-    except CompileError:  # fits in neither layout: plan the standard one (spm_kib is capped)
-        return False, spec.heads, words
-    return al.compact, al.att_heads, words
-
-
-def const_words(spec) -> int:
-    """Words of the standard layout's one constant LOAD (``compile_model``'s constants)."""
-    words = _layout_plan(spec)[2]
-    return sum(w for name, w in words.items() if name != "block")
-
-
-@dataclass(frozen=True)
-class Instr:
-    """One instruction of the program model (what ``compile_model`` emits)."""
-
-    op: str  # load | store | matmul | heads | softmax | layernorm | gelu | residual
-    name: str  # the shapes.Op it belongs to
-    kind: str  # the shapes.Op kind
-    tokens: int = 0  # matmul: T; nonlinear: rows; load/store: words
-    k: int = 0  # matmul K; nonlinear: row width
-    n: int = 0
-    heads: int = 0  # heads-mode job: heads in this job
-    weight_layer: str | None = None
-    row_share: float = 1.0  # share of the weight layer's rows (QKV is split into QK | V)
-    transposed: bool = False  # OUT_T: V is written transposed (one byte per SPM write)
-    x_keep: bool = False  # MATMUL X_KEEP: the previous job's X (no X load)
-    fused: str = ""  # MATMUL GELU ("gelu") or RESADD ("residual") fused into the output
-
-
-@lru_cache(maxsize=256)
-def program(
-    spec, groups: int, fuse_residual: bool = False, spm_words: int | None = None
-) -> tuple[Instr, ...]:
-    """The instruction sequence ``compile_model`` emits for ``spec`` on ``groups`` groups
-    (``fuse_residual``: the array allows the residual adds in the MATMULs,
-    :func:`vitaccel.isa.residual_fusable`) in a scratchpad of ``spm_words`` (the compact
-    layout when the standard one does not fit)."""
-    t, d, h, dh, m = spec.tokens, spec.embed_dim, spec.heads, spec.head_dim, spec.mlp_dim
-    p = spec.patches
-    compact, chunk, cw = _layout_plan(spec, spm_words)
-    out: list[Instr] = [
-        Instr("load", "constants", "load",
-              tokens=cw["pos_add.params"] if compact else const_words(spec)),
-        Instr("load", "input", "load", tokens=p * _words(spec.patch_dim)),
-        Instr("load", "cls_row", "load", tokens=cw["cls_row"]),
-    ]  # fmt: skip
-    if compact:
-        out.append(Instr("load", "norm.params", "load", tokens=cw["norm.params"]))
-    out.append(
-        Instr("matmul", "patch_embed", "patch_embed", p, spec.patch_dim, d, weight_layer="patch_embed")
-    )  # fmt: skip
-    if compact:
-        out.append(Instr("load", "pos_q", "load", tokens=cw["pos_q"]))
-    out.append(Instr("residual", "pos_add", "residual", p, d))
-    per_job = max(1, min(groups, h))
-    heads_mode = groups > 1
-    for i in range(spec.depth):
-        b = f"blocks.{i}"
-        qkv = f"{b}.attn.qkv"
-        if compact:
-            out.append(Instr("load", f"{b}.constants", "load", tokens=cw["block"]))
-        out += [
-            Instr("layernorm", f"{b}.norm1", "layernorm", t, d),
-            Instr("matmul", qkv, "qkv", t, d, 2 * d, weight_layer=qkv, row_share=2 / 3),
-            Instr(
-                "matmul", qkv, "qkv", t, d, d, weight_layer=qkv, row_share=1 / 3, transposed=True,
-                x_keep=True,
-            ),
-        ]  # fmt: skip
-        for c0 in range(0, h, chunk):  # the compiler's chunks of heads (compact layout)
-            c1 = min(h, c0 + chunk)
-            for h0 in range(c0, c1, per_job):
-                nh = min(per_job, c1 - h0)
-                out.append(
-                    Instr("heads", f"{b}.attn.qk", "qk", t, dh, t, heads=nh if heads_mode else 0)
-                )
-            out.append(Instr("softmax", f"{b}.attn.softmax", "softmax", (c1 - c0) * t, t))
-            for h0 in range(c0, c1, per_job):
-                nh = min(per_job, c1 - h0)
-                out.append(
-                    Instr("heads", f"{b}.attn.sv", "sv", t, t, dh, heads=nh if heads_mode else 0)
-                )
-        res = "residual" if fuse_residual else ""
-        proj, fc1, fc2 = f"{b}.attn.proj", f"{b}.mlp.fc1", f"{b}.mlp.fc2"
-        out.append(Instr("matmul", proj, "proj", t, d, d, weight_layer=proj, fused=res))
-        if not fuse_residual:
-            out.append(Instr("residual", f"{b}.add1", "residual", t, d))
-        out += [
-            Instr("layernorm", f"{b}.norm2", "layernorm", t, d),
-            Instr("matmul", fc1, "fc1", t, d, m, weight_layer=fc1, fused="gelu"),
-            Instr("matmul", fc2, "fc2", t, m, d, weight_layer=fc2, fused=res),
-        ]
-        if not fuse_residual:
-            out.append(Instr("residual", f"{b}.add2", "residual", t, d))
-    out += [
-        Instr("layernorm", "norm", "layernorm", 1, d),
-        Instr("matmul", "head", "head", 1, d, spec.num_classes, weight_layer="head"),
-        Instr("store", "logits", "store", tokens=_words(spec.num_classes)),
-    ]
-    return tuple(out)
 
 
 def _lanes(design: Design, kind: str) -> int:
@@ -449,81 +312,73 @@ def _lanes(design: Design, kind: str) -> int:
     }.get(kind, SLOT_BYTES)  # RESADD: one SPM word (16 elements) per cycle
 
 
+def _matmul_job(ins: Instr, design: Design, geom: ArrayConfig) -> tuple[bool, int, int]:
+    """(heads mode, heads in the job, output steps) of a scheduled MATMUL."""
+    fl, n = ins.flags, ins.n
+    heads = MatmulFlags.HEADS in fl
+    n8, nh = n, 1
+    if MatmulFlags.W_SPM in fl:  # activation rows: every row on W8 lanes
+        nh = ins.heads if heads else 1
+    elif geom.cols_w4 and ins.label not in ("patch_embed", "head"):
+        n8 = n - w4_rows(n, design.w4_ratio(ins.label))
+    c8 = geom.cols_w8
+    return heads, nh, job_nsteps(n, n8, geom.groups, geom.cols, c8, heads=heads)
+
+
 def instr_cycles(
-    ins: Instr, design: Design, geom: ArrayGeometry, port: float, budget
+    ins: Instr, design: Design, geom: ArrayConfig, port: float, budget
 ) -> tuple[int, str, int]:
-    """(cycles, bound, useful MACs) of one instruction (``port``: bytes per cycle of the
-    main HP port, for LOAD/STORE)."""
+    """(cycles, bound, useful MACs) of one scheduled instruction (``port``: bytes per cycle
+    of the main HP port, for LOAD/STORE), not counting the per-instruction overhead."""
+    if ins.op in (Op.LOAD, Op.STORE):
+        return int(math.ceil(ins.words * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
+    if ins.op is not Op.MATMUL:
+        kind = kind_of(ins)
+        return nonlinear_cycles(kind, ins.rows, ins.cols, _lanes(design, kind)), "nonlinear", 0
     a = design.array
-    units = geom.cols_w8 // 2 + geom.cols_w4
-    if ins.op in ("load", "store"):
-        return int(math.ceil(ins.tokens * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
-    if ins.op == "matmul":
-        n8 = ins.n
-        if geom.cols_w4 and ins.weight_layer not in (None, "patch_embed", "head"):
-            ratio = design.w4_ratio(ins.weight_layer)
-            n8 = ins.n - w4_rows(ins.n, ratio)
-        nsteps = job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=False)
-        word_cycles = weight_word_cycles(
-            a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
-        )
-        cycles = matmul_cycles(
-            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
-            w_word_cycles=word_cycles, x_keep=ins.x_keep,
-        )  # fmt: skip
-        ks = -(-ins.k // geom.vector)
-        compute = -(-ins.tokens // geom.rows) * max(ks, geom.rows)
-        w_load = round(geom.groups * geom.cols * (ks + 1) * word_cycles, 9)
-        if w_load > compute:
-            bound = "bandwidth"  # the W stream: one word per cycle at most, port-limited
-        else:
-            bound = "compute"
-        wb = writer_bound(
-            ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
-            heads=False, nheads=1, transposed=ins.transposed, w_word_cycles=word_cycles,
-            x_keep=ins.x_keep,
-        )  # fmt: skip
-        if wb > cycles:
-            cycles, bound = int(math.ceil(wb)), "writer"
-        cycles += top_matmul_extra(
-            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
-            w_spm=False, heads=False,
-        )  # fmt: skip
-        cycles += fused_cycles(ins.fused, ins.n) + (LATENCIES["x_keep"] if ins.x_keep else 0)
-        return cycles + LATENCIES["matmul_ddr"], bound, ins.tokens * ins.k * ins.n
-    if ins.op == "heads":
-        heads = ins.heads > 0
-        nsteps = job_nsteps(ins.n, ins.n, geom.groups, geom.cols, geom.cols_w8, heads=heads)
-        cycles = matmul_cycles(
-            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units,
-            heads=heads,
-        )  # fmt: skip
-        nh = max(1, ins.heads)
-        bound = "compute"
-        wb = writer_bound(
-            ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
-            heads=heads, nheads=nh, transposed=False,
-        )  # fmt: skip
-        if wb > cycles:
-            cycles, bound = int(math.ceil(wb)), "writer"
-        cycles += top_matmul_extra(
-            ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector,
-            w_spm=True, heads=heads,
-        )  # fmt: skip
+    g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
+    t, k, n, fl = ins.tokens, ins.k, ins.n, ins.flags
+    heads, nh, nsteps = _matmul_job(ins, design, geom)
+    w_spm, x_keep = MatmulFlags.W_SPM in fl, MatmulFlags.X_KEEP in fl
+    # scratchpad-built W arrives a word a cycle; a DDR stream at the port's rate
+    word_cycles = 1.0 if w_spm else weight_word_cycles(
+        a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
+    )  # fmt: skip
+    cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
+                           w_word_cycles=word_cycles, x_keep=x_keep)  # fmt: skip
+    bound = "compute" if w_spm else stream_bound(t, k, g, r, c, v, word_cycles)
+    wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
+                      transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
+                      x_keep=x_keep)  # fmt: skip
+    if wb > cycles:
+        cycles, bound = int(math.ceil(wb)), "writer"
+    cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads)
+    if w_spm:
         fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
-        return cycles + fixed, bound, nh * ins.tokens * ins.k * ins.n
-    return nonlinear_cycles(ins.op, ins.tokens, ins.k, _lanes(design, ins.op)), "nonlinear", 0
+        return cycles + fixed, bound, nh * t * k * n
+    cycles += fused_cycles(fused_of(ins), n) + (LATENCIES["x_keep"] if x_keep else 0)
+    return cycles + LATENCIES["matmul_ddr"], bound, t * k * n
 
 
-def tiling(ins: Instr, design: Design, geom: ArrayGeometry) -> dict:
+def stream_bound(tokens, k, groups, rows, cols, vector, w_word_cycles) -> str:
+    """What bounds a job's steps: ``"bandwidth"`` when a step's W load (``G*C*(KS+1)``
+    words, port-limited) outlasts its compute (``tiles`` periods), else ``"compute"``."""
+    ks = -(-k // vector)
+    compute = -(-tokens // rows) * max(ks, rows)
+    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)
+    return "bandwidth" if w_load > compute else "compute"
+
+
+def fused_of(ins: Instr) -> str:
+    """A MATMUL's fused output: ``"gelu"``, ``"residual"`` or ``""``."""
+    if MatmulFlags.GELU in ins.flags:
+        return "gelu"
+    return "residual" if MatmulFlags.RESADD in ins.flags else ""
+
+
+def tiling(ins: Instr, design: Design, geom: ArrayConfig) -> dict:
     """How the controller tiles one MATMUL job of ``ins`` (docs/gvsa.md loop order)."""
-    heads = ins.op == "heads" and ins.heads > 0
-    if ins.op == "matmul":
-        n8 = ins.n
-        if geom.cols_w4 and ins.weight_layer not in (None, "patch_embed", "head"):
-            n8 = ins.n - w4_rows(ins.n, design.w4_ratio(ins.weight_layer))
-    else:
-        n8 = ins.n
+    heads, _, nsteps = _matmul_job(ins, design, geom)
     return {
         "mode": "heads" if heads else "shared",
         "token_tile": geom.rows,
@@ -531,12 +386,12 @@ def tiling(ins: Instr, design: Design, geom: ArrayGeometry) -> dict:
         "k_slice": geom.vector,
         "token_tiles": -(-ins.tokens // geom.rows),
         "ksteps": -(-ins.k // geom.vector),
-        "steps": job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=heads),
+        "steps": nsteps,
     }
 
 
 def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
-    """Cycles of one image through the compiled program of ``design``, per model op."""
+    """Cycles of one image through the scheduled program of ``design``, per model op."""
     if budget is None:
         from vitaccel.boards import get_budget
 
@@ -548,15 +403,17 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     by_name: dict[str, LayerCost] = {}
     bounds: dict[str, int] = {}
-    fuse = residual_fusable(geom.groups, geom.cols)
-    for ins in program(spec, geom.groups, fuse, design.spm_kib * 1024 // SLOT_BYTES):
+    for ins in schedule(spec, design, strict=False):
+        if ins.op is Op.END:  # the cycle counter stops at END
+            continue
         cycles, bound, macs = instr_cycles(ins, design, geom, port, budget)
         cycles += LATENCIES["instr"]
         bounds[bound] = bounds.get(bound, 0) + cycles
-        lc = by_name.get(ins.name)
+        lc = by_name.get(ins.label)
         if lc is None:
-            lc = by_name[ins.name] = LayerCost(ins.name, ins.kind, cycles, macs, bound, 0.0, 1)
-            if ins.op in ("matmul", "heads"):
+            lc = LayerCost(ins.label, kind_of(ins), cycles, macs, bound, 0.0, 1)
+            by_name[ins.label] = lc
+            if ins.op is Op.MATMUL:
                 lc.tiles = tiling(ins, design, geom)
         else:
             if cycles > lc.cycles:
@@ -567,6 +424,5 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     layers = list(by_name.values())
     for lc in layers:
         lc.utilisation = lc.macs / (lc.cycles * geom.macs_per_cycle) if lc.macs else 0.0
-    end = 0  # the cycle counter stops at END
-    total = sum(lc.cycles for lc in layers) + end
+    total = sum(lc.cycles for lc in layers)
     return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers, bounds)

@@ -1,6 +1,6 @@
 """Resource model: DSP48E2, LUT, FF and BRAM36 of a design, as functions of its parameters.
 
-Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.dse.calibrate` from Yosys
+Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.verify.calibrate` from Yosys
 ``synth_xilinx -family xcup`` runs of generated engines and units). What each figure means:
 
 * **Matmul engine** (array + X/W buffers + requantisers + output FIFO, ``MatmulEngine``):
@@ -12,7 +12,7 @@ Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.dse.calibr
 * **Nonlinear units** (E2Softmax, AILayerNorm, GELU): per unit and resource a line
   ``a + b * lanes`` fitted on the unit synthesised at several lane counts.
 * **Scratchpad** (SPM, 16-byte words): BRAM from its geometry; its size is what the compiler
-  allocates for the model (:func:`spm_words` mirrors ``compile_model``'s bump allocator).
+  allocates for the model (:func:`spm_words` calls the scheduler's own layout).
 * **Shell** (controller, instruction fetch, AXI master, residual adder, AXI-Lite registers):
   the RTL top level is calibrated when ``calibration.json`` holds it; otherwise a documented
   fixed estimate (``SHELL_ESTIMATE``) is used and reported as such.
@@ -33,6 +33,7 @@ from vitaccel.design import Design
 from vitaccel.dse.cost import column_split
 from vitaccel.dse.shapes import model_ops, spec_of
 from vitaccel.engine_timing import top_out_depth
+from vitaccel.isa import WORD_BYTES
 
 __all__ = [
     "CALIBRATION_PATH",
@@ -53,10 +54,9 @@ __all__ = [
 
 CALIBRATION_PATH = Path(__file__).parent / "data" / "calibration.json"
 KINDS = ("dsp48e2", "lut", "ff", "bram36")
-WORD_BYTES = 16
 
 # Controller + instruction fetch + AXI4 master + AXI-Lite registers + residual adder, until
-# the top level is synthesised: the AXI master/FIFOs of vitaccel.rtl.axi at 128 bits and a
+# the top level is synthesised: the AXI master/FIFOs of rtl/axi.py at 128 bits and a
 # 16-byte-wide residual adder (16 x two 16x8 multiplies in fabric) are about this size.
 SHELL_ESTIMATE = {"dsp48e2": 0, "lut": 6000, "ff": 7000, "bram36": 2.0}
 
@@ -146,7 +146,7 @@ def buffer_kib(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str
 
 
 def engine_buffers_from_kib(groups, rows, cols, vector, input_kib, weight_kib) -> dict:
-    """EngineParams buffer sizes as ``vitaccel.rtl.top.TopParams`` derives them."""
+    """EngineParams buffer sizes as the top's ``TopParams`` (rtl/top.py) derives them."""
     return {
         "x_words": max(16, input_kib * 1024 // (groups * rows * vector)),
         "max_ksteps": max(2, weight_kib * 1024 // (groups * cols * 2 * vector)),
@@ -260,8 +260,8 @@ def nonlinear_resources(unit: str, lanes: int) -> Usage:
 
 def spm_words(model) -> int:
     """Scratchpad words the compiled program of ``model`` needs: the compiler's own layout
-    (``vitaccel.compile.compiler.spm_layout``, from the model's shape), uncapped."""
-    from vitaccel.compile.compiler import spm_words_needed
+    (``vitaccel.compile.schedule.spm_layout``, from the model's shape), uncapped."""
+    from vitaccel.compile.schedule import spm_words_needed
 
     return spm_words_needed(spec_of(model))
 

@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vitaccel.compile.schedule import kind_of, program_for
 from vitaccel.design import (
     ArrayConfig,
     Design,
     LayerConfig,
     NonlinearConfig,
     Prediction,
+    column_units,
     save_design,
 )
 from vitaccel.dse import clock as clock_rule
@@ -46,17 +48,18 @@ from vitaccel.dse.cost import (
     SLOT_BYTES,
     column_split,
     fused_cycles,
+    fused_of,
     job_nsteps,
-    latencies,
     nonlinear_cycles,
     port_bytes_per_cycle,
-    program,
+    stream_bound,
     top_matmul_extra,
     weight_word_cycles,
     writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
-from vitaccel.isa import residual_fusable
+from vitaccel.engine_timing import StepCycles
+from vitaccel.isa import MatmulFlags, Op, residual_fusable
 
 __all__ = ["InfeasibleError", "SearchSpace", "explore", "search", "DEFAULT_MAX_ERROR"]
 
@@ -121,78 +124,12 @@ class Candidate:
 # ---------------------------------------------------------------------------------------
 
 
-def _step_ends(tokens, k, nsteps, groups, rows, cols, vector, units, heads, word_cycles,
-               x_keep=False):  # fmt: skip
-    """Cycles of the job for every step count 1..nsteps (the cost.matmul_cycles recursion).
-
-    The recursion settles into a periodic steady state after a few steps; once the state
-    (differences between the last end, the one before and the last load) repeats, the rest
-    is extrapolated exactly instead of iterated.
-    """
-    ks = -(-k // vector)
-    tiles = -(-tokens // rows)
-    pad = max(0, rows - ks)
-    period = ks + pad
-    lat = latencies(rows, units, vector)
-    release = lat["release"]
-    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
-    w_load = round(groups * cols * (ks + 1) * word_cycles, 9)
-    tail = lat["first_out"] + 1 + (tokens - 1) % rows
-    span = (tiles - 1) * period + ks - 1
-    ends: list[float] = []
-    loaded_prev = 0.0
-    seen: dict = {}
-    s = 0
-    periodic = None
-    while s < nsteps:
-        if s == 0:
-            loaded = w_load
-            first = max(x_load, w_load) + 1
-        else:
-            free = ends[s - 2] + release if s >= 2 else 0
-            loaded = max(loaded_prev, free) + w_load
-            first = max(ends[s - 1] + pad + 1, loaded + 1)
-        ends.append(first + span)
-        loaded_prev = loaded
-        if s >= 2:
-            state = (ends[s] - ends[s - 1], ends[s - 1] - ends[s - 2], loaded - ends[s])
-            if state in seen:
-                p0 = seen[state]
-                incs = [ends[i] - ends[i - 1] for i in range(p0 + 1, s + 1)]
-                periodic = (s, incs, sum(incs))
-                break
-            seen[state] = s
-        s += 1
-    return _Ends(ends, periodic, tail, nsteps), (
-        "compute" if tiles * period >= w_load else "bandwidth"
-    )
-
-
-class _Ends:
-    """Job cycles for any step count 1..n: the computed prefix, then the periodic extension."""
-
-    __slots__ = ("ends", "periodic", "tail", "n")
-
-    def __init__(self, ends, periodic, tail, n):
-        self.ends, self.periodic, self.tail, self.n = ends, periodic, tail, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def at(self, nsteps: int) -> int:
-        i = nsteps - 1
-        if i < len(self.ends):
-            e = self.ends[i]
-        else:
-            s, incs, full = self.periodic
-            extra = i - s
-            q, rem = divmod(extra, len(incs))
-            e = self.ends[s] + q * full + sum(incs[:rem])
-        return int(math.ceil(e + self.tail))
-
-    @property
-    def last(self) -> int:
-        return self.at(self.n)
+def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False):
+    """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
+    bounds its steps (:func:`cost.stream_bound`)."""
+    ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
+                      w_word_cycles=word_cycles, x_keep=keep)  # fmt: skip
+    return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
 
 
 class _Model:
@@ -249,6 +186,10 @@ class _Model:
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
         return allowed[0] if allowed else min(self.board.pl_clocks_mhz)
 
+    def program(self, groups: int, fuse: bool) -> tuple:
+        """The scheduled program on ``groups`` groups in the ISA's whole scratchpad."""
+        return program_for(self.spec, groups=groups, fuse_residual=fuse, strict=False)
+
     def plan(self, groups: int, fuse: bool) -> dict:
         """The program's matmuls grouped: identical jobs counted once (per group count and
         residual fusion)."""
@@ -258,17 +199,21 @@ class _Model:
             every: dict = {}
             kinds: dict[str, list] = {}
             layers: dict[str, str] = {}
-            for ins in program(self.spec, groups, fuse):
-                if ins.op not in ("matmul", "heads"):
+            for ins in self.program(groups, fuse):
+                if ins.op is not Op.MATMUL:
                     continue
-                job = (ins.tokens, ins.k, ins.n, ins.transposed, ins.x_keep, ins.fused)
-                sig = (ins.op, ins.heads, *job)
+                fl = ins.flags
+                w_ddr = MatmulFlags.W_SPM not in fl
+                job = (ins.tokens, ins.k, ins.n, MatmulFlags.OUT_T in fl,
+                       MatmulFlags.X_KEEP in fl, fused_of(ins))  # fmt: skip
+                sig = ("matmul" if w_ddr else "heads",
+                       ins.heads if MatmulFlags.HEADS in fl else 0, *job)  # fmt: skip
                 every[sig] = every.get(sig, 0) + 1
-                if ins.op == "matmul" and ins.weight_layer not in ("patch_embed", "head"):
-                    parts = kinds.setdefault(ins.kind, [])
+                if w_ddr and ins.label not in ("patch_embed", "head"):
+                    parts = kinds.setdefault(kind_of(ins), [])
                     if job not in parts:
                         parts.append(job)
-                    layers[ins.weight_layer] = ins.kind
+                    layers[ins.label] = kind_of(ins)
                 else:
                     fixed[sig] = fixed.get(sig, 0) + 1
             self._nl_cache[key] = {"fixed": fixed, "all": every, "kinds": kinds, "layers": layers}
@@ -280,20 +225,20 @@ class _Model:
         if key not in self._nl_cache:
             out: dict[str, dict[int, int]] = {"softmax": {}, "layernorm": {}, "gelu": {}}
             fixed = 0
-            prog = program(self.spec, groups, fuse)
+            prog = [(kind_of(i), i) for i in self.program(groups, fuse)]
             for lanes in SearchSpace.lanes:
                 for unit in out:
                     out[unit][lanes] = sum(
-                        nonlinear_cycles(i.op, i.tokens, i.k, lanes) + self.instr
-                        for i in prog
-                        if i.op == unit
+                        nonlinear_cycles(kind, i.rows, i.cols, lanes) + self.instr
+                        for kind, i in prog
+                        if kind == unit
                     )
-            for i in prog:
-                if i.op == "residual":
-                    fixed += nonlinear_cycles("residual", i.tokens, i.k, SLOT_BYTES) + self.instr
-                elif i.op in ("load", "store"):
+            for kind, i in prog:
+                if kind == "residual":
+                    fixed += nonlinear_cycles("residual", i.rows, i.cols, SLOT_BYTES) + self.instr
+                elif kind in ("load", "store"):
                     fixed += (
-                        int(math.ceil(i.tokens * SLOT_BYTES / self.port))
+                        int(math.ceil(i.words * SLOT_BYTES / self.port))
                         + LATENCIES["load"]
                         + self.instr
                     )
@@ -314,7 +259,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`)."""
     c8, c4 = column_split(c, share)
-    units = c8 // 2 + c4
+    units = column_units(c8, c4)
     plan = m.plan(g, residual_fusable(g, c))
     cache: dict = {}
     mm_total = 0
@@ -329,11 +274,11 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
         heads = nheads > 0
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
-            ends, b = _step_ends(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep)
+            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep)
             wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _step_ends(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep)
+            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep)
             b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep)  # fmt: skip
@@ -354,7 +299,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
             writer[key] = writer_bound(tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                                        transposed=transposed, w_word_cycles=word_cycles,
                                        x_keep=keep)  # fmt: skip
-            cache[key] = _step_ends(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep)
+            cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep)
     ratios: dict[str, float] = {}
     error = 0.0
     if w4_layers:
@@ -810,7 +755,7 @@ def explore(
 ) -> dict:
     """Choose the cheapest design reaching ``fps``; write design.json, pareto.json, pareto.png.
 
-    ``allow_w4``: the accelerator top (``vitaccel.rtl.top.TopParams``) builds only all-W8
+    ``allow_w4``: the accelerator top (``TopParams``, rtl/top.py) builds only all-W8
     arrays today, so by default the chosen design has ``w4_share = 0``; mixed W4/W8
     candidates are still evaluated, appear on the Pareto front (flagged) and are reported
     when they would do better. ``allow_w4=True`` lets the explorer choose them.

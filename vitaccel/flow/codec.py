@@ -1,6 +1,6 @@
 """The packed W stream of a linear layer in DDR, in the GVSA engine's own format.
 
-Packing is the engine's (:func:`vitaccel.rtl.matmul.pack_job`); this module only lays the
+Packing is the engine's (:func:`vitaccel.engine_host.pack_job`); this module only lays the
 engine's ``w`` stream words into 16-byte DDR slots (one slot per stream word, so the DMA
 feeds the stream one beat per word) and decodes them again for the ISA interpreter. The
 decoder reads the parameter word and weight bytes at the positions the engine's packer
@@ -10,7 +10,7 @@ Whole-model programs need the identity column plan (every column W8): channel n 
 is column ``n - s * groups * cols``, so the output writer stores words as they come.
 
 With ``w_ports`` > 1 the engine takes W over several streams, one AXI port each, stream q
-carrying columns ``q*M .. (q+1)*M - 1`` of every step (:func:`vitaccel.rtl.matmul.split_w_stream`);
+carrying columns ``q*M .. (q+1)*M - 1`` of every step (:func:`vitaccel.engine_host.split_w_stream`);
 the layer's slots then hold the streams one after the other, each contiguous, so each port
 reads one burst sequence starting at ``q * stream_bytes / w_ports``.
 """
@@ -27,7 +27,7 @@ __all__ = ["GVSACodec", "codec_for"]
 
 class GVSACodec(WCodec):
     def __init__(self, params):
-        from vitaccel.rtl.matmul import MULT_BITS
+        from vitaccel.engine_host import MULT_BITS
 
         if params.cols_w4:
             raise CompileError(
@@ -52,7 +52,7 @@ class GVSACodec(WCodec):
         return self._nsteps(n) * p.groups * p.cols * (self._ks(k) + 1) * self.slot
 
     def pack(self, q, kind, bias, mult, shift) -> bytes:
-        from vitaccel.rtl.matmul import pack_job
+        from vitaccel.engine_host import pack_job
 
         q = np.asarray(q, dtype=np.int64)
         job = pack_job(
@@ -64,7 +64,7 @@ class GVSACodec(WCodec):
             shift,
             self.params,
         )
-        from vitaccel.rtl.matmul import split_w_stream
+        from vitaccel.engine_host import split_w_stream
 
         words = np.concatenate(split_w_stream(job.w_words, self.params, job.plan.nsteps))
         slots = np.zeros((len(words), self.slot), dtype=np.uint8)

@@ -127,12 +127,12 @@ def simulate_layer(
     """Run one matmul of the golden model on the engine of ``design`` (default: the build's
     default design); one dict with ``mismatches``, ``first_mismatch``, ``cycles``,
     ``model_cycles``, ``utilization``, ``macs`` and the shape."""
+    from vitaccel.engine_host import EngineParams
     from vitaccel.flow.build import default_design
     from vitaccel.flow.unit_gvsa import simulate_jobs, simulate_matmul
     from vitaccel.models.evaluate import prepare
     from vitaccel.models.golden import QuantConfig
     from vitaccel.models.specs import ModelError
-    from vitaccel.rtl.matmul import EngineParams
 
     names = list_layers(model)
     if layer not in names:

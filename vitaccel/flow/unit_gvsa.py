@@ -15,15 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vitaccel.engine_host import EngineParams, cycle_model, pack_job, unpack_outputs
 from vitaccel.quant.ref import log2_code_weights, matmul_int, requantize
-from vitaccel.rtl.matmul import (
-    EngineParams,
-    cmd_word,
-    cycle_model,
-    engine_verilog,
-    pack_job,
-    unpack_outputs,
-)
+from vitaccel.rtl.matmul import cmd_word, engine_array, engine_verilog
 
 __all__ = [
     "generate_gvsa",
@@ -108,7 +102,7 @@ def generate_gvsa(
         max_ksteps=max_ksteps,
         log2=log2,
     )
-    array = params.make_array()
+    array = engine_array(params)
     out = Path(out_dir)
     array_v = to_verilog(array, ARRAY_TOP)
     engine_v = engine_verilog(params, TOP)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from vitaccel.models.zoo import ModelSpec
+    from vitaccel.models.specs import ModelSpec
 
 __all__ = ["Attention", "Block", "Mlp", "PatchEmbed", "VisionTransformer", "LAYERNORM_EPS"]
 

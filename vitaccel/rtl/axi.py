@@ -23,8 +23,12 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from vitaccel.isa import ACCEL_ID, Reg
-from vitaccel.rtl.common import check_int, silence_unused
+from vitaccel.isa import (
+    ACCEL_ID,
+    WORD_BYTES,  # AXI data beat = scratchpad word
+    Reg,
+)
+from vitaccel.rtl.common import CheckedComponent, check_int
 from vitaccel.rtl.skid import SkidBuffer
 
 __all__ = [
@@ -45,7 +49,6 @@ __all__ = [
     "connect_prefixed",
 ]
 
-WORD_BYTES = 16  # AXI data beat = scratchpad word
 MAX_BURST = 16  # beats per burst (256 bytes); AXI4 allows 256, 16 keeps the interconnect fair
 OKAY, SLVERR = 0b00, 0b10
 BURST_INCR = 0b01
@@ -56,7 +59,21 @@ AXCACHE = 0b0011
 # ---- bus signatures --------------------------------------------------------------------------
 
 
-class AXI4LiteSignature(wiring.Signature):
+class _BusSignature(wiring.Signature):
+    """A bus signature told apart by its address and data widths."""
+
+    def __eq__(self, other):
+        return (
+            type(other) is type(self)
+            and other.addr_width == self.addr_width
+            and other.data_width == self.data_width
+        )
+
+    def __repr__(self):
+        return f"{type(self).__name__}(addr_width={self.addr_width}, data_width={self.data_width})"
+
+
+class AXI4LiteSignature(_BusSignature):
     """AXI4-Lite from the master's side (32-bit data); flip it for a slave.
 
     Members are the AMBA names without prefix: ``awaddr awvalid awready wdata wstrb wvalid
@@ -79,16 +96,6 @@ class AXI4LiteSignature(wiring.Signature):
             }
         )  # fmt: skip
 
-    def __eq__(self, other):
-        return (
-            type(other) is type(self)
-            and other.addr_width == self.addr_width
-            and other.data_width == self.data_width
-        )
-
-    def __repr__(self):
-        return f"AXI4LiteSignature(addr_width={self.addr_width}, data_width={self.data_width})"
-
 
 def _read_members(addr_width: int, data_width: int) -> dict:
     return {
@@ -108,7 +115,7 @@ def _write_members(addr_width: int, data_width: int) -> dict:
     }  # fmt: skip
 
 
-class _AXI4Base(wiring.Signature):
+class _AXI4Base(_BusSignature):
     _members = None
 
     def __init__(self, *, addr_width: int = 40, data_width: int = 128):
@@ -117,16 +124,6 @@ class _AXI4Base(wiring.Signature):
             raise ValueError(f"AXI4 data_width must be a power of two 32..1024, not {data_width!r}")
         self.data_width = data_width
         super().__init__(self._members(addr_width, data_width))
-
-    def __eq__(self, other):
-        return (
-            type(other) is type(self)
-            and other.addr_width == self.addr_width
-            and other.data_width == self.data_width
-        )
-
-    def __repr__(self):
-        return f"{type(self).__name__}(addr_width={self.addr_width}, data_width={self.data_width})"
 
 
 class AXI4ReadSignature(_AXI4Base):
@@ -163,7 +160,7 @@ def connect_subset(m: Module, full, part) -> None:
 # ---- register file ---------------------------------------------------------------------------
 
 
-class RegisterFile(wiring.Component):
+class RegisterFile(CheckedComponent):
     """Host-visible registers (docs/isa.md) behind an AXI4-Lite slave.
 
     One write is taken when both AW and W are valid (the slave may wait for both); reads
@@ -199,13 +196,12 @@ class RegisterFile(wiring.Component):
     irq : ``Out(1)``
     """
 
+    @classmethod
+    def check(cls, *, addr_width, config):
+        check_int("addr_width", addr_width, 12, 16)
+        check_int("config", config, 0, (1 << 32) - 1)
+
     def __init__(self, *, addr_width: int = 16, config: int = 0):
-        try:
-            check_int("addr_width", addr_width, 12, 16)
-            check_int("config", config, 0, (1 << 32) - 1)
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
         self.addr_width = addr_width
         self.config = config
         super().__init__(
@@ -343,17 +339,28 @@ def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str):
     return beats, stale
 
 
-def _check_dma_args(self, addr_width, data_width, words_bits):
-    self.addr_width = check_int("addr_width", addr_width, 12, 64)
+def _dma_members(engine, bus, data: dict, addr_width, data_width, words_bits) -> dict:
+    """The members a DMA engine has around its data stream ``data`` (and its widths)."""
+    engine.addr_width, engine.data_width, engine.words_bits = addr_width, data_width, words_bits
+    return {
+        "bus": Out(bus(addr_width=addr_width, data_width=data_width)),
+        "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
+        **data,
+        "idle": Out(1),
+        "error": Out(1),
+    }
+
+
+def _check_dma_args(addr_width, data_width, words_bits):
+    check_int("addr_width", addr_width, 12, 64)
     if data_width != 8 * WORD_BYTES:
         raise ValueError(
             f"data_width must be {8 * WORD_BYTES} (the scratchpad word), not {data_width!r}"
         )
-    self.data_width = data_width
-    self.words_bits = check_int("words_bits", words_bits, 1, 32)
+    check_int("words_bits", words_bits, 1, 32)
 
 
-class DMAReader(wiring.Component):
+class DMAReader(CheckedComponent):
     """AXI4 read engine: commands in, 128-bit words out, with back-pressure.
 
     A command ``{addr, words}`` (``words`` >= 1; the low 4 address bits are ignored) is cut
@@ -382,23 +389,17 @@ class DMAReader(wiring.Component):
         One-cycle pulse on a read response other than OKAY/EXOKAY.
     """
 
+    @classmethod
+    def check(cls, *, addr_width, data_width, words_bits, fifo_depth):
+        _check_dma_args(addr_width, data_width, words_bits)
+        check_int("fifo_depth", fifo_depth, MAX_BURST, 4096)
+
     def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
                  fifo_depth: int = 64):  # fmt: skip
-        try:
-            _check_dma_args(self, addr_width, data_width, words_bits)
-            self.fifo_depth = check_int("fifo_depth", fifo_depth, MAX_BURST, 4096)
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
-        super().__init__(
-            {
-                "bus": Out(AXI4ReadSignature(addr_width=addr_width, data_width=data_width)),
-                "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
-                "o": Out(stream.Signature(read_word_layout(data_width))),
-                "idle": Out(1),
-                "error": Out(1),
-            }
-        )
+        self.fifo_depth = fifo_depth
+        data = {"o": Out(stream.Signature(read_word_layout(data_width)))}
+        super().__init__(_dma_members(self, AXI4ReadSignature, data, addr_width, data_width,
+                                      words_bits))  # fmt: skip
 
     def elaborate(self, platform):
         m = Module()
@@ -494,7 +495,7 @@ class DMAReader(wiring.Component):
         return m
 
 
-class DMAWriter(wiring.Component):
+class DMAWriter(CheckedComponent):
     """AXI4 write engine: commands + a stream of 128-bit words -> INCR write bursts.
 
     Bursts are cut as in :class:`DMAReader`. Each burst's length goes from the AW side to the
@@ -513,23 +514,17 @@ class DMAWriter(wiring.Component):
         One-cycle pulse on a write response other than OKAY/EXOKAY.
     """
 
+    @classmethod
+    def check(cls, *, addr_width, data_width, words_bits, max_outstanding):
+        _check_dma_args(addr_width, data_width, words_bits)
+        check_int("max_outstanding", max_outstanding, 1, 256)
+
     def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
                  max_outstanding: int = 16):  # fmt: skip
-        try:
-            _check_dma_args(self, addr_width, data_width, words_bits)
-            self.max_outstanding = check_int("max_outstanding", max_outstanding, 1, 256)
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
-        super().__init__(
-            {
-                "bus": Out(AXI4WriteSignature(addr_width=addr_width, data_width=data_width)),
-                "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
-                "i": In(stream.Signature(unsigned(data_width))),
-                "idle": Out(1),
-                "error": Out(1),
-            }
-        )
+        self.max_outstanding = max_outstanding
+        data = {"i": In(stream.Signature(unsigned(data_width)))}
+        super().__init__(_dma_members(self, AXI4WriteSignature, data, addr_width, data_width,
+                                      words_bits))  # fmt: skip
 
     def elaborate(self, platform):
         m = Module()

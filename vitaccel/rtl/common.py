@@ -13,18 +13,24 @@ helpers only provide the hardware shapes the units compose.
 
 from __future__ import annotations
 
+import inspect
+from types import SimpleNamespace
+
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.hdl import Value
-from amaranth.lib import data, stream
+from amaranth.lib import data, stream, wiring
 from amaranth.utils import bits_for, ceil_log2
 
 __all__ = [
     "row_layout",
     "row_signature",
+    "replay_rows",
     "count_bits",
     "check_int",
+    "check_limits",
     "check_choice",
-    "silence_unused",
+    "CheckedComponent",
+    "elaborate_parts",
     "leading_one",
     "shift_add_mul",
     "rshift_round",
@@ -59,6 +65,34 @@ def row_signature(elem_shape, lanes: int) -> stream.Signature:
     return stream.Signature(row_layout(elem_shape, lanes))
 
 
+def replay_rows(m: Module, queue, head: data.View, advance, *, beats_shape, name: str):
+    """A second pass over stored rows, one beat a cycle while ``advance``: ``queue`` (a FIFO)
+    holds a descriptor per row (``head`` its read data, with the row's ``beats``); it is
+    popped at the row's first beat and held for the rest.
+
+    Returns a namespace: ``issue`` (a beat goes out this cycle), ``pop`` (a descriptor is
+    taken), ``sel`` (the current row's descriptor), ``active`` (past the row's first beat).
+    """
+    active = Signal(name=f"{name}_active")
+    left = Signal(beats_shape, name=f"{name}_left")
+    cur = Signal(head.shape(), name=name)
+    sel = Signal(head.shape(), name=f"{name}_sel")
+    issue = Signal(name=f"{name}_issue")
+    pop = Signal(name=f"{name}_pop")
+    m.d.comb += [
+        pop.eq(advance & ~active & queue.r_rdy),
+        issue.eq(advance & (active | queue.r_rdy)),
+        queue.r_en.eq(pop),
+        sel.eq(Mux(active, cur, head)),
+    ]
+    with m.If(issue):
+        with m.If(active):
+            m.d.sync += [left.eq(left - 1), active.eq(left != 1)]
+        with m.Else():
+            m.d.sync += [cur.eq(head), left.eq(head.beats - 1), active.eq(head.beats != 1)]
+    return SimpleNamespace(issue=issue, pop=pop, sel=sel, active=active)
+
+
 # ---- constructor validation --------------------------------------------------------------
 
 
@@ -72,13 +106,45 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     return value
 
 
-def silence_unused(component) -> None:
-    """Mark a component whose constructor rejected its arguments as deliberately unused.
+def elaborate_parts(*parts) -> Module:
+    """A module built by ``parts`` in turn, each called as ``part(m, s)`` with the module
+    and a namespace ``s`` holding what the parts share (a long ``elaborate`` cut at its
+    stage boundaries)."""
+    m = Module()
+    s = SimpleNamespace()
+    for part in parts:
+        part(m, s)
+    return m
 
-    Amaranth warns (UnusedElaboratable) when an elaboratable is garbage-collected without
-    being elaborated; a constructor that raised must not add that noise to the error.
+
+class CheckedComponent(wiring.Component):
+    """A component whose constructor arguments are checked before the object exists.
+
+    A subclass defines :meth:`check`, a classmethod taking the constructor's arguments by
+    name (defaults applied). ``__new__`` calls it first: a rejected component is never
+    created, so Amaranth has no unused elaboratable to warn about beside the error.
     """
-    component._MustUse__silence = True
+
+    @classmethod
+    def check(cls, **arguments) -> None:
+        """Raise ``TypeError``/``ValueError`` naming the first bad argument."""
+
+    def __new__(cls, *args, src_loc_at: int = 0, **kwargs):
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(arguments)))  # self
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(arguments.pop(name))
+        cls.check(**arguments)
+        return super().__new__(cls, src_loc_at=src_loc_at + 1)
+
+
+def check_limits(arguments: dict, limits: dict) -> None:
+    """Every ``name: (lo, hi)`` of ``limits``: ``arguments[name]`` must be an int in range."""
+    for name, (lo, hi) in limits.items():
+        check_int(name, arguments[name], lo, hi)
 
 
 def check_choice(name: str, value, choices) -> str:

@@ -16,16 +16,15 @@ GELU fused into the layer), every other MATMUL passes through the same register.
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from vitaccel.rtl.common import check_int, count_bits, row_signature, silence_unused
+from vitaccel.rtl.common import CheckedComponent, check_int, count_bits, row_signature
 
 __all__ = ["GELU"]
 
 
-class GELU(wiring.Component):
+class GELU(CheckedComponent):
     """Pointwise int -> int table unit (GELU or any other activation).
 
     Parameters
@@ -64,13 +63,8 @@ class GELU(wiring.Component):
     def __init__(
         self, *, lanes: int = 1, in_bits: int = 8, out_bits: int = 8, init=None, bypass=False
     ):
-        try:
-            self._validate(lanes, in_bits, out_bits, init)
-            if bypass and out_bits != in_bits:
-                raise ValueError(f"bypass needs out_bits == in_bits ({in_bits}), not {out_bits}")
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
+        self.lanes, self.in_bits, self.out_bits = lanes, in_bits, out_bits
+        self.init = None if init is None else [int(v) for v in init]
         self.has_bypass = bool(bypass)
         super().__init__(
             {
@@ -84,10 +78,11 @@ class GELU(wiring.Component):
             }
         )
 
-    def _validate(self, lanes, in_bits, out_bits, init):
-        self.lanes = check_int("lanes", lanes, 1, 512)
-        self.in_bits = check_int("in_bits", in_bits, 2, 12)
-        self.out_bits = check_int("out_bits", out_bits, 2, 16)
+    @classmethod
+    def check(cls, *, lanes, in_bits, out_bits, init, bypass):
+        check_int("lanes", lanes, 1, 512)
+        check_int("in_bits", in_bits, 2, 12)
+        check_int("out_bits", out_bits, 2, 16)
         size = 1 << in_bits
         if init is not None:
             init = [int(v) for v in init]
@@ -97,7 +92,8 @@ class GELU(wiring.Component):
             bad = [v for v in init if not lo <= v <= hi]
             if bad:
                 raise ValueError(f"init value {bad[0]!r} does not fit signed({out_bits})")
-        self.init = init
+        if bypass and out_bits != in_bits:
+            raise ValueError(f"bypass needs out_bits == in_bits ({in_bits}), not {out_bits}")
 
     def elaborate(self, platform):
         m = Module()

@@ -27,12 +27,16 @@ drains each column's captures through a parallel-load shift chain, one value per
 
 from __future__ import annotations
 
+import operator
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.wiring import In, Out
 
+from vitaccel.design import column_units
+from vitaccel.engine_host import POT4_ZERO
 from vitaccel.engine_timing import column_split, pe_stages, tree_stages
-from vitaccel.rtl.common import silence_unused
+from vitaccel.rtl.common import CheckedComponent, tree_reduce
 
 __all__ = [
     "FLAGS",
@@ -42,7 +46,6 @@ __all__ = [
     "W8PairPE",
     "W4PE",
     "GVSArray",
-    "pot4_code",
     "tree_stages",
     "pe_stages",
 ]
@@ -63,40 +66,20 @@ FLAGS = data.StructLayout(
 # plain concatenation {hi', sext18(w_lo)} = w_hi * 2**18 + w_lo.
 W8_LANE = data.StructLayout({"lo": signed(8), "hi": signed(9)})
 
-# pot4 code: bit 3 = sign, bits 2:0 = left shift 0..6 (weight +-2**shift); 0b0111 is zero.
-POT4_ZERO = 0b0111
-
-
-def pot4_code(q):
-    """Host-side encoding of pot4 weights (0, +-1, +-2, ..., +-64) as 4-bit lane codes."""
-    import numpy as np
-
-    q = np.asarray(q, dtype=np.int64)
-    mag = np.abs(q)
-    if np.any((mag != 0) & ((mag & (mag - 1)) != 0)) or np.any(mag > 64):
-        raise ValueError("pot4 weights must be 0 or +-2**s with s in 0..6")
-    shift = np.where(mag > 0, np.log2(np.maximum(mag, 1)).astype(np.int64), 7)
-    return np.where(mag > 0, ((q < 0).astype(np.int64) << 3) | shift, POT4_ZERO)
-
 
 def _check_int(name: str, value, lo: int, hi: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
 
 
-def adder_tree(values: list):
-    """Balanced sum of ``values`` (Amaranth does a left-leaning chain for ``sum()``)."""
-    level = list(values)
-    while len(level) > 1:
-        nxt = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+def _sum(m: Module, values: list):
+    """Balanced sum of ``values``, combinational (Amaranth does a left-leaning chain for
+    ``sum()``)."""
+    return tree_reduce(m, values, operator.add)[0]
 
 
-def _popcount(bits: list):
-    return adder_tree([b.as_unsigned() for b in bits])
+def _popcount(m: Module, bits: list):
+    return _sum(m, [b.as_unsigned() for b in bits])
 
 
 def _reduce(m: Module, lanes: list, stages: int, name: str) -> list:
@@ -115,7 +98,7 @@ def _reduce(m: Module, lanes: list, stages: int, name: str) -> list:
     for st in range(stages):
         partials = []
         for j, terms in enumerate(level):
-            total = adder_tree(terms)
+            total = _sum(m, terms)
             reg = Signal(signed(len(total.as_signed())), name=f"{name}_l{st}_{j}")
             m.d.sync += reg.eq(total)
             partials.append(reg)
@@ -123,13 +106,19 @@ def _reduce(m: Module, lanes: list, stages: int, name: str) -> list:
     return level
 
 
-class _PEBase(wiring.Component):
+class _PEBase(CheckedComponent):
     """Systolic forwarding, flag pipeline, accumulators and capture shared by both PE kinds.
 
     Pipeline (cycles after the inputs are registered): 1 products, then
     :func:`tree_stages` registered levels of 4-input partial sums, then the accumulator
     (``acc + p0 + p1``) and capture. ``cap_stb`` pulses the cycle after a capture.
     """
+
+    @classmethod
+    def check(cls, *, vector, in_bits, acc_bits, **_):
+        _check_int("vector", vector, 1, 256)
+        _check_int("in_bits", in_bits, 2, 8)
+        _check_int("acc_bits", acc_bits, 16, 64)
 
     def __init__(
         self,
@@ -141,9 +130,6 @@ class _PEBase(wiring.Component):
         outputs: int,
         log2: bool = False,
     ):
-        _check_int("vector", vector, 1, 256)
-        _check_int("in_bits", in_bits, 2, 8)
-        _check_int("acc_bits", acc_bits, 16, 64)
         self.vector = vector
         self.in_bits = in_bits
         self.acc_bits = acc_bits
@@ -208,7 +194,7 @@ class _PEBase(wiring.Component):
         m.d.sync += self.cap_stb.eq(0)
         with m.If(flags.active):
             for j in range(self.outputs):
-                total = adder_tree([Mux(flags.first, 0, accs[j])] + partials[j])
+                total = _sum(m, [Mux(flags.first, 0, accs[j])] + partials[j])
                 m.d.sync += accs[j].eq(total)
                 with m.If(flags.last):
                     m.d.sync += self.cap[j].eq(total)
@@ -278,7 +264,7 @@ class W8PairPE(_PEBase):
         lo_lanes = [[p[0:18].as_signed()] for p in prods]
         hi_lanes = [[p[18:36].as_signed()] for p in prods]
         if not self.log2:
-            self._late[0].append(_popcount([p[17] for p in prods]))
+            self._late[0].append(_popcount(m, [p[17] for p in prods]))
             return [hi_lanes, lo_lanes]
         # log2 mode: a lane whose h bit is set shifts both products (and its borrow) by 8.
         h = Signal(self.vector, name="xh_p")
@@ -286,8 +272,10 @@ class W8PairPE(_PEBase):
         lo_lanes = [[Mux(h[v], t << 8, t) for t in terms] for v, terms in enumerate(lo_lanes)]
         hi_lanes = [[Mux(h[v], t << 8, t) for t in terms] for v, terms in enumerate(hi_lanes)]
         borrow = [p[17] for p in prods]
-        self._late[0].append(_popcount([b & ~h[v] for v, b in enumerate(borrow)]))
-        self._late[0].append(Cat(Const(0, 8), _popcount([b & h[v] for v, b in enumerate(borrow)])))
+        self._late[0].append(_popcount(m, [b & ~h[v] for v, b in enumerate(borrow)]))
+        self._late[0].append(
+            Cat(Const(0, 8), _popcount(m, [b & h[v] for v, b in enumerate(borrow)]))
+        )
         return [hi_lanes, lo_lanes]
 
 
@@ -323,16 +311,20 @@ class W4PE(_PEBase):
         As :class:`W8PairPE`.
     kind : str
         ``"int4"`` (two's complement nibble, -8..7) or ``"pot4"`` (bit 3 sign, bits 2:0
-        shift 0..6, code 7 = 0; see :func:`pot4_code`).
+        shift 0..6, code 7 = 0; see :func:`vitaccel.engine_host.pot4_code`).
 
     Members
     -------
     As :class:`W8PairPE`, with 4-bit weight codes and one ``cap``.
     """
 
-    def __init__(self, *, vector: int, kind: str, in_bits: int = 8, acc_bits: int = 32):
+    @classmethod
+    def check(cls, *, kind, **arguments):
         if kind not in ("int4", "pot4"):
             raise ValueError(f"W4 kind must be 'int4' or 'pot4', not {kind!r}")
+        super().check(**arguments)
+
+    def __init__(self, *, vector: int, kind: str, in_bits: int = 8, acc_bits: int = 32):
         self.kind = kind
         super().__init__(
             vector=vector, in_bits=in_bits, acc_bits=acc_bits, w_shape=unsigned(4), outputs=1
@@ -364,7 +356,7 @@ class W4PE(_PEBase):
         # The +1 of every inverted (negative) partial product, counted once per PE (stage 1,
         # beside the products) and added by the accumulator.
         fix = Signal(range(5 * self.vector + 1), name="neg_fix")
-        m.d.sync += fix.eq(adder_tree([c.as_unsigned() for c in corr]))
+        m.d.sync += fix.eq(_sum(m, [c.as_unsigned() for c in corr]))
         self._late[0].append(fix)
         return [prods]
 
@@ -374,7 +366,7 @@ def column_out_layout(acc_bits: int) -> data.StructLayout:
     return data.StructLayout({"value": signed(acc_bits), "valid": 1, "parity": 1})
 
 
-class GVSArray(wiring.Component):
+class GVSArray(CheckedComponent):
     """``groups`` x ``rows`` x ``cols`` vector PEs (W8 pairs then W4 columns per group).
 
     Inputs arrive pre-skewed: the activation/flag vector of row r at cycle issue + r, the
@@ -405,6 +397,17 @@ class GVSArray(wiring.Component):
     col_o : Out, per logical column (index g*cols + c): {value, valid, parity}
     """
 
+    @classmethod
+    def check(cls, *, groups, rows, cols, vector, w4_share, w4_kind, log2, **_):
+        _check_int("groups", groups, 1, 64)
+        _check_int("rows", rows, 1, 256)
+        _check_int("cols", cols, 1, 256)
+        _check_int("vector", vector, 1, 256)
+        if w4_kind not in ("int4", "pot4"):
+            raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {w4_kind!r}")
+        if log2 and not column_split(cols, w4_share)[0]:
+            raise ValueError("log2=True needs W8 columns (the log2 mode runs on the W8 pairs)")
+
     def __init__(
         self,
         *,
@@ -418,20 +421,11 @@ class GVSArray(wiring.Component):
         acc_bits: int = 32,
         log2: bool = False,
     ):
-        _check_int("groups", groups, 1, 64)
-        _check_int("rows", rows, 1, 256)
-        _check_int("cols", cols, 1, 256)
-        _check_int("vector", vector, 1, 256)
-        if w4_kind not in ("int4", "pot4"):
-            raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {w4_kind!r}")
         self.groups, self.rows, self.cols, self.vector = groups, rows, cols, vector
         self.cols_w8, self.cols_w4 = column_split(cols, w4_share)
-        self.units = self.cols_w8 // 2 + self.cols_w4
+        self.units = column_units(self.cols_w8, self.cols_w4)
         self.w4_share, self.w4_kind = w4_share, w4_kind
         self.in_bits, self.acc_bits = in_bits, acc_bits
-        if log2 and not self.cols_w8:
-            silence_unused(self)
-            raise ValueError("log2=True needs W8 columns (the log2 mode runs on the W8 pairs)")
         self.log2 = log2
         x_vec = data.ArrayLayout(signed(in_bits + 1), vector)
         sig = {
@@ -450,10 +444,6 @@ class GVSArray(wiring.Component):
                 data.ArrayLayout(data.ArrayLayout(unsigned(4), vector), groups * self.cols_w4)
             )
         super().__init__(sig)
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.groups * self.rows * self.cols * self.vector
 
     @property
     def w8_macs_per_cycle(self) -> int:

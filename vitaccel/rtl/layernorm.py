@@ -19,8 +19,10 @@ of row r+1 and stage 3 of row r. Every multiplier is a shift-add tree in LUT fab
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -36,15 +38,17 @@ from vitaccel.quant.ref import (
     SQUARE_LUT16,
 )
 from vitaccel.rtl.common import (
-    check_int,
+    CheckedComponent,
+    check_limits,
     count_bits,
     delay,
+    elaborate_parts,
     leading_one,
     leading_one_registered,
+    replay_rows,
     row_signature,
     rshift_round_staged,
     shift_add_mul,
-    silence_unused,
     tree_reduce,
 )
 
@@ -77,7 +81,7 @@ def _divmod_const(value, divisor: int, chunk: int = 6):
     return sum((q for q, _ in parts[1:]), parts[0][0]) + qc, rr
 
 
-class AILayerNorm(wiring.Component):
+class AILayerNorm(CheckedComponent):
     """AILayerNorm over rows of C channels (C <= ``max_channels``), ``lanes`` per cycle.
 
     Parameters
@@ -116,6 +120,13 @@ class AILayerNorm(wiring.Component):
         Some row is partly received or not yet fully sent.
     """
 
+    LIMITS = dict(lanes=(1, 32), in_bits=(2, 12), max_channels=(1, 8192), gain_bits=(2, 24),
+                  bias_bits=(2, 40), mult_bits=(1, 24), row_queue=(4, 64))  # fmt: skip
+
+    @classmethod
+    def check(cls, **arguments):
+        check_limits(arguments, cls.LIMITS)
+
     def __init__(
         self,
         *,
@@ -127,17 +138,9 @@ class AILayerNorm(wiring.Component):
         mult_bits: int = 16,
         row_queue: int = 32,
     ):
-        try:
-            self.lanes = check_int("lanes", lanes, 1, 32)
-            self.in_bits = check_int("in_bits", in_bits, 2, 12)
-            self.max_channels = check_int("max_channels", max_channels, 1, 8192)
-            self.gain_bits = check_int("gain_bits", gain_bits, 2, 24)
-            self.bias_bits = check_int("bias_bits", bias_bits, 2, 40)
-            self.mult_bits = check_int("mult_bits", mult_bits, 1, 24)
-            self.row_queue = check_int("row_queue", row_queue, 4, 64)
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
+        self.lanes, self.in_bits, self.max_channels = lanes, in_bits, max_channels
+        self.gain_bits, self.bias_bits, self.mult_bits = gain_bits, bias_bits, mult_bits
+        self.row_queue = row_queue
         self.out_bits = 8
         self.max_beats = -(-max_channels // lanes)
         self.ring_depth = 2 * self.max_beats + RING_SLACK
@@ -183,7 +186,12 @@ class AILayerNorm(wiring.Component):
         return self.d_bits + INV_SQRT_BITS - (INV_SQRT_BITS - NORM_FRAC) + 1
 
     def elaborate(self, platform):
-        m = Module()
+        return elaborate_parts(
+            self._setup, self._constants, self._stage1, self._stage2, self._stage3
+        )
+
+    def _setup(self, m: Module, s: SimpleNamespace) -> None:
+        """Ring and queue memories, widths and the ring pointer helper."""
         lanes = self.lanes
         cb = count_bits(lanes)
         ab, mw, dw = self.aligned_bits, self.mean_bits, self.d_bits
@@ -218,6 +226,17 @@ class AILayerNorm(wiring.Component):
         def wrap_inc(ptr):
             return Mux(ptr == self.ring_depth - 1, 0, ptr + 1)
 
+        (
+            s.ab, s.aw, s.beats_shape, s.cb, s.dw, s.lanes, s.mw, s.ring_r2, s.ring_r3,
+            s.ring_w, s.scalars, s.sq_w, s.sum_w, s.var_w, s.vsum_w, s.wrap_inc
+        ) = (
+            ab, aw, beats_shape, cb, dw, lanes, mw, ring_r2, ring_r3, ring_w, scalars, sq_w,
+            sum_w, var_w, vsum_w, wrap_inc
+        )  # fmt: skip
+
+    def _constants(self, m: Module, s: SimpleNamespace) -> None:
+        """Per-channel constants: lane l holds channels c = k*lanes + l."""
+        lanes = s.lanes
         # ---------------- per-channel constants: lane l holds channels c = k*lanes + l -----
         if lanes & (lanes - 1) == 0:
             lane_sel = self.const_addr[: ceil_log2(lanes)] if lanes > 1 else Const(0, 1)
@@ -248,6 +267,17 @@ class AILayerNorm(wiring.Component):
             alpha_rd.append(alpha_mem.read_port())
             gb_rd.append(gb_mem.read_port())
 
+        s.alpha_rd, s.gb_layout, s.gb_rd, s.lane = alpha_rd, gb_layout, gb_rd, lane
+
+    def _stage1(self, m: Module, s: SimpleNamespace) -> None:
+        """Stage 1: accept, align, store, sum, mean."""
+        (
+            ab, alpha_rd, aw, beats_shape, cb, lane, lanes, mw, ring_w, scalars, sum_w,
+            wrap_inc
+        ) = (
+            s.ab, s.alpha_rd, s.aw, s.beats_shape, s.cb, s.lane, s.lanes, s.mw, s.ring_w,
+            s.scalars, s.sum_w, s.wrap_inc
+        )  # fmt: skip
         # ---------------- stage 1: accept, align, store, sum, mean -------------------------
         used = Signal(range(self.ring_depth + 1))
         in_flight = Signal(range(self.row_queue + 1))
@@ -361,6 +391,21 @@ class AILayerNorm(wiring.Component):
             queue1.w_en.eq(d1_v),
         ]
 
+        (
+            s.accept, s.desc1, s.in_flight, s.in_row, s.lane, s.q1_out, s.queue1, s.rp, s.used
+        ) = (
+            accept, desc1, in_flight, in_row, lane, q1_out, queue1, rp, used
+        )  # fmt: skip
+
+    def _stage2(self, m: Module, s: SimpleNamespace) -> None:
+        """Stage 2: centred compressed squares, variance, 1/sqrt."""
+        (
+            aw, beats_shape, desc1, dw, lane, lanes, mw, q1_out, queue1, ring_r2, sq_w, var_w,
+            vsum_w, wrap_inc
+        ) = (
+            s.aw, s.beats_shape, s.desc1, s.dw, s.lane, s.lanes, s.mw, s.q1_out, s.queue1,
+            s.ring_r2, s.sq_w, s.var_w, s.vsum_w, s.wrap_inc
+        )  # fmt: skip
         # ---------------- stage 2: centred compressed squares, variance, 1/sqrt ------------
         cur2_active = Signal()
         cur2_left = Signal(beats_shape)
@@ -517,39 +562,32 @@ class AILayerNorm(wiring.Component):
             queue2.w_en.eq(y_v),
         ]
 
+        s.desc2, s.ext, s.lane, s.q2_out, s.queue2 = desc2, ext, lane, q2_out, queue2
+
+    def _stage3(self, m: Module, s: SimpleNamespace) -> None:
+        """Stage 3: normalise and affine (stalls as a whole)."""
+        (
+            accept, aw, beats_shape, cb, desc2, dw, gb_layout, gb_rd, in_flight, in_row, lane,
+            lanes, q2_out, queue2, ring_r3, used, wrap_inc
+        ) = (
+            s.accept, s.aw, s.beats_shape, s.cb, s.desc2, s.dw, s.gb_layout, s.gb_rd,
+            s.in_flight, s.in_row, s.lane, s.lanes, s.q2_out, s.queue2, s.ring_r3, s.used,
+            s.wrap_inc
+        )  # fmt: skip
         # ---------------- stage 3: normalise and affine (stalls as a whole) ----------------
         advance = Signal()
         out_valid = Signal()
         m.d.comb += advance.eq(~out_valid | self.o.ready)
-        cur3_active = Signal()
-        cur3_left = Signal(beats_shape)
-        cur3 = Signal(desc2)
         bidx3 = Signal(beats_shape)
         rd3 = Signal(aw)
-        pop2 = Signal()
-        issue3 = Signal()
-        m.d.comb += [
-            pop2.eq(advance & ~cur3_active & queue2.r_rdy),
-            issue3.eq(advance & (cur3_active | queue2.r_rdy)),
-            queue2.r_en.eq(pop2),
-            ring_r3.addr.eq(rd3),
-            ring_r3.en.eq(advance),
-        ]
-        sel3 = Signal(desc2)
-        m.d.comb += sel3.eq(Mux(cur3_active, cur3, q2_out))
-        beat3 = Mux(cur3_active, bidx3, 0)
+        replay = replay_rows(m, queue2, q2_out, advance, beats_shape=beats_shape, name="cur3")
+        issue3, pop2, sel3 = replay.issue, replay.pop, replay.sel
+        m.d.comb += [ring_r3.addr.eq(rd3), ring_r3.en.eq(advance)]
+        beat3 = Mux(replay.active, bidx3, 0)
         for rp in gb_rd:
             m.d.comb += [rp.addr.eq(beat3), rp.en.eq(advance)]
         with m.If(issue3):
             m.d.sync += [rd3.eq(wrap_inc(rd3)), bidx3.eq(beat3 + 1)]
-            with m.If(cur3_active):
-                m.d.sync += [cur3_left.eq(cur3_left - 1), cur3_active.eq(cur3_left != 1)]
-            with m.Else():
-                m.d.sync += [
-                    cur3.eq(q2_out),
-                    cur3_left.eq(q2_out.beats - 1),
-                    cur3_active.eq(q2_out.beats != 1),
-                ]
         m.d.sync += [
             used.eq(used + accept - issue3),
             in_flight.eq(in_flight + (accept & self.i.payload.last) - pop2),
@@ -704,4 +742,3 @@ class AILayerNorm(wiring.Component):
         pending = Signal(range(64))
         m.d.sync += pending.eq(pending + issue3 - (out_valid & self.o.ready))
         m.d.comb += self.busy.eq(in_row | (in_flight != 0) | (pending != 0))
-        return m

@@ -1,60 +1,39 @@
 """Tiled matmul engine around the GVSA: on-chip buffers, loaders, issue, requant, output FIFO.
 
 One job computes ``Y = requantize(matmul_int(X, W, bias), mult, shift, lo, hi)`` for any
-T x K activations and N x K weights (docs/gvsa.md: dataflow, loop order, cycle model). The
-hardware side is :class:`MatmulEngine`; the host side of the same contract (how words are
-packed into the streams, which output channel each column computes, how many cycles a job
-takes) lives here too, so the testbench, the CLI and the design-space explorer share one
-definition:
-
-* :class:`EngineParams` - every size and width of an engine instance.
-* :func:`plan_columns` - which weight row each (step, group, column) computes.
-* :func:`pack_job` / :func:`unpack_outputs` - stream words in, int8 matrix out.
-* :func:`cycle_model` - cycles of a job, the recursion of docs/gvsa.md.
+T x K activations and N x K weights (docs/gvsa.md: dataflow, loop order, cycle model). This
+module is the hardware, :class:`MatmulEngine`, and its command layout; the host side of the
+same contract (:class:`~vitaccel.engine_host.EngineParams`, the column plan, stream packing,
+the cycle model) is the pure module :mod:`vitaccel.engine_host`.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from types import SimpleNamespace
 
-import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
 
-from vitaccel.engine_timing import (
-    REQUANT_STAGES,
-    column_split,
-    full_rate_out_depth,
-    latencies,
-    matmul_cycles,
-)
-from vitaccel.quant.ref import log2_code_weights
-from vitaccel.quant.scales import WEIGHT_KINDS
-from vitaccel.rtl.gvsa import FLAGS, GVSArray, pot4_code
+from vitaccel.engine_host import LOG2_CODE_BITS, MULT_BITS, SHIFT_BITS, EngineParams
+from vitaccel.engine_timing import REQUANT_STAGES
+from vitaccel.rtl.common import delay, elaborate_parts
+from vitaccel.rtl.gvsa import FLAGS, GVSArray
 
 __all__ = [
     "EngineParams",
     "MatmulEngine",
     "CMD_LAYOUT",
     "cmd_layout",
-    "ColumnPlan",
-    "plan_columns",
-    "Job",
-    "pack_job",
-    "unpack_outputs",
-    "split_w_stream",
-    "cycle_model",
     "cmd_word",
+    "engine_array",
     "engine_verilog",
 ]
-
-MULT_BITS = 16
-SHIFT_BITS = 6
 
 _CMD_FIELDS = {
     "tokens": unsigned(16),  # T (per head in heads mode)
@@ -75,180 +54,15 @@ def cmd_layout(log2: bool = False) -> data.StructLayout:
 
 
 CMD_LAYOUT = cmd_layout()
-# Log2 codes are 4 bits: p ~ 2**-q, product w * 2**(LOG2_Q - q) (ref.log2_code_weights).
-LOG2_CODE_BITS = 4
 
 
-def _bits(n: int) -> int:
-    """Bits to hold 0..n."""
-    return max(1, int(n).bit_length())
-
-
-@dataclass(frozen=True)
-class EngineParams:
-    """Sizes and widths of one matmul engine (array + buffers).
-
-    Parameters
-    ----------
-    groups, rows, cols, vector, w4_share, w4_kind, in_bits, acc_bits :
-        The array (:class:`vitaccel.rtl.gvsa.GVSArray`; ``ArrayConfig`` in the design file).
-    x_words : int
-        Depth of each X bank (one bank per group and PE row; a word is one k-step of one
-        token). A job fits when ``ceil(T / rows) * ksteps <= x_words``.
-    max_ksteps : int
-        Largest ceil(K / vector); each W bank holds two halves of this many words (rounded
-        up to a power of two).
-    out_depth : int or None
-        Output FIFO depth in words (one word = one token of one step: groups*cols int8).
-        None: :attr:`full_rate_out_depth`, the depth at which back-pressure from the FIFO
-        never throttles issue and :func:`cycle_model` is exact.
-    log2 : bool
-        Also run attention x V on 4-bit log2-code probabilities in shift-add form (jobs with
-        ``x_log2``; see :mod:`vitaccel.rtl.gvsa`). Off by default: it adds a shift mux per
-        W8 lane and the command bit.
-    w_ports : int
-        W streams loaded in parallel (1..4; one AXI read port each in the accelerator):
-        stream p carries the columns ``p*G*C/P .. (p+1)*G*C/P - 1`` of every step (see
-        :func:`split_w_stream`), so a step loads in ``G*C*(KS+1)/P`` cycles. ``G*C`` must
-        be a multiple of it.
-    """
-
-    groups: int = 1
-    rows: int = 4
-    cols: int = 4
-    vector: int = 8
-    w4_share: float = 0.0
-    w4_kind: str = "int4"
-    in_bits: int = 8
-    acc_bits: int = 32
-    x_words: int = 4096
-    max_ksteps: int = 128
-    out_depth: int | None = None
-    log2: bool = False
-    w_ports: int = 1
-
-    def __post_init__(self):
-        for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if self.w4_kind not in ("int4", "pot4"):
-            raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
-        if self.in_bits != 8:
-            raise ValueError(f"in_bits must be 8 (int8/uint8 activations), not {self.in_bits!r}")
-        if not 16 <= self.acc_bits <= 48:
-            raise ValueError(f"acc_bits must be in 16..48, not {self.acc_bits!r}")
-        c8, _ = column_split(self.cols, self.w4_share)
-        if not isinstance(self.log2, bool):
-            raise ValueError(f"log2 must be true or false, not {self.log2!r}")
-        if self.log2 and not c8:
-            raise ValueError("log2=True needs W8 columns (w4_share < 1)")
-        if (
-            not isinstance(self.w_ports, int)
-            or isinstance(self.w_ports, bool)
-            or not 1 <= self.w_ports <= 4
-            or (self.groups * self.cols) % self.w_ports
-        ):
-            raise ValueError(
-                f"w_ports must be 1..4 and divide groups*cols ({self.groups * self.cols}), "
-                f"not {self.w_ports!r}"
-            )
-        if self.out_depth is None:
-            object.__setattr__(self, "out_depth", self.full_rate_out_depth)
-        if (
-            not isinstance(self.out_depth, int)
-            or isinstance(self.out_depth, bool)
-            or self.out_depth < self.rows
-        ):
-            raise ValueError(
-                f"out_depth must be an integer >= rows ({self.rows}), not {self.out_depth!r}"
-            )
-
-    @classmethod
-    def from_array(cls, array, **buffers) -> EngineParams:
-        """From a design file's ``ArrayConfig`` plus buffer sizes (and ``w_ports``)."""
-        return cls(
-            groups=array.groups,
-            rows=array.rows,
-            cols=array.cols,
-            vector=array.vector,
-            w4_share=array.w4_share,
-            w4_kind=array.w4_kind,
-            in_bits=array.in_bits,
-            acc_bits=array.acc_bits,
-            **buffers,
-        )
-
-    @property
-    def cols_w8(self) -> int:
-        return column_split(self.cols, self.w4_share)[0]
-
-    @property
-    def cols_w4(self) -> int:
-        return column_split(self.cols, self.w4_share)[1]
-
-    @property
-    def units(self) -> int:
-        return self.cols_w8 // 2 + self.cols_w4
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.groups * self.rows * self.cols * self.vector
-
-    @property
-    def kstep_bits(self) -> int:
-        return _bits(self.max_ksteps - 1)
-
-    @property
-    def x_word_bits(self) -> int:
-        return 8 * self.vector
-
-    @property
-    def param_bits(self) -> int:
-        return self.acc_bits + MULT_BITS + SHIFT_BITS
-
-    @property
-    def w_word_bits(self) -> int:
-        return max(8 * self.vector, self.param_bits)
-
-    @property
-    def o_word_bits(self) -> int:
-        return 8 * self.groups * self.cols
-
-    def unit_of_column(self, c: int) -> int:
-        return c // 2 if c < self.cols_w8 else self.cols_w8 // 2 + (c - self.cols_w8)
-
-    @property
-    def full_rate_out_depth(self) -> int:
-        """Output FIFO depth at which output credits never throttle issue (sink at 1/cycle).
-
-        A tile reserves ``rows`` words when it issues and gets them back as they leave, at
-        most ``first_out + 2*rows`` cycles later; tiles issue every P >= rows cycles.
-        :func:`cycle_model` is exact when ``out_depth`` is at least this.
-        """
-        return full_rate_out_depth(self.rows, self.units, self.vector)
-
-    def make_array(self) -> GVSArray:
-        """The engine's array (also synthesised alone by ``generate --unit gvsa``)."""
-        return GVSArray(
-            groups=self.groups,
-            rows=self.rows,
-            cols=self.cols,
-            vector=self.vector,
-            w4_share=self.w4_share,
-            w4_kind=self.w4_kind,
-            in_bits=self.in_bits,
-            acc_bits=self.acc_bits,
-            log2=self.log2,
-        )
-
-    def latencies(self) -> dict[str, int]:
-        """Fixed pipeline latencies in cycles (see docs/gvsa.md, "Cycle model").
-
-        ``first_out``: issue of a tile's last k-step -> its first output word in the FIFO;
-        ``release``: issue of a step's last k-step -> its W half is free again.
-        """
-        return latencies(self.rows, self.units, self.vector)
+def engine_array(params: EngineParams) -> GVSArray:
+    """The engine's array (also synthesised alone by ``generate --unit gvsa``)."""
+    p = params
+    return GVSArray(
+        groups=p.groups, rows=p.rows, cols=p.cols, vector=p.vector, w4_share=p.w4_share,
+        w4_kind=p.w4_kind, in_bits=p.in_bits, acc_bits=p.acc_bits, log2=p.log2,
+    )  # fmt: skip
 
 
 class MatmulEngine(wiring.Component):
@@ -295,13 +109,16 @@ class MatmulEngine(wiring.Component):
             }
         )
 
-    def elaborate(self, platform):  # noqa: C901 - one controller, read top to bottom
+    def elaborate(self, platform):
+        return elaborate_parts(self._job, self._x_side, self._w_side, self._issue, self._requant)
+
+    def _job(self, m: Module, s: SimpleNamespace) -> None:
+        """The array and the job registers."""
         p = self.params
         G, R, C, V = p.groups, p.rows, p.cols, p.vector
         U = p.units
-        m = Module()
-        m.submodules.array = arr = p.make_array()
-        xa_bits = _bits(p.x_words - 1)
+        m.submodules.array = arr = engine_array(p)
+        xa_bits = bits_for(p.x_words - 1)
         kb = p.kstep_bits
         kmax = 1 << kb
 
@@ -332,6 +149,24 @@ class MatmulEngine(wiring.Component):
                 nsteps_before_last.eq(self.cmd.payload.nsteps - 2),
             ]
 
+        (
+            s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.job, s.kb, s.kmax, s.ks_before_last,
+            s.ks_last, s.kw, s.nsteps_before_last, s.p, s.start, s.tokens_before_last,
+            s.tokens_last, s.xa_bits
+        ) = (
+            C, G, R, U, V, active, arr, job, kb, kmax, ks_before_last, ks_last, kw,
+            nsteps_before_last, p, start, tokens_before_last, tokens_last, xa_bits
+        )  # fmt: skip
+
+    def _x_side(self, m: Module, s: SimpleNamespace) -> None:
+        """X buffer (G x R banks) and X loader."""
+        (
+            G, R, V, job, ks_before_last, ks_last, kw, p, start, tokens_before_last,
+            tokens_last, xa_bits
+        ) = (
+            s.G, s.R, s.V, s.job, s.ks_before_last, s.ks_last, s.kw, s.p, s.start,
+            s.tokens_before_last, s.tokens_last, s.xa_bits
+        )  # fmt: skip
         # ---- X buffer: G x R banks -----------------------------------------------------
         x_banks = []
         for g in range(G):
@@ -345,8 +180,8 @@ class MatmulEngine(wiring.Component):
         # ---- X loader --------------------------------------------------------------------
         xl_busy = Signal()
         x_done = Signal()
-        xg = Signal(_bits(G - 1))
-        xr = Signal(_bits(R - 1))
+        xg = Signal(bits_for(G - 1))
+        xr = Signal(bits_for(R - 1))
         xk = Signal(kw)
         xt = Signal(16)
         xbase = Signal(xa_bits + 1)
@@ -417,6 +252,16 @@ class MatmulEngine(wiring.Component):
                     xk_last.eq(xk == ks_before_last),
                 ]
 
+        s.g, s.mem, s.r, s.row, s.wp, s.x_banks, s.x_done = g, mem, r, row, wp, x_banks, x_done
+
+    def _w_side(self, m: Module, s: SimpleNamespace) -> None:
+        """W buffer (one bank per group and logical column, two halves) and the W loaders (one per W stream, each owning a contiguous range of columns)."""
+        (
+            C, G, V, kb, kmax, ks_before_last, ks_last, kw, nsteps_before_last, p, start
+        ) = (
+            s.C, s.G, s.V, s.kb, s.kmax, s.ks_before_last, s.ks_last, s.kw,
+            s.nsteps_before_last, s.p, s.start
+        )  # fmt: skip
         # ---- W buffer: one bank per (group, logical column), two halves -----------------
         w_banks = []
         for g in range(G):
@@ -528,8 +373,26 @@ class MatmulEngine(wiring.Component):
             with m.If(take_half[h]):
                 m.d.sync += w_taken[h].eq(1)
 
+        (
+            s.c, s.done, s.g, s.j, s.par_layout, s.params, s.release, s.take_half, s.w_banks,
+            s.w_full, s.w_taken
+        ) = (
+            c, done, g, j, par_layout, params, release, take_half, w_banks, w_full, w_taken
+        )  # fmt: skip
+
+    def _issue(self, m: Module, s: SimpleNamespace) -> None:
+        """Issue: steps x tiles x k-steps, and the shared delay line to the array."""
+        (
+            C, G, R, U, V, active, arr, done, j, job, kb, ks_before_last, kw,
+            nsteps_before_last, p, r, release, start, take_half, w_banks, w_full, w_taken,
+            x_banks, x_done, xa_bits
+        ) = (
+            s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.done, s.j, s.job, s.kb,
+            s.ks_before_last, s.kw, s.nsteps_before_last, s.p, s.r, s.release, s.start,
+            s.take_half, s.w_banks, s.w_full, s.w_taken, s.x_banks, s.x_done, s.xa_bits
+        )  # fmt: skip
         # ---- issue: steps x tiles x k-steps ----------------------------------------------
-        credit_bits = _bits(p.out_depth)
+        credit_bits = bits_for(p.out_depth)
         credits = Signal(credit_bits, init=p.out_depth)
         iss_tile = Signal()  # a tile is being issued
         iss_done = Signal()
@@ -537,11 +400,11 @@ class MatmulEngine(wiring.Component):
         iss_s = Signal(16)
         remaining = Signal(17)  # tokens from the current tile on: T - tile * R
         ibase = Signal(xa_bits + 1)
-        gap = Signal(_bits(R))
-        pad = Signal(_bits(R))  # idle cycles after a tile: max(0, R - ksteps)
+        gap = Signal(bits_for(R))
+        pad = Signal(bits_for(R))  # idle cycles after a tile: max(0, R - ksteps)
         # Per-tile quantities are registered whenever ``remaining`` changes, so the issue
         # decision only compares small registers (it sets the controller's logic depth).
-        vrows = Signal(_bits(R))  # valid rows of the current tile: min(R, remaining)
+        vrows = Signal(bits_for(R))  # valid rows of the current tile: min(R, remaining)
         row_valid = Signal(R)
         tile_last = Signal()  # the current tile is the step's last
         s_last = Signal()  # the current step is the job's last
@@ -722,6 +585,15 @@ class MatmulEngine(wiring.Component):
         with m.If(active & iss_done & (Cat(*done) == 0) & ~pending):
             m.d.sync += active.eq(0)
 
+        s.c, s.g, s.o_pop = c, g, o_pop
+
+    def _requant(self, m: Module, s: SimpleNamespace) -> None:
+        """Requantisation per logical column, then deskew to one word per token; the output FIFO."""
+        (
+            C, G, U, arr, job, o_pop, p, par_layout, params
+        ) = (
+            s.C, s.G, s.U, s.arr, s.job, s.o_pop, s.p, s.par_layout, s.params
+        )  # fmt: skip
         # ---- requantisation per logical column, then deskew to one word per token -------
         lo_q, hi_q = job.lo, job.hi
         out_bytes = []
@@ -733,24 +605,16 @@ class MatmulEngine(wiring.Component):
                 sel = Signal(par_layout, name=f"sel_g{g}_c{c}")
                 m.d.comb += sel.eq(Mux(col.parity, params[g][c][1], params[g][c][0]))
                 # stage 1: bias; the right-shift amount max(shift - 1, 0) and shift == 0
+                # (the shift amount and the shift == 0 bit travel in delay lines to the
+                # stages that use them, the valid bit to the output)
                 s1 = Signal(signed(p.acc_bits + 1), name=f"rq_sum_g{g}_c{c}")
                 m1 = Signal(unsigned(MULT_BITS), name=f"rq_mult_g{g}_c{c}")
-                v = [Signal(name=f"rq_valid{j}_g{g}_c{c}") for j in range(REQUANT_STAGES)]
-                amt = [Signal(SHIFT_BITS, name=f"rq_amt{j}_g{g}_c{c}") for j in range(4)]
-                raw = [Signal(name=f"rq_noshift{j}_g{g}_c{c}") for j in range(6)]
-                m.d.sync += [
-                    s1.eq(col.value + sel.bias),
-                    m1.eq(sel.mult),
-                    amt[0].eq(Mux(sel.shift == 0, 0, (sel.shift - 1)[:SHIFT_BITS])),
-                    raw[0].eq(sel.shift == 0),
-                    v[0].eq(col.valid),
-                ]
-                for j in range(1, REQUANT_STAGES):
-                    m.d.sync += v[j].eq(v[j - 1])
-                for j in range(1, 4):
-                    m.d.sync += amt[j].eq(amt[j - 1])
-                for j in range(1, 6):
-                    m.d.sync += raw[j].eq(raw[j - 1])
+                m.d.sync += [s1.eq(col.value + sel.bias), m1.eq(sel.mult)]
+                amt_now = Mux(sel.shift == 0, 0, (sel.shift - 1)[:SHIFT_BITS])
+                amt3 = delay(m, amt_now, 3, name=f"rq_amt_g{g}_c{c}")  # at stage 4
+                amt4 = delay(m, amt3, 1, name=f"rq_amt3_g{g}_c{c}")  # at stage 5
+                raw6 = delay(m, sel.shift == 0, 6, name=f"rq_noshift_g{g}_c{c}")  # stage 7
+                valid = delay(m, col.valid, REQUANT_STAGES, name=f"rq_valid_g{g}_c{c}")
                 # stages 2, 3: the multiply (two registers, the DSP's M and P registers)
                 pw = p.acc_bits + 1 + MULT_BITS + 1
                 prod_a = Signal(signed(pw), name=f"rq_prod_a_g{g}_c{c}")
@@ -758,14 +622,14 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [prod_a.eq(s1 * m1), prod_b.eq(prod_a)]
                 # stage 4: coarse arithmetic shift by the multiple of 8 in (shift - 1)
                 t4 = Signal(signed(pw), name=f"rq_shr8_g{g}_c{c}")
-                m.d.sync += t4.eq(prod_b >> Cat(Const(0, 3), amt[2][3:]))
+                m.d.sync += t4.eq(prod_b >> Cat(Const(0, 3), amt3[3:]))
                 # stage 5: fine shift by the rest, saturated to 10 bits: any value outside
                 # [-512, 511] clamps to lo or hi in the end (lo, hi are int8), so the
                 # rounding add of stage 6 is 10 bits wide instead of 50.
                 # (registered: the 8-way shift and the wide saturation test behind it were a
                 # 9-level path; stage 5 is the shift, stage 6 the test)
                 fine = Signal(signed(pw), name=f"rq_fine_g{g}_c{c}")
-                m.d.sync += fine.eq(t4 >> amt[3][:3])
+                m.d.sync += fine.eq(t4 >> amt4[:3])
                 upper = fine[9:]
                 f10 = Signal(signed(10), name=f"rq_f10_g{g}_c{c}")
                 big = Signal(name=f"rq_big_g{g}_c{c}")
@@ -777,7 +641,7 @@ class MatmulEngine(wiring.Component):
                 ]
                 # stage 6: round half up, ((p >> (s-1)) + 1) >> 1 == (p + 2**(s-1)) >> s
                 # for s >= 1 (s == 0 passes p), then clamp to [lo, hi]
-                t6 = Mux(raw[5], f10, (f10 + 1) >> 1)
+                t6 = Mux(raw6, f10, (f10 + 1) >> 1)
                 y = Signal(signed(8), name=f"rq_out_g{g}_c{c}")
                 m.d.sync += y.eq(
                     Mux(
@@ -787,13 +651,8 @@ class MatmulEngine(wiring.Component):
                     )
                 )
                 # deskew: unit u is u cycles behind unit 0
-                delay = U - 1 - u
-                cur, cur_valid = y, v[REQUANT_STAGES - 1]
-                for j in range(delay):
-                    nxt = Signal(signed(8), name=f"dsk{j}_g{g}_c{c}")
-                    nxt_valid = Signal(name=f"dsk_valid{j}_g{g}_c{c}")
-                    m.d.sync += [nxt.eq(cur), nxt_valid.eq(cur_valid)]
-                    cur, cur_valid = nxt, nxt_valid
+                cur = delay(m, y, U - 1 - u, name=f"dsk_g{g}_c{c}")
+                cur_valid = delay(m, valid, U - 1 - u, name=f"dsk_valid_g{g}_c{c}")
                 out_bytes.append(cur)
                 if out_valid is None:
                     out_valid = cur_valid
@@ -807,293 +666,11 @@ class MatmulEngine(wiring.Component):
             fifo.r_en.eq(self.o.ready),
             o_pop.eq(self.o.valid & self.o.ready),
         ]
-        return m
-
-
-# --------------------------------------------------------------------------------------
-# Host side: column plan, stream packing, output unpacking, cycle model
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ColumnPlan:
-    """Which weight row every (step, group, column) computes; -1 = idle column.
-
-    ``channel[s, g, c]`` indexes the rows of the layer's weight matrix (shared mode) or the
-    rows of head g's matrix (heads mode).
-    """
-
-    channel: np.ndarray  # (nsteps, groups, cols) int64
-
-    @property
-    def nsteps(self) -> int:
-        return int(self.channel.shape[0])
-
-
-def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
-    """Assign weight rows to columns: W4-eligible rows to W4 columns, the rest to W8 ones.
-
-    A row may use a W4 column when its kind is the array's ``w4_kind``; every row may use a
-    W8 column. ``nsteps = max(ceil(N8 / (G*C8)), ceil(N / (G*C)))`` with N8 the rows that
-    must go to W8 columns (heads mode: G = 1 per head). W4-eligible rows that do not fit the
-    W4 slots overflow into the free W8 slots (the last ones in row order). Slots are filled
-    in row order: step-major, then group, then column.
-    """
-    kind = np.asarray(kind, dtype=np.int64)
-    n = kind.shape[-1]
-    G = 1 if heads else params.groups
-    c8, c4 = params.cols_w8, params.cols_w4
-    eligible = kind == WEIGHT_KINDS.index(params.w4_kind) if c4 else np.zeros(n, dtype=bool)
-    rows4 = np.flatnonzero(eligible)
-    rows8 = np.flatnonzero(~eligible)
-    if c8 == 0 and rows8.size:
-        raise ValueError(
-            f"{rows8.size} weight rows are not {params.w4_kind} and the array has no W8 columns"
-        )
-    nsteps = max(
-        -(-rows8.size // (G * c8)) if c8 else 0,
-        -(-n // (G * params.cols)),
-        1,
-    )
-    spill = max(0, rows4.size - nsteps * G * c4)
-    if spill:
-        rows8 = np.sort(np.concatenate([rows8, rows4[rows4.size - spill :]]))
-        rows4 = rows4[: rows4.size - spill]
-    channel = np.full((nsteps, G, params.cols), -1, dtype=np.int64)
-    slots8 = channel[:, :, :c8].reshape(-1)
-    slots8[: rows8.size] = rows8
-    slots4 = channel[:, :, c8:].reshape(-1)
-    slots4[: rows4.size] = rows4
-    channel[:, :, :c8] = slots8.reshape(nsteps, G, c8)
-    channel[:, :, c8:] = slots4.reshape(nsteps, G, c4)
-    if heads:
-        channel = np.repeat(channel, params.groups, axis=1)
-    return ColumnPlan(channel)
-
-
-@dataclass
-class Job:
-    """One packed job: the command and the stream contents, as the testbench sends them."""
-
-    cmd: dict
-    x_bytes: np.ndarray  # (words, vector) uint8
-    w_words: np.ndarray  # (words, w_word_bytes) uint8, little-endian words
-    plan: ColumnPlan
-    tokens: int
-    channels: int
-    heads: bool
-    macs: int
-    heads_n: int = 1
-    out_words: int = field(init=False)
-
-    def __post_init__(self):
-        self.out_words = self.plan.nsteps * self.tokens
-
-
-def _le_bytes(values: list[int], nbytes: int) -> np.ndarray:
-    return np.frombuffer(
-        b"".join(int(v).to_bytes(nbytes, "little") for v in values), dtype=np.uint8
-    ).reshape(len(values), nbytes)
-
-
-def pack_job(
-    x,
-    q,
-    kind,
-    bias,
-    mult,
-    shift,
-    params: EngineParams,
-    *,
-    lo: int = -128,
-    hi: int = 127,
-    heads: bool = False,
-    x_unsigned: bool = False,
-    x_log2: bool = False,
-) -> Job:
-    """Pack one matmul into the engine's streams.
-
-    Shared mode: x (T, K), q (N, K), kind/bias/mult/shift (N,). Heads mode: a leading head
-    axis of size <= groups on every array (missing heads are computed on zeros).
-    ``x_log2``: x holds 4-bit log2 codes (0..15) and the job computes
-    ``requant(log2_code_weights(x) @ q.T + bias)`` (engines built with ``log2``).
-    """
-    x = np.asarray(x, dtype=np.int64)
-    q = np.asarray(q, dtype=np.int64)
-    G, V = params.groups, params.vector
-    if heads:
-        heads_n = x.shape[0]
-        if not 1 <= heads_n <= G:
-            raise ValueError(f"heads mode needs 1..{G} heads, got {heads_n}")
-        if q.ndim != 3 or q.shape[0] != heads_n:
-            raise ValueError("heads mode: q must be (heads, N, K) like x (heads, T, K)")
-    else:
-        if x.ndim != 2 or q.ndim != 2:
-            raise ValueError("shared mode: x must be (T, K) and q (N, K)")
-        x, q = x[None], q[None]
-        heads_n = 1
-    kind = np.broadcast_to(np.asarray(kind, dtype=np.int64), q.shape[:2])
-    bias = np.broadcast_to(np.asarray(bias, dtype=np.int64), q.shape[:2])
-    mult = np.broadcast_to(np.asarray(mult, dtype=np.int64), q.shape[:2])
-    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64), q.shape[:2])
-    _, T, K = x.shape
-    N = q.shape[1]
-    if q.shape[2] != K:
-        raise ValueError(f"x has K={K} but the weights have K={q.shape[2]}")
-    if T < 1 or N < 1 or K < 1:
-        raise ValueError(f"empty matmul: T={T}, N={N}, K={K}")
-    if x_log2 and not params.log2:
-        raise ValueError("x_log2 jobs need an engine built with log2=True")
-    if x_log2 and x_unsigned:
-        raise ValueError("x_log2 and x_unsigned are exclusive")
-    if x_log2:
-        lo_x, hi_x = 0, (1 << LOG2_CODE_BITS) - 1
-    else:
-        lo_x, hi_x = (0, 255) if x_unsigned else (-128, 127)
-    if x.min() < lo_x or x.max() > hi_x:
-        what = "log2 codes" if x_log2 else "activations"
-        raise ValueError(f"{what} must be in [{lo_x}, {hi_x}]")
-    if np.abs(q).max() > 128 or q.min() < -128:
-        raise ValueError("weights must be int8")
-    if np.any(mult < 0) or np.any(mult >= 1 << MULT_BITS):
-        raise ValueError("mult must be in [0, 2**16)")
-    if np.any(shift < 0) or np.any(shift > 62):
-        raise ValueError("shift must be in 0..62")
-    if not -128 <= lo <= hi <= 127:
-        raise ValueError(f"clamp bounds must satisfy -128 <= lo <= hi <= 127, not {lo}, {hi}")
-    ks = -(-K // V)
-    if ks > params.max_ksteps:
-        raise ValueError(f"K={K} needs {ks} k-steps; this engine holds {params.max_ksteps}")
-    if -(-T // params.rows) * ks > params.x_words:
-        raise ValueError(
-            f"X of {T} tokens x {ks} k-steps does not fit the X banks ({params.x_words} words)"
-        )
-    acc_lim = 1 << (params.acc_bits - 1)
-    x_mag = int((log2_code_weights(x) if x_log2 else np.abs(x)).max())
-    worst = x_mag * int(np.abs(q).max()) * K
-    if worst >= acc_lim:
-        raise ValueError(f"sum of products may reach {worst}: exceeds acc_bits={params.acc_bits}")
-    if x_log2 and np.any(kind != WEIGHT_KINDS.index("w8")):
-        raise ValueError("x_log2 jobs run on the W8 pairs: every weight row must be w8")
-    if heads:
-        plans = [plan_columns(kind[h], params, heads=True) for h in range(heads_n)]
-        nsteps = max(pl.nsteps for pl in plans)
-        channel = np.full((nsteps, G, params.cols), -1, dtype=np.int64)
-        for h, pl in enumerate(plans):
-            channel[: pl.nsteps, h] = pl.channel[:, h]
-        plan = ColumnPlan(channel)
-    else:
-        plan = plan_columns(kind[0], params)
-    # X: token-major words of V bytes (zero padded); heads mode: group after group.
-    xg = np.zeros((G if heads else 1, T, ks * V), dtype=np.int64)
-    xg[:heads_n, :, :K] = x
-    x_bytes = (xg.reshape(-1, V) & 0xFF).astype(np.uint8)
-    # W: per step, group, column: parameter word, then ks words of V bytes.
-    wbytes = params.w_word_bits // 8 + (params.w_word_bits % 8 > 0)
-    words: list[int] = []
-    acc_mask = (1 << params.acc_bits) - 1
-    for s in range(plan.nsteps):
-        for g in range(G):
-            h = g if heads else 0
-            for c in range(params.cols):
-                n = plan.channel[s, g, c]
-                if n < 0 or h >= heads_n:
-                    words.append(0)
-                    words.extend([0] * ks)
-                    continue
-                words.append(
-                    (int(bias[h, n]) & acc_mask)
-                    | int(mult[h, n]) << params.acc_bits
-                    | int(shift[h, n]) << (params.acc_bits + MULT_BITS)
-                )
-                row = np.zeros(ks * V, dtype=np.int64)
-                row[:K] = q[h, n]
-                if c >= params.cols_w8:
-                    row = pot4_code(row) if params.w4_kind == "pot4" else row & 0xF
-                row = (row & 0xFF).astype(np.uint8).reshape(ks, V)
-                words.extend(int.from_bytes(r.tobytes(), "little") for r in row)
-    cmd = {
-        "tokens": T,
-        "ksteps": ks,
-        "nsteps": plan.nsteps,
-        "heads": int(heads),
-        "x_unsigned": int(x_unsigned),
-        "x_keep": 0,
-        "lo": lo,
-        "hi": hi,
-        **({"x_log2": int(x_log2)} if params.log2 else {}),
-    }
-    return Job(
-        cmd=cmd,
-        x_bytes=x_bytes,
-        w_words=_le_bytes(words, wbytes),
-        plan=plan,
-        tokens=T,
-        channels=N,
-        heads=heads,
-        macs=heads_n * T * N * K,
-        heads_n=heads_n,
-    )
-
-
-def split_w_stream(w_words: np.ndarray, params: EngineParams, nsteps: int) -> list[np.ndarray]:
-    """A job's ``w`` stream words cut into the engine's ``w_ports`` streams: stream q takes,
-    of every step, the words (parameter word + k-step words) of columns ``q*M .. (q+1)*M - 1``
-    (``M = G*C / w_ports``; column ``g*C + c``), in stream order."""
-    P = params.w_ports
-    words = np.asarray(w_words)
-    gc = params.groups * params.cols
-    per_step = words.reshape(nsteps, gc, -1, *words.shape[1:])
-    m = gc // P
-    return [per_step[:, q * m : (q + 1) * m].reshape(-1, *words.shape[1:]) for q in range(P)]
 
 
 def cmd_word(cmd: dict) -> int:
-    """The cmd stream payload for a job's command dict (CMD_LAYOUT, LSB first)."""
-    word, pos = 0, 0
-    for name, fld in cmd_layout("x_log2" in cmd):
-        width = fld.width
-        word |= (int(cmd.get(name, 0)) & ((1 << width) - 1)) << pos
-        pos += width
-    return word
-
-
-def unpack_outputs(o_bytes: np.ndarray, job: Job, params: EngineParams) -> np.ndarray:
-    """Output words (rows of ``groups*cols`` int8 bytes) -> Y (T, N), or (heads, T, N)."""
-    G, C = params.groups, params.cols
-    o = np.asarray(o_bytes, dtype=np.uint8).astype(np.int8).astype(np.int64)
-    o = o.reshape(job.plan.nsteps, job.tokens, G, C)
-    heads_n = job.heads_n
-    y = np.zeros((heads_n, job.tokens, job.channels), dtype=np.int64)
-    for s in range(job.plan.nsteps):
-        for g in range(G):
-            h = g if job.heads else 0
-            for c in range(C):
-                n = job.plan.channel[s, g, c]
-                if n >= 0 and h < heads_n:
-                    y[h, :, n] = o[s, :, g, c]
-    return y if job.heads else y[0]
-
-
-def cycle_model(
-    tokens: int,
-    k: int,
-    nsteps: int,
-    params: EngineParams,
-    *,
-    heads: bool = False,
-    x_keep: bool = False,
-) -> int:
-    """Cycles of one job, command handshake to last output word, when no stream stalls.
-
-    Exact for the RTL (tests compare it with Verilator); the recursion is
-    :func:`vitaccel.engine_timing.matmul_cycles`.
-    """
-    p = params
-    return matmul_cycles(
-        tokens, k, nsteps, p.groups, p.rows, p.cols, p.vector, p.units, heads=heads,
-        x_keep=x_keep, w_word_cycles=1 / p.w_ports,
-    )  # fmt: skip
+    """The cmd stream payload for a job's command dict (:func:`cmd_layout`)."""
+    return cmd_layout("x_log2" in cmd).const(cmd).as_value().value
 
 
 # Amaranth writes one `initial` assignment per word of every memory, even when all are zero

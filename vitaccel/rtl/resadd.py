@@ -28,18 +28,18 @@ selects the front end; the pipeline behind it is the same.
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from vitaccel.rtl.common import (
+    CheckedComponent,
     check_int,
     count_bits,
     row_signature,
     rshift_round_staged,
     shift_add_mul,
-    silence_unused,
 )
 
 __all__ = ["ResAdd", "LANES", "pair_layout"]
@@ -62,7 +62,7 @@ def pair_layout(max_channels: int) -> data.StructLayout:
     )
 
 
-class ResAdd(wiring.Component):
+class ResAdd(CheckedComponent):
     """Residual add of two int8 row streams (A row, then B row, alternating).
 
     Parameters
@@ -94,14 +94,13 @@ class ResAdd(wiring.Component):
         A row is partly received or results are still in the pipeline.
     """
 
+    @classmethod
+    def check(cls, *, max_channels):
+        check_int("max_channels", max_channels, 16, 8192)
+        if max_channels % LANES:
+            raise ValueError(f"max_channels must be a multiple of 16, not {max_channels!r}")
+
     def __init__(self, *, max_channels: int = 1024):
-        try:
-            check_int("max_channels", max_channels, 16, 8192)
-            if max_channels % LANES:
-                raise ValueError(f"max_channels must be a multiple of 16, not {max_channels!r}")
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
         self.max_channels = max_channels
         self.beats = max_channels // LANES
         super().__init__(

@@ -20,8 +20,10 @@ length follow each other without a bubble.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -29,13 +31,15 @@ from amaranth.utils import bits_for, ceil_log2
 
 from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
 from vitaccel.rtl.common import (
+    CheckedComponent,
     check_choice,
-    check_int,
+    check_limits,
     count_bits,
+    elaborate_parts,
     leading_one,
+    replay_rows,
     row_layout,
     row_signature,
-    silence_unused,
     tree_reduce,
 )
 
@@ -46,7 +50,7 @@ OUTPUT_FORMATS = ("uint8", "log2")
 PASS1_LATENCY = 11
 
 
-class E2Softmax(wiring.Component):
+class E2Softmax(CheckedComponent):
     """E2Softmax over rows of signed logits, ``lanes`` elements per cycle.
 
     Parameters
@@ -85,6 +89,14 @@ class E2Softmax(wiring.Component):
         A row is partly received or not yet fully sent.
     """
 
+    LIMITS = dict(lanes=(1, 32), in_bits=(2, 12), max_row=(1, 65536), frac_bits=(8, 20),
+                  code_bits=(2, 6), row_queue=(2, 64))  # fmt: skip
+
+    @classmethod
+    def check(cls, *, output, **arguments):
+        check_limits(arguments, cls.LIMITS)
+        check_choice("output", output, OUTPUT_FORMATS)
+
     def __init__(
         self,
         *,
@@ -96,17 +108,9 @@ class E2Softmax(wiring.Component):
         code_bits: int = 4,
         row_queue: int = 16,
     ):
-        try:
-            self.lanes = check_int("lanes", lanes, 1, 32)
-            self.in_bits = check_int("in_bits", in_bits, 2, 12)
-            self.max_row = check_int("max_row", max_row, 1, 65536)
-            self.frac_bits = check_int("frac_bits", frac_bits, 8, 20)
-            self.output = check_choice("output", output, OUTPUT_FORMATS)
-            self.code_bits = check_int("code_bits", code_bits, 2, 6)
-            self.row_queue = check_int("row_queue", row_queue, 2, 64)
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
+        self.lanes, self.in_bits, self.max_row = lanes, in_bits, max_row
+        self.frac_bits, self.output, self.code_bits = frac_bits, output, code_bits
+        self.row_queue = row_queue
         self.out_bits = 8 if output == "uint8" else code_bits
         self.max_beats = -(-max_row // lanes)
         self.ring_depth = self.max_beats + max(self.max_beats, PASS1_LATENCY + 4)
@@ -148,7 +152,10 @@ class E2Softmax(wiring.Component):
         return (h - (x << 2)) >> t
 
     def elaborate(self, platform):
-        m = Module()
+        return elaborate_parts(self._input_side, self._pass1, self._pass2)
+
+    def _input_side(self, m: Module, s: SimpleNamespace) -> None:
+        """Memories, widths; the input side: acceptance, ring write, row bookkeeping."""
         lanes, F = self.lanes, self.frac_bits
         xb = self.in_bits
         mb = xb + 1  # running max in whole log2 units, signed
@@ -203,6 +210,23 @@ class E2Softmax(wiring.Component):
                 beats_in.eq(Mux(first, 1, beats_in + 1)),
             ]
 
+        (
+            s.F, s.accept, s.aw, s.beats_in, s.desc_layout, s.first, s.in_flight, s.in_row,
+            s.lanes, s.mb, s.q_in, s.q_out, s.queue, s.ring_r, s.sb, s.t_cur, s.used,
+            s.wrap_inc, s.xb
+        ) = (
+            F, accept, aw, beats_in, desc_layout, first, in_flight, in_row, lanes, mb, q_in,
+            q_out, queue, ring_r, sb, t_cur, used, wrap_inc, xb
+        )  # fmt: skip
+
+    def _pass1(self, m: Module, s: SimpleNamespace) -> None:
+        """Pass 1 (never stalls: the ring and queue were checked at accept)."""
+        (
+            F, accept, beats_in, first, lanes, mb, q_in, queue, sb, t_cur, xb
+        ) = (
+            s.F, s.accept, s.beats_in, s.first, s.lanes, s.mb, s.q_in, s.queue, s.sb, s.t_cur,
+            s.xb
+        )  # fmt: skip
         # ---------------- pass 1 (never stalls: the ring and queue were checked at accept) --
         # A: registered input beat, and each element's whole-log2 ceiling ceil(x / 2**T);
         # lanes beyond count take lane 0's ceiling, which leaves the group maximum unchanged.
@@ -409,36 +433,33 @@ class E2Softmax(wiring.Component):
             queue.w_en.eq(g_v),
         ]
 
+        (
+            s.a_v, s.b_v, s.c_v, s.d_v, s.e_v, s.f_v, s.g_v, s.lane
+        ) = (
+            a_v, b_v, c_v, d_v, e_v, f_v, g_v, lane
+        )  # fmt: skip
+
+    def _pass2(self, m: Module, s: SimpleNamespace) -> None:
+        """Pass 2 (stalls as a whole when the output is not taken)."""
+        (
+            a_v, accept, aw, b_v, beats_in, c_v, d_v, desc_layout, e_v, f_v, g_v, in_flight,
+            in_row, lane, lanes, q_in, q_out, queue, ring_r, used, wrap_inc
+        ) = (
+            s.a_v, s.accept, s.aw, s.b_v, s.beats_in, s.c_v, s.d_v, s.desc_layout, s.e_v,
+            s.f_v, s.g_v, s.in_flight, s.in_row, s.lane, s.lanes, s.q_in, s.q_out, s.queue,
+            s.ring_r, s.used, s.wrap_inc
+        )  # fmt: skip
         # ---------------- pass 2 (stalls as a whole when the output is not taken) -----------
         advance = Signal()
         out_valid = Signal()
         m.d.comb += advance.eq(~out_valid | self.o.ready)
 
-        cur_active = Signal()
-        cur_left = Signal.like(beats_in)
-        cur = Signal(desc_layout)
         rd_ptr = Signal(aw)
-        issue = Signal()
-        pop = Signal()
-        m.d.comb += [
-            pop.eq(advance & ~cur_active & queue.r_rdy),
-            issue.eq(advance & (cur_active | queue.r_rdy)),
-            queue.r_en.eq(pop),
-            ring_r.addr.eq(rd_ptr),
-            ring_r.en.eq(advance),
-        ]
-        sel = Signal(desc_layout)
-        m.d.comb += sel.eq(Mux(cur_active, cur, q_out))
+        replay = replay_rows(m, queue, q_out, advance, beats_shape=beats_in.shape(), name="cur")
+        issue, pop, sel, cur_active = replay.issue, replay.pop, replay.sel, replay.active
+        m.d.comb += [ring_r.addr.eq(rd_ptr), ring_r.en.eq(advance)]
         with m.If(issue):
             m.d.sync += rd_ptr.eq(wrap_inc(rd_ptr))
-            with m.If(cur_active):
-                m.d.sync += [cur_left.eq(cur_left - 1), cur_active.eq(cur_left != 1)]
-            with m.Else():
-                m.d.sync += [
-                    cur.eq(q_out),
-                    cur_left.eq(q_out.beats - 1),
-                    cur_active.eq(q_out.beats != 1),
-                ]
 
         # Ring occupancy and row credits.
         m.d.sync += used.eq(used + accept - issue)
@@ -503,7 +524,6 @@ class E2Softmax(wiring.Component):
 
         pipe_busy = a_v | b_v | c_v | d_v | e_v | f_v | g_v | r1_v | r1b_v | r2_v | r3_v | out_valid
         m.d.comb += self.busy.eq(in_row | (in_flight != 0) | cur_active | pipe_busy)
-        return m
 
     def _output(self, e):
         """Pass 2 output from e (1/32 log2 units): log2 code, or uint8 probability."""

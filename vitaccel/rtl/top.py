@@ -25,14 +25,16 @@ is prefetched meanwhile (so FETCH runs only for the first one).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
 
 from vitaccel.design import Design
+from vitaccel.engine_host import EngineParams
 from vitaccel.engine_timing import top_out_depth
-from vitaccel.isa import Op, residual_fusable
+from vitaccel.isa import field_bits
 from vitaccel.rtl.axi import (
     DMA,
     WORD_BYTES,
@@ -40,14 +42,27 @@ from vitaccel.rtl.axi import (
     AXI4ReadSignature,
     AXI4Signature,
     DMAReader,
-    RegisterFile,
     connect_prefixed,
     prefixed_members,
 )
-from vitaccel.rtl.common import silence_unused
+from vitaccel.rtl.common import CheckedComponent, elaborate_parts
+from vitaccel.rtl.control import (
+    CMD,
+    Decoder,
+    InstrFetch,
+    MatmulSetup,
+    State,
+    Status,
+    StreamDemux,
+    StreamMux,
+    assign,
+    cmd_bits,
+    join,
+    row_fields,
+)
 from vitaccel.rtl.gelu import GELU
 from vitaccel.rtl.layernorm import AILayerNorm
-from vitaccel.rtl.matmul import EngineParams, MatmulEngine
+from vitaccel.rtl.matmul import MatmulEngine
 from vitaccel.rtl.resadd import ResAdd
 from vitaccel.rtl.skid import SkidBuffer
 from vitaccel.rtl.softmax import E2Softmax
@@ -62,18 +77,16 @@ from vitaccel.rtl.spm import (
     XStreamBuilder,
 )
 
-__all__ = ["Accelerator", "AcceleratorTop", "TopParams", "top_verilog", "MAX_VECTOR"]
+__all__ = [
+    "Accelerator",
+    "AcceleratorTop",
+    "TopParams",
+    "top_signature",
+    "top_verilog",
+    "MAX_VECTOR",
+]
 
 MAX_VECTOR = 16  # a packed-W stream word sits in one 16-byte DDR slot: V <= 16
-
-# instruction flags of MATMUL (docs/isa.md)
-FLAG_X_UNSIGNED = 1 << 0
-FLAG_W_SPM = 1 << 1
-FLAG_HEADS = 1 << 3
-FLAG_OUT_T = 1 << 4
-FLAG_GELU = 1 << 5
-FLAG_RESADD = 1 << 6
-FLAG_X_KEEP = 1 << 7
 
 
 def _pow2(name, value):
@@ -86,7 +99,7 @@ class TopParams:
     """Every size of an :class:`Accelerator`, derived from a :class:`~vitaccel.design.Design`.
 
     * SPM: ``spm_kib * 64`` words of 16 bytes.
-    * Matmul engine (:class:`vitaccel.rtl.matmul.EngineParams`): X banks of ``x_words`` words
+    * Matmul engine (:class:`vitaccel.engine_host.EngineParams`): X banks of ``x_words`` words
       (``input_buffer_kib`` over the ``groups*rows`` banks of ``vector`` bytes), W banks of
       ``max_ksteps`` words per half (``weight_buffer_kib`` over ``groups*cols*2`` banks),
       unless given explicitly.
@@ -144,37 +157,7 @@ class TopParams:
         return words << 16 | (a.groups & 0x3F) << 10 | (a.rows & 0x1F) << 5 | (a.cols & 0x1F)
 
 
-# controller states
-_S = {
-    name: i
-    for i, name in enumerate(
-        [
-            "IDLE",
-            "FETCH",
-            "FETCH_WAIT",
-            "PREDECODE",
-            "DECODE",
-            "PARAMS",
-            "PARAMS_WAIT",
-            "MM_SETUP",
-            "ISSUE",
-            "WAIT",
-            "NEXT",
-        ]  # fmt: skip
-    )
-}
-
-# command streams the ISSUE/PARAMS states present (bit positions in `todo`)
-_CMD = {
-    name: i
-    for i, name in enumerate(
-        ["dma_rd", "dma_wr", "words", "unit_rd", "unit_wr", "engine", "xb", "wb", "ow"]
-        + ["dma_w1", "dma_w2", "dma_w3"]  # the extra weight ports' readers
-    )
-}
-
-
-class Accelerator(wiring.Component):
+class Accelerator(CheckedComponent):
     """The whole accelerator: runs a docs/isa.md program from DDR.
 
     Parameters
@@ -194,664 +177,549 @@ class Accelerator(wiring.Component):
     irq : ``Out(1)``
     """
 
+    @classmethod
+    def check(cls, *, design, **kwargs):
+        TopParams(design, **kwargs)
+
     def __init__(self, design: Design, **kwargs):
-        try:
-            self.params = TopParams(design, **kwargs)
-        except (TypeError, ValueError):
-            silence_unused(self)
-            raise
-        super().__init__(
+        self.params = TopParams(design, **kwargs)
+        super().__init__(self.signature_for(self.params))
+
+    @staticmethod
+    def signature_for(params: TopParams) -> wiring.Signature:
+        """The accelerator's ports for ``params`` (the extra weight ports are optional)."""
+        return wiring.Signature(
             {
                 "s_axil": In(AXI4LiteSignature(addr_width=16)),
                 "m_axi": Out(AXI4Signature(addr_width=40, data_width=128)),
                 **{
                     f"m_axi_w{q}": Out(AXI4ReadSignature(addr_width=40, data_width=128))
-                    for q in range(1, self.params.weight_ports)
+                    for q in range(1, params.weight_ports)
                 },
                 "irq": Out(1),
             }
         )
 
-    def elaborate(self, platform):  # noqa: C901 - one controller, read top to bottom
+    def elaborate(self, platform):
+        # the parts share the blocks and the controller's signals through a namespace
+        return elaborate_parts(
+            self._blocks, self._controller, self._dma_reads, self._word_reader, self._units,
+            self._matmul, self._completion, self._state_machine,
+        )  # fmt: skip
+
+    def _blocks(self, m: Module, n: SimpleNamespace) -> None:
+        """The datapath blocks and their fixed connections (docstring of the module)."""
         P = self.params
         E = P.engine
-        G, R, C, V = E.groups, E.rows, E.cols, E.vector
-        m = Module()
-
-        # ---- blocks --------------------------------------------------------------------------
-        m.submodules.regs = regs = RegisterFile(addr_width=16, config=P.config_word)
-        m.submodules.dma = dma = DMA(addr_width=40, fifo_depth=P.dma_fifo_depth)
-        wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
-        wiring.connect(m, dma.bus, wiring.flipped(self.m_axi))
+        G, C, V = E.groups, E.cols, E.vector
+        m.submodules.status = n.status = Status(config=P.config_word)
+        wiring.connect(m, wiring.flipped(self.s_axil), n.status.s_axil)
+        m.d.comb += self.irq.eq(n.status.irq)
+        m.submodules.dma = n.dma = DMA(addr_width=40, fifo_depth=P.dma_fifo_depth)
+        wiring.connect(m, n.dma.bus, wiring.flipped(self.m_axi))
         # the other weight ports: a read-only DMA each, straight into the engine's w streams
-        wdma = []
+        n.wdma = []
         for q in range(1, P.weight_ports):
             rd = DMAReader(addr_width=40, fifo_depth=P.dma_fifo_depth)
             m.submodules[f"wdma{q}"] = rd
             wiring.connect(m, rd.bus, wiring.flipped(getattr(self, f"m_axi_w{q}")))
-            wdma.append(rd)
-        m.d.comb += self.irq.eq(regs.irq)
+            n.wdma.append(rd)
 
-        m.submodules.words = words = RowReader(lanes=16)
-        unit_lanes = sorted({P.gelu_lanes, P.softmax_lanes, P.layernorm_lanes})
-        unit_rd = {}
-        unit_wr = {}
-        for lanes in unit_lanes:
-            unit_rd[lanes] = RowReader(lanes=lanes)
-            unit_wr[lanes] = RowWriter(lanes=lanes)
-            m.submodules[f"unit_rd{lanes}"] = unit_rd[lanes]
-            m.submodules[f"unit_wr{lanes}"] = unit_wr[lanes]
-        m.submodules.res_wr = res_wr = RowWriter(lanes=16)
-        m.submodules.xb = xb = XStreamBuilder(groups=G, vector=V)
-        m.submodules.wb = wb = WStreamBuilder(
+        m.submodules.words = n.words = RowReader(lanes=16)
+        n.unit_lanes = sorted({P.gelu_lanes, P.softmax_lanes, P.layernorm_lanes})
+        n.unit_rd, n.unit_wr = {}, {}
+        for lanes in n.unit_lanes:
+            n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(lanes=lanes)
+            n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(lanes=lanes)
+        m.submodules.res_wr = n.res_wr = RowWriter(lanes=16)
+        m.submodules.xb = n.xb = XStreamBuilder(groups=G, vector=V)
+        m.submodules.wb = n.wb = WStreamBuilder(
             groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits
         )
-        m.submodules.ow = ow = MatmulOutWriter(groups=G, cols=C)
-        m.submodules.brw = brw = ByteRunWriter()
+        m.submodules.ow = n.ow = MatmulOutWriter(groups=G, cols=C)
+        m.submodules.brw = n.brw = ByteRunWriter()
         # the residual add fused into a MATMUL's output runs (reads A through its own port)
-        m.submodules.rr = rr = ResidualRuns(max_channels=P.resadd_channels)
-        readers = [words.mem] + [unit_rd[lanes].mem for lanes in unit_lanes] + [xb.mem, wb.mem]
-        readers.append(rr.mem)
+        m.submodules.rr = n.rr = ResidualRuns(max_channels=P.resadd_channels)
+        readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
+        readers += [n.xb.mem, n.wb.mem, n.rr.mem]
         m.submodules.spm = spm = Scratchpad(
             words=P.spm_words, read_clients=len(readers), write_clients=2
         )
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.rd[i])
-        load_wr = spm.wr[0]  # LOAD: DMA words -> SPM
-        wiring.connect(m, brw.mem, spm.wr[1])
+        n.load_wr = spm.wr[0]  # LOAD: DMA words -> SPM
+        wiring.connect(m, n.brw.mem, spm.wr[1])
 
-        m.submodules.gelu = gelu = GELU(lanes=P.gelu_lanes)
-        m.submodules.softmax = softmax = E2Softmax(
+        m.submodules.gelu = n.gelu = GELU(lanes=P.gelu_lanes)
+        m.submodules.softmax = n.softmax = E2Softmax(
             lanes=P.softmax_lanes,
             max_row=P.max_tokens,
             output="log2" if P.softmax_log2 else "uint8",
         )
-        m.submodules.layernorm = ln = AILayerNorm(
+        m.submodules.layernorm = n.ln = AILayerNorm(
             lanes=P.layernorm_lanes, max_channels=P.max_channels, bias_bits=32
         )
-        m.submodules.resadd = resadd = ResAdd(max_channels=P.resadd_channels)
-        m.submodules.engine = engine = MatmulEngine(E)
+        m.submodules.resadd = n.resadd = ResAdd(max_channels=P.resadd_channels)
+        m.submodules.engine = n.engine = MatmulEngine(E)
         # The engine's output words pass one register with a GELU table per byte: MATMUL
         # GELU looks every byte up (FC1's GELU fused), other MATMULs pass through it.
-        m.submodules.mm_gelu = mm_gelu = GELU(lanes=G * C, bypass=True)
+        m.submodules.mm_gelu = n.mm_gelu = GELU(lanes=G * C, bypass=True)
+        # packed W from DDR (port 0) into the engine through a skid buffer: the gate (state,
+        # opcode, end of the instruction's words) and the engine's loader logic are then in
+        # different cycles
+        m.submodules.w_skid = n.w_skid = SkidBuffer(unsigned(E.w_word_bits))
+        # the residual unit's results through a skid buffer: its whole-pipeline stall then
+        # starts at a register, not at the writers behind it
+        m.submodules.res_skid = n.res_skid = SkidBuffer(n.resadd.o.payload.shape())
+        wiring.connect(m, n.resadd.o, n.res_skid.i)
 
-        # ---- instruction register and fields -------------------------------------------------
-        instr = Signal(256)
-        f = [instr[16 * i : 16 * i + 16] for i in range(16)]
-        op = Signal(8)
-        flags = Signal(8)
-        m.d.comb += [op.eq(f[0][:8]), flags.eq(f[0][8:])]
+    def _controller(self, m: Module, n: SimpleNamespace) -> None:
+        """Fetch, decoder, MATMUL setup, status: the controller's components and registers."""
+        P = self.params
+        E = P.engine
+        m.submodules.fetch = n.fetch = InstrFetch()
+        m.submodules.decoder = n.dec = Decoder(
+            vector=E.vector,
+            max_channels=P.max_channels,
+            resadd_channels=P.resadd_channels,
+            max_tokens=P.max_tokens,
+            softmax_log2=P.softmax_log2,
+        )
+        m.submodules.mm_setup = n.setup = MatmulSetup(
+            groups=E.groups, rows=E.rows, cols=E.cols, x_words=E.x_words,
+            max_ksteps=E.max_ksteps, weight_ports=P.weight_ports, log2=P.softmax_log2,
+        )  # fmt: skip
+        n.instr = n.fetch.instr
+        m.d.comb += [n.dec.instr.eq(n.instr), n.setup.instr.eq(n.instr)]
+        n.op_is = n.dec.op_is
+        n.mm = n.instr.matmul
+        n.w_spm = n.mm.flag.w_spm
+        n.is_heads = n.mm.flag.heads
 
-        def u32(i):
-            return Cat(f[i], f[i + 1])
-
-        # ---- controller state ----------------------------------------------------------------
-        state = Signal(range(len(_S)))
-
-        def at(name):
-            return state == _S[name]
-
-        def goto(name):
-            return state.eq(_S[name])
-
-        pc = Signal(32)
-        busy = Signal()
-        cycles = Signal(64)
-        todo = Signal(len(_CMD))
-        fetch_beat = Signal()
-        done_set = Signal()
-        error_set = Signal()
-        # DONE/ERROR reach the register file a cycle late (registered: the opcode decode
-        # and the checks behind them were a 10-LUT path into its status bits), and BUSY
-        # with them, so a host never sees BUSY low before DONE or ERROR.
-        busy_q = Signal()
-        done_q = Signal()
-        error_q = Signal()
-        m.d.sync += [busy_q.eq(busy), done_q.eq(done_set), error_q.eq(error_set)]
+        n.state = state = Signal(range(len(State)))
+        n.at = lambda name: state == State[name]
+        n.goto = lambda name: state.eq(State[name])
+        n.pc = Signal(32)
+        n.busy = Signal()
+        n.todo = Signal(len(CMD))
+        n.fired = Signal(len(CMD))  # command handshakes this cycle
+        n.done_set = Signal()
+        n.error_set = Signal()
+        st = n.status
         m.d.comb += [
-            regs.busy.eq(busy_q),
-            regs.done_set.eq(done_q),
-            regs.error_set.eq(error_q),
-            regs.cycles.eq(cycles),
-            regs.pc.eq(pc),
+            st.busy.eq(n.busy),
+            st.done.eq(n.done_set),
+            st.error.eq(n.error_set),
+            st.pc.eq(n.pc),
+            st.clear_cycles.eq(n.at("IDLE") & st.start),
+            n.setup.clear_x.eq(n.at("IDLE") & st.start),
+            n.setup.start.eq(n.at("DECODE")),
+            n.setup.run.eq(n.at("MM_SETUP")),
+            n.setup.ksteps_in.eq(n.dec.ksteps),
+            n.dec.latch.eq(n.at("PREDECODE")),
         ]
-        with m.If(busy):
-            m.d.sync += cycles.eq(cycles + 1)
+        n.cmd_valid = lambda name: n.todo[CMD[name]] & (n.at("ISSUE") | n.at("PARAMS"))
+        n.data_base = st.data_base[:40]
 
-        def cmd_valid(name):
-            return todo[_CMD[name]] & ((at("ISSUE")) | (at("PARAMS")))
+    def _dma_reads(self, m: Module, n: SimpleNamespace) -> None:
+        """The DMA reader's commands (fetch, prefetch, LOAD, packed W) and where its words go.
 
-        fired = Signal(len(_CMD))  # command handshakes this cycle
-
-        # MATMUL derived values (MM_SETUP)
-        is_heads = flags[3]
-        w_spm = flags[1]
-        ks = Signal(16)
-        nsteps = Signal(16)
-        # packed W words in DDR per weight port: nsteps * (G*C / ports) * (1 + ks); port q's
-        # stream starts q * w_slots words after the layer's (codec: the streams in turn)
-        w_slots = Signal(24)
-        w_offs = [Signal(32, name=f"w_off{q}") for q in range(1, P.weight_ports)]
-        settled = Signal()  # MM_SETUP: the loop is done, x_need/w_slots follow next cycle
-        checked = Signal()  # MM_SETUP: x_need/w_slots are valid, mm_ok follows next cycle
-        tiles = Signal(16)
-        acc_n = Signal(17)
-        acc_t = Signal(17)
-        cm = Mux(is_heads, C, G * C)
-
-        # parameter loaders
-        param_words = Signal(16)  # words the current PARAMS phase reads
-        param_taken = Signal(16)
-        # all read and the word reader idle, a cycle late (PARAMS lasts >= 1 cycle, so the
-        # flag is fresh in PARAMS_WAIT; the compare in the FSM's path was 10 LUT levels)
-        params_done = Signal()
-
-        # The opcode decoded in DECODE (combinational, from the fresh instruction) and, from
-        # the next cycle on, from registers: every stream mux and command of the instruction
-        # selects on `op_is`, and decoding the opcode in front of them was an 11-LUT path.
-        op_dec = {o.name: op == int(o) for o in Op}
-        op_is = {o.name: Signal(name=f"op_is_{o.name.lower()}") for o in Op}
-        m.d.sync += [op_is[name].eq(op_dec[name]) for name in op_is]
-        # fields the instruction's commands read, registered like the opcode (DECODE itself
-        # applies what PREDECODE worked out: see "what DECODE does" below)
-        f2_zero = Signal()
-        ks_dec = Signal(16)
-        m.d.sync += [
-            f2_zero.eq(f[2] == 0),
-            ks_dec.eq((f[4] + V - 1) >> exact_log2(V)),
-        ]
-        # MATMUL's fused outputs and X reuse, registered like the opcode
-        mm_gelu_on = Signal()
-        mm_res_on = Signal()
-        m.d.sync += [
-            mm_gelu_on.eq(op_dec["MATMUL"] & flags[5]),
-            mm_res_on.eq(op_dec["MATMUL"] & flags[6]),
-        ]
-        x_keep = flags[7]
-        data_base = regs.data_base[:40]
-
-        # ---- DMA reader: fetch / LOAD / packed W ----------------------------------------------
-        # Prefetch: while an instruction runs, the next one is read into `next_instr` (after
-        # the instruction's own DMA read command, if it has one; the reader keeps commands in
-        # order and `last` tells where the instruction's words end).
-        def uses_rd(dec):
-            return (dec["LOAD"] & (f[2] != 0)) | (dec["MATMUL"] & ~w_spm)
-
+        Prefetch: while an instruction runs, the next one is read into the fetch unit's
+        buffer (after the instruction's own DMA read command, if it has one; the reader keeps
+        commands in order and ``last`` tells where the instruction's words end).
+        """
+        E = self.params.engine
+        dma, op_is, at, fetch = n.dma, n.op_is, n.at, n.fetch
         # (registered pieces only: the prefetch request is a short path into the DMA command)
-        op_uses_rd = (op_is["LOAD"] & ~f2_zero) | (op_is["MATMUL"] & ~w_spm)
-        pf_want = Signal()  # prefetch PC + 1 for this instruction
-        pf_issued = Signal()
-        op_rd_cmd_done = Signal()  # the instruction's own DMA read command has been taken
-        op_rd_done = Signal()  # ... and its last word consumed
-        next_instr = Signal(256)
-        next_beat = Signal()
-        next_valid = Signal()
+        op_uses_rd = (op_is.load & ~n.dec.load_words_zero) | (op_is.matmul & ~n.w_spm)
+        n.pf_want = Signal()  # prefetch PC + 1 for this instruction
+        n.pf_issued = Signal()
+        n.op_rd_cmd_done = Signal()  # the instruction's own DMA read command has been taken
+        n.op_rd_done = Signal()  # ... and its last word consumed
         # the states an instruction runs in, a cycle late (registered): the prefetch waits at
         # least that long after DECODE anyway, and leaves NEXT with it issued or not wanted
         running = Signal()
-        m.d.sync += running.eq(
-            Cat(
-                *[at(n) for n in ("PARAMS", "PARAMS_WAIT", "MM_SETUP", "ISSUE", "WAIT", "NEXT")]
-            ).any()
-        )
+        states = ("PARAMS", "PARAMS_WAIT", "MM_SETUP", "ISSUE", "WAIT", "NEXT")
+        m.d.sync += running.eq(Cat(*[at(s) for s in states]).any())
         pf_valid = Signal()
-        m.d.comb += pf_valid.eq(running & pf_want & ~pf_issued & (~op_uses_rd | op_rd_cmd_done))
+        m.d.comb += pf_valid.eq(
+            running & n.pf_want & ~n.pf_issued & (~op_uses_rd | n.op_rd_cmd_done)
+        )
         # DDR addresses computed a cycle ahead, in registers (pc, the instruction and the
         # base registers are stable by the time a command uses them; FETCH waits a cycle for
         # its address): the 40-bit adds stay out of the command paths
+        prog_addr = n.status.prog_addr[:40]
         a_fetch = Signal(40)
         a_next = Signal(40)
-        a_f3 = Signal(40)
-        a_f8 = Signal(40)
-        a_w = [Signal(40, name=f"a_w{q + 1}") for q in range(len(w_offs))]
+        n.a_ddr = Signal(40)  # LOAD/STORE
+        a_w = Signal(40)  # MATMUL's packed W (port 0)
+        n.a_w = [Signal(40, name=f"a_w{q + 1}") for q in range(len(n.wdma))]
         m.d.sync += [
-            a_fetch.eq(regs.prog_addr[:40] + (pc << 5)),
-            a_next.eq(regs.prog_addr[:40] + ((pc + 1) << 5)),
-            a_f3.eq(data_base + u32(3)),
-            a_f8.eq(data_base + u32(8)),
-            *[a.eq(data_base + u32(8) + off) for a, off in zip(a_w, w_offs, strict=True)],
+            a_fetch.eq(prog_addr + (n.pc << 5)),
+            a_next.eq(prog_addr + ((n.pc + 1) << 5)),
+            n.a_ddr.eq(n.data_base + n.instr.load.ddr),
+            a_w.eq(n.data_base + n.mm.w_ddr),
+            *[
+                a.eq(n.data_base + n.mm.w_ddr + off)
+                for a, off in zip(n.a_w, n.setup.w_offs_list, strict=True)
+            ],
         ]
         fetch_armed = Signal()  # FETCH's second cycle on: a_fetch holds this pc's address
         m.d.sync += fetch_armed.eq(at("FETCH"))
-        fetch_go = (at("FETCH")) & fetch_armed & dma.rd_idle  # never behind stale words
-        m.d.comb += dma.rd_cmd.valid.eq(cmd_valid("dma_rd") | fetch_go | pf_valid)
+        n.fetch_go = at("FETCH") & fetch_armed & dma.rd_idle  # never behind stale words
+        cmd = dma.rd_cmd.payload
+        m.d.comb += dma.rd_cmd.valid.eq(n.cmd_valid("dma_rd") | n.fetch_go | pf_valid)
         with m.If(at("FETCH")):
-            m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(a_fetch),
-                dma.rd_cmd.payload.words.eq(2),
-            ]
+            m.d.comb += [cmd.addr.eq(a_fetch), cmd.words.eq(2)]
         with m.Elif(pf_valid):
-            m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(a_next),
-                dma.rd_cmd.payload.words.eq(2),
-            ]
-        with m.Elif(op_is["LOAD"]):
-            m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(a_f3),
-                dma.rd_cmd.payload.words.eq(f[2]),
-            ]
+            m.d.comb += [cmd.addr.eq(a_next), cmd.words.eq(2)]
+        with m.Elif(op_is.load):
+            m.d.comb += [cmd.addr.eq(n.a_ddr), cmd.words.eq(n.instr.load.words)]
         with m.Else():  # MATMUL, packed W from DDR: nsteps * G*C * (1 + ks) slots
-            m.d.comb += [
-                dma.rd_cmd.payload.addr.eq(a_f8),
-                dma.rd_cmd.payload.words.eq(w_slots),
-            ]
+            m.d.comb += [cmd.addr.eq(a_w), cmd.words.eq(n.setup.w_slots)]
         with m.If(pf_valid & dma.rd_cmd.ready):
-            m.d.sync += pf_issued.eq(1)
-        with m.If(cmd_valid("dma_rd") & dma.rd_cmd.ready):
-            m.d.sync += op_rd_cmd_done.eq(1)
-        # stale words (a run stopped by an error) are drained while idle
-        with m.If((at("IDLE")) | (at("FETCH"))):
-            m.d.comb += dma.rd.ready.eq(1)
-        # the prefetched instruction
-        with m.If(running & op_rd_done & pf_issued & ~next_valid):
-            m.d.comb += dma.rd.ready.eq(1)
-            with m.If(dma.rd.valid):
-                with m.If(~next_beat):
-                    m.d.sync += [next_instr[:128].eq(dma.rd.payload.data), next_beat.eq(1)]
-                with m.Else():
-                    m.d.sync += [
-                        next_instr[128:].eq(dma.rd.payload.data),
-                        next_beat.eq(0),
-                        next_valid.eq(1),
-                    ]
-        with m.If(at("FETCH_WAIT")):
-            m.d.comb += dma.rd.ready.eq(1)
-            with m.If(dma.rd.valid):
-                with m.If(~fetch_beat):
-                    m.d.sync += [instr[:128].eq(dma.rd.payload.data), fetch_beat.eq(1)]
-                with m.Else():
-                    m.d.sync += [
-                        instr[128:].eq(dma.rd.payload.data),
-                        fetch_beat.eq(0),
-                        goto("PREDECODE"),
-                    ]
-        load_addr = Signal(16)
-        rd_last_taken = dma.rd.valid & dma.rd.ready & dma.rd.payload.last
-        with m.If((at("WAIT")) & op_is["LOAD"] & ~op_rd_done):
-            with m.If(rd_last_taken):
-                m.d.sync += op_rd_done.eq(1)
-            m.d.comb += [
-                dma.rd.ready.eq(1),
-                load_wr.en.eq(dma.rd.valid),
-                load_wr.addr.eq(load_addr),
-                load_wr.data.eq(dma.rd.payload.data),
-                load_wr.be.eq(0xFFFF),
-            ]
-            with m.If(dma.rd.valid):
-                m.d.sync += load_addr.eq(load_addr + 1)
-        # packed W from DDR (port 0) into the engine through a skid buffer: the gate below
-        # (state, opcode, end of the instruction's words) and the engine's loader logic are
-        # then in different cycles
-        m.submodules.w_skid = w_skid = SkidBuffer(unsigned(E.w_word_bits))
-        with m.If((at("WAIT")) & op_is["MATMUL"] & ~w_spm & ~op_rd_done):
-            with m.If(rd_last_taken):
-                m.d.sync += op_rd_done.eq(1)
-            m.d.comb += [
-                w_skid.i.valid.eq(dma.rd.valid),
-                w_skid.i.payload.eq(dma.rd.payload.data[: E.w_word_bits]),
-                dma.rd.ready.eq(w_skid.i.ready),
-            ]
-        for q, rd in enumerate(wdma, start=1):
-            ew = getattr(engine, f"w{q}")
-            m.d.comb += [
-                rd.cmd.valid.eq(cmd_valid(f"dma_w{q}")),
-                rd.cmd.payload.addr.eq(a_w[q - 1]),
-                rd.cmd.payload.words.eq(w_slots),
-                ew.valid.eq(rd.o.valid),
-                ew.payload.eq(rd.o.payload.data[: E.w_word_bits]),
-                rd.o.ready.eq(ew.ready),
-            ]
+            m.d.sync += n.pf_issued.eq(1)
+        with m.If(n.cmd_valid("dma_rd") & dma.rd_cmd.ready):
+            m.d.sync += n.op_rd_cmd_done.eq(1)
 
-        # ---- DMA writer: STORE ---------------------------------------------------------------
-        m.d.comb += [
-            dma.wr_cmd.valid.eq(cmd_valid("dma_wr")),
-            dma.wr_cmd.payload.addr.eq(a_f3),
-            dma.wr_cmd.payload.words.eq(f[2]),
-        ]
-
-        # ---- word reader: STORE / parameter blocks / RESADD rows ------------------------------
-        wcmd = words.cmd.payload
-        m.d.comb += words.cmd.valid.eq(cmd_valid("words"))
-        with m.If(at("PARAMS")):
-            # RESADD f9, MATMUL GELU f10 / RESADD f11, GELU and LAYERNORM f7
-            base = Mux(
-                op_is["RESADD"], f[9], Mux(op_is["MATMUL"], Mux(flags[5], f[10], f[11]), f[7])
+        # the words: stale ones (a run stopped by an error) drained while idle, the fetched
+        # or prefetched instruction, LOAD data, packed W
+        m.submodules.rd_route = route = StreamDemux(dma.rd.payload.shape(), 4)
+        wiring.connect(m, dma.rd, route.i)
+        drain, to_fetch, to_load, to_w = route.o
+        load_on = at("WAIT") & op_is.load & ~n.op_rd_done
+        w_on = at("WAIT") & op_is.matmul & ~n.w_spm & ~n.op_rd_done
+        m.d.comb += route.sel.eq(
+            Cat(
+                at("IDLE") | at("FETCH"),
+                at("FETCH_WAIT") | (running & n.op_rd_done & n.pf_issued & ~fetch.next_valid),
+                load_on,
+                w_on,
             )
+        )
+        m.d.comb += drain.ready.eq(1)
+        join(m, to_fetch, fetch.rd, payload=fetch.rd.payload.eq(to_fetch.payload.data))
+        m.d.comb += [
+            fetch.fetch.eq(at("FETCH_WAIT")),
+            fetch.fetch_start.eq(at("FETCH") & n.fetch_go & dma.rd_cmd.ready),
+            fetch.clear_next.eq(at("DECODE")),
+            fetch.advance.eq(at("NEXT") & n.pf_want & fetch.next_valid),
+        ]
+        n.load_addr = Signal(16)
+        with m.If(load_on):
             m.d.comb += [
-                wcmd.base.eq(base),
-                wcmd.stride.eq(1),
-                wcmd.rows.eq(param_words),
-                wcmd.cols.eq(16),
+                to_load.ready.eq(1),
+                n.load_wr.en.eq(to_load.valid),
+                n.load_wr.addr.eq(n.load_addr),
+                n.load_wr.data.eq(to_load.payload.data),
+                n.load_wr.be.eq(0xFFFF),
             ]
-        with m.Elif(op_is["STORE"]):
-            m.d.comb += [
-                wcmd.base.eq(f[1]),
-                wcmd.stride.eq(1),
-                wcmd.rows.eq(f[2]),
-                wcmd.cols.eq(16),
-            ]
-        with m.Else():  # RESADD: A row r, then B row r
-            m.d.comb += [
-                wcmd.base.eq(f[1]),
-                wcmd.stride.eq(f[2]),
-                wcmd.rows.eq(f[3]),
-                wcmd.cols.eq(f[4]),
-                wcmd.base2.eq(f[7]),
-                wcmd.stride2.eq(f[8]),
-                wcmd.dual.eq(1),
-            ]
-        word_data = words.o.payload.data.as_value()
-        with m.If(op_is["STORE"]):  # (the word reader carries only STORE data then)
-            m.d.comb += [
-                dma.wr.valid.eq(words.o.valid),
-                dma.wr.payload.eq(word_data),
-                words.o.ready.eq(dma.wr.ready),
-            ]
-        with m.If((at("WAIT")) & op_is["RESADD"]):
-            m.d.comb += [
-                resadd.i.valid.eq(words.o.valid),
-                resadd.i.payload.as_value().eq(words.o.payload.as_value()),
-                words.o.ready.eq(resadd.i.ready),
-            ]
+            with m.If(to_load.valid):
+                m.d.sync += n.load_addr.eq(n.load_addr + 1)
+        w_bits = E.w_word_bits
+        join(m, to_w, n.w_skid.i, payload=n.w_skid.i.payload.eq(to_w.payload.data[:w_bits]))
+        for end in (to_load, to_w):
+            with m.If(end.valid & end.ready & end.payload.last):
+                m.d.sync += n.op_rd_done.eq(1)
 
-        # parameter loaders (PARAMS_WAIT): one SPM word at a time
-        sub = Signal(4)  # entry within the word
+    def _word_reader(self, m: Module, n: SimpleNamespace) -> None:
+        """The 16-lane word reader: STORE data, parameter blocks, RESADD's A and B rows; and
+        the parameter loaders (PARAMS_WAIT), one SPM word at a time."""
+        op_is, at, i = n.op_is, n.at, n.instr
+        words, dma = n.words, n.dma
+        wcmd = words.cmd.payload
+        m.d.comb += words.cmd.valid.eq(n.cmd_valid("words"))
+        n.param_words = Signal(16)  # words the current PARAMS phase reads
+        n.param_taken = Signal(16)
+        # GELU's table and LAYERNORM's parameter block are given in the same word
+        assert field_bits("GELU")["table"] == field_bits("LAYERNORM")["params"]
+        with m.If(at("PARAMS")):
+            base = Mux(
+                op_is.resadd,
+                i.resadd.params,
+                Mux(op_is.matmul, Mux(n.mm.flag.gelu, n.mm.gelu_table, n.mm.residual_params),
+                    i.gelu.table),
+            )  # fmt: skip
+            m.d.comb += assign(wcmd, base=base, stride=1, rows=n.param_words, cols=16)
+        with m.Elif(op_is.store):
+            m.d.comb += assign(wcmd, base=i.store.spm, stride=1, rows=i.store.words, cols=16)
+        with m.Else():  # RESADD: A row r, then B row r
+            r = i.resadd
+            m.d.comb += assign(wcmd, base=r.a, stride=r.a_stride, rows=r.rows, cols=r.cols,
+                               base2=r.b, stride2=r.b_stride, dual=1)  # fmt: skip
+        # STORE data to the DMA writer, RESADD rows to the unit, parameter words to the loaders
+        m.submodules.words_route = route = StreamDemux(words.o.payload.shape(), 3)
+        wiring.connect(m, words.o, route.i)
+        to_dma, to_resadd, to_params = route.o
+        m.d.comb += route.sel.eq(Cat(op_is.store, at("WAIT") & op_is.resadd, at("PARAMS_WAIT")))
+        join(m, to_dma, dma.wr, payload=dma.wr.payload.eq(to_dma.payload.data.as_value()))
+        m.d.comb += [
+            dma.wr_cmd.valid.eq(n.cmd_valid("dma_wr")),
+            dma.wr_cmd.payload.addr.eq(n.a_ddr),
+            dma.wr_cmd.payload.words.eq(i.store.words),
+        ]
+        rsd = n.resadd.i.payload.as_value()
+        join(m, to_resadd, n.resadd.i, payload=rsd.eq(to_resadd.payload.as_value()))
+        self._param_loaders(m, n, to_params)
+
+    def _param_loaders(self, m: Module, n: SimpleNamespace, src) -> None:
+        """PARAMS_WAIT: GELU tables (16 entries a word), LAYERNORM constants (2 channels a
+        word), RESADD multipliers (4 channels a word, straight into the parameter banks)."""
+        gelu, ln, resadd, op_is = n.gelu, n.ln, n.resadd, n.op_is
+        n.sub = sub = Signal(4)  # entry within the word
         word_take = Signal()
-        with m.If(at("PARAMS_WAIT")):
-            with m.If(op_is["GELU"] | mm_gelu_on):  # 16 table entries a word
-                idx = Cat(sub, param_taken[:4])
+        word_data = src.payload.data.as_value()
+        taken = n.param_taken
+        with m.If(n.at("PARAMS_WAIT")):
+            with m.If(op_is.gelu | n.dec.mm_gelu):  # 16 table entries a word
                 m.d.comb += [
-                    gelu.table_addr.eq(idx),
+                    gelu.table_addr.eq(Cat(sub, taken[:4])),
                     gelu.table_data.eq(word_data.word_select(sub, 8)),
-                    gelu.table_we.eq(words.o.valid),
-                    word_take.eq(words.o.valid & (sub == 15)),
+                    gelu.table_we.eq(src.valid),
+                    word_take.eq(src.valid & (sub == 15)),
                 ]
-                with m.If(words.o.valid):
+                with m.If(src.valid):
                     m.d.sync += sub.eq(sub + 1)
-            with m.Elif(op_is["LAYERNORM"]):  # 2 channels a word, 8 bytes each
+            with m.Elif(op_is.layernorm):  # 2 channels a word, 8 bytes each
                 entry = word_data.word_select(sub[0], 64)
-                chan = Cat(sub[0], param_taken)
+                chan = Cat(sub[0], taken)
                 m.d.comb += [
                     ln.const_addr.eq(chan),
                     ln.const_alpha.eq(entry[0:2]),
                     ln.const_gain.eq(entry[16:32]),
                     ln.const_bias.eq(entry[32:64]),
-                    ln.const_we.eq(words.o.valid & (chan < f[4])),
-                    word_take.eq(words.o.valid & (sub[0] == 1)),
+                    ln.const_we.eq(src.valid & (chan < n.instr.layernorm.cols)),
+                    word_take.eq(src.valid & (sub[0] == 1)),
                 ]
-                with m.If(words.o.valid):
+                with m.If(src.valid):
                     m.d.sync += sub.eq(Mux(sub[0], 0, 1))
-            with m.Else():  # RESADD: 4 channels a word, straight into the parameter banks
+            with m.Else():  # RESADD
                 m.d.comb += [
-                    resadd.param_addr.eq(param_taken),
+                    resadd.param_addr.eq(taken),
                     resadd.param_data.eq(word_data),
-                    resadd.param_we.eq(words.o.valid),
-                    word_take.eq(words.o.valid),
+                    resadd.param_we.eq(src.valid),
+                    word_take.eq(src.valid),
                 ]
-            m.d.comb += words.o.ready.eq(word_take)
+            m.d.comb += src.ready.eq(word_take)
             with m.If(word_take):
-                m.d.sync += param_taken.eq(param_taken + 1)
-
+                m.d.sync += taken.eq(taken + 1)
         # the fused GELU table is written with the GELU unit's (both hold the last table)
         m.d.comb += [
-            mm_gelu.table_addr.eq(gelu.table_addr),
-            mm_gelu.table_data.eq(gelu.table_data),
-            mm_gelu.table_we.eq(gelu.table_we),
+            n.mm_gelu.table_addr.eq(gelu.table_addr),
+            n.mm_gelu.table_data.eq(gelu.table_data),
+            n.mm_gelu.table_we.eq(gelu.table_we),
         ]
+        # all read and the word reader idle, a cycle late (PARAMS lasts >= 1 cycle, so the
+        # flag is fresh in PARAMS_WAIT; the compare in the FSM's path was 10 LUT levels)
+        n.params_done = Signal()
+        m.d.sync += n.params_done.eq((taken == n.param_words) & n.words.idle)
 
+    def _units(self, m: Module, n: SimpleNamespace) -> None:
+        """GELU, SOFTMAX, LAYERNORM, RESADD: their readers, writers, scalars, and the byte-run
+        writer's input (the active instruction's writer)."""
+        P = self.params
+        op_is, i = n.op_is, n.instr
+        gelu, softmax, ln, resadd = n.gelu, n.softmax, n.ln, n.resadd
         # unit scalars come straight from the instruction fields (constant while it runs);
-        # the residual add's shift (RESADD f10, MATMUL RESADD f13) through a register
+        # the residual add's shift through a register
         res_shift = Signal(6)
-        shift_field = Mux(op_is["MATMUL"], f[13], f[10])
+        shift_field = Mux(op_is.matmul, n.mm.residual_shift, i.resadd.shift)
         m.d.sync += res_shift.eq(Mux(shift_field > 63, 63, shift_field))
         m.d.comb += [
-            softmax.in_shift.eq(f[7]),
-            ln.recip_mult.eq(f[8]),
-            ln.recip_shift.eq(f[9]),
-            ln.out_shift.eq(f[10]),
-            ln.eps_q.eq(f[11]),
+            softmax.in_shift.eq(i.softmax.in_shift),
+            ln.recip_mult.eq(i.layernorm.recip_mult),
+            ln.recip_shift.eq(i.layernorm.recip_shift),
+            ln.out_shift.eq(i.layernorm.out_shift),
+            ln.eps_q.eq(i.layernorm.eps_q),
             resadd.shift.eq(res_shift),
         ]
-
-        # ---- unit readers / writers: GELU, SOFTMAX, LAYERNORM ---------------------------------
-        units = [("GELU", gelu, P.gelu_lanes), ("SOFTMAX", softmax, P.softmax_lanes),
-                 ("LAYERNORM", ln, P.layernorm_lanes)]  # fmt: skip
-        for lanes in unit_lanes:
-            rd, wr = unit_rd[lanes], unit_wr[lanes]
-            mine = Cat(*[op_is[name] for name, _, ln_ in units if ln_ == lanes]).any()
+        rows = row_fields(i)
+        reads = {"base": rows.src, "stride": rows.src_stride, "rows": rows.rows, "cols": rows.cols}
+        writes = {**reads, "base": rows.dst, "stride": rows.dst_stride}
+        units = [("gelu", gelu, P.gelu_lanes), ("softmax", softmax, P.softmax_lanes),
+                 ("layernorm", ln, P.layernorm_lanes)]  # fmt: skip
+        writers = {}  # lanes -> (writer output, its instructions)
+        for lanes in n.unit_lanes:
+            rd, wr = n.unit_rd[lanes], n.unit_wr[lanes]
+            mine = [(name, unit) for name, unit, ln_ in units if ln_ == lanes]
+            sel = Cat(*[getattr(op_is, name) for name, _ in mine])
             m.d.comb += [
-                rd.cmd.valid.eq(cmd_valid("unit_rd") & mine),
-                rd.cmd.payload.base.eq(f[1]),
-                rd.cmd.payload.stride.eq(f[2]),
-                rd.cmd.payload.rows.eq(f[3]),
-                rd.cmd.payload.cols.eq(f[4]),
-                wr.cmd.valid.eq(cmd_valid("unit_wr") & mine),
-                wr.cmd.payload.base.eq(f[5]),
-                wr.cmd.payload.stride.eq(f[6]),
-                wr.cmd.payload.rows.eq(f[3]),
-                wr.cmd.payload.cols.eq(f[4]),
+                rd.cmd.valid.eq(n.cmd_valid("unit_rd") & sel.any()),
+                *assign(rd.cmd.payload, **reads),
+                wr.cmd.valid.eq(n.cmd_valid("unit_wr") & sel.any()),
+                *assign(wr.cmd.payload, **writes),
             ]
-            for name, unit, ln_ in units:
-                if ln_ != lanes:
-                    continue
-                # routed by the (registered) opcode alone: a unit's reader and writer carry
-                # beats only while its instruction runs
-                with m.If(op_is[name]):
-                    m.d.comb += [
-                        unit.i.valid.eq(rd.o.valid),
-                        unit.i.payload.as_value().eq(rd.o.payload.as_value()),
-                        rd.o.ready.eq(unit.i.ready),
-                        wr.i.valid.eq(unit.o.valid),
-                        wr.i.payload.count.eq(unit.o.payload.count),
-                        wr.i.payload.last.eq(unit.o.payload.last),
-                        unit.o.ready.eq(wr.i.ready),
-                    ]
-                    # one byte per element (log2 codes are zero-extended)
-                    for lane in range(lanes):
-                        m.d.comb += wr.i.payload.data[lane].eq(unit.o.payload.data[lane])
-        # RESADD output
+            # routed by the (registered) opcode alone: a unit's reader and writer carry beats
+            # only while its instruction runs
+            m.submodules[f"unit_in{lanes}"] = fan = StreamDemux(rd.o.payload.shape(), len(mine))
+            m.submodules[f"unit_out{lanes}"] = mux = StreamMux(wr.i.payload.shape(), len(mine))
+            wiring.connect(m, rd.o, fan.i)
+            wiring.connect(m, mux.o, wr.i)
+            m.d.comb += [fan.sel.eq(sel), mux.sel.eq(sel)]
+            for k, (_, unit) in enumerate(mine):
+                into, out, beat = unit.i.payload, unit.o.payload, mux.i[k].payload
+                join(m, fan.o[k], unit.i, payload=into.as_value().eq(fan.o[k].payload.as_value()))
+                # one byte per element (log2 codes are zero-extended)
+                join(m, unit.o, mux.i[k], payload=[
+                    beat.count.eq(out.count),
+                    beat.last.eq(out.last),
+                    *[beat.data[j].eq(out.data[j]) for j in range(lanes)],
+                ])  # fmt: skip
+            writers[lanes] = (wr.o, sel.any())
+        # RESADD: its output rows, or (MATMUL RESADD) the sums back to the output runs
+        res_wr = n.res_wr
         m.d.comb += [
-            res_wr.cmd.valid.eq(cmd_valid("unit_wr") & op_is["RESADD"]),
-            res_wr.cmd.payload.base.eq(f[5]),
-            res_wr.cmd.payload.stride.eq(f[6]),
-            res_wr.cmd.payload.rows.eq(f[3]),
-            res_wr.cmd.payload.cols.eq(f[4]),
+            res_wr.cmd.valid.eq(n.cmd_valid("unit_wr") & op_is.resadd),
+            *assign(res_wr.cmd.payload, **writes),
         ]
-        # the residual unit's results through a skid buffer: its whole-pipeline stall then
-        # starts at a register, not at the writers behind it
-        m.submodules.res_skid = res_skid = SkidBuffer(resadd.o.payload.shape())
-        wiring.connect(m, resadd.o, res_skid.i)
-        res_out = res_skid.o
-        with m.If(op_is["RESADD"]):
-            m.d.comb += [
-                res_wr.i.valid.eq(res_out.valid),
-                res_wr.i.payload.as_value().eq(res_out.payload.as_value()),
-                res_out.ready.eq(res_wr.i.ready),
-            ]
+        m.submodules.res_route = res_route = StreamDemux(n.res_skid.o.payload.shape(), 2)
+        wiring.connect(m, n.res_skid.o, res_route.i)
+        m.d.comb += res_route.sel.eq(Cat(op_is.resadd, op_is.matmul))
+        to_wr = res_route.o[0]
+        join(m, to_wr, res_wr.i, payload=res_wr.i.payload.as_value().eq(to_wr.payload.as_value()))
         # MATMUL RESADD: runs -> ResidualRuns (reads A) -> the unit's pair input -> runs
+        rr, ow, mm_res = n.rr, n.ow, n.dec.mm_res
+        wiring.connect(m, res_route.o[1], rr.res)
         rr_delta = Signal(16)
-        m.d.sync += rr_delta.eq(f[10] - f[6])  # A base - Y base (A has Y's stride)
+        m.d.sync += rr_delta.eq(n.mm.residual - n.mm.y)  # A base - Y base (A has Y's stride)
         wiring.connect(m, rr.pair, resadd.pair)
-        m.d.comb += [
-            resadd.use_pair.eq(op_is["MATMUL"]),
-            rr.delta.eq(rr_delta),
-            rr.chan.eq(ow.chan),
-            rr.res.valid.eq(res_out.valid & op_is["MATMUL"]),
-            rr.res.payload.eq(res_out.payload),
-        ]
-        with m.If(op_is["MATMUL"]):
-            m.d.comb += res_out.ready.eq(rr.res.ready)
-        with m.If(mm_res_on):
-            m.d.comb += [
-                rr.i.valid.eq(ow.o.valid),
-                rr.i.payload.eq(ow.o.payload),
-                ow.o.ready.eq(rr.i.ready),
-            ]
-
-        # ---- byte-run writer input: the active op's writer ------------------------------------
+        m.d.comb += [resadd.use_pair.eq(op_is.matmul), rr.delta.eq(rr_delta), rr.chan.eq(ow.chan)]
+        m.submodules.ow_route = ow_route = StreamDemux(ow.o.payload.shape(), 2)
+        wiring.connect(m, ow.o, ow_route.i)
+        m.d.comb += ow_route.sel.eq(Cat(op_is.matmul & ~mm_res, mm_res))
+        wiring.connect(m, ow_route.o[1], rr.i)
+        # the byte-run writer takes the active instruction's runs
         sources = [
-            (op_is["RESADD"], res_wr.o),
-            (op_is["MATMUL"] & ~mm_res_on, ow.o),
-            (op_is["MATMUL"] & mm_res_on, rr.o),
+            (res_wr.o, op_is.resadd),
+            (ow_route.o[0], op_is.matmul & ~mm_res),
+            (rr.o, op_is.matmul & mm_res),
+            *writers.values(),
         ]
-        for name, _, lanes in units:
-            sources.append((op_is[name], unit_wr[lanes].o))
-        # by the registered opcode alone: a writer has runs only while its instruction runs
-        for sel, src in sources:
-            with m.If(sel):
-                m.d.comb += [
-                    brw.i.valid.eq(src.valid),
-                    brw.i.payload.eq(src.payload),
-                    src.ready.eq(brw.i.ready),
-                ]
+        m.submodules.runs = runs = StreamMux(n.brw.i.payload.shape(), len(sources))
+        for k, (src, _) in enumerate(sources):
+            wiring.connect(m, src, runs.i[k])
+        m.d.comb += runs.sel.eq(Cat(*[sel for _, sel in sources]))
+        wiring.connect(m, runs.o, n.brw.i)
 
-        # ---- matmul ----------------------------------------------------------------------------
+    def _matmul(self, m: Module, n: SimpleNamespace) -> None:
+        """MATMUL: the engine's command, the X/W builders, the output writer, the W streams."""
+        P = self.params
+        E = P.engine
+        G, C = E.groups, E.cols
+        engine, xb, wb, ow, mm, fl = n.engine, n.xb, n.wb, n.ow, n.mm, n.mm.flag
+        setup = n.setup
+        nheads = Mux(n.is_heads, mm.heads, 1)
+        heads = {"heads": n.is_heads, "nheads": nheads}
+        log2 = {"x_log2": fl.x_log2} if P.softmax_log2 else {}
         m.d.comb += [
-            engine.cmd.valid.eq(cmd_valid("engine")),
-            engine.cmd.payload.tokens.eq(f[3]),
-            engine.cmd.payload.ksteps.eq(ks),
-            engine.cmd.payload.nsteps.eq(nsteps),
-            engine.cmd.payload.heads.eq(is_heads),
-            engine.cmd.payload.x_unsigned.eq(flags[0]),
-            engine.cmd.payload.x_keep.eq(x_keep),
-            *([engine.cmd.payload.x_log2.eq(flags[2])] if P.softmax_log2 else []),
-            engine.cmd.payload.lo.eq(-128),
-            engine.cmd.payload.hi.eq(127),
-            xb.cmd.valid.eq(cmd_valid("xb")),
-            xb.cmd.payload.base.eq(f[1]),
-            xb.cmd.payload.stride.eq(f[2]),
-            xb.cmd.payload.tokens.eq(f[3]),
-            xb.cmd.payload.k.eq(f[4]),
-            xb.cmd.payload.heads.eq(is_heads),
-            xb.cmd.payload.nheads.eq(Mux(is_heads, f[12], 1)),
-            xb.cmd.payload.head_step.eq(f[13]),
-            wb.cmd.valid.eq(cmd_valid("wb")),
-            wb.cmd.payload.base.eq(f[10]),
-            wb.cmd.payload.stride.eq(f[11]),
-            wb.cmd.payload.n.eq(f[5]),
-            wb.cmd.payload.k.eq(f[4]),
-            wb.cmd.payload.heads.eq(is_heads),
-            wb.cmd.payload.nheads.eq(Mux(is_heads, f[12], 1)),
-            wb.cmd.payload.head_step.eq(f[14]),
-            wb.cmd.payload.mult.eq(f[8]),
-            wb.cmd.payload.shift.eq(f[9]),
-            ow.cmd.valid.eq(cmd_valid("ow")),
-            ow.cmd.payload.base.eq(f[6]),
-            ow.cmd.payload.stride.eq(f[7]),
-            ow.cmd.payload.tokens.eq(f[3]),
-            ow.cmd.payload.n.eq(f[5]),
-            ow.cmd.payload.heads.eq(is_heads),
-            ow.cmd.payload.nheads.eq(Mux(is_heads, f[12], 1)),
-            ow.cmd.payload.head_step.eq(f[15]),
-            ow.cmd.payload.transposed.eq(flags[4]),
-        ]
+            engine.cmd.valid.eq(n.cmd_valid("engine")),
+            xb.cmd.valid.eq(n.cmd_valid("xb")),
+            wb.cmd.valid.eq(n.cmd_valid("wb")),
+            ow.cmd.valid.eq(n.cmd_valid("ow")),
+            *assign(engine.cmd.payload, tokens=mm.tokens, ksteps=setup.ksteps,
+                    nsteps=setup.nsteps, heads=n.is_heads, x_unsigned=fl.x_unsigned,
+                    x_keep=fl.x_keep, lo=-128, hi=127, **log2),
+            *assign(xb.cmd.payload, base=mm.x, stride=mm.x_stride, tokens=mm.tokens, k=mm.k,
+                    head_step=mm.head_x_step, **heads),
+            *assign(wb.cmd.payload, base=mm.w_spm, stride=mm.w_stride, n=mm.n, k=mm.k,
+                    head_step=mm.head_w_step, mult=mm.mult, shift=mm.shift, **heads),
+            *assign(ow.cmd.payload, base=mm.y, stride=mm.y_stride, tokens=mm.tokens, n=mm.n,
+                    head_step=mm.head_y_step, transposed=fl.out_t, **heads),
+        ]  # fmt: skip
         wiring.connect(m, xb.o, engine.x)
-        m.d.comb += [
-            mm_gelu.i.valid.eq(engine.o.valid),
-            mm_gelu.i.payload.data.as_value().eq(engine.o.payload),
-            engine.o.ready.eq(mm_gelu.i.ready),
-            mm_gelu.bypass.eq(~mm_gelu_on),
-            ow.i.valid.eq(mm_gelu.o.valid),
-            ow.i.payload.eq(mm_gelu.o.payload.data.as_value()),
-            mm_gelu.o.ready.eq(ow.i.ready),
-        ]
-        # W built from the SPM comes as one stream; with several weight ports the engine
+        mm_gelu = n.mm_gelu
+        gelu_in = mm_gelu.i.payload.data.as_value()
+        join(m, engine.o, mm_gelu.i, payload=gelu_in.eq(engine.o.payload))
+        m.d.comb += mm_gelu.bypass.eq(~n.dec.mm_gelu)
+        join(m, mm_gelu.o, ow.i, payload=ow.i.payload.eq(mm_gelu.o.payload.data.as_value()))
+        # W from DDR (port 0 through the skid buffer, the other ports straight from their
+        # readers) or built from the SPM as one stream; with several weight ports the engine
         # takes each port's columns on its own input: a demux by column (the stream order is
         # per step, per column, 1 + ks words a column; port q has columns q*M .. q*M + M-1)
         e_ws = [engine.w] + [getattr(engine, f"w{q}") for q in range(1, P.weight_ports)]
-        n_ports = len(e_ws)
-        with m.If(~w_spm):
-            m.d.comb += [
-                engine.w.valid.eq(w_skid.o.valid),
-                engine.w.payload.eq(w_skid.o.payload),
-                w_skid.o.ready.eq(engine.w.ready),
-            ]
-        if n_ports == 1:
-            with m.If(w_spm):
+        ports = len(e_ws)
+        shape = unsigned(E.w_word_bits)
+        m.submodules.w_split = split = StreamDemux(shape, ports)
+        wiring.connect(m, wb.o, split.i)
+        wsel = self._w_port_select(m, n, G * C // ports, ports)
+        m.d.comb += split.sel.eq(Cat(*[n.w_spm & (wsel == q) for q in range(ports)]))
+        for q, ew in enumerate(e_ws):
+            m.submodules[f"w_in{q}"] = w_in = StreamMux(shape, 2)
+            wiring.connect(m, split.o[q], w_in.i[1])
+            wiring.connect(m, w_in.o, ew)
+            if q == 0:
+                wiring.connect(m, n.w_skid.o, w_in.i[0])
+                m.d.comb += w_in.sel.eq(Cat(~n.w_spm, n.w_spm))
+            else:
+                rd = n.wdma[q - 1]
+                data = rd.o.payload.data[: E.w_word_bits]
+                join(m, rd.o, w_in.i[0], payload=w_in.i[0].payload.eq(data))
                 m.d.comb += [
-                    engine.w.valid.eq(wb.o.valid),
-                    engine.w.payload.eq(wb.o.payload),
-                    wb.o.ready.eq(engine.w.ready),
+                    w_in.sel.eq(Cat(~split.sel[q], split.sel[q])),
+                    rd.cmd.valid.eq(n.cmd_valid(f"dma_w{q}")),
+                    rd.cmd.payload.addr.eq(n.a_w[q - 1]),
+                    rd.cmd.payload.words.eq(setup.w_slots),
                 ]
-        else:
-            per_port = G * C // n_ports
-            wsel = Signal(range(n_ports))  # the port of the next word
-            wsel_col = Signal(range(per_port))  # its column within the port's range
-            wsel_left = Signal(16)  # words of the column after this one
-            wsel_last = Signal()  # wsel_left == 0
-            # reset before the W builder's command (ISSUE), count every word from then on
-            with m.If(at("MM_SETUP")):
-                m.d.sync += [wsel.eq(0), wsel_col.eq(0), wsel_left.eq(ks), wsel_last.eq(0)]
-            wb_fire = wb.o.valid & wb.o.ready
-            with m.If(wb_fire):
-                with m.If(wsel_last):
-                    m.d.sync += [wsel_left.eq(ks), wsel_last.eq(0)]
-                    with m.If(wsel_col == per_port - 1):
-                        m.d.sync += [
-                            wsel_col.eq(0),
-                            wsel.eq(Mux(wsel == n_ports - 1, 0, wsel + 1)),
-                        ]
-                    with m.Else():
-                        m.d.sync += wsel_col.eq(wsel_col + 1)
-                with m.Else():
-                    m.d.sync += [wsel_left.eq(wsel_left - 1), wsel_last.eq(wsel_left == 1)]
-            with m.If(w_spm):
-                for q, ew in enumerate(e_ws):
-                    with m.If(wsel == q):
-                        m.d.comb += [
-                            ew.valid.eq(wb.o.valid),
-                            ew.payload.eq(wb.o.payload),
-                            wb.o.ready.eq(ew.ready),
-                        ]
 
-        # ---- command bookkeeping ---------------------------------------------------------------
-        streams = {
-            "dma_rd": dma.rd_cmd,
-            "dma_wr": dma.wr_cmd,
-            "words": words.cmd,
-            "engine": engine.cmd,
-            "xb": xb.cmd,
-            "wb": wb.cmd,
-            "ow": ow.cmd,
-        }
-        for q, rd in enumerate(wdma, start=1):
+    def _w_port_select(self, m: Module, n: SimpleNamespace, per_port: int, ports: int):
+        """The weight port of the W builder's next word (0 with one port)."""
+        if ports == 1:
+            return Const(0)
+        wb, ks = n.wb, n.setup.ksteps
+        wsel = Signal(range(ports))  # the port of the next word
+        wsel_col = Signal(range(per_port))  # its column within the port's range
+        wsel_left = Signal(16)  # words of the column after this one
+        wsel_last = Signal()  # wsel_left == 0
+        # reset before the W builder's command (ISSUE), count every word from then on
+        with m.If(n.at("MM_SETUP")):
+            m.d.sync += [wsel.eq(0), wsel_col.eq(0), wsel_left.eq(ks), wsel_last.eq(0)]
+        with m.If(wb.o.valid & wb.o.ready):
+            with m.If(wsel_last):
+                m.d.sync += [wsel_left.eq(ks), wsel_last.eq(0)]
+                with m.If(wsel_col == per_port - 1):
+                    m.d.sync += [wsel_col.eq(0), wsel.eq(Mux(wsel == ports - 1, 0, wsel + 1))]
+                with m.Else():
+                    m.d.sync += wsel_col.eq(wsel_col + 1)
+            with m.Else():
+                m.d.sync += [wsel_left.eq(wsel_left - 1), wsel_last.eq(wsel_left == 1)]
+        return wsel
+
+    def _completion(self, m: Module, n: SimpleNamespace) -> None:
+        """Command handshakes (``fired``) and the idle test that ends an instruction."""
+        dma, words, xb, wb, ow, engine = n.dma, n.words, n.xb, n.wb, n.ow, n.engine
+        streams = {"dma_rd": dma.rd_cmd, "dma_wr": dma.wr_cmd, "words": words.cmd,
+                   "engine": engine.cmd, "xb": xb.cmd, "wb": wb.cmd, "ow": ow.cmd}  # fmt: skip
+        for q, rd in enumerate(n.wdma, start=1):
             streams[f"dma_w{q}"] = rd.cmd
         for name, st in streams.items():
-            m.d.comb += fired[_CMD[name]].eq(cmd_valid(name) & st.ready)
-        unit_rd_fire = Cat(*[r.cmd.valid & r.cmd.ready for r in unit_rd.values()]).any()
-        unit_wr_fire = Cat(
-            *[w.cmd.valid & w.cmd.ready for w in unit_wr.values()],
-            res_wr.cmd.valid & res_wr.cmd.ready,
-        ).any()
+            m.d.comb += n.fired[CMD[name]].eq(n.cmd_valid(name) & st.ready)
+        unit_rd, unit_wr = n.unit_rd.values(), n.unit_wr.values()
         m.d.comb += [
-            fired[_CMD["unit_rd"]].eq(unit_rd_fire),
-            fired[_CMD["unit_wr"]].eq(unit_wr_fire),
+            n.fired[CMD["unit_rd"]].eq(Cat(*[r.cmd.valid & r.cmd.ready for r in unit_rd]).any()),
+            n.fired[CMD["unit_wr"]].eq(
+                Cat(
+                    *[w.cmd.valid & w.cmd.ready for w in unit_wr],
+                    n.res_wr.cmd.valid & n.res_wr.cmd.ready,
+                ).any()
+            ),
         ]
-
-        def bits(*names):
-            return sum(1 << _CMD[n] for n in names)
-
-        w_cmds = [f"dma_w{q}" for q in range(1, P.weight_ports)]
-
-        # ---- completion conditions ------------------------------------------------------------
         units_idle = (
-            Cat(*[r.idle for r in unit_rd.values()]).all()
-            & Cat(*[w.idle for w in unit_wr.values()]).all()
-            & res_wr.idle
-            & brw.idle
-            & ~gelu.busy
-            & ~softmax.busy
-            & ~ln.busy
-            & ~resadd.busy
-            & ~res_skid.busy
-            & ~mm_gelu.busy
-            & ~w_skid.busy
-            & rr.idle
+            Cat(*[r.idle for r in unit_rd]).all()
+            & Cat(*[w.idle for w in unit_wr]).all()
+            & n.res_wr.idle
+            & n.brw.idle
+            & ~n.gelu.busy
+            & ~n.softmax.busy
+            & ~n.ln.busy
+            & ~n.resadd.busy
+            & ~n.res_skid.busy
+            & ~n.mm_gelu.busy
+            & ~n.w_skid.busy
+            & n.rr.idle
         )
         all_idle = Signal()
-        all_idle_q = Signal()
-        wait_armed = Signal()
-        m.d.sync += all_idle_q.eq(all_idle)
+        n.all_idle_q = Signal()
+        m.d.sync += n.all_idle_q.eq(all_idle)
         m.d.comb += all_idle.eq(
             units_idle
             & words.idle
@@ -861,194 +729,73 @@ class Accelerator(wiring.Component):
             & wb.idle
             & ow.idle
             & ~engine.busy
-            & Cat(*[rd.idle for rd in wdma], Const(1)).all()
+            & Cat(*[rd.idle for rd in n.wdma], Const(1)).all()
         )
 
-        # ---- MATMUL checks (an instruction the engine cannot hold ends the run with ERROR) ----
-        # products registered (one cycle after the loop settles): no multiplier in a path to
-        # the state register or the DMA command
-        x_need = Signal(32)
-        slots = nsteps * (ks + 1) * (G * C // P.weight_ports)
-        m.d.sync += [
-            x_need.eq(tiles * ks),
-            w_slots.eq(slots),
-            *[off.eq((slots * (q + 1)) << 4) for q, off in enumerate(w_offs)],
-        ]
-        x_fits = Signal()
-        m.d.comb += x_fits.eq((x_need <= E.x_words) & (ks <= E.max_ksteps) & (ks != 0))
-        heads_ok = ~is_heads | ((f[12] != 0) & (f[12] <= G))
-        # X_LOG2 needs the engine's log2 mode (built with the log2 softmax)
-        flags_ok = Const(1) if P.softmax_log2 else ~flags[2]
-        # fused outputs need W from DDR; the residual add also shared, row-major output on
-        # an array whose output steps cover whole SPM words; X_KEEP the previous job's X
-        fused_ok = ~(flags[5] | flags[6]) | ~w_spm
-        res_ok = ~flags[6] | (~is_heads & ~flags[4] & ~flags[5])
-        if not residual_fusable(G, C):
-            res_ok = ~flags[6]
-        xk_valid = Signal()  # the engine holds the X of a shared-mode job of this shape:
-        xk_tokens = Signal(16)
-        xk_ks = Signal(16)
-        keep_ok = ~x_keep | (~is_heads & xk_valid & (xk_tokens == f[3]) & (xk_ks == ks))
-        # the verdict registered too (a cycle after `settled`, read when `checked`): the
-        # compares were a 10-LUT path through the error flag into the register file
-        mm_ok = Signal()
-        m.d.sync += mm_ok.eq(
-            x_fits & heads_ok & flags_ok & fused_ok & res_ok & keep_ok
-            & (nsteps != 0) & (tiles != 0)
-        )  # fmt: skip
-
-        m.d.sync += params_done.eq((param_taken == param_words) & words.idle)
-
-        # ---- what DECODE does, worked out from the instruction in PREDECODE ---------------------
-        # (registered into dec_*: DECODE's todo/state/parameter-count updates were the end of a
-        # 9-level path through the opcode priority and the field checks)
-        o_todo = Signal(len(_CMD))
-        o_state = Signal.like(state)
-        o_words = Signal(16)
-        o_err = Signal()
-        dec_todo = Signal(len(_CMD))
-        dec_state = Signal.like(state)
-        dec_words = Signal(16)
-        dec_err = Signal()
-        dec_end = Signal()
-        f4_words = lambda round_to: (f[4] + round_to - 1) >> exact_log2(round_to)  # noqa: E731
-
-        def to(name):
-            return o_state.eq(_S[name])
-
-        with m.If(op_dec["END"]):
-            m.d.comb += to("IDLE")
-        with m.Elif(op_dec["LOAD"]):
-            m.d.comb += [o_todo.eq(bits("dma_rd")), to("ISSUE")]
-            with m.If(f[2] == 0):
-                m.d.comb += to("NEXT")
-        with m.Elif(op_dec["STORE"]):
-            m.d.comb += [o_todo.eq(bits("dma_wr", "words")), to("ISSUE")]
-            with m.If(f[2] == 0):
-                m.d.comb += to("NEXT")
-        with m.Elif(op_dec["GELU"]):
-            m.d.comb += [o_words.eq(16), o_todo.eq(bits("words")), to("PARAMS")]
-        with m.Elif(op_dec["LAYERNORM"]):
-            m.d.comb += [o_words.eq(f4_words(2)), o_todo.eq(bits("words")), to("PARAMS")]
-            with m.If(f[4] > P.max_channels):
-                m.d.comb += [to("IDLE"), o_err.eq(1)]
-        with m.Elif(op_dec["RESADD"]):
-            m.d.comb += [o_words.eq(f4_words(4)), o_todo.eq(bits("words")), to("PARAMS")]
-            with m.If(f[4] > P.resadd_channels):
-                m.d.comb += [to("IDLE"), o_err.eq(1)]
-        with m.Elif(op_dec["SOFTMAX"]):
-            m.d.comb += [o_todo.eq(bits("unit_rd", "unit_wr")), to("ISSUE")]
-            # the output format is the build's: a program for the other one is an error
-            with m.If((f[4] > P.max_tokens) | (flags[0] != int(P.softmax_log2))):
-                m.d.comb += [to("IDLE"), o_err.eq(1)]
-        with m.Elif(op_dec["MATMUL"]):
-            m.d.comb += to("MM_SETUP")
-            # a fused GELU loads its table, a fused residual add its multipliers first
-            with m.If(flags[5]):
-                m.d.comb += [o_words.eq(16), o_todo.eq(bits("words")), to("PARAMS")]
-            with m.Elif(flags[6]):
-                m.d.comb += [
-                    o_words.eq((f[5] + 3) >> 2),
-                    o_todo.eq(bits("words")),
-                    to("PARAMS"),
-                ]
-        with m.Else():  # bad opcode
-            m.d.comb += [to("IDLE"), o_err.eq(1)]
-
-        # ---- the state machine -----------------------------------------------------------------
-        m.d.sync += todo.eq(todo & ~fired)
+    def _state_machine(self, m: Module, n: SimpleNamespace) -> None:
+        """FETCH -> PREDECODE -> DECODE -> (PARAMS -> PARAMS_WAIT) -> (MM_SETUP) -> ISSUE ->
+        WAIT -> NEXT (docs/top.md)."""
+        at, goto, dec, setup, fetch = n.at, n.goto, n.dec, n.setup, n.fetch
+        todo, op_is = n.todo, n.op_is
+        w_cmds = [f"dma_w{q}" for q in range(1, self.params.weight_ports)]
+        wait_armed = Signal()
+        m.d.sync += todo.eq(todo & ~n.fired)
         with m.If(at("IDLE")):
-            with m.If(regs.start):
-                m.d.sync += [busy.eq(1), pc.eq(0), cycles.eq(0), goto("FETCH")]
-                m.d.sync += xk_valid.eq(0)  # a run never reuses the X of the one before
+            with m.If(n.status.start):
+                m.d.sync += [n.busy.eq(1), n.pc.eq(0), goto("FETCH")]
         with m.If(at("FETCH")):
-            with m.If(fetch_go & dma.rd_cmd.ready):
-                m.d.sync += [fetch_beat.eq(0), goto("FETCH_WAIT")]
+            with m.If(n.fetch_go & n.dma.rd_cmd.ready):
+                m.d.sync += goto("FETCH_WAIT")
+        with m.If(at("FETCH_WAIT") & fetch.fetched):
+            m.d.sync += goto("PREDECODE")
         with m.If(at("PREDECODE")):
-            m.d.sync += [
-                goto("DECODE"),
-                dec_todo.eq(o_todo),
-                dec_state.eq(o_state),
-                dec_words.eq(o_words),
-                dec_err.eq(o_err),
-                dec_end.eq(op_dec["END"]),
-            ]
+            m.d.sync += goto("DECODE")
         with m.If(at("DECODE")):
             # the outcome was decided in PREDECODE (registered): DECODE only applies it
+            uses_rd = (op_is.load & (n.instr.load.words != 0)) | (op_is.matmul & ~n.w_spm)
             m.d.sync += [
-                load_addr.eq(f[1]),
-                param_taken.eq(0),
-                sub.eq(0),
-                pf_want.eq(~op_is["END"]),
-                pf_issued.eq(0),
-                op_rd_cmd_done.eq(0),
-                op_rd_done.eq(~uses_rd(op_is)),
-                next_valid.eq(0),
-                next_beat.eq(0),
-                # MM_SETUP's loop starts from these (unused by the other instructions)
-                ks.eq(ks_dec),
-                nsteps.eq(0),
-                tiles.eq(0),
-                acc_n.eq(0),
-                acc_t.eq(0),
-                settled.eq(0),
-                checked.eq(0),
-                todo.eq(dec_todo),
-                param_words.eq(dec_words),
-                state.eq(dec_state),
+                n.load_addr.eq(n.instr.load.spm),
+                n.param_taken.eq(0),
+                n.sub.eq(0),
+                n.pf_want.eq(~op_is.end),
+                n.pf_issued.eq(0),
+                n.op_rd_cmd_done.eq(0),
+                n.op_rd_done.eq(~uses_rd),
+                todo.eq(dec.todo),
+                n.param_words.eq(dec.words),
+                n.state.eq(dec.state),
             ]
-            with m.If(dec_end):
-                m.d.comb += done_set.eq(1)
-                m.d.sync += busy.eq(0)
-            with m.If(dec_err):
-                m.d.comb += error_set.eq(1)
-                m.d.sync += busy.eq(0)
+            with m.If(dec.end):
+                m.d.comb += n.done_set.eq(1)
+                m.d.sync += n.busy.eq(0)
+            with m.If(dec.error):
+                m.d.comb += n.error_set.eq(1)
+                m.d.sync += n.busy.eq(0)
         with m.If(at("PARAMS")):
             # on the registered `todo` (cleared by the handshakes a cycle earlier): the
             # handshakes themselves are too deep a path into the state register
             with m.If(todo == 0):
                 m.d.sync += goto("PARAMS_WAIT")
         with m.If(at("PARAMS_WAIT")):
-            with m.If(params_done):
+            with m.If(n.params_done):
                 m.d.sync += goto("ISSUE")
-                with m.If(op_is["MATMUL"]):
+                with m.If(op_is.matmul):
                     m.d.sync += goto("MM_SETUP")
-                with m.Elif(op_is["RESADD"]):
-                    m.d.sync += todo.eq(bits("words", "unit_wr"))
+                with m.Elif(op_is.resadd):
+                    m.d.sync += todo.eq(cmd_bits("words", "unit_wr"))
                 with m.Else():
-                    m.d.sync += todo.eq(bits("unit_rd", "unit_wr"))
-        with m.If(at("MM_SETUP")):
-            # nsteps = ceil(N / cm) and tiles = ceil(T / R) by repeated addition
-            n_more = acc_n < f[5]
-            t_more = acc_t < f[3]
-            with m.If(n_more):
-                m.d.sync += [acc_n.eq(acc_n + cm), nsteps.eq(nsteps + 1)]
-            with m.If(t_more):
-                m.d.sync += [acc_t.eq(acc_t + R), tiles.eq(tiles + 1)]
-            with m.If(~n_more & ~t_more & ~settled & ~checked):
-                m.d.sync += settled.eq(1)
-            with m.If(settled):
-                m.d.sync += [settled.eq(0), checked.eq(1)]
-            with m.If(checked):
-                m.d.sync += checked.eq(0)
-                with m.If(mm_ok):
-                    x_bit = Mux(x_keep, 0, bits("xb"))  # X_KEEP: no X load
-                    m.d.sync += [
-                        goto("ISSUE"),
-                        todo.eq(
-                            Mux(
-                                w_spm,
-                                bits("engine", "wb", "ow"),
-                                bits("engine", "dma_rd", "ow", *w_cmds),
-                            )
-                            | x_bit
-                        ),
-                    ]
-                    with m.If(~x_keep):  # what the engine's X banks hold from now on
-                        m.d.sync += [xk_valid.eq(~is_heads), xk_tokens.eq(f[3]), xk_ks.eq(ks)]
-                with m.Else():
-                    m.d.comb += error_set.eq(1)
-                    m.d.sync += [busy.eq(0), goto("IDLE")]
+                    m.d.sync += todo.eq(cmd_bits("unit_rd", "unit_wr"))
+        with m.If(at("MM_SETUP") & setup.checked):
+            with m.If(setup.ok):
+                x_bit = Mux(n.mm.flag.x_keep, 0, cmd_bits("xb"))  # X_KEEP: no X load
+                ddr = cmd_bits("engine", "dma_rd", "ow", *w_cmds)
+                m.d.sync += [
+                    goto("ISSUE"),
+                    todo.eq(Mux(n.w_spm, cmd_bits("engine", "wb", "ow"), ddr) | x_bit),
+                ]
+            with m.Else():
+                m.d.comb += n.error_set.eq(1)
+                m.d.sync += [n.busy.eq(0), goto("IDLE")]
         with m.If(at("ISSUE")):
             with m.If(todo == 0):
                 m.d.sync += [goto("WAIT"), wait_armed.eq(0)]
@@ -1057,18 +804,16 @@ class Accelerator(wiring.Component):
             # 11-level path into the state); it reflects this instruction's blocks from the
             # second WAIT cycle on, when every command has been taken for a cycle
             m.d.sync += wait_armed.eq(1)
-            with m.If(wait_armed & all_idle_q):
+            with m.If(wait_armed & n.all_idle_q):
                 m.d.sync += goto("NEXT")
         with m.If(at("NEXT")):
-            with m.If(~pf_want):
-                m.d.sync += [pc.eq(pc + 1), goto("FETCH")]
-            with m.Elif(next_valid):  # prefetched: decode it right away
-                m.d.sync += [pc.eq(pc + 1), instr.eq(next_instr), goto("PREDECODE")]
-
-        with m.If(Cat(dma.error, *[rd.error for rd in wdma]).any()):
-            m.d.comb += error_set.eq(1)
-            m.d.sync += [busy.eq(0), goto("IDLE")]
-        return m
+            with m.If(~n.pf_want):
+                m.d.sync += [n.pc.eq(n.pc + 1), goto("FETCH")]
+            with m.Elif(fetch.next_valid):  # prefetched: decode it right away
+                m.d.sync += [n.pc.eq(n.pc + 1), goto("PREDECODE")]
+        with m.If(Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()):
+            m.d.comb += n.error_set.eq(1)
+            m.d.sync += [n.busy.eq(0), goto("IDLE")]
 
 
 class AcceleratorTop(wiring.Component):
@@ -1077,20 +822,7 @@ class AcceleratorTop(wiring.Component):
 
     def __init__(self, design: Design, **kwargs):
         self.core = Accelerator(design, **kwargs)
-        super().__init__(
-            {
-                "irq": Out(1),
-                **prefixed_members(self.core.s_axil.signature, "s_axil_"),
-                **prefixed_members(self.core.m_axi.signature, "m_axi_"),
-                **{
-                    k: v
-                    for q in range(1, self.core.params.weight_ports)
-                    for k, v in prefixed_members(
-                        getattr(self.core, f"m_axi_w{q}").signature, f"m_axi_w{q}_"
-                    ).items()
-                },
-            }
-        )
+        super().__init__(_top_members(self.core.signature))
 
     def elaborate(self, platform):
         m = Module()
@@ -1101,6 +833,20 @@ class AcceleratorTop(wiring.Component):
             connect_prefixed(m, self, f"m_axi_w{q}_", getattr(core, f"m_axi_w{q}"))
         m.d.comb += self.irq.eq(core.irq)
         return m
+
+
+def _top_members(core: wiring.Signature) -> dict:
+    """The flat ports of :class:`AcceleratorTop` around an :class:`Accelerator` signature."""
+    members = {"irq": Out(1)}
+    for name, member in core.members.items():
+        if name != "irq":  # a bus as the core sees it (an In member's signature is flipped)
+            members.update(prefixed_members(member.signature, f"{name}_"))
+    return members
+
+
+def top_signature(design: Design, **kwargs) -> wiring.Signature:
+    """The ports of ``AcceleratorTop(design, **kwargs)``, without building the component."""
+    return wiring.Signature(_top_members(Accelerator.signature_for(TopParams(design, **kwargs))))
 
 
 def top_verilog(design: Design, name: str = "vitaccel_top", **kwargs) -> str:

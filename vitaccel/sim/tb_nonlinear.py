@@ -18,14 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from amaranth import Shape, unsigned
 
-from vitaccel.sim.streams import (
-    amaranth_get,
-    amaranth_put,
-    pack_lanes,
-    random_pauses,
-    unpack_lanes,
-)
+from vitaccel.rtl.common import row_layout
+from vitaccel.sim.streams import amaranth_get, amaranth_put, random_pauses
 
 __all__ = [
     "frame_row",
@@ -57,24 +53,17 @@ def frame_rows(
     return [frame_row(r, lanes) for r in rows]
 
 
-def _count_bits(lanes: int) -> int:
-    return max(1, lanes.bit_length())
-
-
 def pack_beat(values: Sequence[int], count: int, last: bool, *, lanes: int, bits: int) -> int:
     """The flat payload vector of :func:`vitaccel.rtl.common.row_layout` (data, count, last)."""
-    word = pack_lanes(values, bits)
-    word |= int(count) << (lanes * bits)
-    word |= int(bool(last)) << (lanes * bits + _count_bits(lanes))
-    return word
+    layout = row_layout(unsigned(bits), lanes)
+    beat = {"data": [int(v) for v in values], "count": int(count), "last": int(bool(last))}
+    return layout.const(beat).as_value().value
 
 
 def unpack_beat(word: int, *, lanes: int, bits: int, signed: bool) -> tuple[list[int], int, bool]:
-    values = unpack_lanes(word, lanes, bits, signed)
-    cb = _count_bits(lanes)
-    count = (int(word) >> (lanes * bits)) & ((1 << cb) - 1)
-    last = bool((int(word) >> (lanes * bits + cb)) & 1)
-    return values, count, last
+    """One payload vector of :func:`vitaccel.rtl.common.row_layout` -> (data, count, last)."""
+    beat = row_layout(Shape(bits, signed=signed), lanes).from_bits(int(word))
+    return list(beat.data), beat.count, bool(beat.last)
 
 
 def unframe(beats, lengths: Sequence[int], lanes: int) -> tuple[list[np.ndarray], list[str]]:

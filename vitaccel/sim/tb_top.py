@@ -39,13 +39,13 @@ TB_TOPLEVEL = "vitaccel_tb"
 CORE_NAME = "vitaccel_top"
 
 
-def _wrapper(top, core_name: str, name: str) -> str:
+def _wrapper(signature, core_name: str, name: str) -> str:
     from amaranth.hdl import Shape
     from amaranth.lib.wiring import Out
 
     ports = ["input wire clk", "input wire rst"]
     conns = [".clk(clk)", ".rst(rst)"]
-    for pname, member in top.signature.members.items():
+    for pname, member in signature.members.items():
         width = Shape.cast(member.shape).width
         rng = f"[{width - 1}:0] " if width > 1 else ""
         direction = "output wire" if member.flow == Out else "input wire"
@@ -58,7 +58,7 @@ def _wrapper(top, core_name: str, name: str) -> str:
         "input wire m_axi_rid",
     ]
     ties = ["m_axi_awid", "m_axi_arid"]
-    for bus in _weight_buses(top):
+    for bus in _weight_buses(signature):
         ports += [f"output wire {bus}_arid", f"input wire {bus}_rid"]
         ties.append(f"{bus}_arid")
     body = ",\n    ".join(ports)
@@ -70,25 +70,21 @@ def _wrapper(top, core_name: str, name: str) -> str:
     )
 
 
-def _weight_buses(top) -> list[str]:
-    """The extra weight ports' bus prefixes of a top (``m_axi_w1``, ...)."""
-    names = {n.rsplit("_", 1)[0] for n in top.signature.members if n.startswith("m_axi_w")}
+def _weight_buses(signature) -> list[str]:
+    """The extra weight ports' bus prefixes of a top's signature (``m_axi_w1``, ...)."""
+    names = {n.rsplit("_", 1)[0] for n in signature.members if n.startswith("m_axi_w")}
     return sorted(n for n in names if n[len("m_axi_w") :].isdigit())
 
 
 @functools.lru_cache(maxsize=4)
 def _sim_verilog_cached(design_json: str, kwargs_items: tuple) -> str:
     from vitaccel.design import Design
-    from vitaccel.rtl.common import silence_unused
-    from vitaccel.rtl.top import AcceleratorTop, top_verilog
+    from vitaccel.rtl.top import top_signature, top_verilog
 
     design = Design.model_validate_json(design_json)
     kwargs = dict(kwargs_items)
     text = top_verilog(design, CORE_NAME, **kwargs)
-    shape_only = AcceleratorTop(design, **kwargs)
-    silence_unused(shape_only)
-    silence_unused(shape_only.core)
-    return text + _wrapper(shape_only, CORE_NAME, TB_TOPLEVEL)
+    return text + _wrapper(top_signature(design, **kwargs), CORE_NAME, TB_TOPLEVEL)
 
 
 def sim_verilog(design, **kwargs) -> str:

