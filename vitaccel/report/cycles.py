@@ -23,44 +23,40 @@ from __future__ import annotations
 
 import re
 
+from vitaccel.compile.schedule import kind_of, schedule
 from vitaccel.design import Design
 from vitaccel.dse import cost
-from vitaccel.isa import residual_fusable
+from vitaccel.isa import Instr, MatmulFlags, Op
 
 __all__ = ["CAUSES", "layer_causes", "group_layers"]
 
 CAUSES = ("MAC", "X load", "DDR", "writer", "nonlinear", "fill & control")
 
 
-def _matmul_parts(ins: cost.Instr, design: Design, geom, budget) -> dict[str, float]:
-    """Cycles of one MATMUL / heads job by cause (without the instruction overhead)."""
+def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
+    """Cycles of one scheduled MATMUL by cause (without the instruction overhead)."""
     a = design.array
-    units = geom.cols_w8 // 2 + geom.cols_w4
-    heads = ins.op == "heads" and ins.heads > 0
-    if ins.op == "matmul":
-        n8 = ins.n
-        if geom.cols_w4 and ins.weight_layer not in (None, "patch_embed", "head"):
-            n8 = ins.n - cost.w4_rows(ins.n, design.w4_ratio(ins.weight_layer))
+    heads, nh, nsteps = cost._matmul_job(ins, design, geom)
+    x_keep = MatmulFlags.X_KEEP in ins.flags
+    if MatmulFlags.W_SPM in ins.flags:  # scratchpad-built W: a word a cycle, no DDR
+        word = ideal_word = 1.0
+    else:
         word = cost.weight_word_cycles(
             a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
         )
         ideal_word = 1.0 / design.weight_ports  # the engine's own rate: ports words a cycle
-    else:
-        n8, word, ideal_word = ins.n, 1.0, 1.0
-    nsteps = cost.job_nsteps(ins.n, n8, geom.groups, geom.cols, geom.cols_w8, heads=heads)
-    shape = (ins.tokens, ins.k, nsteps, geom.groups, geom.rows, geom.cols, geom.vector, units)
+    g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
+    shape = (ins.tokens, ins.k, nsteps, g, r, c, v, units)
 
-    def sched(w: float, x_keep: bool) -> int:
-        return cost.matmul_cycles(*shape, heads=heads, w_word_cycles=w, x_keep=x_keep)
+    def sched(w: float, keep: bool) -> int:
+        return cost.matmul_cycles(*shape, heads=heads, w_word_cycles=w, x_keep=keep)
 
-    full = sched(word, ins.x_keep)
-    no_ddr = sched(ideal_word, ins.x_keep)
+    full = sched(word, x_keep)
+    no_ddr = sched(ideal_word, x_keep)
     no_x = sched(ideal_word, True)
-    nh = max(1, ins.heads) if ins.op == "heads" else 1
     wb = cost.writer_bound(
-        ins.tokens, ins.k, ins.n, geom.groups, geom.rows, geom.cols, geom.vector, units,
-        heads=heads, nheads=nh, transposed=ins.transposed,
-        w_word_cycles=word if ins.op == "matmul" else 1.0, x_keep=ins.x_keep,
+        ins.tokens, ins.k, ins.n, g, r, c, v, units, heads=heads, nheads=nh,
+        transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
     )  # fmt: skip
     macs = nh * ins.tokens * ins.k * ins.n
     mac = min(no_x, macs / geom.macs_per_cycle)
@@ -73,10 +69,11 @@ def _matmul_parts(ins: cost.Instr, design: Design, geom, budget) -> dict[str, fl
 
 
 def layer_causes(design: Design, *, budget=None) -> list[dict]:
-    """One row per layer of the compiled program: ``name``, ``kind``, ``cycles`` and
+    """One row per layer of the scheduled program: ``name``, ``kind``, ``cycles`` and
     ``causes`` ({cause: cycles}, summing to ``cycles``; see the module docstring).
 
-    ``cycles`` equals :func:`vitaccel.dse.cost.estimate`'s cycles of the same layer.
+    ``cycles`` equals :func:`vitaccel.dse.cost.estimate`'s cycles of the same layer: both
+    price the scheduler's own instruction list (:func:`vitaccel.compile.schedule.schedule`).
     """
     from vitaccel.dse.shapes import spec_of
 
@@ -87,20 +84,21 @@ def layer_causes(design: Design, *, budget=None) -> list[dict]:
     spec = spec_of(design.model)
     geom = cost.geometry(design)
     port = cost.port_bytes_per_cycle(design.clock_mhz, budget)
-    fuse = residual_fusable(geom.groups, geom.cols)
     rows: dict[str, dict] = {}
-    for ins in cost.program(spec, geom.groups, fuse, design.spm_kib * 1024 // cost.SLOT_BYTES):
+    for ins in schedule(spec, design, strict=False):
+        if ins.op is Op.END:  # the cycle counter stops at END
+            continue
         cycles = cost.instr_cycles(ins, design, geom, port, budget)[0] + cost.LATENCIES["instr"]
         parts = dict.fromkeys(CAUSES, 0.0)
-        if ins.op in ("load", "store"):
+        if ins.op in (Op.LOAD, Op.STORE):
             parts["DDR"] = cycles
-        elif ins.op in ("matmul", "heads"):
+        elif ins.op is Op.MATMUL:
             parts.update(_matmul_parts(ins, design, geom, budget))
             parts["fill & control"] = cycles - sum(parts.values())
         else:
             parts["nonlinear"] = cycles
         row = rows.setdefault(
-            ins.name, {"name": ins.name, "kind": ins.kind, "cycles": 0, "causes": {}}
+            ins.label, {"name": ins.label, "kind": kind_of(ins), "cycles": 0, "causes": {}}
         )
         row["cycles"] += cycles
         for k, v in parts.items():
