@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.util import content_hash
+from vitaccel.util import atomic_write_text, content_hash
 
 __all__ = [
     "SIMULATORS",
@@ -139,10 +139,14 @@ def run_cocotb(
     build_dir = sim_cache_dir() / f"{prefix}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     log = build_dir / "build.log"
-    # One build at a time per design (two processes may ask for the same one); a build dir
-    # left broken (interrupted build, toolchain reinstalled in place) is wiped and rebuilt once.
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    stamp = build_dir / ".built"
+
+    def built() -> bool:
+        return stamp.is_file() and stamp.read_text() == key
+
+    def build() -> None:
+        # A build dir left broken (interrupted build, toolchain reinstalled in place) is
+        # wiped and rebuilt once.
         for attempt in (0, 1):
             src = build_dir / f"{toplevel}.v"
             if not src.exists() or src.read_text() != verilog:
@@ -158,7 +162,8 @@ def run_cocotb(
                     log_file=log,
                     **build_kw,
                 )
-                break
+                atomic_write_text(stamp, key)
+                return
             except (SystemExit, RuntimeError) as err:  # cocotb's runner exits or raises
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 if attempt:
@@ -166,6 +171,27 @@ def run_cocotb(
                 for item in build_dir.iterdir():
                     if item.name != ".lock" and not item.name.startswith("run-"):
                         shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+    # Several processes share the cache (two builds into different folders, pytest and the
+    # CLI at once): a shared lock while the simulator runs from the build dir, an exclusive
+    # one to build it, so a build (or the wipe of a broken one) never happens under a
+    # running simulation, and a design is built once however many ask for it at once.
+    lock = open(build_dir / ".lock", "a")  # noqa: SIM115 - held across the run below
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not built():
+            fcntl.flock(lock, fcntl.LOCK_EX)  # (drops the shared lock first: no deadlock)
+            if not built():
+                build()
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        return _run(runner, build_dir, toplevel, test_module, args, arrays, testcase, timeout_s,
+                    waves)  # fmt: skip
+    finally:
+        lock.close()
+
+
+def _run(runner, build_dir, toplevel, test_module, args, arrays, testcase, timeout_s, waves):
+    """Run the cocotb module in a fresh run folder inside ``build_dir``; the result dict."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{toplevel}-", dir=build_dir))
     try:
         (run_dir / "args.json").write_text(json.dumps(args or {}))
@@ -176,6 +202,8 @@ def run_cocotb(
         runner.test(
             test_module=test_module,
             hdl_toplevel=toplevel,
+            # given, because this runner object may not have built (the build was cached)
+            hdl_toplevel_lang="verilog",
             build_dir=build_dir,
             test_dir=run_dir,
             testcase=testcase,
