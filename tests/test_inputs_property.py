@@ -22,6 +22,7 @@ from vitaccel.design import Design, DesignError, load_design, parse_design
 SETTINGS = settings(
     max_examples=25,
     deadline=None,
+    database=None,  # no .hypothesis folder in the checkout
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -225,7 +226,7 @@ def test_truncated_weights_on_the_cli_exit_2(tmp_path, digits, cut):
     assert out == ""
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_wrong_tensor_shape_for_the_named_model_is_named(tmp_path, digits, data):
     import torch
