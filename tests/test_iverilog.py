@@ -185,3 +185,29 @@ def test_whole_top_short_program_on_icarus(simulator):
     assert got == expected, "first difference at byte " + str(
         next(i for i in range(len(got)) if got[i] != expected[i])
     )
+
+
+@pytest.mark.slow
+def test_amaranths_own_verilog_shows_x_under_sv_rules(monkeypatch):
+    """The failure the fix removes (so the tests above can fail): Amaranth's stock
+    ``verilog.convert`` output of AILayerNorm at 3 lanes gives X on its first rows under
+    ``-g2012`` (cocotb cannot read an X output as an integer), and is fine under ``-g2005``."""
+    from amaranth.back import verilog
+
+    import vitaccel.flow.unit_nonlinear as un
+    import vitaccel.rtl.verilog as rv
+    from vitaccel.sim.runner import SimError
+
+    monkeypatch.setattr(
+        rv, "to_verilog", lambda c, name: verilog.convert(c, name=name, emit_src=False)
+    )
+    un._verilog_cached.cache_clear()
+    try:
+        case = short_case("layernorm", 3)
+        ok = simulate_case("layernorm", case, lanes=3, simulator="icarus-2005")
+        assert_exact(ok)
+        with pytest.raises((SimError, AssertionError)):
+            res = simulate_case("layernorm", case, lanes=3, simulator="icarus-2012")
+            assert_exact(res)
+    finally:
+        un._verilog_cached.cache_clear()

@@ -199,19 +199,22 @@ def _run(runner, build_dir, toplevel, test_module, args, arrays, testcase, timeo
         env = {"VITACCEL_SIM_DIR": str(run_dir), "PYTHONPATH": os.pathsep.join(sys.path)}
         if timeout_s is not None:
             env["VITACCEL_SIM_TIMEOUT"] = str(timeout_s)
-        runner.test(
-            test_module=test_module,
-            hdl_toplevel=toplevel,
-            # given, because this runner object may not have built (the build was cached)
-            hdl_toplevel_lang="verilog",
-            build_dir=build_dir,
-            test_dir=run_dir,
-            testcase=testcase,
-            extra_env=env,
-            waves=waves,
-            results_xml=str(run_dir / "results.xml"),
-            log_file=run_dir / "sim.log",
-        )
+        try:  # under pytest cocotb's runner exits on a failed test: report it as ours
+            runner.test(
+                test_module=test_module,
+                hdl_toplevel=toplevel,
+                # given, because this runner object may not have built (the build was cached)
+                hdl_toplevel_lang="verilog",
+                build_dir=build_dir,
+                test_dir=run_dir,
+                testcase=testcase,
+                extra_env=env,
+                waves=waves,
+                results_xml=str(run_dir / "results.xml"),
+                log_file=run_dir / "sim.log",
+            )
+        except SystemExit:
+            pass  # result.json and results.xml below say what happened
         result_path = run_dir / "result.json"
         if not result_path.exists():
             tail = (
