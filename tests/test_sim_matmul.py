@@ -63,9 +63,30 @@ def scheme_cases(rng, kinds):
 SCHEMES_INT4 = [("int4", 0.0), ("int4", 0.25), ("int4", 0.5), ("int4", 1.0), ("pot4", 0.5)]
 
 
-def test_random_shapes_every_scheme_with_stalls():
+STRESS_OUTPUTS = 100_000
+
+
+def test_random_shapes_every_scheme_then_100k_outputs_with_stalls_and_a_reset():
+    """Every W4 scheme on odd shapes, then a job cut short by a reset (half its outputs taken,
+    X and W still streaming), then >= 100k more random outputs (K 24-40, all schemes): random
+    stalls on the X, W and output streams throughout; every output of every job but the cut
+    one is compared (a leftover from before the reset would shift or corrupt them)."""
     rng = np.random.default_rng(11)
-    check(simulate_jobs(scheme_cases(rng, SCHEMES_INT4), CI, stall=0.3, seed=3))
+    cases = scheme_cases(rng, SCHEMES_INT4)
+    cut = len(cases)
+    cases.append(random_case(rng, 64, 40, 96, w4_ratio=0.5, name="cut by reset"))
+    after = 0
+    j = 0
+    while after < STRESS_OUTPUTS:
+        kind, ratio = SCHEMES_INT4[j % len(SCHEMES_INT4)]
+        t, k, n = 64 + j, 24 + (j % 3) * 8, 150 + 3 * j
+        cases.append(random_case(rng, t, k, n, w4_ratio=ratio, w4_kind=kind, name=f"big {j}"))
+        after += t * n
+        j += 1
+    results = simulate_jobs(cases, CI, stall=0.3, seed=3, reset_after=cut)
+    assert results[cut] is None
+    check(results[:cut] + results[cut + 1 :])
+    assert sum(r["outputs"].size for r in results[cut + 1 :]) >= STRESS_OUTPUTS
 
 
 def test_cycles_match_the_model_without_stalls():

@@ -8,6 +8,7 @@ object (or list) on stdout and keeps progress on stderr.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -539,8 +540,8 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
     """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
     from vitaccel.dse.search import InfeasibleError, explore
 
-    if not fps > 0:
-        raise CliError(f"--fps must be > 0, got {fps}")
+    if not (fps > 0 and math.isfinite(fps)):  # inf would run the whole search to fail
+        raise CliError(f"--fps must be a finite number > 0, got {fps}")
     try:
         result = explore(model_name, board, fps, max_util=max_util, out_dir=out_dir)
     except InfeasibleError as err:

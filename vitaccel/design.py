@@ -190,7 +190,8 @@ class Design(_Strict):
 
 def _one_line(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "design"
+    # a key from the file may hold a newline or control characters: quote it (one line)
+    loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in first["loc"]) or "design"
     msg = first["msg"]
     ctx = first.get("ctx") or {}
     if "expected" in ctx:

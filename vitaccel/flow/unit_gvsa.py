@@ -200,8 +200,16 @@ def simulate_jobs(
     *,
     stall: float = 0.0,
     seed: int = 0,
+    simulator: str = "verilator",
+    reset_after: int | None = None,
 ) -> list[dict]:
-    """Run several matmuls in one Verilator simulation; one result dict per case."""
+    """Run several matmuls in one Verilator simulation; one result dict per case.
+
+    ``simulator``: another simulator for the same testbench (see
+    :func:`vitaccel.sim.runner.run_cocotb`). ``reset_after=j``: job ``j`` is started and
+    cut short by a reset (half of its outputs taken, inputs still in flight); its result
+    is ``None`` and every later job must come out exactly.
+    """
     from vitaccel.sim.runner import run_cocotb
 
     jobs, arrays, packed = [], {}, []
@@ -234,13 +242,17 @@ def simulate_jobs(
         verilog=engine_verilog(params, TOP),
         toplevel=TOP,
         test_module="vitaccel.sim.tb_matmul",
-        args={"stall": stall, "seed": seed, "jobs": jobs},
+        args={"stall": stall, "seed": seed, "jobs": jobs, "reset_after": reset_after},
         arrays=arrays,
+        simulator=simulator,
     )
     if result.get("errors"):
         raise RuntimeError(f"testbench errors: {result['errors']}")
     out = []
     for case, job, res in zip(cases, packed, result["jobs"], strict=True):
+        if res is None:  # the job cut short by the reset
+            out.append(None)
+            continue
         o = np.frombuffer(bytes.fromhex(res["o"]), dtype=np.uint8).reshape(
             job.out_words, params.groups * params.cols
         )

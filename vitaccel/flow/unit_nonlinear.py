@@ -502,9 +502,13 @@ def simulate_case(
     stall_out: float | None = None,
     seed: int = 0,
     reset: dict | None = None,
+    simulator: str = "verilator",
     **options,
 ) -> dict:
     """Run ``case`` through the unit's Verilog on Verilator (cocotb) and compare every element.
+
+    ``simulator`` picks another simulator for the same testbench (see
+    :func:`vitaccel.sim.runner.run_cocotb`: ``"icarus-2005"``, ``"icarus-2012"``).
 
     ``stall`` is the probability of an idle input cycle and (unless ``stall_out`` is given)
     of a refused output cycle. ``reset={"row": r, "beats": b, "outputs": n}`` sends rows
@@ -548,6 +552,7 @@ def simulate_case(
         test_module="vitaccel.sim.tb_nonlinear",
         args=args,
         arrays=arrays,
+        simulator=simulator,
     )
     errors = list(res.get("errors", []))
 

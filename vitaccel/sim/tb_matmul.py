@@ -8,6 +8,9 @@ caller (vitaccel.flow.unit_gvsa.simulate_matmul) packs the jobs and checks the o
 Arguments (``load_args``): ``stall`` (pause probability on every stream), ``seed``,
 ``jobs``: list of {``cmd``: payload int, ``out_words``: int, ``o_bytes``: int}; arrays
 ``x{j}`` (words, bytes) and ``w{j}`` (words, bytes), little-endian words.
+``reset_after`` (optional job index): that job is started, half of its outputs are taken
+with its inputs still in flight, then reset is asserted; its result is ``null`` and the
+later jobs run from the clean state (nothing from before the reset may come out).
 Result: per job ``cycles`` (command handshake to last output word) and ``o`` (hex bytes).
 """
 
@@ -42,6 +45,9 @@ class MatmulTB:
         self.o = StreamSink(dut, "o", dut.clk, pauses(3))
 
     async def reset(self):
+        for source in (self.cmd, self.x, self.w):
+            source.valid.value = 0
+        self.o.ready.value = 0
         self.dut.rst.value = 1
         for _ in range(3):
             await RisingEdge(self.dut.clk)
@@ -57,6 +63,19 @@ class MatmulTB:
         t1 = get_sim_time(unit="ns")
         return got, int(round((t1 - t0) / PERIOD_NS))
 
+    async def cut_job(self, cmd: int, x_words, w_words, out_words: int):
+        """Start a job, take half its outputs, then reset with its inputs still flowing."""
+        await self.cmd.send([cmd])
+        senders = [
+            cocotb.start_soon(self.x.send(x_words)),
+            cocotb.start_soon(self.w.send(w_words)),
+        ]
+        await self.o.recv(max(1, out_words // 2))
+        for task in senders:
+            if not task.done():
+                task.cancel()
+        await self.reset()
+
 
 @cocotb.test()
 async def matmul_jobs(dut):
@@ -64,7 +83,14 @@ async def matmul_jobs(dut):
     tb = MatmulTB(dut, float(args.get("stall", 0.0)), int(args.get("seed", 0)))
     await tb.reset()
     results = []
+    reset_after = args.get("reset_after")
     for j, job in enumerate(args["jobs"]):
+        if j == reset_after:
+            await tb.cut_job(
+                job["cmd"], _words(arrays[f"x{j}"]), _words(arrays[f"w{j}"]), job["out_words"]
+            )
+            results.append(None)
+            continue
         got, cycles = await tb.run_job(
             job["cmd"], _words(arrays[f"x{j}"]), _words(arrays[f"w{j}"]), job["out_words"]
         )

@@ -117,9 +117,11 @@ def run_top(
     mem_size: int | None = None,
     ctrl: int | None = None,
     top_kwargs: dict | None = None,
+    simulator: str = "verilator",
 ) -> dict:
-    """Run a memory image on the accelerator in Verilator; returns the testbench's result
-    with ``outputs`` decoded to ``bytes``."""
+    """Run a memory image on the accelerator in Verilator (or ``simulator``, see
+    :func:`vitaccel.sim.runner.run_cocotb`); returns the testbench's result with
+    ``outputs`` decoded to ``bytes``."""
     import numpy as np
 
     from vitaccel.sim.runner import run_cocotb
@@ -146,6 +148,7 @@ def run_top(
         test_module="vitaccel.sim.tb_top",
         args=args,
         arrays={"image": np.frombuffer(bytes(image), dtype=np.uint8)},
+        simulator=simulator,
     )
     result["outputs"] = [bytes.fromhex(h) for h in result.get("outputs", [])]
     return result
