@@ -545,6 +545,8 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
     try:
         result = explore(model_name, board, fps, max_util=max_util, out_dir=out_dir)
     except InfeasibleError as err:
+        if as_json:  # the same facts as fields on stdout; the one line still goes to stderr
+            _emit({"feasible": False, **err.facts}, as_json)
         raise CliError(str(err).splitlines()[0], code=EXIT_INFEASIBLE) from None
     from vitaccel.dse.render import print_dse
 

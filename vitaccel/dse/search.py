@@ -61,7 +61,14 @@ from vitaccel.dse.shapes import spec_of
 from vitaccel.engine_timing import StepCycles
 from vitaccel.isa import MatmulFlags, Op, residual_fusable
 
-__all__ = ["InfeasibleError", "SearchSpace", "explore", "search", "DEFAULT_MAX_ERROR"]
+__all__ = [
+    "InfeasibleError",
+    "SearchSpace",
+    "explore",
+    "explain_unfit",
+    "search",
+    "DEFAULT_MAX_ERROR",
+]
 
 # Added relative squared logit error a design may cost over W8A8 (sensitivity.py's metric).
 # digits-vit measured: uniform 50 % int4 costs 8.6e-4, 75 % 1.9e-3, with no top-1 change.
@@ -74,13 +81,20 @@ BINDING_GAIN = 0.10
 
 
 class InfeasibleError(Exception):
-    """No design reaches the target: ``message`` is one line; best FPS and the binding limit."""
+    """No design reaches the target: ``message`` is one line; best FPS and the binding limit.
 
-    def __init__(self, message: str, best_fps: float, binding: str):
+    ``facts`` holds the same answer as structured fields (``vitaccel dse --json``): when no
+    candidate fits at all, the smallest design's needs per resource against the board's
+    budget, what is short and by how much, and what would make it fit
+    (:func:`explain_unfit`); otherwise the best reachable FPS and what binds it.
+    """
+
+    def __init__(self, message: str, best_fps: float, binding: str, facts: dict | None = None):
         super().__init__(message)
         self.message = message
         self.best_fps = best_fps
         self.binding = binding
+        self.facts = facts or {}
 
 
 @dataclass(frozen=True)
@@ -700,6 +714,197 @@ def binding_of(result: dict, select=None) -> tuple[str, float]:
     return names[top], best_fps
 
 
+# ---------------------------------------------------------------------------------------
+# Why nothing fits
+# ---------------------------------------------------------------------------------------
+
+RESOURCE_LABELS = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}
+# The names binding_of gives the same limits.
+BINDING_LABELS = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
+NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
+
+
+def usage_parts(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str, res.Usage]:
+    """What an all-W8 array with one weight port and one lane per nonlinear unit uses, by
+    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers)."""
+    g, r, c, v = groups, rows, cols, vector
+    buf = _buffers(spec, g, r, c, v)
+    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf)
+    x = g * r * res.memory_bram36(buf["x_words"], 8 * v)
+    w = g * c * res.memory_bram36(2 * res._pow2(buf["max_ksteps"]), 8 * v)
+    out = res.memory_bram36(buf["out_depth"], 8 * g * c)
+    spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    nonlinear = res.Usage()
+    for unit in NONLINEAR_UNITS:
+        nonlinear = nonlinear + res.nonlinear_resources(unit, 1)
+    return {
+        "scratchpad": res.Usage(bram36=res.spm_bram36(spm_kib * 1024 // SLOT_BYTES)),
+        "input (X) buffers": res.Usage(bram36=x),
+        "weight (W) buffers": res.Usage(bram36=w),
+        "output buffer": res.Usage(bram36=out),
+        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out),
+        "nonlinear units": nonlinear,
+        "controller and DMA": res.shell_resources(g * c)[0] + res.weight_ports_resources(1),
+    }
+
+
+def _total(parts: dict[str, res.Usage]) -> dict[str, float]:
+    return {k: sum(getattr(u, k) for u in parts.values()) for k in RESOURCE_KINDS}
+
+
+_SHAPE_TOTALS: dict[tuple, list] = {}
+
+
+def _shape_totals(spec, space: SearchSpace) -> list[tuple[tuple, dict[str, float]]]:
+    """Every one-group array shape of the space with its total usage (cached per model).
+
+    One group only: every part grows with the groups (banks, W columns, output width,
+    shell per column), while rows and vector trade X banks against bank depth and cols
+    changes the output FIFO's depth, so those are all scanned.
+    """
+    key = (spec, space)
+    if key not in _SHAPE_TOTALS:
+        g = min(space.groups)
+        _SHAPE_TOTALS[key] = [
+            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v)))
+            for v, r, c in itertools.product(space.vector, space.rows, space.cols)
+            if r <= spec.tokens
+        ]
+    return _SHAPE_TOTALS[key]
+
+
+def smallest_design(spec, budget, *, max_util: float = 0.85, space: SearchSpace = SearchSpace()):
+    """The space's all-W8 array whose tightest resource is least used on ``budget`` at
+    ``max_util``: ``((groups, rows, cols, vector), parts)`` (:func:`usage_parts`)."""
+    limits = {k: getattr(budget, k) * max_util for k in RESOURCE_KINDS}
+    best = None
+    for (g, r, c, v), total in _shape_totals(spec, space):
+        util = [total[k] / limits[k] for k in RESOURCE_KINDS]
+        key = (round(max(util), 6), round(sum(util), 6), g * r * c * v)
+        if best is None or key < best[0]:
+            best = (key, (g, r, c, v))
+    shape = best[1]
+    return shape, usage_parts(spec, *shape)
+
+
+def _fits_board(spec, budget, max_util: float, space: SearchSpace) -> bool:
+    _, parts = smallest_design(spec, budget, max_util=max_util, space=space)
+    total = _total(parts)
+    return all(total[k] <= getattr(budget, k) * max_util for k in RESOURCE_KINDS)
+
+
+def explain_unfit(
+    model: str, board: str, *, max_util: float = 0.85, space: SearchSpace = SearchSpace()
+) -> dict:
+    """Why no design of ``model`` fits ``board`` within ``max_util``, and what would fit.
+
+    Returns the facts (``smallest_design``, per-resource ``resources`` with ``needed``,
+    ``available``, ``budget``, ``short_by`` and the ``parts``, the ``short`` resources, the
+    board's unused ``uram``, the known boards and zoo models that ``would_fit``, the
+    ``remedies``) and their one-line ``message``. Every known board uses the same resource
+    model (calibration.json), so "a larger board that fits" is checked, not guessed.
+    """
+    from vitaccel.boards import BOARDS, get_budget
+    from vitaccel.models.specs import ZOO
+
+    spec, budget = spec_of(model), get_budget(board)
+    (g, r, c, v), parts = smallest_design(spec, budget, max_util=max_util, space=space)
+    total = _total(parts)
+    resources = {}
+    for k in RESOURCE_KINDS:
+        limit = getattr(budget, k) * max_util
+        resources[k] = {
+            "needed": round(total[k], 1),
+            "available": getattr(budget, k),
+            "budget": round(limit, 1),
+            "short_by": round(max(0.0, total[k] - limit), 1),
+            "parts": {
+                p: round(getattr(u, k), 1) for p, u in parts.items() if getattr(u, k) >= 0.05
+            },
+        }
+    short = [k for k in RESOURCE_KINDS if total[k] > resources[k]["budget"]]
+    worst = max(RESOURCE_KINDS, key=lambda k: total[k] / (getattr(budget, k) * max_util))
+    spm_kib = res.spm_kib_for(spec)
+    boards = [
+        name
+        for name in sorted(BOARDS)
+        if name != budget.name and _fits_board(spec, get_budget(name), max_util, space)
+    ]
+    models = [
+        name
+        for name in sorted(ZOO, key=lambda n: (res.spm_kib_for(ZOO[n]), n))
+        if name != spec.name and _fits_board(ZOO[name], budget, max_util, space)
+    ]
+    remedies = []
+    if models:
+        remedies.append(f"a smaller model ({', '.join(models)} fit on {budget.name})")
+    if boards:
+        remedies.append(f"a larger board ({', '.join(boards)} fit {spec.name})")
+    if all(total[k] <= getattr(budget, k) for k in RESOURCE_KINDS):
+        need = max(total[k] / getattr(budget, k) for k in RESOURCE_KINDS)
+        remedies.append(f"--max-util {math.ceil(need * 100) / 100:g} (the smallest design fits)")
+    memory = {"scratchpad", "input (X) buffers", "weight (W) buffers", "output buffer"}
+    if "bram36" in short and budget.uram:
+        remedies.append(
+            f"the scratchpad and buffers on the board's {budget.uram} URAM288 "
+            f"({budget.uram * 36} KiB) or activations spilled to DDR (issue 19, not built yet)"
+        )
+    elif "bram36" in short:
+        remedies.append("activations spilled to DDR (issue 19, not built yet)")
+    if spm_kib > SPM_KIB_MAX:
+        remedies.append(
+            f"the program needs {spm_kib} KiB of scratchpad, beyond the ISA's {SPM_KIB_MAX} KiB "
+            "(it needs spilling to DDR on any board)"
+        )
+
+    def need_text(k: str) -> str:
+        e = resources[k]
+        top = sorted(((val, p) for p, val in e["parts"].items()), reverse=True)
+        named = [f"{p} {val:.0f}" for val, p in top if val >= 0.05 * e["needed"]]
+        if k == "bram36":  # name the buffers: they are what spilling and URAM would move
+            named = [f"{p} {val:g}" for val, p in top if p in memory or val >= 1]
+        return (
+            f"{e['needed']:.0f} {RESOURCE_LABELS[k]} (board: {e['available']}, "
+            f"{e['budget']:.0f} at {max_util:.0%}; {e['short_by']:.0f} short: {', '.join(named)})"
+        )
+
+    shape = f"{g}x{r}x{c}x{v} array, 1 lane per nonlinear unit"
+    fitting = [k for k in RESOURCE_KINDS if k not in short]
+    text = [
+        f"infeasible: no {spec.name} design fits {budget.name} within {max_util:.0%}: "
+        f"the smallest ({shape}) needs " + "; ".join(need_text(k) for k in short)
+    ]
+    if fitting:
+        text.append(
+            ", ".join(
+                f"{RESOURCE_LABELS[k]} {resources[k]['needed']:.0f} of {resources[k]['budget']:.0f}"
+                for k in fitting
+            )
+            + " fit"
+        )
+    text.append(f"URAM unused ({budget.uram} on the board)" if budget.uram else "no URAM")
+    if not boards:
+        text.append(f"no known board fits {spec.name} today")
+    text.append("to fit: " + "; or ".join(remedies))
+    return {
+        "fits": False,
+        "smallest_design": {
+            "array": {"groups": g, "rows": r, "cols": c, "vector": v, "w4_share": 0.0},
+            "nonlinear_lanes": [1, 1, 1],
+            "weight_ports": 1,
+        },
+        "resources": resources,
+        "short": short,
+        "binding": BINDING_LABELS[worst],
+        "uram": {"available": budget.uram, "used": 0},
+        "spm_kib_needed": spm_kib,
+        "spm_kib_isa_max": SPM_KIB_MAX,
+        "would_fit": {"boards": boards, "models": models},
+        "remedies": remedies,
+        "message": "; ".join(text),
+    }
+
+
 def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> Design:
     """The design file of a candidate (buffer sizes as ``TopParams`` reads them back)."""
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
@@ -777,12 +982,20 @@ def explore(
     meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
     binding, best_fps = binding_of(result, select)
     if not meeting:
-        raise InfeasibleError(
+        facts = {"model": spec.name, "board": budget.name, "target_fps": float(fps),
+                 "max_util": max_util}  # fmt: skip
+        if not (mask & select).any():
+            # Nothing fits: "at most 0.0 FPS, binding: <first resource>" would say nothing.
+            facts.update(explain_unfit(spec.name, budget.name, max_util=max_util))
+            facts["best_reachable_fps"] = None
+            raise InfeasibleError(facts["message"], 0.0, facts["binding"], facts)
+        message = (
             f"infeasible: {model} on {board} reaches at most {best_fps:.1f} FPS "
-            f"(target {fps:g}) within {max_util:.0%} of the board; binding: {binding}",
-            best_fps,
-            binding,
+            f"(target {fps:g}) within {max_util:.0%} of the board; binding: {binding}"
         )
+        facts.update(fits=True, best_reachable_fps=round(best_fps, 2), binding=binding,
+                     message=message)  # fmt: skip
+        raise InfeasibleError(message, best_fps, binding, facts)
     chosen = min(meeting, key=lambda c: _cost(c, limits))
     design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec)
     front = pareto_front(feasible)

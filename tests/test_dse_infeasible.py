@@ -1,0 +1,116 @@
+"""Infeasible DSE answers explain themselves (issue 19): needs against the board's budget per
+resource, what is short and by how much, and what would make it fit; never "0.0 FPS"."""
+
+import json
+
+import pytest
+
+from vitaccel.boards import get_budget
+from vitaccel.cli import main
+from vitaccel.dse import resources as res
+from vitaccel.dse.search import (
+    RESOURCE_KINDS,
+    InfeasibleError,
+    explain_unfit,
+    explore,
+    smallest_design,
+)
+from vitaccel.dse.shapes import spec_of
+
+
+def _infeasible(model, board, fps, **kw) -> InfeasibleError:
+    with pytest.raises(InfeasibleError) as err:
+        explore(model, board, fps, **kw)
+    return err.value
+
+
+def test_nothing_fits_states_needs_against_budget():
+    e = _infeasible("deit-tiny", "kv260", 30)
+    f = e.facts
+    assert "0.0 FPS" not in e.message and "\n" not in e.message
+    assert f["fits"] is False and f["best_reachable_fps"] is None
+    bram = f["resources"]["bram36"]
+    budget = get_budget("kv260")
+    assert bram["available"] == budget.bram36 == 144
+    assert bram["budget"] == pytest.approx(144 * 0.85, abs=0.05)
+    assert bram["needed"] > bram["budget"] and f["short"] == ["bram36"] and e.binding == "BRAM"
+    assert bram["short_by"] == pytest.approx(bram["needed"] - bram["budget"], abs=0.11)
+    # The parts add up to the need, and the scratchpad is the largest (405 KiB + in BRAM).
+    assert sum(bram["parts"].values()) == pytest.approx(bram["needed"], abs=0.5)
+    assert max(bram["parts"], key=bram["parts"].get) == "scratchpad"
+    assert (
+        f"{bram['needed']:.0f} BRAM36 (board: 144, {bram['budget']:.0f} at 85%; "
+        f"{bram['short_by']:.0f} short: scratchpad" in e.message
+    )
+    assert "URAM unused (64 on the board)" in e.message and f["uram"] == {
+        "available": 64,
+        "used": 0,
+    }
+    # What would fit is checked: ZCU102 and ZCU104 take DeiT-Tiny (ZCU104 answers it below).
+    assert f["would_fit"]["boards"] == ["zcu102", "zcu104"]
+    assert "zcu102, zcu104 fit deit-tiny" in e.message and "spilled to DDR" in e.message
+    explore("deit-tiny", "zcu104", 30)
+
+
+def test_smallest_design_is_the_least_used_shape():
+    spec, budget = spec_of("deit-small"), get_budget("zcu104")
+    (g, r, c, v), parts = smallest_design(spec, budget)
+    assert g == 1
+    total = sum(u.bram36 for u in parts.values())
+    # No other single-group shape of the space needs less BRAM (BRAM is what binds here).
+    for shape in ((1, 2, 2, 4), (1, 1, 4, 4), (1, 4, 2, 8), (1, 1, 2, 16)):
+        other = sum(u.bram36 for u in res_parts(spec, shape).values())
+        assert total <= other + 1e-9, shape
+
+
+def res_parts(spec, shape):
+    from vitaccel.dse.search import usage_parts
+
+    return usage_parts(spec, *shape)
+
+
+def test_usage_parts_match_the_engine_model():
+    spec = spec_of("deit-tiny")
+    parts = res_parts(spec, (1, 2, 4, 8))
+    # The engine's BRAM is entirely its X, W and output buffers: nothing is lost in the split.
+    assert parts["array"].bram36 == pytest.approx(0.0, abs=1e-9)
+    kib = min(res.spm_kib_for(spec), 1024)
+    assert parts["scratchpad"].bram36 == res.spm_bram36(kib * 1024 // 16)
+
+
+def test_max_util_remedy_when_the_board_itself_holds_it():
+    f = explain_unfit("deit-small", "zcu104")
+    need = f["resources"]["bram36"]["needed"] / 312
+    assert need <= 1 and any(r.startswith("--max-util ") for r in f["remedies"])
+    assert f["would_fit"]["boards"] == ["zcu102"]
+    assert "deit-tiny" in f["would_fit"]["models"]
+
+
+def test_fits_but_too_slow_keeps_best_fps_and_binding():
+    e = _infeasible("deit-tiny", "zcu104", 100000)
+    assert e.facts["fits"] is True and e.facts["best_reachable_fps"] > 0
+    assert f"reaches at most {e.best_fps:.1f} FPS" in e.message and e.facts["binding"] == e.binding
+
+
+def test_cli_json_carries_the_facts(capsys, tmp_path):
+    with pytest.raises(SystemExit) as ex:
+        main(["dse", "--model", "deit-tiny", "--board", "kv260", "--fps", "30",
+              "-o", str(tmp_path / "out"), "--json"])  # fmt: skip
+    assert ex.value.code == 3
+    out, err = capsys.readouterr()
+    facts = json.loads(out)
+    assert facts["feasible"] is False and set(facts["resources"]) == set(RESOURCE_KINDS)
+    assert facts["resources"]["bram36"]["short_by"] > 0
+    assert err.count("\n") == 1 and "needs" in err and "0.0 FPS" not in err
+    assert not (tmp_path / "out").exists()  # nothing written for an infeasible answer
+
+
+def test_cli_unknown_board_one_line_exit_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as ex:
+        main(["dse", "--model", "deit-tiny", "--board", "kv261", "--fps", "30",
+              "-o", str(tmp_path / "out")])  # fmt: skip
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "board 'kv261'" in err and "kv260, zcu102, zcu104" in err
+    assert not (tmp_path / "out").exists()
