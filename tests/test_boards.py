@@ -104,6 +104,15 @@ def test_device_figures():
     }
 
 
+def test_every_figure_has_a_source():
+    # What a user needs to choose a board, each figure with where it comes from.
+    for name in BOARD_NAMES:
+        cited = " ".join(s.split(":")[0] for s in get_budget(name).sources)
+        for figure in ("dsp48e2", "lut", "ff", "bram36", "uram", "ddr_mts", "ddr_bits",
+                       "ddr_gbps", "hp_ports", "hp_data_bits"):  # fmt: skip
+            assert figure in cited.replace(",", " ").split(), (name, figure)
+
+
 def test_ddr_bandwidth_and_axi_ceiling():
     zcu102 = get_budget("zcu102")
     # DDR4-2133 x 64 bit = 17.06 GB/s peak, x 0.8 controller efficiency.

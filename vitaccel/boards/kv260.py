@@ -49,9 +49,16 @@ class KV260Platform(XilinxPlatform):
         pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
         default_clock_mhz=200.0,
         sources=(
-            "DS987 Kria K26 SOM data sheet (PL resources, 4 GB 64-bit DDR4)",
-            "Kria KV260 app docs resource table: 117120 LUT, 144 BRAM, 1248 DSP, 64 URAM",
-            "Vivado kv260_som board preset (DDR4 2400, 64 bit)",
+            "dsp48e2, lut, ff, bram36, uram: DS987 Kria K26 SOM data sheet and the Kria KV260 "
+            "app docs resource table (1248 DSP48E2, 117120 LUT, 234240 FF, 144 BRAM36, "
+            "64 URAM288)",
+            "ddr_mts, ddr_bits: DS987 (4 GB DDR4, 64 bit) and the Vivado kv260_som board "
+            "preset (DDR4 2400, 64 bit)",
+            "ddr_gbps: ddr_mts x ddr_bits / 8 x base.DDR_EFFICIENCY (0.8, a planning figure, "
+            "not a measurement on the board)",
+            "hp_ports, hp_data_bits: UG1085 Zynq UltraScale+ MPSoC TRM, the four 128-bit "
+            "S_AXI_HP0..3_FPD PS slave ports (the K26 is a ZU5EV-class XCK26)",
+            "pins: public KV260 XDCs (PMOD J2, fan enable)",
         ),
     )
 

@@ -45,9 +45,15 @@ class ZCU102Platform(XilinxPlatform):
         pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
         default_clock_mhz=200.0,
         sources=(
-            "DS891 Zynq UltraScale+ MPSoC overview, ZU9EG column",
-            "UG1182 ZCU102 board user guide (PS DDR4, GPIO pin table)",
+            "dsp48e2, lut, ff, bram36, uram: DS891 Zynq UltraScale+ MPSoC product overview, "
+            "ZU9EG column (2520 DSP48E2, 274080 LUT, 548160 FF, 912 BRAM36, no UltraRAM)",
+            "ddr_mts, ddr_bits: UG1182 ZCU102 board user guide (PS DDR4, 64-bit SODIMM) and the "
             "Vivado ZCU102 board preset (PSU__DDRC__SPEED_BIN DDR4_2133P)",
+            "ddr_gbps: ddr_mts x ddr_bits / 8 x base.DDR_EFFICIENCY (0.8, a planning figure, "
+            "not a measurement on the board)",
+            "hp_ports, hp_data_bits: UG1085 Zynq UltraScale+ MPSoC TRM, the four 128-bit "
+            "S_AXI_HP0..3_FPD PS slave ports",
+            "pins: UG1182 GPIO pin table and the ZCU102 master XDC",
         ),
     )
 

@@ -45,9 +45,16 @@ class ZCU104Platform(XilinxPlatform):
         pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
         default_clock_mhz=200.0,
         sources=(
-            "DS891 Zynq UltraScale+ MPSoC overview, ZU7EV column",
-            "UG1267 ZCU104 board user guide (PS DDR4, GPIO pin table)",
-            "Vivado ZCU104 board preset (PSU__DDRC__SPEED_BIN DDR4_2133P, 64 bit)",
+            "dsp48e2, lut, ff, bram36, uram: DS891 Zynq UltraScale+ MPSoC product overview, "
+            "ZU7EV column (1728 DSP48E2, 230400 LUT, 460800 FF, 312 BRAM36, 96 URAM288)",
+            "ddr_mts, ddr_bits: UG1267 ZCU104 board user guide (PS DDR4, 2 GB of x16 "
+            "components, 64 bit) and the Vivado ZCU104 board preset "
+            "(PSU__DDRC__SPEED_BIN DDR4_2133P)",
+            "ddr_gbps: ddr_mts x ddr_bits / 8 x base.DDR_EFFICIENCY (0.8, a planning figure, "
+            "not a measurement on the board)",
+            "hp_ports, hp_data_bits: UG1085 Zynq UltraScale+ MPSoC TRM, the four 128-bit "
+            "S_AXI_HP0..3_FPD PS slave ports",
+            "pins: UG1267 GPIO pin table and the ZCU104 master XDC",
         ),
     )
 
