@@ -114,3 +114,13 @@ def test_cli_unknown_board_one_line_exit_2(capsys, tmp_path):
     assert err.count("\n") == 1
     assert "board 'kv261'" in err and "kv260, zcu102, zcu104" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_no_other_board_at_a_small_budget():
+    f = explain_unfit("deit-tiny", "zcu102", max_util=0.1)
+    assert f["would_fit"]["boards"] == [] and f["short"] == ["bram36"]
+    assert "no other known board fits deit-tiny within 10%" in f["message"]
+    assert "no URAM on the device" in f["message"]  # the ZU9EG has none
+    # The device holds the smallest design, so a larger share is a remedy, and it is true.
+    assert "--max-util 0.17 (the smallest design fits)" in f["remedies"]
+    assert explore("deit-tiny", "zcu102", 1, max_util=0.17)["fps"] > 0

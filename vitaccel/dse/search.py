@@ -798,11 +798,27 @@ def explain_unfit(
 ) -> dict:
     """Why no design of ``model`` fits ``board`` within ``max_util``, and what would fit.
 
-    Returns the facts (``smallest_design``, per-resource ``resources`` with ``needed``,
-    ``available``, ``budget``, ``short_by`` and the ``parts``, the ``short`` resources, the
-    board's unused ``uram``, the known boards and zoo models that ``would_fit``, the
-    ``remedies``) and their one-line ``message``. Every known board uses the same resource
-    model (calibration.json), so "a larger board that fits" is checked, not guessed.
+    Every known board uses the same resource model (calibration.json), so "a larger board
+    that fits" and "a smaller model" are checked, not guessed.
+
+    Parameters
+    ----------
+    model, board : str
+        A zoo model and a known board.
+    max_util : float
+        The share of each resource a design may use (``vitaccel dse --max-util``).
+    space : SearchSpace
+        The explorer's space; its smallest design is the one examined.
+
+    Returns
+    -------
+    dict
+        ``smallest_design`` (array, lanes, weight ports); ``resources``: per kind the
+        ``needed``, ``available``, ``budget`` (available x max_util), ``short_by`` and the
+        ``parts`` that add up to the need; ``short`` (kinds over budget); ``binding`` (the
+        most over-used kind, named as :func:`binding_of` names it); ``uram`` (available,
+        used); ``spm_kib_needed``; ``would_fit`` (``boards``, ``models``); ``remedies``;
+        ``message``, the same in one line.
     """
     from vitaccel.boards import BOARDS, get_budget
     from vitaccel.models.specs import ZOO
@@ -882,9 +898,11 @@ def explain_unfit(
             )
             + " fit"
         )
-    text.append(f"URAM unused ({budget.uram} on the board)" if budget.uram else "no URAM")
+    text.append(
+        f"URAM unused ({budget.uram} on the board)" if budget.uram else "no URAM on the device"
+    )
     if not boards:
-        text.append(f"no known board fits {spec.name} today")
+        text.append(f"no other known board fits {spec.name} within {max_util:.0%}")
     text.append("to fit: " + "; or ".join(remedies))
     return {
         "fits": False,
