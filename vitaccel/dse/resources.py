@@ -194,13 +194,27 @@ _DEFAULT_ENGINE_FIT = {
 }  # fmt: skip
 
 
-def engine_bram36(groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth) -> float:
-    x = groups * rows * memory_bram36(x_words, 8 * vector)
+def engine_bram36_parts(
+    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth
+) -> dict[str, float]:
+    """BRAM36 of the engine's buffers: ``x`` (one bank per PE row and group), ``w`` (two
+    halves of ``max_ksteps`` words per column: W8 columns 8V bits wide, W4 columns 4V) and
+    ``out`` (the output FIFO, one 8-bit lane per output column)."""
     kmax = _pow2(max_ksteps)
-    w8 = groups * cols_w8 * memory_bram36(2 * kmax, 8 * vector)
-    w4 = groups * (cols - cols_w8) * memory_bram36(2 * kmax, 4 * vector)
-    out = memory_bram36(out_depth, 8 * groups * cols)
-    return x + w8 + w4 + out
+    return {
+        "x": groups * rows * memory_bram36(x_words, 8 * vector),
+        "w": groups * cols_w8 * memory_bram36(2 * kmax, 8 * vector)
+        + groups * (cols - cols_w8) * memory_bram36(2 * kmax, 4 * vector),
+        "out": memory_bram36(out_depth, 8 * groups * cols),
+    }
+
+
+def engine_bram36(groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth) -> float:
+    return sum(
+        engine_bram36_parts(
+            groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth
+        ).values()
+    )
 
 
 # Log2-code mode of the engine (EngineParams.log2): 9086 - 5458 LUT and 8530 - 8145 FF over

@@ -730,9 +730,8 @@ def usage_parts(spec, groups: int, rows: int, cols: int, vector: int) -> dict[st
     g, r, c, v = groups, rows, cols, vector
     buf = _buffers(spec, g, r, c, v)
     eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf)
-    x = g * r * res.memory_bram36(buf["x_words"], 8 * v)
-    w = g * c * res.memory_bram36(2 * res._pow2(buf["max_ksteps"]), 8 * v)
-    out = res.memory_bram36(buf["out_depth"], 8 * g * c)
+    bram = res.engine_bram36_parts(g, r, c, v, c, **buf)  # all-W8: every column W8
+    x, w, out = bram["x"], bram["w"], bram["out"]
     spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
     nonlinear = res.Usage()
     for unit in NONLINEAR_UNITS:
