@@ -127,18 +127,58 @@ def _model_choice():
     return click.Choice(sorted(ZOO))
 
 
+# Option factories: the commands share these option kinds, and --help shows every default.
+
+
+def _number(*decls: str, lo, hi=None, default=None, help: str | None = None):
+    """A number option bounded to [lo, hi]: a float one when ``lo`` is a float."""
+    kind = click.FloatRange if isinstance(lo, float) else click.IntRange
+    return click.option(*decls, type=kind(lo, hi), default=default, show_default=True, help=help)
+
+
+def _pick(*decls: str, choices, default=None, help: str | None = None):
+    """An option taking one of ``choices``."""
+    return click.option(
+        *decls, type=click.Choice(choices), default=default, show_default=True, help=help
+    )
+
+
+def _path(*decls: str, file: bool = False, help: str | None = None):
+    """A path option (``file=True``: it must not name a folder)."""
+    kind = click.Path(dir_okay=False, path_type=Path) if file else click.Path(path_type=Path)
+    return click.option(*decls, type=kind, default=None, help=help)
+
+
+def _out_dir(default: Path | None = None, required: bool = False):
+    """``-o/--out DIR``, the folder a command writes."""
+    return click.option(
+        "-o",
+        "--out",
+        "out_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default,
+        show_default=default is not None,
+        required=required,
+    )
+
+
+def _json_flag(help: str | None = None):
+    """``--json``: print one JSON object on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+_SOFTMAX_OUTPUT_HELP = (
+    "softmax: its output; gvsa: log2 adds the shift-add mode for log2-code attention x V"
+)
+_W4_KINDS = ["int4", "pot4"]
+
+
 @main_group.command()
 @click.option(
     "--model", "model_name", default="digits-vit", show_default=True, help="zoo model name"
 )
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="checkpoint (.safetensors or torch .pth)",
-)
-@click.option(
-    "--scheme", type=click.Choice(["w8a8", "w4a8", "mixed"]), default="w8a8", show_default=True
-)
+@_path("--weights", file=True, help="checkpoint (.safetensors or torch .pth)")
+@_pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")
 @click.option(
     "--w4-ratio",
     type=float,
@@ -146,26 +186,15 @@ def _model_choice():
     show_default=True,
     help="W4 share of each encoder linear layer (mixed)",
 )
-@click.option("--w4-kind", type=click.Choice(["int4", "pot4"]), default="int4", show_default=True)
-@click.option(
-    "--softmax-output",
-    type=click.Choice(["uint8", "log2"]),
-    default="uint8",
-    show_default=True,
-    help="softmax: its output; gvsa: log2 adds the shift-add mode for log2-code attention x V",
-)
-@click.option(
-    "--images",
-    type=click.IntRange(min=1),
-    default=None,
-    help="images to evaluate (default: digits test split / 8)",
-)
+@_pick("--w4-kind", choices=_W4_KINDS, default="int4")
+@_pick("--softmax-output", choices=["uint8", "log2"], default="uint8", help=_SOFTMAX_OUTPUT_HELP)
+@_number("--images", lo=1, help="images to evaluate (default: digits test split / 8)")
 @click.option(
     "--per-layer",
     is_flag=True,
     help="also rank every quantised tensor by its SQNR against float (calibration images)",
 )
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_json_flag(help="print one JSON object")
 def quantize(
     model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, images, per_layer, as_json
 ):
@@ -241,54 +270,23 @@ NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
 
 
 @main_group.command()
-@click.option(
-    "--design",
-    "design_path",
-    type=click.Path(path_type=Path),
-    help="design file (.json/.toml): whole accelerator",
-)
-@click.option(
-    "--unit", type=click.Choice([*NONLINEAR_UNITS, "gvsa"]), help="generate one unit instead"
-)
-@click.option(
-    "--lanes", type=click.IntRange(1, 64), default=1, show_default=True, help="nonlinear unit lanes"
-)
-@click.option(
-    "--in-bits",
-    type=click.IntRange(2, 12),
-    default=8,
-    show_default=True,
-    help="nonlinear unit input width",
-)
-@click.option(
-    "--softmax-output",
-    type=click.Choice(["uint8", "log2"]),
-    default="uint8",
-    show_default=True,
-    help="softmax: its output; gvsa: log2 adds the shift-add mode for log2-code attention x V",
-)
-@click.option(
-    "--max-len", type=click.IntRange(1, 4096), default=None, help="max row length / channels"
-)
-@click.option("--groups", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option("--rows", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--cols", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--vector", type=click.IntRange(1, 64), default=8, show_default=True)
-@click.option("--w4-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True)
-@click.option(
-    "--w4-kind",
-    type=click.Choice(["int4", "pot4"]),
-    default="int4",
-    show_default=True,
-    help="gvsa: W4 lanes (int4 or power-of-two)",
-)
+@_path("--design", "design_path", help="design file (.json/.toml): whole accelerator")
+@_pick("--unit", choices=[*NONLINEAR_UNITS, "gvsa"], help="generate one unit instead")
+@_number("--lanes", lo=1, hi=64, default=1, help="nonlinear unit lanes")
+@_number("--in-bits", lo=2, hi=12, default=8, help="nonlinear unit input width")
+@_pick("--softmax-output", choices=["uint8", "log2"], default="uint8", help=_SOFTMAX_OUTPUT_HELP)
+@_number("--max-len", lo=1, hi=4096, help="max row length / channels")
+@_number("--groups", lo=1, hi=64, default=1)
+@_number("--rows", lo=1, hi=64, default=4)
+@_number("--cols", lo=1, hi=64, default=4)
+@_number("--vector", lo=1, hi=64, default=8)
+@_number("--w4-share", lo=0.0, hi=1.0, default=0.0)
+@_pick("--w4-kind", choices=_W4_KINDS, default="int4", help="gvsa: W4 lanes (int4 or power-of-two)")
 @click.option(
     "--resources", is_flag=True, help="also synthesise with Yosys (xcup) and report counts"
 )
-@click.option(
-    "-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True
-)
-@click.option("--json", "as_json", is_flag=True)
+@_out_dir(required=True)
+@_json_flag()
 def generate(
     design_path,
     unit,
@@ -351,25 +349,18 @@ def generate(
 
 
 @main_group.command()
-@click.option(
+@_pick(
     "--unit",
-    type=click.Choice([*NONLINEAR_UNITS, "matmul"]),
-    default=None,
+    choices=[*NONLINEAR_UNITS, "matmul"],
     help="one unit or one matmul (default: the whole model, see --model)",
 )
-@click.option("--lanes", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option(
-    "--vectors",
-    type=click.IntRange(1, 10_000_000),
-    default=20000,
-    show_default=True,
-    help="elements to compare",
-)
-@click.option(
+@_number("--lanes", lo=1, hi=64, default=1)
+@_number("--vectors", lo=1, hi=10_000_000, default=20000, help="elements to compare")
+@_number(
     "--stall",
-    type=click.FloatRange(0.0, 0.9),
+    lo=0.0,
+    hi=0.9,
     default=0.0,
-    show_default=True,
     help="random stall probability on every stream (whole model: on every DDR channel)",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -381,51 +372,31 @@ def generate(
     "else digits-vit",
 )
 @click.option("--layer", default=None, help="matmul: layer name (see --list-layers)")
-@click.option(
-    "--tokens",
-    type=click.IntRange(1, 4096),
-    default=None,
-    help="matmul: tokens (default: the model's)",
-)
-@click.option(
+@_number("--tokens", lo=1, hi=4096, help="matmul: tokens (default: the model's)")
+@_pick(
     "--softmax",
-    type=click.Choice(["uint8", "log2"]),
+    choices=["uint8", "log2"],
     default="uint8",
-    show_default=True,
     help="matmul: softmax output of the golden model; log2 runs blocks.N.attn.sv in the "
     "engine's shift-add mode",
 )
 @click.option(
     "--list-layers", is_flag=True, help="matmul: list the model's matmuls (linear and attention)"
 )
-@click.option(
+@_path(
     "--design",
     "design_path",
-    type=click.Path(path_type=Path),
-    default=None,
     help="whole model: design file (default: the documented default design)",
 )
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="whole model: checkpoint of the float model",
-)
-@click.option(
-    "--images",
-    type=click.IntRange(1, 100_000),
-    default=20,
-    show_default=True,
-    help="whole model: test images to run",
-)
-@click.option(
+@_path("--weights", file=True, help="whole model: checkpoint of the float model")
+@_number("--images", lo=1, hi=100_000, default=20, help="whole model: test images to run")
+@_pick(
     "--engine",
-    type=click.Choice(["native", "cocotb"]),
+    choices=["native", "cocotb"],
     default="native",
-    show_default=True,
     help="whole model: compiled Verilator harness, or cocotb (Python AXI models, slow)",
 )
-@click.option("--json", "as_json", is_flag=True)
+@_json_flag()
 def sim(
     unit,
     lanes,
@@ -520,22 +491,15 @@ def _sim_model(model_name, design_path, weights, images, engine, stall, seed) ->
 @click.option("--model", "model_name", required=True)
 @click.option("--board", default="zcu102", show_default=True)
 @click.option("--fps", type=float, required=True, help="target frames per second")
-@click.option(
+@_number(
     "--max-util",
-    type=click.FloatRange(0.05, 1.0),
+    lo=0.05,
+    hi=1.0,
     default=0.85,
-    show_default=True,
     help="max fraction of each resource",
 )
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("vitaccel-dse"),
-    show_default=True,
-)
-@click.option("--json", "as_json", is_flag=True)
+@_out_dir(default=Path("vitaccel-dse"))
+@_json_flag()
 def dse(model_name, board, fps, max_util, out_dir, as_json):
     """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
     from vitaccel.dse.search import InfeasibleError, explore
@@ -557,34 +521,32 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
 @click.option("--models", required=True, help="comma-separated zoo models")
 @click.option("--boards", required=True, help="comma-separated boards")
 @click.option("--fps", "fps_list", required=True, help="comma-separated FPS targets")
-@click.option(
+@_number(
     "--synth-top",
-    type=click.IntRange(0, 16),
+    lo=0,
+    hi=16,
     default=0,
-    show_default=True,
     help="synthesise the K best candidates of each query with Yosys and re-rank them",
 )
-@click.option(
+@_number(
     "--images",
-    type=click.IntRange(0, 10000),
+    lo=0,
+    hi=10000,
     default=0,
-    show_default=True,
     help="simulate each chosen design on the RTL for N images against the golden model",
 )
-@click.option("--max-util", type=click.FloatRange(0.05, 1.0), default=0.85, show_default=True)
+@_number("--max-util", lo=0.05, hi=1.0, default=0.85)
 @click.option("--scheduler", default=None, help="an existing Dask scheduler, tcp://host:8786")
-@click.option(
+@_number(
     "--workers",
-    type=click.IntRange(1, 256),
+    lo=1,
+    hi=256,
     default=2,
-    show_default=True,
     help="worker processes of the local cluster (without --scheduler)",
 )
-@click.option(
-    "-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True
-)
+@_out_dir(required=True)
 @click.option("--resume", is_flag=True, help="reuse a folder that holds another sweep's results")
-@click.option("--json", "as_json", is_flag=True)
+@_json_flag()
 def sweep(
     models, boards, fps_list, synth_top, images, max_util, scheduler, workers, out_dir, resume,
     as_json,
@@ -618,10 +580,8 @@ def report():
 @click.option("--model", "model_name", required=True)
 @click.option("--board", default=None)
 @click.option("--device", default=None, help="a GPU for the FP16 view (see docs/dse.md)")
-@click.option(
-    "-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None
-)
-@click.option("--json", "as_json", is_flag=True)
+@_out_dir()
+@_json_flag()
 def report_roofline(model_name, board, device, out_dir, as_json):
     """Per-operation FLOPs, bytes and arithmetic intensity of one encoder block."""
     from vitaccel.dse.roofline import roofline
@@ -643,14 +603,12 @@ def report_roofline(model_name, board, device, out_dir, as_json):
 
 @report.command("design")
 @click.argument("design_file", type=click.Path(path_type=Path))
-@click.option(
+@_path(
     "--html",
     "html_path",
-    type=click.Path(path_type=Path),
-    default=None,
     help="also write the self-contained HTML report there (model figures only)",
 )
-@click.option("--json", "as_json", is_flag=True)
+@_json_flag()
 def report_design(design_file, html_path, as_json):
     """Utilisation per resource, predicted FPS, per-layer cycles and bounds of a design."""
     from vitaccel.dse.render import print_design_report
@@ -699,23 +657,16 @@ def _check_writable(path: Path, option: str) -> None:
     default=None,
     help="FPS target for the DSE (default: the documented default design)",
 )
-@click.option("--images", type=click.IntRange(1, 10000), default=20, show_default=True)
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("vitaccel-build"),
-    show_default=True,
-)
+@_number("--images", lo=1, hi=10000, default=20)
+@_path("--weights", file=True)
+@_out_dir(default=Path("vitaccel-build"))
 @click.option(
     "--synth/--no-synth",
     default=True,
     show_default=True,
     help="count resources by Yosys synthesis (minutes, cached) or by the DSE resource model",
 )
-@click.option("--json", "as_json", is_flag=True)
+@_json_flag()
 def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
     """Quantize, design, compile, generate, synthesise and co-simulate one model on one board;
     write DIR/report.html (docs/report.md)."""

@@ -58,7 +58,34 @@ def column_units(cols_w8: int, cols_w4: int) -> int:
     return cols_w8 // 2 + cols_w4
 
 
-class ArrayConfig(_Strict):
+class ArrayGeometry:
+    """What follows from an array shape (``groups``, ``rows``, ``cols``, ``vector``,
+    ``acc_bits`` and the ``column_split`` of its ``w4_share``): one definition shared by
+    :class:`ArrayConfig` and :class:`vitaccel.engine_host.EngineParams`."""
+
+    @property
+    def cols_w8(self) -> int:
+        return self.column_split[0]
+
+    @property
+    def cols_w4(self) -> int:
+        return self.column_split[1]
+
+    @property
+    def units(self) -> int:
+        """Systolic column units of a group (:func:`column_units`)."""
+        return column_units(*self.column_split)
+
+    @property
+    def w_word_bits(self) -> int:
+        return w_word_bits(self.vector, self.acc_bits)
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.groups * self.rows * self.cols * self.vector
+
+
+class ArrayConfig(ArrayGeometry, _Strict):
     """Group-vector systolic array shape (see docs/gvsa.md) and the geometry derived from it
     (W8/W4 columns, systolic units, W word width): the one definition the engine, the GVSA
     and the cost model read."""
@@ -81,27 +108,6 @@ class ArrayConfig(_Strict):
         """(W8 columns, W4 columns) of a group (:func:`vitaccel.engine_timing.column_split`;
         ValueError when the W8 columns are odd)."""
         return _column_split(self.cols, self.w4_share)
-
-    @property
-    def cols_w8(self) -> int:
-        return self.column_split[0]
-
-    @property
-    def cols_w4(self) -> int:
-        return self.column_split[1]
-
-    @property
-    def units(self) -> int:
-        """Systolic column units of a group (:func:`column_units`)."""
-        return column_units(*self.column_split)
-
-    @property
-    def w_word_bits(self) -> int:
-        return w_word_bits(self.vector, self.acc_bits)
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.groups * self.rows * self.cols * self.vector
 
 
 class NonlinearConfig(_Strict):

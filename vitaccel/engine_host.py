@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vitaccel.design import ACC_BITS, column_units, w_word_bits
+from vitaccel.design import ACC_BITS, ArrayGeometry
 from vitaccel.engine_timing import column_split, full_rate_out_depth, latencies, matmul_cycles
 from vitaccel.quant.ref import log2_code_weights
 from vitaccel.quant.scales import WEIGHT_KINDS
@@ -64,7 +64,7 @@ def _bits(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class EngineParams:
+class EngineParams(ArrayGeometry):
     """Sizes and widths of one matmul engine (array + buffers).
 
     Parameters
@@ -160,20 +160,9 @@ class EngineParams:
         )
 
     @property
-    def cols_w8(self) -> int:
-        return column_split(self.cols, self.w4_share)[0]
-
-    @property
-    def cols_w4(self) -> int:
-        return column_split(self.cols, self.w4_share)[1]
-
-    @property
-    def units(self) -> int:
-        return column_units(self.cols_w8, self.cols_w4)
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.groups * self.rows * self.cols * self.vector
+    def column_split(self) -> tuple[int, int]:
+        """(W8 columns, W4 columns) of a group (:func:`vitaccel.engine_timing.column_split`)."""
+        return column_split(self.cols, self.w4_share)
 
     @property
     def kstep_bits(self) -> int:
@@ -186,10 +175,6 @@ class EngineParams:
     @property
     def param_bits(self) -> int:
         return self.acc_bits + MULT_BITS + SHIFT_BITS
-
-    @property
-    def w_word_bits(self) -> int:
-        return w_word_bits(self.vector, self.acc_bits)
 
     @property
     def o_word_bits(self) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "get_budget",
     "pl_ddr_gbps",
     "register_board",
+    "user_io_resources",
 ]
 
 
@@ -188,6 +189,39 @@ class BoardBudget:
                 f"board {self.name!r} cannot clock the PL at {clock_mhz:g} MHz; choose one of: {allowed}"
             )
         return clock_mhz
+
+
+def user_io_resources(
+    *,
+    clk125: tuple[str, str, str],
+    clk300: tuple[str, str],
+    rst: str,
+    leds: str,
+    buttons: str,
+    switches: str,
+) -> list:
+    """The PL user I/O the ZCU10x boards share, in amaranth-boards order.
+
+    ``clk125`` is (p, n, IOSTANDARD) of the fixed 125 MHz CLK_125 (its bank sets the
+    standard); ``clk300`` is (p, n) of the USER_SI570, 300 MHz at power-up (reprogrammable
+    over I2C); ``rst`` the active-high CPU_RESET button; ``leds``, ``buttons`` and
+    ``switches`` the GPIO pins, space-separated, all LVCMOS33.
+    """
+    from amaranth.build import Attrs, Clock, DiffPairs, Pins, Resource
+    from amaranth_boards.resources import ButtonResources, LEDResources, SwitchResources
+
+    lvcmos33 = Attrs(IOSTANDARD="LVCMOS33")
+    clk125_p, clk125_n, clk125_std = clk125
+    # fmt: off
+    return [
+        Resource("clk125", 0, DiffPairs(clk125_p, clk125_n, dir="i"), Clock(125e6), Attrs(IOSTANDARD=clk125_std)),
+        Resource("clk300", 0, DiffPairs(*clk300, dir="i"), Clock(300e6), Attrs(IOSTANDARD="DIFF_SSTL12")),
+        Resource("rst", 0, Pins(rst, dir="i"), lvcmos33),
+        *LEDResources(pins=leds, attrs=lvcmos33),
+        *ButtonResources(pins=buttons, attrs=lvcmos33),
+        *SwitchResources(pins=switches, attrs=lvcmos33),
+    ]
+    # fmt: on
 
 
 BOARDS: dict[str, type] = {}

@@ -11,11 +11,10 @@ budget of a board live in one file.
 
 from __future__ import annotations
 
-from amaranth.build import Attrs, Clock, Connector, DiffPairs, Pins, Resource
+from amaranth.build import Connector
 from amaranth.vendor import XilinxPlatform
-from amaranth_boards.resources import ButtonResources, LEDResources, SwitchResources
 
-from .base import BoardBudget, pl_ddr_gbps, register_board
+from .base import BoardBudget, pl_ddr_gbps, register_board, user_io_resources
 
 __all__ = ["ZCU102Platform"]
 
@@ -57,21 +56,18 @@ class ZCU102Platform(XilinxPlatform):
         ),
     )
 
-    # Pin tables stay one resource per line, as in amaranth-boards.
+    resources = user_io_resources(
+        # CLK_125 from the SI5341B clock generator, in an HD bank (hence LVDS_25, as in
+        # the board's XDC).
+        clk125=("G21", "F21", "LVDS_25"),
+        clk300=("AL8", "AL7"),
+        rst="AM13",
+        leds="AG14 AF13 AE13 AJ14 AJ15 AH13 AH14 AL12",
+        buttons="AG15 AE14 AF15 AE15 AG13",  # GPIO_SW_N, _E, _W, _S, _C
+        switches="AN14 AP14 AM14 AN13 AN12 AP12 AL13 AK13",
+    )
+    # Pin tables stay one entry per line, as in amaranth-boards.
     # fmt: off
-    resources = [
-        # CLK_125 from the SI5341B clock generator, fixed 125 MHz, in an HD bank
-        # (hence LVDS_25, as in the board's XDC).
-        Resource("clk125", 0, DiffPairs("G21", "F21", dir="i"), Clock(125e6), Attrs(IOSTANDARD="LVDS_25")),
-        # USER_SI570, 300 MHz at power-up (reprogrammable over I2C).
-        Resource("clk300", 0, DiffPairs("AL8", "AL7", dir="i"), Clock(300e6), Attrs(IOSTANDARD="DIFF_SSTL12")),
-        # CPU_RESET push button, active high.
-        Resource("rst", 0, Pins("AM13", dir="i"), Attrs(IOSTANDARD="LVCMOS33")),
-        *LEDResources(pins="AG14 AF13 AE13 AJ14 AJ15 AH13 AH14 AL12", attrs=Attrs(IOSTANDARD="LVCMOS33")),
-        # GPIO_SW_N, _E, _W, _S, _C
-        *ButtonResources(pins="AG15 AE14 AF15 AE15 AG13", attrs=Attrs(IOSTANDARD="LVCMOS33")),
-        *SwitchResources(pins="AN14 AP14 AM14 AN13 AN12 AP12 AL13 AK13", attrs=Attrs(IOSTANDARD="LVCMOS33")),
-    ]
     connectors = [
         # J55 and J87, 3.3 V. Header pins 1/3/5/7 are PMOD pins 1-4, 2/4/6/8 are 7-10.
         Connector("pmod", 0, "A20 B20 A22 A21 - - B21 C21 C22 D21 - -"),

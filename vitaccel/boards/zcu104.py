@@ -10,11 +10,10 @@ the PS DDR through the HP ports, in the block design made by
 
 from __future__ import annotations
 
-from amaranth.build import Attrs, Clock, Connector, DiffPairs, Pins, Resource
+from amaranth.build import Connector
 from amaranth.vendor import XilinxPlatform
-from amaranth_boards.resources import ButtonResources, LEDResources, SwitchResources
 
-from .base import BoardBudget, pl_ddr_gbps, register_board
+from .base import BoardBudget, pl_ddr_gbps, register_board, user_io_resources
 
 __all__ = ["ZCU104Platform"]
 
@@ -58,19 +57,16 @@ class ZCU104Platform(XilinxPlatform):
         ),
     )
 
-    # Pin tables stay one resource per line, as in amaranth-boards.
+    resources = user_io_resources(
+        clk125=("F23", "E23", "LVDS"),
+        clk300=("AH18", "AH17"),
+        rst="M11",
+        leds="D5 D6 A5 B5",
+        buttons="B4 C4 B3 C3",
+        switches="E4 D4 F5 F4",
+    )
+    # Pin tables stay one entry per line, as in amaranth-boards.
     # fmt: off
-    resources = [
-        # CLK_125, fixed 125 MHz.
-        Resource("clk125", 0, DiffPairs("F23", "E23", dir="i"), Clock(125e6), Attrs(IOSTANDARD="LVDS")),
-        # USER_SI570, 300 MHz at power-up (reprogrammable over I2C).
-        Resource("clk300", 0, DiffPairs("AH18", "AH17", dir="i"), Clock(300e6), Attrs(IOSTANDARD="DIFF_SSTL12")),
-        # CPU_RESET push button, active high.
-        Resource("rst", 0, Pins("M11", dir="i"), Attrs(IOSTANDARD="LVCMOS33")),
-        *LEDResources(pins="D5 D6 A5 B5", attrs=Attrs(IOSTANDARD="LVCMOS33")),
-        *ButtonResources(pins="B4 C4 B3 C3", attrs=Attrs(IOSTANDARD="LVCMOS33")),
-        *SwitchResources(pins="E4 D4 F5 F4", attrs=Attrs(IOSTANDARD="LVCMOS33")),
-    ]
     connectors = [
         # J55 and J87, 3.3 V. Header pins 1/3/5/7 are PMOD pins 1-4, 2/4/6/8 are 7-10.
         Connector("pmod", 0, "G8 H8 G7 H7 - - G6 H6 J6 J7 - -"),

@@ -81,6 +81,16 @@ class Query(BaseModel):
         return f"{self.model}-{self.board}-{self.fps:g}fps"
 
 
+def _known(option: str, kind: str, names: tuple[str, ...], known) -> tuple[str, ...]:
+    """``names`` if each is in ``known``, else a :class:`SweepError` naming the choices."""
+    for name in names:
+        if name not in known:
+            raise SweepError(
+                f"{option}: unknown {kind} {name!r}; choose from: {', '.join(sorted(known))}"
+            )
+    return names
+
+
 class SweepSpec(BaseModel):
     """The sweep's parameters: what :file:`sweep.json` holds and the cache keys derive from.
 
@@ -112,24 +122,14 @@ class SweepSpec(BaseModel):
     def _known_models(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         from vitaccel.models.specs import ZOO
 
-        for name in v:
-            if name not in ZOO:
-                raise SweepError(
-                    f"--models: unknown model {name!r}; choose from: {', '.join(sorted(ZOO))}"
-                )
-        return v
+        return _known("--models", "model", v, ZOO)
 
     @field_validator("boards")
     @classmethod
     def _known_boards(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         from vitaccel.boards import BOARDS
 
-        for name in v:
-            if name not in BOARDS:
-                raise SweepError(
-                    f"--boards: unknown board {name!r}; choose from: {', '.join(sorted(BOARDS))}"
-                )
-        return v
+        return _known("--boards", "board", v, BOARDS)
 
     @field_validator("fps")
     @classmethod

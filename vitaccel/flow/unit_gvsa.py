@@ -36,53 +36,19 @@ TOP = "gvsa_matmul"
 ARRAY_TOP = "gvsa_array"
 
 
-def engine_params(
-    *,
-    groups: int = 1,
-    rows: int = 4,
-    cols: int = 4,
-    vector: int = 8,
-    w4_share: float = 0.0,
-    w4_kind: str = "int4",
-    acc_bits: int = 32,
-    x_words: int = 2048,
-    max_ksteps: int = 128,
-    out_depth: int | None = None,
-    log2: bool = False,
-) -> EngineParams:
-    return EngineParams(
-        groups=groups,
-        rows=rows,
-        cols=cols,
-        vector=vector,
-        w4_share=w4_share,
-        w4_kind=w4_kind,
-        acc_bits=acc_bits,
-        x_words=x_words,
-        max_ksteps=max_ksteps,
-        out_depth=out_depth,
-        log2=log2,
-    )
+def engine_params(*, x_words: int = 2048, **sizes) -> EngineParams:
+    """The :class:`EngineParams` of a unit run: ``sizes`` as EngineParams takes them (groups,
+    rows, cols, vector, w4_share, w4_kind, acc_bits, max_ksteps, out_depth, log2, ...), with
+    2048-word X banks unless told otherwise."""
+    return EngineParams(x_words=x_words, **sizes)
 
 
-def generate_gvsa(
-    out_dir,
-    *,
-    groups: int,
-    rows: int,
-    cols: int,
-    vector: int,
-    w4_share: float = 0.0,
-    w4_kind: str = "int4",
-    acc_bits: int = 32,
-    x_words: int = 2048,
-    max_ksteps: int = 128,
-    log2: bool = False,
-    resources: bool = False,
-) -> dict:
+def generate_gvsa(out_dir, *, resources: bool = False, **sizes) -> dict:
     """Write ``gvsa_array.v`` and ``gvsa_matmul.v`` (and ``resources.json``) to ``out_dir``.
 
-    ``log2`` adds the shift-add mode for log2-code attention x V (see :mod:`vitaccel.rtl.gvsa`).
+    ``sizes``: the engine's, as :func:`engine_params` takes them (``groups``, ``rows``,
+    ``cols``, ``vector``, ``w4_share``, ``w4_kind``, ...); ``log2=True`` adds the shift-add
+    mode for log2-code attention x V (see :mod:`vitaccel.rtl.gvsa`).
 
     Returns a dict with the file paths, the array's MACs per cycle and, with ``resources``,
     the Yosys counts of the array alone (``array``) and of the whole engine (``engine``).
@@ -90,18 +56,7 @@ def generate_gvsa(
     from vitaccel.rtl.verilog import to_verilog
     from vitaccel.util import atomic_write_text
 
-    params = engine_params(
-        groups=groups,
-        rows=rows,
-        cols=cols,
-        vector=vector,
-        w4_share=w4_share,
-        w4_kind=w4_kind,
-        acc_bits=acc_bits,
-        x_words=x_words,
-        max_ksteps=max_ksteps,
-        log2=log2,
-    )
+    params = engine_params(**sizes)
     array = engine_array(params)
     out = Path(out_dir)
     array_v = to_verilog(array, ARRAY_TOP)
@@ -117,7 +72,7 @@ def generate_gvsa(
         "w4_macs_per_cycle": params.macs_per_cycle - array.w8_macs_per_cycle,
         "cols_w8": params.cols_w8,
         "cols_w4": params.cols_w4,
-        "log2": log2,
+        "log2": params.log2,
     }
     if resources:
         from vitaccel.flow.yosys import synth_xcup
@@ -292,38 +247,20 @@ def simulate_matmul(
     heads: bool = False,
     x_unsigned: bool = False,
     x_log2: bool = False,
-    groups: int = 1,
-    rows: int = 4,
-    cols: int = 4,
-    vector: int = 8,
-    w4_share: float = 0.0,
-    w4_kind: str = "int4",
-    acc_bits: int = 32,
-    x_words: int = 2048,
-    max_ksteps: int = 128,
     stall: float = 0.0,
     seed: int = 0,
+    **sizes,
 ) -> dict:
     """Simulate ``requantize(matmul_int(x, wq.q, bias), mult, shift, lo, hi)`` on Verilator.
 
     ``wq`` is QuantWeight-like: it has ``q`` (N, K) and ``kind`` (N,) (or a ``(q, kind)``
     pair). ``x_log2``: x holds log2 codes and the engine is built with its log2 mode.
+    ``sizes``: the engine's other sizes, as :func:`engine_params` takes them.
     Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
     ``model_cycles``, ``utilization``, ``macs``, ``outputs`` and ``expected``.
     """
     q, kind = (wq.q, wq.kind) if hasattr(wq, "q") else wq
-    params = engine_params(
-        groups=groups,
-        rows=rows,
-        cols=cols,
-        vector=vector,
-        w4_share=w4_share,
-        w4_kind=w4_kind,
-        acc_bits=acc_bits,
-        x_words=x_words,
-        max_ksteps=max_ksteps,
-        log2=x_log2,
-    )
+    params = engine_params(log2=x_log2, **sizes)
     case = MatmulCase(
         x,
         q,

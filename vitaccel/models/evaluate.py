@@ -63,13 +63,19 @@ def prepare(
     progress=None,
 ) -> tuple[object, torch.nn.Module, IntViT, torch.Tensor, torch.Tensor | None]:
     """Load the float model, quantise it, and return (spec, float, golden, images, labels)."""
+    spec, model, golden, _calib, x, y = _quantized(name, weights, config, images, progress)
+    return spec, model, golden, x, y
+
+
+def _quantized(name: str, weights, config: QuantConfig | None, images: int | None, progress):
+    """:func:`prepare`, also returning the calibration images: (spec, float, golden, calib, x, y)."""
     config = config or QuantConfig()
     spec, model = get_model(name, weights=weights)
     calib, x, y = _data(name, spec, images)
     if progress:
         progress(f"calibrating on {len(calib)} images")
     golden = quantize_model(model, calib, config)
-    return spec, model, golden, x, y
+    return spec, model, golden, calib, x, y
 
 
 def evaluate(
@@ -88,11 +94,7 @@ def evaluate(
     (:func:`vitaccel.models.error_report.per_layer_error`) on the calibration images.
     """
     config = config or QuantConfig()
-    spec, model = get_model(name, weights=weights)
-    calib, x, y = _data(name, spec, images)
-    if progress:
-        progress(f"calibrating on {len(calib)} images")
-    golden = quantize_model(model, calib, config)
+    spec, model, golden, calib, x, y = _quantized(name, weights, config, images, progress)
     f_logits, i_logits = [], []
     for start in range(0, len(x), batch):
         chunk = x[start : start + batch]

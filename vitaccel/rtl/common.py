@@ -96,6 +96,25 @@ def replay_rows(m: Module, queue, head: data.View, advance, *, beats_shape, name
 # ---- constructor validation --------------------------------------------------------------
 
 
+def admit_rows(m: Module, i, *, ring_depth: int, row_queue: int):
+    """Input admission of a two-pass row unit (softmax, layernorm): a beat is taken while
+    the ring has room for it and the row queue for its row.
+
+    Returns ``(used, in_flight, in_row, accept, first)``: ring words written and not yet
+    read, rows ended in pass 1 and not popped (both for the caller to update), inside a row,
+    the beat is taken this cycle, and the beat starts a row.
+    """
+    used = Signal(range(ring_depth + 1))
+    in_flight = Signal(range(row_queue + 1))
+    in_row = Signal()
+    accept = Signal()
+    m.d.comb += [
+        i.ready.eq((used < ring_depth) & (in_flight < row_queue)),
+        accept.eq(i.valid & i.ready),
+    ]
+    return used, in_flight, in_row, accept, ~in_row
+
+
 def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     """``value`` must be an int (not bool) in ``lo..hi``; errors name the parameter and value."""
     if not isinstance(value, int) or isinstance(value, bool):
@@ -383,3 +402,9 @@ def delay(m: Module, value: Value, cycles: int, *, en=None, name: str = "dly") -
     for k in range(cycles):
         value = _register(m, value, en, f"{name}_{k}")
     return value
+
+
+def delay_each(m: Module, cycles: int, prefix: str, *, en=None, **values) -> list[Value]:
+    """:func:`delay` of each of ``values`` by the same ``cycles`` (the side signals that
+    travel beside a pipelined datapath), named ``<prefix>_<key>``, in the order given."""
+    return [delay(m, v, cycles, en=en, name=f"{prefix}_{k}") for k, v in values.items()]

@@ -39,9 +39,11 @@ from vitaccel.quant.ref import (
 )
 from vitaccel.rtl.common import (
     CheckedComponent,
+    admit_rows,
     check_limits,
     count_bits,
     delay,
+    delay_each,
     elaborate_parts,
     leading_one,
     leading_one_registered,
@@ -279,17 +281,11 @@ class AILayerNorm(CheckedComponent):
             s.scalars, s.sum_w, s.wrap_inc
         )  # fmt: skip
         # ---------------- stage 1: accept, align, store, sum, mean -------------------------
-        used = Signal(range(self.ring_depth + 1))
-        in_flight = Signal(range(self.row_queue + 1))
-        in_row = Signal()
+        used, in_flight, in_row, accept, first = admit_rows(
+            m, self.i, ring_depth=self.ring_depth, row_queue=self.row_queue
+        )
         bcnt = Signal(range(self.max_beats + 1))
         sc_row = Signal(scalars)
-        accept = Signal()
-        m.d.comb += [
-            self.i.ready.eq((used < self.ring_depth) & (in_flight < self.row_queue)),
-            accept.eq(self.i.valid & self.i.ready),
-        ]
-        first = ~in_row
         sc_in = Signal(scalars)
         m.d.comb += [
             sc_in.recip_mult.eq(self.recip_mult),
@@ -351,11 +347,9 @@ class AILayerNorm(CheckedComponent):
         b_sum, lat_b1 = tree_reduce(
             m, as_x, lambda a, b: a + b, levels_per_stage=2, name="lane_tree"
         )
-        b_v = delay(m, as_v, lat_b1, name="b_v")
-        b_first = delay(m, as_first, lat_b1, name="b_first")
-        b_last = delay(m, as_last, lat_b1, name="b_last")
-        b_sc = delay(m, as_sc, lat_b1, name="b_sc")
-        b_beats = delay(m, as_beats, lat_b1, name="b_beats")
+        b_v, b_first, b_last, b_sc, b_beats = delay_each(
+            m, lat_b1, "b", v=as_v, first=as_first, last=as_last, sc=as_sc, beats=as_beats
+        )
         # B: row sum (exact, order-free).
         acc1 = Signal(signed(sum_w))
         acc1_next = Mux(b_first, 0, acc1) + b_sum
@@ -490,10 +484,9 @@ class AILayerNorm(CheckedComponent):
         s5_sum, lat_s5 = tree_reduce(
             m, s4_sq, lambda a, b: a + b, levels_per_stage=2, name="sq_tree"
         )
-        s5_v = delay(m, s4_v, lat_s5, name="s5_v")
-        s5_first = delay(m, s4_first, lat_s5, name="s5_first")
-        s5_last = delay(m, s4_last, lat_s5, name="s5_last")
-        s5_d = delay(m, s4_d, lat_s5, name="s5_d")
+        s5_v, s5_first, s5_last, s5_d = delay_each(
+            m, lat_s5, "s5", v=s4_v, first=s4_first, last=s4_last, d=s4_d
+        )
         acc2 = Signal(vsum_w)
         acc2_next = Mux(s5_first, 0, acc2) + s5_sum
         v_v = Signal()
@@ -624,10 +617,9 @@ class AILayerNorm(CheckedComponent):
         for lane in range(lanes):
             prod, lat_a = shift_add_mul(m, t2_x[lane], t2_d.isq, en=advance, name=f"z_mul{lane}")
             z_regs.append(prod)
-        ta_v = delay(m, t2_v, lat_a, en=advance, name="ta_v")
-        ta_last = delay(m, t2_last, lat_a, en=advance, name="ta_last")
-        ta_cnt = delay(m, t2_cnt, lat_a, en=advance, name="ta_cnt")
-        ta_d = delay(m, t2_d, lat_a, en=advance, name="ta_d")
+        ta_v, ta_last, ta_cnt, ta_d = delay_each(
+            m, lat_a, "ta", en=advance, v=t2_v, last=t2_last, cnt=t2_cnt, d=t2_d
+        )
         ta_gb = [
             delay(m, t2_gb[lane], lat_a, en=advance, name=f"ta_gb{lane}") for lane in range(lanes)
         ]
@@ -656,9 +648,9 @@ class AILayerNorm(CheckedComponent):
                 m, t3_z[lane], t3_gb[lane].gain, en=advance, name=f"y_mul{lane}"
             )
             y_prods.append(prod)
-        tb_v = delay(m, t3_v, lat_b, en=advance, name="tb_v")
-        tb_last = delay(m, t3_last, lat_b, en=advance, name="tb_last")
-        tb_cnt = delay(m, t3_cnt, lat_b, en=advance, name="tb_cnt")
+        tb_v, tb_last, tb_cnt = delay_each(
+            m, lat_b, "tb", en=advance, v=t3_v, last=t3_last, cnt=t3_cnt
+        )
         # The rounding half of out_shift is a row constant: decoded in the last delay stage,
         # so that T4 starts its three-operand add at flip-flops (the decode and a 40-bit add
         # in one stage were 7.5 levels).

@@ -56,6 +56,20 @@ def cmd_layout(log2: bool = False) -> data.StructLayout:
 CMD_LAYOUT = cmd_layout()
 
 
+def _banks(m: Module, name: str, groups: int, per_group: int, width, depth: int) -> list:
+    """``groups`` x ``per_group`` memories (``width(j)`` bits wide, ``depth`` words), named
+    ``name.format(g, j)``, as ``[g][j] -> (write port, read port)``."""
+    banks = []
+    for g in range(groups):
+        row = []
+        for j in range(per_group):
+            mem = Memory(shape=unsigned(width(j)), depth=depth, init=[])
+            m.submodules[name.format(g, j)] = mem
+            row.append((mem.write_port(), mem.read_port()))
+        banks.append(row)
+    return banks
+
+
 def engine_array(params: EngineParams) -> GVSArray:
     """The engine's array (also synthesised alone by ``generate --unit gvsa``)."""
     p = params
@@ -168,14 +182,7 @@ class MatmulEngine(wiring.Component):
             s.tokens_before_last, s.tokens_last, s.xa_bits
         )  # fmt: skip
         # ---- X buffer: G x R banks -----------------------------------------------------
-        x_banks = []
-        for g in range(G):
-            row = []
-            for r in range(R):
-                mem = Memory(shape=unsigned(8 * V), depth=p.x_words, init=[])
-                m.submodules[f"xbank_g{g}_r{r}"] = mem
-                row.append((mem.write_port(), mem.read_port()))
-            x_banks.append(row)
+        x_banks = _banks(m, "xbank_g{}_r{}", G, R, lambda r: 8 * V, p.x_words)
 
         # ---- X loader --------------------------------------------------------------------
         xl_busy = Signal()
@@ -252,7 +259,7 @@ class MatmulEngine(wiring.Component):
                     xk_last.eq(xk == ks_before_last),
                 ]
 
-        s.g, s.mem, s.r, s.row, s.wp, s.x_banks, s.x_done = g, mem, r, row, wp, x_banks, x_done
+        s.g, s.r, s.wp, s.x_banks, s.x_done = g, r, wp, x_banks, x_done
 
     def _w_side(self, m: Module, s: SimpleNamespace) -> None:
         """W buffer (one bank per group and logical column, two halves) and the W loaders (one per W stream, each owning a contiguous range of columns)."""
@@ -263,15 +270,9 @@ class MatmulEngine(wiring.Component):
             s.nsteps_before_last, s.p, s.start
         )  # fmt: skip
         # ---- W buffer: one bank per (group, logical column), two halves -----------------
-        w_banks = []
-        for g in range(G):
-            row = []
-            for c in range(C):
-                width = 8 * V if c < p.cols_w8 else 4 * V
-                mem = Memory(shape=unsigned(width), depth=2 * kmax, init=[])
-                m.submodules[f"wbank_g{g}_c{c}"] = mem
-                row.append((mem.write_port(), mem.read_port()))
-            w_banks.append(row)
+        w_banks = _banks(
+            m, "wbank_g{}_c{}", G, C, lambda c: 8 * V if c < p.cols_w8 else 4 * V, 2 * kmax
+        )
         par_layout = data.StructLayout(
             {"bias": signed(p.acc_bits), "mult": unsigned(MULT_BITS), "shift": unsigned(6)}
         )

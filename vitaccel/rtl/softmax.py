@@ -32,6 +32,7 @@ from amaranth.utils import bits_for, ceil_log2
 from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
 from vitaccel.rtl.common import (
     CheckedComponent,
+    admit_rows,
     check_choice,
     check_limits,
     count_bits,
@@ -183,19 +184,12 @@ class E2Softmax(CheckedComponent):
             return Mux(ptr == self.ring_depth - 1, 0, ptr + 1)
 
         # ---------------- input side: acceptance, ring write, row bookkeeping -------------
-        used = Signal(range(self.ring_depth + 1))  # ring words written and not yet read
-        in_flight = Signal(range(self.row_queue + 1))  # rows ended in pass 1, not popped
-        in_row = Signal()
+        used, in_flight, in_row, accept, first = admit_rows(
+            m, self.i, ring_depth=self.ring_depth, row_queue=self.row_queue
+        )
         t_row = Signal(4)
         beats_in = Signal(range(self.max_beats + 1))
         wr_ptr = Signal(aw)
-
-        accept = Signal()
-        m.d.comb += [
-            self.i.ready.eq((used < self.ring_depth) & (in_flight < self.row_queue)),
-            accept.eq(self.i.valid & self.i.ready),
-        ]
-        first = ~in_row
         t_cur = Mux(first, self.in_shift, t_row)
         m.d.comb += [
             ring_w.addr.eq(wr_ptr),

@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from vitaccel.compile.driver import Step
+from vitaccel.sim.runner import RtlBackend
 
 __all__ = ["SimBackend"]
 
 TB_MODULE = "vitaccel.sim.host"
 
 
-class SimBackend:
+class SimBackend(RtlBackend):
     """Play driver steps on the RTL of ``design`` in Verilator.
 
     Parameters
@@ -40,17 +41,7 @@ class SimBackend:
         seed: int = 0,
         timeout_cycles: int = 20_000_000,
     ):
-        self.design = design
-        self.base = base
-        self.pause = pause
-        self.seed = seed
-        self.timeout_cycles = timeout_cycles
-        self.image = b""
-        self.last: dict = {}
-
-    def load_image(self, image: bytes) -> int:
-        self.image = bytes(image)
-        return self.base
+        super().__init__(design, base=base, pause=pause, seed=seed, timeout_cycles=timeout_cycles)
 
     def run(self, steps: list[Step]) -> list[int | bytes]:
         from vitaccel.sim.runner import SimError, run_cocotb

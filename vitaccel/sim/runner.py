@@ -35,6 +35,7 @@ __all__ = [
     "SimError",
     "load_args",
     "save_result",
+    "RtlBackend",
 ]
 
 # Amaranth's Verilog widens and narrows freely; these warnings are expected, not bugs.
@@ -260,3 +261,24 @@ def save_result(result: dict) -> None:
     """In a cocotb testbench: hand ``result`` (JSON-serialisable) back to the caller."""
     run_dir = Path(os.environ["VITACCEL_SIM_DIR"])
     (run_dir / "result.json").write_text(json.dumps(result))
+
+
+class RtlBackend:
+    """What the two RTL back ends of the host driver share (cocotb:
+    :class:`vitaccel.sim.host.SimBackend`; Verilator harness:
+    :class:`vitaccel.sim.native.NativeBackend`): the design, the memory image the DDR model
+    holds at ``base``, the pause probability and seed of the AXI channels, the cycle limit
+    of each ``wait_done`` step, and the last run's result (``last``)."""
+
+    def __init__(self, design, *, base: int, pause: float, seed: int, timeout_cycles: int):
+        self.design = design
+        self.base = base
+        self.pause = pause
+        self.seed = seed
+        self.timeout_cycles = timeout_cycles
+        self.image = b""
+        self.last: dict = {}
+
+    def load_image(self, image: bytes) -> int:
+        self.image = bytes(image)
+        return self.base

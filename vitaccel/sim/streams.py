@@ -85,12 +85,8 @@ async def amaranth_get(ctx, stream, *, pauses: Iterator[bool] | None = None):
 # ---- cocotb (Verilator) ----------------------------------------------------------------
 
 
-class StreamSource:
-    """Drives an Amaranth stream's Verilog ports (``<prefix>__payload/valid/ready``).
-
-    ``await source.send(words)`` presents each integer word in turn, idling on the cycles
-    the pause generator says, and returns when the last word has been accepted.
-    """
+class _StreamPorts:
+    """An Amaranth stream's Verilog ports (``<prefix>__payload/valid/ready``) and a pause pattern."""
 
     def __init__(self, dut, prefix: str, clock, pauses: Iterable[bool] | None = None):
         self.payload = getattr(dut, f"{prefix}__payload")
@@ -98,6 +94,17 @@ class StreamSource:
         self.ready = getattr(dut, f"{prefix}__ready")
         self.clock = clock
         self.pauses = iter(pauses) if pauses is not None else no_pauses()
+
+
+class StreamSource(_StreamPorts):
+    """Drives an Amaranth stream's Verilog ports (``<prefix>__payload/valid/ready``).
+
+    ``await source.send(words)`` presents each integer word in turn, idling on the cycles
+    the pause generator says, and returns when the last word has been accepted.
+    """
+
+    def __init__(self, dut, prefix: str, clock, pauses: Iterable[bool] | None = None):
+        super().__init__(dut, prefix, clock, pauses)
         self.valid.value = 0
 
     async def send(self, words: Iterable[int]) -> int:
@@ -123,15 +130,11 @@ class StreamSource:
         return cycles
 
 
-class StreamSink:
+class StreamSink(_StreamPorts):
     """Collects words from an Amaranth stream's Verilog ports, with optional back-pressure."""
 
     def __init__(self, dut, prefix: str, clock, pauses: Iterable[bool] | None = None):
-        self.payload = getattr(dut, f"{prefix}__payload")
-        self.valid = getattr(dut, f"{prefix}__valid")
-        self.ready = getattr(dut, f"{prefix}__ready")
-        self.clock = clock
-        self.pauses = iter(pauses) if pauses is not None else no_pauses()
+        super().__init__(dut, prefix, clock, pauses)
         self.ready.value = 0
 
     async def recv(self, count: int, on_word=None) -> list[int]:

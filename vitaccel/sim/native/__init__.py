@@ -34,7 +34,13 @@ from importlib import resources
 from pathlib import Path
 
 from vitaccel.compile.driver import Step
-from vitaccel.sim.runner import VERILATOR_ARGS, SimError, sim_cache_dir, verilator_env
+from vitaccel.sim.runner import (
+    VERILATOR_ARGS,
+    RtlBackend,
+    SimError,
+    sim_cache_dir,
+    verilator_env,
+)
 from vitaccel.util import content_hash
 
 __all__ = [
@@ -284,7 +290,7 @@ def decode_reads(raw: bytes) -> list[int | bytes]:
 ProgressFn = Callable[[int, int, int, int, float], None]
 
 
-class NativeBackend:
+class NativeBackend(RtlBackend):
     """Play driver steps on ``design``'s RTL with the native harness.
 
     Parameters
@@ -319,21 +325,11 @@ class NativeBackend:
     ):
         if not 0.0 <= pause < 1.0:
             raise ValueError(f"pause must be in [0, 1), got {pause}")
-        self.design = design
-        self.base = base
-        self.pause = pause
-        self.seed = seed
-        self.timeout_cycles = timeout_cycles
+        super().__init__(design, base=base, pause=pause, seed=seed, timeout_cycles=timeout_cycles)
         self.threads = threads
         self.on_progress = on_progress
         self.progress = progress
-        self.image = b""
         self.build: NativeBuild | None = None
-        self.last: dict = {}
-
-    def load_image(self, image: bytes) -> int:
-        self.image = bytes(image)
-        return self.base
 
     def ensure_built(self) -> NativeBuild:
         if self.build is None:
