@@ -19,6 +19,7 @@ import pytest
 
 from vitaccel.flow.unit_nonlinear import (
     UNITS,
+    assert_bit_exact,
     concat_cases,
     gelu_case,
     gelu_table,
@@ -64,15 +65,6 @@ def short_case(unit: str, lanes: int, seed: int = 0):
     return concat_cases([first, second])
 
 
-def assert_exact(res):
-    assert not res["errors"], res["errors"][:5]
-    first = res["first_mismatch"]
-    assert res["mismatches"] == 0, (
-        f"{res['mismatches']} mismatches; first at row {first['row']} index {first['index']}: "
-        f"expected {first['expected']}, got {first['got']}"
-    )
-
-
 @pytest.mark.parametrize("unit", UNITS)
 def test_generated_verilog_has_no_block_waiting_for_a_time_zero_event(unit):
     """No ``always @*`` (combinational logic as continuous assignments) and no register that
@@ -93,7 +85,7 @@ def test_units_bit_exact_on_icarus(unit, simulator, lanes):
     case = short_case(unit, lanes)
     res = simulate_case(unit, case, lanes=lanes, stall=0.2, seed=4, simulator=simulator)
     assert res["vectors"] == case.elements
-    assert_exact(res)
+    assert_bit_exact(res)
 
 
 @pytest.mark.parametrize("simulator", STANDARDS)
@@ -107,7 +99,7 @@ def test_unit_reset_mid_row_on_icarus(simulator):
         "softmax", case, lanes=4, stall=0.2, seed=6, reset=reset, simulator=simulator
     )
     assert res["rows"] == 2
-    assert_exact(res)
+    assert_bit_exact(res)
 
 
 @pytest.mark.parametrize("simulator", STANDARDS)
@@ -205,9 +197,9 @@ def test_amaranths_own_verilog_shows_x_under_sv_rules(monkeypatch):
     try:
         case = short_case("layernorm", 3)
         ok = simulate_case("layernorm", case, lanes=3, simulator="icarus-2005")
-        assert_exact(ok)
+        assert_bit_exact(ok)
         with pytest.raises((SimError, AssertionError)):
             res = simulate_case("layernorm", case, lanes=3, simulator="icarus-2012")
-            assert_exact(res)
+            assert_bit_exact(res)
     finally:
         un._verilog_cached.cache_clear()

@@ -54,6 +54,7 @@ __all__ = [
     "simulate_case",
     "simulate_unit",
     "compare_rows",
+    "assert_bit_exact",
     "resource_report",
 ]
 
@@ -711,3 +712,14 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def assert_bit_exact(res: dict) -> None:
+    """Fail on a :func:`simulate_case` result with testbench errors or any mismatching
+    element, naming the first mismatch (row, index, expected, got)."""
+    assert not res["errors"], res["errors"][:5]
+    first = res["first_mismatch"]
+    assert res["mismatches"] == 0, (
+        f"{res['mismatches']} mismatches; first at row {first['row']} index {first['index']}: "
+        f"expected {first['expected']}, got {first['got']}"
+    )
