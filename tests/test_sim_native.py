@@ -14,14 +14,15 @@ import time
 import numpy as np
 import pytest
 
-from vitaccel.compile.compiler import compile_model
 from vitaccel.compile.driver import Driver
 from vitaccel.design import DesignError
 from vitaccel.flow.build import default_design
-from vitaccel.flow.codec import codec_for
-from vitaccel.flow.model_sim import check_design_fits, first_mismatch, simulate_model
-from vitaccel.models.evaluate import prepare
-from vitaccel.models.golden import quant_config_for
+from vitaccel.flow.model_sim import (
+    check_design_fits,
+    design_program,
+    first_mismatch,
+    simulate_model,
+)
 from vitaccel.models.specs import get_spec
 from vitaccel.sim.native import (
     NativeBackend,
@@ -36,14 +37,7 @@ def _digits(images: int) -> dict:
     """Default design, the golden model quantised for it, ``images`` test images and their
     logits, the compiled program, and the native build (cached in ~/.cache/vitaccel)."""
     design = default_design("digits-vit", "zcu102")
-    _, _, golden, x, y = prepare("digits-vit", config=quant_config_for(design), images=images)
-    patches = golden.quantize_images(x)
-    compiled = compile_model(
-        golden,
-        groups=design.array.groups,
-        codec=codec_for(design),
-        spm_words=design.spm_kib * 1024 // 16,
-    )
+    prog = design_program(design, images=images)
     t0 = time.monotonic()
     build = build_native(design)
     print(
@@ -52,11 +46,11 @@ def _digits(images: int) -> dict:
     )
     return {
         "design": design,
-        "golden": golden,
-        "patches": patches,
-        "want": golden.forward_patches(patches),
-        "labels": y.numpy(),
-        "compiled": compiled,
+        "golden": prog.golden,
+        "patches": prog.patches,
+        "want": prog.want,
+        "labels": prog.labels,
+        "compiled": prog.compiled,
     }
 
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ENGINES", "check_design_fits", "simulate_model", "first_mismatch"]
+__all__ = [
+    "ENGINES", "DesignProgram", "check_design_fits", "design_program", "simulate_model",
+    "first_mismatch",
+]  # fmt: skip
 
 ENGINES = ("native", "cocotb")
 
@@ -128,6 +132,41 @@ class _Bar:
             self.progress.stop()
 
 
+@dataclass(frozen=True)
+class DesignProgram:
+    """A model quantised as a design says, its test images and the compiled program."""
+
+    golden: object  # vitaccel.models.golden.IntViT
+    patches: np.ndarray  # quantised input patches, one image a row
+    want: np.ndarray  # the golden model's integer logits for them
+    labels: np.ndarray | None  # digits labels (None for models without a test split)
+    compiled: object  # vitaccel.compile.compiler.Compiled
+
+
+def design_program(design, *, model: str | None = None, weights: Path | None = None,
+                   images: int = 20) -> DesignProgram:  # fmt: skip
+    """Quantise ``model`` (default: the design's) as ``design`` says, take ``images`` test
+    images, and compile the program and memory image for the design: the one place the
+    whole-model RTL runs (``sim --model``, its tests) prepare their inputs."""
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.flow.codec import codec_for
+    from vitaccel.models.evaluate import prepare
+    from vitaccel.models.golden import quant_config_for
+
+    _, _, golden, x, y = prepare(
+        model or design.model, weights=weights, config=quant_config_for(design), images=images
+    )
+    patches = golden.quantize_images(x)
+    compiled = compile_model(
+        golden,
+        groups=design.array.groups,
+        codec=codec_for(design),
+        spm_words=design.spm_kib * 1024 // 16,
+    )
+    labels = y.numpy() if y is not None else None
+    return DesignProgram(golden, patches, golden.forward_patches(patches), labels, compiled)
+
+
 def simulate_model(
     model: str = "digits-vit",
     *,
@@ -171,13 +210,9 @@ def simulate_model(
     NativeRunError
         A run hit the cycle limit or STATUS.ERROR.
     """
-    from vitaccel.compile.compiler import compile_model
     from vitaccel.compile.driver import Driver
     from vitaccel.dse.cost import estimate
     from vitaccel.flow.build import default_design
-    from vitaccel.flow.codec import codec_for
-    from vitaccel.models.evaluate import prepare
-    from vitaccel.models.golden import quant_config_for
     from vitaccel.models.specs import get_spec
 
     if engine not in ENGINES:
@@ -190,17 +225,8 @@ def simulate_model(
     model_cycles = estimate(design, spec=spec).cycles
 
     say(f"quantising {model} for the design and compiling its program")
-    _, _, golden, x, y = prepare(
-        model, weights=weights, config=quant_config_for(design), images=images
-    )
-    patches = golden.quantize_images(x)
-    want = golden.forward_patches(patches)
-    compiled = compile_model(
-        golden,
-        groups=design.array.groups,
-        codec=codec_for(design),
-        spm_words=design.spm_kib * 1024 // 16,
-    )
+    prog = design_program(design, model=model, weights=weights, images=images)
+    patches, want, labels, compiled = prog.patches, prog.want, prog.labels, prog.compiled
     limit = timeout_cycles or 4 * model_cycles + 100_000
 
     build_s, cached = 0.0, None
@@ -239,7 +265,6 @@ def simulate_model(
         cpu_s = float(backend.last["cpu_s"])
     else:
         sim_cycles = int(sum(cycles))
-    labels = y.numpy() if y is not None else None
     cpi = float(np.mean(cycles))
     result = {
         "model": model,
