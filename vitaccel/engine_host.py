@@ -29,6 +29,7 @@ __all__ = [
     "LOG2_CODE_BITS",
     "POT4_ZERO",
     "pot4_code",
+    "lane_weights",
     "EngineParams",
     "ColumnPlan",
     "plan_columns",
@@ -56,6 +57,17 @@ def pot4_code(q):
         raise ValueError("pot4 weights must be 0 or +-2**s with s in 0..6")
     shift = np.where(mag > 0, np.log2(np.maximum(mag, 1)).astype(np.int64), 7)
     return np.where(mag > 0, ((q < 0).astype(np.int64) << 3) | shift, POT4_ZERO)
+
+
+def lane_weights(codes, w4_kind: str) -> np.ndarray:
+    """The weights a W4 lane computes with from its 4-bit codes (the inverse of the packing
+    in :func:`pack_job`): int4 two's complement, or the :func:`pot4_code` code."""
+    codes = np.asarray(codes, dtype=np.int64) & 0xF
+    if w4_kind == "int4":
+        return np.where(codes > 7, codes - 16, codes)
+    shift = codes & 0b111
+    mag = np.where(shift == 7, 0, 1 << np.minimum(shift, 6))
+    return np.where(codes >> 3, -mag, mag)
 
 
 def _bits(n: int) -> int:
