@@ -666,8 +666,19 @@ def _check_writable(path: Path, option: str) -> None:
     show_default=True,
     help="count resources by Yosys synthesis (minutes, cached) or by the DSE resource model",
 )
+@_pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")
+@click.option(
+    "--w4-ratio",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="W4 share of each encoder linear layer (mixed)",
+)
+@_pick("--w4-kind", choices=_W4_KINDS, default="int4")
 @_json_flag()
-def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
+def build(
+    model_name, board, fps, images, weights, out_dir, synth, scheme, w4_ratio, w4_kind, as_json
+):
     """Quantize, design, compile, generate, synthesise and co-simulate one model on one board;
     write DIR/report.html (docs/report.md)."""
     from vitaccel.boards import get_board
@@ -677,10 +688,15 @@ def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
     get_board(board)
     if fps is not None and not fps > 0:
         raise CliError(f"--fps must be > 0, got {fps}")
+    if not 0.0 <= w4_ratio <= 1.0:
+        raise CliError(f"--w4-ratio must be in [0, 1], got {w4_ratio}")
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
-    from vitaccel.flow.build import BuildOptions
+    from vitaccel.flow.build import BuildOptions, default_design, design_for_scheme
     from vitaccel.flow.build import build as run_build
+
+    if fps is None:  # the default design's scheme errors before any step starts
+        design_for_scheme(default_design(model_name, board), scheme, w4_ratio, w4_kind)
 
     opts = BuildOptions(
         model=model_name,
@@ -690,6 +706,9 @@ def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
         out_dir=out_dir,
         weights=weights,
         synth=synth,
+        scheme=scheme,
+        w4_ratio=w4_ratio,
+        w4_kind=w4_kind,
     )
     from vitaccel.flow.progress import BuildProgress
 
