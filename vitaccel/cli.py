@@ -173,20 +173,25 @@ _SOFTMAX_OUTPUT_HELP = (
 _W4_KINDS = ["int4", "pot4"]
 
 
+def _scheme_options(f):
+    """--scheme, --w4-ratio, --w4-kind: the weight scheme, the same for quantize and build."""
+    f = _pick("--w4-kind", choices=_W4_KINDS, default="int4")(f)
+    f = click.option(
+        "--w4-ratio",
+        type=float,
+        default=0.5,
+        show_default=True,
+        help="W4 share of each encoder linear layer (mixed)",
+    )(f)
+    return _pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")(f)
+
+
 @main_group.command()
 @click.option(
     "--model", "model_name", default="digits-vit", show_default=True, help="zoo model name"
 )
 @_path("--weights", file=True, help="checkpoint (.safetensors or torch .pth)")
-@_pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")
-@click.option(
-    "--w4-ratio",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="W4 share of each encoder linear layer (mixed)",
-)
-@_pick("--w4-kind", choices=_W4_KINDS, default="int4")
+@_scheme_options
 @_pick("--softmax-output", choices=["uint8", "log2"], default="uint8", help=_SOFTMAX_OUTPUT_HELP)
 @_number("--images", lo=1, help="images to evaluate (default: digits test split / 8)")
 @click.option(
@@ -666,15 +671,7 @@ def _check_writable(path: Path, option: str) -> None:
     show_default=True,
     help="count resources by Yosys synthesis (minutes, cached) or by the DSE resource model",
 )
-@_pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")
-@click.option(
-    "--w4-ratio",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="W4 share of each encoder linear layer (mixed)",
-)
-@_pick("--w4-kind", choices=_W4_KINDS, default="int4")
+@_scheme_options
 @_json_flag()
 def build(
     model_name, board, fps, images, weights, out_dir, synth, scheme, w4_ratio, w4_kind, as_json

@@ -33,6 +33,7 @@ __all__ = [
     "EngineParams",
     "ColumnPlan",
     "plan_columns",
+    "lane_rows",
     "Job",
     "pack_job",
     "unpack_outputs",
@@ -268,6 +269,17 @@ def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
     if heads:
         channel = np.repeat(channel, params.groups, axis=1)
     return ColumnPlan(channel)
+
+
+def lane_rows(n: int, n4: int, params: EngineParams) -> dict[str, int]:
+    """Where :func:`plan_columns` puts an ``n``-row layer with ``n4`` rows of the array's
+    W4 kind: ``{"w8": rows on W8 lanes, "w4": rows on W4 lanes, "steps": output steps}``
+    (the design report's per-layer lanes; which rows are W4 does not change the counts)."""
+    kind = np.zeros(n, dtype=np.int64)
+    kind[:n4] = WEIGHT_KINDS.index(params.w4_kind)
+    ch = plan_columns(kind, params).channel
+    on_w4 = int((ch[:, :, params.cols_w8 :] >= 0).sum())
+    return {"w8": n - on_w4, "w4": on_w4, "steps": int(ch.shape[0])}
 
 
 @dataclass
