@@ -23,8 +23,6 @@ from vitaccel.util import atomic_output_dir
 
 __all__ = ["BuildOptions", "build", "default_design", "design_for_scheme"]
 
-SCHEMES = ("w8a8", "w4a8", "mixed")  # as ``vitaccel quantize --scheme``
-
 
 @dataclass
 class BuildOptions:
@@ -71,6 +69,7 @@ def design_for_scheme(design: Design, scheme: str, w4_ratio: float, w4_kind: str
         W4 kind the array lacks, or an array the accelerator RTL cannot build.
     """
     from vitaccel.design import DesignError, parse_design
+    from vitaccel.models.golden import SCHEMES
     from vitaccel.rtl.top import Accelerator
 
     if scheme not in SCHEMES:
