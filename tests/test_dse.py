@@ -452,3 +452,32 @@ def test_log2_softmax_design_pays_the_shift_add_mode():
     lanes = d.array.groups * d.array.rows * (d.array.cols // 2) * d.array.vector
     assert b.lut - a.lut == pytest.approx(LOG2_LUT_PER_DSP_LANE * lanes)
     assert b.dsp48e2 == a.dsp48e2 and b.bram36 == a.bram36
+
+
+def test_pool_is_cached_in_memory_and_on_disk(monkeypatch, tmp_path):
+    """One pool per (model, board, max_util, ...): a second process reads it from the cache
+    file (the same candidates), a damaged file is evaluated again, never an error."""
+    from vitaccel.dse import search as search_mod
+    from vitaccel.dse.search import SearchSpace, search
+
+    monkeypatch.setenv("VITACCEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(search_mod, "_POOLS", {})
+    space = SearchSpace(groups=(1, 2), rows=(2, 4), cols=(4, 8), vector=(8,))
+    first = search("digits-vit", "zcu102", space=space)
+    assert not first["cached"] and first["pool"]
+    assert search("digits-vit", "zcu102", space=space) is first  # in memory
+    files = list((tmp_path / "dse").glob("pool-*.pkl"))
+    assert len(files) == 1
+    search_mod._POOLS.clear()  # as a new process sees it
+    again = search("digits-vit", "zcu102", space=space)
+    assert again["cached"] and again["pool"] == first["pool"]
+    assert again["evaluated"] == first["evaluated"]
+    # another max_util is another pool (the pool keeps candidates up to twice the limits)
+    other = search("digits-vit", "zcu102", space=space, max_util=0.5)
+    assert not other["cached"] and len(list((tmp_path / "dse").glob("pool-*.pkl"))) == 2
+    files[0].write_bytes(b"not a pickle")
+    search_mod._POOLS.clear()
+    fresh = search("digits-vit", "zcu102", space=space)
+    assert not fresh["cached"] and fresh["pool"] == first["pool"]
+    # the FPS target does not enter the pool: explore answers from the cached one
+    assert explore("digits-vit", "zcu102", 1, space=space)["fps"] > 0

@@ -21,6 +21,8 @@ saved per unit of predicted error first, until the error budget ``max_error`` is
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -60,6 +62,7 @@ from vitaccel.dse.cost import (
 from vitaccel.dse.shapes import spec_of
 from vitaccel.engine_timing import StepCycles
 from vitaccel.isa import MatmulFlags, Op, residual_fusable
+from vitaccel.util import atomic_write_bytes, cache_dir, content_hash
 
 __all__ = [
     "InfeasibleError",
@@ -403,6 +406,67 @@ def _buffers(spec, g, r, c, v) -> dict:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# The candidate pool, cached
+# ---------------------------------------------------------------------------------------
+
+# Pools already evaluated in this process, by every argument of `search` (the FPS target is
+# not one of them: one pool answers every target).
+_POOLS: dict[tuple, dict] = {}
+_POOLS_KEPT = 4
+# Bump when the pool file's layout changes (the code fingerprint covers everything else).
+_POOL_FORMAT = 1
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """A hash of every module and data file of the package: a cached pool is only reused by
+    the code (cycle model, resource model, scheduler, calibration) that produced it."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(root.rglob("*.py")) + sorted((root / "dse" / "data").glob("*.json"))
+    return content_hash(*(f"{f.relative_to(root)}".encode() + f.read_bytes() for f in files))
+
+
+def _pool_path(key: tuple) -> Path:
+    return cache_dir("dse") / f"pool-{content_hash(repr(key), _code_fingerprint())}.pkl"
+
+
+def _load_pool(path: Path) -> tuple[list[Candidate], int] | None:
+    """The pool stored at ``path`` (None when absent or unreadable: it is evaluated again)."""
+    import gc
+    import pickle
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    # 50k small objects: the cyclic collector would walk them repeatedly while they load.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        stored = pickle.loads(data)
+        if stored.get("format") != _POOL_FORMAT:
+            return None
+        return [Candidate(*row) for row in stored["rows"]], stored["evaluated"]
+    except Exception:  # a truncated or foreign file is a cache miss, never an error
+        return None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _store_pool(path: Path, pool: list[Candidate], evaluated: int) -> None:
+    import pickle
+
+    names = [f.name for f in dataclasses.fields(Candidate)]
+    rows = [tuple(getattr(c, n) for n in names) for c in pool]
+    data = pickle.dumps({"format": _POOL_FORMAT, "rows": rows, "evaluated": evaluated}, 5)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError:  # a read-only cache only costs the next query its search
+        pass
+
+
 def search(
     model: str,
     board: str,
@@ -412,6 +476,7 @@ def search(
     space: SearchSpace = SearchSpace(),
     clock_mhz: float | None = None,
     relax: float = 2.0,
+    cache: bool = True,
 ) -> dict:
     """Evaluate the design space; return the candidate pool and its context.
 
@@ -419,12 +484,22 @@ def search(
     binding analysis needs the ones just outside). Phase 1 evaluates every all-W8 array;
     phase 2 adds W4 columns (each share and kind) to the arrays on the phase-1 Pareto front
     (FPS against DSP and LUT): a W4 variant keeps its base array's W8 columns and DSPs.
+
+    The pool does not depend on an FPS target, so it is kept (``cache=True``) in memory
+    for the process and on disk under :func:`vitaccel.util.cache_dir` ``("dse")``, in a
+    file named by the arguments and a hash of the package's code and data (written
+    atomically; an unreadable file is evaluated again).
     """
     from vitaccel.boards import get_budget
 
     budget = get_budget(board)
     if clock_mhz is not None:
         budget.check_clock(clock_mhz)
+    spec_of(model)  # an unknown model fails here, before any cache lookup
+    key = (model, budget.name, float(max_util), float(max_error), space, clock_mhz,
+           float(relax))  # fmt: skip
+    if cache and key in _POOLS:
+        return _POOLS[key]
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
     m = _Model(model, budget, port_clock, max_error)
     limits = {
@@ -433,6 +508,35 @@ def search(
         "ff": budget.ff * max_util,
         "bram36": budget.bram36 * max_util,
     }
+    path = _pool_path(key) if cache else None
+    stored = _load_pool(path) if path is not None else None
+    if stored is not None:
+        pool, evaluated = stored
+    else:
+        pool, evaluated = _evaluate_pool(m, budget, limits, space, clock_mhz, relax)
+        if path is not None:
+            _store_pool(path, pool, evaluated)
+    result = {
+        "pool": pool,
+        "limits": limits,
+        "clock_mhz": max((c.clock_mhz for c in pool), default=port_clock),
+        "levels": m.levels,
+        "model": m,
+        "budget": budget,
+        "evaluated": evaluated,
+        "max_util": max_util,
+        "max_error": max_error,
+        "cached": stored is not None,
+    }
+    if cache:
+        while len(_POOLS) >= _POOLS_KEPT:  # a sweep's queries: keep the latest few pools
+            del _POOLS[next(iter(_POOLS))]
+        _POOLS[key] = result
+    return result
+
+
+def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mhz, relax):
+    """Every candidate of ``space`` within ``relax`` x ``limits``, and the arrays evaluated."""
     fixed_usage = {
         "dsp48e2": m.shell.dsp48e2,
         "lut": m.shell.lut,
@@ -473,7 +577,7 @@ def search(
             for lanes, nl_cycles, lane_usage, clock in opts:
                 wc = weight_word_cycles(v, clock, budget, ports)
                 if wc not in evals:
-                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, max_error, wc)
+                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_error, wc)
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
@@ -525,17 +629,7 @@ def search(
                         continue
                     done.add(key)
                     pool.extend(evaluate(g, r, cols, v, share, kind))
-    return {
-        "pool": pool,
-        "limits": limits,
-        "clock_mhz": max((c.clock_mhz for c in pool), default=port_clock),
-        "levels": m.levels,
-        "model": m,
-        "budget": budget,
-        "evaluated": evaluated,
-        "max_util": max_util,
-        "max_error": max_error,
-    }
+    return pool, evaluated
 
 
 def _nl_key(m: _Model, g: int) -> int:
@@ -974,6 +1068,7 @@ def explore(
     out_dir: Path | None = None,
     max_error: float = DEFAULT_MAX_ERROR,
     allow_w4: bool = False,
+    space: SearchSpace = SearchSpace(),
 ) -> dict:
     """Choose the cheapest design reaching ``fps``; write design.json, pareto.json, pareto.png.
 
@@ -990,7 +1085,7 @@ def explore(
         raise ValueError(f"target FPS must be positive, not {fps!r}")
     if not 0 < max_util <= 1:
         raise ValueError(f"max_util must be in (0, 1], not {max_util!r}")
-    result = search(model, board, max_util=max_util, max_error=max_error)
+    result = search(model, board, max_util=max_util, max_error=max_error, space=space)
     pool, limits = result["pool"], result["limits"]
     spec, budget = result["model"].spec, result["budget"]
     mask = _fit_mask(result)
