@@ -79,7 +79,7 @@ DEFAULT_MAX_ERROR = 1e-3
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 # The ISA's 16-bit scratchpad word addresses: at most 1 MiB (Design.spm_kib <= 1024).
 SPM_KIB_MAX = 1024
-# binding_of: the FPS gain (share) that doubling a resource limit must buy to be named.
+# diagnose: the FPS gain (share) that lifting one limit must buy to be named.
 BINDING_GAIN = 0.10
 
 
@@ -772,40 +772,100 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     return [cands[i] for i in front]
 
 
-def binding_of(result: dict, select=None) -> tuple[str, float]:
-    """The limit whose relaxation raises the best reachable FPS most, and that best FPS.
+# What lifting each limit means, as the answer states it (diagnose).
+LIFTED = {
+    "DSP": "twice the DSP48E2",
+    "LUT": "twice the LUTs",
+    "FF": "twice the FFs",
+    "BRAM": "twice the BRAM36",
+    "clock": "the board's fastest clock",
+    "X load": "X loads hidden",
+    "writer": "output writes hidden",
+    "nonlinear": "nonlinear units hidden",
+    "DDR": "DDR waits hidden",
+}
+# Named when no single limit buys BINDING_GAIN: only other array shapes would help.
+SEARCH_SPACE = "array shape (search space)"
+
+
+def diagnose(result: dict, select=None) -> dict:
+    """What binds the best reachable design: every limit named on its own, with the best
+    reachable FPS once that one limit is lifted.
+
+    * ``DSP``, ``LUT``, ``FF``, ``BRAM``: that resource's budget doubled (the pool holds
+      the candidates up to twice the limits);
+    * ``clock``: every candidate at the board's fastest clock with its cycles unchanged
+      (the LUT-depth rule lifted);
+    * ``X load``, ``writer``, ``nonlinear``, ``DDR``: the best design with that cause's
+      cycles removed, priced by cause on the scheduler's program
+      (:func:`vitaccel.dse.causes.cause_totals`, the cycle model's own split).
 
     ``select`` (a boolean mask over the pool) restricts the candidates considered.
+
+    Returns
+    -------
+    dict
+        ``binding`` (the limit whose lifting gains most, if it gains more than
+        :data:`BINDING_GAIN`; else :data:`SEARCH_SPACE`), ``best_fps``, ``lifted_fps``
+        ({limit: FPS}), ``cycles_by_cause`` ({cause: share} of the best design) and
+        ``best`` (that candidate, or None when nothing fits).
     """
+    from vitaccel.dse.causes import STALLS, cause_totals
+
     arrays = _arrays(result)
     fps = arrays["fps"]
+    pool = result["pool"]
     if select is None:
         select = np.ones(len(fps), dtype=bool)
     feasible = _fit_mask(result) & select
-    best_fps = float(fps[feasible].max()) if feasible.any() else 0.0
-    best = result["pool"][int(np.argmax(np.where(feasible, fps, -1.0)))] if feasible.any() else None
-    gains = {}
-    names = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
+    best = pool[int(np.argmax(np.where(feasible, fps, -1.0)))] if feasible.any() else None
+    best_fps = best.fps if best is not None else 0.0
+    lifted = {}
     for k in RESOURCE_KINDS:
         mask = _fit_mask(result, {k: 2.0}) & select
-        gains[names[k]] = (float(fps[mask].max()) if mask.any() else 0.0) - best_fps
-    top = max(gains, key=gains.get)
-    # A resource binds when twice as much of it buys a real gain; a few percent (one more
-    # array row on a bandwidth-bound design) says more about the search grid than the limit.
-    if gains[top] > BINDING_GAIN * max(best_fps, 1e-9):
-        return top, best_fps
-    if best is None:
-        return top, 0.0
-    # No single resource: what the best design's cycles are spent on.
-    names = {
-        "bandwidth": "bandwidth",
-        "writer": "output writes (one SPM write port)",
-        "nonlinear": "nonlinear units",
-        "compute": "array shape (search space)",
+        lifted[BINDING_LABELS[k]] = float(fps[mask].max()) if mask.any() else 0.0
+    shares: dict[str, float] = {}
+    if best is not None:
+        fastest = max(result["budget"].pl_clocks_mhz)
+        clocks = np.array([c.clock_mhz for c in pool], dtype=float)
+        lifted["clock"] = float((fps * fastest / clocks)[feasible].max())
+        spec = result["model"].spec
+        design = to_design(best, spec.name, result["budget"].name, best.clock_mhz, spec)
+        totals = cause_totals(design, budget=result["budget"])
+        cycles = sum(totals.values())
+        shares = {k: round(v / cycles, 4) for k, v in totals.items()}
+        for cause in STALLS:
+            lifted[cause] = best_fps * cycles / max(cycles - totals[cause], 1.0)
+    lifted = {k: round(v, 2) for k, v in lifted.items()}
+    top = max(lifted, key=lifted.get)
+    if best is None:  # nothing fits: the resource that doubled admits the fastest design
+        binding = max((BINDING_LABELS[k] for k in RESOURCE_KINDS), key=lambda k: lifted[k])
+    elif lifted[top] - best_fps > BINDING_GAIN * best_fps:
+        binding = top
+    else:
+        binding = SEARCH_SPACE
+    return {
+        "binding": binding,
+        "best_fps": best_fps,
+        "lifted_fps": lifted,
+        "cycles_by_cause": shares,
+        "best": best,
     }
-    b = best.bound_cycles
-    top = max(names, key=lambda k: b.get(k, 0))
-    return names[top], best_fps
+
+
+def binding_of(result: dict, select=None) -> tuple[str, float]:
+    """The limit whose lifting raises the best reachable FPS most, and that best FPS
+    (:func:`diagnose`)."""
+    d = diagnose(result, select)
+    return d["binding"], d["best_fps"]
+
+
+def binding_text(d: dict) -> str:
+    """``binding: X load (X loads hidden: 329.1 FPS)``, the diagnosis in one phrase."""
+    b = d["binding"]
+    if b in LIFTED and b in d["lifted_fps"]:
+        return f"binding: {b} ({LIFTED[b]}: {d['lifted_fps'][b]:.1f} FPS)"
+    return f"binding: {b}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -1092,7 +1152,8 @@ def explore(
     select = np.array([allow_w4 or c.w4_share == 0 for c in pool], dtype=bool)
     feasible = [c for c, ok in zip(pool, mask, strict=True) if ok]
     meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
-    binding, best_fps = binding_of(result, select)
+    diagnosis = diagnose(result, select)
+    binding, best_fps = diagnosis["binding"], diagnosis["best_fps"]
     if not meeting:
         facts = {"model": spec.name, "board": budget.name, "target_fps": float(fps),
                  "max_util": max_util}  # fmt: skip
@@ -1103,15 +1164,15 @@ def explore(
             raise InfeasibleError(facts["message"], 0.0, facts["binding"], facts)
         message = (
             f"infeasible: {model} on {board} reaches at most {best_fps:.1f} FPS "
-            f"(target {fps:g}) within {max_util:.0%} of the board; binding: {binding}"
+            f"(target {fps:g}) within {max_util:.0%} of the board; {binding_text(diagnosis)}"
         )
         facts.update(fits=True, best_reachable_fps=round(best_fps, 2), binding=binding,
-                     message=message)  # fmt: skip
+                     binding_detail=_binding_detail(diagnosis), message=message)  # fmt: skip
         raise InfeasibleError(message, best_fps, binding, facts)
     chosen = min(meeting, key=lambda c: _cost(c, limits))
     design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec)
     front = pareto_front(feasible)
-    summary = _summary(chosen, design, result, fps, binding, best_fps)
+    summary = _summary(chosen, design, result, fps, diagnosis)
     summary["pareto_points"] = len(front)
     summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, allow_w4)
     summary["evaluated"] = result["evaluated"]
@@ -1137,13 +1198,34 @@ def explore(
     return summary
 
 
-def _summary(c: Candidate, design: Design, result: dict, target: float, binding, best_fps) -> dict:
+def _binding_detail(d: dict) -> dict:
+    """The diagnosis as JSON fields (:func:`diagnose`): the best reachable design, its cycles
+    by cause and the best FPS with each limit lifted."""
+    b = d["best"]
+    return {
+        "best_design": None if b is None else _shape_text(b),
+        "lifted_fps": d["lifted_fps"],
+        "lifted": {k: LIFTED[k] for k in d["lifted_fps"]},
+        "cycles_by_cause": d["cycles_by_cause"],
+        "text": binding_text(d),
+    }
+
+
+def _shape_text(c: Candidate) -> str:
+    w4 = f" w4 {c.w4_share:.2f} {c.w4_kind}" if c.w4_share else ""
+    return (f"{c.groups}x{c.rows}x{c.cols}x{c.vector}{w4}, {c.weight_ports} port(s) @ "
+            f"{c.clock_mhz:g} MHz, lanes {list(c.lanes)}")  # fmt: skip
+
+
+def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosis: dict) -> dict:
     budget = result["budget"]
     avail = {"dsp48e2": budget.dsp48e2, "lut": budget.lut, "ff": budget.ff, "bram36": budget.bram36}
+    from vitaccel.dse.causes import cause_totals
     from vitaccel.dse.cost import estimate
 
     est = estimate(design, budget=budget)
     by_bound = est.by_bound()
+    causes = cause_totals(design, budget=budget)
     per_layer = {
         name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))
     }
@@ -1167,8 +1249,11 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, binding,
             }
             for k in RESOURCE_KINDS
         },
-        "binding": binding,
-        "best_reachable_fps": round(best_fps, 2),
+        "binding": diagnosis["binding"],
+        "best_reachable_fps": round(diagnosis["best_fps"], 2),
+        "binding_detail": _binding_detail(diagnosis),
+        # the chosen design's cycles split by cause (dse.causes: X load, writer, ... apart)
+        "cycles_by_cause": {k: int(round(v)) for k, v in causes.items()},
         # the cycle model's own accounting, as `vitaccel report design` shows it (the
         # search's quick tally counts loads and stores with the nonlinear units)
         "design_bound": max(by_bound, key=by_bound.get),
