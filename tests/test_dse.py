@@ -512,3 +512,34 @@ def test_pool_is_cached_in_memory_and_on_disk(monkeypatch, tmp_path):
     assert not fresh["cached"] and fresh["pool"] == first["pool"]
     # the FPS target does not enter the pool: explore answers from the cached one
     assert explore("digits-vit", "zcu102", 1, space=space)["fps"] > 0
+
+
+def test_bench_table_states_fps_peak_causes_and_binding(capsys):
+    """`vitaccel bench` on DeiT-Tiny: every row a cycle-model prediction whose cycle shares
+    sum to 100 % and whose peak share is MACs x FPS over 2 x DSPs x clock."""
+    from vitaccel.boards import get_budget
+    from vitaccel.cli import main
+    from vitaccel.dse.causes import CAUSES
+
+    assert main(["bench", "--models", "deit-tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"] == "cycle-model prediction"
+    (row,) = out["rows"]
+    assert row["model"] == "deit-tiny" and row["fits"] and row["precision"] == "w8"
+    assert list(row["cause_share"]) == list(CAUSES)
+    assert sum(row["cause_share"].values()) == pytest.approx(1.0, abs=1e-9)
+    assert abs(sum(row["cycles_by_cause"].values()) - row["cycles"]) <= len(CAUSES)
+    macs = sum(op.macs for op in model_ops("deit-tiny"))  # 1.254 GMAC
+    peak = 2 * get_budget("zcu102").dsp48e2 * row["clock_mhz"] * 1e6
+    fps = row["clock_mhz"] * 1e6 / row["cycles"]
+    assert row["fps"] == pytest.approx(fps, abs=0.01)
+    assert row["peak_share"] == pytest.approx(macs * fps / peak, abs=1e-4)
+    assert row["binding"] in row["lifted_fps"] or row["binding"].startswith("array shape")
+    assert main(["bench", "--models", "deit-tiny"]) == 0
+    text = capsys.readouterr().out
+    assert "cycle-model predictions" in text and "deit-tiny" in text and "X load" in text
+    with pytest.raises(SystemExit) as ex:
+        main(["bench", "--models", "deit-tiny,deit-huge"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--models" in err and "deit-huge" in err and "deit-base" in err

@@ -108,6 +108,7 @@ def main_group():
     \b
     quantize  float model -> integer golden model, accuracy against float
     dse       model + board + FPS target -> design file, Pareto front
+    bench     per model: best FPS, % of board peak, cycles by cause, binding (predicted)
     generate  design file (or one unit) -> Verilog, Vivado project, resources
     sim       RTL co-simulation on Verilator, bit-exact against the golden model
     report    roofline and design reports
@@ -515,6 +516,39 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
     from vitaccel.dse.render import print_dse
 
     _emit(result, as_json, human=print_dse)
+
+
+@main_group.command()
+@click.option(
+    "--models",
+    default="deit-tiny,deit-small,deit-base",
+    show_default=True,
+    help="comma-separated zoo models",
+)
+@click.option("--board", default="zcu102", show_default=True)
+@_number("--max-util", lo=0.05, hi=1.0, default=0.85, help="max fraction of each resource")
+@_pick("--precision", choices=["mixed", "w8"], default="w8",
+       help="w8: all-W8 arrays; mixed: W4 columns allowed")  # fmt: skip
+@_json_flag()
+def bench(models, board, max_util, precision, as_json):
+    """Per model, the fastest design's FPS, % of board peak, cycles by cause, binding (predicted)."""
+    from vitaccel.dse.benchmark import bench as run_bench
+    from vitaccel.models.zoo import ZOO
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in names if m not in ZOO]
+    if unknown or not names:
+        raise CliError(
+            f"--models: unknown model {', '.join(unknown) or '(none given)'}; "
+            f"allowed: {', '.join(sorted(ZOO))}"
+        )
+    rows = run_bench(names, board, max_util=max_util, precision=precision)
+    if as_json:
+        _emit({"source": "cycle-model prediction", "rows": rows}, as_json)
+        return
+    from vitaccel.dse.render import print_bench
+
+    print_bench(rows)
 
 
 @main_group.command()

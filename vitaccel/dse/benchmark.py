@@ -18,7 +18,11 @@ from pathlib import Path
 
 from vitaccel.dse.search import _arrays, _fit_mask, binding_of, search, to_design
 
-__all__ = ["GOALS", "REFERENCES", "run_goal", "benchmark"]
+__all__ = ["GOALS", "REFERENCES", "BENCH_MODELS", "PRECISIONS", "run_goal", "benchmark", "bench"]
+
+# `vitaccel bench`'s default models, and the precisions it (and `vitaccel dse`) answers for.
+BENCH_MODELS = ("deit-tiny", "deit-small", "deit-base")
+PRECISIONS = ("mixed", "w8")
 
 # (model, precision, FPS goal)
 GOALS = (
@@ -108,6 +112,90 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
 
 def benchmark(board: str = "zcu102") -> list[dict]:
     return [run_goal(m, p, g, board) for m, p, g in GOALS]
+
+
+def bench(
+    models: tuple[str, ...] = BENCH_MODELS,
+    board: str = "zcu102",
+    *,
+    max_util: float = 0.85,
+    precision: str = "w8",
+) -> list[dict]:
+    """Per model, the explorer's fastest design on ``board`` within ``max_util`` of every
+    resource: FPS, share of the board's peak, cycles by cause and what binds.
+
+    Every figure is a **cycle-model prediction** (:mod:`vitaccel.dse.cost`, priced on the
+    scheduler's program), not an RTL run. The peak is 2 MACs per DSP48E2 x the board's DSPs x
+    the design's clock (:func:`vitaccel.report.data.performance`).
+
+    Parameters
+    ----------
+    models : tuple of str
+        Zoo model names.
+    board : str
+        A known board.
+    max_util : float
+        The share of each resource a design may use.
+    precision : {"w8", "mixed"}
+        ``w8``: all-W8 arrays only; ``mixed``: W4 columns allowed.
+
+    Returns
+    -------
+    list of dict
+        One row per model: ``model``, ``board``, ``precision``, ``source``, ``fits``;
+        when a design fits, ``design`` (its shape), ``clock_mhz``, ``fps``, ``peak_share``,
+        ``cycles``, ``cycles_by_cause`` ({cause: cycles}), ``cause_share`` ({cause: share},
+        summing to 1), ``binding``, ``binding_text``, ``lifted_fps``, ``util``; otherwise
+        ``message`` (why nothing fits).
+    """
+    import numpy as np
+
+    from vitaccel.dse.causes import cause_totals
+    from vitaccel.dse.search import _shape_text, diagnose, explain_unfit
+    from vitaccel.report.data import performance
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    rows = []
+    for model in models:
+        result = search(model, board, max_util=max_util)
+        pool = result["pool"]
+        select = np.array([precision == "mixed" or c.w4_share == 0 for c in pool], dtype=bool)
+        d = diagnose(result, select)
+        best = d["best"]
+        row = {"model": model, "board": result["budget"].name, "precision": precision,
+               "source": "cycle-model prediction", "fits": best is not None}  # fmt: skip
+        if best is None:
+            row["message"] = explain_unfit(model, board, max_util=max_util)["message"]
+            rows.append(row)
+            continue
+        spec = result["model"].spec
+        design = to_design(best, spec.name, result["budget"].name, best.clock_mhz, spec)
+        perf = performance(design)
+        causes = cause_totals(design, budget=result["budget"])
+        total = sum(causes.values())
+        row.update(
+            design=_shape_text(best),
+            clock_mhz=best.clock_mhz,
+            fps=round(perf["model"]["fps"], 2),
+            peak_share=round(perf["model"]["peak_share"], 4),
+            cycles=perf["model"]["cycles"],
+            cycles_by_cause={k: int(round(v)) for k, v in causes.items()},
+            cause_share={k: v / total for k, v in causes.items()},
+            binding=d["binding"],
+            binding_text=_binding_phrase(d),
+            lifted_fps=d["lifted_fps"],
+            # of the board (not of the max_util budget)
+            util={k: round(best.usage[k] / getattr(result["budget"], k), 4) for k in best.usage},
+        )
+        rows.append(row)
+    return rows
+
+
+def _binding_phrase(d: dict) -> str:
+    from vitaccel.dse.search import binding_text
+
+    return binding_text(d).removeprefix("binding: ")
 
 
 def _line(r: dict) -> str:

@@ -208,3 +208,54 @@ def print_design_report(r: dict, console: Console | None = None) -> None:
         "util: MACs over the array's peak; tiling: output steps x token tiles x k-steps "
         "per job (h: one job per head)"
     )
+
+
+def print_bench(rows: list[dict], console: Console | None = None) -> None:
+    """``vitaccel bench``: per model FPS, share of the board's peak, cycles by cause and what
+    binds; every figure a cycle-model prediction."""
+    from vitaccel.dse.causes import CAUSES
+
+    console = console or Console()
+    if not rows:
+        return
+    first = rows[0]
+    table = Table(
+        title=f"best designs on {first['board']} ({first['precision']}), cycle-model "
+        "predictions; % of the board's peak and of the cycles",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 0, 0, 1),  # one space between columns: the table fits 80 columns
+    )
+    short = {"nonlinear": "nonlin", "fill & control": "fill/ctl"}
+    for col in ("model", "FPS", "peak", *(short.get(c, c) for c in CAUSES), "binding"):
+        right = col not in ("model", "binding")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    for r in rows:
+        if not r["fits"]:
+            table.add_row(r["model"], "-", "-", *("" for _ in CAUSES), "nothing fits")
+            continue
+        table.add_row(
+            r["model"],
+            f"{r['fps']:.1f}",
+            f"{100 * r['peak_share']:.1f}",
+            *(f"{100 * r['cause_share'][c]:.1f}" for c in CAUSES),
+            r["binding"],
+        )
+    console.print(table)
+    for r in rows:
+        if r["fits"]:
+            console.print(
+                f"{r['model']}: {r['design']}; binding: {r['binding_text']}; "
+                + lifted_text(r["lifted_fps"])
+            )
+        else:
+            console.print(f"{r['model']}: {r['message']}")
+    console.print(
+        "Predicted by the cycle model (vitaccel.dse.cost on the scheduler's program), not RTL "
+        "runs. Peak: 2 MACs per DSP48E2 x the board's DSPs x the design's clock. Cycles by "
+        "cause: MAC = useful MACs at the full array rate; X load = the X operand before the "
+        "first k-step; DDR = weight-stream and LOAD/STORE waits; writer = output writes beyond "
+        "the engine; nonlinear = LayerNorm, softmax, GELU, residual instructions; fill & "
+        "control = pipeline fill and drain, padding, setup, instruction overhead."
+    )
