@@ -543,3 +543,44 @@ def test_bench_table_states_fps_peak_causes_and_binding(capsys):
     assert ex.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--models" in err and "deit-huge" in err and "deit-base" in err
+
+
+def test_w4_columns_any_count_beside_the_base_w8_columns():
+    """Mixed arrays add any count of W4 columns (up to half the columns) to a base array's
+    W8 columns, split by the engine's own rule; not only cols = c8 / (1 - share)."""
+    from vitaccel.dse.cost import column_split
+    from vitaccel.dse.search import SearchSpace, search
+
+    space = SearchSpace()
+    result = search("deit-tiny", "zcu102")
+    mixed = [c for c in result["pool"] if c.w4_share > 0]
+    assert mixed
+    shares = set()
+    for c in mixed:
+        c8, c4 = column_split(c.cols, c.w4_share)
+        assert c8 in space.cols and c4 in space.w4_cols and c4 <= c8, c
+        assert c.w4_share == c4 / c.cols
+        shares.add(round(c.w4_share, 6))
+    # shares the old rule dropped (1 W4 column of 9, 4 of 20, ...)
+    assert len(shares - {0.25, round(1 / 3, 6), 0.5}) > 5
+    # W4 ratios only on the encoder's weight layers: attention products stay W8
+    for c in mixed:
+        assert all(name.rsplit(".", 1)[-1] in ("qkv", "proj", "fc1", "fc2") for name in c.ratios)
+
+
+def test_precision_mixed_never_worse_than_w8(capsys, tmp_path):
+    from vitaccel.cli import main
+
+    w8 = explore("deit-tiny", "zcu102", 150, precision="w8")
+    mixed = explore("deit-tiny", "zcu102", 150, precision="mixed")
+    assert w8["array"]["w4_share"] == 0 and w8["precision"] == "w8"
+    assert mixed["precision"] == "mixed" and mixed["best_reachable_fps"] >= w8["best_reachable_fps"]
+    tight = {r["util"] / 0.85 for r in mixed["resources"].values()}
+    assert max(tight) <= max(r["util"] / 0.85 for r in w8["resources"].values()) + 1e-3
+    with pytest.raises(SystemExit) as ex:
+        main(["dse", "--model", "deit-tiny", "--fps", "30", "--precision", "w4",
+              "-o", str(tmp_path / "o")])  # fmt: skip
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--precision" in err and "mixed" in err and "w8" in err
+    assert not (tmp_path / "o").exists()

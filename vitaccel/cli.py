@@ -499,16 +499,24 @@ def _sim_model(model_name, design_path, weights, images, engine, stall, seed) ->
     default=0.85,
     help="max fraction of each resource",
 )
+@_pick(
+    "--precision",
+    choices=["mixed", "w8"],
+    default="mixed",
+    help="mixed: W4 columns and per-layer W4 ratios allowed; w8: all-W8 arrays",
+)
 @_out_dir(default=Path("vitaccel-dse"))
 @_json_flag()
-def dse(model_name, board, fps, max_util, out_dir, as_json):
+def dse(model_name, board, fps, max_util, precision, out_dir, as_json):
     """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
     from vitaccel.dse.search import InfeasibleError, explore
 
     if not (fps > 0 and math.isfinite(fps)):  # inf would run the whole search to fail
         raise CliError(f"--fps must be a finite number > 0, got {fps}")
     try:
-        result = explore(model_name, board, fps, max_util=max_util, out_dir=out_dir)
+        result = explore(
+            model_name, board, fps, max_util=max_util, out_dir=out_dir, precision=precision
+        )
     except InfeasibleError as err:
         if as_json:  # the same facts as fields on stdout; the one line still goes to stderr
             _emit({"feasible": False, **err.facts}, as_json)

@@ -16,13 +16,12 @@ import json
 import time
 from pathlib import Path
 
-from vitaccel.dse.search import _arrays, _fit_mask, binding_of, search, to_design
+from vitaccel.dse.search import _arrays, _fit_mask, binding_of, precision_mask, search, to_design
 
-__all__ = ["GOALS", "REFERENCES", "BENCH_MODELS", "PRECISIONS", "run_goal", "benchmark", "bench"]
+__all__ = ["GOALS", "REFERENCES", "BENCH_MODELS", "run_goal", "benchmark", "bench"]
 
-# `vitaccel bench`'s default models, and the precisions it (and `vitaccel dse`) answers for.
+# `vitaccel bench`'s default models.
 BENCH_MODELS = ("deit-tiny", "deit-small", "deit-base")
-PRECISIONS = ("mixed", "w8")
 
 # (model, precision, FPS goal)
 GOALS = (
@@ -46,7 +45,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
     t0 = time.monotonic()
     result = search(model, board)
     pool = result["pool"]
-    select = np.array([precision == "mixed" or c.w4_share == 0 for c in pool], dtype=bool)
+    select = precision_mask(pool, precision)
     mask = _fit_mask(result) & select
     binding, best_fps = binding_of(result, select)
     fps = _arrays(result)["fps"]
@@ -148,10 +147,8 @@ def bench(
         summing to 1), ``binding``, ``binding_text``, ``lifted_fps``, ``util``; otherwise
         ``message`` (why nothing fits).
     """
-    import numpy as np
-
     from vitaccel.dse.causes import cause_totals
-    from vitaccel.dse.search import _shape_text, diagnose, explain_unfit
+    from vitaccel.dse.search import PRECISIONS, _shape_text, diagnose, explain_unfit
     from vitaccel.report.data import performance
 
     if precision not in PRECISIONS:
@@ -159,9 +156,7 @@ def bench(
     rows = []
     for model in models:
         result = search(model, board, max_util=max_util)
-        pool = result["pool"]
-        select = np.array([precision == "mixed" or c.w4_share == 0 for c in pool], dtype=bool)
-        d = diagnose(result, select)
+        d = diagnose(result, precision_mask(result["pool"], precision))
         best = d["best"]
         row = {"model": model, "board": result["budget"].name, "precision": precision,
                "source": "cycle-model prediction", "fits": best is not None}  # fmt: skip

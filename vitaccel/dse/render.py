@@ -124,7 +124,8 @@ def print_dse(s: dict, console: Console | None = None) -> None:
     """The explorer's answer: chosen design, resources, bounds, files written."""
     console = console or Console()
     console.print(
-        f"[bold]{s['model']} on {s['board']}[/] (target {s['target_fps']:g} FPS): "
+        f"[bold]{s['model']} on {s['board']}[/] (target {s['target_fps']:g} FPS, "
+        f"{s.get('precision', 'w8')}): "
         + _performance(s)
     )
     lanes = s["nonlinear_lanes"]

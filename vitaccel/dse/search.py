@@ -107,7 +107,10 @@ class SearchSpace:
     cols: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 20, 24)
     # The top level takes a power-of-two vector of at most 16 (one W word per 16-byte slot).
     vector: tuple[int, ...] = (4, 8, 16)
-    w4_shares: tuple[float, ...] = (0.0, 0.25, 1 / 3, 0.5)
+    # W4 columns added beside a base array's W8 columns (any count: w4_share = c4 / cols),
+    # at most max_w4_share of the columns (the attention products need the W8 ones)
+    w4_cols: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10, 12, 16)
+    max_w4_share: float = 0.5
     w4_kinds: tuple[str, ...] = ("int4", "pot4")
     lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
     # HP ports streaming the weights (the board's hp_ports caps it)
@@ -406,6 +409,16 @@ def _buffers(spec, g, r, c, v) -> dict:
     )
 
 
+# What `vitaccel dse` and `vitaccel bench` answer for: W4 columns allowed, or all-W8 arrays.
+PRECISIONS = ("mixed", "w8")
+
+
+def precision_mask(pool: list[Candidate], precision: str) -> np.ndarray:
+    """The candidates a precision admits: all of them for ``mixed``, all-W8 arrays for
+    ``w8``."""
+    return np.array([precision == "mixed" or c.w4_share == 0 for c in pool], dtype=bool)
+
+
 # ---------------------------------------------------------------------------------------
 # The candidate pool, cached
 # ---------------------------------------------------------------------------------------
@@ -605,29 +618,19 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                     if cands:
                         by_base[(g, r, c, v)] = cands
                         pool.extend(cands)
-    if space.w4_shares and any(space.w4_shares) and m.sens:
+    if space.w4_cols and m.sens:
         front = pareto_front(pool)
         bases = {(c.groups, c.rows, c.cols, c.vector) for c in front}
-        done = set()
         for g, r, c8, v in sorted(bases):
-            for share in space.w4_shares:
-                if not share:
+            for c4 in space.w4_cols:
+                # c4 W4 columns beside the base's c8 W8 columns (its DSPs unchanged)
+                cols = c8 + c4
+                share = c4 / cols
+                if share > space.max_w4_share + 1e-9:
                     continue
-                # W4 columns added to the base's c8 W8 columns: cols = c8 / (1 - share).
-                cols = c8 / (1 - share)
-                if abs(cols - round(cols)) > 1e-9:
-                    continue
-                cols = int(round(cols))
-                try:
-                    if column_split(cols, share)[0] != c8:
-                        continue
-                except ValueError:
+                if column_split(cols, share) != (c8, c4):  # the engine's own rounding
                     continue
                 for kind in space.w4_kinds:
-                    key = (g, r, cols, v, round(share, 6), kind)
-                    if key in done:
-                        continue
-                    done.add(key)
                     pool.extend(evaluate(g, r, cols, v, share, kind))
     return pool, evaluated
 
@@ -1127,20 +1130,24 @@ def explore(
     max_util: float = 0.85,
     out_dir: Path | None = None,
     max_error: float = DEFAULT_MAX_ERROR,
-    allow_w4: bool = False,
+    precision: str = "w8",
     space: SearchSpace = SearchSpace(),
 ) -> dict:
     """Choose the cheapest design reaching ``fps``; write design.json, pareto.json, pareto.png.
 
-    ``allow_w4``: the accelerator top (``TopParams``, rtl/top.py) builds only all-W8
-    arrays today, so by default the chosen design has ``w4_share = 0``; mixed W4/W8
-    candidates are still evaluated, appear on the Pareto front (flagged) and are reported
-    when they would do better. ``allow_w4=True`` lets the explorer choose them.
+    ``precision``: ``"mixed"`` lets the explorer choose arrays with W4 columns (per-layer W4
+    ratios within the error budget; the attention products stay on the W8 columns);
+    ``"w8"`` (the default of this function, which ``vitaccel build`` calls: the accelerator
+    top builds all-W8 arrays until the mixed whole-model path lands) keeps ``w4_share = 0``,
+    while mixed candidates are still evaluated, appear on the Pareto front (flagged) and are
+    reported when they would do better. ``vitaccel dse`` defaults to ``--precision mixed``.
 
     Raises :class:`InfeasibleError` (one-line message with the best reachable FPS and the
     binding limit) when no design within ``max_util`` of every resource reaches ``fps``.
     """
     t0 = time.monotonic()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not fps > 0:
         raise ValueError(f"target FPS must be positive, not {fps!r}")
     if not 0 < max_util <= 1:
@@ -1149,7 +1156,7 @@ def explore(
     pool, limits = result["pool"], result["limits"]
     spec, budget = result["model"].spec, result["budget"]
     mask = _fit_mask(result)
-    select = np.array([allow_w4 or c.w4_share == 0 for c in pool], dtype=bool)
+    select = precision_mask(pool, precision)
     feasible = [c for c, ok in zip(pool, mask, strict=True) if ok]
     meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
     diagnosis = diagnose(result, select)
@@ -1174,7 +1181,8 @@ def explore(
     front = pareto_front(feasible)
     summary = _summary(chosen, design, result, fps, diagnosis)
     summary["pareto_points"] = len(front)
-    summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, allow_w4)
+    summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, precision)
+    summary["precision"] = precision
     summary["evaluated"] = result["evaluated"]
     summary["candidates"] = len(pool)
     fid = summary["fidelity"]
@@ -1270,7 +1278,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
     }
 
 
-def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
+def _warnings(result, chosen, feasible, target, limits, precision) -> list[str]:
     m = result["model"]
     out = []
     if m.spm_kib_needed > SPM_KIB_MAX:
@@ -1279,7 +1287,7 @@ def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
             f"{SPM_KIB_MAX} KiB (spm_kib is capped) and even the compact layout does not fit, so "
             "this model cannot be compiled yet (it needs activations spilled to DDR)"
         )
-    if not allow_w4:
+    if precision == "w8":
         w4 = [c for c in feasible if c.w4_share > 0 and c.fps >= target]
         if w4:
             best = min(w4, key=lambda c: _cost(c, limits))
@@ -1288,8 +1296,8 @@ def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
             if tight_w4 < tight_w8 - 0.05:  # worth saying only if it frees a real share
                 out.append(
                     f"a mixed W4/W8 array (w4_share {best.w4_share:.2f}, {best.w4_kind}) would reach "
-                    f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%}; "
-                    "the top level builds all-W8 arrays only"
+                    f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%} "
+                    "(--precision mixed)"
                 )
     if m.shell_kind != "calibrated":
         out.append("top-level controller/DMA/SPM logic is a fixed estimate, not synthesised")
