@@ -239,6 +239,54 @@ def test_sensitivity_data():
         assert check["predicted_error"] == pytest.approx(check["measured_error"], rel=0.6, abs=3e-4)
 
 
+def test_agreement_cost_measured_on_digits_and_scaled_for_the_zoo():
+    """Each layer's W4 cost in top-1 agreement with W8A8: measured on the golden model for
+    digits-vit (trained weights); the zoo's (synthetic weights) from their error curves
+    times the points per unit error fitted on the measurement, and said so."""
+    agree = sens.model_entry("digits-vit", "int4")["agreement"]
+    assert agree["weights"] == "trained" and agree["images"] >= 360
+    spec = get_spec("digits-vit")
+    assert set(agree["layers"]) == set(sens.model_entry("digits-vit", "int4")["layers"])
+    assert len(agree["layers"]) == 4 * spec.depth and len(agree["uniform_check"]) == 4
+    curves, how = sens.cost_curves("digits-vit", "int4")
+    assert how.startswith("measured on the golden model")
+    for layer, curve in curves.items():
+        assert curve[0] == 0 and all(b >= a for a, b in zip(curve, curve[1:], strict=False))
+        assert curve[-1] >= agree["layers"][layer][-1] - 1e-9  # never credits a dip
+    assert sens.points_per_error("int4") > 0
+    zoo, how = sens.cost_curves("deit-base", "int4")
+    assert "synthetic" in how and len(zoo) == 48
+    gain = sens.points_per_error("int4")
+    entry = sens.model_entry("deit-base", "int4")
+    for layer, curve in zoo.items():
+        assert curve == pytest.approx([gain * e for e in entry["layers"][layer]])
+    one = sens.predict_drop("deit-small", {"blocks.0.mlp.fc1": 0.5})
+    two = sens.predict_drop("deit-small", {"blocks.0.mlp.fc1": 0.5, "blocks.1.mlp.fc1": 1.0})
+    assert 0 < one["predicted_drop"] < two["predicted_drop"]
+    d = sens.predict_drop("digits-vit", dict.fromkeys(curves, 0.5))
+    assert d["measured_uniform"]["w4_ratio"] == 0.5  # the joint run the sum is checked on
+
+
+def test_max_drop_bounds_the_chosen_w4_rows(capsys, tmp_path):
+    from vitaccel.cli import main
+    from vitaccel.dse.search import SearchSpace
+
+    # a small space: each budget is its own pool
+    space = SearchSpace(groups=(1, 2), rows=(4, 8), cols=(8, 16), vector=(16,))
+    free = explore("deit-tiny", "zcu102", 50, precision="mixed", max_drop=0.0, space=space)
+    assert free["fidelity"]["predicted_drop"] == 0
+    res = explore("deit-tiny", "zcu102", 50, precision="mixed", max_drop=0.5, space=space)
+    fid = res["fidelity"]
+    assert fid["predicted_drop"] <= 0.5 + 1e-9 and fid["max_drop"] == 0.5
+    assert "synthetic" in fid["method"]  # DeiT: no trained weights here, and the answer says so
+    with pytest.raises(SystemExit) as ex:
+        main(["dse", "--model", "deit-tiny", "--fps", "30", "--max-drop", "-1",
+              "-o", str(tmp_path / "o")])  # fmt: skip
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-drop" in err and "0" in err
+
+
 # ---------------------------------------------------------------------------------------
 # search and outputs
 # ---------------------------------------------------------------------------------------

@@ -505,9 +505,16 @@ def _sim_model(model_name, design_path, weights, images, engine, stall, seed) ->
     default="mixed",
     help="mixed: W4 columns and per-layer W4 ratios allowed; w8: all-W8 arrays",
 )
+@_number(
+    "--max-drop",
+    lo=0.0,
+    hi=100.0,
+    default=0.5,
+    help="top-1 agreement with W8A8 the W4 rows may cost, in points (measured sensitivity)",
+)
 @_out_dir(default=Path("vitaccel-dse"))
 @_json_flag()
-def dse(model_name, board, fps, max_util, precision, out_dir, as_json):
+def dse(model_name, board, fps, max_util, precision, max_drop, out_dir, as_json):
     """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
     from vitaccel.dse.search import InfeasibleError, explore
 
@@ -515,8 +522,9 @@ def dse(model_name, board, fps, max_util, precision, out_dir, as_json):
         raise CliError(f"--fps must be a finite number > 0, got {fps}")
     try:
         result = explore(
-            model_name, board, fps, max_util=max_util, out_dir=out_dir, precision=precision
-        )
+            model_name, board, fps, max_util=max_util, out_dir=out_dir, precision=precision,
+            max_drop=max_drop,
+        )  # fmt: skip
     except InfeasibleError as err:
         if as_json:  # the same facts as fields on stdout; the one line still goes to stderr
             _emit({"feasible": False, **err.facts}, as_json)

@@ -105,6 +105,18 @@ def w4_summary(ratios: dict[str, float]) -> str:
 def _fidelity_text(fid: dict) -> str:
     if "error" in fid:
         return fid["error"]
+    if "predicted_drop" in fid:  # the explorer's answer: the agreement budget first
+        text = (
+            f"top-1 agreement with W8A8: {fid['predicted_drop']:.3g} points lost predicted "
+            f"(budget {fid['max_drop']:g}; {fid['method']})"
+        )
+        check = fid.get("measured_uniform")
+        if check:
+            text += (
+                f"; measured with every layer at ratio {check['w4_ratio']:g}: "
+                f"{check['measured_drop']:.3g} points (predicted {check['predicted_drop']:.3g})"
+            )
+        return text + "; " + _fidelity_text(fid.get("logit_error") or {"method": "-"})
     parts = [f"method {fid.get('method', '?')}"]
     if "cosine_to_w8a8" in fid:
         parts.append(f"logit cosine to W8A8 {fid['cosine_to_w8a8']:.4f}")
@@ -125,8 +137,7 @@ def print_dse(s: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(
         f"[bold]{s['model']} on {s['board']}[/] (target {s['target_fps']:g} FPS, "
-        f"{s.get('precision', 'w8')}): "
-        + _performance(s)
+        f"{s.get('precision', 'w8')}): " + _performance(s)
     )
     lanes = s["nonlinear_lanes"]
     ports = s.get("weight_ports")

@@ -16,7 +16,8 @@ proxy sensitivity (:mod:`vitaccel.dse.sensitivity`) and the clock by the LUT-dep
 
 W4 ratios: for every weight layer the useful ratios are those that cut an output step
 (``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``); they are granted greedily, most cycles
-saved per unit of predicted error first, until the error budget ``max_error`` is spent.
+saved per unit of predicted accuracy cost first, until the budget ``max_drop`` (top-1
+agreement points with W8A8, :func:`vitaccel.dse.sensitivity.cost_curves`) is spent.
 """
 
 from __future__ import annotations
@@ -70,12 +71,11 @@ __all__ = [
     "explore",
     "explain_unfit",
     "search",
-    "DEFAULT_MAX_ERROR",
+    "DEFAULT_MAX_DROP",
 ]
 
-# Added relative squared logit error a design may cost over W8A8 (sensitivity.py's metric).
-# digits-vit measured: uniform 50 % int4 costs 8.6e-4, 75 % 1.9e-3, with no top-1 change.
-DEFAULT_MAX_ERROR = 1e-3
+# Top-1 agreement with W8A8 (points) a design's W4 rows may cost (sensitivity.cost_curves).
+DEFAULT_MAX_DROP = sens.DEFAULT_MAX_DROP
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 # The ISA's 16-bit scratchpad word addresses: at most 1 MiB (Design.spm_kib <= 1024).
 SPM_KIB_MAX = 1024
@@ -155,18 +155,19 @@ def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False)
 class _Model:
     """Per (model, board, clock) data shared by all candidates."""
 
-    def __init__(self, model: str, board, clock_mhz: float, max_error: float):
+    def __init__(self, model: str, board, clock_mhz: float, max_drop: float):
         self.spec = spec_of(model)
         self.board = board
         self.clock = clock_mhz
         self.port = port_bytes_per_cycle(clock_mhz, board)
-        self.max_error = max_error
+        self.max_drop = max_drop
         self.instr = LATENCIES["instr"]
         self.spm_kib_needed = res.spm_kib_for(self.spec)
         self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
         self.spm_bram = res.spm_bram36(self.spm_kib * 1024 // SLOT_BYTES)
         try:
-            self.sens = {k: sens.model_entry(self.spec.name, k) for k in ("int4", "pot4")}
+            # per W4 kind: each layer's agreement cost curve (no data: no W4 candidates)
+            self.sens = {k: sens.cost_curves(self.spec.name, k)[0] for k in ("int4", "pot4")}
         except sens.SensitivityError:
             self.sens = {}
         depth = res.calibration().get("depth_runs", {})
@@ -275,7 +276,7 @@ PORT_STOP = 0.02
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`)."""
     c8, c4 = column_split(c, share)
@@ -323,7 +324,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
     ratios: dict[str, float] = {}
     error = 0.0
     if w4_layers:
-        entry = m.sens.get(kind)
+        curves = m.sens.get(kind)
         # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
         kind_opts: dict[str, list] = {}
         for lk, parts in w4_kinds.items():
@@ -365,14 +366,14 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
         heap = []
         for layer, lk in w4_layers.items():
             opts = kind_opts[lk]
-            if entry is None or len(opts) < 2:
+            if curves is None or len(opts) < 2:
                 errs[layer] = [0.0]
                 continue
-            errs[layer] = [sens.layer_drop(entry, layer, ratio) for _, ratio, _ in opts]
+            errs[layer] = [sens.curve_at(curves.get(layer), ratio) for _, ratio, _ in opts]
             saved = opts[0][0] - opts[1][0]
             cost = errs[layer][1]
             heapq.heappush(heap, (-saved / max(cost, 1e-12), layer, 1))
-        budget = max_error
+        budget = max_drop
         while heap:
             _, layer, j = heapq.heappop(heap)
             cost = errs[layer][j] - errs[layer][j - 1]
@@ -485,7 +486,7 @@ def search(
     board: str,
     *,
     max_util: float = 0.85,
-    max_error: float = DEFAULT_MAX_ERROR,
+    max_drop: float = DEFAULT_MAX_DROP,
     space: SearchSpace = SearchSpace(),
     clock_mhz: float | None = None,
     relax: float = 2.0,
@@ -509,12 +510,12 @@ def search(
     if clock_mhz is not None:
         budget.check_clock(clock_mhz)
     spec_of(model)  # an unknown model fails here, before any cache lookup
-    key = (model, budget.name, float(max_util), float(max_error), space, clock_mhz,
+    key = (model, budget.name, float(max_util), float(max_drop), space, clock_mhz,
            float(relax))  # fmt: skip
     if cache and key in _POOLS:
         return _POOLS[key]
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
-    m = _Model(model, budget, port_clock, max_error)
+    m = _Model(model, budget, port_clock, max_drop)
     limits = {
         "dsp48e2": budget.dsp48e2 * max_util,
         "lut": budget.lut * max_util,
@@ -538,7 +539,7 @@ def search(
         "budget": budget,
         "evaluated": evaluated,
         "max_util": max_util,
-        "max_error": max_error,
+        "max_drop": max_drop,
         "cached": stored is not None,
     }
     if cache:
@@ -590,7 +591,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
             for lanes, nl_cycles, lane_usage, clock in opts:
                 wc = weight_word_cycles(v, clock, budget, ports)
                 if wc not in evals:
-                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_error, wc)
+                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc)
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
@@ -1109,15 +1110,20 @@ def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> D
     )
 
 
-def _fidelity(model: str, c: Candidate) -> dict:
-    base = {"metric": "added relative squared logit error vs W8A8 (sensitivity.py)"}
-    base["predicted_error"] = round(c.error, 8)
+def _expected_cosine(logit: dict) -> float:
+    return logit.get("cosine_to_float", logit.get("cosine_to_w8a8", 1.0))
+
+
+def _fidelity(model: str, c: Candidate, max_drop: float) -> dict:
+    """The chosen design's accuracy cost: top-1 agreement with W8A8 lost (predicted, and
+    measured where the golden model ran the uniform ratios), and the logit-error figures."""
+    base = {"metric": "top-1 agreement with W8A8 lost (points)", "max_drop": max_drop}
+    base["predicted_error"] = round(c.error, 6)
     try:
-        pred = sens.predict(model, c.ratios, c.w4_kind)
-    except sens.SensitivityError:
-        pred = None
-    if pred:
-        base.update(pred)
+        base["logit_error"] = sens.predict(model, c.ratios, c.w4_kind)
+        base.update(sens.predict_drop(model, c.ratios, c.w4_kind))
+    except sens.SensitivityError as e:
+        base["method"] = str(e)
     base["w4_layers"] = len(c.ratios)
     return base
 
@@ -1129,7 +1135,7 @@ def explore(
     *,
     max_util: float = 0.85,
     out_dir: Path | None = None,
-    max_error: float = DEFAULT_MAX_ERROR,
+    max_drop: float = DEFAULT_MAX_DROP,
     precision: str = "w8",
     space: SearchSpace = SearchSpace(),
 ) -> dict:
@@ -1152,7 +1158,9 @@ def explore(
         raise ValueError(f"target FPS must be positive, not {fps!r}")
     if not 0 < max_util <= 1:
         raise ValueError(f"max_util must be in (0, 1], not {max_util!r}")
-    result = search(model, board, max_util=max_util, max_error=max_error, space=space)
+    if not 0 <= max_drop <= 100:
+        raise ValueError(f"max_drop must be in [0, 100] points, not {max_drop!r}")
+    result = search(model, board, max_util=max_util, max_drop=max_drop, space=space)
     pool, limits = result["pool"], result["limits"]
     spec, budget = result["model"].spec, result["budget"]
     mask = _fit_mask(result)
@@ -1195,7 +1203,7 @@ def explore(
                 binding=binding,
                 fidelity_metric=fid["metric"],
                 predicted_error=fid["predicted_error"],
-                expected_cosine=fid.get("cosine_to_float", fid.get("cosine_to_w8a8", 1.0)),
+                expected_cosine=_expected_cosine(fid.get("logit_error") or {}),
             )
         }
     )
@@ -1268,7 +1276,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "cycles_by_bound": by_bound,
         "linear_utilisation": round(est.linear_utilisation(), 4),
         "w4_ratio": per_layer,
-        "fidelity": _fidelity(design.model, c),
+        "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
             "levels": result["model"].design_levels(c.lanes),
