@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+from vitaccel.dse.causes import CAUSES, cause_totals
 from vitaccel.dse.search import _arrays, _fit_mask, binding_of, precision_mask, search, to_design
 
 __all__ = ["GOALS", "REFERENCES", "BENCH_MODELS", "run_goal", "benchmark", "bench"]
@@ -58,6 +59,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
     est = estimate(design, budget=result["budget"], spec=spec)
     by_bound = est.by_bound()
     total = est.cycles
+    causes = cause_totals(design, budget=result["budget"])
     # What each resource limit is worth: the best FPS with that one limit doubled.
     relaxed = {}
     for kind, label in (("dsp48e2", "DSP"), ("lut", "LUT"), ("ff", "FF"), ("bram36", "BRAM")):
@@ -97,6 +99,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
         },  # fmt: skip
         "cycles": total,
         "cycle_share": {k: round(v / total, 3) for k, v in sorted(by_bound.items())},
+        "cause_share": {k: round(v / total, 3) for k, v in causes.items()},
         "relaxed_fps": relaxed,
         "linear_dsp_efficiency": round(linear_eff, 3),
         "linear_dsp_reached": linear_eff >= LINEAR_DSP_GOAL,
@@ -147,7 +150,6 @@ def bench(
         summing to 1), ``binding``, ``binding_text``, ``lifted_fps``, ``util``; otherwise
         ``message`` (why nothing fits).
     """
-    from vitaccel.dse.causes import cause_totals
     from vitaccel.dse.search import PRECISIONS, _shape_text, diagnose, explain_unfit
     from vitaccel.report.data import performance
 
@@ -225,13 +227,12 @@ def _verdict(reached: bool, gap: str) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| goal | best design (G x R x C x V, weight ports @ clock, lanes) | FPS | verdict | binding | "
-        "FPS with DSP / LUT / BRAM doubled | cycles: compute / weight stream / output writes "
-        "/ nonlinear / loads |",
+        "FPS with DSP / LUT / BRAM doubled | cycles: MAC / X load / DDR / writer / nonlinear "
+        "/ fill & control |",
         "|---|---|---:|---|---|---|---|",
     ]
     for r in rows:
-        share = r.get("cycle_share", {})
-        stream = share.get("weights", 0) + share.get("bandwidth", 0)
+        share = r.get("cause_share", {})
         verdict = _verdict(r["reached"], f"{r['goal_fps'] - r['fps']:.1f} FPS (x{r['gap']})")
         rel = r.get("relaxed_fps", {})
         lines.append(
@@ -239,8 +240,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''} @ "
             f"{r.get('clock_mhz'):g} MHz, lanes {r.get('lanes')} | {r['fps']} | {verdict} | "
             f"{r['binding']} | {rel.get('DSP', 0)} / {rel.get('LUT', 0)} / {rel.get('BRAM', 0)} | "
-            f"{share.get('compute', 0):.0%} / {stream:.0%} / {share.get('writer', 0):.0%} / "
-            f"{share.get('nonlinear', 0):.0%} / {share.get('memory', 0):.0%} |"
+            + " / ".join(f"{share.get(k, 0):.0%}" for k in CAUSES)
+            + " |"
         )
     lines += [
         "",
