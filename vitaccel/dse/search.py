@@ -1307,6 +1307,12 @@ def _warnings(result, chosen, feasible, target, limits, precision) -> list[str]:
                     f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%} "
                     "(--precision mixed)"
                 )
+    if chosen.w4_share > 0:
+        out.append(
+            "a mixed W4/W8 array: the accelerator top builds it only with the whole-model W4 "
+            "path (issue 18); without it `vitaccel generate` refuses w4_share > 0 "
+            "(--precision w8 answers with an all-W8 array)"
+        )
     if m.shell_kind != "calibrated":
         out.append("top-level controller/DMA/SPM logic is a fixed estimate, not synthesised")
     return out
