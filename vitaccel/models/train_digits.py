@@ -123,7 +123,7 @@ _EXTRA_FIELDS = (
 ).split()
 _EXTRA_ROWS = (
     ("sgd", "sgd", 0.05, 1e-4, 0.0, 64, 60, 1, "none", "warmup-cosine"),
-    ("adam", "adam", 5e-4, 0.0, 0.0, 32, 40, 2, "shift1", "constant"),
+    ("adam", "adam", 5e-4, 0.0, 0.0, 32, 300, 2, "shift1", "constant"),
     ("strong-aug", "adamw", 4e-3, 0.1, 0.2, 128, 300, 3, "shift2-noise", "step"),
 )
 EXTRA_RECIPES: dict[str, Recipe] = {
