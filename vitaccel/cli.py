@@ -575,7 +575,7 @@ def bench(models, board, max_util, precision, as_json):
 @main_group.command()
 @click.option("--models", required=True, help="comma-separated zoo models")
 @click.option("--boards", required=True, help="comma-separated boards")
-@click.option("--fps", "fps_list", required=True, help="comma-separated FPS targets")
+@click.option("--fps", required=True, help="comma-separated FPS targets")
 @_number(
     "--synth-top",
     lo=0,
@@ -602,22 +602,13 @@ def bench(models, board, max_util, precision, as_json):
 @_out_dir(required=True)
 @click.option("--resume", is_flag=True, help="reuse a folder that holds another sweep's results")
 @_json_flag()
-def sweep(
-    models, boards, fps_list, synth_top, images, max_util, scheduler, workers, out_dir, resume,
-    as_json,
-):  # fmt: skip
+def sweep(scheduler, workers, out_dir, resume, as_json, **query):
     """Explore (and synthesise, simulate) every model x board x FPS on Dask; exit 1 on a failure."""
     from vitaccel.flow.sweep import SweepError, parse_spec, print_sweep, run_sweep
 
     try:
-        spec = parse_spec(
-            models=models,
-            boards=boards,
-            fps=fps_list,
-            synth_top=synth_top,
-            images=images,
-            max_util=max_util,
-        )
+        # the query options (--models ... --max-util) are parse_spec's keywords, by name
+        spec = parse_spec(**query)
         results = run_sweep(spec, out_dir, scheduler=scheduler, workers=workers, resume=resume)
     except SweepError as err:
         raise CliError(str(err)) from None
