@@ -819,7 +819,7 @@ def explain_unfit(
         used); ``spm_kib_needed``; ``would_fit`` (``boards``, ``models``); ``remedies``;
         ``message``, the same in one line.
     """
-    from vitaccel.boards import BOARDS, get_budget
+    from vitaccel.boards import DEVICES, get_budget
     from vitaccel.models.specs import ZOO
 
     spec, budget = spec_of(model), get_budget(board)
@@ -842,7 +842,7 @@ def explain_unfit(
     spm_kib = res.spm_kib_for(spec)
     boards = [
         name
-        for name in sorted(BOARDS)
+        for name in sorted(DEVICES)
         if name != budget.name and _fits_board(spec, get_budget(name), max_util, space)
     ]
     models = [
