@@ -76,6 +76,8 @@ class BoardBudget:
         design clock may be lower: see :meth:`axi_gbps`.
     ddr_mts, ddr_bits : int
         The PS DDR the figure comes from: transfer rate (MT/s) and bus width.
+    ddr_gib : int
+        PS DDR size, GiB: what holds the program, the packed weights and the images.
     ps : str
         Vivado IP name of the processing system (``"zynq_ultra_ps_e"``).
     vivado_board_part : str
@@ -104,6 +106,7 @@ class BoardBudget:
     ddr_gbps: float
     ddr_mts: int
     ddr_bits: int
+    ddr_gib: int
     vivado_board_part: str
     pl_clocks_mhz: tuple[float, ...]
     default_clock_mhz: float
@@ -126,6 +129,7 @@ class BoardBudget:
             "bram36",
             "ddr_mts",
             "ddr_bits",
+            "ddr_gib",
             "hp_ports",
             "hp_data_bits",
         ):
@@ -161,6 +165,10 @@ class BoardBudget:
     @property
     def speed(self) -> str:
         return self.part.split("-", 2)[2]
+
+    @property
+    def ddr_bytes(self) -> int:
+        return self.ddr_gib << 30
 
     @property
     def bram18(self) -> int:

@@ -149,7 +149,7 @@ def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False)
 class _Model:
     """Per (model, board, clock) data shared by all candidates."""
 
-    def __init__(self, model: str, board, clock_mhz: float, max_error: float):
+    def __init__(self, model: str, board, clock_mhz: float, max_error: float, max_util=0.85):
         self.spec = spec_of(model)
         self.board = board
         self.clock = clock_mhz
@@ -158,7 +158,9 @@ class _Model:
         self.instr = LATENCIES["instr"]
         self.spm_kib_needed = res.spm_kib_for(self.spec)
         self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
-        self.spm_bram = res.spm_bram36(self.spm_kib * 1024 // SLOT_BYTES)
+        # the scratchpad on URAM288 where the board has it (res.spm_memory), else BRAM36
+        self.spm_usage = _spm_usage(self.spm_kib, board, max_util)
+        self.spm_bram = self.spm_usage.bram36
         try:
             self.sens = {k: sens.model_entry(self.spec.name, k) for k in ("int4", "pot4")}
         except sens.SensitivityError:
@@ -426,7 +428,7 @@ def search(
     if clock_mhz is not None:
         budget.check_clock(clock_mhz)
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
-    m = _Model(model, budget, port_clock, max_error)
+    m = _Model(model, budget, port_clock, max_error, max_util)
     limits = {
         "dsp48e2": budget.dsp48e2 * max_util,
         "lut": budget.lut * max_util,
@@ -724,9 +726,20 @@ BINDING_LABELS = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
 NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
 
 
-def usage_parts(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str, res.Usage]:
+def _spm_usage(spm_kib: int, budget, max_util: float = 0.85) -> res.Usage:
+    """The scratchpad's usage on the memory :func:`res.spm_memory` picks (BRAM36 when no
+    ``budget`` is given)."""
+    words = spm_kib * 1024 // SLOT_BYTES
+    memory = "bram" if budget is None else res.spm_memory(words, budget, max_util=max_util)
+    return res.spm_usage(words, memory)
+
+
+def usage_parts(
+    spec, groups: int, rows: int, cols: int, vector: int, *, budget=None, max_util=0.85
+) -> dict[str, res.Usage]:
     """What an all-W8 array with one weight port and one lane per nonlinear unit uses, by
-    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers)."""
+    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers; the
+    scratchpad on URAM288 where ``budget``'s board has room for it)."""
     g, r, c, v = groups, rows, cols, vector
     buf = _buffers(spec, g, r, c, v)
     eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf)
@@ -737,7 +750,7 @@ def usage_parts(spec, groups: int, rows: int, cols: int, vector: int) -> dict[st
     for unit in NONLINEAR_UNITS:
         nonlinear = nonlinear + res.nonlinear_resources(unit, 1)
     return {
-        "scratchpad": res.Usage(bram36=res.spm_bram36(spm_kib * 1024 // SLOT_BYTES)),
+        "scratchpad": _spm_usage(spm_kib, budget, max_util),
         "input (X) buffers": res.Usage(bram36=x),
         "weight (W) buffers": res.Usage(bram36=w),
         "output buffer": res.Usage(bram36=out),
@@ -754,18 +767,18 @@ def _total(parts: dict[str, res.Usage]) -> dict[str, float]:
 _SHAPE_TOTALS: dict[tuple, list] = {}
 
 
-def _shape_totals(spec, space: SearchSpace) -> list[tuple[tuple, dict[str, float]]]:
+def _shape_totals(spec, space: SearchSpace, budget=None, max_util=0.85) -> list:
     """Every one-group array shape of the space with its total usage (cached per model).
 
     One group only: every part grows with the groups (banks, W columns, output width,
     shell per column), while rows and vector trade X banks against bank depth and cols
     changes the output FIFO's depth, so those are all scanned.
     """
-    key = (spec, space)
+    key = (spec, space, budget, max_util)
     if key not in _SHAPE_TOTALS:
         g = min(space.groups)
         _SHAPE_TOTALS[key] = [
-            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v)))
+            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v, budget=budget, max_util=max_util)))
             for v, r, c in itertools.product(space.vector, space.rows, space.cols)
             if r <= spec.tokens
         ]
@@ -777,13 +790,13 @@ def smallest_design(spec, budget, *, max_util: float = 0.85, space: SearchSpace 
     ``max_util``: ``((groups, rows, cols, vector), parts)`` (:func:`usage_parts`)."""
     limits = {k: getattr(budget, k) * max_util for k in RESOURCE_KINDS}
     best = None
-    for (g, r, c, v), total in _shape_totals(spec, space):
+    for (g, r, c, v), total in _shape_totals(spec, space, budget, max_util):
         util = [total[k] / limits[k] for k in RESOURCE_KINDS]
         key = (round(max(util), 6), round(sum(util), 6), g * r * c * v)
         if best is None or key < best[0]:
             best = (key, (g, r, c, v))
     shape = best[1]
-    return shape, usage_parts(spec, *shape)
+    return shape, usage_parts(spec, *shape, budget=budget, max_util=max_util)
 
 
 def _fits_board(spec, budget, max_util: float, space: SearchSpace) -> bool:
@@ -860,9 +873,10 @@ def explain_unfit(
         remedies.append(f"--max-util {math.ceil(need * 100) / 100:g} (the smallest design fits)")
     memory = {"scratchpad", "input (X) buffers", "weight (W) buffers", "output buffer"}
     if "bram36" in short and budget.uram:
+        free = budget.uram - parts["scratchpad"].uram
         remedies.append(
-            f"the scratchpad and buffers on the board's {budget.uram} URAM288 "
-            f"({budget.uram * 36} KiB) or activations spilled to DDR (issue 19, not built yet)"
+            f"the X/W buffers on the board's {free:.0f} free URAM288 or activations spilled "
+            "to DDR (issue 19, neither built yet)"
         )
     elif "bram36" in short:
         remedies.append("activations spilled to DDR (issue 19, not built yet)")
@@ -897,9 +911,12 @@ def explain_unfit(
             )
             + " fit"
         )
+    uram_used = parts["scratchpad"].uram
     text.append(
-        f"URAM unused ({budget.uram} on the board)" if budget.uram else "no URAM on the device"
-    )
+        (f"URAM {uram_used:.0f} of {budget.uram} (the scratchpad)" if uram_used
+         else f"URAM unused ({budget.uram} on the board)")
+        if budget.uram else "no URAM on the device"
+    )  # fmt: skip
     if not boards:
         text.append(f"no other known board fits {spec.name} within {max_util:.0%}")
     text.append("to fit: " + "; or ".join(remedies))
@@ -913,7 +930,7 @@ def explain_unfit(
         "resources": resources,
         "short": short,
         "binding": BINDING_LABELS[worst],
-        "uram": {"available": budget.uram, "used": 0},
+        "uram": {"available": budget.uram, "used": uram_used},
         "spm_kib_needed": spm_kib,
         "spm_kib_isa_max": SPM_KIB_MAX,
         "would_fit": {"boards": boards, "models": models},
@@ -922,8 +939,15 @@ def explain_unfit(
     }
 
 
-def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> Design:
-    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back)."""
+def to_design(
+    c: Candidate, model: str, board: str, clock_mhz: float, spec, *, max_util: float = 0.85
+) -> Design:
+    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back; the
+    scratchpad's memory as :func:`res.spm_memory` picks it within ``max_util``)."""
+    from vitaccel.boards import get_budget
+
+    spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    spm_words = spm_kib * 1024 // SLOT_BYTES
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
     return Design(
         name=f"{model}-{board}-dse",
@@ -946,7 +970,8 @@ def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> D
             max_channels=spec.embed_dim,
         ),  # fmt: skip
         layers=layers,
-        spm_kib=min(res.spm_kib_for(spec), SPM_KIB_MAX),
+        spm_kib=spm_kib,
+        spm_memory=res.spm_memory(spm_words, get_budget(board), max_util=max_util),
         weight_ports=c.weight_ports,
         **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
     )
@@ -1014,7 +1039,7 @@ def explore(
                      message=message)  # fmt: skip
         raise InfeasibleError(message, best_fps, binding, facts)
     chosen = min(meeting, key=lambda c: _cost(c, limits))
-    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec)
+    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec, max_util=max_util)
     front = pareto_front(feasible)
     summary = _summary(chosen, design, result, fps, binding, best_fps)
     summary["pareto_points"] = len(front)
@@ -1071,6 +1096,12 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, binding,
                 "util": round(c.usage[k] / avail[k], 4),
             }
             for k in RESOURCE_KINDS
+        },
+        # the scratchpad's memory (res.spm_memory); URAM288 holds nothing else today
+        "spm_memory": design.spm_memory,
+        "uram": {
+            "used": res.spm_usage(design.spm_kib * 1024 // SLOT_BYTES, design.spm_memory).uram,
+            "available": budget.uram,
         },
         "binding": binding,
         "best_reachable_fps": round(best_fps, 2),

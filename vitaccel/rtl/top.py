@@ -243,8 +243,9 @@ class Accelerator(CheckedComponent):
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
         m.submodules.spm = spm = Scratchpad(
-            words=P.spm_words, read_clients=len(readers), write_clients=2
-        )
+            words=P.spm_words, read_clients=len(readers), write_clients=2,
+            memory=P.design.spm_memory,
+        )  # fmt: skip
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.rd[i])
         n.load_wr = spm.wr[0]  # LOAD: DMA words -> SPM

@@ -1,0 +1,173 @@
+"""The resource model's memories (issue 19): URAM288 next to BRAM36, the explorer's choice of
+memory per buffer, the scratchpad's URAM in Yosys, and designs beyond their board refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from vitaccel.boards import get_budget
+from vitaccel.cli import main
+from vitaccel.design import Design, DesignError, parse_design, save_design
+from vitaccel.dse import resources as res
+
+
+def test_uram288_tiles_like_yosys():
+    # Yosys' $__XILINX_URAM_ is 4096 x 72 with 8-bit byte enables: 128-bit words take two
+    assert res.memory_uram288(4096, 72) == 1
+    assert res.memory_uram288(4096, 128) == 2
+    assert res.memory_uram288(4097, 128) == 4
+    assert res.memory_uram288(65536, 128) == 32  # the ISA's whole 1 MiB scratchpad
+    assert res.memory_uram288(16, 8) == 1
+
+
+def test_place_buffers_saves_the_most_bram_per_uram_first():
+    kv260 = get_budget("kv260")  # 64 URAM288, 54.4 at 85%
+    buffers = {
+        "spm": (1, 65536, 128),  # 32 URAM for 240 BRAM36: 7.5 per URAM
+        "x": (4, 2048, 128),  # 8 URAM for 32 BRAM36: 4 per URAM
+        "out": (1, 128, 8),  # 1 URAM for 0.5 BRAM36: too little to pay
+        "w": (16, 4096, 72),  # 16 URAM for 128 BRAM36: 8 per URAM, first
+    }
+    placed = res.place_buffers(buffers, kv260)
+    assert placed == {"spm": "uram", "x": "bram", "out": "bram", "w": "uram"}  # 48 URAM
+    assert res.place_buffers(buffers, kv260, max_util=1.0)["x"] == "uram"  # 56 <= 64
+    assert set(res.place_buffers(buffers, get_budget("zcu102")).values()) == {"bram"}
+
+
+def test_design_resources_count_the_scratchpad_where_it_is():
+    bram = Design(board="kv260", model="deit-tiny", spm_kib=512)
+    uram = bram.model_copy(update={"spm_memory": "uram"})
+    words = 512 * 1024 // 16
+    on_bram, on_uram = (res.design_resources(d)["total"] for d in (bram, uram))
+    assert on_bram.bram36 - on_uram.bram36 == pytest.approx(res.spm_bram36(words)) == 120
+    assert (on_bram.uram, on_uram.uram) == (0, res.memory_uram288(words, 128)) == (0, 16)
+    assert on_uram.lut == on_bram.lut and on_uram.dsp48e2 == on_bram.dsp48e2
+
+
+def test_uram_scratchpad_needs_a_board_with_uram():
+    with pytest.raises(DesignError) as err:
+        parse_design({"board": "zcu102", "spm_memory": "uram"})
+    assert "spm_memory 'uram' needs UltraRAM; board zcu102 has none" in str(err.value)
+    assert "zcu104, kv260" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DesignError, match="design field 'spm_memory'"):
+        parse_design({"spm_memory": "flash"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"board": "kv260", "model": "deit-tiny", "spm_kib": 1024},
+            "design field 'spm_kib' / 'input_buffer_kib' / 'weight_buffer_kib': the buffers "
+            "need 279 BRAM36 (engine 32, layernorm 6, spm 240), board kv260 has 144 "
+            "(or spm_memory 'uram')",
+        ),
+        (
+            {"board": "zcu104", "model": "deit-tiny", "input_buffer_kib": 8192},
+            "board zcu104 has 312",
+        ),
+    ],
+)
+def test_design_beyond_the_board_is_refused_in_one_line(fields, message):
+    with pytest.raises(DesignError) as err:
+        res.check_fits(Design(**fields))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_uram_beyond_the_board_and_weights_beyond_ddr(monkeypatch):
+    from vitaccel.boards import devices
+
+    small = Design(board="kv260", model="deit-tiny", spm_kib=1024, spm_memory="uram")
+    assert res.check_fits(small)["total"].uram == 32
+    # the same 32 URAM288 on a K26 with 16 of them, and DeiT-B's weights in a 64 KiB DDR
+    few = devices.DEVICES["kv260"].__class__(
+        **{**devices.DEVICES["kv260"].__dict__, "uram": 16, "ddr_gib": 1}
+    )
+    monkeypatch.setitem(devices.DEVICES, "kv260", few)
+    with pytest.raises(DesignError) as err:
+        res.check_fits(small)
+    assert str(err.value) == (
+        "design field 'spm_kib' / 'spm_memory': the scratchpad needs 32 URAM288 (1024 KiB), "
+        "board kv260 has 16"
+    )
+    monkeypatch.setattr(type(few), "ddr_bytes", property(lambda b: 64 << 10))
+    with pytest.raises(DesignError, match=r"design field 'model': deit-tiny's weights take"):
+        res.check_fits(small.model_copy(update={"spm_memory": "bram", "spm_kib": 64}))
+
+
+def test_cli_generate_refuses_a_design_beyond_the_board(tmp_path, capsys):
+    path = save_design(
+        Design(board="kv260", model="deit-tiny", spm_kib=1024), tmp_path / "big.json"
+    )
+    with pytest.raises(SystemExit) as ex:
+        main(["generate", "--design", str(path), "-o", str(tmp_path / "hw")])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "279 BRAM36" in err and "board kv260 has 144" in err
+    assert not (tmp_path / "hw").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The URAM scratchpad in RTL: Yosys maps it to the URAM288 the model counts, and the
+# Verilog Verilator runs is the block-RAM design's but for the attribute
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_yosys_maps_the_uram_scratchpad_to_the_predicted_uram288():
+    """A 4096-word scratchpad marked ``ram_style = "ultra"``: Yosys ``synth_xilinx -family
+    xcup`` infers the URAM288 the resource model predicts and no block RAM (~1.5 CPU-min
+    uncached; the count is cached by Verilog hash)."""
+    from amaranth.back import verilog
+
+    from vitaccel.flow.yosys import synth_xcup
+    from vitaccel.rtl.spm.scratchpad import Scratchpad
+
+    words = 4096
+    text = verilog.convert(Scratchpad(words=words, memory="uram"), name="spm_uram")
+    counts = synth_xcup(text, "spm_uram", lut_depth=False)
+    print(f"\nYosys xcup, {words}-word URAM scratchpad: {counts.as_dict()}")
+    predicted = res.spm_usage(words, "uram")
+    assert counts.uram == predicted.uram == 2
+    assert counts.bram36 == predicted.bram36 == 0
+
+
+def _top(design) -> str:
+    from vitaccel.rtl.top import top_verilog
+
+    return top_verilog(design)
+
+
+def test_uram_top_is_the_bram_top_but_for_the_attribute():
+    """What Verilator simulates of a URAM-backed design: the same Verilog as the block-RAM
+    design but for one ``(* ram_style = "ultra" *)`` line on the scratchpad array (Verilator
+    ignores attributes), so every bit-exact run of the one is one of the other; the
+    slow-marked test below runs it anyway."""
+    from vitaccel.flow.build import default_design
+
+    bram = default_design("digits-vit", "kv260")
+    uram = bram.model_copy(update={"spm_memory": "uram"})
+    a, b = _top(bram).splitlines(), _top(uram).splitlines()
+    added = [line for line in b if line not in a]
+    assert [line.strip() for line in added] == ['(* ram_style = "ultra" *)']
+    at = b.index(added[0])
+    assert "mem" in b[at + 1] and f"[{bram.spm_kib * 64 - 1}:0]" in b[at + 1]
+    assert b[:at] + b[at + 1 :] == a
+
+
+@pytest.mark.slow
+def test_uram_design_bit_exact_on_verilator_with_pauses():
+    """digits-vit images on the default design with its scratchpad on URAM (kv260), random
+    pauses on every AXI channel: bit-exact against the golden model (native harness)."""
+    from vitaccel.flow.build import default_design
+    from vitaccel.flow.model_sim import simulate_model
+
+    design = default_design("digits-vit", "kv260").model_copy(
+        update={"spm_memory": "uram", "name": "digits-uram"}
+    )
+    out = simulate_model("digits-vit", design=design, images=4, pause=0.2, seed=19)
+    print(
+        f"\ndigits on a URAM scratchpad (native RTL): bit-exact {out['bit_exact']}, "
+        f"{out['cycles_per_image']:.0f} cycles/image with pauses, build {out['build_s']:.0f} s"
+    )
+    assert out["bit_exact"], out["first_mismatch"]
