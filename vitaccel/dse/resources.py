@@ -247,26 +247,44 @@ _DEFAULT_ENGINE_FIT = {
 
 
 def engine_bram36_parts(
-    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth
+    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_memory="bram"
 ) -> dict[str, float]:
-    """BRAM36 of the engine's buffers: ``x`` (one bank per PE row and group), ``w`` (two
-    halves of ``max_ksteps`` words per column: W8 columns 8V bits wide, W4 columns 4V) and
-    ``out`` (the output FIFO, one 8-bit lane per output column)."""
+    """BRAM36 of the engine's buffers: ``x`` (one bank per PE row and group; 0 on URAM, see
+    :func:`engine_x_uram`), ``w`` (two halves of ``max_ksteps`` words per column: W8 columns
+    8V bits wide, W4 columns 4V) and ``out`` (the output FIFO, one 8-bit lane per output
+    column)."""
     kmax = _pow2(max_ksteps)
+    on_bram = x_memory == "bram"
     return {
-        "x": groups * rows * memory_bram36(x_words, 8 * vector),
+        "x": groups * rows * memory_bram36(x_words, 8 * vector) if on_bram else 0.0,
         "w": groups * cols_w8 * memory_bram36(2 * kmax, 8 * vector)
         + groups * (cols - cols_w8) * memory_bram36(2 * kmax, 4 * vector),
         "out": memory_bram36(out_depth, 8 * groups * cols),
     }
 
 
-def engine_bram36(groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth) -> float:
+def engine_bram36(
+    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_memory="bram"
+) -> float:
     return sum(
         engine_bram36_parts(
-            groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth
+            groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_memory
         ).values()
     )
+
+
+def engine_x_uram(groups: int, rows: int, vector: int, x_words: int) -> int:
+    """URAM288 of the engine's X banks when they are on URAM (``Design.x_memory``)."""
+    return groups * rows * memory_uram288(x_words, 8 * vector)
+
+
+def design_memories(
+    *, groups: int, rows: int, vector: int, x_words: int, spm_words: int, budget, max_util=0.85
+) -> dict[str, str]:
+    """The explorer's memory per buffer that the RTL can build either way (the scratchpad,
+    ``spm``, and the engine's X banks, ``x``): :func:`place_buffers` on ``budget``."""
+    buffers = {"spm": (1, spm_words, 8 * WORD_BYTES), "x": (groups * rows, x_words, 8 * vector)}
+    return place_buffers(buffers, budget, max_util=max_util)
 
 
 # Log2-code mode of the engine (EngineParams.log2): 9086 - 5458 LUT and 8530 - 8145 FF over
@@ -285,6 +303,7 @@ def engine_resources(
     x_words: int,
     max_ksteps: int,
     out_depth: int,
+    x_memory: str = "bram",
 ) -> Usage:
     c8, c4 = column_split(cols, w4_share)
     fit = calibration().get("engine_fit", _DEFAULT_ENGINE_FIT)
@@ -292,8 +311,9 @@ def engine_resources(
     lut = sum(fit["lut"].get(k, 0.0) * v for k, v in feats.items())
     ff = sum(fit["ff"].get(k, 0.0) * v for k, v in feats.items())
     dsp = groups * rows * (c8 // 2) * vector + fit["dsp_per_column"] * groups * cols
-    bram = engine_bram36(groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth)
-    return Usage(dsp, lut, ff, bram)
+    bram = engine_bram36(groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth, x_memory)
+    uram = engine_x_uram(groups, rows, vector, x_words) if x_memory == "uram" else 0
+    return Usage(dsp, lut, ff, bram, uram)
 
 
 # ---------------------------------------------------------------------------------------
@@ -382,8 +402,15 @@ def design_resources(design: Design, *, spec=None) -> dict:
     buffers = engine_buffers(design, spec)
     parts = {
         "engine": engine_resources(
-            a.groups, a.rows, a.cols, a.vector, a.w4_share, a.w4_kind, **buffers
-        ),
+            a.groups,
+            a.rows,
+            a.cols,
+            a.vector,
+            a.w4_share,
+            a.w4_kind,
+            **buffers,
+            x_memory=design.x_memory,
+        ),  # fmt: skip
         "softmax": nonlinear_resources("softmax", nl.softmax_lanes),
         "layernorm": nonlinear_resources("layernorm", nl.layernorm_lanes),
         "gelu": nonlinear_resources("gelu", nl.gelu_lanes),
@@ -421,15 +448,16 @@ def check_fits(design: Design, *, spec=None) -> dict:
     budget = get_budget(design.board)
     used = design_resources(design, spec=spec)
     parts, total = used["parts"], used["total"]
-    spm_field = "spm_kib" if design.spm_memory == "bram" else "spm_kib' / 'spm_memory"
     if total.uram > budget.uram:
+        named = ", ".join(f"{k} {u.uram:.0f}" for k, u in parts.items() if u.uram)
         raise DesignError(
-            f"design field '{spm_field}': the scratchpad needs {total.uram:.0f} URAM288 "
-            f"({design.spm_kib} KiB), board {budget.name} has {budget.uram}"
+            f"design field 'spm_memory' / 'x_memory': the buffers on URAM need "
+            f"{total.uram:.0f} URAM288 ({named}), board {budget.name} has {budget.uram}"
         )
     if total.bram36 > budget.bram36:
         named = ", ".join(f"{k} {u.bram36:.0f}" for k, u in parts.items() if u.bram36 >= 1)
-        fix = " (or spm_memory 'uram')" if budget.uram and design.spm_memory == "bram" else ""
+        bram_only = [f for f in ("spm_memory", "x_memory") if getattr(design, f) == "bram"]
+        fix = f" (or {' / '.join(bram_only)} 'uram')" if budget.uram and bram_only else ""
         raise DesignError(
             f"design field 'spm_kib' / 'input_buffer_kib' / 'weight_buffer_kib': the buffers "
             f"need {total.bram36:.0f} BRAM36 ({named}), board {budget.name} has "

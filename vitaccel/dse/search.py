@@ -158,9 +158,10 @@ class _Model:
         self.instr = LATENCIES["instr"]
         self.spm_kib_needed = res.spm_kib_for(self.spec)
         self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
-        # the scratchpad on URAM288 where the board has it (res.spm_memory), else BRAM36
-        self.spm_usage = _spm_usage(self.spm_kib, board, max_util)
-        self.spm_bram = self.spm_usage.bram36
+        # the scratchpad and X banks go on URAM288 per array where the board has room
+        # (_memories), so the scratchpad's memory is no longer a fixed part
+        self.spm_words = self.spm_kib * 1024 // SLOT_BYTES
+        self.max_util = max_util
         try:
             self.sens = {k: sens.model_entry(self.spec.name, k) for k in ("int4", "pot4")}
         except sens.SensitivityError:
@@ -393,9 +394,16 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
     return mm_total, ratios, error, bound
 
 
-def _engine_usage(g, r, c, v, share, kind, buffers) -> dict[str, float]:
-    u = res.engine_resources(g, r, c, v, share, kind, **buffers)
-    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36}
+def _memories(g, r, v, x_words, spm_words, budget, max_util) -> dict[str, str]:
+    """The scratchpad's and the X banks' memory (res.design_memories: URAM288 where the
+    board has room for them); one definition for search, usage_parts and to_design."""
+    return res.design_memories(groups=g, rows=r, vector=v, x_words=x_words,
+                               spm_words=spm_words, budget=budget, max_util=max_util)  # fmt: skip
+
+
+def _engine_usage(g, r, c, v, share, kind, buffers, x_memory="bram") -> dict[str, float]:
+    u = res.engine_resources(g, r, c, v, share, kind, **buffers, x_memory=x_memory)
+    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36, "uram": u.uram}
 
 
 def _buffers(spec, g, r, c, v) -> dict:
@@ -439,7 +447,7 @@ def search(
         "dsp48e2": m.shell.dsp48e2,
         "lut": m.shell.lut,
         "ff": m.shell.ff,
-        "bram36": m.shell.bram36 + m.spm_bram,
+        "bram36": m.shell.bram36,
     }
 
     def shell_per_column(cols: int):
@@ -455,9 +463,12 @@ def search(
 
     def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
         nonlocal evaluated
-        eng = _engine_usage(g, r, c, v, share, kind, _buffers(spec, g, r, c, v))
-        per_col = shell_per_column(g * c)
+        buffers = _buffers(spec, g, r, c, v)
+        mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, max_util)
+        eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
+        per_col = shell_per_column(g * c) + res.spm_usage(m.spm_words, mem["spm"])
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
+        uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1
@@ -479,6 +490,7 @@ def search(
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
+                usage["uram"] = uram
                 out.append(
                     Candidate(
                         g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
@@ -726,35 +738,32 @@ BINDING_LABELS = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
 NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
 
 
-def _spm_usage(spm_kib: int, budget, max_util: float = 0.85) -> res.Usage:
-    """The scratchpad's usage on the memory :func:`res.spm_memory` picks (BRAM36 when no
-    ``budget`` is given)."""
-    words = spm_kib * 1024 // SLOT_BYTES
-    memory = "bram" if budget is None else res.spm_memory(words, budget, max_util=max_util)
-    return res.spm_usage(words, memory)
-
-
 def usage_parts(
     spec, groups: int, rows: int, cols: int, vector: int, *, budget=None, max_util=0.85
 ) -> dict[str, res.Usage]:
     """What an all-W8 array with one weight port and one lane per nonlinear unit uses, by
     part, as :func:`search` adds it up (the BRAM of the engine split into its buffers; the
-    scratchpad on URAM288 where ``budget``'s board has room for it)."""
+    scratchpad and X banks on URAM288 where ``budget``'s board has room for them)."""
     g, r, c, v = groups, rows, cols, vector
     buf = _buffers(spec, g, r, c, v)
-    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf)
-    bram = res.engine_bram36_parts(g, r, c, v, c, **buf)  # all-W8: every column W8
-    x, w, out = bram["x"], bram["w"], bram["out"]
     spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    spm_words = spm_kib * 1024 // SLOT_BYTES
+    mem = {"spm": "bram", "x": "bram"}
+    if budget is not None:
+        mem = _memories(g, r, v, buf["x_words"], spm_words, budget, max_util)
+    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf, x_memory=mem["x"])
+    # all-W8: every column W8
+    bram = res.engine_bram36_parts(g, r, c, v, c, **buf, x_memory=mem["x"])
+    x, w, out = bram["x"], bram["w"], bram["out"]
     nonlinear = res.Usage()
     for unit in NONLINEAR_UNITS:
         nonlinear = nonlinear + res.nonlinear_resources(unit, 1)
     return {
-        "scratchpad": _spm_usage(spm_kib, budget, max_util),
-        "input (X) buffers": res.Usage(bram36=x),
+        "scratchpad": res.spm_usage(spm_words, mem["spm"]),
+        "input (X) buffers": res.Usage(bram36=x, uram=eng.uram),
         "weight (W) buffers": res.Usage(bram36=w),
         "output buffer": res.Usage(bram36=out),
-        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out),
+        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out, 0),
         "nonlinear units": nonlinear,
         "controller and DMA": res.shell_resources(g * c)[0] + res.weight_ports_resources(1),
     }
@@ -838,6 +847,8 @@ def explain_unfit(
     spec, budget = spec_of(model), get_budget(board)
     (g, r, c, v), parts = smallest_design(spec, budget, max_util=max_util, space=space)
     total = _total(parts)
+    on_uram = {p: u.uram for p, u in parts.items() if u.uram}
+    uram_used = sum(on_uram.values())
     resources = {}
     for k in RESOURCE_KINDS:
         limit = getattr(budget, k) * max_util
@@ -872,13 +883,8 @@ def explain_unfit(
         need = max(total[k] / getattr(budget, k) for k in RESOURCE_KINDS)
         remedies.append(f"--max-util {math.ceil(need * 100) / 100:g} (the smallest design fits)")
     memory = {"scratchpad", "input (X) buffers", "weight (W) buffers", "output buffer"}
-    if "bram36" in short and budget.uram:
-        free = budget.uram - parts["scratchpad"].uram
-        remedies.append(
-            f"the X/W buffers on the board's {free:.0f} free URAM288 or activations spilled "
-            "to DDR (issue 19, neither built yet)"
-        )
-    elif "bram36" in short:
+    if "bram36" in short:
+        # the scratchpad and X banks already take the URAM the budget allows (_memories)
         remedies.append("activations spilled to DDR (issue 19, not built yet)")
     if spm_kib > SPM_KIB_MAX:
         remedies.append(
@@ -911,9 +917,9 @@ def explain_unfit(
             )
             + " fit"
         )
-    uram_used = parts["scratchpad"].uram
     text.append(
-        (f"URAM {uram_used:.0f} of {budget.uram} (the scratchpad)" if uram_used
+        (f"URAM {uram_used:.0f} of {budget.uram} ("
+         + ", ".join(f"{p} {n:.0f}" for p, n in on_uram.items()) + ")" if uram_used
          else f"URAM unused ({budget.uram} on the board)")
         if budget.uram else "no URAM on the device"
     )  # fmt: skip
@@ -947,7 +953,9 @@ def to_design(
     from vitaccel.boards import get_budget
 
     spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
-    spm_words = spm_kib * 1024 // SLOT_BYTES
+    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector)
+    mem = _memories(c.groups, c.rows, c.vector, buffers["x_words"],
+                    spm_kib * 1024 // SLOT_BYTES, get_budget(board), max_util)  # fmt: skip
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
     return Design(
         name=f"{model}-{board}-dse",
@@ -971,7 +979,8 @@ def to_design(
         ),  # fmt: skip
         layers=layers,
         spm_kib=spm_kib,
-        spm_memory=res.spm_memory(spm_words, get_budget(board), max_util=max_util),
+        spm_memory=mem["spm"],
+        x_memory=mem["x"],
         weight_ports=c.weight_ports,
         **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
     )
@@ -1099,10 +1108,8 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, binding,
         },
         # the scratchpad's memory (res.spm_memory); URAM288 holds nothing else today
         "spm_memory": design.spm_memory,
-        "uram": {
-            "used": res.spm_usage(design.spm_kib * 1024 // SLOT_BYTES, design.spm_memory).uram,
-            "available": budget.uram,
-        },
+        "x_memory": design.x_memory,
+        "uram": {"used": c.usage["uram"], "available": budget.uram},
         "binding": binding,
         "best_reachable_fps": round(best_fps, 2),
         # the cycle model's own accounting, as `vitaccel report design` shows it (the

@@ -139,7 +139,7 @@ class TopParams:
         self.weight_ports = design.weight_ports
         self.engine = EngineParams.from_array(
             a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2,
-            w_ports=design.weight_ports,
+            w_ports=design.weight_ports, x_memory=design.x_memory,
         )  # fmt: skip
         self.max_tokens = nl.max_tokens
         self.max_channels = nl.max_channels

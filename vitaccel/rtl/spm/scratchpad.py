@@ -13,6 +13,7 @@ from amaranth.utils import ceil_log2
 
 from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
+    RAM_STYLE,
     CheckedComponent,
     check_int,
 )
@@ -49,10 +50,6 @@ def write_client_signature(addr_bits: int = ADDR_BITS) -> wiring.Signature:
             "be": Out(WORD_BYTES),
         }
     )
-
-
-# Memory attributes per Design.spm_memory: "ultra" is the value Yosys and Vivado map to URAM288.
-_RAM_STYLE = {"bram": None, "uram": {"ram_style": "ultra"}}
 
 
 def _check_lanes(lanes, name: str = "lanes") -> int:
@@ -95,7 +92,7 @@ class Scratchpad(CheckedComponent):
         self.words = words
         # Built here (not in elaborate) so testbenches can read ``mem.data``.
         self.mem = Memory(shape=unsigned(8 * WORD_BYTES), depth=words, init=init or [],
-                          attrs=_RAM_STYLE[memory])  # fmt: skip
+                          attrs=RAM_STYLE[memory])  # fmt: skip
         self.read_clients = read_clients
         self.write_clients = write_clients
         super().__init__(
