@@ -181,6 +181,26 @@ def test_yosys_maps_the_uram_x_banks_to_the_predicted_uram288():
     assert counts.bram36 == sum(bram.values()) == 0
 
 
+@pytest.mark.slow
+def test_yosys_counts_the_uram_of_a_whole_top_as_predicted():
+    """The default digits-vit design on KV260 with its scratchpad and X banks on URAM: the
+    whole top through Yosys xcup (~5 CPU-min uncached) holds the URAM288 the resource model
+    predicts (8 for the 256 KiB scratchpad, 1 per 2048 x 64-bit X bank) and its BRAM36
+    within 10%."""
+    from vitaccel.flow.build import default_design
+    from vitaccel.flow.yosys import synth_xcup
+    from vitaccel.rtl.top import top_verilog
+
+    design = default_design("digits-vit", "kv260").model_copy(
+        update={"spm_memory": "uram", "x_memory": "uram"}
+    )
+    predicted = res.design_resources(design)["total"]
+    counts = synth_xcup(top_verilog(design), "vitaccel_top", lut_depth=False)
+    print(f"\nYosys xcup, whole top with URAM: {counts.as_dict()}; model {predicted.as_dict()}")
+    assert counts.uram == predicted.uram == 8 + 4
+    assert counts.bram36 == pytest.approx(predicted.bram36, rel=0.1)
+
+
 def _uram_lines(bram: str, uram: str) -> list[str]:
     """The lines ``uram`` adds to ``bram``; asserts it removes none and changes nothing else."""
     a, b = bram.splitlines(), uram.splitlines()
