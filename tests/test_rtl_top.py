@@ -47,6 +47,8 @@ def test_params_from_design():
     q = TopParams(SMALL)
     assert q.spm_words == 64
     assert q.config_word == 64 << 16 | 1 << 10 | 2 << 5 | 2
+    # the sizes (and the compiler's codec) take W4 columns; the RTL refuses them (below)
+    assert TopParams(Design(array=ArrayConfig(w4_share=0.5))).engine.cols_w4 > 0
 
 
 @pytest.mark.parametrize(
