@@ -103,6 +103,9 @@ class EngineParams(ArrayGeometry):
         stream p carries the columns ``p*G*C/P .. (p+1)*G*C/P - 1`` of every step (see
         :func:`split_w_stream`), so a step loads in ``G*C*(KS+1)/P`` cycles. ``G*C`` must
         be a multiple of it.
+    x_memory : {"bram", "uram"}
+        ``"uram"`` marks the X banks ``ram_style = "ultra"`` (URAM288 in Yosys and Vivado;
+        still one cycle to read, see ``dse.resources.memory_uram288``).
     """
 
     groups: int = 1
@@ -118,12 +121,15 @@ class EngineParams(ArrayGeometry):
     out_depth: int | None = None
     log2: bool = False
     w_ports: int = 1
+    x_memory: str = "bram"
 
     def __post_init__(self):
         for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.x_memory not in ("bram", "uram"):
+            raise ValueError(f"x_memory must be 'bram' or 'uram', not {self.x_memory!r}")
         if self.w4_kind not in ("int4", "pot4"):
             raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
         if self.in_bits != 8:

@@ -183,7 +183,12 @@ def bench(
             binding_text=_binding_phrase(d),
             lifted_fps=d["lifted_fps"],
             # of the board (not of the max_util budget)
-            util={k: round(best.usage[k] / getattr(result["budget"], k), 4) for k in best.usage},
+            # (URAM only where the board has it)
+            util={
+                k: round(best.usage[k] / getattr(result["budget"], k), 4)
+                for k in best.usage
+                if getattr(result["budget"], k)
+            },
         )
         rows.append(row)
     return rows

@@ -155,7 +155,7 @@ def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False)
 class _Model:
     """Per (model, board, clock) data shared by all candidates."""
 
-    def __init__(self, model: str, board, clock_mhz: float, max_drop: float):
+    def __init__(self, model: str, board, clock_mhz: float, max_drop: float, max_util=0.85):
         self.spec = spec_of(model)
         self.board = board
         self.clock = clock_mhz
@@ -164,7 +164,10 @@ class _Model:
         self.instr = LATENCIES["instr"]
         self.spm_kib_needed = res.spm_kib_for(self.spec)
         self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
-        self.spm_bram = res.spm_bram36(self.spm_kib * 1024 // SLOT_BYTES)
+        # the scratchpad and X banks go on URAM288 per array where the board has room
+        # (_memories), so the scratchpad's memory is no longer a fixed part
+        self.spm_words = self.spm_kib * 1024 // SLOT_BYTES
+        self.max_util = max_util
         try:
             # per W4 kind: each layer's agreement cost curve (no data: no W4 candidates)
             self.sens = {k: sens.cost_curves(self.spec.name, k)[0] for k in ("int4", "pot4")}
@@ -398,9 +401,16 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
     return mm_total, ratios, error, bound
 
 
-def _engine_usage(g, r, c, v, share, kind, buffers) -> dict[str, float]:
-    u = res.engine_resources(g, r, c, v, share, kind, **buffers)
-    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36}
+def _memories(g, r, v, x_words, spm_words, budget, max_util) -> dict[str, str]:
+    """The scratchpad's and the X banks' memory (res.design_memories: URAM288 where the
+    board has room for them); one definition for search, usage_parts and to_design."""
+    return res.design_memories(groups=g, rows=r, vector=v, x_words=x_words,
+                               spm_words=spm_words, budget=budget, max_util=max_util)  # fmt: skip
+
+
+def _engine_usage(g, r, c, v, share, kind, buffers, x_memory="bram") -> dict[str, float]:
+    u = res.engine_resources(g, r, c, v, share, kind, **buffers, x_memory=x_memory)
+    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36, "uram": u.uram}
 
 
 def _buffers(spec, g, r, c, v) -> dict:
@@ -515,7 +525,7 @@ def search(
     if cache and key in _POOLS:
         return _POOLS[key]
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
-    m = _Model(model, budget, port_clock, max_drop)
+    m = _Model(model, budget, port_clock, max_drop, max_util)
     limits = {
         "dsp48e2": budget.dsp48e2 * max_util,
         "lut": budget.lut * max_util,
@@ -555,7 +565,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         "dsp48e2": m.shell.dsp48e2,
         "lut": m.shell.lut,
         "ff": m.shell.ff,
-        "bram36": m.shell.bram36 + m.spm_bram,
+        "bram36": m.shell.bram36,
     }
 
     def shell_per_column(cols: int):
@@ -571,9 +581,12 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
 
     def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
         nonlocal evaluated
-        eng = _engine_usage(g, r, c, v, share, kind, _buffers(spec, g, r, c, v))
-        per_col = shell_per_column(g * c)
+        buffers = _buffers(spec, g, r, c, v)
+        mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
+        eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
+        per_col = shell_per_column(g * c) + res.spm_usage(m.spm_words, mem["spm"])
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
+        uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1
@@ -595,6 +608,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
+                usage["uram"] = uram
                 out.append(
                     Candidate(
                         g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
@@ -882,24 +896,32 @@ BINDING_LABELS = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
 NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
 
 
-def usage_parts(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str, res.Usage]:
+def usage_parts(
+    spec, groups: int, rows: int, cols: int, vector: int, *, budget=None, max_util=0.85
+) -> dict[str, res.Usage]:
     """What an all-W8 array with one weight port and one lane per nonlinear unit uses, by
-    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers)."""
+    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers; the
+    scratchpad and X banks on URAM288 where ``budget``'s board has room for them)."""
     g, r, c, v = groups, rows, cols, vector
     buf = _buffers(spec, g, r, c, v)
-    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf)
-    bram = res.engine_bram36_parts(g, r, c, v, c, **buf)  # all-W8: every column W8
-    x, w, out = bram["x"], bram["w"], bram["out"]
     spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    spm_words = spm_kib * 1024 // SLOT_BYTES
+    mem = {"spm": "bram", "x": "bram"}
+    if budget is not None:
+        mem = _memories(g, r, v, buf["x_words"], spm_words, budget, max_util)
+    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf, x_memory=mem["x"])
+    # all-W8: every column W8
+    bram = res.engine_bram36_parts(g, r, c, v, c, **buf, x_memory=mem["x"])
+    x, w, out = bram["x"], bram["w"], bram["out"]
     nonlinear = res.Usage()
     for unit in NONLINEAR_UNITS:
         nonlinear = nonlinear + res.nonlinear_resources(unit, 1)
     return {
-        "scratchpad": res.Usage(bram36=res.spm_bram36(spm_kib * 1024 // SLOT_BYTES)),
-        "input (X) buffers": res.Usage(bram36=x),
+        "scratchpad": res.spm_usage(spm_words, mem["spm"]),
+        "input (X) buffers": res.Usage(bram36=x, uram=eng.uram),
         "weight (W) buffers": res.Usage(bram36=w),
         "output buffer": res.Usage(bram36=out),
-        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out),
+        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out, 0),
         "nonlinear units": nonlinear,
         "controller and DMA": res.shell_resources(g * c)[0] + res.weight_ports_resources(1),
     }
@@ -912,18 +934,18 @@ def _total(parts: dict[str, res.Usage]) -> dict[str, float]:
 _SHAPE_TOTALS: dict[tuple, list] = {}
 
 
-def _shape_totals(spec, space: SearchSpace) -> list[tuple[tuple, dict[str, float]]]:
+def _shape_totals(spec, space: SearchSpace, budget=None, max_util=0.85) -> list:
     """Every one-group array shape of the space with its total usage (cached per model).
 
     One group only: every part grows with the groups (banks, W columns, output width,
     shell per column), while rows and vector trade X banks against bank depth and cols
     changes the output FIFO's depth, so those are all scanned.
     """
-    key = (spec, space)
+    key = (spec, space, budget, max_util)
     if key not in _SHAPE_TOTALS:
         g = min(space.groups)
         _SHAPE_TOTALS[key] = [
-            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v)))
+            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v, budget=budget, max_util=max_util)))
             for v, r, c in itertools.product(space.vector, space.rows, space.cols)
             if r <= spec.tokens
         ]
@@ -935,13 +957,13 @@ def smallest_design(spec, budget, *, max_util: float = 0.85, space: SearchSpace 
     ``max_util``: ``((groups, rows, cols, vector), parts)`` (:func:`usage_parts`)."""
     limits = {k: getattr(budget, k) * max_util for k in RESOURCE_KINDS}
     best = None
-    for (g, r, c, v), total in _shape_totals(spec, space):
+    for (g, r, c, v), total in _shape_totals(spec, space, budget, max_util):
         util = [total[k] / limits[k] for k in RESOURCE_KINDS]
         key = (round(max(util), 6), round(sum(util), 6), g * r * c * v)
         if best is None or key < best[0]:
             best = (key, (g, r, c, v))
     shape = best[1]
-    return shape, usage_parts(spec, *shape)
+    return shape, usage_parts(spec, *shape, budget=budget, max_util=max_util)
 
 
 def _fits_board(spec, budget, max_util: float, space: SearchSpace) -> bool:
@@ -977,12 +999,14 @@ def explain_unfit(
         used); ``spm_kib_needed``; ``would_fit`` (``boards``, ``models``); ``remedies``;
         ``message``, the same in one line.
     """
-    from vitaccel.boards import BOARDS, get_budget
+    from vitaccel.boards import DEVICES, get_budget
     from vitaccel.models.specs import ZOO
 
     spec, budget = spec_of(model), get_budget(board)
     (g, r, c, v), parts = smallest_design(spec, budget, max_util=max_util, space=space)
     total = _total(parts)
+    on_uram = {p: u.uram for p, u in parts.items() if u.uram}
+    uram_used = sum(on_uram.values())
     resources = {}
     for k in RESOURCE_KINDS:
         limit = getattr(budget, k) * max_util
@@ -1000,7 +1024,7 @@ def explain_unfit(
     spm_kib = res.spm_kib_for(spec)
     boards = [
         name
-        for name in sorted(BOARDS)
+        for name in sorted(DEVICES)
         if name != budget.name and _fits_board(spec, get_budget(name), max_util, space)
     ]
     models = [
@@ -1017,12 +1041,8 @@ def explain_unfit(
         need = max(total[k] / getattr(budget, k) for k in RESOURCE_KINDS)
         remedies.append(f"--max-util {math.ceil(need * 100) / 100:g} (the smallest design fits)")
     memory = {"scratchpad", "input (X) buffers", "weight (W) buffers", "output buffer"}
-    if "bram36" in short and budget.uram:
-        remedies.append(
-            f"the scratchpad and buffers on the board's {budget.uram} URAM288 "
-            f"({budget.uram * 36} KiB) or activations spilled to DDR (issue 19, not built yet)"
-        )
-    elif "bram36" in short:
+    if "bram36" in short:
+        # the scratchpad and X banks already take the URAM the budget allows (_memories)
         remedies.append("activations spilled to DDR (issue 19, not built yet)")
     if spm_kib > SPM_KIB_MAX:
         remedies.append(
@@ -1056,8 +1076,11 @@ def explain_unfit(
             + " fit"
         )
     text.append(
-        f"URAM unused ({budget.uram} on the board)" if budget.uram else "no URAM on the device"
-    )
+        (f"URAM {uram_used:.0f} of {budget.uram} ("
+         + ", ".join(f"{p} {n:.0f}" for p, n in on_uram.items()) + ")" if uram_used
+         else f"URAM unused ({budget.uram} on the board)")
+        if budget.uram else "no URAM on the device"
+    )  # fmt: skip
     if not boards:
         text.append(f"no other known board fits {spec.name} within {max_util:.0%}")
     text.append("to fit: " + "; or ".join(remedies))
@@ -1071,7 +1094,7 @@ def explain_unfit(
         "resources": resources,
         "short": short,
         "binding": BINDING_LABELS[worst],
-        "uram": {"available": budget.uram, "used": 0},
+        "uram": {"available": budget.uram, "used": uram_used},
         "spm_kib_needed": spm_kib,
         "spm_kib_isa_max": SPM_KIB_MAX,
         "would_fit": {"boards": boards, "models": models},
@@ -1080,8 +1103,17 @@ def explain_unfit(
     }
 
 
-def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> Design:
-    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back)."""
+def to_design(
+    c: Candidate, model: str, board: str, clock_mhz: float, spec, *, max_util: float = 0.85
+) -> Design:
+    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back; the
+    scratchpad's memory as :func:`res.spm_memory` picks it within ``max_util``)."""
+    from vitaccel.boards import get_budget
+
+    spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector)
+    mem = _memories(c.groups, c.rows, c.vector, buffers["x_words"],
+                    spm_kib * 1024 // SLOT_BYTES, get_budget(board), max_util)  # fmt: skip
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
     return Design(
         name=f"{model}-{board}-dse",
@@ -1104,7 +1136,9 @@ def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> D
             max_channels=spec.embed_dim,
         ),  # fmt: skip
         layers=layers,
-        spm_kib=min(res.spm_kib_for(spec), SPM_KIB_MAX),
+        spm_kib=spm_kib,
+        spm_memory=mem["spm"],
+        x_memory=mem["x"],
         weight_ports=c.weight_ports,
         **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
     )
@@ -1185,7 +1219,7 @@ def explore(
                      binding_detail=_binding_detail(diagnosis), message=message)  # fmt: skip
         raise InfeasibleError(message, best_fps, binding, facts)
     chosen = min(meeting, key=lambda c: _cost(c, limits))
-    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec)
+    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec, max_util=max_util)
     front = pareto_front(feasible)
     summary = _summary(chosen, design, result, fps, diagnosis)
     summary["pareto_points"] = len(front)
@@ -1265,6 +1299,10 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
             }
             for k in RESOURCE_KINDS
         },
+        # the scratchpad's and X banks' memory (res.design_memories) and the URAM they take
+        "spm_memory": design.spm_memory,
+        "x_memory": design.x_memory,
+        "uram": {"used": c.usage["uram"], "available": budget.uram},
         "binding": diagnosis["binding"],
         "best_reachable_fps": round(diagnosis["best_fps"], 2),
         "binding_detail": _binding_detail(diagnosis),

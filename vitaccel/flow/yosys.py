@@ -27,7 +27,7 @@ class YosysError(RuntimeError):
 
 @dataclass(frozen=True)
 class Resources:
-    """Cell counts after ``synth_xilinx -family xcup``."""
+    """Cell counts after ``synth_xilinx -family xcup`` (``uram``: URAM288 cells)."""
 
     lut: int
     ff: int
@@ -38,6 +38,9 @@ class Resources:
     lutram: int
     muxf: int
     lut_depth: float | None = None  # worst path in effective levels (flow.paths)
+    # URAM288: memories marked ram_style "ultra" (Design.spm_memory); last, with a default,
+    # so results cached before it was counted still load (they held no such memory)
+    uram: int = 0
 
     @property
     def bram36(self) -> float:
@@ -216,4 +219,5 @@ def _resources(counts: dict[str, int], depth) -> Resources:
         lutram=lutram,
         muxf=total("MUXF"),
         lut_depth=depth,
+        uram=total("URAM288"),
     )

@@ -134,7 +134,7 @@ class TopParams:
         self.weight_ports = design.weight_ports
         self.engine = EngineParams.from_array(
             a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2,
-            w_ports=design.weight_ports,
+            w_ports=design.weight_ports, x_memory=design.x_memory,
         )  # fmt: skip
         self.max_tokens = nl.max_tokens
         self.max_channels = nl.max_channels
@@ -246,8 +246,9 @@ class Accelerator(CheckedComponent):
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
         m.submodules.spm = spm = Scratchpad(
-            words=P.spm_words, read_clients=len(readers), write_clients=2
-        )
+            words=P.spm_words, read_clients=len(readers), write_clients=2,
+            memory=P.design.spm_memory,
+        )  # fmt: skip
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.rd[i])
         n.load_wr = spm.wr[0]  # LOAD: DMA words -> SPM

@@ -13,6 +13,7 @@ from amaranth.utils import ceil_log2
 
 from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
+    RAM_STYLE,
     CheckedComponent,
     check_int,
 )
@@ -70,6 +71,9 @@ class Scratchpad(CheckedComponent):
         index wins; the controller lets one write at a time).
     init : sequence of int, optional
         Power-up contents (128-bit words), for tests; zeros otherwise.
+    memory : {"bram", "uram"}
+        ``"uram"`` marks the memory ``ram_style = "ultra"``, which Yosys (xcup) and Vivado map
+        to URAM288; read latency stays one cycle (``dse.resources.memory_uram288``).
 
     Members
     -------
@@ -83,10 +87,12 @@ class Scratchpad(CheckedComponent):
         check_int("read_clients", read_clients, 1, 16)
         check_int("write_clients", write_clients, 1, 16)
 
-    def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None):
+    def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None,
+                 memory: str = "bram"):  # fmt: skip
         self.words = words
         # Built here (not in elaborate) so testbenches can read ``mem.data``.
-        self.mem = Memory(shape=unsigned(8 * WORD_BYTES), depth=words, init=init or [])
+        self.mem = Memory(shape=unsigned(8 * WORD_BYTES), depth=words, init=init or [],
+                          attrs=RAM_STYLE[memory])  # fmt: skip
         self.read_clients = read_clients
         self.write_clients = write_clients
         super().__init__(
