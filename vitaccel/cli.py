@@ -714,40 +714,27 @@ def _check_writable(path: Path, option: str) -> None:
 )
 @_scheme_options
 @_json_flag()
-def build(
-    model_name, board, fps, images, weights, out_dir, synth, scheme, w4_ratio, w4_kind, as_json
-):
+def build(model_name, as_json, **options):
     """Quantize, design, compile, generate, synthesise and co-simulate one model on one board;
     write DIR/report.html (docs/report.md)."""
     from vitaccel.boards import get_board
-    from vitaccel.models.specs import get_spec
-
-    get_spec(model_name)
-    get_board(board)
-    if fps is not None and not fps > 0:
-        raise CliError(f"--fps must be > 0, got {fps}")
-    if not 0.0 <= w4_ratio <= 1.0:
-        raise CliError(f"--w4-ratio must be in [0, 1], got {w4_ratio}")
-    if weights is not None and not weights.is_file():
-        raise CliError(f"--weights: file '{weights}' does not exist")
     from vitaccel.flow.build import BuildOptions, default_design, design_for_scheme
     from vitaccel.flow.build import build as run_build
+    from vitaccel.models.specs import get_spec
 
-    if fps is None:  # the default design's scheme errors before any step starts
-        design_for_scheme(default_design(model_name, board), scheme, w4_ratio, w4_kind)
-
-    opts = BuildOptions(
-        model=model_name,
-        board=board,
-        fps=fps,
-        images=images,
-        out_dir=out_dir,
-        weights=weights,
-        synth=synth,
-        scheme=scheme,
-        w4_ratio=w4_ratio,
-        w4_kind=w4_kind,
-    )
+    # the click options are BuildOptions' fields, by name
+    opts = BuildOptions(model=model_name, **options)
+    get_spec(opts.model)
+    get_board(opts.board)
+    if opts.fps is not None and not opts.fps > 0:
+        raise CliError(f"--fps must be > 0, got {opts.fps}")
+    if not 0.0 <= opts.w4_ratio <= 1.0:
+        raise CliError(f"--w4-ratio must be in [0, 1], got {opts.w4_ratio}")
+    if opts.weights is not None and not opts.weights.is_file():
+        raise CliError(f"--weights: file '{opts.weights}' does not exist")
+    if opts.fps is None:  # the default design's scheme errors before any step starts
+        design = default_design(opts.model, opts.board)
+        design_for_scheme(design, opts.scheme, opts.w4_ratio, opts.w4_kind)
     from vitaccel.flow.progress import BuildProgress
 
     say = _progress(True)
