@@ -8,6 +8,7 @@ import torch
 from vitaccel.compile.compiler import compile_model, spm_layout
 from vitaccel.compile.driver import Driver
 from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+from vitaccel.dse.cost import estimate
 from vitaccel.flow.build import default_design
 from vitaccel.flow.codec import codec_for
 from vitaccel.models.evaluate import prepare
@@ -58,6 +59,37 @@ def test_digits_20_images_bit_exact_with_axi_pauses():
     assert rtl_top1 == np.mean(want.argmax(1) == y.numpy())
 
 
+@pytest.mark.slow
+def test_digits_wide_datapath_banked_scratchpad():
+    """``datapath_bytes = 32`` on a V = 16 array: the scratchpad in 2 banks, the X builder
+    reads 2 consecutive words (any alignment) per grant and the engine takes 2 k-steps per
+    X beat into its sub-banks. Bit-exact with AXI pauses; without pauses the cycles are
+    within 3% of the cycle model, which prices the halved X load."""
+    design = Design(
+        array=ArrayConfig(groups=1, rows=4, cols=4, vector=16),
+        nonlinear=NonlinearConfig(
+            gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=128
+        ),
+        spm_kib=32,
+        input_buffer_kib=8,
+        weight_buffer_kib=4,
+        datapath_bytes=32,
+    )
+    golden, patches, want, _ = _digits(design, 2)
+    for pause, seed in ((0.2, 7), (0.0, 8)):
+        results = _run(design, golden, patches, pause=pause, seed=seed)
+        for j, r in enumerate(results):
+            assert _first_mismatch(r.logits, want[j]) is None, (
+                f"pause {pause}, image {j}: (class, rtl, golden) = "
+                f"{_first_mismatch(r.logits, want[j])}"
+            )
+    model = estimate(design, spec=golden.spec).cycles
+    narrow = estimate(design.model_copy(update={"datapath_bytes": 16}), spec=golden.spec).cycles
+    print(f"datapath 32 B: RTL {results[-1].cycles} cycles/image, model {model} (16 B: {narrow})")
+    assert abs(results[-1].cycles / model - 1) < 0.03, (results[-1].cycles, model)
+    assert model < narrow
+
+
 def test_digits_log2_softmax_bit_exact():
     """A log2 build: E2Softmax writes 4-bit codes and P x V runs in the engine's shift-add
     mode (SOFTMAX LOG2 / MATMUL X_LOG2); logits equal the log2 golden model's."""
@@ -79,10 +111,16 @@ def test_digits_compact_layout_bit_exact():
     before the block, keeps one residual buffer (fused residual adds with Y == A, in place)
     and runs QK^T / SOFTMAX / P x V per chunk of 2 heads; 2 groups, so heads mode. Two
     images: the second must start from block 0's constants again, which the last block's
-    LOAD replaced in the shared slot."""
+    LOAD replaced in the shared slot. The build also has a 32-byte datapath (the SPM in 2
+    banks, X beats of 2 k-steps: heads mode with zero beats for the idle group, X_KEEP),
+    so the default suite checks the banked scratchpad without a build of its own."""
     base = default_design("digits-vit", "zcu102")
     design = base.model_copy(
-        update={"array": ArrayConfig(groups=2, rows=2, cols=8, vector=8), "spm_kib": 10}
+        update={
+            "array": ArrayConfig(groups=2, rows=2, cols=8, vector=8),
+            "spm_kib": 10,
+            "datapath_bytes": 32,
+        }
     )
     golden, patches, want, _ = _digits(design, 2)
     assert spm_layout(golden.spec, design.spm_kib * 64).att_heads == 2 < golden.spec.heads
