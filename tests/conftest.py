@@ -4,6 +4,25 @@ import numpy as np
 import pytest
 
 from vitaccel.compile import interp
+from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+
+# One small whole top for the RTL tests that need no particular size, so they share one
+# Verilator build (~4 CPU-minutes cold each): tests/test_sim_top.py's per-operation programs
+# and tests/test_sim_accelerator.py's compact-layout run. Small but complete: 2 groups (heads
+# mode), 2x8 PEs of 8 lanes (an output step of 16 channels: whole SPM words, so the residual
+# add can be fused), 4-lane nonlinear units, the weights over two AXI ports; a 10 KiB
+# scratchpad (640 words, not a power of two), too small for digits-vit's standard layout, so
+# the compiler takes the compact one; X banks of 256 words (digits-vit: 17 tokens, K <= 128).
+SMALL_TOP = Design(
+    weight_ports=2,
+    array=ArrayConfig(groups=2, rows=2, cols=8, vector=8),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=64
+    ),
+    spm_kib=10,
+    input_buffer_kib=8,
+    weight_buffer_kib=4,
+)
 
 
 def _program_equals_golden(compiled, codec, golden, patches):

@@ -520,3 +520,34 @@ def test_write_project(tmp_path):
             "kv260", tmp_path / "bad", "vit_accel", _stub_verilog(interface, drop=("irq",))
         )
     assert not os.path.exists(tmp_path / "bad")
+
+
+def test_explorer_reads_the_device_table_without_amaranth():
+    # The budgets are pure data (boards/devices.py): the explorer runs without Amaranth.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vitaccel.dse.search import explain_unfit, search\n"
+        "search('digits-vit', 'kv260')\n"
+        "explain_unfit('deit-base', 'kv260')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0].startswith('amaranth'))\n"
+        "print(' '.join(loaded))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "", f"the explorer imported {out.stdout.strip()}"
+
+
+def test_platform_budgets_are_the_device_table():
+    from vitaccel.boards import DEVICES
+
+    assert sorted(DEVICES) == BOARD_NAMES
+    for name, budget in DEVICES.items():
+        assert get_board(name).budget is budget
+        assert get_budget(name) is budget
+        covered = " ".join(budget.sources)
+        for field_name in ("dsp48e2", "ddr_mts", "ddr_gbps", "hp_ports", "pl_clocks_mhz"):
+            assert field_name in covered, f"{name}: no source for {field_name}"

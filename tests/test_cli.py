@@ -25,6 +25,10 @@ def run(*args, cwd=None):
         (["quantize", "--w4-ratio", "1.5"], "--w4-ratio must be in [0, 1]"),
         (["quantize", "--weights", "/nonexistent/w.safetensors"], "does not exist"),
         (["build", "--board", "zcu999"], "choose one of: kv260, zcu102, zcu104"),
+        (["build", "--w4-ratio", "1.5"], "--w4-ratio must be in [0, 1]"),
+        (["build", "--scheme", "w2"], "'w8a8', 'w4a8', 'mixed'"),
+        # mixed W4/W8 builds stop before any work while the RTL lacks the column map
+        (["build", "--scheme", "mixed"], "array.w4_share must be 0 for the accelerator RTL"),
         (["generate", "--unit", "fft", "-o", "x"], "'softmax', 'layernorm', 'gelu', 'gvsa'"),
     ],
 )
@@ -36,6 +40,25 @@ def test_bad_input_is_one_line_exit_2(args, needle, tmp_path):
     assert needle in lines[0]
     assert "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_build_scheme_gives_the_array_its_w4_lanes():
+    """``build --scheme``: the default design gets as many W4 columns as W8 ones; an explored
+    design must already have W4 columns of the asked kind (one-line errors otherwise)."""
+    from vitaccel.design import ArrayConfig, Design, DesignError
+    from vitaccel.flow.build import default_design, design_for_scheme
+
+    d = default_design("digits-vit", "zcu102")
+    assert design_for_scheme(d, "w8a8", 0.5, "int4") == d
+    with pytest.raises(DesignError, match="accelerator RTL"):
+        design_for_scheme(d, "mixed", 0.25, "pot4")
+    with pytest.raises(DesignError, match=r"allowed: --scheme w8a8"):
+        design_for_scheme(d, "mixed", 0.5, "int4", explored=True)
+    mixed = Design(array=ArrayConfig(cols=8, w4_share=0.5, w4_kind="int4"))
+    with pytest.raises(DesignError, match=r"array.w4_kind\); allowed: int4"):
+        design_for_scheme(mixed, "mixed", 0.5, "pot4", explored=True)
+    with pytest.raises(DesignError, match=r"w4_ratio must be in \[0, 1\]"):
+        design_for_scheme(d, "mixed", -0.1, "int4")
 
 
 def test_corrupt_weights_file(tmp_path):

@@ -74,6 +74,84 @@ def test_packed_w_stream_decodes_to_the_layer(digits):
         ), name
 
 
+@pytest.mark.parametrize("w4_kind, w_ports", [("int4", 1), ("pot4", 2)])
+def test_mixed_w_stream_decodes_to_the_layer(w4_kind, w_ports):
+    """Arrays with W4 columns: the layer's W4 rows go to W4 columns as 4-bit codes, the
+    column map in the parameter slots names each column's channel, and the stream decodes
+    back to the layer (more steps than ceil(N / (G*C)) when the W8 rows need them)."""
+    from vitaccel.engine_host import plan_columns
+    from vitaccel.flow.codec import CHANNEL_BYTE, IDLE_COLUMN
+    from vitaccel.quant.scales import quantize_weight
+
+    rng = np.random.default_rng(5)
+    params = EngineParams(groups=2, rows=4, cols=6, vector=8, w4_share=1 / 3, w4_kind=w4_kind,
+                          w_ports=w_ports)  # fmt: skip
+    codec = GVSACodec(params)
+    for ratio, n in ((0.5, 30), (0.1, 24)):
+        qw = quantize_weight(rng.normal(size=(n, 20)), ratio, w4_kind)
+        bias = rng.integers(-(2**31), 2**31, n)
+        mult, shift = rng.integers(0, 2**16, n), rng.integers(0, 63, n)
+        raw = codec.pack(qw.q, qw.kind, bias, mult, shift)
+        plan = plan_columns(qw.kind, params)
+        assert codec.steps_of(raw, 20) == plan.nsteps
+        assert plan.nsteps > -(-n // 12) or ratio == 0.5
+        q, b, m, s = codec.unpack(raw, n, 20, plan.nsteps)
+        assert np.array_equal(q, qw.q) and np.array_equal(b, bias)
+        assert np.array_equal(m, mult) and np.array_equal(s, shift)
+        # every W4 row that fits is on a W4 column, and the map says so
+        on_w4 = plan.channel[:, :, params.cols_w8 :]
+        assert np.all(qw.kind[on_w4[on_w4 >= 0]] != 0) and (on_w4 >= 0).sum() > 0
+        # each column's slots (parameter word, 3 k-steps) stay together in every port stream
+        slots = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 4, codec.slot)[:, 0]
+        maps = slots[:, CHANNEL_BYTE].astype(int) | slots[:, CHANNEL_BYTE + 1].astype(int) << 8
+        assert sorted(maps[maps != IDLE_COLUMN].tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("w4_kind", ["int4", "pot4"])
+def test_mixed_program_equals_golden(w4_kind, assert_program_equals_golden):
+    """Whole digits-vit with 50% W4 rows per encoder layer on an array with W4 columns, on
+    the interpreter: W8-only layers (patch embedding, head) take more steps than their N
+    needs on all columns; attention stays on the W8 columns (W_SPM)."""
+    design = Design(
+        array=ArrayConfig(groups=1, rows=4, cols=6, vector=8, w4_share=1 / 3, w4_kind=w4_kind),
+        default_w4_ratio=0.5,
+    )
+    cfg = QuantConfig(scheme="mixed", w4_ratio=0.5, w4_kind=w4_kind)
+    _, _, golden, x, _ = prepare("digits-vit", config=cfg, images=4)
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=1, codec=codec)
+    steps = {i.label: i.w_steps for i in compiled.program if i.get("w_steps") and not i.flags & 2}
+    assert steps["patch_embed"] == 16  # 64 W8 rows on 4 W8 columns
+    assert steps["blocks.0.mlp.fc2"] == 11  # ceil(64 / 6): the W4 rows fill the W4 columns
+    assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
+
+
+@pytest.mark.parametrize("w4_kind", ["int4", "pot4"])
+def test_mixed_deit_shaped_program_equals_golden(w4_kind, assert_program_equals_golden):
+    """DeiT-Tiny's width, heads and MLP (2 blocks, 17 tokens) with 50% W4 rows on 2 groups
+    of 4 W8 + 4 W4 columns, on the interpreter."""
+    import torch
+
+    from vitaccel.models.golden import quantize_model
+    from vitaccel.models.specs import ModelSpec
+    from vitaccel.models.zoo import build_float_model
+
+    spec = ModelSpec(name="deit-tiny-mini", img_size=64, patch_size=16, in_chans=3,
+                     num_classes=10, embed_dim=192, depth=2, heads=3, mlp_ratio=4.0)  # fmt: skip
+    gen = torch.Generator().manual_seed(5)
+    cfg = QuantConfig(scheme="mixed", w4_ratio=0.5, w4_kind=w4_kind)
+    golden = quantize_model(build_float_model(spec, seed=1).eval(),
+                            torch.randn(4, 3, 64, 64, generator=gen), cfg)  # fmt: skip
+    design = Design(array=ArrayConfig(groups=2, rows=4, cols=8, vector=8, w4_share=0.5,
+                                      w4_kind=w4_kind))  # fmt: skip
+    w4 = [n for n, layer in golden.linear_layers().items() if layer.weight.kind.any()]
+    assert len(w4) == 8  # qkv, proj, fc1, fc2 of both blocks
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=2, codec=codec, spm_words=1 << 16)
+    patches = golden.quantize_images(torch.randn(2, 3, 64, 64, generator=gen))
+    assert_program_equals_golden(compiled, codec, golden, patches)
+
+
 def test_image_is_deterministic(digits):
     golden, _ = digits
     codec = codec_for(default_design("digits-vit", "zcu102"))
@@ -193,8 +271,6 @@ def test_deit_tiny_program_equals_golden_on_the_interpreter(assert_program_equal
 
 
 def test_unsupported_configurations_are_clear_errors():
-    with pytest.raises(CompileError, match="W8"):
-        GVSACodec(EngineParams(cols=4, w4_share=0.5))
     _, _, golden, _, _ = prepare("digits-vit", images=1)
     with pytest.raises(CompileError, match="scratchpad too small"):
         compile_model(

@@ -14,6 +14,7 @@ from vitaccel.dse.search import (
     explain_unfit,
     explore,
     smallest_design,
+    usage_parts,
 )
 from vitaccel.dse.shapes import spec_of
 
@@ -25,31 +26,34 @@ def _infeasible(model, board, fps, **kw) -> InfeasibleError:
 
 
 def test_nothing_fits_states_needs_against_budget():
-    e = _infeasible("deit-tiny", "kv260", 30)
+    # With the scratchpad and X banks on URAM every zoo model fits every board at 85%; at
+    # 50% DeiT-B on KV260 is short of BRAM36 for its X bank (the scratchpad takes the URAM)
+    e = _infeasible("deit-base", "kv260", 10, max_util=0.5)
     f = e.facts
     assert "0.0 FPS" not in e.message and "\n" not in e.message
     assert f["fits"] is False and f["best_reachable_fps"] is None
     bram = f["resources"]["bram36"]
     budget = get_budget("kv260")
     assert bram["available"] == budget.bram36 == 144
-    assert bram["budget"] == pytest.approx(144 * 0.85, abs=0.05)
+    assert bram["budget"] == pytest.approx(144 * 0.5, abs=0.05)
     assert bram["needed"] > bram["budget"] and f["short"] == ["bram36"] and e.binding == "BRAM"
     assert bram["short_by"] == pytest.approx(bram["needed"] - bram["budget"], abs=0.11)
-    # The parts add up to the need, and the scratchpad is the largest (405 KiB + in BRAM).
+    # The parts add up to the need; the scratchpad is on URAM, so the X buffers are the most.
     assert sum(bram["parts"].values()) == pytest.approx(bram["needed"], abs=0.5)
-    assert max(bram["parts"], key=bram["parts"].get) == "scratchpad"
+    assert max(bram["parts"], key=bram["parts"].get) == "input (X) buffers"
+    assert "scratchpad" not in bram["parts"]
     assert (
-        f"{bram['needed']:.0f} BRAM36 (board: 144, {bram['budget']:.0f} at 85%; "
-        f"{bram['short_by']:.0f} short: scratchpad" in e.message
+        f"{bram['needed']:.0f} BRAM36 (board: 144, {bram['budget']:.0f} at 50%; "
+        f"{bram['short_by']:.0f} short: input (X) buffers" in e.message
     )
-    assert "URAM unused (64 on the board)" in e.message and f["uram"] == {
-        "available": 64,
-        "used": 0,
-    }
-    # What would fit is checked: ZCU102 and ZCU104 take DeiT-Tiny (ZCU104 answers it below).
+    words = 1024 * 1024 // 16  # DeiT-B's activations fill the ISA's 1 MiB scratchpad
+    uram = res.memory_uram288(words, 128)
+    assert uram == 32 and f["uram"] == {"available": 64, "used": uram}
+    assert f"URAM {uram} of 64 (scratchpad {uram})" in e.message
+    # What would fit is checked: ZCU102 and ZCU104 take DeiT-Base (ZCU104 answers it below).
     assert f["would_fit"]["boards"] == ["zcu102", "zcu104"]
-    assert "zcu102, zcu104 fit deit-tiny" in e.message and "spilled to DDR" in e.message
-    explore("deit-tiny", "zcu104", 30)
+    assert "zcu102, zcu104 fit deit-base" in e.message and "spilled to DDR" in e.message
+    assert explore("deit-base", "zcu104", 0.5, max_util=0.5)["fps"] >= 0.5
 
 
 def test_smallest_design_is_the_least_used_shape():
@@ -64,8 +68,6 @@ def test_smallest_design_is_the_least_used_shape():
 
 
 def res_parts(spec, shape):
-    from vitaccel.dse.search import usage_parts
-
     return usage_parts(spec, *shape)
 
 
@@ -78,12 +80,17 @@ def test_usage_parts_match_the_engine_model():
     assert parts["scratchpad"].bram36 == res.spm_bram36(kib * 1024 // 16)
 
 
-def test_max_util_remedy_when_the_board_itself_holds_it():
-    f = explain_unfit("deit-small", "zcu104")
-    need = f["resources"]["bram36"]["needed"] / 312
-    assert need <= 1 and any(r.startswith("--max-util ") for r in f["remedies"])
-    assert f["would_fit"]["boards"] == ["zcu102"]
-    assert "deit-tiny" in f["would_fit"]["models"]
+def test_scratchpad_and_x_banks_take_the_boards_uram():
+    spec = spec_of("deit-tiny")
+    words = min(res.spm_kib_for(spec), 1024) * 1024 // 16
+    parts = usage_parts(spec, 1, 2, 4, 8, budget=get_budget("kv260"))
+    assert parts["scratchpad"] == res.Usage(uram=res.memory_uram288(words, 128))
+    x = parts["input (X) buffers"]
+    assert x.bram36 == 0 and x.uram > 0  # both fit the K26's URAM
+    # no URAM on the ZU9EG: both stay in block RAM
+    parts = usage_parts(spec, 1, 2, 4, 8, budget=get_budget("zcu102"))
+    assert parts["scratchpad"] == res.Usage(bram36=res.spm_bram36(words))
+    assert parts["input (X) buffers"].uram == 0 and parts["input (X) buffers"].bram36 > 0
 
 
 def test_fits_but_too_slow_keeps_best_fps_and_binding():
@@ -94,8 +101,8 @@ def test_fits_but_too_slow_keeps_best_fps_and_binding():
 
 def test_cli_json_carries_the_facts(capsys, tmp_path):
     with pytest.raises(SystemExit) as ex:
-        main(["dse", "--model", "deit-tiny", "--board", "kv260", "--fps", "30",
-              "-o", str(tmp_path / "out"), "--json"])  # fmt: skip
+        main(["dse", "--model", "deit-base", "--board", "kv260", "--fps", "10",
+              "--max-util", "0.5", "-o", str(tmp_path / "out"), "--json"])  # fmt: skip
     assert ex.value.code == 3
     out, err = capsys.readouterr()
     facts = json.loads(out)

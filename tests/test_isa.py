@@ -130,7 +130,7 @@ def test_field_table_drives_encoder_decoder_and_rtl_positions():
     assert i.replace(ddr=16).ddr == 16 and i.replace(ddr=16).spm == 3
     mm = isa.matmul(x=1, x_stride=2, tokens=3, k=4, n=5, y=6, y_stride=7, w_ddr=8, gelu_table=9)
     assert list(mm.fields()) == ["x", "x_stride", "tokens", "k", "n", "y", "y_stride", "w_ddr",
-                                 "gelu_table", "heads"]  # fmt: skip
+                                 "gelu_table", "heads", "w_steps"]  # fmt: skip
     with pytest.raises(ValueError, match="share word f10"):
         isa.Instr(Op.MATMUL, w_spm=1, gelu_table=2)
     with pytest.raises(KeyError, match="LOAD has no field 'tokens'"):

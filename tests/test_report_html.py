@@ -442,3 +442,35 @@ def test_pareto_of_a_build_with_an_fps_target(design_file, tmp_path):
     svg = pareto_svg(p["points"], p["chosen"], budget={"dsp48e2": 2520, "lut": 274080},
                      target_fps=1800)  # fmt: skip
     assert svg.startswith("<svg") and "http" not in svg
+
+
+def test_lanes_per_layer_of_a_mixed_design(design_file):
+    """A design with W4 columns: the report's precision rows say per layer how many rows
+    run on W8 and on W4 lanes (the engine's column plan), the page shows them in a table
+    and the terminal summary totals them."""
+    from rich.console import Console
+
+    from vitaccel.design import ArrayConfig, Design
+    from vitaccel.report.data import layer_lanes
+    from vitaccel.report.html import _accuracy_section
+    from vitaccel.report.terminal import build_summary
+
+    mixed = Design(
+        array=ArrayConfig(groups=1, rows=4, cols=6, vector=8, w4_share=1 / 3, w4_kind="pot4"),
+        default_w4_ratio=0.5,
+    )
+    lanes = layer_lanes(mixed)
+    # fc1: 128 rows, 64 pot4; 22 steps of 2 W4 columns hold 44 of them, the rest on W8
+    assert lanes["blocks.0.mlp.fc1"] == {"w8": 84, "w4": 44, "steps": 22}
+    assert lanes["patch_embed"] == {"w8": 64, "w4": 0, "steps": 16}  # 4 W8 columns
+    assert all(r["w4"] == 0 for r in layer_lanes(Design()).values())
+    prec = [{"name": n, "w4_ratio": 0.5, **r} for n, r in lanes.items()]
+    page = _accuracy_section({"summary": None, "design_report": {}, "design": mixed,
+                              "precision": prec, "per_layer_error": None})  # fmt: skip
+    assert "rows on pot4 lanes" in page and "<td class=n>44</td>" in page
+    buf = io.StringIO()
+    Console(file=buf, width=100, color_system=None).print(
+        build_summary(_build_summary(design_file), mixed)
+    )
+    on_w4 = sum(r["w4"] for r in lanes.values())
+    assert f"{on_w4:,} of" in buf.getvalue() and "pot4 lanes" in buf.getvalue()

@@ -217,6 +217,9 @@ def test_pe_parameters_are_validated():
         W4PE(vector=4, kind="int3")
     with pytest.raises(ValueError, match="w4_kind"):
         GVSArray(groups=1, rows=2, cols=2, vector=2, w4_kind="fp4")
+    # the accumulator limits are the design file's (design.ACC_BITS), one definition
+    with pytest.raises(ValueError, match=r"acc_bits must be an integer in 16\.\.48, not 64"):
+        W8PairPE(vector=4, acc_bits=64)
 
 
 def test_yosys_dsp48e2_count_is_half_the_w8_macs():

@@ -52,6 +52,8 @@ def test_params_from_design():
     assert (p.x_beat, p.spm_banks, p.engine.x_beat) == (1, 1, 1)
     wide = TopParams(Design(array=ArrayConfig(vector=16), datapath_bytes=64))
     assert (wide.x_beat, wide.spm_banks, wide.engine.x_words % 4) == (4, 4, 0)
+    # the sizes (and the compiler's codec) take W4 columns; the RTL refuses them (below)
+    assert TopParams(Design(array=ArrayConfig(w4_share=0.5))).engine.cols_w4 > 0
 
 
 @pytest.mark.parametrize(

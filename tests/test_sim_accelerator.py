@@ -4,6 +4,7 @@ logits out, equal to the golden model for every image (cocotbext-axi DDR and hos
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_TOP
 
 from vitaccel.compile.compiler import compile_model, spm_layout
 from vitaccel.compile.driver import Driver
@@ -111,17 +112,10 @@ def test_digits_compact_layout_bit_exact():
     before the block, keeps one residual buffer (fused residual adds with Y == A, in place)
     and runs QK^T / SOFTMAX / P x V per chunk of 2 heads; 2 groups, so heads mode. Two
     images: the second must start from block 0's constants again, which the last block's
-    LOAD replaced in the shared slot. The build also has a 32-byte datapath (the SPM in 2
-    banks, X beats of 2 k-steps: heads mode with zero beats for the idle group, X_KEEP),
-    so the default suite checks the banked scratchpad without a build of its own."""
-    base = default_design("digits-vit", "zcu102")
-    design = base.model_copy(
-        update={
-            "array": ArrayConfig(groups=2, rows=2, cols=8, vector=8),
-            "spm_kib": 10,
-            "datapath_bytes": 32,
-        }
-    )
+    LOAD replaced in the shared slot. The design is tests/conftest.SMALL_TOP, whose
+    Verilator build tests/test_sim_top.py shares (weights over its two AXI ports)."""
+    design = SMALL_TOP
+    assert design.spm_kib == 10 and design.array.groups == 2
     golden, patches, want, _ = _digits(design, 2)
     assert spm_layout(golden.spec, design.spm_kib * 64).att_heads == 2 < golden.spec.heads
     for j, r in enumerate(_run(design, golden, patches, compact=True, pause=0.1, seed=6)):

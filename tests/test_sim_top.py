@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SMALL_TOP
 
 from vitaccel import isa
 from vitaccel.compile.compiler import spm_rows
 from vitaccel.compile.interp import run as interp_run
-from vitaccel.design import ArrayConfig, Design, NonlinearConfig
 from vitaccel.flow.codec import codec_for
 from vitaccel.isa import STATUS_DONE, STATUS_ERROR
 from vitaccel.quant.ref import gelu_lut
@@ -24,19 +24,7 @@ from vitaccel.quant.scales import dyadic
 from vitaccel.rtl.top import TopParams
 from vitaccel.sim.tb_top import default_regs, run_top
 
-# Small but complete: 2 groups (heads mode), 2x8 PEs of 8 lanes (an output step of 16
-# channels: whole SPM words, so the residual add can be fused), 4-lane nonlinear units, the
-# weights over two AXI ports (tests/test_sim_accelerator.py runs whole models on one).
-DESIGN = Design(
-    weight_ports=2,
-    array=ArrayConfig(groups=2, rows=2, cols=8, vector=8),
-    nonlinear=NonlinearConfig(
-        gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=64
-    ),
-    spm_kib=32,
-    input_buffer_kib=8,  # X banks of 256 words: digits-vit (17 tokens, K <= 128) fits
-    weight_buffer_kib=2,
-)
+DESIGN = SMALL_TOP  # shared with test_sim_accelerator's compact layout (one build)
 PARAMS = TopParams(DESIGN)
 SPM_WORDS = PARAMS.spm_words
 BASE = 0x0004_0000  # DDR byte address of the image (PROG_ADDR = DATA_BASE)

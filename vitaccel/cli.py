@@ -108,6 +108,7 @@ def main_group():
     \b
     quantize  float model -> integer golden model, accuracy against float
     dse       model + board + FPS target -> design file, Pareto front
+    bench     per model: best FPS, % of board peak, cycles by cause, binding (predicted)
     generate  design file (or one unit) -> Verilog, Vivado project, resources
     sim       RTL co-simulation on Verilator, bit-exact against the golden model
     report    roofline and design reports
@@ -173,20 +174,25 @@ _SOFTMAX_OUTPUT_HELP = (
 _W4_KINDS = ["int4", "pot4"]
 
 
+def _scheme_options(f):
+    """--scheme, --w4-ratio, --w4-kind: the weight scheme, the same for quantize and build."""
+    f = _pick("--w4-kind", choices=_W4_KINDS, default="int4")(f)
+    f = click.option(
+        "--w4-ratio",
+        type=float,
+        default=0.5,
+        show_default=True,
+        help="W4 share of each encoder linear layer (mixed)",
+    )(f)
+    return _pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")(f)
+
+
 @main_group.command()
 @click.option(
     "--model", "model_name", default="digits-vit", show_default=True, help="zoo model name"
 )
 @_path("--weights", file=True, help="checkpoint (.safetensors or torch .pth)")
-@_pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")
-@click.option(
-    "--w4-ratio",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="W4 share of each encoder linear layer (mixed)",
-)
-@_pick("--w4-kind", choices=_W4_KINDS, default="int4")
+@_scheme_options
 @_pick("--softmax-output", choices=["uint8", "log2"], default="uint8", help=_SOFTMAX_OUTPUT_HELP)
 @_number("--images", lo=1, help="images to evaluate (default: digits test split / 8)")
 @click.option(
@@ -498,16 +504,32 @@ def _sim_model(model_name, design_path, weights, images, engine, stall, seed) ->
     default=0.85,
     help="max fraction of each resource",
 )
+@_pick(
+    "--precision",
+    choices=["mixed", "w8"],
+    default="mixed",
+    help="mixed: W4 columns and per-layer W4 ratios allowed; w8: all-W8 arrays",
+)
+@_number(
+    "--max-drop",
+    lo=0.0,
+    hi=100.0,
+    default=0.5,
+    help="top-1 agreement with W8A8 the W4 rows may cost, in points (measured sensitivity)",
+)
 @_out_dir(default=Path("vitaccel-dse"))
 @_json_flag()
-def dse(model_name, board, fps, max_util, out_dir, as_json):
+def dse(model_name, board, fps, max_util, precision, max_drop, out_dir, as_json):
     """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
     from vitaccel.dse.search import InfeasibleError, explore
 
     if not (fps > 0 and math.isfinite(fps)):  # inf would run the whole search to fail
         raise CliError(f"--fps must be a finite number > 0, got {fps}")
     try:
-        result = explore(model_name, board, fps, max_util=max_util, out_dir=out_dir)
+        result = explore(
+            model_name, board, fps, max_util=max_util, out_dir=out_dir, precision=precision,
+            max_drop=max_drop,
+        )  # fmt: skip
     except InfeasibleError as err:
         if as_json:  # the same facts as fields on stdout; the one line still goes to stderr
             _emit({"feasible": False, **err.facts}, as_json)
@@ -518,9 +540,42 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
 
 
 @main_group.command()
+@click.option(
+    "--models",
+    default="deit-tiny,deit-small,deit-base",
+    show_default=True,
+    help="comma-separated zoo models",
+)
+@click.option("--board", default="zcu102", show_default=True)
+@_number("--max-util", lo=0.05, hi=1.0, default=0.85, help="max fraction of each resource")
+@_pick("--precision", choices=["mixed", "w8"], default="w8",
+       help="w8: all-W8 arrays; mixed: W4 columns allowed")  # fmt: skip
+@_json_flag()
+def bench(models, board, max_util, precision, as_json):
+    """Per model, the fastest design's FPS, % of board peak, cycles by cause, binding (predicted)."""
+    from vitaccel.dse.benchmark import bench as run_bench
+    from vitaccel.models.zoo import ZOO
+
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = [m for m in names if m not in ZOO]
+    if unknown or not names:
+        raise CliError(
+            f"--models: unknown model {', '.join(unknown) or '(none given)'}; "
+            f"allowed: {', '.join(sorted(ZOO))}"
+        )
+    rows = run_bench(names, board, max_util=max_util, precision=precision)
+    if as_json:
+        _emit({"source": "cycle-model prediction", "rows": rows}, as_json)
+        return
+    from vitaccel.dse.render import print_bench
+
+    print_bench(rows)
+
+
+@main_group.command()
 @click.option("--models", required=True, help="comma-separated zoo models")
 @click.option("--boards", required=True, help="comma-separated boards")
-@click.option("--fps", "fps_list", required=True, help="comma-separated FPS targets")
+@click.option("--fps", required=True, help="comma-separated FPS targets")
 @_number(
     "--synth-top",
     lo=0,
@@ -547,22 +602,13 @@ def dse(model_name, board, fps, max_util, out_dir, as_json):
 @_out_dir(required=True)
 @click.option("--resume", is_flag=True, help="reuse a folder that holds another sweep's results")
 @_json_flag()
-def sweep(
-    models, boards, fps_list, synth_top, images, max_util, scheduler, workers, out_dir, resume,
-    as_json,
-):  # fmt: skip
+def sweep(scheduler, workers, out_dir, resume, as_json, **query):
     """Explore (and synthesise, simulate) every model x board x FPS on Dask; exit 1 on a failure."""
     from vitaccel.flow.sweep import SweepError, parse_spec, print_sweep, run_sweep
 
     try:
-        spec = parse_spec(
-            models=models,
-            boards=boards,
-            fps=fps_list,
-            synth_top=synth_top,
-            images=images,
-            max_util=max_util,
-        )
+        # the query options (--models ... --max-util) are parse_spec's keywords, by name
+        spec = parse_spec(**query)
         results = run_sweep(spec, out_dir, scheduler=scheduler, workers=workers, resume=resume)
     except SweepError as err:
         raise CliError(str(err)) from None
@@ -666,8 +712,11 @@ def _check_writable(path: Path, option: str) -> None:
     show_default=True,
     help="count resources by Yosys synthesis (minutes, cached) or by the DSE resource model",
 )
+@_scheme_options
 @_json_flag()
-def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
+def build(
+    model_name, board, fps, images, weights, out_dir, synth, scheme, w4_ratio, w4_kind, as_json
+):
     """Quantize, design, compile, generate, synthesise and co-simulate one model on one board;
     write DIR/report.html (docs/report.md)."""
     from vitaccel.boards import get_board
@@ -677,10 +726,15 @@ def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
     get_board(board)
     if fps is not None and not fps > 0:
         raise CliError(f"--fps must be > 0, got {fps}")
+    if not 0.0 <= w4_ratio <= 1.0:
+        raise CliError(f"--w4-ratio must be in [0, 1], got {w4_ratio}")
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
-    from vitaccel.flow.build import BuildOptions
+    from vitaccel.flow.build import BuildOptions, default_design, design_for_scheme
     from vitaccel.flow.build import build as run_build
+
+    if fps is None:  # the default design's scheme errors before any step starts
+        design_for_scheme(default_design(model_name, board), scheme, w4_ratio, w4_kind)
 
     opts = BuildOptions(
         model=model_name,
@@ -690,6 +744,9 @@ def build(model_name, board, fps, images, weights, out_dir, synth, as_json):
         out_dir=out_dir,
         weights=weights,
         synth=synth,
+        scheme=scheme,
+        w4_ratio=w4_ratio,
+        w4_kind=w4_kind,
     )
     from vitaccel.flow.progress import BuildProgress
 

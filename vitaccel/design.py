@@ -162,6 +162,14 @@ class Design(_Strict):
     weight_buffer_kib: int = Field(64, ge=1, le=32768)
     output_buffer_kib: int = Field(64, ge=1, le=32768)
     spm_kib: int = Field(256, ge=1, le=1024, description="scratchpad KiB (16-bit word addresses)")
+    spm_memory: Literal["bram", "uram"] = Field(
+        "bram",
+        description="what the scratchpad is built from: block RAM (RAMB36/18) or UltraRAM "
+        "(URAM288, 4096 x 72; boards with URAM: zcu104, kv260)",
+    )
+    x_memory: Literal["bram", "uram"] = Field(
+        "bram", description="what the matmul engine's X banks are built from (as spm_memory)"
+    )
     weight_ports: int = Field(
         1,
         ge=1,
@@ -184,6 +192,16 @@ class Design(_Strict):
                 f"weight_ports ({self.weight_ports}) must divide array.groups * array.cols "
                 f"({cols}): every port streams the same number of columns"
             )
+        for field in ("spm_memory", "x_memory"):
+            if getattr(self, field) == "uram":
+                from vitaccel.boards.devices import DEVICES
+
+                if not DEVICES[self.board].uram:
+                    with_uram = ", ".join(n for n, d in DEVICES.items() if d.uram)
+                    raise ValueError(
+                        f"{field} 'uram' needs UltraRAM; board {self.board} has none "
+                        f"(boards with URAM: {with_uram})"
+                    )
         if self.array.w4_share == 0.0 and (
             self.default_w4_ratio > 0 or any(layer.w4_ratio > 0 for layer in self.layers.values())
         ):

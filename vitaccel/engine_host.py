@@ -29,9 +29,11 @@ __all__ = [
     "LOG2_CODE_BITS",
     "POT4_ZERO",
     "pot4_code",
+    "lane_weights",
     "EngineParams",
     "ColumnPlan",
     "plan_columns",
+    "lane_rows",
     "Job",
     "pack_job",
     "unpack_outputs",
@@ -56,6 +58,17 @@ def pot4_code(q):
         raise ValueError("pot4 weights must be 0 or +-2**s with s in 0..6")
     shift = np.where(mag > 0, np.log2(np.maximum(mag, 1)).astype(np.int64), 7)
     return np.where(mag > 0, ((q < 0).astype(np.int64) << 3) | shift, POT4_ZERO)
+
+
+def lane_weights(codes, w4_kind: str) -> np.ndarray:
+    """The weights a W4 lane computes with from its 4-bit codes (the inverse of the packing
+    in :func:`pack_job`): int4 two's complement, or the :func:`pot4_code` code."""
+    codes = np.asarray(codes, dtype=np.int64) & 0xF
+    if w4_kind == "int4":
+        return np.where(codes > 7, codes - 16, codes)
+    shift = codes & 0b111
+    mag = np.where(shift == 7, 0, 1 << np.minimum(shift, 6))
+    return np.where(codes >> 3, -mag, mag)
 
 
 def _bits(n: int) -> int:
@@ -96,6 +109,9 @@ class EngineParams(ArrayGeometry):
         stream p carries the columns ``p*G*C/P .. (p+1)*G*C/P - 1`` of every step (see
         :func:`split_w_stream`), so a step loads in ``G*C*(KS+1)/P`` cycles. ``G*C`` must
         be a multiple of it.
+    x_memory : {"bram", "uram"}
+        ``"uram"`` marks the X banks ``ram_style = "ultra"`` (URAM288 in Yosys and Vivado;
+        still one cycle to read, see ``dse.resources.memory_uram288``).
     """
 
     groups: int = 1
@@ -112,12 +128,15 @@ class EngineParams(ArrayGeometry):
     log2: bool = False
     w_ports: int = 1
     x_beat: int = 1
+    x_memory: str = "bram"
 
     def __post_init__(self):
         for name in ("groups", "rows", "cols", "vector", "x_words", "max_ksteps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.x_memory not in ("bram", "uram"):
+            raise ValueError(f"x_memory must be 'bram' or 'uram', not {self.x_memory!r}")
         if self.w4_kind not in ("int4", "pot4"):
             raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
         if self.in_bits != 8:
@@ -279,6 +298,17 @@ def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
     if heads:
         channel = np.repeat(channel, params.groups, axis=1)
     return ColumnPlan(channel)
+
+
+def lane_rows(n: int, n4: int, params: EngineParams) -> dict[str, int]:
+    """Where :func:`plan_columns` puts an ``n``-row layer with ``n4`` rows of the array's
+    W4 kind: ``{"w8": rows on W8 lanes, "w4": rows on W4 lanes, "steps": output steps}``
+    (the design report's per-layer lanes; which rows are W4 does not change the counts)."""
+    kind = np.zeros(n, dtype=np.int64)
+    kind[:n4] = WEIGHT_KINDS.index(params.w4_kind)
+    ch = plan_columns(kind, params).channel
+    on_w4 = int((ch[:, :, params.cols_w8 :] >= 0).sum())
+    return {"w8": n - on_w4, "w4": on_w4, "steps": int(ch.shape[0])}
 
 
 @dataclass

@@ -194,6 +194,12 @@ FORMATS: dict[Op, Format] = {
                 Field("residual_shift", 13, doc="residual-add shift", when="RESADD"),
                 Field("head_w_step", 14, doc="W base step per head", when="HEADS"),
                 Field("head_y_step", 15, doc="Y base step per head", when="HEADS"),
+                Field(
+                    "w_steps",
+                    15,
+                    doc="output steps of the packed W stream (0: ceil(N/(G*C)))",
+                    when="~HEADS",
+                ),
             ),
             MatmulFlags,
             doc="Y = requant(X W^T + b) on the GVSA",

@@ -60,3 +60,12 @@ def content_hash(*parts: str | bytes, length: int = 16) -> str:
         h.update(p.encode() if isinstance(p, str) else p)
         h.update(b"\0")
     return h.hexdigest()[:length]
+
+
+def cache_dir(kind: str) -> Path:
+    """``$VITACCEL_CACHE/kind`` (default ``$XDG_CACHE_HOME/vitaccel/kind``, i.e.
+    ``~/.cache/vitaccel/kind``): the user's cache of one kind of derived result."""
+    root = os.environ.get("VITACCEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitaccel"
+    )
+    return Path(root) / kind

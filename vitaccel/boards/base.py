@@ -21,6 +21,7 @@ __all__ = [
     "BoardError",
     "get_board",
     "get_budget",
+    "load_platforms",
     "pl_ddr_gbps",
     "register_board",
     "user_io_resources",
@@ -75,6 +76,8 @@ class BoardBudget:
         design clock may be lower: see :meth:`axi_gbps`.
     ddr_mts, ddr_bits : int
         The PS DDR the figure comes from: transfer rate (MT/s) and bus width.
+    ddr_gib : int
+        PS DDR size, GiB: what holds the program, the packed weights and the images.
     ps : str
         Vivado IP name of the processing system (``"zynq_ultra_ps_e"``).
     vivado_board_part : str
@@ -103,6 +106,7 @@ class BoardBudget:
     ddr_gbps: float
     ddr_mts: int
     ddr_bits: int
+    ddr_gib: int
     vivado_board_part: str
     pl_clocks_mhz: tuple[float, ...]
     default_clock_mhz: float
@@ -125,6 +129,7 @@ class BoardBudget:
             "bram36",
             "ddr_mts",
             "ddr_bits",
+            "ddr_gib",
             "hp_ports",
             "hp_data_bits",
         ):
@@ -160,6 +165,10 @@ class BoardBudget:
     @property
     def speed(self) -> str:
         return self.part.split("-", 2)[2]
+
+    @property
+    def ddr_bytes(self) -> int:
+        return self.ddr_gib << 30
 
     @property
     def bram18(self) -> int:
@@ -238,10 +247,33 @@ def register_board(platform_cls: type) -> type:
         raise ValueError(
             f"{platform_cls.__name__}: platform part {part!r} != budget part {budget.part!r}"
         )
+    from .devices import DEVICES
+
+    if DEVICES.get(budget.name) is not budget:
+        raise ValueError(
+            f"{platform_cls.__name__}: its budget must be devices.DEVICES[{budget.name!r}]"
+        )
     if budget.name in BOARDS and BOARDS[budget.name] is not platform_cls:
         raise ValueError(f"Board {budget.name!r} is registered twice")
     BOARDS[budget.name] = platform_cls
     return platform_cls
+
+
+def load_platforms() -> dict[str, type]:
+    """Import every board's platform module (Amaranth), which registers it in :data:`BOARDS`.
+
+    Every module of this package other than ``base``, ``devices`` and ``vivado`` is a board.
+    Only what builds or names platforms calls this: the budgets are in :mod:`.devices`,
+    which the explorer reads without importing Amaranth.
+    """
+    import importlib
+    import pkgutil
+
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if module.name not in ("base", "devices", "vivado") and not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")
+    return BOARDS
 
 
 def get_board(name: str) -> type:
@@ -252,12 +284,10 @@ def get_board(name: str) -> type:
     BoardError
         If no board has that name; the message lists the known ones.
     """
-    try:
-        return BOARDS[name]
-    except (KeyError, TypeError):
-        raise BoardError(
-            f"unknown board {name!r}; choose one of: {', '.join(sorted(BOARDS))}"
-        ) from None
+    from .devices import device_budget
+
+    device_budget(name)  # an unknown name fails here, before Amaranth is imported
+    return load_platforms()[name]
 
 
 def get_budget(board: object) -> BoardBudget:
@@ -265,7 +295,9 @@ def get_budget(board: object) -> BoardBudget:
     if isinstance(board, BoardBudget):
         return board
     if isinstance(board, str):
-        return get_board(board).budget
+        from .devices import device_budget
+
+        return device_budget(board)
     budget = getattr(board, "budget", None)
     if isinstance(budget, BoardBudget):
         return budget

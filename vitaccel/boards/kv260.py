@@ -17,50 +17,21 @@ from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Sign
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.vendor import XilinxPlatform
 
-from .base import BoardBudget, pl_ddr_gbps, register_board
+from .base import register_board
+from .devices import DEVICES
 
 __all__ = ["KV260Platform"]
 
 
 @register_board
 class KV260Platform(XilinxPlatform):
-    device = "xck26"
-    package = "sfvc784"
-    speed = "2LV-c"
+    budget = DEVICES["kv260"]
+    # the part is the device table's, so the platform cannot disagree with it
+    device, package, speed = budget.device, budget.package, budget.speed
     # No PL clock pin: see create_missing_domain.
     default_clk = None
     default_rst = None
     ps_clk_frequency = 100e6
-
-    budget = BoardBudget(
-        name="kv260",
-        part="xck26-sfvc784-2LV-c",
-        dsp48e2=1248,
-        lut=117120,
-        ff=234240,
-        bram36=144,
-        uram=64,
-        # PS DDR4: 4 GB of x16 components on a 64-bit bus at DDR4-2400 (the K26
-        # preset's speed bin): 19.2 GB/s peak, 15.36 usable.
-        ddr_mts=2400,
-        ddr_bits=64,
-        ddr_gbps=pl_ddr_gbps(ddr_mts=2400, ddr_bits=64),
-        vivado_board_part="xilinx.com:kv260_som:part0:1.4",
-        pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
-        default_clock_mhz=200.0,
-        sources=(
-            "dsp48e2, lut, ff, bram36, uram: DS987 Kria K26 SOM data sheet and the Kria KV260 "
-            "app docs resource table (1248 DSP48E2, 117120 LUT, 234240 FF, 144 BRAM36, "
-            "64 URAM288)",
-            "ddr_mts, ddr_bits: DS987 (4 GB DDR4, 64 bit) and the Vivado kv260_som board "
-            "preset (DDR4 2400, 64 bit)",
-            "ddr_gbps: ddr_mts x ddr_bits / 8 x base.DDR_EFFICIENCY (0.8, a planning figure, "
-            "not a measurement on the board)",
-            "hp_ports, hp_data_bits: UG1085 Zynq UltraScale+ MPSoC TRM, the four 128-bit "
-            "S_AXI_HP0..3_FPD PS slave ports (the K26 is a ZU5EV-class XCK26)",
-            "pins: public KV260 XDCs (PMOD J2, fan enable)",
-        ),
-    )
 
     # Pin tables stay one resource per line, as in amaranth-boards.
     # fmt: off

@@ -14,47 +14,19 @@ from __future__ import annotations
 from amaranth.build import Connector
 from amaranth.vendor import XilinxPlatform
 
-from .base import BoardBudget, pl_ddr_gbps, register_board, user_io_resources
+from .base import register_board, user_io_resources
+from .devices import DEVICES
 
 __all__ = ["ZCU102Platform"]
 
 
 @register_board
 class ZCU102Platform(XilinxPlatform):
-    device = "xczu9eg"
-    package = "ffvb1156"
-    speed = "2-e"
+    budget = DEVICES["zcu102"]
+    # the part is the device table's, so the platform cannot disagree with it
+    device, package, speed = budget.device, budget.package, budget.speed
     default_clk = "clk125"
     default_rst = "rst"
-
-    budget = BoardBudget(
-        name="zcu102",
-        part="xczu9eg-ffvb1156-2-e",
-        dsp48e2=2520,
-        lut=274080,
-        ff=548160,
-        bram36=912,
-        uram=0,
-        # PS DDR4: 64-bit SODIMM, run by the board preset at DDR4-2133
-        # (PSU__DDRC__SPEED_BIN DDR4_2133P): 17.06 GB/s peak, 13.65 usable.
-        ddr_mts=2133,
-        ddr_bits=64,
-        ddr_gbps=pl_ddr_gbps(ddr_mts=2133, ddr_bits=64),
-        vivado_board_part="xilinx.com:zcu102:part0:3.4",
-        pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
-        default_clock_mhz=200.0,
-        sources=(
-            "dsp48e2, lut, ff, bram36, uram: DS891 Zynq UltraScale+ MPSoC product overview, "
-            "ZU9EG column (2520 DSP48E2, 274080 LUT, 548160 FF, 912 BRAM36, no UltraRAM)",
-            "ddr_mts, ddr_bits: UG1182 ZCU102 board user guide (PS DDR4, 64-bit SODIMM) and the "
-            "Vivado ZCU102 board preset (PSU__DDRC__SPEED_BIN DDR4_2133P)",
-            "ddr_gbps: ddr_mts x ddr_bits / 8 x base.DDR_EFFICIENCY (0.8, a planning figure, "
-            "not a measurement on the board)",
-            "hp_ports, hp_data_bits: UG1085 Zynq UltraScale+ MPSoC TRM, the four 128-bit "
-            "S_AXI_HP0..3_FPD PS slave ports",
-            "pins: UG1182 GPIO pin table and the ZCU102 master XDC",
-        ),
-    )
 
     resources = user_io_resources(
         # CLK_125 from the SI5341B clock generator, in an HD bank (hence LVDS_25, as in

@@ -13,49 +13,19 @@ from __future__ import annotations
 from amaranth.build import Connector
 from amaranth.vendor import XilinxPlatform
 
-from .base import BoardBudget, pl_ddr_gbps, register_board, user_io_resources
+from .base import register_board, user_io_resources
+from .devices import DEVICES
 
 __all__ = ["ZCU104Platform"]
 
 
 @register_board
 class ZCU104Platform(XilinxPlatform):
-    device = "xczu7ev"
-    package = "ffvc1156"
-    speed = "2-e"
+    budget = DEVICES["zcu104"]
+    # the part is the device table's, so the platform cannot disagree with it
+    device, package, speed = budget.device, budget.package, budget.speed
     default_clk = "clk125"
     default_rst = "rst"
-
-    budget = BoardBudget(
-        name="zcu104",
-        part="xczu7ev-ffvc1156-2-e",
-        dsp48e2=1728,
-        lut=230400,
-        ff=460800,
-        bram36=312,
-        uram=96,
-        # PS DDR4: 2 GB of x16 components on a 64-bit bus, run by the board
-        # preset at DDR4-2133 (PSU__DDRC__SPEED_BIN DDR4_2133P): 17.06 GB/s
-        # peak, 13.65 usable.
-        ddr_mts=2133,
-        ddr_bits=64,
-        ddr_gbps=pl_ddr_gbps(ddr_mts=2133, ddr_bits=64),
-        vivado_board_part="xilinx.com:zcu104:part0:1.1",
-        pl_clocks_mhz=(100.0, 125.0, 150.0, 200.0, 250.0, 300.0),
-        default_clock_mhz=200.0,
-        sources=(
-            "dsp48e2, lut, ff, bram36, uram: DS891 Zynq UltraScale+ MPSoC product overview, "
-            "ZU7EV column (1728 DSP48E2, 230400 LUT, 460800 FF, 312 BRAM36, 96 URAM288)",
-            "ddr_mts, ddr_bits: UG1267 ZCU104 board user guide (PS DDR4, 2 GB of x16 "
-            "components, 64 bit) and the Vivado ZCU104 board preset "
-            "(PSU__DDRC__SPEED_BIN DDR4_2133P)",
-            "ddr_gbps: ddr_mts x ddr_bits / 8 x base.DDR_EFFICIENCY (0.8, a planning figure, "
-            "not a measurement on the board)",
-            "hp_ports, hp_data_bits: UG1085 Zynq UltraScale+ MPSoC TRM, the four 128-bit "
-            "S_AXI_HP0..3_FPD PS slave ports",
-            "pins: UG1267 GPIO pin table and the ZCU104 master XDC",
-        ),
-    )
 
     resources = user_io_resources(
         clk125=("F23", "E23", "LVDS"),

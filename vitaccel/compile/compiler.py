@@ -78,17 +78,25 @@ class WCodec:
     interface the compiler and interpreter use.
     """
 
+    # True when columns are not in channel order (W4 columns): MATMULs then say w_steps
+    mixed: bool = False
+
     def pack(
         self, q: np.ndarray, kind: np.ndarray, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray
     ) -> bytes:
         raise NotImplementedError
 
     def unpack(
-        self, raw: bytes, n: int, k: int
+        self, raw: bytes, n: int, k: int, nsteps: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def stream_bytes(self, n: int, k: int) -> int:
+    def stream_bytes(self, n: int, k: int, nsteps: int | None = None) -> int:
+        raise NotImplementedError
+
+    def steps_of(self, raw: bytes, k: int) -> int:
+        """Output steps of a packed stream; the MATMUL's ``w_steps`` when it is not the
+        default ``ceil(N / (groups*cols))``."""
         raise NotImplementedError
 
 
@@ -223,6 +231,7 @@ def compile_model(
     const_off = align(prog_bytes)
     at = align(const_off + len(const_raw))
     w_offsets = {}
+    w_raw = dict(weights)
     for idx, raw in weights:
         w_offsets[idx] = at
         at += align(len(raw))
@@ -238,6 +247,9 @@ def compile_model(
             fields["ddr"] = out_off
         elif idx in w_offsets:
             fields["w_ddr"] = w_offsets[idx]
+            if codec.mixed:
+                # mixed W4/W8 columns: the plan's steps (may exceed ceil(N / (G*C)))
+                fields["w_steps"] = codec.steps_of(w_raw[idx], ins.k)
         if fields:
             prog[idx] = ins.replace(**fields)
 

@@ -119,8 +119,9 @@ def _matmul(m: Machine, i: isa.Instr, codec) -> None:
             shift = np.full(n, i.shift, dtype=np.int64)
         else:
             off = i.w_ddr
-            raw = bytes(m.ddr[off : off + codec.stream_bytes(n, k)])
-            w, bias, mult, shift = codec.unpack(raw, n, k)
+            steps = 0 if MatmulFlags.HEADS in fl else i.get("w_steps", 0)
+            raw = bytes(m.ddr[off : off + codec.stream_bytes(n, k, steps or None)])
+            w, bias, mult, shift = codec.unpack(raw, n, k, steps or None)
         y = ref.requantize(ref.matmul_int(x, w, bias), mult, shift)
         if MatmulFlags.GELU in fl:
             y = ref.lut_lookup(y, _gelu_table(m, i.gelu_table))

@@ -16,9 +16,13 @@ import json
 import time
 from pathlib import Path
 
-from vitaccel.dse.search import _arrays, _fit_mask, binding_of, search, to_design
+from vitaccel.dse.causes import CAUSES, cause_totals
+from vitaccel.dse.search import _arrays, _fit_mask, binding_of, precision_mask, search, to_design
 
-__all__ = ["GOALS", "REFERENCES", "run_goal", "benchmark"]
+__all__ = ["GOALS", "REFERENCES", "BENCH_MODELS", "run_goal", "benchmark", "bench"]
+
+# `vitaccel bench`'s default models.
+BENCH_MODELS = ("deit-tiny", "deit-small", "deit-base")
 
 # (model, precision, FPS goal)
 GOALS = (
@@ -42,7 +46,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
     t0 = time.monotonic()
     result = search(model, board)
     pool = result["pool"]
-    select = np.array([precision == "mixed" or c.w4_share == 0 for c in pool], dtype=bool)
+    select = precision_mask(pool, precision)
     mask = _fit_mask(result) & select
     binding, best_fps = binding_of(result, select)
     fps = _arrays(result)["fps"]
@@ -55,6 +59,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
     est = estimate(design, budget=result["budget"], spec=spec)
     by_bound = est.by_bound()
     total = est.cycles
+    causes = cause_totals(design, budget=result["budget"])
     # What each resource limit is worth: the best FPS with that one limit doubled.
     relaxed = {}
     for kind, label in (("dsp48e2", "DSP"), ("lut", "LUT"), ("ff", "FF"), ("bram36", "BRAM")):
@@ -94,6 +99,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
         },  # fmt: skip
         "cycles": total,
         "cycle_share": {k: round(v / total, 3) for k, v in sorted(by_bound.items())},
+        "cause_share": {k: round(v / total, 3) for k, v in causes.items()},
         "relaxed_fps": relaxed,
         "linear_dsp_efficiency": round(linear_eff, 3),
         "linear_dsp_reached": linear_eff >= LINEAR_DSP_GOAL,
@@ -101,13 +107,97 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
             k: round(v / linear_cycles, 3) for k, v in sorted(linear_bound.items())
         },
         "w4_layers": len(best.ratios),
-        "predicted_error": round(best.error, 6),
+        "predicted_drop": round(best.error, 4),  # top-1 agreement points vs W8A8
         "seconds": round(time.monotonic() - t0, 2),
     }
 
 
 def benchmark(board: str = "zcu102") -> list[dict]:
     return [run_goal(m, p, g, board) for m, p, g in GOALS]
+
+
+def bench(
+    models: tuple[str, ...] = BENCH_MODELS,
+    board: str = "zcu102",
+    *,
+    max_util: float = 0.85,
+    precision: str = "w8",
+) -> list[dict]:
+    """Per model, the explorer's fastest design on ``board`` within ``max_util`` of every
+    resource: FPS, share of the board's peak, cycles by cause and what binds.
+
+    Every figure is a **cycle-model prediction** (:mod:`vitaccel.dse.cost`, priced on the
+    scheduler's program), not an RTL run. The peak is 2 MACs per DSP48E2 x the board's DSPs x
+    the design's clock (:func:`vitaccel.report.data.performance`).
+
+    Parameters
+    ----------
+    models : tuple of str
+        Zoo model names.
+    board : str
+        A known board.
+    max_util : float
+        The share of each resource a design may use.
+    precision : {"w8", "mixed"}
+        ``w8``: all-W8 arrays only; ``mixed``: W4 columns allowed.
+
+    Returns
+    -------
+    list of dict
+        One row per model: ``model``, ``board``, ``precision``, ``source``, ``fits``;
+        when a design fits, ``design`` (its shape), ``clock_mhz``, ``fps``, ``peak_share``,
+        ``cycles``, ``cycles_by_cause`` ({cause: cycles}), ``cause_share`` ({cause: share},
+        summing to 1), ``binding``, ``binding_text``, ``lifted_fps``, ``util``; otherwise
+        ``message`` (why nothing fits).
+    """
+    from vitaccel.dse.search import PRECISIONS, _shape_text, diagnose, explain_unfit
+    from vitaccel.report.data import performance
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    rows = []
+    for model in models:
+        result = search(model, board, max_util=max_util)
+        d = diagnose(result, precision_mask(result["pool"], precision))
+        best = d["best"]
+        row = {"model": model, "board": result["budget"].name, "precision": precision,
+               "source": "cycle-model prediction", "fits": best is not None}  # fmt: skip
+        if best is None:
+            row["message"] = explain_unfit(model, board, max_util=max_util)["message"]
+            rows.append(row)
+            continue
+        spec = result["model"].spec
+        design = to_design(best, spec.name, result["budget"].name, best.clock_mhz, spec)
+        perf = performance(design)
+        causes = cause_totals(design, budget=result["budget"])
+        total = sum(causes.values())
+        row.update(
+            design=_shape_text(best),
+            clock_mhz=best.clock_mhz,
+            fps=round(perf["model"]["fps"], 2),
+            peak_share=round(perf["model"]["peak_share"], 4),
+            cycles=perf["model"]["cycles"],
+            cycles_by_cause={k: int(round(v)) for k, v in causes.items()},
+            cause_share={k: v / total for k, v in causes.items()},
+            binding=d["binding"],
+            binding_text=_binding_phrase(d),
+            lifted_fps=d["lifted_fps"],
+            # of the board (not of the max_util budget)
+            # (URAM only where the board has it)
+            util={
+                k: round(best.usage[k] / getattr(result["budget"], k), 4)
+                for k in best.usage
+                if getattr(result["budget"], k)
+            },
+        )
+        rows.append(row)
+    return rows
+
+
+def _binding_phrase(d: dict) -> str:
+    from vitaccel.dse.search import binding_text
+
+    return binding_text(d).removeprefix("binding: ")
 
 
 def _line(r: dict) -> str:
@@ -142,13 +232,12 @@ def _verdict(reached: bool, gap: str) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| goal | best design (G x R x C x V, weight ports @ clock, lanes) | FPS | verdict | binding | "
-        "FPS with DSP / LUT / BRAM doubled | cycles: compute / weight stream / output writes "
-        "/ nonlinear / loads |",
+        "FPS with DSP / LUT / BRAM doubled | cycles: MAC / X load / DDR / writer / nonlinear "
+        "/ fill & control |",
         "|---|---|---:|---|---|---|---|",
     ]
     for r in rows:
-        share = r.get("cycle_share", {})
-        stream = share.get("weights", 0) + share.get("bandwidth", 0)
+        share = r.get("cause_share", {})
         verdict = _verdict(r["reached"], f"{r['goal_fps'] - r['fps']:.1f} FPS (x{r['gap']})")
         rel = r.get("relaxed_fps", {})
         lines.append(
@@ -156,8 +245,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''} @ "
             f"{r.get('clock_mhz'):g} MHz, lanes {r.get('lanes')} | {r['fps']} | {verdict} | "
             f"{r['binding']} | {rel.get('DSP', 0)} / {rel.get('LUT', 0)} / {rel.get('BRAM', 0)} | "
-            f"{share.get('compute', 0):.0%} / {stream:.0%} / {share.get('writer', 0):.0%} / "
-            f"{share.get('nonlinear', 0):.0%} / {share.get('memory', 0):.0%} |"
+            + " / ".join(f"{share.get(k, 0):.0%}" for k in CAUSES)
+            + " |"
         )
     lines += [
         "",

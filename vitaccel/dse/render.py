@@ -81,6 +81,12 @@ def _shares_table(cycles: dict[str, int], title: str, label: str) -> Table:
     return table
 
 
+def lifted_text(lifted: dict[str, float]) -> str:
+    """``FPS with one limit lifted: X load 329.1, DSP 126.0, ...``, largest first."""
+    items = sorted(lifted.items(), key=lambda kv: -kv[1])
+    return "FPS with one limit lifted: " + ", ".join(f"{k} {v:.1f}" for k, v in items)
+
+
 def w4_summary(ratios: dict[str, float]) -> str:
     """One line for the per-layer W4 ratios: their range per layer kind."""
     if not ratios:
@@ -99,6 +105,18 @@ def w4_summary(ratios: dict[str, float]) -> str:
 def _fidelity_text(fid: dict) -> str:
     if "error" in fid:
         return fid["error"]
+    if "predicted_drop" in fid:  # the explorer's answer: the agreement budget first
+        text = (
+            f"top-1 agreement with W8A8: {fid['predicted_drop']:.3g} points lost predicted "
+            f"(budget {fid['max_drop']:g}; {fid['method']})"
+        )
+        check = fid.get("measured_uniform")
+        if check:
+            text += (
+                f"; measured with every layer at ratio {check['w4_ratio']:g}: "
+                f"{check['measured_drop']:.3g} points (predicted {check['predicted_drop']:.3g})"
+            )
+        return text + "; " + _fidelity_text(fid.get("logit_error") or {"method": "-"})
     parts = [f"method {fid.get('method', '?')}"]
     if "cosine_to_w8a8" in fid:
         parts.append(f"logit cosine to W8A8 {fid['cosine_to_w8a8']:.4f}")
@@ -118,8 +136,8 @@ def print_dse(s: dict, console: Console | None = None) -> None:
     """The explorer's answer: chosen design, resources, bounds, files written."""
     console = console or Console()
     console.print(
-        f"[bold]{s['model']} on {s['board']}[/] (target {s['target_fps']:g} FPS): "
-        + _performance(s)
+        f"[bold]{s['model']} on {s['board']}[/] (target {s['target_fps']:g} FPS, "
+        f"{s.get('precision', 'w8')}): " + _performance(s)
     )
     lanes = s["nonlinear_lanes"]
     ports = s.get("weight_ports")
@@ -128,11 +146,14 @@ def print_dse(s: dict, console: Console | None = None) -> None:
         f"gelu {lanes[2]} lanes" + (f"; {ports} weight port(s)" if ports else "")
     )
     console.print(resources_table(s["resources"], title=f"resources (limit {_pct(s['max_util'])})"))
+    detail = s["binding_detail"]
     console.print(
-        f"binding: [bold]{s['binding']}[/] (best reachable {s['best_reachable_fps']:.1f} FPS); "
-        f"linear layers at {_pct(s['linear_utilisation'])} of the DSP peak"
+        f"{detail['text']}; best reachable {s['best_reachable_fps']:.1f} FPS "
+        f"({detail['best_design']}); linear layers at {_pct(s['linear_utilisation'])} of the "
+        "DSP peak"
     )
-    console.print(_shares_table(s["cycles_by_bound"], "cycles by bound", "bound"))
+    console.print(lifted_text(detail["lifted_fps"]))
+    console.print(_shares_table(s["cycles_by_cause"], "cycles by cause (chosen design)", "cause"))
     console.print(f"W4 ratio: {w4_summary(s['w4_ratio'])}")
     console.print(f"fidelity: {_fidelity_text(s['fidelity'])}")
     rule = s["clock_rule"]
@@ -198,4 +219,55 @@ def print_design_report(r: dict, console: Console | None = None) -> None:
     console.print(
         "util: MACs over the array's peak; tiling: output steps x token tiles x k-steps "
         "per job (h: one job per head)"
+    )
+
+
+def print_bench(rows: list[dict], console: Console | None = None) -> None:
+    """``vitaccel bench``: per model FPS, share of the board's peak, cycles by cause and what
+    binds; every figure a cycle-model prediction."""
+    from vitaccel.dse.causes import CAUSES
+
+    console = console or Console()
+    if not rows:
+        return
+    first = rows[0]
+    table = Table(
+        title=f"best designs on {first['board']} ({first['precision']}), cycle-model "
+        "predictions; % of the board's peak and of the cycles",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 0, 0, 1),  # one space between columns: the table fits 80 columns
+    )
+    short = {"nonlinear": "nonlin", "fill & control": "fill/ctl"}
+    for col in ("model", "FPS", "peak", *(short.get(c, c) for c in CAUSES), "binding"):
+        right = col not in ("model", "binding")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    for r in rows:
+        if not r["fits"]:
+            table.add_row(r["model"], "-", "-", *("" for _ in CAUSES), "nothing fits")
+            continue
+        table.add_row(
+            r["model"],
+            f"{r['fps']:.1f}",
+            f"{100 * r['peak_share']:.1f}",
+            *(f"{100 * r['cause_share'][c]:.1f}" for c in CAUSES),
+            r["binding"],
+        )
+    console.print(table)
+    for r in rows:
+        if r["fits"]:
+            console.print(
+                f"{r['model']}: {r['design']}; binding: {r['binding_text']}; "
+                + lifted_text(r["lifted_fps"])
+            )
+        else:
+            console.print(f"{r['model']}: {r['message']}")
+    console.print(
+        "Predicted by the cycle model (vitaccel.dse.cost on the scheduler's program), not RTL "
+        "runs. Peak: 2 MACs per DSP48E2 x the board's DSPs x the design's clock. Cycles by "
+        "cause: MAC = useful MACs at the full array rate; X load = the X operand before the "
+        "first k-step; DDR = weight-stream and LOAD/STORE waits; writer = output writes beyond "
+        "the engine; nonlinear = LayerNorm, softmax, GELU, residual instructions; fill & "
+        "control = pipeline fill and drain, padding, setup, instruction overhead."
     )

@@ -1,4 +1,4 @@
-"""Resource model: DSP48E2, LUT, FF and BRAM36 of a design, as functions of its parameters.
+"""Resource model: DSP48E2, LUT, FF, BRAM36 and URAM288 of a design, as functions of its parameters.
 
 Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.verify.calibrate` from Yosys
 ``synth_xilinx -family xcup`` runs of generated engines and units). What each figure means:
@@ -11,8 +11,10 @@ Pure Python over ``data/calibration.json`` (written by :mod:`vitaccel.verify.cal
   Yosys maps them, small memories to LUTRAM).
 * **Nonlinear units** (E2Softmax, AILayerNorm, GELU): per unit and resource a line
   ``a + b * lanes`` fitted on the unit synthesised at several lane counts.
-* **Scratchpad** (SPM, 16-byte words): BRAM from its geometry; its size is what the compiler
-  allocates for the model (:func:`spm_words` calls the scheduler's own layout).
+* **Scratchpad** (SPM, 16-byte words): BRAM36 or URAM288 (``Design.spm_memory``) from its
+  geometry; its size is what the compiler allocates for the model (:func:`spm_words` calls
+  the scheduler's own layout). Which memory a buffer takes is :func:`place_buffers`'
+  choice, the explorer's hook (:func:`spm_memory`).
 * **Shell** (controller, instruction fetch, AXI master, residual adder, AXI-Lite registers):
   the RTL top level is calibrated when ``calibration.json`` holds it; otherwise a documented
   fixed estimate (``SHELL_ESTIMATE``) is used and reported as such.
@@ -46,6 +48,11 @@ __all__ = [
     "engine_features",
     "engine_resources",
     "memory_bram36",
+    "memory_uram288",
+    "place_buffers",
+    "spm_memory",
+    "spm_usage",
+    "check_fits",
     "nonlinear_resources",
     "spm_words",
     "design_resources",
@@ -53,7 +60,8 @@ __all__ = [
 ]
 
 CALIBRATION_PATH = Path(__file__).parent / "data" / "calibration.json"
-KINDS = ("dsp48e2", "lut", "ff", "bram36")
+KINDS = ("dsp48e2", "lut", "ff", "bram36")  # the calibrated kinds
+ALL_KINDS = (*KINDS, "uram")  # URAM288 holds only buffers placed there (place_buffers)
 
 # Controller + instruction fetch + AXI4 master + AXI-Lite registers + residual adder, until
 # the top level is synthesised: the AXI master/FIFOs of rtl/axi.py at 128 bits and a
@@ -67,15 +75,16 @@ class Usage:
     lut: float = 0.0
     ff: float = 0.0
     bram36: float = 0.0
+    uram: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, k) + getattr(other, k) for k in KINDS))
+        return Usage(*(getattr(self, k) + getattr(other, k) for k in ALL_KINDS))
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, k) - getattr(other, k) for k in KINDS))
+        return Usage(*(getattr(self, k) - getattr(other, k) for k in ALL_KINDS))
 
     def as_dict(self) -> dict:
-        return {k: round(getattr(self, k), 1) for k in KINDS}
+        return {k: round(getattr(self, k), 1) for k in ALL_KINDS}
 
 
 @cache
@@ -108,6 +117,49 @@ def memory_bram36(depth: int, width: int, *, lutram_max_depth: int | None = None
         for d, w in shapes:
             best = min(best, math.ceil(depth / d) * math.ceil(width / w) * size)
     return best
+
+
+# One URAM288 as Yosys maps it for xcup (share/xilinx/urams.txt, ``$__XILINX_URAM_``):
+# 4096 x 72 with 8-bit byte enables, two ports (one writes, one reads). Yosys takes it only
+# for a memory marked ``ram_style = "ultra"`` (its cost is 1024 against a block RAM's 64), and
+# reads it in one cycle like a block RAM (no OREG), so the scratchpad's timing is unchanged.
+URAM_SHAPE = (4096, 72)
+
+
+@cache
+def memory_uram288(depth: int, width: int) -> int:
+    """URAM288 of one ``depth x width`` memory marked ``ram_style = "ultra"``: Yosys tiles
+    it 4096 deep x 72 wide (a 128-bit word takes two side by side, 8 of their 9 bytes each;
+    a deeper memory stacks them and muxes the outputs in fabric)."""
+    d, w = URAM_SHAPE
+    return math.ceil(depth / d) * math.ceil(width / w)
+
+
+def place_buffers(
+    buffers: dict[str, tuple[int, int, int]], budget, *, max_util: float = 0.85
+) -> dict[str, str]:
+    """Which memory each buffer takes: ``{name: "bram" | "uram"}``.
+
+    ``buffers`` maps a name to ``(count, depth, width)`` (``count`` identical memories).
+    Greedy: the buffers that save the most BRAM36 per URAM288 go to URAM first, while the
+    board's URAM within ``max_util`` lasts; a buffer that saves less than one BRAM36 per
+    URAM288 (a small memory in an 8x larger block) stays in BRAM.
+    Only buffers the RTL can build either way belong here (today the scratchpad:
+    ``Design.spm_memory``).
+    """
+    left = budget.uram * max_util
+    ranked = []
+    for name, (count, depth, width) in buffers.items():
+        bram = count * memory_bram36(depth, width, lutram_max_depth=0)
+        uram = count * memory_uram288(depth, width)
+        if bram >= uram:
+            ranked.append((-bram / uram, name, uram))
+    placed = {name: "bram" for name in buffers}
+    for _, name, uram in sorted(ranked):
+        if uram <= left:
+            placed[name] = "uram"
+            left -= uram
+    return placed
 
 
 def _pow2(n: int) -> int:
@@ -201,28 +253,73 @@ _DEFAULT_ENGINE_FIT = {
 
 
 def engine_bram36_parts(
-    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_beat=1
+    groups,
+    rows,
+    cols,
+    vector,
+    cols_w8,
+    x_words,
+    max_ksteps,
+    out_depth,
+    x_memory="bram",
+    x_beat=1,
 ) -> dict[str, float]:
     """BRAM36 of the engine's buffers: ``x`` (one bank per PE row and group, in ``x_beat``
-    sub-banks of ``x_words / x_beat`` words), ``w`` (two halves of ``max_ksteps`` words per
-    column: W8 columns 8V bits wide, W4 columns 4V) and ``out`` (the output FIFO, one 8-bit
-    lane per output column)."""
+    sub-banks of ``x_words / x_beat`` words; 0 on URAM, see :func:`engine_x_uram`), ``w``
+    (two halves of ``max_ksteps`` words per column: W8 columns 8V bits wide, W4 columns 4V)
+    and ``out`` (the output FIFO, one 8-bit lane per output column)."""
     kmax = _pow2(max_ksteps)
+    on_bram = x_memory == "bram"
     return {
-        "x": groups * rows * x_beat * memory_bram36(x_words // x_beat, 8 * vector),
+        "x": groups * rows * x_beat * memory_bram36(x_words // x_beat, 8 * vector)
+        if on_bram
+        else 0.0,
         "w": groups * cols_w8 * memory_bram36(2 * kmax, 8 * vector)
         + groups * (cols - cols_w8) * memory_bram36(2 * kmax, 4 * vector),
         "out": memory_bram36(out_depth, 8 * groups * cols),
     }
 
 
-def engine_bram36(groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth,
-                  x_beat=1) -> float:  # fmt: skip
+def engine_bram36(
+    groups,
+    rows,
+    cols,
+    vector,
+    cols_w8,
+    x_words,
+    max_ksteps,
+    out_depth,
+    x_memory="bram",
+    x_beat=1,
+) -> float:
     return sum(
         engine_bram36_parts(
-            groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_beat
+            groups,
+            rows,
+            cols,
+            vector,
+            cols_w8,
+            x_words,
+            max_ksteps,
+            out_depth,
+            x_memory,
+            x_beat,
         ).values()
     )
+
+
+def engine_x_uram(groups: int, rows: int, vector: int, x_words: int) -> int:
+    """URAM288 of the engine's X banks when they are on URAM (``Design.x_memory``)."""
+    return groups * rows * memory_uram288(x_words, 8 * vector)
+
+
+def design_memories(
+    *, groups: int, rows: int, vector: int, x_words: int, spm_words: int, budget, max_util=0.85
+) -> dict[str, str]:
+    """The explorer's memory per buffer that the RTL can build either way (the scratchpad,
+    ``spm``, and the engine's X banks, ``x``): :func:`place_buffers` on ``budget``."""
+    buffers = {"spm": (1, spm_words, 8 * WORD_BYTES), "x": (groups * rows, x_words, 8 * vector)}
+    return place_buffers(buffers, budget, max_util=max_util)
 
 
 # Log2-code mode of the engine (EngineParams.log2): 9086 - 5458 LUT and 8530 - 8145 FF over
@@ -241,6 +338,7 @@ def engine_resources(
     x_words: int,
     max_ksteps: int,
     out_depth: int,
+    x_memory: str = "bram",
     x_beat: int = 1,
 ) -> Usage:
     c8, c4 = column_split(cols, w4_share)
@@ -249,8 +347,11 @@ def engine_resources(
     lut = sum(fit["lut"].get(k, 0.0) * v for k, v in feats.items())
     ff = sum(fit["ff"].get(k, 0.0) * v for k, v in feats.items())
     dsp = groups * rows * (c8 // 2) * vector + fit["dsp_per_column"] * groups * cols
-    bram = engine_bram36(groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth, x_beat)
-    return Usage(dsp, lut, ff, bram)
+    bram = engine_bram36(
+        groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth, x_memory, x_beat
+    )
+    uram = engine_x_uram(groups, rows, vector, x_words) if x_memory == "uram" else 0
+    return Usage(dsp, lut, ff, bram, uram)
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,9 +396,20 @@ def spm_bram36(words: int, banks: int = 1) -> float:
     return banks * memory_bram36(words // banks, 8 * WORD_BYTES, lutram_max_depth=0)
 
 
-def spm_bram36_banked(design: Design) -> float:
-    """BRAM36 of ``design``'s scratchpad (``spm_kib``, ``datapath_bytes / 16`` banks)."""
-    return spm_bram36(design.spm_kib * 1024 // WORD_BYTES, design.datapath_bytes // WORD_BYTES)
+def spm_usage(words: int, memory: str = "bram", banks: int = 1) -> Usage:
+    """The scratchpad of ``words`` 16-byte words on ``memory`` (``"bram"`` or ``"uram"``),
+    in ``banks`` memories (``Design.datapath_bytes / 16``), each rounded on its own."""
+    if memory == "uram":
+        return Usage(uram=banks * memory_uram288(words // banks, 8 * WORD_BYTES))
+    if memory != "bram":
+        raise ValueError(f"spm memory must be 'bram' or 'uram', not {memory!r}")
+    return Usage(bram36=spm_bram36(words, banks))
+
+
+def spm_memory(words: int, budget, *, max_util: float = 0.85) -> str:
+    """The explorer's choice for the scratchpad (:func:`place_buffers`): URAM288 where the
+    board has enough of it, else BRAM36."""
+    return place_buffers({"spm": (1, words, 8 * WORD_BYTES)}, budget, max_util=max_util)["spm"]
 
 
 # One more weight port: a DMAReader (AXI4 read master, 64-word output FIFO) and a W loader
@@ -331,12 +443,23 @@ def design_resources(design: Design, *, spec=None) -> dict:
     buffers = engine_buffers(design, spec)
     parts = {
         "engine": engine_resources(
-            a.groups, a.rows, a.cols, a.vector, a.w4_share, a.w4_kind, **buffers
-        ),
+            a.groups,
+            a.rows,
+            a.cols,
+            a.vector,
+            a.w4_share,
+            a.w4_kind,
+            **buffers,
+            x_memory=design.x_memory,
+        ),  # fmt: skip
         "softmax": nonlinear_resources("softmax", nl.softmax_lanes),
         "layernorm": nonlinear_resources("layernorm", nl.layernorm_lanes),
         "gelu": nonlinear_resources("gelu", nl.gelu_lanes),
-        "spm": Usage(bram36=spm_bram36_banked(design)),
+        "spm": spm_usage(
+            design.spm_kib * 1024 // WORD_BYTES,
+            design.spm_memory,
+            design.datapath_bytes // WORD_BYTES,
+        ),
     }
     if nl.softmax_output == "log2":
         # the engine's shift-add mode for log2-code P x V: measured on the 1x4x4x8 engine
@@ -353,3 +476,43 @@ def design_resources(design: Design, *, spec=None) -> dict:
     for u in parts.values():
         total = total + u
     return {"parts": parts, "total": total, "buffers": buffers, "shell": shell_kind}
+
+
+def check_fits(design: Design, *, spec=None) -> dict:
+    """Raise :class:`~vitaccel.design.DesignError` (one line naming the field and the limit)
+    when ``design``'s memories exceed its board's BRAM36 or URAM288, or the model's packed
+    weights its DDR; return :func:`design_resources` otherwise.
+
+    The whole device is the limit here (a design the explorer did not make may use more
+    than its 85%); LUT, FF and DSP are left to the synthesis tools, whose figures are
+    upper bounds of ours.
+    """
+    from vitaccel.boards import get_budget
+    from vitaccel.design import DesignError
+
+    budget = get_budget(design.board)
+    used = design_resources(design, spec=spec)
+    parts, total = used["parts"], used["total"]
+    if total.uram > budget.uram:
+        named = ", ".join(f"{k} {u.uram:.0f}" for k, u in parts.items() if u.uram)
+        raise DesignError(
+            f"design field 'spm_memory' / 'x_memory': the buffers on URAM need "
+            f"{total.uram:.0f} URAM288 ({named}), board {budget.name} has {budget.uram}"
+        )
+    if total.bram36 > budget.bram36:
+        named = ", ".join(f"{k} {u.bram36:.0f}" for k, u in parts.items() if u.bram36 >= 1)
+        bram_only = [f for f in ("spm_memory", "x_memory") if getattr(design, f) == "bram"]
+        fix = f" (or {' / '.join(bram_only)} 'uram')" if budget.uram and bram_only else ""
+        raise DesignError(
+            f"design field 'spm_kib' / 'input_buffer_kib' / 'weight_buffer_kib': the buffers "
+            f"need {total.bram36:.0f} BRAM36 ({named}), board {budget.name} has "
+            f"{budget.bram36}{fix}"
+        )
+    # every weight at one byte (W8; W4 layers take half): the packed stream's size
+    weights = sum(op.weights for op in model_ops(spec if spec is not None else design.model))
+    if weights > budget.ddr_bytes:
+        raise DesignError(
+            f"design field 'model': {design.model}'s weights take {weights / 2**30:.2f} GiB, "
+            f"board {budget.name}'s PS DDR holds {budget.ddr_bytes / 2**30:.0f} GiB"
+        )
+    return used

@@ -16,11 +16,14 @@ proxy sensitivity (:mod:`vitaccel.dse.sensitivity`) and the clock by the LUT-dep
 
 W4 ratios: for every weight layer the useful ratios are those that cut an output step
 (``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``); they are granted greedily, most cycles
-saved per unit of predicted error first, until the error budget ``max_error`` is spent.
+saved per unit of predicted accuracy cost first, until the budget ``max_drop`` (top-1
+agreement points with W8A8, :func:`vitaccel.dse.sensitivity.cost_curves`) is spent.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -60,6 +63,7 @@ from vitaccel.dse.cost import (
 from vitaccel.dse.shapes import spec_of
 from vitaccel.engine_timing import StepCycles
 from vitaccel.isa import MatmulFlags, Op, residual_fusable
+from vitaccel.util import atomic_write_bytes, cache_dir, content_hash
 
 __all__ = [
     "InfeasibleError",
@@ -67,16 +71,15 @@ __all__ = [
     "explore",
     "explain_unfit",
     "search",
-    "DEFAULT_MAX_ERROR",
+    "DEFAULT_MAX_DROP",
 ]
 
-# Added relative squared logit error a design may cost over W8A8 (sensitivity.py's metric).
-# digits-vit measured: uniform 50 % int4 costs 8.6e-4, 75 % 1.9e-3, with no top-1 change.
-DEFAULT_MAX_ERROR = 1e-3
+# Top-1 agreement with W8A8 (points) a design's W4 rows may cost (sensitivity.cost_curves).
+DEFAULT_MAX_DROP = sens.DEFAULT_MAX_DROP
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 # The ISA's 16-bit scratchpad word addresses: at most 1 MiB (Design.spm_kib <= 1024).
 SPM_KIB_MAX = 1024
-# binding_of: the FPS gain (share) that doubling a resource limit must buy to be named.
+# diagnose: the FPS gain (share) that lifting one limit must buy to be named.
 BINDING_GAIN = 0.10
 
 
@@ -104,7 +107,10 @@ class SearchSpace:
     cols: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 16, 20, 24)
     # The top level takes a power-of-two vector of at most 16 (one W word per 16-byte slot).
     vector: tuple[int, ...] = (4, 8, 16)
-    w4_shares: tuple[float, ...] = (0.0, 0.25, 1 / 3, 0.5)
+    # W4 columns added beside a base array's W8 columns (any count: w4_share = c4 / cols),
+    # at most max_w4_share of the columns (the attention products need the W8 ones)
+    w4_cols: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10, 12, 16)
+    max_w4_share: float = 0.5
     w4_kinds: tuple[str, ...] = ("int4", "pot4")
     lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
     # HP ports streaming the weights (the board's hp_ports caps it)
@@ -149,18 +155,22 @@ def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False)
 class _Model:
     """Per (model, board, clock) data shared by all candidates."""
 
-    def __init__(self, model: str, board, clock_mhz: float, max_error: float):
+    def __init__(self, model: str, board, clock_mhz: float, max_drop: float, max_util=0.85):
         self.spec = spec_of(model)
         self.board = board
         self.clock = clock_mhz
         self.port = port_bytes_per_cycle(clock_mhz, board)
-        self.max_error = max_error
+        self.max_drop = max_drop
         self.instr = LATENCIES["instr"]
         self.spm_kib_needed = res.spm_kib_for(self.spec)
         self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
-        self.spm_bram = res.spm_bram36(self.spm_kib * 1024 // SLOT_BYTES)
+        # the scratchpad and X banks go on URAM288 per array where the board has room
+        # (_memories), so the scratchpad's memory is no longer a fixed part
+        self.spm_words = self.spm_kib * 1024 // SLOT_BYTES
+        self.max_util = max_util
         try:
-            self.sens = {k: sens.model_entry(self.spec.name, k) for k in ("int4", "pot4")}
+            # per W4 kind: each layer's agreement cost curve (no data: no W4 candidates)
+            self.sens = {k: sens.cost_curves(self.spec.name, k)[0] for k in ("int4", "pot4")}
         except sens.SensitivityError:
             self.sens = {}
         depth = res.calibration().get("depth_runs", {})
@@ -269,7 +279,7 @@ PORT_STOP = 0.02
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`)."""
     c8, c4 = column_split(c, share)
@@ -317,7 +327,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
     ratios: dict[str, float] = {}
     error = 0.0
     if w4_layers:
-        entry = m.sens.get(kind)
+        curves = m.sens.get(kind)
         # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
         kind_opts: dict[str, list] = {}
         for lk, parts in w4_kinds.items():
@@ -359,14 +369,14 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
         heap = []
         for layer, lk in w4_layers.items():
             opts = kind_opts[lk]
-            if entry is None or len(opts) < 2:
+            if curves is None or len(opts) < 2:
                 errs[layer] = [0.0]
                 continue
-            errs[layer] = [sens.layer_drop(entry, layer, ratio) for _, ratio, _ in opts]
+            errs[layer] = [sens.curve_at(curves.get(layer), ratio) for _, ratio, _ in opts]
             saved = opts[0][0] - opts[1][0]
             cost = errs[layer][1]
             heapq.heappush(heap, (-saved / max(cost, 1e-12), layer, 1))
-        budget = max_error
+        budget = max_drop
         while heap:
             _, layer, j = heapq.heappop(heap)
             cost = errs[layer][j] - errs[layer][j - 1]
@@ -391,9 +401,16 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_error, word_cycles):
     return mm_total, ratios, error, bound
 
 
-def _engine_usage(g, r, c, v, share, kind, buffers) -> dict[str, float]:
-    u = res.engine_resources(g, r, c, v, share, kind, **buffers)
-    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36}
+def _memories(g, r, v, x_words, spm_words, budget, max_util) -> dict[str, str]:
+    """The scratchpad's and the X banks' memory (res.design_memories: URAM288 where the
+    board has room for them); one definition for search, usage_parts and to_design."""
+    return res.design_memories(groups=g, rows=r, vector=v, x_words=x_words,
+                               spm_words=spm_words, budget=budget, max_util=max_util)  # fmt: skip
+
+
+def _engine_usage(g, r, c, v, share, kind, buffers, x_memory="bram") -> dict[str, float]:
+    u = res.engine_resources(g, r, c, v, share, kind, **buffers, x_memory=x_memory)
+    return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36, "uram": u.uram}
 
 
 def _buffers(spec, g, r, c, v) -> dict:
@@ -403,15 +420,87 @@ def _buffers(spec, g, r, c, v) -> dict:
     )
 
 
+# What `vitaccel dse` and `vitaccel bench` answer for: W4 columns allowed, or all-W8 arrays.
+PRECISIONS = ("mixed", "w8")
+
+
+def precision_mask(pool: list[Candidate], precision: str) -> np.ndarray:
+    """The candidates a precision admits: all of them for ``mixed``, all-W8 arrays for
+    ``w8``."""
+    return np.array([precision == "mixed" or c.w4_share == 0 for c in pool], dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------
+# The candidate pool, cached
+# ---------------------------------------------------------------------------------------
+
+# Pools already evaluated in this process, by every argument of `search` (the FPS target is
+# not one of them: one pool answers every target).
+_POOLS: dict[tuple, dict] = {}
+_POOLS_KEPT = 4
+# Bump when the pool file's layout changes (the code fingerprint covers everything else).
+_POOL_FORMAT = 1
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """A hash of every module and data file of the package: a cached pool is only reused by
+    the code (cycle model, resource model, scheduler, calibration) that produced it."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(root.rglob("*.py")) + sorted((root / "dse" / "data").glob("*.json"))
+    return content_hash(*(f"{f.relative_to(root)}".encode() + f.read_bytes() for f in files))
+
+
+def _pool_path(key: tuple) -> Path:
+    return cache_dir("dse") / f"pool-{content_hash(repr(key), _code_fingerprint())}.pkl"
+
+
+def _load_pool(path: Path) -> tuple[list[Candidate], int] | None:
+    """The pool stored at ``path`` (None when absent or unreadable: it is evaluated again)."""
+    import gc
+    import pickle
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    # 50k small objects: the cyclic collector would walk them repeatedly while they load.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        stored = pickle.loads(data)
+        if stored.get("format") != _POOL_FORMAT:
+            return None
+        return [Candidate(*row) for row in stored["rows"]], stored["evaluated"]
+    except Exception:  # a truncated or foreign file is a cache miss, never an error
+        return None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _store_pool(path: Path, pool: list[Candidate], evaluated: int) -> None:
+    import pickle
+
+    names = [f.name for f in dataclasses.fields(Candidate)]
+    rows = [tuple(getattr(c, n) for n in names) for c in pool]
+    data = pickle.dumps({"format": _POOL_FORMAT, "rows": rows, "evaluated": evaluated}, 5)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError:  # a read-only cache only costs the next query its search
+        pass
+
+
 def search(
     model: str,
     board: str,
     *,
     max_util: float = 0.85,
-    max_error: float = DEFAULT_MAX_ERROR,
+    max_drop: float = DEFAULT_MAX_DROP,
     space: SearchSpace = SearchSpace(),
     clock_mhz: float | None = None,
     relax: float = 2.0,
+    cache: bool = True,
 ) -> dict:
     """Evaluate the design space; return the candidate pool and its context.
 
@@ -419,25 +508,64 @@ def search(
     binding analysis needs the ones just outside). Phase 1 evaluates every all-W8 array;
     phase 2 adds W4 columns (each share and kind) to the arrays on the phase-1 Pareto front
     (FPS against DSP and LUT): a W4 variant keeps its base array's W8 columns and DSPs.
+
+    The pool does not depend on an FPS target, so it is kept (``cache=True``) in memory
+    for the process and on disk under :func:`vitaccel.util.cache_dir` ``("dse")``, in a
+    file named by the arguments and a hash of the package's code and data (written
+    atomically; an unreadable file is evaluated again).
     """
     from vitaccel.boards import get_budget
 
     budget = get_budget(board)
     if clock_mhz is not None:
         budget.check_clock(clock_mhz)
+    spec_of(model)  # an unknown model fails here, before any cache lookup
+    key = (model, budget.name, float(max_util), float(max_drop), space, clock_mhz,
+           float(relax))  # fmt: skip
+    if cache and key in _POOLS:
+        return _POOLS[key]
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
-    m = _Model(model, budget, port_clock, max_error)
+    m = _Model(model, budget, port_clock, max_drop, max_util)
     limits = {
         "dsp48e2": budget.dsp48e2 * max_util,
         "lut": budget.lut * max_util,
         "ff": budget.ff * max_util,
         "bram36": budget.bram36 * max_util,
     }
+    path = _pool_path(key) if cache else None
+    stored = _load_pool(path) if path is not None else None
+    if stored is not None:
+        pool, evaluated = stored
+    else:
+        pool, evaluated = _evaluate_pool(m, budget, limits, space, clock_mhz, relax)
+        if path is not None:
+            _store_pool(path, pool, evaluated)
+    result = {
+        "pool": pool,
+        "limits": limits,
+        "clock_mhz": max((c.clock_mhz for c in pool), default=port_clock),
+        "levels": m.levels,
+        "model": m,
+        "budget": budget,
+        "evaluated": evaluated,
+        "max_util": max_util,
+        "max_drop": max_drop,
+        "cached": stored is not None,
+    }
+    if cache:
+        while len(_POOLS) >= _POOLS_KEPT:  # a sweep's queries: keep the latest few pools
+            del _POOLS[next(iter(_POOLS))]
+        _POOLS[key] = result
+    return result
+
+
+def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mhz, relax):
+    """Every candidate of ``space`` within ``relax`` x ``limits``, and the arrays evaluated."""
     fixed_usage = {
         "dsp48e2": m.shell.dsp48e2,
         "lut": m.shell.lut,
         "ff": m.shell.ff,
-        "bram36": m.shell.bram36 + m.spm_bram,
+        "bram36": m.shell.bram36,
     }
 
     def shell_per_column(cols: int):
@@ -453,9 +581,12 @@ def search(
 
     def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
         nonlocal evaluated
-        eng = _engine_usage(g, r, c, v, share, kind, _buffers(spec, g, r, c, v))
-        per_col = shell_per_column(g * c)
+        buffers = _buffers(spec, g, r, c, v)
+        mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
+        eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
+        per_col = shell_per_column(g * c) + res.spm_usage(m.spm_words, mem["spm"])
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
+        uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1
@@ -473,10 +604,11 @@ def search(
             for lanes, nl_cycles, lane_usage, clock in opts:
                 wc = weight_word_cycles(v, clock, budget, ports)
                 if wc not in evals:
-                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, max_error, wc)
+                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc)
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
+                usage["uram"] = uram
                 out.append(
                     Candidate(
                         g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
@@ -501,41 +633,21 @@ def search(
                     if cands:
                         by_base[(g, r, c, v)] = cands
                         pool.extend(cands)
-    if space.w4_shares and any(space.w4_shares) and m.sens:
+    if space.w4_cols and m.sens:
         front = pareto_front(pool)
         bases = {(c.groups, c.rows, c.cols, c.vector) for c in front}
-        done = set()
         for g, r, c8, v in sorted(bases):
-            for share in space.w4_shares:
-                if not share:
+            for c4 in space.w4_cols:
+                # c4 W4 columns beside the base's c8 W8 columns (its DSPs unchanged)
+                cols = c8 + c4
+                share = c4 / cols
+                if share > space.max_w4_share + 1e-9:
                     continue
-                # W4 columns added to the base's c8 W8 columns: cols = c8 / (1 - share).
-                cols = c8 / (1 - share)
-                if abs(cols - round(cols)) > 1e-9:
-                    continue
-                cols = int(round(cols))
-                try:
-                    if column_split(cols, share)[0] != c8:
-                        continue
-                except ValueError:
+                if column_split(cols, share) != (c8, c4):  # the engine's own rounding
                     continue
                 for kind in space.w4_kinds:
-                    key = (g, r, cols, v, round(share, 6), kind)
-                    if key in done:
-                        continue
-                    done.add(key)
                     pool.extend(evaluate(g, r, cols, v, share, kind))
-    return {
-        "pool": pool,
-        "limits": limits,
-        "clock_mhz": max((c.clock_mhz for c in pool), default=port_clock),
-        "levels": m.levels,
-        "model": m,
-        "budget": budget,
-        "evaluated": evaluated,
-        "max_util": max_util,
-        "max_error": max_error,
-    }
+    return pool, evaluated
 
 
 def _nl_key(m: _Model, g: int) -> int:
@@ -678,40 +790,100 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     return [cands[i] for i in front]
 
 
-def binding_of(result: dict, select=None) -> tuple[str, float]:
-    """The limit whose relaxation raises the best reachable FPS most, and that best FPS.
+# What lifting each limit means, as the answer states it (diagnose).
+LIFTED = {
+    "DSP": "twice the DSP48E2",
+    "LUT": "twice the LUTs",
+    "FF": "twice the FFs",
+    "BRAM": "twice the BRAM36",
+    "clock": "the board's fastest clock",
+    "X load": "X loads hidden",
+    "writer": "output writes hidden",
+    "nonlinear": "nonlinear units hidden",
+    "DDR": "DDR waits hidden",
+}
+# Named when no single limit buys BINDING_GAIN: only other array shapes would help.
+SEARCH_SPACE = "array shape (search space)"
+
+
+def diagnose(result: dict, select=None) -> dict:
+    """What binds the best reachable design: every limit named on its own, with the best
+    reachable FPS once that one limit is lifted.
+
+    * ``DSP``, ``LUT``, ``FF``, ``BRAM``: that resource's budget doubled (the pool holds
+      the candidates up to twice the limits);
+    * ``clock``: every candidate at the board's fastest clock with its cycles unchanged
+      (the LUT-depth rule lifted);
+    * ``X load``, ``writer``, ``nonlinear``, ``DDR``: the best design with that cause's
+      cycles removed, priced by cause on the scheduler's program
+      (:func:`vitaccel.dse.causes.cause_totals`, the cycle model's own split).
 
     ``select`` (a boolean mask over the pool) restricts the candidates considered.
+
+    Returns
+    -------
+    dict
+        ``binding`` (the limit whose lifting gains most, if it gains more than
+        :data:`BINDING_GAIN`; else :data:`SEARCH_SPACE`), ``best_fps``, ``lifted_fps``
+        ({limit: FPS}), ``cycles_by_cause`` ({cause: share} of the best design) and
+        ``best`` (that candidate, or None when nothing fits).
     """
+    from vitaccel.dse.causes import STALLS, cause_totals
+
     arrays = _arrays(result)
     fps = arrays["fps"]
+    pool = result["pool"]
     if select is None:
         select = np.ones(len(fps), dtype=bool)
     feasible = _fit_mask(result) & select
-    best_fps = float(fps[feasible].max()) if feasible.any() else 0.0
-    best = result["pool"][int(np.argmax(np.where(feasible, fps, -1.0)))] if feasible.any() else None
-    gains = {}
-    names = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
+    best = pool[int(np.argmax(np.where(feasible, fps, -1.0)))] if feasible.any() else None
+    best_fps = best.fps if best is not None else 0.0
+    lifted = {}
     for k in RESOURCE_KINDS:
         mask = _fit_mask(result, {k: 2.0}) & select
-        gains[names[k]] = (float(fps[mask].max()) if mask.any() else 0.0) - best_fps
-    top = max(gains, key=gains.get)
-    # A resource binds when twice as much of it buys a real gain; a few percent (one more
-    # array row on a bandwidth-bound design) says more about the search grid than the limit.
-    if gains[top] > BINDING_GAIN * max(best_fps, 1e-9):
-        return top, best_fps
-    if best is None:
-        return top, 0.0
-    # No single resource: what the best design's cycles are spent on.
-    names = {
-        "bandwidth": "bandwidth",
-        "writer": "output writes (one SPM write port)",
-        "nonlinear": "nonlinear units",
-        "compute": "array shape (search space)",
+        lifted[BINDING_LABELS[k]] = float(fps[mask].max()) if mask.any() else 0.0
+    shares: dict[str, float] = {}
+    if best is not None:
+        fastest = max(result["budget"].pl_clocks_mhz)
+        clocks = np.array([c.clock_mhz for c in pool], dtype=float)
+        lifted["clock"] = float((fps * fastest / clocks)[feasible].max())
+        spec = result["model"].spec
+        design = to_design(best, spec.name, result["budget"].name, best.clock_mhz, spec)
+        totals = cause_totals(design, budget=result["budget"])
+        cycles = sum(totals.values())
+        shares = {k: round(v / cycles, 4) for k, v in totals.items()}
+        for cause in STALLS:
+            lifted[cause] = best_fps * cycles / max(cycles - totals[cause], 1.0)
+    lifted = {k: round(v, 2) for k, v in lifted.items()}
+    top = max(lifted, key=lifted.get)
+    if best is None:  # nothing fits: the resource that doubled admits the fastest design
+        binding = max((BINDING_LABELS[k] for k in RESOURCE_KINDS), key=lambda k: lifted[k])
+    elif lifted[top] - best_fps > BINDING_GAIN * best_fps:
+        binding = top
+    else:
+        binding = SEARCH_SPACE
+    return {
+        "binding": binding,
+        "best_fps": best_fps,
+        "lifted_fps": lifted,
+        "cycles_by_cause": shares,
+        "best": best,
     }
-    b = best.bound_cycles
-    top = max(names, key=lambda k: b.get(k, 0))
-    return names[top], best_fps
+
+
+def binding_of(result: dict, select=None) -> tuple[str, float]:
+    """The limit whose lifting raises the best reachable FPS most, and that best FPS
+    (:func:`diagnose`)."""
+    d = diagnose(result, select)
+    return d["binding"], d["best_fps"]
+
+
+def binding_text(d: dict) -> str:
+    """``binding: X load (X loads hidden: 329.1 FPS)``, the diagnosis in one phrase."""
+    b = d["binding"]
+    if b in LIFTED and b in d["lifted_fps"]:
+        return f"binding: {b} ({LIFTED[b]}: {d['lifted_fps'][b]:.1f} FPS)"
+    return f"binding: {b}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -724,24 +896,32 @@ BINDING_LABELS = {"dsp48e2": "DSP", "lut": "LUT", "ff": "FF", "bram36": "BRAM"}
 NONLINEAR_UNITS = ("softmax", "layernorm", "gelu")
 
 
-def usage_parts(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str, res.Usage]:
+def usage_parts(
+    spec, groups: int, rows: int, cols: int, vector: int, *, budget=None, max_util=0.85
+) -> dict[str, res.Usage]:
     """What an all-W8 array with one weight port and one lane per nonlinear unit uses, by
-    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers)."""
+    part, as :func:`search` adds it up (the BRAM of the engine split into its buffers; the
+    scratchpad and X banks on URAM288 where ``budget``'s board has room for them)."""
     g, r, c, v = groups, rows, cols, vector
     buf = _buffers(spec, g, r, c, v)
-    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf)
-    bram = res.engine_bram36_parts(g, r, c, v, c, **buf)  # all-W8: every column W8
-    x, w, out = bram["x"], bram["w"], bram["out"]
     spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    spm_words = spm_kib * 1024 // SLOT_BYTES
+    mem = {"spm": "bram", "x": "bram"}
+    if budget is not None:
+        mem = _memories(g, r, v, buf["x_words"], spm_words, budget, max_util)
+    eng = res.engine_resources(g, r, c, v, 0.0, "int4", **buf, x_memory=mem["x"])
+    # all-W8: every column W8
+    bram = res.engine_bram36_parts(g, r, c, v, c, **buf, x_memory=mem["x"])
+    x, w, out = bram["x"], bram["w"], bram["out"]
     nonlinear = res.Usage()
     for unit in NONLINEAR_UNITS:
         nonlinear = nonlinear + res.nonlinear_resources(unit, 1)
     return {
-        "scratchpad": res.Usage(bram36=res.spm_bram36(spm_kib * 1024 // SLOT_BYTES)),
-        "input (X) buffers": res.Usage(bram36=x),
+        "scratchpad": res.spm_usage(spm_words, mem["spm"]),
+        "input (X) buffers": res.Usage(bram36=x, uram=eng.uram),
         "weight (W) buffers": res.Usage(bram36=w),
         "output buffer": res.Usage(bram36=out),
-        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out),
+        "array": res.Usage(eng.dsp48e2, eng.lut, eng.ff, eng.bram36 - x - w - out, 0),
         "nonlinear units": nonlinear,
         "controller and DMA": res.shell_resources(g * c)[0] + res.weight_ports_resources(1),
     }
@@ -754,18 +934,18 @@ def _total(parts: dict[str, res.Usage]) -> dict[str, float]:
 _SHAPE_TOTALS: dict[tuple, list] = {}
 
 
-def _shape_totals(spec, space: SearchSpace) -> list[tuple[tuple, dict[str, float]]]:
+def _shape_totals(spec, space: SearchSpace, budget=None, max_util=0.85) -> list:
     """Every one-group array shape of the space with its total usage (cached per model).
 
     One group only: every part grows with the groups (banks, W columns, output width,
     shell per column), while rows and vector trade X banks against bank depth and cols
     changes the output FIFO's depth, so those are all scanned.
     """
-    key = (spec, space)
+    key = (spec, space, budget, max_util)
     if key not in _SHAPE_TOTALS:
         g = min(space.groups)
         _SHAPE_TOTALS[key] = [
-            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v)))
+            ((g, r, c, v), _total(usage_parts(spec, g, r, c, v, budget=budget, max_util=max_util)))
             for v, r, c in itertools.product(space.vector, space.rows, space.cols)
             if r <= spec.tokens
         ]
@@ -777,13 +957,13 @@ def smallest_design(spec, budget, *, max_util: float = 0.85, space: SearchSpace 
     ``max_util``: ``((groups, rows, cols, vector), parts)`` (:func:`usage_parts`)."""
     limits = {k: getattr(budget, k) * max_util for k in RESOURCE_KINDS}
     best = None
-    for (g, r, c, v), total in _shape_totals(spec, space):
+    for (g, r, c, v), total in _shape_totals(spec, space, budget, max_util):
         util = [total[k] / limits[k] for k in RESOURCE_KINDS]
         key = (round(max(util), 6), round(sum(util), 6), g * r * c * v)
         if best is None or key < best[0]:
             best = (key, (g, r, c, v))
     shape = best[1]
-    return shape, usage_parts(spec, *shape)
+    return shape, usage_parts(spec, *shape, budget=budget, max_util=max_util)
 
 
 def _fits_board(spec, budget, max_util: float, space: SearchSpace) -> bool:
@@ -819,12 +999,14 @@ def explain_unfit(
         used); ``spm_kib_needed``; ``would_fit`` (``boards``, ``models``); ``remedies``;
         ``message``, the same in one line.
     """
-    from vitaccel.boards import BOARDS, get_budget
+    from vitaccel.boards import DEVICES, get_budget
     from vitaccel.models.specs import ZOO
 
     spec, budget = spec_of(model), get_budget(board)
     (g, r, c, v), parts = smallest_design(spec, budget, max_util=max_util, space=space)
     total = _total(parts)
+    on_uram = {p: u.uram for p, u in parts.items() if u.uram}
+    uram_used = sum(on_uram.values())
     resources = {}
     for k in RESOURCE_KINDS:
         limit = getattr(budget, k) * max_util
@@ -842,7 +1024,7 @@ def explain_unfit(
     spm_kib = res.spm_kib_for(spec)
     boards = [
         name
-        for name in sorted(BOARDS)
+        for name in sorted(DEVICES)
         if name != budget.name and _fits_board(spec, get_budget(name), max_util, space)
     ]
     models = [
@@ -859,12 +1041,8 @@ def explain_unfit(
         need = max(total[k] / getattr(budget, k) for k in RESOURCE_KINDS)
         remedies.append(f"--max-util {math.ceil(need * 100) / 100:g} (the smallest design fits)")
     memory = {"scratchpad", "input (X) buffers", "weight (W) buffers", "output buffer"}
-    if "bram36" in short and budget.uram:
-        remedies.append(
-            f"the scratchpad and buffers on the board's {budget.uram} URAM288 "
-            f"({budget.uram * 36} KiB) or activations spilled to DDR (issue 19, not built yet)"
-        )
-    elif "bram36" in short:
+    if "bram36" in short:
+        # the scratchpad and X banks already take the URAM the budget allows (_memories)
         remedies.append("activations spilled to DDR (issue 19, not built yet)")
     if spm_kib > SPM_KIB_MAX:
         remedies.append(
@@ -898,8 +1076,11 @@ def explain_unfit(
             + " fit"
         )
     text.append(
-        f"URAM unused ({budget.uram} on the board)" if budget.uram else "no URAM on the device"
-    )
+        (f"URAM {uram_used:.0f} of {budget.uram} ("
+         + ", ".join(f"{p} {n:.0f}" for p, n in on_uram.items()) + ")" if uram_used
+         else f"URAM unused ({budget.uram} on the board)")
+        if budget.uram else "no URAM on the device"
+    )  # fmt: skip
     if not boards:
         text.append(f"no other known board fits {spec.name} within {max_util:.0%}")
     text.append("to fit: " + "; or ".join(remedies))
@@ -913,7 +1094,7 @@ def explain_unfit(
         "resources": resources,
         "short": short,
         "binding": BINDING_LABELS[worst],
-        "uram": {"available": budget.uram, "used": 0},
+        "uram": {"available": budget.uram, "used": uram_used},
         "spm_kib_needed": spm_kib,
         "spm_kib_isa_max": SPM_KIB_MAX,
         "would_fit": {"boards": boards, "models": models},
@@ -922,8 +1103,17 @@ def explain_unfit(
     }
 
 
-def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> Design:
-    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back)."""
+def to_design(
+    c: Candidate, model: str, board: str, clock_mhz: float, spec, *, max_util: float = 0.85
+) -> Design:
+    """The design file of a candidate (buffer sizes as ``TopParams`` reads them back; the
+    scratchpad's memory as :func:`res.spm_memory` picks it within ``max_util``)."""
+    from vitaccel.boards import get_budget
+
+    spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector)
+    mem = _memories(c.groups, c.rows, c.vector, buffers["x_words"],
+                    spm_kib * 1024 // SLOT_BYTES, get_budget(board), max_util)  # fmt: skip
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
     return Design(
         name=f"{model}-{board}-dse",
@@ -946,21 +1136,28 @@ def to_design(c: Candidate, model: str, board: str, clock_mhz: float, spec) -> D
             max_channels=spec.embed_dim,
         ),  # fmt: skip
         layers=layers,
-        spm_kib=min(res.spm_kib_for(spec), SPM_KIB_MAX),
+        spm_kib=spm_kib,
+        spm_memory=mem["spm"],
+        x_memory=mem["x"],
         weight_ports=c.weight_ports,
         **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
     )
 
 
-def _fidelity(model: str, c: Candidate) -> dict:
-    base = {"metric": "added relative squared logit error vs W8A8 (sensitivity.py)"}
-    base["predicted_error"] = round(c.error, 8)
+def _expected_cosine(logit: dict) -> float:
+    return logit.get("cosine_to_float", logit.get("cosine_to_w8a8", 1.0))
+
+
+def _fidelity(model: str, c: Candidate, max_drop: float) -> dict:
+    """The chosen design's accuracy cost: top-1 agreement with W8A8 lost (predicted, and
+    measured where the golden model ran the uniform ratios), and the logit-error figures."""
+    base = {"metric": "top-1 agreement with W8A8 lost (points)", "max_drop": max_drop}
+    base["predicted_error"] = round(c.error, 6)
     try:
-        pred = sens.predict(model, c.ratios, c.w4_kind)
-    except sens.SensitivityError:
-        pred = None
-    if pred:
-        base.update(pred)
+        base["logit_error"] = sens.predict(model, c.ratios, c.w4_kind)
+        base.update(sens.predict_drop(model, c.ratios, c.w4_kind))
+    except sens.SensitivityError as e:
+        base["method"] = str(e)
     base["w4_layers"] = len(c.ratios)
     return base
 
@@ -972,32 +1169,40 @@ def explore(
     *,
     max_util: float = 0.85,
     out_dir: Path | None = None,
-    max_error: float = DEFAULT_MAX_ERROR,
-    allow_w4: bool = False,
+    max_drop: float = DEFAULT_MAX_DROP,
+    precision: str = "w8",
+    space: SearchSpace = SearchSpace(),
 ) -> dict:
     """Choose the cheapest design reaching ``fps``; write design.json, pareto.json, pareto.png.
 
-    ``allow_w4``: the accelerator top (``TopParams``, rtl/top.py) builds only all-W8
-    arrays today, so by default the chosen design has ``w4_share = 0``; mixed W4/W8
-    candidates are still evaluated, appear on the Pareto front (flagged) and are reported
-    when they would do better. ``allow_w4=True`` lets the explorer choose them.
+    ``precision``: ``"mixed"`` lets the explorer choose arrays with W4 columns (per-layer W4
+    ratios within the error budget; the attention products stay on the W8 columns);
+    ``"w8"`` (the default of this function, which ``vitaccel build`` calls: the accelerator
+    top builds all-W8 arrays until the mixed whole-model path lands) keeps ``w4_share = 0``,
+    while mixed candidates are still evaluated, appear on the Pareto front (flagged) and are
+    reported when they would do better. ``vitaccel dse`` defaults to ``--precision mixed``.
 
     Raises :class:`InfeasibleError` (one-line message with the best reachable FPS and the
     binding limit) when no design within ``max_util`` of every resource reaches ``fps``.
     """
     t0 = time.monotonic()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not fps > 0:
         raise ValueError(f"target FPS must be positive, not {fps!r}")
     if not 0 < max_util <= 1:
         raise ValueError(f"max_util must be in (0, 1], not {max_util!r}")
-    result = search(model, board, max_util=max_util, max_error=max_error)
+    if not 0 <= max_drop <= 100:
+        raise ValueError(f"max_drop must be in [0, 100] points, not {max_drop!r}")
+    result = search(model, board, max_util=max_util, max_drop=max_drop, space=space)
     pool, limits = result["pool"], result["limits"]
     spec, budget = result["model"].spec, result["budget"]
     mask = _fit_mask(result)
-    select = np.array([allow_w4 or c.w4_share == 0 for c in pool], dtype=bool)
+    select = precision_mask(pool, precision)
     feasible = [c for c, ok in zip(pool, mask, strict=True) if ok]
     meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
-    binding, best_fps = binding_of(result, select)
+    diagnosis = diagnose(result, select)
+    binding, best_fps = diagnosis["binding"], diagnosis["best_fps"]
     if not meeting:
         facts = {"model": spec.name, "board": budget.name, "target_fps": float(fps),
                  "max_util": max_util}  # fmt: skip
@@ -1008,17 +1213,18 @@ def explore(
             raise InfeasibleError(facts["message"], 0.0, facts["binding"], facts)
         message = (
             f"infeasible: {model} on {board} reaches at most {best_fps:.1f} FPS "
-            f"(target {fps:g}) within {max_util:.0%} of the board; binding: {binding}"
+            f"(target {fps:g}) within {max_util:.0%} of the board; {binding_text(diagnosis)}"
         )
         facts.update(fits=True, best_reachable_fps=round(best_fps, 2), binding=binding,
-                     message=message)  # fmt: skip
+                     binding_detail=_binding_detail(diagnosis), message=message)  # fmt: skip
         raise InfeasibleError(message, best_fps, binding, facts)
     chosen = min(meeting, key=lambda c: _cost(c, limits))
-    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec)
+    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec, max_util=max_util)
     front = pareto_front(feasible)
-    summary = _summary(chosen, design, result, fps, binding, best_fps)
+    summary = _summary(chosen, design, result, fps, diagnosis)
     summary["pareto_points"] = len(front)
-    summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, allow_w4)
+    summary["warnings"] = _warnings(result, chosen, feasible, fps, limits, precision)
+    summary["precision"] = precision
     summary["evaluated"] = result["evaluated"]
     summary["candidates"] = len(pool)
     fid = summary["fidelity"]
@@ -1031,7 +1237,7 @@ def explore(
                 binding=binding,
                 fidelity_metric=fid["metric"],
                 predicted_error=fid["predicted_error"],
-                expected_cosine=fid.get("cosine_to_float", fid.get("cosine_to_w8a8", 1.0)),
+                expected_cosine=_expected_cosine(fid.get("logit_error") or {}),
             )
         }
     )
@@ -1042,13 +1248,34 @@ def explore(
     return summary
 
 
-def _summary(c: Candidate, design: Design, result: dict, target: float, binding, best_fps) -> dict:
+def _binding_detail(d: dict) -> dict:
+    """The diagnosis as JSON fields (:func:`diagnose`): the best reachable design, its cycles
+    by cause and the best FPS with each limit lifted."""
+    b = d["best"]
+    return {
+        "best_design": None if b is None else _shape_text(b),
+        "lifted_fps": d["lifted_fps"],
+        "lifted": {k: LIFTED[k] for k in d["lifted_fps"]},
+        "cycles_by_cause": d["cycles_by_cause"],
+        "text": binding_text(d),
+    }
+
+
+def _shape_text(c: Candidate) -> str:
+    w4 = f" w4 {c.w4_share:.2f} {c.w4_kind}" if c.w4_share else ""
+    return (f"{c.groups}x{c.rows}x{c.cols}x{c.vector}{w4}, {c.weight_ports} port(s) @ "
+            f"{c.clock_mhz:g} MHz, lanes {list(c.lanes)}")  # fmt: skip
+
+
+def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosis: dict) -> dict:
     budget = result["budget"]
     avail = {"dsp48e2": budget.dsp48e2, "lut": budget.lut, "ff": budget.ff, "bram36": budget.bram36}
+    from vitaccel.dse.causes import cause_totals
     from vitaccel.dse.cost import estimate
 
     est = estimate(design, budget=budget)
     by_bound = est.by_bound()
+    causes = cause_totals(design, budget=budget)
     per_layer = {
         name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))
     }
@@ -1072,15 +1299,22 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, binding,
             }
             for k in RESOURCE_KINDS
         },
-        "binding": binding,
-        "best_reachable_fps": round(best_fps, 2),
+        # the scratchpad's and X banks' memory (res.design_memories) and the URAM they take
+        "spm_memory": design.spm_memory,
+        "x_memory": design.x_memory,
+        "uram": {"used": c.usage["uram"], "available": budget.uram},
+        "binding": diagnosis["binding"],
+        "best_reachable_fps": round(diagnosis["best_fps"], 2),
+        "binding_detail": _binding_detail(diagnosis),
+        # the chosen design's cycles split by cause (dse.causes: X load, writer, ... apart)
+        "cycles_by_cause": {k: int(round(v)) for k, v in causes.items()},
         # the cycle model's own accounting, as `vitaccel report design` shows it (the
         # search's quick tally counts loads and stores with the nonlinear units)
         "design_bound": max(by_bound, key=by_bound.get),
         "cycles_by_bound": by_bound,
         "linear_utilisation": round(est.linear_utilisation(), 4),
         "w4_ratio": per_layer,
-        "fidelity": _fidelity(design.model, c),
+        "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
             "levels": result["model"].design_levels(c.lanes),
@@ -1090,7 +1324,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, binding,
     }
 
 
-def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
+def _warnings(result, chosen, feasible, target, limits, precision) -> list[str]:
     m = result["model"]
     out = []
     if m.spm_kib_needed > SPM_KIB_MAX:
@@ -1099,7 +1333,7 @@ def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
             f"{SPM_KIB_MAX} KiB (spm_kib is capped) and even the compact layout does not fit, so "
             "this model cannot be compiled yet (it needs activations spilled to DDR)"
         )
-    if not allow_w4:
+    if precision == "w8":
         w4 = [c for c in feasible if c.w4_share > 0 and c.fps >= target]
         if w4:
             best = min(w4, key=lambda c: _cost(c, limits))
@@ -1108,9 +1342,15 @@ def _warnings(result, chosen, feasible, target, limits, allow_w4) -> list[str]:
             if tight_w4 < tight_w8 - 0.05:  # worth saying only if it frees a real share
                 out.append(
                     f"a mixed W4/W8 array (w4_share {best.w4_share:.2f}, {best.w4_kind}) would reach "
-                    f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%}; "
-                    "the top level builds all-W8 arrays only"
+                    f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%} "
+                    "(--precision mixed)"
                 )
+    if chosen.w4_share > 0:
+        out.append(
+            "a mixed W4/W8 array: the accelerator top builds it only with the whole-model W4 "
+            "path (issue 18); without it `vitaccel generate` refuses w4_share > 0 "
+            "(--precision w8 answers with an all-W8 array)"
+        )
     if m.shell_kind != "calibrated":
         out.append("top-level controller/DMA/SPM logic is a fixed estimate, not synthesised")
     return out

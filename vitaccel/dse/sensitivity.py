@@ -35,6 +35,12 @@ __all__ = [
     "SensitivityError",
     "load",
     "layer_drop",
+    "DEFAULT_MAX_DROP",
+    "cost_curves",
+    "curve_at",
+    "points_per_error",
+    "predict_drop",
+    "measure_agreement",
     "predict",
     "regenerate",
 ]
@@ -116,6 +122,100 @@ def predict(model: str, ratios: dict[str, float], w4_kind: str = "int4") -> dict
                 out["top1_uniform"] = {
                     "w4_ratio": check["w4_ratio"],
                     "top1": check["measured_top1"],
+                }
+                break
+    return out
+
+
+# The explorer's default accuracy budget: top-1 agreement with W8A8 it may lose, in points.
+DEFAULT_MAX_DROP = 0.5
+# The model measured with trained weights: its agreement curves scale the others' proxies.
+MEASURED_MODEL = "digits-vit"
+
+
+def _monotone(curve: list[float]) -> list[float]:
+    """The running maximum: a measured drop that dips at a higher ratio (a few images of
+    rounding noise) is not credited."""
+    out, top = [], 0.0
+    for v in curve:
+        top = max(top, v)
+        out.append(top)
+    return out
+
+
+@cache
+def points_per_error(kind: str) -> float:
+    """Top-1 agreement points lost per unit of added logit error: least squares through the
+    origin over :data:`MEASURED_MODEL`'s layers and ratios (its measured agreement drops
+    against its logit-error curves), of ``kind`` if measured, else int4's."""
+    models = load()["models"].get(MEASURED_MODEL, {})
+    for k in (kind, "int4"):
+        entry = models.get(k, {})
+        agree = entry.get("agreement")
+        if agree and "layers" in entry:
+            pairs = [(entry["layers"][layer][i], v)
+                     for layer, curve in agree["layers"].items()
+                     for i, v in enumerate(_monotone(curve)) if i > 0]  # fmt: skip
+            den = sum(x * x for x, _ in pairs)
+            return max(0.0, sum(x * y for x, y in pairs) / den) if den > 0 else 0.0
+    raise SensitivityError(
+        f"no measured top-1 agreement for {MEASURED_MODEL}; run "
+        "`python -m vitaccel.dse.sensitivity agreement digits-vit int4`"
+    )
+
+
+def cost_curves(model: str, w4_kind: str = "int4") -> tuple[dict[str, list[float]], str]:
+    """Per encoder layer, the predicted top-1 agreement points lost against W8A8 at each
+    ratio of :data:`RATIOS` (monotone), and how they were obtained.
+
+    Measured on the golden model where the data holds a measurement
+    (:func:`measure_agreement`); otherwise the layer's logit-error curve (measured, or the
+    weight-error proxy for the zoo models, whose weights are synthetic here) times
+    :func:`points_per_error`.
+    """
+    entry = model_entry(model, w4_kind)
+    agree = entry.get("agreement")
+    if agree:
+        how = (f"measured on the golden model: {agree['images']} images, "
+               f"{agree['weights']} weights")  # fmt: skip
+        return {k: _monotone(v) for k, v in agree["layers"].items()}, how
+    gain = points_per_error(w4_kind)
+    source = (
+        "measured logit error" if entry.get("method") == "measured"
+        else "weight-error proxy on synthetic (random-init) weights"
+    )  # fmt: skip
+    how = (f"predicted: {source} x {gain:.4g} points per unit error "
+           f"(fitted on {MEASURED_MODEL}'s measured agreement)")  # fmt: skip
+    return {k: [gain * e for e in c] for k, c in entry["layers"].items()}, how
+
+
+def curve_at(curve: list[float] | None, r: float) -> float:
+    """A per-layer curve over :data:`RATIOS` at ratio ``r`` (linear; 0 without data)."""
+    return 0.0 if curve is None else max(0.0, _interp(curve, r))
+
+
+def predict_drop(model: str, ratios: dict[str, float], w4_kind: str = "int4") -> dict:
+    """The accuracy cost of a per-layer W4 assignment in top-1 agreement with W8A8:
+    ``predicted_drop`` (points, the per-layer costs added), ``method``, and where the
+    golden model was run with every layer mixed at once (``uniform_check``), the measured
+    drop of the uniform ratio at or above the assignment's mean ratio
+    (``measured_uniform``: ratio, measured and predicted points)."""
+    curves, how = cost_curves(model, w4_kind)
+    out = {
+        "metric": "top-1 agreement with W8A8 lost (points)",
+        "predicted_drop": round(sum(curve_at(curves.get(k), r) for k, r in ratios.items()), 4),
+        "method": how,
+    }
+    agree = model_entry(model, w4_kind).get("agreement")
+    if agree and ratios:
+        mean = sum(ratios.values()) / max(len(curves), 1)
+        for check in agree["uniform_check"]:
+            if check["w4_ratio"] >= mean - 1e-9:
+                out["measured_uniform"] = {
+                    "w4_ratio": check["w4_ratio"],
+                    "measured_drop": check["measured_drop"],
+                    "predicted_drop": check["predicted_drop"],
+                    "measured_cosine": check["measured_cosine"],
                 }
                 break
     return out
@@ -332,6 +432,93 @@ def regenerate(path: Path = DATA_PATH, progress=print) -> dict:
     return data
 
 
+def measure_agreement(
+    name: str = "digits-vit",
+    kind: str = "int4",
+    *,
+    path: Path = DATA_PATH,
+    images: int | None = None,
+    progress=print,
+) -> dict:
+    """Measure each encoder layer's accuracy cost of W4 rows on the golden model, against
+    W8A8: top-1 agreement with the W8A8 model and the logit cosine to it, one layer mixed
+    at a time at every ratio of :data:`RATIOS`, and every layer at once at each ratio (the
+    check of the additive prediction). Stored as ``agreement`` in the model's entry for
+    ``kind`` in ``path`` (written atomically).
+
+    digits-vit runs its trained weights on the digits images (all 1,797 by default; the
+    golden model is calibrated on :func:`~vitaccel.models.data.calibration_images`); a zoo
+    model without weights runs its deterministic random-init weights on
+    :func:`~vitaccel.models.data.random_images` (``weights: "synthetic"``: a measurement of
+    the arithmetic, not of a trained network's accuracy).
+    """
+    import numpy as np
+    import torch
+
+    from vitaccel.models.data import calibration_images, digits_splits, random_images
+    from vitaccel.models.golden import QuantConfig, quantize_model
+    from vitaccel.models.zoo import get_model
+    from vitaccel.util import atomic_write_text
+
+    spec, model = get_model(name)
+    if name == "digits-vit":
+        splits = digits_splits()
+        x = torch.cat([splits.test_x, splits.train_x])
+        calib, weights = calibration_images(64), "trained"
+    else:
+        x = random_images(spec, images or 8, seed=1)
+        calib, weights = random_images(spec, 8, seed=0), "synthetic"
+    if images:
+        x = x[:images]
+    layers = _encoder_layers(spec.depth)
+
+    def logits(cfg):
+        golden = quantize_model(model, calib, cfg)
+        return golden.dequantize_logits(golden.forward(x)).astype(np.float64)
+
+    ref = logits(QuantConfig(scheme="w8a8"))
+    top_ref = ref.argmax(1)
+
+    def against_w8(lg) -> tuple[float, float]:
+        agree = float((lg.argmax(1) == top_ref).mean())
+        num = (lg * ref).sum(1)
+        den = np.maximum(np.linalg.norm(lg, axis=1) * np.linalg.norm(ref, axis=1), 1e-30)
+        return 100.0 * (1.0 - agree), float((num / den).mean())
+
+    drop: dict[str, list[float]] = {}
+    cos: dict[str, list[float]] = {}
+    for layer in layers:
+        drop[layer], cos[layer] = [0.0], [1.0]
+        for r in RATIOS[1:]:
+            cfg = QuantConfig(scheme="mixed", w4_ratio=0.0, w4_kind=kind,
+                              layer_w4_ratio=((layer, r),))  # fmt: skip
+            d, c = against_w8(logits(cfg))
+            drop[layer].append(d)
+            cos[layer].append(c)
+        progress(f"{name} {kind} {layer}: agreement drop {drop[layer]} points")
+    uniform = []
+    for r in RATIOS[1:]:
+        d, c = against_w8(logits(QuantConfig(scheme="mixed", w4_ratio=r, w4_kind=kind)))
+        predicted = sum(_interp(_monotone(drop[layer]), r) for layer in layers)
+        uniform.append({"w4_ratio": r, "measured_drop": d, "predicted_drop": predicted,
+                        "measured_cosine": c})  # fmt: skip
+        progress(f"{name} {kind} uniform {r}: drop {d:.3f} points (predicted {predicted:.3f})")
+    result = {
+        "metric": "top-1 agreement with W8A8 lost, in points (100 x share of images whose "
+        "top-1 class changes); logit cosine to W8A8",
+        "images": int(len(x)),
+        "weights": weights,
+        "layers": drop,
+        "cosine": cos,
+        "uniform_check": uniform,
+    }
+    data = json.loads(Path(path).read_text())
+    data["models"].setdefault(name, {}).setdefault(kind, {})["agreement"] = result
+    atomic_write_text(Path(path), json.dumps(_rounded(data), indent=1, sort_keys=True) + "\n")
+    load.cache_clear()
+    return result
+
+
 def _rounded(obj):
     if isinstance(obj, float):
         return float(f"{obj:.6g}")
@@ -343,4 +530,9 @@ def _rounded(obj):
 
 
 if __name__ == "__main__":
-    regenerate()
+    import sys
+
+    if sys.argv[1:2] == ["agreement"]:  # python -m vitaccel.dse.sensitivity agreement MODEL KIND
+        measure_agreement(*sys.argv[2:4])
+    else:
+        regenerate()

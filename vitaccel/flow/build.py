@@ -21,7 +21,7 @@ import numpy as np
 from vitaccel.design import Design
 from vitaccel.util import atomic_output_dir
 
-__all__ = ["BuildOptions", "build", "default_design"]
+__all__ = ["BuildOptions", "build", "default_design", "design_for_scheme"]
 
 
 @dataclass
@@ -34,6 +34,9 @@ class BuildOptions:
     weights: Path | None = None
     rtl: bool = True
     synth: bool = True
+    scheme: str = "w8a8"
+    w4_ratio: float = 0.5
+    w4_kind: str = "int4"
     extra: dict = field(default_factory=dict)
 
 
@@ -50,6 +53,52 @@ def default_design(model: str, board: str) -> Design:
         array=ArrayConfig(groups=1, rows=4, cols=4, vector=8),
         nonlinear=NonlinearConfig(softmax_lanes=4, layernorm_lanes=4, gelu_lanes=4),
     )
+
+
+def design_for_scheme(design: Design, scheme: str, w4_ratio: float, w4_kind: str, *,
+                      explored: bool = False) -> Design:  # fmt: skip
+    """``design`` with the weight scheme of ``vitaccel quantize --scheme``: ``w8a8`` as is;
+    ``mixed`` (``w4_ratio`` of every encoder layer's rows in W4) or ``w4a8`` (all of them)
+    on W4 lanes of ``w4_kind``. The default design (``explored`` False) gets as many W4
+    columns as it has W8 ones (same DSPs); an explored design must already have them.
+
+    Raises
+    ------
+    DesignError
+        One line naming the field and the allowed values: a scheme or ratio out of range, a
+        W4 kind the array lacks, or an array the accelerator RTL cannot build.
+    """
+    from vitaccel.design import DesignError, parse_design
+    from vitaccel.models.golden import SCHEMES
+    from vitaccel.rtl.top import Accelerator
+
+    if scheme not in SCHEMES:
+        raise DesignError(f"scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
+    if not 0.0 <= w4_ratio <= 1.0:
+        raise DesignError(f"w4_ratio must be in [0, 1], not {w4_ratio!r}")
+    if scheme != "w8a8":
+        a = design.array
+        if explored and not a.w4_share:
+            raise DesignError(
+                f"--scheme {scheme}: the explored design has no W4 columns (array.w4_share = 0); "
+                "allowed: --scheme w8a8"
+            )
+        if explored and a.w4_kind != w4_kind:
+            raise DesignError(
+                f"--w4-kind {w4_kind}: the explored design's W4 columns are {a.w4_kind} "
+                f"(array.w4_kind); allowed: {a.w4_kind}"
+            )
+        data = design.model_dump()
+        if not explored:
+            data["array"].update(cols=2 * a.cols, w4_share=0.5, w4_kind=w4_kind)
+        data["name"] = f"{design.name}-{scheme}"
+        data["default_w4_ratio"] = 1.0 if scheme == "w4a8" else w4_ratio
+        design = parse_design(data)  # the design's own checks, one line on error
+    try:
+        Accelerator.check(design=design)
+    except ValueError as e:
+        raise DesignError(str(e)) from None
+    return design
 
 
 def build(opts: BuildOptions, progress=print, steps=None) -> dict:
@@ -83,6 +132,8 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
                 summary["dse"] = {k: res[k] for k in ("fps", "target_fps", "binding") if k in res}
             else:
                 design = default_design(opts.model, opts.board)
+            design = design_for_scheme(design, opts.scheme, opts.w4_ratio, opts.w4_kind,
+                                       explored=opts.fps is not None)  # fmt: skip
             save_design(design, out / "design.json")
             # The scratchpad layout needs only the model's shape: refuse a model that does
             # not fit now, not after minutes of quantisation.

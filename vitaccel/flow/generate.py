@@ -92,12 +92,12 @@ def fits_board(resources: dict, board: str) -> dict:
     from vitaccel.boards import get_budget
 
     b = get_budget(board)
-    avail = {"lut": b.lut, "ff": b.ff, "dsp48e2": b.dsp48e2, "bram36": b.bram36}
-    used = {k: resources[k] for k in avail}
+    avail = {"lut": b.lut, "ff": b.ff, "dsp48e2": b.dsp48e2, "bram36": b.bram36, "uram": b.uram}
+    used = {k: resources.get(k, 0) for k in avail}
     return {
         "used": used,
         "available": avail,
-        "utilization": {k: used[k] / avail[k] for k in avail},
+        "utilization": {k: used[k] / avail[k] if avail[k] else float(used[k] > 0) for k in avail},
         "fits": all(used[k] <= avail[k] for k in avail),
     }
 
@@ -122,6 +122,10 @@ def generate_design(
         from vitaccel.models.specs import get_spec
 
         spm_layout(get_spec(design.model), design.spm_kib * 1024 // 16)
+    # buffers beyond the board's BRAM36/URAM288, or weights beyond its DDR: one line, exit 2
+    from vitaccel.dse.resources import check_fits
+
+    check_fits(design)
     # The interface says which weight masters (m_axi_w<q>) the block design wires to HP
     # ports; a board without enough of them is refused before the Verilog is generated.
     interface = AcceleratorInterface(weight_ports=design.weight_ports)

@@ -10,6 +10,7 @@ The CLI calls these; they take plain integers and arrays so they work without a 
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -149,6 +150,14 @@ def _first_mismatch(want: np.ndarray, got: np.ndarray) -> tuple | None:
     return idx, int(want[idx]), int(got[idx])
 
 
+# MatmulCase's keyword-only options (what simulate_matmul passes on to it)
+_CASE_OPTIONS = tuple(
+    name
+    for name, par in inspect.signature(MatmulCase).parameters.items()
+    if par.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
 def simulate_jobs(
     cases: list[MatmulCase],
     params: EngineParams,
@@ -236,44 +245,21 @@ def simulate_jobs(
 
 
 def simulate_matmul(
-    *,
-    x,
-    wq,
-    bias,
-    mult,
-    shift,
-    lo: int = -128,
-    hi: int = 127,
-    heads: bool = False,
-    x_unsigned: bool = False,
-    x_log2: bool = False,
-    stall: float = 0.0,
-    seed: int = 0,
-    **sizes,
+    *, x, wq, bias, mult, shift, stall: float = 0.0, seed: int = 0, **options
 ) -> dict:
     """Simulate ``requantize(matmul_int(x, wq.q, bias), mult, shift, lo, hi)`` on Verilator.
 
     ``wq`` is QuantWeight-like: it has ``q`` (N, K) and ``kind`` (N,) (or a ``(q, kind)``
-    pair). ``x_log2``: x holds log2 codes and the engine is built with its log2 mode.
-    ``sizes``: the engine's other sizes, as :func:`engine_params` takes them.
-    Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
+    pair). ``options``: the case's keywords as :class:`MatmulCase` takes them (``lo``,
+    ``hi``, ``heads``, ``x_unsigned``, ``x_log2``: x holds log2 codes and the engine is
+    built with its log2 mode), the rest the engine's sizes as :func:`engine_params` takes
+    them. Returns ``mismatches``, ``first_mismatch`` ((t, n), expected, got), ``cycles``,
     ``model_cycles``, ``utilization``, ``macs``, ``outputs`` and ``expected``.
     """
     q, kind = (wq.q, wq.kind) if hasattr(wq, "q") else wq
-    params = engine_params(log2=x_log2, **sizes)
-    case = MatmulCase(
-        x,
-        q,
-        kind,
-        bias,
-        mult,
-        shift,
-        lo=lo,
-        hi=hi,
-        heads=heads,
-        x_unsigned=x_unsigned,
-        x_log2=x_log2,
-    )
+    case_options = {k: options.pop(k) for k in _CASE_OPTIONS if k in options}
+    case = MatmulCase(x, q, kind, bias, mult, shift, **case_options)
+    params = engine_params(log2=case.x_log2, **options)
     return simulate_jobs([case], params, stall=stall, seed=seed)[0]
 
 

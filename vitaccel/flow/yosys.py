@@ -27,7 +27,7 @@ class YosysError(RuntimeError):
 
 @dataclass(frozen=True)
 class Resources:
-    """Cell counts after ``synth_xilinx -family xcup``."""
+    """Cell counts after ``synth_xilinx -family xcup`` (``uram``: URAM288 cells)."""
 
     lut: int
     ff: int
@@ -38,6 +38,9 @@ class Resources:
     lutram: int
     muxf: int
     lut_depth: float | None = None  # worst path in effective levels (flow.paths)
+    # URAM288: memories marked ram_style "ultra" (Design.spm_memory); last, with a default,
+    # so results cached before it was counted still load (they held no such memory)
+    uram: int = 0
 
     @property
     def bram36(self) -> float:
@@ -68,7 +71,38 @@ def _parse_stat(text: str) -> dict[str, int]:
     return counts
 
 
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (Linux).
+
+    Why: a Dask worker killed mid-task (the sweep retries its task elsewhere) would otherwise
+    leave its Yosys run going for minutes on a 2-core machine. ``prctl(PR_SET_PDEATHSIG)``
+    fires when the thread that started the child ends; that thread waits in
+    ``subprocess.run`` for the whole run, so it ends only with the process. None where
+    prctl does not exist (the run then is only as long-lived as before).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import os
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not after fork
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os._exit(1)
+
+    return preexec
+
+
 def _run_yosys(script: str, workdir: Path) -> str:
+    import os
+
     log = workdir / "yosys.log"
     (workdir / "run.ys").write_text(script)
     proc = subprocess.run(
@@ -85,6 +119,7 @@ def _run_yosys(script: str, workdir: Path) -> str:
         cwd=workdir,
         capture_output=True,
         text=True,
+        preexec_fn=_die_with_parent(os.getpid()),
     )
     text = log.read_text() if log.exists() else ""
     if proc.returncode != 0:
@@ -184,4 +219,5 @@ def _resources(counts: dict[str, int], depth) -> Resources:
         lutram=lutram,
         muxf=total("MUXF"),
         lut_depth=depth,
+        uram=total("URAM288"),
     )

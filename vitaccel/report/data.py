@@ -125,6 +125,31 @@ def _roofline(design: Design, est, perf: dict) -> dict:
     }
 
 
+def layer_lanes(design: Design) -> dict[str, dict[str, int]]:
+    """Per weight layer of the scheduled program: its rows on W8 lanes (``w8``) and on W4
+    lanes (``w4``) and its output steps, as the engine's column plan places
+    ``round(w4_ratio * N)`` W4 rows of each MATMUL (:func:`vitaccel.engine_host.lane_rows`;
+    the cycle model's assumption). The patch embedding and the head are W8 (the golden
+    quantiser's rule)."""
+    from vitaccel.compile.schedule import schedule
+    from vitaccel.dse.cost import w4_rows
+    from vitaccel.dse.shapes import spec_of
+    from vitaccel.engine_host import EngineParams, lane_rows
+    from vitaccel.isa import MatmulFlags, Op
+
+    params = EngineParams.from_array(design.array)
+    out: dict[str, dict[str, int]] = {}
+    for ins in schedule(spec_of(design.model), design, strict=False):
+        if ins.op is not Op.MATMUL or MatmulFlags.W_SPM in ins.flags:
+            continue
+        w8_only = ins.label in ("patch_embed", "head") or not params.cols_w4
+        n4 = 0 if w8_only else w4_rows(ins.n, design.w4_ratio(ins.label))
+        row = out.setdefault(ins.label, dict.fromkeys(("w8", "w4", "steps"), 0))
+        for k, v in lane_rows(ins.n, n4, params).items():
+            row[k] += v
+    return out
+
+
 def _find_per_layer(summary: dict | None) -> list[dict] | None:
     """A per-layer quantisation error table, if the build measured one (``per_layer``: a
     list of rows with a layer name and numbers, or {layer: {metric: value}})."""
@@ -182,7 +207,11 @@ def collect(
             resources = {"Yosys": summary["resources"], **resources}
             res_source = "Yosys synth_xilinx -family xcup"
     spec_layers = [r for r in dr["layers"] if r["kind"] in WEIGHT_KINDS]
-    precision = [{"name": r["name"], "w4_ratio": design.w4_ratio(r["name"])} for r in spec_layers]
+    lanes = layer_lanes(design)
+    precision = [
+        {"name": r["name"], "w4_ratio": design.w4_ratio(r["name"]), **lanes.get(r["name"], {})}
+        for r in spec_layers
+    ]
     return {
         "design": design,
         "design_path": str(design_path),

@@ -355,6 +355,13 @@ def _accuracy_section(d: dict) -> str:
             out.append("<h3>W4 ratio per weight layer</h3>")
             out.append(_figure(plots.per_layer_svg(prec, "w4_ratio", ylabel="W4 share of rows"),
                                "Share of each weight layer's output rows quantised to 4 bits."))  # fmt: skip
+            kind = d["design"].array.w4_kind
+            head = ["layer", "W4 ratio", "rows on W8 lanes", f"rows on {kind} lanes", "steps"]
+            body = [[_e(p["name"]), f"{p['w4_ratio']:g}", *(str(p.get(k, "-")) for k in
+                     ("w8", "w4", "steps"))] for p in prec]  # fmt: skip
+            out.append('<p class="sub">Lanes per layer (the engine\'s column plan; W4 rows '
+                       "beyond the W4 columns' slots run on W8 lanes):</p>")  # fmt: skip
+            out.append(f'<div class="scroll">{_table(head, body, {1, 2, 3, 4})}</div>')
         else:
             out.append(
                 f'<p class="sub">Per-layer W4 ratio: 0 on all {len(prec)} weight layers (all W8).</p>'

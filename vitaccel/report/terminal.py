@@ -115,6 +115,15 @@ def build_summary(s: dict, design: Design) -> Group:
             "ISA interpreter",
             _ok(s["program_bit_exact"] == n, f"{s['program_bit_exact']}/{n} images bit-exact"),
         )
+    if a.w4_share:
+        from vitaccel.report.data import layer_lanes
+
+        lanes = layer_lanes(design).values()
+        on_w4, rows = sum(r["w4"] for r in lanes), sum(r["w4"] + r["w8"] for r in lanes)
+        vt.add_row(
+            "W4 lanes",
+            f"{on_w4:,} of {rows:,} weight rows on {a.w4_kind} lanes (per layer: report.html)",
+        )
     if "lint_warnings" in s:
         vt.add_row("Verilator lint", f"{s['lint_warnings']} warning(s)")
     q = s.get("quantize") or {}

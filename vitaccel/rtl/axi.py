@@ -28,7 +28,7 @@ from vitaccel.isa import (
     WORD_BYTES,  # AXI data beat = scratchpad word
     Reg,
 )
-from vitaccel.rtl.common import CheckedComponent, check_int
+from vitaccel.rtl.common import CheckedComponent, check_int, check_limits
 from vitaccel.rtl.skid import SkidBuffer
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "AXI4WriteSignature",
     "AXI4Signature",
     "RegisterFile",
+    "host_members",
     "DMAReader",
     "DMAWriter",
     "DMA",
@@ -160,6 +161,20 @@ def connect_subset(m: Module, full, part) -> None:
 # ---- register file ---------------------------------------------------------------------------
 
 
+def host_members(addr_width: int) -> dict:
+    """The register file's AXI4-Lite slave and what it shows of the controller: the members
+    :class:`RegisterFile` and the controller's ``Status`` (vitaccel.rtl.control) share."""
+    return {
+        "s_axil": In(AXI4LiteSignature(addr_width=addr_width)),
+        "start": Out(1),
+        "prog_addr": Out(64),
+        "data_base": Out(64),
+        "busy": In(1),
+        "pc": In(32),
+        "irq": Out(1),
+    }
+
+
 class RegisterFile(CheckedComponent):
     """Host-visible registers (docs/isa.md) behind an AXI4-Lite slave.
 
@@ -205,18 +220,7 @@ class RegisterFile(CheckedComponent):
         self.addr_width = addr_width
         self.config = config
         super().__init__(
-            {
-                "s_axil": In(AXI4LiteSignature(addr_width=addr_width)),
-                "start": Out(1),
-                "prog_addr": Out(64),
-                "data_base": Out(64),
-                "busy": In(1),
-                "done_set": In(1),
-                "error_set": In(1),
-                "cycles": In(64),
-                "pc": In(32),
-                "irq": Out(1),
-            }
+            {**host_members(addr_width), "done_set": In(1), "error_set": In(1), "cycles": In(64)}
         )
 
     def elaborate(self, platform):
@@ -339,28 +343,36 @@ def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str):
     return beats, stale
 
 
-def _dma_members(engine, bus, data: dict, addr_width, data_width, words_bits) -> dict:
-    """The members a DMA engine has around its data stream ``data`` (and its widths)."""
-    engine.addr_width, engine.data_width, engine.words_bits = addr_width, data_width, words_bits
-    return {
-        "bus": Out(bus(addr_width=addr_width, data_width=data_width)),
-        "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
-        **data,
-        "idle": Out(1),
-        "error": Out(1),
-    }
+class _DMAEngine(CheckedComponent):
+    """What the two DMA engines share: the bus, the command stream, ``idle``/``error``
+    around the engine's data stream, the widths and their checks. A subclass names its bus
+    signature (``BUS``) and the limits of its own sizing parameter (``LIMITS``)."""
+
+    BUS: type[_AXI4Base]
+    LIMITS: dict[str, tuple[int, int]]
+
+    @classmethod
+    def check(cls, *, addr_width, data_width, words_bits, **sizes):
+        check_int("addr_width", addr_width, 12, 64)
+        if data_width != 8 * WORD_BYTES:
+            raise ValueError(
+                f"data_width must be {8 * WORD_BYTES} (the scratchpad word), not {data_width!r}"
+            )
+        check_int("words_bits", words_bits, 1, 32)
+        check_limits(sizes, cls.LIMITS)
+
+    def __init__(self, data: dict, *, addr_width: int, data_width: int, words_bits: int):
+        self.addr_width, self.data_width, self.words_bits = addr_width, data_width, words_bits
+        super().__init__({
+            "bus": Out(self.BUS(addr_width=addr_width, data_width=data_width)),
+            "cmd": In(stream.Signature(dma_cmd_layout(addr_width, words_bits))),
+            **data,
+            "idle": Out(1),
+            "error": Out(1),
+        })  # fmt: skip
 
 
-def _check_dma_args(addr_width, data_width, words_bits):
-    check_int("addr_width", addr_width, 12, 64)
-    if data_width != 8 * WORD_BYTES:
-        raise ValueError(
-            f"data_width must be {8 * WORD_BYTES} (the scratchpad word), not {data_width!r}"
-        )
-    check_int("words_bits", words_bits, 1, 32)
-
-
-class DMAReader(CheckedComponent):
+class DMAReader(_DMAEngine):
     """AXI4 read engine: commands in, 128-bit words out, with back-pressure.
 
     A command ``{addr, words}`` (``words`` >= 1; the low 4 address bits are ignored) is cut
@@ -389,17 +401,14 @@ class DMAReader(CheckedComponent):
         One-cycle pulse on a read response other than OKAY/EXOKAY.
     """
 
-    @classmethod
-    def check(cls, *, addr_width, data_width, words_bits, fifo_depth):
-        _check_dma_args(addr_width, data_width, words_bits)
-        check_int("fifo_depth", fifo_depth, MAX_BURST, 4096)
+    BUS = AXI4ReadSignature
+    LIMITS = {"fifo_depth": (MAX_BURST, 4096)}
 
     def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
                  fifo_depth: int = 64):  # fmt: skip
         self.fifo_depth = fifo_depth
-        data = {"o": Out(stream.Signature(read_word_layout(data_width)))}
-        super().__init__(_dma_members(self, AXI4ReadSignature, data, addr_width, data_width,
-                                      words_bits))  # fmt: skip
+        super().__init__({"o": Out(stream.Signature(read_word_layout(data_width)))},
+                         addr_width=addr_width, data_width=data_width, words_bits=words_bits)  # fmt: skip
 
     def elaborate(self, platform):
         m = Module()
@@ -495,7 +504,7 @@ class DMAReader(CheckedComponent):
         return m
 
 
-class DMAWriter(CheckedComponent):
+class DMAWriter(_DMAEngine):
     """AXI4 write engine: commands + a stream of 128-bit words -> INCR write bursts.
 
     Bursts are cut as in :class:`DMAReader`. Each burst's length goes from the AW side to the
@@ -514,17 +523,14 @@ class DMAWriter(CheckedComponent):
         One-cycle pulse on a write response other than OKAY/EXOKAY.
     """
 
-    @classmethod
-    def check(cls, *, addr_width, data_width, words_bits, max_outstanding):
-        _check_dma_args(addr_width, data_width, words_bits)
-        check_int("max_outstanding", max_outstanding, 1, 256)
+    BUS = AXI4WriteSignature
+    LIMITS = {"max_outstanding": (1, 256)}
 
     def __init__(self, *, addr_width: int = 40, data_width: int = 128, words_bits: int = 24,
                  max_outstanding: int = 16):  # fmt: skip
         self.max_outstanding = max_outstanding
-        data = {"i": In(stream.Signature(unsigned(data_width)))}
-        super().__init__(_dma_members(self, AXI4WriteSignature, data, addr_width, data_width,
-                                      words_bits))  # fmt: skip
+        super().__init__({"i": In(stream.Signature(unsigned(data_width)))},
+                         addr_width=addr_width, data_width=data_width, words_bits=words_bits)  # fmt: skip
 
     def elaborate(self, platform):
         m = Module()

@@ -408,3 +408,8 @@ def delay_each(m: Module, cycles: int, prefix: str, *, en=None, **values) -> lis
     """:func:`delay` of each of ``values`` by the same ``cycles`` (the side signals that
     travel beside a pipelined datapath), named ``<prefix>_<key>``, in the order given."""
     return [delay(m, v, cycles, en=en, name=f"{prefix}_{k}") for k, v in values.items()]
+
+
+# Memory attributes per memory kind of a design (Design.spm_memory, Design.x_memory): "ultra" is
+# the ram_style Yosys (xcup) and Vivado map to URAM288; "bram" leaves the choice to the tools.
+RAM_STYLE = {"bram": None, "uram": {"ram_style": "ultra"}}

@@ -31,7 +31,7 @@ from vitaccel.isa import (
     flag_bits,
     residual_fusable,
 )
-from vitaccel.rtl.axi import AXI4LiteSignature, RegisterFile
+from vitaccel.rtl.axi import RegisterFile, host_members
 
 __all__ = [
     "State",
@@ -522,20 +522,7 @@ class Status(wiring.Component):
 
     def __init__(self, *, config: int):
         self._config = config
-        super().__init__(
-            {
-                "s_axil": In(AXI4LiteSignature(addr_width=16)),
-                "irq": Out(1),
-                "start": Out(1),
-                "prog_addr": Out(64),
-                "data_base": Out(64),
-                "busy": In(1),
-                "done": In(1),
-                "error": In(1),
-                "clear_cycles": In(1),
-                "pc": In(32),
-            }
-        )
+        super().__init__({**host_members(16), "done": In(1), "error": In(1), "clear_cycles": In(1)})
 
     def elaborate(self, platform):
         m = Module()

@@ -33,7 +33,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.wiring import In, Out
 
-from vitaccel.design import column_units
+from vitaccel.design import ACC_BITS, column_units
 from vitaccel.engine_host import POT4_ZERO
 from vitaccel.engine_timing import column_split, pe_stages, tree_stages
 from vitaccel.rtl.common import CheckedComponent, tree_reduce
@@ -118,7 +118,7 @@ class _PEBase(CheckedComponent):
     def check(cls, *, vector, in_bits, acc_bits, **_):
         _check_int("vector", vector, 1, 256)
         _check_int("in_bits", in_bits, 2, 8)
-        _check_int("acc_bits", acc_bits, 16, 64)
+        _check_int("acc_bits", acc_bits, *ACC_BITS)
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from amaranth.utils import bits_for, exact_log2
 
 from vitaccel.engine_host import LOG2_CODE_BITS, MULT_BITS, SHIFT_BITS, EngineParams
 from vitaccel.engine_timing import REQUANT_STAGES
-from vitaccel.rtl.common import delay, elaborate_parts
+from vitaccel.rtl.common import RAM_STYLE, delay, elaborate_parts
 from vitaccel.rtl.gvsa import FLAGS, GVSArray
 
 __all__ = [
@@ -56,14 +56,14 @@ def cmd_layout(log2: bool = False) -> data.StructLayout:
 CMD_LAYOUT = cmd_layout()
 
 
-def _banks(m: Module, name: str, groups: int, per_group: int, width, depth: int) -> list:
-    """``groups`` x ``per_group`` memories (``width(j)`` bits wide, ``depth`` words), named
-    ``name.format(g, j)``, as ``[g][j] -> (write port, read port)``."""
+def _banks(m: Module, name: str, groups: int, per_group: int, width, depth: int, attrs=None):
+    """``groups`` x ``per_group`` memories (``width(j)`` bits wide, ``depth`` words, Memory
+    ``attrs``), named ``name.format(g, j)``, as ``[g][j] -> (write port, read port)``."""
     banks = []
     for g in range(groups):
         row = []
         for j in range(per_group):
-            mem = Memory(shape=unsigned(width(j)), depth=depth, init=[])
+            mem = Memory(shape=unsigned(width(j)), depth=depth, init=[], attrs=attrs)
             m.submodules[name.format(g, j)] = mem
             row.append((mem.write_port(), mem.read_port()))
         banks.append(row)
@@ -208,9 +208,11 @@ class MatmulEngine(wiring.Component):
         N = p.x_beat
         # ---- X buffer: G x R banks (each N sub-banks: a beat writes N k-steps at once) ---
         if N == 1:
-            x_banks = _banks(m, "xbank_g{}_r{}", G, R, lambda r: 8 * V, p.x_words)
+            x_banks = _banks(m, "xbank_g{}_r{}", G, R, lambda r: 8 * V, p.x_words,
+                             RAM_STYLE[p.x_memory])  # fmt: skip
         else:
-            x_banks = _banks(m, "xbank_g{}_s{}", G, R * N, lambda j: 8 * V, p.x_words // N)
+            x_banks = _banks(m, "xbank_g{}_s{}", G, R * N, lambda j: 8 * V, p.x_words // N,
+                             RAM_STYLE[p.x_memory])  # fmt: skip
 
         # ---- X loader --------------------------------------------------------------------
         xl_busy = Signal()

@@ -114,11 +114,6 @@ class TopParams:
         if not isinstance(design, Design):
             raise TypeError(f"design must be a vitaccel.design.Design, not {design!r}")
         a, nl = design.array, design.nonlinear
-        if a.w4_share != 0.0:
-            raise ValueError(
-                "array.w4_share must be 0 for the accelerator top: programs use the identity "
-                f"column plan (docs/isa.md), not {a.w4_share!r}"
-            )
         _pow2("array.vector", a.vector)
         if a.vector > MAX_VECTOR:
             raise ValueError(
@@ -145,7 +140,7 @@ class TopParams:
         self.weight_ports = design.weight_ports
         self.engine = EngineParams.from_array(
             a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2,
-            w_ports=design.weight_ports, x_beat=self.x_beat,
+            w_ports=design.weight_ports, x_beat=self.x_beat, x_memory=design.x_memory,
         )  # fmt: skip
         self.max_tokens = nl.max_tokens
         self.max_channels = nl.max_channels
@@ -186,6 +181,14 @@ class Accelerator(CheckedComponent):
     @classmethod
     def check(cls, *, design, **kwargs):
         TopParams(design, **kwargs)
+        # The sizes (and the compiler's codec) take W4 columns; the RTL does not follow the
+        # column map yet, and its W_SPM stream builder would feed int8 rows to W4 lanes.
+        if design.array.w4_share != 0.0:
+            raise ValueError(
+                "array.w4_share must be 0 for the accelerator RTL: its output writer and W_SPM "
+                "stream builder do not follow the mixed W4/W8 column map yet (docs/isa.md), "
+                f"not {design.array.w4_share!r}"
+            )
 
     def __init__(self, design: Design, **kwargs):
         self.params = TopParams(design, **kwargs)
@@ -255,7 +258,7 @@ class Accelerator(CheckedComponent):
         wide = {len(readers) - 3} if P.spm_banks > 1 else ()
         m.submodules.spm = spm = Scratchpad(
             words=P.spm_words, read_clients=len(readers), write_clients=2, banks=P.spm_banks,
-            wide=wide,
+            wide=wide, memory=P.design.spm_memory,
         )  # fmt: skip
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.clients()[i])

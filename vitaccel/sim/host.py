@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from vitaccel.compile.driver import Step
-from vitaccel.sim.runner import RtlBackend
+from vitaccel.sim.runner import RtlBackend, testbench
 
 __all__ = ["SimBackend"]
 
@@ -29,19 +29,8 @@ class SimBackend(RtlBackend):
     pause : float
         Probability of a pause per cycle on every AXI channel of the DDR model.
     timeout_cycles : int
-        Per ``wait_done`` step.
+        Per ``wait_done`` step (default ``TIMEOUT_CYCLES``, 20 million).
     """
-
-    def __init__(
-        self,
-        design,
-        *,
-        base: int = 0x1000_0000,
-        pause: float = 0.0,
-        seed: int = 0,
-        timeout_cycles: int = 20_000_000,
-    ):
-        super().__init__(design, base=base, pause=pause, seed=seed, timeout_cycles=timeout_cycles)
 
     def run(self, steps: list[Step]) -> list[int | bytes]:
         from vitaccel.sim.runner import SimError, run_cocotb
@@ -78,58 +67,37 @@ class SimBackend(RtlBackend):
 
 # ---- the cocotb side ----------------------------------------------------------------------
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover
-    cocotb = None
 
-if cocotb is not None:
+@testbench
+async def play_steps(dut):
+    from cocotb.triggers import RisingEdge
 
-    @cocotb.test()
-    async def play_steps(dut):
-        from cocotb.triggers import ClockCycles, RisingEdge
+    from vitaccel.isa import Reg
+    from vitaccel.sim.runner import save_result
+    from vitaccel.sim.tb_top import attach_for_run, reset, wait_irq
 
-        from vitaccel.isa import Reg
-        from vitaccel.sim.runner import load_args, save_result
-        from vitaccel.sim.tb_top import attach_axi
+    args, arrays, ram, host = await attach_for_run(dut)
+    base = args["base"]
 
-        args, arrays = load_args()
-        base = args["base"]
-        ram, host = await attach_axi(
-            dut, mem_size=args["mem_size"], pause=args["pause"], seed=args["seed"]
-        )
-
-        async def reset():
-            dut.rst.value = 1
-            await ClockCycles(dut.clk, 4)
-            dut.rst.value = 0
-            await ClockCycles(dut.clk, 2)
-
-        await reset()
-        ram.write(base, arrays["image"].tobytes())
-        reads, waits, timeout = [], [], False
-        for kind, a, b in args["steps"]:
-            if kind == "write_mem":
-                ram.write(base + a, bytes.fromhex(b))
-            elif kind == "write_reg":
-                await host.write_dword(a, b)
-            elif kind == "wait_done":
-                cycles = 0
-                while not int(dut.irq.value):
-                    await ClockCycles(dut.clk, 64)
-                    cycles += 64
-                    if cycles > args["timeout_cycles"]:
-                        timeout = True
-                        break
-                waits.append(cycles)
-                if timeout:
-                    break
-                await RisingEdge(dut.clk)
-            elif kind == "read_reg":
-                reads.append(await host.read_dword(a))
-            elif kind == "read_mem":
-                reads.append(ram.read(base + a, b).hex())
-            elif kind == "reset":
-                await reset()
-        pc = await host.read_dword(Reg.PC) if not timeout else -1
-        save_result({"reads": reads, "timeout": timeout, "pc": pc, "wait_cycles": waits})
+    await reset(dut)
+    ram.write(base, arrays["image"].tobytes())
+    reads, waits, timeout = [], [], False
+    for kind, a, b in args["steps"]:
+        if kind == "write_mem":
+            ram.write(base + a, bytes.fromhex(b))
+        elif kind == "write_reg":
+            await host.write_dword(a, b)
+        elif kind == "wait_done":
+            cycles, timeout = await wait_irq(dut, args["timeout_cycles"])
+            waits.append(cycles)
+            if timeout:
+                break
+            await RisingEdge(dut.clk)
+        elif kind == "read_reg":
+            reads.append(await host.read_dword(a))
+        elif kind == "read_mem":
+            reads.append(ram.read(base + a, b).hex())
+        elif kind == "reset":
+            await reset(dut)
+    pc = await host.read_dword(Reg.PC) if not timeout else -1
+    save_result({"reads": reads, "timeout": timeout, "pc": pc, "wait_cycles": waits})

@@ -248,6 +248,17 @@ def _failures(results_xml: Path) -> list[str]:
 # ---- testbench side ------------------------------------------------------------------
 
 
+def testbench(fn):
+    """``fn`` as a cocotb test (``cocotb.test()``): the testbench half of a module. Without
+    cocotb the module still imports (its host half drives a board) and ``fn`` stays a plain
+    coroutine function."""
+    try:
+        import cocotb
+    except ImportError:  # pragma: no cover
+        return fn
+    return cocotb.test()(fn)
+
+
 def load_args() -> tuple[dict, dict[str, np.ndarray]]:
     """In a cocotb testbench: the ``args`` and ``arrays`` given to :func:`run_cocotb`."""
     run_dir = Path(os.environ["VITACCEL_SIM_DIR"])
@@ -268,9 +279,26 @@ class RtlBackend:
     :class:`vitaccel.sim.host.SimBackend`; Verilator harness:
     :class:`vitaccel.sim.native.NativeBackend`): the design, the memory image the DDR model
     holds at ``base``, the pause probability and seed of the AXI channels, the cycle limit
-    of each ``wait_done`` step, and the last run's result (``last``)."""
+    of each ``wait_done`` step, and the last run's result (``last``).
 
-    def __init__(self, design, *, base: int, pause: float, seed: int, timeout_cycles: int):
+    ``timeout_cycles`` defaults to the back end's ``TIMEOUT_CYCLES``; ``pause`` must be in
+    [0, 1) (0: no pauses, the setting for cycle counting)."""
+
+    TIMEOUT_CYCLES = 20_000_000
+
+    def __init__(
+        self,
+        design,
+        *,
+        base: int = 0x1000_0000,
+        pause: float = 0.0,
+        seed: int = 0,
+        timeout_cycles: int | None = None,
+    ):
+        if not 0.0 <= pause < 1.0:
+            raise ValueError(f"pause must be in [0, 1), got {pause}")
+        if timeout_cycles is None:
+            timeout_cycles = self.TIMEOUT_CYCLES
         self.design = design
         self.base = base
         self.pause = pause

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitaccel.sim.runner import testbench
+
 __all__ = ["FAULT_KINDS", "FAULT_SIDES", "run_fault", "describe_outcome"]
 
 FAULT_KINDS = ("slverr", "decerr", "hang")
@@ -205,65 +207,43 @@ def arm_fault(ram, fault: dict) -> object:
     return Armed
 
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover
-    cocotb = None
+@testbench
+async def fault_then_good_run(dut):
+    """The faulty run, then (after a reset if it hung) a good run on the same DDR."""
+    from cocotb.triggers import RisingEdge
 
-if cocotb is not None:
+    from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, Reg
+    from vitaccel.sim.runner import save_result
+    from vitaccel.sim.tb_top import attach_for_run, reset, wait_irq
 
-    @cocotb.test()
-    async def fault_then_good_run(dut):
-        """The faulty run, then (after a reset if it hung) a good run on the same DDR."""
-        from cocotb.triggers import ClockCycles, RisingEdge
+    args, arrays, ram, host = await attach_for_run(dut)
+    ram.read_if.log.setLevel("ERROR")  # the injected failures are expected
+    ram.write_if.log.setLevel("ERROR")
 
-        from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, Reg
-        from vitaccel.sim.runner import load_args, save_result
-        from vitaccel.sim.tb_top import attach_axi
+    async def run(image, regs) -> dict:
+        ram.write(args["base"], image.tobytes())
+        for offset, value in regs:
+            await host.write_dword(offset, value)
+        await host.write_dword(Reg.CTRL, CTRL_START | CTRL_IRQ_ENABLE)
+        waited, timeout = await wait_irq(dut, args["timeout_cycles"])
+        await RisingEdge(dut.clk)
+        # The register file answers even while the core waits on a dead DDR.
+        return {
+            "status": await host.read_dword(Reg.STATUS),
+            "pc": await host.read_dword(Reg.PC),
+            "cycles": waited,
+            "timeout": timeout,
+        }
 
-        args, arrays = load_args()
-        ram, host = await attach_axi(
-            dut, mem_size=args["mem_size"], pause=args.get("pause", 0), seed=args.get("seed", 0)
-        )
-        ram.read_if.log.setLevel("ERROR")  # the injected failures are expected
-        ram.write_if.log.setLevel("ERROR")
-
-        async def reset():
-            dut.rst.value = 1
-            await ClockCycles(dut.clk, 4)
-            dut.rst.value = 0
-            await ClockCycles(dut.clk, 2)
-
-        async def run(image, regs) -> dict:
-            ram.write(args["base"], image.tobytes())
-            for offset, value in regs:
-                await host.write_dword(offset, value)
-            await host.write_dword(Reg.CTRL, CTRL_START | CTRL_IRQ_ENABLE)
-            waited, timeout = 0, False
-            while not int(dut.irq.value):
-                await ClockCycles(dut.clk, 64)
-                waited += 64
-                if waited > args["timeout_cycles"]:
-                    timeout = True
-                    break
-            await RisingEdge(dut.clk)
-            # The register file answers even while the core waits on a dead DDR.
-            return {
-                "status": await host.read_dword(Reg.STATUS),
-                "pc": await host.read_dword(Reg.PC),
-                "cycles": waited,
-                "timeout": timeout,
-            }
-
-        await reset()
-        armed = arm_fault(ram, args["fault"]) if args.get("fault") else None
-        first = await run(arrays["image"], args["regs"])
-        if first["timeout"]:
-            await reset()  # the AxiRam model drops its pending answers on reset too
-        if armed is not None:
-            first["fault_hits"] = armed.hits()
-            armed.disarm()
-        ram.write(args["base"], bytes(args["mem_size"] - args["base"]))
-        good = await run(arrays["good_image"], args["good_regs"])
-        good["outputs"] = [ram.read(a, s).hex() for a, s in args["outputs"]]
-        save_result({**first, "good": good})
+    await reset(dut)
+    armed = arm_fault(ram, args["fault"]) if args.get("fault") else None
+    first = await run(arrays["image"], args["regs"])
+    if first["timeout"]:
+        await reset(dut)  # the AxiRam model drops its pending answers on reset too
+    if armed is not None:
+        first["fault_hits"] = armed.hits()
+        armed.disarm()
+    ram.write(args["base"], bytes(args["mem_size"] - args["base"]))
+    good = await run(arrays["good_image"], args["good_regs"])
+    good["outputs"] = [ram.read(a, s).hex() for a, s in args["outputs"]]
+    save_result({**first, "good": good})

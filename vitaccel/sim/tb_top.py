@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import functools
 
+from vitaccel.sim.runner import testbench
+
 __all__ = ["sim_verilog", "run_top", "play", "attach_axi", "TB_TOPLEVEL", "default_regs"]
 
 TB_TOPLEVEL = "vitaccel_tb"
@@ -193,6 +195,43 @@ async def attach_axi(dut, *, mem_size: int, pause: float = 0.0, seed: int = 0):
     return ram, host
 
 
+async def attach_for_run(dut):
+    """The run's arguments (:func:`vitaccel.sim.runner.load_args`) and the DDR model and host
+    attached as they say (``mem_size``, ``pause``, ``seed``): ``(args, arrays, ram, host)``."""
+    from vitaccel.sim.runner import load_args
+
+    args, arrays = load_args()
+    ram, host = await attach_axi(
+        dut, mem_size=args["mem_size"], pause=args.get("pause", 0), seed=args.get("seed", 0)
+    )
+    return args, arrays, ram, host
+
+
+async def reset(dut) -> None:
+    """Reset for 4 cycles, then 2 cycles out of reset: the start of every run (and the reset
+    between two runs) in the whole-top testbenches."""
+    from cocotb.triggers import ClockCycles
+
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 4)
+    dut.rst.value = 0
+    await ClockCycles(dut.clk, 2)
+
+
+async def wait_irq(dut, limit: int, chunk: int = 64) -> tuple[int, bool]:
+    """Wait for the accelerator's interrupt in steps of ``chunk`` cycles: (cycles waited,
+    whether ``limit`` was passed first)."""
+    from cocotb.triggers import ClockCycles
+
+    waited = 0
+    while not int(dut.irq.value):
+        await ClockCycles(dut.clk, chunk)
+        waited += chunk
+        if waited > limit:
+            return waited, True
+    return waited, False
+
+
 async def play(dut, args: dict, arrays: dict) -> dict:
     """The testbench body (reusable from other cocotb tests): DDR model, host, one run."""
     from cocotb.triggers import ClockCycles, RisingEdge
@@ -202,9 +241,7 @@ async def play(dut, args: dict, arrays: dict) -> dict:
     ram, host = await attach_axi(
         dut, mem_size=args["mem_size"], pause=args.get("pause", 0), seed=args.get("seed", 0)
     )
-    await ClockCycles(dut.clk, 4)
-    dut.rst.value = 0
-    await ClockCycles(dut.clk, 2)
+    await reset(dut)
 
     ram.write(args["base"], arrays["image"].tobytes())
     for offset, value in args["regs"]:
@@ -216,13 +253,7 @@ async def play(dut, args: dict, arrays: dict) -> dict:
     limit = args["timeout_cycles"]
     timeout = False
     if ctrl & CTRL_IRQ_ENABLE:
-        chunk = 64
-        while not int(dut.irq.value):
-            await ClockCycles(dut.clk, chunk)
-            sim_cycles += chunk
-            if sim_cycles > limit:
-                timeout = True
-                break
+        sim_cycles, timeout = await wait_irq(dut, limit)
     else:
         while not (await host.read_dword(Reg.STATUS)) & STATUS_DONE:
             await ClockCycles(dut.clk, 256)
@@ -246,17 +277,10 @@ async def play(dut, args: dict, arrays: dict) -> dict:
     }
 
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - the package works without cocotb at import time
-    cocotb = None
+@testbench
+async def run_program(dut):
+    """The cocotb test :func:`run_top` runs: arguments in, :func:`play`, result out."""
+    from vitaccel.sim.runner import load_args, save_result
 
-if cocotb is not None:
-
-    @cocotb.test()
-    async def run_program(dut):
-        """The cocotb test :func:`run_top` runs: arguments in, :func:`play`, result out."""
-        from vitaccel.sim.runner import load_args, save_result
-
-        args, arrays = load_args()
-        save_result(await play(dut, args, arrays))
+    args, arrays = load_args()
+    save_result(await play(dut, args, arrays))

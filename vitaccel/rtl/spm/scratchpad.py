@@ -15,6 +15,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
+    RAM_STYLE,
     CheckedComponent,
     check_int,
 )
@@ -68,10 +69,11 @@ def _check_lanes(lanes, name: str = "lanes") -> int:
     return lanes
 
 
-def spm_bank_memory(depth: int, init=()) -> Memory:
-    """One memory of the scratchpad (the whole SPM, or one bank): ``depth`` 16-byte words.
-    Every scratchpad memory is created here (one place to choose its implementation)."""
-    return Memory(shape=unsigned(8 * WORD_BYTES), depth=depth, init=list(init))
+def spm_bank_memory(depth: int, init=(), memory: str = "bram") -> Memory:
+    """One memory of the scratchpad (the whole SPM, or one bank): ``depth`` 16-byte words on
+    ``memory`` (``RAM_STYLE``). Every scratchpad memory is created here."""
+    return Memory(shape=unsigned(8 * WORD_BYTES), depth=depth, init=list(init) or [],
+                  attrs=RAM_STYLE[memory])  # fmt: skip
 
 
 class Scratchpad(CheckedComponent):
@@ -92,6 +94,9 @@ class Scratchpad(CheckedComponent):
         gets them all in one grant (the words after ``addr``, wrapping like addresses).
     wide : collection of int
         The read clients that read ``banks`` words per grant (the others read one).
+    memory : {"bram", "uram"}
+        ``"uram"`` marks the memory ``ram_style = "ultra"``, which Yosys (xcup) and Vivado map
+        to URAM288; read latency stays one cycle (``dse.resources.memory_uram288``).
 
     Members
     -------
@@ -111,7 +116,7 @@ class Scratchpad(CheckedComponent):
             raise ValueError(f"wide must name read clients 0..{read_clients - 1}, not {wide!r}")
 
     def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None,
-                 banks: int = 1, wide=()):  # fmt: skip
+                 banks: int = 1, wide=(), memory: str = "bram"):  # fmt: skip
         self.words = words
         self.banks = banks
         self.wide = frozenset(wide)
@@ -119,9 +124,11 @@ class Scratchpad(CheckedComponent):
         # Built here (not in elaborate) so testbenches can read ``mem.data`` (one bank) or
         # ``banks_mem[b].data`` (word a at ``banks_mem[a % banks].data[a // banks]``).
         if banks == 1:
-            self.mem = spm_bank_memory(words, init)
+            self.mem = spm_bank_memory(words, init, memory)
         else:
-            self.banks_mem = [spm_bank_memory(words // banks, init[b::banks]) for b in range(banks)]
+            self.banks_mem = [
+                spm_bank_memory(words // banks, init[b::banks], memory) for b in range(banks)
+            ]
         self.read_clients = read_clients
         self.write_clients = write_clients
         super().__init__(

@@ -311,21 +311,18 @@ class NativeBackend(RtlBackend):
         harness's progress lines (about once a second and after each image).
     """
 
+    TIMEOUT_CYCLES = 200_000_000
+
     def __init__(
         self,
         design,
         *,
-        base: int = 0x1000_0000,
-        pause: float = 0.0,
-        seed: int = 0,
-        timeout_cycles: int = 200_000_000,
         threads: int = 1,
         on_progress: ProgressFn | None = None,
         progress=None,
+        **rtl,
     ):
-        if not 0.0 <= pause < 1.0:
-            raise ValueError(f"pause must be in [0, 1), got {pause}")
-        super().__init__(design, base=base, pause=pause, seed=seed, timeout_cycles=timeout_cycles)
+        super().__init__(design, **rtl)  # base, pause, seed, timeout_cycles: RtlBackend
         self.threads = threads
         self.on_progress = on_progress
         self.progress = progress
