@@ -2,7 +2,9 @@
 
 import random
 
-from vitaccel.engine_timing import StepCycles, matmul_cycles
+import pytest
+
+from vitaccel.engine_timing import StepCycles, matmul_cycles, x_beat_words, x_load_cycles
 
 
 def test_step_cycles_equal_the_recursion_at_every_step_count():
@@ -20,10 +22,27 @@ def test_step_cycles_equal_the_recursion_at_every_step_count():
         t, k, n = rng.randint(1, 300), rng.randint(1, 2000), rng.randint(1, 60)
         heads, keep = rng.random() < 0.3, rng.random() < 0.2
         wc = rng.choice((1.0, 1 / 3, 0.25, 1.7, 4 / 3))
-        job = dict(heads=heads, w_word_cycles=wc, x_keep=keep)
+        job = dict(heads=heads, w_word_cycles=wc, x_keep=keep, x_beat=rng.choice((1, 2, 4)))
         steps = StepCycles(t, k, n, g, r, c, v, c // 2, **job)
         assert len(steps) == n and steps.last == steps.at(n)
         slack = 0 if wc in (1.0, 0.25) else 1
         for q in range(1, n + 1):
             want = matmul_cycles(t, k, q, g, r, c, v, c // 2, **job)
             assert abs(steps.at(q) - want) <= slack, (t, k, q, wc, steps.at(q), want)
+
+
+def test_x_beat_is_the_scratchpad_word_and_divides_the_x_load():
+    """The accelerator's X beat: datapath_bytes / 16 k-steps of a token (one per scratchpad
+    bank); the X load is ceil(KS / x_beat) beats per token (per group in heads mode)."""
+    assert [x_beat_words(v, d) for v in (4, 16) for d in (16, 32, 64)] == [1, 2, 4] * 2
+    with pytest.raises(ValueError, match="vector"):
+        x_beat_words(0)
+    with pytest.raises(ValueError, match="datapath_bytes"):
+        x_beat_words(16, 48)
+    assert x_load_cycles(17, 9, 4, heads=False, x_beat=2) == 17 * 5
+    assert x_load_cycles(17, 9, 4, heads=True, x_beat=2) == 4 * 17 * 5
+    assert x_load_cycles(17, 9, 4, heads=True, x_keep=True, x_beat=2) == 0
+    # an X-bound job (64 tokens, K = 128 on V = 8: 16 k-steps) is shorter by the halved load
+    narrow = matmul_cycles(64, 128, 1, 1, 4, 4, 8, 2)
+    wide = matmul_cycles(64, 128, 1, 1, 4, 4, 8, 2, x_beat=2)
+    assert narrow - wide == 64 * 16 - 64 * 8

@@ -207,6 +207,49 @@ def test_cycle_model_exact_across_shapes():
         _check_all(params, cases)
 
 
+@pytest.mark.parametrize("x_beat, vector", [(2, 8), (4, 4)])
+def test_wide_x_beats_load_several_k_steps_a_cycle(x_beat, vector):
+    """An X beat of ``x_beat`` k-steps (the accelerator's X path at the scratchpad's width)
+    fills the X sub-banks in ``ceil(KS / x_beat)`` cycles per token: bit-exact in shared and
+    heads mode, with stalls and X_KEEP, and exact against the cycle model. K values leave
+    the last beat of a token partial (KS not a multiple of x_beat) or whole."""
+    params = EngineParams(groups=2, rows=3, cols=2, vector=vector, x_words=128, max_ksteps=16,
+                          x_beat=x_beat)  # fmt: skip
+    narrow = EngineParams(groups=2, rows=3, cols=2, vector=vector, x_words=128, max_ksteps=16)
+    rng = np.random.default_rng(x_beat)
+    cases = [random_case(rng, t, k, n, name=f"{t}x{k}x{n}")
+             for t, k, n in [(7, 5 * vector, 6), (4, 8 * vector, 5), (1, 3, 2), (10, 60, 3),
+                             (5, 2 * vector, 4)]]  # fmt: skip
+    k = 3 * vector - 1
+    cases.append(
+        MatmulCase(
+            rng.integers(-128, 128, (2, 5, k)),
+            rng.integers(-128, 128, (2, 3, k)),
+            np.zeros((2, 3), dtype=np.int64),
+            rng.integers(-999, 999, (2, 3)),
+            rng.integers(1, 2**16, (2, 3)),
+            rng.integers(10, 22, (2, 3)),
+            heads=True,
+            name="2 heads",
+        )
+    )
+    _check_all(params, cases)
+    _check_all(params, cases, stall=0.3, seed=5, model=False)
+    T, K = cases[3].x.shape  # X-bound: 10 tokens x 60
+    ns = plan_columns(cases[3].kind, params).nsteps
+    assert cycle_model(T, K, ns, params) < cycle_model(T, K, ns, narrow)
+    # X_KEEP keeps the sub-banks' X
+    second = random_case(rng, 7, 5 * vector, 4, name="keeps X")
+    second.x = cases[0].x
+    pair = [cases[0], second]
+    for j, (case, (got, cycles, job)) in enumerate(
+        zip(pair, simulate(params, pair, keep={1}), strict=True)
+    ):
+        assert_exact(case, got)
+        t, k = case.x.shape
+        assert cycles == cycle_model(t, k, job.plan.nsteps, params, x_keep=j == 1), case.name
+
+
 def test_heads_mode_two_groups_with_stalls():
     """Groups on different heads: per-group X (Q_h or uint8 P_h) and per-group "weights"."""
     rng = np.random.default_rng(3)

@@ -51,7 +51,7 @@ class Rig(Elaboratable):
         for i, sub in enumerate(self.subs):
             m.submodules[f"sub{i}"] = sub
         for i, client in enumerate(self.readers):
-            wiring.connect(m, client, self.spm.rd[i])
+            wiring.connect(m, client, self.spm.clients()[i])
         for i, client in enumerate(self.writers):
             wiring.connect(m, client, self.spm.wr[i])
         for src, dst in self.links:
@@ -97,7 +97,7 @@ def _run(rig, *benches, background=(), limit=100_000):
 
 
 def _spm_dump(ctx, spm):
-    raw = [ctx.get(spm.mem.data[i]) for i in range(spm.words)]
+    raw = [spm.word(ctx, i) for i in range(spm.words)]
     return np.array([list(int(v).to_bytes(16, "little")) for v in raw], dtype=np.uint8)
 
 
@@ -200,8 +200,10 @@ def test_two_readers_share_the_port_and_a_stalled_one_does_not_block():
 # ---- writers ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lanes", [1, 4, 16, 32])
-def test_row_writer_writes_only_cols(lanes):
+@pytest.mark.parametrize("lanes, banks", [(1, 1), (4, 1), (16, 1), (32, 1), (4, 2), (16, 4)])
+def test_row_writer_writes_only_cols(lanes, banks):
+    """Runs at any byte offset land where the interpreter puts them (a banked scratchpad:
+    every word in bank ``a mod banks``)."""
     rng = np.random.default_rng(20 + lanes)
     image = _image(rng)
     jobs = [
@@ -210,7 +212,7 @@ def test_row_writer_writes_only_cols(lanes):
         (80, 2, 3, 1),
         (120, 5, 2, 70),
     ]  # base, stride, rows, cols
-    spm = Scratchpad(words=WORDS, init=_ints(image))
+    spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks)
     wr, brw = RowWriter(lanes=lanes), ByteRunWriter()
     rig = Rig(spm, [wr, brw], writers=[brw.mem], links=[(wr.o, brw.i)])
     mach = _machine(image)
@@ -304,17 +306,28 @@ def _spm_with(rng, tensors):
 
 
 @pytest.mark.parametrize(
-    "groups, cols, vector, heads, nheads, T, K, N",
+    "groups, cols, vector, heads, nheads, T, K, N, x_beat, banks",
     [
-        (1, 4, 8, 0, 1, 5, 20, 10),
-        (2, 4, 8, 0, 1, 6, 16, 19),
-        (2, 2, 4, 1, 2, 7, 9, 5),
-        (4, 4, 16, 1, 3, 3, 40, 9),
+        (1, 4, 8, 0, 1, 5, 20, 10, 1, 1),
+        (2, 4, 8, 0, 1, 6, 16, 19, 1, 1),
+        (2, 2, 4, 1, 2, 7, 9, 5, 1, 1),
+        (4, 4, 16, 1, 3, 3, 40, 9, 1, 1),
+        # X beats of a whole SPM word (V < 16), and wide reads of a banked SPM (V = 16)
+        (1, 4, 8, 0, 1, 5, 20, 10, 2, 1),
+        (2, 2, 4, 1, 2, 7, 9, 5, 4, 1),
+        (1, 4, 16, 0, 1, 6, 70, 9, 2, 2),
+        (4, 4, 16, 1, 3, 3, 40, 9, 4, 4),
+        (2, 4, 8, 0, 1, 5, 100, 7, 8, 4),
     ],
 )
-def test_x_and_w_streams_match_the_engine_packer(groups, cols, vector, heads, nheads, T, K, N):
+def test_x_and_w_streams_match_the_engine_packer(
+    groups, cols, vector, heads, nheads, T, K, N, x_beat, banks
+):
+    """The X builder's beats (``x_beat`` k-steps, ``banks`` words per wide SPM read at any
+    word alignment: the X rows start at odd addresses) and the W builder's words (narrow
+    reads of the same banked SPM) equal the engine packer's streams."""
     rng = np.random.default_rng(T * K + N)
-    params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector)
+    params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector, x_beat=x_beat)
     hn = nheads if heads else 1
     x = rng.integers(-128, 128, size=(hn, T, K))
     w = rng.integers(-128, 128, size=(hn, N, K))
@@ -332,8 +345,9 @@ def test_x_and_w_streams_match_the_engine_packer(groups, cols, vector, heads, nh
     want_x = [int.from_bytes(r.tobytes(), "little") for r in job.x_bytes]
     want_w = [int.from_bytes(r.tobytes(), "little") for r in job.w_words]
 
-    spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image))
-    xb = XStreamBuilder(groups=groups, vector=vector)
+    spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image), banks=banks,
+                     wide={0} if banks > 1 else ())  # fmt: skip
+    xb = XStreamBuilder(groups=groups, vector=x_beat * vector, fetch_words=banks)
     wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits)
     rig = Rig(spm, [xb, wb], readers=[xb.mem, wb.mem])
     got = {"x": [], "w": []}

@@ -13,7 +13,7 @@ from test_rtl_axi import AxiLiteHost, AxiRamModel
 
 from vitaccel import isa
 from vitaccel.boards.vivado import check_top_ports
-from vitaccel.design import ArrayConfig, Design, NonlinearConfig
+from vitaccel.design import ArrayConfig, Design, DesignError, NonlinearConfig, parse_design
 from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, STATUS_DONE, STATUS_ERROR, Reg
 from vitaccel.rtl.top import Accelerator, TopParams, top_verilog
 
@@ -47,6 +47,11 @@ def test_params_from_design():
     q = TopParams(SMALL)
     assert q.spm_words == 64
     assert q.config_word == 64 << 16 | 1 << 10 | 2 << 5 | 2
+    # the X path: one k-step of a token per cycle from one scratchpad word, or 2/4 k-steps
+    # from 2/4 scratchpad banks
+    assert (p.x_beat, p.spm_banks, p.engine.x_beat) == (1, 1, 1)
+    wide = TopParams(Design(array=ArrayConfig(vector=16), datapath_bytes=64))
+    assert (wide.x_beat, wide.spm_banks, wide.engine.x_words % 4) == (4, 4, 0)
     # the sizes (and the compiler's codec) take W4 columns; the RTL refuses them (below)
     assert TopParams(Design(array=ArrayConfig(w4_share=0.5))).engine.cols_w4 > 0
 
@@ -66,6 +71,11 @@ def test_rejects_designs_it_cannot_build(change, match):
         Accelerator(design)
     with pytest.raises(TypeError):
         Accelerator({"array": {}})
+
+
+def test_datapath_width_is_checked_in_one_line():
+    with pytest.raises(DesignError, match=r"^design field 'datapath_bytes': .*16, 32 or 64"):
+        parse_design({"datapath_bytes": 48})
 
 
 def _simulate(image: bytes, base: int, *, cycles: int = 5000):

@@ -177,6 +177,11 @@ class Design(_Strict):
         description="AXI4 read ports (the Zynq's HP0..HP3) that stream the packed weights in "
         "parallel, each a share of every step's columns",
     )
+    datapath_bytes: Literal[16, 32, 64] = Field(
+        16,
+        description="bytes of a token's activations the X path moves per cycle: 16 (one "
+        "scratchpad word), or 32/64 from a scratchpad in 2/4 banks (low word-address bits)",
+    )
     prediction: Prediction | None = None
 
     @model_validator(mode="after")

@@ -98,6 +98,12 @@ class EngineParams(ArrayGeometry):
         Also run attention x V on 4-bit log2-code probabilities in shift-add form (jobs with
         ``x_log2``; see :mod:`vitaccel.rtl.gvsa`). Off by default: it adds a shift mux per
         W8 lane and the command bit.
+    x_beat : int
+        X words (k-steps of one token) per beat of the ``x`` stream: a power of two, 1 by
+        default; the accelerator uses :func:`vitaccel.engine_timing.x_beat_words` (its X
+        path at the scratchpad's 16-byte width). Each X bank is then ``x_beat`` sub-banks of
+        ``x_words / x_beat`` words (k-step ``k`` of a token in sub-bank ``k mod x_beat``), and
+        a job fits when ``ceil(T / rows) * ceil(ksteps / x_beat) <= x_words / x_beat``.
     w_ports : int
         W streams loaded in parallel (1..4; one AXI read port each in the accelerator):
         stream p carries the columns ``p*G*C/P .. (p+1)*G*C/P - 1`` of every step (see
@@ -121,6 +127,7 @@ class EngineParams(ArrayGeometry):
     out_depth: int | None = None
     log2: bool = False
     w_ports: int = 1
+    x_beat: int = 1
     x_memory: str = "bram"
 
     def __post_init__(self):
@@ -151,6 +158,16 @@ class EngineParams(ArrayGeometry):
             raise ValueError(
                 f"w_ports must be 1..4 and divide groups*cols ({self.groups * self.cols}), "
                 f"not {self.w_ports!r}"
+            )
+        if (
+            not isinstance(self.x_beat, int)
+            or isinstance(self.x_beat, bool)
+            or self.x_beat not in (1, 2, 4, 8, 16)
+            or self.x_words % self.x_beat
+        ):
+            raise ValueError(
+                f"x_beat must be 1, 2, 4, 8 or 16 and divide x_words ({self.x_words}), "
+                f"not {self.x_beat!r}"
             )
         if self.out_depth is None:
             object.__setattr__(self, "out_depth", self.full_rate_out_depth)
@@ -189,7 +206,13 @@ class EngineParams(ArrayGeometry):
 
     @property
     def x_word_bits(self) -> int:
-        return 8 * self.vector
+        """Bits of one beat of the ``x`` stream: ``x_beat`` words of ``vector`` bytes."""
+        return 8 * self.vector * self.x_beat
+
+    def x_fits(self, tokens: int, ksteps: int) -> bool:
+        """Whether a job's X fits the X banks (``x_beat`` sub-banks per bank)."""
+        n = self.x_beat
+        return -(-tokens // self.rows) * -(-ksteps // n) <= self.x_words // n
 
     @property
     def param_bits(self) -> int:
@@ -293,7 +316,7 @@ class Job:
     """One packed job: the command and the stream contents, as the testbench sends them."""
 
     cmd: dict
-    x_bytes: np.ndarray  # (words, vector) uint8
+    x_bytes: np.ndarray  # (beats, x_beat * vector) uint8
     w_words: np.ndarray  # (words, w_word_bytes) uint8, little-endian words
     plan: ColumnPlan
     tokens: int
@@ -381,7 +404,7 @@ def pack_job(
     ks = -(-K // V)
     if ks > params.max_ksteps:
         raise ValueError(f"K={K} needs {ks} k-steps; this engine holds {params.max_ksteps}")
-    if -(-T // params.rows) * ks > params.x_words:
+    if not params.x_fits(T, ks):
         raise ValueError(
             f"X of {T} tokens x {ks} k-steps does not fit the X banks ({params.x_words} words)"
         )
@@ -401,10 +424,12 @@ def pack_job(
         plan = ColumnPlan(channel)
     else:
         plan = plan_columns(kind[0], params)
-    # X: token-major words of V bytes (zero padded); heads mode: group after group.
-    xg = np.zeros((G if heads else 1, T, ks * V), dtype=np.int64)
+    # X: token-major beats of x_beat words of V bytes (zero padded); heads mode: group
+    # after group.
+    xv = params.x_beat * V
+    xg = np.zeros((G if heads else 1, T, -(-ks * V // xv) * xv), dtype=np.int64)
     xg[:heads_n, :, :K] = x
-    x_bytes = (xg.reshape(-1, V) & 0xFF).astype(np.uint8)
+    x_bytes = (xg.reshape(-1, xv) & 0xFF).astype(np.uint8)
     # W: per step, group, column: parameter word, then ks words of V bytes.
     wbytes = params.w_word_bits // 8 + (params.w_word_bits % 8 > 0)
     words: list[int] = []
@@ -499,5 +524,5 @@ def cycle_model(
     p = params
     return matmul_cycles(
         tokens, k, nsteps, p.groups, p.rows, p.cols, p.vector, p.units, heads=heads,
-        x_keep=x_keep, w_word_cycles=1 / p.w_ports,
+        x_keep=x_keep, w_word_cycles=1 / p.w_ports, x_beat=p.x_beat,
     )  # fmt: skip

@@ -21,6 +21,8 @@ __all__ = [
     "latencies",
     "full_rate_out_depth",
     "top_out_depth",
+    "x_beat_words",
+    "x_load_cycles",
     "matmul_cycles",
     "StepCycles",
 ]
@@ -96,14 +98,42 @@ def top_out_depth(rows: int, cols: int, vector: int) -> int:
     return max(32, full_rate_out_depth(rows, cols // 2, vector))
 
 
-def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep):
+# The scratchpad's word: the bytes the accelerator's X path moves per cycle (docs/isa.md).
+SPM_WORD_BYTES = 16
+
+
+def x_beat_words(vector: int, datapath_bytes: int = SPM_WORD_BYTES) -> int:
+    """X words (k-steps of ``vector`` bytes) per beat of the accelerator's X stream.
+
+    ``Design.datapath_bytes`` / 16: the scratchpad is in that many banks and the X builder
+    reads as many consecutive words per grant, and the engine takes as many k-steps of a
+    token per cycle (``datapath_bytes`` bytes a cycle at V = 16; 16 is one k-step a cycle,
+    the accelerator before the datapath width existed, whatever V).
+    """
+    if not isinstance(vector, int) or isinstance(vector, bool) or vector < 1:
+        raise ValueError(f"vector must be a positive integer, not {vector!r}")
+    if datapath_bytes not in (16, 32, 64):
+        raise ValueError(f"datapath_bytes must be 16, 32 or 64, not {datapath_bytes!r}")
+    return datapath_bytes // SPM_WORD_BYTES
+
+
+def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: bool = False,
+                  x_beat: int = 1) -> int:  # fmt: skip
+    """Beats (cycles) of a job's X load: ``ceil(KS / x_beat)`` per token, for every group in
+    heads mode (each has its own X), once in shared mode (broadcast); 0 with ``x_keep``."""
+    if x_keep:
+        return 0
+    return (groups if heads else 1) * tokens * -(-ks // x_beat)
+
+
+def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat):
     """The constants of one job's recursion (see :func:`matmul_cycles`)."""
     ks = -(-k // vector)
     tiles = -(-tokens // rows)
     pad = max(0, rows - ks)
     period = ks + pad
     lat = latencies(rows, units, vector)
-    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
+    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     span = (tiles - 1) * period + ks - 1
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
@@ -138,6 +168,7 @@ def matmul_cycles(
     heads: bool = False,
     w_word_cycles: float = 1.0,
     x_keep: bool = False,
+    x_beat: int = 1,
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
@@ -151,12 +182,13 @@ def matmul_cycles(
     * step s issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
       (``S_0 = max(XL, WL) + 1``) and its last at ``E_s = S_s + (tiles-1) P + KS - 1``,
       with ``KS = ceil(K/V)``, ``tiles = ceil(T/R)``, ``P = max(KS, R)``, ``pad = P - KS``,
-      ``XL = Tx*KS`` (``Tx = T`` shared, ``G*T`` heads; 0 with ``x_keep``: the X of the
-      previous job stays in the banks) and ``WL = G*C*(KS+1)``,
+      ``XL = Tx*ceil(KS/x_beat)`` (``Tx = T`` shared, ``G*T`` heads; ``x_beat`` k-steps of
+      a token per X beat, :func:`x_beat_words` in the accelerator; 0 with ``x_keep``: the
+      X of the previous job stays in the banks) and ``WL = G*C*(KS+1)``,
     * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
     """
     x_load, w_load, pad, span, release, tail = _job(
-        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep
+        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
     )
     for s, (end, _) in enumerate(_steps(x_load, w_load, pad, span, release)):
         if s == nsteps - 1:
@@ -176,9 +208,9 @@ class StepCycles:
     __slots__ = ("ends", "periodic", "tail", "n")
 
     def __init__(self, tokens, k, nsteps, groups, rows, cols, vector, units, *,
-                 heads=False, w_word_cycles=1.0, x_keep=False):  # fmt: skip
+                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1):  # fmt: skip
         x_load, w_load, pad, span, release, self.tail = _job(
-            tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep
+            tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
         )
         self.n, self.ends, self.periodic = nsteps, [], None
         ends, seen = self.ends, {}

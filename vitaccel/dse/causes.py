@@ -26,6 +26,7 @@ import re
 from vitaccel.compile.schedule import kind_of, schedule
 from vitaccel.design import Design
 from vitaccel.dse import cost
+from vitaccel.engine_timing import x_beat_words
 from vitaccel.isa import Instr, MatmulFlags, Op
 
 __all__ = ["CAUSES", "STALLS", "cause_totals", "layer_causes", "group_layers"]
@@ -52,7 +53,8 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
     shape = (ins.tokens, ins.k, nsteps, g, r, c, v, units)
 
     def sched(w: float, keep: bool) -> int:
-        return cost.matmul_cycles(*shape, heads=heads, w_word_cycles=w, x_keep=keep)
+        return cost.matmul_cycles(*shape, heads=heads, w_word_cycles=w, x_keep=keep,
+                                  x_beat=x_beat_words(v, design.datapath_bytes))  # fmt: skip
 
     full = sched(word, x_keep)
     no_ddr = sched(ideal_word, x_keep)
@@ -60,6 +62,7 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
     wb = cost.writer_bound(
         ins.tokens, ins.k, ins.n, g, r, c, v, units, heads=heads, nheads=nh,
         transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
+        x_beat=x_beat_words(v, design.datapath_bytes),
     )  # fmt: skip
     macs = nh * ins.tokens * ins.k * ins.n
     mac = min(no_x, macs / geom.macs_per_cycle)

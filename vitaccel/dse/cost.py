@@ -33,7 +33,7 @@ from functools import lru_cache
 from vitaccel import engine_timing
 from vitaccel.compile.schedule import kind_of, schedule
 from vitaccel.design import ArrayConfig, Design, w_word_bits
-from vitaccel.engine_timing import latencies, matmul_cycles
+from vitaccel.engine_timing import latencies, matmul_cycles, x_beat_words, x_load_cycles
 from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
 
 __all__ = [
@@ -160,12 +160,14 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
 
 
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
-                 w_word_cycles=1.0, x_keep=False) -> float:  # fmt: skip
+                 w_word_cycles=1.0, x_keep=False, x_beat=None) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
-    (the output FIFO with credits throttles the engine to the writer's pace)."""
+    (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
+    the top's X beat (None: :func:`x_beat_words` of a 16-byte datapath)."""
     ks = -(-k // vector)
-    x_load = 0 if x_keep else (groups if heads else 1) * tokens * ks
+    x_beat = x_beat or x_beat_words(vector)
+    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
     cm = cols if heads else groups * cols
@@ -173,19 +175,22 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
 
 
 def top_matmul_extra(
-    tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool, heads: bool
+    tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool, heads: bool, x_beat=None
 ) -> int:
     """What the top adds to a MATMUL job: MM_SETUP computes ``nsteps`` and ``tiles`` by
     repeated addition (``max(nsteps, tiles)`` cycles); with W built from the scratchpad the X
     and W builders share its one read port (round-robin, one 16-byte word a cycle): each
     builder's row reader turns a word into ``16/V`` beats of ``V`` bytes, so X and W of step
-    0 together need ``(XL + WL) * V / 16`` port cycles. For ``V <= 8`` that is within
-    ``max(XL, WL)`` on the shapes of a ViT (both load in parallel, as the engine's recursion
-    assumes); at ``V = 16`` every beat is a word and the two loads serialise."""
+    0 together need ``(XL + WL) * V / 16`` port cycles (``XL`` in X beats: with
+    ``datapath_bytes`` 32 or 64 a beat of 2 or 4 k-steps is one grant of as many words).
+    For ``V <= 8`` that is within ``max(XL, WL)`` on the shapes of a ViT (both load in
+    parallel, as the engine's recursion assumes); at ``V = 16`` every beat is a grant and
+    the two loads serialise."""
     ks = -(-k // vector)
     extra = max(nsteps, -(-tokens // rows))
     if w_spm:
-        x_load = (groups if heads else 1) * tokens * ks
+        x_beat = x_beat or x_beat_words(vector)
+        x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_beat=x_beat)
         w_load = groups * cols * (ks + 1)
         port = -(-(x_load + w_load) * min(vector, SLOT_BYTES) // SLOT_BYTES)
         extra += max(0, port - max(x_load, w_load))
@@ -340,19 +345,22 @@ def instr_cycles(
     t, k, n, fl = ins.tokens, ins.k, ins.n, ins.flags
     heads, nh, nsteps = _matmul_job(ins, design, geom)
     w_spm, x_keep = MatmulFlags.W_SPM in fl, MatmulFlags.X_KEEP in fl
+    x_beat = x_beat_words(v, design.datapath_bytes)
     # scratchpad-built W arrives a word a cycle; a DDR stream at the port's rate
     word_cycles = 1.0 if w_spm else weight_word_cycles(
         a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
     )  # fmt: skip
     cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
-                           w_word_cycles=word_cycles, x_keep=x_keep)  # fmt: skip
+                           w_word_cycles=word_cycles, x_keep=x_keep,
+                           x_beat=x_beat)  # fmt: skip
     bound = "compute" if w_spm else stream_bound(t, k, g, r, c, v, word_cycles)
     wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
                       transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
-                      x_keep=x_keep)  # fmt: skip
+                      x_keep=x_keep, x_beat=x_beat)  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
-    cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads)
+    cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
+                               x_beat=x_beat)  # fmt: skip
     if w_spm:
         fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
         return cycles + fixed, bound, nh * t * k * n

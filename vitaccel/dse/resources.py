@@ -34,7 +34,7 @@ from pathlib import Path
 from vitaccel.design import Design
 from vitaccel.dse.cost import column_split
 from vitaccel.dse.shapes import model_ops, spec_of
-from vitaccel.engine_timing import top_out_depth
+from vitaccel.engine_timing import top_out_depth, x_beat_words
 from vitaccel.isa import WORD_BYTES
 
 __all__ = [
@@ -197,12 +197,17 @@ def buffer_kib(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str
     }
 
 
-def engine_buffers_from_kib(groups, rows, cols, vector, input_kib, weight_kib) -> dict:
-    """EngineParams buffer sizes as the top's ``TopParams`` (rtl/top.py) derives them."""
+def engine_buffers_from_kib(groups, rows, cols, vector, input_kib, weight_kib,
+                            datapath_bytes: int = 16) -> dict:  # fmt: skip
+    """EngineParams buffer sizes as the top's ``TopParams`` (rtl/top.py) derives them (and
+    its X beat: the X banks' sub-banks)."""
+    x_beat = x_beat_words(vector, datapath_bytes)
+    x_words = max(16, input_kib * 1024 // (groups * rows * vector))
     return {
-        "x_words": max(16, input_kib * 1024 // (groups * rows * vector)),
+        "x_words": x_words - x_words % x_beat,
         "max_ksteps": max(2, weight_kib * 1024 // (groups * cols * 2 * vector)),
         "out_depth": top_out_depth(rows, cols, vector),
+        "x_beat": x_beat,
     }
 
 
@@ -210,8 +215,9 @@ def engine_buffers(design: Design, spec=None) -> dict:
     """X/W/output buffer sizes of ``design``'s engine (``TopParams``' derivation)."""
     a = design.array
     return engine_buffers_from_kib(
-        a.groups, a.rows, a.cols, a.vector, design.input_buffer_kib, design.weight_buffer_kib
-    )
+        a.groups, a.rows, a.cols, a.vector, design.input_buffer_kib, design.weight_buffer_kib,
+        design.datapath_bytes,
+    )  # fmt: skip
 
 
 def spm_kib_for(spec) -> int:
@@ -247,16 +253,27 @@ _DEFAULT_ENGINE_FIT = {
 
 
 def engine_bram36_parts(
-    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_memory="bram"
+    groups,
+    rows,
+    cols,
+    vector,
+    cols_w8,
+    x_words,
+    max_ksteps,
+    out_depth,
+    x_memory="bram",
+    x_beat=1,
 ) -> dict[str, float]:
-    """BRAM36 of the engine's buffers: ``x`` (one bank per PE row and group; 0 on URAM, see
-    :func:`engine_x_uram`), ``w`` (two halves of ``max_ksteps`` words per column: W8 columns
-    8V bits wide, W4 columns 4V) and ``out`` (the output FIFO, one 8-bit lane per output
-    column)."""
+    """BRAM36 of the engine's buffers: ``x`` (one bank per PE row and group, in ``x_beat``
+    sub-banks of ``x_words / x_beat`` words; 0 on URAM, see :func:`engine_x_uram`), ``w``
+    (two halves of ``max_ksteps`` words per column: W8 columns 8V bits wide, W4 columns 4V)
+    and ``out`` (the output FIFO, one 8-bit lane per output column)."""
     kmax = _pow2(max_ksteps)
     on_bram = x_memory == "bram"
     return {
-        "x": groups * rows * memory_bram36(x_words, 8 * vector) if on_bram else 0.0,
+        "x": groups * rows * x_beat * memory_bram36(x_words // x_beat, 8 * vector)
+        if on_bram
+        else 0.0,
         "w": groups * cols_w8 * memory_bram36(2 * kmax, 8 * vector)
         + groups * (cols - cols_w8) * memory_bram36(2 * kmax, 4 * vector),
         "out": memory_bram36(out_depth, 8 * groups * cols),
@@ -264,11 +281,29 @@ def engine_bram36_parts(
 
 
 def engine_bram36(
-    groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_memory="bram"
+    groups,
+    rows,
+    cols,
+    vector,
+    cols_w8,
+    x_words,
+    max_ksteps,
+    out_depth,
+    x_memory="bram",
+    x_beat=1,
 ) -> float:
     return sum(
         engine_bram36_parts(
-            groups, rows, cols, vector, cols_w8, x_words, max_ksteps, out_depth, x_memory
+            groups,
+            rows,
+            cols,
+            vector,
+            cols_w8,
+            x_words,
+            max_ksteps,
+            out_depth,
+            x_memory,
+            x_beat,
         ).values()
     )
 
@@ -304,6 +339,7 @@ def engine_resources(
     max_ksteps: int,
     out_depth: int,
     x_memory: str = "bram",
+    x_beat: int = 1,
 ) -> Usage:
     c8, c4 = column_split(cols, w4_share)
     fit = calibration().get("engine_fit", _DEFAULT_ENGINE_FIT)
@@ -311,7 +347,9 @@ def engine_resources(
     lut = sum(fit["lut"].get(k, 0.0) * v for k, v in feats.items())
     ff = sum(fit["ff"].get(k, 0.0) * v for k, v in feats.items())
     dsp = groups * rows * (c8 // 2) * vector + fit["dsp_per_column"] * groups * cols
-    bram = engine_bram36(groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth, x_memory)
+    bram = engine_bram36(
+        groups, rows, cols, vector, c8, x_words, max_ksteps, out_depth, x_memory, x_beat
+    )
     uram = engine_x_uram(groups, rows, vector, x_words) if x_memory == "uram" else 0
     return Usage(dsp, lut, ff, bram, uram)
 
@@ -352,17 +390,20 @@ def spm_words(model) -> int:
     return spm_words_needed(spec_of(model))
 
 
-def spm_bram36(words: int) -> float:
-    return memory_bram36(words, 8 * WORD_BYTES, lutram_max_depth=0)
+def spm_bram36(words: int, banks: int = 1) -> float:
+    """BRAM36 of a scratchpad of ``words`` 16-byte words in ``banks`` memories of
+    ``words / banks`` (each rounds up to whole BRAM on its own)."""
+    return banks * memory_bram36(words // banks, 8 * WORD_BYTES, lutram_max_depth=0)
 
 
-def spm_usage(words: int, memory: str = "bram") -> Usage:
-    """The scratchpad of ``words`` 16-byte words on ``memory`` (``"bram"`` or ``"uram"``)."""
+def spm_usage(words: int, memory: str = "bram", banks: int = 1) -> Usage:
+    """The scratchpad of ``words`` 16-byte words on ``memory`` (``"bram"`` or ``"uram"``),
+    in ``banks`` memories (``Design.datapath_bytes / 16``), each rounded on its own."""
     if memory == "uram":
-        return Usage(uram=memory_uram288(words, 8 * WORD_BYTES))
+        return Usage(uram=banks * memory_uram288(words // banks, 8 * WORD_BYTES))
     if memory != "bram":
         raise ValueError(f"spm memory must be 'bram' or 'uram', not {memory!r}")
-    return Usage(bram36=spm_bram36(words))
+    return Usage(bram36=spm_bram36(words, banks))
 
 
 def spm_memory(words: int, budget, *, max_util: float = 0.85) -> str:
@@ -414,7 +455,11 @@ def design_resources(design: Design, *, spec=None) -> dict:
         "softmax": nonlinear_resources("softmax", nl.softmax_lanes),
         "layernorm": nonlinear_resources("layernorm", nl.layernorm_lanes),
         "gelu": nonlinear_resources("gelu", nl.gelu_lanes),
-        "spm": spm_usage(design.spm_kib * 1024 // WORD_BYTES, design.spm_memory),
+        "spm": spm_usage(
+            design.spm_kib * 1024 // WORD_BYTES,
+            design.spm_memory,
+            design.datapath_bytes // WORD_BYTES,
+        ),
     }
     if nl.softmax_output == "log2":
         # the engine's shift-add mode for log2-code P x V: measured on the 1x4x4x8 engine

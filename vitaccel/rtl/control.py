@@ -396,8 +396,10 @@ class MatmulSetup(wiring.Component):
         The verdict is valid (one cycle); the job fits.
     """
 
-    def __init__(self, *, groups, rows, cols, x_words, max_ksteps, weight_ports, log2):
+    def __init__(self, *, groups, rows, cols, x_words, max_ksteps, weight_ports, log2,
+                 x_beat=1):  # fmt: skip
         self._g, self._r, self._c = groups, rows, cols
+        self._x_beat = x_beat
         self._x_words, self._max_ksteps = x_words, max_ksteps
         self._ports, self._log2 = weight_ports, log2
         super().__init__(
@@ -458,13 +460,17 @@ class MatmulSetup(wiring.Component):
         # products registered (one cycle after the loop settles)
         x_need = Signal(32)
         slots = nsteps * (ks + 1) * (G * C // self._ports)
+        # X bank words the job needs (EngineParams.x_fits): X beats of x_beat k-steps, in
+        # x_beat sub-banks of x_words / x_beat words
+        nb = exact_log2(self._x_beat)
+        x_room = self._x_words >> nb
         m.d.sync += [
-            x_need.eq(tiles * ks),
+            x_need.eq(tiles * ks if nb == 0 else tiles * ((ks + self._x_beat - 1) >> nb)),
             self.w_slots.eq(slots),
             *[off.eq((slots * (q + 1)) << 4) for q, off in enumerate(self.w_offs_list)],
         ]
         x_fits = Signal()
-        m.d.comb += x_fits.eq((x_need <= self._x_words) & (ks <= self._max_ksteps) & (ks != 0))
+        m.d.comb += x_fits.eq((x_need <= x_room) & (ks <= self._max_ksteps) & (ks != 0))
         heads_ok = ~fl.heads | ((mm.heads != 0) & (mm.heads <= G))
         # X_LOG2 needs the engine's log2 mode (built with the log2 softmax)
         flags_ok = Const(1) if self._log2 else ~fl.x_log2

@@ -18,7 +18,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import bits_for
+from amaranth.utils import bits_for, exact_log2
 
 from vitaccel.engine_host import LOG2_CODE_BITS, MULT_BITS, SHIFT_BITS, EngineParams
 from vitaccel.engine_timing import REQUANT_STAGES
@@ -68,6 +68,11 @@ def _banks(m: Module, name: str, groups: int, per_group: int, width, depth: int,
             row.append((mem.write_port(), mem.read_port()))
         banks.append(row)
     return banks
+
+
+def _x_step(s: SimpleNamespace):
+    """X bank words per token and tile: ``ksteps``, or its X beats (``x_beat`` > 1)."""
+    return s.job.ksteps if s.x_step is None else s.x_step
 
 
 def engine_array(params: EngineParams) -> GVSArray:
@@ -163,6 +168,25 @@ class MatmulEngine(wiring.Component):
                 nsteps_before_last.eq(self.cmd.payload.nsteps - 2),
             ]
 
+        # X beats of a token (ceil(ksteps / x_beat)), the X loader's and the issue's unit
+        # of X bank addresses; with x_beat = 1 they are the k-step registers themselves.
+        if p.x_beat == 1:
+            # (x_step read where it is used: the netlist, and so the Verilog, stays as before)
+            s.xks_last, s.xks_before_last = ks_last, ks_before_last
+            s.x_step = None
+        else:
+            nb = exact_log2(p.x_beat)
+            s.xks_last = Signal(kw, name="xks_last")
+            s.xks_before_last = Signal(kw + 1, name="xks_before_last")
+            s.x_step = Signal(16, name="x_step")
+            beats = (self.cmd.payload.ksteps + p.x_beat - 1) >> nb
+            with m.If(start):
+                m.d.sync += [
+                    s.x_step.eq(beats),
+                    s.xks_last.eq(beats - 1),
+                    s.xks_before_last.eq(beats - 2),
+                ]
+
         (
             s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.job, s.kb, s.kmax, s.ks_before_last,
             s.ks_last, s.kw, s.nsteps_before_last, s.p, s.start, s.tokens_before_last,
@@ -178,12 +202,17 @@ class MatmulEngine(wiring.Component):
             G, R, V, job, ks_before_last, ks_last, kw, p, start, tokens_before_last,
             tokens_last, xa_bits
         ) = (
-            s.G, s.R, s.V, s.job, s.ks_before_last, s.ks_last, s.kw, s.p, s.start,
+            s.G, s.R, s.V, s.job, s.xks_before_last, s.xks_last, s.kw, s.p, s.start,
             s.tokens_before_last, s.tokens_last, s.xa_bits
         )  # fmt: skip
-        # ---- X buffer: G x R banks -----------------------------------------------------
-        x_banks = _banks(m, "xbank_g{}_r{}", G, R, lambda r: 8 * V, p.x_words,
-                         RAM_STYLE[p.x_memory])  # fmt: skip
+        N = p.x_beat
+        # ---- X buffer: G x R banks (each N sub-banks: a beat writes N k-steps at once) ---
+        if N == 1:
+            x_banks = _banks(m, "xbank_g{}_r{}", G, R, lambda r: 8 * V, p.x_words,
+                             RAM_STYLE[p.x_memory])  # fmt: skip
+        else:
+            x_banks = _banks(m, "xbank_g{}_s{}", G, R * N, lambda j: 8 * V, p.x_words // N,
+                             RAM_STYLE[p.x_memory])  # fmt: skip
 
         # ---- X loader --------------------------------------------------------------------
         xl_busy = Signal()
@@ -198,9 +227,11 @@ class MatmulEngine(wiring.Component):
         # handshake only ANDs flags (the loader's address updates hang off these).
         xk_last = Signal()
         xt_last = Signal()
+        # (a token's first X beat is its last when it holds every k-step)
+        one_beat = self.cmd.payload.ksteps == 1 if N == 1 else self.cmd.payload.ksteps <= N
         with m.If(start):
             m.d.sync += [
-                xk_last.eq(self.cmd.payload.ksteps == 1),
+                xk_last.eq(one_beat),
                 xt_last.eq(self.cmd.payload.tokens == 1),
             ]
         with m.If(start):
@@ -219,12 +250,19 @@ class MatmulEngine(wiring.Component):
         m.d.comb += x_take.eq(self.x.valid & self.x.ready)
         for g in range(G):
             for r in range(R):
-                wp = x_banks[g][r][0]
-                m.d.comb += [
-                    wp.addr.eq(xaddr),
-                    wp.data.eq(self.x.payload),
-                    wp.en.eq(x_take & (xr == r) & (~job.heads | (xg == g))),
-                ]
+                for b in range(N):
+                    # sub-bank b of row r takes word b of the beat (the padding past the
+                    # token's last k-step too: it is never read)
+                    wp = x_banks[g][r * N + b][0]
+                    m.d.comb += [
+                        wp.addr.eq(xaddr),
+                        wp.data.eq(
+                            self.x.payload
+                            if N == 1
+                            else self.x.payload[8 * V * b : 8 * V * (b + 1)]
+                        ),
+                        wp.en.eq(x_take & (xr == r) & (~job.heads | (xg == g))),
+                    ]
         with m.If(x_take):
             with m.If(xk_last):
                 m.d.sync += [
@@ -236,8 +274,8 @@ class MatmulEngine(wiring.Component):
                 with m.If(xr == R - 1):
                     m.d.sync += [
                         xr.eq(0),
-                        xbase.eq(xbase + job.ksteps),
-                        xaddr.eq(xbase + job.ksteps),
+                        xbase.eq(xbase + _x_step(s)),
+                        xaddr.eq(xbase + _x_step(s)),
                     ]
                 with m.Else():
                     m.d.sync += [xr.eq(xr + 1), xaddr.eq(xbase)]
@@ -504,7 +542,7 @@ class MatmulEngine(wiring.Component):
                     with m.If(s_last):
                         m.d.sync += iss_done.eq(1)
                 with m.Else():
-                    m.d.sync += [*set_remaining(next_regs), ibase.eq(ibase + job.ksteps)]
+                    m.d.sync += [*set_remaining(next_regs), ibase.eq(ibase + _x_step(s))]
             with m.Else():
                 m.d.sync += [
                     iss_tile.eq(1),
@@ -516,18 +554,26 @@ class MatmulEngine(wiring.Component):
         # Shared delay line: stage j is the issue j cycles later. Row r reads its X bank with
         # the address of stage r and gets its flags from stage r + 1 (memory latency);
         # unit u reads its W banks with the address of stage u.
+        N = p.x_beat
+        nb = exact_log2(N)
         line_layout = data.StructLayout(
             {
                 "xaddr": unsigned(xa_bits + 1),
                 "waddr": unsigned(kb + 1),
                 "flags": FLAGS,
                 "row_valid": unsigned(R),
+                # the X sub-bank of the k-step (its address is then kk >> log2(N))
+                **({"xsub": unsigned(nb)} if N > 1 else {}),
             }
         )
         depth = max(R + 1, U)
         line = [Signal(line_layout, name=f"line{j}") for j in range(depth)]
+        if N > 1:
+            xline = [line[0].xaddr.eq(ibase + (kk >> nb)), line[0].xsub.eq(kk[:nb])]
+        else:
+            xline = [line[0].xaddr.eq(ibase + kk)]
         m.d.sync += [
-            line[0].xaddr.eq(ibase + kk),
+            *xline,
             line[0].waddr.eq(Cat(kk[:kb], parity)),
             line[0].flags.active.eq(fire),
             line[0].flags.first.eq(~iss_tile),
@@ -541,11 +587,20 @@ class MatmulEngine(wiring.Component):
         x_uns = job.x_unsigned
         for g in range(G):
             for r in range(R):
-                rp = x_banks[g][r][1]
-                m.d.comb += rp.addr.eq(line[r].xaddr)
+                subs = [x_banks[g][r * N + b][1] for b in range(N)]
+                for rp in subs:
+                    m.d.comb += rp.addr.eq(line[r].xaddr)
+                if N > 1:
+                    # the data comes a cycle after the address: its sub-bank from stage r + 1
+                    xdata = Signal(8 * V, name=f"xdata_g{g}_r{r}")
+                    m.d.comb += xdata.eq(
+                        Cat(*[rp.data for rp in subs]).word_select(line[r + 1].xsub, 8 * V)
+                    )
+                else:
+                    xdata = subs[0].data
                 lanes, hbits = [], []
                 for v in range(V):
-                    byte = rp.data[8 * v : 8 * v + 8]
+                    byte = xdata[8 * v : 8 * v + 8]
                     lane = Cat(byte, byte[7] & ~x_uns)
                     if p.log2:
                         # log2 code q -> shift s = 15 - q = ~q: 2**(s mod 8) on the

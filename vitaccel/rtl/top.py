@@ -33,7 +33,7 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.design import Design
 from vitaccel.engine_host import EngineParams
-from vitaccel.engine_timing import top_out_depth
+from vitaccel.engine_timing import top_out_depth, x_beat_words
 from vitaccel.isa import field_bits
 from vitaccel.rtl.axi import (
     DMA,
@@ -100,7 +100,9 @@ class TopParams:
 
     * SPM: ``spm_kib * 64`` words of 16 bytes.
     * Matmul engine (:class:`vitaccel.engine_host.EngineParams`): X banks of ``x_words`` words
-      (``input_buffer_kib`` over the ``groups*rows`` banks of ``vector`` bytes), W banks of
+      (``input_buffer_kib`` over the ``groups*rows`` banks of ``vector`` bytes, each in
+      ``datapath_bytes / 16`` sub-banks: the X path reads as many scratchpad words of a
+      token per grant from as many SPM banks and loads as many k-steps a cycle), W banks of
       ``max_ksteps`` words per half (``weight_buffer_kib`` over ``groups*cols*2`` banks),
       unless given explicitly.
     * Nonlinear units: lanes from ``design.nonlinear``; E2Softmax rows up to ``max_tokens``,
@@ -122,8 +124,12 @@ class TopParams:
         self.design = design
         self.spm_words = min(design.spm_kib * 1024 // WORD_BYTES, 1 << 16)
         g, r, c, v = a.groups, a.rows, a.cols, a.vector
+        # the X path: datapath_bytes of a token per cycle, from spm_banks words per read
+        self.x_beat = x_beat_words(v, design.datapath_bytes)
+        self.spm_banks = design.datapath_bytes // WORD_BYTES
         if x_words is None:
             x_words = max(16, design.input_buffer_kib * 1024 // (g * r * v))
+            x_words -= x_words % self.x_beat  # whole sub-banks
         if max_ksteps is None:
             max_ksteps = max(2, design.weight_buffer_kib * 1024 // (g * c * 2 * v))
         if out_depth is None:
@@ -134,7 +140,7 @@ class TopParams:
         self.weight_ports = design.weight_ports
         self.engine = EngineParams.from_array(
             a, x_words=x_words, max_ksteps=max_ksteps, out_depth=out_depth, log2=self.softmax_log2,
-            w_ports=design.weight_ports, x_memory=design.x_memory,
+            w_ports=design.weight_ports, x_beat=self.x_beat, x_memory=design.x_memory,
         )  # fmt: skip
         self.max_tokens = nl.max_tokens
         self.max_channels = nl.max_channels
@@ -235,7 +241,10 @@ class Accelerator(CheckedComponent):
             n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(lanes=lanes)
             n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(lanes=lanes)
         m.submodules.res_wr = n.res_wr = RowWriter(lanes=16)
-        m.submodules.xb = n.xb = XStreamBuilder(groups=G, vector=V)
+        # the X builder's beats are the engine's X beats: x_beat k-steps of V bytes
+        m.submodules.xb = n.xb = XStreamBuilder(
+            groups=G, vector=E.x_beat * V, fetch_words=P.spm_banks
+        )
         m.submodules.wb = n.wb = WStreamBuilder(
             groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits
         )
@@ -245,12 +254,14 @@ class Accelerator(CheckedComponent):
         m.submodules.rr = n.rr = ResidualRuns(max_channels=P.resadd_channels)
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
+        # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant
+        wide = {len(readers) - 3} if P.spm_banks > 1 else ()
         m.submodules.spm = spm = Scratchpad(
-            words=P.spm_words, read_clients=len(readers), write_clients=2,
-            memory=P.design.spm_memory,
+            words=P.spm_words, read_clients=len(readers), write_clients=2, banks=P.spm_banks,
+            wide=wide, memory=P.design.spm_memory,
         )  # fmt: skip
         for i, client in enumerate(readers):
-            wiring.connect(m, client, spm.rd[i])
+            wiring.connect(m, client, spm.clients()[i])
         n.load_wr = spm.wr[0]  # LOAD: DMA words -> SPM
         wiring.connect(m, n.brw.mem, spm.wr[1])
 
@@ -292,6 +303,7 @@ class Accelerator(CheckedComponent):
         m.submodules.mm_setup = n.setup = MatmulSetup(
             groups=E.groups, rows=E.rows, cols=E.cols, x_words=E.x_words,
             max_ksteps=E.max_ksteps, weight_ports=P.weight_ports, log2=P.softmax_log2,
+            x_beat=E.x_beat,
         )  # fmt: skip
         n.instr = n.fetch.instr
         m.d.comb += [n.dec.instr.eq(n.instr), n.setup.instr.eq(n.instr)]

@@ -481,13 +481,14 @@ class ResidualRuns(CheckedComponent):
         return m
 
 
-def _builder_members(builder, cmd_layout, word_bits: int, vector: int) -> dict:
-    """The members of a stream builder (and its row reader, ``vector`` lanes)."""
-    builder.reader = RowReader(lanes=vector)
+def _builder_members(builder, cmd_layout, word_bits: int, vector: int, fetch_words=1) -> dict:
+    """The members of a stream builder (and its row reader, ``vector`` lanes, reading
+    ``fetch_words`` SPM words per request)."""
+    builder.reader = RowReader(lanes=vector, fetch_words=fetch_words)
     return {
         "cmd": In(stream.Signature(cmd_layout)),
         "o": Out(stream.Signature(unsigned(word_bits))),
-        "mem": Out(read_client_signature()),
+        "mem": Out(read_client_signature(words=fetch_words)),
         "idle": Out(1),
     }
 
@@ -520,7 +521,9 @@ def xbuild_cmd_layout() -> data.StructLayout:
 class XStreamBuilder(CheckedComponent):
     """The matmul engine's ``x`` stream from SPM rows: T tokens x ceil(K/V) words of V bytes,
     zero padded past K. Heads mode: groups 0..G-1 in turn, head g from ``base + g*head_step``;
-    groups >= nheads get zero words (the engine loads X for every group).
+    groups >= nheads get zero words (the engine loads X for every group). ``vector`` is the
+    beat: the engine's ``x_beat * vector`` bytes (several k-steps of a token per beat); on a
+    banked scratchpad the reader fetches ``fetch_words`` consecutive words per grant.
 
     Members
     -------
@@ -531,14 +534,16 @@ class XStreamBuilder(CheckedComponent):
     """
 
     @classmethod
-    def check(cls, *, groups, vector):
+    def check(cls, *, groups, vector, fetch_words=1):
         check_int("groups", groups, 1, 64)
         _check_lanes(vector, "vector")
 
-    def __init__(self, *, groups: int, vector: int):
+    def __init__(self, *, groups: int, vector: int, fetch_words: int = 1):
         self.groups = groups
         self.vector = vector
-        super().__init__(_builder_members(self, xbuild_cmd_layout(), 8 * vector, vector))
+        super().__init__(
+            _builder_members(self, xbuild_cmd_layout(), 8 * vector, vector, fetch_words)
+        )
 
     def elaborate(self, platform):
         m = Module()

@@ -58,6 +58,9 @@ class RowReader(CheckedComponent):
     ``last``; lanes past ``cols`` are 0 (the padding the matmul's X stream needs). A command
     with rows or cols equal to 0 is accepted and produces nothing. The next command is taken
     as soon as the previous one's addresses are issued (its beats may still be draining).
+    With ``fetch_words`` = F > 1 (a wide client of a banked :class:`Scratchpad`) each
+    request reads F consecutive words (``16 F`` bytes; the row's last request may read past
+    it, masked), and ``lanes`` may be up to ``16 F`` without gathering.
 
     Members
     -------
@@ -69,18 +72,21 @@ class RowReader(CheckedComponent):
     """
 
     @classmethod
-    def check(cls, *, lanes, fifo_depth):
+    def check(cls, *, lanes, fifo_depth, fetch_words=1):
         _check_lanes(lanes)
         check_int("fifo_depth", fifo_depth, 2, 64)
+        if fetch_words not in (1, 2, 4):
+            raise ValueError(f"fetch_words must be 1, 2 or 4, not {fetch_words!r}")
 
-    def __init__(self, *, lanes: int, fifo_depth: int = 4):
+    def __init__(self, *, lanes: int, fifo_depth: int = 4, fetch_words: int = 1):
         self.lanes = lanes
         self.fifo_depth = fifo_depth
+        self.fetch_words = fetch_words
         super().__init__(
             {
                 "cmd": In(stream.Signature(reader_cmd_layout())),
                 "o": Out(row_signature(unsigned(8), lanes)),
-                "mem": Out(read_client_signature()),
+                "mem": Out(read_client_signature(words=fetch_words)),
                 "idle": Out(1),
             }
         )
@@ -88,6 +94,9 @@ class RowReader(CheckedComponent):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
+        F = self.fetch_words
+        FB = WORD_BYTES * F  # bytes per request
+        fb_log = exact_log2(FB)
         # beats leave through a skid buffer: the consumer's ready and the beat former's
         # FIFO pops are in different cycles (the chain was 12-13 levels through RESADD)
         m.submodules.out = out = SkidBuffer(row_layout(unsigned(8), L))
@@ -106,7 +115,7 @@ class RowReader(CheckedComponent):
         info_layout = data.StructLayout({"rows_m1": unsigned(17), "cols": unsigned(16)})
         # (buffered: the head command comes from a register, not through LUT RAM)
         m.submodules.info = info = SyncFIFOBuffered(width=info_layout.size, depth=3)
-        m.submodules.words = words = SyncFIFO(width=8 * WORD_BYTES, depth=self.fifo_depth)
+        m.submodules.words = words = SyncFIFO(width=8 * FB, depth=self.fifo_depth)
 
         # -- address generator --
         active = Signal()
@@ -139,15 +148,15 @@ class RowReader(CheckedComponent):
         one_word = Signal()  # wpr_m1 == 0
         last_row = Signal()  # rows_left == 1
         with m.If(take & ~empty_cmd):
-            words_m1 = ((cmdp.cols + 15) >> 4) - 1
+            words_m1 = ((cmdp.cols + (FB - 1)) >> fb_log) - 1
             m.d.sync += [
                 w_zero.eq(words_m1 == 0),
                 one_word.eq(words_m1 == 0),
                 last_row.eq(cmdp.rows == 1),
                 active.eq(1),
                 rows_left.eq(cmdp.rows),
-                wpr_m1.eq(((cmdp.cols + 15) >> 4) - 1),
-                w_left.eq(((cmdp.cols + 15) >> 4) - 1),
+                wpr_m1.eq(((cmdp.cols + (FB - 1)) >> fb_log) - 1),
+                w_left.eq(((cmdp.cols + (FB - 1)) >> fb_log) - 1),
                 second.eq(0),
                 dual.eq(cmdp.dual),
                 addr.eq(cmdp.base),
@@ -173,7 +182,7 @@ class RowReader(CheckedComponent):
         ]
         with m.If(grant):
             with m.If(~w_zero):
-                m.d.sync += [w_left.eq(w_left - 1), w_zero.eq(w_left == 1), addr.eq(addr + 1)]
+                m.d.sync += [w_left.eq(w_left - 1), w_zero.eq(w_left == 1), addr.eq(addr + F)]
             with m.Elif(dual & ~second):
                 m.d.sync += [w_left.eq(wpr_m1), w_zero.eq(one_word), second.eq(1), addr.eq(row_b)]
             with m.Else():
@@ -229,9 +238,9 @@ class RowReader(CheckedComponent):
         fire = src.valid & src.ready
         word_done = Signal()  # this beat uses the last bytes taken from the head word
 
-        if L <= WORD_BYTES:
-            per_word = WORD_BYTES // L
-            sub = col[exact_log2(L) : 4] if per_word > 1 else Const(0, 1)
+        if L <= FB:
+            per_word = FB // L
+            sub = col[exact_log2(L) : fb_log] if per_word > 1 else Const(0, 1)
             slices = Array([words.r_data[8 * L * j : 8 * L * (j + 1)] for j in range(per_word)])
             raw = Signal(8 * L)
             m.d.comb += raw.eq(slices[sub])
@@ -241,12 +250,12 @@ class RowReader(CheckedComponent):
                 pop.eq(fire & word_done),
             ]
         else:
-            k = L // WORD_BYTES
-            gather = [Signal(8 * WORD_BYTES, name=f"gather{j}") for j in range(k)]
+            k = L // FB
+            gather = [Signal(8 * FB, name=f"gather{j}") for j in range(k)]
             gj = Signal(range(k))
             full = Signal()
             wi = Signal(13)  # word index within the row
-            last_word = (wi + 1) << 4 >= head.cols
+            last_word = (wi + 1) << fb_log >= head.cols
             take_word = loaded & words.r_rdy & ~full
             m.d.comb += pop.eq(take_word)
             with m.If(take_word):

@@ -1,4 +1,6 @@
-"""The scratchpad memory: 16-byte words, a round-robin read arbiter, the write clients' mux.
+"""The scratchpad memory: 16-byte words (optionally in banks by the low word-address bits, so
+a wide read client gets several consecutive words per grant), a round-robin read arbiter, the
+write clients' mux.
 
 Part of :mod:`vitaccel.rtl.spm` (the package docstring describes the whole).
 """
@@ -9,7 +11,7 @@ from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
@@ -18,7 +20,13 @@ from vitaccel.rtl.common import (
     check_int,
 )
 
-__all__ = ["ADDR_BITS", "read_client_signature", "write_client_signature", "Scratchpad"]
+__all__ = [
+    "ADDR_BITS",
+    "read_client_signature",
+    "write_client_signature",
+    "spm_bank_memory",
+    "Scratchpad",
+]
 
 
 # Instruction fields are 16 bits: every SPM word address is computed in 16 bits and the
@@ -26,16 +34,18 @@ __all__ = ["ADDR_BITS", "read_client_signature", "write_client_signature", "Scra
 ADDR_BITS = 16
 
 
-def read_client_signature(addr_bits: int = ADDR_BITS) -> wiring.Signature:
+def read_client_signature(addr_bits: int = ADDR_BITS, words: int = 1) -> wiring.Signature:
     """A read client of the SPM (client side): ``req``/``addr`` out, ``grant`` in (the request
-    is taken on this cycle), ``rvalid``/``rdata`` in one cycle after the grant."""
+    is taken on this cycle), ``rvalid``/``rdata`` in one cycle after the grant. A wide client
+    (``words`` > 1, on a scratchpad of as many banks) gets the words ``addr .. addr +
+    words - 1`` at once, word i in bits ``128 i ..``."""
     return wiring.Signature(
         {
             "req": Out(1),
             "addr": Out(addr_bits),
             "grant": In(1),
             "rvalid": In(1),
-            "rdata": In(8 * WORD_BYTES),
+            "rdata": In(8 * WORD_BYTES * words),
         }
     )
 
@@ -59,6 +69,13 @@ def _check_lanes(lanes, name: str = "lanes") -> int:
     return lanes
 
 
+def spm_bank_memory(depth: int, init=(), memory: str = "bram") -> Memory:
+    """One memory of the scratchpad (the whole SPM, or one bank): ``depth`` 16-byte words on
+    ``memory`` (``RAM_STYLE``). Every scratchpad memory is created here."""
+    return Memory(shape=unsigned(8 * WORD_BYTES), depth=depth, init=list(init) or [],
+                  attrs=RAM_STYLE[memory])  # fmt: skip
+
+
 class Scratchpad(CheckedComponent):
     """The SPM: ``words`` x 16 bytes, one read port shared round-robin, one write port.
 
@@ -71,6 +88,12 @@ class Scratchpad(CheckedComponent):
         index wins; the controller lets one write at a time).
     init : sequence of int, optional
         Power-up contents (128-bit words), for tests; zeros otherwise.
+    banks : int
+        1 (one memory), 2 or 4: word ``a`` lives in bank ``a mod banks`` at ``a div banks``,
+        so any ``banks`` consecutive words are in different banks and a *wide* read client
+        gets them all in one grant (the words after ``addr``, wrapping like addresses).
+    wide : collection of int
+        The read clients that read ``banks`` words per grant (the others read one).
     memory : {"bram", "uram"}
         ``"uram"`` marks the memory ``ram_style = "ultra"``, which Yosys (xcup) and Vivado map
         to URAM288; read latency stays one cycle (``dse.resources.memory_uram288``).
@@ -78,31 +101,69 @@ class Scratchpad(CheckedComponent):
     Members
     -------
     rd : ``In(read_client_signature()).array(read_clients)``
+        (a wide client's ``rdata`` is ``banks`` words wide)
     wr : ``In(write_client_signature()).array(write_clients)``
     """
 
     @classmethod
-    def check(cls, *, words, read_clients, write_clients, **_):
+    def check(cls, *, words, read_clients=1, write_clients=1, banks=1, wide=(), **_):
         check_int("words", words, 16, 1 << ADDR_BITS)
         check_int("read_clients", read_clients, 1, 16)
         check_int("write_clients", write_clients, 1, 16)
+        if banks not in (1, 2, 4) or words % banks:
+            raise ValueError(f"banks must be 1, 2 or 4 and divide words ({words}), not {banks!r}")
+        if any(not 0 <= i < read_clients for i in wide):
+            raise ValueError(f"wide must name read clients 0..{read_clients - 1}, not {wide!r}")
 
     def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None,
-                 memory: str = "bram"):  # fmt: skip
+                 banks: int = 1, wide=(), memory: str = "bram"):  # fmt: skip
         self.words = words
-        # Built here (not in elaborate) so testbenches can read ``mem.data``.
-        self.mem = Memory(shape=unsigned(8 * WORD_BYTES), depth=words, init=init or [],
-                          attrs=RAM_STYLE[memory])  # fmt: skip
+        self.banks = banks
+        self.wide = frozenset(wide)
+        init = list(init or [])
+        # Built here (not in elaborate) so testbenches can read ``mem.data`` (one bank) or
+        # ``banks_mem[b].data`` (word a at ``banks_mem[a % banks].data[a // banks]``).
+        if banks == 1:
+            self.mem = spm_bank_memory(words, init, memory)
+        else:
+            self.banks_mem = [
+                spm_bank_memory(words // banks, init[b::banks], memory) for b in range(banks)
+            ]
         self.read_clients = read_clients
         self.write_clients = write_clients
         super().__init__(
             {
-                "rd": In(read_client_signature()).array(read_clients),
+                "rd": In(read_client_signature()).array(read_clients)
+                if not self.wide
+                else In(
+                    wiring.Signature(
+                        {
+                            f"c{i}": Out(
+                                read_client_signature(words=banks if i in self.wide else 1)
+                            )
+                            for i in range(read_clients)
+                        }
+                    )
+                ),
                 "wr": In(write_client_signature()).array(write_clients),
             }
         )
 
+    def word(self, ctx, a: int) -> int:
+        """Word ``a`` of the memory in a testbench (``ctx.get``), whatever the banking."""
+        if self.banks == 1:
+            return ctx.get(self.mem.data[a])
+        return ctx.get(self.banks_mem[a % self.banks].data[a // self.banks])
+
+    def clients(self) -> list:
+        """The read clients in index order (``rd[i]``, or ``rd.c{i}`` with wide clients)."""
+        if not self.wide:
+            return list(self.rd)
+        return [getattr(self.rd, f"c{i}") for i in range(self.read_clients)]
+
     def elaborate(self, platform):
+        if self.banks > 1:
+            return self._elaborate_banked()
         m = Module()
         m.submodules.mem = mem = self.mem
         abits = ceil_log2(self.words)
@@ -115,13 +176,25 @@ class Scratchpad(CheckedComponent):
                 m.d.comb += [wp.addr.eq(w.addr[:abits]), wp.data.eq(w.data)]
                 m.d.comb += wp.en.eq(w.be)
 
-        # Reads: round-robin after the last granted client (priority last+1, last+2, ...,
-        # wrapping), as two lowest-set-bit picks: among the clients above the last granted
-        # one (``above``, a register), else among all. ``x & -x`` is a carry chain, so the
-        # grant is a few levels from the requests; the address is an AND-OR of the one-hot
-        # grant (a chain of muxes was most of a 9-level path into the block RAM).
         n = self.read_clients
-        reqs = Cat(*[r.req for r in self.rd])
+        grant, addr = self._arbiter(m, list(self.rd), abits)
+        m.d.comb += [rp.addr.eq(addr), rp.en.eq(grant.any())]
+        granted = Signal(n)
+        m.d.sync += granted.eq(grant)
+        for i, r in enumerate(self.rd):
+            m.d.comb += [r.rvalid.eq(granted[i]), r.rdata.eq(rp.data)]
+        return m
+
+    def _arbiter(self, m: Module, clients, abits: int):
+        """Round-robin grant over ``clients``; returns (one-hot grant, granted address).
+
+        Round-robin after the last granted client (priority last+1, last+2, ..., wrapping),
+        as two lowest-set-bit picks: among the clients above the last granted one
+        (``above``, a register), else among all. ``x & -x`` is a carry chain, so the grant
+        is a few levels from the requests; the address is an AND-OR of the one-hot grant (a
+        chain of muxes was most of a 9-level path into the block RAM)."""
+        n = self.read_clients
+        reqs = Cat(*[r.req for r in clients])
         above = Signal(n, init=((1 << n) - 1) & ~1)  # clients after the last granted one
 
         def lowest(x):
@@ -136,12 +209,53 @@ class Scratchpad(CheckedComponent):
         with m.If(grant.any()):
             m.d.sync += above.eq(~(grant | (grant - 1)[:n]))
         addr = 0
-        for i, r in enumerate(self.rd):
+        for i, r in enumerate(clients):
             m.d.comb += r.grant.eq(grant[i])
             addr = addr | Mux(grant[i], r.addr[:abits], 0)
-        m.d.comb += [rp.addr.eq(addr), rp.en.eq(grant.any())]
-        granted = Signal(n)
+        return grant, addr
+
+    def _elaborate_banked(self):
+        """``banks`` memories by the low word-address bits; the same arbiter and write mux
+        as one memory. A read of word ``a`` reads every bank at ``a div B`` (banks below
+        ``a mod B`` one further: the words after the last bank's) and rotates the words by
+        ``a mod B`` (registered with the grant) so word ``a + i`` is word i of the answer."""
+        m = Module()
+        B = self.banks
+        lb = exact_log2(B)
+        abits = ceil_log2(self.words)
+        ports = []
+        for b, mem in enumerate(self.banks_mem):
+            m.submodules[f"bank{b}"] = mem
+            ports.append((mem.write_port(granularity=8), mem.read_port()))
+
+        for w in reversed(list(self.wr)):
+            with m.If(w.en):
+                for b, (wp, _) in enumerate(ports):
+                    m.d.comb += [wp.addr.eq(w.addr[lb:abits]), wp.data.eq(w.data)]
+                    with m.If(w.addr[:lb] == b):
+                        m.d.comb += wp.en.eq(w.be)
+
+        clients = self.clients()
+        grant, addr = self._arbiter(m, clients, abits)
+        a = Signal(abits)
+        m.d.comb += a.eq(addr)
+        for b, (_, rp) in enumerate(ports):
+            m.d.comb += [rp.addr.eq(a[lb:] + (a[:lb] > b)), rp.en.eq(grant.any())]
+        rot = Signal(lb)
+        granted = Signal(self.read_clients)
         m.d.sync += granted.eq(grant)
-        for i, r in enumerate(self.rd):
-            m.d.comb += [r.rvalid.eq(granted[i]), r.rdata.eq(rp.data)]
+        with m.If(grant.any()):
+            m.d.sync += rot.eq(a[:lb])
+        data = Cat(*[rp.data for _, rp in ports])
+        # word i of the answer: bank (rot + i) mod B; rotating the concatenation right by rot
+        # words puts bank rot first
+        words = Signal(8 * WORD_BYTES * B)
+        m.d.comb += words.eq(data.rotate_right(0))
+        with m.Switch(rot):
+            for k in range(B):
+                with m.Case(k):
+                    m.d.comb += words.eq(data.rotate_right(8 * WORD_BYTES * k))
+        for i, r in enumerate(clients):
+            width = 8 * WORD_BYTES * (B if i in self.wide else 1)
+            m.d.comb += [r.rvalid.eq(granted[i]), r.rdata.eq(words[:width])]
         return m
