@@ -280,32 +280,9 @@ def engine_bram36_parts(
     }
 
 
-def engine_bram36(
-    groups,
-    rows,
-    cols,
-    vector,
-    cols_w8,
-    x_words,
-    max_ksteps,
-    out_depth,
-    x_memory="bram",
-    x_beat=1,
-) -> float:
-    return sum(
-        engine_bram36_parts(
-            groups,
-            rows,
-            cols,
-            vector,
-            cols_w8,
-            x_words,
-            max_ksteps,
-            out_depth,
-            x_memory,
-            x_beat,
-        ).values()
-    )
+def engine_bram36(*args, **kwargs) -> float:
+    """The engine's BRAM36 in total: the sum of :func:`engine_bram36_parts` (same arguments)."""
+    return sum(engine_bram36_parts(*args, **kwargs).values())
 
 
 def engine_x_uram(groups: int, rows: int, vector: int, x_words: int) -> int:
