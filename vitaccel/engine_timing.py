@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+from vitaccel.isa import WORD_BYTES  # the scratchpad word: 16 bytes a grant
+
 __all__ = [
     "REQUANT_STAGES",
     "column_split",
@@ -98,11 +100,7 @@ def top_out_depth(rows: int, cols: int, vector: int) -> int:
     return max(32, full_rate_out_depth(rows, cols // 2, vector))
 
 
-# The scratchpad's word: the bytes the accelerator's X path moves per cycle (docs/isa.md).
-SPM_WORD_BYTES = 16
-
-
-def x_beat_words(vector: int, datapath_bytes: int = SPM_WORD_BYTES) -> int:
+def x_beat_words(vector: int, datapath_bytes: int = WORD_BYTES) -> int:
     """X words (k-steps of ``vector`` bytes) per beat of the accelerator's X stream.
 
     ``Design.datapath_bytes`` / 16: the scratchpad is in that many banks and the X builder
@@ -114,7 +112,7 @@ def x_beat_words(vector: int, datapath_bytes: int = SPM_WORD_BYTES) -> int:
         raise ValueError(f"vector must be a positive integer, not {vector!r}")
     if datapath_bytes not in (16, 32, 64):
         raise ValueError(f"datapath_bytes must be 16, 32 or 64, not {datapath_bytes!r}")
-    return datapath_bytes // SPM_WORD_BYTES
+    return datapath_bytes // WORD_BYTES
 
 
 def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: bool = False,
