@@ -88,6 +88,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
             else ""
         ),
         "weight_ports": design.weight_ports,
+        "datapath_bytes": design.datapath_bytes,
         "lanes": [
             design.nonlinear.softmax_lanes,
             design.nonlinear.layernorm_lanes,
@@ -217,8 +218,9 @@ def _line(r: dict) -> str:
         + f"; their cycles by bound {r.get('linear_cycle_share')}"
     )
     detail = (
-        f"  [{r.get('array')}, {r.get('weight_ports', 1)} weight port(s) @ {r.get('clock_mhz')} "
-        f"MHz, lanes {r.get('lanes')}, "
+        f"  [{r.get('array')}, {r.get('weight_ports', 1)} weight port(s), "
+        f"{r.get('datapath_bytes', 16)}-byte datapath @ {r.get('clock_mhz')} MHz, "
+        f"lanes {r.get('lanes')}, "
         f"util {r.get('util')}, cycles by bound {r.get('cycle_share')}, "
         f"FPS with one limit doubled {r.get('relaxed_fps')}]\n  {linear}"
     )
