@@ -233,7 +233,8 @@ def _verdict(reached: bool, gap: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| goal | best design (G x R x C x V, weight ports @ clock, lanes) | FPS | verdict | binding | "
+        "| goal | best design (G x R x C x V, weight ports, datapath @ clock, lanes) | FPS | verdict | "
+        "binding | "
         "FPS with DSP / LUT / BRAM doubled | cycles: MAC / X load / DDR / writer / nonlinear "
         "/ fill & control |",
         "|---|---|---:|---|---|---|---|",
@@ -244,7 +245,8 @@ def markdown(rows: list[dict]) -> str:
         rel = r.get("relaxed_fps", {})
         lines.append(
             f"| {r['model']} {r['precision']} >= {r['goal_fps']:g} FPS | {r.get('array')}, "
-            f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''} @ "
+            f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''}, "
+            f"{r.get('datapath_bytes', 16)} B @ "
             f"{r.get('clock_mhz'):g} MHz, lanes {r.get('lanes')} | {r['fps']} | {verdict} | "
             f"{r['binding']} | {rel.get('DSP', 0)} / {rel.get('LUT', 0)} / {rel.get('BRAM', 0)} | "
             + " / ".join(f"{share.get(k, 0):.0%}" for k in CAUSES)
