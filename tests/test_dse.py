@@ -433,9 +433,10 @@ def test_binding_names_x_load_apart_from_compute():
     """The diagnosis splits the best design's cycles by cause (dse.causes, the cycle model's
     own split): X load, writer, nonlinear and DDR each named, not hidden in "compute"."""
     from vitaccel.dse.causes import CAUSES, STALLS, cause_totals
-    from vitaccel.dse.search import diagnose, search, to_design
+    from vitaccel.dse.search import SearchSpace, diagnose, search, to_design
 
-    result = search("deit-tiny", "zcu102")
+    # the 16-byte datapath, where the X load binds (issue 17's table)
+    result = search("deit-tiny", "zcu102", space=SearchSpace(datapath_bytes=(16,)))
     d = diagnose(result)
     best = d["best"]
     assert set(d["cycles_by_cause"]) == set(CAUSES)
@@ -450,6 +451,10 @@ def test_binding_names_x_load_apart_from_compute():
     assert set(d["lifted_fps"]) >= {"DSP", "LUT", "FF", "BRAM", "clock", *STALLS}
     # DeiT-Tiny's best design waits longest for its X operand (issue 17's table: 33 %)
     assert d["cycles_by_cause"]["X load"] > 0.2 and d["binding"] == "X load"
+    # the explorer's own widths (16, 32, 64 bytes) take most of that wait away
+    wide = diagnose(search("deit-tiny", "zcu102"))
+    assert wide["best"].datapath_bytes > 16 and wide["best_fps"] > best.fps
+    assert wide["cycles_by_cause"]["X load"] < d["cycles_by_cause"]["X load"] / 2
 
 
 def test_smaller_budget_never_faster():
@@ -632,3 +637,55 @@ def test_precision_mixed_never_worse_than_w8(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--precision" in err and "mixed" in err and "w8" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_wider_datapath_is_chosen_when_it_wins_and_its_design_round_trips(tmp_path):
+    """One array at 16, 32 and 64 bytes: every width priced by the cycle model and the
+    resource model (banked scratchpad, X sub-banks); a target the 16-byte datapath misses
+    takes a wider one, and the design file carries it back to the same figures."""
+    from vitaccel.dse.search import SearchSpace, search, to_design
+
+    one = dict(groups=(1,), rows=(8,), cols=(16,), vector=(16,), w4_cols=())
+    narrow = explore("deit-tiny", "zcu102", 1, space=SearchSpace(**one, datapath_bytes=(16,)))
+    assert narrow["datapath_bytes"] == 16
+    space = SearchSpace(**one)
+    result = search("deit-tiny", "zcu102", space=space)
+    spec = result["model"].spec
+    widths = {c.datapath_bytes for c in result["pool"]}
+    assert widths == {16, 32, 64}
+    for c in result["pool"][:: max(1, len(result["pool"]) // 12)]:
+        design = to_design(c, spec.name, "zcu102", c.clock_mhz, spec)
+        assert design.datapath_bytes == c.datapath_bytes
+        assert estimate(design, budget=result["budget"]).cycles == c.cycles, c
+        total = res.design_resources(design)["total"]
+        assert total.bram36 == pytest.approx(c.usage["bram36"]), c
+    target = narrow["best_reachable_fps"] * 1.05
+    wide = explore("deit-tiny", "zcu102", target, space=space, out_dir=tmp_path)
+    assert wide["datapath_bytes"] in (32, 64) and wide["fps"] >= target
+    design = load_design(wide["design"])
+    assert design.datapath_bytes == wide["datapath_bytes"]
+    assert estimate(design).fps == pytest.approx(wide["fps"], abs=0.01)
+    assert res.design_resources(design)["total"].bram36 == pytest.approx(
+        wide["resources"]["bram36"]["used"], abs=0.05
+    )
+    assert wide["resources"]["bram36"]["used"] >= narrow["resources"]["bram36"]["used"]
+    point = next(p for p in json.loads((tmp_path / "pareto.json").read_text())["points"]
+                 if p["chosen"])  # fmt: skip
+    assert point["datapath_bytes"] == design.datapath_bytes
+
+
+def test_cli_datapath_bytes_pins_the_width(capsys, tmp_path):
+    from vitaccel.cli import main
+
+    args = ["dse", "--model", "deit-tiny", "--fps", "200", "--precision", "w8", "--json"]
+    assert main([*args, "--datapath-bytes", "16", "-o", str(tmp_path / "a")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["datapath_bytes"] == 16
+    assert load_design(out["design"]).datapath_bytes == 16
+    assert "16-byte datapath" in out["binding_detail"]["best_design"]
+    with pytest.raises(SystemExit) as ex:
+        main([*args, "--datapath-bytes", "24", "-o", str(tmp_path / "b")])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--datapath-bytes" in err and "64" in err
+    assert not (tmp_path / "b").exists()

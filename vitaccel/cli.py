@@ -517,18 +517,26 @@ def _sim_model(model_name, design_path, weights, images, engine, stall, seed) ->
     default=0.5,
     help="top-1 agreement with W8A8 the W4 rows may cost, in points (measured sensitivity)",
 )
+@_pick(
+    "--datapath-bytes",
+    choices=["16", "32", "64"],
+    help="pin the X datapath width in bytes per cycle (default: the explorer tries 16, 32, 64)",
+)
 @_out_dir(default=Path("vitaccel-dse"))
 @_json_flag()
-def dse(model_name, board, fps, max_util, precision, max_drop, out_dir, as_json):
+def dse(model_name, board, fps, max_util, precision, max_drop, datapath_bytes, out_dir, as_json):
     """Explore array shape, tiling and the W4/W8 mix for an FPS target; exit 3 if infeasible."""
-    from vitaccel.dse.search import InfeasibleError, explore
+    from vitaccel.dse.search import InfeasibleError, SearchSpace, explore
 
     if not (fps > 0 and math.isfinite(fps)):  # inf would run the whole search to fail
         raise CliError(f"--fps must be a finite number > 0, got {fps}")
     try:
+        space = SearchSpace()
+        if datapath_bytes is not None:
+            space = SearchSpace(datapath_bytes=(int(datapath_bytes),))
         result = explore(
             model_name, board, fps, max_util=max_util, out_dir=out_dir, precision=precision,
-            max_drop=max_drop,
+            max_drop=max_drop, space=space,
         )  # fmt: skip
     except InfeasibleError as err:
         if as_json:  # the same facts as fields on stdout; the one line still goes to stderr

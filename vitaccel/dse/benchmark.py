@@ -88,6 +88,7 @@ def run_goal(model: str, precision: str, goal: float, board: str = "zcu102") -> 
             else ""
         ),
         "weight_ports": design.weight_ports,
+        "datapath_bytes": design.datapath_bytes,
         "lanes": [
             design.nonlinear.softmax_lanes,
             design.nonlinear.layernorm_lanes,
@@ -217,8 +218,9 @@ def _line(r: dict) -> str:
         + f"; their cycles by bound {r.get('linear_cycle_share')}"
     )
     detail = (
-        f"  [{r.get('array')}, {r.get('weight_ports', 1)} weight port(s) @ {r.get('clock_mhz')} "
-        f"MHz, lanes {r.get('lanes')}, "
+        f"  [{r.get('array')}, {r.get('weight_ports', 1)} weight port(s), "
+        f"{r.get('datapath_bytes', 16)}-byte datapath @ {r.get('clock_mhz')} MHz, "
+        f"lanes {r.get('lanes')}, "
         f"util {r.get('util')}, cycles by bound {r.get('cycle_share')}, "
         f"FPS with one limit doubled {r.get('relaxed_fps')}]\n  {linear}"
     )
@@ -231,7 +233,8 @@ def _verdict(reached: bool, gap: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| goal | best design (G x R x C x V, weight ports @ clock, lanes) | FPS | verdict | binding | "
+        "| goal | best design (G x R x C x V, weight ports, datapath @ clock, lanes) | FPS | verdict | "
+        "binding | "
         "FPS with DSP / LUT / BRAM doubled | cycles: MAC / X load / DDR / writer / nonlinear "
         "/ fill & control |",
         "|---|---|---:|---|---|---|---|",
@@ -242,7 +245,8 @@ def markdown(rows: list[dict]) -> str:
         rel = r.get("relaxed_fps", {})
         lines.append(
             f"| {r['model']} {r['precision']} >= {r['goal_fps']:g} FPS | {r.get('array')}, "
-            f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''} @ "
+            f"{r.get('weight_ports', 1)} port{'s' if r.get('weight_ports', 1) > 1 else ''}, "
+            f"{r.get('datapath_bytes', 16)} B @ "
             f"{r.get('clock_mhz'):g} MHz, lanes {r.get('lanes')} | {r['fps']} | {verdict} | "
             f"{r['binding']} | {rel.get('DSP', 0)} / {rel.get('LUT', 0)} / {rel.get('BRAM', 0)} | "
             + " / ".join(f"{share.get(k, 0):.0%}" for k in CAUSES)

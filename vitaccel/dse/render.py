@@ -141,9 +141,12 @@ def print_dse(s: dict, console: Console | None = None) -> None:
     )
     lanes = s["nonlinear_lanes"]
     ports = s.get("weight_ports")
+    width = s.get("datapath_bytes")
     console.print(
         f"array: {_array_text(s['array'])}; units: softmax {lanes[0]}, layernorm {lanes[1]}, "
-        f"gelu {lanes[2]} lanes" + (f"; {ports} weight port(s)" if ports else "")
+        f"gelu {lanes[2]} lanes"
+        + (f"; {ports} weight port(s)" if ports else "")
+        + (f"; {width}-byte datapath" if width else "")
     )
     console.print(resources_table(s["resources"], title=f"resources (limit {_pct(s['max_util'])})"))
     detail = s["binding_detail"]

@@ -115,6 +115,8 @@ class SearchSpace:
     lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
     # HP ports streaming the weights (the board's hp_ports caps it)
     weight_ports: tuple[int, ...] = (1, 2, 3, 4)
+    # bytes of X per cycle (Design.datapath_bytes): a scratchpad in 1, 2 or 4 banks
+    datapath_bytes: tuple[int, ...] = (16, 32, 64)
 
 
 @dataclass
@@ -134,6 +136,7 @@ class Candidate:
     clock_mhz: float = 0.0
     bound_cycles: dict[str, int] = field(default_factory=dict)
     weight_ports: int = 1
+    datapath_bytes: int = 16
 
     def util(self, limits: dict[str, float]) -> dict[str, float]:
         return {k: self.usage[k] / limits[k] for k in RESOURCE_KINDS}
@@ -144,11 +147,11 @@ class Candidate:
 # ---------------------------------------------------------------------------------------
 
 
-def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False):
+def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1):
     """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
     bounds its steps (:func:`cost.stream_bound`)."""
     ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
-                      w_word_cycles=word_cycles, x_keep=keep)  # fmt: skip
+                      w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat)  # fmt: skip
     return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
 
 
@@ -181,6 +184,14 @@ class _Model:
         shell, self.shell_kind = res.shell_resources()
         self.shell = shell
         self._nl_cache: dict = {}
+
+    def w4_error(self, kind: str, layer: str, ratio: float) -> float:
+        """A layer's predicted error at a W4 ratio (its sensitivity curve), kept per ratio:
+        every datapath width and weight-port count of an array asks for the same ones."""
+        key = ("w4_error", kind, layer, ratio)
+        if key not in self._nl_cache:
+            self._nl_cache[key] = sens.curve_at(self.sens[kind].get(layer), ratio)
+        return self._nl_cache[key]
 
     def unit_levels(self, unit: str, lanes: int) -> float:
         """Calibrated logic levels of ``unit`` at ``lanes`` (the next calibrated lane count up)."""
@@ -279,9 +290,10 @@ PORT_STOP = 0.02
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1):
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
-    ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`)."""
+    ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
+    ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath)."""
     c8, c4 = column_split(c, share)
     units = column_units(c8, c4)
     plan = m.plan(g, residual_fusable(g, c))
@@ -298,18 +310,20 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
         heads = nheads > 0
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
-            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep)
+            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat)
             wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep)
+            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep, x_beat)
             b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
-                          transposed=transposed, w_word_cycles=wc, x_keep=keep)  # fmt: skip
+                          transposed=transposed, w_word_cycles=wc, x_keep=keep,
+                          x_beat=x_beat)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
-        job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads)
+        job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads,
+                                x_beat=x_beat)  # fmt: skip
         job += fused_cycles(fused, n) + (LATENCIES["x_keep"] if keep else 0)
         fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
         cyc = (job + fixed) * count
@@ -322,8 +336,9 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
             ns0 = job_nsteps(n, n, g, c, c8, heads=False)
             writer[key] = writer_bound(tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                                        transposed=transposed, w_word_cycles=word_cycles,
-                                       x_keep=keep)  # fmt: skip
-            cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep)
+                                       x_keep=keep, x_beat=x_beat)  # fmt: skip
+            cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
+                                x_beat)  # fmt: skip
     ratios: dict[str, float] = {}
     error = 0.0
     if w4_layers:
@@ -354,7 +369,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
                     if writer[key] > job:
                         job, b = int(math.ceil(writer[key])), "writer"
                     job += top_matmul_extra(
-                        key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False
+                        key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
                     )
                     job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
                     cyc += job + instr_ddr
@@ -372,7 +387,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles):
             if curves is None or len(opts) < 2:
                 errs[layer] = [0.0]
                 continue
-            errs[layer] = [sens.curve_at(curves.get(layer), ratio) for _, ratio, _ in opts]
+            errs[layer] = [m.w4_error(kind, layer, ratio) for _, ratio, _ in opts]
             saved = opts[0][0] - opts[1][0]
             cost = errs[layer][1]
             heapq.heappush(heap, (-saved / max(cost, 1e-12), layer, 1))
@@ -409,14 +424,15 @@ def _memories(g, r, v, x_words, spm_words, budget, max_util) -> dict[str, str]:
 
 
 def _engine_usage(g, r, c, v, share, kind, buffers, x_memory="bram") -> dict[str, float]:
+    # buffers carries the X beat: the X banks' sub-banks of a wide datapath
     u = res.engine_resources(g, r, c, v, share, kind, **buffers, x_memory=x_memory)
     return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36, "uram": u.uram}
 
 
-def _buffers(spec, g, r, c, v) -> dict:
+def _buffers(spec, g, r, c, v, datapath_bytes: int = 16) -> dict:
     kib = res.buffer_kib(spec, g, r, c, v)
     return res.engine_buffers_from_kib(
-        g, r, c, v, kib["input_buffer_kib"], kib["weight_buffer_kib"]
+        g, r, c, v, kib["input_buffer_kib"], kib["weight_buffer_kib"], datapath_bytes
     )
 
 
@@ -579,12 +595,26 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
 
     port_choices = [q for q in space.weight_ports if q <= budget.hp_ports]
 
-    def evaluate(g, r, c, v, share, kind) -> list[Candidate]:
+    @functools.cache
+    def word_cycles(v: int, clock: float, ports: int) -> float:
+        # asked for every lane triple of every array: a handful of distinct answers
+        return weight_word_cycles(v, clock, budget, ports)
+
+    def evaluate(g, r, c, v, share, kind, widths=space.datapath_bytes) -> list[Candidate]:
+        """The candidates of one array at every datapath width of ``widths``."""
+        out = []
+        for width in widths:
+            out.extend(evaluate_width(g, r, c, v, share, kind, width))
+        return out
+
+    def evaluate_width(g, r, c, v, share, kind, width) -> list[Candidate]:
         nonlocal evaluated
-        buffers = _buffers(spec, g, r, c, v)
+        # a wider datapath banks the scratchpad and splits each X bank into x_beat sub-banks
+        buffers = _buffers(spec, g, r, c, v, width)
         mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
         eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
-        per_col = shell_per_column(g * c) + res.spm_usage(m.spm_words, mem["spm"])
+        spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
+        per_col = shell_per_column(g * c) + spm
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
@@ -602,9 +632,10 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
             evals: dict[float, tuple] = {}  # by cycles per W word (clock and DDR ceiling)
             for lanes, nl_cycles, lane_usage, clock in opts:
-                wc = weight_word_cycles(v, clock, budget, ports)
+                wc = word_cycles(v, clock, ports)
                 if wc not in evals:
-                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc)
+                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc,
+                                                buffers["x_beat"])  # fmt: skip
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
@@ -614,7 +645,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                         g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
                         fps=clock * 1e6 / cyc, clock_mhz=clock,
                         bound_cycles={**bound, "nonlinear": fixed + nl_cycles},
-                        weight_ports=ports,
+                        weight_ports=ports, datapath_bytes=width,
                     )
                 )  # fmt: skip
             # another port only helps an array whose matmuls wait for their weights
@@ -622,21 +653,26 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                 break
         return out
 
-    by_base: dict[tuple, list[Candidate]] = {}
+    # Phase 1: every all-W8 array at the narrowest width, then the wider widths of the arrays
+    # on its Pareto front (a wider X path changes cycles and BRAM only, not DSP or LUT)
+    widths = tuple(sorted(space.datapath_bytes))
+    narrow, wide = widths[:1], widths[1:]
     for v in space.vector:
         for r in space.rows:
             if r > spec.tokens:
                 continue
             for g in space.groups:
                 for c in space.cols:
-                    cands = evaluate(g, r, c, v, 0.0, "int4")
-                    if cands:
-                        by_base[(g, r, c, v)] = cands
-                        pool.extend(cands)
+                    pool.extend(evaluate(g, r, c, v, 0.0, "int4", narrow))
+    if wide:
+        arrays = {(c.groups, c.rows, c.cols, c.vector) for c in pareto_front(pool)}
+        for g, r, c, v in sorted(arrays):
+            pool.extend(evaluate(g, r, c, v, 0.0, "int4", wide))
     if space.w4_cols and m.sens:
         front = pareto_front(pool)
-        bases = {(c.groups, c.rows, c.cols, c.vector) for c in front}
-        for g, r, c8, v in sorted(bases):
+        # W4 columns beside a front array at its own datapath width
+        bases = {(c.groups, c.rows, c.cols, c.vector, c.datapath_bytes) for c in front}
+        for g, r, c8, v, width in sorted(bases):
             for c4 in space.w4_cols:
                 # c4 W4 columns beside the base's c8 W8 columns (its DSPs unchanged)
                 cols = c8 + c4
@@ -646,7 +682,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                 if column_split(cols, share) != (c8, c4):  # the engine's own rounding
                     continue
                 for kind in space.w4_kinds:
-                    pool.extend(evaluate(g, r, cols, v, share, kind))
+                    pool.extend(evaluate(g, r, cols, v, share, kind, (width,)))
     return pool, evaluated
 
 
@@ -1111,7 +1147,7 @@ def to_design(
     from vitaccel.boards import get_budget
 
     spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
-    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector)
+    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector, c.datapath_bytes)
     mem = _memories(c.groups, c.rows, c.vector, buffers["x_words"],
                     spm_kib * 1024 // SLOT_BYTES, get_budget(board), max_util)  # fmt: skip
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
@@ -1140,6 +1176,7 @@ def to_design(
         spm_memory=mem["spm"],
         x_memory=mem["x"],
         weight_ports=c.weight_ports,
+        datapath_bytes=c.datapath_bytes,
         **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
     )
 
@@ -1263,8 +1300,9 @@ def _binding_detail(d: dict) -> dict:
 
 def _shape_text(c: Candidate) -> str:
     w4 = f" w4 {c.w4_share:.2f} {c.w4_kind}" if c.w4_share else ""
-    return (f"{c.groups}x{c.rows}x{c.cols}x{c.vector}{w4}, {c.weight_ports} port(s) @ "
-            f"{c.clock_mhz:g} MHz, lanes {list(c.lanes)}")  # fmt: skip
+    return (f"{c.groups}x{c.rows}x{c.cols}x{c.vector}{w4}, {c.weight_ports} port(s), "
+            f"{c.datapath_bytes}-byte datapath @ {c.clock_mhz:g} MHz, "
+            f"lanes {list(c.lanes)}")  # fmt: skip
 
 
 def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosis: dict) -> dict:
@@ -1291,6 +1329,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "array": design.array.model_dump(),
         "nonlinear_lanes": list(c.lanes),
         "weight_ports": design.weight_ports,
+        "datapath_bytes": design.datapath_bytes,
         "resources": {
             k: {
                 "used": round(c.usage[k], 1),
@@ -1375,6 +1414,8 @@ def _candidate_json(c: Candidate, chosen: Candidate) -> dict:
         "array": {"groups": c.groups, "rows": c.rows, "cols": c.cols, "vector": c.vector,
                   "w4_share": round(c.w4_share, 4), "w4_kind": c.w4_kind},
         "lanes": list(c.lanes),
+        "weight_ports": c.weight_ports,
+        "datapath_bytes": c.datapath_bytes,
         "w4_layers": len(c.ratios),
         "chosen": c is chosen,
     }  # fmt: skip
