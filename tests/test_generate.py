@@ -146,3 +146,30 @@ def test_lint_runs_on_a_relative_path_and_fails_loudly(tmp_path, monkeypatch):
     bad.write_text("module bad(input wire clk;\nendmodule\n")
     with pytest.raises(LintError, match=r"bad\.v failed: %Error"):
         lint_verilog(bad.relative_to(tmp_path), "bad")
+
+
+def test_build_summary_shows_uram_on_boards_that_have_it():
+    """`vitaccel build --no-synth`'s resources: URAM288 used / the board's, beside BRAM36,
+    for a KV260 design with its scratchpad and X banks on URAM (resource model, no build)."""
+    from vitaccel.dse.resources import design_resources
+    from vitaccel.flow.build import resources_summary
+
+    bram = default_design("digits-vit", "kv260").model_copy(
+        update={"spm_memory": "bram", "x_memory": "bram"}
+    )
+    uram = bram.model_copy(update={"spm_memory": "uram", "x_memory": "uram"})
+    on_bram, on_uram = resources_summary(bram)["resources"], resources_summary(uram)["resources"]
+    total = design_resources(uram)["total"]
+    assert on_uram["uram"] == {"used": round(total.uram), "available": 64} and total.uram > 0
+    assert on_bram["uram"] == {"used": 0, "available": 64}
+    assert on_uram["bram36"]["used"] < on_bram["bram36"]["used"]
+    assert resources_summary(uram)["fits"]
+    # --synth: Yosys's URAM288 count (fits_board of its cells) is what the summary shows
+    from vitaccel.flow.generate import fits_board
+
+    cells = {"lut": 30000, "ff": 28000, "dsp48e2": 75, "bram36": 23.5, "uram": 12}
+    synth = resources_summary(uram, fits_board(cells, "kv260"))
+    assert synth["resources"]["uram"] == {"used": 12, "available": 64}
+    assert synth["resources_source"].startswith("yosys")
+    # a board without URAM shows none (nothing to read there)
+    assert "uram" not in resources_summary(default_design("digits-vit", "zcu102"))["resources"]

@@ -366,6 +366,25 @@ def test_build_summary_fits_one_terminal(design_file):
     assert "report: " in text
 
 
+def test_build_summary_shows_uram(tmp_path):
+    """On a board with URAM, the terminal summary's resources table has a URAM288 row."""
+    from rich.console import Console
+
+    from vitaccel.flow.build import resources_summary
+    from vitaccel.report.terminal import build_summary
+
+    design = default_design("digits-vit", "kv260").model_copy(
+        update={"spm_memory": "uram", "x_memory": "uram"}
+    )
+    s = {**_build_summary(save_design(design, tmp_path / "design.json")), "board": "kv260"}
+    s.update(resources_summary(design))
+    buf = io.StringIO()
+    Console(file=buf, width=100, color_system=None).print(build_summary(s, design))
+    used = s["resources"]["uram"]["used"]
+    assert used > 0
+    assert re.search(rf"URAM288\s+{used}\s+64\s", buf.getvalue()), buf.getvalue()
+
+
 def test_generic_output_has_no_json():
     from rich.console import Console
 

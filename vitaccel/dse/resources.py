@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from vitaccel.boards.base import BoardBudget
 from vitaccel.design import Design
 from vitaccel.dse.cost import column_split
 from vitaccel.dse.shapes import model_ops, spec_of
@@ -40,6 +41,9 @@ from vitaccel.isa import WORD_BYTES
 __all__ = [
     "CALIBRATION_PATH",
     "KINDS",
+    "ALL_KINDS",
+    "KIND_NAMES",
+    "board_kinds",
     "SHELL_ESTIMATE",
     "WEIGHT_PORT_ESTIMATE",
     "weight_ports_resources",
@@ -62,6 +66,14 @@ __all__ = [
 CALIBRATION_PATH = Path(__file__).parent / "data" / "calibration.json"
 KINDS = ("dsp48e2", "lut", "ff", "bram36")  # the calibrated kinds
 ALL_KINDS = (*KINDS, "uram")  # URAM288 holds only buffers placed there (place_buffers)
+# how summaries, tables and plots name each kind, in the order they show them
+KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36", "uram": "URAM288"}
+
+
+def board_kinds(budget: BoardBudget) -> tuple[str, ...]:
+    """The kinds a user reads against ``budget``'s board: URAM288 only where it has some."""
+    return ALL_KINDS if budget.uram else KINDS
+
 
 # Controller + instruction fetch + AXI4 master + AXI-Lite registers + residual adder, until
 # the top level is synthesised: the AXI master/FIFOs of rtl/axi.py at 128 bits and a

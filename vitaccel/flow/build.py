@@ -21,7 +21,7 @@ import numpy as np
 from vitaccel.design import Design
 from vitaccel.util import atomic_output_dir
 
-__all__ = ["BuildOptions", "build", "default_design", "design_for_scheme"]
+__all__ = ["BuildOptions", "build", "default_design", "design_for_scheme", "resources_summary"]
 
 
 @dataclass
@@ -176,26 +176,7 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
         with steps.step(label, key=f"generate|{opts.synth}|{key}") as st:
             gen = generate_design(design, out / "hw", resources=opts.synth, progress=st.note)
             summary["lint_warnings"] = gen["lint_warnings"]
-            if opts.synth:
-                res = gen["resources"]
-                summary["resources_source"] = "yosys synth_xilinx -family xcup"
-            else:
-                from vitaccel.dse.resources import design_resources
-                from vitaccel.flow.generate import fits_board
-
-                total = design_resources(design)["total"]
-                res = fits_board(
-                    {k: int(round(getattr(total, k))) for k in ("lut", "ff", "dsp48e2", "bram36")},
-                    design.board,
-                )
-                summary["resources_source"] = (
-                    "dse resource model (calibrated on Yosys; --synth for real synthesis)"
-                )
-            summary["resources"] = {
-                k: {"used": res["used"][k], "available": res["available"][k]}
-                for k in ("lut", "ff", "dsp48e2", "bram36")
-            }
-            summary["fits"] = res["fits"]
+            summary.update(resources_summary(design, gen["resources"] if opts.synth else None))
         # 5. co-simulate on Verilator through the host driver
         if opts.rtl:
             from vitaccel.sim.native import NativeBackend
@@ -250,6 +231,31 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
 
             write_build_report(out, summary)
     return summary
+
+
+def resources_summary(design: Design, yosys: dict | None = None) -> dict:
+    """The summary's resources of ``design``: ``resources_source``, ``resources`` ({kind:
+    {used, available}}, URAM288 beside BRAM36 on the boards that have it) and ``fits``.
+
+    ``yosys``: :func:`~vitaccel.flow.generate.fits_board` of the Yosys counts (``--synth``);
+    ``None`` prices the design with the resource model instead.
+    """
+    from vitaccel.boards import get_budget
+    from vitaccel.dse.resources import ALL_KINDS, board_kinds, design_resources
+    from vitaccel.flow.generate import fits_board
+
+    if yosys is not None:
+        res, source = yosys, "yosys synth_xilinx -family xcup"
+    else:
+        total = design_resources(design)["total"]
+        res = fits_board({k: int(round(getattr(total, k))) for k in ALL_KINDS}, design.board)
+        source = "dse resource model (calibrated on Yosys; --synth for real synthesis)"
+    kinds = board_kinds(get_budget(design.board))
+    return {
+        "resources_source": source,
+        "resources": {k: {"used": res["used"][k], "available": res["available"][k]} for k in kinds},
+        "fits": res["fits"],
+    }
 
 
 def _first_mismatch(rtl: np.ndarray, golden: np.ndarray) -> dict | None:

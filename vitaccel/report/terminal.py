@@ -15,11 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from vitaccel.design import Design
+from vitaccel.dse.resources import KIND_NAMES
 from vitaccel.report.data import performance
 
 __all__ = ["build_summary", "print_build_summary"]
-
-_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}  # in order
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -77,11 +76,11 @@ def build_summary(s: dict, design: Design) -> Group:
     for col, right in (("", False), ("used", True), ("of", True), ("util", True), ("", False)):
         rt.add_column(col, justify="right" if right else "left", no_wrap=True)
     resources = s.get("resources") or {}
-    for kind in sorted(resources, key=lambda k: list(_KIND_NAMES).index(k)):
+    for kind in sorted(resources, key=lambda k: list(KIND_NAMES).index(k)):
         row = resources[kind]
-        util = row["used"] / row["available"]
+        util = row["used"] / row["available"] if row["available"] else float(row["used"] > 0)
         rt.add_row(
-            _KIND_NAMES.get(kind, kind), f"{row['used']:,.0f}", f"{row['available']:,}",
+            KIND_NAMES.get(kind, kind), f"{row['used']:,.0f}", f"{row['available']:,}",
             _pct(util), _bar(util),
         )  # fmt: skip
     rt.caption = "fits the board" if s.get("fits") else "DOES NOT FIT the board"
