@@ -25,7 +25,7 @@ def _infeasible(model, board, fps, **kw) -> InfeasibleError:
     return err.value
 
 
-def test_nothing_fits_states_needs_against_budget():
+def test_nothing_fits_states_needs_against_budget(tmp_path):
     # With the scratchpad and X banks on URAM every zoo model fits every board at 85%; at
     # 50% DeiT-B on KV260 is short of BRAM36 for its X bank (the scratchpad takes the URAM)
     e = _infeasible("deit-base", "kv260", 10, max_util=0.5)
@@ -53,7 +53,12 @@ def test_nothing_fits_states_needs_against_budget():
     # What would fit is checked: ZCU102 and ZCU104 take DeiT-Base (ZCU104 answers it below).
     assert f["would_fit"]["boards"] == ["zcu102", "zcu104"]
     assert "zcu102, zcu104 fit deit-base" in e.message and "spilled to DDR" in e.message
-    assert explore("deit-base", "zcu104", 0.5, max_util=0.5)["fps"] >= 0.5
+    r = explore("deit-base", "zcu104", 0.5, max_util=0.5, out_dir=tmp_path)
+    assert r["fps"] >= 0.5
+    # its Pareto points carry the URAM288 they take (the scratchpad's 32 here)
+    points = json.loads((tmp_path / "pareto.json").read_text())["points"]
+    chosen = next(p for p in points if p["chosen"])
+    assert chosen["uram"] == r["uram"]["used"] >= uram and all("uram" in p for p in points)
 
 
 def test_smallest_design_is_the_least_used_shape():

@@ -154,9 +154,38 @@ def test_design_report_page(design_html):
     assert "design report (model figures only)" in text and "cycle model" in text
     assert "Not run" in text and "RTL run" not in text.split("<footer>")[0]
     assert "8.25 effective LUT levels" in text or "effective LUT levels" in text
+    assert "URAM288" not in text  # ZCU102's ZU9EG has none: no column to read
     # ids are unique across the inline SVGs (glyphs and clip paths of different plots)
     ids = re.findall(r'id="([^"]+)"', text)
     assert len(ids) == len(set(ids))
+
+
+def test_resources_table_shows_uram(tmp_path):
+    """A KV260 design with its scratchpad and X banks on URAM: the page's resources table
+    has a URAM288 column (per block, the model's and Yosys's totals, the board's 64); the
+    section alone, as the page would lay it out (the whole page runs the explorer: seconds)."""
+    from vitaccel.dse.report import design_report
+    from vitaccel.dse.resources import design_resources
+    from vitaccel.report.html import _resources_section
+
+    design = default_design("digits-vit", "kv260").model_copy(
+        update={"spm_memory": "uram", "x_memory": "uram"}
+    )
+    dr = design_report(save_design(design, tmp_path / "design.json"))
+    assert dr["utilisation"]["uram"]["available"] == 64
+    yosys = {**dr["utilisation"], "uram": {"used": 13, "available": 64}}
+    text = _resources_section(
+        {"design_report": dr, "resources": {"Yosys": yosys, "resource model": dr["utilisation"]}}
+    )
+
+    def cells(label: str) -> list[str]:  # the figures of the row that starts with label
+        return re.findall(r"<td class=n>(?:<b>)?([\d,.]+)", text.split(label)[1])
+
+    assert "<th class=n>URAM288</th>" in text
+    parts = design_resources(design)["parts"]
+    assert cells("<td>spm</td>")[4] == f"{parts['spm'].uram:.0f}" != "0"
+    assert cells("total (model)")[4] == f"{design_resources(design)['total'].uram:.0f}"
+    assert cells("total (Yosys)")[4] == "13" and cells("<td>board</td>")[4] == "64"
 
 
 def test_build_report_page(build_html):

@@ -12,9 +12,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from vitaccel.dse.resources import KIND_NAMES
+
 __all__ = ["print_dse", "print_design_report", "resources_table", "parts_table", "w4_summary"]
 
-_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}
 _LINEAR_KINDS = ("qkv", "proj", "fc1", "fc2")
 
 
@@ -45,7 +46,7 @@ def resources_table(resources: dict, title: str = "resources") -> Table:
         table.add_column(col, justify="right" if right else "left")
     for kind, row in resources.items():
         table.add_row(
-            _KIND_NAMES.get(kind, kind),
+            KIND_NAMES.get(kind, kind),
             f"{row['used']:,.0f}",
             f"{row['available']:,}",
             _pct(row["util"]),
@@ -60,7 +61,7 @@ def parts_table(resources: dict, parts: dict, title: str = "resources per block"
     table = Table(title=title, title_justify="left")
     table.add_column("block")
     for kind in kinds:
-        table.add_column(_KIND_NAMES.get(kind, kind), justify="right")
+        table.add_column(KIND_NAMES.get(kind, kind), justify="right")
     for name, usage in parts.items():
         table.add_row(name, *(f"{usage.get(k, 0.0):,.0f}" for k in kinds))
     table.add_section()

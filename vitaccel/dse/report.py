@@ -34,7 +34,10 @@ def design_report(design_path: str | Path) -> dict:
     budget = get_budget(design.board)
     est = estimate(design, budget=budget, spec=spec)
     usage = res.design_resources(design, spec=spec)
-    avail = {"dsp48e2": budget.dsp48e2, "lut": budget.lut, "ff": budget.ff, "bram36": budget.bram36}
+    avail = {
+        "dsp48e2": budget.dsp48e2, "lut": budget.lut, "ff": budget.ff, "bram36": budget.bram36,
+        "uram": budget.uram,
+    }  # fmt: skip
     total = usage["total"].as_dict()
     layers = [
         {
@@ -89,7 +92,7 @@ def design_report(design_path: str | Path) -> dict:
         "latency_ms": round(est.latency_ms, 3),
         "utilisation": {
             k: {"used": total[k], "available": avail[k], "util": round(total[k] / avail[k], 4)}
-            for k in res.KINDS
+            for k in res.board_kinds(budget)  # URAM288 on the boards that have it
         },
         "parts": {name: u.as_dict() for name, u in usage["parts"].items()},
         "shell_resources": usage["shell"],

@@ -1410,6 +1410,7 @@ def _candidate_json(c: Candidate, chosen: Candidate) -> dict:
         "lut": round(c.usage["lut"]),
         "ff": round(c.usage["ff"]),
         "bram36": round(c.usage["bram36"], 1),
+        "uram": round(c.usage["uram"], 1),  # URAM288: the scratchpad / X banks placed there
         "predicted_error": round(c.error, 8),
         "array": {"groups": c.groups, "rows": c.rows, "cols": c.cols, "vector": c.vector,
                   "w4_share": round(c.w4_share, 4), "w4_kind": c.w4_kind},

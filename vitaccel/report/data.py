@@ -223,6 +223,7 @@ def collect(
             "lut": budget.lut,
             "ff": budget.ff,
             "bram36": budget.bram36,
+            "uram": budget.uram,
         },
         "built": summary is not None,
         "summary": summary,

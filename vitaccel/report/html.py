@@ -13,12 +13,12 @@ import html
 from pathlib import Path
 
 from vitaccel import __version__
+from vitaccel.dse.resources import KIND_NAMES
 from vitaccel.report import plots
 from vitaccel.report.cycles import CAUSES, group_layers
 
 __all__ = ["render_html", "write_html"]
 
-_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}
 
 _CSS = """
 :root { --ink:#1c2833; --muted:#5d6d7e; --line:#d5dbe1; --bg:#f7f9fb; --accent:#2471a3;
@@ -198,14 +198,19 @@ def _resources_section(d: dict) -> str:
         "for synthesis)."
     )
     kinds = list(dr["utilisation"])
-    head = ["block", *(_KIND_NAMES[k] for k in kinds)]
+    head = ["block", *(KIND_NAMES[k] for k in kinds)]
     rows = [[_e(name), *(_num(u.get(k, 0.0)) for k in kinds)] for name, u in dr["parts"].items()]
     rows.append(
         ["<b>total (model)</b>", *(f"<b>{_num(dr['utilisation'][k]['used'])}</b>" for k in kinds)]
     )
     if built_syn:
         y = d["resources"]["Yosys"]
-        rows.append(["<b>total (Yosys)</b>", *(f"<b>{_num(y[k]['used'])}</b>" for k in kinds)])
+        rows.append(
+            [
+                "<b>total (Yosys)</b>",
+                *(f"<b>{_num(y[k]['used'])}</b>" if k in y else "–" for k in kinds),
+            ]
+        )
     rows.append(["board", *(_num(dr["utilisation"][k]["available"]) for k in kinds)])
     table = _table(head, rows, numeric=set(range(1, len(head))))
     return (

@@ -16,6 +16,7 @@ import matplotlib
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
+from vitaccel.dse.resources import KIND_NAMES
 from vitaccel.report.cycles import CAUSES
 
 __all__ = [
@@ -36,7 +37,6 @@ CAUSE_COLOURS = {
     "nonlinear": "#2471a3",
     "fill & control": "#b0b7bf",
 }
-_KIND_NAMES = {"dsp48e2": "DSP48E2", "lut": "LUT", "ff": "FF", "bram36": "BRAM36"}
 _RC = {
     "svg.fonttype": "path",
     "font.size": 9,
@@ -91,7 +91,7 @@ def resources_svg(resources: dict[str, dict], *, limit: float = 0.85, title: str
     with matplotlib.rc_context(_RC):
         fig = _figure(10.0, 2.3, left=0.8, right=2.0, top=0.15, bottom=0.45)
         ax = fig.add_subplot()
-        kinds = [k for k in _KIND_NAMES if any(k in r for r in resources.values())]
+        kinds = [k for k in KIND_NAMES if any(k in r for r in resources.values())]
         sources = list(resources)
         height = 0.8 / max(1, len(sources))
         colours = ["#2471a3", "#9fb8cc", "#7f8c8d"]
@@ -114,7 +114,7 @@ def resources_svg(resources: dict[str, dict], *, limit: float = 0.85, title: str
         ax.axvline(100 * limit, color="#c0392b", ls="--", lw=1)
         ax.text(100 * limit, len(kinds) - 0.45, f" {limit:.0%} limit", color="#c0392b", fontsize=8)
         ax.axvline(100, color="k", lw=0.8)
-        ax.set_yticks(range(len(kinds)), [_KIND_NAMES[k] for k in kinds])
+        ax.set_yticks(range(len(kinds)), [KIND_NAMES[k] for k in kinds])
         ax.invert_yaxis()
         ax.set_xlim(0, 105)
         ax.set_xlabel("% of the board")
@@ -192,7 +192,7 @@ def pareto_svg(
             ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
             ax.xaxis.set_minor_formatter(_thousands)
             ax.yaxis.set_major_formatter(_thousands)
-            ax.set_xlabel(f"{_KIND_NAMES[key]} (log)")
+            ax.set_xlabel(f"{KIND_NAMES[key]} (log)")
             ax.grid(True, which="major", alpha=0.3)
         axes[0].set_ylabel("FPS (cycle model, log)")
         axes[0].legend(fontsize=7, frameon=False, loc="upper left")
