@@ -413,6 +413,39 @@ def test_human_output_shows_the_answer_and_every_layer(small_run):
     assert "NOT allowed" not in text and "total" in text
 
 
+def test_report_design_names_the_buffers_on_uram(capsys, tmp_path):
+    """`vitaccel report design` on a KV260 design with its scratchpad and X banks on URAM
+    says so, with the URAM288 each takes (text and --json); on BRAM they are named so."""
+    from vitaccel.cli import main
+    from vitaccel.design import save_design
+    from vitaccel.flow.build import default_design
+
+    bram = default_design("digits-vit", "kv260").model_copy(
+        update={"spm_memory": "bram", "x_memory": "bram"}
+    )
+    uram = bram.model_copy(update={"spm_memory": "uram", "x_memory": "uram"})
+    parts = res.design_resources(uram)["parts"]
+    spm, x = parts["spm"].uram, parts["engine"].uram
+    assert spm > 0 and x > 0
+    path = save_design(uram, tmp_path / "uram.json")
+    assert main(["report", "design", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["memories"] == {
+        "scratchpad": {"memory": "uram", "uram": spm},
+        "input (X) buffers": {"memory": "uram", "uram": x},
+    }
+    assert rep["utilisation"]["uram"]["used"] == spm + x
+    assert main(["report", "design", str(path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich may wrap the line
+    assert (
+        f"buffers: scratchpad on URAM288 ({spm:.0f}), input (X) buffers on URAM288 ({x:.0f}); "
+        f"URAM288 {spm + x:.0f} of the board's 64" in text
+    )
+    assert main(["report", "design", str(save_design(bram, tmp_path / "bram.json"))]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "buffers: scratchpad on BRAM36, input (X) buffers on BRAM36; URAM288 0 of" in text
+
+
 def test_infeasible_target_names_best_fps_and_binding():
     with pytest.raises(InfeasibleError) as err:
         explore("deit-base", "zcu102", 100000)

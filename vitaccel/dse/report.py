@@ -23,8 +23,9 @@ def design_report(design_path: str | Path) -> dict:
 
     Returns a dict with ``design`` (path), ``model``, ``board``, ``clock_mhz``, ``fps``,
     ``cycles``, ``latency_ms``, ``utilisation`` ({kind: {used, available, util}}), ``parts``
-    (usage per block), ``layers`` (one row per op: name, kind, cycles, share, bound,
-    utilisation of the array), ``cycles_by_kind``, ``cycles_by_bound``,
+    (usage per block), ``memories`` (the buffers the design may place on URAM288: {buffer:
+    {memory: "bram" | "uram", uram: URAM288 it takes}}), ``layers`` (one row per op: name,
+    kind, cycles, share, bound, utilisation of the array), ``cycles_by_kind``, ``cycles_by_bound``,
     ``linear_utilisation``, ``fidelity`` and ``clock_rule``.
     """
     from vitaccel.boards import get_budget
@@ -95,6 +96,15 @@ def design_report(design_path: str | Path) -> dict:
             for k in res.board_kinds(budget)  # URAM288 on the boards that have it
         },
         "parts": {name: u.as_dict() for name, u in usage["parts"].items()},
+        # which buffers are on URAM288 (Design.spm_memory / x_memory); the engine's URAM is
+        # its X banks'
+        "memories": {
+            "scratchpad": {"memory": design.spm_memory, "uram": usage["parts"]["spm"].uram},
+            "input (X) buffers": {
+                "memory": design.x_memory,
+                "uram": usage["parts"]["engine"].uram,
+            },
+        },
         "shell_resources": usage["shell"],
         "engine_buffers": usage["buffers"],
         "layers": layers,
