@@ -155,6 +155,7 @@ def test_design_report_page(design_html):
     assert "Not run" in text and "RTL run" not in text.split("<footer>")[0]
     assert "8.25 effective LUT levels" in text or "effective LUT levels" in text
     assert "URAM288" not in text  # ZCU102's ZU9EG has none: no column to read
+    assert "scratchpad on BRAM36, input (X) buffers on BRAM36; the board has no URAM" in text
     # ids are unique across the inline SVGs (glyphs and clip paths of different plots)
     ids = re.findall(r'id="([^"]+)"', text)
     assert len(ids) == len(set(ids))

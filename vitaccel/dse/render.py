@@ -72,8 +72,8 @@ def parts_table(resources: dict, parts: dict, title: str = "resources per block"
 
 
 def memories_text(memories: dict, uram: dict | None) -> str:
-    """``buffers: scratchpad on URAM288 (8), input (X) buffers on BRAM36``: where the buffers
-    the design may place on URAM are (``uram``: the board's URAM288 row, None without)."""
+    """``scratchpad on URAM288 (8), input (X) buffers on BRAM36; ...``: where the buffers the
+    design may place on URAM are (``uram``: the board's URAM288 row, None without)."""
     placed = [
         f"{name} on URAM288 ({m['uram']:.0f})" if m["memory"] == "uram" else f"{name} on BRAM36"
         for name, m in memories.items()
@@ -82,7 +82,7 @@ def memories_text(memories: dict, uram: dict | None) -> str:
         "; the board has no URAM" if uram is None
         else f"; URAM288 {uram['used']:.0f} of the board's {uram['available']:,}"
     )  # fmt: skip
-    return "buffers: " + ", ".join(placed) + board
+    return ", ".join(placed) + board
 
 
 def _shares_table(cycles: dict[str, int], title: str, label: str) -> Table:
@@ -209,7 +209,7 @@ def print_design_report(r: dict, console: Console | None = None) -> None:
             f"clock: {rule['levels']:g} effective LUT levels, {r['clock_mhz']:g} MHz is {ok} "
             f"(allowed: {', '.join(f'{c:g}' for c in rule['allowed_clocks_mhz'])} MHz)"
         )
-    console.print(memories_text(r["memories"], r["utilisation"].get("uram")))
+    console.print("buffers: " + memories_text(r["memories"], r["utilisation"].get("uram")))
     title = f"resources per block (shell: {r['shell_resources']})"
     console.print(parts_table(r["utilisation"], r["parts"], title=title))
     console.print(

@@ -13,6 +13,7 @@ import html
 from pathlib import Path
 
 from vitaccel import __version__
+from vitaccel.dse.render import memories_text
 from vitaccel.dse.resources import KIND_NAMES
 from vitaccel.report import plots
 from vitaccel.report.cycles import CAUSES, group_layers
@@ -179,6 +180,7 @@ def _design_section(d: dict) -> str:
         ),  # fmt: skip
         ("clock", clock),
         ("scratchpad", _e(f"{des.spm_kib} KiB; {des.weight_ports} weight port(s)")),
+        ("buffers", _e(memories_text(dr["memories"], dr["utilisation"].get("uram")))),
         ("precision", _e(prec)),
         ("design file", f"<code>{_e(d['design_path'])}</code>"),
     ]
