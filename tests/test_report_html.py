@@ -374,6 +374,87 @@ def test_report_renders_in_chromium(chromium, which, request):
     assert height > 2000 and share > 0.05
 
 
+# ---- the sweep's page ------------------------------------------------------------------------
+
+
+def _sweep_row(model, board, fps, status="ok", **kw) -> dict:
+    row = {"model": model, "board": board, "target_fps": fps, "status": status, "errors": []}
+    if status in ("ok", "mismatch"):
+        scale = {"deit-tiny": 1, "deit-small": 3}[model] * (1.3 if board == "zcu104" else 1)
+        row.update(
+            design=f"queries/{model}-{board}-{fps:g}/design.json", array="4x8x8x8",
+            clock_mhz=300.0, predicted_fps=fps * 1.2 * scale, peak_share=0.41, binding="dsp48e2",
+            resources={"model": {"dsp48e2": 700 * scale, "lut": 90_000 * scale,
+                                 "ff": 80_000 * scale, "bram36": 120 * scale},
+                       "yosys": None, "lut_depth": None},
+            bit_exact=None,
+        )  # fmt: skip
+    row.update(kw)
+    return row
+
+
+SWEEP_RESULTS = {
+    "sweep": {"models": ["deit-tiny", "deit-small"], "boards": ["zcu102", "zcu104"],
+              "fps": [60.0], "synth_top": 0, "images": 0, "max_util": 0.85},
+    "rows": [
+        _sweep_row("deit-tiny", "zcu102", 60.0, bit_exact={"bit_exact": 2, "images": 2}),
+        _sweep_row("deit-tiny", "zcu104", 60.0),
+        _sweep_row("deit-small", "zcu102", 60.0, status="failed",
+                   errors=["explore: RuntimeError: worker ran out of memory"]),
+        _sweep_row("deit-small", "zcu104", 60.0, status="infeasible", binding="dsp48e2",
+                   best_reachable_fps=41.5),
+    ],
+    "figures": {"seconds": 12.5},
+    "fps_source": "cycle-model prediction (vitaccel.dse.cost)",
+}  # fmt: skip
+SWEEP_RESULTS["rows"][1]["resources"]["yosys"] = {"dsp48e2": 1000, "lut": 101_000,
+                                                   "ff": 90_000, "bram36": 150}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep_html(tmp_path_factory) -> Path:
+    from vitaccel.report.html import write_sweep_html
+
+    return write_sweep_html(tmp_path_factory.mktemp("sweep") / "report.html", SWEEP_RESULTS)
+
+
+def test_sweep_page_structure(sweep_html):
+    from vitaccel.report.html import SWEEP_PLOT_KINDS, render_sweep_html
+
+    text = sweep_html.read_text()
+    _assert_self_contained(text)
+    assert render_sweep_html(json.loads(json.dumps(SWEEP_RESULTS))) == text  # rows -> page
+    queries = text.split("<h2>Queries</h2>")[1].split("</tbody>")[0]
+    assert queries.count("<tr>") == 1 + len(SWEEP_RESULTS["rows"])  # head + one per query
+    svgs = re.findall(r"<svg.*?</svg>", text, flags=re.S)
+    assert len(svgs) == len(SWEEP_PLOT_KINDS) == 3  # one plot per resource
+    for kind in ("DSP48E2", "LUT", "BRAM36"):
+        assert f"against {kind}" in text
+    # each board is named in every plot's legend (glyphs are paths: matplotlib's comment
+    # carries the text)
+    for svg in svgs:
+        for board in ("zcu102", "zcu104"):
+            assert f"<!-- {board} -->" in svg, board
+    # Yosys beside the model where synthesised; the failed and infeasible rows with why
+    assert "DSP48E2 910 / 1,000" in text and "DSP48E2 700<br>" in text
+    not_answered = text.split("<h2>Not answered</h2>")[1]
+    assert "worker ran out of memory" in not_answered
+    assert "dsp48e2 binds" in not_answered and "best 41.5 FPS" in not_answered
+    assert "2 / 2" in queries
+
+
+def test_sweep_page_renders_in_chromium(chromium, sweep_html):
+    seconds = chromium.open(sweep_html)
+    print(f"\nsweep page: load event after {seconds:.2f} s in headless Chromium")
+    sizes = chromium.evaluate(
+        "JSON.stringify(Array.from(document.querySelectorAll('figure svg')).map("
+        "s => [s.getBoundingClientRect().width, s.getBoundingClientRect().height]))"
+    )
+    sizes = json.loads(sizes)
+    assert len(sizes) == 3 and all(w > 200 and h > 100 for w, h in sizes), sizes
+    assert chromium.problems() == []
+
+
 # ---- terminal -------------------------------------------------------------------------------
 
 

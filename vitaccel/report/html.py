@@ -18,7 +18,7 @@ from vitaccel.dse.resources import KIND_NAMES
 from vitaccel.report import plots
 from vitaccel.report.cycles import CAUSES, group_layers
 
-__all__ = ["render_html", "write_html"]
+__all__ = ["render_html", "write_html", "render_sweep_html", "write_sweep_html"]
 
 
 _CSS = """
@@ -476,6 +476,11 @@ def render_html(d: dict) -> str:
             "measured on the generated Verilog in Verilator.</footer>",
         ]
     )
+    return _page(title, body)
+
+
+def _page(title: str, body: str) -> str:
+    """The page shell every report shares: the styles inline, no script, no URL."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -489,3 +494,119 @@ def write_html(path: str | Path, d: dict) -> Path:
     from vitaccel.util import atomic_write_text
 
     return atomic_write_text(Path(path), render_html(d))
+
+
+# ---- the sweep's page ----------------------------------------------------------------------
+
+SWEEP_PLOT_KINDS = ("dsp48e2", "lut", "bram36")
+
+
+def _sweep_resources(r: dict, kinds: tuple[str, ...]) -> str:
+    res = r.get("resources") or {}
+    m, y = res.get("model") or {}, res.get("yosys") or {}
+    if not m:
+        return "–"
+    return "<br>".join(
+        f"{KIND_NAMES[k]} {_num(m.get(k))}" + (f" / {_num(y.get(k))}" if y else "") for k in kinds
+    )
+
+
+def _sweep_fps(r: dict) -> str:
+    if r.get("predicted_fps"):
+        return _num(r["predicted_fps"], 1)
+    if r.get("best_reachable_fps") is not None:
+        return f"best {_num(r['best_reachable_fps'], 1)}"
+    return "–"
+
+
+def _sweep_reason(r: dict) -> str:
+    if r.get("errors"):
+        return "; ".join(r["errors"])
+    if r["status"] == "infeasible":
+        reason = f"target not reachable within the board ({r.get('binding', '?')} binds)"
+        if r.get("best_reachable_fps") is not None:
+            reason += f"; best {r['best_reachable_fps']:,.1f} FPS"
+        return reason
+    if r["status"] == "mismatch":
+        be = r["bit_exact"]
+        return f"{be['images'] - be['bit_exact']} of {be['images']} images not bit-exact"
+    return r["status"]
+
+
+def render_sweep_html(results: dict) -> str:
+    """The page of a ``vitaccel sweep``: a pure function of its ``results.json`` content
+    (so a resumed sweep writes the same page): the rows, predicted FPS against DSP48E2, LUT
+    and BRAM36 per board and model, and the rows that failed or were infeasible, with why."""
+    rows, spec = results["rows"], results.get("sweep") or {}
+    status_cls = {"ok": "ok", "failed": "fail", "mismatch": "fail"}
+    head = ["model", "board", "FPS target", "FPS", "% W8 peak", "resources model / Yosys",
+            "bit-exact", "binding", "status"]  # fmt: skip
+    body = []
+    for r in rows:
+        be = r.get("bit_exact")
+        st = r["status"]
+        body.append(
+            [
+                _e(r["model"]), _e(r["board"]), _num(r["target_fps"], 1), _sweep_fps(r),
+                _pct(r.get("peak_share")), _sweep_resources(r, SWEEP_PLOT_KINDS),
+                f"{be['bit_exact']} / {be['images']}" if be else "–", _e(r.get("binding", "–")),
+                f'<span class="{status_cls.get(st, "")}">{_e(st)}</span>',
+            ]
+        )  # fmt: skip
+    table = _table(head, body, numeric={2, 3, 4})
+    synthesised = any((r.get("resources") or {}).get("yosys") for r in rows)
+    plotted = [
+        r for r in rows if r.get("predicted_fps") and (r.get("resources") or {}).get("model")
+    ]
+    figs = "".join(
+        _figure(
+            plots.sweep_svg(rows, k),
+            f"FPS {_tag('cycle model', 'model')} against {KIND_NAMES[k]}: a colour per board, "
+            "a marker per model"
+            + ("; filled = resource model, hollow = Yosys" if synthesised else " (resource model)"),
+        )
+        for k in SWEEP_PLOT_KINDS
+    )
+    bad = [r for r in rows if r["status"] != "ok"]
+    out = [
+        f"<header><h1>vitaccel sweep: {len(rows)} queries</h1>"
+        f'<div class="sub">models {_e(", ".join(spec.get("models", [])))} · boards '
+        f"{_e(', '.join(spec.get('boards', [])))} · FPS "
+        f"{_e(', '.join(f'{f:g}' for f in spec.get('fps', [])))}</div></header>",
+        "<h2>Queries</h2>",
+        f'<p class="sub">FPS: {_e(results.get("fps_source", "cycle-model prediction"))}; '
+        "% W8 peak: of 2 MACs per DSP48E2 × the board's DSPs × the design's clock. "
+        "Resources: the calibrated model, then Yosys when synthesised.</p>",
+        table,
+        f"<h2>FPS against resources {_tag('cycle model', 'model')}</h2>",
+        f'<div class="grid2">{figs}</div>' if plotted else "<p>No query has a design.</p>",
+    ]
+    if bad:
+        out += [
+            "<h2>Not answered</h2>",
+            _table(
+                ["model", "board", "FPS target", "status", "reason"],
+                [
+                    [
+                        _e(r["model"]),
+                        _e(r["board"]),
+                        _num(r["target_fps"], 1),
+                        _e(r["status"]),
+                        _e(_sweep_reason(r)),
+                    ]
+                    for r in bad
+                ],
+                numeric={2},
+            ),  # fmt: skip
+        ]
+    out.append(
+        f"<footer>vitaccel {_e(__version__)}. Built from <code>results.json</code> only.</footer>"
+    )
+    return _page(f"vitaccel sweep: {len(rows)} queries", "".join(out))
+
+
+def write_sweep_html(path: str | Path, results: dict) -> Path:
+    """Render the sweep's page and write it atomically."""
+    from vitaccel.util import atomic_write_text
+
+    return atomic_write_text(Path(path), render_sweep_html(results))

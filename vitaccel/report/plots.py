@@ -13,6 +13,8 @@ import io
 import re
 
 import matplotlib
+import matplotlib.lines
+import matplotlib.patches
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
@@ -27,6 +29,7 @@ __all__ = [
     "pareto_svg",
     "roofline_svg",
     "per_layer_svg",
+    "sweep_svg",
 ]
 
 CAUSE_COLOURS = {
@@ -267,3 +270,56 @@ def per_layer_svg(rows: list[dict], key: str, *, ylabel: str, title: str = "") -
         if title:
             ax.set_title(title)
         return svg_of(fig, f"perlayer-{re.sub(r'[^a-z0-9]+', '-', key.lower())}")
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def sweep_svg(rows: list[dict], key: str, *, title: str = "") -> str:
+    """Predicted FPS against one resource over a sweep's queries: a colour per board, a
+    marker per model; filled = the resource model, hollow = Yosys (when synthesised).
+
+    ``rows``: ``vitaccel sweep`` rows that have a design (``predicted_fps`` and
+    ``resources``); the others are left out.
+    """
+    with matplotlib.rc_context(_RC):
+        fig = _figure(5.2, 3.4, left=0.8, right=1.6, top=0.3 if title else 0.15)
+        ax = fig.add_subplot()
+        done = [
+            r for r in rows if r.get("predicted_fps") and (r.get("resources") or {}).get("model")
+        ]
+        boards = list(dict.fromkeys(r["board"] for r in rows))
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        colour = {b: matplotlib.colormaps["tab10"](i % 10) for i, b in enumerate(boards)}
+        marker = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(models)}
+        for r in done:
+            c, m, fps = colour[r["board"]], marker[r["model"]], r["predicted_fps"]
+            x = r["resources"]["model"].get(key, 0.0)
+            ax.scatter([x], [fps], s=36, marker=m, color=c, zorder=4)
+            y = (r["resources"].get("yosys") or {}).get(key)
+            if y is not None:
+                ax.plot([x, y], [fps, fps], color=c, lw=0.8, alpha=0.6)
+                ax.scatter([y], [fps], s=36, marker=m, facecolors="none", edgecolors=[c])
+        # boards as colour patches, models as grey markers: the two never read alike
+        handles = [matplotlib.patches.Patch(color=colour[b]) for b in boards]
+        handles += [ax.scatter([], [], s=36, marker=marker[m], color="#7f8c8d") for m in models]
+        # linear from zero: the distances between boards and models read as they are
+        xs = [r["resources"]["model"].get(key, 0.0) for r in done]
+        xs += [(r["resources"].get("yosys") or {}).get(key) or 0.0 for r in done]
+        targets = sorted({r["target_fps"] for r in rows})
+        for t in targets:
+            ax.axhline(t, color="k", ls=":", lw=0.8)
+        handles.append(matplotlib.lines.Line2D([], [], color="k", ls=":", lw=0.8))
+        ax.set_xlim(0, 1.1 * max(xs, default=0.0) or 1.0)
+        ax.set_ylim(0, 1.12 * max([*(r["predicted_fps"] for r in done), *targets]))
+        ax.legend(handles, [*boards, *models, "FPS target"], fontsize=7, frameon=False,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+        ax.xaxis.set_major_formatter(_thousands)
+        ax.yaxis.set_major_formatter(_thousands)
+        ax.set_xlabel(KIND_NAMES[key])
+        ax.set_ylabel("FPS (cycle model)")
+        ax.grid(True, which="major", alpha=0.3)
+        if title:
+            ax.set_title(title)
+        return svg_of(fig, f"sweep-{key}")
