@@ -106,6 +106,8 @@ def test_killed_worker_then_answered_from_the_cache(cluster, tmp_path):
     assert infeasible["status"] == "infeasible" and infeasible["binding"]
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["rows"] == rows
+    page = (out / "report.html").read_text()  # the sweep's page, from these rows
+    assert page.count("<svg") == 3 and all(b in page for b in ("zcu102", "zcu104"))
 
     r = run("sweep", "--models", DEIT["models"], "--boards", DEIT["boards"], "--fps", DEIT["fps"],
             "--workers", "2", "-o", str(out), "--json")  # fmt: skip
@@ -115,6 +117,7 @@ def test_killed_worker_then_answered_from_the_cache(cluster, tmp_path):
     assert again["figures"]["tasks_computed"] == 0
     assert again["figures"]["tasks_from_cache"] == 4
     assert again["rows"] == rows
+    assert (out / "report.html").read_text() == page  # from the cache: the same page
     print(
         f"\nsweep of 4 queries with a worker killed: {seconds:.1f} s; "
         f"repeat from the cache: {again['figures']['seconds']:.1f} s in the command "

@@ -23,6 +23,7 @@ Output folder::
 
     sweep.json                     the sweep's parameters (another sweep is refused here)
     results.json                   one row per query (written at the end, atomically)
+    report.html                    the rows and FPS-vs-resources plots (from results.json)
     queries/<model>-<board>-<fps>/ design.json (the chosen design), pareto.json
     cache/<kind>-<hash>.json       one finished task each
 """
@@ -58,6 +59,7 @@ __all__ = [
 TASK_VERSION = "1"
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
 CONNECT_TIMEOUT_S = 5.0  # the issue: an unreachable scheduler is reported within 10 s
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 FPS_SOURCE = "cycle-model prediction (vitaccel.dse.cost), not an RTL run"
@@ -942,7 +944,12 @@ def run_sweep(
         "fps_source": FPS_SOURCE,
     }
     atomic_write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
+    from vitaccel.report.html import write_sweep_html
+
+    # from the rows just written only: a resumed sweep writes the same page
+    write_sweep_html(out_dir / REPORT_FILE, results)
     results["results"] = str(out_dir / RESULTS_FILE)
+    results["report"] = str(out_dir / REPORT_FILE)
     return results
 
 
@@ -1000,5 +1007,6 @@ def print_sweep(results: dict) -> None:
     con.print(
         f"{len(results['rows'])} queries in {f['seconds']:.1f} s: {f['tasks_computed']} tasks "
         f"computed, {f['tasks_from_cache']} from the cache, {f['tasks_failed']} failed "
-        f"({f['cluster']}); rows in {results.get('results', RESULTS_FILE)}"
+        f"({f['cluster']}); rows in {results.get('results', RESULTS_FILE)}, page in "
+        f"{results.get('report', REPORT_FILE)}"
     )
