@@ -3,6 +3,8 @@
 * :func:`write_build_report`: ``<out>/report.html`` of a ``vitaccel build``.
 * :func:`write_design_report`: the same page for a design file, model figures only
   (``vitaccel report design FILE --html OUT``).
+* :func:`vitaccel.report.html.write_sweep_html`: ``DIR/report.html`` of a ``vitaccel sweep``
+  (its rows and FPS-vs-resources plots across boards, from ``results.json``).
 * :mod:`vitaccel.report.terminal`: the build's summary on the terminal.
 
 Dependency direction: this package reads dse, boards and the design file; flow and cli call

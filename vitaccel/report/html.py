@@ -4,7 +4,8 @@
 row of figures, then the design, resources, performance, design space (Pareto front and
 roofline), accuracy, verification and the files written. Styles are inline, plots are
 inline SVG (:mod:`vitaccel.report.plots`), there is no script and no URL: the page reads
-the same offline, from an e-mail attachment, or printed.
+the same offline, from an e-mail attachment, or printed. :func:`render_sweep_html` lays out
+a sweep's ``results.json`` on the same page shell.
 """
 
 from __future__ import annotations
