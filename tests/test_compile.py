@@ -230,10 +230,12 @@ def test_compact_layout_fits_deit_base_in_1_mib():
     # a too-small scratchpad still names what does not fit
     from vitaccel.models.specs import ModelSpec
 
-    large = ModelSpec(name="vit-large-like", img_size=224, patch_size=16, in_chans=3,
-                      num_classes=1000, embed_dim=1024, depth=24, heads=16, mlp_ratio=4.0)  # fmt: skip
-    with pytest.raises(CompileError, match="even with the compact layout"):
-        spm_layout(large, 1 << 17)  # capped at the ISA's 1 MiB; standard and compact tried
+    # ViT-Huge's width: even its attention phase alone (LN1 out, Q|K, V^T, one head's
+    # logits) is beyond 1 MiB, so no layout fits, spilling or not
+    large = ModelSpec(name="vit-huge-like", img_size=224, patch_size=16, in_chans=3,
+                      num_classes=1000, embed_dim=1280, depth=32, heads=16, mlp_ratio=4.0)  # fmt: skip
+    with pytest.raises(CompileError, match="even with the compact layout and the residual"):
+        spm_layout(large, 1 << 17)  # capped at the ISA's 1 MiB; every layout tried
     with pytest.raises(CompileError, match="raise spm_kib"):
         spm_layout(spec, 40_000)
 
@@ -276,3 +278,85 @@ def test_unsupported_configurations_are_clear_errors():
         compile_model(
             golden, groups=1, codec=codec_for(default_design("digits-vit", "zcu102")), spm_words=100
         )
+
+
+# ---- spilling the residual stream to DDR ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "groups, cols, spm_words, tile",
+    [(1, 4, 576, 9), (2, 8, 540, 2), (3, 4, 560, 6), (1, 16, 536, 1)],
+)
+def test_spill_program_equals_golden(
+    digits, groups, cols, spm_words, tile, assert_program_equals_golden
+):
+    """A scratchpad too small for the compact layout (digits-vit needs 599 words): the
+    residual stream lives in the DDR scratch region and moves through one tile buffer of
+    ``tile`` tokens; the projection and the MLP run per tile (fused residual adds in place
+    with 2x8 and 1x16, RESADD instructions otherwise); 17 tokens in uneven tiles."""
+    from vitaccel import isa
+    from vitaccel.compile.compiler import spill_traffic, spm_layout
+    from vitaccel.compile.schedule import scratch_bytes
+
+    golden, patches = digits
+    spec = golden.spec
+    with pytest.raises(CompileError, match="scratchpad too small"):
+        spm_layout(spec, spm_words, spill=False)
+    design = Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8))
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=groups, codec=codec, spm_words=spm_words)
+    assert compiled.spill_tile == tile and compiled.spm_words <= spm_words
+    assert "x0" not in compiled.tensors and compiled.tensors["xt"].rows == tile
+    assert compiled.tensors["mlp.fc1"].rows == tile
+    # the scratch region is the image's last section, after the logits
+    assert compiled.scratch_bytes == scratch_bytes(spec) == spec.tokens * 4 * 16
+    assert compiled.scratch_offset >= compiled.output_offset + compiled.output_bytes
+    assert len(compiled.image) >= compiled.scratch_offset + compiled.scratch_bytes
+    spills = [i for i in compiled.program if i.label.endswith("spill")]
+    for i in spills:
+        assert i.op in (isa.Op.LOAD, isa.Op.STORE)
+        assert compiled.scratch_offset <= i.ddr
+        assert i.ddr + i.words * 16 <= compiled.scratch_offset + compiled.scratch_bytes
+    ntiles = -(-spec.tokens // tile)
+    # per block: LN1's tiles in, the projection + MLP tiles in and out; the embedding's two
+    # STOREs (class row, patches) and the final LayerNorm's class row
+    assert len(spills) == spec.depth * 3 * ntiles + 3
+    row = 4 * 16
+    assert spill_traffic(compiled.program) == spec.depth * 3 * spec.tokens * row + 18 * row
+    # every token tile of a layer reads the one packed stream of its rows
+    fc1 = {i.w_ddr for i in compiled.program if i.label == "blocks.0.mlp.fc1"}
+    assert len(fc1) == 1
+    assert_program_equals_golden(compiled, codec, golden, patches[:4])
+
+
+def test_programs_that_fit_do_not_spill(digits):
+    """The standard and compact layouts are taken first: no scratch region, no spill LOAD
+    or STORE; the spilling layout only when forced or when nothing else fits."""
+    from vitaccel.compile.compiler import spill_traffic, spm_layout
+    from vitaccel.compile.schedule import spill_words_needed, spm_words_needed
+    from vitaccel.models.specs import get_spec
+
+    golden, _ = digits
+    codec = codec_for(Design(array=ArrayConfig(groups=2, rows=4, cols=8, vector=8)))
+    for words in (1 << 16, 640, 599):
+        compiled = compile_model(golden, groups=2, codec=codec, spm_words=words)
+        assert compiled.spill_tile == 0 and compiled.scratch_bytes == 0
+        assert spill_traffic(compiled.program) == 0
+    forced = compile_model(golden, groups=2, codec=codec, spm_words=1 << 16, spill=True)
+    assert forced.spill_tile == golden.spec.tokens and forced.scratch_bytes > 0
+    # DeiT-Base: 1,016 KiB compact, 669 KiB spilling one token at a time
+    base = get_spec("deit-base")
+    assert spm_words_needed(base) == 65029 and spill_words_needed(base) == 42816
+    al = spm_layout(base, 50_000)
+    assert al.spill_tile > 1 and al.next <= 50_000
+
+
+def test_interpreter_refuses_a_store_past_the_image():
+    from vitaccel import isa
+    from vitaccel.compile.interp import InterpError, Machine, step
+
+    m = Machine(ddr=bytearray(256), spm=np.zeros((16, 16), dtype=np.uint8))
+    step(m, isa.store(spm=0, words=16, ddr=0), None)
+    with pytest.raises(InterpError, match="STORE out of range"):
+        step(m, isa.store(spm=0, words=2, ddr=240), None)
+    assert len(m.ddr) == 256

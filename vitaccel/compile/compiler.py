@@ -10,6 +10,9 @@ sections)::
     weights      one packed W stream per linear layer (docs/gvsa.md), read by MATMUL
     input        the image's int8 patches in SPM row layout (written by the host per image)
     output       the int8 logits (read by the host)
+    scratch      only in a spilling program: the residual stream (``tokens`` rows in SPM row
+                 layout), written and read by the program itself; zeros in the image, so
+                 the host allocates it by allocating the image (docs/isa.md)
 
 The program is the shape-only scheduler's (:mod:`vitaccel.compile.schedule`, which also
 plans the scratchpad); this module packs the model's constants and weights into the image
@@ -31,6 +34,8 @@ from vitaccel.compile.schedule import (
     Tensor,
     const_ddr,
     program_for,
+    scratch_bytes,
+    spill_traffic,
     spm_layout,
     spm_words_needed,
     words_for,
@@ -47,6 +52,7 @@ __all__ = [
     "const_ddr",
     "spm_layout",
     "spm_words_needed",
+    "spill_traffic",
     "Tensor",
     "Compiled",
     "compile_model",
@@ -114,6 +120,9 @@ class Compiled:
     tensors: dict[str, Tensor] = field(default_factory=dict)
     compact: bool = False  # the compact scratchpad layout (spm_layout)
     att_heads: int = 0  # heads per QK^T / SOFTMAX / P x V chunk
+    spill_tile: int = 0  # tokens per residual tile of a spilling program (0: no spilling)
+    scratch_offset: int = 0  # the DDR scratch region (spilling programs; 0 bytes otherwise)
+    scratch_bytes: int = 0
     patches: int = 0
     patch_dim: int = 0
     classes: int = 0
@@ -165,6 +174,7 @@ def compile_model(
     spm_words: int = 1 << 16,
     fuse_residual: bool | None = None,
     compact: bool | None = None,
+    spill: bool | None = None,
 ) -> Compiled:
     """Compile ``model`` into a program + memory image for an array with ``groups`` groups.
 
@@ -174,9 +184,12 @@ def compile_model(
     (default: when the codec's array allows it, :func:`vitaccel.isa.residual_fusable`), and
     as RESADD instructions otherwise. The V part of QKV reuses the X of the Q|K part
     (X_KEEP). ``compact``: the scratchpad layout (:func:`spm_layout`; None: the standard one
-    when it fits ``spm_words``, else the compact one). This function packs the constants and
-    the W streams into the DDR image and fills in the offsets and quantisation scalars the
-    scheduler leaves to it.
+    when it fits ``spm_words``, else the compact one); ``spill``: the spilling layout (None:
+    when neither fits; the residual stream then lives in a DDR scratch region after the
+    output section). This function packs the constants and the W streams into the DDR image
+    and fills in the offsets and quantisation scalars the scheduler leaves to it. A layer
+    that several MATMULs compute on the same rows (a spilling program's token tiles) has
+    its stream packed once, and they all read it.
     """
     if fuse_residual is None:
         p = getattr(codec, "params", None)
@@ -184,10 +197,11 @@ def compile_model(
     spec = model.spec
     log2 = model.config.softmax_output == "log2"
     D = spec.embed_dim
-    al = spm_layout(spec, spm_words, compact)
+    al = spm_layout(spec, spm_words, compact, spill)
     # the program the cost model prices: shapes, addresses and flags; packed below
     scheduled = program_for(spec, groups=groups, spm_words=spm_words, compact=al.compact,
-                            fuse_residual=fuse_residual, log2=log2)  # fmt: skip
+                            fuse_residual=fuse_residual, log2=log2,
+                            spill=bool(al.spill_tile))  # fmt: skip
     prog = list(scheduled)
 
     # ---- constants: the DDR section (const_ddr), loaded into the SPM by LOADs -----------
@@ -209,14 +223,23 @@ def compile_model(
         }
     const_raw = b"".join(_const_bytes(name, const_data[name], ddr_consts) for name in ddr_consts)
 
-    # ---- the W streams, in program order: each MATMUL from DDR takes its layer's next rows
+    # ---- the W streams, in program order: each MATMUL from DDR takes its layer's next rows,
+    # from row 0 again once the layer is done (the next token tile of a spilling program)
     layers = model.linear_layers()
-    weights: list[tuple[int, bytes]] = []  # (instruction, packed stream)
+    weights: list[tuple[int, bytes]] = []  # (first instruction, packed stream)
+    reads: dict[int, int] = {}  # instruction -> the first instruction of its stream
     taken: dict[str, int] = {}
+    first: dict[tuple[str, int, int], int] = {}
     for idx, ins in enumerate(prog):
         if ins.op is Op.MATMUL and MatmulFlags.W_SPM not in ins.flags:
             layer, r0 = layers[ins.label], taken.get(ins.label, 0)
+            r0 %= layer.out_features
             taken[ins.label] = r0 + ins.n
+            key = (ins.label, r0, ins.n)
+            if key in first:
+                reads[idx] = first[key]
+                continue
+            first[key] = reads[idx] = idx
             sel = slice(r0, r0 + ins.n)
             raw = codec.pack(layer.weight.q[sel], layer.weight.kind[sel], layer.bias[sel],
                              layer.mult[sel], layer.shift[sel])  # fmt: skip
@@ -237,19 +260,23 @@ def compile_model(
         at += align(len(raw))
     in_off = align(at)
     out_off = align(in_off + patches.words * WORD_BYTES)
-    total = align(out_off + out.words * WORD_BYTES)
+    scratch_off = align(out_off + out.words * WORD_BYTES)
+    scratch = scratch_bytes(spec) if al.spill_tile else 0
+    total = align(scratch_off + scratch)
 
     for idx, ins in enumerate(prog):
         fields = _filled(ins, model, blocks)
-        if ins.op is Op.LOAD:
+        if ins.label.endswith("spill"):  # residual rows in the scratch region
+            fields["ddr"] = scratch_off + ins.ddr
+        elif ins.op is Op.LOAD:
             fields["ddr"] = in_off if ins.label == "input" else const_off + ins.ddr
         elif ins.op is Op.STORE:
             fields["ddr"] = out_off
-        elif idx in w_offsets:
-            fields["w_ddr"] = w_offsets[idx]
+        elif idx in reads:
+            fields["w_ddr"] = w_offsets[reads[idx]]
             if codec.mixed:
                 # mixed W4/W8 columns: the plan's steps (may exceed ceil(N / (G*C)))
-                fields["w_steps"] = codec.steps_of(w_raw[idx], ins.k)
+                fields["w_steps"] = codec.steps_of(w_raw[reads[idx]], ins.k)
         if fields:
             prog[idx] = ins.replace(**fields)
 
@@ -269,6 +296,9 @@ def compile_model(
         tensors=dict(al.tensors),
         compact=al.compact,
         att_heads=al.att_heads,
+        spill_tile=al.spill_tile,
+        scratch_offset=scratch_off if scratch else 0,
+        scratch_bytes=scratch,
         patches=spec.patches,
         patch_dim=spec.patch_dim,
         classes=spec.num_classes,

@@ -159,6 +159,9 @@ def step(m: Machine, i: isa.Instr, codec) -> bool:
         m.spm[spm : spm + words] = raw.reshape(words, WORD_BYTES)
     elif op is Op.STORE:
         spm, words, off = i.spm, i.words, i.ddr
+        # a STORE past the image would grow the bytearray: the program's DDR is the image
+        if off + words * WORD_BYTES > len(m.ddr) or spm + words > len(m.spm):
+            raise InterpError(f"STORE out of range (spm {spm}, words {words}, ddr {off})")
         m.ddr[off : off + words * WORD_BYTES] = m.spm[spm : spm + words].tobytes()
     elif op is Op.MATMUL:
         _matmul(m, i, codec)

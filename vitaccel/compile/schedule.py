@@ -49,6 +49,9 @@ __all__ = [
     "const_ddr",
     "spm_layout",
     "spm_words_needed",
+    "spill_words_needed",
+    "scratch_bytes",
+    "spill_traffic",
     "program_for",
     "schedule",
     "kind_of",
@@ -89,6 +92,7 @@ class _Alloc:
         self.tensors: dict[str, Tensor] = {}
         self.compact = False  # the compact layout (spm_layout)
         self.att_heads = 0  # heads whose attention logits are in the SPM at once
+        self.spill_tile = 0  # spilling layout: tokens per residual tile (0: no spilling)
 
     def tensor(self, name: str, rows: int, cols: int, elem_bytes: int = 1) -> Tensor:
         t = Tensor(name, self.next, rows, cols, words_for(cols, elem_bytes), elem_bytes)
@@ -96,6 +100,11 @@ class _Alloc:
         if self.next > self.limit:
             if self.limit < MAX_SPM_WORDS:
                 hint = "raise spm_kib or use a smaller model"
+            elif self.spill_tile:
+                hint = (
+                    "the ISA addresses at most 1024 KiB, even with the compact layout and "
+                    "the residual stream spilled to DDR"
+                )
             elif self.compact:
                 hint = "the ISA addresses at most 1024 KiB, even with the compact layout"
             else:
@@ -160,7 +169,9 @@ def const_ddr(spec) -> dict[str, tuple[int, int]]:
 BLOCK_CONSTS = ("norm1.params", "add1.params", "norm2.params", "gelu.table", "add2.params")
 
 
-def spm_layout(spec, spm_words: int = MAX_SPM_WORDS, compact: bool | None = None) -> _Alloc:
+def spm_layout(
+    spec, spm_words: int = MAX_SPM_WORDS, compact: bool | None = None, spill: bool | None = None
+) -> _Alloc:
     """Where everything lives in the scratchpad. Needs only the model's shape, so a build can
     refuse a model that does not fit before it spends minutes quantising it
     (:class:`CompileError` when it does not fit).
@@ -186,23 +197,49 @@ def spm_layout(spec, spm_words: int = MAX_SPM_WORDS, compact: bool | None = None
     (the residual adds run in place, Y == A) and the attention logits of ``att_heads``
     heads at a time (QK^T, SOFTMAX and P x V per chunk of heads; the largest divisor of the
     head count that fits).
+
+    The **spilling** layout (``spill=None``: used when the compact one does not fit either;
+    ``spill=True`` forces it) is the compact one with the residual stream in the DDR scratch
+    region instead of the scratchpad: it moves through one tile buffer ``xt`` of
+    ``spill_tile`` tokens (LOAD, compute, STORE), and the projection and the MLP run per
+    token tile, so the MLP's hidden layer (``mlp.fc1``) is ``spill_tile`` rows, not
+    ``tokens`` (it is consumed by FC2 in the same tile, so it never goes to DDR). The
+    fewest tiles that fit are taken (each tile streams the projection's and the MLP's
+    weights again), then the most attention heads per chunk.
     """
     limit = min(spm_words, MAX_SPM_WORDS)
-    if compact is None:
-        try:
+    if not spill:
+        if compact is None:
+            try:
+                return _layout(spec, limit)
+            except CompileError:
+                pass
+            compact = True
+        if not compact:
             return _layout(spec, limit)
-        except CompileError:
-            pass
-        compact = True
-    if not compact:
-        return _layout(spec, limit)
-    err = None
-    for ch in sorted((d for d in range(1, spec.heads + 1) if spec.heads % d == 0), reverse=True):
-        try:
-            return _layout(spec, limit, att_heads=ch)
-        except CompileError as e:
-            err = err or e
-    raise err
+        err = None
+        for ch in _chunks(spec):
+            try:
+                return _layout(spec, limit, att_heads=ch)
+            except CompileError as e:
+                err = err or e
+        if spill is False:
+            raise err
+    # spilling: the smallest layout first, so a scratchpad that holds none fails at once
+    _layout(spec, limit, att_heads=1, tile=1)
+    tiles = sorted({-(-spec.tokens // n) for n in range(1, spec.tokens + 1)}, reverse=True)
+    for tile in tiles:
+        for ch in _chunks(spec):
+            try:
+                return _layout(spec, limit, att_heads=ch, tile=tile)
+            except CompileError:
+                pass
+    raise AssertionError("unreachable: the one-token layout fits")  # pragma: no cover
+
+
+def _chunks(spec) -> list[int]:
+    """Heads per attention chunk, most first: the divisors of the head count."""
+    return sorted((d for d in range(1, spec.heads + 1) if spec.heads % d == 0), reverse=True)
 
 
 def spm_words_needed(spec) -> int:
@@ -212,19 +249,41 @@ def spm_words_needed(spec) -> int:
     if standard.next <= MAX_SPM_WORDS:
         return standard.next
     try:
-        return spm_layout(spec, compact=True).next
+        return spm_layout(spec, compact=True, spill=False).next
     except CompileError:
         return standard.next
 
 
-def _layout(spec, limit, att_heads: int = 0) -> _Alloc:
-    """The standard layout, or with ``att_heads`` > 0 the compact one (see spm_layout)."""
+def spill_words_needed(spec, tile: int = 1) -> int:
+    """Scratchpad words of the spilling layout with ``tile`` tokens per residual tile and
+    one attention head per chunk (``tile=1``: the least any program of ``spec`` needs)."""
+    return _layout(spec, math.inf, att_heads=1, tile=tile).next
+
+
+def scratch_bytes(spec) -> int:
+    """Bytes of the DDR scratch region of a spilling program: the residual stream, ``tokens``
+    rows of ``ceil(embed_dim / 16)`` words (0 for a program that does not spill)."""
+    return spec.tokens * words_for(spec.embed_dim) * WORD_BYTES
+
+
+def spill_traffic(program) -> int:
+    """Bytes a program moves between the scratchpad and the DDR scratch region per image
+    (its spill LOADs and STOREs, label ``*.spill``; 0 when it does not spill)."""
+    return sum(i.words * WORD_BYTES for i in program
+               if i.op in (Op.LOAD, Op.STORE) and i.label.endswith("spill"))  # fmt: skip
+
+
+def _layout(spec, limit, att_heads: int = 0, tile: int = 0) -> _Alloc:
+    """The standard layout, with ``att_heads`` > 0 the compact one, with ``tile`` > 0 too the
+    spilling one (see spm_layout)."""
     if spec.head_dim % WORD_BYTES:
         raise CompileError(f"head_dim must be a multiple of {WORD_BYTES} (got {spec.head_dim})")
     al = _Alloc(limit)
     T, D, H, M = spec.tokens, spec.embed_dim, spec.heads, spec.mlp_dim
     compact = att_heads > 0
+    spill = compact and tile > 0
     al.compact, al.att_heads = compact, (att_heads if compact else H)
+    al.spill_tile = min(tile, T) if spill else 0
     if not compact:
         for name, size in _const_sizes(spec):
             if isinstance(size, tuple):
@@ -240,23 +299,28 @@ def _layout(spec, limit, att_heads: int = 0) -> _Alloc:
             slot = al.block(f"block.{part}", sizes[f"blocks.0.{part}"])
             for i in range(spec.depth):
                 al.tensors[f"blocks.{i}.{part}"] = slot
-        residual = (("x0", T, D),)
+        # spilling: the residual stream is in DDR; one tile of it at a time in the SPM
+        residual = (("xt", al.spill_tile, D),) if spill else (("x0", T, D),)
     for name, rows, cols in (
         *residual,
         ("norm", 1, D),
         ("logits", 1, spec.num_classes),
     ):
         al.tensor(name, rows, cols)
-    if compact:
+    if compact and not spill:
         al.tensors["x1"] = al.tensors["x0"]
     region, high = al.next, al.next
     embedding = (("patches", spec.patches, spec.patch_dim), ("patch_embed", spec.patches, D))
     if compact:
         embedding += (("pos_q", spec.patches, D),)
+    # spilling: the projection and the MLP run per token tile beside the attention context
+    # (``ln``'s place), their tiles where Q|K, V and the logits were
+    mlp = (("ln", T, D), ("mlp.h", al.spill_tile, D), ("mlp.fc1", al.spill_tile, M)) if spill \
+        else (("ln", T, D), ("mlp.fc1", T, M))  # fmt: skip
     phases = (
         embedding,
         (("ln", T, D), ("qk", T, 2 * D), ("vT", D, T), ("attn.logits", al.att_heads * T, T)),
-        (("ln", T, D), ("mlp.fc1", T, M)),
+        mlp,
     )
     for phase in phases:
         al.next = region
@@ -269,9 +333,13 @@ def _layout(spec, limit, att_heads: int = 0) -> _Alloc:
     al.next = high
     al.alias("attn.context", "ln")
     al.alias("attn.probs", "attn.logits")
-    al.alias("branch", "vT", T, D)  # D rows of ceil(T/16) words >= T rows of D/16
     al.alias("mlp.gelu", "mlp.fc1")
-    al.alias("mlp.branch", "ln")
+    if spill:  # a tile's projection / FC2 output before its residual add (no fused add)
+        al.alias("branch", "mlp.h")
+        al.alias("mlp.branch", "mlp.h")
+    else:
+        al.alias("branch", "vT", T, D)  # D rows of ceil(T/16) words >= T rows of D/16
+        al.alias("mlp.branch", "ln")
     return al
 
 
@@ -291,11 +359,14 @@ def kind_of(instr: Instr) -> str:
     return _UNIT_KINDS[instr.op]
 
 
-def schedule(spec, design: Design, *, strict: bool = True) -> list[Instr]:
+def schedule(
+    spec, design: Design, *, strict: bool = True, spill: bool | None = None
+) -> list[Instr]:
     """The program of ``spec`` on ``design`` (its groups, scratchpad, residual fusion and
     softmax output), END last; see the module docstring for what is left to the packer.
 
-    ``strict=False`` (the cost model): a design whose scratchpad holds neither layout is
+    ``spill``: the spilling layout (:func:`spm_layout`; None: only when nothing else fits).
+    ``strict=False`` (the cost model): a design whose scratchpad holds no layout is
     priced on the standard layout (its SPM addresses wrapped to 16 bits, so the list is
     for pricing only); ``strict`` raises :class:`CompileError` as the compiler does.
     """
@@ -308,6 +379,7 @@ def schedule(spec, design: Design, *, strict: bool = True) -> list[Instr]:
             fuse_residual=isa.residual_fusable(a.groups, a.cols),
             log2=design.nonlinear.softmax_output == "log2",
             strict=strict,
+            spill=spill,
         )
     )
 
@@ -322,14 +394,17 @@ def program_for(
     compact: bool | None = None,
     log2: bool = False,
     strict: bool = True,
+    spill: bool | None = None,
 ) -> tuple[Instr, ...]:
     """The program of ``spec`` for an array of ``groups`` groups in ``spm_words`` words of
     scratchpad (``compact``: the layout, :func:`spm_layout`; ``fuse_residual``: the residual
     adds run in the projection's and FC2's MATMULs, :func:`vitaccel.isa.residual_fusable`;
-    ``log2``: the build's SOFTMAX writes log2 codes). Cached: the explorer asks often."""
+    ``log2``: the build's SOFTMAX writes log2 codes; ``spill``: the spilling layout, whose
+    LOADs and STOREs of the residual stream (label ``*.spill``) have ``ddr`` relative to the
+    DDR scratch region). Cached: the explorer asks often."""
     wrap = False
     try:
-        al = spm_layout(spec, spm_words, compact)
+        al = spm_layout(spec, spm_words, compact, spill)
     except CompileError:
         if strict:
             raise
@@ -383,10 +458,25 @@ def program_for(
              dst_stride=y.stride, params=params.base, recip_mult=0, recip_shift=0,
              out_shift=0, eps_q=0)  # fmt: skip
 
+    def rows_of(t: Tensor, r0: int, r1: int) -> Tensor:
+        """Rows ``r0 .. r1 - 1`` of ``t`` (a token tile)."""
+        return Tensor(t.name, t.row(r0), r1 - r0, t.cols, t.stride, t.elem_bytes)
+
+    # spilling: the residual stream lives in the DDR scratch region, row-major with the SPM's
+    # row stride, and moves through the tile buffer ``xt`` one token tile at a time
+    tile = al.spill_tile
+    tiles = [(r0, min(T, r0 + tile)) for r0 in range(0, T, tile)] if tile else []
+    row_bytes = words_for(D) * WORD_BYTES
+
+    def spill(ctor, label: str, t: Tensor, r0: int) -> None:
+        """LOAD (``isa.load``) or STORE rows of the residual stream from ``r0`` on."""
+        emit(ctor, label, spm=t.base, words=t.words, ddr=r0 * row_bytes)
+
     patches, pe, pos_q = spm["patches"], spm["patch_embed"], spm["pos_q"]
     pos_params, lnf = spm["pos_add.params"], spm["norm.params"]
-    xs = [spm["x0"], spm["x1"]]
+    xs = [spm["x0"], spm["x1"]] if not tile else [spm["xt"]] * 2
     h, qk, vt = spm["ln"], spm["qk"], spm["vT"]
+    h_mlp = spm["mlp.h"] if tile else h
     att_stride = words_for(T)
     logits, probs, ctx = spm["attn.logits"], spm["attn.probs"], spm["attn.context"]
     br, g, br_mlp = spm["branch"], spm["mlp.gelu"], spm["mlp.branch"]
@@ -400,13 +490,19 @@ def program_for(
     emit(isa.load, "input", spm=patches.base, words=patches.words, ddr=0)
     # The class-token row is a constant; copy it over row 0 of the first residual buffer.
     const_load("cls_row", xs[0].base, "cls_row")
+    if tile:  # ... which is in DDR when spilling
+        spill(isa.store, "embed.spill", rows_of(xs[0], 0, 1), 0)
     if al.compact:
         const_load("norm.params", lnf.base, "norm.params")
     mm("patch_embed", patches, pe, k=spec.patch_dim, n=D)
     if al.compact:  # the positional table lives in the embedding phase only
         const_load("pos_q", pos_q.base, "pos_q")
     # x0 rows 1.. = patch_embed + pos (per-channel multipliers)
-    resadd("pos_add", pe, pos_q, xs[0], pos_params, rows=P, dst_base=xs[0].row(1))
+    if tile:  # in place, then to DDR rows 1..
+        resadd("pos_add", pe, pos_q, pe, pos_params)
+        spill(isa.store, "embed.spill", pe, 1)
+    else:
+        resadd("pos_add", pe, pos_q, xs[0], pos_params, rows=P, dst_base=xs[0].row(1))
     cur = 0
     heads_per_job = max(1, min(groups, H))
     for i in range(spec.depth):
@@ -416,7 +512,13 @@ def program_for(
         if al.compact:  # this block's constants into the one slot
             const_load(f"{b}.constants", c["norm1.params"].base, f"{b}.norm1.params",
                        f"{b}.add2.params")  # fmt: skip
-        ln(f"{b}.norm1", x, h, c["norm1.params"])
+        if tile:  # LN1 tile by tile from DDR
+            for r0, r1 in tiles:
+                xa = rows_of(x, 0, r1 - r0)
+                spill(isa.load, f"{b}.spill", xa, r0)
+                ln(f"{b}.norm1", xa, rows_of(h, r0, r1), c["norm1.params"])
+        else:
+            ln(f"{b}.norm1", x, h, c["norm1.params"])
         qkv = f"{b}.attn.qkv"
         mm(qkv, h, qk, k=D, n=2 * D)
         mm(qkv, h, vt, k=D, n=D, out_t=True, x_keep=True)
@@ -443,20 +545,35 @@ def program_for(
                      x_unsigned=not log2, x_log2=log2, heads=nh if groups > 1 else 0,
                      head_x_step=T * att_stride, head_w_step=dh * vt.stride,
                      head_y_step=dh // WORD_BYTES)  # fmt: skip
-        if fuse_residual:
-            mm(f"{b}.attn.proj", ctx, x_next, k=D, n=D, residual=(x, c["add1.params"]))
-        else:
-            mm(f"{b}.attn.proj", ctx, br, k=D, n=D)
-            resadd(f"{b}.add1", x, br, x_next, c["add1.params"])
-        x, x_next = x_next, x
-        ln(f"{b}.norm2", x, h, c["norm2.params"])
-        mm(f"{b}.mlp.fc1", h, g, k=D, n=M, gelu=c["gelu.table"])
-        if fuse_residual:
-            mm(f"{b}.mlp.fc2", g, x_next, k=M, n=D, residual=(x, c["add2.params"]))
-        else:
-            mm(f"{b}.mlp.fc2", g, br_mlp, k=M, n=D)
-            resadd(f"{b}.add2", x, br_mlp, x_next, c["add2.params"])
-        cur = xs.index(x_next)
+        # the projection and the MLP: per token tile when spilling (one tile of all tokens
+        # otherwise), the residual tile loaded before and stored after
+        for r0, r1 in tiles or [(0, T)]:
+            n_t = r1 - r0
+            xa, xn = (rows_of(x, 0, n_t),) * 2 if tile else (x, x_next)
+            if tile:
+                spill(isa.load, f"{b}.spill", xa, r0)
+            ct = rows_of(ctx, r0, r1) if tile else ctx
+            if fuse_residual:
+                mm(f"{b}.attn.proj", ct, xn, k=D, n=D, residual=(xa, c["add1.params"]))
+            else:
+                bt = rows_of(br, 0, n_t)
+                mm(f"{b}.attn.proj", ct, bt, k=D, n=D)
+                resadd(f"{b}.add1", xa, bt, xn, c["add1.params"])
+            xa, xn = xn, xa
+            ht, gt = (rows_of(h_mlp, 0, n_t), rows_of(g, 0, n_t)) if tile else (h, g)
+            ln(f"{b}.norm2", xa, ht, c["norm2.params"])
+            mm(f"{b}.mlp.fc1", ht, gt, k=D, n=M, gelu=c["gelu.table"])
+            if fuse_residual:
+                mm(f"{b}.mlp.fc2", gt, xn, k=M, n=D, residual=(xa, c["add2.params"]))
+            else:
+                bt = rows_of(br_mlp, 0, n_t) if tile else br_mlp
+                mm(f"{b}.mlp.fc2", gt, bt, k=M, n=D)
+                resadd(f"{b}.add2", xa, bt, xn, c["add2.params"])
+            if tile:
+                spill(isa.store, f"{b}.spill", xn, r0)
+        cur = 0 if tile else xs.index(xn)
+    if tile:  # the class token's row from DDR
+        spill(isa.load, "norm.spill", rows_of(xs[cur], 0, 1), 0)
     ln("norm", xs[cur], hn, lnf, rows=1)
     mm("head", hn, out, k=D, n=classes)
     emit(isa.store, "logits", spm=out.base, words=out.words, ddr=0)
