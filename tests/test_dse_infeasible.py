@@ -2,6 +2,7 @@
 resource, what is short and by how much, and what would make it fit; never "0.0 FPS"."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,10 +29,11 @@ def _infeasible(model, board, fps, **kw) -> InfeasibleError:
 def test_nothing_fits_states_needs_against_budget(tmp_path):
     # With the scratchpad and X banks on URAM every zoo model fits every board at 85%; at
     # 50% DeiT-B on KV260 is short of BRAM36 for its X bank (the scratchpad takes the URAM)
-    e = _infeasible("deit-base", "kv260", 10, max_util=0.5)
-    f = e.facts
+    # with the whole scratchpad (the explorer then spills, below)
+    f = explain_unfit("deit-base", "kv260", max_util=0.5)
+    e = SimpleNamespace(message=f["message"], binding=f["binding"])
     assert "0.0 FPS" not in e.message and "\n" not in e.message
-    assert f["fits"] is False and f["best_reachable_fps"] is None
+    assert f["fits"] is False
     bram = f["resources"]["bram36"]
     budget = get_budget("kv260")
     assert bram["available"] == budget.bram36 == 144
@@ -59,6 +61,32 @@ def test_nothing_fits_states_needs_against_budget(tmp_path):
     points = json.loads((tmp_path / "pareto.json").read_text())["points"]
     chosen = next(p for p in points if p["chosen"])
     assert chosen["uram"] == r["uram"]["used"] >= uram and all("uram" in p for p in points)
+
+
+def test_explorer_spills_when_the_whole_scratchpad_does_not_fit(capsys, tmp_path):
+    """At 30% of KV260 no DeiT-Small design fits with the whole scratchpad (878 KiB): the
+    explorer answers with a smaller one, the residual stream spilled to DDR and the MLP run
+    per token tile (so the X banks hold one tile of FC2's input, not 197 tokens), and says
+    how much it spills. The design file carries the scratchpad; its program is the one the
+    cycle model priced."""
+    from rich.console import Console
+
+    from vitaccel.compile.schedule import schedule, spill_traffic
+    from vitaccel.design import load_design
+    from vitaccel.dse.render import print_dse
+
+    explain = explain_unfit("deit-small", "kv260", max_util=0.3)
+    assert explain["fits"] is False and explain["short"] == ["bram36"]  # the whole scratchpad
+    assert "a smaller scratchpad with the residual stream spilled to DDR" in explain["message"]
+    s = explore("deit-small", "kv260", 1, max_util=0.3, out_dir=tmp_path)
+    assert s["fps"] >= 1 and s["spm_kib"] < s["spm_kib_needed"] == 879
+    assert all(v["used"] <= 0.3 * v["available"] for v in s["resources"].values())
+    design = load_design(tmp_path / "design.json")
+    assert design.spm_kib == s["spm_kib"]
+    prog = schedule(spec_of("deit-small"), design)
+    assert s["spill_kib_per_image"] == round(spill_traffic(prog) / 1024, 1) > 0
+    print_dse(s, Console(width=200))
+    assert f"spills {s['spill_kib_per_image']:,.1f} KiB per image to DDR" in capsys.readouterr().out
 
 
 def test_smallest_design_is_the_least_used_shape():
@@ -106,14 +134,16 @@ def test_fits_but_too_slow_keeps_best_fps_and_binding():
 
 def test_cli_json_carries_the_facts(capsys, tmp_path):
     with pytest.raises(SystemExit) as ex:
-        main(["dse", "--model", "deit-base", "--board", "kv260", "--fps", "10",
-              "--max-util", "0.5", "-o", str(tmp_path / "out"), "--json"])  # fmt: skip
+        main(["dse", "--model", "deit-small", "--board", "kv260", "--fps", "10",
+              "--max-util", "0.2", "-o", str(tmp_path / "out"), "--json"])  # fmt: skip
     assert ex.value.code == 3
     out, err = capsys.readouterr()
     facts = json.loads(out)
     assert facts["feasible"] is False and set(facts["resources"]) == set(RESOURCE_KINDS)
     assert facts["resources"]["bram36"]["short_by"] > 0
     assert err.count("\n") == 1 and "needs" in err and "0.0 FPS" not in err
+    # at 20% not even spilling the residual stream to DDR makes room (the explorer tried it)
+    assert "nor does a smaller scratchpad with the residual stream spilled to DDR" in err
     assert not (tmp_path / "out").exists()  # nothing written for an infeasible answer
 
 

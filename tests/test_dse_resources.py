@@ -126,6 +126,36 @@ def test_uram_beyond_the_board_and_weights_beyond_ddr(monkeypatch):
         res.check_fits(small.model_copy(update={"spm_memory": "bram", "spm_kib": 64}))
 
 
+def test_weights_and_scratch_region_beyond_ddr(monkeypatch, tmp_path, capsys):
+    """A spilling design's DDR scratch region (the residual stream) counts against the
+    board's DDR beside the weights: one line naming both and the limit, exit 2."""
+    from vitaccel.boards import devices
+    from vitaccel.compile.schedule import scratch_bytes
+    from vitaccel.dse.shapes import model_ops, spec_of
+
+    spec = spec_of("deit-tiny")
+    weights = sum(op.weights for op in model_ops(spec))
+    spilling = Design(board="kv260", model="deit-tiny", spm_kib=240)  # compact needs 441
+    assert res.spill_scratch_bytes(spec, 240 * 64) == scratch_bytes(spec) == 197 * 12 * 16
+    assert res.spill_scratch_bytes(spec, 441 * 64) == 0
+    board = devices.DEVICES["kv260"]
+    monkeypatch.setattr(type(board), "ddr_bytes", property(lambda b: weights + 1024))
+    res.check_fits(spilling.model_copy(update={"spm_kib": 441}))  # no scratch region: fits
+    with pytest.raises(DesignError) as err:
+        res.check_fits(spilling)
+    assert str(err.value).startswith(
+        "design field 'model': deit-tiny's weights take 0.01 GiB and its DDR scratch region "
+        "0.04 MiB, board kv260's PS DDR holds"
+    )
+    path = save_design(spilling, tmp_path / "spill.json")
+    with pytest.raises(SystemExit) as ex:
+        main(["generate", "--design", str(path), "-o", str(tmp_path / "hw")])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "DDR scratch region" in err
+    assert not (tmp_path / "hw").exists()
+
+
 def test_cli_generate_refuses_a_design_beyond_the_board(tmp_path, capsys):
     path = save_design(
         Design(board="kv260", model="deit-tiny", spm_kib=1024), tmp_path / "big.json"

@@ -164,6 +164,13 @@ def print_dse(s: dict, console: Console | None = None) -> None:
         + (f"; {width}-byte datapath" if width else "")
     )
     console.print(resources_table(s["resources"], title=f"resources (limit {_pct(s['max_util'])})"))
+    if s.get("spm_kib", 0) < s.get("spm_kib_needed", 0):  # a smaller scratchpad than the need
+        spilled = s.get("spill_kib_per_image", 0.0)
+        console.print(
+            f"scratchpad: {s['spm_kib']:,} KiB of the {s['spm_kib_needed']:,} the program needs; "
+            + (f"spills {spilled:,.1f} KiB per image to DDR (the residual stream, per token "
+               "tile)" if spilled else "the compact layout, nothing spilled")
+        )  # fmt: skip
     detail = s["binding_detail"]
     console.print(
         f"{detail['text']}; best reachable {s['best_reachable_fps']:.1f} FPS "

@@ -184,23 +184,27 @@ def _pow2(n: int) -> int:
 
 
 @cache
-def buffer_needs(spec, rows: int, vector: int) -> tuple[int, int]:
+def buffer_needs(spec, rows: int, vector: int, jobs=None) -> tuple[int, int]:
     """(X words per bank, k-steps) the model's largest job needs on ``rows`` x ``vector``.
 
     One X bank holds every R-th token of a job's X: ``ceil(T/R) * ceil(K/V)`` words.
+    ``jobs``: the program's MATMULs as (tokens, K) pairs when they are not the model's
+    whole-token operations (a spilling program runs the MLP per token tile).
     """
+    if jobs is None:
+        jobs = [(op.m, op.k) for op in model_ops(spec) if op.is_matmul]
     ks_max, x_words = 1, 1
-    for op in model_ops(spec):
-        if op.is_matmul:
-            ks = -(-op.k // vector)
-            ks_max = max(ks_max, ks)
-            x_words = max(x_words, -(-op.m // rows) * ks)
+    for tokens, k in jobs:
+        ks = -(-k // vector)
+        ks_max = max(ks_max, ks)
+        x_words = max(x_words, -(-tokens // rows) * ks)
     return x_words, ks_max
 
 
-def buffer_kib(spec, groups: int, rows: int, cols: int, vector: int) -> dict[str, int]:
-    """The design-file buffer sizes (KiB) that give the engine the buffers the model needs."""
-    x_need, ks_need = buffer_needs(spec, rows, vector)
+def buffer_kib(spec, groups: int, rows: int, cols: int, vector: int, jobs=None) -> dict[str, int]:
+    """The design-file buffer sizes (KiB) that give the engine the buffers the model needs
+    (``jobs``: :func:`buffer_needs`)."""
+    x_need, ks_need = buffer_needs(spec, rows, vector, jobs)
     kib = lambda nbytes: max(1, -(-nbytes // 1024))  # noqa: E731
     return {
         "input_buffer_kib": kib(groups * rows * vector * x_need),
@@ -497,11 +501,28 @@ def check_fits(design: Design, *, spec=None) -> dict:
             f"need {total.bram36:.0f} BRAM36 ({named}), board {budget.name} has "
             f"{budget.bram36}{fix}"
         )
-    # every weight at one byte (W8; W4 layers take half): the packed stream's size
-    weights = sum(op.weights for op in model_ops(spec if spec is not None else design.model))
-    if weights > budget.ddr_bytes:
+    # every weight at one byte (W8; W4 layers take half): the packed stream's size; and a
+    # spilling program's DDR scratch region (the residual stream), which the host allocates
+    # with the image
+    spec = spec_of(spec if spec is not None else design.model)
+    weights = sum(op.weights for op in model_ops(spec))
+    scratch = spill_scratch_bytes(spec, design.spm_kib * 1024 // WORD_BYTES)
+    if weights + scratch > budget.ddr_bytes:
+        region = f" and its DDR scratch region {scratch / 2**20:.2f} MiB" if scratch else ""
         raise DesignError(
-            f"design field 'model': {design.model}'s weights take {weights / 2**30:.2f} GiB, "
-            f"board {budget.name}'s PS DDR holds {budget.ddr_bytes / 2**30:.0f} GiB"
+            f"design field 'model': {design.model}'s weights take {weights / 2**30:.2f} GiB"
+            f"{region}, board {budget.name}'s PS DDR holds {budget.ddr_bytes / 2**30:.0f} GiB"
         )
     return used
+
+
+def spill_scratch_bytes(spec, spm_words: int) -> int:
+    """Bytes of the DDR scratch region the program of ``spec`` in ``spm_words`` words of
+    scratchpad needs (the spilled residual stream; 0 when it does not spill or does not
+    compile, which the compiler reports itself)."""
+    from vitaccel.compile.schedule import CompileError, scratch_bytes, spm_layout
+
+    try:
+        return scratch_bytes(spec) if spm_layout(spec, spm_words).spill_tile else 0
+    except CompileError:
+        return 0

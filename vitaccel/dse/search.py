@@ -33,7 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.compile.schedule import kind_of, program_for
+from vitaccel.compile.schedule import (
+    MAX_SPM_WORDS,
+    CompileError,
+    kind_of,
+    program_for,
+    spill_traffic,
+    spill_words_needed,
+    spm_layout,
+)
 from vitaccel.design import (
     ArrayConfig,
     Design,
@@ -79,6 +87,27 @@ DEFAULT_MAX_DROP = sens.DEFAULT_MAX_DROP
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 # The ISA's 16-bit scratchpad word addresses: at most 1 MiB (Design.spm_kib <= 1024).
 SPM_KIB_MAX = 1024
+
+
+def _kib(words: int) -> int:
+    return -(-words * SLOT_BYTES // 1024)
+
+
+def spill_kibs(spec, below: int) -> list[int]:
+    """Smaller scratchpads (KiB, largest first, all below ``below``) the explorer tries when
+    the whole one does not answer: the compact layout's need, then the spilling layout's
+    (the residual stream in DDR) at 1/1, 1/2, 1/4 and 1/8 of the tokens per tile and at one
+    token (fewer tiles stream the weights fewer times)."""
+    T = spec.tokens
+    tiles = sorted({max(1, -(-T // n)) for n in (1, 2, 4, 8, T)}, reverse=True)
+    kibs = {_kib(spill_words_needed(spec, t)) for t in tiles}
+    try:
+        kibs.add(_kib(spm_layout(spec, MAX_SPM_WORDS, compact=True, spill=False).next))
+    except CompileError:
+        pass
+    return [k for k in sorted(kibs, reverse=True) if k < below and k <= SPM_KIB_MAX]
+
+
 # diagnose: the FPS gain (share) that lifting one limit must buy to be named.
 BINDING_GAIN = 0.10
 
@@ -158,7 +187,8 @@ def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False,
 class _Model:
     """Per (model, board, clock) data shared by all candidates."""
 
-    def __init__(self, model: str, board, clock_mhz: float, max_drop: float, max_util=0.85):
+    def __init__(self, model: str, board, clock_mhz: float, max_drop: float, max_util=0.85,
+                 spm_kib: int | None = None):  # fmt: skip
         self.spec = spec_of(model)
         self.board = board
         self.clock = clock_mhz
@@ -166,10 +196,25 @@ class _Model:
         self.max_drop = max_drop
         self.instr = LATENCIES["instr"]
         self.spm_kib_needed = res.spm_kib_for(self.spec)
-        self.spm_kib = min(self.spm_kib_needed, SPM_KIB_MAX)
+        if spm_kib is None and self.spm_kib_needed > SPM_KIB_MAX:
+            # beyond the ISA even in the compact layout: spill in the whole 1 MiB if that fits
+            try:
+                spm_kib = _kib(spm_layout(self.spec, MAX_SPM_WORDS, spill=True).next)
+            except CompileError:
+                pass
+        # a scratchpad smaller than the program's need: the compact layout, or the residual
+        # stream spilled to DDR (``spill``)
+        self.reduced = spm_kib is not None and spm_kib < self.spm_kib_needed
+        self.spm_kib = spm_kib if self.reduced else min(self.spm_kib_needed, SPM_KIB_MAX)
         # the scratchpad and X banks go on URAM288 per array where the board has room
         # (_memories), so the scratchpad's memory is no longer a fixed part
         self.spm_words = self.spm_kib * 1024 // SLOT_BYTES
+        self.spill = self.reduced and self.spill_bytes(1, False) > 0
+        # a spilling program runs the MLP per token tile: its X buffers hold one tile
+        self.jobs = None
+        if self.spill:
+            self.jobs = tuple(sorted({(i.tokens, i.k) for i in self.program(1, False)
+                                      if i.op is Op.MATMUL}))  # fmt: skip
         self.max_util = max_util
         try:
             # per W4 kind: each layer's agreement cost curve (no data: no W4 candidates)
@@ -222,8 +267,15 @@ class _Model:
         return allowed[0] if allowed else min(self.board.pl_clocks_mhz)
 
     def program(self, groups: int, fuse: bool) -> tuple:
-        """The scheduled program on ``groups`` groups in the ISA's whole scratchpad."""
-        return program_for(self.spec, groups=groups, fuse_residual=fuse, strict=False)
+        """The scheduled program on ``groups`` groups in the ISA's whole scratchpad (the
+        spilling program in ``spm_kib`` when the model spills)."""
+        words = self.spm_words if self.reduced else MAX_SPM_WORDS
+        return program_for(self.spec, groups=groups, fuse_residual=fuse, spm_words=words,
+                           strict=False)  # fmt: skip
+
+    def spill_bytes(self, groups: int, fuse: bool) -> int:
+        """Bytes the program moves to and from the DDR scratch region per image."""
+        return spill_traffic(self.program(groups, fuse))
 
     def plan(self, groups: int, fuse: bool) -> dict:
         """The program's matmuls grouped: identical jobs counted once (per group count and
@@ -429,8 +481,8 @@ def _engine_usage(g, r, c, v, share, kind, buffers, x_memory="bram") -> dict[str
     return {"dsp48e2": u.dsp48e2, "lut": u.lut, "ff": u.ff, "bram36": u.bram36, "uram": u.uram}
 
 
-def _buffers(spec, g, r, c, v, datapath_bytes: int = 16) -> dict:
-    kib = res.buffer_kib(spec, g, r, c, v)
+def _buffers(spec, g, r, c, v, datapath_bytes: int = 16, jobs=None) -> dict:
+    kib = res.buffer_kib(spec, g, r, c, v, jobs)
     return res.engine_buffers_from_kib(
         g, r, c, v, kib["input_buffer_kib"], kib["weight_buffer_kib"], datapath_bytes
     )
@@ -517,8 +569,12 @@ def search(
     clock_mhz: float | None = None,
     relax: float = 2.0,
     cache: bool = True,
+    spm_kib: int | None = None,
 ) -> dict:
     """Evaluate the design space; return the candidate pool and its context.
+
+    ``spm_kib``: the scratchpad of every candidate (default: what the program needs); a
+    smaller one runs the spilling program (the residual stream in DDR, docs/isa.md).
 
     The pool holds every candidate within ``relax`` times the ``max_util`` limits (the
     binding analysis needs the ones just outside). Phase 1 evaluates every all-W8 array;
@@ -537,11 +593,11 @@ def search(
         budget.check_clock(clock_mhz)
     spec_of(model)  # an unknown model fails here, before any cache lookup
     key = (model, budget.name, float(max_util), float(max_drop), space, clock_mhz,
-           float(relax))  # fmt: skip
+           float(relax), spm_kib)  # fmt: skip
     if cache and key in _POOLS:
         return _POOLS[key]
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
-    m = _Model(model, budget, port_clock, max_drop, max_util)
+    m = _Model(model, budget, port_clock, max_drop, max_util, spm_kib)
     limits = {
         "dsp48e2": budget.dsp48e2 * max_util,
         "lut": budget.lut * max_util,
@@ -610,7 +666,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
     def evaluate_width(g, r, c, v, share, kind, width) -> list[Candidate]:
         nonlocal evaluated
         # a wider datapath banks the scratchpad and splits each X bank into x_beat sub-banks
-        buffers = _buffers(spec, g, r, c, v, width)
+        buffers = _buffers(spec, g, r, c, v, width, m.jobs)
         mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
         eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
         spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
@@ -1009,7 +1065,12 @@ def _fits_board(spec, budget, max_util: float, space: SearchSpace) -> bool:
 
 
 def explain_unfit(
-    model: str, board: str, *, max_util: float = 0.85, space: SearchSpace = SearchSpace()
+    model: str,
+    board: str,
+    *,
+    max_util: float = 0.85,
+    space: SearchSpace = SearchSpace(),
+    spill_tried: bool = False,
 ) -> dict:
     """Why no design of ``model`` fits ``board`` within ``max_util``, and what would fit.
 
@@ -1024,6 +1085,9 @@ def explain_unfit(
         The share of each resource a design may use (``vitaccel dse --max-util``).
     space : SearchSpace
         The explorer's space; its smallest design is the one examined.
+    spill_tried : bool
+        The explorer tried smaller scratchpads with the residual stream spilled to DDR
+        (:func:`explore`): the remedy says they do not fit either.
 
     Returns
     -------
@@ -1077,9 +1141,11 @@ def explain_unfit(
         need = max(total[k] / getattr(budget, k) for k in RESOURCE_KINDS)
         remedies.append(f"--max-util {math.ceil(need * 100) / 100:g} (the smallest design fits)")
     memory = {"scratchpad", "input (X) buffers", "weight (W) buffers", "output buffer"}
-    if "bram36" in short:
+    if "bram36" in short and set(short) <= {"bram36", "uram"} and not spill_tried:
         # the scratchpad and X banks already take the URAM the budget allows (_memories)
-        remedies.append("activations spilled to DDR (issue 19, not built yet)")
+        remedies.append(
+            "a smaller scratchpad with the residual stream spilled to DDR (vitaccel dse tries it)"
+        )
     if spm_kib > SPM_KIB_MAX:
         remedies.append(
             f"the program needs {spm_kib} KiB of scratchpad, beyond the ISA's {SPM_KIB_MAX} KiB "
@@ -1119,6 +1185,8 @@ def explain_unfit(
     )  # fmt: skip
     if not boards:
         text.append(f"no other known board fits {spec.name} within {max_util:.0%}")
+    if spill_tried:
+        text.append("nor does a smaller scratchpad with the residual stream spilled to DDR")
     text.append("to fit: " + "; or ".join(remedies))
     return {
         "fits": False,
@@ -1140,14 +1208,23 @@ def explain_unfit(
 
 
 def to_design(
-    c: Candidate, model: str, board: str, clock_mhz: float, spec, *, max_util: float = 0.85
+    c: Candidate,
+    model: str,
+    board: str,
+    clock_mhz: float,
+    spec,
+    *,
+    max_util: float = 0.85,
+    spm_kib: int | None = None,
+    jobs=None,
 ) -> Design:
     """The design file of a candidate (buffer sizes as ``TopParams`` reads them back; the
-    scratchpad's memory as :func:`res.spm_memory` picks it within ``max_util``)."""
+    scratchpad's memory as :func:`res.spm_memory` picks it within ``max_util``; ``spm_kib``
+    and ``jobs``: a smaller scratchpad's and its program's MATMULs, :attr:`_Model.jobs`)."""
     from vitaccel.boards import get_budget
 
-    spm_kib = min(res.spm_kib_for(spec), SPM_KIB_MAX)
-    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector, c.datapath_bytes)
+    spm_kib = spm_kib or min(res.spm_kib_for(spec), SPM_KIB_MAX)
+    buffers = _buffers(spec, c.groups, c.rows, c.cols, c.vector, c.datapath_bytes, jobs)
     mem = _memories(c.groups, c.rows, c.vector, buffers["x_words"],
                     spm_kib * 1024 // SLOT_BYTES, get_budget(board), max_util)  # fmt: skip
     layers = {name: LayerConfig(w4_ratio=r) for name, r in sorted(c.ratios.items())}
@@ -1177,7 +1254,7 @@ def to_design(
         x_memory=mem["x"],
         weight_ports=c.weight_ports,
         datapath_bytes=c.datapath_bytes,
-        **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector),
+        **res.buffer_kib(spec, c.groups, c.rows, c.cols, c.vector, jobs),
     )
 
 
@@ -1231,21 +1308,48 @@ def explore(
         raise ValueError(f"max_util must be in (0, 1], not {max_util!r}")
     if not 0 <= max_drop <= 100:
         raise ValueError(f"max_drop must be in [0, 100] points, not {max_drop!r}")
+
+    def answer(result: dict):
+        pool = result["pool"]
+        mask = _fit_mask(result)
+        select = precision_mask(pool, precision)
+        feasible = [c for c, ok in zip(pool, mask, strict=True) if ok]
+        meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
+        return mask, select, feasible, meeting, diagnose(result, select)
+
     result = search(model, board, max_util=max_util, max_drop=max_drop, space=space)
+    mask, select, feasible, meeting, diagnosis = answer(result)
+    spill_tried = not meeting and _spilling_may_help(result, mask & select, diagnosis, fps, space)
+    if spill_tried:
+        # a smaller scratchpad, the residual stream spilled to DDR: the largest that answers
+        kibs = spill_kibs(result["model"].spec, result["model"].spm_kib)
+        if not (mask & select).any():
+            # a smaller scratchpad never takes more memory (nor larger X banks): when the
+            # smallest does not fit, none does
+            smallest = search(model, board, max_util=max_util, max_drop=max_drop, space=space,
+                              spm_kib=kibs[-1])  # fmt: skip
+            found = answer(smallest)
+            if not (found[0] & found[1]).any():
+                kibs = []
+        for kib in kibs:
+            spilled = search(model, board, max_util=max_util, max_drop=max_drop, space=space,
+                             spm_kib=kib)  # fmt: skip
+            found = answer(spilled)
+            if found[3] or ((found[0] & found[1]).any() and not (mask & select).any()):
+                # it answers, or at least fits where the whole scratchpad did not
+                result, (mask, select, feasible, meeting, diagnosis) = spilled, found
+            if meeting:
+                break
     pool, limits = result["pool"], result["limits"]
     spec, budget = result["model"].spec, result["budget"]
-    mask = _fit_mask(result)
-    select = precision_mask(pool, precision)
-    feasible = [c for c, ok in zip(pool, mask, strict=True) if ok]
-    meeting = [c for c, ok in zip(pool, mask & select, strict=True) if ok and c.fps >= fps]
-    diagnosis = diagnose(result, select)
     binding, best_fps = diagnosis["binding"], diagnosis["best_fps"]
     if not meeting:
         facts = {"model": spec.name, "board": budget.name, "target_fps": float(fps),
                  "max_util": max_util}  # fmt: skip
         if not (mask & select).any():
             # Nothing fits: "at most 0.0 FPS, binding: <first resource>" would say nothing.
-            facts.update(explain_unfit(spec.name, budget.name, max_util=max_util))
+            facts.update(explain_unfit(spec.name, budget.name, max_util=max_util,
+                                       spill_tried=spill_tried))  # fmt: skip
             facts["best_reachable_fps"] = None
             raise InfeasibleError(facts["message"], 0.0, facts["binding"], facts)
         message = (
@@ -1256,7 +1360,8 @@ def explore(
                      binding_detail=_binding_detail(diagnosis), message=message)  # fmt: skip
         raise InfeasibleError(message, best_fps, binding, facts)
     chosen = min(meeting, key=lambda c: _cost(c, limits))
-    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec, max_util=max_util)
+    design = to_design(chosen, spec.name, budget.name, chosen.clock_mhz, spec, max_util=max_util,
+                       spm_kib=result["model"].spm_kib, jobs=result["model"].jobs)  # fmt: skip
     front = pareto_front(feasible)
     summary = _summary(chosen, design, result, fps, diagnosis)
     summary["pareto_points"] = len(front)
@@ -1283,6 +1388,22 @@ def explore(
         summary.update(_write_outputs(out_dir, design, front, chosen, summary, budget))
     summary["query_seconds"] = round(time.monotonic() - t0, 3)
     return summary
+
+
+def _spilling_may_help(result: dict, fits, diagnosis: dict, fps: float, space) -> bool:
+    """Whether a smaller scratchpad (the residual stream spilled to DDR) may answer a query
+    the whole scratchpad does not: nothing fits, but would without the scratchpad's BRAM36
+    and URAM288; or the best design is bound by BRAM36 and twice the BRAM36 would reach
+    ``fps``. Spilling never speeds a design up; it only frees memory for a larger array."""
+    m = result["model"]
+    if m.reduced or not spill_kibs(m.spec, m.spm_kib):
+        return False
+    if not fits.any():
+        facts = explain_unfit(m.spec.name, result["budget"].name, max_util=result["max_util"],
+                              space=space)  # fmt: skip
+        # the scratchpad's BRAM36, or its URAM288 that the X banks could take instead
+        return set(facts["short"]) <= {"bram36", "uram"}
+    return diagnosis["binding"] == "BRAM" and diagnosis["lifted_fps"].get("BRAM", 0.0) >= fps
 
 
 def _binding_detail(d: dict) -> dict:
@@ -1313,6 +1434,8 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
 
     est = estimate(design, budget=budget)
     by_bound = est.by_bound()
+    m = result["model"]
+    spill_bytes = m.spill_bytes(c.groups, residual_fusable(c.groups, c.cols)) if m.spill else 0
     causes = cause_totals(design, budget=budget)
     per_layer = {
         name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))
@@ -1341,6 +1464,10 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         # the scratchpad's and X banks' memory (res.design_memories) and the URAM they take
         "spm_memory": design.spm_memory,
         "x_memory": design.x_memory,
+        # a scratchpad smaller than the program's need: the residual stream spills to DDR
+        "spm_kib": design.spm_kib,
+        "spm_kib_needed": m.spm_kib_needed,
+        "spill_kib_per_image": round(spill_bytes / 1024, 1),
         "uram": {"used": c.usage["uram"], "available": budget.uram},
         "binding": diagnosis["binding"],
         "best_reachable_fps": round(diagnosis["best_fps"], 2),
@@ -1366,7 +1493,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
 def _warnings(result, chosen, feasible, target, limits, precision) -> list[str]:
     m = result["model"]
     out = []
-    if m.spm_kib_needed > SPM_KIB_MAX:
+    if m.spm_kib_needed > SPM_KIB_MAX and not m.spill:
         out.append(
             f"the compiled program needs {m.spm_kib_needed} KiB of scratchpad; the ISA addresses "
             f"{SPM_KIB_MAX} KiB (spm_kib is capped) and even the compact layout does not fit, so "
