@@ -725,3 +725,32 @@ def test_cli_datapath_bytes_pins_the_width(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--datapath-bytes" in err and "64" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_report_design_says_a_design_spills(capsys, tmp_path):
+    """`vitaccel report design` names the program's layout in the design's scratchpad, and a
+    spilling design's DDR traffic per image (the cycle model's own program)."""
+    from vitaccel.cli import main
+    from vitaccel.compile.schedule import schedule, spill_traffic
+    from vitaccel.design import save_design
+    from vitaccel.flow.build import default_design
+
+    fits = default_design("digits-vit", "zcu102")
+    spills = fits.model_copy(update={"spm_kib": 9})
+    est = estimate(spills)
+    assert est.spill_bytes == spill_traffic(schedule(get_spec("digits-vit"), spills)) > 0
+    assert estimate(fits).spill_bytes == 0
+    path = save_design(spills, tmp_path / "spills.json")
+    assert main(["report", "design", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["scratchpad"] == {"kib": 9, "layout": "spilling", "spill_tile": 9,
+                                 "spill_kib_per_image": round(est.spill_bytes / 1024, 1)}  # fmt: skip
+    assert main(["report", "design", str(path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "scratchpad: 9 KiB, spilling layout (the residual stream in DDR, tiles of 9 tokens): "
+        f"spills {est.spill_bytes / 1024:,.1f} KiB per image to DDR" in text
+    )
+    assert main(["report", "design", str(save_design(fits, tmp_path / "fits.json"))]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"scratchpad: {fits.spm_kib} KiB, standard layout" in text

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from vitaccel import engine_timing
-from vitaccel.compile.schedule import kind_of, schedule
+from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
 from vitaccel.engine_timing import latencies, matmul_cycles, x_beat_words, x_load_cycles
 from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
@@ -260,6 +260,8 @@ class Estimate:
     macs_per_cycle: int
     layers: list[LayerCost] = field(default_factory=list)
     bound_cycles: dict[str, int] = field(default_factory=dict)
+    # bytes the program moves to and from the DDR scratch region (a spilling program)
+    spill_bytes: int = 0
 
     @property
     def fps(self) -> float:
@@ -411,7 +413,8 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     by_name: dict[str, LayerCost] = {}
     bounds: dict[str, int] = {}
-    for ins in schedule(spec, design, strict=False):
+    program = schedule(spec, design, strict=False)
+    for ins in program:
         if ins.op is Op.END:  # the cycle counter stops at END
             continue
         cycles, bound, macs = instr_cycles(ins, design, geom, port, budget)
@@ -433,4 +436,5 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     for lc in layers:
         lc.utilisation = lc.macs / (lc.cycles * geom.macs_per_cycle) if lc.macs else 0.0
     total = sum(lc.cycles for lc in layers)
-    return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers, bounds)
+    return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers, bounds,
+                    spill_traffic(program))  # fmt: skip

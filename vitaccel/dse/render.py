@@ -217,6 +217,14 @@ def print_design_report(r: dict, console: Console | None = None) -> None:
             f"(allowed: {', '.join(f'{c:g}' for c in rule['allowed_clocks_mhz'])} MHz)"
         )
     console.print("buffers: " + memories_text(r["memories"], r["utilisation"].get("uram")))
+    spm = r.get("scratchpad")
+    if spm:
+        console.print(
+            f"scratchpad: {spm['kib']:,} KiB, {spm['layout']} layout"
+            + (f" (the residual stream in DDR, tiles of {spm['spill_tile']} tokens): spills "
+               f"{spm['spill_kib_per_image']:,.1f} KiB per image to DDR" if spm["spill_tile"]
+               else "")
+        )  # fmt: skip
     title = f"resources per block (shell: {r['shell_resources']})"
     console.print(parts_table(r["utilisation"], r["parts"], title=title))
     console.print(

@@ -26,7 +26,8 @@ def design_report(design_path: str | Path) -> dict:
     (usage per block), ``memories`` (the buffers the design may place on URAM288: {buffer:
     {memory: "bram" | "uram", uram: URAM288 it takes}}), ``layers`` (one row per op: name,
     kind, cycles, share, bound, utilisation of the array), ``cycles_by_kind``, ``cycles_by_bound``,
-    ``linear_utilisation``, ``fidelity`` and ``clock_rule``.
+    ``linear_utilisation``, ``fidelity``, ``clock_rule`` and ``scratchpad`` (``kib``, the
+    ``layout``: standard, compact or spilling, ``spill_tile`` and ``spill_kib_per_image``).
     """
     from vitaccel.boards import get_budget
 
@@ -105,6 +106,7 @@ def design_report(design_path: str | Path) -> dict:
                 "uram": usage["parts"]["engine"].uram,
             },
         },
+        "scratchpad": _scratchpad(design, spec, est),
         "shell_resources": usage["shell"],
         "engine_buffers": usage["buffers"],
         "layers": layers,
@@ -118,3 +120,17 @@ def design_report(design_path: str | Path) -> dict:
             "design_clock_allowed": None if allowed is None else design.clock_mhz in allowed,
         },
     }
+
+
+def _scratchpad(design, spec, est) -> dict:
+    """The scratchpad's size and the program's layout in it (docs/isa.md)."""
+    from vitaccel.compile.schedule import CompileError, spm_layout
+
+    try:
+        al = spm_layout(spec, design.spm_kib * 1024 // 16)
+        layout = "spilling" if al.spill_tile else "compact" if al.compact else "standard"
+        tile = al.spill_tile
+    except CompileError:  # priced on the standard layout, but no program compiles
+        layout, tile = "does not fit", 0
+    return {"kib": design.spm_kib, "layout": layout, "spill_tile": tile,
+            "spill_kib_per_image": round(est.spill_bytes / 1024, 1)}  # fmt: skip
