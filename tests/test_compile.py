@@ -360,3 +360,33 @@ def test_interpreter_refuses_a_store_past_the_image():
     with pytest.raises(InterpError, match="STORE out of range"):
         step(m, isa.store(spm=0, words=2, ddr=240), None)
     assert len(m.ddr) == 256
+
+
+@pytest.mark.parametrize(
+    "groups, cols, spm_words, tile",
+    [pytest.param(3, 4, 2500, 13, marks=pytest.mark.slow), (2, 8, 2300, 3)],
+)
+def test_spill_deit_shaped_program_equals_golden(
+    groups, cols, spm_words, tile, assert_program_equals_golden
+):
+    """DeiT-Tiny's width, heads and MLP with 26 tokens (80x80 input, 2 blocks): its compact
+    layout needs 2,573 words; in 2,500 (tiles of 13 tokens, 3 heads a chunk, RESADD
+    instructions) and 2,300 (tiles of 3, the last of 2; fused residual adds in place) the
+    residual stream spills to DDR. Interpreter against the golden model (~10 s each; the
+    first is slow-marked)."""
+    import torch
+
+    from vitaccel.models.golden import quantize_model
+    from vitaccel.models.specs import ModelSpec
+    from vitaccel.models.zoo import build_float_model
+
+    spec = ModelSpec(name="deit-tiny-mini", img_size=80, patch_size=16, in_chans=3,
+                     num_classes=10, embed_dim=192, depth=2, heads=3, mlp_ratio=4.0)  # fmt: skip
+    gen = torch.Generator().manual_seed(7)
+    golden = quantize_model(build_float_model(spec, seed=2).eval(),
+                            torch.randn(4, 3, 80, 80, generator=gen), QuantConfig())  # fmt: skip
+    codec = codec_for(Design(array=ArrayConfig(groups=groups, rows=4, cols=cols, vector=8)))
+    compiled = compile_model(golden, groups=groups, codec=codec, spm_words=spm_words)
+    assert compiled.spill_tile == tile and compiled.att_heads == 3
+    patches = golden.quantize_images(torch.randn(2, 3, 80, 80, generator=gen))
+    assert_program_equals_golden(compiled, codec, golden, patches)
