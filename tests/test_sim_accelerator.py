@@ -24,21 +24,24 @@ def _first_mismatch(got, want):
     return None if diff.size == 0 else (int(diff[0]), int(got[diff[0]]), int(want[diff[0]]))
 
 
-def _run(design, golden, patches, compact=None, spm_words=None, **backend):
-    """``spm_words``: compile for a scratchpad of that many words (default: the design's)."""
-    compiled = compile_model(
+def _compile(design, golden, spm_words=None):
+    """``golden`` compiled for ``design`` (``spm_words``: for a scratchpad of that many words,
+    default the design's)."""
+    return compile_model(
         golden,
         groups=design.array.groups,
         codec=codec_for(design),
         spm_words=spm_words or design.spm_kib * 1024 // 16,
     )
+
+
+def _run(design, golden, patches, compact=None, spm_words=None, **backend):
+    compiled = _compile(design, golden, spm_words)
     if compact is not None:
         assert compiled.compact == compact
     drv = Driver(SimBackend(design, **backend))
     drv.load(compiled)
-    results = drv.infer_batch(list(patches), reset_between=True)
-    _run.compiled = compiled  # for the caller's checks on the program
-    return results
+    return drv.infer_batch(list(patches), reset_between=True)
 
 
 def _digits(design, images: int):
@@ -140,9 +143,9 @@ def test_digits_spilling_program_bit_exact():
     native harness (tests/test_sim_native.py)."""
     design = SMALL_TOP
     golden, patches, want, _ = _digits(design, 2)
-    results = _run(design, golden, patches, spm_words=9 * 64, pause=0.2, seed=7)
-    compiled = _run.compiled
+    compiled = _compile(design, golden, spm_words=9 * 64)
     assert compiled.spill_tile == 9 and compiled.spm_words <= 9 * 64 < 599
+    results = _run(design, golden, patches, spm_words=9 * 64, pause=0.2, seed=7)
     for j, r in enumerate(results):
         assert _first_mismatch(r.logits, want[j]) is None, (
             f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
