@@ -12,6 +12,7 @@ from vitaccel.design import ArrayConfig, Design, NonlinearConfig
 from vitaccel.dse.cost import estimate
 from vitaccel.flow.build import default_design, design_for_scheme
 from vitaccel.flow.codec import codec_for
+from vitaccel.isa import MatmulFlags, Op
 from vitaccel.models.evaluate import prepare
 from vitaccel.models.golden import QuantConfig, quant_config_for, quantize_model
 from vitaccel.models.specs import ModelSpec
@@ -255,14 +256,31 @@ def _deit_mini(w4_kind: str):
     return golden, patches
 
 
-@pytest.mark.parametrize("w4_kind", ["int4", pytest.param("pot4", marks=pytest.mark.slow)])
-def test_mixed_deit_shaped_program_bit_exact(w4_kind):
-    """A DeiT-shaped program with 50% W4 rows (int4 or power-of-two lanes) on the mixed
-    design (pot4 needs its own build: slow)."""
-    design = _mixed_design(w4_kind)
+def _two_group_mixed(w4_kind: str):
+    """2 groups of 4 W8 + 4 W4 columns (tests/test_compile.py's DeiT-shaped design): an
+    output step of 16 channels, so the residual adds are fused into the projection and FC2
+    (ResidualRuns with one-byte runs), and attention runs in heads mode."""
+    base = _mixed_design(w4_kind)
+    array = base.array.model_copy(update={"groups": 2})
+    return base.model_copy(update={"array": array})
+
+
+@pytest.mark.parametrize(
+    "w4_kind, groups",
+    [("int4", 1), pytest.param("pot4", 2, marks=pytest.mark.slow)],
+)
+def test_mixed_deit_shaped_program_bit_exact(w4_kind, groups):
+    """A DeiT-shaped program with 50% W4 rows: int4 on the mixed design (its build shared
+    with the digits tests), power-of-two lanes on two groups (its own build: slow), where
+    the fused residual adds and heads-mode attention follow the column map too."""
+    design = _mixed_design(w4_kind) if groups == 1 else _two_group_mixed(w4_kind)
     golden, patches = _deit_mini(w4_kind)
     assert sum(layer.weight.kind.any() for layer in golden.linear_layers().values()) == 8
-    compiled = compile_model(golden, groups=1, codec=codec_for(design),
+    compiled = compile_model(golden, groups=groups, codec=codec_for(design),
                              spm_words=design.spm_kib * 1024 // 16)  # fmt: skip
+    mms = [i for i in compiled.program if i.op is Op.MATMUL]
+    fused = [i.label for i in mms if MatmulFlags.RESADD in i.flags]
+    heads = [i.label for i in mms if MatmulFlags.HEADS in i.flags]
+    assert (len(fused) == 4 and len(heads) > 0) == (groups == 2), (fused, heads)
     results = _native(design, compiled, patches, pause=0.2, seed=12)
     _assert_all_equal(results, golden.forward_patches(patches), f"{w4_kind} ")
