@@ -240,6 +240,21 @@ def test_row_writer_writes_only_cols(lanes, banks):
     _run(rig, bench)
 
 
+def _writer_bench(ow, brw, spm, cmd, words, want):
+    """A testbench: an output writer's command and engine words (random pauses), then the
+    SPM must equal ``want`` once the writer and the byte-run writer are idle."""
+
+    async def bench(ctx):
+        await _put(ctx, ow.cmd, cmd)
+        pauses = random_pauses(0.3, 5)
+        for word in words:
+            await _put(ctx, ow.i, word, pauses)
+        await ctx.tick().until(ow.idle & brw.idle)
+        np.testing.assert_array_equal(_spm_dump(ctx, spm), want)
+
+    return bench
+
+
 @pytest.mark.parametrize(
     "groups, cols, heads, nheads, transposed, n",
     [
@@ -282,16 +297,7 @@ def test_matmul_out_writer(groups, cols, heads, nheads, transposed, n):
     rig = Rig(spm, [ow, brw], writers=[brw.mem], links=[(ow.o, brw.i)])
     cmd = dict(base=base, stride=stride, tokens=T, n=n, heads=heads, nheads=nheads,
                head_step=head_step, transposed=transposed)  # fmt: skip
-
-    async def bench(ctx):
-        await _put(ctx, ow.cmd, cmd)
-        pauses = random_pauses(0.3, 5)
-        for word in words:
-            await _put(ctx, ow.i, word, pauses)
-        await ctx.tick().until(ow.idle & brw.idle)
-        np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
-
-    _run(rig, bench)
+    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm))
 
 
 @pytest.mark.parametrize(
@@ -352,20 +358,12 @@ def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_
                head_step=head_step, transposed=transposed, nsteps=nsteps,
                w8_rule=w8_rule)  # fmt: skip
 
-    async def bench(ctx):
-        await _put(ctx, ow.cmd, cmd)
-        pauses = random_pauses(0.3, 5)
-        for word in words:
-            await _put(ctx, ow.i, word, pauses)
-        await ctx.tick().until(ow.idle & brw.idle)
-        np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
-
     async def feed_map(ctx):
         pauses = random_pauses(0.3, 6)
         for entry in maps:
             await _put(ctx, ow.map, entry, pauses)
 
-    _run(rig, bench, background=[feed_map])
+    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm), background=[feed_map])
 
 
 # ---- matmul input streams ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ logits out, equal to the golden model for every image (cocotbext-axi DDR and hos
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_TOP
+from conftest import SMALL_TOP, mixed_deit_mini
 
 from vitaccel.compile.compiler import compile_model, spm_layout
 from vitaccel.compile.driver import Driver
@@ -238,22 +238,9 @@ def test_mixed_digits_200_images():
 
 @pytest.mark.slow
 def test_mixed_digits_pot4_bit_exact():
-    """Power-of-two W4 lanes (shares the pot4 build with the DeiT-shaped test)."""
+    """Power-of-two W4 lanes: digits-vit on ``build --scheme mixed --w4-kind pot4``'s design."""
     design, prog = _mixed_digits("pot4", 5)
     _assert_all_equal(_native(design, prog.compiled, prog.patches, pause=0.2, seed=13), prog.want)
-
-
-def _deit_mini(w4_kind: str):
-    """DeiT-Tiny's width, heads and MLP, 2 blocks, 17 tokens, 50% W4 rows (as
-    tests/test_compile.py's interpreter test)."""
-    spec = ModelSpec(name="deit-tiny-mini", img_size=64, patch_size=16, in_chans=3,
-                     num_classes=10, embed_dim=192, depth=2, heads=3, mlp_ratio=4.0)  # fmt: skip
-    gen = torch.Generator().manual_seed(5)
-    cfg = QuantConfig(scheme="mixed", w4_ratio=0.5, w4_kind=w4_kind)
-    golden = quantize_model(build_float_model(spec, seed=1).eval(),
-                            torch.randn(4, 3, 64, 64, generator=gen), cfg)  # fmt: skip
-    patches = golden.quantize_images(torch.randn(2, 3, 64, 64, generator=gen))
-    return golden, patches
 
 
 def _two_group_mixed(w4_kind: str):
@@ -274,7 +261,7 @@ def test_mixed_deit_shaped_program_bit_exact(w4_kind, groups):
     with the digits tests), power-of-two lanes on two groups (its own build: slow), where
     the fused residual adds and heads-mode attention follow the column map too."""
     design = _mixed_design(w4_kind) if groups == 1 else _two_group_mixed(w4_kind)
-    golden, patches = _deit_mini(w4_kind)
+    golden, patches = mixed_deit_mini(w4_kind)
     assert sum(layer.weight.kind.any() for layer in golden.linear_layers().values()) == 8
     compiled = compile_model(golden, groups=groups, codec=codec_for(design),
                              spm_words=design.spm_kib * 1024 // 16)  # fmt: skip
