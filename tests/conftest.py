@@ -40,3 +40,22 @@ def _program_equals_golden(compiled, codec, golden, patches):
 @pytest.fixture
 def assert_program_equals_golden():
     return _program_equals_golden
+
+
+def mixed_deit_mini(w4_kind: str):
+    """DeiT-Tiny's width, heads and MLP with 2 blocks and 17 tokens (64x64 input), 50% W4
+    rows of ``w4_kind`` in every encoder layer: ``(golden model, 2 quantised images)``
+    (tests/test_compile.py on the interpreter, tests/test_sim_accelerator.py on the RTL)."""
+    import torch
+
+    from vitaccel.models.golden import QuantConfig, quantize_model
+    from vitaccel.models.specs import ModelSpec
+    from vitaccel.models.zoo import build_float_model
+
+    spec = ModelSpec(name="deit-tiny-mini", img_size=64, patch_size=16, in_chans=3,
+                     num_classes=10, embed_dim=192, depth=2, heads=3, mlp_ratio=4.0)  # fmt: skip
+    gen = torch.Generator().manual_seed(5)
+    cfg = QuantConfig(scheme="mixed", w4_ratio=0.5, w4_kind=w4_kind)
+    golden = quantize_model(build_float_model(spec, seed=1).eval(),
+                            torch.randn(4, 3, 64, 64, generator=gen), cfg)  # fmt: skip
+    return golden, golden.quantize_images(torch.randn(2, 3, 64, 64, generator=gen))

@@ -130,25 +130,15 @@ def test_mixed_program_equals_golden(w4_kind, assert_program_equals_golden):
 def test_mixed_deit_shaped_program_equals_golden(w4_kind, assert_program_equals_golden):
     """DeiT-Tiny's width, heads and MLP (2 blocks, 17 tokens) with 50% W4 rows on 2 groups
     of 4 W8 + 4 W4 columns, on the interpreter."""
-    import torch
+    from conftest import mixed_deit_mini
 
-    from vitaccel.models.golden import quantize_model
-    from vitaccel.models.specs import ModelSpec
-    from vitaccel.models.zoo import build_float_model
-
-    spec = ModelSpec(name="deit-tiny-mini", img_size=64, patch_size=16, in_chans=3,
-                     num_classes=10, embed_dim=192, depth=2, heads=3, mlp_ratio=4.0)  # fmt: skip
-    gen = torch.Generator().manual_seed(5)
-    cfg = QuantConfig(scheme="mixed", w4_ratio=0.5, w4_kind=w4_kind)
-    golden = quantize_model(build_float_model(spec, seed=1).eval(),
-                            torch.randn(4, 3, 64, 64, generator=gen), cfg)  # fmt: skip
+    golden, patches = mixed_deit_mini(w4_kind)
     design = Design(array=ArrayConfig(groups=2, rows=4, cols=8, vector=8, w4_share=0.5,
                                       w4_kind=w4_kind))  # fmt: skip
     w4 = [n for n, layer in golden.linear_layers().items() if layer.weight.kind.any()]
     assert len(w4) == 8  # qkv, proj, fc1, fc2 of both blocks
     codec = codec_for(design)
     compiled = compile_model(golden, groups=2, codec=codec, spm_words=1 << 16)
-    patches = golden.quantize_images(torch.randn(2, 3, 64, 64, generator=gen))
     assert_program_equals_golden(compiled, codec, golden, patches)
 
 

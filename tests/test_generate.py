@@ -91,6 +91,20 @@ def test_build_end_to_end_json(tmp_path):
     assert "RTL run" in html and '<span class="ok">3 / 3 bit-exact</span>' in html
 
 
+@pytest.mark.slow
+def test_build_scheme_mixed_end_to_end(tmp_path):
+    """``vitaccel build --scheme mixed --w4-ratio 0.5``: the default design with 4 W4
+    columns beside its 4 W8 ones runs the mixed golden model bit-exact on the RTL (its
+    native build is the one tests/test_sim_accelerator.py's mixed tests use)."""
+    out, r = _build(tmp_path, "--no-synth", "--scheme", "mixed", "--w4-ratio", "0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["images"] == 3 and s["bit_exact"] == 3 and s["program_bit_exact"] == 3
+    assert s["rtl_top1"] == s["golden_top1"]
+    array = json.loads((out / "design.json").read_text())["array"]
+    assert (array["cols"], array["w4_share"], array["w4_kind"]) == (8, 0.5, "int4")
+
+
 def test_failed_build_leaves_nothing(tmp_path):
     # DeiT-Base does not fit the default scratchpad: the compile step fails after quantize.
     out = tmp_path / "never"

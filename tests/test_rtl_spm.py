@@ -18,6 +18,7 @@ from vitaccel.compile.interp import Machine
 from vitaccel.engine_host import EngineParams, pack_job
 from vitaccel.rtl.spm import (
     ByteRunWriter,
+    MappedOutWriter,
     MatmulOutWriter,
     RowReader,
     RowWriter,
@@ -239,6 +240,21 @@ def test_row_writer_writes_only_cols(lanes, banks):
     _run(rig, bench)
 
 
+def _writer_bench(ow, brw, spm, cmd, words, want):
+    """A testbench: an output writer's command and engine words (random pauses), then the
+    SPM must equal ``want`` once the writer and the byte-run writer are idle."""
+
+    async def bench(ctx):
+        await _put(ctx, ow.cmd, cmd)
+        pauses = random_pauses(0.3, 5)
+        for word in words:
+            await _put(ctx, ow.i, word, pauses)
+        await ctx.tick().until(ow.idle & brw.idle)
+        np.testing.assert_array_equal(_spm_dump(ctx, spm), want)
+
+    return bench
+
+
 @pytest.mark.parametrize(
     "groups, cols, heads, nheads, transposed, n",
     [
@@ -281,16 +297,73 @@ def test_matmul_out_writer(groups, cols, heads, nheads, transposed, n):
     rig = Rig(spm, [ow, brw], writers=[brw.mem], links=[(ow.o, brw.i)])
     cmd = dict(base=base, stride=stride, tokens=T, n=n, heads=heads, nheads=nheads,
                head_step=head_step, transposed=transposed)  # fmt: skip
+    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm))
 
-    async def bench(ctx):
-        await _put(ctx, ow.cmd, cmd)
-        pauses = random_pauses(0.3, 5)
-        for word in words:
-            await _put(ctx, ow.i, word, pauses)
-        await ctx.tick().until(ow.idle & brw.idle)
-        np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
 
-    _run(rig, bench)
+@pytest.mark.parametrize(
+    "groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n",
+    [
+        (1, 6, 4, 0, 1, 0, 0, 22),  # column map, row-major
+        (2, 4, 2, 0, 1, 1, 0, 13),  # column map, OUT_T
+        (2, 8, 4, 0, 1, 0, 1, 19),  # W_SPM, shared: channel s*G*C8 + g*C8 + c
+        (3, 4, 2, 1, 2, 0, 1, 5),  # W_SPM, heads: s*C8 + c; group 2 is not a head
+        (2, 4, 2, 1, 2, 1, 1, 7),
+    ],
+)
+def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n):
+    """A mixed array's output writer stores each column's byte at the channel of the column
+    map (a random permutation of the channels, idle columns 0xFFFF, garbage on their lanes)
+    or of the W8-column rule (W_SPM), as the interpreter writes the layer's outputs."""
+    rng = np.random.default_rng(groups * 100 + cols + n)
+    image = _image(rng)
+    T = 18
+    base, stride, head_step = 10, 3 if not transposed else 2, 90
+    L = groups * cols
+    heads_n = nheads if heads else 1
+    if w8_rule:
+        nsteps = -(-n // (cols_w8 if heads else groups * cols_w8))
+        chan = np.full((nsteps, groups, cols), -1)
+        for s in range(nsteps):
+            for g in range(groups):
+                for c in range(cols_w8):
+                    ch = s * cols_w8 + c if heads else (s * groups + g) * cols_w8 + c
+                    if ch < n and (not heads or g < nheads):
+                        chan[s, g, c] = ch
+        maps = []
+    else:
+        nsteps = -(-n // L) + 1  # one more step than needed: idle columns
+        slots = np.full(nsteps * L, -1)
+        slots[rng.permutation(nsteps * L)[:n]] = rng.permutation(n)
+        chan = slots.reshape(nsteps, groups, cols)
+        maps = [0xFFFF if ch < 0 else int(ch) for ch in slots]
+    y = rng.integers(-128, 128, size=(heads_n, T, n))
+    words = []
+    for s in range(nsteps):
+        for t in range(T):
+            lanes = [int(rng.integers(0, 256)) for _ in range(L)]  # idle garbage
+            for g in range(groups):
+                for c in range(cols):
+                    ch, h = chan[s, g, c], g if heads else 0
+                    if ch >= 0 and h < heads_n:
+                        lanes[g * cols + c] = int(y[h, t, ch]) & 0xFF
+            words.append(int.from_bytes(bytes(lanes), "little"))
+    mach = _machine(image)
+    for h in range(heads_n):
+        mach.write(base + h * head_step, y[h].T if transposed else y[h], stride)
+    spm = Scratchpad(words=WORDS, init=_ints(image))
+    ow = MappedOutWriter(groups=groups, cols=cols, cols_w8=cols_w8)
+    brw = ByteRunWriter()
+    rig = Rig(spm, [ow, brw], writers=[brw.mem], links=[(ow.o, brw.i)])
+    cmd = dict(base=base, stride=stride, tokens=T, n=n, heads=heads, nheads=nheads,
+               head_step=head_step, transposed=transposed, nsteps=nsteps,
+               w8_rule=w8_rule)  # fmt: skip
+
+    async def feed_map(ctx):
+        pauses = random_pauses(0.3, 6)
+        for entry in maps:
+            await _put(ctx, ow.map, entry, pauses)
+
+    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm), background=[feed_map])
 
 
 # ---- matmul input streams ---------------------------------------------------------------------
@@ -306,28 +379,32 @@ def _spm_with(rng, tensors):
 
 
 @pytest.mark.parametrize(
-    "groups, cols, vector, heads, nheads, T, K, N, x_beat, banks",
+    "groups, cols, vector, heads, nheads, T, K, N, x_beat, banks, w4_share",
     [
-        (1, 4, 8, 0, 1, 5, 20, 10, 1, 1),
-        (2, 4, 8, 0, 1, 6, 16, 19, 1, 1),
-        (2, 2, 4, 1, 2, 7, 9, 5, 1, 1),
-        (4, 4, 16, 1, 3, 3, 40, 9, 1, 1),
+        # mixed W4/W8 arrays: activation rows on the W8 columns only, zero words on W4 ones
+        (2, 4, 8, 0, 1, 6, 16, 19, 1, 1, 0.5),
+        (2, 6, 4, 1, 2, 7, 9, 5, 1, 1, 1 / 3),
+        (1, 4, 8, 0, 1, 5, 20, 10, 1, 1, 0),
+        (2, 4, 8, 0, 1, 6, 16, 19, 1, 1, 0),
+        (2, 2, 4, 1, 2, 7, 9, 5, 1, 1, 0),
+        (4, 4, 16, 1, 3, 3, 40, 9, 1, 1, 0),
         # X beats of a whole SPM word (V < 16), and wide reads of a banked SPM (V = 16)
-        (1, 4, 8, 0, 1, 5, 20, 10, 2, 1),
-        (2, 2, 4, 1, 2, 7, 9, 5, 4, 1),
-        (1, 4, 16, 0, 1, 6, 70, 9, 2, 2),
-        (4, 4, 16, 1, 3, 3, 40, 9, 4, 4),
-        (2, 4, 8, 0, 1, 5, 100, 7, 8, 4),
+        (1, 4, 8, 0, 1, 5, 20, 10, 2, 1, 0),
+        (2, 2, 4, 1, 2, 7, 9, 5, 4, 1, 0),
+        (1, 4, 16, 0, 1, 6, 70, 9, 2, 2, 0),
+        (4, 4, 16, 1, 3, 3, 40, 9, 4, 4, 0),
+        (2, 4, 8, 0, 1, 5, 100, 7, 8, 4, 0),
     ],
 )
 def test_x_and_w_streams_match_the_engine_packer(
-    groups, cols, vector, heads, nheads, T, K, N, x_beat, banks
+    groups, cols, vector, heads, nheads, T, K, N, x_beat, banks, w4_share
 ):
     """The X builder's beats (``x_beat`` k-steps, ``banks`` words per wide SPM read at any
     word alignment: the X rows start at odd addresses) and the W builder's words (narrow
     reads of the same banked SPM) equal the engine packer's streams."""
     rng = np.random.default_rng(T * K + N)
-    params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector, x_beat=x_beat)
+    params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector, x_beat=x_beat,
+                          w4_share=w4_share)  # fmt: skip
     hn = nheads if heads else 1
     x = rng.integers(-128, 128, size=(hn, T, K))
     w = rng.integers(-128, 128, size=(hn, N, K))
@@ -348,7 +425,8 @@ def test_x_and_w_streams_match_the_engine_packer(
     spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image), banks=banks,
                      wide={0} if banks > 1 else ())  # fmt: skip
     xb = XStreamBuilder(groups=groups, vector=x_beat * vector, fetch_words=banks)
-    wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits)
+    wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits,
+                        cols_w8=params.cols_w8)  # fmt: skip
     rig = Rig(spm, [xb, wb], readers=[xb.mem, wb.mem])
     got = {"x": [], "w": []}
 

@@ -4,14 +4,15 @@ logits out, equal to the golden model for every image (cocotbext-axi DDR and hos
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_TOP
+from conftest import SMALL_TOP, mixed_deit_mini
 
 from vitaccel.compile.compiler import compile_model, spm_layout
 from vitaccel.compile.driver import Driver
 from vitaccel.design import ArrayConfig, Design, NonlinearConfig
 from vitaccel.dse.cost import estimate
-from vitaccel.flow.build import default_design
+from vitaccel.flow.build import default_design, design_for_scheme
 from vitaccel.flow.codec import codec_for
+from vitaccel.isa import MatmulFlags, Op
 from vitaccel.models.evaluate import prepare
 from vitaccel.models.golden import QuantConfig, quant_config_for, quantize_model
 from vitaccel.models.specs import ModelSpec
@@ -198,3 +199,104 @@ def test_benchmark_200_digits_images():
         f"{cycles:.0f} cycles/image, {design.clock_mhz * 1e6 / cycles:.0f} FPS at {design.clock_mhz:.0f} MHz"
     )
     assert np.array_equal(rtl, want)
+
+
+# ---- mixed W4/W8 arrays (docs/isa.md, "Mixed W4/W8 arrays") --------------------------------
+# On the native Verilator harness (vitaccel.sim.native: random pauses on every DDR channel,
+# ~100x cocotb's speed): the mixed array's one-byte output writes make an image ~68k cycles.
+
+
+def _mixed_design(w4_kind: str):
+    """``vitaccel build --scheme mixed --w4-ratio 0.5``'s design: the default digits design
+    with as many W4 columns as W8 ones (1 x 4 x (4 W8 + 4 W4), vector 8). The tests below
+    and that build share its (native) Verilator build."""
+    return design_for_scheme(default_design("digits-vit", "zcu102"), "mixed", 0.5, w4_kind)
+
+
+def _native(design, compiled, patches, **backend):
+    from vitaccel.sim.native import NativeBackend
+
+    drv = Driver(NativeBackend(design, **backend))
+    drv.load(compiled)
+    return drv.infer_batch(list(patches), reset_between=True)
+
+
+def _assert_all_equal(results, want, what=""):
+    for j, r in enumerate(results):
+        assert r.status == 2, (what, j, r.status)  # DONE, no ERROR
+        assert _first_mismatch(r.logits, want[j]) is None, (
+            f"{what}image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
+        )
+
+
+def _mixed_digits(w4_kind: str, images: int):
+    from vitaccel.flow.model_sim import design_program
+
+    design = _mixed_design(w4_kind)
+    assert design.array.cols_w4 == 4 and design.default_w4_ratio == 0.5
+    prog = design_program(design, images=images)
+    layers = prog.golden.linear_layers().items()
+    w4 = [name for name, layer in layers if layer.weight.kind.any()]
+    assert len(w4) == 16, w4  # qkv, proj, fc1, fc2 of the 4 blocks
+    return design, prog
+
+
+def test_mixed_digits_20_images_bit_exact_with_axi_pauses():
+    """digits-vit with 50% int4 rows in every encoder layer on W4 columns: the controller
+    takes the steps from ``w_steps``, the output writer follows the column map, attention
+    runs on the W8 columns. 20 images bit-exact with random AXI pauses; one more without
+    pauses: its cycles against the cycle model's prediction of the same program."""
+    design, prog = _mixed_digits("int4", 20)
+    results = _native(design, prog.compiled, prog.patches, pause=0.2, seed=11)
+    _assert_all_equal(results, prog.want)
+    rtl_top1 = np.mean([r.logits.argmax() == t for r, t in zip(results, prog.labels, strict=True)])
+    assert rtl_top1 == np.mean(prog.want.argmax(1) == prog.labels)
+    (plain,) = _native(design, prog.compiled, prog.patches[:1])
+    model = estimate(design, spec=prog.golden.spec).cycles
+    print(f"\nmixed digits: RTL {plain.cycles} cycles/image, model {model} "
+          f"({plain.cycles / model - 1:+.2%})")  # fmt: skip
+    assert abs(plain.cycles / model - 1) < 0.05, (plain.cycles, model)
+
+
+@pytest.mark.slow
+def test_mixed_digits_200_images():
+    design, prog = _mixed_digits("int4", 200)
+    results = _native(design, prog.compiled, prog.patches, pause=0.1, seed=14)
+    _assert_all_equal(results, prog.want)
+
+
+@pytest.mark.slow
+def test_mixed_digits_pot4_bit_exact():
+    """Power-of-two W4 lanes: digits-vit on ``build --scheme mixed --w4-kind pot4``'s design."""
+    design, prog = _mixed_digits("pot4", 5)
+    _assert_all_equal(_native(design, prog.compiled, prog.patches, pause=0.2, seed=13), prog.want)
+
+
+def _two_group_mixed(w4_kind: str):
+    """2 groups of 4 W8 + 4 W4 columns (tests/test_compile.py's DeiT-shaped design): an
+    output step of 16 channels, so the residual adds are fused into the projection and FC2
+    (ResidualRuns with one-byte runs), and attention runs in heads mode."""
+    base = _mixed_design(w4_kind)
+    array = base.array.model_copy(update={"groups": 2})
+    return base.model_copy(update={"array": array})
+
+
+@pytest.mark.parametrize(
+    "w4_kind, groups",
+    [("int4", 1), pytest.param("pot4", 2, marks=pytest.mark.slow)],
+)
+def test_mixed_deit_shaped_program_bit_exact(w4_kind, groups):
+    """A DeiT-shaped program with 50% W4 rows: int4 on the mixed design (its build shared
+    with the digits tests), power-of-two lanes on two groups (its own build: slow), where
+    the fused residual adds and heads-mode attention follow the column map too."""
+    design = _mixed_design(w4_kind) if groups == 1 else _two_group_mixed(w4_kind)
+    golden, patches = mixed_deit_mini(w4_kind)
+    assert sum(layer.weight.kind.any() for layer in golden.linear_layers().values()) == 8
+    compiled = compile_model(golden, groups=groups, codec=codec_for(design),
+                             spm_words=design.spm_kib * 1024 // 16)  # fmt: skip
+    mms = [i for i in compiled.program if i.op is Op.MATMUL]
+    fused = [i.label for i in mms if MatmulFlags.RESADD in i.flags]
+    heads = [i.label for i in mms if MatmulFlags.HEADS in i.flags]
+    assert (len(fused) == 4 and len(heads) > 0) == (groups == 2), (fused, heads)
+    results = _native(design, compiled, patches, pause=0.2, seed=12)
+    _assert_all_equal(results, golden.forward_patches(patches), f"{w4_kind} ")

@@ -63,6 +63,7 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
         ins.tokens, ins.k, ins.n, g, r, c, v, units, heads=heads, nheads=nh,
         transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
         x_beat=x_beat_words(v, design.datapath_bytes),
+        mapped_steps=nsteps if geom.cols_w4 else 0,
     )  # fmt: skip
     macs = nh * ins.tokens * ins.k * ins.n
     mac = min(no_x, macs / geom.macs_per_cycle)

@@ -159,17 +159,29 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
     return tokens * per_token * groups_active
 
 
+def mapped_writer_cycles(tokens: int, nsteps: int, groups: int, cols: int) -> int:
+    """SPM write cycles of a MATMUL's outputs on a mixed W4/W8 array (the scratchpad's
+    ``MappedOutWriter``): the column map scatters a word's channels, so every column of
+    every output word takes a cycle (a one-byte write, or nothing for an idle column)."""
+    return nsteps * tokens * groups * cols
+
+
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
-                 w_word_cycles=1.0, x_keep=False, x_beat=None) -> float:  # fmt: skip
+                 w_word_cycles=1.0, x_keep=False, x_beat=None,
+                 mapped_steps=0) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
-    the top's X beat (None: :func:`x_beat_words` of a 16-byte datapath)."""
+    the top's X beat (None: :func:`x_beat_words` of a 16-byte datapath). ``mapped_steps``:
+    on a mixed W4/W8 array the job's output steps (:func:`mapped_writer_cycles`); 0 on an
+    all-W8 array."""
     ks = -(-k // vector)
     x_beat = x_beat or x_beat_words(vector)
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
+    if mapped_steps:
+        return first + mapped_writer_cycles(tokens, mapped_steps, groups, cols)
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
 
@@ -358,7 +370,8 @@ def instr_cycles(
     bound = "compute" if w_spm else stream_bound(t, k, g, r, c, v, word_cycles)
     wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
                       transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
-                      x_keep=x_keep, x_beat=x_beat)  # fmt: skip
+                      x_keep=x_keep, x_beat=x_beat,
+                      mapped_steps=nsteps if geom.cols_w4 else 0)  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
     cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,

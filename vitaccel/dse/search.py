@@ -370,7 +370,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
             b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
-                          x_beat=x_beat)  # fmt: skip
+                          x_beat=x_beat, mapped_steps=ns if c4 else 0)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
@@ -386,9 +386,11 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
         for key in parts:
             tokens, k, n, transposed, keep, fused = key
             ns0 = job_nsteps(n, n, g, c, c8, heads=False)
-            writer[key] = writer_bound(tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
-                                       transposed=transposed, w_word_cycles=word_cycles,
-                                       x_keep=keep, x_beat=x_beat)  # fmt: skip
+            # the mapped writer's cycles follow the steps (ns below): priced per option
+            writer[key] = functools.partial(
+                writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
+                transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
+            )  # fmt: skip
             cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
                                 x_beat)  # fmt: skip
     ratios: dict[str, float] = {}
@@ -418,8 +420,9 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
                     n8 = n - int(round(ratio * n))
                     ns = job_nsteps(n, n8, g, c, c8, heads=False)
                     job = ends.at(ns)
-                    if writer[key] > job:
-                        job, b = int(math.ceil(writer[key])), "writer"
+                    wb = writer[key](mapped_steps=ns)
+                    if wb > job:
+                        job, b = int(math.ceil(wb)), "writer"
                     job += top_matmul_extra(
                         key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
                     )
@@ -1511,10 +1514,10 @@ def _warnings(result, chosen, feasible, target, limits, precision) -> list[str]:
                     f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%} "
                     "(--precision mixed)"
                 )
-    if chosen.w4_share > 0:
+    if chosen.w4_share > 0 and chosen.weight_ports > 1:
         out.append(
-            "a mixed W4/W8 array: the accelerator top builds it only with the whole-model W4 "
-            "path (issue 18); without it `vitaccel generate` refuses w4_share > 0 "
+            f"a mixed W4/W8 array with {chosen.weight_ports} weight ports: the accelerator top "
+            "reads the column map from one port, so `vitaccel generate` refuses it "
             "(--precision w8 answers with an all-W8 array)"
         )
     if m.shell_kind != "calibrated":

@@ -373,6 +373,9 @@ class MatmulSetup(wiring.Component):
     """A MATMUL's sizes and checks, worked out in MM_SETUP (docs/top.md).
 
     ``nsteps = ceil(N / cm)`` and ``tiles = ceil(T / R)`` by repeated addition (no divider),
+    on a mixed W4/W8 array (``cols_w8 < cols``) ``w_steps`` for a shared job with W from DDR
+    when it is not 0, and ``cm`` counting W8 columns only for W_SPM jobs (activation rows
+    run on W8 lanes),
     then, registered (no multiplier in a path to the state register or a DMA command): the
     X words the job needs, the packed W words per weight port and each port's offset, and
     the verdict ``ok`` (an instruction the engine cannot hold ends the run with ERROR).
@@ -397,8 +400,10 @@ class MatmulSetup(wiring.Component):
     """
 
     def __init__(self, *, groups, rows, cols, x_words, max_ksteps, weight_ports, log2,
-                 x_beat=1):  # fmt: skip
+                 x_beat=1, cols_w8=None):  # fmt: skip
         self._g, self._r, self._c = groups, rows, cols
+        # W8 columns: below ``cols`` the array is mixed (docs/isa.md, "Mixed W4/W8 arrays")
+        self._c8 = cols if cols_w8 is None else cols_w8
         self._x_beat = x_beat
         self._x_words, self._max_ksteps = x_words, max_ksteps
         self._ports, self._log2 = weight_ports, log2
@@ -433,6 +438,8 @@ class MatmulSetup(wiring.Component):
         acc_n = Signal(17)
         acc_t = Signal(17)
         cm = Mux(fl.heads, C, G * C)
+        if self._c8 < C:  # mixed: W_SPM rows on the W8 columns only
+            cm = Mux(fl.w_spm, Mux(fl.heads, self._c8, G * self._c8), cm)
         with m.If(self.start):
             m.d.sync += [
                 ks.eq(self.ksteps_in),
@@ -443,6 +450,11 @@ class MatmulSetup(wiring.Component):
                 settled.eq(0),
                 self.checked.eq(0),
             ]
+            if self._c8 < C:
+                # the packed stream states its steps (the column plan may need more than N
+                # channels' worth): the loop then counts tiles only
+                with m.If(~fl.w_spm & ~fl.heads & (mm.w_steps != 0)):
+                    m.d.sync += [nsteps.eq(mm.w_steps), acc_n.eq(mm.n)]
         with m.If(self.run):
             n_more = acc_n < mm.n
             t_more = acc_t < mm.tokens

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.design import Design
@@ -68,6 +69,7 @@ from vitaccel.rtl.skid import SkidBuffer
 from vitaccel.rtl.softmax import E2Softmax
 from vitaccel.rtl.spm import (
     ByteRunWriter,
+    MappedOutWriter,
     MatmulOutWriter,
     ResidualRuns,
     RowReader,
@@ -181,13 +183,11 @@ class Accelerator(CheckedComponent):
     @classmethod
     def check(cls, *, design, **kwargs):
         TopParams(design, **kwargs)
-        # The sizes (and the compiler's codec) take W4 columns; the RTL does not follow the
-        # column map yet, and its W_SPM stream builder would feed int8 rows to W4 lanes.
-        if design.array.w4_share != 0.0:
+        # Mixed W4/W8 arrays: the column map is tapped from the first weight port's slots
+        if design.array.w4_share != 0.0 and design.weight_ports != 1:
             raise ValueError(
-                "array.w4_share must be 0 for the accelerator RTL: its output writer and W_SPM "
-                "stream builder do not follow the mixed W4/W8 column map yet (docs/isa.md), "
-                f"not {design.array.w4_share!r}"
+                "weight_ports must be 1 on an array with W4 columns (array.w4_share > 0: the "
+                f"column map is read from the first weight port), not {design.weight_ports}"
             )
 
     def __init__(self, design: Design, **kwargs):
@@ -246,12 +246,20 @@ class Accelerator(CheckedComponent):
             groups=G, vector=E.x_beat * V, fetch_words=P.spm_banks
         )
         m.submodules.wb = n.wb = WStreamBuilder(
-            groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits
-        )
-        m.submodules.ow = n.ow = MatmulOutWriter(groups=G, cols=C)
+            groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits,
+            cols_w8=E.cols_w8,
+        )  # fmt: skip
+        # mixed W4/W8 columns: the output channels follow the column map, byte by byte
+        n.mixed = E.cols_w4 > 0
+        if n.mixed:
+            m.submodules.ow = n.ow = MappedOutWriter(groups=G, cols=C, cols_w8=E.cols_w8)
+        else:
+            m.submodules.ow = n.ow = MatmulOutWriter(groups=G, cols=C)
         m.submodules.brw = n.brw = ByteRunWriter()
         # the residual add fused into a MATMUL's output runs (reads A through its own port)
-        m.submodules.rr = n.rr = ResidualRuns(max_channels=P.resadd_channels)
+        m.submodules.rr = n.rr = ResidualRuns(
+            max_channels=P.resadd_channels, **({"byte_runs": True} if n.mixed else {})
+        )
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
         # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant
@@ -303,7 +311,7 @@ class Accelerator(CheckedComponent):
         m.submodules.mm_setup = n.setup = MatmulSetup(
             groups=E.groups, rows=E.rows, cols=E.cols, x_words=E.x_words,
             max_ksteps=E.max_ksteps, weight_ports=P.weight_ports, log2=P.softmax_log2,
-            x_beat=E.x_beat,
+            x_beat=E.x_beat, cols_w8=E.cols_w8,
         )  # fmt: skip
         n.instr = n.fetch.instr
         m.d.comb += [n.dec.instr.eq(n.instr), n.setup.instr.eq(n.instr)]
@@ -433,10 +441,41 @@ class Accelerator(CheckedComponent):
             with m.If(to_load.valid):
                 m.d.sync += n.load_addr.eq(n.load_addr + 1)
         w_bits = E.w_word_bits
-        join(m, to_w, n.w_skid.i, payload=n.w_skid.i.payload.eq(to_w.payload.data[:w_bits]))
+        if n.mixed:
+            self._map_tap(m, n, to_w)
+        else:
+            join(m, to_w, n.w_skid.i, payload=n.w_skid.i.payload.eq(to_w.payload.data[:w_bits]))
         for end in (to_load, to_w):
             with m.If(end.valid & end.ready & end.payload.last):
                 m.d.sync += n.op_rd_done.eq(1)
+
+    def _map_tap(self, m: Module, n: SimpleNamespace, to_w) -> None:
+        """Mixed W4/W8 arrays: packed W words into the engine, and from each parameter
+        word's slot its column's output channel (bytes 14-15, past the engine's word) into
+        the map queue the output writer takes a step's entries from. The queue holds two
+        steps (the engine's two W halves); when it is full the W stream waits."""
+        from vitaccel.flow.codec import CHANNEL_BYTE
+
+        E = self.params.engine
+        m.submodules.map_q = q = SyncFIFOBuffered(width=16, depth=2 * E.groups * E.cols)
+        at = Signal(16, name="map_tap_at")  # slot within the column: 0 = parameter word
+        param = at == 0
+        room = ~param | q.w_rdy
+        take = to_w.valid & to_w.ready
+        with m.If(n.at("MM_SETUP")):
+            m.d.sync += at.eq(0)
+        with m.If(take):
+            m.d.sync += at.eq(Mux(at == n.setup.ksteps, 0, at + 1))
+        m.d.comb += [
+            n.w_skid.i.valid.eq(to_w.valid & room),
+            to_w.ready.eq(n.w_skid.i.ready & room),
+            n.w_skid.i.payload.eq(to_w.payload.data[: E.w_word_bits]),
+            q.w_data.eq(to_w.payload.data[8 * CHANNEL_BYTE : 8 * CHANNEL_BYTE + 16]),
+            q.w_en.eq(take & param),
+            n.ow.map.valid.eq(q.r_rdy),
+            n.ow.map.payload.eq(q.r_data),
+            q.r_en.eq(n.ow.map.ready),
+        ]
 
     def _word_reader(self, m: Module, n: SimpleNamespace) -> None:
         """The 16-lane word reader: STORE data, parameter blocks, RESADD's A and B rows; and
@@ -642,6 +681,8 @@ class Accelerator(CheckedComponent):
             *assign(ow.cmd.payload, base=mm.y, stride=mm.y_stride, tokens=mm.tokens, n=mm.n,
                     head_step=mm.head_y_step, transposed=fl.out_t, **heads),
         ]  # fmt: skip
+        if n.mixed:
+            m.d.comb += assign(ow.cmd.payload, nsteps=setup.nsteps, w8_rule=n.w_spm)
         wiring.connect(m, xb.o, engine.x)
         mm_gelu = n.mm_gelu
         gelu_in = mm_gelu.i.payload.data.as_value()

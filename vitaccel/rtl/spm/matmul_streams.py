@@ -31,6 +31,8 @@ from vitaccel.rtl.spm.writers import run_layout
 __all__ = [
     "matmul_out_cmd_layout",
     "MatmulOutWriter",
+    "mapped_out_cmd_layout",
+    "MappedOutWriter",
     "ResidualRuns",
     "xbuild_cmd_layout",
     "XStreamBuilder",
@@ -328,6 +330,179 @@ class MatmulOutWriter(CheckedComponent):
         return m
 
 
+def mapped_out_cmd_layout() -> data.StructLayout:
+    """A :class:`MappedOutWriter` job: a :func:`matmul_out_cmd_layout` job, its output steps
+    and whether the channels follow the W8-column rule (W_SPM) instead of the column map."""
+    return data.StructLayout(
+        {
+            **{name: field.shape for name, field in matmul_out_cmd_layout()},
+            "nsteps": unsigned(16),
+            "w8_rule": unsigned(1),
+        }
+    )
+
+
+class MappedOutWriter(CheckedComponent):
+    """The matmul engine's ``o`` words -> SPM byte writes on a mixed W4/W8 array, through the
+    column map (docs/isa.md, "Mixed W4/W8 arrays").
+
+    The engine's words come as for :class:`MatmulOutWriter` (per step, per token, byte
+    ``g*cols + c`` from column c of group g), but a column's channel is not its position:
+    with W from DDR it is the step's map entry of the column (``map``: one 16-bit entry per
+    column and step, in stream order, ``0xFFFF`` for an idle column; taken with the step's
+    first token and kept for its other tokens); for a W_SPM job (``w8_rule``) W8 column c
+    of group g has channel ``s*G*C8 + g*C8 + c`` (shared) or ``s*C8 + c`` (heads) and the W4
+    columns are idle. The W4 rows of a layer are scattered over its channels, so each byte
+    is its own run (one write, one cycle per column of the word, idle columns included):
+    row-major to ``base + t*stride (+ g*head_step)``, byte ``ch``; OUT_T to row ``ch``, byte
+    ``t``. The run's data holds the byte in every lane (a fused residual add reads it at
+    its channel's lane, :class:`ResidualRuns` with ``byte_runs``). Channels >= N and groups
+    >= nheads write nothing. The job ends after ``nsteps`` steps.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(mapped_out_cmd_layout()))``
+    i : ``In(stream.Signature(unsigned(8 * groups * cols)))``
+    map : ``In(stream.Signature(unsigned(16)))``
+    o : ``Out(stream.Signature(run_layout()))``
+    chan : ``Out(16)``
+        The channel (within the head, in heads mode) of the run on ``o``.
+    idle : ``Out(1)``
+    """
+
+    @classmethod
+    def check(cls, *, groups, cols, cols_w8):
+        check_int("groups", groups, 1, 64)
+        check_int("cols", cols, 1, 64)
+        check_int("cols_w8", cols_w8, 1, cols)
+
+    def __init__(self, *, groups: int, cols: int, cols_w8: int):
+        self.groups, self.cols, self.cols_w8 = groups, cols, cols_w8
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(mapped_out_cmd_layout())),
+                "i": In(stream.Signature(unsigned(8 * groups * cols))),
+                "map": In(stream.Signature(unsigned(16))),
+                "o": Out(stream.Signature(run_layout())),
+                "chan": Out(16),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        G, C, C8 = self.groups, self.cols, self.cols_w8
+        L = G * C
+        m.submodules.inb = inb = SkidBuffer(unsigned(8 * L))
+        wiring.connect(m, wiring.flipped(self.i), inb.i)
+        sink = inb.o
+        job = Signal(mapped_out_cmd_layout())
+        active = Signal()
+        cm8 = Signal(16)  # W8-rule channels per step
+        steps_left = Signal(16)  # steps after this one
+        t = Signal(16)
+        t0 = Signal()  # t == 0: the step's first token takes the map entries
+        t_last = Signal()
+        j = Signal(range(L))  # column of the word (g*C + c)
+        g = Signal(range(G + 1))
+        c = Signal(range(C))
+        tok_row = Signal(ADDR_BITS)  # base + t * stride
+        ghead = Signal(ADDR_BITS)  # g * head_step (heads mode; 0 in shared mode)
+        gc8 = Signal(16)  # g * C8
+        sbase = Signal(16)  # s * cm8
+        maps = [Signal(16, name=f"map{k}") for k in range(L)]
+
+        cmdp = self.cmd.payload
+        m.d.comb += self.cmd.ready.eq(~active)
+        with m.If(self.cmd.valid & ~active):
+            m.d.sync += [
+                job.eq(cmdp),
+                active.eq((cmdp.tokens != 0) & (cmdp.n != 0) & (cmdp.nsteps != 0)),
+                cm8.eq(Mux(cmdp.heads, C8, G * C8)),
+                steps_left.eq(cmdp.nsteps - 1),
+                t.eq(0),
+                t0.eq(1),
+                t_last.eq(cmdp.tokens == 1),
+                j.eq(0),
+                g.eq(0),
+                c.eq(0),
+                tok_row.eq(cmdp.base),
+                ghead.eq(0),
+                gc8.eq(0),
+                sbase.eq(0),
+            ]
+
+        # the column's channel and whether it writes
+        ch = Signal(16)
+        writes = Signal()
+        need_map = ~job.w8_rule & t0
+        entry = Mux(t0, self.map.payload, Cat(*maps).word_select(j, 16))
+        w8_ch = sbase + Mux(job.heads, 0, gc8) + c
+        m.d.comb += [
+            ch.eq(Mux(job.w8_rule, w8_ch, entry)),
+            writes.eq((~job.heads | (g < job.nheads)) & (ch < job.n) & (~job.w8_rule | (c < C8))),
+        ]
+        ready_in = Signal()  # the word and (first token) the column's map entry are here
+        m.d.comb += ready_in.eq(active & sink.valid & (~need_map | self.map.valid))
+        advance = ready_in & (~writes | self.o.ready)
+
+        run = self.o.payload
+        byte = sink.payload.word_select(j, 8)
+        with m.If(job.transposed):
+            m.d.comb += [
+                run.addr.eq(job.base + ghead + ch * job.stride + (t >> 4)),
+                run.off.eq(t[:4]),
+            ]
+        with m.Else():
+            m.d.comb += [run.addr.eq(tok_row + ghead + (ch >> 4)), run.off.eq(ch[:4])]
+        m.d.comb += [
+            run.count.eq(1),
+            *[run.data[b].eq(byte) for b in range(WORD_BYTES)],
+            self.o.valid.eq(ready_in & writes),
+            self.chan.eq(ch),
+            self.map.ready.eq(advance & need_map),
+            sink.ready.eq(advance & (j == L - 1)),
+        ]
+        with m.If(advance):
+            with m.If(need_map):
+                for k, mp in enumerate(maps):
+                    with m.If(j == k):
+                        m.d.sync += mp.eq(self.map.payload)
+            with m.If(j == L - 1):  # the word is done
+                m.d.sync += [j.eq(0), g.eq(0), c.eq(0), ghead.eq(0), gc8.eq(0)]
+                with m.If(t_last):  # the step is done
+                    m.d.sync += [
+                        t.eq(0),
+                        t0.eq(1),
+                        t_last.eq(job.tokens == 1),
+                        tok_row.eq(job.base),
+                        sbase.eq(sbase + cm8),
+                        steps_left.eq(steps_left - 1),
+                    ]
+                    with m.If(steps_left == 0):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += [
+                        t.eq(t + 1),
+                        t0.eq(0),
+                        t_last.eq(t + 2 == job.tokens),
+                        tok_row.eq(tok_row + job.stride),
+                    ]
+            with m.Else():
+                m.d.sync += j.eq(j + 1)
+                with m.If(c == C - 1):
+                    m.d.sync += [
+                        c.eq(0),
+                        g.eq(g + 1),
+                        ghead.eq(ghead + Mux(job.heads, job.head_step, 0)),
+                        gc8.eq(gc8 + C8),
+                    ]
+                with m.Else():
+                    m.d.sync += c.eq(c + 1)
+        m.d.comb += self.idle.eq(~active & ~inb.busy)
+        return m
+
+
 class ResidualRuns(CheckedComponent):
     """A residual add fused into a MATMUL's output: each output run (one token, 16 channels
     of a step: the engine's B) reads the matching word of A from the SPM, goes through the
@@ -340,6 +515,11 @@ class ResidualRuns(CheckedComponent):
     A run's word of A is read before the run (or any later one) is written, so Y may equal A.
     Reads are requested only while the queues have room for their answers (credits), so a
     stalled writer never blocks the SPM read port; one run per cycle when the port is free.
+
+    ``byte_runs`` (mixed W4/W8 arrays, :class:`MappedOutWriter`): runs are single bytes at
+    any offset with the byte in every lane; the sum is taken at the run's lane (``off``) and
+    leaves as the run's byte. Each byte of Y is written by its own run only, so a later
+    run's read of the same A word still sees its own lane unchanged (Y may equal A).
 
     Members
     -------
@@ -359,14 +539,16 @@ class ResidualRuns(CheckedComponent):
     """
 
     @classmethod
-    def check(cls, *, max_channels, depth, out_depth):
+    def check(cls, *, max_channels, depth, out_depth, byte_runs=False):
         check_int("max_channels", max_channels, 16, 8192)
         check_int("depth", depth, 2, 64)
         check_int("out_depth", out_depth, 2, 64)
 
-    def __init__(self, *, max_channels: int, depth: int = 6, out_depth: int = 16):
+    def __init__(self, *, max_channels: int, depth: int = 6, out_depth: int = 16,
+                 byte_runs: bool = False):  # fmt: skip
         from vitaccel.rtl.resadd import pair_layout
 
+        self.byte_runs = byte_runs
         self.max_channels = max_channels
         self.depth = depth
         self.out_depth = out_depth
@@ -476,7 +658,11 @@ class ResidualRuns(CheckedComponent):
             outq.r_en.eq(self.o.valid & self.o.ready),
         ]
         for b in range(WORD_BYTES):
-            m.d.comb += o.data[b].eq(self.res.payload.data[b])
+            if self.byte_runs:  # the run's byte: the sum at its lane
+                at = self.res.payload.data.as_value().word_select(top.off, 8)
+                m.d.comb += o.data[b].eq(at)
+            else:
+                m.d.comb += o.data[b].eq(self.res.payload.data[b])
         m.d.comb += self.idle.eq((inflight == 0) & (outq.level == 0) & ~inb.busy)
         return m
 
@@ -664,6 +850,11 @@ class WStreamBuilder(CheckedComponent):
     until they cover N. A block's rows are one :class:`RowReader` command (issued ahead while
     the previous block is still streaming).
 
+    On a mixed W4/W8 array (``cols_w8 < cols``) the rows go to the W8 columns only (int8
+    rows on W4 lanes would lose their high nibble): W8 column c of group g takes row
+    ``s*G*C8 + g*C8 + c`` (shared) or ``s*C8 + c`` (heads), W4 columns get zero words
+    (docs/isa.md, "Mixed W4/W8 arrays").
+
     Members
     -------
     cmd : ``In(stream.Signature(wbuild_cmd_layout()))``
@@ -673,15 +864,18 @@ class WStreamBuilder(CheckedComponent):
     """
 
     @classmethod
-    def check(cls, *, groups, cols, vector, acc_bits, **_):
+    def check(cls, *, groups, cols, vector, acc_bits, cols_w8=None, **_):
         check_int("groups", groups, 1, 64)
         check_int("cols", cols, 1, 64)
         _check_lanes(vector, "vector")
         check_int("acc_bits", acc_bits, 16, 48)
+        if cols_w8 is not None:
+            check_int("cols_w8", cols_w8, 1, cols)
 
     def __init__(self, *, groups: int, cols: int, vector: int, acc_bits: int = 32,
-                 w_bits: int | None = None):  # fmt: skip
+                 w_bits: int | None = None, cols_w8: int | None = None):  # fmt: skip
         self.groups, self.cols, self.vector, self.acc_bits = groups, cols, vector, acc_bits
+        self.cols_w8 = cols if cols_w8 is None else cols_w8
         self.w_bits = w_bits or w_word_bits(vector, acc_bits)
         super().__init__(_builder_members(self, wbuild_cmd_layout(), self.w_bits, vector))
 
@@ -690,7 +884,13 @@ class WStreamBuilder(CheckedComponent):
         rd, out = _builder_frame(m, self)
         src = out.i
         G, C, V = self.groups, self.cols, self.vector
+        C8 = self.cols_w8
+        mixed = C8 < C
         (cm_sh, _), (cm_hd, _) = _mode_consts(G, C)
+        # columns per block; ``cm`` below counts the rows of a block (the W8 columns')
+        cols_sh, cols_hd = cm_sh, cm_hd
+        if mixed:
+            (cm_sh, _), (cm_hd, _) = _mode_consts(G, C8)
         job = Signal(wbuild_cmd_layout())
         cm = Signal(16)
         cm_stride = Signal(32)
@@ -742,12 +942,26 @@ class WStreamBuilder(CheckedComponent):
         k_zero = Signal()  # k == 0, in a register
         rows = Signal(17)
         m.d.comb += rows.eq(block_rows(e_step_n, e_g))
-        from_reader = ~k_zero & (c < rows)
+        row = c  # the block's row of column c
+        if mixed:
+            w8 = Signal()  # column c is a W8 column (its column within the group < C8)
+            cc = Signal(range(C))  # column within the group
+            row = Signal(16)  # W8 columns before c in the block
+            cols_blk = Signal(16)
+            m.d.comb += w8.eq(cc < C8)
+
+        def to_col():  # column c takes a row
+            return (row < rows) & w8 if mixed else row < rows
+
+        from_reader = ~k_zero & to_col()
         param = Signal(self.w_bits)
         m.d.comb += param.eq(Cat(Const(0, self.acc_bits), job.mult, job.shift))
         with m.If(k_zero):
             # idle columns get an all-zero parameter word, as the engine's packer gives them
-            m.d.comb += [src.valid.eq(m_active), src.payload.eq(Mux(c < rows, param, 0))]
+            m.d.comb += [
+                src.valid.eq(m_active),
+                src.payload.eq(Mux(to_col(), param, 0)),
+            ]
         with m.Elif(from_reader):
             m.d.comb += [
                 src.valid.eq(m_active & rd.o.valid),
@@ -767,7 +981,7 @@ class WStreamBuilder(CheckedComponent):
         g_last = Signal()  # e_g + 1 == blocks_per_step
         n_last = Signal()  # e_step_n + cm >= N
         m.d.sync += [
-            c_last.eq(c + 1 == cm),
+            c_last.eq(c + 1 == (cols_blk if mixed else cm)),
             g_last.eq(e_g + 1 == blocks_per_step),
             n_last.eq(e_step_n + cm >= job.n),
         ]
@@ -782,6 +996,11 @@ class WStreamBuilder(CheckedComponent):
             ]
             with m.If(col_end):
                 m.d.sync += c.eq(Mux(c_last, 0, c + 1))
+                if mixed:
+                    m.d.sync += [
+                        cc.eq(Mux(c_last | (cc == C - 1), 0, cc + 1)),
+                        row.eq(Mux(c_last, 0, row + w8)),
+                    ]
             with m.If(blk_end):
                 m.d.sync += e_g.eq(Mux(g_last, 0, e_g + 1))
             with m.If(step_end):
@@ -808,5 +1027,11 @@ class WStreamBuilder(CheckedComponent):
                 k_zero.eq(1),
                 ks_m1.eq(((cmdp.k + V - 1) >> exact_log2(V)) - 1),
             ]
+            if mixed:
+                m.d.sync += [
+                    cc.eq(0),
+                    row.eq(0),
+                    cols_blk.eq(Mux(cmdp.heads, cols_hd, cols_sh)),
+                ]
         m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle & ~out.busy)
         return m
