@@ -262,13 +262,14 @@ EXTRA_FLOORS = {
 
 
 @functools.cache
-def _extra(recipe: str, scheme: str):
+def _extra(recipe: str, scheme: str, residual_bits: int = 8):
     """Float vs integer on the test split for an extra checkpoint (or ``shipped``)."""
     from vitaccel.models.train_digits import RECIPES
     from vitaccel.models.zoo import WEIGHTS_DIR
 
     weights = None if recipe == "shipped" else WEIGHTS_DIR / f"{RECIPES[recipe].stem}.safetensors"
-    return evaluate("digits-vit", weights=weights, config=QuantConfig(scheme=scheme, w4_ratio=0.5))
+    cfg = QuantConfig(scheme=scheme, w4_ratio=0.5, residual_bits=residual_bits)
+    return evaluate("digits-vit", weights=weights, config=cfg)
 
 
 def test_every_extra_recipe_has_floors():
@@ -334,3 +335,22 @@ def test_issue_24_targets(recipe, target):
     scheme, met = ISSUE_24_TARGETS[target]
     r = _extra(recipe, scheme)
     assert met(r, recipe), r
+
+
+def test_wide_residual_stream_on_every_checkpoint():
+    """The golden-model study of a 12-bit residual stream (docs/numerics.md, "A wider
+    activation path"), locked in: W8A8 flips over the four checkpoints fall from 9 to 3 and
+    every logit cosine on the extra checkpoints rises (0.9991 at int8, 0.9993-0.9994). It
+    still misses a target (sgd mixed, not checked here), so it stays a study."""
+    recipes = ["shipped", *sorted({r for r, _ in EXTRA_FLOORS})]
+    wide = {r: _extra(r, "w8a8", 12) for r in recipes}
+    narrow = {r: _extra(r, "w8a8") for r in recipes}
+
+    def flips(r):
+        return round((1 - r.agreement) * r.images)
+
+    assert sum(flips(wide[r]) for r in recipes) <= 3, wide
+    assert sum(flips(narrow[r]) for r in recipes) >= 2 * sum(flips(wide[r]) for r in recipes)
+    for r in recipes:
+        assert wide[r].cosine >= (0.9994 if r == "shipped" else 0.9992), wide[r]
+        assert wide[r].float_top1 - wide[r].int_top1 <= 0.005, wide[r]

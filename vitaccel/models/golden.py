@@ -14,6 +14,8 @@ Dataflow of one encoder block (pre-LN), each arrow an integer operator::
 
 The residual stream is int8 with per-channel power-of-two factors (FQ-ViT PTF) so the
 LayerNorm sees every channel on one scale; every other activation is int8 per-tensor.
+(``QuantConfig``'s ``residual_bits``, ``branch_bits`` and ``logit_bits`` widen some of them in
+the golden model only, to measure a wider datapath; the compiler refuses them.)
 Logits come out of the classifier head as int8 on one common scale.
 """
 
