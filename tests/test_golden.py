@@ -349,6 +349,9 @@ def test_wide_residual_stream_on_every_checkpoint():
     def flips(r):
         return round((1 - r.agreement) * r.images)
 
+    # The JSON of `vitaccel quantize --residual-bits 12` says which widths it measured.
+    assert wide["sgd"].as_dict()["activation_bits"] == {"residual_bits": 12}
+    assert "activation_bits" not in narrow["sgd"].as_dict()
     assert sum(flips(wide[r]) for r in recipes) <= 3, wide
     assert sum(flips(narrow[r]) for r in recipes) >= 2 * sum(flips(wide[r]) for r in recipes)
     for r in recipes:
