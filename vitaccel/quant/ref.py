@@ -372,7 +372,8 @@ def ailayernorm_stats(x, params: LayerNormParams):
 
 
 def ailayernorm(x, params: LayerNormParams) -> np.ndarray:
-    """AILayerNorm: int8 (with PTF scales) in, int8 out, over the last axis.
+    """AILayerNorm: int8 (with PTF scales) in, int8 out, over the last axis. The arithmetic
+    takes any signed input width (the golden model's ``residual_bits``); the RTL's is int8.
 
     After :func:`ailayernorm_stats`:
     * ``var = rshift_round(var_sum * recip_mult, recip_shift) + eps_q`` (>= 1),
