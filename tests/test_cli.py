@@ -24,6 +24,7 @@ def run(*args, cwd=None):
         (["quantize", "--scheme", "w2a2"], "'w8a8', 'w4a8', 'mixed'"),
         (["quantize", "--w4-ratio", "1.5"], "--w4-ratio must be in [0, 1]"),
         (["quantize", "--weights", "/nonexistent/w.safetensors"], "does not exist"),
+        (["quantize", "--residual-bits", "17"], "--residual-bits"),
         (["build", "--board", "zcu999"], "choose one of: kv260, zcu102, zcu104"),
         (["build", "--w4-ratio", "1.5"], "--w4-ratio must be in [0, 1]"),
         (["build", "--scheme", "w2"], "'w8a8', 'w4a8', 'mixed'"),

@@ -10,7 +10,7 @@ from vitaccel.engine_host import EngineParams
 from vitaccel.flow.build import default_design
 from vitaccel.flow.codec import GVSACodec, codec_for
 from vitaccel.models.evaluate import prepare
-from vitaccel.models.golden import QuantConfig
+from vitaccel.models.golden import QuantConfig, quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -263,11 +263,15 @@ def test_deit_tiny_program_equals_golden_on_the_interpreter(assert_program_equal
 
 
 def test_unsupported_configurations_are_clear_errors():
-    _, _, golden, _, _ = prepare("digits-vit", images=1)
+    _, model, golden, x, _ = prepare("digits-vit", images=1)
     with pytest.raises(CompileError, match="scratchpad too small"):
         compile_model(
             golden, groups=1, codec=codec_for(default_design("digits-vit", "zcu102")), spm_words=100
         )
+    # Activations wider than int8 are a golden-model study (issue 24): the RTL is int8.
+    wide = quantize_model(model, x, QuantConfig(residual_bits=12))
+    with pytest.raises(CompileError, match=r"^residual_bits = 12: the accelerator implements 8"):
+        compile_model(wide, groups=1, codec=codec_for(default_design("digits-vit", "zcu102")))
 
 
 # ---- spilling the residual stream to DDR ---------------------------------------------------

@@ -191,6 +191,58 @@ def test_gelu_zero_point_is_folded_exactly(digits):
     assert np.array_equal(blk.fc2.accumulate(codes), expect)
 
 
+# ---- a wider activation path (issue 24; golden model only, the RTL is int8) -------------
+
+
+@pytest.mark.parametrize(
+    "field, value", [("residual_bits", 7), ("branch_bits", 17), ("logit_bits", "10")]
+)
+def test_activation_widths_are_validated(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be an integer in 8\.\.16, not"):
+        QuantConfig(**{field: value})
+
+
+@functools.cache
+def _wide_golden():
+    """The shipped digits ViT with a 12-bit residual stream, 10-bit branch outputs and
+    10-bit attention logits (16 calibration images), and its integer tensors on 8 of them."""
+    from vitaccel.models.data import calibration_images
+    from vitaccel.models.zoo import get_model
+
+    _, model = get_model("digits-vit")
+    cfg = QuantConfig(residual_bits=12, branch_bits=10, logit_bits=10)
+    calib = calibration_images(16)
+    golden = quantize_model(model, calib, cfg)
+    cap: dict = {}
+    golden.forward(calib[:8], capture=cap)
+    return model, calib, golden, cap
+
+
+def test_wide_residual_stream_uses_its_range():
+    """Each width lands where it is named and nowhere else: the residual stream (embedding,
+    residual adds) fills int12, the branch outputs int10, the attention logits int10; every
+    other activation and the class logits stay int8 (they feed the int8 matmul inputs)."""
+    model, calib, golden, cap = _wide_golden()
+    widths = {"embed": 12, "patch_embed": 10, "logits": 8}
+    for i in range(golden.spec.depth):
+        p = f"blocks.{i}"
+        widths.update({f"{p}.add1": 12, f"{p}.add2": 12, f"{p}.attn.proj": 10})
+        widths.update({f"{p}.mlp.fc2": 10, f"{p}.attn.logits": 10})
+        for name in ("norm1", "attn.qkv", "attn.context", "norm2", "mlp.fc1", "mlp.gelu"):
+            widths[f"{p}.{name}"] = 8
+    for name, bits in widths.items():
+        lo, hi = ref.signed_range(bits)
+        t = cap[name]
+        assert t.dtype == np.int64 and lo <= t.min() and t.max() <= hi, (name, bits)
+        if bits > 8:  # the calibration maximum reaches into the wide range
+            assert np.abs(t).max() > 2 ** (bits - 2), (name, bits, np.abs(t).max())
+    assert 0 <= golden.blocks[0].norm1.alpha.min() and golden.blocks[0].norm1.alpha.max() <= 3
+    # The residual scale is the int8 one spread over 2047 codes instead of 127.
+    narrow = quantize_model(model, calib, QuantConfig())
+    ratio = narrow.channel_scales["embed"] / golden.channel_scales["embed"]
+    assert np.allclose(ratio, 2047 / 127)
+
+
 # ---- checkpoints we did not train (issue 24 fixtures) ----------------------------------
 
 # Locked-in floors measured on the 360-image test split (one image = 0.0028): a regression
@@ -210,13 +262,14 @@ EXTRA_FLOORS = {
 
 
 @functools.cache
-def _extra(recipe: str, scheme: str):
+def _extra(recipe: str, scheme: str, residual_bits: int = 8):
     """Float vs integer on the test split for an extra checkpoint (or ``shipped``)."""
     from vitaccel.models.train_digits import RECIPES
     from vitaccel.models.zoo import WEIGHTS_DIR
 
     weights = None if recipe == "shipped" else WEIGHTS_DIR / f"{RECIPES[recipe].stem}.safetensors"
-    return evaluate("digits-vit", weights=weights, config=QuantConfig(scheme=scheme, w4_ratio=0.5))
+    cfg = QuantConfig(scheme=scheme, w4_ratio=0.5, residual_bits=residual_bits)
+    return evaluate("digits-vit", weights=weights, config=cfg)
 
 
 def test_every_extra_recipe_has_floors():
@@ -282,3 +335,25 @@ def test_issue_24_targets(recipe, target):
     scheme, met = ISSUE_24_TARGETS[target]
     r = _extra(recipe, scheme)
     assert met(r, recipe), r
+
+
+def test_wide_residual_stream_on_every_checkpoint():
+    """The golden-model study of a 12-bit residual stream (docs/numerics.md, "A wider
+    activation path"), locked in: W8A8 flips over the four checkpoints fall from 9 to 3 and
+    every logit cosine on the extra checkpoints rises (0.9991 at int8, 0.9993-0.9994). It
+    still misses a target (sgd mixed, not checked here), so it stays a study."""
+    recipes = ["shipped", *sorted({r for r, _ in EXTRA_FLOORS})]
+    wide = {r: _extra(r, "w8a8", 12) for r in recipes}
+    narrow = {r: _extra(r, "w8a8") for r in recipes}
+
+    def flips(r):
+        return round((1 - r.agreement) * r.images)
+
+    # The JSON of `vitaccel quantize --residual-bits 12` says which widths it measured.
+    assert wide["sgd"].as_dict()["activation_bits"] == {"residual_bits": 12}
+    assert "activation_bits" not in narrow["sgd"].as_dict()
+    assert sum(flips(wide[r]) for r in recipes) <= 3, wide
+    assert sum(flips(narrow[r]) for r in recipes) >= 2 * sum(flips(wide[r]) for r in recipes)
+    for r in recipes:
+        assert wide[r].cosine >= (0.9994 if r == "shipped" else 0.9992), wide[r]
+        assert wide[r].float_top1 - wide[r].int_top1 <= 0.005, wide[r]

@@ -35,6 +35,16 @@ def test_residual_add_hand_case():
     assert ref.residual_add(np.array([127]), 1 << 10, np.array([127]), 1 << 10, 3).tolist() == [127]
 
 
+def test_residual_add_on_a_wider_stream():
+    """The golden model's ``residual_bits`` only moves the clamp: 127 + 127 at unit scale
+    saturates at int8 and fits int12; the bounds are ``signed_range``'s."""
+    assert ref.signed_range(8) == (ref.INT8_MIN, ref.INT8_MAX)
+    assert ref.signed_range(12) == (-2048, 2047)
+    a, b = np.array([127, -2000]), np.array([127, -2000])
+    assert ref.residual_add(a, 1, b, 1, 0).tolist() == [127, -128]
+    assert ref.residual_add(a, 1, b, 1, 0, *ref.signed_range(12)).tolist() == [254, -2048]
+
+
 def test_matmul_int_exact_in_both_paths():
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, (5, 33))

@@ -187,6 +187,9 @@ def _scheme_options(f):
     return _pick("--scheme", choices=["w8a8", "w4a8", "mixed"], default="w8a8")(f)
 
 
+_WIDTH_HELP = "signed bits of the %s (golden model only; the RTL is int8)"
+
+
 @main_group.command()
 @click.option(
     "--model", "model_name", default="digits-vit", show_default=True, help="zoo model name"
@@ -195,6 +198,9 @@ def _scheme_options(f):
 @_scheme_options
 @_pick("--softmax-output", choices=["uint8", "log2"], default="uint8", help=_SOFTMAX_OUTPUT_HELP)
 @_number("--images", lo=1, help="images to evaluate (default: digits test split / 8)")
+@_number("--residual-bits", lo=8, hi=16, default=8, help=_WIDTH_HELP % "residual stream")
+@_number("--branch-bits", lo=8, hi=16, default=8, help=_WIDTH_HELP % "patch embed/proj/FC2")
+@_number("--logit-bits", lo=8, hi=16, default=8, help=_WIDTH_HELP % "attention logits")
 @click.option(
     "--per-layer",
     is_flag=True,
@@ -202,7 +208,18 @@ def _scheme_options(f):
 )
 @_json_flag(help="print one JSON object")
 def quantize(
-    model_name, weights, scheme, w4_ratio, w4_kind, softmax_output, images, per_layer, as_json
+    model_name,
+    weights,
+    scheme,
+    w4_ratio,
+    w4_kind,
+    softmax_output,
+    images,
+    residual_bits,
+    branch_bits,
+    logit_bits,
+    per_layer,
+    as_json,
 ):
     """Quantise a float model to the integer golden model and compare it with float."""
     from vitaccel.models.specs import get_spec
@@ -216,7 +233,13 @@ def quantize(
     from vitaccel.models.golden import QuantConfig
 
     cfg = QuantConfig(
-        scheme=scheme, w4_ratio=w4_ratio, w4_kind=w4_kind, softmax_output=softmax_output
+        scheme=scheme,
+        w4_ratio=w4_ratio,
+        w4_kind=w4_kind,
+        softmax_output=softmax_output,
+        residual_bits=residual_bits,
+        branch_bits=branch_bits,
+        logit_bits=logit_bits,
     )
     result = evaluate(
         model_name,

@@ -191,6 +191,13 @@ def compile_model(
     that several MATMULs compute on the same rows (a spilling program's token tiles) has
     its stream packed once, and they all read it.
     """
+    wide = model.config.wide_fields()
+    if wide:
+        # The RTL's SPM words, residual add and LayerNorm reader are int8 (docs/numerics.md).
+        raise CompileError(
+            f"{wide[0]} = {getattr(model.config, wide[0])}: the accelerator implements 8 only "
+            "(wider activations are a golden-model study, docs/numerics.md)"
+        )
     if fuse_residual is None:
         p = getattr(codec, "params", None)
         fuse_residual = p is not None and isa.residual_fusable(p.groups, p.cols)

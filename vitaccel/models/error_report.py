@@ -73,11 +73,11 @@ def _error(q: np.ndarray, f: np.ndarray) -> tuple[float, float]:
     return round(sqnr, 3), float(math.sqrt(err / max(sig, 1e-300)))
 
 
-def _grid(t: torch.Tensor | np.ndarray, scale, zero: int = 0) -> np.ndarray:
-    """A float tensor on an int8 grid (per-tensor or per-channel scale, last axis; real 0
-    at code ``zero``)."""
+def _grid(t: torch.Tensor | np.ndarray, scale, zero: int = 0, bits: int = 8) -> np.ndarray:
+    """A float tensor on a signed ``bits``-bit grid (per-tensor or per-channel scale, last
+    axis; real 0 at code ``zero``, which only the int8 GELU output uses)."""
     if zero == 0:
-        return scales.quantize_activation(np.asarray(t, dtype=np.float64), scale)
+        return scales.quantize_activation(np.asarray(t, dtype=np.float64), scale, bits)
     wide = scales.quantize_activation(np.asarray(t, dtype=np.float64), scale, bits=32)
     return np.clip(wide + zero, ref.INT8_MIN, ref.INT8_MAX)
 
@@ -151,7 +151,9 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
         tr["patch_embed"],
     )
     batch = images.shape[0]
-    body = golden.pos_add(_grid(tr["patch_embed"], sc["patch_embed"]), golden.pos_q)
+    cfg = golden.config
+    res_bits, br_bits, logit_bits = cfg.residual_bits, cfg.branch_bits, cfg.logit_bits
+    body = golden.pos_add(_grid(tr["patch_embed"], sc["patch_embed"], 0, br_bits), golden.pos_q)
     cls = np.broadcast_to(golden.cls_row, (batch, 1, d))
     add(
         "embed",
@@ -170,7 +172,7 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             "layernorm",
             cap[f"{p}.norm1"],
             scale(f"{p}.norm1"),
-            ref.ailayernorm(_grid(x_f, x_s), blk.norm1),
+            ref.ailayernorm(_grid(x_f, x_s, 0, res_bits), blk.norm1),
             tr[f"{p}.norm1"],
         )
         qkv_local = blk.qkv(_grid(tr[f"{p}.norm1"], scale(f"{p}.norm1")))
@@ -193,13 +195,15 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             "attention scores",
             cap[f"{p}.attn.logits"],
             sc[f"{p}.logits"],
-            ref.requantize(scores, blk.qk_mult, blk.qk_shift),
+            ref.requantize(scores, blk.qk_mult, blk.qk_shift, *ref.signed_range(logit_bits)),
             tr[f"{p}.attn.logits"],
         )
         out = golden.config.softmax_output
         code_bits = blk.softmax.code_bits
         probs_local = ref.e2softmax(
-            _grid(tr[f"{p}.attn.logits"], sc[f"{p}.logits"]), blk.softmax, output=out
+            _grid(tr[f"{p}.attn.logits"], sc[f"{p}.logits"], 0, logit_bits),
+            blk.softmax,
+            output=out,
         )
         w_cap, p_scale = _prob_weights(golden, cap[f"{p}.attn.probs"], code_bits)
         w_loc, _ = _prob_weights(golden, probs_local, code_bits)
@@ -229,7 +233,10 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             "residual",
             cap[f"{p}.add1"],
             rs[f"{p}.add1"],
-            blk.add1(_grid(x_f, x_s), _grid(tr[f"{p}.attn.proj"], sc[f"{p}.proj"])),
+            blk.add1(
+                _grid(x_f, x_s, 0, res_bits),
+                _grid(tr[f"{p}.attn.proj"], sc[f"{p}.proj"], 0, br_bits),
+            ),
             tr[f"{p}.add1"],
         )
         add(
@@ -237,7 +244,7 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             "layernorm",
             cap[f"{p}.norm2"],
             scale(f"{p}.norm2"),
-            ref.ailayernorm(_grid(tr[f"{p}.add1"], rs[f"{p}.add1"]), blk.norm2),
+            ref.ailayernorm(_grid(tr[f"{p}.add1"], rs[f"{p}.add1"], 0, res_bits), blk.norm2),
             tr[f"{p}.norm2"],
         )
         add(
@@ -271,7 +278,8 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             cap[f"{p}.add2"],
             rs[f"{p}.add2"],
             blk.add2(
-                _grid(tr[f"{p}.add1"], rs[f"{p}.add1"]), _grid(tr[f"{p}.mlp.fc2"], sc[f"{p}.fc2"])
+                _grid(tr[f"{p}.add1"], rs[f"{p}.add1"], 0, res_bits),
+                _grid(tr[f"{p}.mlp.fc2"], sc[f"{p}.fc2"], 0, br_bits),
             ),
             tr[f"{p}.add2"],
         )
@@ -281,7 +289,7 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
         "layernorm",
         cap["norm"],
         scale("norm"),
-        ref.ailayernorm(_grid(tr[x_name][:, 0], rs[x_name]), golden.norm),
+        ref.ailayernorm(_grid(tr[x_name][:, 0], rs[x_name], 0, res_bits), golden.norm),
         tr["norm"],
     )
     add(

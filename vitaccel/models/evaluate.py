@@ -31,11 +31,14 @@ class EvalResult:
     calibration_images: int | None = None
     # Ranked per-tensor errors (error_report.TensorError.as_dict()), when asked for.
     per_layer: list[dict] | None = None
+    # The golden-model activation widths above int8 (QuantConfig.wide_fields), if any.
+    activation_bits: dict[str, int] | None = None
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
-        if out["per_layer"] is None:
-            del out["per_layer"]
+        for key in ("per_layer", "activation_bits"):
+            if out[key] is None:
+                del out[key]
         return out
 
 
@@ -134,4 +137,5 @@ def evaluate(
         float(cos.mean()),
         len(calib),
         report,
+        {n: getattr(config, n) for n in config.wide_fields()} or None,
     )

@@ -14,6 +14,8 @@ Dataflow of one encoder block (pre-LN), each arrow an integer operator::
 
 The residual stream is int8 with per-channel power-of-two factors (FQ-ViT PTF) so the
 LayerNorm sees every channel on one scale; every other activation is int8 per-tensor.
+(``QuantConfig``'s ``residual_bits``, ``branch_bits`` and ``logit_bits`` widen some of them in
+the golden model only, to measure a wider datapath; the compiler refuses them.)
 Logits come out of the classifier head as int8 on one common scale.
 """
 
@@ -45,6 +47,9 @@ __all__ = [
 
 SCHEMES = ("w8a8", "w4a8", "mixed")
 ACT_CALIBRATIONS = ("max", "mse")
+# Signed activation widths the golden model accepts (held in at most 2 bytes per element).
+ACT_BITS = (8, 16)
+WIDTH_FIELDS = ("residual_bits", "branch_bits", "logit_bits")
 # Logits are int8 like every other matmul output (the engine has one output path); the
 # classifier scale keeps 25 % headroom over calibration. On digits this loses nothing against
 # int16 logits (same top-1 and agreement on the 360 test images).
@@ -88,6 +93,19 @@ class QuantConfig:
         are multiplied by it before their per-row quantisation, so the integer arithmetic
         is unchanged. LayerNorm outputs have a few large channels (large gamma) that would
         otherwise set the step for all.
+    residual_bits : int
+        Signed width of the residual stream (8..16): the embedding, every residual add's
+        output, and so every LayerNorm's input. Its PTF grid is ``2**(residual_bits - 8)``
+        times finer than int8 over the same range.
+    branch_bits : int
+        Signed width (8..16) of the linear outputs that only feed a residual add: the patch
+        embedding, each attention projection and each FC2.
+    logit_bits : int
+        Signed width (8..16) of the attention logits (the QK^T requantisation, E2Softmax's
+        input); the softmax input scale ``ln2 * 2**-T`` gets finer to match.
+
+    Widths above 8 are a golden-model study (docs/numerics.md, "A wider activation
+    path"): ``vitaccel.compile.compile_model`` refuses them, the RTL is int8.
     """
 
     scheme: str = "w8a8"
@@ -105,6 +123,10 @@ class QuantConfig:
     bias_correction: bool = False
     gelu_zero_point: bool = False
     ln_channel_scales: bool = False
+    # Datapath widths (issue 24): 8 is the int8 engine every RTL unit implements.
+    residual_bits: int = 8
+    branch_bits: int = 8
+    logit_bits: int = 8
 
     def __post_init__(self):
         if self.scheme not in SCHEMES:
@@ -122,6 +144,16 @@ class QuantConfig:
             raise ValueError(
                 f"softmax_output must be 'uint8' or 'log2', not {self.softmax_output!r}"
             )
+        for name in WIDTH_FIELDS:
+            bits = getattr(self, name)
+            if not (isinstance(bits, int) and ACT_BITS[0] <= bits <= ACT_BITS[1]):
+                raise ValueError(
+                    f"{name} must be an integer in {ACT_BITS[0]}..{ACT_BITS[1]}, not {bits!r}"
+                )
+
+    def wide_fields(self) -> list[str]:
+        """The width fields set above 8 bits (the RTL implements int8 activations only)."""
+        return [n for n in WIDTH_FIELDS if getattr(self, n) > 8]
 
     def ratio_for(self, layer: str) -> float:
         if layer == "patch_embed" or layer == "head":
@@ -162,14 +194,17 @@ class IntLinear:
 
 @dataclass
 class IntResidual:
-    """``x' = residual_add(x, mult_a, branch, mult_b, shift)`` with per-channel multipliers."""
+    """``x' = residual_add(x, mult_a, branch, mult_b, shift, lo, hi)`` with per-channel
+    multipliers; ``lo, hi`` the residual stream's signed range."""
 
     mult_a: np.ndarray
     mult_b: np.ndarray
     shift: int
+    lo: int = ref.INT8_MIN
+    hi: int = ref.INT8_MAX
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return ref.residual_add(a, self.mult_a, b, self.mult_b, self.shift)
+        return ref.residual_add(a, self.mult_a, b, self.mult_b, self.shift, self.lo, self.hi)
 
 
 @dataclass
@@ -250,7 +285,9 @@ class IntViT:
             q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, T, hd)
             cap[f"{p}.attn.q"], cap[f"{p}.attn.k"], cap[f"{p}.attn.v"] = q, k, v
             scores = np.einsum("bhtd,bhsd->bhts", q.astype(np.int64), k.astype(np.int64))
-            logits = ref.requantize(scores, blk.qk_mult, blk.qk_shift)
+            logits = ref.requantize(
+                scores, blk.qk_mult, blk.qk_shift, *ref.signed_range(self.config.logit_bits)
+            )
             cap[f"{p}.attn.logits"] = logits
             probs = ref.e2softmax(logits, blk.softmax, output=self.config.softmax_output)
             cap[f"{p}.attn.probs"] = probs
@@ -426,23 +463,24 @@ def _layernorm(
 
 
 def _residual(
-    a_scale: np.ndarray, b_scale: np.ndarray | float, out_scale: np.ndarray, mult_bits: int
+    a_scale: np.ndarray, b_scale: np.ndarray | float, out_scale: np.ndarray, cfg: QuantConfig
 ) -> IntResidual:
     ra = np.broadcast_to(a_scale / out_scale, out_scale.shape)
     rb = np.broadcast_to(b_scale / out_scale, out_scale.shape)
-    mult, shift = scales.dyadic_common(np.concatenate([ra, rb]), mult_bits)
+    mult, shift = scales.dyadic_common(np.concatenate([ra, rb]), cfg.mult_bits)
     n = out_scale.shape[0]
-    return IntResidual(mult[:n], mult[n:], shift)
+    return IntResidual(mult[:n], mult[n:], shift, *ref.signed_range(cfg.residual_bits))
 
 
-def _ptf(t: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
-    base, alpha = scales.ptf_alpha(_channel_absmax(t))
+def _ptf(t: torch.Tensor, bits: int) -> tuple[float, np.ndarray, np.ndarray]:
+    base, alpha = scales.ptf_alpha(_channel_absmax(t), bits=bits)
     return base, alpha, base * 2.0**alpha
 
 
-def _softmax_shift(logit_absmax: float) -> int:
-    # s = ln2 * 2**-T must cover the calibrated logits: 127 * s >= absmax.
-    t = int(math.floor(math.log2(127 * math.log(2) / logit_absmax)))
+def _softmax_shift(logit_absmax: float, bits: int = 8) -> int:
+    # s = ln2 * 2**-T must cover the calibrated logits: qmax * s >= absmax.
+    qmax = (1 << (bits - 1)) - 1
+    t = int(math.floor(math.log2(qmax * math.log(2) / logit_absmax)))
     return int(np.clip(t, 0, 12))
 
 
@@ -481,10 +519,11 @@ def quantize_model(
     # accumulator's input scale): what bias correction needs.
     linears: dict[str, tuple] = {}
 
-    def act(t: torch.Tensor) -> float:
+    def act(t: torch.Tensor, bits: int = 8) -> float:
         if cfg.act_calibration == "max":
-            return scales.act_scale(_absmax(t))
-        return scales.act_scale(max(scales.mse_clip(t.abs().numpy()), 1e-6))
+            return scales.act_scale(_absmax(t), bits)
+        levels = (1 << (bits - 1)) - 1
+        return scales.act_scale(max(scales.mse_clip(t.abs().numpy(), levels), 1e-6), bits)
 
     def track(
         layer: IntLinear, x_key: str, s_x, y_key: str, zero: int = 0, acc_in: float | None = None
@@ -495,8 +534,9 @@ def quantize_model(
 
     s_in = scales.act_scale(_absmax(tr["input"]))
     sc["input"] = s_in
-    s_pe = act(tr["patch_embed"])
+    s_pe = act(tr["patch_embed"], cfg.branch_bits)
     sc["patch_embed"] = s_pe
+    branch_range = ref.signed_range(cfg.branch_bits)
     patch_embed = track(
         _linear(
             "patch_embed",
@@ -506,24 +546,26 @@ def quantize_model(
             s_pe,
             cfg,
             _sq_mean(tr["patches"]),
+            *branch_range,
         ),
         "patches",
         s_in,
         "patch_embed",
     )
     # First residual scale (PTF) over the embedded tokens.
-    base, alpha, x_scale = _ptf(tr["embed"])
+    base, alpha, x_scale = _ptf(tr["embed"], cfg.residual_bits)
     pos = model.pos_embed.detach().double()[0].numpy()
     cls = model.cls_token.detach().double()[0, 0].numpy()
-    cls_row = scales.quantize_activation((cls + pos[0]) / x_scale, 1.0)
+    cls_row = scales.quantize_activation((cls + pos[0]) / x_scale, 1.0, cfg.residual_bits)
     s_pos = scales.act_scale(float(np.abs(pos[1:]).max()))
     pos_q = scales.quantize_activation(pos[1:], s_pos)
-    pos_add = _residual(np.full(spec.embed_dim, s_pe), s_pos, x_scale, cfg.mult_bits)
+    pos_add = _residual(np.full(spec.embed_dim, s_pe), s_pos, x_scale, cfg)
     ch_scales = {"embed": x_scale}
 
-    def lin(name: str, module, s_in, s_out, input_key: str) -> IntLinear:
+    def lin(name: str, module, s_in, s_out, input_key: str, bits: int = 8) -> IntLinear:
         weight, acc_in, sq = _fold_input_scale(module.weight, s_in, tr[input_key])
-        layer = _linear(name, weight, module.bias, acc_in, s_out, cfg, sq)
+        rng = ref.signed_range(bits)
+        layer = _linear(name, weight, module.bias, acc_in, s_out, cfg, sq, *rng)
         return track(layer, input_key, s_in, name, acc_in=acc_in)
 
     def ln_scale(key: str):
@@ -544,30 +586,32 @@ def quantize_model(
         s_q, s_k, s_v = (act(qkv_t[..., j * d : (j + 1) * d]) for j in range(3))
         qkv_out = np.repeat([s_q, s_k, s_v], d)
         qkv = lin(f"{p}.attn.qkv", blk.attn.qkv, s_n1, qkv_out, f"{p}.norm1")
-        t_sm = _softmax_shift(_absmax(tr[f"{p}.attn.logits"]))
+        t_sm = _softmax_shift(_absmax(tr[f"{p}.attn.logits"]), cfg.logit_bits)
         s_logit = math.log(2) * 2.0**-t_sm
         qk_mult, qk_shift = scales.dyadic(s_q * s_k * spec.head_dim**-0.5 / s_logit, cfg.mult_bits)
         sm = SoftmaxParams(in_shift=t_sm, frac_bits=cfg.softmax_frac_bits, lanes=cfg.softmax_lanes)
         s_ctx = act(tr[f"{p}.attn.context"])
         p_scale = 2.0**-8 if cfg.softmax_output == "uint8" else 2.0 ** -((1 << sm.code_bits) - 1)
         av_mult, av_shift = scales.dyadic(p_scale * s_v / s_ctx, cfg.mult_bits)
-        s_proj = act(tr[f"{p}.attn.proj"])
-        proj = lin(f"{p}.attn.proj", blk.attn.proj, s_ctx, s_proj, f"{p}.attn.context")
-        base1, alpha1, x1_scale = _ptf(tr[f"{p}.add1"])
-        add1 = _residual(x_scale, s_proj, x1_scale, cfg.mult_bits)
+        s_proj = act(tr[f"{p}.attn.proj"], cfg.branch_bits)
+        proj = lin(
+            f"{p}.attn.proj", blk.attn.proj, s_ctx, s_proj, f"{p}.attn.context", cfg.branch_bits
+        )
+        base1, alpha1, x1_scale = _ptf(tr[f"{p}.add1"], cfg.residual_bits)
+        add1 = _residual(x_scale, s_proj, x1_scale, cfg)
         s_n2 = ln_scale(f"{p}.norm2")
         norm2 = _layernorm(blk.norm2, base1, alpha1, s_n2)
         s_f1 = act(tr[f"{p}.mlp.fc1"])
         fc1 = lin(f"{p}.mlp.fc1", blk.mlp.fc1, s_n2, s_f1, f"{p}.norm2")
         s_g, g_zero = _gelu_scale(tr[f"{p}.mlp.gelu"], cfg)
         table = ref.gelu_lut(s_f1, s_g, ref.INT8_MIN - g_zero, ref.INT8_MAX - g_zero) + g_zero
-        s_f2 = act(tr[f"{p}.mlp.fc2"])
-        fc2 = lin(f"{p}.mlp.fc2", blk.mlp.fc2, s_g, s_f2, f"{p}.mlp.gelu")
+        s_f2 = act(tr[f"{p}.mlp.fc2"], cfg.branch_bits)
+        fc2 = lin(f"{p}.mlp.fc2", blk.mlp.fc2, s_g, s_f2, f"{p}.mlp.gelu", cfg.branch_bits)
         # Real GELU = s_g * (code - g_zero): FC2 subtracts g_zero * sum_k q[n, k] via its bias.
         fc2.bias = _clamp_bias(fc2.bias - g_zero * fc2.weight.q.sum(axis=1))
         linears[fc2.name] = (*linears[fc2.name][:3], g_zero, *linears[fc2.name][4:])
-        base2, alpha2, x2_scale = _ptf(tr[f"{p}.add2"])
-        add2 = _residual(x1_scale, s_f2, x2_scale, cfg.mult_bits)
+        base2, alpha2, x2_scale = _ptf(tr[f"{p}.add2"], cfg.residual_bits)
+        add2 = _residual(x1_scale, s_f2, x2_scale, cfg)
         blocks.append(
             IntBlock(
                 norm1,

@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "INT8_MIN",
     "INT8_MAX",
+    "signed_range",
     "rshift_round",
     "requantize",
     "residual_add",
@@ -43,6 +44,11 @@ __all__ = [
 ]
 
 INT8_MIN, INT8_MAX = -128, 127
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """``(-2**(bits-1), 2**(bits-1) - 1)``: the clamp bounds of a signed ``bits``-bit value."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
 def _i64(x) -> np.ndarray:
@@ -98,10 +104,11 @@ def requantize(acc, mult, shift, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.n
 
 
 def residual_add(a, mult_a, b, mult_b, shift, lo: int = INT8_MIN, hi: int = INT8_MAX):
-    """Residual add of two int8 tensors to a common output scale.
+    """Residual add of two signed tensors to a common output scale.
 
     ``clamp((a * mult_a + b * mult_b + 2**(shift-1)) >> shift, lo, hi)`` with per-channel
-    (last axis) or scalar multipliers and one shift per channel or scalar.
+    (last axis) or scalar multipliers and one shift per channel or scalar. ``lo, hi``: the
+    residual stream's range (int8 by default; see ``QuantConfig.residual_bits``).
     """
     total = _i64(a) * _i64(mult_a) + _i64(b) * _i64(mult_b)
     return np.clip(rshift_round(total, shift), lo, hi)
@@ -237,7 +244,7 @@ def _leading_one(v: np.ndarray) -> np.ndarray:
 
 
 def e2softmax(x, params: SoftmaxParams = SoftmaxParams(), output: str = "uint8"):
-    """E2Softmax over the last axis of int8 logits.
+    """E2Softmax over the last axis of signed logits (int8 in the hardware).
 
     Pass 2 (per element, after pass 1 of :func:`e2softmax_k`): with L the leading-one
     position of S and m5 the 5 bits below it, ``log2(S / 2**F) ~ lS / 32`` where
@@ -365,7 +372,8 @@ def ailayernorm_stats(x, params: LayerNormParams):
 
 
 def ailayernorm(x, params: LayerNormParams) -> np.ndarray:
-    """AILayerNorm: int8 (with PTF scales) in, int8 out, over the last axis.
+    """AILayerNorm: int8 (with PTF scales) in, int8 out, over the last axis. The arithmetic
+    takes any signed input width (the golden model's ``residual_bits``); the RTL's is int8.
 
     After :func:`ailayernorm_stats`:
     * ``var = rshift_round(var_sum * recip_mult, recip_shift) + eps_q`` (>= 1),
