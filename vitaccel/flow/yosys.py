@@ -391,8 +391,8 @@ def synth_modules(
         What to synthesise; the hierarchy is kept (no pass crosses a module boundary), and a
         run's fixed cost (~5 CPU-s of Yosys reading its cell libraries) is paid once for all
         of them. A module's netlist can still differ by a few cells with the other modules
-        of its run (Yosys' global name counter orders some passes): 0.2 % of the LUTs of a
-        digits-vit top (docs/sweep.md). The cache keeps the first.
+        of its run (Yosys' global name counter orders some passes): up to 0.7 % of the
+        LUTs of a digits-vit top (docs/sweep.md). The cache keeps the first.
     stubs : mapping of str to str
         :func:`module_stub` of every child module that is instantiated but not among
         ``modules``.
