@@ -1,11 +1,14 @@
 """vitaccel.flow.yosys: a Yosys run dies with the process that started it (a killed Dask
-worker leaves no synthesis running)."""
+worker leaves no synthesis running); synthesis module by module (canonical modules, the
+figures composed as Yosys' flatten gives them, the difference against the whole top)."""
 
 import logging
 import os
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 from vitaccel.flow.yosys import _run_yosys
 
@@ -70,3 +73,136 @@ def test_killed_worker_leaves_no_yosys_running(tmp_path):
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"Yosys run {survivors} outlived its killed worker {worker_pid}"
     print(f"\nYosys {yosys_pid} ended {ended:.2f} s after its worker was killed")
+
+
+# --- synthesis module by module (the sweep's finalists) ---------------------------------
+
+
+def _chain_verilog(width: int = 16, extra: bool = False) -> str:
+    """A small design whose worst path crosses module boundaries: a register pair feeds an
+    adder in stage s1 whose sum feeds the adder of s2, then a register of the top."""
+    from amaranth import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from vitaccel.rtl.verilog import to_verilog
+
+    class Stage(wiring.Component):
+        def __init__(self, w):
+            super().__init__({"a": In(w), "b": In(w), "y": Out(w), "q": Out(w)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.y.eq(self.a + self.b)
+            m.d.sync += self.q.eq(self.y ^ self.a)
+            return m
+
+    class Chain(wiring.Component):
+        def __init__(self):
+            super().__init__({"x": In(width), "z": In(width), "out": Out(width)})
+
+        def elaborate(self, platform):
+            m = Module()
+            extra = 0
+            if extra_stage:
+                m.submodules.pre = pre = Stage(4)
+                m.d.comb += [pre.a.eq(self.x[:4]), pre.b.eq(self.z[:4])]
+                extra = pre.q
+            m.submodules.s1 = s1 = Stage(width)
+            m.submodules.s2 = s2 = Stage(width)
+            r1, r2 = Signal(width), Signal(width)
+            m.d.sync += [r1.eq(self.x), r2.eq(self.z)]
+            m.d.comb += [s1.a.eq(r1), s1.b.eq(r2), s2.a.eq(s1.y), s2.b.eq(s1.q)]
+            m.d.sync += self.out.eq(s2.y ^ s2.q ^ extra)
+            return m
+
+    extra_stage = extra
+    return to_verilog(Chain(), "chain")
+
+
+def test_split_modules_names_a_module_by_its_content():
+    """The same module gets the same name in two designs (and when only Amaranth's signal
+    numbers differ); a changed module and its parents get new names."""
+    import re
+
+    from vitaccel.flow.yosys import split_modules
+
+    plain = _chain_verilog()
+    a = split_modules(plain, "chain")
+    assert len(a.modules) == 3
+    assert a.instance_counts() == {name: 1 for name in a.modules}
+    # Amaranth's numbers (a$11, b$13) shifted: the same modules, the same names
+    assert re.search(r"\\\w+\$\d+", plain)
+    shifted = re.sub(r"(\\\S*?\$)(\d+)", lambda m: f"{m.group(1)}{int(m.group(2)) + 1000}", plain)
+    assert shifted != plain
+    assert split_modules(shifted, "chain") == a
+    # another stage in the top: the stages keep their names, the top gets a new one
+    b = split_modules(_chain_verilog(extra=True), "chain")
+    assert set(a.modules) - {a.top} <= set(b.modules)
+    assert a.top not in b.modules and len(b.modules) == 4
+    assert b.top.startswith("m_") and f"module {b.top}(" in b.modules[b.top].text
+
+
+def test_compose_equals_yosys_flattening_the_same_modules(tmp_path):
+    """The modules' netlists put back together in Python count and time as Yosys' own
+    ``flatten`` of the same mapped modules does (one Yosys run writes both); the worst path
+    crosses both stages, so it is longer than any module's own."""
+    import json
+
+    from vitaccel.flow.paths import worst_paths, yosys_json_commands
+    from vitaccel.flow.yosys import (
+        MODULE_SCRIPT,
+        Hierarchy,
+        _compact,
+        _parse_stat,
+        _resources,
+        compose,
+        split_modules,
+    )
+
+    hier = split_modules(_chain_verilog(extra=True), "chain")
+    (tmp_path / "design.v").write_text("\n".join(m.text for m in hier.modules.values()))
+    script = (
+        MODULE_SCRIPT
+        + yosys_json_commands("modules.json")
+        + f"hierarchy -top {hier.top}\nflatten\ntee -o stat.txt stat -tech xilinx\n"
+        + "write_json flat.json\n"
+    )
+    _run_yosys(script, tmp_path)
+    mapped = json.loads((tmp_path / "modules.json").read_text())["modules"]
+    nets = {n: _compact(mapped[n], set(hier.modules)) for n in hier.modules}
+    ours = compose(hier, nets)
+    theirs = worst_paths(tmp_path / "flat.json", top=hier.top, count=1)[0]
+    assert ours == _resources(_parse_stat((tmp_path / "stat.txt").read_text()), theirs.levels)
+    assert ours.ff == 16 * 2 + 16 * 2 + 16 + 4  # r1, r2, s1.q, s2.q, out, pre.q
+    alone = [
+        compose(Hierarchy(n, {n: m}), nets).lut_depth
+        for n, m in hier.modules.items()
+        if n != hier.top
+    ]
+    assert ours.lut_depth > max(alone), (ours.lut_depth, alone)
+    print(f"\nworst path {ours.lut_depth} levels; each stage alone: {alone}")
+
+
+@pytest.mark.slow
+def test_module_flow_against_the_whole_top_flow():
+    """The sweep's module-by-module figures against the whole-top flow on one real top (the
+    explorer's pick for digits-vit on KV260 at 100 FPS): LUT and FF within the resource
+    model's own tolerance against Yosys (8.9 %, docs/dse.md), DSP and memories equal, the
+    depth not below the whole top's. ~4 CPU-minutes cold (both Yosys caches)."""
+    from vitaccel.design import Design
+    from vitaccel.flow.generate import TOP_NAME
+    from vitaccel.flow.sweep import explore_task
+    from vitaccel.flow.yosys import synth_xcup, synth_xcup_by_module
+    from vitaccel.rtl.top import top_verilog
+
+    first = explore_task("digits-vit", "kv260", 100.0, 0.85, 1)["finalists"][0]
+    verilog = top_verilog(Design.model_validate_json(first["design"]), TOP_NAME)
+    whole = synth_xcup(verilog, TOP_NAME)
+    parts = synth_xcup_by_module(verilog, TOP_NAME)
+    print(f"\nwhole top: {whole}\nby module: {parts}")
+    for k in ("lut", "ff"):
+        assert abs(getattr(parts, k) / getattr(whole, k) - 1) <= 0.089, k
+    for k in ("dsp48e2", "ramb36", "ramb18", "uram", "lutram"):
+        assert getattr(parts, k) == getattr(whole, k), k
+    assert parts.lut_depth >= whole.lut_depth

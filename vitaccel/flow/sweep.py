@@ -11,7 +11,7 @@ images on the RTL against the golden model (:func:`simulate_images`).
 
 Tasks run on a Dask cluster: a ``LocalCluster`` of worker processes by default, or an
 existing cluster given by its scheduler address. Each task is a pure function of its inputs
-(:func:`explore_task`, :func:`synth_task`, :func:`simulate_task`); its result is cached in
+(:func:`explore_task`, :func:`split_task`, :func:`synth_modules_task`, :func:`simulate_task`); its result is cached in
 ``DIR/cache`` under a hash of those inputs (written atomically), so an interrupted sweep
 resumes where it stopped and a repeated one is answered from the cache. The Dask key of a
 task is the same hash, so queries that share a finalist share its synthesis. A task that
@@ -48,7 +48,10 @@ __all__ = [
     "Query",
     "run_sweep",
     "explore_task",
-    "synth_task",
+    "split_task",
+    "synth_modules_task",
+    "compose_synthesis",
+    "module_batches",
     "simulate_task",
     "simulate_images",
     "rerank",
@@ -56,13 +59,19 @@ __all__ = [
 ]
 
 # Bump when a task's result format or meaning changes: old cache entries are then ignored.
-TASK_VERSION = "1"
+TASK_VERSION = "2"  # 2: synthesis module by module (flow.yosys.synth_modules)
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 CONNECT_TIMEOUT_S = 5.0  # the issue: an unreachable scheduler is reported within 10 s
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 FPS_SOURCE = "cycle-model prediction (vitaccel.dse.cost), not an RTL run"
+SYNTH_SOURCE = (
+    "yosys synth_xilinx -family xcup, module by module (hierarchy kept), summed over instances"
+)
+# Verilog characters per Yosys run when a finalist's modules are split over the workers:
+# digits-vit's top is ~1.5 M characters, ~90 CPU-s of Yosys
+BATCH_CHARS = 400_000
 
 
 class SweepError(ValueError):
@@ -330,25 +339,73 @@ def _array_text(design) -> str:
         f"{a.groups}x{a.rows}x{a.cols}x{a.vector}, lanes {nl.softmax_lanes}/"
         f"{nl.layernorm_lanes}/{nl.gelu_lanes}, {design.weight_ports} weight port"
         + ("s" if design.weight_ports > 1 else "")
+        # finalists often differ only there (the X path's width: its banks and readers)
+        + f", {design.datapath_bytes}-byte datapath"
     )
 
 
-def synth_task(design_json: str) -> dict:
-    """Yosys resources and LUT depth of a design's whole accelerator top."""
+def split_task(design_json: str) -> dict:
+    """A design's whole accelerator top as canonical Verilog modules
+    (:func:`vitaccel.flow.yosys.split_modules`): the input of the module synthesis."""
     from vitaccel.design import Design
     from vitaccel.flow.generate import TOP_NAME
-    from vitaccel.flow.yosys import synth_xcup
+    from vitaccel.flow.yosys import split_modules
     from vitaccel.rtl.top import top_verilog
 
     design = Design.model_validate_json(design_json)
     t0 = time.monotonic()
-    res = synth_xcup(top_verilog(design, TOP_NAME), TOP_NAME)
+    hierarchy = split_modules(top_verilog(design, TOP_NAME), TOP_NAME)
+    return {**hierarchy.as_dict(), "seconds": round(time.monotonic() - t0, 1)}
+
+
+def synth_modules_task(modules: list[dict], stubs: dict[str, str]) -> dict:
+    """Yosys netlists of some modules of a :func:`split_task` answer, in one Yosys run
+    (:func:`vitaccel.flow.yosys.synth_modules`; the worker's Yosys cache first).
+
+    ``modules``: ``{"name", "text", "instances"}`` each; ``stubs``: the interface of each
+    child module that is not among them.
+    """
+    from vitaccel.flow.yosys import VerilogModule, synth_modules
+
+    t0 = time.monotonic()
+    mods = [VerilogModule(m["name"], m["text"], tuple(m["instances"])) for m in modules]
+    netlists = synth_modules(mods, stubs)
+    return {"netlists": netlists, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def compose_synthesis(split: dict, netlists: dict[str, dict], seconds: float) -> dict:
+    """A finalist's Yosys figures from its modules' netlists (the row's ``yosys`` block):
+    counts summed over every instance, the LUT depth of the modules put back together."""
+    from vitaccel.flow.yosys import Hierarchy, compose
+
+    hierarchy = Hierarchy.from_dict(split)
+    res = compose(hierarchy, netlists)
     return {
         **{k: getattr(res, k) for k in RESOURCE_KINDS},
         "lut_depth": res.lut_depth,
-        "seconds": round(time.monotonic() - t0, 1),
-        "source": "yosys synth_xilinx -family xcup",
+        "seconds": round(seconds, 1),
+        "source": SYNTH_SOURCE,
+        "modules": len(hierarchy.modules),
+        "instances": sum(hierarchy.instance_counts().values()),
     }
+
+
+def module_batches(modules: Sequence, workers: int) -> list[list]:
+    """Modules to synthesise, in batches for ``workers`` Yosys runs at once.
+
+    A Yosys run costs ~5 CPU-s before its first module (reading the cell libraries), so
+    modules go in as few runs as keep the workers busy: one per ``BATCH_CHARS`` of Verilog,
+    at most one per worker, the largest modules first into the lightest batch.
+    """
+    size = sum(len(m.text) for m in modules)
+    n = max(1, min(workers, round(size / BATCH_CHARS)))
+    batches: list[list] = [[] for _ in range(n)]
+    load = [0] * n
+    for m in sorted(modules, key=lambda m: (-len(m.text), m.name)):
+        k = load.index(min(load))
+        batches[k].append(m)
+        load[k] += len(m.text)
+    return [b for b in batches if b]
 
 
 def simulate_images(design, images: int) -> dict:
@@ -667,15 +724,25 @@ class _Sweep:
         ]  # fmt: skip
         self.explored: dict[int, dict] = {}
         self.synth: dict[int, list] = {}
+        self.steps: set[str] = set()  # keys of synthesis steps (not stored in DIR/cache)
+        self.netlists: dict[str, dict] = {}  # module name -> its Yosys netlist
+        self.module_waiters: dict[str, list[Callable]] = {}  # module name -> finalists
         per_query = 1 + spec.synth_top + (1 if spec.images else 0)
         self.counts = {"computed": 0, "cached": 0, "failed": 0, "done": 0}
         self.progress = _Progress(progress, per_query * len(self.queries))
 
     # --- task plumbing ---
 
-    def _run(self, key: str, fn: Callable, args: tuple, then: Callable) -> None:
-        """Give ``then(result, error)`` the result of ``fn(*args)``: cached, or from Dask."""
-        hit = self.cache.get(key)
+    def _run(
+        self, key: str, fn: Callable, args: tuple, then: Callable, *, step: bool = False
+    ) -> None:
+        """Give ``then(result, error)`` the result of ``fn(*args)``: cached, or from Dask.
+
+        ``step``: a step of a finalist's synthesis (the split, a batch of modules): not
+        stored in the output folder (the composed figures are) and not in the progress
+        total until submitted.
+        """
+        hit = None if step else self.cache.get(key)
         if hit is not None:
             self.counts["cached"] += 1
             self._advance()
@@ -686,6 +753,9 @@ class _Sweep:
             return
         if self.client is None:
             self.client = self.client_factory()
+        if step:
+            self._skip(-1)
+            self.steps.add(key)
         self.waiters[key] = [then]
         self.started[key] = time.monotonic()
         self.futures[key] = self.client.submit(fn, *args, key=key, pure=False, retries=1)
@@ -695,7 +765,8 @@ class _Sweep:
         thens = self.waiters.pop(key)
         if fut.status == "finished":
             result = fut.result()
-            self.cache.put(key, result, time.monotonic() - self.started[key])
+            if key not in self.steps:
+                self.cache.put(key, result, time.monotonic() - self.started[key])
             self.counts["computed"] += 1
             err = None
         elif fut.status == "cancelled":
@@ -707,8 +778,11 @@ class _Sweep:
             err = f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
             result = None
             self.counts["failed"] += 1
-        for then in thens:
+        if key in self.steps:  # one step, however many finalists wait for it
             self._advance()
+        for then in thens:
+            if key not in self.steps:
+                self._advance()
             then(result, err)
 
     def _advance(self, n: int = 1) -> None:
@@ -760,7 +834,95 @@ class _Sweep:
                 if pending["n"] == 0:
                     self._synthesised(i)
 
-            self._run(TaskCache.key("synth", f["design"]), synth_task, (f["design"],), then)
+            self._synthesise(f["design"], then)
+
+    def _synthesise(self, design_json: str, then: Callable) -> None:
+        """Yosys figures of one finalist: from the output folder's cache, or its top split
+        into modules, the modules no finalist has asked for yet synthesised in batches
+        over the workers, and the figures composed here when its last module is in."""
+        key = TaskCache.key("synth", design_json)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.counts["cached"] += 1
+            self._advance()
+            then(hit, None)
+            return
+        t0 = time.monotonic()
+
+        def split(r, e):
+            if e is not None:
+                self._advance()
+                then(None, f"split: {e}")
+                return
+            self._compose_when_ready(key, r, t0, then)
+
+        self._run(TaskCache.key("split", design_json), split_task, (design_json,), split, step=True)
+
+    def _compose_when_ready(self, key: str, split: dict, t0: float, then: Callable) -> None:
+        from vitaccel.flow.yosys import Hierarchy, module_stub
+
+        hierarchy = Hierarchy.from_dict(split)
+        left, errors = set(hierarchy.modules), []
+
+        def got(name: str, err: str | None) -> None:
+            if err is not None:
+                errors.append(err)
+            left.discard(name)
+            if left:
+                return
+            self._advance()
+            if errors:
+                then(None, f"synthesis: {errors[0]}")
+                return
+            nets = {n: self.netlists[n] for n in hierarchy.modules}
+            result = compose_synthesis(split, nets, time.monotonic() - t0)
+            self.cache.put(key, result, result["seconds"])
+            then(result, None)
+
+        known = [n for n in hierarchy.modules if n in self.netlists]
+        new = [hierarchy.modules[n] for n in hierarchy.modules
+               if n not in self.netlists and n not in self.module_waiters]  # fmt: skip
+        for batch in module_batches(new, self._workers()):
+            inside = {m.name for m in batch}
+            names = sorted(inside)
+            stubs = {
+                c: module_stub(hierarchy.modules[c])
+                for m in batch
+                for c in m.instances
+                if c not in inside
+            }
+            for m in batch:
+                self.module_waiters[m.name] = []
+            payload = [{"name": m.name, "text": m.text, "instances": list(m.instances)}
+                       for m in batch]  # fmt: skip
+            self._run(
+                TaskCache.key("modules", names),
+                synth_modules_task,
+                (payload, stubs),
+                lambda r, e, names=names: self._modules_done(names, r, e),
+                step=True,
+            )
+        for n in hierarchy.modules:
+            if n in self.module_waiters:
+                self.module_waiters[n].append(got)
+        for n in known:
+            got(n, None)
+
+    def _modules_done(self, names: list[str], result: dict | None, err: str | None) -> None:
+        for n in names:
+            if result is not None:
+                self.netlists[n] = result["netlists"][n]
+            for got in self.module_waiters.pop(n):
+                got(n, err)
+
+    def _workers(self) -> int:
+        """Worker threads of the cluster (how many Yosys runs go at once)."""
+        if self.client is None:
+            self.client = self.client_factory()
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # a restarting worker: assume the default
+            return 2
 
     def _synthesised(self, i: int) -> None:
         res, q = self.explored[i], self.queries[i]

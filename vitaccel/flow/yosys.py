@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,16 +129,10 @@ def _run_yosys(script: str, workdir: Path) -> str:
 
 
 def _cache_path(verilog: str, top: str, lut_depth: bool) -> Path:
-    import os
+    from vitaccel.util import cache_dir, content_hash
 
-    from vitaccel.util import content_hash
-
-    root = os.environ.get("VITACCEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vitaccel"
-    )
     return (
-        Path(root)
-        / "yosys"
+        cache_dir("yosys")
         / f"{top}-{content_hash(verilog, top, str(lut_depth), _SCRIPT_VERSION)}.json"
     )
 
@@ -221,3 +216,379 @@ def _resources(counts: dict[str, int], depth) -> Resources:
         lut_depth=depth,
         uram=total("URAM288"),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Synthesis module by module: the sweep's finalists share most of their modules
+# ---------------------------------------------------------------------------------------
+#
+# A whole accelerator top takes ~2 CPU-minutes of Yosys, and the finalists of a sweep query
+# differ in a few modules (the matmul engine, the X path, the scratchpad, the controller)
+# while sharing the rest (nonlinear units, RESADD, DMA, register file). So each module is
+# synthesised on its own, with the same ``synth_xilinx -family xcup`` passes but the
+# hierarchy kept, cached by a hash of its text, and the top's counts and LUT depth come from
+# the mapped modules put back together (:func:`compose`). What this gives up is Yosys'
+# optimisation across module boundaries (constant inputs, unused outputs); docs/sweep.md
+# gives the measured difference against the flattened whole-top run.
+
+# Bump when the per-module script or the stored netlist format changes.
+MODULE_FLOW = "xcup-mod-1"
+
+_MODULE_HEAD = re.compile(r"(?ms)^module (\\\S+|\w+)\s*\(.*?^endmodule\n")
+_INSTANCE = re.compile(r"^  (\\\S+|\w+)(\s+)(\\\S+|\w+)(\s*)\($")
+_CONNECTION = re.compile(r"^(\s+\.)(\\\S+ |\w+)(\(.*)$")
+_ESCAPED = re.compile(r"\\\S+")
+_NUMBER = re.compile(r"\$(\d+)")
+_PORT_DECL = re.compile(r"^  (input|output|inout)\b")
+
+
+@dataclass(frozen=True)
+class VerilogModule:
+    """One module of a design in canonical form.
+
+    ``name`` is ``m_`` and a hash of ``text``, in which the module is called by that name,
+    its children by theirs, and the numbers Amaranth appends to signal names
+    (``port$13309$128``) are renumbered in order of first appearance: the same module in
+    two designs gets the same name and text although those numbers differ between them.
+    ``instances``: the name of the child module of each instance, in the text's order.
+    """
+
+    name: str
+    text: str
+    instances: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """A design split into canonical modules (:func:`split_modules`)."""
+
+    top: str
+    modules: dict[str, VerilogModule]
+
+    def instance_counts(self) -> dict[str, int]:
+        """How many times each module occurs in the flattened design (the top: once)."""
+        counts: dict[str, int] = {}
+
+        def visit(name: str, times: int) -> None:
+            counts[name] = counts.get(name, 0) + times
+            for child in self.modules[name].instances:
+                visit(child, times)
+
+        visit(self.top, 1)
+        return counts
+
+    def as_dict(self) -> dict:
+        return {
+            "top": self.top,
+            "modules": {
+                n: {"text": m.text, "instances": list(m.instances)} for n, m in self.modules.items()
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Hierarchy:
+        mods = {
+            n: VerilogModule(n, m["text"], tuple(m["instances"])) for n, m in d["modules"].items()
+        }
+        return cls(d["top"], mods)
+
+
+def split_modules(verilog: str, top: str) -> Hierarchy:
+    """Split Yosys-written Verilog (``write_verilog``, as :func:`vitaccel.rtl.verilog.to_verilog`
+    gives it) into canonical modules, from ``top`` down.
+
+    Raises :class:`YosysError` when the text is not laid out as ``write_verilog`` writes it
+    (one instance port connection a line).
+    """
+    from vitaccel.util import content_hash
+
+    texts = {m.group(1): m.group(0) for m in _MODULE_HEAD.finditer(verilog)}
+    if top not in texts:
+        raise YosysError(f"no module {top!r} in the Verilog")
+    done: dict[
+        str, tuple[VerilogModule, dict[str, str]]
+    ] = {}  # original name -> (module, renumbering)
+
+    def visit(name: str, path: tuple[str, ...]) -> VerilogModule:
+        if name in done:
+            return done[name][0]
+        if name in path:
+            raise YosysError(f"module {name} instantiates itself")
+        lines = texts[name].split("\n")
+        renumber: dict[str, str] = {}
+
+        def canon(text: str, table: dict[str, str] = renumber) -> str:
+            def number(m: re.Match) -> str:
+                if m.group(1) not in table:
+                    table[m.group(1)] = f"c{len(table)}"
+                return "$" + table[m.group(1)]
+
+            return _ESCAPED.sub(lambda e: _NUMBER.sub(number, e.group(0)), text)
+
+        out: list[str] = []
+        children: list[str] = []
+        child_table: dict[str, str] | None = None
+        for line in lines:
+            if child_table is not None:  # inside an instance: ".port(expression),"
+                if line.startswith("  );"):
+                    child_table = None
+                    out.append(line)
+                    continue
+                m = _CONNECTION.match(line)
+                if m is None:
+                    raise YosysError(f"{name}: unexpected line in an instance: {line[:80]!r}")
+                # the port is the child's name (renumbered as the child was), the
+                # expression this module's
+                port = canon(m.group(2), dict(child_table)) if m.group(2)[0] == "\\" else m.group(2)
+                out.append(m.group(1) + port + canon(m.group(3)))
+                continue
+            m = _INSTANCE.match(line)
+            if m and m.group(1) in texts:
+                child, table = visit(m.group(1), (*path, name)), done[m.group(1)][1]
+                children.append(child.name)
+                child_table = table
+                out.append(f"  {child.name}{m.group(2)}{canon(m.group(3))}{m.group(4)}(")
+                continue
+            if line.startswith("module "):
+                rest = line[len("module ") + len(name) :]
+                out.append("module @MODULE@" + canon(rest))
+                continue
+            out.append(canon(line))
+        text = "\n".join(out)
+        cname = "m_" + content_hash(text)
+        module = VerilogModule(cname, text.replace("@MODULE@", cname, 1), tuple(children))
+        done[name] = (module, renumber)
+        return module
+
+    root = visit(top, ())
+    modules = {m.name: m for m, _ in done.values()}
+    return Hierarchy(root.name, modules)
+
+
+def module_stub(module: VerilogModule) -> str:
+    """The module's interface alone, as a blackbox: what a batch that does not synthesise
+    the module needs to synthesise its parents."""
+    head = module.text[: module.text.index(";") + 1]
+    ports = [line for line in module.text.split("\n") if _PORT_DECL.match(line)]
+    return "\n".join(["(* blackbox *)", head, *ports, "endmodule", ""])
+
+
+def _module_cache(name: str) -> Path:
+    from vitaccel.util import cache_dir
+
+    return cache_dir("yosys") / "modules" / f"{name}-{MODULE_FLOW}.json"
+
+
+def synth_modules(
+    modules: Sequence[VerilogModule], stubs: Mapping[str, str], *, cache: bool = True
+) -> dict[str, dict]:
+    """Synthesise each of ``modules`` on its own, all in one Yosys run; return their mapped
+    netlists by name (the form :func:`compose` takes).
+
+    Parameters
+    ----------
+    modules : sequence of VerilogModule
+        What to synthesise; the hierarchy is kept (no pass crosses a module boundary), and a
+        run's fixed cost (~5 CPU-s of Yosys reading its cell libraries) is paid once for all
+        of them. A module's netlist can still differ by a few cells with the other modules
+        of its run (Yosys' global name counter orders some passes): up to 0.7 % of the
+        LUTs of a digits-vit top (docs/sweep.md). The cache keeps the first.
+    stubs : mapping of str to str
+        :func:`module_stub` of every child module that is instantiated but not among
+        ``modules``.
+    cache : bool
+        Read and write each module's netlist in ``~/.cache/vitaccel/yosys/modules`` (by its
+        name, a hash of its text).
+    """
+    import json
+
+    from vitaccel.util import atomic_write_text
+
+    out: dict[str, dict] = {}
+    todo: list[VerilogModule] = []
+    for m in modules:
+        path = _module_cache(m.name)
+        if cache and path.is_file():
+            out[m.name] = json.loads(path.read_text())
+        elif m.name not in {t.name for t in todo}:
+            todo.append(m)
+    if todo:
+        fresh = _synth_batch(todo, dict(stubs))
+        for name, netlist in fresh.items():
+            if cache:
+                atomic_write_text(_module_cache(name), json.dumps(netlist))
+            out[name] = netlist
+    return out
+
+
+# synth_xilinx's script from ``prepare`` on, with two changes. Its ``begin`` (the cell
+# libraries, then ``hierarchy -top``, which would drop every module but one) is done here
+# without a top, so every module of the run is synthesised; ``splitnets`` first, because
+# the PE hits the ABC reintegration bug of synth_counts (YosysHQ/yosys#4349) whenever it is
+# synthesised on its own. And ``map_luts`` maps with ABC's LUT mapper (``abc -luts``, the
+# flow synth_xilinx used before ABC9) instead of ``abc9``: on RESADD, the largest module,
+# half the CPU time for the same LUT count. The whole flow against the whole-top run
+# (synth_xcup) on a digits-vit top: docs/sweep.md "Synthesis of the finalists".
+MODULE_SCRIPT = """\
+read_verilog -lib -specify +/xilinx/cells_sim.v
+read_verilog -lib +/xilinx/cells_xtra.v
+read_verilog -sv design.v
+hierarchy -check
+proc
+splitnets
+synth_xilinx -family xcup -noiopad -noclkbuf -run prepare:map_luts
+opt_expr -mux_undef -noclkinv
+abc -luts 2:2,3,6:5,10,20
+clean
+xilinx_srl -fixed -minlen 3
+techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6
+xilinx_dffopt
+opt_lut_ins -tech xilinx
+synth_xilinx -family xcup -noiopad -noclkbuf -run finalize:
+"""
+
+
+def _synth_batch(modules: Sequence[VerilogModule], stubs: dict[str, str]) -> dict[str, dict]:
+    import json
+
+    from vitaccel.flow.paths import yosys_json_commands
+
+    names = {m.name for m in modules}
+    needed = sorted({c for m in modules for c in m.instances if c not in names})
+    missing = [c for c in needed if c not in stubs]
+    if missing:
+        raise YosysError(f"no interface given for the child modules {missing}")
+    with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
+        work = Path(tmp)
+        (work / "design.v").write_text(
+            "\n".join([*(m.text for m in modules), *(stubs[c] for c in needed)]) + "\n"
+        )
+        _run_yosys(MODULE_SCRIPT + yosys_json_commands("netlist.json"), work)
+        netlist = json.loads((work / "netlist.json").read_text())
+    return {name: _compact(netlist["modules"][name], names | set(needed)) for name in names}
+
+
+def _compact(module: dict, submodules: set[str]) -> dict:
+    """What :func:`compose` needs of a module's JSON netlist: its ports, its cells (type and
+    connections; instance names only for submodules), the output ports of each cell type,
+    its public net names (path labels) and its own cell counts."""
+    cells, outputs, counts = [], {}, {}
+    for cname, cell in module.get("cells", {}).items():
+        kind = cell["type"]
+        if kind in submodules:
+            cells.append([cname, kind, cell["connections"]])
+            continue
+        if kind not in outputs:
+            dirs = cell.get("port_directions", {})
+            outputs[kind] = sorted(p for p, d in dirs.items() if d == "output")
+        counts[kind] = counts.get(kind, 0) + 1
+        cells.append(["", kind, cell["connections"]])
+    return {
+        "ports": {
+            p: {"direction": i["direction"], "bits": i["bits"]} for p, i in module["ports"].items()
+        },
+        "cells": cells,
+        "outputs": outputs,
+        "names": {
+            n: v["bits"] for n, v in module.get("netnames", {}).items() if not n.startswith("$")
+        },
+        "counts": counts,
+    }
+
+
+def flatten_netlists(hierarchy: Hierarchy, netlists: Mapping[str, dict]) -> dict:
+    """The mapped modules put back together: one JSON-netlist module (``ports``, ``cells``
+    with ``port_directions``, ``netnames``) of the whole design, as
+    :func:`vitaccel.flow.paths.worst_paths` reads it."""
+    parent: list[int] = []
+
+    def new() -> int:
+        parent.append(len(parent))
+        return len(parent) - 1
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    cells: dict[str, dict] = {}
+    netnames: dict[str, dict] = {}
+    outputs: dict[str, list[str]] = {}
+
+    def expand(name: str, bound: dict, prefix: str) -> dict:
+        net = netlists[name]
+        outputs.update(net["outputs"])
+        local = dict(bound)
+
+        def g(b):
+            if not isinstance(b, int):
+                return b  # a constant ("0", "1", "x", "z")
+            v = local.get(b)
+            if v is None:
+                v = local[b] = new()
+            return v
+
+        for i, (inst, kind, conns) in enumerate(net["cells"]):
+            if inst:  # a submodule: its port bits are the bits this module connects
+                child: dict = {}
+                for port, info in netlists[kind]["ports"].items():
+                    for lb, pb in zip(info["bits"], conns.get(port, ()), strict=False):
+                        gb = g(pb)
+                        if not isinstance(lb, int):
+                            continue  # the child drives a constant there
+                        if lb in child:  # one child net on two ports (a feed-through)
+                            if isinstance(child[lb], int) and isinstance(gb, int):
+                                parent[find(gb)] = find(child[lb])
+                        else:
+                            child[lb] = gb
+                expand(kind, child, f"{prefix}{inst}.")
+            else:
+                cells[f"{prefix}{i}"] = {
+                    "type": kind,
+                    "connections": {p: [g(b) for b in bits] for p, bits in conns.items()},
+                }
+        for n, bits in net["names"].items():
+            netnames[prefix + n] = {"bits": [g(b) for b in bits]}
+        return local
+
+    top = netlists[hierarchy.top]
+    local = expand(hierarchy.top, {}, "")
+
+    def final(bits):
+        return [find(b) if isinstance(b, int) else b for b in bits]
+
+    for cell in cells.values():
+        cell["connections"] = {p: final(bits) for p, bits in cell["connections"].items()}
+        cell["port_directions"] = {p: "output" for p in outputs.get(cell["type"], ())}
+    for net in netnames.values():
+        net["bits"] = final(net["bits"])
+    ports = {
+        p: {"direction": i["direction"], "bits": final([local.get(b, b) for b in i["bits"]])}
+        for p, i in top["ports"].items()
+    }
+    return {"ports": ports, "cells": cells, "netnames": netnames}
+
+
+def compose(hierarchy: Hierarchy, netlists: Mapping[str, dict]) -> Resources:
+    """The design's resources from its modules' netlists: cell counts summed over every
+    instance, and the worst register-to-register path of the design put back together
+    (paths through several modules included)."""
+    from vitaccel.flow.paths import worst_paths
+
+    counts: dict[str, int] = {}
+    for name, times in hierarchy.instance_counts().items():
+        for kind, n in netlists[name]["counts"].items():
+            counts[kind] = counts.get(kind, 0) + n * times
+    flat = flatten_netlists(hierarchy, netlists)
+    worst = worst_paths({"modules": {"top": flat}}, top="top", count=1)
+    return _resources(counts, worst[0].levels if worst else 0.0)
+
+
+def synth_xcup_by_module(verilog: str, top: str, *, cache: bool = True) -> Resources:
+    """:func:`synth_xcup` module by module: each module synthesised once (cached by its
+    canonical text), the counts summed over instances, the LUT depth of the modules put back
+    together. No optimisation across module boundaries (docs/sweep.md: the difference)."""
+    hier = split_modules(verilog, top)
+    netlists = synth_modules(list(hier.modules.values()), {}, cache=cache)
+    return compose(hier, netlists)
