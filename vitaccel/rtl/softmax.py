@@ -405,9 +405,7 @@ class E2Softmax(CheckedComponent):
         ]
 
         # L: leading one of S (registered with S and its shift, so the shifter below starts
-        # at flip-flops: one stage held 12 LUT levels). The shift max(L - E2_FRAC, 0) is the
-        # leading one of S >> E2_FRAC (0 when that is 0), found beside L rather than after it
-        # (the subtraction and clamp behind the encoder were 7 levels: 300 MHz allows 6.83).
+        # at flip-flops: one stage held 12 LUT levels).
         l_v = Signal()
         l_s = Signal(sb)
         l_lead = Signal(range(sb))
@@ -421,7 +419,7 @@ class E2Softmax(CheckedComponent):
             l_s.eq(f_s),
             l_lead.eq(lead),
             # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
-            l_shift.eq(leading_one(f_s[E2_FRAC:])),
+            l_shift.eq(Mux(lead > E2_FRAC, lead - E2_FRAC, 0)[: len(lead)]),
             l_m.eq(f_m),
             l_t.eq(f_t),
             l_beats.eq(f_beats),
