@@ -36,6 +36,7 @@ from vitaccel.rtl.common import (
     check_choice,
     check_limits,
     count_bits,
+    delay_each,
     elaborate_parts,
     leading_one,
     replay_rows,
@@ -356,19 +357,10 @@ class E2Softmax(CheckedComponent):
         ]
         for j, part in enumerate(e0_parts):
             m.d.sync += part.eq(tree_reduce(m, d_terms[j * chunk : (j + 1) * chunk], add)[0])
-        e0_v, e0_first, e0_last, e0_t = Signal(), Signal(), Signal(), Signal(4)
-        e0_m = Signal.like(d_m)
-        e0_delta = Signal.like(d_delta)
-        e0_beats = Signal.like(d_beats)
-        m.d.sync += [
-            e0_v.eq(d_v),
-            e0_first.eq(d_first),
-            e0_last.eq(d_last),
-            e0_t.eq(d_t),
-            e0_m.eq(d_m),
-            e0_delta.eq(d_delta),
-            e0_beats.eq(d_beats),
-        ]
+        e0_v, e0_first, e0_last, e0_t, e0_m, e0_delta, e0_beats = delay_each(
+            m, 1, "e0", v=d_v, first=d_first, last=d_last, t=d_t, max=d_m, delta=d_delta,
+            beats=d_beats,
+        )  # fmt: skip
         e_sum = Signal(F + 1 + ceil_log2(lanes) + 1)
         e_v, e_first, e_last, e_t = Signal(), Signal(), Signal(), Signal(4)
         e_m = Signal.like(d_m)
