@@ -221,6 +221,18 @@ def test_clock_rule():
     assert clock_rule.effective_levels({"path": {"lut": 2, "carry": 12, "muxf": 1}}) == 6
 
 
+def test_calibrated_units_meet_300_mhz_at_the_top_lane_counts():
+    """The nonlinear units at the lane counts the top takes (powers of two) are within
+    300 MHz's levels in the stored calibration (issue #17: E2Softmax was 8.25 at 8-16
+    lanes); a re-pipelining that regresses shows here without a Yosys run."""
+    depth = res.calibration()["depth_runs"]
+    limit = clock_rule.max_levels(300)
+    for unit in ("softmax", "layernorm", "gelu"):
+        for lanes, levels in depth[unit].items():
+            if int(lanes) & (int(lanes) - 1) == 0:
+                assert levels <= limit, (unit, lanes, levels, limit)
+
+
 @pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")
 def test_sensitivity_data():
     data = sens.load()

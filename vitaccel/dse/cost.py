@@ -67,9 +67,10 @@ LATENCIES = {
     # the command and data streams made the per-instruction overhead 14 (was 10).
     "instr": 14,  # fetch (2 AXI beats) + predecode + decode + the idle check + next
     # Unit pipeline drain after the last input beat, less what the reader/writer overlap
-    # (docs/nonlinear.md "Throughput and latency"): E2Softmax one row's beats + 14 in the
-    # unit, AILayerNorm two rows' beats + 33 (+2 more at 8-16 lanes), GELU 1.
-    "softmax": 6,
+    # (docs/nonlinear.md "Throughput and latency"): E2Softmax one row's beats + 15 in the
+    # unit (its pass-1 sum tree over two stages for 300 MHz: one more), AILayerNorm two
+    # rows' beats + 33 (+2 more at 8-16 lanes), GELU 1.
+    "softmax": 7,
     "layernorm": 32,
     "layernorm_wide": 2,  # AILayerNorm at 8 lanes and more: two more pipeline stages
     "gelu": 0,

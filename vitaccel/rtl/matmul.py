@@ -154,7 +154,9 @@ class MatmulEngine(wiring.Component):
         kw = kb + 1  # k-step counters: ksteps <= max_ksteps < 2**kw
         ks_last = Signal(kw)
         ks_before_last = Signal(kw + 1)
-        tokens_last = Signal(16)
+        # T == 1 (not ``tokens - 1``): a heads-mode group change sets the X loader's xt_last
+        # from it, and a 16-bit compare there sat behind the group decision (7 LUT levels)
+        tokens_one = Signal()
         tokens_before_last = Signal(17)
         nsteps_last = Signal(16)
         nsteps_before_last = Signal(17)
@@ -162,7 +164,7 @@ class MatmulEngine(wiring.Component):
             m.d.sync += [
                 ks_last.eq(self.cmd.payload.ksteps - 1),
                 ks_before_last.eq(self.cmd.payload.ksteps - 2),
-                tokens_last.eq(self.cmd.payload.tokens - 1),
+                tokens_one.eq(self.cmd.payload.tokens == 1),
                 tokens_before_last.eq(self.cmd.payload.tokens - 2),
                 nsteps_last.eq(self.cmd.payload.nsteps - 1),
                 nsteps_before_last.eq(self.cmd.payload.nsteps - 2),
@@ -190,20 +192,20 @@ class MatmulEngine(wiring.Component):
         (
             s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.job, s.kb, s.kmax, s.ks_before_last,
             s.ks_last, s.kw, s.nsteps_before_last, s.p, s.start, s.tokens_before_last,
-            s.tokens_last, s.xa_bits
+            s.tokens_one, s.xa_bits
         ) = (
             C, G, R, U, V, active, arr, job, kb, kmax, ks_before_last, ks_last, kw,
-            nsteps_before_last, p, start, tokens_before_last, tokens_last, xa_bits
+            nsteps_before_last, p, start, tokens_before_last, tokens_one, xa_bits
         )  # fmt: skip
 
     def _x_side(self, m: Module, s: SimpleNamespace) -> None:
         """X buffer (G x R banks) and X loader."""
         (
             G, R, V, job, ks_before_last, ks_last, kw, p, start, tokens_before_last,
-            tokens_last, xa_bits
+            tokens_one, xa_bits
         ) = (
             s.G, s.R, s.V, s.job, s.xks_before_last, s.xks_last, s.kw, s.p, s.start,
-            s.tokens_before_last, s.tokens_last, s.xa_bits
+            s.tokens_before_last, s.tokens_one, s.xa_bits
         )  # fmt: skip
         N = p.x_beat
         # ---- X buffer: G x R banks (each N sub-banks: a beat writes N k-steps at once) ---
@@ -234,6 +236,19 @@ class MatmulEngine(wiring.Component):
                 xk_last.eq(one_beat),
                 xt_last.eq(self.cmd.payload.tokens == 1),
             ]
+        # xt == T - 2 ("the next token is the last") from 1-bit registers only: last cycle's
+        # compares of xt and xt + 1, picked by how xt moved since (Yosys chained the 16-bit
+        # compare behind the token-end and group decisions: 7 LUT levels, 300 MHz allows 6.83)
+        xt_eq, xt_eq_next, xt_moved, xt_cleared, two_tokens = (Signal() for _ in range(5))
+        m.d.sync += [
+            xt_eq.eq(xt == tokens_before_last),
+            xt_eq_next.eq(xt + 1 == tokens_before_last),
+            xt_moved.eq(0),
+            xt_cleared.eq(start),
+        ]
+        with m.If(start):
+            m.d.sync += two_tokens.eq(self.cmd.payload.tokens == 2)
+        xt_next_last = Mux(xt_moved, xt_eq_next, Mux(xt_cleared, two_tokens, xt_eq))
         with m.If(start):
             m.d.sync += [
                 xl_busy.eq(~self.cmd.payload.x_keep),
@@ -269,7 +284,8 @@ class MatmulEngine(wiring.Component):
                     xk.eq(0),
                     xt.eq(xt + 1),
                     xk_last.eq(ks_last == 0),
-                    xt_last.eq(xt == tokens_before_last),
+                    xt_last.eq(xt_next_last),
+                    xt_moved.eq(1),
                 ]
                 with m.If(xr == R - 1):
                     m.d.sync += [
@@ -284,7 +300,9 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += [
                             xg.eq(xg + 1),
                             xt.eq(0),
-                            xt_last.eq(tokens_last == 0),
+                            xt_last.eq(tokens_one),
+                            xt_moved.eq(0),
+                            xt_cleared.eq(1),
                             xr.eq(0),
                             xbase.eq(0),
                             xaddr.eq(0),
@@ -384,18 +402,30 @@ class MatmulEngine(wiring.Component):
                     with m.If(take_param & here & (half == h)):
                         m.d.sync += params[g][c][h].eq(word[: p.param_bits])
             w_step_loaded = Signal(name=f"w_step_loaded{sfx}")
+            # The next weight word ends the step (~w_param & wk_last & w_col[-1]) and ws is
+            # the last step, both registered ahead, so that the handshake only ANDs a flag
+            # (through the AND chain Yosys made of them the loader held 7 LUT levels; 300 MHz
+            # allows 6.83). ws changes only when a step ends, >= 2 words apart.
+            step_word = Signal(name=f"w_step_word{sfx}")
+            ws_last = Signal(name=f"ws_last{sfx}")
+            m.d.sync += ws_last.eq(ws == nsteps_before_last)
+            m.d.comb += w_step_loaded.eq(w_take & step_word)
+            with m.If(start):
+                m.d.sync += step_word.eq(0)
             with m.If(w_take):
                 with m.If(w_param):
                     m.d.sync += [w_param.eq(0), wk.eq(0), wk_last.eq(ks_last == 0)]
+                    m.d.sync += step_word.eq((ks_last == 0) & w_col[-1])
                 with m.Elif(wk_last):
                     m.d.sync += [w_param.eq(1), w_col.eq(Cat(w_col[-1], w_col[:-1]))]
+                    m.d.sync += step_word.eq(0)
                     with m.If(w_col[-1]):
-                        m.d.comb += w_step_loaded.eq(1)
-                        m.d.sync += [ws.eq(ws_inc), w_step_end.eq(ws == nsteps_before_last)]
+                        m.d.sync += [ws.eq(ws_inc), w_step_end.eq(ws_last)]
                         with m.If(w_step_end):
                             m.d.sync += wl_busy.eq(0)
                 with m.Else():
                     m.d.sync += [wk.eq(wk + 1), wk_last.eq(wk == ks_before_last)]
+                    m.d.sync += step_word.eq((wk == ks_before_last) & w_col[-1])
             # Both outcomes from registers; the handshake (step loaded or not) only selects.
             # Loading a step needs wl_busy, so it never coincides with ``start``.
             kept = Cat(*[done[q][h] & ~release[h] for h in range(2)])  # no step loaded

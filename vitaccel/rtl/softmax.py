@@ -9,7 +9,7 @@ exponentials are a 4-entry table plus a shift, the division is a leading-one det
 
 Structure (docs/nonlinear.md has the diagram)::
 
-    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 10-stage pipeline)
+    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11-stage pipeline)
       │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
       └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
 
@@ -36,6 +36,7 @@ from vitaccel.rtl.common import (
     check_choice,
     check_limits,
     count_bits,
+    delay_each,
     elaborate_parts,
     leading_one,
     replay_rows,
@@ -48,7 +49,7 @@ __all__ = ["E2Softmax", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("uint8", "log2")
 # Cycles from a row's last input beat to its descriptor being readable by pass 2.
-PASS1_LATENCY = 11
+PASS1_LATENCY = 12
 
 
 class E2Softmax(CheckedComponent):
@@ -144,13 +145,14 @@ class E2Softmax(CheckedComponent):
     # -- shared arithmetic ---------------------------------------------------------------------
 
     @staticmethod
-    def _dq_rest(x, t):
+    def _dq_diff(x, t):
         """dq = ``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) is computed without
         shifting m: since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)``
-        with ``h = 2**(T-1)`` for T >= 3 and 0 otherwise. This is the part that does not
-        depend on m, ``(h - 4x) >> T``; the pipelines add ``4m`` a stage later."""
+        with ``h = 2**(T-1)`` for T >= 3 and 0 otherwise. This is ``h - 4x``; the pipelines
+        shift it by T a stage later and add ``4m`` after that (the decode of h, the
+        subtraction and the shift held 8.25 LUT levels in one stage: 300 MHz allows 6.83)."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
-        return (h - (x << 2)) >> t
+        return h - (x << 2)
 
     def elaborate(self, platform):
         return elaborate_parts(self._input_side, self._pass1, self._pass2)
@@ -273,13 +275,15 @@ class E2Softmax(CheckedComponent):
         while len(group) > 1:
             group = max_level(group)
         b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
-        b_x = Signal.like(p_x)
+        # h - 4x per lane (the m-free part of dq before its shift by T, see _dq_diff)
+        diff0 = self._dq_diff(p_x[0], p_t)
+        b_diff = [Signal(diff0.shape(), name=f"b_diff{lane}") for lane in range(lanes)]
         b_cnt = Signal.like(p_cnt)
         b_beats = Signal.like(p_beats)
         b_g = Signal(signed(mb))
         m.d.sync += [
             b_v.eq(p_v),
-            b_x.eq(p_x),
+            *[d.eq(self._dq_diff(p_x[lane], p_t)) for lane, d in enumerate(b_diff)],
             b_cnt.eq(p_cnt),
             b_first.eq(p_first),
             b_last.eq(p_last),
@@ -292,7 +296,6 @@ class E2Softmax(CheckedComponent):
         run_max = Signal(signed(mb))
         m_new = Mux(b_first | (b_g > run_max), b_g, run_max)
         c_v, c_first, c_last, c_t = Signal(), Signal(), Signal(), Signal(4)
-        c_x = Signal.like(b_x)
         c_cnt = Signal.like(b_cnt)
         c_beats = Signal.like(b_beats)
         c_m = Signal(signed(mb))
@@ -302,14 +305,13 @@ class E2Softmax(CheckedComponent):
         # stage early, so D holds one add, the 4-entry table and the shift.
         c_r = []
         for lane in range(lanes):
-            r = self._dq_rest(b_x[lane], b_t)
+            r = b_diff[lane] >> b_t
             c_r.append(Signal(r.shape(), name=f"c_r{lane}"))
             m.d.sync += c_r[lane].eq(r)
         with m.If(b_v):
             m.d.sync += run_max.eq(m_new)
         m.d.sync += [
             c_v.eq(b_v),
-            c_x.eq(b_x),
             c_cnt.eq(b_cnt),
             c_first.eq(b_first),
             c_last.eq(b_last),
@@ -343,22 +345,37 @@ class E2Softmax(CheckedComponent):
             d_beats.eq(c_beats),
         ]
 
-        # E: sum of the beat's terms.
+        # E0, E: sum of the beat's terms, the adder tree split over two stages (E0 sums
+        # groups of up to 2**ceil(levels / 2) terms): 16 lanes in one stage held 8.25 LUT
+        # levels, 300 MHz allows 6.83.
+        def add(a, b):
+            return a + b
+
+        chunk = 1 << ((ceil_log2(lanes) + 1) // 2)
+        e0_parts = [
+            Signal(F + 1 + ceil_log2(chunk), name=f"e0_part{j}") for j in range(0, lanes, chunk)
+        ]
+        for j, part in enumerate(e0_parts):
+            m.d.sync += part.eq(tree_reduce(m, d_terms[j * chunk : (j + 1) * chunk], add)[0])
+        e0_v, e0_first, e0_last, e0_t, e0_m, e0_delta, e0_beats = delay_each(
+            m, 1, "e0", v=d_v, first=d_first, last=d_last, t=d_t, max=d_m, delta=d_delta,
+            beats=d_beats,
+        )  # fmt: skip
         e_sum = Signal(F + 1 + ceil_log2(lanes) + 1)
         e_v, e_first, e_last, e_t = Signal(), Signal(), Signal(), Signal(4)
         e_m = Signal.like(d_m)
         e_delta = Signal.like(d_delta)
         e_beats = Signal.like(d_beats)
-        total, _ = tree_reduce(m, d_terms, lambda a, b: a + b)
+        total, _ = tree_reduce(m, e0_parts, add)
         m.d.sync += [
             e_sum.eq(total),
-            e_v.eq(d_v),
-            e_first.eq(d_first),
-            e_last.eq(d_last),
-            e_t.eq(d_t),
-            e_m.eq(d_m),
-            e_delta.eq(d_delta),
-            e_beats.eq(d_beats),
+            e_v.eq(e0_v),
+            e_first.eq(e0_first),
+            e_last.eq(e0_last),
+            e_t.eq(e0_t),
+            e_m.eq(e0_m),
+            e_delta.eq(e0_delta),
+            e_beats.eq(e0_beats),
         ]
 
         # F: S = (S >> delta) + terms; the row's final S goes on to the descriptor stages.
@@ -428,19 +445,19 @@ class E2Softmax(CheckedComponent):
         ]
 
         (
-            s.a_v, s.b_v, s.c_v, s.d_v, s.e_v, s.f_v, s.g_v, s.lane
+            s.a_v, s.b_v, s.c_v, s.d_v, s.e0_v, s.e_v, s.f_v, s.g_v, s.lane
         ) = (
-            a_v, b_v, c_v, d_v, e_v, f_v, g_v, lane
+            a_v, b_v, c_v, d_v, e0_v, e_v, f_v, g_v, lane
         )  # fmt: skip
 
     def _pass2(self, m: Module, s: SimpleNamespace) -> None:
         """Pass 2 (stalls as a whole when the output is not taken)."""
         (
-            a_v, accept, aw, b_v, beats_in, c_v, d_v, desc_layout, e_v, f_v, g_v, in_flight,
-            in_row, lane, lanes, q_in, q_out, queue, ring_r, used, wrap_inc
+            a_v, accept, aw, b_v, beats_in, c_v, d_v, desc_layout, e0_v, e_v, f_v, g_v,
+            in_flight, in_row, lane, lanes, q_out, queue, ring_r, used, wrap_inc
         ) = (
-            s.a_v, s.accept, s.aw, s.b_v, s.beats_in, s.c_v, s.d_v, s.desc_layout, s.e_v,
-            s.f_v, s.g_v, s.in_flight, s.in_row, s.lane, s.lanes, s.q_in, s.q_out, s.queue,
+            s.a_v, s.accept, s.aw, s.b_v, s.beats_in, s.c_v, s.d_v, s.desc_layout, s.e0_v,
+            s.e_v, s.f_v, s.g_v, s.in_flight, s.in_row, s.lane, s.lanes, s.q_out, s.queue,
             s.ring_r, s.used, s.wrap_inc
         )  # fmt: skip
         # ---------------- pass 2 (stalls as a whole when the output is not taken) -----------
@@ -460,21 +477,24 @@ class E2Softmax(CheckedComponent):
         m.d.sync += in_flight.eq(in_flight + (accept & self.i.payload.last) - pop)
 
         # R1: ring word arrives (data, count, last); the row's descriptor rides along.
-        # R1b: the m-free part of dq per lane (its shift and subtract were 9 levels together
-        # with the add of 4m).
+        # R1b: h - 4x per lane (see _dq_diff) and the row's 32m + log2 S.  R2: the m-free
+        # part of dq, (h - 4x) >> T.  R3: the exponent e in 1/32 log2 units, 8 dq + log2 S =
+        # 8 (h - 4x >> T) + (32m + log2 S).  R4: output register. (Subtract, shift and the
+        # add of 4m held 7.75 LUT levels in one stage: 300 MHz allows 6.83.)
         r1_v = Signal()
         r1_d = Signal(desc_layout)
         r1b_v, r1b_last = Signal(), Signal()
         r1b_cnt = Signal(count_bits(lanes))
-        r1b_log2s = Signal.like(q_in.log2s)
-        r1b_m = Signal.like(r1_d.m)
-        rest0 = self._dq_rest(ring_r.data.data[0], r1_d.t)
-        r1b_rest = [Signal(rest0.shape(), name=f"r1b_rest{lane}") for lane in range(lanes)]
-        # R2: dq per lane.  R3: exponent e in 1/32 log2 units.  R4: output register.
+        r1b_t = Signal(4)
+        row_term = (r1_d.m << E2_FRAC) + r1_d.log2s
+        r1b_row = Signal(row_term.shape())
+        diff0 = self._dq_diff(ring_r.data.data[0], r1_d.t)
+        r1b_diff = [Signal(diff0.shape(), name=f"r1b_diff{lane}") for lane in range(lanes)]
         r2_v, r2_last = Signal(), Signal()
         r2_cnt = Signal(count_bits(lanes))
-        r2_log2s = Signal.like(q_in.log2s)
-        r2_dq = [Signal(self.dq_bits, name=f"r2_dq{lane}") for lane in range(lanes)]
+        r2_row = Signal.like(r1b_row)
+        rest0 = r1b_diff[0] >> r1b_t
+        r2_rest = [Signal(rest0.shape(), name=f"r2_rest{lane}") for lane in range(lanes)]
         eb = self.dq_bits + E2_FRAC + 2
         r3_v, r3_last = Signal(), Signal()
         r3_cnt = Signal.like(r2_cnt)
@@ -489,22 +509,23 @@ class E2Softmax(CheckedComponent):
                 r1b_v.eq(r1_v),
                 r1b_last.eq(word.last),
                 r1b_cnt.eq(word.count),
-                r1b_log2s.eq(r1_d.log2s),
-                r1b_m.eq(r1_d.m),
+                r1b_t.eq(r1_d.t),
+                r1b_row.eq(row_term),
             ]
             for lane in range(lanes):
-                m.d.sync += r1b_rest[lane].eq(self._dq_rest(word.data[lane], r1_d.t))
+                m.d.sync += r1b_diff[lane].eq(self._dq_diff(word.data[lane], r1_d.t))
             m.d.sync += [
                 r2_v.eq(r1b_v),
                 r2_last.eq(r1b_last),
                 r2_cnt.eq(r1b_cnt),
-                r2_log2s.eq(r1b_log2s),
+                r2_row.eq(r1b_row),
             ]
             for lane in range(lanes):
-                m.d.sync += r2_dq[lane].eq((r1b_m << 2) + r1b_rest[lane])
+                m.d.sync += r2_rest[lane].eq(r1b_diff[lane] >> r1b_t)
             m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_cnt.eq(r2_cnt)]
             for lane in range(lanes):
-                e = (r2_dq[lane] << (E2_FRAC - 2)) + r2_log2s
+                # e = 8 dq + log2 S with dq = 4m + rest (dq >= 0 on the valid lanes)
+                e = (r2_rest[lane] << (E2_FRAC - 2)) + r2_row
                 m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, e))
             m.d.sync += [out_valid.eq(r3_v), o_last.eq(r3_last), o_cnt.eq(r3_cnt)]
             for lane in range(lanes):
@@ -516,7 +537,9 @@ class E2Softmax(CheckedComponent):
             self.o.payload.last.eq(o_last),
         ]
 
-        pipe_busy = a_v | b_v | c_v | d_v | e_v | f_v | g_v | r1_v | r1b_v | r2_v | r3_v | out_valid
+        pipe_busy = (
+            a_v | b_v | c_v | d_v | e0_v | e_v | f_v | g_v | r1_v | r1b_v | r2_v | r3_v | out_valid
+        )
         m.d.comb += self.busy.eq(in_row | (in_flight != 0) | cur_active | pipe_busy)
 
     def _output(self, e):
