@@ -15,7 +15,8 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from vitaccel.compile.interp import Machine
-from vitaccel.engine_host import EngineParams, pack_job
+from vitaccel.engine_host import EngineParams, pack_job, plan_columns
+from vitaccel.engine_timing import mapped_writer_runs
 from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
@@ -301,19 +302,25 @@ def test_matmul_out_writer(groups, cols, heads, nheads, transposed, n):
 
 
 @pytest.mark.parametrize(
-    "groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n",
+    "groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n, planned",
     [
-        (1, 6, 4, 0, 1, 0, 0, 22),  # column map, row-major
-        (2, 4, 2, 0, 1, 1, 0, 13),  # column map, OUT_T
-        (2, 8, 4, 0, 1, 0, 1, 19),  # W_SPM, shared: channel s*G*C8 + g*C8 + c
-        (3, 4, 2, 1, 2, 0, 1, 5),  # W_SPM, heads: s*C8 + c; group 2 is not a head
-        (2, 4, 2, 1, 2, 1, 1, 7),
+        (1, 6, 4, 0, 1, 0, 0, 22, 0),  # column map, row-major
+        (2, 4, 2, 0, 1, 1, 0, 13, 0),  # column map, OUT_T
+        (2, 8, 4, 0, 1, 0, 1, 19, 0),  # W_SPM, shared: channel s*G*C8 + g*C8 + c
+        (3, 4, 2, 1, 2, 0, 1, 5, 0),  # W_SPM, heads: s*C8 + c; group 2 is not a head
+        (2, 4, 2, 1, 2, 1, 1, 7, 0),
+        # the compiler's column maps (runs of consecutive channels; > 16 W8 columns)
+        (1, 8, 4, 0, 1, 0, 0, 45, 1),
+        (2, 24, 20, 0, 1, 0, 0, 46, 1),
+        (2, 8, 4, 0, 1, 1, 0, 30, 1),
     ],
 )
-def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n):
+def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n, planned):
     """A mixed array's output writer stores each column's byte at the channel of the column
-    map (a random permutation of the channels, idle columns 0xFFFF, garbage on their lanes)
-    or of the W8-column rule (W_SPM), as the interpreter writes the layer's outputs."""
+    map (a random permutation of the channels, idle columns 0xFFFF, garbage on their lanes;
+    or ``planned``: :func:`plan_columns` of random int4/int8 rows, whose runs of consecutive
+    channels the writer stores a run at a time) or of the W8-column rule (W_SPM), as the
+    interpreter writes the layer's outputs."""
     rng = np.random.default_rng(groups * 100 + cols + n)
     image = _image(rng)
     T = 18
@@ -331,10 +338,16 @@ def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_
                         chan[s, g, c] = ch
         maps = []
     else:
-        nsteps = -(-n // L) + 1  # one more step than needed: idle columns
-        slots = np.full(nsteps * L, -1)
-        slots[rng.permutation(nsteps * L)[:n]] = rng.permutation(n)
-        chan = slots.reshape(nsteps, groups, cols)
+        if planned:
+            params = EngineParams(groups=groups, cols=cols, w4_share=1 - cols_w8 / cols)
+            chan = plan_columns(rng.integers(0, 2, size=n), params).channel
+            nsteps = chan.shape[0]
+        else:
+            nsteps = -(-n // L) + 1  # one more step than needed: idle columns
+            slots = np.full(nsteps * L, -1)
+            slots[rng.permutation(nsteps * L)[:n]] = rng.permutation(n)
+            chan = slots.reshape(nsteps, groups, cols)
+        slots = chan.reshape(-1)
         maps = [0xFFFF if ch < 0 else int(ch) for ch in slots]
     y = rng.integers(-128, 128, size=(heads_n, T, n))
     words = []
@@ -363,7 +376,24 @@ def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_
         for entry in maps:
             await _put(ctx, ow.map, entry, pauses)
 
-    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm), background=[feed_map])
+    runs = []
+
+    async def count_runs(ctx):
+        async for _, _, valid, ready in ctx.tick().sample(ow.o.valid, ow.o.ready):
+            runs.append(valid and ready)
+
+    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm),
+         background=[feed_map, count_runs])  # fmt: skip
+    # the cycle model's runs: every writing column of a step's first token, then the runs
+    # (writing ones only: silent runs take a cycle but write nothing) of the other tokens
+    written = chan.copy()
+    if heads:
+        written[:, nheads:, :] = -1
+    silent = written < 0
+    silent_runs = int(silent[..., 0].sum() + (silent[..., 1:] & ~silent[..., :-1]).sum())
+    write_runs = mapped_writer_runs(written, nheads=nheads if heads else 0,
+                                    transposed=bool(transposed)) - silent_runs  # fmt: skip
+    assert sum(runs) == int((written >= 0).sum()) + (T - 1) * write_runs
 
 
 # ---- matmul input streams ---------------------------------------------------------------------

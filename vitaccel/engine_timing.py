@@ -18,6 +18,7 @@ from vitaccel.isa import WORD_BYTES  # the scratchpad word: 16 bytes a grant
 __all__ = [
     "REQUANT_STAGES",
     "column_split",
+    "mapped_writer_runs",
     "tree_stages",
     "pe_stages",
     "latencies",
@@ -240,3 +241,29 @@ class StepCycles:
     @property
     def last(self) -> int:
         return self.at(self.n)
+
+
+def mapped_writer_runs(channel, *, nheads: int = 0, transposed: bool = False) -> int:
+    """Runs the mixed array's output writer (``MappedOutWriter``) writes for each token
+    after a step's first, summed over the steps of ``channel`` (``(steps, groups, cols)``,
+    -1 for an idle column; ``nheads`` > 0: heads mode, groups >= nheads write nothing).
+
+    Columns are runs of one: a column whose channel is the previous column's plus one, in
+    the same group and the same 16-channel SPM word (row-major only: OUT_T writes each
+    channel to its own row), joins its run, and consecutive silent columns make one run
+    (skipped in one cycle)."""
+    import numpy as np
+
+    ch = np.array(channel, dtype=np.int64)
+    if nheads:
+        ch[:, nheads:, :] = -1
+    silent = ch < 0
+    same = silent[..., 1:] & silent[..., :-1]
+    if not transposed:
+        same |= (
+            ~silent[..., 1:]
+            & ~silent[..., :-1]
+            & (ch[..., 1:] == ch[..., :-1] + 1)
+            & (ch[..., :-1] % 16 != 15)
+        )
+    return int(ch[..., 0].size * ch.shape[-1] - same.sum())

@@ -40,7 +40,7 @@ STALLS = ("X load", "writer", "nonlinear", "DDR")
 def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
     """Cycles of one scheduled MATMUL by cause (without the instruction overhead)."""
     a = design.array
-    heads, nh, nsteps = cost._matmul_job(ins, design, geom)
+    heads, nh, nsteps, n8 = cost._matmul_job(ins, design, geom)
     x_keep = MatmulFlags.X_KEEP in ins.flags
     if MatmulFlags.W_SPM in ins.flags:  # scratchpad-built W: a word a cycle, no DDR
         word = ideal_word = 1.0
@@ -63,7 +63,8 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
         ins.tokens, ins.k, ins.n, g, r, c, v, units, heads=heads, nheads=nh,
         transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
         x_beat=x_beat_words(v, design.datapath_bytes),
-        mapped_steps=nsteps if geom.cols_w4 else 0,
+        mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8, cols_w8=geom.cols_w8,
+        w_spm=MatmulFlags.W_SPM in ins.flags,
     )  # fmt: skip
     macs = nh * ins.tokens * ins.k * ins.n
     mac = min(no_x, macs / geom.macs_per_cycle)

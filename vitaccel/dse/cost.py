@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
+
 from vitaccel import engine_timing
 from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
@@ -160,29 +162,56 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
     return tokens * per_token * groups_active
 
 
-def mapped_writer_cycles(tokens: int, nsteps: int, groups: int, cols: int) -> int:
+def mapped_writer_cycles(tokens: int, nsteps: int, groups: int, cols: int, runs: int) -> int:
     """SPM write cycles of a MATMUL's outputs on a mixed W4/W8 array (the scratchpad's
-    ``MappedOutWriter``): the column map scatters a word's channels, so every column of
-    every output word takes a cycle (a one-byte write, or nothing for an idle column)."""
-    return nsteps * tokens * groups * cols
+    ``MappedOutWriter``): a step's first token takes every column's channel, one column a
+    cycle; its other tokens take a cycle per run (``runs``: summed over the steps,
+    :func:`mapped_runs`)."""
+    return nsteps * groups * cols + (tokens - 1) * runs
+
+
+@lru_cache(maxsize=4096)
+def mapped_runs(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool,
+                nheads: int, transposed: bool, w_spm: bool) -> int:  # fmt: skip
+    """The writer's runs (:func:`vitaccel.engine_timing.mapped_writer_runs`) of a job of
+    ``n`` channels, ``n8`` of them on W8 columns only: the column plan of the compiler
+    (``engine_host.plan_columns``) for W4 rows at seeded random places (the quantiser picks
+    them by their error, not by position), or the W8-column rule (``w_spm``: every row W8).
+    """
+    from vitaccel.engine_host import EngineParams, plan_columns
+
+    kind = np.zeros(n, dtype=np.int64)
+    if not w_spm and n8 < n:
+        rows4 = np.random.default_rng(n * 7919 + n8).choice(n, n - n8, replace=False)
+        kind[rows4] = 1  # int4
+    params = EngineParams(groups=groups, cols=cols, w4_share=(cols - cols_w8) / cols)
+    channel = plan_columns(kind, params, heads=heads).channel
+    return engine_timing.mapped_writer_runs(
+        channel, nheads=nheads if heads else 0, transposed=transposed
+    )
 
 
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
                  w_word_cycles=1.0, x_keep=False, x_beat=None,
-                 mapped_steps=0) -> float:  # fmt: skip
+                 mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
     the top's X beat (None: :func:`x_beat_words` of a 16-byte datapath). ``mapped_steps``:
     on a mixed W4/W8 array the job's output steps (:func:`mapped_writer_cycles`); 0 on an
-    all-W8 array."""
+    all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
+    W8 columns only, the W8 columns of a group, W built from the scratchpad
+    (:func:`mapped_runs`)."""
     ks = -(-k // vector)
     x_beat = x_beat or x_beat_words(vector)
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
     if mapped_steps:
-        return first + mapped_writer_cycles(tokens, mapped_steps, groups, cols)
+        runs = mapped_runs(n, n if mapped_n8 is None else mapped_n8, groups, cols, cols_w8,
+                           heads=heads, nheads=nheads, transposed=transposed,
+                           w_spm=w_spm)  # fmt: skip
+        return first + mapped_writer_cycles(tokens, mapped_steps, groups, cols, runs)
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
 
@@ -333,7 +362,8 @@ def _lanes(design: Design, kind: str) -> int:
 
 
 def _matmul_job(ins: Instr, design: Design, geom: ArrayConfig) -> tuple[bool, int, int]:
-    """(heads mode, heads in the job, output steps) of a scheduled MATMUL."""
+    """(heads mode, heads in the job, output steps, rows on W8 columns only) of a scheduled
+    MATMUL."""
     fl, n = ins.flags, ins.n
     heads = MatmulFlags.HEADS in fl
     n8, nh = n, 1
@@ -342,7 +372,7 @@ def _matmul_job(ins: Instr, design: Design, geom: ArrayConfig) -> tuple[bool, in
     elif geom.cols_w4 and ins.label not in ("patch_embed", "head"):
         n8 = n - w4_rows(n, design.w4_ratio(ins.label))
     c8 = geom.cols_w8
-    return heads, nh, job_nsteps(n, n8, geom.groups, geom.cols, c8, heads=heads)
+    return heads, nh, job_nsteps(n, n8, geom.groups, geom.cols, c8, heads=heads), n8
 
 
 def instr_cycles(
@@ -358,7 +388,7 @@ def instr_cycles(
     a = design.array
     g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
     t, k, n, fl = ins.tokens, ins.k, ins.n, ins.flags
-    heads, nh, nsteps = _matmul_job(ins, design, geom)
+    heads, nh, nsteps, n8 = _matmul_job(ins, design, geom)
     w_spm, x_keep = MatmulFlags.W_SPM in fl, MatmulFlags.X_KEEP in fl
     x_beat = x_beat_words(v, design.datapath_bytes)
     # scratchpad-built W arrives a word a cycle; a DDR stream at the port's rate
@@ -372,7 +402,8 @@ def instr_cycles(
     wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
                       transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
                       x_keep=x_keep, x_beat=x_beat,
-                      mapped_steps=nsteps if geom.cols_w4 else 0)  # fmt: skip
+                      mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8,
+                      cols_w8=geom.cols_w8, w_spm=w_spm)  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
     cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
@@ -402,7 +433,7 @@ def fused_of(ins: Instr) -> str:
 
 def tiling(ins: Instr, design: Design, geom: ArrayConfig) -> dict:
     """How the controller tiles one MATMUL job of ``ins`` (docs/gvsa.md loop order)."""
-    heads, _, nsteps = _matmul_job(ins, design, geom)
+    heads, _, nsteps, _ = _matmul_job(ins, design, geom)
     return {
         "mode": "heads" if heads else "shared",
         "token_tile": geom.rows,

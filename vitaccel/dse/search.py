@@ -370,7 +370,8 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
             b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
-                          x_beat=x_beat, mapped_steps=ns if c4 else 0)  # fmt: skip
+                          x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
+                          w_spm=op != "matmul")  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
@@ -390,6 +391,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
             writer[key] = functools.partial(
                 writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                 transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
+                cols_w8=c8,
             )  # fmt: skip
             cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
                                 x_beat)  # fmt: skip
@@ -420,7 +422,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
                     n8 = n - int(round(ratio * n))
                     ns = job_nsteps(n, n8, g, c, c8, heads=False)
                     job = ends.at(ns)
-                    wb = writer[key](mapped_steps=ns)
+                    wb = writer[key](mapped_steps=ns, mapped_n8=n8)
                     if wb > job:
                         job, b = int(math.ceil(wb)), "writer"
                     job += top_matmul_extra(

@@ -352,12 +352,17 @@ class MappedOutWriter(CheckedComponent):
     column and step, in stream order, ``0xFFFF`` for an idle column; taken with the step's
     first token and kept for its other tokens); for a W_SPM job (``w8_rule``) W8 column c
     of group g has channel ``s*G*C8 + g*C8 + c`` (shared) or ``s*C8 + c`` (heads) and the W4
-    columns are idle. The W4 rows of a layer are scattered over its channels, so each byte
-    is its own run (one write, one cycle per column of the word, idle columns included):
-    row-major to ``base + t*stride (+ g*head_step)``, byte ``ch``; OUT_T to row ``ch``, byte
-    ``t``. The run's data holds the byte in every lane (a fused residual add reads it at
-    its channel's lane, :class:`ResidualRuns` with ``byte_runs``). Channels >= N and groups
-    >= nheads write nothing. The job ends after ``nsteps`` steps.
+    columns are idle. The step's first token goes a column a cycle (each byte a one-byte
+    run) and records every column's channel; the step's other tokens go a run a cycle: the
+    columns from ``j`` on whose channels are consecutive, in one group and one 16-channel
+    SPM word, are one run (row-major; the compiler's plan fills W8 and W4 columns each in
+    row order, so runs are as long as the stretches of one kind of row), and consecutive
+    silent columns are skipped in one cycle. Row-major runs go to ``base + t*stride
+    (+ g*head_step)``, byte ``ch``; OUT_T writes each column to row ``ch``, byte ``t``.
+    The run's data is the word's bytes from column ``j`` on (a fused residual add takes
+    them at the run's lanes, :class:`ResidualRuns` with ``byte_runs``). Channels >= N and
+    groups >= nheads write nothing. The job ends after ``nsteps`` steps. Cycles:
+    ``dse.cost.mapped_writer_cycles``.
 
     Members
     -------
@@ -432,22 +437,58 @@ class MappedOutWriter(CheckedComponent):
                 sbase.eq(0),
             ]
 
-        # the column's channel and whether it writes
-        ch = Signal(16)
-        writes = Signal()
+        # The step's first token takes each column's channel (map entry or W8 rule), one
+        # column a cycle, and records it (0xFFFF: writes nothing); the step's other tokens
+        # write runs of columns whose recorded channels are consecutive within one SPM word
+        # (and one group), and skip runs of silent columns, one run a cycle.
+        ch0 = Signal(16)  # first token: the column's channel
+        writes0 = Signal()
         need_map = ~job.w8_rule & t0
-        entry = Mux(t0, self.map.payload, Cat(*maps).word_select(j, 16))
         w8_ch = sbase + Mux(job.heads, 0, gc8) + c
         m.d.comb += [
-            ch.eq(Mux(job.w8_rule, w8_ch, entry)),
-            writes.eq((~job.heads | (g < job.nheads)) & (ch < job.n) & (~job.w8_rule | (c < C8))),
+            ch0.eq(Mux(job.w8_rule, w8_ch, self.map.payload)),
+            writes0.eq((~job.heads | (g < job.nheads)) & (ch0 < job.n) & (~job.w8_rule | (c < C8))),
+        ]
+        idle_k = [Signal(name=f"silent{k}") for k in range(L)]
+        m.d.comb += [idle_k[k].eq(maps[k] == 0xFFFF) for k in range(L)]
+        link = Signal(L + WORD_BYTES)  # column k's run goes on into column k+1
+        for k in range(L - 1):
+            if (k + 1) % C == 0:
+                continue  # runs stay within a group (heads mode: another head's rows)
+            m.d.comb += link[k].eq(
+                (idle_k[k] & idle_k[k + 1])
+                | (
+                    ~idle_k[k]
+                    & ~idle_k[k + 1]
+                    & ~job.transposed
+                    & (maps[k][:4] != WORD_BYTES - 1)
+                    & (maps[k + 1] == maps[k] + 1)
+                )
+            )
+        ahead = Signal(WORD_BYTES - 1)  # links from column j on
+        m.d.comb += ahead.eq(link >> j)
+        span = Signal(range(WORD_BYTES + 1))  # columns in the run from j
+        with m.If(t0):
+            m.d.comb += span.eq(1)
+        with m.Else():
+            m.d.comb += span.eq(WORD_BYTES)
+            for k in reversed(range(WORD_BYTES - 1)):
+                with m.If(~ahead[k]):
+                    m.d.comb += span.eq(k + 1)
+        ch = Signal(16)
+        writes = Signal()
+        m.d.comb += [
+            ch.eq(Mux(t0, ch0, Cat(*maps).word_select(j, 16))),
+            writes.eq(Mux(t0, writes0, ~Cat(*idle_k).bit_select(j, 1))),
         ]
         ready_in = Signal()  # the word and (first token) the column's map entry are here
         m.d.comb += ready_in.eq(active & sink.valid & (~need_map | self.map.valid))
         advance = ready_in & (~writes | self.o.ready)
+        word_end = Signal()
+        group_end = Signal()
+        m.d.comb += [word_end.eq(j + span == L), group_end.eq(c + span == C)]
 
         run = self.o.payload
-        byte = sink.payload.word_select(j, 8)
         with m.If(job.transposed):
             m.d.comb += [
                 run.addr.eq(job.base + ghead + ch * job.stride + (t >> 4)),
@@ -455,20 +496,22 @@ class MappedOutWriter(CheckedComponent):
             ]
         with m.Else():
             m.d.comb += [run.addr.eq(tok_row + ghead + (ch >> 4)), run.off.eq(ch[:4])]
+        shifted = Signal(8 * WORD_BYTES)  # the word's bytes from column j on
+        m.d.comb += shifted.eq(sink.payload >> (j * 8))
         m.d.comb += [
-            run.count.eq(1),
-            *[run.data[b].eq(byte) for b in range(WORD_BYTES)],
+            run.count.eq(span),
+            *[run.data[b].eq(shifted[8 * b : 8 * b + 8]) for b in range(WORD_BYTES)],
             self.o.valid.eq(ready_in & writes),
             self.chan.eq(ch),
             self.map.ready.eq(advance & need_map),
-            sink.ready.eq(advance & (j == L - 1)),
+            sink.ready.eq(advance & word_end),
         ]
         with m.If(advance):
-            with m.If(need_map):
+            with m.If(t0):
                 for k, mp in enumerate(maps):
                     with m.If(j == k):
-                        m.d.sync += mp.eq(self.map.payload)
-            with m.If(j == L - 1):  # the word is done
+                        m.d.sync += mp.eq(Mux(writes0, ch0, 0xFFFF))
+            with m.If(word_end):  # the word is done
                 m.d.sync += [j.eq(0), g.eq(0), c.eq(0), ghead.eq(0), gc8.eq(0)]
                 with m.If(t_last):  # the step is done
                     m.d.sync += [
@@ -489,8 +532,8 @@ class MappedOutWriter(CheckedComponent):
                         tok_row.eq(tok_row + job.stride),
                     ]
             with m.Else():
-                m.d.sync += j.eq(j + 1)
-                with m.If(c == C - 1):
+                m.d.sync += j.eq(j + span)
+                with m.If(group_end):
                     m.d.sync += [
                         c.eq(0),
                         g.eq(g + 1),
@@ -498,7 +541,7 @@ class MappedOutWriter(CheckedComponent):
                         gc8.eq(gc8 + C8),
                     ]
                 with m.Else():
-                    m.d.sync += c.eq(c + 1)
+                    m.d.sync += c.eq(c + span)
         m.d.comb += self.idle.eq(~active & ~inb.busy)
         return m
 
@@ -516,10 +559,10 @@ class ResidualRuns(CheckedComponent):
     Reads are requested only while the queues have room for their answers (credits), so a
     stalled writer never blocks the SPM read port; one run per cycle when the port is free.
 
-    ``byte_runs`` (mixed W4/W8 arrays, :class:`MappedOutWriter`): runs are single bytes at
-    any offset with the byte in every lane; the sum is taken at the run's lane (``off``) and
-    leaves as the run's byte. Each byte of Y is written by its own run only, so a later
-    run's read of the same A word still sees its own lane unchanged (Y may equal A).
+    ``byte_runs`` (mixed W4/W8 arrays, :class:`MappedOutWriter`): runs start at any offset
+    (within one word); the run's bytes go to lanes ``off ..`` of B and the sums leave from
+    lanes ``off ..``. Each byte of Y is written by its own run only, so a later run's read
+    of the same A word still sees its own lanes unchanged (Y may equal A).
 
     Members
     -------
@@ -617,7 +660,11 @@ class ResidualRuns(CheckedComponent):
             head_in.off.eq(run.off),
             head_in.count.eq(run.count),
             head_in.index.eq(inb.o.payload.chan >> 4),
-            head_in.b.eq(run.data.as_value()),
+            head_in.b.eq(
+                (run.data.as_value() << (run.off * 8))[: 8 * WORD_BYTES]
+                if self.byte_runs
+                else run.data.as_value()
+            ),
             heads.w_data.eq(head_in),
             heads.w_en.eq(self.mem.grant),
             awords.w_data.eq(self.mem.rdata),
@@ -657,11 +704,13 @@ class ResidualRuns(CheckedComponent):
             self.res.ready.eq(self.o.ready & outq.r_rdy),
             outq.r_en.eq(self.o.valid & self.o.ready),
         ]
-        for b in range(WORD_BYTES):
-            if self.byte_runs:  # the run's byte: the sum at its lane
-                at = self.res.payload.data.as_value().word_select(top.off, 8)
-                m.d.comb += o.data[b].eq(at)
-            else:
+        if self.byte_runs:  # the run's bytes: the sums from its lane on
+            from_off = Signal(8 * WORD_BYTES)
+            m.d.comb += from_off.eq(self.res.payload.data.as_value() >> (top.off * 8))
+            for b in range(WORD_BYTES):
+                m.d.comb += o.data[b].eq(from_off[8 * b : 8 * b + 8])
+        else:
+            for b in range(WORD_BYTES):
                 m.d.comb += o.data[b].eq(self.res.payload.data[b])
         m.d.comb += self.idle.eq((inflight == 0) & (outq.level == 0) & ~inb.busy)
         return m
