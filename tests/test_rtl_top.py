@@ -52,14 +52,15 @@ def test_params_from_design():
     assert (p.x_beat, p.spm_banks, p.engine.x_beat) == (1, 1, 1)
     wide = TopParams(Design(array=ArrayConfig(vector=16), datapath_bytes=64))
     assert (wide.x_beat, wide.spm_banks, wide.engine.x_words % 4) == (4, 4, 0)
-    # the sizes (and the compiler's codec) take W4 columns; the RTL refuses them (below)
+    # the sizes (and the compiler's codec) take W4 columns
     assert TopParams(Design(array=ArrayConfig(w4_share=0.5))).engine.cols_w4 > 0
 
 
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"array": ArrayConfig(w4_share=0.5)}, "w4_share"),
+        # the column map is read from the first weight port only
+        ({"array": ArrayConfig(w4_share=0.5), "weight_ports": 2}, "weight_ports must be 1"),
         ({"array": ArrayConfig(vector=32)}, "vector"),
         ({"array": ArrayConfig(vector=6)}, "vector"),
         ({"nonlinear": NonlinearConfig(gelu_lanes=3)}, "gelu_lanes"),
