@@ -238,8 +238,15 @@ class Accelerator(CheckedComponent):
         n.unit_lanes = sorted({P.gelu_lanes, P.softmax_lanes, P.layernorm_lanes})
         n.unit_rd, n.unit_wr = {}, {}
         for lanes in n.unit_lanes:
-            n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(lanes=lanes)
-            n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(lanes=lanes)
+            # lanes beyond one word (<= datapath_bytes, Design checks): the unit reads and
+            # writes lanes/16 consecutive words of the banked scratchpad a cycle
+            words = max(1, lanes // WORD_BYTES)
+            n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(
+                lanes=lanes, **({"fetch_words": words} if words > 1 else {})
+            )
+            n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(
+                lanes=lanes, **({"wide": True} if words > 1 else {})
+            )
         m.submodules.res_wr = n.res_wr = RowWriter(lanes=16)
         # the X builder's beats are the engine's X beats: x_beat k-steps of V bytes
         m.submodules.xb = n.xb = XStreamBuilder(
@@ -254,16 +261,23 @@ class Accelerator(CheckedComponent):
         m.submodules.rr = n.rr = ResidualRuns(max_channels=P.resadd_channels)
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
-        # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant
-        wide = {len(readers) - 3} if P.spm_banks > 1 else ()
+        # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant,
+        # and a unit reader / writer of more than 16 lanes lanes/16 words
+        wide_units = [lanes for lanes in n.unit_lanes if lanes > WORD_BYTES]
+        wide = {len(readers) - 3: P.spm_banks} if P.spm_banks > 1 else {}
+        for lanes in wide_units:
+            wide[1 + n.unit_lanes.index(lanes)] = lanes // WORD_BYTES
+        writers = [n.brw.mem] + [n.unit_wr[lanes].mem for lanes in wide_units]
         m.submodules.spm = spm = Scratchpad(
-            words=P.spm_words, read_clients=len(readers), write_clients=2, banks=P.spm_banks,
-            wide=wide, memory=P.design.spm_memory,
+            words=P.spm_words, read_clients=len(readers), write_clients=1 + len(writers),
+            banks=P.spm_banks, wide=wide, memory=P.design.spm_memory,
+            wide_writes={2 + j: lanes // WORD_BYTES for j, lanes in enumerate(wide_units)},
         )  # fmt: skip
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.clients()[i])
-        n.load_wr = spm.wr[0]  # LOAD: DMA words -> SPM
-        wiring.connect(m, n.brw.mem, spm.wr[1])
+        n.load_wr = spm.writers()[0]  # LOAD: DMA words -> SPM
+        for i, client in enumerate(writers):
+            wiring.connect(m, client, spm.writers()[1 + i])
 
         m.submodules.gelu = n.gelu = GELU(lanes=P.gelu_lanes)
         m.submodules.softmax = n.softmax = E2Softmax(
@@ -581,7 +595,8 @@ class Accelerator(CheckedComponent):
                     beat.last.eq(out.last),
                     *[beat.data[j].eq(out.data[j]) for j in range(lanes)],
                 ])  # fmt: skip
-            writers[lanes] = (wr.o, sel.any())
+            if not wr.wide:  # (a wide writer writes the scratchpad itself)
+                writers[lanes] = (wr.o, sel.any())
         # RESADD: its output rows, or (MATMUL RESADD) the sums back to the output runs
         res_wr = n.res_wr
         m.d.comb += [
