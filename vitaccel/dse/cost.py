@@ -49,6 +49,7 @@ __all__ = [
     "job_nsteps",
     "latencies",
     "nonlinear_cycles",
+    "unit_lanes",
     "fused_cycles",
     "port_bytes_per_cycle",
     "weight_word_cycles",
@@ -210,17 +211,27 @@ def fused_cycles(fused: str, n: int) -> int:
     raise ValueError(f"unknown fused output {fused!r}")
 
 
-def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
+def unit_lanes(lanes: int, datapath_bytes: int = WORD_BYTES) -> int:
+    """Elements a nonlinear unit takes per cycle: its ``lanes``, at most ``datapath_bytes``
+    (the unit's row reader and writer move ``lanes / 16`` scratchpad words a cycle, one from
+    each bank, ``rtl.top``; :class:`~vitaccel.design.Design` rejects more lanes)."""
+    return min(lanes, datapath_bytes)
+
+
+def nonlinear_cycles(
+    kind: str, rows: int, width: int, lanes: int, datapath_bytes: int = WORD_BYTES
+) -> int:
     """Cycles of one SOFTMAX / LAYERNORM / GELU / RESADD instruction over ``rows x width``.
 
-    Rows stream back to back at ``ceil(width / lanes)`` beats each (a unit reads at most one
-    16-byte SPM word per cycle, so lanes above 16 do not help), then the unit drains (one
-    row for E2Softmax, two for AILayerNorm). Per-instruction constants are loaded first by
-    the top's parameter loader (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel per cycle,
-    RESADD one word (4 channels) per cycle, the GELU table one entry (of 256) per cycle.
-    RESADD reads row r of A then row r of B through one port: two words per output word.
+    Rows stream back to back at ``ceil(width / unit_lanes(lanes, datapath_bytes))`` beats
+    each (a unit reads and writes one 16-byte SPM word per bank and cycle), then the unit
+    drains (one row for E2Softmax, two for AILayerNorm). Per-instruction constants are loaded
+    first by the top's parameter loader (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel
+    per cycle, RESADD one word (4 channels) per cycle, the GELU table one entry (of 256) per
+    cycle. RESADD reads row r of A then row r of B through one port: two words per output
+    word, whatever the datapath.
     """
-    beats = -(-width // min(lanes, SLOT_BYTES))
+    beats = -(-width // unit_lanes(lanes, datapath_bytes))
     io = LATENCIES["unit_io"]
     if kind == "softmax":
         return rows * beats + beats + LATENCIES["softmax"] + io
@@ -339,7 +350,12 @@ def instr_cycles(
         return int(math.ceil(ins.words * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
     if ins.op is not Op.MATMUL:
         kind = kind_of(ins)
-        return nonlinear_cycles(kind, ins.rows, ins.cols, _lanes(design, kind)), "nonlinear", 0
+        lanes = _lanes(design, kind)
+        return (
+            nonlinear_cycles(kind, ins.rows, ins.cols, lanes, design.datapath_bytes),
+            "nonlinear",
+            0,
+        )
     a = design.array
     g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
     t, k, n, fl = ins.tokens, ins.k, ins.n, ins.flags
