@@ -71,6 +71,16 @@ def _check_lanes(lanes, name: str = "lanes") -> int:
     return lanes
 
 
+def _client_ports(signature, count: int, wide: dict):
+    """``count`` clients of ``signature`` (scratchpad side): an array, or with ``wide``
+    (client -> words) members ``c0, c1, ...``, each ``wide.get(i, 1)`` words wide."""
+    if not wide:
+        return In(signature()).array(count)
+    return In(
+        wiring.Signature({f"c{i}": Out(signature(words=wide.get(i, 1))) for i in range(count)})
+    )
+
+
 def spm_bank_memory(depth: int, init=(), memory: str = "bram") -> Memory:
     """One memory of the scratchpad (the whole SPM, or one bank): ``depth`` 16-byte words on
     ``memory`` (``RAM_STYLE``). Every scratchpad memory is created here."""
@@ -153,26 +163,8 @@ class Scratchpad(CheckedComponent):
         self.write_clients = write_clients
         super().__init__(
             {
-                "rd": In(read_client_signature()).array(read_clients)
-                if not self.wide
-                else In(
-                    wiring.Signature(
-                        {
-                            f"c{i}": Out(read_client_signature(words=self.wide.get(i, 1)))
-                            for i in range(read_clients)
-                        }
-                    )
-                ),
-                "wr": In(write_client_signature()).array(write_clients)
-                if not self.wide_writes
-                else In(
-                    wiring.Signature(
-                        {
-                            f"c{i}": Out(write_client_signature(words=self.wide_writes.get(i, 1)))
-                            for i in range(write_clients)
-                        }
-                    )
-                ),
+                "rd": _client_ports(read_client_signature, read_clients, self.wide),
+                "wr": _client_ports(write_client_signature, write_clients, self.wide_writes),
             }
         )
 

@@ -114,6 +114,40 @@ class ByteRunWriter(wiring.Component):
         return m
 
 
+def _take_command(m: Module, cmd, active, rows_left, cols, stride, row, more, first=()) -> None:
+    """A row writer takes a command while idle: (base, stride, rows, cols) into its registers,
+    with ``first`` and ``more`` (its own; the order keeps the Verilog as it was). An empty
+    command (no rows or no columns) leaves it idle."""
+    m.d.comb += cmd.ready.eq(~active)
+    cp = cmd.payload
+    with m.If(cmd.valid & ~active):
+        m.d.sync += [
+            active.eq((cp.rows != 0) & (cp.cols != 0)),
+            rows_left.eq(cp.rows),
+            *first,
+            cols.eq(cp.cols),
+            stride.eq(cp.stride),
+            row.eq(cp.base),
+            *more,
+        ]
+
+
+def _next_row(m: Module, row, stride, rows_left, last_row, active, before, after, mid=()) -> None:
+    """A row writer's step to its next row (``before``, ``mid`` and ``after``: the writer's
+    own registers, assigned around it): the row's word address, the rows left with the "last
+    row" flag as a register beside the counter, and the end of the command."""
+    m.d.sync += [
+        *before,
+        row.eq(row + stride),
+        *mid,
+        rows_left.eq(rows_left - 1),
+        last_row.eq(rows_left == 2),
+        *after,
+    ]
+    with m.If(last_row):
+        m.d.sync += active.eq(0)
+
+
 def writer_cmd_layout() -> data.StructLayout:
     return data.StructLayout(
         {
@@ -199,25 +233,18 @@ class RowWriter(CheckedComponent):
         last_row = Signal()  # rows_left == 1
         cols_fits = Signal()  # cols <= plen
         cols_row = Signal()  # cols <= L
-        m.d.comb += self.cmd.ready.eq(~active)
         cp = self.cmd.payload
-        with m.If(self.cmd.valid & ~active):
-            m.d.sync += [
-                active.eq((cp.rows != 0) & (cp.cols != 0)),
-                rows_left.eq(cp.rows),
-                cols.eq(cp.cols),
-                stride.eq(cp.stride),
-                row.eq(cp.base),
-                col.eq(0),
-                piece.eq(0),
-                left.eq(cp.cols),
-                left_fits.eq(cp.cols <= plen),
-                beat_left.eq(cp.cols),
-                row_end.eq(cp.cols <= L),
-                last_row.eq(cp.rows == 1),
-                cols_fits.eq(cp.cols <= plen),
-                cols_row.eq(cp.cols <= L),
-            ]
+        _take_command(m, self.cmd, active, rows_left, cols, stride, row, [
+            col.eq(0),
+            piece.eq(0),
+            left.eq(cp.cols),
+            left_fits.eq(cp.cols <= plen),
+            beat_left.eq(cp.cols),
+            row_end.eq(cp.cols <= L),
+            last_row.eq(cp.rows == 1),
+            cols_fits.eq(cp.cols <= plen),
+            cols_row.eq(cp.cols <= L),
+        ])  # fmt: skip
         pos = Signal(16)  # column of this piece
         m.d.comb += pos.eq(col + (piece << 4) if k > 1 else col)
         run = self.o.payload
@@ -249,18 +276,9 @@ class RowWriter(CheckedComponent):
             with m.Else():
                 m.d.sync += piece.eq(0)
                 with m.If(row_end):
-                    m.d.sync += [
-                        col.eq(0),
-                        row.eq(row + stride),
-                        rows_left.eq(rows_left - 1),
-                        last_row.eq(rows_left == 2),
-                        left.eq(cols),
-                        left_fits.eq(cols_fits),
-                        beat_left.eq(cols),
-                        row_end.eq(cols_row),
-                    ]
-                    with m.If(last_row):
-                        m.d.sync += active.eq(0)
+                    after = [left.eq(cols), left_fits.eq(cols_fits), beat_left.eq(cols),
+                             row_end.eq(cols_row)]  # fmt: skip
+                    _next_row(m, row, stride, rows_left, last_row, active, [col.eq(0)], after)
                 with m.Else():
                     m.d.sync += [
                         col.eq(col + L),
@@ -297,23 +315,15 @@ class RowWriter(CheckedComponent):
         def lanes_below(n):
             return Cat(*[n > i for i in range(L)])
 
-        m.d.comb += self.cmd.ready.eq(~active)
         cp = self.cmd.payload
-        with m.If(self.cmd.valid & ~active):
-            m.d.sync += [
-                active.eq((cp.rows != 0) & (cp.cols != 0)),
-                rows_left.eq(cp.rows),
-                last_row.eq(cp.rows == 1),
-                cols.eq(cp.cols),
-                stride.eq(cp.stride),
-                row.eq(cp.base),
-                addr.eq(cp.base),
-                beat_left.eq(cp.cols),
-                row_end.eq(cp.cols <= L),
-                mask.eq(lanes_below(cp.cols)),
-                cols_row.eq(cp.cols <= L),
-                cols_mask.eq(lanes_below(cp.cols)),
-            ]
+        _take_command(m, self.cmd, active, rows_left, cols, stride, row, [
+            addr.eq(cp.base),
+            beat_left.eq(cp.cols),
+            row_end.eq(cp.cols <= L),
+            mask.eq(lanes_below(cp.cols)),
+            cols_row.eq(cp.cols <= L),
+            cols_mask.eq(lanes_below(cp.cols)),
+        ], first=[last_row.eq(cp.rows == 1)])  # fmt: skip
         # the scratchpad takes a write every cycle: no back-pressure past the skid buffer
         fire = Signal()
         m.d.comb += [fire.eq(active & sink.valid), sink.ready.eq(active)]
@@ -326,17 +336,9 @@ class RowWriter(CheckedComponent):
                 self.mem.be.eq(mask),
             ]
             with m.If(row_end):
-                m.d.sync += [
-                    row.eq(row + stride),
-                    addr.eq(row + stride),
-                    rows_left.eq(rows_left - 1),
-                    last_row.eq(rows_left == 2),
-                    beat_left.eq(cols),
-                    row_end.eq(cols_row),
-                    mask.eq(cols_mask),
-                ]
-                with m.If(last_row):
-                    m.d.sync += active.eq(0)
+                after = [beat_left.eq(cols), row_end.eq(cols_row), mask.eq(cols_mask)]
+                _next_row(m, row, stride, rows_left, last_row, active, [], after,
+                          mid=[addr.eq(row + stride)])  # fmt: skip
             with m.Else():
                 m.d.sync += [
                     addr.eq(addr + L // WORD_BYTES),
