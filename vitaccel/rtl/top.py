@@ -105,8 +105,10 @@ class TopParams:
       token per grant from as many SPM banks and loads as many k-steps a cycle), W banks of
       ``max_ksteps`` words per half (``weight_buffer_kib`` over ``groups*cols*2`` banks),
       unless given explicitly.
-    * Nonlinear units: lanes from ``design.nonlinear``; E2Softmax rows up to ``max_tokens``,
-      AILayerNorm and RESADD rows up to ``max_channels`` (RESADD rounded up to 16).
+    * Nonlinear units: lanes from ``design.nonlinear`` (up to ``datapath_bytes``: a unit of
+      more than 16 lanes reads and writes ``lanes / 16`` SPM words a cycle, one per bank);
+      E2Softmax rows up to ``max_tokens``, AILayerNorm and RESADD rows up to
+      ``max_channels`` (RESADD rounded up to 16).
     """
 
     def __init__(self, design: Design, *, x_words=None, max_ksteps=None, out_depth=None,
