@@ -168,6 +168,19 @@ def test_deit_base_design_compiles_and_its_program_equals_golden(
     assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
 
 
+def test_lane_tree_stages_follow_the_rtl_tree():
+    """The cycle model's count of AILayerNorm's lane-sum stages is the RTL tree's latency."""
+    from amaranth import Module, Signal
+
+    from vitaccel.dse.cost import lane_tree_stages
+    from vitaccel.rtl.common import tree_reduce
+
+    for lanes in range(1, 65):
+        items = [Signal(8) for _ in range(lanes)]
+        _, latency = tree_reduce(Module(), items, lambda a, b: a + b, levels_per_stage=2)
+        assert lane_tree_stages(lanes) == latency, lanes
+
+
 def test_estimate_is_a_sum_of_instructions():
     d = Design(model="deit-tiny", clock_mhz=200, array=ArrayConfig(groups=2, rows=8, cols=8, vector=16),
                nonlinear=NonlinearConfig(softmax_lanes=8, layernorm_lanes=8, gelu_lanes=8))  # fmt: skip
@@ -183,7 +196,7 @@ def test_estimate_is_a_sum_of_instructions():
         for kind in ("softmax", "layernorm", "gelu"):
             wide = nonlinear_cycles(kind, 197, 768, width, width)
             assert wide < nonlinear_cycles(kind, 197, 768, 16, width)
-            assert nonlinear_cycles(kind, 197, 768, 128, width) == wide
+            assert nonlinear_cycles(kind, 197, 768, 128, width) >= wide  # no faster
     # RESADD stays one 16-byte word a cycle
     assert nonlinear_cycles("residual", 197, 192, 64, 64) == nonlinear_cycles(
         "residual", 197, 192, 16

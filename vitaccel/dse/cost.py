@@ -49,6 +49,7 @@ __all__ = [
     "job_nsteps",
     "latencies",
     "nonlinear_cycles",
+    "lane_tree_stages",
     "unit_lanes",
     "fused_cycles",
     "port_bytes_per_cycle",
@@ -72,7 +73,9 @@ LATENCIES = {
     # unit, AILayerNorm two rows' beats + 33 (+2 more at 8-16 lanes), GELU 1.
     "softmax": 6,
     "layernorm": 32,
-    "layernorm_wide": 2,  # AILayerNorm at 8 lanes and more: two more pipeline stages
+    # AILayerNorm: per stage of its two lane sums beyond the first (lane_tree_stages: 8-16
+    # lanes one more, 32-64 two more), one cycle each
+    "layernorm_wide": 2,
     "gelu": 0,
     "residual": 7,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
@@ -211,6 +214,13 @@ def fused_cycles(fused: str, n: int) -> int:
     raise ValueError(f"unknown fused output {fused!r}")
 
 
+def lane_tree_stages(lanes: int) -> int:
+    """Pipeline stages of a unit's sum over its lanes: a balanced adder tree with a register
+    every two adder levels and at the root (``rtl.common.tree_reduce(levels_per_stage=2)``,
+    AILayerNorm's two lane sums)."""
+    return max(1, -(-(lanes - 1).bit_length() // 2))
+
+
 def unit_lanes(lanes: int, datapath_bytes: int = WORD_BYTES) -> int:
     """Elements a nonlinear unit takes per cycle: its ``lanes``, at most ``datapath_bytes``
     (the unit's row reader and writer move ``lanes / 16`` scratchpad words a cycle, one from
@@ -236,7 +246,7 @@ def nonlinear_cycles(
     if kind == "softmax":
         return rows * beats + beats + LATENCIES["softmax"] + io
     if kind == "layernorm":
-        wide = LATENCIES["layernorm_wide"] if lanes >= 8 else 0
+        wide = LATENCIES["layernorm_wide"] * (lane_tree_stages(lanes) - 1)
         return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + wide + io
     if kind == "gelu":
         return 256 + rows * beats + LATENCIES["gelu"] + io
