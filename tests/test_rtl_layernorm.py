@@ -132,7 +132,7 @@ def test_ailayernorm_busy_flag():
 @pytest.mark.parametrize(
     "kwargs, exc",
     [
-        ({"lanes": 33}, ValueError),
+        ({"lanes": 65}, ValueError),
         ({"lanes": None}, TypeError),
         ({"in_bits": 13}, ValueError),
         ({"max_channels": 0}, ValueError),
