@@ -79,6 +79,10 @@ LATENCIES = {
     "gelu": 0,
     "residual": 7,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
+    # the same for a unit of more than 16 lanes, whose wide row writer writes the scratchpad
+    # itself (one register, not the byte-run writer's two stages); measured with
+    # validate.micro_cycles on a 32-byte, 32-lane top
+    "unit_io_wide": 6,
     "load": 5,  # DMA request to first LOAD/STORE word
     # A MATMUL with a fused output, beyond its table / multiplier load (PARAMS, one GELU
     # entry or one word of 4 channels' multipliers a cycle) and the plain MATMUL: the
@@ -241,8 +245,9 @@ def nonlinear_cycles(
     cycle. RESADD reads row r of A then row r of B through one port: two words per output
     word, whatever the datapath.
     """
-    beats = -(-width // unit_lanes(lanes, datapath_bytes))
-    io = LATENCIES["unit_io"]
+    per_cycle = unit_lanes(lanes, datapath_bytes)
+    beats = -(-width // per_cycle)
+    io = LATENCIES["unit_io_wide" if per_cycle > WORD_BYTES else "unit_io"]
     if kind == "softmax":
         return rows * beats + beats + LATENCIES["softmax"] + io
     if kind == "layernorm":
@@ -253,7 +258,8 @@ def nonlinear_cycles(
     if kind == "residual":
         words = -(-width // SLOT_BYTES)
         params = -(-4 * width // SLOT_BYTES)
-        return params + 2 * rows * words + LATENCIES["residual"] + io
+        # (16 lanes whatever the datapath: the word reader and a row writer of 16)
+        return params + 2 * rows * words + LATENCIES["residual"] + LATENCIES["unit_io"]
     raise ValueError(f"unknown nonlinear op {kind!r}")
 
 
