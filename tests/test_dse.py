@@ -168,6 +168,19 @@ def test_deit_base_design_compiles_and_its_program_equals_golden(
     assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
 
 
+def test_lane_tree_stages_follow_the_rtl_tree():
+    """The cycle model's count of AILayerNorm's lane-sum stages is the RTL tree's latency."""
+    from amaranth import Module, Signal
+
+    from vitaccel.dse.cost import lane_tree_stages
+    from vitaccel.rtl.common import tree_reduce
+
+    for lanes in range(1, 65):
+        items = [Signal(8) for _ in range(lanes)]
+        _, latency = tree_reduce(Module(), items, lambda a, b: a + b, levels_per_stage=2)
+        assert lane_tree_stages(lanes) == latency, lanes
+
+
 def test_estimate_is_a_sum_of_instructions():
     # a scratchpad that holds DeiT-Tiny's standard layout (a smaller one spills: its token
     # tiles stream the weights again, so a larger array need not be faster)
@@ -178,9 +191,19 @@ def test_estimate_is_a_sum_of_instructions():
     assert est.cycles == sum(lc.cycles for lc in est.layers)
     assert est.fps == pytest.approx(200e6 / est.cycles)
     assert 0 < est.linear_utilisation() <= 1
-    # wider units are never slower; 16 lanes is the SPM word (no gain beyond)
+    # wider units are never slower; a unit moves at most datapath_bytes a cycle (16 lanes
+    # on the default 16-byte datapath, 32 / 64 on the banked ones)
     assert nonlinear_cycles("softmax", 591, 197, 16) < nonlinear_cycles("softmax", 591, 197, 4)
     assert nonlinear_cycles("gelu", 197, 768, 32) == nonlinear_cycles("gelu", 197, 768, 16)
+    for width in (32, 64):
+        for kind in ("softmax", "layernorm", "gelu"):
+            wide = nonlinear_cycles(kind, 197, 768, width, width)
+            assert wide < nonlinear_cycles(kind, 197, 768, 16, width)
+            assert nonlinear_cycles(kind, 197, 768, 128, width) >= wide  # no faster
+    # RESADD stays one 16-byte word a cycle
+    assert nonlinear_cycles("residual", 197, 192, 64, 64) == nonlinear_cycles(
+        "residual", 197, 192, 16
+    )
     # a larger array is faster on the same model
     big = d.model_copy(update={"array": ArrayConfig(groups=4, rows=8, cols=8, vector=16)})
     assert estimate(big).cycles < est.cycles
@@ -707,6 +730,16 @@ def test_wider_datapath_is_chosen_when_it_wins_and_its_design_round_trips(tmp_pa
         assert estimate(design, budget=result["budget"]).cycles == c.cycles, c
         total = res.design_resources(design)["total"]
         assert total.bram36 == pytest.approx(c.usage["bram36"]), c
+    # nonlinear lanes up to the width (a unit moves at most datapath_bytes a cycle), their
+    # cycles and LUTs priced as the design file's
+    assert all(max(c.lanes) <= c.datapath_bytes for c in result["pool"])
+    for width in (32, 64):
+        c = max((c for c in result["pool"] if c.datapath_bytes == width), key=lambda c: c.fps)
+        assert max(c.lanes) > 16, c
+        design = to_design(c, spec.name, "zcu102", c.clock_mhz, spec)
+        assert estimate(design, budget=result["budget"]).cycles == c.cycles, c
+        total = res.design_resources(design)["total"]
+        assert total.lut == pytest.approx(c.usage["lut"]), c
     target = narrow["best_reachable_fps"] * 1.05
     wide = explore("deit-tiny", "zcu102", target, space=space, out_dir=tmp_path)
     assert wide["datapath_bytes"] in (32, 64) and wide["fps"] >= target

@@ -132,7 +132,7 @@ def test_ailayernorm_busy_flag():
 @pytest.mark.parametrize(
     "kwargs, exc",
     [
-        ({"lanes": 33}, ValueError),
+        ({"lanes": 65}, ValueError),
         ({"lanes": None}, TypeError),
         ({"in_bits": 13}, ValueError),
         ({"max_channels": 0}, ValueError),
@@ -168,3 +168,23 @@ def test_ailayernorm_twelve_lanes_wide_rows():
     res = _run(dut, params, rows)
     _check(rows, [params] * len(rows), res)
     assert res["last_out"] - res["first_out"] + 1 == len(rows) * 25
+
+
+@pytest.mark.parametrize("lanes", [32, pytest.param(64, marks=pytest.mark.slow)])
+def test_ailayernorm_lanes_as_wide_as_the_datapath(lanes):
+    """32 and 64 lanes (a 32 / 64-byte datapath's units): bit-exact with stalls, and unstalled
+    a row of C channels streams in ``ceil(C / lanes)`` beats; first input to last output is
+    ``beats * rows + 2 * beats + 33`` plus a cycle per extra stage of each of the two lane
+    sums (``cost.lane_tree_stages``: the cycle model's rule)."""
+    from vitaccel.dse.cost import LATENCIES, lane_tree_stages
+
+    rng = np.random.default_rng(lanes)
+    channels = 192  # DeiT-Tiny
+    params, rows = _case(rng, channels, n_model=1)
+    dut = AILayerNorm(lanes=lanes, max_channels=channels)
+    _check(rows, [params] * len(rows), _run(dut, params, rows, stall_in=0.3, stall_out=0.3))
+    res = _run(dut, params, rows)
+    _check(rows, [params] * len(rows), res)
+    beats = -(-channels // lanes)
+    extra = LATENCIES["layernorm_wide"] * (lane_tree_stages(lanes) - 1)
+    assert res["last_out"] - res["first_in"] + 1 == len(rows) * beats + 2 * beats + 33 + extra

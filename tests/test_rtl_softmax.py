@@ -120,3 +120,19 @@ def test_e2softmax_other_input_widths(in_bits):
     shifts = [0, 2, 4, 7, 12, 3]
     dut = E2Softmax(lanes=2, max_row=16, in_bits=in_bits)
     _check(dut, rows, shifts, _run(dut, rows, shifts, stall_out=0.3))
+
+
+@pytest.mark.parametrize("lanes", [32, pytest.param(64, marks=pytest.mark.slow)])
+def test_e2softmax_lanes_as_wide_as_the_datapath(lanes):
+    """32 and 64 lanes (a 32 / 64-byte datapath's units): bit-exact with stalls on rows
+    shorter and longer than a beat, and unstalled DeiT rows (197 tokens) stream back to back,
+    one beat per cycle."""
+    rng = np.random.default_rng(lanes)
+    dut = E2Softmax(lanes=lanes, max_row=197)
+    rows = _rows(rng, 197) + [rng.integers(-128, 128, size=n) for n in (lanes, lanes + 1, 100)]
+    shifts = [int(t) for t in rng.choice([0, 2, 4, 5, 8], size=len(rows))]
+    _check(dut, rows, shifts, _run(dut, rows, shifts, stall_in=0.3, stall_out=0.3, seed=lanes))
+    long = [rng.integers(-128, 128, size=197) for _ in range(6)]
+    res = _run(dut, long, shifts[:6])
+    _check(dut, long, shifts[:6], res)
+    assert res["last_out"] - res["first_out"] + 1 == 6 * -(-197 // lanes)

@@ -54,8 +54,10 @@ class Rig(Elaboratable):
             m.submodules[f"sub{i}"] = sub
         for i, client in enumerate(self.readers):
             wiring.connect(m, client, self.spm.clients()[i])
-        for i, client in enumerate(self.writers):
-            wiring.connect(m, client, self.spm.wr[i])
+        # writers: in client order, or {client index: writer}
+        pairs = self.writers.items() if isinstance(self.writers, dict) else enumerate(self.writers)
+        for i, client in pairs:
+            wiring.connect(m, client, self.spm.writers()[i])
         for src, dst in self.links:
             wiring.connect(m, src, dst)
         return m
@@ -165,6 +167,50 @@ def test_row_reader_framing_masking_and_dual(lanes):
     assert got == want
 
 
+@pytest.mark.parametrize("lanes, banks", [(32, 2), (32, 4), (64, 4)])
+@pytest.mark.parametrize("pause", [0.3, 0.0])
+def test_wide_row_reader_reads_lanes_over_16_words_a_grant(lanes, banks, pause):
+    """A nonlinear unit's reader of more than 16 lanes on a banked scratchpad: lanes/16
+    consecutive words per grant at any alignment, the same beats as a narrow reader would
+    give; without pauses a beat per cycle (plus a few cycles per command)."""
+    rng = np.random.default_rng(lanes + banks)
+    image = _image(rng)
+    cmds = [
+        _reader_cmd(3, 2, 5, 20),
+        _reader_cmd(101, 5, 3, 64),
+        _reader_cmd(7, 0, 0, 5),  # empty: nothing
+        _reader_cmd(41, 13, 4, 197),
+        _reader_cmd(300, 3, 2, 1),
+    ]
+    spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks, wide={0: lanes // 16})
+    rd = RowReader(lanes=lanes, fetch_words=lanes // 16)
+    rig = Rig(spm, [rd], readers=[rd.mem])
+    want = [b for c in cmds for b in _expected_beats(image, c, lanes)]
+    got, cycles = [], []
+
+    async def feed(ctx):
+        for c in cmds:
+            await _put(ctx, rd.cmd, c)
+
+    async def drain(ctx):
+        pauses = random_pauses(pause, lanes)
+        n = 0
+        while len(got) < len(want):
+            ready = not next(pauses)
+            ctx.set(rd.o.ready, ready)
+            _, _, valid, p = await ctx.tick().sample(rd.o.valid, rd.o.payload)
+            n += 1
+            if valid and ready:
+                got.append(([int(x) for x in p.data], int(p.count), bool(p.last)))
+        cycles.append(n)
+
+    _run(rig, drain, background=[feed])
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, f"beat {i}: got {g}, want {w}"
+    if not pause:
+        assert cycles[0] <= len(want) + 6 * len(cmds), (cycles, len(want))
+
+
 def test_two_readers_share_the_port_and_a_stalled_one_does_not_block():
     rng = np.random.default_rng(9)
     image = _image(rng)
@@ -239,6 +285,58 @@ def test_row_writer_writes_only_cols(lanes, banks):
         np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
 
     _run(rig, bench)
+
+
+@pytest.mark.parametrize("lanes, banks", [(32, 2), (32, 4), (64, 4)])
+@pytest.mark.parametrize("pause", [0.3, 0.0])
+def test_wide_row_writer_writes_lanes_over_16_words_a_cycle(lanes, banks, pause):
+    """A nonlinear unit's writer of more than 16 lanes: each beat one write of lanes/16
+    consecutive words across the banks (rows at any word alignment), bytes past ``cols``
+    untouched, the scratchpad equal to the interpreter's; without pauses a beat per cycle.
+    The wide client is client 1, beside a narrow client 0 (as LOAD's in the top)."""
+    rng = np.random.default_rng(40 + lanes + banks)
+    image = _image(rng)
+    # base, stride, rows, cols
+    jobs = [(5, 3, 4, 37), (60, 4, 2, 64), (81, 2, 3, 1), (121, 13, 3, 197)]
+    spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks, write_clients=2,
+                     wide_writes={1: lanes // 16})  # fmt: skip
+    wr = RowWriter(lanes=lanes, wide=True)
+    rig = Rig(spm, [wr], writers={1: wr.mem})
+    mach = _machine(image)
+    tensors = []
+    for base, stride, rows, cols in jobs:
+        values = rng.integers(-128, 128, size=(rows, cols))
+        tensors.append(values)
+        mach.write(base, values, stride)
+    cycles = []
+
+    async def bench(ctx):
+        pauses = random_pauses(pause, lanes)
+        for (base, stride, rows, cols), values in zip(jobs, tensors, strict=True):
+            await _put(ctx, wr.cmd, dict(base=base, stride=stride, rows=rows, cols=cols))
+            for r in range(rows):
+                nb = -(-cols // lanes)
+                for b in range(nb):
+                    chunk = [int(v) & 0xFF for v in values[r, b * lanes : (b + 1) * lanes]]
+                    chunk += [0x5A] * (lanes - len(chunk))  # garbage past cols: never written
+                    beat = dict(data=chunk, count=min(lanes, cols - b * lanes), last=b == nb - 1)
+                    await _put(ctx, wr.i, beat, pauses if pause else None)
+            await ctx.tick().until(wr.idle)
+        np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
+
+    async def timed(ctx):
+        n = 0
+        while True:
+            await ctx.tick()
+            n += 1
+            if ctx.get(wr.mem.en):
+                cycles.append(n)
+
+    _run(rig, bench, background=[timed])
+    writes = sum(rows * -(-cols // lanes) for _, _, rows, cols in jobs)
+    assert len(cycles) == writes
+    if not pause:  # back to back within each command
+        assert cycles[-1] - cycles[0] + 1 <= writes + 4 * len(jobs), cycles
 
 
 def _writer_bench(ow, brw, spm, cmd, words, want):
@@ -488,6 +586,12 @@ def test_x_and_w_streams_match_the_engine_packer(
     [
         (RowReader, {"lanes": 3}, ValueError),
         (RowWriter, {"lanes": 128}, ValueError),
+        (RowWriter, {"lanes": 16, "wide": True}, ValueError),
+        (
+            Scratchpad,
+            {"words": 64, "banks": 2, "write_clients": 2, "wide_writes": {1: 4}},
+            ValueError,
+        ),
         (Scratchpad, {"words": 8}, ValueError),
         (MatmulOutWriter, {"groups": 0, "cols": 4}, ValueError),
         (XStreamBuilder, {"vector": 12, "groups": 1}, ValueError),

@@ -79,6 +79,16 @@ def test_datapath_width_is_checked_in_one_line():
         parse_design({"datapath_bytes": 48})
 
 
+@pytest.mark.parametrize("field", ["softmax_lanes", "layernorm_lanes", "gelu_lanes"])
+def test_nonlinear_lanes_beyond_the_datapath_are_rejected_in_one_line(field):
+    """A unit reads and writes at most datapath_bytes a cycle: more lanes name the field."""
+    with pytest.raises(DesignError, match=rf"^design field .*nonlinear\.{field} \(32\) must be <= "
+                       r"datapath_bytes \(16\)[^\n]*$"):  # fmt: skip
+        parse_design({"nonlinear": {field: 32}})
+    wide = parse_design({"nonlinear": {field: 64}, "datapath_bytes": 64})
+    assert getattr(wide.nonlinear, field) == 64
+
+
 def _simulate(image: bytes, base: int, *, cycles: int = 5000):
     dut = Accelerator(SMALL)
     ram = AxiRamModel(dut.m_axi, 1 << 16, stall=0.2, seed=3)

@@ -202,6 +202,15 @@ class Design(_Strict):
                         f"{field} 'uram' needs UltraRAM; board {self.board} has none "
                         f"(boards with URAM: {with_uram})"
                     )
+        for field in ("softmax_lanes", "layernorm_lanes", "gelu_lanes"):
+            lanes = getattr(self.nonlinear, field)
+            if lanes > self.datapath_bytes:
+                # a unit reads and writes at most datapath_bytes of a row a cycle (one word
+                # from each scratchpad bank): more lanes would idle and cost LUTs
+                raise ValueError(
+                    f"nonlinear.{field} ({lanes}) must be <= datapath_bytes "
+                    f"({self.datapath_bytes}): a unit moves at most datapath_bytes a cycle"
+                )
         if self.array.w4_share == 0.0 and (
             self.default_w4_ratio > 0 or any(layer.w4_ratio > 0 for layer in self.layers.values())
         ):

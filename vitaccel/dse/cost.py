@@ -51,6 +51,8 @@ __all__ = [
     "job_nsteps",
     "latencies",
     "nonlinear_cycles",
+    "lane_tree_stages",
+    "unit_lanes",
     "fused_cycles",
     "port_bytes_per_cycle",
     "weight_word_cycles",
@@ -74,10 +76,16 @@ LATENCIES = {
     # rows' beats + 33 (+2 more at 8-16 lanes), GELU 1.
     "softmax": 7,
     "layernorm": 32,
-    "layernorm_wide": 2,  # AILayerNorm at 8 lanes and more: two more pipeline stages
+    # AILayerNorm: per stage of its two lane sums beyond the first (lane_tree_stages: 8-16
+    # lanes one more, 32-64 two more), one cycle each
+    "layernorm_wide": 2,
     "gelu": 0,
     "residual": 7,
     "unit_io": 8,  # scratchpad row reader + row writer pipeline of a unit instruction
+    # the same for a unit of more than 16 lanes, whose wide row writer writes the scratchpad
+    # itself (one register, not the byte-run writer's two stages); measured with
+    # validate.micro_cycles on a 32-byte, 32-lane top
+    "unit_io_wide": 6,
     "load": 5,  # DMA request to first LOAD/STORE word
     # A MATMUL with a fused output, beyond its table / multiplier load (PARAMS, one GELU
     # entry or one word of 4 channels' multipliers a cycle) and the plain MATMUL: the
@@ -252,29 +260,48 @@ def fused_cycles(fused: str, n: int) -> int:
     raise ValueError(f"unknown fused output {fused!r}")
 
 
-def nonlinear_cycles(kind: str, rows: int, width: int, lanes: int) -> int:
+def lane_tree_stages(lanes: int) -> int:
+    """Pipeline stages of a unit's sum over its lanes: a balanced adder tree with a register
+    every two adder levels and at the root (``rtl.common.tree_reduce(levels_per_stage=2)``,
+    AILayerNorm's two lane sums)."""
+    return max(1, -(-(lanes - 1).bit_length() // 2))
+
+
+def unit_lanes(lanes: int, datapath_bytes: int = WORD_BYTES) -> int:
+    """Elements a nonlinear unit takes per cycle: its ``lanes``, at most ``datapath_bytes``
+    (the unit's row reader and writer move ``lanes / 16`` scratchpad words a cycle, one from
+    each bank, ``rtl.top``; :class:`~vitaccel.design.Design` rejects more lanes)."""
+    return min(lanes, datapath_bytes)
+
+
+def nonlinear_cycles(
+    kind: str, rows: int, width: int, lanes: int, datapath_bytes: int = WORD_BYTES
+) -> int:
     """Cycles of one SOFTMAX / LAYERNORM / GELU / RESADD instruction over ``rows x width``.
 
-    Rows stream back to back at ``ceil(width / lanes)`` beats each (a unit reads at most one
-    16-byte SPM word per cycle, so lanes above 16 do not help), then the unit drains (one
-    row for E2Softmax, two for AILayerNorm). Per-instruction constants are loaded first by
-    the top's parameter loader (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel per cycle,
-    RESADD one word (4 channels) per cycle, the GELU table one entry (of 256) per cycle.
-    RESADD reads row r of A then row r of B through one port: two words per output word.
+    Rows stream back to back at ``ceil(width / unit_lanes(lanes, datapath_bytes))`` beats
+    each (a unit reads and writes one 16-byte SPM word per bank and cycle), then the unit
+    drains (one row for E2Softmax, two for AILayerNorm). Per-instruction constants are loaded
+    first by the top's parameter loader (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel
+    per cycle, RESADD one word (4 channels) per cycle, the GELU table one entry (of 256) per
+    cycle. RESADD reads row r of A then row r of B through one port: two words per output
+    word, whatever the datapath.
     """
-    beats = -(-width // min(lanes, SLOT_BYTES))
-    io = LATENCIES["unit_io"]
+    per_cycle = unit_lanes(lanes, datapath_bytes)
+    beats = -(-width // per_cycle)
+    io = LATENCIES["unit_io_wide" if per_cycle > WORD_BYTES else "unit_io"]
     if kind == "softmax":
         return rows * beats + beats + LATENCIES["softmax"] + io
     if kind == "layernorm":
-        wide = LATENCIES["layernorm_wide"] if lanes >= 8 else 0
+        wide = LATENCIES["layernorm_wide"] * (lane_tree_stages(lanes) - 1)
         return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + wide + io
     if kind == "gelu":
         return 256 + rows * beats + LATENCIES["gelu"] + io
     if kind == "residual":
         words = -(-width // SLOT_BYTES)
         params = -(-4 * width // SLOT_BYTES)
-        return params + 2 * rows * words + LATENCIES["residual"] + io
+        # (16 lanes whatever the datapath: the word reader and a row writer of 16)
+        return params + 2 * rows * words + LATENCIES["residual"] + LATENCIES["unit_io"]
     raise ValueError(f"unknown nonlinear op {kind!r}")
 
 
@@ -384,7 +411,12 @@ def instr_cycles(
         return int(math.ceil(ins.words * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
     if ins.op is not Op.MATMUL:
         kind = kind_of(ins)
-        return nonlinear_cycles(kind, ins.rows, ins.cols, _lanes(design, kind)), "nonlinear", 0
+        lanes = _lanes(design, kind)
+        return (
+            nonlinear_cycles(kind, ins.rows, ins.cols, lanes, design.datapath_bytes),
+            "nonlinear",
+            0,
+        )
     a = design.array
     g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
     t, k, n, fl = ins.tokens, ins.k, ins.n, ins.flags

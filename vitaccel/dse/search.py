@@ -141,7 +141,8 @@ class SearchSpace:
     w4_cols: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10, 12, 16)
     max_w4_share: float = 0.5
     w4_kinds: tuple[str, ...] = ("int4", "pot4")
-    lanes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    # nonlinear lanes; those above 16 only with a datapath at least as wide
+    lanes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # HP ports streaming the weights (the board's hp_ports caps it)
     weight_ports: tuple[int, ...] = (1, 2, 3, 4)
     # bytes of X per cycle (Design.datapath_bytes): a scratchpad in 1, 2 or 4 banks
@@ -315,8 +316,9 @@ class _Model:
             prog = [(kind_of(i), i) for i in self.program(groups, fuse)]
             for lanes in SearchSpace.lanes:
                 for unit in out:
+                    # at a datapath of >= lanes bytes (the only widths a triple is paired with)
                     out[unit][lanes] = sum(
-                        nonlinear_cycles(kind, i.rows, i.cols, lanes) + self.instr
+                        nonlinear_cycles(kind, i.rows, i.cols, lanes, lanes) + self.instr
                         for kind, i in prog
                         if kind == unit
                     )
@@ -649,7 +651,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         """The shell's share that grows with the output columns (m.shell is the rest)."""
         return res.shell_resources(cols)[0] - m.shell
 
-    lane_opts = _lane_options(m, budget, space.lanes, clock_mhz)
+    lane_opts = _lane_options(m, budget, space.lanes, clock_mhz, space.datapath_bytes)
     spec = m.spec
     pool: list[Candidate] = []
     evaluated = 0
@@ -684,7 +686,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fuse = residual_fusable(g, c)
         nl = m.nonlinear(g, fuse)
         fixed = nl["fixed"][0]
-        opts = lane_opts[(_nl_key(m, g), fuse)]
+        opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
         for ports in port_choices:
             if (g * c) % ports:
@@ -751,16 +753,20 @@ def _nl_key(m: _Model, g: int) -> int:
     return min(g, m.spec.heads) if g > 1 else 1
 
 
-def _lane_options(m: _Model, budget, lanes_all, clock_mhz):
-    """Per group count: (lanes, cycles, usage, clock) of the useful lane triples.
+def _lane_options(m: _Model, budget, lanes_all, clock_mhz, widths=SearchSpace.datapath_bytes):
+    """Per group count, residual fusion and datapath width: (lanes, cycles, usage, clock) of
+    the useful lane triples.
 
     Every triple (softmax, layernorm, gelu lanes) gets its cycles, its usage and the fastest
-    clock the LUT-depth rule allows for it (with the engine's depth); triples beaten on all of
-    cycles, LUT, FF, BRAM, DSP and clock by another are dropped.
+    clock the LUT-depth rule allows for it (with the engine's depth). A width takes the
+    triples of at most ``width`` lanes each (``Design`` rejects more: a unit reads and writes
+    ``lanes / 16`` scratchpad words a cycle); among them, triples beaten on cycles, LUT and
+    clock by another are dropped.
     """
 
     units = ("softmax", "layernorm", "gelu")
     usage = {u: {n: res.nonlinear_resources(u, n) for n in lanes_all} for u in units}
+    lut = RESOURCE_KINDS.index("lut")
     out: dict[tuple, list] = {}
     for g, fuse in itertools.product(
         sorted({_nl_key(m, g) for g in SearchSpace.groups} | {1}), (False, True)
@@ -778,21 +784,19 @@ def _lane_options(m: _Model, budget, lanes_all, clock_mhz):
             else:
                 clock = m.clock_for(lanes)
             opts.append((lanes, cyc, use, clock))
-        # Keep a triple unless another is no slower, no larger in LUT and no slower-clocked.
-        lut = RESOURCE_KINDS.index("lut")
-        keep = []
-        for o in opts:
-            dominated = any(
-                p is not o
-                and p[1] <= o[1]
-                and p[3] >= o[3]
-                and p[2][lut] <= o[2][lut]
-                and (p[1] < o[1] or p[3] > o[3] or p[2][lut] < o[2][lut])
-                for p in opts
-            )
-            if not dominated:
-                keep.append(o)
-        out[(g, fuse)] = keep
+        # (cycles, LUT, -clock) of every triple: smaller is better on each
+        keys = np.array([(o[1], o[2][lut], -o[3]) for o in opts], dtype=float)
+        widest = np.array([max(o[0]) for o in opts])
+        for width in widths:
+            inside = np.flatnonzero(widest <= width)
+            k = keys[inside]
+            # Keep a triple unless another is no worse on all three and better on one.
+            no_worse = (k[:, None, :] <= k[None, :, :]).all(axis=2)  # [p, o]: p <= o
+            better = (k[:, None, :] < k[None, :, :]).any(axis=2)
+            dominated = (no_worse & better).any(axis=0)
+            out[(g, fuse, width)] = [
+                opts[i] for i, d in zip(inside, dominated, strict=True) if not d
+            ]
     return out
 
 

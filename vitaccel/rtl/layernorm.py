@@ -89,7 +89,7 @@ class AILayerNorm(CheckedComponent):
     Parameters
     ----------
     lanes : int
-        Channels per beat and per cycle, 1..32.
+        Channels per beat and per cycle, 1..64.
     in_bits : int
         Signed input width, 2..12 (8 in the model). The output is int8, as the reference
         clamps to [-128, 127].
@@ -122,7 +122,7 @@ class AILayerNorm(CheckedComponent):
         Some row is partly received or not yet fully sent.
     """
 
-    LIMITS = dict(lanes=(1, 32), in_bits=(2, 12), max_channels=(1, 8192), gain_bits=(2, 24),
+    LIMITS = dict(lanes=(1, 64), in_bits=(2, 12), max_channels=(1, 8192), gain_bits=(2, 24),
                   bias_bits=(2, 40), mult_bits=(1, 24), row_queue=(4, 64))  # fmt: skip
 
     @classmethod

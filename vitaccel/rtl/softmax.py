@@ -58,7 +58,7 @@ class E2Softmax(CheckedComponent):
     Parameters
     ----------
     lanes : int
-        Elements per beat and per cycle (1..32). Equals ``SoftmaxParams.lanes``: the running
+        Elements per beat and per cycle (1..64). Equals ``SoftmaxParams.lanes``: the running
         max is updated once per beat, which is part of the reference definition.
     in_bits : int
         Signed input width (2..12; the reference and the model use 8).
@@ -91,7 +91,7 @@ class E2Softmax(CheckedComponent):
         A row is partly received or not yet fully sent.
     """
 
-    LIMITS = dict(lanes=(1, 32), in_bits=(2, 12), max_row=(1, 65536), frac_bits=(8, 20),
+    LIMITS = dict(lanes=(1, 64), in_bits=(2, 12), max_row=(1, 65536), frac_bits=(8, 20),
                   code_bits=(2, 6), row_queue=(2, 64))  # fmt: skip
 
     @classmethod

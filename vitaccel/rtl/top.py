@@ -107,8 +107,10 @@ class TopParams:
       token per grant from as many SPM banks and loads as many k-steps a cycle), W banks of
       ``max_ksteps`` words per half (``weight_buffer_kib`` over ``groups*cols*2`` banks),
       unless given explicitly.
-    * Nonlinear units: lanes from ``design.nonlinear``; E2Softmax rows up to ``max_tokens``,
-      AILayerNorm and RESADD rows up to ``max_channels`` (RESADD rounded up to 16).
+    * Nonlinear units: lanes from ``design.nonlinear`` (up to ``datapath_bytes``: a unit of
+      more than 16 lanes reads and writes ``lanes / 16`` SPM words a cycle, one per bank);
+      E2Softmax rows up to ``max_tokens``, AILayerNorm and RESADD rows up to
+      ``max_channels`` (RESADD rounded up to 16).
     """
 
     def __init__(self, design: Design, *, x_words=None, max_ksteps=None, out_depth=None,
@@ -238,8 +240,15 @@ class Accelerator(CheckedComponent):
         n.unit_lanes = sorted({P.gelu_lanes, P.softmax_lanes, P.layernorm_lanes})
         n.unit_rd, n.unit_wr = {}, {}
         for lanes in n.unit_lanes:
-            n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(lanes=lanes)
-            n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(lanes=lanes)
+            # lanes beyond one word (<= datapath_bytes, Design checks): the unit reads and
+            # writes lanes/16 consecutive words of the banked scratchpad a cycle
+            words = max(1, lanes // WORD_BYTES)
+            n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(
+                lanes=lanes, **({"fetch_words": words} if words > 1 else {})
+            )
+            n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(
+                lanes=lanes, **({"wide": True} if words > 1 else {})
+            )
         m.submodules.res_wr = n.res_wr = RowWriter(lanes=16)
         # the X builder's beats are the engine's X beats: x_beat k-steps of V bytes
         m.submodules.xb = n.xb = XStreamBuilder(
@@ -262,16 +271,23 @@ class Accelerator(CheckedComponent):
         )
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
-        # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant
-        wide = {len(readers) - 3} if P.spm_banks > 1 else ()
+        # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant,
+        # and a unit reader / writer of more than 16 lanes lanes/16 words
+        wide_units = [lanes for lanes in n.unit_lanes if lanes > WORD_BYTES]
+        wide = {len(readers) - 3: P.spm_banks} if P.spm_banks > 1 else {}
+        for lanes in wide_units:
+            wide[1 + n.unit_lanes.index(lanes)] = lanes // WORD_BYTES
+        writers = [n.brw.mem] + [n.unit_wr[lanes].mem for lanes in wide_units]
         m.submodules.spm = spm = Scratchpad(
-            words=P.spm_words, read_clients=len(readers), write_clients=2, banks=P.spm_banks,
-            wide=wide, memory=P.design.spm_memory,
+            words=P.spm_words, read_clients=len(readers), write_clients=1 + len(writers),
+            banks=P.spm_banks, wide=wide, memory=P.design.spm_memory,
+            wide_writes={2 + j: lanes // WORD_BYTES for j, lanes in enumerate(wide_units)},
         )  # fmt: skip
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.clients()[i])
-        n.load_wr = spm.wr[0]  # LOAD: DMA words -> SPM
-        wiring.connect(m, n.brw.mem, spm.wr[1])
+        n.load_wr = spm.writers()[0]  # LOAD: DMA words -> SPM
+        for i, client in enumerate(writers):
+            wiring.connect(m, client, spm.writers()[1 + i])
 
         m.submodules.gelu = n.gelu = GELU(lanes=P.gelu_lanes)
         m.submodules.softmax = n.softmax = E2Softmax(
@@ -620,7 +636,8 @@ class Accelerator(CheckedComponent):
                     beat.last.eq(out.last),
                     *[beat.data[j].eq(out.data[j]) for j in range(lanes)],
                 ])  # fmt: skip
-            writers[lanes] = (wr.o, sel.any())
+            if not wr.wide:  # (a wide writer writes the scratchpad itself)
+                writers[lanes] = (wr.o, sel.any())
         # RESADD: its output rows, or (MATMUL RESADD) the sums back to the output runs
         res_wr = n.res_wr
         m.d.comb += [

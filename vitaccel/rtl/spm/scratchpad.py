@@ -50,14 +50,16 @@ def read_client_signature(addr_bits: int = ADDR_BITS, words: int = 1) -> wiring.
     )
 
 
-def write_client_signature(addr_bits: int = ADDR_BITS) -> wiring.Signature:
-    """A write client of the SPM (client side): ``en``, ``addr``, ``data``, byte enables ``be``."""
+def write_client_signature(addr_bits: int = ADDR_BITS, words: int = 1) -> wiring.Signature:
+    """A write client of the SPM (client side): ``en``, ``addr``, ``data``, byte enables ``be``.
+    A wide client (``words`` > 1, on a scratchpad of at least as many banks) writes the words
+    ``addr .. addr + words - 1`` at once, word i in bits ``128 i ..`` (enables ``16 i ..``)."""
     return wiring.Signature(
         {
             "en": Out(1),
             "addr": Out(addr_bits),
-            "data": Out(8 * WORD_BYTES),
-            "be": Out(WORD_BYTES),
+            "data": Out(8 * WORD_BYTES * words),
+            "be": Out(WORD_BYTES * words),
         }
     )
 
@@ -67,6 +69,16 @@ def _check_lanes(lanes, name: str = "lanes") -> int:
     if lanes & (lanes - 1):
         raise ValueError(f"{name} must be a power of two, not {lanes!r}")
     return lanes
+
+
+def _client_ports(signature, count: int, wide: dict):
+    """``count`` clients of ``signature`` (scratchpad side): an array, or with ``wide``
+    (client -> words) members ``c0, c1, ...``, each ``wide.get(i, 1)`` words wide."""
+    if not wide:
+        return In(signature()).array(count)
+    return In(
+        wiring.Signature({f"c{i}": Out(signature(words=wide.get(i, 1))) for i in range(count)})
+    )
 
 
 def spm_bank_memory(depth: int, init=(), memory: str = "bram") -> Memory:
@@ -92,8 +104,12 @@ class Scratchpad(CheckedComponent):
         1 (one memory), 2 or 4: word ``a`` lives in bank ``a mod banks`` at ``a div banks``,
         so any ``banks`` consecutive words are in different banks and a *wide* read client
         gets them all in one grant (the words after ``addr``, wrapping like addresses).
-    wide : collection of int
-        The read clients that read ``banks`` words per grant (the others read one).
+    wide : collection of int, or mapping of int to int
+        The read clients that read ``banks`` words per grant (the others read one); a mapping
+        gives each wide client its own word count (2..``banks``).
+    wide_writes : mapping of int to int
+        Write clients that write several consecutive words (2..``banks``) in one cycle, at
+        any alignment (a nonlinear unit's row writer as wide as the datapath).
     memory : {"bram", "uram"}
         ``"uram"`` marks the memory ``ram_style = "ultra"``, which Yosys (xcup) and Vivado map
         to URAM288; read latency stays one cycle (``dse.resources.memory_uram288``).
@@ -103,10 +119,12 @@ class Scratchpad(CheckedComponent):
     rd : ``In(read_client_signature()).array(read_clients)``
         (a wide client's ``rdata`` is ``banks`` words wide)
     wr : ``In(write_client_signature()).array(write_clients)``
+        (with ``wide_writes``, members ``c{i}`` as in ``rd``; :meth:`writers` lists them)
     """
 
     @classmethod
-    def check(cls, *, words, read_clients=1, write_clients=1, banks=1, wide=(), **_):
+    def check(cls, *, words, read_clients=1, write_clients=1, banks=1, wide=(), wide_writes=None,
+              **_):  # fmt: skip
         check_int("words", words, 16, 1 << ADDR_BITS)
         check_int("read_clients", read_clients, 1, 16)
         check_int("write_clients", write_clients, 1, 16)
@@ -114,12 +132,24 @@ class Scratchpad(CheckedComponent):
             raise ValueError(f"banks must be 1, 2 or 4 and divide words ({words}), not {banks!r}")
         if any(not 0 <= i < read_clients for i in wide):
             raise ValueError(f"wide must name read clients 0..{read_clients - 1}, not {wide!r}")
+        for name, ports, n in (
+            ("wide", wide, read_clients),
+            ("wide_writes", wide_writes, write_clients),
+        ):
+            if not isinstance(ports, dict):
+                continue
+            if any(not 0 <= i < n or not 2 <= w <= banks for i, w in ports.items()):
+                raise ValueError(
+                    f"{name} must map clients 0..{n - 1} to 2..{banks} words (banks), not {ports!r}"
+                )
 
     def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None,
-                 banks: int = 1, wide=(), memory: str = "bram"):  # fmt: skip
+                 banks: int = 1, wide=(), wide_writes=None, memory: str = "bram"):  # fmt: skip
         self.words = words
         self.banks = banks
-        self.wide = frozenset(wide)
+        # client -> words per grant / per write
+        self.wide = dict(wide) if isinstance(wide, dict) else {i: banks for i in wide}
+        self.wide_writes = dict(wide_writes or {})
         init = list(init or [])
         # Built here (not in elaborate) so testbenches can read ``mem.data`` (one bank) or
         # ``banks_mem[b].data`` (word a at ``banks_mem[a % banks].data[a // banks]``).
@@ -133,19 +163,8 @@ class Scratchpad(CheckedComponent):
         self.write_clients = write_clients
         super().__init__(
             {
-                "rd": In(read_client_signature()).array(read_clients)
-                if not self.wide
-                else In(
-                    wiring.Signature(
-                        {
-                            f"c{i}": Out(
-                                read_client_signature(words=banks if i in self.wide else 1)
-                            )
-                            for i in range(read_clients)
-                        }
-                    )
-                ),
-                "wr": In(write_client_signature()).array(write_clients),
+                "rd": _client_ports(read_client_signature, read_clients, self.wide),
+                "wr": _client_ports(write_client_signature, write_clients, self.wide_writes),
             }
         )
 
@@ -160,6 +179,12 @@ class Scratchpad(CheckedComponent):
         if not self.wide:
             return list(self.rd)
         return [getattr(self.rd, f"c{i}") for i in range(self.read_clients)]
+
+    def writers(self) -> list:
+        """The write clients in index order (``wr[i]``, or ``wr.c{i}`` with wide writers)."""
+        if not self.wide_writes:
+            return list(self.wr)
+        return [getattr(self.wr, f"c{i}") for i in range(self.write_clients)]
 
     def elaborate(self, platform):
         if self.banks > 1:
@@ -228,8 +253,11 @@ class Scratchpad(CheckedComponent):
             m.submodules[f"bank{b}"] = mem
             ports.append((mem.write_port(granularity=8), mem.read_port()))
 
-        for w in reversed(list(self.wr)):
+        for i, w in reversed(list(enumerate(self.writers()))):
             with m.If(w.en):
+                if i in self.wide_writes:
+                    self._wide_write(m, w, self.wide_writes[i], ports, abits)
+                    continue
                 for b, (wp, _) in enumerate(ports):
                     m.d.comb += [wp.addr.eq(w.addr[lb:abits]), wp.data.eq(w.data)]
                     with m.If(w.addr[:lb] == b):
@@ -256,6 +284,26 @@ class Scratchpad(CheckedComponent):
                 with m.Case(k):
                     m.d.comb += words.eq(data.rotate_right(8 * WORD_BYTES * k))
         for i, r in enumerate(clients):
-            width = 8 * WORD_BYTES * (B if i in self.wide else 1)
+            width = 8 * WORD_BYTES * self.wide.get(i, 1)
             m.d.comb += [r.rvalid.eq(granted[i]), r.rdata.eq(words[:width])]
         return m
+
+    def _wide_write(self, m: Module, w, nwords: int, ports, abits: int) -> None:
+        """Words ``a .. a + nwords - 1`` of a wide write client into their banks in one cycle:
+        word i goes to bank ``(a + i) mod B`` at ``(a + i) div B``, i.e. bank b takes word
+        ``(b - a) mod B`` (none past ``nwords``), one row further below ``a mod B``."""
+        B = self.banks
+        lb = exact_log2(B)
+        rot = w.addr[:lb]
+        row = w.addr[lb:abits]
+        for b, (wp, _) in enumerate(ports):
+            m.d.comb += wp.addr.eq(row + (rot > b))
+            with m.Switch(rot):
+                for r in range(B):
+                    i = (b - r) % B
+                    if i < nwords:
+                        with m.Case(r):
+                            m.d.comb += [
+                                wp.data.eq(w.data[8 * WORD_BYTES * i : 8 * WORD_BYTES * (i + 1)]),
+                                wp.en.eq(w.be[WORD_BYTES * i : WORD_BYTES * (i + 1)]),
+                            ]

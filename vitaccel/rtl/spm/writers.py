@@ -5,7 +5,7 @@ Part of :mod:`vitaccel.rtl.spm` (the package docstring describes the whole).
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -114,6 +114,40 @@ class ByteRunWriter(wiring.Component):
         return m
 
 
+def _take_command(m: Module, cmd, active, rows_left, cols, stride, row, more, first=()) -> None:
+    """A row writer takes a command while idle: (base, stride, rows, cols) into its registers,
+    with ``first`` and ``more`` (its own; the order keeps the Verilog as it was). An empty
+    command (no rows or no columns) leaves it idle."""
+    m.d.comb += cmd.ready.eq(~active)
+    cp = cmd.payload
+    with m.If(cmd.valid & ~active):
+        m.d.sync += [
+            active.eq((cp.rows != 0) & (cp.cols != 0)),
+            rows_left.eq(cp.rows),
+            *first,
+            cols.eq(cp.cols),
+            stride.eq(cp.stride),
+            row.eq(cp.base),
+            *more,
+        ]
+
+
+def _next_row(m: Module, row, stride, rows_left, last_row, active, before, after, mid=()) -> None:
+    """A row writer's step to its next row (``before``, ``mid`` and ``after``: the writer's
+    own registers, assigned around it): the row's word address, the rows left with the "last
+    row" flag as a register beside the counter, and the end of the command."""
+    m.d.sync += [
+        *before,
+        row.eq(row + stride),
+        *mid,
+        rows_left.eq(rows_left - 1),
+        last_row.eq(rows_left == 2),
+        *after,
+    ]
+    with m.If(last_row):
+        m.d.sync += active.eq(0)
+
+
 def writer_cmd_layout() -> data.StructLayout:
     return data.StructLayout(
         {
@@ -129,33 +163,50 @@ class RowWriter(CheckedComponent):
     """A row stream of ``lanes`` bytes -> runs into rows (base, stride, rows, cols).
 
     The writer counts columns itself (``ceil(cols/lanes)`` beats a row); the stream's
-    framing is not used. A beat of more than 16 lanes becomes one run per 16 bytes.
+    framing is not used. A beat of more than 16 lanes becomes one run per 16 bytes, unless
+    ``wide``: then (``lanes`` = 16 W, W = 2 or 4) each beat is one write of W consecutive words
+    (bytes past ``cols`` not enabled) straight to a wide write client of a banked
+    :class:`Scratchpad`, a beat per cycle, registered once; rows start at word boundaries,
+    so a beat never straddles words.
 
     Members
     -------
     cmd : ``In(stream.Signature(writer_cmd_layout()))``
     i : ``In(row_signature(unsigned(8), lanes))``
     o : ``Out(stream.Signature(run_layout()))``
+        (not ``wide``)
+    mem : ``Out(write_client_signature(words=lanes // 16))``
+        (``wide``)
     idle : ``Out(1)``
-        No command in progress (every beat of the last command has left as a run).
+        No command in progress (every beat of the last command has left as a run / write).
     """
 
     @classmethod
-    def check(cls, *, lanes):
+    def check(cls, *, lanes, wide=False):
         _check_lanes(lanes)
+        if wide and lanes not in (32, 64):
+            raise ValueError(f"a wide RowWriter needs lanes 32 or 64, not {lanes!r}")
 
-    def __init__(self, *, lanes: int):
+    def __init__(self, *, lanes: int, wide: bool = False):
         self.lanes = lanes
+        self.wide = wide
+        out = (
+            {"mem": Out(write_client_signature(words=lanes // WORD_BYTES))}
+            if wide
+            else {"o": Out(stream.Signature(run_layout()))}
+        )
         super().__init__(
             {
                 "cmd": In(stream.Signature(writer_cmd_layout())),
                 "i": In(row_signature(unsigned(8), lanes)),
-                "o": Out(stream.Signature(run_layout())),
+                **out,
                 "idle": Out(1),
             }
         )
 
     def elaborate(self, platform):
+        if self.wide:
+            return self._elaborate_wide()
         m = Module()
         L = self.lanes
         k = max(1, L // WORD_BYTES)
@@ -182,25 +233,18 @@ class RowWriter(CheckedComponent):
         last_row = Signal()  # rows_left == 1
         cols_fits = Signal()  # cols <= plen
         cols_row = Signal()  # cols <= L
-        m.d.comb += self.cmd.ready.eq(~active)
         cp = self.cmd.payload
-        with m.If(self.cmd.valid & ~active):
-            m.d.sync += [
-                active.eq((cp.rows != 0) & (cp.cols != 0)),
-                rows_left.eq(cp.rows),
-                cols.eq(cp.cols),
-                stride.eq(cp.stride),
-                row.eq(cp.base),
-                col.eq(0),
-                piece.eq(0),
-                left.eq(cp.cols),
-                left_fits.eq(cp.cols <= plen),
-                beat_left.eq(cp.cols),
-                row_end.eq(cp.cols <= L),
-                last_row.eq(cp.rows == 1),
-                cols_fits.eq(cp.cols <= plen),
-                cols_row.eq(cp.cols <= L),
-            ]
+        _take_command(m, self.cmd, active, rows_left, cols, stride, row, [
+            col.eq(0),
+            piece.eq(0),
+            left.eq(cp.cols),
+            left_fits.eq(cp.cols <= plen),
+            beat_left.eq(cp.cols),
+            row_end.eq(cp.cols <= L),
+            last_row.eq(cp.rows == 1),
+            cols_fits.eq(cp.cols <= plen),
+            cols_row.eq(cp.cols <= L),
+        ])  # fmt: skip
         pos = Signal(16)  # column of this piece
         m.d.comb += pos.eq(col + (piece << 4) if k > 1 else col)
         run = self.o.payload
@@ -232,18 +276,9 @@ class RowWriter(CheckedComponent):
             with m.Else():
                 m.d.sync += piece.eq(0)
                 with m.If(row_end):
-                    m.d.sync += [
-                        col.eq(0),
-                        row.eq(row + stride),
-                        rows_left.eq(rows_left - 1),
-                        last_row.eq(rows_left == 2),
-                        left.eq(cols),
-                        left_fits.eq(cols_fits),
-                        beat_left.eq(cols),
-                        row_end.eq(cols_row),
-                    ]
-                    with m.If(last_row):
-                        m.d.sync += active.eq(0)
+                    after = [left.eq(cols), left_fits.eq(cols_fits), beat_left.eq(cols),
+                             row_end.eq(cols_row)]  # fmt: skip
+                    _next_row(m, row, stride, rows_left, last_row, active, [col.eq(0)], after)
                 with m.Else():
                     m.d.sync += [
                         col.eq(col + L),
@@ -253,4 +288,63 @@ class RowWriter(CheckedComponent):
                         row_end.eq(beat_left <= 2 * L),
                     ]
         m.d.comb += self.idle.eq(~active & ~inb.busy)
+        return m
+
+    def _elaborate_wide(self):
+        """One write of ``lanes / 16`` words per beat: address ``row + col / 16``, byte
+        enables from the columns left (a register set for the next beat as this one
+        leaves, like the reader's lane mask)."""
+        m = Module()
+        L = self.lanes
+        m.submodules.inb = inb = SkidBuffer(row_layout(unsigned(8), L))
+        wiring.connect(m, wiring.flipped(self.i), inb.i)
+        sink = inb.o
+        active = Signal()
+        rows_left = Signal(16)
+        last_row = Signal()  # rows_left == 1
+        cols = Signal(16)
+        stride = Signal(16)
+        row = Signal(ADDR_BITS)
+        addr = Signal(ADDR_BITS)  # this beat's first word
+        beat_left = Signal(17)  # cols - col
+        row_end = Signal()  # beat_left <= L
+        mask = Signal(L)  # bytes of this beat inside the row
+        cols_row = Signal()  # cols <= L
+        cols_mask = Signal(L)  # the mask of a row's first beat
+
+        def lanes_below(n):
+            return Cat(*[n > i for i in range(L)])
+
+        cp = self.cmd.payload
+        _take_command(m, self.cmd, active, rows_left, cols, stride, row, [
+            addr.eq(cp.base),
+            beat_left.eq(cp.cols),
+            row_end.eq(cp.cols <= L),
+            mask.eq(lanes_below(cp.cols)),
+            cols_row.eq(cp.cols <= L),
+            cols_mask.eq(lanes_below(cp.cols)),
+        ], first=[last_row.eq(cp.rows == 1)])  # fmt: skip
+        # the scratchpad takes a write every cycle: no back-pressure past the skid buffer
+        fire = Signal()
+        m.d.comb += [fire.eq(active & sink.valid), sink.ready.eq(active)]
+        en = Signal()
+        m.d.sync += en.eq(fire)
+        with m.If(fire):
+            m.d.sync += [
+                self.mem.addr.eq(addr),
+                self.mem.data.eq(sink.payload.data.as_value()),
+                self.mem.be.eq(mask),
+            ]
+            with m.If(row_end):
+                after = [beat_left.eq(cols), row_end.eq(cols_row), mask.eq(cols_mask)]
+                _next_row(m, row, stride, rows_left, last_row, active, [], after,
+                          mid=[addr.eq(row + stride)])  # fmt: skip
+            with m.Else():
+                m.d.sync += [
+                    addr.eq(addr + L // WORD_BYTES),
+                    beat_left.eq(beat_left - L),
+                    row_end.eq(beat_left <= 2 * L),
+                    mask.eq(Cat(*[beat_left > L + i for i in range(L)])),
+                ]
+        m.d.comb += [self.mem.en.eq(en), self.idle.eq(~active & ~inb.busy & ~en)]
         return m
