@@ -207,40 +207,20 @@ _WIDTH_HELP = "signed bits of the %s (golden model only; the RTL is int8)"
     help="also rank every quantised tensor by its SQNR against float (calibration images)",
 )
 @_json_flag(help="print one JSON object")
-def quantize(
-    model_name,
-    weights,
-    scheme,
-    w4_ratio,
-    w4_kind,
-    softmax_output,
-    images,
-    residual_bits,
-    branch_bits,
-    logit_bits,
-    per_layer,
-    as_json,
-):
+def quantize(model_name, weights, images, per_layer, as_json, **quant):
     """Quantise a float model to the integer golden model and compare it with float."""
     from vitaccel.models.specs import get_spec
 
     get_spec(model_name)
-    if not 0.0 <= w4_ratio <= 1.0:
-        raise CliError(f"--w4-ratio must be in [0, 1], got {w4_ratio}")
+    # the other options are QuantConfig's fields by name (scheme, w4_*, softmax_output, widths)
+    if not 0.0 <= quant["w4_ratio"] <= 1.0:
+        raise CliError(f"--w4-ratio must be in [0, 1], got {quant['w4_ratio']}")
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
     from vitaccel.models.evaluate import evaluate
     from vitaccel.models.golden import QuantConfig
 
-    cfg = QuantConfig(
-        scheme=scheme,
-        w4_ratio=w4_ratio,
-        w4_kind=w4_kind,
-        softmax_output=softmax_output,
-        residual_bits=residual_bits,
-        branch_bits=branch_bits,
-        logit_bits=logit_bits,
-    )
+    cfg = QuantConfig(**quant)
     result = evaluate(
         model_name,
         weights=weights,
