@@ -98,6 +98,62 @@ def test_digits_wide_datapath_banked_scratchpad():
     assert model < narrow
 
 
+# A 32-byte datapath with 32-lane E2Softmax, AILayerNorm and GELU: each reads and writes two
+# scratchpad words a cycle (one per bank). One Verilator build, shared by the two tests below.
+WIDE_NONLINEAR = Design(
+    model="digits-vit",
+    array=ArrayConfig(groups=1, rows=4, cols=4, vector=16),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=32, softmax_lanes=32, layernorm_lanes=32, max_tokens=64, max_channels=128
+    ),
+    spm_kib=64,
+    input_buffer_kib=8,
+    weight_buffer_kib=4,
+    datapath_bytes=32,
+)
+
+
+@pytest.mark.slow
+def test_digits_wide_nonlinear_lanes_bit_exact():
+    """digits-vit on 32-lane units over the 2-bank scratchpad: bit-exact with and without AXI
+    pauses; unpaused, the cycles are within 3% of the cycle model, which prices the units at
+    32 elements a cycle (fewer cycles than at 16 lanes)."""
+    design = WIDE_NONLINEAR
+    golden, patches, want, _ = _digits(design, 2)
+    for pause, seed in ((0.2, 11), (0.0, 12)):
+        results = _run(design, golden, patches, pause=pause, seed=seed)
+        for j, r in enumerate(results):
+            assert _first_mismatch(r.logits, want[j]) is None, (
+                f"pause {pause}, image {j}: (class, rtl, golden) = "
+                f"{_first_mismatch(r.logits, want[j])}"
+            )
+    model = estimate(design, spec=golden.spec).cycles
+    lanes16 = NonlinearConfig(
+        gelu_lanes=16, softmax_lanes=16, layernorm_lanes=16, max_tokens=64, max_channels=128
+    )
+    narrow = estimate(design.model_copy(update={"nonlinear": lanes16}), spec=golden.spec).cycles
+    print(f"32 lanes at 32 B: RTL {results[-1].cycles} cycles/image, model {model} "
+          f"(16 lanes: {narrow})")  # fmt: skip
+    assert abs(results[-1].cycles / model - 1) < 0.03, (results[-1].cycles, model)
+    assert model < narrow
+
+
+@pytest.mark.slow
+def test_wide_nonlinear_instructions_take_the_modelled_cycles():
+    """One SOFTMAX / LAYERNORM / GELU instruction each on the 32-lane top (micro-programs,
+    the END-only run subtracted): the RTL's cycles are exactly ``cost.instr_cycles`` plus the
+    per-instruction overhead, as a MATMUL's and a LOAD's are."""
+    from vitaccel.dse.cost import LATENCIES
+    from vitaccel.verify.validate import micro_cycles
+
+    rows = {r["case"]: r for r in micro_cycles(WIDE_NONLINEAR)}
+    cases = ("softmax 68 x 17", "layernorm 17 x 64", "gelu 17 x 128", "load 2048 words",
+             "matmul T17 K64 N128 (DDR W)")  # fmt: skip
+    for case in cases:
+        print(case, rows[case])
+        assert rows[case]["rtl"] == rows[case]["model"] + LATENCIES["instr"], rows[case]
+
+
 def test_digits_log2_softmax_bit_exact():
     """A log2 build: E2Softmax writes 4-bit codes and P x V runs in the engine's shift-add
     mode (SOFTMAX LOG2 / MATMUL X_LOG2); logits equal the log2 golden model's."""
