@@ -67,6 +67,20 @@ def test_digits_20_images_bit_exact_with_axi_pauses():
     assert rtl_top1 == np.mean(want.argmax(1) == y.numpy())
 
 
+def _bit_exact_paused_then_unpaused(design, *, seeds):
+    """Two digits-vit images with AXI pauses (0.2), then without: bit-exact on every logit.
+    Returns the golden model and the unpaused run's results (their cycles are the RTL's)."""
+    golden, patches, want, _ = _digits(design, 2)
+    for pause, seed in zip((0.2, 0.0), seeds, strict=True):
+        results = _run(design, golden, patches, pause=pause, seed=seed)
+        for j, r in enumerate(results):
+            assert _first_mismatch(r.logits, want[j]) is None, (
+                f"pause {pause}, image {j}: (class, rtl, golden) = "
+                f"{_first_mismatch(r.logits, want[j])}"
+            )
+    return golden, results
+
+
 @pytest.mark.slow
 def test_digits_wide_datapath_banked_scratchpad():
     """``datapath_bytes = 32`` on a V = 16 array: the scratchpad in 2 banks, the X builder
@@ -83,14 +97,7 @@ def test_digits_wide_datapath_banked_scratchpad():
         weight_buffer_kib=4,
         datapath_bytes=32,
     )
-    golden, patches, want, _ = _digits(design, 2)
-    for pause, seed in ((0.2, 7), (0.0, 8)):
-        results = _run(design, golden, patches, pause=pause, seed=seed)
-        for j, r in enumerate(results):
-            assert _first_mismatch(r.logits, want[j]) is None, (
-                f"pause {pause}, image {j}: (class, rtl, golden) = "
-                f"{_first_mismatch(r.logits, want[j])}"
-            )
+    golden, results = _bit_exact_paused_then_unpaused(design, seeds=(7, 8))
     model = estimate(design, spec=golden.spec).cycles
     narrow = estimate(design.model_copy(update={"datapath_bytes": 16}), spec=golden.spec).cycles
     print(f"datapath 32 B: RTL {results[-1].cycles} cycles/image, model {model} (16 B: {narrow})")
@@ -119,14 +126,7 @@ def test_digits_wide_nonlinear_lanes_bit_exact():
     pauses; unpaused, the cycles are within 3% of the cycle model, which prices the units at
     32 elements a cycle (fewer cycles than at 16 lanes)."""
     design = WIDE_NONLINEAR
-    golden, patches, want, _ = _digits(design, 2)
-    for pause, seed in ((0.2, 11), (0.0, 12)):
-        results = _run(design, golden, patches, pause=pause, seed=seed)
-        for j, r in enumerate(results):
-            assert _first_mismatch(r.logits, want[j]) is None, (
-                f"pause {pause}, image {j}: (class, rtl, golden) = "
-                f"{_first_mismatch(r.logits, want[j])}"
-            )
+    golden, results = _bit_exact_paused_then_unpaused(design, seeds=(11, 12))
     model = estimate(design, spec=golden.spec).cycles
     lanes16 = NonlinearConfig(
         gelu_lanes=16, softmax_lanes=16, layernorm_lanes=16, max_tokens=64, max_channels=128
