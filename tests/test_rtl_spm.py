@@ -248,6 +248,33 @@ def test_two_readers_share_the_port_and_a_stalled_one_does_not_block():
 # ---- writers ----------------------------------------------------------------------------------
 
 
+def _rows_to_write(rng, image, jobs):
+    """Random int8 rows for each (base, stride, rows, cols) job, and the interpreter's
+    scratchpad once they are written."""
+    mach = _machine(image)
+    tensors = []
+    for base, stride, rows, cols in jobs:
+        values = rng.integers(-128, 128, size=(rows, cols))
+        tensors.append(values)
+        mach.write(base, values, stride)
+    return mach, tensors
+
+
+async def _write_rows(ctx, wr, jobs, tensors, lanes, pauses, *, idle):
+    """Each job's command, then its rows as ``lanes``-byte beats to a row writer (garbage
+    past ``cols``, which must never be written); waits for ``idle`` after each job."""
+    for (base, stride, rows, cols), values in zip(jobs, tensors, strict=True):
+        await _put(ctx, wr.cmd, dict(base=base, stride=stride, rows=rows, cols=cols))
+        for r in range(rows):
+            nb = -(-cols // lanes)
+            for b in range(nb):
+                chunk = [int(v) & 0xFF for v in values[r, b * lanes : (b + 1) * lanes]]
+                chunk += [0x5A] * (lanes - len(chunk))
+                beat = dict(data=chunk, count=min(lanes, cols - b * lanes), last=b == nb - 1)
+                await _put(ctx, wr.i, beat, pauses)
+        await ctx.tick().until(idle)
+
+
 @pytest.mark.parametrize("lanes, banks", [(1, 1), (4, 1), (16, 1), (32, 1), (4, 2), (16, 4)])
 def test_row_writer_writes_only_cols(lanes, banks):
     """Runs at any byte offset land where the interpreter puts them (a banked scratchpad:
@@ -263,25 +290,11 @@ def test_row_writer_writes_only_cols(lanes, banks):
     spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks)
     wr, brw = RowWriter(lanes=lanes), ByteRunWriter()
     rig = Rig(spm, [wr, brw], writers=[brw.mem], links=[(wr.o, brw.i)])
-    mach = _machine(image)
-    tensors = []
-    for base, stride, rows, cols in jobs:
-        values = rng.integers(-128, 128, size=(rows, cols))
-        tensors.append(values)
-        mach.write(base, values, stride)
+    mach, tensors = _rows_to_write(rng, image, jobs)
 
     async def bench(ctx):
         pauses = random_pauses(0.3, lanes)
-        for (base, stride, rows, cols), values in zip(jobs, tensors, strict=True):
-            await _put(ctx, wr.cmd, dict(base=base, stride=stride, rows=rows, cols=cols))
-            for r in range(rows):
-                nb = -(-cols // lanes)
-                for b in range(nb):
-                    chunk = [int(v) & 0xFF for v in values[r, b * lanes : (b + 1) * lanes]]
-                    chunk += [0x5A] * (lanes - len(chunk))  # garbage past cols: never written
-                    beat = dict(data=chunk, count=min(lanes, cols - b * lanes), last=b == nb - 1)
-                    await _put(ctx, wr.i, beat, pauses)
-            await ctx.tick().until(wr.idle & brw.idle)
+        await _write_rows(ctx, wr, jobs, tensors, lanes, pauses, idle=wr.idle & brw.idle)
         np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
 
     _run(rig, bench)
@@ -302,26 +315,12 @@ def test_wide_row_writer_writes_lanes_over_16_words_a_cycle(lanes, banks, pause)
                      wide_writes={1: lanes // 16})  # fmt: skip
     wr = RowWriter(lanes=lanes, wide=True)
     rig = Rig(spm, [wr], writers={1: wr.mem})
-    mach = _machine(image)
-    tensors = []
-    for base, stride, rows, cols in jobs:
-        values = rng.integers(-128, 128, size=(rows, cols))
-        tensors.append(values)
-        mach.write(base, values, stride)
+    mach, tensors = _rows_to_write(rng, image, jobs)
     cycles = []
 
     async def bench(ctx):
         pauses = random_pauses(pause, lanes)
-        for (base, stride, rows, cols), values in zip(jobs, tensors, strict=True):
-            await _put(ctx, wr.cmd, dict(base=base, stride=stride, rows=rows, cols=cols))
-            for r in range(rows):
-                nb = -(-cols // lanes)
-                for b in range(nb):
-                    chunk = [int(v) & 0xFF for v in values[r, b * lanes : (b + 1) * lanes]]
-                    chunk += [0x5A] * (lanes - len(chunk))  # garbage past cols: never written
-                    beat = dict(data=chunk, count=min(lanes, cols - b * lanes), last=b == nb - 1)
-                    await _put(ctx, wr.i, beat, pauses if pause else None)
-            await ctx.tick().until(wr.idle)
+        await _write_rows(ctx, wr, jobs, tensors, lanes, pauses if pause else None, idle=wr.idle)
         np.testing.assert_array_equal(_spm_dump(ctx, spm), mach.spm)
 
     async def timed(ctx):
