@@ -58,8 +58,10 @@ def _names(depth: int) -> set[str]:
         QuantConfig(),
         QuantConfig(scheme="mixed", softmax_output="log2"),
         QuantConfig(act_calibration="mse", gelu_zero_point=True, ln_channel_scales=True),
+        # Per-channel q, k, V, context and LayerNorm scales (issue 24's migrations).
+        QuantConfig(qk_balance=True, v_smooth_alpha=1.0, ln_smooth_alpha=0.5),
     ],
-    ids=["w8a8", "mixed-log2", "all-options"],
+    ids=["w8a8", "mixed-log2", "all-options", "migration"],
 )
 def test_every_quantised_tensor_is_reported_and_ranked(digits, config):
     spec, model, calib = digits

@@ -43,3 +43,39 @@ def test_mse_clip_refuses_bad_input(bad):
 
 def test_mse_clip_of_zeros_is_zero():
     assert scales.mse_clip(np.zeros(5)) == 0.0
+
+
+# ---- SmoothQuant migration (issue 24) ----------------------------------------------------
+
+
+def test_smooth_scales_full_migration_is_one_scale_per_channel():
+    act = np.array([0.5, 8.0, 2.0, 1e-9])
+    w = np.array([1.0, 0.1, 3.0, 2.0])
+    # alpha = 1: every channel its own range, whatever the weights (ln_channel_scales).
+    np.testing.assert_array_equal(scales.smooth_scales(act, w, 1.0), np.maximum(act, 1e-6) / 127)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.75])
+def test_smooth_scales_fill_one_grid_without_clipping(alpha):
+    rng = np.random.default_rng(3)
+    act, w = rng.uniform(0.1, 10.0, 16), rng.uniform(0.01, 1.0, 16)
+    s = scales.smooth_scales(act, w, alpha)
+    # The smoothed channels share one grid: the widest fills the 127 codes, none clips.
+    codes = act / s
+    assert np.isclose(codes.max(), 127.0) and np.all(codes <= 127.0 + 1e-9)
+    # The migration factor is act**alpha / w**(1 - alpha), up to one common factor.
+    ratio = s * w ** (1 - alpha) / act**alpha
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "act, w, alpha, match",
+    [
+        ([1.0, 2.0], [1.0], 0.5, "one value per channel"),
+        ([[1.0, 2.0]], [[1.0, 2.0]], 0.5, "one value per channel"),
+        ([1.0, 2.0], [1.0, 2.0], 1.5, r"alpha must be in \[0, 1\]"),
+    ],
+)
+def test_smooth_scales_refuses_bad_input(act, w, alpha, match):
+    with pytest.raises(ValueError, match=match):
+        scales.smooth_scales(act, w, alpha)

@@ -88,6 +88,12 @@ def _heads(t: np.ndarray, heads: int) -> np.ndarray:
     return t.reshape(b, tokens, heads, d // heads).transpose(0, 2, 1, 3)
 
 
+def _head_scale(scale, heads: int):
+    """A per-tensor scale as is; a per-channel one (D,) in the per-head layout (heads, 1, D/heads)."""
+    scale = np.asarray(scale, dtype=np.float64)
+    return scale if scale.ndim == 0 else scale.reshape(heads, 1, -1)
+
+
 def _merge_heads(t: np.ndarray) -> np.ndarray:
     b, h, tokens, hd = t.shape
     return t.transpose(0, 2, 1, 3).reshape(b, tokens, h * hd)
@@ -177,18 +183,20 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
         )
         qkv_local = blk.qkv(_grid(tr[f"{p}.norm1"], scale(f"{p}.norm1")))
         f_qkv = tr[f"{p}.attn.qkv"]
+        # q, k, v scales: per tensor, or per channel (QuantConfig.qk_balance, v_smooth_alpha).
+        s_qkv = [_head_scale(rs.get(f"{p}.attn.{n}", sc[f"{p}.{n}"]), heads) for n in "qkv"]
         for j, part in enumerate("qkv"):
             f_part = _heads(f_qkv[..., j * d : (j + 1) * d], heads)
             add(
                 f"{p}.attn.{part}",
                 "linear",
                 cap[f"{p}.attn.{part}"],
-                sc[f"{p}.{part}"],
+                s_qkv[j],
                 _heads(qkv_local[..., j * d : (j + 1) * d], heads),
                 f_part,
             )
         fq, fk, fv = (_heads(f_qkv[..., j * d : (j + 1) * d], heads) for j in range(3))
-        gq, gk, gv = (_grid(t, sc[f"{p}.{n}"]) for t, n in ((fq, "q"), (fk, "k"), (fv, "v")))
+        gq, gk, gv = (_grid(t, s) for t, s in zip((fq, fk, fv), s_qkv, strict=True))
         scores = np.einsum("bhtd,bhsd->bhts", gq, gk)
         add(
             f"{p}.attn.logits",
@@ -212,11 +220,12 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             golden, _float_probs_on_grid(golden, tr[f"{p}.attn.probs"], code_bits), code_bits
         )
         ctx = ref.requantize(np.einsum("bhts,bhsd->bhtd", w_f, gv), blk.av_mult, blk.av_shift)
+        s_ctx = rs.get(f"{p}.attn.context", sc[f"{p}.context"])
         add(
             f"{p}.attn.context",
             "attention context",
             cap[f"{p}.attn.context"],
-            sc[f"{p}.context"],
+            s_ctx,
             _merge_heads(ctx),
             tr[f"{p}.attn.context"],
         )
@@ -225,7 +234,7 @@ def per_layer_error(model, golden: IntViT, images: torch.Tensor) -> list[TensorE
             "linear",
             cap[f"{p}.attn.proj"],
             sc[f"{p}.proj"],
-            blk.proj(_grid(tr[f"{p}.attn.context"], sc[f"{p}.context"])),
+            blk.proj(_grid(tr[f"{p}.attn.context"], s_ctx)),
             tr[f"{p}.attn.proj"],
         )
         add(

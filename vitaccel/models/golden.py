@@ -92,7 +92,22 @@ class QuantConfig:
         LayerNorm's per-channel gain absorbs it, and the next linear layer's weight columns
         are multiplied by it before their per-row quantisation, so the integer arithmetic
         is unchanged. LayerNorm outputs have a few large channels (large gamma) that would
-        otherwise set the step for all.
+        otherwise set the step for all. Full migration: ``ln_smooth_alpha = 1``.
+    ln_smooth_alpha : float or None
+        SmoothQuant migration strength (``scales.smooth_scales``) for the LayerNorm outputs:
+        channel ``c`` gets the scale ``m_c * max_c(r_c / m_c) / 127`` with ``m_c =
+        r_c**alpha / w_c**(1 - alpha)`` (``r_c`` its calibration range, ``w_c`` the largest
+        weight of input column ``c`` of the next linear layer), which the LayerNorm gain and
+        the next weight columns absorb as with ``ln_channel_scales``. None: per tensor.
+    v_smooth_alpha : float or None
+        The same migration for V and the attention context: V's channels get their own
+        scales (QKV requantises per output row anyway), the context (a probability-weighted
+        sum of V rows, requantised by one multiplier) keeps them times one common factor,
+        and the projection's weight columns absorb them. None: per tensor.
+    qk_balance : bool
+        Multiply q's channel ``c`` by ``m_c = sqrt(max|k_c| / max|q_c|)`` and k's by
+        ``1 / m_c`` (QKV weight rows and biases, before quantisation): ``q . k`` is unchanged
+        in float, and both per-tensor int8 grids cover channels of even range.
     residual_bits : int
         Signed width of the residual stream (8..16): the embedding, every residual add's
         output, and so every LayerNorm's input. Its PTF grid is ``2**(residual_bits - 8)``
@@ -123,6 +138,12 @@ class QuantConfig:
     bias_correction: bool = False
     gelu_zero_point: bool = False
     ln_channel_scales: bool = False
+    # Float-side migrations of activation range into the weights (issue 24; measured in
+    # docs/numerics.md, "Per-channel migration"): they sharpen their own tensors but do not
+    # move the end-to-end figures beyond the calibration noise, so they stay off.
+    ln_smooth_alpha: float | None = None
+    v_smooth_alpha: float | None = None
+    qk_balance: bool = False
     # Datapath widths (issue 24): 8 is the int8 engine every RTL unit implements.
     residual_bits: int = 8
     branch_bits: int = 8
@@ -143,6 +164,14 @@ class QuantConfig:
         if self.softmax_output not in ("uint8", "log2"):
             raise ValueError(
                 f"softmax_output must be 'uint8' or 'log2', not {self.softmax_output!r}"
+            )
+        for name in ("ln_smooth_alpha", "v_smooth_alpha"):
+            a = getattr(self, name)
+            if a is not None and not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
+                raise ValueError(f"{name} must be None or a number in [0, 1], not {a!r}")
+        if self.ln_channel_scales and self.ln_smooth_alpha is not None:
+            raise ValueError(
+                "ln_channel_scales and ln_smooth_alpha both set LayerNorm output scales: choose one"
             )
         for name in WIDTH_FIELDS:
             bits = getattr(self, name)
@@ -563,43 +592,80 @@ def quantize_model(
     ch_scales = {"embed": x_scale}
 
     def lin(name: str, module, s_in, s_out, input_key: str, bits: int = 8) -> IntLinear:
-        weight, acc_in, sq = _fold_input_scale(module.weight, s_in, tr[input_key])
+        w, b = module if isinstance(module, tuple) else (module.weight, module.bias)
+        weight, acc_in, sq = _fold_input_scale(w, s_in, tr[input_key])
         rng = ref.signed_range(bits)
-        layer = _linear(name, weight, module.bias, acc_in, s_out, cfg, sq, *rng)
+        layer = _linear(name, weight, b, acc_in, s_out, cfg, sq, *rng)
         return track(layer, input_key, s_in, name, acc_in=acc_in)
 
-    def ln_scale(key: str):
-        if not cfg.ln_channel_scales:
+    def ln_scale(key: str, next_weight: torch.Tensor):
+        # ln_channel_scales is full migration: every channel its own range (alpha = 1).
+        alpha = 1.0 if cfg.ln_channel_scales else cfg.ln_smooth_alpha
+        if alpha is None:
             return act(tr[key])
-        s = np.maximum(_channel_absmax(tr[key]), 1e-6) / ref.INT8_MAX
+        w_col = next_weight.detach().double().abs().amax(dim=0).numpy()
+        s = scales.smooth_scales(_channel_absmax(tr[key]), w_col, alpha)
         ch_scales[key] = s
         return s
 
     blocks: list[IntBlock] = []
     for i, blk in enumerate(model.blocks):
         p = f"blocks.{i}"
-        s_n1 = ln_scale(f"{p}.norm1")
+        s_n1 = ln_scale(f"{p}.norm1", blk.attn.qkv.weight)
         norm1 = _layernorm(blk.norm1, base, alpha, s_n1)
         # q, k and v get their own output scales (one requant per output channel anyway).
-        qkv_t = tr[f"{p}.attn.qkv"]
         d = spec.embed_dim
+        qkv_w, qkv_b = blk.attn.qkv.weight.detach().double(), blk.attn.qkv.bias
+        if cfg.qk_balance:
+            # q . k = sum_c (q_c m_c)(k_c / m_c): scale q's rows by m_c and k's by 1/m_c so
+            # both channels span sqrt(max|q_c| max|k_c|), a float-exact transformation that
+            # evens out the channel ranges both per-tensor int8 grids must cover.
+            qkv_t = tr[f"{p}.attn.qkv"]
+            m = np.sqrt(
+                np.maximum(_channel_absmax(qkv_t[..., d : 2 * d]), 1e-6)
+                / np.maximum(_channel_absmax(qkv_t[..., :d]), 1e-6)
+            )
+            rows = torch.from_numpy(np.concatenate([m, 1.0 / m, np.ones(d)]))
+            qkv_w = qkv_w * rows[:, None]
+            qkv_b = None if qkv_b is None else qkv_b.detach().double() * rows
+            tr[f"{p}.attn.qkv"] = qkv_t.double() * rows
+        qkv_t = tr[f"{p}.attn.qkv"]
         s_q, s_k, s_v = (act(qkv_t[..., j * d : (j + 1) * d]) for j in range(3))
-        qkv_out = np.repeat([s_q, s_k, s_v], d)
-        qkv = lin(f"{p}.attn.qkv", blk.attn.qkv, s_n1, qkv_out, f"{p}.norm1")
         t_sm = _softmax_shift(_absmax(tr[f"{p}.attn.logits"]), cfg.logit_bits)
         s_logit = math.log(2) * 2.0**-t_sm
         qk_mult, qk_shift = scales.dyadic(s_q * s_k * spec.head_dim**-0.5 / s_logit, cfg.mult_bits)
         sm = SoftmaxParams(in_shift=t_sm, frac_bits=cfg.softmax_frac_bits, lanes=cfg.softmax_lanes)
-        s_ctx = act(tr[f"{p}.attn.context"])
         p_scale = 2.0**-8 if cfg.softmax_output == "uint8" else 2.0 ** -((1 << sm.code_bits) - 1)
-        av_mult, av_shift = scales.dyadic(p_scale * s_v / s_ctx, cfg.mult_bits)
+        if cfg.v_smooth_alpha is None:
+            s_ctx = act(tr[f"{p}.attn.context"])
+            av_ratio = p_scale * s_v / s_ctx
+        else:
+            # Per-channel V scales (QKV requantises per output row anyway); the context,
+            # a probability-weighted sum of V rows, keeps each channel's scale times one
+            # common factor (the single P x V requantisation), and the projection's weight
+            # columns absorb it.
+            w_col = blk.attn.proj.weight.detach().double().abs().amax(dim=0).numpy()
+            s_v = scales.smooth_scales(
+                _channel_absmax(qkv_t[..., 2 * d :]), w_col, cfg.v_smooth_alpha
+            )
+            ctx_max = np.maximum(_channel_absmax(tr[f"{p}.attn.context"]), 1e-6)
+            widen = float(np.max(ctx_max / (s_v * ref.INT8_MAX)))
+            s_ctx = s_v * widen
+            av_ratio = p_scale / widen
+            ch_scales[f"{p}.attn.v"], ch_scales[f"{p}.attn.context"] = s_v, s_ctx
+        qkv_out = np.concatenate([np.full(d, s_q), np.full(d, s_k), np.broadcast_to(s_v, (d,))])
+        if cfg.qk_balance:
+            # Real scales of the float model's q and k channels (for error reports).
+            ch_scales[f"{p}.attn.q"], ch_scales[f"{p}.attn.k"] = s_q / m, s_k * m
+        qkv = lin(f"{p}.attn.qkv", (qkv_w, qkv_b), s_n1, qkv_out, f"{p}.norm1")
+        av_mult, av_shift = scales.dyadic(av_ratio, cfg.mult_bits)
         s_proj = act(tr[f"{p}.attn.proj"], cfg.branch_bits)
         proj = lin(
             f"{p}.attn.proj", blk.attn.proj, s_ctx, s_proj, f"{p}.attn.context", cfg.branch_bits
         )
         base1, alpha1, x1_scale = _ptf(tr[f"{p}.add1"], cfg.residual_bits)
         add1 = _residual(x_scale, s_proj, x1_scale, cfg)
-        s_n2 = ln_scale(f"{p}.norm2")
+        s_n2 = ln_scale(f"{p}.norm2", blk.mlp.fc1.weight)
         norm2 = _layernorm(blk.norm2, base1, alpha1, s_n2)
         s_f1 = act(tr[f"{p}.mlp.fc1"])
         fc1 = lin(f"{p}.mlp.fc1", blk.mlp.fc1, s_n2, s_f1, f"{p}.norm2")
@@ -636,9 +702,9 @@ def quantize_model(
                 f"{p}.norm1": float(np.max(s_n1)),
                 f"{p}.q": s_q,
                 f"{p}.k": s_k,
-                f"{p}.v": s_v,
+                f"{p}.v": float(np.max(s_v)),
                 f"{p}.logits": s_logit,
-                f"{p}.context": s_ctx,
+                f"{p}.context": float(np.max(s_ctx)),
                 f"{p}.proj": s_proj,
                 f"{p}.norm2": float(np.max(s_n2)),
                 f"{p}.fc1": s_f1,
@@ -648,7 +714,7 @@ def quantize_model(
         )
         ch_scales[f"{p}.add1"], ch_scales[f"{p}.add2"] = x1_scale, x2_scale
         base, alpha, x_scale = base2, alpha2, x2_scale
-    s_norm = ln_scale("norm")
+    s_norm = ln_scale("norm", model.head.weight)
     norm = _layernorm(model.norm, base, alpha, s_norm)
     s_logits = _absmax(tr["logits"]) * LOGIT_HEADROOM / LOGIT_MAX
     head_w, head_in, head_sq = _fold_input_scale(model.head.weight, s_norm, tr["norm"])

@@ -22,6 +22,7 @@ __all__ = [
     "quantize_weight",
     "ptf_alpha",
     "dyadic_common",
+    "smooth_scales",
 ]
 
 # Per-row weight formats: W8 on DSP48E2, W4 (uniform int4 or power-of-two) in LUT fabric.
@@ -231,3 +232,27 @@ def dyadic_common(reals, mult_bits: int = 16, max_shift: int = 62) -> tuple[np.n
         shift -= 1
         mult = np.floor(reals * 2.0**shift + 0.5).astype(np.int64)
     return mult, shift
+
+
+def smooth_scales(act_absmax, weight_absmax, alpha: float, levels: int = 127) -> np.ndarray:
+    """Per-channel activation scales that migrate part of each channel's range into the
+    weights (SmoothQuant, Xiao et al. 2023, eq. 4).
+
+    Channel ``c`` is divided by ``m_c = act_absmax[c]**alpha / weight_absmax[c]**(1 - alpha)``
+    (the next layer's weight column ``c`` is multiplied by it), and the smoothed activation
+    is quantised on one per-tensor grid; the result is that grid's step per channel in the
+    original units, ``m_c * max_c(act_absmax / m) / levels``. ``alpha = 1`` gives every
+    channel its own range (``act_absmax / levels``); smaller ``alpha`` leaves more of the
+    spread to the activation grid and less to the weights' per-row grids.
+    """
+    a = np.maximum(np.asarray(act_absmax, dtype=np.float64), 1e-6)
+    w = np.maximum(np.asarray(weight_absmax, dtype=np.float64), 1e-12)
+    if a.shape != w.shape or a.ndim != 1:
+        raise ValueError(
+            f"smooth_scales(): act_absmax {a.shape} and weight_absmax {w.shape} must be one "
+            "value per channel"
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smooth_scales(): alpha must be in [0, 1], not {alpha!r}")
+    m = a**alpha / w ** (1.0 - alpha)
+    return m * float(np.max(a / m)) / levels
