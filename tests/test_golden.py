@@ -184,6 +184,7 @@ def test_calibration_options_change_constants_only(assert_program_equals_golden)
         ({"act_calibration": "percentile"}, "act_calibration must be one of max, mse"),
         ({"ln_smooth_alpha": 1.5}, r"ln_smooth_alpha must be None or a number in \[0, 1\]"),
         ({"v_smooth_alpha": "0.5"}, r"v_smooth_alpha must be None or a number in \[0, 1\]"),
+        ({"w4_clip": "percentile"}, "w4_clip must be 'max' or 'mse'"),
         (
             {"ln_channel_scales": True, "ln_smooth_alpha": 0.5},
             "ln_channel_scales and ln_smooth_alpha both set",

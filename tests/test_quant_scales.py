@@ -79,3 +79,28 @@ def test_smooth_scales_fill_one_grid_without_clipping(alpha):
 def test_smooth_scales_refuses_bad_input(act, w, alpha, match):
     with pytest.raises(ValueError, match=match):
         scales.smooth_scales(act, w, alpha)
+
+
+def test_int4_mse_clip_lowers_the_weighted_error_and_keeps_w8_rows():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((32, 48)) * rng.uniform(0.5, 2.0, 48)
+    sq = rng.uniform(0.1, 3.0, 48)
+
+    def err(qw):
+        return (((qw.dequantize() - w) ** 2) * sq).sum(axis=1)
+
+    plain = scales.quantize_weight(w, 1.0, "int4", sq)
+    clipped = scales.quantize_weight(w, 1.0, "int4", sq, w4_clip="mse")
+    # Each row's clip is one of the candidates (never above the maximum), on the int4 grid.
+    frac = clipped.scale * 7 / np.abs(w).max(axis=1)
+    assert np.all(np.isclose(frac[:, None], scales.W4_CLIP_FRACTIONS).any(axis=1))
+    assert np.abs(clipped.q).max() <= 7
+    # The maximum is a candidate, so no row gets worse, and on Gaussian rows most improve.
+    assert np.all(err(clipped) <= err(plain) + 1e-12)
+    assert err(clipped).sum() < 0.9 * err(plain).sum()
+    # W8 rows (and a mixed layer's W8 rows) keep the plain maximum.
+    half = scales.quantize_weight(w, 0.5, "int4", sq, w4_clip="mse")
+    w8 = half.kind == 0
+    np.testing.assert_array_equal(half.scale[w8], np.abs(w[w8]).max(axis=1) / 127)
+    with pytest.raises(ValueError, match="w4_clip must be 'max' or 'mse'"):
+        scales.quantize_weight(w, 0.5, w4_clip="percentile")

@@ -104,6 +104,9 @@ class QuantConfig:
         scales (QKV requantises per output row anyway), the context (a probability-weighted
         sum of V rows, requantised by one multiplier) keeps them times one common factor,
         and the projection's weight columns absorb them. None: per tensor.
+    w4_clip : {"max", "mse"}
+        Each int4 row's scale: its maximum, or the clip (1/2 .. 1 of it) with the least
+        input-weighted rounding error (``scales.quantize_weight``).
     qk_balance : bool
         Multiply q's channel ``c`` by ``m_c = sqrt(max|k_c| / max|q_c|)`` and k's by
         ``1 / m_c`` (QKV weight rows and biases, before quantisation): ``q . k`` is unchanged
@@ -144,6 +147,7 @@ class QuantConfig:
     ln_smooth_alpha: float | None = None
     v_smooth_alpha: float | None = None
     qk_balance: bool = False
+    w4_clip: str = "max"
     # Datapath widths (issue 24): 8 is the int8 engine every RTL unit implements.
     residual_bits: int = 8
     branch_bits: int = 8
@@ -156,6 +160,8 @@ class QuantConfig:
             raise ValueError(f"w4_ratio must be in [0, 1], not {self.w4_ratio!r}")
         if self.w4_kind not in ("int4", "pot4"):
             raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
+        if self.w4_clip not in ("max", "mse"):
+            raise ValueError(f"w4_clip must be 'max' or 'mse', not {self.w4_clip!r}")
         if self.act_calibration not in ACT_CALIBRATIONS:
             raise ValueError(
                 f"act_calibration must be one of {', '.join(ACT_CALIBRATIONS)}, "
@@ -456,7 +462,9 @@ def _linear(
     hi: int = ref.INT8_MAX,
 ) -> IntLinear:
     w = weight.detach().double().reshape(weight.shape[0], -1).numpy()
-    qw = scales.quantize_weight(w, cfg.ratio_for(name), cfg.w4_kind, input_sq_mean)
+    qw = scales.quantize_weight(
+        w, cfg.ratio_for(name), cfg.w4_kind, input_sq_mean, w4_clip=cfg.w4_clip
+    )
     acc_scale = in_scale * qw.scale
     b = np.zeros(w.shape[0]) if bias is None else bias.detach().double().numpy()
     bias_q = np.clip(np.floor(b / acc_scale + 0.5), -(2**31), 2**31 - 1).astype(np.int64)

@@ -137,6 +137,23 @@ class QuantWeight:
         return self.q * self.scale[:, None]
 
 
+# Row clip candidates of the int4 MSE search: 1/2 .. 1 of the row maximum in steps of 1/64.
+W4_CLIP_FRACTIONS = np.arange(32, 65) / 64
+
+
+def _int4_mse_rows(w: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int4 rows whose scale is the clip (a ``W4_CLIP_FRACTIONS`` share of the row maximum)
+    with the least ``weight``-weighted squared rounding error; ties go to the larger clip."""
+    qmax = _W_MAX["int4"]
+    absmax = np.maximum(np.abs(w).max(axis=1), 1e-12)
+    cand = absmax[:, None] * W4_CLIP_FRACTIONS[None, ::-1] / qmax  # (N, C), largest first
+    q = np.clip(_round_half_away(w[:, None, :] / cand[..., None]), -qmax, qmax)
+    err = (((q * cand[..., None] - w[:, None, :]) ** 2) * weight).sum(axis=-1)
+    best = np.argmin(err, axis=1)
+    rows = np.arange(w.shape[0])
+    return q[rows, best].astype(np.int64), cand[rows, best]
+
+
 def _quantize_rows(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     absmax = np.maximum(np.abs(w).max(axis=1), 1e-12)
     if kind in _W_MAX:
@@ -163,13 +180,16 @@ def quantize_weight(
     w4_ratio: float = 0.0,
     w4_kind: str = "int4",
     input_sq_mean=None,
+    w4_clip: str = "max",
 ) -> QuantWeight:
     """Quantise a float weight matrix per row; a fraction ``w4_ratio`` of rows becomes W4.
 
     The W4 rows are those whose W4 quantisation costs least: error
     ``sum_k input_sq_mean[k] * (w - w_hat)**2`` (input-weighted when calibration statistics
     are given, plain squared error otherwise). ``round(w4_ratio * N)`` rows are chosen; ties
-    break toward the lower row index, so the choice is deterministic.
+    break toward the lower row index, so the choice is deterministic. With ``w4_clip="mse"``
+    an int4 row's scale is the clip of its maximum (1/2 .. 1) with the least such error
+    instead of the maximum itself (W8 and pot4 rows keep the maximum).
     """
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 2:
@@ -178,17 +198,22 @@ def quantize_weight(
         raise ValueError(f"w4_ratio must be in [0, 1], not {w4_ratio!r}")
     if w4_kind not in ("int4", "pot4"):
         raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {w4_kind!r}")
+    if w4_clip not in ("max", "mse"):
+        raise ValueError(f"w4_clip must be 'max' or 'mse', not {w4_clip!r}")
     q8, s8 = _quantize_rows(w, "w8")
     n_w4 = int(round(w4_ratio * w.shape[0]))
     kind = np.zeros(w.shape[0], dtype=np.int64)
     if n_w4 == 0:
         return QuantWeight(q8, s8, kind)
-    q4, s4 = _quantize_rows(w, w4_kind)
     weight = (
         np.ones(w.shape[1])
         if input_sq_mean is None
         else np.asarray(input_sq_mean, dtype=np.float64)
     )
+    if w4_clip == "mse" and w4_kind == "int4":
+        q4, s4 = _int4_mse_rows(w, weight)
+    else:
+        q4, s4 = _quantize_rows(w, w4_kind)
     err4 = ((w - q4 * s4[:, None]) ** 2 * weight).sum(axis=1)
     err8 = ((w - q8 * s8[:, None]) ** 2 * weight).sum(axis=1)
     order = np.argsort(err4 - err8, kind="stable")
