@@ -104,3 +104,26 @@ def test_int4_mse_clip_lowers_the_weighted_error_and_keeps_w8_rows():
     np.testing.assert_array_equal(half.scale[w8], np.abs(w[w8]).max(axis=1) / 127)
     with pytest.raises(ValueError, match="w4_clip must be 'max' or 'mse'"):
         scales.quantize_weight(w, 0.5, w4_clip="percentile")
+
+
+@pytest.mark.parametrize("out_scale", [0.004, 0.02, 0.1, 0.4])
+def test_gelu_input_scale_clamps_only_where_gelu_rounds_to_zero(out_scale):
+    from math import erf, sqrt
+
+    from vitaccel.quant import ref
+
+    pos_max = 2.5
+    s = scales.gelu_input_scale(pos_max, out_scale)
+    assert 127 * s >= pos_max * (1 - 1e-12)  # the positive side never clips
+    # Every input the grid's lowest code (-128) stands for rounds to output code 0 ...
+    below = np.linspace(-60.0, -128 * s, 4001)
+    gelu = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in below])
+    assert np.all(np.abs(gelu / out_scale) < 0.5)
+    assert ref.gelu_lut(s, out_scale)[0] == 0
+    # ... and the grid is finer than one reaching an FC1 minimum of -10 (digits: -4.5 .. -10.7).
+    assert s < 10 / 127
+
+
+def test_gelu_input_scale_refuses_bad_input():
+    with pytest.raises(ValueError, match="out_scale must be finite and > 0"):
+        scales.gelu_input_scale(2.0, 0.0)

@@ -104,6 +104,12 @@ class QuantConfig:
         scales (QKV requantises per output row anyway), the context (a probability-weighted
         sum of V rows, requantised by one multiplier) keeps them times one common factor,
         and the projection's weight columns absorb them. None: per tensor.
+    gelu_input_clip : bool
+        FC1's output grid (the GELU table's input) covers ``[-c, max]`` instead of the
+        larger calibration extreme, ``c`` where ``|GELU|`` falls below half the table's
+        output step for good (``scales.gelu_input_scale``): the clamped inputs all map to
+        code 0 either way, so no GELU output changes, and the positive inputs get a finer
+        step.
     w4_clip : {"max", "mse"}
         Each int4 row's scale: its maximum, or the clip (1/2 .. 1 of it) with the least
         input-weighted rounding error (``scales.quantize_weight``).
@@ -148,6 +154,7 @@ class QuantConfig:
     v_smooth_alpha: float | None = None
     qk_balance: bool = False
     w4_clip: str = "max"
+    gelu_input_clip: bool = False
     # Datapath widths (issue 24): 8 is the int8 engine every RTL unit implements.
     residual_bits: int = 8
     branch_bits: int = 8
@@ -675,9 +682,13 @@ def quantize_model(
         add1 = _residual(x_scale, s_proj, x1_scale, cfg)
         s_n2 = ln_scale(f"{p}.norm2", blk.mlp.fc1.weight)
         norm2 = _layernorm(blk.norm2, base1, alpha1, s_n2)
-        s_f1 = act(tr[f"{p}.mlp.fc1"])
-        fc1 = lin(f"{p}.mlp.fc1", blk.mlp.fc1, s_n2, s_f1, f"{p}.norm2")
         s_g, g_zero = _gelu_scale(tr[f"{p}.mlp.gelu"], cfg)
+        if cfg.gelu_input_clip:
+            # FC1 feeds only the GELU table: its grid need not reach where GELU rounds to 0.
+            s_f1 = scales.gelu_input_scale(float(tr[f"{p}.mlp.fc1"].max()), s_g)
+        else:
+            s_f1 = act(tr[f"{p}.mlp.fc1"])
+        fc1 = lin(f"{p}.mlp.fc1", blk.mlp.fc1, s_n2, s_f1, f"{p}.norm2")
         table = ref.gelu_lut(s_f1, s_g, ref.INT8_MIN - g_zero, ref.INT8_MAX - g_zero) + g_zero
         s_f2 = act(tr[f"{p}.mlp.fc2"], cfg.branch_bits)
         fc2 = lin(f"{p}.mlp.fc2", blk.mlp.fc2, s_g, s_f2, f"{p}.mlp.gelu", cfg.branch_bits)

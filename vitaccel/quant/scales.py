@@ -23,6 +23,7 @@ __all__ = [
     "ptf_alpha",
     "dyadic_common",
     "smooth_scales",
+    "gelu_input_scale",
 ]
 
 # Per-row weight formats: W8 on DSP48E2, W4 (uniform int4 or power-of-two) in LUT fabric.
@@ -281,3 +282,40 @@ def smooth_scales(act_absmax, weight_absmax, alpha: float, levels: int = 127) ->
         raise ValueError(f"smooth_scales(): alpha must be in [0, 1], not {alpha!r}")
     m = a**alpha / w ** (1.0 - alpha)
     return m * float(np.max(a / m)) / levels
+
+
+# GELU's negative lobe peaks at x ~ -0.7518 (value ~ -0.170); below it |GELU| falls
+# monotonically to 0, which is what makes the clip below exact.
+_GELU_NEG_PEAK = -0.7517916
+
+
+def _gelu(x: float) -> float:
+    return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def gelu_input_scale(pos_max: float, out_scale: float, levels: int = 127) -> float:
+    """Scale of a symmetric int8 grid feeding a GELU table whose output step is ``out_scale``.
+
+    Inputs below ``-c`` with ``|GELU(x)| < out_scale / 2`` for every ``x <= -c`` all round to
+    output code 0, so the grid need not reach below ``-c``: clamping them to the grid's
+    lowest code changes no table output. The grid covers ``[-c, pos_max]``
+    (``max(pos_max / levels, c / (levels + 1))``) instead of the larger of the two
+    calibration extremes; a negative extreme far below ``-c`` (FC1 outputs reach -4.5 to -10.7
+    where GELU is 0) no longer coarsens the step every positive input is rounded to.
+    """
+    if not (out_scale > 0 and math.isfinite(out_scale)) or not math.isfinite(pos_max):
+        raise ValueError(
+            f"gelu_input_scale(): out_scale must be finite and > 0, pos_max finite, "
+            f"not {out_scale!r}, {pos_max!r}"
+        )
+    half = out_scale / 2
+    lo, hi = _GELU_NEG_PEAK, _GELU_NEG_PEAK
+    if abs(_gelu(lo)) >= half:
+        hi = lo - 1.0
+        while abs(_gelu(hi)) >= half:  # |GELU(x)| ~ |x| * exp(-x^2 / 2): ends within ~40
+            lo, hi = hi, hi * 2
+        for _ in range(60):  # bisection to float precision
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if abs(_gelu(mid)) >= half else (lo, mid)
+    c = -hi  # |GELU(x)| < half for every x <= hi
+    return max(max(pos_max, 1e-8) / levels, c / (levels + 1))
