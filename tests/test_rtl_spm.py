@@ -413,7 +413,6 @@ def _out_words(rng, image, groups, cols, heads, nheads, transposed, n, T, base, 
     [
         (3, 16, 4, 1, 3, 89, 37),  # heads in 3 banks at once (head_step = 1 mod 4)
         (3, 16, 4, 1, 2, 90, 20),  # head_step = 2 mod 4: groups 0 and 2 collide
-        (2, 16, 2, 1, 2, 90, 16),  # head_step even on 2 banks: a group a cycle
         (3, 16, 4, 0, 1, 90, 100),  # shared: 48 channels in 3 banks, 100 = 2 steps + 4
         (2, 32, 4, 1, 2, 91, 40),  # 2 words a group; head_step = 3 mod 4
         (3, 32, 2, 0, 1, 90, 70),  # shared, 6 words a token in 3 cycles of 2 banks
