@@ -7,7 +7,7 @@ import pytest
 
 from vitaccel.boards import get_budget
 from vitaccel.cli import main
-from vitaccel.design import Design, DesignError, parse_design, save_design
+from vitaccel.design import ArrayConfig, Design, DesignError, parse_design, save_design
 from vitaccel.dse import resources as res
 
 
@@ -288,3 +288,19 @@ def test_uram_design_bit_exact_on_verilator_with_pauses():
         f"{out['cycles_per_image']:.0f} cycles/image with pauses, build {out['build_s']:.0f} s"
     )
     assert out["bit_exact"], out["first_mismatch"]
+
+
+def test_word_writer_resources_only_with_the_word_path():
+    """The output writer's word path is priced (Yosys calibration of the writer alone) on a
+    banked all-W8 array of whole-word groups, and appears in a design's parts; nothing
+    otherwise."""
+    Usage = res.Usage
+    assert res.word_writer_resources(3, 16, 4) == Usage(lut=1713, ff=655)
+    assert res.word_writer_resources(3, 16, 1) == Usage()
+    assert res.word_writer_resources(3, 8, 4) == Usage()
+    assert res.word_writer_resources(2, 16, 4, w4_share=0.5) == Usage()
+    wide = Design(array=ArrayConfig(groups=3, rows=5, cols=16, vector=16), datapath_bytes=64)
+    parts = res.design_resources(wide)["parts"]
+    assert parts["word_writer"] == Usage(lut=1713, ff=655)
+    narrow = wide.model_copy(update={"datapath_bytes": 16})
+    assert "word_writer" not in res.design_resources(narrow)["parts"]

@@ -46,3 +46,26 @@ def test_x_beat_is_the_scratchpad_word_and_divides_the_x_load():
     narrow = matmul_cycles(64, 128, 1, 1, 4, 4, 8, 2)
     wide = matmul_cycles(64, 128, 1, 1, 4, 4, 8, 2, x_beat=2)
     assert narrow - wide == 64 * 16 - 64 * 8
+
+
+def test_word_writer_segments_pack_one_piece_per_bank():
+    """The output writer's word path: shared mode writes ``banks`` pieces a cycle; heads mode
+    packs the groups' pieces until a bank repeats (``head_step mod banks`` decides), and a
+    token costs the segments up to the last one that writes."""
+    from vitaccel.engine_timing import word_writer_cycles, word_writer_segments, word_writes
+
+    assert word_writes(16, 4) and word_writes(32, 2)
+    assert not word_writes(8, 4) and not word_writes(16, 1)
+    assert word_writer_segments(3, 16, 4, heads=False) == ((0, 1, 2),)
+    assert word_writer_segments(3, 32, 4, heads=False) == ((0, 1, 2, 3), (4, 5))
+    assert word_writer_segments(3, 16, 4, heads=True, head_step=2561) == ((0, 1, 2),)
+    assert word_writer_segments(3, 16, 4, heads=True, head_step=2) == ((0, 1), (2,))
+    assert word_writer_segments(2, 32, 4, heads=True, head_step=1) == ((0, 1), (2, 3))
+    # DeiT-Tiny's QK^T on 3 x 16 columns, 4 banks: 13 steps of 197 tokens, a cycle each
+    assert word_writer_cycles(197, 197, 3, 16, 4, heads=True, nheads=3, head_step=2561) == 2561
+    # head step 2 mod 4: 2 cycles a token, 1 when the third group is not a head
+    assert word_writer_cycles(5, 16, 3, 16, 4, heads=True, nheads=3, head_step=90) == 10
+    assert word_writer_cycles(5, 16, 3, 16, 4, heads=True, nheads=2, head_step=90) == 5
+    # shared, 96 channels a step on 2 banks: 3 cycles a token, the last step (4 of 100
+    # channels) 1
+    assert word_writer_cycles(2, 100, 3, 32, 2, heads=False) == 2 * (3 + 1)

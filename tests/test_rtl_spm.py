@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 
 from vitaccel.compile.interp import Machine
 from vitaccel.engine_host import EngineParams, pack_job, plan_columns
-from vitaccel.engine_timing import mapped_writer_runs
+from vitaccel.engine_timing import mapped_writer_runs, word_writer_cycles
 from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
@@ -26,6 +26,7 @@ from vitaccel.rtl.spm import (
     Scratchpad,
     WStreamBuilder,
     XStreamBuilder,
+    bank_lanes,
 )
 from vitaccel.sim.streams import random_pauses
 
@@ -371,6 +372,20 @@ def test_matmul_out_writer(groups, cols, heads, nheads, transposed, n):
     image = _image(rng)
     T = 19
     base, stride, head_step = 10, 3 if not transposed else 2, 90
+    words, want = _out_words(rng, image, groups, cols, heads, nheads, transposed, n, T,
+                             base, stride, head_step)  # fmt: skip
+    spm = Scratchpad(words=WORDS, init=_ints(image))
+    ow, brw = MatmulOutWriter(groups=groups, cols=cols), ByteRunWriter()
+    rig = Rig(spm, [ow, brw], writers=[brw.mem], links=[(ow.o, brw.i)])
+    cmd = dict(base=base, stride=stride, tokens=T, n=n, heads=heads, nheads=nheads,
+               head_step=head_step, transposed=transposed)  # fmt: skip
+    _run(rig, _writer_bench(ow, brw, spm, cmd, words, want))
+
+
+def _out_words(rng, image, groups, cols, heads, nheads, transposed, n, T, base, stride,
+               head_step):  # fmt: skip
+    """The engine's output words of a random job (per step, token: byte g*C + c; garbage on
+    idle lanes) and the SPM the interpreter leaves after writing its outputs."""
     cm = cols if heads else groups * cols
     nsteps = -(-n // cm)
     heads_n = nheads if heads else 1
@@ -390,12 +405,73 @@ def test_matmul_out_writer(groups, cols, heads, nheads, transposed, n):
     for h in range(heads_n):
         out = y[h].T if transposed else y[h]
         mach.write(base + h * head_step, out, stride)
-    spm = Scratchpad(words=WORDS, init=_ints(image))
-    ow, brw = MatmulOutWriter(groups=groups, cols=cols), ByteRunWriter()
-    rig = Rig(spm, [ow, brw], writers=[brw.mem], links=[(ow.o, brw.i)])
-    cmd = dict(base=base, stride=stride, tokens=T, n=n, heads=heads, nheads=nheads,
-               head_step=head_step, transposed=transposed)  # fmt: skip
-    _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm))
+    return words, mach.spm
+
+
+@pytest.mark.parametrize(
+    "groups, cols, banks, heads, nheads, head_step, n",
+    [
+        (3, 16, 4, 1, 3, 89, 37),  # heads in 3 banks at once (head_step = 1 mod 4)
+        (3, 16, 4, 1, 2, 90, 20),  # head_step = 2 mod 4: groups 0 and 2 collide
+        (3, 16, 4, 0, 1, 90, 100),  # shared: 48 channels in 3 banks, 100 = 2 steps + 4
+        (2, 32, 4, 1, 2, 91, 40),  # 2 words a group; head_step = 3 mod 4
+        (3, 32, 2, 0, 1, 90, 70),  # shared, 6 words a token in 3 cycles of 2 banks
+    ],
+)
+def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_step, n):
+    """The word path (a banked SPM, cols a multiple of 16): the SPM equals the interpreter's
+    after a job with random input pauses, and, unpaused, the writer takes exactly the
+    cycles of :func:`word_writer_cycles` (first word in to last write out, plus the skid
+    buffer's and the write register's cycle)."""
+    rng = np.random.default_rng(groups * 100 + cols + n)
+    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=0, n=n, T=7,
+               base=10, stride=max(3, -(-n // 16)), head_step=head_step)  # fmt: skip
+    _word_path_job(rng, banks, job, 0.3)
+    cycles = _word_path_job(rng, banks, job, 0.0)
+    first = next(k for k, taken in cycles if taken)
+    model = word_writer_cycles(job["T"], n, groups, cols, banks, heads=bool(heads),
+                               nheads=nheads, head_step=head_step)  # fmt: skip
+    assert cycles[-1][0] - first + 1 == model + 2, (cycles[-1][0] - first + 1, model)
+
+
+def _word_path_job(rng, banks, job, pause):
+    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``);
+    the SPM must equal the interpreter's. Returns the (cycle, word taken) of every cycle
+    that takes a word or writes."""
+    image = _image(rng)
+    words, want = _out_words(rng, image, *(job[k] for k in (
+        "groups", "cols", "heads", "nheads", "transposed", "n", "T", "base", "stride",
+        "head_step")))  # fmt: skip
+    spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks, write_clients=2,
+                     bank_writes=(1,))  # fmt: skip
+    ow = MatmulOutWriter(groups=job["groups"], cols=job["cols"], banks=banks)
+    brw = ByteRunWriter()
+    assert ow.word_path
+    rig = Rig(spm, [ow, brw], writers=[brw.mem, ow.wo], links=[(ow.o, brw.i)])
+    cmd = {k: job[k] for k in ("base", "stride", "n", "heads", "nheads", "head_step",
+                               "transposed")}  # fmt: skip
+    cmd["tokens"] = job["T"]
+    cycles = []
+
+    async def watch(ctx):
+        k = 0
+        async for _, _, taken, *lanes in ctx.tick().sample(
+            ow.i.valid & ow.i.ready, *[lane.en for lane in bank_lanes(ow.wo)]
+        ):
+            k += 1
+            if taken or any(lanes):
+                cycles.append((k, taken))
+
+    async def feed(ctx):
+        await _put(ctx, ow.cmd, cmd)
+        pauses = random_pauses(pause, 5) if pause else None
+        for word in words:
+            await _put(ctx, ow.i, word, pauses)
+        await ctx.tick().until(ow.idle & brw.idle)
+        np.testing.assert_array_equal(_spm_dump(ctx, spm), want)
+
+    _run(rig, feed, background=[watch])
+    return cycles
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,8 @@ def test_nonlinear_lanes_beyond_the_datapath_are_rejected_in_one_line(field):
     assert getattr(wide.nonlinear, field) == 64
 
 
-def _simulate(image: bytes, base: int, *, cycles: int = 5000):
-    dut = Accelerator(SMALL)
+def _simulate(image: bytes, base: int, *, cycles: int = 5000, design: Design = SMALL):
+    dut = Accelerator(design)
     ram = AxiRamModel(dut.m_axi, 1 << 16, stall=0.2, seed=3)
     ram.mem[base : base + len(image)] = image
     host = AxiLiteHost(dut.s_axil)
@@ -136,6 +136,61 @@ def test_load_store_program_in_amaranth_sim():
     assert out["pc"] == 2
     assert 0 < out["cycles"] < 200
     assert bytes(ram.mem[base + 0x200 : base + 0x200 + len(data)]) == data
+
+
+def test_word_path_writer_matmuls_in_amaranth_sim():
+    """The output writer's word path on the top (2 groups of 16 columns, 2 banks): heads
+    jobs whose heads land at once (Y head step odd) and one bank at a time (even), and a
+    shared job; channels past N in a partial piece. The stored Y equals the ISA
+    interpreter's, byte for byte, with AXI stalls."""
+    from vitaccel.compile import interp
+    from vitaccel.flow.codec import codec_for
+
+    design = Design(
+        array=ArrayConfig(groups=2, rows=2, cols=16, vector=4),
+        nonlinear=NonlinearConfig(
+            gelu_lanes=2, softmax_lanes=2, layernorm_lanes=2, max_tokens=16, max_channels=32
+        ),
+        spm_kib=4,
+        input_buffer_kib=1,
+        weight_buffer_kib=2,
+        datapath_bytes=32,
+    )
+    assert TopParams(design).spm_banks == 2
+    rng = np.random.default_rng(5)
+    heads = dict(x=0, x_stride=2, tokens=5, k=16, n=20, y_stride=2, w_spm=16, w_stride=2,
+                 mult=3, shift=6, heads=2, head_x_step=1, head_w_step=1)  # fmt: skip
+    prog = [
+        isa.load(spm=0, words=64, ddr=0x400),
+        isa.matmul(**heads, y=64, head_y_step=11),  # heads in both banks at once
+        isa.matmul(**heads, y=96, head_y_step=12),  # both heads in one bank
+        isa.matmul(
+            x=0,
+            x_stride=2,
+            tokens=5,
+            k=16,
+            n=40,
+            y=128,
+            y_stride=3,
+            w_spm=16,
+            w_stride=1,
+            mult=5,
+            shift=7,
+        ),  # shared: 32 channels a step  # fmt: skip
+        isa.store(spm=64, words=80, ddr=0x1000),
+        isa.end(),
+    ]
+    image = bytearray(0x1000 + 80 * 16)
+    code = isa.encode_program(prog)
+    image[: len(code)] = code
+    image[0x400 : 0x400 + 64 * 16] = rng.integers(0, 256, 64 * 16, dtype=np.uint8).tobytes()
+    want = interp.run(bytearray(image), codec_for(design), spm_words=256).ddr[0x1000:]
+    base = 0x2000
+    ram, out = _simulate(bytes(image), base, cycles=20_000, design=design)
+    assert out["status"] == STATUS_DONE, out
+    got = bytes(ram.mem[base + 0x1000 : base + 0x1000 + 80 * 16])
+    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
+    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
 
 
 def test_bad_opcode_and_oversized_jobs_end_with_error():

@@ -105,6 +105,38 @@ def test_digits_wide_datapath_banked_scratchpad():
     assert model < narrow
 
 
+@pytest.mark.slow
+def test_digits_word_path_writer_heads_bit_exact(monkeypatch):
+    """The output writer's bank-parallel word path on the whole top: 3 groups of 16 columns
+    on a 64-byte datapath (4 banks). QK^T's heads (head step 34 = 2 mod 4) land in 2 cycles
+    a token, P x V's (head step 1) in one, the last head alone (1 of 3 groups); shared-mode
+    jobs write a token's 48 channels at once, the fused residual adds and OUT_T still take
+    runs. Bit-exact with AXI pauses; unpaused, the cycles are within 3% of the cycle model,
+    which prices the word path (fewer cycles than the same design's run-only writer)."""
+    from vitaccel.dse import cost
+
+    design = Design(
+        model="digits-vit",
+        array=ArrayConfig(groups=3, rows=2, cols=16, vector=8),
+        nonlinear=NonlinearConfig(
+            gelu_lanes=4, softmax_lanes=4, layernorm_lanes=4, max_tokens=64, max_channels=128
+        ),
+        spm_kib=32,
+        input_buffer_kib=16,
+        weight_buffer_kib=12,
+        datapath_bytes=64,
+    )
+    golden, results = _bit_exact_paused_then_unpaused(design, seeds=(21, 22))
+    model = estimate(design, spec=golden.spec).cycles
+    # the same design priced as if every job took runs
+    path = cost.writer_path
+    monkeypatch.setattr(cost, "writer_path", lambda ins, d: {**path(ins, d), "runs": True})
+    runs = estimate(design, spec=golden.spec).cycles
+    print(f"word path: RTL {results[-1].cycles} cycles/image, model {model} (runs: {runs})")
+    assert abs(results[-1].cycles / model - 1) < 0.03, (results[-1].cycles, model)
+    assert model < runs
+
+
 # A 32-byte datapath with 32-lane E2Softmax, AILayerNorm and GELU: each reads and writes two
 # scratchpad words a cycle (one per bank). One Verilator build, shared by the two tests below.
 WIDE_NONLINEAR = Design(

@@ -19,6 +19,9 @@ __all__ = [
     "REQUANT_STAGES",
     "column_split",
     "mapped_writer_runs",
+    "word_writes",
+    "word_writer_segments",
+    "word_writer_cycles",
     "tree_stages",
     "pe_stages",
     "latencies",
@@ -267,3 +270,60 @@ def mapped_writer_runs(channel, *, nheads: int = 0, transposed: bool = False) ->
             & (ch[..., :-1] % 16 != 15)
         )
     return int(ch[..., 0].size * ch.shape[-1] - same.sum())
+
+
+def word_writes(cols: int, banks: int) -> bool:
+    """Whether an all-W8 array's output writer (``MatmulOutWriter``) has its bank-parallel
+    word path: a scratchpad of several banks (``datapath_bytes`` > 16) and groups of whole
+    16-byte words (``cols`` a multiple of 16), so every piece of an output word is one
+    aligned SPM word."""
+    return banks > 1 and cols % WORD_BYTES == 0
+
+
+@lru_cache(maxsize=1024)
+def word_writer_segments(groups: int, cols: int, banks: int, *, heads: bool,
+                         head_step: int = 0) -> tuple[tuple[int, ...], ...]:  # fmt: skip
+    """How the word path writes one engine word: its pieces (16 channels each, piece
+    ``p = g * cols/16 + j``: group g's word j) in segments, one segment a cycle.
+
+    Piece p goes to word ``a0 + off_p`` with ``off_p = p`` in shared mode (the word's
+    channels are consecutive) and ``g * head_step + j`` in heads mode (head g's row), so its
+    bank is ``(a0 + off_p) mod banks``. Pieces are taken in order; a segment ends before the
+    first piece whose bank one of its pieces already has (so a segment writes each bank at
+    most once, and the segments are the same for every word of a job: only ``head_step mod
+    banks`` matters). Returns the segments as tuples of piece indices."""
+    per = cols // WORD_BYTES
+    segs: list[list[int]] = [[]]
+    used: set[int] = set()
+    for p in range(groups * per):
+        g, j = divmod(p, per)
+        bank = (g * head_step + j) % banks if heads else p % banks
+        if bank in used:
+            segs.append([])
+            used = set()
+        segs[-1].append(p)
+        used.add(bank)
+    return tuple(tuple(s) for s in segs)
+
+
+def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, *,
+                       heads: bool, nheads: int = 1, head_step: int = 0) -> int:  # fmt: skip
+    """Cycles the word path takes for a row-major job's outputs: per output step and token,
+    one cycle per segment (:func:`word_writer_segments`) up to the last one holding a piece
+    that writes (channel < ``n``; heads mode: group < ``nheads``)."""
+    per = cols // WORD_BYTES
+    cm = cols if heads else groups * cols
+    segs = word_writer_segments(groups, cols, banks, heads=heads,
+                                head_step=head_step % banks)  # fmt: skip
+
+    def writes(p: int, left: int) -> bool:  # piece p writes, ``left`` channels from the step's
+        g, j = divmod(p, per)
+        if heads:
+            return g < nheads and WORD_BYTES * j < left
+        return WORD_BYTES * p < left
+
+    per_token = 0
+    for start in range(0, n, cm):
+        left = n - start
+        per_token += 1 + max(k for k, seg in enumerate(segs) if any(writes(p, left) for p in seg))
+    return tokens * per_token

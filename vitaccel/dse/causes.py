@@ -64,7 +64,7 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
         transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
         x_beat=x_beat_words(v, design.datapath_bytes),
         mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8, cols_w8=geom.cols_w8,
-        w_spm=MatmulFlags.W_SPM in ins.flags,
+        w_spm=MatmulFlags.W_SPM in ins.flags, **cost.writer_path(ins, design),
     )  # fmt: skip
     macs = nh * ins.tokens * ins.k * ins.n
     mac = min(no_x, macs / geom.macs_per_cycle)

@@ -35,7 +35,14 @@ import numpy as np
 from vitaccel import engine_timing
 from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
-from vitaccel.engine_timing import latencies, matmul_cycles, x_beat_words, x_load_cycles
+from vitaccel.engine_timing import (
+    latencies,
+    matmul_cycles,
+    word_writer_cycles,
+    word_writes,
+    x_beat_words,
+    x_load_cycles,
+)
 from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
 
 __all__ = [
@@ -201,7 +208,8 @@ def mapped_runs(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads:
 
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
                  w_word_cycles=1.0, x_keep=False, x_beat=None,
-                 mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False) -> float:  # fmt: skip
+                 mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False, banks=1, head_step=0,
+                 runs=False) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
@@ -209,7 +217,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     on a mixed W4/W8 array the job's output steps (:func:`mapped_writer_cycles`); 0 on an
     all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
     W8 columns only, the W8 columns of a group, W built from the scratchpad
-    (:func:`mapped_runs`)."""
+    (:func:`mapped_runs`). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
+    all-W8 array with the output writer's word path (:func:`word_writes`) a row-major job
+    not forced onto runs (``runs``: a fused residual add) writes its pieces one per bank a
+    cycle (:func:`word_writer_cycles`, heads mode by ``head_step``, the Y head step)."""
     ks = -(-k // vector)
     x_beat = x_beat or x_beat_words(vector)
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
@@ -220,6 +231,9 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
                            heads=heads, nheads=nheads, transposed=transposed,
                            w_spm=w_spm)  # fmt: skip
         return first + mapped_writer_cycles(tokens, mapped_steps, groups, cols, runs)
+    if word_writes(cols, banks) and not transposed and not runs:
+        return first + word_writer_cycles(tokens, n, groups, cols, banks, heads=heads,
+                                          nheads=nheads, head_step=head_step)  # fmt: skip
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
 
@@ -435,7 +449,7 @@ def instr_cycles(
                       transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
                       x_keep=x_keep, x_beat=x_beat,
                       mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8,
-                      cols_w8=geom.cols_w8, w_spm=w_spm)  # fmt: skip
+                      cols_w8=geom.cols_w8, w_spm=w_spm, **writer_path(ins, design))  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
     cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
@@ -445,6 +459,16 @@ def instr_cycles(
         return cycles + fixed, bound, nh * t * k * n
     cycles += fused_cycles(fused_of(ins), n) + (LATENCIES["x_keep"] if x_keep else 0)
     return cycles + LATENCIES["matmul_ddr"], bound, t * k * n
+
+
+def writer_path(ins: Instr, design: Design) -> dict:
+    """The :func:`writer_bound` arguments that pick a job's output writer path: the
+    scratchpad's banks, the Y head step and whether a fused residual add takes runs."""
+    return {
+        "banks": design.datapath_bytes // WORD_BYTES,
+        "head_step": ins.head_y_step,
+        "runs": MatmulFlags.RESADD in ins.flags,
+    }
 
 
 def stream_bound(tokens, k, groups, rows, cols, vector, w_word_cycles) -> str:

@@ -35,7 +35,7 @@ from vitaccel.boards.base import BoardBudget
 from vitaccel.design import Design
 from vitaccel.dse.cost import column_split
 from vitaccel.dse.shapes import model_ops, spec_of
-from vitaccel.engine_timing import top_out_depth, x_beat_words
+from vitaccel.engine_timing import top_out_depth, word_writes, x_beat_words
 from vitaccel.isa import WORD_BYTES
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "place_buffers",
     "spm_memory",
     "spm_usage",
+    "word_writer_resources",
     "check_fits",
     "nonlinear_resources",
     "spm_words",
@@ -399,6 +400,30 @@ def spm_usage(words: int, memory: str = "bram", banks: int = 1) -> Usage:
     return Usage(bram36=spm_bram36(words, banks))
 
 
+# The output writer's bank-parallel word path (rtl/spm MatmulOutWriter, banks > 1), Yosys xcup
+# of the writer alone over the same writer with one bank (no word path):
+#   3 groups x 16 columns, 4 banks: +1713 LUT, +655 FF; 2 banks: +780 LUT, +331 FF
+#   2 groups x 16 columns, 4 banks: +609 LUT, +653 FF
+# FF: a registered lane per bank (address, word, byte enables). LUT: the pieces' select per
+# lane and the rotation onto the banks grow with the pieces (groups * cols / 16) a lane may
+# take; priced per bank and piece beyond the first, exact at 3 x 16 x 4 banks (DeiT-Tiny's
+# design) and above the others (2 banks: 856 for 780; 2 groups: 856 for 609).
+WORD_WRITER_LUT_PER_BANK_PIECE = 1713 / (4 * 2)
+WORD_WRITER_FF_PER_BANK = 655 / 4
+
+
+def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 0.0) -> Usage:
+    """What the output writer's word path adds (:func:`vitaccel.engine_timing.word_writes`:
+    an all-W8 array, ``cols`` a multiple of 16, ``banks`` > 1); nothing otherwise."""
+    if column_split(cols, w4_share)[1] or not word_writes(cols, banks):
+        return Usage()  # (a mixed array's MappedOutWriter has no word path)
+    pieces = groups * cols // WORD_BYTES
+    return Usage(
+        lut=WORD_WRITER_LUT_PER_BANK_PIECE * banks * max(1, pieces - 1),
+        ff=WORD_WRITER_FF_PER_BANK * banks,
+    )
+
+
 def spm_memory(words: int, budget, *, max_util: float = 0.85) -> str:
     """The explorer's choice for the scratchpad (:func:`place_buffers`): URAM288 where the
     board has enough of it, else BRAM36."""
@@ -463,6 +488,10 @@ def design_resources(design: Design, *, spec=None) -> dict:
         )
     if design.weight_ports > 1:
         parts["weight_ports"] = weight_ports_resources(design.weight_ports)
+    words = word_writer_resources(a.groups, a.cols, design.datapath_bytes // WORD_BYTES,
+                                  a.w4_share)  # fmt: skip
+    if words.lut:
+        parts["word_writer"] = words
     shell, shell_kind = shell_resources(a.groups * a.cols)
     parts["shell"] = shell
     total = Usage()

@@ -294,8 +294,10 @@ class _Model:
                 w_ddr = MatmulFlags.W_SPM not in fl
                 job = (ins.tokens, ins.k, ins.n, MatmulFlags.OUT_T in fl,
                        MatmulFlags.X_KEEP in fl, fused_of(ins))  # fmt: skip
-                sig = ("matmul" if w_ddr else "heads",
-                       ins.heads if MatmulFlags.HEADS in fl else 0, *job)  # fmt: skip
+                # (the Y head step: the output writer's word path packs heads by its banks)
+                heads = MatmulFlags.HEADS in fl
+                sig = ("matmul" if w_ddr else "heads", ins.heads if heads else 0, *job,
+                       ins.head_y_step if heads else 0)  # fmt: skip
                 every[sig] = every.get(sig, 0) + 1
                 if w_ddr and ins.label not in ("patch_embed", "head"):
                     parts = kinds.setdefault(kind_of(ins), [])
@@ -360,7 +362,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
-    for (op, nheads, tokens, k, n, transposed, keep, fused), count in sigs.items():
+    for (op, nheads, tokens, k, n, transposed, keep, fused, hstep), count in sigs.items():
         heads = nheads > 0
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
@@ -373,7 +375,8 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
-                          w_spm=op != "matmul")  # fmt: skip
+                          w_spm=op != "matmul", banks=x_beat, head_step=hstep,
+                          runs=fused == "residual")  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
@@ -393,7 +396,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
             writer[key] = functools.partial(
                 writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                 transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
-                cols_w8=c8,
+                cols_w8=c8, banks=x_beat, runs=fused == "residual",
             )  # fmt: skip
             cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
                                 x_beat)  # fmt: skip
@@ -677,6 +680,8 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
         eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
         spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
+        # (with the output writer's word path, if the array has one)
+        spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
         per_col = shell_per_column(g * c) + spm
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it

@@ -263,7 +263,8 @@ class Accelerator(CheckedComponent):
         if n.mixed:
             m.submodules.ow = n.ow = MappedOutWriter(groups=G, cols=C, cols_w8=E.cols_w8)
         else:
-            m.submodules.ow = n.ow = MatmulOutWriter(groups=G, cols=C)
+            # on a banked scratchpad, groups of whole words: the bank-parallel word path
+            m.submodules.ow = n.ow = MatmulOutWriter(groups=G, cols=C, banks=P.spm_banks)
         m.submodules.brw = n.brw = ByteRunWriter()
         # the residual add fused into a MATMUL's output runs (reads A through its own port)
         m.submodules.rr = n.rr = ResidualRuns(
@@ -278,10 +279,16 @@ class Accelerator(CheckedComponent):
         for lanes in wide_units:
             wide[1 + n.unit_lanes.index(lanes)] = lanes // WORD_BYTES
         writers = [n.brw.mem] + [n.unit_wr[lanes].mem for lanes in wide_units]
+        # the output writer's word path: a lane per bank, the last write client
+        words_path = getattr(n.ow, "word_path", False)
+        bank_writes = {"bank_writes": (1 + len(writers),)} if words_path else {}
+        if words_path:
+            writers.append(n.ow.wo)
         m.submodules.spm = spm = Scratchpad(
             words=P.spm_words, read_clients=len(readers), write_clients=1 + len(writers),
             banks=P.spm_banks, wide=wide, memory=P.design.spm_memory,
             wide_writes={2 + j: lanes // WORD_BYTES for j, lanes in enumerate(wide_units)},
+            **bank_writes,
         )  # fmt: skip
         for i, client in enumerate(readers):
             wiring.connect(m, client, spm.clients()[i])
@@ -659,6 +666,8 @@ class Accelerator(CheckedComponent):
         m.submodules.ow_route = ow_route = StreamDemux(ow.o.payload.shape(), 2)
         wiring.connect(m, ow.o, ow_route.i)
         m.d.comb += ow_route.sel.eq(Cat(op_is.matmul & ~mm_res, mm_res))
+        if getattr(ow, "word_path", False):  # the residual add takes runs, not words
+            m.d.comb += ow.force_runs.eq(mm_res)
         wiring.connect(m, ow_route.o[1], rr.i)
         # the byte-run writer takes the active instruction's runs
         sources = [

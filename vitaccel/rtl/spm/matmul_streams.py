@@ -13,6 +13,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from vitaccel.design import w_word_bits
+from vitaccel.engine_timing import word_writer_segments, word_writes
 from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
     CheckedComponent,
@@ -24,6 +25,8 @@ from vitaccel.rtl.spm.readers import RowReader, _room_next
 from vitaccel.rtl.spm.scratchpad import (
     ADDR_BITS,
     _check_lanes,
+    bank_lanes,
+    bank_write_signature,
     read_client_signature,
 )
 from vitaccel.rtl.spm.writers import run_layout
@@ -78,6 +81,16 @@ class MatmulOutWriter(CheckedComponent):
     gathers 16 tokens of every lane in a ``16 x groups*cols``-byte register buffer (input
     stalls while it is flushed), then writes one 16-byte run per channel.
 
+    On a scratchpad of ``banks`` > 1 banks with ``cols`` a multiple of 16
+    (:func:`~vitaccel.engine_timing.word_writes`), a row-major job that is not forced onto
+    the runs (``force_runs``: a fused residual add takes the runs) takes the *word path*
+    instead: every 16 channels of a group are one aligned SPM word (a *piece*), and the
+    writer writes the pieces of an output word in the segments of
+    :func:`~vitaccel.engine_timing.word_writer_segments`, a segment (at most one piece per
+    bank, e.g. the groups' heads at once in heads mode) a cycle, through ``wo``
+    (registered once). The cycle model (:func:`~vitaccel.engine_timing.word_writer_cycles`)
+    counts the same segments.
+
     Members
     -------
     cmd : ``In(stream.Signature(matmul_out_cmd_layout()))``
@@ -86,23 +99,35 @@ class MatmulOutWriter(CheckedComponent):
     chan : ``Out(16)``
         The channel (within the head, in heads mode) of the run on ``o``: a fused residual
         add (:class:`ResidualRuns`) reads its per-channel multipliers with it.
+    wo : ``Out(bank_write_signature(banks))``
+        (word path only) the pieces, one lane per bank.
+    force_runs : ``In(1)``
+        (word path only) read with the command: the job's outputs go out as runs on ``o``.
     idle : ``Out(1)``
     """
 
     @classmethod
-    def check(cls, *, groups, cols):
+    def check(cls, *, groups, cols, banks=1):
         check_int("groups", groups, 1, 64)
         check_int("cols", cols, 1, 64)
+        if banks not in (1, 2, 4):
+            raise ValueError(f"banks must be 1, 2 or 4, not {banks!r}")
 
-    def __init__(self, *, groups: int, cols: int):
+    def __init__(self, *, groups: int, cols: int, banks: int = 1):
         self.groups = groups
         self.cols = cols
+        self.banks = banks
+        self.word_path = word_writes(cols, banks)
+        words = (
+            {"wo": Out(bank_write_signature(banks)), "force_runs": In(1)} if self.word_path else {}
+        )
         super().__init__(
             {
                 "cmd": In(stream.Signature(matmul_out_cmd_layout())),
                 "i": In(stream.Signature(unsigned(8 * groups * cols))),
                 "o": Out(stream.Signature(run_layout())),
                 "chan": Out(16),
+                **words,
                 "idle": Out(1),
             }
         )
@@ -187,7 +212,8 @@ class MatmulOutWriter(CheckedComponent):
         count = Signal(5)
         m.d.comb += count.eq(Mux(grp_last, Mux(left_c < left_n, left_c, left_n), sw))
         word_last = Signal()
-        m.d.comb += word_last.eq(group_last & g_last)
+        if not self.word_path:
+            m.d.comb += word_last.eq(group_last & g_last)
         # grp_last after each kind of update (left_c, left_n as they will be)
         gl_step = cm_le_sw | (step_left - cm <= sw)  # next step: cm, step_left - cm
         gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
@@ -230,6 +256,11 @@ class MatmulOutWriter(CheckedComponent):
 
         m.d.comb += self.chan.eq(n)
         fire = self.o.valid & self.o.ready
+        if self.word_path:
+            direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
+                                                         step_left)  # fmt: skip
+            fire = fire | dfire
+            m.d.comb += word_last.eq(Mux(direct, ~more, group_last & g_last))
         with m.If(job.transposed):
             m.d.comb += [
                 self.o.valid.eq(active & flushing & tprimed),
@@ -256,6 +287,9 @@ class MatmulOutWriter(CheckedComponent):
                     m.d.sync += flushing.eq(1)
                 with m.Else():  # next token of the chunk
                     m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1), t_last.eq(t_left == 2)]
+        if self.word_path:
+            with m.Elif(direct):  # (the writes leave on wo)
+                m.d.comb += sink.ready.eq(dfire & ~more)
         with m.Else():
             m.d.comb += [
                 self.o.valid.eq(active & sink.valid),
@@ -326,8 +360,102 @@ class MatmulOutWriter(CheckedComponent):
                     left_n.eq(left_n - sw),
                     lane_row.eq(lane_row + job.stride),
                 ]
-        m.d.comb += self.idle.eq(~active & ~inb.busy)
+        if self.word_path:
+            m.d.comb += self.idle.eq(~active & ~inb.busy & ~wbusy)
+        else:
+            m.d.comb += self.idle.eq(~active & ~inb.busy)
         return m
+
+    def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left):
+        """The word path's pieces -> ``wo``. Returns (direct: the job takes it, dfire: a
+        segment is written this cycle, more: a later segment of the word writes, busy: a
+        registered write is pending)."""
+        G, C, B = self.groups, self.cols, self.banks
+        lb = exact_log2(B)
+        per = C // WORD_BYTES
+        P = G * per
+        # segment tables: shared mode, then heads mode for head_step mod B = 0 .. B-1
+        tables = [word_writer_segments(G, C, B, heads=False)] + [
+            word_writer_segments(G, C, B, heads=True, head_step=h) for h in range(B)
+        ]
+        K = max(len(t) for t in tables)
+        direct = Signal()
+        tbl = Signal(range(B + 1))
+        seg = Signal(range(max(K, 2)))
+        grp_ok = Signal(G)  # group g writes (shared: all; heads: g < nheads)
+        grp_off = [Signal(ADDR_BITS, name=f"grp_off{g}") for g in range(G)]  # g * head_step
+        cmdp = self.cmd.payload
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [
+                direct.eq(~cmdp.transposed & ~self.force_runs),
+                tbl.eq(Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0)),
+                seg.eq(0),
+                grp_ok.eq(Cat(*[~cmdp.heads | (g < cmdp.nheads) for g in range(G)])),
+                *[off.eq(cmdp.head_step * g) for g, off in enumerate(grp_off)],
+            ]
+        # piece p (group g, word j) writes when its first channel is < N (and its group
+        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them)
+        ok, be = [], []
+        tail = Signal(WORD_BYTES)
+        m.d.comb += tail.eq(Cat(*[step_left[:4] > i for i in range(WORD_BYTES)]))
+        for p in range(P):
+            g, j = divmod(p, per)
+            first = Mux(job.heads, WORD_BYTES * j, WORD_BYTES * p)
+            ok_p, full_p = Signal(name=f"ok{p}"), Signal(name=f"full{p}")
+            m.d.comb += [
+                ok_p.eq(grp_ok[g] & (step_left > first)),
+                full_p.eq(step_left >= first + WORD_BYTES),
+            ]
+            ok.append(ok_p)
+            be.append(Mux(full_p, (1 << WORD_BYTES) - 1, Mux(ok_p, tail, 0)))
+        dfire = Signal()
+        more = Signal()
+        m.d.comb += dfire.eq(active & direct & sink.valid)
+        # the word's first SPM word a0 (channel s*cm of token t's row); piece p at a0 + off_p
+        a0 = Signal(ADDR_BITS)
+        m.d.comb += a0.eq(tok_base + (step_n >> 4))
+        word = sink.payload
+        # relative lane r: the segment's piece whose bank is (a0 + r) mod B, registered
+        r_en = Signal(B)
+        r_addr = [Signal(ADDR_BITS, name=f"r_addr{r}") for r in range(B)]
+        r_data = [Signal(8 * WORD_BYTES, name=f"r_data{r}") for r in range(B)]
+        r_be = [Signal(WORD_BYTES, name=f"r_be{r}") for r in range(B)]
+        rot = Signal(lb)
+        m.d.sync += r_en.eq(0)
+        with m.If(dfire):
+            m.d.sync += rot.eq(a0[:lb])
+        with m.Switch(Cat(seg, tbl)):
+            for ti, segs in enumerate(tables):
+                for k, pieces in enumerate(segs):
+                    with m.Case(k | (ti << len(seg))):
+                        later = [ok[p] for s_ in segs[k + 1 :] for p in s_]
+                        m.d.comb += more.eq(Cat(*later).any() if later else 0)
+                        for p in pieces:
+                            g, j = divmod(p, per)
+                            rel = p % B if ti == 0 else (g * (ti - 1) + j) % B
+                            addr = a0 + p if ti == 0 else a0 + grp_off[g] + j
+                            with m.If(dfire):
+                                m.d.sync += [
+                                    r_en[rel].eq(ok[p]),
+                                    r_addr[rel].eq(addr),
+                                    r_data[rel].eq(word[128 * p : 128 * (p + 1)]),
+                                    r_be[rel].eq(be[p]),
+                                ]
+        with m.If(dfire):
+            m.d.sync += seg.eq(Mux(more, seg + 1, 0))
+        # bank b takes relative lane (b - rot) mod B
+        with m.Switch(rot):
+            for q in range(B):
+                with m.Case(q):
+                    for b, lane in enumerate(bank_lanes(self.wo)):
+                        r = (b - q) % B
+                        m.d.comb += [
+                            lane.en.eq(r_en[r]),
+                            lane.addr.eq(r_addr[r]),
+                            lane.data.eq(r_data[r]),
+                            lane.be.eq(r_be[r]),
+                        ]
+        return direct, dfire, more, r_en.any()
 
 
 def mapped_out_cmd_layout() -> data.StructLayout:

@@ -24,6 +24,8 @@ __all__ = [
     "ADDR_BITS",
     "read_client_signature",
     "write_client_signature",
+    "bank_write_signature",
+    "bank_lanes",
     "spm_bank_memory",
     "Scratchpad",
 ]
@@ -64,6 +66,21 @@ def write_client_signature(addr_bits: int = ADDR_BITS, words: int = 1) -> wiring
     )
 
 
+def bank_write_signature(banks: int, addr_bits: int = ADDR_BITS) -> wiring.Signature:
+    """A bank-parallel write client of a banked SPM (client side): one
+    :func:`write_client_signature` lane per bank, members ``l0, l1, ...``
+    (:func:`bank_lanes`), lane ``b`` writing only bank ``b`` (its ``addr`` must be a word of
+    that bank: ``addr mod banks == b``), all lanes in one cycle (the matmul output writer's
+    word path: one output word's pieces at once)."""
+    return wiring.Signature({f"l{b}": Out(write_client_signature(addr_bits)) for b in range(banks)})
+
+
+def bank_lanes(client) -> list:
+    """The lanes of a :func:`bank_write_signature` client, bank 0 first."""
+    return [getattr(client, name) for name in sorted(client.signature.members, key=lambda n:
+            int(n[1:]))]  # fmt: skip
+
+
 def _check_lanes(lanes, name: str = "lanes") -> int:
     check_int(name, lanes, 1, 64)
     if lanes & (lanes - 1):
@@ -71,14 +88,20 @@ def _check_lanes(lanes, name: str = "lanes") -> int:
     return lanes
 
 
-def _client_ports(signature, count: int, wide: dict):
+def _client_ports(signature, count: int, wide: dict, lanes: dict | None = None):
     """``count`` clients of ``signature`` (scratchpad side): an array, or with ``wide``
-    (client -> words) members ``c0, c1, ...``, each ``wide.get(i, 1)`` words wide."""
-    if not wide:
+    (client -> words) members ``c0, c1, ...``, each ``wide.get(i, 1)`` words wide; ``lanes``
+    (client -> banks): those clients are :func:`bank_write_signature` clients."""
+    if not wide and not lanes:
         return In(signature()).array(count)
+    lanes = lanes or {}
     return In(
-        wiring.Signature({f"c{i}": Out(signature(words=wide.get(i, 1))) for i in range(count)})
-    )
+        wiring.Signature({
+            f"c{i}": Out(bank_write_signature(lanes[i]) if i in lanes
+                         else signature(words=wide.get(i, 1)))
+            for i in range(count)
+        })
+    )  # fmt: skip
 
 
 def spm_bank_memory(depth: int, init=(), memory: str = "bram") -> Memory:
@@ -113,6 +136,9 @@ class Scratchpad(CheckedComponent):
     memory : {"bram", "uram"}
         ``"uram"`` marks the memory ``ram_style = "ultra"``, which Yosys (xcup) and Vivado map
         to URAM288; read latency stays one cycle (``dse.resources.memory_uram288``).
+    bank_writes : collection of int
+        Write clients that are :func:`bank_write_signature` clients: one lane per bank, every
+        bank written in the same cycle (needs ``banks`` > 1).
 
     Members
     -------
@@ -124,12 +150,17 @@ class Scratchpad(CheckedComponent):
 
     @classmethod
     def check(cls, *, words, read_clients=1, write_clients=1, banks=1, wide=(), wide_writes=None,
-              **_):  # fmt: skip
+              bank_writes=(), **_):  # fmt: skip
         check_int("words", words, 16, 1 << ADDR_BITS)
         check_int("read_clients", read_clients, 1, 16)
         check_int("write_clients", write_clients, 1, 16)
         if banks not in (1, 2, 4) or words % banks:
             raise ValueError(f"banks must be 1, 2 or 4 and divide words ({words}), not {banks!r}")
+        if bank_writes and (banks < 2 or any(not 0 <= i < write_clients for i in bank_writes)):
+            raise ValueError(
+                f"bank_writes must name write clients 0..{write_clients - 1} of a scratchpad "
+                f"of 2 or 4 banks, not {tuple(bank_writes)!r} with banks={banks}"
+            )
         if any(not 0 <= i < read_clients for i in wide):
             raise ValueError(f"wide must name read clients 0..{read_clients - 1}, not {wide!r}")
         for name, ports, n in (
@@ -144,12 +175,14 @@ class Scratchpad(CheckedComponent):
                 )
 
     def __init__(self, *, words: int, read_clients: int = 1, write_clients: int = 1, init=None,
-                 banks: int = 1, wide=(), wide_writes=None, memory: str = "bram"):  # fmt: skip
+                 banks: int = 1, wide=(), wide_writes=None, memory: str = "bram",
+                 bank_writes=()):  # fmt: skip
         self.words = words
         self.banks = banks
         # client -> words per grant / per write
         self.wide = dict(wide) if isinstance(wide, dict) else {i: banks for i in wide}
         self.wide_writes = dict(wide_writes or {})
+        self.bank_writes = {i: banks for i in bank_writes}
         init = list(init or [])
         # Built here (not in elaborate) so testbenches can read ``mem.data`` (one bank) or
         # ``banks_mem[b].data`` (word a at ``banks_mem[a % banks].data[a // banks]``).
@@ -164,7 +197,9 @@ class Scratchpad(CheckedComponent):
         super().__init__(
             {
                 "rd": _client_ports(read_client_signature, read_clients, self.wide),
-                "wr": _client_ports(write_client_signature, write_clients, self.wide_writes),
+                "wr": _client_ports(
+                    write_client_signature, write_clients, self.wide_writes, self.bank_writes
+                ),  # fmt: skip
             }
         )
 
@@ -182,7 +217,7 @@ class Scratchpad(CheckedComponent):
 
     def writers(self) -> list:
         """The write clients in index order (``wr[i]``, or ``wr.c{i}`` with wide writers)."""
-        if not self.wide_writes:
+        if not self.wide_writes and not self.bank_writes:
             return list(self.wr)
         return [getattr(self.wr, f"c{i}") for i in range(self.write_clients)]
 
@@ -254,6 +289,12 @@ class Scratchpad(CheckedComponent):
             ports.append((mem.write_port(granularity=8), mem.read_port()))
 
         for i, w in reversed(list(enumerate(self.writers()))):
+            if i in self.bank_writes:  # each lane its own bank, every lane in one cycle
+                for (wp, _), lane in zip(ports, bank_lanes(w), strict=True):
+                    with m.If(lane.en):
+                        m.d.comb += [wp.addr.eq(lane.addr[lb:abits]), wp.data.eq(lane.data),
+                                     wp.en.eq(lane.be)]  # fmt: skip
+                continue
             with m.If(w.en):
                 if i in self.wide_writes:
                     self._wide_write(m, w, self.wide_writes[i], ports, abits)
