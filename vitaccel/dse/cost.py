@@ -207,8 +207,8 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
     the top's X beat (None: :func:`x_beat_words` of a 16-byte datapath). ``mapped_steps``:
-    on a mixed W4/W8 array the job's output steps (:func:`mapped_writer_cycles`); 0 on an
-    all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
+    on a mixed W4/W8 array the job's output steps (:func:`job_nsteps`, the steps of the plan
+    :func:`mapped_writer_cycles` prices); 0 on an all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
     W8 columns only, the W8 columns of a group, W built from the scratchpad
     (:func:`mapped_writer_cycles`)."""
     ks = -(-k // vector)
