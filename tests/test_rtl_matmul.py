@@ -406,9 +406,15 @@ def test_plan_columns_rules():
     ch = plan.channel
     assert sorted(ch[ch >= 0].tolist()) == list(range(8))
     assert set(ch[:, 0, 2:].ravel()) <= set(np.flatnonzero(kind == 1))  # W4 columns: int4 only
+    # each step a window of channels after the previous step's
+    assert ch[0].tolist() == [[1, 3, 0, 2]] and ch[1].tolist() == [[6, 7, 4, 5]]
     # pot4 rows cannot use int4 lanes: they go to W8 columns
     plan = plan_columns(np.array([2, 2, 2, 2]), p)
     assert plan.nsteps == 2 and (plan.channel[:, 0, 2:] == -1).all()
+    # a window ends where its W8 rows fill the W8 columns; eligible rows beyond the W4
+    # columns take the free W8 ones
+    plan = plan_columns(np.array([0, 0, 0, 1, 1, 1]), p)
+    assert plan.channel[:, 0].tolist() == [[0, 1, -1, -1], [2, 5, 3, 4]]
     with pytest.raises(ValueError, match="no W8 columns"):
         plan_columns(np.array([0, 1]), EngineParams(cols=2, w4_share=1.0))
 

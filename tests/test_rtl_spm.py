@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 
 from vitaccel.compile.interp import Machine
 from vitaccel.engine_host import EngineParams, pack_job, plan_columns
-from vitaccel.engine_timing import mapped_writer_runs, word_writer_cycles
+from vitaccel.engine_timing import mapped_writer_cycles, word_writer_cycles
 from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
@@ -482,7 +482,7 @@ def _word_path_job(rng, banks, job, pause):
         (2, 8, 4, 0, 1, 0, 1, 19, 0),  # W_SPM, shared: channel s*G*C8 + g*C8 + c
         (3, 4, 2, 1, 2, 0, 1, 5, 0),  # W_SPM, heads: s*C8 + c; group 2 is not a head
         (2, 4, 2, 1, 2, 1, 1, 7, 0),
-        # the compiler's column maps (runs of consecutive channels; > 16 W8 columns)
+        # the compiler's column maps (windows of channels; > 16 W8 columns)
         (1, 8, 4, 0, 1, 0, 0, 45, 1),
         (2, 24, 20, 0, 1, 0, 0, 46, 1),
         (2, 8, 4, 0, 1, 1, 0, 30, 1),
@@ -490,10 +490,11 @@ def _word_path_job(rng, banks, job, pause):
 )
 def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_rule, n, planned):
     """A mixed array's output writer stores each column's byte at the channel of the column
-    map (a random permutation of the channels, idle columns 0xFFFF, garbage on their lanes;
-    or ``planned``: :func:`plan_columns` of random int4/int8 rows, whose runs of consecutive
-    channels the writer stores a run at a time) or of the W8-column rule (W_SPM), as the
-    interpreter writes the layer's outputs."""
+    map (each step a window of channels after the previous step's, at random columns, idle
+    columns 0xFFFF with garbage on their lanes; or ``planned``: :func:`plan_columns` of
+    random int4/int8 rows) or of the W8-column rule (W_SPM), as the interpreter writes the
+    layer's outputs, in the cycles of its model (:func:`mapped_writer_cycles`: the cycles
+    it takes a column, a run or an OUT_T token, pauses aside)."""
     rng = np.random.default_rng(groups * 100 + cols + n)
     image = _image(rng)
     T = 18
@@ -514,12 +515,16 @@ def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_
         if planned:
             params = EngineParams(groups=groups, cols=cols, w4_share=1 - cols_w8 / cols)
             chan = plan_columns(rng.integers(0, 2, size=n), params).channel
-            nsteps = chan.shape[0]
         else:
-            nsteps = -(-n // L) + 1  # one more step than needed: idle columns
-            slots = np.full(nsteps * L, -1)
-            slots[rng.permutation(nsteps * L)[:n]] = rng.permutation(n)
-            chan = slots.reshape(nsteps, groups, cols)
+            steps, lo = [], 0
+            while lo < n:  # windows of random length at random columns
+                width = min(n - lo, int(rng.integers(1, L + 1)))
+                slots = np.full(L, -1)
+                slots[rng.permutation(L)[:width]] = np.arange(lo, lo + width)
+                steps.append(slots)
+                lo += width
+            chan = np.array(steps).reshape(-1, groups, cols)
+        nsteps = chan.shape[0]
         slots = chan.reshape(-1)
         maps = [0xFFFF if ch < 0 else int(ch) for ch in slots]
     y = rng.integers(-128, 128, size=(heads_n, T, n))
@@ -549,24 +554,16 @@ def test_mapped_out_writer(groups, cols, cols_w8, heads, nheads, transposed, w8_
         for entry in maps:
             await _put(ctx, ow.map, entry, pauses)
 
-    runs = []
+    cycles = []
 
-    async def count_runs(ctx):
-        async for _, _, valid, ready in ctx.tick().sample(ow.o.valid, ow.o.ready):
-            runs.append(valid and ready)
+    async def count(ctx):
+        async for _, _, work in ctx.tick().sample(ow.work):
+            cycles.append(work)
 
     _run(rig, _writer_bench(ow, brw, spm, cmd, words, mach.spm),
-         background=[feed_map, count_runs])  # fmt: skip
-    # the cycle model's runs: every writing column of a step's first token, then the runs
-    # (writing ones only: silent runs take a cycle but write nothing) of the other tokens
-    written = chan.copy()
-    if heads:
-        written[:, nheads:, :] = -1
-    silent = written < 0
-    silent_runs = int(silent[..., 0].sum() + (silent[..., 1:] & ~silent[..., :-1]).sum())
-    write_runs = mapped_writer_runs(written, nheads=nheads if heads else 0,
-                                    transposed=bool(transposed)) - silent_runs  # fmt: skip
-    assert sum(runs) == int((written >= 0).sum()) + (T - 1) * write_runs
+         background=[feed_map, count])  # fmt: skip
+    want = mapped_writer_cycles(chan, T, nheads=nheads if heads else 0, transposed=bool(transposed))
+    assert sum(cycles) == want, (sum(cycles), want)
 
 
 # ---- matmul input streams ---------------------------------------------------------------------

@@ -291,7 +291,7 @@ def test_benchmark_200_digits_images():
 
 # ---- mixed W4/W8 arrays (docs/isa.md, "Mixed W4/W8 arrays") --------------------------------
 # On the native Verilator harness (vitaccel.sim.native: random pauses on every DDR channel,
-# ~100x cocotb's speed): the mixed array's one-byte output writes make an image ~68k cycles.
+# ~100x cocotb's speed): an image of digits-vit on the mixed array takes ~41k cycles.
 
 
 def _mixed_design(w4_kind: str):

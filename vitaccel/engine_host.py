@@ -33,6 +33,7 @@ __all__ = [
     "EngineParams",
     "ColumnPlan",
     "plan_columns",
+    "seeded_w4_rows",
     "lane_rows",
     "Job",
     "pack_job",
@@ -260,52 +261,77 @@ class ColumnPlan:
 
 
 def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
-    """Assign weight rows to columns: W4-eligible rows to W4 columns, the rest to W8 ones.
+    """Assign weight rows to columns: each output step computes a contiguous window of
+    channels, its W4-eligible rows on W4 columns, the rest on W8 columns.
 
     A row may use a W4 column when its kind is the array's ``w4_kind``; every row may use a
-    W8 column. ``nsteps = max(ceil(N8 / (G*C8)), ceil(N / (G*C)))`` with N8 the rows that
-    must go to W8 columns (heads mode: G = 1 per head). W4-eligible rows that do not fit the
-    W4 slots overflow into the free W8 slots (the last ones in row order). Slots are filled
-    in row order: step-major, then group, then column.
+    W8 column. Step s computes channels ``[lo_s, lo_{s+1})`` with ``lo_0 = 0``: the longest
+    window from ``lo_s`` whose rows fit a step (at most ``G*C`` rows, at most ``G*C8`` of
+    them not W4-eligible; heads mode: G = 1 per head). Within the window the W8 rows go to
+    the W8 columns and the eligible rows to the W4 columns, in channel order, step-major
+    then group then column; eligible rows beyond the W4 columns take the free W8 columns
+    after the window's W8 rows. The windows let the mixed output writer
+    (:class:`vitaccel.rtl.spm.MappedOutWriter`) store a token's step output as the few
+    contiguous runs of an all-W8 array; the steps depend on where the eligible rows are
+    (a few more than ``max(ceil(N8 / (G*C8)), ceil(N / (G*C)))``). On an all-W8 array the
+    plan is ``channel[s, g, c] = s*G*C + g*C + c``.
     """
     kind = np.asarray(kind, dtype=np.int64)
     n = kind.shape[-1]
     G = 1 if heads else params.groups
     c8, c4 = params.cols_w8, params.cols_w4
     eligible = kind == WEIGHT_KINDS.index(params.w4_kind) if c4 else np.zeros(n, dtype=bool)
-    rows4 = np.flatnonzero(eligible)
     rows8 = np.flatnonzero(~eligible)
     if c8 == 0 and rows8.size:
         raise ValueError(
             f"{rows8.size} weight rows are not {params.w4_kind} and the array has no W8 columns"
         )
-    nsteps = max(
-        -(-rows8.size // (G * c8)) if c8 else 0,
-        -(-n // (G * params.cols)),
-        1,
-    )
-    spill = max(0, rows4.size - nsteps * G * c4)
-    if spill:
-        rows8 = np.sort(np.concatenate([rows8, rows4[rows4.size - spill :]]))
-        rows4 = rows4[: rows4.size - spill]
+    per_step, per_step8, per_step4 = G * params.cols, G * c8, G * c4
+    # w8_before[i]: rows below i that need a W8 column; a window [lo, hi) fits a step when
+    # hi - lo <= G*C and w8_before[hi] - w8_before[lo] <= G*C8.
+    w8_before = np.concatenate([[0], np.cumsum(~eligible)])
+    # the window from lo stops before the (w8_before[lo] + G*C8)-th W8 row (pos8 of it)
+    before, pos8 = w8_before.tolist(), rows8.tolist() + [n] * (per_step8 + 1)
+    bounds = [0]
+    while bounds[-1] < n:
+        lo = bounds[-1]
+        bounds.append(min(lo + per_step, n, pos8[before[lo] + per_step8]))
+    nsteps = max(len(bounds) - 1, 1)
+    # every row's step, and its rank among its step's W8 rows or its eligible rows
+    rows = np.arange(n)
+    step = np.searchsorted(np.array(bounds), rows, "right") - 1
+    first = np.array(bounds)[step]
+    rank8 = w8_before[rows] - w8_before[first]
+    rank4 = (rows - first) - rank8
+    n8_step = np.diff(w8_before[np.array(bounds)])  # W8 rows of each step
+    spill = eligible & (rank4 >= per_step4)  # past the W4 slots: the free W8 ones
+    slot8 = np.where(spill, n8_step[step] + rank4 - per_step4, rank8)
+    on8 = ~eligible | spill
+    group = np.where(on8, slot8 // max(c8, 1), rank4 // max(c4, 1))
+    col = np.where(on8, slot8 % max(c8, 1), c8 + rank4 % max(c4, 1))
     channel = np.full((nsteps, G, params.cols), -1, dtype=np.int64)
-    slots8 = channel[:, :, :c8].reshape(-1)
-    slots8[: rows8.size] = rows8
-    slots4 = channel[:, :, c8:].reshape(-1)
-    slots4[: rows4.size] = rows4
-    channel[:, :, :c8] = slots8.reshape(nsteps, G, c8)
-    channel[:, :, c8:] = slots4.reshape(nsteps, G, c4)
+    channel[step, group, col] = rows
     if heads:
         channel = np.repeat(channel, params.groups, axis=1)
     return ColumnPlan(channel)
 
 
+def seeded_w4_rows(n: int, n8: int) -> np.ndarray:
+    """Kinds (0 = W8, 1 = int4) of an ``n``-row layer with ``n - n8`` W4 rows at seeded
+    random places: what the shape-only models (the cost model's steps and writer cycles,
+    :func:`lane_rows`) plan with, since the quantiser picks a layer's W4 rows by their
+    error, not by their position."""
+    kind = np.zeros(n, dtype=np.int64)
+    if n8 < n:
+        kind[np.random.default_rng(n * 7919 + n8).choice(n, n - n8, replace=False)] = 1
+    return kind
+
+
 def lane_rows(n: int, n4: int, params: EngineParams) -> dict[str, int]:
     """Where :func:`plan_columns` puts an ``n``-row layer with ``n4`` rows of the array's
-    W4 kind: ``{"w8": rows on W8 lanes, "w4": rows on W4 lanes, "steps": output steps}``
-    (the design report's per-layer lanes; which rows are W4 does not change the counts)."""
-    kind = np.zeros(n, dtype=np.int64)
-    kind[:n4] = WEIGHT_KINDS.index(params.w4_kind)
+    W4 kind (at :func:`seeded_w4_rows`' places): ``{"w8": rows on W8 lanes, "w4": rows on
+    W4 lanes, "steps": output steps}`` (the design report's per-layer lanes)."""
+    kind = seeded_w4_rows(n, n - n4) * WEIGHT_KINDS.index(params.w4_kind)
     ch = plan_columns(kind, params).channel
     on_w4 = int((ch[:, :, params.cols_w8 :] >= 0).sum())
     return {"w8": n - on_w4, "w4": on_w4, "steps": int(ch.shape[0])}

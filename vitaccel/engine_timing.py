@@ -18,7 +18,7 @@ from vitaccel.isa import WORD_BYTES  # the scratchpad word: 16 bytes a grant
 __all__ = [
     "REQUANT_STAGES",
     "column_split",
-    "mapped_writer_runs",
+    "mapped_writer_cycles",
     "word_writes",
     "word_writer_segments",
     "word_writer_cycles",
@@ -246,30 +246,74 @@ class StepCycles:
         return self.at(self.n)
 
 
-def mapped_writer_runs(channel, *, nheads: int = 0, transposed: bool = False) -> int:
-    """Runs the mixed array's output writer (``MappedOutWriter``) writes for each token
-    after a step's first, summed over the steps of ``channel`` (``(steps, groups, cols)``,
-    -1 for an idle column; ``nheads`` > 0: heads mode, groups >= nheads write nothing).
+def mapped_writer_cycles(channel, tokens: int, *, nheads: int = 0, transposed: bool = False) -> int:
+    """Cycles the mixed array's output writer (``MappedOutWriter``) takes (is not stalled)
+    for a job of ``tokens`` tokens whose column plan is ``channel`` (``(steps, groups,
+    cols)``, -1 for an idle column; ``nheads`` > 0: heads mode, groups >= nheads write
+    nothing).
 
-    Columns are runs of one: a column whose channel is the previous column's plus one, in
-    the same group and the same 16-channel SPM word (row-major only: OUT_T writes each
-    channel to its own row), joins its run, and consecutive silent columns make one run
-    (skipped in one cycle)."""
+    A step's first token takes every column, one a cycle, and puts each writing column at
+    its *position*: in shared mode the channel's offset in the step's window
+    (``plan_columns`` gives each step the channels after the previous step's), in heads
+    mode the column itself. The positions up to the last writing one (at least one) are
+    the step's *span*. Row-major, every later token goes a run a cycle over the span: a
+    position whose channel is the previous one's plus one, within the same 16-channel SPM
+    word, joins its run; consecutive silent positions make one run; a run holds at most 16
+    positions; in heads mode runs stay within a group. OUT_T buffers every later token in
+    one cycle and, per chunk of 16 tokens (the first token's included), writes each
+    position of the span as one run of the chunk's tokens, a position a cycle.
+    """
     import numpy as np
 
     ch = np.array(channel, dtype=np.int64)
-    if nheads:
-        ch[:, nheads:, :] = -1
-    silent = ch < 0
-    same = silent[..., 1:] & silent[..., :-1]
-    if not transposed:
-        same |= (
-            ~silent[..., 1:]
-            & ~silent[..., :-1]
-            & (ch[..., 1:] == ch[..., :-1] + 1)
-            & (ch[..., :-1] % 16 != 15)
+    steps, groups, cols = ch.shape
+    lanes = groups * cols
+    chunks = -(-tokens // 16)
+    if not nheads:
+        # shared mode: positions 0 .. w-1 hold the window's channels lo .. lo+w-1, so a
+        # row-major token's runs are the SPM words the window touches
+        flat = ch.reshape(steps, lanes)
+        live = flat >= 0
+        width = live.sum(axis=1)
+        lo = np.cumsum(width) - width
+        low = np.where(live, flat, np.iinfo(np.int64).max).min(axis=1)
+        windows = (width == 0) | ((low == lo) & (flat.max(axis=1) == lo + width - 1))
+        if not windows.all():
+            s = int(np.flatnonzero(~windows)[0])
+            raise ValueError(
+                f"step {s} computes channels {sorted(flat[s][live[s]].tolist())}: not the "
+                f"window of {int(width[s])} channels from {int(lo[s])} (engine_host.plan_columns)"
+            )
+        if transposed:
+            per_step = tokens - 1 + chunks * np.maximum(width, 1)
+        else:
+            words = (lo + width - 1) // 16 - lo // 16 + 1
+            per_step = (tokens - 1) * np.where(width > 0, words, 1)
+        return int(steps * lanes + per_step.sum())
+    ch[:, nheads:, :] = -1
+    total = 0
+    for s in range(steps):
+        order = ch[s].reshape(-1)  # heads mode: the positions are the columns
+        live = np.flatnonzero(order >= 0)
+        end = int(live[-1]) + 1 if live.size else 1
+        total += lanes
+        if transposed:
+            total += tokens - 1 + chunks * end
+            continue
+        silent = order < 0
+        link = (silent[1:] & silent[:-1]) | (
+            ~silent[1:] & ~silent[:-1] & (order[1:] == order[:-1] + 1) & (order[:-1] % 16 != 15)
         )
-    return int(ch[..., 0].size * ch.shape[-1] - same.sum())
+        link[cols - 1 :: cols] = False  # another head's rows
+        runs, j = 0, 0
+        while j < end:
+            span = 1
+            while span < 16 and j + span < lanes and link[j + span - 1]:
+                span += 1
+            runs += 1
+            j += span
+        total += (tokens - 1) * runs
+    return total
 
 
 def word_writes(cols: int, banks: int) -> bool:

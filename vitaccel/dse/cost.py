@@ -30,8 +30,6 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import numpy as np
-
 from vitaccel import engine_timing
 from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
@@ -142,10 +140,26 @@ def w4_rows(n: int, ratio: float) -> int:
     return int(round(ratio * n))
 
 
+@lru_cache(maxsize=16384)
+def _column_plan(n: int, n8: int, groups: int, cols: int, cols_w8: int, heads: bool):
+    """``engine_host.plan_columns`` of :func:`seeded_w4_rows` (read-only channel array)."""
+    from vitaccel.engine_host import EngineParams, plan_columns, seeded_w4_rows
+
+    params = EngineParams(groups=groups, cols=cols, w4_share=(cols - cols_w8) / cols)
+    channel = plan_columns(seeded_w4_rows(n, n8), params, heads=heads).channel
+    channel.flags.writeable = False
+    return channel
+
+
 def job_nsteps(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool) -> int:
-    """Output steps of a job: ``plan_columns``' rule (heads mode plans one head per group)."""
+    """Output steps of a job of ``n`` channels, ``n8`` of them on W8 columns only:
+    ``plan_columns``' windows (heads mode plans one head per group). With every row W8 or
+    every row W4-eligible the count is ``max(ceil(N8 / (G*C8)), ceil(N / (G*C)))``; in
+    between it depends on where the W4 rows are (``engine_host.seeded_w4_rows``)."""
     g = 1 if heads else groups
-    return max(-(-n8 // (g * cols_w8)), -(-n // (g * cols)), 1)
+    if n8 >= n or n8 == 0 or cols_w8 >= cols:
+        return max(-(-n8 // (g * cols_w8)), -(-n // (g * cols)), 1)
+    return int(_column_plan(n, n8, groups, cols, cols_w8, heads).shape[0])
 
 
 @lru_cache(maxsize=65536)
@@ -177,32 +191,19 @@ def writer_cycles(tokens: int, n: int, cm: int, groups_active: int, transposed: 
     return tokens * per_token * groups_active
 
 
-def mapped_writer_cycles(tokens: int, nsteps: int, groups: int, cols: int, runs: int) -> int:
-    """SPM write cycles of a MATMUL's outputs on a mixed W4/W8 array (the scratchpad's
-    ``MappedOutWriter``): a step's first token takes every column's channel, one column a
-    cycle; its other tokens take a cycle per run (``runs``: summed over the steps,
-    :func:`mapped_runs`)."""
-    return nsteps * groups * cols + (tokens - 1) * runs
-
-
 @lru_cache(maxsize=4096)
-def mapped_runs(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool,
-                nheads: int, transposed: bool, w_spm: bool) -> int:  # fmt: skip
-    """The writer's runs (:func:`vitaccel.engine_timing.mapped_writer_runs`) of a job of
+def mapped_writer_cycles(tokens: int, n: int, n8: int, groups: int, cols: int, cols_w8: int,
+                         *, heads: bool, nheads: int, transposed: bool,
+                         w_spm: bool) -> int:  # fmt: skip
+    """SPM write cycles of a MATMUL's outputs on a mixed W4/W8 array (the scratchpad's
+    ``MappedOutWriter``, :func:`vitaccel.engine_timing.mapped_writer_cycles`) for a job of
     ``n`` channels, ``n8`` of them on W8 columns only: the column plan of the compiler
-    (``engine_host.plan_columns``) for W4 rows at seeded random places (the quantiser picks
-    them by their error, not by position), or the W8-column rule (``w_spm``: every row W8).
+    (``engine_host.plan_columns``) for W4 rows at seeded random places
+    (``engine_host.seeded_w4_rows``), or the W8-column rule (``w_spm``: every row W8).
     """
-    from vitaccel.engine_host import EngineParams, plan_columns
-
-    kind = np.zeros(n, dtype=np.int64)
-    if not w_spm and n8 < n:
-        rows4 = np.random.default_rng(n * 7919 + n8).choice(n, n - n8, replace=False)
-        kind[rows4] = 1  # int4
-    params = EngineParams(groups=groups, cols=cols, w4_share=(cols - cols_w8) / cols)
-    channel = plan_columns(kind, params, heads=heads).channel
-    return engine_timing.mapped_writer_runs(
-        channel, nheads=nheads if heads else 0, transposed=transposed
+    channel = _column_plan(n, n if w_spm else n8, groups, cols, cols_w8, heads)
+    return engine_timing.mapped_writer_cycles(
+        channel, tokens, nheads=nheads if heads else 0, transposed=transposed
     )
 
 
@@ -214,10 +215,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
     the top's X beat (None: :func:`x_beat_words` of a 16-byte datapath). ``mapped_steps``:
-    on a mixed W4/W8 array the job's output steps (:func:`mapped_writer_cycles`); 0 on an
-    all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
+    on a mixed W4/W8 array the job's output steps (:func:`job_nsteps`, the steps of the plan
+    :func:`mapped_writer_cycles` prices); 0 on an all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
     W8 columns only, the W8 columns of a group, W built from the scratchpad
-    (:func:`mapped_runs`). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
+    (:func:`mapped_writer_cycles`). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
     all-W8 array with the output writer's word path (:func:`word_writes`) a row-major job
     not forced onto runs (``runs``: a fused residual add) writes its pieces one per bank a
     cycle (:func:`word_writer_cycles`, heads mode by ``head_step``, the Y head step)."""
@@ -227,10 +228,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
     if mapped_steps:
-        runs = mapped_runs(n, n if mapped_n8 is None else mapped_n8, groups, cols, cols_w8,
-                           heads=heads, nheads=nheads, transposed=transposed,
-                           w_spm=w_spm)  # fmt: skip
-        return first + mapped_writer_cycles(tokens, mapped_steps, groups, cols, runs)
+        n8 = n if mapped_n8 is None else mapped_n8
+        return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,
+                                            nheads=nheads, transposed=transposed,
+                                            w_spm=w_spm)  # fmt: skip
     if word_writes(cols, banks) and not transposed and not runs:
         return first + word_writer_cycles(tokens, n, groups, cols, banks, heads=heads,
                                           nheads=nheads, head_step=head_step)  # fmt: skip

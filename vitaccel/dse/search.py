@@ -693,7 +693,8 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
-        for ports in port_choices:
+        # a mixed array reads its column map from the first weight port: one port only
+        for ports in port_choices if share == 0 else [q for q in port_choices if q == 1]:
             if (g * c) % ports:
                 continue
             extra = res.weight_ports_resources(ports)
@@ -1525,12 +1526,6 @@ def _warnings(result, chosen, feasible, target, limits, precision) -> list[str]:
                     f"the target with {tight_w4:.0%} of its tightest limit vs {tight_w8:.0%} "
                     "(--precision mixed)"
                 )
-    if chosen.w4_share > 0 and chosen.weight_ports > 1:
-        out.append(
-            f"a mixed W4/W8 array with {chosen.weight_ports} weight ports: the accelerator top "
-            "reads the column map from one port, so `vitaccel generate` refuses it "
-            "(--precision w8 answers with an all-W8 array)"
-        )
     if m.shell_kind != "calibrated":
         out.append("top-level controller/DMA/SPM logic is a fixed estimate, not synthesised")
     return out

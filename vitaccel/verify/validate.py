@@ -126,7 +126,8 @@ def _measured(store: MeasureStore | None, key: str, measure) -> dict:
 def _engine_case(case, seed: int = 0, store: dict | None = None) -> dict:
     import numpy as np
 
-    from vitaccel.dse.cost import column_split, job_nsteps, matmul_cycles
+    from vitaccel.dse.cost import column_split, matmul_cycles
+    from vitaccel.engine_host import plan_columns
     from vitaccel.flow.unit_gvsa import MatmulCase, engine_params, simulate_jobs
 
     name, g, r, c, v, share, t, k, n, heads, w4 = case
@@ -155,7 +156,8 @@ def _engine_case(case, seed: int = 0, store: dict | None = None) -> dict:
         return {"cycles": int(res["cycles"])}
 
     res = _measured(store, f"engine {case} seed{seed}", measure)
-    nsteps = job_nsteps(n, n - n4, g, c, c8, heads=heads)
+    # the steps of the job's own rows (the column plan's windows depend on where they are)
+    nsteps = max(plan_columns(kd, params, heads=heads).nsteps for kd in kind.reshape(-1, n))
     model = matmul_cycles(t, k, nsteps, g, r, c, v, c8 // 2 + c4, heads=heads)
     return {
         "kind": "engine",

@@ -481,15 +481,19 @@ class MappedOutWriter(CheckedComponent):
     first token and kept for its other tokens); for a W_SPM job (``w8_rule``) W8 column c
     of group g has channel ``s*G*C8 + g*C8 + c`` (shared) or ``s*C8 + c`` (heads) and the W4
     columns are idle. The step's first token goes a column a cycle (each byte a one-byte
-    run) and records every column's channel; the step's other tokens go a run a cycle: the
-    columns from ``j`` on whose channels are consecutive, in one group and one 16-channel
-    SPM word, are one run (row-major; the compiler's plan fills W8 and W4 columns each in
-    row order, so runs are as long as the stretches of one kind of row), and consecutive
-    silent columns are skipped in one cycle. Row-major runs go to ``base + t*stride
-    (+ g*head_step)``, byte ``ch``; OUT_T writes each column to row ``ch``, byte ``t``.
-    The run's data is the word's bytes from column ``j`` on (a fused residual add takes
+    run) and records, at the column's *position*, its channel and the column (the inverse
+    map): in shared mode the position is the channel's offset in the step's window, the
+    channels after the previous step's (``engine_host.plan_columns`` gives every step such a
+    window), in heads mode the column itself. The step's other tokens gather the word's
+    bytes into position order and go a run a cycle: positions from ``j`` on whose channels
+    are consecutive within one 16-channel SPM word are one run (row-major; so a shared-mode
+    token is the window's few word-sized runs, as on an all-W8 array), consecutive silent
+    positions are skipped in one cycle, heads-mode runs stay within a group, and the token
+    ends after its last writing position. Row-major runs go to ``base + t*stride
+    (+ g*head_step)``, byte ``ch``; OUT_T writes each position to row ``ch``, byte ``t``.
+    The run's data is the gathered bytes from position ``j`` on (a fused residual add takes
     them at the run's lanes, :class:`ResidualRuns` with ``byte_runs``). Channels >= N and
-    groups >= nheads write nothing. The job ends after ``nsteps`` steps. Cycles:
+    groups >= nheads write nothing. The job ends after ``nsteps`` steps. Cycles (``work``):
     ``dse.cost.mapped_writer_cycles``.
 
     Members
@@ -500,6 +504,8 @@ class MappedOutWriter(CheckedComponent):
     o : ``Out(stream.Signature(run_layout()))``
     chan : ``Out(16)``
         The channel (within the head, in heads mode) of the run on ``o``.
+    work : ``Out(1)``
+        The writer takes a column or a run this cycle (what its cycle model counts).
     idle : ``Out(1)``
     """
 
@@ -518,6 +524,7 @@ class MappedOutWriter(CheckedComponent):
                 "map": In(stream.Signature(unsigned(16))),
                 "o": Out(stream.Signature(run_layout())),
                 "chan": Out(16),
+                "work": Out(1),
                 "idle": Out(1),
             }
         )
@@ -536,14 +543,18 @@ class MappedOutWriter(CheckedComponent):
         t = Signal(16)
         t0 = Signal()  # t == 0: the step's first token takes the map entries
         t_last = Signal()
-        j = Signal(range(L))  # column of the word (g*C + c)
+        j = Signal(range(L))  # first token: column g*C + c; later tokens: position
         g = Signal(range(G + 1))
         c = Signal(range(C))
         tok_row = Signal(ADDR_BITS)  # base + t * stride
         ghead = Signal(ADDR_BITS)  # g * head_step (heads mode; 0 in shared mode)
         gc8 = Signal(16)  # g * C8
         sbase = Signal(16)  # s * cm8
-        maps = [Signal(16, name=f"map{k}") for k in range(L)]
+        lo = Signal(16)  # shared mode: the step's first channel (the previous windows' sum)
+        wlen = Signal(16)  # writing columns of the step so far
+        # per position: its channel (0xFFFF: silent) and the column it comes from
+        maps = [Signal(16, name=f"map{k}", init=0xFFFF) for k in range(L)]
+        inv = [Signal(range(L), name=f"col{k}") for k in range(L)]
 
         cmdp = self.cmd.payload
         m.d.comb += self.cmd.ready.eq(~active)
@@ -563,12 +574,16 @@ class MappedOutWriter(CheckedComponent):
                 ghead.eq(0),
                 gc8.eq(0),
                 sbase.eq(0),
+                lo.eq(0),
+                wlen.eq(0),
+                *[mp.eq(0xFFFF) for mp in maps],
             ]
 
         # The step's first token takes each column's channel (map entry or W8 rule), one
-        # column a cycle, and records it (0xFFFF: writes nothing); the step's other tokens
-        # write runs of columns whose recorded channels are consecutive within one SPM word
-        # (and one group), and skip runs of silent columns, one run a cycle.
+        # column a cycle, and records it at its position (0xFFFF: writes nothing); the
+        # step's other tokens write runs of positions whose recorded channels are
+        # consecutive within one SPM word, and skip runs of silent positions, one run a
+        # cycle.
         ch0 = Signal(16)  # first token: the column's channel
         writes0 = Signal()
         need_map = ~job.w8_rule & t0
@@ -577,26 +592,39 @@ class MappedOutWriter(CheckedComponent):
             ch0.eq(Mux(job.w8_rule, w8_ch, self.map.payload)),
             writes0.eq((~job.heads | (g < job.nheads)) & (ch0 < job.n) & (~job.w8_rule | (c < C8))),
         ]
+        pos0 = Signal(16)  # first token: the column's position
+        m.d.comb += pos0.eq(Mux(job.heads, j, ch0 - lo))
         idle_k = [Signal(name=f"silent{k}") for k in range(L)]
         m.d.comb += [idle_k[k].eq(maps[k] == 0xFFFF) for k in range(L)]
-        link = Signal(L + WORD_BYTES)  # column k's run goes on into column k+1
+        link = Signal(L + WORD_BYTES)  # position k's run goes on into position k+1
         for k in range(L - 1):
-            if (k + 1) % C == 0:
-                continue  # runs stay within a group (heads mode: another head's rows)
-            m.d.comb += link[k].eq(
-                (idle_k[k] & idle_k[k + 1])
-                | (
-                    ~idle_k[k]
-                    & ~idle_k[k + 1]
-                    & ~job.transposed
-                    & (maps[k][:4] != WORD_BYTES - 1)
-                    & (maps[k + 1] == maps[k] + 1)
-                )
+            follows = (idle_k[k] & idle_k[k + 1]) | (
+                ~idle_k[k]
+                & ~idle_k[k + 1]
+                & ~job.transposed
+                & (maps[k][:4] != WORD_BYTES - 1)
+                & (maps[k + 1] == maps[k] + 1)
             )
-        ahead = Signal(WORD_BYTES - 1)  # links from column j on
+            if (k + 1) % C == 0:
+                follows = follows & ~job.heads  # heads mode: another head's rows
+            m.d.comb += link[k].eq(follows)
+        # tail[k]: positions k.. are all silent (the token is done once it gets there)
+        tail = Signal(L + WORD_BYTES + 1)
+        m.d.comb += tail[L:].eq(-1)
+        for k in reversed(range(L)):
+            m.d.comb += tail[k].eq(idle_k[k] & tail[k + 1])
+        ahead = Signal(WORD_BYTES - 1)  # links from position j on
         m.d.comb += ahead.eq(link >> j)
-        span = Signal(range(WORD_BYTES + 1))  # columns in the run from j
-        with m.If(t0):
+        # OUT_T: a later token is taken in one cycle into tbuf (a byte shift register per
+        # position, the newest byte on top; the first token's bytes go in as its columns
+        # are taken), and every 16 tokens (or at the step's last) the positions are
+        # flushed, one a cycle: row ch, the chunk's tokens from byte 0
+        tbuf = [Signal(8 * WORD_BYTES, name=f"tbuf{k}") for k in range(L)]
+        flushing = Signal()
+        intake = Signal()  # an OUT_T token after the step's first
+        m.d.comb += intake.eq(job.transposed & ~t0 & ~flushing)
+        span = Signal(range(WORD_BYTES + 1))  # columns or positions in the run from j
+        with m.If(t0 | job.transposed):
             m.d.comb += span.eq(1)
         with m.Else():
             m.d.comb += span.eq(WORD_BYTES)
@@ -604,56 +632,88 @@ class MappedOutWriter(CheckedComponent):
                 with m.If(~ahead[k]):
                     m.d.comb += span.eq(k + 1)
         ch = Signal(16)
-        writes = Signal()
+        writes = Signal()  # this cycle writes a run
         m.d.comb += [
             ch.eq(Mux(t0, ch0, Cat(*maps).word_select(j, 16))),
-            writes.eq(Mux(t0, writes0, ~Cat(*idle_k).bit_select(j, 1))),
+            writes.eq(Mux(t0, writes0 & ~job.transposed, ~intake & ~Cat(*idle_k).bit_select(j, 1))),
         ]
-        ready_in = Signal()  # the word and (first token) the column's map entry are here
-        m.d.comb += ready_in.eq(active & sink.valid & (~need_map | self.map.valid))
+        ready_in = Signal()  # the word (not for a flush) and the column's map entry are here
+        m.d.comb += ready_in.eq(active & (flushing | sink.valid) & (~need_map | self.map.valid))
         advance = ready_in & (~writes | self.o.ready)
         word_end = Signal()
         group_end = Signal()
-        m.d.comb += [word_end.eq(j + span == L), group_end.eq(c + span == C)]
+        m.d.comb += [
+            word_end.eq(intake | (j + span == L) | (~t0 & tail.bit_select(j + span, 1))),
+            group_end.eq(c + span == C),
+        ]
 
         run = self.o.payload
         with m.If(job.transposed):
             m.d.comb += [
                 run.addr.eq(job.base + ghead + ch * job.stride + (t >> 4)),
-                run.off.eq(t[:4]),
+                run.off.eq(0),
+                run.count.eq(t[:4] + 1),
             ]
         with m.Else():
-            m.d.comb += [run.addr.eq(tok_row + ghead + (ch >> 4)), run.off.eq(ch[:4])]
-        shifted = Signal(8 * WORD_BYTES)  # the word's bytes from column j on
-        m.d.comb += shifted.eq(sink.payload >> (j * 8))
+            m.d.comb += [
+                run.addr.eq(tok_row + ghead + (ch >> 4)),
+                run.off.eq(ch[:4]),
+                run.count.eq(span),
+            ]
+        # later tokens: the word's bytes in position order (the inverse map gathers them)
+        in_bytes = sink.payload
+        gathered = Cat(*[in_bytes.word_select(inv[k], 8) for k in range(L)])
+        shifted = Signal(8 * WORD_BYTES)  # the bytes from column / position j on
+        m.d.comb += shifted.eq(
+            Mux(job.transposed, Cat(*tbuf).word_select(j, 8 * WORD_BYTES) >> (~t[:4] * 8),
+                Mux(t0, in_bytes, gathered) >> (j * 8))
+        )  # fmt: skip
         m.d.comb += [
-            run.count.eq(span),
             *[run.data[b].eq(shifted[8 * b : 8 * b + 8]) for b in range(WORD_BYTES)],
             self.o.valid.eq(ready_in & writes),
             self.chan.eq(ch),
+            self.work.eq(advance),
             self.map.ready.eq(advance & need_map),
-            sink.ready.eq(advance & word_end),
+            sink.ready.eq(advance & word_end & ~flushing),
         ]
+        wlen_next = Signal(16)
+        m.d.comb += wlen_next.eq(wlen + (t0 & writes0))
         with m.If(advance):
             with m.If(t0):
-                for k, mp in enumerate(maps):
-                    with m.If(j == k):
-                        m.d.sync += mp.eq(Mux(writes0, ch0, 0xFFFF))
-            with m.If(word_end):  # the word is done
+                m.d.sync += wlen.eq(wlen_next)
+                with m.If(writes0):
+                    for k, (mp, col, tb) in enumerate(zip(maps, inv, tbuf, strict=True)):
+                        with m.If(pos0 == k):
+                            m.d.sync += [
+                                mp.eq(ch0),
+                                col.eq(j),
+                                tb.eq(Cat(tb[8:], in_bytes.word_select(j, 8))),
+                            ]
+            with m.If(intake):
+                for k, tb in enumerate(tbuf):
+                    m.d.sync += tb.eq(Cat(tb[8:], gathered[8 * k : 8 * k + 8]))
+            with m.If(word_end):  # the word (or the flush) is done
                 m.d.sync += [j.eq(0), g.eq(0), c.eq(0), ghead.eq(0), gc8.eq(0)]
-                with m.If(t_last):  # the step is done
+                with m.If(job.transposed & ~flushing & ((t[:4] == WORD_BYTES - 1) | t_last)):
+                    m.d.sync += [flushing.eq(1), t0.eq(0)]  # the chunk's tokens are in
+                with m.Elif(t_last):  # the step is done: the next one takes its map
                     m.d.sync += [
+                        flushing.eq(0),
                         t.eq(0),
                         t0.eq(1),
                         t_last.eq(job.tokens == 1),
                         tok_row.eq(job.base),
                         sbase.eq(sbase + cm8),
+                        lo.eq(lo + wlen_next),
+                        wlen.eq(0),
                         steps_left.eq(steps_left - 1),
+                        *[mp.eq(0xFFFF) for mp in maps],
                     ]
                     with m.If(steps_left == 0):
                         m.d.sync += active.eq(0)
                 with m.Else():
                     m.d.sync += [
+                        flushing.eq(0),
                         t.eq(t + 1),
                         t0.eq(0),
                         t_last.eq(t + 2 == job.tokens),
