@@ -4,7 +4,8 @@ answering, an unknown opcode and a program without END.
 Each must end in STATUS.ERROR (with DONE, so a host waiting for DONE/irq returns) or in the
 host's timeout, with a one-line message naming the fault and the instruction index (the PC
 register); then a good run in the same simulation, on the same build, must be exact. All
-tests share one Verilator build of the default design (the one test_sim_accelerator runs).
+tests share one Verilator build of the default design (the cocotb one that
+tests/test_sim_native.py checks the native harness against, cycle for cycle).
 """
 
 from __future__ import annotations

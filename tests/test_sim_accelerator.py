@@ -1,5 +1,14 @@
 """The whole accelerator on Verilator, driven through the host driver: real images in,
-logits out, equal to the golden model for every image (cocotbext-axi DDR and host)."""
+logits out, equal to the golden model for every image.
+
+Two engines play the driver's steps: cocotb (cocotbext-axi DDR and host, ~6k cycles/s, a
+Verilator build with every signal public) and the native harness (vitaccel.sim.native: a C++
+DDR with seeded random pauses on every channel, ~100x faster, its own leaner build). The
+default suite runs each design once: the default design's programs (20 digits images, the
+log2 softmax aside, a DeiT-shaped network) on the native harness, whose build
+tests/test_sim_native.py shares and where that file checks the native engine against cocotb
+cycle for cycle; the compact layout on cocotb, on SMALL_TOP, whose cocotb build
+tests/test_sim_top.py shares."""
 
 import numpy as np
 import pytest
@@ -53,14 +62,13 @@ def _digits(design, images: int):
 
 
 def test_digits_20_images_bit_exact_with_axi_pauses():
+    """20 images on the default design with random pauses on every DDR channel and a reset
+    between images, on the native harness (the default design's native build, shared with
+    tests/test_sim_native.py; cocotb took ~160 s for these 20 images)."""
     design = default_design("digits-vit", "zcu102")
     golden, patches, want, y = _digits(design, 20)
-    results = _run(design, golden, patches, pause=0.2, seed=3)
-    for j, r in enumerate(results):
-        assert _first_mismatch(r.logits, want[j]) is None, (
-            f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
-        )
-        assert r.status & 2  # DONE
+    results = _native(design, _compile(design, golden), patches, pause=0.2, seed=3)
+    _assert_all_equal(results, want)  # DONE without ERROR, every logit
     # AXI pauses stretch the run a little, differently per image (~45.5k cycles unpaused).
     assert all(40_000 < r.cycles < 60_000 for r in results), [r.cycles for r in results]
     rtl_top1 = np.mean([r.logits.argmax() == t for r, t in zip(results, y.numpy(), strict=True)])
@@ -188,17 +196,15 @@ def test_wide_nonlinear_instructions_take_the_modelled_cycles():
 
 def test_digits_log2_softmax_bit_exact():
     """A log2 build: E2Softmax writes 4-bit codes and P x V runs in the engine's shift-add
-    mode (SOFTMAX LOG2 / MATMUL X_LOG2); logits equal the log2 golden model's."""
+    mode (SOFTMAX LOG2 / MATMUL X_LOG2); logits equal the log2 golden model's, with random
+    pauses on every DDR channel (native harness: its build is leaner than cocotb's)."""
     base = default_design("digits-vit", "zcu102")
     design = base.model_copy(
         update={"nonlinear": base.nonlinear.model_copy(update={"softmax_output": "log2"})}
     )
     golden, patches, want, _ = _digits(design, 3)
     assert golden.config.softmax_output == "log2"
-    for j, r in enumerate(_run(design, golden, patches, pause=0.2, seed=4)):
-        assert _first_mismatch(r.logits, want[j]) is None, (
-            f"image {j}: (class, rtl, golden) = {_first_mismatch(r.logits, want[j])}"
-        )
+    _assert_all_equal(_native(design, _compile(design, golden), patches, pause=0.2, seed=4), want)
 
 
 def test_digits_compact_layout_bit_exact():
@@ -243,7 +249,9 @@ def test_digits_spilling_program_bit_exact():
 
 
 def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
-    # DeiT-Tiny's width, heads, MLP and 16x16x3 patches; 2 blocks and 17 tokens (64x64 input).
+    """DeiT-Tiny's width, heads, MLP and 16x16x3 patches; 2 blocks and 17 tokens (64x64
+    input), on the default design (1 x 4 x 4 x 8, 4-lane units) with random AXI pauses: the
+    native harness, its build shared with the digits tests."""
     spec = ModelSpec(
         name="deit-tiny-mini",
         img_size=64,
@@ -256,20 +264,15 @@ def test_deit_tiny_shaped_network_reduced_depth_and_tokens():
         mlp_ratio=4.0,
     )
     model = build_float_model(spec, seed=1).eval()
-    design = Design(
-        model="digits-vit",
-        array=ArrayConfig(groups=1, rows=4, cols=4, vector=8),
-        nonlinear=NonlinearConfig(softmax_lanes=4, layernorm_lanes=4, gelu_lanes=4),
-    )
+    design = default_design("digits-vit", "zcu102")
+    assert design.array == ArrayConfig(groups=1, rows=4, cols=4, vector=8)
     gen = torch.Generator().manual_seed(5)
     calib = torch.randn(4, 3, 64, 64, generator=gen)
     golden = quantize_model(model, calib, QuantConfig(softmax_lanes=4))
     patches = golden.quantize_images(torch.randn(2, 3, 64, 64, generator=gen))
     want = golden.forward_patches(patches)
-    for j, r in enumerate(_run(design, golden, patches)):
-        assert _first_mismatch(r.logits, want[j]) is None, (
-            f"image {j}: {_first_mismatch(r.logits, want[j])}"
-        )
+    results = _native(design, _compile(design, golden), patches, pause=0.2, seed=5)
+    _assert_all_equal(results, want, "deit-tiny-mini ")
 
 
 @pytest.mark.slow
