@@ -1,6 +1,7 @@
 """vitaccel.flow.yosys: a Yosys run dies with the process that started it (a killed Dask
-worker leaves no synthesis running); synthesis module by module (canonical modules, the
-figures composed as Yosys' flatten gives them, the difference against the whole top)."""
+worker leaves no synthesis running); synthesis unit by unit (canonical modules cut into
+units, the figures composed as Yosys' flatten gives them, a module's counts independent of
+its run, the difference against the whole top)."""
 
 import logging
 import os
@@ -75,7 +76,7 @@ def test_killed_worker_leaves_no_yosys_running(tmp_path):
     print(f"\nYosys {yosys_pid} ended {ended:.2f} s after its worker was killed")
 
 
-# --- synthesis module by module (the sweep's finalists) ---------------------------------
+# --- synthesis unit by unit (the sweep's finalists) -----------------------------------
 
 
 def _chain_verilog(width: int = 16, extra: bool = False) -> str:

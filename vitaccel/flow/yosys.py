@@ -225,17 +225,18 @@ def _resources(counts: dict[str, int], depth) -> Resources:
 
 
 # ---------------------------------------------------------------------------------------
-# Synthesis module by module: the sweep's finalists share most of their modules
+# Synthesis unit by unit: the sweep's finalists share most of their units
 # ---------------------------------------------------------------------------------------
 #
 # A whole accelerator top takes ~2 CPU-minutes of Yosys, and the finalists of a sweep query
-# differ in a few modules (the matmul engine, the X path, the scratchpad, the controller)
-# while sharing the rest (nonlinear units, RESADD, DMA, register file). So each module is
-# synthesised on its own, with the same ``synth_xilinx -family xcup`` passes but the
-# hierarchy kept, cached by a hash of its text, and the top's counts and LUT depth come from
-# the mapped modules put back together (:func:`compose`). What this gives up is Yosys'
-# optimisation across module boundaries (constant inputs, unused outputs); docs/sweep.md
-# gives the measured difference against the flattened whole-top run.
+# differ in a few parts (the controller, the matmul engine, the X path) while sharing the
+# rest (RESADD, LayerNorm). So the top is cut into units (:func:`synthesis_units`: a module
+# with its subtree, flattened), each synthesised with the whole-top script in a Yosys run
+# of its own and cached by a hash of its text, and the top's counts and LUT depth come from
+# the mapped units put back together (:func:`compose`). Units, not single modules, because
+# ABC cannot merge logic across a boundary: module by module, handshakes through a unit and
+# its FIFOs cost up to 1.5 levels more than the whole top. docs/sweep.md gives the measured
+# difference against the flattened whole-top run.
 
 # Bump when the unit script or the stored netlist format changes.
 MODULE_FLOW = "xcup-unit-1"
