@@ -289,19 +289,19 @@ def test_module_batches_fill_the_workers_largest_first():
     assert sw.module_batches([], 2) == []
 
 
-def _check_synthesis(row: dict, out) -> dict:
-    """A --synth-top 3 row: model and Yosys figures for each finalist, the pick and the
+def _check_synthesis(row: dict, out, k: int = 3) -> dict:
+    """A --synth-top K row: model and Yosys figures for each finalist, the pick and the
     row's design file agreeing with them, the note saying whether synthesis changed it."""
     assert row["status"] == "ok", row
     syn = row["synthesis"]
-    assert len(syn["finalists"]) == 3
+    assert len(syn["finalists"]) == k
     for f in syn["finalists"]:
         assert f["yosys"]["lut"] > 0 and f["yosys"]["dsp48e2"] > 0 and f["yosys"]["ff"] > 0
         assert f["lut_depth"] > 0
         assert set(f["model_vs_yosys"]) == set(sw.RESOURCE_KINDS)
-        for k in ("lut", "ff", "dsp48e2"):  # the error is the model's against these counts
-            assert f["model_vs_yosys"][k] == pytest.approx(
-                f["model_resources"][k] / f["yosys"][k] - 1, abs=1e-4
+        for r in ("lut", "ff", "dsp48e2"):  # the error is the model's against these counts
+            assert f["model_vs_yosys"][r] == pytest.approx(
+                f["model_resources"][r] / f["yosys"][r] - 1, abs=1e-4
             )
     picked = syn["finalists"][syn["pick"]]
     assert row["resources"]["yosys"] == picked["yosys"]
@@ -329,31 +329,58 @@ def _print_synthesis(title: str, seconds: float, syn: dict) -> None:
               f"qualifies {f['qualifies']}")  # fmt: skip
 
 
-def test_synth_top_3_digits_from_a_cold_yosys_cache(tmp_path):
-    """The issue's --synth-top 3 target in the default suite: digits-vit on KV260 at 100 FPS,
-    the three finalists synthesised from an empty Yosys cache (their shared modules once),
-    model vs Yosys resources for each, the pick re-ranked by them; the same sweep again is
-    answered from the output folder's cache."""
+def _cold_synth_sweep(tmp_path, monkeypatch, k: int) -> dict:
+    """digits-vit on KV260 at 100 FPS with --synth-top ``k`` from an empty Yosys cache (the
+    finalists' shared units once): model vs Yosys resources for each finalist, the pick
+    re-ranked by them; the same sweep again is answered from the output folder's cache. And
+    a unit's netlist does not depend on the run it went in: the top's unit, synthesised
+    again alone, gives what the sweep's batch gave."""
+    from vitaccel.flow.yosys import Hierarchy, _module_cache, module_stub, synth_modules
+
     out = tmp_path / "synth"
-    env = {**os.environ, "VITACCEL_CACHE": str(tmp_path / "cold-cache")}
+    monkeypatch.setenv("VITACCEL_CACHE", str(tmp_path / "cold-cache"))
     args = ("sweep", "--models", "digits-vit", "--boards", "kv260", "--fps", "100",
-            "--synth-top", "3", "--workers", "2", "-o", str(out), "--json")  # fmt: skip
+            "--synth-top", str(k), "--workers", "2", "-o", str(out), "--json")  # fmt: skip
     t0 = time.monotonic()
-    r = run(*args, env=env, timeout=1800)
+    r = run(*args, env=dict(os.environ), timeout=1800)
     seconds = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     (row,) = res["rows"]
-    syn = _check_synthesis(row, out)
+    syn = _check_synthesis(row, out, k=k)
     # the finalists differ (the datapath width here), so do their Yosys figures' sources:
     # real runs of this sweep, not a cache of an earlier one
-    assert len({f["array"] for f in syn["finalists"]}) == 3
+    assert len({f["array"] for f in syn["finalists"]}) == k
     yosys_cache = tmp_path / "cold-cache" / "yosys" / "modules"
-    assert len(list(yosys_cache.glob("m_*.json"))) >= 60
-    _print_synthesis("--synth-top 3, digits-vit on kv260 at 100 FPS, cold", seconds, syn)
-    again = json.loads(run(*args, env=env).stdout)
+    assert len(list(yosys_cache.glob("m_*.json"))) >= 4
+    _print_synthesis(f"--synth-top {k}, digits-vit on kv260 at 100 FPS, cold", seconds, syn)
+    again = json.loads(run(*args, env=dict(os.environ)).stdout)
     assert again["figures"]["tasks_computed"] == 0
     assert again["rows"] == res["rows"]
+    (explored,) = [json.loads(p.read_text())["result"] for p in (out / "cache").glob("explore-*")]
+    units = Hierarchy.from_dict(sw.split_task(explored["finalists"][0]["design"]))
+    top = units.modules[units.top]
+    stubs = {c: module_stub(units.modules[c]) for c in top.instances}
+    assert synth_modules([top], stubs, cache=False)[top.name] == json.loads(
+        _module_cache(top).read_text()
+    )
+    return syn
+
+
+def test_synth_top_1_digits_from_a_cold_yosys_cache(tmp_path, monkeypatch):
+    """The --synth-top path in the default suite (one finalist: its units, composed, the
+    clock its depth allows; ~the CPU time three finalists took module by module)."""
+    syn = _cold_synth_sweep(tmp_path, monkeypatch, 1)
+    assert syn["pick"] == 0
+
+
+@pytest.mark.slow
+def test_synth_top_2_digits_from_a_cold_yosys_cache(tmp_path, monkeypatch):
+    """Two finalists (64- and 32-byte datapath): Yosys finds the wide X path costs ~940
+    LUTs, the model does not, so synthesis changes the pick (~390 CPU-s on the loaded
+    machine)."""
+    syn = _cold_synth_sweep(tmp_path, monkeypatch, 2)
+    assert syn["changed"] and syn["pick"] == 1
 
 
 @pytest.mark.slow

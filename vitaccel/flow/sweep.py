@@ -55,11 +55,12 @@ __all__ = [
     "simulate_task",
     "simulate_images",
     "rerank",
+    "clock_by_depth",
     "peak_share",
 ]
 
 # Bump when a task's result format or meaning changes: old cache entries are then ignored.
-TASK_VERSION = "2"  # 2: synthesis module by module (flow.yosys.synth_modules)
+TASK_VERSION = "3"  # 3: synthesis unit by unit (flow.yosys.synthesis_units), ABC9
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
@@ -67,10 +68,11 @@ CONNECT_TIMEOUT_S = 5.0  # the issue: an unreachable scheduler is reported withi
 RESOURCE_KINDS = ("dsp48e2", "lut", "ff", "bram36")
 FPS_SOURCE = "cycle-model prediction (vitaccel.dse.cost), not an RTL run"
 SYNTH_SOURCE = (
-    "yosys synth_xilinx -family xcup, module by module (hierarchy kept), summed over instances"
+    "yosys synth_xilinx -family xcup -flatten (ABC9) unit by unit (a module with its subtree),"
+    " summed over instances, LUT depth of the units put back together"
 )
-# Verilog characters per Yosys run when a finalist's modules are split over the workers:
-# digits-vit's top is ~1.5 M characters, ~90 CPU-s of Yosys
+# Verilog characters per task when a finalist's units are split over the workers:
+# digits-vit's top is ~1.5 M characters
 BATCH_CHARS = 400_000
 
 
@@ -345,25 +347,26 @@ def _array_text(design) -> str:
 
 
 def split_task(design_json: str) -> dict:
-    """A design's whole accelerator top as canonical Verilog modules
-    (:func:`vitaccel.flow.yosys.split_modules`): the input of the module synthesis."""
+    """A design's whole accelerator top cut into synthesis units of canonical Verilog
+    (:func:`vitaccel.flow.yosys.split_modules`, then
+    :func:`~vitaccel.flow.yosys.synthesis_units`): the input of the unit synthesis."""
     from vitaccel.design import Design
     from vitaccel.flow.generate import TOP_NAME
-    from vitaccel.flow.yosys import split_modules
+    from vitaccel.flow.yosys import split_modules, synthesis_units
     from vitaccel.rtl.top import top_verilog
 
     design = Design.model_validate_json(design_json)
     t0 = time.monotonic()
-    hierarchy = split_modules(top_verilog(design, TOP_NAME), TOP_NAME)
+    hierarchy = synthesis_units(split_modules(top_verilog(design, TOP_NAME), TOP_NAME))
     return {**hierarchy.as_dict(), "seconds": round(time.monotonic() - t0, 1)}
 
 
 def synth_modules_task(modules: list[dict], stubs: dict[str, str]) -> dict:
-    """Yosys netlists of some modules of a :func:`split_task` answer, in one Yosys run
+    """Yosys netlists of some units of a :func:`split_task` answer, a Yosys run each
     (:func:`vitaccel.flow.yosys.synth_modules`; the worker's Yosys cache first).
 
     ``modules``: ``{"name", "text", "instances"}`` each; ``stubs``: the interface of each
-    child module that is not among them.
+    blackboxed child (``instances``) of them.
     """
     from vitaccel.flow.yosys import VerilogModule, synth_modules
 
@@ -374,8 +377,8 @@ def synth_modules_task(modules: list[dict], stubs: dict[str, str]) -> dict:
 
 
 def compose_synthesis(split: dict, netlists: dict[str, dict], seconds: float) -> dict:
-    """A finalist's Yosys figures from its modules' netlists (the row's ``yosys`` block):
-    counts summed over every instance, the LUT depth of the modules put back together."""
+    """A finalist's Yosys figures from its units' netlists (the row's ``yosys`` block):
+    counts summed over every instance, the LUT depth of the units put back together."""
     from vitaccel.flow.yosys import Hierarchy, compose
 
     hierarchy = Hierarchy.from_dict(split)
@@ -385,17 +388,18 @@ def compose_synthesis(split: dict, netlists: dict[str, dict], seconds: float) ->
         "lut_depth": res.lut_depth,
         "seconds": round(seconds, 1),
         "source": SYNTH_SOURCE,
-        "modules": len(hierarchy.modules),
+        "units": len(hierarchy.modules),
         "instances": sum(hierarchy.instance_counts().values()),
     }
 
 
 def module_batches(modules: Sequence, workers: int) -> list[list]:
-    """Modules to synthesise, in batches for ``workers`` Yosys runs at once.
+    """Units to synthesise, in batches for ``workers`` tasks at once.
 
-    A Yosys run costs ~5 CPU-s before its first module (reading the cell libraries), so
-    modules go in as few runs as keep the workers busy: one per ``BATCH_CHARS`` of Verilog,
-    at most one per worker, the largest modules first into the lightest batch.
+    Each unit is a Yosys run of its own (its result must not depend on the others); a batch
+    is one Dask task that runs its units in turn, so the client holds few tasks: one per
+    ``BATCH_CHARS`` of Verilog, at most one per worker, the largest units first into the
+    lightest batch.
     """
     size = sum(len(m.text) for m in modules)
     n = max(1, min(workers, round(size / BATCH_CHARS)))
@@ -452,6 +456,17 @@ def simulate_task(design_json: str, images: int) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def clock_by_depth(board: str, lut_depth: float, clock_mhz: float) -> float | None:
+    """The fastest clock of ``board`` at most ``clock_mhz`` that a worst path of
+    ``lut_depth`` effective levels allows (the clock rule, :mod:`vitaccel.dse.clock`), or
+    None when none does."""
+    from vitaccel.boards import get_budget
+    from vitaccel.dse import clock as clock_rule
+
+    allowed = clock_rule.allowed_clocks(get_budget(board).pl_clocks_mhz, lut_depth)
+    return max((a for a in allowed if a <= clock_mhz), default=None)
+
+
 def peak_share(macs_per_frame: int, fps: float, board: str, clock_mhz: float) -> float:
     """MACs per second at ``fps`` over the board's peak: 2 MACs per DSP48E2 x DSPs x clock."""
     from vitaccel.boards import get_budget
@@ -480,11 +495,8 @@ def rerank(
     ``finalists`` adds, for each, the Yosys figures, the clock and FPS they allow, whether
     it qualifies, and the model's error against Yosys per resource.
     """
-    from vitaccel.boards import get_budget
-    from vitaccel.dse import clock as clock_rule
     from vitaccel.dse.search import Candidate, _cost
 
-    budget = get_budget(board)
     rows, costs = [], {}
     for i, (f, s) in enumerate(zip(finalists, synth, strict=True)):
         row = {k: f[k] for k in ("array", "clock_mhz", "predicted_fps", "model_resources")}
@@ -494,8 +506,7 @@ def rerank(
             rows.append(row)
             continue
         yosys = {k: s[k] for k in RESOURCE_KINDS}
-        allowed = clock_rule.allowed_clocks(budget.pl_clocks_mhz, s["lut_depth"] or 0.0)
-        clock = max((a for a in allowed if a <= f["clock_mhz"]), default=None)
+        clock = clock_by_depth(board, s["lut_depth"] or 0.0, f["clock_mhz"])
         fps = f["predicted_fps"] * clock / f["clock_mhz"] if clock else 0.0
         fits = {k: yosys[k] <= limits[k] for k in RESOURCE_KINDS}
         row.update(
@@ -725,8 +736,8 @@ class _Sweep:
         self.explored: dict[int, dict] = {}
         self.synth: dict[int, list] = {}
         self.steps: set[str] = set()  # keys of synthesis steps (not stored in DIR/cache)
-        self.netlists: dict[str, dict] = {}  # module name -> its Yosys netlist
-        self.module_waiters: dict[str, list[Callable]] = {}  # module name -> finalists
+        self.netlists: dict[str, dict] = {}  # unit name -> its Yosys netlist
+        self.module_waiters: dict[str, list[Callable]] = {}  # unit name -> finalists
         per_query = 1 + spec.synth_top + (1 if spec.images else 0)
         self.counts = {"computed": 0, "cached": 0, "failed": 0, "done": 0}
         self.progress = _Progress(progress, per_query * len(self.queries))
@@ -738,7 +749,7 @@ class _Sweep:
     ) -> None:
         """Give ``then(result, error)`` the result of ``fn(*args)``: cached, or from Dask.
 
-        ``step``: a step of a finalist's synthesis (the split, a batch of modules): not
+        ``step``: a step of a finalist's synthesis (the split, a batch of units): not
         stored in the output folder (the composed figures are) and not in the progress
         total until submitted.
         """
@@ -838,8 +849,8 @@ class _Sweep:
 
     def _synthesise(self, design_json: str, then: Callable) -> None:
         """Yosys figures of one finalist: from the output folder's cache, or its top split
-        into modules, the modules no finalist has asked for yet synthesised in batches
-        over the workers, and the figures composed here when its last module is in."""
+        into synthesis units, the units no finalist has asked for yet synthesised in
+        batches over the workers, and the figures composed here when its last unit is in."""
         key = TaskCache.key("synth", design_json)
         hit = self.cache.get(key)
         if hit is not None:
@@ -885,12 +896,7 @@ class _Sweep:
         for batch in module_batches(new, self._workers()):
             inside = {m.name for m in batch}
             names = sorted(inside)
-            stubs = {
-                c: module_stub(hierarchy.modules[c])
-                for m in batch
-                for c in m.instances
-                if c not in inside
-            }
+            stubs = {c: module_stub(hierarchy.modules[c]) for m in batch for c in m.instances}
             for m in batch:
                 self.module_waiters[m.name] = []
             payload = [{"name": m.name, "text": m.text, "instances": list(m.instances)}

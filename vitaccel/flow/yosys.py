@@ -170,32 +170,38 @@ def synth_counts(verilog: str, top: str, *, paths: bool = True):
     with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
         work = Path(tmp)
         (work / "design.v").write_text(verilog)
-        script = (
-            "read_verilog -sv design.v\n"
-            f"synth_xilinx -family xcup -top {top} -flatten -noiopad\n"
-            "tee -o stat.txt stat -tech xilinx\n"
-        )
+        after = "tee -o stat.txt stat -tech xilinx\n"
         if paths:
-            script += yosys_json_commands("netlist.json")
-        try:
-            _run_yosys(script, work)
-        except YosysError as err:
-            # Yosys bug (YosysHQ/yosys#4349, #4451): ABC reintegration can clash on a wire
-            # name of Amaranth's netlists. The maintainers' workaround is splitting nets
-            # first; it is applied only when the bug fires, so other counts do not move.
-            if "count_id(" not in str(err):
-                raise
-            script = script.replace(
-                "read_verilog -sv design.v\n",
-                f"read_verilog -sv design.v\nhierarchy -top {top}\nproc\nsplitnets\n",
-            )
-            _run_yosys(script, work)
+            after += yosys_json_commands("netlist.json")
+        _synth_flat(work, top, after)
         counts = _parse_stat((work / "stat.txt").read_text())
         worst = None
         if paths:
             found = worst_paths(work / "netlist.json", top=top, count=1)
             worst = found[0] if found else None
     return counts, worst
+
+
+def _synth_flat(work: Path, top: str, after: str, options: str = "") -> None:
+    """``synth_xilinx -family xcup -flatten`` of ``work/design.v`` from ``top``, then the
+    commands ``after`` (which write what the caller reads from ``work``)."""
+    script = (
+        "read_verilog -sv design.v\n"
+        f"synth_xilinx -family xcup -top {top} -flatten -noiopad{options}\n" + after
+    )
+    try:
+        _run_yosys(script, work)
+    except YosysError as err:
+        # Yosys bug (YosysHQ/yosys#4349, #4451): ABC reintegration can clash on a wire
+        # name of Amaranth's netlists. The maintainers' workaround is splitting nets
+        # first; it is applied only when the bug fires, so other counts do not move.
+        if "count_id(" not in str(err):
+            raise
+        script = script.replace(
+            "read_verilog -sv design.v\n",
+            f"read_verilog -sv design.v\nhierarchy -top {top}\nproc\nsplitnets\n",
+        )
+        _run_yosys(script, work)
 
 
 def _resources(counts: dict[str, int], depth) -> Resources:
@@ -219,20 +225,25 @@ def _resources(counts: dict[str, int], depth) -> Resources:
 
 
 # ---------------------------------------------------------------------------------------
-# Synthesis module by module: the sweep's finalists share most of their modules
+# Synthesis unit by unit: the sweep's finalists share most of their units
 # ---------------------------------------------------------------------------------------
 #
 # A whole accelerator top takes ~2 CPU-minutes of Yosys, and the finalists of a sweep query
-# differ in a few modules (the matmul engine, the X path, the scratchpad, the controller)
-# while sharing the rest (nonlinear units, RESADD, DMA, register file). So each module is
-# synthesised on its own, with the same ``synth_xilinx -family xcup`` passes but the
-# hierarchy kept, cached by a hash of its text, and the top's counts and LUT depth come from
-# the mapped modules put back together (:func:`compose`). What this gives up is Yosys'
-# optimisation across module boundaries (constant inputs, unused outputs); docs/sweep.md
-# gives the measured difference against the flattened whole-top run.
+# differ in a few parts (the controller, the matmul engine, the X path) while sharing the
+# rest (RESADD, LayerNorm). So the top is cut into units (:func:`synthesis_units`: a module
+# with its subtree, flattened), each synthesised with the whole-top script in a Yosys run
+# of its own and cached by a hash of its text, and the top's counts and LUT depth come from
+# the mapped units put back together (:func:`compose`). Units, not single modules, because
+# ABC cannot merge logic across a boundary: module by module, handshakes through a unit and
+# its FIFOs cost up to 1.5 levels more than the whole top. docs/sweep.md gives the measured
+# difference against the flattened whole-top run.
 
-# Bump when the per-module script or the stored netlist format changes.
-MODULE_FLOW = "xcup-mod-1"
+# Bump when the unit script or the stored netlist format changes.
+MODULE_FLOW = "xcup-unit-1"
+# Verilog characters of a subtree synthesised flattened as one unit (synthesis_units)
+UNIT_CHARS = 500_000
+# ... and of a child synthesised with its parent when the parent is larger than that
+MERGE_CHARS = 70_000
 
 _MODULE_HEAD = re.compile(r"(?ms)^module (\\\S+|\w+)\s*\(.*?^endmodule\n")
 _INSTANCE = re.compile(r"^  (\\\S+|\w+)(\s+)(\\\S+|\w+)(\s*)\($")
@@ -366,106 +377,137 @@ def split_modules(verilog: str, top: str) -> Hierarchy:
 
 
 def module_stub(module: VerilogModule) -> str:
-    """The module's interface alone, as a blackbox: what a batch that does not synthesise
-    the module needs to synthesise its parents."""
-    head = module.text[: module.text.index(";") + 1]
-    ports = [line for line in module.text.split("\n") if _PORT_DECL.match(line)]
+    """The module's interface alone, as a blackbox: what a run that does not synthesise
+    the module needs to synthesise its parents. (A unit's text starts with its root
+    module: :func:`synthesis_units`.)"""
+    own = module.text[: module.text.index("\nendmodule")]
+    head = own[: own.index(";") + 1]
+    ports = [line for line in own.split("\n") if _PORT_DECL.match(line)]
     return "\n".join(["(* blackbox *)", head, *ports, "endmodule", ""])
 
 
-def _module_cache(name: str) -> Path:
-    from vitaccel.util import cache_dir
+def synthesis_units(
+    hierarchy: Hierarchy, *, max_chars: int = UNIT_CHARS, merge_chars: int = MERGE_CHARS
+) -> Hierarchy:
+    """The design cut into synthesis units, from the top down.
 
-    return cache_dir("yosys") / "modules" / f"{name}-{MODULE_FLOW}.json"
+    A module whose subtree (itself and every module below it) is at most ``max_chars`` of
+    Verilog is one unit: its subtree synthesised flattened, as the whole-top flow does, so
+    ABC sees across the boundaries inside it (a unit and its FIFOs and skid buffers). A
+    larger module is a unit with those of its children whose subtrees are at most
+    ``merge_chars`` (the small routers, skid buffers and counters next to it, which would
+    otherwise each cost a Yosys run and a boundary); its other children are kept as
+    blackboxes and cut the same way.
+
+    Each unit is a :class:`VerilogModule` named after its root module (the name hashes the
+    root's text, which names its children by theirs: a hash of the whole subtree), whose
+    ``text`` is the root's text then the merged modules', and whose ``instances`` are its
+    blackboxed children, one per instance; the result is a :class:`Hierarchy` of units that
+    :func:`compose` reads as it reads modules. The cut depends on a module's own subtree
+    only, so a unit is the same in every design that holds it.
+    """
+    order: dict[str, list[str]] = {}
+
+    def below(name: str) -> list[str]:  # the subtree's distinct modules, root first
+        if name not in order:
+            seen = dict.fromkeys([name])
+            for child in hierarchy.modules[name].instances:
+                seen.update(dict.fromkeys(below(child)))
+            order[name] = list(seen)
+        return order[name]
+
+    def size(name: str) -> int:
+        return sum(len(hierarchy.modules[n].text) for n in below(name))
+
+    units: dict[str, VerilogModule] = {}
+
+    def cut(name: str) -> None:
+        if name in units:
+            return
+        module = hierarchy.modules[name]
+        if size(name) <= max_chars:
+            units[name] = VerilogModule(name, _texts(hierarchy, below(name)), ())
+            return
+        merged = dict.fromkeys([name])
+        kept: list[str] = []
+        for child in module.instances:
+            if size(child) <= merge_chars:
+                merged.update(dict.fromkeys(below(child)))
+            else:
+                kept.append(child)
+        units[name] = VerilogModule(name, _texts(hierarchy, merged), tuple(kept))
+        for child in dict.fromkeys(kept):
+            cut(child)
+
+    cut(hierarchy.top)
+    return Hierarchy(hierarchy.top, units)
+
+
+def _texts(hierarchy: Hierarchy, names) -> str:
+    return "\n".join(hierarchy.modules[n].text for n in names)
+
+
+def _module_cache(unit: VerilogModule) -> Path:
+    from vitaccel.util import cache_dir, content_hash
+
+    # the root's name and the unit's text: a root cut with other thresholds is another unit
+    key = content_hash(unit.text, *unit.instances, length=12)
+    return cache_dir("yosys") / "modules" / f"{unit.name}-{key}-{MODULE_FLOW}.json"
 
 
 def synth_modules(
     modules: Sequence[VerilogModule], stubs: Mapping[str, str], *, cache: bool = True
 ) -> dict[str, dict]:
-    """Synthesise each of ``modules`` on its own, all in one Yosys run; return their mapped
-    netlists by name (the form :func:`compose` takes).
+    """Synthesise each of the units ``modules`` (:func:`synthesis_units`) in a Yosys run of
+    its own; return their mapped netlists by name (the form :func:`compose` takes).
 
     Parameters
     ----------
     modules : sequence of VerilogModule
-        What to synthesise; the hierarchy is kept (no pass crosses a module boundary), and a
-        run's fixed cost (~5 CPU-s of Yosys reading its cell libraries) is paid once for all
-        of them. A module's netlist can still differ by a few cells with the other modules
-        of its run (Yosys' global name counter orders some passes): up to 0.7 % of the
-        LUTs of a digits-vit top (docs/sweep.md). The cache keeps the first.
+        What to synthesise, each with ``synth_xilinx -family xcup -flatten`` (the whole-top
+        flow's script, ABC9) from its root. One run per unit, so a unit's netlist is a
+        function of its text alone: Yosys' global name counter and hash order, which move
+        ABC's results when other modules share the run, start afresh each time.
     stubs : mapping of str to str
-        :func:`module_stub` of every child module that is instantiated but not among
-        ``modules``.
+        :func:`module_stub` of every blackboxed child (``instances``) of the units.
     cache : bool
-        Read and write each module's netlist in ``~/.cache/vitaccel/yosys/modules`` (by its
-        name, a hash of its text).
+        Read and write each unit's netlist in ``~/.cache/vitaccel/yosys/modules`` (by its
+        name, a hash of its subtree's text).
     """
     import json
 
     from vitaccel.util import atomic_write_text
 
+    missing = sorted({c for m in modules for c in m.instances if c not in stubs})
+    if missing:
+        raise YosysError(f"no interface given for the child modules {missing}")
     out: dict[str, dict] = {}
-    todo: list[VerilogModule] = []
     for m in modules:
-        path = _module_cache(m.name)
+        if m.name in out:
+            continue
+        path = _module_cache(m)
         if cache and path.is_file():
             out[m.name] = json.loads(path.read_text())
-        elif m.name not in {t.name for t in todo}:
-            todo.append(m)
-    if todo:
-        fresh = _synth_batch(todo, dict(stubs))
-        for name, netlist in fresh.items():
-            if cache:
-                atomic_write_text(_module_cache(name), json.dumps(netlist))
-            out[name] = netlist
+            continue
+        out[m.name] = _synth_unit(m, stubs)
+        if cache:
+            atomic_write_text(path, json.dumps(out[m.name]))
     return out
 
 
-# synth_xilinx's script from ``prepare`` on, with two changes. Its ``begin`` (the cell
-# libraries, then ``hierarchy -top``, which would drop every module but one) is done here
-# without a top, so every module of the run is synthesised; ``splitnets`` first, because
-# the PE hits the ABC reintegration bug of synth_counts (YosysHQ/yosys#4349) whenever it is
-# synthesised on its own. And ``map_luts`` maps with ABC's LUT mapper (``abc -luts``, the
-# flow synth_xilinx used before ABC9) instead of ``abc9``: on RESADD, the largest module,
-# half the CPU time for the same LUT count. The whole flow against the whole-top run
-# (synth_xcup) on a digits-vit top: docs/sweep.md "Synthesis of the finalists".
-MODULE_SCRIPT = """\
-read_verilog -lib -specify +/xilinx/cells_sim.v
-read_verilog -lib +/xilinx/cells_xtra.v
-read_verilog -sv design.v
-hierarchy -check
-proc
-splitnets
-synth_xilinx -family xcup -noiopad -noclkbuf -run prepare:map_luts
-opt_expr -mux_undef -noclkinv
-abc -luts 2:2,3,6:5,10,20
-clean
-xilinx_srl -fixed -minlen 3
-techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6
-xilinx_dffopt
-opt_lut_ins -tech xilinx
-synth_xilinx -family xcup -noiopad -noclkbuf -run finalize:
-"""
-
-
-def _synth_batch(modules: Sequence[VerilogModule], stubs: dict[str, str]) -> dict[str, dict]:
+def _synth_unit(unit: VerilogModule, stubs: Mapping[str, str]) -> dict:
     import json
 
     from vitaccel.flow.paths import yosys_json_commands
 
-    names = {m.name for m in modules}
-    needed = sorted({c for m in modules for c in m.instances if c not in names})
-    missing = [c for c in needed if c not in stubs]
-    if missing:
-        raise YosysError(f"no interface given for the child modules {missing}")
+    children = sorted(set(unit.instances))
     with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
         work = Path(tmp)
-        (work / "design.v").write_text(
-            "\n".join([*(m.text for m in modules), *(stubs[c] for c in needed)]) + "\n"
-        )
-        _run_yosys(MODULE_SCRIPT + yosys_json_commands("netlist.json"), work)
+        (work / "design.v").write_text("\n".join([unit.text, *(stubs[c] for c in children)]) + "\n")
+        # no clock buffer: the unit's clock comes from its parent
+        _synth_flat(work, unit.name, yosys_json_commands("netlist.json"), " -noclkbuf")
         netlist = json.loads((work / "netlist.json").read_text())
-    return {name: _compact(netlist["modules"][name], names | set(needed)) for name in names}
+    return _compact(netlist["modules"][unit.name], set(children))
 
 
 def _compact(module: dict, submodules: set[str]) -> dict:
@@ -585,10 +627,12 @@ def compose(hierarchy: Hierarchy, netlists: Mapping[str, dict]) -> Resources:
     return _resources(counts, worst[0].levels if worst else 0.0)
 
 
-def synth_xcup_by_module(verilog: str, top: str, *, cache: bool = True) -> Resources:
-    """:func:`synth_xcup` module by module: each module synthesised once (cached by its
-    canonical text), the counts summed over instances, the LUT depth of the modules put back
-    together. No optimisation across module boundaries (docs/sweep.md: the difference)."""
-    hier = split_modules(verilog, top)
-    netlists = synth_modules(list(hier.modules.values()), {}, cache=cache)
-    return compose(hier, netlists)
+def synth_xcup_by_module(
+    verilog: str, top: str, *, cache: bool = True, max_chars: int = UNIT_CHARS
+) -> Resources:
+    """:func:`synth_xcup` unit by unit (:func:`synthesis_units`): each unit synthesised
+    once (cached by its canonical text), the counts summed over instances, the LUT depth of
+    the units put back together (docs/sweep.md: the difference against the whole top)."""
+    units = synthesis_units(split_modules(verilog, top), max_chars=max_chars)
+    stubs = {n: module_stub(m) for n, m in units.modules.items()}
+    return compose(units, synth_modules(list(units.modules.values()), stubs, cache=cache))
