@@ -69,3 +69,30 @@ def test_word_writer_segments_pack_one_piece_per_bank():
     # shared, 96 channels a step on 2 banks: 3 cycles a token, the last step (4 of 100
     # channels) 1
     assert word_writer_cycles(2, 100, 3, 32, 2, heads=False) == 2 * (3 + 1)
+
+
+def test_step_zero_streams_behind_the_x_load():
+    """A tile of step 0 issues once its own X is in (two cycles after its last beat, or
+    one after the whole load), not after the whole X: the X load hides behind step 0's
+    compute down to the last tile's. Heads mode: the last group's tiles stream."""
+    from vitaccel.engine_timing import first_step, x_tile_ends
+
+    # 4 groups of 3 tokens per tile, 5 beats a token (KS = 9 at x_beat 2)
+    assert x_tile_ends(10, 9, 4, 3, heads=False, x_beat=2) == [15, 30, 45, 50]
+    assert x_tile_ends(10, 9, 4, 3, heads=True, x_beat=2) == [165, 180, 195, 200]
+    # load-bound (15 beats a tile > P = 9; 9 tokens): tile 0 waits for W (WL + 1 = 21),
+    # tile 1 two edges after its X (32), the last one edge after the whole load (46)
+    assert first_step(45, 20, 9, 0, [15, 30, 45]) == (21, 46 + 8)
+    assert first_step(45, 10, 9, 0, [15, 30, 45])[0] == 17  # W in first: b_0 + 2
+    # compute-bound tiles (1 beat a tile): back to back from the first tile's X on
+    assert first_step(4, 0, 9, 0, [1, 2, 3, 4]) == (3, 3 + 4 * 9 - 1)
+    # X_KEEP, or one tile: the X-then-compute schedule
+    assert first_step(0, 20, 9, 0, [15, 30]) == (21, 21 + 9 + 8)
+    assert first_step(5, 2, 9, 0, [5]) == (6, 14)
+    # a whole job: an X-bound one is shorter than X-then-compute by step 0's overlap
+    t, k, r, v = 64, 128, 4, 8  # 16 tiles of KS = 16 k-steps, X 64 x 16 beats
+    one = matmul_cycles(t, k, 1, 1, r, 4, v, 2)
+    keep = matmul_cycles(t, k, 1, 1, r, 4, v, 2, x_keep=True)
+    # without the overlap the X load (1024) would add XL - WL = 1024 - 68; streamed, step 0
+    # ends KS after the load, so all its tiles but the last (15 x 16 cycles) hide
+    assert one - keep == 64 * 16 - 4 * 17 - 15 * 16

@@ -137,6 +137,20 @@ def random_case(rng, T, K, N, *, kind=None, x_unsigned=False, name="", q=None):
     return MatmulCase(x, q, kind, bias, mult, shift, x_unsigned=x_unsigned, name=name)
 
 
+def two_heads_case(rng, T, K, N):
+    """A heads-mode job of 2 heads: per-head int8 X and int8 "weights" (activations)."""
+    return MatmulCase(
+        rng.integers(-128, 128, (2, T, K)),
+        rng.integers(-128, 128, (2, N, K)),
+        np.zeros((2, N), dtype=np.int64),
+        rng.integers(-999, 999, (2, N)),
+        rng.integers(1, 2**16, (2, N)),
+        rng.integers(10, 22, (2, N)),
+        heads=True,
+        name=f"2 heads {T}x{K}x{N}",
+    )
+
+
 SMALL = EngineParams(groups=1, rows=4, cols=4, vector=8, w4_share=0.5, x_words=64, max_ksteps=8)
 
 
@@ -176,6 +190,23 @@ def test_x_keep_reuses_the_previous_jobs_x():
         assert_exact(case, got)
         T, K = case.x.shape
         assert cycles == cycle_model(T, K, job.plan.nsteps, SMALL, x_keep=j == 1), case.name
+
+
+def test_step_zero_streams_behind_the_x_load():
+    """Step 0 issues each token tile once its own X is in: an X-bound job (a tile's X
+    takes 2 k-loops) ends KS after its X load, all tiles of step 0 but the last hidden
+    behind it, exact against the cycle model; heads mode streams the last group's tiles."""
+    params = EngineParams(groups=2, rows=2, cols=2, vector=4, x_words=128, max_ksteps=16)
+    rng = np.random.default_rng(17)
+    k = 6 * 4 - 1
+    cases = [random_case(rng, 12, 40, 3, name="12x40x3"), two_heads_case(rng, 6, k, 2)]
+    _check_all(params, cases)
+    for case, (xl, ks, tiles) in zip(cases, [(12 * 10, 10, 6), (2 * 6 * 6, 6, 3)], strict=True):
+        t, k = case.x.shape[-2:]
+        keep = cycle_model(t, k, 1, params, heads=case.heads, x_keep=True)
+        wl = 2 * 2 * (ks + 1)
+        # X then compute would add XL - WL to the X_KEEP job; streamed, tiles - 1 k-loops less
+        assert cycle_model(t, k, 1, params, heads=case.heads) - keep == xl - wl - (tiles - 1) * ks
 
 
 @pytest.mark.parametrize("groups, cols, ports", [(1, 4, 2), (2, 4, 4), (3, 2, 2)])
@@ -221,18 +252,7 @@ def test_wide_x_beats_load_several_k_steps_a_cycle(x_beat, vector):
              for t, k, n in [(7, 5 * vector, 6), (4, 8 * vector, 5), (1, 3, 2), (10, 60, 3),
                              (5, 2 * vector, 4)]]  # fmt: skip
     k = 3 * vector - 1
-    cases.append(
-        MatmulCase(
-            rng.integers(-128, 128, (2, 5, k)),
-            rng.integers(-128, 128, (2, 3, k)),
-            np.zeros((2, 3), dtype=np.int64),
-            rng.integers(-999, 999, (2, 3)),
-            rng.integers(1, 2**16, (2, 3)),
-            rng.integers(10, 22, (2, 3)),
-            heads=True,
-            name="2 heads",
-        )
-    )
+    cases.append(two_heads_case(rng, 5, k, 3))
     _check_all(params, cases)
     _check_all(params, cases, stall=0.3, seed=5, model=False)
     T, K = cases[3].x.shape  # X-bound: 10 tokens x 60

@@ -29,6 +29,8 @@ __all__ = [
     "top_out_depth",
     "x_beat_words",
     "x_load_cycles",
+    "x_tile_ends",
+    "first_step",
     "matmul_cycles",
     "StepCycles",
 ]
@@ -128,6 +130,45 @@ def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: boo
     return (groups if heads else 1) * tokens * -(-ks // x_beat)
 
 
+def x_tile_ends(
+    tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1
+) -> list[int]:
+    """Edge of the X beat that completes each token tile's X (the last group's in heads mode).
+
+    The X loader fills the banks token by token (heads mode: group 0's tokens, then group
+    1's, ...); tile ``i`` is in once its last token's last beat is taken, at edge
+    ``(G-1)*T*B + min(T, (i+1)*R)*B`` (``B = ceil(KS/x_beat)`` beats a token; the first
+    term in heads mode only), counted from the command handshake as the X load is.
+    """
+    beats = -(-ks // x_beat)
+    off = (groups - 1) * tokens * beats if heads else 0
+    tiles = -(-tokens // rows)
+    return [off + min(tokens, (i + 1) * rows) * beats for i in range(tiles)]
+
+
+def first_step(
+    x_load: int, w_load: float, ks: int, pad: int, x_ends: list[int]
+) -> tuple[float, float]:
+    """``(S, E)``: the edges of step 0's first and last k-step issue.
+
+    Step 0 overlaps the X load (docs/gvsa.md, "X streamed into step 0"): tile ``i`` issues
+    at ``max(E_{i-1} + pad + 1, min(XL + 1, max(b_i + 2, E_{i-1} + 2)))`` (tile 0:
+    ``max(WL + 1, min(XL + 1, b_0 + 2))``), where ``b_i`` (``x_ends``,
+    :func:`x_tile_ends`) is the edge of tile i's last X beat: the issue sees it through
+    one register ("the tile's X is in", cleared for the cycle after a tile ends, while its
+    X base advances), or through the loader's done flag once every beat is in (edge
+    ``XL``; 0 with X_KEEP: every tile at once).
+    """
+    start = end = None
+    for b in x_ends:
+        if end is None:
+            f = start = max(w_load + 1, min(x_load + 1, b + 2))
+        else:
+            f = max(end + pad + 1, min(x_load + 1, max(b + 2, end + 2)))
+        end = f + ks - 1
+    return start, end
+
+
 def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat):
     """The constants of one job's recursion (see :func:`matmul_cycles`)."""
     ks = -(-k // vector)
@@ -139,13 +180,15 @@ def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_k
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     span = (tiles - 1) * period + ks - 1
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
-    return x_load, w_load, pad, span, lat["release"], tail
+    x_ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat)
+    end0 = first_step(x_load, w_load, ks, pad, x_ends)[1]
+    return end0, w_load, pad, span, lat["release"], tail
 
 
-def _steps(x_load, w_load, pad, span, release):
+def _steps(end0, w_load, pad, span, release):
     """The recursion of :func:`matmul_cycles`: yields ``(E_s, Lend_s)`` for s = 0, 1, ..."""
     loaded = w_load
-    ends = [max(x_load, w_load) + 1 + span]
+    ends = [end0]
     yield ends[0], loaded
     s = 1
     while True:
@@ -181,18 +224,19 @@ def matmul_cycles(
     * W step s is loaded at edge ``Lend_s``: ``Lend_0 = WL``, ``Lend_1 = 2 WL``,
       ``Lend_s = max(Lend_{s-1}, E_{s-2} + release) + WL`` (a half is reloaded once the
       step that used it two steps earlier has drained),
-    * step s issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
-      (``S_0 = max(XL, WL) + 1``) and its last at ``E_s = S_s + (tiles-1) P + KS - 1``,
+    * step s >= 1 issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
+      and its last at ``E_s = S_s + (tiles-1) P + KS - 1``; step 0 overlaps the X load,
+      each tile issuing once its own X is in (``E_0``: :func:`first_step`),
       with ``KS = ceil(K/V)``, ``tiles = ceil(T/R)``, ``P = max(KS, R)``, ``pad = P - KS``,
       ``XL = Tx*ceil(KS/x_beat)`` (``Tx = T`` shared, ``G*T`` heads; ``x_beat`` k-steps of
       a token per X beat, :func:`x_beat_words` in the accelerator; 0 with ``x_keep``: the
       X of the previous job stays in the banks) and ``WL = G*C*(KS+1)``,
     * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
     """
-    x_load, w_load, pad, span, release, tail = _job(
+    end0, w_load, pad, span, release, tail = _job(
         tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
     )
-    for s, (end, _) in enumerate(_steps(x_load, w_load, pad, span, release)):
+    for s, (end, _) in enumerate(_steps(end0, w_load, pad, span, release)):
         if s == nsteps - 1:
             return int(math.ceil(end + tail))
     raise AssertionError("unreachable")  # pragma: no cover - _steps never ends
@@ -211,12 +255,12 @@ class StepCycles:
 
     def __init__(self, tokens, k, nsteps, groups, rows, cols, vector, units, *,
                  heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1):  # fmt: skip
-        x_load, w_load, pad, span, release, self.tail = _job(
+        end0, w_load, pad, span, release, self.tail = _job(
             tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
         )
         self.n, self.ends, self.periodic = nsteps, [], None
         ends, seen = self.ends, {}
-        for s, (end, loaded) in enumerate(_steps(x_load, w_load, pad, span, release)):
+        for s, (end, loaded) in enumerate(_steps(end0, w_load, pad, span, release)):
             if s >= nsteps:
                 break
             ends.append(end)

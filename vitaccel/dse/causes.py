@@ -11,8 +11,8 @@ model's cycles:
   (:func:`~vitaccel.dse.cost.writer_bound` minus :func:`~vitaccel.dse.cost.matmul_cycles`),
 * ``DDR``: the weight stream slowed by the HP port (the schedule at the port's word rate
   minus the schedule at one word per cycle), plus every LOAD / STORE instruction,
-* ``X load``: the X operand's load before the first k-step (the schedule minus the same
-  job with ``x_keep``, which skips it),
+* ``X load``: what of the X operand's load step 0 does not hide (it streams tile by tile
+  behind the load; the schedule minus the same job with ``x_keep``, which skips it),
 * ``MAC``: useful MACs over the array's MACs per cycle (the ideal array time),
 * ``nonlinear``: the SOFTMAX / LAYERNORM / GELU / RESADD instructions,
 * ``fill & control``: the rest: pipeline fill and drain, padding of short k-loops, W loads

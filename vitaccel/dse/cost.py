@@ -8,7 +8,8 @@ What it models (docs/gvsa.md, docs/isa.md):
   ``KS = ceil(K/V)`` k-steps, ``tiles = ceil(T/R)`` token tiles of period
   ``P = max(KS, R)``, X load ``Tx*KS`` words (``Tx = T`` shared, ``G*T`` heads), W load
   ``G*C*(KS+1)`` words per output step, double-buffered so step ``s+1`` loads while step
-  ``s`` computes, ``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))`` (``N8`` rows that must
+  ``s`` computes, step 0 streaming behind the X load (a tile issues once its own X is in,
+  :func:`vitaccel.engine_timing.first_step`), ``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))`` (``N8`` rows that must
   run on W8 lanes; every activation-as-weight row in heads mode). W words of a linear
   layer come from DDR, each in its own 16-byte slot, through one 128-bit HP port: the word
   rate is ``min(1, port bytes per cycle / 16)`` (the DDR roofline per board).
@@ -16,7 +17,7 @@ What it models (docs/gvsa.md, docs/isa.md):
   per cycle, back to back; plus a fixed latency per instruction.
 * **LOAD / STORE**: 16-byte words through the HP port.
 * Instructions run one after another (docs/isa.md "Execution"): no overlap between
-  instructions; inside a MATMUL the W stream overlaps compute.
+  instructions; inside a MATMUL the W stream overlaps compute and the X load step 0's.
 
 The fixed latencies (``L_rel``, ``L_out``, ``c0``, unit latencies, instruction overhead) are
 constants: the engine's from :mod:`vitaccel.engine_timing` (shared with the RTL), the
@@ -34,12 +35,14 @@ from vitaccel import engine_timing
 from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
 from vitaccel.engine_timing import (
+    first_step,
     latencies,
     matmul_cycles,
     word_writer_cycles,
     word_writes,
     x_beat_words,
     x_load_cycles,
+    x_tile_ends,
 )
 from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
 
@@ -226,7 +229,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     x_beat = x_beat or x_beat_words(vector)
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
-    first = max(x_load, w_load) + 1 + ks - 1 + latencies(rows, units, vector)["first_out"]
+    # the first tile issues once its own X is in (step 0 streams behind the X load)
+    x_ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat)
+    start = first_step(x_load, w_load, ks, max(0, rows - ks), x_ends[:1])[0]
+    first = start + ks - 1 + latencies(rows, units, vector)["first_out"]
     if mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
         return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,

@@ -300,8 +300,8 @@ def print_bench(rows: list[dict], console: Console | None = None) -> None:
     console.print(
         "Predicted by the cycle model (vitaccel.dse.cost on the scheduler's program), not RTL "
         "runs. Peak: 2 MACs per DSP48E2 x the board's DSPs x the design's clock. Cycles by "
-        "cause: MAC = useful MACs at the full array rate; X load = the X operand before the "
-        "first k-step; DDR = weight-stream and LOAD/STORE waits; writer = output writes beyond "
+        "cause: MAC = useful MACs at the full array rate; X load = the X operand's load "
+        "not hidden by step 0; DDR = weight-stream and LOAD/STORE waits; writer = output writes beyond "
         "the engine; nonlinear = LayerNorm, softmax, GELU, residual instructions; fill & "
         "control = pipeline fill and drain, padding, setup, instruction overhead."
     )

@@ -260,7 +260,7 @@ def _performance_section(d: dict) -> str:
     cap = (
         f"Cycles per layer of one image by cause {_tag('cycle model', 'model')}: "
         f"{_e(cause_txt)}. MAC = useful MACs at the full array; X load = the X operand's "
-        "load before the first k-step; DDR = weights waiting on the HP port and LOAD/STORE; "
+        "load not hidden by step 0; DDR = weights waiting on the HP port and LOAD/STORE; "
         "writer = the output writer's bound; fill &amp; control = pipeline fill, padding, "
         "scratchpad W loads and instruction overhead."
     )

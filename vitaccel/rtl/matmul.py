@@ -316,6 +316,9 @@ class MatmulEngine(wiring.Component):
                     xk_last.eq(xk == ks_before_last),
                 ]
 
+        # X base of the tile being loaded (tiles below it are in) and whether it is the
+        # last group's, for the issue's streamed start of step 0 (``_issue``)
+        s.xbase, s.x_last_group = xbase, ~job.heads | (xg == G - 1)
         s.g, s.r, s.wp, s.x_banks, s.x_done = g, r, wp, x_banks, x_done
 
     def _w_side(self, m: Module, s: SimpleNamespace) -> None:
@@ -535,9 +538,10 @@ class MatmulEngine(wiring.Component):
         m.d.comb += cred_take.eq(credits - vrows)
         enough_credits = credits >= R
         can_start = Signal()
+        x_tile_in = Signal()  # the current tile's X is in its banks (before x_done)
         m.d.comb += can_start.eq(
             active
-            & x_done
+            & (x_done | x_tile_in)
             & ~iss_done
             & ~iss_tile
             & (gap == 0)
@@ -580,6 +584,11 @@ class MatmulEngine(wiring.Component):
                     k_last_next.eq(kk == ks_before_last),
                 ]
         m.d.sync += credits.eq(Mux(can_start, cred_take + o_pop, credits + o_pop))
+        # Step 0 streams behind the X load: a tile issues once the loader has moved past it
+        # (its X base beyond the tile's, in the last group in heads mode), so the X load
+        # hides behind step 0's compute. Registered (a compare off the issue decision's
+        # path), and cleared for the cycle after a tile ends, while ``ibase`` advances.
+        m.d.sync += x_tile_in.eq(~(fire & k_last) & s.x_last_group & (s.xbase > ibase) & ~start)
 
         # Shared delay line: stage j is the issue j cycles later. Row r reads its X bank with
         # the address of stage r and gets its flags from stage r + 1 (memory latency);
