@@ -549,17 +549,27 @@ class DMAWriter(_DMAEngine):
         outstanding = Signal(range(self.max_outstanding + 1))  # bursts without a B response
         beats, stale = _burst_len(m, addr, remaining, "wr")
 
-        m.d.comb += cmd.ready.eq(remaining == 0)
+        # remaining == 0 kept in a register, as in DMAReader (set in the cycle after a
+        # command is taken, `fresh`, while `stale` holds AWVALID low): the 24-bit zero test
+        # was the head of a 7.5-level path through AWVALID into `outstanding`
+        req_done = Signal(init=1)
+        fresh = Signal()
+        m.d.comb += cmd.ready.eq(req_done & ~fresh)
+        m.d.sync += fresh.eq(0)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
                 addr.eq(Cat(Const(0, 4), cmd.payload.addr[4:])),
                 remaining.eq(cmd.payload.words),
+                req_done.eq(0),
+                fresh.eq(1),
                 stale.eq(1),
             ]
+        with m.If(fresh):
+            m.d.sync += req_done.eq(remaining == 0)
 
         m.d.comb += [
             bus.awvalid.eq(
-                (remaining != 0) & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)
+                ~req_done & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)
             ),
             bus.awaddr.eq(addr),
             bus.awlen.eq(beats - 1),
@@ -575,6 +585,7 @@ class DMAWriter(_DMAEngine):
             m.d.sync += [
                 addr.eq(addr + (beats << 4)),
                 remaining.eq(remaining - beats),
+                req_done.eq(remaining == beats),
                 stale.eq(1),
             ]
 
@@ -596,7 +607,7 @@ class DMAWriter(_DMAEngine):
         m.d.comb += [bus.bready.eq(1), self.error.eq(b_fire & bus.bresp[1])]
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
         m.d.comb += self.idle.eq(
-            (remaining == 0) & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy & ~inq.busy
+            req_done & ~fresh & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy & ~inq.busy
         )
         return m
 
