@@ -568,9 +568,7 @@ class DMAWriter(_DMAEngine):
             m.d.sync += req_done.eq(remaining == 0)
 
         m.d.comb += [
-            bus.awvalid.eq(
-                ~req_done & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)
-            ),
+            bus.awvalid.eq(~req_done & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)),
             bus.awaddr.eq(addr),
             bus.awlen.eq(beats - 1),
             bus.awsize.eq(4),
