@@ -285,30 +285,33 @@ class RegisterFile(CheckedComponent):
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
         with m.If(bus.arvalid & ~bus.rvalid):
-            m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0)]
-            with m.If((bus.araddr[2 : self.addr_width]) == (Reg.STATUS >> 2)):
-                m.d.sync += bus.rdata.eq(Cat(self.busy, done, error))
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PROG_ADDR_LO >> 2)):
-                m.d.sync += bus.rdata.eq(self.prog_addr[:32])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PROG_ADDR_HI >> 2)):
-                m.d.sync += bus.rdata.eq(self.prog_addr[32:])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.DATA_BASE_LO >> 2)):
-                m.d.sync += bus.rdata.eq(self.data_base[:32])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.DATA_BASE_HI >> 2)):
-                m.d.sync += bus.rdata.eq(self.data_base[32:])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CYCLES_LO >> 2)):
-                m.d.sync += [
-                    bus.rdata.eq(self.cycles[:32]),
-                    cycles_hi_latch.eq(self.cycles[32:]),
-                ]
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CYCLES_HI >> 2)):
-                m.d.sync += bus.rdata.eq(cycles_hi_latch)
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PC >> 2)):
-                m.d.sync += bus.rdata.eq(self.pc)
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.ID >> 2)):
-                m.d.sync += bus.rdata.eq(ACCEL_ID)
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CONFIG >> 2)):
-                m.d.sync += bus.rdata.eq(self.config)
+            # the word index (offsets 0x00..0x3C) selects in parallel while the high bits are
+            # tested for zero: the priority chain of 14-bit compares was a 7-level path from
+            # ARADDR into RDATA
+            index = bus.araddr[2:6]
+            mapped = bus.araddr[6 : self.addr_width] == 0
+            m.d.sync += bus.rvalid.eq(1)
+            words = {
+                Reg.STATUS: Cat(self.busy, done, error),
+                Reg.PROG_ADDR_LO: self.prog_addr[:32],
+                Reg.PROG_ADDR_HI: self.prog_addr[32:],
+                Reg.DATA_BASE_LO: self.data_base[:32],
+                Reg.DATA_BASE_HI: self.data_base[32:],
+                Reg.CYCLES_LO: self.cycles[:32],
+                Reg.CYCLES_HI: cycles_hi_latch,
+                Reg.PC: self.pc,
+                Reg.ID: Const(ACCEL_ID, 32),
+                Reg.CONFIG: Const(self.config, 32),
+            }
+            assert max(words) < 0x40
+            with m.Switch(index):
+                for reg, value in words.items():
+                    with m.Case(reg >> 2):
+                        m.d.sync += bus.rdata.eq(Mux(mapped, value, 0))
+                with m.Default():
+                    m.d.sync += bus.rdata.eq(0)
+            with m.If(mapped & (index == Reg.CYCLES_LO >> 2)):
+                m.d.sync += cycles_hi_latch.eq(self.cycles[32:])
         return m
 
 
