@@ -332,18 +332,21 @@ def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str):
     """Beats of the next burst, min(MAX_BURST, remaining, words to the next 4 KiB boundary),
     as a register (the compare/mux chain stays out of the VALID and address paths).
 
-    Returns ``(beats, stale)``: ``beats`` lags ``addr``/``remaining`` by one cycle, so the
-    caller marks ``stale`` (a Signal to drive from sync logic) on every change of them and
-    holds VALID low while it is set.
+    Returns ``(beats, stale, beats_next)``: ``beats`` lags ``addr``/``remaining`` by one
+    cycle, so the caller marks ``stale`` (a Signal to drive from sync logic) on every change
+    of them and holds VALID low while it is set; ``beats_next`` is the value ``beats`` takes
+    (for registers kept beside it).
     """
     to_4k = Signal(range(4096 // WORD_BYTES + 1), name=f"{name}_to_4k")
     m.d.comb += to_4k.eq(4096 // WORD_BYTES - addr[4:12])
     limit = Mux(to_4k < MAX_BURST, to_4k, MAX_BURST)
     beats = Signal(range(MAX_BURST + 1), name=f"{name}_beats")
-    m.d.sync += beats.eq(Mux(remaining < limit, remaining, limit))
+    beats_next = Signal.like(beats, name=f"{name}_beats_next")
+    m.d.comb += beats_next.eq(Mux(remaining < limit, remaining, limit))
+    m.d.sync += beats.eq(beats_next)
     stale = Signal(name=f"{name}_stale")
     m.d.sync += stale.eq(0)
-    return beats, stale
+    return beats, stale, beats_next
 
 
 class _DMAEngine(CheckedComponent):
@@ -429,7 +432,12 @@ class DMAReader(_DMAEngine):
         remaining = Signal(self.words_bits)  # words not yet requested
         rx_left = Signal(self.words_bits)  # words not yet received
         reserved = Signal(range(self.fifo_depth + 1))  # requested and not yet taken from the FIFO
-        beats, stale = _burst_len(m, addr, remaining, "rd")
+        beats, stale, beats_next = _burst_len(m, addr, remaining, "rd")
+        # the FIFO room a burst of `beats` needs, fifo_depth - beats, kept beside `beats`:
+        # the credit test is then one compare (reserved + beats, compared, was the head of a
+        # 7-level path through ARVALID into `reserved`)
+        room_need = Signal(range(self.fifo_depth + 1))
+        m.d.sync += room_need.eq(self.fifo_depth - beats_next)
 
         # remaining == 0, rx_left == 0 and rx_left == 1 kept in registers: the zero tests of
         # the 24-bit counters were the head of a 10-LUT path through the controller's FSM
@@ -461,7 +469,7 @@ class DMAReader(_DMAEngine):
 
         # Stable while valid: remaining/addr change only on the handshake, reserved only falls.
         m.d.comb += [
-            bus.arvalid.eq(~req_done & ~stale & (reserved + beats <= self.fifo_depth)),
+            bus.arvalid.eq(~req_done & ~stale & (reserved <= room_need)),
             bus.araddr.eq(addr),
             bus.arlen.eq(beats - 1),
             bus.arsize.eq(4),  # 16 bytes per beat
@@ -550,7 +558,7 @@ class DMAWriter(_DMAEngine):
         addr = Signal(self.addr_width)
         remaining = Signal(self.words_bits)
         outstanding = Signal(range(self.max_outstanding + 1))  # bursts without a B response
-        beats, stale = _burst_len(m, addr, remaining, "wr")
+        beats, stale, _ = _burst_len(m, addr, remaining, "wr")
 
         # remaining == 0 kept in a register, as in DMAReader (set in the cycle after a
         # command is taken, `fresh`, while `stale` holds AWVALID low): the 24-bit zero test
