@@ -191,7 +191,7 @@ class Decoder(wiring.Component):
     decoding the opcode in front of them was an 11-LUT path), the fields commands read,
     registered likewise, and what DECODE does (``plan``, registered when ``latch``: DECODE's
     todo/state/parameter-count updates were the end of a 9-level path through the opcode
-    priority and the field checks).
+    priority and the field checks; ``state`` one-hot, as the controller keeps it).
 
     Parameters
     ----------
@@ -220,7 +220,7 @@ class Decoder(wiring.Component):
                 "mm_gelu": Out(1),
                 "mm_res": Out(1),
                 "todo": Out(len(CMD)),
-                "state": Out(range(len(State))),
+                "state": Out(len(State)),  # one-hot: bit State.X
                 "words": Out(16),
                 "error": Out(1),
                 "end": Out(1),
@@ -292,7 +292,7 @@ class Decoder(wiring.Component):
         with m.If(self.latch):
             m.d.sync += [
                 self.todo.eq(todo),
-                self.state.eq(state),
+                self.state.eq(Const(1, len(State)) << state),
                 self.words.eq(words),
                 self.error.eq(err),
                 self.end.eq(op.end),

@@ -336,9 +336,11 @@ class Accelerator(CheckedComponent):
         n.w_spm = n.mm.flag.w_spm
         n.is_heads = n.mm.flag.heads
 
-        n.state = state = Signal(range(len(State)))
-        n.at = lambda name: state == State[name]
-        n.goto = lambda name: state.eq(State[name])
+        # one-hot (bit State.X): "in state X" is a register, not a 4-bit compare at the head
+        # of every handshake and next-state path (one level of the 7-level state -> todo path)
+        n.state = state = Signal(len(State), init=1 << State.IDLE)
+        n.at = lambda name: state[State[name]]
+        n.goto = lambda name: state.eq(1 << State[name])
         n.pc = Signal(32)
         n.busy = Signal()
         n.todo = Signal(len(CMD))
@@ -406,7 +408,13 @@ class Accelerator(CheckedComponent):
         ]
         fetch_armed = Signal()  # FETCH's second cycle on: a_fetch holds this pc's address
         m.d.sync += fetch_armed.eq(at("FETCH"))
-        n.fetch_go = at("FETCH") & fetch_armed & dma.rd_idle  # never behind stale words
+        # never behind stale words. The reader's idle a cycle late (its FIFO level test was
+        # the head of a 7.25-level path into the state and the command skid): it can only
+        # fall when a command is taken, and none is in FETCH's first cycle (no prefetch
+        # leads into FETCH), so from the second on the late value is the current one.
+        rd_idle_q = Signal()
+        m.d.sync += rd_idle_q.eq(dma.rd_idle)
+        n.fetch_go = at("FETCH") & fetch_armed & rd_idle_q
         cmd = dma.rd_cmd.payload
         m.d.comb += dma.rd_cmd.valid.eq(n.cmd_valid("dma_rd") | n.fetch_go | pf_valid)
         with m.If(at("FETCH")):
