@@ -179,7 +179,7 @@ class RegisterFile(CheckedComponent):
     """Host-visible registers (docs/isa.md) behind an AXI4-Lite slave.
 
     One write is taken when both AW and W are valid (the slave may wait for both); reads
-    answer one cycle after AR. Unmapped offsets read 0 and ignore writes (OKAY response).
+    answer two cycles after AR. Unmapped offsets read 0 and ignore writes (OKAY response).
 
     Clarifications of docs/isa.md implemented here (docs/top.md lists them):
 
@@ -281,16 +281,23 @@ class RegisterFile(CheckedComponent):
         m.d.comb += self.irq.eq(done & irq_enable)
 
         # -- read channel --
-        m.d.comb += [bus.arready.eq(~bus.rvalid), bus.rresp.eq(OKAY)]
+        # A read takes two cycles: the address is registered as the word index (offsets
+        # 0x00..0x3C) and "the high bits are zero", then the word is selected; decoding the
+        # port's address into RDATA in one cycle was a 7-8-level path.
+        index = Signal(4)
+        mapped = Signal()
+        pending = Signal()
+        m.d.comb += [bus.arready.eq(~bus.rvalid & ~pending), bus.rresp.eq(OKAY)]
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
-        with m.If(bus.arvalid & ~bus.rvalid):
-            # the word index (offsets 0x00..0x3C) selects in parallel while the high bits are
-            # tested for zero: the priority chain of 14-bit compares was a 7-level path from
-            # ARADDR into RDATA
-            index = bus.araddr[2:6]
-            mapped = bus.araddr[6 : self.addr_width] == 0
-            m.d.sync += bus.rvalid.eq(1)
+        with m.If(bus.arvalid & bus.arready):
+            m.d.sync += [
+                index.eq(bus.araddr[2:6]),
+                mapped.eq(bus.araddr[6 : self.addr_width] == 0),
+                pending.eq(1),
+            ]
+        with m.If(pending):
+            m.d.sync += [bus.rvalid.eq(1), pending.eq(0)]
             words = {
                 Reg.STATUS: Cat(self.busy, done, error),
                 Reg.PROG_ADDR_LO: self.prog_addr[:32],
