@@ -828,7 +828,9 @@ class Accelerator(CheckedComponent):
         with m.If(at("FETCH")):
             with m.If(n.fetch_go & n.dma.rd_cmd.ready):
                 m.d.sync += goto("FETCH_WAIT")
-        with m.If(at("FETCH_WAIT") & fetch.fetched):
+        # fetch.fetched, from the reader's valid itself (in FETCH_WAIT the word route selects
+        # the fetch unit): through the route's select it was an 8-level path into the state
+        with m.If(at("FETCH_WAIT") & n.dma.rd.valid & fetch.second):
             m.d.sync += goto("PREDECODE")
         with m.If(at("PREDECODE")):
             m.d.sync += goto("DECODE")
