@@ -148,6 +148,7 @@ class MatmulOutWriter(CheckedComponent):
         # the fresh bounds sat between the writer's ready and every address register)
         grp_last = Signal()
         cm_le_sw = Signal()  # a whole step's group fits one run
+        cm_sw = Signal(17)  # cm + sw
         # The end flags move through their next values (`*_n`, the current ones unless a
         # branch below sets them), so "the run ends its word" and "... its step" are
         # registers beside them: the handshake then ANDs one flag (the AND of the flags after
@@ -176,6 +177,7 @@ class MatmulOutWriter(CheckedComponent):
             ]
             m.d.sync += [
                 cm_le_sw.eq(cm0 <= sw0),
+                cm_sw.eq(cm0 + sw0),
                 job.eq(cmdp),
                 active.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
                 cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
@@ -204,7 +206,9 @@ class MatmulOutWriter(CheckedComponent):
         count = Signal(5)
         m.d.comb += count.eq(Mux(grp_last, Mux(left_c < left_n, left_c, left_n), sw))
         # grp_last after each kind of update (left_c, left_n as they will be)
-        gl_step = cm_le_sw | (step_left - cm <= sw)  # next step: cm, step_left - cm
+        # next step: cm, step_left - cm (step_left - cm <= sw as one compare with cm + sw, a
+        # job constant: the subtraction in front of it made a 7.25-level path)
+        gl_step = cm_le_sw | (step_left <= cm_sw)
         gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
         gl_run = (left_c <= (sw << 1)) | (left_n <= (sw << 1))  # next run: both - sw
 
