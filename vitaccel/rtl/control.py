@@ -191,7 +191,7 @@ class Decoder(wiring.Component):
     decoding the opcode in front of them was an 11-LUT path), the fields commands read,
     registered likewise, and what DECODE does (``plan``, registered when ``latch``: DECODE's
     todo/state/parameter-count updates were the end of a 9-level path through the opcode
-    priority and the field checks; ``state`` one-hot, as the controller keeps it).
+    priority and the field checks).
 
     Parameters
     ----------
@@ -220,7 +220,7 @@ class Decoder(wiring.Component):
                 "mm_gelu": Out(1),
                 "mm_res": Out(1),
                 "todo": Out(len(CMD)),
-                "state": Out(len(State)),  # one-hot: bit State.X
+                "state": Out(range(len(State))),
                 "words": Out(16),
                 "error": Out(1),
                 "end": Out(1),
@@ -241,12 +241,12 @@ class Decoder(wiring.Component):
         ]
         # what DECODE does, from the instruction (registered when `latch`, in PREDECODE)
         todo = Signal(len(CMD))
-        state = Signal(len(State))  # one-hot: each outcome a constant
+        state = Signal(range(len(State)))
         words = Signal(16)
         err = Signal()
 
         def to(name):
-            return state.eq(1 << State[name])
+            return state.eq(State[name])
 
         def params(count):  # PARAMS first: `count` parameter words
             return [words.eq(count), todo.eq(cmd_bits("words")), to("PARAMS")]

@@ -336,11 +336,9 @@ class Accelerator(CheckedComponent):
         n.w_spm = n.mm.flag.w_spm
         n.is_heads = n.mm.flag.heads
 
-        # one-hot (bit State.X): "in state X" is a register, not a 4-bit compare at the head
-        # of every handshake and next-state path (one level of the 7-level state -> todo path)
-        n.state = state = Signal(len(State), init=1 << State.IDLE)
-        n.at = lambda name: state[State[name]]
-        n.goto = lambda name: state.eq(1 << State[name])
+        n.state = state = Signal(range(len(State)))
+        n.at = lambda name: state == State[name]
+        n.goto = lambda name: state.eq(State[name])
         n.pc = Signal(32)
         n.busy = Signal()
         n.todo = Signal(len(CMD))
