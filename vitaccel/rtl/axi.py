@@ -179,7 +179,7 @@ class RegisterFile(CheckedComponent):
     """Host-visible registers (docs/isa.md) behind an AXI4-Lite slave.
 
     One write is taken when both AW and W are valid (the slave may wait for both); reads
-    answer one cycle after AR. Unmapped offsets read 0 and ignore writes (OKAY response).
+    answer two cycles after AR. Unmapped offsets read 0 and ignore writes (OKAY response).
 
     Clarifications of docs/isa.md implemented here (docs/top.md lists them):
 
@@ -281,34 +281,44 @@ class RegisterFile(CheckedComponent):
         m.d.comb += self.irq.eq(done & irq_enable)
 
         # -- read channel --
-        m.d.comb += [bus.arready.eq(~bus.rvalid), bus.rresp.eq(OKAY)]
+        # A read takes two cycles: the address is registered as the word index (offsets
+        # 0x00..0x3C) and "the high bits are zero", then the word is selected; decoding the
+        # port's address into RDATA in one cycle was a 7-8-level path.
+        index = Signal(4)
+        mapped = Signal()
+        pending = Signal()
+        m.d.comb += [bus.arready.eq(~bus.rvalid & ~pending), bus.rresp.eq(OKAY)]
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
-        with m.If(bus.arvalid & ~bus.rvalid):
-            m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0)]
-            with m.If((bus.araddr[2 : self.addr_width]) == (Reg.STATUS >> 2)):
-                m.d.sync += bus.rdata.eq(Cat(self.busy, done, error))
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PROG_ADDR_LO >> 2)):
-                m.d.sync += bus.rdata.eq(self.prog_addr[:32])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PROG_ADDR_HI >> 2)):
-                m.d.sync += bus.rdata.eq(self.prog_addr[32:])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.DATA_BASE_LO >> 2)):
-                m.d.sync += bus.rdata.eq(self.data_base[:32])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.DATA_BASE_HI >> 2)):
-                m.d.sync += bus.rdata.eq(self.data_base[32:])
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CYCLES_LO >> 2)):
-                m.d.sync += [
-                    bus.rdata.eq(self.cycles[:32]),
-                    cycles_hi_latch.eq(self.cycles[32:]),
-                ]
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CYCLES_HI >> 2)):
-                m.d.sync += bus.rdata.eq(cycles_hi_latch)
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.PC >> 2)):
-                m.d.sync += bus.rdata.eq(self.pc)
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.ID >> 2)):
-                m.d.sync += bus.rdata.eq(ACCEL_ID)
-            with m.Elif((bus.araddr[2 : self.addr_width]) == (Reg.CONFIG >> 2)):
-                m.d.sync += bus.rdata.eq(self.config)
+        with m.If(bus.arvalid & bus.arready):
+            m.d.sync += [
+                index.eq(bus.araddr[2:6]),
+                mapped.eq(bus.araddr[6 : self.addr_width] == 0),
+                pending.eq(1),
+            ]
+        with m.If(pending):
+            m.d.sync += [bus.rvalid.eq(1), pending.eq(0)]
+            words = {
+                Reg.STATUS: Cat(self.busy, done, error),
+                Reg.PROG_ADDR_LO: self.prog_addr[:32],
+                Reg.PROG_ADDR_HI: self.prog_addr[32:],
+                Reg.DATA_BASE_LO: self.data_base[:32],
+                Reg.DATA_BASE_HI: self.data_base[32:],
+                Reg.CYCLES_LO: self.cycles[:32],
+                Reg.CYCLES_HI: cycles_hi_latch,
+                Reg.PC: self.pc,
+                Reg.ID: Const(ACCEL_ID, 32),
+                Reg.CONFIG: Const(self.config, 32),
+            }
+            assert max(words) < 0x40
+            with m.Switch(index):
+                for reg, value in words.items():
+                    with m.Case(reg >> 2):
+                        m.d.sync += bus.rdata.eq(Mux(mapped, value, 0))
+                with m.Default():
+                    m.d.sync += bus.rdata.eq(0)
+            with m.If(mapped & (index == Reg.CYCLES_LO >> 2)):
+                m.d.sync += cycles_hi_latch.eq(self.cycles[32:])
         return m
 
 
@@ -329,18 +339,21 @@ def _burst_len(m: Module, addr: Signal, remaining: Signal, name: str):
     """Beats of the next burst, min(MAX_BURST, remaining, words to the next 4 KiB boundary),
     as a register (the compare/mux chain stays out of the VALID and address paths).
 
-    Returns ``(beats, stale)``: ``beats`` lags ``addr``/``remaining`` by one cycle, so the
-    caller marks ``stale`` (a Signal to drive from sync logic) on every change of them and
-    holds VALID low while it is set.
+    Returns ``(beats, stale, beats_next)``: ``beats`` lags ``addr``/``remaining`` by one
+    cycle, so the caller marks ``stale`` (a Signal to drive from sync logic) on every change
+    of them and holds VALID low while it is set; ``beats_next`` is the value ``beats`` takes
+    (for registers kept beside it).
     """
     to_4k = Signal(range(4096 // WORD_BYTES + 1), name=f"{name}_to_4k")
     m.d.comb += to_4k.eq(4096 // WORD_BYTES - addr[4:12])
     limit = Mux(to_4k < MAX_BURST, to_4k, MAX_BURST)
     beats = Signal(range(MAX_BURST + 1), name=f"{name}_beats")
-    m.d.sync += beats.eq(Mux(remaining < limit, remaining, limit))
+    beats_next = Signal.like(beats, name=f"{name}_beats_next")
+    m.d.comb += beats_next.eq(Mux(remaining < limit, remaining, limit))
+    m.d.sync += beats.eq(beats_next)
     stale = Signal(name=f"{name}_stale")
     m.d.sync += stale.eq(0)
-    return beats, stale
+    return beats, stale, beats_next
 
 
 class _DMAEngine(CheckedComponent):
@@ -426,7 +439,12 @@ class DMAReader(_DMAEngine):
         remaining = Signal(self.words_bits)  # words not yet requested
         rx_left = Signal(self.words_bits)  # words not yet received
         reserved = Signal(range(self.fifo_depth + 1))  # requested and not yet taken from the FIFO
-        beats, stale = _burst_len(m, addr, remaining, "rd")
+        beats, stale, beats_next = _burst_len(m, addr, remaining, "rd")
+        # the FIFO room a burst of `beats` needs, fifo_depth - beats, kept beside `beats`:
+        # the credit test is then one compare (reserved + beats, compared, was the head of a
+        # 7-level path through ARVALID into `reserved`)
+        room_need = Signal(range(self.fifo_depth + 1))
+        m.d.sync += room_need.eq(self.fifo_depth - beats_next)
 
         # remaining == 0, rx_left == 0 and rx_left == 1 kept in registers: the zero tests of
         # the 24-bit counters were the head of a 10-LUT path through the controller's FSM
@@ -458,7 +476,7 @@ class DMAReader(_DMAEngine):
 
         # Stable while valid: remaining/addr change only on the handshake, reserved only falls.
         m.d.comb += [
-            bus.arvalid.eq(~req_done & ~stale & (reserved + beats <= self.fifo_depth)),
+            bus.arvalid.eq(~req_done & ~stale & (reserved <= room_need)),
             bus.araddr.eq(addr),
             bus.arlen.eq(beats - 1),
             bus.arsize.eq(4),  # 16 bytes per beat
@@ -547,20 +565,28 @@ class DMAWriter(_DMAEngine):
         addr = Signal(self.addr_width)
         remaining = Signal(self.words_bits)
         outstanding = Signal(range(self.max_outstanding + 1))  # bursts without a B response
-        beats, stale = _burst_len(m, addr, remaining, "wr")
+        beats, stale, _ = _burst_len(m, addr, remaining, "wr")
 
-        m.d.comb += cmd.ready.eq(remaining == 0)
+        # remaining == 0 kept in a register, as in DMAReader (set in the cycle after a
+        # command is taken, `fresh`, while `stale` holds AWVALID low): the 24-bit zero test
+        # was the head of a 7.5-level path through AWVALID into `outstanding`
+        req_done = Signal(init=1)
+        fresh = Signal()
+        m.d.comb += cmd.ready.eq(req_done & ~fresh)
+        m.d.sync += fresh.eq(0)
         with m.If(cmd.valid & cmd.ready):
             m.d.sync += [
                 addr.eq(Cat(Const(0, 4), cmd.payload.addr[4:])),
                 remaining.eq(cmd.payload.words),
+                req_done.eq(0),
+                fresh.eq(1),
                 stale.eq(1),
             ]
+        with m.If(fresh):
+            m.d.sync += req_done.eq(remaining == 0)
 
         m.d.comb += [
-            bus.awvalid.eq(
-                (remaining != 0) & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)
-            ),
+            bus.awvalid.eq(~req_done & ~stale & lens.w_rdy & (outstanding < self.max_outstanding)),
             bus.awaddr.eq(addr),
             bus.awlen.eq(beats - 1),
             bus.awsize.eq(4),
@@ -575,6 +601,7 @@ class DMAWriter(_DMAEngine):
             m.d.sync += [
                 addr.eq(addr + (beats << 4)),
                 remaining.eq(remaining - beats),
+                req_done.eq(remaining == beats),
                 stale.eq(1),
             ]
 
@@ -596,7 +623,7 @@ class DMAWriter(_DMAEngine):
         m.d.comb += [bus.bready.eq(1), self.error.eq(b_fire & bus.bresp[1])]
         m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
         m.d.comb += self.idle.eq(
-            (remaining == 0) & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy & ~inq.busy
+            req_done & ~fresh & (lens.level == 0) & (outstanding == 0) & ~cmdq.busy & ~inq.busy
         )
         return m
 

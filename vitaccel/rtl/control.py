@@ -316,6 +316,9 @@ class InstrFetch(wiring.Component):
         FETCH: the next beat is an instruction's first.
     fetched : ``Out(1)``
         The current instruction's second beat is taken (FETCH_WAIT -> PREDECODE).
+    second : ``Out(1)``
+        The next beat of the current instruction is its second (``fetched`` is that beat's
+        ``rd.valid`` in FETCH_WAIT; the controller ANDs it with the reader's valid itself).
     clear_next : ``In(1)``
         DECODE: the prefetch buffer is empty again.
     advance : ``In(1)``
@@ -331,6 +334,7 @@ class InstrFetch(wiring.Component):
                 "fetch": In(1),
                 "fetch_start": In(1),
                 "fetched": Out(1),
+                "second": Out(1),
                 "clear_next": In(1),
                 "advance": In(1),
                 "instr": Out(instr_layout()),
@@ -345,7 +349,7 @@ class InstrFetch(wiring.Component):
         fetch_beat = Signal()
         next_beat = Signal()
         beat = self.rd.payload
-        m.d.comb += self.rd.ready.eq(1)
+        m.d.comb += [self.rd.ready.eq(1), self.second.eq(fetch_beat)]
         with m.If(self.rd.valid & self.fetch):
             with m.If(~fetch_beat):
                 m.d.sync += [instr[:128].eq(beat), fetch_beat.eq(1)]

@@ -413,7 +413,13 @@ class Accelerator(CheckedComponent):
         ]
         fetch_armed = Signal()  # FETCH's second cycle on: a_fetch holds this pc's address
         m.d.sync += fetch_armed.eq(at("FETCH"))
-        n.fetch_go = at("FETCH") & fetch_armed & dma.rd_idle  # never behind stale words
+        # never behind stale words. The reader's idle a cycle late (its FIFO level test was
+        # the head of a 7.25-level path into the state and the command skid): it can only
+        # fall when a command is taken, and none is in FETCH's first cycle (no prefetch
+        # leads into FETCH), so from the second on the late value is the current one.
+        rd_idle_q = Signal()
+        m.d.sync += rd_idle_q.eq(dma.rd_idle)
+        n.fetch_go = at("FETCH") & fetch_armed & rd_idle_q
         cmd = dma.rd_cmd.payload
         m.d.comb += dma.rd_cmd.valid.eq(n.cmd_valid("dma_rd") | n.fetch_go | pf_valid)
         with m.If(at("FETCH")):
@@ -829,7 +835,9 @@ class Accelerator(CheckedComponent):
         with m.If(at("FETCH")):
             with m.If(n.fetch_go & n.dma.rd_cmd.ready):
                 m.d.sync += goto("FETCH_WAIT")
-        with m.If(at("FETCH_WAIT") & fetch.fetched):
+        # fetch.fetched, from the reader's valid itself (in FETCH_WAIT the word route selects
+        # the fetch unit): through the route's select it was an 8-level path into the state
+        with m.If(at("FETCH_WAIT") & n.dma.rd.valid & fetch.second):
             m.d.sync += goto("PREDECODE")
         with m.If(at("PREDECODE")):
             m.d.sync += goto("DECODE")

@@ -173,25 +173,44 @@ class MatmulOutWriter(CheckedComponent):
         # the fresh bounds sat between the writer's ready and every address register)
         grp_last = Signal()
         cm_le_sw = Signal()  # a whole step's group fits one run
+        cm_sw = Signal(17)  # cm + sw
+        # The end flags move through their next values (`*_n`, the current ones unless a
+        # branch below sets them), so "the run ends its word" and "... its step" are
+        # registers beside them: the handshake then ANDs one flag (the AND of the flags after
+        # the handshake was a chain of 2-input LUTs in an 8-level path into every register).
+        grp_last_n, g_last_n, t_last_n = Signal(), Signal(), Signal()
+        word_last = Signal()  # grp_last & g_last
+        step_last = Signal()  # grp_last & g_last & t_last
+        m.d.comb += [grp_last_n.eq(grp_last), g_last_n.eq(g_last), t_last_n.eq(t_last)]
+        m.d.sync += [
+            grp_last.eq(grp_last_n),
+            g_last.eq(g_last_n),
+            t_last.eq(t_last_n),
+            word_last.eq(grp_last_n & g_last_n),
+            step_last.eq(grp_last_n & g_last_n & t_last_n),
+        ]
         m.d.comb += self.cmd.ready.eq(~active)
         cmdp = self.cmd.payload
         with m.If(self.cmd.valid & ~active):
             gact = Mux(cmdp.heads, cmdp.nheads, 1)
             cm0 = Mux(cmdp.heads, cm_hd, cm_sh)
             sw0 = Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))
+            m.d.comb += [
+                grp_last_n.eq((cm0 <= sw0) | (cmdp.n <= sw0)),
+                g_last_n.eq(gact <= 1),
+                t_last_n.eq(cmdp.tokens == 1),
+            ]
             m.d.sync += [
-                grp_last.eq((cm0 <= sw0) | (cmdp.n <= sw0)),
                 cm_le_sw.eq(cm0 <= sw0),
+                cm_sw.eq(cm0 + sw0),
                 job.eq(cmdp),
                 active.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
                 cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
                 sw.eq(Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))),
                 cm_stride.eq(cmdp.stride * Mux(cmdp.heads, cm_hd, cm_sh)),
                 g_left.eq(gact),
-                g_last.eq(gact <= 1),
                 t.eq(0),
                 t_left.eq(cmdp.tokens),
-                t_last.eq(cmdp.tokens == 1),
                 left_c.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
                 lane0.eq(0),
                 grp_lane.eq(0),
@@ -211,11 +230,10 @@ class MatmulOutWriter(CheckedComponent):
         # both bounds are known to be <= sw only one of which needs the compare)
         count = Signal(5)
         m.d.comb += count.eq(Mux(grp_last, Mux(left_c < left_n, left_c, left_n), sw))
-        word_last = Signal()
-        if not self.word_path:
-            m.d.comb += word_last.eq(group_last & g_last)
         # grp_last after each kind of update (left_c, left_n as they will be)
-        gl_step = cm_le_sw | (step_left - cm <= sw)  # next step: cm, step_left - cm
+        # next step: cm, step_left - cm (step_left - cm <= sw as one compare with cm + sw, a
+        # job constant: the subtraction in front of it made a 7.25-level path)
+        gl_step = cm_le_sw | (step_left <= cm_sw)
         gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
         gl_run = (left_c <= (sw << 1)) | (left_n <= (sw << 1))  # next run: both - sw
 
@@ -256,11 +274,14 @@ class MatmulOutWriter(CheckedComponent):
 
         m.d.comb += self.chan.eq(n)
         fire = self.o.valid & self.o.ready
+        word_end, step_end = word_last, step_last
         if self.word_path:
             direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
                                                          step_left)  # fmt: skip
             fire = fire | dfire
-            m.d.comb += word_last.eq(Mux(direct, ~more, group_last & g_last))
+            # a direct job's word ends with its last segment, its step with the token's
+            word_end = Mux(direct, ~more, word_last)
+            step_end = Mux(direct, t_last, step_last)
         with m.If(job.transposed):
             m.d.comb += [
                 self.o.valid.eq(active & flushing & tprimed),
@@ -274,7 +295,7 @@ class MatmulOutWriter(CheckedComponent):
             with m.If(fire):
                 lane_next = Mux(group_last, grp_lane + C, lane0 + sw)
                 m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
-                with m.If(word_last):
+                with m.If(word_end):
                     m.d.sync += tprimed.eq(0)
             with m.If(sink.valid & sink.ready):
                 for lane in range(G * C):
@@ -286,32 +307,32 @@ class MatmulOutWriter(CheckedComponent):
                 with m.If((t[:4] == WORD_BYTES - 1) | t_last):
                     m.d.sync += flushing.eq(1)
                 with m.Else():  # next token of the chunk
-                    m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1), t_last.eq(t_left == 2)]
+                    m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1)]
+                    m.d.comb += t_last_n.eq(t_left == 2)
         if self.word_path:
             with m.Elif(direct):  # (the writes leave on wo)
                 m.d.comb += sink.ready.eq(dfire & ~more)
         with m.Else():
             m.d.comb += [
                 self.o.valid.eq(active & sink.valid),
-                sink.ready.eq(active & self.o.ready & word_last),
+                sink.ready.eq(active & self.o.ready & word_end),
             ]
         gact = Mux(job.heads, job.nheads, 1)
         with m.If(fire):
-            with m.If(word_last):
+            with m.If(word_end):
                 m.d.sync += flushing.eq(0)
+                m.d.comb += g_last_n.eq(gact <= 1)
                 m.d.sync += [
                     g_left.eq(gact),
-                    g_last.eq(gact <= 1),
                     left_c.eq(cm),
                     lane0.eq(0),
                     grp_lane.eq(0),
                 ]
-                with m.If(t_last):  # the step ends
+                with m.If(step_end):  # the step ends
+                    m.d.comb += [grp_last_n.eq(gl_step), t_last_n.eq(job.tokens == 1)]
                     m.d.sync += [
-                        grp_last.eq(gl_step),
                         t.eq(0),
                         t_left.eq(job.tokens),
-                        t_last.eq(job.tokens == 1),
                         step_n.eq(step_n + cm),
                         step_left.eq(step_left - cm),
                         n.eq(step_n + cm),
@@ -325,11 +346,10 @@ class MatmulOutWriter(CheckedComponent):
                     with m.If(step_left <= cm):
                         m.d.sync += active.eq(0)
                 with m.Else():
+                    m.d.comb += [grp_last_n.eq(gl_group), t_last_n.eq(t_left == 2)]
                     m.d.sync += [
-                        grp_last.eq(gl_group),
                         t.eq(t + 1),
                         t_left.eq(t_left - 1),
-                        t_last.eq(t_left == 2),
                         n.eq(step_n),
                         left_n.eq(step_left),
                         tok_base.eq(tok_base + job.stride),
@@ -338,10 +358,9 @@ class MatmulOutWriter(CheckedComponent):
                         lane_row.eq(step_row_base),
                     ]
             with m.Elif(group_last):
+                m.d.comb += [grp_last_n.eq(gl_group), g_last_n.eq(g_left == 2)]
                 m.d.sync += [
-                    grp_last.eq(gl_group),
                     g_left.eq(g_left - 1),
-                    g_last.eq(g_left == 2),
                     left_c.eq(cm),
                     grp_lane.eq(grp_lane + C),
                     lane0.eq(grp_lane + C),
@@ -352,8 +371,8 @@ class MatmulOutWriter(CheckedComponent):
                     lane_row.eq(grp_nrow + job.head_step),
                 ]
             with m.Else():
+                m.d.comb += grp_last_n.eq(gl_run)
                 m.d.sync += [
-                    grp_last.eq(gl_run),
                     left_c.eq(left_c - sw),
                     lane0.eq(lane0 + sw),
                     n.eq(n + sw),
@@ -1144,9 +1163,10 @@ class WStreamBuilder(CheckedComponent):
         start = self.cmd.valid & ~m_active & (cmdp.n != 0) & (cmdp.k != 0)
 
         # Block b = (s, g): first row n0 = s*cm; rows min(cm, N - n0) if group is real.
-        def block_rows(step_n, g):
-            left = Signal(17)
-            m.d.comb += left.eq(job.n - step_n)
+        def block_rows(step_n, g, left=None):
+            if left is None:
+                left = Signal(17)
+                m.d.comb += left.eq(job.n - step_n)
             real = ~job.heads | (g < job.nheads)
             return Mux(real, Mux(left < cm, left, cm), 0)
 
@@ -1184,8 +1204,11 @@ class WStreamBuilder(CheckedComponent):
         c = Signal(16)
         k = Signal(16)  # 0: parameter word, 1..ks: weight words
         k_zero = Signal()  # k == 0, in a register
+        # N - e_step_n kept beside e_step_n: the subtraction was the head of a 7-level path
+        # through the block's rows and the column's row test into the handshake
+        e_left = Signal(17)
         rows = Signal(17)
-        m.d.comb += rows.eq(block_rows(e_step_n, e_g))
+        m.d.comb += rows.eq(block_rows(e_step_n, e_g, e_left))
         row = c  # the block's row of column c
         if mixed:
             w8 = Signal()  # column c is a W8 column (its column within the group < C8)
@@ -1248,7 +1271,7 @@ class WStreamBuilder(CheckedComponent):
             with m.If(blk_end):
                 m.d.sync += e_g.eq(Mux(g_last, 0, e_g + 1))
             with m.If(step_end):
-                m.d.sync += e_step_n.eq(e_step_n + cm)
+                m.d.sync += [e_step_n.eq(e_step_n + cm), e_left.eq(e_left - cm)]
             with m.If(step_end & n_last):
                 m.d.sync += m_active.eq(0)
 
@@ -1265,6 +1288,7 @@ class WStreamBuilder(CheckedComponent):
                 r_base.eq(cmdp.base),
                 e_g.eq(0),
                 e_step_n.eq(0),
+                e_left.eq(cmdp.n),
                 c.eq(0),
                 k.eq(0),
                 k_last.eq(0),
