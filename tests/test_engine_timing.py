@@ -96,3 +96,28 @@ def test_step_zero_streams_behind_the_x_load():
     # without the overlap the X load (1024) would add XL - WL = 1024 - 68; streamed, step 0
     # ends KS after the load, so all its tiles but the last (15 x 16 cycles) hide
     assert one - keep == 64 * 16 - 4 * 17 - 15 * 16
+
+
+def test_first_step_of_tiles_equals_the_tile_by_tile_recursion():
+    """The explorer's closed form of step 0 (no loop over tiles) gives :func:`first_step`'s
+    edges on every shape of a sweep: load- and compute-bound, heads and shared, X_KEEP,
+    W in first or last, one tile or many, X finishing inside the middle tiles."""
+    import itertools
+
+    from vitaccel.engine_timing import first_step, first_step_of_tiles, x_tile_ends
+
+    seen = 0
+    for tokens, k, groups, rows, heads, x_beat, wl, keep in itertools.product(
+        (1, 5, 17, 64, 197), (8, 24, 64, 192), (1, 3), (1, 4, 8, 16), (False, True),
+        (1, 2, 4), (0, 7, 300), (False, True),
+    ):  # fmt: skip
+        ks = -(-k // 8)
+        pad = max(0, rows - ks)
+        x_load = 0 if keep else (groups if heads else 1) * tokens * -(-ks // x_beat)
+        ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat)
+        want = first_step(x_load, wl, ks, pad, ends)
+        got = first_step_of_tiles(x_load, wl, ks, pad, tokens, groups, rows, heads=heads,
+                                  x_beat=x_beat)  # fmt: skip
+        assert got == want, (tokens, k, groups, rows, heads, x_beat, wl, keep, got, want)
+        seen += 1
+    assert seen == 5 * 4 * 2 * 4 * 2 * 3 * 3 * 2

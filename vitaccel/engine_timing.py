@@ -31,6 +31,7 @@ __all__ = [
     "x_load_cycles",
     "x_tile_ends",
     "first_step",
+    "first_step_of_tiles",
     "matmul_cycles",
     "StepCycles",
 ]
@@ -131,18 +132,20 @@ def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: boo
 
 
 def x_tile_ends(
-    tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1
-) -> list[int]:
+    tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1,
+    first: bool = False,
+) -> list[int]:  # fmt: skip
     """Edge of the X beat that completes each token tile's X (the last group's in heads mode).
 
     The X loader fills the banks token by token (heads mode: group 0's tokens, then group
     1's, ...); tile ``i`` is in once its last token's last beat is taken, at edge
     ``(G-1)*T*B + min(T, (i+1)*R)*B`` (``B = ceil(KS/x_beat)`` beats a token; the first
     term in heads mode only), counted from the command handshake as the X load is.
+    ``first``: tile 0's only (what the first output's time needs).
     """
     beats = -(-ks // x_beat)
     off = (groups - 1) * tokens * beats if heads else 0
-    tiles = -(-tokens // rows)
+    tiles = 1 if first else -(-tokens // rows)
     return [off + min(tokens, (i + 1) * rows) * beats for i in range(tiles)]
 
 
@@ -160,15 +163,56 @@ def first_step(
     ``XL``; 0 with X_KEEP: every tile at once).
     """
     start = end = None
-    for b in x_ends:
+    for i, b in enumerate(x_ends):
         if end is None:
             f = start = max(w_load + 1, min(x_load + 1, b + 2))
+        elif end >= x_load:
+            # every X is in: each later tile issues pad + 1 after the last one ended
+            return start, end + (len(x_ends) - i) * (pad + ks)
         else:
             f = max(end + pad + 1, min(x_load + 1, max(b + 2, end + 2)))
         end = f + ks - 1
     return start, end
 
 
+def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: int,
+                        groups: int, rows: int, *, heads: bool,
+                        x_beat: int = 1) -> tuple[float, float]:  # fmt: skip
+    """:func:`first_step` on :func:`x_tile_ends`' tiles, without iterating over them (the
+    explorer prices ~10^5 jobs): while X is still loading, a middle tile issues at
+    ``max(E + max(pad, 1) + 1, b + 2)`` (the load's clamp only bites on the last tile), a
+    max-plus recurrence over tile edges ``b_i = b_0 + i * db`` whose closed form is
+    ``E_j = max(E_0 + j*c, b_j + KS + 1 if db >= c else b_1 + KS + 1 + (j-1)*c)``,
+    ``c = max(pad, 1) + KS``. Where X finishes inside the middle tiles it iterates instead.
+    Equal to :func:`first_step` (a test checks it over a sweep of shapes)."""
+    beats = -(-ks // x_beat)
+    off = (groups - 1) * tokens * beats if heads else 0
+    n = -(-tokens // rows)
+    b0, db = off + min(tokens, rows) * beats, rows * beats
+    start = max(w_load + 1, min(x_load + 1, b0 + 2))
+    end = start + ks - 1
+    if n == 1:
+        return start, end
+    if end >= x_load:  # every X is in: each tile issues pad + 1 after the last one ended
+        return start, end + (n - 1) * (pad + ks)
+    m, c = n - 2, max(pad, 1) + ks
+
+    def e(j: int) -> float:  # E_j of a middle tile (E_0 for j = 0)
+        if j == 0:
+            return end
+        tail = b0 + j * db + ks + 1 if db >= c else b0 + db + ks + 1 + (j - 1) * c
+        return max(end + j * c, tail)
+
+    if m and e(m - 1) >= x_load:  # X is in before the middle tiles end: iterate
+        return first_step(x_load, w_load, ks, pad,
+                          x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat))  # fmt: skip
+    last = e(m)
+    b = off + tokens * beats
+    f = max(last + pad + 1, min(x_load + 1, max(b + 2, last + 2)))
+    return start, f + ks - 1
+
+
+@lru_cache(maxsize=65536)  # the explorer asks for the same jobs on many arrays
 def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat):
     """The constants of one job's recursion (see :func:`matmul_cycles`)."""
     ks = -(-k // vector)
@@ -180,8 +224,8 @@ def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_k
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     span = (tiles - 1) * period + ks - 1
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
-    x_ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat)
-    end0 = first_step(x_load, w_load, ks, pad, x_ends)[1]
+    end0 = first_step_of_tiles(x_load, w_load, ks, pad, tokens, groups, rows, heads=heads,
+                               x_beat=x_beat)[1]  # fmt: skip
     return end0, w_load, pad, span, lat["release"], tail
 
 

@@ -230,8 +230,8 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     # the first tile issues once its own X is in (step 0 streams behind the X load)
-    x_ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat)
-    start = first_step(x_load, w_load, ks, max(0, rows - ks), x_ends[:1])[0]
+    x_ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat, first=True)
+    start = first_step(x_load, w_load, ks, max(0, rows - ks), x_ends)[0]
     first = start + ks - 1 + latencies(rows, units, vector)["first_out"]
     if mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
