@@ -30,6 +30,7 @@ __all__ = [
     "x_beat_words",
     "x_load_cycles",
     "x_tile_ends",
+    "first_issue",
     "first_step",
     "first_step_of_tiles",
     "matmul_cycles",
@@ -132,20 +133,18 @@ def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: boo
 
 
 def x_tile_ends(
-    tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1,
-    first: bool = False,
-) -> list[int]:  # fmt: skip
+    tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1
+) -> list[int]:
     """Edge of the X beat that completes each token tile's X (the last group's in heads mode).
 
     The X loader fills the banks token by token (heads mode: group 0's tokens, then group
     1's, ...); tile ``i`` is in once its last token's last beat is taken, at edge
     ``(G-1)*T*B + min(T, (i+1)*R)*B`` (``B = ceil(KS/x_beat)`` beats a token; the first
     term in heads mode only), counted from the command handshake as the X load is.
-    ``first``: tile 0's only (what the first output's time needs).
     """
     beats = -(-ks // x_beat)
     off = (groups - 1) * tokens * beats if heads else 0
-    tiles = 1 if first else -(-tokens // rows)
+    tiles = -(-tokens // rows)
     return [off + min(tokens, (i + 1) * rows) * beats for i in range(tiles)]
 
 
@@ -175,6 +174,15 @@ def first_step(
     return start, end
 
 
+def first_issue(x_load: int, w_load: float, ks: int, tokens: int, groups: int, rows: int, *,
+                heads: bool, x_beat: int = 1) -> float:  # fmt: skip
+    """Edge of a job's first k-step issue (:func:`first_step`'s ``S``): once W is in and
+    the first tile's X (:func:`x_tile_ends`) or the whole X load is."""
+    beats = -(-ks // x_beat)
+    b0 = ((groups - 1) * tokens * beats if heads else 0) + min(tokens, rows) * beats
+    return max(w_load + 1, min(x_load + 1, b0 + 2))
+
+
 def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: int,
                         groups: int, rows: int, *, heads: bool,
                         x_beat: int = 1) -> tuple[float, float]:  # fmt: skip
@@ -189,7 +197,7 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
     off = (groups - 1) * tokens * beats if heads else 0
     n = -(-tokens // rows)
     b0, db = off + min(tokens, rows) * beats, rows * beats
-    start = max(w_load + 1, min(x_load + 1, b0 + 2))
+    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
     end = start + ks - 1
     if n == 1:
         return start, end

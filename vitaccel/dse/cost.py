@@ -35,14 +35,13 @@ from vitaccel import engine_timing
 from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
 from vitaccel.engine_timing import (
-    first_step,
+    first_issue,
     latencies,
     matmul_cycles,
     word_writer_cycles,
     word_writes,
     x_beat_words,
     x_load_cycles,
-    x_tile_ends,
 )
 from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
 
@@ -230,8 +229,7 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     # the first tile issues once its own X is in (step 0 streams behind the X load)
-    x_ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat, first=True)
-    start = first_step(x_load, w_load, ks, max(0, rows - ks), x_ends)[0]
+    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
     first = start + ks - 1 + latencies(rows, units, vector)["first_out"]
     if mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
