@@ -191,8 +191,8 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
     ``max(E + max(pad, 1) + 1, b + 2)`` (the load's clamp only bites on the last tile), a
     max-plus recurrence over tile edges ``b_i = b_0 + i * db`` whose closed form is
     ``E_j = max(E_0 + j*c, b_j + KS + 1 if db >= c else b_1 + KS + 1 + (j-1)*c)``,
-    ``c = max(pad, 1) + KS``. Where X finishes inside the middle tiles it iterates instead.
-    Equal to :func:`first_step` (a test checks it over a sweep of shapes)."""
+    ``c = max(pad, 1) + KS``; once a tile ends after the whole load, every later tile adds
+    ``pad + KS``. Equal to :func:`first_step` (a test checks it over a sweep of shapes)."""
     beats = -(-ks // x_beat)
     off = (groups - 1) * tokens * beats if heads else 0
     n = -(-tokens // rows)
@@ -211,9 +211,14 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
         tail = b0 + j * db + ks + 1 if db >= c else b0 + db + ks + 1 + (j - 1) * c
         return max(end + j * c, tail)
 
-    if m and e(m - 1) >= x_load:  # X is in before the middle tiles end: iterate
-        return first_step(x_load, w_load, ks, pad,
-                          x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat))  # fmt: skip
+    if e(m) >= x_load:
+        # X is in within the middle tiles: from the first tile that ends after the load (E
+        # increases with j: a binary search), each tile issues pad + 1 after the last one
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if e(mid) >= x_load else (mid + 1, hi)
+        return start, e(lo) + (n - 1 - lo) * (pad + ks)
     last = e(m)
     b = off + tokens * beats
     f = max(last + pad + 1, min(x_load + 1, max(b + 2, last + 2)))
