@@ -197,29 +197,26 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
     off = (groups - 1) * tokens * beats if heads else 0
     n = -(-tokens // rows)
     b0, db = off + min(tokens, rows) * beats, rows * beats
-    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
+    start = max(w_load + 1, min(x_load + 1, b0 + 2))  # first_issue
     end = start + ks - 1
     if n == 1:
         return start, end
     if end >= x_load:  # every X is in: each tile issues pad + 1 after the last one ended
         return start, end + (n - 1) * (pad + ks)
     m, c = n - 2, max(pad, 1) + ks
-
-    def e(j: int) -> float:  # E_j of a middle tile (E_0 for j = 0)
-        if j == 0:
-            return end
-        tail = b0 + j * db + ks + 1 if db >= c else b0 + db + ks + 1 + (j - 1) * c
-        return max(end + j * c, tail)
-
-    if e(m) >= x_load:
+    # E_j = max(end + j*c, u + j*v) for 1 <= j <= m
+    u, v = (b0 + ks + 1, db) if db >= c else (b0 + db + ks + 1 - c, c)
+    last = max(end + m * c, u + m * v) if m else end
+    if last >= x_load:
         # X is in within the middle tiles: from the first tile that ends after the load (E
         # increases with j: a binary search), each tile issues pad + 1 after the last one
         lo, hi = 0, m
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if e(mid) >= x_load else (mid + 1, hi)
-        return start, e(lo) + (n - 1 - lo) * (pad + ks)
-    last = e(m)
+            e_mid = max(end + mid * c, u + mid * v) if mid else end
+            lo, hi = (lo, mid) if e_mid >= x_load else (mid + 1, hi)
+        e_lo = max(end + lo * c, u + lo * v) if lo else end
+        return start, e_lo + (n - 1 - lo) * (pad + ks)
     b = off + tokens * beats
     f = max(last + pad + 1, min(x_load + 1, max(b + 2, last + 2)))
     return start, f + ks - 1
