@@ -209,7 +209,7 @@ def _top_case(
     from vitaccel.flow.codec import codec_for
     from vitaccel.models.evaluate import prepare
     from vitaccel.models.golden import quant_config_for
-    from vitaccel.sim.host import SimBackend
+    from vitaccel.sim.native import NativeBackend
 
     design = Design(
         model="digits-vit",
@@ -222,7 +222,9 @@ def _top_case(
     def measure() -> dict:
         _, _, golden, x, _ = prepare("digits-vit", config=quant_config_for(design), images=1)
         compiled = compile_model(golden, groups=g, codec=codec_for(design))
-        drv = Driver(SimBackend(design))
+        # the native harness: the same cycles as cocotb (test_sim_native checks it), a
+        # leaner build
+        drv = Driver(NativeBackend(design))
         drv.load(compiled)
         res = drv.infer(golden.quantize_images(x)[0])
         expect = golden.forward_patches(golden.quantize_images(x))[0]
