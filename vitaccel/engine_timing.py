@@ -197,7 +197,7 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
     off = (groups - 1) * tokens * beats if heads else 0
     n = -(-tokens // rows)
     b0, db = off + min(tokens, rows) * beats, rows * beats
-    start = max(w_load + 1, min(x_load + 1, b0 + 2))  # first_issue
+    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
     end = start + ks - 1
     if n == 1:
         return start, end
