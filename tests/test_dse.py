@@ -6,6 +6,7 @@ the Yosys and Verilator comparisons are ``vitaccel.verify.validate`` (tests/test
 
 import itertools
 import json
+import os
 import random
 import subprocess
 import sys
@@ -386,7 +387,9 @@ def small_run(tmp_path_factory):
 
 def test_explore_writes_a_design_the_generator_accepts(small_run):
     result, out, cpu = small_run
-    assert cpu < 5.0, f"query took {cpu:.1f} s of CPU"
+    # A figure, not a check: CPU time depends on the machine and its load. The < 5 s target
+    # is checked by the slow benchmark test_dse_query_cpu_benchmark below.
+    print(f"\nDeiT-Small at 100 FPS on ZCU102: {cpu:.2f} s of CPU in this process")
     for key in (
         "fps",
         "target_fps",
@@ -426,6 +429,28 @@ def test_explore_writes_a_design_the_generator_accepts(small_run):
     rep = design_report(result["design"])
     assert rep["fps"] == pytest.approx(result["fps"], rel=1e-6)
     assert {row["name"] for row in rep["layers"]} >= {"blocks.0.attn.qkv", "blocks.11.mlp.fc2"}
+
+
+@pytest.mark.slow
+def test_dse_query_cpu_benchmark(tmp_path):
+    """Benchmark (slow): the issue's acceptance query, DeiT-Small at 100 FPS on ZCU102, from a
+    cold candidate-pool cache in a fresh process, three runs; prints min / median / max CPU
+    seconds and checks the median against the 5 s target."""
+    code = (
+        "import sys, time; from vitaccel.dse.search import explore; t0 = time.process_time();"
+        "explore('deit-small', 'zcu102', 100, out_dir=sys.argv[1]);"
+        "print(time.process_time() - t0)"
+    )
+    runs = []
+    for k in range(3):
+        env = {**os.environ, "VITACCEL_CACHE": str(tmp_path / f"cache{k}")}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"dse{k}")], env=env,
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        runs.append(float(out.split()[-1]))
+    runs.sort()
+    print(f"\nDSE query CPU s (cold cache, fresh process): min {runs[0]:.2f}, "
+          f"median {runs[1]:.2f}, max {runs[2]:.2f}")  # fmt: skip
+    assert runs[1] < 5.0, runs
 
 
 def test_human_output_shows_the_answer_and_every_layer(small_run):
