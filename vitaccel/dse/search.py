@@ -693,8 +693,8 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
-        # a mixed array reads its column map from the first weight port: one port only
-        for ports in port_choices if share == 0 else [q for q in port_choices if q == 1]:
+        # (a mixed array's ports each carry their own columns' map entries: any port count)
+        for ports in port_choices:
             if (g * c) % ports:
                 continue
             extra = res.weight_ports_resources(ports)
