@@ -682,6 +682,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
         # (with the output writer's word path, if the array has one)
         spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
+        spm = spm + res.mapped_writer_resources(g, c, share)  # (or the mixed array's)
         per_col = shell_per_column(g * c) + spm
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
