@@ -52,9 +52,9 @@ def test_build_scheme_gives_the_array_its_w4_lanes():
     m = design_for_scheme(d, "mixed", 0.25, "pot4")
     assert (m.array.cols, m.array.w4_share, m.array.w4_kind) == (8, 0.5, "pot4")
     assert m.default_w4_ratio == 0.25
-    # the RTL reads the column map from the first weight port only
-    with pytest.raises(DesignError, match="weight_ports must be 1 on an array with W4 columns"):
-        design_for_scheme(d.model_copy(update={"weight_ports": 2}), "mixed", 0.5, "int4")
+    # every weight port carries its own columns' map entries: mixed arrays take 2-4 ports
+    two = design_for_scheme(d.model_copy(update={"weight_ports": 2}), "mixed", 0.5, "int4")
+    assert (two.weight_ports, two.array.cols_w4) == (2, 4)
     with pytest.raises(DesignError, match=r"allowed: --scheme w8a8"):
         design_for_scheme(d, "mixed", 0.5, "int4", explored=True)
     mixed = Design(array=ArrayConfig(cols=8, w4_share=0.5, w4_kind="int4"))

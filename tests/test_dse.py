@@ -720,6 +720,8 @@ def test_w4_columns_any_count_beside_the_base_w8_columns():
         shares.add(round(c.w4_share, 6))
     # shares the old rule dropped (1 W4 column of 9, 4 of 20, ...)
     assert len(shares - {0.25, round(1 / 3, 6), 0.5}) > 5
+    # every weight port carries its own columns' map entries: mixed arrays on 2-4 ports too
+    assert {c.weight_ports for c in mixed} > {1}
     # W4 ratios only on the encoder's weight layers: attention products stay W8
     for c in mixed:
         assert all(name.rsplit(".", 1)[-1] in ("qkv", "proj", "fc1", "fc2") for name in c.ratios)

@@ -94,8 +94,9 @@ def test_build_end_to_end_json(tmp_path):
 @pytest.mark.slow
 def test_build_scheme_mixed_end_to_end(tmp_path):
     """``vitaccel build --scheme mixed --w4-ratio 0.5``: the default design with 4 W4
-    columns beside its 4 W8 ones runs the mixed golden model bit-exact on the RTL (its
-    native build is the one tests/test_sim_accelerator.py's mixed tests use)."""
+    columns beside its 4 W8 ones runs the mixed golden model bit-exact on the RTL (one
+    weight port, as the default design; tests/test_sim_accelerator.py's default-suite mixed
+    tests run the same array on two)."""
     out, r = _build(tmp_path, "--no-synth", "--scheme", "mixed", "--w4-ratio", "0.5")
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)

@@ -90,6 +90,8 @@ def test_fused_matmul_fields():
     assert isa.decode_program(isa.encode_program([g, r, isa.end()]))[:2] == [g, r]
     assert isa.residual_fusable(2, 8) and isa.residual_fusable(3, 16)
     assert not isa.residual_fusable(3, 4) and not isa.residual_fusable(1, 10)
+    # mixed arrays: byte runs within a word, any shape fuses
+    assert isa.residual_fusable(1, 10, cols_w4=5) and isa.residual_fusable(1, 8, cols_w4=4)
     spm = dict(mm, w_ddr=None, w_spm=0)
     with pytest.raises(ValueError, match="W from DDR"):
         isa.matmul(**spm, gelu_table=1)

@@ -59,8 +59,6 @@ def test_params_from_design():
 @pytest.mark.parametrize(
     "change, match",
     [
-        # the column map is read from the first weight port only
-        ({"array": ArrayConfig(w4_share=0.5), "weight_ports": 2}, "weight_ports must be 1"),
         ({"array": ArrayConfig(vector=32)}, "vector"),
         ({"array": ArrayConfig(vector=6)}, "vector"),
         ({"nonlinear": NonlinearConfig(gelu_lanes=3)}, "gelu_lanes"),

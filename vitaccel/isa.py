@@ -74,11 +74,13 @@ class MatmulFlags(enum.IntFlag):
 FUSED_FLAGS = MatmulFlags.GELU | MatmulFlags.RESADD
 
 
-def residual_fusable(groups: int, cols: int) -> bool:
-    """Whether an array can fuse RESADD into a MATMUL's output: each output step must cover
-    whole 16-byte scratchpad words (``groups * cols`` a multiple of 16), so every output run
-    reads exactly one word of A."""
-    return (groups * cols) % WORD_BYTES == 0
+def residual_fusable(groups: int, cols: int, cols_w4: int = 0) -> bool:
+    """Whether an array can fuse RESADD into a MATMUL's output: on an all-W8 array each
+    output step must cover whole 16-byte scratchpad words (``groups * cols`` a multiple of
+    16), so every output run reads exactly one word of A; on a mixed array (``cols_w4`` >
+    0) the output writer's runs never cross a word and the residual path takes byte runs
+    at any offset (``ResidualRuns(byte_runs=True)``), so any shape fuses."""
+    return cols_w4 > 0 or (groups * cols) % WORD_BYTES == 0
 
 
 class SoftmaxFlags(enum.IntFlag):

@@ -200,7 +200,7 @@ def compile_model(
         )
     if fuse_residual is None:
         p = getattr(codec, "params", None)
-        fuse_residual = p is not None and isa.residual_fusable(p.groups, p.cols)
+        fuse_residual = p is not None and isa.residual_fusable(p.groups, p.cols, p.cols_w4)
     spec = model.spec
     log2 = model.config.softmax_output == "log2"
     D = spec.embed_dim

@@ -376,7 +376,7 @@ def schedule(
             spec,
             groups=a.groups,
             spm_words=design.spm_kib * 1024 // WORD_BYTES,
-            fuse_residual=isa.residual_fusable(a.groups, a.cols),
+            fuse_residual=isa.residual_fusable(a.groups, a.cols, a.cols_w4),
             log2=design.nonlinear.softmax_output == "log2",
             strict=strict,
             spill=spill,

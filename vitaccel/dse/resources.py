@@ -47,6 +47,7 @@ __all__ = [
     "SHELL_ESTIMATE",
     "WEIGHT_PORT_ESTIMATE",
     "weight_ports_resources",
+    "mapped_writer_resources",
     "Usage",
     "engine_buffers",
     "engine_features",
@@ -424,6 +425,34 @@ def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 
     )
 
 
+# The mixed array's gathering output writer (rtl/spm MappedOutWriter: the column map per
+# position, the inverse map, the L-byte gather and the run links) over the all-W8 writer the
+# shell's per-column share already holds (MatmulOutWriter, one bank), Yosys xcup of each alone,
+# L = groups * cols output lanes:
+#   1 x 8 (4 W8):    2154 / 1537 against 1660 / 1582 LUT / FF:  +494 LUT,  -45 FF
+#   1 x 16 (8 W8):   3787 / 2859 against 2806 / 2736:           +981 LUT, +123 FF
+#   1 x 22 (16 W8):  7341 / 3867 against 3686 / 3614:          +3655 LUT, +253 FF
+#   2 x 12 (8 W8):   7025 / 4197 against 3834 / 3910:          +3191 LUT, +287 FF
+#   2 x 24 (16 W8): 16560 / 8207 against 6375 / 7366:         +10185 LUT, +841 FF
+# Least squares in L and L^2 (the gather selects each of L positions from L bytes): within
+# 830 LUT and 95 FF of every point (worst: +2828 LUT for +3655 at 1 x 22, +1742 for +981 at
+# 1 x 16; 0.3 % of ZCU102's LUTs).
+MAPPED_WRITER_LUT = (56.51, 3.274)  # per L, per L^2
+MAPPED_WRITER_FF = (3.645, 0.2936)
+
+
+def mapped_writer_resources(groups: int, cols: int, w4_share: float) -> Usage:
+    """What a mixed array's gathering output writer adds over the all-W8 writer (in the
+    shell's per-column share); nothing on an all-W8 array."""
+    if not column_split(cols, w4_share)[1]:
+        return Usage()
+    lanes = groups * cols
+    return Usage(
+        lut=MAPPED_WRITER_LUT[0] * lanes + MAPPED_WRITER_LUT[1] * lanes**2,
+        ff=MAPPED_WRITER_FF[0] * lanes + MAPPED_WRITER_FF[1] * lanes**2,
+    )
+
+
 def spm_memory(words: int, budget, *, max_util: float = 0.85) -> str:
     """The explorer's choice for the scratchpad (:func:`place_buffers`): URAM288 where the
     board has enough of it, else BRAM36."""
@@ -492,6 +521,9 @@ def design_resources(design: Design, *, spec=None) -> dict:
                                   a.w4_share)  # fmt: skip
     if words.lut:
         parts["word_writer"] = words
+    mapped = mapped_writer_resources(a.groups, a.cols, a.w4_share)
+    if mapped.lut:
+        parts["mapped_writer"] = mapped
     shell, shell_kind = shell_resources(a.groups * a.cols)
     parts["shell"] = shell
     total = Usage()

@@ -352,7 +352,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath)."""
     c8, c4 = column_split(c, share)
     units = column_units(c8, c4)
-    plan = m.plan(g, residual_fusable(g, c))
+    plan = m.plan(g, residual_fusable(g, c, c4))
     cache: dict = {}
     mm_total = 0
     bound = {"compute": 0, "bandwidth": 0, "writer": 0}
@@ -682,19 +682,20 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
         # (with the output writer's word path, if the array has one)
         spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
+        spm = spm + res.mapped_writer_resources(g, c, share)  # (or the mixed array's)
         per_col = shell_per_column(g * c) + spm
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1
-        fuse = residual_fusable(g, c)
+        fuse = residual_fusable(g, c, column_split(c, share)[1])
         nl = m.nonlinear(g, fuse)
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
-        # a mixed array reads its column map from the first weight port: one port only
-        for ports in port_choices if share == 0 else [q for q in port_choices if q == 1]:
+        # (a mixed array's ports each carry their own columns' map entries: any port count)
+        for ports in port_choices:
             if (g * c) % ports:
                 continue
             extra = res.weight_ports_resources(ports)
@@ -1450,7 +1451,13 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
     est = estimate(design, budget=budget)
     by_bound = est.by_bound()
     m = result["model"]
-    spill_bytes = m.spill_bytes(c.groups, residual_fusable(c.groups, c.cols)) if m.spill else 0
+    spill_bytes = (
+        m.spill_bytes(
+            c.groups, residual_fusable(c.groups, c.cols, column_split(c.cols, c.w4_share)[1])
+        )
+        if m.spill
+        else 0
+    )
     causes = cause_totals(design, budget=budget)
     per_layer = {
         name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))

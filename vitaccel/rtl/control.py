@@ -494,7 +494,7 @@ class MatmulSetup(wiring.Component):
         # an array whose output steps cover whole SPM words; X_KEEP the previous job's X
         fused_ok = ~(fl.gelu | fl.resadd) | ~fl.w_spm
         res_ok = ~fl.resadd | (~fl.heads & ~fl.out_t & ~fl.gelu)
-        if not residual_fusable(G, C):
+        if not residual_fusable(G, C, C - self._c8):
             res_ok = ~fl.resadd
         xk_valid = Signal()  # the engine holds the X of a shared-mode job of this shape:
         xk_tokens = Signal(16)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -185,12 +185,6 @@ class Accelerator(CheckedComponent):
     @classmethod
     def check(cls, *, design, **kwargs):
         TopParams(design, **kwargs)
-        # Mixed W4/W8 arrays: the column map is tapped from the first weight port's slots
-        if design.array.w4_share != 0.0 and design.weight_ports != 1:
-            raise ValueError(
-                "weight_ports must be 1 on an array with W4 columns (array.w4_share > 0: the "
-                f"column map is read from the first weight port), not {design.weight_ports}"
-            )
 
     def __init__(self, design: Design, **kwargs):
         self.params = TopParams(design, **kwargs)
@@ -471,39 +465,72 @@ class Accelerator(CheckedComponent):
                 m.d.sync += n.load_addr.eq(n.load_addr + 1)
         w_bits = E.w_word_bits
         if n.mixed:
-            self._map_tap(m, n, to_w)
+            n.map_qs = []
+            self._map_tap(m, n, 0, to_w, n.w_skid.i)
         else:
             join(m, to_w, n.w_skid.i, payload=n.w_skid.i.payload.eq(to_w.payload.data[:w_bits]))
         for end in (to_load, to_w):
             with m.If(end.valid & end.ready & end.payload.last):
                 m.d.sync += n.op_rd_done.eq(1)
 
-    def _map_tap(self, m: Module, n: SimpleNamespace, to_w) -> None:
-        """Mixed W4/W8 arrays: packed W words into the engine, and from each parameter
-        word's slot its column's output channel (bytes 14-15, past the engine's word) into
-        the map queue the output writer takes a step's entries from. The queue holds two
-        steps (the engine's two W halves); when it is full the W stream waits."""
+    def _map_tap(self, m: Module, n: SimpleNamespace, port: int, src, dst) -> None:
+        """Mixed W4/W8 arrays: weight port ``port``'s packed W words (``src``, DMA beats) into
+        the engine (``dst``), and from each parameter word's slot its column's output channel
+        (bytes 14-15, past the engine's word) into the port's map queue (``n.map_qs``), which
+        :meth:`_map_merge` hands to the output writer. Every port carries the map entries of
+        its own columns, so a queue holds two steps of them (the engine's two W halves);
+        when it is full the port's W stream waits."""
         from vitaccel.flow.codec import CHANNEL_BYTE
 
         E = self.params.engine
-        m.submodules.map_q = q = SyncFIFOBuffered(width=16, depth=2 * E.groups * E.cols)
-        at = Signal(16, name="map_tap_at")  # slot within the column: 0 = parameter word
+        sfx = "" if port == 0 else str(port)
+        depth = 2 * E.groups * E.cols // self.params.weight_ports
+        m.submodules[f"map_q{sfx}"] = q = SyncFIFOBuffered(width=16, depth=depth)
+        at = Signal(16, name=f"map_tap_at{sfx}")  # slot within the column: 0 = parameter word
         param = at == 0
         room = ~param | q.w_rdy
-        take = to_w.valid & to_w.ready
+        take = src.valid & src.ready
         with m.If(n.at("MM_SETUP")):
             m.d.sync += at.eq(0)
         with m.If(take):
             m.d.sync += at.eq(Mux(at == n.setup.ksteps, 0, at + 1))
         m.d.comb += [
-            n.w_skid.i.valid.eq(to_w.valid & room),
-            to_w.ready.eq(n.w_skid.i.ready & room),
-            n.w_skid.i.payload.eq(to_w.payload.data[: E.w_word_bits]),
-            q.w_data.eq(to_w.payload.data[8 * CHANNEL_BYTE : 8 * CHANNEL_BYTE + 16]),
+            dst.valid.eq(src.valid & room),
+            src.ready.eq(dst.ready & room),
+            dst.payload.eq(src.payload.data[: E.w_word_bits]),
+            q.w_data.eq(src.payload.data[8 * CHANNEL_BYTE : 8 * CHANNEL_BYTE + 16]),
             q.w_en.eq(take & param),
-            n.ow.map.valid.eq(q.r_rdy),
-            n.ow.map.payload.eq(q.r_data),
-            q.r_en.eq(n.ow.map.ready),
+        ]
+        n.map_qs.append(q)
+
+    def _map_merge(self, m: Module, n: SimpleNamespace) -> None:
+        """The output writer takes a step's map entries in column order: the ``M = G*C / P``
+        entries of port 0's queue, then port 1's, ... (port q carries columns q*M ..
+        q*M + M-1, :func:`vitaccel.engine_host.split_w_stream`)."""
+        qs, ow = n.map_qs, n.ow
+        if len(qs) == 1:
+            (q,) = qs
+            m.d.comb += [
+                ow.map.valid.eq(q.r_rdy),
+                ow.map.payload.eq(q.r_data),
+                q.r_en.eq(ow.map.ready),
+            ]
+            return
+        E = self.params.engine
+        per_port = E.groups * E.cols // len(qs)
+        sel = Signal(range(len(qs)), name="map_sel")  # the queue of the next entry
+        left = Signal(range(per_port), name="map_left")  # its entries after the next one
+        with m.If(n.at("MM_SETUP")):
+            m.d.sync += [sel.eq(0), left.eq(per_port - 1)]
+        with m.If(ow.map.valid & ow.map.ready):
+            with m.If(left == 0):
+                m.d.sync += [left.eq(per_port - 1), sel.eq(Mux(sel == len(qs) - 1, 0, sel + 1))]
+            with m.Else():
+                m.d.sync += left.eq(left - 1)
+        m.d.comb += [
+            ow.map.valid.eq(Array(q.r_rdy for q in qs)[sel]),
+            ow.map.payload.eq(Array(q.r_data for q in qs)[sel]),
+            *[q.r_en.eq(ow.map.ready & (sel == k)) for k, q in enumerate(qs)],
         ]
 
     def _word_reader(self, m: Module, n: SimpleNamespace) -> None:
@@ -741,14 +768,19 @@ class Accelerator(CheckedComponent):
                 m.d.comb += w_in.sel.eq(Cat(~n.w_spm, n.w_spm))
             else:
                 rd = n.wdma[q - 1]
-                data = rd.o.payload.data[: E.w_word_bits]
-                join(m, rd.o, w_in.i[0], payload=w_in.i[0].payload.eq(data))
+                if n.mixed:  # the port's column map entries to its own queue
+                    self._map_tap(m, n, q, rd.o, w_in.i[0])
+                else:
+                    data = rd.o.payload.data[: E.w_word_bits]
+                    join(m, rd.o, w_in.i[0], payload=w_in.i[0].payload.eq(data))
                 m.d.comb += [
                     w_in.sel.eq(Cat(~split.sel[q], split.sel[q])),
                     rd.cmd.valid.eq(n.cmd_valid(f"dma_w{q}")),
                     rd.cmd.payload.addr.eq(n.a_w[q - 1]),
                     rd.cmd.payload.words.eq(setup.w_slots),
                 ]
+        if n.mixed:
+            self._map_merge(m, n)
 
     def _w_port_select(self, m: Module, n: SimpleNamespace, per_port: int, ports: int):
         """The weight port of the W builder's next word (0 with one port)."""
