@@ -64,6 +64,30 @@ def test_build_scheme_gives_the_array_its_w4_lanes():
         design_for_scheme(d, "mixed", -0.1, "int4")
 
 
+@pytest.mark.parametrize("scheme, precision", [("w8a8", "w8"), ("mixed", "mixed")])
+def test_build_fps_asks_the_explorer_for_the_schemes_precision(scheme, precision, tmp_path,
+                                                               monkeypatch):  # fmt: skip
+    """``build --fps F --scheme mixed`` takes the explorer's mixed answer (W4 columns); a
+    w8a8 build its all-W8 answer. The explorer is stopped at the call (the whole build is
+    the slow test test_build_scheme_mixed_end_to_end); nothing is left in the output."""
+    from vitaccel.dse import search
+    from vitaccel.flow.build import BuildOptions, build
+
+    asked = {}
+
+    def fake_explore(model, board, fps, **kw):
+        asked.update(model=model, fps=fps, **kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(search, "explore", fake_explore)
+    opts = BuildOptions(fps=1000.0, scheme=scheme, out_dir=tmp_path / "out", rtl=False,
+                        synth=False)  # fmt: skip
+    with pytest.raises(RuntimeError, match="stop here"):
+        build(opts, progress=lambda *_: None)
+    assert asked["precision"] == precision and asked["fps"] == 1000.0
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_weights_file(tmp_path):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)

@@ -127,7 +127,10 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
             if opts.fps is not None:
                 from vitaccel.dse.search import explore
 
-                res = explore(opts.model, opts.board, opts.fps, out_dir=out / "dse")
+                # a W4 scheme asks the explorer for its mixed answer (W4 columns), w8a8 for W8
+                precision = "w8" if opts.scheme == "w8a8" else "mixed"
+                res = explore(opts.model, opts.board, opts.fps, out_dir=out / "dse",
+                              precision=precision)  # fmt: skip
                 design = load_design(res["design"])
                 summary["dse"] = {k: res[k] for k in ("fps", "target_fps", "binding") if k in res}
             else:
