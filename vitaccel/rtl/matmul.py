@@ -536,7 +536,10 @@ class MatmulEngine(wiring.Component):
         o_pop = Signal()
         cred_take = Signal(signed(credit_bits + 2))
         m.d.comb += cred_take.eq(credits - vrows)
-        enough_credits = credits >= R
+        # credits >= R, kept in a register beside `credits` (from the next credits' two
+        # candidates, each compared before the start decision selects): the compare in the
+        # decision made a 9-level path from `credits` in the whole top's netlist
+        enough_credits = Signal(init=int(p.out_depth >= R))
         can_start = Signal()
         x_tile_in = Signal()  # the current tile's X is in its banks (before x_done)
         m.d.comb += can_start.eq(
@@ -584,6 +587,9 @@ class MatmulEngine(wiring.Component):
                     k_last_next.eq(kk == ks_before_last),
                 ]
         m.d.sync += credits.eq(Mux(can_start, cred_take + o_pop, credits + o_pop))
+        keep_ok = Mux(o_pop, credits >= R - 1, credits >= R)  # credits + o_pop >= R
+        take_ok = Mux(o_pop, cred_take >= R - 1, cred_take >= R)  # cred_take + o_pop >= R
+        m.d.sync += enough_credits.eq(Mux(can_start, take_ok, keep_ok))
         # Step 0 streams behind the X load: a tile issues once the loader has moved past it
         # (its X base beyond the tile's, in the last group in heads mode), so the X load
         # hides behind step 0's compute. Registered (a compare off the issue decision's
