@@ -345,7 +345,15 @@ class Accelerator(CheckedComponent):
 
         n.state = state = Signal(range(len(State)))
         n.at = lambda name: state == State[name]
-        n.goto = lambda name: state.eq(State[name])
+        # "state is ISSUE or PARAMS" (when commands go out) and "... is PARAMS" as registers
+        # set beside `state`: decoded from `state` they headed 7-9-level paths through every
+        # command's valid and payload
+        n.issuing, n.in_params = issuing, in_params = Signal(), Signal()
+        n.goto = lambda name: [
+            state.eq(State[name]),
+            issuing.eq(name in _ISSUING),
+            in_params.eq(name == "PARAMS"),
+        ]
         n.pc = Signal(32)
         n.busy = Signal()
         n.todo = Signal(len(CMD))
@@ -365,7 +373,7 @@ class Accelerator(CheckedComponent):
             n.setup.ksteps_in.eq(n.dec.ksteps),
             n.dec.latch.eq(n.at("PREDECODE")),
         ]
-        n.cmd_valid = lambda name: n.todo[CMD[name]] & (n.at("ISSUE") | n.at("PARAMS"))
+        n.cmd_valid = lambda name: n.todo[CMD[name]] & n.issuing
         n.data_base = st.data_base[:40]
 
     def _dma_reads(self, m: Module, n: SimpleNamespace) -> None:
@@ -517,7 +525,7 @@ class Accelerator(CheckedComponent):
         n.param_taken = Signal(16)
         # GELU's table and LAYERNORM's parameter block are given in the same word
         assert field_bits("GELU")["table"] == field_bits("LAYERNORM")["params"]
-        with m.If(at("PARAMS")):
+        with m.If(n.in_params):
             base = Mux(
                 op_is.resadd,
                 i.resadd.params,
@@ -859,6 +867,8 @@ class Accelerator(CheckedComponent):
                     todo.eq(dec.todo),
                     n.param_words.eq(dec.words),
                     n.state.eq(dec.state),
+                    n.issuing.eq(Cat(*[dec.state == State[k] for k in _ISSUING]).any()),
+                    n.in_params.eq(dec.state == State.PARAMS),
                 ]
                 with m.If(dec.end):
                     m.d.comb += n.done_set.eq(1)
@@ -910,6 +920,10 @@ class Accelerator(CheckedComponent):
         with m.If(Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()):
             m.d.comb += n.error_set.eq(1)
             m.d.sync += [n.busy.eq(0), goto("IDLE")]
+
+
+# The states in which the controller's commands go out (`cmd_valid`).
+_ISSUING = ("ISSUE", "PARAMS")
 
 
 class AcceleratorTop(wiring.Component):
