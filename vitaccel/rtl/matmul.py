@@ -540,18 +540,21 @@ class MatmulEngine(wiring.Component):
         # candidates, each compared before the start decision selects): the compare in the
         # decision made a 9-level path from `credits` in the whole top's netlist
         enough_credits = Signal(init=int(p.out_depth >= R))
-        can_start = Signal()
+        # The start decision in two halves, each a kept net (Yosys' ABC then maps each as a
+        # small tree: in the whole top's netlist it chained the 14 inputs into 4 LUT levels)
+        can_start = Signal(attrs={"keep": 1})
         x_tile_in = Signal()  # the current tile's X is in its banks (before x_done)
-        m.d.comb += can_start.eq(
-            active
-            & (x_done | x_tile_in)
-            & ~iss_done
-            & ~iss_tile
-            & (gap == 0)
-            & w_full.bit_select(parity, 1)
-            & (iss_step_open | ~w_taken.bit_select(parity, 1))
-            & enough_credits
-        )
+        go_issue = Signal(attrs={"keep": 1})  # the issue is free and the tile's X is in
+        go_w = Signal(attrs={"keep": 1})  # the step's W half and the FIFO room are there
+        m.d.comb += [
+            go_issue.eq(active & (x_done | x_tile_in) & ~iss_done & ~iss_tile & (gap == 0)),
+            go_w.eq(
+                w_full.bit_select(parity, 1)
+                & (iss_step_open | ~w_taken.bit_select(parity, 1))
+                & enough_credits
+            ),
+            can_start.eq(go_issue & go_w),
+        ]
         with m.If(can_start & ~iss_step_open):
             m.d.comb += take_half.eq(Mux(parity, 0b10, 0b01))
             m.d.sync += iss_step_open.eq(1)
