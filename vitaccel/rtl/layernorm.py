@@ -83,6 +83,22 @@ def _divmod_const(value, divisor: int, chunk: int = 6):
     return sum((q for q, _ in parts[1:]), parts[0][0]) + qc, rr
 
 
+def _shift_right(value, amount):
+    """``value >> amount`` (arithmetic for a signed value) as two explicit mux levels, by 8s
+    then by 1s: Yosys' generic shifter of the z product by the row's z shift, with the
+    rounding increment behind it, was 7.5 levels."""
+    w = len(value)
+    top = 2 ** len(amount) - 1  # the largest shift
+    fill = value[-1] if value.shape().signed else Const(0, 1)
+    ext = Cat(value, fill.replicate(top + 8))
+    if len(amount) <= 3:
+        out = Array(ext[j : j + w] for j in range(top + 1))[amount]
+    else:
+        coarse = Array(ext[8 * k : 8 * k + w + 7] for k in range(-(-(top + 1) // 8)))[amount[3:]]
+        out = Array(coarse[j : j + w] for j in range(8))[amount[:3]]
+    return out.as_signed() if value.shape().signed else out
+
+
 class AILayerNorm(CheckedComponent):
     """AILayerNorm over rows of C channels (C <= ``max_channels``), ``lanes`` per cycle.
 
@@ -637,7 +653,7 @@ class AILayerNorm(CheckedComponent):
             ]
             for lane in range(lanes):
                 m.d.sync += [
-                    t3_z[lane].eq(((z_regs[lane] >> ta_d.zshift1) + 1) >> 1),
+                    t3_z[lane].eq((_shift_right(z_regs[lane], ta_d.zshift1) + 1) >> 1),
                     t3_gb[lane].eq(ta_gb[lane]),
                 ]
         # z * gain (shift-add), then y = clamp(rshift_round(. + bias, out_shift)).

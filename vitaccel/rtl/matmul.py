@@ -536,19 +536,25 @@ class MatmulEngine(wiring.Component):
         o_pop = Signal()
         cred_take = Signal(signed(credit_bits + 2))
         m.d.comb += cred_take.eq(credits - vrows)
-        enough_credits = credits >= R
-        can_start = Signal()
+        # credits >= R, kept in a register beside `credits` (from the next credits' two
+        # candidates, each compared before the start decision selects): the compare in the
+        # decision made a 9-level path from `credits` in the whole top's netlist
+        enough_credits = Signal(init=int(p.out_depth >= R))
+        # The start decision in two halves, each a kept net (Yosys' ABC then maps each as a
+        # small tree: in the whole top's netlist it chained the 14 inputs into 4 LUT levels)
+        can_start = Signal(attrs={"keep": 1})
         x_tile_in = Signal()  # the current tile's X is in its banks (before x_done)
-        m.d.comb += can_start.eq(
-            active
-            & (x_done | x_tile_in)
-            & ~iss_done
-            & ~iss_tile
-            & (gap == 0)
-            & w_full.bit_select(parity, 1)
-            & (iss_step_open | ~w_taken.bit_select(parity, 1))
-            & enough_credits
-        )
+        go_issue = Signal(attrs={"keep": 1})  # the issue is free and the tile's X is in
+        go_w = Signal(attrs={"keep": 1})  # the step's W half and the FIFO room are there
+        m.d.comb += [
+            go_issue.eq(active & (x_done | x_tile_in) & ~iss_done & ~iss_tile & (gap == 0)),
+            go_w.eq(
+                w_full.bit_select(parity, 1)
+                & (iss_step_open | ~w_taken.bit_select(parity, 1))
+                & enough_credits
+            ),
+            can_start.eq(go_issue & go_w),
+        ]
         with m.If(can_start & ~iss_step_open):
             m.d.comb += take_half.eq(Mux(parity, 0b10, 0b01))
             m.d.sync += iss_step_open.eq(1)
@@ -584,6 +590,9 @@ class MatmulEngine(wiring.Component):
                     k_last_next.eq(kk == ks_before_last),
                 ]
         m.d.sync += credits.eq(Mux(can_start, cred_take + o_pop, credits + o_pop))
+        keep_ok = Mux(o_pop, credits >= R - 1, credits >= R)  # credits + o_pop >= R
+        take_ok = Mux(o_pop, cred_take >= R - 1, cred_take >= R)  # cred_take + o_pop >= R
+        m.d.sync += enough_credits.eq(Mux(can_start, take_ok, keep_ok))
         # Step 0 streams behind the X load: a tile issues once the loader has moved past it
         # (its X base beyond the tile's, in the last group in heads mode), so the X load
         # hides behind step 0's compute. Registered (a compare off the issue decision's

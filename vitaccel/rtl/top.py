@@ -339,7 +339,15 @@ class Accelerator(CheckedComponent):
 
         n.state = state = Signal(range(len(State)))
         n.at = lambda name: state == State[name]
-        n.goto = lambda name: state.eq(State[name])
+        # "state is ISSUE or PARAMS" (when commands go out) and "... is PARAMS" as registers
+        # set beside `state`: decoded from `state` they headed 7-9-level paths through every
+        # command's valid and payload
+        n.issuing, n.in_params = issuing, in_params = Signal(), Signal()
+        n.goto = lambda name: [
+            state.eq(State[name]),
+            issuing.eq(name in _ISSUING),
+            in_params.eq(name == "PARAMS"),
+        ]
         n.pc = Signal(32)
         n.busy = Signal()
         n.todo = Signal(len(CMD))
@@ -359,7 +367,7 @@ class Accelerator(CheckedComponent):
             n.setup.ksteps_in.eq(n.dec.ksteps),
             n.dec.latch.eq(n.at("PREDECODE")),
         ]
-        n.cmd_valid = lambda name: n.todo[CMD[name]] & (n.at("ISSUE") | n.at("PARAMS"))
+        n.cmd_valid = lambda name: n.todo[CMD[name]] & n.issuing
         n.data_base = st.data_base[:40]
 
     def _dma_reads(self, m: Module, n: SimpleNamespace) -> None:
@@ -544,7 +552,7 @@ class Accelerator(CheckedComponent):
         n.param_taken = Signal(16)
         # GELU's table and LAYERNORM's parameter block are given in the same word
         assert field_bits("GELU")["table"] == field_bits("LAYERNORM")["params"]
-        with m.If(at("PARAMS")):
+        with m.If(n.in_params):
             base = Mux(
                 op_is.resadd,
                 i.resadd.params,
@@ -824,119 +832,130 @@ class Accelerator(CheckedComponent):
                 ).any()
             ),
         ]
-        units_idle = (
-            Cat(*[r.idle for r in unit_rd]).all()
-            & Cat(*[w.idle for w in unit_wr]).all()
-            & n.res_wr.idle
-            & n.brw.idle
-            & ~n.gelu.busy
-            & ~n.softmax.busy
-            & ~n.ln.busy
-            & ~n.resadd.busy
-            & ~n.res_skid.busy
-            & ~n.mm_gelu.busy
-            & ~n.w_skid.busy
-            & n.rr.idle
-        )
-        all_idle = Signal()
-        n.all_idle_q = Signal()
-        m.d.sync += n.all_idle_q.eq(all_idle)
-        m.d.comb += all_idle.eq(
-            units_idle
-            & words.idle
-            & dma.rd_idle
-            & dma.wr_idle
-            & xb.idle
-            & wb.idle
-            & ow.idle
-            & ~engine.busy
-            & Cat(*[rd.idle for rd in n.wdma], Const(1)).all()
-        )
+        idles = [
+            *[r.idle for r in unit_rd],
+            *[w.idle for w in unit_wr],
+            n.res_wr.idle,
+            n.brw.idle,
+            ~n.gelu.busy,
+            ~n.softmax.busy,
+            ~n.ln.busy,
+            ~n.resadd.busy,
+            ~n.res_skid.busy,
+            ~n.mm_gelu.busy,
+            ~n.w_skid.busy,
+            n.rr.idle,
+            words.idle,
+            dma.rd_idle,
+            dma.wr_idle,
+            xb.idle,
+            wb.idle,
+            ow.idle,
+            ~engine.busy,
+            *[rd.idle for rd in n.wdma],
+        ]
+        # Registered in groups of four, ANDed after the registers (same cycle as one register
+        # of the whole AND): through one AND of every block's idle, Yosys' chain of LUTs
+        # behind the deepest idle made an 8-level path into the register.
+        idle_q = Signal((len(idles) + 3) // 4)
+        m.d.sync += [idle_q[k].eq(Cat(*idles[4 * k : 4 * k + 4]).all()) for k in range(len(idle_q))]
+        n.all_idle_q = idle_q.all()
 
     def _state_machine(self, m: Module, n: SimpleNamespace) -> None:
         """FETCH -> PREDECODE -> DECODE -> (PARAMS -> PARAMS_WAIT) -> (MM_SETUP) -> ISSUE ->
         WAIT -> NEXT (docs/top.md)."""
-        at, goto, dec, setup, fetch = n.at, n.goto, n.dec, n.setup, n.fetch
+        goto, dec, setup, fetch = n.goto, n.dec, n.setup, n.fetch
         todo, op_is = n.todo, n.op_is
         w_cmds = [f"dma_w{q}" for q in range(1, self.params.weight_ports)]
         wait_armed = Signal()
         m.d.sync += todo.eq(todo & ~n.fired)
-        with m.If(at("IDLE")):
-            with m.If(n.status.start):
-                m.d.sync += [n.busy.eq(1), n.pc.eq(0), goto("FETCH")]
-        with m.If(at("FETCH")):
-            with m.If(n.fetch_go & n.dma.rd_cmd.ready):
-                m.d.sync += goto("FETCH_WAIT")
-        # fetch.fetched, from the reader's valid itself (in FETCH_WAIT the word route selects
-        # the fetch unit): through the route's select it was an 8-level path into the state
-        with m.If(at("FETCH_WAIT") & n.dma.rd.valid & fetch.second):
-            m.d.sync += goto("PREDECODE")
-        with m.If(at("PREDECODE")):
-            m.d.sync += goto("DECODE")
-        with m.If(at("DECODE")):
-            # the outcome was decided in PREDECODE (registered): DECODE only applies it
-            uses_rd = (op_is.load & (n.instr.load.words != 0)) | (op_is.matmul & ~n.w_spm)
-            m.d.sync += [
-                n.load_addr.eq(n.instr.load.spm),
-                n.param_taken.eq(0),
-                n.sub.eq(0),
-                n.pf_want.eq(~op_is.end),
-                n.pf_issued.eq(0),
-                n.op_rd_cmd_done.eq(0),
-                n.op_rd_done.eq(~uses_rd),
-                todo.eq(dec.todo),
-                n.param_words.eq(dec.words),
-                n.state.eq(dec.state),
-            ]
-            with m.If(dec.end):
-                m.d.comb += n.done_set.eq(1)
-                m.d.sync += n.busy.eq(0)
-            with m.If(dec.error):
-                m.d.comb += n.error_set.eq(1)
-                m.d.sync += n.busy.eq(0)
-        with m.If(at("PARAMS")):
-            # on the registered `todo` (cleared by the handshakes a cycle earlier): the
-            # handshakes themselves are too deep a path into the state register
-            with m.If(todo == 0):
-                m.d.sync += goto("PARAMS_WAIT")
-        with m.If(at("PARAMS_WAIT")):
-            with m.If(n.params_done):
-                m.d.sync += goto("ISSUE")
-                with m.If(op_is.matmul):
-                    m.d.sync += goto("MM_SETUP")
-                with m.Elif(op_is.resadd):
-                    m.d.sync += todo.eq(cmd_bits("words", "unit_wr"))
-                with m.Else():
-                    m.d.sync += todo.eq(cmd_bits("unit_rd", "unit_wr"))
-        with m.If(at("MM_SETUP") & setup.checked):
-            with m.If(setup.ok):
-                x_bit = Mux(n.mm.flag.x_keep, 0, cmd_bits("xb"))  # X_KEEP: no X load
-                ddr = cmd_bits("engine", "dma_rd", "ow", *w_cmds)
+        # One case per state (a parallel select: the states' conditions as a chain of
+        # independent Ifs were a priority chain of muxes, 7 levels into `state` and `todo`)
+        with m.Switch(n.state):
+            with m.Case(State.IDLE):
+                with m.If(n.status.start):
+                    m.d.sync += [n.busy.eq(1), n.pc.eq(0), goto("FETCH")]
+            with m.Case(State.FETCH):
+                with m.If(n.fetch_go & n.dma.rd_cmd.ready):
+                    m.d.sync += goto("FETCH_WAIT")
+            # fetch.fetched, from the reader's valid itself (in FETCH_WAIT the word route selects
+            # the fetch unit): through the route's select it was an 8-level path into the state
+            with m.Case(State.FETCH_WAIT):
+                with m.If(n.dma.rd.valid & fetch.second):
+                    m.d.sync += goto("PREDECODE")
+            with m.Case(State.PREDECODE):
+                m.d.sync += goto("DECODE")
+            with m.Case(State.DECODE):
+                # the outcome was decided in PREDECODE (registered): DECODE only applies it
+                uses_rd = (op_is.load & (n.instr.load.words != 0)) | (op_is.matmul & ~n.w_spm)
                 m.d.sync += [
-                    goto("ISSUE"),
-                    todo.eq(Mux(n.w_spm, cmd_bits("engine", "wb", "ow"), ddr) | x_bit),
+                    n.load_addr.eq(n.instr.load.spm),
+                    n.param_taken.eq(0),
+                    n.sub.eq(0),
+                    n.pf_want.eq(~op_is.end),
+                    n.pf_issued.eq(0),
+                    n.op_rd_cmd_done.eq(0),
+                    n.op_rd_done.eq(~uses_rd),
+                    todo.eq(dec.todo),
+                    n.param_words.eq(dec.words),
+                    n.state.eq(dec.state),
+                    n.issuing.eq(Cat(*[dec.state == State[k] for k in _ISSUING]).any()),
+                    n.in_params.eq(dec.state == State.PARAMS),
                 ]
-            with m.Else():
-                m.d.comb += n.error_set.eq(1)
-                m.d.sync += [n.busy.eq(0), goto("IDLE")]
-        with m.If(at("ISSUE")):
-            with m.If(todo == 0):
-                m.d.sync += [goto("WAIT"), wait_armed.eq(0)]
-        with m.If(at("WAIT")):
-            # all_idle through a register (the AND of every block's idle was the tail of an
-            # 11-level path into the state); it reflects this instruction's blocks from the
-            # second WAIT cycle on, when every command has been taken for a cycle
-            m.d.sync += wait_armed.eq(1)
-            with m.If(wait_armed & n.all_idle_q):
-                m.d.sync += goto("NEXT")
-        with m.If(at("NEXT")):
-            with m.If(~n.pf_want):
-                m.d.sync += [n.pc.eq(n.pc + 1), goto("FETCH")]
-            with m.Elif(fetch.next_valid):  # prefetched: decode it right away
-                m.d.sync += [n.pc.eq(n.pc + 1), goto("PREDECODE")]
+                with m.If(dec.end):
+                    m.d.comb += n.done_set.eq(1)
+                    m.d.sync += n.busy.eq(0)
+                with m.If(dec.error):
+                    m.d.comb += n.error_set.eq(1)
+                    m.d.sync += n.busy.eq(0)
+            with m.Case(State.PARAMS):
+                # on the registered `todo` (cleared by the handshakes a cycle earlier): the
+                # handshakes themselves are too deep a path into the state register
+                with m.If(todo == 0):
+                    m.d.sync += goto("PARAMS_WAIT")
+            with m.Case(State.PARAMS_WAIT):
+                with m.If(n.params_done):
+                    m.d.sync += goto("ISSUE")
+                    with m.If(op_is.matmul):
+                        m.d.sync += goto("MM_SETUP")
+                    with m.Elif(op_is.resadd):
+                        m.d.sync += todo.eq(cmd_bits("words", "unit_wr"))
+                    with m.Else():
+                        m.d.sync += todo.eq(cmd_bits("unit_rd", "unit_wr"))
+            with m.Case(State.MM_SETUP):
+                with m.If(setup.checked):
+                    with m.If(setup.ok):
+                        x_bit = Mux(n.mm.flag.x_keep, 0, cmd_bits("xb"))  # X_KEEP: no X load
+                        ddr = cmd_bits("engine", "dma_rd", "ow", *w_cmds)
+                        m.d.sync += [
+                            goto("ISSUE"),
+                            todo.eq(Mux(n.w_spm, cmd_bits("engine", "wb", "ow"), ddr) | x_bit),
+                        ]
+                    with m.Else():
+                        m.d.comb += n.error_set.eq(1)
+                        m.d.sync += [n.busy.eq(0), goto("IDLE")]
+            with m.Case(State.ISSUE):
+                with m.If(todo == 0):
+                    m.d.sync += [goto("WAIT"), wait_armed.eq(0)]
+            with m.Case(State.WAIT):
+                # all_idle through a register (the AND of every block's idle was the tail of an
+                # 11-level path into the state); it reflects this instruction's blocks from the
+                # second WAIT cycle on, when every command has been taken for a cycle
+                m.d.sync += wait_armed.eq(1)
+                with m.If(wait_armed & n.all_idle_q):
+                    m.d.sync += goto("NEXT")
+            with m.Case(State.NEXT):
+                with m.If(~n.pf_want):
+                    m.d.sync += [n.pc.eq(n.pc + 1), goto("FETCH")]
+                with m.Elif(fetch.next_valid):  # prefetched: decode it right away
+                    m.d.sync += [n.pc.eq(n.pc + 1), goto("PREDECODE")]
         with m.If(Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()):
             m.d.comb += n.error_set.eq(1)
             m.d.sync += [n.busy.eq(0), goto("IDLE")]
+
+
+# The states in which the controller's commands go out (`cmd_valid`).
+_ISSUING = ("ISSUE", "PARAMS")
 
 
 class AcceleratorTop(wiring.Component):

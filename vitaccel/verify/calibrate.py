@@ -69,6 +69,10 @@ ENGINE_VALIDATE = (
 # validate. The second fitting top is also the depth run at 16 lanes and two weight ports.
 TOP_FIT = ((1, 4, 4, 8, 4, 64, "digits-vit", 1), (2, 2, 16, 8, 16, 64, "digits-vit", 2))
 TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit", 1),)
+# Depth only (never fitted): a top on the word path (64-byte datapath, cols a multiple of
+# 16), the output writer the explorer picks for the DeiT models; the last field is
+# datapath_bytes (16 when absent).
+TOP_DEPTH = ((1, 2, 16, 8, 16, 64, "digits-vit", 1, 64),)
 # One more weight port: its DMAReader alone, and an engine with two W loaders against one.
 PORT_ENGINE = (1, 2, 4, 4, 0.0, "int4", 256, 32)
 UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu": (1, 4, 8, 16)}
@@ -123,9 +127,11 @@ def run_unit(unit: str, lanes: int) -> dict:
 
 
 def _top_key(cfg) -> str:
-    g, r, c, v, lanes, spm, model, ports = cfg
-    return f"top g{g} r{r} c{c} v{v} lanes{lanes} spm{spm} {model}" + (
-        f" ports{ports}" if ports > 1 else ""
+    g, r, c, v, lanes, spm, model, ports, *dp = cfg
+    return (
+        f"top g{g} r{r} c{c} v{v} lanes{lanes} spm{spm} {model}"
+        + (f" ports{ports}" if ports > 1 else "")
+        + (f" dp{dp[0]}" if dp and dp[0] != 16 else "")
     )
 
 
@@ -134,10 +140,11 @@ def top_design(cfg):
     from vitaccel.dse.resources import buffer_kib
     from vitaccel.dse.shapes import spec_of
 
-    g, r, c, v, lanes, spm, model, ports = cfg
+    g, r, c, v, lanes, spm, model, ports, *dp = cfg
     spec = spec_of(model)
     return Design(
         weight_ports=ports,
+        datapath_bytes=dp[0] if dp else 16,
         model=model,
         array=ArrayConfig(groups=g, rows=r, cols=c, vector=v),
         nonlinear=NonlinearConfig(
@@ -395,7 +402,7 @@ def main(argv=None) -> int:
         if args.only in (None, "engine"):
             jobs += [(_engine_key(c), run_engine, (c,)) for c in ENGINE_FIT + ENGINE_VALIDATE]
         if args.only in (None, "top"):
-            jobs += [(_top_key(c), run_top, (c,)) for c in TOP_FIT + TOP_VALIDATE]
+            jobs += [(_top_key(c), run_top, (c,)) for c in TOP_FIT + TOP_VALIDATE + TOP_DEPTH]
             jobs += [("port dma_reader", run_dma_reader, ())]
             jobs += [(_port_engine_key(q), run_port_engine, (q,)) for q in (1, 2)]
         if args.only in (None, "units"):
