@@ -189,26 +189,34 @@ class MatmulOutWriter(CheckedComponent):
             word_last.eq(grp_last_n & g_last_n),
             step_last.eq(grp_last_n & g_last_n & t_last_n),
         ]
-        m.d.comb += self.cmd.ready.eq(~active)
+        # A taken command spends one cycle "fresh" before the job is active: its end flags
+        # come from the registered job then (computed from the command's payload they sat
+        # behind its valid and the accept, an 8-level path into the flags). The fresh cycle
+        # overlaps the engine's latency to its first output word.
+        fresh = Signal()
+        gact = Mux(job.heads, job.nheads, 1)  # groups that write
+        m.d.comb += self.cmd.ready.eq(~active & ~fresh)
         cmdp = self.cmd.payload
-        with m.If(self.cmd.valid & ~active):
-            gact = Mux(cmdp.heads, cmdp.nheads, 1)
+        with m.If(fresh):
+            m.d.comb += [
+                grp_last_n.eq(cm_le_sw | (job.n <= sw)),
+                g_last_n.eq(gact <= 1),
+                t_last_n.eq(job.tokens == 1),
+            ]
+            m.d.sync += [fresh.eq(0), active.eq(1)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            gact0 = Mux(cmdp.heads, cmdp.nheads, 1)
             cm0 = Mux(cmdp.heads, cm_hd, cm_sh)
             sw0 = Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))
-            m.d.comb += [
-                grp_last_n.eq((cm0 <= sw0) | (cmdp.n <= sw0)),
-                g_last_n.eq(gact <= 1),
-                t_last_n.eq(cmdp.tokens == 1),
-            ]
             m.d.sync += [
                 cm_le_sw.eq(cm0 <= sw0),
                 cm_sw.eq(cm0 + sw0),
                 job.eq(cmdp),
-                active.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
+                fresh.eq((cmdp.tokens != 0) & (cmdp.n != 0)),
                 cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
                 sw.eq(Mux(cmdp.transposed, 1, Mux(cmdp.heads, sw_hd, sw_sh))),
                 cm_stride.eq(cmdp.stride * Mux(cmdp.heads, cm_hd, cm_sh)),
-                g_left.eq(gact),
+                g_left.eq(gact0),
                 t.eq(0),
                 t_left.eq(cmdp.tokens),
                 left_c.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
@@ -321,7 +329,6 @@ class MatmulOutWriter(CheckedComponent):
                 self.o.valid.eq(active & sink.valid),
                 sink.ready.eq(active & self.o.ready & word_end),
             ]
-        gact = Mux(job.heads, job.nheads, 1)
         with m.If(fire):
             with m.If(word_end):
                 m.d.sync += flushing.eq(0)
@@ -384,9 +391,9 @@ class MatmulOutWriter(CheckedComponent):
                     lane_row.eq(lane_row + job.stride),
                 ]
         if self.word_path:
-            m.d.comb += self.idle.eq(~active & ~inb.busy & ~wbusy)
+            m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy & ~wbusy)
         else:
-            m.d.comb += self.idle.eq(~active & ~inb.busy)
+            m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy)
         return m
 
     def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left, buf,
