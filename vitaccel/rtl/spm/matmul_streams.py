@@ -291,23 +291,26 @@ class MatmulOutWriter(CheckedComponent):
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
             step_end = Mux(direct, t_last, step_last)
-        t_valid = active & flushing & tprimed
-        if self.word_path:  # a direct OUT_T job's flushes leave on wo
-            t_valid = t_valid & ~direct
+        t_valid, t_prime = active & flushing & tprimed, flushing & ~tprimed
+        t_fire, t_word_end = fire, word_end
+        if self.word_path:  # a direct OUT_T job's flushes leave on wo: no runs, no priming
+            t_valid, t_prime = t_valid & ~direct, t_prime & ~direct
+            # the runs' own fire and word end: the word path's stay off tdata's path
+            t_fire, t_word_end = self.o.valid & self.o.ready, word_last
         with m.If(job.transposed):
             m.d.comb += [
                 self.o.valid.eq(t_valid),
                 sink.ready.eq(active & ~flushing),
             ]
-            with m.If(flushing & ~tprimed):
+            with m.If(t_prime):
                 m.d.sync += [
                     tdata.eq(Cat(*buf).word_select(lane0, 8 * WORD_BYTES)),
                     tprimed.eq(1),
                 ]
-            with m.If(fire):
+            with m.If(t_fire):
                 lane_next = Mux(group_last, grp_lane + C, lane0 + sw)
                 m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
-                with m.If(word_end):
+                with m.If(t_word_end):
                     m.d.sync += tprimed.eq(0)
             with m.If(sink.valid & sink.ready):
                 for lane in range(G * C):
@@ -419,7 +422,7 @@ class MatmulOutWriter(CheckedComponent):
         K = max(len(t_) for t_ in tables)
         KT = G * C // B  # OUT_T segments per chunk
         direct = Signal()
-        tbl = Signal(range(B + 1))
+        tbl = Signal(range(B + 2))
         seg = Signal(range(max(K, KT, 2)))
         grp_ok = Signal(G)  # group g writes (shared: all; heads: g < nheads)
         grp_off = [Signal(ADDR_BITS, name=f"grp_off{g}") for g in range(G)]  # g * head_step
@@ -430,11 +433,13 @@ class MatmulOutWriter(CheckedComponent):
 
         def kinv(r, lanes):
             return Mux(srev, lanes[-r % B], lanes[r]) if B == 4 and r % 2 else lanes[r]
+
         cmdp = self.cmd.payload
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 direct.eq(~self.force_runs & (~cmdp.transposed | cmdp.stride[0])),
-                tbl.eq(Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0)),
+                # (OUT_T: B + 1, a table of no cases: ``more`` is t_more's)
+                tbl.eq(Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))),
                 seg.eq(0),
                 grp_ok.eq(Cat(*[~cmdp.heads | (g < cmdp.nheads) for g in range(G)])),
                 *[off.eq(cmdp.head_step * g) for g, off in enumerate(grp_off)],
@@ -514,8 +519,14 @@ class MatmulOutWriter(CheckedComponent):
         m.d.sync += r_en.eq(0)
         with m.If(dfire):
             m.d.sync += rot.eq(Mux(job.transposed, seg_row[:lb], a0[:lb]))
-        more_rm = Signal()  # (row-major)
-        m.d.comb += more.eq(Mux(job.transposed, later.bit_select(seg, 1), more_rm))
+        # OUT_T: "a later segment writes" for the current segment, in a register (set from
+        # the step's rows while the chunk is gathered, then a segment ahead)
+        more_rm, t_more = Signal(), Signal()
+        m.d.comb += more.eq(more_rm | t_more)
+        with m.If(~flushing):
+            m.d.sync += t_more.eq(job.transposed & later_n[0])
+        with m.Elif(dfire):
+            m.d.sync += t_more.eq(Cat(later, Const(0, 1)).bit_select(seg + 1, 1))
         with m.Switch(Cat(seg, tbl)):
             for ti, segs in enumerate(tables):
                 for k, pieces in enumerate(segs):
