@@ -296,7 +296,7 @@ class MatmulOutWriter(CheckedComponent):
         if self.word_path:  # a direct OUT_T job's flushes leave on wo: no runs, no priming
             t_valid, t_prime = t_valid & ~direct, t_prime & ~direct
             # the runs' own fire and word end: the word path's stay off tdata's path
-            t_fire, t_word_end = self.o.valid & self.o.ready, word_last
+            t_fire, t_word_end = t_valid & self.o.ready, word_last
         with m.If(job.transposed):
             m.d.comb += [
                 self.o.valid.eq(t_valid),
