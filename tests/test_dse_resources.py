@@ -295,13 +295,13 @@ def test_word_writer_resources_only_with_the_word_path():
     banked all-W8 array of whole-word groups, and appears in a design's parts; nothing
     otherwise."""
     Usage = res.Usage
-    assert res.word_writer_resources(3, 16, 4) == Usage(lut=1713, ff=655)
+    assert res.word_writer_resources(3, 16, 4) == Usage(lut=1713 + 4356, ff=655 + 142)
     assert res.word_writer_resources(3, 16, 1) == Usage()
     assert res.word_writer_resources(3, 8, 4) == Usage()
     assert res.word_writer_resources(2, 16, 4, w4_share=0.5) == Usage()
     wide = Design(array=ArrayConfig(groups=3, rows=5, cols=16, vector=16), datapath_bytes=64)
     parts = res.design_resources(wide)["parts"]
-    assert parts["word_writer"] == Usage(lut=1713, ff=655)
+    assert parts["word_writer"] == Usage(lut=1713 + 4356, ff=655 + 142)
     narrow = wide.model_copy(update={"datapath_bytes": 16})
     assert "word_writer" not in res.design_resources(narrow)["parts"]
 

@@ -71,6 +71,30 @@ def test_word_writer_segments_pack_one_piece_per_bank():
     assert word_writer_cycles(2, 100, 3, 32, 2, heads=False) == 2 * (3 + 1)
 
 
+def test_word_path_takes_out_t_with_an_odd_stride():
+    """OUT_T takes the word path when the Y stride is odd: per step a cycle per token, per
+    chunk of 16 tokens a cycle per ``banks`` channel rows up to the last one written."""
+    from vitaccel.engine_timing import word_path_takes, word_writer_cycles
+
+    def takes(**kw):
+        return word_path_takes(**{"cols": 16, "banks": 4, "transposed": True, "y_stride": 13,
+                                  "runs": False, **kw})  # fmt: skip
+
+    assert takes() and takes(y_stride=3) and takes(transposed=False, y_stride=2)
+    assert not takes(y_stride=2) and not takes(runs=True) and not takes(banks=1)
+    assert not takes(cols=8)
+    # DeiT-Tiny's V^T (192 channels, 197 tokens) on 3 x 16 columns, 4 banks: 4 steps of
+    # 197 intake cycles and 13 chunks of 12 segments (the runs: 3,336 cycles)
+    assert word_writer_cycles(197, 192, 3, 16, 4, heads=False, transposed=True) == 4 * (
+        197 + 13 * 12
+    )
+    # heads: 2 heads of 16 columns, N = 21 (a step of 16, one of 5): every segment of head
+    # 0, then head 1's up to its last channel row
+    assert word_writer_cycles(20, 21, 3, 16, 4, heads=True, nheads=2, transposed=True) == (
+        20 + 2 * (4 + 4) + 20 + 2 * (4 + 2)
+    )
+
+
 def test_step_zero_streams_behind_the_x_load():
     """A tile of step 0 issues once its own X is in (two cycles after its last beat, or
     one after the whole load), not after the whole X: the X load hides behind step 0's

@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 
 from vitaccel.compile.interp import Machine
 from vitaccel.engine_host import EngineParams, pack_job, plan_columns
-from vitaccel.engine_timing import mapped_writer_cycles, word_writer_cycles
+from vitaccel.engine_timing import mapped_writer_cycles, word_path_takes, word_writer_cycles
 from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
@@ -409,35 +409,48 @@ def _out_words(rng, image, groups, cols, heads, nheads, transposed, n, T, base, 
 
 
 @pytest.mark.parametrize(
-    "groups, cols, banks, heads, nheads, head_step, n",
+    "groups, cols, banks, heads, nheads, head_step, n, transposed, stride",
     [
-        (3, 16, 4, 1, 3, 89, 37),  # heads in 3 banks at once (head_step = 1 mod 4)
-        (3, 16, 4, 1, 2, 90, 20),  # head_step = 2 mod 4: groups 0 and 2 collide
-        (3, 16, 4, 0, 1, 90, 100),  # shared: 48 channels in 3 banks, 100 = 2 steps + 4
-        (2, 32, 4, 1, 2, 91, 40),  # 2 words a group; head_step = 3 mod 4
-        (3, 32, 2, 0, 1, 90, 70),  # shared, 6 words a token in 3 cycles of 2 banks
+        (3, 16, 4, 1, 3, 89, 37, 0, 3),  # heads in 3 banks at once (head_step = 1 mod 4)
+        (3, 16, 4, 1, 2, 90, 20, 0, 3),  # head_step = 2 mod 4: groups 0 and 2 collide
+        (3, 16, 4, 0, 1, 90, 100, 0, 7),  # shared: 48 channels in 3 banks, 100 = 2 steps + 4
+        (2, 32, 4, 1, 2, 91, 40, 0, 3),  # 2 words a group; head_step = 3 mod 4
+        (3, 32, 2, 0, 1, 90, 70, 0, 5),  # shared, 6 words a token in 3 cycles of 2 banks
+        # OUT_T, odd Y stride: 4 channel rows a cycle; 20 tokens = a chunk of 16 and one of 4
+        (3, 16, 4, 0, 1, 0, 55, 1, 3),  # shared, stride 3 (lanes 0 3 2 1 of a segment)
+        (3, 16, 4, 1, 2, 150, 21, 1, 5),  # heads: head 1 at +150, N = 21 (last step 5)
+        (3, 32, 2, 0, 1, 0, 70, 1, 3),  # 2 banks
+        (3, 16, 4, 0, 1, 0, 50, 1, 2),  # even stride: the runs (SPM checked only)
     ],
 )
-def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_step, n):
+def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_step, n,
+                                     transposed, stride):  # fmt: skip
     """The word path (a banked SPM, cols a multiple of 16): the SPM equals the interpreter's
     after a job with random input pauses, and, unpaused, the writer takes exactly the
     cycles of :func:`word_writer_cycles` (first word in to last write out, plus the skid
-    buffer's and the write register's cycle)."""
+    buffer's and the write register's cycle). OUT_T jobs take it when the Y stride is odd
+    (:func:`word_path_takes`)."""
     rng = np.random.default_rng(groups * 100 + cols + n)
-    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=0, n=n, T=7,
-               base=10, stride=max(3, -(-n // 16)), head_step=head_step)  # fmt: skip
+    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=transposed,
+               n=n, T=20 if transposed else 7, base=10, stride=stride,
+               head_step=head_step)  # fmt: skip
     _word_path_job(rng, banks, job, 0.3)
     cycles = _word_path_job(rng, banks, job, 0.0)
-    first = next(k for k, taken in cycles if taken)
+    if not word_path_takes(cols, banks, transposed=bool(transposed), y_stride=stride,
+                           runs=False):  # fmt: skip
+        assert not any(wrote for *_, wrote in cycles)  # no word-path write
+        return
+    first = next(k for k, taken, _ in cycles if taken)
     model = word_writer_cycles(job["T"], n, groups, cols, banks, heads=bool(heads),
-                               nheads=nheads, head_step=head_step)  # fmt: skip
+                               nheads=nheads, head_step=head_step,
+                               transposed=bool(transposed))  # fmt: skip
     assert cycles[-1][0] - first + 1 == model + 2, (cycles[-1][0] - first + 1, model)
 
 
 def _word_path_job(rng, banks, job, pause):
     """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``);
-    the SPM must equal the interpreter's. Returns the (cycle, word taken) of every cycle
-    that takes a word or writes."""
+    the SPM must equal the interpreter's. Returns the (cycle, word taken, word-path write) of every
+    cycle that takes a word or writes."""
     image = _image(rng)
     words, want = _out_words(rng, image, *(job[k] for k in (
         "groups", "cols", "heads", "nheads", "transposed", "n", "T", "base", "stride",
@@ -460,7 +473,7 @@ def _word_path_job(rng, banks, job, pause):
         ):
             k += 1
             if taken or any(lanes):
-                cycles.append((k, taken))
+                cycles.append((k, taken, any(lanes)))
 
     async def feed(ctx):
         await _put(ctx, ow.cmd, cmd)

@@ -139,8 +139,9 @@ def test_load_store_program_in_amaranth_sim():
 def test_word_path_writer_matmuls_in_amaranth_sim():
     """The output writer's word path on the top (2 groups of 16 columns, 2 banks): heads
     jobs whose heads land at once (Y head step odd) and one bank at a time (even), and a
-    shared job; channels past N in a partial piece. The stored Y equals the ISA
-    interpreter's, byte for byte, with AXI stalls."""
+    shared job; channels past N in a partial piece; OUT_T jobs (18 tokens: a chunk of 16
+    and one of 2) with an odd Y stride on the word path (shared and heads) and an even one
+    on the runs. The stored Y equals the ISA interpreter's, byte for byte, with AXI stalls."""
     from vitaccel.compile import interp
     from vitaccel.flow.codec import codec_for
 
@@ -149,7 +150,7 @@ def test_word_path_writer_matmuls_in_amaranth_sim():
         nonlinear=NonlinearConfig(
             gelu_lanes=2, softmax_lanes=2, layernorm_lanes=2, max_tokens=16, max_channels=32
         ),
-        spm_kib=4,
+        spm_kib=8,
         input_buffer_kib=1,
         weight_buffer_kib=2,
         datapath_bytes=32,
@@ -158,35 +159,29 @@ def test_word_path_writer_matmuls_in_amaranth_sim():
     rng = np.random.default_rng(5)
     heads = dict(x=0, x_stride=2, tokens=5, k=16, n=20, y_stride=2, w_spm=16, w_stride=2,
                  mult=3, shift=6, heads=2, head_x_step=1, head_w_step=1)  # fmt: skip
+    shared = dict(x=0, x_stride=2, k=16, w_spm=16, w_stride=1, mult=5, shift=7)
+    out_t = dict(tokens=18, out_transposed=True)
     prog = [
         isa.load(spm=0, words=64, ddr=0x400),
         isa.matmul(**heads, y=64, head_y_step=11),  # heads in both banks at once
         isa.matmul(**heads, y=96, head_y_step=12),  # both heads in one bank
-        isa.matmul(
-            x=0,
-            x_stride=2,
-            tokens=5,
-            k=16,
-            n=40,
-            y=128,
-            y_stride=3,
-            w_spm=16,
-            w_stride=1,
-            mult=5,
-            shift=7,
-        ),  # shared: 32 channels a step  # fmt: skip
-        isa.store(spm=64, words=80, ddr=0x1000),
+        isa.matmul(**shared, tokens=5, n=40, y=128, y_stride=3),  # shared: 32 channels a step
+        # OUT_T, rows of 18 tokens: odd strides take the word path, the even one the runs
+        isa.matmul(**shared, **out_t, n=36, y=144, y_stride=3),
+        isa.matmul(**{**heads, **out_t, "n": 12, "y_stride": 3}, y=256, head_y_step=37),
+        isa.matmul(**shared, **out_t, n=20, y=336, y_stride=2),
+        isa.store(spm=64, words=320, ddr=0x1000),
         isa.end(),
     ]
-    image = bytearray(0x1000 + 80 * 16)
+    image = bytearray(0x1000 + 320 * 16)
     code = isa.encode_program(prog)
     image[: len(code)] = code
     image[0x400 : 0x400 + 64 * 16] = rng.integers(0, 256, 64 * 16, dtype=np.uint8).tobytes()
-    want = interp.run(bytearray(image), codec_for(design), spm_words=256).ddr[0x1000:]
-    base = 0x2000
-    ram, out = _simulate(bytes(image), base, cycles=20_000, design=design)
+    want = interp.run(bytearray(image), codec_for(design), spm_words=512).ddr[0x1000:]
+    base = 0x4000
+    ram, out = _simulate(bytes(image), base, cycles=40_000, design=design)
     assert out["status"] == STATUS_DONE, out
-    got = bytes(ram.mem[base + 0x1000 : base + 0x1000 + 80 * 16])
+    got = bytes(ram.mem[base + 0x1000 : base + 0x1000 + 320 * 16])
     diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
     assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
 

@@ -19,6 +19,7 @@ __all__ = [
     "REQUANT_STAGES",
     "column_split",
     "mapped_writer_cycles",
+    "word_path_takes",
     "word_writes",
     "word_writer_segments",
     "word_writer_cycles",
@@ -422,6 +423,16 @@ def word_writes(cols: int, banks: int) -> bool:
     return banks > 1 and cols % WORD_BYTES == 0
 
 
+def word_path_takes(cols: int, banks: int, *, transposed: bool, y_stride: int,
+                    runs: bool) -> bool:  # fmt: skip
+    """Whether a job's outputs take the word path (:func:`word_writes`): a row-major job
+    unless a fused residual add takes the runs (``runs``), an OUT_T job when its Y stride
+    is odd (its rows then fall in different banks, ``banks`` of them a cycle)."""
+    if not word_writes(cols, banks) or runs:
+        return False
+    return not transposed or y_stride % 2 == 1
+
+
 @lru_cache(maxsize=1024)
 def word_writer_segments(groups: int, cols: int, banks: int, *, heads: bool,
                          head_step: int = 0) -> tuple[tuple[int, ...], ...]:  # fmt: skip
@@ -449,12 +460,25 @@ def word_writer_segments(groups: int, cols: int, banks: int, *, heads: bool,
 
 
 def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, *,
-                       heads: bool, nheads: int = 1, head_step: int = 0) -> int:  # fmt: skip
-    """Cycles the word path takes for a row-major job's outputs: per output step and token,
-    one cycle per segment (:func:`word_writer_segments`) up to the last one holding a piece
-    that writes (channel < ``n``; heads mode: group < ``nheads``)."""
+                       heads: bool, nheads: int = 1, head_step: int = 0,
+                       transposed: bool = False) -> int:  # fmt: skip
+    """Cycles the word path takes for a job's outputs. Row-major: per output step and
+    token, one cycle per segment (:func:`word_writer_segments`) up to the last one holding
+    a piece that writes (channel < ``n``; heads mode: group < ``nheads``). OUT_T
+    (``transposed``, odd Y stride): per step, a cycle per token gathered, and per chunk of
+    16 tokens one cycle per segment of ``banks`` lanes up to the last one holding a lane
+    that writes (a lane is one channel's 16 tokens, one SPM word)."""
     per = cols // WORD_BYTES
     cm = cols if heads else groups * cols
+    if transposed:
+        chunks = -(-tokens // WORD_BYTES)
+        total = 0
+        for start in range(0, n, cm):
+            width = min(cm, n - start)
+            # heads mode: every lane of heads 0 .. nheads-2, then head nheads-1's first ones
+            segs = -(-width // banks) + ((nheads - 1) * (cols // banks) if heads else 0)
+            total += tokens + chunks * segs
+        return total
     segs = word_writer_segments(groups, cols, banks, heads=heads,
                                 head_step=head_step % banks)  # fmt: skip
 

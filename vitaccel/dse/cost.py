@@ -38,8 +38,8 @@ from vitaccel.engine_timing import (
     first_issue,
     latencies,
     matmul_cycles,
+    word_path_takes,
     word_writer_cycles,
-    word_writes,
     x_beat_words,
     x_load_cycles,
 )
@@ -212,7 +212,7 @@ def mapped_writer_cycles(tokens: int, n: int, n8: int, groups: int, cols: int, c
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
                  w_word_cycles=1.0, x_keep=False, x_beat=None,
                  mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False, banks=1, head_step=0,
-                 runs=False) -> float:  # fmt: skip
+                 runs=False, y_stride=1) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
@@ -221,9 +221,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     :func:`mapped_writer_cycles` prices); 0 on an all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
     W8 columns only, the W8 columns of a group, W built from the scratchpad
     (:func:`mapped_writer_cycles`). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
-    all-W8 array with the output writer's word path (:func:`word_writes`) a row-major job
-    not forced onto runs (``runs``: a fused residual add) writes its pieces one per bank a
-    cycle (:func:`word_writer_cycles`, heads mode by ``head_step``, the Y head step)."""
+    all-W8 array with the output writer's word path (:func:`word_path_takes`: a row-major
+    job not forced onto runs, ``runs``: a fused residual add; an OUT_T job of odd
+    ``y_stride``) writes its pieces one per bank a cycle (:func:`word_writer_cycles`, heads
+    mode by ``head_step``, the Y head step)."""
     ks = -(-k // vector)
     x_beat = x_beat or x_beat_words(vector)
     x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
@@ -236,9 +237,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
         return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,
                                             nheads=nheads, transposed=transposed,
                                             w_spm=w_spm)  # fmt: skip
-    if word_writes(cols, banks) and not transposed and not runs:
+    if word_path_takes(cols, banks, transposed=transposed, y_stride=y_stride, runs=runs):
         return first + word_writer_cycles(tokens, n, groups, cols, banks, heads=heads,
-                                          nheads=nheads, head_step=head_step)  # fmt: skip
+                                          nheads=nheads, head_step=head_step,
+                                          transposed=transposed)  # fmt: skip
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
 
@@ -473,6 +475,7 @@ def writer_path(ins: Instr, design: Design) -> dict:
         "banks": design.datapath_bytes // WORD_BYTES,
         "head_step": ins.head_y_step,
         "runs": MatmulFlags.RESADD in ins.flags,
+        "y_stride": ins.y_stride,
     }
 
 

@@ -411,6 +411,11 @@ def spm_usage(words: int, memory: str = "bram", banks: int = 1) -> Usage:
 # design) and above the others (2 banks: 856 for 780; 2 groups: 856 for 609).
 WORD_WRITER_LUT_PER_BANK_PIECE = 1713 / (4 * 2)
 WORD_WRITER_FF_PER_BANK = 655 / 4
+# Its OUT_T part (odd Y strides, engine_timing.word_path_takes), the same writer before and
+# after it at 3 x 16 x 4 banks: +4,356 LUT (per segment lane a (groups*cols/banks)-way
+# select of the gathered lanes, priced per output lane), +142 FF (row counters, offsets).
+WORD_WRITER_OUT_T_LUT_PER_LANE = 4356 / 48
+WORD_WRITER_OUT_T_FF = 142
 
 
 def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 0.0) -> Usage:
@@ -420,8 +425,9 @@ def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 
         return Usage()  # (a mixed array's MappedOutWriter has no word path)
     pieces = groups * cols // WORD_BYTES
     return Usage(
-        lut=WORD_WRITER_LUT_PER_BANK_PIECE * banks * max(1, pieces - 1),
-        ff=WORD_WRITER_FF_PER_BANK * banks,
+        lut=WORD_WRITER_LUT_PER_BANK_PIECE * banks * max(1, pieces - 1)
+        + WORD_WRITER_OUT_T_LUT_PER_LANE * groups * cols,
+        ff=WORD_WRITER_FF_PER_BANK * banks + WORD_WRITER_OUT_T_FF,
     )
 
 

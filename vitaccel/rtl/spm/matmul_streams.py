@@ -285,25 +285,32 @@ class MatmulOutWriter(CheckedComponent):
         word_end, step_end = word_last, step_last
         if self.word_path:
             direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
-                                                         step_left)  # fmt: skip
+                                                         step_left, buf, flushing, t,
+                                                         step_row_base)  # fmt: skip
             fire = fire | dfire
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
             step_end = Mux(direct, t_last, step_last)
+        t_valid, t_prime = active & flushing & tprimed, flushing & ~tprimed
+        t_fire, t_word_end = fire, word_end
+        if self.word_path:  # a direct OUT_T job's flushes leave on wo: no runs, no priming
+            t_valid, t_prime = t_valid & ~direct, t_prime & ~direct
+            # the runs' own fire and word end: the word path's stay off tdata's path
+            t_fire, t_word_end = t_valid & self.o.ready, word_last
         with m.If(job.transposed):
             m.d.comb += [
-                self.o.valid.eq(active & flushing & tprimed),
+                self.o.valid.eq(t_valid),
                 sink.ready.eq(active & ~flushing),
             ]
-            with m.If(flushing & ~tprimed):
+            with m.If(t_prime):
                 m.d.sync += [
                     tdata.eq(Cat(*buf).word_select(lane0, 8 * WORD_BYTES)),
                     tprimed.eq(1),
                 ]
-            with m.If(fire):
+            with m.If(t_fire):
                 lane_next = Mux(group_last, grp_lane + C, lane0 + sw)
                 m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
-                with m.If(word_end):
+                with m.If(t_word_end):
                     m.d.sync += tprimed.eq(0)
             with m.If(sink.valid & sink.ready):
                 for lane in range(G * C):
@@ -392,33 +399,52 @@ class MatmulOutWriter(CheckedComponent):
             m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy)
         return m
 
-    def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left):
+    def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left, buf,
+                   flushing, t, step_row_base):  # fmt: skip
         """The word path's pieces -> ``wo``. Returns (direct: the job takes it, dfire: a
         segment is written this cycle, more: a later segment of the word writes, busy: a
-        registered write is pending)."""
+        registered write is pending).
+
+        An OUT_T job whose Y stride is odd takes it too: a flushed chunk's lanes (16 tokens
+        of one channel each: one aligned SPM word, row n at ``n * stride`` words) go in
+        segments of ``banks`` consecutive lanes, which fall in ``banks`` different banks
+        because the stride is a unit mod ``banks`` (lane k of a segment is at bank offset
+        ``k * stride``; relative lane r takes the lane k with ``k * stride = r`` mod banks)."""
         G, C, B = self.groups, self.cols, self.banks
         lb = exact_log2(B)
         per = C // WORD_BYTES
         P = G * per
-        # segment tables: shared mode, then heads mode for head_step mod B = 0 .. B-1
+        # segment tables: shared mode, then heads mode for head_step mod B = 0 .. B-1 (OUT_T:
+        # segments of B lanes)
         tables = [word_writer_segments(G, C, B, heads=False)] + [
             word_writer_segments(G, C, B, heads=True, head_step=h) for h in range(B)
         ]
-        K = max(len(t) for t in tables)
+        K = max(len(t_) for t_ in tables)
+        KT = G * C // B  # OUT_T segments per chunk
         direct = Signal()
-        tbl = Signal(range(B + 1))
-        seg = Signal(range(max(K, 2)))
+        tbl = Signal(range(B + 2))
+        seg = Signal(range(max(K, KT, 2)))
         grp_ok = Signal(G)  # group g writes (shared: all; heads: g < nheads)
         grp_off = [Signal(ADDR_BITS, name=f"grp_off{g}") for g in range(G)]  # g * head_step
+        # OUT_T: relative lane r takes segment lane k = r / stride mod B, at word offset
+        # k * stride from the segment's first lane: k = r for stride 1 mod 4 (and on 2
+        # banks), lanes 1 and 3 swap for stride 3 mod 4 (``srev``)
+        srev = Signal()
+
+        def kinv(r, lanes):
+            return Mux(srev, lanes[-r % B], lanes[r]) if B == 4 and r % 2 else lanes[r]
+
         cmdp = self.cmd.payload
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
-                direct.eq(~cmdp.transposed & ~self.force_runs),
-                tbl.eq(Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0)),
+                direct.eq(~self.force_runs & (~cmdp.transposed | cmdp.stride[0])),
+                # (OUT_T: B + 1, a table of no cases: ``more`` is t_more's)
+                tbl.eq(Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))),
                 seg.eq(0),
                 grp_ok.eq(Cat(*[~cmdp.heads | (g < cmdp.nheads) for g in range(G)])),
                 *[off.eq(cmdp.head_step * g) for g, off in enumerate(grp_off)],
             ]
+            m.d.sync += srev.eq(cmdp.stride[1] if B == 4 else 0)
         # piece p (group g, word j) writes when its first channel is < N (and its group
         # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them)
         ok, be = [], []
@@ -434,9 +460,52 @@ class MatmulOutWriter(CheckedComponent):
             ]
             ok.append(ok_p)
             be.append(Mux(full_p, (1 << WORD_BYTES) - 1, Mux(ok_p, tail, 0)))
+        # OUT_T: which lanes write (channel < N, group writes) and whether a segment after
+        # segment k holds one, registered every cycle from step_left (constant while a chunk
+        # is gathered, and a chunk takes at least one cycle before its flush)
+        lane_ok = Signal(G * C)
+        later = Signal(KT)
+        lane_ok_n, later_n = [], []
+        for q in range(G * C):
+            g, c = divmod(q, C)
+            lane_ok_n.append(Mux(job.heads, grp_ok[g] & (step_left > c), step_left > q))
+        for k in range(KT):
+            q = (k + 1) * B  # the next segment's first lane (lanes are a prefix per group)
+            g, c = divmod(q, C)
+            if q >= G * C:
+                later_n.append(Const(0))
+            elif c == 0:  # the next segment starts group g
+                later_n.append(Mux(job.heads, grp_ok[g], step_left > q))
+            else:
+                later_n.append(Mux(job.heads, (step_left > c) | (grp_ok[g + 1] if g + 1 < G
+                                                                 else 0),
+                                   step_left > q))  # fmt: skip
+        m.d.sync += [lane_ok.eq(Cat(*lane_ok_n)), later.eq(Cat(*later_n))]
+        off = [Signal(ADDR_BITS, name=f"t_off{r}") for r in range(B)]
+        kstride = [job.stride * k for k in range(B)]
+        m.d.sync += [off[r].eq(kinv(r, kstride)) for r in range(B)]
+        # the segment's first lane's word (row, chunk t / 16) and its group's (heads mode),
+        # set while a chunk is gathered (t is the chunk's last token when it ends)
+        seg_row = Signal(ADDR_BITS)
+        grp_row = Signal(ADDR_BITS)
+        sg = Signal(range(max(C // B, 2)))  # segment within the group
+        tmask = Signal(WORD_BYTES)  # the chunk's tokens: bytes 0 .. t mod 16
+        m.d.comb += tmask.eq(Cat(*[t[:4] >= i for i in range(WORD_BYTES)]))
         dfire = Signal()
         more = Signal()
-        m.d.comb += dfire.eq(active & direct & sink.valid)
+        m.d.comb += dfire.eq(active & direct & Mux(job.transposed, flushing, sink.valid))
+        with m.If(~flushing):
+            chunk_row = step_row_base + (t >> 4)
+            m.d.sync += [seg_row.eq(chunk_row), grp_row.eq(chunk_row), sg.eq(0)]
+        with m.Elif(dfire & more):
+            with m.If(job.heads & (sg == C // B - 1)):
+                m.d.sync += [
+                    seg_row.eq(grp_row + job.head_step),
+                    grp_row.eq(grp_row + job.head_step),
+                    sg.eq(0),
+                ]
+            with m.Else():
+                m.d.sync += [seg_row.eq(seg_row + (job.stride << lb)), sg.eq(sg + 1)]
         # the word's first SPM word a0 (channel s*cm of token t's row); piece p at a0 + off_p
         a0 = Signal(ADDR_BITS)
         m.d.comb += a0.eq(tok_base + (step_n >> 4))
@@ -449,13 +518,21 @@ class MatmulOutWriter(CheckedComponent):
         rot = Signal(lb)
         m.d.sync += r_en.eq(0)
         with m.If(dfire):
-            m.d.sync += rot.eq(a0[:lb])
+            m.d.sync += rot.eq(Mux(job.transposed, seg_row[:lb], a0[:lb]))
+        # OUT_T: "a later segment writes" for the current segment, in a register (set from
+        # the step's rows while the chunk is gathered, then a segment ahead)
+        more_rm, t_more = Signal(), Signal()
+        m.d.comb += more.eq(more_rm | t_more)
+        with m.If(~flushing):
+            m.d.sync += t_more.eq(job.transposed & later_n[0])
+        with m.Elif(dfire):
+            m.d.sync += t_more.eq(Cat(later, Const(0, 1)).bit_select(seg + 1, 1))
         with m.Switch(Cat(seg, tbl)):
             for ti, segs in enumerate(tables):
                 for k, pieces in enumerate(segs):
                     with m.Case(k | (ti << len(seg))):
-                        later = [ok[p] for s_ in segs[k + 1 :] for p in s_]
-                        m.d.comb += more.eq(Cat(*later).any() if later else 0)
+                        later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
+                        m.d.comb += more_rm.eq(Cat(*later_ok).any() if later_ok else 0)
                         for p in pieces:
                             g, j = divmod(p, per)
                             rel = p % B if ti == 0 else (g * (ti - 1) + j) % B
@@ -467,6 +544,18 @@ class MatmulOutWriter(CheckedComponent):
                                     r_data[rel].eq(word[128 * p : 128 * (p + 1)]),
                                     r_be[rel].eq(be[p]),
                                 ]
+        # OUT_T: segment lane k is lane seg*B + k (a KT-way select per k)
+        seg_ok = [Cat(*[lane_ok[q] for q in range(k, G * C, B)]).bit_select(seg, 1)
+                  for k in range(B)]  # fmt: skip
+        seg_data = [Cat(*buf[k::B]).word_select(seg, 8 * WORD_BYTES) for k in range(B)]
+        with m.If(dfire & job.transposed):
+            for r in range(B):
+                m.d.sync += [
+                    r_en[r].eq(kinv(r, seg_ok)),
+                    r_addr[r].eq(seg_row + off[r]),
+                    r_data[r].eq(kinv(r, seg_data)),
+                    r_be[r].eq(tmask),
+                ]
         with m.If(dfire):
             m.d.sync += seg.eq(Mux(more, seg + 1, 0))
         # bank b takes relative lane (b - rot) mod B
