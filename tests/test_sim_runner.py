@@ -63,7 +63,7 @@ print(json.dumps({"errors": res.get("errors", []), "got": list(map(int, res["got
 """
 
 
-def test_two_builds_at_once_share_the_cache_without_corrupting_it(tmp_path):
+def test_two_builds_at_once_share_the_cache_without_corrupting_it(tmp_path, monkeypatch):
     """Two processes, two output folders, one empty Verilator/Yosys cache, started together:
     both simulate and synthesise correctly, the cache holds one complete build (stamped) and
     one Yosys result, and a later run reuses that build without rebuilding it."""
@@ -106,18 +106,17 @@ def test_two_builds_at_once_share_the_cache_without_corrupting_it(tmp_path):
     # a third run, in this process, reuses the build: the simulator binary is not rebuilt
     binary = max(builds[0].iterdir(), key=lambda p: p.stat().st_mtime_ns)
     before = {p.name: p.stat().st_mtime_ns for p in builds[0].iterdir() if p.is_file()}
-    os.environ["VITACCEL_CACHE"] = str(cache)
-    try:
-        x = np.arange(50)
-        res = run_cocotb(
-            verilog=to_verilog(PlusOne(), "plus_one"),
-            toplevel="plus_one",
-            test_module="tb_selftest",
-            args={"stall": 0.0},
-            arrays={"x": x},
-        )
-    finally:
-        del os.environ["VITACCEL_CACHE"]
+    # (monkeypatch restores the suite's own cache afterwards: deleting the variable sent every
+    # later test to the default cache, a second SMALL_TOP build in a run with VITACCEL_CACHE)
+    monkeypatch.setenv("VITACCEL_CACHE", str(cache))
+    x = np.arange(50)
+    res = run_cocotb(
+        verilog=to_verilog(PlusOne(), "plus_one"),
+        toplevel="plus_one",
+        test_module="tb_selftest",
+        args={"stall": 0.0},
+        arrays={"x": x},
+    )
     np.testing.assert_array_equal(res["got"], x + 1)
     after = {p.name: p.stat().st_mtime_ns for p in builds[0].iterdir() if p.is_file()}
     assert {k: after[k] for k in before} == before, f"rebuilt ({binary.name})"
