@@ -21,15 +21,21 @@ class PlusOne(wiring.Component):
         return m
 
 
-def test_cocotb_stream_roundtrip_with_stalls():
-    x = np.arange(300) % 256
-    result = run_cocotb(
+def _plus_one(x, *, stall: float) -> dict:
+    """PlusOne on Verilator through the cocotb runner (tb_selftest), ``x`` in, random
+    stalls of probability ``stall`` on both streams."""
+    return run_cocotb(
         verilog=to_verilog(PlusOne(), "plus_one"),
         toplevel="plus_one",
         test_module="tb_selftest",
-        args={"stall": 0.3},
+        args={"stall": stall},
         arrays={"x": x},
     )
+
+
+def test_cocotb_stream_roundtrip_with_stalls():
+    x = np.arange(300) % 256
+    result = _plus_one(x, stall=0.3)
     assert not result.get("errors"), result.get("errors")
     np.testing.assert_array_equal(result["got"], (x + 1) % 256)
 
@@ -110,13 +116,7 @@ def test_two_builds_at_once_share_the_cache_without_corrupting_it(tmp_path, monk
     # later test to the default cache, a second SMALL_TOP build in a run with VITACCEL_CACHE)
     monkeypatch.setenv("VITACCEL_CACHE", str(cache))
     x = np.arange(50)
-    res = run_cocotb(
-        verilog=to_verilog(PlusOne(), "plus_one"),
-        toplevel="plus_one",
-        test_module="tb_selftest",
-        args={"stall": 0.0},
-        arrays={"x": x},
-    )
+    res = _plus_one(x, stall=0.0)
     np.testing.assert_array_equal(res["got"], x + 1)
     after = {p.name: p.stat().st_mtime_ns for p in builds[0].iterdir() if p.is_file()}
     assert {k: after[k] for k in before} == before, f"rebuilt ({binary.name})"
