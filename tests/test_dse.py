@@ -616,6 +616,49 @@ def test_search_evaluation_equals_the_cycle_model():
         assert estimate(design, budget=result["budget"]).cycles == cand.cycles, cand
 
 
+def test_w4_greedy_shortcuts_equal_the_heap(monkeypatch):
+    """The explorer's two shortcuts give the plain greedy's answer: a W4 array priced once
+    for every W4 kind, and every option taken at once when the sum of every error increase
+    fits the budget (the heap, forced by an infinite sum, takes the same options)."""
+    from vitaccel.dse import search as srch
+
+    result = srch.search("deit-tiny", "zcu102")
+    m = result["model"]
+    shortcut = []
+    plain_w4_errors = srch._Model.w4_errors
+    for c in [c for c in result["pool"] if c.w4_share][:40:4]:
+        wc = 1.0 / c.weight_ports
+        m._nl_cache = {k: v for k, v in m._nl_cache.items() if k[0] != "price"}
+        price: dict = {}
+        for kind, drop in itertools.product(("int4", "pot4"), (m.max_drop, 10.0)):
+            args = (c.groups, c.rows, c.cols, c.vector, c.w4_share, kind)
+            rises = []
+
+            def recorded(self, *a, rises=rises):
+                out = plain_w4_errors(self, *a)
+                rises.append(out[1])
+                return out
+
+            def forced(self, *a):
+                return plain_w4_errors(self, *a)[0], float("inf")
+
+            runs = []
+            # the fast runs price the array once (the first kind) and reuse it; the heap's
+            # run prices it afresh
+            m._nl_cache.update(price)
+            for w4_errors in (recorded, forced):
+                with monkeypatch.context() as mp:
+                    mp.setattr(srch._Model, "w4_errors", w4_errors)
+                    runs.append(srch._evaluate_array(m, *args, drop, wc, c.datapath_bytes // 16))
+                if w4_errors is recorded:
+                    price = {k: v for k, v in m._nl_cache.items() if k[0] == "price"}
+                m._nl_cache = {k: v for k, v in m._nl_cache.items() if k[0] != "price"}
+            assert runs[0] == runs[1], (c, drop)
+            shortcut.append(sum(rises) <= drop - 1e-12)
+    assert any(shortcut), "the budget never took every option: the shortcut is untested"
+    assert not all(shortcut), "the heap never ran: the comparison is untested"
+
+
 def test_benchmark_markdown_states_every_verdict():
     from vitaccel.dse.benchmark import GOALS, LINEAR_DSP_GOAL, benchmark, markdown
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from types import MappingProxyType
 
 from vitaccel.isa import WORD_BYTES  # the scratchpad word: 16 bytes a grant
 
@@ -77,8 +78,10 @@ def pe_stages(vector: int) -> int:
     return 3 + tree_stages(vector)
 
 
-def latencies(rows: int, units: int, vector: int) -> dict[str, int]:
-    """Fixed pipeline latencies of the engine in cycles (docs/gvsa.md, "Cycle model").
+@lru_cache(maxsize=4096)  # the explorer asks for the same few arrays' ~10^5 times
+def latencies(rows: int, units: int, vector: int) -> MappingProxyType:
+    """Fixed pipeline latencies of the engine in cycles (docs/gvsa.md, "Cycle model"), a
+    read-only mapping.
 
     ``first_out``: issue of a tile's last k-step -> its first output word in the FIFO;
     ``release``: issue of a step's last k-step -> its W half is free again. ``units`` is the
@@ -92,7 +95,7 @@ def latencies(rows: int, units: int, vector: int) -> dict[str, int]:
     # The last unit's chain emits row R-1 at chain + (U-1) + (R-1); the requantiser latches
     # its parameters on that cycle; one cycle of margin.
     release = chain + (units - 1) + (rows - 1) + 2
-    return {"first_out": first_out, "release": release}
+    return MappingProxyType({"first_out": first_out, "release": release})
 
 
 def full_rate_out_depth(rows: int, units: int, vector: int) -> int:

@@ -61,6 +61,7 @@ __all__ = [
     "lane_tree_stages",
     "unit_lanes",
     "fused_cycles",
+    "first_out_edge",
     "port_bytes_per_cycle",
     "weight_word_cycles",
     "estimate",
@@ -209,10 +210,22 @@ def mapped_writer_cycles(tokens: int, n: int, n8: int, groups: int, cols: int, c
     )
 
 
+def first_out_edge(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep,
+                   x_beat) -> float:  # fmt: skip
+    """Edge of a job's first output word (:func:`writer_bound`): ``first_out`` after the
+    first tile's last k-step, the first tile issuing once W and its own X are in."""
+    ks = -(-k // vector)
+    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
+    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
+    # the first tile issues once its own X is in (step 0 streams behind the X load)
+    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
+    return start + ks - 1 + latencies(rows, units, vector)["first_out"]
+
+
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
                  w_word_cycles=1.0, x_keep=False, x_beat=None,
                  mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False, banks=1, head_step=0,
-                 runs=False, y_stride=1) -> float:  # fmt: skip
+                 runs=False, y_stride=1, first=None) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
@@ -224,14 +237,11 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     all-W8 array with the output writer's word path (:func:`word_path_takes`: a row-major
     job not forced onto runs, ``runs``: a fused residual add; an OUT_T job of odd
     ``y_stride``) writes its pieces one per bank a cycle (:func:`word_writer_cycles`, heads
-    mode by ``head_step``, the Y head step)."""
-    ks = -(-k // vector)
-    x_beat = x_beat or x_beat_words(vector)
-    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
-    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
-    # the first tile issues once its own X is in (step 0 streams behind the X load)
-    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
-    first = start + ks - 1 + latencies(rows, units, vector)["first_out"]
+    mode by ``head_step``, the Y head step). ``first``: :func:`first_out_edge` of these
+    arguments, when the caller has it (the explorer prices a job's every W4 option)."""
+    if first is None:
+        first = first_out_edge(tokens, k, groups, rows, cols, vector, units, heads,
+                               w_word_cycles, x_keep, x_beat or x_beat_words(vector))  # fmt: skip
     if mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
         return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,

@@ -27,6 +27,7 @@ import functools
 import itertools
 import json
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ from vitaccel.dse.cost import (
     LATENCIES,
     SLOT_BYTES,
     column_split,
+    first_out_edge,
     fused_cycles,
     fused_of,
     job_nsteps,
@@ -239,6 +241,20 @@ class _Model:
             self._nl_cache[key] = sens.curve_at(self.sens[kind].get(layer), ratio)
         return self._nl_cache[key]
 
+    def w4_errors(self, kind: str, layers: tuple[str, ...], ratios: tuple) -> tuple[dict, float]:
+        """:meth:`w4_error` of each of ``layers`` at each of ``ratios`` (no W4 data or one
+        ratio: ``[0.0]``), by layer, and the sum of every error increase from one ratio to
+        the next; kept per ratio tuple, which many arrays share."""
+        key = ("w4_errors", kind, layers, ratios)
+        if key not in self._nl_cache:
+            if self.sens.get(kind) is None or len(ratios) < 2:
+                out = {la: [0.0] for la in layers}
+            else:
+                out = {la: [self.w4_error(kind, la, r) for r in ratios] for la in layers}
+            rise = sum(max(e[j] - e[j - 1], 0.0) for e in out.values() for j in range(1, len(e)))
+            self._nl_cache[key] = out, rise
+        return self._nl_cache[key]
+
     def unit_levels(self, unit: str, lanes: int) -> float:
         """Calibrated logic levels of ``unit`` at ``lanes`` (the next calibrated lane count up)."""
         runs = self.depth.get(unit, {})
@@ -306,7 +322,9 @@ class _Model:
                     layers[ins.label] = kind_of(ins)
                 else:
                     fixed[sig] = fixed.get(sig, 0) + 1
-            self._nl_cache[key] = {"fixed": fixed, "all": every, "kinds": kinds, "layers": layers}
+            by_kind = {lk: tuple(la for la, k in layers.items() if k == lk) for lk in kinds}
+            self._nl_cache[key] = {"fixed": fixed, "all": every, "kinds": kinds, "layers": layers,
+                                   "layers_of": by_kind}  # fmt: skip
         return self._nl_cache[key]
 
     # nonlinear cycles per unit for the whole program, for each lane count
@@ -350,6 +368,70 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
     ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath)."""
+    key = ("price", g, r, c, v, share, word_cycles, x_beat)
+    priced = m._nl_cache.get(key)
+    if priced is None:
+        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat)
+        if share:  # (a W4 array is priced once for every W4 kind)
+            m._nl_cache[key] = priced
+    mm_total, bound, kind_opts, w4_layers, layers_of = priced
+    bound = dict(bound)
+    ratios: dict[str, float] = {}
+    error = 0.0
+    if w4_layers:
+        curves = m.sens.get(kind)
+        # Greedy over (layer, option): most cycles saved per unit of predicted error.
+        import heapq
+
+        choice = {layer: 0 for layer in w4_layers}
+        errs: dict[str, list[float]] = {}
+        heap = []
+        push, pop = heapq.heappush, heapq.heappop
+        rise = 0.0
+        for lk, opts in kind_opts.items():
+            ratios_lk = tuple(ratio for _, ratio, _ in opts)
+            kind_errs, kind_rise = m.w4_errors(kind, layers_of[lk], ratios_lk)
+            rise += kind_rise
+            for layer, e in kind_errs.items():
+                errs[layer] = e
+                if curves is None or len(opts) < 2:
+                    continue
+                push(heap, (-(opts[0][0] - opts[1][0]) / max(e[1], 1e-12), layer, 1))
+        if curves is not None and rise <= max_drop - 1e-12:
+            # every option fits the budget whatever the order: the greedy takes them all
+            choice = {layer: len(kind_opts[lk]) - 1 for layer, lk in w4_layers.items()}
+            heap = []
+        budget = max_drop
+        # (max() as conditional expressions: ~10^5 rounds per query)
+        while heap:
+            _, layer, j = pop(heap)
+            e = errs[layer]
+            cost = e[j] - e[j - 1]
+            if cost > budget + 1e-15:
+                continue
+            budget -= 0.0 if 0.0 > cost else cost
+            choice[layer] = j
+            opts = kind_opts[w4_layers[layer]]
+            if j + 1 < len(opts):
+                c2 = e[j + 1] - e[j]
+                c2 = 1e-12 if 1e-12 > c2 else c2
+                push(heap, (-(opts[j][0] - opts[j + 1][0]) / c2, layer, j + 1))
+        for layer, lk in w4_layers.items():
+            j = choice[layer]
+            cyc, ratio, split = kind_opts[lk][j]
+            mm_total += cyc
+            for b, part in split.items():
+                bound[b] = bound.get(b, 0) + part
+            if ratio > 0:
+                ratios[layer] = ratio
+                error += errs[layer][j]
+    return mm_total, ratios, error, bound
+
+
+def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
+    """What :func:`_evaluate_array` needs of an array whatever its W4 kind: the cycles and
+    bounds of the jobs without a W4 choice, per layer kind its options (cycles, ratio, cycles
+    by bound) from no W4 to the fewest steps, the W4 layers and their kinds' layers."""
     c8, c4 = column_split(c, share)
     units = column_units(c8, c4)
     plan = m.plan(g, residual_fusable(g, c, c4))
@@ -392,90 +474,52 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
         for key in parts:
             tokens, k, n, transposed, keep, fused = key
             ns0 = job_nsteps(n, n, g, c, c8, heads=False)
-            # the mapped writer's cycles follow the steps (ns below): priced per option
+            # the mapped writer's cycles follow the steps (ns below): priced per option,
+            # after the same first output word
+            first = first_out_edge(tokens, k, g, r, c, v, units, False, word_cycles, keep,
+                                   x_beat)  # fmt: skip
             writer[key] = functools.partial(
                 writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                 transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
-                cols_w8=c8, banks=x_beat, runs=fused == "residual",
+                cols_w8=c8, banks=x_beat, runs=fused == "residual", first=first,
             )  # fmt: skip
             cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
                                 x_beat)  # fmt: skip
-    ratios: dict[str, float] = {}
-    error = 0.0
-    if w4_layers:
-        curves = m.sens.get(kind)
-        # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
-        kind_opts: dict[str, list] = {}
-        for lk, parts in w4_kinds.items():
-            # The ratio is one per layer; the largest part (QKV: the Q|K job) sets it, and
-            # every part then gets round(ratio * n) W4 rows, as the cycle model reads it.
-            n_big = max(key[2] for key in parts)
-            ends_big = cache[next(key for key in parts if key[2] == n_big)][0]
-            ns0_big = len(ends_big)
-            ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
-            opts = []
-            for cut in _CUTS:
-                ns_big = ns0_big - int(round(cut * (ns0_big - ns_min_big)))
-                ratio = round(max(0, n_big - ns_big * g * c8) / n_big, 6)
-                if opts and ratio <= opts[-1][1]:
-                    continue
-                cyc = 0
-                split: dict[str, int] = {}
-                for key in parts:
-                    ends, b = cache[key]
-                    n = key[2]
-                    n8 = n - int(round(ratio * n))
-                    ns = job_nsteps(n, n8, g, c, c8, heads=False)
-                    job = ends.at(ns)
-                    wb = writer[key](mapped_steps=ns, mapped_n8=n8)
-                    if wb > job:
-                        job, b = int(math.ceil(wb)), "writer"
-                    job += top_matmul_extra(
-                        key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
-                    )
-                    job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
-                    cyc += job + instr_ddr
-                    split[b] = split.get(b, 0) + job + instr_ddr
-                opts.append((cyc, ratio, split))
-            kind_opts[lk] = opts
-        # Greedy over (layer, option): most cycles saved per unit of predicted error.
-        import heapq
-
-        choice = {layer: 0 for layer in w4_layers}
-        errs: dict[str, list[float]] = {}
-        heap = []
-        for layer, lk in w4_layers.items():
-            opts = kind_opts[lk]
-            if curves is None or len(opts) < 2:
-                errs[layer] = [0.0]
+    # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
+    kind_opts: dict[str, list] = {}
+    for lk, parts in w4_kinds.items():
+        # The ratio is one per layer; the largest part (QKV: the Q|K job) sets it, and
+        # every part then gets round(ratio * n) W4 rows, as the cycle model reads it.
+        n_big = max(key[2] for key in parts)
+        ends_big = cache[next(key for key in parts if key[2] == n_big)][0]
+        ns0_big = len(ends_big)
+        ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
+        opts = []
+        for cut in _CUTS:
+            ns_big = ns0_big - int(round(cut * (ns0_big - ns_min_big)))
+            ratio = round(max(0, n_big - ns_big * g * c8) / n_big, 6)
+            if opts and ratio <= opts[-1][1]:
                 continue
-            errs[layer] = [m.w4_error(kind, layer, ratio) for _, ratio, _ in opts]
-            saved = opts[0][0] - opts[1][0]
-            cost = errs[layer][1]
-            heapq.heappush(heap, (-saved / max(cost, 1e-12), layer, 1))
-        budget = max_drop
-        while heap:
-            _, layer, j = heapq.heappop(heap)
-            cost = errs[layer][j] - errs[layer][j - 1]
-            if cost > budget + 1e-15:
-                continue
-            budget -= max(cost, 0.0)
-            choice[layer] = j
-            opts = kind_opts[w4_layers[layer]]
-            if j + 1 < len(opts):
-                saved = opts[j][0] - opts[j + 1][0]
-                c2 = errs[layer][j + 1] - errs[layer][j]
-                heapq.heappush(heap, (-saved / max(c2, 1e-12), layer, j + 1))
-        for layer, lk in w4_layers.items():
-            j = choice[layer]
-            cyc, ratio, split = kind_opts[lk][j]
-            mm_total += cyc
-            for b, part in split.items():
-                bound[b] = bound.get(b, 0) + part
-            if ratio > 0:
-                ratios[layer] = ratio
-                error += errs[layer][j]
-    return mm_total, ratios, error, bound
+            cyc = 0
+            split: dict[str, int] = {}
+            for key in parts:
+                ends, b = cache[key]
+                n = key[2]
+                n8 = n - int(round(ratio * n))
+                ns = job_nsteps(n, n8, g, c, c8, heads=False)
+                job = ends.at(ns)
+                wb = writer[key](mapped_steps=ns, mapped_n8=n8)
+                if wb > job:
+                    job, b = int(math.ceil(wb)), "writer"
+                job += top_matmul_extra(
+                    key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
+                )
+                job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
+                cyc += job + instr_ddr
+                split[b] = split.get(b, 0) + job + instr_ddr
+            opts.append((cyc, ratio, split))
+        kind_opts[lk] = opts
+    return mm_total, bound, kind_opts, w4_layers, plan["layers_of"]
 
 
 def _memories(g, r, v, x_words, spm_words, budget, max_util) -> dict[str, str]:
@@ -560,8 +604,8 @@ def _load_pool(path: Path) -> tuple[list[Candidate], int] | None:
 def _store_pool(path: Path, pool: list[Candidate], evaluated: int) -> None:
     import pickle
 
-    names = [f.name for f in dataclasses.fields(Candidate)]
-    rows = [tuple(getattr(c, n) for n in names) for c in pool]
+    row = operator.attrgetter(*[f.name for f in dataclasses.fields(Candidate)])
+    rows = [row(c) for c in pool]
     data = pickle.dumps({"format": _POOL_FORMAT, "rows": rows, "evaluated": evaluated}, 5)
     try:
         atomic_write_bytes(path, data)
@@ -708,7 +752,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                                                 buffers["x_beat"])  # fmt: skip
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
-                usage = {k: base[i] + lane_usage[i] for i, k in enumerate(RESOURCE_KINDS)}
+                usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage)))
                 usage["uram"] = uram
                 out.append(
                     Candidate(
@@ -775,25 +819,29 @@ def _lane_options(m: _Model, budget, lanes_all, clock_mhz, widths=SearchSpace.da
     usage = {u: {n: res.nonlinear_resources(u, n) for n in lanes_all} for u in units}
     lut = RESOURCE_KINDS.index("lut")
     out: dict[tuple, list] = {}
+    # a triple's usage and clock do not depend on the program (group count, fusion)
+    triples = [
+        (
+            lanes,
+            [
+                sum(getattr(usage[u][n], k) for u, n in zip(units, lanes, strict=True))
+                for k in RESOURCE_KINDS
+            ],
+            clock_mhz if clock_mhz is not None else m.clock_for(lanes),
+        )
+        for lanes in itertools.product(lanes_all, repeat=3)
+    ]
+    widest = np.array([max(lanes) for lanes, _, _ in triples])
     for g, fuse in itertools.product(
         sorted({_nl_key(m, g) for g in SearchSpace.groups} | {1}), (False, True)
     ):
         nl = m.nonlinear(g, fuse)
-        opts = []
-        for lanes in itertools.product(lanes_all, repeat=3):
-            cyc = sum(nl[u][n] for u, n in zip(units, lanes, strict=True))
-            use = [
-                sum(getattr(usage[u][n], k) for u, n in zip(units, lanes, strict=True))
-                for k in RESOURCE_KINDS
-            ]
-            if clock_mhz is not None:
-                clock = clock_mhz
-            else:
-                clock = m.clock_for(lanes)
-            opts.append((lanes, cyc, use, clock))
+        opts = [
+            (lanes, sum(nl[u][n] for u, n in zip(units, lanes, strict=True)), use, clock)
+            for lanes, use, clock in triples
+        ]
         # (cycles, LUT, -clock) of every triple: smaller is better on each
         keys = np.array([(o[1], o[2][lut], -o[3]) for o in opts], dtype=float)
-        widest = np.array([max(o[0]) for o in opts])
         for width in widths:
             inside = np.flatnonzero(widest <= width)
             k = keys[inside]
@@ -829,10 +877,11 @@ def _fit_mask(result: dict, scale: dict[str, float] | None = None):
 def _arrays(result: dict) -> dict:
     if "arrays" not in result:
         pool = result["pool"]
+        kinds = operator.itemgetter(*RESOURCE_KINDS)  # (a tuple: more than one kind)
         result["arrays"] = {
             "fps": np.array([c.fps for c in pool], dtype=float),
             "use": np.array(
-                [[c.usage[k] for k in RESOURCE_KINDS] for c in pool], dtype=float
+                [kinds(c.usage) for c in pool], dtype=float
             ).reshape(len(pool), len(RESOURCE_KINDS)),
             "err": np.array([c.error for c in pool], dtype=float),
         }
@@ -858,9 +907,12 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     lut = np.array([c.usage["lut"] for c in cands])
     err = np.array([c.error for c in cands])
     order = np.lexsort((err, lut, dsp, -fps))
-    ranks = {v: i + 1 for i, v in enumerate(np.unique(dsp))}
-    size = len(ranks)
+    values = np.unique(dsp)
+    size = len(values)
     tree = [math.inf] * (size + 1)
+    # the loop below on Python numbers (a numpy scalar per index costs more than the work)
+    rank_of = (np.searchsorted(values, dsp) + 1).tolist()
+    dsp_l, lut_l, err_l = dsp.tolist(), lut.tolist(), err.tolist()
 
     def query(i: int) -> float:
         best = math.inf
@@ -880,21 +932,21 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     f_lut = np.empty(n)
     f_err = np.empty(n)
     k = 0
-    for i in order:
-        rank = ranks[dsp[i]]
-        if query(rank) <= lut[i]:
+    for i in order.tolist():
+        rank, lut_i, err_i = rank_of[i], lut_l[i], err_l[i]
+        if query(rank) <= lut_i:
             continue
-        if err[i] > 0 and k:
+        if err_i > 0 and k:
             dominated = (
-                (f_dsp[:k] <= dsp[i]) & (f_lut[:k] <= lut[i]) & (f_err[:k] <= err[i] + 1e-15)
+                (f_dsp[:k] <= dsp_l[i]) & (f_lut[:k] <= lut_i) & (f_err[:k] <= err_i + 1e-15)
             )
             if dominated.any():
                 continue
-        front.append(int(i))
-        f_dsp[k], f_lut[k], f_err[k] = dsp[i], lut[i], err[i]
+        front.append(i)
+        f_dsp[k], f_lut[k], f_err[k] = dsp_l[i], lut_i, err_i
         k += 1
-        if err[i] == 0:
-            update(rank, lut[i])
+        if err_i == 0:
+            update(rank, lut_i)
     return [cands[i] for i in front]
 
 
