@@ -752,7 +752,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                                                 buffers["x_beat"])  # fmt: skip
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
-                usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage)))
+                usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
                 usage["uram"] = uram
                 out.append(
                     Candidate(
@@ -880,9 +880,9 @@ def _arrays(result: dict) -> dict:
         kinds = operator.itemgetter(*RESOURCE_KINDS)  # (a tuple: more than one kind)
         result["arrays"] = {
             "fps": np.array([c.fps for c in pool], dtype=float),
-            "use": np.array(
-                [kinds(c.usage) for c in pool], dtype=float
-            ).reshape(len(pool), len(RESOURCE_KINDS)),
+            "use": np.array([kinds(c.usage) for c in pool], dtype=float).reshape(
+                len(pool), len(RESOURCE_KINDS)
+            ),
             "err": np.array([c.error for c in pool], dtype=float),
         }
     return result["arrays"]
@@ -902,10 +902,11 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     n = len(cands)
     if n == 0:
         return []
-    fps = np.array([c.fps for c in cands])
-    dsp = np.array([c.usage["dsp48e2"] for c in cands])
-    lut = np.array([c.usage["lut"] for c in cands])
-    err = np.array([c.error for c in cands])
+    fps = np.fromiter(map(operator.attrgetter("fps"), cands), float, n)
+    usage = [c.usage for c in cands]
+    dsp = np.fromiter(map(operator.itemgetter("dsp48e2"), usage), float, n)
+    lut = np.fromiter(map(operator.itemgetter("lut"), usage), float, n)
+    err = np.fromiter(map(operator.attrgetter("error"), cands), float, n)
     order = np.lexsort((err, lut, dsp, -fps))
     values = np.unique(dsp)
     size = len(values)
@@ -914,12 +915,13 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     rank_of = (np.searchsorted(values, dsp) + 1).tolist()
     dsp_l, lut_l, err_l = dsp.tolist(), lut.tolist(), err.tolist()
 
-    def query(i: int) -> float:
-        best = math.inf
+    def covered(i: int, v: float) -> bool:
+        """Some error-free front point of DSP rank <= i has at most ``v`` LUTs."""
         while i > 0:
-            best = min(best, tree[i])
+            if tree[i] <= v:
+                return True
             i -= i & -i
-        return best
+        return False
 
     def update(i: int, v: float) -> None:
         while i <= size:
@@ -934,7 +936,7 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     k = 0
     for i in order.tolist():
         rank, lut_i, err_i = rank_of[i], lut_l[i], err_l[i]
-        if query(rank) <= lut_i:
+        if covered(rank, lut_i):
             continue
         if err_i > 0 and k:
             dominated = (
