@@ -466,3 +466,31 @@ def test_small_output_fifo_throttles_but_stays_exact():
     assert cycles > cycle_model(40, 8, job.plan.nsteps, params)
     # full rate: R * ((first_out + 2R) // R + 2), first_out = 20 with 3 units at R = 4
     assert EngineParams(rows=4, cols=4, vector=8, w4_share=0.5).out_depth == 36
+
+
+@pytest.mark.slow
+def test_start_decision_paths_fit_300_mhz_with_room_for_the_top(tmp_path):
+    """Yosys (``synth_xilinx -family xcup -flatten``, ~1-2 min) on the default design's
+    engine: every path through the issue's start decision (``can_start``) is <= 5 levels,
+    so the streams feeding it in the whole top leave it within 300 MHz's 6.83. (It read the
+    W halves, the gap counter and the X flags itself: 6.25 here, 8.0 in the flat top.)"""
+    from vitaccel.dse import clock
+    from vitaccel.flow.build import default_design
+    from vitaccel.flow.paths import worst_paths, yosys_json_commands
+    from vitaccel.flow.yosys import _synth_flat
+    from vitaccel.rtl.matmul import engine_verilog
+    from vitaccel.rtl.top import TopParams
+
+    params = TopParams(default_design("digits-vit", "zcu102")).engine
+    (tmp_path / "design.v").write_text(engine_verilog(params, "vitaccel_matmul"))
+    _synth_flat(tmp_path, "vitaccel_matmul", yosys_json_commands("netlist.json"))
+    paths = worst_paths(tmp_path / "netlist.json", top="vitaccel_matmul", count=10**6)
+    through = [p for p in paths if "can_start" in p.via]
+    assert through, "no path through can_start: the net was renamed or optimised away"
+    for p in through:
+        assert p.levels <= 5.0, (p.levels, p.start, p.end, p.via)
+    assert paths[0].levels <= clock.max_levels(300), paths[0]
+    print(
+        f"\nworst {paths[0].levels} ({paths[0].start} -> {paths[0].end}); through can_start "
+        f"{through[0].levels} ({through[0].start} -> {through[0].end})"
+    )
