@@ -343,10 +343,16 @@ class Accelerator(CheckedComponent):
         # set beside `state`: decoded from `state` they headed 7-9-level paths through every
         # command's valid and payload
         n.issuing, n.in_params = issuing, in_params = Signal(), Signal()
+        # "state is WAIT" and "... is PARAMS_WAIT" likewise: the word route's select (RESADD
+        # rows, parameter words) decoded from `state` headed 7-level paths into RESADD's beat
+        # and the word reader's output skid
+        n.in_wait, n.in_pwait = in_wait, in_pwait = Signal(), Signal()
         n.goto = lambda name: [
             state.eq(State[name]),
             issuing.eq(name in _ISSUING),
             in_params.eq(name == "PARAMS"),
+            in_wait.eq(name == "WAIT"),
+            in_pwait.eq(name == "PARAMS_WAIT"),
         ]
         n.pc = Signal(32)
         n.busy = Signal()
@@ -544,7 +550,7 @@ class Accelerator(CheckedComponent):
     def _word_reader(self, m: Module, n: SimpleNamespace) -> None:
         """The 16-lane word reader: STORE data, parameter blocks, RESADD's A and B rows; and
         the parameter loaders (PARAMS_WAIT), one SPM word at a time."""
-        op_is, at, i = n.op_is, n.at, n.instr
+        op_is, i = n.op_is, n.instr
         words, dma = n.words, n.dma
         wcmd = words.cmd.payload
         m.d.comb += words.cmd.valid.eq(n.cmd_valid("words"))
@@ -570,7 +576,7 @@ class Accelerator(CheckedComponent):
         m.submodules.words_route = route = StreamDemux(words.o.payload.shape(), 3)
         wiring.connect(m, words.o, route.i)
         to_dma, to_resadd, to_params = route.o
-        m.d.comb += route.sel.eq(Cat(op_is.store, at("WAIT") & op_is.resadd, at("PARAMS_WAIT")))
+        m.d.comb += route.sel.eq(Cat(op_is.store, n.in_wait & op_is.resadd, n.in_pwait))
         join(m, to_dma, dma.wr, payload=dma.wr.payload.eq(to_dma.payload.data.as_value()))
         m.d.comb += [
             dma.wr_cmd.valid.eq(n.cmd_valid("dma_wr")),
@@ -589,7 +595,7 @@ class Accelerator(CheckedComponent):
         word_take = Signal()
         word_data = src.payload.data.as_value()
         taken = n.param_taken
-        with m.If(n.at("PARAMS_WAIT")):
+        with m.If(n.in_pwait):
             with m.If(op_is.gelu | n.dec.mm_gelu):  # 16 table entries a word
                 m.d.comb += [
                     gelu.table_addr.eq(Cat(sub, taken[:4])),
@@ -901,6 +907,8 @@ class Accelerator(CheckedComponent):
                     n.state.eq(dec.state),
                     n.issuing.eq(Cat(*[dec.state == State[k] for k in _ISSUING]).any()),
                     n.in_params.eq(dec.state == State.PARAMS),
+                    n.in_wait.eq(dec.state == State.WAIT),
+                    n.in_pwait.eq(dec.state == State.PARAMS_WAIT),
                 ]
                 with m.If(dec.end):
                     m.d.comb += n.done_set.eq(1)
