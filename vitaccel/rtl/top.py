@@ -343,16 +343,15 @@ class Accelerator(CheckedComponent):
         # set beside `state`: decoded from `state` they headed 7-9-level paths through every
         # command's valid and payload
         n.issuing, n.in_params = issuing, in_params = Signal(), Signal()
-        # "state is WAIT" and "... is PARAMS_WAIT" likewise: the word route's select (RESADD
-        # rows, parameter words) decoded from `state` headed 7-level paths into RESADD's beat
-        # and the word reader's output skid
-        n.in_wait, n.in_pwait = in_wait, in_pwait = Signal(), Signal()
+        # "state is X" for the states the stream routes select on, likewise (`in_state`): the
+        # word and DMA read routes' selects decoded from `state` headed 7-8-level paths into
+        # RESADD's beat, the readers' output skids and the SPM's write port
+        n.in_state = {k: Signal(name=f"in_{k.lower()}", init=k == "IDLE") for k in _ROUTED}
         n.goto = lambda name: [
             state.eq(State[name]),
             issuing.eq(name in _ISSUING),
             in_params.eq(name == "PARAMS"),
-            in_wait.eq(name == "WAIT"),
-            in_pwait.eq(name == "PARAMS_WAIT"),
+            *[flag.eq(k == name) for k, flag in n.in_state.items()],
         ]
         n.pc = Signal(32)
         n.busy = Signal()
@@ -448,12 +447,13 @@ class Accelerator(CheckedComponent):
         m.submodules.rd_route = route = StreamDemux(dma.rd.payload.shape(), 4)
         wiring.connect(m, dma.rd, route.i)
         drain, to_fetch, to_load, to_w = route.o
-        load_on = at("WAIT") & op_is.load & ~n.op_rd_done
-        w_on = at("WAIT") & op_is.matmul & ~n.w_spm & ~n.op_rd_done
+        in_state = n.in_state
+        load_on = in_state["WAIT"] & op_is.load & ~n.op_rd_done
+        w_on = in_state["WAIT"] & op_is.matmul & ~n.w_spm & ~n.op_rd_done
         m.d.comb += route.sel.eq(
             Cat(
-                at("IDLE") | at("FETCH"),
-                at("FETCH_WAIT") | (running & n.op_rd_done & n.pf_issued & ~fetch.next_valid),
+                in_state["IDLE"] | in_state["FETCH"],
+                in_state["FETCH_WAIT"] | (running & n.op_rd_done & n.pf_issued & ~fetch.next_valid),
                 load_on,
                 w_on,
             )
@@ -576,7 +576,10 @@ class Accelerator(CheckedComponent):
         m.submodules.words_route = route = StreamDemux(words.o.payload.shape(), 3)
         wiring.connect(m, words.o, route.i)
         to_dma, to_resadd, to_params = route.o
-        m.d.comb += route.sel.eq(Cat(op_is.store, n.in_wait & op_is.resadd, n.in_pwait))
+        in_state = n.in_state
+        m.d.comb += route.sel.eq(
+            Cat(op_is.store, in_state["WAIT"] & op_is.resadd, in_state["PARAMS_WAIT"])
+        )
         join(m, to_dma, dma.wr, payload=dma.wr.payload.eq(to_dma.payload.data.as_value()))
         m.d.comb += [
             dma.wr_cmd.valid.eq(n.cmd_valid("dma_wr")),
@@ -595,7 +598,7 @@ class Accelerator(CheckedComponent):
         word_take = Signal()
         word_data = src.payload.data.as_value()
         taken = n.param_taken
-        with m.If(n.in_pwait):
+        with m.If(n.in_state["PARAMS_WAIT"]):
             with m.If(op_is.gelu | n.dec.mm_gelu):  # 16 table entries a word
                 m.d.comb += [
                     gelu.table_addr.eq(Cat(sub, taken[:4])),
@@ -907,8 +910,7 @@ class Accelerator(CheckedComponent):
                     n.state.eq(dec.state),
                     n.issuing.eq(Cat(*[dec.state == State[k] for k in _ISSUING]).any()),
                     n.in_params.eq(dec.state == State.PARAMS),
-                    n.in_wait.eq(dec.state == State.WAIT),
-                    n.in_pwait.eq(dec.state == State.PARAMS_WAIT),
+                    *[flag.eq(dec.state == State[k]) for k, flag in n.in_state.items()],
                 ]
                 with m.If(dec.end):
                     m.d.comb += n.done_set.eq(1)
@@ -964,6 +966,8 @@ class Accelerator(CheckedComponent):
 
 # The states in which the controller's commands go out (`cmd_valid`).
 _ISSUING = ("ISSUE", "PARAMS")
+# The states the word and DMA read routes select on (registered flags, `in_state`).
+_ROUTED = ("IDLE", "FETCH", "FETCH_WAIT", "PARAMS_WAIT", "WAIT")
 
 
 class AcceleratorTop(wiring.Component):
