@@ -70,6 +70,16 @@ def _banks(m: Module, name: str, groups: int, per_group: int, width, depth: int,
     return banks
 
 
+def _next_value(m: Module, reg: Signal) -> Signal:
+    """``reg``'s next value as a net: the register's updates assign it (``m.d.comb``, with the
+    same last-one-wins priority as ``m.d.sync``) and ``reg`` takes it each cycle, so flags
+    computed from next values can be registered beside ``reg`` (the issue's start decision)."""
+    nxt = Signal.like(reg, name=f"{reg.name}_nx")
+    m.d.comb += nxt.eq(reg)
+    m.d.sync += reg.eq(nxt)
+    return nxt
+
+
 def _x_step(s: SimpleNamespace):
     """X bank words per token and tile: ``ksteps``, or its X beats (``x_beat`` > 1)."""
     return s.job.ksteps if s.x_step is None else s.x_step
@@ -219,6 +229,7 @@ class MatmulEngine(wiring.Component):
         # ---- X loader --------------------------------------------------------------------
         xl_busy = Signal()
         x_done = Signal()
+        x_done_nx = _next_value(m, x_done)
         xg = Signal(bits_for(G - 1))
         xr = Signal(bits_for(R - 1))
         xk = Signal(kw)
@@ -250,9 +261,9 @@ class MatmulEngine(wiring.Component):
             m.d.sync += two_tokens.eq(self.cmd.payload.tokens == 2)
         xt_next_last = Mux(xt_moved, xt_eq_next, Mux(xt_cleared, two_tokens, xt_eq))
         with m.If(start):
+            m.d.comb += x_done_nx.eq(self.cmd.payload.x_keep)
             m.d.sync += [
                 xl_busy.eq(~self.cmd.payload.x_keep),
-                x_done.eq(self.cmd.payload.x_keep),
                 xg.eq(0),
                 xr.eq(0),
                 xk.eq(0),
@@ -308,7 +319,8 @@ class MatmulEngine(wiring.Component):
                             xaddr.eq(0),
                         ]
                     with m.Else():
-                        m.d.sync += [xl_busy.eq(0), x_done.eq(1)]
+                        m.d.sync += xl_busy.eq(0)
+                        m.d.comb += x_done_nx.eq(1)
             with m.Else():
                 m.d.sync += [
                     xk.eq(xk + 1),
@@ -319,7 +331,7 @@ class MatmulEngine(wiring.Component):
         # X base of the tile being loaded (tiles below it are in) and whether it is the
         # last group's, for the issue's streamed start of step 0 (``_issue``)
         s.xbase, s.x_last_group = xbase, ~job.heads | (xg == G - 1)
-        s.g, s.r, s.wp, s.x_banks, s.x_done = g, r, wp, x_banks, x_done
+        s.g, s.r, s.wp, s.x_banks, s.x_done, s.x_done_nx = g, r, wp, x_banks, x_done, x_done_nx
 
     def _w_side(self, m: Module, s: SimpleNamespace) -> None:
         """W buffer (one bank per group and logical column, two halves) and the W loaders (one per W stream, each owning a contiguous range of columns)."""
@@ -343,8 +355,10 @@ class MatmulEngine(wiring.Component):
         # Per half: w_full = loaded and not yet released, w_taken = its step has started.
         # The issue may start step s only on a full, untaken half: a half still full from
         # step s-2 (not yet drained) must not be mistaken for step s's weights.
-        w_full = Signal(2)
+        # (``_nx``: their next values, from which the issue registers its start flags)
+        w_full_nx = Signal(2)
         w_taken = Signal(2)
+        w_taken_nx = _next_value(m, w_taken)
         release = Signal(2)
 
         # ---- W loaders: one per W stream, each owning a contiguous range of columns -------
@@ -355,7 +369,10 @@ class MatmulEngine(wiring.Component):
         M = G * C // P  # columns per loader
         streams = [self.w] + [getattr(self, f"w{q}") for q in range(1, P)]
         done = [Signal(2, name=f"w_done{q}") for q in range(P)]  # loader q's part of half h
-        m.d.comb += w_full.eq(Cat(*[Cat(*[d[h] for d in done]).all() for h in range(2)]))
+        done_nx = [_next_value(m, d) for d in done]
+        m.d.comb += [
+            w_full_nx.eq(Cat(*[Cat(*[d[h] for d in done_nx]).all() for h in range(2)])),
+        ]
         take_half = Signal(2)  # set by the issue when a step starts on a half
         for q, w in enumerate(streams):
             sfx = "" if q == 0 else str(q)
@@ -437,43 +454,46 @@ class MatmulEngine(wiring.Component):
             m.d.sync += w_ready.eq(Mux(w_step_loaded, ready_if_loaded, ready_if_not))
             for h in range(2):
                 with m.If(w_step_loaded & (half == h)):
-                    m.d.sync += done[q][h].eq(1)
+                    m.d.comb += done_nx[q][h].eq(1)
                 with m.Elif(release[h]):
-                    m.d.sync += done[q][h].eq(0)
+                    m.d.comb += done_nx[q][h].eq(0)
         for h in range(2):
             with m.If(release[h]):
-                m.d.sync += w_taken[h].eq(0)
+                m.d.comb += w_taken_nx[h].eq(0)
             with m.If(take_half[h]):
-                m.d.sync += w_taken[h].eq(1)
+                m.d.comb += w_taken_nx[h].eq(1)
 
         (
             s.c, s.done, s.g, s.j, s.par_layout, s.params, s.release, s.take_half, s.w_banks,
-            s.w_full, s.w_taken
+            s.w_full_nx, s.w_taken_nx
         ) = (
-            c, done, g, j, par_layout, params, release, take_half, w_banks, w_full, w_taken
+            c, done, g, j, par_layout, params, release, take_half, w_banks, w_full_nx, w_taken_nx
         )  # fmt: skip
 
     def _issue(self, m: Module, s: SimpleNamespace) -> None:
         """Issue: steps x tiles x k-steps, and the shared delay line to the array."""
         (
             C, G, R, U, V, active, arr, done, j, job, kb, ks_before_last, kw,
-            nsteps_before_last, p, r, release, start, take_half, w_banks, w_full, w_taken,
-            x_banks, x_done, xa_bits
+            nsteps_before_last, p, r, release, start, take_half, w_banks, w_full_nx,
+            w_taken_nx, x_banks, x_done_nx, xa_bits
         ) = (
             s.C, s.G, s.R, s.U, s.V, s.active, s.arr, s.done, s.j, s.job, s.kb,
             s.ks_before_last, s.kw, s.nsteps_before_last, s.p, s.r, s.release, s.start,
-            s.take_half, s.w_banks, s.w_full, s.w_taken, s.x_banks, s.x_done, s.xa_bits
+            s.take_half, s.w_banks, s.w_full_nx, s.w_taken_nx, s.x_banks, s.x_done_nx,
+            s.xa_bits
         )  # fmt: skip
         # ---- issue: steps x tiles x k-steps ----------------------------------------------
         credit_bits = bits_for(p.out_depth)
         credits = Signal(credit_bits, init=p.out_depth)
         iss_tile = Signal()  # a tile is being issued
         iss_done = Signal()
+        iss_tile_nx, iss_done_nx = _next_value(m, iss_tile), _next_value(m, iss_done)
         ik = Signal(kw)
         iss_s = Signal(16)
         remaining = Signal(17)  # tokens from the current tile on: T - tile * R
         ibase = Signal(xa_bits + 1)
         gap = Signal(bits_for(R))
+        gap_nx = _next_value(m, gap)
         pad = Signal(bits_for(R))  # idle cycles after a tile: max(0, R - ksteps)
         # Per-tile quantities are registered whenever ``remaining`` changes, so the issue
         # decision only compares small registers (it sets the controller's logic depth).
@@ -511,11 +531,10 @@ class MatmulEngine(wiring.Component):
 
         with m.If(start):
             cmd = self.cmd.payload
+            m.d.comb += [iss_done_nx.eq(0), gap_nx.eq(0)]
             m.d.sync += [
-                iss_done.eq(0),
                 iss_s.eq(0),
                 ibase.eq(0),
-                gap.eq(0),
                 pad.eq(Mux(cmd.ksteps < R, R - cmd.ksteps, 0)),
                 s_last.eq(cmd.nsteps == 1),
                 ks_one.eq(cmd.ksteps == 1),
@@ -528,8 +547,9 @@ class MatmulEngine(wiring.Component):
         parity = iss_s[0]
         # iss_step_open: the current step has started (its half is taken)
         iss_step_open = Signal()
+        open_nx = _next_value(m, iss_step_open)
         with m.If(start):
-            m.d.sync += iss_step_open.eq(0)
+            m.d.comb += open_nx.eq(0)
         # A tile starts when the FIFO has room for a full tile (a constant compare: this is
         # on the start decision's path) and takes its valid rows; the credits after taking
         # are computed from registers in parallel, the decision only selects.
@@ -540,64 +560,73 @@ class MatmulEngine(wiring.Component):
         # candidates, each compared before the start decision selects): the compare in the
         # decision made a 9-level path from `credits` in the whole top's netlist
         enough_credits = Signal(init=int(p.out_depth >= R))
-        # The start decision in two halves, each a kept net (Yosys' ABC then maps each as a
-        # small tree: in the whole top's netlist it chained the 14 inputs into 4 LUT levels)
+        enough_nx = _next_value(m, enough_credits)
+        # The start decision from flags registered from the next values of the registers
+        # they read (_next_value): go_x, the tile's X is in; go_issue, the issue is free;
+        # go_w per W half, the half is full and untaken (or its step open) and the FIFO
+        # has room. So can_start is one LUT (active, go_x, go_issue, go_w, parity);
+        # computed from the registers themselves it was 3 LUT levels, 8 to the tile
+        # registers in the whole top's netlist (300 MHz allows 6.83).
         can_start = Signal(attrs={"keep": 1})
         x_tile_in = Signal()  # the current tile's X is in its banks (before x_done)
-        go_issue = Signal(attrs={"keep": 1})  # the issue is free and the tile's X is in
-        go_w = Signal(attrs={"keep": 1})  # the step's W half and the FIFO room are there
-        m.d.comb += [
-            go_issue.eq(active & (x_done | x_tile_in) & ~iss_done & ~iss_tile & (gap == 0)),
-            go_w.eq(
-                w_full.bit_select(parity, 1)
-                & (iss_step_open | ~w_taken.bit_select(parity, 1))
-                & enough_credits
-            ),
-            can_start.eq(go_issue & go_w),
-        ]
+        x_tile_in_nx = Signal()
+        go_x = Signal()  # x_done | x_tile_in
+        go_issue = Signal(init=1)  # ~iss_done & ~iss_tile & (gap == 0)
+        go_w = Signal(2)  # half h: w_full & (iss_step_open | ~w_taken) & enough_credits
+        m.d.comb += can_start.eq(active & go_x & go_issue & go_w.bit_select(parity, 1))
         with m.If(can_start & ~iss_step_open):
-            m.d.comb += take_half.eq(Mux(parity, 0b10, 0b01))
-            m.d.sync += iss_step_open.eq(1)
-        fire = Signal()
+            m.d.comb += [take_half.eq(Mux(parity, 0b10, 0b01)), open_nx.eq(1)]
+        # fire: a k-step issues; tile_end: it is the tile's last (fire & k_last, from
+        # registers but can_start: a tile starting takes can_start, when iss_tile is 0);
+        # step_end: the step's last. Kept nets, one LUT each: the registers behind them
+        # select by them (ABC had mapped the chain behind can_start into 5 LUT levels).
+        fire = Signal(attrs={"keep": 1})
         m.d.comb += fire.eq(iss_tile | can_start)
         kk = Signal(kw)
         m.d.comb += kk.eq(Mux(iss_tile, ik, 0))
         k_last = Signal()
         m.d.comb += k_last.eq(Mux(iss_tile, k_last_next, ks_one))
+        tile_end = Signal(attrs={"keep": 1})
+        m.d.comb += tile_end.eq(Mux(iss_tile, k_last_next, can_start & ks_one))
+        step_end = Signal(attrs={"keep": 1})
+        m.d.comb += step_end.eq(tile_end & tile_last)
         with m.If(gap != 0):
-            m.d.sync += gap.eq(gap - 1)
-        step_end = Signal()
-        with m.If(fire):
-            with m.If(k_last):
-                m.d.sync += [iss_tile.eq(0), gap.eq(pad)]
-                with m.If(tile_last):
-                    m.d.comb += step_end.eq(1)
-                    m.d.sync += [
-                        *set_remaining(first_regs),
-                        ibase.eq(0),
-                        iss_s.eq(iss_s + 1),
-                        s_last.eq(iss_s == nsteps_before_last),
-                        iss_step_open.eq(0),
-                    ]
-                    with m.If(s_last):
-                        m.d.sync += iss_done.eq(1)
-                with m.Else():
-                    m.d.sync += [*set_remaining(next_regs), ibase.eq(ibase + _x_step(s))]
-            with m.Else():
+            m.d.comb += gap_nx.eq(gap - 1)
+        with m.If(tile_end):  # (tile_end implies fire)
+            m.d.comb += [iss_tile_nx.eq(0), gap_nx.eq(pad)]
+            with m.If(tile_last):
+                m.d.comb += open_nx.eq(0)
                 m.d.sync += [
-                    iss_tile.eq(1),
-                    ik.eq(kk + 1),
-                    k_last_next.eq(kk == ks_before_last),
+                    *set_remaining(first_regs),
+                    ibase.eq(0),
+                    iss_s.eq(iss_s + 1),
+                    s_last.eq(iss_s == nsteps_before_last),
                 ]
+                with m.If(s_last):
+                    m.d.comb += iss_done_nx.eq(1)
+            with m.Else():
+                m.d.sync += [*set_remaining(next_regs), ibase.eq(ibase + _x_step(s))]
+        with m.Elif(fire):
+            m.d.comb += iss_tile_nx.eq(1)
+            m.d.sync += [
+                ik.eq(kk + 1),
+                k_last_next.eq(kk == ks_before_last),
+            ]
         m.d.sync += credits.eq(Mux(can_start, cred_take + o_pop, credits + o_pop))
         keep_ok = Mux(o_pop, credits >= R - 1, credits >= R)  # credits + o_pop >= R
         take_ok = Mux(o_pop, cred_take >= R - 1, cred_take >= R)  # cred_take + o_pop >= R
-        m.d.sync += enough_credits.eq(Mux(can_start, take_ok, keep_ok))
+        m.d.comb += enough_nx.eq(Mux(can_start, take_ok, keep_ok))
         # Step 0 streams behind the X load: a tile issues once the loader has moved past it
         # (its X base beyond the tile's, in the last group in heads mode), so the X load
         # hides behind step 0's compute. Registered (a compare off the issue decision's
         # path), and cleared for the cycle after a tile ends, while ``ibase`` advances.
-        m.d.sync += x_tile_in.eq(~(fire & k_last) & s.x_last_group & (s.xbase > ibase) & ~start)
+        m.d.comb += x_tile_in_nx.eq(~tile_end & s.x_last_group & (s.xbase > ibase) & ~start)
+        m.d.sync += [
+            x_tile_in.eq(x_tile_in_nx),
+            go_x.eq(x_done_nx | x_tile_in_nx),
+            go_issue.eq(~iss_done_nx & ~iss_tile_nx & (gap_nx == 0)),
+            go_w.eq(w_full_nx & (Cat(open_nx, open_nx) | ~w_taken_nx) & Cat(enough_nx, enough_nx)),
+        ]
 
         # Shared delay line: stage j is the issue j cycles later. Row r reads its X bank with
         # the address of stage r and gets its flags from stage r + 1 (memory latency);
