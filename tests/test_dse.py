@@ -553,8 +553,11 @@ def test_binding_names_x_load_apart_from_compute():
         want = best.fps * best.cycles / (best.cycles - totals[cause])
         assert d["lifted_fps"][cause] == pytest.approx(want, abs=0.01)
     assert set(d["lifted_fps"]) >= {"DSP", "LUT", "FF", "BRAM", "clock", *STALLS}
-    # DeiT-Tiny's best design waits longest for its X operand (issue 17's table: 33 %)
-    assert d["cycles_by_cause"]["X load"] > 0.2 and d["binding"] == "X load"
+    # DeiT-Tiny's best design waits longest for its X operand (issue 17's table: 33 %); what
+    # binds may be the clock (the clock rule's depth_runs), but of the waits it is the X load
+    assert d["cycles_by_cause"]["X load"] > 0.2
+    assert max(STALLS, key=d["cycles_by_cause"].get) == "X load"
+    assert d["binding"] in ("X load", "clock")
     # the explorer's own widths (16, 32, 64 bytes) take most of that wait away
     wide = diagnose(search("deit-tiny", "zcu102"))
     assert wide["best"].datapath_bytes > 16 and wide["best_fps"] > best.fps

@@ -162,9 +162,11 @@ def synth_xcup(verilog: str, top: str, *, lut_depth: bool = True, cache: bool = 
     return res
 
 
-def synth_counts(verilog: str, top: str, *, paths: bool = True):
+def synth_counts(verilog: str, top: str, *, paths: bool = True, over: float | None = None):
     """Run ``synth_xilinx -family xcup`` on ``verilog``: (cell counts of ``stat -tech
-    xilinx``, the worst weighted path as a :class:`vitaccel.flow.paths.PathReport` or None)."""
+    xilinx``, the worst weighted path as a :class:`vitaccel.flow.paths.PathReport` or None).
+    With ``over`` (and ``paths``), every endpoint group's worst path above ``over`` levels is
+    printed too (:func:`vitaccel.flow.paths.worst_paths`, one synthesis for both)."""
     from vitaccel.flow.paths import worst_paths, yosys_json_commands
 
     with tempfile.TemporaryDirectory(prefix="vitaccel-yosys-") as tmp:
@@ -177,8 +179,11 @@ def synth_counts(verilog: str, top: str, *, paths: bool = True):
         counts = _parse_stat((work / "stat.txt").read_text())
         worst = None
         if paths:
-            found = worst_paths(work / "netlist.json", top=top, count=1)
+            found = worst_paths(work / "netlist.json", top=top, count=1 if over is None else 60)
             worst = found[0] if found else None
+            for p in found if over is not None else ():
+                if p.levels > over:
+                    print(f"  {p.levels:5.2f}  {p.start} -> {p.end}  via {' > '.join(p.via)}")
     return counts, worst
 
 

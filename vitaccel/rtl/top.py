@@ -343,10 +343,15 @@ class Accelerator(CheckedComponent):
         # set beside `state`: decoded from `state` they headed 7-9-level paths through every
         # command's valid and payload
         n.issuing, n.in_params = issuing, in_params = Signal(), Signal()
+        # "state is X" for the states the stream routes select on, likewise (`in_state`): the
+        # word and DMA read routes' selects decoded from `state` headed 7-8-level paths into
+        # RESADD's beat, the readers' output skids and the SPM's write port
+        n.in_state = {k: Signal(name=f"in_{k.lower()}", init=k == "IDLE") for k in _ROUTED}
         n.goto = lambda name: [
             state.eq(State[name]),
             issuing.eq(name in _ISSUING),
             in_params.eq(name == "PARAMS"),
+            *[flag.eq(k == name) for k, flag in n.in_state.items()],
         ]
         n.pc = Signal(32)
         n.busy = Signal()
@@ -442,12 +447,13 @@ class Accelerator(CheckedComponent):
         m.submodules.rd_route = route = StreamDemux(dma.rd.payload.shape(), 4)
         wiring.connect(m, dma.rd, route.i)
         drain, to_fetch, to_load, to_w = route.o
-        load_on = at("WAIT") & op_is.load & ~n.op_rd_done
-        w_on = at("WAIT") & op_is.matmul & ~n.w_spm & ~n.op_rd_done
+        in_state = n.in_state
+        load_on = in_state["WAIT"] & op_is.load & ~n.op_rd_done
+        w_on = in_state["WAIT"] & op_is.matmul & ~n.w_spm & ~n.op_rd_done
         m.d.comb += route.sel.eq(
             Cat(
-                at("IDLE") | at("FETCH"),
-                at("FETCH_WAIT") | (running & n.op_rd_done & n.pf_issued & ~fetch.next_valid),
+                in_state["IDLE"] | in_state["FETCH"],
+                in_state["FETCH_WAIT"] | (running & n.op_rd_done & n.pf_issued & ~fetch.next_valid),
                 load_on,
                 w_on,
             )
@@ -544,7 +550,7 @@ class Accelerator(CheckedComponent):
     def _word_reader(self, m: Module, n: SimpleNamespace) -> None:
         """The 16-lane word reader: STORE data, parameter blocks, RESADD's A and B rows; and
         the parameter loaders (PARAMS_WAIT), one SPM word at a time."""
-        op_is, at, i = n.op_is, n.at, n.instr
+        op_is, i = n.op_is, n.instr
         words, dma = n.words, n.dma
         wcmd = words.cmd.payload
         m.d.comb += words.cmd.valid.eq(n.cmd_valid("words"))
@@ -570,7 +576,10 @@ class Accelerator(CheckedComponent):
         m.submodules.words_route = route = StreamDemux(words.o.payload.shape(), 3)
         wiring.connect(m, words.o, route.i)
         to_dma, to_resadd, to_params = route.o
-        m.d.comb += route.sel.eq(Cat(op_is.store, at("WAIT") & op_is.resadd, at("PARAMS_WAIT")))
+        in_state = n.in_state
+        m.d.comb += route.sel.eq(
+            Cat(op_is.store, in_state["WAIT"] & op_is.resadd, in_state["PARAMS_WAIT"])
+        )
         join(m, to_dma, dma.wr, payload=dma.wr.payload.eq(to_dma.payload.data.as_value()))
         m.d.comb += [
             dma.wr_cmd.valid.eq(n.cmd_valid("dma_wr")),
@@ -589,7 +598,7 @@ class Accelerator(CheckedComponent):
         word_take = Signal()
         word_data = src.payload.data.as_value()
         taken = n.param_taken
-        with m.If(n.at("PARAMS_WAIT")):
+        with m.If(n.in_state["PARAMS_WAIT"]):
             with m.If(op_is.gelu | n.dec.mm_gelu):  # 16 table entries a word
                 m.d.comb += [
                     gelu.table_addr.eq(Cat(sub, taken[:4])),
@@ -901,6 +910,7 @@ class Accelerator(CheckedComponent):
                     n.state.eq(dec.state),
                     n.issuing.eq(Cat(*[dec.state == State[k] for k in _ISSUING]).any()),
                     n.in_params.eq(dec.state == State.PARAMS),
+                    *[flag.eq(dec.state == State[k]) for k, flag in n.in_state.items()],
                 ]
                 with m.If(dec.end):
                     m.d.comb += n.done_set.eq(1)
@@ -956,6 +966,8 @@ class Accelerator(CheckedComponent):
 
 # The states in which the controller's commands go out (`cmd_valid`).
 _ISSUING = ("ISSUE", "PARAMS")
+# The states the word and DMA read routes select on (registered flags, `in_state`).
+_ROUTED = ("IDLE", "FETCH", "FETCH_WAIT", "PARAMS_WAIT", "WAIT")
 
 
 class AcceleratorTop(wiring.Component):

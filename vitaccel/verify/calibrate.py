@@ -80,10 +80,12 @@ UNIT_VALIDATE = {"softmax": (12,), "layernorm": (12,), "gelu": (2,)}
 
 
 def synth(verilog: str, top: str) -> dict:
-    """Yosys xcup counts plus the worst path by the clock rule's weights."""
+    """Yosys xcup counts plus the worst path by the clock rule's weights (the paths above the
+    fastest clock's limit are printed: what a designer cuts next)."""
+    from vitaccel.dse.clock import MAX_LEVELS
     from vitaccel.flow.yosys import _resources, synth_counts
 
-    counts, worst = synth_counts(verilog, top, paths=True)
+    counts, worst = synth_counts(verilog, top, paths=True, over=MAX_LEVELS[max(MAX_LEVELS)])
     res = _resources(counts, None).as_dict()
     for key in ("lut_depth", "bram36"):
         res.pop(key)

@@ -182,28 +182,27 @@ class MatmulOutWriter(CheckedComponent):
         word_last = Signal()  # grp_last & g_last
         step_last = Signal()  # grp_last & g_last & t_last
         m.d.comb += [grp_last_n.eq(grp_last), g_last_n.eq(g_last), t_last_n.eq(t_last)]
-        m.d.sync += [
-            grp_last.eq(grp_last_n),
-            g_last.eq(g_last_n),
-            t_last.eq(t_last_n),
-            word_last.eq(grp_last_n & g_last_n),
-            step_last.eq(grp_last_n & g_last_n & t_last_n),
-        ]
+        m.d.sync += [grp_last.eq(grp_last_n), g_last.eq(g_last_n), t_last.eq(t_last_n)]
+        # (word_last and step_last are set at the end, with the handshake as the last select)
         # A taken command spends one cycle "fresh" before the job is active: its end flags
         # come from the registered job then (computed from the command's payload they sat
         # behind its valid and the accept, an 8-level path into the flags). The fresh cycle
         # overlaps the engine's latency to its first output word.
         fresh = Signal()
         gact = Mux(job.heads, job.nheads, 1)  # groups that write
+        # "one group writes" and "one token" (job constants) as registers set in the fresh
+        # cycle: the compares behind a word's or step's end stay off the handshake's path
+        gact1, tok1 = Signal(), Signal()
         m.d.comb += self.cmd.ready.eq(~active & ~fresh)
         cmdp = self.cmd.payload
+        fresh_grp = cm_le_sw | (job.n <= sw)
         with m.If(fresh):
             m.d.comb += [
-                grp_last_n.eq(cm_le_sw | (job.n <= sw)),
+                grp_last_n.eq(fresh_grp),
                 g_last_n.eq(gact <= 1),
                 t_last_n.eq(job.tokens == 1),
             ]
-            m.d.sync += [fresh.eq(0), active.eq(1)]
+            m.d.sync += [fresh.eq(0), active.eq(1), gact1.eq(gact <= 1), tok1.eq(job.tokens == 1)]
         with m.If(self.cmd.valid & self.cmd.ready):
             gact0 = Mux(cmdp.heads, cmdp.nheads, 1)
             cm0 = Mux(cmdp.heads, cm_hd, cm_sh)
@@ -312,7 +311,8 @@ class MatmulOutWriter(CheckedComponent):
                 m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
                 with m.If(t_word_end):
                     m.d.sync += tprimed.eq(0)
-            with m.If(sink.valid & sink.ready):
+            t_take = sink.valid & active & ~flushing  # (sink.ready here)
+            with m.If(t_take):
                 for lane in range(G * C):
                     for j in range(WORD_BYTES):
                         with m.If(t[:4] == j):
@@ -335,7 +335,7 @@ class MatmulOutWriter(CheckedComponent):
         with m.If(fire):
             with m.If(word_end):
                 m.d.sync += flushing.eq(0)
-                m.d.comb += g_last_n.eq(gact <= 1)
+                m.d.comb += g_last_n.eq(gact1)
                 m.d.sync += [
                     g_left.eq(gact),
                     left_c.eq(cm),
@@ -343,7 +343,7 @@ class MatmulOutWriter(CheckedComponent):
                     grp_lane.eq(0),
                 ]
                 with m.If(step_end):  # the step ends
-                    m.d.comb += [grp_last_n.eq(gl_step), t_last_n.eq(job.tokens == 1)]
+                    m.d.comb += [grp_last_n.eq(gl_step), t_last_n.eq(tok1)]
                     m.d.sync += [
                         t.eq(0),
                         t_left.eq(job.tokens),
@@ -393,6 +393,24 @@ class MatmulOutWriter(CheckedComponent):
                     left_n.eq(left_n - sw),
                     lane_row.eq(lane_row + job.stride),
                 ]
+        # "the run ends its word" (grp_last & g_last as they will be) and "... its step" (&
+        # t_last): each case's value from registers and compares, the handshake (``fire``,
+        # through the output's route) only the last select (as a select of the *_n values
+        # above, it headed an 8-level path into step_last)
+        t_two = t_left == 2
+        f_grp = Mux(word_end, Mux(step_end, gl_step, gl_group), Mux(group_last, gl_group, gl_run))
+        f_g = Mux(word_end, gact1, Mux(group_last, g_left == 2, g_last))
+        f_t = Mux(word_end, Mux(step_end, tok1, t_two), t_last)
+        chunk_on = job.transposed & t_take & ~((t[:4] == WORD_BYTES - 1) | t_last)
+        fresh_word = fresh_grp & (gact <= 1)
+        m.d.sync += [
+            word_last.eq(Mux(fire, f_grp & f_g, Mux(fresh, fresh_word, word_last))),
+            step_last.eq(
+                Mux(fire, f_grp & f_g & f_t,
+                    Mux(fresh, fresh_word & (job.tokens == 1),
+                        Mux(chunk_on, word_last & t_two, step_last)))
+            ),
+        ]  # fmt: skip
         if self.word_path:
             m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy & ~wbusy)
         else:
