@@ -250,10 +250,18 @@ class MatmulEngine(wiring.Component):
         # xt == T - 2 ("the next token is the last") from 1-bit registers only: last cycle's
         # compares of xt and xt + 1, picked by how xt moved since (Yosys chained the 16-bit
         # compare behind the token-end and group decisions: 7 LUT levels, 300 MHz allows 6.83)
-        xt_eq, xt_eq_next, xt_moved, xt_cleared, two_tokens = (Signal() for _ in range(5))
+        xt_eq, xt_eq_next, xt_moved, xt_cleared, two_tokens = (
+            Signal(name=n) for n in ("xt_eq", "xt_eq_next", "xt_moved", "xt_cleared", "two_tokens")
+        )
+        # T - 3: ``xt == T - 3`` is ``xt + 1 == T - 2`` (no false match: T - 3 mod 2**17 is
+        # >= 2**16 > xt when T < 3), an equality of registers; ABC rippled ``xt + 1`` into
+        # the compare (9 LUT levels into xt_eq_next in the 2-weight-port top)
+        tokens_before_last2 = Signal(17)
+        with m.If(start):
+            m.d.sync += tokens_before_last2.eq(self.cmd.payload.tokens - 3)
         m.d.sync += [
             xt_eq.eq(xt == tokens_before_last),
-            xt_eq_next.eq(xt + 1 == tokens_before_last),
+            xt_eq_next.eq(xt == tokens_before_last2),
             xt_moved.eq(0),
             xt_cleared.eq(start),
         ]
