@@ -624,6 +624,7 @@ def test_w4_greedy_shortcuts_equal_the_heap(monkeypatch):
     for every W4 kind, and every option taken at once when the sum of every error increase
     fits the budget (the heap, forced by an infinite sum, takes the same options)."""
     from vitaccel.dse import search as srch
+    from vitaccel.engine_timing import x_beat_words
 
     result = srch.search("deit-tiny", "zcu102")
     m = result["model"]
@@ -631,6 +632,7 @@ def test_w4_greedy_shortcuts_equal_the_heap(monkeypatch):
     plain_w4_errors = srch._Model.w4_errors
     for c in [c for c in result["pool"] if c.w4_share][:40:4]:
         wc = 1.0 / c.weight_ports
+        x_beat = x_beat_words(c.vector, c.datapath_bytes)  # as the explorer passes it
         m._nl_cache = {k: v for k, v in m._nl_cache.items() if k[0] != "price"}
         price: dict = {}
         for kind, drop in itertools.product(("int4", "pot4"), (m.max_drop, 10.0)):
@@ -652,7 +654,7 @@ def test_w4_greedy_shortcuts_equal_the_heap(monkeypatch):
             for w4_errors in (recorded, forced):
                 with monkeypatch.context() as mp:
                     mp.setattr(srch._Model, "w4_errors", w4_errors)
-                    runs.append(srch._evaluate_array(m, *args, drop, wc, c.datapath_bytes // 16))
+                    runs.append(srch._evaluate_array(m, *args, drop, wc, x_beat))
                 if w4_errors is recorded:
                     price = {k: v for k, v in m._nl_cache.items() if k[0] == "price"}
                 m._nl_cache = {k: v for k, v in m._nl_cache.items() if k[0] != "price"}
