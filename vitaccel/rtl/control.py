@@ -191,7 +191,8 @@ class Decoder(wiring.Component):
     decoding the opcode in front of them was an 11-LUT path), the fields commands read,
     registered likewise, and what DECODE does (``plan``, registered when ``latch``: DECODE's
     todo/state/parameter-count updates were the end of a 9-level path through the opcode
-    priority and the field checks).
+    priority and the field checks). The next state is one-hot (``to``, bit ``State.X``): the
+    controller keeps its state as one flag per state.
 
     Parameters
     ----------
@@ -220,7 +221,7 @@ class Decoder(wiring.Component):
                 "mm_gelu": Out(1),
                 "mm_res": Out(1),
                 "todo": Out(len(CMD)),
-                "state": Out(range(len(State))),
+                "to": Out(len(State)),
                 "words": Out(16),
                 "error": Out(1),
                 "end": Out(1),
@@ -241,12 +242,12 @@ class Decoder(wiring.Component):
         ]
         # what DECODE does, from the instruction (registered when `latch`, in PREDECODE)
         todo = Signal(len(CMD))
-        state = Signal(range(len(State)))
+        state = Signal(len(State))  # one-hot: the controller keeps its state as flags
         words = Signal(16)
         err = Signal()
 
         def to(name):
-            return state.eq(State[name])
+            return state.eq(1 << State[name])
 
         def params(count):  # PARAMS first: `count` parameter words
             return [words.eq(count), todo.eq(cmd_bits("words")), to("PARAMS")]
@@ -292,7 +293,7 @@ class Decoder(wiring.Component):
         with m.If(self.latch):
             m.d.sync += [
                 self.todo.eq(todo),
-                self.state.eq(state),
+                self.to.eq(state),
                 self.words.eq(words),
                 self.error.eq(err),
                 self.end.eq(op.end),
@@ -485,8 +486,6 @@ class MatmulSetup(wiring.Component):
             self.w_slots.eq(slots),
             *[off.eq((slots * (q + 1)) << 4) for q, off in enumerate(self.w_offs_list)],
         ]
-        x_fits = Signal()
-        m.d.comb += x_fits.eq((x_need <= x_room) & (ks <= self._max_ksteps) & (ks != 0))
         heads_ok = ~fl.heads | ((mm.heads != 0) & (mm.heads <= G))
         # X_LOG2 needs the engine's log2 mode (built with the log2 softmax)
         flags_ok = Const(1) if self._log2 else ~fl.x_log2
@@ -501,11 +500,21 @@ class MatmulSetup(wiring.Component):
         xk_ks = Signal(16)
         keep_ok = ~fl.x_keep | (~fl.heads & xk_valid & (xk_tokens == mm.tokens) & (xk_ks == ks))
         # the verdict registered too (read when `checked`): the compares were a 10-LUT path
-        # through the error flag into the register file
-        m.d.sync += self.ok.eq(
-            x_fits & heads_ok & flags_ok & fused_ok & res_ok & keep_ok
-            & (nsteps != 0) & (tiles != 0)
-        )  # fmt: skip
+        # through the error flag into the register file. Its terms registered a cycle ahead
+        # of it (one verdict of all of them was a 7-8-level path from the instruction's
+        # fields): those of the fields and ks hold from the cycle after `start` on (the loop
+        # runs >= 2 cycles before `ok` is taken), nsteps/tiles are final when the loop
+        # settles, a cycle before x_need
+        fields_ok = Signal()
+        sizes_ok = Signal()
+        m.d.sync += [
+            fields_ok.eq(
+                (ks <= self._max_ksteps) & (ks != 0)
+                & heads_ok & flags_ok & fused_ok & res_ok & keep_ok
+            ),
+            sizes_ok.eq((nsteps != 0) & (tiles != 0)),
+            self.ok.eq((x_need <= x_room) & fields_ok & sizes_ok),
+        ]  # fmt: skip
         with m.If(self.clear_x):  # a run never reuses the X of the one before
             m.d.sync += xk_valid.eq(0)
         with m.If(self.run & self.checked & self.ok & ~fl.x_keep):

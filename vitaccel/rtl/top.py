@@ -337,22 +337,16 @@ class Accelerator(CheckedComponent):
         n.w_spm = n.mm.flag.w_spm
         n.is_heads = n.mm.flag.heads
 
-        n.state = state = Signal(range(len(State)))
-        n.at = lambda name: state == State[name]
-        # "state is ISSUE or PARAMS" (when commands go out) and "... is PARAMS" as registers
-        # set beside `state`: decoded from `state` they headed 7-9-level paths through every
-        # command's valid and payload
-        n.issuing, n.in_params = issuing, in_params = Signal(), Signal()
-        # "state is X" for the states the stream routes select on, likewise (`in_state`): the
-        # word and DMA read routes' selects decoded from `state` headed 7-8-level paths into
-        # RESADD's beat, the readers' output skids and the SPM's write port
-        n.in_state = {k: Signal(name=f"in_{k.lower()}", init=k == "IDLE") for k in _ROUTED}
-        n.goto = lambda name: [
-            state.eq(State[name]),
-            issuing.eq(name in _ISSUING),
-            in_params.eq(name == "PARAMS"),
-            *[flag.eq(k == name) for k, flag in n.in_state.items()],
-        ]
+        # The state as one flag per state (`in_<state>`, one-hot): a binary state decoded in
+        # front of the routes, the commands' valids and the next-state logic headed 7-8-level
+        # paths (into the state itself through its own decode and the fetch handshake); each
+        # flag's next value is a short sum of (flag, condition) terms (_state_machine)
+        n.flags = {s.name: Signal(name=f"in_{s.name.lower()}", init=s == State.IDLE) for s in State}
+        n.at = lambda name: n.flags[name]
+        n.in_state = n.flags
+        n.in_params = n.flags["PARAMS"]
+        # "state is ISSUE or PARAMS" (when commands go out) as one more register beside them
+        n.issuing = Signal()
         n.pc = Signal(32)
         n.busy = Signal()
         n.todo = Signal(len(CMD))
@@ -872,102 +866,107 @@ class Accelerator(CheckedComponent):
 
     def _state_machine(self, m: Module, n: SimpleNamespace) -> None:
         """FETCH -> PREDECODE -> DECODE -> (PARAMS -> PARAMS_WAIT) -> (MM_SETUP) -> ISSUE ->
-        WAIT -> NEXT (docs/top.md)."""
-        goto, dec, setup, fetch = n.goto, n.dec, n.setup, n.fetch
+        WAIT -> NEXT (docs/top.md): the transitions, the state flags' next values, and what
+        each state does."""
+        dec, setup, fetch, f = n.dec, n.setup, n.fetch, n.flags
         todo, op_is = n.todo, n.op_is
         w_cmds = [f"dma_w{q}" for q in range(1, self.params.weight_ports)]
         wait_armed = Signal()
-        m.d.sync += todo.eq(todo & ~n.fired)
-        # One case per state (a parallel select: the states' conditions as a chain of
-        # independent Ifs were a priority chain of muxes, 7 levels into `state` and `todo`)
-        with m.Switch(n.state):
-            with m.Case(State.IDLE):
-                with m.If(n.status.start):
-                    m.d.sync += [n.busy.eq(1), n.pc.eq(0), goto("FETCH")]
-            with m.Case(State.FETCH):
-                with m.If(n.fetch_go & n.dma.rd_cmd.ready):
-                    m.d.sync += goto("FETCH_WAIT")
-            # fetch.fetched, from the reader's valid itself (in FETCH_WAIT the word route selects
-            # the fetch unit): through the route's select it was an 8-level path into the state
-            with m.Case(State.FETCH_WAIT):
-                with m.If(n.dma.rd.valid & fetch.second):
-                    m.d.sync += goto("PREDECODE")
-            with m.Case(State.PREDECODE):
-                m.d.sync += goto("DECODE")
-            with m.Case(State.DECODE):
-                # the outcome was decided in PREDECODE (registered): DECODE only applies it
-                uses_rd = (op_is.load & (n.instr.load.words != 0)) | (op_is.matmul & ~n.w_spm)
-                m.d.sync += [
-                    n.load_addr.eq(n.instr.load.spm),
-                    n.param_taken.eq(0),
-                    n.sub.eq(0),
-                    n.pf_want.eq(~op_is.end),
-                    n.pf_issued.eq(0),
-                    n.op_rd_cmd_done.eq(0),
-                    n.op_rd_done.eq(~uses_rd),
-                    todo.eq(dec.todo),
-                    n.param_words.eq(dec.words),
-                    n.state.eq(dec.state),
-                    n.issuing.eq(Cat(*[dec.state == State[k] for k in _ISSUING]).any()),
-                    n.in_params.eq(dec.state == State.PARAMS),
-                    *[flag.eq(dec.state == State[k]) for k, flag in n.in_state.items()],
-                ]
-                with m.If(dec.end):
-                    m.d.comb += n.done_set.eq(1)
-                    m.d.sync += n.busy.eq(0)
-                with m.If(dec.error):
-                    m.d.comb += n.error_set.eq(1)
-                    m.d.sync += n.busy.eq(0)
-            with m.Case(State.PARAMS):
-                # on the registered `todo` (cleared by the handshakes a cycle earlier): the
-                # handshakes themselves are too deep a path into the state register
-                with m.If(todo == 0):
-                    m.d.sync += goto("PARAMS_WAIT")
-            with m.Case(State.PARAMS_WAIT):
-                with m.If(n.params_done):
-                    m.d.sync += goto("ISSUE")
-                    with m.If(op_is.matmul):
-                        m.d.sync += goto("MM_SETUP")
-                    with m.Elif(op_is.resadd):
-                        m.d.sync += todo.eq(cmd_bits("words", "unit_wr"))
-                    with m.Else():
-                        m.d.sync += todo.eq(cmd_bits("unit_rd", "unit_wr"))
-            with m.Case(State.MM_SETUP):
-                with m.If(setup.checked):
-                    with m.If(setup.ok):
-                        x_bit = Mux(n.mm.flag.x_keep, 0, cmd_bits("xb"))  # X_KEEP: no X load
-                        ddr = cmd_bits("engine", "dma_rd", "ow", *w_cmds)
-                        m.d.sync += [
-                            goto("ISSUE"),
-                            todo.eq(Mux(n.w_spm, cmd_bits("engine", "wb", "ow"), ddr) | x_bit),
-                        ]
-                    with m.Else():
-                        m.d.comb += n.error_set.eq(1)
-                        m.d.sync += [n.busy.eq(0), goto("IDLE")]
-            with m.Case(State.ISSUE):
-                with m.If(todo == 0):
-                    m.d.sync += [goto("WAIT"), wait_armed.eq(0)]
-            with m.Case(State.WAIT):
-                # all_idle through a register (the AND of every block's idle was the tail of an
-                # 11-level path into the state); it reflects this instruction's blocks from the
-                # second WAIT cycle on, when every command has been taken for a cycle
-                m.d.sync += wait_armed.eq(1)
-                with m.If(wait_armed & n.all_idle_q):
-                    m.d.sync += goto("NEXT")
-            with m.Case(State.NEXT):
-                with m.If(~n.pf_want):
-                    m.d.sync += [n.pc.eq(n.pc + 1), goto("FETCH")]
-                with m.Elif(fetch.next_valid):  # prefetched: decode it right away
-                    m.d.sync += [n.pc.eq(n.pc + 1), goto("PREDECODE")]
-        with m.If(Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()):
+        todo_zero = todo == 0  # the registered `todo` (cleared by the handshakes a cycle
+        # earlier): the handshakes themselves are too deep a path into the state
+        dma_error = Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()
+        # (from, condition, to); None: always. DECODE applies the outcome the decoder worked
+        # out in PREDECODE (registered, one-hot); WAIT's exit reads all_idle through a register
+        # (the AND of every block's idle was the tail of an 11-level path into the state): it
+        # reflects this instruction's blocks from the second WAIT cycle on, when every command
+        # has been taken for a cycle
+        edges = [
+            ("IDLE", n.status.start, "FETCH"),
+            ("FETCH", n.fetch_go & n.dma.rd_cmd.ready, "FETCH_WAIT"),
+            # fetch.fetched from the reader's valid itself (in FETCH_WAIT the word route
+            # selects the fetch unit): through the route's select it was an 8-level path
+            ("FETCH_WAIT", n.dma.rd.valid & fetch.second, "PREDECODE"),
+            ("PREDECODE", None, "DECODE"),
+            *[("DECODE", dec.to[s], s.name) for s in State if s != State.DECODE],
+            ("PARAMS", todo_zero, "PARAMS_WAIT"),
+            ("PARAMS_WAIT", n.params_done & op_is.matmul, "MM_SETUP"),
+            ("PARAMS_WAIT", n.params_done & ~op_is.matmul, "ISSUE"),
+            ("MM_SETUP", setup.checked & setup.ok, "ISSUE"),
+            ("MM_SETUP", setup.checked & ~setup.ok, "IDLE"),
+            ("ISSUE", todo_zero, "WAIT"),
+            ("WAIT", wait_armed & n.all_idle_q, "NEXT"),
+            ("NEXT", ~n.pf_want, "FETCH"),
+            ("NEXT", n.pf_want & fetch.next_valid, "PREDECODE"),
+        ]
+        always_leaves = {"PREDECODE", "DECODE"}  # (DECODE's outcome is never DECODE)
+
+        def next_in(states):
+            """The state is one of ``states`` next cycle (a DMA error ends the run: IDLE)."""
+            terms = [f[a] if c is None else f[a] & c for a, c, b in edges if b in states]
+            for st in states:
+                if st not in always_leaves:
+                    leave = Cat(*[c for a, c, _ in edges if a == st]).any()
+                    terms.append(f[st] & ~leave)
+            now = Cat(*terms).any()
+            return dma_error | now if "IDLE" in states else ~dma_error & now
+
+        m.d.sync += [flag.eq(next_in((name,))) for name, flag in f.items()]
+        m.d.sync += n.issuing.eq(next_in(_ISSUING))
+
+        def leaving(name, cond=None):  # the transition's own actions
+            return m.If(f[name] if cond is None else f[name] & cond)
+
+        # `todo`: the handshakes clear their bits; DECODE, PARAMS_WAIT and MM_SETUP load it
+        # (one mux behind the handshakes: the loads are exclusive flags)
+        load, load_todo = Signal(), Signal(len(CMD))
+        with leaving("DECODE"):
+            m.d.comb += [load.eq(1), load_todo.eq(dec.todo)]
+        with leaving("PARAMS_WAIT", n.params_done & ~op_is.matmul):
+            units = Mux(op_is.resadd, cmd_bits("words", "unit_wr"), cmd_bits("unit_rd", "unit_wr"))
+            m.d.comb += [load.eq(1), load_todo.eq(units)]
+        with leaving("MM_SETUP", setup.checked & setup.ok):
+            x_bit = Mux(n.mm.flag.x_keep, 0, cmd_bits("xb"))  # X_KEEP: no X load
+            ddr = cmd_bits("engine", "dma_rd", "ow", *w_cmds)
+            spm = cmd_bits("engine", "wb", "ow")
+            m.d.comb += [load.eq(1), load_todo.eq(Mux(n.w_spm, spm, ddr) | x_bit)]
+        m.d.sync += todo.eq(Mux(load, load_todo, todo & ~n.fired))
+
+        with leaving("IDLE", n.status.start):
+            m.d.sync += [n.busy.eq(1), n.pc.eq(0)]
+        with leaving("DECODE"):
+            uses_rd = (op_is.load & (n.instr.load.words != 0)) | (op_is.matmul & ~n.w_spm)
+            m.d.sync += [
+                n.load_addr.eq(n.instr.load.spm),
+                n.param_taken.eq(0),
+                n.sub.eq(0),
+                n.pf_want.eq(~op_is.end),
+                n.pf_issued.eq(0),
+                n.op_rd_cmd_done.eq(0),
+                n.op_rd_done.eq(~uses_rd),
+                n.param_words.eq(dec.words),
+            ]
+            with m.If(dec.end):
+                m.d.comb += n.done_set.eq(1)
+                m.d.sync += n.busy.eq(0)
+            with m.If(dec.error):
+                m.d.comb += n.error_set.eq(1)
+                m.d.sync += n.busy.eq(0)
+        with leaving("MM_SETUP", setup.checked & ~setup.ok):
             m.d.comb += n.error_set.eq(1)
-            m.d.sync += [n.busy.eq(0), goto("IDLE")]
+            m.d.sync += n.busy.eq(0)
+        with leaving("ISSUE", todo_zero):
+            m.d.sync += wait_armed.eq(0)
+        with leaving("WAIT"):
+            m.d.sync += wait_armed.eq(1)
+        with leaving("NEXT", ~n.pf_want | fetch.next_valid):
+            m.d.sync += n.pc.eq(n.pc + 1)
+        with m.If(dma_error):
+            m.d.comb += n.error_set.eq(1)
+            m.d.sync += n.busy.eq(0)
 
 
 # The states in which the controller's commands go out (`cmd_valid`).
 _ISSUING = ("ISSUE", "PARAMS")
-# The states the word and DMA read routes select on (registered flags, `in_state`).
-_ROUTED = ("IDLE", "FETCH", "FETCH_WAIT", "PARAMS_WAIT", "WAIT")
 
 
 class AcceleratorTop(wiring.Component):
