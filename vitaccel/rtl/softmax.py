@@ -2,10 +2,11 @@
 
 Bit-exact hardware form of :func:`vitaccel.quant.ref.e2softmax` (pass 1 is
 :func:`vitaccel.quant.ref.e2softmax_k`) with ``SoftmaxParams(in_shift, frac_bits, lanes,
-code_bits)``; the docstrings there are the definition. No multiplier and no table larger than
-32 entries: the log2(e) factor is folded into the preceding requantisation (``in_shift``),
-exponentials are a 4-entry table plus a shift, the division is a leading-one detector, a
-32-entry log2 table and a subtraction (pass 2 works in 1/32 log2 units, ``E2_FRAC``).
+code_bits)``; the docstrings there are the definition. No multiplier: the log2(e) factor is
+folded into the preceding requantisation (``in_shift``), exponentials are a 4-entry table
+plus a shift, the division is a leading-one detector, a 32-entry log2 table and a
+subtraction (pass 2 works in 1/32 log2 units, ``E2_FRAC``); the uint8 output is one
+512-entry table of :func:`vitaccel.quant.ref.e2softmax_prob` per lane (9-input logic).
 
 Structure (docs/nonlinear.md has the diagram)::
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
@@ -29,7 +31,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
+from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, LOG2_MANT32, e2softmax_prob
 from vitaccel.rtl.common import (
     CheckedComponent,
     admit_rows,
@@ -50,6 +52,11 @@ __all__ = ["E2Softmax", "OUTPUT_FORMATS"]
 OUTPUT_FORMATS = ("uint8", "log2")
 # Cycles from a row's last input beat to its descriptor being readable by pass 2.
 PASS1_LATENCY = 12
+# The uint8 output as one table over the exponent's low PROB_BITS bits (1/32 log2 units):
+# whole log2 units 0..15, every probability past 9 of them is 0
+PROB_BITS = E2_FRAC + 4
+PROB_TABLE = e2softmax_prob(np.arange(1 << PROB_BITS))
+assert e2softmax_prob(1 << PROB_BITS) == 0 and PROB_TABLE.max() <= 255
 
 
 class E2Softmax(CheckedComponent):
@@ -318,7 +325,8 @@ class E2Softmax(CheckedComponent):
             c_t.eq(b_t),
             c_beats.eq(b_beats),
             c_m.eq(m_new),
-            c_delta.eq(Mux(b_first, 0, Mux(delta >= sb, sb, delta))),
+            # a row's first beat: sb, which clears S (F needs no select of its own for it)
+            c_delta.eq(Mux(b_first | (delta >= sb), sb, delta)),
         ]
 
         # D: each element's term EXP2_FRAC4[dq & 3] >> (dq >> 2) with F fraction bits.
@@ -380,7 +388,7 @@ class E2Softmax(CheckedComponent):
 
         # F: S = (S >> delta) + terms; the row's final S goes on to the descriptor stages.
         s_acc = Signal(sb)
-        s_next = Mux(e_first, 0, s_acc >> e_delta) + e_sum
+        s_next = (s_acc >> e_delta) + e_sum  # (e_delta is sb on a row's first beat: 0 + terms)
         f_v = Signal()
         f_s = Signal(sb)
         f_m = Signal.like(e_m)
@@ -411,7 +419,9 @@ class E2Softmax(CheckedComponent):
             l_s.eq(f_s),
             l_lead.eq(lead),
             # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
-            l_shift.eq(Mux(lead > E2_FRAC, lead - E2_FRAC, 0)[: len(lead)]),
+            # max(L - E2_FRAC, 0) is the leading one of S >> E2_FRAC (0 when that is 0): a
+            # second detector beside the first, not a subtraction behind it (7 levels)
+            l_shift.eq(leading_one(f_s[E2_FRAC:])),
             l_m.eq(f_m),
             l_t.eq(f_t),
             l_beats.eq(f_beats),
@@ -548,11 +558,8 @@ class E2Softmax(CheckedComponent):
             q_max = (1 << self.code_bits) - 1
             q = (e + (1 << (E2_FRAC - 1))) >> E2_FRAC
             return Mux(q > q_max, q_max, q)
-        whole = e >> E2_FRAC
-        table = Array(Const(v, 9) for v in EXP2_FRAC32)
-        v = table[e[:E2_FRAC]]
-        w = whole[:4]
-        half = (Const(1, 1) << w)[1:]
-        prob = (v + half) >> w
-        prob = Mux(whole > 9, 0, prob)
-        return Mux(prob > 255, 255, prob)
+        # One table of e2softmax_prob over the exponents below 2**PROB_BITS (the table value,
+        # its rounding shift and the clamps in one stage were 7.75 LUT levels, 300 MHz allows
+        # 6.83): a 9-input function per output bit; larger exponents give 0
+        table = Array(Const(int(v), 8) for v in PROB_TABLE)
+        return Mux(e[PROB_BITS:].any(), 0, table[e[:PROB_BITS]])
