@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth import Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -220,6 +220,7 @@ class Decoder(wiring.Component):
                 "ksteps": Out(16),
                 "mm_gelu": Out(1),
                 "mm_res": Out(1),
+                "mm_plain": Out(1),
                 "todo": Out(len(CMD)),
                 "to": Out(len(State)),
                 "words": Out(16),
@@ -239,61 +240,67 @@ class Decoder(wiring.Component):
             self.ksteps.eq((i.matmul.k + self._v - 1) >> exact_log2(self._v)),
             self.mm_gelu.eq(op.matmul & i.matmul.flag.gelu),
             self.mm_res.eq(op.matmul & i.matmul.flag.resadd),
+            # (the output routes' selects: from the register alone, not ANDed behind it)
+            self.mm_plain.eq(op.matmul & ~i.matmul.flag.resadd),
         ]
-        # what DECODE does, from the instruction (registered when `latch`, in PREDECODE)
-        todo = Signal(len(CMD))
-        state = Signal(len(State))  # one-hot: the controller keeps its state as flags
-        words = Signal(16)
-        err = Signal()
 
-        def to(name):
-            return state.eq(1 << State[name])
-
-        def params(count):  # PARAMS first: `count` parameter words
-            return [words.eq(count), todo.eq(cmd_bits("words")), to("PARAMS")]
-
+        # what DECODE does, from the instruction (registered when `latch`, in PREDECODE), as
+        # sums of terms of the (exclusive) opcode flags: the same outcome as a priority chain
+        # over the opcodes was an 8-level path into these registers
         def words_of(channels, per_word):  # parameter words of `channels` entries
             return (channels + per_word - 1) >> exact_log2(per_word)
 
-        with m.If(op.end):
-            m.d.comb += to("IDLE")
-        with m.Elif(op.load):
-            m.d.comb += [todo.eq(cmd_bits("dma_rd")), to("ISSUE")]
-            with m.If(i.load.words == 0):
-                m.d.comb += to("NEXT")
-        with m.Elif(op.store):
-            m.d.comb += [todo.eq(cmd_bits("dma_wr", "words")), to("ISSUE")]
-            with m.If(i.store.words == 0):
-                m.d.comb += to("NEXT")
-        with m.Elif(op.gelu):
-            m.d.comb += params(16)
-        with m.Elif(op.layernorm):
-            m.d.comb += params(words_of(i.layernorm.cols, 2))
-            with m.If(i.layernorm.cols > self._max_channels):
-                m.d.comb += [to("IDLE"), err.eq(1)]
-        with m.Elif(op.resadd):
-            m.d.comb += params(words_of(i.resadd.cols, 4))
-            with m.If(i.resadd.cols > self._resadd_channels):
-                m.d.comb += [to("IDLE"), err.eq(1)]
-        with m.Elif(op.softmax):
-            m.d.comb += [todo.eq(cmd_bits("unit_rd", "unit_wr")), to("ISSUE")]
-            # the output format is the build's: a program for the other one is an error
-            bad_format = i.softmax.flag.log2 != int(self._softmax_log2)
-            with m.If((i.softmax.cols > self._max_tokens) | bad_format):
-                m.d.comb += [to("IDLE"), err.eq(1)]
-        with m.Elif(op.matmul):
-            m.d.comb += to("MM_SETUP")
-            # a fused GELU loads its table, a fused residual add its multipliers first
-            with m.If(i.matmul.flag.gelu):
-                m.d.comb += params(16)
-            with m.Elif(i.matmul.flag.resadd):
-                m.d.comb += params(words_of(i.matmul.n, 4))
-        with m.Else():  # bad opcode
-            m.d.comb += [to("IDLE"), err.eq(1)]
+        def any_of(*terms):
+            return Cat(*terms).any()
+
+        def pick(terms):  # the value of the one true term (0 when none is)
+            out = Const(0, max(len(Value.cast(v)) for _, v in terms))
+            for term, value in terms:
+                out = out | Mux(term, value, 0)
+            return out
+
+        fused = i.matmul.flag.gelu | i.matmul.flag.resadd  # PARAMS first: table or multipliers
+        load_none = i.load.words == 0
+        store_none = i.store.words == 0
+        ln_bad = i.layernorm.cols > self._max_channels
+        res_bad = i.resadd.cols > self._resadd_channels
+        # the output format is the build's: a program for the other one is an error
+        sm_bad = (i.softmax.cols > self._max_tokens) | (
+            i.softmax.flag.log2 != int(self._softmax_log2)
+        )
+        bad_op = ~any_of(*op.as_value())
+        err = any_of(op.layernorm & ln_bad, op.resadd & res_bad, op.softmax & sm_bad, bad_op)
+        states = {
+            "IDLE": [op.end, err],
+            "NEXT": [op.load & load_none, op.store & store_none],
+            "ISSUE": [op.load & ~load_none, op.store & ~store_none, op.softmax & ~sm_bad],
+            "PARAMS": [op.gelu, op.layernorm & ~ln_bad, op.resadd & ~res_bad, op.matmul & fused],
+            "MM_SETUP": [op.matmul & ~fused],
+        }
+        to = Signal(len(State))  # one-hot: the controller keeps its state as flags
+        for name, terms in states.items():
+            m.d.comb += to[State[name]].eq(any_of(*terms))
+        params = any_of(op.gelu, op.layernorm, op.resadd, op.matmul & fused)
+        todo = pick(
+            [
+                (op.load, cmd_bits("dma_rd")),
+                (op.store, cmd_bits("dma_wr", "words")),
+                (params, cmd_bits("words")),
+                (op.softmax, cmd_bits("unit_rd", "unit_wr")),
+            ]
+        )
+        words = pick(
+            [
+                (op.gelu | (op.matmul & i.matmul.flag.gelu), Const(16, 16)),
+                (op.layernorm, words_of(i.layernorm.cols, 2)),
+                (op.resadd, words_of(i.resadd.cols, 4)),
+                (op.matmul & ~i.matmul.flag.gelu & i.matmul.flag.resadd, words_of(i.matmul.n, 4)),
+            ]
+        )
         with m.If(self.latch):
             m.d.sync += [
                 self.todo.eq(todo),
-                self.to.eq(state),
+                self.to.eq(to),
                 self.words.eq(words),
                 self.error.eq(err),
                 self.end.eq(op.end),

@@ -701,7 +701,7 @@ class Accelerator(CheckedComponent):
         to_wr = res_route.o[0]
         join(m, to_wr, res_wr.i, payload=res_wr.i.payload.as_value().eq(to_wr.payload.as_value()))
         # MATMUL RESADD: runs -> ResidualRuns (reads A) -> the unit's pair input -> runs
-        rr, ow, mm_res = n.rr, n.ow, n.dec.mm_res
+        rr, ow, mm_res, mm_plain = n.rr, n.ow, n.dec.mm_res, n.dec.mm_plain
         wiring.connect(m, res_route.o[1], rr.res)
         rr_delta = Signal(16)
         m.d.sync += rr_delta.eq(n.mm.residual - n.mm.y)  # A base - Y base (A has Y's stride)
@@ -709,15 +709,15 @@ class Accelerator(CheckedComponent):
         m.d.comb += [resadd.use_pair.eq(op_is.matmul), rr.delta.eq(rr_delta), rr.chan.eq(ow.chan)]
         m.submodules.ow_route = ow_route = StreamDemux(ow.o.payload.shape(), 2)
         wiring.connect(m, ow.o, ow_route.i)
-        m.d.comb += ow_route.sel.eq(Cat(op_is.matmul & ~mm_res, mm_res))
+        m.d.comb += ow_route.sel.eq(Cat(mm_plain, mm_res))
         if getattr(ow, "word_path", False):  # the residual add takes runs, not words
             m.d.comb += ow.force_runs.eq(mm_res)
         wiring.connect(m, ow_route.o[1], rr.i)
         # the byte-run writer takes the active instruction's runs
         sources = [
             (res_wr.o, op_is.resadd),
-            (ow_route.o[0], op_is.matmul & ~mm_res),
-            (rr.o, op_is.matmul & mm_res),
+            (ow_route.o[0], mm_plain),
+            (rr.o, mm_res),
             *writers.values(),
         ]
         m.submodules.runs = runs = StreamMux(n.brw.i.payload.shape(), len(sources))
