@@ -280,16 +280,20 @@ class MatmulOutWriter(CheckedComponent):
                         m.d.comb += run.data[b].eq(word[8 * q : 8 * q + 8])
 
         m.d.comb += self.chan.eq(n)
-        fire = self.o.valid & self.o.ready
+        # fire: an output leaves (a run taken, or a word path write); a kept net, so the
+        # registers select by it last (``_f`` below)
+        fire = Signal(attrs={"keep": 1})
         word_end, step_end = word_last, step_last
         if self.word_path:
             direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
                                                          step_left, buf, flushing, t,
                                                          step_row_base)  # fmt: skip
-            fire = fire | dfire
+            m.d.comb += fire.eq((self.o.valid & self.o.ready) | dfire)
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
             step_end = Mux(direct, t_last, step_last)
+        else:
+            m.d.comb += fire.eq(self.o.valid & self.o.ready)
         t_valid, t_prime = active & flushing & tprimed, flushing & ~tprimed
         t_fire, t_word_end = fire, word_end
         if self.word_path:  # a direct OUT_T job's flushes leave on wo: no runs, no priming
@@ -297,10 +301,7 @@ class MatmulOutWriter(CheckedComponent):
             # the runs' own fire and word end: the word path's stay off tdata's path
             t_fire, t_word_end = t_valid & self.o.ready, word_last
         with m.If(job.transposed):
-            m.d.comb += [
-                self.o.valid.eq(t_valid),
-                sink.ready.eq(active & ~flushing),
-            ]
+            m.d.comb += self.o.valid.eq(t_valid)
             with m.If(t_prime):
                 m.d.sync += [
                     tdata.eq(Cat(*buf).word_select(lane0, 8 * WORD_BYTES)),
@@ -325,74 +326,106 @@ class MatmulOutWriter(CheckedComponent):
                     m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1)]
                     m.d.comb += t_last_n.eq(t_left == 2)
         if self.word_path:
-            with m.Elif(direct):  # (the writes leave on wo)
-                m.d.comb += sink.ready.eq(dfire & ~more)
+            with m.Elif(direct):  # (the writes leave on wo: no runs)
+                m.d.comb += self.o.valid.eq(0)
+        with m.Else():
+            m.d.comb += self.o.valid.eq(active & sink.valid)
+        # The input's pop as (a register-driven term) | ready & (another): the byte-run
+        # writer's ready then meets one LUT before the skid buffer (through the modes'
+        # selects it was 8 levels deep into the skid registers)
+        pop_any = Signal()  # pops whatever the output's ready
+        pop_rdy = Signal()  # pops when the output is taken
+        if self.word_path:
+            m.d.comb += [
+                pop_any.eq(Mux(job.transposed, active & ~flushing, dfire & ~more)),
+                pop_rdy.eq(~job.transposed & ~direct & active & word_last),
+            ]
+        else:
+            m.d.comb += [
+                pop_any.eq(job.transposed & active & ~flushing),
+                pop_rdy.eq(~job.transposed & active & word_last),
+            ]
+        m.d.comb += sink.ready.eq(pop_any | (self.o.ready & pop_rdy))
+        # An output's updates (a run, or a word path write) as next values ``*_f`` from
+        # registers and compares alone; the handshake (``fire``: the byte-run writer's ready
+        # through the output's route) is only the last select into each register (as the
+        # outer condition of this case tree it headed an 8-level path into the row address).
+        fregs = [flushing, g_left, left_c, lane0, grp_lane, t, t_left, step_n, step_left, n,
+                 left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row, active]  # fmt: skip
+        nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
+
+        def f(r):
+            return nxt[id(r)]
+
+        grp_last_f, g_last_f, t_last_f = Signal(), Signal(), Signal()
+        m.d.comb += [f(r).eq(r) for r in fregs]
+        m.d.comb += [grp_last_f.eq(grp_last), g_last_f.eq(g_last), t_last_f.eq(t_last)]
+        with m.If(fire):
+            m.d.sync += [r.eq(f(r)) for r in fregs]
+            m.d.comb += [grp_last_n.eq(grp_last_f), g_last_n.eq(g_last_f), t_last_n.eq(t_last_f)]
+        with m.If(word_end):
+            m.d.comb += [
+                f(flushing).eq(0),
+                g_last_f.eq(gact1),
+                f(g_left).eq(gact),
+                f(left_c).eq(cm),
+                f(lane0).eq(0),
+                f(grp_lane).eq(0),
+            ]
+            with m.If(step_end):  # the step ends
+                m.d.comb += [
+                    grp_last_f.eq(gl_step),
+                    t_last_f.eq(tok1),
+                    f(t).eq(0),
+                    f(t_left).eq(job.tokens),
+                    f(step_n).eq(step_n + cm),
+                    f(step_left).eq(step_left - cm),
+                    f(n).eq(step_n + cm),
+                    f(left_n).eq(step_left - cm),
+                    f(tok_base).eq(job.base),
+                    f(rowaddr).eq(job.base),
+                    f(step_row_base).eq(step_row_base + cm_stride),
+                    f(grp_nrow).eq(step_row_base + cm_stride),
+                    f(lane_row).eq(step_row_base + cm_stride),
+                ]
+                with m.If(step_left <= cm):
+                    m.d.comb += f(active).eq(0)
+            with m.Else():
+                m.d.comb += [
+                    grp_last_f.eq(gl_group),
+                    t_last_f.eq(t_left == 2),
+                    f(t).eq(t + 1),
+                    f(t_left).eq(t_left - 1),
+                    f(n).eq(step_n),
+                    f(left_n).eq(step_left),
+                    f(tok_base).eq(tok_base + job.stride),
+                    f(rowaddr).eq(tok_base + job.stride),
+                    f(grp_nrow).eq(step_row_base),
+                    f(lane_row).eq(step_row_base),
+                ]
+        with m.Elif(group_last):
+            m.d.comb += [
+                grp_last_f.eq(gl_group),
+                g_last_f.eq(g_left == 2),
+                f(g_left).eq(g_left - 1),
+                f(left_c).eq(cm),
+                f(grp_lane).eq(grp_lane + C),
+                f(lane0).eq(grp_lane + C),
+                f(n).eq(step_n),
+                f(left_n).eq(step_left),
+                f(rowaddr).eq(rowaddr + job.head_step),
+                f(grp_nrow).eq(grp_nrow + job.head_step),
+                f(lane_row).eq(grp_nrow + job.head_step),
+            ]
         with m.Else():
             m.d.comb += [
-                self.o.valid.eq(active & sink.valid),
-                sink.ready.eq(active & self.o.ready & word_end),
+                grp_last_f.eq(gl_run),
+                f(left_c).eq(left_c - sw),
+                f(lane0).eq(lane0 + sw),
+                f(n).eq(n + sw),
+                f(left_n).eq(left_n - sw),
+                f(lane_row).eq(lane_row + job.stride),
             ]
-        with m.If(fire):
-            with m.If(word_end):
-                m.d.sync += flushing.eq(0)
-                m.d.comb += g_last_n.eq(gact1)
-                m.d.sync += [
-                    g_left.eq(gact),
-                    left_c.eq(cm),
-                    lane0.eq(0),
-                    grp_lane.eq(0),
-                ]
-                with m.If(step_end):  # the step ends
-                    m.d.comb += [grp_last_n.eq(gl_step), t_last_n.eq(tok1)]
-                    m.d.sync += [
-                        t.eq(0),
-                        t_left.eq(job.tokens),
-                        step_n.eq(step_n + cm),
-                        step_left.eq(step_left - cm),
-                        n.eq(step_n + cm),
-                        left_n.eq(step_left - cm),
-                        tok_base.eq(job.base),
-                        rowaddr.eq(job.base),
-                        step_row_base.eq(step_row_base + cm_stride),
-                        grp_nrow.eq(step_row_base + cm_stride),
-                        lane_row.eq(step_row_base + cm_stride),
-                    ]
-                    with m.If(step_left <= cm):
-                        m.d.sync += active.eq(0)
-                with m.Else():
-                    m.d.comb += [grp_last_n.eq(gl_group), t_last_n.eq(t_left == 2)]
-                    m.d.sync += [
-                        t.eq(t + 1),
-                        t_left.eq(t_left - 1),
-                        n.eq(step_n),
-                        left_n.eq(step_left),
-                        tok_base.eq(tok_base + job.stride),
-                        rowaddr.eq(tok_base + job.stride),
-                        grp_nrow.eq(step_row_base),
-                        lane_row.eq(step_row_base),
-                    ]
-            with m.Elif(group_last):
-                m.d.comb += [grp_last_n.eq(gl_group), g_last_n.eq(g_left == 2)]
-                m.d.sync += [
-                    g_left.eq(g_left - 1),
-                    left_c.eq(cm),
-                    grp_lane.eq(grp_lane + C),
-                    lane0.eq(grp_lane + C),
-                    n.eq(step_n),
-                    left_n.eq(step_left),
-                    rowaddr.eq(rowaddr + job.head_step),
-                    grp_nrow.eq(grp_nrow + job.head_step),
-                    lane_row.eq(grp_nrow + job.head_step),
-                ]
-            with m.Else():
-                m.d.comb += grp_last_n.eq(gl_run)
-                m.d.sync += [
-                    left_c.eq(left_c - sw),
-                    lane0.eq(lane0 + sw),
-                    n.eq(n + sw),
-                    left_n.eq(left_n - sw),
-                    lane_row.eq(lane_row + job.stride),
-                ]
         # "the run ends its word" (grp_last & g_last as they will be) and "... its step" (&
         # t_last): each case's value from registers and compares, the handshake (``fire``,
         # through the output's route) only the last select (as a select of the *_n values
