@@ -598,6 +598,11 @@ def _spm_with(rng, tensors):
         (2, 4, 8, 0, 1, 6, 16, 19, 1, 1, 0.5),
         (2, 6, 4, 1, 2, 7, 9, 5, 1, 1, 1 / 3),
         (1, 4, 8, 0, 1, 5, 20, 10, 1, 1, 0),
+        # one weight word a column (K <= V): the W builder's column flags, registered while
+        # the previous column streams, have two words to settle
+        (2, 4, 16, 1, 2, 5, 16, 7, 1, 1, 0.5),
+        (2, 2, 8, 0, 1, 3, 8, 9, 1, 1, 0),
+        (1, 2, 8, 1, 1, 3, 5, 3, 1, 1, 0),
         (2, 4, 8, 0, 1, 6, 16, 19, 1, 1, 0),
         (2, 2, 4, 1, 2, 7, 9, 5, 1, 1, 0),
         (4, 4, 16, 1, 3, 3, 40, 9, 1, 1, 0),

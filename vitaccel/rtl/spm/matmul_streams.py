@@ -1310,10 +1310,9 @@ class WStreamBuilder(CheckedComponent):
         start = self.cmd.valid & ~m_active & (cmdp.n != 0) & (cmdp.k != 0)
 
         # Block b = (s, g): first row n0 = s*cm; rows min(cm, N - n0) if group is real.
-        def block_rows(step_n, g, left=None):
-            if left is None:
-                left = Signal(17)
-                m.d.comb += left.eq(job.n - step_n)
+        def block_rows(step_n, g):
+            left = Signal(17)
+            m.d.comb += left.eq(job.n - step_n)
             real = ~job.heads | (g < job.nheads)
             return Mux(real, Mux(left < cm, left, cm), 0)
 
@@ -1351,11 +1350,8 @@ class WStreamBuilder(CheckedComponent):
         c = Signal(16)
         k = Signal(16)  # 0: parameter word, 1..ks: weight words
         k_zero = Signal()  # k == 0, in a register
-        # N - e_step_n kept beside e_step_n: the subtraction was the head of a 7-level path
-        # through the block's rows and the column's row test into the handshake
+        # N - e_step_n kept beside e_step_n (the rows left from this step on)
         e_left = Signal(17)
-        rows = Signal(17)
-        m.d.comb += rows.eq(block_rows(e_step_n, e_g, e_left))
         row = c  # the block's row of column c
         if mixed:
             w8 = Signal()  # column c is a W8 column (its column within the group < C8)
@@ -1363,18 +1359,25 @@ class WStreamBuilder(CheckedComponent):
             row = Signal(16)  # W8 columns before c in the block
             cols_blk = Signal(16)
             m.d.comb += w8.eq(cc < C8)
+        # "column c takes a row" (row < min(N - step_n, cm), group real, W8 column) is a
+        # register, set when c moves from flags registered while the previous column streamed:
+        # the compares of e_left and cm sat in the handshake (7 LUT + 3 carry levels from cm
+        # into e_step_n, m_active and the skid buffers; 300 MHz allows 6.75). row < cm always
+        # holds for a W8 column (cm counts a block's W8 columns), so the row test is row < left.
+        take = Signal()
+        real_cur = Signal()  # group e_g is real (~heads | e_g < nheads)
+        real_gn = Signal()  # group e_g + 1 is real
+        real_g0 = Signal()  # group 0 is real, set with the job
+        more = Signal()  # the block's next column takes a row if its group is real
 
-        def to_col():  # column c takes a row
-            return (row < rows) & w8 if mixed else row < rows
-
-        from_reader = ~k_zero & to_col()
+        from_reader = ~k_zero & take
         param = Signal(self.w_bits)
         m.d.comb += param.eq(Cat(Const(0, self.acc_bits), job.mult, job.shift))
         with m.If(k_zero):
             # idle columns get an all-zero parameter word, as the engine's packer gives them
             m.d.comb += [
                 src.valid.eq(m_active),
-                src.payload.eq(Mux(to_col(), param, 0)),
+                src.payload.eq(Mux(take, param, 0)),
             ]
         with m.Elif(from_reader):
             m.d.comb += [
@@ -1387,8 +1390,8 @@ class WStreamBuilder(CheckedComponent):
         fire = src.valid & src.ready
         # End-of-loop flags in registers, so the handshake only selects (the nested compares
         # were a 12-LUT path into m_active). k_last is exact (k moves every word); the others
-        # follow c, e_g, e_step_n a cycle late, which is safe because each of those holds for
-        # ks + 1 >= 2 words before it is tested again.
+        # (and real_gn, more) follow c, e_g, e_step_n a cycle late, which is safe because each
+        # of those holds for ks + 1 >= 2 words before it is tested again.
         k_last = Signal()  # k == ks
         ks_m1 = Signal(16)  # ks - 1, set with the job
         c_last = Signal()  # c + 1 == cm
@@ -1398,7 +1401,14 @@ class WStreamBuilder(CheckedComponent):
             c_last.eq(c + 1 == (cols_blk if mixed else cm)),
             g_last.eq(e_g + 1 == blocks_per_step),
             n_last.eq(e_step_n + cm >= job.n),
+            real_gn.eq(~job.heads | (e_g + 1 < job.nheads)),
         ]
+        if mixed:
+            # the next column within the group and whether it is a W8 one
+            cc_next = Mux(cc == C - 1, 0, cc + 1)
+            m.d.sync += more.eq((cc_next < C8) & (row + w8 < e_left))
+        else:
+            m.d.sync += more.eq(c + 1 < e_left)
         col_end = k_last
         blk_end = k_last & c_last
         step_end = blk_end & g_last
@@ -1409,14 +1419,21 @@ class WStreamBuilder(CheckedComponent):
                 k.eq(Mux(k_last, 0, k + 1)),
             ]
             with m.If(col_end):
-                m.d.sync += c.eq(Mux(c_last, 0, c + 1))
+                m.d.sync += [c.eq(Mux(c_last, 0, c + 1)), take.eq(real_cur & more)]
                 if mixed:
                     m.d.sync += [
                         cc.eq(Mux(c_last | (cc == C - 1), 0, cc + 1)),
                         row.eq(Mux(c_last, 0, row + w8)),
                     ]
             with m.If(blk_end):
-                m.d.sync += e_g.eq(Mux(g_last, 0, e_g + 1))
+                # a new block's column 0 takes a row if its group is real (rows are left:
+                # the job ends with the step that reaches N)
+                real_next = Mux(g_last, real_g0, real_gn)
+                m.d.sync += [
+                    e_g.eq(Mux(g_last, 0, e_g + 1)),
+                    real_cur.eq(real_next),
+                    take.eq(real_next),
+                ]
             with m.If(step_end):
                 m.d.sync += [e_step_n.eq(e_step_n + cm), e_left.eq(e_left - cm)]
             with m.If(step_end & n_last):
@@ -1436,6 +1453,9 @@ class WStreamBuilder(CheckedComponent):
                 e_g.eq(0),
                 e_step_n.eq(0),
                 e_left.eq(cmdp.n),
+                real_g0.eq(~cmdp.heads | (cmdp.nheads != 0)),
+                real_cur.eq(~cmdp.heads | (cmdp.nheads != 0)),
+                take.eq(~cmdp.heads | (cmdp.nheads != 0)),
                 c.eq(0),
                 k.eq(0),
                 k_last.eq(0),
