@@ -79,10 +79,11 @@ LATENCIES = {
     # the command and data streams made the per-instruction overhead 14 (was 10).
     "instr": 14,  # fetch (2 AXI beats) + predecode + decode + the idle check + next
     # Unit pipeline drain after the last input beat, less what the reader/writer overlap
-    # (docs/nonlinear.md "Throughput and latency"): E2Softmax one row's beats + 15 in the
-    # unit (its pass-1 sum tree over two stages for 300 MHz: one more), AILayerNorm two
-    # rows' beats + 33 (+2 more at 8-16 lanes), GELU 1.
-    "softmax": 7,
+    # (docs/nonlinear.md "Throughput and latency"): E2Softmax one row's beats + 16 in the
+    # unit (its pass-1 sum tree over two stages for 300 MHz: one more; its pass-2 output over
+    # two stages, #17: one more), AILayerNorm two rows' beats + 33 (+2 more at 8-16 lanes),
+    # GELU 1.
+    "softmax": 8,
     "layernorm": 32,
     # AILayerNorm: per stage of its two lane sums beyond the first (lane_tree_stages: 8-16
     # lanes one more, 32-64 two more), one cycle each

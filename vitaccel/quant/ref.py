@@ -30,7 +30,6 @@ __all__ = [
     "SoftmaxParams",
     "e2softmax",
     "e2softmax_k",
-    "e2softmax_prob",
     "LayerNormParams",
     "ailayernorm",
     "ailayernorm_stats",
@@ -271,14 +270,6 @@ def e2softmax(x, params: SoftmaxParams = SoftmaxParams(), output: str = "uint8")
         return np.minimum(
             (1 << params.code_bits) - 1, np.right_shift(e + 2 ** (E2_FRAC - 1), E2_FRAC)
         )
-    return e2softmax_prob(e)
-
-
-def e2softmax_prob(e) -> np.ndarray:
-    """E2Softmax's uint8 probability of exponents ``e >= 0`` (1/32 log2 units, pass 2 of
-    :func:`e2softmax`): ``min(255, rshift_round(EXP2_FRAC32[e & 31], e >> 5))``, 0 once
-    ``e >> 5`` exceeds 9 (so for every ``e >= 320``)."""
-    e = _i64(e)
     whole = np.right_shift(e, E2_FRAC)
     table = np.asarray(EXP2_FRAC32, dtype=np.int64)[e & (2**E2_FRAC - 1)]
     prob = np.where(whole > 9, 0, rshift_round(table, np.minimum(whole, 9)))

@@ -2,11 +2,10 @@
 
 Bit-exact hardware form of :func:`vitaccel.quant.ref.e2softmax` (pass 1 is
 :func:`vitaccel.quant.ref.e2softmax_k`) with ``SoftmaxParams(in_shift, frac_bits, lanes,
-code_bits)``; the docstrings there are the definition. No multiplier: the log2(e) factor is
-folded into the preceding requantisation (``in_shift``), exponentials are a 4-entry table
-plus a shift, the division is a leading-one detector, a 32-entry log2 table and a
-subtraction (pass 2 works in 1/32 log2 units, ``E2_FRAC``); the uint8 output is one
-512-entry table of :func:`vitaccel.quant.ref.e2softmax_prob` per lane (9-input logic).
+code_bits)``; the docstrings there are the definition. No multiplier and no table larger than
+32 entries: the log2(e) factor is folded into the preceding requantisation (``in_shift``),
+exponentials are a 4-entry table plus a shift, the division is a leading-one detector, a
+32-entry log2 table and a subtraction (pass 2 works in 1/32 log2 units, ``E2_FRAC``).
 
 Structure (docs/nonlinear.md has the diagram)::
 
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
@@ -31,7 +29,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
-from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, LOG2_MANT32, e2softmax_prob
+from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
 from vitaccel.rtl.common import (
     CheckedComponent,
     admit_rows,
@@ -52,11 +50,6 @@ __all__ = ["E2Softmax", "OUTPUT_FORMATS"]
 OUTPUT_FORMATS = ("uint8", "log2")
 # Cycles from a row's last input beat to its descriptor being readable by pass 2.
 PASS1_LATENCY = 12
-# The uint8 output as one table over the exponent's low PROB_BITS bits (1/32 log2 units):
-# whole log2 units 0..15, every probability past 9 of them is 0
-PROB_BITS = E2_FRAC + 4
-PROB_TABLE = e2softmax_prob(np.arange(1 << PROB_BITS))
-assert e2softmax_prob(1 << PROB_BITS) == 0 and PROB_TABLE.max() <= 255
 
 
 class E2Softmax(CheckedComponent):
@@ -509,6 +502,9 @@ class E2Softmax(CheckedComponent):
         r3_v, r3_last = Signal(), Signal()
         r3_cnt = Signal.like(r2_cnt)
         r3_e = [Signal(eb, name=f"r3_e{lane}") for lane in range(lanes)]
+        r4_v, r4_last = Signal(), Signal()
+        r4_cnt = Signal.like(r2_cnt)
+        r4_parts = [self._output_parts(r3_e[lane], lane) for lane in range(lanes)]
         o_data = Signal(data.ArrayLayout(unsigned(self.out_bits), lanes))
         o_cnt = Signal.like(r2_cnt)
         o_last = Signal()
@@ -537,9 +533,13 @@ class E2Softmax(CheckedComponent):
                 # e = 8 dq + log2 S with dq = 4m + rest (dq >= 0 on the valid lanes)
                 e = (r2_rest[lane] << (E2_FRAC - 2)) + r2_row
                 m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, e))
-            m.d.sync += [out_valid.eq(r3_v), o_last.eq(r3_last), o_cnt.eq(r3_cnt)]
+            # R4: the output's first half (R4 -> output: the second)
+            m.d.sync += [r4_v.eq(r3_v), r4_last.eq(r3_last), r4_cnt.eq(r3_cnt)]
+            for regs, values in r4_parts:
+                m.d.sync += [r.eq(v) for r, v in zip(regs, values, strict=True)]
+            m.d.sync += [out_valid.eq(r4_v), o_last.eq(r4_last), o_cnt.eq(r4_cnt)]
             for lane in range(lanes):
-                m.d.sync += o_data[lane].eq(self._output(r3_e[lane]))
+                m.d.sync += o_data[lane].eq(self._output(r4_parts[lane][0]))
         m.d.comb += [
             self.o.valid.eq(out_valid),
             self.o.payload.data.eq(o_data),
@@ -548,18 +548,53 @@ class E2Softmax(CheckedComponent):
         ]
 
         pipe_busy = (
-            a_v | b_v | c_v | d_v | e0_v | e_v | f_v | g_v | r1_v | r1b_v | r2_v | r3_v | out_valid
+            a_v
+            | b_v
+            | c_v
+            | d_v
+            | e0_v
+            | e_v
+            | f_v
+            | g_v
+            | r1_v
+            | r1b_v
+            | r2_v
+            | r3_v
+            | r4_v
+            | out_valid
         )
         m.d.comb += self.busy.eq(in_row | (in_flight != 0) | cur_active | pipe_busy)
 
-    def _output(self, e):
-        """Pass 2 output from e (1/32 log2 units): log2 code, or uint8 probability."""
+    def _output_parts(self, e, lane):
+        """The output's first stage from e (1/32 log2 units): (registers, their values).
+
+        log2: the code ``min(q_max, (e + 16) >> 5)``. uint8: ``v + 2**(w-1)`` (``v`` the
+        table value of e's fraction, ``w`` its whole part, 0 for w = 0) and "w > 9" (the
+        probability is 0); the shift by ``w`` and the clamp to 255 follow in the next stage
+        (table, rounding add, shift and clamps in one stage were 7.75 LUT levels inside the
+        top; 300 MHz allows 6.83)."""
         if self.output == "log2":
             q_max = (1 << self.code_bits) - 1
             q = (e + (1 << (E2_FRAC - 1))) >> E2_FRAC
-            return Mux(q > q_max, q_max, q)
-        # One table of e2softmax_prob over the exponents below 2**PROB_BITS (the table value,
-        # its rounding shift and the clamps in one stage were 7.75 LUT levels, 300 MHz allows
-        # 6.83): a 9-input function per output bit; larger exponents give 0
-        table = Array(Const(int(v), 8) for v in PROB_TABLE)
-        return Mux(e[PROB_BITS:].any(), 0, table[e[:PROB_BITS]])
+            code = Signal(self.code_bits, name=f"r4_q{lane}")
+            return (code,), (Mux(q > q_max, q_max, q),)
+        whole = e >> E2_FRAC
+        table = Array(Const(v, 9) for v in EXP2_FRAC32)
+        w = whole[:4]
+        half = (Const(1, 1) << w)[1:]
+        sum_ = table[e[:E2_FRAC]] + half
+        regs = (
+            Signal(len(sum_), name=f"r4_vh{lane}"),
+            Signal(4, name=f"r4_w{lane}"),
+            Signal(name=f"r4_zero{lane}"),
+        )
+        return regs, (sum_, w, whole > 9)
+
+    def _output(self, parts):
+        """The output's second stage: log2 code, or uint8 probability
+        ``min(255, (v + half) >> w)``, 0 past 9 whole units."""
+        if self.output == "log2":
+            return parts[0]
+        vh, w, zero = parts
+        prob = vh >> w
+        return Mux(zero, 0, Mux(prob > 255, 255, prob))
