@@ -44,6 +44,7 @@ __all__ = [
     "join",
     "row_fields",
     "Decoder",
+    "predecode_layout",
     "InstrFetch",
     "MatmulSetup",
     "Status",
@@ -185,6 +186,21 @@ def _op_flags():
     return data.StructLayout({op.name.lower(): 1 for op in Op})
 
 
+def predecode_layout() -> data.StructLayout:
+    """What the fetch unit decodes from an instruction's first beat (:meth:`Decoder.predecode`):
+    the opcode one-hot, LOAD/STORE of no words, and the row checks that end a run."""
+    return data.StructLayout(
+        {"op": _op_flags(), "words_none": 1, "ln_bad": 1, "res_bad": 1, "sm_bad": 1}
+    )
+
+
+def _decoded_fields(op: Op) -> list:
+    """(lsb, width) of what :meth:`Decoder.predecode` reads: the opcode, flags, and the
+    words / cols fields."""
+    fields = field_bits(op)
+    return [OPCODE_BITS, FLAGS_BITS] + [fields[k] for k in ("words", "cols") if k in fields]
+
+
 class Decoder(wiring.Component):
     """The instruction decoded: the opcode, combinational (``op``, for PREDECODE) and
     registered (``op_is``: every stream mux and command of the instruction selects on it;
@@ -213,6 +229,7 @@ class Decoder(wiring.Component):
         super().__init__(
             {
                 "instr": In(instr_layout()),
+                "pre": In(predecode_layout()),
                 "latch": In(1),
                 "op": Out(_op_flags()),
                 "op_is": Out(_op_flags()),
@@ -229,11 +246,32 @@ class Decoder(wiring.Component):
             }
         )
 
+    def predecode(self, beat) -> list:
+        """The opcode and the checks of an instruction from its first 128-bit beat, as
+        values of :func:`predecode_layout` (the fetch unit registers them with the beat)."""
+        i = data.View(instr_layout(), Cat(beat, Const(0, INSTR_BITS - len(beat))))
+        assert all(lsb + w <= len(beat) for o in Op for lsb, w in _decoded_fields(o))
+        # the output format is the build's: a program for the other one is an error
+        sm_bad = (i.softmax.cols > self._max_tokens) | (
+            i.softmax.flag.log2 != int(self._softmax_log2)
+        )
+        return {
+            "op": Cat(*[i.opcode == int(o) for o in Op]),
+            "words_none": i.load.words == 0,
+            "ln_bad": i.layernorm.cols > self._max_channels,
+            "res_bad": i.resadd.cols > self._resadd_channels,
+            "sm_bad": sm_bad,
+        }
+
     def elaborate(self, platform):
         m = Module()
         i = self.instr
         op = self.op
-        m.d.comb += [op.as_value()[k].eq(i.opcode == int(o)) for k, o in enumerate(Op)]
+        pre = self.pre
+        # the opcode and the checks registered with the instruction's first beat (from the
+        # instruction register the opcode compare and the checks were 7 levels into DECODE's
+        # outcome)
+        m.d.comb += op.eq(pre.op)
         m.d.sync += [
             self.op_is.eq(op),
             self.load_words_zero.eq(i.load.words == 0),
@@ -260,14 +298,9 @@ class Decoder(wiring.Component):
             return out
 
         fused = i.matmul.flag.gelu | i.matmul.flag.resadd  # PARAMS first: table or multipliers
-        load_none = i.load.words == 0
-        store_none = i.store.words == 0
-        ln_bad = i.layernorm.cols > self._max_channels
-        res_bad = i.resadd.cols > self._resadd_channels
-        # the output format is the build's: a program for the other one is an error
-        sm_bad = (i.softmax.cols > self._max_tokens) | (
-            i.softmax.flag.log2 != int(self._softmax_log2)
-        )
+        assert field_bits("LOAD")["words"] == field_bits("STORE")["words"]
+        load_none = store_none = pre.words_none
+        ln_bad, res_bad, sm_bad = pre.ln_bad, pre.res_bad, pre.sm_bad
         bad_op = ~any_of(*op.as_value())
         err = any_of(op.layernorm & ln_bad, op.resadd & res_bad, op.softmax & sm_bad, bad_op)
         states = {
@@ -335,7 +368,10 @@ class InstrFetch(wiring.Component):
     next_valid : ``Out(1)``
     """
 
-    def __init__(self):
+    def __init__(self, predecode=None):
+        # predecode: a function of an instruction's first beat to predecode_layout() values,
+        # registered with the beat (``pre``; all zero without one)
+        self._predecode = predecode
         super().__init__(
             {
                 "rd": In(stream.Signature(128)),
@@ -346,6 +382,7 @@ class InstrFetch(wiring.Component):
                 "clear_next": In(1),
                 "advance": In(1),
                 "instr": Out(instr_layout()),
+                "pre": Out(predecode_layout()),
                 "next_valid": Out(1),
             }
         )
@@ -357,16 +394,20 @@ class InstrFetch(wiring.Component):
         fetch_beat = Signal()
         next_beat = Signal()
         beat = self.rd.payload
+        pre_beat = Signal(predecode_layout())
+        next_pre = Signal(predecode_layout())
+        if self._predecode is not None:
+            m.d.comb += [getattr(pre_beat, k).eq(v) for k, v in self._predecode(beat).items()]
         m.d.comb += [self.rd.ready.eq(1), self.second.eq(fetch_beat)]
         with m.If(self.rd.valid & self.fetch):
             with m.If(~fetch_beat):
-                m.d.sync += [instr[:128].eq(beat), fetch_beat.eq(1)]
+                m.d.sync += [instr[:128].eq(beat), self.pre.eq(pre_beat), fetch_beat.eq(1)]
             with m.Else():
                 m.d.sync += [instr[128:].eq(beat), fetch_beat.eq(0)]
                 m.d.comb += self.fetched.eq(1)
         with m.If(self.rd.valid & ~self.fetch):
             with m.If(~next_beat):
-                m.d.sync += [next_instr[:128].eq(beat), next_beat.eq(1)]
+                m.d.sync += [next_instr[:128].eq(beat), next_pre.eq(pre_beat), next_beat.eq(1)]
             with m.Else():
                 m.d.sync += [next_instr[128:].eq(beat), next_beat.eq(0), self.next_valid.eq(1)]
         with m.If(self.fetch_start):
@@ -374,7 +415,7 @@ class InstrFetch(wiring.Component):
         with m.If(self.clear_next):
             m.d.sync += [self.next_valid.eq(0), next_beat.eq(0)]
         with m.If(self.advance):
-            m.d.sync += instr.eq(next_instr)
+            m.d.sync += [instr.eq(next_instr), self.pre.eq(next_pre)]
         return m
 
 

@@ -317,7 +317,6 @@ class Accelerator(CheckedComponent):
         """Fetch, decoder, MATMUL setup, status: the controller's components and registers."""
         P = self.params
         E = P.engine
-        m.submodules.fetch = n.fetch = InstrFetch()
         m.submodules.decoder = n.dec = Decoder(
             vector=E.vector,
             max_channels=P.max_channels,
@@ -325,13 +324,14 @@ class Accelerator(CheckedComponent):
             max_tokens=P.max_tokens,
             softmax_log2=P.softmax_log2,
         )
+        m.submodules.fetch = n.fetch = InstrFetch(predecode=n.dec.predecode)
         m.submodules.mm_setup = n.setup = MatmulSetup(
             groups=E.groups, rows=E.rows, cols=E.cols, x_words=E.x_words,
             max_ksteps=E.max_ksteps, weight_ports=P.weight_ports, log2=P.softmax_log2,
             x_beat=E.x_beat, cols_w8=E.cols_w8,
         )  # fmt: skip
         n.instr = n.fetch.instr
-        m.d.comb += [n.dec.instr.eq(n.instr), n.setup.instr.eq(n.instr)]
+        m.d.comb += [n.dec.instr.eq(n.instr), n.dec.pre.eq(n.fetch.pre), n.setup.instr.eq(n.instr)]
         n.op_is = n.dec.op_is
         n.mm = n.instr.matmul
         n.w_spm = n.mm.flag.w_spm
