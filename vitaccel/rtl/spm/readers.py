@@ -147,12 +147,22 @@ class RowReader(CheckedComponent):
         w_zero = Signal()  # w_left == 0
         one_word = Signal()  # wpr_m1 == 0
         last_row = Signal()  # rows_left == 1
+        # which of the grant's three cases comes next, as registers set with the flags above
+        # (w_zero & dual & ~second: to the B row; w_zero & ~(dual & ~second): the row (pair)
+        # ends; & last_row: the command ends): the grant is the last select of the row
+        # registers (their compare on w_zero, dual and second put the grant 2 LUTs from them)
+        to_b = Signal()
+        row_end = Signal()
+        cmd_end = Signal()
         with m.If(take & ~empty_cmd):
             words_m1 = ((cmdp.cols + (FB - 1)) >> fb_log) - 1
             m.d.sync += [
                 w_zero.eq(words_m1 == 0),
                 one_word.eq(words_m1 == 0),
                 last_row.eq(cmdp.rows == 1),
+                to_b.eq((words_m1 == 0) & cmdp.dual),
+                row_end.eq((words_m1 == 0) & ~cmdp.dual),
+                cmd_end.eq((words_m1 == 0) & ~cmdp.dual & (cmdp.rows == 1)),
                 active.eq(1),
                 rows_left.eq(cmdp.rows),
                 wpr_m1.eq(((cmdp.cols + (FB - 1)) >> fb_log) - 1),
@@ -182,10 +192,26 @@ class RowReader(CheckedComponent):
         ]
         with m.If(grant):
             with m.If(~w_zero):
-                m.d.sync += [w_left.eq(w_left - 1), w_zero.eq(w_left == 1), addr.eq(addr + F)]
-            with m.Elif(dual & ~second):
-                m.d.sync += [w_left.eq(wpr_m1), w_zero.eq(one_word), second.eq(1), addr.eq(row_b)]
-            with m.Else():
+                w_one = w_left == 1
+                m.d.sync += [
+                    w_left.eq(w_left - 1),
+                    w_zero.eq(w_one),
+                    addr.eq(addr + F),
+                    to_b.eq(w_one & dual & ~second),
+                    row_end.eq(w_one & ~(dual & ~second)),
+                    cmd_end.eq(w_one & ~(dual & ~second) & last_row),
+                ]
+            with m.If(to_b):
+                m.d.sync += [
+                    w_left.eq(wpr_m1),
+                    w_zero.eq(one_word),
+                    second.eq(1),
+                    addr.eq(row_b),
+                    to_b.eq(0),
+                    row_end.eq(one_word),
+                    cmd_end.eq(one_word & last_row),
+                ]
+            with m.If(row_end):
                 m.d.sync += [
                     w_left.eq(wpr_m1),
                     w_zero.eq(one_word),
@@ -195,9 +221,12 @@ class RowReader(CheckedComponent):
                     row_a.eq(row_a + stride_a),
                     row_b.eq(row_b + stride_b),
                     addr.eq(row_a + stride_a),
+                    to_b.eq(one_word & dual),
+                    row_end.eq(one_word & ~dual),
+                    cmd_end.eq(one_word & ~dual & (rows_left == 2)),
                 ]
-                with m.If(last_row):
-                    m.d.sync += active.eq(0)
+            with m.If(cmd_end):
+                m.d.sync += active.eq(0)
         m.d.comb += [words.w_en.eq(self.mem.rvalid), words.w_data.eq(self.mem.rdata)]
 
         # -- beat former --
