@@ -104,6 +104,12 @@ def _client_ports(signature, count: int, wide: dict, lanes: dict | None = None):
     )  # fmt: skip
 
 
+def _bank_row(addr, b: int, lb: int, abits: int):
+    """Bank ``b``'s row for the words from ``addr`` on (``2**lb`` banks): ``addr div B``, one
+    further for the banks below ``addr mod B`` (they hold the words after the last bank's)."""
+    return addr[lb:abits] + (addr[:lb] > b)
+
+
 def spm_bank_memory(depth: int, init=(), memory: str = "bram") -> Memory:
     """One memory of the scratchpad (the whole SPM, or one bank): ``depth`` 16-byte words on
     ``memory`` (``RAM_STYLE``). Every scratchpad memory is created here."""
@@ -308,8 +314,16 @@ class Scratchpad(CheckedComponent):
         grant, addr = self._arbiter(m, clients, abits)
         a = Signal(abits)
         m.d.comb += a.eq(addr)
+        # Bank b's row for each client's address, before the grant selects one (the add
+        # after the grant's AND-OR was a carry chain between the arbiter and every block
+        # RAM's address, 7.0 levels from a reader's room); a narrow client's word is in
+        # bank a mod B, whose row is a div B: only the wide clients add
         for b, (_, rp) in enumerate(ports):
-            m.d.comb += [rp.addr.eq(a[lb:] + (a[:lb] > b)), rp.en.eq(grant.any())]
+            row = 0
+            for i, r in enumerate(clients):
+                rb = _bank_row(r.addr, b, lb, abits) if i in self.wide else r.addr[lb:abits]
+                row = row | Mux(grant[i], rb, 0)
+            m.d.comb += [rp.addr.eq(row), rp.en.eq(grant.any())]
         rot = Signal(lb)
         granted = Signal(self.read_clients)
         m.d.sync += granted.eq(grant)
@@ -336,9 +350,8 @@ class Scratchpad(CheckedComponent):
         B = self.banks
         lb = exact_log2(B)
         rot = w.addr[:lb]
-        row = w.addr[lb:abits]
         for b, (wp, _) in enumerate(ports):
-            m.d.comb += wp.addr.eq(row + (rot > b))
+            m.d.comb += wp.addr.eq(_bank_row(w.addr, b, lb, abits))
             with m.Switch(rot):
                 for r in range(B):
                     i = (b - r) % B
