@@ -158,6 +158,10 @@ class MatmulOutWriter(CheckedComponent):
         left_c = Signal(17)  # lanes of this group from c on
         lane0 = Signal(range(G * C + 1))  # first byte of the run in the word
         grp_lane = Signal(range(G * C + 1))  # first byte of this group
+        # the next run's first byte in either case (OUT_T selects the flushed lane's bytes a
+        # run ahead with them; the adds in front of the select made a 7.25-level path)
+        lane_run = Signal(range(2 * G * C + 32))  # lane0 + sw
+        lane_grp = Signal(range(2 * G * C + 1))  # grp_lane + C
         n = Signal(17)  # channel of the run
         left_n = Signal(17)  # N - n
         step_n = Signal(17)  # s * cm
@@ -221,6 +225,8 @@ class MatmulOutWriter(CheckedComponent):
                 left_c.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
                 lane0.eq(0),
                 grp_lane.eq(0),
+                lane_run.eq(sw0),
+                lane_grp.eq(C),
                 n.eq(0),
                 left_n.eq(cmdp.n),
                 step_n.eq(0),
@@ -308,7 +314,7 @@ class MatmulOutWriter(CheckedComponent):
                     tprimed.eq(1),
                 ]
             with m.If(t_fire):
-                lane_next = Mux(group_last, grp_lane + C, lane0 + sw)
+                lane_next = Mux(group_last, lane_grp, lane_run)
                 m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
                 with m.If(t_word_end):
                     m.d.sync += tprimed.eq(0)
@@ -350,8 +356,9 @@ class MatmulOutWriter(CheckedComponent):
         # registers and compares alone; the handshake (``fire``: the byte-run writer's ready
         # through the output's route) is only the last select into each register (as the
         # outer condition of this case tree it headed an 8-level path into the row address).
-        fregs = [flushing, g_left, left_c, lane0, grp_lane, t, t_left, step_n, step_left, n,
-                 left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row, active]  # fmt: skip
+        fregs = [flushing, g_left, left_c, lane0, grp_lane, lane_run, lane_grp, t, t_left, step_n,
+                 step_left, n, left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row,
+                 active]  # fmt: skip
         nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
 
         def f(r):
@@ -371,6 +378,8 @@ class MatmulOutWriter(CheckedComponent):
                 f(left_c).eq(cm),
                 f(lane0).eq(0),
                 f(grp_lane).eq(0),
+                f(lane_run).eq(sw),
+                f(lane_grp).eq(C),
             ]
             with m.If(step_end):  # the step ends
                 m.d.comb += [
@@ -411,6 +420,8 @@ class MatmulOutWriter(CheckedComponent):
                 f(left_c).eq(cm),
                 f(grp_lane).eq(grp_lane + C),
                 f(lane0).eq(grp_lane + C),
+                f(lane_run).eq(lane_grp + sw),
+                f(lane_grp).eq(lane_grp + C),
                 f(n).eq(step_n),
                 f(left_n).eq(step_left),
                 f(rowaddr).eq(rowaddr + job.head_step),
@@ -422,6 +433,7 @@ class MatmulOutWriter(CheckedComponent):
                 grp_last_f.eq(gl_run),
                 f(left_c).eq(left_c - sw),
                 f(lane0).eq(lane0 + sw),
+                f(lane_run).eq(lane_run + sw),
                 f(n).eq(n + sw),
                 f(left_n).eq(left_n - sw),
                 f(lane_row).eq(lane_row + job.stride),
