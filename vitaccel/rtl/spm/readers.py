@@ -177,18 +177,21 @@ class RowReader(CheckedComponent):
             ]
 
         outstanding = Signal(range(self.fifo_depth + 1))  # granted, not yet popped
-        # outstanding < fifo_depth, kept in a register from the next value: the request
-        # (and the SPM arbiter and address mux behind it) starts at a flip-flop
-        room = Signal(init=1)
+        # The request, active & (outstanding < fifo_depth), is one register set from the next
+        # values: the SPM arbiter and the address mux behind it start at a flip-flop (the
+        # AND of active and a registered room was the first of 7 levels into the block RAM
+        # and the other readers' address registers)
+        req = Signal()
         pop = Signal()
         m.d.comb += [
-            self.mem.req.eq(active & room),
+            self.mem.req.eq(req),
             self.mem.addr.eq(addr),
         ]
         grant = self.mem.grant
+        active_nx = Mux(take & ~empty_cmd, 1, Mux(grant & cmd_end, 0, active))
         m.d.sync += [
             outstanding.eq(outstanding + grant - pop),
-            room.eq(_room_next(outstanding, grant, pop, self.fifo_depth)),
+            req.eq(active_nx & _room_next(outstanding, grant, pop, self.fifo_depth)),
         ]
         with m.If(grant):
             with m.If(~w_zero):
