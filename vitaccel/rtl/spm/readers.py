@@ -146,6 +146,8 @@ class RowReader(CheckedComponent):
         # the grant (through the SPM arbiter) only selects between register values
         w_zero = Signal()  # w_left == 0
         one_word = Signal()  # wpr_m1 == 0
+        w_one = Signal()  # w_left == 1 (its compare stays off the grant's path)
+        two_words = Signal()  # wpr_m1 == 1
         last_row = Signal()  # rows_left == 1
         # which of the grant's three cases comes next, as registers set with the flags above
         # (w_zero & dual & ~second: to the B row; w_zero & ~(dual & ~second): the row (pair)
@@ -159,6 +161,8 @@ class RowReader(CheckedComponent):
             m.d.sync += [
                 w_zero.eq(words_m1 == 0),
                 one_word.eq(words_m1 == 0),
+                w_one.eq(words_m1 == 1),
+                two_words.eq(words_m1 == 1),
                 last_row.eq(cmdp.rows == 1),
                 to_b.eq((words_m1 == 0) & cmdp.dual),
                 row_end.eq((words_m1 == 0) & ~cmdp.dual),
@@ -195,10 +199,10 @@ class RowReader(CheckedComponent):
         ]
         with m.If(grant):
             with m.If(~w_zero):
-                w_one = w_left == 1
                 m.d.sync += [
                     w_left.eq(w_left - 1),
                     w_zero.eq(w_one),
+                    w_one.eq(w_left == 2),
                     addr.eq(addr + F),
                     to_b.eq(w_one & dual & ~second),
                     row_end.eq(w_one & ~(dual & ~second)),
@@ -208,6 +212,7 @@ class RowReader(CheckedComponent):
                 m.d.sync += [
                     w_left.eq(wpr_m1),
                     w_zero.eq(one_word),
+                    w_one.eq(two_words),
                     second.eq(1),
                     addr.eq(row_b),
                     to_b.eq(0),
@@ -218,6 +223,7 @@ class RowReader(CheckedComponent):
                 m.d.sync += [
                     w_left.eq(wpr_m1),
                     w_zero.eq(one_word),
+                    w_one.eq(two_words),
                     second.eq(0),
                     rows_left.eq(rows_left - 1),
                     last_row.eq(rows_left == 2),
