@@ -157,16 +157,19 @@ class RowReader(CheckedComponent):
         row_end = Signal()
         cmd_end = Signal()
         with m.If(take & ~empty_cmd):
-            words_m1 = ((cmdp.cols + (FB - 1)) >> fb_log) - 1
+            one0 = cmdp.cols <= FB  # words_m1 == 0
+            two0 = (cmdp.cols > FB) & (cmdp.cols <= 2 * FB)  # words_m1 == 1
             m.d.sync += [
-                w_zero.eq(words_m1 == 0),
-                one_word.eq(words_m1 == 0),
-                w_one.eq(words_m1 == 1),
-                two_words.eq(words_m1 == 1),
+                # (compares on cols itself, 1 <= cols: words_m1 behind its add and subtract
+                # was a 7-level path into w_zero)
+                w_zero.eq(one0),
+                one_word.eq(one0),
+                w_one.eq(two0),
+                two_words.eq(two0),
                 last_row.eq(cmdp.rows == 1),
-                to_b.eq((words_m1 == 0) & cmdp.dual),
-                row_end.eq((words_m1 == 0) & ~cmdp.dual),
-                cmd_end.eq((words_m1 == 0) & ~cmdp.dual & (cmdp.rows == 1)),
+                to_b.eq(one0 & cmdp.dual),
+                row_end.eq(one0 & ~cmdp.dual),
+                cmd_end.eq(one0 & ~cmdp.dual & (cmdp.rows == 1)),
                 active.eq(1),
                 rows_left.eq(cmdp.rows),
                 wpr_m1.eq(((cmdp.cols + (FB - 1)) >> fb_log) - 1),
