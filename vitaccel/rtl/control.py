@@ -7,7 +7,8 @@
   the (registered, one-hot) opcode.
 * :class:`Decoder` - the opcode and the fields every command reads, registered, and what
   DECODE does (next state, commands, parameter words, error) worked out a cycle ahead.
-* :class:`InstrFetch` - the instruction register and the prefetch buffer behind the DMA.
+* :class:`InstrFetch` - the instruction register and the prefetch buffer behind the DMA,
+  each with its opcode and checks decoded from the first beat (:meth:`Decoder.predecode`).
 * :class:`MatmulSetup` - a MATMUL's derived sizes (k-steps, output steps, tiles, W stream
   length) and the checks that end a run an engine cannot hold with ERROR.
 * :class:`Status` - the register file and the status it shows (BUSY, DONE, ERROR, CYCLES).
@@ -202,13 +203,15 @@ def _decoded_fields(op: Op) -> list:
 
 
 class Decoder(wiring.Component):
-    """The instruction decoded: the opcode, combinational (``op``, for PREDECODE) and
-    registered (``op_is``: every stream mux and command of the instruction selects on it;
-    decoding the opcode in front of them was an 11-LUT path), the fields commands read,
-    registered likewise, and what DECODE does (``plan``, registered when ``latch``: DECODE's
-    todo/state/parameter-count updates were the end of a 9-level path through the opcode
-    priority and the field checks). The next state is one-hot (``to``, bit ``State.X``): the
-    controller keeps its state as one flag per state.
+    """The instruction decoded: the opcode, as the fetch unit registered it with the first
+    beat (``pre``, from :meth:`predecode`; ``op``, for PREDECODE) and a cycle later
+    (``op_is``: every stream mux and command of the instruction selects on it; decoding the
+    opcode in front of them was an 11-LUT path), the fields commands read, registered
+    likewise, and what DECODE does (registered when ``latch``: DECODE's todo/state/
+    parameter-count updates were the end of a 9-level path through the opcode priority and
+    the field checks; now sums of terms of the opcode flags and the registered checks). The
+    next state is one-hot (``to``, bit ``State.X``): the controller keeps its state as one
+    flag per state.
 
     Parameters
     ----------
