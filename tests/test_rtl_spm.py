@@ -618,8 +618,9 @@ def test_x_and_w_streams_match_the_engine_packer(
     groups, cols, vector, heads, nheads, T, K, N, x_beat, banks, w4_share
 ):
     """The X builder's beats (``x_beat`` k-steps, ``banks`` words per wide SPM read at any
-    word alignment: the X rows start at odd addresses) and the W builder's words (narrow
-    reads of the same banked SPM) equal the engine packer's streams."""
+    word alignment: the X rows start at odd addresses) and the W builder's words (as wide
+    reads of the same banked SPM: a W row of up to ``16 * banks`` bytes a grant) equal the
+    engine packer's streams."""
     rng = np.random.default_rng(T * K + N)
     params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector, x_beat=x_beat,
                           w4_share=w4_share)  # fmt: skip
@@ -641,10 +642,10 @@ def test_x_and_w_streams_match_the_engine_packer(
     want_w = [int.from_bytes(r.tobytes(), "little") for r in job.w_words]
 
     spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image), banks=banks,
-                     wide={0} if banks > 1 else ())  # fmt: skip
+                     wide={0, 1} if banks > 1 else ())  # fmt: skip
     xb = XStreamBuilder(groups=groups, vector=x_beat * vector, fetch_words=banks)
     wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits,
-                        cols_w8=params.cols_w8)  # fmt: skip
+                        cols_w8=params.cols_w8, fetch_words=banks)  # fmt: skip
     rig = Rig(spm, [xb, wb], readers=[xb.mem, wb.mem])
     got = {"x": [], "w": []}
 
