@@ -647,7 +647,11 @@ def test_x_and_w_streams_match_the_engine_packer(
     wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits,
                         cols_w8=params.cols_w8, fetch_words=banks)  # fmt: skip
     rig = Rig(spm, [xb, wb], readers=[xb.mem, wb.mem])
-    got = {"x": [], "w": []}
+    got = {"x": [], "w": [], "w_grants": 0}
+
+    async def count_w_grants(ctx):
+        async for _, _, req, grant in ctx.tick().sample(wb.mem.req, wb.mem.grant):
+            got["w_grants"] += req & grant
 
     async def feed(ctx):
         await _put(ctx, xb.cmd, dict(base=xs, stride=stride_x, tokens=T, k=K, heads=heads,
@@ -667,9 +671,13 @@ def test_x_and_w_streams_match_the_engine_packer(
             got["w"].append(int(await _get(ctx, wb.o, pauses)))
         await ctx.tick().until(wb.idle)
 
-    _run(rig, take_x, take_w, background=[feed])
+    _run(rig, take_x, take_w, background=[feed, count_w_grants])
     assert [hex(v) for v in got["x"]] == [hex(v) for v in want_x]
     assert got["w"] == want_w
+    # every W row (word aligned) in ceil(words / banks) grants: the B-th of the read port's
+    # grants that cost.top_matmul_extra prices the W rows at
+    row_words = -(-K // 16)
+    assert got["w_grants"] == hn * N * -(-row_words // banks), got["w_grants"]
 
 
 @pytest.mark.parametrize(
