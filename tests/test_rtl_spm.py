@@ -618,8 +618,9 @@ def test_x_and_w_streams_match_the_engine_packer(
     groups, cols, vector, heads, nheads, T, K, N, x_beat, banks, w4_share
 ):
     """The X builder's beats (``x_beat`` k-steps, ``banks`` words per wide SPM read at any
-    word alignment: the X rows start at odd addresses) and the W builder's words (narrow
-    reads of the same banked SPM) equal the engine packer's streams."""
+    word alignment: the X rows start at odd addresses) and the W builder's words (as wide
+    reads of the same banked SPM: a W row of up to ``16 * banks`` bytes a grant) equal the
+    engine packer's streams."""
     rng = np.random.default_rng(T * K + N)
     params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector, x_beat=x_beat,
                           w4_share=w4_share)  # fmt: skip
@@ -641,12 +642,16 @@ def test_x_and_w_streams_match_the_engine_packer(
     want_w = [int.from_bytes(r.tobytes(), "little") for r in job.w_words]
 
     spm = Scratchpad(words=WORDS, read_clients=2, init=_ints(image), banks=banks,
-                     wide={0} if banks > 1 else ())  # fmt: skip
+                     wide={0, 1} if banks > 1 else ())  # fmt: skip
     xb = XStreamBuilder(groups=groups, vector=x_beat * vector, fetch_words=banks)
     wb = WStreamBuilder(groups=groups, cols=cols, vector=vector, w_bits=params.w_word_bits,
-                        cols_w8=params.cols_w8)  # fmt: skip
+                        cols_w8=params.cols_w8, fetch_words=banks)  # fmt: skip
     rig = Rig(spm, [xb, wb], readers=[xb.mem, wb.mem])
-    got = {"x": [], "w": []}
+    got = {"x": [], "w": [], "w_grants": 0}
+
+    async def count_w_grants(ctx):
+        async for _, _, req, grant in ctx.tick().sample(wb.mem.req, wb.mem.grant):
+            got["w_grants"] += req & grant
 
     async def feed(ctx):
         await _put(ctx, xb.cmd, dict(base=xs, stride=stride_x, tokens=T, k=K, heads=heads,
@@ -666,9 +671,13 @@ def test_x_and_w_streams_match_the_engine_packer(
             got["w"].append(int(await _get(ctx, wb.o, pauses)))
         await ctx.tick().until(wb.idle)
 
-    _run(rig, take_x, take_w, background=[feed])
+    _run(rig, take_x, take_w, background=[feed, count_w_grants])
     assert [hex(v) for v in got["x"]] == [hex(v) for v in want_x]
     assert got["w"] == want_w
+    # every W row (word aligned) in ceil(words / banks) grants: the B-th of the read port's
+    # grants that cost.top_matmul_extra prices the W rows at
+    row_words = -(-K // 16)
+    assert got["w_grants"] == hn * N * -(-row_words // banks), got["w_grants"]
 
 
 @pytest.mark.parametrize(

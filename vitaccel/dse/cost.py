@@ -261,20 +261,23 @@ def top_matmul_extra(
 ) -> int:
     """What the top adds to a MATMUL job: MM_SETUP computes ``nsteps`` and ``tiles`` by
     repeated addition (``max(nsteps, tiles)`` cycles); with W built from the scratchpad the X
-    and W builders share its one read port (round-robin, one 16-byte word a cycle): each
-    builder's row reader turns a word into ``16/V`` beats of ``V`` bytes, so X and W of step
-    0 together need ``(XL + WL) * V / 16`` port cycles (``XL`` in X beats: with
-    ``datapath_bytes`` 32 or 64 a beat of 2 or 4 k-steps is one grant of as many words).
-    For ``V <= 8`` that is within ``max(XL, WL)`` on the shapes of a ViT (both load in
-    parallel, as the engine's recursion assumes); at ``V = 16`` every beat is a grant and
-    the two loads serialise."""
+    and W builders share its one read port (round-robin, a grant a cycle): each builder's
+    row reader turns a 16-byte word into ``16/V`` beats of ``V`` bytes, so X and W of step
+    0 together need ``(XL + WL / B) * V / 16`` port cycles. ``B`` is the scratchpad's banks
+    (``datapath_bytes / 16``, which is also the X beat in words, :func:`x_beat_words`): both
+    builders read ``B`` consecutive words a grant, so ``XL`` counts X beats (a beat of 1, 2
+    or 4 k-steps is one grant) and the ``WL`` W words take ``WL / B`` grants' worth. For
+    ``V <= 8`` that is within ``max(XL, WL)`` on the shapes of a ViT (both load in
+    parallel, as the engine's recursion assumes); at ``V = 16`` on one bank every beat and
+    every W word is a grant and the two loads serialise; on 4 banks W takes a quarter."""
     ks = -(-k // vector)
     extra = max(nsteps, -(-tokens // rows))
     if w_spm:
-        x_beat = x_beat or x_beat_words(vector)
+        banks = x_beat = x_beat or x_beat_words(vector)
         x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_beat=x_beat)
         w_load = groups * cols * (ks + 1)
-        port = -(-(x_load + w_load) * min(vector, SLOT_BYTES) // SLOT_BYTES)
+        per_word = min(vector, SLOT_BYTES)
+        port = -(-(x_load * banks + w_load) * per_word // (SLOT_BYTES * banks))
         extra += max(0, port - max(x_load, w_load))
     return extra
 

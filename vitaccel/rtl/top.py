@@ -250,7 +250,7 @@ class Accelerator(CheckedComponent):
         )
         m.submodules.wb = n.wb = WStreamBuilder(
             groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits,
-            cols_w8=E.cols_w8,
+            cols_w8=E.cols_w8, **({"fetch_words": P.spm_banks} if P.spm_banks > 1 else {}),
         )  # fmt: skip
         # mixed W4/W8 columns: the output channels follow the column map, byte by byte
         n.mixed = E.cols_w4 > 0
@@ -266,10 +266,11 @@ class Accelerator(CheckedComponent):
         )
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
         readers += [n.xb.mem, n.wb.mem, n.rr.mem]
-        # with banks, the X builder (readers[-3]) reads spm_banks consecutive words a grant,
-        # and a unit reader / writer of more than 16 lanes lanes/16 words
+        # with banks, the X and W builders (readers[-3], readers[-2]) read spm_banks
+        # consecutive words a grant, and a unit reader / writer of more than 16 lanes
+        # lanes/16 words
         wide_units = [lanes for lanes in n.unit_lanes if lanes > WORD_BYTES]
-        wide = {len(readers) - 3: P.spm_banks} if P.spm_banks > 1 else {}
+        wide = {len(readers) - k: P.spm_banks for k in (3, 2)} if P.spm_banks > 1 else {}
         for lanes in wide_units:
             wide[1 + n.unit_lanes.index(lanes)] = lanes // WORD_BYTES
         writers = [n.brw.mem] + [n.unit_wr[lanes].mem for lanes in wide_units]

@@ -1270,7 +1270,9 @@ class WStreamBuilder(CheckedComponent):
     heads ``n = s*C + c``); rows n >= N and groups >= nheads send zero words (parameter word
     included). Steps continue
     until they cover N. A block's rows are one :class:`RowReader` command (issued ahead while
-    the previous block is still streaming).
+    the previous block is still streaming); on a banked scratchpad the reader fetches
+    ``fetch_words`` consecutive words per grant (a row of up to ``16 * fetch_words`` bytes in
+    one grant), so the W rows take fewer grants of the read port the X builder shares.
 
     On a mixed W4/W8 array (``cols_w8 < cols``) the rows go to the W8 columns only (int8
     rows on W4 lanes would lose their high nibble): W8 column c of group g takes row
@@ -1286,7 +1288,7 @@ class WStreamBuilder(CheckedComponent):
     """
 
     @classmethod
-    def check(cls, *, groups, cols, vector, acc_bits, cols_w8=None, **_):
+    def check(cls, *, groups, cols, vector, acc_bits, cols_w8=None, fetch_words=1, **_):
         check_int("groups", groups, 1, 64)
         check_int("cols", cols, 1, 64)
         _check_lanes(vector, "vector")
@@ -1295,11 +1297,14 @@ class WStreamBuilder(CheckedComponent):
             check_int("cols_w8", cols_w8, 1, cols)
 
     def __init__(self, *, groups: int, cols: int, vector: int, acc_bits: int = 32,
-                 w_bits: int | None = None, cols_w8: int | None = None):  # fmt: skip
+                 w_bits: int | None = None, cols_w8: int | None = None,
+                 fetch_words: int = 1):  # fmt: skip
         self.groups, self.cols, self.vector, self.acc_bits = groups, cols, vector, acc_bits
         self.cols_w8 = cols if cols_w8 is None else cols_w8
         self.w_bits = w_bits or w_word_bits(vector, acc_bits)
-        super().__init__(_builder_members(self, wbuild_cmd_layout(), self.w_bits, vector))
+        super().__init__(
+            _builder_members(self, wbuild_cmd_layout(), self.w_bits, vector, fetch_words)
+        )
 
     def elaborate(self, platform):
         m = Module()
