@@ -104,10 +104,19 @@ class RowReader(CheckedComponent):
         src = out.i
         # commands through a skid buffer too: the controller's payload muxes and this
         # reader's address registers are in different cycles
-        m.submodules.cmdq = cmdq = SkidBuffer(reader_cmd_layout())
-        wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
+        # (with "rows or cols is 0" computed before it: the zero tests behind the take were
+        # an 8-level path into the request register)
+        cq_layout = data.StructLayout({"cmd": reader_cmd_layout(), "empty": unsigned(1)})
+        m.submodules.cmdq = cmdq = SkidBuffer(cq_layout)
+        cin = self.cmd.payload
+        m.d.comb += [
+            cmdq.i.valid.eq(self.cmd.valid),
+            cmdq.i.payload.cmd.eq(cin),
+            cmdq.i.payload.empty.eq((cin.rows == 0) | (cin.cols == 0)),
+            self.cmd.ready.eq(cmdq.i.ready),
+        ]
         cmd = cmdq.o
-        cmdp = cmd.payload
+        cmdp = cmd.payload.cmd
 
         # -- framing queue: what the beat former needs of each command --
         # rows_m1 = rows - 1: the beat former's end-of-command test is then an equality
@@ -132,7 +141,7 @@ class RowReader(CheckedComponent):
         stride_a = Signal(16)
         stride_b = Signal(16)
 
-        empty_cmd = (cmdp.rows == 0) | (cmdp.cols == 0)
+        empty_cmd = cmd.payload.empty
         m.d.comb += cmd.ready.eq(~active & info.w_rdy)
         take = cmd.valid & cmd.ready
         info_in = Signal(info_layout)
