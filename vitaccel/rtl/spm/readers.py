@@ -104,10 +104,19 @@ class RowReader(CheckedComponent):
         src = out.i
         # commands through a skid buffer too: the controller's payload muxes and this
         # reader's address registers are in different cycles
-        m.submodules.cmdq = cmdq = SkidBuffer(reader_cmd_layout())
-        wiring.connect(m, wiring.flipped(self.cmd), cmdq.i)
+        # (with "rows or cols is 0" computed before it: the zero tests behind the take were
+        # an 8-level path into the request register)
+        cq_layout = data.StructLayout({"cmd": reader_cmd_layout(), "empty": unsigned(1)})
+        m.submodules.cmdq = cmdq = SkidBuffer(cq_layout)
+        cin = self.cmd.payload
+        m.d.comb += [
+            cmdq.i.valid.eq(self.cmd.valid),
+            cmdq.i.payload.cmd.eq(cin),
+            cmdq.i.payload.empty.eq((cin.rows == 0) | (cin.cols == 0)),
+            self.cmd.ready.eq(cmdq.i.ready),
+        ]
         cmd = cmdq.o
-        cmdp = cmd.payload
+        cmdp = cmd.payload.cmd
 
         # -- framing queue: what the beat former needs of each command --
         # rows_m1 = rows - 1: the beat former's end-of-command test is then an equality
@@ -132,7 +141,7 @@ class RowReader(CheckedComponent):
         stride_a = Signal(16)
         stride_b = Signal(16)
 
-        empty_cmd = (cmdp.rows == 0) | (cmdp.cols == 0)
+        empty_cmd = cmd.payload.empty
         m.d.comb += cmd.ready.eq(~active & info.w_rdy)
         take = cmd.valid & cmd.ready
         info_in = Signal(info_layout)
@@ -200,43 +209,56 @@ class RowReader(CheckedComponent):
             outstanding.eq(outstanding + grant - pop),
             req.eq(active_nx & _room_next(outstanding, grant, pop, self.fifo_depth)),
         ]
+        # A grant's updates as next values (``g``: the case flags select among register
+        # values), the grant the last select into each register (as the outer condition of
+        # the three cases it was 4 LUTs from the registers: 8.0 levels from another
+        # client's request into the X reader's address in the 64 B top)
+        gregs = [w_left, w_zero, w_one, addr, to_b, row_end, cmd_end, second, rows_left,
+                 last_row, row_a, row_b]  # fmt: skip
+        gnext = {id(r): Signal.like(r, name=f"{r.name}_g") for r in gregs}
+
+        def g(r):
+            return gnext[id(r)]
+
+        m.d.comb += [g(r).eq(r) for r in gregs]
+        with m.If(~w_zero):
+            m.d.comb += [
+                g(w_left).eq(w_left - 1),
+                g(w_zero).eq(w_one),
+                g(w_one).eq(w_left == 2),
+                g(addr).eq(addr + F),
+                g(to_b).eq(w_one & dual & ~second),
+                g(row_end).eq(w_one & ~(dual & ~second)),
+                g(cmd_end).eq(w_one & ~(dual & ~second) & last_row),
+            ]
+        with m.If(to_b):
+            m.d.comb += [
+                g(w_left).eq(wpr_m1),
+                g(w_zero).eq(one_word),
+                g(w_one).eq(two_words),
+                g(second).eq(1),
+                g(addr).eq(row_b),
+                g(to_b).eq(0),
+                g(row_end).eq(one_word),
+                g(cmd_end).eq(one_word & last_row),
+            ]
+        with m.If(row_end):
+            m.d.comb += [
+                g(w_left).eq(wpr_m1),
+                g(w_zero).eq(one_word),
+                g(w_one).eq(two_words),
+                g(second).eq(0),
+                g(rows_left).eq(rows_left - 1),
+                g(last_row).eq(rows_left == 2),
+                g(row_a).eq(row_a + stride_a),
+                g(row_b).eq(row_b + stride_b),
+                g(addr).eq(row_a + stride_a),
+                g(to_b).eq(one_word & dual),
+                g(row_end).eq(one_word & ~dual),
+                g(cmd_end).eq(one_word & ~dual & (rows_left == 2)),
+            ]
         with m.If(grant):
-            with m.If(~w_zero):
-                m.d.sync += [
-                    w_left.eq(w_left - 1),
-                    w_zero.eq(w_one),
-                    w_one.eq(w_left == 2),
-                    addr.eq(addr + F),
-                    to_b.eq(w_one & dual & ~second),
-                    row_end.eq(w_one & ~(dual & ~second)),
-                    cmd_end.eq(w_one & ~(dual & ~second) & last_row),
-                ]
-            with m.If(to_b):
-                m.d.sync += [
-                    w_left.eq(wpr_m1),
-                    w_zero.eq(one_word),
-                    w_one.eq(two_words),
-                    second.eq(1),
-                    addr.eq(row_b),
-                    to_b.eq(0),
-                    row_end.eq(one_word),
-                    cmd_end.eq(one_word & last_row),
-                ]
-            with m.If(row_end):
-                m.d.sync += [
-                    w_left.eq(wpr_m1),
-                    w_zero.eq(one_word),
-                    w_one.eq(two_words),
-                    second.eq(0),
-                    rows_left.eq(rows_left - 1),
-                    last_row.eq(rows_left == 2),
-                    row_a.eq(row_a + stride_a),
-                    row_b.eq(row_b + stride_b),
-                    addr.eq(row_a + stride_a),
-                    to_b.eq(one_word & dual),
-                    row_end.eq(one_word & ~dual),
-                    cmd_end.eq(one_word & ~dual & (rows_left == 2)),
-                ]
+            m.d.sync += [r.eq(g(r)) for r in gregs]
             with m.If(cmd_end):
                 m.d.sync += active.eq(0)
         m.d.comb += [words.w_en.eq(self.mem.rvalid), words.w_data.eq(self.mem.rdata)]
