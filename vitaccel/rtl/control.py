@@ -549,23 +549,31 @@ class MatmulSetup(wiring.Component):
         xk_valid = Signal()  # the engine holds the X of a shared-mode job of this shape:
         xk_tokens = Signal(16)
         xk_ks = Signal(16)
-        keep_ok = ~fl.x_keep | (~fl.heads & xk_valid & (xk_tokens == mm.tokens) & (xk_ks == ks))
         # the verdict registered too (read when `checked`): the compares were a 10-LUT path
-        # through the error flag into the register file. Its terms registered a cycle ahead
-        # of it (one verdict of all of them was a 7-8-level path from the instruction's
-        # fields): those of the fields and ks hold from the cycle after `start` on (the loop
-        # runs >= 2 cycles before `ok` is taken), nsteps/tiles are final when the loop
-        # settles, a cycle before x_need
+        # through the error flag into the register file. Its terms registered two cycles
+        # ahead of it, each compare on its own (one AND of all of them was a 7-9-level path
+        # from the instruction's fields, ABC's mapping varying run to run): those of the
+        # fields and ks hold from the cycle after `start` on, so `fields_ok` from the third
+        # (the loop runs >= 3 cycles before `ok` is taken unless T = 0, which `sizes_ok`
+        # refuses on its own), nsteps/tiles are final when the loop settles, a cycle before
+        # x_need
+        terms = {
+            "ks_ok": (ks <= self._max_ksteps) & (ks != 0),
+            "heads_ok": heads_ok,
+            "flags_ok": flags_ok & fused_ok & res_ok,
+            "keep_tokens": xk_tokens == mm.tokens,
+            "keep_ks": xk_ks == ks,
+        }
+        t = {name: Signal(name=f"t_{name}") for name in terms}
+        m.d.sync += [t[name].eq(value) for name, value in terms.items()]
+        keep_ok = ~fl.x_keep | (~fl.heads & xk_valid & t["keep_tokens"] & t["keep_ks"])
         fields_ok = Signal()
         sizes_ok = Signal()
         m.d.sync += [
-            fields_ok.eq(
-                (ks <= self._max_ksteps) & (ks != 0)
-                & heads_ok & flags_ok & fused_ok & res_ok & keep_ok
-            ),
+            fields_ok.eq(t["ks_ok"] & t["heads_ok"] & t["flags_ok"] & keep_ok),
             sizes_ok.eq((nsteps != 0) & (tiles != 0)),
             self.ok.eq((x_need <= x_room) & fields_ok & sizes_ok),
-        ]  # fmt: skip
+        ]
         with m.If(self.clear_x):  # a run never reuses the X of the one before
             m.d.sync += xk_valid.eq(0)
         with m.If(self.run & self.checked & self.ok & ~fl.x_keep):
