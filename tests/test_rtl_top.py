@@ -87,9 +87,11 @@ def test_nonlinear_lanes_beyond_the_datapath_are_rejected_in_one_line(field):
     assert getattr(wide.nonlinear, field) == 64
 
 
-def _simulate(image: bytes, base: int, *, cycles: int = 5000, design: Design = SMALL):
+def _simulate(
+    image: bytes, base: int, *, cycles: int = 5000, design: Design = SMALL, stall: float = 0.2
+):
     dut = Accelerator(design)
-    ram = AxiRamModel(dut.m_axi, 1 << 16, stall=0.2, seed=3)
+    ram = AxiRamModel(dut.m_axi, 1 << 16, stall=stall, seed=3)
     ram.mem[base : base + len(image)] = image
     host = AxiLiteHost(dut.s_axil)
     out = {}
@@ -234,29 +236,8 @@ W_SPM_TOP = Design(
 
 def _program_cycles(design: Design, prog) -> int:
     """CYCLES of ``prog`` + END on the top in Amaranth's simulator, no AXI stalls."""
-    dut = Accelerator(design)
-    ram = AxiRamModel(dut.m_axi, 1 << 16, stall=0.0, seed=3)
     code = isa.encode_program([*prog, isa.end()])
-    base = 0x4000
-    ram.mem[base : base + len(code)] = code
-    host = AxiLiteHost(dut.s_axil)
-    out = {}
-
-    async def bench(ctx):
-        for reg in (Reg.PROG_ADDR_LO, Reg.DATA_BASE_LO):
-            await host.write(ctx, reg, base)
-        await host.write(ctx, Reg.CTRL, CTRL_START)
-        for _ in range(20_000):
-            if (await host.read(ctx, Reg.STATUS)) & STATUS_DONE:
-                break
-        out["status"] = await host.read(ctx, Reg.STATUS)
-        out["cycles"] = await host.read(ctx, Reg.CYCLES_LO)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(ram.run, background=True)
-    sim.add_testbench(bench)
-    sim.run()
+    ram, out = _simulate(code, 0x4000, cycles=20_000, design=design, stall=0.0)
     assert out["status"] == STATUS_DONE, out
     return out["cycles"]
 
