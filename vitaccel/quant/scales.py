@@ -235,23 +235,23 @@ def gptq_round(
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
     # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U carries column j's error
     # onto the later columns.
-    low = np.linalg.cholesky(h)
-    eye = np.eye(k)
-    h_inv = np.linalg.solve(low.T, np.linalg.solve(low, eye))
-    u = np.linalg.cholesky(h_inv).T
-    q = np.zeros((n, k), dtype=np.int64)
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    # Work on W^T (K x N): column j of W is a contiguous row.
+    wt = np.ascontiguousarray(w.T)
+    qt = np.zeros((k, n), dtype=np.int64)
     for b0 in range(0, k, GPTQ_BLOCK):
         b1 = min(b0 + GPTQ_BLOCK, k)
-        wb = w[:, b0:b1].copy()
+        wb = wt[b0:b1].copy()
         err = np.zeros_like(wb)
         ub = u[b0:b1, b0:b1]
         for j in range(b1 - b0):
-            col = round_col(wb[:, j])
-            q[:, b0 + j] = col
-            e = (wb[:, j] - col * scale) / ub[j, j]
-            wb[:, j:] -= e[:, None] * ub[j, j:][None, :]
-            err[:, j] = e
-        w[:, b1:] -= err @ u[b0:b1, b1:]
+            col = round_col(wb[j])
+            qt[b0 + j] = col
+            e = (wb[j] - col * scale) / ub[j, j]
+            wb[j + 1 :] -= ub[j, j + 1 :, None] * e[None, :]
+            err[j] = e
+        wt[b1:] -= u[b0:b1, b1:].T @ err
+    q = qt.T
     out = np.empty_like(q)
     out[:, perm] = q
     return out
