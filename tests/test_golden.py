@@ -189,6 +189,8 @@ def test_calibration_options_change_constants_only(assert_program_equals_golden)
         ({"v_smooth_alpha": "0.5"}, r"v_smooth_alpha must be None or a number in \[0, 1\]"),
         ({"w4_clip": "percentile"}, "w4_clip must be 'max' or 'mse'"),
         ({"weight_rounding": "stochastic"}, "^weight_rounding must be one of nearest, gptq, not"),
+        ({"gptq_act_order": True}, "^gptq_act_order needs weight_rounding='gptq', not 'nearest'"),
+        ({"gptq_act_order": "yes"}, "^gptq_act_order must be True or False"),
         (
             {"ln_channel_scales": True, "ln_smooth_alpha": 0.5},
             "ln_channel_scales and ln_smooth_alpha both set",
@@ -309,9 +311,10 @@ def test_gptq_changes_only_the_weight_integers_and_sharpens_the_w4_layers(digits
 
 
 def test_quantize_cli_weight_rounding():
-    """``vitaccel quantize --weight-rounding gptq`` reaches QuantConfig and says so in the
-    JSON; the option offers exactly QuantConfig's values (click refuses any other in one
-    line, like every choice option: tests/test_cli.py)."""
+    """``vitaccel quantize --weight-rounding gptq [--gptq-act-order]`` reaches QuantConfig and
+    says so in the JSON; the option offers exactly QuantConfig's values (click refuses any
+    other in one line, like every choice option: tests/test_cli.py); act order without GPTQ
+    is refused naming both options."""
     import json
 
     from click.testing import CliRunner
@@ -322,11 +325,14 @@ def test_quantize_cli_weight_rounding():
     (opt,) = [p for p in quantize.params if p.name == "weight_rounding"]
     assert tuple(opt.type.choices) == WEIGHT_ROUNDINGS and opt.default == "nearest"
     args = ["--scheme", "mixed", "--weight-rounding", "gptq", "--images", "20", "--json"]
-    r = CliRunner().invoke(quantize, args)
+    r = CliRunner().invoke(quantize, [*args, "--gptq-act-order"])
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
-    assert obj["weight_rounding"] == "gptq" and obj["scheme"] == "mixed"
+    assert obj["weight_rounding"] == "gptq (act order)" and obj["scheme"] == "mixed"
     assert obj["agreement"] >= 0.9 and obj["logit_sqnr_db"] > 20
+    r = CliRunner().invoke(quantize, ["--gptq-act-order", "--json"])
+    assert r.exit_code != 0
+    assert "--gptq-act-order needs --weight-rounding gptq, got nearest" in str(r.exception)
 
 
 # ---- a wider activation path (issue 24; golden model only, the RTL is int8) -------------

@@ -208,6 +208,11 @@ _WIDTH_HELP = "signed bits of the %s (golden model only; the RTL is int8)"
     help="weight integers: round to nearest, or GPTQ over the calibration inputs (same scales)",
 )
 @click.option(
+    "--gptq-act-order",
+    is_flag=True,
+    help="with --weight-rounding gptq: round the input columns by decreasing energy first",
+)
+@click.option(
     "--per-layer",
     is_flag=True,
     help="also rank every quantised tensor by its SQNR against float (calibration images)",
@@ -222,6 +227,10 @@ def quantize(model_name, weights, images, per_layer, as_json, **quant):
     # weight_rounding)
     if not 0.0 <= quant["w4_ratio"] <= 1.0:
         raise CliError(f"--w4-ratio must be in [0, 1], got {quant['w4_ratio']}")
+    if quant["gptq_act_order"] and quant["weight_rounding"] != "gptq":
+        raise CliError(
+            f"--gptq-act-order needs --weight-rounding gptq, got {quant['weight_rounding']}"
+        )
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
     from vitaccel.models.evaluate import evaluate

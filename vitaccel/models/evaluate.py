@@ -165,5 +165,7 @@ def evaluate(
         report,
         {n: getattr(config, n) for n in config.wide_fields()} or None,
         sqnr(deq, lf),
-        None if config.weight_rounding == "nearest" else config.weight_rounding,
+        None
+        if config.weight_rounding == "nearest"
+        else config.weight_rounding + (" (act order)" if config.gptq_act_order else ""),
     )

@@ -185,6 +185,12 @@ class QuantConfig:
                 f"weight_rounding must be one of {', '.join(scales.WEIGHT_ROUNDINGS)}, "
                 f"not {self.weight_rounding!r}"
             )
+        if self.gptq_act_order not in (False, True):
+            raise ValueError(f"gptq_act_order must be True or False, not {self.gptq_act_order!r}")
+        if self.gptq_act_order and self.weight_rounding != "gptq":
+            raise ValueError(
+                f"gptq_act_order needs weight_rounding='gptq', not {self.weight_rounding!r}"
+            )
         if self.act_calibration not in ACT_CALIBRATIONS:
             raise ValueError(
                 f"act_calibration must be one of {', '.join(ACT_CALIBRATIONS)}, "
