@@ -217,14 +217,17 @@ def gptq_round(
             f"gptq_round(): weight {w.shape} needs hessian ({k}, {k}), scale and kind ({n},); "
             f"got {h.shape}, {scale.shape}, {kind.shape}"
         )
-    pot = kind == WEIGHT_KINDS.index("pot4")
-    qmax = np.where(kind == WEIGHT_KINDS.index("int4"), _W_MAX["int4"], _W_MAX["w8"])
-    pot_max = scale * POT_UNIT
+    pot = np.flatnonzero(kind == WEIGHT_KINDS.index("pot4"))
+    qmax = np.where(kind == WEIGHT_KINDS.index("int4"), _W_MAX["int4"], _W_MAX["w8"]) * 1.0
+    pot_max = scale[pot] * POT_UNIT
 
     def round_col(col: np.ndarray) -> np.ndarray:
-        q = np.clip(_round_half_away(col / scale), -qmax, qmax).astype(np.int64)
-        if pot.any():
-            q[pot] = _pot4_codes(col[pot], pot_max[pot])
+        # The integers as float64 (exact); the column loop is bound by numpy call overhead,
+        # so the clamp is two ufuncs (np.clip costs several times more per call).
+        q = _round_half_away(col / scale)
+        np.minimum(np.maximum(q, -qmax, out=q), qmax, out=q)
+        if pot.size:
+            q[pot] = _pot4_codes(col[pot], pot_max)
         return q
 
     dead = np.diag(h) == 0
@@ -238,7 +241,7 @@ def gptq_round(
     u = np.linalg.cholesky(np.linalg.inv(h)).T
     # Work on W^T (K x N): column j of W is a contiguous row.
     wt = np.ascontiguousarray(w.T)
-    qt = np.zeros((k, n), dtype=np.int64)
+    qt = np.zeros((k, n))
     for b0 in range(0, k, GPTQ_BLOCK):
         b1 = min(b0 + GPTQ_BLOCK, k)
         wb = wt[b0:b1].copy()
@@ -251,9 +254,8 @@ def gptq_round(
             wb[j + 1 :] -= ub[j, j + 1 :, None] * e[None, :]
             err[j] = e
         wt[b1:] -= u[b0:b1, b1:].T @ err
-    q = qt.T
-    out = np.empty_like(q)
-    out[:, perm] = q
+    out = np.empty((n, k), dtype=np.int64)
+    out[:, perm] = qt.T
     return out
 
 
