@@ -546,3 +546,25 @@ def test_calibration_windows_default_row_and_gptq():
         # measured 0.99898 .. 0.9992 (nearest 0.9983 .. 0.9990)
         assert min(r["cosine"] for r in gptq[key]) >= 0.9989, (key, gptq[key])
     assert sum(r["flips"] for v in gptq.values() for r in v) <= 27  # nearest: 27
+
+
+@pytest.mark.parametrize("w4_kind", ["int4", "pot4"])
+def test_gptq_mixed_program_equals_golden(w4_kind, assert_program_equals_golden):
+    """GPTQ's integers go through the compiler's W4 packing (int4 nibbles, pot4 shift codes)
+    and the program on the ISA interpreter equals the golden model bit for bit: the RTL
+    (bit-exact with the interpreter) runs them unchanged (tests/test_compile.py's mixed
+    program test, with GPTQ)."""
+    from vitaccel.compile.compiler import compile_model
+    from vitaccel.design import ArrayConfig, Design
+    from vitaccel.flow.codec import codec_for
+
+    design = Design(
+        array=ArrayConfig(groups=1, rows=4, cols=6, vector=8, w4_share=1 / 3, w4_kind=w4_kind),
+        default_w4_ratio=0.5,
+    )
+    cfg = QuantConfig(scheme="mixed", w4_kind=w4_kind, weight_rounding="gptq", gptq_act_order=True)
+    _, _, golden, x, _ = prepare("digits-vit", config=cfg, images=4)
+    assert any(layer.weight.kind.any() for layer in golden.linear_layers().values())
+    codec = codec_for(design)
+    compiled = compile_model(golden, groups=1, codec=codec)
+    assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
