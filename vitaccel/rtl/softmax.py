@@ -38,7 +38,7 @@ from vitaccel.rtl.common import (
     count_bits,
     delay_each,
     elaborate_parts,
-    leading_one,
+    leading_one_registered,
     replay_rows,
     row_layout,
     row_signature,
@@ -50,6 +50,9 @@ __all__ = ["E2Softmax", "OUTPUT_FORMATS"]
 OUTPUT_FORMATS = ("uint8", "log2")
 # Cycles from a row's last input beat to its descriptor being readable by pass 2.
 PASS1_LATENCY = 12
+# The uint8 output's clamp is a flag for e = 0 (``_output_parts``): it relies on this.
+if not EXP2_FRAC32[0] == 256 > max(EXP2_FRAC32[1:]):
+    raise AssertionError("EXP2_FRAC32: only entry 0 may reach 256")
 
 
 class E2Softmax(CheckedComponent):
@@ -435,44 +438,46 @@ class E2Softmax(CheckedComponent):
             f_beats.eq(e_beats),
         ]
 
-        # L: leading one of R (registered with R and its shift, so the shifter below starts
-        # at flip-flops: one stage held 12 LUT levels). S = R >> p and S >= 2**(F-1), so S's
-        # leading one is R's minus p, and the E2_FRAC bits below it are the same in R and S.
+        # L: leading one of R, its 8-bit slices' (any bit set, local leading one) registered
+        # (leading_one_registered). G: the slice ci holding R's leading one, the 16 bits of
+        # slices ci-1 and ci, and in them the E2_FRAC bits below the leading one (8 + loc):
+        # the mantissa S >> (L - E2_FRAC) of the reference (S >= 2**(F-1), so L >= 7). S = R
+        # >> p and S >= 2**(F-1), so S's leading one is R's minus p, and the mantissa bits are
+        # the same in R and S. (A whole detector in L held 7.0 levels, and the shift by
+        # L - E2_FRAC behind it needed a second detector and a stage of its own.)
+        step = 8
         l_v = Signal()
         l_s = Signal(rb)
-        l_lead = Signal(range(rb))
-        l_shift = Signal(range(rb))
         l_p = Signal.like(f_p)
         l_m = Signal.like(f_m)
         l_t = Signal(4)
         l_beats = Signal.like(f_beats)
-        lead = leading_one(f_r)
+        lead = leading_one_registered(m, f_r, chunk=step, name="l_lod")
         m.d.sync += [
             l_v.eq(f_v),
             l_s.eq(f_r),
-            l_lead.eq(lead),
-            # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
-            # max(L - E2_FRAC, 0) is the leading one of S >> E2_FRAC (0 when that is 0): a
-            # second detector beside the first, not a subtraction behind it (7 levels)
-            l_shift.eq(leading_one(f_r[E2_FRAC:])),
             l_p.eq(f_p),
             l_m.eq(f_m),
             l_t.eq(f_t),
             l_beats.eq(f_beats),
         ]
 
-        # G: the E2_FRAC mantissa bits below the leading one, and S's leading one.
+        # G: the mantissa and S's leading one.
         g_v = Signal()
         g_lead = Signal(range(sb))
         g_mant = Signal(E2_FRAC)
         g_m = Signal.like(f_m)
         g_t = Signal(4)
         g_beats = Signal.like(f_beats)
-        norm = l_s >> l_shift
+        slices = -(-rb // step)
+        padded = Cat(Const(0, step), l_s, Const(0, slices * step - rb))
+        windows = Array(padded[j * step : (j + 2) * step] for j in range(slices))
+        loc, ci = lead[: ceil_log2(step)], lead[ceil_log2(step) :]
+        window = windows[ci]
         m.d.sync += [
             g_v.eq(l_v),
-            g_lead.eq(l_lead - l_p),
-            g_mant.eq(norm[:E2_FRAC]),
+            g_lead.eq(lead - l_p),
+            g_mant.eq((window[step - E2_FRAC :] >> loc)[:E2_FRAC]),
             g_m.eq(l_m),
             g_t.eq(l_t),
             g_beats.eq(l_beats),
@@ -628,14 +633,16 @@ class E2Softmax(CheckedComponent):
             Signal(len(sum_), name=f"r4_vh{lane}"),
             Signal(4, name=f"r4_w{lane}"),
             Signal(name=f"r4_zero{lane}"),
+            Signal(name=f"r4_sat{lane}"),
         )
-        return regs, (sum_, w, whole > 9)
+        # (v + half) >> w > 255 only for e = 0: w = 0 and v = EXP2_FRAC32[0] = 256 (every other
+        # entry is below 256, and w >= 1 halves it), so the clamp is a flag, not a compare
+        return regs, (sum_, w, whole > 9, e == 0)
 
     def _output(self, parts):
         """The output's second stage: log2 code, or uint8 probability
         ``min(255, (v + half) >> w)``, 0 past 9 whole units."""
         if self.output == "log2":
             return parts[0]
-        vh, w, zero = parts
-        prob = vh >> w
-        return Mux(zero, 0, Mux(prob > 255, 255, prob))
+        vh, w, zero, sat = parts
+        return Mux(zero, 0, Mux(sat, 255, (vh >> w)[:8]))
