@@ -1474,6 +1474,21 @@ class WStreamBuilder(CheckedComponent):
             with m.If(step_end & n_last):
                 m.d.sync += m_active.eq(0)
 
+        # the reader's next-value registers load with any command while idle (r_active is
+        # 0 then; a job of N or K 0 never reads them): the zero tests of ``start`` put a
+        # 7-level path from the controller's payload into them
+        with m.If(self.cmd.valid & ~m_active):
+            m.d.sync += [
+                r_left.eq(cmdp.n),
+                r_full.eq(Mux(cmdp.n < cm_new, cmdp.n, cm_new)),
+                r_rows.eq(
+                    Mux(~cmdp.heads | (cmdp.nheads != 0), Mux(cmdp.n < cm_new, cmdp.n, cm_new), 0)
+                ),
+                r_hl.eq(cmdp.nheads),
+                r_glast.eq(~cmdp.heads | (G == 1)),
+                r_nlast.eq(cmdp.n <= cm_new),
+                cm2.eq(cm_new << 1),
+            ]
         with m.If(start):
             m.d.sync += [
                 job.eq(cmdp),
@@ -1484,15 +1499,6 @@ class WStreamBuilder(CheckedComponent):
                 r_g.eq(0),
                 r_step_row.eq(cmdp.base),
                 r_base.eq(cmdp.base),
-                r_left.eq(cmdp.n),
-                r_full.eq(Mux(cmdp.n < cm_new, cmdp.n, cm_new)),
-                r_rows.eq(
-                    Mux(~cmdp.heads | (cmdp.nheads != 0), Mux(cmdp.n < cm_new, cmdp.n, cm_new), 0)
-                ),
-                r_hl.eq(cmdp.nheads),
-                r_glast.eq(~cmdp.heads | (G == 1)),
-                r_nlast.eq(cmdp.n <= cm_new),
-                cm2.eq(cm_new << 1),
                 e_g.eq(0),
                 e_step_n.eq(0),
                 e_left.eq(cmdp.n),
