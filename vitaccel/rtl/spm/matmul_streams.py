@@ -1000,7 +1000,7 @@ class ResidualRuns(CheckedComponent):
         # runs come in through a skid buffer (with their channel): the SPM arbiter's grant,
         # which takes them, must not reach back into the output writer's logic
         tagged = data.StructLayout({"run": run_layout(), "chan": unsigned(16)})
-        m.submodules.inb = inb = SkidBuffer(tagged)
+        m.submodules.inb = inb = SkidBuffer(tagged, valid_next=True)
         m.d.comb += [
             inb.i.valid.eq(self.i.valid),
             inb.i.payload.run.eq(self.i.payload),
@@ -1008,16 +1008,19 @@ class ResidualRuns(CheckedComponent):
             self.i.ready.eq(inb.i.ready),
         ]
         inflight = Signal(range(D + 1))  # granted reads whose pair has not been formed
-        room = Signal(init=1)  # inflight < D, from the next value (as RowReader's credits)
         formed = Signal()
+        # the request ("a run waits and inflight < D") is one register, set from the next
+        # values of the skid's valid and of the credit compare (as RowReader's request):
+        # as the AND of the two registers it headed a 7-level path through the arbiter
+        req = Signal()
         m.d.comb += [
-            self.mem.req.eq(inb.o.valid & room),
+            self.mem.req.eq(req),
             self.mem.addr.eq(inb.o.payload.run.addr + self.delta),
             inb.o.ready.eq(self.mem.grant),
         ]
         m.d.sync += [
             inflight.eq(inflight + self.mem.grant - formed),
-            room.eq(_room_next(inflight, self.mem.grant, formed, D)),
+            req.eq(inb.valid_next & _room_next(inflight, self.mem.grant, formed, D)),
         ]
         head_in = Signal(head_layout)
         run = inb.o.payload.run
@@ -1327,39 +1330,57 @@ class WStreamBuilder(CheckedComponent):
         start = self.cmd.valid & ~m_active & (cmdp.n != 0) & (cmdp.k != 0)
 
         # Block b = (s, g): first row n0 = s*cm; rows min(cm, N - n0) if group is real.
-        def block_rows(step_n, g):
-            left = Signal(17)
-            m.d.comb += left.eq(job.n - step_n)
-            real = ~job.heads | (g < job.nheads)
-            return Mux(real, Mux(left < cm, left, cm), 0)
-
         blocks_per_step = Mux(job.heads, G, 1)
+        cm_new = Mux(cmdp.heads, cm_hd, cm_sh)
 
         # -- reader command issue --
+        # The command's rows are a register set from the next values (the subtract, compare
+        # and group test of ``min(cm, N - n0)`` from ``job`` were 7.25 levels into the
+        # reader's command skid buffer); so are the end tests of the block and step loops.
         r_active = Signal()
         r_g = Signal(8)
-        r_step_n = Signal(17)
         r_step_row = Signal(ADDR_BITS)  # base + s*cm*stride
         r_base = Signal(ADDR_BITS)  # + g*head_step
+        r_left = Signal(17)  # N - s*cm: the rows left from this step on
+        r_full = Signal(16)  # min(cm, r_left): a real block's rows in this step
+        r_rows = Signal(16)  # the command's rows (r_full, or 0 for a group >= nheads)
+        r_hl = Signal(signed(10))  # nheads - r_g: group r_g + j is real iff r_hl > j
+        r_glast = Signal()  # r_g + 1 == blocks_per_step
+        r_nlast = Signal()  # r_left <= cm: the step reaches N
+        cm2 = Signal(18)  # 2 * cm
         m.d.comb += [
             rd.cmd.payload.base.eq(r_base),
             rd.cmd.payload.stride.eq(job.stride),
-            rd.cmd.payload.rows.eq(block_rows(r_step_n, r_g)),
+            rd.cmd.payload.rows.eq(r_rows),
             rd.cmd.payload.cols.eq(job.k),
             rd.cmd.valid.eq(r_active),
         ]
         with m.If(rd.cmd.valid & rd.cmd.ready):
-            with m.If(r_g + 1 == blocks_per_step):
+            with m.If(r_glast):
+                # the next step's group 0 (real iff ~heads | nheads != 0); r_left >= cm here
+                # unless this step ends the job (then the values are not used)
+                full_n = Mux(r_left < cm2, r_left - cm, cm)
                 m.d.sync += [
                     r_g.eq(0),
-                    r_step_n.eq(r_step_n + cm),
                     r_step_row.eq(r_step_row + cm_stride),
                     r_base.eq(r_step_row + cm_stride),
+                    r_left.eq(r_left - cm),
+                    r_full.eq(full_n),
+                    r_rows.eq(Mux(~job.heads | (job.nheads != 0), full_n, 0)),
+                    r_hl.eq(job.nheads),
+                    r_glast.eq(~job.heads | (G == 1)),
+                    r_nlast.eq(r_left <= cm2),
                 ]
-                with m.If(r_step_n + cm >= job.n):
+                with m.If(r_nlast):
                     m.d.sync += r_active.eq(0)
             with m.Else():
-                m.d.sync += [r_g.eq(r_g + 1), r_base.eq(r_base + job.head_step)]
+                m.d.sync += [
+                    r_g.eq(r_g + 1),
+                    r_base.eq(r_base + job.head_step),
+                    r_rows.eq(Mux(~job.heads | (r_hl > 1), r_full, 0)),
+                    r_hl.eq(r_hl - 1),
+                    r_glast.eq(r_g + 2 == blocks_per_step),
+                ]
 
         # -- emitter --
         e_g = Signal(8)
@@ -1456,15 +1477,29 @@ class WStreamBuilder(CheckedComponent):
             with m.If(step_end & n_last):
                 m.d.sync += m_active.eq(0)
 
+        # the reader's next-value registers load with any command while idle (r_active is
+        # 0 then; a job of N or K 0 never reads them): the zero tests of ``start`` put a
+        # 7-level path from the controller's payload into them
+        with m.If(self.cmd.valid & ~m_active):
+            m.d.sync += [
+                r_left.eq(cmdp.n),
+                r_full.eq(Mux(cmdp.n < cm_new, cmdp.n, cm_new)),
+                r_rows.eq(
+                    Mux(~cmdp.heads | (cmdp.nheads != 0), Mux(cmdp.n < cm_new, cmdp.n, cm_new), 0)
+                ),
+                r_hl.eq(cmdp.nheads),
+                r_glast.eq(~cmdp.heads | (G == 1)),
+                r_nlast.eq(cmdp.n <= cm_new),
+                cm2.eq(cm_new << 1),
+            ]
         with m.If(start):
             m.d.sync += [
                 job.eq(cmdp),
-                cm.eq(Mux(cmdp.heads, cm_hd, cm_sh)),
-                cm_stride.eq(cmdp.stride * Mux(cmdp.heads, cm_hd, cm_sh)),
+                cm.eq(cm_new),
+                cm_stride.eq(cmdp.stride * cm_new),
                 m_active.eq(1),
                 r_active.eq(1),
                 r_g.eq(0),
-                r_step_n.eq(0),
                 r_step_row.eq(cmdp.base),
                 r_base.eq(cmdp.base),
                 e_g.eq(0),
