@@ -9,7 +9,7 @@ exponentials are a 4-entry table plus a shift, the division is a leading-one det
 
 Structure (docs/nonlinear.md has the diagram)::
 
-    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11-stage pipeline)
+    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11 stages, 12 > 16 lanes)
       │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
       └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
 
