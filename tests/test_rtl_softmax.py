@@ -195,3 +195,25 @@ def test_e2softmax_running_sum_is_exact(lanes, frac_bits):
         params = SoftmaxParams(in_shift=0, frac_bits=frac_bits, lanes=lanes)
         _, want, _ = e2softmax_k(row, params)
         assert got[i] == int(want), f"row {i}: S {got[i]} != e2softmax_k's {int(want)}"
+
+
+def test_e2softmax_wide_max_tree_takes_the_modelled_stage():
+    """Above 16 lanes pass 1's max tree takes a third stage (P0: 64 -> 16 -> 4 -> 1, at most
+    4x a stage for 300 MHz): the first output comes that many cycles later than at 1 lane,
+    as ``engine_timing.softmax_max_stages`` (the cycle model's term) says; the same
+    one-element rows at every width (below the zero padding: the lanes beyond count lose)."""
+    from vitaccel.engine_timing import softmax_max_stages
+
+    rows = [np.array([-100]), np.array([-128])]
+
+    def latency(lanes):
+        dut = E2Softmax(lanes=lanes, max_row=64)
+        res = _run(dut, rows, [3, 0])
+        _check(dut, rows, [3, 0], res)
+        return res["first_out"] - res["first_in"]
+
+    base = latency(1)
+    for lanes in (16, 32, 64):
+        extra = softmax_max_stages(lanes) - softmax_max_stages(1)
+        assert latency(lanes) - base == extra, (lanes, extra)
+    assert softmax_max_stages(64) == 3

@@ -9,7 +9,7 @@ exponentials are a 4-entry table plus a shift, the division is a leading-one det
 
 Structure (docs/nonlinear.md has the diagram)::
 
-    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11-stage pipeline)
+    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11 stages, 12 > 16 lanes)
       │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
       └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
 
@@ -29,6 +29,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from vitaccel.engine_timing import SOFTMAX_WIDE_LANES as WIDE_LANES
 from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
 from vitaccel.rtl.common import (
     CheckedComponent,
@@ -53,6 +54,21 @@ PASS1_LATENCY = 12
 # The uint8 output's clamp is a flag for e = 0 (``_output_parts``): it relies on this.
 if not EXP2_FRAC32[0] == 256 > max(EXP2_FRAC32[1:]):
     raise AssertionError("EXP2_FRAC32: only entry 0 may reach 256")
+
+
+def _masked_max(group, size: int):
+    """Compare-and-select levels over ``(value, within count)`` pairs of consecutive lanes
+    until at most ``size`` remain. The flags are a prefix (``count > lane``) and a pair's flag
+    is its first lane's, so a lane beyond count loses every comparison (its flag ands into the
+    select, no level of its own) and each result is the maximum of its lanes within count
+    (lane 0 always is)."""
+    while len(group) > size:
+        pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
+        group = [
+            (Mux(p[1][1] & (p[1][0] > p[0][0]), p[1][0], p[0][0]), p[0][1]) if len(p) == 2 else p[0]
+            for p in pairs
+        ]
+    return group
 
 
 class E2Softmax(CheckedComponent):
@@ -121,7 +137,8 @@ class E2Softmax(CheckedComponent):
         self.row_queue = row_queue
         self.out_bits = 8 if output == "uint8" else code_bits
         self.max_beats = -(-max_row // lanes)
-        self.ring_depth = self.max_beats + max(self.max_beats, PASS1_LATENCY + 4)
+        self.pass1_latency = PASS1_LATENCY + (lanes > WIDE_LANES)
+        self.ring_depth = self.max_beats + max(self.max_beats, self.pass1_latency + 4)
         super().__init__(
             {
                 "i": In(row_signature(signed(in_bits), lanes)),
@@ -190,6 +207,23 @@ class E2Softmax(CheckedComponent):
         subtraction and the shift held 8.25 LUT levels in one stage: 300 MHz allows 6.83)."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
         return h - (x << 2)
+
+    def _wide_max_stage(self, m: Module, v, x, cnt, first, last, t, beats, ceil, inside):
+        """Stage P0 of a unit of more than WIDE_LANES lanes: the group maximum's first levels,
+        down to WIDE_LANES candidates (at most 4x, two compare-and-select levels: the tree
+        over P and B alone held 12.0 levels at 64 lanes, 300 MHz allows 6.83; P and B then
+        reduce 4x each, _masked_max). Returns the stage's registers in the arguments' order,
+        the candidates and their "within count" flags last."""
+        group = _masked_max(list(zip(ceil, inside, strict=True)), WIDE_LANES)
+        regs = [Signal(ceil[0].shape(), name=f"p0_max{j}") for j in range(len(group))]
+        flags = [Signal(name=f"p0_in{j}") for j in range(len(group))]
+        ins = (v, x, cnt, first, last, t, beats)
+        names = ("v", "x", "cnt", "first", "last", "t", "beats")
+        out = [Signal.like(sig, name=f"p0_{name}") for sig, name in zip(ins, names, strict=True)]
+        m.d.sync += [o.eq(sig) for o, sig in zip(out, ins, strict=True)]
+        m.d.sync += [r.eq(g) for r, (g, _) in zip(regs, group, strict=True)]
+        m.d.sync += [f.eq(g_in) for f, (_, g_in) in zip(flags, group, strict=True)]
+        return (*out, regs, flags)
 
     def elaborate(self, platform):
         return elaborate_parts(self._input_side, self._pass1, self._pass2)
@@ -270,7 +304,18 @@ class E2Softmax(CheckedComponent):
         a_beats = Signal.like(beats_in)
         a_ceil = [Signal(signed(mb), name=f"a_ceil{lane}") for lane in range(lanes)]
         ceil = [-((-self.i.payload.data[lane]) >> t_cur) for lane in range(lanes)]
+        wide = lanes > WIDE_LANES
+        # (wide: each lane's "within count" registered beside its ceiling instead of the
+        # select, which sat behind the count compare: 7.0 levels at 64 lanes; the max tree
+        # takes the flags, _wide_max_stage)
+        a_in = [Signal(name=f"a_in{lane}") for lane in range(lanes)] if wide else []
         for lane in range(lanes):
+            if wide:
+                m.d.sync += [
+                    a_ceil[lane].eq(ceil[lane]),
+                    a_in[lane].eq(self.i.payload.count > lane),
+                ]
+                continue
             v = Mux(self.i.payload.count > lane, ceil[lane], ceil[0]) if lane else ceil[0]
             m.d.sync += a_ceil[lane].eq(v)
         m.d.sync += [
@@ -290,9 +335,18 @@ class E2Softmax(CheckedComponent):
             pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
             return [Mux(p[1] > p[0], p[1], p[0]) if len(p) == 2 else p[0] for p in pairs]
 
-        group = list(a_ceil)
-        while len(group) > 4:
-            group = max_level(group)
+        if wide:
+            a_v, a_x, a_cnt, a_first, a_last, a_t, a_beats, a_ceil, a_in = self._wide_max_stage(
+                m, a_v, a_x, a_cnt, a_first, a_last, a_t, a_beats, a_ceil, a_in
+            )
+            group = _masked_max(list(zip(a_ceil, a_in, strict=True)), 4)
+            p_in = [Signal(name=f"p_in{j}") for j in range(len(group))]
+            m.d.sync += [p.eq(g_in) for p, (_, g_in) in zip(p_in, group, strict=True)]
+            group = [g for g, _ in group]
+        else:
+            group = list(a_ceil)
+            while len(group) > 4:
+                group = max_level(group)
         p_group = [Signal(signed(mb), name=f"p_max{j}") for j in range(len(group))]
         p_v, p_first, p_last, p_t = Signal(), Signal(), Signal(), Signal(4)
         p_x = Signal.like(a_x)
@@ -308,9 +362,12 @@ class E2Softmax(CheckedComponent):
             p_t.eq(a_t),
             p_beats.eq(a_beats),
         ]
-        group = list(p_group)
-        while len(group) > 1:
-            group = max_level(group)
+        if wide:
+            group = [g for g, _ in _masked_max(list(zip(p_group, p_in, strict=True)), 1)]
+        else:
+            group = list(p_group)
+            while len(group) > 1:
+                group = max_level(group)
         b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
         # h - 4x per lane (the m-free part of dq before its shift by T, see _dq_diff)
         diff0 = self._dq_diff(p_x[0], p_t)
