@@ -26,18 +26,12 @@ import torch
 from vitaccel.models.data import CALIBRATION_SEED, digits_splits
 from vitaccel.models.evaluate import evaluate
 from vitaccel.models.golden import QuantConfig
+from vitaccel.models.train_digits import recipe_weights
 
 CHECKPOINTS = ("shipped", "sgd", "adam", "strong-aug")
 WINDOWS = 3
 WINDOW = 64
 HELD_OUT = slice(320, 620)
-
-
-def _weights(recipe: str):
-    from vitaccel.models.train_digits import RECIPES
-    from vitaccel.models.zoo import WEIGHTS_DIR
-
-    return None if recipe == "shipped" else WEIGHTS_DIR / f"{RECIPES[recipe].stem}.safetensors"
 
 
 def _parse(arg: str):
@@ -64,10 +58,12 @@ def run(option: dict, schemes=("w8a8", "mixed"), windows: int = WINDOWS) -> dict
             rows = []
             for w in range(windows):
                 calib = splits.train_x[torch.from_numpy(order[WINDOW * w : WINDOW * (w + 1)])]
-                r = evaluate("digits-vit", weights=_weights(recipe), config=cfg, calibration=calib)
+                r = evaluate(
+                    "digits-vit", weights=recipe_weights(recipe), config=cfg, calibration=calib
+                )
                 h = evaluate(
                     "digits-vit",
-                    weights=_weights(recipe),
+                    weights=recipe_weights(recipe),
                     config=cfg,
                     calibration=calib,
                     data=held_data,

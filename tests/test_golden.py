@@ -408,10 +408,9 @@ EXTRA_FLOORS = {
 @functools.cache
 def _extra(recipe: str, scheme: str, residual_bits: int = 8):
     """Float vs integer on the test split for an extra checkpoint (or ``shipped``)."""
-    from vitaccel.models.train_digits import RECIPES
-    from vitaccel.models.zoo import WEIGHTS_DIR
+    from vitaccel.models.train_digits import recipe_weights
 
-    weights = None if recipe == "shipped" else WEIGHTS_DIR / f"{RECIPES[recipe].stem}.safetensors"
+    weights = recipe_weights(recipe)
     cfg = QuantConfig(scheme=scheme, w4_ratio=0.5, residual_bits=residual_bits)
     return evaluate("digits-vit", weights=weights, config=cfg)
 
