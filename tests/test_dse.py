@@ -89,6 +89,7 @@ def test_job_steps_equal_the_column_plan():
     on where the W4 rows are: at least the column counts' bound, within 10 % above it)."""
     import numpy as np
 
+    from vitaccel.dse.cost import window_steps
     from vitaccel.engine_host import EngineParams, plan_columns, seeded_w4_rows
 
     rng = random.Random(3)
@@ -103,6 +104,8 @@ def test_job_steps_equal_the_column_plan():
             k = np.zeros(n, dtype=np.int64) if heads else kind
             n8 = n if heads else n - n4
             got = job_nsteps(n, n8, p.groups, p.cols, p.cols_w8, heads=heads)
+            if not heads:  # the explorer's scan of W4 row counts: the windows alone
+                assert window_steps(n, n8, p.groups, p.cols, p.cols_w8) == got
             if n8 in (0, n) or not p.cols_w4:
                 assert got == plan_columns(k, p, heads=heads).nsteps
             else:

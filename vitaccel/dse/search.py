@@ -70,6 +70,7 @@ from vitaccel.dse.cost import (
     stream_bound,
     top_matmul_extra,
     weight_word_cycles,
+    window_steps,
     writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
@@ -373,18 +374,19 @@ def _w4_ratio_options(n: int, ns0: int, ns_min: int, g: int, c: int, c8: int) ->
     """A layer's W4 ratios to price (its largest part: ``n`` rows, ``ns0`` steps all-W8,
     ``ns_min`` with every row W4-eligible): the cuts towards the fewest steps at the
     share of W4 columns, then ratios above that share that lower the part's steps in
-    ``plan_columns``' windows for rows at seeded places (:func:`cost.job_nsteps`)."""
+    ``plan_columns``' windows for rows at seeded places (:func:`cost.window_steps`, the
+    steps :func:`cost.job_nsteps` gives)."""
     ratios = [round(max(0, n - (ns0 - int(round(cut * (ns0 - ns_min)))) * g * c8) / n, 6)
               for cut in _CUTS]  # fmt: skip
     top = ratios[-1]
     if not 0 < top < 1:
         return tuple(ratios)
-    steps = job_nsteps(n, n - int(round(top * n)), g, c, c8, heads=False)
+    steps = window_steps(n, n - int(round(top * n)), g, c, c8)
     for j in range(1, int(_OVER_SHARE * _OVER_STEPS) + 1):
         ratio = round(min(1.0, top + j / _OVER_STEPS), 6)
         if steps <= ns_min:
             break
-        ns = job_nsteps(n, n - int(round(ratio * n)), g, c, c8, heads=False)
+        ns = window_steps(n, n - int(round(ratio * n)), g, c, c8)
         if ns < steps:
             ratios.append(ratio)
             steps = ns
