@@ -149,12 +149,38 @@ def w4_rows(n: int, ratio: float) -> int:
 @lru_cache(maxsize=16384)
 def _column_plan(n: int, n8: int, groups: int, cols: int, cols_w8: int, heads: bool):
     """``engine_host.plan_columns`` of :func:`seeded_w4_rows` (read-only channel array)."""
-    from vitaccel.engine_host import EngineParams, plan_columns, seeded_w4_rows
+    from vitaccel.engine_host import EngineParams, plan_columns
 
     params = EngineParams(groups=groups, cols=cols, w4_share=(cols - cols_w8) / cols)
-    channel = plan_columns(seeded_w4_rows(n, n8), params, heads=heads).channel
+    kind = _seeded_eligible(n, n8).astype("int64")  # seeded_w4_rows: 1 = int4
+    channel = plan_columns(kind, params, heads=heads).channel
     channel.flags.writeable = False
     return channel
+
+
+@lru_cache(maxsize=4096)
+def _seeded_eligible(n: int, n8: int):
+    """The W4-eligible rows of :func:`seeded_w4_rows` (read-only), kept per (n, n8): every
+    array geometry plans the same rows."""
+    from vitaccel.engine_host import seeded_w4_rows
+
+    eligible = seeded_w4_rows(n, n8).astype(bool)
+    eligible.flags.writeable = False
+    return eligible
+
+
+@lru_cache(maxsize=65536)
+def window_steps(n: int, n8: int, groups: int, cols: int, cols_w8: int) -> int:
+    """:func:`job_nsteps` of a shared-mode job from the windows alone
+    (``engine_host.column_windows`` of the seeded rows, without the channel array that
+    :func:`mapped_writer_cycles` needs): the explorer scans the steps of more W4 row counts
+    than it prices."""
+    from vitaccel.engine_host import column_windows
+
+    if n8 >= n or n8 == 0 or cols_w8 >= cols:
+        return job_nsteps(n, n8, groups, cols, cols_w8, heads=False)
+    bounds = column_windows(_seeded_eligible(n, n8), groups * cols, groups * cols_w8)
+    return max(len(bounds) - 1, 1)
 
 
 def job_nsteps(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool) -> int:

@@ -15,7 +15,9 @@ proxy sensitivity (:mod:`vitaccel.dse.sensitivity`) and the clock by the LUT-dep
   bandwidth) raises the best reachable FPS the most, measured on the same candidate pool.
 
 W4 ratios: for every weight layer the useful ratios are those that cut an output step
-(``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``); they are granted greedily, most cycles
+(``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``), and above the W4 columns' share those
+that take off the steps the W4 rows' places cost (:func:`_w4_ratio_options`: the rows past
+a window's W4 slots run on its free W8 columns); they are granted greedily, most cycles
 saved per unit of predicted accuracy cost first, until the budget ``max_drop`` (top-1
 agreement points with W8A8, :func:`vitaccel.dse.sensitivity.cost_curves`) is spent.
 """
@@ -68,6 +70,7 @@ from vitaccel.dse.cost import (
     stream_bound,
     top_matmul_extra,
     weight_word_cycles,
+    window_steps,
     writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
@@ -358,6 +361,36 @@ PORT_STOP = 0.02
 
 # How far towards the fewest steps a layer's W4 rows may go: fractions of the way.
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Beyond the column share: W4 rows on the W8 columns' free slots (plan_columns' spill) even
+# out the windows the W4 rows' places leave short, so the seeded plan's extra steps go;
+# ratios up to this far above the share's, on a 1/_OVER_STEPS grid, each one kept only
+# when it takes the largest part a step lower than the last kept ratio.
+_OVER_SHARE = 0.25
+_OVER_STEPS = 16
+
+
+@functools.lru_cache(maxsize=4096)
+def _w4_ratio_options(n: int, ns0: int, ns_min: int, g: int, c: int, c8: int) -> tuple:
+    """A layer's W4 ratios to price (its largest part: ``n`` rows, ``ns0`` steps all-W8,
+    ``ns_min`` with every row W4-eligible): the cuts towards the fewest steps at the
+    share of W4 columns, then ratios above that share that lower the part's steps in
+    ``plan_columns``' windows for rows at seeded places (:func:`cost.window_steps`, the
+    steps :func:`cost.job_nsteps` gives)."""
+    ratios = [round(max(0, n - (ns0 - int(round(cut * (ns0 - ns_min)))) * g * c8) / n, 6)
+              for cut in _CUTS]  # fmt: skip
+    top = ratios[-1]
+    if not 0 < top < 1:
+        return tuple(ratios)
+    steps = window_steps(n, n - int(round(top * n)), g, c, c8)
+    for j in range(1, int(_OVER_SHARE * _OVER_STEPS) + 1):
+        ratio = round(min(1.0, top + j / _OVER_STEPS), 6)
+        if steps <= ns_min:
+            break
+        ns = window_steps(n, n - int(round(ratio * n)), g, c, c8)
+        if ns < steps:
+            ratios.append(ratio)
+            steps = ns
+    return tuple(ratios)
 
 
 def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1):
@@ -491,9 +524,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
         ns0_big = len(ends_big)
         ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
         opts = []
-        for cut in _CUTS:
-            ns_big = ns0_big - int(round(cut * (ns0_big - ns_min_big)))
-            ratio = round(max(0, n_big - ns_big * g * c8) / n_big, 6)
+        for ratio in _w4_ratio_options(n_big, ns0_big, ns_min_big, g, c, c8):
             if opts and ratio <= opts[-1][1]:
                 continue
             cyc = 0
@@ -513,6 +544,8 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
                 job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
                 cyc += job + instr_ddr
                 split[b] = split.get(b, 0) + job + instr_ddr
+            if opts and cyc >= opts[-1][0]:  # more W4 rows for no fewer cycles: no option
+                continue
             opts.append((cyc, ratio, split))
         kind_opts[lk] = opts
     return mm_total, bound, kind_opts, w4_layers, plan["layers_of"]
