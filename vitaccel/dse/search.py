@@ -24,8 +24,10 @@ agreement points with W8A8, :func:`vitaccel.dse.sensitivity.cost_curves`) is spe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import json
 import math
@@ -182,9 +184,12 @@ class Candidate:
 # ---------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)
 def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1):
     """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
-    bounds its steps (:func:`cost.stream_bound`)."""
+    bounds its steps (:func:`cost.stream_bound`); kept per job and array (an array's
+    scratchpad-built W jobs are the same at every weight-port count and clock; the
+    StepCycles is only read)."""
     ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
                       w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat)  # fmt: skip
     return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
@@ -606,28 +611,36 @@ def _pool_path(key: tuple) -> Path:
     return cache_dir("dse") / f"pool-{content_hash(repr(key), _code_fingerprint())}.pkl"
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The cyclic collector paused (restored after): building or loading a pool makes ~10^5
+    small objects, none of them in a cycle, which the collector would walk repeatedly
+    (~10 % of a cold query's CPU)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _load_pool(path: Path) -> tuple[list[Candidate], int] | None:
     """The pool stored at ``path`` (None when absent or unreadable: it is evaluated again)."""
-    import gc
     import pickle
 
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    # 50k small objects: the cyclic collector would walk them repeatedly while they load.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        stored = pickle.loads(data)
-        if stored.get("format") != _POOL_FORMAT:
+    with _no_cyclic_gc():
+        try:
+            stored = pickle.loads(data)
+            if stored.get("format") != _POOL_FORMAT:
+                return None
+            return [Candidate(*row) for row in stored["rows"]], stored["evaluated"]
+        except Exception:  # a truncated or foreign file is a cache miss, never an error
             return None
-        return [Candidate(*row) for row in stored["rows"]], stored["evaluated"]
-    except Exception:  # a truncated or foreign file is a cache miss, never an error
-        return None
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _store_pool(path: Path, pool: list[Candidate], evaluated: int) -> None:
@@ -692,7 +705,8 @@ def search(
     if stored is not None:
         pool, evaluated = stored
     else:
-        pool, evaluated = _evaluate_pool(m, budget, limits, space, clock_mhz, relax)
+        with _no_cyclic_gc():
+            pool, evaluated = _evaluate_pool(m, budget, limits, space, clock_mhz, relax)
         if path is not None:
             _store_pool(path, pool, evaluated)
     result = {
@@ -723,9 +737,20 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         "bram36": m.shell.bram36,
     }
 
-    def shell_per_column(cols: int):
-        """The shell's share that grows with the output columns (m.shell is the rest)."""
-        return res.shell_resources(cols)[0] - m.shell
+    @functools.cache
+    def per_column(g: int, c: int, share: float, width: int, spm_memory: str):
+        """The shell's share that grows with the output columns (m.shell is the rest) and the
+        scratchpad with its output writer's word path (if the array has one) or the mixed
+        array's; kept per answer: every row count and vector of an array shape asks again."""
+        spm = res.spm_usage(m.spm_words, spm_memory, width // SLOT_BYTES)
+        spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
+        spm = spm + res.mapped_writer_resources(g, c, share)
+        return res.shell_resources(g * c)[0] - m.shell + spm
+
+    @functools.cache
+    def memories(g: int, r: int, v: int, x_words: int) -> dict[str, str]:
+        # (a few hundred distinct answers over the pool; the dict is only read)
+        return _memories(g, r, v, x_words, m.spm_words, budget, m.max_util)
 
     lane_opts = _lane_options(m, budget, space.lanes, clock_mhz, space.datapath_bytes)
     spec = m.spec
@@ -733,6 +758,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
     evaluated = 0
 
     port_choices = [q for q in space.weight_ports if q <= budget.hp_ports]
+    port_usage = {q: res.weight_ports_resources(q) for q in port_choices}
 
     @functools.cache
     def word_cycles(v: int, clock: float, ports: int) -> float:
@@ -750,13 +776,9 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         nonlocal evaluated
         # a wider datapath banks the scratchpad and splits each X bank into x_beat sub-banks
         buffers = _buffers(spec, g, r, c, v, width, m.jobs)
-        mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
+        mem = memories(g, r, v, buffers["x_words"])
         eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
-        spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
-        # (with the output writer's word path, if the array has one)
-        spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
-        spm = spm + res.mapped_writer_resources(g, c, share)  # (or the mixed array's)
-        per_col = shell_per_column(g * c) + spm
+        per_col = per_column(g, c, share, width, mem["spm"])
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
@@ -767,18 +789,22 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
+        # by cycles per W word (clock and DDR ceiling): port counts the DDR caps share them
+        priced: dict[float, tuple] = {}
         # (a mixed array's ports each carry their own columns' map entries: any port count)
         for ports in port_choices:
             if (g * c) % ports:
                 continue
-            extra = res.weight_ports_resources(ports)
+            extra = port_usage[ports]
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
-            evals: dict[float, tuple] = {}  # by cycles per W word (clock and DDR ceiling)
+            evals: dict[float, tuple] = {}  # this port count's
             for lanes, nl_cycles, lane_usage, clock in opts:
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
-                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc,
-                                                buffers["x_beat"])  # fmt: skip
+                    if wc not in priced:
+                        priced[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop,
+                                                     wc, buffers["x_beat"])  # fmt: skip
+                    evals[wc] = priced[wc]
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
@@ -1375,6 +1401,7 @@ def _fidelity(model: str, c: Candidate, max_drop: float) -> dict:
     return base
 
 
+@_no_cyclic_gc()  # (and the Pareto front, the summary and the outputs: ~10^5 objects live)
 def explore(
     model: str,
     board: str,
