@@ -938,3 +938,31 @@ def test_w4_ratios_beyond_the_column_share_even_out_the_windows():
     ]
     assert over
     assert all(cand.error <= result["max_drop"] + 1e-9 for cand in over)
+
+
+def test_explore_pauses_the_cyclic_gc_and_restores_it(monkeypatch):
+    """The explorer runs with the cyclic collector paused (its ~10^5 candidates hold no
+    cycles; the collector walked them repeatedly, ~10 % of a cold query's CPU) and gives it
+    back as it found it, also when the query raises."""
+    import gc
+
+    from vitaccel.dse import search as search_mod
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(gc.isenabled())
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(search_mod, "search", stop)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="stop"):
+        search_mod.explore("deit-tiny", "zcu102", 100)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        with search_mod._no_cyclic_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller's paused collector stays paused
+    finally:
+        gc.enable()
