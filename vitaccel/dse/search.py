@@ -71,6 +71,7 @@ from vitaccel.dse.cost import (
     port_bytes_per_cycle,
     stream_bound,
     top_matmul_extra,
+    w_lag,
     weight_word_cycles,
     window_steps,
     writer_bound,
@@ -185,13 +186,15 @@ class Candidate:
 
 
 @functools.lru_cache(maxsize=8192)
-def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1):
+def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1,
+           lag=0):  # fmt: skip
     """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
     bounds its steps (:func:`cost.stream_bound`); kept per job and array (an array's
     scratchpad-built W jobs are the same at every weight-port count and clock; the
     StepCycles is only read)."""
     ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
-                      w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat)  # fmt: skip
+                      w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
+                      w_lag=lag)  # fmt: skip
     return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
 
 
@@ -480,25 +483,27 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
     sigs = plan["fixed"] if c4 else plan["all"]
     for (op, nheads, tokens, k, n, transposed, keep, fused, hstep), count in sigs.items():
         heads = nheads > 0
+        lag = w_lag(op != "matmul")  # "matmul": W from DDR
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
-            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat)
+            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat,
+                             lag)  # fmt: skip
             wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep, x_beat)
+            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep, x_beat, lag)
             b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
                           w_spm=op != "matmul", banks=x_beat, head_step=hstep,
-                          runs=fused == "residual")  # fmt: skip
+                          runs=fused == "residual", w_lag=lag)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads,
                                 x_beat=x_beat)  # fmt: skip
-        job += fused_cycles(fused, n) + (LATENCIES["x_keep"] if keep else 0)
+        job += fused_cycles(fused, n)
         fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
         cyc = (job + fixed) * count
         mm_total += cyc
@@ -511,14 +516,14 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
             # the mapped writer's cycles follow the steps (ns below): priced per option,
             # after the same first output word
             first = first_out_edge(tokens, k, g, r, c, v, units, False, word_cycles, keep,
-                                   x_beat)  # fmt: skip
+                                   x_beat, w_lag(False))  # fmt: skip
             writer[key] = functools.partial(
                 writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                 transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
                 cols_w8=c8, banks=x_beat, runs=fused == "residual", first=first,
             )  # fmt: skip
             cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
-                                x_beat)  # fmt: skip
+                                x_beat, w_lag(False))  # fmt: skip
     # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
     kind_opts: dict[str, list] = {}
     for lk, parts in w4_kinds.items():
@@ -546,7 +551,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
                 job += top_matmul_extra(
                     key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
                 )
-                job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
+                job += fused_cycles(key[5], n)
                 cyc += job + instr_ddr
                 split[b] = split.get(b, 0) + job + instr_ddr
             if opts and cyc >= opts[-1][0]:  # more W4 rows for no fewer cycles: no option
