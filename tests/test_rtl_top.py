@@ -87,6 +87,17 @@ def test_nonlinear_lanes_beyond_the_datapath_are_rejected_in_one_line(field):
     assert getattr(wide.nonlinear, field) == 64
 
 
+def _run_bench(dut, ram, bench) -> None:
+    """Run ``bench`` on the top in Amaranth's simulator beside the DDR model ``ram`` (the
+    file's one top bench setup); the DDR model must have seen no protocol error."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(ram.run, background=True)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not ram.errors, ram.errors[:3]
+
+
 def _simulate(
     image: bytes, base: int, *, cycles: int = 5000, design: Design = SMALL, stall: float = 0.2,
     latency=(1, 6),
@@ -112,12 +123,7 @@ def _simulate(
         await host.write(ctx, Reg.CTRL, isa.CTRL_IRQ_CLEAR | CTRL_IRQ_ENABLE)
         out["irq_after_clear"] = ctx.get(dut.irq)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(ram.run, background=True)
-    sim.add_testbench(bench)
-    sim.run()
-    assert not ram.errors, ram.errors[:3]
+    _run_bench(dut, ram, bench)
     return ram, out
 
 
@@ -270,12 +276,7 @@ def _programs_cycles(design: Design, progs: list, latencies: list[int]) -> list[
                 out[-1].append(await host.read(ctx, Reg.CYCLES_LO))
                 await host.write(ctx, Reg.CTRL, isa.CTRL_IRQ_CLEAR | CTRL_IRQ_ENABLE)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(ram.run, background=True)
-    sim.add_testbench(bench)
-    sim.run()
-    assert not ram.errors, ram.errors[:3]
+    _run_bench(dut, ram, bench)
     assert len(out) == len(latencies) and len(out[-1]) == len(progs), out
     return out
 
