@@ -21,6 +21,7 @@ from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
     MatmulOutWriter,
+    MixedOutWriter,
     RowReader,
     RowWriter,
     Scratchpad,
@@ -424,18 +425,18 @@ def _out_words(rng, image, groups, cols, heads, nheads, transposed, n, T, base, 
     ],
 )
 def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_step, n,
-                                     transposed, stride):  # fmt: skip
+                                     transposed, stride, w4_cols=0):  # fmt: skip
     """The word path (a banked SPM, cols a multiple of 16): the SPM equals the interpreter's
     after a job with random input pauses, and, unpaused, the writer takes exactly the
     cycles of :func:`word_writer_cycles` (first word in to last write out, plus the skid
     buffer's and the write register's cycle). OUT_T jobs take it when the Y stride is odd
     (:func:`word_path_takes`)."""
-    rng = np.random.default_rng(groups * 100 + cols + n)
+    rng = np.random.default_rng(groups * 100 + cols + n + w4_cols)
     job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=transposed,
                n=n, T=20 if transposed else 7, base=10, stride=stride,
                head_step=head_step)  # fmt: skip
-    _word_path_job(rng, banks, job, 0.3)
-    cycles = _word_path_job(rng, banks, job, 0.0)
+    _word_path_job(rng, banks, job, 0.3, w4_cols)
+    cycles = _word_path_job(rng, banks, job, 0.0, w4_cols)
     if not word_path_takes(cols, banks, transposed=bool(transposed), y_stride=stride,
                            runs=False):  # fmt: skip
         assert not any(wrote for *_, wrote in cycles)  # no word-path write
@@ -447,23 +448,57 @@ def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_st
     assert cycles[-1][0] - first + 1 == model + 2, (cycles[-1][0] - first + 1, model)
 
 
-def _word_path_job(rng, banks, job, pause):
+@pytest.mark.parametrize(
+    "groups, cols_w8, w4_cols, banks, heads, nheads, head_step, n, transposed, stride",
+    [
+        (2, 16, 4, 2, 1, 2, 89, 20, 0, 2),  # QK^T: heads at once (odd head step), 2 steps
+        (2, 16, 4, 2, 1, 2, 90, 16, 0, 1),  # P x V: both heads in one bank
+        (2, 16, 6, 4, 0, 1, 90, 70, 0, 5),  # shared: 32 channels a step, 3 steps
+        (2, 16, 4, 2, 1, 2, 150, 21, 1, 5),  # OUT_T, odd stride (even: the top test)
+    ],
+)
+def test_mixed_out_writer_w_spm_jobs_take_the_word_path(groups, cols_w8, w4_cols, banks, heads,
+                                                         nheads, head_step, n, transposed,
+                                                         stride):  # fmt: skip
+    """A mixed array's W_SPM jobs (the W8-column rule) through :class:`MixedOutWriter`: the
+    engine's words with garbage on the W4 lanes, the SPM equal to the interpreter's with
+    random pauses, and unpaused exactly the all-W8 word path's cycles of ``cols_w8``
+    columns (:func:`word_writer_cycles`, what ``dse.cost.writer_bound`` prices them at)."""
+    test_matmul_out_writer_word_path(groups, cols_w8, banks, heads, nheads, head_step, n,
+                                     transposed, stride, w4_cols=w4_cols)  # fmt: skip
+
+
+def _word_path_job(rng, banks, job, pause, w4_cols=0):
     """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``);
-    the SPM must equal the interpreter's. Returns the (cycle, word taken, word-path write) of every
-    cycle that takes a word or writes."""
+    the SPM must equal the interpreter's. ``w4_cols``: a W_SPM job on a mixed array's writer
+    (:class:`MixedOutWriter`) whose groups have ``job["cols"]`` W8 columns and ``w4_cols``
+    W4 ones (garbage on their lanes). Returns the (cycle, word taken, word-path write) of
+    every cycle that takes a word or writes."""
     image = _image(rng)
+    G, C8 = job["groups"], job["cols"]
     words, want = _out_words(rng, image, *(job[k] for k in (
         "groups", "cols", "heads", "nheads", "transposed", "n", "T", "base", "stride",
         "head_step")))  # fmt: skip
     spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks, write_clients=2,
                      bank_writes=(1,))  # fmt: skip
-    ow = MatmulOutWriter(groups=job["groups"], cols=job["cols"], banks=banks)
-    brw = ByteRunWriter()
-    assert ow.word_path
-    rig = Rig(spm, [ow, brw], writers=[brw.mem, ow.wo], links=[(ow.o, brw.i)])
     cmd = {k: job[k] for k in ("base", "stride", "n", "heads", "nheads", "head_step",
                                "transposed")}  # fmt: skip
     cmd["tokens"] = job["T"]
+    if w4_cols:
+        ow = MixedOutWriter(groups=G, cols=C8 + w4_cols, cols_w8=C8, banks=banks)
+        cmd.update(nsteps=len(words) // job["T"], w8_rule=1)
+        wide = []
+        for word in words:  # each group's W4 lanes after its W8 ones
+            lanes = word.to_bytes(G * C8, "little")
+            wide.append(int.from_bytes(b"".join(
+                lanes[g * C8 : (g + 1) * C8] + bytes(rng.integers(0, 256, w4_cols).tolist())
+                for g in range(G)), "little"))  # fmt: skip
+        words = wide
+    else:
+        ow = MatmulOutWriter(groups=G, cols=C8, banks=banks)
+    brw = ByteRunWriter()
+    assert ow.word_path
+    rig = Rig(spm, [ow, brw], writers=[brw.mem, ow.wo], links=[(ow.o, brw.i)])
     cycles = []
 
     async def watch(ctx):

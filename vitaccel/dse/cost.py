@@ -41,6 +41,7 @@ from vitaccel.engine_timing import (
     softmax_max_stages,
     word_path_takes,
     word_writer_cycles,
+    word_writes,
     x_beat_words,
     x_load_cycles,
 )
@@ -272,7 +273,9 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     on a mixed W4/W8 array the job's output steps (:func:`job_nsteps`, the steps of the plan
     :func:`mapped_writer_cycles` prices); 0 on an all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
     W8 columns only, the W8 columns of a group, W built from the scratchpad
-    (:func:`mapped_writer_cycles`). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
+    (:func:`mapped_writer_cycles`; a W_SPM job on a scratchpad where ``cols_w8`` columns
+    have the word path, :func:`word_writes`, takes the all-W8 writer of ``cols_w8`` columns
+    and is priced as on an all-W8 array of them). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
     all-W8 array with the output writer's word path (:func:`word_path_takes`: a row-major
     job not forced onto runs, ``runs``: a fused residual add; an OUT_T job of odd
     ``y_stride``) writes its pieces one per bank a cycle (:func:`word_writer_cycles`, heads
@@ -283,7 +286,10 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
         first = first_out_edge(tokens, k, groups, rows, cols, vector, units, heads,
                                w_word_cycles, x_keep, x_beat or x_beat_words(vector),
                                w_lag)  # fmt: skip
-    if mapped_steps:
+    if mapped_steps and w_spm and word_writes(cols_w8, banks):
+        # the mixed top's all-W8 writer of the W8 columns (rtl/spm MixedOutWriter)
+        cols = cols_w8
+    elif mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
         return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,
                                             nheads=nheads, transposed=transposed,

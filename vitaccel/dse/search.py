@@ -749,7 +749,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         array's; kept per answer: every row count and vector of an array shape asks again."""
         spm = res.spm_usage(m.spm_words, spm_memory, width // SLOT_BYTES)
         spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
-        spm = spm + res.mapped_writer_resources(g, c, share)
+        spm = spm + res.mapped_writer_resources(g, c, share, width // SLOT_BYTES)
         return res.shell_resources(g * c)[0] - m.shell + spm
 
     @functools.cache

@@ -36,6 +36,7 @@ __all__ = [
     "MatmulOutWriter",
     "mapped_out_cmd_layout",
     "MappedOutWriter",
+    "MixedOutWriter",
     "ResidualRuns",
     "xbuild_cmd_layout",
     "XStreamBuilder",
@@ -909,6 +910,110 @@ class MappedOutWriter(CheckedComponent):
                 with m.Else():
                     m.d.sync += c.eq(c + span)
         m.d.comb += self.idle.eq(~active & ~inb.busy)
+        return m
+
+
+class MixedOutWriter(CheckedComponent):
+    """A mixed W4/W8 array's output writer on a banked scratchpad whose groups' W8 columns
+    are whole words (:func:`~vitaccel.engine_timing.word_writes` of ``cols_w8`` and
+    ``banks``): :class:`MappedOutWriter` for the jobs with W from DDR (the column map), and
+    for W_SPM jobs (``w8_rule``) an all-W8 :class:`MatmulOutWriter` of ``groups`` x
+    ``cols_w8`` columns with its bank-parallel word path.
+
+    Under the W8-column rule W8 column c of group g has the channel ``s*G*C8 + g*C8 + c``
+    (shared) or ``s*C8 + c`` of head g (heads), and the W4 columns are idle: exactly the
+    channels an all-W8 array of ``cols_w8`` columns gives byte ``g*C8 + c`` of its words.
+    So the engine's words go to that writer with the W4 columns' bytes dropped (wiring),
+    and its runs, words and ``chan`` stand for the job's. The command goes to the writer
+    its ``w8_rule`` names (taken only while the other writer is idle), the words and the
+    runs follow the job of the last command. Cycles: a W_SPM job's are the all-W8 writer's
+    (``dse.cost.writer_bound`` with ``cols_w8`` columns), the others' ``MappedOutWriter``'s.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(mapped_out_cmd_layout()))``
+    i : ``In(stream.Signature(unsigned(8 * groups * cols)))``
+    map : ``In(stream.Signature(unsigned(16)))``
+        The column map entries (jobs with W from DDR only).
+    o : ``Out(stream.Signature(run_layout()))``
+    chan : ``Out(16)``
+    wo : ``Out(bank_write_signature(banks))``
+        The W_SPM jobs' pieces (:attr:`MatmulOutWriter.wo`).
+    force_runs : ``In(1)``
+        (:attr:`MatmulOutWriter.force_runs`) read with a W_SPM job's command.
+    work : ``Out(1)``
+        ``MappedOutWriter``'s :attr:`~MappedOutWriter.work`.
+    idle : ``Out(1)``
+    """
+
+    word_path = True
+
+    @classmethod
+    def check(cls, *, groups, cols, cols_w8, banks):
+        MappedOutWriter.check(groups=groups, cols=cols, cols_w8=cols_w8)
+        MatmulOutWriter.check(groups=groups, cols=cols_w8, banks=banks)
+        if not word_writes(cols_w8, banks):
+            raise ValueError(
+                f"cols_w8 must be a multiple of {WORD_BYTES} and banks > 1 (the all-W8 "
+                f"writer's word path), not cols_w8={cols_w8!r}, banks={banks!r}"
+            )
+
+    def __init__(self, *, groups: int, cols: int, cols_w8: int, banks: int):
+        self.groups, self.cols, self.cols_w8, self.banks = groups, cols, cols_w8, banks
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(mapped_out_cmd_layout())),
+                "i": In(stream.Signature(unsigned(8 * groups * cols))),
+                "map": In(stream.Signature(unsigned(16))),
+                "o": Out(stream.Signature(run_layout())),
+                "chan": Out(16),
+                "wo": Out(bank_write_signature(banks)),
+                "force_runs": In(1),
+                "work": Out(1),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        G, C, C8 = self.groups, self.cols, self.cols_w8
+        m.submodules.mapped = mp = MappedOutWriter(groups=G, cols=C, cols_w8=C8)
+        m.submodules.w8 = w8 = MatmulOutWriter(groups=G, cols=C8, banks=self.banks)
+        on_w8 = Signal()  # the last command's job is a W_SPM one (the all-W8 writer's)
+        cmdp = self.cmd.payload
+        rule = cmdp.w8_rule
+        m.d.comb += [
+            mp.cmd.payload.eq(cmdp),
+            *[getattr(w8.cmd.payload, name).eq(getattr(cmdp, name))
+              for name, _ in matmul_out_cmd_layout()],
+            mp.cmd.valid.eq(self.cmd.valid & ~rule & w8.idle),
+            w8.cmd.valid.eq(self.cmd.valid & rule & mp.idle),
+            self.cmd.ready.eq(Mux(rule, w8.cmd.ready & mp.idle, mp.cmd.ready & w8.idle)),
+            w8.force_runs.eq(self.force_runs),
+        ]  # fmt: skip
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += on_w8.eq(rule)
+        # the words: all of them to the mapped writer, the W8 columns' bytes to the other
+        w8_bytes = [self.i.payload.word_select(g * C + c, 8) for g in range(G) for c in range(C8)]
+        m.d.comb += [
+            mp.i.payload.eq(self.i.payload),
+            w8.i.payload.eq(Cat(*w8_bytes)),
+            mp.i.valid.eq(self.i.valid & ~on_w8),
+            w8.i.valid.eq(self.i.valid & on_w8),
+            self.i.ready.eq(Mux(on_w8, w8.i.ready, mp.i.ready)),
+        ]
+        wiring.connect(m, wiring.flipped(self.map), mp.map)
+        wiring.connect(m, w8.wo, wiring.flipped(self.wo))
+        # the runs of the job's writer
+        m.d.comb += [
+            self.o.valid.eq(Mux(on_w8, w8.o.valid, mp.o.valid)),
+            self.o.payload.eq(Mux(on_w8, w8.o.payload, mp.o.payload)),
+            w8.o.ready.eq(self.o.ready & on_w8),
+            mp.o.ready.eq(self.o.ready & ~on_w8),
+            self.chan.eq(Mux(on_w8, w8.chan, mp.chan)),
+            self.work.eq(mp.work),
+            self.idle.eq(mp.idle & w8.idle),
+        ]
         return m
 
 
