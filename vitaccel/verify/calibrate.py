@@ -16,7 +16,8 @@ The fits (:mod:`vitaccel.dse.resources` reads them):
   :func:`vitaccel.dse.resources.engine_features`; DSP48E2 per requantised column (the W8
   lanes are counted exactly); the LUT RAM depth threshold of the memory mapping.
 * ``unit_fit``: per nonlinear unit and resource, ``a + b * lanes``.
-* ``depth``: the worst effective logic levels of the engine and of each unit (the clock rule).
+* ``depth``: the worst effective logic levels of the engine, of the whole top, of each unit
+  per lane count and of a mixed array's column-map writer (``mixed_writer``; the clock rule).
 Validation runs (held-out shapes) live beside the fitting runs and are never fitted.
 """
 
