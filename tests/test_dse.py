@@ -285,6 +285,39 @@ def test_unit_levels_take_the_next_calibrated_lanes_up_and_refuse_beyond():
     assert clock_rule.unit_levels(depth, "gelu", 64) == 0.0
 
 
+def test_mixed_designs_clock_follows_the_mapped_writer_run(monkeypatch):
+    """Issue #18: a mixed W4/W8 array writes through rtl/spm MappedOutWriter, which no
+    all-W8 top run contains; the clock rule takes its calibrated run (``mixed_writer``) for
+    designs with ``w4_share > 0`` only: in the rule, in the explorer's candidates (whose
+    FPS is priced at that clock) and in ``vitaccel report design``'s check."""
+    from vitaccel.dse.search import SearchSpace, search
+
+    stored = res.calibration()
+    assert "writer mapped g2 c20 w8c16" in stored["runs"]  # calibrate.WRITER_DEPTH's run
+    depth = stored["depth_runs"]
+    assert depth["mixed_writer"] == clock_rule.effective_levels(
+        stored["runs"]["writer mapped g2 c20 w8c16"]
+    )
+    lanes = (16, 16, 16)
+    plain = clock_rule.design_levels(depth, lanes, mixed=False)
+    assert clock_rule.design_levels(depth, lanes, mixed=True) == max(plain, depth["mixed_writer"])
+    # a writer deeper than everything else sets a mixed design's clock, never a W8 one's
+    deep = {**depth, "mixed_writer": clock_rule.max_levels(125)}
+    clocks = (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)
+    assert clock_rule.allowed_clocks(clocks, clock_rule.design_levels(deep, lanes, True))[0] == 125
+    assert clock_rule.allowed_clocks(clocks, clock_rule.design_levels(deep, lanes, False))[0] > 125
+    monkeypatch.setattr(res, "calibration", lambda: {**stored, "depth_runs": deep})
+    space = SearchSpace(groups=(1,), rows=(4,), cols=(16,), vector=(16,), w4_cols=(4,),
+                        lanes=(16,), datapath_bytes=(16,))  # fmt: skip
+    pool = search("digits-vit", "zcu102", space=space, cache=False)["pool"]
+    mixed = [c for c in pool if c.w4_share > 0]
+    w8 = [c for c in pool if c.w4_share == 0]
+    assert mixed and w8
+    assert {c.clock_mhz for c in mixed} == {125.0}
+    assert min(c.clock_mhz for c in w8) > 125.0
+    assert all(c.fps == pytest.approx(125.0 * 1e6 / c.cycles) for c in mixed)
+
+
 @pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")
 def test_sensitivity_data():
     data = sens.load()

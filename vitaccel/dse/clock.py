@@ -17,7 +17,9 @@ The period must hold the levels plus ~0.6 ns of clock-to-out, setup, skew and ji
     f_max = 1 / (0.6 ns + 0.4 ns * levels)
 
 which gives the allowed levels per board clock in :data:`MAX_LEVELS`. A design runs at the
-fastest board clock (``BoardBudget.pl_clocks_mhz``) whose limit every unit meets. The rule is
+fastest board clock (``BoardBudget.pl_clocks_mhz``) whose limit every unit meets
+(:func:`design_levels`: the engine, the whole top, the nonlinear units at their lanes and, on
+a mixed W4/W8 array, its column-map output writer). The rule is
 a planning rule, not timing closure: Vivado's report decides (docs/boards.md).
 """
 
@@ -31,9 +33,11 @@ __all__ = [
     "unit_levels",
     "max_levels",
     "allowed_clocks",
+    "design_levels",
 ]
 
 LEVEL_NS = 0.4
+UNITS = ("softmax", "layernorm", "gelu")  # the nonlinear units, in a lane triple's order
 OVERHEAD_NS = 0.6
 
 
@@ -77,3 +81,16 @@ def unit_levels(depth: dict, unit: str, lanes: int) -> float:
             f"{', '.join(map(str, known))}; add it to calibrate.UNIT_LANES and rerun)"
         )
     return runs[str(above[0])]
+
+
+def design_levels(depth: dict, lanes: tuple[int, int, int], mixed: bool) -> float:
+    """A design's worst calibrated path (``depth``: calibration.json's ``depth_runs``): the
+    engine's and the whole top's runs, each nonlinear unit's at its (softmax, layernorm,
+    gelu) ``lanes`` (:func:`unit_levels`), and on a ``mixed`` W4/W8 array (``w4_share > 0``)
+    its column-map output writer's run (``mixed_writer``: rtl/spm MappedOutWriter, which
+    every mixed top writes through and no all-W8 top run contains)."""
+    parts = [depth.get("engine", 0.0), depth.get("top", 0.0)]
+    parts += [unit_levels(depth, u, n) for u, n in zip(UNITS, lanes, strict=True)]
+    if mixed:
+        parts.append(depth.get("mixed_writer", 0.0))
+    return max(parts)

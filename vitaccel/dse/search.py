@@ -237,8 +237,6 @@ class _Model:
             self.sens = {}
         depth = res.calibration().get("depth_runs", {})
         self.depth = depth
-        # The engine's worst calibrated path, and the whole top's (controller, DMA, SPM).
-        self.engine_levels = max(depth.get("engine", 0.0), depth.get("top", 0.0))
         self.levels = None
         shell, self.shell_kind = res.shell_resources()
         self.shell = shell
@@ -271,20 +269,16 @@ class _Model:
         next calibrated lane count up; none up there is an error)."""
         return clock_rule.unit_levels(self.depth, unit, lanes)
 
-    def design_levels(self, lanes: tuple[int, int, int]) -> float | None:
+    def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False) -> float | None:
+        """The design's worst calibrated path (:func:`clock.design_levels`; ``mixed``: a
+        W4/W8 array, whose column-map output writer counts too); None without data."""
         if not self.depth:
             return None
-        return max(
-            [self.engine_levels]
-            + [
-                self.unit_levels(u, n)
-                for u, n in zip(("softmax", "layernorm", "gelu"), lanes, strict=True)
-            ]
-        )
+        return clock_rule.design_levels(self.depth, lanes, mixed)
 
-    def clock_for(self, lanes: tuple[int, int, int]) -> float:
+    def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False) -> float:
         """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
-        levels = self.design_levels(lanes)
+        levels = self.design_levels(lanes, mixed)
         if levels is None:
             return self.board.default_clock_mhz
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
@@ -804,6 +798,9 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
             evals: dict[float, tuple] = {}  # this port count's
             for lanes, nl_cycles, lane_usage, clock in opts:
+                if share > 0 and clock_mhz is None:
+                    # a mixed array writes through its column-map writer: its depth too
+                    clock = min(clock, m.clock_for(lanes, mixed=True))
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
                     if wc not in priced:
@@ -1620,7 +1617,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
-            "levels": result["model"].design_levels(c.lanes),
+            "levels": result["model"].design_levels(c.lanes, mixed=c.w4_share > 0),
             "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
         },
         "shell_resources": result["model"].shell_kind,
