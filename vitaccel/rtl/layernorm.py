@@ -131,7 +131,8 @@ class AILayerNorm(CheckedComponent):
         Per-layer scalars of ``LayerNormParams`` (``recip_shift``/``out_shift`` 0..63,
         ``eps_q`` 16 bits), sampled with each row's first beat and carried with the row.
         Exactness needs ``recip_mult * C <= 2 * 2**recip_shift`` (a reciprocal of C, as
-        ``dyadic(1/C)`` gives), so the mean fits ``in_bits + 5`` bits.
+        ``dyadic(1/C)`` gives), so the mean fits ``in_bits + 5`` bits, and d, the squares,
+        the variance and z the widths their bounds under it give (``d_bits`` ...).
     const_addr, const_alpha, const_gain, const_bias, const_we : ``In``
         Write port of the per-channel constants: on a cycle with ``const_we`` high, channel
         ``const_addr`` gets ``alpha`` (0..3), ``gain`` and ``bias``. Load them while the unit
@@ -739,15 +740,18 @@ class AILayerNorm(CheckedComponent):
         # depending on how ABC mapped the shifter: split, each half is ~3.)
         # The clamp is decided on the unshifted sum, beside the shifter: y = sum >> s lies
         # outside [-128, 127] exactly when a bit of sum at position s + 7 or above (below
-        # the sign) differs from the sign. Its mask and the "s >= sum_bits - 1" case (every
-        # representable sum rounds to 0: the half added in T4 was truncated then) are row
-        # constants, registered in T4 from the shift.
+        # the sign) differs from the sign, i.e. when sum ^ sign (below the sign) is at least
+        # 2**(s + 7): one compare on a carry chain against a row constant (the OR of the
+        # masked bits mapped to 7 LUT levels at 64 lanes). That threshold (2**(sum_bits - 1),
+        # above every value, when s + 7 is beyond the sum) and the "s >= sum_bits - 1" case
+        # (every representable sum rounds to 0: the half added in T4 was truncated then) are
+        # row constants, registered in T4 from the shift.
         t4_v, t4_last = Signal(), Signal()
         t4_cnt = Signal(cb)
         t4_shift = Signal(6)
         t4_sum = [Signal(signed(sum_bits), name=f"t4_sum{lane}") for lane in range(lanes)]
         t4_zero = Signal()
-        t4_mask = Signal(sum_bits - 1)
+        t4_thr = Signal(sum_bits)
         with m.If(advance):
             m.d.sync += [
                 t4_v.eq(tb_v),
@@ -755,7 +759,12 @@ class AILayerNorm(CheckedComponent):
                 t4_cnt.eq(tb_cnt),
                 t4_shift.eq(tb_shift),
                 t4_zero.eq(tb_shift >= sum_bits - 1),
-                t4_mask.eq(Cat(*(tb_shift + 7 <= k for k in range(sum_bits - 1)))),
+                t4_thr.eq(
+                    Cat(
+                        *(tb_shift + 7 == k for k in range(sum_bits - 1)),
+                        tb_shift + 7 >= sum_bits - 1,
+                    )
+                ),
             ]
             for lane in range(lanes):
                 m.d.sync += t4_sum[lane].eq(y_prods[lane] + tb_bias[lane] + tb_half)
@@ -778,7 +787,7 @@ class AILayerNorm(CheckedComponent):
                 sign = total[-1]
                 ext = Cat(total, sign.replicate(64 + 15 - sum_bits))
                 m.d.sync += [
-                    t5_out[lane].eq(((total[:-1] ^ sign.replicate(sum_bits - 1)) & t4_mask).any()),
+                    t5_out[lane].eq((total[:-1] ^ sign.replicate(sum_bits - 1)) >= t4_thr),
                     t5_sign[lane].eq(sign),
                     # bits s & ~7 .. (s & ~7) + 14 of the sign-extended sum
                     t5_win[lane].eq(Array(ext[8 * k : 8 * k + 15] for k in range(8))[t4_shift[3:]]),
