@@ -291,9 +291,9 @@ class MatmulOutWriter(CheckedComponent):
         fire = Signal(attrs={"keep": 1})
         word_end, step_end = word_last, step_last
         if self.word_path:
-            direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
-                                                         step_left, buf, flushing, t,
-                                                         step_row_base)  # fmt: skip
+            direct, dfire, more, wbusy, step_regs = self._word_path(
+                m, job, active, fresh, sink, tok_base, step_n, step_left, buf, flushing, t,
+                step_row_base)  # fmt: skip
             m.d.comb += fire.eq((self.o.valid & self.o.ready) | dfire)
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
@@ -359,6 +359,8 @@ class MatmulOutWriter(CheckedComponent):
         fregs = [flushing, g_left, left_c, lane0, grp_lane, lane_run, lane_grp, t, t_left, step_n,
                  step_left, n, left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row,
                  active]  # fmt: skip
+        if self.word_path:  # the pieces' flags of the current step (set with step_left)
+            fregs += [r for r, _ in step_regs]
         nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
 
         def f(r):
@@ -397,6 +399,8 @@ class MatmulOutWriter(CheckedComponent):
                     f(grp_nrow).eq(step_row_base + cm_stride),
                     f(lane_row).eq(step_row_base + cm_stride),
                 ]
+                if self.word_path:
+                    m.d.comb += [f(r).eq(v) for r, v in step_regs]
                 with m.If(step_left <= cm):
                     m.d.comb += f(active).eq(0)
             with m.Else():
@@ -462,11 +466,12 @@ class MatmulOutWriter(CheckedComponent):
             m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy)
         return m
 
-    def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left, buf,
+    def _word_path(self, m: Module, job, active, fresh, sink, tok_base, step_n, step_left, buf,
                    flushing, t, step_row_base):  # fmt: skip
         """The word path's pieces -> ``wo``. Returns (direct: the job takes it, dfire: a
         segment is written this cycle, more: a later segment of the word writes, busy: a
-        registered write is pending).
+        registered write is pending, step registers: (register, its value for the next
+        output step) pairs the caller loads when a step ends, as it does ``step_left``).
 
         An OUT_T job whose Y stride is odd takes it too: a flushed chunk's lanes (16 tokens
         of one channel each: one aligned SPM word, row n at ``n * stride`` words) go in
@@ -509,20 +514,35 @@ class MatmulOutWriter(CheckedComponent):
             ]
             m.d.sync += srev.eq(cmdp.stride[1] if B == 4 else 0)
         # piece p (group g, word j) writes when its first channel is < N (and its group
-        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them)
-        ok, be = [], []
-        tail = Signal(WORD_BYTES)
-        m.d.comb += tail.eq(Cat(*[step_left[:4] > i for i in range(WORD_BYTES)]))
+        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them).
+        # The flags are registers of the current step, set in the job's fresh cycle from N
+        # and, when a step ends, from step_left's compares with the next step's channels
+        # (first + cm), loaded with step_left: compared from step_left in the cycle they are
+        # used, they sat in front of "a later segment writes" and the word's end, an
+        # 8.25-level path into the group registers (lane_grp, g_left, rowaddr, ...).
+        (cm_sh, _), (cm_hd, _) = _mode_consts(G, C)
+        assert cm_sh % WORD_BYTES == 0 and cm_hd % WORD_BYTES == 0  # (cols % 16 == 0)
+        ok = Signal(P)
+        full = Signal(P)
+        tail = Signal(WORD_BYTES)  # N mod 16 is step_left's in every step (cm % 16 == 0)
+        ok_nx, full_nx = [], []
         for p in range(P):
             g, j = divmod(p, per)
-            first = Mux(job.heads, WORD_BYTES * j, WORD_BYTES * p)
-            ok_p, full_p = Signal(name=f"ok{p}"), Signal(name=f"full{p}")
-            m.d.comb += [
-                ok_p.eq(grp_ok[g] & (step_left > first)),
-                full_p.eq(step_left >= first + WORD_BYTES),
-            ]
-            ok.append(ok_p)
-            be.append(Mux(full_p, (1 << WORD_BYTES) - 1, Mux(ok_p, tail, 0)))
+            first_sh, first_hd = WORD_BYTES * p, WORD_BYTES * j
+            ok_nx.append(grp_ok[g] & Mux(job.heads, step_left > first_hd + cm_hd,
+                                         step_left > first_sh + cm_sh))  # fmt: skip
+            full_nx.append(Mux(job.heads, step_left >= first_hd + WORD_BYTES + cm_hd,
+                               step_left >= first_sh + WORD_BYTES + cm_sh))  # fmt: skip
+            with m.If(fresh):
+                first = Mux(job.heads, first_hd, first_sh)
+                m.d.sync += [
+                    ok[p].eq(grp_ok[g] & (job.n > first)),
+                    full[p].eq(job.n >= first + WORD_BYTES),
+                ]
+        with m.If(fresh):
+            m.d.sync += tail.eq(Cat(*[job.n[:4] > i for i in range(WORD_BYTES)]))
+        be = [Mux(full[p], (1 << WORD_BYTES) - 1, Mux(ok[p], tail, 0)) for p in range(P)]
+        step_regs = [(ok, Cat(*ok_nx)), (full, Cat(*full_nx))]
         # OUT_T: which lanes write (channel < N, group writes) and whether a segment after
         # segment k holds one, registered every cycle from step_left (constant while a chunk
         # is gathered, and a chunk takes at least one cycle before its flush)
@@ -633,7 +653,7 @@ class MatmulOutWriter(CheckedComponent):
                             lane.data.eq(r_data[r]),
                             lane.be.eq(r_be[r]),
                         ]
-        return direct, dfire, more, r_en.any()
+        return direct, dfire, more, r_en.any(), step_regs
 
 
 def mapped_out_cmd_layout() -> data.StructLayout:
