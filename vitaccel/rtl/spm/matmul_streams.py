@@ -491,6 +491,11 @@ class MatmulOutWriter(CheckedComponent):
         KT = G * C // B  # OUT_T segments per chunk
         direct = Signal()
         tbl = Signal(range(B + 2))
+        # the table and the row-major segment one-hot, registers beside tbl and seg: "a later
+        # segment writes" is then an AND-OR of flags (decoded from seg and tbl it was three
+        # LUTs of compares in front of the word's end, an 8.0-level path into step_last)
+        tbl1h = Signal(B + 2)
+        seg1h = Signal(K)
         seg = Signal(range(max(K, KT, 2)))
         grp_ok = Signal(G)  # group g writes (shared: all; heads: g < nheads)
         grp_off = [Signal(ADDR_BITS, name=f"grp_off{g}") for g in range(G)]  # g * head_step
@@ -503,12 +508,15 @@ class MatmulOutWriter(CheckedComponent):
             return Mux(srev, lanes[-r % B], lanes[r]) if B == 4 and r % 2 else lanes[r]
 
         cmdp = self.cmd.payload
+        tbl_n = Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 direct.eq(~self.force_runs & (~cmdp.transposed | cmdp.stride[0])),
                 # (OUT_T: B + 1, a table of no cases: ``more`` is t_more's)
-                tbl.eq(Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))),
+                tbl.eq(tbl_n),
+                tbl1h.eq(Const(1, B + 2) << tbl_n),
                 seg.eq(0),
+                seg1h.eq(1),
                 grp_ok.eq(Cat(*[~cmdp.heads | (g < cmdp.nheads) for g in range(G)])),
                 *[off.eq(cmdp.head_step * g) for g, off in enumerate(grp_off)],
             ]
@@ -610,12 +618,17 @@ class MatmulOutWriter(CheckedComponent):
             m.d.sync += t_more.eq(job.transposed & later_n[0])
         with m.Elif(dfire):
             m.d.sync += t_more.eq(Cat(later, Const(0, 1)).bit_select(seg + 1, 1))
+        more_terms = []
+        for ti, segs in enumerate(tables):
+            for k in range(len(segs)):
+                later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
+                if later_ok:
+                    more_terms.append(tbl1h[ti] & seg1h[k] & Cat(*later_ok).any())
+        m.d.comb += more_rm.eq(Cat(*more_terms).any() if more_terms else 0)
         with m.Switch(Cat(seg, tbl)):
             for ti, segs in enumerate(tables):
                 for k, pieces in enumerate(segs):
                     with m.Case(k | (ti << len(seg))):
-                        later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
-                        m.d.comb += more_rm.eq(Cat(*later_ok).any() if later_ok else 0)
                         for p in pieces:
                             g, j = divmod(p, per)
                             rel = p % B if ti == 0 else (g * (ti - 1) + j) % B
@@ -640,7 +653,8 @@ class MatmulOutWriter(CheckedComponent):
                     r_be[r].eq(tmask),
                 ]
         with m.If(dfire):
-            m.d.sync += seg.eq(Mux(more, seg + 1, 0))
+            # (seg1h: past the row-major segments only in OUT_T, whose table has none)
+            m.d.sync += [seg.eq(Mux(more, seg + 1, 0)), seg1h.eq(Mux(more, seg1h << 1, 1))]
         # bank b takes relative lane (b - rot) mod B
         with m.Switch(rot):
             for q in range(B):
