@@ -239,7 +239,8 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
 
 
 @lru_cache(maxsize=65536)  # the explorer asks for the same jobs on many arrays
-def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat):
+def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
+         w_lag=0):  # fmt: skip
     """The constants of one job's recursion (see :func:`matmul_cycles`)."""
     ks = -(-k // vector)
     tiles = -(-tokens // rows)
@@ -250,14 +251,15 @@ def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_k
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     span = (tiles - 1) * period + ks - 1
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
-    end0 = first_step_of_tiles(x_load, w_load, ks, pad, tokens, groups, rows, heads=heads,
+    loaded0 = w_lag + w_load  # Lend_0: W's first step in
+    end0 = first_step_of_tiles(x_load, loaded0, ks, pad, tokens, groups, rows, heads=heads,
                                x_beat=x_beat)[1]  # fmt: skip
-    return end0, w_load, pad, span, lat["release"], tail
+    return end0, w_load, loaded0, pad, span, lat["release"], tail
 
 
-def _steps(end0, w_load, pad, span, release):
+def _steps(end0, w_load, loaded0, pad, span, release):
     """The recursion of :func:`matmul_cycles`: yields ``(E_s, Lend_s)`` for s = 0, 1, ..."""
-    loaded = w_load
+    loaded = loaded0
     ends = [end0]
     yield ends[0], loaded
     s = 1
@@ -284,14 +286,17 @@ def matmul_cycles(
     w_word_cycles: float = 1.0,
     x_keep: bool = False,
     x_beat: int = 1,
+    w_lag: int = 0,
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
     Exact for the RTL. Edges are counted from the command handshake; the X and W streams
     deliver one word per cycle from edge 1 (``w_word_cycles`` > 1 stretches every W load, as
-    when the DDR port delivers less than one stream word per cycle):
+    when the DDR port delivers less than one stream word per cycle), the W stream from edge
+    ``1 + w_lag`` (in the accelerator a DDR W stream's first word reaches the engine
+    ``dse.cost.LATENCIES["w_ddr_lag"]`` cycles after the X stream's first beat):
 
-    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = WL``, ``Lend_1 = 2 WL``,
+    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = w_lag + WL``, ``Lend_1 = Lend_0 + WL``,
       ``Lend_s = max(Lend_{s-1}, E_{s-2} + release) + WL`` (a half is reloaded once the
       step that used it two steps earlier has drained),
     * step s >= 1 issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
@@ -303,10 +308,10 @@ def matmul_cycles(
       X of the previous job stays in the banks) and ``WL = G*C*(KS+1)``,
     * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
     """
-    end0, w_load, pad, span, release, tail = _job(
-        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
+    end0, w_load, loaded0, pad, span, release, tail = _job(
+        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat, w_lag
     )
-    for s, (end, _) in enumerate(_steps(end0, w_load, pad, span, release)):
+    for s, (end, _) in enumerate(_steps(end0, w_load, loaded0, pad, span, release)):
         if s == nsteps - 1:
             return int(math.ceil(end + tail))
     raise AssertionError("unreachable")  # pragma: no cover - _steps never ends
@@ -324,13 +329,14 @@ class StepCycles:
     __slots__ = ("ends", "periodic", "tail", "n")
 
     def __init__(self, tokens, k, nsteps, groups, rows, cols, vector, units, *,
-                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1):  # fmt: skip
-        end0, w_load, pad, span, release, self.tail = _job(
-            tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
-        )
+                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1, w_lag=0):  # fmt: skip
+        end0, w_load, loaded0, pad, span, release, self.tail = _job(
+            tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
+            w_lag,
+        )  # fmt: skip
         self.n, self.ends, self.periodic = nsteps, [], None
         ends, seen = self.ends, {}
-        for s, (end, loaded) in enumerate(_steps(end0, w_load, pad, span, release)):
+        for s, (end, loaded) in enumerate(_steps(end0, w_load, loaded0, pad, span, release)):
             if s >= nsteps:
                 break
             ends.append(end)
