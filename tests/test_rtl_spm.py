@@ -447,10 +447,30 @@ def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_st
     assert cycles[-1][0] - first + 1 == model + 2, (cycles[-1][0] - first + 1, model)
 
 
-def _word_path_job(rng, banks, job, pause):
-    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``);
-    the SPM must equal the interpreter's. Returns the (cycle, word taken, word-path write) of every
-    cycle that takes a word or writes."""
+@pytest.mark.parametrize(
+    "groups, cols, heads, nheads, head_step, n",
+    [
+        (3, 16, 0, 1, 90, 60),  # shared: 2 steps (48 + 12 channels), N <= cm + sw
+        (3, 16, 0, 1, 90, 10),  # shared: 1 step, N <= sw: every token one run
+        (2, 32, 1, 2, 91, 70),  # heads: 2 runs a group, 3 steps, the last of 6 channels
+    ],
+)
+def test_matmul_out_writer_word_path_forced_runs(groups, cols, heads, nheads, head_step, n):
+    """A word-path writer whose job is forced onto the runs (``force_runs``: a fused
+    residual add) writes the interpreter's SPM through the byte-run writer (its run ends
+    from the step registers ``gl_step`` / ``gl_group``), none of it on the word path."""
+    rng = np.random.default_rng(groups * 100 + cols + n)
+    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=0, n=n, T=5,
+               base=10, stride=7, head_step=head_step)  # fmt: skip
+    cycles = _word_path_job(rng, 4, job, 0.3, force_runs=True)
+    assert not any(wrote for *_, wrote in cycles)
+
+
+def _word_path_job(rng, banks, job, pause, force_runs=False):
+    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``;
+    ``force_runs``: the job is forced onto the runs); the SPM must equal the interpreter's.
+    Returns the (cycle, word taken, word-path write) of every cycle that takes a word or
+    writes."""
     image = _image(rng)
     words, want = _out_words(rng, image, *(job[k] for k in (
         "groups", "cols", "heads", "nheads", "transposed", "n", "T", "base", "stride",
@@ -476,6 +496,7 @@ def _word_path_job(rng, banks, job, pause):
                 cycles.append((k, taken, any(lanes)))
 
     async def feed(ctx):
+        ctx.set(ow.force_runs, force_runs)
         await _put(ctx, ow.cmd, cmd)
         pauses = random_pauses(pause, 5) if pause else None
         for word in words:

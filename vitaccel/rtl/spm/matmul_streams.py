@@ -248,6 +248,24 @@ class MatmulOutWriter(CheckedComponent):
         # job constant: the subtraction in front of it made a 7.25-level path)
         gl_step = cm_le_sw | (step_left <= cm_sw)
         gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
+        if self.word_path:
+            # (word path) both as registers of the current step, set in the fresh cycle from
+            # N and loaded with step_left when a step ends: the next step's gl_group is this
+            # step's gl_step (step_left - cm <= sw), its gl_step the compare with 2 cm + sw (a
+            # job constant). From step_left in the cycle they are used, they headed a
+            # 7.25-level path into step_last (a step's last value is never used when
+            # step_left <= cm: the job ends).
+            gl_step_r, gl_group_r = Signal(), Signal()
+            cm2_sw = Signal(18)  # 2 cm + sw
+            with m.If(self.cmd.valid & self.cmd.ready):
+                m.d.sync += cm2_sw.eq((cm0 << 1) + sw0)
+            with m.If(fresh):
+                m.d.sync += [
+                    gl_step_r.eq(cm_le_sw | (job.n <= cm_sw)),
+                    gl_group_r.eq(fresh_grp),
+                ]
+            gl_step_nx = cm_le_sw | (step_left <= cm2_sw)
+            gl_step, gl_group = gl_step_r, gl_group_r
         gl_run = (left_c <= (sw << 1)) | (left_n <= (sw << 1))  # next run: both - sw
 
         word = sink.payload
@@ -360,7 +378,7 @@ class MatmulOutWriter(CheckedComponent):
                  step_left, n, left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row,
                  active]  # fmt: skip
         if self.word_path:  # the pieces' flags of the current step (set with step_left)
-            fregs += [r for r, _ in step_regs]
+            fregs += [r for r, _ in step_regs] + [gl_step_r, gl_group_r]
         nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
 
         def f(r):
@@ -401,6 +419,7 @@ class MatmulOutWriter(CheckedComponent):
                 ]
                 if self.word_path:
                     m.d.comb += [f(r).eq(v) for r, v in step_regs]
+                    m.d.comb += [f(gl_step_r).eq(gl_step_nx), f(gl_group_r).eq(gl_step_r)]
                 with m.If(step_left <= cm):
                     m.d.comb += f(active).eq(0)
             with m.Else():
