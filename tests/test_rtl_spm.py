@@ -468,12 +468,31 @@ def test_mixed_out_writer_w_spm_jobs_take_the_word_path(groups, cols_w8, w4_cols
                                      transposed, stride, w4_cols=w4_cols)  # fmt: skip
 
 
-def _word_path_job(rng, banks, job, pause, w4_cols=0):
-    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``);
-    the SPM must equal the interpreter's. ``w4_cols``: a W_SPM job on a mixed array's writer
-    (:class:`MixedOutWriter`) whose groups have ``job["cols"]`` W8 columns and ``w4_cols``
-    W4 ones (garbage on their lanes). Returns the (cycle, word taken, word-path write) of
-    every cycle that takes a word or writes."""
+@pytest.mark.parametrize(
+    "groups, cols, heads, nheads, head_step, n",
+    [
+        (3, 16, 0, 1, 90, 60),  # shared: 2 steps (48 + 12 channels), N <= cm + sw
+        (3, 16, 0, 1, 90, 10),  # shared: 1 step, N <= sw: every token one run
+        (2, 32, 1, 2, 91, 70),  # heads: 2 runs a group, 3 steps, the last of 6 channels
+    ],
+)
+def test_matmul_out_writer_word_path_forced_runs(groups, cols, heads, nheads, head_step, n):
+    """A word-path writer whose job is forced onto the runs (``force_runs``: a fused
+    residual add) writes the interpreter's SPM through the byte-run writer (its run ends
+    from the step registers ``gl_step`` / ``gl_group``), none of it on the word path."""
+    rng = np.random.default_rng(groups * 100 + cols + n)
+    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=0, n=n, T=5,
+               base=10, stride=7, head_step=head_step)  # fmt: skip
+    cycles = _word_path_job(rng, 4, job, 0.3, force_runs=True)
+    assert not any(wrote for *_, wrote in cycles)
+
+
+def _word_path_job(rng, banks, job, pause, w4_cols=0, force_runs=False):
+    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``;
+    ``force_runs``: the job is forced onto the runs); the SPM must equal the interpreter's.
+    ``w4_cols``: a W_SPM job on a mixed array's writer (:class:`MixedOutWriter`) whose groups
+    have ``job["cols"]`` W8 columns and ``w4_cols`` W4 ones (garbage on their lanes). Returns
+    the (cycle, word taken, word-path write) of every cycle that takes a word or writes."""
     image = _image(rng)
     G, C8 = job["groups"], job["cols"]
     words, want = _out_words(rng, image, *(job[k] for k in (
@@ -511,6 +530,7 @@ def _word_path_job(rng, banks, job, pause, w4_cols=0):
                 cycles.append((k, taken, any(lanes)))
 
     async def feed(ctx):
+        ctx.set(ow.force_runs, force_runs)
         await _put(ctx, ow.cmd, cmd)
         pauses = random_pauses(pause, 5) if pause else None
         for word in words:

@@ -249,6 +249,24 @@ class MatmulOutWriter(CheckedComponent):
         # job constant: the subtraction in front of it made a 7.25-level path)
         gl_step = cm_le_sw | (step_left <= cm_sw)
         gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
+        if self.word_path:
+            # (word path) both as registers of the current step, set in the fresh cycle from
+            # N and loaded with step_left when a step ends: the next step's gl_group is this
+            # step's gl_step (step_left - cm <= sw), its gl_step the compare with 2 cm + sw (a
+            # job constant). From step_left in the cycle they are used, they headed a
+            # 7.25-level path into step_last (a step's last value is never used when
+            # step_left <= cm: the job ends).
+            gl_step_r, gl_group_r = Signal(), Signal()
+            cm2_sw = Signal(18)  # 2 cm + sw
+            with m.If(self.cmd.valid & self.cmd.ready):
+                m.d.sync += cm2_sw.eq((cm0 << 1) + sw0)
+            with m.If(fresh):
+                m.d.sync += [
+                    gl_step_r.eq(cm_le_sw | (job.n <= cm_sw)),
+                    gl_group_r.eq(fresh_grp),
+                ]
+            gl_step_nx = cm_le_sw | (step_left <= cm2_sw)
+            gl_step, gl_group = gl_step_r, gl_group_r
         gl_run = (left_c <= (sw << 1)) | (left_n <= (sw << 1))  # next run: both - sw
 
         word = sink.payload
@@ -292,9 +310,9 @@ class MatmulOutWriter(CheckedComponent):
         fire = Signal(attrs={"keep": 1})
         word_end, step_end = word_last, step_last
         if self.word_path:
-            direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
-                                                         step_left, buf, flushing, t,
-                                                         step_row_base)  # fmt: skip
+            direct, dfire, more, wbusy, step_regs = self._word_path(
+                m, job, active, fresh, sink, tok_base, step_n, step_left, buf, flushing, t,
+                step_row_base)  # fmt: skip
             m.d.comb += fire.eq((self.o.valid & self.o.ready) | dfire)
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
@@ -360,6 +378,8 @@ class MatmulOutWriter(CheckedComponent):
         fregs = [flushing, g_left, left_c, lane0, grp_lane, lane_run, lane_grp, t, t_left, step_n,
                  step_left, n, left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row,
                  active]  # fmt: skip
+        if self.word_path:  # the pieces' flags of the current step (set with step_left)
+            fregs += [r for r, _ in step_regs] + [gl_step_r, gl_group_r]
         nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
 
         def f(r):
@@ -398,6 +418,9 @@ class MatmulOutWriter(CheckedComponent):
                     f(grp_nrow).eq(step_row_base + cm_stride),
                     f(lane_row).eq(step_row_base + cm_stride),
                 ]
+                if self.word_path:
+                    m.d.comb += [f(r).eq(v) for r, v in step_regs]
+                    m.d.comb += [f(gl_step_r).eq(gl_step_nx), f(gl_group_r).eq(gl_step_r)]
                 with m.If(step_left <= cm):
                     m.d.comb += f(active).eq(0)
             with m.Else():
@@ -463,11 +486,12 @@ class MatmulOutWriter(CheckedComponent):
             m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy)
         return m
 
-    def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left, buf,
+    def _word_path(self, m: Module, job, active, fresh, sink, tok_base, step_n, step_left, buf,
                    flushing, t, step_row_base):  # fmt: skip
         """The word path's pieces -> ``wo``. Returns (direct: the job takes it, dfire: a
         segment is written this cycle, more: a later segment of the word writes, busy: a
-        registered write is pending).
+        registered write is pending, step registers: (register, its value for the next
+        output step) pairs the caller loads when a step ends, as it does ``step_left``).
 
         An OUT_T job whose Y stride is odd takes it too: a flushed chunk's lanes (16 tokens
         of one channel each: one aligned SPM word, row n at ``n * stride`` words) go in
@@ -487,6 +511,11 @@ class MatmulOutWriter(CheckedComponent):
         KT = G * C // B  # OUT_T segments per chunk
         direct = Signal()
         tbl = Signal(range(B + 2))
+        # the table and the row-major segment one-hot, registers beside tbl and seg: "a later
+        # segment writes" is then an AND-OR of flags (decoded from seg and tbl it was three
+        # LUTs of compares in front of the word's end, an 8.0-level path into step_last)
+        tbl1h = Signal(B + 2)
+        seg1h = Signal(K)
         seg = Signal(range(max(K, KT, 2)))
         grp_ok = Signal(G)  # group g writes (shared: all; heads: g < nheads)
         grp_off = [Signal(ADDR_BITS, name=f"grp_off{g}") for g in range(G)]  # g * head_step
@@ -499,31 +528,49 @@ class MatmulOutWriter(CheckedComponent):
             return Mux(srev, lanes[-r % B], lanes[r]) if B == 4 and r % 2 else lanes[r]
 
         cmdp = self.cmd.payload
+        tbl_n = Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 direct.eq(~self.force_runs & (~cmdp.transposed | cmdp.stride[0])),
                 # (OUT_T: B + 1, a table of no cases: ``more`` is t_more's)
-                tbl.eq(Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))),
+                tbl.eq(tbl_n),
+                tbl1h.eq(Const(1, B + 2) << tbl_n),
                 seg.eq(0),
+                seg1h.eq(1),
                 grp_ok.eq(Cat(*[~cmdp.heads | (g < cmdp.nheads) for g in range(G)])),
                 *[off.eq(cmdp.head_step * g) for g, off in enumerate(grp_off)],
             ]
             m.d.sync += srev.eq(cmdp.stride[1] if B == 4 else 0)
         # piece p (group g, word j) writes when its first channel is < N (and its group
-        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them)
-        ok, be = [], []
-        tail = Signal(WORD_BYTES)
-        m.d.comb += tail.eq(Cat(*[step_left[:4] > i for i in range(WORD_BYTES)]))
+        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them).
+        # The flags are registers of the current step, set in the job's fresh cycle from N
+        # and, when a step ends, from step_left's compares with the next step's channels
+        # (first + cm), loaded with step_left: compared from step_left in the cycle they are
+        # used, they sat in front of "a later segment writes" and the word's end, an
+        # 8.25-level path into the group registers (lane_grp, g_left, rowaddr, ...).
+        (cm_sh, _), (cm_hd, _) = _mode_consts(G, C)
+        assert cm_sh % WORD_BYTES == 0 and cm_hd % WORD_BYTES == 0  # (cols % 16 == 0)
+        ok = Signal(P)
+        full = Signal(P)
+        tail = Signal(WORD_BYTES)  # N mod 16 is step_left's in every step (cm % 16 == 0)
+        ok_nx, full_nx = [], []
         for p in range(P):
             g, j = divmod(p, per)
-            first = Mux(job.heads, WORD_BYTES * j, WORD_BYTES * p)
-            ok_p, full_p = Signal(name=f"ok{p}"), Signal(name=f"full{p}")
-            m.d.comb += [
-                ok_p.eq(grp_ok[g] & (step_left > first)),
-                full_p.eq(step_left >= first + WORD_BYTES),
-            ]
-            ok.append(ok_p)
-            be.append(Mux(full_p, (1 << WORD_BYTES) - 1, Mux(ok_p, tail, 0)))
+            first_sh, first_hd = WORD_BYTES * p, WORD_BYTES * j
+            ok_nx.append(grp_ok[g] & Mux(job.heads, step_left > first_hd + cm_hd,
+                                         step_left > first_sh + cm_sh))  # fmt: skip
+            full_nx.append(Mux(job.heads, step_left >= first_hd + WORD_BYTES + cm_hd,
+                               step_left >= first_sh + WORD_BYTES + cm_sh))  # fmt: skip
+            with m.If(fresh):
+                first = Mux(job.heads, first_hd, first_sh)
+                m.d.sync += [
+                    ok[p].eq(grp_ok[g] & (job.n > first)),
+                    full[p].eq(job.n >= first + WORD_BYTES),
+                ]
+        with m.If(fresh):
+            m.d.sync += tail.eq(Cat(*[job.n[:4] > i for i in range(WORD_BYTES)]))
+        be = [Mux(full[p], (1 << WORD_BYTES) - 1, Mux(ok[p], tail, 0)) for p in range(P)]
+        step_regs = [(ok, Cat(*ok_nx)), (full, Cat(*full_nx))]
         # OUT_T: which lanes write (channel < N, group writes) and whether a segment after
         # segment k holds one, registered every cycle from step_left (constant while a chunk
         # is gathered, and a chunk takes at least one cycle before its flush)
@@ -591,12 +638,17 @@ class MatmulOutWriter(CheckedComponent):
             m.d.sync += t_more.eq(job.transposed & later_n[0])
         with m.Elif(dfire):
             m.d.sync += t_more.eq(Cat(later, Const(0, 1)).bit_select(seg + 1, 1))
+        more_terms = []
+        for ti, segs in enumerate(tables):
+            for k in range(len(segs)):
+                later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
+                if later_ok:
+                    more_terms.append(tbl1h[ti] & seg1h[k] & Cat(*later_ok).any())
+        m.d.comb += more_rm.eq(Cat(*more_terms).any() if more_terms else 0)
         with m.Switch(Cat(seg, tbl)):
             for ti, segs in enumerate(tables):
                 for k, pieces in enumerate(segs):
                     with m.Case(k | (ti << len(seg))):
-                        later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
-                        m.d.comb += more_rm.eq(Cat(*later_ok).any() if later_ok else 0)
                         for p in pieces:
                             g, j = divmod(p, per)
                             rel = p % B if ti == 0 else (g * (ti - 1) + j) % B
@@ -621,7 +673,8 @@ class MatmulOutWriter(CheckedComponent):
                     r_be[r].eq(tmask),
                 ]
         with m.If(dfire):
-            m.d.sync += seg.eq(Mux(more, seg + 1, 0))
+            # (seg1h: past the row-major segments only in OUT_T, whose table has none)
+            m.d.sync += [seg.eq(Mux(more, seg + 1, 0)), seg1h.eq(Mux(more, seg1h << 1, 1))]
         # bank b takes relative lane (b - rot) mod B
         with m.Switch(rot):
             for q in range(B):
@@ -634,7 +687,7 @@ class MatmulOutWriter(CheckedComponent):
                             lane.data.eq(r_data[r]),
                             lane.be.eq(r_be[r]),
                         ]
-        return direct, dfire, more, r_en.any()
+        return direct, dfire, more, r_en.any(), step_regs
 
 
 def mapped_out_cmd_layout() -> data.StructLayout:
