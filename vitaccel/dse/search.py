@@ -269,16 +269,20 @@ class _Model:
         next calibrated lane count up; none up there is an error)."""
         return clock_rule.unit_levels(self.depth, unit, lanes)
 
-    def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False) -> float | None:
+    def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False,
+                      word_groups: bool = False) -> float | None:  # fmt: skip
         """The design's worst calibrated path (:func:`clock.design_levels`; ``mixed``: a
-        W4/W8 array, whose column-map output writer counts too); None without data."""
+        W4/W8 array, whose column-map output writer counts too; ``word_groups``: several
+        groups on the output writer's word path, :func:`clock.word_groups`); None without
+        data."""
         if not self.depth:
             return None
-        return clock_rule.design_levels(self.depth, lanes, mixed)
+        return clock_rule.design_levels(self.depth, lanes, mixed, word_groups)
 
-    def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False) -> float:
+    def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False,
+                  word_groups: bool = False) -> float:  # fmt: skip
         """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
-        levels = self.design_levels(lanes, mixed)
+        levels = self.design_levels(lanes, mixed, word_groups)
         if levels is None:
             return self.board.default_clock_mhz
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
@@ -788,6 +792,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
+        word_groups = clock_rule.word_groups(g, column_split(c, share)[0], width // SLOT_BYTES)
         # by cycles per W word (clock and DDR ceiling): port counts the DDR caps share them
         priced: dict[float, tuple] = {}
         # (a mixed array's ports each carry their own columns' map entries: any port count)
@@ -798,9 +803,10 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
             evals: dict[float, tuple] = {}  # this port count's
             for lanes, nl_cycles, lane_usage, clock in opts:
-                if share > 0 and clock_mhz is None:
-                    # a mixed array writes through its column-map writer: its depth too
-                    clock = min(clock, m.clock_for(lanes, mixed=True))
+                if (share > 0 or word_groups) and clock_mhz is None:
+                    # a mixed array writes through its column-map writer, several groups
+                    # on the word path through that writer: their depth too
+                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups))
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
                     if wc not in priced:
@@ -1617,7 +1623,13 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
-            "levels": result["model"].design_levels(c.lanes, mixed=c.w4_share > 0),
+            "levels": result["model"].design_levels(
+                c.lanes,
+                mixed=c.w4_share > 0,
+                word_groups=clock_rule.word_groups(
+                    c.groups, column_split(c.cols, c.w4_share)[0], c.datapath_bytes // SLOT_BYTES
+                ),
+            ),
             "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
         },
         "shell_resources": result["model"].shell_kind,
