@@ -310,9 +310,23 @@ class MatmulOutWriter(CheckedComponent):
         fire = Signal(attrs={"keep": 1})
         word_end, step_end = word_last, step_last
         if self.word_path:
+            # The job's route (runs / direct x OUT_T / not) with ``active`` folded in: four
+            # registers set in the fresh cycle and cleared when the job ends. The handshake
+            # is then dfire | o.valid & o.ready with both terms one LUT of registers (through
+            # active and the modes' selects ABC mapped fire 5 LUTs deep, an 8.0-level path
+            # job.transposed -> fire -> the group registers, or 7.0 from active).
+            rt, rr, dt, dr = (Signal(name=f"route_{k}") for k in ("rt", "rr", "dt", "dr"))
+            route = [rt, rr, dt, dr]
             direct, dfire, more, wbusy, step_regs = self._word_path(
-                m, job, active, fresh, sink, tok_base, step_n, step_left, buf, flushing, t,
-                step_row_base)  # fmt: skip
+                m, job, fresh, sink, tok_base, step_n, step_left, buf, flushing, t,
+                step_row_base, dt, dr)  # fmt: skip
+            with m.If(fresh):
+                m.d.sync += [
+                    rt.eq(~direct & job.transposed),
+                    rr.eq(~direct & ~job.transposed),
+                    dt.eq(direct & job.transposed),
+                    dr.eq(direct & ~job.transposed),
+                ]
             m.d.comb += fire.eq((self.o.valid & self.o.ready) | dfire)
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
@@ -322,7 +336,7 @@ class MatmulOutWriter(CheckedComponent):
         t_valid, t_prime = active & flushing & tprimed, flushing & ~tprimed
         t_fire, t_word_end = fire, word_end
         if self.word_path:  # a direct OUT_T job's flushes leave on wo: no runs, no priming
-            t_valid, t_prime = t_valid & ~direct, t_prime & ~direct
+            t_valid, t_prime = rt & flushing & tprimed, t_prime & ~direct
             # the runs' own fire and word end: the word path's stay off tdata's path
             t_fire, t_word_end = t_valid & self.o.ready, word_last
         with m.If(job.transposed):
@@ -334,7 +348,18 @@ class MatmulOutWriter(CheckedComponent):
                 ]
             with m.If(t_fire):
                 lane_next = Mux(group_last, lane_grp, lane_run)
-                m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
+                if self.word_path:
+                    # a tree of 2-way selects by lane_next's bits (lanes past G*C are never
+                    # selected: the word ends first); the word select's shifter was mapped
+                    # as a chain of 7 LUTs, a 7.0-level path lane_run -> tdata (issue #17)
+                    level = list(buf)
+                    for k in range(max(1, (G * C - 1).bit_length())):
+                        level = [Mux(lane_next[k], level[i + 1], level[i])
+                                 if i + 1 < len(level) else level[i]
+                                 for i in range(0, len(level), 2)]  # fmt: skip
+                    m.d.sync += tdata.eq(level[0])
+                else:
+                    m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
                 with m.If(t_word_end):
                     m.d.sync += tprimed.eq(0)
             t_take = sink.valid & active & ~flushing  # (sink.ready here)
@@ -350,20 +375,20 @@ class MatmulOutWriter(CheckedComponent):
                 with m.Else():  # next token of the chunk
                     m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1)]
                     m.d.comb += t_last_n.eq(t_left == 2)
-        if self.word_path:
-            with m.Elif(direct):  # (the writes leave on wo: no runs)
-                m.d.comb += self.o.valid.eq(0)
-        with m.Else():
-            m.d.comb += self.o.valid.eq(active & sink.valid)
+        if self.word_path:  # from the route registers: OUT_T's flush or a word's runs
+            m.d.comb += self.o.valid.eq(t_valid | (rr & sink.valid))
+        else:
+            with m.Else():
+                m.d.comb += self.o.valid.eq(active & sink.valid)
         # The input's pop as (a register-driven term) | ready & (another): the byte-run
         # writer's ready then meets one LUT before the skid buffer (through the modes'
         # selects it was 8 levels deep into the skid registers)
         pop_any = Signal()  # pops whatever the output's ready
         pop_rdy = Signal()  # pops when the output is taken
         if self.word_path:
-            m.d.comb += [
-                pop_any.eq(Mux(job.transposed, active & ~flushing, dfire & ~more)),
-                pop_rdy.eq(~job.transposed & ~direct & active & word_last),
+            m.d.comb += [  # (dfire & ~more, a row-major job's: dr & sink.valid & ~more)
+                pop_any.eq(((rt | dt) & ~flushing) | (dr & sink.valid & ~more)),
+                pop_rdy.eq(rr & word_last),
             ]
         else:
             m.d.comb += [
@@ -379,7 +404,7 @@ class MatmulOutWriter(CheckedComponent):
                  step_left, n, left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row,
                  active]  # fmt: skip
         if self.word_path:  # the pieces' flags of the current step (set with step_left)
-            fregs += [r for r, _ in step_regs] + [gl_step_r, gl_group_r]
+            fregs += [r for r, _ in step_regs] + [gl_step_r, gl_group_r] + route
         nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
 
         def f(r):
@@ -423,6 +448,8 @@ class MatmulOutWriter(CheckedComponent):
                     m.d.comb += [f(gl_step_r).eq(gl_step_nx), f(gl_group_r).eq(gl_step_r)]
                 with m.If(step_left <= cm):
                     m.d.comb += f(active).eq(0)
+                    if self.word_path:
+                        m.d.comb += [f(r).eq(0) for r in route]
             with m.Else():
                 m.d.comb += [
                     grp_last_f.eq(gl_group),
@@ -486,8 +513,8 @@ class MatmulOutWriter(CheckedComponent):
             m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy)
         return m
 
-    def _word_path(self, m: Module, job, active, fresh, sink, tok_base, step_n, step_left, buf,
-                   flushing, t, step_row_base):  # fmt: skip
+    def _word_path(self, m: Module, job, fresh, sink, tok_base, step_n, step_left, buf,
+                   flushing, t, step_row_base, dt, dr):  # fmt: skip
         """The word path's pieces -> ``wo``. Returns (direct: the job takes it, dfire: a
         segment is written this cycle, more: a later segment of the word writes, busy: a
         registered write is pending, step registers: (register, its value for the next
@@ -604,7 +631,8 @@ class MatmulOutWriter(CheckedComponent):
         m.d.comb += tmask.eq(Cat(*[t[:4] >= i for i in range(WORD_BYTES)]))
         dfire = Signal()
         more = Signal()
-        m.d.comb += dfire.eq(active & direct & Mux(job.transposed, flushing, sink.valid))
+        # (active & direct & OUT_T ? flushing : sink.valid, from the caller's route registers)
+        m.d.comb += dfire.eq((dt & flushing) | (dr & sink.valid))
         with m.If(~flushing):
             chunk_row = step_row_base + (t >> 4)
             m.d.sync += [seg_row.eq(chunk_row), grp_row.eq(chunk_row), sg.eq(0)]
