@@ -318,6 +318,42 @@ def test_mixed_designs_clock_follows_the_mapped_writer_run(monkeypatch):
     assert all(c.fps == pytest.approx(125.0 * 1e6 / c.cycles) for c in mixed)
 
 
+def test_multi_group_word_path_designs_clock_follows_the_word_top_run(monkeypatch):
+    """Issue #17: a top whose output writer puts several groups on the bank-parallel word
+    path (64-byte datapath, whole-word columns: the DeiT designs) holds paths no one-group
+    top run has (the writer's group registers, heads-mode pieces); the clock rule takes the
+    two-group word-path top's run (``word_top``, calibrate.TOP_DEPTH) for such designs
+    only: in the rule and in the explorer's candidates, priced at that clock."""
+    from vitaccel.dse.search import SearchSpace, search
+
+    stored = res.calibration()
+    key = "top g2 r2 c16 v8 lanes16 spm64 digits-vit dp64"
+    assert key in stored["runs"]  # calibrate.TOP_DEPTH's two-group run
+    depth = stored["depth_runs"]
+    assert depth["word_top"] == clock_rule.effective_levels(stored["runs"][key])
+    assert clock_rule.allowed_clocks((250.0, 300.0), depth["word_top"])[0] == 300.0  # stop 24
+    assert clock_rule.word_groups(2, 16, 4) and clock_rule.word_groups(3, 32, 2)
+    assert not clock_rule.word_groups(1, 16, 4)  # one group
+    assert not clock_rule.word_groups(2, 16, 1)  # one bank: no word path
+    assert not clock_rule.word_groups(2, 8, 4)  # columns not whole words
+    lanes = (16, 16, 16)
+    deep = {**depth, "word_top": clock_rule.max_levels(200)}
+    clocks = (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)
+    at = clock_rule.allowed_clocks
+    assert at(clocks, clock_rule.design_levels(deep, lanes, False, True))[0] == 200
+    assert at(clocks, clock_rule.design_levels(deep, lanes, False, False))[0] > 200
+    monkeypatch.setattr(res, "calibration", lambda: {**stored, "depth_runs": deep})
+    space = SearchSpace(groups=(1, 2), rows=(2,), cols=(16,), vector=(8,), w4_cols=(0,),
+                        lanes=(16,), datapath_bytes=(64,))  # fmt: skip
+    pool = search("digits-vit", "zcu102", space=space, cache=False)["pool"]
+    multi = [c for c in pool if c.groups > 1]
+    single = [c for c in pool if c.groups == 1]
+    assert multi and single
+    assert {c.clock_mhz for c in multi} == {200.0}
+    assert min(c.clock_mhz for c in single) > 200.0
+    assert all(c.fps == pytest.approx(200.0 * 1e6 / c.cycles) for c in multi)
+
+
 @pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")
 def test_sensitivity_data():
     data = sens.load()
