@@ -17,6 +17,7 @@ from types import MappingProxyType
 from vitaccel.isa import WORD_BYTES  # the scratchpad word: 16 bytes a grant
 
 __all__ = [
+    "MAPPED_SETTLE",
     "REQUANT_STAGES",
     "SOFTMAX_WIDE_LANES",
     "softmax_max_stages",
@@ -366,6 +367,12 @@ class StepCycles:
         return self.at(self.n)
 
 
+# Cycles MappedOutWriter settles after a step's first token when more work follows (a later
+# token, or OUT_T's flush): the run links from the entries, the per-position run table from
+# the links, then position 0's run into the current-run registers.
+MAPPED_SETTLE = 6
+
+
 def mapped_writer_cycles(channel, tokens: int, *, nheads: int = 0, transposed: bool = False) -> int:
     """Cycles the mixed array's output writer (``MappedOutWriter``) takes (is not stalled)
     for a job of ``tokens`` tokens whose column plan is ``channel`` (``(steps, groups,
@@ -381,7 +388,9 @@ def mapped_writer_cycles(channel, tokens: int, *, nheads: int = 0, transposed: b
     word, joins its run; consecutive silent positions make one run; a run holds at most 16
     positions; in heads mode runs stay within a group. OUT_T buffers every later token in
     one cycle and, per chunk of 16 tokens (the first token's included), writes each
-    position of the span as one run of the chunk's tokens, a position a cycle.
+    position of the span as one run of the chunk's tokens, a position a cycle. A first token
+    followed by more work (a later token, or OUT_T's flush) is followed by
+    :data:`MAPPED_SETTLE` cycles, in which the writer registers the step's run structure.
     """
     import numpy as np
 
@@ -389,6 +398,7 @@ def mapped_writer_cycles(channel, tokens: int, *, nheads: int = 0, transposed: b
     steps, groups, cols = ch.shape
     lanes = groups * cols
     chunks = -(-tokens // 16)
+    settle = MAPPED_SETTLE * int(transposed or tokens > 1)  # per step
     if not nheads:
         # shared mode: positions 0 .. w-1 hold the window's channels lo .. lo+w-1, so a
         # row-major token's runs are the SPM words the window touches
@@ -409,14 +419,14 @@ def mapped_writer_cycles(channel, tokens: int, *, nheads: int = 0, transposed: b
         else:
             words = (lo + width - 1) // 16 - lo // 16 + 1
             per_step = (tokens - 1) * np.where(width > 0, words, 1)
-        return int(steps * lanes + per_step.sum())
+        return int(steps * (lanes + settle) + per_step.sum())
     ch[:, nheads:, :] = -1
     total = 0
     for s in range(steps):
         order = ch[s].reshape(-1)  # heads mode: the positions are the columns
         live = np.flatnonzero(order >= 0)
         end = int(live[-1]) + 1 if live.size else 1
-        total += lanes
+        total += lanes + settle
         if transposed:
             total += tokens - 1 + chunks * end
             continue

@@ -6,13 +6,14 @@ Part of :mod:`vitaccel.rtl.spm` (the package docstring describes the whole).
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from vitaccel.design import w_word_bits
+from vitaccel.engine_timing import MAPPED_SETTLE as SETTLE
 from vitaccel.engine_timing import word_writer_segments, word_writes
 from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
@@ -730,6 +731,21 @@ def mapped_out_cmd_layout() -> data.StructLayout:
     )
 
 
+def _mux_tree(sel, items):
+    """``items[sel]`` as a tree of 4:1 selects (one LUT6 a bit each), two bits of ``sel`` a
+    level from its least significant: an index past the items gives the last group's."""
+    level, bit = list(items), 0
+    while len(level) > 1:
+        s0, s1 = sel[bit], sel[bit + 1] if bit + 1 < len(sel) else Const(0)
+        nxt = []
+        for i in range(0, len(level), 4):
+            grp = level[i : i + 4]
+            grp += [grp[-1]] * (4 - len(grp))
+            nxt.append(Mux(s1, Mux(s0, grp[3], grp[2]), Mux(s0, grp[1], grp[0])))
+        level, bit = nxt, bit + 2
+    return level[0]
+
+
 class MappedOutWriter(CheckedComponent):
     """The matmul engine's ``o`` words -> SPM byte writes on a mixed W4/W8 array, through the
     column map (docs/isa.md, "Mixed W4/W8 arrays").
@@ -755,6 +771,15 @@ class MappedOutWriter(CheckedComponent):
     them at the run's lanes, :class:`ResidualRuns` with ``byte_runs``). Channels >= N and
     groups >= nheads write nothing. The job ends after ``nsteps`` steps. Cycles (``work``):
     ``dse.cost.mapped_writer_cycles``.
+
+    For the clock (300 MHz: Yosys xcup of ``MappedOutWriter(2, 20, 16)`` alone 6.25 levels)
+    a later token's cycle only steps through registers: after a step's first token (when
+    more work follows) the writer settles ``engine_timing.MAPPED_SETTLE`` cycles, in which
+    the last entry lands and registered stages of every position compute the run from it
+    (span, the token's next run, whether the token or the group ends after it); a run then
+    loads the next run's entry (and its positions' columns) by a position register, the
+    runs leave through an output register (``o``, ``chan``), and OUT_T keeps its tokens
+    per column (the flush selects the position's column).
 
     Members
     -------
@@ -796,26 +821,341 @@ class MappedOutWriter(CheckedComponent):
         m.submodules.inb = inb = SkidBuffer(unsigned(8 * L))
         wiring.connect(m, wiring.flipped(self.i), inb.i)
         sink = inb.o
+        in_bytes = sink.payload
+        # the map entries come through a skid buffer too (map.ready is a register: the
+        # handshake below stays off the map queue's read side)
+        m.submodules.mapb = mapb = SkidBuffer(unsigned(16))
+        wiring.connect(m, wiring.flipped(self.map), mapb.i)
         job = Signal(mapped_out_cmd_layout())
         active = Signal()
         cm8 = Signal(16)  # W8-rule channels per step
         steps_left = Signal(16)  # steps after this one
         t = Signal(16)
+        t_rem = Signal(16)  # tokens after this one
         t0 = Signal()  # t == 0: the step's first token takes the map entries
         t_last = Signal()
-        j = Signal(range(L))  # first token: column g*C + c; later tokens: position
+        j = Signal(range(L))  # first token: the column g*C + c
         g = Signal(range(G + 1))
+        g_ok = Signal()  # first token: group g writes (shared mode, or g < nheads)
         c = Signal(range(C))
         tok_row = Signal(ADDR_BITS)  # base + t * stride
-        ghead = Signal(ADDR_BITS)  # g * head_step (heads mode; 0 in shared mode)
-        gc8 = Signal(16)  # g * C8
+        tok_next = Signal(ADDR_BITS)  # tok_row + stride
+        chunk_row = Signal(ADDR_BITS)  # base + t // 16
+        chunk_end = Signal()  # t % 16 == 15 or t_last: an OUT_T chunk's last token
+        # the runs' row: tok_row (+ g * head_step in heads mode); an OUT_T flush's
+        # base + t // 16 (+ g * head_step)
+        row = Signal(ADDR_BITS)
         sbase = Signal(16)  # s * cm8
+        gbase = Signal(16)  # W8 rule: sbase (+ g * C8 in shared mode)
+        w8_ch = Signal(16)  # W8 rule: gbase + c
         lo = Signal(16)  # shared mode: the step's first channel (the previous windows' sum)
         wlen = Signal(16)  # writing columns of the step so far
-        # per position: its channel (0xFFFF: silent) and the column it comes from
+        # per position: its channel (0xFFFF: silent, also ``sil``) and the column it comes
+        # from; ``last``: the last writing position + 1 (0: none)
         maps = [Signal(16, name=f"map{k}", init=0xFFFF) for k in range(L)]
+        sil = Signal(L, init=(1 << L) - 1)
         inv = [Signal(range(L), name=f"col{k}") for k in range(L)]
+        last = Signal(range(L + 1))
+        settle = Signal(range(SETTLE + 1))  # cycles left of the step's settling
+        settled = Signal(init=1)  # settle == 0
+        flushing = Signal()
+        # a first-token column's entry lands at its position a cycle after it is taken
+        wr_take = Signal()  # a column was taken
+        wr_v = Signal()  # it writes (to a position of the span)
+        wr_pos = Signal(range(L))
+        wr_ch = Signal(16)
+        wr_col = Signal(range(L))
 
+        # The run structure, in registers a step's later tokens only look up, in stages of
+        # registers of every position that follow the entries (which change in a step's
+        # first token only; SETTLE cycles after it, the last entry landing in the first,
+        # the structure is the step's). 1: link[k] (position k's run goes on into k + 1:
+        # both silent, or both writing with consecutive channels within one SPM word; never
+        # in OUT_T, nor across heads). 2: the run from k (span_t: its positions, at most 16;
+        # nxt_t: k + span_t). 3: whether the token ends after it (end_t: the positions after
+        # it are silent), whether it ends its group (gend_t, heads mode) and the position of
+        # the token's next run (nx_t: 0 after the token's last run, so a token's runs are a
+        # chain from position 0 back to it).
+        link = Signal(L)  # (link[L - 1] is 0)
+        # (0: k+1's channel is k's + 1 within one SPM word: the same word, in two halves,
+        # and the next byte)
+        same_a, same_b, inc = Signal(L), Signal(L), Signal(L)
+        for k in range(L - 1):
+            m.d.sync += [
+                same_a[k].eq(maps[k + 1][4:10] == maps[k][4:10]),
+                same_b[k].eq(maps[k + 1][10:] == maps[k][10:]),
+                inc[k].eq((maps[k][:4] != WORD_BYTES - 1)
+                          & (maps[k + 1][:4] == (maps[k][:4] + 1)[:4])),
+            ]  # fmt: skip
+            cons = same_a[k] & same_b[k] & inc[k]
+            follows = ~job.transposed & ((sil[k] & sil[k + 1]) | (~sil[k] & ~sil[k + 1] & cons))
+            if (k + 1) % C == 0:
+                follows = follows & ~job.heads  # heads mode: another head's rows
+            m.d.comb += link[k].eq(follows)
+        # (the links in nibbles from each position m: all four links (full4), the first
+        # missing one (z4: 3 if none); registered, the links themselves are not)
+        full4 = Signal(L)
+        z4 = [Signal(2, name=f"gap{k}") for k in range(L)]
+        for k in range(L):
+            nib = [link[k + d] if k + d < L else Const(0) for d in range(4)]
+            z = Const(3, 2)
+            for d in reversed(range(3)):
+                z = Mux(nib[d], z, d)
+            m.d.sync += [full4[k].eq(Cat(*nib).all()), z4[k].eq(z)]
+        # the run from k, link[k .. k+14] in nibbles: the first nibble that is not all links
+        # (q; the fourth has three) and its first missing link: span_t = 4q + z4 (span - 1)
+        span_t = [Signal(4, name=f"span{k}") for k in range(L)]
+        nx_t = [Signal(range(L), name=f"next{k}") for k in range(L)]
+        end_t = Signal(L)
+        gend_t = Signal(L)
+        for k in range(L):
+            top = min(WORD_BYTES, L - k)  # the longest run from k
+            full = [full4[k + 4 * i] if k + 4 * i < L else Const(0) for i in range(3)]
+            zs = [z4[k + 4 * i] if k + 4 * i < L else Const(0, 2) for i in range(4)]
+            q = Mux(~full[0], 0, Mux(~full[1], 1, Mux(~full[2], 2, 3)))
+            m.d.sync += span_t[k].eq(Cat(Array(zs)[q], q))
+            # then the position after it, whether the token ends there (the positions from it
+            # are silent), whether the run ends its group, and the token's next run
+            nxt = Signal(range(L + WORD_BYTES + 1), name=f"after{k}")
+            m.d.comb += nxt.eq(k + 1 + span_t[k])
+            end = nxt >= last
+            m.d.sync += [
+                end_t[k].eq(end),
+                gend_t[k].eq(
+                    Cat(
+                        *[span_t[k] == e - k - 1 for e in range(k + 1, k + top + 1) if e % C == 0]
+                    ).any()
+                ),
+                nx_t[k].eq(Mux(end, 0, nxt)),
+            ]
+
+        # The current run of a later token (or OUT_T flush): its table entry, with the
+        # columns of its positions (cur_col[b]: position + b's, whose byte is the run's byte
+        # b), loaded as the run before it goes (from position cur_nx), or, in the step's last
+        # settle cycle, position 0's (cur_nx is 0 then).
+        cur_sil, cur_end, cur_gend = Signal(), Signal(), Signal()
+        cur_span = Signal(4)  # the span - 1
+        cur_nx = Signal(range(L))
+        cur_ch = Signal(16)
+        cur_col = [Signal(range(L), name=f"cur_col{b}") for b in range(WORD_BYTES)]
+
+        # The step's first token takes each column's channel (map entry or W8 rule), one
+        # column a cycle: a one-byte run, and the channel and column recorded at the
+        # column's position (0xFFFF: writes nothing).
+        ch0 = Signal(16)  # first token: the column's channel
+        writes0 = Signal()
+        need_map = ~job.w8_rule & t0
+        m.d.comb += [
+            ch0.eq(Mux(job.w8_rule, w8_ch, mapb.o.payload)),
+            writes0.eq(g_ok & (ch0 < job.n) & (~job.w8_rule | (c < C8))),
+        ]
+        pos0 = Signal(16)  # first token: the column's position
+        m.d.comb += pos0.eq(Mux(job.heads, j, ch0 - lo))
+        # OUT_T: a later token is taken in one cycle into tbuf (per column, byte t % 16; the
+        # first token's too), and every 16 tokens (or at the step's last) the positions are
+        # flushed, one a cycle: row ch, the chunk's tokens from byte 0
+        tbuf = [Signal(8 * WORD_BYTES, name=f"tbuf{k}") for k in range(L)]
+        intake = Signal()  # an OUT_T token after the step's first (transposed & ~t0 & ~flushing)
+        writes = Signal()  # this cycle writes a run
+        m.d.comb += writes.eq(Mux(t0, writes0 & ~job.transposed, ~intake & ~cur_sil))
+        # The runs leave from a register (ov: o.valid). The writer goes on when that
+        # register is free (or being freed) whether or not this cycle writes: the same
+        # cycles when the runs are taken, and the handshake stays off the entries' compares.
+        ov = Signal()
+        opay = Signal(run_layout())
+        ochan = Signal(16)
+        ready_in = Signal()  # the word (not for a flush) and the column's map entry are here
+        m.d.comb += ready_in.eq(
+            active & settled & (flushing | sink.valid) & (~need_map | mapb.o.valid)
+        )
+        advance = Signal()
+        m.d.comb += advance.eq(ready_in & (~ov | self.o.ready))
+        word_end = Signal()
+        group_end = Signal()
+        j_last, c_last = Signal(), Signal()  # first token: j == L - 1, c == C - 1
+        m.d.comb += [
+            word_end.eq(Mux(t0, j_last, intake | cur_end)),
+            group_end.eq(Mux(t0, c_last, cur_gend)),
+        ]
+        flush_start = Signal()  # OUT_T: the chunk's tokens are in, its flush follows
+        step_done = Signal()  # the step is done after this token
+        m.d.comb += [
+            flush_start.eq(job.transposed & ~flushing & chunk_end),
+            step_done.eq(t_last & (~job.transposed | flushing)),  # (~flush_start)
+        ]
+
+        chx = Mux(t0, ch0, cur_ch)
+        run = Signal(run_layout())
+        with m.If(job.transposed):
+            m.d.comb += [
+                run.addr.eq(row + cur_ch * job.stride),
+                run.off.eq(0),
+                run.count.eq(t[:4] + 1),
+            ]
+        with m.Else():
+            m.d.comb += [
+                run.addr.eq(row + (chx >> 4)),
+                run.off.eq(chx[:4]),
+                run.count.eq(Mux(t0, 1, cur_span + 1)),
+            ]
+        # The run's bytes: the word's bytes of its positions' columns, an OUT_T position's
+        # buffered tokens, or (the first token) column j's byte. Each is an L-way select (ABC
+        # made that 7 levels) in two halves: here each group of 16 columns' (the byte's
+        # source taken here), and on o the group of the byte's column (psel).
+        lanes = [in_bytes.word_select(k, 8) for k in range(L)]
+        ngrp = -(-L // WORD_BYTES)
+
+        def groups(sel, items):
+            return [_mux_tree(sel[:4], items[WORD_BYTES * i : WORD_BYTES * (i + 1)])
+                    for i in range(ngrp)]  # fmt: skip
+
+        pg = [[Signal(8, name=f"od{b}_{i}") for i in range(ngrp)] for b in range(WORD_BYTES)]
+        psel = [Signal(range(ngrp), name=f"od{b}_sel") for b in range(WORD_BYTES)]
+        p0 = [Signal(8, name=f"od_first{i}") for i in range(ngrp)]
+        p0sel = Signal(range(ngrp))
+        o_0 = Signal()
+        flushed = groups(cur_col[0], tbuf)
+        with m.If(advance):
+            m.d.sync += [
+                ov.eq(writes),
+                opay.eq(run),
+                ochan.eq(chx),
+                *[p.eq(q) for p, q in zip(p0, groups(j, lanes), strict=True)],
+                p0sel.eq(j >> 4),
+                o_0.eq(t0),
+            ]
+            for b, col in enumerate(cur_col):
+                rows = groups(col, lanes)
+                m.d.sync += psel[b].eq(Mux(job.transposed, cur_col[0] >> 4, col >> 4))
+                for i in range(ngrp):
+                    m.d.sync += pg[b][i].eq(
+                        Mux(job.transposed, flushed[i].word_select(b, 8), rows[i])
+                    )
+        with m.Elif(self.o.ready):
+            m.d.sync += ov.eq(0)
+        m.d.comb += [
+            self.o.valid.eq(ov),
+            self.o.payload.eq(opay),
+            *[self.o.payload.data[b].eq(_mux_tree(psel[b], pg[b])) for b in range(1, WORD_BYTES)],
+            self.o.payload.data[0].eq(Mux(o_0, _mux_tree(p0sel, p0), _mux_tree(psel[0], pg[0]))),
+            self.chan.eq(ochan),
+            self.work.eq(advance | ~settled),
+            mapb.o.ready.eq(advance & need_map),
+            sink.ready.eq(advance & word_end & ~flushing),
+        ]
+
+        load = Signal()  # the next run's entry into cur_*
+        m.d.comb += load.eq(
+            (advance & ~t0 & ~intake & ~(word_end & step_done)) | (~settled & (settle == 1))
+        )
+        with m.If(load):
+            m.d.sync += [
+                cur_sil.eq(_mux_tree(cur_nx, list(sil))),
+                cur_end.eq(_mux_tree(cur_nx, list(end_t))),
+                cur_gend.eq(_mux_tree(cur_nx, list(gend_t))),
+                cur_span.eq(_mux_tree(cur_nx, span_t)),
+                cur_nx.eq(_mux_tree(cur_nx, nx_t)),
+                cur_ch.eq(_mux_tree(cur_nx, maps)),
+            ]
+            for b, col in enumerate(cur_col):
+                cols = [inv[k + b] if k + b < L else Const(0, len(col)) for k in range(L)]
+                m.d.sync += col.eq(_mux_tree(cur_nx, cols))
+        with m.If(~settled):
+            m.d.sync += [settle.eq(settle - 1), settled.eq(settle == 1)]
+
+        # the taken column's entry lands (a step's last column's in its first settle cycle;
+        # a step that ends with its first token drops it: no token reads it)
+        m.d.sync += [wr_take.eq(advance & t0), wr_v.eq(writes0 & (pos0 < L))]
+        with m.If(advance & t0):
+            m.d.sync += [wr_pos.eq(pos0), wr_ch.eq(ch0), wr_col.eq(j)]
+        with m.If(wr_take & wr_v):
+            with m.If(wr_pos >= last):
+                m.d.sync += last.eq(wr_pos + 1)
+            for k, (mp, col) in enumerate(zip(maps, inv, strict=True)):
+                with m.If(wr_pos == k):
+                    m.d.sync += [mp.eq(wr_ch), col.eq(wr_col), sil[k].eq(0)]
+
+        wlen_next = Signal(16)
+        m.d.comb += wlen_next.eq(wlen + (t0 & writes0))
+        with m.If(advance & (t0 | intake)):
+            for col, tb in zip(range(L), tbuf, strict=True):
+                for s in range(WORD_BYTES):
+                    with m.If(t[:4] == s):
+                        m.d.sync += tb[8 * s : 8 * s + 8].eq(in_bytes.word_select(col, 8))
+        with m.If(advance):
+            with m.If(t0):
+                m.d.sync += wlen.eq(wlen_next)
+            with m.If(word_end):  # the word (or the flush) is done
+                m.d.sync += [j.eq(0), g.eq(0), g_ok.eq(~job.heads | (job.nheads != 0)), c.eq(0),
+                             j_last.eq(L == 1), c_last.eq(C == 1)]  # fmt: skip
+                with m.If(t0):
+                    # more tokens (or the flush) follow: the run structure settles first
+                    m.d.sync += [
+                        settle.eq(Mux(job.transposed | ~t_last, SETTLE, 0)),
+                        settled.eq(~job.transposed & t_last),
+                    ]
+                with m.If(flush_start):
+                    # the chunk's tokens are in
+                    m.d.sync += [flushing.eq(1), t0.eq(0), intake.eq(0), row.eq(chunk_row)]
+                with m.Elif(t_last):  # the step is done: the next one takes its map
+                    m.d.sync += [
+                        flushing.eq(0),
+                        t.eq(0),
+                        t_rem.eq(job.tokens - 1),
+                        t0.eq(1),
+                        intake.eq(0),
+                        t_last.eq(job.tokens == 1),
+                        chunk_end.eq(job.tokens == 1),
+                        tok_row.eq(job.base),
+                        tok_next.eq(job.base + job.stride),
+                        chunk_row.eq(job.base),
+                        row.eq(job.base),
+                        sbase.eq(sbase + cm8),
+                        gbase.eq(sbase + cm8),
+                        w8_ch.eq(sbase + cm8),
+                        lo.eq(lo + wlen_next),
+                        wlen.eq(0),
+                        steps_left.eq(steps_left - 1),
+                        wr_take.eq(0),
+                        sil.eq(-1),
+                        last.eq(0),
+                        *[mp.eq(0xFFFF) for mp in maps],
+                    ]
+                    with m.If(steps_left == 0):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += [
+                        flushing.eq(0),
+                        t.eq(t + 1),
+                        t_rem.eq(t_rem - 1),
+                        t0.eq(0),
+                        intake.eq(job.transposed),
+                        t_last.eq(t_rem == 1),
+                        chunk_end.eq((t[:4] == WORD_BYTES - 2) | (t_rem == 1)),
+                        chunk_row.eq(chunk_row + (t[:4] == WORD_BYTES - 1)),
+                        tok_row.eq(tok_next),
+                        tok_next.eq(tok_next + job.stride),
+                        row.eq(tok_next),
+                    ]
+            with m.Else():
+                with m.If(group_end & job.heads):
+                    m.d.sync += row.eq(row + job.head_step)
+                with m.If(t0):
+                    m.d.sync += [j.eq(j + 1), j_last.eq(j == L - 2)]
+                    with m.If(group_end):
+                        gstep = Mux(job.heads, 0, C8)
+                        m.d.sync += [
+                            c.eq(0),
+                            c_last.eq(C == 1),
+                            g.eq(g + 1),
+                            g_ok.eq(~job.heads | (g + 1 < job.nheads)),
+                            gbase.eq(gbase + gstep),
+                            w8_ch.eq(gbase + gstep),
+                        ]
+                    with m.Else():
+                        m.d.sync += [c.eq(c + 1), c_last.eq(c == C - 2), w8_ch.eq(w8_ch + 1)]
+        # a command is taken while the writer is idle (last: its assignments win, so they
+        # are the registers' synchronous resets)
         cmdp = self.cmd.payload
         m.d.comb += self.cmd.ready.eq(~active)
         with m.If(self.cmd.valid & ~active):
@@ -825,172 +1165,34 @@ class MappedOutWriter(CheckedComponent):
                 cm8.eq(Mux(cmdp.heads, C8, G * C8)),
                 steps_left.eq(cmdp.nsteps - 1),
                 t.eq(0),
+                t_rem.eq(cmdp.tokens - 1),
                 t0.eq(1),
                 t_last.eq(cmdp.tokens == 1),
+                intake.eq(0),
+                chunk_end.eq(cmdp.tokens == 1),
+                tok_next.eq(cmdp.base + cmdp.stride),
+                chunk_row.eq(cmdp.base),
                 j.eq(0),
+                j_last.eq(L == 1),
+                c_last.eq(C == 1),
                 g.eq(0),
+                g_ok.eq(~cmdp.heads | (cmdp.nheads != 0)),
                 c.eq(0),
                 tok_row.eq(cmdp.base),
-                ghead.eq(0),
-                gc8.eq(0),
+                row.eq(cmdp.base),
                 sbase.eq(0),
+                gbase.eq(0),
+                w8_ch.eq(0),
                 lo.eq(0),
                 wlen.eq(0),
+                settle.eq(0),
+                settled.eq(1),
+                flushing.eq(0),
+                sil.eq(-1),
+                last.eq(0),
                 *[mp.eq(0xFFFF) for mp in maps],
             ]
-
-        # The step's first token takes each column's channel (map entry or W8 rule), one
-        # column a cycle, and records it at its position (0xFFFF: writes nothing); the
-        # step's other tokens write runs of positions whose recorded channels are
-        # consecutive within one SPM word, and skip runs of silent positions, one run a
-        # cycle.
-        ch0 = Signal(16)  # first token: the column's channel
-        writes0 = Signal()
-        need_map = ~job.w8_rule & t0
-        w8_ch = sbase + Mux(job.heads, 0, gc8) + c
-        m.d.comb += [
-            ch0.eq(Mux(job.w8_rule, w8_ch, self.map.payload)),
-            writes0.eq((~job.heads | (g < job.nheads)) & (ch0 < job.n) & (~job.w8_rule | (c < C8))),
-        ]
-        pos0 = Signal(16)  # first token: the column's position
-        m.d.comb += pos0.eq(Mux(job.heads, j, ch0 - lo))
-        idle_k = [Signal(name=f"silent{k}") for k in range(L)]
-        m.d.comb += [idle_k[k].eq(maps[k] == 0xFFFF) for k in range(L)]
-        link = Signal(L + WORD_BYTES)  # position k's run goes on into position k+1
-        for k in range(L - 1):
-            follows = (idle_k[k] & idle_k[k + 1]) | (
-                ~idle_k[k]
-                & ~idle_k[k + 1]
-                & ~job.transposed
-                & (maps[k][:4] != WORD_BYTES - 1)
-                & (maps[k + 1] == maps[k] + 1)
-            )
-            if (k + 1) % C == 0:
-                follows = follows & ~job.heads  # heads mode: another head's rows
-            m.d.comb += link[k].eq(follows)
-        # tail[k]: positions k.. are all silent (the token is done once it gets there)
-        tail = Signal(L + WORD_BYTES + 1)
-        m.d.comb += tail[L:].eq(-1)
-        for k in reversed(range(L)):
-            m.d.comb += tail[k].eq(idle_k[k] & tail[k + 1])
-        ahead = Signal(WORD_BYTES - 1)  # links from position j on
-        m.d.comb += ahead.eq(link >> j)
-        # OUT_T: a later token is taken in one cycle into tbuf (a byte shift register per
-        # position, the newest byte on top; the first token's bytes go in as its columns
-        # are taken), and every 16 tokens (or at the step's last) the positions are
-        # flushed, one a cycle: row ch, the chunk's tokens from byte 0
-        tbuf = [Signal(8 * WORD_BYTES, name=f"tbuf{k}") for k in range(L)]
-        flushing = Signal()
-        intake = Signal()  # an OUT_T token after the step's first
-        m.d.comb += intake.eq(job.transposed & ~t0 & ~flushing)
-        span = Signal(range(WORD_BYTES + 1))  # columns or positions in the run from j
-        with m.If(t0 | job.transposed):
-            m.d.comb += span.eq(1)
-        with m.Else():
-            m.d.comb += span.eq(WORD_BYTES)
-            for k in reversed(range(WORD_BYTES - 1)):
-                with m.If(~ahead[k]):
-                    m.d.comb += span.eq(k + 1)
-        ch = Signal(16)
-        writes = Signal()  # this cycle writes a run
-        m.d.comb += [
-            ch.eq(Mux(t0, ch0, Cat(*maps).word_select(j, 16))),
-            writes.eq(Mux(t0, writes0 & ~job.transposed, ~intake & ~Cat(*idle_k).bit_select(j, 1))),
-        ]
-        ready_in = Signal()  # the word (not for a flush) and the column's map entry are here
-        m.d.comb += ready_in.eq(active & (flushing | sink.valid) & (~need_map | self.map.valid))
-        advance = ready_in & (~writes | self.o.ready)
-        word_end = Signal()
-        group_end = Signal()
-        m.d.comb += [
-            word_end.eq(intake | (j + span == L) | (~t0 & tail.bit_select(j + span, 1))),
-            group_end.eq(c + span == C),
-        ]
-
-        run = self.o.payload
-        with m.If(job.transposed):
-            m.d.comb += [
-                run.addr.eq(job.base + ghead + ch * job.stride + (t >> 4)),
-                run.off.eq(0),
-                run.count.eq(t[:4] + 1),
-            ]
-        with m.Else():
-            m.d.comb += [
-                run.addr.eq(tok_row + ghead + (ch >> 4)),
-                run.off.eq(ch[:4]),
-                run.count.eq(span),
-            ]
-        # later tokens: the word's bytes in position order (the inverse map gathers them)
-        in_bytes = sink.payload
-        gathered = Cat(*[in_bytes.word_select(inv[k], 8) for k in range(L)])
-        shifted = Signal(8 * WORD_BYTES)  # the bytes from column / position j on
-        m.d.comb += shifted.eq(
-            Mux(job.transposed, Cat(*tbuf).word_select(j, 8 * WORD_BYTES) >> (~t[:4] * 8),
-                Mux(t0, in_bytes, gathered) >> (j * 8))
-        )  # fmt: skip
-        m.d.comb += [
-            *[run.data[b].eq(shifted[8 * b : 8 * b + 8]) for b in range(WORD_BYTES)],
-            self.o.valid.eq(ready_in & writes),
-            self.chan.eq(ch),
-            self.work.eq(advance),
-            self.map.ready.eq(advance & need_map),
-            sink.ready.eq(advance & word_end & ~flushing),
-        ]
-        wlen_next = Signal(16)
-        m.d.comb += wlen_next.eq(wlen + (t0 & writes0))
-        with m.If(advance):
-            with m.If(t0):
-                m.d.sync += wlen.eq(wlen_next)
-                with m.If(writes0):
-                    for k, (mp, col, tb) in enumerate(zip(maps, inv, tbuf, strict=True)):
-                        with m.If(pos0 == k):
-                            m.d.sync += [
-                                mp.eq(ch0),
-                                col.eq(j),
-                                tb.eq(Cat(tb[8:], in_bytes.word_select(j, 8))),
-                            ]
-            with m.If(intake):
-                for k, tb in enumerate(tbuf):
-                    m.d.sync += tb.eq(Cat(tb[8:], gathered[8 * k : 8 * k + 8]))
-            with m.If(word_end):  # the word (or the flush) is done
-                m.d.sync += [j.eq(0), g.eq(0), c.eq(0), ghead.eq(0), gc8.eq(0)]
-                with m.If(job.transposed & ~flushing & ((t[:4] == WORD_BYTES - 1) | t_last)):
-                    m.d.sync += [flushing.eq(1), t0.eq(0)]  # the chunk's tokens are in
-                with m.Elif(t_last):  # the step is done: the next one takes its map
-                    m.d.sync += [
-                        flushing.eq(0),
-                        t.eq(0),
-                        t0.eq(1),
-                        t_last.eq(job.tokens == 1),
-                        tok_row.eq(job.base),
-                        sbase.eq(sbase + cm8),
-                        lo.eq(lo + wlen_next),
-                        wlen.eq(0),
-                        steps_left.eq(steps_left - 1),
-                        *[mp.eq(0xFFFF) for mp in maps],
-                    ]
-                    with m.If(steps_left == 0):
-                        m.d.sync += active.eq(0)
-                with m.Else():
-                    m.d.sync += [
-                        flushing.eq(0),
-                        t.eq(t + 1),
-                        t0.eq(0),
-                        t_last.eq(t + 2 == job.tokens),
-                        tok_row.eq(tok_row + job.stride),
-                    ]
-            with m.Else():
-                m.d.sync += j.eq(j + span)
-                with m.If(group_end):
-                    m.d.sync += [
-                        c.eq(0),
-                        g.eq(g + 1),
-                        ghead.eq(ghead + Mux(job.heads, job.head_step, 0)),
-                        gc8.eq(gc8 + C8),
-                    ]
-                with m.Else():
-                    m.d.sync += c.eq(c + span)
-        m.d.comb += self.idle.eq(~active & ~inb.busy)
+        m.d.comb += self.idle.eq(~active & ~inb.busy & ~ov)
         return m
 
 
