@@ -431,26 +431,27 @@ def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 
     )
 
 
-# The mixed array's gathering output writer (rtl/spm MappedOutWriter: the column map per
-# position, the inverse map, the L-byte gather and the run links) over the all-W8 writer the
-# shell's per-column share already holds (MatmulOutWriter, one bank), Yosys xcup of each alone,
-# L = groups * cols output lanes:
-#   1 x 8 (4 W8):    2154 / 1537 against 1660 / 1582 LUT / FF:  +494 LUT,  -45 FF
-#   1 x 16 (8 W8):   3787 / 2859 against 2806 / 2736:           +981 LUT, +123 FF
-#   1 x 22 (16 W8):  7341 / 3867 against 3686 / 3614:          +3655 LUT, +253 FF
-#   2 x 12 (8 W8):   7025 / 4197 against 3834 / 3910:          +3191 LUT, +287 FF
-#   2 x 24 (16 W8): 16560 / 8207 against 6375 / 7366:         +10185 LUT, +841 FF
-# Least squares in L and L^2 (the gather selects each of L positions from L bytes): within
-# 830 LUT and 95 FF of every point (worst: +2828 LUT for +3655 at 1 x 22, +1742 for +981 at
-# 1 x 16; 0.3 % of ZCU102's LUTs).
-MAPPED_WRITER_LUT = (56.51, 3.274)  # per L, per L^2
-MAPPED_WRITER_FF = (3.645, 0.2936)
+# The mixed array's output writer (rtl/spm MappedOutWriter: the column map per position,
+# the inverse map, the registered run table, the current run's registers and their L-way
+# selects, the output register) over the all-W8 writer the shell's per-column share already
+# holds (MatmulOutWriter, one bank), Yosys xcup of each alone, L = groups * cols output
+# lanes (the writer after its 300 MHz cut, s25-map):
+#   1 x 8 (4 W8):    1616 / 1969 against 1660 / 1582 LUT / FF:   -44 LUT, +387 FF
+#   1 x 16 (8 W8):   3209 / 3477 against 2806 / 2736:            +403 LUT, +741 FF
+#   1 x 22 (16 W8):  5315 / 4767 against 3686 / 3614:           +1629 LUT, +1153 FF
+#   2 x 12 (8 W8):   5036 / 5147 against 3834 / 3910:           +1202 LUT, +1237 FF
+#   2 x 24 (16 W8):  9654 / 9774 against 6375 / 7366:           +3279 LUT, +2408 FF
+# Least squares in L and L^2 (the current run's L-way selects of L entries): within 528
+# LUT and 67 FF of every point (worst: +1101 LUT for +1629 at 1 x 22).
+MAPPED_WRITER_LUT = (33.58, 0.7479)  # per L, per L^2
+MAPPED_WRITER_FF = (50.57, -0.005)
 # The all-W8 writer alone (MatmulOutWriter, one bank; the "against" figures above), least
 # squares in L: within 209 LUT and 11 FF of each point. A mixed top's W_SPM writer (rtl/spm
 # MixedOutWriter: MappedOutWriter + MatmulOutWriter of the W8 columns, cols_w8 % 16 == 0,
 # banks > 1) is priced as that writer of G*C8 lanes plus its word path: at 2 x (16 W8 + 4 W4),
 # 4 banks, Yosys xcup of MixedOutWriter alone over MappedOutWriter alone (22,062 / 12,739
-# against 13,318 / 6,879 LUT / FF) +8,744 LUT, +5,860 FF; priced +8,403 / +5,853.
+# against 13,318 / 6,879 LUT / FF, MappedOutWriter before its 300 MHz cut) +8,744 LUT,
+# +5,860 FF; priced +8,403 / +5,853.
 OUT_WRITER_LUT = (943.6, 115.62)  # constant, per L
 OUT_WRITER_FF = (428.6, 144.62)
 
