@@ -1292,7 +1292,9 @@ class MixedOutWriter(CheckedComponent):
             self.o.valid.eq(Mux(on_w8, w8.o.valid, mp.o.valid)),
             self.o.payload.eq(Mux(on_w8, w8.o.payload, mp.o.payload)),
             w8.o.ready.eq(self.o.ready & on_w8),
-            mp.o.ready.eq(self.o.ready & ~on_w8),
+            # (ungated: while on_w8 the mapped writer is idle, its output register empty, so
+            # its handshake does not read o.ready; gated, on_w8 headed 7-level paths into it)
+            mp.o.ready.eq(self.o.ready),
             self.chan.eq(Mux(on_w8, w8.chan, mp.chan)),
             self.work.eq(mp.work),
             self.idle.eq(mp.idle & w8.idle),
