@@ -174,6 +174,28 @@ def test_w8_pair_extremes():
     check_array(arr, tiles)
 
 
+@pytest.mark.parametrize("kind", ["int4", "pot4"])
+def test_w4_extremes_at_vector_16(kind):
+    """Every W4 code against the activation corners at vector 16, the DeiT arrays' width: the
+    lane products sit at their narrowed widths' bounds (int4 255 * -8, pot4 255 << 6,
+    inverted) and the +1 corrections are counted in four groups of lanes; then random K that
+    is not a multiple of the vector."""
+    arr = GVSArray(groups=1, rows=2, cols=2, vector=16, w4_share=1.0, w4_kind=kind)
+    if kind == "int4":
+        codes = np.arange(-8, 8)
+    else:
+        codes = np.array([0] + [s * (1 << e) for e in range(7) for s in (1, -1)] + [-64])
+    w = np.stack([codes, codes[::-1]])[None]
+    tiles = []
+    for xa, xb in ((-128, 255), (255, -128), (-1, 127), (0, 1), (255, 255), (-128, -128)):
+        x = np.array([np.full(16, xa), np.full(16, xb)])[None]
+        tiles.append((x, w))
+    rng = np.random.default_rng(16)
+    x = rng.integers(-128, 256, size=(1, 2, 37))
+    tiles.append((x, _weights(rng, arr, 37)))
+    check_array(arr, tiles)
+
+
 def test_log2_mode_shift_add_on_the_w8_pairs():
     """Log2-code activations (p ~ 2**-q): every product is w << (15 - q), across all 16 codes
     and the weight extremes, back to back with ordinary int8/uint8 tiles on the same array."""
@@ -231,3 +253,17 @@ def test_yosys_dsp48e2_count_is_half_the_w8_macs():
     res = synth_xcup(to_verilog(arr, "gvsa_array"), "gvsa_array")
     assert res.dsp48e2 * 2 == arr.w8_macs_per_cycle
     assert res.lut_depth is not None and res.lut_depth > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["int4", "pot4"])
+def test_w4_pe_at_vector_16_fits_300_mhz(kind):
+    """A 16-lane W4 PE alone (the DeiT arrays' PE) within 300 MHz's levels by the clock rule:
+    its +1 corrections are counted per 4 lanes (one count of all 32 bits was 7.25 levels,
+    w_o -> neg_fix; ~10 s of Yosys per PE)."""
+    from vitaccel.dse.clock import MAX_LEVELS
+    from vitaccel.flow.yosys import synth_xcup
+    from vitaccel.rtl.verilog import to_verilog
+
+    res = synth_xcup(to_verilog(W4PE(vector=16, kind=kind), "w4pe"), "w4pe")
+    assert 0 < res.lut_depth <= MAX_LEVELS[300.0], res

@@ -65,6 +65,8 @@ FLAGS = data.StructLayout(
 # the borrow of the low one (hi' = w_hi - (w_lo < 0)), so the 27-bit DSP operand is the
 # plain concatenation {hi', sext18(w_lo)} = w_hi * 2**18 + w_lo.
 W8_LANE = data.StructLayout({"lo": signed(8), "hi": signed(9)})
+# Bits of each product a W8 lane extracts from its DSP48E2 output (see W8PairPE._terms).
+W8_PRODUCT_BITS = 16
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> None:
@@ -258,11 +260,15 @@ class W8PairPE(_PEBase):
             p = Signal(signed(pw), name=f"dsp{v}")
             m.d.sync += p.eq(packed * self.x_o[v])
             prods.append(p)
-        # Low product: the sign-extended low 18 bits. High product: bits 35:18 plus the
-        # borrow bit 17 of each lane; the borrows are counted beside the partial sums and
-        # the count is added by the accumulator (no incrementer per lane).
-        lo_lanes = [[p[0:18].as_signed()] for p in prods]
-        hi_lanes = [[p[18:36].as_signed()] for p in prods]
+        # Low product: the low 16 bits, signed. High product: bits 33:18 plus the borrow
+        # bit 17 of each lane; the borrows are counted beside the partial sums and the
+        # count is added by the accumulator (no incrementer per lane). 16 bits hold both
+        # exactly: x in -128..255 and w in -128..127 give x*w in -32640..32385, and the
+        # high field is x*w_hi or one less (the borrow), so bits 17:16 and 35:34 are only
+        # copies of the sign, which the adder trees need not carry (8 % of a pair PE's LUT
+        # at vector 16, docs/gvsa.md).
+        lo_lanes = [[p[0:W8_PRODUCT_BITS].as_signed()] for p in prods]
+        hi_lanes = [[p[18 : 18 + W8_PRODUCT_BITS].as_signed()] for p in prods]
         if not self.log2:
             self._late[0].append(_popcount(m, [p[17] for p in prods]))
             return [hi_lanes, lo_lanes]
@@ -335,29 +341,38 @@ class W4PE(_PEBase):
         prods, corr = [], []
         for v in range(self.vector):
             x, code = self.x_o[v], self.w_o[v]
+            corr.append([])
             if self.kind == "int4":
-                width = xb + 4
+                # |x * w| <= 255 * 8 and the inverted form is at most 5 below x * w:
+                # -2045..1785 fits xb + 3 bits (12 at int8)
+                width = xb + 3
                 term = 0
                 for j, (mag, neg) in enumerate(_int4_digits(x, code)):
                     sel = Signal(signed(xb + 1), name=f"booth{v}_{j}")
                     m.d.comb += sel.eq(mag)
                     term = term + ((sel ^ neg.replicate(xb + 1).as_signed()) << (2 * j))
-                    corr.append(Cat(Const(0, 2 * j), neg) if j else neg)
+                    corr[v].append(Cat(Const(0, 2 * j), neg) if j else neg)
             else:
-                width = xb + 7
+                # x << 6 inverted: -16321..16320 fits xb + 6 bits (15 at int8)
+                width = xb + 6
                 mag, neg = _pot4_parts(x, code)
                 sel = Signal(signed(width), name=f"pot{v}")
                 m.d.comb += sel.eq(mag)
                 term = sel ^ neg.replicate(width).as_signed()
-                corr.append(neg)
+                corr[v].append(neg)
             p = Signal(signed(width), name=f"prod{v}")
             m.d.sync += p.eq(term)
             prods.append([p])
-        # The +1 of every inverted (negative) partial product, counted once per PE (stage 1,
-        # beside the products) and added by the accumulator.
-        fix = Signal(range(5 * self.vector + 1), name="neg_fix")
-        m.d.sync += fix.eq(_sum(m, [c.as_unsigned() for c in corr]))
-        self._late[0].append(fix)
+        # The +1 of every inverted (negative) partial product, counted once per PE and added
+        # by the accumulator: per 4 lanes at stage 1 (beside the products), the counts summed
+        # after it (one count of all the lanes at once was a 7.25-level path at vector 16).
+        counts = []
+        for i in range(0, self.vector, 4):
+            lanes = sum(corr[i : i + 4], [])
+            cnt = Signal(range(5 * 4 + 1), name=f"neg_fix{i // 4}")
+            m.d.sync += cnt.eq(_sum(m, [c.as_unsigned() for c in lanes]))
+            counts.append(cnt)
+        self._late[0].append(_sum(m, counts))
         return [prods]
 
 
