@@ -21,6 +21,7 @@ from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
     MatmulOutWriter,
+    PortWStreamBuilder,
     RowReader,
     RowWriter,
     Scratchpad,
@@ -678,6 +679,78 @@ def test_x_and_w_streams_match_the_engine_packer(
     # grants that cost.top_matmul_extra prices the W rows at
     row_words = -(-K // 16)
     assert got["w_grants"] == hn * N * -(-row_words // banks), got["w_grants"]
+
+
+@pytest.mark.parametrize(
+    "groups, cols, vector, heads, nheads, K, N, ports, banks",
+    [
+        # DeiT-T's geometry (3 groups of 16, 2 ports): a port's columns span 1.5 groups
+        (3, 16, 16, 1, 3, 64, 17, 2, 4),
+        (3, 16, 16, 1, 2, 17, 40, 2, 4),
+        (3, 16, 16, 0, 1, 64, 70, 2, 4),
+        # a group split over ports (C > M), whole groups a port, rows past N mid-port
+        (1, 8, 8, 1, 1, 20, 11, 2, 1),
+        (2, 4, 8, 1, 2, 9, 5, 2, 1),
+        (4, 2, 4, 1, 3, 16, 3, 4, 2),
+        (2, 6, 4, 0, 1, 5, 13, 3, 1),
+        (3, 4, 4, 1, 1, 4, 9, 2, 1),
+    ],
+)
+def test_port_w_builders_make_each_ports_share_of_the_w_stream(
+    groups, cols, vector, heads, nheads, K, N, ports, banks
+):
+    """Each weight port's builder streams exactly the engine packer's W words of its columns
+    (``q*M .. q*M + M-1`` of every step), its consumer pausing at random, all ports' row
+    readers on one (banked) scratchpad."""
+    rng = np.random.default_rng(K * N + ports)
+    params = EngineParams(groups=groups, rows=4, cols=cols, vector=vector, x_beat=1)
+    hn = nheads if heads else 1
+    x = rng.integers(-128, 128, size=(hn, 2, K))
+    w = rng.integers(-128, 128, size=(hn, N, K))
+    ws, wstep, stride_w = 8, 150, -(-K // 16) + 1
+    image = _spm_with(rng, [(ws + h * wstep, stride_w, w[h]) for h in range(hn)])
+    mult, shift = 77, 5
+    kind = np.zeros(N, dtype=np.int64)
+    if heads:
+        job = pack_job(x, w, kind, 0, mult, shift, params, heads=True)
+    else:
+        job = pack_job(x[0], w[0], kind, 0, mult, shift, params)
+    words = [int.from_bytes(r.tobytes(), "little") for r in job.w_words]
+    per_col = 1 + -(-K // vector)
+    M = groups * cols // ports
+    steps = np.array(words, dtype=object).reshape(-1, groups * cols, per_col)
+    want = [list(steps[:, q * M : (q + 1) * M].reshape(-1)) for q in range(ports)]
+    spm = Scratchpad(words=WORDS, read_clients=ports, init=_ints(image), banks=banks,
+                     wide=set(range(ports)) if banks > 1 else ())  # fmt: skip
+    kw = dict(groups=groups, cols=cols, vector=vector, ports=ports, w_bits=params.w_word_bits,
+              fetch_words=banks)  # fmt: skip
+    wbs = [PortWStreamBuilder(port=q, **kw) for q in range(ports)]
+    rig = Rig(spm, wbs, readers=[wb.mem for wb in wbs])
+    got = [[] for _ in range(ports)]
+
+    async def feed(ctx):
+        cmd = dict(base=ws, stride=stride_w, n=N, k=K, heads=heads, nheads=nheads,
+                   head_step=wstep, mult=mult, shift=shift)  # fmt: skip
+        for wb in wbs:
+            ctx.set(wb.cmd.payload, cmd)
+            ctx.set(wb.cmd.valid, 1)
+        await ctx.tick()
+        for wb in wbs:
+            ctx.set(wb.cmd.valid, 0)
+
+    def take(q):
+        async def bench(ctx):
+            pauses = random_pauses(0.2, 3 + q)
+            for _ in want[q]:
+                got[q].append(int(await _get(ctx, wbs[q].o, pauses)))
+            await ctx.tick().until(wbs[q].idle)
+
+        return bench
+
+    _run(rig, *[take(q) for q in range(ports)], background=[feed])
+    for q in range(ports):
+        bad = [i for i, (a, b) in enumerate(zip(got[q], want[q], strict=True)) if a != b]
+        assert not bad, f"port {q}: first mismatch at word {bad[0]} of {len(want[q])}"
 
 
 @pytest.mark.parametrize(

@@ -256,9 +256,8 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
 
 
-def top_matmul_extra(
-    tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool, heads: bool, x_beat=None
-) -> int:
+def top_matmul_extra(tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool,
+                     heads: bool, x_beat=None, w_ports=1) -> int:  # fmt: skip
     """What the top adds to a MATMUL job: MM_SETUP computes ``nsteps`` and ``tiles`` by
     repeated addition (``max(nsteps, tiles)`` cycles); with W built from the scratchpad the X
     and W builders share its one read port (round-robin, a grant a cycle): each builder's
@@ -269,7 +268,9 @@ def top_matmul_extra(
     or 4 k-steps is one grant) and the ``WL`` W words take ``WL / B`` grants' worth. For
     ``V <= 8`` that is within ``max(XL, WL)`` on the shapes of a ViT (both load in
     parallel, as the engine's recursion assumes); at ``V = 16`` on one bank every beat and
-    every W word is a grant and the two loads serialise; on 4 banks W takes a quarter."""
+    every W word is a grant and the two loads serialise; on 4 banks W takes a quarter.
+    ``w_ports``: the W builders (:func:`spm_w_word_cycles`), each filling its weight port
+    at a word a cycle, so the engine's W load of step 0 is ``WL / w_ports`` cycles."""
     ks = -(-k // vector)
     extra = max(nsteps, -(-tokens // rows))
     if w_spm:
@@ -278,8 +279,21 @@ def top_matmul_extra(
         w_load = groups * cols * (ks + 1)
         per_word = min(vector, SLOT_BYTES)
         port = -(-(x_load * banks + w_load) * per_word // (SLOT_BYTES * banks))
-        extra += max(0, port - max(x_load, w_load))
+        extra += max(0, port - max(x_load, -(-w_load // w_ports)))
     return extra
+
+
+def spm_w_word_cycles(ports: int, cols_w4: int) -> float:
+    """Cycles per W word as the engine sees them in a W_SPM job (W built from the
+    scratchpad): one W builder per weight port on an all-W8 array, each a word a cycle into
+    its port's columns; a mixed W4/W8 array has one builder for every port (one word a
+    cycle in all)."""
+    return 1.0 if cols_w4 else 1.0 / ports
+
+
+def spm_w_builders(ports: int, cols_w4: int) -> int:
+    """The W builders of a W_SPM job (:func:`spm_w_word_cycles`)."""
+    return 1 if cols_w4 else ports
 
 
 def fused_cycles(fused: str, n: int) -> int:
@@ -458,9 +472,10 @@ def instr_cycles(
     heads, nh, nsteps, n8 = _matmul_job(ins, design, geom)
     w_spm, x_keep = MatmulFlags.W_SPM in fl, MatmulFlags.X_KEEP in fl
     x_beat = x_beat_words(v, design.datapath_bytes)
-    # scratchpad-built W arrives a word a cycle; a DDR stream at the port's rate
-    word_cycles = 1.0 if w_spm else weight_word_cycles(
-        a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
+    # scratchpad-built W arrives a word a cycle per builder; a DDR stream at the port's rate
+    ports = design.weight_ports
+    word_cycles = spm_w_word_cycles(ports, geom.cols_w4) if w_spm else weight_word_cycles(
+        a.vector, design.clock_mhz, budget, ports, a.acc_bits
     )  # fmt: skip
     cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
                            w_word_cycles=word_cycles, x_keep=x_keep,
@@ -474,7 +489,8 @@ def instr_cycles(
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
     cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
-                               x_beat=x_beat)  # fmt: skip
+                               x_beat=x_beat,
+                               w_ports=spm_w_builders(ports, geom.cols_w4))  # fmt: skip
     if w_spm:
         fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
         return cycles + fixed, bound, nh * t * k * n

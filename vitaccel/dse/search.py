@@ -65,6 +65,8 @@ from vitaccel.dse.cost import (
     job_nsteps,
     nonlinear_cycles,
     port_bytes_per_cycle,
+    spm_w_builders,
+    spm_w_word_cycles,
     stream_bound,
     top_matmul_extra,
     weight_word_cycles,
@@ -364,14 +366,16 @@ PORT_STOP = 0.02
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1):
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1,
+                    ports=1):  # fmt: skip
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
-    ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath)."""
-    key = ("price", g, r, c, v, share, word_cycles, x_beat)
+    ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath);
+    ``ports``: the weight ports (the W builders of W_SPM jobs, :func:`cost.spm_w_word_cycles`)."""
+    key = ("price", g, r, c, v, share, word_cycles, x_beat, ports)
     priced = m._nl_cache.get(key)
     if priced is None:
-        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat)
+        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat, ports)
         if share:  # (a W4 array is priced once for every W4 kind)
             m._nl_cache[key] = priced
     mm_total, bound, kind_opts, w4_layers, layers_of = priced
@@ -428,7 +432,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     return mm_total, ratios, error, bound
 
 
-def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
+def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
     """What :func:`_evaluate_array` needs of an array whatever its W4 kind: the cycles and
     bounds of the jobs without a W4 choice, per layer kind its options (cycles, ratio, cycles
     by bound) from no W4 to the fewest steps, the W4 layers and their kinds' layers."""
@@ -441,6 +445,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
     instr_ddr = m.instr + LATENCIES["matmul_ddr"]
     instr_spm = m.instr + LATENCIES["matmul_spm"]
     instr_heads = m.instr + LATENCIES["matmul_heads"]
+    spm_wc, spm_builders = spm_w_word_cycles(ports, c4), spm_w_builders(ports, c4)
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
@@ -452,8 +457,8 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
             wc = word_cycles
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep, x_beat)
-            b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
+            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, spm_wc, keep, x_beat)
+            b, wc = "compute", spm_wc  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
@@ -463,7 +468,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads,
-                                x_beat=x_beat)  # fmt: skip
+                                x_beat=x_beat, w_ports=spm_builders)  # fmt: skip
         job += fused_cycles(fused, n) + (LATENCIES["x_keep"] if keep else 0)
         fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
         cyc = (job + fixed) * count
@@ -749,7 +754,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
                     evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc,
-                                                buffers["x_beat"])  # fmt: skip
+                                                buffers["x_beat"], ports)  # fmt: skip
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
