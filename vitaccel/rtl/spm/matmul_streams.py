@@ -1742,7 +1742,11 @@ class PortWStreamBuilder(CheckedComponent):
             with m.If(step_end & n_last):
                 m.d.sync += m_active.eq(0)
 
+        # every register but the two busy flags loads with any command while idle (the
+        # zero tests of ``start`` stay off their paths, as in WStreamBuilder)
         with m.If(start):
+            m.d.sync += [m_active.eq(1), r_active.eq(1)]
+        with m.If(self.cmd.valid & ~m_active):
             hds = cmdp.heads
             S_new = Mux(hds, C, G * C)
             off0_new, len0_new = seg(0, hds)
@@ -1765,8 +1769,6 @@ class PortWStreamBuilder(CheckedComponent):
                 *[seg_len[i].eq(ln) for i, (_, ln) in enumerate(segs_new)],
                 seg_real.eq(real_new),
                 nseg_m1.eq(Mux(hds, NS - 1, 0)),
-                m_active.eq(1),
-                r_active.eq(1),
                 r_i.eq(0),
                 r_seg_last.eq(~hds | (NS == 1)),
                 r_step_row.eq(base0),
