@@ -24,6 +24,8 @@ __all__ = [
     "word_writes",
     "word_writer_segments",
     "word_writer_cycles",
+    "word_writer_steps",
+    "word_writer_end",
     "tree_stages",
     "pe_stages",
     "latencies",
@@ -471,7 +473,6 @@ def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, 
     (``transposed``, odd Y stride): per step, a cycle per token gathered, and per chunk of
     16 tokens one cycle per segment of ``banks`` lanes up to the last one holding a lane
     that writes (a lane is one channel's 16 tokens, one SPM word)."""
-    per = cols // WORD_BYTES
     cm = cols if heads else groups * cols
     if transposed:
         chunks = -(-tokens // WORD_BYTES)
@@ -482,6 +483,18 @@ def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, 
             segs = -(-width // banks) + ((nheads - 1) * (cols // banks) if heads else 0)
             total += tokens + chunks * segs
         return total
+    return tokens * sum(word_writer_steps(n, groups, cols, banks, heads=heads, nheads=nheads,
+                                          head_step=head_step))  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def word_writer_steps(n: int, groups: int, cols: int, banks: int, *, heads: bool,
+                      nheads: int = 1, head_step: int = 0) -> tuple[int, ...]:  # fmt: skip
+    """The row-major word path's cycles per output word, step by step: one cycle per
+    segment (:func:`word_writer_segments`) up to the last one holding a piece that writes
+    (channel < ``n``; heads mode: group < ``nheads``)."""
+    per = cols // WORD_BYTES
+    cm = cols if heads else groups * cols
     segs = word_writer_segments(groups, cols, banks, heads=heads,
                                 head_step=head_step % banks)  # fmt: skip
 
@@ -491,8 +504,38 @@ def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, 
             return g < nheads and WORD_BYTES * j < left
         return WORD_BYTES * p < left
 
-    per_token = 0
-    for start in range(0, n, cm):
-        left = n - start
-        per_token += 1 + max(k for k, seg in enumerate(segs) if any(writes(p, left) for p in seg))
-    return tokens * per_token
+    return tuple(
+        1 + max(k for k, seg in enumerate(segs) if any(writes(p, n - start) for p in seg))
+        for start in range(0, n, cm)
+    )
+
+
+def word_writer_end(tokens: int, k: int, groups: int, rows: int, cols: int, vector: int,
+                    units: int, work: tuple[int, ...], *, heads: bool = False,
+                    w_word_cycles: float = 1.0, x_keep: bool = False,
+                    x_beat: int = 1) -> float:  # fmt: skip
+    """Edge of the word path's last write when the engine's steps (:func:`matmul_cycles`'
+    recursion) hand it their words as they come: ``work[s]`` cycles per word of step s
+    (:func:`word_writer_steps`), the writer taking the words in order, each once it is out
+    of the FIFO and the one before is written. A step's tile i puts its ``R`` words out a
+    cycle apart from ``S + i*P + KS - 1 + first_out``, so the step's last write is at the
+    latest of: the previous step's last write + ``T * work``; the step's first word +
+    ``T * work`` (the writer slower than the tiles, ``R * work > P``); the last tile's first
+    word + its words' work (with 1 cycle a word: :func:`matmul_cycles`' end). The writer
+    that lags its step (e.g. a heads job whose heads' rows share a bank, a segment each)
+    finishes that much after the engine: the tail :func:`matmul_cycles` does not count."""
+    end0, w_load, pad, span, release, _ = _job(
+        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat
+    )
+    ks = -(-k // vector)
+    out = latencies(rows, units, vector)["first_out"]
+    last_words = tokens - (-(-tokens // rows) - 1) * rows
+    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
+    start0 = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
+    done = -math.inf
+    steps = _steps(end0, w_load, pad, span, release)  # (endless)
+    for s, w in enumerate(work):
+        end = next(steps)[0]
+        first = (start0 if s == 0 else end - span) + ks - 1 + out
+        done = max(done + tokens * w, first + tokens * w, end + out + last_words * w)
+    return done

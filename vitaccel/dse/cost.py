@@ -40,6 +40,8 @@ from vitaccel.engine_timing import (
     matmul_cycles,
     word_path_takes,
     word_writer_cycles,
+    word_writer_end,
+    word_writer_steps,
     x_beat_words,
     x_load_cycles,
 )
@@ -238,7 +240,9 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     all-W8 array with the output writer's word path (:func:`word_path_takes`: a row-major
     job not forced onto runs, ``runs``: a fused residual add; an OUT_T job of odd
     ``y_stride``) writes its pieces one per bank a cycle (:func:`word_writer_cycles`, heads
-    mode by ``head_step``, the Y head step). ``first``: :func:`first_out_edge` of these
+    mode by ``head_step``, the Y head step); row-major, step by step as the engine's tiles
+    put the words out (:func:`word_writer_end`: a writer slower than the tiles, e.g. heads
+    whose rows share a bank, ends its last step after the engine). ``first``: :func:`first_out_edge` of these
     arguments, when the caller has it (the explorer prices a job's every W4 option)."""
     if first is None:
         first = first_out_edge(tokens, k, groups, rows, cols, vector, units, heads,
@@ -249,6 +253,12 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
                                             nheads=nheads, transposed=transposed,
                                             w_spm=w_spm)  # fmt: skip
     if word_path_takes(cols, banks, transposed=transposed, y_stride=y_stride, runs=runs):
+        if not transposed:  # each step's words as the engine puts them out
+            work = word_writer_steps(n, groups, cols, banks, heads=heads, nheads=nheads,
+                                     head_step=head_step)  # fmt: skip
+            return word_writer_end(tokens, k, groups, rows, cols, vector, units, work,
+                                   heads=heads, w_word_cycles=w_word_cycles, x_keep=x_keep,
+                                   x_beat=x_beat or x_beat_words(vector))  # fmt: skip
         return first + word_writer_cycles(tokens, n, groups, cols, banks, heads=heads,
                                           nheads=nheads, head_step=head_step,
                                           transposed=transposed)  # fmt: skip
