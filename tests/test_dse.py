@@ -254,15 +254,32 @@ def test_clock_rule():
 
 
 def test_calibrated_units_meet_300_mhz_at_the_top_lane_counts():
-    """The nonlinear units at the lane counts the top takes (powers of two) are within
-    300 MHz's levels in the stored calibration (issue #17: E2Softmax was 8.25 at 8-16
-    lanes); a re-pipelining that regresses shows here without a Yosys run."""
+    """The nonlinear units at the lane counts the top takes (powers of two, up to the
+    explorer's 64) are within 300 MHz's levels in the stored calibration (issue #17:
+    E2Softmax was 8.25 at 8-16 lanes, and 12.0 at 64 before its max tree took a third
+    stage); a re-pipelining that regresses shows here without a Yosys run."""
+    from vitaccel.dse.search import SearchSpace
+
     depth = res.calibration()["depth_runs"]
     limit = clock_rule.max_levels(300)
     for unit in ("softmax", "layernorm", "gelu"):
+        assert {1, 16, 32, max(SearchSpace.lanes)} <= {int(n) for n in depth[unit]}, unit
         for lanes, levels in depth[unit].items():
             if int(lanes) & (int(lanes) - 1) == 0:
                 assert levels <= limit, (unit, lanes, levels, limit)
+
+
+def test_unit_levels_take_the_next_calibrated_lanes_up_and_refuse_beyond():
+    """The clock rule's unit depth: the run at the next calibrated lane count up; a lane
+    count above every run is an error naming the unit's field, never the widest run's figure
+    (a 64-lane E2Softmax is not a 16-lane one); a unit without runs has no bound."""
+    depth = {"softmax": {"1": 5.25, "4": 6.5, "16": 5.5}}
+    assert clock_rule.unit_levels(depth, "softmax", 1) == 5.25
+    assert clock_rule.unit_levels(depth, "softmax", 3) == 6.5
+    assert clock_rule.unit_levels(depth, "softmax", 16) == 5.5
+    with pytest.raises(ValueError, match=r"softmax_lanes=32: .*calibrated lanes: 1, 4, 16"):
+        clock_rule.unit_levels(depth, "softmax", 32)
+    assert clock_rule.unit_levels(depth, "gelu", 64) == 0.0
 
 
 @pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")

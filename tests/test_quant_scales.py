@@ -127,3 +127,69 @@ def test_gelu_input_scale_clamps_only_where_gelu_rounds_to_zero(out_scale):
 def test_gelu_input_scale_refuses_bad_input():
     with pytest.raises(ValueError, match="out_scale must be finite and > 0"):
         scales.gelu_input_scale(2.0, 0.0)
+
+
+# ---- GPTQ / OPTQ weight rounding (issue 24) ----------------------------------------------
+
+
+def _correlated_layer(seed: int, n: int = 24, k: int = 40, rows: int = 400):
+    """A random layer and correlated calibration inputs (X: rows x k), one dead input."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, k)) @ rng.standard_normal((k, k)) * 0.3
+    x += rng.standard_normal((rows, k))
+    x[:, 5] = 0.0  # an input channel that never fires
+    w = rng.standard_normal((n, k)) * rng.uniform(0.3, 2.0, k)
+    return w, x, x.T @ x / rows
+
+
+@pytest.mark.parametrize(
+    "ratio, kind", [(0.0, "int4"), (0.5, "int4"), (1.0, "int4"), (1.0, "pot4"), (0.5, "pot4")]
+)
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_keeps_rows_and_scales_and_lowers_the_output_error(ratio, kind, act_order):
+    w, x, h = _correlated_layer(7)
+    sq = np.diag(h)
+    near = scales.quantize_weight(w, ratio, kind, sq)
+    gptq = scales.quantize_weight(
+        w, ratio, kind, sq, rounding="gptq", hessian=h, act_order=act_order
+    )
+    # Same W4 rows and per-row scales: only the integers change.
+    np.testing.assert_array_equal(gptq.kind, near.kind)
+    np.testing.assert_array_equal(gptq.scale, near.scale)
+    # Every row stays on its own grid.
+    q, rows = gptq.q, gptq.kind
+    w8, i4, p4 = rows == 0, rows == 1, rows == 2
+    assert q.dtype == np.int64
+    assert np.abs(q[w8]).max(initial=0) <= 127
+    assert np.abs(q[i4]).max(initial=0) <= 7
+    assert np.isin(np.abs(q[p4]), [0, 1, 2, 4, 8, 16, 32, 64]).all()
+    assert not (q[:, 5]).any()  # the dead input's weights are 0
+    # The layer's output error on its calibration inputs, ||(W_q - W) X^T||, strictly falls.
+    e_near = np.linalg.norm((near.dequantize() - w) @ x.T)
+    e_gptq = np.linalg.norm((gptq.dequantize() - w) @ x.T)
+    assert e_gptq < 0.95 * e_near, (e_gptq, e_near)
+    # Deterministic.
+    again = scales.quantize_weight(
+        w, ratio, kind, sq, rounding="gptq", hessian=h, act_order=act_order
+    )
+    np.testing.assert_array_equal(again.q, q)
+
+
+def test_gptq_on_uncorrelated_unit_inputs_is_round_to_nearest():
+    # H = I: no column's error can be compensated by another (the damping only scales H).
+    w, _, _ = _correlated_layer(8)
+    k = w.shape[1]
+    for ratio in (0.0, 1.0):
+        near = scales.quantize_weight(w, ratio, "int4")
+        got = scales.gptq_round(w, near.scale, near.kind, np.eye(k))
+        np.testing.assert_array_equal(got, near.q)
+
+
+def test_gptq_refuses_bad_input():
+    w, _, h = _correlated_layer(9)
+    with pytest.raises(ValueError, match="weight_rounding must be one of nearest, gptq"):
+        scales.quantize_weight(w, rounding="stochastic")
+    with pytest.raises(ValueError, match="needs the input hessian"):
+        scales.quantize_weight(w, rounding="gptq")
+    with pytest.raises(ValueError, match=r"needs hessian \(40, 40\)"):
+        scales.gptq_round(w, np.ones(24), np.zeros(24, dtype=int), h[:10, :10])

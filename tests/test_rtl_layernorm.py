@@ -188,3 +188,17 @@ def test_ailayernorm_lanes_as_wide_as_the_datapath(lanes):
     beats = -(-channels // lanes)
     extra = LATENCIES["layernorm_wide"] * (lane_tree_stages(lanes) - 1)
     assert res["last_out"] - res["first_in"] + 1 == len(rows) * beats + 2 * beats + 33 + extra
+
+
+@pytest.mark.slow  # ~40 s of Amaranth simulation a lane count
+@pytest.mark.parametrize("lanes", [32, 64])
+def test_ailayernorm_wide_rows_ending_in_a_partial_beat(lanes):
+    """C not a multiple of the lanes at 32 and 64 lanes (lanes beyond ``count`` masked out
+    of both lane sums: at 64 lanes by the flags kept beside the ring, ``FLAG_LANES``):
+    bit-exact with stalls, rows of 100 channels (the last beat 36 / 4 lanes) and of 1."""
+    rng = np.random.default_rng(lanes + 1)
+    for channels in (100, 1):
+        params, rows = _case(rng, channels, n_model=1)
+        dut = AILayerNorm(lanes=lanes, max_channels=100)
+        res = _run(dut, params, rows, stall_in=0.3, stall_out=0.3, seed=lanes)
+        _check(rows, [params] * len(rows), res)

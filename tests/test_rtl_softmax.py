@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vitaccel.quant.ref import SoftmaxParams, e2softmax
+from vitaccel.quant.ref import SoftmaxParams, e2softmax, e2softmax_k
 from vitaccel.rtl.softmax import E2Softmax
 from vitaccel.sim.tb_nonlinear import amaranth_run_rows
 
@@ -136,3 +136,84 @@ def test_e2softmax_lanes_as_wide_as_the_datapath(lanes):
     res = _run(dut, long, shifts[:6])
     _check(dut, long, shifts[:6], res)
     assert res["last_out"] - res["first_out"] + 1 == 6 * -(-197 // lanes)
+
+
+def _row_sums(dut, rows, shift):
+    """Each row's final S from the unit's pass-1 register (``row_sum``), rows unstalled."""
+    from amaranth.sim import Simulator
+
+    from vitaccel.sim.streams import amaranth_put
+    from vitaccel.sim.tb_nonlinear import frame_rows
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sums = []
+
+    async def producer(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.in_shift, shift)
+        for beats in frame_rows(rows, dut.lanes):
+            for values, count, last in beats:
+                await amaranth_put(ctx, dut.i, {"data": values, "count": count, "last": last})
+        for _ in range(40):
+            await ctx.tick()
+
+    async def sampler(ctx):
+        probe = dut.row_sum
+        async for _, _, valid, r, p in ctx.tick().sample(probe.valid, probe.r, probe.p):
+            if valid:
+                sums.append(r >> p)
+
+    sim.add_testbench(producer)
+    sim.add_testbench(sampler, background=True)
+    sim.run()
+    return sums
+
+
+@pytest.mark.parametrize("lanes, frac_bits", [(1, 15), (3, 15), (2, 8)])
+def test_e2softmax_running_sum_is_exact(lanes, frac_bits):
+    """S itself (not only the 5 mantissa bits the outputs use) equals e2softmax_k's on rows
+    whose maximum keeps rising: steps of 1..7 log2 units that add up past the pending shift's
+    8 (R = S << p), single jumps of 8..S's width, and jumps that clear S in mid-row."""
+    rng = np.random.default_rng(lanes + frac_bits)
+    max_row = 64
+    dut = E2Softmax(lanes=lanes, max_row=max_row, frac_bits=frac_bits)
+    sb = dut.sum_bits
+    rows = [
+        np.arange(-128, -128 + max_row),  # +1 per element (T = 0)
+        np.repeat(np.arange(-120, 120, 7), 2)[:max_row],  # +7 every second element
+        np.array([-128, -127, -128, -120, -121, -100, -110, -100 + sb, -90 + sb, 60, 127]),
+        np.array([0] * 20 + [sb - 1] + [0] * 10 + [2 * sb] + [5, 6, 7] + [3 * sb]),
+        np.sort(rng.integers(-128, 128, size=max_row)),
+        *[rng.integers(-128, 128, size=n) for n in (1, 9, max_row)],
+        np.cumsum(rng.integers(0, 12, size=max_row)) - 128,
+    ]
+    rows = [np.clip(r, -128, 127) for r in rows]
+    got = _row_sums(dut, rows, shift=0)
+    assert len(got) == len(rows)
+    for i, row in enumerate(rows):
+        params = SoftmaxParams(in_shift=0, frac_bits=frac_bits, lanes=lanes)
+        _, want, _ = e2softmax_k(row, params)
+        assert got[i] == int(want), f"row {i}: S {got[i]} != e2softmax_k's {int(want)}"
+
+
+def test_e2softmax_wide_max_tree_takes_the_modelled_stage():
+    """Above 16 lanes pass 1's max tree takes a third stage (P0: 64 -> 16 -> 4 -> 1, at most
+    4x a stage for 300 MHz): the first output comes that many cycles later than at 1 lane,
+    as ``engine_timing.softmax_max_stages`` (the cycle model's term) says; the same
+    one-element rows at every width (below the zero padding: the lanes beyond count lose)."""
+    from vitaccel.engine_timing import softmax_max_stages
+
+    rows = [np.array([-100]), np.array([-128])]
+
+    def latency(lanes):
+        dut = E2Softmax(lanes=lanes, max_row=64)
+        res = _run(dut, rows, [3, 0])
+        _check(dut, rows, [3, 0], res)
+        return res["first_out"] - res["first_in"]
+
+    base = latency(1)
+    for lanes in (16, 32, 64):
+        extra = softmax_max_stages(lanes) - softmax_max_stages(1)
+        assert latency(lanes) - base == extra, (lanes, extra)
+    assert softmax_max_stages(64) == 3

@@ -201,6 +201,17 @@ _WIDTH_HELP = "signed bits of the %s (golden model only; the RTL is int8)"
 @_number("--residual-bits", lo=8, hi=16, default=8, help=_WIDTH_HELP % "residual stream")
 @_number("--branch-bits", lo=8, hi=16, default=8, help=_WIDTH_HELP % "patch embed/proj/FC2")
 @_number("--logit-bits", lo=8, hi=16, default=8, help=_WIDTH_HELP % "attention logits")
+@_pick(
+    "--weight-rounding",
+    choices=["nearest", "gptq"],
+    default="nearest",
+    help="weight integers: round to nearest, or GPTQ over the calibration inputs (same scales)",
+)
+@click.option(
+    "--gptq-act-order",
+    is_flag=True,
+    help="with --weight-rounding gptq: round the input columns by decreasing energy first",
+)
 @click.option(
     "--per-layer",
     is_flag=True,
@@ -212,9 +223,14 @@ def quantize(model_name, weights, images, per_layer, as_json, **quant):
     from vitaccel.models.specs import get_spec
 
     get_spec(model_name)
-    # the other options are QuantConfig's fields by name (scheme, w4_*, softmax_output, widths)
+    # the other options are QuantConfig's fields by name (scheme, w4_*, softmax_output, widths,
+    # weight_rounding)
     if not 0.0 <= quant["w4_ratio"] <= 1.0:
         raise CliError(f"--w4-ratio must be in [0, 1], got {quant['w4_ratio']}")
+    if quant["gptq_act_order"] and quant["weight_rounding"] != "gptq":
+        raise CliError(
+            f"--gptq-act-order needs --weight-rounding gptq, got {quant['weight_rounding']}"
+        )
     if weights is not None and not weights.is_file():
         raise CliError(f"--weights: file '{weights}' does not exist")
     from vitaccel.models.evaluate import evaluate

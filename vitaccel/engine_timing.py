@@ -18,6 +18,8 @@ from vitaccel.isa import WORD_BYTES  # the scratchpad word: 16 bytes a grant
 
 __all__ = [
     "REQUANT_STAGES",
+    "SOFTMAX_WIDE_LANES",
+    "softmax_max_stages",
     "column_split",
     "mapped_writer_cycles",
     "word_path_takes",
@@ -44,6 +46,16 @@ __all__ = [
 # Requantiser: bias add, 2 multiply stages, coarse shift, fine shift, saturation test,
 # round + clamp.
 REQUANT_STAGES = 7
+
+# E2Softmax (rtl.softmax): pass 1's group maximum is a compare-and-select tree reducing at
+# most 4x a stage (P, B; and P0 before them above this many lanes: 64 -> 16 -> 4 -> 1, since
+# 64 -> 4 in one stage held 12.0 logic levels).
+SOFTMAX_WIDE_LANES = 16
+
+
+def softmax_max_stages(lanes: int) -> int:
+    """Pipeline stages of E2Softmax's pass-1 max tree (each one cycle of the unit's latency)."""
+    return 3 if lanes > SOFTMAX_WIDE_LANES else 2
 
 
 def column_split(cols: int, w4_share: float) -> tuple[int, int]:

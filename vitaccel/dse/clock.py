@@ -28,6 +28,7 @@ __all__ = [
     "OVERHEAD_NS",
     "MAX_LEVELS",
     "effective_levels",
+    "unit_levels",
     "max_levels",
     "allowed_clocks",
 ]
@@ -56,3 +57,23 @@ def effective_levels(run: dict) -> float:
 def allowed_clocks(board_clocks, levels: float) -> list[float]:
     """Board clocks whose limit ``levels`` meets, fastest first."""
     return sorted((f for f in board_clocks if levels <= max_levels(f)), reverse=True)
+
+
+def unit_levels(depth: dict, unit: str, lanes: int) -> float:
+    """Calibrated levels of nonlinear ``unit`` at ``lanes`` (``depth``: calibration.json's
+    ``depth_runs``): the run at the next calibrated lane count up (a unit's depth grows with
+    its lanes: its trees deepen). No run at all of ``unit``: 0.0 (no data, no bound). A lane
+    count above every calibrated one is refused: the units' trees deepen with their lanes (64
+    lanes held 12.0 levels where 16 held 5.5, before the cut), so no run below tells its depth.
+    """
+    runs = depth.get(unit, {})
+    if not runs:
+        return 0.0
+    known = sorted(int(n) for n in runs)
+    above = [n for n in known if n >= lanes]
+    if not above:
+        raise ValueError(
+            f"{unit}_lanes={lanes}: no calibrated depth at or above it (calibrated lanes: "
+            f"{', '.join(map(str, known))}; add it to calibrate.UNIT_LANES and rerun)"
+        )
+    return runs[str(above[0])]

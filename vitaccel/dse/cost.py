@@ -38,6 +38,7 @@ from vitaccel.engine_timing import (
     first_issue,
     latencies,
     matmul_cycles,
+    softmax_max_stages,
     word_path_takes,
     word_writer_cycles,
     word_writer_end,
@@ -83,7 +84,8 @@ LATENCIES = {
     # Unit pipeline drain after the last input beat, less what the reader/writer overlap
     # (docs/nonlinear.md "Throughput and latency"): E2Softmax one row's beats + 16 in the
     # unit (its pass-1 sum tree over two stages for 300 MHz: one more; its pass-2 output over
-    # two stages, #17: one more), AILayerNorm two rows' beats + 33 (+2 more at 8-16 lanes),
+    # two stages, #17: one more; above 16 lanes its max tree over three stages, one more:
+    # softmax_max_stages), AILayerNorm two rows' beats + 33 (+2 more at 8-16 lanes),
     # GELU 1.
     "softmax": 8,
     "layernorm": 32,
@@ -350,7 +352,9 @@ def nonlinear_cycles(
     beats = -(-width // per_cycle)
     io = LATENCIES["unit_io_wide" if per_cycle > WORD_BYTES else "unit_io"]
     if kind == "softmax":
-        return rows * beats + beats + LATENCIES["softmax"] + io
+        # (a max-tree stage beyond the two of <= 16 lanes: one cycle, softmax_max_stages)
+        wide = softmax_max_stages(lanes) - softmax_max_stages(1)
+        return rows * beats + beats + LATENCIES["softmax"] + wide + io
     if kind == "layernorm":
         wide = LATENCIES["layernorm_wide"] * (lane_tree_stages(lanes) - 1)
         return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + wide + io

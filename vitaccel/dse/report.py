@@ -69,17 +69,14 @@ def design_report(design_path: str | Path) -> dict:
     depth = res.calibration().get("depth_runs", {})
     levels = None
     if depth:
-        unit_levels = []
-        for unit, lanes in (
-            ("softmax", design.nonlinear.softmax_lanes),
-            ("layernorm", design.nonlinear.layernorm_lanes),
-            ("gelu", design.nonlinear.gelu_lanes),
-        ):
-            runs = depth.get(unit, {})
-            known = sorted(int(n) for n in runs)
-            above = [n for n in known if n >= lanes] or known[-1:]
-            if above:
-                unit_levels.append(runs[str(above[0])])
+        unit_levels = [
+            clock_rule.unit_levels(depth, unit, lanes)
+            for unit, lanes in (
+                ("softmax", design.nonlinear.softmax_lanes),
+                ("layernorm", design.nonlinear.layernorm_lanes),
+                ("gelu", design.nonlinear.gelu_lanes),
+            )
+        ]
         levels = max([depth.get("engine", 0.0), depth.get("top", 0.0), *unit_levels])
     allowed = (
         clock_rule.allowed_clocks(budget.pl_clocks_mhz, levels) if levels is not None else None

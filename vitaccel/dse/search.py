@@ -258,13 +258,9 @@ class _Model:
         return self._nl_cache[key]
 
     def unit_levels(self, unit: str, lanes: int) -> float:
-        """Calibrated logic levels of ``unit`` at ``lanes`` (the next calibrated lane count up)."""
-        runs = self.depth.get(unit, {})
-        if not runs:
-            return 0.0
-        known = sorted(int(n) for n in runs)
-        above = [n for n in known if n >= lanes]
-        return runs[str(above[0] if above else known[-1])]
+        """Calibrated logic levels of ``unit`` at ``lanes`` (:func:`clock.unit_levels`: the
+        next calibrated lane count up; none up there is an error)."""
+        return clock_rule.unit_levels(self.depth, unit, lanes)
 
     def design_levels(self, lanes: tuple[int, int, int]) -> float | None:
         if not self.depth:

@@ -29,7 +29,7 @@ import torch
 from vitaccel.models.golden import IntViT, float_trace
 from vitaccel.quant import ref, scales
 
-__all__ = ["TensorError", "per_layer_error", "worst_layer"]
+__all__ = ["TensorError", "per_layer_error", "worst_layer", "sqnr"]
 
 # SQNR reported when the error is exactly zero (keeps the JSON finite).
 SQNR_EXACT_DB = 200.0
@@ -71,6 +71,11 @@ def _error(q: np.ndarray, f: np.ndarray) -> tuple[float, float]:
         return SQNR_EXACT_DB, 0.0
     sqnr = 10.0 * math.log10(sig / err) if sig > 0 else -SQNR_EXACT_DB
     return round(sqnr, 3), float(math.sqrt(err / max(sig, 1e-300)))
+
+
+def sqnr(q: np.ndarray, f: np.ndarray) -> float:
+    """SQNR (dB) of ``q`` against the reference ``f`` over the whole tensor."""
+    return _error(q, f)[0]
 
 
 def _grid(t: torch.Tensor | np.ndarray, scale, zero: int = 0, bits: int = 8) -> np.ndarray:

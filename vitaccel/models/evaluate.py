@@ -33,10 +33,14 @@ class EvalResult:
     per_layer: list[dict] | None = None
     # The golden-model activation widths above int8 (QuantConfig.wide_fields), if any.
     activation_bits: dict[str, int] | None = None
+    # SQNR (dB) of the dequantised integer logits against float over all evaluation images.
+    logit_sqnr_db: float | None = None
+    # The weight rounding when it is not round-to-nearest (QuantConfig.weight_rounding).
+    weight_rounding: str | None = None
 
     def as_dict(self) -> dict:
         out = dict(self.__dict__)
-        for key in ("per_layer", "activation_bits"):
+        for key in ("per_layer", "activation_bits", "weight_rounding"):
             if out[key] is None:
                 del out[key]
         return out
@@ -70,11 +74,27 @@ def prepare(
     return spec, model, golden, x, y
 
 
-def _quantized(name: str, weights, config: QuantConfig | None, images: int | None, progress):
-    """:func:`prepare`, also returning the calibration images: (spec, float, golden, calib, x, y)."""
+def _quantized(
+    name: str,
+    weights,
+    config: QuantConfig | None,
+    images: int | None,
+    progress,
+    calibration: torch.Tensor | None = None,
+    data: tuple | None = None,
+):
+    """:func:`prepare`, also returning the calibration images: (spec, float, golden, calib, x, y).
+
+    ``calibration`` and ``data`` (images, labels or None) replace the default calibration
+    images and evaluation set (the calibration-window studies of docs/numerics.md).
+    """
     config = config or QuantConfig()
     spec, model = get_model(name, weights=weights)
     calib, x, y = _data(name, spec, images)
+    if calibration is not None:
+        calib = calibration
+    if data is not None:
+        x, y = data
     if progress:
         progress(f"calibrating on {len(calib)} images")
     golden = quantize_model(model, calib, config)
@@ -90,14 +110,20 @@ def evaluate(
     batch: int = 64,
     progress=None,
     per_layer: bool = False,
+    calibration: torch.Tensor | None = None,
+    data: tuple | None = None,
 ) -> EvalResult:
     """Quantise ``name`` and measure the integer model against float on evaluation images.
 
     With ``per_layer`` the result also carries the per-tensor error report
     (:func:`vitaccel.models.error_report.per_layer_error`) on the calibration images.
+    ``calibration`` and ``data`` (images, labels or None) replace the default calibration
+    images and evaluation images.
     """
     config = config or QuantConfig()
-    spec, model, golden, calib, x, y = _quantized(name, weights, config, images, progress)
+    spec, model, golden, calib, x, y = _quantized(
+        name, weights, config, images, progress, calibration, data
+    )
     f_logits, i_logits = [], []
     for start in range(0, len(x), batch):
         chunk = x[start : start + batch]
@@ -119,10 +145,10 @@ def evaluate(
         f_top1 = float((lf.argmax(1) == labels).mean())
         i_top1 = float((li.argmax(1) == labels).mean())
     ratio = {"w8a8": 0.0, "w4a8": 1.0}.get(config.scheme, config.w4_ratio)
+    from vitaccel.models.error_report import per_layer_error, sqnr
+
     report = None
     if per_layer:
-        from vitaccel.models.error_report import per_layer_error
-
         if progress:
             progress(f"per-layer error on the {len(calib)} calibration images")
         report = [r.as_dict() for r in per_layer_error(model, golden, calib)]
@@ -138,4 +164,8 @@ def evaluate(
         len(calib),
         report,
         {n: getattr(config, n) for n in config.wide_fields()} or None,
+        sqnr(deq, lf),
+        None
+        if config.weight_rounding == "nearest"
+        else config.weight_rounding + (" (act order)" if config.gptq_act_order else ""),
     )

@@ -113,6 +113,14 @@ class QuantConfig:
     w4_clip : {"max", "mse"}
         Each int4 row's scale: its maximum, or the clip (1/2 .. 1 of it) with the least
         input-weighted rounding error (``scales.quantize_weight``).
+    weight_rounding : {"nearest", "gptq"}
+        How each weight row's integers are found once its kind and scale are chosen: round to
+        nearest, or GPTQ / OPTQ (``scales.gptq_round``: column by column, each column's
+        rounding error pushed onto the columns not yet rounded through the inverse of ``H =
+        X^T X``, X the layer's float calibration inputs, 1 % damping). The scales, the W4
+        rows and the datapath are the same; only the integers change.
+    gptq_act_order : bool
+        With ``gptq``: round the input columns in order of decreasing ``H[k, k]``.
     qk_balance : bool
         Multiply q's channel ``c`` by ``m_c = sqrt(max|k_c| / max|q_c|)`` and k's by
         ``1 / m_c`` (QKV weight rows and biases, before quantisation): ``q . k`` is unchanged
@@ -154,6 +162,9 @@ class QuantConfig:
     v_smooth_alpha: float | None = None
     qk_balance: bool = False
     w4_clip: str = "max"
+    # GPTQ rounding of the weights (issue 24; measured in docs/numerics.md, "GPTQ").
+    weight_rounding: str = "nearest"
+    gptq_act_order: bool = False
     gelu_input_clip: bool = False
     # Datapath widths (issue 24): 8 is the int8 engine every RTL unit implements.
     residual_bits: int = 8
@@ -169,6 +180,17 @@ class QuantConfig:
             raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {self.w4_kind!r}")
         if self.w4_clip not in ("max", "mse"):
             raise ValueError(f"w4_clip must be 'max' or 'mse', not {self.w4_clip!r}")
+        if self.weight_rounding not in scales.WEIGHT_ROUNDINGS:
+            raise ValueError(
+                f"weight_rounding must be one of {', '.join(scales.WEIGHT_ROUNDINGS)}, "
+                f"not {self.weight_rounding!r}"
+            )
+        if self.gptq_act_order not in (False, True):
+            raise ValueError(f"gptq_act_order must be True or False, not {self.gptq_act_order!r}")
+        if self.gptq_act_order and self.weight_rounding != "gptq":
+            raise ValueError(
+                f"gptq_act_order needs weight_rounding='gptq', not {self.weight_rounding!r}"
+            )
         if self.act_calibration not in ACT_CALIBRATIONS:
             raise ValueError(
                 f"act_calibration must be one of {', '.join(ACT_CALIBRATIONS)}, "
@@ -457,6 +479,12 @@ def _sq_mean(t: torch.Tensor) -> np.ndarray:
     return (t.reshape(-1, t.shape[-1]) ** 2).mean(dim=0).numpy()
 
 
+def _hessian(t: torch.Tensor) -> np.ndarray:
+    """``X^T X / rows`` of a layer's calibration input (its diagonal is ``_sq_mean``)."""
+    x = t.reshape(-1, t.shape[-1]).double()
+    return (x.T @ x / x.shape[0]).numpy()
+
+
 def _linear(
     name: str,
     weight: torch.Tensor,
@@ -464,13 +492,23 @@ def _linear(
     in_scale: float,
     out_scale: np.ndarray | float,
     cfg: QuantConfig,
-    input_sq_mean: np.ndarray | None,
+    x: torch.Tensor,
     lo: int = ref.INT8_MIN,
     hi: int = ref.INT8_MAX,
 ) -> IntLinear:
+    """One linear layer's constants; ``x`` is its float calibration input (in the units of
+    ``weight``'s columns), whose statistics pick the W4 rows and, with GPTQ, the integers."""
     w = weight.detach().double().reshape(weight.shape[0], -1).numpy()
+    gptq = cfg.weight_rounding == "gptq"
     qw = scales.quantize_weight(
-        w, cfg.ratio_for(name), cfg.w4_kind, input_sq_mean, w4_clip=cfg.w4_clip
+        w,
+        cfg.ratio_for(name),
+        cfg.w4_kind,
+        _sq_mean(x),
+        w4_clip=cfg.w4_clip,
+        rounding=cfg.weight_rounding,
+        hessian=_hessian(x) if gptq else None,
+        act_order=cfg.gptq_act_order,
     )
     acc_scale = in_scale * qw.scale
     b = np.zeros(w.shape[0]) if bias is None else bias.detach().double().numpy()
@@ -589,7 +627,7 @@ def quantize_model(
             s_in,
             s_pe,
             cfg,
-            _sq_mean(tr["patches"]),
+            tr["patches"],
             *branch_range,
         ),
         "patches",
@@ -608,9 +646,9 @@ def quantize_model(
 
     def lin(name: str, module, s_in, s_out, input_key: str, bits: int = 8) -> IntLinear:
         w, b = module if isinstance(module, tuple) else (module.weight, module.bias)
-        weight, acc_in, sq = _fold_input_scale(w, s_in, tr[input_key])
+        weight, acc_in, x_in = _fold_input_scale(w, s_in, tr[input_key])
         rng = ref.signed_range(bits)
-        layer = _linear(name, weight, b, acc_in, s_out, cfg, sq, *rng)
+        layer = _linear(name, weight, b, acc_in, s_out, cfg, x_in, *rng)
         return track(layer, input_key, s_in, name, acc_in=acc_in)
 
     def ln_scale(key: str, next_weight: torch.Tensor):
@@ -736,7 +774,7 @@ def quantize_model(
     s_norm = ln_scale("norm", model.head.weight)
     norm = _layernorm(model.norm, base, alpha, s_norm)
     s_logits = _absmax(tr["logits"]) * LOGIT_HEADROOM / LOGIT_MAX
-    head_w, head_in, head_sq = _fold_input_scale(model.head.weight, s_norm, tr["norm"])
+    head_w, head_in, head_x = _fold_input_scale(model.head.weight, s_norm, tr["norm"])
     head = track(
         _linear(
             "head",
@@ -745,7 +783,7 @@ def quantize_model(
             head_in,
             s_logits,
             cfg,
-            head_sq,
+            head_x,
             LOGIT_MIN,
             LOGIT_MAX,
         ),
@@ -778,18 +816,18 @@ def quantize_model(
 
 def _fold_input_scale(
     weight: torch.Tensor, s_in, x: torch.Tensor
-) -> tuple[torch.Tensor, float, np.ndarray]:
-    """A linear layer's weight, accumulator input scale and input mean square, with a
-    per-channel input scale folded into the weight columns.
+) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """A linear layer's weight, accumulator input scale and float calibration input, with a
+    per-channel input scale folded into the weight columns (and divided out of the input).
 
     ``x_real[k] = s_in[k] * x_int[k]``, so ``sum_k x_real[k] W[n, k] = sum_k x_int[k] (W[n, k]
     s_in[k])``: the layer sees integer inputs of scale 1 and weights ``W * s_in``, quantised
     per row as usual. A per-tensor ``s_in`` is returned unchanged.
     """
     if np.ndim(s_in) == 0:
-        return weight, float(s_in), _sq_mean(x)
+        return weight, float(s_in), x
     s = torch.from_numpy(np.asarray(s_in, dtype=np.float64))
-    return weight.detach().double() * s[None, :], 1.0, _sq_mean(x / s)
+    return weight.detach().double() * s[None, :], 1.0, x / s
 
 
 def _clamp_bias(bias: np.ndarray) -> np.ndarray:

@@ -137,6 +137,14 @@ EXTRA_RECIPES: dict[str, Recipe] = {
 RECIPES: dict[str, Recipe] = {"shipped": SHIPPED, **EXTRA_RECIPES}
 
 
+def recipe_weights(recipe: str):
+    """The shipped weights file of ``recipe``: None for the shipped checkpoint (the zoo's
+    default), else ``WEIGHTS_DIR/<stem>.safetensors``."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+    return None if recipe == "shipped" else WEIGHTS_DIR / f"{RECIPES[recipe].stem}.safetensors"
+
+
 def random_shift(
     images: torch.Tensor, *, generator: torch.Generator, max_shift: int = 1
 ) -> torch.Tensor:

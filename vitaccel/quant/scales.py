@@ -20,6 +20,8 @@ __all__ = [
     "mse_clip",
     "QuantWeight",
     "quantize_weight",
+    "WEIGHT_ROUNDINGS",
+    "gptq_round",
     "ptf_alpha",
     "dyadic_common",
     "smooth_scales",
@@ -155,6 +157,21 @@ def _int4_mse_rows(w: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.nd
     return q[rows, best].astype(np.int64), cand[rows, best]
 
 
+def _pot4_codes(w: np.ndarray, absmax: np.ndarray) -> np.ndarray:
+    """pot4 integers of ``w`` whose row maximum is ``absmax`` (broadcast against ``w``):
+    the nearest, in linear value, of ``{0, +-2**-e * absmax : e = 0..6}`` as ``+-2**(6-e)``.
+    A value beyond ``absmax`` (GPTQ's updated weights) takes the largest level."""
+    r = np.abs(w) / absmax
+    levels = np.array([2.0**-e for e in range(POT_EXPONENTS)] + [0.0])
+    idx = np.abs(r[..., None] - levels).argmin(axis=-1)
+    mag = np.where(
+        idx < POT_EXPONENTS,
+        np.left_shift(1, POT_EXPONENTS - 1 - np.minimum(idx, POT_EXPONENTS - 1)),
+        0,
+    )
+    return (np.sign(w) * mag).astype(np.int64)
+
+
 def _quantize_rows(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
     absmax = np.maximum(np.abs(w).max(axis=1), 1e-12)
     if kind in _W_MAX:
@@ -163,17 +180,83 @@ def _quantize_rows(w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
         q = np.clip(_round_half_away(w / scale[:, None]), -qmax, qmax)
         return q.astype(np.int64), scale
     if kind == "pot4":
-        scale = absmax / POT_UNIT
-        r = np.abs(w) / absmax[:, None]  # in [0, 1]
-        levels = np.array([2.0**-e for e in range(POT_EXPONENTS)] + [0.0])
-        idx = np.abs(r[..., None] - levels).argmin(axis=-1)
-        mag = np.where(
-            idx < POT_EXPONENTS,
-            np.left_shift(1, POT_EXPONENTS - 1 - np.minimum(idx, POT_EXPONENTS - 1)),
-            0,
-        )
-        return (np.sign(w) * mag).astype(np.int64), scale
+        return _pot4_codes(w, absmax[:, None]), absmax / POT_UNIT
     raise ValueError(f"weight kind must be one of {WEIGHT_KINDS}, not {kind!r}")
+
+
+# How each row's integers are found once its scale is fixed: round to nearest, or GPTQ.
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+# GPTQ's damping: this share of the mean diagonal of H is added to the diagonal.
+GPTQ_DAMP = 0.01
+# Columns per lazy batch update (Frantar et al. 2023, sec. 3, "lazy batch-updates").
+GPTQ_BLOCK = 32
+
+
+def gptq_round(
+    w, scale, kind, hessian, act_order: bool = False, damp: float = GPTQ_DAMP
+) -> np.ndarray:
+    """GPTQ / OPTQ rounding (Frantar et al. 2023) of ``w`` (N x K) onto fixed per-row grids.
+
+    Row ``n`` has the step ``scale[n]`` and the format ``WEIGHT_KINDS[kind[n]]`` (W8: integers
+    in [-127, 127], int4: [-7, 7], pot4: ``{0, +-1, +-2, ..., +-64}``, its level set relative
+    to ``scale[n] * 64``); both are chosen before rounding and do not change. The columns are
+    rounded one at a time and each column's rounding error, divided by the pivot of the
+    inverse of ``H + damp * mean(diag H) * I``, is spread over the columns not yet rounded
+    through that inverse's Cholesky factor, which minimises ``||(W_q - W) X^T||^2`` for
+    ``H = X^T X`` (``hessian``, K x K, of the layer's calibration inputs) one column at a
+    time. Input channels that never fire (``H[k, k] = 0``) get weight 0. ``act_order``
+    rounds the columns in order of decreasing ``H[k, k]``. Returns the int64 weights.
+    """
+    w = np.array(w, dtype=np.float64)
+    n, k = w.shape
+    h = np.array(hessian, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    kind = np.asarray(kind, dtype=np.int64)
+    if h.shape != (k, k) or scale.shape != (n,) or kind.shape != (n,):
+        raise ValueError(
+            f"gptq_round(): weight {w.shape} needs hessian ({k}, {k}), scale and kind ({n},); "
+            f"got {h.shape}, {scale.shape}, {kind.shape}"
+        )
+    pot = np.flatnonzero(kind == WEIGHT_KINDS.index("pot4"))
+    qmax = np.where(kind == WEIGHT_KINDS.index("int4"), _W_MAX["int4"], _W_MAX["w8"]) * 1.0
+    pot_max = scale[pot] * POT_UNIT
+
+    def round_col(col: np.ndarray) -> np.ndarray:
+        # The integers as float64 (exact); the column loop is bound by numpy call overhead,
+        # so the clamp is two ufuncs (np.clip costs several times more per call).
+        q = _round_half_away(col / scale)
+        np.minimum(np.maximum(q, -qmax, out=q), qmax, out=q)
+        if pot.size:
+            q[pot] = _pot4_codes(col[pot], pot_max)
+        return q
+
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    w, h = w[:, perm], h[np.ix_(perm, perm)]
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U carries column j's error
+    # onto the later columns.
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    # Work on W^T (K x N): column j of W is a contiguous row.
+    wt = np.ascontiguousarray(w.T)
+    qt = np.zeros((k, n))
+    for b0 in range(0, k, GPTQ_BLOCK):
+        b1 = min(b0 + GPTQ_BLOCK, k)
+        wb = wt[b0:b1].copy()
+        err = np.zeros_like(wb)
+        ub = u[b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            col = round_col(wb[j])
+            qt[b0 + j] = col
+            e = (wb[j] - col * scale) / ub[j, j]
+            wb[j + 1 :] -= ub[j, j + 1 :, None] * e[None, :]
+            err[j] = e
+        wt[b1:] -= u[b0:b1, b1:].T @ err
+    out = np.empty((n, k), dtype=np.int64)
+    out[:, perm] = qt.T
+    return out
 
 
 def quantize_weight(
@@ -182,6 +265,9 @@ def quantize_weight(
     w4_kind: str = "int4",
     input_sq_mean=None,
     w4_clip: str = "max",
+    rounding: str = "nearest",
+    hessian=None,
+    act_order: bool = False,
 ) -> QuantWeight:
     """Quantise a float weight matrix per row; a fraction ``w4_ratio`` of rows becomes W4.
 
@@ -191,6 +277,10 @@ def quantize_weight(
     break toward the lower row index, so the choice is deterministic. With ``w4_clip="mse"``
     an int4 row's scale is the clip of its maximum (1/2 .. 1) with the least such error
     instead of the maximum itself (W8 and pot4 rows keep the maximum).
+
+    ``rounding="gptq"`` keeps every row's kind and scale (chosen as above, from rounding to
+    nearest) and then finds the integers with :func:`gptq_round` on ``hessian`` (``X^T X``
+    of the layer's calibration inputs, required; ``act_order`` as there).
     """
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 2:
@@ -201,10 +291,18 @@ def quantize_weight(
         raise ValueError(f"w4_kind must be 'int4' or 'pot4', not {w4_kind!r}")
     if w4_clip not in ("max", "mse"):
         raise ValueError(f"w4_clip must be 'max' or 'mse', not {w4_clip!r}")
+    if rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(
+            f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, not {rounding!r}"
+        )
+    if rounding == "gptq" and hessian is None:
+        raise ValueError("quantize_weight(): rounding='gptq' needs the input hessian")
     q8, s8 = _quantize_rows(w, "w8")
     n_w4 = int(round(w4_ratio * w.shape[0]))
     kind = np.zeros(w.shape[0], dtype=np.int64)
     if n_w4 == 0:
+        if rounding == "gptq":
+            q8 = gptq_round(w, s8, kind, hessian, act_order)
         return QuantWeight(q8, s8, kind)
     weight = (
         np.ones(w.shape[1])
@@ -224,6 +322,8 @@ def quantize_weight(
     scale = s8.copy()
     q[chosen] = q4[chosen]
     scale[chosen] = s4[chosen]
+    if rounding == "gptq":
+        q = gptq_round(w, scale, kind, hessian, act_order)
     return QuantWeight(q, scale, kind)
 
 

@@ -60,6 +60,8 @@ MAX_ALPHA = 3  # PTF factors are 0..3 (LayerNormParams.alpha)
 # Ring slack beyond two rows: covers the pipeline latency of all three stages (a row's
 # first output comes 2 * beats + 33 cycles after its first input, + 35 at 8-32 lanes).
 RING_SLACK = 48
+# More lanes than this: the "lane < count" flags registered and kept beside the ring (_setup).
+FLAG_LANES = 32
 
 
 def _divmod_const(value, divisor: int, chunk: int = 6):
@@ -240,6 +242,16 @@ class AILayerNorm(CheckedComponent):
         ring_r2 = ring.read_port()
         ring_r3 = ring.read_port()
         aw = ceil_log2(self.ring_depth)
+        # Above FLAG_LANES lanes each beat's "lane < count" flags are registered at the
+        # input and kept beside the ring (one bit a lane, read with stage 2's ring word): at
+        # 64 lanes ``count > lane`` before the masks of stage 1's lane sum and stage 2's |d|
+        # held 8.0 and 7.0 levels (count has 7 bits there: no longer one LUT).
+        s.flags_w = s.flags_r2 = None
+        if lanes > FLAG_LANES:
+            m.submodules.ring_flags = flags = Memory(
+                shape=unsigned(lanes), depth=self.ring_depth, init=[]
+            )
+            s.flags_w, s.flags_r2 = flags.write_port(), flags.read_port()
 
         def wrap_inc(ptr):
             return Mux(ptr == self.ring_depth - 1, 0, ptr + 1)
@@ -334,10 +346,18 @@ class AILayerNorm(CheckedComponent):
             a_sc.eq(sc_cur),
             a_beats.eq(bidx + 1),
         ]
+        if s.flags_w is not None:
+            a_in = Signal(lanes)
+            m.d.sync += a_in.eq(Cat(self.i.payload.count > lane for lane in range(lanes)))
+            within = [a_in[lane] for lane in range(lanes)]
+        else:
+            within = [a_cnt > lane for lane in range(lanes)]
         # A: x' = x << alpha (alpha read with the accept), into the ring; masked lane sum.
         wptr = Signal(aw)
         aligned = [a_x[lane] << alpha_rd[lane].data for lane in range(lanes)]
         m.d.comb += [ring_w.addr.eq(wptr), ring_w.en.eq(a_v)]
+        if s.flags_w is not None:
+            m.d.comb += [s.flags_w.addr.eq(wptr), s.flags_w.data.eq(a_in), s.flags_w.en.eq(a_v)]
         for lane in range(lanes):
             m.d.comb += ring_w.data.data[lane].eq(aligned[lane])
         m.d.comb += [ring_w.data.count.eq(a_cnt), ring_w.data.last.eq(a_last)]
@@ -357,7 +377,7 @@ class AILayerNorm(CheckedComponent):
             as_beats.eq(a_beats),
         ]
         for lane in range(lanes):
-            m.d.sync += as_x[lane].eq(Mux(a_cnt > lane, aligned[lane], 0) if lane else aligned[0])
+            m.d.sync += as_x[lane].eq(Mux(within[lane], aligned[lane], 0) if lane else aligned[0])
         # The tree has a register every two adder levels (one stage up to 4 lanes, two up
         # to 16: four levels in one stage were 8 LUT levels at 16 lanes).
         b_sum, lat_b1 = tree_reduce(
@@ -430,6 +450,8 @@ class AILayerNorm(CheckedComponent):
             ring_r2.addr.eq(rd2),
             ring_r2.en.eq(1),
         ]
+        if s.flags_r2 is not None:
+            m.d.comb += [s.flags_r2.addr.eq(rd2), s.flags_r2.en.eq(1)]
         sel2 = Signal(desc1)
         m.d.comb += sel2.eq(Mux(cur2_active, cur2, q1_out))
         with m.If(issue2):
@@ -455,7 +477,8 @@ class AILayerNorm(CheckedComponent):
         for lane in range(lanes):
             d = word2.data[lane] - s1_d.mean
             mag = Mux(d < 0, -d, d)
-            m.d.sync += s2_mag[lane].eq(Mux(word2.count > lane, mag, 0) if lane else mag)
+            within = s.flags_r2.data[lane] if s.flags_r2 is not None else word2.count > lane
+            m.d.sync += s2_mag[lane].eq(Mux(within, mag, 0) if lane else mag)
         # S3E, S3: compress_magnitude: e = max(0, bitlength - 4), then m = |d| >> e a stage
         # later (the leading-one detector, e and the shifter in one stage were 8 LUT levels).
         e_w = bits_for(dw)

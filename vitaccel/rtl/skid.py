@@ -32,15 +32,22 @@ class SkidBuffer(wiring.Component):
         ``o.valid`` and ``o.payload`` are registers.
     busy : ``Out(1)``
         A beat is held.
+    valid_next : ``Out(1)``
+        (``valid_next=True`` only) ``o.valid``'s next value: a consumer registers flags of
+        it, e.g. its request as one register instead of ``o.valid`` ANDed behind the skid.
     """
 
-    def __init__(self, shape):
+    def __init__(self, shape, *, valid_next: bool = False):
+        if not isinstance(valid_next, bool):
+            raise TypeError(f"valid_next must be a bool, not {valid_next!r}")
         self._shape = shape
+        self._valid_next = valid_next
         super().__init__(
             {
                 "i": In(stream.Signature(shape)),
                 "o": Out(stream.Signature(shape)),
                 "busy": Out(1),
+                **({"valid_next": Out(1)} if valid_next else {}),
             }
         )
 
@@ -67,6 +74,9 @@ class SkidBuffer(wiring.Component):
             self.o.payload.eq(out_data),
             self.busy.eq(out_valid | skid_valid),
         ]
+        if self._valid_next:
+            # held (not taken), or a beat in the skid register or on the input
+            m.d.comb += self.valid_next.eq((out_valid & ~self.o.ready) | skid_valid | self.i.valid)
         return m
 
 

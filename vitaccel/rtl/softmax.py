@@ -9,7 +9,7 @@ exponentials are a 4-entry table plus a shift, the division is a leading-one det
 
 Structure (docs/nonlinear.md has the diagram)::
 
-    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11-stage pipeline)
+    i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11 stages, 12 > 16 lanes)
       │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
       └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
 
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
 
+from vitaccel.engine_timing import SOFTMAX_WIDE_LANES as WIDE_LANES
 from vitaccel.quant.ref import E2_FRAC, EXP2_FRAC4, EXP2_FRAC4_BITS, EXP2_FRAC32, LOG2_MANT32
 from vitaccel.rtl.common import (
     CheckedComponent,
@@ -38,7 +39,7 @@ from vitaccel.rtl.common import (
     count_bits,
     delay_each,
     elaborate_parts,
-    leading_one,
+    leading_one_registered,
     replay_rows,
     row_layout,
     row_signature,
@@ -50,6 +51,24 @@ __all__ = ["E2Softmax", "OUTPUT_FORMATS"]
 OUTPUT_FORMATS = ("uint8", "log2")
 # Cycles from a row's last input beat to its descriptor being readable by pass 2.
 PASS1_LATENCY = 12
+# The uint8 output's clamp is a flag for e = 0 (``_output_parts``): it relies on this.
+if not EXP2_FRAC32[0] == 256 > max(EXP2_FRAC32[1:]):
+    raise AssertionError("EXP2_FRAC32: only entry 0 may reach 256")
+
+
+def _masked_max(group, size: int):
+    """Compare-and-select levels over ``(value, within count)`` pairs of consecutive lanes
+    until at most ``size`` remain. The flags are a prefix (``count > lane``) and a pair's flag
+    is its first lane's, so a lane beyond count loses every comparison (its flag ands into the
+    select, no level of its own) and each result is the maximum of its lanes within count
+    (lane 0 always is)."""
+    while len(group) > size:
+        pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
+        group = [
+            (Mux(p[1][1] & (p[1][0] > p[0][0]), p[1][0], p[0][0]), p[0][1]) if len(p) == 2 else p[0]
+            for p in pairs
+        ]
+    return group
 
 
 class E2Softmax(CheckedComponent):
@@ -89,6 +108,9 @@ class E2Softmax(CheckedComponent):
         carried with the row, so it may change from one row (layer) to the next.
     busy : ``Out(1)``
         A row is partly received or not yet fully sent.
+    row_sum : SimpleNamespace
+        Set by elaboration, for tests: the pass-1 registers ``valid``, ``r``, ``p`` holding
+        each row's final S as ``r >> p`` (valid for one cycle per row, in row order).
     """
 
     LIMITS = dict(lanes=(1, 64), in_bits=(2, 12), max_row=(1, 65536), frac_bits=(8, 20),
@@ -115,7 +137,8 @@ class E2Softmax(CheckedComponent):
         self.row_queue = row_queue
         self.out_bits = 8 if output == "uint8" else code_bits
         self.max_beats = -(-max_row // lanes)
-        self.ring_depth = self.max_beats + max(self.max_beats, PASS1_LATENCY + 4)
+        self.pass1_latency = PASS1_LATENCY + (lanes > WIDE_LANES)
+        self.ring_depth = self.max_beats + max(self.max_beats, self.pass1_latency + 4)
         super().__init__(
             {
                 "i": In(row_signature(signed(in_bits), lanes)),
@@ -142,6 +165,37 @@ class E2Softmax(CheckedComponent):
         scale = self.frac_bits - EXP2_FRAC4_BITS
         return [t << scale if scale >= 0 else t >> -scale for t in EXP2_FRAC4]
 
+    # -- the S recurrence ----------------------------------------------------------------------
+
+    # S is held as R with S = R >> p, p < S_STEP: the loop shifts R only by multiples of S_STEP.
+    S_STEP = 8
+
+    def _s_step(self, m: Module, r_acc, e_sum, v, delta, rb: int) -> SimpleNamespace:
+        """One beat of ``S = (S >> delta) + terms`` (exact, ref.e2softmax_k) on R, ``S = R >> p``.
+
+        With ``P = p + delta``, ``k = P // 8`` and ``p' = P % 8``, ``R' = (R >> 8k) + (terms
+        << p')`` holds ``S' = R' >> p'``: ``(R >> 8k) >> p'`` is ``R >> (p + delta)``, which is
+        ``S >> delta`` (floors compose), and adding a multiple of ``2**p'`` adds its quotient
+        exactly; the bits below ``p'`` are never read. ``delta = sb`` (a row's first beat)
+        clears S by itself (S < 2**sb), and R < 2**(sb + 7) = 2**rb. The running p is a 3-bit
+        recurrence of its own: the beat's ``k`` and ``p'`` are registered a stage early (stage
+        E, from ``delta`` of the beat in E0, valid ``v``), so the R loop in stage F is a 4:1 mux
+        (``k``), the adder's LUT and its carry chain (the 25:1 shifter of ``S >> delta`` before
+        the adder held 7.25 LUT levels in the tops; 300 MHz allows 6.83). Returns the beat's next
+        R (combinational, stage F) and its ``p'`` (a register).
+        """
+        sb, step = self.sum_bits, self.S_STEP
+        lg = ceil_log2(step)
+        p_run = Signal(range(step), name="s_p")
+        total = p_run + delta
+        k = Signal(range((sb + step - 1) // step + 1), name="s_k")
+        pn = Signal(range(step), name="s_pn")
+        m.d.sync += [k.eq(total >> lg), pn.eq(total[:lg])]
+        with m.If(v):
+            m.d.sync += p_run.eq(total[:lg])
+        value = ((r_acc >> Cat(Const(0, lg), k)) + (e_sum << pn))[:rb]
+        return SimpleNamespace(value=value, p=pn)
+
     # -- shared arithmetic ---------------------------------------------------------------------
 
     @staticmethod
@@ -153,6 +207,23 @@ class E2Softmax(CheckedComponent):
         subtraction and the shift held 8.25 LUT levels in one stage: 300 MHz allows 6.83)."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
         return h - (x << 2)
+
+    def _wide_max_stage(self, m: Module, v, x, cnt, first, last, t, beats, ceil, inside):
+        """Stage P0 of a unit of more than WIDE_LANES lanes: the group maximum's first levels,
+        down to WIDE_LANES candidates (at most 4x, two compare-and-select levels: the tree
+        over P and B alone held 12.0 levels at 64 lanes, 300 MHz allows 6.83; P and B then
+        reduce 4x each, _masked_max). Returns the stage's registers in the arguments' order,
+        the candidates and their "within count" flags last."""
+        group = _masked_max(list(zip(ceil, inside, strict=True)), WIDE_LANES)
+        regs = [Signal(ceil[0].shape(), name=f"p0_max{j}") for j in range(len(group))]
+        flags = [Signal(name=f"p0_in{j}") for j in range(len(group))]
+        ins = (v, x, cnt, first, last, t, beats)
+        names = ("v", "x", "cnt", "first", "last", "t", "beats")
+        out = [Signal.like(sig, name=f"p0_{name}") for sig, name in zip(ins, names, strict=True)]
+        m.d.sync += [o.eq(sig) for o, sig in zip(out, ins, strict=True)]
+        m.d.sync += [r.eq(g) for r, (g, _) in zip(regs, group, strict=True)]
+        m.d.sync += [f.eq(g_in) for f, (_, g_in) in zip(flags, group, strict=True)]
+        return (*out, regs, flags)
 
     def elaborate(self, platform):
         return elaborate_parts(self._input_side, self._pass1, self._pass2)
@@ -233,7 +304,18 @@ class E2Softmax(CheckedComponent):
         a_beats = Signal.like(beats_in)
         a_ceil = [Signal(signed(mb), name=f"a_ceil{lane}") for lane in range(lanes)]
         ceil = [-((-self.i.payload.data[lane]) >> t_cur) for lane in range(lanes)]
+        wide = lanes > WIDE_LANES
+        # (wide: each lane's "within count" registered beside its ceiling instead of the
+        # select, which sat behind the count compare: 7.0 levels at 64 lanes; the max tree
+        # takes the flags, _wide_max_stage)
+        a_in = [Signal(name=f"a_in{lane}") for lane in range(lanes)] if wide else []
         for lane in range(lanes):
+            if wide:
+                m.d.sync += [
+                    a_ceil[lane].eq(ceil[lane]),
+                    a_in[lane].eq(self.i.payload.count > lane),
+                ]
+                continue
             v = Mux(self.i.payload.count > lane, ceil[lane], ceil[0]) if lane else ceil[0]
             m.d.sync += a_ceil[lane].eq(v)
         m.d.sync += [
@@ -253,9 +335,18 @@ class E2Softmax(CheckedComponent):
             pairs = [group[j : j + 2] for j in range(0, len(group), 2)]
             return [Mux(p[1] > p[0], p[1], p[0]) if len(p) == 2 else p[0] for p in pairs]
 
-        group = list(a_ceil)
-        while len(group) > 4:
-            group = max_level(group)
+        if wide:
+            a_v, a_x, a_cnt, a_first, a_last, a_t, a_beats, a_ceil, a_in = self._wide_max_stage(
+                m, a_v, a_x, a_cnt, a_first, a_last, a_t, a_beats, a_ceil, a_in
+            )
+            group = _masked_max(list(zip(a_ceil, a_in, strict=True)), 4)
+            p_in = [Signal(name=f"p_in{j}") for j in range(len(group))]
+            m.d.sync += [p.eq(g_in) for p, (_, g_in) in zip(p_in, group, strict=True)]
+            group = [g for g, _ in group]
+        else:
+            group = list(a_ceil)
+            while len(group) > 4:
+                group = max_level(group)
         p_group = [Signal(signed(mb), name=f"p_max{j}") for j in range(len(group))]
         p_v, p_first, p_last, p_t = Signal(), Signal(), Signal(), Signal(4)
         p_x = Signal.like(a_x)
@@ -271,9 +362,12 @@ class E2Softmax(CheckedComponent):
             p_t.eq(a_t),
             p_beats.eq(a_beats),
         ]
-        group = list(p_group)
-        while len(group) > 1:
-            group = max_level(group)
+        if wide:
+            group = [g for g, _ in _masked_max(list(zip(p_group, p_in, strict=True)), 1)]
+        else:
+            group = list(p_group)
+            while len(group) > 1:
+                group = max_level(group)
         b_v, b_first, b_last, b_t = Signal(), Signal(), Signal(), Signal(4)
         # h - 4x per lane (the m-free part of dq before its shift by T, see _dq_diff)
         diff0 = self._dq_diff(p_x[0], p_t)
@@ -365,7 +459,6 @@ class E2Softmax(CheckedComponent):
         e_sum = Signal(F + 1 + ceil_log2(lanes) + 1)
         e_v, e_first, e_last, e_t = Signal(), Signal(), Signal(), Signal(4)
         e_m = Signal.like(d_m)
-        e_delta = Signal.like(d_delta)
         e_beats = Signal.like(d_beats)
         total, _ = tree_reduce(m, e0_parts, add)
         m.d.sync += [
@@ -375,63 +468,73 @@ class E2Softmax(CheckedComponent):
             e_last.eq(e0_last),
             e_t.eq(e0_t),
             e_m.eq(e0_m),
-            e_delta.eq(e0_delta),
             e_beats.eq(e0_beats),
         ]
 
-        # F: S = (S >> delta) + terms; the row's final S goes on to the descriptor stages.
-        s_acc = Signal(sb)
-        s_next = (s_acc >> e_delta) + e_sum  # (e_delta is sb on a row's first beat: 0 + terms)
+        # F: S = (S >> delta) + terms, held as R with S = R >> p, p in 0..7 (``_s_step``): the
+        # loop is a 4:1 mux, the adder's LUT and its carry chain. The row's final R and p go on
+        # to the descriptor stages.
+        rb = sb + self.S_STEP - 1
+        r_acc = Signal(rb)
+        r_next = self._s_step(m, r_acc, e_sum, e0_v, e0_delta, rb)
         f_v = Signal()
-        f_s = Signal(sb)
+        f_r = Signal(rb)
+        f_p = Signal(range(self.S_STEP))
         f_m = Signal.like(e_m)
         f_t = Signal(4)
         f_beats = Signal.like(e_beats)
         with m.If(e_v):
-            m.d.sync += s_acc.eq(s_next)
+            m.d.sync += r_acc.eq(r_next.value)
+        self.row_sum = SimpleNamespace(valid=f_v, r=f_r, p=f_p)
         m.d.sync += [
             f_v.eq(e_v & e_last),
-            f_s.eq(s_next),
+            f_r.eq(r_next.value),
+            f_p.eq(r_next.p),
             f_m.eq(e_m),
             f_t.eq(e_t),
             f_beats.eq(e_beats),
         ]
 
-        # L: leading one of S (registered with S and its shift, so the shifter below starts
-        # at flip-flops: one stage held 12 LUT levels).
+        # L: leading one of R, its 8-bit slices' (any bit set, local leading one) registered
+        # (leading_one_registered). G: the slice ci holding R's leading one, the 16 bits of
+        # slices ci-1 and ci, and in them the E2_FRAC bits below the leading one (8 + loc):
+        # the mantissa S >> (L - E2_FRAC) of the reference (S >= 2**(F-1), so L >= 7). S = R
+        # >> p and S >= 2**(F-1), so S's leading one is R's minus p, and the mantissa bits are
+        # the same in R and S. (A whole detector in L held 7.0 levels, and the shift by
+        # L - E2_FRAC behind it needed a second detector and a stage of its own.)
+        step = 8
         l_v = Signal()
-        l_s = Signal(sb)
-        l_lead = Signal(range(sb))
-        l_shift = Signal(range(sb))
+        l_s = Signal(rb)
+        l_p = Signal.like(f_p)
         l_m = Signal.like(f_m)
         l_t = Signal(4)
         l_beats = Signal.like(f_beats)
-        lead = leading_one(f_s)
+        lead = leading_one_registered(m, f_r, chunk=step, name="l_lod")
         m.d.sync += [
             l_v.eq(f_v),
-            l_s.eq(f_s),
-            l_lead.eq(lead),
-            # S >> max(L - E2_FRAC, 0): the reference's mantissa (S >= 2**(F-1), so L >= 7).
-            # max(L - E2_FRAC, 0) is the leading one of S >> E2_FRAC (0 when that is 0): a
-            # second detector beside the first, not a subtraction behind it (7 levels)
-            l_shift.eq(leading_one(f_s[E2_FRAC:])),
+            l_s.eq(f_r),
+            l_p.eq(f_p),
             l_m.eq(f_m),
             l_t.eq(f_t),
             l_beats.eq(f_beats),
         ]
 
-        # G: the E2_FRAC mantissa bits below the leading one.
+        # G: the mantissa and S's leading one.
         g_v = Signal()
         g_lead = Signal(range(sb))
         g_mant = Signal(E2_FRAC)
         g_m = Signal.like(f_m)
         g_t = Signal(4)
         g_beats = Signal.like(f_beats)
-        norm = l_s >> l_shift
+        slices = -(-rb // step)
+        padded = Cat(Const(0, step), l_s, Const(0, slices * step - rb))
+        windows = Array(padded[j * step : (j + 2) * step] for j in range(slices))
+        loc, ci = lead[: ceil_log2(step)], lead[ceil_log2(step) :]
+        window = windows[ci]
         m.d.sync += [
             g_v.eq(l_v),
-            g_lead.eq(l_lead),
-            g_mant.eq(norm[:E2_FRAC]),
+            g_lead.eq(lead - l_p),
+            g_mant.eq((window[step - E2_FRAC :] >> loc)[:E2_FRAC]),
             g_m.eq(l_m),
             g_t.eq(l_t),
             g_beats.eq(l_beats),
@@ -587,14 +690,16 @@ class E2Softmax(CheckedComponent):
             Signal(len(sum_), name=f"r4_vh{lane}"),
             Signal(4, name=f"r4_w{lane}"),
             Signal(name=f"r4_zero{lane}"),
+            Signal(name=f"r4_sat{lane}"),
         )
-        return regs, (sum_, w, whole > 9)
+        # (v + half) >> w > 255 only for e = 0: w = 0 and v = EXP2_FRAC32[0] = 256 (every other
+        # entry is below 256, and w >= 1 halves it), so the clamp is a flag, not a compare
+        return regs, (sum_, w, whole > 9, e == 0)
 
     def _output(self, parts):
         """The output's second stage: log2 code, or uint8 probability
         ``min(255, (v + half) >> w)``, 0 past 9 whole units."""
         if self.output == "log2":
             return parts[0]
-        vh, w, zero = parts
-        prob = vh >> w
-        return Mux(zero, 0, Mux(prob > 255, 255, prob))
+        vh, w, zero, sat = parts
+        return Mux(zero, 0, Mux(sat, 255, (vh >> w)[:8]))

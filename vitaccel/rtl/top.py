@@ -608,19 +608,28 @@ class Accelerator(CheckedComponent):
         word), RESADD multipliers (4 channels a word, straight into the parameter banks)."""
         gelu, ln, resadd, op_is = n.gelu, n.ln, n.resadd, n.op_is
         n.sub = sub = Signal(4)  # entry within the word
+        # "the entry on src is its word's last" (the loaders' ready), a register: decoded
+        # from the opcode flags and `sub` behind the word reader's output it was a 7-level
+        # path into the reader's skid buffer. PARAMS (sub is 0, no word comes) sets it for
+        # the first word; each entry taken sets it for the next one.
+        word_last = Signal()
+        gelu_table = op_is.gelu | n.dec.mm_gelu
+        with m.If(n.in_params):
+            m.d.sync += word_last.eq(~gelu_table & ~op_is.layernorm)
         word_take = Signal()
         word_data = src.payload.data.as_value()
         taken = n.param_taken
+        # (src.valid only in PARAMS_WAIT: the word route selects the loaders there alone)
+        m.d.comb += [src.ready.eq(word_last), word_take.eq(src.valid & word_last)]
         with m.If(n.in_state["PARAMS_WAIT"]):
-            with m.If(op_is.gelu | n.dec.mm_gelu):  # 16 table entries a word
+            with m.If(gelu_table):  # 16 table entries a word
                 m.d.comb += [
                     gelu.table_addr.eq(Cat(sub, taken[:4])),
                     gelu.table_data.eq(word_data.word_select(sub, 8)),
                     gelu.table_we.eq(src.valid),
-                    word_take.eq(src.valid & (sub == 15)),
                 ]
                 with m.If(src.valid):
-                    m.d.sync += sub.eq(sub + 1)
+                    m.d.sync += [sub.eq(sub + 1), word_last.eq(sub == 14)]
             with m.Elif(op_is.layernorm):  # 2 channels a word, 8 bytes each
                 entry = word_data.word_select(sub[0], 64)
                 chan = Cat(sub[0], taken)
@@ -630,18 +639,15 @@ class Accelerator(CheckedComponent):
                     ln.const_gain.eq(entry[16:32]),
                     ln.const_bias.eq(entry[32:64]),
                     ln.const_we.eq(src.valid & (chan < n.instr.layernorm.cols)),
-                    word_take.eq(src.valid & (sub[0] == 1)),
                 ]
                 with m.If(src.valid):
-                    m.d.sync += sub.eq(Mux(sub[0], 0, 1))
+                    m.d.sync += [sub.eq(Mux(sub[0], 0, 1)), word_last.eq(~sub[0])]
             with m.Else():  # RESADD
                 m.d.comb += [
                     resadd.param_addr.eq(taken),
                     resadd.param_data.eq(word_data),
                     resadd.param_we.eq(src.valid),
-                    word_take.eq(src.valid),
                 ]
-            m.d.comb += src.ready.eq(word_take)
             with m.If(word_take):
                 m.d.sync += taken.eq(taken + 1)
         # the fused GELU table is written with the GELU unit's (both hold the last table)

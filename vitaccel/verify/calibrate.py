@@ -75,7 +75,11 @@ TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit", 1),)
 TOP_DEPTH = ((1, 2, 16, 8, 16, 64, "digits-vit", 1, 64),)
 # One more weight port: its DMAReader alone, and an engine with two W loaders against one.
 PORT_ENGINE = (1, 2, 4, 4, 0.0, "int4", 256, 32)
-UNIT_LANES = {"softmax": (1, 2, 4, 8, 16), "layernorm": (1, 2, 4, 8, 16), "gelu": (1, 4, 8, 16)}
+UNIT_LANES = {
+    "softmax": (1, 2, 4, 8, 16, 32, 64),
+    "layernorm": (1, 2, 4, 8, 16, 32, 64),
+    "gelu": (1, 4, 8, 16, 32, 64),
+}
 UNIT_VALIDATE = {"softmax": (12,), "layernorm": (12,), "gelu": (2,)}
 
 

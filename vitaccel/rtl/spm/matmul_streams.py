@@ -1002,7 +1002,7 @@ class ResidualRuns(CheckedComponent):
         # runs come in through a skid buffer (with their channel): the SPM arbiter's grant,
         # which takes them, must not reach back into the output writer's logic
         tagged = data.StructLayout({"run": run_layout(), "chan": unsigned(16)})
-        m.submodules.inb = inb = SkidBuffer(tagged)
+        m.submodules.inb = inb = SkidBuffer(tagged, valid_next=True)
         m.d.comb += [
             inb.i.valid.eq(self.i.valid),
             inb.i.payload.run.eq(self.i.payload),
@@ -1010,16 +1010,19 @@ class ResidualRuns(CheckedComponent):
             self.i.ready.eq(inb.i.ready),
         ]
         inflight = Signal(range(D + 1))  # granted reads whose pair has not been formed
-        room = Signal(init=1)  # inflight < D, from the next value (as RowReader's credits)
         formed = Signal()
+        # the request ("a run waits and inflight < D") is one register, set from the next
+        # values of the skid's valid and of the credit compare (as RowReader's request):
+        # as the AND of the two registers it headed a 7-level path through the arbiter
+        req = Signal()
         m.d.comb += [
-            self.mem.req.eq(inb.o.valid & room),
+            self.mem.req.eq(req),
             self.mem.addr.eq(inb.o.payload.run.addr + self.delta),
             inb.o.ready.eq(self.mem.grant),
         ]
         m.d.sync += [
             inflight.eq(inflight + self.mem.grant - formed),
-            room.eq(_room_next(inflight, self.mem.grant, formed, D)),
+            req.eq(inb.valid_next & _room_next(inflight, self.mem.grant, formed, D)),
         ]
         head_in = Signal(head_layout)
         run = inb.o.payload.run
