@@ -67,6 +67,7 @@ from vitaccel.dse.cost import (
     port_bytes_per_cycle,
     spm_w_builders,
     spm_w_word_cycles,
+    spm_x_stretch,
     stream_bound,
     top_matmul_extra,
     weight_word_cycles,
@@ -181,11 +182,13 @@ class Candidate:
 # ---------------------------------------------------------------------------------------
 
 
-def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1):
+def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1,
+           x_stretch=None):  # fmt: skip
     """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
-    bounds its steps (:func:`cost.stream_bound`)."""
+    bounds its steps (:func:`cost.stream_bound`); ``x_stretch``: :func:`cost.spm_x_stretch`."""
     ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
-                      w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat)  # fmt: skip
+                      w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
+                      x_stretch=x_stretch)  # fmt: skip
     return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
 
 
@@ -450,16 +453,21 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
             ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat)
-            wc = word_cycles
+            wc, stretch = word_cycles, None
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, spm_wc, keep, x_beat)
+            # X shares the read port with the W builders (as cost.instr_cycles prices it)
+            stretch = spm_x_stretch(tokens, k, n, ns, g, c, v, x_beat, spm_builders,
+                                    heads=heads, nheads=max(1, nheads),
+                                    ) if spm_builders > 1 else None  # fmt: skip
+            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, spm_wc, keep, x_beat,
+                             stretch)  # fmt: skip
             b, wc = "compute", spm_wc  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
                           w_spm=op != "matmul", banks=x_beat, head_step=hstep,
-                          runs=fused == "residual")  # fmt: skip
+                          runs=fused == "residual", x_stretch=stretch)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
