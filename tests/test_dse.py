@@ -89,6 +89,7 @@ def test_job_steps_equal_the_column_plan():
     on where the W4 rows are: at least the column counts' bound, within 10 % above it)."""
     import numpy as np
 
+    from vitaccel.dse.cost import window_steps
     from vitaccel.engine_host import EngineParams, plan_columns, seeded_w4_rows
 
     rng = random.Random(3)
@@ -103,6 +104,8 @@ def test_job_steps_equal_the_column_plan():
             k = np.zeros(n, dtype=np.int64) if heads else kind
             n8 = n if heads else n - n4
             got = job_nsteps(n, n8, p.groups, p.cols, p.cols_w8, heads=heads)
+            if not heads:  # the explorer's scan of W4 row counts: the windows alone
+                assert window_steps(n, n8, p.groups, p.cols, p.cols_w8) == got
             if n8 in (0, n) or not p.cols_w4:
                 assert got == plan_columns(k, p, heads=heads).nsteps
             else:
@@ -899,3 +902,67 @@ def test_report_design_says_a_design_spills(capsys, tmp_path):
     assert main(["report", "design", str(save_design(fits, tmp_path / "fits.json"))]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"scratchpad: {fits.spm_kib} KiB, standard layout" in text
+
+
+def test_w4_ratios_beyond_the_column_share_even_out_the_windows():
+    """A layer's W4 rows at their seeded places leave some windows short of W4 rows, so at
+    the W4 columns' share the plan takes more steps than the fewest (DeiT-Base FC1 on
+    1 x (16 W8 + 6 W4) columns: 832 W4 rows of 3072 fill 140 steps of 22 only if every
+    window holds 6); more W4 rows than W4 columns, the rest on the W8 columns' free slots
+    (``plan_columns``' spill), take those steps off. The explorer prices such ratios too,
+    each one a step lower than the last, and grants them within the budget."""
+    from vitaccel.dse.cost import job_nsteps
+    from vitaccel.dse.search import _w4_ratio_options, search
+
+    g, c, c8, n = 1, 22, 16, 3072
+
+    def steps(ratio):
+        return job_nsteps(n, n - int(round(ratio * n)), g, c, c8, heads=False)
+
+    ns0, ns_min = steps(0.0), steps(1.0)
+    assert (ns0, ns_min) == (192, 140)
+    ratios = _w4_ratio_options(n, ns0, ns_min, g, c, c8)
+    share = round((n - ns_min * g * c8) / n, 6)  # 832 rows: 6 of every 22
+    assert ratios[0] == 0.0 and ratios == tuple(sorted(ratios)) and share in ratios
+    above = [r for r in ratios if r > share]
+    assert above and steps(share) > ns_min, (ratios, steps(share))
+    counts = [steps(r) for r in [share, *above]]
+    assert all(b < a for a, b in zip(counts, counts[1:], strict=False)), counts
+    assert counts[-1] < counts[0]
+    # the explorer grants such ratios (within the budget) to arrays of the pool
+    result = search("deit-tiny", "zcu102")
+    over = [
+        cand
+        for cand in result["pool"]
+        if cand.w4_share and any(r > cand.w4_share + 1e-6 for r in cand.ratios.values())
+    ]
+    assert over
+    assert all(cand.error <= result["max_drop"] + 1e-9 for cand in over)
+
+
+def test_explore_pauses_the_cyclic_gc_and_restores_it(monkeypatch):
+    """The explorer runs with the cyclic collector paused (its ~10^5 candidates hold no
+    cycles; the collector walked them repeatedly, ~10 % of a cold query's CPU) and gives it
+    back as it found it, also when the query raises."""
+    import gc
+
+    from vitaccel.dse import search as search_mod
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(gc.isenabled())
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(search_mod, "search", stop)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="stop"):
+        search_mod.explore("deit-tiny", "zcu102", 100)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        with search_mod._no_cyclic_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller's paused collector stays paused
+    finally:
+        gc.enable()

@@ -164,12 +164,14 @@ def test_word_writer_end_is_the_word_by_word_queue():
         heads, wc = rng.random() < 0.5, rng.choice((1.0, 0.5, 1.5))
         shape = (t, k, g, r, c, v, c // 2)
         work = tuple(rng.choice((1, 1, 2, 3, 4)) for _ in range(nsteps))
-        job = dict(heads=heads, w_word_cycles=wc, x_keep=True, x_beat=rng.choice((1, 4)))
-        end0, w_load, pad, span, release, _ = _job(*shape[:2], *shape[2:], heads, wc, True,
-                                                   job["x_beat"])  # fmt: skip
+        job = dict(heads=heads, w_word_cycles=wc, x_keep=True, x_beat=rng.choice((1, 4)),
+                   w_lag=rng.choice((0, 2)))  # fmt: skip
+        end0, w_load, loaded0, pad, span, release, _ = _job(
+            *shape, heads, wc, True, job["x_beat"], job["w_lag"]
+        )
         ks, out = -(-k // v), latencies(r, c // 2, v)["first_out"]
-        start0 = first_issue(0, w_load, ks, t, g, r, heads=heads, x_beat=job["x_beat"])
-        done, steps = -1e9, _steps(end0, w_load, pad, span, release)
+        start0 = first_issue(0, loaded0, ks, t, g, r, heads=heads, x_beat=job["x_beat"])
+        done, steps = -1e9, _steps(end0, w_load, loaded0, pad, span, release)
         for s in range(nsteps):
             end = next(steps)[0]
             start = start0 if s == 0 else end - span

@@ -87,11 +87,23 @@ def test_nonlinear_lanes_beyond_the_datapath_are_rejected_in_one_line(field):
     assert getattr(wide.nonlinear, field) == 64
 
 
+def _run_bench(dut, ram, bench) -> None:
+    """Run ``bench`` on the top in Amaranth's simulator beside the DDR model ``ram`` (the
+    file's one top bench setup); the DDR model must have seen no protocol error."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(ram.run, background=True)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not ram.errors, ram.errors[:3]
+
+
 def _simulate(
-    image: bytes, base: int, *, cycles: int = 5000, design: Design = SMALL, stall: float = 0.2
-):
+    image: bytes, base: int, *, cycles: int = 5000, design: Design = SMALL, stall: float = 0.2,
+    latency=(1, 6),
+):  # fmt: skip
     dut = Accelerator(design)
-    ram = AxiRamModel(dut.m_axi, 1 << 16, stall=stall, seed=3)
+    ram = AxiRamModel(dut.m_axi, 1 << 16, stall=stall, seed=3, latency=latency)
     ram.mem[base : base + len(image)] = image
     host = AxiLiteHost(dut.s_axil)
     out = {}
@@ -111,12 +123,7 @@ def _simulate(
         await host.write(ctx, Reg.CTRL, isa.CTRL_IRQ_CLEAR | CTRL_IRQ_ENABLE)
         out["irq_after_clear"] = ctx.get(dut.irq)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(ram.run, background=True)
-    sim.add_testbench(bench)
-    sim.run()
-    assert not ram.errors, ram.errors[:3]
+    _run_bench(dut, ram, bench)
     return ram, out
 
 
@@ -234,12 +241,75 @@ W_SPM_TOP = Design(
 )
 
 
-def _program_cycles(design: Design, prog) -> int:
-    """CYCLES of ``prog`` + END on the top in Amaranth's simulator, no AXI stalls."""
+def _program_cycles(design: Design, prog, latency=(1, 6)) -> int:
+    """CYCLES of ``prog`` + END on the top in Amaranth's simulator, no AXI stalls
+    (``latency``: the DDR's read latency range, :class:`AxiRamModel`)."""
     code = isa.encode_program([*prog, isa.end()])
-    ram, out = _simulate(code, 0x4000, cycles=20_000, design=design, stall=0.0)
+    ram, out = _simulate(code, 0x4000, cycles=20_000, design=design, stall=0.0, latency=latency)
     assert out["status"] == STATUS_DONE, out
     return out["cycles"]
+
+
+def _programs_cycles(design: Design, progs: list, latencies: list[int]) -> list[list[int]]:
+    """CYCLES of each of ``progs`` (+ END) at each DDR read latency (a fixed one each), run
+    one after another on one simulation of the top (no AXI stalls): ``[latency][program]``."""
+    dut = Accelerator(design)
+    ram = AxiRamModel(dut.m_axi, 1 << 16, seed=3)
+    data_base, prog_base = 0x4000, 0x8000
+    for i, prog in enumerate(progs):
+        code = isa.encode_program([*prog, isa.end()])
+        assert len(code) <= 0x100
+        ram.mem[prog_base + 0x100 * i : prog_base + 0x100 * i + len(code)] = code
+    host = AxiLiteHost(dut.s_axil)
+    out = []
+
+    async def bench(ctx):
+        await host.write(ctx, Reg.DATA_BASE_LO, data_base)
+        for lat in latencies:
+            ram.latency = (lat, lat)
+            out.append([])
+            for i in range(len(progs)):
+                await host.write(ctx, Reg.PROG_ADDR_LO, prog_base + 0x100 * i)
+                await host.write(ctx, Reg.CTRL, CTRL_START | CTRL_IRQ_ENABLE)
+                await ctx.tick().until(dut.irq)
+                assert await host.read(ctx, Reg.STATUS) == STATUS_DONE
+                out[-1].append(await host.read(ctx, Reg.CYCLES_LO))
+                await host.write(ctx, Reg.CTRL, isa.CTRL_IRQ_CLEAR | CTRL_IRQ_ENABLE)
+
+    _run_bench(dut, ram, bench)
+    assert len(out) == len(latencies) and len(out[-1]) == len(progs), out
+    return out
+
+
+def test_ddr_w_jobs_take_the_modelled_cycles_and_the_ddrs_latency():
+    """MATMULs with W from DDR whose step 0 W bounds: on a 32-byte datapath (2 k-steps an X
+    beat) this job's X tiles are in before its W, and an X_KEEP job has no X load. At the
+    DDR read latency of the cycle model's measurements (cocotbext-axi's AxiRam in Verilator,
+    which ``AxiRamModel`` at latency 2 reproduces: ``validate.micro_cycles``' cycles are
+    equal) each job's cycles (the END-only program subtracted) are exactly
+    ``cost.instr_cycles`` + the per-instruction overhead: the W stream's start
+    ``LATENCIES["w_ddr_lag"]`` after X's is priced. A DDR 2 cycles slower makes each of them
+    2 cycles longer: that lag is the DDR's latency, not a constant of the engine."""
+    from vitaccel.boards import get_budget
+    from vitaccel.dse.cost import LATENCIES, geometry, instr_cycles, port_bytes_per_cycle
+
+    design = SMALL.model_copy(
+        update={"array": ArrayConfig(groups=1, rows=4, cols=4, vector=16), "spm_kib": 4,
+                "datapath_bytes": 32}
+    )  # fmt: skip
+    geom, budget = geometry(design), get_budget(design.board)
+    port = port_bytes_per_cycle(design.clock_mhz, budget)
+    job = dict(x=0, x_stride=4, tokens=9, k=64, n=16, y=64, y_stride=1, w_ddr=0x1000)
+    progs = {"END only": [], "MATMUL": [isa.matmul(**job)],
+             "MATMUL, X_KEEP": [isa.matmul(**job), isa.matmul(**job, x_keep=True)]}  # fmt: skip
+    at2, at4 = _programs_cycles(design, list(progs.values()), [2, 4])
+    for i, (name, prog) in enumerate(progs.items()):
+        model = sum(instr_cycles(ins, design, geom, port, budget)[0] + LATENCIES["instr"]
+                    for ins in prog)  # fmt: skip
+        rtl = at2[i] - at2[0]
+        print(f"{name}: RTL {rtl} cycles (DDR latency 2; 4: {at4[i] - at4[0]}), model {model}")
+        assert rtl == model, (name, rtl, model)
+        assert at4[i] - at4[0] == rtl + 2 * len(prog), (name, at4[i] - at4[0], rtl)
 
 
 @pytest.mark.slow

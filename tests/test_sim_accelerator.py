@@ -380,6 +380,34 @@ def test_mixed_digits_200_images():
     _assert_all_equal(results, prog.want)
 
 
+def test_mixed_digits_w4_rows_beyond_the_w4_columns_bit_exact():
+    """More int4 rows than W4 columns (the explorer's ratios above the column share): 75 %
+    int4 rows on 4 W8 + 4 W4 columns, so every step's int4 rows past its W4 slots run on
+    its free W8 columns (``plan_columns``). 3 images bit-exact with random AXI pauses, on
+    the mixed tests' shared build (the ratio does not change the RTL)."""
+    from vitaccel.dse.cost import job_nsteps
+    from vitaccel.flow.model_sim import design_program
+
+    shared = _mixed_design("int4")
+    design = design_for_scheme(default_design("digits-vit", "zcu102").model_copy(
+        update={"weight_ports": 2}), "mixed", 0.75, "int4")  # fmt: skip
+    # the same hardware: only the ratio the compiler and golden model read differs
+    assert design.default_w4_ratio == 0.75
+    assert design.model_copy(update={"default_w4_ratio": 0.5}) == shared
+    prog = design_program(design, images=3)
+    a = design.array
+    spilled = 0
+    for layer in prog.golden.linear_layers().values():
+        n4 = int(layer.weight.kind.astype(bool).sum())
+        if not n4:
+            continue
+        n = layer.weight.kind.shape[0]
+        steps = job_nsteps(n, n - n4, a.groups, a.cols, a.cols_w8, heads=False)
+        spilled += max(0, n4 - steps * a.groups * a.cols_w4)
+    assert spilled > 0  # int4 rows on W8 columns
+    _assert_all_equal(_native(shared, prog.compiled, prog.patches, pause=0.2, seed=15), prog.want)
+
+
 @pytest.mark.slow
 def test_mixed_digits_pot4_bit_exact():
     """Power-of-two W4 lanes: digits-vit on ``build --scheme mixed --w4-kind pot4``'s design,

@@ -260,6 +260,25 @@ class ColumnPlan:
         return int(self.channel.shape[0])
 
 
+def column_windows(eligible: np.ndarray, per_step: int, per_step8: int) -> list[int]:
+    """The bounds ``[0, hi_0, hi_1, ..., n]`` of :func:`plan_columns`' windows for rows whose
+    W4 eligibility is ``eligible``: each the longest from the previous bound with at most
+    ``per_step`` rows, at most ``per_step8`` of them not eligible (the steps' count is
+    ``len - 1``)."""
+    n = eligible.shape[-1]
+    # w8_before[i]: rows below i that need a W8 column; a window [lo, hi) fits a step when
+    # hi - lo <= G*C and w8_before[hi] - w8_before[lo] <= G*C8.
+    w8_before = np.concatenate([[0], np.cumsum(~eligible)])
+    # the window from lo stops before the (w8_before[lo] + G*C8)-th W8 row (pos8 of it)
+    before = w8_before.tolist()
+    pos8 = np.flatnonzero(~eligible).tolist() + [n] * (per_step8 + 1)
+    bounds = [0]
+    while bounds[-1] < n:
+        lo = bounds[-1]
+        bounds.append(min(lo + per_step, n, pos8[before[lo] + per_step8]))
+    return bounds
+
+
 def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
     """Assign weight rows to columns: each output step computes a contiguous window of
     channels, its W4-eligible rows on W4 columns, the rest on W8 columns.
@@ -287,15 +306,8 @@ def plan_columns(kind, params: EngineParams, heads: bool = False) -> ColumnPlan:
             f"{rows8.size} weight rows are not {params.w4_kind} and the array has no W8 columns"
         )
     per_step, per_step8, per_step4 = G * params.cols, G * c8, G * c4
-    # w8_before[i]: rows below i that need a W8 column; a window [lo, hi) fits a step when
-    # hi - lo <= G*C and w8_before[hi] - w8_before[lo] <= G*C8.
+    bounds = column_windows(eligible, per_step, per_step8)
     w8_before = np.concatenate([[0], np.cumsum(~eligible)])
-    # the window from lo stops before the (w8_before[lo] + G*C8)-th W8 row (pos8 of it)
-    before, pos8 = w8_before.tolist(), rows8.tolist() + [n] * (per_step8 + 1)
-    bounds = [0]
-    while bounds[-1] < n:
-        lo = bounds[-1]
-        bounds.append(min(lo + per_step, n, pos8[before[lo] + per_step8]))
     nsteps = max(len(bounds) - 1, 1)
     # every row's step, and its rank among its step's W8 rows or its eligible rows
     rows = np.arange(n)

@@ -262,7 +262,7 @@ def first_step_of_tiles(x_load: float, w_load: float, ks: int, pad: int, tokens:
 
 @lru_cache(maxsize=65536)  # the explorer asks for the same jobs on many arrays
 def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
-         x_stretch=None):  # fmt: skip
+         w_lag=0, x_stretch=None):  # fmt: skip
     """The constants of one job's recursion (see :func:`matmul_cycles`)."""
     ks = -(-k // vector)
     tiles = -(-tokens // rows)
@@ -277,14 +277,15 @@ def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_k
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     span = (tiles - 1) * period + ks - 1
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
-    end0 = first_step_of_tiles(x_load, w_load, ks, pad, tokens, groups, rows, heads=heads,
+    loaded0 = w_lag + w_load  # Lend_0: W's first step in
+    end0 = first_step_of_tiles(x_load, loaded0, ks, pad, tokens, groups, rows, heads=heads,
                                x_beat=x_beat, x_stretch=x_stretch)[1]  # fmt: skip
-    return end0, w_load, pad, span, lat["release"], tail
+    return end0, w_load, loaded0, pad, span, lat["release"], tail
 
 
-def _steps(end0, w_load, pad, span, release):
+def _steps(end0, w_load, loaded0, pad, span, release):
     """The recursion of :func:`matmul_cycles`: yields ``(E_s, Lend_s)`` for s = 0, 1, ..."""
-    loaded = w_load
+    loaded = loaded0
     ends = [end0]
     yield ends[0], loaded
     s = 1
@@ -311,15 +312,18 @@ def matmul_cycles(
     w_word_cycles: float = 1.0,
     x_keep: bool = False,
     x_beat: int = 1,
+    w_lag: int = 0,
     x_stretch: tuple[tuple[float, float], ...] | None = None,
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
     Exact for the RTL. Edges are counted from the command handshake; the X and W streams
     deliver one word per cycle from edge 1 (``w_word_cycles`` > 1 stretches every W load, as
-    when the DDR port delivers less than one stream word per cycle):
+    when the DDR port delivers less than one stream word per cycle), the W stream from edge
+    ``1 + w_lag`` (in the accelerator a DDR W stream's first word reaches the engine
+    ``dse.cost.LATENCIES["w_ddr_lag"]`` cycles after the X stream's first beat):
 
-    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = WL``, ``Lend_1 = 2 WL``,
+    * W step s is loaded at edge ``Lend_s``: ``Lend_0 = w_lag + WL``, ``Lend_1 = Lend_0 + WL``,
       ``Lend_s = max(Lend_{s-1}, E_{s-2} + release) + WL`` (a half is reloaded once the
       step that used it two steps earlier has drained),
     * step s >= 1 issues its first k-step at ``S_s = max(E_{s-1} + pad + 1, Lend_s + 1)``
@@ -335,11 +339,11 @@ def matmul_cycles(
     shares the scratchpad's read port with W builders); every X edge above is taken
     through it.
     """
-    end0, w_load, pad, span, release, tail = _job(
+    end0, w_load, loaded0, pad, span, release, tail = _job(
         tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
-        x_stretch,
+        w_lag, x_stretch,
     )  # fmt: skip
-    for s, (end, _) in enumerate(_steps(end0, w_load, pad, span, release)):
+    for s, (end, _) in enumerate(_steps(end0, w_load, loaded0, pad, span, release)):
         if s == nsteps - 1:
             return int(math.ceil(end + tail))
     raise AssertionError("unreachable")  # pragma: no cover - _steps never ends
@@ -357,15 +361,15 @@ class StepCycles:
     __slots__ = ("ends", "periodic", "tail", "n")
 
     def __init__(self, tokens, k, nsteps, groups, rows, cols, vector, units, *,
-                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1,
+                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1, w_lag=0,
                  x_stretch=None):  # fmt: skip
-        end0, w_load, pad, span, release, self.tail = _job(
+        end0, w_load, loaded0, pad, span, release, self.tail = _job(
             tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
-            x_stretch,
+            w_lag, x_stretch,
         )  # fmt: skip
         self.n, self.ends, self.periodic = nsteps, [], None
         ends, seen = self.ends, {}
-        for s, (end, loaded) in enumerate(_steps(end0, w_load, pad, span, release)):
+        for s, (end, loaded) in enumerate(_steps(end0, w_load, loaded0, pad, span, release)):
             if s >= nsteps:
                 break
             ends.append(end)
@@ -558,6 +562,7 @@ def word_writer_steps(n: int, groups: int, cols: int, banks: int, *, heads: bool
 def word_writer_end(tokens: int, k: int, groups: int, rows: int, cols: int, vector: int,
                     units: int, work: tuple[int, ...], *, heads: bool = False,
                     w_word_cycles: float = 1.0, x_keep: bool = False, x_beat: int = 1,
+                    w_lag: int = 0,
                     x_stretch: tuple[tuple[float, float], ...] | None = None) -> float:  # fmt: skip
     """Edge of the word path's last write when the engine's steps (:func:`matmul_cycles`'
     recursion) hand it their words as they come: ``work[s]`` cycles per word of step s
@@ -571,9 +576,9 @@ def word_writer_end(tokens: int, k: int, groups: int, rows: int, cols: int, vect
     finishes that much after the engine: the tail :func:`matmul_cycles` does not count."""
     if x_keep:
         x_stretch = None
-    end0, w_load, pad, span, release, _ = _job(
+    end0, w_load, loaded0, pad, span, release, _ = _job(
         tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
-        x_stretch,
+        w_lag, x_stretch,
     )  # fmt: skip
     ks = -(-k // vector)
     out = latencies(rows, units, vector)["first_out"]
@@ -581,10 +586,10 @@ def word_writer_end(tokens: int, k: int, groups: int, rows: int, cols: int, vect
     x_load = x_edge(
         x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat), x_stretch
     )
-    start0 = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat,
-                         x_stretch=x_stretch)  # fmt: skip
+    start0 = first_issue(x_load, loaded0, ks, tokens, groups, rows, heads=heads,
+                         x_beat=x_beat, x_stretch=x_stretch)  # fmt: skip
     done = -math.inf
-    steps = _steps(end0, w_load, pad, span, release)  # (endless)
+    steps = _steps(end0, w_load, loaded0, pad, span, release)  # (endless)
     for s, w in enumerate(work):
         end = next(steps)[0]
         first = (start0 if s == 0 else end - span) + ks - 1 + out

@@ -9,8 +9,9 @@ model's cycles:
 
 * ``writer``: the output writer's bound above the engine's own schedule
   (:func:`~vitaccel.dse.cost.writer_bound` minus :func:`~vitaccel.dse.cost.matmul_cycles`),
-* ``DDR``: the weight stream slowed by the HP port (the schedule at the port's word rate
-  minus the schedule at one word per cycle), plus every LOAD / STORE instruction,
+* ``DDR``: the weight stream slowed by the HP port and late by the DDR's latency (the
+  schedule at the port's word rate, W starting ``cost.w_lag`` after X, minus the schedule
+  at one word per cycle from the start), plus every LOAD / STORE instruction,
 * ``X load``: what of the X operand's load step 0 does not hide (it streams tile by tile
   behind the load; the schedule minus the same job with ``x_keep``, which skips it),
 * ``MAC``: useful MACs over the array's MACs per cycle (the ideal array time),
@@ -58,11 +59,12 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
         ideal_word = 1.0 / design.weight_ports  # the engine's own rate: ports words a cycle
     shape = (ins.tokens, ins.k, nsteps, g, r, c, v, units)
 
-    def sched(w: float, keep: bool) -> int:
+    def sched(w: float, keep: bool, lag: int = 0) -> int:
         return cost.matmul_cycles(*shape, heads=heads, w_word_cycles=w, x_keep=keep,
-                                  x_beat=x_beat, x_stretch=stretch)  # fmt: skip
+                                  x_beat=x_beat, w_lag=lag, x_stretch=stretch)  # fmt: skip
 
-    full = sched(word, x_keep)
+    lag = cost.w_lag(MatmulFlags.W_SPM in ins.flags)
+    full = sched(word, x_keep, lag)
     no_ddr = sched(ideal_word, x_keep)
     no_x = sched(ideal_word, True)
     wb = cost.writer_bound(
@@ -70,7 +72,7 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
         transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
         x_beat=x_beat, x_stretch=stretch,
         mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8, cols_w8=geom.cols_w8,
-        w_spm=MatmulFlags.W_SPM in ins.flags, **cost.writer_path(ins, design),
+        w_spm=MatmulFlags.W_SPM in ins.flags, w_lag=lag, **cost.writer_path(ins, design),
     )  # fmt: skip
     macs = nh * ins.tokens * ins.k * ins.n
     mac = min(no_x, macs / geom.macs_per_cycle)

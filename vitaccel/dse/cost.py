@@ -68,6 +68,7 @@ __all__ = [
     "first_out_edge",
     "port_bytes_per_cycle",
     "weight_word_cycles",
+    "w_lag",
     "estimate",
 ]
 
@@ -114,7 +115,15 @@ LATENCIES = {
     "matmul_ddr": 6,
     "matmul_spm": 6,
     "matmul_heads": 12,
-    "x_keep": 2,  # an X_KEEP job: the engine's X handshake without X words
+    # A DDR W stream's first word reaches the engine this many cycles after the X stream's
+    # first beat (the engine's W_0 arrives at edge w_ddr_lag + WL, engine_timing.matmul_cycles'
+    # w_lag): from the same ISSUE edge the W path is the DMA's request (3 edges to AR), the
+    # DDR's read latency, the DMA's read stages and the W skid (4), the X path the X
+    # builder's command, scratchpad read and row reader (7); with cocotbext-axi's AxiRam as
+    # the DDR, 2 more for W (a board's DDR adds its latency). It shows whenever W bounds
+    # step 0: an X_KEEP job (no X load), or step 0 streamed behind a short X load (32-byte
+    # datapath: 2 k-steps a beat).
+    "w_ddr_lag": 2,
 }
 
 
@@ -152,12 +161,38 @@ def w4_rows(n: int, ratio: float) -> int:
 @lru_cache(maxsize=16384)
 def _column_plan(n: int, n8: int, groups: int, cols: int, cols_w8: int, heads: bool):
     """``engine_host.plan_columns`` of :func:`seeded_w4_rows` (read-only channel array)."""
-    from vitaccel.engine_host import EngineParams, plan_columns, seeded_w4_rows
+    from vitaccel.engine_host import EngineParams, plan_columns
 
     params = EngineParams(groups=groups, cols=cols, w4_share=(cols - cols_w8) / cols)
-    channel = plan_columns(seeded_w4_rows(n, n8), params, heads=heads).channel
+    kind = _seeded_eligible(n, n8).astype("int64")  # seeded_w4_rows: 1 = int4
+    channel = plan_columns(kind, params, heads=heads).channel
     channel.flags.writeable = False
     return channel
+
+
+@lru_cache(maxsize=4096)
+def _seeded_eligible(n: int, n8: int):
+    """The W4-eligible rows of :func:`seeded_w4_rows` (read-only), kept per (n, n8): every
+    array geometry plans the same rows."""
+    from vitaccel.engine_host import seeded_w4_rows
+
+    eligible = seeded_w4_rows(n, n8).astype(bool)
+    eligible.flags.writeable = False
+    return eligible
+
+
+@lru_cache(maxsize=65536)
+def window_steps(n: int, n8: int, groups: int, cols: int, cols_w8: int) -> int:
+    """:func:`job_nsteps` of a shared-mode job from the windows alone
+    (``engine_host.column_windows`` of the seeded rows, without the channel array that
+    :func:`mapped_writer_cycles` needs): the explorer scans the steps of more W4 row counts
+    than it prices."""
+    from vitaccel.engine_host import column_windows
+
+    if n8 >= n or n8 == 0 or cols_w8 >= cols:
+        return job_nsteps(n, n8, groups, cols, cols_w8, heads=False)
+    bounds = column_windows(_seeded_eligible(n, n8), groups * cols, groups * cols_w8)
+    return max(len(bounds) - 1, 1)
 
 
 def job_nsteps(n: int, n8: int, groups: int, cols: int, cols_w8: int, *, heads: bool) -> int:
@@ -217,16 +252,16 @@ def mapped_writer_cycles(tokens: int, n: int, n8: int, groups: int, cols: int, c
 
 
 def first_out_edge(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep,
-                   x_beat, x_stretch=None) -> float:  # fmt: skip
+                   x_beat, w_lag=0, x_stretch=None) -> float:  # fmt: skip
     """Edge of a job's first output word (:func:`writer_bound`): ``first_out`` after the
-    first tile's last k-step, the first tile issuing once W and its own X are in
-    (``x_stretch``: :func:`spm_x_stretch`)."""
+    first tile's last k-step, the first tile issuing once W (from edge ``1 + w_lag``,
+    :func:`matmul_cycles`) and its own X are in (``x_stretch``: :func:`spm_x_stretch`)."""
     ks = -(-k // vector)
     if x_keep:
         x_stretch = None
     x_load = x_edge(x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep,
                                   x_beat=x_beat), x_stretch)  # fmt: skip
-    w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
+    w_load = w_lag + round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     # the first tile issues once its own X is in (step 0 streams behind the X load)
     start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat,
                         x_stretch=x_stretch)  # fmt: skip
@@ -236,7 +271,8 @@ def first_out_edge(tokens, k, groups, rows, cols, vector, units, heads, w_word_c
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
                  w_word_cycles=1.0, x_keep=False, x_beat=None,
                  mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False, banks=1, head_step=0,
-                 runs=False, y_stride=1, first=None, x_stretch=None) -> float:  # fmt: skip
+                 runs=False, y_stride=1, first=None, w_lag=0,
+                 x_stretch=None) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
@@ -251,12 +287,13 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     mode by ``head_step``, the Y head step); row-major, step by step as the engine's tiles
     put the words out (:func:`word_writer_end`: a writer slower than the tiles, e.g. heads
     whose rows share a bank, ends its last step after the engine). ``first``: :func:`first_out_edge` of these
-    arguments, when the caller has it (the explorer prices a job's every W4 option);
-    ``x_stretch``: the X load sharing the read port with W builders (:func:`spm_x_stretch`)."""
+    arguments, when the caller has it (the explorer prices a job's every W4 option).
+    ``w_lag``: :func:`w_lag` of the job's W source; ``x_stretch``: the X load sharing the
+    read port with W builders (:func:`spm_x_stretch`, W_SPM jobs only)."""
     if first is None:
         first = first_out_edge(tokens, k, groups, rows, cols, vector, units, heads,
                                w_word_cycles, x_keep, x_beat or x_beat_words(vector),
-                               x_stretch)  # fmt: skip
+                               w_lag, x_stretch)  # fmt: skip
     if mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
         return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,
@@ -268,13 +305,19 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
                                      head_step=head_step)  # fmt: skip
             return word_writer_end(tokens, k, groups, rows, cols, vector, units, work,
                                    heads=heads, w_word_cycles=w_word_cycles, x_keep=x_keep,
-                                   x_beat=x_beat or x_beat_words(vector),
+                                   x_beat=x_beat or x_beat_words(vector), w_lag=w_lag,
                                    x_stretch=x_stretch)  # fmt: skip
         return first + word_writer_cycles(tokens, n, groups, cols, banks, heads=heads,
                                           nheads=nheads, head_step=head_step,
                                           transposed=transposed)  # fmt: skip
     cm = cols if heads else groups * cols
     return first + writer_cycles(tokens, n, cm, nheads if heads else 1, transposed)
+
+
+def w_lag(w_spm: bool) -> int:
+    """Cycles a job's W stream starts after its X stream (``matmul_cycles``' ``w_lag``): a
+    DDR stream ``LATENCIES["w_ddr_lag"]``, the scratchpad-built one 0."""
+    return 0 if w_spm else LATENCIES["w_ddr_lag"]
 
 
 def top_matmul_extra(tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool,
@@ -563,18 +606,20 @@ def instr_cycles(
     word_cycles = spm_w_word_cycles(ports, geom.cols_w4) if w_spm else weight_word_cycles(
         a.vector, design.clock_mhz, budget, ports, a.acc_bits
     )  # fmt: skip
+    # a DDR W stream lags X (w_lag); W_SPM's builders share the read port with X instead
     builders = spm_w_builders(ports, geom.cols_w4) if w_spm else 0
     stretch = spm_x_stretch(t, k, n, nsteps, g, c, v, x_beat, builders, heads=heads,
                             nheads=nh) if builders > 1 else None  # fmt: skip
+    lag = w_lag(w_spm)
     cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
                            w_word_cycles=word_cycles, x_keep=x_keep,
-                           x_beat=x_beat, x_stretch=stretch)  # fmt: skip
+                           x_beat=x_beat, w_lag=lag, x_stretch=stretch)  # fmt: skip
     bound = "compute" if w_spm else stream_bound(t, k, g, r, c, v, word_cycles)
     wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
                       transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
                       x_keep=x_keep, x_beat=x_beat,
                       mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8,
-                      cols_w8=geom.cols_w8, w_spm=w_spm, x_stretch=stretch,
+                      cols_w8=geom.cols_w8, w_spm=w_spm, w_lag=lag, x_stretch=stretch,
                       **writer_path(ins, design))  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
@@ -583,7 +628,7 @@ def instr_cycles(
     if w_spm:
         fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
         return cycles + fixed, bound, nh * t * k * n
-    cycles += fused_cycles(fused_of(ins), n) + (LATENCIES["x_keep"] if x_keep else 0)
+    cycles += fused_cycles(fused_of(ins), n)
     return cycles + LATENCIES["matmul_ddr"], bound, t * k * n
 
 

@@ -15,15 +15,19 @@ proxy sensitivity (:mod:`vitaccel.dse.sensitivity`) and the clock by the LUT-dep
   bandwidth) raises the best reachable FPS the most, measured on the same candidate pool.
 
 W4 ratios: for every weight layer the useful ratios are those that cut an output step
-(``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``); they are granted greedily, most cycles
+(``nsteps = max(ceil(N8/(G*C8)), ceil(N/(G*C)))``), and above the W4 columns' share those
+that take off the steps the W4 rows' places cost (:func:`_w4_ratio_options`: the rows past
+a window's W4 slots run on its free W8 columns); they are granted greedily, most cycles
 saved per unit of predicted accuracy cost first, until the budget ``max_drop`` (top-1
 agreement points with W8A8, :func:`vitaccel.dse.sensitivity.cost_curves`) is spent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import json
 import math
@@ -70,7 +74,9 @@ from vitaccel.dse.cost import (
     spm_x_stretch,
     stream_bound,
     top_matmul_extra,
+    w_lag,
     weight_word_cycles,
+    window_steps,
     writer_bound,
 )
 from vitaccel.dse.shapes import spec_of
@@ -182,13 +188,17 @@ class Candidate:
 # ---------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8192)
 def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1,
-           x_stretch=None):  # fmt: skip
+           lag=0, x_stretch=None):  # fmt: skip
     """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
-    bounds its steps (:func:`cost.stream_bound`); ``x_stretch``: :func:`cost.spm_x_stretch`."""
+    bounds its steps (:func:`cost.stream_bound`); kept per job and array (an array's
+    scratchpad-built W jobs are the same at every clock and at every weight-port count
+    with the same W builders; the StepCycles is only read). ``lag``: :func:`cost.w_lag`;
+    ``x_stretch``: :func:`cost.spm_x_stretch`."""
     ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
                       w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
-                      x_stretch=x_stretch)  # fmt: skip
+                      w_lag=lag, x_stretch=x_stretch)  # fmt: skip
     return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
 
 
@@ -363,6 +373,36 @@ PORT_STOP = 0.02
 
 # How far towards the fewest steps a layer's W4 rows may go: fractions of the way.
 _CUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Beyond the column share: W4 rows on the W8 columns' free slots (plan_columns' spill) even
+# out the windows the W4 rows' places leave short, so the seeded plan's extra steps go;
+# ratios up to this far above the share's, on a 1/_OVER_STEPS grid, each one kept only
+# when it takes the largest part a step lower than the last kept ratio.
+_OVER_SHARE = 0.25
+_OVER_STEPS = 16
+
+
+@functools.lru_cache(maxsize=4096)
+def _w4_ratio_options(n: int, ns0: int, ns_min: int, g: int, c: int, c8: int) -> tuple:
+    """A layer's W4 ratios to price (its largest part: ``n`` rows, ``ns0`` steps all-W8,
+    ``ns_min`` with every row W4-eligible): the cuts towards the fewest steps at the
+    share of W4 columns, then ratios above that share that lower the part's steps in
+    ``plan_columns``' windows for rows at seeded places (:func:`cost.window_steps`, the
+    steps :func:`cost.job_nsteps` gives)."""
+    ratios = [round(max(0, n - (ns0 - int(round(cut * (ns0 - ns_min)))) * g * c8) / n, 6)
+              for cut in _CUTS]  # fmt: skip
+    top = ratios[-1]
+    if not 0 < top < 1:
+        return tuple(ratios)
+    steps = window_steps(n, n - int(round(top * n)), g, c, c8)
+    for j in range(1, int(_OVER_SHARE * _OVER_STEPS) + 1):
+        ratio = round(min(1.0, top + j / _OVER_STEPS), 6)
+        if steps <= ns_min:
+            break
+        ns = window_steps(n, n - int(round(ratio * n)), g, c, c8)
+        if ns < steps:
+            ratios.append(ratio)
+            steps = ns
+    return tuple(ratios)
 
 
 def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1,
@@ -370,7 +410,8 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
     ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath);
-    ``ports``: the weight ports (the W builders of W_SPM jobs, :func:`cost.spm_w_word_cycles`)."""
+    ``ports``: the weight ports (only their W_SPM builders matter,
+    :func:`cost.spm_w_builders`: the pool passes those)."""
     key = ("price", g, r, c, v, share, word_cycles, x_beat, ports)
     priced = m._nl_cache.get(key)
     if priced is None:
@@ -450,9 +491,11 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
     sigs = plan["fixed"] if c4 else plan["all"]
     for (op, nheads, tokens, k, n, transposed, keep, fused, hstep), count in sigs.items():
         heads = nheads > 0
+        lag = w_lag(op != "matmul")  # "matmul": W from DDR
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
-            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat)
+            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat,
+                             lag)  # fmt: skip
             wc, stretch = word_cycles, None
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
@@ -461,19 +504,20 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
                                     heads=heads, nheads=max(1, nheads),
                                     ) if spm_builders > 1 else None  # fmt: skip
             ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, spm_wc, keep, x_beat,
-                             stretch)  # fmt: skip
+                             lag, stretch)  # fmt: skip
             b, wc = "compute", spm_wc  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
                           w_spm=op != "matmul", banks=x_beat, head_step=hstep,
-                          runs=fused == "residual", x_stretch=stretch)  # fmt: skip
+                          runs=fused == "residual", w_lag=lag,
+                          x_stretch=stretch)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads,
                                 x_beat=x_beat, w_ports=spm_builders)  # fmt: skip
-        job += fused_cycles(fused, n) + (LATENCIES["x_keep"] if keep else 0)
+        job += fused_cycles(fused, n)
         fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
         cyc = (job + fixed) * count
         mm_total += cyc
@@ -486,14 +530,14 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
             # the mapped writer's cycles follow the steps (ns below): priced per option,
             # after the same first output word
             first = first_out_edge(tokens, k, g, r, c, v, units, False, word_cycles, keep,
-                                   x_beat)  # fmt: skip
+                                   x_beat, w_lag(False))  # fmt: skip
             writer[key] = functools.partial(
                 writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
                 transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
                 cols_w8=c8, banks=x_beat, runs=fused == "residual", first=first,
             )  # fmt: skip
             cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
-                                x_beat)  # fmt: skip
+                                x_beat, w_lag(False))  # fmt: skip
     # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
     kind_opts: dict[str, list] = {}
     for lk, parts in w4_kinds.items():
@@ -504,9 +548,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
         ns0_big = len(ends_big)
         ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
         opts = []
-        for cut in _CUTS:
-            ns_big = ns0_big - int(round(cut * (ns0_big - ns_min_big)))
-            ratio = round(max(0, n_big - ns_big * g * c8) / n_big, 6)
+        for ratio in _w4_ratio_options(n_big, ns0_big, ns_min_big, g, c, c8):
             if opts and ratio <= opts[-1][1]:
                 continue
             cyc = 0
@@ -523,9 +565,11 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
                 job += top_matmul_extra(
                     key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
                 )
-                job += fused_cycles(key[5], n) + (LATENCIES["x_keep"] if key[4] else 0)
+                job += fused_cycles(key[5], n)
                 cyc += job + instr_ddr
                 split[b] = split.get(b, 0) + job + instr_ddr
+            if opts and cyc >= opts[-1][0]:  # more W4 rows for no fewer cycles: no option
+                continue
             opts.append((cyc, ratio, split))
         kind_opts[lk] = opts
     return mm_total, bound, kind_opts, w4_layers, plan["layers_of"]
@@ -586,28 +630,36 @@ def _pool_path(key: tuple) -> Path:
     return cache_dir("dse") / f"pool-{content_hash(repr(key), _code_fingerprint())}.pkl"
 
 
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The cyclic collector paused (restored after): building or loading a pool makes ~10^5
+    small objects, none of them in a cycle, which the collector would walk repeatedly
+    (~10 % of a cold query's CPU)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _load_pool(path: Path) -> tuple[list[Candidate], int] | None:
     """The pool stored at ``path`` (None when absent or unreadable: it is evaluated again)."""
-    import gc
     import pickle
 
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    # 50k small objects: the cyclic collector would walk them repeatedly while they load.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        stored = pickle.loads(data)
-        if stored.get("format") != _POOL_FORMAT:
+    with _no_cyclic_gc():
+        try:
+            stored = pickle.loads(data)
+            if stored.get("format") != _POOL_FORMAT:
+                return None
+            return [Candidate(*row) for row in stored["rows"]], stored["evaluated"]
+        except Exception:  # a truncated or foreign file is a cache miss, never an error
             return None
-        return [Candidate(*row) for row in stored["rows"]], stored["evaluated"]
-    except Exception:  # a truncated or foreign file is a cache miss, never an error
-        return None
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _store_pool(path: Path, pool: list[Candidate], evaluated: int) -> None:
@@ -672,7 +724,8 @@ def search(
     if stored is not None:
         pool, evaluated = stored
     else:
-        pool, evaluated = _evaluate_pool(m, budget, limits, space, clock_mhz, relax)
+        with _no_cyclic_gc():
+            pool, evaluated = _evaluate_pool(m, budget, limits, space, clock_mhz, relax)
         if path is not None:
             _store_pool(path, pool, evaluated)
     result = {
@@ -703,9 +756,20 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         "bram36": m.shell.bram36,
     }
 
-    def shell_per_column(cols: int):
-        """The shell's share that grows with the output columns (m.shell is the rest)."""
-        return res.shell_resources(cols)[0] - m.shell
+    @functools.cache
+    def per_column(g: int, c: int, share: float, width: int, spm_memory: str):
+        """The shell's share that grows with the output columns (m.shell is the rest) and the
+        scratchpad with its output writer's word path (if the array has one) or the mixed
+        array's; kept per answer: every row count and vector of an array shape asks again."""
+        spm = res.spm_usage(m.spm_words, spm_memory, width // SLOT_BYTES)
+        spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
+        spm = spm + res.mapped_writer_resources(g, c, share)
+        return res.shell_resources(g * c)[0] - m.shell + spm
+
+    @functools.cache
+    def memories(g: int, r: int, v: int, x_words: int) -> dict[str, str]:
+        # (a few hundred distinct answers over the pool; the dict is only read)
+        return _memories(g, r, v, x_words, m.spm_words, budget, m.max_util)
 
     lane_opts = _lane_options(m, budget, space.lanes, clock_mhz, space.datapath_bytes)
     spec = m.spec
@@ -713,6 +777,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
     evaluated = 0
 
     port_choices = [q for q in space.weight_ports if q <= budget.hp_ports]
+    port_usage = {q: res.weight_ports_resources(q) for q in port_choices}
 
     @functools.cache
     def word_cycles(v: int, clock: float, ports: int) -> float:
@@ -730,13 +795,9 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         nonlocal evaluated
         # a wider datapath banks the scratchpad and splits each X bank into x_beat sub-banks
         buffers = _buffers(spec, g, r, c, v, width, m.jobs)
-        mem = _memories(g, r, v, buffers["x_words"], m.spm_words, budget, m.max_util)
+        mem = memories(g, r, v, buffers["x_words"])
         eng = _engine_usage(g, r, c, v, share, kind, buffers, mem["x"])
-        spm = res.spm_usage(m.spm_words, mem["spm"], width // SLOT_BYTES)
-        # (with the output writer's word path, if the array has one)
-        spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
-        spm = spm + res.mapped_writer_resources(g, c, share)  # (or the mixed array's)
-        per_col = shell_per_column(g * c) + spm
+        per_col = per_column(g, c, share, width, mem["spm"])
         base0 = [eng[k] + fixed_usage[k] + getattr(per_col, k) for k in RESOURCE_KINDS]
         uram = eng["uram"] + per_col.uram  # within the board's: _memories placed it
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
@@ -747,18 +808,27 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
+        # by cycles per W word (clock and DDR ceiling) and W_SPM builders (one a port on an
+        # all-W8 array, one in all on a mixed one): port counts the DDR caps share them
+        priced: dict[tuple[float, int], tuple] = {}
+        builders_of = functools.partial(spm_w_builders, cols_w4=column_split(c, share)[1])
         # (a mixed array's ports each carry their own columns' map entries: any port count)
         for ports in port_choices:
             if (g * c) % ports:
                 continue
-            extra = res.weight_ports_resources(ports)
+            extra = port_usage[ports]
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
-            evals: dict[float, tuple] = {}  # by cycles per W word (clock and DDR ceiling)
+            evals: dict[float, tuple] = {}  # this port count's
+            builders = builders_of(ports)
             for lanes, nl_cycles, lane_usage, clock in opts:
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
-                    evals[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop, wc,
-                                                buffers["x_beat"], ports)  # fmt: skip
+                    if (wc, builders) not in priced:
+                        priced[wc, builders] = _evaluate_array(
+                            m, g, r, c, v, share, kind, m.max_drop, wc, buffers["x_beat"],
+                            builders,
+                        )  # fmt: skip
+                    evals[wc] = priced[wc, builders]
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
@@ -1355,6 +1425,7 @@ def _fidelity(model: str, c: Candidate, max_drop: float) -> dict:
     return base
 
 
+@_no_cyclic_gc()  # (and the Pareto front, the summary and the outputs: ~10^5 objects live)
 def explore(
     model: str,
     board: str,
