@@ -285,6 +285,79 @@ def test_unit_levels_take_the_next_calibrated_lanes_up_and_refuse_beyond():
     assert clock_rule.unit_levels(depth, "gelu", 64) == 0.0
 
 
+def test_mixed_designs_clock_follows_the_mapped_writer_run(monkeypatch):
+    """Issue #18: a mixed W4/W8 array writes through rtl/spm MappedOutWriter, which no
+    all-W8 top run contains; the clock rule takes its calibrated run (``mixed_writer``) for
+    designs with ``w4_share > 0`` only: in the rule, in the explorer's candidates (whose
+    FPS is priced at that clock) and in ``vitaccel report design``'s check."""
+    from vitaccel.dse.search import SearchSpace
+
+    stored = res.calibration()
+    assert "writer mapped g2 c20 w8c16" in stored["runs"]  # calibrate.WRITER_DEPTH's run
+    depth = stored["depth_runs"]
+    assert depth["mixed_writer"] == clock_rule.effective_levels(
+        stored["runs"]["writer mapped g2 c20 w8c16"]
+    )
+    lanes = (16, 16, 16)
+    plain = clock_rule.design_levels(depth, lanes, mixed=False)
+    assert clock_rule.design_levels(depth, lanes, mixed=True) == max(plain, depth["mixed_writer"])
+    # a writer deeper than everything else sets a mixed design's clock, never a W8 one's
+    deep = {**depth, "mixed_writer": clock_rule.max_levels(125)}
+    assert clock_rule.allowed_clocks(CLOCKS, clock_rule.design_levels(deep, lanes, True))[0] == 125
+    assert clock_rule.allowed_clocks(CLOCKS, clock_rule.design_levels(deep, lanes, False))[0] > 125
+    space = SearchSpace(groups=(1,), rows=(4,), cols=(16,), vector=(16,), w4_cols=(4,),
+                        lanes=(16,), datapath_bytes=(16,))  # fmt: skip
+    _capped_pool_clocks(monkeypatch, {**stored, "depth_runs": deep}, space,
+                        lambda c: c.w4_share > 0, 125.0)  # fmt: skip
+
+
+CLOCKS = (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)
+
+
+def _capped_pool_clocks(monkeypatch, calibration, space, capped, clock):
+    """The explorer's pool on ``calibration``: the candidates ``capped`` picks run at
+    ``clock`` and are priced there, the others faster (both kinds present)."""
+    from vitaccel.dse.search import search
+
+    monkeypatch.setattr(res, "calibration", lambda: calibration)
+    pool = search("digits-vit", "zcu102", space=space, cache=False)["pool"]
+    low = [c for c in pool if capped(c)]
+    rest = [c for c in pool if not capped(c)]
+    assert low and rest
+    assert {c.clock_mhz for c in low} == {clock}
+    assert min(c.clock_mhz for c in rest) > clock
+    assert all(c.fps == pytest.approx(clock * 1e6 / c.cycles) for c in low)
+
+
+def test_multi_group_word_path_designs_clock_follows_the_word_top_run(monkeypatch):
+    """Issue #17: a top whose output writer puts several groups on the bank-parallel word
+    path (64-byte datapath, whole-word columns: the DeiT designs) holds paths no one-group
+    top run has (the writer's group registers, heads-mode pieces); the clock rule takes the
+    two-group word-path top's run (``word_top``, calibrate.TOP_DEPTH) for such designs
+    only: in the rule and in the explorer's candidates, priced at that clock."""
+    from vitaccel.dse.search import SearchSpace
+
+    stored = res.calibration()
+    key = "top g2 r2 c16 v8 lanes16 spm64 digits-vit dp64"
+    assert key in stored["runs"]  # calibrate.TOP_DEPTH's two-group run
+    depth = stored["depth_runs"]
+    assert depth["word_top"] == clock_rule.effective_levels(stored["runs"][key])
+    assert clock_rule.allowed_clocks((250.0, 300.0), depth["word_top"])[0] == 300.0  # s24-ow
+    assert clock_rule.word_groups(2, 16, 4) and clock_rule.word_groups(3, 32, 2)
+    assert not clock_rule.word_groups(1, 16, 4)  # one group
+    assert not clock_rule.word_groups(2, 16, 1)  # one bank: no word path
+    assert not clock_rule.word_groups(2, 8, 4)  # columns not whole words
+    lanes = (16, 16, 16)
+    deep = {**depth, "word_top": clock_rule.max_levels(200)}
+    at = clock_rule.allowed_clocks
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, False, True))[0] == 200
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, False, False))[0] > 200
+    space = SearchSpace(groups=(1, 2), rows=(2,), cols=(16,), vector=(8,), w4_cols=(0,),
+                        lanes=(16,), datapath_bytes=(64,))  # fmt: skip
+    _capped_pool_clocks(monkeypatch, {**stored, "depth_runs": deep}, space,
+                        lambda c: c.groups > 1, 200.0)  # fmt: skip
+
+
 @pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")
 def test_sensitivity_data():
     data = sens.load()

@@ -328,3 +328,19 @@ def test_mapped_writer_resources_against_yosys(groups, cols, cols_w8, lut, ff):
     assert res.mapped_writer_resources(groups, cols, 0.0) == res.Usage()
     array = ArrayConfig(groups=groups, rows=2, cols=cols, vector=8, w4_share=share)
     assert res.design_resources(Design(array=array))["parts"]["mapped_writer"] == got
+
+
+def test_mixed_w_spm_writer_resources_against_yosys():
+    """A mixed top whose W8 columns are whole words of a banked scratchpad adds the W_SPM
+    jobs' all-W8 writer (rtl/spm MixedOutWriter): at 2 x (16 W8 + 4 W4), 4 banks, priced
+    within 10 % of Yosys xcup's MixedOutWriter over MappedOutWriter (+8,744 LUT, +5,860 FF;
+    the constants' comment); the design's parts hold it; one bank or 12 W8 columns add
+    nothing (no word path: MappedOutWriter alone)."""
+    share = 4 / 20
+    extra = res.mapped_writer_resources(2, 20, share, 4) - res.mapped_writer_resources(2, 20, share)
+    assert abs(extra.lut / 8744 - 1) < 0.1 and abs(extra.ff / 5860 - 1) < 0.1, extra
+    array = ArrayConfig(groups=2, rows=8, cols=20, vector=16, w4_share=share)
+    parts = res.design_resources(Design(array=array, datapath_bytes=64))["parts"]
+    assert parts["mapped_writer"] == res.mapped_writer_resources(2, 20, share, 4)
+    assert "word_writer" not in parts
+    assert res.mapped_writer_resources(2, 16, 0.25, 4) == res.mapped_writer_resources(2, 16, 0.25)

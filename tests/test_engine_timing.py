@@ -185,3 +185,33 @@ def test_word_writer_end_is_the_word_by_word_queue():
             same = {**job, "x_keep": keep}
             eng = matmul_cycles(t, k, nsteps, g, r, c, v, c // 2, **same)
             assert math.ceil(word_writer_end(*shape, ones, **same)) == eng, (shape, same)
+
+
+def test_mixed_w_spm_jobs_are_priced_as_the_all_w8_word_path_of_the_w8_columns():
+    """On a mixed array whose W8 columns are whole words of a banked scratchpad (rtl/spm
+    MixedOutWriter), ``cost.writer_bound`` prices a W_SPM job as the all-W8 word path of
+    the W8 columns (``word_writer_cycles`` with ``cols_w8``, which
+    test_rtl_spm.py::test_mixed_out_writer_w_spm_jobs_take_the_word_path measures exactly),
+    after the same first output word; a DDR job, or one bank, keeps the mapped writer."""
+    from vitaccel.dse.cost import first_out_edge, mapped_writer_cycles, writer_bound
+    from vitaccel.engine_timing import word_writer_cycles
+
+    g, r, c, c8, v, banks = 2, 8, 20, 16, 16, 4
+    t, k = 197, 64
+    first = first_out_edge(t, k, g, r, c, v, c8 // 2, True, 1.0, False, banks)
+    job = dict(heads=True, nheads=2, transposed=False, x_beat=banks, cols_w8=c8, first=first)
+    qk = writer_bound(t, k, t, g, r, c, v, c8 // 2, mapped_steps=13, w_spm=True, banks=banks,
+                      head_step=13, **job)  # fmt: skip
+    assert qk == first + word_writer_cycles(t, t, g, c8, banks, heads=True, nheads=2,
+                                            head_step=13)  # fmt: skip
+    mapped = first + mapped_writer_cycles(t, t, t, g, c, c8, heads=True, nheads=2,
+                                          transposed=False, w_spm=True)  # fmt: skip
+    assert qk < mapped / 2  # (DeiT-Base's QK^T: 13 steps of 197 tokens, both heads a cycle)
+    one_bank = writer_bound(t, k, t, g, r, c, v, c8 // 2, mapped_steps=13, w_spm=True,
+                            banks=1, **job)  # fmt: skip
+    assert one_bank == mapped
+    job["heads"], job["nheads"] = False, 1
+    ddr = writer_bound(t, k, 768, g, r, c, v, c8 // 2, mapped_steps=24, w_spm=False,
+                       banks=banks, **job)  # fmt: skip
+    assert ddr == first + mapped_writer_cycles(t, 768, 768, g, c, c8, heads=False, nheads=1,
+                                               transposed=False, w_spm=False)  # fmt: skip

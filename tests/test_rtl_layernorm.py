@@ -129,6 +129,49 @@ def test_ailayernorm_busy_flag():
     assert seen == [0]
 
 
+def test_ailayernorm_extremes_of_the_reciprocal_condition():
+    """The datapath widths are the bounds under ``recip_mult * C <= 2 * 2**recip_shift``
+    (``AILayerNorm.d_max`` ...): rows at those bounds, bit-exact. The reciprocal at the
+    condition's limit (the mean doubled: |d| up to 3000 of the bound 3072, the variance up to
+    twice the mean square), zero (mean 0, var = eps_q: the largest z shift-free), and 1/C;
+    eps_q 1 and 65535; out_shift 0 to 63; gain and bias at their extremes; alpha 3."""
+    channels, lanes = 64, 4
+    rng = np.random.default_rng(64)
+    dut = AILayerNorm(lanes=lanes, max_channels=channels)
+    widths = (dut.d_max, dut.d_bits, dut.square_bits, dut.var_bits, dut.z_bits)
+    assert widths == (3072, 13, 24, 25, 19)
+    gain = rng.choice([-(2**15), 2**15 - 1, 1, -1], channels)
+    bias = rng.choice([-(2**23), 2**23 - 1, 0], channels)
+    base = layernorm_params(np.full(channels, 3))
+    consts = dataclasses.replace(base, gain=gain, bias=bias)
+    idx = np.arange(channels)
+    rows = [
+        np.full(channels, -128),
+        np.where(idx == 5, 127, -128),  # |d| = 1016 + 1984 at the limit's reciprocal
+        np.where(idx == 9, -128, 127),
+        np.where(idx % 2 == 0, 127, -128),
+        np.where(idx < 8, 127, -128),
+        rng.integers(-128, 128, channels),
+    ]
+    scalars = [
+        (1, 5),  # 1 * 64 == 2 * 2**5: the condition's limit
+        (0, 0),
+        (base.recip_mult, base.recip_shift),
+    ]
+    all_rows, row_params = [], []
+    for mult, shift in scalars:
+        for j, row in enumerate(rows):
+            for eps, out_shift in ((1, (0, 13, 30, 63)[j % 4]), (65535, (36, 21, 6, 1)[j % 4])):
+                all_rows.append(row)
+                row_params.append(
+                    dataclasses.replace(
+                        consts, recip_mult=mult, recip_shift=shift, eps_q=eps, out_shift=out_shift
+                    )
+                )
+    res = _run(dut, consts, all_rows, row_params, stall_in=0.2, stall_out=0.2, seed=3)
+    _check(all_rows, row_params, res)
+
+
 @pytest.mark.parametrize(
     "kwargs, exc",
     [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth import Elaboratable, Module
+from amaranth import Elaboratable, Module, Signal
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
@@ -21,6 +21,7 @@ from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
     MatmulOutWriter,
+    MixedOutWriter,
     PortWStreamBuilder,
     RowReader,
     RowWriter,
@@ -43,7 +44,8 @@ def _ints(image):
 
 
 class Rig(Elaboratable):
-    """A scratchpad with read clients, write clients and extra stream connections."""
+    """A scratchpad with read clients, write clients and extra stream connections (a link
+    ``(src, dst, hold)`` passes nothing while the signal ``hold`` is set: back-pressure)."""
 
     def __init__(self, spm, subs, readers=(), writers=(), links=()):
         self.spm, self.subs = spm, subs
@@ -60,8 +62,15 @@ class Rig(Elaboratable):
         pairs = self.writers.items() if isinstance(self.writers, dict) else enumerate(self.writers)
         for i, client in pairs:
             wiring.connect(m, client, self.spm.writers()[i])
-        for src, dst in self.links:
-            wiring.connect(m, src, dst)
+        for src, dst, *hold in self.links:
+            if not hold:
+                wiring.connect(m, src, dst)
+                continue
+            m.d.comb += [
+                dst.payload.eq(src.payload),
+                dst.valid.eq(src.valid & ~hold[0]),
+                src.ready.eq(dst.ready & ~hold[0]),
+            ]
         return m
 
 
@@ -425,18 +434,18 @@ def _out_words(rng, image, groups, cols, heads, nheads, transposed, n, T, base, 
     ],
 )
 def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_step, n,
-                                     transposed, stride):  # fmt: skip
+                                     transposed, stride, w4_cols=0):  # fmt: skip
     """The word path (a banked SPM, cols a multiple of 16): the SPM equals the interpreter's
     after a job with random input pauses, and, unpaused, the writer takes exactly the
     cycles of :func:`word_writer_cycles` (first word in to last write out, plus the skid
     buffer's and the write register's cycle). OUT_T jobs take it when the Y stride is odd
     (:func:`word_path_takes`)."""
-    rng = np.random.default_rng(groups * 100 + cols + n)
+    rng = np.random.default_rng(groups * 100 + cols + n + w4_cols)
     job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=transposed,
                n=n, T=20 if transposed else 7, base=10, stride=stride,
                head_step=head_step)  # fmt: skip
-    _word_path_job(rng, banks, job, 0.3)
-    cycles = _word_path_job(rng, banks, job, 0.0)
+    _word_path_job(rng, banks, job, 0.3, w4_cols)
+    cycles = _word_path_job(rng, banks, job, 0.0, w4_cols)
     if not word_path_takes(cols, banks, transposed=bool(transposed), y_stride=stride,
                            runs=False):  # fmt: skip
         assert not any(wrote for *_, wrote in cycles)  # no word-path write
@@ -448,24 +457,84 @@ def test_matmul_out_writer_word_path(groups, cols, banks, heads, nheads, head_st
     assert cycles[-1][0] - first + 1 == model + 2, (cycles[-1][0] - first + 1, model)
 
 
-def _word_path_job(rng, banks, job, pause):
-    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``);
-    the SPM must equal the interpreter's. Returns the (cycle, word taken, word-path write) of every
-    cycle that takes a word or writes."""
+@pytest.mark.parametrize(
+    "groups, cols_w8, w4_cols, banks, heads, nheads, head_step, n, transposed, stride",
+    [
+        (2, 16, 4, 2, 1, 2, 89, 20, 0, 2),  # QK^T: heads at once (odd head step), 2 steps
+        (2, 16, 4, 2, 1, 2, 90, 16, 0, 1),  # P x V: both heads in one bank
+        (2, 16, 6, 4, 0, 1, 90, 70, 0, 5),  # shared: 32 channels a step, 3 steps
+        (2, 16, 4, 2, 1, 2, 150, 21, 1, 5),  # OUT_T, odd stride (even: the top test)
+    ],
+)
+def test_mixed_out_writer_w_spm_jobs_take_the_word_path(groups, cols_w8, w4_cols, banks, heads,
+                                                         nheads, head_step, n, transposed,
+                                                         stride):  # fmt: skip
+    """A mixed array's W_SPM jobs (the W8-column rule) through :class:`MixedOutWriter`: the
+    engine's words with garbage on the W4 lanes, the SPM equal to the interpreter's with
+    random pauses, and unpaused exactly the all-W8 word path's cycles of ``cols_w8``
+    columns (:func:`word_writer_cycles`, what ``dse.cost.writer_bound`` prices them at)."""
+    test_matmul_out_writer_word_path(groups, cols_w8, banks, heads, nheads, head_step, n,
+                                     transposed, stride, w4_cols=w4_cols)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "groups, cols, heads, nheads, head_step, n",
+    [
+        (3, 16, 0, 1, 90, 60),  # shared: 2 steps (48 + 12 channels), N <= cm + sw
+        (3, 16, 0, 1, 90, 10),  # shared: 1 step, N <= sw: every token one run
+        (2, 32, 1, 2, 91, 70),  # heads: 2 runs a group, 3 steps, the last of 6 channels
+    ],
+)
+def test_matmul_out_writer_word_path_forced_runs(groups, cols, heads, nheads, head_step, n):
+    """A word-path writer whose job is forced onto the runs (``force_runs``: a fused
+    residual add) writes the interpreter's SPM through the byte-run writer (its run ends
+    from the step registers ``gl_step`` / ``gl_group``), none of it on the word path."""
+    rng = np.random.default_rng(groups * 100 + cols + n)
+    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=0, n=n, T=5,
+               base=10, stride=7, head_step=head_step)  # fmt: skip
+    cycles = _word_path_job(rng, 4, job, 0.3, force_runs=True)
+    assert not any(wrote for *_, wrote in cycles)
+
+
+def _word_path_job(rng, banks, job, pause, w4_cols=0, force_runs=False, out_pause=0.0):
+    """One job through a word-path writer on a ``banks``-bank SPM (input pauses ``pause``;
+    ``force_runs``: the job is forced onto the runs; ``out_pause``: the byte-run writer's
+    input held with that probability a cycle); the SPM must equal the interpreter's.
+    ``w4_cols``: a W_SPM job on a mixed array's writer (:class:`MixedOutWriter`) whose groups
+    have ``job["cols"]`` W8 columns and ``w4_cols`` W4 ones (garbage on their lanes). Returns
+    the (cycle, word taken, word-path write) of every cycle that takes a word or writes."""
     image = _image(rng)
+    G, C8 = job["groups"], job["cols"]
     words, want = _out_words(rng, image, *(job[k] for k in (
         "groups", "cols", "heads", "nheads", "transposed", "n", "T", "base", "stride",
         "head_step")))  # fmt: skip
     spm = Scratchpad(words=WORDS, init=_ints(image), banks=banks, write_clients=2,
                      bank_writes=(1,))  # fmt: skip
-    ow = MatmulOutWriter(groups=job["groups"], cols=job["cols"], banks=banks)
-    brw = ByteRunWriter()
-    assert ow.word_path
-    rig = Rig(spm, [ow, brw], writers=[brw.mem, ow.wo], links=[(ow.o, brw.i)])
     cmd = {k: job[k] for k in ("base", "stride", "n", "heads", "nheads", "head_step",
                                "transposed")}  # fmt: skip
     cmd["tokens"] = job["T"]
+    if w4_cols:
+        ow = MixedOutWriter(groups=G, cols=C8 + w4_cols, cols_w8=C8, banks=banks)
+        cmd.update(nsteps=len(words) // job["T"], w8_rule=1)
+        wide = []
+        for word in words:  # each group's W4 lanes after its W8 ones
+            lanes = word.to_bytes(G * C8, "little")
+            wide.append(int.from_bytes(b"".join(
+                lanes[g * C8 : (g + 1) * C8] + bytes(rng.integers(0, 256, w4_cols).tolist())
+                for g in range(G)), "little"))  # fmt: skip
+        words = wide
+    else:
+        ow = MatmulOutWriter(groups=G, cols=C8, banks=banks)
+    brw = ByteRunWriter()
+    assert ow.word_path
+    hold = Signal()
+    rig = Rig(spm, [ow, brw], writers=[brw.mem, ow.wo], links=[(ow.o, brw.i, hold)])
     cycles = []
+
+    async def back_pressure(ctx):
+        for held in random_pauses(out_pause, 7):
+            ctx.set(hold, held)
+            await ctx.tick()
 
     async def watch(ctx):
         k = 0
@@ -477,6 +546,7 @@ def _word_path_job(rng, banks, job, pause):
                 cycles.append((k, taken, any(lanes)))
 
     async def feed(ctx):
+        ctx.set(ow.force_runs, force_runs)
         await _put(ctx, ow.cmd, cmd)
         pauses = random_pauses(pause, 5) if pause else None
         for word in words:
@@ -484,8 +554,30 @@ def _word_path_job(rng, banks, job, pause):
         await ctx.tick().until(ow.idle & brw.idle)
         np.testing.assert_array_equal(_spm_dump(ctx, spm), want)
 
-    _run(rig, feed, background=[watch])
+    _run(rig, feed, background=[watch] + ([back_pressure] if out_pause else []))
     return cycles
+
+
+@pytest.mark.parametrize(
+    "groups, cols, heads, nheads, head_step, n, transposed, stride",
+    [
+        (3, 16, 0, 1, 90, 60, 0, 7),  # forced onto the runs: 2 steps, runs across groups
+        (2, 32, 1, 2, 91, 70, 0, 5),  # forced, heads: 2 runs a group
+        (3, 16, 0, 1, 0, 50, 1, 2),  # OUT_T, even stride: the runs from tdata
+    ],
+)
+def test_matmul_out_writer_word_path_runs_back_pressure(groups, cols, heads, nheads, head_step,
+                                                        n, transposed, stride):  # fmt: skip
+    """A word-path writer's runs under back-pressure: the byte-run writer's input held half
+    of the cycles (and the input paused), the SPM still equals the interpreter's (a run
+    counted as written while the byte-run writer did not take it is lost; none of the other
+    word-path tests hold the runs' output)."""
+    rng = np.random.default_rng(groups * 100 + cols + n + 1)
+    job = dict(groups=groups, cols=cols, heads=heads, nheads=nheads, transposed=transposed,
+               n=n, T=20 if transposed else 5, base=10, stride=stride,
+               head_step=head_step)  # fmt: skip
+    cycles = _word_path_job(rng, 4, job, 0.3, force_runs=not transposed, out_pause=0.5)
+    assert not any(wrote for *_, wrote in cycles)
 
 
 @pytest.mark.parametrize(

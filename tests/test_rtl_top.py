@@ -312,18 +312,25 @@ def test_ddr_w_jobs_take_the_modelled_cycles_and_the_ddrs_latency():
         assert at4[i] - at4[0] == rtl + 2 * len(prog), (name, at4[i] - at4[0], rtl)
 
 
+# Its mixed twin: 2 groups of 16 W8 + 4 W4 columns, W_SPM jobs on MixedOutWriter's word path.
+W_SPM_MIXED = W_SPM_TOP.model_copy(
+    update={"array": ArrayConfig(groups=2, rows=2, cols=20, vector=16, w4_share=0.2)}
+)
+
+
 @pytest.mark.slow
-def test_w_spm_jobs_on_a_banked_scratchpad_take_the_modelled_cycles():
+@pytest.mark.parametrize("design", [W_SPM_TOP, W_SPM_MIXED], ids=["w8", "mixed"])
+def test_w_spm_jobs_on_a_banked_scratchpad_take_the_modelled_cycles(design):
     """Attention's MATMULs with W from the scratchpad (QK^T- and P x V-shaped heads jobs, a
     shared one) on a V = 16, 4-bank top, where the X and W builders share the scratchpad's
     read port in step 0 and both read 4 words a grant: each job's RTL cycles (the END-only
     program subtracted) are within 3 % of ``cost.instr_cycles`` + the per-instruction
     overhead (``top_matmul_extra`` prices the W rows at a quarter of a grant a word). ~2 min
-    of Amaranth simulation."""
+    of Amaranth simulation. The mixed twin (W_SPM jobs on the all-W8 writer of its W8
+    columns, rtl/spm MixedOutWriter): -1.4 / -1.4 / -0.4 %."""
     from vitaccel.boards import get_budget
     from vitaccel.dse.cost import LATENCIES, geometry, instr_cycles, port_bytes_per_cycle
 
-    design = W_SPM_TOP
     geom, budget = geometry(design), get_budget(design.board)
     port = port_bytes_per_cycle(design.clock_mhz, budget)
     g = design.array.groups
@@ -411,3 +418,76 @@ def test_w_spm_port_builders_match_the_interpreter_and_the_model():
     model = sum(instr_cycles(j, design, geom, port, budget)[0] + LATENCIES["instr"] for j in jobs)
     print(f"W_SPM jobs, 2 port builders: RTL {rtl} cycles, model {model}")
     assert abs(rtl / model - 1) < 0.03, (rtl, model)
+
+
+# A mixed W4/W8 top whose W8 columns are whole SPM words on a banked scratchpad: 2 groups of
+# 16 W8 + 4 W4 columns, a 32-byte datapath (2 banks), so W_SPM jobs take the all-W8 writer's
+# word path (rtl/spm MixedOutWriter) and the jobs with W from DDR the column map.
+MIXED_WORDS = Design(
+    array=ArrayConfig(groups=2, rows=2, cols=20, vector=4, w4_share=0.2),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=2, softmax_lanes=2, layernorm_lanes=2, max_tokens=32, max_channels=64
+    ),
+    spm_kib=8,
+    input_buffer_kib=1,
+    weight_buffer_kib=4,
+    datapath_bytes=32,
+)
+
+
+def test_mixed_w_spm_jobs_on_the_word_path_in_amaranth_sim():
+    """On a mixed top with groups >= 2 (MIXED_WORDS), attention's jobs (heads QK^T and
+    P x V: Y head step odd, both heads' pieces at once, and even, one bank at a time; a
+    shared job; OUT_T jobs of 18 tokens, heads with an odd Y stride on the word path and
+    shared with an even one on the runs) go through the all-W8 writer of the W8 columns,
+    and a job with W from DDR (int4 rows on the W4 columns and beyond) between them through
+    the column map. The stored Y equals the ISA interpreter's, byte for byte, with AXI
+    stalls. (Their writer cycles: test_rtl_spm.py's MixedOutWriter test.)"""
+    from vitaccel.compile import interp
+    from vitaccel.flow.codec import codec_for
+
+    design = MIXED_WORDS
+    a = design.array
+    assert (a.cols_w8, a.cols_w4, TopParams(design).spm_banks) == (16, 4, 2)
+    rng = np.random.default_rng(8)
+    codec = codec_for(design)
+    n_ddr, k_ddr = 30, 16
+    kind = (rng.random(n_ddr) < 0.5).astype(np.int64)  # int4 rows: W4 columns and beyond
+    q = np.where(kind[:, None] == 1, rng.integers(-8, 8, (n_ddr, k_ddr)),
+                 rng.integers(-128, 128, (n_ddr, k_ddr)))  # fmt: skip
+    wraw = codec.pack(q, kind, rng.integers(-3000, 3000, n_ddr), rng.integers(1, 1 << 15, n_ddr),
+                      rng.integers(12, 18, n_ddr))  # fmt: skip
+    # QK^T-shaped (K = head dim 16, N = 20 keys: 2 steps of 16 W8 columns) and P x V-shaped
+    qk = dict(x=0, x_stride=1, tokens=5, k=16, n=20, y_stride=2, w_spm=16, w_stride=1,
+              mult=3, shift=6, heads=2, head_x_step=5, head_w_step=7)  # fmt: skip
+    pv = dict(x=0, x_stride=2, tokens=6, k=20, n=16, y_stride=1, w_spm=20, w_stride=2,
+              mult=5, shift=7, heads=2, head_x_step=12, head_w_step=32)  # fmt: skip
+    shared = dict(x=0, x_stride=2, k=20, w_spm=16, w_stride=2, mult=5, shift=7)
+    out_t = dict(tokens=18, out_transposed=True)
+    wddr = 0x1000
+    prog = [
+        isa.load(spm=0, words=96, ddr=0x400),
+        isa.matmul(**qk, y=128, head_y_step=11),  # heads in both banks at once
+        isa.matmul(**pv, y=160, head_y_step=12),  # both heads in one bank
+        isa.matmul(
+            x=0, x_stride=1, tokens=7, k=k_ddr, n=n_ddr, y=192, y_stride=2, w_ddr=wddr
+        ).replace(w_steps=codec.steps_of(wraw, k_ddr)),  # fmt: skip
+        isa.matmul(**shared, tokens=5, n=40, y=208, y_stride=3),  # 32 channels a step
+        isa.matmul(**{**qk, **out_t, "n": 12, "y_stride": 3}, y=340, head_y_step=37),
+        isa.matmul(**shared, **out_t, n=20, y=420, y_stride=2),
+        isa.store(spm=128, words=336, ddr=0x3000),
+        isa.end(),
+    ]
+    out = 0x3000
+    image = bytearray(out + 336 * 16)
+    code = isa.encode_program(prog)
+    image[: len(code)] = code
+    image[0x400 : 0x400 + 96 * 16] = rng.integers(0, 256, 96 * 16, dtype=np.uint8).tobytes()
+    image[wddr : wddr + len(wraw)] = wraw
+    want = interp.run(bytearray(image), codec, spm_words=512).ddr[out:]
+    base = 0x4000
+    ram, res = _simulate(bytes(image), base, cycles=60_000, design=design)
+    assert res["status"] == STATUS_DONE, res
+    got = bytes(ram.mem[base + out : base + out + 336 * 16])
+    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
+    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"

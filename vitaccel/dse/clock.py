@@ -17,7 +17,11 @@ The period must hold the levels plus ~0.6 ns of clock-to-out, setup, skew and ji
     f_max = 1 / (0.6 ns + 0.4 ns * levels)
 
 which gives the allowed levels per board clock in :data:`MAX_LEVELS`. A design runs at the
-fastest board clock (``BoardBudget.pl_clocks_mhz``) whose limit every unit meets. The rule is
+fastest board clock (``BoardBudget.pl_clocks_mhz``) whose limit every unit meets
+(:func:`design_levels`: the engine, the whole top, the nonlinear units at their lanes, on
+a top whose output writer puts several groups on the bank-parallel word path
+(:func:`word_groups`) that writer's top run, and on a mixed W4/W8 array its column-map
+output writer). The rule is
 a planning rule, not timing closure: Vivado's report decides (docs/boards.md).
 """
 
@@ -31,9 +35,12 @@ __all__ = [
     "unit_levels",
     "max_levels",
     "allowed_clocks",
+    "design_levels",
+    "word_groups",
 ]
 
 LEVEL_NS = 0.4
+UNITS = ("softmax", "layernorm", "gelu")  # the nonlinear units, in a lane triple's order
 OVERHEAD_NS = 0.6
 
 
@@ -77,3 +84,33 @@ def unit_levels(depth: dict, unit: str, lanes: int) -> float:
             f"{', '.join(map(str, known))}; add it to calibrate.UNIT_LANES and rerun)"
         )
     return runs[str(above[0])]
+
+
+def word_groups(groups: int, cols_w8: int, banks: int) -> bool:
+    """Whether a top's output writer (rtl/spm MatmulOutWriter; a mixed array's W_SPM jobs
+    take one of its W8 columns) has several groups on the bank-parallel word path
+    (:func:`vitaccel.engine_timing.word_writes` of ``cols_w8`` and ``banks``): the writer
+    the calibration's multi-group word-path top run (``word_top``) measures and no
+    one-group top run holds (its group registers and heads-mode pieces)."""
+    from vitaccel.engine_timing import word_writes
+
+    return groups > 1 and word_writes(cols_w8, banks)
+
+
+def design_levels(
+    depth: dict, lanes: tuple[int, int, int], mixed: bool, word_groups: bool = False
+) -> float:
+    """A design's worst calibrated path (``depth``: calibration.json's ``depth_runs``): the
+    engine's and the whole top's runs, each nonlinear unit's at its (softmax, layernorm,
+    gelu) ``lanes`` (:func:`unit_levels`), on a top with ``word_groups``
+    (:func:`word_groups`) the multi-group word-path top's run (``word_top``), and on a
+    ``mixed`` W4/W8 array (``w4_share > 0``) its column-map output writer's run
+    (``mixed_writer``: rtl/spm MappedOutWriter, which every mixed top writes through and no
+    all-W8 top run contains)."""
+    parts = [depth.get("engine", 0.0), depth.get("top", 0.0)]
+    parts += [unit_levels(depth, u, n) for u, n in zip(UNITS, lanes, strict=True)]
+    if word_groups:
+        parts.append(depth.get("word_top", 0.0))
+    if mixed:
+        parts.append(depth.get("mixed_writer", 0.0))
+    return max(parts)

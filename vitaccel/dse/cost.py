@@ -43,6 +43,7 @@ from vitaccel.engine_timing import (
     word_writer_cycles,
     word_writer_end,
     word_writer_steps,
+    word_writes,
     x_beat_words,
     x_edge,
     x_load_cycles,
@@ -280,13 +281,16 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     on a mixed W4/W8 array the job's output steps (:func:`job_nsteps`, the steps of the plan
     :func:`mapped_writer_cycles` prices); 0 on an all-W8 array. ``mapped_n8`` (None: ``n``), ``cols_w8``, ``w_spm``: the job's rows on
     W8 columns only, the W8 columns of a group, W built from the scratchpad
-    (:func:`mapped_writer_cycles`). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
+    (:func:`mapped_writer_cycles`; a W_SPM job on a scratchpad where ``cols_w8`` columns
+    have the word path, :func:`word_writes`, takes the all-W8 writer of ``cols_w8`` columns
+    and is priced as on an all-W8 array of them). ``banks``: the scratchpad's (``datapath_bytes / 16``); on an
     all-W8 array with the output writer's word path (:func:`word_path_takes`: a row-major
     job not forced onto runs, ``runs``: a fused residual add; an OUT_T job of odd
     ``y_stride``) writes its pieces one per bank a cycle (:func:`word_writer_cycles`, heads
     mode by ``head_step``, the Y head step); row-major, step by step as the engine's tiles
     put the words out (:func:`word_writer_end`: a writer slower than the tiles, e.g. heads
-    whose rows share a bank, ends its last step after the engine). ``first``: :func:`first_out_edge` of these
+    whose rows share a bank, ends its last step after the engine; a mixed top's W_SPM job
+    on its W8 columns' writer: after the first word, :func:`word_writer_cycles`). ``first``: :func:`first_out_edge` of these
     arguments, when the caller has it (the explorer prices a job's every W4 option).
     ``w_lag``: :func:`w_lag` of the job's W source; ``x_stretch``: the X load sharing the
     read port with W builders (:func:`spm_x_stretch`, W_SPM jobs only)."""
@@ -294,13 +298,17 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
         first = first_out_edge(tokens, k, groups, rows, cols, vector, units, heads,
                                w_word_cycles, x_keep, x_beat or x_beat_words(vector),
                                w_lag, x_stretch)  # fmt: skip
-    if mapped_steps:
+    mixed_words = bool(mapped_steps and w_spm and word_writes(cols_w8, banks))
+    if mixed_words:
+        # the mixed top's all-W8 writer of the W8 columns (rtl/spm MixedOutWriter)
+        cols = cols_w8
+    elif mapped_steps:
         n8 = n if mapped_n8 is None else mapped_n8
         return first + mapped_writer_cycles(tokens, n, n8, groups, cols, cols_w8, heads=heads,
                                             nheads=nheads, transposed=transposed,
                                             w_spm=w_spm)  # fmt: skip
     if word_path_takes(cols, banks, transposed=transposed, y_stride=y_stride, runs=runs):
-        if not transposed:  # each step's words as the engine puts them out
+        if not transposed and not mixed_words:  # each step's words as the engine puts them out
             work = word_writer_steps(n, groups, cols, banks, heads=heads, nheads=nheads,
                                      head_step=head_step)  # fmt: skip
             return word_writer_end(tokens, k, groups, rows, cols, vector, units, work,

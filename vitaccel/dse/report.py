@@ -12,7 +12,7 @@ from vitaccel.design import load_design
 from vitaccel.dse import clock as clock_rule
 from vitaccel.dse import resources as res
 from vitaccel.dse import sensitivity as sens
-from vitaccel.dse.cost import estimate
+from vitaccel.dse.cost import SLOT_BYTES, column_split, estimate
 from vitaccel.dse.shapes import spec_of
 
 __all__ = ["design_report"]
@@ -69,15 +69,17 @@ def design_report(design_path: str | Path) -> dict:
     depth = res.calibration().get("depth_runs", {})
     levels = None
     if depth:
-        unit_levels = [
-            clock_rule.unit_levels(depth, unit, lanes)
-            for unit, lanes in (
-                ("softmax", design.nonlinear.softmax_lanes),
-                ("layernorm", design.nonlinear.layernorm_lanes),
-                ("gelu", design.nonlinear.gelu_lanes),
-            )
-        ]
-        levels = max([depth.get("engine", 0.0), depth.get("top", 0.0), *unit_levels])
+        nl = design.nonlinear
+        levels = clock_rule.design_levels(
+            depth,
+            (nl.softmax_lanes, nl.layernorm_lanes, nl.gelu_lanes),
+            mixed=design.array.w4_share > 0,
+            word_groups=clock_rule.word_groups(
+                design.array.groups,
+                column_split(design.array.cols, design.array.w4_share)[0],
+                design.datapath_bytes // SLOT_BYTES,
+            ),
+        )
     allowed = (
         clock_rule.allowed_clocks(budget.pl_clocks_mhz, levels) if levels is not None else None
     )

@@ -422,7 +422,7 @@ def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 
     """What the output writer's word path adds (:func:`vitaccel.engine_timing.word_writes`:
     an all-W8 array, ``cols`` a multiple of 16, ``banks`` > 1); nothing otherwise."""
     if column_split(cols, w4_share)[1] or not word_writes(cols, banks):
-        return Usage()  # (a mixed array's MappedOutWriter has no word path)
+        return Usage()  # (a mixed array: mapped_writer_resources)
     pieces = groups * cols // WORD_BYTES
     return Usage(
         lut=WORD_WRITER_LUT_PER_BANK_PIECE * banks * max(1, pieces - 1)
@@ -445,18 +445,38 @@ def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 
 # 1 x 16; 0.3 % of ZCU102's LUTs).
 MAPPED_WRITER_LUT = (56.51, 3.274)  # per L, per L^2
 MAPPED_WRITER_FF = (3.645, 0.2936)
+# The all-W8 writer alone (MatmulOutWriter, one bank; the "against" figures above), least
+# squares in L: within 209 LUT and 11 FF of each point. A mixed top's W_SPM writer (rtl/spm
+# MixedOutWriter: MappedOutWriter + MatmulOutWriter of the W8 columns, cols_w8 % 16 == 0,
+# banks > 1) is priced as that writer of G*C8 lanes plus its word path: at 2 x (16 W8 + 4 W4),
+# 4 banks, Yosys xcup of MixedOutWriter alone over MappedOutWriter alone (22,062 / 12,739
+# against 13,318 / 6,879 LUT / FF) +8,744 LUT, +5,860 FF; priced +8,403 / +5,853.
+OUT_WRITER_LUT = (943.6, 115.62)  # constant, per L
+OUT_WRITER_FF = (428.6, 144.62)
 
 
-def mapped_writer_resources(groups: int, cols: int, w4_share: float) -> Usage:
-    """What a mixed array's gathering output writer adds over the all-W8 writer (in the
-    shell's per-column share); nothing on an all-W8 array."""
-    if not column_split(cols, w4_share)[1]:
+def mapped_writer_resources(groups: int, cols: int, w4_share: float, banks: int = 1) -> Usage:
+    """What a mixed array's output writer adds over the all-W8 writer (in the shell's
+    per-column share); nothing on an all-W8 array. On ``banks`` > 1 with W8 columns of
+    whole words (:func:`vitaccel.engine_timing.word_writes` of the W8 columns: rtl/spm
+    MixedOutWriter) also the W_SPM jobs' all-W8 writer of the W8 columns with its word path
+    (:func:`word_writer_resources` of those columns)."""
+    cols_w8, cols_w4 = column_split(cols, w4_share)
+    if not cols_w4:
         return Usage()
     lanes = groups * cols
-    return Usage(
+    mapped = Usage(
         lut=MAPPED_WRITER_LUT[0] * lanes + MAPPED_WRITER_LUT[1] * lanes**2,
         ff=MAPPED_WRITER_FF[0] * lanes + MAPPED_WRITER_FF[1] * lanes**2,
     )
+    if not word_writes(cols_w8, banks):
+        return mapped
+    lanes8 = groups * cols_w8
+    w8 = Usage(
+        lut=OUT_WRITER_LUT[0] + OUT_WRITER_LUT[1] * lanes8,
+        ff=OUT_WRITER_FF[0] + OUT_WRITER_FF[1] * lanes8,
+    )
+    return mapped + w8 + word_writer_resources(groups, cols_w8, banks)
 
 
 def spm_memory(words: int, budget, *, max_util: float = 0.85) -> str:
@@ -527,7 +547,8 @@ def design_resources(design: Design, *, spec=None) -> dict:
                                   a.w4_share)  # fmt: skip
     if words.lut:
         parts["word_writer"] = words
-    mapped = mapped_writer_resources(a.groups, a.cols, a.w4_share)
+    mapped = mapped_writer_resources(a.groups, a.cols, a.w4_share,
+                                     design.datapath_bytes // WORD_BYTES)  # fmt: skip
     if mapped.lut:
         parts["mapped_writer"] = mapped
     shell, shell_kind = shell_resources(a.groups * a.cols)

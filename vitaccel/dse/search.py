@@ -241,8 +241,6 @@ class _Model:
             self.sens = {}
         depth = res.calibration().get("depth_runs", {})
         self.depth = depth
-        # The engine's worst calibrated path, and the whole top's (controller, DMA, SPM).
-        self.engine_levels = max(depth.get("engine", 0.0), depth.get("top", 0.0))
         self.levels = None
         shell, self.shell_kind = res.shell_resources()
         self.shell = shell
@@ -275,20 +273,20 @@ class _Model:
         next calibrated lane count up; none up there is an error)."""
         return clock_rule.unit_levels(self.depth, unit, lanes)
 
-    def design_levels(self, lanes: tuple[int, int, int]) -> float | None:
+    def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False,
+                      word_groups: bool = False) -> float | None:  # fmt: skip
+        """The design's worst calibrated path (:func:`clock.design_levels`; ``mixed``: a
+        W4/W8 array, whose column-map output writer counts too; ``word_groups``: several
+        groups on the output writer's word path, :func:`clock.word_groups`); None without
+        data."""
         if not self.depth:
             return None
-        return max(
-            [self.engine_levels]
-            + [
-                self.unit_levels(u, n)
-                for u, n in zip(("softmax", "layernorm", "gelu"), lanes, strict=True)
-            ]
-        )
+        return clock_rule.design_levels(self.depth, lanes, mixed, word_groups)
 
-    def clock_for(self, lanes: tuple[int, int, int]) -> float:
+    def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False,
+                  word_groups: bool = False) -> float:  # fmt: skip
         """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
-        levels = self.design_levels(lanes)
+        levels = self.design_levels(lanes, mixed, word_groups)
         if levels is None:
             return self.board.default_clock_mhz
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
@@ -763,7 +761,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         array's; kept per answer: every row count and vector of an array shape asks again."""
         spm = res.spm_usage(m.spm_words, spm_memory, width // SLOT_BYTES)
         spm = spm + res.word_writer_resources(g, c, width // SLOT_BYTES, share)
-        spm = spm + res.mapped_writer_resources(g, c, share)
+        spm = spm + res.mapped_writer_resources(g, c, share, width // SLOT_BYTES)
         return res.shell_resources(g * c)[0] - m.shell + spm
 
     @functools.cache
@@ -808,6 +806,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fixed = nl["fixed"][0]
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
+        word_groups = clock_rule.word_groups(g, column_split(c, share)[0], width // SLOT_BYTES)
         # by cycles per W word (clock and DDR ceiling) and W_SPM builders (one a port on an
         # all-W8 array, one in all on a mixed one): port counts the DDR caps share them
         priced: dict[tuple[float, int], tuple] = {}
@@ -821,6 +820,10 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
             evals: dict[float, tuple] = {}  # this port count's
             builders = builders_of(ports)
             for lanes, nl_cycles, lane_usage, clock in opts:
+                if (share > 0 or word_groups) and clock_mhz is None:
+                    # a mixed array writes through its column-map writer, several groups
+                    # on the word path through that writer: their depth too
+                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups))
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
                     if (wc, builders) not in priced:
@@ -1639,7 +1642,13 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
-            "levels": result["model"].design_levels(c.lanes),
+            "levels": result["model"].design_levels(
+                c.lanes,
+                mixed=c.w4_share > 0,
+                word_groups=clock_rule.word_groups(
+                    c.groups, column_split(c.cols, c.w4_share)[0], c.datapath_bytes // SLOT_BYTES
+                ),
+            ),
             "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
         },
         "shell_resources": result["model"].shell_kind,

@@ -131,7 +131,8 @@ class AILayerNorm(CheckedComponent):
         Per-layer scalars of ``LayerNormParams`` (``recip_shift``/``out_shift`` 0..63,
         ``eps_q`` 16 bits), sampled with each row's first beat and carried with the row.
         Exactness needs ``recip_mult * C <= 2 * 2**recip_shift`` (a reciprocal of C, as
-        ``dyadic(1/C)`` gives), so the mean fits ``in_bits + 5`` bits.
+        ``dyadic(1/C)`` gives), so the mean fits ``in_bits + 5`` bits, and d, the squares,
+        the variance and z the widths their bounds under it give (``d_bits`` ...).
     const_addr, const_alpha, const_gain, const_bias, const_we : ``In``
         Write port of the per-channel constants: on a cycle with ``const_we`` high, channel
         ``const_addr`` gets ``alpha`` (0..3), ``gain`` and ``bias``. Load them while the unit
@@ -191,19 +192,46 @@ class AILayerNorm(CheckedComponent):
     def mean_bits(self) -> int:
         return self.in_bits + 5
 
+    # The widths below hold under the exactness condition on the reciprocal
+    # (``recip_mult * C <= 2 * 2**recip_shift``, which the mean's width already needs), for
+    # any int row, per-channel constants and ``eps_q``; each is the bound's bit length:
+    # * |mean| <= 2 * 2**(in_bits + 2) (twice the largest |x'|), so
+    #   |d| = |x' - mean| <= 3 * 2**(in_bits + 2) (``d_max``);
+    # * a compressed square is the square of its interval's midpoint, m*m or
+    #   ((m + 1/2) << e)**2, so sq <= (d_max + 2**(e_max - 1))**2 (``square_max``);
+    # * var <= 2 * square_max + eps_q (the reciprocal at most doubles the row's mean
+    #   square), so the z shift's (p >> 1) is at most (var_bits - 1) // 2;
+    # * |z| <= d_max * max(INV_SQRT_LUT) / 2**NORM_FRAC (the shift is >= NORM_FRAC).
+    # Until 2026-12 d, the squares, var and z were 1, 3, 29 and 2 bits wider at 8 bits (the
+    # widths of any reciprocal); the Amaranth test
+    # ``test_ailayernorm_extremes_of_the_reciprocal_condition`` runs rows at the condition's
+    # limit (|d| = 3000 of the bound 3072) against the reference.
+
+    @property
+    def d_max(self) -> int:
+        return 3 << (self.in_bits + 2)
+
     @property
     def d_bits(self) -> int:
-        return self.in_bits + 6
+        return self.d_max.bit_length() + 1
+
+    @property
+    def square_max(self) -> int:
+        e_max = max(0, self.d_max.bit_length() - 4)
+        return (self.d_max + ((1 << e_max) >> 1)) ** 2
 
     @property
     def square_bits(self) -> int:
-        # e <= d_bits - 5, so sq < 2**10 << (2e - 2)
-        return 10 + 2 * (self.d_bits - 5) - 2 + 1
+        return self.square_max.bit_length()
+
+    @property
+    def var_bits(self) -> int:
+        return (2 * self.square_max + 2**16 - 1).bit_length()
 
     @property
     def z_bits(self) -> int:
-        # |d * isq| < 2**(d_bits - 1 + INV_SQRT_BITS), shifted right by >= 6
-        return self.d_bits + INV_SQRT_BITS - (INV_SQRT_BITS - NORM_FRAC) + 1
+        z_max = -((-self.d_max * max(max(row) for row in INV_SQRT_LUT)) >> NORM_FRAC)
+        return z_max.bit_length() + 1
 
     def elaborate(self, platform):
         return elaborate_parts(
@@ -219,7 +247,7 @@ class AILayerNorm(CheckedComponent):
         sum_w = ab + cw
         sq_w = self.square_bits
         vsum_w = sq_w + cw
-        var_w = vsum_w + self.mult_bits + 1
+        var_w = self.var_bits
         beats_shape = unsigned(bits_for(self.max_beats))
 
         scalars = data.StructLayout(
@@ -570,14 +598,15 @@ class AILayerNorm(CheckedComponent):
         norm = Array(coarse[j : j + INV_SQRT_MANT] for j in range(8))[lp_p[:3]]
         m.d.sync += [y_v.eq(lp_v), y_d.eq(lp_d), y_p.eq(lp_p), y_mant.eq(norm)]
         # isq = INV_SQRT_LUT[p & 1][m5]; z shift s = INV_SQRT_BITS + (p >> 1) - NORM_FRAC,
-        # queued as s - 1 (>= 0: stage 3 rounds as ((v >> (s - 1)) + 1) >> 1).
+        # queued as p >> 1: stage 3 rounds as ((v >> (s - 1)) + 1) >> 1, the constant part
+        # of s - 1 (>= 0) as wiring and only p >> 1 (0..12 at 8 bits) through the shifter.
         assert INV_SQRT_BITS - NORM_FRAC >= 1
         inv_sqrt = Array(Const(v, INV_SQRT_BITS) for row in INV_SQRT_LUT for v in row)
         desc2 = data.StructLayout(
             {
                 "mean": signed(mw),
                 "isq": unsigned(INV_SQRT_BITS),
-                "zshift1": unsigned(bits_for(INV_SQRT_BITS - NORM_FRAC - 1 + (var_w - 1) // 2)),
+                "zhalf": unsigned(bits_for((var_w - 1) // 2)),
                 "out_shift": unsigned(6),
                 "beats": beats_shape,
             }
@@ -588,7 +617,7 @@ class AILayerNorm(CheckedComponent):
         m.d.comb += [
             q2_in.mean.eq(y_d.mean),
             q2_in.isq.eq(inv_sqrt[(y_p[0] << INV_SQRT_MANT) | y_mant]),
-            q2_in.zshift1.eq((y_p >> 1) + (INV_SQRT_BITS - NORM_FRAC - 1)),
+            q2_in.zhalf.eq(y_p >> 1),
             q2_in.out_shift.eq(y_d.sc.out_shift),
             q2_in.beats.eq(y_d.beats),
             queue2.w_en.eq(y_v),
@@ -653,6 +682,7 @@ class AILayerNorm(CheckedComponent):
         # one stage were 9.75 levels).
         z_regs = []
         lat_a = 0
+        z_fixed = INV_SQRT_BITS - NORM_FRAC - 1  # the constant part of s - 1
         for lane in range(lanes):
             prod, lat_a = shift_add_mul(m, t2_x[lane], t2_d.isq, en=advance, name=f"z_mul{lane}")
             z_regs.append(prod)
@@ -676,7 +706,7 @@ class AILayerNorm(CheckedComponent):
             ]
             for lane in range(lanes):
                 m.d.sync += [
-                    t3_z[lane].eq((_shift_right(z_regs[lane], ta_d.zshift1) + 1) >> 1),
+                    t3_z[lane].eq((_shift_right(z_regs[lane] >> z_fixed, ta_d.zhalf) + 1) >> 1),
                     t3_gb[lane].eq(ta_gb[lane]),
                 ]
         # z * gain (shift-add), then y = clamp(rshift_round(. + bias, out_shift)).
@@ -710,15 +740,18 @@ class AILayerNorm(CheckedComponent):
         # depending on how ABC mapped the shifter: split, each half is ~3.)
         # The clamp is decided on the unshifted sum, beside the shifter: y = sum >> s lies
         # outside [-128, 127] exactly when a bit of sum at position s + 7 or above (below
-        # the sign) differs from the sign. Its mask and the "s >= sum_bits - 1" case (every
-        # representable sum rounds to 0: the half added in T4 was truncated then) are row
-        # constants, registered in T4 from the shift.
+        # the sign) differs from the sign, i.e. when sum ^ sign (below the sign) is at least
+        # 2**(s + 7): one compare on a carry chain against a row constant (the OR of the
+        # masked bits mapped to 7 LUT levels at 64 lanes). That threshold (2**(sum_bits - 1),
+        # above every value, when s + 7 is beyond the sum) and the "s >= sum_bits - 1" case
+        # (every representable sum rounds to 0: the half added in T4 was truncated then) are
+        # row constants, registered in T4 from the shift.
         t4_v, t4_last = Signal(), Signal()
         t4_cnt = Signal(cb)
         t4_shift = Signal(6)
         t4_sum = [Signal(signed(sum_bits), name=f"t4_sum{lane}") for lane in range(lanes)]
         t4_zero = Signal()
-        t4_mask = Signal(sum_bits - 1)
+        t4_thr = Signal(sum_bits)
         with m.If(advance):
             m.d.sync += [
                 t4_v.eq(tb_v),
@@ -726,7 +759,12 @@ class AILayerNorm(CheckedComponent):
                 t4_cnt.eq(tb_cnt),
                 t4_shift.eq(tb_shift),
                 t4_zero.eq(tb_shift >= sum_bits - 1),
-                t4_mask.eq(Cat(*(tb_shift + 7 <= k for k in range(sum_bits - 1)))),
+                t4_thr.eq(
+                    Cat(
+                        *(tb_shift + 7 == k for k in range(sum_bits - 1)),
+                        tb_shift + 7 >= sum_bits - 1,
+                    )
+                ),
             ]
             for lane in range(lanes):
                 m.d.sync += t4_sum[lane].eq(y_prods[lane] + tb_bias[lane] + tb_half)
@@ -749,7 +787,7 @@ class AILayerNorm(CheckedComponent):
                 sign = total[-1]
                 ext = Cat(total, sign.replicate(64 + 15 - sum_bits))
                 m.d.sync += [
-                    t5_out[lane].eq(((total[:-1] ^ sign.replicate(sum_bits - 1)) & t4_mask).any()),
+                    t5_out[lane].eq((total[:-1] ^ sign.replicate(sum_bits - 1)) >= t4_thr),
                     t5_sign[lane].eq(sign),
                     # bits s & ~7 .. (s & ~7) + 14 of the sign-extended sum
                     t5_win[lane].eq(Array(ext[8 * k : 8 * k + 15] for k in range(8))[t4_shift[3:]]),

@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.design import Design
 from vitaccel.engine_host import EngineParams
-from vitaccel.engine_timing import top_out_depth, x_beat_words
+from vitaccel.engine_timing import top_out_depth, word_writes, x_beat_words
 from vitaccel.isa import field_bits
 from vitaccel.rtl.axi import (
     DMA,
@@ -71,6 +71,7 @@ from vitaccel.rtl.spm import (
     ByteRunWriter,
     MappedOutWriter,
     MatmulOutWriter,
+    MixedOutWriter,
     PortWStreamBuilder,
     ResidualRuns,
     RowReader,
@@ -271,7 +272,12 @@ class Accelerator(CheckedComponent):
         n.wb_ready = Cat(*[b.cmd.ready for b in n.wbs]).all() if n.w_port_builders else None
         # mixed W4/W8 columns: the output channels follow the column map, byte by byte
         n.mixed = E.cols_w4 > 0
-        if n.mixed:
+        if n.mixed and word_writes(E.cols_w8, P.spm_banks):
+            # W_SPM jobs (the W8-column rule) on the all-W8 writer's word path
+            m.submodules.ow = n.ow = MixedOutWriter(
+                groups=G, cols=C, cols_w8=E.cols_w8, banks=P.spm_banks
+            )
+        elif n.mixed:
             m.submodules.ow = n.ow = MappedOutWriter(groups=G, cols=C, cols_w8=E.cols_w8)
         else:
             # on a banked scratchpad, groups of whole words: the bank-parallel word path

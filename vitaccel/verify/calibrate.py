@@ -16,7 +16,10 @@ The fits (:mod:`vitaccel.dse.resources` reads them):
   :func:`vitaccel.dse.resources.engine_features`; DSP48E2 per requantised column (the W8
   lanes are counted exactly); the LUT RAM depth threshold of the memory mapping.
 * ``unit_fit``: per nonlinear unit and resource, ``a + b * lanes``.
-* ``depth``: the worst effective logic levels of the engine and of each unit (the clock rule).
+* ``depth``: the worst effective logic levels of the engine, of the whole top (``top``; the
+  tops with several groups on the output writer's word path apart, ``word_top``), of each
+  unit per lane count and of a mixed array's column-map writer (``mixed_writer``; the clock
+  rule).
 Validation runs (held-out shapes) live beside the fitting runs and are never fitted.
 """
 
@@ -69,10 +72,15 @@ ENGINE_VALIDATE = (
 # validate. The second fitting top is also the depth run at 16 lanes and two weight ports.
 TOP_FIT = ((1, 4, 4, 8, 4, 64, "digits-vit", 1), (2, 2, 16, 8, 16, 64, "digits-vit", 2))
 TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit", 1),)
-# Depth only (never fitted): a top on the word path (64-byte datapath, cols a multiple of
+# Depth only (never fitted): tops on the word path (64-byte datapath, cols a multiple of
 # 16), the output writer the explorer picks for the DeiT models; the last field is
-# datapath_bytes (16 when absent).
-TOP_DEPTH = ((1, 2, 16, 8, 16, 64, "digits-vit", 1, 64),)
+# datapath_bytes (16 when absent). The two-group one is the clock rule's ``word_top``
+# (dse.clock.word_groups: several groups on the word path), taken only for such designs.
+TOP_DEPTH = ((1, 2, 16, 8, 16, 64, "digits-vit", 1, 64), (2, 2, 16, 8, 16, 64, "digits-vit", 1, 64))
+# Depth only: a mixed W4/W8 array's column-map output writer (rtl/spm MappedOutWriter; groups,
+# cols, cols_w8), alone: every mixed top writes through it (MixedOutWriter's W_SPM path is the
+# all-W8 writer the top runs measure). The DeiT-Base mixed answer's 2 x (16+4) columns.
+WRITER_DEPTH = ((2, 20, 16),)
 # One more weight port: its DMAReader alone, and an engine with two W loaders against one.
 PORT_ENGINE = (1, 2, 4, 4, 0.0, "int4", 256, 32)
 UNIT_LANES = {
@@ -173,6 +181,25 @@ def run_top(cfg) -> dict:
     res = synth(top_verilog(design, "vitaccel_top"), "vitaccel_top")
     res["seconds"] = round(time.monotonic() - t0, 1)
     res["params"] = {"design": design.model_dump(mode="json")}
+    return res
+
+
+def _writer_key(cfg) -> str:
+    g, c, c8 = cfg
+    return f"writer mapped g{g} c{c} w8c{c8}"
+
+
+def run_writer(cfg) -> dict:
+    """A :class:`~vitaccel.rtl.spm.MappedOutWriter` alone (``WRITER_DEPTH``)."""
+    from vitaccel.rtl.spm import MappedOutWriter
+    from vitaccel.rtl.verilog import to_verilog
+
+    g, c, c8 = cfg
+    t0 = time.monotonic()
+    verilog = to_verilog(MappedOutWriter(groups=g, cols=c, cols_w8=c8), "mapped_out_writer")
+    res = synth(verilog, "mapped_out_writer")
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["params"] = {"groups": g, "cols": c, "cols_w8": c8}
     return res
 
 
@@ -319,7 +346,9 @@ def fit(data: dict) -> dict:
                     "bram36": run["ramb36"] + run["ramb18"] / 2,
                 }  # fmt: skip
     out["unit_points"] = points
+    from vitaccel.dse import clock as clock_rule
     from vitaccel.dse.clock import effective_levels
+    from vitaccel.engine_timing import WORD_BYTES
 
     # A weight port beyond the first: its DMAReader plus the W loader it adds to the engine.
     runs_all = data["runs"]
@@ -366,7 +395,17 @@ def fit(data: dict) -> dict:
     for key, run in data["runs"].items():
         levels = effective_levels(run)
         if key.startswith(("top", "port")):
-            depth["top"] = max(depth.get("top", 0.0), levels)
+            # several groups on the output writer's word path: the clock rule's word_top
+            d = (run.get("params") or {}).get("design")
+            word = d and clock_rule.word_groups(
+                d["array"]["groups"],
+                column_split(d["array"]["cols"], d["array"]["w4_share"])[0],
+                d["datapath_bytes"] // WORD_BYTES,
+            )
+            part = "word_top" if word else "top"
+            depth[part] = max(depth.get(part, 0.0), levels)
+        elif key.startswith("writer mapped"):
+            depth["mixed_writer"] = max(depth.get("mixed_writer", 0.0), levels)
         elif key.startswith("engine"):
             depth["engine"] = max(depth.get("engine", 0.0), levels)
         else:
@@ -410,6 +449,7 @@ def main(argv=None) -> int:
         if args.only in (None, "top"):
             jobs += [(_top_key(c), run_top, (c,)) for c in TOP_FIT + TOP_VALIDATE + TOP_DEPTH]
             jobs += [("port dma_reader", run_dma_reader, ())]
+            jobs += [(_writer_key(c), run_writer, (c,)) for c in WRITER_DEPTH]
             jobs += [(_port_engine_key(q), run_port_engine, (q,)) for q in (1, 2)]
         if args.only in (None, "units"):
             for unit, lanes_list in UNIT_LANES.items():

@@ -17,6 +17,8 @@ one byte-enabled write port, so it maps to simple-dual-port block RAM. Around it
   bytes past ``cols`` are never written.
 * :class:`MatmulOutWriter`: the matmul engine's output words (one token x G*C channels per
   step) -> runs, in shared or heads mode, row-major or transposed (OUT_T).
+* :class:`MappedOutWriter`: a mixed W4/W8 array's output writer (the column map);
+  :class:`MixedOutWriter` adds a :class:`MatmulOutWriter` of the W8 columns for W_SPM jobs.
 * :class:`WStreamBuilder`: the engine's ``w`` stream from SPM rows (MATMUL with W_SPM):
   per step, group and column a parameter word, then the row's ``ceil(K/V)`` words.
 
@@ -27,7 +29,7 @@ Modules: :mod:`~vitaccel.rtl.spm.scratchpad` (the memory and its client signatur
 :mod:`~vitaccel.rtl.spm.readers` (:class:`RowReader`), :mod:`~vitaccel.rtl.spm.writers`
 (:class:`ByteRunWriter`, :class:`RowWriter`) and :mod:`~vitaccel.rtl.spm.matmul_streams`
 (:class:`XStreamBuilder`, :class:`WStreamBuilder`, :class:`MatmulOutWriter`,
-:class:`ResidualRuns`). Every name is importable from the package.
+:class:`MappedOutWriter`, :class:`MixedOutWriter`, :class:`ResidualRuns`). Every name is importable from the package.
 """
 
 from vitaccel.isa import WORD_BYTES

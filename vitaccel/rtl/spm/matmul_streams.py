@@ -36,6 +36,7 @@ __all__ = [
     "MatmulOutWriter",
     "mapped_out_cmd_layout",
     "MappedOutWriter",
+    "MixedOutWriter",
     "ResidualRuns",
     "xbuild_cmd_layout",
     "XStreamBuilder",
@@ -250,6 +251,24 @@ class MatmulOutWriter(CheckedComponent):
         # job constant: the subtraction in front of it made a 7.25-level path)
         gl_step = cm_le_sw | (step_left <= cm_sw)
         gl_group = cm_le_sw | (step_left <= sw)  # next token or group: cm, step_left
+        if self.word_path:
+            # (word path) both as registers of the current step, set in the fresh cycle from
+            # N and loaded with step_left when a step ends: the next step's gl_group is this
+            # step's gl_step (step_left - cm <= sw), its gl_step the compare with 2 cm + sw (a
+            # job constant). From step_left in the cycle they are used, they headed a
+            # 7.25-level path into step_last (a step's last value is never used when
+            # step_left <= cm: the job ends).
+            gl_step_r, gl_group_r = Signal(), Signal()
+            cm2_sw = Signal(18)  # 2 cm + sw
+            with m.If(self.cmd.valid & self.cmd.ready):
+                m.d.sync += cm2_sw.eq((cm0 << 1) + sw0)
+            with m.If(fresh):
+                m.d.sync += [
+                    gl_step_r.eq(cm_le_sw | (job.n <= cm_sw)),
+                    gl_group_r.eq(fresh_grp),
+                ]
+            gl_step_nx = cm_le_sw | (step_left <= cm2_sw)
+            gl_step, gl_group = gl_step_r, gl_group_r
         gl_run = (left_c <= (sw << 1)) | (left_n <= (sw << 1))  # next run: both - sw
 
         word = sink.payload
@@ -293,9 +312,23 @@ class MatmulOutWriter(CheckedComponent):
         fire = Signal(attrs={"keep": 1})
         word_end, step_end = word_last, step_last
         if self.word_path:
-            direct, dfire, more, wbusy = self._word_path(m, job, active, sink, tok_base, step_n,
-                                                         step_left, buf, flushing, t,
-                                                         step_row_base)  # fmt: skip
+            # The job's route (runs / direct x OUT_T / not) with ``active`` folded in: four
+            # registers set in the fresh cycle and cleared when the job ends. The handshake
+            # is then dfire | o.valid & o.ready with both terms one LUT of registers (through
+            # active and the modes' selects ABC mapped fire 5 LUTs deep, an 8.0-level path
+            # job.transposed -> fire -> the group registers, or 7.0 from active).
+            rt, rr, dt, dr = (Signal(name=f"route_{k}") for k in ("rt", "rr", "dt", "dr"))
+            route = [rt, rr, dt, dr]
+            direct, dfire, more, wbusy, step_regs = self._word_path(
+                m, job, fresh, sink, tok_base, step_n, step_left, buf, flushing, t,
+                step_row_base, dt, dr)  # fmt: skip
+            with m.If(fresh):
+                m.d.sync += [
+                    rt.eq(~direct & job.transposed),
+                    rr.eq(~direct & ~job.transposed),
+                    dt.eq(direct & job.transposed),
+                    dr.eq(direct & ~job.transposed),
+                ]
             m.d.comb += fire.eq((self.o.valid & self.o.ready) | dfire)
             # a direct job's word ends with its last segment, its step with the token's
             word_end = Mux(direct, ~more, word_last)
@@ -305,7 +338,7 @@ class MatmulOutWriter(CheckedComponent):
         t_valid, t_prime = active & flushing & tprimed, flushing & ~tprimed
         t_fire, t_word_end = fire, word_end
         if self.word_path:  # a direct OUT_T job's flushes leave on wo: no runs, no priming
-            t_valid, t_prime = t_valid & ~direct, t_prime & ~direct
+            t_valid, t_prime = rt & flushing & tprimed, t_prime & ~direct
             # the runs' own fire and word end: the word path's stay off tdata's path
             t_fire, t_word_end = t_valid & self.o.ready, word_last
         with m.If(job.transposed):
@@ -317,7 +350,18 @@ class MatmulOutWriter(CheckedComponent):
                 ]
             with m.If(t_fire):
                 lane_next = Mux(group_last, lane_grp, lane_run)
-                m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
+                if self.word_path:
+                    # a tree of 2-way selects by lane_next's bits (lanes past G*C are never
+                    # selected: the word ends first); the word select's shifter was mapped
+                    # as a chain of 7 LUTs, a 7.0-level path lane_run -> tdata (issue #17)
+                    level = list(buf)
+                    for k in range(max(1, (G * C - 1).bit_length())):
+                        level = [Mux(lane_next[k], level[i + 1], level[i])
+                                 if i + 1 < len(level) else level[i]
+                                 for i in range(0, len(level), 2)]  # fmt: skip
+                    m.d.sync += tdata.eq(level[0])
+                else:
+                    m.d.sync += tdata.eq(Cat(*buf).word_select(lane_next, 8 * WORD_BYTES))
                 with m.If(t_word_end):
                     m.d.sync += tprimed.eq(0)
             t_take = sink.valid & active & ~flushing  # (sink.ready here)
@@ -333,20 +377,20 @@ class MatmulOutWriter(CheckedComponent):
                 with m.Else():  # next token of the chunk
                     m.d.sync += [t.eq(t + 1), t_left.eq(t_left - 1)]
                     m.d.comb += t_last_n.eq(t_left == 2)
-        if self.word_path:
-            with m.Elif(direct):  # (the writes leave on wo: no runs)
-                m.d.comb += self.o.valid.eq(0)
-        with m.Else():
-            m.d.comb += self.o.valid.eq(active & sink.valid)
+        if self.word_path:  # from the route registers: OUT_T's flush or a word's runs
+            m.d.comb += self.o.valid.eq(t_valid | (rr & sink.valid))
+        else:
+            with m.Else():
+                m.d.comb += self.o.valid.eq(active & sink.valid)
         # The input's pop as (a register-driven term) | ready & (another): the byte-run
         # writer's ready then meets one LUT before the skid buffer (through the modes'
         # selects it was 8 levels deep into the skid registers)
         pop_any = Signal()  # pops whatever the output's ready
         pop_rdy = Signal()  # pops when the output is taken
         if self.word_path:
-            m.d.comb += [
-                pop_any.eq(Mux(job.transposed, active & ~flushing, dfire & ~more)),
-                pop_rdy.eq(~job.transposed & ~direct & active & word_last),
+            m.d.comb += [  # (dfire & ~more, a row-major job's: dr & sink.valid & ~more)
+                pop_any.eq(((rt | dt) & ~flushing) | (dr & sink.valid & ~more)),
+                pop_rdy.eq(rr & word_last),
             ]
         else:
             m.d.comb += [
@@ -361,6 +405,8 @@ class MatmulOutWriter(CheckedComponent):
         fregs = [flushing, g_left, left_c, lane0, grp_lane, lane_run, lane_grp, t, t_left, step_n,
                  step_left, n, left_n, tok_base, rowaddr, step_row_base, grp_nrow, lane_row,
                  active]  # fmt: skip
+        if self.word_path:  # the pieces' flags of the current step (set with step_left)
+            fregs += [r for r, _ in step_regs] + [gl_step_r, gl_group_r] + route
         nxt = {id(r): Signal.like(r, name=f"{r.name}_f") for r in fregs}
 
         def f(r):
@@ -399,8 +445,13 @@ class MatmulOutWriter(CheckedComponent):
                     f(grp_nrow).eq(step_row_base + cm_stride),
                     f(lane_row).eq(step_row_base + cm_stride),
                 ]
+                if self.word_path:
+                    m.d.comb += [f(r).eq(v) for r, v in step_regs]
+                    m.d.comb += [f(gl_step_r).eq(gl_step_nx), f(gl_group_r).eq(gl_step_r)]
                 with m.If(step_left <= cm):
                     m.d.comb += f(active).eq(0)
+                    if self.word_path:
+                        m.d.comb += [f(r).eq(0) for r in route]
             with m.Else():
                 m.d.comb += [
                     grp_last_f.eq(gl_group),
@@ -464,11 +515,12 @@ class MatmulOutWriter(CheckedComponent):
             m.d.comb += self.idle.eq(~active & ~fresh & ~inb.busy)
         return m
 
-    def _word_path(self, m: Module, job, active, sink, tok_base, step_n, step_left, buf,
-                   flushing, t, step_row_base):  # fmt: skip
+    def _word_path(self, m: Module, job, fresh, sink, tok_base, step_n, step_left, buf,
+                   flushing, t, step_row_base, dt, dr):  # fmt: skip
         """The word path's pieces -> ``wo``. Returns (direct: the job takes it, dfire: a
         segment is written this cycle, more: a later segment of the word writes, busy: a
-        registered write is pending).
+        registered write is pending, step registers: (register, its value for the next
+        output step) pairs the caller loads when a step ends, as it does ``step_left``).
 
         An OUT_T job whose Y stride is odd takes it too: a flushed chunk's lanes (16 tokens
         of one channel each: one aligned SPM word, row n at ``n * stride`` words) go in
@@ -488,6 +540,11 @@ class MatmulOutWriter(CheckedComponent):
         KT = G * C // B  # OUT_T segments per chunk
         direct = Signal()
         tbl = Signal(range(B + 2))
+        # the table and the row-major segment one-hot, registers beside tbl and seg: "a later
+        # segment writes" is then an AND-OR of flags (decoded from seg and tbl it was three
+        # LUTs of compares in front of the word's end, an 8.0-level path into step_last)
+        tbl1h = Signal(B + 2)
+        seg1h = Signal(K)
         seg = Signal(range(max(K, KT, 2)))
         grp_ok = Signal(G)  # group g writes (shared: all; heads: g < nheads)
         grp_off = [Signal(ADDR_BITS, name=f"grp_off{g}") for g in range(G)]  # g * head_step
@@ -500,31 +557,49 @@ class MatmulOutWriter(CheckedComponent):
             return Mux(srev, lanes[-r % B], lanes[r]) if B == 4 and r % 2 else lanes[r]
 
         cmdp = self.cmd.payload
+        tbl_n = Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [
                 direct.eq(~self.force_runs & (~cmdp.transposed | cmdp.stride[0])),
                 # (OUT_T: B + 1, a table of no cases: ``more`` is t_more's)
-                tbl.eq(Mux(cmdp.transposed, B + 1, Mux(cmdp.heads, 1 + cmdp.head_step[:lb], 0))),
+                tbl.eq(tbl_n),
+                tbl1h.eq(Const(1, B + 2) << tbl_n),
                 seg.eq(0),
+                seg1h.eq(1),
                 grp_ok.eq(Cat(*[~cmdp.heads | (g < cmdp.nheads) for g in range(G)])),
                 *[off.eq(cmdp.head_step * g) for g, off in enumerate(grp_off)],
             ]
             m.d.sync += srev.eq(cmdp.stride[1] if B == 4 else 0)
         # piece p (group g, word j) writes when its first channel is < N (and its group
-        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them)
-        ok, be = [], []
-        tail = Signal(WORD_BYTES)
-        m.d.comb += tail.eq(Cat(*[step_left[:4] > i for i in range(WORD_BYTES)]))
+        # writes); all 16 bytes unless it holds channel N - 1 (then step_left mod 16 of them).
+        # The flags are registers of the current step, set in the job's fresh cycle from N
+        # and, when a step ends, from step_left's compares with the next step's channels
+        # (first + cm), loaded with step_left: compared from step_left in the cycle they are
+        # used, they sat in front of "a later segment writes" and the word's end, an
+        # 8.25-level path into the group registers (lane_grp, g_left, rowaddr, ...).
+        (cm_sh, _), (cm_hd, _) = _mode_consts(G, C)
+        assert cm_sh % WORD_BYTES == 0 and cm_hd % WORD_BYTES == 0  # (cols % 16 == 0)
+        ok = Signal(P)
+        full = Signal(P)
+        tail = Signal(WORD_BYTES)  # N mod 16 is step_left's in every step (cm % 16 == 0)
+        ok_nx, full_nx = [], []
         for p in range(P):
             g, j = divmod(p, per)
-            first = Mux(job.heads, WORD_BYTES * j, WORD_BYTES * p)
-            ok_p, full_p = Signal(name=f"ok{p}"), Signal(name=f"full{p}")
-            m.d.comb += [
-                ok_p.eq(grp_ok[g] & (step_left > first)),
-                full_p.eq(step_left >= first + WORD_BYTES),
-            ]
-            ok.append(ok_p)
-            be.append(Mux(full_p, (1 << WORD_BYTES) - 1, Mux(ok_p, tail, 0)))
+            first_sh, first_hd = WORD_BYTES * p, WORD_BYTES * j
+            ok_nx.append(grp_ok[g] & Mux(job.heads, step_left > first_hd + cm_hd,
+                                         step_left > first_sh + cm_sh))  # fmt: skip
+            full_nx.append(Mux(job.heads, step_left >= first_hd + WORD_BYTES + cm_hd,
+                               step_left >= first_sh + WORD_BYTES + cm_sh))  # fmt: skip
+            with m.If(fresh):
+                first = Mux(job.heads, first_hd, first_sh)
+                m.d.sync += [
+                    ok[p].eq(grp_ok[g] & (job.n > first)),
+                    full[p].eq(job.n >= first + WORD_BYTES),
+                ]
+        with m.If(fresh):
+            m.d.sync += tail.eq(Cat(*[job.n[:4] > i for i in range(WORD_BYTES)]))
+        be = [Mux(full[p], (1 << WORD_BYTES) - 1, Mux(ok[p], tail, 0)) for p in range(P)]
+        step_regs = [(ok, Cat(*ok_nx)), (full, Cat(*full_nx))]
         # OUT_T: which lanes write (channel < N, group writes) and whether a segment after
         # segment k holds one, registered every cycle from step_left (constant while a chunk
         # is gathered, and a chunk takes at least one cycle before its flush)
@@ -558,7 +633,8 @@ class MatmulOutWriter(CheckedComponent):
         m.d.comb += tmask.eq(Cat(*[t[:4] >= i for i in range(WORD_BYTES)]))
         dfire = Signal()
         more = Signal()
-        m.d.comb += dfire.eq(active & direct & Mux(job.transposed, flushing, sink.valid))
+        # (active & direct & OUT_T ? flushing : sink.valid, from the caller's route registers)
+        m.d.comb += dfire.eq((dt & flushing) | (dr & sink.valid))
         with m.If(~flushing):
             chunk_row = step_row_base + (t >> 4)
             m.d.sync += [seg_row.eq(chunk_row), grp_row.eq(chunk_row), sg.eq(0)]
@@ -592,12 +668,17 @@ class MatmulOutWriter(CheckedComponent):
             m.d.sync += t_more.eq(job.transposed & later_n[0])
         with m.Elif(dfire):
             m.d.sync += t_more.eq(Cat(later, Const(0, 1)).bit_select(seg + 1, 1))
+        more_terms = []
+        for ti, segs in enumerate(tables):
+            for k in range(len(segs)):
+                later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
+                if later_ok:
+                    more_terms.append(tbl1h[ti] & seg1h[k] & Cat(*later_ok).any())
+        m.d.comb += more_rm.eq(Cat(*more_terms).any() if more_terms else 0)
         with m.Switch(Cat(seg, tbl)):
             for ti, segs in enumerate(tables):
                 for k, pieces in enumerate(segs):
                     with m.Case(k | (ti << len(seg))):
-                        later_ok = [ok[p] for s_ in segs[k + 1 :] for p in s_]
-                        m.d.comb += more_rm.eq(Cat(*later_ok).any() if later_ok else 0)
                         for p in pieces:
                             g, j = divmod(p, per)
                             rel = p % B if ti == 0 else (g * (ti - 1) + j) % B
@@ -622,7 +703,8 @@ class MatmulOutWriter(CheckedComponent):
                     r_be[r].eq(tmask),
                 ]
         with m.If(dfire):
-            m.d.sync += seg.eq(Mux(more, seg + 1, 0))
+            # (seg1h: past the row-major segments only in OUT_T, whose table has none)
+            m.d.sync += [seg.eq(Mux(more, seg + 1, 0)), seg1h.eq(Mux(more, seg1h << 1, 1))]
         # bank b takes relative lane (b - rot) mod B
         with m.Switch(rot):
             for q in range(B):
@@ -635,7 +717,7 @@ class MatmulOutWriter(CheckedComponent):
                             lane.data.eq(r_data[r]),
                             lane.be.eq(r_be[r]),
                         ]
-        return direct, dfire, more, r_en.any()
+        return direct, dfire, more, r_en.any(), step_regs
 
 
 def mapped_out_cmd_layout() -> data.StructLayout:
@@ -911,6 +993,110 @@ class MappedOutWriter(CheckedComponent):
                 with m.Else():
                     m.d.sync += c.eq(c + span)
         m.d.comb += self.idle.eq(~active & ~inb.busy)
+        return m
+
+
+class MixedOutWriter(CheckedComponent):
+    """A mixed W4/W8 array's output writer on a banked scratchpad whose groups' W8 columns
+    are whole words (:func:`~vitaccel.engine_timing.word_writes` of ``cols_w8`` and
+    ``banks``): :class:`MappedOutWriter` for the jobs with W from DDR (the column map), and
+    for W_SPM jobs (``w8_rule``) an all-W8 :class:`MatmulOutWriter` of ``groups`` x
+    ``cols_w8`` columns with its bank-parallel word path.
+
+    Under the W8-column rule W8 column c of group g has the channel ``s*G*C8 + g*C8 + c``
+    (shared) or ``s*C8 + c`` of head g (heads), and the W4 columns are idle: exactly the
+    channels an all-W8 array of ``cols_w8`` columns gives byte ``g*C8 + c`` of its words.
+    So the engine's words go to that writer with the W4 columns' bytes dropped (wiring),
+    and its runs, words and ``chan`` stand for the job's. The command goes to the writer
+    its ``w8_rule`` names (taken only while the other writer is idle), the words and the
+    runs follow the job of the last command. Cycles: a W_SPM job's are the all-W8 writer's
+    (``dse.cost.writer_bound`` with ``cols_w8`` columns), the others' ``MappedOutWriter``'s.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(mapped_out_cmd_layout()))``
+    i : ``In(stream.Signature(unsigned(8 * groups * cols)))``
+    map : ``In(stream.Signature(unsigned(16)))``
+        The column map entries (jobs with W from DDR only).
+    o : ``Out(stream.Signature(run_layout()))``
+    chan : ``Out(16)``
+    wo : ``Out(bank_write_signature(banks))``
+        The W_SPM jobs' pieces (:attr:`MatmulOutWriter.wo`).
+    force_runs : ``In(1)``
+        (:attr:`MatmulOutWriter.force_runs`) read with a W_SPM job's command.
+    work : ``Out(1)``
+        ``MappedOutWriter``'s :attr:`~MappedOutWriter.work`.
+    idle : ``Out(1)``
+    """
+
+    word_path = True
+
+    @classmethod
+    def check(cls, *, groups, cols, cols_w8, banks):
+        MappedOutWriter.check(groups=groups, cols=cols, cols_w8=cols_w8)
+        MatmulOutWriter.check(groups=groups, cols=cols_w8, banks=banks)
+        if not word_writes(cols_w8, banks):
+            raise ValueError(
+                f"cols_w8 must be a multiple of {WORD_BYTES} and banks > 1 (the all-W8 "
+                f"writer's word path), not cols_w8={cols_w8!r}, banks={banks!r}"
+            )
+
+    def __init__(self, *, groups: int, cols: int, cols_w8: int, banks: int):
+        self.groups, self.cols, self.cols_w8, self.banks = groups, cols, cols_w8, banks
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(mapped_out_cmd_layout())),
+                "i": In(stream.Signature(unsigned(8 * groups * cols))),
+                "map": In(stream.Signature(unsigned(16))),
+                "o": Out(stream.Signature(run_layout())),
+                "chan": Out(16),
+                "wo": Out(bank_write_signature(banks)),
+                "force_runs": In(1),
+                "work": Out(1),
+                "idle": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        G, C, C8 = self.groups, self.cols, self.cols_w8
+        m.submodules.mapped = mp = MappedOutWriter(groups=G, cols=C, cols_w8=C8)
+        m.submodules.w8 = w8 = MatmulOutWriter(groups=G, cols=C8, banks=self.banks)
+        on_w8 = Signal()  # the last command's job is a W_SPM one (the all-W8 writer's)
+        cmdp = self.cmd.payload
+        rule = cmdp.w8_rule
+        m.d.comb += [
+            mp.cmd.payload.eq(cmdp),
+            *[getattr(w8.cmd.payload, name).eq(getattr(cmdp, name))
+              for name, _ in matmul_out_cmd_layout()],
+            mp.cmd.valid.eq(self.cmd.valid & ~rule & w8.idle),
+            w8.cmd.valid.eq(self.cmd.valid & rule & mp.idle),
+            self.cmd.ready.eq(Mux(rule, w8.cmd.ready & mp.idle, mp.cmd.ready & w8.idle)),
+            w8.force_runs.eq(self.force_runs),
+        ]  # fmt: skip
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += on_w8.eq(rule)
+        # the words: all of them to the mapped writer, the W8 columns' bytes to the other
+        w8_bytes = [self.i.payload.word_select(g * C + c, 8) for g in range(G) for c in range(C8)]
+        m.d.comb += [
+            mp.i.payload.eq(self.i.payload),
+            w8.i.payload.eq(Cat(*w8_bytes)),
+            mp.i.valid.eq(self.i.valid & ~on_w8),
+            w8.i.valid.eq(self.i.valid & on_w8),
+            self.i.ready.eq(Mux(on_w8, w8.i.ready, mp.i.ready)),
+        ]
+        wiring.connect(m, wiring.flipped(self.map), mp.map)
+        wiring.connect(m, w8.wo, wiring.flipped(self.wo))
+        # the runs of the job's writer
+        m.d.comb += [
+            self.o.valid.eq(Mux(on_w8, w8.o.valid, mp.o.valid)),
+            self.o.payload.eq(Mux(on_w8, w8.o.payload, mp.o.payload)),
+            w8.o.ready.eq(self.o.ready & on_w8),
+            mp.o.ready.eq(self.o.ready & ~on_w8),
+            self.chan.eq(Mux(on_w8, w8.chan, mp.chan)),
+            self.work.eq(mp.work),
+            self.idle.eq(mp.idle & w8.idle),
+        ]
         return m
 
 
