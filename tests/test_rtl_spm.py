@@ -705,6 +705,10 @@ def _spm_with(rng, tensors):
         (1, 4, 16, 0, 1, 6, 70, 9, 2, 2, 0),
         (4, 4, 16, 1, 3, 3, 40, 9, 4, 4, 0),
         (2, 4, 8, 0, 1, 5, 100, 7, 8, 4, 0),
+        # a heads job's zero groups of one word (T = 1, K <= V) and of more (X's zero_one)
+        (2, 2, 8, 1, 1, 1, 5, 3, 1, 1, 0),
+        (3, 2, 8, 1, 1, 1, 20, 3, 1, 1, 0),
+        (2, 2, 8, 1, 1, 2, 8, 3, 1, 1, 0),
     ],
 )
 def test_x_and_w_streams_match_the_engine_packer(

@@ -1382,14 +1382,17 @@ class XStreamBuilder(CheckedComponent):
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += issued.eq(1)
         # a group of zero words counts down; "one left" is a register (a 32-bit compare
-        # of the counter sat in the handshake)
+        # of the counter sat in the handshake). A group of one word: T = 1 (row_is_last at
+        # every group's start) and KS = 1 (K <= V), not the product's compare (8.0 levels
+        # from the multiplier's DSP into zero_one on the 2-port 64 B top; same value: T,
+        # KS >= 1 in an active job)
         zero_one = Signal()
         with m.If(active & ~issued & ~real):
             m.d.sync += [
                 issued.eq(1),
                 zeros_left.eq(job.tokens * ks),
                 zeros_on.eq(1),  # tokens, ks >= 1 in an active job
-                zero_one.eq(job.tokens * ks == 1),
+                zero_one.eq(row_is_last & (job.k <= V)),
             ]
 
         # Output: the reader's beats for a real group, zeros otherwise.
