@@ -274,19 +274,28 @@ class _Model:
         return clock_rule.unit_levels(self.depth, unit, lanes)
 
     def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False,
-                      word_groups: bool = False) -> float | None:  # fmt: skip
+                      word_groups: bool = False, w_builders: int = 1) -> float | None:  # fmt: skip
         """The design's worst calibrated path (:func:`clock.design_levels`; ``mixed``: a
         W4/W8 array, whose column-map output writer counts too; ``word_groups``: several
-        groups on the output writer's word path, :func:`clock.word_groups`); None without
-        data."""
+        groups on the output writer's word path, :func:`clock.word_groups`, whose runs are
+        taken at ``w_builders``, :func:`cost.spm_w_builders`); None without data."""
         if not self.depth:
             return None
-        return clock_rule.design_levels(self.depth, lanes, mixed, word_groups)
+        return clock_rule.design_levels(self.depth, lanes, mixed, word_groups, w_builders)
+
+    def word_top_known(self, w_builders: int) -> bool:
+        """Whether the calibration tells the depth of a multi-group word-path top with
+        ``w_builders`` W builders (:func:`clock.word_top_levels` does not refuse it)."""
+        try:
+            clock_rule.word_top_levels(self.depth, w_builders)
+        except ValueError:
+            return False
+        return True
 
     def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False,
-                  word_groups: bool = False) -> float:  # fmt: skip
+                  word_groups: bool = False, w_builders: int = 1) -> float:  # fmt: skip
         """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
-        levels = self.design_levels(lanes, mixed, word_groups)
+        levels = self.design_levels(lanes, mixed, word_groups, w_builders)
         if levels is None:
             return self.board.default_clock_mhz
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
@@ -815,15 +824,18 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         for ports in port_choices:
             if (g * c) % ports:
                 continue
+            builders = builders_of(ports)
+            if word_groups and clock_mhz is None and not m.word_top_known(builders):
+                continue  # no calibrated top of as many W builders: its clock is unknown
             extra = port_usage[ports]
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
             evals: dict[float, tuple] = {}  # this port count's
-            builders = builders_of(ports)
             for lanes, nl_cycles, lane_usage, clock in opts:
                 if (share > 0 or word_groups) and clock_mhz is None:
                     # a mixed array writes through its column-map writer, several groups
-                    # on the word path through that writer: their depth too
-                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups))
+                    # on the word path through that writer (and its W builders' arbiter):
+                    # their depth too
+                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups, builders))
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
                     if (wc, builders) not in priced:
@@ -1599,6 +1611,9 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
     per_layer = {
         name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))
     }
+    c8, c4 = column_split(c.cols, c.w4_share)
+    words = clock_rule.word_groups(c.groups, c8, c.datapath_bytes // SLOT_BYTES)
+    builders = spm_w_builders(c.weight_ports, c4)
     return {
         "model": design.model,
         "board": design.board,
@@ -1642,13 +1657,13 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
+            # None without data, or for a word-path top of W builders no run measured (a
+            # given clock lets the explorer keep it)
             "levels": result["model"].design_levels(
-                c.lanes,
-                mixed=c.w4_share > 0,
-                word_groups=clock_rule.word_groups(
-                    c.groups, column_split(c.cols, c.w4_share)[0], c.datapath_bytes // SLOT_BYTES
-                ),
-            ),
+                c.lanes, mixed=c.w4_share > 0, word_groups=words, w_builders=builders
+            )
+            if not words or result["model"].word_top_known(builders)
+            else None,
             "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
         },
         "shell_resources": result["model"].shell_kind,
