@@ -327,6 +327,7 @@ def _capped_pool_clocks(monkeypatch, calibration, space, capped, clock):
     assert {c.clock_mhz for c in low} == {clock}
     assert min(c.clock_mhz for c in rest) > clock
     assert all(c.fps == pytest.approx(clock * 1e6 / c.cycles) for c in low)
+    return pool
 
 
 def test_multi_group_word_path_designs_clock_follows_the_word_top_run(monkeypatch):
@@ -356,6 +357,38 @@ def test_multi_group_word_path_designs_clock_follows_the_word_top_run(monkeypatc
                         lanes=(16,), datapath_bytes=(64,))  # fmt: skip
     _capped_pool_clocks(monkeypatch, {**stored, "depth_runs": deep}, space,
                         lambda c: c.groups > 1, 200.0)  # fmt: skip
+
+
+def test_two_port_word_path_designs_clock_follows_the_two_port_top_run(monkeypatch):
+    """Issue #17: an all-W8 top with several groups on the word path and a W builder per
+    weight port (the DeiT bench designs: cost.spm_w_builders) has one more client of the
+    scratchpad's read arbiter a port and the builders beside the writer: the clock rule
+    takes the 2-port two-group word-path top's run (calibrate.TOP_DEPTH, ``word_top_ports``
+    "2") for them, with the 1-port run (:func:`clock.word_top_levels`); more ports than any
+    run are refused, and the explorer leaves such tops out rather than guess their clock."""
+    from vitaccel.dse.search import SearchSpace
+
+    stored = res.calibration()
+    key = "top g2 r2 c16 v8 lanes16 spm64 digits-vit ports2 dp64"
+    assert key in stored["runs"]  # calibrate.TOP_DEPTH's 2-port run
+    depth = stored["depth_runs"]
+    assert depth["word_top_ports"] == {"2": clock_rule.effective_levels(stored["runs"][key])}
+    lanes = (16, 16, 16)
+    two = clock_rule.design_levels(depth, lanes, False, True, 2)
+    assert two == max(clock_rule.design_levels(depth, lanes, False, True, 1),
+                      depth["word_top_ports"]["2"])  # fmt: skip
+    deep = {**depth, "word_top_ports": {"2": clock_rule.max_levels(200)}}
+    at = clock_rule.allowed_clocks
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, False, True, 2))[0] == 200
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, False, True, 1))[0] > 200
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, False, False, 2))[0] > 200
+    with pytest.raises(ValueError, match=r"weight_ports=4: .*calibrated weight ports: 2"):
+        clock_rule.design_levels(deep, lanes, False, True, 4)
+    space = SearchSpace(groups=(1, 2), rows=(2,), cols=(16,), vector=(8,), w4_cols=(0,),
+                        lanes=(16,), datapath_bytes=(64,))  # fmt: skip
+    pool = _capped_pool_clocks(monkeypatch, {**stored, "depth_runs": deep}, space,
+                               lambda c: c.groups > 1 and c.weight_ports == 2, 200.0)  # fmt: skip
+    assert {c.weight_ports for c in pool if c.groups > 1} == {1, 2}  # 4 ports: no run
 
 
 @pytest.mark.skipif(not sens.DATA_PATH.is_file(), reason="sensitivity data not generated")

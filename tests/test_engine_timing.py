@@ -1,5 +1,6 @@
 """The engine's cycle recursion: one definition, its per-step-count form equal to it."""
 
+import math
 import random
 
 import pytest
@@ -145,6 +146,45 @@ def test_first_step_of_tiles_equals_the_tile_by_tile_recursion():
         assert got == want, (tokens, k, groups, rows, heads, x_beat, wl, keep, got, want)
         seen += 1
     assert seen == 5 * 4 * 2 * 4 * 2 * 3 * 3 * 2
+
+
+def test_word_writer_end_is_the_word_by_word_queue():
+    """The word path's end (:func:`word_writer_end`) against the writer taken word by word:
+    step s's tile i puts its R words out a cycle apart from ``S_s + i*P + KS - 1 +
+    first_out`` (X_KEEP: every tile a period apart, step 0 too), the writer spends
+    ``work[s]`` cycles on each, in order. At a cycle a word it is the engine's own end
+    (:func:`matmul_cycles`, X_KEEP or not); a heads job whose heads share a bank (3 cycles
+    a word) ends later by the writer's lag in its last step."""
+    from vitaccel.engine_timing import _job, _steps, first_issue, latencies, word_writer_end
+
+    rng = random.Random(5)
+    for _ in range(150):
+        g, r, c, v = rng.choice((1, 3)), rng.choice((1, 2, 4)), 16, rng.choice((4, 16))
+        t, k, nsteps = rng.randint(1, 70), rng.randint(1, 300), rng.randint(1, 5)
+        heads, wc = rng.random() < 0.5, rng.choice((1.0, 0.5, 1.5))
+        shape = (t, k, g, r, c, v, c // 2)
+        work = tuple(rng.choice((1, 1, 2, 3, 4)) for _ in range(nsteps))
+        job = dict(heads=heads, w_word_cycles=wc, x_keep=True, x_beat=rng.choice((1, 4)),
+                   w_lag=rng.choice((0, 2)))  # fmt: skip
+        end0, w_load, loaded0, pad, span, release, _ = _job(
+            *shape, heads, wc, True, job["x_beat"], job["w_lag"]
+        )
+        ks, out = -(-k // v), latencies(r, c // 2, v)["first_out"]
+        start0 = first_issue(0, loaded0, ks, t, g, r, heads=heads, x_beat=job["x_beat"])
+        done, steps = -1e9, _steps(end0, w_load, loaded0, pad, span, release)
+        for s in range(nsteps):
+            end = next(steps)[0]
+            start = start0 if s == 0 else end - span
+            for j in range(t):
+                arrive = start + (j // r) * (pad + ks) + ks - 1 + out + j % r
+                done = max(done, arrive) + work[s]
+        got = word_writer_end(*shape, work, **job)
+        assert got == done, (shape, work, job, got, done)
+        ones = (1,) * nsteps
+        for keep in (True, False):
+            same = {**job, "x_keep": keep}
+            eng = matmul_cycles(t, k, nsteps, g, r, c, v, c // 2, **same)
+            assert math.ceil(word_writer_end(*shape, ones, **same)) == eng, (shape, same)
 
 
 def test_mixed_w_spm_jobs_are_priced_as_the_all_w8_word_path_of_the_w8_columns():

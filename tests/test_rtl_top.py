@@ -352,6 +352,74 @@ def test_w_spm_jobs_on_a_banked_scratchpad_take_the_modelled_cycles(design):
         assert abs(rtl / model - 1) < 0.03, (name, rtl, model)
 
 
+# A 2-port all-W8 top whose ports' columns span groups (3 groups of 4 columns, M = 6) on a
+# banked scratchpad: W_SPM fills each port from its own builder.
+W_PORTS_TOP = Design(
+    array=ArrayConfig(groups=3, rows=2, cols=4, vector=4),
+    nonlinear=NonlinearConfig(
+        gelu_lanes=2, softmax_lanes=2, layernorm_lanes=2, max_tokens=16, max_channels=32
+    ),
+    spm_kib=8,
+    input_buffer_kib=1,
+    weight_buffer_kib=2,
+    datapath_bytes=32,
+    weight_ports=2,
+)
+
+
+def test_w_spm_port_builders_match_the_interpreter_and_the_model():
+    """W_SPM jobs on a 2-port top (a builder per port): heads jobs with every group real
+    and with a group past nheads, a shared job whose last step ends inside port 0's columns.
+    The stored Y equals the ISA interpreter's byte for byte (AXI stalls), and the jobs' RTL
+    cycles (no stalls; the LOAD + STORE program subtracted) are within 3 % of the cycle model
+    (``cost.instr_cycles`` at a word a cycle per port + the per-instruction overhead)."""
+    from vitaccel.boards import get_budget
+    from vitaccel.compile import interp
+    from vitaccel.dse.cost import LATENCIES, geometry, instr_cycles, port_bytes_per_cycle
+    from vitaccel.flow.codec import codec_for
+
+    design = W_PORTS_TOP
+    assert TopParams(design).spm_banks == 2
+    spm = dict(w_spm=32, x=0, x_stride=1, w_stride=1, y_stride=1)
+    jobs = [
+        isa.matmul(**spm, tokens=5, k=16, n=7, mult=3, shift=6, heads=3, head_x_step=5,
+                   head_w_step=8, y=100, head_y_step=5),
+        isa.matmul(**spm, tokens=3, k=9, n=10, mult=5, shift=7, heads=2, head_x_step=3,
+                   head_w_step=10, y=120, head_y_step=3),
+        isa.matmul(**{**spm, "x_stride": 2, "w_stride": 2}, tokens=4, k=20, n=15, mult=7,
+                   shift=8, y=130),
+    ]  # fmt: skip
+    io = [isa.load(spm=0, words=64, ddr=0x400), isa.store(spm=100, words=40, ddr=0x1000)]
+    prog = [io[0], *jobs, io[1], isa.end()]
+    rng = np.random.default_rng(11)
+    image = bytearray(0x1000 + 40 * 16)
+    code = isa.encode_program(prog)
+    image[: len(code)] = code
+    image[0x400 : 0x400 + 64 * 16] = rng.integers(0, 256, 64 * 16, dtype=np.uint8).tobytes()
+    want = interp.run(bytearray(image), codec_for(design), spm_words=512).ddr[0x1000:]
+    base = 0x4000
+    ram, out = _simulate(bytes(image), base, cycles=20_000, design=design)
+    assert out["status"] == STATUS_DONE, out
+    got = bytes(ram.mem[base + 0x1000 : base + 0x1000 + 40 * 16])
+    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
+    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
+
+    def cycles(program):
+        img = bytearray(image)
+        code = isa.encode_program([*program, isa.end()])
+        img[: len(code)] = code
+        ram, out = _simulate(bytes(img), base, cycles=20_000, design=design, stall=0.0)
+        assert out["status"] == STATUS_DONE, out
+        return out["cycles"]
+
+    rtl = cycles(prog[:-1]) - cycles(io)
+    geom, budget = geometry(design), get_budget(design.board)
+    port = port_bytes_per_cycle(design.clock_mhz, budget)
+    model = sum(instr_cycles(j, design, geom, port, budget)[0] + LATENCIES["instr"] for j in jobs)
+    print(f"W_SPM jobs, 2 port builders: RTL {rtl} cycles, model {model}")
+    assert abs(rtl / model - 1) < 0.03, (rtl, model)
+
+
 # A mixed W4/W8 top whose W8 columns are whole SPM words on a banked scratchpad: 2 groups of
 # 16 W8 + 4 W4 columns, a 32-byte datapath (2 banks), so W_SPM jobs take the all-W8 writer's
 # word path (rtl/spm MixedOutWriter) and the jobs with W from DDR the column map.

@@ -145,6 +145,22 @@ def test_digits_word_path_writer_heads_bit_exact(monkeypatch):
     assert model < runs
 
 
+@pytest.mark.slow
+def test_digits_w_spm_port_builders_take_the_modelled_cycles():
+    """A W builder per weight port on the DeiT-T-shaped top (3 groups of 16 columns, V = 16,
+    64-byte datapath, 2 ports; tests/test_rtl_top.py's ``W_SPM_TOP``): attention's W_SPM
+    jobs read W and X through the scratchpad's one read port. Bit-exact with AXI pauses;
+    unpaused within 3 % of the cycle model, which prices X's share of the port beside the
+    builders (``cost.spm_x_stretch``)."""
+    from test_rtl_top import W_SPM_TOP
+
+    design = W_SPM_TOP.model_copy(update={"model": "digits-vit"})
+    golden, results = _bit_exact_paused_then_unpaused(design, seeds=(23, 24))
+    model = estimate(design, spec=golden.spec).cycles
+    print(f"W_SPM port builders: RTL {results[-1].cycles} cycles/image, model {model}")
+    assert abs(results[-1].cycles / model - 1) < 0.03, (results[-1].cycles, model)
+
+
 # A 32-byte datapath with 32-lane E2Softmax, AILayerNorm and GELU: each reads and writes two
 # scratchpad words a cycle (one per bank). One Verilator build, shared by the two tests below.
 WIDE_NONLINEAR = Design(

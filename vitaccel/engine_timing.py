@@ -27,6 +27,8 @@ __all__ = [
     "word_writes",
     "word_writer_segments",
     "word_writer_cycles",
+    "word_writer_steps",
+    "word_writer_end",
     "tree_stages",
     "pe_stages",
     "latencies",
@@ -34,6 +36,7 @@ __all__ = [
     "top_out_depth",
     "x_beat_words",
     "x_load_cycles",
+    "x_edge",
     "x_tile_ends",
     "first_issue",
     "first_step",
@@ -149,20 +152,30 @@ def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: boo
     return (groups if heads else 1) * tokens * -(-ks // x_beat)
 
 
-def x_tile_ends(
-    tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1
-) -> list[int]:
+def x_edge(beats: float, x_stretch: tuple[tuple[float, float], ...] | None = None) -> float:
+    """Edge at which the X load has taken ``beats`` beats. Unstretched (``None``) a beat a
+    cycle from edge 1: ``beats``. ``x_stretch``: (slope, offset) lines when the X stream
+    shares the scratchpad's read port with W builders (``cost.spm_x_stretch``): the least
+    of the lines at ``beats``, never before ``beats``."""
+    if x_stretch is None:
+        return beats
+    return max(beats, min(a * beats + b for a, b in x_stretch))
+
+
+def x_tile_ends(tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1,
+                x_stretch: tuple[tuple[float, float], ...] | None = None) -> list[float]:  # fmt: skip
     """Edge of the X beat that completes each token tile's X (the last group's in heads mode).
 
     The X loader fills the banks token by token (heads mode: group 0's tokens, then group
     1's, ...); tile ``i`` is in once its last token's last beat is taken, at edge
     ``(G-1)*T*B + min(T, (i+1)*R)*B`` (``B = ceil(KS/x_beat)`` beats a token; the first
-    term in heads mode only), counted from the command handshake as the X load is.
+    term in heads mode only), counted from the command handshake as the X load is;
+    ``x_stretch``: that beat's edge by :func:`x_edge`.
     """
     beats = -(-ks // x_beat)
     off = (groups - 1) * tokens * beats if heads else 0
     tiles = -(-tokens // rows)
-    return [off + min(tokens, (i + 1) * rows) * beats for i in range(tiles)]
+    return [x_edge(off + min(tokens, (i + 1) * rows) * beats, x_stretch) for i in range(tiles)]
 
 
 def first_step(
@@ -191,25 +204,34 @@ def first_step(
     return start, end
 
 
-def first_issue(x_load: int, w_load: float, ks: int, tokens: int, groups: int, rows: int, *,
-                heads: bool, x_beat: int = 1) -> float:  # fmt: skip
+def first_issue(x_load: float, w_load: float, ks: int, tokens: int, groups: int, rows: int,
+                *, heads: bool, x_beat: int = 1,
+                x_stretch: tuple[tuple[float, float], ...] | None = None) -> float:  # fmt: skip
     """Edge of a job's first k-step issue (:func:`first_step`'s ``S``): once W is in and
-    the first tile's X (:func:`x_tile_ends`) or the whole X load is."""
+    the first tile's X (:func:`x_tile_ends`) or the whole X load is (``x_load``: the load's
+    last edge, :func:`x_edge` of its beats)."""
     beats = -(-ks // x_beat)
     b0 = ((groups - 1) * tokens * beats if heads else 0) + min(tokens, rows) * beats
-    return max(w_load + 1, min(x_load + 1, b0 + 2))
+    return max(w_load + 1, min(x_load + 1, x_edge(b0, x_stretch) + 2))
 
 
-def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: int,
-                        groups: int, rows: int, *, heads: bool,
-                        x_beat: int = 1) -> tuple[float, float]:  # fmt: skip
+def first_step_of_tiles(x_load: float, w_load: float, ks: int, pad: int, tokens: int,
+                        groups: int, rows: int, *, heads: bool, x_beat: int = 1,
+                        x_stretch: tuple[tuple[float, float], ...] | None = None,
+                        ) -> tuple[float, float]:  # fmt: skip
     """:func:`first_step` on :func:`x_tile_ends`' tiles, without iterating over them (the
     explorer prices ~10^5 jobs): while X is still loading, a middle tile issues at
     ``max(E + max(pad, 1) + 1, b + 2)`` (the load's clamp only bites on the last tile), a
     max-plus recurrence over tile edges ``b_i = b_0 + i * db`` whose closed form is
     ``E_j = max(E_0 + j*c, b_j + KS + 1 if db >= c else b_1 + KS + 1 + (j-1)*c)``,
     ``c = max(pad, 1) + KS``; once a tile ends after the whole load, every later tile adds
-    ``pad + KS``. Equal to :func:`first_step` (a test checks it over a sweep of shapes)."""
+    ``pad + KS``. Equal to :func:`first_step` (a test checks it over a sweep of shapes).
+    A stretched X load (``x_stretch``, :func:`x_edge`: tile edges no longer a line) takes
+    :func:`first_step` over the tiles (only W_SPM jobs on several W builders have one)."""
+    if x_stretch is not None:
+        ends = x_tile_ends(tokens, ks, groups, rows, heads=heads, x_beat=x_beat,
+                           x_stretch=x_stretch)  # fmt: skip
+        return first_step(x_load, w_load, ks, pad, ends)
     beats = -(-ks // x_beat)
     off = (groups - 1) * tokens * beats if heads else 0
     n = -(-tokens // rows)
@@ -241,20 +263,24 @@ def first_step_of_tiles(x_load: int, w_load: float, ks: int, pad: int, tokens: i
 
 @lru_cache(maxsize=65536)  # the explorer asks for the same jobs on many arrays
 def _job(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
-         w_lag=0):  # fmt: skip
+         w_lag=0, x_stretch=None):  # fmt: skip
     """The constants of one job's recursion (see :func:`matmul_cycles`)."""
     ks = -(-k // vector)
     tiles = -(-tokens // rows)
     pad = max(0, rows - ks)
     period = ks + pad
     lat = latencies(rows, units, vector)
-    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
+    if x_keep:
+        x_stretch = None  # no X load to share the port with
+    x_load = x_edge(
+        x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat), x_stretch
+    )
     w_load = round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     span = (tiles - 1) * period + ks - 1
     tail = lat["first_out"] + 1 + (tokens - 1) % rows
     loaded0 = w_lag + w_load  # Lend_0: W's first step in
     end0 = first_step_of_tiles(x_load, loaded0, ks, pad, tokens, groups, rows, heads=heads,
-                               x_beat=x_beat)[1]  # fmt: skip
+                               x_beat=x_beat, x_stretch=x_stretch)[1]  # fmt: skip
     return end0, w_load, loaded0, pad, span, lat["release"], tail
 
 
@@ -288,6 +314,7 @@ def matmul_cycles(
     x_keep: bool = False,
     x_beat: int = 1,
     w_lag: int = 0,
+    x_stretch: tuple[tuple[float, float], ...] | None = None,
 ) -> int:
     """Cycles of one job, command handshake to last output word, when no stream stalls.
 
@@ -308,10 +335,15 @@ def matmul_cycles(
       a token per X beat, :func:`x_beat_words` in the accelerator; 0 with ``x_keep``: the
       X of the previous job stays in the banks) and ``WL = G*C*(KS+1)``,
     * the last output word is taken at ``E_last + first_out + 1 + (T - 1) mod R``.
+
+    ``x_stretch``: the X stream slower than a beat a cycle at first (:func:`x_edge`: it
+    shares the scratchpad's read port with W builders); every X edge above is taken
+    through it.
     """
     end0, w_load, loaded0, pad, span, release, tail = _job(
-        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat, w_lag
-    )
+        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
+        w_lag, x_stretch,
+    )  # fmt: skip
     for s, (end, _) in enumerate(_steps(end0, w_load, loaded0, pad, span, release)):
         if s == nsteps - 1:
             return int(math.ceil(end + tail))
@@ -330,10 +362,11 @@ class StepCycles:
     __slots__ = ("ends", "periodic", "tail", "n")
 
     def __init__(self, tokens, k, nsteps, groups, rows, cols, vector, units, *,
-                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1, w_lag=0):  # fmt: skip
+                 heads=False, w_word_cycles=1.0, x_keep=False, x_beat=1, w_lag=0,
+                 x_stretch=None):  # fmt: skip
         end0, w_load, loaded0, pad, span, release, self.tail = _job(
             tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
-            w_lag,
+            w_lag, x_stretch,
         )  # fmt: skip
         self.n, self.ends, self.periodic = nsteps, [], None
         ends, seen = self.ends, {}
@@ -499,7 +532,6 @@ def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, 
     (``transposed``, odd Y stride): per step, a cycle per token gathered, and per chunk of
     16 tokens one cycle per segment of ``banks`` lanes up to the last one holding a lane
     that writes (a lane is one channel's 16 tokens, one SPM word)."""
-    per = cols // WORD_BYTES
     cm = cols if heads else groups * cols
     if transposed:
         chunks = -(-tokens // WORD_BYTES)
@@ -510,6 +542,18 @@ def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, 
             segs = -(-width // banks) + ((nheads - 1) * (cols // banks) if heads else 0)
             total += tokens + chunks * segs
         return total
+    return tokens * sum(word_writer_steps(n, groups, cols, banks, heads=heads, nheads=nheads,
+                                          head_step=head_step))  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def word_writer_steps(n: int, groups: int, cols: int, banks: int, *, heads: bool,
+                      nheads: int = 1, head_step: int = 0) -> tuple[int, ...]:  # fmt: skip
+    """The row-major word path's cycles per output word, step by step: one cycle per
+    segment (:func:`word_writer_segments`) up to the last one holding a piece that writes
+    (channel < ``n``; heads mode: group < ``nheads``)."""
+    per = cols // WORD_BYTES
+    cm = cols if heads else groups * cols
     segs = word_writer_segments(groups, cols, banks, heads=heads,
                                 head_step=head_step % banks)  # fmt: skip
 
@@ -519,8 +563,45 @@ def word_writer_cycles(tokens: int, n: int, groups: int, cols: int, banks: int, 
             return g < nheads and WORD_BYTES * j < left
         return WORD_BYTES * p < left
 
-    per_token = 0
-    for start in range(0, n, cm):
-        left = n - start
-        per_token += 1 + max(k for k, seg in enumerate(segs) if any(writes(p, left) for p in seg))
-    return tokens * per_token
+    return tuple(
+        1 + max(k for k, seg in enumerate(segs) if any(writes(p, n - start) for p in seg))
+        for start in range(0, n, cm)
+    )
+
+
+def word_writer_end(tokens: int, k: int, groups: int, rows: int, cols: int, vector: int,
+                    units: int, work: tuple[int, ...], *, heads: bool = False,
+                    w_word_cycles: float = 1.0, x_keep: bool = False, x_beat: int = 1,
+                    w_lag: int = 0,
+                    x_stretch: tuple[tuple[float, float], ...] | None = None) -> float:  # fmt: skip
+    """Edge of the word path's last write when the engine's steps (:func:`matmul_cycles`'
+    recursion) hand it their words as they come: ``work[s]`` cycles per word of step s
+    (:func:`word_writer_steps`), the writer taking the words in order, each once it is out
+    of the FIFO and the one before is written. A step's tile i puts its ``R`` words out a
+    cycle apart from ``S + i*P + KS - 1 + first_out``, so the step's last write is at the
+    latest of: the previous step's last write + ``T * work``; the step's first word +
+    ``T * work`` (the writer slower than the tiles, ``R * work > P``); the last tile's first
+    word + its words' work (with 1 cycle a word: :func:`matmul_cycles`' end). The writer
+    that lags its step (e.g. a heads job whose heads' rows share a bank, a segment each)
+    finishes that much after the engine: the tail :func:`matmul_cycles` does not count."""
+    if x_keep:
+        x_stretch = None
+    end0, w_load, loaded0, pad, span, release, _ = _job(
+        tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep, x_beat,
+        w_lag, x_stretch,
+    )  # fmt: skip
+    ks = -(-k // vector)
+    out = latencies(rows, units, vector)["first_out"]
+    last_words = tokens - (-(-tokens // rows) - 1) * rows
+    x_load = x_edge(
+        x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat), x_stretch
+    )
+    start0 = first_issue(x_load, loaded0, ks, tokens, groups, rows, heads=heads,
+                         x_beat=x_beat, x_stretch=x_stretch)  # fmt: skip
+    done = -math.inf
+    steps = _steps(end0, w_load, loaded0, pad, span, release)  # (endless)
+    for s, w in enumerate(work):
+        end = next(steps)[0]
+        first = (start0 if s == 0 else end - span) + ks - 1 + out
+        done = max(done + tokens * w, first + tokens * w, end + out + last_words * w)
+    return done

@@ -43,20 +43,25 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
     a = design.array
     heads, nh, nsteps, n8 = cost._matmul_job(ins, design, geom)
     x_keep = MatmulFlags.X_KEEP in ins.flags
-    if MatmulFlags.W_SPM in ins.flags:  # scratchpad-built W: a word a cycle, no DDR
-        word = ideal_word = 1.0
+    g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
+    x_beat = x_beat_words(v, design.datapath_bytes)
+    stretch = None
+    if MatmulFlags.W_SPM in ins.flags:  # scratchpad-built W: a word a cycle a builder, no DDR
+        word = ideal_word = cost.spm_w_word_cycles(design.weight_ports, geom.cols_w4)
+        builders = cost.spm_w_builders(design.weight_ports, geom.cols_w4)
+        if builders > 1:  # X shares the read port with them (as cost.instr_cycles)
+            stretch = cost.spm_x_stretch(ins.tokens, ins.k, ins.n, nsteps, g, c, v, x_beat,
+                                         builders, heads=heads, nheads=nh)  # fmt: skip
     else:
         word = cost.weight_word_cycles(
             a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
         )
         ideal_word = 1.0 / design.weight_ports  # the engine's own rate: ports words a cycle
-    g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
     shape = (ins.tokens, ins.k, nsteps, g, r, c, v, units)
 
     def sched(w: float, keep: bool, lag: int = 0) -> int:
         return cost.matmul_cycles(*shape, heads=heads, w_word_cycles=w, x_keep=keep,
-                                  x_beat=x_beat_words(v, design.datapath_bytes),
-                                  w_lag=lag)  # fmt: skip
+                                  x_beat=x_beat, w_lag=lag, x_stretch=stretch)  # fmt: skip
 
     lag = cost.w_lag(MatmulFlags.W_SPM in ins.flags)
     full = sched(word, x_keep, lag)
@@ -65,7 +70,7 @@ def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
     wb = cost.writer_bound(
         ins.tokens, ins.k, ins.n, g, r, c, v, units, heads=heads, nheads=nh,
         transposed=MatmulFlags.OUT_T in ins.flags, w_word_cycles=word, x_keep=x_keep,
-        x_beat=x_beat_words(v, design.datapath_bytes),
+        x_beat=x_beat, x_stretch=stretch,
         mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8, cols_w8=geom.cols_w8,
         w_spm=MatmulFlags.W_SPM in ins.flags, w_lag=lag, **cost.writer_path(ins, design),
     )  # fmt: skip

@@ -20,8 +20,8 @@ which gives the allowed levels per board clock in :data:`MAX_LEVELS`. A design r
 fastest board clock (``BoardBudget.pl_clocks_mhz``) whose limit every unit meets
 (:func:`design_levels`: the engine, the whole top, the nonlinear units at their lanes, on
 a top whose output writer puts several groups on the bank-parallel word path
-(:func:`word_groups`) that writer's top run, and on a mixed W4/W8 array its column-map
-output writer). The rule is
+(:func:`word_groups`) that writer's top runs, at its W builders' count
+(:func:`word_top_levels`), and on a mixed W4/W8 array its column-map output writer). The rule is
 a planning rule, not timing closure: Vivado's report decides (docs/boards.md).
 """
 
@@ -37,6 +37,7 @@ __all__ = [
     "allowed_clocks",
     "design_levels",
     "word_groups",
+    "word_top_levels",
 ]
 
 LEVEL_NS = 0.4
@@ -97,20 +98,49 @@ def word_groups(groups: int, cols_w8: int, banks: int) -> bool:
     return groups > 1 and word_writes(cols_w8, banks)
 
 
+def word_top_levels(depth: dict, w_builders: int = 1) -> float:
+    """Calibrated levels of a top with several groups on the word path (:func:`word_groups`)
+    and ``w_builders`` W builders on W_SPM jobs (``cost.spm_w_builders``: one a weight port
+    on an all-W8 array, each a client of the scratchpad's read arbiter beside the row
+    readers): the one-builder run (``word_top``: the writer's group paths, in every such top)
+    and, with several builders, the run at the next calibrated builder count up
+    (``word_top_ports``, by weight ports: the per-port builders and the arbiter's wider
+    grant). A count above every calibrated one is refused (the arbiter widens with its
+    clients: no run below tells its depth); no builder runs at all: ``word_top`` alone."""
+    levels = depth.get("word_top", 0.0)
+    runs = depth.get("word_top_ports", {})
+    if w_builders <= 1 or not runs:
+        return levels
+    known = sorted(int(n) for n in runs)
+    above = [n for n in known if n >= w_builders]
+    if not above:
+        raise ValueError(
+            f"weight_ports={w_builders}: no calibrated multi-group word-path top at or above it "
+            f"(calibrated weight ports: {', '.join(map(str, known))}; add it to "
+            "calibrate.TOP_DEPTH and rerun)"
+        )
+    return max(levels, runs[str(above[0])])
+
+
 def design_levels(
-    depth: dict, lanes: tuple[int, int, int], mixed: bool, word_groups: bool = False
+    depth: dict,
+    lanes: tuple[int, int, int],
+    mixed: bool,
+    word_groups: bool = False,
+    w_builders: int = 1,
 ) -> float:
     """A design's worst calibrated path (``depth``: calibration.json's ``depth_runs``): the
     engine's and the whole top's runs, each nonlinear unit's at its (softmax, layernorm,
     gelu) ``lanes`` (:func:`unit_levels`), on a top with ``word_groups``
-    (:func:`word_groups`) the multi-group word-path top's run (``word_top``), and on a
+    (:func:`word_groups`) the multi-group word-path top's runs at its ``w_builders``
+    (:func:`word_top_levels`), and on a
     ``mixed`` W4/W8 array (``w4_share > 0``) its column-map output writer's run
     (``mixed_writer``: rtl/spm MappedOutWriter, which every mixed top writes through and no
     all-W8 top run contains)."""
     parts = [depth.get("engine", 0.0), depth.get("top", 0.0)]
     parts += [unit_levels(depth, u, n) for u, n in zip(UNITS, lanes, strict=True)]
     if word_groups:
-        parts.append(depth.get("word_top", 0.0))
+        parts.append(word_top_levels(depth, w_builders))
     if mixed:
         parts.append(depth.get("mixed_writer", 0.0))
     return max(parts)

@@ -41,8 +41,11 @@ from vitaccel.engine_timing import (
     softmax_max_stages,
     word_path_takes,
     word_writer_cycles,
+    word_writer_end,
+    word_writer_steps,
     word_writes,
     x_beat_words,
+    x_edge,
     x_load_cycles,
 )
 from vitaccel.isa import WORD_BYTES, Instr, MatmulFlags, Op
@@ -250,22 +253,27 @@ def mapped_writer_cycles(tokens: int, n: int, n8: int, groups: int, cols: int, c
 
 
 def first_out_edge(tokens, k, groups, rows, cols, vector, units, heads, w_word_cycles, x_keep,
-                   x_beat, w_lag=0) -> float:  # fmt: skip
+                   x_beat, w_lag=0, x_stretch=None) -> float:  # fmt: skip
     """Edge of a job's first output word (:func:`writer_bound`): ``first_out`` after the
     first tile's last k-step, the first tile issuing once W (from edge ``1 + w_lag``,
-    :func:`matmul_cycles`) and its own X are in."""
+    :func:`matmul_cycles`) and its own X are in (``x_stretch``: :func:`spm_x_stretch`)."""
     ks = -(-k // vector)
-    x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep, x_beat=x_beat)
+    if x_keep:
+        x_stretch = None
+    x_load = x_edge(x_load_cycles(tokens, ks, groups, heads=heads, x_keep=x_keep,
+                                  x_beat=x_beat), x_stretch)  # fmt: skip
     w_load = w_lag + round(groups * cols * (ks + 1) * w_word_cycles, 9)  # 1/ports: exact
     # the first tile issues once its own X is in (step 0 streams behind the X load)
-    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat)
+    start = first_issue(x_load, w_load, ks, tokens, groups, rows, heads=heads, x_beat=x_beat,
+                        x_stretch=x_stretch)  # fmt: skip
     return start + ks - 1 + latencies(rows, units, vector)["first_out"]
 
 
 def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nheads, transposed,
                  w_word_cycles=1.0, x_keep=False, x_beat=None,
                  mapped_steps=0, mapped_n8=None, cols_w8=0, w_spm=False, banks=1, head_step=0,
-                 runs=False, y_stride=1, first=None, w_lag=0) -> float:  # fmt: skip
+                 runs=False, y_stride=1, first=None, w_lag=0,
+                 x_stretch=None) -> float:  # fmt: skip
     """Cycles a job needs when the output writer is its bottleneck: the first output word
     appears ``first_out`` after the first tile's last k-step, then every write takes a cycle
     (the output FIFO with credits throttles the engine to the writer's pace). ``x_beat``:
@@ -279,14 +287,19 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
     all-W8 array with the output writer's word path (:func:`word_path_takes`: a row-major
     job not forced onto runs, ``runs``: a fused residual add; an OUT_T job of odd
     ``y_stride``) writes its pieces one per bank a cycle (:func:`word_writer_cycles`, heads
-    mode by ``head_step``, the Y head step). ``first``: :func:`first_out_edge` of these
+    mode by ``head_step``, the Y head step); row-major, step by step as the engine's tiles
+    put the words out (:func:`word_writer_end`: a writer slower than the tiles, e.g. heads
+    whose rows share a bank, ends its last step after the engine; a mixed top's W_SPM job
+    on its W8 columns' writer: after the first word, :func:`word_writer_cycles`). ``first``: :func:`first_out_edge` of these
     arguments, when the caller has it (the explorer prices a job's every W4 option).
-    ``w_lag``: :func:`w_lag` of the job's W source."""
+    ``w_lag``: :func:`w_lag` of the job's W source; ``x_stretch``: the X load sharing the
+    read port with W builders (:func:`spm_x_stretch`, W_SPM jobs only)."""
     if first is None:
         first = first_out_edge(tokens, k, groups, rows, cols, vector, units, heads,
                                w_word_cycles, x_keep, x_beat or x_beat_words(vector),
-                               w_lag)  # fmt: skip
-    if mapped_steps and w_spm and word_writes(cols_w8, banks):
+                               w_lag, x_stretch)  # fmt: skip
+    mixed_words = bool(mapped_steps and w_spm and word_writes(cols_w8, banks))
+    if mixed_words:
         # the mixed top's all-W8 writer of the W8 columns (rtl/spm MixedOutWriter)
         cols = cols_w8
     elif mapped_steps:
@@ -295,6 +308,13 @@ def writer_bound(tokens, k, n, groups, rows, cols, vector, units, *, heads, nhea
                                             nheads=nheads, transposed=transposed,
                                             w_spm=w_spm)  # fmt: skip
     if word_path_takes(cols, banks, transposed=transposed, y_stride=y_stride, runs=runs):
+        if not transposed and not mixed_words:  # each step's words as the engine puts them out
+            work = word_writer_steps(n, groups, cols, banks, heads=heads, nheads=nheads,
+                                     head_step=head_step)  # fmt: skip
+            return word_writer_end(tokens, k, groups, rows, cols, vector, units, work,
+                                   heads=heads, w_word_cycles=w_word_cycles, x_keep=x_keep,
+                                   x_beat=x_beat or x_beat_words(vector), w_lag=w_lag,
+                                   x_stretch=x_stretch)  # fmt: skip
         return first + word_writer_cycles(tokens, n, groups, cols, banks, heads=heads,
                                           nheads=nheads, head_step=head_step,
                                           transposed=transposed)  # fmt: skip
@@ -308,9 +328,8 @@ def w_lag(w_spm: bool) -> int:
     return 0 if w_spm else LATENCIES["w_ddr_lag"]
 
 
-def top_matmul_extra(
-    tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool, heads: bool, x_beat=None
-) -> int:
+def top_matmul_extra(tokens, k, nsteps, groups, rows, cols, vector, *, w_spm: bool,
+                     heads: bool, x_beat=None, w_ports=1) -> int:  # fmt: skip
     """What the top adds to a MATMUL job: MM_SETUP computes ``nsteps`` and ``tiles`` by
     repeated addition (``max(nsteps, tiles)`` cycles); with W built from the scratchpad the X
     and W builders share its one read port (round-robin, a grant a cycle): each builder's
@@ -321,10 +340,13 @@ def top_matmul_extra(
     or 4 k-steps is one grant) and the ``WL`` W words take ``WL / B`` grants' worth. For
     ``V <= 8`` that is within ``max(XL, WL)`` on the shapes of a ViT (both load in
     parallel, as the engine's recursion assumes); at ``V = 16`` on one bank every beat and
-    every W word is a grant and the two loads serialise; on 4 banks W takes a quarter."""
+    every W word is a grant and the two loads serialise; on 4 banks W takes a quarter.
+    ``w_ports``: the W builders (:func:`spm_w_word_cycles`); with several (one per weight
+    port) the port's sharing is in the engine's recursion instead (:func:`spm_x_stretch`:
+    the X load at the share of the grants the builders leave), nothing here."""
     ks = -(-k // vector)
     extra = max(nsteps, -(-tokens // rows))
-    if w_spm:
+    if w_spm and w_ports == 1:
         banks = x_beat = x_beat or x_beat_words(vector)
         x_load = x_load_cycles(tokens, ks, groups, heads=heads, x_beat=x_beat)
         w_load = groups * cols * (ks + 1)
@@ -332,6 +354,81 @@ def top_matmul_extra(
         port = -(-(x_load * banks + w_load) * per_word // (SLOT_BYTES * banks))
         extra += max(0, port - max(x_load, w_load))
     return extra
+
+
+# A row reader's FIFO (rtl.spm.RowReader's default depth): a builder's reads run this many
+# grants ahead of the words it has put out.
+ROW_READER_AHEAD = 4
+
+
+@lru_cache(maxsize=4096)
+def spm_x_stretch(tokens: int, k: int, n: int, nsteps: int, groups: int, cols: int,
+                  vector: int, banks: int, builders: int, *, heads: bool,
+                  nheads: int = 1) -> tuple[tuple[float, float], ...] | None:  # fmt: skip
+    """The X load of a W_SPM job on ``builders`` > 1 W builders (one per weight port) as the
+    engine sees it: :func:`engine_timing.x_edge`'s lines (None: a beat a cycle).
+
+    The X builder and the W builders read rows from the scratchpad's one read port, granted
+    round-robin a cycle at a time, each row reader ``banks`` consecutive words a grant: a
+    row of K bytes is ``g = ceil(ceil(K/16) / banks)`` grants (X: a token's, W: a
+    column's). X asks ``dx = g / ceil(KS/x_beat)`` grants a beat (1 at V = 16: it asks
+    every cycle). At the start both W halves of the engine are free, so each builder puts
+    out the first ``min(nsteps, 2)`` steps' words at a word a cycle, ``G*C*(KS+1) /
+    builders`` cycles a step, reading ``g`` grants per real column (a column past N or of a
+    head past ``nheads`` reads nothing): ``d_s`` grants a cycle in step s on average. Its
+    reads run up to ``F`` (:data:`ROW_READER_AHEAD`) grants ahead of its words, and the
+    round-robin arbiter gives a builder that always asks at most ``r``, its max-min fair
+    share beside X (``1 / (builders + 1)`` when X asks every cycle). So a builder has
+    taken ``min(r*t, F + its words' grants by t, Gw)`` grants by edge t (``Gw``: its real
+    grants of the two steps, + ``F`` read ahead into step 2 when there is one), and X
+    ``t - builders * that``: its beat j (``dx*j`` grants) comes at the least of the
+    inverses of those lines (X's grants are a max of lines: ``dx*j / (1 - B*r)``, ``(dx*j
+    + B*F) / (1 - B*d_0)``, ... , ``dx*j + B*Gw``; ``B`` builders), never before edge j.
+    Returns those lines as (slope, offset) pairs on the beat count. The X_KEEP case has no X load (the engine ignores these)."""
+    row_words = -(-k // WORD_BYTES)
+    row_grants = -(-row_words // banks)
+    ks = -(-k // vector)
+    dx = row_grants / -(-ks // banks)  # the X beat is ``banks`` k-steps (x_beat_words)
+    steps = min(nsteps, 2)
+    t_w = steps * groups * cols * (ks + 1) / builders  # a builder's cycles for them
+
+    def real(s):  # step s's real columns (rows of W)
+        if heads:
+            return max(0, min(cols, n - s * cols)) * min(nheads, groups)
+        return max(0, min(groups * cols, n - s * groups * cols))
+
+    ahead, step_cycles = ROW_READER_AHEAD, t_w / steps
+    per_step = [row_grants * real(s) / builders for s in range(steps)]  # a builder's grants
+    g_w = sum(per_step)
+    if g_w == 0:
+        return None
+    g_w += min(ahead, row_grants * real(2) / builders) if nsteps > 2 else 0
+    r = (1 - min(dx, 1 / (builders + 1))) / builders  # a greedy builder's share
+    # a builder's grants by edge t: the least of these lines (slope, offset) in t
+    w_lines = [(r, 0.0), (0.0, g_w), (per_step[0] / step_cycles, ahead)]
+    if steps == 2:  # step 1 (as many real columns or fewer: the line below from Tw/2 on)
+        d1 = per_step[1] / step_cycles
+        w_lines.append((d1, per_step[0] - d1 * step_cycles + ahead))
+    # X's grants by t: t - builders * (those), a max of lines; beat j (dx*j grants) at the
+    # least of their inverses
+    return tuple(
+        (dx / (1 - builders * a), builders * b / (1 - builders * a))
+        for a, b in w_lines
+        if builders * a < 1
+    )
+
+
+def spm_w_word_cycles(ports: int, cols_w4: int) -> float:
+    """Cycles per W word as the engine sees them in a W_SPM job (W built from the
+    scratchpad): one W builder per weight port on an all-W8 array, each a word a cycle into
+    its port's columns; a mixed W4/W8 array has one builder for every port (one word a
+    cycle in all)."""
+    return 1.0 if cols_w4 else 1.0 / ports
+
+
+def spm_w_builders(ports: int, cols_w4: int) -> int:
+    """The W builders of a W_SPM job (:func:`spm_w_word_cycles`)."""
+    return 1 if cols_w4 else ports
 
 
 def fused_cycles(fused: str, n: int) -> int:
@@ -512,25 +609,30 @@ def instr_cycles(
     heads, nh, nsteps, n8 = _matmul_job(ins, design, geom)
     w_spm, x_keep = MatmulFlags.W_SPM in fl, MatmulFlags.X_KEEP in fl
     x_beat = x_beat_words(v, design.datapath_bytes)
-    # scratchpad-built W arrives a word a cycle; a DDR stream at the port's rate
-    word_cycles = 1.0 if w_spm else weight_word_cycles(
-        a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
+    # scratchpad-built W arrives a word a cycle per builder; a DDR stream at the port's rate
+    ports = design.weight_ports
+    word_cycles = spm_w_word_cycles(ports, geom.cols_w4) if w_spm else weight_word_cycles(
+        a.vector, design.clock_mhz, budget, ports, a.acc_bits
     )  # fmt: skip
+    # a DDR W stream lags X (w_lag); W_SPM's builders share the read port with X instead
+    builders = spm_w_builders(ports, geom.cols_w4) if w_spm else 0
+    stretch = spm_x_stretch(t, k, n, nsteps, g, c, v, x_beat, builders, heads=heads,
+                            nheads=nh) if builders > 1 else None  # fmt: skip
     lag = w_lag(w_spm)
     cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
                            w_word_cycles=word_cycles, x_keep=x_keep,
-                           x_beat=x_beat, w_lag=lag)  # fmt: skip
+                           x_beat=x_beat, w_lag=lag, x_stretch=stretch)  # fmt: skip
     bound = "compute" if w_spm else stream_bound(t, k, g, r, c, v, word_cycles)
     wb = writer_bound(t, k, n, g, r, c, v, units, heads=heads, nheads=nh,
                       transposed=MatmulFlags.OUT_T in fl, w_word_cycles=word_cycles,
                       x_keep=x_keep, x_beat=x_beat,
                       mapped_steps=nsteps if geom.cols_w4 else 0, mapped_n8=n8,
-                      cols_w8=geom.cols_w8, w_spm=w_spm, w_lag=lag,
+                      cols_w8=geom.cols_w8, w_spm=w_spm, w_lag=lag, x_stretch=stretch,
                       **writer_path(ins, design))  # fmt: skip
     if wb > cycles:
         cycles, bound = int(math.ceil(wb)), "writer"
     cycles += top_matmul_extra(t, k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
-                               x_beat=x_beat)  # fmt: skip
+                               x_beat=x_beat, w_ports=max(1, builders))  # fmt: skip
     if w_spm:
         fixed = LATENCIES["matmul_heads"] if heads else LATENCIES["matmul_spm"]
         return cycles + fixed, bound, nh * t * k * n

@@ -216,6 +216,8 @@ def print_design_report(r: dict, console: Console | None = None) -> None:
             f"clock: {rule['levels']:g} effective LUT levels, {r['clock_mhz']:g} MHz is {ok} "
             f"(allowed: {', '.join(f'{c:g}' for c in rule['allowed_clocks_mhz'])} MHz)"
         )
+    elif rule.get("unknown"):
+        console.print(f"clock: depth not calibrated ({rule['unknown']})")
     console.print("buffers: " + memories_text(r["memories"], r["utilisation"].get("uram")))
     spm = r.get("scratchpad")
     if spm:

@@ -12,7 +12,7 @@ from vitaccel.design import load_design
 from vitaccel.dse import clock as clock_rule
 from vitaccel.dse import resources as res
 from vitaccel.dse import sensitivity as sens
-from vitaccel.dse.cost import SLOT_BYTES, column_split, estimate
+from vitaccel.dse.cost import SLOT_BYTES, column_split, estimate, spm_w_builders
 from vitaccel.dse.shapes import spec_of
 
 __all__ = ["design_report"]
@@ -67,19 +67,22 @@ def design_report(design_path: str | Path) -> dict:
     except sens.SensitivityError as err:
         fidelity = {"error": str(err)}
     depth = res.calibration().get("depth_runs", {})
-    levels = None
+    levels, unknown = None, None
     if depth:
         nl = design.nonlinear
-        levels = clock_rule.design_levels(
-            depth,
-            (nl.softmax_lanes, nl.layernorm_lanes, nl.gelu_lanes),
-            mixed=design.array.w4_share > 0,
-            word_groups=clock_rule.word_groups(
-                design.array.groups,
-                column_split(design.array.cols, design.array.w4_share)[0],
-                design.datapath_bytes // SLOT_BYTES,
-            ),
-        )
+        c8, c4 = column_split(design.array.cols, design.array.w4_share)
+        try:
+            levels = clock_rule.design_levels(
+                depth,
+                (nl.softmax_lanes, nl.layernorm_lanes, nl.gelu_lanes),
+                mixed=design.array.w4_share > 0,
+                word_groups=clock_rule.word_groups(
+                    design.array.groups, c8, design.datapath_bytes // SLOT_BYTES
+                ),
+                w_builders=spm_w_builders(design.weight_ports, c4),
+            )
+        except ValueError as err:  # no calibrated run of its kind: the depth is unknown
+            unknown = str(err)
     allowed = (
         clock_rule.allowed_clocks(budget.pl_clocks_mhz, levels) if levels is not None else None
     )
@@ -117,6 +120,7 @@ def design_report(design_path: str | Path) -> dict:
             "levels": levels,
             "allowed_clocks_mhz": allowed,
             "design_clock_allowed": None if allowed is None else design.clock_mhz in allowed,
+            **({"unknown": unknown} if unknown else {}),
         },
     }
 

@@ -69,6 +69,9 @@ from vitaccel.dse.cost import (
     job_nsteps,
     nonlinear_cycles,
     port_bytes_per_cycle,
+    spm_w_builders,
+    spm_w_word_cycles,
+    spm_x_stretch,
     stream_bound,
     top_matmul_extra,
     w_lag,
@@ -187,14 +190,15 @@ class Candidate:
 
 @functools.lru_cache(maxsize=8192)
 def _steps(tokens, k, nsteps, g, r, c, v, units, heads, word_cycles, keep=False, x_beat=1,
-           lag=0):  # fmt: skip
+           lag=0, x_stretch=None):  # fmt: skip
     """A job's cycles for every step count (:class:`engine_timing.StepCycles`) and what
     bounds its steps (:func:`cost.stream_bound`); kept per job and array (an array's
-    scratchpad-built W jobs are the same at every weight-port count and clock; the
-    StepCycles is only read)."""
+    scratchpad-built W jobs are the same at every clock and at every weight-port count
+    with the same W builders; the StepCycles is only read). ``lag``: :func:`cost.w_lag`;
+    ``x_stretch``: :func:`cost.spm_x_stretch`."""
     ends = StepCycles(tokens, k, nsteps, g, r, c, v, units, heads=heads,
                       w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
-                      w_lag=lag)  # fmt: skip
+                      w_lag=lag, x_stretch=x_stretch)  # fmt: skip
     return ends, stream_bound(tokens, k, g, r, c, v, word_cycles)
 
 
@@ -270,19 +274,28 @@ class _Model:
         return clock_rule.unit_levels(self.depth, unit, lanes)
 
     def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False,
-                      word_groups: bool = False) -> float | None:  # fmt: skip
+                      word_groups: bool = False, w_builders: int = 1) -> float | None:  # fmt: skip
         """The design's worst calibrated path (:func:`clock.design_levels`; ``mixed``: a
         W4/W8 array, whose column-map output writer counts too; ``word_groups``: several
-        groups on the output writer's word path, :func:`clock.word_groups`); None without
-        data."""
+        groups on the output writer's word path, :func:`clock.word_groups`, whose runs are
+        taken at ``w_builders``, :func:`cost.spm_w_builders`); None without data."""
         if not self.depth:
             return None
-        return clock_rule.design_levels(self.depth, lanes, mixed, word_groups)
+        return clock_rule.design_levels(self.depth, lanes, mixed, word_groups, w_builders)
+
+    def word_top_known(self, w_builders: int) -> bool:
+        """Whether the calibration tells the depth of a multi-group word-path top with
+        ``w_builders`` W builders (:func:`clock.word_top_levels` does not refuse it)."""
+        try:
+            clock_rule.word_top_levels(self.depth, w_builders)
+        except ValueError:
+            return False
+        return True
 
     def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False,
-                  word_groups: bool = False) -> float:  # fmt: skip
+                  word_groups: bool = False, w_builders: int = 1) -> float:  # fmt: skip
         """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
-        levels = self.design_levels(lanes, mixed, word_groups)
+        levels = self.design_levels(lanes, mixed, word_groups, w_builders)
         if levels is None:
             return self.board.default_clock_mhz
         allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
@@ -399,14 +412,17 @@ def _w4_ratio_options(n: int, ns0: int, ns_min: int, g: int, c: int, c8: int) ->
     return tuple(ratios)
 
 
-def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1):
+def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1,
+                    ports=1):  # fmt: skip
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
-    ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath)."""
-    key = ("price", g, r, c, v, share, word_cycles, x_beat)
+    ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath);
+    ``ports``: the weight ports (only their W_SPM builders matter,
+    :func:`cost.spm_w_builders`: the pool passes those)."""
+    key = ("price", g, r, c, v, share, word_cycles, x_beat, ports)
     priced = m._nl_cache.get(key)
     if priced is None:
-        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat)
+        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat, ports)
         if share:  # (a W4 array is priced once for every W4 kind)
             m._nl_cache[key] = priced
     mm_total, bound, kind_opts, w4_layers, layers_of = priced
@@ -463,7 +479,7 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     return mm_total, ratios, error, bound
 
 
-def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
+def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
     """What :func:`_evaluate_array` needs of an array whatever its W4 kind: the cycles and
     bounds of the jobs without a W4 choice, per layer kind its options (cycles, ratio, cycles
     by bound) from no W4 to the fewest steps, the W4 layers and their kinds' layers."""
@@ -476,6 +492,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
     instr_ddr = m.instr + LATENCIES["matmul_ddr"]
     instr_spm = m.instr + LATENCIES["matmul_spm"]
     instr_heads = m.instr + LATENCIES["matmul_heads"]
+    spm_wc, spm_builders = spm_w_word_cycles(ports, c4), spm_w_builders(ports, c4)
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
@@ -486,21 +503,27 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat):
             ns = job_nsteps(n, n, g, c, c8, heads=False)
             ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat,
                              lag)  # fmt: skip
-            wc = word_cycles
+            wc, stretch = word_cycles, None
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
-            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, 1.0, keep, x_beat, lag)
-            b, wc = "compute", 1.0  # scratchpad-built W: as cost.instr_cycles labels it
+            # X shares the read port with the W builders (as cost.instr_cycles prices it)
+            stretch = spm_x_stretch(tokens, k, n, ns, g, c, v, x_beat, spm_builders,
+                                    heads=heads, nheads=max(1, nheads),
+                                    ) if spm_builders > 1 else None  # fmt: skip
+            ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, spm_wc, keep, x_beat,
+                             lag, stretch)  # fmt: skip
+            b, wc = "compute", spm_wc  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
                           w_spm=op != "matmul", banks=x_beat, head_step=hstep,
-                          runs=fused == "residual", w_lag=lag)  # fmt: skip
+                          runs=fused == "residual", w_lag=lag,
+                          x_stretch=stretch)  # fmt: skip
         job = ends.last
         if wb > job:
             job, b = int(math.ceil(wb)), "writer"
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads,
-                                x_beat=x_beat)  # fmt: skip
+                                x_beat=x_beat, w_ports=spm_builders)  # fmt: skip
         job += fused_cycles(fused, n)
         fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
         cyc = (job + fixed) * count
@@ -793,26 +816,34 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         opts = lane_opts[(_nl_key(m, g), fuse, width)]
         out = []
         word_groups = clock_rule.word_groups(g, column_split(c, share)[0], width // SLOT_BYTES)
-        # by cycles per W word (clock and DDR ceiling): port counts the DDR caps share them
-        priced: dict[float, tuple] = {}
+        # by cycles per W word (clock and DDR ceiling) and W_SPM builders (one a port on an
+        # all-W8 array, one in all on a mixed one): port counts the DDR caps share them
+        priced: dict[tuple[float, int], tuple] = {}
+        builders_of = functools.partial(spm_w_builders, cols_w4=column_split(c, share)[1])
         # (a mixed array's ports each carry their own columns' map entries: any port count)
         for ports in port_choices:
             if (g * c) % ports:
                 continue
+            builders = builders_of(ports)
+            if word_groups and clock_mhz is None and not m.word_top_known(builders):
+                continue  # no calibrated top of as many W builders: its clock is unknown
             extra = port_usage[ports]
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
             evals: dict[float, tuple] = {}  # this port count's
             for lanes, nl_cycles, lane_usage, clock in opts:
                 if (share > 0 or word_groups) and clock_mhz is None:
                     # a mixed array writes through its column-map writer, several groups
-                    # on the word path through that writer: their depth too
-                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups))
+                    # on the word path through that writer (and its W builders' arbiter):
+                    # their depth too
+                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups, builders))
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
-                    if wc not in priced:
-                        priced[wc] = _evaluate_array(m, g, r, c, v, share, kind, m.max_drop,
-                                                     wc, buffers["x_beat"])  # fmt: skip
-                    evals[wc] = priced[wc]
+                    if (wc, builders) not in priced:
+                        priced[wc, builders] = _evaluate_array(
+                            m, g, r, c, v, share, kind, m.max_drop, wc, buffers["x_beat"],
+                            builders,
+                        )  # fmt: skip
+                    evals[wc] = priced[wc, builders]
                 mm, ratios, error, bound = evals[wc]
                 cyc = mm + fixed + nl_cycles
                 usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
@@ -1580,6 +1611,9 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
     per_layer = {
         name: design.w4_ratio(name) for name in sorted(_weight_layers(result["model"].spec))
     }
+    c8, c4 = column_split(c.cols, c.w4_share)
+    words = clock_rule.word_groups(c.groups, c8, c.datapath_bytes // SLOT_BYTES)
+    builders = spm_w_builders(c.weight_ports, c4)
     return {
         "model": design.model,
         "board": design.board,
@@ -1623,13 +1657,13 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "fidelity": _fidelity(design.model, c, result["max_drop"]),
         "max_util": result["max_util"],
         "clock_rule": {
+            # None without data, or for a word-path top of W builders no run measured (a
+            # given clock lets the explorer keep it)
             "levels": result["model"].design_levels(
-                c.lanes,
-                mixed=c.w4_share > 0,
-                word_groups=clock_rule.word_groups(
-                    c.groups, column_split(c.cols, c.w4_share)[0], c.datapath_bytes // SLOT_BYTES
-                ),
-            ),
+                c.lanes, mixed=c.w4_share > 0, word_groups=words, w_builders=builders
+            )
+            if not words or result["model"].word_top_known(builders)
+            else None,
             "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
         },
         "shell_resources": result["model"].shell_kind,

@@ -72,6 +72,7 @@ from vitaccel.rtl.spm import (
     MappedOutWriter,
     MatmulOutWriter,
     MixedOutWriter,
+    PortWStreamBuilder,
     ResidualRuns,
     RowReader,
     RowWriter,
@@ -249,10 +250,26 @@ class Accelerator(CheckedComponent):
         m.submodules.xb = n.xb = XStreamBuilder(
             groups=G, vector=E.x_beat * V, fetch_words=P.spm_banks
         )
-        m.submodules.wb = n.wb = WStreamBuilder(
-            groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits,
-            cols_w8=E.cols_w8, **({"fetch_words": P.spm_banks} if P.spm_banks > 1 else {}),
-        )  # fmt: skip
+        fetch = {"fetch_words": P.spm_banks} if P.spm_banks > 1 else {}
+        # W_SPM on an all-W8 array of several weight ports: a builder per port, each filling
+        # its port's columns at a word a cycle (cost.spm_w_word_cycles); else one builder
+        # whose stream a demux splits by column
+        n.w_port_builders = P.weight_ports > 1 and E.cols_w4 == 0
+        if n.w_port_builders:
+            kw = dict(groups=G, cols=C, vector=V, ports=P.weight_ports, acc_bits=E.acc_bits,
+                      w_bits=E.w_word_bits, **fetch)  # fmt: skip
+            n.wbs = [PortWStreamBuilder(port=q, **kw) for q in range(P.weight_ports)]
+            for q, wb in enumerate(n.wbs):
+                m.submodules[f"wb{q}" if q else "wb"] = wb
+            n.wb = n.wbs[0]
+        else:
+            m.submodules.wb = n.wb = WStreamBuilder(
+                groups=G, cols=C, vector=V, acc_bits=E.acc_bits, w_bits=E.w_word_bits,
+                cols_w8=E.cols_w8, **fetch,
+            )  # fmt: skip
+            n.wbs = [n.wb]
+        # the builders take a command together (each is ready when idle)
+        n.wb_ready = Cat(*[b.cmd.ready for b in n.wbs]).all() if n.w_port_builders else None
         # mixed W4/W8 columns: the output channels follow the column map, byte by byte
         n.mixed = E.cols_w4 > 0
         if n.mixed and word_writes(E.cols_w8, P.spm_banks):
@@ -271,12 +288,13 @@ class Accelerator(CheckedComponent):
             max_channels=P.resadd_channels, **({"byte_runs": True} if n.mixed else {})
         )
         readers = [n.words.mem] + [n.unit_rd[lanes].mem for lanes in n.unit_lanes]
-        readers += [n.xb.mem, n.wb.mem, n.rr.mem]
-        # with banks, the X and W builders (readers[-3], readers[-2]) read spm_banks
-        # consecutive words a grant, and a unit reader / writer of more than 16 lanes
-        # lanes/16 words
+        readers += [n.xb.mem, *[wb.mem for wb in n.wbs], n.rr.mem]
+        # with banks, the X and W builders (readers[-2 - len(wbs)] .. readers[-2]) read
+        # spm_banks consecutive words a grant, and a unit reader / writer of more than 16
+        # lanes lanes/16 words
         wide_units = [lanes for lanes in n.unit_lanes if lanes > WORD_BYTES]
-        wide = {len(readers) - k: P.spm_banks for k in (3, 2)} if P.spm_banks > 1 else {}
+        xw = range(2 + len(n.wbs), 1, -1)
+        wide = {len(readers) - k: P.spm_banks for k in xw} if P.spm_banks > 1 else {}
         for lanes in wide_units:
             wide[1 + n.unit_lanes.index(lanes)] = lanes // WORD_BYTES
         writers = [n.brw.mem] + [n.unit_wr[lanes].mem for lanes in wide_units]
@@ -752,15 +770,20 @@ class Accelerator(CheckedComponent):
         m.d.comb += [
             engine.cmd.valid.eq(n.cmd_valid("engine")),
             xb.cmd.valid.eq(n.cmd_valid("xb")),
-            wb.cmd.valid.eq(n.cmd_valid("wb")),
+            *(
+                [b.cmd.valid.eq(n.cmd_valid("wb") & n.wb_ready) for b in n.wbs]
+                if n.w_port_builders
+                else [wb.cmd.valid.eq(n.cmd_valid("wb"))]
+            ),
             ow.cmd.valid.eq(n.cmd_valid("ow")),
             *assign(engine.cmd.payload, tokens=mm.tokens, ksteps=setup.ksteps,
                     nsteps=setup.nsteps, heads=n.is_heads, x_unsigned=fl.x_unsigned,
                     x_keep=fl.x_keep, lo=-128, hi=127, **log2),
             *assign(xb.cmd.payload, base=mm.x, stride=mm.x_stride, tokens=mm.tokens, k=mm.k,
                     head_step=mm.head_x_step, **heads),
-            *assign(wb.cmd.payload, base=mm.w_spm, stride=mm.w_stride, n=mm.n, k=mm.k,
-                    head_step=mm.head_w_step, mult=mm.mult, shift=mm.shift, **heads),
+            *[x for b in n.wbs for x in assign(
+                b.cmd.payload, base=mm.w_spm, stride=mm.w_stride, n=mm.n, k=mm.k,
+                head_step=mm.head_w_step, mult=mm.mult, shift=mm.shift, **heads)],
             *assign(ow.cmd.payload, base=mm.y, stride=mm.y_stride, tokens=mm.tokens, n=mm.n,
                     head_step=mm.head_y_step, transposed=fl.out_t, **heads),
         ]  # fmt: skip
@@ -779,13 +802,18 @@ class Accelerator(CheckedComponent):
         e_ws = [engine.w] + [getattr(engine, f"w{q}") for q in range(1, P.weight_ports)]
         ports = len(e_ws)
         shape = unsigned(E.w_word_bits)
-        m.submodules.w_split = split = StreamDemux(shape, ports)
-        wiring.connect(m, wb.o, split.i)
-        wsel = self._w_port_select(m, n, G * C // ports, ports)
-        m.d.comb += split.sel.eq(Cat(*[n.w_spm & (wsel == q) for q in range(ports)]))
+        if n.w_port_builders:  # port q's own builder
+            w_spm_in = [b.o for b in n.wbs]
+            spm_sel = [n.w_spm] * ports
+        else:
+            m.submodules.w_split = split = StreamDemux(shape, ports)
+            wiring.connect(m, wb.o, split.i)
+            wsel = self._w_port_select(m, n, G * C // ports, ports)
+            m.d.comb += split.sel.eq(Cat(*[n.w_spm & (wsel == q) for q in range(ports)]))
+            w_spm_in, spm_sel = split.o, split.sel
         for q, ew in enumerate(e_ws):
             m.submodules[f"w_in{q}"] = w_in = StreamMux(shape, 2)
-            wiring.connect(m, split.o[q], w_in.i[1])
+            wiring.connect(m, w_spm_in[q], w_in.i[1])
             wiring.connect(m, w_in.o, ew)
             if q == 0:
                 wiring.connect(m, n.w_skid.o, w_in.i[0])
@@ -798,7 +826,7 @@ class Accelerator(CheckedComponent):
                     data = rd.o.payload.data[: E.w_word_bits]
                     join(m, rd.o, w_in.i[0], payload=w_in.i[0].payload.eq(data))
                 m.d.comb += [
-                    w_in.sel.eq(Cat(~split.sel[q], split.sel[q])),
+                    w_in.sel.eq(Cat(~spm_sel[q], spm_sel[q])),
                     rd.cmd.valid.eq(n.cmd_valid(f"dma_w{q}")),
                     rd.cmd.payload.addr.eq(n.a_w[q - 1]),
                     rd.cmd.payload.words.eq(setup.w_slots),
@@ -837,7 +865,8 @@ class Accelerator(CheckedComponent):
         for q, rd in enumerate(n.wdma, start=1):
             streams[f"dma_w{q}"] = rd.cmd
         for name, st in streams.items():
-            m.d.comb += n.fired[CMD[name]].eq(n.cmd_valid(name) & st.ready)
+            ready = n.wb_ready if name == "wb" and n.w_port_builders else st.ready
+            m.d.comb += n.fired[CMD[name]].eq(n.cmd_valid(name) & ready)
         unit_rd, unit_wr = n.unit_rd.values(), n.unit_wr.values()
         m.d.comb += [
             n.fired[CMD["unit_rd"]].eq(Cat(*[r.cmd.valid & r.cmd.ready for r in unit_rd]).any()),
@@ -865,7 +894,7 @@ class Accelerator(CheckedComponent):
             dma.rd_idle,
             dma.wr_idle,
             xb.idle,
-            wb.idle,
+            *[b.idle for b in n.wbs],
             ow.idle,
             ~engine.busy,
             *[rd.idle for rd in n.wdma],

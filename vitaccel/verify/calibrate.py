@@ -17,7 +17,8 @@ The fits (:mod:`vitaccel.dse.resources` reads them):
   lanes are counted exactly); the LUT RAM depth threshold of the memory mapping.
 * ``unit_fit``: per nonlinear unit and resource, ``a + b * lanes``.
 * ``depth``: the worst effective logic levels of the engine, of the whole top (``top``; the
-  tops with several groups on the output writer's word path apart, ``word_top``), of each
+  tops with several groups on the output writer's word path apart, ``word_top``, and those
+  of them with a W builder per weight port by ports, ``word_top_ports``), of each
   unit per lane count and of a mixed array's column-map writer (``mixed_writer``; the clock
   rule).
 Validation runs (held-out shapes) live beside the fitting runs and are never fitted.
@@ -77,9 +78,16 @@ TOP_FIT = ((1, 4, 4, 8, 4, 64, "digits-vit", 1), (2, 2, 16, 8, 16, 64, "digits-v
 TOP_VALIDATE = ((2, 4, 4, 8, 8, 64, "digits-vit", 1),)
 # Depth only (never fitted): tops on the word path (64-byte datapath, cols a multiple of
 # 16), the output writer the explorer picks for the DeiT models; the last field is
-# datapath_bytes (16 when absent). The two-group one is the clock rule's ``word_top``
-# (dse.clock.word_groups: several groups on the word path), taken only for such designs.
-TOP_DEPTH = ((1, 2, 16, 8, 16, 64, "digits-vit", 1, 64), (2, 2, 16, 8, 16, 64, "digits-vit", 1, 64))
+# datapath_bytes (16 when absent). The two-group ones are the clock rule's multi-group
+# word-path tops (dse.clock.word_groups: several groups on the word path), taken only for
+# such designs: at one weight port ``word_top``, at two (a W builder per port: one more
+# client of the scratchpad's read arbiter) ``word_top_ports`` "2"
+# (dse.clock.word_top_levels: the DeiT bench designs).
+TOP_DEPTH = (
+    (1, 2, 16, 8, 16, 64, "digits-vit", 1, 64),
+    (2, 2, 16, 8, 16, 64, "digits-vit", 1, 64),
+    (2, 2, 16, 8, 16, 64, "digits-vit", 2, 64),
+)
 # Depth only: a mixed W4/W8 array's column-map output writer (rtl/spm MappedOutWriter; groups,
 # cols, cols_w8), alone: every mixed top writes through it (MixedOutWriter's W_SPM path is the
 # all-W8 writer the top runs measure). The DeiT-Base mixed answer's 2 x (16+4) columns.
@@ -279,7 +287,7 @@ def _parts_without_shell(design, cal: dict) -> dict:
 
 def fit(data: dict) -> dict:
     """Fit the resource model from the stored runs (fitting runs only)."""
-    from vitaccel.dse.cost import column_split
+    from vitaccel.dse.cost import column_split, spm_w_builders
     from vitaccel.dse.resources import engine_bram36
 
     runs = [
@@ -400,11 +408,16 @@ def fit(data: dict) -> dict:
         if key.startswith(("top", "port")):
             # several groups on the output writer's word path: the clock rule's word_top
             d = (run.get("params") or {}).get("design")
+            c8, c4 = column_split(d["array"]["cols"], d["array"]["w4_share"]) if d else (0, 0)
             word = d and clock_rule.word_groups(
-                d["array"]["groups"],
-                column_split(d["array"]["cols"], d["array"]["w4_share"])[0],
-                d["datapath_bytes"] // WORD_BYTES,
+                d["array"]["groups"], c8, d["datapath_bytes"] // WORD_BYTES
             )
+            builders = spm_w_builders(d["weight_ports"], c4) if d else 1
+            if word and builders > 1:
+                # and a W builder per weight port: by weight ports (clock.word_top_levels)
+                ports = depth.setdefault("word_top_ports", {})
+                ports[str(builders)] = max(ports.get(str(builders), 0.0), levels)
+                continue
             part = "word_top" if word else "top"
             depth[part] = max(depth.get(part, 0.0), levels)
         elif key.startswith("writer mapped"):

@@ -43,6 +43,8 @@ __all__ = [
     "XStreamBuilder",
     "wbuild_cmd_layout",
     "WStreamBuilder",
+    "port_w_segments",
+    "PortWStreamBuilder",
 ]
 
 
@@ -1584,14 +1586,17 @@ class XStreamBuilder(CheckedComponent):
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += issued.eq(1)
         # a group of zero words counts down; "one left" is a register (a 32-bit compare
-        # of the counter sat in the handshake)
+        # of the counter sat in the handshake). A group of one word: T = 1 (row_is_last at
+        # every group's start) and KS = 1 (K <= V), not the product's compare (8.0 levels
+        # from the multiplier's DSP into zero_one on the 2-port 64 B top; same value: T,
+        # KS >= 1 in an active job)
         zero_one = Signal()
         with m.If(active & ~issued & ~real):
             m.d.sync += [
                 issued.eq(1),
                 zeros_left.eq(job.tokens * ks),
                 zeros_on.eq(1),  # tokens, ks >= 1 in an active job
-                zero_one.eq(job.tokens * ks == 1),
+                zero_one.eq(row_is_last & (job.k <= V)),
             ]
 
         # Output: the reader's beats for a real group, zeros otherwise.
@@ -1910,5 +1915,276 @@ class WStreamBuilder(CheckedComponent):
                     row.eq(0),
                     cols_blk.eq(Mux(cmdp.heads, cols_hd, cols_sh)),
                 ]
+        m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle & ~out.busy)
+        return m
+
+
+def port_w_segments(groups: int, cols: int, ports: int, port: int, heads: bool) -> list:
+    """Weight port ``port``'s columns ``port*M .. port*M + M-1`` (``M = groups*cols/ports``)
+    of an output step as (group, first row of the step's rows, columns) segments: one in
+    shared mode (the step's rows are its G*C columns), one per group the range touches in
+    heads mode (the step's rows are a group's C columns; only the first segment can start
+    mid-group)."""
+    M = groups * cols // ports
+    lo, hi = port * M, (port + 1) * M
+    if not heads:
+        return [(0, lo, M)]
+    out = []
+    for g in range(groups):
+        a, b = max(lo, g * cols), min(hi, (g + 1) * cols)
+        if a < b:
+            out.append((g, a - g * cols, b - a))
+    return out
+
+
+class PortWStreamBuilder(CheckedComponent):
+    """One weight port's ``w`` stream from SPM rows (MATMUL with W_SPM on an all-W8 array of
+    several weight ports): the words :class:`WStreamBuilder` makes for the port's columns
+    (``port*M .. port*M + M-1`` of each output step, ``M = groups*cols/ports``), so each
+    port's builder fills its port at a word a cycle. Per step, per segment of
+    :func:`port_w_segments` (one :class:`RowReader` command, issued ahead), per column: the
+    parameter word, then ``ceil(K/V)`` words of its row; rows >= N and groups >= nheads
+    send zero words (parameter word included).
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(wbuild_cmd_layout()))``
+    o : ``Out(stream.Signature(unsigned(w_bits)))``
+    mem : ``Out(read_client_signature())``
+    idle : ``Out(1)``
+    """
+
+    @classmethod
+    def check(cls, *, groups, cols, vector, ports, port, acc_bits=32, fetch_words=1, **_):
+        check_int("groups", groups, 1, 64)
+        check_int("cols", cols, 1, 64)
+        _check_lanes(vector, "vector")
+        check_int("ports", ports, 2, 4)
+        check_int("port", port, 0, ports - 1)
+        if (groups * cols) % ports:
+            raise ValueError(f"ports must divide groups*cols = {groups * cols}, not {ports}")
+
+    def __init__(self, *, groups: int, cols: int, vector: int, ports: int, port: int,
+                 acc_bits: int = 32, w_bits: int | None = None,
+                 fetch_words: int = 1):  # fmt: skip
+        self.groups, self.cols, self.vector, self.acc_bits = groups, cols, vector, acc_bits
+        self.ports, self.port = ports, port
+        self.w_bits = w_bits or w_word_bits(vector, acc_bits)
+        super().__init__(
+            _builder_members(self, wbuild_cmd_layout(), self.w_bits, vector, fetch_words)
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        rd, out = _builder_frame(m, self)
+        src = out.i
+        G, C, V = self.groups, self.cols, self.vector
+        sh = port_w_segments(G, C, self.ports, self.port, False)
+        hd = port_w_segments(G, C, self.ports, self.port, True)
+        NS = len(hd)  # shared mode has one segment, heads mode NS
+        job = Signal(wbuild_cmd_layout())
+        m_active = Signal()
+        m.d.comb += self.cmd.ready.eq(~m_active)
+        cmdp = self.cmd.payload
+        start = self.cmd.valid & ~m_active & (cmdp.n != 0) & (cmdp.k != 0)
+
+        def seg(i, heads):
+            """(off, len) of segment i as values of the mode ``heads`` (0, 0 past shared's)."""
+            s_off, s_len = (sh[0][1], sh[0][2]) if i == 0 else (0, 0)
+            return Mux(heads, hd[i][1], s_off), Mux(heads, hd[i][2], s_len)
+
+        RW = (G * C).bit_length() + 1  # a row within a step, and one more bit
+        S = Signal(RW)  # rows of a step: G*C (shared) or C (heads)
+        seg_real = Signal(NS)  # segment i's group is real, set with the job
+        nseg_m1 = Signal(range(NS))
+
+        def real_of(heads, nheads):
+            return Cat(*[~heads | (g < nheads) for g, _, _ in hd])
+
+        def rows_of(left, lo, hi, ln):
+            """rows of a segment, min(len, max(0, left - lo)), for ``left`` rows from the
+            step's first (N - s*S) and ``lo`` = off (+ S for the next step), ``hi`` = lo + len:
+            the compares and the subtraction side by side, then a select."""
+            d = Signal(17)
+            m.d.comb += d.eq(left - lo)
+            return Mux(left <= lo, 0, Mux(left >= hi, ln, d[:16]))
+
+        # per segment, set with the job: off + S and off + S + len (the next step's bounds)
+        seg_lo = [Signal(RW + 1, name=f"seg_lo{i}") for i in range(NS)]
+        seg_hi = [Signal(RW + 2, name=f"seg_hi{i}") for i in range(NS)]
+        seg_len = [Signal(RW, name=f"seg_len{i}") for i in range(NS)]
+
+        # -- reader command issue: every field a register, set from the next values --
+        r_active = Signal()
+        r_i = Signal(range(NS))
+        r_seg_last = Signal()  # r_i == nseg - 1
+        r_step_row = Signal(ADDR_BITS)  # segment 0's command base of this step
+        r_base = Signal(ADDR_BITS)
+        d0 = Signal(ADDR_BITS)  # head_step - off0*stride: segment 0 -> 1 (heads)
+        r_left = Signal(17)  # N - s*S
+        r_nlast = Signal()  # r_left <= S
+        r_rows = Signal(16)  # this command's rows
+        r_seg_rows = [Signal(16, name=f"r_seg_rows{i}") for i in range(NS)]  # this step's
+        S2 = Signal(RW + 1)
+        S_stride = Signal(32)  # S * stride
+        m.d.comb += [
+            rd.cmd.payload.base.eq(r_base),
+            rd.cmd.payload.stride.eq(job.stride),
+            rd.cmd.payload.rows.eq(r_rows),
+            rd.cmd.payload.cols.eq(job.k),
+            rd.cmd.valid.eq(r_active),
+        ]
+        with m.If(rd.cmd.valid & rd.cmd.ready):
+            with m.If(r_seg_last):
+                nxt = [
+                    Mux(seg_real[i], rows_of(r_left, seg_lo[i], seg_hi[i], seg_len[i]), 0)
+                    for i in range(NS)
+                ]
+                m.d.sync += [
+                    r_i.eq(0),
+                    r_seg_last.eq(nseg_m1 == 0),
+                    r_step_row.eq(r_step_row + S_stride),
+                    r_base.eq(r_step_row + S_stride),
+                    r_left.eq(r_left - S),
+                    r_nlast.eq(r_left <= S2),
+                    r_rows.eq(nxt[0]),
+                ]
+                m.d.sync += [r_seg_rows[i].eq(nxt[i]) for i in range(NS)]
+                with m.If(r_nlast):
+                    m.d.sync += r_active.eq(0)
+            with m.Else():
+                m.d.sync += [
+                    r_i.eq(r_i + 1),
+                    r_seg_last.eq(r_i + 1 == nseg_m1),
+                    r_base.eq(r_base + Mux(r_i == 0, d0, job.head_step)),
+                    r_rows.eq(Array(r_seg_rows)[r_i + 1] if NS > 1 else r_seg_rows[0]),
+                ]
+
+        # -- emitter --
+        e_i = Signal(range(NS))
+        c = Signal(RW)
+        k = Signal(16)  # 0: parameter word, 1..ks: weight words
+        k_zero = Signal()
+        e_left = Signal(17)  # N - s*S
+        e_row = Signal(RW)  # off + c: the column's row within the step
+        e_len = Signal(RW)  # columns of segment e_i
+        take = Signal()
+        real_cur = Signal()
+        param = Signal(self.w_bits)
+        m.d.comb += param.eq(Cat(Const(0, self.acc_bits), job.mult, job.shift))
+        with m.If(k_zero):
+            m.d.comb += [src.valid.eq(m_active), src.payload.eq(Mux(take, param, 0))]
+        with m.Elif(take):
+            m.d.comb += [
+                src.valid.eq(m_active & rd.o.valid),
+                src.payload.eq(rd.o.payload.data.as_value()),
+                rd.o.ready.eq(m_active & src.ready),
+            ]
+        with m.Else():
+            m.d.comb += [src.valid.eq(m_active), src.payload.eq(0)]
+        fire = src.valid & src.ready
+        # end flags registered a cycle late from c, e_i, e_left (each holds >= 2 words before
+        # it is tested: a column is ks + 1 >= 2 words), as in WStreamBuilder
+        k_last = Signal()
+        ks_m1 = Signal(16)
+        c_last = Signal()  # c + 1 == e_len
+        s_last = Signal()  # e_i == nseg - 1
+        n_last = Signal()  # e_left <= S
+        more = Signal()  # the next column of the segment has a row
+        take0 = Signal()  # the next step's segment 0 has a row: off0 < e_left - S
+        real_n = Signal()  # segment e_i + 1 is real
+        len_n = Signal(RW)  # its columns
+        nxt_len = Array([seg(i, job.heads)[1] for i in range(NS)] + [0])
+        off0 = seg(0, job.heads)[0]
+        m.d.sync += [
+            c_last.eq(c + 1 == e_len),
+            s_last.eq(e_i == nseg_m1),
+            n_last.eq(e_left <= S),
+            more.eq(e_row + 1 < e_left),
+            take0.eq(e_left > seg_lo[0]),
+            real_n.eq(Cat(seg_real, 0).bit_select(e_i + 1, 1)),
+            len_n.eq(nxt_len[e_i + 1]),
+        ]
+        col_end = k_last
+        seg_end = k_last & c_last
+        step_end = seg_end & s_last
+        with m.If(fire):
+            m.d.sync += [
+                k_last.eq(~k_last & (k == ks_m1)),
+                k_zero.eq(k_last),
+                k.eq(Mux(k_last, 0, k + 1)),
+            ]
+            with m.If(col_end):
+                m.d.sync += [c.eq(c + 1), e_row.eq(e_row + 1), take.eq(real_cur & more)]
+            with m.If(seg_end):
+                # the next segment (of this step: its first row is 0, rows are left)
+                m.d.sync += [
+                    c.eq(0),
+                    e_i.eq(e_i + 1),
+                    e_row.eq(0),
+                    e_len.eq(len_n),
+                    real_cur.eq(real_n),
+                    take.eq(real_n),
+                ]
+            with m.If(step_end):
+                m.d.sync += [
+                    e_i.eq(0),
+                    e_row.eq(off0),
+                    e_len.eq(seg(0, job.heads)[1]),
+                    real_cur.eq(seg_real[0]),
+                    take.eq(seg_real[0] & take0),
+                    e_left.eq(e_left - S),
+                ]
+            with m.If(step_end & n_last):
+                m.d.sync += m_active.eq(0)
+
+        # every register but the two busy flags loads with any command while idle (the
+        # zero tests of ``start`` stay off their paths, as in WStreamBuilder)
+        with m.If(start):
+            m.d.sync += [m_active.eq(1), r_active.eq(1)]
+        with m.If(self.cmd.valid & ~m_active):
+            hds = cmdp.heads
+            S_new = Mux(hds, C, G * C)
+            off0_new, len0_new = seg(0, hds)
+            real_new = real_of(hds, cmdp.nheads)
+            segs_new = [seg(i, hds) for i in range(NS)]
+            rows0 = [
+                Mux(real_new[i], rows_of(cmdp.n, o, o + ln, ln), 0)
+                for i, (o, ln) in enumerate(segs_new)
+            ]
+            base0 = cmdp.base + Mux(
+                hds, hd[0][0] * cmdp.head_step + hd[0][1] * cmdp.stride, sh[0][1] * cmdp.stride
+            )
+            m.d.sync += [
+                job.eq(cmdp),
+                S.eq(S_new),
+                S2.eq(S_new << 1),
+                S_stride.eq(Mux(hds, cmdp.stride * C, cmdp.stride * (G * C))),
+                *[seg_lo[i].eq(o + S_new) for i, (o, _) in enumerate(segs_new)],
+                *[seg_hi[i].eq(o + ln + S_new) for i, (o, ln) in enumerate(segs_new)],
+                *[seg_len[i].eq(ln) for i, (_, ln) in enumerate(segs_new)],
+                seg_real.eq(real_new),
+                nseg_m1.eq(Mux(hds, NS - 1, 0)),
+                r_i.eq(0),
+                r_seg_last.eq(~hds | (NS == 1)),
+                r_step_row.eq(base0),
+                r_base.eq(base0),
+                d0.eq(cmdp.head_step - hd[0][1] * cmdp.stride),
+                r_left.eq(cmdp.n),
+                r_nlast.eq(cmdp.n <= S_new),
+                r_rows.eq(rows0[0]),
+                *[r_seg_rows[i].eq(rows0[i]) for i in range(NS)],
+                e_i.eq(0),
+                c.eq(0),
+                k.eq(0),
+                k_last.eq(0),
+                k_zero.eq(1),
+                ks_m1.eq(((cmdp.k + V - 1) >> exact_log2(V)) - 1),
+                e_left.eq(cmdp.n),
+                e_row.eq(off0_new),
+                e_len.eq(len0_new),
+                real_cur.eq(real_new[0]),
+                take.eq(real_new[0] & (cmdp.n > off0_new)),
+            ]
         m.d.comb += self.idle.eq(~m_active & ~r_active & rd.idle & ~out.busy)
         return m
