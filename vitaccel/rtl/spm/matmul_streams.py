@@ -748,6 +748,17 @@ def _mux_tree(sel, items):
     return level[0]
 
 
+def _onehot_select(oh, items):
+    """``items[k]`` for the one set bit ``k`` of ``oh`` (0 if none): a balanced OR tree of
+    ANDs (no decode of a binary index: ABC mapped the binary 22- to 48-way selects of
+    :class:`MappedOutWriter` into 7 levels)."""
+    level = [Mux(oh[k], it, 0) for k, it in enumerate(items)]
+    while len(level) > 1:
+        level = [level[i] | level[i + 1] if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]  # fmt: skip
+    return level[0]
+
+
 class MappedOutWriter(CheckedComponent):
     """The matmul engine's ``o`` words -> SPM byte writes on a mixed W4/W8 array, through the
     column map (docs/isa.md, "Mixed W4/W8 arrays").
@@ -907,7 +918,7 @@ class MappedOutWriter(CheckedComponent):
         # the run from k, link[k .. k+14] in nibbles: the first nibble that is not all links
         # (q; the fourth has three) and its first missing link: span_t = 4q + z4 (span - 1)
         span_t = [Signal(4, name=f"span{k}") for k in range(L)]
-        nx_t = [Signal(range(L), name=f"next{k}") for k in range(L)]
+        nx_t = [Signal(L, name=f"next{k}") for k in range(L)]  # one-hot
         end_t = Signal(L)
         gend_t = Signal(L)
         for k in range(L):
@@ -928,7 +939,18 @@ class MappedOutWriter(CheckedComponent):
                         *[span_t[k] == e - k - 1 for e in range(k + 1, k + top + 1) if e % C == 0]
                     ).any()
                 ),
-                nx_t[k].eq(Mux(end, 0, nxt)),
+                # (one-hot: position 0, or k + 1 + span_t, within the next 16)
+                nx_t[k].eq(
+                    Cat(
+                        end,
+                        *[
+                            ~end & (span_t[k] == i - k - 1)
+                            if k < i <= k + WORD_BYTES
+                            else Const(0, 1)
+                            for i in range(1, L)
+                        ],
+                    )
+                ),
             ]
 
         # The current run of a later token (or OUT_T flush): its table entry, with the
@@ -937,7 +959,7 @@ class MappedOutWriter(CheckedComponent):
         # settle cycle, position 0's (cur_nx is 0 then).
         cur_sil, cur_end, cur_gend = Signal(), Signal(), Signal()
         cur_span = Signal(4)  # the span - 1
-        cur_nx = Signal(range(L))
+        cur_nx = Signal(L, init=1)  # one-hot
         cur_ch = Signal(16)
         cur_col = [Signal(range(L), name=f"cur_col{b}") for b in range(WORD_BYTES)]
 
@@ -1052,16 +1074,31 @@ class MappedOutWriter(CheckedComponent):
         )
         with m.If(load):
             m.d.sync += [
-                cur_sil.eq(_mux_tree(cur_nx, list(sil))),
-                cur_end.eq(_mux_tree(cur_nx, list(end_t))),
-                cur_gend.eq(_mux_tree(cur_nx, list(gend_t))),
-                cur_span.eq(_mux_tree(cur_nx, span_t)),
-                cur_nx.eq(_mux_tree(cur_nx, nx_t)),
-                cur_ch.eq(_mux_tree(cur_nx, maps)),
+                cur_sil.eq(_onehot_select(cur_nx, list(sil))),
+                cur_end.eq(_onehot_select(cur_nx, list(end_t))),
+                cur_gend.eq(_onehot_select(cur_nx, list(gend_t))),
+                cur_span.eq(_onehot_select(cur_nx, span_t)),
+                # (bit i of the next position: from the 16 positions before i, or any for 0)
+                cur_nx.eq(
+                    Cat(
+                        *[
+                            _onehot_select(
+                                Cat(*[cur_nx[k] for k in range(max(0, i - WORD_BYTES), i)])
+                                if i
+                                else cur_nx,
+                                [nx_t[k][i] for k in range(max(0, i - WORD_BYTES), i)]
+                                if i
+                                else [nx_t[k][0] for k in range(L)],
+                            )
+                            for i in range(L)
+                        ]
+                    )
+                ),
+                cur_ch.eq(_onehot_select(cur_nx, maps)),
             ]
             for b, col in enumerate(cur_col):
                 cols = [inv[k + b] if k + b < L else Const(0, len(col)) for k in range(L)]
-                m.d.sync += col.eq(_mux_tree(cur_nx, cols))
+                m.d.sync += col.eq(_onehot_select(cur_nx, cols))
         with m.If(~settled):
             m.d.sync += [settle.eq(settle - 1), settled.eq(settle == 1)]
 
