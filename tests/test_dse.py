@@ -26,6 +26,7 @@ from vitaccel.dse.cost import (
 from vitaccel.dse.search import InfeasibleError, explore, pareto_front
 from vitaccel.dse.shapes import block_ops, linear_layer_names, model_ops
 from vitaccel.models.specs import get_spec
+from vitaccel.verify import calibrate
 
 # ---------------------------------------------------------------------------------------
 # shapes
@@ -293,22 +294,50 @@ def test_mixed_designs_clock_follows_the_mapped_writer_run(monkeypatch):
     from vitaccel.dse.search import SearchSpace
 
     stored = res.calibration()
-    assert "writer mapped g2 c20 w8c16" in stored["runs"]  # calibrate.WRITER_DEPTH's run
     depth = stored["depth_runs"]
-    assert depth["mixed_writer"] == clock_rule.effective_levels(
-        stored["runs"]["writer mapped g2 c20 w8c16"]
-    )
+    for g, c, c8 in calibrate.WRITER_DEPTH:  # every writer run, by its shape
+        run = stored["runs"][f"writer mapped g{g} c{c} w8c{c8}"]
+        key = clock_rule.writer_key(g, c, c8)
+        assert depth["mixed_writer"][key] == clock_rule.effective_levels(run), key
     lanes = (16, 16, 16)
-    plain = clock_rule.design_levels(depth, lanes, mixed=False)
-    assert clock_rule.design_levels(depth, lanes, mixed=True) == max(plain, depth["mixed_writer"])
+    shape = (2, 20, 16)  # the DeiT-Base mixed answer of s25-map
+    plain = clock_rule.design_levels(depth, lanes, mixed=None)
+    assert clock_rule.design_levels(depth, lanes, mixed=shape) == max(
+        plain, clock_rule.writer_levels(depth, *shape)
+    )
     # a writer deeper than everything else sets a mixed design's clock, never a W8 one's
-    deep = {**depth, "mixed_writer": clock_rule.max_levels(125)}
-    assert clock_rule.allowed_clocks(CLOCKS, clock_rule.design_levels(deep, lanes, True))[0] == 125
-    assert clock_rule.allowed_clocks(CLOCKS, clock_rule.design_levels(deep, lanes, False))[0] > 125
+    deep = {**depth, "mixed_writer": {k: clock_rule.max_levels(125) for k in depth["mixed_writer"]}}
+    at = clock_rule.allowed_clocks
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, shape))[0] == 125
+    assert at(CLOCKS, clock_rule.design_levels(deep, lanes, None))[0] > 125
     space = SearchSpace(groups=(1,), rows=(4,), cols=(16,), vector=(16,), w4_cols=(4,),
                         lanes=(16,), datapath_bytes=(16,))  # fmt: skip
     _capped_pool_clocks(monkeypatch, {**stored, "depth_runs": deep}, space,
                         lambda c: c.w4_share > 0, 125.0)  # fmt: skip
+
+
+def test_mixed_writer_levels_by_select_class():
+    """Issue #18: ABC's depth of MappedOutWriter is not monotone in its positions (groups x
+    cols): the rule takes the design's own run, else the worst run of its position-select
+    class (4:1 levels of a groups*cols-way select), the next class up without one, and
+    refuses a writer with more positions than every run (its selects widen)."""
+    runs = {"1x8x4": 5.0, "1x16x8": 6.0, "1x22x16": 7.0, "2x20x16": 6.25, "2x24x16": 6.5}
+    depth = {"mixed_writer": runs}
+    assert clock_rule.writer_levels(depth, 1, 4, 2) == 6.0  # 4 positions: class 1, none: up
+    assert clock_rule.writer_levels(depth, 1, 12, 8) == 6.0  # 12 and 16: class 2
+    assert clock_rule.writer_levels(depth, 1, 8, 4) == 5.0  # its own run
+    assert clock_rule.writer_levels(depth, 2, 20, 16) == 6.25
+    assert clock_rule.writer_levels(depth, 2, 20, 12) == 7.0  # 17..64: the worst, g1 c22's
+    assert clock_rule.writer_levels(depth, 1, 17, 16) == 7.0
+    assert clock_rule.writer_levels(depth, 2, 24, 16) == 6.5
+    with pytest.raises(ValueError, match=r"groups x cols=2x25: 50 positions, above every"):
+        clock_rule.writer_levels(depth, 2, 25, 16)
+    assert clock_rule.writer_levels({}, 12, 40, 24) == 0.0  # no data, no bound
+    # the explorer leaves such designs out (their clock is unknown)
+    lanes = (16, 16, 16)
+    with pytest.raises(ValueError, match="MappedOutWriter"):
+        clock_rule.design_levels(depth, lanes, (3, 20, 16))
+    assert clock_rule.design_levels(depth, lanes, None) == 0.0
 
 
 CLOCKS = (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)

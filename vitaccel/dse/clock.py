@@ -38,6 +38,8 @@ __all__ = [
     "design_levels",
     "word_groups",
     "word_top_levels",
+    "writer_key",
+    "writer_levels",
 ]
 
 LEVEL_NS = 0.4
@@ -125,7 +127,7 @@ def word_top_levels(depth: dict, w_builders: int = 1) -> float:
 def design_levels(
     depth: dict,
     lanes: tuple[int, int, int],
-    mixed: bool,
+    mixed: tuple[int, int, int] | None,
     word_groups: bool = False,
     w_builders: int = 1,
 ) -> float:
@@ -134,13 +136,57 @@ def design_levels(
     gelu) ``lanes`` (:func:`unit_levels`), on a top with ``word_groups``
     (:func:`word_groups`) the multi-group word-path top's runs at its ``w_builders``
     (:func:`word_top_levels`), and on a
-    ``mixed`` W4/W8 array (``w4_share > 0``) its column-map output writer's run
-    (``mixed_writer``: rtl/spm MappedOutWriter, which every mixed top writes through and no
-    all-W8 top run contains)."""
+    mixed W4/W8 array (``w4_share > 0``; ``mixed``: its (groups, cols, cols_w8), None on an
+    all-W8 array) its column-map output writer's runs (:func:`writer_levels`: rtl/spm
+    MappedOutWriter, which every mixed top writes through and no all-W8 top run contains)."""
     parts = [depth.get("engine", 0.0), depth.get("top", 0.0)]
     parts += [unit_levels(depth, u, n) for u, n in zip(UNITS, lanes, strict=True)]
     if word_groups:
         parts.append(word_top_levels(depth, w_builders))
     if mixed:
-        parts.append(depth.get("mixed_writer", 0.0))
+        parts.append(writer_levels(depth, *mixed))
     return max(parts)
+
+
+def _select_levels(n: int) -> int:
+    """4:1 levels of an ``n``-way select tree (rtl/spm ``_mux_tree``)."""
+    levels = 0
+    while n > 1:
+        n, levels = -(-n // 4), levels + 1
+    return levels
+
+
+def writer_key(groups: int, cols: int, cols_w8: int) -> str:
+    """``depth_runs["mixed_writer"]``'s key of a MappedOutWriter(groups, cols, cols_w8) run."""
+    return f"{groups}x{cols}x{cols_w8}"
+
+
+def writer_levels(depth: dict, groups: int, cols: int, cols_w8: int) -> float:
+    """Calibrated levels of a mixed array's column-map output writer (rtl/spm
+    MappedOutWriter of ``groups`` x ``cols`` columns, ``cols_w8`` W8; ``depth``:
+    calibration.json's ``depth_runs``, whose ``mixed_writer`` holds each run by
+    :func:`writer_key`). Its paths run through selects over its ``groups * cols``
+    positions, and ABC's depth is not monotone in that count (g1 c22 measured 6.5 where g2
+    c20 measured 6.25 and g2 c24 7.0): the run of that very shape if there is one, else the
+    worst run of the positions' select class (the 4:1 levels of a ``groups * cols``-way
+    select; none there, the next class up). Positions above every run's are refused (its
+    selects widen: no run below tells its depth). No run at all: 0.0 (no data, no bound)."""
+    runs = depth.get("mixed_writer", {})
+    if not runs:
+        return 0.0
+    if writer_key(groups, cols, cols_w8) in runs:
+        return runs[writer_key(groups, cols, cols_w8)]
+    sizes = {}
+    for key, levels in runs.items():
+        g, c, _ = (int(x) for x in key.split("x"))
+        sizes.setdefault(_select_levels(g * c), []).append((g * c, levels))
+    n = groups * cols
+    biggest = max(p for runs_k in sizes.values() for p, _ in runs_k)
+    if n > biggest:
+        raise ValueError(
+            f"mixed writer groups x cols={groups}x{cols}: {n} positions, above every "
+            f"calibrated MappedOutWriter run (calibrated: {', '.join(sorted(runs))}; "
+            "add it to calibrate.WRITER_DEPTH and rerun)"
+        )
+    cls = min(k for k in sizes if k >= _select_levels(n))
+    return max(levels for _, levels in sizes[cls])

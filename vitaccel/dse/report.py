@@ -75,7 +75,9 @@ def design_report(design_path: str | Path) -> dict:
             levels = clock_rule.design_levels(
                 depth,
                 (nl.softmax_lanes, nl.layernorm_lanes, nl.gelu_lanes),
-                mixed=design.array.w4_share > 0,
+                mixed=(design.array.groups, design.array.cols, c8)
+                if design.array.w4_share > 0
+                else None,
                 word_groups=clock_rule.word_groups(
                     design.array.groups, c8, design.datapath_bytes // SLOT_BYTES
                 ),

@@ -273,10 +273,11 @@ class _Model:
         next calibrated lane count up; none up there is an error)."""
         return clock_rule.unit_levels(self.depth, unit, lanes)
 
-    def design_levels(self, lanes: tuple[int, int, int], mixed: bool = False,
+    def design_levels(self, lanes: tuple[int, int, int], mixed: tuple | None = None,
                       word_groups: bool = False, w_builders: int = 1) -> float | None:  # fmt: skip
         """The design's worst calibrated path (:func:`clock.design_levels`; ``mixed``: a
-        W4/W8 array, whose column-map output writer counts too; ``word_groups``: several
+        W4/W8 array's (groups, cols, cols_w8), whose column-map output writer counts too,
+        :func:`clock.writer_levels`; ``word_groups``: several
         groups on the output writer's word path, :func:`clock.word_groups`, whose runs are
         taken at ``w_builders``, :func:`cost.spm_w_builders`); None without data."""
         if not self.depth:
@@ -292,7 +293,16 @@ class _Model:
             return False
         return True
 
-    def clock_for(self, lanes: tuple[int, int, int], mixed: bool = False,
+    def writer_known(self, groups: int, cols: int, cols_w8: int) -> bool:
+        """Whether the calibration tells the depth of a mixed array's column-map writer of
+        that shape (:func:`clock.writer_levels` does not refuse it)."""
+        try:
+            clock_rule.writer_levels(self.depth, groups, cols, cols_w8)
+        except ValueError:
+            return False
+        return True
+
+    def clock_for(self, lanes: tuple[int, int, int], mixed: tuple | None = None,
                   word_groups: bool = False, w_builders: int = 1) -> float:  # fmt: skip
         """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
         levels = self.design_levels(lanes, mixed, word_groups, w_builders)
@@ -810,6 +820,10 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         if any(base0[i] > relax * limits[k] for i, k in enumerate(RESOURCE_KINDS)):
             return []
         evaluated += 1
+        # a mixed array's column-map writer: (groups, cols, cols_w8), None on an all-W8 one
+        writer = (g, c, column_split(c, share)[0]) if share > 0 else None
+        if writer and clock_mhz is None and not m.writer_known(*writer):
+            return []  # above every calibrated writer run: its clock is unknown
         fuse = residual_fusable(g, c, column_split(c, share)[1])
         nl = m.nonlinear(g, fuse)
         fixed = nl["fixed"][0]
@@ -835,7 +849,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                     # a mixed array writes through its column-map writer, several groups
                     # on the word path through that writer (and its W builders' arbiter):
                     # their depth too
-                    clock = min(clock, m.clock_for(lanes, share > 0, word_groups, builders))
+                    clock = min(clock, m.clock_for(lanes, writer, word_groups, builders))
                 wc = word_cycles(v, clock, ports)
                 if wc not in evals:
                     if (wc, builders) not in priced:
@@ -1614,6 +1628,7 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
     c8, c4 = column_split(c.cols, c.w4_share)
     words = clock_rule.word_groups(c.groups, c8, c.datapath_bytes // SLOT_BYTES)
     builders = spm_w_builders(c.weight_ports, c4)
+    writer = (c.groups, c.cols, c8) if c.w4_share > 0 else None
     return {
         "model": design.model,
         "board": design.board,
@@ -1660,9 +1675,10 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
             # None without data, or for a word-path top of W builders no run measured (a
             # given clock lets the explorer keep it)
             "levels": result["model"].design_levels(
-                c.lanes, mixed=c.w4_share > 0, word_groups=words, w_builders=builders
+                c.lanes, mixed=writer, word_groups=words, w_builders=builders
             )
-            if not words or result["model"].word_top_known(builders)
+            if (not words or result["model"].word_top_known(builders))
+            and (writer is None or result["model"].writer_known(*writer))
             else None,
             "max_levels_at_clock": clock_rule.MAX_LEVELS.get(design.clock_mhz),
         },

@@ -90,8 +90,11 @@ TOP_DEPTH = (
 )
 # Depth only: a mixed W4/W8 array's column-map output writer (rtl/spm MappedOutWriter; groups,
 # cols, cols_w8), alone: every mixed top writes through it (MixedOutWriter's W_SPM path is the
-# all-W8 writer the top runs measure). The DeiT-Base mixed answer's 2 x (16+4) columns.
-WRITER_DEPTH = ((2, 20, 16),)
+# all-W8 writer the top runs measure). Its depth is not monotone in its groups * cols
+# positions (clock.writer_levels: a design's own run, else the worst of its select class):
+# s25-map's DeiT-Base answer 2 x (16+4), s25-map2's 1 x (16+6), the 48 and 64 positions of
+# 2 x (16+8) and 2 x (16+16), and two one-group shapes under 17 positions.
+WRITER_DEPTH = ((2, 20, 16), (1, 22, 16), (2, 24, 16), (1, 16, 8), (1, 8, 4), (2, 32, 16))
 # One more weight port: its DMAReader alone, and an engine with two W loaders against one.
 PORT_ENGINE = (1, 2, 4, 4, 0.0, "int4", 256, 32)
 UNIT_LANES = {
@@ -421,7 +424,9 @@ def fit(data: dict) -> dict:
             part = "word_top" if word else "top"
             depth[part] = max(depth.get(part, 0.0), levels)
         elif key.startswith("writer mapped"):
-            depth["mixed_writer"] = max(depth.get("mixed_writer", 0.0), levels)
+            w = run["params"]
+            key_w = clock_rule.writer_key(w["groups"], w["cols"], w["cols_w8"])
+            depth.setdefault("mixed_writer", {})[key_w] = levels
         elif key.startswith("engine"):
             depth["engine"] = max(depth.get("engine", 0.0), levels)
         else:
