@@ -311,11 +311,11 @@ def test_word_writer_resources_only_with_the_word_path():
     # MatmulOutWriter (one bank), each synthesised alone (the constants' comment)
     "groups, cols, cols_w8, lut, ff",
     [
-        (1, 8, 4, -44, 387),
-        (1, 16, 8, 403, 741),
-        (1, 22, 16, 1629, 1153),
-        (2, 12, 8, 1202, 1237),
-        (2, 24, 16, 3279, 2408),
+        (1, 8, 4, 8, 399),
+        (1, 16, 8, 760, 813),
+        (1, 22, 16, 2318, 1286),
+        (2, 12, 8, 2034, 1388),
+        (2, 24, 16, 5531, 2816),
     ],
 )
 def test_mapped_writer_resources_against_yosys(groups, cols, cols_w8, lut, ff):

@@ -435,16 +435,16 @@ def word_writer_resources(groups: int, cols: int, banks: int, w4_share: float = 
 # the inverse map, the registered run table, the current run's registers and their L-way
 # selects, the output register) over the all-W8 writer the shell's per-column share already
 # holds (MatmulOutWriter, one bank), Yosys xcup of each alone, L = groups * cols output
-# lanes (the writer after its 300 MHz cut, s25-map):
-#   1 x 8 (4 W8):    1616 / 1969 against 1660 / 1582 LUT / FF:   -44 LUT, +387 FF
-#   1 x 16 (8 W8):   3209 / 3477 against 2806 / 2736:            +403 LUT, +741 FF
-#   1 x 22 (16 W8):  5315 / 4767 against 3686 / 3614:           +1629 LUT, +1153 FF
-#   2 x 12 (8 W8):   5036 / 5147 against 3834 / 3910:           +1202 LUT, +1237 FF
-#   2 x 24 (16 W8):  9654 / 9774 against 6375 / 7366:           +3279 LUT, +2408 FF
-# Least squares in L and L^2 (the current run's L-way selects of L entries): within 528
-# LUT and 67 FF of every point (worst: +1101 LUT for +1629 at 1 x 22).
-MAPPED_WRITER_LUT = (33.58, 0.7479)  # per L, per L^2
-MAPPED_WRITER_FF = (50.57, -0.005)
+# lanes (the writer after its one-hot run select, s25-map2):
+#   1 x 8 (4 W8):    1668 / 1981 against 1660 / 1582 LUT / FF:     +8 LUT, +399 FF
+#   1 x 16 (8 W8):   3566 / 3549 against 2806 / 2736:            +760 LUT, +813 FF
+#   1 x 22 (16 W8):  6004 / 4900 against 3686 / 3614:           +2318 LUT, +1286 FF
+#   2 x 12 (8 W8):   5868 / 5298 against 3834 / 3910:           +2034 LUT, +1388 FF
+#   2 x 24 (16 W8): 11906 / 10182 against 6375 / 7366:          +5531 LUT, +2816 FF
+# Least squares in L and L^2 (the current run's L-way selects of L entries): within 560
+# LUT and 75 FF of every point (worst: +1759 LUT for +2318 at 1 x 22).
+MAPPED_WRITER_LUT = (48.77, 1.4165)  # per L, per L^2
+MAPPED_WRITER_FF = (53.77, 0.1067)
 # The all-W8 writer alone (MatmulOutWriter, one bank; the "against" figures above), least
 # squares in L: within 209 LUT and 11 FF of each point. A mixed top's W_SPM writer (rtl/spm
 # MixedOutWriter: MappedOutWriter + MatmulOutWriter of the W8 columns, cols_w8 % 16 == 0,
