@@ -785,12 +785,14 @@ class MappedOutWriter(CheckedComponent):
     groups >= nheads write nothing. The job ends after ``nsteps`` steps. Cycles (``work``):
     ``dse.cost.mapped_writer_cycles``.
 
-    For the clock (300 MHz: Yosys xcup of ``MappedOutWriter(2, 20, 16)`` alone 6.25 levels)
+    For the clock (300 MHz: Yosys xcup of ``MappedOutWriter(2, 20, 16)`` alone 6.25 levels,
+    ``(1, 22, 16)`` 6.5; ``calibrate.WRITER_DEPTH``)
     a later token's cycle only steps through registers: after a step's first token (when
     more work follows) the writer settles ``engine_timing.MAPPED_SETTLE`` cycles, in which
     the last entry lands and registered stages of every position compute the run from it
     (span, the token's next run, whether the token or the group ends after it); a run then
-    loads the next run's entry (and its positions' columns) by a position register, the
+    loads the next run's entry (and its positions' columns) by a one-hot position register
+    (AND-OR selects; the next position's one-hot from a per-position table), the
     runs leave through an output register (``o``, ``chan``), and OUT_T keeps its tokens
     per column (the flush selects the position's column).
 
@@ -955,7 +957,7 @@ class MappedOutWriter(CheckedComponent):
 
         # The current run of a later token (or OUT_T flush): its table entry, with the
         # columns of its positions (cur_col[b]: position + b's, whose byte is the run's byte
-        # b), loaded as the run before it goes (from position cur_nx), or, in the step's last
+        # b), loaded as the run before it goes (from position cur_nx, one-hot), or, in the step's last
         # settle cycle, position 0's (cur_nx is 0 then).
         cur_sil, cur_end, cur_gend = Signal(), Signal(), Signal()
         cur_span = Signal(4)  # the span - 1
