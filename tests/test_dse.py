@@ -340,6 +340,25 @@ def test_mixed_writer_levels_by_select_class():
     assert clock_rule.design_levels(depth, lanes, None) == 0.0
 
 
+def test_explorer_leaves_out_mixed_writers_above_every_run(monkeypatch):
+    """A mixed candidate whose writer has more positions than every calibrated run has no
+    known clock: the explorer leaves it out (and keeps it with a run that covers it)."""
+    from vitaccel.dse.search import SearchSpace, search
+
+    stored = res.calibration()
+    space = SearchSpace(groups=(1,), rows=(4,), cols=(16,), vector=(16,), w4_cols=(4,),
+                        lanes=(16,), datapath_bytes=(16,))  # fmt: skip
+
+    def pool(runs):
+        depth = {**stored["depth_runs"], "mixed_writer": runs}
+        monkeypatch.setattr(res, "calibration", lambda: {**stored, "depth_runs": depth})
+        return search("digits-vit", "zcu102", space=space, cache=False)["pool"]
+
+    small = pool({"1x8x4": 6.0})  # 20 positions above 8
+    assert small and not [c for c in small if c.w4_share > 0]
+    assert [c for c in pool({"1x8x4": 6.0, "1x22x16": 6.0}) if c.w4_share > 0]
+
+
 CLOCKS = (100.0, 125.0, 150.0, 200.0, 250.0, 300.0)
 
 
