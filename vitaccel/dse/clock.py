@@ -69,6 +69,21 @@ def allowed_clocks(board_clocks, levels: float) -> list[float]:
     return sorted((f for f in board_clocks if levels <= max_levels(f)), reverse=True)
 
 
+def _run_at_or_above(runs: dict, n: int, field: str, what: str, counted: str,
+                     table: str) -> float:  # fmt: skip
+    """The run of ``runs`` (keyed by a count as text) at the next calibrated count >= ``n``;
+    none up there is refused (one line naming ``field``, the calibrated counts and the
+    calibrate.py ``table`` to extend): the depth grows with the count, no run below tells it."""
+    known = sorted(int(k) for k in runs)
+    above = [k for k in known if k >= n]
+    if not above:
+        raise ValueError(
+            f"{field}={n}: no calibrated {what} at or above it (calibrated {counted}: "
+            f"{', '.join(map(str, known))}; add it to calibrate.{table} and rerun)"
+        )
+    return runs[str(above[0])]
+
+
 def unit_levels(depth: dict, unit: str, lanes: int) -> float:
     """Calibrated levels of nonlinear ``unit`` at ``lanes`` (``depth``: calibration.json's
     ``depth_runs``): the run at the next calibrated lane count up (a unit's depth grows with
@@ -79,14 +94,7 @@ def unit_levels(depth: dict, unit: str, lanes: int) -> float:
     runs = depth.get(unit, {})
     if not runs:
         return 0.0
-    known = sorted(int(n) for n in runs)
-    above = [n for n in known if n >= lanes]
-    if not above:
-        raise ValueError(
-            f"{unit}_lanes={lanes}: no calibrated depth at or above it (calibrated lanes: "
-            f"{', '.join(map(str, known))}; add it to calibrate.UNIT_LANES and rerun)"
-        )
-    return runs[str(above[0])]
+    return _run_at_or_above(runs, lanes, f"{unit}_lanes", "depth", "lanes", "UNIT_LANES")
 
 
 def word_groups(groups: int, cols_w8: int, banks: int) -> bool:
@@ -113,15 +121,9 @@ def word_top_levels(depth: dict, w_builders: int = 1) -> float:
     runs = depth.get("word_top_ports", {})
     if w_builders <= 1 or not runs:
         return levels
-    known = sorted(int(n) for n in runs)
-    above = [n for n in known if n >= w_builders]
-    if not above:
-        raise ValueError(
-            f"weight_ports={w_builders}: no calibrated multi-group word-path top at or above it "
-            f"(calibrated weight ports: {', '.join(map(str, known))}; add it to "
-            "calibrate.TOP_DEPTH and rerun)"
-        )
-    return max(levels, runs[str(above[0])])
+    at = _run_at_or_above(runs, w_builders, "weight_ports", "multi-group word-path top",
+                          "weight ports", "TOP_DEPTH")  # fmt: skip
+    return max(levels, at)
 
 
 def design_levels(
