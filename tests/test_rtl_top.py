@@ -151,8 +151,6 @@ def test_word_path_writer_matmuls_in_amaranth_sim():
     shared job; channels past N in a partial piece; OUT_T jobs (18 tokens: a chunk of 16
     and one of 2) with an odd Y stride on the word path (shared and heads) and an even one
     on the runs. The stored Y equals the ISA interpreter's, byte for byte, with AXI stalls."""
-    from vitaccel.compile import interp
-    from vitaccel.flow.codec import codec_for
 
     design = Design(
         array=ArrayConfig(groups=2, rows=2, cols=16, vector=4),
@@ -186,13 +184,7 @@ def test_word_path_writer_matmuls_in_amaranth_sim():
     code = isa.encode_program(prog)
     image[: len(code)] = code
     image[0x400 : 0x400 + 64 * 16] = rng.integers(0, 256, 64 * 16, dtype=np.uint8).tobytes()
-    want = interp.run(bytearray(image), codec_for(design), spm_words=512).ddr[0x1000:]
-    base = 0x4000
-    ram, out = _simulate(bytes(image), base, cycles=40_000, design=design)
-    assert out["status"] == STATUS_DONE, out
-    got = bytes(ram.mem[base + 0x1000 : base + 0x1000 + 320 * 16])
-    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
-    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
+    _stored_y_equals_the_interpreter(design, image, 0x1000, 320, cycles=40_000)
 
 
 def test_bad_opcode_and_oversized_jobs_end_with_error():
@@ -239,6 +231,22 @@ W_SPM_TOP = Design(
     datapath_bytes=64,
     weight_ports=2,
 )
+
+
+def _stored_y_equals_the_interpreter(design: Design, image: bytearray, out: int, words: int,
+                                     cycles: int) -> None:  # fmt: skip
+    """Run ``image`` on the top (AXI stalls) and check the ``words`` stored at ``out`` equal
+    the ISA interpreter's byte for byte (fails on the first mismatch, naming it)."""
+    from vitaccel.compile import interp
+    from vitaccel.flow.codec import codec_for
+
+    want = interp.run(bytearray(image), codec_for(design), spm_words=512).ddr[out:]
+    base = 0x4000
+    ram, res = _simulate(bytes(image), base, cycles=cycles, design=design)
+    assert res["status"] == STATUS_DONE, res
+    got = bytes(ram.mem[base + out : base + out + words * 16])
+    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
+    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
 
 
 def _program_cycles(design: Design, prog, latency=(1, 6)) -> int:
@@ -374,9 +382,7 @@ def test_w_spm_port_builders_match_the_interpreter_and_the_model():
     cycles (no stalls; the LOAD + STORE program subtracted) are within 3 % of the cycle model
     (``cost.instr_cycles`` at a word a cycle per port + the per-instruction overhead)."""
     from vitaccel.boards import get_budget
-    from vitaccel.compile import interp
     from vitaccel.dse.cost import LATENCIES, geometry, instr_cycles, port_bytes_per_cycle
-    from vitaccel.flow.codec import codec_for
 
     design = W_PORTS_TOP
     assert TopParams(design).spm_banks == 2
@@ -396,13 +402,8 @@ def test_w_spm_port_builders_match_the_interpreter_and_the_model():
     code = isa.encode_program(prog)
     image[: len(code)] = code
     image[0x400 : 0x400 + 64 * 16] = rng.integers(0, 256, 64 * 16, dtype=np.uint8).tobytes()
-    want = interp.run(bytearray(image), codec_for(design), spm_words=512).ddr[0x1000:]
+    _stored_y_equals_the_interpreter(design, image, 0x1000, 40, cycles=20_000)
     base = 0x4000
-    ram, out = _simulate(bytes(image), base, cycles=20_000, design=design)
-    assert out["status"] == STATUS_DONE, out
-    got = bytes(ram.mem[base + 0x1000 : base + 0x1000 + 40 * 16])
-    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
-    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
 
     def cycles(program):
         img = bytearray(image)
@@ -443,7 +444,6 @@ def test_mixed_w_spm_jobs_on_the_word_path_in_amaranth_sim():
     and a job with W from DDR (int4 rows on the W4 columns and beyond) between them through
     the column map. The stored Y equals the ISA interpreter's, byte for byte, with AXI
     stalls. (Their writer cycles: test_rtl_spm.py's MixedOutWriter test.)"""
-    from vitaccel.compile import interp
     from vitaccel.flow.codec import codec_for
 
     design = MIXED_WORDS
@@ -484,10 +484,4 @@ def test_mixed_w_spm_jobs_on_the_word_path_in_amaranth_sim():
     image[: len(code)] = code
     image[0x400 : 0x400 + 96 * 16] = rng.integers(0, 256, 96 * 16, dtype=np.uint8).tobytes()
     image[wddr : wddr + len(wraw)] = wraw
-    want = interp.run(bytearray(image), codec, spm_words=512).ddr[out:]
-    base = 0x4000
-    ram, res = _simulate(bytes(image), base, cycles=60_000, design=design)
-    assert res["status"] == STATUS_DONE, res
-    got = bytes(ram.mem[base + out : base + out + 336 * 16])
-    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(bytes(want), np.uint8))
-    assert diff.size == 0, f"first mismatch at Y byte {diff[0]}: {got[diff[0]]} != {want[diff[0]]}"
+    _stored_y_equals_the_interpreter(design, image, out, 336, cycles=60_000)
