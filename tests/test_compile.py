@@ -22,7 +22,8 @@ def digits():
 @pytest.mark.parametrize("groups, cols", [(1, 4), (2, 4), (2, 8), (1, 16)])
 def test_program_equals_golden_on_real_images(digits, groups, cols, assert_program_equals_golden):
     """GELU is always fused into FC1; the residual adds are fused into the projection and
-    FC2 where an output step covers whole SPM words (2x8, 1x16), RESADD otherwise."""
+    FC2, and the positional add into patch_embed, where an output step covers whole SPM
+    words (2x8, 1x16), RESADD otherwise."""
     from vitaccel import isa
 
     golden, patches = digits
@@ -34,11 +35,14 @@ def test_program_equals_golden_on_real_images(digits, groups, cols, assert_progr
     fused = groups * cols % 16 == 0
     mm_flags = [fl for op, fl in ops if op is isa.Op.MATMUL]
     assert sum(bool(fl & isa.MatmulFlags.GELU) for fl in mm_flags) == depth
-    assert sum(bool(fl & isa.MatmulFlags.RESADD) for fl in mm_flags) == (2 * depth if fused else 0)
+    assert sum(bool(fl & isa.MatmulFlags.RESADD) for fl in mm_flags) == (
+        1 + 2 * depth if fused else 0
+    )
+    assert bool(mm_flags[0] & isa.MatmulFlags.RESADD) == fused  # patch_embed, the first
     assert sum(bool(fl & isa.MatmulFlags.X_KEEP) for fl in mm_flags) == depth
     assert sum(op is isa.Op.GELU for op, _ in ops) == 0
-    # the positional add stays an instruction; the two per block only without fusion
-    assert sum(op is isa.Op.RESADD for op, _ in ops) == 1 + (0 if fused else 2 * depth)
+    # RESADD instructions only without fusion: the positional add and two per block
+    assert sum(op is isa.Op.RESADD for op, _ in ops) == (0 if fused else 1 + 2 * depth)
     assert_program_equals_golden(compiled, codec, golden, patches)
 
 

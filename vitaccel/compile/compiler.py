@@ -214,9 +214,15 @@ def compile_model(
     # ---- constants: the DDR section (const_ddr), loaded into the SPM by LOADs -----------
     ddr_consts = const_ddr(spec)
     blocks = {f"blocks.{i}": b for i, b in enumerate(model.blocks)}
+    # The positional add (patch_embed + pos_q): fused into patch_embed's MATMUL, its A operand
+    # (the one mult_a scales) is pos_q and the MATMUL's output takes mult_b, the other way
+    # round from the RESADD instruction's (a = patch_embed). ref.residual_add is symmetric in
+    # the two (operand, multiplier) pairs, so swapping both is the same function.
+    pos = model.pos_add
+    pos_mults = (pos.mult_b, pos.mult_a) if fuse_residual else (pos.mult_a, pos.mult_b)
     const_data = {
         "pos_q": spm_rows(model.pos_q, words_for(D)),
-        "pos_add.params": _resadd_block(model.pos_add.mult_a, model.pos_add.mult_b, D),
+        "pos_add.params": _resadd_block(*pos_mults, D),
         "cls_row": spm_rows(model.cls_row[None, :], words_for(D)),
         "norm.params": _ln_block(model.norm),
     }
@@ -342,6 +348,9 @@ def _filled(ins: Instr, model: IntViT, blocks: dict) -> dict[str, int]:
         return dict(mult=_check_fits(f"{'qk' if part == 'qk' else 'av'}_mult", mult, 16),
                     shift=shift)  # fmt: skip
     if ins.op is Op.MATMUL and MatmulFlags.RESADD in ins.flags:
-        add = b.add1 if ins.label.endswith(".attn.proj") else b.add2
+        if ins.label == "patch_embed":
+            add = model.pos_add
+        else:
+            add = b.add1 if ins.label.endswith(".attn.proj") else b.add2
         return dict(residual_shift=add.shift)
     return {}

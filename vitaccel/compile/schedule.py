@@ -494,15 +494,18 @@ def program_for(
         spill(isa.store, "embed.spill", rows_of(xs[0], 0, 1), 0)
     if al.compact:
         const_load("norm.params", lnf.base, "norm.params")
-    mm("patch_embed", patches, pe, k=spec.patch_dim, n=D)
     if al.compact:  # the positional table lives in the embedding phase only
         const_load("pos_q", pos_q.base, "pos_q")
-    # x0 rows 1.. = patch_embed + pos (per-channel multipliers)
-    if tile:  # in place, then to DDR rows 1..
-        resadd("pos_add", pe, pos_q, pe, pos_params)
-        spill(isa.store, "embed.spill", pe, 1)
+    # x0 rows 1.. = patch_embed + pos (per-channel multipliers); spilling: in ``pe``, then
+    # to DDR rows 1..
+    embed = pe if tile else rows_of(xs[0], 1, 1 + P)
+    if fuse_residual:  # the add in the MATMUL's output: A = pos_q (const_params swaps them)
+        mm("patch_embed", patches, embed, k=spec.patch_dim, n=D, residual=(pos_q, pos_params))
     else:
-        resadd("pos_add", pe, pos_q, xs[0], pos_params, rows=P, dst_base=xs[0].row(1))
+        mm("patch_embed", patches, pe, k=spec.patch_dim, n=D)
+        resadd("pos_add", pe, pos_q, embed, pos_params)
+    if tile:
+        spill(isa.store, "embed.spill", pe, 1)
     cur = 0
     heads_per_job = max(1, min(groups, H))
     for i in range(spec.depth):
