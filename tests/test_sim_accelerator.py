@@ -352,7 +352,8 @@ def _mixed_digits(w4_kind: str, images: int, ports: int = 2):
     fused = [
         i for i in prog.compiled.program if i.op is Op.MATMUL and MatmulFlags.RESADD in i.flags
     ]
-    assert len(fused) == 8, [i.label for i in fused]  # proj and fc2 of the 4 blocks
+    # patch_embed (the positional add), proj and fc2 of the 4 blocks
+    assert len(fused) == 9 and fused[0].label == "patch_embed", [i.label for i in fused]
     return design, prog
 
 
@@ -442,7 +443,8 @@ def test_mixed_deit_shaped_program_bit_exact(w4_kind, groups):
     fused = [i.label for i in mms if MatmulFlags.RESADD in i.flags]
     heads = [i.label for i in mms if MatmulFlags.HEADS in i.flags]
     # a mixed array fuses the residual adds at any shape (byte runs, isa.residual_fusable)
-    assert len(fused) == 4 and (len(heads) > 0) == (groups == 2), (fused, heads)
+    assert len(fused) == 5 and fused[0] == "patch_embed", fused
+    assert (len(heads) > 0) == (groups == 2), heads
     results = _native(design, compiled, patches, pause=0.2, seed=12)
     _assert_all_equal(results, golden.forward_patches(patches), f"{w4_kind} ")
 
