@@ -839,7 +839,7 @@ def test_w4_greedy_shortcuts_equal_the_heap(monkeypatch):
 
 
 def test_benchmark_markdown_states_every_verdict():
-    from vitaccel.dse.benchmark import GOALS, LINEAR_DSP_GOAL, benchmark, markdown
+    from vitaccel.dse.benchmark import GOALS, LINEAR_DSP_GOAL, MIXED_GAIN_GOAL, benchmark, markdown
 
     rows = benchmark()
     text = markdown(rows)
@@ -847,7 +847,9 @@ def test_benchmark_markdown_states_every_verdict():
         assert r["reached"] or (r["gap"] and r["binding"])
         assert r["linear_dsp_reached"] == (r["linear_dsp_efficiency"] >= LINEAR_DSP_GOAL)
         assert f"{r['model']} {r['precision']} >= {r['goal_fps']:g} FPS" in text
-    assert text.count("reached**") + text.count("missed**") == 2 * len(GOALS)
+    # each goal's FPS and linear-layer verdicts, and the mixed-over-W8 gain's
+    assert text.count("reached**") + text.count("missed**") == 2 * len(GOALS) + 1
+    assert f"mixed over w8 >= x{MIXED_GAIN_GOAL:g}" in text
 
 
 def test_log2_softmax_design_pays_the_shift_add_mode():
