@@ -676,11 +676,13 @@ class E2Softmax(CheckedComponent):
     def _output_parts(self, e, lane):
         """The output's first stage from e (1/32 log2 units): (registers, their values).
 
-        log2: the code ``min(q_max, (e + 16) >> 5)``. uint8: ``v + 2**(w-1)`` (``v`` the
-        table value of e's fraction, ``w`` its whole part, 0 for w = 0) and "w > 9" (the
-        probability is 0); the shift by ``w`` and the clamp to 255 follow in the next stage
-        (table, rounding add, shift and clamps in one stage were 7.75 LUT levels inside the
-        top; 300 MHz allows 6.83)."""
+        log2: the code ``min(q_max, (e + 16) >> 5)``. uint8: with ``v`` the table value of
+        e's fraction and ``w`` its whole part, ``rshift_round(v, w) = (v >> w) + v[w - 1]``
+        (``v[-1]`` = 0): the shift and the rounding bit are registered here, with the clamps
+        already applied (0 past 9 whole units, 255 for e = 0), and the next stage adds them.
+        (Adding the rounding half before the shift took a 10-bit adder and a 16:1 shift of
+        its sum per lane, about a quarter of the unit's LUTs; 8 bits of ``v >> w`` and one
+        9:1 bit select are less than half of that.)"""
         if self.output == "log2":
             q_max = (1 << self.code_bits) - 1
             q = (e + (1 << (E2_FRAC - 1))) >> E2_FRAC
@@ -688,23 +690,21 @@ class E2Softmax(CheckedComponent):
             return (code,), (Mux(q > q_max, q_max, q),)
         whole = e >> E2_FRAC
         table = Array(Const(v, 9) for v in EXP2_FRAC32)
-        w = whole[:4]
-        half = (Const(1, 1) << w)[1:]
-        sum_ = table[e[:E2_FRAC]] + half
-        regs = (
-            Signal(len(sum_), name=f"r4_vh{lane}"),
-            Signal(4, name=f"r4_w{lane}"),
-            Signal(name=f"r4_zero{lane}"),
-            Signal(name=f"r4_sat{lane}"),
-        )
-        # (v + half) >> w > 255 only for e = 0: w = 0 and v = EXP2_FRAC32[0] = 256 (every other
-        # entry is below 256, and w >= 1 halves it), so the clamp is a flag, not a compare
-        return regs, (sum_, w, whole > 9, e == 0)
+        v = table[e[:E2_FRAC]]
+        w = whole[:4]  # the whole part itself wherever the output is not 0 (whole <= 9)
+        zero = whole > 9
+        # v >> w < 256 but for e = 0 (v = EXP2_FRAC32[0] = 256, w = 0): the clamp to 255 is a
+        # flag, not a compare. v >> w <= 128 for w >= 1, so the next stage's sum fits 8 bits.
+        sat = e == 0
+        shifted = Mux(zero, 0, Mux(sat, 255, (v >> w)[:8]))
+        rounding = ~zero & (Cat(Const(0, 1), v) >> w)[0]  # v[w - 1]; 0 for w = 0 (and e = 0)
+        regs = (Signal(8, name=f"r4_shifted{lane}"), Signal(name=f"r4_round{lane}"))
+        return regs, (shifted, rounding)
 
     def _output(self, parts):
-        """The output's second stage: log2 code, or uint8 probability
-        ``min(255, (v + half) >> w)``, 0 past 9 whole units."""
+        """The output's second stage: log2 code, or uint8 probability ``(v >> w) + v[w-1]``
+        (clamped in ``_output_parts``)."""
         if self.output == "log2":
             return parts[0]
-        vh, w, zero, sat = parts
-        return Mux(zero, 0, Mux(sat, 255, (vh >> w)[:8]))
+        shifted, rounding = parts
+        return (shifted + rounding)[:8]
