@@ -169,6 +169,18 @@ class E2Softmax(CheckedComponent):
         return self.in_bits + 3
 
     @property
+    def e_cap(self) -> int:
+        """Pass 2 holds the exponent e (1/32 log2 units, >= 0) capped at this value, since
+        every larger e gives the same output as the cap: uint8 is 0 from whole = e >> 5 > 9,
+        i.e. from e = 320 (10 whole units) on; the log2 code ``min(q_max, (e + 16) >> 5)`` is
+        q_max from e = 32 q_max - 16 on (one below: q_max - 1). The width is as narrow as it
+        can be: uint8 e = 288 (whole 9, fraction 0) is still 1, so a cap below 2**8 would be
+        wrong. (Clamping the 19-bit sum at 0 alone kept 19 bits a lane up to the output.)"""
+        if self.output == "uint8":
+            return 10 << E2_FRAC
+        return (((1 << self.code_bits) - 1) << E2_FRAC) - (1 << (E2_FRAC - 1))
+
+    @property
     def dq_bits(self) -> int:
         """dq = distance below the max in quarter-log2 steps, < 2**(in_bits + 2) + 8."""
         return self.in_bits + 4
@@ -609,7 +621,7 @@ class E2Softmax(CheckedComponent):
         r2_cnt = Signal(count_bits(lanes))
         r2_row = Signal.like(r1b_row)
         r2_rest = [Signal(rest_shape, name=f"r2_rest{lane}") for lane in range(lanes)]
-        eb = self.dq_bits + E2_FRAC + 2
+        eb = bits_for(self.e_cap)
         r3_v, r3_last = Signal(), Signal()
         r3_cnt = Signal.like(r2_cnt)
         r3_e = [Signal(eb, name=f"r3_e{lane}") for lane in range(lanes)]
@@ -640,7 +652,7 @@ class E2Softmax(CheckedComponent):
             for lane in range(lanes):
                 # e = 8 dq + log2 S with dq = 4m + rest (dq >= 0 on the valid lanes)
                 e = (r2_rest[lane] << (E2_FRAC - 2)) + r2_row
-                m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, e))
+                m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, Mux(e > self.e_cap, self.e_cap, e)))
             # R4: the output's first half (R4 -> output: the second)
             m.d.sync += [r4_v.eq(r3_v), r4_last.eq(r3_last), r4_cnt.eq(r3_cnt)]
             for regs, values in r4_parts:
