@@ -410,6 +410,11 @@ class E2Softmax(CheckedComponent):
         m_new = Mux(b_first | (b_g > run_max), b_g, run_max)
         c_v, c_first, c_last = Signal(), Signal(), Signal()
         c_cnt = Signal.like(b_cnt)
+        # each lane's "within count" for stage D's mask, a register of its own: behind the
+        # 7-bit count's compare, ABC mapped D's term and mask as 7.0 levels at 64 lanes
+        # (lane 0 is always within count)
+        c_in = {lane: Signal(name=f"c_in{lane}") for lane in range(1, lanes)}
+        m.d.sync += [flag.eq(b_cnt > lane) for lane, flag in c_in.items()]
         c_beats = Signal.like(b_beats)
         c_m = Signal(signed(mb))
         c_delta = Signal(range(sb + 1))  # S >> delta; anything >= sb clears S
@@ -460,7 +465,7 @@ class E2Softmax(CheckedComponent):
             sh = dq[2:]
             sh_c = Mux(sh > F, F + 1, sh)[: bits_for(F + 1)]
             term = term_table[dq[:2]] >> sh_c
-            m.d.sync += d_terms[lane].eq(Mux(c_cnt > lane, term, 0) if lane else term)
+            m.d.sync += d_terms[lane].eq(Mux(c_in[lane], term, 0) if lane else term)
         m.d.sync += [
             d_v.eq(c_v),
             d_first.eq(c_first),
