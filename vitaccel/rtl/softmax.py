@@ -162,8 +162,8 @@ class E2Softmax(CheckedComponent):
         stores for pass 2, fits ``in_bits + 3`` signed bits: with ``x`` in
         ``[-2**(xb-1), 2**(xb-1) - 1]``, T = 0 (h = 0) gives ``-4x`` in ``[4 - 2**(xb+1),
         2**(xb+1)]``; T = 1, 2 (h = 0) halve and quarter that; T >= 3 gives
-        ``floor((2**(T-1) - 4x) / 2**T)``, at most ``(2**(T-1) + 2**(xb+1)) >> T <= 2**(xb-1)``
-        (T = 3) in magnitude. 2**(xb+1) (x = -2**(xb-1), T = 0) needs xb + 3 bits. (Pass 2
+        ``floor((2**(T-1) - 4x) / 2**T)`` in ``[-2**(xb-2), 2**(xb-2)]`` (T = 3 the widest).
+        2**(xb+1) (x = -2**(xb-1), T = 0) needs xb + 3 bits. (Pass 2
         reads rest from the ring instead of x: its own subtract and 13:1 shift per lane were
         about a sixth of the unit's LUTs.)"""
         return self.in_bits + 3
@@ -173,9 +173,10 @@ class E2Softmax(CheckedComponent):
         """Pass 2 holds the exponent e (1/32 log2 units, >= 0) capped at this value, since
         every larger e gives the same output as the cap: uint8 is 0 from whole = e >> 5 > 9,
         i.e. from e = 320 (10 whole units) on; the log2 code ``min(q_max, (e + 16) >> 5)`` is
-        q_max from e = 32 q_max - 16 on (one below: q_max - 1). The width is as narrow as it
-        can be: uint8 e = 288 (whole 9, fraction 0) is still 1, so a cap below 2**8 would be
-        wrong. (Clamping the 19-bit sum at 0 alone kept 19 bits a lane up to the output.)"""
+        q_max from e = 32 q_max - 16 on (one below: q_max - 1). Nine bits are needed either
+        way: uint8 e = 288 (whole 9, fraction 0) is still 1, so no uint8 cap below 289 gives
+        the same outputs. (Clamping the 19-bit sum at 0 alone kept 19 bits a lane up to the
+        output.)"""
         if self.output == "uint8":
             return 10 << E2_FRAC
         return (((1 << self.code_bits) - 1) << E2_FRAC) - (1 << (E2_FRAC - 1))
@@ -228,9 +229,9 @@ class E2Softmax(CheckedComponent):
         """dq = ``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) is computed without
         shifting m: since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)``
         with ``h = 2**(T-1)`` for T >= 3 and 0 otherwise. This is ``h - 4x``; pass 1 shifts
-        it by T a stage later (``rest``, which the ring keeps for pass 2) and adds ``4m``
-        after that (the decode of h, the
-        subtraction and the shift held 8.25 LUT levels in one stage: 300 MHz allows 6.83)."""
+        it by T a stage later (``rest``, which the ring keeps for pass 2) and adds ``4m`` after
+        that (the decode of h, the subtraction and the shift held 8.25 LUT levels in one
+        stage: 300 MHz allows 6.83)."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
         return h - (x << 2)
 
@@ -428,7 +429,7 @@ class E2Softmax(CheckedComponent):
             m.d.sync += c_r[lane].eq(r)
         # The ring word is written here, not at accept: pass 2 reads a row's words only after
         # its descriptor (stage H, past this stage for every beat of the row), and ``used``
-        # still counts the word from its accept, so the ring fills no later than before.
+        # still counts the word from its accept, so admission is as before.
         ring_w, wr_ptr = s.ring_w, Signal(s.aw)
         m.d.comb += [
             ring_w.addr.eq(wr_ptr),
