@@ -90,7 +90,7 @@ def test_uram_needs_a_board_with_uram(field):
         (
             {"board": "kv260", "model": "deit-tiny", "spm_kib": 1024},
             "design field 'spm_kib' / 'input_buffer_kib' / 'weight_buffer_kib': the buffers "
-            "need 279 BRAM36 (engine 32, layernorm 6, spm 240), board kv260 has 144 "
+            "need 278 BRAM36 (engine 32, layernorm 6, spm 240), board kv260 has 144 "
             "(or spm_memory / x_memory 'uram')",
         ),
         (
@@ -164,7 +164,7 @@ def test_cli_generate_refuses_a_design_beyond_the_board(tmp_path, capsys):
         main(["generate", "--design", str(path), "-o", str(tmp_path / "hw")])
     assert ex.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "279 BRAM36" in err and "board kv260 has 144" in err
+    assert err.count("\n") == 1 and "278 BRAM36" in err and "board kv260 has 144" in err
     assert not (tmp_path / "hw").exists()
 
 

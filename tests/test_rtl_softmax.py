@@ -217,3 +217,21 @@ def test_e2softmax_wide_max_tree_takes_the_modelled_stage():
         extra = softmax_max_stages(lanes) - softmax_max_stages(1)
         assert latency(lanes) - base == extra, (lanes, extra)
     assert softmax_max_stages(64) == 3
+
+
+@pytest.mark.parametrize("output", ["uint8", "log2"])
+def test_e2softmax_narrow_bounds_at_their_extremes(output):
+    """The ring's rest (``rest_bits``) and pass 2's capped exponent (``e_cap``) at the values
+    that need their last bit: x = -128 at T = 0 makes rest = -4x = 512 (11 bits signed), and
+    a row of 127 with elements far below puts e on both sides of the cap (uint8: e = 288 is
+    still 1, e >= 289 is 0; log2: e from 463 to 464 reaches q_max) and far above it."""
+    rows = [
+        np.array([-128] * 6),  # rest = 512 in every lane
+        np.array([-128, 127, -128, 127, -127]),
+        np.array([127, -128, 0, 126, -1, 90, -100, 64]),
+        np.concatenate([[127], np.arange(127, -129, -1)]),  # every distance below the max
+    ]
+    dut = E2Softmax(lanes=2, max_row=260, output=output)
+    for shift in (0, 1, 2, 3, 4, 6):
+        shifts = [shift] * len(rows)
+        _check(dut, rows, shifts, _run(dut, rows, shifts))

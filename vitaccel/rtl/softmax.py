@@ -10,8 +10,9 @@ exponentials are a 4-entry table plus a shift, the division is a leading-one det
 Structure (docs/nonlinear.md has the diagram)::
 
     i ──► pass 1: running max, rescaled running sum S (one beat/cycle, 11 stages, 12 > 16 lanes)
-      │          └──► row descriptor (m, log2 S, in_shift, beats) ──► descriptor FIFO
-      └──► row ring buffer (>= two rows) ──► pass 2: exponent, output code/probability ──► o
+                 ├──► row descriptor (m, log2 S, beats) ──► descriptor FIFO
+                 └──► each element's rest (dq - 4m, stage C) ──► row ring buffer (>= two rows)
+                        ──► pass 2: exponent, output code/probability ──► o
 
 Pass 1 of row r+1 streams in while pass 2 of row r streams out; the ring is elastic (a
 circular buffer sized ``max_beats + max(max_beats, pass-1 latency + 4)``), so rows of any
@@ -156,6 +157,31 @@ class E2Softmax(CheckedComponent):
         return self.frac_bits + bits_for(self.max_row)
 
     @property
+    def rest_bits(self) -> int:
+        """The m-free part of dq, ``rest = (h - 4x) >> T`` (``_dq_diff``), which the ring
+        stores for pass 2, fits ``in_bits + 3`` signed bits: with ``x`` in
+        ``[-2**(xb-1), 2**(xb-1) - 1]``, T = 0 (h = 0) gives ``-4x`` in ``[4 - 2**(xb+1),
+        2**(xb+1)]``; T = 1, 2 (h = 0) halve and quarter that; T >= 3 gives
+        ``floor((2**(T-1) - 4x) / 2**T)`` in ``[-2**(xb-2), 2**(xb-2)]`` (T = 3 the widest).
+        2**(xb+1) (x = -2**(xb-1), T = 0) needs xb + 3 bits. (Pass 2
+        reads rest from the ring instead of x: its own subtract and 13:1 shift per lane were
+        about a sixth of the unit's LUTs.)"""
+        return self.in_bits + 3
+
+    @property
+    def e_cap(self) -> int:
+        """Pass 2 holds the exponent e (1/32 log2 units, >= 0) capped at this value, since
+        every larger e gives the same output as the cap: uint8 is 0 from whole = e >> 5 > 9,
+        i.e. from e = 320 (10 whole units) on; the log2 code ``min(q_max, (e + 16) >> 5)`` is
+        q_max from e = 32 q_max - 16 on (one below: q_max - 1). Nine bits are needed either
+        way: uint8 e = 288 (whole 9, fraction 0) is still 1, so no uint8 cap below 289 gives
+        the same outputs. (Clamping the 19-bit sum at 0 alone kept 19 bits a lane up to the
+        output.)"""
+        if self.output == "uint8":
+            return 10 << E2_FRAC
+        return (((1 << self.code_bits) - 1) << E2_FRAC) - (1 << (E2_FRAC - 1))
+
+    @property
     def dq_bits(self) -> int:
         """dq = distance below the max in quarter-log2 steps, < 2**(in_bits + 2) + 8."""
         return self.in_bits + 4
@@ -202,9 +228,10 @@ class E2Softmax(CheckedComponent):
     def _dq_diff(x, t):
         """dq = ``rshift_round(m*2**T - x, T - 2)`` (or ``<< (2 - T)``) is computed without
         shifting m: since m*2**T is a multiple of 2**T, it equals ``4m + ((h - 4x) >> T)``
-        with ``h = 2**(T-1)`` for T >= 3 and 0 otherwise. This is ``h - 4x``; the pipelines
-        shift it by T a stage later and add ``4m`` after that (the decode of h, the
-        subtraction and the shift held 8.25 LUT levels in one stage: 300 MHz allows 6.83)."""
+        with ``h = 2**(T-1)`` for T >= 3 and 0 otherwise. This is ``h - 4x``; pass 1 shifts
+        it by T a stage later (``rest``, which the ring keeps for pass 2) and adds ``4m`` after
+        that (the decode of h, the subtraction and the shift held 8.25 LUT levels in one
+        stage: 300 MHz allows 6.83)."""
         h = Mux(t >= 3, (Const(1, 1) << t)[1:], 0)
         return h - (x << 2)
 
@@ -234,7 +261,8 @@ class E2Softmax(CheckedComponent):
         xb = self.in_bits
         mb = xb + 1  # running max in whole log2 units, signed
         sb = self.sum_bits
-        layout = row_layout(signed(xb), lanes)
+        # the ring holds each element's rest (``rest_bits``), written by pass 1's stage C
+        layout = row_layout(signed(self.rest_bits), lanes)
 
         m.submodules.ring = ring = Memory(shape=layout, depth=self.ring_depth, init=[])
         ring_w = ring.write_port()
@@ -245,7 +273,6 @@ class E2Softmax(CheckedComponent):
             {
                 "m": signed(mb),
                 "log2s": signed(bits_for(sb << E2_FRAC) + 1),
-                "t": unsigned(4),
                 "beats": unsigned(bits_for(self.max_beats)),
             }
         )
@@ -262,16 +289,9 @@ class E2Softmax(CheckedComponent):
         )
         t_row = Signal(4)
         beats_in = Signal(range(self.max_beats + 1))
-        wr_ptr = Signal(aw)
         t_cur = Mux(first, self.in_shift, t_row)
-        m.d.comb += [
-            ring_w.addr.eq(wr_ptr),
-            ring_w.data.eq(self.i.payload),
-            ring_w.en.eq(accept),
-        ]
         with m.If(accept):
             m.d.sync += [
-                wr_ptr.eq(wrap_inc(wr_ptr)),
                 in_row.eq(~self.i.payload.last),
                 t_row.eq(t_cur),
                 beats_in.eq(Mux(first, 1, beats_in + 1)),
@@ -279,11 +299,11 @@ class E2Softmax(CheckedComponent):
 
         (
             s.F, s.accept, s.aw, s.beats_in, s.desc_layout, s.first, s.in_flight, s.in_row,
-            s.lanes, s.mb, s.q_in, s.q_out, s.queue, s.ring_r, s.sb, s.t_cur, s.used,
+            s.lanes, s.mb, s.q_in, s.q_out, s.queue, s.ring_r, s.ring_w, s.sb, s.t_cur, s.used,
             s.wrap_inc, s.xb
         ) = (
             F, accept, aw, beats_in, desc_layout, first, in_flight, in_row, lanes, mb, q_in,
-            q_out, queue, ring_r, sb, t_cur, used, wrap_inc, xb
+            q_out, queue, ring_r, ring_w, sb, t_cur, used, wrap_inc, xb
         )  # fmt: skip
 
     def _pass1(self, m: Module, s: SimpleNamespace) -> None:
@@ -389,8 +409,13 @@ class E2Softmax(CheckedComponent):
         # C: running maximum (the only recurrence on m) and the rescale distance.
         run_max = Signal(signed(mb))
         m_new = Mux(b_first | (b_g > run_max), b_g, run_max)
-        c_v, c_first, c_last, c_t = Signal(), Signal(), Signal(), Signal(4)
+        c_v, c_first, c_last = Signal(), Signal(), Signal()
         c_cnt = Signal.like(b_cnt)
+        # each lane's "within count" for stage D's mask, a register of its own: behind the
+        # 7-bit count's compare, ABC mapped D's term and mask as 7.0 levels at 64 lanes
+        # (lane 0 is always within count)
+        c_in = {lane: Signal(name=f"c_in{lane}") for lane in range(1, lanes)}
+        m.d.sync += [flag.eq(b_cnt > lane) for lane, flag in c_in.items()]
         c_beats = Signal.like(b_beats)
         c_m = Signal(signed(mb))
         c_delta = Signal(range(sb + 1))  # S >> delta; anything >= sb clears S
@@ -400,8 +425,21 @@ class E2Softmax(CheckedComponent):
         c_r = []
         for lane in range(lanes):
             r = b_diff[lane] >> b_t
-            c_r.append(Signal(r.shape(), name=f"c_r{lane}"))
+            c_r.append(Signal(signed(self.rest_bits), name=f"c_r{lane}"))
             m.d.sync += c_r[lane].eq(r)
+        # The ring word is written here, not at accept: pass 2 reads a row's words only after
+        # its descriptor (stage H, past this stage for every beat of the row), and ``used``
+        # still counts the word from its accept, so admission is as before.
+        ring_w, wr_ptr = s.ring_w, Signal(s.aw)
+        m.d.comb += [
+            ring_w.addr.eq(wr_ptr),
+            ring_w.data.data.eq(Cat(c_r)),
+            ring_w.data.count.eq(c_cnt),
+            ring_w.data.last.eq(c_last),
+            ring_w.en.eq(c_v),
+        ]
+        with m.If(c_v):
+            m.d.sync += wr_ptr.eq(s.wrap_inc(wr_ptr))
         with m.If(b_v):
             m.d.sync += run_max.eq(m_new)
         m.d.sync += [
@@ -409,7 +447,6 @@ class E2Softmax(CheckedComponent):
             c_cnt.eq(b_cnt),
             c_first.eq(b_first),
             c_last.eq(b_last),
-            c_t.eq(b_t),
             c_beats.eq(b_beats),
             c_m.eq(m_new),
             # a row's first beat: sb, which clears S (F needs no select of its own for it)
@@ -419,7 +456,7 @@ class E2Softmax(CheckedComponent):
         # D: each element's term EXP2_FRAC4[dq & 3] >> (dq >> 2) with F fraction bits.
         term_table = Array(Const(v, F + 1) for v in self._term_table())
         d_terms = [Signal(F + 1, name=f"d_term{lane}") for lane in range(lanes)]
-        d_v, d_first, d_last, d_t = Signal(), Signal(), Signal(), Signal(4)
+        d_v, d_first, d_last = Signal(), Signal(), Signal()
         d_m = Signal.like(c_m)
         d_delta = Signal.like(c_delta)
         d_beats = Signal.like(c_beats)
@@ -429,12 +466,11 @@ class E2Softmax(CheckedComponent):
             sh = dq[2:]
             sh_c = Mux(sh > F, F + 1, sh)[: bits_for(F + 1)]
             term = term_table[dq[:2]] >> sh_c
-            m.d.sync += d_terms[lane].eq(Mux(c_cnt > lane, term, 0) if lane else term)
+            m.d.sync += d_terms[lane].eq(Mux(c_in[lane], term, 0) if lane else term)
         m.d.sync += [
             d_v.eq(c_v),
             d_first.eq(c_first),
             d_last.eq(c_last),
-            d_t.eq(c_t),
             d_m.eq(c_m),
             d_delta.eq(c_delta),
             d_beats.eq(c_beats),
@@ -452,12 +488,12 @@ class E2Softmax(CheckedComponent):
         ]
         for j, part in enumerate(e0_parts):
             m.d.sync += part.eq(tree_reduce(m, d_terms[j * chunk : (j + 1) * chunk], add)[0])
-        e0_v, e0_first, e0_last, e0_t, e0_m, e0_delta, e0_beats = delay_each(
-            m, 1, "e0", v=d_v, first=d_first, last=d_last, t=d_t, max=d_m, delta=d_delta,
+        e0_v, e0_first, e0_last, e0_m, e0_delta, e0_beats = delay_each(
+            m, 1, "e0", v=d_v, first=d_first, last=d_last, max=d_m, delta=d_delta,
             beats=d_beats,
         )  # fmt: skip
         e_sum = Signal(F + 1 + ceil_log2(lanes) + 1)
-        e_v, e_first, e_last, e_t = Signal(), Signal(), Signal(), Signal(4)
+        e_v, e_first, e_last = Signal(), Signal(), Signal()
         e_m = Signal.like(d_m)
         e_beats = Signal.like(d_beats)
         total, _ = tree_reduce(m, e0_parts, add)
@@ -466,7 +502,6 @@ class E2Softmax(CheckedComponent):
             e_v.eq(e0_v),
             e_first.eq(e0_first),
             e_last.eq(e0_last),
-            e_t.eq(e0_t),
             e_m.eq(e0_m),
             e_beats.eq(e0_beats),
         ]
@@ -481,7 +516,6 @@ class E2Softmax(CheckedComponent):
         f_r = Signal(rb)
         f_p = Signal(range(self.S_STEP))
         f_m = Signal.like(e_m)
-        f_t = Signal(4)
         f_beats = Signal.like(e_beats)
         with m.If(e_v):
             m.d.sync += r_acc.eq(r_next.value)
@@ -491,7 +525,6 @@ class E2Softmax(CheckedComponent):
             f_r.eq(r_next.value),
             f_p.eq(r_next.p),
             f_m.eq(e_m),
-            f_t.eq(e_t),
             f_beats.eq(e_beats),
         ]
 
@@ -507,7 +540,6 @@ class E2Softmax(CheckedComponent):
         l_s = Signal(rb)
         l_p = Signal.like(f_p)
         l_m = Signal.like(f_m)
-        l_t = Signal(4)
         l_beats = Signal.like(f_beats)
         lead = leading_one_registered(m, f_r, chunk=step, name="l_lod")
         m.d.sync += [
@@ -515,7 +547,6 @@ class E2Softmax(CheckedComponent):
             l_s.eq(f_r),
             l_p.eq(f_p),
             l_m.eq(f_m),
-            l_t.eq(f_t),
             l_beats.eq(f_beats),
         ]
 
@@ -524,7 +555,6 @@ class E2Softmax(CheckedComponent):
         g_lead = Signal(range(sb))
         g_mant = Signal(E2_FRAC)
         g_m = Signal.like(f_m)
-        g_t = Signal(4)
         g_beats = Signal.like(f_beats)
         slices = -(-rb // step)
         padded = Cat(Const(0, step), l_s, Const(0, slices * step - rb))
@@ -536,7 +566,6 @@ class E2Softmax(CheckedComponent):
             g_lead.eq(lead - l_p),
             g_mant.eq((window[step - E2_FRAC :] >> loc)[:E2_FRAC]),
             g_m.eq(l_m),
-            g_t.eq(l_t),
             g_beats.eq(l_beats),
         ]
 
@@ -545,7 +574,6 @@ class E2Softmax(CheckedComponent):
         m.d.comb += [
             q_in.m.eq(g_m),
             q_in.log2s.eq(((g_lead - F) << E2_FRAC) + log2_mant[g_mant]),
-            q_in.t.eq(g_t),
             q_in.beats.eq(g_beats),
             queue.w_en.eq(g_v),
         ]
@@ -582,26 +610,24 @@ class E2Softmax(CheckedComponent):
         m.d.sync += used.eq(used + accept - issue)
         m.d.sync += in_flight.eq(in_flight + (accept & self.i.payload.last) - pop)
 
-        # R1: ring word arrives (data, count, last); the row's descriptor rides along.
-        # R1b: h - 4x per lane (see _dq_diff) and the row's 32m + log2 S.  R2: the m-free
-        # part of dq, (h - 4x) >> T.  R3: the exponent e in 1/32 log2 units, 8 dq + log2 S =
-        # 8 (h - 4x >> T) + (32m + log2 S).  R4: output register. (Subtract, shift and the
-        # add of 4m held 7.75 LUT levels in one stage: 300 MHz allows 6.83.)
+        # R1: ring word arrives (each element's rest = (h - 4x) >> T from pass 1, count,
+        # last); the row's descriptor rides along.  R1b: the row's 32m + log2 S.  R2: a delay
+        # (pass 2 computed rest itself in R1b and R2 before the ring held it; the stages stay,
+        # so the unit's cycles do not change).  R3: the exponent e in 1/32 log2 units,
+        # 8 dq + log2 S = 8 rest + (32m + log2 S).  R4: output register.
         r1_v = Signal()
         r1_d = Signal(desc_layout)
         r1b_v, r1b_last = Signal(), Signal()
         r1b_cnt = Signal(count_bits(lanes))
-        r1b_t = Signal(4)
         row_term = (r1_d.m << E2_FRAC) + r1_d.log2s
         r1b_row = Signal(row_term.shape())
-        diff0 = self._dq_diff(ring_r.data.data[0], r1_d.t)
-        r1b_diff = [Signal(diff0.shape(), name=f"r1b_diff{lane}") for lane in range(lanes)]
+        rest_shape = signed(self.rest_bits)
+        r1b_rest = [Signal(rest_shape, name=f"r1b_rest{lane}") for lane in range(lanes)]
         r2_v, r2_last = Signal(), Signal()
         r2_cnt = Signal(count_bits(lanes))
         r2_row = Signal.like(r1b_row)
-        rest0 = r1b_diff[0] >> r1b_t
-        r2_rest = [Signal(rest0.shape(), name=f"r2_rest{lane}") for lane in range(lanes)]
-        eb = self.dq_bits + E2_FRAC + 2
+        r2_rest = [Signal(rest_shape, name=f"r2_rest{lane}") for lane in range(lanes)]
+        eb = bits_for(self.e_cap)
         r3_v, r3_last = Signal(), Signal()
         r3_cnt = Signal.like(r2_cnt)
         r3_e = [Signal(eb, name=f"r3_e{lane}") for lane in range(lanes)]
@@ -618,24 +644,21 @@ class E2Softmax(CheckedComponent):
                 r1b_v.eq(r1_v),
                 r1b_last.eq(word.last),
                 r1b_cnt.eq(word.count),
-                r1b_t.eq(r1_d.t),
                 r1b_row.eq(row_term),
             ]
-            for lane in range(lanes):
-                m.d.sync += r1b_diff[lane].eq(self._dq_diff(word.data[lane], r1_d.t))
+            m.d.sync += [r.eq(x) for r, x in zip(r1b_rest, word.data, strict=True)]
             m.d.sync += [
                 r2_v.eq(r1b_v),
                 r2_last.eq(r1b_last),
                 r2_cnt.eq(r1b_cnt),
                 r2_row.eq(r1b_row),
             ]
-            for lane in range(lanes):
-                m.d.sync += r2_rest[lane].eq(r1b_diff[lane] >> r1b_t)
+            m.d.sync += [r2.eq(r1) for r2, r1 in zip(r2_rest, r1b_rest, strict=True)]
             m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_cnt.eq(r2_cnt)]
             for lane in range(lanes):
                 # e = 8 dq + log2 S with dq = 4m + rest (dq >= 0 on the valid lanes)
                 e = (r2_rest[lane] << (E2_FRAC - 2)) + r2_row
-                m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, e))
+                m.d.sync += r3_e[lane].eq(Mux(e < 0, 0, Mux(e > self.e_cap, self.e_cap, e)))
             # R4: the output's first half (R4 -> output: the second)
             m.d.sync += [r4_v.eq(r3_v), r4_last.eq(r3_last), r4_cnt.eq(r3_cnt)]
             for regs, values in r4_parts:
@@ -671,11 +694,13 @@ class E2Softmax(CheckedComponent):
     def _output_parts(self, e, lane):
         """The output's first stage from e (1/32 log2 units): (registers, their values).
 
-        log2: the code ``min(q_max, (e + 16) >> 5)``. uint8: ``v + 2**(w-1)`` (``v`` the
-        table value of e's fraction, ``w`` its whole part, 0 for w = 0) and "w > 9" (the
-        probability is 0); the shift by ``w`` and the clamp to 255 follow in the next stage
-        (table, rounding add, shift and clamps in one stage were 7.75 LUT levels inside the
-        top; 300 MHz allows 6.83)."""
+        log2: the code ``min(q_max, (e + 16) >> 5)``. uint8: with ``v`` the table value of
+        e's fraction and ``w`` its whole part, ``rshift_round(v, w) = (v >> w) + v[w - 1]``
+        (``v[-1]`` = 0): the shift and the rounding bit are registered here, with the clamps
+        already applied (0 past 9 whole units, 255 for e = 0), and the next stage adds them.
+        (Adding the rounding half before the shift took a 10-bit adder and a 16:1 shift of
+        its sum per lane, about a quarter of the unit's LUTs; 8 bits of ``v >> w`` and one
+        9:1 bit select are less than half of that.)"""
         if self.output == "log2":
             q_max = (1 << self.code_bits) - 1
             q = (e + (1 << (E2_FRAC - 1))) >> E2_FRAC
@@ -683,23 +708,21 @@ class E2Softmax(CheckedComponent):
             return (code,), (Mux(q > q_max, q_max, q),)
         whole = e >> E2_FRAC
         table = Array(Const(v, 9) for v in EXP2_FRAC32)
-        w = whole[:4]
-        half = (Const(1, 1) << w)[1:]
-        sum_ = table[e[:E2_FRAC]] + half
-        regs = (
-            Signal(len(sum_), name=f"r4_vh{lane}"),
-            Signal(4, name=f"r4_w{lane}"),
-            Signal(name=f"r4_zero{lane}"),
-            Signal(name=f"r4_sat{lane}"),
-        )
-        # (v + half) >> w > 255 only for e = 0: w = 0 and v = EXP2_FRAC32[0] = 256 (every other
-        # entry is below 256, and w >= 1 halves it), so the clamp is a flag, not a compare
-        return regs, (sum_, w, whole > 9, e == 0)
+        v = table[e[:E2_FRAC]]
+        w = whole[:4]  # the whole part itself wherever the output is not 0 (whole <= 9)
+        zero = whole > 9
+        # v >> w < 256 but for e = 0 (v = EXP2_FRAC32[0] = 256, w = 0): the clamp to 255 is a
+        # flag, not a compare. v >> w <= 128 for w >= 1, so the next stage's sum fits 8 bits.
+        sat = e == 0
+        shifted = Mux(zero, 0, Mux(sat, 255, (v >> w)[:8]))
+        rounding = ~zero & (Cat(Const(0, 1), v) >> w)[0]  # v[w - 1]; 0 for w = 0 (and e = 0)
+        regs = (Signal(8, name=f"r4_shifted{lane}"), Signal(name=f"r4_round{lane}"))
+        return regs, (shifted, rounding)
 
     def _output(self, parts):
-        """The output's second stage: log2 code, or uint8 probability
-        ``min(255, (v + half) >> w)``, 0 past 9 whole units."""
+        """The output's second stage: log2 code, or uint8 probability ``(v >> w) + v[w-1]``
+        (clamped in ``_output_parts``)."""
         if self.output == "log2":
             return parts[0]
-        vh, w, zero, sat = parts
-        return Mux(zero, 0, Mux(sat, 255, (vh >> w)[:8]))
+        shifted, rounding = parts
+        return (shifted + rounding)[:8]
