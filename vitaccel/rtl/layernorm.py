@@ -759,9 +759,7 @@ class AILayerNorm(CheckedComponent):
                 t4_last.eq(tb_last),
                 t4_cnt.eq(tb_cnt),
                 t4_shift.eq(tb_shift),
-                t4_thr.eq(
-                    Cat(*(tb_shift <= k for k in range(sum_bits - 8)))
-                ),
+                t4_thr.eq(Cat(*(tb_shift <= k for k in range(sum_bits - 8)))),
             ]
             for lane in range(lanes):
                 m.d.sync += t4_sum[lane].eq(y_prods[lane] + tb_bias[lane])
