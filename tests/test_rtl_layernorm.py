@@ -4,10 +4,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
 
 from vitaccel.flow.unit_nonlinear import layernorm_inputs, layernorm_params
 from vitaccel.quant.ref import ailayernorm
-from vitaccel.rtl.layernorm import AILayerNorm
+from vitaccel.rtl.layernorm import AILayerNorm, _shift_right
 from vitaccel.sim.tb_nonlinear import amaranth_run_rows
 
 
@@ -245,3 +247,36 @@ def test_ailayernorm_wide_rows_ending_in_a_partial_beat(lanes):
         dut = AILayerNorm(lanes=lanes, max_channels=100)
         res = _run(dut, params, rows, stall_in=0.3, stall_out=0.3, seed=lanes)
         _check(rows, [params] * len(rows), res)
+
+
+@pytest.mark.parametrize(
+    "value_shape, amount_bits, width, lsb",
+    [(signed(26), 4, 20, 0), (signed(38), 4, 12, 2), (signed(12), 2, 9, 0), (unsigned(9), 3, 9, 0)],
+)
+def test_shift_right_is_an_exact_arithmetic_shift(value_shape, amount_bits, width, lsb):
+    """The mux-level shifter behind z's rounding and y's window: the low ``width`` bits of
+    ``value >> (amount << lsb)`` for every amount, on the extremes and random values."""
+    value = Signal(value_shape)
+    amount = Signal(amount_bits)
+    out = Signal(width)
+    m = Module()
+    m.d.comb += out.eq(_shift_right(value, amount, width, lsb=lsb))
+    span = 2**value_shape.width
+    lo, hi = (-span // 2, span // 2 - 1) if value_shape.signed else (0, span - 1)
+    rng = np.random.default_rng(7)
+    samples = [lo, hi, -1 if value_shape.signed else 1, 0, *rng.integers(lo, hi + 1, 40).tolist()]
+    sim = Simulator(m)
+    mismatches = []
+
+    async def bench(ctx):
+        for v in samples:
+            for a in range(2**amount_bits):
+                ctx.set(value, v)
+                ctx.set(amount, a)
+                want = (v >> (a << lsb)) % 2**width
+                if ctx.get(out) != want:
+                    mismatches.append((v, a, ctx.get(out), want))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert not mismatches, f"first mismatch (value, amount, got, want): {mismatches[0]}"
