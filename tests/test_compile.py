@@ -164,6 +164,38 @@ def test_driver_on_the_interpreter(digits):
     assert [r.logits.tolist() for r in results] == golden.forward_patches(patches[:3]).tolist()
 
 
+@pytest.mark.parametrize("layout", ["standard", "compact", "spill"])
+def test_stream_of_images_starts_past_the_resident_constants(digits, layout):
+    """After one run the driver starts each image past the constants LOAD (PROG_ADDR at the
+    second instruction) and the device's scratchpad still holds the constants: every image
+    equals the golden model, in each layout. The skipped LOAD is needed: the same entry on a
+    cleared scratchpad gives other logits."""
+    from vitaccel.compile import interp
+    from vitaccel.compile.schedule import resident_prologue
+    from vitaccel.isa import INSTR_BYTES, Op, Reg
+
+    golden, patches = digits
+    codec = codec_for(Design(array=ArrayConfig(groups=2, rows=4, cols=8, vector=8)))
+    words = {"standard": None, "compact": 640, "spill": 1 << 16}[layout]
+    kw = {} if words is None else {"spm_words": words}
+    compiled = compile_model(golden, groups=2, codec=codec, spill=layout == "spill", **kw)
+    assert bool(compiled.compact) == (layout != "standard")
+    assert resident_prologue(compiled.program) == 1
+    assert compiled.program[0].op is Op.LOAD and compiled.program[0].label == "constants"
+    backend = InterpBackend(codec, spm_words=compiled.spm_words)
+    drv = Driver(backend)
+    drv.load(compiled)
+    first = drv.infer_batch(list(patches[:2]))  # image 0 whole, image 1 past the prologue
+    assert backend.regs[Reg.PROG_ADDR_LO] == INSTR_BYTES  # the last START's entry
+    rest = drv.infer_batch(list(patches[2:4]))  # a later call: resident from the start
+    got = [r.logits.tolist() for r in first + rest]
+    assert got == golden.forward_patches(patches[:4]).tolist()
+    # without the constants (a cleared scratchpad), the same entry does not give them
+    m = interp.run(compiled.image_with_input(patches[1]), codec, spm_words=compiled.spm_words,
+                   entry=1)  # fmt: skip
+    assert compiled.read_logits(m.ddr).tolist() != got[1]
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_log2_softmax_program_equals_golden(groups, assert_program_equals_golden):
     """Log2-code softmax: SOFTMAX with LOG2 writes 4-bit codes, P x V runs with X_LOG2."""

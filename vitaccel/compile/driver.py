@@ -2,7 +2,10 @@
 
 The host protocol is written once, as a list of plain steps (:func:`inference_steps`): write
 the image's input, point PROG_ADDR and DATA_BASE at the memory image, START with the
-interrupt enabled, wait for DONE, read CYCLES and the logits. The board back end plays the
+interrupt enabled, wait for DONE, read CYCLES and the logits. Once the program has run
+since the last reset, later images start past its resident prologue (the constants LOAD,
+:func:`vitaccel.compile.schedule.resident_prologue`): PROG_ADDR points at the next
+instruction. The board back end plays the
 steps through PYNQ's MMIO and a contiguous buffer; the simulation back end
 (:mod:`vitaccel.sim.host`) plays the same steps from a cocotb testbench through
 cocotbext-axi's AXI-Lite master and AXI RAM. ``pynq`` is imported only on a board, so the
@@ -21,7 +24,14 @@ from typing import Protocol
 import numpy as np
 
 from vitaccel.compile.compiler import Compiled
-from vitaccel.isa import CTRL_IRQ_ENABLE, CTRL_START, STATUS_DONE, Reg
+from vitaccel.isa import (
+    CTRL_IRQ_ENABLE,
+    CTRL_START,
+    INSTR_BYTES,
+    STATUS_DONE,
+    STATUS_ERROR,
+    Reg,
+)
 
 __all__ = [
     "Step",
@@ -53,13 +63,16 @@ def protocol_steps(
     output_bytes: int,
     base: int,
     reset_first: bool = False,
+    entry: int = 0,
 ) -> list[Step]:
-    """The register/memory protocol of one inference, relative to DDR address ``base``."""
+    """The register/memory protocol of one inference, relative to DDR address ``base``;
+    the program (at ``base``) starts at instruction ``entry``."""
+    prog = base + entry * INSTR_BYTES
     steps = [Step("reset")] if reset_first else []
     steps += [
         Step("write_mem", input_offset, bytes(input_bytes)),
-        Step("write_reg", Reg.PROG_ADDR_LO, base & 0xFFFFFFFF),
-        Step("write_reg", Reg.PROG_ADDR_HI, base >> 32),
+        Step("write_reg", Reg.PROG_ADDR_LO, prog & 0xFFFFFFFF),
+        Step("write_reg", Reg.PROG_ADDR_HI, prog >> 32),
         Step("write_reg", Reg.DATA_BASE_LO, base & 0xFFFFFFFF),
         Step("write_reg", Reg.DATA_BASE_HI, base >> 32),
         Step("write_reg", Reg.CTRL, CTRL_START | CTRL_IRQ_ENABLE),
@@ -73,9 +86,19 @@ def protocol_steps(
 
 
 def inference_steps(
-    compiled: Compiled, patches: np.ndarray, base: int, *, reset_first: bool = False
+    compiled: Compiled,
+    patches: np.ndarray,
+    base: int,
+    *,
+    reset_first: bool = False,
+    resident: bool = False,
 ) -> list[Step]:
-    """:func:`protocol_steps` for one image's int8 patches."""
+    """:func:`protocol_steps` for one image's int8 patches. ``resident``: the program has run
+    on this device since its last reset, so the constants it loads once are in the
+    scratchpad and the image starts past them (:func:`vitaccel.compile.schedule.resident_prologue`);
+    a reset first (``reset_first``) runs the whole program again."""
+    from vitaccel.compile.schedule import resident_prologue
+
     from vitaccel.compile.compiler import spm_rows
 
     t = compiled.tensors["patches"]
@@ -87,6 +110,7 @@ def inference_steps(
         output_bytes=compiled.classes,
         base=base,
         reset_first=reset_first,
+        entry=resident_prologue(compiled.program) if resident and not reset_first else 0,
     )
 
 
@@ -119,10 +143,12 @@ class Driver:
         self.backend = backend
         self.compiled: Compiled | None = None
         self.base = 0
+        self.resident = False  # the loaded program has run since the last reset
 
     def load(self, compiled: Compiled) -> None:
         self.compiled = compiled
         self.base = self.backend.load_image(bytes(compiled.image))
+        self.resident = False
 
     def infer(self, patches: np.ndarray) -> InferResult:
         return self.infer_batch([patches])[0]
@@ -132,12 +158,18 @@ class Driver:
             raise RuntimeError("Driver.load(compiled) first")
         steps: list[Step] = []
         for i, patches in enumerate(batch):
+            reset = reset_between and i > 0
             steps += inference_steps(
-                self.compiled, patches, self.base, reset_first=reset_between and i > 0
-            )
+                self.compiled, patches, self.base, reset_first=reset,
+                resident=self.resident or (i > 0 and not reset),
+            )  # fmt: skip
         reads = self.backend.run(steps)
         per = 4  # read steps per inference
-        return [parse_reads(reads[i * per : (i + 1) * per]) for i in range(len(batch))]
+        results = [parse_reads(reads[i * per : (i + 1) * per]) for i in range(len(batch))]
+        # the constants stay in the scratchpad once a run has finished without an error
+        last = results[-1].status if results else 0
+        self.resident = bool(last & STATUS_DONE) and not last & STATUS_ERROR
+        return results
 
 
 class PynqBackend:
@@ -194,6 +226,7 @@ class InterpBackend:
         self.softmax_lanes = softmax_lanes
         self.memory = bytearray()
         self.regs: dict[int, int] = {}
+        self.spm = None  # the scratchpad, kept from run to run as the device keeps it
 
     def load_image(self, image: bytes) -> int:
         self.memory = bytearray(image)
@@ -209,13 +242,16 @@ class InterpBackend:
             elif s.kind == "write_reg":
                 self.regs[int(s.a)] = int(s.b)
                 if s.a == Reg.CTRL and s.b & CTRL_START:
+                    prog = self.regs.get(Reg.PROG_ADDR_LO, 0) | self.regs.get(Reg.PROG_ADDR_HI, 0) << 32
                     m = interp.run(
                         self.memory,
                         self.codec,
                         spm_words=self.spm_words,
                         softmax_lanes=self.softmax_lanes,
+                        entry=prog // INSTR_BYTES,  # the image is at address 0
+                        spm=self.spm,
                     )
-                    self.memory = m.ddr
+                    self.memory, self.spm = m.ddr, m.spm
                     self.regs[Reg.STATUS] = STATUS_DONE
                     self.regs[Reg.CYCLES_LO] = self.regs[Reg.CYCLES_HI] = 0
             elif s.kind == "read_reg":

@@ -193,15 +193,24 @@ def _as_u8(p: np.ndarray) -> np.ndarray:
 
 
 def run(
-    image: bytearray, codec, *, spm_words: int, softmax_lanes: int = 1, max_steps: int = 1_000_000
+    image: bytearray,
+    codec,
+    *,
+    spm_words: int,
+    softmax_lanes: int = 1,
+    max_steps: int = 1_000_000,
+    entry: int = 0,
+    spm: np.ndarray | None = None,
 ) -> Machine:
-    """Run the program at offset 0 of ``image`` until END; returns the final machine state."""
+    """Run the program at offset 0 of ``image`` from instruction ``entry`` until END; returns
+    the final machine state. ``spm``: the scratchpad a previous run left (a stream of images
+    starting past the resident prologue, ``schedule.resident_prologue``), else zeros."""
     m = Machine(
         ddr=bytearray(image),
-        spm=np.zeros((spm_words, WORD_BYTES), dtype=np.uint8),
+        spm=np.zeros((spm_words, WORD_BYTES), dtype=np.uint8) if spm is None else spm.copy(),
         softmax_lanes=softmax_lanes,
     )
-    pc = 0
+    pc = entry
     for _ in range(max_steps):
         instr = isa.decode(bytes(m.ddr[pc * isa.INSTR_BYTES : (pc + 1) * isa.INSTR_BYTES]))
         if not step(m, instr, codec):

@@ -55,6 +55,8 @@ __all__ = [
     "program_for",
     "schedule",
     "kind_of",
+    "resident_prologue",
+    "per_image",
 ]
 
 
@@ -357,6 +359,24 @@ def kind_of(instr: Instr) -> str:
     if instr.op is Op.MATMUL:
         return instr.label.rsplit(".", 1)[-1]
     return _UNIT_KINDS[instr.op]
+
+
+def resident_prologue(program) -> int:
+    """Instructions at the start of ``program`` that a stream of images runs once: the LOAD
+    of the constants section (label ``constants``) into scratchpad blocks that no later
+    instruction writes (the standard layout's every constant; the compact and spilling
+    layouts' resident parameter blocks, docs/isa.md). A host that has run the program since
+    the last reset starts the next image past them (PROG_ADDR + n * INSTR_BYTES,
+    :func:`vitaccel.compile.driver.inference_steps`), so an image of a stream costs
+    :func:`per_image`'s instructions and the first one these as well."""
+    first = program[0] if len(program) else None
+    return int(first is not None and first.op is Op.LOAD and first.label == "constants")
+
+
+def per_image(program) -> list:
+    """The instructions every image of a stream runs: ``program`` past its
+    :func:`resident_prologue`."""
+    return list(program[resident_prologue(program):])
 
 
 def schedule(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from vitaccel.compile.schedule import kind_of, schedule
+from vitaccel.compile.schedule import kind_of, per_image, schedule
 from vitaccel.design import Design
 from vitaccel.dse import cost
 from vitaccel.engine_timing import x_beat_words
@@ -101,7 +101,7 @@ def layer_causes(design: Design, *, budget=None) -> list[dict]:
     geom = cost.geometry(design)
     port = cost.port_bytes_per_cycle(design.clock_mhz, budget)
     rows: dict[str, dict] = {}
-    for ins in schedule(spec, design, strict=False):
+    for ins in per_image(schedule(spec, design, strict=False)):  # an image of a stream
         if ins.op is Op.END:  # the cycle counter stops at END
             continue
         cycles = cost.instr_cycles(ins, design, geom, port, budget)[0] + cost.LATENCIES["instr"]

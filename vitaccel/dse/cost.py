@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from vitaccel import engine_timing
-from vitaccel.compile.schedule import kind_of, schedule, spill_traffic
+from vitaccel.compile.schedule import kind_of, resident_prologue, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
 from vitaccel.engine_timing import (
     first_issue,
@@ -517,6 +517,10 @@ class Estimate:
     bound_cycles: dict[str, int] = field(default_factory=dict)
     # bytes the program moves to and from the DDR scratch region (a spilling program)
     spill_bytes: int = 0
+    # what the first image after a reset costs beyond ``cycles``: the program's resident
+    # prologue (schedule.resident_prologue, the constants LOAD); ``cycles`` is an image of
+    # a stream, the figure FPS is taken on
+    first_image_cycles: int = 0
 
     @property
     def fps(self) -> float:
@@ -695,7 +699,12 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     by_name: dict[str, LayerCost] = {}
     bounds: dict[str, int] = {}
     program = schedule(spec, design, strict=False)
-    for ins in program:
+    once = resident_prologue(program)
+    first_image = sum(
+        instr_cycles(ins, design, geom, port, budget)[0] + LATENCIES["instr"]
+        for ins in program[:once]
+    )
+    for ins in program[once:]:
         if ins.op is Op.END:  # the cycle counter stops at END
             continue
         cycles, bound, macs = instr_cycles(ins, design, geom, port, budget)
@@ -718,4 +727,4 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
         lc.utilisation = lc.macs / (lc.cycles * geom.macs_per_cycle) if lc.macs else 0.0
     total = sum(lc.cycles for lc in layers)
     return Estimate(design.name, design.clock_mhz, total, geom.macs_per_cycle, layers, bounds,
-                    spill_traffic(program))  # fmt: skip
+                    spill_traffic(program), first_image)  # fmt: skip

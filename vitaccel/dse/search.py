@@ -42,6 +42,7 @@ from vitaccel.compile.schedule import (
     MAX_SPM_WORDS,
     CompileError,
     kind_of,
+    per_image,
     program_for,
     spill_traffic,
     spill_words_needed,
@@ -361,7 +362,8 @@ class _Model:
         if key not in self._nl_cache:
             out: dict[str, dict[int, int]] = {"softmax": {}, "layernorm": {}, "gelu": {}}
             fixed = 0
-            prog = [(kind_of(i), i) for i in self.program(groups, fuse)]
+            # an image of a stream: past the resident prologue (the constants LOAD)
+            prog = [(kind_of(i), i) for i in per_image(self.program(groups, fuse))]
             for lanes in SearchSpace.lanes:
                 for unit in out:
                     # at a datapath of >= lanes bytes (the only widths a triple is paired with)
