@@ -41,7 +41,9 @@ def test_integer_forward_is_deterministic_and_integer(digits):
     "config, max_drop, min_agree, min_cos",
     [
         (QuantConfig(scheme="w8a8"), 0.010, 0.985, 0.990),
-        (QuantConfig(scheme="mixed", w4_ratio=0.5), 0.020, 0.975, 0.985),
+        # the mixed issue's (#18) target: 50 % W4 rows agree with float on >= 99.5 %
+        # (measured: 100 %, int4 and pot4)
+        (QuantConfig(scheme="mixed", w4_ratio=0.5), 0.020, 0.995, 0.985),
         (QuantConfig(scheme="w8a8", softmax_output="log2"), 0.020, 0.975, 0.980),
         (QuantConfig(scheme="w4a8"), 0.030, 0.960, 0.970),
     ],
