@@ -97,9 +97,8 @@ def inference_steps(
     on this device since its last reset, so the constants it loads once are in the
     scratchpad and the image starts past them (:func:`vitaccel.compile.schedule.resident_prologue`);
     a reset first (``reset_first``) runs the whole program again."""
-    from vitaccel.compile.schedule import resident_prologue
-
     from vitaccel.compile.compiler import spm_rows
+    from vitaccel.compile.schedule import resident_prologue
 
     t = compiled.tensors["patches"]
     raw = spm_rows(np.asarray(patches).reshape(t.rows, t.cols), t.stride)
@@ -242,7 +241,10 @@ class InterpBackend:
             elif s.kind == "write_reg":
                 self.regs[int(s.a)] = int(s.b)
                 if s.a == Reg.CTRL and s.b & CTRL_START:
-                    prog = self.regs.get(Reg.PROG_ADDR_LO, 0) | self.regs.get(Reg.PROG_ADDR_HI, 0) << 32
+                    prog = (
+                        self.regs.get(Reg.PROG_ADDR_LO, 0)
+                        | self.regs.get(Reg.PROG_ADDR_HI, 0) << 32
+                    )
                     m = interp.run(
                         self.memory,
                         self.codec,

@@ -376,7 +376,7 @@ def resident_prologue(program) -> int:
 def per_image(program) -> list:
     """The instructions every image of a stream runs: ``program`` past its
     :func:`resident_prologue`."""
-    return list(program[resident_prologue(program):])
+    return list(program[resident_prologue(program) :])
 
 
 def schedule(

@@ -19,7 +19,15 @@ from pathlib import Path
 from vitaccel.dse.causes import CAUSES, cause_totals
 from vitaccel.dse.search import _arrays, _fit_mask, binding_of, precision_mask, search, to_design
 
-__all__ = ["GOALS", "MIXED_GAIN_GOAL", "REFERENCES", "BENCH_MODELS", "run_goal", "benchmark", "bench"]
+__all__ = [
+    "GOALS",
+    "MIXED_GAIN_GOAL",
+    "REFERENCES",
+    "BENCH_MODELS",
+    "run_goal",
+    "benchmark",
+    "bench",
+]
 
 # `vitaccel bench`'s default models.
 BENCH_MODELS = ("deit-tiny", "deit-small", "deit-base")
