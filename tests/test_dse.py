@@ -638,6 +638,13 @@ def test_human_output_shows_the_answer_and_every_layer(small_run):
     print_dse(result, con)
     text = con.export_text()
     assert f"{result['fps']:.1f} FPS" in text and f"binding: {result['binding']}" in text
+    # the FPS is a stream's; the first image after a reset also loads the constants
+    from vitaccel.design import load_design
+
+    est = estimate(load_design(result["design"]))
+    assert (result["cycles"], result["first_image_cycles"]) == (est.cycles, est.first_image_cycles)
+    assert result["first_image_cycles"] > 0
+    assert f"+{result['first_image_cycles']:,} for the constants" in " ".join(text.split())
     for needle in ("DSP48E2", "LUT", "FF", "BRAM36", str(out / "design.json"), "pareto.png"):
         assert needle in text, needle
     assert "cycles by cause" in text and "FPS with one limit lifted" in text

@@ -141,9 +141,11 @@ def _fidelity_text(fid: dict) -> str:
 
 
 def _performance(d: dict) -> str:
+    first = d.get("first_image_cycles")
     return (
         f"[bold green]{d['fps']:.1f} FPS[/] predicted, {d['latency_ms']:.3f} ms/frame, "
         f"{d['cycles']:,} cycles at {d['clock_mhz']:g} MHz"
+        + (f" (the first image after a reset: +{first:,} for the constants)" if first else "")
     )
 
 

@@ -1637,7 +1637,8 @@ def _summary(c: Candidate, design: Design, result: dict, target: float, diagnosi
         "fps": round(est.fps, 2),
         "target_fps": target,
         "clock_mhz": design.clock_mhz,
-        "cycles": est.cycles,
+        "cycles": est.cycles,  # an image of a stream (past the resident constants LOAD)
+        "first_image_cycles": est.first_image_cycles,  # beyond it, the first after a reset
         "latency_ms": round(est.latency_ms, 3),
         "design": None,
         "array": design.array.model_dump(),
