@@ -123,7 +123,9 @@ def test_field_table_drives_encoder_decoder_and_rtl_positions():
     assert bits["tokens"] == (48, 16) and bits["w_ddr"] == (128, 32)
     assert bits["mult"] == (128, 16) and bits["residual_shift"] == bits["head_x_step"]
     assert isa.field_bits(Op.LOAD) == {"spm": (16, 16), "words": (32, 16), "ddr": (48, 32)}
-    assert isa.flag_bits("MATMUL")["HEADS"] == 8 + 3 and isa.flag_bits("SOFTMAX") == {"LOG2": 8}
+    assert isa.flag_bits("MATMUL")["HEADS"] == 8 + 3
+    assert isa.flag_bits("SOFTMAX") == {"LOG2": 8, "CHAIN": 9}
+    assert isa.flag_bits("LAYERNORM") == {"CHAIN": 8}
     assert isa.flag_bits("GELU") == {}
     i = isa.Instr(Op.LOAD, spm=3, words=10, ddr=0x1234_5678)
     assert i == isa.load(spm=3, words=10, ddr=0x1234_5678)
@@ -159,3 +161,29 @@ def test_docs_name_every_field_where_the_table_puts_it():
         row = re.search(rf"^\| {int(op)} \| {op.name} \| (.*) \|$", doc, re.M).group(1)
         documented = [(int(w), name) for w, name in re.findall(r"f(\d+)(?::f\d+)? `(\w+)`", row)]
         assert documented == [(f.word, f.name) for f in fmt.fields], op.name
+
+
+def test_chain_fits_the_rule_and_the_interpreter_refuses_a_chain_that_does_not():
+    """isa.chain_fits: the unit's output rows are the MATMUL's X rows in the X builder's
+    order, and nothing either writes is read or written by the other while they overlap;
+    the interpreter refuses a CHAIN unit whose next instruction does not fit."""
+    from vitaccel.compile.interp import InterpError, run
+
+    sm = isa.softmax(src=0, src_stride=1, rows=2 * 8, cols=8, dst=100, dst_stride=1, in_shift=0)
+    pv = isa.matmul(x=100, x_stride=1, tokens=8, k=8, n=16, y=200, y_stride=1, w_spm=300,
+                    w_stride=1, mult=0, shift=0, x_unsigned=True, heads=2, head_x_step=8,
+                    head_w_step=16, head_y_step=1)  # fmt: skip
+    assert isa.chain_fits(sm, pv) is None
+    assert "X_KEEP" in isa.chain_fits(sm, isa.matmul(
+        x=100, x_stride=1, tokens=16, k=8, n=16, y=200, y_stride=1, w_ddr=0, x_keep=True))
+    assert "stride" in isa.chain_fits(sm.replace(dst=101), pv)
+    assert "rows" in isa.chain_fits(sm.replace(rows=8), pv)
+    assert "one after another" in isa.chain_fits(sm, pv.replace(head_x_step=9))
+    assert "output rows overlap" in isa.chain_fits(sm, pv.replace(y=5))
+    assert "W or residual" in isa.chain_fits(sm, pv.replace(w_spm=110))
+    assert "not a MATMUL" in isa.chain_fits(sm, isa.end())
+    chained = sm.replace(flags=isa.SoftmaxFlags.CHAIN)
+    assert isa.chained(chained) and not isa.chained(sm) and not isa.chained(pv)
+    bad = isa.encode_program([chained, pv.replace(y=5), isa.end()])
+    with pytest.raises(InterpError, match=r"instruction 0: SOFTMAX CHAIN: the MATMUL's output"):
+        run(bytearray(bad) + bytearray(8192), None, spm_words=512)

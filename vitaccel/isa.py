@@ -19,7 +19,11 @@ __all__ = [
     "FUSED_FLAGS",
     "residual_fusable",
     "SoftmaxFlags",
+    "LayerNormFlags",
     "NoFlags",
+    "CHAIN_OPS",
+    "chained",
+    "chain_fits",
     "Field",
     "Format",
     "FORMATS",
@@ -85,6 +89,15 @@ def residual_fusable(groups: int, cols: int, cols_w4: int = 0) -> bool:
 
 class SoftmaxFlags(enum.IntFlag):
     LOG2 = 1  # output 4-bit log2 codes instead of uint8 probabilities (log2 builds only)
+    CHAIN = 2  # the rows are the next MATMUL's X, handed over as written (chain_fits)
+
+
+class LayerNormFlags(enum.IntFlag):
+    CHAIN = 1  # the rows are the next MATMUL's X, handed over as written (chain_fits)
+
+
+# Units whose output rows may be chained into the next MATMUL's X load (their CHAIN flag).
+CHAIN_OPS = (Op.SOFTMAX, Op.LAYERNORM)
 
 
 # ---- the field table: the single source of every instruction's layout ----------------------
@@ -222,6 +235,7 @@ FORMATS: dict[Op, Format] = {
                 Field("out_shift", 10),
                 Field("eps_q", 11),
             ),
+            LayerNormFlags,
             doc="row-wise AILayerNorm",
         ),
         Format(
@@ -539,6 +553,77 @@ def softmax(
     flags = SoftmaxFlags.LOG2 if log2 else SoftmaxFlags(0)
     return Instr(Op.SOFTMAX, flags, label=label, src=src, src_stride=src_stride, rows=rows, cols=cols,
                  dst=dst, dst_stride=dst_stride, in_shift=in_shift)  # fmt: skip
+
+
+# ---- chains: a unit's rows handed to the next MATMUL's X load -------------------------------
+
+
+def chained(instr: Instr) -> bool:
+    """Whether ``instr`` is a SOFTMAX / LAYERNORM with its CHAIN flag set."""
+    return instr.op in CHAIN_OPS and bool(instr.flags & type(instr.flags).CHAIN)
+
+
+def _words_span(base: int, rows: int, stride: int, cols: int) -> tuple[int, int]:
+    """[first, last) scratchpad words of ``rows`` rows of ``cols`` bytes, ``stride`` apart."""
+    return base, base + (rows - 1) * stride + max(1, -(-cols // WORD_BYTES))
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def chain_fits(unit: Instr, mm: Instr) -> str | None:
+    """Why ``unit`` (a SOFTMAX / LAYERNORM) cannot hand its output rows to ``mm`` as its X
+    while both run, or None when it can (docs/isa.md, "Chains").
+
+    A chain needs: ``mm`` a MATMUL that loads its X (not X_KEEP); the unit's output rows
+    exactly the rows its X builder reads, in the builder's order (shared mode: ``tokens``
+    rows of ``k`` bytes at ``x``, ``x_stride`` apart; heads mode: head after head, each
+    ``tokens`` rows, so ``head_x_step == tokens * x_stride``); and nothing the two read or
+    write while they overlap in conflict: the MATMUL's output rows (Y, heads and OUT_T
+    included) clear of the unit's input and output rows, the MATMUL's scratchpad reads
+    (W_SPM, the residual rows) clear of the unit's output rows. The regions are compared
+    as word ranges (first to last word), which may refuse a chain of interleaved tensors
+    but never admits a conflict. The design's own conditions (the unit's lanes are the X
+    beat) are :func:`vitaccel.compile.schedule`'s.
+    """
+    if unit.op not in CHAIN_OPS:
+        return f"{unit.op.name} does not chain (only SOFTMAX, LAYERNORM)"
+    if mm.op is not Op.MATMUL:
+        return f"the next instruction is {mm.op.name}, not a MATMUL"
+    fl = mm.flags
+    if MatmulFlags.X_KEEP in fl:
+        return "the MATMUL keeps the previous X (X_KEEP): it loads none"
+    heads = mm.heads if MatmulFlags.HEADS in fl else 1
+    if (unit.dst, unit.dst_stride, unit.cols) != (mm.x, mm.x_stride, mm.k):
+        return (
+            f"the unit writes rows of {unit.cols} bytes at {unit.dst} (stride "
+            f"{unit.dst_stride}); the MATMUL reads X rows of {mm.k} at {mm.x} (stride "
+            f"{mm.x_stride})"
+        )
+    if unit.rows != heads * mm.tokens:
+        return f"the unit writes {unit.rows} rows; the MATMUL reads {heads} x {mm.tokens}"
+    if heads > 1 and mm.head_x_step != mm.tokens * mm.x_stride:
+        return "the MATMUL's heads are not one after another (head_x_step != tokens * x_stride)"
+    src = _words_span(unit.src, unit.rows, unit.src_stride, unit.cols)
+    dst = _words_span(unit.dst, unit.rows, unit.dst_stride, unit.cols)
+    out_t = MatmulFlags.OUT_T in fl
+    y_rows, y_cols = (mm.n, mm.tokens) if out_t else (mm.tokens, mm.n)
+    y_step = mm.head_y_step if heads > 1 else 0
+    first, last = _words_span(mm.y, y_rows, mm.y_stride, y_cols)
+    y = (first, last + (heads - 1) * y_step)
+    if _overlap(y, src) or _overlap(y, dst):
+        return "the MATMUL's output rows overlap the unit's input or output rows"
+    reads = []
+    if MatmulFlags.W_SPM in fl:
+        w_step = mm.head_w_step if heads > 1 else 0
+        first, last = _words_span(mm.w_spm, mm.n, mm.w_stride, mm.k)
+        reads.append((first, last + (heads - 1) * w_step))
+    if MatmulFlags.RESADD in fl:
+        reads.append(_words_span(mm.residual, mm.tokens, mm.y_stride, mm.n))
+    if any(_overlap(r, dst) for r in reads):
+        return "the MATMUL reads scratchpad rows (W or residual) the unit is writing"
+    return None
 
 
 # ---- host-visible registers (AXI4-Lite byte offsets, docs/isa.md) ------------------------

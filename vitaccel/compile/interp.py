@@ -213,6 +213,11 @@ def run(
     pc = entry
     for _ in range(max_steps):
         instr = isa.decode(bytes(m.ddr[pc * isa.INSTR_BYTES : (pc + 1) * isa.INSTR_BYTES]))
+        if isa.chained(instr):  # a chain is timing only, but only into a MATMUL it fits
+            at = (pc + 1) * isa.INSTR_BYTES
+            why = isa.chain_fits(instr, isa.decode(bytes(m.ddr[at : at + isa.INSTR_BYTES])))
+            if why:
+                raise InterpError(f"instruction {pc}: {instr.op.name} CHAIN: {why}")
         if not step(m, instr, codec):
             return m
         pc += 1
