@@ -174,8 +174,12 @@ def test_chain_fits_the_rule_and_the_interpreter_refuses_a_chain_that_does_not()
                     w_stride=1, mult=0, shift=0, x_unsigned=True, heads=2, head_x_step=8,
                     head_w_step=16, head_y_step=1)  # fmt: skip
     assert isa.chain_fits(sm, pv) is None
-    assert "X_KEEP" in isa.chain_fits(sm, isa.matmul(
-        x=100, x_stride=1, tokens=16, k=8, n=16, y=200, y_stride=1, w_ddr=0, x_keep=True))
+    assert "X_KEEP" in isa.chain_fits(
+        sm,
+        isa.matmul(
+            x=100, x_stride=1, tokens=16, k=8, n=16, y=200, y_stride=1, w_ddr=0, x_keep=True
+        ),
+    )
     assert "stride" in isa.chain_fits(sm.replace(dst=101), pv)
     assert "rows" in isa.chain_fits(sm.replace(rows=8), pv)
     assert "one after another" in isa.chain_fits(sm, pv.replace(head_x_step=9))
