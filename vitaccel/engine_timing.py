@@ -35,6 +35,7 @@ __all__ = [
     "full_rate_out_depth",
     "top_out_depth",
     "x_beat_words",
+    "unit_chains",
     "x_load_cycles",
     "x_edge",
     "x_tile_ends",
@@ -141,6 +142,16 @@ def x_beat_words(vector: int, datapath_bytes: int = WORD_BYTES) -> int:
     if datapath_bytes not in (16, 32, 64):
         raise ValueError(f"datapath_bytes must be 16, 32 or 64, not {datapath_bytes!r}")
     return datapath_bytes // WORD_BYTES
+
+
+def unit_chains(lanes: int, vector: int, datapath_bytes: int) -> bool:
+    """Whether a unit of ``lanes`` lanes can chain its rows into the next MATMUL's X
+    (docs/isa.md, "Chains") on an accelerator of array vector ``vector`` and ``datapath_bytes``:
+    its output beat is the X beat (``lanes == vector * x_beat_words == datapath_bytes``, so
+    ``vector == 16``) and its row writer is a wide one with its own scratchpad write port
+    (``lanes > 16``), so the MATMUL's output writer never waits for it. The one rule the
+    RTL (which ignores CHAIN elsewhere) and the compiler (which sets it only here) share."""
+    return lanes > WORD_BYTES and vector == WORD_BYTES and lanes == datapath_bytes
 
 
 def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: bool = False,
