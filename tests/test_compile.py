@@ -420,3 +420,40 @@ def test_spill_deit_shaped_program_equals_golden(
     assert compiled.spill_tile == tile and compiled.att_heads == 3
     patches = golden.quantize_images(torch.randn(2, 3, 80, 80, generator=gen))
     assert_program_equals_golden(compiled, codec, golden, patches)
+
+
+@pytest.mark.parametrize("groups, layout", [(1, "standard"), (2, "standard"), (2, "compact"),
+                                            (4, "standard"), (2, "spill")])  # fmt: skip
+def test_chained_program_equals_golden(digits, groups, layout, assert_program_equals_golden):
+    """Every unit that can chain chained (chain: every role): the interpreter checks each
+    CHAIN against the next instruction (isa.chain_fits) and the logits are the golden
+    model's, bit for bit; a softmax that serves several P x V jobs (digits-vit: 4 heads, on
+    fewer groups) is split, one per job, and nothing else changes."""
+    from vitaccel import isa
+    from vitaccel.compile.schedule import CHAIN_ROLES, chain_role
+
+    golden, patches = digits
+    spec = golden.spec
+    design = Design(array=ArrayConfig(groups=groups, rows=4, cols=8, vector=8))
+    codec = codec_for(design)
+    kw = {"compact": dict(spm_words=640), "spill": dict(spill=True)}.get(layout, {})
+    compiled = compile_model(golden, groups=groups, codec=codec, chain=frozenset(CHAIN_ROLES),
+                             **kw)  # fmt: skip
+    plain = compile_model(golden, groups=groups, codec=codec, **kw)
+    assert bool(compiled.compact) == (layout != "standard")
+    jobs = spec.heads // min(groups, spec.heads)  # P x V jobs a block (a chunk's, compact)
+    prog = compiled.program
+    for ins, nxt in zip(prog, prog[1:], strict=False):  # CHAIN wherever the next one fits
+        if ins.op in isa.CHAIN_OPS:
+            assert isa.chained(ins) == (isa.chain_fits(ins, nxt) is None), ins
+    roles = [chain_role(i.label) for i in prog if isa.chained(i)]
+    assert roles.count("attn.softmax") == spec.depth * jobs
+    norm2 = sum(i.label.endswith("norm2") for i in plain.program)  # a token tile's each
+    assert roles.count("norm2") == norm2 and roles.count("norm") == 1
+    # (spilling: LN1 runs per token tile, each but the last followed by the next tile's LOAD)
+    norm1 = sum(a.label.endswith("norm1") and b.op is isa.Op.MATMUL
+                for a, b in zip(plain.program, plain.program[1:], strict=False))  # fmt: skip
+    assert roles.count("norm1") == norm1 == spec.depth
+    softmaxes = [i for i in plain.program if i.op is isa.Op.SOFTMAX]
+    assert len(prog) == len(plain.program) + spec.depth * jobs - len(softmaxes)
+    assert_program_equals_golden(compiled, codec, golden, patches[:4])

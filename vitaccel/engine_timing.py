@@ -163,14 +163,23 @@ def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: boo
     return (groups if heads else 1) * tokens * -(-ks // x_beat)
 
 
-def x_edge(beats: float, x_stretch: tuple[tuple[float, float], ...] | None = None) -> float:
+def x_edge(beats: float, x_stretch: tuple[tuple[float, ...], ...] | None = None) -> float:
     """Edge at which the X load has taken ``beats`` beats. Unstretched (``None``) a beat a
     cycle from edge 1: ``beats``. ``x_stretch``: (slope, offset) lines when the X stream
     shares the scratchpad's read port with W builders (``cost.spm_x_stretch``): the least
-    of the lines at ``beats``, never before ``beats``."""
+    of the lines at ``beats``, never before ``beats``; and (slope, offset, 1) *floors*: the
+    beat no earlier than each of them (the X of a chained unit, written at its own pace,
+    ``cost.chain_line``)."""
     if x_stretch is None:
         return beats
-    return max(beats, min(a * beats + b for a, b in x_stretch))
+    edge = beats
+    lines = [a * beats + b for a, b, *floor in x_stretch if not floor]
+    if lines:
+        edge = max(edge, min(lines))
+    for a, b, *floor in x_stretch:
+        if floor:
+            edge = max(edge, a * beats + b)
+    return edge
 
 
 def x_tile_ends(tokens: int, ks: int, groups: int, rows: int, *, heads: bool, x_beat: int = 1,

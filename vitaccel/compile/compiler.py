@@ -175,6 +175,7 @@ def compile_model(
     fuse_residual: bool | None = None,
     compact: bool | None = None,
     spill: bool | None = None,
+    chain: frozenset[str] = frozenset(),
 ) -> Compiled:
     """Compile ``model`` into a program + memory image for an array with ``groups`` groups.
 
@@ -189,7 +190,9 @@ def compile_model(
     output section). This function packs the constants and the W streams into the DDR image
     and fills in the offsets and quantisation scalars the scheduler leaves to it. A layer
     that several MATMULs compute on the same rows (a spilling program's token tiles) has
-    its stream packed once, and they all read it.
+    its stream packed once, and they all read it. ``chain``: the unit roles chained into the
+    next MATMUL's X (:func:`vitaccel.compile.schedule.chain_roles` of the design; the
+    numbers are those of the program without chains, only the cycles change).
     """
     wide = model.config.wide_fields()
     if wide:
@@ -208,7 +211,7 @@ def compile_model(
     # the program the cost model prices: shapes, addresses and flags; packed below
     scheduled = program_for(spec, groups=groups, spm_words=spm_words, compact=al.compact,
                             fuse_residual=fuse_residual, log2=log2,
-                            spill=bool(al.spill_tile))  # fmt: skip
+                            spill=bool(al.spill_tile), chain=chain)  # fmt: skip
     prog = list(scheduled)
 
     # ---- constants: the DDR section (const_ddr), loaded into the SPM by LOADs -----------

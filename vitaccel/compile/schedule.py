@@ -25,6 +25,13 @@ ping-pongs between two buffers so no MATMUL reads and writes the same rows; the 
 layout (models that need more than the ISA's 1 MiB otherwise, e.g. DeiT-Base) trades that
 and the resident per-block constants for one LOAD per block, in-place residual adds and
 attention in chunks of heads (``spm_layout``).
+
+Chains (docs/isa.md "Chains"): a LAYERNORM or SOFTMAX whose CHAIN flag is set hands its rows
+to the next MATMUL as that MATMUL's X while both run. ``chain`` (:data:`CHAIN_MODES`) says
+which: ``"none"``, ``"all"`` (every pair that fits, :func:`vitaccel.isa.chain_fits`, on a
+unit the design can chain, :func:`vitaccel.engine_timing.unit_chains`) or ``"paying"``
+(those of them whose pairs the cycle model says gain). :data:`CHAIN_DEFAULT` is the one
+default every reader takes.
 """
 
 from __future__ import annotations
@@ -42,6 +49,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOCK_CONSTS",
+    "CHAIN_DEFAULT",
+    "CHAIN_MODES",
+    "CHAIN_ROLES",
+    "chain_role",
+    "chain_roles",
+    "chain_candidates",
+    "chain_candidates_of",
     "MAX_SPM_WORDS",
     "CompileError",
     "Tensor",
@@ -62,6 +76,19 @@ __all__ = [
 
 class CompileError(ValueError):
     pass
+
+
+# Which unit instructions chain into the next MATMUL's X (docs/isa.md "Chains"): "none",
+# "all" (every pair that fits on a unit the design can chain) or "paying" (only the pairs
+# the cycle model says gain). The one default the compiler, the cycle model and the
+# explorer read. "none" until the RTL that runs chains is merged.
+CHAIN_MODES = ("none", "all", "paying")
+CHAIN_DEFAULT = "none"
+
+# The unit instructions that may chain, by role (the label without the block prefix), and
+# the unit kind whose lanes decide whether the design can chain them.
+CHAIN_ROLES = {"norm1": "layernorm", "attn.softmax": "softmax", "norm2": "layernorm",
+               "norm": "layernorm"}  # fmt: skip
 
 
 def words_for(cols: int, elem_bytes: int = 1) -> int:
@@ -380,7 +407,12 @@ def per_image(program) -> list:
 
 
 def schedule(
-    spec, design: Design, *, strict: bool = True, spill: bool | None = None
+    spec,
+    design: Design,
+    *,
+    strict: bool = True,
+    spill: bool | None = None,
+    chain: str | None = None,
 ) -> list[Instr]:
     """The program of ``spec`` on ``design`` (its groups, scratchpad, residual fusion and
     softmax output), END last; see the module docstring for what is left to the packer.
@@ -389,19 +421,79 @@ def schedule(
     ``strict=False`` (the cost model): a design whose scratchpad holds no layout is
     priced on the standard layout (its SPM addresses wrapped to 16 bits, so the list is
     for pricing only); ``strict`` raises :class:`CompileError` as the compiler does.
+    ``chain``: which units chain into the next MATMUL (:data:`CHAIN_MODES`; None:
+    :data:`CHAIN_DEFAULT`), resolved by :func:`chain_roles`.
     """
+    return list(program_for(spec, **_design_args(design), strict=strict, spill=spill,
+                            chain=chain_roles(spec, design, chain, strict=strict,
+                                              spill=spill)))  # fmt: skip
+
+
+def _design_args(design: Design) -> dict:
+    """:func:`program_for`'s arguments that come from the design (all but the chains)."""
     a = design.array
-    return list(
-        program_for(
-            spec,
-            groups=a.groups,
-            spm_words=design.spm_kib * 1024 // WORD_BYTES,
-            fuse_residual=isa.residual_fusable(a.groups, a.cols, a.cols_w4),
-            log2=design.nonlinear.softmax_output == "log2",
-            strict=strict,
-            spill=spill,
-        )
+    return dict(
+        groups=a.groups,
+        spm_words=design.spm_kib * 1024 // WORD_BYTES,
+        fuse_residual=isa.residual_fusable(a.groups, a.cols, a.cols_w4),
+        log2=design.nonlinear.softmax_output == "log2",
     )
+
+
+def chain_role(label: str) -> str | None:
+    """The :data:`CHAIN_ROLES` role of a unit instruction's label (``blocks.3.norm1`` ->
+    ``norm1``), None for a unit that never chains."""
+    role = label.split(".", 2)[2] if label.startswith("blocks.") else label
+    return role if role in CHAIN_ROLES else None
+
+
+def chain_candidates(design: Design) -> frozenset[str]:
+    """The roles whose unit the design can chain (:func:`chain_candidates_of` its lanes)."""
+    nl = design.nonlinear
+    return chain_candidates_of(nl.softmax_lanes, nl.layernorm_lanes, design.array.vector,
+                               design.datapath_bytes)  # fmt: skip
+
+
+def chain_candidates_of(softmax_lanes: int, layernorm_lanes: int, vector: int,
+                        datapath_bytes: int) -> frozenset[str]:  # fmt: skip
+    """The roles (:data:`CHAIN_ROLES`) whose unit can chain on an accelerator of these
+    lanes, array vector and datapath (:func:`vitaccel.engine_timing.unit_chains`)."""
+    from vitaccel.engine_timing import unit_chains
+
+    lanes = {"softmax": softmax_lanes, "layernorm": layernorm_lanes}
+    return frozenset(r for r, kind in CHAIN_ROLES.items()
+                     if unit_chains(lanes[kind], vector, datapath_bytes))  # fmt: skip
+
+
+def chain_roles(spec, design: Design, chain: str | None = None, *, strict: bool = True,
+                spill: bool | None = None) -> frozenset[str]:  # fmt: skip
+    """The roles (:data:`CHAIN_ROLES`) whose unit instructions get CHAIN on ``design``
+    (:func:`program_for`'s ``chain``) in mode ``chain`` (None: :data:`CHAIN_DEFAULT`):
+
+    * ``"none"``: none;
+    * ``"all"``: every role whose unit the design can chain (:func:`chain_candidates`);
+    * ``"paying"``: those of them whose chaining the cycle model
+      (:func:`vitaccel.dse.cost.program_cycles`) says makes the program faster: a role is
+      dropped when the program with every other candidate chained is not slower without it
+      (the roles' pairs are priced apart, so one pass decides).
+    """
+    chain = CHAIN_DEFAULT if chain is None else chain
+    if chain not in CHAIN_MODES:
+        raise ValueError(f"chain must be one of {', '.join(CHAIN_MODES)}, not {chain!r}")
+    if chain == "none":
+        return frozenset()
+    roles = chain_candidates(design)
+    if chain == "all" or not roles:
+        return roles
+    from vitaccel.dse.cost import program_cycles
+
+    args = dict(_design_args(design), strict=strict, spill=spill)
+
+    def cycles(rs: frozenset[str]) -> int:
+        return program_cycles(per_image(program_for(spec, **args, chain=rs)), design)
+
+    every = cycles(roles)
+    return frozenset(r for r in roles if cycles(roles - {r}) > every)
 
 
 @lru_cache(maxsize=256)
@@ -415,13 +507,20 @@ def program_for(
     log2: bool = False,
     strict: bool = True,
     spill: bool | None = None,
+    chain: frozenset[str] = frozenset(),
 ) -> tuple[Instr, ...]:
     """The program of ``spec`` for an array of ``groups`` groups in ``spm_words`` words of
     scratchpad (``compact``: the layout, :func:`spm_layout`; ``fuse_residual``: the residual
     adds run in the projection's and FC2's MATMULs, :func:`vitaccel.isa.residual_fusable`;
     ``log2``: the build's SOFTMAX writes log2 codes; ``spill``: the spilling layout, whose
     LOADs and STOREs of the residual stream (label ``*.spill``) have ``ddr`` relative to the
-    DDR scratch region). Cached: the explorer asks often."""
+    DDR scratch region; ``chain``: the roles, :data:`CHAIN_ROLES`, whose unit instructions
+    get CHAIN where the next instruction fits, :func:`vitaccel.isa.chain_fits`; a chained
+    softmax runs per P x V job, each its heads' rows, so that each job has its own).
+    Cached: the explorer asks often."""
+    chain = frozenset(chain)
+    if not chain <= CHAIN_ROLES.keys():
+        raise ValueError(f"unknown chain roles {sorted(chain - CHAIN_ROLES.keys())}")
     wrap = False
     try:
         al = spm_layout(spec, spm_words, compact, spill)
@@ -556,11 +655,21 @@ def program_for(
                      mult=0, shift=0, heads=nh if groups > 1 else 0,
                      head_x_step=dh // WORD_BYTES, head_w_step=dh // WORD_BYTES,
                      head_y_step=T * att_stride)  # fmt: skip
-            emit(isa.softmax, f"{b}.attn.softmax", src=logits.base, src_stride=att_stride,
-                 rows=(c1 - c0) * T, cols=T, dst=probs.base, dst_stride=att_stride,
-                 in_shift=0, log2=log2)  # fmt: skip
-            for h0 in range(c0, c1, heads_per_job):
+            jobs = range(c0, c1, heads_per_job)
+            # chained: one softmax per P x V job (its heads' rows) right before it, so each
+            # job takes its X from its own softmax (docs/isa.md "Chains")
+            split = "attn.softmax" in chain and len(jobs) > 1
+            if not split:
+                emit(isa.softmax, f"{b}.attn.softmax", src=logits.base, src_stride=att_stride,
+                     rows=(c1 - c0) * T, cols=T, dst=probs.base, dst_stride=att_stride,
+                     in_shift=0, log2=log2)  # fmt: skip
+            for h0 in jobs:
                 nh = min(heads_per_job, c1 - h0)
+                if split:
+                    at = (h0 - c0) * T * att_stride
+                    emit(isa.softmax, f"{b}.attn.softmax", src=logits.base + at,
+                         src_stride=att_stride, rows=nh * T, cols=T, dst=probs.base + at,
+                         dst_stride=att_stride, in_shift=0, log2=log2)  # fmt: skip
                 emit(isa.matmul, f"{b}.attn.sv", x=probs.base + (h0 - c0) * T * att_stride,
                      x_stride=att_stride, tokens=T, k=T, n=dh,
                      y=ctx.base + h0 * dh // WORD_BYTES, y_stride=ctx.stride,
@@ -601,4 +710,9 @@ def program_for(
     mm("head", hn, out, k=D, n=classes)
     emit(isa.store, "logits", spm=out.base, words=out.words, ddr=0)
     prog.append(isa.end(label="end"))
+    if chain:  # CHAIN on each unit of a chained role whose next instruction fits
+        for j, ins in enumerate(prog[:-1]):
+            if ins.op in isa.CHAIN_OPS and chain_role(ins.label) in chain \
+                    and isa.chain_fits(ins, prog[j + 1]) is None:  # fmt: skip
+                prog[j] = ins.replace(flags=ins.flags | type(ins.flags).CHAIN)
     return tuple(prog)

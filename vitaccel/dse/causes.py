@@ -15,7 +15,9 @@ model's cycles:
 * ``X load``: what of the X operand's load step 0 does not hide (it streams tile by tile
   behind the load; the schedule minus the same job with ``x_keep``, which skips it),
 * ``MAC``: useful MACs over the array's MACs per cycle (the ideal array time),
-* ``nonlinear``: the SOFTMAX / LAYERNORM / GELU / RESADD instructions,
+* ``nonlinear``: the SOFTMAX / LAYERNORM / GELU / RESADD instructions (a unit chained into
+  the next MATMUL's X, docs/isa.md "Chains": what of it the MATMUL does not hide; the
+  MATMUL's wait for the unit's rows is its ``X load``),
 * ``fill & control``: the rest: pipeline fill and drain, padding of short k-loops, W loads
   from the scratchpad, MM_SETUP, fused-output tables and the per-instruction overhead.
 """
@@ -38,20 +40,18 @@ CAUSES = ("MAC", "X load", "DDR", "writer", "nonlinear", "fill & control")
 STALLS = ("X load", "writer", "nonlinear", "DDR")
 
 
-def _matmul_parts(ins: Instr, design: Design, geom, budget) -> dict[str, float]:
-    """Cycles of one scheduled MATMUL by cause (without the instruction overhead)."""
+def _matmul_parts(ins: Instr, design: Design, geom, budget,
+                  chain: Instr | None = None) -> dict[str, float]:  # fmt: skip
+    """Cycles of one scheduled MATMUL by cause (without the instruction overhead); ``chain``:
+    its chained unit, whose output is its X (the wait for it is "X load")."""
     a = design.array
     heads, nh, nsteps, n8 = cost._matmul_job(ins, design, geom)
     x_keep = MatmulFlags.X_KEEP in ins.flags
     g, r, c, v, units = geom.groups, geom.rows, geom.cols, geom.vector, geom.units
     x_beat = x_beat_words(v, design.datapath_bytes)
-    stretch = None
+    stretch = cost.x_stretch_of(ins, design, geom, chain)
     if MatmulFlags.W_SPM in ins.flags:  # scratchpad-built W: a word a cycle a builder, no DDR
         word = ideal_word = cost.spm_w_word_cycles(design.weight_ports, geom.cols_w4)
-        builders = cost.spm_w_builders(design.weight_ports, geom.cols_w4)
-        if builders > 1:  # X shares the read port with them (as cost.instr_cycles)
-            stretch = cost.spm_x_stretch(ins.tokens, ins.k, ins.n, nsteps, g, c, v, x_beat,
-                                         builders, heads=heads, nheads=nh)  # fmt: skip
     else:
         word = cost.weight_word_cycles(
             a.vector, design.clock_mhz, budget, design.weight_ports, a.acc_bits
@@ -101,17 +101,16 @@ def layer_causes(design: Design, *, budget=None) -> list[dict]:
     geom = cost.geometry(design)
     port = cost.port_bytes_per_cycle(design.clock_mhz, budget)
     rows: dict[str, dict] = {}
-    for ins in per_image(schedule(spec, design, strict=False)):  # an image of a stream
-        if ins.op is Op.END:  # the cycle counter stops at END
-            continue
-        cycles = cost.instr_cycles(ins, design, geom, port, budget)[0] + cost.LATENCIES["instr"]
+    program = per_image(schedule(spec, design, strict=False))  # an image of a stream
+    for ins, cycles, _, _, unit in cost.priced_program(program, design, budget=budget,
+                                                       geom=geom, port=port):  # fmt: skip
         parts = dict.fromkeys(CAUSES, 0.0)
         if ins.op in (Op.LOAD, Op.STORE):
             parts["DDR"] = cycles
         elif ins.op is Op.MATMUL:
-            parts.update(_matmul_parts(ins, design, geom, budget))
+            parts.update(_matmul_parts(ins, design, geom, budget, unit))
             parts["fill & control"] = cycles - sum(parts.values())
-        else:
+        else:  # a chained unit: what of it its MATMUL does not hide
             parts["nonlinear"] = cycles
         row = rows.setdefault(
             ins.label, {"name": ins.label, "kind": kind_of(ins), "cycles": 0, "causes": {}}

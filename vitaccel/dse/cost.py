@@ -17,7 +17,9 @@ What it models (docs/gvsa.md, docs/isa.md):
   per cycle, back to back; plus a fixed latency per instruction.
 * **LOAD / STORE**: 16-byte words through the HP port.
 * Instructions run one after another (docs/isa.md "Execution"): no overlap between
-  instructions; inside a MATMUL the W stream overlaps compute and the X load step 0's.
+  instructions, except a chained SOFTMAX / LAYERNORM and the MATMUL after it, which run
+  together, the MATMUL's X arriving as the unit writes it (:func:`priced_program`,
+  :func:`chain_line`); inside a MATMUL the W stream overlaps compute and the X load step 0's.
 
 The fixed latencies (``L_rel``, ``L_out``, ``c0``, unit latencies, instruction overhead) are
 constants: the engine's from :mod:`vitaccel.engine_timing` (shared with the RTL), the
@@ -31,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from vitaccel import engine_timing
+from vitaccel import engine_timing, isa
 from vitaccel.compile.schedule import kind_of, resident_prologue, schedule, spill_traffic
 from vitaccel.design import ArrayConfig, Design, w_word_bits
 from vitaccel.engine_timing import (
@@ -63,6 +65,12 @@ __all__ = [
     "job_nsteps",
     "latencies",
     "nonlinear_cycles",
+    "unit_phases",
+    "chain_line",
+    "chain_delay",
+    "chained_unit_cycles",
+    "program_cycles",
+    "priced_program",
     "lane_tree_stages",
     "unit_lanes",
     "fused_cycles",
@@ -458,18 +466,23 @@ def unit_lanes(lanes: int, datapath_bytes: int = WORD_BYTES) -> int:
     return min(lanes, datapath_bytes)
 
 
-def nonlinear_cycles(
+def unit_phases(
     kind: str, rows: int, width: int, lanes: int, datapath_bytes: int = WORD_BYTES
-) -> int:
-    """Cycles of one SOFTMAX / LAYERNORM / GELU / RESADD instruction over ``rows x width``.
+) -> tuple[int, int, int]:
+    """``(params, stream, drain)``: the cycles of one SOFTMAX / LAYERNORM / GELU / RESADD
+    instruction over ``rows x width`` (beyond the per-instruction overhead) in its three
+    phases, :func:`nonlinear_cycles` their sum.
 
-    Rows stream back to back at ``ceil(width / unit_lanes(lanes, datapath_bytes))`` beats
-    each (a unit reads and writes one 16-byte SPM word per bank and cycle), then the unit
-    drains (one row for E2Softmax, two for AILayerNorm). Per-instruction constants are loaded
-    first by the top's parameter loader (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel
-    per cycle, RESADD one word (4 channels) per cycle, the GELU table one entry (of 256) per
-    cycle. RESADD reads row r of A then row r of B through one port: two words per output
-    word, whatever the datapath.
+    ``params``: per-instruction constants loaded by the top's parameter loader before the
+    unit is issued (``rtl.top``, PARAMS_WAIT): AILayerNorm one channel per cycle, RESADD one
+    word (4 channels) per cycle, the GELU table one entry (of 256) per cycle. ``stream``:
+    rows stream back to back at ``ceil(width / unit_lanes(lanes, datapath_bytes))`` beats
+    each (a unit reads and writes one 16-byte SPM word per bank and cycle), so the unit's
+    output beats leave at that rate too, a beat a cycle; RESADD reads row r of A then row r
+    of B through one port: two words per output word, whatever the datapath. ``drain``:
+    the unit's pipeline after its last input beat (one row for E2Softmax, two for
+    AILayerNorm) with the reader and writer's pipeline, so its last output beat is written
+    at ``params + stream + drain`` (a chained MATMUL's X, :func:`chain_line`).
     """
     per_cycle = unit_lanes(lanes, datapath_bytes)
     beats = -(-width // per_cycle)
@@ -477,18 +490,59 @@ def nonlinear_cycles(
     if kind == "softmax":
         # (a max-tree stage beyond the two of <= 16 lanes: one cycle, softmax_max_stages)
         wide = softmax_max_stages(lanes) - softmax_max_stages(1)
-        return rows * beats + beats + LATENCIES["softmax"] + wide + io
+        return 0, rows * beats, beats + LATENCIES["softmax"] + wide + io
     if kind == "layernorm":
         wide = LATENCIES["layernorm_wide"] * (lane_tree_stages(lanes) - 1)
-        return width + rows * beats + 2 * beats + LATENCIES["layernorm"] + wide + io
+        return width, rows * beats, 2 * beats + LATENCIES["layernorm"] + wide + io
     if kind == "gelu":
-        return 256 + rows * beats + LATENCIES["gelu"] + io
+        return 256, rows * beats, LATENCIES["gelu"] + io
     if kind == "residual":
         words = -(-width // SLOT_BYTES)
         params = -(-4 * width // SLOT_BYTES)
         # (16 lanes whatever the datapath: the word reader and a row writer of 16)
-        return params + 2 * rows * words + LATENCIES["residual"] + LATENCIES["unit_io"]
+        return params, 2 * rows * words, LATENCIES["residual"] + LATENCIES["unit_io"]
     raise ValueError(f"unknown nonlinear op {kind!r}")
+
+
+def nonlinear_cycles(
+    kind: str, rows: int, width: int, lanes: int, datapath_bytes: int = WORD_BYTES
+) -> int:
+    """Cycles of one SOFTMAX / LAYERNORM / GELU / RESADD instruction over ``rows x width``:
+    its parameter load, its rows streaming through the unit and its drain
+    (:func:`unit_phases`)."""
+    return sum(unit_phases(kind, rows, width, lanes, datapath_bytes))
+
+
+def chain_line(drain: int, delay: int, port=None) -> tuple[tuple[float, ...], ...] | None:
+    """The X stream of a chained MATMUL (docs/isa.md "Chains") as
+    :func:`engine_timing.x_edge`'s ``x_stretch``. The unit's output beats are its X beats, a
+    beat a cycle (:func:`unit_phases`' ``stream``), beat j written ``drain + j`` cycles
+    after the unit's issue; the MATMUL's command comes ``delay`` cycles after that issue
+    (:func:`chain_delay`), so beat j is at the MATMUL's edge ``j + drain - delay`` at the
+    earliest: a floor line. A unit ahead of the X builder (``drain <= delay``) is held by its
+    back-pressure, and the X stream is the X builder's own: ``port``, the lines of a
+    scratchpad read port shared with W builders (:func:`spm_x_stretch`: the unit's reader
+    takes the X builder's place on the port), or None, a beat a cycle."""
+    if drain <= delay:
+        return port
+    return (*(port or ()), (1.0, float(drain - delay), 1))
+
+
+def chain_delay(fused: str, n: int, setup: int) -> int:
+    """Cycles from a chained unit's issue to its MATMUL's command: the controller goes on to
+    the (prefetched) MATMUL at once and spends its usual overhead before the job, the
+    per-instruction overhead, the fused output's table or multipliers
+    (:func:`fused_cycles`) and MM_SETUP (``setup``: :func:`top_matmul_extra`)."""
+    return LATENCIES["instr"] + fused_cycles(fused, n) + setup
+
+
+def chained_unit_cycles(phases: tuple[int, int, int], mm_cycles: int) -> int:
+    """What a chained unit instruction adds to the image beyond its own per-instruction
+    overhead: its parameter load, and what of its stream and drain outlasts its MATMUL
+    (``mm_cycles``: the MATMUL's cycles with the chained X, overhead included, from the
+    unit's issue). The pair ends when both have."""
+    params, stream, drain = phases
+    return params + max(0, stream + drain - mm_cycles)
 
 
 @dataclass
@@ -592,11 +646,43 @@ def _matmul_job(ins: Instr, design: Design, geom: ArrayConfig) -> tuple[bool, in
     return heads, nh, job_nsteps(n, n8, geom.groups, geom.cols, c8, heads=heads), n8
 
 
+def x_stretch_of(ins: Instr, design: Design, geom: ArrayConfig,
+                 chain: Instr | None = None) -> tuple[tuple[float, ...], ...] | None:  # fmt: skip
+    """The X stream of a scheduled MATMUL as :func:`engine_timing.x_edge` takes it: with W
+    built from the scratchpad by several builders, its share of the read port
+    (:func:`spm_x_stretch`); then, for the MATMUL the unit ``chain`` is chained into, no
+    earlier than that unit writes it (:func:`chain_line`); None: a beat a cycle."""
+    g, r, c, v = geom.groups, geom.rows, geom.cols, geom.vector
+    heads, nh, nsteps, _ = _matmul_job(ins, design, geom)
+    w_spm = MatmulFlags.W_SPM in ins.flags
+    x_beat = x_beat_words(v, design.datapath_bytes)
+    builders = spm_w_builders(design.weight_ports, geom.cols_w4) if w_spm else 0
+    port = None
+    if builders > 1:
+        port = spm_x_stretch(ins.tokens, ins.k, ins.n, nsteps, g, c, v, x_beat, builders,
+                             heads=heads, nheads=nh)  # fmt: skip
+    if chain is None:
+        return port
+    kind = kind_of(chain)
+    drain = unit_phases(kind, chain.rows, chain.cols, _lanes(design, kind),
+                        design.datapath_bytes)[2]  # fmt: skip
+    setup = top_matmul_extra(ins.tokens, ins.k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
+                             x_beat=x_beat, w_ports=max(1, builders))  # fmt: skip
+    return chain_line(drain, chain_delay(fused_of(ins), ins.n, setup), port)
+
+
 def instr_cycles(
-    ins: Instr, design: Design, geom: ArrayConfig, port: float, budget
+    ins: Instr,
+    design: Design,
+    geom: ArrayConfig,
+    port: float,
+    budget,
+    chain: Instr | None = None,
 ) -> tuple[int, str, int]:
     """(cycles, bound, useful MACs) of one scheduled instruction (``port``: bytes per cycle
-    of the main HP port, for LOAD/STORE), not counting the per-instruction overhead."""
+    of the main HP port, for LOAD/STORE), not counting the per-instruction overhead.
+    ``chain``: a MATMUL's chained unit instruction (the one before it, with CHAIN): its X
+    arrives as that unit writes it (:func:`x_stretch_of`)."""
     if ins.op in (Op.LOAD, Op.STORE):
         return int(math.ceil(ins.words * SLOT_BYTES / port)) + LATENCIES["load"], "memory", 0
     if ins.op is not Op.MATMUL:
@@ -620,8 +706,7 @@ def instr_cycles(
     )  # fmt: skip
     # a DDR W stream lags X (w_lag); W_SPM's builders share the read port with X instead
     builders = spm_w_builders(ports, geom.cols_w4) if w_spm else 0
-    stretch = spm_x_stretch(t, k, n, nsteps, g, c, v, x_beat, builders, heads=heads,
-                            nheads=nh) if builders > 1 else None  # fmt: skip
+    stretch = x_stretch_of(ins, design, geom, chain)
     lag = w_lag(w_spm)
     cycles = matmul_cycles(t, k, nsteps, g, r, c, v, units, heads=heads,
                            w_word_cycles=word_cycles, x_keep=x_keep,
@@ -642,6 +727,49 @@ def instr_cycles(
         return cycles + fixed, bound, nh * t * k * n
     cycles += fused_cycles(fused_of(ins), n)
     return cycles + LATENCIES["matmul_ddr"], bound, t * k * n
+
+
+def priced_program(program, design: Design, *, budget=None, geom: ArrayConfig | None = None,
+                   port: float | None = None):  # fmt: skip
+    """``(instruction, cycles, bound, useful MACs, chained unit)`` for each instruction of
+    ``program`` up to END (the cycle counter stops there), the per-instruction overhead
+    included: the one pricing of a program :func:`estimate`, :func:`program_cycles` and
+    :mod:`vitaccel.dse.causes` share. Instructions run one after another, except a chained
+    pair (docs/isa.md "Chains"): the MATMUL is priced with its X arriving as the unit writes
+    it (``chained unit``: that unit, else None), and the unit with what of it the MATMUL does
+    not hide (:func:`chained_unit_cycles`)."""
+    if budget is None:
+        from vitaccel.boards import get_budget
+
+        budget = get_budget(design.board)
+    geom = geometry(design) if geom is None else geom
+    port = port_bytes_per_cycle(design.clock_mhz, budget) if port is None else port
+    program = list(program)
+    held = None  # (index, unit) of a chained unit waiting for its MATMUL's price
+    for j, ins in enumerate(program):
+        if ins.op is Op.END:
+            break
+        chained = isa.chained(ins) and j + 1 < len(program) \
+            and program[j + 1].op is Op.MATMUL  # fmt: skip
+        if chained:
+            held = ins
+            continue
+        unit = held if ins.op is Op.MATMUL else None
+        cycles, bound, macs = instr_cycles(ins, design, geom, port, budget, chain=unit)
+        cycles += LATENCIES["instr"]
+        if unit is not None:
+            kind = kind_of(unit)
+            phases = unit_phases(kind, unit.rows, unit.cols, _lanes(design, kind),
+                                 design.datapath_bytes)  # fmt: skip
+            yield unit, LATENCIES["instr"] + chained_unit_cycles(phases, cycles), \
+                "nonlinear", 0, None  # fmt: skip
+        held = None
+        yield ins, cycles, bound, macs, unit
+
+
+def program_cycles(program, design: Design, *, budget=None) -> int:
+    """Cycles of ``program`` on ``design`` (:func:`priced_program` summed)."""
+    return sum(p[1] for p in priced_program(program, design, budget=budget))
 
 
 def writer_path(ins: Instr, design: Design) -> dict:
@@ -700,15 +828,10 @@ def estimate(design: Design, *, budget=None, spec=None) -> Estimate:
     bounds: dict[str, int] = {}
     program = schedule(spec, design, strict=False)
     once = resident_prologue(program)
-    first_image = sum(
-        instr_cycles(ins, design, geom, port, budget)[0] + LATENCIES["instr"]
-        for ins in program[:once]
-    )
-    for ins in program[once:]:
-        if ins.op is Op.END:  # the cycle counter stops at END
-            continue
-        cycles, bound, macs = instr_cycles(ins, design, geom, port, budget)
-        cycles += LATENCIES["instr"]
+    first_image = sum(p[1] for p in priced_program(program[:once], design, budget=budget,
+                                                   geom=geom, port=port))  # fmt: skip
+    for ins, cycles, bound, macs, _ in priced_program(program[once:], design, budget=budget,
+                                                      geom=geom, port=port):  # fmt: skip
         bounds[bound] = bounds.get(bound, 0) + cycles
         lc = by_name.get(ins.label)
         if lc is None:

@@ -110,6 +110,7 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
     from vitaccel.compile import interp
     from vitaccel.compile.compiler import compile_model, spm_layout
     from vitaccel.compile.driver import Driver
+    from vitaccel.compile.schedule import chain_roles
     from vitaccel.design import load_design, save_design
     from vitaccel.flow.codec import codec_for
     from vitaccel.flow.generate import generate_design
@@ -161,6 +162,7 @@ def build(opts: BuildOptions, progress=print, steps=None) -> dict:
                 groups=design.array.groups,
                 codec=codec,
                 spm_words=design.spm_kib * 1024 // 16,
+                chain=chain_roles(golden.spec, design),
             )
         with steps.step("check the program on the ISA interpreter", total=len(patches)) as st:
             same = 0

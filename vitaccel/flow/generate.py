@@ -163,6 +163,7 @@ def generate_design(
 
 def _write_program(design: Design, out: Path) -> None:
     from vitaccel.compile.compiler import compile_model
+    from vitaccel.compile.schedule import chain_roles
     from vitaccel.flow.codec import codec_for
     from vitaccel.models.evaluate import prepare
     from vitaccel.models.golden import quant_config_for
@@ -173,6 +174,7 @@ def _write_program(design: Design, out: Path) -> None:
         groups=design.array.groups,
         codec=codec_for(design),
         spm_words=design.spm_kib * 1024 // 16,
+        chain=chain_roles(golden.spec, design),
     )
     (out / "program").mkdir(exist_ok=True)
     (out / "program" / "image.bin").write_bytes(bytes(compiled.image))

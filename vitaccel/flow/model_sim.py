@@ -149,6 +149,7 @@ def design_program(design, *, model: str | None = None, weights: Path | None = N
     images, and compile the program and memory image for the design: the one place the
     whole-model RTL runs (``sim --model``, its tests) prepare their inputs."""
     from vitaccel.compile.compiler import compile_model
+    from vitaccel.compile.schedule import chain_roles
     from vitaccel.flow.codec import codec_for
     from vitaccel.models.evaluate import prepare
     from vitaccel.models.golden import quant_config_for
@@ -162,6 +163,7 @@ def design_program(design, *, model: str | None = None, weights: Path | None = N
         groups=design.array.groups,
         codec=codec_for(design),
         spm_words=design.spm_kib * 1024 // 16,
+        chain=chain_roles(golden.spec, design),
     )
     labels = y.numpy() if y is not None else None
     return DesignProgram(golden, patches, golden.forward_patches(patches), labels, compiled)

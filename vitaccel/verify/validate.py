@@ -204,6 +204,7 @@ def _top_case(
 ) -> dict:
     from vitaccel.compile.compiler import compile_model
     from vitaccel.compile.driver import Driver
+    from vitaccel.compile.schedule import chain_roles
     from vitaccel.design import ArrayConfig, Design, NonlinearConfig
     from vitaccel.dse.cost import estimate
     from vitaccel.flow.codec import codec_for
@@ -221,7 +222,8 @@ def _top_case(
 
     def measure() -> dict:
         _, _, golden, x, _ = prepare("digits-vit", config=quant_config_for(design), images=1)
-        compiled = compile_model(golden, groups=g, codec=codec_for(design))
+        compiled = compile_model(golden, groups=g, codec=codec_for(design),
+                                 chain=chain_roles(golden.spec, design))  # fmt: skip
         # the native harness: the same cycles as cocotb (test_sim_native checks it), a
         # leaner build
         drv = Driver(NativeBackend(design))
