@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from vitaccel import isa
 from vitaccel.design import ArrayConfig, Design, NonlinearConfig, load_design
 from vitaccel.dse import clock as clock_rule
 from vitaccel.dse import resources as res
@@ -1129,3 +1130,111 @@ def test_explore_pauses_the_cyclic_gc_and_restores_it(monkeypatch):
         assert not gc.isenabled()  # a caller's paused collector stays paused
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------------------------------
+# chains (docs/isa.md "Chains"): a unit's rows into the next MATMUL's X
+# ---------------------------------------------------------------------------------------
+
+CHAINED_DEIT_T = Design(model="deit-tiny", clock_mhz=300, datapath_bytes=64, weight_ports=2,
+                        spm_kib=442, array=ArrayConfig(groups=3, rows=5, cols=16, vector=16),
+                        nonlinear=NonlinearConfig(softmax_lanes=64, layernorm_lanes=64,
+                                                  gelu_lanes=1))  # fmt: skip
+
+
+def test_chained_pair_is_priced_as_the_unit_start_and_the_matmul_on_its_output(monkeypatch):
+    """A chained pair costs the unit's overhead and parameter load, then the longer of the
+    unit's stream + drain and the MATMUL priced with its X at the unit's output rate
+    (cost.chain_line); the layer causes split the same cycles (the unit's unhidden part
+    "nonlinear", the MATMUL's wait for it "X load")."""
+    from vitaccel.compile import schedule as sch
+    from vitaccel.dse import cost
+    from vitaccel.dse.causes import layer_causes
+
+    d = CHAINED_DEIT_T
+    monkeypatch.setattr(sch, "CHAIN_DEFAULT", "none")
+    plain = estimate(d)
+    monkeypatch.setattr(sch, "CHAIN_DEFAULT", "all")
+    est = estimate(d)
+    spec = get_spec("deit-tiny")
+    prog = sch.per_image(sch.schedule(spec, d))
+    priced = list(cost.priced_program(prog, d))
+    assert est.cycles == sum(p[1] for p in priced) == cost.program_cycles(prog, d)
+    lane = {"softmax": 64, "layernorm": 64}
+    for j, (ins, cycles, bound, _, _) in enumerate(priced[:-1]):
+        if not isa.chained(ins):
+            continue
+        mm, mm_cycles, _, _, unit = priced[j + 1]
+        assert unit is ins and mm.op is isa.Op.MATMUL and bound == "nonlinear"
+        params, stream, drain = cost.unit_phases(sch.kind_of(ins), ins.rows, ins.cols,
+                                                 lane[sch.kind_of(ins)], 64)  # fmt: skip
+        instr = cost.LATENCIES["instr"]
+        assert cycles + mm_cycles == instr + params + max(stream + drain, mm_cycles)
+    by_kind, before = est.by_kind(), plain.by_kind()
+    # LayerNorm: only the overhead and the parameters left (25 of them, 192 channels)
+    assert by_kind["layernorm"] == 25 * (cost.LATENCIES["instr"] + 192) < before["layernorm"]
+    assert by_kind["softmax"] == 12 * cost.LATENCIES["instr"] < before["softmax"]
+    # the MATMULs take their X as fast as from the scratchpad: none slower here
+    for kind in ("qkv", "sv", "fc1", "head"):
+        assert by_kind[kind] == before[kind], kind
+    assert est.cycles == plain.cycles - (before["layernorm"] - by_kind["layernorm"]) - (
+        before["softmax"] - by_kind["softmax"])  # fmt: skip
+    rows = {r["name"]: r for r in layer_causes(d)}
+    for lc in est.layers:
+        assert rows[lc.name]["cycles"] == lc.cycles
+        assert sum(rows[lc.name]["causes"].values()) == pytest.approx(lc.cycles, abs=1e-6)
+    assert rows["blocks.0.norm1"]["causes"]["nonlinear"] == cost.LATENCIES["instr"] + 192
+
+
+def test_chained_x_stream_waits_for_a_unit_slower_to_start_than_its_matmul():
+    """cost.chain_line: beat j of a chained X no earlier than the unit writes it (``j +
+    drain - delay`` after the MATMUL's command), on top of a shared read port's lines; a unit
+    ahead of its MATMUL leaves the X stream as it was."""
+    from vitaccel.dse import cost
+    from vitaccel.engine_timing import matmul_cycles, x_edge
+
+    port = ((1.5, 2.0),)
+    assert cost.chain_line(10, 40) is None and cost.chain_line(10, 40, port) == port
+    late = cost.chain_line(40, 10, port)
+    assert [x_edge(j, late) for j in (1, 100)] == [31, 152]  # max(j + 30, 1.5 j + 2)
+    assert x_edge(100, cost.chain_line(40, 10)) == 130
+    shape = (197, 192, 8, 3, 5, 16, 16, 8)
+    base = matmul_cycles(*shape, x_beat=4)
+    # (step 0 waits for W here: a short delay of X changes nothing, a long one does)
+    assert matmul_cycles(*shape, x_beat=4, x_stretch=cost.chain_line(40, 10)) == base
+    assert matmul_cycles(*shape, x_beat=4, x_stretch=cost.chain_line(2010, 10)) > base
+
+
+@pytest.mark.parametrize("model, space", [
+    ("deit-tiny", None),
+    ("deit-small", dict(groups=(2, 3), rows=(5, 8), cols=(8, 16), w4_cols=(4, 8))),
+])  # fmt: skip
+def test_explorer_prices_chains_as_the_cycle_model(monkeypatch, model, space):
+    """With chains on, the explorer's closed form (search._chain_delta / _chained_job, the
+    cost model's functions) equals cost.estimate on chained candidates, all-W8 and mixed,
+    with the softmax split per P x V job (DeiT-Small on 2 groups); a chaining candidate is
+    faster than the same one priced without chains."""
+    from vitaccel.compile import schedule as sch
+    from vitaccel.dse.search import SearchSpace, _chain_of, search, to_design
+
+    monkeypatch.setattr(sch, "CHAIN_DEFAULT", "all")
+    result = search(model, "zcu102", space=SearchSpace(**space) if space else SearchSpace(),
+                    cache=False)  # fmt: skip
+    spec = result["model"].spec
+    pool = [c for c in result["pool"] if _chain_of(c.lanes, c.vector, c.datapath_bytes)]
+    w8 = [c for c in pool if not c.w4_share]
+    w4 = [c for c in pool if c.w4_share and c.ratios]
+    assert w8 and w4
+    rng = random.Random(7)
+    picked = rng.sample(w8, min(12, len(w8))) + rng.sample(w4, min(12, len(w4)))
+    if model == "deit-small":
+        assert any(c.groups == 2 for c in picked) or any(c.groups == 2 for c in w8)
+        picked += [c for c in w8 if c.groups == 2][:3]
+    for cand in picked:
+        design = to_design(cand, spec.name, "zcu102", cand.clock_mhz, spec)
+        assert sch.chain_candidates(design)
+        assert estimate(design, budget=result["budget"]).cycles == cand.cycles, cand
+    monkeypatch.setattr(sch, "CHAIN_DEFAULT", "none")
+    cand = picked[0]
+    design = to_design(cand, spec.name, "zcu102", cand.clock_mhz, spec)
+    assert estimate(design, budget=result["budget"]).cycles > cand.cycles

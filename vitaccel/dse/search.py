@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitaccel.compile import schedule as scheduler
 from vitaccel.compile.schedule import (
     MAX_SPM_WORDS,
     CompileError,
@@ -63,6 +64,9 @@ from vitaccel.dse import sensitivity as sens
 from vitaccel.dse.cost import (
     LATENCIES,
     SLOT_BYTES,
+    chain_delay,
+    chain_line,
+    chained_unit_cycles,
     column_split,
     first_out_edge,
     fused_cycles,
@@ -75,6 +79,7 @@ from vitaccel.dse.cost import (
     spm_x_stretch,
     stream_bound,
     top_matmul_extra,
+    unit_phases,
     w_lag,
     weight_word_cycles,
     window_steps,
@@ -82,7 +87,7 @@ from vitaccel.dse.cost import (
 )
 from vitaccel.dse.shapes import spec_of
 from vitaccel.engine_timing import StepCycles
-from vitaccel.isa import MatmulFlags, Op, residual_fusable
+from vitaccel.isa import WORD_BYTES, MatmulFlags, Op, chained, residual_fusable
 from vitaccel.util import atomic_write_bytes, cache_dir, content_hash
 
 __all__ = [
@@ -305,40 +310,52 @@ class _Model:
 
     def clock_for(self, lanes: tuple[int, int, int], mixed: tuple | None = None,
                   word_groups: bool = False, w_builders: int = 1) -> float:  # fmt: skip
-        """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data)."""
-        levels = self.design_levels(lanes, mixed, word_groups, w_builders)
-        if levels is None:
-            return self.board.default_clock_mhz
-        allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
-        return allowed[0] if allowed else min(self.board.pl_clocks_mhz)
+        """Fastest board clock the LUT-depth rule allows with these lanes (default w/o data);
+        kept per answer (every array of a shape asks for the same lane triples)."""
+        key = ("clock", lanes, mixed, word_groups, w_builders)
+        clock = self._nl_cache.get(key)
+        if clock is None:
+            levels = self.design_levels(lanes, mixed, word_groups, w_builders)
+            if levels is None:
+                clock = self.board.default_clock_mhz
+            else:
+                allowed = clock_rule.allowed_clocks(self.board.pl_clocks_mhz, levels)
+                clock = allowed[0] if allowed else min(self.board.pl_clocks_mhz)
+            self._nl_cache[key] = clock
+        return clock
 
-    def program(self, groups: int, fuse: bool) -> tuple:
+    def program(self, groups: int, fuse: bool, chain: frozenset = frozenset()) -> tuple:
         """The scheduled program on ``groups`` groups in the ISA's whole scratchpad (the
-        spilling program in ``spm_kib`` when the model spills)."""
+        spilling program in ``spm_kib`` when the model spills); ``chain``: its chained unit
+        roles (:func:`vitaccel.compile.schedule.program_for`)."""
         words = self.spm_words if self.reduced else MAX_SPM_WORDS
         return program_for(self.spec, groups=groups, fuse_residual=fuse, spm_words=words,
-                           strict=False)  # fmt: skip
+                           strict=False, chain=chain)  # fmt: skip
 
     def spill_bytes(self, groups: int, fuse: bool) -> int:
         """Bytes the program moves to and from the DDR scratch region per image."""
         return spill_traffic(self.program(groups, fuse))
 
-    def plan(self, groups: int, fuse: bool) -> dict:
-        """The program's matmuls grouped: identical jobs counted once (per group count and
-        residual fusion)."""
-        key = ("plan", groups, fuse)
+    def plan(self, groups: int, fuse: bool, chain: frozenset = frozenset()) -> dict:
+        """The program's matmuls grouped: identical jobs counted once (per group count,
+        residual fusion and chained roles). A job's last part is the unit chained into it,
+        ``(kind, rows, cols)``, or None."""
+        key = ("plan", groups, fuse, chain)
         if key not in self._nl_cache:
             fixed: dict = {}
             every: dict = {}
             kinds: dict[str, list] = {}
             layers: dict[str, str] = {}
-            for ins in self.program(groups, fuse):
+            prog = self.program(groups, fuse, chain)
+            for j, ins in enumerate(prog):
                 if ins.op is not Op.MATMUL:
                     continue
                 fl = ins.flags
                 w_ddr = MatmulFlags.W_SPM not in fl
+                prev = prog[j - 1] if j else None
+                unit = (kind_of(prev), prev.rows, prev.cols) if prev and chained(prev) else None
                 job = (ins.tokens, ins.k, ins.n, MatmulFlags.OUT_T in fl,
-                       MatmulFlags.X_KEEP in fl, fused_of(ins))  # fmt: skip
+                       MatmulFlags.X_KEEP in fl, fused_of(ins), unit)  # fmt: skip
                 # (the Y head step: the output writer's word path packs heads by its banks)
                 heads = MatmulFlags.HEADS in fl
                 sig = ("matmul" if w_ddr else "heads", ins.heads if heads else 0, *job,
@@ -357,13 +374,17 @@ class _Model:
         return self._nl_cache[key]
 
     # nonlinear cycles per unit for the whole program, for each lane count
-    def nonlinear(self, groups: int, fuse: bool) -> dict[str, dict[int, int]]:
-        key = (_nl_key(self, groups), fuse)
+    def nonlinear(self, groups: int, fuse: bool,
+                  chain: frozenset = frozenset()) -> dict[str, dict[int, int]]:  # fmt: skip
+        """Per unit kind and lane count, the program's unit instructions' cycles (as if none
+        were chained: :func:`_price_array` prices what a chained MATMUL hides of its unit),
+        and under ``"fixed"`` its RESADD, LOAD and STORE instructions'."""
+        key = (_nl_key(self, groups), fuse, chain)
         if key not in self._nl_cache:
             out: dict[str, dict[int, int]] = {"softmax": {}, "layernorm": {}, "gelu": {}}
             fixed = 0
             # an image of a stream: past the resident prologue (the constants LOAD)
-            prog = [(kind_of(i), i) for i in per_image(self.program(groups, fuse))]
+            prog = [(kind_of(i), i) for i in per_image(self.program(groups, fuse, chain))]
             for lanes in SearchSpace.lanes:
                 for unit in out:
                     # at a datapath of >= lanes bytes (the only widths a triple is paired with)
@@ -425,17 +446,33 @@ def _w4_ratio_options(n: int, ns0: int, ns_min: int, g: int, c: int, c8: int) ->
 
 
 def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1,
-                    ports=1):  # fmt: skip
+                    ports=1, chain: frozenset = frozenset(), base=None):  # fmt: skip
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
     ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath);
     ``ports``: the weight ports (only their W_SPM builders matter,
-    :func:`cost.spm_w_builders`: the pool passes those)."""
-    key = ("price", g, r, c, v, share, word_cycles, x_beat, ports)
+    :func:`cost.spm_w_builders`: the pool passes those); ``chain``: the chained unit roles
+    (:func:`_chain_of`; the matmul cycles then include what the chained MATMULs hide of
+    their units, a negative part; ``base``: this function's answer without chains, when the
+    caller has it)."""
+    if chain:
+        # the unchained array and what the chained jobs change, when that does not depend on
+        # the W4 options (then the greedy's choice is the unchained one); else all again
+        if base is None:
+            base = _evaluate_array(m, g, r, c, v, share, kind, max_drop, word_cycles, x_beat,
+                                   ports)  # fmt: skip
+        delta = _chain_delta(m, g, r, c, v, share, word_cycles, x_beat, ports, chain)
+        if delta is not None:
+            mm, ratios, error, bound = base
+            bound = dict(bound)
+            for b, part in delta.items():
+                bound[b] = bound.get(b, 0) + part
+            return mm + sum(delta.values()), ratios, error, bound
+    key = ("price", g, r, c, v, share, word_cycles, x_beat, ports, chain)
     priced = m._nl_cache.get(key)
     if priced is None:
-        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat, ports)
-        if share:  # (a W4 array is priced once for every W4 kind)
+        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat, ports, chain)
+        if share or chain:  # (a W4 array is priced once for every W4 kind)
             m._nl_cache[key] = priced
     mm_total, bound, kind_opts, w4_layers, layers_of = priced
     bound = dict(bound)
@@ -491,13 +528,166 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     return mm_total, ratios, error, bound
 
 
-def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
-    """What :func:`_evaluate_array` needs of an array whatever its W4 kind: the cycles and
-    bounds of the jobs without a W4 choice, per layer kind its options (cycles, ratio, cycles
-    by bound) from no W4 to the fewest steps, the W4 layers and their kinds' layers."""
+@functools.lru_cache(maxsize=65536)  # an array's chain variants share their jobs
+def _chained_job(m: _Model, unit, tokens, k, n, ns, g, r, c, v, units, *, heads, nheads,
+                 transposed, keep, fused, word_cycles, x_beat, lag, port, w_spm, builders,
+                 fixed, hstep=0, c8=0, mapped=False, n8=None) -> tuple[int, str, int]:  # fmt: skip
+    """``(cycles, bound, unit)`` of a chained MATMUL job: its cycles as
+    :func:`cost.instr_cycles` prices it with the X of its unit ``(kind, rows, cols)``
+    (:func:`cost.chain_line`; the unit's lanes are the datapath, ``16 * x_beat``, where it
+    chains), and what the pair changes of the unit's unchained cycles (which
+    :meth:`_Model.nonlinear` counts): the unit as :func:`cost.priced_program` prices it
+    (:func:`cost.chained_unit_cycles`) less those, <= 0."""
+    width = 16 * x_beat
+    # (no unit: the job as _price_array prices it unchained)
+    phases = unit_phases(unit[0], unit[1], unit[2], width, width) if unit else (0, 0, 0)
+    setup = top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=w_spm, heads=heads,
+                             x_beat=x_beat, w_ports=max(1, builders))  # fmt: skip
+    stretch = chain_line(phases[2], chain_delay(fused, n, setup), port)
+    ends, b = _steps(tokens, k, ns, g, r, c, v, units, heads, word_cycles, keep, x_beat, lag,
+                     stretch)  # fmt: skip
+    if w_spm:
+        b = "compute"
+    wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=nheads,
+                      transposed=transposed, w_word_cycles=word_cycles, x_keep=keep,
+                      x_beat=x_beat, mapped_steps=ns if mapped else 0, mapped_n8=n8,
+                      cols_w8=c8, w_spm=w_spm, banks=x_beat, head_step=hstep,
+                      runs=fused == "residual", w_lag=lag, x_stretch=stretch)  # fmt: skip
+    job = ends.last
+    if wb > job:
+        job, b = int(math.ceil(wb)), "writer"
+    mm = job + setup + fused_cycles(fused, n) + fixed
+    return mm, b, chained_unit_cycles(phases, mm) - sum(phases)
+
+
+def _w4_streams(key, g, r, c, v, c8, units, word_cycles, x_beat):
+    """A DDR job with a W4 choice (``key``: a plan's job): its :func:`_steps` for every
+    step count and its output writer's bound as a function of the steps (the mapped
+    writer's cycles follow the steps: priced per option, after the same first word)."""
+    tokens, k, n, transposed, keep, fused, _ = key
+    ns0 = job_nsteps(n, n, g, c, c8, heads=False)
+    first = first_out_edge(tokens, k, g, r, c, v, units, False, word_cycles, keep, x_beat,
+                           w_lag(False))  # fmt: skip
+    writer = functools.partial(
+        writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
+        transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
+        cols_w8=c8, banks=x_beat, runs=fused == "residual", first=first,
+    )  # fmt: skip
+    steps = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep, x_beat,
+                   w_lag(False))  # fmt: skip
+    return steps, writer
+
+
+def _w4_part(key, ns, n8, steps, writer, g, r, c, v, x_beat, fixed) -> tuple[int, str]:
+    """(cycles, bound) of a DDR job with a W4 choice at ``ns`` steps, ``n8`` rows on W8
+    columns (:func:`_w4_streams`' ``steps`` and ``writer``), as :func:`cost.instr_cycles`."""
+    ends, b = steps
+    job = ends.at(ns)
+    wb = writer(mapped_steps=ns, mapped_n8=n8)
+    if wb > job:
+        job, b = int(math.ceil(wb)), "writer"
+    job += top_matmul_extra(key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False,
+                            x_beat=x_beat)  # fmt: skip
+    return job + fused_cycles(key[5], key[2]) + fixed, b
+
+
+def _chain_delta(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports,
+                 chain: frozenset) -> dict | None:  # fmt: skip
+    """What chaining the roles ``chain`` changes of an array's matmul cycles
+    (:func:`_price_array`), by bound (``"nonlinear"``: what the chained MATMULs hide of their
+    units, <= 0): each chained job priced with its unit (:func:`_chained_job`) less the same
+    job unchained. None when that depends on the W4 options (a chained job with a W4 choice
+    whose change is not the same at every option: the greedy's choice may then differ from
+    the unchained array's) or the chained program's W4 jobs are not the unchained one's."""
+    key = ("chain delta", g, r, c, v, share, word_cycles, x_beat, ports, chain)
+    if key in m._nl_cache:
+        return m._nl_cache[key]
     c8, c4 = column_split(c, share)
     units = column_units(c8, c4)
-    plan = m.plan(g, residual_fusable(g, c, c4))
+    fuse = residual_fusable(g, c, c4)
+    plan = m.plan(g, fuse, chain)
+    spm_wc, spm_builders = spm_w_word_cycles(ports, c4), spm_w_builders(ports, c4)
+    instr_ddr = m.instr + LATENCIES["matmul_ddr"]
+    delta: dict[str, int] = {}
+
+    def add(b: str, cycles: int) -> None:
+        delta[b] = delta.get(b, 0) + cycles
+
+    for sig, count in (plan["fixed"] if c4 else plan["all"]).items():
+        unit = sig[8]
+        if unit is None:
+            continue
+        op, nheads, tokens, k, n, transposed, keep, fused, _, hstep = sig
+        heads, w_spm = nheads > 0, op != "matmul"
+        ns = job_nsteps(n, n, g, c, c8, heads=heads and w_spm)
+        port = spm_x_stretch(tokens, k, n, ns, g, c, v, x_beat, spm_builders, heads=heads,
+                             nheads=max(1, nheads)) if w_spm and spm_builders > 1 else None  # fmt: skip
+        fixed = instr_ddr if not w_spm else m.instr + LATENCIES[
+            "matmul_heads" if heads else "matmul_spm"]  # fmt: skip
+        wc = spm_wc if w_spm else word_cycles
+        args = dict(heads=heads, nheads=max(1, nheads), transposed=transposed, keep=keep,
+                    fused=fused, word_cycles=wc, x_beat=x_beat, lag=w_lag(w_spm), port=port,
+                    w_spm=w_spm, builders=spm_builders if w_spm else 0, fixed=fixed,
+                    hstep=hstep, c8=c8, mapped=bool(c4))  # fmt: skip
+        mm, b, hidden = _chained_job(m, unit, tokens, k, n, ns, g, r, c, v, units, **args)
+        mm0, b0, _ = _chained_job(m, None, tokens, k, n, ns, g, r, c, v, units, **args)
+        add(b, mm * count)
+        add(b0, -mm0 * count)
+        add("nonlinear", hidden * count)
+    if c4:
+        strip = {lk: [p[:6] + (None,) for p in parts] for lk, parts in plan["kinds"].items()}
+        if strip != m.plan(g, fuse)["kinds"]:
+            m._nl_cache[key] = None
+            return None
+        for lk, parts in plan["kinds"].items():
+            layers = len(plan["layers_of"][lk])
+            n_big = max(p[2] for p in parts)
+            ns0_big = job_nsteps(n_big, n_big, g, c, c8, heads=False)
+            ns_min_big = job_nsteps(n_big, 0, g, c, c8, heads=False)
+            ratios = _w4_ratio_options(n_big, ns0_big, ns_min_big, g, c, c8)
+            for part in parts:
+                if part[6] is None:
+                    continue
+                steps, writer = _w4_streams(part, g, r, c, v, c8, units, word_cycles, x_beat)
+                seen = None
+                for ratio in ratios:
+                    n = part[2]
+                    n8 = n - int(round(ratio * n))
+                    ns = job_nsteps(n, n8, g, c, c8, heads=False)
+                    mm, b, hidden = _chained_job(
+                        m, part[6], part[0], part[1], n, ns, g, r, c, v, units, heads=False,
+                        nheads=1, transposed=part[3], keep=part[4], fused=part[5],
+                        word_cycles=word_cycles, x_beat=x_beat, lag=w_lag(False), port=None,
+                        w_spm=False, builders=0, fixed=instr_ddr, c8=c8, mapped=True, n8=n8,
+                    )  # fmt: skip
+                    mm0, b0 = _w4_part(part, ns, n8, steps, writer, g, r, c, v, x_beat,
+                                       instr_ddr)  # fmt: skip
+                    d = (mm - mm0, b, b0, hidden, mm)
+                    if seen is not None and d[:4] != seen[:4]:
+                        m._nl_cache[key] = None
+                        return None
+                    seen = d
+                # (the chosen option's bounds are the unchained one's: the same b0)
+                mm_minus, b, b0, hidden, _ = seen
+                if b != b0:
+                    m._nl_cache[key] = None
+                    return None
+                add(b, mm_minus * layers)
+                add("nonlinear", hidden * layers)
+    m._nl_cache[key] = delta
+    return delta
+
+
+def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1,
+                 chain: frozenset = frozenset()):  # fmt: skip
+    """What :func:`_evaluate_array` needs of an array whatever its W4 kind: the cycles and
+    bounds of the jobs without a W4 choice, per layer kind its options (cycles, ratio, cycles
+    by bound) from no W4 to the fewest steps, the W4 layers and their kinds' layers; with
+    ``chain``, the program with those roles chained, each chained job with its unit
+    (:func:`_chained_job`)."""
+    c8, c4 = column_split(c, share)
+    units = column_units(c8, c4)
+    plan = m.plan(g, residual_fusable(g, c, c4), chain)
     cache: dict = {}
     mm_total = 0
     bound = {"compute": 0, "bandwidth": 0, "writer": 0}
@@ -508,13 +698,11 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
     w4_kinds = plan["kinds"] if c4 else {}
     w4_layers = plan["layers"] if c4 else {}
     sigs = plan["fixed"] if c4 else plan["all"]
-    for (op, nheads, tokens, k, n, transposed, keep, fused, hstep), count in sigs.items():
+    for (op, nheads, tokens, k, n, transposed, keep, fused, unit, hstep), count in sigs.items():
         heads = nheads > 0
         lag = w_lag(op != "matmul")  # "matmul": W from DDR
         if op == "matmul":
             ns = job_nsteps(n, n, g, c, c8, heads=False)
-            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat,
-                             lag)  # fmt: skip
             wc, stretch = word_cycles, None
         else:
             ns = job_nsteps(n, n, g, c, c8, heads=heads)
@@ -522,9 +710,27 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
             stretch = spm_x_stretch(tokens, k, n, ns, g, c, v, x_beat, spm_builders,
                                     heads=heads, nheads=max(1, nheads),
                                     ) if spm_builders > 1 else None  # fmt: skip
+            wc = spm_wc
+        fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
+        if unit is not None:
+            cyc1, b, hidden = _chained_job(
+                m, unit, tokens, k, n, ns, g, r, c, v, units, heads=heads,
+                nheads=max(1, nheads), transposed=transposed, keep=keep, fused=fused,
+                word_cycles=wc, x_beat=x_beat, lag=lag, port=stretch, w_spm=op != "matmul",
+                builders=spm_builders if op != "matmul" else 0, fixed=fixed, hstep=hstep,
+                c8=c8, mapped=bool(c4),
+            )  # fmt: skip
+            mm_total += (cyc1 + hidden) * count
+            bound[b] = bound.get(b, 0) + cyc1 * count
+            bound["nonlinear"] = bound.get("nonlinear", 0) + hidden * count
+            continue
+        if op == "matmul":
+            ends, b = _steps(tokens, k, ns, g, r, c, v, units, False, word_cycles, keep, x_beat,
+                             lag)  # fmt: skip
+        else:
             ends, _ = _steps(tokens, k, ns, g, r, c, v, units, heads, spm_wc, keep, x_beat,
                              lag, stretch)  # fmt: skip
-            b, wc = "compute", spm_wc  # scratchpad-built W: as cost.instr_cycles labels it
+            b = "compute"  # scratchpad-built W: as cost.instr_cycles labels it
         wb = writer_bound(tokens, k, n, g, r, c, v, units, heads=heads, nheads=max(1, nheads),
                           transposed=transposed, w_word_cycles=wc, x_keep=keep,
                           x_beat=x_beat, mapped_steps=ns if c4 else 0, cols_w8=c8,
@@ -537,26 +743,14 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
         job += top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=op != "matmul", heads=heads,
                                 x_beat=x_beat, w_ports=spm_builders)  # fmt: skip
         job += fused_cycles(fused, n)
-        fixed = instr_ddr if op == "matmul" else (instr_heads if heads else instr_spm)
         cyc = (job + fixed) * count
         mm_total += cyc
         bound[b] = bound.get(b, 0) + cyc
     writer: dict = {}
     for parts in w4_kinds.values():
         for key in parts:
-            tokens, k, n, transposed, keep, fused = key
-            ns0 = job_nsteps(n, n, g, c, c8, heads=False)
-            # the mapped writer's cycles follow the steps (ns below): priced per option,
-            # after the same first output word
-            first = first_out_edge(tokens, k, g, r, c, v, units, False, word_cycles, keep,
-                                   x_beat, w_lag(False))  # fmt: skip
-            writer[key] = functools.partial(
-                writer_bound, tokens, k, n, g, r, c, v, units, heads=False, nheads=1,
-                transposed=transposed, w_word_cycles=word_cycles, x_keep=keep, x_beat=x_beat,
-                cols_w8=c8, banks=x_beat, runs=fused == "residual", first=first,
-            )  # fmt: skip
-            cache[key] = _steps(tokens, k, ns0, g, r, c, v, units, False, word_cycles, keep,
-                                x_beat, w_lag(False))  # fmt: skip
+            cache[key], writer[key] = _w4_streams(key, g, r, c, v, c8, units, word_cycles,
+                                                  x_beat)  # fmt: skip
     # Per layer kind: options (cycles, ratio) from no W4 to the fewest steps.
     kind_opts: dict[str, list] = {}
     for lk, parts in w4_kinds.items():
@@ -577,16 +771,21 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1):
                 n = key[2]
                 n8 = n - int(round(ratio * n))
                 ns = job_nsteps(n, n8, g, c, c8, heads=False)
-                job = ends.at(ns)
-                wb = writer[key](mapped_steps=ns, mapped_n8=n8)
-                if wb > job:
-                    job, b = int(math.ceil(wb)), "writer"
-                job += top_matmul_extra(
-                    key[0], key[1], ns, g, r, c, v, w_spm=False, heads=False, x_beat=x_beat
-                )
-                job += fused_cycles(key[5], n)
-                cyc += job + instr_ddr
-                split[b] = split.get(b, 0) + job + instr_ddr
+                if key[6] is not None:  # chained: the job with its unit (as above)
+                    cyc1, b, hidden = _chained_job(
+                        m, key[6], key[0], key[1], n, ns, g, r, c, v, units, heads=False,
+                        nheads=1, transposed=key[3], keep=key[4], fused=key[5],
+                        word_cycles=word_cycles, x_beat=x_beat, lag=w_lag(False), port=None,
+                        w_spm=False, builders=0, fixed=instr_ddr, c8=c8, mapped=True, n8=n8,
+                    )  # fmt: skip
+                    cyc += cyc1 + hidden
+                    split[b] = split.get(b, 0) + cyc1
+                    split["nonlinear"] = split.get("nonlinear", 0) + hidden
+                    continue
+                job, b = _w4_part(key, ns, n8, (ends, b), writer[key], g, r, c, v, x_beat,
+                                  instr_ddr)  # fmt: skip
+                cyc += job
+                split[b] = split.get(b, 0) + job
             if opts and cyc >= opts[-1][0]:  # more W4 rows for no fewer cycles: no option
                 continue
             opts.append((cyc, ratio, split))
@@ -727,7 +926,7 @@ def search(
         budget.check_clock(clock_mhz)
     spec_of(model)  # an unknown model fails here, before any cache lookup
     key = (model, budget.name, float(max_util), float(max_drop), space, clock_mhz,
-           float(relax), spm_kib)  # fmt: skip
+           float(relax), spm_kib, scheduler.CHAIN_DEFAULT)  # fmt: skip
     if cache and key in _POOLS:
         return _POOLS[key]
     port_clock = clock_mhz or max(budget.pl_clocks_mhz)
@@ -829,12 +1028,14 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
         fuse = residual_fusable(g, c, column_split(c, share)[1])
         nl = m.nonlinear(g, fuse)
         fixed = nl["fixed"][0]
-        opts = lane_opts[(_nl_key(m, g), fuse, width)]
+        opts = lane_opts[(_nl_key(m, g), fuse, width, v == WORD_BYTES)]
         out = []
         word_groups = clock_rule.word_groups(g, column_split(c, share)[0], width // SLOT_BYTES)
         # by cycles per W word (clock and DDR ceiling) and W_SPM builders (one a port on an
         # all-W8 array, one in all on a mixed one): port counts the DDR caps share them
-        priced: dict[tuple[float, int], tuple] = {}
+        priced: dict[tuple[float, int, frozenset], tuple] = {}
+        # lanes -> chained roles (_chain_of) and the chained program's unit cycles
+        chains: dict[tuple, tuple] = {}
         builders_of = functools.partial(spm_w_builders, cols_w4=column_split(c, share)[1])
         # (a mixed array's ports each carry their own columns' map entries: any port count)
         for ports in port_choices:
@@ -845,7 +1046,7 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                 continue  # no calibrated top of as many W builders: its clock is unknown
             extra = port_usage[ports]
             base = [base0[i] + getattr(extra, k) for i, k in enumerate(RESOURCE_KINDS)]
-            evals: dict[float, tuple] = {}  # this port count's
+            evals: dict[tuple, tuple] = {}  # this port count's
             for lanes, nl_cycles, lane_usage, clock in opts:
                 if (share > 0 or word_groups) and clock_mhz is None:
                     # a mixed array writes through its column-map writer, several groups
@@ -853,14 +1054,23 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                     # their depth too
                     clock = min(clock, m.clock_for(lanes, writer, word_groups, builders))
                 wc = word_cycles(v, clock, ports)
-                if wc not in evals:
-                    if (wc, builders) not in priced:
-                        priced[wc, builders] = _evaluate_array(
-                            m, g, r, c, v, share, kind, m.max_drop, wc, buffers["x_beat"],
-                            builders,
-                        )  # fmt: skip
-                    evals[wc] = priced[wc, builders]
-                mm, ratios, error, bound = evals[wc]
+                got = chains.get(lanes)
+                if got is None:
+                    chain = _chain_of(lanes, v, width)
+                    got = chains[lanes] = chain, chain and m.nonlinear(g, fuse, chain)
+                chain, nlc = got
+                if chain:  # the chained program's units (a chained softmax runs per job)
+                    nl_cycles = sum(nlc[u][n] for u, n in zip(NONLINEAR_UNITS, lanes,
+                                                              strict=True))  # fmt: skip
+                if (wc, chain) not in evals:
+                    for ch in (frozenset(), chain):  # (chained: from the unchained answer)
+                        if (wc, builders, ch) not in priced:
+                            priced[wc, builders, ch] = _evaluate_array(
+                                m, g, r, c, v, share, kind, m.max_drop, wc, buffers["x_beat"],
+                                builders, ch, base=priced.get((wc, builders, frozenset())),
+                            )  # fmt: skip
+                    evals[wc, chain] = priced[wc, builders, chain]
+                mm, ratios, error, bound = evals[wc, chain]
                 cyc = mm + fixed + nl_cycles
                 usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
                 usage["uram"] = uram
@@ -868,7 +1078,8 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                     Candidate(
                         g, r, c, v, share, kind, lanes, ratios, cyc, usage, error,
                         fps=clock * 1e6 / cyc, clock_mhz=clock,
-                        bound_cycles={**bound, "nonlinear": fixed + nl_cycles},
+                        bound_cycles={**bound,
+                                      "nonlinear": fixed + nl_cycles + bound.get("nonlinear", 0)},
                         weight_ports=ports, datapath_bytes=width,
                     )
                 )  # fmt: skip
@@ -910,13 +1121,26 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
     return pool, evaluated
 
 
+def _chain_of(lanes: tuple[int, int, int], vector: int, width: int) -> frozenset[str]:
+    """The unit roles a candidate of these lanes (softmax, layernorm, gelu), array vector and
+    datapath chains (:data:`vitaccel.compile.schedule.CHAIN_DEFAULT`: none, or every role
+    its units can chain, :func:`vitaccel.compile.schedule.chain_candidates_of`). The
+    explorer prices ``"paying"`` as ``"all"``: in the cycle model a chained pair is never
+    slower than the two apart (its MATMUL's X comes at most ``drain - delay`` later, while
+    the unit's stream and drain, which it hides, are longer), which
+    tests/test_dse.py checks on the designs it prices."""
+    if scheduler.CHAIN_DEFAULT == "none":
+        return frozenset()
+    return scheduler.chain_candidates_of(lanes[0], lanes[1], vector, width)
+
+
 def _nl_key(m: _Model, g: int) -> int:
     return min(g, m.spec.heads) if g > 1 else 1
 
 
 def _lane_options(m: _Model, budget, lanes_all, clock_mhz, widths=SearchSpace.datapath_bytes):
-    """Per group count, residual fusion and datapath width: (lanes, cycles, usage, clock) of
-    the useful lane triples.
+    """Per group count, residual fusion, datapath width and whether units can chain (array
+    vector 16): (lanes, cycles, usage, clock) of the useful lane triples.
 
     Every triple (softmax, layernorm, gelu lanes) gets its cycles, its usage and the fastest
     clock the LUT-depth rule allows for it (with the engine's depth). A width takes the
@@ -950,16 +1174,24 @@ def _lane_options(m: _Model, budget, lanes_all, clock_mhz, widths=SearchSpace.da
             (lanes, sum(nl[u][n] for u, n in zip(units, lanes, strict=True)), use, clock)
             for lanes, use, clock in triples
         ]
-        # (cycles, LUT, -clock) of every triple: smaller is better on each
+        # (cycles, LUT, -clock) of every triple: smaller is better on each; where units
+        # chain (_chain_of), chaining ones too: a chained unit's cycles are mostly hidden
         keys = np.array([(o[1], o[2][lut], -o[3]) for o in opts], dtype=float)
-        for width in widths:
+        for width, chains in itertools.product(widths, (False, True)):
+            # (chains: on arrays of vector 16, where units of ``width`` lanes chain)
             inside = np.flatnonzero(widest <= width)
             k = keys[inside]
-            # Keep a triple unless another is no worse on all three and better on one.
+            if chains and scheduler.CHAIN_DEFAULT != "none":
+                # a chained unit's cycles are mostly hidden (_chain_of): chaining is a
+                # criterion too, so no triple that chains is dropped for one that does not
+                roles = [_chain_of(opts[i][0], WORD_BYTES, width) for i in inside]
+                k = np.hstack([k, np.array([[-("attn.softmax" in ch), -("norm1" in ch)]
+                                            for ch in roles]).reshape(len(inside), 2)])  # fmt: skip
+            # Keep a triple unless another is no worse on all criteria and better on one.
             no_worse = (k[:, None, :] <= k[None, :, :]).all(axis=2)  # [p, o]: p <= o
             better = (k[:, None, :] < k[None, :, :]).any(axis=2)
             dominated = (no_worse & better).any(axis=0)
-            out[(g, fuse, width)] = [
+            out[(g, fuse, width, chains)] = [
                 opts[i] for i, d in zip(inside, dominated, strict=True) if not d
             ]
     return out
