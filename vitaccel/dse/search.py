@@ -1129,9 +1129,15 @@ def _chain_of(lanes: tuple[int, int, int], vector: int, width: int) -> frozenset
     slower than the two apart (its MATMUL's X comes at most ``drain - delay`` later, while
     the unit's stream and drain, which it hides, are longer), which
     tests/test_dse.py checks on the designs it prices."""
-    if scheduler.CHAIN_DEFAULT == "none":
+    return _chain_roles_of(scheduler.CHAIN_DEFAULT, lanes[0], lanes[1], vector, width)
+
+
+@functools.lru_cache(maxsize=4096)  # (asked for every lane triple of every array)
+def _chain_roles_of(mode: str, softmax_lanes: int, layernorm_lanes: int, vector: int,
+                    width: int) -> frozenset[str]:  # fmt: skip
+    if mode == "none":
         return frozenset()
-    return scheduler.chain_candidates_of(lanes[0], lanes[1], vector, width)
+    return scheduler.chain_candidates_of(softmax_lanes, layernorm_lanes, vector, width)
 
 
 def _nl_key(m: _Model, g: int) -> int:
