@@ -164,7 +164,7 @@ def test_deit_base_design_compiles_and_its_program_equals_golden(
     1 MiB), its program is the schedule the cycle model prices, and on the ISA interpreter it gives the
     golden model's logits (random init, one image)."""
     from vitaccel.compile.compiler import compile_model
-    from vitaccel.compile.schedule import schedule
+    from vitaccel.compile.schedule import chain_roles, schedule
     from vitaccel.flow.codec import codec_for
     from vitaccel.models.evaluate import prepare
 
@@ -174,9 +174,11 @@ def test_deit_base_design_compiles_and_its_program_equals_golden(
     a = design.array
     _, _, golden, x, _ = prepare("deit-base", images=1)
     codec = codec_for(design)
-    compiled = compile_model(golden, groups=a.groups, codec=codec, spm_words=design.spm_kib * 64)
-    assert compiled.compact and compiled.spm_words <= design.spm_kib * 64 <= 1 << 16
     spec = get_spec("deit-base")
+    # (the chains of the design in the default mode, as the flows compile it)
+    compiled = compile_model(golden, groups=a.groups, codec=codec, spm_words=design.spm_kib * 64,
+                             chain=chain_roles(spec, design))  # fmt: skip
+    assert compiled.compact and compiled.spm_words <= design.spm_kib * 64 <= 1 << 16
     assert res.spm_words(spec) == compiled.spm_words
     _assert_compiled_from_schedule(compiled, schedule(spec, design))
     assert_program_equals_golden(compiled, codec, golden, golden.quantize_images(x))
