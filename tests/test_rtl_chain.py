@@ -52,14 +52,14 @@ class _Probed(Accelerator):
 
 
 def _run(design: Design, image: bytes, *, stall: float = 0.0, cycles: int = 30_000):
-    """Run ``image`` (program at 0) on the top; returns (DDR model, status/pc/cycles, the
-    X stream's beats into the engine as (engine command cycle, first, last beat cycle) per
-    MATMUL)."""
+    """Run ``image`` (program at 0) on the top; returns (DDR model, status/pc/cycles, per
+    MATMUL: (its engine command's cycle after the last unit reader command, the X stream's
+    first and last beat into the engine after the engine command))."""
     dut = _Probed(design)
     ram = AxiRamModel(dut.m_axi, 1 << 16, stall=stall, seed=3)
     ram.mem[BASE : BASE + len(image)] = image
     host = AxiLiteHost(dut.s_axil)
-    out, edges = {}, []
+    out, edges, unit_cmd = {}, [], [0]
 
     async def bench(ctx):
         for reg, value in ((Reg.PROG_ADDR_LO, BASE), (Reg.DATA_BASE_LO, BASE)):
@@ -76,12 +76,15 @@ def _run(design: Design, image: bytes, *, stall: float = 0.0, cycles: int = 30_0
     async def monitor(ctx):
         n = dut.probe
         cmd, x = n.engine.cmd, n.engine.x
+        unit_rd = [rd.cmd for rd in n.unit_rd.values()]
         t = 0
         while True:
             await ctx.tick()
             t += 1
+            if any(ctx.get(c.valid) and ctx.get(c.ready) for c in unit_rd):
+                unit_cmd[0] = t
             if ctx.get(cmd.valid) and ctx.get(cmd.ready):
-                edges.append([t, None, None])
+                edges.append([t, None, None, t - unit_cmd[0]])
             if ctx.get(x.valid) and ctx.get(x.ready) and edges:
                 e = edges[-1]
                 e[1] = t if e[1] is None else e[1]
@@ -94,7 +97,7 @@ def _run(design: Design, image: bytes, *, stall: float = 0.0, cycles: int = 30_0
     sim.add_testbench(bench)
     sim.run()
     assert not ram.errors, ram.errors[:3]
-    return ram, out, [(c, f - c, last - c) for c, f, last in edges if f is not None]
+    return ram, out, [(u, f - c, last - c) for c, f, last, u in edges if f is not None]
 
 
 def _unchained(prog):
@@ -172,10 +175,11 @@ def _check_pair(name, design, img: _Image, setup: list, unit: isa.Instr, mm: isa
     }
     print(
         f"{name}: unit {res['unit']} cycles, MATMUL {res['matmul']}, pair unchained "
-        f"{res['unchained']}, chained {res['chained']} (RTL, Amaranth sim, no stalls); X beats "
-        f"into the engine from its command handshake: first +{res['x_edges_chained'][0]}, last "
-        f"+{res['x_edges_chained'][1]} chained (unchained +{res['x_edges_unchained'][0]}, "
-        f"+{res['x_edges_unchained'][1]})"
+        f"{res['unchained']}, chained {res['chained']} (RTL, Amaranth sim, no stalls); MATMUL "
+        f"command +{edges[-1][0]} after the unit's reader command (unchained "
+        f"+{plain_edges[-1][0]}); X beats into the engine from the MATMUL's command: first "
+        f"+{res['x_edges_chained'][0]}, last +{res['x_edges_chained'][1]} chained (unchained "
+        f"+{res['x_edges_unchained'][0]}, +{res['x_edges_unchained'][1]})"
     )
     assert res["chained"] < res["unchained"], res
     return res
@@ -199,7 +203,11 @@ def _layernorm(rows, ch, src, dst, stride, params):
 
 def _weights(rng, design, n, k) -> bytes:
     q = rng.integers(-128, 128, size=(n, k))
-    bias, mult, shift = rng.integers(-5000, 5000, n), rng.integers(1, 1 << 15, n), rng.integers(12, 20, n)
+    bias, mult, shift = (
+        rng.integers(-5000, 5000, n),
+        rng.integers(1, 1 << 15, n),
+        rng.integers(12, 20, n),
+    )
     return codec_for(design).pack(q, np.zeros(n, dtype=np.int64), bias, mult, shift)
 
 

@@ -206,8 +206,12 @@ def _with_chains(design, compiled):
     nl, v, dp = design.nonlinear, design.array.vector, design.datapath_bytes
     lanes = {Op.SOFTMAX: nl.softmax_lanes, Op.LAYERNORM: nl.layernorm_lanes}
     prog = list(compiled.program)
-    for j, (unit, nxt) in enumerate(zip(prog, prog[1:])):
-        if unit.op in lanes and unit_chains(lanes[unit.op], v, dp) and not isa.chain_fits(unit, nxt):
+    for j, (unit, nxt) in enumerate(zip(prog[:-1], prog[1:], strict=True)):
+        if (
+            unit.op in lanes
+            and unit_chains(lanes[unit.op], v, dp)
+            and not isa.chain_fits(unit, nxt)
+        ):
             prog[j] = unit.replace(flags=unit.flags | type(unit.flags).CHAIN)
     image = bytearray(compiled.image)
     code = isa.encode_program(prog)

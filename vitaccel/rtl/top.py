@@ -980,6 +980,11 @@ class Accelerator(CheckedComponent):
         todo_zero = todo == 0  # the registered `todo` (cleared by the handshakes a cycle
         # earlier): the handshakes themselves are too deep a path into the state
         dma_error = Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()
+        # a chained unit runs on: the next instruction (its MATMUL) is decoded at once
+        issue_edges = [("ISSUE", todo_zero, "WAIT")]
+        if self.params.chains:
+            issue_edges = [("ISSUE", todo_zero & ~dec.chain, "WAIT"),
+                           ("ISSUE", todo_zero & dec.chain, "NEXT")]  # fmt: skip
         # (from, condition, to); None: always. DECODE applies the outcome the decoder worked
         # out in PREDECODE (registered, one-hot); WAIT's exit reads all_idle through a register
         # (the AND of every block's idle was the tail of an 11-level path into the state): it
@@ -998,9 +1003,7 @@ class Accelerator(CheckedComponent):
             ("PARAMS_WAIT", n.params_done & ~op_is.matmul, "ISSUE"),
             ("MM_SETUP", setup.checked & setup.ok, "ISSUE"),
             ("MM_SETUP", setup.checked & ~setup.ok, "IDLE"),
-            # a chained unit runs on: the next instruction (its MATMUL) is decoded at once
-            *([("ISSUE", todo_zero & ~dec.chain, "WAIT"), ("ISSUE", todo_zero & dec.chain, "NEXT")]
-              if self.params.chains else [("ISSUE", todo_zero, "WAIT")]),
+            *issue_edges,
             ("WAIT", wait_armed & n.all_idle_q, "NEXT"),
             ("NEXT", ~n.pf_want, "FETCH"),
             ("NEXT", n.pf_want & fetch.next_valid, "PREDECODE"),
