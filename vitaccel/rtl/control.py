@@ -221,14 +221,26 @@ class Decoder(wiring.Component):
         LAYERNORM, RESADD and SOFTMAX rows the units hold; longer rows end with ERROR.
     softmax_log2 : bool
         The build's softmax output: a SOFTMAX for the other one ends with ERROR.
+    chains : tuple of str
+        The units (``"softmax"``, ``"layernorm"``) that chain their rows into the next
+        MATMUL's X on this design (:func:`vitaccel.engine_timing.unit_chains`); their CHAIN
+        flag is ignored otherwise (the instruction runs as an ordinary one). With any:
+        ``chain_in`` (the previous instruction was a chain, still running) and ``chain``
+        (this instruction is one, registered when ``latch``); after a chain, anything but a
+        MATMUL that loads its X ends the run with ERROR.
     """
 
-    def __init__(self, *, vector, max_channels, resadd_channels, max_tokens, softmax_log2):
+    def __init__(self, *, vector, max_channels, resadd_channels, max_tokens, softmax_log2,
+                 chains=()):  # fmt: skip
         self._v = vector
         self._max_channels = max_channels
         self._resadd_channels = resadd_channels
         self._max_tokens = max_tokens
         self._softmax_log2 = softmax_log2
+        if not set(chains) <= {"softmax", "layernorm"}:
+            raise ValueError(f"chains must name softmax / layernorm, not {chains!r}")
+        self._chains = tuple(chains)
+        chain_ports = {"chain_in": In(1), "chain": Out(1)} if chains else {}
         super().__init__(
             {
                 "instr": In(instr_layout()),
@@ -246,6 +258,7 @@ class Decoder(wiring.Component):
                 "words": Out(16),
                 "error": Out(1),
                 "end": Out(1),
+                **chain_ports,
             }
         )
 
@@ -306,6 +319,15 @@ class Decoder(wiring.Component):
         ln_bad, res_bad, sm_bad = pre.ln_bad, pre.res_bad, pre.sm_bad
         bad_op = ~any_of(*op.as_value())
         err = any_of(op.layernorm & ln_bad, op.resadd & res_bad, op.softmax & sm_bad, bad_op)
+        end = op.end
+        if self._chains:
+            # after a chain only a MATMUL that loads its X (the chain's rows are its X)
+            chain_bad = self.chain_in & ~(op.matmul & ~i.matmul.flag.x_keep)
+            err = err | chain_bad
+            end = end & ~chain_bad
+            flag = {"softmax": op.softmax & i.softmax.flag.chain & ~sm_bad,
+                    "layernorm": op.layernorm & i.layernorm.flag.chain & ~ln_bad}  # fmt: skip
+            chain = any_of(*[flag[u] for u in self._chains]) & ~chain_bad
         states = {
             "IDLE": [op.end, err],
             "NEXT": [op.load & load_none, op.store & store_none],
@@ -313,6 +335,9 @@ class Decoder(wiring.Component):
             "PARAMS": [op.gelu, op.layernorm & ~ln_bad, op.resadd & ~res_bad, op.matmul & fused],
             "MM_SETUP": [op.matmul & ~fused],
         }
+        if self._chains:  # a broken chain goes to IDLE alone
+            states = {k: v if k == "IDLE" else [any_of(*v) & ~chain_bad] for k, v in states.items()}
+            states["IDLE"] = [*states["IDLE"], chain_bad]
         to = Signal(len(State))  # one-hot: the controller keeps its state as flags
         for name, terms in states.items():
             m.d.comb += to[State[name]].eq(any_of(*terms))
@@ -339,8 +364,10 @@ class Decoder(wiring.Component):
                 self.to.eq(to),
                 self.words.eq(words),
                 self.error.eq(err),
-                self.end.eq(op.end),
+                self.end.eq(end),
             ]
+            if self._chains:
+                m.d.sync += self.chain.eq(chain)
         return m
 
 

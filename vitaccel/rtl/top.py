@@ -34,7 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.design import Design
 from vitaccel.engine_host import EngineParams
-from vitaccel.engine_timing import top_out_depth, word_writes, x_beat_words
+from vitaccel.engine_timing import top_out_depth, unit_chains, word_writes, x_beat_words
 from vitaccel.isa import field_bits
 from vitaccel.rtl.axi import (
     DMA,
@@ -80,6 +80,7 @@ from vitaccel.rtl.spm import (
     WStreamBuilder,
     XStreamBuilder,
 )
+from vitaccel.rtl.spm.scratchpad import bank_lanes
 
 __all__ = [
     "Accelerator",
@@ -154,6 +155,13 @@ class TopParams:
         self.gelu_lanes = nl.gelu_lanes
         self.softmax_lanes = nl.softmax_lanes
         self.layernorm_lanes = nl.layernorm_lanes
+        # the units that chain their rows into the next MATMUL's X (docs/isa.md, "Chains"):
+        # lanes == datapath_bytes, so all of them share one reader / writer / fork
+        self.chains = tuple(
+            unit for unit, lanes in (("softmax", nl.softmax_lanes), ("layernorm", nl.layernorm_lanes))
+            if unit_chains(lanes, v, design.datapath_bytes)
+        )  # fmt: skip
+        self.chain_lanes = design.datapath_bytes if self.chains else None
         self.dma_fifo_depth = dma_fifo_depth
 
     @property
@@ -242,14 +250,17 @@ class Accelerator(CheckedComponent):
             n.unit_rd[lanes] = m.submodules[f"unit_rd{lanes}"] = RowReader(
                 lanes=lanes, **({"fetch_words": words} if words > 1 else {})
             )
+            # (a chaining unit's writer runs beside the MATMUL's writers: it yields to them)
+            yields = {"yields": True} if lanes == P.chain_lanes else {}
             n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(
-                lanes=lanes, **({"wide": True} if words > 1 else {})
+                lanes=lanes, **({"wide": True} if words > 1 else {}), **yields
             )
         m.submodules.res_wr = n.res_wr = RowWriter(lanes=16)
         # the X builder's beats are the engine's X beats: x_beat k-steps of V bytes
         m.submodules.xb = n.xb = XStreamBuilder(
-            groups=G, vector=E.x_beat * V, fetch_words=P.spm_banks
-        )
+            groups=G, vector=E.x_beat * V, fetch_words=P.spm_banks,
+            **({"chain": True} if P.chains else {}),
+        )  # fmt: skip
         fetch = {"fetch_words": P.spm_banks} if P.spm_banks > 1 else {}
         # W_SPM on an all-W8 array of several weight ports: a builder per port, each filling
         # its port's columns at a word a cycle (cost.spm_w_word_cycles); else one builder
@@ -314,6 +325,13 @@ class Accelerator(CheckedComponent):
         n.load_wr = spm.writers()[0]  # LOAD: DMA words -> SPM
         for i, client in enumerate(writers):
             wiring.connect(m, client, spm.writers()[1 + i])
+        if P.chains:
+            # the chaining unit's writer waits while the MATMUL's writers write (the
+            # scratchpad's write clients have no arbiter: the lower one would win a bank)
+            others = [n.brw.mem.en]
+            if words_path:
+                others += [lane.en for lane in bank_lanes(n.ow.wo)]
+            m.d.comb += n.unit_wr[P.chain_lanes].hold.eq(Cat(*others).any())
 
         m.submodules.gelu = n.gelu = GELU(lanes=P.gelu_lanes)
         m.submodules.softmax = n.softmax = E2Softmax(
@@ -348,6 +366,7 @@ class Accelerator(CheckedComponent):
             resadd_channels=P.resadd_channels,
             max_tokens=P.max_tokens,
             softmax_log2=P.softmax_log2,
+            **({"chains": P.chains} if P.chains else {}),
         )
         m.submodules.fetch = n.fetch = InstrFetch(predecode=n.dec.predecode)
         m.submodules.mm_setup = n.setup = MatmulSetup(
@@ -393,6 +412,16 @@ class Accelerator(CheckedComponent):
         ]
         n.cmd_valid = lambda name: n.todo[CMD[name]] & n.issuing
         n.data_base = st.data_base[:40]
+        if P.chains:
+            # a chain (docs/isa.md, "Chains"; _state_machine sets and clears these):
+            # chain_pending - the chained unit is issued, its MATMUL not yet decoded;
+            # chain_fwd - the unit's beats go to the X builder as well (until the MATMUL's
+            # WAIT ends, or the run does); chain_hold - the unit's routes held past its
+            # instruction (until that WAIT ends)
+            n.chain_pending = Signal()
+            n.chain_fwd = Signal()
+            n.chain_hold = {u: Signal(name=f"chain_hold_{u}") for u in P.chains}
+            m.d.comb += n.dec.chain_in.eq(n.chain_pending)
 
     def _dma_reads(self, m: Module, n: SimpleNamespace) -> None:
         """The DMA reader's commands (fetch, prefetch, LOAD, packed W) and where its words go.
@@ -678,14 +707,25 @@ class Accelerator(CheckedComponent):
         res_shift = Signal(6)
         shift_field = Mux(op_is.matmul, n.mm.residual_shift, i.resadd.shift)
         m.d.sync += res_shift.eq(Mux(shift_field > 63, 63, shift_field))
-        m.d.comb += [
-            softmax.in_shift.eq(i.softmax.in_shift),
-            ln.recip_mult.eq(i.layernorm.recip_mult),
-            ln.recip_shift.eq(i.layernorm.recip_shift),
-            ln.out_shift.eq(i.layernorm.out_shift),
-            ln.eps_q.eq(i.layernorm.eps_q),
-            resadd.shift.eq(res_shift),
-        ]
+        scalars = {
+            "softmax": [(softmax.in_shift, i.softmax.in_shift)],
+            "layernorm": [
+                (ln.recip_mult, i.layernorm.recip_mult),
+                (ln.recip_shift, i.layernorm.recip_shift),
+                (ln.out_shift, i.layernorm.out_shift),
+                (ln.eps_q, i.layernorm.eps_q),
+            ],
+        }
+        for unit, pairs in scalars.items():
+            if unit in P.chains:
+                # a chained unit runs on under the next instruction: its scalars are
+                # registered while its own instruction is the current one (the decoder's
+                # `op`, in step with the instruction register; `op_is` is a cycle late)
+                with m.If(getattr(n.dec.op, unit)):
+                    m.d.sync += [port.eq(field) for port, field in pairs]
+            else:
+                m.d.comb += [port.eq(field) for port, field in pairs]
+        m.d.comb += resadd.shift.eq(res_shift)
         rows = row_fields(i)
         reads = {"base": rows.src, "stride": rows.src_stride, "rows": rows.rows, "cols": rows.cols}
         writes = {**reads, "base": rows.dst, "stride": rows.dst_stride}
@@ -695,7 +735,10 @@ class Accelerator(CheckedComponent):
         for lanes in n.unit_lanes:
             rd, wr = n.unit_rd[lanes], n.unit_wr[lanes]
             mine = [(name, unit) for name, unit, ln_ in units if ln_ == lanes]
-            sel = Cat(*[getattr(op_is, name) for name, _ in mine])
+            # (a chained unit's routes stay while the next instruction runs)
+            hold = getattr(n, "chain_hold", {})
+            sel = Cat(*[getattr(op_is, name) | hold[name] if name in hold
+                        else getattr(op_is, name) for name, _ in mine])  # fmt: skip
             m.d.comb += [
                 rd.cmd.valid.eq(n.cmd_valid("unit_rd") & sel.any()),
                 *assign(rd.cmd.payload, **reads),
@@ -707,7 +750,10 @@ class Accelerator(CheckedComponent):
             m.submodules[f"unit_in{lanes}"] = fan = StreamDemux(rd.o.payload.shape(), len(mine))
             m.submodules[f"unit_out{lanes}"] = mux = StreamMux(wr.i.payload.shape(), len(mine))
             wiring.connect(m, rd.o, fan.i)
-            wiring.connect(m, mux.o, wr.i)
+            if lanes == P.chain_lanes:
+                self._chain_fork(m, n, mux.o, wr.i, n.xb.chain)
+            else:
+                wiring.connect(m, mux.o, wr.i)
             m.d.comb += [fan.sel.eq(sel), mux.sel.eq(sel)]
             for k, (_, unit) in enumerate(mine):
                 into, out, beat = unit.i.payload, unit.o.payload, mux.i[k].payload
@@ -757,6 +803,21 @@ class Accelerator(CheckedComponent):
         m.d.comb += runs.sel.eq(Cat(*[sel for _, sel in sources]))
         wiring.connect(m, runs.o, n.brw.i)
 
+    @staticmethod
+    def _chain_fork(m: Module, n: SimpleNamespace, src, wr, xb) -> None:
+        """The chaining unit's output beats to its writer ``wr`` and, while ``chain_fwd``,
+        to the X builder's chain input ``xb`` as well: a beat leaves when both take it. Both
+        readys are registers (skid buffers), so neither valid waits on a path through the
+        other consumer."""
+        fwd = n.chain_fwd
+        m.d.comb += [
+            wr.payload.eq(src.payload),
+            xb.payload.eq(src.payload),
+            wr.valid.eq(src.valid & (~fwd | xb.ready)),
+            xb.valid.eq(src.valid & fwd & wr.ready),
+            src.ready.eq(wr.ready & (~fwd | xb.ready)),
+        ]
+
     def _matmul(self, m: Module, n: SimpleNamespace) -> None:
         """MATMUL: the engine's command, the X/W builders, the output writer, the W streams."""
         P = self.params
@@ -789,6 +850,8 @@ class Accelerator(CheckedComponent):
         ]  # fmt: skip
         if n.mixed:
             m.d.comb += assign(ow.cmd.payload, nsteps=setup.nsteps, w8_rule=n.w_spm)
+        if P.chains:  # a chained unit's rows are this MATMUL's X; stale ones dropped in IDLE
+            m.d.comb += [xb.cmd.payload.chain.eq(n.chain_fwd), xb.drop.eq(n.at("IDLE"))]
         wiring.connect(m, xb.o, engine.x)
         mm_gelu = n.mm_gelu
         gelu_in = mm_gelu.i.payload.data.as_value()
@@ -917,6 +980,11 @@ class Accelerator(CheckedComponent):
         todo_zero = todo == 0  # the registered `todo` (cleared by the handshakes a cycle
         # earlier): the handshakes themselves are too deep a path into the state
         dma_error = Cat(n.dma.error, *[rd.error for rd in n.wdma]).any()
+        # a chained unit runs on: the next instruction (its MATMUL) is decoded at once
+        issue_edges = [("ISSUE", todo_zero, "WAIT")]
+        if self.params.chains:
+            issue_edges = [("ISSUE", todo_zero & ~dec.chain, "WAIT"),
+                           ("ISSUE", todo_zero & dec.chain, "NEXT")]  # fmt: skip
         # (from, condition, to); None: always. DECODE applies the outcome the decoder worked
         # out in PREDECODE (registered, one-hot); WAIT's exit reads all_idle through a register
         # (the AND of every block's idle was the tail of an 11-level path into the state): it
@@ -935,7 +1003,7 @@ class Accelerator(CheckedComponent):
             ("PARAMS_WAIT", n.params_done & ~op_is.matmul, "ISSUE"),
             ("MM_SETUP", setup.checked & setup.ok, "ISSUE"),
             ("MM_SETUP", setup.checked & ~setup.ok, "IDLE"),
-            ("ISSUE", todo_zero, "WAIT"),
+            *issue_edges,
             ("WAIT", wait_armed & n.all_idle_q, "NEXT"),
             ("NEXT", ~n.pf_want, "FETCH"),
             ("NEXT", n.pf_want & fetch.next_valid, "PREDECODE"),
@@ -1005,6 +1073,29 @@ class Accelerator(CheckedComponent):
         with m.If(dma_error):
             m.d.comb += n.error_set.eq(1)
             m.d.sync += n.busy.eq(0)
+        if self.params.chains:
+            self._chain_flags(m, n, leaving)
+
+    def _chain_flags(self, m: Module, n: SimpleNamespace, leaving) -> None:
+        """A chain's registers: set as the chained unit's instruction is issued (its reader
+        and writer commands taken: ISSUE -> NEXT), ``chain_pending`` cleared as the next
+        instruction is decoded (the decoder checks it is a MATMUL loading its X), the fork
+        and the routes held until that MATMUL's WAIT ends (every block idle, the unit's
+        included; its NEXT). A run that ends (error) drops the fork: the unit's rows still reach the
+        scratchpad, and its routes are freed by the next START."""
+        dec, f = n.dec, n.flags
+        with leaving("ISSUE", (n.todo == 0) & dec.chain):
+            m.d.sync += [n.chain_pending.eq(1), n.chain_fwd.eq(1)]
+            m.d.sync += [hold.eq(getattr(n.op_is, u)) for u, hold in n.chain_hold.items()]
+        with leaving("DECODE"):
+            m.d.sync += n.chain_pending.eq(0)
+        # NEXT with no chain pending: after the MATMUL's WAIT (every block idle)
+        with m.If(f["NEXT"] & ~n.chain_pending):
+            m.d.sync += [n.chain_fwd.eq(0), *[h.eq(0) for h in n.chain_hold.values()]]
+        with m.If(f["IDLE"]):
+            m.d.sync += [n.chain_pending.eq(0), n.chain_fwd.eq(0)]
+            with m.If(n.status.start):
+                m.d.sync += [h.eq(0) for h in n.chain_hold.values()]
 
 
 # The states in which the controller's commands go out (`cmd_valid`).

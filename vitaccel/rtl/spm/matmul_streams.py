@@ -19,6 +19,7 @@ from vitaccel.isa import WORD_BYTES
 from vitaccel.rtl.common import (
     CheckedComponent,
     check_int,
+    row_layout,
     row_signature,
 )
 from vitaccel.rtl.skid import SkidBuffer
@@ -1539,7 +1540,9 @@ def _builder_frame(m: Module, builder) -> tuple:
     return rd, out
 
 
-def xbuild_cmd_layout() -> data.StructLayout:
+def xbuild_cmd_layout(chain: bool = False) -> data.StructLayout:
+    """The X builder's command; with ``chain`` (a builder that takes chains) a ``chain`` bit:
+    the real groups' rows come on the builder's ``chain`` input, not from the scratchpad."""
     return data.StructLayout(
         {
             "base": unsigned(ADDR_BITS),
@@ -1549,6 +1552,7 @@ def xbuild_cmd_layout() -> data.StructLayout:
             "heads": unsigned(1),
             "nheads": unsigned(8),
             "head_step": unsigned(16),
+            **({"chain": unsigned(1)} if chain else {}),
         }
     )
 
@@ -1560,32 +1564,47 @@ class XStreamBuilder(CheckedComponent):
     beat: the engine's ``x_beat * vector`` bytes (several k-steps of a token per beat); on a
     banked scratchpad the reader fetches ``fetch_words`` consecutive words per grant.
 
+    With ``chain`` (docs/isa.md, "Chains") the builder also takes a unit's output rows: a
+    command with its ``chain`` bit takes the real groups' beats from the ``chain`` input (a
+    unit of ``vector`` lanes: its beat is the X beat, its rows the builder's rows in order;
+    bytes past a beat's ``count`` read as 0, as the reader's past K) and reads nothing.
+
     Members
     -------
-    cmd : ``In(stream.Signature(xbuild_cmd_layout()))``
+    cmd : ``In(stream.Signature(xbuild_cmd_layout(chain)))``
     o : ``Out(stream.Signature(unsigned(8 * vector)))``
     mem : ``Out(read_client_signature())``
     idle : ``Out(1)``
+    chain : ``In(row_signature(unsigned(8), vector))``
+        (``chain`` only) The unit's output beats, through a skid buffer (its ``ready`` is a
+        register: the unit's fork to its writer ANDs it without a loop).
+    drop : ``In(1)``
+        (``chain`` only) Discard chain beats while no job runs (a run ended by an error
+        before the MATMUL took them).
     """
 
     @classmethod
-    def check(cls, *, groups, vector, fetch_words=1):
+    def check(cls, *, groups, vector, fetch_words=1, chain=False):
         check_int("groups", groups, 1, 64)
         _check_lanes(vector, "vector")
+        if not isinstance(chain, bool):
+            raise TypeError(f"chain must be a bool, not {chain!r}")
 
-    def __init__(self, *, groups: int, vector: int, fetch_words: int = 1):
+    def __init__(self, *, groups: int, vector: int, fetch_words: int = 1, chain: bool = False):
         self.groups = groups
         self.vector = vector
-        super().__init__(
-            _builder_members(self, xbuild_cmd_layout(), 8 * vector, vector, fetch_words)
-        )
+        self.chains = chain
+        members = _builder_members(self, xbuild_cmd_layout(chain), 8 * vector, vector, fetch_words)
+        if chain:
+            members |= {"chain": In(row_signature(unsigned(8), vector)), "drop": In(1)}
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
         rd, out = _builder_frame(m, self)
         src = out.i
         V = self.vector
-        job = Signal(xbuild_cmd_layout())
+        job = Signal(xbuild_cmd_layout(self.chains))
         active = Signal()
         g = Signal(8)
         base = Signal(ADDR_BITS)
@@ -1620,10 +1639,32 @@ class XStreamBuilder(CheckedComponent):
             rd.cmd.payload.stride.eq(job.stride),
             rd.cmd.payload.rows.eq(job.tokens),
             rd.cmd.payload.cols.eq(job.k),
-            rd.cmd.valid.eq(active & ~issued & real),
-        ]
+            rd.cmd.valid.eq(active & ~issued & real & ~job.chain if self.chains else
+                            active & ~issued & real),
+        ]  # fmt: skip
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += issued.eq(1)
+        # the beats of a real group: the reader's, or a chain's (no command: "issued" at once)
+        beats = rd.o
+        if self.chains:
+            m.submodules.chain_in = ch = SkidBuffer(row_layout(unsigned(8), V))
+            wiring.connect(m, wiring.flipped(self.chain), ch.i)
+            with m.If(active & ~issued & real & job.chain):
+                m.d.sync += issued.eq(1)
+            beats = stream.Signature(row_layout(unsigned(8), V)).create(path=("xb_beats",))
+            data = ch.o.payload.data
+            chain_data = Cat(*[Mux(ch.o.payload.count > j, data[j], 0) for j in range(V)])
+            with m.If(job.chain):
+                m.d.comb += [
+                    beats.valid.eq(ch.o.valid),
+                    beats.payload.data.as_value().eq(chain_data),
+                    beats.payload.last.eq(ch.o.payload.last),
+                    ch.o.ready.eq(beats.ready),
+                ]
+            with m.Else():
+                wiring.connect(m, rd.o, wiring.flipped(beats))
+            with m.If(~active & self.drop):
+                m.d.comb += ch.o.ready.eq(1)
         # a group of zero words counts down; "one left" is a register (a 32-bit compare
         # of the counter sat in the handshake). A group of one word: T = 1 (row_is_last at
         # every group's start) and KS = 1 (K <= V), not the product's compare (8.0 levels
@@ -1642,9 +1683,9 @@ class XStreamBuilder(CheckedComponent):
         last_of_group = Signal()
         with m.If(real):
             m.d.comb += [
-                src.valid.eq(active & issued & rd.o.valid),
-                src.payload.eq(rd.o.payload.data.as_value()),
-                rd.o.ready.eq(active & issued & src.ready),
+                src.valid.eq(active & issued & beats.valid),
+                src.payload.eq(beats.payload.data.as_value()),
+                beats.ready.eq(active & issued & src.ready),
             ]
             # the group ends with the last beat of its last row; count rows
         with m.Else():
@@ -1652,7 +1693,7 @@ class XStreamBuilder(CheckedComponent):
         fire = src.valid & src.ready
         with m.If(fire):
             with m.If(real):
-                with m.If(rd.o.payload.last):
+                with m.If(beats.payload.last):
                     m.d.sync += [
                         rows_to_go.eq(rows_to_go - 1),
                         row_is_last.eq(row_next_last),

@@ -177,24 +177,33 @@ class RowWriter(CheckedComponent):
         (not ``wide``)
     mem : ``Out(write_client_signature(words=lanes // 16))``
         (``wide``)
+    hold : ``In(1)``
+        (``yields`` only) Another write client writes the scratchpad this cycle: this
+        writer's write waits (``mem.en`` low, the write presented again next cycle, no beat
+        taken meanwhile). A chained unit's writer (docs/isa.md, "Chains") runs beside the
+        MATMUL's output writers, and the scratchpad's write port has no arbiter.
     idle : ``Out(1)``
         No command in progress (every beat of the last command has left as a run / write).
     """
 
     @classmethod
-    def check(cls, *, lanes, wide=False):
+    def check(cls, *, lanes, wide=False, yields=False):
         _check_lanes(lanes)
         if wide and lanes not in (32, 64):
             raise ValueError(f"a wide RowWriter needs lanes 32 or 64, not {lanes!r}")
+        if yields and not wide:
+            raise ValueError("only a wide RowWriter yields its writes (yields=True needs wide)")
 
-    def __init__(self, *, lanes: int, wide: bool = False):
+    def __init__(self, *, lanes: int, wide: bool = False, yields: bool = False):
         self.lanes = lanes
         self.wide = wide
+        self.yields = yields
         out = (
-            {"mem": Out(write_client_signature(words=lanes // WORD_BYTES))}
+            {"mem": Out(write_client_signature(words=lanes // WORD_BYTES)),
+             **({"hold": In(1)} if yields else {})}
             if wide
             else {"o": Out(stream.Signature(run_layout()))}
-        )
+        )  # fmt: skip
         super().__init__(
             {
                 "cmd": In(stream.Signature(writer_cmd_layout())),
@@ -325,10 +334,16 @@ class RowWriter(CheckedComponent):
             cols_mask.eq(lanes_below(cp.cols)),
         ], first=[last_row.eq(cp.rows == 1)])  # fmt: skip
         # the scratchpad takes a write every cycle: no back-pressure past the skid buffer
+        # (unless it yields: a held write waits, and so does the next beat)
         fire = Signal()
-        m.d.comb += [fire.eq(active & sink.valid), sink.ready.eq(active)]
         en = Signal()
-        m.d.sync += en.eq(fire)
+        if self.yields:
+            wait = en & self.hold
+            m.d.comb += [fire.eq(active & sink.valid & ~wait), sink.ready.eq(active & ~wait)]
+            m.d.sync += en.eq(fire | wait)
+        else:
+            m.d.comb += [fire.eq(active & sink.valid), sink.ready.eq(active)]
+            m.d.sync += en.eq(fire)
         with m.If(fire):
             m.d.sync += [
                 self.mem.addr.eq(addr),
@@ -346,5 +361,8 @@ class RowWriter(CheckedComponent):
                     row_end.eq(beat_left <= 2 * L),
                     mask.eq(Cat(*[beat_left > L + i for i in range(L)])),
                 ]
-        m.d.comb += [self.mem.en.eq(en), self.idle.eq(~active & ~inb.busy & ~en)]
+        m.d.comb += [
+            self.mem.en.eq(en & ~self.hold if self.yields else en),
+            self.idle.eq(~active & ~inb.busy & ~en),
+        ]
         return m
