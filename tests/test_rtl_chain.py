@@ -60,6 +60,7 @@ def _run(design: Design, image: bytes, *, stall: float = 0.0, cycles: int = 30_0
     ram.mem[BASE : BASE + len(image)] = image
     host = AxiLiteHost(dut.s_axil)
     out, edges, unit_cmd = {}, [], [0]
+    out["yields"] = 0
 
     async def bench(ctx):
         for reg, value in ((Reg.PROG_ADDR_LO, BASE), (Reg.DATA_BASE_LO, BASE)):
@@ -77,10 +78,15 @@ def _run(design: Design, image: bytes, *, stall: float = 0.0, cycles: int = 30_0
         n = dut.probe
         cmd, x = n.engine.cmd, n.engine.x
         unit_rd = [rd.cmd for rd in n.unit_rd.values()]
+        # the chaining unit's writer held off the port while it has a command (an upper
+        # bound of the writes that waited: the MATMUL's writers wrote while the unit's ran)
+        wr = n.unit_wr.get(TopParams(design).chain_lanes)
         t = 0
         while True:
             await ctx.tick()
             t += 1
+            if wr is not None and ctx.get(wr.hold) and not ctx.get(wr.idle):
+                out["yields"] += 1
             if any(ctx.get(c.valid) and ctx.get(c.ready) for c in unit_rd):
                 unit_cmd[0] = t
             if ctx.get(cmd.valid) and ctx.get(cmd.ready):
@@ -159,6 +165,7 @@ def _check_pair(name, design, img: _Image, setup: list, unit: isa.Instr, mm: isa
     def cycles(p):
         ram, out, edges = _run(design, img.with_program(p))
         assert out["status"] == STATUS_DONE, out
+        cycles.yields = out["yields"]
         return out["cycles"], edges
 
     base, _ = cycles(setup)
@@ -166,6 +173,7 @@ def _check_pair(name, design, img: _Image, setup: list, unit: isa.Instr, mm: isa
     pair, plain_edges = cycles(_unchained(prog))
     pair_chained, edges = cycles(prog)
     res = {
+        "yields": cycles.yields,
         "unit": unit_only - base,
         "matmul": pair - unit_only,
         "unchained": pair - base,
@@ -179,7 +187,8 @@ def _check_pair(name, design, img: _Image, setup: list, unit: isa.Instr, mm: isa
         f"command +{edges[-1][0]} after the unit's reader command (unchained "
         f"+{plain_edges[-1][0]}); X beats into the engine from the MATMUL's command: first "
         f"+{res['x_edges_chained'][0]}, last +{res['x_edges_chained'][1]} chained (unchained "
-        f"+{res['x_edges_unchained'][0]}, +{res['x_edges_unchained'][1]})"
+        f"+{res['x_edges_unchained'][0]}, +{res['x_edges_unchained'][1]}); cycles the unit's "
+        f"writer was held while busy: {res['yields']}"
     )
     assert res["chained"] < res["unchained"], res
     return res
@@ -244,6 +253,28 @@ def _ln_pair(rng, fused: str | None = None):
 def test_layernorm_chained_into_a_shared_matmul():
     """(a) LAYERNORM(CHAIN) -> MATMUL, shared mode, W from DDR."""
     _check_pair("LN 7x64 -> MATMUL T7 K64 N40", *_ln_pair(np.random.default_rng(1)))
+
+
+def test_layernorm_chain_writes_beside_the_matmuls_writes():
+    """LAYERNORM(CHAIN, in place) of 128 tokens x 32 channels -> a shared MATMUL with W from
+    the scratchpad (one step of 16 channels), on CHAIN_TOP with an X buffer for 128 tokens:
+    the engine's first tiles are written while the unit still writes its rows, so the unit's
+    writer must yield the scratchpad's write port to the MATMUL's (the write clients have no
+    arbiter)."""
+    design = CHAIN_TOP.model_copy(update={"input_buffer_kib": 8})
+    rng = np.random.default_rng(6)
+    img = _Image()
+    tokens, ch, n = 128, 32, 16
+    x = img.add(_random_words(rng, tokens * 2))
+    par = img.add(_ln_block(rng, ch))
+    w = img.add(_random_words(rng, n * 2))
+    setup = [isa.load(spm=0, words=tokens * 2, ddr=x), isa.load(spm=260, words=16, ddr=par),
+             isa.load(spm=280, words=n * 2, ddr=w)]  # fmt: skip
+    unit = _layernorm(tokens, ch, src=0, dst=0, stride=2, params=260)
+    mm = isa.matmul(x=0, x_stride=2, tokens=tokens, k=ch, n=n, y=320, y_stride=1, w_spm=280,
+                    w_stride=2, mult=5, shift=9)  # fmt: skip
+    res = _check_pair("LN 128x32 -> MATMUL T128 K32 N16 (W_SPM)", design, img, setup, unit, mm)
+    assert res["yields"] > 0, res
 
 
 @pytest.mark.parametrize("fused", ["gelu", "resadd"])

@@ -1517,10 +1517,12 @@ class ResidualRuns(CheckedComponent):
         return m
 
 
-def _builder_members(builder, cmd_layout, word_bits: int, vector: int, fetch_words=1) -> dict:
+def _builder_members(builder, cmd_layout, word_bits: int, vector: int, fetch_words=1,
+                     inject=False) -> dict:  # fmt: skip
     """The members of a stream builder (and its row reader, ``vector`` lanes, reading
-    ``fetch_words`` SPM words per request)."""
-    builder.reader = RowReader(lanes=vector, fetch_words=fetch_words)
+    ``fetch_words`` SPM words per request; ``inject``: it takes a chain's beats)."""
+    builder.reader = RowReader(lanes=vector, fetch_words=fetch_words,
+                               **({"inject": True} if inject else {}))  # fmt: skip
     return {
         "cmd": In(stream.Signature(cmd_layout)),
         "o": Out(stream.Signature(unsigned(word_bits))),
@@ -1594,7 +1596,9 @@ class XStreamBuilder(CheckedComponent):
         self.groups = groups
         self.vector = vector
         self.chains = chain
-        members = _builder_members(self, xbuild_cmd_layout(chain), 8 * vector, vector, fetch_words)
+        members = _builder_members(
+            self, xbuild_cmd_layout(chain), 8 * vector, vector, fetch_words, inject=chain
+        )
         if chain:
             members |= {"chain": In(row_signature(unsigned(8), vector)), "drop": In(1)}
         super().__init__(members)
@@ -1644,27 +1648,24 @@ class XStreamBuilder(CheckedComponent):
         ]  # fmt: skip
         with m.If(rd.cmd.valid & rd.cmd.ready):
             m.d.sync += issued.eq(1)
-        # the beats of a real group: the reader's, or a chain's (no command: "issued" at once)
+        # the beats of a real group: the reader's, or in a chain job the chain's, injected
+        # into the reader's output skid (no reader command: "issued" at once)
         beats = rd.o
         if self.chains:
             m.submodules.chain_in = ch = SkidBuffer(row_layout(unsigned(8), V))
             wiring.connect(m, wiring.flipped(self.chain), ch.i)
             with m.If(active & ~issued & real & job.chain):
                 m.d.sync += issued.eq(1)
-            beats = stream.Signature(row_layout(unsigned(8), V)).create(path=("xb_beats",))
-            data = ch.o.payload.data
-            chain_data = Cat(*[Mux(ch.o.payload.count > j, data[j], 0) for j in range(V)])
-            with m.If(job.chain):
-                m.d.comb += [
-                    beats.valid.eq(ch.o.valid),
-                    beats.payload.data.as_value().eq(chain_data),
-                    beats.payload.last.eq(ch.o.payload.last),
-                    ch.o.ready.eq(beats.ready),
-                ]
-            with m.Else():
-                wiring.connect(m, rd.o, wiring.flipped(beats))
-            with m.If(~active & self.drop):
-                m.d.comb += ch.o.ready.eq(1)
+            # a chain job runs (a register beside `active`: no stale beat enters the reader)
+            chain_on = Signal()
+            with m.If(self.cmd.valid & ~active):
+                m.d.sync += chain_on.eq(self.cmd.payload.chain)
+            m.d.comb += [
+                rd.inject.valid.eq(ch.o.valid),
+                rd.inject.payload.eq(ch.o.payload),
+                rd.inject_on.eq(chain_on),
+                ch.o.ready.eq(rd.inject.ready | (~active & self.drop)),
+            ]
         # a group of zero words counts down; "one left" is a register (a 32-bit compare
         # of the counter sat in the handshake). A group of one word: T = 1 (row_is_last at
         # every group's start) and KS = 1 (K <= V), not the product's compare (8.0 levels
@@ -1719,6 +1720,8 @@ class XStreamBuilder(CheckedComponent):
             ]
             with m.If(g_final):
                 m.d.sync += active.eq(0)
+                if self.chains:
+                    m.d.sync += chain_on.eq(0)
         m.d.comb += self.idle.eq(~active & ~out.busy)
         return m
 

@@ -69,25 +69,37 @@ class RowReader(CheckedComponent):
     mem : ``Out(read_client_signature())``
     idle : ``Out(1)``
         Every beat of every accepted command has been delivered.
+    inject : ``In(row_signature(unsigned(8), lanes))``
+        (``inject`` only) While ``inject_on``, ``o`` carries these beats instead of the
+        reader's own (lanes past a beat's ``count`` as 0, as the reader's past ``cols``),
+        through the same output skid buffer: the X builder's chain input (docs/isa.md,
+        "Chains"), so the builder's handshake logic sees one source as before. The reader
+        must have no command in progress meanwhile.
+    inject_on : ``In(1)``
+        (``inject`` only) A register of the consumer's.
     """
 
     @classmethod
-    def check(cls, *, lanes, fifo_depth, fetch_words=1):
+    def check(cls, *, lanes, fifo_depth, fetch_words=1, inject=False):
         _check_lanes(lanes)
         check_int("fifo_depth", fifo_depth, 2, 64)
         if fetch_words not in (1, 2, 4):
             raise ValueError(f"fetch_words must be 1, 2 or 4, not {fetch_words!r}")
 
-    def __init__(self, *, lanes: int, fifo_depth: int = 4, fetch_words: int = 1):
+    def __init__(self, *, lanes: int, fifo_depth: int = 4, fetch_words: int = 1,
+                 inject: bool = False):  # fmt: skip
         self.lanes = lanes
         self.fifo_depth = fifo_depth
         self.fetch_words = fetch_words
+        self.injects = inject
+        extra = {"inject": In(row_signature(unsigned(8), lanes)), "inject_on": In(1)}
         super().__init__(
             {
                 "cmd": In(stream.Signature(reader_cmd_layout())),
                 "o": Out(row_signature(unsigned(8), lanes)),
                 "mem": Out(read_client_signature(words=fetch_words)),
                 "idle": Out(1),
+                **(extra if inject else {}),
             }
         )
 
@@ -298,7 +310,9 @@ class RowReader(CheckedComponent):
         count = Signal(count_bits(L))
         m.d.comb += count.eq(Mux(is_last, remaining, L))
         beat = Signal(row_layout(unsigned(8), L))
-        fire = src.valid & src.ready
+        # (with inject, the reader's own beat is valid on `own`; src.valid is chosen below)
+        own = Signal(name="own_valid") if self.injects else src.valid
+        fire = own & src.ready
         word_done = Signal()  # this beat uses the last bytes taken from the head word
 
         if L <= FB:
@@ -308,7 +322,7 @@ class RowReader(CheckedComponent):
             raw = Signal(8 * L)
             m.d.comb += raw.eq(slices[sub])
             m.d.comb += [
-                src.valid.eq(loaded & words.r_rdy),
+                own.eq(loaded & words.r_rdy),
                 word_done.eq(is_last | (sub == per_word - 1)),
                 pop.eq(fire & word_done),
             ]
@@ -333,11 +347,28 @@ class RowReader(CheckedComponent):
             with m.If(fire):
                 m.d.sync += full.eq(0)
             raw = Cat(*gather)
-            m.d.comb += src.valid.eq(full)
+            m.d.comb += own.eq(full)
 
         for i in range(L):
             m.d.comb += beat.data[i].eq(Mux(lane_mask[i], raw[8 * i : 8 * i + 8], 0))
-        m.d.comb += [beat.count.eq(count), beat.last.eq(is_last), src.payload.eq(beat)]
+        m.d.comb += [beat.count.eq(count), beat.last.eq(is_last)]
+        if self.injects:
+            inj, on = self.inject, self.inject_on
+            kept = Cat(*[Mux(inj.payload.count > i, inj.payload.data[i], 0) for i in range(L)])
+            m.d.comb += [
+                src.valid.eq(Mux(on, inj.valid, own)),
+                inj.ready.eq(on & src.ready),
+            ]
+            with m.If(on):
+                m.d.comb += [
+                    src.payload.data.as_value().eq(kept),
+                    src.payload.count.eq(inj.payload.count),
+                    src.payload.last.eq(inj.payload.last),
+                ]
+            with m.Else():
+                m.d.comb += src.payload.eq(beat)
+        else:
+            m.d.comb += src.payload.eq(beat)
 
         m.d.comb += info.r_en.eq(0)
         with m.If(fire):
