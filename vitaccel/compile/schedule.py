@@ -81,9 +81,9 @@ class CompileError(ValueError):
 # Which unit instructions chain into the next MATMUL's X (docs/isa.md "Chains"): "none",
 # "all" (every pair that fits on a unit the design can chain) or "paying" (only the pairs
 # the cycle model says gain). The one default the compiler, the cycle model and the
-# explorer read. "none" until the RTL that runs chains is merged.
+# explorer read; the RTL runs chains where engine_timing.unit_chains holds.
 CHAIN_MODES = ("none", "all", "paying")
-CHAIN_DEFAULT = "none"
+CHAIN_DEFAULT = "paying"
 
 # The unit instructions that may chain, by role (the label without the block prefix), and
 # the unit kind whose lanes decide whether the design can chain them.
