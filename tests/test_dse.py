@@ -1205,6 +1205,11 @@ def test_chained_x_stream_waits_for_a_unit_slower_to_start_than_its_matmul():
     # (step 0 waits for W here: a short delay of X changes nothing, a long one does)
     assert matmul_cycles(*shape, x_beat=4, x_stretch=cost.chain_line(40, 10)) == base
     assert matmul_cycles(*shape, x_beat=4, x_stretch=cost.chain_line(2010, 10)) > base
+    # a unit narrower than the datapath (beats packed, ratio unit beats an X beat): its floor
+    # line holds even when it starts ahead of its MATMUL, at ratio cycles an X beat
+    assert cost.chain_ratio(96, 32, 64) == 1.5 and cost.chain_ratio(768, 64, 64) == 1
+    assert cost.chain_line(10, 40, ratio=2.0) == ((2.0, -30.0, 1),)
+    assert x_edge(100, cost.chain_line(40, 10, ratio=1.5)) == 180
 
 
 @pytest.mark.parametrize("model, space, mode", [
@@ -1219,7 +1224,7 @@ def test_explorer_prices_chains_as_the_cycle_model(monkeypatch, model, space, mo
     faster than the same one priced without chains. "paying" is priced as "all" by the
     explorer: equal because no role loses."""
     from vitaccel.compile import schedule as sch
-    from vitaccel.dse.search import SearchSpace, _chain_of, search, to_design
+    from vitaccel.dse.search import SearchSpace, _chain_lanes_of, _chain_of, search, to_design
 
     monkeypatch.setattr(sch, "CHAIN_DEFAULT", mode)
     result = search(model, "zcu102", space=SearchSpace(**space) if space else SearchSpace(),
@@ -1234,6 +1239,11 @@ def test_explorer_prices_chains_as_the_cycle_model(monkeypatch, model, space, mo
     if model == "deit-small":
         assert any(c.groups == 2 for c in picked) or any(c.groups == 2 for c in w8)
         picked += [c for c in w8 if c.groups == 2][:3]
+    # units narrower than the datapath chaining (their beats packed into X beats, a floor
+    # line of slope cost.chain_ratio), all-W8 and mixed
+    packed = [c for c in pool if _chain_lanes_of(c.lanes, c.datapath_bytes)]
+    assert [c for c in packed if c.w4_share and c.ratios] and [c for c in packed if not c.w4_share]
+    picked += rng.sample(packed, min(8, len(packed)))
     for cand in picked:
         design = to_design(cand, spec.name, "zcu102", cand.clock_mhz, spec)
         assert sch.chain_candidates(design)

@@ -80,7 +80,7 @@ def _run(design: Design, image: bytes, *, stall: float = 0.0, cycles: int = 30_0
         unit_rd = [rd.cmd for rd in n.unit_rd.values()]
         # the chaining unit's writer held off the port while it has a command (an upper
         # bound of the writes that waited: the MATMUL's writers wrote while the unit's ran)
-        wr = n.unit_wr.get(TopParams(design).chain_lanes)
+        wr = n.unit_wr.get(max(TopParams(design).chain_lanes, default=None))
         t = 0
         while True:
             await ctx.tick()
@@ -349,7 +349,7 @@ def test_chain_runs_in_order_where_the_units_do_not_chain():
 
 def test_chaining_design():
     params = TopParams(CHAIN_TOP)
-    assert params.chains == ("softmax", "layernorm") and params.chain_lanes == 32
+    assert params.chains == ("softmax", "layernorm") and params.chain_lanes == (32,)
 
 
 def test_x_builder_takes_a_chain_zeroing_bytes_past_count():
@@ -415,3 +415,144 @@ def test_x_builder_takes_a_chain_zeroing_bytes_past_count():
     assert len(got) == len(want), f"{len(got)} beats of {len(want)}"
     for j, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"beat {j}: {g:#x} != {w:#x}"
+
+
+# A 64-byte datapath (4 banks) whose LayerNorm (32 lanes) is narrower than the X beat: its
+# beats are packed two to an X beat (ChainPacker); its softmax (64 lanes) is the X beat
+PACK_TOP = CHAIN_TOP.model_copy(
+    update={
+        "nonlinear": CHAIN_TOP.nonlinear.model_copy(
+            update={"softmax_lanes": 64, "layernorm_lanes": 32, "max_channels": 128}
+        ),
+        "datapath_bytes": 64,
+    }
+)
+
+
+def _model_pair(design, unit, mm) -> tuple[int, int]:
+    """The cycle model's price of ``unit`` then ``mm``, chained and not
+    (cost.program_cycles: each instruction with its overhead)."""
+    from vitaccel.dse.cost import program_cycles
+
+    return program_cycles([unit, mm], design), program_cycles(_unchained([unit, mm]), design)
+
+
+def _packed_ln_pair(rng, ch: int):
+    """LAYERNORM(CHAIN) of 7 tokens x ``ch`` channels -> a shared MATMUL (W from DDR), N = 40,
+    on PACK_TOP (rows of ``ch`` bytes: 5 words of stride, 1 or 2 X beats a row)."""
+    design = PACK_TOP
+    img = _Image()
+    tokens, n, stride = 7, 40, 8
+    x = img.add(_random_words(rng, tokens * stride))
+    par = img.add(_ln_block(rng, ch))
+    w = img.add(_weights(rng, design, n, ch))
+    setup = [isa.load(spm=0, words=tokens * stride, ddr=x),
+             isa.load(spm=300, words=ch // 2, ddr=par)]  # fmt: skip
+    unit = _layernorm(tokens, ch, src=0, dst=64, stride=stride, params=300)
+    mm = isa.matmul(x=64, x_stride=stride, tokens=tokens, k=ch, n=n, y=130, y_stride=3,
+                    w_ddr=w)  # fmt: skip
+    return design, img, setup, unit, mm
+
+
+@pytest.mark.parametrize("ch", [96, 40])
+def test_narrow_layernorm_chained_into_a_wide_x_beat(ch):
+    """A 32-lane LAYERNORM(CHAIN) -> MATMUL on a 64-byte datapath (engine_timing.unit_chains:
+    32 divides 64): the unit's beats packed into X beats, rows of 96 (three unit beats, two
+    X beats, the second of 32 bytes) or 40 (two unit beats into one X beat of 40): bit-exact
+    with and without the chain, faster chained, and the cycle model's pair price within 5 %
+    of the RTL's."""
+    assert TopParams(PACK_TOP).chain_lanes == (32, 64)
+    design, img, setup, unit, mm = _packed_ln_pair(np.random.default_rng(10 + ch), ch)
+    res = _check_pair(f"LN(32 lanes) 7x{ch} -> MATMUL T7 K{ch} N40, 64-byte X", design, img,
+                      setup, unit, mm)  # fmt: skip
+    model, model_plain = _model_pair(design, unit, mm)
+    print(f"  pair: RTL chained {res['chained']}, unchained {res['unchained']} (Amaranth sim); "
+          f"cycle model chained {model}, unchained {model_plain}")  # fmt: skip
+    assert abs(model - res["chained"]) <= 0.05 * res["chained"], (model, res)
+
+
+def test_narrow_layernorm_and_wide_softmax_chained_in_one_program():
+    """On PACK_TOP both units chain, each through its own reader / writer / fork (the
+    LayerNorm's through its packer), the X builder taking the chained one's beats: a
+    LAYERNORM(CHAIN) 7x96 -> MATMUL, then a SOFTMAX(CHAIN) 2x11x11 -> P x V (2 heads, W from
+    the scratchpad), then the LayerNorm pair again: the scratchpad equals the interpreter's
+    byte for byte (AXI stalls) and the program without CHAIN's."""
+    rng = np.random.default_rng(21)
+    design, img, setup, ln, mm = _packed_ln_pair(rng, 96)
+    heads, tokens, dh = 2, 11, 16
+    logits = img.add(_random_words(rng, heads * tokens))
+    vt = img.add(_random_words(rng, heads * dh))
+    setup += [isa.load(spm=200, words=heads * tokens, ddr=logits),
+              isa.load(spm=230, words=heads * dh, ddr=vt)]  # fmt: skip
+    sm = isa.softmax(src=200, src_stride=1, rows=heads * tokens, cols=tokens, dst=270,
+                     dst_stride=1, in_shift=4)  # fmt: skip
+    pv = isa.matmul(x=270, x_stride=1, tokens=tokens, k=tokens, n=dh, y=400, y_stride=1,
+                    w_spm=230, w_stride=1, mult=3, shift=9, heads=heads,
+                    head_x_step=tokens, head_w_step=dh, head_y_step=tokens,
+                    x_unsigned=True)  # fmt: skip
+    sm = sm.replace(flags=sm.flags | isa.SoftmaxFlags.CHAIN)
+    assert isa.chain_fits(sm, pv) is None
+    prog = [*setup, ln, mm, sm, pv, ln, mm]
+    chained = _spm_equals_the_interpreter(design, img.with_program([*prog, _dump()]))
+    plain = _spm_equals_the_interpreter(design, img.with_program([*_unchained(prog), _dump()]))
+    assert chained == plain
+    cyc = [_run(design, img.with_program(p))[1]["cycles"] for p in (prog, _unchained(prog))]
+    print(f"LN(32) + SOFTMAX(64) chains on a 64-byte X: {cyc[0]} cycles chained, {cyc[1]} not "
+          "(RTL, Amaranth sim)")  # fmt: skip
+    assert cyc[0] < cyc[1]
+
+
+def test_chain_packer_packs_rows_in_order():
+    """ChainPacker(lanes=32, width=64) alone: rows of 96, 40, 64 and 20 bytes as 32-byte
+    beats (random pauses both sides) come out as 64-byte beats of the row's bytes in order,
+    ``count`` the row's bytes in the beat, ``last`` at its end, the unfilled slot zero."""
+    import random
+
+    from vitaccel.rtl.chain_pack import ChainPacker
+
+    lanes, width = 32, 64
+    dut = ChainPacker(lanes=lanes, width=width)
+    rng = np.random.default_rng(11)
+    pick = random.Random(2)
+    beats, want = [], []
+    for cols in (96, 40, 64, 20, 96):
+        row = rng.integers(0, 256, cols, dtype=np.uint8)
+        for at in range(0, cols, lanes):
+            part = row[at : at + lanes]
+            beats.append((np.pad(part, (0, lanes - len(part))), len(part), at + lanes >= cols))
+        for at in range(0, cols, width):
+            part = row[at : at + width]
+            filled = -(-len(part) // lanes) * lanes  # (bytes past count in its slot: as sent)
+            want.append((bytes(np.pad(part, (0, width - len(part)))), len(part),
+                         at + width >= cols, filled))  # fmt: skip
+    got = []
+
+    async def feed(ctx):
+        for data, count, last in beats:
+            while pick.random() < 0.3:
+                await ctx.tick()
+            ctx.set(dut.i.payload, {"data": [int(b) for b in data], "count": count, "last": last})
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+
+    async def drain(ctx):
+        for _ in range(500):
+            if len(got) == len(want):
+                break
+            ready = pick.random() >= 0.3
+            ctx.set(dut.o.ready, ready)
+            if ready and ctx.get(dut.o.valid):
+                p = ctx.get(dut.o.payload)
+                got.append((bytes(int(b) for b in p.data), int(p.count), int(p.last)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(feed, background=True)
+    sim.add_testbench(drain)
+    sim.run()
+    assert len(got) == len(want), f"{len(got)} beats of {len(want)}"
+    for j, (g, (data, count, last, _)) in enumerate(zip(got, want, strict=True)):
+        assert (g[1], g[2]) == (count, last), f"beat {j}: count/last {g[1:]} != {count, last}"
+        assert g[0] == data, f"beat {j}: {g[0].hex()} != {data.hex()}"

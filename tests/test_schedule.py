@@ -76,10 +76,16 @@ def test_chain_is_set_exactly_where_it_fits_and_the_design_chains():
     roles = _chained_roles(prog)
     assert roles == ["norm1", "attn.softmax", "norm2"] * spec.depth + ["norm"]
     assert chain_candidates(DEIT_T) == frozenset(CHAIN_ROLES)
-    # only the unit whose lanes are the datapath chains
-    ln_only = DEIT_T.model_copy(update={"nonlinear": DEIT_T.nonlinear.model_copy(
-        update={"softmax_lanes": 32})})  # fmt: skip
+
+    # only a unit of more than 16 lanes dividing the datapath chains: a 16-lane softmax not,
+    # a 32-lane one on the 64-byte datapath (its beats packed two to an X beat) does
+    def with_softmax(lanes):
+        return DEIT_T.model_copy(update={"nonlinear": DEIT_T.nonlinear.model_copy(
+            update={"softmax_lanes": lanes})})  # fmt: skip
+
+    ln_only = with_softmax(16)
     assert set(_chained_roles(schedule(spec, ln_only, chain="all"))) == {"norm1", "norm2", "norm"}
+    assert _chained_roles(schedule(spec, with_softmax(32), chain="all")) == roles
     # spilling in 256 KiB (2 token tiles): the last LN1 tile is followed by QKV, whose X is
     # every token: it does not fit, so it does not chain; LN2 -> FC1 per tile does
     tiles = DEIT_T.model_copy(update={"spm_kib": 256})

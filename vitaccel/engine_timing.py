@@ -147,11 +147,13 @@ def x_beat_words(vector: int, datapath_bytes: int = WORD_BYTES) -> int:
 def unit_chains(lanes: int, vector: int, datapath_bytes: int) -> bool:
     """Whether a unit of ``lanes`` lanes can chain its rows into the next MATMUL's X
     (docs/isa.md, "Chains") on an accelerator of array vector ``vector`` and ``datapath_bytes``:
-    its output beat is the X beat (``lanes == vector * x_beat_words == datapath_bytes``, so
-    ``vector == 16``) and its row writer is a wide one with its own scratchpad write port
-    (``lanes > 16``), so the MATMUL's output writer never waits for it. The one rule the
-    RTL (which ignores CHAIN elsewhere) and the compiler (which sets it only here) share."""
-    return lanes > WORD_BYTES and vector == WORD_BYTES and lanes == datapath_bytes
+    its output beats fill the X beat (``vector == 16``, so the X beat is ``datapath_bytes``)
+    a whole number of them to a beat (``datapath_bytes % lanes == 0``: the top packs
+    ``datapath_bytes // lanes`` unit beats into one X beat, a row's last one flushing it), and
+    its row writer is a wide one with its own scratchpad write port (``lanes > 16``), so the
+    MATMUL's output writer never waits for it. The one rule the RTL (which ignores CHAIN
+    elsewhere) and the compiler (which sets it only here) share."""
+    return lanes > WORD_BYTES and vector == WORD_BYTES and datapath_bytes % lanes == 0
 
 
 def x_load_cycles(tokens: int, ks: int, groups: int, *, heads: bool, x_keep: bool = False,

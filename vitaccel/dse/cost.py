@@ -67,6 +67,7 @@ __all__ = [
     "nonlinear_cycles",
     "unit_phases",
     "chain_line",
+    "chain_ratio",
     "chain_delay",
     "chained_unit_cycles",
     "program_cycles",
@@ -513,19 +514,33 @@ def nonlinear_cycles(
     return sum(unit_phases(kind, rows, width, lanes, datapath_bytes))
 
 
-def chain_line(drain: int, delay: int, port=None) -> tuple[tuple[float, ...], ...] | None:
+def chain_line(drain: int, delay: int, port=None,
+               ratio: float = 1.0) -> tuple[tuple[float, ...], ...] | None:  # fmt: skip
     """The X stream of a chained MATMUL (docs/isa.md "Chains") as
-    :func:`engine_timing.x_edge`'s ``x_stretch``. The unit's output beats are its X beats, a
-    beat a cycle (:func:`unit_phases`' ``stream``), beat j written ``drain + j`` cycles
-    after the unit's issue; the MATMUL's command comes ``delay`` cycles after that issue
-    (:func:`chain_delay`), so beat j is at the MATMUL's edge ``j + drain - delay`` at the
-    earliest: a floor line. A unit ahead of the X builder (``drain <= delay``) is held by its
-    back-pressure, and the X stream is the X builder's own: ``port``, the lines of a
-    scratchpad read port shared with W builders (:func:`spm_x_stretch`: the unit's reader
-    takes the X builder's place on the port), or None, a beat a cycle."""
-    if drain <= delay:
+    :func:`engine_timing.x_edge`'s ``x_stretch``. The unit's output beats leave a beat a
+    cycle (:func:`unit_phases`' ``stream``), beat j written ``drain + j`` cycles after the
+    unit's issue; ``ratio`` (:func:`chain_ratio`) unit beats make an X beat (1: the unit's
+    lanes are the X beat; more: the top packs a narrower unit's beats), so X beat b
+    (1-based) is complete ``drain + ratio * b - 1`` cycles after that issue. The MATMUL's
+    command comes ``delay`` cycles after it (:func:`chain_delay`), so X beat b is at the
+    MATMUL's edge ``ratio * b + drain - delay`` at the earliest: a floor line. A unit of
+    ratio 1 ahead of the X builder (``drain <= delay``) is held by its back-pressure, and
+    the X stream is the X builder's own: ``port``, the lines of a scratchpad read port
+    shared with W builders (:func:`spm_x_stretch`: the unit's reader takes the X builder's
+    place on the port), or None, a beat a cycle; a packed unit (ratio > 1) is slower than the
+    builder whatever its start: its floor line stays."""
+    if drain <= delay and ratio == 1:
         return port
-    return (*(port or ()), (1.0, float(drain - delay), 1))
+    return (*(port or ()), (float(ratio), float(drain - delay), 1))
+
+
+def chain_ratio(cols: int, lanes: int, datapath_bytes: int) -> float:
+    """Unit output beats per X beat of a chained row of ``cols`` bytes: the unit's beats a row
+    (``ceil(cols / unit_lanes)``) over the X beats a row (``ceil(cols / datapath_bytes)``,
+    the X builder's beat of a chain: the datapath); 1 where the unit's lanes are the
+    datapath's bytes."""
+    per_cycle = unit_lanes(lanes, datapath_bytes)
+    return -(-cols // per_cycle) / -(-cols // datapath_bytes)
 
 
 def chain_delay(fused: str, n: int, setup: int) -> int:
@@ -664,11 +679,12 @@ def x_stretch_of(ins: Instr, design: Design, geom: ArrayConfig,
     if chain is None:
         return port
     kind = kind_of(chain)
-    drain = unit_phases(kind, chain.rows, chain.cols, _lanes(design, kind),
-                        design.datapath_bytes)[2]  # fmt: skip
+    lanes = _lanes(design, kind)
+    drain = unit_phases(kind, chain.rows, chain.cols, lanes, design.datapath_bytes)[2]
     setup = top_matmul_extra(ins.tokens, ins.k, nsteps, g, r, c, v, w_spm=w_spm, heads=heads,
                              x_beat=x_beat, w_ports=max(1, builders))  # fmt: skip
-    return chain_line(drain, chain_delay(fused_of(ins), ins.n, setup), port)
+    return chain_line(drain, chain_delay(fused_of(ins), ins.n, setup), port,
+                      chain_ratio(chain.cols, lanes, design.datapath_bytes))  # fmt: skip
 
 
 def instr_cycles(

@@ -66,6 +66,7 @@ from vitaccel.dse.cost import (
     SLOT_BYTES,
     chain_delay,
     chain_line,
+    chain_ratio,
     chained_unit_cycles,
     column_split,
     first_out_edge,
@@ -446,7 +447,8 @@ def _w4_ratio_options(n: int, ns0: int, ns_min: int, g: int, c: int, c8: int) ->
 
 
 def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x_beat=1,
-                    ports=1, chain: frozenset = frozenset(), base=None):  # fmt: skip
+                    ports=1, chain: frozenset = frozenset(), base=None,
+                    chain_lanes: tuple = ()):  # fmt: skip
     """Matmul cycles (with greedy W4 ratios), ratios, predicted error, cycles by bound;
     ``word_cycles``: the engine's cycles per W stream word (:func:`cost.weight_word_cycles`);
     ``x_beat``: k-steps per X beat (:func:`engine_timing.x_beat_words` of the datapath);
@@ -454,24 +456,27 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
     :func:`cost.spm_w_builders`: the pool passes those); ``chain``: the chained unit roles
     (:func:`_chain_of`; the matmul cycles then include what the chained MATMULs hide of
     their units, a negative part; ``base``: this function's answer without chains, when the
-    caller has it)."""
+    caller has it); ``chain_lanes``: ``(kind, lanes)`` of the chained units narrower than the
+    datapath (:func:`_chain_lanes_of`; the others' lanes are the datapath's bytes)."""
     if chain:
         # the unchained array and what the chained jobs change, when that does not depend on
         # the W4 options (then the greedy's choice is the unchained one); else all again
         if base is None:
             base = _evaluate_array(m, g, r, c, v, share, kind, max_drop, word_cycles, x_beat,
                                    ports)  # fmt: skip
-        delta = _chain_delta(m, g, r, c, v, share, word_cycles, x_beat, ports, chain)
+        delta = _chain_delta(m, g, r, c, v, share, word_cycles, x_beat, ports, chain,
+                             chain_lanes)  # fmt: skip
         if delta is not None:
             mm, ratios, error, bound = base
             bound = dict(bound)
             for b, part in delta.items():
                 bound[b] = bound.get(b, 0) + part
             return mm + sum(delta.values()), ratios, error, bound
-    key = ("price", g, r, c, v, share, word_cycles, x_beat, ports, chain)
+    key = ("price", g, r, c, v, share, word_cycles, x_beat, ports, chain, chain_lanes)
     priced = m._nl_cache.get(key)
     if priced is None:
-        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat, ports, chain)
+        priced = _price_array(m, g, r, c, v, share, word_cycles, x_beat, ports, chain,
+                              chain_lanes)  # fmt: skip
         if share or chain:  # (a W4 array is priced once for every W4 kind)
             m._nl_cache[key] = priced
     mm_total, bound, kind_opts, w4_layers, layers_of = priced
@@ -531,19 +536,23 @@ def _evaluate_array(m: _Model, g, r, c, v, share, kind, max_drop, word_cycles, x
 @functools.lru_cache(maxsize=65536)  # an array's chain variants share their jobs
 def _chained_job(m: _Model, unit, tokens, k, n, ns, g, r, c, v, units, *, heads, nheads,
                  transposed, keep, fused, word_cycles, x_beat, lag, port, w_spm, builders,
-                 fixed, hstep=0, c8=0, mapped=False, n8=None) -> tuple[int, str, int]:  # fmt: skip
+                 fixed, hstep=0, c8=0, mapped=False, n8=None,
+                 chain_lanes=()) -> tuple[int, str, int]:  # fmt: skip
     """``(cycles, bound, unit)`` of a chained MATMUL job: its cycles as
     :func:`cost.instr_cycles` prices it with the X of its unit ``(kind, rows, cols)``
-    (:func:`cost.chain_line`; the unit's lanes are the datapath, ``16 * x_beat``, where it
-    chains), and what the pair changes of the unit's unchained cycles (which
+    (:func:`cost.chain_line`; the unit's lanes are its entry in ``chain_lanes``, else the
+    datapath's bytes, ``16 * x_beat``; a narrower one packs its beats, :func:`cost.chain_ratio`),
+    and what the pair changes of the unit's unchained cycles (which
     :meth:`_Model.nonlinear` counts): the unit as :func:`cost.priced_program` prices it
     (:func:`cost.chained_unit_cycles`) less those, <= 0."""
     width = 16 * x_beat
+    lanes = dict(chain_lanes).get(unit[0], width) if unit else width
     # (no unit: the job as _price_array prices it unchained)
-    phases = unit_phases(unit[0], unit[1], unit[2], width, width) if unit else (0, 0, 0)
+    phases = unit_phases(unit[0], unit[1], unit[2], lanes, width) if unit else (0, 0, 0)
     setup = top_matmul_extra(tokens, k, ns, g, r, c, v, w_spm=w_spm, heads=heads,
                              x_beat=x_beat, w_ports=max(1, builders))  # fmt: skip
-    stretch = chain_line(phases[2], chain_delay(fused, n, setup), port)
+    ratio = chain_ratio(unit[2], lanes, width) if unit else 1
+    stretch = chain_line(phases[2], chain_delay(fused, n, setup), port, ratio)
     ends, b = _steps(tokens, k, ns, g, r, c, v, units, heads, word_cycles, keep, x_beat, lag,
                      stretch)  # fmt: skip
     if w_spm:
@@ -592,14 +601,14 @@ def _w4_part(key, ns, n8, steps, writer, g, r, c, v, x_beat, fixed) -> tuple[int
 
 
 def _chain_delta(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports,
-                 chain: frozenset) -> dict | None:  # fmt: skip
+                 chain: frozenset, chain_lanes: tuple = ()) -> dict | None:  # fmt: skip
     """What chaining the roles ``chain`` changes of an array's matmul cycles
     (:func:`_price_array`), by bound (``"nonlinear"``: what the chained MATMULs hide of their
     units, <= 0): each chained job priced with its unit (:func:`_chained_job`) less the same
     job unchained. None when that depends on the W4 options (a chained job with a W4 choice
     whose change is not the same at every option: the greedy's choice may then differ from
     the unchained array's) or the chained program's W4 jobs are not the unchained one's."""
-    key = ("chain delta", g, r, c, v, share, word_cycles, x_beat, ports, chain)
+    key = ("chain delta", g, r, c, v, share, word_cycles, x_beat, ports, chain, chain_lanes)
     if key in m._nl_cache:
         return m._nl_cache[key]
     c8, c4 = column_split(c, share)
@@ -628,7 +637,7 @@ def _chain_delta(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports,
         args = dict(heads=heads, nheads=max(1, nheads), transposed=transposed, keep=keep,
                     fused=fused, word_cycles=wc, x_beat=x_beat, lag=w_lag(w_spm), port=port,
                     w_spm=w_spm, builders=spm_builders if w_spm else 0, fixed=fixed,
-                    hstep=hstep, c8=c8, mapped=bool(c4))  # fmt: skip
+                    hstep=hstep, c8=c8, mapped=bool(c4), chain_lanes=chain_lanes)  # fmt: skip
         mm, b, hidden = _chained_job(m, unit, tokens, k, n, ns, g, r, c, v, units, **args)
         mm0, b0, _ = _chained_job(m, None, tokens, k, n, ns, g, r, c, v, units, **args)
         add(b, mm * count)
@@ -659,6 +668,7 @@ def _chain_delta(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports,
                         nheads=1, transposed=part[3], keep=part[4], fused=part[5],
                         word_cycles=word_cycles, x_beat=x_beat, lag=w_lag(False), port=None,
                         w_spm=False, builders=0, fixed=instr_ddr, c8=c8, mapped=True, n8=n8,
+                        chain_lanes=chain_lanes,
                     )  # fmt: skip
                     mm0, b0 = _w4_part(part, ns, n8, steps, writer, g, r, c, v, x_beat,
                                        instr_ddr)  # fmt: skip
@@ -679,7 +689,7 @@ def _chain_delta(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports,
 
 
 def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1,
-                 chain: frozenset = frozenset()):  # fmt: skip
+                 chain: frozenset = frozenset(), chain_lanes: tuple = ()):  # fmt: skip
     """What :func:`_evaluate_array` needs of an array whatever its W4 kind: the cycles and
     bounds of the jobs without a W4 choice, per layer kind its options (cycles, ratio, cycles
     by bound) from no W4 to the fewest steps, the W4 layers and their kinds' layers; with
@@ -718,7 +728,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1,
                 nheads=max(1, nheads), transposed=transposed, keep=keep, fused=fused,
                 word_cycles=wc, x_beat=x_beat, lag=lag, port=stretch, w_spm=op != "matmul",
                 builders=spm_builders if op != "matmul" else 0, fixed=fixed, hstep=hstep,
-                c8=c8, mapped=bool(c4),
+                c8=c8, mapped=bool(c4), chain_lanes=chain_lanes,
             )  # fmt: skip
             mm_total += (cyc1 + hidden) * count
             bound[b] = bound.get(b, 0) + cyc1 * count
@@ -777,6 +787,7 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1,
                         nheads=1, transposed=key[3], keep=key[4], fused=key[5],
                         word_cycles=word_cycles, x_beat=x_beat, lag=w_lag(False), port=None,
                         w_spm=False, builders=0, fixed=instr_ddr, c8=c8, mapped=True, n8=n8,
+                        chain_lanes=chain_lanes,
                     )  # fmt: skip
                     cyc += cyc1 + hidden
                     split[b] = split.get(b, 0) + cyc1
@@ -1059,18 +1070,21 @@ def _evaluate_pool(m: _Model, budget, limits: dict, space: SearchSpace, clock_mh
                     chain = _chain_of(lanes, v, width)
                     got = chains[lanes] = chain, chain and m.nonlinear(g, fuse, chain)
                 chain, nlc = got
+                chained = _chain_lanes_of(lanes, width) if chain else ()
                 if chain:  # the chained program's units (a chained softmax runs per job)
                     nl_cycles = sum(nlc[u][n] for u, n in zip(NONLINEAR_UNITS, lanes,
                                                               strict=True))  # fmt: skip
-                if (wc, chain) not in evals:
-                    for ch in (frozenset(), chain):  # (chained: from the unchained answer)
-                        if (wc, builders, ch) not in priced:
-                            priced[wc, builders, ch] = _evaluate_array(
+                if (wc, chain, chained) not in evals:
+                    # (chained: from the unchained answer)
+                    for ch, cl in ((frozenset(), ()), (chain, chained)):
+                        if (wc, builders, ch, cl) not in priced:
+                            priced[wc, builders, ch, cl] = _evaluate_array(
                                 m, g, r, c, v, share, kind, m.max_drop, wc, buffers["x_beat"],
-                                builders, ch, base=priced.get((wc, builders, frozenset())),
+                                builders, ch, base=priced.get((wc, builders, frozenset(), ())),
+                                chain_lanes=cl,
                             )  # fmt: skip
-                    evals[wc, chain] = priced[wc, builders, chain]
-                mm, ratios, error, bound = evals[wc, chain]
+                    evals[wc, chain, chained] = priced[wc, builders, chain, chained]
+                mm, ratios, error, bound = evals[wc, chain, chained]
                 cyc = mm + fixed + nl_cycles
                 usage = dict(zip(RESOURCE_KINDS, map(operator.add, base, lane_usage), strict=True))
                 usage["uram"] = uram
@@ -1130,6 +1144,15 @@ def _chain_of(lanes: tuple[int, int, int], vector: int, width: int) -> frozenset
     the unit's stream and drain, which it hides, are longer), which
     tests/test_dse.py checks on the designs it prices."""
     return _chain_roles_of(scheduler.CHAIN_DEFAULT, lanes[0], lanes[1], vector, width)
+
+
+def _chain_lanes_of(lanes: tuple[int, int, int], width: int) -> tuple[tuple[str, int], ...]:
+    """``(kind, lanes)`` of a candidate's softmax and layernorm of fewer lanes than the
+    datapath's ``width`` bytes (their beats packed into X beats when chained,
+    :func:`cost.chain_ratio`); the pricing functions' key, () when every unit's lanes are the
+    datapath's."""
+    return tuple((kind, n) for kind, n in (("softmax", lanes[0]), ("layernorm", lanes[1]))
+                 if WORD_BYTES < n < width)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4096)  # (asked for every lane triple of every array)

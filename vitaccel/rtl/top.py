@@ -28,7 +28,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -46,6 +46,7 @@ from vitaccel.rtl.axi import (
     connect_prefixed,
     prefixed_members,
 )
+from vitaccel.rtl.chain_pack import ChainPacker
 from vitaccel.rtl.common import CheckedComponent, elaborate_parts
 from vitaccel.rtl.control import (
     CMD,
@@ -156,12 +157,15 @@ class TopParams:
         self.softmax_lanes = nl.softmax_lanes
         self.layernorm_lanes = nl.layernorm_lanes
         # the units that chain their rows into the next MATMUL's X (docs/isa.md, "Chains"):
-        # lanes == datapath_bytes, so all of them share one reader / writer / fork
+        # lanes dividing datapath_bytes; the units of one lane count share a reader / writer
+        # / fork, and a narrower one's beats are packed into X beats (ChainPacker)
+        unit_lanes = {"softmax": nl.softmax_lanes, "layernorm": nl.layernorm_lanes}
         self.chains = tuple(
-            unit for unit, lanes in (("softmax", nl.softmax_lanes), ("layernorm", nl.layernorm_lanes))
+            unit for unit, lanes in unit_lanes.items()
             if unit_chains(lanes, v, design.datapath_bytes)
         )  # fmt: skip
-        self.chain_lanes = design.datapath_bytes if self.chains else None
+        # the lane counts of the chaining units (their writers yield, their forks feed X)
+        self.chain_lanes = tuple(sorted({unit_lanes[u] for u in self.chains}))
         self.dma_fifo_depth = dma_fifo_depth
 
     @property
@@ -251,7 +255,7 @@ class Accelerator(CheckedComponent):
                 lanes=lanes, **({"fetch_words": words} if words > 1 else {})
             )
             # (a chaining unit's writer runs beside the MATMUL's writers: it yields to them)
-            yields = {"yields": True} if lanes == P.chain_lanes else {}
+            yields = {"yields": True} if lanes in P.chain_lanes else {}
             n.unit_wr[lanes] = m.submodules[f"unit_wr{lanes}"] = RowWriter(
                 lanes=lanes, **({"wide": True} if words > 1 else {}), **yields
             )
@@ -331,7 +335,8 @@ class Accelerator(CheckedComponent):
             others = [n.brw.mem.en]
             if words_path:
                 others += [lane.en for lane in bank_lanes(n.ow.wo)]
-            m.d.comb += n.unit_wr[P.chain_lanes].hold.eq(Cat(*others).any())
+            for lanes in P.chain_lanes:
+                m.d.comb += n.unit_wr[lanes].hold.eq(Cat(*others).any())
 
         m.submodules.gelu = n.gelu = GELU(lanes=P.gelu_lanes)
         m.submodules.softmax = n.softmax = E2Softmax(
@@ -750,8 +755,9 @@ class Accelerator(CheckedComponent):
             m.submodules[f"unit_in{lanes}"] = fan = StreamDemux(rd.o.payload.shape(), len(mine))
             m.submodules[f"unit_out{lanes}"] = mux = StreamMux(wr.i.payload.shape(), len(mine))
             wiring.connect(m, rd.o, fan.i)
-            if lanes == P.chain_lanes:
-                self._chain_fork(m, n, mux.o, wr.i, n.xb.chain)
+            if lanes in P.chain_lanes:
+                port = self._chain_port(m, n, lanes, mine)
+                self._chain_fork(m, n, mux.o, wr.i, port, n.chain_fwd_of[lanes])
             else:
                 wiring.connect(m, mux.o, wr.i)
             m.d.comb += [fan.sel.eq(sel), mux.sel.eq(sel)]
@@ -803,13 +809,62 @@ class Accelerator(CheckedComponent):
         m.d.comb += runs.sel.eq(Cat(*[sel for _, sel in sources]))
         wiring.connect(m, runs.o, n.brw.i)
 
+    def _chain_port(self, m: Module, n: SimpleNamespace, lanes: int, mine) -> object:
+        """Where the fork of the chaining units of ``lanes`` lanes (``mine``: their names and
+        units) sends its beats: the X builder's chain input itself when the datapath's lanes
+        are the only ones that chain (every chain is theirs), else a stream of its own: a
+        :class:`ChainPacker`'s input (fewer lanes than the datapath) or, with two lane
+        counts, one input of the mux that gives the X builder the chained unit's beats (at
+        most one chain runs at a time: selected by its ``chain_hold``). Sets
+        ``n.chain_fwd_of[lanes]``, the fork's forward flag (``chain_fwd`` while a unit of
+        these lanes is the chained one)."""
+        P = self.params
+        width = P.design.datapath_bytes
+        if not hasattr(n, "chain_fwd_of"):
+            n.chain_fwd_of, n.chain_srcs = {}, []
+        if P.chain_lanes == (width,):
+            n.chain_fwd_of[lanes] = n.chain_fwd
+            return n.xb.chain
+        hold = Cat(*[n.chain_hold[name] for name, _ in mine if name in n.chain_hold]).any()
+        fwd = Signal(name=f"chain_fwd{lanes}")
+        m.d.comb += fwd.eq(n.chain_fwd & hold)
+        n.chain_fwd_of[lanes] = fwd
+        if lanes < width:
+            m.submodules[f"chain_pack{lanes}"] = pack = ChainPacker(lanes=lanes, width=width)
+            m.d.comb += pack.clear.eq(n.at("IDLE"))
+            port, out = pack.i, pack.o
+        else:
+            port = out = stream.Signature(n.xb.chain.payload.shape()).create(
+                path=(f"chain_x{lanes}",)
+            )
+        n.chain_srcs.append((hold, out))
+        if len(n.chain_srcs) == len(P.chain_lanes):
+            self._chain_select(m, n)
+        return port
+
     @staticmethod
-    def _chain_fork(m: Module, n: SimpleNamespace, src, wr, xb) -> None:
+    def _chain_select(m: Module, n: SimpleNamespace) -> None:
+        """The X builder's chain input from the chaining lane counts' streams (a packer's
+        output, or the datapath-wide fork's): the one whose unit's ``chain_hold`` is set.
+        Only the chained unit's stream carries beats (its fork forwards, its packer fills)."""
+        xb = n.xb.chain
+        if len(n.chain_srcs) == 1:
+            wiring.connect(m, n.chain_srcs[0][1], xb)
+            return
+        m.d.comb += xb.valid.eq(Cat(*[src.valid for _, src in n.chain_srcs]).any())
+        with m.Switch(Cat(*[hold for hold, _ in n.chain_srcs])):
+            for k, (_, src) in enumerate(n.chain_srcs):
+                with m.Case(1 << k):
+                    m.d.comb += xb.payload.eq(src.payload)
+        m.d.comb += [src.ready.eq(xb.ready) for _, src in n.chain_srcs]
+
+    @staticmethod
+    def _chain_fork(m: Module, n: SimpleNamespace, src, wr, xb, fwd=None) -> None:
         """The chaining unit's output beats to its writer ``wr`` and, while ``chain_fwd``,
         to the X builder's chain input ``xb`` as well: a beat leaves when both take it. Both
         readys are registers (skid buffers), so neither valid waits on a path through the
         other consumer."""
-        fwd = n.chain_fwd
+        fwd = n.chain_fwd if fwd is None else fwd
         m.d.comb += [
             wr.payload.eq(src.payload),
             xb.payload.eq(src.payload),
