@@ -26,6 +26,16 @@ from vitaccel.quant.ref import gelu_lut
 from vitaccel.quant.scales import dyadic
 from vitaccel.rtl.top import Accelerator, TopParams
 
+
+@pytest.fixture(autouse=True)
+def _chain_hardware(monkeypatch):
+    """The chain hardware is off in the product until its X input path meets the clock
+    rule (rtl.top.CHAIN_HARDWARE); these tests build it."""
+    import vitaccel.rtl.top as top
+
+    monkeypatch.setattr(top, "CHAIN_HARDWARE", True)
+
+
 # A chaining top: V = 16 on a 32-byte datapath (2 banks), softmax and LayerNorm of 32 lanes
 # (= the X beat), 2 groups of 8 columns (G*C = 16: RESADD fuses)
 CHAIN_TOP = Design(

@@ -205,26 +205,29 @@ def test_digits_wide_nonlinear_lanes_bit_exact():
 
 
 @pytest.mark.slow
-def test_digits_chained_units_bit_exact():
+def test_digits_chained_units_bit_exact(monkeypatch):
     """digits-vit on the 32-lane top (WIDE_NONLINEAR: the units' beat is the X beat, so they
     chain) compiled as the flows compile it (CHAIN on LN1 -> QKV, SOFTMAX -> P x V, LN2 ->
     FC1, the final LN -> head) and without chains: bit-exact with AXI pauses on the native
     Verilator harness, fewer cycles chained, each within 3 % of the cycle model's first
     image of the same program (printed)."""
+    import vitaccel.compile.schedule as schedule
+    import vitaccel.rtl.top as top
     from vitaccel import isa
 
     design = WIDE_NONLINEAR
     golden, patches, want, _ = _digits(design, 2)
+    # the chain hardware and the compiler's chains on (off in the product: rtl.top)
+    monkeypatch.setattr(top, "CHAIN_HARDWARE", True)
+    monkeypatch.setattr(schedule, "CHAIN_DEFAULT", "paying")
     chained = _compile(design, golden)
     plain = compile_model(golden, groups=design.array.groups, codec=codec_for(design),
                           spm_words=design.spm_kib * 1024 // 16)  # fmt: skip
     pairs = sum(isa.chained(i) for i in chained.program)
     assert pairs > 0 and not any(isa.chained(i) for i in plain.program)
     models = {"chained": _first_image_model(design, golden.spec)}
-    with pytest.MonkeyPatch.context() as mp:
-        import vitaccel.compile.schedule as schedule
-
-        mp.setattr(schedule, "CHAIN_DEFAULT", "none")
+    with pytest.MonkeyPatch.context() as mp2:
+        mp2.setattr(schedule, "CHAIN_DEFAULT", "none")
         models["plain"] = _first_image_model(design, golden.spec)
     for pause, seed in ((0.2, 31), (0.0, 32)):
         res = {}
