@@ -265,6 +265,7 @@ def test_layernorm_chained_into_a_shared_matmul():
     _check_pair("LN 7x64 -> MATMUL T7 K64 N40", *_ln_pair(np.random.default_rng(1)))
 
 
+@pytest.mark.slow  # the chain hardware is off in the product: its pairs on request
 def test_layernorm_chain_writes_beside_the_matmuls_writes():
     """LAYERNORM(CHAIN, in place) of 128 tokens x 32 channels -> a shared MATMUL with W from
     the scratchpad (one step of 16 channels), on CHAIN_TOP with an X buffer for 128 tokens:
@@ -287,6 +288,7 @@ def test_layernorm_chain_writes_beside_the_matmuls_writes():
     assert res["yields"] > 0, res
 
 
+@pytest.mark.slow  # the chain hardware is off in the product: its pairs on request
 @pytest.mark.parametrize("fused", ["gelu", "resadd"])
 def test_layernorm_chained_into_a_fused_matmul(fused):
     """(c) LAYERNORM(CHAIN) -> MATMUL with its GELU or residual add fused (PARAMS of the
@@ -294,6 +296,7 @@ def test_layernorm_chained_into_a_fused_matmul(fused):
     _check_pair(f"LN 7x64 -> MATMUL {fused}", *_ln_pair(np.random.default_rng(2), fused))
 
 
+@pytest.mark.slow  # the chain hardware is off in the product: its pairs on request
 @pytest.mark.parametrize("heads", [2, 1])
 def test_softmax_chained_into_p_times_v(heads):
     """(b) SOFTMAX(CHAIN) -> P x V in heads mode with W from the scratchpad (schedule.py's
@@ -318,7 +321,9 @@ def test_softmax_chained_into_p_times_v(heads):
                 setup, unit, mm)  # fmt: skip
 
 
-@pytest.mark.parametrize("follower", ["end", "x_keep matmul", "load"])
+@pytest.mark.parametrize(
+    "follower", ["end", pytest.param("x_keep matmul", marks=pytest.mark.slow), "load"]
+)
 def test_a_chain_not_followed_by_a_matmul_loading_x_ends_with_error(follower):
     """(d) After a CHAIN only a MATMUL that loads its X: END, an X_KEEP MATMUL or any other
     instruction ends the run with ERROR (PC at the follower)."""
@@ -338,6 +343,7 @@ def test_a_chain_not_followed_by_a_matmul_loading_x_ends_with_error(follower):
         assert out["status"] == STATUS_DONE, out
 
 
+@pytest.mark.slow  # the chain hardware is off in the product: its pairs on request
 def test_chain_runs_in_order_where_the_units_do_not_chain():
     """(e) On a design whose units are narrower than the datapath (unit_chains false) the RTL
     ignores CHAIN: same bytes, same cycles as the program without it."""
@@ -464,6 +470,7 @@ def _packed_ln_pair(rng, ch: int):
     return design, img, setup, unit, mm
 
 
+@pytest.mark.slow  # the chain hardware is off in the product: its pairs on request
 @pytest.mark.parametrize("ch", [96, 40])
 def test_narrow_layernorm_chained_into_a_wide_x_beat(ch):
     """A 32-lane LAYERNORM(CHAIN) -> MATMUL on a 64-byte datapath (engine_timing.unit_chains:
@@ -481,6 +488,7 @@ def test_narrow_layernorm_chained_into_a_wide_x_beat(ch):
     assert abs(model - res["chained"]) <= 0.05 * res["chained"], (model, res)
 
 
+@pytest.mark.slow  # the chain hardware is off in the product: its pairs on request
 def test_narrow_layernorm_and_wide_softmax_chained_in_one_program():
     """On PACK_TOP both units chain, each through its own reader / writer / fork (the
     LayerNorm's through its packer), the X builder taking the chained one's beats: a
