@@ -569,6 +569,41 @@ def _chained_job(m: _Model, unit, tokens, k, n, ns, g, r, c, v, units, *, heads,
     return mm, b, chained_unit_cycles(phases, mm) - sum(phases)
 
 
+def _chained_w4_job(m, key, n, ns, n8, g, r, c, v, units, word_cycles, x_beat, fixed, c8,
+                    chain_lanes):  # fmt: skip
+    """:func:`_chained_job` of a DDR job with a W4 choice (``key``: a plan's job, its unit
+    at ``key[6]``) at ``ns`` steps, ``n8`` rows on W8 columns."""
+    return _chained_job(
+        m,
+        key[6],
+        key[0],
+        key[1],
+        n,
+        ns,
+        g,
+        r,
+        c,
+        v,
+        units,
+        heads=False,
+        nheads=1,
+        transposed=key[3],
+        keep=key[4],
+        fused=key[5],
+        word_cycles=word_cycles,
+        x_beat=x_beat,
+        lag=w_lag(False),
+        port=None,
+        w_spm=False,
+        builders=0,
+        fixed=fixed,
+        c8=c8,
+        mapped=True,
+        n8=n8,
+        chain_lanes=chain_lanes,
+    )
+
+
 def _w4_streams(key, g, r, c, v, c8, units, word_cycles, x_beat):
     """A DDR job with a W4 choice (``key``: a plan's job): its :func:`_steps` for every
     step count and its output writer's bound as a function of the steps (the mapped
@@ -663,13 +698,9 @@ def _chain_delta(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports,
                     n = part[2]
                     n8 = n - int(round(ratio * n))
                     ns = job_nsteps(n, n8, g, c, c8, heads=False)
-                    mm, b, hidden = _chained_job(
-                        m, part[6], part[0], part[1], n, ns, g, r, c, v, units, heads=False,
-                        nheads=1, transposed=part[3], keep=part[4], fused=part[5],
-                        word_cycles=word_cycles, x_beat=x_beat, lag=w_lag(False), port=None,
-                        w_spm=False, builders=0, fixed=instr_ddr, c8=c8, mapped=True, n8=n8,
-                        chain_lanes=chain_lanes,
-                    )  # fmt: skip
+                    mm, b, hidden = _chained_w4_job(m, part, n, ns, n8, g, r, c, v, units,
+                                                    word_cycles, x_beat, instr_ddr, c8,
+                                                    chain_lanes)  # fmt: skip
                     mm0, b0 = _w4_part(part, ns, n8, steps, writer, g, r, c, v, x_beat,
                                        instr_ddr)  # fmt: skip
                     d = (mm - mm0, b, b0, hidden, mm)
@@ -782,13 +813,9 @@ def _price_array(m: _Model, g, r, c, v, share, word_cycles, x_beat, ports=1,
                 n8 = n - int(round(ratio * n))
                 ns = job_nsteps(n, n8, g, c, c8, heads=False)
                 if key[6] is not None:  # chained: the job with its unit (as above)
-                    cyc1, b, hidden = _chained_job(
-                        m, key[6], key[0], key[1], n, ns, g, r, c, v, units, heads=False,
-                        nheads=1, transposed=key[3], keep=key[4], fused=key[5],
-                        word_cycles=word_cycles, x_beat=x_beat, lag=w_lag(False), port=None,
-                        w_spm=False, builders=0, fixed=instr_ddr, c8=c8, mapped=True, n8=n8,
-                        chain_lanes=chain_lanes,
-                    )  # fmt: skip
+                    cyc1, b, hidden = _chained_w4_job(m, key, n, ns, n8, g, r, c, v, units,
+                                                      word_cycles, x_beat, instr_ddr, c8,
+                                                      chain_lanes)  # fmt: skip
                     cyc += cyc1 + hidden
                     split[b] = split.get(b, 0) + cyc1
                     split["nonlinear"] = split.get("nonlinear", 0) + hidden
